@@ -1,0 +1,112 @@
+//! `procflow`: validate definitions, draw them, and simulate scenarios.
+
+use std::process::ExitCode;
+
+use procflow::{ProcessDef, Scenario};
+
+const USAGE: &str = "usage:
+  procflow validate FILE...
+  procflow graph FILE [--format mermaid|dot]
+  procflow simulate FILE --scenario SCENARIO";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("validate") if args.len() > 1 => validate(&args[1..]),
+        Some("graph") => graph(&args[1..]),
+        Some("simulate") => simulate(&args[1..]),
+        _ => Err(USAGE.to_owned()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn validate(files: &[String]) -> Result<ExitCode, String> {
+    let mut failed = false;
+    for file in files {
+        match ProcessDef::from_file(file) {
+            Ok(def) => println!("{file}: ok ({}, {} nodes)", def.key(), def.nodes().count()),
+            Err(e) => {
+                failed = true;
+                eprintln!("{e}");
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The value after `flag`, if the flag is present.
+fn option<'a>(args: &'a [String], flag: &str) -> Result<Option<&'a str>, String> {
+    match args.iter().position(|a| a == flag) {
+        None => Ok(None),
+        Some(i) => args
+            .get(i + 1)
+            .map(|v| Some(v.as_str()))
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}")),
+    }
+}
+
+fn load(file: Option<&String>) -> Result<Result<ProcessDef, ExitCode>, String> {
+    let file = file.filter(|f| !f.starts_with("--")).ok_or(USAGE)?;
+    Ok(ProcessDef::from_file(file).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    }))
+}
+
+fn graph(args: &[String]) -> Result<ExitCode, String> {
+    let format = option(args, "--format")?.unwrap_or("mermaid");
+    let def = match load(args.first())? {
+        Ok(def) => def,
+        Err(code) => return Ok(code),
+    };
+    match format {
+        "mermaid" => print!("{}", def.to_mermaid()),
+        "dot" => print!("{}", def.to_dot()),
+        other => return Err(format!("unknown format '{other}': use mermaid or dot")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn simulate(args: &[String]) -> Result<ExitCode, String> {
+    let scenario_file = option(args, "--scenario")?.ok_or(USAGE)?;
+    let def = match load(args.first())? {
+        Ok(def) => def,
+        Err(code) => return Ok(code),
+    };
+    let scenario = match Scenario::from_file(scenario_file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let report = match scenario.run(def) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for line in &report.events {
+        println!("{line}");
+    }
+    for failure in &report.failures {
+        eprintln!("{scenario_file}:{failure}");
+    }
+    if report.failures.is_empty() {
+        eprintln!("{scenario_file}: scenario '{}' held", scenario.name());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::FAILURE)
+    }
+}

@@ -1,0 +1,211 @@
+//! The load boundary's error type: every problem found in one definition file.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A line and column (both 1-based) in a definition file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    /// The 1-based line.
+    pub line: u32,
+    /// The 1-based column, in characters.
+    pub column: u32,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// Everything wrong with one definition: the loader reports every problem it finds at once.
+///
+/// A YAML syntax or shape error (bad indentation, an unknown key, a value of the wrong type) stops
+/// the parser, so such a file reports that one problem; once a file parses, every semantic problem
+/// (unknown roles, targets, cycles, joins, conditions, ...) is reported together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    /// The file the definition came from, when it came from a file.
+    pub file: Option<PathBuf>,
+    /// The problems, in the order of the file.
+    pub problems: Vec<Problem>,
+}
+
+impl LoadError {
+    pub(crate) fn new(file: Option<PathBuf>, mut problems: Vec<Problem>) -> LoadError {
+        problems.sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
+        LoadError { file, problems }
+    }
+
+    /// The kinds of the problems, in order. Handy for tests.
+    pub fn kinds(&self) -> Vec<&ProblemKind> {
+        self.problems.iter().map(|p| &p.kind).collect()
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if let Some(file) = &self.file {
+                write!(f, "{}:", file.display())?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// One problem in a definition: where it is and what it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where the YAML has a location for it.
+    pub location: Option<Location>,
+    /// The key path, e.g. `nodes.record.raci.accountable`.
+    pub path: String,
+    /// What is wrong.
+    pub kind: ProblemKind,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(loc) = self.location {
+            write!(f, "{loc}: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        write!(f, "{}", self.kind)
+    }
+}
+
+/// What is wrong with a definition.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// The file could not be read.
+    #[error("cannot read file: {0}")]
+    Io(String),
+    /// The YAML does not parse, or does not have the shape of a definition (this includes unknown
+    /// keys and values of the wrong type).
+    #[error("{0}")]
+    Syntax(String),
+    /// A node, role or variable id appears twice.
+    #[error("duplicate {what} id '{id}' (first defined at {first})")]
+    Duplicate {
+        /// `node`, `role` or `variable`.
+        what: &'static str,
+        /// The repeated id.
+        id: String,
+        /// Where it was first defined.
+        first: Location,
+    },
+    /// An id has characters other than `a-z`, `0-9`, `_` and `-`.
+    #[error("invalid id '{0}': use lowercase letters, digits, '_' and '-'")]
+    InvalidId(String),
+    /// A `next` or `to` names a node that does not exist.
+    #[error("unknown node '{0}'")]
+    UnknownNode(String),
+    /// A RACI entry names a role that is not in the catalogue.
+    #[error("unknown role '{0}'")]
+    UnknownRole(String),
+    /// A user task has no responsible role.
+    #[error("task has no responsible role")]
+    NoResponsible,
+    /// A user task does not have exactly one accountable role.
+    #[error("task must have exactly one accountable role, found {0}")]
+    AccountableCount(usize),
+    /// A user task has no `raci` block.
+    #[error("user task has no 'raci'")]
+    MissingRaci,
+    /// A key is present that the node's kind does not take.
+    #[error("'{key}' is not allowed on a {kind} node")]
+    KeyNotAllowed {
+        /// The key.
+        key: &'static str,
+        /// The node kind.
+        kind: &'static str,
+    },
+    /// A key the node's kind needs is missing.
+    #[error("a {kind} node needs '{key}'")]
+    KeyMissing {
+        /// The key.
+        key: &'static str,
+        /// The node kind.
+        kind: &'static str,
+    },
+    /// A node has the wrong number of outgoing flows.
+    #[error("a {kind} node must have exactly one 'next', found {found}")]
+    NextCount {
+        /// The node kind.
+        kind: &'static str,
+        /// How many there are.
+        found: usize,
+    },
+    /// A feature reserved for a later release.
+    #[error("'{0}' is not supported yet (timers come in a later release)")]
+    NotSupported(String),
+    /// No start node, or more than one.
+    #[error("a process needs exactly one start node, found {0}")]
+    StartCount(usize),
+    /// A node cannot be reached from the start.
+    #[error("node '{0}' is unreachable from start")]
+    Unreachable(String),
+    /// No end can be reached from a node.
+    #[error("no end is reachable from node '{0}'")]
+    NoEnd(String),
+    /// The flows form a cycle; definitions are DAGs.
+    #[error("cycle through nodes {}", .0.join(" -> "))]
+    Cycle(Vec<String>),
+    /// A parallel join's incoming flows do not come from exactly the branches of one fork, so it can
+    /// wait forever (deadlock) or fire twice.
+    #[error("join '{node}' can deadlock: {reason}")]
+    BadJoin {
+        /// The join node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// Branches of a parallel fork meet at a node that is not a parallel join, so it would run once
+    /// per branch.
+    #[error("parallel branches merge at '{0}' without a join; use a parallel gateway to join them")]
+    UnsyncedMerge(String),
+    /// An exclusive gateway has more than one default route.
+    #[error("more than one default route")]
+    TwoDefaults,
+    /// An exclusive gateway has no routes.
+    #[error("exclusive gateway has no routes")]
+    NoRoutes,
+    /// A route is neither conditional nor the default, or both.
+    #[error("a route needs either 'when' or 'default: true'")]
+    RouteShape,
+    /// A condition does not compile as CEL.
+    #[error("condition does not compile: {0}")]
+    BadCondition(String),
+    /// A condition names a variable that is not declared.
+    #[error("condition uses undeclared variable '{0}'")]
+    UndeclaredVariable(String),
+    /// A declared default or enum value does not fit the variable's type.
+    #[error("value {value} does not fit type {ty}")]
+    BadValue {
+        /// The value, as JSON.
+        value: String,
+        /// The declared type.
+        ty: String,
+    },
+    /// A service task names a handler the engine does not have (checked at deploy time).
+    #[error("no service handler registered as '{0}'")]
+    UnknownHandler(String),
+    /// A definition with this id and version is already deployed.
+    #[error("process '{id}' version {version} is already deployed")]
+    AlreadyDeployed {
+        /// The process id.
+        id: String,
+        /// The version.
+        version: u32,
+    },
+}

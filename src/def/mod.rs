@@ -1,0 +1,359 @@
+//! Process definitions: YAML text → raw DTOs → validation → an immutable compiled graph.
+//!
+//! **Invariant:** a [`ProcessDef`] is valid by construction and never changes; the executor shares
+//! it by `Arc` and never re-checks what validation proved (a DAG, one start, resolved targets,
+//! matched joins, compiled conditions).
+
+mod error;
+mod raw;
+mod render;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use petgraph::graph::DiGraph;
+
+pub use error::{LoadError, Location, Problem, ProblemKind};
+pub(crate) use raw::{At, parse_yaml};
+
+use crate::cond::Condition;
+use crate::ids::{DefKey, NodeId, RoleId};
+use crate::raci::Raci;
+use crate::vars::VarSpec;
+
+/// A validated, compiled process definition. Immutable, `Send + Sync`, shared by `Arc`.
+pub struct ProcessDef {
+    pub(crate) key: DefKey,
+    pub(crate) name: String,
+    pub(crate) name_zh: Option<String>,
+    pub(crate) source: Option<String>,
+    pub(crate) description: Option<String>,
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) roles: IndexMap<RoleId, Role>,
+    pub(crate) vars: IndexMap<String, VarSpec>,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) graph: DiGraph<NodeId, ()>,
+    pub(crate) start: NodeId,
+    /// The root CEL scope; building one costs tens of microseconds, so it is built once here.
+    pub(crate) cel: cel::Context<'static, 'static>,
+}
+
+impl std::fmt::Debug for ProcessDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessDef")
+            .field("key", &self.key)
+            .field("nodes", &self.nodes.len())
+            .finish()
+    }
+}
+
+/// A role of the catalogue.
+#[derive(Clone, Debug)]
+pub struct Role {
+    /// The English name.
+    pub name: String,
+    /// The Chinese name.
+    pub name_zh: Option<String>,
+    /// A description.
+    pub description: Option<String>,
+}
+
+/// A node of a compiled definition.
+#[derive(Debug)]
+pub struct Node {
+    pub(crate) id: String,
+    pub(crate) name: Option<String>,
+    pub(crate) name_zh: Option<String>,
+    pub(crate) description: Option<String>,
+    pub(crate) location: Location,
+    pub(crate) behaviour: Behaviour,
+    /// Outgoing flows, in YAML order (for an exclusive gateway: the route targets).
+    pub(crate) next: Vec<NodeId>,
+    /// The number of incoming flows.
+    pub(crate) incoming: u32,
+}
+
+/// What a node does when a token reaches it.
+#[derive(Debug)]
+pub(crate) enum Behaviour {
+    Start,
+    End,
+    UserTask(Raci),
+    ServiceTask {
+        handler: String,
+        location: Location,
+    },
+    Exclusive {
+        routes: Vec<Route>,
+        default: Option<NodeId>,
+    },
+    Parallel,
+}
+
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub(crate) cond: Condition,
+    pub(crate) to: NodeId,
+}
+
+/// The kind of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeKind {
+    /// Where an instance begins.
+    Start,
+    /// Where a token ends.
+    End,
+    /// Waits for a person.
+    UserTask,
+    /// Calls a host handler synchronously.
+    ServiceTask,
+    /// Takes the first route whose condition holds.
+    Exclusive,
+    /// Forks into all outgoing flows; joins by waiting for every incoming flow.
+    Parallel,
+}
+
+impl NodeKind {
+    /// The name used in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeKind::Start => "start",
+            NodeKind::End => "end",
+            NodeKind::UserTask => "user_task",
+            NodeKind::ServiceTask => "service_task",
+            NodeKind::Exclusive => "exclusive",
+            NodeKind::Parallel => "parallel",
+        }
+    }
+}
+
+impl Node {
+    /// The YAML id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The English name, if given.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The Chinese name, if given.
+    pub fn name_zh(&self) -> Option<&str> {
+        self.name_zh.as_deref()
+    }
+
+    /// The description, if given.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// Where the node's key is in the file.
+    pub fn location(&self) -> Location {
+        self.location
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> NodeKind {
+        match self.behaviour {
+            Behaviour::Start => NodeKind::Start,
+            Behaviour::End => NodeKind::End,
+            Behaviour::UserTask(_) => NodeKind::UserTask,
+            Behaviour::ServiceTask { .. } => NodeKind::ServiceTask,
+            Behaviour::Exclusive { .. } => NodeKind::Exclusive,
+            Behaviour::Parallel => NodeKind::Parallel,
+        }
+    }
+
+    /// The RACI of a user task.
+    pub fn raci(&self) -> Option<&Raci> {
+        match &self.behaviour {
+            Behaviour::UserTask(raci) => Some(raci),
+            _ => None,
+        }
+    }
+
+    /// The handler name of a service task.
+    pub fn handler(&self) -> Option<&str> {
+        match &self.behaviour {
+            Behaviour::ServiceTask { handler, .. } => Some(handler),
+            _ => None,
+        }
+    }
+
+    /// The outgoing flows, in YAML order.
+    pub fn next(&self) -> &[NodeId] {
+        &self.next
+    }
+
+    /// The conditions of an exclusive gateway's routes, with their targets, in order; the default
+    /// route has no condition.
+    pub fn routes(&self) -> Vec<(Option<&str>, NodeId)> {
+        match &self.behaviour {
+            Behaviour::Exclusive { routes, default } => routes
+                .iter()
+                .map(|r| (Some(r.cond.source()), r.to))
+                .chain(default.map(|d| (None, d)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl ProcessDef {
+    /// Parses, validates and compiles a definition from YAML text.
+    ///
+    /// # Errors
+    /// Every problem found, with line and column.
+    ///
+    /// # Examples
+    /// ```
+    /// let def = procflow::ProcessDef::from_yaml(r#"
+    /// id: hello
+    /// version: 1
+    /// name: Hello
+    /// roles: { clerk: { name: Clerk } }
+    /// nodes:
+    ///   start: { kind: start, next: greet }
+    ///   greet:
+    ///     kind: user_task
+    ///     name: Greet the customer
+    ///     raci: { responsible: [clerk], accountable: clerk }
+    ///     next: end
+    ///   end: { kind: end }
+    /// "#)?;
+    /// assert_eq!(def.key().to_string(), "hello@1");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_yaml(text: &str) -> Result<ProcessDef, LoadError> {
+        load(text, None)
+    }
+
+    /// Reads and compiles a definition file. Problems name the file.
+    ///
+    /// # Errors
+    /// The file cannot be read, or every problem found in it.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<ProcessDef, LoadError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            LoadError::new(
+                Some(path.to_owned()),
+                vec![Problem {
+                    location: None,
+                    path: String::new(),
+                    kind: ProblemKind::Io(e.to_string()),
+                }],
+            )
+        })?;
+        load(&text, Some(path.to_owned()))
+    }
+
+    /// The id and version.
+    pub fn key(&self) -> &DefKey {
+        &self.key
+    }
+
+    /// The English name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The Chinese name.
+    pub fn name_zh(&self) -> Option<&str> {
+        self.name_zh.as_deref()
+    }
+
+    /// The process id in the seed model, e.g. `3.8`.
+    pub fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+
+    /// The description.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// The file it was loaded from.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// The role catalogue.
+    pub fn roles(&self) -> impl Iterator<Item = (&RoleId, &Role)> {
+        self.roles.iter()
+    }
+
+    /// The declared variables.
+    pub fn variables(&self) -> impl Iterator<Item = &VarSpec> {
+        self.vars.values()
+    }
+
+    /// All nodes, in YAML order.
+    pub fn nodes(&self) -> impl Iterator<Item = (NodeId, &Node)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (NodeId(i as u32), n))
+    }
+
+    /// One node.
+    ///
+    /// # Panics
+    /// When `id` belongs to another definition and is out of range; see [`ProcessDef::try_node`].
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.index()]
+    }
+
+    /// One node, or `None` when `id` is out of range.
+    pub fn try_node(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(id.index())
+    }
+
+    /// The node with the YAML id `id`.
+    pub fn node_id(&self, id: &str) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .position(|n| n.id == id)
+            .map(|i| NodeId(i as u32))
+    }
+
+    /// The start node.
+    pub fn start(&self) -> NodeId {
+        self.start
+    }
+
+    /// The flow graph: one graph node per definition node (graph index = [`NodeId::index`]), one
+    /// edge per flow.
+    pub fn graph(&self) -> &DiGraph<NodeId, ()> {
+        &self.graph
+    }
+
+    /// The graph as a Mermaid flowchart.
+    pub fn to_mermaid(&self) -> String {
+        render::mermaid(self)
+    }
+
+    /// The graph in Graphviz DOT.
+    pub fn to_dot(&self) -> String {
+        render::dot(self)
+    }
+}
+
+fn load(text: &str, file: Option<PathBuf>) -> Result<ProcessDef, LoadError> {
+    let raw = raw::parse(text).map_err(|p| LoadError::new(file.clone(), vec![p]))?;
+    validate::compile(raw, file.clone()).map_err(|problems| LoadError::new(file, problems))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn def_is_send_sync() {
+        is_send_sync::<ProcessDef>();
+    }
+}

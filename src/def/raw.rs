@@ -1,0 +1,282 @@
+//! The raw definition: YAML text → plain DTOs with source locations.
+//!
+//! **Invariant:** this is the only module that knows the YAML backend (serde-saphyr) and the only
+//! place where a definition is `Deserialize`.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+
+use crate::def::error::{Location, Problem, ProblemKind};
+use crate::vars::VarType;
+
+/// A value with the location where the YAML wrote it.
+#[derive(Clone, Debug)]
+pub(crate) struct At<T> {
+    pub(crate) value: T,
+    pub(crate) loc: Location,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for At<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Spanned::<T>::deserialize(d)?;
+        Ok(At {
+            value: s.value,
+            loc: location(&s.referenced),
+        })
+    }
+}
+
+fn location(l: &serde_saphyr::Location) -> Location {
+    Location {
+        line: u32::try_from(l.line()).unwrap_or(u32::MAX),
+        column: u32::try_from(l.column()).unwrap_or(u32::MAX),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDef {
+    pub(crate) id: At<String>,
+    pub(crate) version: At<u32>,
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) name_zh: Option<String>,
+    #[serde(default)]
+    pub(crate) source: Option<String>,
+    #[serde(default)]
+    pub(crate) description: Option<String>,
+    pub(crate) roles: Entries<RawRole>,
+    #[serde(default)]
+    pub(crate) variables: Entries<RawVar>,
+    pub(crate) nodes: Entries<RawNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRole {
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) name_zh: Option<String>,
+    #[serde(default)]
+    pub(crate) description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawVar {
+    #[serde(rename = "type")]
+    pub(crate) ty: VarType,
+    #[serde(default)]
+    pub(crate) required: bool,
+    #[serde(default)]
+    pub(crate) default: Option<At<serde_json::Value>>,
+    #[serde(default, rename = "enum")]
+    pub(crate) allowed: Option<At<Vec<serde_json::Value>>>,
+    #[serde(default)]
+    pub(crate) description: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawKind {
+    Start,
+    End,
+    UserTask,
+    ServiceTask,
+    Exclusive,
+    Parallel,
+    Timer,
+}
+
+impl RawKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RawKind::Start => "start",
+            RawKind::End => "end",
+            RawKind::UserTask => "user_task",
+            RawKind::ServiceTask => "service_task",
+            RawKind::Exclusive => "exclusive",
+            RawKind::Parallel => "parallel",
+            RawKind::Timer => "timer",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNode {
+    pub(crate) kind: At<RawKind>,
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    #[serde(default)]
+    pub(crate) name_zh: Option<String>,
+    #[serde(default)]
+    pub(crate) description: Option<String>,
+    #[serde(default)]
+    pub(crate) next: Option<At<Names>>,
+    #[serde(default)]
+    pub(crate) routes: Option<At<Vec<At<RawRoute>>>>,
+    #[serde(default)]
+    pub(crate) raci: Option<At<RawRaci>>,
+    #[serde(default)]
+    pub(crate) handler: Option<At<String>>,
+    // Reserved for timers: accepted by the parser so that the validator can say "not supported
+    // yet" with a location, instead of "unknown key".
+    #[serde(default)]
+    pub(crate) due: Option<At<IgnoredAny>>,
+    #[serde(default)]
+    pub(crate) remind: Option<At<IgnoredAny>>,
+    #[serde(default)]
+    pub(crate) escalate: Option<At<IgnoredAny>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    #[serde(default)]
+    pub(crate) when: Option<At<String>>,
+    #[serde(default)]
+    pub(crate) default: Option<bool>,
+    pub(crate) to: At<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRaci {
+    #[serde(default)]
+    pub(crate) responsible: Option<At<Names>>,
+    #[serde(default)]
+    pub(crate) accountable: Option<At<Names>>,
+    #[serde(default)]
+    pub(crate) consulted: Option<At<Names>>,
+    #[serde(default)]
+    pub(crate) informed: Option<At<Names>>,
+}
+
+/// One name or a list of names, each with its own location where the YAML gives one.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Names(pub(crate) Vec<(String, Option<Location>)>);
+
+impl Names {
+    /// Each name with its location, falling back to the location of the whole value.
+    pub(crate) fn located(&self, whole: Location) -> impl Iterator<Item = (&str, Location)> {
+        self.0
+            .iter()
+            .map(move |(n, l)| (n.as_str(), l.unwrap_or(whole)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Names {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Names;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a name or a list of names")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Names, E> {
+                Ok(Names(vec![(s.to_owned(), None)]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Names, A::Error> {
+                let mut out = Vec::new();
+                while let Some(at) = seq.next_element::<At<String>>()? {
+                    out.push((at.value, Some(at.loc)));
+                }
+                Ok(Names(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A mapping kept as a list, so that a repeated key reaches the validator (which reports it with
+/// both locations) instead of silently replacing the first entry.
+pub(crate) struct Entries<T>(pub(crate) Vec<(At<String>, At<T>)>);
+
+impl<T> Default for Entries<T> {
+    fn default() -> Self {
+        Entries(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Entries<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Entries<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<T>, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<At<String>, At<T>>()? {
+                    out.push((k, v));
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
+
+/// The most input the loader accepts, against hostile files (a definition is a few KB).
+const MAX_BYTES: usize = 8 << 20;
+
+/// Parses YAML text into a raw definition.
+///
+/// # Errors
+/// One [`Problem`] of kind [`ProblemKind::Syntax`]: the parser stops at the first syntax or shape
+/// error.
+pub(crate) fn parse(text: &str) -> Result<RawDef, Problem> {
+    parse_yaml(text)
+}
+
+/// Parses YAML text into any DTO with the loader's limits and error locations (scenario files
+/// use it too).
+///
+/// # Errors
+/// One [`Problem`] of kind [`ProblemKind::Syntax`].
+pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Problem> {
+    if text.len() > MAX_BYTES {
+        return Err(Problem {
+            location: None,
+            path: String::new(),
+            kind: ProblemKind::Syntax(format!("file is larger than {MAX_BYTES} bytes")),
+        });
+    }
+    let options = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::PassThrough,
+        budget: serde_saphyr::budget! {
+            max_events: 1_000_000,
+            max_aliases: 1_000,
+            max_anchors: 1_000,
+            max_depth: 64,
+            max_documents: 1,
+        },
+    };
+    serde_saphyr::from_str_with_options::<T>(text, options).map_err(|e| {
+        let e = e.without_snippet();
+        let location = e.location().map(|l| location(&l)).filter(|l| l.line > 0);
+        let message = e.render_with_options(serde_saphyr::render_options! {
+            snippets: serde_saphyr::SnippetMode::Off,
+        });
+        Problem {
+            location,
+            path: String::new(),
+            kind: ProblemKind::Syntax(strip_location(&message)),
+        }
+    })
+}
+
+/// serde-saphyr's plain rendering ends with " at line L column C"; the location is kept apart.
+fn strip_location(message: &str) -> String {
+    let first = message.lines().next().unwrap_or(message);
+    match first.rfind(" at line ") {
+        Some(i) => first[..i].to_owned(),
+        None => first.to_owned(),
+    }
+}

@@ -1,0 +1,732 @@
+//! Validation: raw DTOs → a compiled [`ProcessDef`], or every problem found.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+
+use indexmap::IndexMap;
+use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::{Dfs, Reversed};
+
+use super::raw::{At, Entries, Names, RawDef, RawKind, RawNode, RawRaci};
+use super::{Behaviour, Location, Node, ProblemKind, ProcessDef, Role, Route};
+use crate::cond::Condition;
+use crate::def::Problem;
+use crate::ids::{DefKey, NodeId, RoleId};
+use crate::raci::Raci;
+use crate::vars::VarSpec;
+
+/// Collects problems as validation goes.
+struct Report(Vec<Problem>);
+
+impl Report {
+    fn add(&mut self, location: Location, path: impl Into<String>, kind: ProblemKind) {
+        self.0.push(Problem {
+            location: Some(location),
+            path: path.into(),
+            kind,
+        });
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Checks ids of a mapping and keeps the first entry of each id.
+fn unique<'a, T>(
+    entries: &'a Entries<T>,
+    what: &'static str,
+    section: &str,
+    report: &mut Report,
+) -> Vec<(&'a At<String>, &'a At<T>)> {
+    let mut seen: HashMap<&str, Location> = HashMap::new();
+    let mut out = Vec::new();
+    for (key, value) in &entries.0 {
+        let path = format!("{section}.{}", key.value);
+        if !valid_id(&key.value) {
+            report.add(key.loc, &path, ProblemKind::InvalidId(key.value.clone()));
+        }
+        match seen.get(key.value.as_str()) {
+            Some(first) => report.add(
+                key.loc,
+                &path,
+                ProblemKind::Duplicate {
+                    what,
+                    id: key.value.clone(),
+                    first: *first,
+                },
+            ),
+            None => {
+                seen.insert(&key.value, key.loc);
+                out.push((key, value));
+            }
+        }
+    }
+    out
+}
+
+pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, Vec<Problem>> {
+    let mut report = Report(Vec::new());
+    if !valid_id(&raw.id.value) {
+        report.add(
+            raw.id.loc,
+            "id",
+            ProblemKind::InvalidId(raw.id.value.clone()),
+        );
+    }
+    if raw.version.value == 0 {
+        report.add(
+            raw.version.loc,
+            "version",
+            ProblemKind::Syntax("version must be 1 or more".into()),
+        );
+    }
+
+    let roles: IndexMap<RoleId, Role> = unique(&raw.roles, "role", "roles", &mut report)
+        .into_iter()
+        .map(|(k, v)| {
+            let r = &v.value;
+            (
+                RoleId(k.value.clone()),
+                Role {
+                    name: r.name.clone(),
+                    name_zh: r.name_zh.clone(),
+                    description: r.description.clone(),
+                },
+            )
+        })
+        .collect();
+
+    let mut vars: IndexMap<String, VarSpec> = IndexMap::new();
+    for (k, v) in unique(&raw.variables, "variable", "variables", &mut report) {
+        let spec = VarSpec {
+            name: k.value.clone(),
+            ty: v.value.ty,
+            required: v.value.required,
+            default: v.value.default.as_ref().map(|d| d.value.clone()),
+            allowed: v.value.allowed.as_ref().map(|a| a.value.clone()),
+            description: v.value.description.clone(),
+        };
+        let check = |value: &serde_json::Value, loc: Location, key: &str, report: &mut Report| {
+            if !spec.ty.fits(value) {
+                report.add(
+                    loc,
+                    format!("variables.{}.{key}", k.value),
+                    ProblemKind::BadValue {
+                        value: value.to_string(),
+                        ty: spec.ty.as_str().to_owned(),
+                    },
+                );
+            }
+        };
+        if let Some(d) = &v.value.default {
+            check(&d.value, d.loc, "default", &mut report);
+            if let Some(allowed) = &spec.allowed {
+                if !allowed.contains(&d.value) {
+                    report.add(
+                        d.loc,
+                        format!("variables.{}.default", k.value),
+                        ProblemKind::BadValue {
+                            value: d.value.to_string(),
+                            ty: "the enum".to_owned(),
+                        },
+                    );
+                }
+            }
+        }
+        if let Some(a) = &v.value.allowed {
+            for value in &a.value {
+                check(value, a.loc, "enum", &mut report);
+            }
+        }
+        vars.insert(k.value.clone(), spec);
+    }
+
+    let nodes = unique(&raw.nodes, "node", "nodes", &mut report);
+    let index: HashMap<&str, NodeId> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.value.as_str(), NodeId(i as u32)))
+        .collect();
+
+    let mut compiled = Vec::with_capacity(nodes.len());
+    for (key, node) in &nodes {
+        let cx = NodeCx {
+            id: &key.value,
+            loc: key.loc,
+            index: &index,
+            roles: &roles,
+            vars: &vars,
+        };
+        compiled.push(cx.compile(&node.value, &mut report));
+    }
+
+    let starts: Vec<NodeId> = compiled
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.behaviour, Behaviour::Start))
+        .map(|(i, _)| NodeId(i as u32))
+        .collect();
+    if starts.len() != 1 {
+        let loc = starts
+            .get(1)
+            .map(|s| compiled[s.index()].location)
+            .unwrap_or(Location { line: 1, column: 1 });
+        report.add(loc, "nodes", ProblemKind::StartCount(starts.len()));
+    }
+
+    let mut graph: DiGraph<NodeId, ()> = DiGraph::with_capacity(compiled.len(), compiled.len() + 8);
+    for i in 0..compiled.len() {
+        graph.add_node(NodeId(i as u32));
+    }
+    for (i, n) in compiled.iter().enumerate() {
+        for to in &n.next {
+            graph.add_edge(NodeIndex::new(i), NodeIndex::new(to.index()), ());
+        }
+    }
+    for (i, n) in compiled.iter_mut().enumerate() {
+        n.incoming = graph
+            .neighbors_directed(NodeIndex::new(i), Direction::Incoming)
+            .count() as u32;
+    }
+
+    let acyclic = check_cycles(&graph, &compiled, &mut report);
+    if let [start] = starts[..] {
+        check_reachability(&graph, &compiled, start, &mut report);
+        if acyclic {
+            check_joins(&graph, &compiled, &mut report);
+        }
+    }
+
+    if !report.0.is_empty() {
+        return Err(report.0);
+    }
+    Ok(ProcessDef {
+        key: DefKey {
+            id: raw.id.value,
+            version: raw.version.value,
+        },
+        name: raw.name,
+        name_zh: raw.name_zh,
+        source: raw.source,
+        description: raw.description,
+        file,
+        roles,
+        vars,
+        nodes: compiled,
+        graph,
+        start: starts[0],
+        cel: cel::Context::default(),
+    })
+}
+
+/// What compiling one node needs to know about the rest of the definition.
+struct NodeCx<'a> {
+    id: &'a str,
+    loc: Location,
+    index: &'a HashMap<&'a str, NodeId>,
+    roles: &'a IndexMap<RoleId, Role>,
+    vars: &'a IndexMap<String, VarSpec>,
+}
+
+impl NodeCx<'_> {
+    fn path(&self, key: &str) -> String {
+        format!("nodes.{}.{key}", self.id)
+    }
+
+    fn compile(&self, raw: &RawNode, report: &mut Report) -> Node {
+        let kind = raw.kind.value;
+        let kind_name = kind.as_str();
+        let mut node = Node {
+            id: self.id.to_owned(),
+            name: raw.name.clone(),
+            name_zh: raw.name_zh.clone(),
+            description: raw.description.clone(),
+            location: self.loc,
+            behaviour: Behaviour::End,
+            next: Vec::new(),
+            incoming: 0,
+        };
+
+        for (key, at) in [
+            ("due", &raw.due),
+            ("remind", &raw.remind),
+            ("escalate", &raw.escalate),
+        ] {
+            if let Some(at) = at {
+                report.add(
+                    at.loc,
+                    self.path(key),
+                    ProblemKind::NotSupported(key.to_owned()),
+                );
+            }
+        }
+        let not_allowed = |key: &'static str, loc: Option<Location>, report: &mut Report| {
+            if let Some(loc) = loc {
+                report.add(
+                    loc,
+                    self.path(key),
+                    ProblemKind::KeyNotAllowed {
+                        key,
+                        kind: kind_name,
+                    },
+                );
+            }
+        };
+        if kind != RawKind::UserTask {
+            not_allowed("raci", raw.raci.as_ref().map(|a| a.loc), report);
+        }
+        if kind != RawKind::ServiceTask {
+            not_allowed("handler", raw.handler.as_ref().map(|a| a.loc), report);
+        }
+        if kind != RawKind::Exclusive {
+            not_allowed("routes", raw.routes.as_ref().map(|a| a.loc), report);
+        }
+        if matches!(kind, RawKind::UserTask | RawKind::ServiceTask) && raw.name.is_none() {
+            report.add(
+                self.loc,
+                self.path("name"),
+                ProblemKind::KeyMissing {
+                    key: "name",
+                    kind: kind_name,
+                },
+            );
+        }
+
+        match kind {
+            RawKind::Exclusive => {
+                not_allowed("next", raw.next.as_ref().map(|a| a.loc), report);
+                node.behaviour = self.exclusive(raw, &mut node.next, report);
+            }
+            RawKind::End => not_allowed("next", raw.next.as_ref().map(|a| a.loc), report),
+            RawKind::Timer => {
+                report.add(
+                    raw.kind.loc,
+                    self.path("kind"),
+                    ProblemKind::NotSupported("kind: timer".into()),
+                );
+            }
+            RawKind::Start | RawKind::UserTask | RawKind::ServiceTask | RawKind::Parallel => {
+                node.next = self.targets(raw.next.as_ref(), report);
+                let found = raw.next.as_ref().map_or(0, |n| n.value.0.len());
+                if kind == RawKind::Parallel {
+                    if found == 0 {
+                        report.add(
+                            self.loc,
+                            self.path("next"),
+                            ProblemKind::KeyMissing {
+                                key: "next",
+                                kind: kind_name,
+                            },
+                        );
+                    }
+                } else if found != 1 {
+                    let loc = raw.next.as_ref().map_or(self.loc, |n| n.loc);
+                    report.add(
+                        loc,
+                        self.path("next"),
+                        ProblemKind::NextCount {
+                            kind: kind_name,
+                            found,
+                        },
+                    );
+                }
+                node.behaviour = match kind {
+                    RawKind::Start => Behaviour::Start,
+                    RawKind::Parallel => Behaviour::Parallel,
+                    RawKind::UserTask => Behaviour::UserTask(self.raci(raw.raci.as_ref(), report)),
+                    _ => match &raw.handler {
+                        Some(h) => Behaviour::ServiceTask {
+                            handler: h.value.clone(),
+                            location: h.loc,
+                        },
+                        None => {
+                            report.add(
+                                self.loc,
+                                self.path("handler"),
+                                ProblemKind::KeyMissing {
+                                    key: "handler",
+                                    kind: kind_name,
+                                },
+                            );
+                            Behaviour::ServiceTask {
+                                handler: String::new(),
+                                location: self.loc,
+                            }
+                        }
+                    },
+                };
+            }
+        }
+        node
+    }
+
+    fn target(
+        &self,
+        name: &str,
+        loc: Location,
+        path: String,
+        report: &mut Report,
+    ) -> Option<NodeId> {
+        let found = self.index.get(name).copied();
+        if found.is_none() {
+            report.add(loc, path, ProblemKind::UnknownNode(name.to_owned()));
+        }
+        found
+    }
+
+    fn targets(&self, next: Option<&At<Names>>, report: &mut Report) -> Vec<NodeId> {
+        let Some(next) = next else { return Vec::new() };
+        next.value
+            .located(next.loc)
+            .filter_map(|(name, loc)| self.target(name, loc, self.path("next"), report))
+            .collect()
+    }
+
+    fn exclusive(&self, raw: &RawNode, next: &mut Vec<NodeId>, report: &mut Report) -> Behaviour {
+        let mut routes = Vec::new();
+        let mut default = None;
+        let Some(raw_routes) = &raw.routes else {
+            report.add(self.loc, self.path("routes"), ProblemKind::NoRoutes);
+            return Behaviour::Exclusive { routes, default };
+        };
+        if raw_routes.value.is_empty() {
+            report.add(raw_routes.loc, self.path("routes"), ProblemKind::NoRoutes);
+        }
+        let mut defaults = 0;
+        for (i, route) in raw_routes.value.iter().enumerate() {
+            let path = format!("nodes.{}.routes[{i}]", self.id);
+            let r = &route.value;
+            let to = self.target(&r.to.value, r.to.loc, format!("{path}.to"), report);
+            let is_default = r.default == Some(true);
+            match (&r.when, is_default) {
+                (Some(_), true) | (None, false) => {
+                    report.add(route.loc, &path, ProblemKind::RouteShape)
+                }
+                (None, true) => {
+                    defaults += 1;
+                    if defaults > 1 {
+                        report.add(route.loc, &path, ProblemKind::TwoDefaults);
+                    }
+                    if let Some(to) = to {
+                        default.get_or_insert(to);
+                    }
+                }
+                (Some(when), false) => match Condition::compile(&when.value) {
+                    Err(message) => report.add(
+                        when.loc,
+                        format!("{path}.when"),
+                        ProblemKind::BadCondition(message),
+                    ),
+                    Ok(cond) => {
+                        for var in cond.reads() {
+                            if !self.vars.contains_key(var) {
+                                report.add(
+                                    when.loc,
+                                    format!("{path}.when"),
+                                    ProblemKind::UndeclaredVariable(var.clone()),
+                                );
+                            }
+                        }
+                        if let Some(to) = to {
+                            routes.push(Route { cond, to });
+                        }
+                    }
+                },
+            }
+        }
+        next.extend(routes.iter().map(|r| r.to));
+        next.extend(default);
+        Behaviour::Exclusive { routes, default }
+    }
+
+    fn raci(&self, raci: Option<&At<RawRaci>>, report: &mut Report) -> Raci {
+        let mut out = Raci {
+            responsible: Vec::new(),
+            accountable: RoleId(String::new()),
+            consulted: Vec::new(),
+            informed: Vec::new(),
+        };
+        let Some(raci) = raci else {
+            report.add(self.loc, self.path("raci"), ProblemKind::MissingRaci);
+            return out;
+        };
+        let r = &raci.value;
+        let roles = |names: &Option<At<Names>>, key: &str, report: &mut Report| -> Vec<RoleId> {
+            let Some(names) = names else {
+                return Vec::new();
+            };
+            names
+                .value
+                .located(names.loc)
+                .filter_map(|(name, loc)| {
+                    let role = RoleId(name.to_owned());
+                    if self.roles.contains_key(&role) {
+                        Some(role)
+                    } else {
+                        report.add(
+                            loc,
+                            self.path(&format!("raci.{key}")),
+                            ProblemKind::UnknownRole(name.to_owned()),
+                        );
+                        None
+                    }
+                })
+                .collect()
+        };
+        out.responsible = roles(&r.responsible, "responsible", report);
+        let accountable = roles(&r.accountable, "accountable", report);
+        out.consulted = roles(&r.consulted, "consulted", report);
+        out.informed = roles(&r.informed, "informed", report);
+        if r.responsible.as_ref().is_none_or(|n| n.value.0.is_empty()) {
+            let loc = r.responsible.as_ref().map_or(raci.loc, |n| n.loc);
+            report.add(
+                loc,
+                self.path("raci.responsible"),
+                ProblemKind::NoResponsible,
+            );
+        }
+        let count = r.accountable.as_ref().map_or(0, |n| n.value.0.len());
+        if count != 1 {
+            let loc = r.accountable.as_ref().map_or(raci.loc, |n| n.loc);
+            report.add(
+                loc,
+                self.path("raci.accountable"),
+                ProblemKind::AccountableCount(count),
+            );
+        }
+        if let Some(a) = accountable.into_iter().next() {
+            out.accountable = a;
+        }
+        out
+    }
+}
+
+/// Reports every cycle (one per strongly connected component). Returns whether the graph is a DAG.
+fn check_cycles(graph: &DiGraph<NodeId, ()>, nodes: &[Node], report: &mut Report) -> bool {
+    let mut acyclic = true;
+    for scc in petgraph::algo::tarjan_scc(graph) {
+        let first = *scc.iter().min().expect("components are never empty");
+        let self_loop = graph.contains_edge(first, first);
+        if scc.len() < 2 && !self_loop {
+            continue;
+        }
+        acyclic = false;
+        let members: HashSet<NodeIndex> = scc.iter().copied().collect();
+        let path = cycle_from(graph, first, &members);
+        let names: Vec<String> = path.iter().map(|i| nodes[i.index()].id.clone()).collect();
+        report.add(
+            nodes[first.index()].location,
+            format!("nodes.{}", nodes[first.index()].id),
+            ProblemKind::Cycle(names),
+        );
+    }
+    acyclic
+}
+
+/// A shortest cycle through `start` inside one strongly connected component, closed by `start`.
+fn cycle_from(
+    graph: &DiGraph<NodeId, ()>,
+    start: NodeIndex,
+    members: &HashSet<NodeIndex>,
+) -> Vec<NodeIndex> {
+    let mut parent: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+    let mut queue = VecDeque::from([start]);
+    while let Some(u) = queue.pop_front() {
+        for v in graph.neighbors(u) {
+            if v == start {
+                let mut path = vec![start];
+                let mut at = u;
+                while at != start {
+                    path.push(at);
+                    at = parent[&at];
+                }
+                path.push(start);
+                let last = path.len() - 1;
+                path[1..last].reverse();
+                return path;
+            }
+            if members.contains(&v) && !parent.contains_key(&v) {
+                parent.insert(v, u);
+                queue.push_back(v);
+            }
+        }
+    }
+    vec![start, start]
+}
+
+fn check_reachability(
+    graph: &DiGraph<NodeId, ()>,
+    nodes: &[Node],
+    start: NodeId,
+    report: &mut Report,
+) {
+    let mut seen = vec![false; nodes.len()];
+    let mut dfs = Dfs::new(graph, NodeIndex::new(start.index()));
+    while let Some(n) = dfs.next(graph) {
+        seen[n.index()] = true;
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        if !seen[i] {
+            report.add(
+                node.location,
+                format!("nodes.{}", node.id),
+                ProblemKind::Unreachable(node.id.clone()),
+            );
+        }
+    }
+    let reversed = Reversed(graph);
+    let mut ends = vec![false; nodes.len()];
+    for (i, node) in nodes.iter().enumerate() {
+        if matches!(node.behaviour, Behaviour::End) && !ends[i] {
+            let mut dfs = Dfs::new(reversed, NodeIndex::new(i));
+            while let Some(n) = dfs.next(reversed) {
+                ends[n.index()] = true;
+            }
+        }
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        // A node whose own successors are missing was already reported as an unknown target.
+        if !ends[i] && seen[i] {
+            report.add(
+                node.location,
+                format!("nodes.{}", node.id),
+                ProblemKind::NoEnd(node.id.clone()),
+            );
+        }
+    }
+}
+
+/// One step of the gateway context a flow is in: which split, which branch, and whether the
+/// split was parallel.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Branch {
+    split: NodeIndex,
+    arm: usize,
+    parallel: bool,
+}
+
+/// Checks that parallel joins match forks. Each flow is labelled with the stack of splits it is
+/// inside; a join must receive exactly all arms of one fork with the same context around it, and a
+/// non-join merge may only drop exclusive arms (dropping a parallel arm would run the merge node
+/// once per arm).
+fn check_joins(graph: &DiGraph<NodeId, ()>, nodes: &[Node], report: &mut Report) {
+    let order = match petgraph::algo::toposort(graph, None) {
+        Ok(order) => order,
+        Err(_) => return,
+    };
+    // The labels of the flows arriving at each node.
+    let mut arriving: Vec<Vec<Vec<Branch>>> = vec![Vec::new(); nodes.len()];
+    for u in order {
+        let node = &nodes[u.index()];
+        let labels = std::mem::take(&mut arriving[u.index()]);
+        let here: Vec<Branch> = if labels.len() <= 1 {
+            labels.into_iter().next().unwrap_or_default()
+        } else if matches!(node.behaviour, Behaviour::Parallel) {
+            join_label(u, node, nodes, graph, &labels, report)
+        } else {
+            let prefix = common_prefix(&labels);
+            let unsynced = !matches!(node.behaviour, Behaviour::End)
+                && labels
+                    .iter()
+                    .any(|l| l[prefix.len()..].iter().any(|b| b.parallel));
+            if unsynced {
+                report.add(
+                    node.location,
+                    format!("nodes.{}", node.id),
+                    ProblemKind::UnsyncedMerge(node.id.clone()),
+                );
+            }
+            prefix
+        };
+        let split = match node.behaviour {
+            Behaviour::Parallel => node.next.len() > 1,
+            Behaviour::Exclusive { .. } => node.next.len() > 1,
+            _ => false,
+        };
+        for (arm, to) in node.next.iter().enumerate() {
+            let mut label = here.clone();
+            if split {
+                label.push(Branch {
+                    split: u,
+                    arm,
+                    parallel: matches!(node.behaviour, Behaviour::Parallel),
+                });
+            }
+            arriving[to.index()].push(label);
+        }
+    }
+}
+
+fn common_prefix(labels: &[Vec<Branch>]) -> Vec<Branch> {
+    let first = &labels[0];
+    let mut len = first.len();
+    for l in &labels[1..] {
+        len = len.min(first.iter().zip(l).take_while(|(a, b)| a == b).count());
+    }
+    first[..len].to_vec()
+}
+
+fn join_label(
+    u: NodeIndex,
+    node: &Node,
+    nodes: &[Node],
+    graph: &DiGraph<NodeId, ()>,
+    labels: &[Vec<Branch>],
+    report: &mut Report,
+) -> Vec<Branch> {
+    let mut bad = |reason: String| {
+        report.add(
+            node.location,
+            format!("nodes.{}", node.id),
+            ProblemKind::BadJoin {
+                node: node.id.clone(),
+                reason,
+            },
+        );
+    };
+    let _ = u;
+    let lasts: Vec<Option<&Branch>> = labels.iter().map(|l| l.last()).collect();
+    if let Some(Some(b)) = lasts.iter().find(|b| b.is_some_and(|b| !b.parallel)) {
+        bad(format!(
+            "a flow arrives through exclusive gateway '{}', so the join may wait for a branch that never comes",
+            nodes[b.split.index()].id
+        ));
+        return common_prefix(labels);
+    }
+    if lasts.iter().any(Option::is_none) {
+        bad("a flow arrives that is not a branch of any parallel fork".to_owned());
+        return common_prefix(labels);
+    }
+    let forks: Vec<NodeIndex> = lasts.iter().flatten().map(|b| b.split).collect();
+    let fork = forks[0];
+    if let Some(other) = forks.iter().find(|f| **f != fork) {
+        bad(format!(
+            "its branches come from different forks '{}' and '{}'",
+            nodes[fork.index()].id,
+            nodes[other.index()].id
+        ));
+        return common_prefix(labels);
+    }
+    let arms = graph.neighbors(fork).count();
+    let mut seen: Vec<usize> = lasts.iter().flatten().map(|b| b.arm).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    if seen.len() != labels.len() || labels.len() != arms {
+        bad(format!(
+            "fork '{}' has {arms} branches but {} flows arrive here",
+            nodes[fork.index()].id,
+            labels.len()
+        ));
+    } else if labels
+        .iter()
+        .any(|l| l[..l.len() - 1] != labels[0][..labels[0].len() - 1])
+    {
+        bad("its branches are inside different gateways".to_owned());
+    }
+    labels[0][..labels[0].len() - 1].to_vec()
+}

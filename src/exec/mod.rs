@@ -1,0 +1,738 @@
+//! The executor: an [`Engine`] owns deployed definitions and running instances, and steps
+//! instances when hosts call it.
+//!
+//! **Invariant:** every call locks exactly one instance (never two), and never takes an engine-wide
+//! lock while stepping it; independent instances run in parallel on several threads.
+
+mod error;
+mod state;
+mod step;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use chrono::{DateTime, Utc};
+
+pub use error::ExecError;
+pub use state::{
+    Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
+};
+
+use crate::clock::{Clock, SystemClock};
+use crate::def::{Behaviour, LoadError, Problem, ProblemKind, ProcessDef};
+use crate::hooks::{Event, Hook, ServiceHandler};
+use crate::ids::{InstanceId, NodeId, TaskId};
+use crate::raci::{self, Action, Actor, Authorizer, Grant};
+use crate::vars::{VarProblem, Vars};
+use step::{Change, Step};
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// Whether instances keep an audit trail. This is enabled by default.
+    pub audit: bool,
+    /// Whether completed instances stay in memory (readable with [`Engine::instance`]) until
+    /// [`Engine::remove`]. This is enabled by default; a host that archives instances through a
+    /// hook can turn it off.
+    pub retain_completed: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            audit: true,
+            retain_completed: true,
+        }
+    }
+}
+
+/// A deployed definition with its service handlers resolved per node.
+pub(crate) struct Deployed {
+    pub(crate) def: Arc<ProcessDef>,
+    pub(crate) handlers: Vec<Option<Arc<dyn ServiceHandler>>>,
+}
+
+struct Slot {
+    inst: Instance,
+    dep: Arc<Deployed>,
+}
+
+const SHARDS: usize = 64;
+
+/// The workflow engine a host application owns. `Send + Sync`: share it by `Arc` and drive
+/// independent instances from as many threads as you like.
+pub struct Engine {
+    config: Config,
+    clock: Arc<dyn Clock>,
+    hooks: Vec<Arc<dyn Hook>>,
+    handlers: HashMap<String, Arc<dyn ServiceHandler>>,
+    authorizer: Arc<dyn Authorizer>,
+    defs: RwLock<HashMap<String, BTreeMap<u32, Arc<Deployed>>>>,
+    shards: Box<[Mutex<HashMap<u64, Arc<Mutex<Slot>>>>]>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`Engine`]: handlers, hooks, clock, authorizer and config are fixed when it is
+/// built, so the hot path reads them without locks.
+pub struct EngineBuilder {
+    config: Config,
+    clock: Arc<dyn Clock>,
+    hooks: Vec<Arc<dyn Hook>>,
+    handlers: HashMap<String, Arc<dyn ServiceHandler>>,
+    authorizer: Arc<dyn Authorizer>,
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            config: Config::default(),
+            clock: Arc::new(SystemClock),
+            hooks: Vec::new(),
+            handlers: HashMap::new(),
+            authorizer: Arc::new(raci::by_actor_roles),
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// Sets the config. See [`Config`] for the defaults.
+    pub fn config(&mut self, config: Config) -> &mut Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the clock. The default is [`SystemClock`].
+    pub fn clock(&mut self, clock: impl Clock + 'static) -> &mut Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Adds a hook; hooks see events in the order they were added.
+    pub fn hook(&mut self, hook: impl Hook + 'static) -> &mut Self {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Registers a service handler under `name` (replacing one of the same name).
+    pub fn handler(
+        &mut self,
+        name: impl Into<String>,
+        handler: impl ServiceHandler + 'static,
+    ) -> &mut Self {
+        self.handlers.insert(name.into(), Arc::new(handler));
+        self
+    }
+
+    /// Sets how role membership is decided. The default checks [`Actor::roles`].
+    pub fn authorizer(&mut self, authorizer: impl Authorizer + 'static) -> &mut Self {
+        self.authorizer = Arc::new(authorizer);
+        self
+    }
+
+    /// Builds the engine.
+    pub fn build(&mut self) -> Engine {
+        let b = std::mem::take(self);
+        Engine {
+            config: b.config,
+            clock: b.clock,
+            hooks: b.hooks,
+            handlers: b.handlers,
+            authorizer: b.authorizer,
+            defs: RwLock::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+/// An open task as a work list shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskView {
+    /// The task.
+    pub id: TaskId,
+    /// The node.
+    pub node: NodeId,
+    /// The node's YAML id.
+    pub node_id: String,
+    /// The node's name.
+    pub name: Option<String>,
+    /// Who claimed it.
+    pub claimed_by: Option<String>,
+    /// When it opened.
+    pub created_at: DateTime<Utc>,
+}
+
+thread_local! {
+    /// Instances this thread holds locked, to refuse re-entrant calls instead of deadlocking.
+    static HELD: RefCell<Vec<InstanceId>> = const { RefCell::new(Vec::new()) };
+}
+
+struct Held(InstanceId);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.with(|h| h.borrow_mut().retain(|i| *i != self.0));
+    }
+}
+
+fn is_held(id: InstanceId) -> bool {
+    HELD.with(|h| h.borrow().contains(&id))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic inside the engine never leaves a half-applied change (handlers and hooks run under
+    // catch_unwind), so a poisoned lock still guards consistent data.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Checks variables against a definition's declarations.
+pub(crate) fn check_vars(def: &ProcessDef, vars: &Vars) -> Vec<(String, VarProblem)> {
+    let mut problems = Vec::new();
+    for (name, value) in vars {
+        match def.vars.get(name) {
+            None => problems.push((name.clone(), VarProblem::Undeclared)),
+            Some(spec) => {
+                if let Some(p) = spec.reject(value) {
+                    problems.push((name.clone(), p));
+                }
+            }
+        }
+    }
+    problems
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::builder().build()
+    }
+}
+
+impl Engine {
+    /// An engine with the default config, the system clock, and no handlers or hooks.
+    pub fn new() -> Engine {
+        Engine::default()
+    }
+
+    /// A builder for an engine with handlers, hooks, a clock or a config.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// Deploys a definition. Instances started afterwards use the newest version unless one is
+    /// named.
+    ///
+    /// # Errors
+    /// A service task names a handler that is not registered, or this id and version is already
+    /// deployed.
+    pub fn deploy(&self, def: ProcessDef) -> Result<Arc<ProcessDef>, LoadError> {
+        let mut problems = Vec::new();
+        let handlers = def
+            .nodes
+            .iter()
+            .map(|n| match &n.behaviour {
+                Behaviour::ServiceTask { handler, location } => {
+                    let found = self.handlers.get(handler).cloned();
+                    if found.is_none() {
+                        problems.push(Problem {
+                            location: Some(*location),
+                            path: format!("nodes.{}.handler", n.id),
+                            kind: ProblemKind::UnknownHandler(handler.clone()),
+                        });
+                    }
+                    found
+                }
+                _ => None,
+            })
+            .collect();
+        let mut defs = self.defs.write().unwrap_or_else(|e| e.into_inner());
+        let versions = defs.entry(def.key.id.clone()).or_default();
+        if versions.contains_key(&def.key.version) {
+            problems.push(Problem {
+                location: None,
+                path: "version".into(),
+                kind: ProblemKind::AlreadyDeployed {
+                    id: def.key.id.clone(),
+                    version: def.key.version,
+                },
+            });
+        }
+        if !problems.is_empty() {
+            return Err(LoadError::new(def.file.clone(), problems));
+        }
+        let def = Arc::new(def);
+        versions.insert(
+            def.key.version,
+            Arc::new(Deployed {
+                def: Arc::clone(&def),
+                handlers,
+            }),
+        );
+        Ok(def)
+    }
+
+    /// A deployed definition: the newest version, or the one named.
+    pub fn definition(&self, id: &str, version: Option<u32>) -> Option<Arc<ProcessDef>> {
+        self.deployed(id, version).ok().map(|d| Arc::clone(&d.def))
+    }
+
+    fn deployed(&self, id: &str, version: Option<u32>) -> Result<Arc<Deployed>, ExecError> {
+        let defs = self.defs.read().unwrap_or_else(|e| e.into_inner());
+        let versions = defs.get(id);
+        let found = match version {
+            Some(v) => versions.and_then(|vs| vs.get(&v)),
+            None => versions.and_then(|vs| vs.values().next_back()),
+        };
+        found.cloned().ok_or_else(|| ExecError::UnknownProcess {
+            id: id.to_owned(),
+            version,
+        })
+    }
+
+    /// Starts an instance of the newest version of `process` and runs it until every token waits
+    /// at a user task or has ended.
+    ///
+    /// # Errors
+    /// [`ExecError::UnknownProcess`]; [`ExecError::Variables`] when `vars` names an undeclared
+    /// variable, has a value of the wrong type or outside the enum, or misses a required one
+    /// (nothing is started); [`ExecError::Incident`] or [`ExecError::Hook`] when a node or hook
+    /// failed (the instance exists, with an incident).
+    pub fn start(&self, process: &str, vars: Vars) -> Result<InstanceId, ExecError> {
+        self.start_version(process, None, vars)
+    }
+
+    /// Starts an instance of a named version; see [`Engine::start`].
+    ///
+    /// # Errors
+    /// As [`Engine::start`].
+    pub fn start_version(
+        &self,
+        process: &str,
+        version: Option<u32>,
+        mut vars: Vars,
+    ) -> Result<InstanceId, ExecError> {
+        let dep = self.deployed(process, version)?;
+        let def = &dep.def;
+        let mut problems = check_vars(def, &vars);
+        for spec in def.vars.values() {
+            if !vars.contains_key(&spec.name) {
+                match &spec.default {
+                    Some(d) => {
+                        vars.insert(spec.name.clone(), d.clone());
+                    }
+                    None if spec.required => {
+                        problems.push((spec.name.clone(), VarProblem::Missing))
+                    }
+                    None => {}
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ExecError::Variables { problems });
+        }
+        let id = InstanceId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let now = self.clock.now();
+        let mut inst = Instance {
+            id,
+            def: def.key.clone(),
+            status: Status::Running,
+            vars,
+            tokens: vec![Token {
+                node: def.start,
+                state: TokenState::Ready,
+            }],
+            joins: Vec::new(),
+            tasks: Vec::new(),
+            incidents: Vec::new(),
+            audit: Vec::new(),
+            started_at: now,
+            ended_at: None,
+        };
+        let _held = self.hold(id);
+        let result = {
+            let mut step = Step::new(&mut inst, &dep, &self.hooks, now, self.config.audit);
+            step.apply(Change::Started);
+            let result = step.run();
+            step.finish(result)
+        };
+        if inst.status == Status::Running || self.config.retain_completed {
+            let slot = Arc::new(Mutex::new(Slot { inst, dep }));
+            lock(self.shard(id)).insert(id.0, slot);
+        }
+        result.map(|()| id)
+    }
+
+    fn shard(&self, id: InstanceId) -> &Mutex<HashMap<u64, Arc<Mutex<Slot>>>> {
+        &self.shards[(id.0 as usize) % SHARDS]
+    }
+
+    fn hold(&self, id: InstanceId) -> Held {
+        HELD.with(|h| h.borrow_mut().push(id));
+        Held(id)
+    }
+
+    /// Runs `f` on the locked instance.
+    fn with_slot<R>(&self, id: InstanceId, f: impl FnOnce(&mut Slot) -> R) -> Result<R, ExecError> {
+        if is_held(id) {
+            return Err(ExecError::Reentrant(id));
+        }
+        let slot = lock(self.shard(id))
+            .get(&id.0)
+            .cloned()
+            .ok_or(ExecError::UnknownInstance(id))?;
+        let _held = self.hold(id);
+        let mut guard = lock(&slot);
+        let out = f(&mut guard);
+        let drop_it = !self.config.retain_completed && guard.inst.status == Status::Completed;
+        drop(guard);
+        if drop_it {
+            lock(self.shard(id)).remove(&id.0);
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` with a step on the instance of `task`, after checking the task is open.
+    fn with_task(
+        &self,
+        task: TaskId,
+        f: impl FnOnce(&mut Step<'_>, &str) -> Result<(), ExecError>,
+    ) -> Result<(), ExecError> {
+        let now = self.clock.now();
+        self.with_slot(task.instance, |slot| {
+            let Slot { inst, dep } = slot;
+            let t = inst
+                .tasks
+                .get(task.seq as usize)
+                .ok_or(ExecError::UnknownTask(task))?;
+            let node = dep.def.nodes[t.node.index()].id.clone();
+            if !t.is_open() {
+                return Err(ExecError::TaskClosed { task, node });
+            }
+            let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
+            let result = f(&mut step, &node);
+            step.finish(result)
+        })?
+    }
+
+    /// Checks RACI for `action` and records a refusal.
+    fn authorize(
+        &self,
+        step: &mut Step<'_>,
+        task: TaskId,
+        node: &str,
+        action: Action,
+        actor: &Actor,
+    ) -> Result<Grant, ExecError> {
+        let t = &step.inst.tasks[task.seq as usize];
+        let claimant = t.claimed_by.clone();
+        let raci = step.dep.def.nodes[t.node.index()]
+            .raci()
+            .expect("tasks sit on user task nodes");
+        match raci::check(&*self.authorizer, raci, action, actor, claimant.as_deref()) {
+            Ok(grant) => Ok(grant),
+            Err(allowed) => {
+                step.apply(Change::Denied {
+                    task: task.seq,
+                    actor: &actor.id,
+                    action,
+                    allowed: &allowed,
+                });
+                Err(ExecError::Denied {
+                    actor: actor.id.clone(),
+                    action,
+                    task,
+                    node: node.to_owned(),
+                    allowed,
+                    claimed_by: claimant.filter(|c| *c != actor.id),
+                })
+            }
+        }
+    }
+
+    /// Claims an open task for `actor`, who must hold a responsible role.
+    ///
+    /// # Errors
+    /// [`ExecError::Denied`] (recorded in the audit trail), [`ExecError::AlreadyClaimed`],
+    /// [`ExecError::UnknownTask`], [`ExecError::TaskClosed`].
+    pub fn claim(&self, task: TaskId, actor: &Actor) -> Result<(), ExecError> {
+        self.with_task(task, |step, node| {
+            if let Some(by) = &step.inst.tasks[task.seq as usize].claimed_by {
+                if *by != actor.id {
+                    return Err(ExecError::AlreadyClaimed {
+                        task,
+                        node: node.to_owned(),
+                        by: by.clone(),
+                    });
+                }
+            }
+            self.authorize(step, task, node, Action::Claim, actor)?;
+            step.apply(Change::Claim {
+                task: task.seq,
+                actor: &actor.id,
+            });
+            Ok(())
+        })
+    }
+
+    /// Completes a task with output variables and runs the instance on.
+    ///
+    /// A responsible actor may complete an unclaimed task or one it claimed; the accountable role
+    /// may complete any open task, which the audit trail marks as an override. Hooks may veto.
+    ///
+    /// # Errors
+    /// [`ExecError::Denied`], [`ExecError::Variables`], [`ExecError::Vetoed`] (nothing changed
+    /// but the audit record); [`ExecError::Incident`] or [`ExecError::Hook`] when a later node or
+    /// a hook failed (the completion stands).
+    pub fn complete(&self, task: TaskId, actor: &Actor, output: Vars) -> Result<(), ExecError> {
+        self.with_task(task, |step, node| {
+            let grant = self.authorize(step, task, node, Action::Complete, actor)?;
+            let problems = check_vars(&step.dep.def, &output);
+            if !problems.is_empty() {
+                return Err(ExecError::Variables { problems });
+            }
+            let verdict = step.guard(Event::TaskCompleting {
+                task,
+                node,
+                actor: &actor.id,
+                output: &output,
+            });
+            if let Err(reason) = verdict {
+                step.apply(Change::Vetoed {
+                    task: task.seq,
+                    actor: &actor.id,
+                    reason: &reason,
+                });
+                return Err(ExecError::Vetoed {
+                    task,
+                    node: node.to_owned(),
+                    reason,
+                });
+            }
+            let overridden = grant == Grant::Override;
+            step.apply(Change::Complete {
+                task: task.seq,
+                actor: &actor.id,
+                overridden,
+                output,
+            });
+            let from = step.inst.tasks[task.seq as usize].node;
+            let to = step.dep.def.nodes[from.index()].next[0];
+            let i = step
+                .inst
+                .tokens
+                .iter()
+                .position(|t| t.node == from && t.state == TokenState::Ready)
+                .expect("a completed task's token is ready");
+            step.apply(Change::Flow {
+                token: Some(i),
+                from,
+                to,
+                actor: Some(&actor.id),
+            });
+            step.run()
+        })
+    }
+
+    /// Adds a comment to an open task. Responsible, accountable and consulted roles may comment.
+    ///
+    /// # Errors
+    /// [`ExecError::Denied`], [`ExecError::UnknownTask`], [`ExecError::TaskClosed`].
+    pub fn comment(&self, task: TaskId, actor: &Actor, text: &str) -> Result<(), ExecError> {
+        self.with_task(task, |step, node| {
+            self.authorize(step, task, node, Action::Comment, actor)?;
+            step.apply(Change::Comment {
+                task: task.seq,
+                actor: &actor.id,
+                text,
+            });
+            Ok(())
+        })
+    }
+
+    /// Gives an open task to `to` as an override by the accountable role. `to` must hold a
+    /// responsible role.
+    ///
+    /// # Errors
+    /// [`ExecError::Denied`] when `by` is not accountable or `to` is not responsible.
+    pub fn reassign(&self, task: TaskId, by: &Actor, to: &Actor) -> Result<(), ExecError> {
+        self.with_task(task, |step, node| {
+            self.authorize(step, task, node, Action::Reassign, by)?;
+            self.authorize(
+                step,
+                task,
+                node,
+                Action::Claim,
+                &Actor {
+                    id: to.id.clone(),
+                    roles: to.roles.clone(),
+                },
+            )
+            .or_else(|e| match e {
+                // The target may be refused only for lack of a role, not for the old claim.
+                ExecError::Denied {
+                    claimed_by: Some(_),
+                    ..
+                } => Ok(Grant::Regular),
+                e => Err(e),
+            })?;
+            step.apply(Change::Reassign {
+                task: task.seq,
+                by: &by.id,
+                to: &to.id,
+            });
+            Ok(())
+        })
+    }
+
+    /// Runs failed nodes again (a service task whose handler failed, a gateway with no route).
+    ///
+    /// # Errors
+    /// [`ExecError::NothingToRetry`], or the next failure.
+    pub fn retry(&self, instance: InstanceId) -> Result<(), ExecError> {
+        let now = self.clock.now();
+        self.with_slot(instance, |slot| {
+            let Slot { inst, dep } = slot;
+            if inst.status == Status::Completed {
+                return Err(ExecError::InstanceCompleted(instance));
+            }
+            if !inst.tokens.iter().any(|t| t.state == TokenState::Failed) {
+                return Err(ExecError::NothingToRetry(instance));
+            }
+            let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
+            step.apply(Change::Retry);
+            let result = step.run();
+            step.finish(result)
+        })?
+    }
+
+    /// A copy of an instance's state.
+    ///
+    /// # Errors
+    /// [`ExecError::UnknownInstance`].
+    pub fn instance(&self, id: InstanceId) -> Result<Instance, ExecError> {
+        self.with_slot(id, |slot| slot.inst.clone())
+    }
+
+    /// The definition an instance runs.
+    ///
+    /// # Errors
+    /// [`ExecError::UnknownInstance`].
+    pub fn definition_of(&self, id: InstanceId) -> Result<Arc<ProcessDef>, ExecError> {
+        self.with_slot(id, |slot| Arc::clone(&slot.dep.def))
+    }
+
+    /// Removes an instance from the engine and returns its final state.
+    ///
+    /// # Errors
+    /// [`ExecError::UnknownInstance`], [`ExecError::Reentrant`].
+    pub fn remove(&self, id: InstanceId) -> Result<Instance, ExecError> {
+        if is_held(id) {
+            return Err(ExecError::Reentrant(id));
+        }
+        let slot = lock(self.shard(id))
+            .remove(&id.0)
+            .ok_or(ExecError::UnknownInstance(id))?;
+        let inst = lock(&slot).inst.clone();
+        Ok(inst)
+    }
+
+    /// The open tasks of an instance.
+    ///
+    /// # Errors
+    /// [`ExecError::UnknownInstance`].
+    pub fn tasks(&self, instance: InstanceId) -> Result<Vec<TaskView>, ExecError> {
+        self.with_slot(instance, |slot| open_tasks(slot, |_| true))
+    }
+
+    /// The open tasks that `actor`'s roles make it responsible for (unclaimed, or claimed by
+    /// it), across all instances, oldest first.
+    ///
+    /// Complexity: a scan of every live instance. Instances locked by the calling thread (when
+    /// called from a hook) are skipped.
+    pub fn work_list(&self, actor: &Actor) -> Vec<TaskView> {
+        let mut out = Vec::new();
+        for shard in &*self.shards {
+            let slots: Vec<(u64, Arc<Mutex<Slot>>)> = lock(shard)
+                .iter()
+                .map(|(k, v)| (*k, Arc::clone(v)))
+                .collect();
+            for (id, slot) in slots {
+                if is_held(InstanceId(id)) {
+                    continue;
+                }
+                let slot = lock(&slot);
+                out.extend(open_tasks(&slot, |t| {
+                    let raci = slot.dep.def.nodes[t.node.index()].raci();
+                    let responsible = raci.is_some_and(|r| {
+                        r.responsible()
+                            .iter()
+                            .any(|role| self.authorizer.holds(role, actor))
+                    });
+                    responsible && t.claimed_by.as_ref().is_none_or(|c| *c == actor.id)
+                }));
+            }
+        }
+        out.sort_by_key(|t| (t.created_at, t.id));
+        out
+    }
+
+    /// The ids of every instance in the engine.
+    pub fn instances(&self) -> Vec<InstanceId> {
+        let mut ids: Vec<InstanceId> = self
+            .shards
+            .iter()
+            .flat_map(|s| lock(s).keys().map(|k| InstanceId(*k)).collect::<Vec<_>>())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+fn open_tasks(slot: &Slot, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {
+    slot.inst
+        .tasks
+        .iter()
+        .filter(|t| t.is_open() && keep(t))
+        .map(|t| {
+            let node = &slot.dep.def.nodes[t.node.index()];
+            TaskView {
+                id: t.id(slot.inst.id),
+                node: t.node,
+                node_id: node.id.clone(),
+                name: node.name.clone(),
+                claimed_by: t.claimed_by.clone(),
+                created_at: t.created_at,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn engine_is_send_sync() {
+        is_send_sync::<Engine>();
+    }
+}

@@ -1,0 +1,390 @@
+//! Instance state: plain serde data, changed only by [`super::apply`].
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::def::ProcessDef;
+use crate::ids::{DefKey, InstanceId, NodeId, RoleId, TaskId};
+use crate::raci::Action;
+use crate::vars::Vars;
+
+/// The state of one process instance: plain data that a store can persist.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub(crate) id: InstanceId,
+    pub(crate) def: DefKey,
+    pub(crate) status: Status,
+    pub(crate) vars: Vars,
+    pub(crate) tokens: Vec<Token>,
+    /// Tokens that arrived at a join and wait for the others: (join, count).
+    pub(crate) joins: Vec<(NodeId, u32)>,
+    /// Every task the instance opened; a task's `seq` is its index here.
+    pub(crate) tasks: Vec<Task>,
+    pub(crate) incidents: Vec<Incident>,
+    pub(crate) audit: Vec<Record>,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) ended_at: Option<DateTime<Utc>>,
+}
+
+/// Where an instance is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Some token has not reached an end.
+    Running,
+    /// Every token reached an end.
+    Completed,
+}
+
+/// A token: a thread of control at a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// Where it is.
+    pub node: NodeId,
+    /// What it does there.
+    pub state: TokenState,
+}
+
+/// What a token is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    /// The node has yet to run.
+    Ready,
+    /// Waiting at a user task.
+    Waiting,
+    /// The node failed; an incident is open and [`retry`](crate::Engine::retry) runs it again.
+    Failed,
+}
+
+/// A user task of an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub(crate) seq: u32,
+    pub(crate) node: NodeId,
+    pub(crate) state: TaskState,
+    pub(crate) claimed_by: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) comments: Vec<Comment>,
+}
+
+/// Whether a task is open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting to be claimed or completed.
+    Open,
+    /// Done.
+    Completed {
+        /// Who completed it.
+        by: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// A comment on a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Comment {
+    /// Who wrote it.
+    pub actor: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What.
+    pub text: String,
+}
+
+/// A failure recorded on an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incident {
+    /// Where, when a node failed.
+    pub node: Option<NodeId>,
+    /// What went wrong.
+    pub message: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Whether a retry has dealt with it.
+    pub resolved: bool,
+}
+
+/// One entry of the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// When, by the engine's clock.
+    pub at: DateTime<Utc>,
+    /// What.
+    pub what: Entry,
+}
+
+/// What an audit record says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+#[non_exhaustive]
+pub enum Entry {
+    /// The instance started.
+    Started,
+    /// A token moved along a flow; `actor` is set when a task completion moved it.
+    Transition {
+        /// From this node.
+        from: NodeId,
+        /// To this node.
+        to: NodeId,
+        /// Who caused it.
+        actor: Option<String>,
+    },
+    /// An exclusive gateway chose a route.
+    Route {
+        /// The gateway.
+        gateway: NodeId,
+        /// The chosen target.
+        to: NodeId,
+        /// The condition that held, or `None` for the default route.
+        condition: Option<String>,
+    },
+    /// A parallel join received its last branch and fired.
+    Joined {
+        /// The join.
+        node: NodeId,
+    },
+    /// A user task opened.
+    TaskCreated {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: NodeId,
+    },
+    /// A task was claimed.
+    Claimed {
+        /// The task.
+        task: TaskId,
+        /// By whom.
+        actor: String,
+    },
+    /// A task completed.
+    Completed {
+        /// The task.
+        task: TaskId,
+        /// By whom.
+        actor: String,
+        /// Whether the accountable role overrode the regular rule.
+        overridden: bool,
+    },
+    /// The accountable role reassigned a task.
+    Reassigned {
+        /// The task.
+        task: TaskId,
+        /// Who did it.
+        by: String,
+        /// Who has the task now.
+        to: String,
+    },
+    /// A comment.
+    Commented {
+        /// The task.
+        task: TaskId,
+        /// By whom.
+        actor: String,
+    },
+    /// An attempt the actor's roles do not allow.
+    Denied {
+        /// The task.
+        task: TaskId,
+        /// Who tried.
+        actor: String,
+        /// What.
+        action: Action,
+        /// The roles that would have been allowed.
+        allowed: Vec<RoleId>,
+    },
+    /// A hook vetoed a completion.
+    Vetoed {
+        /// The task.
+        task: TaskId,
+        /// Who tried to complete it.
+        actor: String,
+        /// The hook's reason.
+        reason: String,
+    },
+    /// Something failed.
+    Incident {
+        /// Where.
+        node: Option<NodeId>,
+        /// What.
+        message: String,
+    },
+    /// A retry re-ran failed nodes.
+    Retried,
+    /// Every token reached an end.
+    InstanceCompleted,
+}
+
+impl Instance {
+    /// The id.
+    pub fn id(&self) -> InstanceId {
+        self.id
+    }
+
+    /// The definition it runs.
+    pub fn def(&self) -> &DefKey {
+        &self.def
+    }
+
+    /// Running or completed.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// The variables.
+    pub fn vars(&self) -> &Vars {
+        &self.vars
+    }
+
+    /// The live tokens.
+    pub fn tokens(&self) -> &[Token] {
+        &self.tokens
+    }
+
+    /// Every task, open and closed, in the order they opened.
+    pub fn tasks(&self) -> &[Task] {
+        &self.tasks
+    }
+
+    /// The incidents, resolved or not.
+    pub fn incidents(&self) -> &[Incident] {
+        &self.incidents
+    }
+
+    /// The audit trail, oldest first (empty when the engine's audit is off).
+    pub fn audit(&self) -> &[Record] {
+        &self.audit
+    }
+
+    /// When it started.
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+
+    /// When it completed.
+    pub fn ended_at(&self) -> Option<DateTime<Utc>> {
+        self.ended_at
+    }
+}
+
+impl Task {
+    /// The task's id.
+    pub fn id(&self, instance: InstanceId) -> TaskId {
+        TaskId {
+            instance,
+            seq: self.seq,
+        }
+    }
+
+    /// Its node.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Open or completed.
+    pub fn state(&self) -> &TaskState {
+        &self.state
+    }
+
+    /// Who claimed it.
+    pub fn claimed_by(&self) -> Option<&str> {
+        self.claimed_by.as_deref()
+    }
+
+    /// When it opened.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+
+    /// Its comments.
+    pub fn comments(&self) -> &[Comment] {
+        &self.comments
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.state == TaskState::Open
+    }
+}
+
+impl Record {
+    /// The record as one line of text, with node ids resolved in `def`.
+    pub fn describe(&self, def: &ProcessDef) -> String {
+        let n = |id: &NodeId| def.try_node(*id).map_or("?", |n| n.id());
+        let what = match &self.what {
+            Entry::Started => "instance started".to_owned(),
+            Entry::Transition {
+                from,
+                to,
+                actor: Some(a),
+            } => format!("{} -> {} (by {a})", n(from), n(to)),
+            Entry::Transition {
+                from,
+                to,
+                actor: None,
+            } => format!("{} -> {}", n(from), n(to)),
+            Entry::Route {
+                gateway,
+                to,
+                condition: Some(c),
+            } => format!("{} chose {} because {c}", n(gateway), n(to)),
+            Entry::Route {
+                gateway,
+                to,
+                condition: None,
+            } => format!("{} chose {} by default", n(gateway), n(to)),
+            Entry::Joined { node } => format!("{} joined its branches", n(node)),
+            Entry::TaskCreated { task, node } => format!("task {task} opened at {}", n(node)),
+            Entry::Claimed { task, actor } => format!("task {task} claimed by {actor}"),
+            Entry::Completed {
+                task,
+                actor,
+                overridden: false,
+            } => format!("task {task} completed by {actor}"),
+            Entry::Completed {
+                task,
+                actor,
+                overridden: true,
+            } => {
+                format!("task {task} completed by {actor} as accountable override")
+            }
+            Entry::Reassigned { task, by, to } => {
+                format!("task {task} reassigned to {to} by {by} (override)")
+            }
+            Entry::Commented { task, actor } => format!("task {task} commented by {actor}"),
+            Entry::Denied {
+                task,
+                actor,
+                action,
+                allowed,
+            } => {
+                let roles: Vec<&str> = allowed.iter().map(RoleId::as_str).collect();
+                format!(
+                    "denied: {actor} may not {action} task {task} (allowed: {})",
+                    roles.join(", ")
+                )
+            }
+            Entry::Vetoed {
+                task,
+                actor,
+                reason,
+            } => format!("vetoed: {actor} completing task {task}: {reason}"),
+            Entry::Incident {
+                node: Some(node),
+                message,
+            } => format!("incident at {}: {message}", n(node)),
+            Entry::Incident {
+                node: None,
+                message,
+            } => format!("incident: {message}"),
+            Entry::Retried => "retried".to_owned(),
+            Entry::InstanceCompleted => "instance completed".to_owned(),
+        };
+        format!(
+            "{} {what}",
+            self.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        )
+    }
+}

@@ -1,0 +1,624 @@
+//! Stepping one instance: the run-to-completion loop and [`Step::apply`], the one place where
+//! instance state changes.
+//!
+//! **Invariant:** nothing outside [`Step::apply`] writes to an [`Instance`]; each change writes
+//! its audit record and emits its events there, so a store can later persist changes at this
+//! one seam.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::Deployed;
+use super::error::ExecError;
+use super::state::{
+    Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
+};
+use crate::def::Behaviour;
+use crate::hooks::{Control, Event, Hook, ServiceCall};
+use crate::ids::{NodeId, RoleId, TaskId};
+use crate::raci::Action;
+use crate::vars::Vars;
+
+/// A change to an instance.
+pub(crate) enum Change<'c> {
+    Started,
+    /// A token moves along a flow; `token: None` makes a new token (a fork's extra branch).
+    Flow {
+        token: Option<usize>,
+        from: NodeId,
+        to: NodeId,
+        actor: Option<&'c str>,
+    },
+    Route {
+        gateway: NodeId,
+        to: NodeId,
+        condition: Option<&'c str>,
+    },
+    /// A token arrives at a join and waits there (it is absorbed into the join's count).
+    Arrive {
+        token: usize,
+        join: NodeId,
+    },
+    Joined {
+        join: NodeId,
+    },
+    End {
+        token: usize,
+    },
+    OpenTask {
+        token: usize,
+    },
+    Claim {
+        task: u32,
+        actor: &'c str,
+    },
+    Complete {
+        task: u32,
+        actor: &'c str,
+        overridden: bool,
+        output: Vars,
+    },
+    Reassign {
+        task: u32,
+        by: &'c str,
+        to: &'c str,
+    },
+    Comment {
+        task: u32,
+        actor: &'c str,
+        text: &'c str,
+    },
+    Denied {
+        task: u32,
+        actor: &'c str,
+        action: Action,
+        allowed: &'c [RoleId],
+    },
+    Vetoed {
+        task: u32,
+        actor: &'c str,
+        reason: &'c str,
+    },
+    SetVars(Vars),
+    Fail {
+        token: Option<usize>,
+        node: Option<NodeId>,
+        message: &'c str,
+    },
+    Retry,
+    Finish,
+}
+
+/// One engine call's work on one locked instance.
+pub(crate) struct Step<'a> {
+    pub(crate) inst: &'a mut Instance,
+    pub(crate) dep: &'a Deployed,
+    pub(crate) hooks: &'a [Arc<dyn Hook>],
+    pub(crate) now: DateTime<Utc>,
+    pub(crate) audit: bool,
+    /// The first hook failure of this call, turned into an incident by [`Step::finish`].
+    hook_failure: Option<String>,
+}
+
+impl<'a> Step<'a> {
+    pub(crate) fn new(
+        inst: &'a mut Instance,
+        dep: &'a Deployed,
+        hooks: &'a [Arc<dyn Hook>],
+        now: DateTime<Utc>,
+        audit: bool,
+    ) -> Step<'a> {
+        Step {
+            inst,
+            dep,
+            hooks,
+            now,
+            audit,
+            hook_failure: None,
+        }
+    }
+
+    fn node_name(&self, node: NodeId) -> &'a str {
+        let dep: &'a Deployed = self.dep;
+        &dep.def.nodes[node.index()].id
+    }
+
+    fn task_id(&self, seq: u32) -> TaskId {
+        TaskId {
+            instance: self.inst.id,
+            seq,
+        }
+    }
+
+    fn record(&mut self, what: Entry) {
+        if self.audit {
+            self.inst.audit.push(Record { at: self.now, what });
+        }
+    }
+
+    /// Delivers an event to every hook. Vetoes are ignored here (see [`Step::guard`]); an abort or
+    /// a panic is remembered as this call's hook failure.
+    fn emit(&mut self, event: Event<'_>) {
+        for hook in self.hooks {
+            match catch_unwind(AssertUnwindSafe(|| hook.on_event(&event))) {
+                Ok(Control::Continue | Control::Veto(_)) => {}
+                Ok(Control::Abort(message)) => {
+                    self.hook_failure.get_or_insert(message);
+                }
+                Err(panic) => {
+                    self.hook_failure
+                        .get_or_insert(format!("hook panicked: {}", panic_message(&panic)));
+                }
+            }
+        }
+    }
+
+    /// Asks every hook whether a completion may go ahead. Nothing changes here.
+    pub(crate) fn guard(&self, event: Event<'_>) -> Result<(), String> {
+        for hook in self.hooks {
+            match catch_unwind(AssertUnwindSafe(|| hook.on_event(&event))) {
+                Ok(Control::Continue) => {}
+                Ok(Control::Veto(reason)) => return Err(reason),
+                Ok(Control::Abort(message)) => return Err(format!("hook failed: {message}")),
+                Err(panic) => return Err(format!("hook panicked: {}", panic_message(&panic))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one change: updates the state, writes the audit record, emits the events.
+    pub(crate) fn apply(&mut self, change: Change<'_>) {
+        let id = self.inst.id;
+        match change {
+            Change::Started => {
+                self.record(Entry::Started);
+                let def = &self.dep.def.key;
+                self.emit(Event::InstanceStarted { instance: id, def });
+            }
+            Change::Flow {
+                token,
+                from,
+                to,
+                actor,
+            } => {
+                let t = Token {
+                    node: to,
+                    state: TokenState::Ready,
+                };
+                match token {
+                    Some(i) => self.inst.tokens[i] = t,
+                    None => self.inst.tokens.push(t),
+                }
+                self.record(Entry::Transition {
+                    from,
+                    to,
+                    actor: actor.map(str::to_owned),
+                });
+                if !self.hooks.is_empty() {
+                    self.emit(Event::NodeLeft {
+                        instance: id,
+                        node: self.node_name(from),
+                    });
+                    self.emit(Event::NodeEntered {
+                        instance: id,
+                        node: self.node_name(to),
+                    });
+                }
+            }
+            Change::Route {
+                gateway,
+                to,
+                condition,
+            } => {
+                self.record(Entry::Route {
+                    gateway,
+                    to,
+                    condition: condition.map(str::to_owned),
+                });
+            }
+            Change::Arrive { token, join } => {
+                self.inst.tokens.swap_remove(token);
+                match self.inst.joins.iter_mut().find(|(n, _)| *n == join) {
+                    Some((_, count)) => *count += 1,
+                    None => self.inst.joins.push((join, 1)),
+                }
+            }
+            Change::Joined { join } => {
+                self.inst.joins.retain(|(n, _)| *n != join);
+                self.record(Entry::Joined { node: join });
+            }
+            Change::End { token } => {
+                let node = self.inst.tokens.swap_remove(token).node;
+                if !self.hooks.is_empty() {
+                    self.emit(Event::NodeLeft {
+                        instance: id,
+                        node: self.node_name(node),
+                    });
+                }
+            }
+            Change::OpenTask { token } => {
+                let node = self.inst.tokens[token].node;
+                self.inst.tokens[token].state = TokenState::Waiting;
+                let seq = self.inst.tasks.len() as u32;
+                self.inst.tasks.push(Task {
+                    seq,
+                    node,
+                    state: TaskState::Open,
+                    claimed_by: None,
+                    created_at: self.now,
+                    comments: Vec::new(),
+                });
+                let task = self.task_id(seq);
+                self.record(Entry::TaskCreated { task, node });
+                if !self.hooks.is_empty() {
+                    let responsible = self.dep.def.nodes[node.index()]
+                        .raci()
+                        .map_or(&[][..], |r| r.responsible());
+                    self.emit(Event::TaskCreated {
+                        task,
+                        node: self.node_name(node),
+                        responsible,
+                    });
+                }
+            }
+            Change::Claim { task, actor } => {
+                self.inst.tasks[task as usize].claimed_by = Some(actor.to_owned());
+                let (t, node) = (self.task_id(task), self.task_node(task));
+                self.record(Entry::Claimed {
+                    task: t,
+                    actor: actor.to_owned(),
+                });
+                self.emit(Event::TaskClaimed {
+                    task: t,
+                    node,
+                    actor,
+                });
+            }
+            Change::Complete {
+                task,
+                actor,
+                overridden,
+                output,
+            } => {
+                self.inst.vars.extend(output);
+                let slot = &mut self.inst.tasks[task as usize];
+                slot.state = TaskState::Completed {
+                    by: actor.to_owned(),
+                    at: self.now,
+                };
+                let node_id = slot.node;
+                if let Some(i) = self
+                    .inst
+                    .tokens
+                    .iter()
+                    .position(|t| t.node == node_id && t.state == TokenState::Waiting)
+                {
+                    self.inst.tokens[i].state = TokenState::Ready;
+                }
+                let (t, node) = (self.task_id(task), self.task_node(task));
+                self.record(Entry::Completed {
+                    task: t,
+                    actor: actor.to_owned(),
+                    overridden,
+                });
+                if !self.hooks.is_empty() {
+                    self.emit(Event::TaskCompleted {
+                        task: t,
+                        node,
+                        actor,
+                        overridden,
+                    });
+                    let dep: &'a Deployed = self.dep;
+                    if let Some(raci) = dep.def.nodes[node_id.index()].raci() {
+                        for role in raci.informed() {
+                            self.emit(Event::Notify {
+                                task: t,
+                                node,
+                                role,
+                                actor,
+                            });
+                        }
+                    }
+                }
+            }
+            Change::Reassign { task, by, to } => {
+                self.inst.tasks[task as usize].claimed_by = Some(to.to_owned());
+                let (t, node) = (self.task_id(task), self.task_node(task));
+                self.record(Entry::Reassigned {
+                    task: t,
+                    by: by.to_owned(),
+                    to: to.to_owned(),
+                });
+                self.emit(Event::TaskReassigned {
+                    task: t,
+                    node,
+                    by,
+                    to,
+                });
+            }
+            Change::Comment { task, actor, text } => {
+                self.inst.tasks[task as usize].comments.push(Comment {
+                    actor: actor.to_owned(),
+                    at: self.now,
+                    text: text.to_owned(),
+                });
+                let (t, node) = (self.task_id(task), self.task_node(task));
+                self.record(Entry::Commented {
+                    task: t,
+                    actor: actor.to_owned(),
+                });
+                self.emit(Event::TaskCommented {
+                    task: t,
+                    node,
+                    actor,
+                    text,
+                });
+            }
+            Change::Denied {
+                task,
+                actor,
+                action,
+                allowed,
+            } => {
+                let (t, node) = (self.task_id(task), self.task_node(task));
+                self.record(Entry::Denied {
+                    task: t,
+                    actor: actor.to_owned(),
+                    action,
+                    allowed: allowed.to_vec(),
+                });
+                self.emit(Event::AccessDenied {
+                    task: t,
+                    node,
+                    actor,
+                    action,
+                    allowed,
+                });
+            }
+            Change::Vetoed {
+                task,
+                actor,
+                reason,
+            } => {
+                let t = self.task_id(task);
+                self.record(Entry::Vetoed {
+                    task: t,
+                    actor: actor.to_owned(),
+                    reason: reason.to_owned(),
+                });
+            }
+            Change::SetVars(vars) => self.inst.vars.extend(vars),
+            Change::Fail {
+                token,
+                node,
+                message,
+            } => {
+                if let Some(i) = token {
+                    self.inst.tokens[i].state = TokenState::Failed;
+                }
+                self.inst.incidents.push(Incident {
+                    node,
+                    message: message.to_owned(),
+                    at: self.now,
+                    resolved: false,
+                });
+                self.record(Entry::Incident {
+                    node,
+                    message: message.to_owned(),
+                });
+                let name = node.map_or("", |n| self.node_name(n));
+                self.emit(Event::Incident {
+                    instance: id,
+                    node: name,
+                    message,
+                });
+            }
+            Change::Retry => {
+                for t in &mut self.inst.tokens {
+                    if t.state == TokenState::Failed {
+                        t.state = TokenState::Ready;
+                    }
+                }
+                for incident in &mut self.inst.incidents {
+                    incident.resolved = true;
+                }
+                self.record(Entry::Retried);
+            }
+            Change::Finish => {
+                self.inst.status = Status::Completed;
+                self.inst.ended_at = Some(self.now);
+                self.record(Entry::InstanceCompleted);
+                self.emit(Event::InstanceCompleted { instance: id });
+            }
+        }
+    }
+
+    fn task_node(&self, seq: u32) -> &'a str {
+        self.node_name(self.inst.tasks[seq as usize].node)
+    }
+
+    /// Runs every ready token until each waits at a user task, has ended, or failed; then
+    /// completes the instance if no token is left.
+    pub(crate) fn run(&mut self) -> Result<(), ExecError> {
+        let dep: &'a Deployed = self.dep;
+        let def = &*dep.def;
+        let mut failure: Option<ExecError> = None;
+        while let Some(i) = self
+            .inst
+            .tokens
+            .iter()
+            .position(|t| t.state == TokenState::Ready)
+        {
+            let at = self.inst.tokens[i].node;
+            let node = &def.nodes[at.index()];
+            match &node.behaviour {
+                Behaviour::Start => self.apply(Change::Flow {
+                    token: Some(i),
+                    from: at,
+                    to: node.next[0],
+                    actor: None,
+                }),
+                Behaviour::End => self.apply(Change::End { token: i }),
+                Behaviour::UserTask(_) => self.apply(Change::OpenTask { token: i }),
+                Behaviour::ServiceTask { .. } => match self.call_service(at) {
+                    Ok(vars) => {
+                        if !vars.is_empty() {
+                            self.apply(Change::SetVars(vars));
+                        }
+                        self.apply(Change::Flow {
+                            token: Some(i),
+                            from: at,
+                            to: node.next[0],
+                            actor: None,
+                        });
+                    }
+                    Err(message) => {
+                        self.apply(Change::Fail {
+                            token: Some(i),
+                            node: Some(at),
+                            message: &message,
+                        });
+                        failure.get_or_insert(ExecError::Incident {
+                            instance: self.inst.id,
+                            node: node.id.clone(),
+                            message,
+                        });
+                    }
+                },
+                Behaviour::Exclusive { routes, default } => {
+                    let mut chosen = None;
+                    let mut error = None;
+                    for route in routes {
+                        match route.cond.eval(&def.cel, &self.inst.vars) {
+                            Ok(true) => {
+                                chosen = Some((route.to, Some(route.cond.source())));
+                                break;
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                error = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    if error.is_none() && chosen.is_none() {
+                        chosen = default.map(|d| (d, None));
+                    }
+                    match (chosen, error) {
+                        (Some((to, condition)), None) => {
+                            self.apply(Change::Route {
+                                gateway: at,
+                                to,
+                                condition,
+                            });
+                            self.apply(Change::Flow {
+                                token: Some(i),
+                                from: at,
+                                to,
+                                actor: None,
+                            });
+                        }
+                        (_, error) => {
+                            let message = error.unwrap_or_else(|| {
+                                "no route's condition holds and there is no default".into()
+                            });
+                            self.apply(Change::Fail {
+                                token: Some(i),
+                                node: Some(at),
+                                message: &message,
+                            });
+                            failure.get_or_insert(ExecError::Incident {
+                                instance: self.inst.id,
+                                node: node.id.clone(),
+                                message,
+                            });
+                        }
+                    }
+                }
+                Behaviour::Parallel => {
+                    let mut token = Some(i);
+                    if node.incoming > 1 {
+                        self.apply(Change::Arrive { token: i, join: at });
+                        let arrived = self
+                            .inst
+                            .joins
+                            .iter()
+                            .find(|(n, _)| *n == at)
+                            .map_or(0, |(_, c)| *c);
+                        if arrived < node.incoming {
+                            continue;
+                        }
+                        self.apply(Change::Joined { join: at });
+                        token = None;
+                    }
+                    for &to in &node.next {
+                        self.apply(Change::Flow {
+                            token: token.take(),
+                            from: at,
+                            to,
+                            actor: None,
+                        });
+                    }
+                }
+            }
+        }
+        if self.inst.tokens.is_empty() && self.inst.status == Status::Running {
+            self.apply(Change::Finish);
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Calls a service task's handler and checks what it returns.
+    fn call_service(&self, at: NodeId) -> Result<Vars, String> {
+        let Some(handler) = &self.dep.handlers[at.index()] else {
+            return Err("no handler registered".to_owned());
+        };
+        let call = ServiceCall {
+            instance: self.inst.id,
+            node: self.node_name(at),
+            vars: &self.inst.vars,
+        };
+        let vars = match catch_unwind(AssertUnwindSafe(|| handler.call(&call))) {
+            Ok(Ok(vars)) => vars,
+            Ok(Err(e)) => return Err(format!("handler failed: {e}")),
+            Err(panic) => return Err(format!("handler panicked: {}", panic_message(&panic))),
+        };
+        let problems = super::check_vars(&self.dep.def, &vars);
+        match problems.first() {
+            None => Ok(vars),
+            Some((name, problem)) => Err(format!(
+                "handler returned variable '{name}' that is {problem}"
+            )),
+        }
+    }
+
+    /// Turns a hook failure during this call into an incident and an error.
+    pub(crate) fn finish(mut self, result: Result<(), ExecError>) -> Result<(), ExecError> {
+        if let Some(message) = self.hook_failure.take() {
+            // Hooks see this incident too; a hook failing again here changes nothing more.
+            self.apply(Change::Fail {
+                token: None,
+                node: None,
+                message: &message,
+            });
+            return result.and(Err(ExecError::Hook {
+                instance: self.inst.id,
+                message,
+            }));
+        }
+        result
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}

@@ -1,0 +1,97 @@
+//! Typed ids. Nodes are numbered by their position in a definition; instances and tasks by the
+//! engine.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A node of one definition: its position in the definition's `nodes` map.
+///
+/// Resolve it to the YAML id with [`ProcessDef::node`](crate::ProcessDef::node).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub(crate) u32);
+
+impl NodeId {
+    /// The position in the definition's node list.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// A process instance, unique within one engine.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InstanceId(pub(crate) u64);
+
+impl InstanceId {
+    /// The number behind the id.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "i{}", self.0)
+    }
+}
+
+/// A user task: the instance it belongs to and its number within that instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TaskId {
+    pub(crate) instance: InstanceId,
+    pub(crate) seq: u32,
+}
+
+impl TaskId {
+    /// The instance the task belongs to.
+    pub fn instance(self) -> InstanceId {
+        self.instance
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.t{}", self.instance, self.seq)
+    }
+}
+
+/// A role of the RACI catalogue, e.g. `customer_service`.
+#[repr(transparent)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RoleId(pub(crate) String);
+
+impl RoleId {
+    /// Makes a role id.
+    pub fn new(id: impl Into<String>) -> RoleId {
+        RoleId(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id of a process definition: the YAML `id` and `version`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DefKey {
+    /// The YAML `id`.
+    pub id: String,
+    /// The YAML `version`.
+    pub version: u32,
+}
+
+impl fmt::Display for DefKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.id, self.version)
+    }
+}

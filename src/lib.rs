@@ -1,0 +1,77 @@
+//! procflow: an embedded BPM workflow engine.
+//!
+//! Process definitions are YAML files. The loader parses, validates and compiles one into an
+//! immutable [`ProcessDef`] (a petgraph graph plus what the executor needs), shared by `Arc`. An
+//! [`Engine`] deploys definitions and runs instances: it starts them, opens user tasks, calls
+//! service handlers, routes exclusive and parallel gateways, enforces RACI on every task action,
+//! calls [`Hook`]s with [`Event`]s, and keeps an audit trail per instance.
+//!
+//! # Example: load a definition
+//! ```
+//! let def = procflow::ProcessDef::from_file("process-defs/complaint-handling.yaml")?;
+//! assert_eq!(def.source(), Some("3.8"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Example: run with a hook
+//! ```
+//! use procflow::{hook_fn, Actor, Engine, Event, ProcessDef, Vars};
+//!
+//! let engine = Engine::builder()
+//!     .hook(hook_fn(|ev: &Event<'_>| {
+//!         if let Event::Notify { role, node, .. } = ev {
+//!             println!("notify {role}: {node} done");
+//!         }
+//!     }))
+//!     .build();
+//! engine.deploy(ProcessDef::from_yaml(r#"
+//! id: hello
+//! version: 1
+//! name: Hello
+//! roles: { clerk: { name: Clerk }, lead: { name: Lead }, audit: { name: Audit } }
+//! nodes:
+//!   start: { kind: start, next: greet }
+//!   greet:
+//!     kind: user_task
+//!     name: Greet the customer
+//!     raci: { responsible: [clerk], accountable: lead, informed: [audit] }
+//!     next: end
+//!   end: { kind: end }
+//! "#)?)?;
+//! let id = engine.start("hello", Vars::new())?;
+//! let task = engine.tasks(id)?[0].id;
+//! engine.complete(task, &Actor::new("ann", ["clerk"]), Vars::new())?;
+//! assert_eq!(engine.instance(id)?.status(), procflow::Status::Completed);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Crate features
+//! None yet: everything is always built.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod clock;
+mod cond;
+mod def;
+mod exec;
+mod hooks;
+mod ids;
+mod raci;
+mod sim;
+mod vars;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use def::{LoadError, Location, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role};
+pub use exec::{
+    Comment, Config, Engine, EngineBuilder, Entry, ExecError, Incident, Instance, Record, Status,
+    Task, TaskState, TaskView, Token, TokenState,
+};
+pub use hooks::{
+    Control, Event, HandlerError, HandlerFn, Hook, HookFn, ServiceCall, ServiceHandler, handler_fn,
+    hook_fn,
+};
+pub use ids::{DefKey, InstanceId, NodeId, RoleId, TaskId};
+pub use raci::{Action, Actor, Authorizer, Raci};
+pub use sim::{Scenario, SimReport};
+pub use vars::{VarProblem, VarSpec, VarType, Vars};

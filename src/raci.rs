@@ -1,0 +1,182 @@
+//! RACI: who may claim, complete, comment on and reassign a task, and who is told.
+//!
+//! **Invariant:** every call that acts on a task passes through [`allowed_roles`] before anything
+//! changes.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::RoleId;
+
+/// A person or system acting on tasks: an id and the roles it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The actor's id, e.g. a staff number.
+    pub id: String,
+    /// The roles the actor holds.
+    pub roles: Vec<RoleId>,
+}
+
+impl Actor {
+    /// An actor with the given roles.
+    ///
+    /// # Examples
+    /// ```
+    /// let alice = procflow::Actor::new("alice", ["customer_service"]);
+    /// assert!(alice.has_role(&procflow::RoleId::new("customer_service")));
+    /// ```
+    pub fn new<R: Into<String>>(
+        id: impl Into<String>,
+        roles: impl IntoIterator<Item = R>,
+    ) -> Actor {
+        Actor {
+            id: id.into(),
+            roles: roles.into_iter().map(|r| RoleId(r.into())).collect(),
+        }
+    }
+
+    /// Whether the actor holds `role`.
+    pub fn has_role(&self, role: &RoleId) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// The RACI assignment of one user task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Raci {
+    pub(crate) responsible: Vec<RoleId>,
+    pub(crate) accountable: RoleId,
+    pub(crate) consulted: Vec<RoleId>,
+    pub(crate) informed: Vec<RoleId>,
+}
+
+impl Raci {
+    /// Roles that do the work: they may claim and complete.
+    pub fn responsible(&self) -> &[RoleId] {
+        &self.responsible
+    }
+
+    /// The one role that answers for the task: it may complete or reassign as an override.
+    pub fn accountable(&self) -> &RoleId {
+        &self.accountable
+    }
+
+    /// Roles asked for advice: they may comment.
+    pub fn consulted(&self) -> &[RoleId] {
+        &self.consulted
+    }
+
+    /// Roles told when the task completes.
+    pub fn informed(&self) -> &[RoleId] {
+        &self.informed
+    }
+}
+
+/// Something an actor does to a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Take the task.
+    Claim,
+    /// Finish the task.
+    Complete,
+    /// Add a comment.
+    Comment,
+    /// Give the task to someone else.
+    Reassign,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Claim => "claim",
+            Action::Complete => "complete",
+            Action::Comment => "comment on",
+            Action::Reassign => "reassign",
+        })
+    }
+}
+
+/// How an allowed action was allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Grant {
+    /// As a responsible role (or the claimant).
+    Regular,
+    /// As the accountable role overriding the regular rule.
+    Override,
+}
+
+/// Decides whether an actor holds a role. The default checks [`Actor::roles`]; a host with role
+/// hierarchies or delegation supplies its own.
+///
+/// Any `Fn(&RoleId, &Actor) -> bool + Send + Sync` is an `Authorizer`.
+pub trait Authorizer: Send + Sync {
+    /// Whether `actor` acts in `role`.
+    fn holds(&self, role: &RoleId, actor: &Actor) -> bool;
+}
+
+impl<F> Authorizer for F
+where
+    F: Fn(&RoleId, &Actor) -> bool + Send + Sync,
+{
+    fn holds(&self, role: &RoleId, actor: &Actor) -> bool {
+        self(role, actor)
+    }
+}
+
+/// The default authorizer: the actor holds exactly the roles it lists.
+pub(crate) fn by_actor_roles(role: &RoleId, actor: &Actor) -> bool {
+    actor.has_role(role)
+}
+
+/// Checks `action` by `actor` on a task with `raci`, claimed by `claimant` if any.
+///
+/// # Errors
+/// The roles that would have been allowed, when the actor is not.
+pub(crate) fn check(
+    auth: &dyn Authorizer,
+    raci: &Raci,
+    action: Action,
+    actor: &Actor,
+    claimant: Option<&str>,
+) -> Result<Grant, Vec<RoleId>> {
+    let holds_any = |roles: &[RoleId]| roles.iter().any(|r| auth.holds(r, actor));
+    let accountable = auth.holds(&raci.accountable, actor);
+    let responsible = holds_any(&raci.responsible);
+    let allowed = allowed_roles(raci, action);
+    match action {
+        Action::Claim if responsible && claimant.is_none_or(|c| c == actor.id) => {
+            Ok(Grant::Regular)
+        }
+        Action::Complete if responsible && claimant.is_none_or(|c| c == actor.id) => {
+            Ok(Grant::Regular)
+        }
+        Action::Complete | Action::Reassign if accountable => Ok(Grant::Override),
+        Action::Comment if accountable || responsible || holds_any(&raci.consulted) => {
+            Ok(Grant::Regular)
+        }
+        _ => Err(allowed),
+    }
+}
+
+/// The roles that may take `action` (before claims are taken into account).
+pub(crate) fn allowed_roles(raci: &Raci, action: Action) -> Vec<RoleId> {
+    let mut roles = match action {
+        Action::Claim => raci.responsible.clone(),
+        Action::Complete => {
+            let mut r = raci.responsible.clone();
+            r.push(raci.accountable.clone());
+            r
+        }
+        Action::Reassign => vec![raci.accountable.clone()],
+        Action::Comment => {
+            let mut r = raci.responsible.clone();
+            r.push(raci.accountable.clone());
+            r.extend(raci.consulted.iter().cloned());
+            r
+        }
+    };
+    roles.dedup();
+    roles
+}

@@ -1,0 +1,381 @@
+//! Scenarios: scripted runs of one definition, for `procflow simulate` and for tests.
+//!
+//! A scenario names actors, scripts what each service handler returns, and lists steps with
+//! expected outcomes. See `docs/scenario.md` for the format.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use crate::clock::ManualClock;
+use crate::def::{At, LoadError, Problem, ProblemKind, ProcessDef, parse_yaml};
+use crate::exec::{Engine, ExecError, Status};
+use crate::hooks::{Event, HandlerError, handler_fn, hook_fn};
+use crate::ids::{InstanceId, TaskId};
+use crate::raci::Actor;
+use crate::vars::Vars;
+
+/// A parsed scenario file.
+pub struct Scenario {
+    raw: RawScenario,
+}
+
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scenario")
+            .field("name", &self.raw.name)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: String,
+    #[serde(default)]
+    actors: IndexMap<String, Vec<String>>,
+    #[serde(default)]
+    services: IndexMap<String, Vec<ServiceResult>>,
+    steps: Vec<At<RawStep>>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceResult {
+    #[serde(default)]
+    vars: Vars,
+    #[serde(default)]
+    fail: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum RawStep {
+    Start {
+        #[serde(default)]
+        vars: Vars,
+        #[serde(default)]
+        expect: Outcome,
+    },
+    Claim {
+        task: String,
+        actor: String,
+        #[serde(default)]
+        expect: Outcome,
+    },
+    Complete {
+        task: String,
+        actor: String,
+        #[serde(default)]
+        vars: Vars,
+        #[serde(default)]
+        expect: Outcome,
+    },
+    Comment {
+        task: String,
+        actor: String,
+        text: String,
+        #[serde(default)]
+        expect: Outcome,
+    },
+    Reassign {
+        task: String,
+        actor: String,
+        to: String,
+        #[serde(default)]
+        expect: Outcome,
+    },
+    Retry {
+        #[serde(default)]
+        expect: Outcome,
+    },
+    Expect {
+        #[serde(default)]
+        status: Option<Status>,
+        #[serde(default)]
+        open_tasks: Option<Vec<String>>,
+        #[serde(default)]
+        vars: Option<Vars>,
+    },
+}
+
+/// The expected outcome of a scenario step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Outcome {
+    #[default]
+    Ok,
+    /// Refused by RACI (or claimed by someone else).
+    Denied,
+    /// A node or hook failed: an incident.
+    Failed,
+    /// Bad variables.
+    Invalid,
+    /// A hook vetoed.
+    Vetoed,
+}
+
+impl Outcome {
+    fn of(result: &Result<(), ExecError>) -> Result<Outcome, &ExecError> {
+        match result {
+            Ok(()) => Ok(Outcome::Ok),
+            Err(ExecError::Denied { .. } | ExecError::AlreadyClaimed { .. }) => Ok(Outcome::Denied),
+            Err(ExecError::Incident { .. } | ExecError::Hook { .. }) => Ok(Outcome::Failed),
+            Err(ExecError::Variables { .. }) => Ok(Outcome::Invalid),
+            Err(ExecError::Vetoed { .. }) => Ok(Outcome::Vetoed),
+            Err(other) => Err(other),
+        }
+    }
+}
+
+/// What a scenario run printed and whether it held.
+#[derive(Debug, Default)]
+pub struct SimReport {
+    /// One JSON object per event, in order, each with the step number.
+    pub events: Vec<String>,
+    /// Every expectation that failed, with the step's location. Empty when the scenario held.
+    pub failures: Vec<String>,
+}
+
+impl Scenario {
+    /// Reads a scenario file.
+    ///
+    /// # Errors
+    /// The file cannot be read or parsed; the problem has a location.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Scenario, LoadError> {
+        let path = path.as_ref();
+        let fail = |kind| {
+            LoadError::new(
+                Some(path.to_owned()),
+                vec![Problem {
+                    location: None,
+                    path: String::new(),
+                    kind,
+                }],
+            )
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| fail(ProblemKind::Io(e.to_string())))?;
+        Scenario::from_yaml(&text).map_err(|mut e| {
+            e.file = Some(path.to_owned());
+            e
+        })
+    }
+
+    /// Parses a scenario.
+    ///
+    /// # Errors
+    /// The problem, with a location.
+    pub fn from_yaml(text: &str) -> Result<Scenario, LoadError> {
+        let raw = parse_yaml::<RawScenario>(text).map_err(|p| LoadError::new(None, vec![p]))?;
+        Ok(Scenario { raw })
+    }
+
+    /// The scenario's name.
+    pub fn name(&self) -> &str {
+        &self.raw.name
+    }
+
+    /// Runs the scenario on `def` with a manual clock, scripted service handlers and a hook that
+    /// records every event.
+    ///
+    /// # Errors
+    /// The definition does not deploy (a service task has no scripted result).
+    pub fn run(&self, def: ProcessDef) -> Result<SimReport, LoadError> {
+        let log: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+        let step_no = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut builder = Engine::builder();
+        let start = "2026-01-05T09:00:00Z".parse().expect("a valid instant");
+        builder.clock(ManualClock::new(start));
+        {
+            let (log, step_no) = (Arc::clone(&log), Arc::clone(&step_no));
+            builder.hook(hook_fn(move |ev: &Event<'_>| {
+                let mut line = serde_json::to_value(ev).unwrap_or_default();
+                if let Some(obj) = line.as_object_mut() {
+                    obj.insert(
+                        "step".into(),
+                        step_no.load(std::sync::atomic::Ordering::Relaxed).into(),
+                    );
+                }
+                log.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(line.to_string());
+            }));
+        }
+        for (name, results) in &self.raw.services {
+            let queue = Mutex::new(results.iter().cloned().collect::<VecDeque<_>>());
+            builder.handler(
+                name.clone(),
+                handler_fn(move |_| {
+                    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                    let next = if q.len() > 1 {
+                        q.pop_front()
+                    } else {
+                        q.front().cloned()
+                    };
+                    match next {
+                        Some(ServiceResult {
+                            fail: Some(message),
+                            ..
+                        }) => Err(HandlerError(message)),
+                        Some(ServiceResult { vars, .. }) => Ok(vars),
+                        None => Ok(Vars::new()),
+                    }
+                }),
+            );
+        }
+        let engine = builder.build();
+        let process = engine.deploy(def)?.key().id.clone();
+        let mut report = SimReport::default();
+        let mut instance: Option<InstanceId> = None;
+        for (i, step) in self.raw.steps.iter().enumerate() {
+            step_no.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+            if let Err(message) = self.step(&engine, &process, &mut instance, &step.value) {
+                report
+                    .failures
+                    .push(format!("{}: step {}: {message}", step.loc, i + 1));
+                break;
+            }
+        }
+        report.events = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok(report)
+    }
+
+    fn actor(&self, id: &str) -> Result<Actor, String> {
+        let roles = self
+            .raw
+            .actors
+            .get(id)
+            .ok_or_else(|| format!("unknown actor '{id}' (list it under actors)"))?;
+        Ok(Actor::new(id, roles.iter().cloned()))
+    }
+
+    fn task(engine: &Engine, instance: Option<InstanceId>, node: &str) -> Result<TaskId, String> {
+        let instance = instance.ok_or("no instance started yet")?;
+        let tasks = engine.tasks(instance).map_err(|e| e.to_string())?;
+        tasks
+            .iter()
+            .find(|t| t.node_id == node)
+            .map(|t| t.id)
+            .ok_or_else(|| {
+                let open: Vec<&str> = tasks.iter().map(|t| t.node_id.as_str()).collect();
+                format!("no open task at '{node}' (open: [{}])", open.join(", "))
+            })
+    }
+
+    fn step(
+        &self,
+        engine: &Engine,
+        process: &str,
+        instance: &mut Option<InstanceId>,
+        step: &RawStep,
+    ) -> Result<(), String> {
+        let (result, expect) = match step {
+            RawStep::Start { vars, expect } => {
+                let r = engine.start(process, vars.clone());
+                match &r {
+                    Ok(id) => *instance = Some(*id),
+                    Err(_) => *instance = engine.instances().last().copied().or(*instance),
+                }
+                (r.map(|_| ()), *expect)
+            }
+            RawStep::Claim {
+                task,
+                actor,
+                expect,
+            } => (
+                engine.claim(Self::task(engine, *instance, task)?, &self.actor(actor)?),
+                *expect,
+            ),
+            RawStep::Complete {
+                task,
+                actor,
+                vars,
+                expect,
+            } => (
+                engine.complete(
+                    Self::task(engine, *instance, task)?,
+                    &self.actor(actor)?,
+                    vars.clone(),
+                ),
+                *expect,
+            ),
+            RawStep::Comment {
+                task,
+                actor,
+                text,
+                expect,
+            } => (
+                engine.comment(
+                    Self::task(engine, *instance, task)?,
+                    &self.actor(actor)?,
+                    text,
+                ),
+                *expect,
+            ),
+            RawStep::Reassign {
+                task,
+                actor,
+                to,
+                expect,
+            } => {
+                let t = Self::task(engine, *instance, task)?;
+                (
+                    engine.reassign(t, &self.actor(actor)?, &self.actor(to)?),
+                    *expect,
+                )
+            }
+            RawStep::Retry { expect } => (
+                engine.retry(instance.ok_or("no instance started yet")?),
+                *expect,
+            ),
+            RawStep::Expect {
+                status,
+                open_tasks,
+                vars,
+            } => {
+                let id = instance.ok_or("no instance started yet")?;
+                let inst = engine.instance(id).map_err(|e| e.to_string())?;
+                if let Some(s) = status {
+                    if inst.status() != *s {
+                        return Err(format!("expected status {s:?}, found {:?}", inst.status()));
+                    }
+                }
+                if let Some(expected) = open_tasks {
+                    let mut open: Vec<String> = engine
+                        .tasks(id)
+                        .map_err(|e| e.to_string())?
+                        .into_iter()
+                        .map(|t| t.node_id)
+                        .collect();
+                    let mut want = expected.clone();
+                    open.sort();
+                    want.sort();
+                    if open != want {
+                        return Err(format!("expected open tasks {want:?}, found {open:?}"));
+                    }
+                }
+                for (k, v) in vars.iter().flatten() {
+                    if inst.vars().get(k) != Some(v) {
+                        return Err(format!(
+                            "expected variable '{k}' = {v}, found {:?}",
+                            inst.vars().get(k)
+                        ));
+                    }
+                }
+                return Ok(());
+            }
+        };
+        match Outcome::of(&result) {
+            Ok(got) if got == expect => Ok(()),
+            Ok(got) => Err(format!(
+                "expected {expect:?}, got {got:?}{}",
+                result.err().map(|e| format!(": {e}")).unwrap_or_default()
+            )),
+            Err(e) => Err(format!("expected {expect:?}, got error: {e}")),
+        }
+    }
+}
