@@ -339,11 +339,10 @@ impl Scenario {
             } => {
                 let id = instance.ok_or("no instance started yet")?;
                 let inst = engine.instance(id).map_err(|e| e.to_string())?;
-                if let Some(s) = status {
-                    if inst.status() != *s {
+                if let Some(s) = status
+                    && inst.status() != *s {
                         return Err(format!("expected status {s:?}, found {:?}", inst.status()));
                     }
-                }
                 if let Some(expected) = open_tasks {
                     let mut open: Vec<String> = engine
                         .tasks(id)

@@ -125,8 +125,8 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         };
         if let Some(d) = &v.value.default {
             check(&d.value, d.loc, "default", &mut report);
-            if let Some(allowed) = &spec.allowed {
-                if !allowed.contains(&d.value) {
+            if let Some(allowed) = &spec.allowed
+                && !allowed.contains(&d.value) {
                     report.add(
                         d.loc,
                         format!("variables.{}.default", k.value),
@@ -136,7 +136,6 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
                         },
                     );
                 }
-            }
         }
         if let Some(a) = &v.value.allowed {
             for value in &a.value {

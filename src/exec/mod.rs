@@ -474,15 +474,14 @@ impl Engine {
     /// [`ExecError::UnknownTask`], [`ExecError::TaskClosed`].
     pub fn claim(&self, task: TaskId, actor: &Actor) -> Result<(), ExecError> {
         self.with_task(task, |step, node| {
-            if let Some(by) = &step.inst.tasks[task.seq as usize].claimed_by {
-                if *by != actor.id {
+            if let Some(by) = &step.inst.tasks[task.seq as usize].claimed_by
+                && *by != actor.id {
                     return Err(ExecError::AlreadyClaimed {
                         task,
                         node: node.to_owned(),
                         by: by.clone(),
                     });
                 }
-            }
             self.authorize(step, task, node, Action::Claim, actor)?;
             step.apply(Change::Claim {
                 task: task.seq,
@@ -575,24 +574,23 @@ impl Engine {
     pub fn reassign(&self, task: TaskId, by: &Actor, to: &Actor) -> Result<(), ExecError> {
         self.with_task(task, |step, node| {
             self.authorize(step, task, node, Action::Reassign, by)?;
-            self.authorize(
-                step,
-                task,
-                node,
-                Action::Claim,
-                &Actor {
-                    id: to.id.clone(),
-                    roles: to.roles.clone(),
-                },
-            )
-            .or_else(|e| match e {
-                // The target may be refused only for lack of a role, not for the old claim.
-                ExecError::Denied {
-                    claimed_by: Some(_),
-                    ..
-                } => Ok(Grant::Regular),
-                e => Err(e),
-            })?;
+            // The new holder must be able to do the work: it needs a responsible role. The old
+            // claim does not stand in the way; overriding it is the point.
+            let raci = step.dep.def.nodes[step.inst.tasks[task.seq as usize].node.index()]
+                .raci()
+                .expect("tasks sit on user task nodes");
+            if !raci.responsible().iter().any(|r| self.authorizer.holds(r, to)) {
+                let allowed = raci.responsible().to_vec();
+                step.apply(Change::Denied { task: task.seq, actor: &to.id, action: Action::Claim, allowed: &allowed });
+                return Err(ExecError::Denied {
+                    actor: to.id.clone(),
+                    action: Action::Claim,
+                    task,
+                    node: node.to_owned(),
+                    allowed,
+                    claimed_by: None,
+                });
+            }
             step.apply(Change::Reassign {
                 task: task.seq,
                 by: &by.id,
