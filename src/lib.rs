@@ -75,3 +75,8 @@ pub use ids::{DefKey, InstanceId, NodeId, RoleId, TaskId};
 pub use raci::{Action, Actor, Authorizer, Raci};
 pub use sim::{Scenario, SimReport};
 pub use vars::{VarProblem, VarSpec, VarType, Vars};
+
+/// The README's code blocks run as doctests, so the API tour stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

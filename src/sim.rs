@@ -227,6 +227,17 @@ impl Scenario {
                 }),
             );
         }
+        // A handler the scenario does not script fails when called, so that the scenario can
+        // leave out services its route never reaches.
+        for name in def.nodes().filter_map(|(_, n)| n.handler()) {
+            if !self.raw.services.contains_key(name) {
+                let message = format!("the scenario scripts no result for handler '{name}'");
+                builder.handler(
+                    name,
+                    handler_fn(move |_| Err(HandlerError(message.clone()))),
+                );
+            }
+        }
         let engine = builder.build();
         let process = engine.deploy(def)?.key().id.clone();
         let mut report = SimReport::default();
@@ -340,9 +351,10 @@ impl Scenario {
                 let id = instance.ok_or("no instance started yet")?;
                 let inst = engine.instance(id).map_err(|e| e.to_string())?;
                 if let Some(s) = status
-                    && inst.status() != *s {
-                        return Err(format!("expected status {s:?}, found {:?}", inst.status()));
-                    }
+                    && inst.status() != *s
+                {
+                    return Err(format!("expected status {s:?}, found {:?}", inst.status()));
+                }
                 if let Some(expected) = open_tasks {
                     let mut open: Vec<String> = engine
                         .tasks(id)

@@ -126,16 +126,17 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         if let Some(d) = &v.value.default {
             check(&d.value, d.loc, "default", &mut report);
             if let Some(allowed) = &spec.allowed
-                && !allowed.contains(&d.value) {
-                    report.add(
-                        d.loc,
-                        format!("variables.{}.default", k.value),
-                        ProblemKind::BadValue {
-                            value: d.value.to_string(),
-                            ty: "the enum".to_owned(),
-                        },
-                    );
-                }
+                && !allowed.contains(&d.value)
+            {
+                report.add(
+                    d.loc,
+                    format!("variables.{}.default", k.value),
+                    ProblemKind::BadValue {
+                        value: d.value.to_string(),
+                        ty: "the enum".to_owned(),
+                    },
+                );
+            }
         }
         if let Some(a) = &v.value.allowed {
             for value in &a.value {

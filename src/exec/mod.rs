@@ -475,13 +475,14 @@ impl Engine {
     pub fn claim(&self, task: TaskId, actor: &Actor) -> Result<(), ExecError> {
         self.with_task(task, |step, node| {
             if let Some(by) = &step.inst.tasks[task.seq as usize].claimed_by
-                && *by != actor.id {
-                    return Err(ExecError::AlreadyClaimed {
-                        task,
-                        node: node.to_owned(),
-                        by: by.clone(),
-                    });
-                }
+                && *by != actor.id
+            {
+                return Err(ExecError::AlreadyClaimed {
+                    task,
+                    node: node.to_owned(),
+                    by: by.clone(),
+                });
+            }
             self.authorize(step, task, node, Action::Claim, actor)?;
             step.apply(Change::Claim {
                 task: task.seq,
@@ -579,9 +580,18 @@ impl Engine {
             let raci = step.dep.def.nodes[step.inst.tasks[task.seq as usize].node.index()]
                 .raci()
                 .expect("tasks sit on user task nodes");
-            if !raci.responsible().iter().any(|r| self.authorizer.holds(r, to)) {
+            if !raci
+                .responsible()
+                .iter()
+                .any(|r| self.authorizer.holds(r, to))
+            {
                 let allowed = raci.responsible().to_vec();
-                step.apply(Change::Denied { task: task.seq, actor: &to.id, action: Action::Claim, allowed: &allowed });
+                step.apply(Change::Denied {
+                    task: task.seq,
+                    actor: &to.id,
+                    action: Action::Claim,
+                    allowed: &allowed,
+                });
                 return Err(ExecError::Denied {
                     actor: to.id.clone(),
                     action: Action::Claim,
