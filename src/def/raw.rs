@@ -49,6 +49,7 @@ pub(crate) struct RawDef {
     pub(crate) source: Option<String>,
     #[serde(default)]
     pub(crate) description: Option<String>,
+    #[serde(default)]
     pub(crate) roles: Entries<RawRole>,
     #[serde(default)]
     pub(crate) variables: Entries<RawVar>,

@@ -23,7 +23,7 @@ pub use state::{
 use crate::clock::{Clock, SystemClock};
 use crate::def::{Behaviour, LoadError, Problem, ProblemKind, ProcessDef};
 use crate::hooks::{Event, Hook, ServiceHandler};
-use crate::ids::{InstanceId, NodeId, TaskId};
+use crate::ids::{DefKey, InstanceId, NodeId, TaskId};
 use crate::raci::{self, Action, Actor, Authorizer, Grant};
 use crate::vars::{VarProblem, Vars};
 use step::{Change, Step};
@@ -52,6 +52,8 @@ impl Default for Config {
 /// A deployed definition with its service handlers resolved per node.
 pub(crate) struct Deployed {
     pub(crate) def: Arc<ProcessDef>,
+    /// Shared by every instance of this definition.
+    pub(crate) key: Arc<DefKey>,
     pub(crate) handlers: Vec<Option<Arc<dyn ServiceHandler>>>,
 }
 
@@ -282,6 +284,7 @@ impl Engine {
         versions.insert(
             def.key.version,
             Arc::new(Deployed {
+                key: Arc::new(def.key.clone()),
                 def: Arc::clone(&def),
                 handlers,
             }),
@@ -352,7 +355,7 @@ impl Engine {
         let now = self.clock.now();
         let mut inst = Instance {
             id,
-            def: def.key.clone(),
+            def: Arc::clone(&dep.key),
             status: Status::Running,
             vars,
             tokens: vec![Token {

@@ -1,5 +1,7 @@
 //! Instance state: plain serde data, changed only by [`super::apply`].
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +14,7 @@ use crate::vars::Vars;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
     pub(crate) id: InstanceId,
-    pub(crate) def: DefKey,
+    pub(crate) def: Arc<DefKey>,
     pub(crate) status: Status,
     pub(crate) vars: Vars,
     pub(crate) tokens: Vec<Token>,

@@ -134,7 +134,7 @@ impl<'a> Step<'a> {
 
     fn record(&mut self, what: Entry) {
         if self.audit {
-            self.inst.audit.push(Record { at: self.now, what });
+            push_small(&mut self.inst.audit, 3, Record { at: self.now, what });
         }
     }
 
@@ -242,14 +242,18 @@ impl<'a> Step<'a> {
                 let node = self.inst.tokens[token].node;
                 self.inst.tokens[token].state = TokenState::Waiting;
                 let seq = self.inst.tasks.len() as u32;
-                self.inst.tasks.push(Task {
-                    seq,
-                    node,
-                    state: TaskState::Open,
-                    claimed_by: None,
-                    created_at: self.now,
-                    comments: Vec::new(),
-                });
+                push_small(
+                    &mut self.inst.tasks,
+                    1,
+                    Task {
+                        seq,
+                        node,
+                        state: TaskState::Open,
+                        claimed_by: None,
+                        created_at: self.now,
+                        comments: Vec::new(),
+                    },
+                );
                 let task = self.task_id(seq);
                 self.record(Entry::TaskCreated { task, node });
                 if !self.hooks.is_empty() {
@@ -613,6 +617,15 @@ impl<'a> Step<'a> {
         }
         result
     }
+}
+
+/// Pushes with a growth that starts small: most instances hold a handful of tasks and records,
+/// and a waiting instance should not carry a vector's default spare capacity.
+fn push_small<T>(v: &mut Vec<T>, first: usize, item: T) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(v.len().max(first));
+    }
+    v.push(item);
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
