@@ -50,7 +50,8 @@ impl fmt::Display for LoadError {
                 writeln!(f)?;
             }
             if let Some(file) = &self.file {
-                write!(f, "{}:", file.display())?;
+                let gap = if p.location.is_some() { "" } else { " " };
+                write!(f, "{}:{gap}", file.display())?;
             }
             write!(f, "{p}")?;
         }
@@ -104,8 +105,8 @@ pub enum ProblemKind {
         /// Where it was first defined.
         first: Location,
     },
-    /// An id has characters other than `a-z`, `0-9`, `_` and `-`.
-    #[error("invalid id '{0}': use lowercase letters, digits, '_' and '-'")]
+    /// An id has other characters than `a-z`, `0-9` and `_` (a process id may also use `-`).
+    #[error("invalid id '{0}': use lowercase letters, digits and '_' ('-' only in a process id)")]
     InvalidId(String),
     /// A `next` or `to` names a node that does not exist.
     #[error("unknown node '{0}'")]

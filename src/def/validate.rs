@@ -29,11 +29,17 @@ impl Report {
     }
 }
 
+/// Node, role and variable ids: they appear in CEL conditions, Mermaid and DOT, so `[a-z0-9_]+`.
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// A process id may also use `-`, as file names do.
+fn valid_process_id(id: &str) -> bool {
+    !id.is_empty() && id.split('-').all(valid_id)
 }
 
 /// Checks ids of a mapping and keeps the first entry of each id.
@@ -71,7 +77,7 @@ fn unique<'a, T>(
 
 pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, Vec<Problem>> {
     let mut report = Report(Vec::new());
-    if !valid_id(&raw.id.value) {
+    if !valid_process_id(&raw.id.value) {
         report.add(
             raw.id.loc,
             "id",
@@ -309,6 +315,8 @@ impl NodeCx<'_> {
                     self.path("kind"),
                     ProblemKind::NotSupported("kind: timer".into()),
                 );
+                // Keep its flows so that the nodes after it are not reported as unreachable.
+                node.next = self.targets(raw.next.as_ref(), report);
             }
             RawKind::Start | RawKind::UserTask | RawKind::ServiceTask | RawKind::Parallel => {
                 node.next = self.targets(raw.next.as_ref(), report);
@@ -590,7 +598,7 @@ fn check_reachability(
         }
     }
     for (i, node) in nodes.iter().enumerate() {
-        // A node whose own successors are missing was already reported as an unknown target.
+        // Only reachable nodes: an unreachable one is reported as that already.
         if !ends[i] && seen[i] {
             report.add(
                 node.location,

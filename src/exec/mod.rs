@@ -22,7 +22,7 @@ pub use state::{
 
 use crate::clock::{Clock, SystemClock};
 use crate::def::{Behaviour, LoadError, Problem, ProblemKind, ProcessDef};
-use crate::hooks::{Event, Hook, ServiceHandler};
+use crate::hooks::{Control, Event, Hook, ServiceHandler};
 use crate::ids::{DefKey, InstanceId, NodeId, TaskId};
 use crate::raci::{self, Action, Actor, Authorizer, Grant};
 use crate::vars::{VarProblem, Vars};
@@ -64,6 +64,9 @@ struct Slot {
 
 const SHARDS: usize = 64;
 
+/// One of the maps from instance number to its slot.
+type Shard = Mutex<HashMap<u64, Arc<Mutex<Slot>>>>;
+
 /// The workflow engine a host application owns. `Send + Sync`: share it by `Arc` and drive
 /// independent instances from as many threads as you like.
 pub struct Engine {
@@ -73,7 +76,7 @@ pub struct Engine {
     handlers: HashMap<String, Arc<dyn ServiceHandler>>,
     authorizer: Arc<dyn Authorizer>,
     defs: RwLock<HashMap<String, BTreeMap<u32, Arc<Deployed>>>>,
-    shards: Box<[Mutex<HashMap<u64, Arc<Mutex<Slot>>>>]>,
+    shards: Box<[Shard]>,
     next_id: AtomicU64,
 }
 
@@ -383,7 +386,7 @@ impl Engine {
         result.map(|()| id)
     }
 
-    fn shard(&self, id: InstanceId) -> &Mutex<HashMap<u64, Arc<Mutex<Slot>>>> {
+    fn shard(&self, id: InstanceId) -> &Shard {
         &self.shards[(id.0 as usize) % SHARDS]
     }
 
@@ -517,7 +520,19 @@ impl Engine {
                 actor: &actor.id,
                 output: &output,
             });
-            if let Err(reason) = verdict {
+            if let Err(Control::Abort(message)) = verdict {
+                // A failing guard refuses the completion too, but as an incident, not a veto.
+                step.apply(Change::Fail {
+                    token: None,
+                    node: None,
+                    message: &message,
+                });
+                return Err(ExecError::Hook {
+                    instance: task.instance,
+                    message,
+                });
+            }
+            if let Err(Control::Veto(reason)) = verdict {
                 step.apply(Change::Vetoed {
                     task: task.seq,
                     actor: &actor.id,

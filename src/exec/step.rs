@@ -156,13 +156,18 @@ impl<'a> Step<'a> {
     }
 
     /// Asks every hook whether a completion may go ahead. Nothing changes here.
-    pub(crate) fn guard(&self, event: Event<'_>) -> Result<(), String> {
+    /// A veto answers `Err(Control::Veto)`; a failing or panicking hook `Err(Control::Abort)`.
+    pub(crate) fn guard(&self, event: Event<'_>) -> Result<(), Control> {
         for hook in self.hooks {
             match catch_unwind(AssertUnwindSafe(|| hook.on_event(&event))) {
                 Ok(Control::Continue) => {}
-                Ok(Control::Veto(reason)) => return Err(reason),
-                Ok(Control::Abort(message)) => return Err(format!("hook failed: {message}")),
-                Err(panic) => return Err(format!("hook panicked: {}", panic_message(&panic))),
+                Ok(refusal) => return Err(refusal),
+                Err(panic) => {
+                    return Err(Control::Abort(format!(
+                        "hook panicked: {}",
+                        panic_message(&panic)
+                    )));
+                }
             }
         }
         Ok(())
@@ -592,6 +597,9 @@ impl<'a> Step<'a> {
             Ok(Err(e)) => return Err(format!("handler failed: {e}")),
             Err(panic) => return Err(format!("handler panicked: {}", panic_message(&panic))),
         };
+        if vars.is_empty() {
+            return Ok(vars);
+        }
         let problems = super::check_vars(&self.dep.def, &vars);
         match problems.first() {
             None => Ok(vars),

@@ -1,0 +1,1402 @@
+//! Executor behaviour through the public API: RACI, routing, joins, hooks, handlers, variables,
+//! re-entrancy, versions, clock, threads, work lists and serde.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use chrono::{DateTime, Duration, Utc};
+use procflow::{
+    Action, Actor, Control, DefKey, Engine, EngineBuilder, Entry, Event, ExecError, HandlerError,
+    Instance, InstanceId, ManualClock, ProcessDef, Record, RoleId, Status, TaskId, TaskState,
+    Token, TokenState, VarProblem, VarType, Vars, handler_fn, hook_fn,
+};
+use serde_json::json;
+
+/// One user task with all four RACI letters; `x` is a role with no letter.
+const RACI: &str = r#"
+id: raci
+version: 1
+name: RACI
+roles: { r: { name: R }, a: { name: A }, c: { name: C }, i: { name: I }, x: { name: X } }
+variables: { note: { type: string } }
+nodes:
+  start: { kind: start, next: work }
+  work:
+    kind: user_task
+    name: Work
+    raci: { responsible: [r], accountable: a, consulted: [c], informed: [i] }
+    next: done
+  done: { kind: end }
+"#;
+
+/// An exclusive gateway; `ROUTE_NO_DEFAULT` is the same without the default route.
+const ROUTE: &str = r#"
+id: route
+version: 1
+name: Route
+roles: { r: { name: R }, a: { name: A } }
+variables: { amount: { type: number } }
+nodes:
+  start: { kind: start, next: gw }
+  gw:
+    kind: exclusive
+    routes:
+      - { when: "amount > 100", to: big }
+      - { when: "amount > 10", to: medium }
+      - { default: true, to: small }
+  big: { kind: user_task, name: Big, raci: { responsible: [r], accountable: a }, next: done }
+  medium: { kind: user_task, name: Medium, raci: { responsible: [r], accountable: a }, next: done }
+  small: { kind: user_task, name: Small, raci: { responsible: [r], accountable: a }, next: done }
+  done: { kind: end }
+"#;
+
+const ROUTE_NO_DEFAULT: &str = r#"
+id: route
+version: 1
+name: Route
+roles: { r: { name: R }, a: { name: A } }
+variables: { amount: { type: number } }
+nodes:
+  start: { kind: start, next: gw }
+  gw:
+    kind: exclusive
+    routes:
+      - { when: "amount > 100", to: big }
+      - { when: "amount > 10", to: medium }
+  big: { kind: user_task, name: Big, raci: { responsible: [r], accountable: a }, next: done }
+  medium: { kind: user_task, name: Medium, raci: { responsible: [r], accountable: a }, next: done }
+  done: { kind: end }
+"#;
+
+/// A fork into tasks for two different roles, and a join.
+const PARALLEL: &str = r#"
+id: par
+version: 1
+name: Parallel
+roles: { r: { name: R }, s: { name: S }, a: { name: A } }
+variables: { note: { type: string } }
+nodes:
+  start: { kind: start, next: fork }
+  fork: { kind: parallel, next: [left, right] }
+  left: { kind: user_task, name: Left, raci: { responsible: [r], accountable: a }, next: join }
+  right: { kind: user_task, name: Right, raci: { responsible: [s], accountable: a }, next: join }
+  join: { kind: parallel, next: after }
+  after: { kind: user_task, name: After, raci: { responsible: [r], accountable: a }, next: done }
+  done: { kind: end }
+"#;
+
+/// A fork inside a branch of another fork.
+const NESTED: &str = r#"
+id: nested
+version: 1
+name: Nested
+roles: { r: { name: R }, a: { name: A } }
+nodes:
+  start: { kind: start, next: f1 }
+  f1: { kind: parallel, next: [a, f2] }
+  f2: { kind: parallel, next: [b, c] }
+  a: { kind: user_task, name: A, raci: { responsible: [r], accountable: a }, next: j1 }
+  b: { kind: user_task, name: B, raci: { responsible: [r], accountable: a }, next: j2 }
+  c: { kind: user_task, name: C, raci: { responsible: [r], accountable: a }, next: j2 }
+  j2: { kind: parallel, next: d }
+  d: { kind: user_task, name: D, raci: { responsible: [r], accountable: a }, next: j1 }
+  j1: { kind: parallel, next: after }
+  after: { kind: user_task, name: After, raci: { responsible: [r], accountable: a }, next: done }
+  done: { kind: end }
+"#;
+
+/// A service task, then a user task.
+const SERVICE: &str = r#"
+id: svc
+version: 1
+name: Service
+roles: { r: { name: R }, a: { name: A } }
+variables: { score: { type: integer } }
+nodes:
+  start: { kind: start, next: check }
+  check: { kind: service_task, name: Check, handler: credit, next: review }
+  review: { kind: user_task, name: Review, raci: { responsible: [r], accountable: a }, next: done }
+  done: { kind: end }
+"#;
+
+const VARS: &str = r#"
+id: vars
+version: 1
+name: Vars
+roles: {}
+variables:
+  severity: { type: string, enum: [low, high], required: true }
+  amount: { type: number, default: 0 }
+  note: { type: string }
+nodes:
+  start: { kind: start, next: done }
+  done: { kind: end }
+"#;
+
+fn def(text: &str) -> ProcessDef {
+    ProcessDef::from_yaml(text).unwrap_or_else(|e| panic!("test definition is invalid:\n{e}"))
+}
+
+fn engine_with(builder: &mut EngineBuilder, defs: &[&str]) -> Engine {
+    let engine = builder.build();
+    for text in defs {
+        engine.deploy(def(text)).expect("deploy");
+    }
+    engine
+}
+
+fn engine(defs: &[&str]) -> Engine {
+    engine_with(&mut Engine::builder(), defs)
+}
+
+fn vars(value: serde_json::Value) -> Vars {
+    value.as_object().expect("an object").clone()
+}
+
+fn roles(ids: &[&str]) -> Vec<RoleId> {
+    ids.iter().map(|r| RoleId::new(*r)).collect()
+}
+
+/// The node ids of the open tasks of an instance, sorted.
+fn open(engine: &Engine, id: InstanceId) -> Vec<String> {
+    let mut nodes: Vec<String> = engine
+        .tasks(id)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.node_id)
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+/// The open task at `node`.
+fn task_at(engine: &Engine, id: InstanceId, node: &str) -> TaskId {
+    engine
+        .tasks(id)
+        .unwrap()
+        .into_iter()
+        .find(|t| t.node_id == node)
+        .unwrap_or_else(|| panic!("no open task at {node}"))
+        .id
+}
+
+fn node(engine: &Engine, id: InstanceId, node: &str) -> procflow::NodeId {
+    engine
+        .definition_of(id)
+        .unwrap()
+        .node_id(node)
+        .unwrap_or_else(|| panic!("no node {node}"))
+}
+
+/// `after` is `before` plus exactly the audit entries `added`.
+fn assert_only_audit_added(before: &Instance, after: &Instance, added: &[Entry]) {
+    assert_eq!(after.status(), before.status());
+    assert_eq!(after.vars(), before.vars());
+    assert_eq!(after.tokens(), before.tokens());
+    assert_eq!(after.tasks(), before.tasks());
+    assert_eq!(after.incidents(), before.incidents());
+    assert_eq!(after.ended_at(), before.ended_at());
+    let n = before.audit().len();
+    assert_eq!(&after.audit()[..n], before.audit());
+    let new: Vec<&Entry> = after.audit()[n..].iter().map(|r| &r.what).collect();
+    assert_eq!(new, added.iter().collect::<Vec<_>>());
+}
+
+fn audit_entries(inst: &Instance) -> Vec<Entry> {
+    inst.audit().iter().map(|r| r.what.clone()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// RACI
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Who {
+    R,
+    A,
+    C,
+    I,
+    Nobody,
+}
+
+impl Who {
+    fn actor(self) -> Actor {
+        let role = match self {
+            Who::R => "r",
+            Who::A => "a",
+            Who::C => "c",
+            Who::I => "i",
+            Who::Nobody => "x",
+        };
+        Actor::new("p", [role])
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Allowed,
+    Denied(&'static [&'static str]),
+    AlreadyClaimed,
+}
+
+/// The RACI rules of the doc comments on `Engine::claim`, `complete`, `comment` and `reassign`.
+fn expected(action: Action, who: Who, claimed_by_other: bool) -> Outcome {
+    use Outcome::*;
+    match action {
+        Action::Claim if claimed_by_other => AlreadyClaimed,
+        Action::Claim if who == Who::R => Allowed,
+        Action::Claim => Denied(&["r"]),
+        Action::Complete if who == Who::A => Allowed,
+        Action::Complete if who == Who::R && !claimed_by_other => Allowed,
+        Action::Complete => Denied(&["r", "a"]),
+        Action::Comment if matches!(who, Who::R | Who::A | Who::C) => Allowed,
+        Action::Comment => Denied(&["r", "a", "c"]),
+        Action::Reassign if who == Who::A => Allowed,
+        Action::Reassign => Denied(&["a"]),
+    }
+}
+
+#[test]
+fn raci_matrix() {
+    let engine = engine(&[RACI]);
+    for action in [
+        Action::Claim,
+        Action::Complete,
+        Action::Comment,
+        Action::Reassign,
+    ] {
+        for who in [Who::R, Who::A, Who::C, Who::I, Who::Nobody] {
+            for claimed in [false, true] {
+                let case = format!("{action:?} by {who:?}, claimed by another: {claimed}");
+                let id = engine.start("raci", Vars::new()).unwrap();
+                let task = task_at(&engine, id, "work");
+                if claimed {
+                    engine.claim(task, &Actor::new("other", ["r"])).unwrap();
+                }
+                let before = engine.instance(id).unwrap();
+                let actor = who.actor();
+                let result = match action {
+                    Action::Claim => engine.claim(task, &actor),
+                    Action::Complete => engine.complete(task, &actor, Vars::new()),
+                    Action::Comment => engine.comment(task, &actor, "looks fine"),
+                    Action::Reassign => engine.reassign(task, &actor, &Actor::new("target", ["r"])),
+                };
+                let after = engine.instance(id).unwrap();
+                match expected(action, who, claimed) {
+                    Outcome::Denied(allowed) => {
+                        assert_eq!(
+                            result,
+                            Err(ExecError::Denied {
+                                actor: "p".into(),
+                                action,
+                                task,
+                                node: "work".into(),
+                                allowed: roles(allowed),
+                                claimed_by: claimed.then(|| "other".to_owned()),
+                            }),
+                            "{case}"
+                        );
+                        assert_only_audit_added(
+                            &before,
+                            &after,
+                            &[Entry::Denied {
+                                task,
+                                actor: "p".into(),
+                                action,
+                                allowed: roles(allowed),
+                            }],
+                        );
+                    }
+                    Outcome::AlreadyClaimed => {
+                        assert_eq!(
+                            result,
+                            Err(ExecError::AlreadyClaimed {
+                                task,
+                                node: "work".into(),
+                                by: "other".into()
+                            }),
+                            "{case}"
+                        );
+                        assert_eq!(after, before, "{case}");
+                    }
+                    Outcome::Allowed => {
+                        assert_eq!(result, Ok(()), "{case}");
+                        let t = &after.tasks()[0];
+                        let last = &after.audit().last().unwrap().what;
+                        match action {
+                            Action::Claim => {
+                                assert_eq!(t.claimed_by(), Some("p"), "{case}");
+                                assert_eq!(
+                                    *last,
+                                    Entry::Claimed {
+                                        task,
+                                        actor: "p".into()
+                                    },
+                                    "{case}"
+                                );
+                            }
+                            Action::Complete => {
+                                assert_eq!(after.status(), Status::Completed, "{case}");
+                                assert!(
+                                    matches!(t.state(), TaskState::Completed { by, .. } if by == "p"),
+                                    "{case}"
+                                );
+                                let completed: Vec<&Entry> = after
+                                    .audit()
+                                    .iter()
+                                    .map(|r| &r.what)
+                                    .filter(|e| matches!(e, Entry::Completed { .. }))
+                                    .collect();
+                                assert_eq!(
+                                    completed,
+                                    [&Entry::Completed {
+                                        task,
+                                        actor: "p".into(),
+                                        overridden: who == Who::A,
+                                    }],
+                                    "{case}"
+                                );
+                            }
+                            Action::Comment => {
+                                assert_eq!(t.comments().len(), 1, "{case}");
+                                assert_eq!(t.comments()[0].actor, "p");
+                                assert_eq!(t.comments()[0].text, "looks fine");
+                                assert_eq!(
+                                    *last,
+                                    Entry::Commented {
+                                        task,
+                                        actor: "p".into()
+                                    },
+                                    "{case}"
+                                );
+                            }
+                            Action::Reassign => {
+                                assert_eq!(t.claimed_by(), Some("target"), "{case}");
+                                assert_eq!(
+                                    *last,
+                                    Entry::Reassigned {
+                                        task,
+                                        by: "p".into(),
+                                        to: "target".into()
+                                    },
+                                    "{case}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn claim_by_the_claimant_again_is_allowed() {
+    let engine = engine(&[RACI]);
+    let id = engine.start("raci", Vars::new()).unwrap();
+    let task = task_at(&engine, id, "work");
+    let ann = Actor::new("ann", ["r"]);
+    engine.claim(task, &ann).unwrap();
+    assert_eq!(engine.claim(task, &ann), Ok(()));
+    assert_eq!(
+        engine.instance(id).unwrap().tasks()[0].claimed_by(),
+        Some("ann")
+    );
+}
+
+#[test]
+fn reassign_to_an_actor_without_a_responsible_role_is_denied() {
+    let engine = engine(&[RACI]);
+    let id = engine.start("raci", Vars::new()).unwrap();
+    let task = task_at(&engine, id, "work");
+    let before = engine.instance(id).unwrap();
+    let result = engine.reassign(task, &Actor::new("boss", ["a"]), &Actor::new("carl", ["c"]));
+    assert_eq!(
+        result,
+        Err(ExecError::Denied {
+            actor: "carl".into(),
+            action: Action::Claim,
+            task,
+            node: "work".into(),
+            allowed: roles(&["r"]),
+            claimed_by: None,
+        })
+    );
+    let after = engine.instance(id).unwrap();
+    assert_only_audit_added(
+        &before,
+        &after,
+        &[Entry::Denied {
+            task,
+            actor: "carl".into(),
+            action: Action::Claim,
+            allowed: roles(&["r"]),
+        }],
+    );
+}
+
+#[test]
+fn actions_on_a_completed_task_are_refused() {
+    let engine = engine(&[RACI]);
+    let id = engine.start("raci", Vars::new()).unwrap();
+    let task = task_at(&engine, id, "work");
+    let ann = Actor::new("ann", ["r"]);
+    engine.complete(task, &ann, Vars::new()).unwrap();
+    let closed = Err(ExecError::TaskClosed {
+        task,
+        node: "work".into(),
+    });
+    assert_eq!(engine.claim(task, &ann), closed);
+    assert_eq!(engine.complete(task, &ann, Vars::new()), closed);
+    assert_eq!(engine.comment(task, &ann, "late"), closed);
+}
+
+fn collect_events() -> (Arc<Mutex<Vec<String>>>, impl procflow::Hook + 'static) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&log);
+    let hook = hook_fn(move |ev: &Event<'_>| {
+        let line = match ev {
+            Event::InstanceStarted { def, .. } => format!("started {def}"),
+            Event::InstanceCompleted { .. } => "instance completed".to_owned(),
+            Event::NodeEntered { node, .. } => format!("enter {node}"),
+            Event::NodeLeft { node, .. } => format!("leave {node}"),
+            Event::TaskCreated {
+                node, responsible, ..
+            } => format!("created {node} for {responsible:?}"),
+            Event::TaskClaimed { node, actor, .. } => format!("claimed {node} by {actor}"),
+            Event::TaskCompleting { node, actor, .. } => format!("completing {node} by {actor}"),
+            Event::TaskCompleted {
+                node,
+                actor,
+                overridden,
+                ..
+            } => format!("completed {node} by {actor} overridden={overridden}"),
+            Event::Notify {
+                node, role, actor, ..
+            } => format!("notify {role}: {node} done by {actor}"),
+            other => format!("{other:?}"),
+        };
+        sink.lock().unwrap().push(line);
+    });
+    (log, hook)
+}
+
+#[test]
+fn informed_roles_are_notified_on_completion() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&log);
+    let engine = engine_with(
+        Engine::builder().hook(hook_fn(move |ev: &Event<'_>| {
+            if let Event::Notify {
+                task,
+                node,
+                role,
+                actor,
+            } = ev
+            {
+                sink.lock().unwrap().push((
+                    *task,
+                    node.to_string(),
+                    (*role).clone(),
+                    actor.to_string(),
+                ));
+            }
+        })),
+        &[RACI],
+    );
+    let id = engine.start("raci", Vars::new()).unwrap();
+    let task = task_at(&engine, id, "work");
+    engine
+        .claim(task, &Actor::new("ann", ["r"]))
+        .expect("claim");
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "nobody is told before completion"
+    );
+    engine
+        .complete(task, &Actor::new("ann", ["r"]), Vars::new())
+        .unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![(task, "work".to_owned(), RoleId::new("i"), "ann".to_owned())]
+    );
+}
+
+#[test]
+fn hook_event_order() {
+    let (log, hook) = collect_events();
+    let engine = engine_with(Engine::builder().hook(hook), &[RACI]);
+    let ann = Actor::new("ann", ["r"]);
+    let id = engine.start("raci", Vars::new()).unwrap();
+    let task = task_at(&engine, id, "work");
+    engine.claim(task, &ann).unwrap();
+    engine.complete(task, &ann, Vars::new()).unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "started raci@1",
+            "leave start",
+            "enter work",
+            "created work for [RoleId(\"r\")]",
+            "claimed work by ann",
+            "completing work by ann",
+            "completed work by ann overridden=false",
+            "notify i: work done by ann",
+            "leave work",
+            "enter done",
+            "leave done",
+            "instance completed",
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateways
+
+#[test]
+fn exclusive_takes_the_first_true_route_in_order() {
+    let engine = engine(&[ROUTE]);
+    for (amount, to, condition) in [
+        (json!(500), "big", Some("amount > 100")),
+        (json!(150.5), "big", Some("amount > 100")),
+        (json!(50), "medium", Some("amount > 10")),
+        (json!(5), "small", None),
+    ] {
+        let id = engine
+            .start("route", vars(json!({ "amount": amount })))
+            .unwrap_or_else(|e| panic!("amount {amount}: {e}"));
+        assert_eq!(open(&engine, id), [to], "amount {amount}");
+        let inst = engine.instance(id).unwrap();
+        let routes: Vec<&Entry> = inst
+            .audit()
+            .iter()
+            .map(|r| &r.what)
+            .filter(|e| matches!(e, Entry::Route { .. }))
+            .collect();
+        assert_eq!(
+            routes,
+            [&Entry::Route {
+                gateway: node(&engine, id, "gw"),
+                to: node(&engine, id, to),
+                condition: condition.map(str::to_owned),
+            }],
+            "amount {amount}"
+        );
+    }
+}
+
+#[test]
+fn exclusive_without_a_matching_route_is_an_incident() {
+    let engine = engine(&[ROUTE_NO_DEFAULT]);
+    let result = engine.start("route", vars(json!({ "amount": 5 })));
+    let ids = engine.instances();
+    assert_eq!(ids.len(), 1, "the instance exists, with an incident");
+    let id = ids[0];
+    let message = "no route's condition holds and there is no default";
+    let incident = Err(ExecError::Incident {
+        instance: id,
+        node: "gw".into(),
+        message: message.into(),
+    });
+    assert_eq!(result, incident.clone().map(|()| id));
+    let gw = node(&engine, id, "gw");
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.status(), Status::Running);
+    assert_eq!(
+        inst.tokens(),
+        [Token {
+            node: gw,
+            state: TokenState::Failed
+        }]
+    );
+    assert_eq!(inst.incidents().len(), 1);
+    assert_eq!(inst.incidents()[0].node, Some(gw));
+    assert_eq!(inst.incidents()[0].message, message);
+    assert!(!inst.incidents()[0].resolved);
+    assert_eq!(
+        inst.audit().last().unwrap().what,
+        Entry::Incident {
+            node: Some(gw),
+            message: message.into()
+        }
+    );
+
+    // The variables are the same, so the retry fails the same way: the old incident is resolved
+    // and a new one is open.
+    assert_eq!(engine.retry(id), incident);
+    let inst = engine.instance(id).unwrap();
+    let resolved: Vec<bool> = inst.incidents().iter().map(|i| i.resolved).collect();
+    assert_eq!(resolved, [true, false]);
+    assert_eq!(inst.tokens()[0].state, TokenState::Failed);
+    assert!(engine.tasks(id).unwrap().is_empty());
+}
+
+#[test]
+fn parallel_fork_and_join() {
+    let engine = engine(&[PARALLEL]);
+    let ann = Actor::new("ann", ["r"]);
+    let sue = Actor::new("sue", ["s"]);
+    let id = engine.start("par", Vars::new()).unwrap();
+    assert_eq!(open(&engine, id), ["left", "right"]);
+
+    engine
+        .complete(task_at(&engine, id, "left"), &ann, Vars::new())
+        .unwrap();
+    assert_eq!(
+        open(&engine, id),
+        ["right"],
+        "the join waits for the other branch"
+    );
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.status(), Status::Running);
+    assert!(!audit_entries(&inst).contains(&Entry::Joined {
+        node: node(&engine, id, "join")
+    }));
+
+    engine
+        .complete(task_at(&engine, id, "right"), &sue, Vars::new())
+        .unwrap();
+    assert_eq!(open(&engine, id), ["after"]);
+    let inst = engine.instance(id).unwrap();
+    let nodes: Vec<String> = inst
+        .tasks()
+        .iter()
+        .map(|t| {
+            engine
+                .definition_of(id)
+                .unwrap()
+                .node(t.node())
+                .id()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        nodes,
+        ["left", "right", "after"],
+        "`after` opened exactly once"
+    );
+    let joined = audit_entries(&inst)
+        .into_iter()
+        .filter(|e| matches!(e, Entry::Joined { .. }))
+        .count();
+    assert_eq!(joined, 1);
+
+    engine
+        .complete(task_at(&engine, id, "after"), &ann, Vars::new())
+        .unwrap();
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.status(), Status::Completed);
+    assert!(inst.tokens().is_empty());
+}
+
+#[test]
+fn nested_fork_inside_a_fork() {
+    let engine = engine(&[NESTED]);
+    let ann = Actor::new("ann", ["r"]);
+    let id = engine.start("nested", Vars::new()).unwrap();
+    let done = |node: &str| {
+        engine
+            .complete(task_at(&engine, id, node), &ann, Vars::new())
+            .unwrap();
+        open(&engine, id)
+    };
+    assert_eq!(open(&engine, id), ["a", "b", "c"]);
+    assert_eq!(done("b"), ["a", "c"]);
+    assert_eq!(done("c"), ["a", "d"], "the inner join fired");
+    assert_eq!(done("a"), ["d"], "the outer join waits for d");
+    assert_eq!(done("d"), ["after"]);
+    assert_eq!(done("after"), Vec::<String>::new());
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.status(), Status::Completed);
+    assert_eq!(inst.tasks().len(), 5, "every task opened exactly once");
+    let joined: Vec<Entry> = audit_entries(&inst)
+        .into_iter()
+        .filter(|e| matches!(e, Entry::Joined { .. }))
+        .collect();
+    assert_eq!(
+        joined,
+        [
+            Entry::Joined {
+                node: node(&engine, id, "j2")
+            },
+            Entry::Joined {
+                node: node(&engine, id, "j1")
+            }
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hooks
+
+#[test]
+fn veto_keeps_the_task_open() {
+    let engine = engine_with(
+        Engine::builder().hook(hook_fn(|ev: &Event<'_>| match ev {
+            Event::TaskCompleting { .. } => Control::Veto("four-eyes check missing".into()),
+            _ => Control::Continue,
+        })),
+        &[RACI],
+    );
+    let id = engine.start("raci", Vars::new()).unwrap();
+    let task = task_at(&engine, id, "work");
+    let before = engine.instance(id).unwrap();
+    let result = engine.complete(
+        task,
+        &Actor::new("ann", ["r"]),
+        vars(json!({ "note": "done" })),
+    );
+    assert_eq!(
+        result,
+        Err(ExecError::Vetoed {
+            task,
+            node: "work".into(),
+            reason: "four-eyes check missing".into()
+        })
+    );
+    let after = engine.instance(id).unwrap();
+    assert_eq!(after.tasks()[0].state(), &TaskState::Open);
+    assert!(after.vars().is_empty());
+    assert_only_audit_added(
+        &before,
+        &after,
+        &[Entry::Vetoed {
+            task,
+            actor: "ann".into(),
+            reason: "four-eyes check missing".into(),
+        }],
+    );
+}
+
+#[test]
+fn aborting_hook_records_an_incident_and_the_engine_goes_on() {
+    let aborted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&aborted);
+    let engine = engine_with(
+        Engine::builder().hook(hook_fn(move |ev: &Event<'_>| match ev {
+            Event::TaskCreated { .. } if !flag.swap(true, Ordering::SeqCst) => {
+                Control::Abort("mail server down".into())
+            }
+            _ => Control::Continue,
+        })),
+        &[RACI],
+    );
+    let result = engine.start("raci", Vars::new());
+    let id = engine.instances()[0];
+    assert_eq!(
+        result,
+        Err(ExecError::Hook {
+            instance: id,
+            message: "mail server down".into()
+        })
+    );
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.incidents().len(), 1);
+    assert_eq!(inst.incidents()[0].node, None);
+    assert_eq!(inst.incidents()[0].message, "mail server down");
+    assert_eq!(open(&engine, id), ["work"], "the change the hook saw stays");
+
+    let ann = Actor::new("ann", ["r"]);
+    engine
+        .complete(task_at(&engine, id, "work"), &ann, Vars::new())
+        .unwrap();
+    assert_eq!(engine.instance(id).unwrap().status(), Status::Completed);
+    let second = engine.start("raci", Vars::new()).unwrap();
+    assert_eq!(open(&engine, second), ["work"]);
+}
+
+#[test]
+fn panicking_hook_records_an_incident_and_the_engine_goes_on() {
+    let engine = engine_with(
+        Engine::builder().hook(hook_fn(|ev: &Event<'_>| {
+            if let Event::TaskClaimed { .. } = ev {
+                panic!("hook bug");
+            }
+        })),
+        &[RACI],
+    );
+    let ann = Actor::new("ann", ["r"]);
+    let id = engine.start("raci", Vars::new()).unwrap();
+    let task = task_at(&engine, id, "work");
+    assert_eq!(
+        engine.claim(task, &ann),
+        Err(ExecError::Hook {
+            instance: id,
+            message: "hook panicked: hook bug".into()
+        })
+    );
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(
+        inst.tasks()[0].claimed_by(),
+        Some("ann"),
+        "the claim stands"
+    );
+    assert_eq!(inst.incidents().len(), 1);
+    assert_eq!(inst.incidents()[0].message, "hook panicked: hook bug");
+
+    engine.complete(task, &ann, Vars::new()).unwrap();
+    assert_eq!(engine.instance(id).unwrap().status(), Status::Completed);
+}
+
+/// `Control::Abort` is documented as "the instance records an incident and the caller gets
+/// `ExecError::Hook`"; only `Veto` is a veto, also on `TaskCompleting`.
+#[test]
+fn aborting_hook_on_task_completing_is_a_hook_failure_not_a_veto() {
+    let engine = engine_with(
+        Engine::builder().hook(hook_fn(|ev: &Event<'_>| match ev {
+            Event::TaskCompleting { .. } => Control::Abort("audit store down".into()),
+            _ => Control::Continue,
+        })),
+        &[RACI],
+    );
+    let id = engine.start("raci", Vars::new()).unwrap();
+    let task = task_at(&engine, id, "work");
+    let result = engine.complete(task, &Actor::new("ann", ["r"]), Vars::new());
+    assert_eq!(
+        result,
+        Err(ExecError::Hook {
+            instance: id,
+            message: "audit store down".into()
+        })
+    );
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.incidents().len(), 1);
+    assert_eq!(inst.incidents()[0].message, "audit store down");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Service handlers
+
+/// A `credit` handler that fails (by `fail`) on its first call and then returns a score.
+fn flaky(fail: fn() -> Result<Vars, HandlerError>) -> (Arc<AtomicUsize>, Engine) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let engine = engine_with(
+        Engine::builder().handler(
+            "credit",
+            handler_fn(move |call| {
+                assert_eq!(call.node, "check");
+                if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                    fail()
+                } else {
+                    Ok(vars(json!({ "score": 700 })))
+                }
+            }),
+        ),
+        &[SERVICE],
+    );
+    (calls, engine)
+}
+
+fn check_failed_then_retry(
+    engine: &Engine,
+    calls: &AtomicUsize,
+    result: Result<InstanceId, ExecError>,
+    message: &str,
+) {
+    let id = engine.instances()[0];
+    assert_eq!(
+        result,
+        Err(ExecError::Incident {
+            instance: id,
+            node: "check".into(),
+            message: message.into()
+        })
+    );
+    let check = node(engine, id, "check");
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(
+        inst.tokens(),
+        [Token {
+            node: check,
+            state: TokenState::Failed
+        }]
+    );
+    assert_eq!(inst.incidents().len(), 1);
+    assert_eq!(inst.incidents()[0].node, Some(check));
+    assert_eq!(inst.incidents()[0].message, message);
+    assert!(!inst.incidents()[0].resolved);
+    assert!(inst.tasks().is_empty());
+
+    assert_eq!(engine.retry(id), Ok(()));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.vars(), &vars(json!({ "score": 700 })));
+    assert!(inst.incidents()[0].resolved);
+    assert!(audit_entries(&inst).contains(&Entry::Retried));
+    assert_eq!(open(engine, id), ["review"]);
+    assert_eq!(engine.retry(id), Err(ExecError::NothingToRetry(id)));
+
+    engine
+        .complete(
+            task_at(engine, id, "review"),
+            &Actor::new("ann", ["r"]),
+            Vars::new(),
+        )
+        .unwrap();
+    assert_eq!(engine.instance(id).unwrap().status(), Status::Completed);
+    assert_eq!(engine.retry(id), Err(ExecError::InstanceCompleted(id)));
+}
+
+#[test]
+fn handler_error_is_an_incident_and_retry_proceeds() {
+    let (calls, engine) = flaky(|| Err(HandlerError::new("bureau unreachable")));
+    let result = engine.start("svc", Vars::new());
+    check_failed_then_retry(
+        &engine,
+        &calls,
+        result,
+        "handler failed: bureau unreachable",
+    );
+}
+
+#[test]
+fn handler_panic_is_an_incident_and_retry_proceeds() {
+    let (calls, engine) = flaky(|| panic!("bureau exploded"));
+    let result = engine.start("svc", Vars::new());
+    check_failed_then_retry(&engine, &calls, result, "handler panicked: bureau exploded");
+}
+
+#[test]
+fn handler_returning_an_undeclared_variable_is_an_incident() {
+    let engine = engine_with(
+        Engine::builder().handler("credit", handler_fn(|_| Ok(vars(json!({ "bogus": 1 }))))),
+        &[SERVICE],
+    );
+    let result = engine.start("svc", Vars::new());
+    let id = engine.instances()[0];
+    let message = "handler returned variable 'bogus' that is not declared by the process";
+    assert_eq!(
+        result,
+        Err(ExecError::Incident {
+            instance: id,
+            node: "check".into(),
+            message: message.into()
+        })
+    );
+    let inst = engine.instance(id).unwrap();
+    assert!(
+        inst.vars().is_empty(),
+        "nothing the handler returned was set"
+    );
+    assert_eq!(inst.tokens()[0].state, TokenState::Failed);
+    assert_eq!(inst.incidents()[0].message, message);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Variables
+
+#[test]
+fn start_rejects_bad_variables_and_creates_nothing() {
+    let engine = engine(&[VARS]);
+    let cases = [
+        (
+            json!({ "severity": "low", "colour": "red" }),
+            vec![("colour", VarProblem::Undeclared)],
+        ),
+        (
+            json!({ "severity": 5 }),
+            vec![(
+                "severity",
+                VarProblem::WrongType {
+                    expected: VarType::String,
+                },
+            )],
+        ),
+        (
+            json!({ "severity": "mid" }),
+            vec![("severity", VarProblem::NotAllowed)],
+        ),
+        (json!({}), vec![("severity", VarProblem::Missing)]),
+        (
+            json!({ "amount": "a lot" }),
+            vec![
+                (
+                    "amount",
+                    VarProblem::WrongType {
+                        expected: VarType::Number,
+                    },
+                ),
+                ("severity", VarProblem::Missing),
+            ],
+        ),
+    ];
+    for (given, problems) in cases {
+        let result = engine.start("vars", vars(given.clone()));
+        assert_eq!(
+            result,
+            Err(ExecError::Variables {
+                problems: problems
+                    .into_iter()
+                    .map(|(n, p)| (n.to_owned(), p))
+                    .collect()
+            }),
+            "{given}"
+        );
+        assert!(engine.instances().is_empty(), "{given}: nothing started");
+    }
+}
+
+#[test]
+fn start_applies_defaults() {
+    let engine = engine(&[VARS]);
+    let id = engine
+        .start("vars", vars(json!({ "severity": "high" })))
+        .unwrap();
+    assert_eq!(
+        engine.instance(id).unwrap().vars(),
+        &vars(json!({ "severity": "high", "amount": 0 }))
+    );
+    let id = engine
+        .start(
+            "vars",
+            vars(json!({ "severity": "low", "amount": 12.5, "note": "n" })),
+        )
+        .unwrap();
+    assert_eq!(
+        engine.instance(id).unwrap().vars(),
+        &vars(json!({ "severity": "low", "amount": 12.5, "note": "n" }))
+    );
+}
+
+#[test]
+fn complete_with_bad_output_changes_nothing() {
+    let engine = engine(&[RACI]);
+    let id = engine.start("raci", Vars::new()).unwrap();
+    let task = task_at(&engine, id, "work");
+    let ann = Actor::new("ann", ["r"]);
+    engine.claim(task, &ann).unwrap();
+    let before = engine.instance(id).unwrap();
+    assert_eq!(
+        engine.complete(task, &ann, vars(json!({ "bogus": true }))),
+        Err(ExecError::Variables {
+            problems: vec![("bogus".into(), VarProblem::Undeclared)]
+        })
+    );
+    assert_eq!(engine.instance(id).unwrap(), before);
+    assert_eq!(
+        engine.complete(task, &ann, vars(json!({ "note": 5 }))),
+        Err(ExecError::Variables {
+            problems: vec![(
+                "note".into(),
+                VarProblem::WrongType {
+                    expected: VarType::String
+                }
+            )]
+        })
+    );
+    assert_eq!(engine.instance(id).unwrap(), before);
+    engine
+        .complete(task, &ann, vars(json!({ "note": "ok" })))
+        .unwrap();
+    assert_eq!(
+        engine.instance(id).unwrap().vars(),
+        &vars(json!({ "note": "ok" }))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Re-entrancy
+
+#[test]
+fn hook_calling_back_into_its_instance_is_refused_not_deadlocked() {
+    let cell: Arc<OnceLock<Weak<Engine>>> = Arc::new(OnceLock::new());
+    let seen: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let (hook_cell, sink) = (Arc::clone(&cell), Arc::clone(&seen));
+    let engine = Arc::new(engine_with(
+        Engine::builder().hook(hook_fn(move |ev: &Event<'_>| {
+            if let Event::TaskCreated { task, .. } = ev {
+                let engine = hook_cell.get().and_then(Weak::upgrade).expect("engine");
+                let id = task.instance();
+                let mut out = sink.lock().unwrap();
+                out.push(format!("{:?}", engine.instance(id).map(|i| i.id())));
+                out.push(format!(
+                    "{:?}",
+                    engine.claim(*task, &Actor::new("ann", ["r"]))
+                ));
+                out.push(format!("{:?}", engine.remove(id).map(|i| i.id())));
+                // Other instances are not locked by this thread.
+                for other in engine.instances().into_iter().filter(|o| *o != id) {
+                    out.push(format!(
+                        "other {:?}",
+                        engine.instance(other).map(|i| i.id())
+                    ));
+                }
+            }
+        })),
+        &[RACI],
+    ));
+    cell.set(Arc::downgrade(&engine)).unwrap();
+    let first = engine.start("raci", Vars::new()).unwrap();
+    let second = engine.start("raci", Vars::new()).unwrap();
+    let refused = |id: InstanceId| format!("{:?}", Err::<(), _>(ExecError::Reentrant(id)));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            refused(first),
+            refused(first),
+            refused(first),
+            refused(second),
+            refused(second),
+            refused(second),
+            format!("other {:?}", Ok::<_, ExecError>(first)),
+        ]
+    );
+    assert_eq!(
+        engine.instance(first).unwrap().tasks()[0].claimed_by(),
+        None
+    );
+}
+
+#[test]
+fn handler_calling_back_into_its_instance_is_refused_not_deadlocked() {
+    let cell: Arc<OnceLock<Weak<Engine>>> = Arc::new(OnceLock::new());
+    let seen: Arc<Mutex<Vec<Result<usize, ExecError>>>> = Arc::new(Mutex::new(Vec::new()));
+    let (handler_cell, sink) = (Arc::clone(&cell), Arc::clone(&seen));
+    let engine = Arc::new(engine_with(
+        Engine::builder().handler(
+            "credit",
+            handler_fn(move |call| {
+                let engine = handler_cell.get().and_then(Weak::upgrade).expect("engine");
+                sink.lock()
+                    .unwrap()
+                    .push(engine.tasks(call.instance).map(|t| t.len()));
+                Ok(vars(json!({ "score": 1 })))
+            }),
+        ),
+        &[SERVICE],
+    ));
+    cell.set(Arc::downgrade(&engine)).unwrap();
+    let id = engine.start("svc", Vars::new()).unwrap();
+    assert_eq!(*seen.lock().unwrap(), [Err(ExecError::Reentrant(id))]);
+    assert_eq!(open(&engine, id), ["review"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Versions, clock, threads
+
+#[test]
+fn start_uses_the_newest_version_unless_one_is_named() {
+    let v2 = RACI
+        .replace("version: 1", "version: 2")
+        .replace("name: Work", "name: Work v2");
+    let engine = engine(&[RACI, &v2]);
+    let id = engine.start("raci", Vars::new()).unwrap();
+    let key = |version| DefKey {
+        id: "raci".into(),
+        version,
+    };
+    assert_eq!(engine.instance(id).unwrap().def(), &key(2));
+    assert_eq!(
+        engine.tasks(id).unwrap()[0].name.as_deref(),
+        Some("Work v2")
+    );
+    let old = engine.start_version("raci", Some(1), Vars::new()).unwrap();
+    assert_eq!(engine.instance(old).unwrap().def(), &key(1));
+    assert_eq!(engine.tasks(old).unwrap()[0].name.as_deref(), Some("Work"));
+    assert_eq!(engine.definition_of(old).unwrap().key(), &key(1));
+    assert_eq!(
+        engine.start_version("raci", Some(3), Vars::new()),
+        Err(ExecError::UnknownProcess {
+            id: "raci".into(),
+            version: Some(3)
+        })
+    );
+    assert_eq!(
+        engine.start("nope", Vars::new()),
+        Err(ExecError::UnknownProcess {
+            id: "nope".into(),
+            version: None
+        })
+    );
+}
+
+#[test]
+fn audit_times_come_from_the_injected_clock() {
+    let t0: DateTime<Utc> = "2026-01-05T09:00:00Z".parse().unwrap();
+    let clock = Arc::new(ManualClock::new(t0));
+    let engine = engine_with(Engine::builder().clock(Arc::clone(&clock)), &[RACI]);
+    let ann = Actor::new("ann", ["r"]);
+    let id = engine.start("raci", Vars::new()).unwrap();
+    let task = task_at(&engine, id, "work");
+    let t1 = t0 + Duration::hours(1);
+    clock.set(t1);
+    engine.claim(task, &ann).unwrap();
+    let t2 = t1 + Duration::minutes(30);
+    clock.advance(Duration::minutes(30));
+    engine.complete(task, &ann, Vars::new()).unwrap();
+
+    let (start, work, done) = (
+        node(&engine, id, "start"),
+        node(&engine, id, "work"),
+        node(&engine, id, "done"),
+    );
+    let inst = engine.instance(id).unwrap();
+    let at = |at, what| Record { at, what };
+    assert_eq!(
+        inst.audit(),
+        [
+            at(t0, Entry::Started),
+            at(
+                t0,
+                Entry::Transition {
+                    from: start,
+                    to: work,
+                    actor: None
+                }
+            ),
+            at(t0, Entry::TaskCreated { task, node: work }),
+            at(
+                t1,
+                Entry::Claimed {
+                    task,
+                    actor: "ann".into()
+                }
+            ),
+            at(
+                t2,
+                Entry::Completed {
+                    task,
+                    actor: "ann".into(),
+                    overridden: false
+                }
+            ),
+            at(
+                t2,
+                Entry::Transition {
+                    from: work,
+                    to: done,
+                    actor: Some("ann".into())
+                }
+            ),
+            at(t2, Entry::InstanceCompleted),
+        ]
+    );
+    assert_eq!(inst.started_at(), t0);
+    assert_eq!(inst.ended_at(), Some(t2));
+    assert_eq!(inst.tasks()[0].created_at(), t0);
+    assert_eq!(
+        inst.tasks()[0].state(),
+        &TaskState::Completed {
+            by: "ann".into(),
+            at: t2
+        }
+    );
+}
+
+#[test]
+fn many_instances_from_four_threads() {
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 50;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let engine = engine_with(
+        Engine::builder().handler(
+            "credit",
+            handler_fn(move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok(vars(json!({ "score": 1 })))
+            }),
+        ),
+        &[SERVICE],
+    );
+    std::thread::scope(|s| {
+        for n in 0..THREADS {
+            let engine = &engine;
+            s.spawn(move || {
+                let actor = Actor::new(format!("worker{n}"), ["r"]);
+                for _ in 0..PER_THREAD {
+                    let id = engine.start("svc", Vars::new()).unwrap();
+                    let task = task_at(engine, id, "review");
+                    engine.claim(task, &actor).unwrap();
+                    engine.complete(task, &actor, Vars::new()).unwrap();
+                    assert_eq!(engine.instance(id).unwrap().status(), Status::Completed);
+                }
+            });
+        }
+    });
+    let ids = engine.instances();
+    assert_eq!(ids.len(), THREADS * PER_THREAD);
+    assert_eq!(calls.load(Ordering::SeqCst), THREADS * PER_THREAD);
+    for id in ids {
+        assert_eq!(engine.instance(id).unwrap().status(), Status::Completed);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Work list, serde
+
+#[test]
+fn work_list_shows_responsible_unclaimed_or_own_tasks() {
+    let t0: DateTime<Utc> = "2026-01-05T09:00:00Z".parse().unwrap();
+    let clock = Arc::new(ManualClock::new(t0));
+    let engine = engine_with(Engine::builder().clock(Arc::clone(&clock)), &[PARALLEL]);
+    let first = engine.start("par", Vars::new()).unwrap();
+    clock.advance(Duration::minutes(1));
+    let second = engine.start("par", Vars::new()).unwrap();
+    let list = |actor: &Actor| -> Vec<(InstanceId, String, Option<String>)> {
+        engine
+            .work_list(actor)
+            .into_iter()
+            .map(|t| (t.id.instance(), t.node_id, t.claimed_by))
+            .collect()
+    };
+    let item = |id, node: &str, by: Option<&str>| (id, node.to_owned(), by.map(str::to_owned));
+    let ann = Actor::new("ann", ["r"]);
+    let bob = Actor::new("bob", ["r"]);
+    let sue = Actor::new("sue", ["s"]);
+
+    assert_eq!(
+        list(&ann),
+        [item(first, "left", None), item(second, "left", None)]
+    );
+    assert_eq!(
+        list(&sue),
+        [item(first, "right", None), item(second, "right", None)]
+    );
+
+    engine.claim(task_at(&engine, first, "left"), &bob).unwrap();
+    assert_eq!(list(&ann), [item(second, "left", None)], "claimed by bob");
+    assert_eq!(
+        list(&bob),
+        [item(first, "left", Some("bob")), item(second, "left", None)]
+    );
+    assert_eq!(
+        list(&Actor::new("both", ["r", "s"])),
+        [
+            item(first, "right", None),
+            item(second, "left", None),
+            item(second, "right", None)
+        ]
+    );
+    assert_eq!(
+        list(&Actor::new("lead", ["a"])),
+        [],
+        "accountable is not responsible"
+    );
+}
+
+#[test]
+fn instance_round_trips_through_serde_json() {
+    let engine = engine(&[PARALLEL]);
+    let ann = Actor::new("ann", ["r"]);
+    let id = engine.start("par", Vars::new()).unwrap();
+    let left = task_at(&engine, id, "left");
+    let right = task_at(&engine, id, "right");
+    engine
+        .comment(right, &ann, "I can't do this one")
+        .unwrap_err();
+    engine.claim(left, &ann).unwrap();
+    engine.comment(left, &ann, "on it").unwrap();
+    engine
+        .complete(left, &ann, vars(json!({ "note": "left done" })))
+        .unwrap();
+    engine.claim(right, &Actor::new("sue", ["s"])).unwrap();
+
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.status(), Status::Running, "waiting at the join");
+    let json = serde_json::to_string(&inst).unwrap();
+    let back: Instance = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, inst);
+    // And the round trip is stable.
+    assert_eq!(serde_json::to_string(&back).unwrap(), json);
+}
