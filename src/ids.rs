@@ -49,6 +49,11 @@ impl TaskId {
     pub fn instance(self) -> InstanceId {
         self.instance
     }
+
+    /// The task's number within its instance (as audit entries name it).
+    pub fn seq(self) -> u32 {
+        self.seq
+    }
 }
 
 impl fmt::Display for TaskId {

@@ -467,7 +467,7 @@ impl Engine {
                     task,
                     node: node.to_owned(),
                     allowed,
-                    claimed_by: claimant.filter(|c| *c != actor.id),
+                    claimed_by: claimant.filter(|c| **c != *actor.id).map(|c| c.to_string()),
                 })
             }
         }
@@ -481,12 +481,12 @@ impl Engine {
     pub fn claim(&self, task: TaskId, actor: &Actor) -> Result<(), ExecError> {
         self.with_task(task, |step, node| {
             if let Some(by) = &step.inst.tasks[task.seq as usize].claimed_by
-                && *by != actor.id
+                && **by != *actor.id
             {
                 return Err(ExecError::AlreadyClaimed {
                     task,
                     node: node.to_owned(),
-                    by: by.clone(),
+                    by: by.to_string(),
                 });
             }
             self.authorize(step, task, node, Action::Claim, actor)?;
@@ -712,7 +712,7 @@ impl Engine {
                             .iter()
                             .any(|role| self.authorizer.holds(role, actor))
                     });
-                    responsible && t.claimed_by.as_ref().is_none_or(|c| *c == actor.id)
+                    responsible && t.claimed_by.as_ref().is_none_or(|c| **c == *actor.id)
                 }));
             }
         }
@@ -744,7 +744,7 @@ fn open_tasks(slot: &Slot, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {
                 node: t.node,
                 node_id: node.id.clone(),
                 name: node.name.clone(),
-                claimed_by: t.claimed_by.clone(),
+                claimed_by: t.claimed_by.as_deref().map(str::to_owned),
                 created_at: t.created_at,
             }
         })

@@ -65,7 +65,7 @@ pub struct Task {
     pub(crate) seq: u32,
     pub(crate) node: NodeId,
     pub(crate) state: TaskState,
-    pub(crate) claimed_by: Option<String>,
+    pub(crate) claimed_by: Option<Arc<str>>,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) comments: Vec<Comment>,
 }
@@ -79,7 +79,7 @@ pub enum TaskState {
     /// Done.
     Completed {
         /// Who completed it.
-        by: String,
+        by: Arc<str>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -118,7 +118,8 @@ pub struct Record {
     pub what: Entry,
 }
 
-/// What an audit record says.
+/// What an audit record says. Tasks are named by their number within the instance
+/// ([`TaskId::seq`]); actors by their id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 #[non_exhaustive]
@@ -132,7 +133,7 @@ pub enum Entry {
         /// To this node.
         to: NodeId,
         /// Who caused it.
-        actor: Option<String>,
+        actor: Option<Arc<str>>,
     },
     /// An exclusive gateway chose a route.
     Route {
@@ -140,8 +141,8 @@ pub enum Entry {
         gateway: NodeId,
         /// The chosen target.
         to: NodeId,
-        /// The condition that held, or `None` for the default route.
-        condition: Option<String>,
+        /// The position of the route whose condition held, or `None` for the default route.
+        route: Option<u32>,
     },
     /// A parallel join received its last branch and fired.
     Joined {
@@ -151,68 +152,68 @@ pub enum Entry {
     /// A user task opened.
     TaskCreated {
         /// The task.
-        task: TaskId,
+        task: u32,
         /// Its node.
         node: NodeId,
     },
     /// A task was claimed.
     Claimed {
         /// The task.
-        task: TaskId,
+        task: u32,
         /// By whom.
-        actor: String,
+        actor: Arc<str>,
     },
     /// A task completed.
     Completed {
         /// The task.
-        task: TaskId,
+        task: u32,
         /// By whom.
-        actor: String,
+        actor: Arc<str>,
         /// Whether the accountable role overrode the regular rule.
         overridden: bool,
     },
     /// The accountable role reassigned a task.
     Reassigned {
         /// The task.
-        task: TaskId,
+        task: u32,
         /// Who did it.
-        by: String,
+        by: Arc<str>,
         /// Who has the task now.
-        to: String,
+        to: Arc<str>,
     },
     /// A comment.
     Commented {
         /// The task.
-        task: TaskId,
+        task: u32,
         /// By whom.
-        actor: String,
+        actor: Arc<str>,
     },
     /// An attempt the actor's roles do not allow.
     Denied {
         /// The task.
-        task: TaskId,
+        task: u32,
         /// Who tried.
-        actor: String,
+        actor: Arc<str>,
         /// What.
         action: Action,
         /// The roles that would have been allowed.
-        allowed: Vec<RoleId>,
+        allowed: Box<[RoleId]>,
     },
     /// A hook vetoed a completion.
     Vetoed {
         /// The task.
-        task: TaskId,
+        task: u32,
         /// Who tried to complete it.
-        actor: String,
+        actor: Arc<str>,
         /// The hook's reason.
-        reason: String,
+        reason: Box<str>,
     },
     /// Something failed.
     Incident {
         /// Where.
         node: Option<NodeId>,
         /// What.
-        message: String,
+        message: Box<str>,
     },
     /// A retry re-ran failed nodes.
     Retried,
@@ -330,12 +331,19 @@ impl Record {
             Entry::Route {
                 gateway,
                 to,
-                condition: Some(c),
-            } => format!("{} chose {} because {c}", n(gateway), n(to)),
+                route: Some(r),
+            } => {
+                let routes = def
+                    .try_node(*gateway)
+                    .map(|g| g.routes())
+                    .unwrap_or_default();
+                let cond = routes.get(*r as usize).and_then(|(c, _)| *c).unwrap_or("?");
+                format!("{} chose {} because {cond}", n(gateway), n(to))
+            }
             Entry::Route {
                 gateway,
                 to,
-                condition: None,
+                route: None,
             } => format!("{} chose {} by default", n(gateway), n(to)),
             Entry::Joined { node } => format!("{} joined its branches", n(node)),
             Entry::TaskCreated { task, node } => format!("task {task} opened at {}", n(node)),

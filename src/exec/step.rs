@@ -34,7 +34,7 @@ pub(crate) enum Change<'c> {
     Route {
         gateway: NodeId,
         to: NodeId,
-        condition: Option<&'c str>,
+        route: Option<u32>,
     },
     /// A token arrives at a join and waits there (it is absorbed into the join's count).
     Arrive {
@@ -199,7 +199,7 @@ impl<'a> Step<'a> {
                 self.record(Entry::Transition {
                     from,
                     to,
-                    actor: actor.map(str::to_owned),
+                    actor: actor.map(Arc::from),
                 });
                 if !self.hooks.is_empty() {
                     self.emit(Event::NodeLeft {
@@ -212,16 +212,8 @@ impl<'a> Step<'a> {
                     });
                 }
             }
-            Change::Route {
-                gateway,
-                to,
-                condition,
-            } => {
-                self.record(Entry::Route {
-                    gateway,
-                    to,
-                    condition: condition.map(str::to_owned),
-                });
+            Change::Route { gateway, to, route } => {
+                self.record(Entry::Route { gateway, to, route });
             }
             Change::Arrive { token, join } => {
                 self.inst.tokens.swap_remove(token);
@@ -260,7 +252,7 @@ impl<'a> Step<'a> {
                     },
                 );
                 let task = self.task_id(seq);
-                self.record(Entry::TaskCreated { task, node });
+                self.record(Entry::TaskCreated { task: seq, node });
                 if !self.hooks.is_empty() {
                     let responsible = self.dep.def.nodes[node.index()]
                         .raci()
@@ -273,11 +265,11 @@ impl<'a> Step<'a> {
                 }
             }
             Change::Claim { task, actor } => {
-                self.inst.tasks[task as usize].claimed_by = Some(actor.to_owned());
+                self.inst.tasks[task as usize].claimed_by = Some(Arc::from(actor));
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Claimed {
-                    task: t,
-                    actor: actor.to_owned(),
+                    task,
+                    actor: Arc::from(actor),
                 });
                 self.emit(Event::TaskClaimed {
                     task: t,
@@ -294,7 +286,7 @@ impl<'a> Step<'a> {
                 self.inst.vars.extend(output);
                 let slot = &mut self.inst.tasks[task as usize];
                 slot.state = TaskState::Completed {
-                    by: actor.to_owned(),
+                    by: Arc::from(actor),
                     at: self.now,
                 };
                 let node_id = slot.node;
@@ -308,8 +300,8 @@ impl<'a> Step<'a> {
                 }
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Completed {
-                    task: t,
-                    actor: actor.to_owned(),
+                    task,
+                    actor: Arc::from(actor),
                     overridden,
                 });
                 if !self.hooks.is_empty() {
@@ -333,12 +325,12 @@ impl<'a> Step<'a> {
                 }
             }
             Change::Reassign { task, by, to } => {
-                self.inst.tasks[task as usize].claimed_by = Some(to.to_owned());
+                self.inst.tasks[task as usize].claimed_by = Some(Arc::from(to));
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Reassigned {
-                    task: t,
-                    by: by.to_owned(),
-                    to: to.to_owned(),
+                    task,
+                    by: Arc::from(by),
+                    to: Arc::from(to),
                 });
                 self.emit(Event::TaskReassigned {
                     task: t,
@@ -355,8 +347,8 @@ impl<'a> Step<'a> {
                 });
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Commented {
-                    task: t,
-                    actor: actor.to_owned(),
+                    task,
+                    actor: Arc::from(actor),
                 });
                 self.emit(Event::TaskCommented {
                     task: t,
@@ -373,10 +365,10 @@ impl<'a> Step<'a> {
             } => {
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Denied {
-                    task: t,
-                    actor: actor.to_owned(),
+                    task,
+                    actor: Arc::from(actor),
                     action,
-                    allowed: allowed.to_vec(),
+                    allowed: allowed.into(),
                 });
                 self.emit(Event::AccessDenied {
                     task: t,
@@ -391,11 +383,10 @@ impl<'a> Step<'a> {
                 actor,
                 reason,
             } => {
-                let t = self.task_id(task);
                 self.record(Entry::Vetoed {
-                    task: t,
-                    actor: actor.to_owned(),
-                    reason: reason.to_owned(),
+                    task,
+                    actor: Arc::from(actor),
+                    reason: Box::from(reason),
                 });
             }
             Change::SetVars(vars) => self.inst.vars.extend(vars),
@@ -415,7 +406,7 @@ impl<'a> Step<'a> {
                 });
                 self.record(Entry::Incident {
                     node,
-                    message: message.to_owned(),
+                    message: Box::from(message),
                 });
                 let name = node.map_or("", |n| self.node_name(n));
                 self.emit(Event::Incident {
@@ -499,10 +490,10 @@ impl<'a> Step<'a> {
                 Behaviour::Exclusive { routes, default } => {
                     let mut chosen = None;
                     let mut error = None;
-                    for route in routes {
+                    for (n, route) in routes.iter().enumerate() {
                         match route.cond.eval(&def.cel, &self.inst.vars) {
                             Ok(true) => {
-                                chosen = Some((route.to, Some(route.cond.source())));
+                                chosen = Some((route.to, Some(n as u32)));
                                 break;
                             }
                             Ok(false) => {}
@@ -516,11 +507,11 @@ impl<'a> Step<'a> {
                         chosen = default.map(|d| (d, None));
                     }
                     match (chosen, error) {
-                        (Some((to, condition)), None) => {
+                        (Some((to, route)), None) => {
                             self.apply(Change::Route {
                                 gateway: at,
                                 to,
-                                condition,
+                                route,
                             });
                             self.apply(Change::Flow {
                                 token: Some(i),
