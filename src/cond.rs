@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
 use crate::vars::Vars;
@@ -63,10 +65,8 @@ impl Condition {
     pub(crate) fn eval(&self, root: &cel::Context<'_, '_>, vars: &Vars) -> Result<bool, String> {
         let mut scope = root.new_inner_scope();
         for name in &self.reads {
-            let value = vars.get(name).unwrap_or(&Value::Null);
-            scope
-                .add_variable(name.as_str(), value)
-                .map_err(|e| format!("variable '{name}' cannot be read by CEL: {e}"))?;
+            let value = vars.get(name).map_or(cel::Value::Null, to_cel);
+            scope.add_variable_from_value(name.as_str(), value);
         }
         match self.program.execute(&scope) {
             Ok(cel::Value::Bool(b)) => Ok(b),
@@ -76,5 +76,60 @@ impl Condition {
             )),
             Err(e) => Err(format!("condition '{}' failed: {e}", self.source)),
         }
+    }
+}
+
+/// A JSON value as CEL sees it. JSON does not tell signed from unsigned integers; CEL does, and
+/// refuses arithmetic that mixes them (`v % 2` with `v` unsigned). Integer literals in CEL are
+/// signed, so every integer that fits is passed as a signed one.
+fn to_cel(value: &Value) -> cel::Value {
+    match value {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => cel::Value::Int(i),
+            (None, Some(u), _) => cel::Value::UInt(u),
+            (_, _, f) => cel::Value::Float(f.unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => cel::Value::String(s.clone().into()),
+        Value::Array(items) => items.iter().map(to_cel).collect::<Vec<_>>().into(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| (k.clone(), to_cel(v)))
+            .collect::<HashMap<_, _>>()
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(source: &str, vars: serde_json::Value) -> Result<bool, String> {
+        let cond = Condition::compile(source).expect("compiles");
+        let root = cel::Context::default();
+        cond.eval(&root, vars.as_object().expect("an object"))
+    }
+
+    #[test]
+    fn unsigned_json_integers_mix_with_cel_literals() {
+        // Regression: serde_json keeps 0 and positive integers unsigned.
+        assert_eq!(eval("v % 2 == 0", serde_json::json!({ "v": 0 })), Ok(true));
+        assert_eq!(eval("v + 1 > 2", serde_json::json!({ "v": 5 })), Ok(true));
+        assert_eq!(eval("v - 10 < 0", serde_json::json!({ "v": 3 })), Ok(true));
+    }
+
+    #[test]
+    fn objects_lists_and_null() {
+        let vars = serde_json::json!({ "o": { "tier": "gold", "n": [1, 2] }, "x": null });
+        assert_eq!(
+            eval("o.tier == 'gold' && size(o.n) == 2 && x == null", vars),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn a_non_boolean_result_is_an_error() {
+        assert!(eval("v + 1", serde_json::json!({ "v": 1 })).is_err());
     }
 }

@@ -265,10 +265,12 @@ pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T
         let message = e.render_with_options(serde_saphyr::render_options! {
             snippets: serde_saphyr::SnippetMode::Off,
         });
+        let message = strip_location(&message);
+        let location = location.or_else(|| locate_duplicate(text, &message));
         Problem {
             location,
             path: String::new(),
-            kind: ProblemKind::Syntax(strip_location(&message)),
+            kind: ProblemKind::Syntax(message),
         }
     })
 }
@@ -280,4 +282,30 @@ fn strip_location(message: &str) -> String {
         Some(i) => first[..i].to_owned(),
         None => first.to_owned(),
     }
+}
+
+/// serde reports a repeated struct field ("duplicate field `id`") without a location; find the
+/// repeated key in the text: the second line that starts, after indentation, with `key:`.
+fn locate_duplicate(text: &str, message: &str) -> Option<Location> {
+    let key = message
+        .strip_prefix("duplicate field `")?
+        .strip_suffix('`')?;
+    let mut seen = 0;
+    for (i, line) in text.lines().enumerate() {
+        let body = line.trim_start();
+        if body
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        {
+            seen += 1;
+            if seen == 2 {
+                let column = line.chars().count() - body.chars().count() + 1;
+                return Some(Location {
+                    line: i as u32 + 1,
+                    column: column as u32,
+                });
+            }
+        }
+    }
+    None
 }

@@ -55,6 +55,8 @@ pub(crate) struct Deployed {
     /// Shared by every instance of this definition.
     pub(crate) key: Arc<DefKey>,
     pub(crate) handlers: Vec<Option<Arc<dyn ServiceHandler>>>,
+    /// How many audit records the last start of this definition wrote.
+    pub(crate) first_records: std::sync::atomic::AtomicUsize,
 }
 
 struct Slot {
@@ -290,6 +292,7 @@ impl Engine {
                 key: Arc::new(def.key.clone()),
                 def: Arc::clone(&def),
                 handlers,
+                first_records: 0.into(),
             }),
         );
         Ok(def)
@@ -368,7 +371,11 @@ impl Engine {
             joins: Vec::new(),
             tasks: Vec::new(),
             incidents: Vec::new(),
-            audit: Vec::new(),
+            audit: Vec::with_capacity(if self.config.audit {
+                dep.first_records.load(Ordering::Relaxed)
+            } else {
+                0
+            }),
             started_at: now,
             ended_at: None,
         };
@@ -379,6 +386,13 @@ impl Engine {
             let result = step.run();
             step.finish(result)
         };
+        // Remember how many records a start writes, so that the next start allocates its audit
+        // trail once. Written only when it changes, so threads starting instances of the same
+        // definition do not fight over the cache line.
+        let records = inst.audit.len();
+        if dep.first_records.load(Ordering::Relaxed) != records {
+            dep.first_records.store(records, Ordering::Relaxed);
+        }
         if inst.status == Status::Running || self.config.retain_completed {
             let slot = Arc::new(Mutex::new(Slot { inst, dep }));
             lock(self.shard(id)).insert(id.0, slot);

@@ -1,0 +1,593 @@
+//! A host application for process 3.8, "Handle customer complaints".
+//!
+//! It loads `process-defs/complaint-handling.yaml`, registers the service handlers the definition
+//! names (a network alarm gateway, the OSS reconfiguration adapter and the billing adjustment), a
+//! hook that tells informed roles what happened and reports incidents, and then works three
+//! complaints through different routes with staff of several departments, the way their desks
+//! would: each person looks at their work list, claims a task and completes it.
+//!
+//! Run it with `cargo run --release --example complaint_handling`.
+
+use std::collections::{HashMap, HashSet};
+use std::error::Error;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::Duration;
+use procflow::{
+    Actor, Clock, Engine, Entry, Event, ExecError, HandlerError, InstanceId, ManualClock,
+    ProcessDef, ServiceCall, Status, TaskId, TaskView, Vars, handler_fn, hook_fn,
+};
+use serde_json::{Value, json};
+
+const DEFINITION: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/process-defs/complaint-handling.yaml"
+);
+
+type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
+
+/// What the hook has seen.
+#[derive(Default)]
+struct Tally {
+    events: AtomicUsize,
+    incidents: AtomicUsize,
+    notifications: Mutex<HashMap<InstanceId, usize>>,
+}
+
+impl Tally {
+    fn notifications_of(&self, id: InstanceId) -> usize {
+        let seen = self.notifications.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(&id).copied().unwrap_or(0)
+    }
+}
+
+/// Turns a `json!({...})` object into instance variables.
+fn vars(value: Value) -> Vars {
+    match value {
+        Value::Object(map) => map,
+        other => panic!("variables must be a JSON object, not {other}"),
+    }
+}
+
+fn text<'v>(vars: &'v Vars, path: &[&str]) -> Option<&'v str> {
+    lookup(vars, path).and_then(Value::as_str)
+}
+
+fn lookup<'v>(vars: &'v Vars, path: &[&str]) -> Option<&'v Value> {
+    let (first, rest) = path.split_first()?;
+    rest.iter().try_fold(vars.get(*first)?, |v, key| v.get(key))
+}
+
+/// 3.8.2: the network alarm gateway turns a performance alarm into a fault ticket.
+fn generate_network_ticket(call: &ServiceCall<'_>) -> Result<Vars, HandlerError> {
+    let olt = text(call.vars, &["network_performance", "olt"])
+        .ok_or_else(|| HandlerError::new("alarm without an OLT"))?;
+    let port = lookup(call.vars, &["network_performance", "port"]).cloned();
+    let affected = lookup(call.vars, &["network_performance", "affected_customers"])
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let level = text(call.vars, &["sla_terms", "level"]).unwrap_or("standard");
+    Ok(vars(json!({
+        "ticket_id": format!("NT-{olt}-{:04}", call.instance.get()),
+        "fault_notification": {
+            "alarm": format!("{olt} port {} down", port.unwrap_or(Value::Null)),
+            "affected_customers": affected,
+            "sla_impact": format!("{level} SLA customers affected"),
+        },
+    })))
+}
+
+/// 3.8.1: the OSS adapter moves the customer to a working port or VLAN. The OLT adapter times out
+/// on the first request for an instance (as it does in real life), so that instance gets an
+/// incident and is retried.
+fn reconfigure_service(
+    tried: &Mutex<HashSet<InstanceId>>,
+    call: &ServiceCall<'_>,
+) -> Result<Vars, HandlerError> {
+    if let Some(olt) = text(call.vars, &["network_performance", "olt"]) {
+        let first_try = tried
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(call.instance);
+        if first_try {
+            return Err(HandlerError::new(format!(
+                "OSS provisioning timeout talking to {olt}"
+            )));
+        }
+        let port = lookup(call.vars, &["network_performance", "port"])
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
+        return Ok(vars(json!({
+            "reconfiguration": { "olt": olt, "port": port, "moved_to": port + 2 },
+        })));
+    }
+    let vlan = lookup(call.vars, &["customer_config", "vlan"])
+        .and_then(Value::as_u64)
+        .ok_or_else(|| HandlerError::new("nothing to reconfigure: no OLT port and no VLAN"))?;
+    let profile = text(call.vars, &["sla_terms", "level"]).unwrap_or("standard");
+    Ok(vars(json!({
+        "reconfiguration": { "vlan": vlan + 10, "qos_profile": profile },
+    })))
+}
+
+/// 3.8.1: the billing centre credits the customer for the SLA impact of the fault.
+fn update_billing(call: &ServiceCall<'_>) -> Result<Vars, HandlerError> {
+    let level = text(call.vars, &["sla_terms", "level"]).unwrap_or("standard");
+    let priority = text(call.vars, &["priority"]).unwrap_or("medium");
+    let (credit, reason) = match (level, priority) {
+        ("gold", "high") => (500, "gold SLA breached on a high-priority fault"),
+        (_, "high") => (30, "outage longer than the standard restore time"),
+        _ => (0, "no SLA impact"),
+    };
+    Ok(vars(json!({
+        "billing_adjustment": { "credit": credit, "reason": reason },
+    })))
+}
+
+/// The staff's desk: finds tasks on work lists, claims and completes them, and moves the clock a
+/// little for each action so the audit trail reads like a working morning.
+struct Desk<'a> {
+    engine: &'a Engine,
+    clock: &'a ManualClock,
+}
+
+impl Desk<'_> {
+    fn tick(&self, minutes: i64) -> String {
+        self.clock.advance(Duration::minutes(minutes));
+        self.clock.now().format("%H:%M").to_string()
+    }
+
+    /// The task at `node` of `instance` on `actor`'s work list.
+    fn find(&self, actor: &Actor, instance: InstanceId, node: &str) -> Result<TaskView> {
+        self.engine
+            .work_list(actor)
+            .into_iter()
+            .find(|t| t.id.instance() == instance && t.node_id == node)
+            .ok_or_else(|| {
+                format!("'{node}' of {instance} is not on {}'s work list", actor.id).into()
+            })
+    }
+
+    /// The open task at `node` of `instance`, whoever may work on it.
+    fn open(&self, instance: InstanceId, node: &str) -> Result<TaskId> {
+        self.engine
+            .tasks(instance)?
+            .into_iter()
+            .find(|t| t.node_id == node)
+            .map(|t| t.id)
+            .ok_or_else(|| format!("{instance} has no open task at '{node}'").into())
+    }
+
+    fn claim(&self, actor: &Actor, instance: InstanceId, node: &str) -> Result<TaskId> {
+        let task = self.find(actor, instance, node)?;
+        let at = self.tick(3);
+        println!("  {at}  {:<10} claims    {} {node}", actor.id, task.id);
+        self.engine.claim(task.id, actor)?;
+        Ok(task.id)
+    }
+
+    fn complete(
+        &self,
+        actor: &Actor,
+        task: TaskId,
+        node: &str,
+        output: Value,
+    ) -> Result<(), ExecError> {
+        let output = vars(output);
+        let at = self.tick(12);
+        let sets: Vec<&str> = output.keys().map(String::as_str).collect();
+        let sets = if sets.is_empty() {
+            String::new()
+        } else {
+            format!("  (sets {})", sets.join(", "))
+        };
+        println!("  {at}  {:<10} completes {task} {node}{sets}", actor.id);
+        self.engine.complete(task, actor, output)
+    }
+
+    /// Takes a task from the actor's work list, claims it and completes it.
+    fn work(&self, actor: &Actor, instance: InstanceId, node: &str, output: Value) -> Result<()> {
+        let task = self.claim(actor, instance, node)?;
+        self.complete(actor, task, node, output)?;
+        Ok(())
+    }
+
+    /// Expects a completion to have run into a failing service task; the operator retries the
+    /// instance a little later.
+    fn retry_after_incident(&self, attempt: Result<(), ExecError>) -> Result<()> {
+        let Err(ExecError::Incident { instance, node, .. }) = attempt else {
+            return Err(format!("expected an incident, got {attempt:?}").into());
+        };
+        let open: Vec<String> = self
+            .engine
+            .tasks(instance)?
+            .into_iter()
+            .map(|t| t.node_id)
+            .collect();
+        let open = if open.is_empty() {
+            "none".to_owned()
+        } else {
+            open.join(", ")
+        };
+        println!(
+            "           the completion stands, but '{node}' failed; open tasks of {instance}: {open}"
+        );
+        let at = self.tick(20);
+        println!("  {at}  operator   retries   {instance}");
+        self.engine.retry(instance)?;
+        Ok(())
+    }
+
+    fn comment(&self, actor: &Actor, instance: InstanceId, node: &str, text: &str) -> Result<()> {
+        let task = self.open(instance, node)?;
+        let at = self.tick(2);
+        println!(
+            "  {at}  {:<10} comments  {task} {node}: \"{text}\"",
+            actor.id
+        );
+        self.engine.comment(task, actor, text)?;
+        Ok(())
+    }
+}
+
+/// Expects an attempt to be refused by RACI and prints why.
+fn expect_denied(attempt: Result<(), ExecError>) -> Result<()> {
+    match attempt {
+        Err(e @ ExecError::Denied { .. }) => {
+            println!("           DENIED: {e}");
+            Ok(())
+        }
+        other => Err(format!("expected a RACI denial, got {other:?}").into()),
+    }
+}
+
+fn main() -> Result<()> {
+    let def = ProcessDef::from_file(DEFINITION)?;
+    println!(
+        "== {} ({} v{}, process {})",
+        def.name(),
+        def.key().id,
+        def.key().version,
+        def.source().unwrap_or("-")
+    );
+
+    let tally = Arc::new(Tally::default());
+    let clock = Arc::new(ManualClock::new("2026-03-02T08:30:00Z".parse()?));
+    let tried = Mutex::new(HashSet::new());
+    let seen = Arc::clone(&tally);
+    let engine = Engine::builder()
+        .clock(Arc::clone(&clock))
+        .handler(
+            "generate_network_ticket",
+            handler_fn(generate_network_ticket),
+        )
+        .handler(
+            "reconfigure_service",
+            handler_fn(move |call| reconfigure_service(&tried, call)),
+        )
+        .handler("update_billing", handler_fn(update_billing))
+        .hook(hook_fn(move |ev: &Event<'_>| {
+            seen.events.fetch_add(1, Ordering::Relaxed);
+            match ev {
+                Event::Notify {
+                    task,
+                    node,
+                    role,
+                    actor,
+                } => {
+                    *seen
+                        .notifications
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(task.instance())
+                        .or_default() += 1;
+                    println!(
+                        "             -> notify {role}: '{node}' of {} done by {actor}",
+                        task.instance()
+                    );
+                }
+                Event::Incident {
+                    instance,
+                    node,
+                    message,
+                } => {
+                    seen.incidents.fetch_add(1, Ordering::Relaxed);
+                    println!("           !! INCIDENT on {instance} at '{node}': {message}");
+                }
+                _ => {}
+            }
+        }))
+        .build();
+    engine.deploy(def)?;
+    let desk = Desk {
+        engine: &engine,
+        clock: &clock,
+    };
+
+    // Staff (role ids as in the definition's RACI catalogue).
+    let wang = Actor::new("wang.li", ["customer_service"]);
+    let chen = Actor::new("chen.jie", ["network_ops"]);
+    let sun = Actor::new("sun.hao", ["network_ops"]);
+    let zhou = Actor::new("zhou.min", ["billing_centre"]);
+    let li = Actor::new("li.na", ["business_hall"]);
+    let zhao = Actor::new("zhao.lei", ["key_account_manager"]);
+    let ma = Actor::new("ma.rui", ["market_dev"]);
+    let liu = Actor::new("liu.yang", ["local_network"]);
+
+    println!("\n== Three complaints arrive");
+    let outage = engine.start(
+        "complaint-handling",
+        vars(json!({
+            "origin": "network",
+            "network_performance": { "olt": "OLT-17", "port": 3, "packet_loss": 0.4, "affected_customers": 40 },
+            "sla_terms": { "level": "gold", "restore_hours": 4 },
+        })),
+    )?;
+    let web = engine.start(
+        "complaint-handling",
+        vars(json!({
+            "origin": "customer",
+            "channel": "web",
+            "customer_enquiry": "Internet slow every evening",
+        })),
+    )?;
+    let key_account = engine.start(
+        "complaint-handling",
+        vars(json!({
+            "origin": "customer",
+            "channel": "key_account",
+            "sla_terms": { "level": "gold", "restore_hours": 4 },
+            "customer_config": { "site": "KA-7 HQ", "vlan": 200 },
+        })),
+    )?;
+    let routes = [
+        (outage, "network alarm, high, reconfigured (OLT port)"),
+        (web, "customer via web, no reconfiguration"),
+        (key_account, "key account, reconfigured (VLAN)"),
+    ];
+    for (id, route) in routes {
+        let inst = engine.instance(id)?;
+        let ticket = text(inst.vars(), &["ticket_id"]).unwrap_or("to be created at the desk");
+        println!("  {id}: {route}; ticket {ticket}");
+    }
+    for actor in [&wang, &chen] {
+        println!("  work list of {}:", actor.id);
+        for t in engine.work_list(actor) {
+            println!(
+                "    {} {:<16} {}",
+                t.id,
+                t.node_id,
+                t.name.as_deref().unwrap_or("")
+            );
+        }
+    }
+
+    println!("\n== {outage}: network-originated outage on OLT-17");
+    desk.work(&chen, outage, "open_ticket", json!({}))?;
+    desk.work(
+        &wang,
+        outage,
+        "record_problem",
+        json!({ "problem_details": "Broadband down for 40 customers on OLT-17 port 3" }),
+    )?;
+    desk.work(&wang, outage, "set_priority", json!({ "priority": "high" }))?;
+    desk.comment(
+        &zhou,
+        outage,
+        "diagnose",
+        "Gold SLA: outage credit applies after 4h",
+    )?;
+    let diagnose = desk.open(outage, "diagnose")?;
+    expect_denied(engine.claim(diagnose, &li))?;
+    let diagnose = desk.claim(&chen, outage, "diagnose")?;
+    let attempt = desk.complete(
+        &chen,
+        diagnose,
+        "diagnose",
+        json!({ "diagnosis_report": "Port 3 of OLT-17 faulty", "needs_reconfiguration": true }),
+    );
+    desk.retry_after_incident(attempt)?;
+    println!(
+        "           reconfiguration: {}",
+        engine
+            .instance(outage)?
+            .vars()
+            .get("reconfiguration")
+            .cloned()
+            .unwrap_or_default()
+    );
+    desk.work(
+        &chen,
+        outage,
+        "resolve_fault",
+        json!({ "status_report": "Customers moved to port 5; service restored" }),
+    )?;
+    desk.work(
+        &wang,
+        outage,
+        "notify_customer",
+        json!({ "resolution_notice": "Service restored; SLA credit applied" }),
+    )?;
+    desk.work(&wang, outage, "close_ticket", json!({}))?;
+    desk.work(
+        &wang,
+        outage,
+        "analyse_complaints",
+        json!({ "quality_report": "OLT-17 port failures: 2 this quarter" }),
+    )?;
+
+    println!("\n== {web}: customer-created web ticket");
+    desk.work(
+        &wang,
+        web,
+        "create_ticket",
+        json!({ "ticket_id": "CT-0042" }),
+    )?;
+    desk.work(
+        &wang,
+        web,
+        "record_problem",
+        json!({ "problem_details": "Evening slowdown, Wi-Fi channel congestion suspected" }),
+    )?;
+    desk.work(&wang, web, "set_priority", json!({ "priority": "low" }))?;
+    let diagnose = desk.claim(&chen, web, "diagnose")?;
+    expect_denied(desk.complete(
+        &sun,
+        diagnose,
+        "diagnose",
+        json!({ "needs_reconfiguration": false }),
+    ))?;
+    let at = desk.tick(5);
+    println!(
+        "  {at}  {:<10} reassigns {diagnose} diagnose to {} (chen.jie is off shift)",
+        wang.id, sun.id
+    );
+    engine.reassign(diagnose, &wang, &sun)?;
+    desk.complete(
+        &sun,
+        desk.find(&sun, web, "diagnose")?.id,
+        "diagnose",
+        json!({ "diagnosis_report": "Home router on a congested channel", "needs_reconfiguration": false }),
+    )?;
+    desk.work(
+        &sun,
+        web,
+        "resolve_fault",
+        json!({ "status_report": "Customer guided to change the Wi-Fi channel" }),
+    )?;
+    desk.work(
+        &li,
+        web,
+        "notify_customer",
+        json!({ "resolution_notice": "Resolved by changing the Wi-Fi channel" }),
+    )?;
+    desk.work(&wang, web, "close_ticket", json!({}))?;
+    desk.work(
+        &wang,
+        web,
+        "analyse_complaints",
+        json!({ "quality_report": "Wi-Fi congestion complaints rising in the evening" }),
+    )?;
+
+    println!("\n== {key_account}: key-account complaint, owned by the account manager");
+    desk.work(
+        &wang,
+        key_account,
+        "create_ticket",
+        json!({ "ticket_id": "CT-0100" }),
+    )?;
+    desk.work(
+        &zhao,
+        key_account,
+        "record_problem",
+        json!({ "problem_details": "VPN latency above SLA at KA-7 HQ" }),
+    )?;
+    desk.work(
+        &zhao,
+        key_account,
+        "set_priority",
+        json!({ "priority": "high" }),
+    )?;
+    expect_denied(engine.claim(desk.open(key_account, "diagnose")?, &zhao))?;
+    desk.work(
+        &chen,
+        key_account,
+        "diagnose",
+        json!({ "diagnosis_report": "Wrong QoS profile on VLAN 200", "needs_reconfiguration": true }),
+    )?;
+    desk.work(
+        &chen,
+        key_account,
+        "resolve_fault",
+        json!({ "status_report": "Moved to VLAN 210 with the gold QoS profile" }),
+    )?;
+    desk.claim(&zhao, key_account, "notify_customer")?;
+    // The customer calls the hotline first: the accountable customer service centre answers and
+    // completes the notice although the account manager holds the task.
+    desk.complete(
+        &wang,
+        desk.open(key_account, "notify_customer")?,
+        "notify_customer",
+        json!({ "resolution_notice": "Latency back within SLA; 500 yuan credit" }),
+    )?;
+    desk.work(&zhao, key_account, "close_ticket", json!({}))?;
+    desk.comment(
+        &ma,
+        key_account,
+        "analyse_complaints",
+        "Feeds the gold-SLA product review",
+    )?;
+    let analyse = desk.open(key_account, "analyse_complaints")?;
+    expect_denied(engine.complete(analyse, &ma, Vars::new()))?;
+    desk.complete(
+        &liu,
+        analyse,
+        "analyse_complaints",
+        json!({ "quality_report": "Key-account QoS misconfigurations: 3 this month" }),
+    )?;
+
+    println!("\n== Audit trail of {outage}");
+    let def = engine.definition_of(outage)?;
+    for record in engine.instance(outage)?.audit() {
+        println!("  {}", record.describe(&def));
+    }
+
+    println!("\n== Summary");
+    println!(
+        "  {:<4} {:<46} {:<10} {:>5} {:>6} {:>7} {:>7} {:>9}",
+        "id", "route", "status", "tasks", "audit", "notify", "denied", "override"
+    );
+    let (mut notified, mut denied) = (0, 0);
+    for (id, route) in routes {
+        let inst = engine.instance(id)?;
+        let denials = inst
+            .audit()
+            .iter()
+            .filter(|r| matches!(r.what, Entry::Denied { .. }))
+            .count();
+        let overrides = inst
+            .audit()
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.what,
+                    Entry::Completed {
+                        overridden: true,
+                        ..
+                    } | Entry::Reassigned { .. }
+                )
+            })
+            .count();
+        let notifications = tally.notifications_of(id);
+        notified += notifications;
+        denied += denials;
+        println!(
+            "  {:<4} {:<46} {:<10} {:>5} {:>6} {:>7} {:>7} {:>9}",
+            id.to_string(),
+            route,
+            format!("{:?}", inst.status()),
+            inst.tasks().len(),
+            inst.audit().len(),
+            notifications,
+            denials,
+            overrides
+        );
+        assert_eq!(
+            inst.status(),
+            Status::Completed,
+            "{id} ({route}) did not complete"
+        );
+        assert!(
+            inst.incidents().iter().all(|i| i.resolved),
+            "{id} has an open incident"
+        );
+    }
+    println!(
+        "  notifications: {notified}, denials: {denied}, incidents: {} (all retried), hook events: {}",
+        tally.incidents.load(Ordering::Relaxed),
+        tally.events.load(Ordering::Relaxed)
+    );
+    println!("  all {} complaints completed", routes.len());
+    Ok(())
+}
