@@ -289,7 +289,14 @@ impl Scenario {
                 let r = engine.start(process, vars.clone());
                 match &r {
                     Ok(id) => *instance = Some(*id),
-                    Err(_) => *instance = engine.instances().last().copied().or(*instance),
+                    // A start that failed at a node still made the instance.
+                    Err(
+                        ExecError::Incident { instance: id, .. }
+                        | ExecError::Hook { instance: id, .. },
+                    ) => {
+                        *instance = Some(*id);
+                    }
+                    Err(_) => {}
                 }
                 (r.map(|_| ()), *expect)
             }

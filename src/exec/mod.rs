@@ -11,7 +11,9 @@ mod step;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
 
 use chrono::{DateTime, Utc};
 
@@ -66,6 +68,16 @@ struct Slot {
 
 const SHARDS: usize = 64;
 
+/// Deployed definitions by id, then version.
+type Catalog = HashMap<String, BTreeMap<u32, Arc<Deployed>>>;
+
+/// Numbers engines, for [`NEXT_IDS`].
+static ENGINES: AtomicU64 = AtomicU64::new(1);
+
+/// Instance ids are handed to threads in blocks, so that threads starting instances do not
+/// all write one shared counter.
+const ID_BLOCK: u64 = 1024;
+
 /// One of the maps from instance number to its slot.
 type Shard = Mutex<HashMap<u64, Arc<Mutex<Slot>>>>;
 
@@ -77,7 +89,12 @@ pub struct Engine {
     hooks: Vec<Arc<dyn Hook>>,
     handlers: HashMap<String, Arc<dyn ServiceHandler>>,
     authorizer: Arc<dyn Authorizer>,
-    defs: RwLock<HashMap<String, BTreeMap<u32, Arc<Deployed>>>>,
+    /// Deployed definitions. Starts read it without a lock or a shared write; deploys replace it.
+    defs: ArcSwap<Catalog>,
+    /// Serializes deploys.
+    deploying: Mutex<()>,
+    /// Tells engines apart in the thread-local id blocks.
+    uid: u64,
     shards: Box<[Shard]>,
     next_id: AtomicU64,
 }
@@ -164,7 +181,9 @@ impl EngineBuilder {
             hooks: b.hooks,
             handlers: b.handlers,
             authorizer: b.authorizer,
-            defs: RwLock::new(HashMap::new()),
+            defs: ArcSwap::from_pointee(Catalog::new()),
+            deploying: Mutex::new(()),
+            uid: ENGINES.fetch_add(1, Ordering::Relaxed),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             next_id: AtomicU64::new(1),
         }
@@ -189,6 +208,8 @@ pub struct TaskView {
 }
 
 thread_local! {
+    /// This thread's block of instance ids: (engine uid, next id, end of the block).
+    static NEXT_IDS: std::cell::Cell<(u64, u64, u64)> = const { std::cell::Cell::new((0, 0, 0)) };
     /// Instances this thread holds locked, to refuse re-entrant calls instead of deadlocking.
     static HELD: RefCell<Vec<InstanceId>> = const { RefCell::new(Vec::new()) };
 }
@@ -270,8 +291,9 @@ impl Engine {
                 _ => None,
             })
             .collect();
-        let mut defs = self.defs.write().unwrap_or_else(|e| e.into_inner());
-        let versions = defs.entry(def.key.id.clone()).or_default();
+        let _deploying = lock(&self.deploying);
+        let mut catalog: Catalog = (**self.defs.load()).clone();
+        let versions = catalog.entry(def.key.id.clone()).or_default();
         if versions.contains_key(&def.key.version) {
             problems.push(Problem {
                 location: None,
@@ -295,6 +317,7 @@ impl Engine {
                 first_records: 0.into(),
             }),
         );
+        self.defs.store(Arc::new(catalog));
         Ok(def)
     }
 
@@ -304,15 +327,20 @@ impl Engine {
     }
 
     fn deployed(&self, id: &str, version: Option<u32>) -> Result<Arc<Deployed>, ExecError> {
-        let defs = self.defs.read().unwrap_or_else(|e| e.into_inner());
-        let versions = defs.get(id);
-        let found = match version {
-            Some(v) => versions.and_then(|vs| vs.get(&v)),
-            None => versions.and_then(|vs| vs.values().next_back()),
-        };
-        found.cloned().ok_or_else(|| ExecError::UnknownProcess {
-            id: id.to_owned(),
-            version,
+        find(&self.defs.load(), id, version).cloned()
+    }
+
+    /// The next instance id, from this thread's block.
+    fn next_instance_id(&self) -> InstanceId {
+        NEXT_IDS.with(|ids| {
+            let (uid, next, end) = ids.get();
+            if uid == self.uid && next < end {
+                ids.set((uid, next + 1, end));
+                return InstanceId(next);
+            }
+            let first = self.next_id.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            ids.set((self.uid, first + 1, first + ID_BLOCK));
+            InstanceId(first)
         })
     }
 
@@ -338,7 +366,8 @@ impl Engine {
         version: Option<u32>,
         mut vars: Vars,
     ) -> Result<InstanceId, ExecError> {
-        let dep = self.deployed(process, version)?;
+        let catalog = self.defs.load();
+        let dep = find(&catalog, process, version)?;
         let def = &dep.def;
         let mut problems = check_vars(def, &vars);
         for spec in def.vars.values() {
@@ -357,7 +386,7 @@ impl Engine {
         if !problems.is_empty() {
             return Err(ExecError::Variables { problems });
         }
-        let id = InstanceId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = self.next_instance_id();
         let now = self.clock.now();
         let mut inst = Instance {
             id,
@@ -381,7 +410,7 @@ impl Engine {
         };
         let _held = self.hold(id);
         let result = {
-            let mut step = Step::new(&mut inst, &dep, &self.hooks, now, self.config.audit);
+            let mut step = Step::new(&mut inst, dep, &self.hooks, now, self.config.audit);
             step.apply(Change::Started);
             let result = step.run();
             step.finish(result)
@@ -394,7 +423,10 @@ impl Engine {
             dep.first_records.store(records, Ordering::Relaxed);
         }
         if inst.status == Status::Running || self.config.retain_completed {
-            let slot = Arc::new(Mutex::new(Slot { inst, dep }));
+            let slot = Arc::new(Mutex::new(Slot {
+                inst,
+                dep: Arc::clone(dep),
+            }));
             lock(self.shard(id)).insert(id.0, slot);
         }
         result.map(|()| id)
@@ -744,6 +776,23 @@ impl Engine {
         ids.sort();
         ids
     }
+}
+
+/// The newest version of `id`, or the one named.
+fn find<'c>(
+    catalog: &'c Catalog,
+    id: &str,
+    version: Option<u32>,
+) -> Result<&'c Arc<Deployed>, ExecError> {
+    let versions = catalog.get(id);
+    let found = match version {
+        Some(v) => versions.and_then(|vs| vs.get(&v)),
+        None => versions.and_then(|vs| vs.values().next_back()),
+    };
+    found.ok_or_else(|| ExecError::UnknownProcess {
+        id: id.to_owned(),
+        version,
+    })
 }
 
 fn open_tasks(slot: &Slot, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {
