@@ -91,7 +91,9 @@ fn complete(c: &mut Criterion) {
     let mut flip = false;
     let mut g = c.benchmark_group("complete");
     g.throughput(Throughput::Elements(1));
+    let mut ran = false;
     g.bench_function("raci_hook_gateway", |b| {
+        ran = true;
         b.iter_batched(
             || {
                 let id = engine.start(COMPLETE, Vars::new()).expect("starts");
@@ -106,8 +108,9 @@ fn complete(c: &mut Criterion) {
         )
     });
     g.finish();
+    // A filtered run (`cargo bench -- load`) skips the bench; only a run must show completions.
     assert!(
-        events.load(Ordering::Relaxed) > 0,
+        !ran || events.load(Ordering::Relaxed) > 0,
         "the hook saw completions"
     );
 }

@@ -51,9 +51,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod calendar;
 mod clock;
 mod cond;
 mod def;
+mod duration;
 mod exec;
 mod hooks;
 mod ids;
@@ -61,8 +63,10 @@ mod raci;
 mod sim;
 mod vars;
 
+pub use calendar::{Beyond, BusinessCalendar, CalendarError, CalendarWarning, Computed, Holiday};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use def::{LoadError, Location, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role};
+pub use duration::{BusinessDuration, DurationError, DurationErrorKind, DurationSpec};
 pub use exec::{
     Comment, Config, Engine, EngineBuilder, Entry, ExecError, Incident, Instance, Record, Status,
     Task, TaskState, TaskView, Token, TokenState,

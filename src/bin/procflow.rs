@@ -1,13 +1,15 @@
-//! `procflow`: validate definitions, draw them, and simulate scenarios.
+//! `procflow`: validate definitions, draw them, simulate scenarios, and check calendar
+//! computations.
 
 use std::process::ExitCode;
 
-use procflow::{ProcessDef, Scenario};
+use procflow::{BusinessCalendar, DurationSpec, ProcessDef, Scenario};
 
 const USAGE: &str = "usage:
   procflow validate FILE...
   procflow graph FILE [--format mermaid|dot]
-  procflow simulate FILE --scenario SCENARIO";
+  procflow simulate FILE --scenario SCENARIO
+  procflow calendar CALENDAR --add DURATION --from INSTANT";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -15,6 +17,7 @@ fn main() -> ExitCode {
         Some("validate") if args.len() > 1 => validate(&args[1..]),
         Some("graph") => graph(&args[1..]),
         Some("simulate") => simulate(&args[1..]),
+        Some("calendar") => calendar(&args[1..]),
         _ => Err(USAGE.to_owned()),
     };
     match result {
@@ -108,5 +111,42 @@ fn simulate(args: &[String]) -> Result<ExitCode, String> {
         Ok(ExitCode::SUCCESS)
     } else {
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Prints `INSTANT + DURATION` on the calendar, in the calendar's zone; warnings go to stderr.
+fn calendar(args: &[String]) -> Result<ExitCode, String> {
+    let file = args.first().filter(|f| !f.starts_with("--")).ok_or(USAGE)?;
+    let duration = option(args, "--add")?.ok_or(USAGE)?;
+    let from = option(args, "--from")?.ok_or(USAGE)?;
+    let fail = |message: String| {
+        eprintln!("{message}");
+        Ok(ExitCode::FAILURE)
+    };
+    let cal = match BusinessCalendar::from_file(file) {
+        Ok(cal) => cal,
+        Err(e) => return fail(e.to_string()),
+    };
+    let spec = match DurationSpec::parse(duration) {
+        Ok(spec) => spec,
+        Err(e) => return fail(e.to_string()),
+    };
+    let from = match chrono::DateTime::parse_from_rfc3339(from) {
+        Ok(t) => t.to_utc(),
+        Err(e) => {
+            return fail(format!(
+                "invalid instant '{from}': {e}; use RFC 3339, e.g. 2026-09-30T16:00:00+08:00"
+            ));
+        }
+    };
+    match spec.after(from, Some(&cal)) {
+        Ok(due) => {
+            for warning in &due.warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!("{}", cal.rfc3339(due.value));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(format!("{file}: {e}")),
     }
 }

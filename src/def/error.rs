@@ -209,4 +209,22 @@ pub enum ProblemKind {
         /// The version.
         version: u32,
     },
+    /// A duration's text does not parse.
+    #[error("{0}")]
+    BadDuration(crate::duration::DurationError),
+    /// A business calendar names a time zone that is not in the IANA database.
+    #[error("unknown time zone '{0}': use an IANA name such as 'Asia/Shanghai'")]
+    UnknownZone(String),
+    /// A business calendar's date is not a valid `YYYY-MM-DD` date.
+    #[error("invalid date '{0}': use YYYY-MM-DD")]
+    BadDate(String),
+    /// Working hours are not an `HH:MM-HH:MM` interval with the end after the start.
+    #[error(
+        "invalid working hours '{0}': use HH:MM-HH:MM with the end after the start, e.g. '09:00-12:00'"
+    )]
+    BadHours(String),
+    /// A business calendar is inconsistent: overlapping hours, a date listed twice, a range that
+    /// ends before it starts, a date under the wrong year, a week without working hours.
+    #[error("{0}")]
+    BadCalendar(String),
 }

@@ -251,6 +251,8 @@ pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T
     }
     let options = serde_saphyr::options! {
         duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::PassThrough,
+        // Comments are checked as YAML but not kept: nothing reads them, and keeping them costs.
+        emit_comments: false,
         budget: serde_saphyr::budget! {
             max_events: 1_000_000,
             max_aliases: 1_000,
