@@ -2,6 +2,8 @@
 //! engine.
 
 use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -98,5 +100,67 @@ pub struct DefKey {
 impl fmt::Display for DefKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.id, self.version)
+    }
+}
+
+/// An actor's id as the audit trail and tasks keep it: shared, one pointer wide, cheap to clone.
+/// It reads as a `str`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ActorId(Arc<String>);
+
+impl ActorId {
+    /// Makes an actor id.
+    pub fn new(id: impl Into<String>) -> ActorId {
+        ActorId(Arc::new(id.into()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for ActorId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for ActorId {
+    fn from(id: &str) -> ActorId {
+        ActorId::new(id)
+    }
+}
+
+impl From<String> for ActorId {
+    fn from(id: String) -> ActorId {
+        ActorId::new(id)
+    }
+}
+
+impl PartialEq<str> for ActorId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ActorId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Display for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }

@@ -75,7 +75,7 @@ pub use hooks::{
     Control, Event, HandlerError, HandlerFn, Hook, HookFn, ServiceCall, ServiceHandler, handler_fn,
     hook_fn,
 };
-pub use ids::{DefKey, InstanceId, NodeId, RoleId, TaskId};
+pub use ids::{ActorId, DefKey, InstanceId, NodeId, RoleId, TaskId};
 pub use raci::{Action, Actor, Authorizer, Raci};
 pub use sim::{Scenario, SimReport};
 pub use vars::{VarProblem, VarSpec, VarType, Vars};

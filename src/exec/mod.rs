@@ -393,11 +393,10 @@ impl Engine {
             def: Arc::clone(&dep.key),
             status: Status::Running,
             vars,
-            tokens: vec![Token {
+            tokens: smallvec::smallvec![Token {
                 node: def.start,
                 state: TokenState::Ready,
             }],
-            joins: Vec::new(),
             tasks: Vec::new(),
             incidents: Vec::new(),
             audit: Vec::with_capacity(if self.config.audit {

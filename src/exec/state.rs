@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::def::ProcessDef;
-use crate::ids::{DefKey, InstanceId, NodeId, RoleId, TaskId};
+use crate::ids::{ActorId, DefKey, InstanceId, NodeId, RoleId, TaskId};
 use crate::raci::Action;
 use crate::vars::Vars;
 
@@ -17,9 +18,8 @@ pub struct Instance {
     pub(crate) def: Arc<DefKey>,
     pub(crate) status: Status,
     pub(crate) vars: Vars,
-    pub(crate) tokens: Vec<Token>,
-    /// Tokens that arrived at a join and wait for the others: (join, count).
-    pub(crate) joins: Vec<(NodeId, u32)>,
+    /// Most instances have one token: it is kept inline.
+    pub(crate) tokens: SmallVec<[Token; 1]>,
     /// Every task the instance opened; a task's `seq` is its index here.
     pub(crate) tasks: Vec<Task>,
     pub(crate) incidents: Vec<Incident>,
@@ -57,6 +57,8 @@ pub enum TokenState {
     Waiting,
     /// The node failed; an incident is open and [`retry`](crate::Engine::retry) runs it again.
     Failed,
+    /// Arrived at a parallel join, waiting for the other branches.
+    Joined,
 }
 
 /// A user task of an instance.
@@ -65,9 +67,10 @@ pub struct Task {
     pub(crate) seq: u32,
     pub(crate) node: NodeId,
     pub(crate) state: TaskState,
-    pub(crate) claimed_by: Option<Arc<str>>,
+    pub(crate) claimed_by: Option<ActorId>,
     pub(crate) created_at: DateTime<Utc>,
-    pub(crate) comments: Vec<Comment>,
+    /// Rarely more than a few: a boxed slice is 8 bytes smaller than a `Vec`.
+    pub(crate) comments: Box<[Comment]>,
 }
 
 /// Whether a task is open.
@@ -79,7 +82,7 @@ pub enum TaskState {
     /// Done.
     Completed {
         /// Who completed it.
-        by: Arc<str>,
+        by: ActorId,
         /// When.
         at: DateTime<Utc>,
     },
@@ -133,7 +136,7 @@ pub enum Entry {
         /// To this node.
         to: NodeId,
         /// Who caused it.
-        actor: Option<Arc<str>>,
+        actor: Option<ActorId>,
     },
     /// An exclusive gateway chose a route.
     Route {
@@ -161,14 +164,14 @@ pub enum Entry {
         /// The task.
         task: u32,
         /// By whom.
-        actor: Arc<str>,
+        actor: ActorId,
     },
     /// A task completed.
     Completed {
         /// The task.
         task: u32,
         /// By whom.
-        actor: Arc<str>,
+        actor: ActorId,
         /// Whether the accountable role overrode the regular rule.
         overridden: bool,
     },
@@ -177,23 +180,23 @@ pub enum Entry {
         /// The task.
         task: u32,
         /// Who did it.
-        by: Arc<str>,
+        by: ActorId,
         /// Who has the task now.
-        to: Arc<str>,
+        to: ActorId,
     },
     /// A comment.
     Commented {
         /// The task.
         task: u32,
         /// By whom.
-        actor: Arc<str>,
+        actor: ActorId,
     },
     /// An attempt the actor's roles do not allow.
     Denied {
         /// The task.
         task: u32,
         /// Who tried.
-        actor: Arc<str>,
+        actor: ActorId,
         /// What.
         action: Action,
         /// The roles that would have been allowed.
@@ -204,7 +207,7 @@ pub enum Entry {
         /// The task.
         task: u32,
         /// Who tried to complete it.
-        actor: Arc<str>,
+        actor: ActorId,
         /// The hook's reason.
         reason: Box<str>,
     },

@@ -17,7 +17,7 @@ use super::state::{
 };
 use crate::def::Behaviour;
 use crate::hooks::{Control, Event, Hook, ServiceCall};
-use crate::ids::{NodeId, RoleId, TaskId};
+use crate::ids::{ActorId, NodeId, RoleId, TaskId};
 use crate::raci::Action;
 use crate::vars::Vars;
 
@@ -39,7 +39,6 @@ pub(crate) enum Change<'c> {
     /// A token arrives at a join and waits there (it is absorbed into the join's count).
     Arrive {
         token: usize,
-        join: NodeId,
     },
     Joined {
         join: NodeId,
@@ -199,7 +198,7 @@ impl<'a> Step<'a> {
                 self.record(Entry::Transition {
                     from,
                     to,
-                    actor: actor.map(Arc::from),
+                    actor: actor.map(ActorId::new),
                 });
                 if !self.hooks.is_empty() {
                     self.emit(Event::NodeLeft {
@@ -215,15 +214,11 @@ impl<'a> Step<'a> {
             Change::Route { gateway, to, route } => {
                 self.record(Entry::Route { gateway, to, route });
             }
-            Change::Arrive { token, join } => {
-                self.inst.tokens.swap_remove(token);
-                match self.inst.joins.iter_mut().find(|(n, _)| *n == join) {
-                    Some((_, count)) => *count += 1,
-                    None => self.inst.joins.push((join, 1)),
-                }
-            }
+            Change::Arrive { token } => self.inst.tokens[token].state = TokenState::Joined,
             Change::Joined { join } => {
-                self.inst.joins.retain(|(n, _)| *n != join);
+                self.inst
+                    .tokens
+                    .retain(|t| !(t.node == join && t.state == TokenState::Joined));
                 self.record(Entry::Joined { node: join });
             }
             Change::End { token } => {
@@ -248,7 +243,7 @@ impl<'a> Step<'a> {
                         state: TaskState::Open,
                         claimed_by: None,
                         created_at: self.now,
-                        comments: Vec::new(),
+                        comments: Box::default(),
                     },
                 );
                 let task = self.task_id(seq);
@@ -265,11 +260,11 @@ impl<'a> Step<'a> {
                 }
             }
             Change::Claim { task, actor } => {
-                self.inst.tasks[task as usize].claimed_by = Some(Arc::from(actor));
+                self.inst.tasks[task as usize].claimed_by = Some(ActorId::new(actor));
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Claimed {
                     task,
-                    actor: Arc::from(actor),
+                    actor: ActorId::new(actor),
                 });
                 self.emit(Event::TaskClaimed {
                     task: t,
@@ -286,7 +281,7 @@ impl<'a> Step<'a> {
                 self.inst.vars.extend(output);
                 let slot = &mut self.inst.tasks[task as usize];
                 slot.state = TaskState::Completed {
-                    by: Arc::from(actor),
+                    by: ActorId::new(actor),
                     at: self.now,
                 };
                 let node_id = slot.node;
@@ -301,7 +296,7 @@ impl<'a> Step<'a> {
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Completed {
                     task,
-                    actor: Arc::from(actor),
+                    actor: ActorId::new(actor),
                     overridden,
                 });
                 if !self.hooks.is_empty() {
@@ -325,12 +320,12 @@ impl<'a> Step<'a> {
                 }
             }
             Change::Reassign { task, by, to } => {
-                self.inst.tasks[task as usize].claimed_by = Some(Arc::from(to));
+                self.inst.tasks[task as usize].claimed_by = Some(ActorId::new(to));
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Reassigned {
                     task,
-                    by: Arc::from(by),
-                    to: Arc::from(to),
+                    by: ActorId::new(by),
+                    to: ActorId::new(to),
                 });
                 self.emit(Event::TaskReassigned {
                     task: t,
@@ -340,15 +335,18 @@ impl<'a> Step<'a> {
                 });
             }
             Change::Comment { task, actor, text } => {
-                self.inst.tasks[task as usize].comments.push(Comment {
+                let comments = &mut self.inst.tasks[task as usize].comments;
+                let mut all = std::mem::take(comments).into_vec();
+                all.push(Comment {
                     actor: actor.to_owned(),
                     at: self.now,
                     text: text.to_owned(),
                 });
+                *comments = all.into_boxed_slice();
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Commented {
                     task,
-                    actor: Arc::from(actor),
+                    actor: ActorId::new(actor),
                 });
                 self.emit(Event::TaskCommented {
                     task: t,
@@ -366,7 +364,7 @@ impl<'a> Step<'a> {
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Denied {
                     task,
-                    actor: Arc::from(actor),
+                    actor: ActorId::new(actor),
                     action,
                     allowed: allowed.into(),
                 });
@@ -385,7 +383,7 @@ impl<'a> Step<'a> {
             } => {
                 self.record(Entry::Vetoed {
                     task,
-                    actor: Arc::from(actor),
+                    actor: ActorId::new(actor),
                     reason: Box::from(reason),
                 });
             }
@@ -545,13 +543,13 @@ impl<'a> Step<'a> {
                 Behaviour::Parallel => {
                     let mut token = Some(i);
                     if node.incoming > 1 {
-                        self.apply(Change::Arrive { token: i, join: at });
+                        self.apply(Change::Arrive { token: i });
                         let arrived = self
                             .inst
-                            .joins
+                            .tokens
                             .iter()
-                            .find(|(n, _)| *n == at)
-                            .map_or(0, |(_, c)| *c);
+                            .filter(|t| t.node == at && t.state == TokenState::Joined)
+                            .count() as u32;
                         if arrived < node.incoming {
                             continue;
                         }
