@@ -63,19 +63,42 @@ impl Condition {
     /// # Errors
     /// A message when evaluation fails or the result is not a boolean.
     pub(crate) fn eval(&self, root: &cel::Context<'_, '_>, vars: &Vars) -> Result<bool, String> {
+        match self.run(root, vars)? {
+            cel::Value::Bool(b) => Ok(b),
+            other => Err(format!(
+                "condition '{}' gave {other:?}, not a boolean",
+                self.source
+            )),
+        }
+    }
+
+    /// Evaluates an expression that must give text (a duration, for example).
+    ///
+    /// # Errors
+    /// A message when evaluation fails or the result is not a string.
+    pub(crate) fn eval_text(
+        &self,
+        root: &cel::Context<'_, '_>,
+        vars: &Vars,
+    ) -> Result<String, String> {
+        match self.run(root, vars)? {
+            cel::Value::String(s) => Ok(s.to_string()),
+            other => Err(format!(
+                "expression '{}' gave {other:?}, not text",
+                self.source
+            )),
+        }
+    }
+
+    fn run(&self, root: &cel::Context<'_, '_>, vars: &Vars) -> Result<cel::Value, String> {
         let mut scope = root.new_inner_scope();
         for name in &self.reads {
             let value = vars.get(name).map_or(cel::Value::Null, to_cel);
             scope.add_variable_from_value(name.as_str(), value);
         }
-        match self.program.execute(&scope) {
-            Ok(cel::Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!(
-                "condition '{}' gave {other:?}, not a boolean",
-                self.source
-            )),
-            Err(e) => Err(format!("condition '{}' failed: {e}", self.source)),
-        }
+        self.program
+            .execute(&scope)
+            .map_err(|e| format!("condition '{}' failed: {e}", self.source))
     }
 }
 

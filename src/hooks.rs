@@ -130,6 +130,23 @@ pub enum Event<'a> {
         /// Who completed the task.
         actor: &'a str,
     },
+    /// A timer fired: a reminder, a breach notice, an escalation (notify or reassign), an urge, a
+    /// timeout, a timer node's wait, or one of these for the process-wide SLA.
+    Timer {
+        /// The instance.
+        instance: InstanceId,
+        /// The task, for task timers.
+        task: Option<TaskId>,
+        /// The task's or timer node's id (the start node's for the SLA).
+        node: &'a str,
+        /// What fired.
+        kind: crate::exec::TimerKind,
+        /// Whether it belongs to the SLA.
+        sla: bool,
+        /// The roles told: responsible roles for reminders, informed roles for a breach, the
+        /// level's target (by default the accountable role) for escalations and urges.
+        recipients: &'a [RoleId],
+    },
     /// Something failed: a service handler, a condition, a hook. The instance keeps its state; a
     /// [`retry`](crate::Engine::retry) runs the failed step again.
     Incident {

@@ -71,6 +71,7 @@ pub use exec::{
     Comment, Config, Engine, EngineBuilder, Entry, ExecError, Incident, Instance, Record, Status,
     Task, TaskState, TaskView, Token, TokenState,
 };
+pub use exec::{Fired, Sla, SlaStatus, Timer, TimerDriver, TimerKind};
 pub use hooks::{
     Control, Event, HandlerError, HandlerFn, Hook, HookFn, ServiceCall, ServiceHandler, handler_fn,
     hook_fn,

@@ -140,11 +140,13 @@ pub(crate) fn check(
     action: Action,
     actor: &Actor,
     claimant: Option<&str>,
+    escalated_to: Option<&RoleId>,
 ) -> Result<Grant, Vec<RoleId>> {
     let holds_any = |roles: &[RoleId]| roles.iter().any(|r| auth.holds(r, actor));
     let accountable = auth.holds(&raci.accountable, actor);
-    let responsible = holds_any(&raci.responsible);
-    let allowed = allowed_roles(raci, action);
+    // A task an escalation gave to a role is that role's work too.
+    let responsible =
+        holds_any(&raci.responsible) || escalated_to.is_some_and(|r| auth.holds(r, actor));
     match action {
         Action::Claim if responsible && claimant.is_none_or(|c| c == actor.id) => {
             Ok(Grant::Regular)
@@ -156,7 +158,15 @@ pub(crate) fn check(
         Action::Comment if accountable || responsible || holds_any(&raci.consulted) => {
             Ok(Grant::Regular)
         }
-        _ => Err(allowed),
+        _ => {
+            let mut allowed = allowed_roles(raci, action);
+            if let (Some(r), Action::Claim | Action::Complete | Action::Comment) =
+                (escalated_to, action)
+            {
+                allowed.push(r.clone());
+            }
+            Err(allowed)
+        }
     }
 }
 

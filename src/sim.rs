@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use crate::clock::ManualClock;
+use crate::calendar::BusinessCalendar;
+use crate::clock::{Clock, ManualClock};
 use crate::def::{At, LoadError, Problem, ProblemKind, ProcessDef, parse_yaml};
+use crate::duration::DurationSpec;
 use crate::exec::{Engine, ExecError, Status};
 use crate::hooks::{Event, HandlerError, handler_fn, hook_fn};
 use crate::ids::{InstanceId, TaskId};
@@ -92,7 +94,14 @@ enum RawStep {
         #[serde(default)]
         expect: Outcome,
     },
+    /// Moves the clock forward by a wall-time duration (`3h`, `1d`) and ticks.
+    Advance(String),
+    /// Moves the clock to an RFC 3339 instant and ticks.
+    At(String),
     Expect {
+        /// The names of the timers the last `advance` or `at` fired, in order.
+        #[serde(default)]
+        fired: Option<Vec<String>>,
         #[serde(default)]
         status: Option<Status>,
         #[serde(default)]
@@ -185,11 +194,28 @@ impl Scenario {
     /// # Errors
     /// The definition does not deploy (a service task has no scripted result).
     pub fn run(&self, def: ProcessDef) -> Result<SimReport, LoadError> {
+        self.run_with(def, Vec::new())
+    }
+
+    /// Runs the scenario with business calendars registered under their names.
+    ///
+    /// # Errors
+    /// The definition does not deploy (a service task has no scripted result, a calendar is
+    /// missing).
+    pub fn run_with(
+        &self,
+        def: ProcessDef,
+        calendars: Vec<(String, BusinessCalendar)>,
+    ) -> Result<SimReport, LoadError> {
         let log: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
         let step_no = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut builder = Engine::builder();
         let start = "2026-01-05T09:00:00Z".parse().expect("a valid instant");
-        builder.clock(ManualClock::new(start));
+        let clock = Arc::new(ManualClock::new(start));
+        builder.clock(Arc::clone(&clock));
+        for (name, calendar) in calendars {
+            builder.calendar(name, calendar);
+        }
         {
             let (log, step_no) = (Arc::clone(&log), Arc::clone(&step_no));
             builder.hook(hook_fn(move |ev: &Event<'_>| {
@@ -242,9 +268,15 @@ impl Scenario {
         let process = engine.deploy(def)?.key().id.clone();
         let mut report = SimReport::default();
         let mut instance: Option<InstanceId> = None;
+        let mut fired = Vec::new();
         for (i, step) in self.raw.steps.iter().enumerate() {
             step_no.store(i + 1, std::sync::atomic::Ordering::Relaxed);
-            if let Err(message) = self.step(&engine, &process, &mut instance, &step.value) {
+            let result = match &step.value {
+                RawStep::Advance(by) => advance(&engine, &clock, by, None, &mut fired),
+                RawStep::At(to) => advance(&engine, &clock, "", Some(to), &mut fired),
+                other => self.step(&engine, &process, &mut instance, other, &fired),
+            };
+            if let Err(message) = result {
                 report
                     .failures
                     .push(format!("{}: step {}: {message}", step.loc, i + 1));
@@ -283,6 +315,7 @@ impl Scenario {
         process: &str,
         instance: &mut Option<InstanceId>,
         step: &RawStep,
+        last_fired: &[String],
     ) -> Result<(), String> {
         let (result, expect) = match step {
             RawStep::Start { vars, expect } => {
@@ -350,11 +383,20 @@ impl Scenario {
                 engine.retry(instance.ok_or("no instance started yet")?),
                 *expect,
             ),
+            RawStep::Advance(_) | RawStep::At(_) => return Ok(()),
             RawStep::Expect {
+                fired,
                 status,
                 open_tasks,
                 vars,
             } => {
+                if let Some(want) = fired
+                    && want[..] != *last_fired
+                {
+                    return Err(format!(
+                        "expected timers {want:?} to fire, fired {last_fired:?}"
+                    ));
+                }
                 let id = instance.ok_or("no instance started yet")?;
                 let inst = engine.instance(id).map_err(|e| e.to_string())?;
                 if let Some(s) = status
@@ -396,4 +438,39 @@ impl Scenario {
             Err(e) => Err(format!("expected {expect:?}, got error: {e}")),
         }
     }
+}
+
+/// Moves the clock (by a wall duration, or to an instant) and ticks; `fired` gets the names of
+/// what fired.
+fn advance(
+    engine: &Engine,
+    clock: &ManualClock,
+    by: &str,
+    to: Option<&str>,
+    fired: &mut Vec<String>,
+) -> Result<(), String> {
+    match to {
+        Some(to) => {
+            let at = chrono::DateTime::parse_from_rfc3339(to)
+                .map_err(|e| format!("'{to}' is not an RFC 3339 instant: {e}"))?;
+            let at = at.with_timezone(&chrono::Utc);
+            if at < clock.now() {
+                return Err(format!(
+                    "'{to}' is before the clock ({})",
+                    clock.now().to_rfc3339()
+                ));
+            }
+            clock.set(at);
+        }
+        None => match DurationSpec::parse(by).map_err(|e| e.to_string())? {
+            DurationSpec::Wall(d) if d >= chrono::Duration::zero() => clock.advance(d),
+            _ => {
+                return Err(format!(
+                    "advance takes a wall-time duration such as '3h', not '{by}'"
+                ));
+            }
+        },
+    }
+    *fired = engine.tick(clock.now()).iter().map(|f| f.name()).collect();
+    Ok(())
 }

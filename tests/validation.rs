@@ -547,7 +547,8 @@ nodes:
         (8, 50, "variables.e.default", ProblemKind::BadValue { value: "\"mid\"".into(), ty: "the enum".into() }),
     ];
 
-    timer_keys_not_supported: r#"
+    // Every time-limit rule at once (regression for the time issue).
+    time_limit_problems: r#"
 id: t
 version: 1
 name: T
@@ -559,19 +560,25 @@ nodes:
     kind: user_task
     name: Work
     raci: { responsible: [clerk], accountable: lead }
-    due: 2d
-    remind: 1d
-    escalate: 3d
+    due: 4h business
+    remind: [{ before: 1h, after: 2h }]
+    escalate:
+      - { after: 1h, action: reassign }
+      - { after: 1h, action: urge }
+      - { after: 2h, action: notify, to: boss }
+    timeout: { after: 1h, to: nowhere }
     next: done
   done: { kind: end }
 "# => [
-        (12, 10, "nodes.work.due", ProblemKind::NotSupported("due".into())),
-        (13, 13, "nodes.work.remind", ProblemKind::NotSupported("remind".into())),
-        (14, 15, "nodes.work.escalate", ProblemKind::NotSupported("escalate".into())),
+        (12, 10, "nodes.work.due", ProblemKind::NeedsCalendar),
+        (13, 14, "nodes.work.remind[0]", ProblemKind::RemindShape),
+        (15, 30, "nodes.work.escalate[0]", ProblemKind::EscalationShape("'reassign' needs 'to', the role to give the task to")),
+        (16, 30, "nodes.work.escalate[1]", ProblemKind::EscalationShape("'urge' needs 'every' and 'max'")),
+        (17, 42, "nodes.work.escalate[2].to", ProblemKind::UnknownRole("boss".into())),
+        (18, 31, "nodes.work.timeout.to", ProblemKind::UnknownNode("nowhere".into())),
     ];
 
-    // Only the timer is wrong: `done` is reachable through the timer's `next` in the file.
-    timer_kind_not_supported: r#"
+    timer_nodes_and_keys_on_the_wrong_kind: r#"
 id: t
 version: 1
 name: T
@@ -579,9 +586,15 @@ roles: {}
 variables: { x: { type: integer } }
 nodes:
   start: { kind: start, next: wait }
-  wait: { kind: timer, next: done }
+  wait: { kind: timer, next: call }
+  call: { kind: service_task, name: Call, handler: h, due: 1h, next: later }
+  later: { kind: timer, until: x, next: done }
   done: { kind: end }
-"# => [(8, 17, "nodes.wait.kind", ProblemKind::NotSupported("kind: timer".into()))];
+"# => [
+        (8, 3, "nodes.wait.kind", ProblemKind::TimerShape),
+        (9, 60, "nodes.call.due", ProblemKind::KeyNotAllowed { key: "due", kind: "service_task" }),
+        (10, 32, "nodes.later.until", ProblemKind::BadValue { value: "x".into(), ty: "string (an RFC 3339 instant)".into() }),
+    ];
 
     several_semantic_problems_at_once: r#"
 id: t
@@ -904,4 +917,32 @@ fn shipped_definitions_load() {
             file.display()
         );
     }
+}
+
+#[test]
+fn bad_duration_names_the_text_and_place() {
+    let err = load_err(
+        r#"
+id: t
+version: 1
+name: T
+roles: { clerk: { name: Clerk }, lead: { name: Lead } }
+nodes:
+  start: { kind: start, next: work }
+  work: { kind: user_task, name: Work, raci: { responsible: [clerk], accountable: lead }, due: 2x, next: done }
+  done: { kind: end }
+"#,
+    );
+    let problems = problems(&err);
+    assert_eq!(problems.len(), 1, "{err}");
+    let (line, col, path, kind) = &problems[0];
+    assert_eq!(
+        (*line, *col, path.as_str()),
+        (7, 96, "nodes.work.due"),
+        "{err}"
+    );
+    assert!(
+        matches!(kind, ProblemKind::BadDuration(e) if e.text() == "2x"),
+        "{err}"
+    );
 }

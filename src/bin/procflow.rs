@@ -8,7 +8,7 @@ use procflow::{BusinessCalendar, DurationSpec, ProcessDef, Scenario};
 const USAGE: &str = "usage:
   procflow validate FILE...
   procflow graph FILE [--format mermaid|dot]
-  procflow simulate FILE --scenario SCENARIO
+  procflow simulate FILE --scenario SCENARIO [--calendar CALENDAR]
   procflow calendar CALENDAR --add DURATION --from INSTANT";
 
 fn main() -> ExitCode {
@@ -93,7 +93,24 @@ fn simulate(args: &[String]) -> Result<ExitCode, String> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let report = match scenario.run(def) {
+    // The calendar a definition names is `--calendar`, or calendars/NAME.yaml beside the file.
+    let mut calendars = Vec::new();
+    if let Some(name) = def.calendar().map(str::to_owned) {
+        let path = match option(args, "--calendar")? {
+            Some(path) => std::path::PathBuf::from(path),
+            None => std::path::Path::new(&args[0])
+                .with_file_name("calendars")
+                .join(format!("{name}.yaml")),
+        };
+        match BusinessCalendar::from_file(&path) {
+            Ok(calendar) => calendars.push((name, calendar)),
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    let report = match scenario.run_with(def, calendars) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{e}");

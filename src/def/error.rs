@@ -227,4 +227,25 @@ pub enum ProblemKind {
     /// ends before it starts, a date under the wrong year, a week without working hours.
     #[error("{0}")]
     BadCalendar(String),
+    /// A business duration is used but the process names no `calendar`.
+    #[error("business time needs a process 'calendar'")]
+    NeedsCalendar,
+    /// A time limit counts from `due`, which the task or SLA does not have.
+    #[error("'{0}' counts from 'due', which is missing here")]
+    NeedsDue(&'static str),
+    /// A reminder needs exactly one of `before` and `after`.
+    #[error("a reminder needs exactly one of 'before' and 'after'")]
+    RemindShape,
+    /// An escalation level lacks something its action needs.
+    #[error("{0}")]
+    EscalationShape(&'static str),
+    /// `before` and `due` mix business and wall time.
+    #[error("'before' and 'due' must both be business time or both wall time")]
+    MixedTime,
+    /// A timer node needs exactly one of `wait` and `until`.
+    #[error("a timer node needs exactly one of 'wait' and 'until'")]
+    TimerShape,
+    /// A definition names a calendar the engine does not have (checked at deploy time).
+    #[error("no business calendar registered as '{0}'")]
+    UnknownCalendar(String),
 }

@@ -7,6 +7,7 @@
 mod error;
 mod raw;
 mod render;
+pub(crate) mod timers;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,10 @@ pub struct ProcessDef {
     pub(crate) nodes: Vec<Node>,
     pub(crate) graph: DiGraph<NodeId, ()>,
     pub(crate) start: NodeId,
+    /// The business calendar's name, when the process uses business time.
+    pub(crate) calendar: Option<String>,
+    /// The instance-wide deadline.
+    pub(crate) sla: Option<Box<timers::Limits>>,
     /// The root CEL scope; building one costs tens of microseconds, so it is built once here.
     pub(crate) cel: cel::Context<'static, 'static>,
 }
@@ -72,6 +77,8 @@ pub struct Node {
     pub(crate) next: Vec<NodeId>,
     /// The number of incoming flows.
     pub(crate) incoming: u32,
+    /// A user task's time limits.
+    pub(crate) limits: Option<Box<timers::Limits>>,
 }
 
 /// What a node does when a token reaches it.
@@ -89,6 +96,7 @@ pub(crate) enum Behaviour {
         default: Option<NodeId>,
     },
     Parallel,
+    Timer(timers::TimerWait),
 }
 
 #[derive(Debug)]
@@ -113,6 +121,8 @@ pub enum NodeKind {
     Exclusive,
     /// Forks into all outgoing flows; joins by waiting for every incoming flow.
     Parallel,
+    /// Waits for a duration or until an instant.
+    Timer,
 }
 
 impl NodeKind {
@@ -125,6 +135,7 @@ impl NodeKind {
             NodeKind::ServiceTask => "service_task",
             NodeKind::Exclusive => "exclusive",
             NodeKind::Parallel => "parallel",
+            NodeKind::Timer => "timer",
         }
     }
 }
@@ -164,6 +175,7 @@ impl Node {
             Behaviour::ServiceTask { .. } => NodeKind::ServiceTask,
             Behaviour::Exclusive { .. } => NodeKind::Exclusive,
             Behaviour::Parallel => NodeKind::Parallel,
+            Behaviour::Timer(_) => NodeKind::Timer,
         }
     }
 
@@ -273,6 +285,11 @@ impl ProcessDef {
     /// The description.
     pub fn description(&self) -> Option<&str> {
         self.description.as_deref()
+    }
+
+    /// The name of the business calendar the process counts business time on.
+    pub fn calendar(&self) -> Option<&str> {
+        self.calendar.as_deref()
     }
 
     /// The file it was loaded from.

@@ -7,7 +7,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use serde::Deserialize;
-use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
 use crate::def::error::{Location, Problem, ProblemKind};
@@ -53,6 +53,10 @@ pub(crate) struct RawDef {
     pub(crate) roles: Entries<RawRole>,
     #[serde(default)]
     pub(crate) variables: Entries<RawVar>,
+    #[serde(default)]
+    pub(crate) calendar: Option<At<String>>,
+    #[serde(default)]
+    pub(crate) sla: Option<At<RawSla>>,
     pub(crate) nodes: Entries<RawNode>,
 }
 
@@ -125,14 +129,108 @@ pub(crate) struct RawNode {
     pub(crate) raci: Option<At<RawRaci>>,
     #[serde(default)]
     pub(crate) handler: Option<At<String>>,
-    // Reserved for timers: accepted by the parser so that the validator can say "not supported
-    // yet" with a location, instead of "unknown key".
     #[serde(default)]
-    pub(crate) due: Option<At<IgnoredAny>>,
+    pub(crate) due: Option<At<RawDuration>>,
     #[serde(default)]
-    pub(crate) remind: Option<At<IgnoredAny>>,
+    pub(crate) claim_due: Option<At<RawDuration>>,
     #[serde(default)]
-    pub(crate) escalate: Option<At<IgnoredAny>>,
+    pub(crate) remind: Option<At<Vec<At<RawRemind>>>>,
+    #[serde(default)]
+    pub(crate) escalate: Option<At<Vec<At<RawEscalate>>>>,
+    #[serde(default)]
+    pub(crate) timeout: Option<At<RawTimeout>>,
+    #[serde(default)]
+    pub(crate) wait: Option<At<RawDuration>>,
+    #[serde(default)]
+    pub(crate) until: Option<At<String>>,
+}
+
+/// The process-wide deadline.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSla {
+    pub(crate) due: At<RawDuration>,
+    #[serde(default)]
+    pub(crate) accountable: Option<At<String>>,
+    #[serde(default)]
+    pub(crate) informed: Option<At<Names>>,
+    #[serde(default)]
+    pub(crate) remind: Option<At<Vec<At<RawRemind>>>>,
+    #[serde(default)]
+    pub(crate) escalate: Option<At<Vec<At<RawEscalate>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRemind {
+    #[serde(default)]
+    pub(crate) before: Option<At<RawDuration>>,
+    #[serde(default)]
+    pub(crate) after: Option<At<RawDuration>>,
+    #[serde(default)]
+    pub(crate) to: Option<At<Names>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawAction {
+    Notify,
+    Reassign,
+    Urge,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEscalate {
+    pub(crate) after: At<RawDuration>,
+    pub(crate) action: At<RawAction>,
+    #[serde(default)]
+    pub(crate) to: Option<At<String>>,
+    #[serde(default)]
+    pub(crate) every: Option<At<RawDuration>>,
+    #[serde(default)]
+    pub(crate) max: Option<At<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTimeout {
+    pub(crate) after: At<RawDuration>,
+    pub(crate) to: At<String>,
+}
+
+/// A duration: text such as `4h business`, or `{ expr: CEL }` yielding such text.
+pub(crate) enum RawDuration {
+    Text(String),
+    Expr(String),
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as '4h business', or { expr: CEL }")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(s.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawDuration, A::Error> {
+                let mut expr = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "expr" if expr.is_none() => expr = Some(map.next_value::<String>()?),
+                        "expr" => return Err(de::Error::duplicate_field("expr")),
+                        other => return Err(de::Error::unknown_field(other, &["expr"])),
+                    }
+                }
+                expr.map(RawDuration::Expr)
+                    .ok_or_else(|| de::Error::missing_field("expr"))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]

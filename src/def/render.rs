@@ -44,6 +44,7 @@ pub(super) fn mermaid(def: &ProcessDef) -> String {
             Behaviour::UserTask(_) => ("[", "]"),
             Behaviour::ServiceTask { .. } => ("[[", "]]"),
             Behaviour::Exclusive { .. } | Behaviour::Parallel => ("{", "}"),
+            Behaviour::Timer(_) => ("{{", "}}"),
         };
         let text = match node.behaviour {
             Behaviour::Exclusive { .. } => format!("X {}", label(node)),
@@ -81,6 +82,7 @@ pub(super) fn dot(def: &ProcessDef) -> String {
             Behaviour::UserTask(_) => "box",
             Behaviour::ServiceTask { .. } => "box3d",
             Behaviour::Exclusive { .. } | Behaviour::Parallel => "diamond",
+            Behaviour::Timer(_) => "hexagon",
         };
         let _ = writeln!(
             out,
@@ -118,6 +120,13 @@ fn edges(node: &Node) -> Vec<(Option<String>, usize)> {
             .iter()
             .map(|r| (Some(r.cond.source().to_owned()), r.to.index()))
             .chain(default.map(|d| (Some("default".to_owned()), d.index())))
+            .collect(),
+        // A user task's second flow is its timeout route.
+        Behaviour::UserTask(_) => node
+            .next
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ((i > 0).then(|| "timeout".to_owned()), n.index()))
             .collect(),
         _ => node.next.iter().map(|n| (None, n.index())).collect(),
     }

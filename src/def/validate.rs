@@ -9,12 +9,13 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::{Dfs, Reversed};
 
 use super::raw::{At, Entries, Names, RawDef, RawKind, RawNode, RawRaci};
+use super::timers::{Limits, RawLimits, TimeCx, TimerWait};
 use super::{Behaviour, Location, Node, ProblemKind, ProcessDef, Role, Route};
 use crate::cond::Condition;
 use crate::def::Problem;
 use crate::ids::{DefKey, NodeId, RoleId};
 use crate::raci::Raci;
-use crate::vars::VarSpec;
+use crate::vars::{VarSpec, VarType};
 
 /// Collects problems as validation goes.
 struct Report(Vec<Problem>);
@@ -152,6 +153,64 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         vars.insert(k.value.clone(), spec);
     }
 
+    let sla = raw.sla.as_ref().map(|sla| {
+        let mut time = TimeCx {
+            vars: &vars,
+            roles: &roles,
+            has_calendar: raw.calendar.is_some(),
+            problems: &mut report.0,
+        };
+        let informed = sla
+            .value
+            .informed
+            .as_ref()
+            .map(|i| time.roles_of(i, "sla.informed"))
+            .unwrap_or_default();
+        let accountable = match &sla.value.accountable {
+            Some(a) => time
+                .roles_of(
+                    &At {
+                        value: super::raw::Names(vec![(a.value.clone(), Some(a.loc))]),
+                        loc: a.loc,
+                    },
+                    "sla.accountable",
+                )
+                .pop(),
+            None => None,
+        };
+        if accountable.is_none()
+            && sla.value.accountable.is_none()
+            && sla
+                .value
+                .escalate
+                .as_ref()
+                .is_some_and(|e| e.value.iter().any(|l| l.value.to.is_none()))
+        {
+            time.problems.push(Problem {
+                location: Some(sla.loc),
+                path: "sla.accountable".into(),
+                kind: ProblemKind::EscalationShape(
+                    "an escalation without 'to' goes to the SLA's 'accountable', which is missing",
+                ),
+            });
+        }
+        let accountable = accountable.unwrap_or_else(|| RoleId(String::new()));
+        let limits = time.limits(
+            RawLimits {
+                due: Some(&sla.value.due),
+                claim_due: None,
+                remind: sla.value.remind.as_ref(),
+                escalate: sla.value.escalate.as_ref(),
+                timeout: None,
+            },
+            "sla",
+            accountable.clone(),
+            informed,
+            std::slice::from_ref(&accountable),
+        );
+        Box::new(limits)
+    });
+
     let nodes = unique(&raw.nodes, "node", "nodes", &mut report);
     let index: HashMap<&str, NodeId> = nodes
         .iter()
@@ -167,6 +226,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
             index: &index,
             roles: &roles,
             vars: &vars,
+            has_calendar: raw.calendar.is_some(),
         };
         compiled.push(cx.compile(&node.value, &mut report));
     }
@@ -226,6 +286,8 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         nodes: compiled,
         graph,
         start: starts[0],
+        calendar: raw.calendar.map(|c| c.value),
+        sla,
         cel: cel::Context::default(),
     })
 }
@@ -237,9 +299,80 @@ struct NodeCx<'a> {
     index: &'a HashMap<&'a str, NodeId>,
     roles: &'a IndexMap<RoleId, Role>,
     vars: &'a IndexMap<String, VarSpec>,
+    has_calendar: bool,
 }
 
 impl NodeCx<'_> {
+    fn time<'c>(&'c self, report: &'c mut Report) -> TimeCx<'c> {
+        TimeCx {
+            vars: self.vars,
+            roles: self.roles,
+            has_calendar: self.has_calendar,
+            problems: &mut report.0,
+        }
+    }
+
+    /// A user task's time limits; a timeout route becomes its second flow.
+    fn limits(
+        &self,
+        raw: &RawNode,
+        raci: &Raci,
+        next: &mut Vec<NodeId>,
+        report: &mut Report,
+    ) -> Option<Box<Limits>> {
+        if let Some(timeout) = &raw.timeout {
+            let path = self.path("timeout.to");
+            next.extend(self.target(&timeout.value.to.value, timeout.value.to.loc, path, report));
+        }
+        let limits = self.time(report).limits(
+            RawLimits {
+                due: raw.due.as_ref(),
+                claim_due: raw.claim_due.as_ref(),
+                remind: raw.remind.as_ref(),
+                escalate: raw.escalate.as_ref(),
+                timeout: raw.timeout.as_ref().map(|t| &t.value.after),
+            },
+            &format!("nodes.{}", self.id),
+            raci.accountable.clone(),
+            raci.informed.clone(),
+            &raci.responsible,
+        );
+        (!limits.is_empty()).then(|| Box::new(limits))
+    }
+
+    fn timer(&self, raw: &RawNode, report: &mut Report) -> Behaviour {
+        let wait = match (&raw.wait, &raw.until) {
+            (Some(wait), None) => self
+                .time(report)
+                .span(wait, &self.path("wait"))
+                .map(TimerWait::For),
+            (None, Some(until)) => {
+                match self.vars.get(&until.value) {
+                    None => report.add(
+                        until.loc,
+                        self.path("until"),
+                        ProblemKind::UndeclaredVariable(until.value.clone()),
+                    ),
+                    Some(spec) if !matches!(spec.ty, VarType::String | VarType::Any) => report.add(
+                        until.loc,
+                        self.path("until"),
+                        ProblemKind::BadValue {
+                            value: until.value.clone(),
+                            ty: "string (an RFC 3339 instant)".into(),
+                        },
+                    ),
+                    Some(_) => {}
+                }
+                Some(TimerWait::Until(until.value.clone()))
+            }
+            _ => {
+                report.add(self.loc, self.path("kind"), ProblemKind::TimerShape);
+                None
+            }
+        };
+        Behaviour::Timer(wait.unwrap_or(TimerWait::Until(String::new())))
+    }
+
     fn path(&self, key: &str) -> String {
         format!("nodes.{}.{key}", self.id)
     }
@@ -256,21 +389,9 @@ impl NodeCx<'_> {
             behaviour: Behaviour::End,
             next: Vec::new(),
             incoming: 0,
+            limits: None,
         };
 
-        for (key, at) in [
-            ("due", &raw.due),
-            ("remind", &raw.remind),
-            ("escalate", &raw.escalate),
-        ] {
-            if let Some(at) = at {
-                report.add(
-                    at.loc,
-                    self.path(key),
-                    ProblemKind::NotSupported(key.to_owned()),
-                );
-            }
-        }
         let not_allowed = |key: &'static str, loc: Option<Location>, report: &mut Report| {
             if let Some(loc) = loc {
                 report.add(
@@ -292,6 +413,17 @@ impl NodeCx<'_> {
         if kind != RawKind::Exclusive {
             not_allowed("routes", raw.routes.as_ref().map(|a| a.loc), report);
         }
+        if kind != RawKind::UserTask {
+            not_allowed("due", raw.due.as_ref().map(|a| a.loc), report);
+            not_allowed("claim_due", raw.claim_due.as_ref().map(|a| a.loc), report);
+            not_allowed("remind", raw.remind.as_ref().map(|a| a.loc), report);
+            not_allowed("escalate", raw.escalate.as_ref().map(|a| a.loc), report);
+            not_allowed("timeout", raw.timeout.as_ref().map(|a| a.loc), report);
+        }
+        if kind != RawKind::Timer {
+            not_allowed("wait", raw.wait.as_ref().map(|a| a.loc), report);
+            not_allowed("until", raw.until.as_ref().map(|a| a.loc), report);
+        }
         if matches!(kind, RawKind::UserTask | RawKind::ServiceTask) && raw.name.is_none() {
             report.add(
                 self.loc,
@@ -309,16 +441,11 @@ impl NodeCx<'_> {
                 node.behaviour = self.exclusive(raw, &mut node.next, report);
             }
             RawKind::End => not_allowed("next", raw.next.as_ref().map(|a| a.loc), report),
-            RawKind::Timer => {
-                report.add(
-                    raw.kind.loc,
-                    self.path("kind"),
-                    ProblemKind::NotSupported("kind: timer".into()),
-                );
-                // Keep its flows so that the nodes after it are not reported as unreachable.
-                node.next = self.targets(raw.next.as_ref(), report);
-            }
-            RawKind::Start | RawKind::UserTask | RawKind::ServiceTask | RawKind::Parallel => {
+            RawKind::Start
+            | RawKind::UserTask
+            | RawKind::ServiceTask
+            | RawKind::Parallel
+            | RawKind::Timer => {
                 node.next = self.targets(raw.next.as_ref(), report);
                 let found = raw.next.as_ref().map_or(0, |n| n.value.0.len());
                 if kind == RawKind::Parallel {
@@ -346,7 +473,12 @@ impl NodeCx<'_> {
                 node.behaviour = match kind {
                     RawKind::Start => Behaviour::Start,
                     RawKind::Parallel => Behaviour::Parallel,
-                    RawKind::UserTask => Behaviour::UserTask(self.raci(raw.raci.as_ref(), report)),
+                    RawKind::UserTask => {
+                        let raci = self.raci(raw.raci.as_ref(), report);
+                        node.limits = self.limits(raw, &raci, &mut node.next, report);
+                        Behaviour::UserTask(raci)
+                    }
+                    RawKind::Timer => self.timer(raw, report),
                     _ => match &raw.handler {
                         Some(h) => Behaviour::ServiceTask {
                             handler: h.value.clone(),
@@ -653,7 +785,9 @@ fn check_joins(graph: &DiGraph<NodeId, ()>, nodes: &[Node], report: &mut Report)
         };
         let split = match node.behaviour {
             Behaviour::Parallel => node.next.len() > 1,
-            Behaviour::Exclusive { .. } => node.next.len() > 1,
+            // A user task with a timeout route leaves by one of two flows, as an exclusive
+            // gateway does.
+            Behaviour::Exclusive { .. } | Behaviour::UserTask(_) => node.next.len() > 1,
             _ => false,
         };
         for (arm, to) in node.next.iter().enumerate() {

@@ -7,9 +7,11 @@
 mod error;
 mod state;
 mod step;
+mod timers;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -21,7 +23,9 @@ pub use error::ExecError;
 pub use state::{
     Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
 };
+pub use timers::{Fired, Sla, SlaStatus, Timer, TimerDriver, TimerKind};
 
+use crate::calendar::BusinessCalendar;
 use crate::clock::{Clock, SystemClock};
 use crate::def::{Behaviour, LoadError, Problem, ProblemKind, ProcessDef};
 use crate::hooks::{Control, Event, Hook, ServiceHandler};
@@ -57,6 +61,8 @@ pub(crate) struct Deployed {
     /// Shared by every instance of this definition.
     pub(crate) key: Arc<DefKey>,
     pub(crate) handlers: Vec<Option<Arc<dyn ServiceHandler>>>,
+    /// The business calendar the definition names.
+    pub(crate) calendar: Option<Arc<BusinessCalendar>>,
     /// How many audit records the last start of this definition wrote.
     pub(crate) first_records: std::sync::atomic::AtomicUsize,
 }
@@ -97,7 +103,15 @@ pub struct Engine {
     uid: u64,
     shards: Box<[Shard]>,
     next_id: AtomicU64,
+    calendars: HashMap<String, Arc<BusinessCalendar>>,
+    /// When armed timers are due, by instance shard: (instant, instance).
+    timer_heaps: Box<[Mutex<TimerHeap>]>,
+    /// One `tick` at a time, so that timers fire in deadline order.
+    ticking: Mutex<()>,
 }
+
+/// A min-heap of (due instant, instance number).
+type TimerHeap = BinaryHeap<Reverse<(DateTime<Utc>, u64)>>;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,6 +129,7 @@ pub struct EngineBuilder {
     hooks: Vec<Arc<dyn Hook>>,
     handlers: HashMap<String, Arc<dyn ServiceHandler>>,
     authorizer: Arc<dyn Authorizer>,
+    calendars: HashMap<String, Arc<BusinessCalendar>>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -133,6 +148,7 @@ impl Default for EngineBuilder {
             hooks: Vec::new(),
             handlers: HashMap::new(),
             authorizer: Arc::new(raci::by_actor_roles),
+            calendars: HashMap::new(),
         }
     }
 }
@@ -172,6 +188,12 @@ impl EngineBuilder {
         self
     }
 
+    /// Registers a business calendar under `name`; definitions name it with `calendar:`.
+    pub fn calendar(&mut self, name: impl Into<String>, calendar: BusinessCalendar) -> &mut Self {
+        self.calendars.insert(name.into(), Arc::new(calendar));
+        self
+    }
+
     /// Builds the engine.
     pub fn build(&mut self) -> Engine {
         let b = std::mem::take(self);
@@ -186,6 +208,9 @@ impl EngineBuilder {
             uid: ENGINES.fetch_add(1, Ordering::Relaxed),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             next_id: AtomicU64::new(1),
+            calendars: b.calendars,
+            timer_heaps: (0..SHARDS).map(|_| Mutex::new(BinaryHeap::new())).collect(),
+            ticking: Mutex::new(()),
         }
     }
 }
@@ -205,6 +230,8 @@ pub struct TaskView {
     pub claimed_by: Option<String>,
     /// When it opened.
     pub created_at: DateTime<Utc>,
+    /// Its completion deadline, if it has one.
+    pub due: Option<DateTime<Utc>>,
 }
 
 thread_local! {
@@ -291,6 +318,17 @@ impl Engine {
                 _ => None,
             })
             .collect();
+        let calendar = def.calendar.as_ref().and_then(|name| {
+            let found = self.calendars.get(name).cloned();
+            if found.is_none() {
+                problems.push(Problem {
+                    location: None,
+                    path: "calendar".into(),
+                    kind: ProblemKind::UnknownCalendar(name.clone()),
+                });
+            }
+            found
+        });
         let _deploying = lock(&self.deploying);
         let mut catalog: Catalog = (**self.defs.load()).clone();
         let versions = catalog.entry(def.key.id.clone()).or_default();
@@ -314,6 +352,7 @@ impl Engine {
                 key: Arc::new(def.key.clone()),
                 def: Arc::clone(&def),
                 handlers,
+                calendar,
                 first_records: 0.into(),
             }),
         );
@@ -399,6 +438,7 @@ impl Engine {
             }],
             tasks: Vec::new(),
             incidents: Vec::new(),
+            timers: Box::default(),
             audit: Vec::with_capacity(if self.config.audit {
                 dep.first_records.load(Ordering::Relaxed)
             } else {
@@ -411,7 +451,11 @@ impl Engine {
         let result = {
             let mut step = Step::new(&mut inst, dep, &self.hooks, now, self.config.audit);
             step.apply(Change::Started);
+            step.arm_sla();
             let result = step.run();
+            for at in step.take_armed() {
+                self.schedule(id, at);
+            }
             step.finish(result)
         };
         // Remember how many records a start writes, so that the next start allocates its audit
@@ -429,6 +473,11 @@ impl Engine {
             lock(self.shard(id)).insert(id.0, slot);
         }
         result.map(|()| id)
+    }
+
+    /// Notes that `id` has a timer due at `at`.
+    fn schedule(&self, id: InstanceId, at: DateTime<Utc>) {
+        lock(&self.timer_heaps[(id.0 as usize) % SHARDS]).push(Reverse((at, id.0)));
     }
 
     fn shard(&self, id: InstanceId) -> &Shard {
@@ -479,6 +528,9 @@ impl Engine {
             }
             let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
             let result = f(&mut step, &node);
+            for at in step.take_armed() {
+                self.schedule(task.instance, at);
+            }
             step.finish(result)
         })?
     }
@@ -497,7 +549,18 @@ impl Engine {
         let raci = step.dep.def.nodes[t.node.index()]
             .raci()
             .expect("tasks sit on user task nodes");
-        match raci::check(&*self.authorizer, raci, action, actor, claimant.as_deref()) {
+        let escalated = t
+            .escalated_to
+            .and_then(|i| step.dep.def.roles.get_index(i as usize))
+            .map(|(r, _)| r);
+        match raci::check(
+            &*self.authorizer,
+            raci,
+            action,
+            actor,
+            claimant.as_deref(),
+            escalated,
+        ) {
             Ok(grant) => Ok(grant),
             Err(allowed) => {
                 step.apply(Change::Denied {
@@ -690,6 +753,9 @@ impl Engine {
             let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
             step.apply(Change::Retry);
             let result = step.run();
+            for at in step.take_armed() {
+                self.schedule(instance, at);
+            }
             step.finish(result)
         })?
     }
@@ -752,16 +818,22 @@ impl Engine {
                 let slot = lock(&slot);
                 out.extend(open_tasks(&slot, |t| {
                     let raci = slot.dep.def.nodes[t.node.index()].raci();
+                    let escalated = t
+                        .escalated_to
+                        .and_then(|i| slot.dep.def.roles.get_index(i as usize))
+                        .map(|(r, _)| r);
                     let responsible = raci.is_some_and(|r| {
                         r.responsible()
                             .iter()
+                            .chain(escalated)
                             .any(|role| self.authorizer.holds(role, actor))
                     });
                     responsible && t.claimed_by.as_ref().is_none_or(|c| **c == *actor.id)
                 }));
             }
         }
-        out.sort_by_key(|t| (t.created_at, t.id));
+        // The most urgent first: by deadline (tasks without one last), then age.
+        out.sort_by_key(|t| (t.due.is_none(), t.due, t.created_at, t.id));
         out
     }
 
@@ -808,6 +880,12 @@ fn open_tasks(slot: &Slot, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {
                 name: node.name.clone(),
                 claimed_by: t.claimed_by.as_deref().map(str::to_owned),
                 created_at: t.created_at,
+                due: slot
+                    .inst
+                    .timers
+                    .iter()
+                    .find(|x| x.task == Some(t.seq) && x.kind == TimerKind::Due)
+                    .map(|x| x.at),
             }
         })
         .collect()

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use super::timers::{Timer, TimerKind};
 use crate::def::ProcessDef;
 use crate::ids::{ActorId, DefKey, InstanceId, NodeId, RoleId, TaskId};
 use crate::raci::Action;
@@ -23,6 +24,8 @@ pub struct Instance {
     /// Every task the instance opened; a task's `seq` is its index here.
     pub(crate) tasks: Vec<Task>,
     pub(crate) incidents: Vec<Incident>,
+    /// Armed timers (and fired deadlines), few per instance.
+    pub(crate) timers: Box<[Timer]>,
     pub(crate) audit: Vec<Record>,
     pub(crate) started_at: DateTime<Utc>,
     pub(crate) ended_at: Option<DateTime<Utc>>,
@@ -69,6 +72,8 @@ pub struct Task {
     pub(crate) state: TaskState,
     pub(crate) claimed_by: Option<ActorId>,
     pub(crate) created_at: DateTime<Utc>,
+    /// The role an escalation gave the task to (its position in the role catalogue).
+    pub(crate) escalated_to: Option<u16>,
     /// Rarely more than a few: a boxed slice is 8 bytes smaller than a `Vec`.
     pub(crate) comments: Box<[Comment]>,
 }
@@ -79,6 +84,11 @@ pub struct Task {
 pub enum TaskState {
     /// Waiting to be claimed or completed.
     Open,
+    /// Cancelled by its timeout route.
+    TimedOut {
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// Done.
     Completed {
         /// Who completed it.
@@ -222,6 +232,20 @@ pub enum Entry {
     Retried,
     /// Every token reached an end.
     InstanceCompleted,
+    /// A timer fired.
+    Timer {
+        /// What fired.
+        kind: TimerKind,
+        /// The task, for task timers.
+        task: Option<u32>,
+        /// Whether it belongs to the SLA.
+        sla: bool,
+    },
+    /// A warning, e.g. a calendar computation that ran past the years the calendar covers.
+    Warning {
+        /// What.
+        message: Box<str>,
+    },
 }
 
 impl Instance {
@@ -258,6 +282,11 @@ impl Instance {
     /// The incidents, resolved or not.
     pub fn incidents(&self) -> &[Incident] {
         &self.incidents
+    }
+
+    /// The armed timers, and deadlines that already fired.
+    pub fn timers(&self) -> &[Timer] {
+        &self.timers
     }
 
     /// The audit trail, oldest first (empty when the engine's audit is off).
@@ -394,6 +423,15 @@ impl Record {
             } => format!("incident: {message}"),
             Entry::Retried => "retried".to_owned(),
             Entry::InstanceCompleted => "instance completed".to_owned(),
+            Entry::Timer { kind, task, sla } => {
+                let whose = match task {
+                    Some(t) => format!("task {t}"),
+                    None if *sla => "the SLA".to_owned(),
+                    None => "a timer node".to_owned(),
+                };
+                format!("timer fired for {whose}: {kind:?}")
+            }
+            Entry::Warning { message } => format!("warning: {message}"),
         };
         format!(
             "{} {what}",

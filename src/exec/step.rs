@@ -15,6 +15,7 @@ use super::error::ExecError;
 use super::state::{
     Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
 };
+use super::timers::{Timer, TimerKind};
 use crate::def::Behaviour;
 use crate::hooks::{Control, Event, Hook, ServiceCall};
 use crate::ids::{ActorId, NodeId, RoleId, TaskId};
@@ -88,6 +89,22 @@ pub(crate) enum Change<'c> {
     },
     Retry,
     Finish,
+    /// Arms a timer.
+    Arm(Timer),
+    /// A token waits at a timer node until `at`.
+    Wait {
+        token: usize,
+        at: DateTime<Utc>,
+    },
+    /// Fires the armed timer at `index`.
+    Fire {
+        index: usize,
+        recipients: &'c [RoleId],
+    },
+    /// A calendar warning (a computation ran past the years a calendar covers).
+    Warn {
+        message: &'c str,
+    },
 }
 
 /// One engine call's work on one locked instance.
@@ -99,6 +116,8 @@ pub(crate) struct Step<'a> {
     pub(crate) audit: bool,
     /// The first hook failure of this call, turned into an incident by [`Step::finish`].
     hook_failure: Option<String>,
+    /// Instants of the timers armed by this call, for the engine's schedule.
+    armed: Vec<DateTime<Utc>>,
 }
 
 impl<'a> Step<'a> {
@@ -116,7 +135,13 @@ impl<'a> Step<'a> {
             now,
             audit,
             hook_failure: None,
+            armed: Vec::new(),
         }
+    }
+
+    /// The instants of the timers this call armed.
+    pub(crate) fn take_armed(&mut self) -> Vec<DateTime<Utc>> {
+        std::mem::take(&mut self.armed)
     }
 
     fn node_name(&self, node: NodeId) -> &'a str {
@@ -243,6 +268,7 @@ impl<'a> Step<'a> {
                         state: TaskState::Open,
                         claimed_by: None,
                         created_at: self.now,
+                        escalated_to: None,
                         comments: Box::default(),
                     },
                 );
@@ -279,6 +305,7 @@ impl<'a> Step<'a> {
                 output,
             } => {
                 self.inst.vars.extend(output);
+                self.disarm(task);
                 let slot = &mut self.inst.tasks[task as usize];
                 slot.state = TaskState::Completed {
                     by: ActorId::new(actor),
@@ -425,11 +452,105 @@ impl<'a> Step<'a> {
                 self.record(Entry::Retried);
             }
             Change::Finish => {
+                self.inst.timers = Box::default();
                 self.inst.status = Status::Completed;
                 self.inst.ended_at = Some(self.now);
                 self.record(Entry::InstanceCompleted);
                 self.emit(Event::InstanceCompleted { instance: id });
             }
+            Change::Arm(timer) => {
+                self.armed.push(timer.at);
+                let mut timers = std::mem::take(&mut self.inst.timers).into_vec();
+                timers.push(timer);
+                self.inst.timers = timers.into_boxed_slice();
+            }
+            Change::Wait { token, at } => {
+                let node = self.inst.tokens[token].node;
+                self.inst.tokens[token].state = TokenState::Waiting;
+                let timer = Timer {
+                    at,
+                    kind: TimerKind::Wait,
+                    task: None,
+                    node,
+                    sla: false,
+                    business: false,
+                    fired: false,
+                };
+                self.apply(Change::Arm(timer));
+            }
+            Change::Fire { index, recipients } => {
+                let timer = self.inst.timers[index].clone();
+                if timer.kind == TimerKind::Due {
+                    // A deadline stays, marked, so that SLA queries still know it.
+                    self.inst.timers[index].fired = true;
+                } else {
+                    let mut timers = std::mem::take(&mut self.inst.timers).into_vec();
+                    timers.remove(index);
+                    self.inst.timers = timers.into_boxed_slice();
+                }
+                if let Some(seq) = timer.task {
+                    match timer.kind {
+                        TimerKind::Timeout => {
+                            self.inst.tasks[seq as usize].state =
+                                TaskState::TimedOut { at: self.now };
+                            self.disarm(seq);
+                            self.wake(timer.node);
+                        }
+                        TimerKind::Escalation { .. } => {
+                            if let Some(role) =
+                                super::timers::reassign_target(&self.dep.def, &timer)
+                            {
+                                let index =
+                                    self.dep.def.roles.get_index_of(&role).map(|i| i as u16);
+                                let task = &mut self.inst.tasks[seq as usize];
+                                task.escalated_to = index;
+                                task.claimed_by = None;
+                            }
+                        }
+                        _ => {}
+                    }
+                } else if timer.kind == TimerKind::Wait {
+                    self.wake(timer.node);
+                }
+                self.record(Entry::Timer {
+                    kind: timer.kind,
+                    task: timer.task,
+                    sla: timer.sla,
+                });
+                let task = timer.task.map(|seq| self.task_id(seq));
+                let node = self.node_name(timer.node);
+                self.emit(Event::Timer {
+                    instance: id,
+                    task,
+                    node,
+                    kind: timer.kind,
+                    sla: timer.sla,
+                    recipients,
+                });
+            }
+            Change::Warn { message } => self.record(Entry::Warning {
+                message: Box::from(message),
+            }),
+        }
+    }
+
+    /// Drops the timers of a task that ended.
+    fn disarm(&mut self, seq: u32) {
+        if self.inst.timers.iter().any(|t| t.task == Some(seq)) {
+            let timers = std::mem::take(&mut self.inst.timers).into_vec();
+            self.inst.timers = timers.into_iter().filter(|t| t.task != Some(seq)).collect();
+        }
+    }
+
+    /// Makes the token waiting at `node` ready to leave it.
+    fn wake(&mut self, node: NodeId) {
+        if let Some(t) = self
+            .inst
+            .tokens
+            .iter_mut()
+            .find(|t| t.node == node && t.state == TokenState::Waiting)
+        {
+            t.state = TokenState::Ready;
         }
     }
 
@@ -459,7 +580,25 @@ impl<'a> Step<'a> {
                     actor: None,
                 }),
                 Behaviour::End => self.apply(Change::End { token: i }),
-                Behaviour::UserTask(_) => self.apply(Change::OpenTask { token: i }),
+                Behaviour::UserTask(_) => {
+                    self.apply(Change::OpenTask { token: i });
+                    self.arm_task(self.inst.tasks.len() as u32 - 1);
+                }
+                Behaviour::Timer(wait) => match self.wait_until(wait) {
+                    Ok(at) => self.apply(Change::Wait { token: i, at }),
+                    Err(message) => {
+                        self.apply(Change::Fail {
+                            token: Some(i),
+                            node: Some(at),
+                            message: &message,
+                        });
+                        failure.get_or_insert(ExecError::Incident {
+                            instance: self.inst.id,
+                            node: node.id.clone(),
+                            message,
+                        });
+                    }
+                },
                 Behaviour::ServiceTask { .. } => match self.call_service(at) {
                     Ok(vars) => {
                         if vars.is_empty() {

@@ -1,0 +1,321 @@
+//! Time limits, compiled: deadlines, reminders, escalation ladders, timeouts and timer waits.
+//!
+//! Durations are checked at load time; a duration computed from variables is a CEL expression
+//! compiled at load time and evaluated when its timer is armed.
+
+use indexmap::IndexMap;
+
+use super::raw::{At, Names, RawAction, RawDuration, RawEscalate, RawRemind};
+use super::{Location, Problem, ProblemKind};
+use crate::cond::Condition;
+use crate::duration::DurationSpec;
+use crate::ids::RoleId;
+use crate::vars::{VarSpec, Vars};
+
+/// A duration: fixed in the YAML or computed from the instance's variables.
+#[derive(Debug)]
+pub(crate) enum Span {
+    Fixed(DurationSpec),
+    Computed(Condition),
+}
+
+impl Span {
+    /// The duration for an instance with `vars`.
+    ///
+    /// # Errors
+    /// The expression fails or gives text that is not a duration.
+    pub(crate) fn resolve(
+        &self,
+        cel: &cel::Context<'_, '_>,
+        vars: &Vars,
+    ) -> Result<DurationSpec, String> {
+        match self {
+            Span::Fixed(d) => Ok(*d),
+            Span::Computed(expr) => {
+                let text = expr.eval_text(cel, vars)?;
+                DurationSpec::parse(&text)
+                    .map_err(|e| format!("expression '{}': {e}", expr.source()))
+            }
+        }
+    }
+}
+
+/// What a timer node waits for.
+#[derive(Debug)]
+pub(crate) enum TimerWait {
+    /// A duration from arrival.
+    For(Span),
+    /// The instant in a string variable (RFC 3339).
+    Until(String),
+}
+
+/// When a reminder fires.
+#[derive(Debug)]
+pub(crate) enum RemindAt {
+    /// This long before the deadline.
+    BeforeDue(Span),
+    /// This long after the task opened (the instance started, for an SLA).
+    AfterStart(Span),
+}
+
+#[derive(Debug)]
+pub(crate) struct Remind {
+    pub(crate) at: RemindAt,
+    pub(crate) to: Vec<RoleId>,
+}
+
+/// What an escalation level does.
+#[derive(Debug)]
+pub(crate) enum Ladder {
+    Notify,
+    Reassign,
+    Urge { every: Span, max: u32 },
+}
+
+#[derive(Debug)]
+pub(crate) struct Escalate {
+    /// Counted from the deadline.
+    pub(crate) after: Span,
+    pub(crate) action: Ladder,
+    pub(crate) to: RoleId,
+}
+
+/// The time limits of one user task, or of the whole process (the SLA).
+#[derive(Debug)]
+pub(crate) struct Limits {
+    pub(crate) due: Option<Span>,
+    pub(crate) claim_due: Option<Span>,
+    pub(crate) remind: Vec<Remind>,
+    pub(crate) escalate: Vec<Escalate>,
+    /// An interrupting timeout; its target is the task node's second flow.
+    pub(crate) timeout: Option<Span>,
+    /// Who is told when the task is not claimed in time, and escalations' default target.
+    pub(crate) accountable: RoleId,
+    /// Who gets the breach notice.
+    pub(crate) informed: Vec<RoleId>,
+}
+
+impl Limits {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.due.is_none()
+            && self.claim_due.is_none()
+            && self.remind.is_empty()
+            && self.escalate.is_empty()
+            && self.timeout.is_none()
+    }
+}
+
+/// What compiling time limits needs to know about the definition.
+pub(super) struct TimeCx<'a> {
+    pub(super) vars: &'a IndexMap<String, VarSpec>,
+    pub(super) roles: &'a IndexMap<RoleId, super::Role>,
+    pub(super) has_calendar: bool,
+    pub(super) problems: &'a mut Vec<Problem>,
+}
+
+/// The raw time keys of a task or an SLA.
+pub(super) struct RawLimits<'r> {
+    pub(super) due: Option<&'r At<RawDuration>>,
+    pub(super) claim_due: Option<&'r At<RawDuration>>,
+    pub(super) remind: Option<&'r At<Vec<At<RawRemind>>>>,
+    pub(super) escalate: Option<&'r At<Vec<At<RawEscalate>>>>,
+    pub(super) timeout: Option<&'r At<RawDuration>>,
+}
+
+impl TimeCx<'_> {
+    fn add(&mut self, location: Location, path: impl Into<String>, kind: ProblemKind) {
+        self.problems.push(Problem {
+            location: Some(location),
+            path: path.into(),
+            kind,
+        });
+    }
+
+    /// Compiles one duration.
+    pub(super) fn span(&mut self, raw: &At<RawDuration>, path: &str) -> Option<Span> {
+        match &raw.value {
+            RawDuration::Text(text) => match DurationSpec::parse(text) {
+                Ok(d) => {
+                    if d.is_business() && !self.has_calendar {
+                        self.add(raw.loc, path, ProblemKind::NeedsCalendar);
+                    }
+                    Some(Span::Fixed(d))
+                }
+                Err(e) => {
+                    self.add(raw.loc, path, ProblemKind::BadDuration(e));
+                    None
+                }
+            },
+            RawDuration::Expr(source) => match Condition::compile(source) {
+                Err(message) => {
+                    self.add(raw.loc, path, ProblemKind::BadCondition(message));
+                    None
+                }
+                Ok(expr) => {
+                    for var in expr.reads() {
+                        if !self.vars.contains_key(var) {
+                            self.add(raw.loc, path, ProblemKind::UndeclaredVariable(var.clone()));
+                        }
+                    }
+                    Some(Span::Computed(expr))
+                }
+            },
+        }
+    }
+
+    fn role(&mut self, name: &str, loc: Location, path: &str) -> Option<RoleId> {
+        let role = RoleId(name.to_owned());
+        if self.roles.contains_key(&role) {
+            Some(role)
+        } else {
+            self.add(loc, path, ProblemKind::UnknownRole(name.to_owned()));
+            None
+        }
+    }
+
+    pub(super) fn roles_of(&mut self, names: &At<Names>, path: &str) -> Vec<RoleId> {
+        names
+            .value
+            .located(names.loc)
+            .filter_map(|(n, loc)| self.role(n, loc, path))
+            .collect()
+    }
+
+    /// Compiles the time limits of a task (`default_to`: its responsible roles) or an SLA.
+    pub(super) fn limits(
+        &mut self,
+        raw: RawLimits<'_>,
+        base: &str,
+        accountable: RoleId,
+        informed: Vec<RoleId>,
+        default_to: &[RoleId],
+    ) -> Limits {
+        let due = raw.due.and_then(|d| self.span(d, &format!("{base}.due")));
+        let claim_due = raw
+            .claim_due
+            .and_then(|d| self.span(d, &format!("{base}.claim_due")));
+        let timeout = raw
+            .timeout
+            .and_then(|d| self.span(d, &format!("{base}.timeout.after")));
+        let mut remind = Vec::new();
+        for (i, r) in raw
+            .remind
+            .map_or(&[][..], |r| &r.value[..])
+            .iter()
+            .enumerate()
+        {
+            let path = format!("{base}.remind[{i}]");
+            let to = r.value.to.as_ref().map_or_else(
+                || default_to.to_vec(),
+                |t| self.roles_of(t, &format!("{path}.to")),
+            );
+            let at = match (&r.value.before, &r.value.after) {
+                (Some(before), None) => {
+                    if raw.due.is_none() {
+                        self.add(before.loc, &path, ProblemKind::NeedsDue("before"));
+                    }
+                    let span = self.span(before, &format!("{path}.before"));
+                    if let (Some(Span::Fixed(b)), Some(Span::Fixed(d))) = (&span, &due)
+                        && b.is_business() != d.is_business()
+                    {
+                        self.add(before.loc, format!("{path}.before"), ProblemKind::MixedTime);
+                    }
+                    span.map(RemindAt::BeforeDue)
+                }
+                (None, Some(after)) => self
+                    .span(after, &format!("{path}.after"))
+                    .map(RemindAt::AfterStart),
+                _ => {
+                    self.add(r.loc, &path, ProblemKind::RemindShape);
+                    None
+                }
+            };
+            remind.extend(at.map(|at| Remind { at, to }));
+        }
+        let mut escalate = Vec::new();
+        for (i, e) in raw
+            .escalate
+            .map_or(&[][..], |e| &e.value[..])
+            .iter()
+            .enumerate()
+        {
+            let path = format!("{base}.escalate[{i}]");
+            let e = &e.value;
+            if raw.due.is_none() {
+                self.add(e.after.loc, &path, ProblemKind::NeedsDue("escalate"));
+            }
+            let after = self.span(&e.after, &format!("{path}.after"));
+            let to = match &e.to {
+                Some(to) => self.role(&to.value, to.loc, &format!("{path}.to")),
+                None if e.action.value == RawAction::Reassign => {
+                    self.add(
+                        e.action.loc,
+                        &path,
+                        ProblemKind::EscalationShape(
+                            "'reassign' needs 'to', the role to give the task to",
+                        ),
+                    );
+                    None
+                }
+                None => Some(accountable.clone()),
+            };
+            let action = match e.action.value {
+                RawAction::Notify => Some(Ladder::Notify),
+                RawAction::Reassign if base == "sla" => {
+                    self.add(
+                        e.action.loc,
+                        &path,
+                        ProblemKind::EscalationShape(
+                            "'reassign' gives a task to a role; the SLA has no task",
+                        ),
+                    );
+                    None
+                }
+                RawAction::Reassign => Some(Ladder::Reassign),
+                RawAction::Urge => match (&e.every, &e.max) {
+                    (Some(every), Some(max)) => {
+                        self.span(every, &format!("{path}.every"))
+                            .map(|every| Ladder::Urge {
+                                every,
+                                max: max.value,
+                            })
+                    }
+                    _ => {
+                        self.add(
+                            e.action.loc,
+                            &path,
+                            ProblemKind::EscalationShape("'urge' needs 'every' and 'max'"),
+                        );
+                        None
+                    }
+                },
+            };
+            if e.action.value != RawAction::Urge {
+                for (key, loc) in [
+                    ("every", e.every.as_ref().map(|a| a.loc)),
+                    ("max", e.max.as_ref().map(|a| a.loc)),
+                ] {
+                    if let Some(loc) = loc {
+                        self.add(
+                            loc,
+                            format!("{path}.{key}"),
+                            ProblemKind::EscalationShape("'every' and 'max' belong to 'urge'"),
+                        );
+                    }
+                }
+            }
+            if let (Some(after), Some(action), Some(to)) = (after, action, to) {
+                escalate.push(Escalate { after, action, to });
+            }
+        }
+        Limits {
+            due,
+            claim_due,
+            remind,
+            escalate,
+            timeout,
+            accountable,
+            informed,
+        }
+    }
+}
