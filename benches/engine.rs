@@ -134,8 +134,53 @@ fn load_defs(c: &mut Criterion) {
     g.finish();
 }
 
-// 6. timers: firing 100,000 due timers with `tick` waits for the time issue (timers are not
-// supported yet); add it here when `tick` lands.
+/// How many instances, each with one due timer, the timers bench fires per `tick`.
+const TIMERS: usize = 100_000;
+
+/// Bench 6, timers: one `tick` that fires 100,000 due deadlines (a breach notice each, with a
+/// hook listening), set up outside the timed call on a manual clock.
+fn timers(c: &mut Criterion) {
+    let yaml = format!(
+        "id: timed\nversion: 1\nname: Timed\n{HEADER_ROLES}nodes:
+  start: {{ kind: start, next: review }}
+  review:
+    kind: user_task
+    name: Review
+    raci: {{ responsible: [clerk], accountable: lead, informed: [audit] }}
+    due: 1h
+    next: end
+  end: {{ kind: end }}
+"
+    );
+    let start: chrono::DateTime<chrono::Utc> = "2026-01-05T09:00:00Z".parse().expect("an instant");
+    let mut g = c.benchmark_group("timers");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(TIMERS as u64));
+    g.bench_function("tick_100k_due", |b| {
+        b.iter_batched(
+            || {
+                let clock = std::sync::Arc::new(procflow::ManualClock::new(start));
+                let mut config = config(true);
+                config.retain_completed = true;
+                let engine = engine_custom([parse(&yaml)], config, |b| {
+                    b.clock(std::sync::Arc::clone(&clock));
+                    b.hook(hook_fn(|_: &Event<'_>| ()));
+                });
+                for _ in 0..TIMERS {
+                    engine.start("timed", Vars::new()).expect("starts");
+                }
+                engine
+            },
+            |engine| {
+                let fired = engine.tick(start + chrono::Duration::hours(2));
+                assert_eq!(fired.len(), TIMERS);
+                engine
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
 
 /// Instances of the linear process each thread runs per iteration of the threads bench.
 const PER_THREAD: u64 = 256;
@@ -183,6 +228,7 @@ fn main() {
     fanout(&mut c);
     complete(&mut c);
     load_defs(&mut c);
+    timers(&mut c);
     threads(&mut c);
     c.final_summary();
 }

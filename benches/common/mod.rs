@@ -55,7 +55,7 @@ pub(crate) fn parse(yaml: &str) -> ProcessDef {
     ProcessDef::from_yaml(yaml).unwrap_or_else(|e| panic!("generated definition: {e}"))
 }
 
-const HEADER_ROLES: &str =
+pub(crate) const HEADER_ROLES: &str =
     "roles: { clerk: { name: Clerk }, lead: { name: Lead }, audit: { name: Audit } }\n";
 
 /// start → `n` service tasks with handler `noop` → end.
