@@ -147,9 +147,6 @@ pub enum ProblemKind {
         /// How many there are.
         found: usize,
     },
-    /// A feature reserved for a later release.
-    #[error("'{0}' is not supported yet (timers come in a later release)")]
-    NotSupported(String),
     /// No start node, or more than one.
     #[error("a process needs exactly one start node, found {0}")]
     StartCount(usize),
