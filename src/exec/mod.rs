@@ -518,16 +518,20 @@ impl Engine {
         let now = self.clock.now();
         self.with_slot(task.instance, |slot| {
             let Slot { inst, dep } = slot;
+            let dep: &Deployed = dep;
             let t = inst
                 .tasks
                 .get(task.seq as usize)
                 .ok_or(ExecError::UnknownTask(task))?;
-            let node = dep.def.nodes[t.node.index()].id.clone();
+            let node = dep.def.nodes[t.node.index()].id.as_str();
             if !t.is_open() {
-                return Err(ExecError::TaskClosed { task, node });
+                return Err(ExecError::TaskClosed {
+                    task,
+                    node: node.to_owned(),
+                });
             }
             let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
-            let result = f(&mut step, &node);
+            let result = f(&mut step, node);
             for at in step.take_armed() {
                 self.schedule(task.instance, at);
             }

@@ -118,6 +118,8 @@ pub(crate) struct Step<'a> {
     hook_failure: Option<String>,
     /// Instants of the timers armed by this call, for the engine's schedule.
     armed: Vec<DateTime<Utc>>,
+    /// The last actor id this call recorded: one call's records share it.
+    actor: std::cell::RefCell<Option<ActorId>>,
 }
 
 impl<'a> Step<'a> {
@@ -136,6 +138,16 @@ impl<'a> Step<'a> {
             audit,
             hook_failure: None,
             armed: Vec::new(),
+            actor: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// `id` as a shared [`ActorId`], made once per call.
+    fn actor_id(&self, id: &str) -> ActorId {
+        let mut cached = self.actor.borrow_mut();
+        match &*cached {
+            Some(a) if a.as_str() == id => a.clone(),
+            _ => cached.insert(ActorId::new(id)).clone(),
         }
     }
 
@@ -223,7 +235,7 @@ impl<'a> Step<'a> {
                 self.record(Entry::Transition {
                     from,
                     to,
-                    actor: actor.map(ActorId::new),
+                    actor: actor.map(|a| self.actor_id(a)),
                 });
                 if !self.hooks.is_empty() {
                     self.emit(Event::NodeLeft {
@@ -286,11 +298,11 @@ impl<'a> Step<'a> {
                 }
             }
             Change::Claim { task, actor } => {
-                self.inst.tasks[task as usize].claimed_by = Some(ActorId::new(actor));
+                self.inst.tasks[task as usize].claimed_by = Some(self.actor_id(actor));
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Claimed {
                     task,
-                    actor: ActorId::new(actor),
+                    actor: self.actor_id(actor),
                 });
                 self.emit(Event::TaskClaimed {
                     task: t,
@@ -306,11 +318,9 @@ impl<'a> Step<'a> {
             } => {
                 self.inst.vars.extend(output);
                 self.disarm(task);
+                let by = self.actor_id(actor);
                 let slot = &mut self.inst.tasks[task as usize];
-                slot.state = TaskState::Completed {
-                    by: ActorId::new(actor),
-                    at: self.now,
-                };
+                slot.state = TaskState::Completed { by, at: self.now };
                 let node_id = slot.node;
                 if let Some(i) = self
                     .inst
@@ -323,7 +333,7 @@ impl<'a> Step<'a> {
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Completed {
                     task,
-                    actor: ActorId::new(actor),
+                    actor: self.actor_id(actor),
                     overridden,
                 });
                 if !self.hooks.is_empty() {
@@ -347,12 +357,12 @@ impl<'a> Step<'a> {
                 }
             }
             Change::Reassign { task, by, to } => {
-                self.inst.tasks[task as usize].claimed_by = Some(ActorId::new(to));
+                self.inst.tasks[task as usize].claimed_by = Some(self.actor_id(to));
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Reassigned {
                     task,
-                    by: ActorId::new(by),
-                    to: ActorId::new(to),
+                    by: self.actor_id(by),
+                    to: self.actor_id(to),
                 });
                 self.emit(Event::TaskReassigned {
                     task: t,
@@ -373,7 +383,7 @@ impl<'a> Step<'a> {
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Commented {
                     task,
-                    actor: ActorId::new(actor),
+                    actor: self.actor_id(actor),
                 });
                 self.emit(Event::TaskCommented {
                     task: t,
@@ -391,7 +401,7 @@ impl<'a> Step<'a> {
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Denied {
                     task,
-                    actor: ActorId::new(actor),
+                    actor: self.actor_id(actor),
                     action,
                     allowed: allowed.into(),
                 });
@@ -410,7 +420,7 @@ impl<'a> Step<'a> {
             } => {
                 self.record(Entry::Vetoed {
                     task,
-                    actor: ActorId::new(actor),
+                    actor: self.actor_id(actor),
                     reason: Box::from(reason),
                 });
             }
