@@ -144,9 +144,11 @@ pub(crate) fn check(
 ) -> Result<Grant, Vec<RoleId>> {
     let holds_any = |roles: &[RoleId]| roles.iter().any(|r| auth.holds(r, actor));
     let accountable = auth.holds(&raci.accountable, actor);
-    // A task an escalation gave to a role is that role's work too.
-    let responsible =
-        holds_any(&raci.responsible) || escalated_to.is_some_and(|r| auth.holds(r, actor));
+    // A task an escalation gave to a role is that role's work, no longer its responsible roles'.
+    let responsible = match escalated_to {
+        Some(role) => auth.holds(role, actor),
+        None => holds_any(&raci.responsible),
+    };
     match action {
         Action::Claim if responsible && claimant.is_none_or(|c| c == actor.id) => {
             Ok(Grant::Regular)
@@ -160,10 +162,13 @@ pub(crate) fn check(
         }
         _ => {
             let mut allowed = allowed_roles(raci, action);
-            if let (Some(r), Action::Claim | Action::Complete | Action::Comment) =
-                (escalated_to, action)
-            {
-                allowed.push(r.clone());
+            if let Some(role) = escalated_to {
+                // The escalation's role takes the responsible roles' place.
+                allowed.retain(|r| !raci.responsible.contains(r) || *r == raci.accountable);
+                if action != Action::Reassign {
+                    allowed.insert(0, role.clone());
+                }
+                allowed.dedup();
             }
             Err(allowed)
         }

@@ -826,12 +826,15 @@ impl Engine {
                         .escalated_to
                         .and_then(|i| slot.dep.def.roles.get_index(i as usize))
                         .map(|(r, _)| r);
-                    let responsible = raci.is_some_and(|r| {
-                        r.responsible()
-                            .iter()
-                            .chain(escalated)
-                            .any(|role| self.authorizer.holds(role, actor))
-                    });
+                    // A task an escalation gave to a role is that role's work alone.
+                    let responsible = match escalated {
+                        Some(role) => self.authorizer.holds(role, actor),
+                        None => raci.is_some_and(|r| {
+                            r.responsible()
+                                .iter()
+                                .any(|role| self.authorizer.holds(role, actor))
+                        }),
+                    };
                     responsible && t.claimed_by.as_ref().is_none_or(|c| **c == *actor.id)
                 }));
             }

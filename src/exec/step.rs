@@ -299,6 +299,19 @@ impl<'a> Step<'a> {
             }
             Change::Claim { task, actor } => {
                 self.inst.tasks[task as usize].claimed_by = Some(self.actor_id(actor));
+                // A claimed task's claim deadline is met.
+                if self
+                    .inst
+                    .timers
+                    .iter()
+                    .any(|t| t.task == Some(task) && t.kind == TimerKind::ClaimDue)
+                {
+                    let timers = std::mem::take(&mut self.inst.timers).into_vec();
+                    self.inst.timers = timers
+                        .into_iter()
+                        .filter(|t| !(t.task == Some(task) && t.kind == TimerKind::ClaimDue))
+                        .collect();
+                }
                 let (t, node) = (self.task_id(task), self.task_node(task));
                 self.record(Entry::Claimed {
                     task,

@@ -89,7 +89,7 @@ pub struct Fired {
 }
 
 impl Fired {
-    /// A short name: `reminder`, `breach`, `escalation`, `reassignment`, `urge`, `timeout`,
+    /// A short name: `reminder`, `breach`, `escalation` (notify or reassign), `urge`, `timeout`,
     /// `claim_overdue`, `timer_node`, with `sla_` in front for the SLA's.
     pub fn name(&self) -> String {
         let base = match self.kind {
