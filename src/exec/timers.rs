@@ -14,7 +14,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::step::{Change, Step};
-use super::{Engine, ExecError, Slot, TokenState};
+use super::{Deployed, Engine, ExecError, Slot, TokenState};
 use crate::calendar::Computed;
 use crate::def::timers::{Ladder, Limits, RemindAt, TimerWait};
 use crate::duration::DurationSpec;
@@ -148,7 +148,7 @@ fn when(
         .map_err(|e| format!("cannot compute a deadline: {e}"))
 }
 
-impl Step<'_> {
+impl<'a> Step<'a> {
     /// `spec` after `from`; calendar warnings are collected in `warnings`.
     fn after(
         &self,
@@ -174,7 +174,8 @@ impl Step<'_> {
         task: Option<u32>,
         node: NodeId,
     ) -> Result<(), String> {
-        let def = Arc::clone(&self.dep.def);
+        let dep: &'a Deployed = self.dep;
+        let def = &*dep.def;
         let vars = &self.inst.vars;
         let sla = task.is_none();
         let resolve = |span: &crate::def::timers::Span| span.resolve(&def.cel, vars);
@@ -269,7 +270,8 @@ impl Step<'_> {
     /// Arms a new task's timers. A deadline that cannot be computed is an incident.
     pub(crate) fn arm_task(&mut self, seq: u32) {
         let node = self.inst.tasks[seq as usize].node;
-        let def = Arc::clone(&self.dep.def);
+        let dep: &'a Deployed = self.dep;
+        let def = &*dep.def;
         if let Some(limits) = &def.nodes[node.index()].limits
             && let Err(message) = self.arm_limits(limits, Some(seq), node)
         {
@@ -283,7 +285,8 @@ impl Step<'_> {
 
     /// Arms the process-wide SLA at start.
     pub(crate) fn arm_sla(&mut self) {
-        let def = Arc::clone(&self.dep.def);
+        let dep: &'a Deployed = self.dep;
+        let def = &*dep.def;
         if let Some(limits) = &def.sla
             && let Err(message) = self.arm_limits(limits, None, def.start)
         {
@@ -345,7 +348,8 @@ impl Step<'_> {
                 index: i,
                 recipients: &recipients,
             });
-            let def = Arc::clone(&self.dep.def);
+            let dep: &'a Deployed = self.dep;
+        let def = &*dep.def;
             let node = &def.nodes[timer.node.index()];
             match timer.kind {
                 TimerKind::Timeout => {
