@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::calendar::BusinessCalendar;
 use crate::clock::{Clock, ManualClock};
-use crate::def::{At, LoadError, Problem, ProblemKind, ProcessDef, parse_yaml};
+use crate::def::{At, LoadError, ProcessDef, parse_yaml};
 use crate::duration::DurationSpec;
 use crate::exec::{Engine, ExecError, Status};
 use crate::hooks::{Event, HandlerError, handler_fn, hook_fn};
@@ -156,18 +156,7 @@ impl Scenario {
     /// The file cannot be read or parsed; the problem has a location.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Scenario, LoadError> {
         let path = path.as_ref();
-        let fail = |kind| {
-            LoadError::new(
-                Some(path.to_owned()),
-                vec![Problem {
-                    location: None,
-                    path: String::new(),
-                    kind,
-                }],
-            )
-        };
-        let text =
-            std::fs::read_to_string(path).map_err(|e| fail(ProblemKind::Io(e.to_string())))?;
+        let text = LoadError::read(path)?;
         Scenario::from_yaml(&text).map_err(|mut e| {
             e.file = Some(path.to_owned());
             e

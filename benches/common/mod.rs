@@ -241,6 +241,10 @@ pub(crate) fn engine_custom(
     let defs: Vec<ProcessDef> = defs.into_iter().collect();
     let mut b = Engine::builder();
     b.config(config);
+    // The shipped definitions count business time on the China calendar.
+    let china = procflow::BusinessCalendar::from_file(process_def_path("calendars/china.yaml"))
+        .expect("the shipped calendar loads");
+    b.calendar("china", china);
     b.handler("noop", handler_fn(|_| Ok(Vars::new())));
     for def in &defs {
         for (_, node) in def.nodes() {

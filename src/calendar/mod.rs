@@ -22,7 +22,7 @@ use chrono::{
 };
 use chrono_tz::Tz;
 
-use crate::def::{LoadError, Problem, ProblemKind};
+use crate::def::LoadError;
 use crate::duration::BusinessDuration;
 
 /// How far a computation may run before it gives up, in days (about 200 years).
@@ -186,16 +186,7 @@ impl BusinessCalendar {
     /// The file cannot be read, or every problem found in it (see [`BusinessCalendar::from_yaml`]).
     pub fn from_file(path: impl AsRef<Path>) -> Result<BusinessCalendar, LoadError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            LoadError::new(
-                Some(path.to_owned()),
-                vec![Problem {
-                    location: None,
-                    path: String::new(),
-                    kind: ProblemKind::Io(e.to_string()),
-                }],
-            )
-        })?;
+        let text = LoadError::read(path)?;
         let mut cal = load::load(&text).map_err(|p| LoadError::new(Some(path.to_owned()), p))?;
         cal.file = Some(path.to_owned());
         Ok(cal)

@@ -37,6 +37,21 @@ impl LoadError {
         LoadError { file, problems }
     }
 
+    /// Reads a definition, calendar or scenario file; a failure is an [`ProblemKind::Io`] problem
+    /// naming the file.
+    pub(crate) fn read(path: &std::path::Path) -> Result<String, LoadError> {
+        std::fs::read_to_string(path).map_err(|e| {
+            LoadError::new(
+                Some(path.to_owned()),
+                vec![Problem {
+                    location: None,
+                    path: String::new(),
+                    kind: ProblemKind::Io(e.to_string()),
+                }],
+            )
+        })
+    }
+
     /// The kinds of the problems, in order. Handy for tests.
     pub fn kinds(&self) -> Vec<&ProblemKind> {
         self.problems.iter().map(|p| &p.kind).collect()

@@ -249,16 +249,7 @@ impl ProcessDef {
     /// The file cannot be read, or every problem found in it.
     pub fn from_file(path: impl AsRef<Path>) -> Result<ProcessDef, LoadError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            LoadError::new(
-                Some(path.to_owned()),
-                vec![Problem {
-                    location: None,
-                    path: String::new(),
-                    kind: ProblemKind::Io(e.to_string()),
-                }],
-            )
-        })?;
+        let text = LoadError::read(path)?;
         load(&text, Some(path.to_owned()))
     }
 
