@@ -6,23 +6,35 @@
 //! complaints through different routes with staff of several departments, the way their desks
 //! would: each person looks at their work list, claims a task and completes it.
 //!
+//! Time runs on a manual clock that the desk moves on with every action, ticking the engine's
+//! timers each time: the definition's deadlines, reminders and escalations count business hours
+//! on the China calendar (09:00-12:00, 13:00-18:00 Asia/Shanghai, Monday to Friday, 2026
+//! holidays). The key-account diagnosis is left to sit past its deadline, so the hook shows a
+//! reminder, the breach notice and an escalation to the accountable customer service centre.
+//!
 //! Run it with `cargo run --release --example complaint_handling`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::error::Error;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Asia::Shanghai;
 use procflow::{
-    Actor, Clock, Engine, Entry, Event, ExecError, HandlerError, InstanceId, ManualClock,
-    ProcessDef, ServiceCall, Status, TaskId, TaskView, Vars, handler_fn, hook_fn,
+    Actor, BusinessCalendar, Clock, Engine, Entry, Event, ExecError, Fired, HandlerError,
+    InstanceId, ManualClock, ProcessDef, ServiceCall, Sla, SlaStatus, Status, TaskId, TaskView,
+    TimerKind, Vars, handler_fn, hook_fn,
 };
 use serde_json::{Value, json};
 
 const DEFINITION: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/process-defs/complaint-handling.yaml"
+);
+const CALENDAR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/process-defs/calendars/china.yaml"
 );
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
@@ -33,6 +45,8 @@ struct Tally {
     events: AtomicUsize,
     incidents: AtomicUsize,
     notifications: Mutex<HashMap<InstanceId, usize>>,
+    /// Timer firings by kind (`reminder`, `breach`, `escalation`, ..., `sla_` for the SLA's).
+    timers: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Tally {
@@ -40,6 +54,58 @@ impl Tally {
         let seen = self.notifications.lock().unwrap_or_else(|e| e.into_inner());
         seen.get(&id).copied().unwrap_or(0)
     }
+}
+
+/// A timer's short name, as `Fired::name` gives it.
+fn timer_name(kind: TimerKind, sla: bool) -> String {
+    let base = match kind {
+        TimerKind::ClaimDue => "claim_overdue",
+        TimerKind::Reminder { .. } => "reminder",
+        TimerKind::Due => "breach",
+        TimerKind::Escalation { .. } => "escalation",
+        TimerKind::Urge { .. } => "urge",
+        TimerKind::Timeout => "timeout",
+        TimerKind::Wait => "timer_node",
+        _ => "timer",
+    };
+    if sla {
+        format!("sla_{base}")
+    } else {
+        base.to_owned()
+    }
+}
+
+/// Local (Asia/Shanghai) time, the way the staff read it.
+fn local(at: DateTime<Utc>) -> String {
+    at.with_timezone(&Shanghai).format("%a %H:%M").to_string()
+}
+
+/// `1h05m`, `-30m`.
+fn span(d: Duration) -> String {
+    let sign = if d < Duration::zero() { "-" } else { "" };
+    let m = d.num_minutes().abs();
+    match (m / 60, m % 60) {
+        (0, m) => format!("{sign}{m}m"),
+        (h, 0) => format!("{sign}{h}h"),
+        (h, m) => format!("{sign}{h}h{m:02}m"),
+    }
+}
+
+fn describe_sla(sla: Option<Sla>) -> String {
+    let Some(sla) = sla else {
+        return "no deadline".to_owned();
+    };
+    let status = match sla.status {
+        SlaStatus::OnTrack => "on track",
+        SlaStatus::AtRisk => "AT RISK",
+        SlaStatus::Breached => "BREACHED",
+    };
+    format!(
+        "{status:<8} (due {}, {} business time used, {} left)",
+        sla.due.with_timezone(&Shanghai).format("%a %-d %b %H:%M"),
+        span(sla.elapsed),
+        span(sla.remaining)
+    )
 }
 
 /// Turns a `json!({...})` object into instance variables.
@@ -126,16 +192,37 @@ fn update_billing(call: &ServiceCall<'_>) -> Result<Vars, HandlerError> {
 }
 
 /// The staff's desk: finds tasks on work lists, claims and completes them, and moves the clock a
-/// little for each action so the audit trail reads like a working morning.
+/// little for each action so the audit trail reads like a working day. Every move of the clock
+/// ticks the engine, which fires the timers that fell due meanwhile (the hook prints them).
 struct Desk<'a> {
     engine: &'a Engine,
     clock: &'a ManualClock,
 }
 
 impl Desk<'_> {
+    /// Moves the clock on and fires what fell due; returns what fired.
+    fn advance(&self, by: Duration) -> Vec<Fired> {
+        self.clock.advance(by);
+        self.engine.tick(self.clock.now())
+    }
+
     fn tick(&self, minutes: i64) -> String {
-        self.clock.advance(Duration::minutes(minutes));
-        self.clock.now().format("%H:%M").to_string()
+        self.advance(Duration::minutes(minutes));
+        local(self.clock.now())
+    }
+
+    /// Prints how a task and its instance stand against their deadlines.
+    fn sla(&self, task: TaskId, node: &str) -> Result<()> {
+        println!(
+            "           SLA {task} {node:<10} {}",
+            describe_sla(self.engine.sla_of_task(task)?)
+        );
+        println!(
+            "           SLA {:<6} complaint  {}",
+            task.instance().to_string(),
+            describe_sla(self.engine.sla_of_instance(task.instance())?)
+        );
+        Ok(())
     }
 
     /// The task at `node` of `instance` on `actor`'s work list.
@@ -253,11 +340,13 @@ fn main() -> Result<()> {
     );
 
     let tally = Arc::new(Tally::default());
-    let clock = Arc::new(ManualClock::new("2026-03-02T08:30:00Z".parse()?));
+    // Monday 2 March 2026, 09:00 in Shanghai: the start of a working day.
+    let clock = Arc::new(ManualClock::new("2026-03-02T01:00:00Z".parse()?));
     let tried = Mutex::new(HashSet::new());
     let seen = Arc::clone(&tally);
     let engine = Engine::builder()
         .clock(Arc::clone(&clock))
+        .calendar("china", BusinessCalendar::from_file(CALENDAR)?)
         .handler(
             "generate_network_ticket",
             handler_fn(generate_network_ticket),
@@ -294,6 +383,36 @@ fn main() -> Result<()> {
                 } => {
                     seen.incidents.fetch_add(1, Ordering::Relaxed);
                     println!("           !! INCIDENT on {instance} at '{node}': {message}");
+                }
+                Event::Timer {
+                    instance,
+                    task,
+                    node,
+                    kind,
+                    sla,
+                    recipients,
+                } => {
+                    let name = timer_name(*kind, *sla);
+                    *seen
+                        .timers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(name.clone())
+                        .or_default() += 1;
+                    let what = match kind {
+                        TimerKind::Reminder { .. } => "reminder, to the responsible",
+                        TimerKind::Due => "breach notice, to the informed",
+                        TimerKind::Escalation { .. } => "escalation, to",
+                        TimerKind::Urge { .. } => "urge, to",
+                        TimerKind::ClaimDue | TimerKind::Timeout => "to the accountable",
+                        _ => "to",
+                    };
+                    let on = task.map_or_else(|| instance.to_string(), |t| t.to_string());
+                    let told: Vec<String> = recipients.iter().map(ToString::to_string).collect();
+                    println!(
+                        "             ** TIMER {name} on {on} {node} ({what} {})",
+                        told.join(", ")
+                    );
                 }
                 _ => {}
             }
@@ -337,6 +456,7 @@ fn main() -> Result<()> {
         vars(json!({
             "origin": "customer",
             "channel": "key_account",
+            "customer_tier": "key",
             "sla_terms": { "level": "gold", "restore_hours": 4 },
             "customer_config": { "site": "KA-7 HQ", "vlan": 200 },
         })),
@@ -344,7 +464,7 @@ fn main() -> Result<()> {
     let routes = [
         (outage, "network alarm, high, reconfigured (OLT port)"),
         (web, "customer via web, no reconfiguration"),
-        (key_account, "key account, reconfigured (VLAN)"),
+        (key_account, "key account, diagnosis overdue, reconfigured"),
     ];
     for (id, route) in routes {
         let inst = engine.instance(id)?;
@@ -490,9 +610,52 @@ fn main() -> Result<()> {
         json!({ "priority": "high" }),
     )?;
     expect_denied(engine.claim(desk.open(key_account, "diagnose")?, &zhao))?;
-    desk.work(
+    let diagnose = desk.claim(&chen, key_account, "diagnose")?;
+    println!(
+        "           chen.jie is called out to a cable cut; the key-account diagnosis (due in 2 business hours) waits"
+    );
+    desk.sla(diagnose, "diagnose")?;
+    // All within Monday's afternoon hours (13:00-18:00): the reminder falls 1 business hour
+    // before the deadline, the notify escalation 30 business minutes after it.
+    let mut fired = Vec::new();
+    for minutes in [60, 45, 90] {
+        let by = Duration::minutes(minutes);
+        println!(
+            "  {}  ({} later; nobody has touched the diagnosis)",
+            local(clock.now() + by),
+            span(by)
+        );
+        fired.extend(desk.advance(by));
+        desk.sla(diagnose, "diagnose")?;
+    }
+    let told = |kind: fn(&TimerKind) -> bool| -> Vec<String> {
+        fired
+            .iter()
+            .filter(|f| f.task == Some(diagnose) && kind(&f.kind))
+            .flat_map(|f| f.recipients.iter().map(ToString::to_string))
+            .collect()
+    };
+    assert_eq!(
+        told(|k| matches!(k, TimerKind::Reminder { .. })),
+        ["network_ops"],
+        "the responsible engineers were not reminded"
+    );
+    assert_eq!(
+        told(|k| matches!(k, TimerKind::Due)),
+        ["key_account_manager"],
+        "no breach notice to the informed account manager"
+    );
+    assert_eq!(
+        told(|k| matches!(k, TimerKind::Escalation { .. })),
+        ["customer_service"],
+        "no escalation to the accountable customer service centre"
+    );
+    println!(
+        "           wang.li (customer service, accountable) got the escalation and calls chen.jie back"
+    );
+    desk.complete(
         &chen,
-        key_account,
+        diagnose,
         "diagnose",
         json!({ "diagnosis_report": "Wrong QoS profile on VLAN 200", "needs_reconfiguration": true }),
     )?;
@@ -588,6 +751,15 @@ fn main() -> Result<()> {
         tally.incidents.load(Ordering::Relaxed),
         tally.events.load(Ordering::Relaxed)
     );
+    let timers = tally.timers.lock().unwrap_or_else(|e| e.into_inner());
+    let by_kind: Vec<String> = timers.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!("  timer events: {}", by_kind.join(", "));
+    for kind in ["reminder", "breach", "escalation"] {
+        assert!(
+            timers.get(kind).copied().unwrap_or(0) >= 1,
+            "no {kind} fired"
+        );
+    }
     println!("  all {} complaints completed", routes.len());
     Ok(())
 }

@@ -7,6 +7,11 @@
 //! one is activated (after a switch timeout and a retry), one is refused on credit, and one is
 //! found not feasible because the exchange has no free ports.
 //!
+//! The desk moves a manual clock on with every action and ticks the engine's timers; deadlines
+//! count business hours on the China calendar (09:00-12:00, 13:00-18:00 Asia/Shanghai). The
+//! orders arrive at 17:00, so the fixed-line feasibility check, left unclaimed for an hour, is
+//! reported to the accountable local network.
+//!
 //! Run it with `cargo run --release --example order_provisioning`.
 
 use std::collections::{HashMap, HashSet};
@@ -15,15 +20,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::Duration;
+use chrono_tz::Asia::Shanghai;
 use procflow::{
-    Actor, Clock, Engine, Entry, Event, ExecError, HandlerError, InstanceId, ManualClock,
-    ProcessDef, ServiceCall, Status, TaskId, TaskView, Vars, handler_fn, hook_fn,
+    Actor, BusinessCalendar, Clock, Engine, Entry, Event, ExecError, HandlerError, InstanceId,
+    ManualClock, ProcessDef, ServiceCall, Status, TaskId, TaskView, TimerKind, Vars, handler_fn,
+    hook_fn,
 };
 use serde_json::{Value, json};
 
 const DEFINITION: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/process-defs/order-provisioning.yaml"
+);
+const CALENDAR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/process-defs/calendars/china.yaml"
 );
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
@@ -34,6 +45,7 @@ struct Tally {
     events: AtomicUsize,
     incidents: AtomicUsize,
     notifications: Mutex<HashMap<InstanceId, usize>>,
+    timers: AtomicUsize,
 }
 
 impl Tally {
@@ -170,9 +182,12 @@ struct Desk<'a> {
 }
 
 impl Desk<'_> {
+    /// Moves the clock on, fires the timers that fell due, and gives the local (Shanghai) time.
     fn tick(&self, minutes: i64) -> String {
         self.clock.advance(Duration::minutes(minutes));
-        self.clock.now().format("%H:%M").to_string()
+        self.engine.tick(self.clock.now());
+        let now = self.clock.now().with_timezone(&Shanghai);
+        now.format("%H:%M").to_string()
     }
 
     /// The task at `node` of `instance` on `actor`'s work list.
@@ -300,6 +315,7 @@ fn main() -> Result<()> {
     let seen = Arc::clone(&tally);
     let engine = Engine::builder()
         .clock(Arc::clone(&clock))
+        .calendar("china", BusinessCalendar::from_file(CALENDAR)?)
         .handler("credit_check", handler_fn(credit_check))
         .handler(
             "network_resource_check",
@@ -337,6 +353,27 @@ fn main() -> Result<()> {
                 } => {
                     seen.incidents.fetch_add(1, Ordering::Relaxed);
                     println!("           !! INCIDENT on {instance} at '{node}': {message}");
+                }
+                Event::Timer {
+                    instance,
+                    node,
+                    kind,
+                    recipients,
+                    ..
+                } => {
+                    seen.timers.fetch_add(1, Ordering::Relaxed);
+                    let what = match kind {
+                        TimerKind::ClaimDue => "still unclaimed",
+                        TimerKind::Reminder { .. } => "reminder",
+                        TimerKind::Due => "deadline passed",
+                        TimerKind::Escalation { .. } => "escalated",
+                        _ => "timer",
+                    };
+                    let told: Vec<String> = recipients.iter().map(ToString::to_string).collect();
+                    println!(
+                        "             ** TIMER {what}: '{node}' of {instance} -> {}",
+                        told.join(", ")
+                    );
                 }
                 _ => {}
             }
@@ -448,6 +485,15 @@ fn main() -> Result<()> {
             inst.vars()["service_id"],
             inst.vars()["billing_requirements"]
         );
+        // The order's SLA (40 business hours) counts only working time: the evening is free.
+        if let Some(sla) = engine.sla_of_instance(broadband)? {
+            println!(
+                "           order SLA: {:?}, due {}, {}m business time used",
+                sla.status,
+                sla.due.with_timezone(&Shanghai).format("%a %-d %b %H:%M"),
+                sla.elapsed.num_minutes()
+            );
+        }
     }
     desk.work(
         &wang,
@@ -516,7 +562,8 @@ fn main() -> Result<()> {
     println!("\n== {fixed_line}: fixed line for C-301 at the business hall");
     let confirm = desk.open(fixed_line, "confirm_feasibility")?;
     expect_denied(engine.complete(confirm, &li, vars(json!({ "feasible": false }))))?;
-    // The local network, accountable, decides without waiting for network ops.
+    // The local network, accountable and told at 18:00 that nobody had claimed the check, decides
+    // without waiting for network ops.
     desk.complete(
         &liu,
         confirm,
@@ -590,8 +637,9 @@ fn main() -> Result<()> {
         );
     }
     println!(
-        "  notifications: {notified}, denials: {denied}, incidents: {} (all retried), hook events: {}",
+        "  notifications: {notified}, denials: {denied}, incidents: {} (all retried), timers: {}, hook events: {}",
         tally.incidents.load(Ordering::Relaxed),
+        tally.timers.load(Ordering::Relaxed),
         tally.events.load(Ordering::Relaxed)
     );
     let ports = inventory.lock().unwrap_or_else(|e| e.into_inner());
