@@ -14,6 +14,68 @@ pub(crate) struct Condition {
     program: cel::Program,
     /// The variables the expression reads, in a fixed order.
     reads: Vec<String>,
+    /// A shortcut for the most common shape, `variable == literal` (or `!=`, or a lone boolean
+    /// variable), used when the variable's value has the literal's JSON kind; anything else is
+    /// evaluated by CEL. For same-kind scalars CEL's equality is plain equality, so the shortcut
+    /// has CEL's semantics.
+    fast: Option<Fast>,
+}
+
+#[derive(Debug)]
+struct Fast {
+    var: String,
+    literal: Value,
+    equal: bool,
+}
+
+impl Fast {
+    /// Recognizes `ident == literal`, `literal == ident`, `!=` and a lone identifier.
+    fn of(expr: &cel::common::ast::Expr) -> Option<Fast> {
+        use cel::common::ast::{Expr, LiteralValue};
+        let literal = |l: &LiteralValue| match l {
+            LiteralValue::Boolean(b) => Some(Value::Bool(*b.inner())),
+            LiteralValue::Int(i) => Some(Value::from(*i.inner())),
+            LiteralValue::UInt(u) => Some(Value::from(*u.inner())),
+            LiteralValue::String(s) => Some(Value::String(s.inner().to_owned())),
+            _ => None,
+        };
+        match expr {
+            Expr::Ident(var) => Some(Fast {
+                var: var.clone(),
+                literal: Value::Bool(true),
+                equal: true,
+            }),
+            Expr::Call(call) if call.target.is_none() && call.args.len() == 2 => {
+                let equal = match call.func_name.as_str() {
+                    "_==_" => true,
+                    "_!=_" => false,
+                    _ => return None,
+                };
+                match (&call.args[0].expr, &call.args[1].expr) {
+                    (Expr::Ident(var), Expr::Literal(l)) | (Expr::Literal(l), Expr::Ident(var)) => {
+                        Some(Fast {
+                            var: var.clone(),
+                            literal: literal(l)?,
+                            equal,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The answer, when the variable's value has the literal's kind.
+    fn eval(&self, vars: &Vars) -> Option<bool> {
+        let value = vars.get(&self.var)?;
+        let same_kind = match (value, &self.literal) {
+            (Value::String(_), Value::String(_)) | (Value::Bool(_), Value::Bool(_)) => true,
+            (Value::Number(a), Value::Number(b)) => a.as_i64().is_some() && b.as_i64().is_some(),
+            _ => false,
+        };
+        same_kind.then(|| (value == &self.literal) == self.equal)
+    }
 }
 
 impl fmt::Debug for Condition {
@@ -40,8 +102,10 @@ impl Condition {
             .map(str::to_owned)
             .collect();
         reads.sort();
+        let fast = Fast::of(&program.expression().expr);
         Ok(Condition {
             source: source.to_owned(),
+            fast,
             program,
             reads,
         })
@@ -63,6 +127,9 @@ impl Condition {
     /// # Errors
     /// A message when evaluation fails or the result is not a boolean.
     pub(crate) fn eval(&self, root: &cel::Context<'_, '_>, vars: &Vars) -> Result<bool, String> {
+        if let Some(answer) = self.fast.as_ref().and_then(|f| f.eval(vars)) {
+            return Ok(answer);
+        }
         match self.run(root, vars)? {
             cel::Value::Bool(b) => Ok(b),
             other => Err(format!(
@@ -149,6 +216,29 @@ mod tests {
             eval("o.tier == 'gold' && size(o.n) == 2 && x == null", vars),
             Ok(true)
         );
+    }
+
+    #[test]
+    fn the_shortcut_agrees_with_cel() {
+        // Each case with the shortcut and through CEL (a `|| false` defeats the shortcut).
+        for (source, vars) in [
+            ("tier == 'key'", serde_json::json!({ "tier": "key" })),
+            ("tier == 'key'", serde_json::json!({ "tier": "normal" })),
+            ("'key' != tier", serde_json::json!({ "tier": "key" })),
+            ("n == 3", serde_json::json!({ "n": 3 })),
+            ("n == 3", serde_json::json!({ "n": 4 })),
+            ("n == -3", serde_json::json!({ "n": -3 })),
+            ("ok == true", serde_json::json!({ "ok": false })),
+            ("ok", serde_json::json!({ "ok": true })),
+            ("n == 3", serde_json::json!({ "n": 3.0 })),
+        ] {
+            let slow = format!("({source}) || false");
+            assert!(
+                Condition::compile(source).unwrap().fast.is_some(),
+                "{source}"
+            );
+            assert_eq!(eval(source, vars.clone()), eval(&slow, vars), "{source}");
+        }
     }
 
     #[test]

@@ -349,7 +349,7 @@ impl<'a> Step<'a> {
                 recipients: &recipients,
             });
             let dep: &'a Deployed = self.dep;
-        let def = &*dep.def;
+            let def = &*dep.def;
             let node = &def.nodes[timer.node.index()];
             match timer.kind {
                 TimerKind::Timeout => {
