@@ -402,7 +402,7 @@ pub(super) fn load(text: &str) -> Result<BusinessCalendar, Vec<Problem>> {
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
-    Ok(BusinessCalendar {
+    let mut cal = BusinessCalendar {
         name: raw.name,
         name_zh: raw.name_zh,
         file: None,
@@ -413,7 +413,10 @@ pub(super) fn load(text: &str) -> Result<BusinessCalendar, Vec<Problem>> {
         names,
         makeup,
         beyond,
-    })
+        fast: Default::default(),
+    };
+    cal.fast = super::fast::Table::build(&cal);
+    Ok(cal)
 }
 
 /// `YYYY-MM-DD`, exactly.

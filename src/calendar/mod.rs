@@ -10,6 +10,7 @@
 //! does not cover is an error ([`Beyond::Error`]) or counted with the weekly hours alone and
 //! reported as a [`CalendarWarning`] ([`Beyond::WeekendsOnly`]).
 
+mod fast;
 mod load;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,6 +59,8 @@ pub struct BusinessCalendar {
     names: Vec<Holiday>,
     makeup: BTreeMap<NaiveDate, Vec<Span>>,
     beyond: Beyond,
+    /// The covered years' working intervals, precomputed in UTC.
+    fast: fast::Table,
 }
 
 /// What a calendar does for a day in a year it does not cover (written `beyond:` in the YAML).
@@ -273,13 +276,14 @@ impl BusinessCalendar {
     /// [`CalendarError::Beyond`] when the count reaches an uncovered year under [`Beyond::Error`];
     /// [`CalendarError::TooFar`] past about 200 years.
     ///
-    /// Complexity: linear in the number of days counted.
+    /// Complexity: logarithmic inside the covered years (their intervals are precomputed at load
+    /// time), linear in the number of days counted outside them.
     pub fn add(
         &self,
         from: DateTime<Utc>,
         d: BusinessDuration,
     ) -> Result<Computed<DateTime<Utc>>, CalendarError> {
-        let mut left = d.as_duration();
+        let left = d.as_duration();
         let mut warn = Warnings::default();
         if left.is_zero() {
             return Ok(Computed {
@@ -287,24 +291,60 @@ impl BusinessCalendar {
                 warnings: Vec::new(),
             });
         }
-        let mut date = self.local_date(from)?;
-        for _ in 0..MAX_DAYS {
-            for (start, end) in self.intervals(date, &mut warn)? {
-                if end <= from {
+        let value = match self.fast.add(from, left) {
+            Some(Ok(value)) => value,
+            Some(Err(rest)) => {
+                // The covered years ran out: go on day by day from their end, with the days
+                // already counted taken off the limit.
+                let used = rest
+                    .run
+                    .after()
+                    .signed_duration_since(self.local_date(from)?)
+                    .num_days();
+                let limit = u32::try_from(used)
+                    .ok()
+                    .and_then(|used| MAX_DAYS.checked_sub(used))
+                    .unwrap_or(0);
+                let cursor = rest.run.end().ok_or(CalendarError::TooFar { from })?;
+                let date = rest.run.after();
+                self.walk(from, cursor, rest.left, date, limit, &mut warn)?
+            }
+            None => {
+                let date = self.local_date(from)?;
+                self.walk(from, from, left, date, MAX_DAYS, &mut warn)?
+            }
+        };
+        Ok(Computed {
+            value,
+            warnings: warn.finish(self),
+        })
+    }
+
+    /// Counts `left` of working time day by day from `cursor`, starting with the local `date`
+    /// and looking at `limit` days at most. `from` is where the whole computation started.
+    fn walk(
+        &self,
+        from: DateTime<Utc>,
+        mut cursor: DateTime<Utc>,
+        mut left: Duration,
+        mut date: NaiveDate,
+        limit: u32,
+        warn: &mut Warnings,
+    ) -> Result<DateTime<Utc>, CalendarError> {
+        for _ in 0..limit {
+            for (start, end) in self.intervals(date, warn)? {
+                if end <= cursor {
                     continue;
                 }
-                let start = start.max(from);
+                let start = start.max(cursor);
                 let available = end - start;
                 if left <= available {
-                    let value = start
+                    return start
                         .checked_add_signed(left)
-                        .ok_or(CalendarError::TooFar { from })?;
-                    return Ok(Computed {
-                        value,
-                        warnings: warn.finish(self),
-                    });
+                        .ok_or(CalendarError::TooFar { from });
                 }
                 left -= available;
+                cursor = end;
             }
             date = date.succ_opt().ok_or(CalendarError::TooFar { from })?;
         }
@@ -316,7 +356,8 @@ impl BusinessCalendar {
     /// # Errors
     /// As for [`BusinessCalendar::add`], for the days between the two.
     ///
-    /// Complexity: linear in the number of days between them.
+    /// Complexity: logarithmic when both lie in the covered years, else linear in the number of
+    /// days between them.
     pub fn business_time_between(
         &self,
         a: DateTime<Utc>,
@@ -328,16 +369,27 @@ impl BusinessCalendar {
         if to.signed_duration_since(from) > Duration::days(i64::from(MAX_DAYS)) {
             return Err(CalendarError::TooFar { from });
         }
+        if from < to
+            && let Some(total) = self.fast.between(from, to)
+        {
+            return Ok(Computed {
+                value: BusinessDuration::new(total).unwrap_or_default(),
+                warnings: Vec::new(),
+            });
+        }
         if from < to {
             let last_instant = to - Duration::nanoseconds(1);
             let last = self.local_date(last_instant)?;
             let mut date = self.local_date(from)?;
             let mut days = 0;
+            // Where the time counted so far ends, so that no instant is counted twice.
+            let mut cursor = from;
             loop {
                 for (start, end) in self.intervals(date, &mut warn)? {
-                    let (start, end) = (start.max(from), end.min(to));
+                    let (start, end) = (start.max(cursor), end.min(to));
                     if start < end {
                         total += end - start;
+                        cursor = end;
                     }
                 }
                 if date >= last {
@@ -361,6 +413,12 @@ impl BusinessCalendar {
     /// # Errors
     /// [`CalendarError::Beyond`] for a day of an uncovered year under [`Beyond::Error`].
     pub fn is_working(&self, instant: DateTime<Utc>) -> Result<Computed<bool>, CalendarError> {
+        if let Some(value) = self.fast.is_working(instant) {
+            return Ok(Computed {
+                value,
+                warnings: Vec::new(),
+            });
+        }
         let mut warn = Warnings::default();
         let date = self.local_date(instant)?;
         let value = self
