@@ -16,7 +16,7 @@ use crate::vars::{VarSpec, Vars};
 #[derive(Debug)]
 pub(crate) enum Span {
     Fixed(DurationSpec),
-    Computed(Condition),
+    Computed(Box<Condition>),
 }
 
 impl Span {
@@ -157,7 +157,7 @@ impl TimeCx<'_> {
                             self.add(raw.loc, path, ProblemKind::UndeclaredVariable(var.clone()));
                         }
                     }
-                    Some(Span::Computed(expr))
+                    Some(Span::Computed(Box::new(expr)))
                 }
             },
         }
