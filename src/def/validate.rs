@@ -834,10 +834,12 @@ fn join_label(
     let _ = u;
     let lasts: Vec<Option<&Branch>> = labels.iter().map(|l| l.last()).collect();
     if let Some(Some(b)) = lasts.iter().find(|b| b.is_some_and(|b| !b.parallel)) {
-        bad(format!(
-            "a flow arrives through exclusive gateway '{}', so the join may wait for a branch that never comes",
-            nodes[b.split.index()].id
-        ));
+        let split = &nodes[b.split.index()];
+        let through = match split.behaviour {
+            Behaviour::UserTask(_) => format!("the timeout route of task '{}'", split.id),
+            _ => format!("exclusive gateway '{}'", split.id),
+        };
+        bad(format!("a flow arrives through {through}, so the join may wait for a branch that never comes"));
         return common_prefix(labels);
     }
     if lasts.iter().any(Option::is_none) {

@@ -476,8 +476,10 @@ impl Engine {
 
     /// Fires every timer due at or before `now`, in deadline order (ties: instance order, then
     /// the order they were armed), each exactly once, and returns what fired. A timer is never
-    /// fired early; a late call fires each missed timer once, in order. A timer armed while
-    /// firing (an urge's next repeat, a new task's deadline) fires in the same call if it is due.
+    /// fired early; a late call fires each missed timer once, in order. What a timer causes is
+    /// stamped with the timer's instant (a task its timeout opens is created then), so a timer
+    /// armed while firing (an urge's next repeat, a new task's deadline) fires in the same call
+    /// if it is due, and one late call gives the same result as many timely ones.
     ///
     /// A node that fails while a timer runs the instance on records an incident; `tick` goes on
     /// with the other timers.
@@ -497,7 +499,10 @@ impl Engine {
         while let Some(std::cmp::Reverse((at, id))) = due.pop() {
             let armed = self.with_slot(InstanceId(id), |slot: &mut Slot| {
                 let Slot { inst, dep } = slot;
-                let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
+                // What a timer causes happens at the timer's instant, not the tick's: a task its
+                // timeout route opens is created then, and its own deadlines count from then. So
+                // a late tick gives the same result as timely ones.
+                let mut step = Step::new(inst, dep, &self.hooks, at, self.config.audit);
                 let result = step.fire_at(at, &mut fired);
                 let armed = step.take_armed();
                 let _ = step.finish(result);
