@@ -839,7 +839,9 @@ fn join_label(
             Behaviour::UserTask(_) => format!("the timeout route of task '{}'", split.id),
             _ => format!("exclusive gateway '{}'", split.id),
         };
-        bad(format!("a flow arrives through {through}, so the join may wait for a branch that never comes"));
+        bad(format!(
+            "a flow arrives through {through}, so the join may wait for a branch that never comes"
+        ));
         return common_prefix(labels);
     }
     if lasts.iter().any(Option::is_none) {
