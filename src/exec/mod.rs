@@ -429,7 +429,7 @@ impl Engine {
         let now = self.clock.now();
         let mut inst = Instance {
             id,
-            def: Arc::clone(&dep.key),
+            def: None,
             status: Status::Running,
             vars,
             tokens: smallvec::smallvec![Token {
@@ -466,6 +466,7 @@ impl Engine {
             dep.first_records.store(records, Ordering::Relaxed);
         }
         if inst.status == Status::Running || self.config.retain_completed {
+            inst.def = Some(Arc::clone(&dep.key));
             let slot = Arc::new(Mutex::new(Slot {
                 inst,
                 dep: Arc::clone(dep),

@@ -16,7 +16,10 @@ use crate::vars::Vars;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
     pub(crate) id: InstanceId,
-    pub(crate) def: Arc<DefKey>,
+    /// Set when the instance is stored in the engine. Not cloning the shared key for an instance
+    /// that completes within its first call (and is not kept) spares threads starting instances
+    /// of one definition a contended reference count.
+    pub(crate) def: Option<Arc<DefKey>>,
     pub(crate) status: Status,
     pub(crate) vars: Vars,
     /// Most instances have one token: it is kept inline.
@@ -254,9 +257,10 @@ impl Instance {
         self.id
     }
 
-    /// The definition it runs.
-    pub fn def(&self) -> &DefKey {
-        &self.def
+    /// The definition it runs. Always set on an instance read from the engine; `None` only for
+    /// an instance that completed within its first call and was not kept.
+    pub fn def(&self) -> Option<&DefKey> {
+        self.def.as_deref()
     }
 
     /// Running or completed.
