@@ -1,7 +1,7 @@
 //! Scenarios: scripted runs of one definition, for `procflow simulate` and for tests.
 //!
 //! A scenario names actors, scripts what each service handler returns, and lists steps with
-//! expected outcomes. See `docs/scenario.md` for the format.
+//! expected outcomes. README.md, "Scenario format", describes the file.
 
 use std::collections::VecDeque;
 use std::path::Path;

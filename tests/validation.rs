@@ -102,7 +102,7 @@ nodes:
         (7, 3, "nodes.End", ProblemKind::InvalidId("End".into())),
     ];
 
-    // docs/format.md: role ids and node ids are `[a-z0-9_]+` (only the process id may have '-').
+    // README.md, "Definition format": role ids and node ids are `[a-z0-9_]+` (only the process id may have '-').
     node_and_role_ids_reject_hyphen: r#"
 id: my-process
 version: 1
