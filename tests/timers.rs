@@ -1659,3 +1659,74 @@ proptest! {
         run_schedule(&limits, &plans, &ticks)?;
     }
 }
+
+/// A Berlin office calendar for one duration in a process that counts on the China calendar.
+const BERLIN_DESK: &str = r#"
+name: Berlin desk
+zone: Europe/Berlin
+beyond: error
+hours:
+  mon: ["09:00-17:00"]
+  tue: ["09:00-17:00"]
+  wed: ["09:00-17:00"]
+  thu: ["09:00-17:00"]
+  fri: ["09:00-17:00"]
+years:
+  2026: {}
+"#;
+
+const TWO_CALENDARS: &str = r#"
+id: two
+version: 1
+name: Two calendars
+calendar: china
+roles: { r: { name: R }, a: { name: A } }
+nodes:
+  start: { kind: start, next: work }
+  work:
+    kind: user_task
+    name: Work
+    raci: { responsible: [r], accountable: a }
+    due: { in: 2h business, calendar: berlin }
+    claim_due: 2h business
+    next: done
+  done: { kind: end }
+"#;
+
+#[test]
+fn a_single_duration_counts_on_the_calendar_it_names() {
+    let china = BusinessCalendar::from_file(CHINA).unwrap();
+    let berlin = BusinessCalendar::from_yaml(BERLIN_DESK).unwrap();
+    let mut builder = Engine::builder();
+    builder.calendar("china", china).calendar("berlin", berlin);
+    // Monday 2026-01-05 09:00 UTC: 17:00 in Shanghai, 10:00 in Berlin.
+    let (_clock, engine) = engine_on(&mut builder, t0(), &[TWO_CALENDARS]);
+    let id = engine.start("two", Vars::new()).unwrap();
+    let at = |kind| {
+        let inst = engine.instance(id).unwrap();
+        inst.timers().iter().find(|t| t.kind == kind).map(|t| t.at)
+    };
+    // Berlin: 10:00 + 2h = 12:00 Berlin, 11:00 UTC the same Monday.
+    assert_eq!(
+        at(TimerKind::Due),
+        Some("2026-01-05T11:00:00Z".parse().unwrap())
+    );
+    // China: 17:00-18:00 Monday, then 09:00-10:00 Tuesday Shanghai = Tuesday 02:00 UTC.
+    assert_eq!(
+        at(TimerKind::ClaimDue),
+        Some("2026-01-06T02:00:00Z".parse().unwrap())
+    );
+}
+
+#[test]
+fn a_calendar_a_duration_names_must_be_registered() {
+    let mut builder = Engine::builder();
+    builder.calendar("china", BusinessCalendar::from_file(CHINA).unwrap());
+    let engine = builder.build();
+    let err = engine.deploy(def(TWO_CALENDARS)).unwrap_err();
+    assert_eq!(
+        err.kinds(),
+        [&procflow::ProblemKind::UnknownCalendar("berlin".into())],
+        "{err}"
+    );
+}

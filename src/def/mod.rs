@@ -338,6 +338,24 @@ impl ProcessDef {
         &self.graph
     }
 
+    /// Every duration of the definition's time limits and timer nodes, with its node (`None` for
+    /// the SLA).
+    pub(crate) fn spans(&self) -> Vec<(Option<&Node>, &timers::Span)> {
+        let mut out: Vec<(Option<&Node>, &timers::Span)> = Vec::new();
+        if let Some(sla) = &self.sla {
+            out.extend(sla.spans().map(|s| (None, s)));
+        }
+        for node in &self.nodes {
+            if let Some(limits) = &node.limits {
+                out.extend(limits.spans().map(|s| (Some(node), s)));
+            }
+            if let Behaviour::Timer(timers::TimerWait::For(s)) = &node.behaviour {
+                out.push((Some(node), s));
+            }
+        }
+        out
+    }
+
     /// The graph as a Mermaid flowchart.
     pub fn to_mermaid(&self) -> String {
         render::mermaid(self)

@@ -199,8 +199,14 @@ pub(crate) struct RawTimeout {
     pub(crate) to: At<String>,
 }
 
-/// A duration: text such as `4h business`, or `{ expr: CEL }` yielding such text.
-pub(crate) enum RawDuration {
+/// A duration: text such as `4h business`, or a map `{ in: TEXT | expr: CEL, calendar: NAME }`
+/// where `expr` yields such text and `calendar` names the calendar for this one duration.
+pub(crate) struct RawDuration {
+    pub(crate) how: RawHow,
+    pub(crate) calendar: Option<String>,
+}
+
+pub(crate) enum RawHow {
     Text(String),
     Expr(String),
 }
@@ -211,22 +217,32 @@ impl<'de> Deserialize<'de> for RawDuration {
         impl<'de> Visitor<'de> for V {
             type Value = RawDuration;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as '4h business', or { expr: CEL }")
+                f.write_str("a duration such as '4h business', or { in: DURATION | expr: CEL, calendar: NAME }")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<RawDuration, E> {
-                Ok(RawDuration::Text(s.to_owned()))
+                Ok(RawDuration {
+                    how: RawHow::Text(s.to_owned()),
+                    calendar: None,
+                })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawDuration, A::Error> {
-                let mut expr = None;
+                const KEYS: &[&str] = &["in", "expr", "calendar"];
+                let (mut how, mut calendar) = (None, None);
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
-                        "expr" if expr.is_none() => expr = Some(map.next_value::<String>()?),
-                        "expr" => return Err(de::Error::duplicate_field("expr")),
-                        other => return Err(de::Error::unknown_field(other, &["expr"])),
+                        "in" | "expr" if how.is_some() => {
+                            return Err(de::Error::custom("give one of 'in' and 'expr'"));
+                        }
+                        "in" => how = Some(RawHow::Text(map.next_value()?)),
+                        "expr" => how = Some(RawHow::Expr(map.next_value()?)),
+                        "calendar" if calendar.is_none() => calendar = Some(map.next_value()?),
+                        "calendar" => return Err(de::Error::duplicate_field("calendar")),
+                        other => return Err(de::Error::unknown_field(other, KEYS)),
                     }
                 }
-                expr.map(RawDuration::Expr)
-                    .ok_or_else(|| de::Error::missing_field("expr"))
+                let how =
+                    how.ok_or_else(|| de::Error::custom("a duration needs 'in' or 'expr'"))?;
+                Ok(RawDuration { how, calendar })
             }
         }
         d.deserialize_any(V)

@@ -5,16 +5,23 @@
 
 use indexmap::IndexMap;
 
-use super::raw::{At, Names, RawAction, RawDuration, RawEscalate, RawRemind};
+use super::raw::{At, Names, RawAction, RawDuration, RawEscalate, RawHow, RawRemind};
 use super::{Location, Problem, ProblemKind};
 use crate::cond::Condition;
 use crate::duration::DurationSpec;
 use crate::ids::RoleId;
 use crate::vars::{VarSpec, Vars};
 
-/// A duration: fixed in the YAML or computed from the instance's variables.
+/// A duration: fixed in the YAML or computed from the instance's variables, counted on the
+/// process calendar unless it names its own.
 #[derive(Debug)]
-pub(crate) enum Span {
+pub(crate) struct Span {
+    how: How,
+    calendar: Option<String>,
+}
+
+#[derive(Debug)]
+enum How {
     Fixed(DurationSpec),
     Computed(Box<Condition>),
 }
@@ -29,14 +36,27 @@ impl Span {
         cel: &cel::Context<'_, '_>,
         vars: &Vars,
     ) -> Result<DurationSpec, String> {
-        match self {
-            Span::Fixed(d) => Ok(*d),
-            Span::Computed(expr) => {
+        match &self.how {
+            How::Fixed(d) => Ok(*d),
+            How::Computed(expr) => {
                 let text = expr.eval_text(cel, vars)?;
                 DurationSpec::parse(&text)
                     .map_err(|e| format!("expression '{}': {e}", expr.source()))
             }
         }
+    }
+
+    /// The duration, when the YAML fixes it.
+    pub(crate) fn fixed(&self) -> Option<DurationSpec> {
+        match &self.how {
+            How::Fixed(d) => Some(*d),
+            How::Computed(_) => None,
+        }
+    }
+
+    /// The calendar this duration names for itself.
+    pub(crate) fn calendar(&self) -> Option<&str> {
+        self.calendar.as_deref()
     }
 }
 
@@ -96,6 +116,26 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
+    /// Every duration in these limits.
+    pub(crate) fn spans(&self) -> impl Iterator<Item = &Span> {
+        let remind = self.remind.iter().map(|r| match &r.at {
+            RemindAt::BeforeDue(s) | RemindAt::AfterStart(s) => s,
+        });
+        let escalate = self.escalate.iter().flat_map(|e| {
+            let every = match &e.action {
+                Ladder::Urge { every, .. } => Some(every),
+                _ => None,
+            };
+            std::iter::once(&e.after).chain(every)
+        });
+        self.due
+            .iter()
+            .chain(&self.claim_due)
+            .chain(&self.timeout)
+            .chain(remind)
+            .chain(escalate)
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.due.is_none()
             && self.claim_due.is_none()
@@ -133,23 +173,24 @@ impl TimeCx<'_> {
 
     /// Compiles one duration.
     pub(super) fn span(&mut self, raw: &At<RawDuration>, path: &str) -> Option<Span> {
-        match &raw.value {
-            RawDuration::Text(text) => match DurationSpec::parse(text) {
+        let calendar = raw.value.calendar.clone();
+        let how = match &raw.value.how {
+            RawHow::Text(text) => match DurationSpec::parse(text) {
                 Ok(d) => {
-                    if d.is_business() && !self.has_calendar {
+                    if d.is_business() && !self.has_calendar && calendar.is_none() {
                         self.add(raw.loc, path, ProblemKind::NeedsCalendar);
                     }
-                    Some(Span::Fixed(d))
+                    How::Fixed(d)
                 }
                 Err(e) => {
                     self.add(raw.loc, path, ProblemKind::BadDuration(e));
-                    None
+                    return None;
                 }
             },
-            RawDuration::Expr(source) => match Condition::compile(source) {
+            RawHow::Expr(source) => match Condition::compile(source) {
                 Err(message) => {
                     self.add(raw.loc, path, ProblemKind::BadCondition(message));
-                    None
+                    return None;
                 }
                 Ok(expr) => {
                     for var in expr.reads() {
@@ -157,10 +198,11 @@ impl TimeCx<'_> {
                             self.add(raw.loc, path, ProblemKind::UndeclaredVariable(var.clone()));
                         }
                     }
-                    Some(Span::Computed(Box::new(expr)))
+                    How::Computed(Box::new(expr))
                 }
             },
-        }
+        };
+        Some(Span { how, calendar })
     }
 
     fn role(&mut self, name: &str, loc: Location, path: &str) -> Option<RoleId> {
@@ -215,8 +257,10 @@ impl TimeCx<'_> {
                         self.add(before.loc, &path, ProblemKind::NeedsDue("before"));
                     }
                     let span = self.span(before, &format!("{path}.before"));
-                    if let (Some(Span::Fixed(b)), Some(Span::Fixed(d))) = (&span, &due)
-                        && b.is_business() != d.is_business()
+                    if let (Some(b), Some(d)) = (
+                        span.as_ref().and_then(Span::fixed),
+                        due.as_ref().and_then(Span::fixed),
+                    ) && b.is_business() != d.is_business()
                     {
                         self.add(before.loc, format!("{path}.before"), ProblemKind::MixedTime);
                     }

@@ -63,6 +63,8 @@ pub(crate) struct Deployed {
     pub(crate) handlers: Vec<Option<Arc<dyn ServiceHandler>>>,
     /// The business calendar the definition names.
     pub(crate) calendar: Option<Arc<BusinessCalendar>>,
+    /// Calendars that single durations name for themselves.
+    pub(crate) calendars: HashMap<String, Arc<BusinessCalendar>>,
     /// How many audit records the last start of this definition wrote.
     pub(crate) first_records: std::sync::atomic::AtomicUsize,
 }
@@ -329,6 +331,23 @@ impl Engine {
             }
             found
         });
+        // Calendars that single durations name for themselves.
+        let mut calendars = HashMap::new();
+        for (node, span) in def.spans() {
+            let Some(name) = span.calendar() else {
+                continue;
+            };
+            match self.calendars.get(name) {
+                Some(c) => {
+                    calendars.insert(name.to_owned(), Arc::clone(c));
+                }
+                None => problems.push(Problem {
+                    location: node.map(|n| n.location),
+                    path: node.map_or_else(|| "sla".to_owned(), |n| format!("nodes.{}", n.id)),
+                    kind: ProblemKind::UnknownCalendar(name.to_owned()),
+                }),
+            }
+        }
         let _deploying = lock(&self.deploying);
         let mut catalog: Catalog = (**self.defs.load()).clone();
         let versions = catalog.entry(def.key.id.clone()).or_default();
@@ -353,6 +372,7 @@ impl Engine {
                 def: Arc::clone(&def),
                 handlers,
                 calendar,
+                calendars,
                 first_records: 0.into(),
             }),
         );

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::step::{Change, Step};
 use super::{Deployed, Engine, ExecError, Slot, TokenState};
+use crate::calendar::BusinessCalendar;
 use crate::calendar::Computed;
-use crate::def::timers::{Ladder, Limits, RemindAt, TimerWait};
+use crate::def::timers::{Ladder, Limits, RemindAt, Span, TimerWait};
 use crate::duration::DurationSpec;
 use crate::ids::{InstanceId, NodeId, RoleId, TaskId};
 
@@ -148,15 +149,26 @@ fn when(
         .map_err(|e| format!("cannot compute a deadline: {e}"))
 }
 
+/// A resolved duration and the calendar it counts on.
+type Resolved<'c> = (DurationSpec, Option<&'c BusinessCalendar>);
+
+/// The calendar a duration counts on: its own, or the process's.
+fn calendar_of<'c>(dep: &'c Deployed, span: &Span) -> Option<&'c BusinessCalendar> {
+    match span.calendar() {
+        Some(name) => dep.calendars.get(name).map(|c| &**c),
+        None => dep.calendar.as_deref(),
+    }
+}
+
 impl<'a> Step<'a> {
     /// `spec` after `from`; calendar warnings are collected in `warnings`.
     fn after(
         &self,
-        spec: DurationSpec,
+        (spec, calendar): Resolved<'_>,
         from: DateTime<Utc>,
         warnings: &mut Vec<String>,
     ) -> Result<DateTime<Utc>, String> {
-        let (at, w) = when(spec.after(from, self.dep.calendar.as_deref()))?;
+        let (at, w) = when(spec.after(from, calendar))?;
         warnings.extend(w);
         Ok(at)
     }
@@ -178,13 +190,16 @@ impl<'a> Step<'a> {
         let def = &*dep.def;
         let vars = &self.inst.vars;
         let sla = task.is_none();
-        let resolve = |span: &crate::def::timers::Span| span.resolve(&def.cel, vars);
+        let resolve = |span: &Span| {
+            span.resolve(&def.cel, vars)
+                .map(|d| (d, calendar_of(dep, span)))
+        };
         let now = self.now;
         let mut timers = Vec::new();
         let mut warnings = Vec::new();
         let due_spec = limits.due.as_ref().map(resolve).transpose()?;
         let due = match due_spec {
-            Some(spec) => Some((self.after(spec, now, &mut warnings)?, spec)),
+            Some(r) => Some((self.after(r, now, &mut warnings)?, r)),
             None => None,
         };
         let timer = |at, kind, business| super::Timer {
@@ -196,31 +211,33 @@ impl<'a> Step<'a> {
             business,
             fired: false,
         };
-        if let Some((at, spec)) = due {
+        if let Some((at, (spec, _))) = due {
             timers.push(timer(at, TimerKind::Due, spec.is_business()));
         }
         if let Some(span) = &limits.claim_due {
-            let spec = resolve(span)?;
+            let r = resolve(span)?;
             timers.push(timer(
-                self.after(spec, now, &mut warnings)?,
+                self.after(r, now, &mut warnings)?,
                 TimerKind::ClaimDue,
-                spec.is_business(),
+                r.0.is_business(),
             ));
         }
         if let Some(span) = &limits.timeout {
-            let spec = resolve(span)?;
+            let r = resolve(span)?;
             timers.push(timer(
-                self.after(spec, now, &mut warnings)?,
+                self.after(r, now, &mut warnings)?,
                 TimerKind::Timeout,
-                spec.is_business(),
+                r.0.is_business(),
             ));
         }
         for (index, remind) in limits.remind.iter().enumerate() {
             let at = match &remind.at {
                 RemindAt::AfterStart(span) => self.after(resolve(span)?, now, &mut warnings)?,
                 RemindAt::BeforeDue(span) => {
-                    let before = resolve(span)?;
-                    let Some((_, due_spec)) = due else { continue };
+                    let (before, _) = resolve(span)?;
+                    let Some((_, (due_spec, due_calendar))) = due else {
+                        continue;
+                    };
                     // The reminder is the due's amount less `before`, counted the same way.
                     let lead = (due_spec.amount() - before.amount()).max(Duration::zero());
                     let spec = match (due_spec, before) {
@@ -233,7 +250,8 @@ impl<'a> Step<'a> {
                         (DurationSpec::Wall(_), DurationSpec::Wall(_)) => DurationSpec::Wall(lead),
                         _ => return Err("'before' and 'due' mix business and wall time".into()),
                     };
-                    self.after(spec, now, &mut warnings)?
+                    // Counted on the deadline's calendar, as the deadline is.
+                    self.after((spec, due_calendar), now, &mut warnings)?
                 }
             };
             timers.push(timer(at, TimerKind::Reminder { index: index as u8 }, false));
@@ -304,7 +322,8 @@ impl<'a> Step<'a> {
             TimerWait::For(span) => {
                 let spec = span.resolve(&self.dep.def.cel, &self.inst.vars)?;
                 let mut warnings = Vec::new();
-                let at = self.after(spec, self.now, &mut warnings)?;
+                let at =
+                    self.after((spec, calendar_of(self.dep, span)), self.now, &mut warnings)?;
                 self.warn(warnings);
                 Ok(at)
             }
@@ -401,7 +420,8 @@ impl<'a> Step<'a> {
                             }
                         })?;
                         let mut warnings = Vec::new();
-                        let at = self.after(next, timer.at, &mut warnings);
+                        let at =
+                            self.after((next, calendar_of(dep, every)), timer.at, &mut warnings);
                         self.warn(warnings);
                         match at {
                             Ok(at) => self.apply(Change::Arm(Timer {
