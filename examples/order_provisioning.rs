@@ -15,18 +15,18 @@
 //! Run it with `cargo run --release --example order_provisioning`.
 
 use std::collections::{HashMap, HashSet};
-use std::error::Error;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use chrono::Duration;
 use chrono_tz::Asia::Shanghai;
 use procflow::{
-    Actor, BusinessCalendar, Clock, Engine, Entry, Event, ExecError, HandlerError, InstanceId,
-    ManualClock, ProcessDef, ServiceCall, Status, TaskId, TaskView, TimerKind, Vars, handler_fn,
-    hook_fn,
+    Actor, BusinessCalendar, Engine, Entry, Event, HandlerError, InstanceId, ManualClock,
+    ProcessDef, ServiceCall, Status, TimerKind, Vars, handler_fn, hook_fn,
 };
 use serde_json::{Value, json};
+
+mod common;
+use common::{Desk, Result, expect_denied, lookup, text, vars};
 
 const DEFINITION: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -36,8 +36,6 @@ const CALENDAR: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/process-defs/calendars/china.yaml"
 );
-
-type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
 
 /// What the hook has seen.
 #[derive(Default)]
@@ -53,23 +51,6 @@ impl Tally {
         let seen = self.notifications.lock().unwrap_or_else(|e| e.into_inner());
         seen.get(&id).copied().unwrap_or(0)
     }
-}
-
-/// Turns a `json!({...})` object into instance variables.
-fn vars(value: Value) -> Vars {
-    match value {
-        Value::Object(map) => map,
-        other => panic!("variables must be a JSON object, not {other}"),
-    }
-}
-
-fn text<'v>(vars: &'v Vars, path: &[&str]) -> Option<&'v str> {
-    lookup(vars, path).and_then(Value::as_str)
-}
-
-fn lookup<'v>(vars: &'v Vars, path: &[&str]) -> Option<&'v Value> {
-    let (first, rest) = path.split_first()?;
-    rest.iter().try_fold(vars.get(*first)?, |v, key| v.get(key))
 }
 
 /// The billing system's view of a customer: credit limit and arrears, in yuan.
@@ -172,126 +153,6 @@ fn billing_setup(call: &ServiceCall<'_>) -> Result<Vars, HandlerError> {
             "cycle": "monthly",
         },
     })))
-}
-
-/// The staff's desk: finds tasks on work lists, claims and completes them, and moves the clock a
-/// little for each action so the audit trail reads like a working morning.
-struct Desk<'a> {
-    engine: &'a Engine,
-    clock: &'a ManualClock,
-}
-
-impl Desk<'_> {
-    /// Moves the clock on, fires the timers that fell due, and gives the local (Shanghai) time.
-    fn tick(&self, minutes: i64) -> String {
-        self.clock.advance(Duration::minutes(minutes));
-        self.engine.tick(self.clock.now());
-        let now = self.clock.now().with_timezone(&Shanghai);
-        now.format("%H:%M").to_string()
-    }
-
-    /// The task at `node` of `instance` on `actor`'s work list.
-    fn find(&self, actor: &Actor, instance: InstanceId, node: &str) -> Result<TaskView> {
-        self.engine
-            .work_list(actor)
-            .into_iter()
-            .find(|t| t.id.instance() == instance && t.node_id == node)
-            .ok_or_else(|| {
-                format!("'{node}' of {instance} is not on {}'s work list", actor.id).into()
-            })
-    }
-
-    /// The open task at `node` of `instance`, whoever may work on it.
-    fn open(&self, instance: InstanceId, node: &str) -> Result<TaskId> {
-        self.engine
-            .tasks(instance)?
-            .into_iter()
-            .find(|t| t.node_id == node)
-            .map(|t| t.id)
-            .ok_or_else(|| format!("{instance} has no open task at '{node}'").into())
-    }
-
-    fn claim(&self, actor: &Actor, instance: InstanceId, node: &str) -> Result<TaskId> {
-        let task = self.find(actor, instance, node)?;
-        let at = self.tick(3);
-        println!("  {at}  {:<10} claims    {} {node}", actor.id, task.id);
-        self.engine.claim(task.id, actor)?;
-        Ok(task.id)
-    }
-
-    fn complete(
-        &self,
-        actor: &Actor,
-        task: TaskId,
-        node: &str,
-        output: Value,
-    ) -> Result<(), ExecError> {
-        let output = vars(output);
-        let at = self.tick(12);
-        let sets: Vec<&str> = output.keys().map(String::as_str).collect();
-        let sets = if sets.is_empty() {
-            String::new()
-        } else {
-            format!("  (sets {})", sets.join(", "))
-        };
-        println!("  {at}  {:<10} completes {task} {node}{sets}", actor.id);
-        self.engine.complete(task, actor, output)
-    }
-
-    /// Takes a task from the actor's work list, claims it and completes it.
-    fn work(&self, actor: &Actor, instance: InstanceId, node: &str, output: Value) -> Result<()> {
-        let task = self.claim(actor, instance, node)?;
-        self.complete(actor, task, node, output)?;
-        Ok(())
-    }
-
-    /// Expects a completion to have run into a failing service task; the operator retries the
-    /// instance a little later.
-    fn retry_after_incident(&self, attempt: Result<(), ExecError>) -> Result<()> {
-        let Err(ExecError::Incident { instance, node, .. }) = attempt else {
-            return Err(format!("expected an incident, got {attempt:?}").into());
-        };
-        let open: Vec<String> = self
-            .engine
-            .tasks(instance)?
-            .into_iter()
-            .map(|t| t.node_id)
-            .collect();
-        let open = if open.is_empty() {
-            "none".to_owned()
-        } else {
-            open.join(", ")
-        };
-        println!(
-            "           the completion stands, but '{node}' failed; open tasks of {instance}: {open}"
-        );
-        let at = self.tick(20);
-        println!("  {at}  operator   retries   {instance}");
-        self.engine.retry(instance)?;
-        Ok(())
-    }
-
-    fn comment(&self, actor: &Actor, instance: InstanceId, node: &str, text: &str) -> Result<()> {
-        let task = self.open(instance, node)?;
-        let at = self.tick(2);
-        println!(
-            "  {at}  {:<10} comments  {task} {node}: \"{text}\"",
-            actor.id
-        );
-        self.engine.comment(task, actor, text)?;
-        Ok(())
-    }
-}
-
-/// Expects an attempt to be refused by RACI and prints why.
-fn expect_denied(attempt: Result<(), ExecError>) -> Result<()> {
-    match attempt {
-        Err(e @ ExecError::Denied { .. }) => {
-            println!("           DENIED: {e}");
-            Ok(())
-        }
-        other => Err(format!("expected a RACI denial, got {other:?}").into()),
-    }
 }
 
 fn main() -> Result<()> {
