@@ -547,6 +547,23 @@ nodes:
         (8, 50, "variables.e.default", ProblemKind::BadValue { value: "\"mid\"".into(), ty: "the enum".into() }),
     ];
 
+    // A cycle with no way out is reported as the cycle, without a "no end is reachable" for
+    // every node before it.
+    cycle_without_an_exit: r#"
+id: t
+version: 1
+name: T
+roles: {}
+nodes:
+  start: { kind: start, next: a }
+  a: { kind: parallel, next: b }
+  b: { kind: parallel, next: a }
+  done: { kind: end }
+"# => [
+        (7, 3, "nodes.a", ProblemKind::Cycle(vec!["a".into(), "b".into(), "a".into()])),
+        (9, 3, "nodes.done", ProblemKind::Unreachable("done".into())),
+    ];
+
     // Every time-limit rule at once (regression for the time issue).
     time_limit_problems: r#"
 id: t

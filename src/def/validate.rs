@@ -262,7 +262,8 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
 
     let acyclic = check_cycles(&graph, &compiled, &mut report);
     if let [start] = starts[..] {
-        check_reachability(&graph, &compiled, start, &mut report);
+        // In a graph with a cycle, "no end is reachable" mostly repeats the cycle: report it alone.
+        check_reachability(&graph, &compiled, start, acyclic, &mut report);
         if acyclic {
             check_joins(&graph, &compiled, &mut report);
         }
@@ -703,6 +704,7 @@ fn check_reachability(
     graph: &DiGraph<NodeId, ()>,
     nodes: &[Node],
     start: NodeId,
+    acyclic: bool,
     report: &mut Report,
 ) {
     let mut seen = vec![false; nodes.len()];
@@ -731,7 +733,7 @@ fn check_reachability(
     }
     for (i, node) in nodes.iter().enumerate() {
         // Only reachable nodes: an unreachable one is reported as that already.
-        if !ends[i] && seen[i] {
+        if acyclic && !ends[i] && seen[i] {
             report.add(
                 node.location,
                 format!("nodes.{}", node.id),
