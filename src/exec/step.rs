@@ -610,16 +610,7 @@ impl<'a> Step<'a> {
                 Behaviour::Timer(wait) => match self.wait_until(wait) {
                     Ok(at) => self.apply(Change::Wait { token: i, at }),
                     Err(message) => {
-                        self.apply(Change::Fail {
-                            token: Some(i),
-                            node: Some(at),
-                            message: &message,
-                        });
-                        failure.get_or_insert(ExecError::Incident {
-                            instance: self.inst.id,
-                            node: node.id.clone(),
-                            message,
-                        });
+                        failure.get_or_insert(self.fail_node(i, at, message));
                     }
                 },
                 Behaviour::ServiceTask { .. } => match self.call_service(at) {
@@ -640,16 +631,7 @@ impl<'a> Step<'a> {
                         });
                     }
                     Err(message) => {
-                        self.apply(Change::Fail {
-                            token: Some(i),
-                            node: Some(at),
-                            message: &message,
-                        });
-                        failure.get_or_insert(ExecError::Incident {
-                            instance: self.inst.id,
-                            node: node.id.clone(),
-                            message,
-                        });
+                        failure.get_or_insert(self.fail_node(i, at, message));
                     }
                 },
                 Behaviour::Exclusive { routes, default } => {
@@ -689,16 +671,7 @@ impl<'a> Step<'a> {
                             let message = error.unwrap_or_else(|| {
                                 "no route's condition holds and there is no default".into()
                             });
-                            self.apply(Change::Fail {
-                                token: Some(i),
-                                node: Some(at),
-                                message: &message,
-                            });
-                            failure.get_or_insert(ExecError::Incident {
-                                instance: self.inst.id,
-                                node: node.id.clone(),
-                                message,
-                            });
+                            failure.get_or_insert(self.fail_node(i, at, message));
                         }
                     }
                 }
@@ -735,6 +708,21 @@ impl<'a> Step<'a> {
         match failure {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// Marks token `i` at `at` failed with an incident, and gives the error for the caller.
+    fn fail_node(&mut self, i: usize, at: NodeId, message: String) -> ExecError {
+        self.apply(Change::Fail {
+            token: Some(i),
+            node: Some(at),
+            message: &message,
+        });
+        let node = self.node_name(at).to_owned();
+        ExecError::Incident {
+            instance: self.inst.id,
+            node,
+            message,
         }
     }
 
