@@ -2,16 +2,13 @@
 //! their checks, collecting every problem with its location.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::marker::PhantomData;
 
 use chrono::{Datelike, NaiveDate};
 use chrono_tz::Tz;
 use serde::Deserialize;
-use serde::de::{self, MapAccess, Visitor};
 
 use super::{Beyond, BusinessCalendar, Holiday, Span};
-use crate::def::{At, Location, Problem, ProblemKind, parse_yaml};
+use crate::def::{At, Entries, Location, Problem, ProblemKind, parse_yaml};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,7 +25,7 @@ struct RawCalendar {
     beyond: Option<At<RawBeyond>>,
     hours: At<RawWeek>,
     #[serde(default)]
-    years: Pairs<RawYear>,
+    years: Entries<RawYear>,
 }
 
 #[derive(Clone, Copy, Deserialize)]
@@ -97,35 +94,6 @@ struct RawMakeup {
     name_zh: Option<String>,
     #[serde(default)]
     hours: Option<RawHours>,
-}
-
-/// A mapping kept as a list, so that a repeated key is reported with both locations.
-struct Pairs<T>(Vec<(At<String>, At<T>)>);
-
-impl<T> Default for Pairs<T> {
-    fn default() -> Self {
-        Pairs(Vec::new())
-    }
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Pairs<T> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-            type Value = Pairs<T>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a mapping from years to their holidays and make-up days")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pairs<T>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(pair) = map.next_entry::<At<String>, At<T>>()? {
-                    out.push(pair);
-                }
-                Ok(Pairs(out))
-            }
-        }
-        d.deserialize_map(V(PhantomData))
-    }
 }
 
 /// Collects problems while the calendar is built.

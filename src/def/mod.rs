@@ -16,7 +16,7 @@ use indexmap::IndexMap;
 use petgraph::graph::DiGraph;
 
 pub use error::{LoadError, Location, Problem, ProblemKind};
-pub(crate) use raw::{At, parse_yaml};
+pub(crate) use raw::{At, Entries, parse_yaml};
 
 use crate::cond::Condition;
 use crate::ids::{DefKey, NodeId, RoleId};
