@@ -55,25 +55,6 @@ impl Tally {
     }
 }
 
-/// A timer's short name, as `Fired::name` gives it.
-fn timer_name(kind: TimerKind, sla: bool) -> String {
-    let base = match kind {
-        TimerKind::ClaimDue => "claim_overdue",
-        TimerKind::Reminder { .. } => "reminder",
-        TimerKind::Due => "breach",
-        TimerKind::Escalation { .. } => "escalation",
-        TimerKind::Urge { .. } => "urge",
-        TimerKind::Timeout => "timeout",
-        TimerKind::Wait => "timer_node",
-        _ => "timer",
-    };
-    if sla {
-        format!("sla_{base}")
-    } else {
-        base.to_owned()
-    }
-}
-
 /// `1h05m`, `-30m`.
 fn span(d: Duration) -> String {
     let sign = if d < Duration::zero() { "-" } else { "" };
@@ -247,7 +228,7 @@ fn main() -> Result<()> {
                     sla,
                     recipients,
                 } => {
-                    let name = timer_name(*kind, *sla);
+                    let name = kind.name(*sla);
                     *seen
                         .timers
                         .lock()

@@ -89,11 +89,11 @@ pub struct Fired {
     pub recipients: Vec<RoleId>,
 }
 
-impl Fired {
+impl TimerKind {
     /// A short name: `reminder`, `breach`, `escalation` (notify or reassign), `urge`, `timeout`,
     /// `claim_overdue`, `timer_node`, with `sla_` in front for the SLA's.
-    pub fn name(&self) -> String {
-        let base = match self.kind {
+    pub fn name(self, sla: bool) -> String {
+        let base = match self {
             TimerKind::ClaimDue => "claim_overdue",
             TimerKind::Reminder { .. } => "reminder",
             TimerKind::Due => "breach",
@@ -102,11 +102,18 @@ impl Fired {
             TimerKind::Timeout => "timeout",
             TimerKind::Wait => "timer_node",
         };
-        if self.sla {
+        if sla {
             format!("sla_{base}")
         } else {
             base.to_owned()
         }
+    }
+}
+
+impl Fired {
+    /// What fired, by name; see [`TimerKind::name`].
+    pub fn name(&self) -> String {
+        self.kind.name(self.sla)
     }
 }
 
