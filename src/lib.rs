@@ -61,6 +61,7 @@ mod hooks;
 mod ids;
 mod raci;
 mod sim;
+mod store;
 mod vars;
 
 pub use calendar::{Beyond, BusinessCalendar, CalendarError, CalendarWarning, Computed, Holiday};
@@ -79,6 +80,7 @@ pub use hooks::{
 pub use ids::{ActorId, DefKey, InstanceId, NodeId, RoleId, TaskId};
 pub use raci::{Action, Actor, Authorizer, Raci};
 pub use sim::{Scenario, SimReport};
+pub use store::{Commit, MemoryStore, Store, StoreError, StoredDef, StoredInstance};
 pub use vars::{VarProblem, VarSpec, VarType, Vars};
 
 /// The README's code blocks run as doctests, so the API tour stays true.

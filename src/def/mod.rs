@@ -31,6 +31,8 @@ pub struct ProcessDef {
     pub(crate) source: Option<String>,
     pub(crate) description: Option<String>,
     pub(crate) file: Option<PathBuf>,
+    /// The YAML text it was compiled from: stores keep it, so an instance can always be explained.
+    pub(crate) text: String,
     pub(crate) roles: IndexMap<RoleId, Role>,
     pub(crate) vars: IndexMap<String, VarSpec>,
     pub(crate) nodes: Vec<Node>,
@@ -253,6 +255,11 @@ impl ProcessDef {
         load(&text, Some(path.to_owned()))
     }
 
+    /// The YAML text it was compiled from.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     /// The id and version.
     pub fn key(&self) -> &DefKey {
         &self.key
@@ -369,7 +376,10 @@ impl ProcessDef {
 
 fn load(text: &str, file: Option<PathBuf>) -> Result<ProcessDef, LoadError> {
     let raw = raw::parse(text).map_err(|p| LoadError::new(file.clone(), vec![p]))?;
-    validate::compile(raw, file.clone()).map_err(|problems| LoadError::new(file, problems))
+    let mut def = validate::compile(raw, file.clone())
+        .map_err(|problems| LoadError::new(file, problems))?;
+    def.text = text.to_owned();
+    Ok(def)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
 pub use error::ExecError;
+pub(crate) use state::StateRef;
 pub use state::{
     Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
 };

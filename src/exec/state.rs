@@ -29,9 +29,44 @@ pub struct Instance {
     pub(crate) incidents: Vec<Incident>,
     /// Armed timers (and fired deadlines), few per instance.
     pub(crate) timers: Box<[Timer]>,
+    /// Absent from a stored state ([`StateRef`]): stores keep the records beside it.
+    #[serde(default)]
     pub(crate) audit: Vec<Record>,
     pub(crate) started_at: DateTime<Utc>,
     pub(crate) ended_at: Option<DateTime<Utc>>,
+}
+
+/// An instance's state as stores serialize it: every field of [`Instance`] but the audit trail
+/// (a commit carries the records it added beside it). It deserializes as an `Instance`.
+#[derive(Serialize)]
+pub(crate) struct StateRef<'a> {
+    id: InstanceId,
+    def: &'a Option<Arc<DefKey>>,
+    status: Status,
+    vars: &'a Vars,
+    tokens: &'a SmallVec<[Token; 1]>,
+    tasks: &'a [Task],
+    incidents: &'a [Incident],
+    timers: &'a [Timer],
+    started_at: DateTime<Utc>,
+    ended_at: Option<DateTime<Utc>>,
+}
+
+impl<'a> StateRef<'a> {
+    pub(crate) fn new(i: &'a Instance) -> StateRef<'a> {
+        StateRef {
+            id: i.id,
+            def: &i.def,
+            status: i.status,
+            vars: &i.vars,
+            tokens: &i.tokens,
+            tasks: &i.tasks,
+            incidents: &i.incidents,
+            timers: &i.timers,
+            started_at: i.started_at,
+            ended_at: i.ended_at,
+        }
+    }
 }
 
 /// Where an instance is in its life.
@@ -296,6 +331,10 @@ impl Instance {
     /// The audit trail, oldest first (empty when the engine's audit is off).
     pub fn audit(&self) -> &[Record] {
         &self.audit
+    }
+
+    pub(crate) fn set_audit(&mut self, audit: Vec<Record>) {
+        self.audit = audit;
     }
 
     /// When it started.

@@ -1,0 +1,206 @@
+//! [`MemoryStore`]: the store rules (versions, conflicts, idempotent definitions) in memory,
+//! with the state kept serialized as a durable store keeps it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    Commit, Store, StoreError, StoredDef, StoredInstance, decode_records, decode_state,
+    encode_records, encode_state,
+};
+use crate::exec::Status;
+use crate::ids::{DefKey, InstanceId};
+
+/// A store in memory: nothing survives the process, but everything survives the engine, so a
+/// test can drop an engine and open another on the same store. States and records are kept as
+/// the JSON a durable store writes, so a round trip through it is a real one.
+///
+/// Clones share the same contents.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+    /// How many of the next commits to refuse (see [`MemoryStore::refuse_commits`]).
+    refuse: Arc<AtomicU32>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    defs: BTreeMap<(String, u32), String>,
+    instances: BTreeMap<u64, Row>,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+struct Row {
+    version: u64,
+    process: String,
+    running: bool,
+    started_at: DateTime<Utc>,
+    state: String,
+    next_due: Option<DateTime<Utc>>,
+    /// One JSON array of records per commit, by the position of its first record.
+    records: HashMap<usize, String>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// Makes the next `count` commits fail with [`StoreError::Other`], as a full disk or a lost
+    /// connection would: for testing how a host (and the engine) handles a refused commit.
+    pub fn refuse_commits(&self, count: u32) {
+        self.refuse.store(count, Ordering::SeqCst);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every write below is a single insert after all checks passed: a poisoned lock still
+        // guards consistent data.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn stored(id: u64, row: &Row) -> Result<StoredInstance, StoreError> {
+    let mut firsts: Vec<&usize> = row.records.keys().collect();
+    firsts.sort();
+    let mut audit = Vec::new();
+    for first in firsts {
+        decode_records(id, &row.records[first], &mut audit)?;
+    }
+    Ok(StoredInstance {
+        instance: decode_state(id, &row.state, audit)?,
+        version: row.version,
+    })
+}
+
+impl Store for MemoryStore {
+    fn save_definition(&self, def: &StoredDef) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let key = (def.key.id.clone(), def.key.version);
+        match inner.defs.get(&key) {
+            Some(text) if *text == def.text => Ok(()),
+            Some(_) => Err(StoreError::DefinitionChanged {
+                key: def.key.clone(),
+            }),
+            None => {
+                inner.defs.insert(key, def.text.clone());
+                Ok(())
+            }
+        }
+    }
+
+    fn definitions(&self) -> Result<Vec<StoredDef>, StoreError> {
+        Ok(self
+            .lock()
+            .defs
+            .iter()
+            .map(|((id, version), text)| StoredDef {
+                key: DefKey {
+                    id: id.clone(),
+                    version: *version,
+                },
+                text: text.clone(),
+            })
+            .collect())
+    }
+
+    fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError> {
+        let id = commit.instance.id();
+        let refuse = self
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if refuse.is_ok() {
+            return Err(StoreError::Other {
+                path: Default::default(),
+                detail: "commit refused (MemoryStore::refuse_commits)".into(),
+            });
+        }
+        let state = encode_state(commit.instance);
+        let records = encode_records(commit.records);
+        let mut inner = self.lock();
+        let found = inner.instances.get(&id.get()).map(|r| r.version);
+        let expected = (commit.version > 0).then_some(commit.version);
+        if found != expected {
+            return Err(StoreError::Conflict {
+                instance: id,
+                expected: commit.version,
+                found,
+            });
+        }
+        let running = commit.instance.status() == Status::Running;
+        let row = inner.instances.entry(id.get()).or_insert_with(|| Row {
+            version: 0,
+            process: commit.def.id.clone(),
+            running,
+            started_at: commit.instance.started_at(),
+            state: String::new(),
+            next_due: None,
+            records: HashMap::new(),
+        });
+        row.version = commit.new_version();
+        row.running = running;
+        row.state = state;
+        row.next_due = commit.next_due;
+        if !commit.records.is_empty() {
+            row.records.insert(commit.first_record, records);
+        }
+        Ok(())
+    }
+
+    fn read(&self, id: InstanceId) -> Result<Option<StoredInstance>, StoreError> {
+        let inner = self.lock();
+        inner
+            .instances
+            .get(&id.get())
+            .map(|row| stored(id.get(), row))
+            .transpose()
+    }
+
+    fn running(&self) -> Result<Vec<StoredInstance>, StoreError> {
+        let inner = self.lock();
+        inner
+            .instances
+            .iter()
+            .filter(|(_, row)| row.running)
+            .map(|(id, row)| stored(*id, row))
+            .collect()
+    }
+
+    fn history(
+        &self,
+        process: Option<&str>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<StoredInstance>, StoreError> {
+        let inner = self.lock();
+        let mut out = inner
+            .instances
+            .iter()
+            .filter(|(_, row)| process.is_none_or(|p| row.process == p))
+            .filter(|(_, row)| since.is_none_or(|s| row.started_at >= s))
+            .map(|(id, row)| stored(*id, row))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by_key(|s| (s.instance.started_at(), s.instance.id()));
+        Ok(out)
+    }
+
+    fn due(&self, now: DateTime<Utc>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .instances
+            .iter()
+            .filter(|(_, row)| row.running && row.next_due.is_some_and(|at| at <= now))
+            .map(|(id, row)| (InstanceId(*id), row.version))
+            .collect())
+    }
+
+    fn reserve_ids(&self, count: u64) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let first = inner.next_id.max(1);
+        inner.next_id = first + count;
+        Ok(first)
+    }
+}

@@ -1,0 +1,244 @@
+//! Persistence: the [`Store`] an engine commits every call to, and the stores that ship with
+//! procflow ([`MemoryStore`], and [`SqliteStore`] as the embedded durable default).
+//!
+//! The engine changes an instance only inside one call on one locked instance; when the call has
+//! changed anything, the engine hands the store one [`Commit`] (the instance's new state, the
+//! audit records the call added, its next timer instant and the version the call started from)
+//! before the call returns. A store that refuses the commit makes the call fail with nothing
+//! changed, in memory or in the store.
+//!
+//! **Versions.** Every stored instance carries a version, 1 after its start and one more per
+//! commit. A commit names the version it read; a store refuses it with
+//! [`StoreError::Conflict`] when the stored version is another, so two engines sharing a store
+//! never overwrite each other: the second one reloads and the caller may retry.
+
+mod memory;
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+
+pub use memory::MemoryStore;
+
+use crate::exec::{Instance, Record};
+use crate::ids::{DefKey, InstanceId};
+
+/// Where an engine keeps its definitions, instances, audit trails and timers.
+///
+/// Implementations must be safe to call from many threads; each method is one transaction.
+pub trait Store: Send + Sync {
+    /// Stores a definition's YAML text under its id and version. Storing the same text again is
+    /// a no-op (hosts deploy at every start).
+    ///
+    /// # Errors
+    /// [`StoreError::DefinitionChanged`] when another text is stored under this id and version;
+    /// any failure of the medium.
+    fn save_definition(&self, def: &StoredDef) -> Result<(), StoreError>;
+
+    /// Every stored definition, every version, ordered by id then version.
+    ///
+    /// # Errors
+    /// A failure of the medium, or stored data that does not decode.
+    fn definitions(&self) -> Result<Vec<StoredDef>, StoreError>;
+
+    /// Commits one engine call's changes to one instance, atomically.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the stored version is not `commit.version`; any failure of
+    /// the medium. Either way nothing of the commit is stored.
+    fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError>;
+
+    /// One instance with its whole audit trail, or `None` when the store does not know it.
+    ///
+    /// # Errors
+    /// A failure of the medium, or stored data that does not decode.
+    fn read(&self, id: InstanceId) -> Result<Option<StoredInstance>, StoreError>;
+
+    /// Every running instance with its audit trail: what an engine resumes when it opens.
+    ///
+    /// # Errors
+    /// A failure of the medium, or stored data that does not decode.
+    fn running(&self) -> Result<Vec<StoredInstance>, StoreError>;
+
+    /// Instances (running and completed) of `process` (or of every process) started at or after
+    /// `since`, with their audit trails, oldest first: what reports read.
+    ///
+    /// # Errors
+    /// A failure of the medium, or stored data that does not decode.
+    fn history(
+        &self,
+        process: Option<&str>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<StoredInstance>, StoreError>;
+
+    /// The running instances with a timer due at or before `now`, with their stored versions.
+    ///
+    /// # Errors
+    /// A failure of the medium.
+    fn due(&self, now: DateTime<Utc>) -> Result<Vec<(InstanceId, u64)>, StoreError>;
+
+    /// Reserves `count` consecutive instance ids and returns the first. Ids are never handed out
+    /// twice, also not to two engines sharing the store.
+    ///
+    /// # Errors
+    /// A failure of the medium.
+    fn reserve_ids(&self, count: u64) -> Result<u64, StoreError>;
+}
+
+/// A definition as a store keeps it: its key and the YAML text it was compiled from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredDef {
+    /// Id and version.
+    pub key: DefKey,
+    /// The YAML text.
+    pub text: String,
+}
+
+/// An instance as a store returns it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredInstance {
+    /// The state, audit trail included.
+    pub instance: Instance,
+    /// The stored version: 1 after the start, one more per commit.
+    pub version: u64,
+}
+
+/// One engine call's changes to one instance.
+#[derive(Debug)]
+pub struct Commit<'a> {
+    /// The instance's new state. Stores keep its audit trail apart: `records` holds what this
+    /// call added to it.
+    pub instance: &'a Instance,
+    /// The definition the instance runs.
+    pub def: &'a DefKey,
+    /// The audit records this call added, in order.
+    pub records: &'a [Record],
+    /// The position of `records[0]` in the instance's audit trail.
+    pub first_record: usize,
+    /// The version the call read: 0 for a start (the instance must not exist yet).
+    pub version: u64,
+    /// The earliest pending timer of the instance, if any.
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+impl Commit<'_> {
+    /// The version the instance has once this commit is stored.
+    pub fn new_version(&self) -> u64 {
+        self.version + 1
+    }
+}
+
+/// Why a store could not do what was asked. Nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store's file does not exist (and was not to be created).
+    #[error("{}: no such store file", path.display())]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Another process holds the file locked for longer than the store waits.
+    #[error("{}: the store is locked by another process", path.display())]
+    Locked {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is not a procflow store, or is damaged.
+    #[error("{}: not a procflow store, or damaged: {detail}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What was found.
+        detail: String,
+    },
+    /// The file was written by a newer procflow.
+    #[error("{}: schema version {found} is newer than this procflow reads ({supported})", path.display())]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// Its schema version.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
+    /// The disk (or the store's size limit) is full.
+    #[error("{}: the disk is full", path.display())]
+    Full {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The stored instance has another version than the one the call read: another engine
+    /// changed it.
+    #[error("instance {instance} changed in the store (version {found:?}, this engine read {expected})")]
+    Conflict {
+        /// The instance.
+        instance: InstanceId,
+        /// The version the call read.
+        expected: u64,
+        /// The stored version (`None`: not stored).
+        found: Option<u64>,
+    },
+    /// Another text is stored under this id and version.
+    #[error("definition {key} is stored with another text; deploy a new version")]
+    DefinitionChanged {
+        /// The definition.
+        key: DefKey,
+    },
+    /// Stored data that does not decode.
+    #[error("stored {what} does not decode: {detail}")]
+    Decode {
+        /// What (e.g. `instance i42`).
+        what: String,
+        /// The decoder's message.
+        detail: String,
+    },
+    /// Any other failure of the medium.
+    #[error("{}: {detail}", path.display())]
+    Other {
+        /// The file (empty for an in-memory store).
+        path: PathBuf,
+        /// The medium's message.
+        detail: String,
+    },
+}
+
+/// The state of an instance as stores serialize it: JSON, without the audit trail (a commit
+/// carries the new records beside it).
+pub(crate) fn encode_state(instance: &Instance) -> String {
+    serde_json::to_string(&crate::exec::StateRef::new(instance))
+        .expect("instance state is plain serde data")
+}
+
+/// Decodes what [`encode_state`] wrote and puts the audit trail back.
+pub(crate) fn decode_state(
+    id: u64,
+    state: &str,
+    audit: Vec<Record>,
+) -> Result<Instance, StoreError> {
+    let mut instance: Instance = serde_json::from_str(state).map_err(|e| StoreError::Decode {
+        what: format!("instance i{id}"),
+        detail: e.to_string(),
+    })?;
+    instance.set_audit(audit);
+    Ok(instance)
+}
+
+/// Encodes audit records as stores keep them: a JSON array, one per commit.
+pub(crate) fn encode_records(records: &[Record]) -> String {
+    serde_json::to_string(records).expect("records are plain serde data")
+}
+
+/// Decodes what [`encode_records`] wrote, appending to `into`.
+pub(crate) fn decode_records(
+    id: u64,
+    text: &str,
+    into: &mut Vec<Record>,
+) -> Result<(), StoreError> {
+    let records: Vec<Record> = serde_json::from_str(text).map_err(|e| StoreError::Decode {
+        what: format!("audit records of instance i{id}"),
+        detail: e.to_string(),
+    })?;
+    into.extend(records);
+    Ok(())
+}
