@@ -69,8 +69,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use def::{LoadError, Location, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role};
 pub use duration::{BusinessDuration, DurationError, DurationErrorKind, DurationSpec};
 pub use exec::{
-    Comment, Config, Engine, EngineBuilder, Entry, ExecError, Incident, Instance, Record, Status,
-    Task, TaskState, TaskView, Token, TokenState,
+    Comment, Config, Engine, EngineBuilder, Entry, ExecError, Incident, Instance, OpenError,
+    Record, Status, Task, TaskState, TaskView, Token, TokenState,
 };
 pub use exec::{Fired, Sla, SlaStatus, Timer, TimerDriver, TimerKind};
 pub use hooks::{

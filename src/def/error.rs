@@ -213,14 +213,20 @@ pub enum ProblemKind {
     /// A service task names a handler the engine does not have (checked at deploy time).
     #[error("no service handler registered as '{0}'")]
     UnknownHandler(String),
-    /// A definition with this id and version is already deployed.
-    #[error("process '{id}' version {version} is already deployed")]
+    /// Another definition with this id and version is already deployed (deploying the same
+    /// text again is allowed and changes nothing).
+    #[error(
+        "process '{id}' version {version} is already deployed with another text; give it a new version"
+    )]
     AlreadyDeployed {
         /// The process id.
         id: String,
         /// The version.
         version: u32,
     },
+    /// The engine's store refused to keep the definition.
+    #[error("the store refused the definition: {0}")]
+    NotStored(String),
     /// A duration's text does not parse.
     #[error("{0}")]
     BadDuration(crate::duration::DurationError),

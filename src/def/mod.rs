@@ -376,8 +376,8 @@ impl ProcessDef {
 
 fn load(text: &str, file: Option<PathBuf>) -> Result<ProcessDef, LoadError> {
     let raw = raw::parse(text).map_err(|p| LoadError::new(file.clone(), vec![p]))?;
-    let mut def = validate::compile(raw, file.clone())
-        .map_err(|problems| LoadError::new(file, problems))?;
+    let mut def =
+        validate::compile(raw, file.clone()).map_err(|problems| LoadError::new(file, problems))?;
     def.text = text.to_owned();
     Ok(def)
 }

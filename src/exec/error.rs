@@ -1,7 +1,9 @@
 //! The executor boundary's error type.
 
-use crate::ids::{InstanceId, RoleId, TaskId};
+use crate::def::LoadError;
+use crate::ids::{DefKey, InstanceId, RoleId, TaskId};
 use crate::raci::Action;
+use crate::store::StoreError;
 use crate::vars::VarProblem;
 
 /// Why an engine call did not do what was asked. Unless the variant says otherwise, nothing
@@ -107,4 +109,38 @@ pub enum ExecError {
     /// `retry` found no failed node.
     #[error("instance {0} has no failed node to retry")]
     NothingToRetry(InstanceId),
+    /// Another engine sharing the store changed the instance since this engine read it. Nothing
+    /// changed; the engine has read the instance again, so the caller may look and retry.
+    #[error("instance {0} was changed by another engine; read it again and retry")]
+    Conflict(InstanceId),
+    /// The store refused the call's commit (or a read). Nothing changed, in memory or in the
+    /// store.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Why [`EngineBuilder::open`](crate::EngineBuilder::open) could not resume from a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A stored definition no longer deploys (a handler or calendar it names is not registered,
+    /// or this procflow rejects its text).
+    #[error("stored definition {key} does not deploy: {error}")]
+    Definition {
+        /// The definition.
+        key: DefKey,
+        /// Why.
+        error: LoadError,
+    },
+    /// A stored instance names a definition the store does not hold.
+    #[error("stored instance {instance} runs {key}, which is not stored")]
+    UnknownDefinition {
+        /// The instance.
+        instance: InstanceId,
+        /// The definition it names.
+        key: DefKey,
+    },
 }

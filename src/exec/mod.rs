@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 
 use chrono::{DateTime, Utc};
 
-pub use error::ExecError;
+pub use error::{ExecError, OpenError};
 pub(crate) use state::StateRef;
 pub use state::{
     Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
@@ -32,6 +32,7 @@ use crate::def::{Behaviour, LoadError, Problem, ProblemKind, ProcessDef};
 use crate::hooks::{Control, Event, Hook, ServiceHandler};
 use crate::ids::{DefKey, InstanceId, NodeId, TaskId};
 use crate::raci::{self, Action, Actor, Authorizer, Grant};
+use crate::store::{Commit, Store, StoreError, StoredDef, StoredInstance};
 use crate::vars::{VarProblem, Vars};
 use step::{Change, Step};
 
@@ -73,6 +74,8 @@ pub(crate) struct Deployed {
 struct Slot {
     inst: Instance,
     dep: Arc<Deployed>,
+    /// The version of the instance in the store (0 without a store).
+    version: u64,
 }
 
 const SHARDS: usize = 64;
@@ -111,6 +114,8 @@ pub struct Engine {
     timer_heaps: Box<[Mutex<TimerHeap>]>,
     /// One `tick` at a time, so that timers fire in deadline order.
     ticking: Mutex<()>,
+    /// Where every call's changes are committed; `None` keeps everything in memory.
+    store: Option<Arc<dyn Store>>,
 }
 
 /// A min-heap of (due instant, instance number).
@@ -214,7 +219,61 @@ impl EngineBuilder {
             calendars: b.calendars,
             timer_heaps: (0..SHARDS).map(|_| Mutex::new(BinaryHeap::new())).collect(),
             ticking: Mutex::new(()),
+            store: None,
         }
+    }
+
+    /// Builds an engine on a store and resumes what it holds: every stored definition version
+    /// is compiled again from its stored text and deployed (so the handlers and calendars they
+    /// name must be registered on this builder), and every running instance is loaded with its
+    /// tokens, claims, incidents and timers. Timers that fell due while no engine ran fire on
+    /// the next [`Engine::tick`], once each, in order.
+    ///
+    /// From then on every call that changes an instance commits its changes to the store before
+    /// it returns; see [`Store`].
+    ///
+    /// # Errors
+    /// [`OpenError::Store`] when the store fails; [`OpenError::Definition`] when a stored
+    /// definition no longer deploys; [`OpenError::UnknownDefinition`] when a stored instance
+    /// names a definition the store does not hold.
+    ///
+    /// # Examples
+    /// ```
+    /// use procflow::{Engine, MemoryStore, ProcessDef, Vars};
+    ///
+    /// let store = MemoryStore::new();
+    /// let engine = Engine::builder().open(store.clone())?;
+    /// engine.deploy(ProcessDef::from_file("process-defs/order-provisioning.yaml")?)?;
+    /// # let _ = engine;
+    /// // ... later, in another engine (or after a restart, on a durable store):
+    /// let engine = Engine::builder().open(store)?;
+    /// assert!(engine.definition("order-provisioning", None).is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open(&mut self, store: impl Store + 'static) -> Result<Engine, OpenError> {
+        let mut engine = self.build();
+        let store: Arc<dyn Store> = Arc::new(store);
+        engine.store = Some(Arc::clone(&store));
+        for stored in store.definitions()? {
+            let def =
+                ProcessDef::from_yaml(&stored.text).map_err(|error| OpenError::Definition {
+                    key: stored.key.clone(),
+                    error,
+                })?;
+            engine
+                .install(def, false)
+                .map_err(|error| OpenError::Definition {
+                    key: stored.key.clone(),
+                    error,
+                })?;
+        }
+        for stored in store.running()? {
+            let id = stored.instance.id;
+            engine
+                .adopt(stored)
+                .map_err(|key| OpenError::UnknownDefinition { instance: id, key })?;
+        }
+        Ok(engine)
     }
 }
 
@@ -302,6 +361,11 @@ impl Engine {
     /// A service task names a handler that is not registered, or this id and version is already
     /// deployed.
     pub fn deploy(&self, def: ProcessDef) -> Result<Arc<ProcessDef>, LoadError> {
+        self.install(def, true)
+    }
+
+    /// Deploys `def`, and with `save` keeps its text in the store (when there is one).
+    fn install(&self, def: ProcessDef, save: bool) -> Result<Arc<ProcessDef>, LoadError> {
         let mut problems = Vec::new();
         let handlers = def
             .nodes
@@ -352,7 +416,11 @@ impl Engine {
         let _deploying = lock(&self.deploying);
         let mut catalog: Catalog = (**self.defs.load()).clone();
         let versions = catalog.entry(def.key.id.clone()).or_default();
-        if versions.contains_key(&def.key.version) {
+        if let Some(deployed) = versions.get(&def.key.version) {
+            if deployed.def.text == def.text && problems.is_empty() {
+                // Hosts deploy their definitions at every start: the same text is no change.
+                return Ok(Arc::clone(&deployed.def));
+            }
             problems.push(Problem {
                 location: None,
                 path: "version".into(),
@@ -361,6 +429,31 @@ impl Engine {
                     version: def.key.version,
                 },
             });
+        }
+        if problems.is_empty()
+            && save
+            && let Some(store) = &self.store
+        {
+            let stored = StoredDef {
+                key: def.key.clone(),
+                text: def.text.clone(),
+            };
+            match store.save_definition(&stored) {
+                Ok(()) => {}
+                Err(StoreError::DefinitionChanged { key }) => problems.push(Problem {
+                    location: None,
+                    path: "version".into(),
+                    kind: ProblemKind::AlreadyDeployed {
+                        id: key.id,
+                        version: key.version,
+                    },
+                }),
+                Err(e) => problems.push(Problem {
+                    location: None,
+                    path: String::new(),
+                    kind: ProblemKind::NotStored(e.to_string()),
+                }),
+            }
         }
         if !problems.is_empty() {
             return Err(LoadError::new(def.file.clone(), problems));
@@ -390,17 +483,21 @@ impl Engine {
         find(&self.defs.load(), id, version).cloned()
     }
 
-    /// The next instance id, from this thread's block.
-    fn next_instance_id(&self) -> InstanceId {
+    /// The next instance id, from this thread's block. With a store, blocks are reserved in
+    /// the store, so that engines sharing it never hand out the same id.
+    fn next_instance_id(&self) -> Result<InstanceId, StoreError> {
         NEXT_IDS.with(|ids| {
             let (uid, next, end) = ids.get();
             if uid == self.uid && next < end {
                 ids.set((uid, next + 1, end));
-                return InstanceId(next);
+                return Ok(InstanceId(next));
             }
-            let first = self.next_id.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            let first = match &self.store {
+                Some(store) => store.reserve_ids(ID_BLOCK)?,
+                None => self.next_id.fetch_add(ID_BLOCK, Ordering::Relaxed),
+            };
             ids.set((self.uid, first + 1, first + ID_BLOCK));
-            InstanceId(first)
+            Ok(InstanceId(first))
         })
     }
 
@@ -446,7 +543,7 @@ impl Engine {
         if !problems.is_empty() {
             return Err(ExecError::Variables { problems });
         }
-        let id = self.next_instance_id();
+        let id = self.next_instance_id()?;
         let now = self.clock.now();
         let mut inst = Instance {
             id,
@@ -469,16 +566,26 @@ impl Engine {
             ended_at: None,
         };
         let _held = self.hold(id);
-        let result = {
+        let (result, armed) = {
             let mut step = Step::new(&mut inst, dep, &self.hooks, now, self.config.audit);
             step.apply(Change::Started);
             step.arm_sla();
             let result = step.run();
-            for at in step.take_armed() {
-                self.schedule(id, at);
-            }
-            step.finish(result)
+            let result = step.finish(result);
+            (result, step.take_armed())
         };
+        let mut version = 0;
+        if let Some(store) = &self.store {
+            // A start the store refuses leaves no instance behind.
+            inst.def = Some(Arc::clone(&dep.key));
+            version = commit(&**store, &inst, &dep.key, 0, 0).map_err(|e| match e {
+                StoreError::Conflict { instance, .. } => ExecError::Conflict(instance),
+                e => ExecError::Store(e),
+            })?;
+        }
+        for at in armed {
+            self.schedule(id, at);
+        }
         // Remember how many records a start writes, so that the next start allocates its audit
         // trail once. Written only when it changes, so threads starting instances of the same
         // definition do not fight over the cache line.
@@ -487,10 +594,13 @@ impl Engine {
             dep.first_records.store(records, Ordering::Relaxed);
         }
         if inst.status == Status::Running || self.config.retain_completed {
-            inst.def = Some(Arc::clone(&dep.key));
+            if inst.def.is_none() {
+                inst.def = Some(Arc::clone(&dep.key));
+            }
             let slot = Arc::new(Mutex::new(Slot {
                 inst,
                 dep: Arc::clone(dep),
+                version,
             }));
             lock(self.shard(id)).insert(id.0, slot);
         }
@@ -516,10 +626,11 @@ impl Engine {
         if is_held(id) {
             return Err(ExecError::Reentrant(id));
         }
-        let slot = lock(self.shard(id))
-            .get(&id.0)
-            .cloned()
-            .ok_or(ExecError::UnknownInstance(id))?;
+        let found = lock(self.shard(id)).get(&id.0).cloned();
+        let slot = match found {
+            Some(slot) => slot,
+            None => self.read_stored(id)?,
+        };
         let _held = self.hold(id);
         let mut guard = lock(&slot);
         let out = f(&mut guard);
@@ -539,7 +650,7 @@ impl Engine {
     ) -> Result<(), ExecError> {
         let now = self.clock.now();
         self.with_slot(task.instance, |slot| {
-            let Slot { inst, dep } = slot;
+            let Slot { inst, dep, version } = slot;
             let dep: &Deployed = dep;
             let t = inst
                 .tasks
@@ -552,12 +663,8 @@ impl Engine {
                     node: node.to_owned(),
                 });
             }
-            let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
-            let result = f(&mut step, node);
-            for at in step.take_armed() {
-                self.schedule(task.instance, at);
-            }
-            step.finish(result)
+            self.step_slot(inst, dep, version, now, |step| f(step, node))?
+                .schedule(self)
         })?
     }
 
@@ -769,20 +876,23 @@ impl Engine {
     pub fn retry(&self, instance: InstanceId) -> Result<(), ExecError> {
         let now = self.clock.now();
         self.with_slot(instance, |slot| {
-            let Slot { inst, dep } = slot;
-            if inst.status == Status::Completed {
+            if slot.inst.status == Status::Completed {
                 return Err(ExecError::InstanceCompleted(instance));
             }
-            if !inst.tokens.iter().any(|t| t.state == TokenState::Failed) {
+            if !slot
+                .inst
+                .tokens
+                .iter()
+                .any(|t| t.state == TokenState::Failed)
+            {
                 return Err(ExecError::NothingToRetry(instance));
             }
-            let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
-            step.apply(Change::Retry);
-            let result = step.run();
-            for at in step.take_armed() {
-                self.schedule(instance, at);
-            }
-            step.finish(result)
+            let Slot { inst, dep, version } = slot;
+            self.step_slot(inst, dep, version, now, |step| {
+                step.apply(Change::Retry);
+                step.run()
+            })?
+            .schedule(self)
         })?
     }
 
@@ -876,6 +986,198 @@ impl Engine {
         ids.sort();
         ids
     }
+}
+
+/// What one call did to a locked instance: its result, and the timers it armed (for the
+/// engine's schedule).
+struct Stepped {
+    instance: InstanceId,
+    result: Result<(), ExecError>,
+    armed: Vec<DateTime<Utc>>,
+}
+
+impl Stepped {
+    /// Puts the armed timers on the engine's schedule and gives the call's result.
+    fn schedule(self, engine: &Engine) -> Result<(), ExecError> {
+        for at in self.armed {
+            engine.schedule(self.instance, at);
+        }
+        self.result
+    }
+}
+
+impl Engine {
+    /// Runs one call's step on a locked instance. With a store, what the call changed is
+    /// committed before this returns; when the store refuses, the instance is put back as it
+    /// was (on a conflict: as the store holds it now) and the call fails with nothing changed.
+    fn step_slot(
+        &self,
+        inst: &mut Instance,
+        dep: &Deployed,
+        version: &mut u64,
+        now: DateTime<Utc>,
+        f: impl FnOnce(&mut Step<'_>) -> Result<(), ExecError>,
+    ) -> Result<Stepped, ExecError> {
+        let before = self.store.as_ref().map(|_| inst.clone());
+        let first = inst.audit.len();
+        let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
+        let result = f(&mut step);
+        let result = step.finish(result);
+        let (armed, changed) = (step.take_armed(), step.changed);
+        if let (Some(store), Some(before), true) = (&self.store, before, changed) {
+            match commit(&**store, inst, &dep.key, *version, first) {
+                Ok(v) => *version = v,
+                Err(e) => return Err(self.refused(inst, dep, version, before, e)),
+            }
+        }
+        Ok(Stepped {
+            instance: inst.id,
+            result,
+            armed,
+        })
+    }
+
+    /// Undoes a call whose commit the store refused, and says why.
+    fn refused(
+        &self,
+        inst: &mut Instance,
+        dep: &Deployed,
+        version: &mut u64,
+        before: Instance,
+        error: StoreError,
+    ) -> ExecError {
+        *inst = before;
+        let id = inst.id;
+        let StoreError::Conflict { .. } = error else {
+            return ExecError::Store(error);
+        };
+        // Another engine changed the instance: take the stored state, so that the caller can
+        // look at it and retry.
+        if let Some(store) = &self.store
+            && let Ok(Some(stored)) = store.read(id)
+            && stored.instance.def.as_deref() == Some(&*dep.key)
+        {
+            *inst = stored.instance;
+            inst.def = Some(Arc::clone(&dep.key));
+            *version = stored.version;
+            self.schedule_pending(inst);
+        }
+        ExecError::Conflict(id)
+    }
+
+    /// Reads an instance this engine does not hold from the store (one another engine started,
+    /// or a completed one this engine let go) and keeps it.
+    fn read_stored(&self, id: InstanceId) -> Result<Arc<Mutex<Slot>>, ExecError> {
+        let Some(store) = &self.store else {
+            return Err(ExecError::UnknownInstance(id));
+        };
+        let stored = store.read(id)?.ok_or(ExecError::UnknownInstance(id))?;
+        if let Some(key) = stored.instance.def.as_deref()
+            && find(&self.defs.load(), &key.id, Some(key.version)).is_err()
+        {
+            // Another engine deployed it after this one opened.
+            self.load_definitions()?;
+        }
+        self.adopt(stored)
+            .map_err(|key| ExecError::UnknownProcess {
+                id: key.id,
+                version: Some(key.version),
+            })?;
+        lock(self.shard(id))
+            .get(&id.0)
+            .cloned()
+            .ok_or(ExecError::UnknownInstance(id))
+    }
+
+    /// Deploys the stored definitions this engine does not have.
+    fn load_definitions(&self) -> Result<(), ExecError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        for stored in store.definitions()? {
+            if find(&self.defs.load(), &stored.key.id, Some(stored.key.version)).is_ok() {
+                continue;
+            }
+            // A stored definition that no longer deploys is reported by `open`; here it only
+            // leaves its instances unreadable, which the caller hears as an unknown process.
+            if let Ok(def) = ProcessDef::from_yaml(&stored.text) {
+                let _ = self.install(def, false);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a stored instance (replacing an older copy of it) and schedules its pending
+    /// timers. Fails with the definition's key when that is not deployed.
+    fn adopt(&self, stored: StoredInstance) -> Result<(), DefKey> {
+        let StoredInstance {
+            mut instance,
+            version,
+        } = stored;
+        let key = instance.def.as_deref().cloned().unwrap_or(DefKey {
+            id: String::new(),
+            version: 0,
+        });
+        let dep = find(&self.defs.load(), &key.id, Some(key.version))
+            .cloned()
+            .map_err(|_| key)?;
+        instance.def = Some(Arc::clone(&dep.key));
+        let id = instance.id;
+        self.schedule_pending(&instance);
+        // The shard lock is never held while waiting for an instance's lock.
+        let held = lock(self.shard(id)).get(&id.0).cloned();
+        match held {
+            Some(_) if is_held(id) => {}
+            Some(slot) => {
+                let mut slot = lock(&slot);
+                if slot.version < version {
+                    *slot = Slot {
+                        inst: instance,
+                        dep,
+                        version,
+                    };
+                }
+            }
+            None => {
+                lock(self.shard(id)).entry(id.0).or_insert_with(|| {
+                    Arc::new(Mutex::new(Slot {
+                        inst: instance,
+                        dep,
+                        version,
+                    }))
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts every timer of `inst` that has yet to fire on the schedule.
+    fn schedule_pending(&self, inst: &Instance) {
+        for timer in inst.timers.iter().filter(|t| !t.fired) {
+            self.schedule(inst.id, timer.at);
+        }
+    }
+}
+
+/// Commits what a call changed on `inst`, which it read at `version`; `first` is the position
+/// of the call's first audit record. Gives the new version.
+fn commit(
+    store: &dyn Store,
+    inst: &Instance,
+    key: &DefKey,
+    version: u64,
+    first: usize,
+) -> Result<u64, StoreError> {
+    let commit = Commit {
+        instance: inst,
+        def: key,
+        records: &inst.audit[first..],
+        first_record: first,
+        version,
+        next_due: inst.timers.iter().filter(|t| !t.fired).map(|t| t.at).min(),
+    };
+    store.commit(&commit)?;
+    Ok(commit.new_version())
 }
 
 /// The newest version of `id`, or the one named.

@@ -120,6 +120,8 @@ pub(crate) struct Step<'a> {
     armed: Vec<DateTime<Utc>>,
     /// The last actor id this call recorded: one call's records share it.
     actor: std::cell::RefCell<Option<ActorId>>,
+    /// Whether this call applied any change (a store then commits it).
+    pub(crate) changed: bool,
 }
 
 impl<'a> Step<'a> {
@@ -139,6 +141,7 @@ impl<'a> Step<'a> {
             hook_failure: None,
             armed: Vec::new(),
             actor: std::cell::RefCell::new(None),
+            changed: false,
         }
     }
 
@@ -211,6 +214,7 @@ impl<'a> Step<'a> {
 
     /// Applies one change: updates the state, writes the audit record, emits the events.
     pub(crate) fn apply(&mut self, change: Change<'_>) {
+        self.changed = true;
         let id = self.inst.id;
         match change {
             Change::Started => {
@@ -754,7 +758,7 @@ impl<'a> Step<'a> {
     }
 
     /// Turns a hook failure during this call into an incident and an error.
-    pub(crate) fn finish(mut self, result: Result<(), ExecError>) -> Result<(), ExecError> {
+    pub(crate) fn finish(&mut self, result: Result<(), ExecError>) -> Result<(), ExecError> {
         if let Some(message) = self.hook_failure.take() {
             // Hooks see this incident too; a hook failing again here changes nothing more.
             self.apply(Change::Fail {

@@ -512,6 +512,7 @@ impl Engine {
     /// with the other timers.
     pub fn tick(&self, now: DateTime<Utc>) -> Vec<Fired> {
         let _one_at_a_time = super::lock(&self.ticking);
+        self.adopt_due(now);
         let mut due = std::collections::BinaryHeap::new();
         for heap in &*self.timer_heaps {
             let mut heap = super::lock(heap);
@@ -524,18 +525,29 @@ impl Engine {
         }
         let mut fired = Vec::new();
         while let Some(std::cmp::Reverse((at, id))) = due.pop() {
-            let armed = self.with_slot(InstanceId(id), |slot: &mut Slot| {
-                let Slot { inst, dep } = slot;
+            let fired_before = fired.len();
+            let stepped = self.with_slot(InstanceId(id), |slot: &mut Slot| {
+                let Slot { inst, dep, version } = slot;
                 // What a timer causes happens at the timer's instant, not the tick's: a task its
                 // timeout route opens is created then, and its own deadlines count from then. So
                 // a late tick gives the same result as timely ones.
-                let mut step = Step::new(inst, dep, &self.hooks, at, self.config.audit);
-                let result = step.fire_at(at, &mut fired);
-                let armed = step.take_armed();
-                let _ = step.finish(result);
-                armed
+                self.step_slot(inst, dep, version, at, |step| step.fire_at(at, &mut fired))
             });
-            for at in armed.unwrap_or_default() {
+            let armed = match stepped {
+                Ok(Ok(stepped)) => stepped.armed,
+                // The store refused: nothing fired (the timers stay armed and scheduled for the
+                // next tick, or were read again from the store after a conflict).
+                Ok(Err(_)) => {
+                    fired.truncate(fired_before);
+                    let slot = super::lock(self.shard(InstanceId(id))).get(&id).cloned();
+                    if let Some(slot) = slot {
+                        self.schedule_pending(&super::lock(&slot).inst);
+                    }
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            for at in armed {
                 if at <= now {
                     due.push(std::cmp::Reverse((at, id)));
                 } else {
@@ -544,6 +556,31 @@ impl Engine {
             }
         }
         fired
+    }
+
+    /// With a store: reads the instances with timers due by `now` that this engine does not
+    /// hold, or holds at an older version than the store (another engine sharing the store
+    /// changed them), so that `tick` fires what is due whichever engine ran the instance. Each
+    /// timer still fires once: an engine that fires from a stale copy gets a conflict.
+    fn adopt_due(&self, now: DateTime<Utc>) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        // A store that cannot be read now is asked again at the next tick; the timers this
+        // engine holds fire meanwhile.
+        let Ok(due) = store.due(now) else {
+            return;
+        };
+        for (id, version) in due {
+            if super::is_held(id) {
+                continue;
+            }
+            let held = super::lock(self.shard(id)).get(&id.0).cloned();
+            let stale = held.is_none_or(|slot| super::lock(&slot).version < version);
+            if stale && let Ok(Some(stored)) = store.read(id) {
+                let _ = self.adopt(stored);
+            }
+        }
     }
 
     /// When the earliest armed timer is due, if any. (It may belong to a task that has since

@@ -170,7 +170,9 @@ pub enum StoreError {
     },
     /// The stored instance has another version than the one the call read: another engine
     /// changed it.
-    #[error("instance {instance} changed in the store (version {found:?}, this engine read {expected})")]
+    #[error(
+        "instance {instance} changed in the store (version {found:?}, this engine read {expected})"
+    )]
     Conflict {
         /// The instance.
         instance: InstanceId,
@@ -241,4 +243,43 @@ pub(crate) fn decode_records(
     })?;
     into.extend(records);
     Ok(())
+}
+
+/// A shared store is a store: engines (and a report) can use one store handle at once.
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn save_definition(&self, def: &StoredDef) -> Result<(), StoreError> {
+        (**self).save_definition(def)
+    }
+
+    fn definitions(&self) -> Result<Vec<StoredDef>, StoreError> {
+        (**self).definitions()
+    }
+
+    fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError> {
+        (**self).commit(commit)
+    }
+
+    fn read(&self, id: InstanceId) -> Result<Option<StoredInstance>, StoreError> {
+        (**self).read(id)
+    }
+
+    fn running(&self) -> Result<Vec<StoredInstance>, StoreError> {
+        (**self).running()
+    }
+
+    fn history(
+        &self,
+        process: Option<&str>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<StoredInstance>, StoreError> {
+        (**self).history(process, since)
+    }
+
+    fn due(&self, now: DateTime<Utc>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
+        (**self).due(now)
+    }
+
+    fn reserve_ids(&self, count: u64) -> Result<u64, StoreError> {
+        (**self).reserve_ids(count)
+    }
 }

@@ -1,0 +1,397 @@
+//! The engine on a store, through the public API: every kind of state survives closing and
+//! opening, overdue timers fire once each after a restart, definition versions stay apart, two
+//! engines sharing a store conflict instead of overwriting, and a commit the store refuses
+//! changes nothing. Each test runs on every store that ships ([`stores`]).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use procflow::{
+    Actor, Clock, Engine, EngineBuilder, ExecError, HandlerError, InstanceId, ManualClock,
+    MemoryStore, OpenError, ProblemKind, ProcessDef, Status, Store, TaskId, TaskState, TokenState,
+    Vars, handler_fn,
+};
+use serde_json::json;
+
+/// Two user tasks in parallel (one with deadlines), a service task that fails while
+/// `fail` is set, and a timer node.
+const CASE: &str = r#"
+id: case
+version: 1
+name: Case
+roles: { agent: { name: Agent }, lead: { name: Lead }, audit: { name: Audit } }
+variables:
+  fail: { type: boolean, default: false }
+  note: { type: string }
+nodes:
+  start: { kind: start, next: fork }
+  fork: { kind: parallel, next: [triage, check] }
+  triage:
+    kind: user_task
+    name: Triage
+    raci: { responsible: [agent], accountable: lead, informed: [audit] }
+    due: 2h
+    remind: [{ before: 1h }]
+    next: join
+  check:
+    kind: user_task
+    name: Check
+    raci: { responsible: [agent], accountable: lead }
+    next: call
+  call: { kind: service_task, name: Call, handler: flaky, next: pause }
+  pause: { kind: timer, wait: 3h, next: join }
+  join: { kind: parallel, next: done }
+  done: { kind: end }
+"#;
+
+fn t0() -> DateTime<Utc> {
+    "2026-11-23T09:00:00Z".parse().unwrap()
+}
+
+fn agent() -> Actor {
+    Actor::new("ann", ["agent"])
+}
+
+/// Every store under test, each a fresh one, as a function that opens an engine on it. The
+/// SQLite store is opened through a new handle each time, as a restarted process would.
+fn stores() -> Vec<(&'static str, Box<dyn Fn() -> Arc<dyn Store>>)> {
+    let memory = MemoryStore::new();
+    vec![(
+        "memory",
+        Box::new(move || Arc::new(memory.clone()) as Arc<dyn Store>),
+    )]
+}
+
+/// Opens an engine on `store` with the `flaky` handler (failing while `fail` is set) and
+/// `clock`.
+fn open(store: Arc<dyn Store>, clock: &Arc<ManualClock>) -> Engine {
+    builder(clock).open(store).expect("open")
+}
+
+fn builder(clock: &Arc<ManualClock>) -> EngineBuilder {
+    let mut b = Engine::builder();
+    b.clock(Arc::clone(clock));
+    b.handler(
+        "flaky",
+        handler_fn(|call| {
+            if call.vars.get("fail") == Some(&json!(true)) {
+                Err(HandlerError::new("the network is down"))
+            } else {
+                Ok(Vars::new())
+            }
+        }),
+    );
+    b
+}
+
+fn vars(pairs: &[(&str, serde_json::Value)]) -> Vars {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+fn task(engine: &Engine, id: InstanceId, node: &str) -> TaskId {
+    engine
+        .tasks(id)
+        .unwrap()
+        .into_iter()
+        .find(|t| t.node_id == node)
+        .unwrap_or_else(|| panic!("no open task at {node}"))
+        .id
+}
+
+#[test]
+fn every_kind_of_state_survives_close_and_open() {
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let engine = open(store(), &clock);
+        engine.deploy(ProcessDef::from_yaml(CASE).unwrap()).unwrap();
+        // One instance with a claim, a comment and a failed service task (an incident).
+        let a = engine
+            .start(
+                "case",
+                vars(&[("fail", json!(true)), ("note", json!("first"))]),
+            )
+            .unwrap();
+        let triage = task(&engine, a, "triage");
+        engine.claim(triage, &agent()).unwrap();
+        engine.comment(triage, &agent(), "looking").unwrap();
+        clock.advance(Duration::minutes(10));
+        let check = task(&engine, a, "check");
+        let err = engine.complete(check, &agent(), Vars::new()).unwrap_err();
+        assert!(matches!(err, ExecError::Incident { .. }), "{name}: {err}");
+        // Another that waits at the timer node, and a denied attempt in its audit trail.
+        let b = engine.start("case", Vars::new()).unwrap();
+        let denied = engine.complete(
+            task(&engine, b, "check"),
+            &Actor::new("eve", ["audit"]),
+            Vars::new(),
+        );
+        assert!(matches!(denied, Err(ExecError::Denied { .. })), "{name}");
+        engine
+            .complete(task(&engine, b, "check"), &agent(), Vars::new())
+            .unwrap();
+        let before: Vec<_> = [a, b]
+            .iter()
+            .map(|id| engine.instance(*id).unwrap())
+            .collect();
+        let work = engine.work_list(&agent());
+        let next_due = engine.next_due();
+        drop(engine);
+
+        let engine = open(store(), &clock);
+        let after: Vec<_> = [a, b]
+            .iter()
+            .map(|id| engine.instance(*id).unwrap())
+            .collect();
+        assert_eq!(before, after, "{name}: instances differ after reopening");
+        assert_eq!(work, engine.work_list(&agent()), "{name}");
+        assert_eq!(next_due, engine.next_due(), "{name}");
+        assert_eq!(after[0].incidents().len(), 1, "{name}");
+        assert_eq!(after[0].tasks()[0].claimed_by(), Some("ann"), "{name}");
+        assert_eq!(after[0].tasks()[0].comments().len(), 1, "{name}");
+        assert!(
+            after[1]
+                .tokens()
+                .iter()
+                .any(|t| t.state == TokenState::Waiting),
+            "{name}"
+        );
+        // The resumed engine goes on where the first stopped: a retry, then both tasks.
+        engine.retry(a).unwrap_err(); // still failing: `fail` is set
+        assert_eq!(engine.instance(a).unwrap().incidents().len(), 2, "{name}");
+        engine.complete(triage, &agent(), Vars::new()).unwrap();
+        drop(engine);
+        let engine = open(store(), &clock);
+        let inst = engine.instance(a).unwrap();
+        assert!(matches!(
+            inst.tasks()[0].state(),
+            TaskState::Completed { .. }
+        ));
+        assert_eq!(inst.status(), Status::Running, "{name}");
+    }
+}
+
+#[test]
+fn overdue_timers_fire_once_each_in_order_after_a_restart() {
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let engine = open(store(), &clock);
+        engine.deploy(ProcessDef::from_yaml(CASE).unwrap()).unwrap();
+        let first = engine.start("case", Vars::new()).unwrap();
+        clock.advance(Duration::minutes(30));
+        let second = engine.start("case", Vars::new()).unwrap();
+        drop(engine);
+
+        // Down for three hours: both reminders (at 1h and 1h30) and both deadlines (2h, 2h30)
+        // fell due meanwhile.
+        clock.set(t0() + Duration::hours(3));
+        let engine = open(store(), &clock);
+        let fired = engine.tick(clock.now());
+        let seen: Vec<(InstanceId, String, DateTime<Utc>)> = fired
+            .iter()
+            .map(|f| (f.instance, f.name(), f.due))
+            .collect();
+        let h = |m: i64| t0() + Duration::minutes(m);
+        assert_eq!(
+            seen,
+            vec![
+                (first, "reminder".to_owned(), h(60)),
+                (second, "reminder".to_owned(), h(90)),
+                (first, "breach".to_owned(), h(120)),
+                (second, "breach".to_owned(), h(150)),
+            ],
+            "{name}"
+        );
+        assert!(engine.tick(clock.now()).is_empty(), "{name}: fired twice");
+        drop(engine);
+        // Fired is stored: a third engine fires nothing again.
+        let engine = open(store(), &clock);
+        assert!(
+            engine.tick(clock.now()).is_empty(),
+            "{name}: fired again after reopening"
+        );
+    }
+}
+
+#[test]
+fn versions_stay_apart_and_keep_their_text() {
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let engine = open(store(), &clock);
+        engine.deploy(ProcessDef::from_yaml(CASE).unwrap()).unwrap();
+        let old = engine.start("case", Vars::new()).unwrap();
+        let v2 = CASE
+            .replace("version: 1", "version: 2")
+            .replace("name: Triage", "name: Triage (v2)");
+        engine.deploy(ProcessDef::from_yaml(&v2).unwrap()).unwrap();
+        // Deploying the same text again is no change; another text under a deployed version is.
+        engine.deploy(ProcessDef::from_yaml(&v2).unwrap()).unwrap();
+        let err = engine
+            .deploy(ProcessDef::from_yaml(&v2.replace("(v2)", "(v2b)")).unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(
+                err.problems[0].kind,
+                ProblemKind::AlreadyDeployed { version: 2, .. }
+            ),
+            "{name}: {err}"
+        );
+        let new = engine.start("case", Vars::new()).unwrap();
+        drop(engine);
+
+        let engine = open(store(), &clock);
+        assert_eq!(
+            engine.definition_of(old).unwrap().key().version,
+            1,
+            "{name}"
+        );
+        assert_eq!(engine.definition_of(old).unwrap().text(), CASE, "{name}");
+        assert_eq!(
+            engine.definition_of(new).unwrap().key().version,
+            2,
+            "{name}"
+        );
+        let newest = engine.start("case", Vars::new()).unwrap();
+        assert_eq!(engine.definition_of(newest).unwrap().key().version, 2);
+        let named = engine.start_version("case", Some(1), Vars::new()).unwrap();
+        assert_eq!(engine.definition_of(named).unwrap().key().version, 1);
+        // Ids are not handed out twice across engines.
+        assert!(![old, new].contains(&newest) && newest != named, "{name}");
+    }
+}
+
+#[test]
+fn two_engines_sharing_a_store_conflict_instead_of_overwriting() {
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let one = open(store(), &clock);
+        one.deploy(ProcessDef::from_yaml(CASE).unwrap()).unwrap();
+        let two = open(store(), &clock);
+        let id = one.start("case", Vars::new()).unwrap();
+        // The second engine reads the instance the first started on demand.
+        let check = task(&two, id, "check");
+        let triage = task(&two, id, "triage");
+        one.complete(check, &agent(), Vars::new()).unwrap();
+        // The second engine's copy is stale: its completion of the same task conflicts.
+        let err = two.complete(check, &agent(), Vars::new()).unwrap_err();
+        assert_eq!(err, ExecError::Conflict(id), "{name}");
+        // It has read the instance again: the task is closed now, and other work goes on.
+        let err = two.complete(check, &agent(), Vars::new()).unwrap_err();
+        assert!(matches!(err, ExecError::TaskClosed { .. }), "{name}: {err}");
+        two.complete(triage, &agent(), Vars::new()).unwrap();
+        // And now the first engine's copy is the stale one.
+        let err = one.claim(triage, &agent()).unwrap_err();
+        assert_eq!(err, ExecError::Conflict(id), "{name}");
+        let stored = open(store(), &clock).instance(id).unwrap();
+        let completions = stored
+            .tasks()
+            .iter()
+            .filter(|t| matches!(t.state(), TaskState::Completed { .. }))
+            .count();
+        assert_eq!(completions, 2, "{name}");
+        // Each engine's ids are its own.
+        let a = one.start("case", Vars::new()).unwrap();
+        let b = two.start("case", Vars::new()).unwrap();
+        assert_ne!(a, b, "{name}");
+    }
+}
+
+#[test]
+fn timers_fire_once_whichever_engine_ticks() {
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let one = open(store(), &clock);
+        one.deploy(ProcessDef::from_yaml(CASE).unwrap()).unwrap();
+        let two = open(store(), &clock);
+        let id = one.start("case", Vars::new()).unwrap();
+        // The second engine learns of the instance only from the store's due list.
+        clock.advance(Duration::minutes(61));
+        let by_two = two.tick(clock.now());
+        let by_one = one.tick(clock.now());
+        assert_eq!(
+            by_two.len() + by_one.len(),
+            1,
+            "{name}: {by_one:?} {by_two:?}"
+        );
+        assert_eq!(
+            by_two.len(),
+            1,
+            "{name}: the engine that ticked first fires it"
+        );
+        assert_eq!(by_two[0].instance, id);
+        clock.advance(Duration::hours(1));
+        let both = one.tick(clock.now()).len() + two.tick(clock.now()).len();
+        assert_eq!(both, 1, "{name}: the breach fires once");
+    }
+}
+
+#[test]
+fn a_refused_commit_changes_nothing() {
+    let store = MemoryStore::new();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = open(Arc::new(store.clone()), &clock);
+    engine.deploy(ProcessDef::from_yaml(CASE).unwrap()).unwrap();
+    let id = engine.start("case", Vars::new()).unwrap();
+    let check = task(&engine, id, "check");
+
+    // A completion.
+    let before = engine.instance(id).unwrap();
+    store.refuse_commits(1);
+    let err = engine.complete(check, &agent(), Vars::new()).unwrap_err();
+    assert!(matches!(err, ExecError::Store(_)), "{err}");
+    assert_eq!(
+        engine.instance(id).unwrap(),
+        before,
+        "memory holds what the store refused"
+    );
+    let reopened = open(Arc::new(store.clone()), &clock);
+    assert_eq!(reopened.instance(id).unwrap(), before);
+    drop(reopened);
+
+    // A start leaves no instance behind.
+    store.refuse_commits(1);
+    let ids = engine.instances();
+    assert!(matches!(
+        engine.start("case", Vars::new()),
+        Err(ExecError::Store(_))
+    ));
+    assert_eq!(engine.instances(), ids);
+
+    // A tick fires nothing, and fires it at the next tick instead.
+    clock.advance(Duration::minutes(61));
+    store.refuse_commits(1);
+    assert!(engine.tick(clock.now()).is_empty());
+    assert_eq!(engine.instance(id).unwrap(), before);
+    let fired = engine.tick(clock.now());
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].name(), "reminder");
+
+    // The call goes through once the store takes it.
+    engine.complete(check, &agent(), Vars::new()).unwrap();
+    let reopened = open(Arc::new(store), &clock);
+    assert!(matches!(
+        reopened.instance(id).unwrap().tasks()[1].state(),
+        TaskState::Completed { .. }
+    ));
+}
+
+#[test]
+fn a_stored_definition_that_no_longer_deploys_is_named() {
+    let store = MemoryStore::new();
+    let clock = Arc::new(ManualClock::new(t0()));
+    open(Arc::new(store.clone()), &clock)
+        .deploy(ProcessDef::from_yaml(CASE).unwrap())
+        .unwrap();
+    // This host forgot the `flaky` handler.
+    let err = Engine::builder().open(store).unwrap_err();
+    let OpenError::Definition { key, error } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(key.to_string(), "case@1");
+    assert!(
+        matches!(error.problems[0].kind, ProblemKind::UnknownHandler(ref h) if h == "flaky"),
+        "{err}"
+    );
+}
