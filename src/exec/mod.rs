@@ -239,15 +239,27 @@ impl EngineBuilder {
     ///
     /// # Examples
     /// ```
-    /// use procflow::{Engine, MemoryStore, ProcessDef, Vars};
+    /// use procflow::{Actor, Engine, MemoryStore, ProcessDef, Vars};
     ///
     /// let store = MemoryStore::new();
     /// let engine = Engine::builder().open(store.clone())?;
-    /// engine.deploy(ProcessDef::from_file("process-defs/order-provisioning.yaml")?)?;
-    /// # let _ = engine;
-    /// // ... later, in another engine (or after a restart, on a durable store):
+    /// engine.deploy(ProcessDef::from_yaml(r#"
+    /// id: hello
+    /// version: 1
+    /// name: Hello
+    /// roles: { clerk: { name: Clerk } }
+    /// nodes:
+    ///   start: { kind: start, next: greet }
+    ///   greet: { kind: user_task, name: Greet, raci: { responsible: [clerk], accountable: clerk }, next: end }
+    ///   end: { kind: end }
+    /// "#)?)?;
+    /// let id = engine.start("hello", Vars::new())?;
+    /// drop(engine);
+    ///
+    /// // Later, in another engine (on a durable store: after a restart).
     /// let engine = Engine::builder().open(store)?;
-    /// assert!(engine.definition("order-provisioning", None).is_some());
+    /// let task = engine.tasks(id)?[0].id;
+    /// engine.complete(task, &Actor::new("ann", ["clerk"]), Vars::new())?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn open(&mut self, store: impl Store + 'static) -> Result<Engine, OpenError> {
@@ -347,6 +359,15 @@ impl Engine {
     /// An engine with the default config, the system clock, and no handlers or hooks.
     pub fn new() -> Engine {
         Engine::default()
+    }
+
+    /// An engine with the defaults on `store`, resuming what it holds; see
+    /// [`EngineBuilder::open`] (which a host with handlers, hooks or calendars uses).
+    ///
+    /// # Errors
+    /// As [`EngineBuilder::open`].
+    pub fn open(store: impl Store + 'static) -> Result<Engine, OpenError> {
+        Engine::builder().open(store)
     }
 
     /// A builder for an engine with handlers, hooks, a clock or a config.
