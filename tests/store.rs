@@ -54,7 +54,10 @@ fn agent() -> Actor {
 
 /// Every store under test, each a fresh one, as a function that opens an engine on it. The
 /// SQLite store is opened through a new handle each time, as a restarted process would.
-fn stores() -> Vec<(&'static str, Box<dyn Fn() -> Arc<dyn Store>>)> {
+/// Opens a new handle on one store.
+type Reopen = Box<dyn Fn() -> Arc<dyn Store>>;
+
+fn stores() -> Vec<(&'static str, Reopen)> {
     let memory = MemoryStore::new();
     vec![(
         "memory",
