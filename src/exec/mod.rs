@@ -603,7 +603,7 @@ impl Engine {
                 state: TokenState::Ready,
             }],
             tasks: Vec::new(),
-            incidents: Vec::new(),
+            incidents: Box::default(),
             timers: Box::default(),
             audit: Vec::with_capacity(if self.config.audit {
                 dep.first_records.load(Ordering::Relaxed)

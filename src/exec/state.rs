@@ -26,7 +26,8 @@ pub struct Instance {
     pub(crate) tokens: SmallVec<[Token; 1]>,
     /// Every task the instance opened; a task's `seq` is its index here.
     pub(crate) tasks: Vec<Task>,
-    pub(crate) incidents: Vec<Incident>,
+    /// Rare: a boxed slice is 8 bytes smaller than a `Vec`.
+    pub(crate) incidents: Box<[Incident]>,
     /// Armed timers (and fired deadlines), few per instance.
     pub(crate) timers: Box<[Timer]>,
     /// Absent from a stored state ([`StateRef`]): stores keep the records beside it.

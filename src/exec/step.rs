@@ -452,12 +452,14 @@ impl<'a> Step<'a> {
                 if let Some(i) = token {
                     self.inst.tokens[i].state = TokenState::Failed;
                 }
-                self.inst.incidents.push(Incident {
+                let mut incidents = std::mem::take(&mut self.inst.incidents).into_vec();
+                incidents.push(Incident {
                     node,
                     message: message.to_owned(),
                     at: self.now,
                     resolved: false,
                 });
+                self.inst.incidents = incidents.into_boxed_slice();
                 self.record(Entry::Incident {
                     node,
                     message: Box::from(message),
@@ -475,7 +477,7 @@ impl<'a> Step<'a> {
                         t.state = TokenState::Ready;
                     }
                 }
-                for incident in &mut self.inst.incidents {
+                for incident in self.inst.incidents.iter_mut() {
                     incident.resolved = true;
                 }
                 self.record(Entry::Retried);
