@@ -60,6 +60,7 @@ mod exec;
 mod hooks;
 mod ids;
 mod raci;
+mod report;
 mod sim;
 mod store;
 mod vars;
@@ -79,6 +80,10 @@ pub use hooks::{
 };
 pub use ids::{ActorId, DefKey, InstanceId, NodeId, RoleId, TaskId};
 pub use raci::{Action, Actor, Authorizer, Raci};
+pub use report::{
+    ActorFigures, Durations, HeatMetric, NodeFigures, ProcessFigures, Report, ReportError,
+    ReportOptions, RoleFigures, UnknownMetric,
+};
 pub use sim::{Scenario, SimReport};
 pub use store::{Commit, MemoryStore, Store, StoreError, StoredDef, StoredInstance};
 pub use vars::{VarProblem, VarSpec, VarType, Vars};

@@ -1,15 +1,22 @@
-//! `procflow`: validate definitions, draw them, simulate scenarios, and check calendar
-//! computations.
+//! `procflow`: validate definitions, draw them, simulate scenarios, check calendar
+//! computations, and report on a store's history.
 
 use std::process::ExitCode;
 
-use procflow::{BusinessCalendar, DurationSpec, ProcessDef, Scenario};
+use std::path::Path;
+
+use procflow::{
+    BusinessCalendar, DurationSpec, HeatMetric, ProcessDef, Report, ReportOptions, Scenario, Store,
+    StoreError,
+};
 
 const USAGE: &str = "usage:
   procflow validate FILE...
   procflow graph FILE [--format mermaid|dot]
   procflow simulate FILE --scenario SCENARIO [--calendar CALENDAR]
-  procflow calendar CALENDAR --add DURATION --from INSTANT";
+  procflow calendar CALENDAR --add DURATION --from INSTANT
+  procflow report --store FILE [--process ID] [--since RFC3339|YYYY-MM-DD]
+                  [--format table|csv|json] [--heatmap OUT.svg] [--metric mean-wait|breach-rate]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -18,6 +25,7 @@ fn main() -> ExitCode {
         Some("graph") => graph(&args[1..]),
         Some("simulate") => simulate(&args[1..]),
         Some("calendar") => calendar(&args[1..]),
+        Some("report") => report(&args[1..]),
         _ => Err(USAGE.to_owned()),
     };
     match result {
@@ -166,4 +174,92 @@ fn calendar(args: &[String]) -> Result<ExitCode, String> {
         }
         Err(e) => fail(format!("{file}: {e}")),
     }
+}
+
+/// Opens the store in `path`, which must exist.
+fn open_store(path: &Path) -> Result<Box<dyn Store>, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    // TODO(merge): SqliteStore::open: `Ok(Box::new(procflow::SqliteStore::open(path)?))` once
+    // the SQLite store is merged.
+    Err(StoreError::Other {
+        path: path.to_owned(),
+        detail: "sqlite store not available yet".to_owned(),
+    })
+}
+
+/// `--since`: an RFC 3339 instant, or a date (its midnight, UTC).
+fn since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.to_utc());
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+        .map_err(|_| {
+            format!(
+                "invalid --since '{text}': use RFC 3339 (2026-01-05T09:00:00+08:00) or a date (2026-01-05)"
+            )
+        })
+}
+
+/// Prints a store's history report; with `--heatmap`, also draws the process.
+fn report(args: &[String]) -> Result<ExitCode, String> {
+    let store_path = option(args, "--store")?.ok_or(USAGE)?;
+    let process = option(args, "--process")?;
+    let format = option(args, "--format")?.unwrap_or("table");
+    if !matches!(format, "table" | "csv" | "json") {
+        return Err(format!("unknown format '{format}': use table, csv or json"));
+    }
+    let heatmap = option(args, "--heatmap")?;
+    let metric: HeatMetric = option(args, "--metric")?
+        .unwrap_or("mean-wait")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    if heatmap.is_some() && process.is_none() {
+        return Err(format!("--heatmap needs --process ID\n{USAGE}"));
+    }
+    let mut options = ReportOptions::default();
+    if let Some(p) = process {
+        options = options.process(p);
+    }
+    if let Some(s) = option(args, "--since")? {
+        options = options.since(since(s)?);
+    }
+    let fail = |message: String| {
+        eprintln!("{message}");
+        Ok(ExitCode::FAILURE)
+    };
+    let store = match open_store(Path::new(store_path)) {
+        Ok(store) => store,
+        Err(e) => return fail(e.to_string()),
+    };
+    let report = match Report::from_store(&*store, &options) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("{store_path}: {e}")),
+    };
+    match format {
+        "csv" => print!("{}", report.to_csv()),
+        "json" => println!("{}", report.to_json()),
+        _ => print!("{}", report.to_table()),
+    }
+    if let (Some(out), Some(process)) = (heatmap, process) {
+        let defs = match Report::definitions(&*store, Some(process)) {
+            Ok(defs) => defs,
+            Err(e) => return fail(format!("{store_path}: {e}")),
+        };
+        // The newest version is drawn: definitions come ordered by version.
+        let Some(def) = defs.last() else {
+            return fail(format!(
+                "{store_path}: no definition of process '{process}' in the store"
+            ));
+        };
+        if let Err(e) = std::fs::write(out, report.heatmap(def, metric)) {
+            return fail(format!("{out}: cannot write the heatmap: {e}"));
+        }
+        eprintln!("{out}: heatmap of {} by {}", def.key(), metric.as_str());
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,1149 @@
+//! History reports: figures per process, per user-task node, per role and per actor, computed
+//! from instances and their audit trails, and a heatmap of a process graph ([`heatmap`]).
+//!
+//! [`Report::compute`] is pure: definitions and instances in, figures out.
+//! [`Report::from_store`] compiles a [`Store`]'s definitions and reads its history first.
+//!
+//! The figures are defined on [`Report`].
+
+pub(crate) mod heatmap;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use indexmap::IndexMap;
+use serde::{Serialize, Serializer};
+
+pub use heatmap::{HeatMetric, UnknownMetric};
+
+use crate::def::{LoadError, ProcessDef};
+use crate::exec::{Entry, Instance, Status, TaskState, TimerKind};
+use crate::ids::DefKey;
+use crate::store::{Store, StoreError};
+
+/// What a report covers.
+///
+/// # Examples
+/// ```
+/// let options = procflow::ReportOptions::default()
+///     .process("complaint-handling")
+///     .since("2026-01-01T00:00:00Z".parse()?);
+/// assert_eq!(options.process.as_deref(), Some("complaint-handling"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReportOptions {
+    /// Only this process id. By default every process.
+    pub process: Option<String>,
+    /// Only instances started at or after this instant. By default all.
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl ReportOptions {
+    /// Limits the report to the process `id`.
+    pub fn process(mut self, id: impl Into<String>) -> ReportOptions {
+        self.process = Some(id.into());
+        self
+    }
+
+    /// Limits the report to instances started at or after `since`.
+    pub fn since(mut self, since: DateTime<Utc>) -> ReportOptions {
+        self.since = Some(since);
+        self
+    }
+}
+
+/// Why [`Report::from_store`] could not read a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// The store failed (its message names the file).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored definition does not compile (any more).
+    #[error("stored definition {key} does not compile:\n{source}")]
+    Definition {
+        /// The definition.
+        key: DefKey,
+        /// Its problems.
+        source: LoadError,
+    },
+}
+
+/// History figures per process, node, role and actor.
+///
+/// # The figures
+///
+/// Instances are grouped by process id (every version together); nodes by their YAML id, roles
+/// by their role id. An instance whose definition is not among those given is counted in
+/// [`Report::skipped`] and nowhere else. Durations are wall-clock time.
+///
+/// **Per process** ([`ProcessFigures`]):
+/// - `started`: instances started (at or after `since`, when given); `completed` and `open`
+///   split them by status.
+/// - `cycle_time`: `ended_at - started_at` of the completed instances.
+/// - SLA: an instance *has a deadline* when its definition has an `sla.due` (or it carries an
+///   SLA deadline timer or record). It is *breached* when its SLA deadline fired (an
+///   `Entry::Timer { kind: Due, sla: true }` record, or a fired SLA `Due` timer); *met* when it
+///   completed without a breach; *pending* when it is still running without a breach.
+///   `sla_met_rate = met / (met + breached)`: pending instances are undecided and left out.
+///
+/// **Per user-task node** ([`NodeFigures`]):
+/// - `opened`, `completed`, `open`: tasks by state; `timeouts`: tasks its timeout route
+///   cancelled (`TaskState::TimedOut`, or an `Entry::Timer { kind: Timeout }` record).
+/// - `breaches`: task deadlines that fired (`Entry::Timer { kind: Due, task: Some(..) }`).
+/// - `denials`: refused attempts on its tasks (`Entry::Denied`).
+/// - `waiting`: from the task's creation to its first claim, or to its completion when it was
+///   never claimed. Tasks still waiting, and tasks that timed out unclaimed, have no waiting time
+///   yet and are left out.
+/// - `handling`: from the first claim to the completion, for claimed tasks that completed.
+///
+/// **Per role** ([`RoleFigures`]). The audit trail names the actor, not the role it acted in, so
+/// a completion is credited by this rule: an override (`Entry::Completed { overridden: true }`)
+/// to the node's accountable role; a task an escalation reassigned to the node's escalation role;
+/// otherwise to each of the node's responsible roles (a node with two responsible roles credits
+/// both, so role totals may exceed the number of tasks). `completed` counts every credited
+/// completion, overrides included; `overrides` counts the overrides. `escalations` counts the
+/// escalation levels that fired (`Entry::Timer { kind: Escalation }`, not reminders or urges)
+/// for the role the definition's level names (`to:`, defaulting to the accountable role).
+///
+/// **Per actor** ([`ActorFigures`]): what the audit trail records by actor id: completions,
+/// overrides and denials.
+///
+/// **Percentiles** are nearest-rank: the `p`-th percentile of `n` sorted samples is the sample
+/// at rank `ceil(p / 100 * n)` (from 1); there are none without samples. The mean is the
+/// arithmetic mean, to the millisecond.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Report {
+    /// One entry per process with a definition (matching the process filter), by id.
+    pub processes: Vec<ProcessFigures>,
+    /// One entry per user-task node, by process, then in the newest definition's order.
+    pub nodes: Vec<NodeFigures>,
+    /// One entry per role of the catalogue, by process, then in catalogue order.
+    pub roles: Vec<RoleFigures>,
+    /// One entry per actor the audit trails name, by process, then actor id.
+    pub actors: Vec<ActorFigures>,
+    /// Instances left out because their definition was not given (or they name none).
+    pub skipped: usize,
+}
+
+/// Nearest-rank percentiles and the mean of a set of durations. Serialized in seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Durations {
+    /// How many samples.
+    pub count: usize,
+    /// The median.
+    #[serde(serialize_with = "secs")]
+    pub p50: Option<Duration>,
+    /// The 90th percentile.
+    #[serde(serialize_with = "secs")]
+    pub p90: Option<Duration>,
+    /// The 99th percentile.
+    #[serde(serialize_with = "secs")]
+    pub p99: Option<Duration>,
+    /// The mean, to the millisecond.
+    #[serde(serialize_with = "secs")]
+    pub mean: Option<Duration>,
+}
+
+/// The figures of one process (every version together).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProcessFigures {
+    /// The process id.
+    pub process: String,
+    /// The newest version's English name.
+    pub name: String,
+    /// The newest version's Chinese name.
+    pub name_zh: Option<String>,
+    /// The versions with a definition, ascending.
+    pub versions: Vec<u32>,
+    /// Instances started.
+    pub started: usize,
+    /// Of those, completed.
+    pub completed: usize,
+    /// Of those, still running.
+    pub open: usize,
+    /// `ended_at - started_at` of the completed instances.
+    pub cycle_time: Durations,
+    /// Instances with a process deadline.
+    pub sla_instances: usize,
+    /// Completed without their deadline firing.
+    pub sla_met: usize,
+    /// Whose deadline fired.
+    pub sla_breached: usize,
+    /// Running, deadline not yet fired.
+    pub sla_pending: usize,
+    /// `sla_met / (sla_met + sla_breached)`, from 0 to 1; `None` when both are 0.
+    pub sla_met_rate: Option<f64>,
+}
+
+/// The figures of one user-task node.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeFigures {
+    /// The process id.
+    pub process: String,
+    /// The node's YAML id.
+    pub node: String,
+    /// Its English name.
+    pub name: Option<String>,
+    /// Its Chinese name.
+    pub name_zh: Option<String>,
+    /// Tasks opened.
+    pub opened: usize,
+    /// Of those, completed.
+    pub completed: usize,
+    /// Of those, still open.
+    pub open: usize,
+    /// Of those, cancelled by the timeout route.
+    pub timeouts: usize,
+    /// Task deadlines that fired.
+    pub breaches: usize,
+    /// Refused attempts on its tasks.
+    pub denials: usize,
+    /// Creation to first claim (or to completion, when never claimed).
+    pub waiting: Durations,
+    /// First claim to completion.
+    pub handling: Durations,
+}
+
+/// The figures of one role.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RoleFigures {
+    /// The process id.
+    pub process: String,
+    /// The role id.
+    pub role: String,
+    /// Its English name.
+    pub name: String,
+    /// Its Chinese name.
+    pub name_zh: Option<String>,
+    /// Completions credited to it, overrides included.
+    pub completed: usize,
+    /// Of those, accountable overrides.
+    pub overrides: usize,
+    /// Escalation levels that fired to it.
+    pub escalations: usize,
+}
+
+/// The figures of one actor, as the audit trail names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ActorFigures {
+    /// The process id.
+    pub process: String,
+    /// The actor id.
+    pub actor: String,
+    /// Tasks it completed, overrides included.
+    pub completed: usize,
+    /// Of those, as an accountable override.
+    pub overrides: usize,
+    /// Its refused attempts.
+    pub denials: usize,
+}
+
+impl Durations {
+    /// The nearest-rank p50, p90, p99 and the mean of `samples`.
+    ///
+    /// # Examples
+    /// ```
+    /// use chrono::Duration;
+    /// let d = procflow::Durations::of([3, 1, 2].map(Duration::minutes));
+    /// assert_eq!(d.p50, Some(Duration::minutes(2)));
+    /// assert_eq!(d.p90, Some(Duration::minutes(3)));
+    /// assert_eq!(d.mean, Some(Duration::minutes(2)));
+    /// ```
+    ///
+    /// Complexity: a sort, O(n log n).
+    pub fn of(samples: impl IntoIterator<Item = Duration>) -> Durations {
+        let mut sorted: Vec<Duration> = samples.into_iter().collect();
+        sorted.sort();
+        let n = sorted.len();
+        if n == 0 {
+            return Durations::default();
+        }
+        let rank = |p: usize| sorted[(p * n).div_ceil(100).clamp(1, n) - 1];
+        let total: i64 = sorted.iter().map(Duration::num_milliseconds).sum();
+        Durations {
+            count: n,
+            p50: Some(rank(50)),
+            p90: Some(rank(90)),
+            p99: Some(rank(99)),
+            mean: Some(Duration::milliseconds(total / n as i64)),
+        }
+    }
+}
+
+impl Report {
+    /// Computes the figures of `instances` run on `defs`. Instances of another process than
+    /// `options.process`, or started before `options.since`, are left out; so are instances
+    /// whose definition is not in `defs` (counted in [`Report::skipped`]).
+    ///
+    /// Complexity: linear in the instances' tasks and audit records, plus sorting the samples.
+    pub fn compute(
+        defs: &[Arc<ProcessDef>],
+        instances: &[Instance],
+        options: &ReportOptions,
+    ) -> Report {
+        let wanted = |id: &str| options.process.as_deref().is_none_or(|p| p == id);
+        let by_key: HashMap<&DefKey, &ProcessDef> = defs
+            .iter()
+            .filter(|d| wanted(&d.key().id))
+            .map(|d| (d.key(), &**d))
+            .collect();
+        // Processes by id, newest version first in each.
+        let mut groups: BTreeMap<&str, Vec<&ProcessDef>> = BTreeMap::new();
+        for def in by_key.values() {
+            groups.entry(&def.key().id).or_default().push(def);
+        }
+        let mut accs: BTreeMap<&str, Acc> = groups
+            .into_iter()
+            .map(|(id, mut versions)| {
+                versions.sort_by_key(|d| std::cmp::Reverse(d.key().version));
+                (id, Acc::new(&versions))
+            })
+            .collect();
+        let mut skipped = 0;
+        for inst in instances {
+            let Some(key) = inst.def() else {
+                skipped += 1;
+                continue;
+            };
+            if !wanted(&key.id) || options.since.is_some_and(|s| inst.started_at() < s) {
+                continue;
+            }
+            match (by_key.get(key), accs.get_mut(key.id.as_str())) {
+                (Some(def), Some(acc)) => acc.add(def, inst),
+                _ => skipped += 1,
+            }
+        }
+        let mut report = Report {
+            skipped,
+            ..Report::default()
+        };
+        for (id, acc) in accs {
+            acc.finish(id, &mut report);
+        }
+        report
+    }
+
+    /// Reads `store`'s definitions and history and computes the report.
+    ///
+    /// # Errors
+    /// [`ReportError::Store`] when the store fails; [`ReportError::Definition`] when a stored
+    /// definition of a reported process does not compile.
+    pub fn from_store(store: &dyn Store, options: &ReportOptions) -> Result<Report, ReportError> {
+        let defs = Report::definitions(store, options.process.as_deref())?;
+        let history = store.history(options.process.as_deref(), options.since)?;
+        let instances: Vec<Instance> = history.into_iter().map(|s| s.instance).collect();
+        Ok(Report::compute(&defs, &instances, options))
+    }
+
+    /// Compiles `store`'s definitions (of `process` only, when given), every version, ordered
+    /// by id then version: what [`Report::compute`] and [`Report::heatmap`] need.
+    ///
+    /// # Errors
+    /// As [`Report::from_store`].
+    pub fn definitions(
+        store: &dyn Store,
+        process: Option<&str>,
+    ) -> Result<Vec<Arc<ProcessDef>>, ReportError> {
+        store
+            .definitions()?
+            .into_iter()
+            .filter(|d| process.is_none_or(|p| p == d.key.id))
+            .map(|d| {
+                ProcessDef::from_yaml(&d.text)
+                    .map(Arc::new)
+                    .map_err(|source| ReportError::Definition { key: d.key, source })
+            })
+            .collect()
+    }
+
+    /// The figures of process `id`.
+    pub fn process(&self, id: &str) -> Option<&ProcessFigures> {
+        self.processes.iter().find(|p| p.process == id)
+    }
+
+    /// The figures of node `node` of process `process`.
+    pub fn node(&self, process: &str, node: &str) -> Option<&NodeFigures> {
+        self.nodes
+            .iter()
+            .find(|n| n.process == process && n.node == node)
+    }
+
+    /// The figures of role `role` of process `process`.
+    pub fn role(&self, process: &str, role: &str) -> Option<&RoleFigures> {
+        self.roles
+            .iter()
+            .find(|r| r.process == process && r.role == role)
+    }
+
+    /// The figures of actor `actor` in process `process`.
+    pub fn actor(&self, process: &str, actor: &str) -> Option<&ActorFigures> {
+        self.actors
+            .iter()
+            .find(|a| a.process == process && a.actor == actor)
+    }
+
+    /// The report as JSON (pretty-printed): the fields of [`Report`], durations in seconds.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report is plain serde data")
+    }
+
+    /// The report as CSV: four tables (processes, nodes, roles, actors) separated by an empty
+    /// line, each with its own header row. Every row's first field names its table, so
+    /// `grep '^nodes,'` extracts one. Durations are in seconds, rates from 0 to 1, missing
+    /// values empty.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::new();
+        for (i, (header, rows)) in self.sections(Style::Csv).into_iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            for row in std::iter::once(header).chain(rows) {
+                let fields: Vec<String> = row.iter().map(|f| csv_field(f)).collect();
+                out.push_str(&fields.join(","));
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// The report as aligned text tables, one per section, durations humanised (`1h30m`).
+    pub fn to_table(&self) -> String {
+        let titles = ["Processes", "Nodes (user tasks)", "Roles", "Actors"];
+        let mut out = String::new();
+        for (i, (header, rows)) in self.sections(Style::Table).into_iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            let _ = writeln!(out, "{}", titles[i]);
+            if rows.is_empty() {
+                out.push_str("  (none)\n");
+                continue;
+            }
+            // The first column names the table in CSV; text tables have titles instead.
+            let rows: Vec<Vec<String>> = std::iter::once(header)
+                .chain(rows)
+                .map(|r| r.into_iter().skip(1).collect())
+                .collect();
+            out.push_str(&align(&rows));
+        }
+        if self.skipped > 0 {
+            let _ = writeln!(
+                out,
+                "\n{} instance(s) skipped: their definition is unknown",
+                self.skipped
+            );
+        }
+        out
+    }
+
+    /// The rows of each section, header first.
+    fn sections(&self, style: Style) -> Vec<(Vec<String>, Vec<Vec<String>>)> {
+        let d = |d: Option<Duration>| style.duration(d);
+        let n = |n: usize| n.to_string();
+        let s = |s: &str| s.to_owned();
+        let header = |cols: &[&str]| cols.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>();
+        let processes = self
+            .processes
+            .iter()
+            .map(|p| {
+                let versions: Vec<String> = p.versions.iter().map(u32::to_string).collect();
+                vec![
+                    s("processes"),
+                    p.process.clone(),
+                    style.name(&p.name, p.name_zh.as_deref()),
+                    versions.join(" "),
+                    n(p.started),
+                    n(p.completed),
+                    n(p.open),
+                    d(p.cycle_time.p50),
+                    d(p.cycle_time.p90),
+                    d(p.cycle_time.p99),
+                    n(p.sla_instances),
+                    n(p.sla_met),
+                    n(p.sla_breached),
+                    n(p.sla_pending),
+                    style.rate(p.sla_met_rate),
+                ]
+            })
+            .collect();
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|x| {
+                vec![
+                    s("nodes"),
+                    x.process.clone(),
+                    x.node.clone(),
+                    style.name(x.name.as_deref().unwrap_or(""), x.name_zh.as_deref()),
+                    n(x.opened),
+                    n(x.completed),
+                    n(x.open),
+                    n(x.timeouts),
+                    n(x.breaches),
+                    n(x.denials),
+                    d(x.waiting.p50),
+                    d(x.waiting.p90),
+                    d(x.waiting.mean),
+                    d(x.handling.p50),
+                    d(x.handling.p90),
+                ]
+            })
+            .collect();
+        let roles = self
+            .roles
+            .iter()
+            .map(|r| {
+                vec![
+                    s("roles"),
+                    r.process.clone(),
+                    r.role.clone(),
+                    style.name(&r.name, r.name_zh.as_deref()),
+                    n(r.completed),
+                    n(r.overrides),
+                    n(r.escalations),
+                ]
+            })
+            .collect();
+        let actors = self
+            .actors
+            .iter()
+            .map(|a| {
+                vec![
+                    s("actors"),
+                    a.process.clone(),
+                    a.actor.clone(),
+                    n(a.completed),
+                    n(a.overrides),
+                    n(a.denials),
+                ]
+            })
+            .collect();
+        let (process_cols, node_cols): (&[&str], &[&str]) = match style {
+            Style::Csv => (
+                &[
+                    "section",
+                    "process",
+                    "name",
+                    "name_zh",
+                    "versions",
+                    "started",
+                    "completed",
+                    "open",
+                    "cycle_p50_s",
+                    "cycle_p90_s",
+                    "cycle_p99_s",
+                    "sla_instances",
+                    "sla_met",
+                    "sla_breached",
+                    "sla_pending",
+                    "sla_met_rate",
+                ],
+                &[
+                    "section",
+                    "process",
+                    "node",
+                    "name",
+                    "name_zh",
+                    "opened",
+                    "completed",
+                    "open",
+                    "timeouts",
+                    "breaches",
+                    "denials",
+                    "wait_p50_s",
+                    "wait_p90_s",
+                    "wait_mean_s",
+                    "handling_p50_s",
+                    "handling_p90_s",
+                ],
+            ),
+            Style::Table => (
+                &[
+                    "",
+                    "process",
+                    "name",
+                    "versions",
+                    "started",
+                    "completed",
+                    "open",
+                    "cycle p50",
+                    "p90",
+                    "p99",
+                    "SLA",
+                    "met",
+                    "breached",
+                    "pending",
+                    "met rate",
+                ],
+                &[
+                    "",
+                    "process",
+                    "node",
+                    "name",
+                    "opened",
+                    "completed",
+                    "open",
+                    "timeouts",
+                    "breaches",
+                    "denials",
+                    "wait p50",
+                    "p90",
+                    "mean",
+                    "handling p50",
+                    "p90",
+                ],
+            ),
+        };
+        let role_cols: &[&str] = match style {
+            Style::Csv => &[
+                "section",
+                "process",
+                "role",
+                "name",
+                "name_zh",
+                "completed",
+                "overrides",
+                "escalations",
+            ],
+            Style::Table => &[
+                "",
+                "process",
+                "role",
+                "name",
+                "completed",
+                "overrides",
+                "escalations",
+            ],
+        };
+        let actor_cols = [
+            "section",
+            "process",
+            "actor",
+            "completed",
+            "overrides",
+            "denials",
+        ];
+        vec![
+            (header(process_cols), processes),
+            (header(node_cols), nodes),
+            (header(role_cols), roles),
+            (header(&actor_cols), actors),
+        ]
+    }
+
+    /// The process graph of `def` as a self-contained SVG, each user-task node coloured by
+    /// `metric` on a green-to-red scale and labelled with its figures from this report (nodes
+    /// without figures are grey). See [`HeatMetric`].
+    pub fn heatmap(&self, def: &ProcessDef, metric: HeatMetric) -> String {
+        heatmap::svg(self, def, metric)
+    }
+}
+
+/// How [`Report::sections`] writes values.
+#[derive(Clone, Copy)]
+enum Style {
+    Csv,
+    Table,
+}
+
+impl Style {
+    fn duration(self, d: Option<Duration>) -> String {
+        match (self, d) {
+            (_, None) => String::new(),
+            (Style::Csv, Some(d)) => seconds_text(d),
+            (Style::Table, Some(d)) => human(d),
+        }
+    }
+
+    fn rate(self, r: Option<f64>) -> String {
+        match (self, r) {
+            (_, None) => String::new(),
+            (Style::Csv, Some(r)) => format!("{r:.4}"),
+            (Style::Table, Some(r)) => format!("{:.1}%", r * 100.0),
+        }
+    }
+
+    /// CSV: two fields (name, name_zh); a table: one.
+    fn name(self, name: &str, zh: Option<&str>) -> String {
+        match (self, zh) {
+            (Style::Csv, _) => format!("{name}\u{0}{}", zh.unwrap_or("")),
+            (Style::Table, Some(zh)) if !name.is_empty() => format!("{name} / {zh}"),
+            (Style::Table, Some(zh)) => zh.to_owned(),
+            (Style::Table, None) => name.to_owned(),
+        }
+    }
+}
+
+/// Seconds, with milliseconds only when there are any.
+fn seconds_text(d: Duration) -> String {
+    let ms = d.num_milliseconds();
+    if ms % 1000 == 0 {
+        (ms / 1000).to_string()
+    } else {
+        format!("{:.3}", ms as f64 / 1000.0)
+    }
+}
+
+/// `2d3h`, `1h30m`, `45m10s`, `12s`.
+pub(crate) fn human(d: Duration) -> String {
+    let sign = if d < Duration::zero() { "-" } else { "" };
+    let s = d.num_seconds().abs();
+    let (days, hours, mins, secs) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    let text = if days > 0 {
+        if hours > 0 {
+            format!("{days}d{hours}h")
+        } else {
+            format!("{days}d")
+        }
+    } else if hours > 0 {
+        if mins > 0 {
+            format!("{hours}h{mins}m")
+        } else {
+            format!("{hours}h")
+        }
+    } else if mins > 0 {
+        if secs > 0 {
+            format!("{mins}m{secs}s")
+        } else {
+            format!("{mins}m")
+        }
+    } else if s == 0 && d.num_milliseconds() != 0 {
+        format!("{}ms", d.num_milliseconds().abs())
+    } else {
+        format!("{secs}s")
+    };
+    format!("{sign}{text}")
+}
+
+fn secs<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.num_milliseconds() as f64 / 1000.0),
+        None => s.serialize_none(),
+    }
+}
+
+/// One CSV field; the name pair of [`Style::name`] becomes two fields.
+fn csv_field(f: &str) -> String {
+    f.split('\u{0}')
+        .map(|part| {
+            if part.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", part.replace('"', "\"\""))
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// How many columns `s` takes in a terminal: East Asian wide characters take two.
+pub(crate) fn display_width(s: &str) -> usize {
+    s.chars().map(|c| if is_wide(c) { 2 } else { 1 }).sum()
+}
+
+pub(crate) fn is_wide(c: char) -> bool {
+    matches!(c as u32,
+        0x1100..=0x115F | 0x2E80..=0x303E | 0x3041..=0x33FF | 0x3400..=0x4DBF
+        | 0x4E00..=0x9FFF | 0xA000..=0xA4CF | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF
+        | 0xFE30..=0xFE4F | 0xFF00..=0xFF60 | 0xFFE0..=0xFFE6 | 0x20000..=0x3FFFD)
+}
+
+/// Aligns rows (the first is the header) in columns: text left, numbers and durations right.
+fn align(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| display_width(s))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    // A column is numeric when every body cell starts with a digit or is empty.
+    let numeric: Vec<bool> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .skip(1)
+                .filter_map(|r| r.get(c))
+                .all(|s| s.is_empty() || s.starts_with(|ch: char| ch.is_ascii_digit() || ch == '-'))
+        })
+        .collect();
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let mut line = String::from("  ");
+        for (c, cell) in row.iter().enumerate() {
+            let cell = if cell.is_empty() && i > 0 { "-" } else { cell };
+            let pad = " ".repeat(width[c].saturating_sub(display_width(cell)));
+            if c > 0 {
+                line.push_str("  ");
+            }
+            if numeric[c] {
+                line.push_str(&pad);
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&pad);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The figures of one process as they accumulate.
+struct Acc {
+    name: String,
+    name_zh: Option<String>,
+    versions: Vec<u32>,
+    started: usize,
+    completed: usize,
+    open: usize,
+    cycles: Vec<Duration>,
+    sla_instances: usize,
+    sla_met: usize,
+    sla_breached: usize,
+    sla_pending: usize,
+    nodes: IndexMap<String, NodeAcc>,
+    roles: IndexMap<String, RoleAcc>,
+    actors: BTreeMap<String, ActorFigures>,
+}
+
+struct NodeAcc {
+    name: Option<String>,
+    name_zh: Option<String>,
+    opened: usize,
+    completed: usize,
+    open: usize,
+    timeouts: usize,
+    breaches: usize,
+    denials: usize,
+    waits: Vec<Duration>,
+    handling: Vec<Duration>,
+}
+
+struct RoleAcc {
+    name: String,
+    name_zh: Option<String>,
+    completed: usize,
+    overrides: usize,
+    escalations: usize,
+}
+
+impl Acc {
+    /// `versions`: newest first. Nodes and roles take their names from the newest version
+    /// that has them.
+    fn new(versions: &[&ProcessDef]) -> Acc {
+        let newest = versions[0];
+        let mut acc = Acc {
+            name: newest.name().to_owned(),
+            name_zh: newest.name_zh().map(str::to_owned),
+            versions: versions.iter().rev().map(|d| d.key().version).collect(),
+            started: 0,
+            completed: 0,
+            open: 0,
+            cycles: Vec::new(),
+            sla_instances: 0,
+            sla_met: 0,
+            sla_breached: 0,
+            sla_pending: 0,
+            nodes: IndexMap::new(),
+            roles: IndexMap::new(),
+            actors: BTreeMap::new(),
+        };
+        for def in versions {
+            for (_, node) in def.nodes().filter(|(_, n)| n.raci().is_some()) {
+                acc.nodes
+                    .entry(node.id().to_owned())
+                    .or_insert_with(|| NodeAcc {
+                        name: node.name().map(str::to_owned),
+                        name_zh: node.name_zh().map(str::to_owned),
+                        opened: 0,
+                        completed: 0,
+                        open: 0,
+                        timeouts: 0,
+                        breaches: 0,
+                        denials: 0,
+                        waits: Vec::new(),
+                        handling: Vec::new(),
+                    });
+            }
+            for (id, role) in def.roles() {
+                acc.roles
+                    .entry(id.as_str().to_owned())
+                    .or_insert_with(|| RoleAcc {
+                        name: role.name.clone(),
+                        name_zh: role.name_zh.clone(),
+                        completed: 0,
+                        overrides: 0,
+                        escalations: 0,
+                    });
+            }
+        }
+        acc
+    }
+
+    fn actor(&mut self, id: &str) -> &mut ActorFigures {
+        self.actors
+            .entry(id.to_owned())
+            .or_insert_with(|| ActorFigures {
+                process: String::new(),
+                actor: id.to_owned(),
+                completed: 0,
+                overrides: 0,
+                denials: 0,
+            })
+    }
+
+    fn role(&mut self, id: &str) -> Option<&mut RoleAcc> {
+        self.roles.get_mut(id)
+    }
+
+    fn node(&mut self, def: &ProcessDef, node: crate::ids::NodeId) -> Option<&mut NodeAcc> {
+        let id = def.try_node(node)?.id();
+        self.nodes.get_mut(id)
+    }
+
+    fn add(&mut self, def: &ProcessDef, inst: &Instance) {
+        self.started += 1;
+        match inst.status() {
+            Status::Completed => {
+                self.completed += 1;
+                if let Some(end) = inst.ended_at() {
+                    self.cycles.push(end - inst.started_at());
+                }
+            }
+            Status::Running => self.open += 1,
+        }
+
+        // What the audit trail says, per task (by its number).
+        let mut first_claim: HashMap<u32, DateTime<Utc>> = HashMap::new();
+        let mut overridden: HashMap<u32, bool> = HashMap::new();
+        let mut timed_out: HashSet<u32> = HashSet::new();
+        let mut sla_breached = false;
+        let mut sla_recorded = false;
+        let task_node = |seq: u32| inst.tasks().get(seq as usize).map(|t| t.node());
+        for record in inst.audit() {
+            match &record.what {
+                Entry::Claimed { task, .. } => {
+                    first_claim.entry(*task).or_insert(record.at);
+                }
+                Entry::Completed {
+                    task,
+                    overridden: o,
+                    ..
+                } => {
+                    overridden.insert(*task, *o);
+                }
+                Entry::Denied { task, actor, .. } => {
+                    self.actor(actor).denials += 1;
+                    if let Some(n) = task_node(*task).and_then(|n| self.node(def, n)) {
+                        n.denials += 1;
+                    }
+                }
+                Entry::Timer { kind, task, sla } => {
+                    if *sla && task.is_none() && *kind == TimerKind::Due {
+                        sla_breached = true;
+                    }
+                    if *sla {
+                        sla_recorded = true;
+                    }
+                    match (kind, task) {
+                        (TimerKind::Due, Some(t)) => {
+                            if let Some(n) = task_node(*t).and_then(|n| self.node(def, n)) {
+                                n.breaches += 1;
+                            }
+                        }
+                        (TimerKind::Timeout, Some(t)) => {
+                            timed_out.insert(*t);
+                        }
+                        (TimerKind::Escalation { level }, _) => {
+                            let limits = if *sla {
+                                def.sla.as_deref()
+                            } else {
+                                task.and_then(task_node)
+                                    .and_then(|n| def.try_node(n))
+                                    .and_then(|n| n.limits.as_deref())
+                            };
+                            let to = limits.and_then(|l| l.escalate.get(*level as usize));
+                            if let Some(role) = to.and_then(|e| self.role(e.to.as_str())) {
+                                role.escalations += 1;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        // The SLA.
+        let sla_timer = inst
+            .timers()
+            .iter()
+            .find(|t| t.sla && t.kind == TimerKind::Due);
+        sla_breached |= sla_timer.is_some_and(|t| t.fired);
+        let has_sla = def.sla.as_ref().is_some_and(|l| l.due.is_some())
+            || sla_timer.is_some()
+            || sla_recorded;
+        if has_sla {
+            self.sla_instances += 1;
+            match (sla_breached, inst.status()) {
+                (true, _) => self.sla_breached += 1,
+                (false, Status::Completed) => self.sla_met += 1,
+                (false, Status::Running) => self.sla_pending += 1,
+            }
+        }
+
+        // The tasks.
+        for task in inst.tasks() {
+            let seq = task.id(inst.id()).seq();
+            let Some(node) = def.try_node(task.node()) else {
+                continue;
+            };
+            let claim = first_claim.get(&seq).copied();
+            let done = match task.state() {
+                TaskState::Completed { by, at } => Some((by.clone(), *at)),
+                _ => None,
+            };
+            if let Some(n) = self.nodes.get_mut(node.id()) {
+                n.opened += 1;
+                match task.state() {
+                    TaskState::Open => n.open += 1,
+                    TaskState::Completed { .. } => n.completed += 1,
+                    TaskState::TimedOut { .. } => {}
+                }
+                if matches!(task.state(), TaskState::TimedOut { .. }) || timed_out.contains(&seq) {
+                    n.timeouts += 1;
+                }
+                match (claim, &done) {
+                    (Some(c), _) => n.waits.push(c - task.created_at()),
+                    (None, Some((_, at))) => n.waits.push(*at - task.created_at()),
+                    (None, None) => {}
+                }
+                if let (Some(c), Some((_, at))) = (claim, &done) {
+                    n.handling.push(*at - c);
+                }
+            }
+            let Some((by, _)) = done else { continue };
+            let over = overridden.get(&seq).copied().unwrap_or(false);
+            let actor = self.actor(&by);
+            actor.completed += 1;
+            actor.overrides += usize::from(over);
+            let Some(raci) = node.raci() else { continue };
+            let escalated = task
+                .escalated_to
+                .and_then(|i| def.roles.get_index(i as usize))
+                .map(|(r, _)| r);
+            let credited: Vec<&str> = match (over, escalated) {
+                (true, _) => vec![raci.accountable().as_str()],
+                (false, Some(role)) => vec![role.as_str()],
+                (false, None) => raci.responsible().iter().map(|r| r.as_str()).collect(),
+            };
+            for role in credited {
+                if let Some(r) = self.role(role) {
+                    r.completed += 1;
+                    r.overrides += usize::from(over);
+                }
+            }
+        }
+    }
+
+    fn finish(self, id: &str, report: &mut Report) {
+        report.processes.push(ProcessFigures {
+            process: id.to_owned(),
+            name: self.name,
+            name_zh: self.name_zh,
+            versions: self.versions,
+            started: self.started,
+            completed: self.completed,
+            open: self.open,
+            cycle_time: Durations::of(self.cycles),
+            sla_instances: self.sla_instances,
+            sla_met: self.sla_met,
+            sla_breached: self.sla_breached,
+            sla_pending: self.sla_pending,
+            sla_met_rate: (self.sla_met + self.sla_breached > 0)
+                .then(|| self.sla_met as f64 / (self.sla_met + self.sla_breached) as f64),
+        });
+        for (node, n) in self.nodes {
+            report.nodes.push(NodeFigures {
+                process: id.to_owned(),
+                node,
+                name: n.name,
+                name_zh: n.name_zh,
+                opened: n.opened,
+                completed: n.completed,
+                open: n.open,
+                timeouts: n.timeouts,
+                breaches: n.breaches,
+                denials: n.denials,
+                waiting: Durations::of(n.waits),
+                handling: Durations::of(n.handling),
+            });
+        }
+        for (role, r) in self.roles {
+            report.roles.push(RoleFigures {
+                process: id.to_owned(),
+                role,
+                name: r.name,
+                name_zh: r.name_zh,
+                completed: r.completed,
+                overrides: r.overrides,
+                escalations: r.escalations,
+            });
+        }
+        for (_, mut a) in self.actors {
+            a.process = id.to_owned();
+            report.actors.push(a);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank() {
+        let m = Duration::minutes;
+        let d = Durations::of((1..=10).map(m));
+        assert_eq!((d.p50, d.p90, d.p99), (Some(m(5)), Some(m(9)), Some(m(10))));
+        let one = Durations::of([m(7)]);
+        assert_eq!((one.p50, one.p99, one.count), (Some(m(7)), Some(m(7)), 1));
+        assert_eq!(Durations::of([]), Durations::default());
+    }
+
+    #[test]
+    fn human_durations() {
+        let cases = [
+            (Duration::seconds(12), "12s"),
+            (Duration::seconds(610), "10m10s"),
+            (Duration::minutes(90), "1h30m"),
+            (Duration::hours(3), "3h"),
+            (Duration::hours(51), "2d3h"),
+            (Duration::milliseconds(250), "250ms"),
+        ];
+        for (d, text) in cases {
+            assert_eq!(human(d), text);
+        }
+    }
+
+    #[test]
+    fn csv_quotes() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("x\u{0}y"), "x,y");
+    }
+
+    #[test]
+    fn wide_columns() {
+        assert_eq!(display_width("审核 ok"), 7);
+    }
+}
