@@ -5,7 +5,15 @@
 //! cargo run --release --example throughput -- --workload linear|complaint|fanout \
 //!     --seconds S --threads N [--no-audit]
 //! cargo run --release --example throughput -- --workload waiting --instances 1000000 [--no-audit]
+//! cargo run --release --example throughput -- --workload linear --seconds 3 --store sqlite:PATH \
+//!     [--durability process|full] [--commit group|single]
+//! cargo run --release --example throughput -- --workload reopen --instances 100000 --store sqlite:PATH
 //! ```
+//!
+//! With `--store`, every call commits to a SQLite file (deleted first); the default durability
+//! here is `process` (a killed process loses nothing; see `procflow::Durability`). `reopen`
+//! starts `--instances` instances that wait at a user task, then times `EngineBuilder::open`
+//! resuming them.
 //!
 //! Transitions are the audit trail's `Transition` records, counted on one instance per route
 //! at setup. Peak RSS is `VmHWM` from `/proc/self/status`.
@@ -17,12 +25,15 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use procflow::{Engine, Vars};
+use std::path::{Path, PathBuf};
+
+use procflow::{Durability, Engine, ProcessDef, SqliteStore, Vars};
 
 use common::*;
 
-const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting \
-[--seconds S] [--threads N] [--no-audit] [--instances N]";
+const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen \
+[--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH] \
+[--durability process|full] [--commit group|single]";
 
 struct Args {
     workload: String,
@@ -30,6 +41,10 @@ struct Args {
     threads: usize,
     audit: bool,
     instances: u64,
+    /// The SQLite file, with `--store sqlite:PATH`.
+    store: Option<PathBuf>,
+    durability: Durability,
+    group_commit: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -39,6 +54,9 @@ fn parse_args() -> Result<Args, String> {
         threads: 1,
         audit: true,
         instances: 1_000_000,
+        store: None,
+        durability: Durability::Process,
+        group_commit: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -49,6 +67,27 @@ fn parse_args() -> Result<Args, String> {
             "--threads" => args.threads = num(&flag, &value()?)?,
             "--instances" => args.instances = num(&flag, &value()?)?,
             "--no-audit" => args.audit = false,
+            "--store" => {
+                let v = value()?;
+                let path = v
+                    .strip_prefix("sqlite:")
+                    .ok_or_else(|| format!("--store takes sqlite:PATH, not '{v}'"))?;
+                args.store = Some(PathBuf::from(path));
+            }
+            "--durability" => {
+                args.durability = match value()?.as_str() {
+                    "process" => Durability::Process,
+                    "full" => Durability::Full,
+                    v => return Err(format!("--durability takes process or full, not '{v}'")),
+                }
+            }
+            "--commit" => {
+                args.group_commit = match value()?.as_str() {
+                    "group" => true,
+                    "single" => false,
+                    v => return Err(format!("--commit takes group or single, not '{v}'")),
+                }
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             _ => return Err(format!("unknown argument '{flag}'\n{USAGE}")),
         }
@@ -78,7 +117,7 @@ fn main() -> ExitCode {
         "linear" => {
             let yaml = linear_def(10);
             let per = count_transitions([parse(&yaml)], |e| run_automatic(e, LINEAR));
-            let engine = engine_with([parse(&yaml)], args.audit);
+            let engine = engine(&args, [parse(&yaml)]);
             timed(&args, &engine, |e, _| {
                 run_automatic(e, LINEAR);
                 per
@@ -87,7 +126,7 @@ fn main() -> ExitCode {
         "fanout" => {
             let yaml = fanout_def(16);
             let per = count_transitions([parse(&yaml)], |e| run_automatic(e, FANOUT));
-            let engine = engine_with([parse(&yaml)], args.audit);
+            let engine = engine(&args, [parse(&yaml)]);
             timed(&args, &engine, |e, _| {
                 run_automatic(e, FANOUT);
                 per
@@ -98,7 +137,7 @@ fn main() -> ExitCode {
             let per: Vec<u64> = (0..ComplaintDriver::VARIANTS)
                 .map(|v| count_transitions([load("complaint-handling.yaml")], |e| driver.run(e, v)))
                 .collect();
-            let engine = engine_with([load("complaint-handling.yaml")], args.audit);
+            let engine = engine(&args, [load("complaint-handling.yaml")]);
             timed(&args, &engine, |e, i| {
                 let v = (i % ComplaintDriver::VARIANTS as u64) as usize;
                 driver.run(e, v);
@@ -106,12 +145,78 @@ fn main() -> ExitCode {
             });
         }
         "waiting" => waiting(&args),
+        "reopen" => {
+            if let Err(e) = reopen(&args) {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
         other => {
             eprintln!("unknown workload '{other}'\n{USAGE}");
             return ExitCode::FAILURE;
         }
     }
     ExitCode::SUCCESS
+}
+
+/// An engine with `defs` deployed: in memory, or on a new SQLite file with `--store`.
+fn engine(args: &Args, defs: impl IntoIterator<Item = ProcessDef>) -> Engine {
+    match &args.store {
+        None => engine_with(defs, args.audit),
+        Some(path) => engine_on(defs, args.audit, sqlite(args, path)),
+    }
+}
+
+/// A new store file at `path` (an old one and its `-wal` and `-shm` files are deleted).
+fn sqlite(args: &Args, path: &Path) -> SqliteStore {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    SqliteStore::options()
+        .durability(args.durability)
+        .group_commit(args.group_commit)
+        .create(path)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Starts `args.instances` instances waiting at a user task on a new store, then times opening
+/// an engine that resumes them all.
+fn reopen(args: &Args) -> Result<(), String> {
+    let path = args
+        .store
+        .as_deref()
+        .ok_or("--workload reopen needs --store sqlite:PATH")?;
+    let defs = || [parse(&waiting_def())];
+    {
+        let engine = engine_on(defs(), args.audit, sqlite(args, path));
+        for _ in 0..args.instances {
+            engine.start(WAITING, Vars::new()).map_err(|e| e.to_string())?;
+        }
+    }
+    let start = Instant::now();
+    let store = SqliteStore::options()
+        .durability(args.durability)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let engine = builder_for(&defs(), procflow::Config::default())
+        .open(store)
+        .map_err(|e| e.to_string())?;
+    let secs = start.elapsed().as_secs_f64();
+    let resumed = engine.instances().len() as u64;
+    println!(
+        "workload=reopen instances={} resumed={resumed} reopen_seconds={secs:.3} peak_rss_kb={}",
+        args.instances,
+        proc_status_kb("VmHWM"),
+    );
+    if resumed != args.instances {
+        return Err(format!("resumed {resumed} of {} instances", args.instances));
+    }
+    Ok(())
 }
 
 /// Runs `one` (one instance; it returns the instance's transitions) on `args.threads` threads
@@ -142,17 +247,28 @@ fn timed(args: &Args, engine: &Engine, one: impl Fn(&Engine, u64) -> u64 + Sync)
     });
     let secs = start.elapsed().as_secs_f64();
     let transitions = transitions.into_inner();
+    let instances = instances.into_inner();
     println!(
-        "workload={} threads={} instances={} transitions={} seconds={:.3} transitions_per_sec={:.0} peak_rss_kb={} audit={} thread_ns_per_transition={:.1}",
+        "workload={} threads={} instances={} transitions={} seconds={:.3} transitions_per_sec={:.0} peak_rss_kb={} audit={} thread_ns_per_transition={:.1}{}",
         args.workload,
         args.threads,
-        instances.into_inner(),
+        instances,
         transitions,
         secs,
         transitions as f64 / secs,
         proc_status_kb("VmHWM"),
         args.audit,
         secs * 1e9 * args.threads as f64 / transitions as f64,
+        match &args.store {
+            Some(path) => format!(
+                " store=sqlite:{} durability={:?} commit={} instances_per_sec={:.0}",
+                path.display(),
+                args.durability,
+                if args.group_commit { "group" } else { "single" },
+                instances as f64 / secs,
+            ),
+            None => String::new(),
+        },
     );
 }
 

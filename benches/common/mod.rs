@@ -239,6 +239,27 @@ pub(crate) fn engine_custom(
     customize: impl FnOnce(&mut EngineBuilder),
 ) -> Engine {
     let defs: Vec<ProcessDef> = defs.into_iter().collect();
+    let mut b = builder_for(&defs, config);
+    customize(&mut b);
+    deploy_all(b.build(), defs)
+}
+
+/// As [`engine_with`], on `store`.
+pub(crate) fn engine_on(
+    defs: impl IntoIterator<Item = ProcessDef>,
+    audit: bool,
+    store: impl procflow::Store + 'static,
+) -> Engine {
+    let defs: Vec<ProcessDef> = defs.into_iter().collect();
+    let engine = builder_for(&defs, config(audit))
+        .open(store)
+        .unwrap_or_else(|e| panic!("opening the store: {e}"));
+    deploy_all(engine, defs)
+}
+
+/// A builder with `config`, the China calendar, and a no-op handler as `noop` and under every
+/// handler name `defs` use.
+pub(crate) fn builder_for(defs: &[ProcessDef], config: Config) -> EngineBuilder {
     let mut b = Engine::builder();
     b.config(config);
     // The shipped definitions count business time on the China calendar.
@@ -246,15 +267,17 @@ pub(crate) fn engine_custom(
         .expect("the shipped calendar loads");
     b.calendar("china", china);
     b.handler("noop", handler_fn(|_| Ok(Vars::new())));
-    for def in &defs {
+    for def in defs {
         for (_, node) in def.nodes() {
             if let Some(h) = node.handler() {
                 b.handler(h, handler_fn(|_| Ok(Vars::new())));
             }
         }
     }
-    customize(&mut b);
-    let engine = b.build();
+    b
+}
+
+fn deploy_all(engine: Engine, defs: Vec<ProcessDef>) -> Engine {
     for def in defs {
         engine.deploy(def).expect("deploys");
     }
