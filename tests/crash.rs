@@ -1,0 +1,461 @@
+//! Crash recovery on the SQLite store, with real processes.
+//!
+//! - `killed_children_lose_nothing`: a child process (this test binary, run again) drives starts,
+//!   claims, completions and ticks against a store file and logs every call it saw succeed; the
+//!   test kills it with SIGKILL at random moments, 24 times, and after each kill opens the store
+//!   and checks that every acknowledged call is there, nothing is recorded twice, every instance
+//!   is in a state its definition allows, and the pending timers are intact.
+//! - `two_processes_complete_one_task`: two processes complete the same task at once; exactly one
+//!   succeeds and the other gets the conflict error.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+
+use chrono::{DateTime, Duration, Utc};
+use procflow::{
+    Actor, Clock, Durability, Engine, Entry, ExecError, Instance, InstanceId, ManualClock, NodeKind,
+    ProcessDef, SqliteStore, Status, TaskState, TimerKind, TokenState, Vars,
+};
+use serde_json::json;
+
+const DEF: &str = r#"
+id: crash
+version: 1
+name: Crash
+roles: { agent: { name: Agent }, lead: { name: Lead }, audit: { name: Audit } }
+variables:
+  urgent: { type: boolean, default: false }
+nodes:
+  start: { kind: start, next: triage }
+  triage:
+    kind: user_task
+    name: Triage
+    raci: { responsible: [agent], accountable: lead, informed: [audit] }
+    due: 2h
+    claim_due: 30m
+    remind: [{ before: 1h }]
+    escalate: [{ after: 30m, action: notify }]
+    next: route
+  route:
+    kind: exclusive
+    routes:
+      - { when: "urgent", to: fix }
+      - { default: true, to: done }
+  fix:
+    kind: user_task
+    name: Fix
+    raci: { responsible: [agent], accountable: lead }
+    due: 1h
+    next: done
+  done: { kind: end }
+"#;
+
+const CHILD: &str = "PROCFLOW_CRASH_CHILD";
+const RACER: &str = "PROCFLOW_CRASH_RACER";
+
+fn t0() -> DateTime<Utc> {
+    "2026-11-02T09:00:00Z".parse().unwrap()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("procflow-{name}-{}", std::process::id()));
+    remove_store(&path);
+    path
+}
+
+fn remove_store(path: &Path) {
+    for suffix in ["", "-wal", "-shm", ".log"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+fn store(path: &Path) -> SqliteStore {
+    SqliteStore::options()
+        .durability(Durability::Process)
+        .create(path)
+        .expect("store")
+}
+
+fn open(path: &Path, clock: &Arc<ManualClock>) -> Engine {
+    let mut b = Engine::builder();
+    b.clock(Arc::clone(clock));
+    let engine = b.open(store(path)).expect("open");
+    engine
+        .deploy(ProcessDef::from_yaml(DEF).unwrap())
+        .expect("deploy");
+    engine
+}
+
+/// A small xorshift generator: the test needs no more.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The child: drives the workload until it is killed.
+// ---------------------------------------------------------------------------------------------
+
+/// Runs only as the child of `killed_children_lose_nothing` (the variable names the store, the
+/// log, the run's number and a seed); as a plain test it does nothing.
+#[test]
+fn crash_child() {
+    let Ok(spec) = std::env::var(CHILD) else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(',').collect();
+    let (db, log, run, seed) = (
+        Path::new(parts[0]),
+        parts[1],
+        parts[2].parse::<i64>().unwrap(),
+        parts[3].parse::<u64>().unwrap(),
+    );
+    // Each run has its own month of simulated time, so that time only moves forward.
+    let clock = Arc::new(ManualClock::new(t0() + Duration::days(30 * run)));
+    let engine = open(db, &clock);
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut rng = Rng(seed | 1);
+    let agent = Actor::new("ann", ["agent"]);
+    loop {
+        clock.advance(Duration::minutes(rng.below(20) as i64));
+        let line = match rng.below(10) {
+            0..=2 => {
+                let urgent = rng.below(2) == 0;
+                let vars: Vars = [("urgent".to_owned(), json!(urgent))].into_iter().collect();
+                engine
+                    .start("crash", vars)
+                    .map(|id| format!("start {}", id.get()))
+            }
+            3..=7 => {
+                let work = engine.work_list(&agent);
+                if work.is_empty() {
+                    continue;
+                }
+                let task = work[rng.below(work.len() as u64) as usize].id;
+                if rng.below(3) == 0 && work.iter().any(|t| t.id == task && t.claimed_by.is_none())
+                {
+                    engine.claim(task, &agent).map(|()| {
+                        format!("claim {} {}", task.instance().get(), task.seq())
+                    })
+                } else {
+                    engine
+                        .complete(task, &agent, Vars::new())
+                        .map(|()| format!("complete {} {}", task.instance().get(), task.seq()))
+                }
+            }
+            _ => {
+                let fired = engine.tick(clock.now());
+                Ok(fired
+                    .iter()
+                    .map(|f| format!("fired {} {}\n", f.instance.get(), f.name()))
+                    .collect::<String>()
+                    .trim_end()
+                    .to_owned())
+            }
+        };
+        match line {
+            Ok(line) if line.is_empty() => {}
+            // Written after the call returned: the call is acknowledged.
+            Ok(line) => writeln!(log, "{line}").unwrap(),
+            Err(e) => panic!("the child's call failed: {e}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parent: kills children and checks the store.
+// ---------------------------------------------------------------------------------------------
+
+fn spawn(env: &str, value: String) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            if env == CHILD {
+                "crash_child"
+            } else {
+                "racer_child"
+            },
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(env, value)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the child")
+}
+
+/// What the log says the children saw succeed.
+#[derive(Default)]
+struct Acknowledged {
+    starts: HashSet<u64>,
+    claims: HashSet<(u64, u32)>,
+    completions: HashSet<(u64, u32)>,
+    fired: usize,
+}
+
+fn read_log(path: &str) -> Acknowledged {
+    let mut ack = Acknowledged::default();
+    let Ok(file) = std::fs::File::open(path) else {
+        return ack;
+    };
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.unwrap();
+        let words: Vec<&str> = line.split(' ').collect();
+        // A line cut by the kill is not complete; skip it.
+        let num = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
+        match (words[0], num(1), num(2)) {
+            ("start", Some(i), _) => {
+                ack.starts.insert(i);
+            }
+            ("claim", Some(i), Some(t)) => {
+                ack.claims.insert((i, t as u32));
+            }
+            ("complete", Some(i), Some(t)) => {
+                ack.completions.insert((i, t as u32));
+            }
+            ("fired", Some(_), _) => ack.fired += 1,
+            _ => {}
+        }
+    }
+    ack
+}
+
+#[test]
+fn killed_children_lose_nothing() {
+    let db = temp("crash.db");
+    let log = format!("{}.log", db.display());
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let started = Instant::now();
+    let mut checked = 0;
+    for run in 0..24 {
+        let mut child = spawn(CHILD, format!("{},{log},{run},{}", db.display(), run + 1));
+        std::thread::sleep(StdDuration::from_millis(150 + rng.below(350)));
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("run {run}: the child stopped by itself ({status}) before it was killed");
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        checked = check(&db, &read_log(&log), run);
+    }
+    eprintln!(
+        "24 kills, {checked} acknowledged calls checked in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(checked > 200, "the children did too little to test anything: {checked}");
+    remove_store(&db);
+}
+
+/// Opens the store after a kill and checks it against the acknowledged calls; gives how many
+/// calls it checked.
+fn check(db: &Path, ack: &Acknowledged, run: i64) -> usize {
+    // The clock stands where the killed run's month began: nothing is due that was not before.
+    let clock = Arc::new(ManualClock::new(t0() + Duration::days(30 * run)));
+    let engine = open(db, &clock);
+    let def = engine.definition("crash", None).unwrap();
+    let mut instances: BTreeMap<u64, Instance> = BTreeMap::new();
+    for id in &ack.starts {
+        let inst = engine
+            .instance(InstanceId::new(*id))
+            .unwrap_or_else(|e| panic!("run {run}: acknowledged start i{id} is lost: {e}"));
+        instances.insert(*id, inst);
+    }
+    for (i, t) in &ack.claims {
+        let task = &instances[i].tasks()[*t as usize];
+        assert!(
+            task.claimed_by() == Some("ann")
+                || matches!(task.state(), TaskState::Completed { .. }),
+            "run {run}: acknowledged claim of i{i}.t{t} is lost"
+        );
+    }
+    for (i, t) in &ack.completions {
+        let task = &instances[i].tasks()[*t as usize];
+        assert!(
+            matches!(task.state(), TaskState::Completed { .. }),
+            "run {run}: acknowledged completion of i{i}.t{t} is lost"
+        );
+    }
+    let mut earliest: Option<DateTime<Utc>> = None;
+    for id in engine.instances() {
+        let inst = engine.instance(id).unwrap();
+        check_instance(&def, &inst, run);
+        if inst.status() == Status::Running {
+            for timer in inst.timers().iter().filter(|t| !t.fired) {
+                earliest = Some(earliest.map_or(timer.at, |e| e.min(timer.at)));
+            }
+        }
+    }
+    assert_eq!(
+        engine.next_due(),
+        earliest,
+        "run {run}: the resumed schedule is not the earliest pending timer"
+    );
+    ack.starts.len() + ack.claims.len() + ack.completions.len() + ack.fired
+}
+
+/// Checks one instance against its definition and its own audit trail.
+fn check_instance(def: &ProcessDef, inst: &Instance, run: i64) {
+    let id = inst.id();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for record in inst.audit() {
+        let key = match &record.what {
+            Entry::Started => Some("started".to_owned()),
+            Entry::TaskCreated { task, .. } => Some(format!("created {task}")),
+            Entry::Completed { task, .. } => Some(format!("completed {task}")),
+            Entry::InstanceCompleted => Some("instance completed".to_owned()),
+            Entry::Timer { kind, task, sla } => Some(format!("timer {kind:?} {task:?} {sla}")),
+            Entry::Transition { from, to, .. } => {
+                let node = def.node(*from);
+                let routes: Vec<_> = node.routes().into_iter().map(|(_, to)| to).collect();
+                assert!(
+                    node.next().contains(to) || routes.contains(to),
+                    "run {run}: {id} moved {} -> {}, which is no flow",
+                    node.id(),
+                    def.node(*to).id()
+                );
+                None
+            }
+            _ => None,
+        };
+        if let Some(key) = key {
+            let n = seen.entry(key.clone()).or_default();
+            *n += 1;
+            assert_eq!(*n, 1, "run {run}: {id} recorded '{key}' twice");
+        }
+    }
+    assert_eq!(seen.get("started"), Some(&1), "run {run}: {id} has no start");
+    // Waiting tokens and open tasks match, one for one.
+    let waiting: Vec<_> = inst
+        .tokens()
+        .iter()
+        .filter(|t| t.state == TokenState::Waiting)
+        .map(|t| t.node)
+        .collect();
+    let open: Vec<_> = inst
+        .tasks()
+        .iter()
+        .filter(|t| *t.state() == TaskState::Open)
+        .map(|t| t.node())
+        .collect();
+    assert_eq!(waiting, open, "run {run}: {id} tokens and tasks disagree");
+    for node in &waiting {
+        assert_eq!(def.node(*node).kind(), NodeKind::UserTask);
+    }
+    // Open tasks keep their deadline; closed tasks have no pending timer.
+    for task in inst.tasks() {
+        let timers: Vec<_> = inst
+            .timers()
+            .iter()
+            .filter(|t| t.task == Some(task.id(id).seq()))
+            .collect();
+        if *task.state() == TaskState::Open {
+            assert!(
+                timers.iter().any(|t| t.kind == TimerKind::Due),
+                "run {run}: open task {} lost its deadline",
+                task.id(id)
+            );
+        } else {
+            assert!(
+                timers.iter().all(|t| t.fired),
+                "run {run}: closed task {} has a pending timer",
+                task.id(id)
+            );
+        }
+    }
+    if inst.status() == Status::Completed {
+        assert!(inst.tokens().is_empty(), "run {run}: {id} completed with tokens");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two processes, one task.
+// ---------------------------------------------------------------------------------------------
+
+/// Runs only as a child of `two_processes_complete_one_task`: reads the task, says `ready`, waits
+/// for the go file, completes the task, and prints `ok` or `conflict`.
+#[test]
+fn racer_child() {
+    let Ok(spec) = std::env::var(RACER) else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(',').collect();
+    let (db, go, instance) = (Path::new(parts[0]), parts[1], parts[2].parse::<u64>().unwrap());
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = open(db, &clock);
+    let id = InstanceId::new(instance);
+    let task = engine.tasks(id).unwrap()[0].id;
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    while !Path::new(go).exists() {
+        std::thread::yield_now();
+    }
+    match engine.complete(task, &Actor::new("ann", ["agent"]), Vars::new()) {
+        Ok(()) => println!("ok"),
+        Err(ExecError::Conflict(_)) => println!("conflict"),
+        Err(e) => println!("error {e}"),
+    }
+}
+
+#[test]
+fn two_processes_complete_one_task() {
+    let db = temp("race.db");
+    for round in 0..5 {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let id = open(&db, &clock).start("crash", Vars::new()).unwrap();
+        let go = format!("{}.go{round}", db.display());
+        let _ = std::fs::remove_file(&go);
+        let mut children: Vec<Child> = (0..2)
+            .map(|_| spawn(RACER, format!("{},{go},{}", db.display(), id.get())))
+            .collect();
+        let mut outputs: Vec<std::io::Lines<std::io::BufReader<std::process::ChildStdout>>> =
+            children
+                .iter_mut()
+                .map(|c| std::io::BufReader::new(c.stdout.take().unwrap()).lines())
+                .collect();
+        for out in &mut outputs {
+            let line = out.find(|l| l.as_ref().is_ok_and(|l| l == "ready"));
+            assert!(line.is_some(), "round {round}: a racer did not get ready");
+        }
+        std::fs::write(&go, "").unwrap();
+        let mut results: Vec<String> = outputs
+            .iter_mut()
+            .map(|out| {
+                out.find_map(|l| {
+                    let l = l.ok()?;
+                    (l == "ok" || l == "conflict" || l.starts_with("error")).then_some(l)
+                })
+                .unwrap_or_default()
+            })
+            .collect();
+        for mut c in children {
+            c.wait().unwrap();
+        }
+        results.sort();
+        assert_eq!(results, ["conflict", "ok"], "round {round}");
+        let _ = std::fs::remove_file(&go);
+        // One completion is stored.
+        let inst = open(&db, &clock).instance(id).unwrap();
+        let completed = inst
+            .audit()
+            .iter()
+            .filter(|r| matches!(r.what, Entry::Completed { .. }))
+            .count();
+        assert_eq!(completed, 1, "round {round}");
+    }
+    remove_store(&db);
+}
