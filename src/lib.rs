@@ -85,7 +85,10 @@ pub use report::{
     ReportOptions, RoleFigures, UnknownMetric,
 };
 pub use sim::{Scenario, SimReport};
-pub use store::{Commit, MemoryStore, Store, StoreError, StoredDef, StoredInstance};
+pub use store::{
+    Commit, Durability, MemoryStore, SqliteOptions, SqliteStore, Store, StoreError, StoredDef,
+    StoredInstance,
+};
 pub use vars::{VarProblem, VarSpec, VarType, Vars};
 
 /// The README's code blocks run as doctests, so the API tour stays true.

@@ -13,12 +13,14 @@
 //! never overwrite each other: the second one reloads and the caller may retry.
 
 mod memory;
+mod sqlite;
 
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
 pub use memory::MemoryStore;
+pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 use crate::exec::{Instance, Record};
 use crate::ids::{DefKey, InstanceId};

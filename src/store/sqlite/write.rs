@@ -1,0 +1,363 @@
+//! The write side: commits prepared outside any lock, the write connection committing a batch
+//! of them in one transaction (one savepoint each), and the group-commit queue that gathers
+//! the batches.
+//!
+//! **Invariant:** a commit's result is decided before any of its rows are written (the version
+//! check is the first statement of its savepoint), and whatever fails is rolled back to its
+//! savepoint, so a failed commit stores nothing and the others of its batch are not affected.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{due_millis, nanos, sql_err};
+use crate::exec::Status;
+use crate::ids::InstanceId;
+use crate::store::{Commit, StoreError, encode_records, encode_state};
+
+/// One commit, serialized by its caller's thread.
+pub(super) struct Prepared {
+    instance: InstanceId,
+    id: i64,
+    process: String,
+    def_version: i64,
+    running: bool,
+    started_at: i64,
+    state: String,
+    /// The records' JSON array and the position of the first, when the commit adds any.
+    records: Option<(i64, String)>,
+    version: u64,
+    new_version: i64,
+    next_due: Option<i64>,
+}
+
+impl Prepared {
+    pub(super) fn new(commit: &Commit<'_>, path: &Path) -> Result<Prepared, StoreError> {
+        let instance = commit.instance.id();
+        let range = |what: &str| StoreError::Other {
+            path: path.to_path_buf(),
+            detail: format!("{what} of instance {instance} is out of the store's range"),
+        };
+        let id = i64::try_from(instance.get()).map_err(|_| range("the id"))?;
+        let new_version = commit
+            .version
+            .checked_add(1)
+            .and_then(|v| i64::try_from(v).ok())
+            .ok_or_else(|| range("the version"))?;
+        let records = if commit.records.is_empty() {
+            None
+        } else {
+            let first = i64::try_from(commit.first_record).map_err(|_| range("first_record"))?;
+            Some((first, encode_records(commit.records)))
+        };
+        Ok(Prepared {
+            instance,
+            id,
+            process: commit.def.id.clone(),
+            def_version: i64::from(commit.def.version),
+            running: commit.instance.status() == Status::Running,
+            started_at: nanos(commit.instance.started_at()),
+            state: encode_state(commit.instance),
+            records,
+            version: commit.version,
+            new_version,
+            next_due: commit.next_due.map(due_millis),
+        })
+    }
+}
+
+/// The write connection and the error a setter could not report.
+pub(super) struct Writer {
+    pub(super) conn: Connection,
+    /// A setting that failed to apply: the next write reports it.
+    pub(super) deferred: Option<StoreError>,
+}
+
+impl Writer {
+    /// Reports a failed setting, and rolls back a transaction a panic may have left open.
+    pub(super) fn ready(&mut self, path: &Path) -> Result<(), StoreError> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        if !self.conn.is_autocommit() {
+            self.conn
+                .execute_batch("ROLLBACK")
+                .map_err(|e| sql_err(path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Commits `items` in one transaction, each in its own savepoint; returns each one's result
+    /// in order.
+    pub(super) fn commit_batch(
+        &mut self,
+        items: &[&Prepared],
+        path: &Path,
+    ) -> Vec<Result<(), StoreError>> {
+        if let Err(e) = self.ready(path) {
+            return vec![Err(e); items.len()];
+        }
+        let mut failed: Vec<Option<StoreError>> = vec![None; items.len()];
+        // Each pass either commits or marks one more item failed, so this ends.
+        loop {
+            let left = failed.iter().filter(|f| f.is_none()).count();
+            if left == 0 {
+                break;
+            }
+            let savepoints = left > 1;
+            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+                let e = sql_err(path, e);
+                fill(&mut failed, &e);
+                break;
+            }
+            let mut restart = false;
+            for (item, slot) in items.iter().zip(failed.iter_mut()) {
+                if slot.is_some() {
+                    continue;
+                }
+                if savepoints && let Err(e) = self.conn.execute_batch("SAVEPOINT one") {
+                    *slot = Some(sql_err(path, e));
+                    restart = true;
+                    break;
+                }
+                match apply(&self.conn, item, path) {
+                    Ok(()) if savepoints => {
+                        if let Err(e) = self.conn.execute_batch("RELEASE one") {
+                            *slot = Some(sql_err(path, e));
+                            restart = true;
+                            break;
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        *slot = Some(e);
+                        // SQLite may roll back the whole transaction on some errors (a full
+                        // disk, I/O): then the others of the batch are redone.
+                        if !savepoints
+                            || self.conn.is_autocommit()
+                            || self
+                                .conn
+                                .execute_batch("ROLLBACK TO one; RELEASE one")
+                                .is_err()
+                        {
+                            restart = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            if restart {
+                self.rollback();
+                continue;
+            }
+            if let Err(e) = self.conn.execute_batch("COMMIT") {
+                let e = sql_err(path, e);
+                self.rollback();
+                fill(&mut failed, &e);
+            }
+            break;
+        }
+        failed
+            .into_iter()
+            .map(|f| match f {
+                Some(e) => Err(e),
+                None => Ok(()),
+            })
+            .collect()
+    }
+
+    fn rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            // A failed rollback leaves the transaction open; `ready` retries it before the next
+            // write and reports it if it fails again.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+fn fill(failed: &mut [Option<StoreError>], e: &StoreError) {
+    for slot in failed.iter_mut().filter(|f| f.is_none()) {
+        *slot = Some(e.clone());
+    }
+}
+
+/// Writes one commit inside the current transaction, after checking its version.
+fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError> {
+    let sql = |e| sql_err(path, e);
+    let changed = if p.version == 0 {
+        conn.prepare_cached(
+            "INSERT INTO instances \
+             (id, process, def_version, running, row_version, started_at, state, next_due) \
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                p.id,
+                p.process,
+                p.def_version,
+                p.running,
+                p.started_at,
+                p.state,
+                p.next_due
+            ])
+        })
+        .map_err(sql)?
+    } else {
+        conn.prepare_cached(
+            "UPDATE instances SET def_version = ?2, running = ?3, row_version = ?4, state = ?5, \
+             next_due = ?6 WHERE id = ?1 AND row_version = ?7",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                p.id,
+                p.def_version,
+                p.running,
+                p.new_version,
+                p.state,
+                p.next_due,
+                // A version beyond i64 cannot be stored: it matches no row.
+                i64::try_from(p.version).unwrap_or(-1)
+            ])
+        })
+        .map_err(sql)?
+    };
+    if changed == 0 {
+        let found: Option<i64> = conn
+            .prepare_cached("SELECT row_version FROM instances WHERE id = ?1")
+            .and_then(|mut s| s.query_row([p.id], |row| row.get(0)).optional())
+            .map_err(sql)?;
+        return Err(StoreError::Conflict {
+            instance: p.instance,
+            expected: p.version,
+            found: found.map(|v| u64::try_from(v).unwrap_or(0)),
+        });
+    }
+    if let Some((first, batch)) = &p.records {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO records (instance, first, batch) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut s| s.execute(params![p.id, first, batch]))
+        .map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// The group-commit queue: commits waiting for a leader, and the results of finished batches.
+#[derive(Default)]
+pub(super) struct Queue {
+    state: Mutex<QueueState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    next_ticket: u64,
+    pending: Vec<(u64, Prepared)>,
+    results: HashMap<u64, Result<(), StoreError>>,
+    leading: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // The state is only changed by whole assignments: a poisoned lock guards consistent data.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `item`; the first caller to find no leader commits everything queued, the others
+    /// wait for their result. A lone caller commits at once, in its own thread.
+    pub(super) fn commit(
+        &self,
+        item: Prepared,
+        writer: &Mutex<Writer>,
+        path: &Path,
+    ) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.pending.push((ticket, item));
+        loop {
+            if let Some(result) = state.results.remove(&ticket) {
+                return result;
+            }
+            if !state.leading {
+                state.leading = true;
+                let batch = std::mem::take(&mut state.pending);
+                drop(state);
+                return self.lead(batch, ticket, writer, path);
+            }
+            state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn lead(
+        &self,
+        batch: Vec<(u64, Prepared)>,
+        mine: u64,
+        writer: &Mutex<Writer>,
+        path: &Path,
+    ) -> Result<(), StoreError> {
+        let mut guard = Leading {
+            queue: self,
+            tickets: batch.iter().map(|(t, _)| *t).collect(),
+            path: path.to_path_buf(),
+        };
+        let items: Vec<&Prepared> = batch.iter().map(|(_, p)| p).collect();
+        let results = lock(writer).commit_batch(&items, path);
+        let tickets = std::mem::take(&mut guard.tickets);
+        drop(guard);
+        let mut state = self.lock();
+        let mut own = None;
+        for (ticket, result) in tickets.into_iter().zip(results) {
+            if ticket == mine {
+                own = Some(result);
+            } else {
+                state.results.insert(ticket, result);
+            }
+        }
+        state.leading = false;
+        drop(state);
+        self.done.notify_all();
+        own.unwrap_or_else(|| {
+            Err(StoreError::Other {
+                path: path.to_path_buf(),
+                detail: "group commit lost a result".into(),
+            })
+        })
+    }
+}
+
+/// Hands the leadership on (and fails the batch) if the leader unwinds, so no follower waits
+/// forever.
+struct Leading<'a> {
+    queue: &'a Queue,
+    tickets: Vec<u64>,
+    path: PathBuf,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if self.tickets.is_empty() {
+            return;
+        }
+        let mut state = self.queue.lock();
+        for ticket in self.tickets.drain(..) {
+            state.results.insert(
+                ticket,
+                Err(StoreError::Other {
+                    path: self.path.clone(),
+                    detail: "the committing thread panicked".into(),
+                }),
+            );
+        }
+        state.leading = false;
+        drop(state);
+        self.queue.done.notify_all();
+    }
+}
+
+/// Locks the writer; a poisoned lock is fine, [`Writer::ready`] rolls back what it left open.
+pub(super) fn lock(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
+    writer.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,906 @@
+//! The SQLite store through the public API: round trips through a reopen, versions and
+//! conflicts, definitions, id blocks shared by two handles, due timers, the files it refuses
+//! (missing, garbage, foreign, newer, locked, full), the v1 → v2 migration, damaged copies, and
+//! group commit from many threads.
+//!
+//! Instances come from an in-memory engine; the tests commit them to the store themselves.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use procflow::{
+    Actor, Commit, DefKey, Durability, Engine, Instance, InstanceId, ManualClock, ProcessDef,
+    SqliteStore, Status, Store, StoreError, StoredDef, Vars,
+};
+
+/// One task with a 30 minute claim deadline and a 4 hour due date: a started instance is
+/// running with its earliest timer 30 minutes after its start.
+const TASK: &str = r#"
+id: task
+version: 1
+name: Task
+roles: { r: { name: R }, a: { name: A } }
+nodes:
+  start: { kind: start, next: work }
+  work:
+    kind: user_task
+    name: Work
+    raci: { responsible: [r], accountable: a }
+    due: 4h
+    claim_due: 30m
+    next: done
+  done: { kind: end }
+"#;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 3, 1, 9, 0, 0).unwrap()
+}
+
+/// A store file under the temp dir, removed (with its log) when dropped.
+struct TempDb(PathBuf);
+
+impl TempDb {
+    fn new(name: &str) -> TempDb {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "procflow-sqlite-{}-{n}-{name}.db",
+            std::process::id()
+        ));
+        remove(&path);
+        TempDb(path)
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        remove(&self.0);
+    }
+}
+
+fn remove(path: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
+/// An engine on a manual clock at [`t0`] with [`TASK`] deployed.
+fn engine() -> (Engine, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = Engine::builder().clock(Arc::clone(&clock)).build();
+    engine.deploy(ProcessDef::from_yaml(TASK).unwrap()).unwrap();
+    (engine, clock)
+}
+
+/// Starts `n` instances, one second apart; returns their states right after the start.
+fn started(engine: &Engine, clock: &ManualClock, n: usize) -> Vec<Instance> {
+    (0..n)
+        .map(|_| {
+            clock.advance(chrono::Duration::seconds(1));
+            let id = engine.start("task", Vars::new()).unwrap();
+            engine.instance(id).unwrap()
+        })
+        .collect()
+}
+
+/// Completes the instance's task; returns its new (completed) state.
+fn complete(engine: &Engine, id: InstanceId) -> Instance {
+    let task = engine.tasks(id).unwrap()[0].id;
+    engine
+        .complete(task, &Actor::new("ann", ["r"]), Vars::new())
+        .unwrap();
+    engine.instance(id).unwrap()
+}
+
+/// The earliest armed timer.
+fn next_due(inst: &Instance) -> Option<DateTime<Utc>> {
+    inst.timers()
+        .iter()
+        .filter(|t| !t.fired && inst.status() == Status::Running)
+        .map(|t| t.at)
+        .min()
+}
+
+/// Commits `inst` as the call that took it from `version` (with `first` records already
+/// stored) to the next version.
+fn commit(
+    store: &dyn Store,
+    inst: &Instance,
+    version: u64,
+    first: usize,
+) -> Result<(), StoreError> {
+    store.commit(&Commit {
+        instance: inst,
+        def: inst.def().unwrap(),
+        records: &inst.audit()[first..],
+        first_record: first,
+        version,
+        next_due: next_due(inst),
+    })
+}
+
+fn def(text: &str, id: &str, version: u32) -> StoredDef {
+    StoredDef {
+        key: DefKey {
+            id: id.into(),
+            version,
+        },
+        text: text.into(),
+    }
+}
+
+/// Creates (or opens) a store with the default options.
+fn create(path: &Path) -> SqliteStore {
+    SqliteStore::create(path).unwrap()
+}
+
+/// Creates (or opens) a store that waits at most 200 ms for another connection's lock.
+fn create_impatient(path: &Path) -> SqliteStore {
+    SqliteStore::options()
+        .busy_timeout(Duration::from_millis(200))
+        .create(path)
+        .unwrap()
+}
+
+#[test]
+fn round_trip_through_reopen() {
+    let db = TempDb::new("round-trip");
+    let (engine, clock) = engine();
+    let starts = started(&engine, &clock, 3);
+    let done = complete(&engine, starts[1].id());
+    {
+        let store = create(&db.0);
+        store.save_definition(&def(TASK, "task", 1)).unwrap();
+        for inst in &starts {
+            commit(&store, inst, 0, 0).unwrap();
+        }
+        commit(&store, &done, 1, starts[1].audit().len()).unwrap();
+    }
+    let store = SqliteStore::open(&db.0).unwrap();
+    assert_eq!(store.definitions().unwrap(), vec![def(TASK, "task", 1)]);
+
+    let read = store.read(done.id()).unwrap().unwrap();
+    assert_eq!(read.version, 2);
+    assert_eq!(read.instance, done);
+    assert!(done.audit().len() > starts[1].audit().len());
+    let read = store.read(starts[0].id()).unwrap().unwrap();
+    assert_eq!((read.version, &read.instance), (1, &starts[0]));
+
+    let running = store.running().unwrap();
+    let ids: Vec<InstanceId> = running.iter().map(|s| s.instance.id()).collect();
+    assert_eq!(ids, vec![starts[0].id(), starts[2].id()]);
+    assert_eq!(running[1].instance, starts[2]);
+
+    let all = store.history(Some("task"), None).unwrap();
+    let ids: Vec<InstanceId> = all.iter().map(|s| s.instance.id()).collect();
+    assert_eq!(ids, starts.iter().map(|i| i.id()).collect::<Vec<_>>());
+    assert_eq!(all[1].instance, done);
+    let later = store.history(None, Some(starts[1].started_at())).unwrap();
+    assert_eq!(later.len(), 2);
+    assert_eq!(later[0].instance, done);
+    assert!(store.history(Some("other"), None).unwrap().is_empty());
+    let unknown = started(&engine, &clock, 1).remove(0);
+    assert_eq!(store.read(unknown.id()).unwrap(), None);
+}
+
+#[test]
+fn a_commit_with_another_version_conflicts_and_stores_nothing() {
+    let db = TempDb::new("conflicts");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, 2);
+    let store = create(&db.0);
+    commit(&store, &inst[0], 0, 0).unwrap();
+
+    // A second start of the same instance.
+    let e = commit(&store, &inst[0], 0, 0).unwrap_err();
+    assert_eq!(
+        e,
+        StoreError::Conflict {
+            instance: inst[0].id(),
+            expected: 0,
+            found: Some(1)
+        }
+    );
+    // A stale (and a future) version.
+    let done = complete(&engine, inst[0].id());
+    let n = inst[0].audit().len();
+    for version in [0, 2, 7] {
+        let e = commit(&store, &done, version, n).unwrap_err();
+        assert_eq!(
+            e,
+            StoreError::Conflict {
+                instance: inst[0].id(),
+                expected: version,
+                found: Some(1)
+            }
+        );
+    }
+    // An update of an instance the store does not know.
+    let e = commit(&store, &inst[1], 1, 0).unwrap_err();
+    assert_eq!(
+        e,
+        StoreError::Conflict {
+            instance: inst[1].id(),
+            expected: 1,
+            found: None
+        }
+    );
+    assert_eq!(store.read(inst[1].id()).unwrap(), None);
+    let read = store.read(inst[0].id()).unwrap().unwrap();
+    assert_eq!((read.version, &read.instance), (1, &inst[0]));
+
+    // The right version goes through, then the next.
+    commit(&store, &done, 1, n).unwrap();
+    let read = store.read(inst[0].id()).unwrap().unwrap();
+    assert_eq!((read.version, &read.instance), (2, &done));
+    commit(&store, &done, 2, done.audit().len()).unwrap();
+    let read = store.read(inst[0].id()).unwrap().unwrap();
+    assert_eq!((read.version, &read.instance), (3, &done));
+}
+
+#[test]
+fn definitions_are_idempotent_and_refuse_another_text() {
+    let db = TempDb::new("definitions");
+    let store = create(&db.0);
+    store.save_definition(&def("b: 1", "b", 1)).unwrap();
+    store.save_definition(&def("a: 2", "a", 2)).unwrap();
+    store.save_definition(&def("a: 10", "a", 10)).unwrap();
+    store.save_definition(&def("a: 1", "a", 1)).unwrap();
+    store.save_definition(&def("a: 1", "a", 1)).unwrap();
+    let e = store
+        .save_definition(&def("a: changed", "a", 1))
+        .unwrap_err();
+    assert_eq!(
+        e,
+        StoreError::DefinitionChanged {
+            key: DefKey {
+                id: "a".into(),
+                version: 1
+            }
+        }
+    );
+    drop(store);
+    let store = SqliteStore::open(&db.0).unwrap();
+    let keys: Vec<(String, u32, String)> = store
+        .definitions()
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.key.id, d.key.version, d.text))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("a".into(), 1, "a: 1".into()),
+            ("a".into(), 2, "a: 2".into()),
+            ("a".into(), 10, "a: 10".into()),
+            ("b".into(), 1, "b: 1".into()),
+        ]
+    );
+}
+
+#[test]
+fn id_blocks_are_never_handed_out_twice_across_handles() {
+    let db = TempDb::new("ids");
+    let a = create(&db.0);
+    let b = SqliteStore::open(&db.0).unwrap();
+    assert_eq!(a.reserve_ids(10).unwrap(), 1);
+    assert_eq!(b.reserve_ids(5).unwrap(), 11);
+    assert_eq!(a.reserve_ids(0).unwrap(), 16);
+    let mut blocks: Vec<(u64, u64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = [&a, &b]
+            .into_iter()
+            .enumerate()
+            .map(|(i, store)| {
+                s.spawn(move || {
+                    (0..50)
+                        .map(|k| {
+                            let n = 1 + (k + i as u64) % 7;
+                            (store.reserve_ids(n).unwrap(), n)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    blocks.sort();
+    let mut next = 16;
+    for (first, n) in &blocks {
+        assert_eq!(*first, next, "blocks {blocks:?}");
+        next = first + n;
+    }
+    drop((a, b));
+    let c = SqliteStore::open(&db.0).unwrap();
+    assert_eq!(c.reserve_ids(1).unwrap(), next);
+}
+
+#[test]
+fn due_lists_running_instances_with_a_timer_due() {
+    let db = TempDb::new("due");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, 3);
+    let store = create(&db.0);
+    for i in &inst {
+        commit(&store, i, 0, 0).unwrap();
+    }
+    // Started at t0 + 1 s, 2 s, 3 s: claim deadlines 30 minutes later.
+    let deadline = |k: i64| t0() + chrono::Duration::seconds(k) + chrono::Duration::minutes(30);
+    assert_eq!(next_due(&inst[0]), Some(deadline(1)));
+    assert_eq!(store.due(t0()).unwrap(), vec![]);
+    assert_eq!(
+        store
+            .due(deadline(1) - chrono::Duration::milliseconds(1))
+            .unwrap(),
+        vec![]
+    );
+    assert_eq!(store.due(deadline(1)).unwrap(), vec![(inst[0].id(), 1)]);
+    // A completed instance is not due, whatever it stored.
+    let done = complete(&engine, inst[1].id());
+    store
+        .commit(&Commit {
+            instance: &done,
+            def: done.def().unwrap(),
+            records: &done.audit()[inst[1].audit().len()..],
+            first_record: inst[1].audit().len(),
+            version: 1,
+            next_due: Some(t0()),
+        })
+        .unwrap();
+    // No timer: not due.
+    let n = inst[2].audit().len();
+    store
+        .commit(&Commit {
+            instance: &inst[2],
+            def: inst[2].def().unwrap(),
+            records: &[],
+            first_record: n,
+            version: 1,
+            next_due: None,
+        })
+        .unwrap();
+    let late = t0() + chrono::Duration::days(1);
+    assert_eq!(store.due(late).unwrap(), vec![(inst[0].id(), 1)]);
+    // A due instant with a fraction of a millisecond is never reported early.
+    let odd = deadline(9) + chrono::Duration::microseconds(500);
+    store
+        .commit(&Commit {
+            instance: &inst[2],
+            def: inst[2].def().unwrap(),
+            records: &[],
+            first_record: n,
+            version: 2,
+            next_due: Some(odd),
+        })
+        .unwrap();
+    assert_eq!(store.due(deadline(9)).unwrap(), vec![(inst[0].id(), 1)]);
+    assert_eq!(
+        store
+            .due(odd + chrono::Duration::microseconds(500))
+            .unwrap(),
+        vec![(inst[0].id(), 1), (inst[2].id(), 3)]
+    );
+}
+
+#[test]
+fn a_missing_file_is_missing_unless_created() {
+    let db = TempDb::new("missing");
+    let e = SqliteStore::open(&db.0).unwrap_err();
+    assert_eq!(e, StoreError::Missing { path: db.0.clone() });
+    assert!(!db.0.exists());
+    create(&db.0);
+    SqliteStore::open(&db.0).unwrap();
+}
+
+fn assert_corrupt(e: StoreError, path: &Path) {
+    match e {
+        StoreError::Corrupt { path: p, .. } => assert_eq!(p, path),
+        e => panic!("expected Corrupt for {}, got {e:?}", path.display()),
+    }
+}
+
+#[test]
+fn a_garbage_file_is_corrupt() {
+    let db = TempDb::new("garbage");
+    let garbage: Vec<u8> = (0..20_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    std::fs::write(&db.0, &garbage).unwrap();
+    assert_corrupt(SqliteStore::open(&db.0).unwrap_err(), &db.0);
+    assert_corrupt(SqliteStore::create(&db.0).unwrap_err(), &db.0);
+    assert_eq!(std::fs::read(&db.0).unwrap(), garbage);
+    let e = SqliteStore::open(&db.0).unwrap_err().to_string();
+    assert!(e.contains(&db.0.display().to_string()), "{e}");
+}
+
+#[test]
+fn another_applications_database_is_corrupt_and_untouched() {
+    let db = TempDb::new("foreign");
+    {
+        let conn = rusqlite::Connection::open(&db.0).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);
+             INSERT INTO customers (name) VALUES ('ann'), ('bob');",
+        )
+        .unwrap();
+    }
+    let before = std::fs::read(&db.0).unwrap();
+    assert_corrupt(SqliteStore::open(&db.0).unwrap_err(), &db.0);
+    assert_corrupt(SqliteStore::create(&db.0).unwrap_err(), &db.0);
+    assert_eq!(std::fs::read(&db.0).unwrap(), before);
+
+    // A meta table that is not procflow's.
+    let other = TempDb::new("foreign-meta");
+    {
+        let conn = rusqlite::Connection::open(&other.0).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE meta (key TEXT, value);
+             INSERT INTO meta VALUES ('schema_version', 1);",
+        )
+        .unwrap();
+    }
+    let before = std::fs::read(&other.0).unwrap();
+    assert_corrupt(SqliteStore::create(&other.0).unwrap_err(), &other.0);
+    assert_eq!(std::fs::read(&other.0).unwrap(), before);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let db = TempDb::new("newer");
+    drop(create(&db.0));
+    {
+        let conn = rusqlite::Connection::open(&db.0).unwrap();
+        conn.execute("UPDATE meta SET value = 3 WHERE key = 'schema_version'", [])
+            .unwrap();
+    }
+    let e = SqliteStore::open(&db.0).unwrap_err();
+    assert_eq!(
+        e,
+        StoreError::NewerSchema {
+            path: db.0.clone(),
+            found: 3,
+            supported: 2
+        }
+    );
+}
+
+#[test]
+fn a_file_locked_longer_than_the_busy_timeout_is_locked() {
+    let db = TempDb::new("locked");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, 2);
+    let store = create_impatient(&db.0);
+    commit(&store, &inst[0], 0, 0).unwrap();
+
+    // Another connection holds the write lock: writes wait, then fail; reads go on.
+    let other = rusqlite::Connection::open(&db.0).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started_at = Instant::now();
+    let e = commit(&store, &inst[1], 0, 0).unwrap_err();
+    assert_eq!(e, StoreError::Locked { path: db.0.clone() });
+    assert!(started_at.elapsed() >= Duration::from_millis(150));
+    assert_eq!(
+        store.reserve_ids(1).unwrap_err(),
+        StoreError::Locked { path: db.0.clone() }
+    );
+    assert_eq!(store.running().unwrap().len(), 1);
+    other.execute_batch("ROLLBACK").unwrap();
+    commit(&store, &inst[1], 0, 0).unwrap();
+    assert_eq!(store.running().unwrap().len(), 2);
+    drop(store);
+
+    // An exclusive lock keeps even readers (and so opening) out.
+    other
+        .execute_batch(
+            "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; \
+             UPDATE counters SET value = value WHERE name = 'next_id';",
+        )
+        .unwrap();
+    let e = SqliteStore::options()
+        .busy_timeout(Duration::from_millis(100))
+        .open(&db.0)
+        .unwrap_err();
+    assert_eq!(e, StoreError::Locked { path: db.0.clone() });
+    other.execute_batch("COMMIT").unwrap();
+    drop(other);
+    let store = create(&db.0);
+    assert_eq!(store.running().unwrap().len(), 2);
+}
+
+#[test]
+fn a_full_disk_fails_the_commit_and_stores_nothing() {
+    let db = TempDb::new("full");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, 400);
+    let mut store = create(&db.0);
+    commit(&store, &inst[0], 0, 0).unwrap();
+    let size = std::fs::metadata(&db.0).unwrap().len();
+    store.limit_size(size + 32 * 1024);
+    let mut full_at = None;
+    for (k, i) in inst.iter().enumerate().skip(1) {
+        match commit(&store, i, 0, 0) {
+            Ok(()) => {}
+            Err(e) => {
+                assert_eq!(e, StoreError::Full { path: db.0.clone() });
+                full_at = Some(k);
+                break;
+            }
+        }
+    }
+    let k = full_at.expect("the size limit was never reached");
+    assert!(k > 1, "nothing fit");
+    assert_eq!(store.read(inst[k].id()).unwrap(), None);
+    assert_eq!(store.running().unwrap().len(), k);
+    // Concurrent commits (grouped in batches) while full: each fails alone or is whole.
+    let rest = &inst[k + 1..k + 1 + 8 * 10];
+    let results: Vec<Result<(), StoreError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = rest
+            .chunks(10)
+            .map(|chunk| {
+                let store = &store;
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|i| commit(store, i, 0, 0))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut stored = k;
+    for (i, result) in rest.iter().zip(&results) {
+        match result {
+            Ok(()) => {
+                stored += 1;
+                assert_eq!(store.read(i.id()).unwrap().unwrap().instance, *i);
+            }
+            Err(e) => {
+                assert_eq!(*e, StoreError::Full { path: db.0.clone() });
+                assert_eq!(store.read(i.id()).unwrap(), None);
+            }
+        }
+    }
+    assert!(results.iter().any(|r| r.is_err()));
+    assert_eq!(store.running().unwrap().len(), stored);
+    // Still usable: updates that need no new page may go through, and more room helps.
+    store.limit_size(1 << 30);
+    commit(&store, &inst[k], 0, 0).unwrap();
+    assert_eq!(store.running().unwrap().len(), stored + 1);
+    drop(store);
+    let reopened = SqliteStore::open(&db.0).unwrap();
+    assert_eq!(reopened.running().unwrap().len(), stored + 1);
+}
+
+#[test]
+fn a_v1_store_migrates_to_v2() {
+    let db = TempDb::new("v1");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, 3);
+    let done = complete(&engine, inst[1].id());
+    let nanos = |i: &Instance| i.started_at().timestamp_nanos_opt().unwrap();
+    // State as v1 wrote it: the instance without its audit trail.
+    let state = |i: &Instance| {
+        let mut v = serde_json::to_value(i).unwrap();
+        v.as_object_mut().unwrap().remove("audit");
+        v.to_string()
+    };
+    {
+        let conn = rusqlite::Connection::open(&db.0).unwrap();
+        conn.execute_batch(include_str!("fixtures/schema-v1.sql"))
+            .unwrap();
+        conn.execute(
+            "INSERT INTO definitions (id, version, text) VALUES ('task', 1, ?1)",
+            [TASK],
+        )
+        .unwrap();
+        let rows = [(&inst[0], 1), (&done, 2), (&inst[2], 1)];
+        for (i, version) in rows {
+            conn.execute(
+                "INSERT INTO instances \
+                 (id, process, def_version, running, row_version, started_at, state) \
+                 VALUES (?1, 'task', 1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![
+                    i.id().get() as i64,
+                    i.status() == Status::Running,
+                    version,
+                    nanos(i),
+                    state(i)
+                ],
+            )
+            .unwrap();
+            // One records row per commit.
+            let split = if version == 2 {
+                inst[1].audit().len()
+            } else {
+                1
+            };
+            let audit = i.audit();
+            for (first, batch) in [(0, &audit[..split]), (split, &audit[split..])] {
+                if !batch.is_empty() {
+                    conn.execute(
+                        "INSERT INTO records (instance, first, batch) VALUES (?1, ?2, ?3)",
+                        rusqlite::params![
+                            i.id().get() as i64,
+                            first as i64,
+                            serde_json::to_string(batch).unwrap()
+                        ],
+                    )
+                    .unwrap();
+                }
+            }
+        }
+    }
+    let store = SqliteStore::open(&db.0).unwrap();
+    assert_eq!(store.definitions().unwrap(), vec![def(TASK, "task", 1)]);
+    assert_eq!(store.read(done.id()).unwrap().unwrap().instance, done);
+    assert_eq!(store.read(done.id()).unwrap().unwrap().version, 2);
+    let running: Vec<Instance> = store
+        .running()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.instance)
+        .collect();
+    assert_eq!(running, vec![inst[0].clone(), inst[2].clone()]);
+    assert_eq!(store.history(None, None).unwrap().len(), 3);
+    // The due instants were computed from the stored timers.
+    let late = t0() + chrono::Duration::days(1);
+    assert_eq!(
+        store.due(late).unwrap(),
+        vec![(inst[0].id(), 1), (inst[2].id(), 1)]
+    );
+    assert_eq!(store.due(t0()).unwrap(), vec![]);
+    // Ids continue after the largest one v1 stored.
+    assert_eq!(store.reserve_ids(1).unwrap(), inst[2].id().get() + 1);
+    // And it keeps working as a v2 store.
+    let done2 = complete(&engine, inst[2].id());
+    commit(&store, &done2, 1, inst[2].audit().len()).unwrap();
+    drop(store);
+    let store = SqliteStore::open(&db.0).unwrap();
+    assert_eq!(store.running().unwrap().len(), 1);
+}
+
+/// A small deterministic generator (xorshift64*), so damaged copies are the same every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+#[test]
+fn damaged_copies_give_errors_not_panics() {
+    let db = TempDb::new("damaged-original");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, 30);
+    {
+        let store = create(&db.0);
+        store.save_definition(&def(TASK, "task", 1)).unwrap();
+        for i in &inst {
+            commit(&store, i, 0, 0).unwrap();
+        }
+        for i in inst.iter().step_by(3) {
+            let done = complete(&engine, i.id());
+            commit(&store, &done, 1, i.audit().len()).unwrap();
+        }
+        store.reserve_ids(100).unwrap();
+    }
+    let original = std::fs::read(&db.0).unwrap();
+    assert!(original.len() > 4096);
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let (mut ok, mut err) = (0, 0);
+    for copy in 0..200 {
+        let mut bytes = original.clone();
+        match copy % 4 {
+            0 => {
+                for _ in 0..1 + rng.below(8) {
+                    let at = rng.below(bytes.len());
+                    bytes[at] ^= 1 << rng.below(8);
+                }
+            }
+            1 => bytes.truncate(rng.below(original.len())),
+            2 => {
+                let at = rng.below(bytes.len());
+                let end = (at + 1 + rng.below(1024)).min(bytes.len());
+                let fill = rng.next() as u8;
+                bytes[at..end].fill(fill);
+            }
+            _ => {
+                // Within the first pages: the header and the schema.
+                for _ in 0..1 + rng.below(4) {
+                    let at = rng.below(4096.min(bytes.len()));
+                    bytes[at] = rng.next() as u8;
+                }
+            }
+        }
+        let damaged = TempDb::new("damaged");
+        std::fs::write(&damaged.0, &bytes).unwrap();
+        let outcome = SqliteStore::options()
+            .busy_timeout(Duration::from_millis(50))
+            .open(&damaged.0)
+            .and_then(|store| {
+                store.definitions()?;
+                store.running()?;
+                store.history(None, None)?;
+                store.due(t0() + chrono::Duration::days(1))?;
+                for i in inst.iter().take(5) {
+                    store.read(i.id())?;
+                }
+                store.reserve_ids(1)?;
+                Ok(())
+            });
+        match outcome {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(&damaged.0.display().to_string()),
+                    "an error without the file: {text}"
+                );
+                err += 1;
+            }
+        }
+    }
+    eprintln!("damaged copies: {ok} read fine, {err} gave an error");
+    assert_eq!(ok + err, 200);
+    assert!(err > 0, "no damage detected at all");
+}
+
+/// One thread's results: its own starts, whether it won each shared start, its stale update.
+type ThreadResults = (Vec<Result<(), StoreError>>, Vec<bool>, StoreError);
+
+#[test]
+fn group_commit_gives_each_commit_its_own_result() {
+    const THREADS: usize = 16;
+    const EACH: usize = 12;
+    let (engine, clock) = engine();
+    let own = started(&engine, &clock, THREADS * EACH);
+    let shared = started(&engine, &clock, EACH);
+    for group in [true, false] {
+        let db = TempDb::new("group");
+        let mut store = create(&db.0);
+        store.durability(Durability::Process).group_commit(group);
+        let began = Instant::now();
+        // Every thread commits its own starts, a start of each shared instance (one of the 16
+        // wins each), and a stale update of its first instance (always a conflict).
+        let results: Vec<ThreadResults> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (store, own, shared) = (&store, &own, &shared);
+                    s.spawn(move || {
+                        let mine = &own[t * EACH..(t + 1) * EACH];
+                        let mut results = Vec::new();
+                        let mut won = Vec::new();
+                        for (i, s) in mine.iter().zip(shared) {
+                            results.push(commit(store, i, 0, 0));
+                            match commit(store, s, 0, 0) {
+                                Ok(()) => won.push(true),
+                                Err(StoreError::Conflict {
+                                    expected: 0,
+                                    found: Some(1),
+                                    ..
+                                }) => won.push(false),
+                                Err(e) => panic!("unexpected {e:?}"),
+                            }
+                        }
+                        let stale = commit(store, &mine[0], 5, 0).unwrap_err();
+                        (results, won, stale)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let elapsed = began.elapsed();
+        for (t, (own_results, _, stale)) in results.iter().enumerate() {
+            assert!(own_results.iter().all(|r| r.is_ok()), "{own_results:?}");
+            assert_eq!(
+                *stale,
+                StoreError::Conflict {
+                    instance: own[t * EACH].id(),
+                    expected: 5,
+                    found: Some(1)
+                }
+            );
+        }
+        for k in 0..EACH {
+            let winners = results.iter().filter(|(_, won, _)| won[k]).count();
+            assert_eq!(winners, 1, "shared instance {k}");
+        }
+        assert_eq!(store.running().unwrap().len(), THREADS * EACH + EACH);
+        for i in own.iter().chain(&shared) {
+            let read = store.read(i.id()).unwrap().unwrap();
+            assert_eq!((read.version, &read.instance), (1, i));
+        }
+        eprintln!(
+            "group commit {group}: {} commits from {THREADS} threads in {elapsed:?}",
+            THREADS * EACH * 2 + THREADS
+        );
+    }
+}
+
+/// Many running instances reload quickly. Debug builds use a small count; release builds the
+/// full 100,000 (`cargo test --release --test store_sqlite -- --nocapture reload`).
+#[test]
+fn reload_many_running_instances() {
+    let n = if cfg!(debug_assertions) {
+        2_000
+    } else {
+        100_000
+    };
+    let db = TempDb::new("reload");
+    let (engine, clock) = engine();
+    {
+        let mut store = create(&db.0);
+        store.durability(Durability::Process);
+        let mut firsts = Vec::with_capacity(n);
+        let began = Instant::now();
+        for _ in 0..n {
+            clock.advance(chrono::Duration::milliseconds(10));
+            let id = engine.start("task", Vars::new()).unwrap();
+            let inst = engine.remove(id).unwrap();
+            let split = inst.audit().len().min(1);
+            store
+                .commit(&Commit {
+                    instance: &inst,
+                    def: inst.def().unwrap(),
+                    records: &inst.audit()[..split],
+                    first_record: 0,
+                    version: 0,
+                    next_due: next_due(&inst),
+                })
+                .unwrap();
+            firsts.push(inst);
+        }
+        let starts = began.elapsed();
+        let began = Instant::now();
+        for (version, from) in [(1, 1), (2, 2)] {
+            for inst in &firsts {
+                let from = from.min(inst.audit().len());
+                let to = (from + 1).min(inst.audit().len()).max(from);
+                let to = if version == 2 { inst.audit().len() } else { to };
+                store
+                    .commit(&Commit {
+                        instance: inst,
+                        def: inst.def().unwrap(),
+                        records: &inst.audit()[from..to],
+                        first_record: from,
+                        version,
+                        next_due: next_due(inst),
+                    })
+                    .unwrap();
+            }
+        }
+        eprintln!(
+            "{n} starts in {starts:?} ({:.0}/s), {} updates in {:?}",
+            n as f64 / starts.as_secs_f64(),
+            2 * n,
+            began.elapsed()
+        );
+    }
+    let began = Instant::now();
+    let store = SqliteStore::open(&db.0).unwrap();
+    let running = store.running().unwrap();
+    let elapsed = began.elapsed();
+    eprintln!("reopen and running() of {n} instances: {elapsed:?}");
+    assert_eq!(running.len(), n);
+    assert!(running.iter().all(|s| s.version == 3));
+    if !cfg!(debug_assertions) {
+        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    }
+}
