@@ -195,7 +195,9 @@ fn reopen(args: &Args) -> Result<(), String> {
     {
         let engine = engine_on(defs(), args.audit, sqlite(args, path));
         for _ in 0..args.instances {
-            engine.start(WAITING, Vars::new()).map_err(|e| e.to_string())?;
+            engine
+                .start(WAITING, Vars::new())
+                .map_err(|e| e.to_string())?;
         }
     }
     let start = Instant::now();

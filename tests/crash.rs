@@ -17,8 +17,8 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
 use procflow::{
-    Actor, Clock, Durability, Engine, Entry, ExecError, Instance, InstanceId, ManualClock, NodeKind,
-    ProcessDef, SqliteStore, Status, TaskState, TimerKind, TokenState, Vars,
+    Actor, Clock, Durability, Engine, Entry, ExecError, Instance, InstanceId, ManualClock,
+    NodeKind, ProcessDef, SqliteStore, Status, TaskState, TimerKind, TokenState, Vars,
 };
 use serde_json::json;
 
@@ -148,9 +148,9 @@ fn crash_child() {
                 let task = work[rng.below(work.len() as u64) as usize].id;
                 if rng.below(3) == 0 && work.iter().any(|t| t.id == task && t.claimed_by.is_none())
                 {
-                    engine.claim(task, &agent).map(|()| {
-                        format!("claim {} {}", task.instance().get(), task.seq())
-                    })
+                    engine
+                        .claim(task, &agent)
+                        .map(|()| format!("claim {} {}", task.instance().get(), task.seq()))
                 } else {
                     engine
                         .complete(task, &agent, Vars::new())
@@ -194,7 +194,7 @@ fn spawn(env: &str, value: String) -> Child {
         ])
         .env(env, value)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn the child")
@@ -257,7 +257,10 @@ fn killed_children_lose_nothing() {
         "24 kills, {checked} acknowledged calls checked in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    assert!(checked > 200, "the children did too little to test anything: {checked}");
+    assert!(
+        checked > 200,
+        "the children did too little to test anything: {checked}"
+    );
     remove_store(&db);
 }
 
@@ -278,8 +281,7 @@ fn check(db: &Path, ack: &Acknowledged, run: i64) -> usize {
     for (i, t) in &ack.claims {
         let task = &instances[i].tasks()[*t as usize];
         assert!(
-            task.claimed_by() == Some("ann")
-                || matches!(task.state(), TaskState::Completed { .. }),
+            task.claimed_by() == Some("ann") || matches!(task.state(), TaskState::Completed { .. }),
             "run {run}: acknowledged claim of i{i}.t{t} is lost"
         );
     }
@@ -338,7 +340,11 @@ fn check_instance(def: &ProcessDef, inst: &Instance, run: i64) {
             assert_eq!(*n, 1, "run {run}: {id} recorded '{key}' twice");
         }
     }
-    assert_eq!(seen.get("started"), Some(&1), "run {run}: {id} has no start");
+    assert_eq!(
+        seen.get("started"),
+        Some(&1),
+        "run {run}: {id} has no start"
+    );
     // Waiting tokens and open tasks match, one for one.
     let waiting: Vec<_> = inst
         .tokens()
@@ -378,7 +384,10 @@ fn check_instance(def: &ProcessDef, inst: &Instance, run: i64) {
         }
     }
     if inst.status() == Status::Completed {
-        assert!(inst.tokens().is_empty(), "run {run}: {id} completed with tokens");
+        assert!(
+            inst.tokens().is_empty(),
+            "run {run}: {id} completed with tokens"
+        );
     }
 }
 
@@ -386,29 +395,47 @@ fn check_instance(def: &ProcessDef, inst: &Instance, run: i64) {
 // Two processes, one task.
 // ---------------------------------------------------------------------------------------------
 
-/// Runs only as a child of `two_processes_complete_one_task`: reads the task, says `ready`, waits
-/// for the go file, completes the task, and prints `ok` or `conflict`.
+/// Runs only as a child of `two_processes_complete_one_task`: reads the task, writes its
+/// `ready` file, waits for the go file, completes the task, and writes `ok` or `conflict` to its
+/// `out` file. (Files, not stdout: the test harness captures a test's output.)
 #[test]
 fn racer_child() {
     let Ok(spec) = std::env::var(RACER) else {
         return;
     };
     let parts: Vec<&str> = spec.split(',').collect();
-    let (db, go, instance) = (Path::new(parts[0]), parts[1], parts[2].parse::<u64>().unwrap());
+    let (db, go, instance, me) = (
+        Path::new(parts[0]),
+        parts[1],
+        parts[2].parse::<u64>().unwrap(),
+        parts[3],
+    );
     let clock = Arc::new(ManualClock::new(t0()));
     let engine = open(db, &clock);
-    let id = InstanceId::new(instance);
-    let task = engine.tasks(id).unwrap()[0].id;
-    println!("ready");
-    std::io::stdout().flush().unwrap();
-    while !Path::new(go).exists() {
-        std::thread::yield_now();
+    let task = engine.tasks(InstanceId::new(instance)).unwrap()[0].id;
+    std::fs::write(format!("{go}.{me}.ready"), "").unwrap();
+    let waiting = Instant::now();
+    while !Path::new(go).exists() && waiting.elapsed() < StdDuration::from_secs(60) {
+        std::thread::sleep(StdDuration::from_micros(100));
     }
-    match engine.complete(task, &Actor::new("ann", ["agent"]), Vars::new()) {
-        Ok(()) => println!("ok"),
-        Err(ExecError::Conflict(_)) => println!("conflict"),
-        Err(e) => println!("error {e}"),
+    let result = match engine.complete(task, &Actor::new("ann", ["agent"]), Vars::new()) {
+        Ok(()) => "ok".to_owned(),
+        Err(ExecError::Conflict(_)) => "conflict".to_owned(),
+        Err(e) => format!("error {e}"),
+    };
+    std::fs::write(format!("{go}.{me}.out"), result).unwrap();
+}
+
+/// Waits (at most a minute) for a file a racer writes, and reads it.
+fn wait_for(path: &str) -> Option<String> {
+    let start = Instant::now();
+    while start.elapsed() < StdDuration::from_secs(60) {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return Some(text);
+        }
+        std::thread::sleep(StdDuration::from_millis(1));
     }
+    None
 }
 
 #[test]
@@ -418,36 +445,31 @@ fn two_processes_complete_one_task() {
         let clock = Arc::new(ManualClock::new(t0()));
         let id = open(&db, &clock).start("crash", Vars::new()).unwrap();
         let go = format!("{}.go{round}", db.display());
-        let _ = std::fs::remove_file(&go);
-        let mut children: Vec<Child> = (0..2)
-            .map(|_| spawn(RACER, format!("{},{go},{}", db.display(), id.get())))
+        let children: Vec<Child> = (0..2)
+            .map(|me| spawn(RACER, format!("{},{go},{},{me}", db.display(), id.get())))
             .collect();
-        let mut outputs: Vec<std::io::Lines<std::io::BufReader<std::process::ChildStdout>>> =
-            children
-                .iter_mut()
-                .map(|c| std::io::BufReader::new(c.stdout.take().unwrap()).lines())
-                .collect();
-        for out in &mut outputs {
-            let line = out.find(|l| l.as_ref().is_ok_and(|l| l == "ready"));
-            assert!(line.is_some(), "round {round}: a racer did not get ready");
+        for me in 0..2 {
+            let ready = wait_for(&format!("{go}.{me}.ready"));
+            assert!(
+                ready.is_some(),
+                "round {round}: racer {me} did not get ready"
+            );
         }
         std::fs::write(&go, "").unwrap();
-        let mut results: Vec<String> = outputs
-            .iter_mut()
-            .map(|out| {
-                out.find_map(|l| {
-                    let l = l.ok()?;
-                    (l == "ok" || l == "conflict" || l.starts_with("error")).then_some(l)
-                })
-                .unwrap_or_default()
-            })
+        let mut results: Vec<String> = (0..2)
+            .map(|me| wait_for(&format!("{go}.{me}.out")).unwrap_or_default())
             .collect();
         for mut c in children {
             c.wait().unwrap();
         }
         results.sort();
         assert_eq!(results, ["conflict", "ok"], "round {round}");
-        let _ = std::fs::remove_file(&go);
+        for file in [go.clone()]
+            .into_iter()
+            .chain((0..2).flat_map(|me| [format!("{go}.{me}.ready"), format!("{go}.{me}.out")]))
+        {
+            let _ = std::fs::remove_file(file);
+        }
         // One completion is stored.
         let inst = open(&db, &clock).instance(id).unwrap();
         let completed = inst

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use procflow::{
     Actor, Clock, Engine, EngineBuilder, ExecError, HandlerError, InstanceId, ManualClock,
-    MemoryStore, OpenError, ProblemKind, ProcessDef, Status, Store, TaskId, TaskState, TokenState,
-    Vars, handler_fn,
+    MemoryStore, OpenError, ProblemKind, ProcessDef, SqliteStore, Status, Store, TaskId, TaskState,
+    TokenState, Vars, handler_fn,
 };
 use serde_json::json;
 
@@ -59,10 +59,29 @@ type Reopen = Box<dyn Fn() -> Arc<dyn Store>>;
 
 fn stores() -> Vec<(&'static str, Reopen)> {
     let memory = MemoryStore::new();
-    vec![(
-        "memory",
-        Box::new(move || Arc::new(memory.clone()) as Arc<dyn Store>),
-    )]
+    let path = temp_db();
+    vec![
+        (
+            "memory",
+            Box::new(move || Arc::new(memory.clone()) as Arc<dyn Store>),
+        ),
+        (
+            "sqlite",
+            Box::new(move || {
+                Arc::new(SqliteStore::create(&path).expect("sqlite store")) as Arc<dyn Store>
+            }),
+        ),
+    ]
+}
+
+fn temp_db() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("procflow-store-{}-{n}.db", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    path
 }
 
 /// Opens an engine on `store` with the `flaky` handler (failing while `fail` is set) and

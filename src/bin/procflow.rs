@@ -176,19 +176,9 @@ fn calendar(args: &[String]) -> Result<ExitCode, String> {
     }
 }
 
-/// Opens the store in `path`, which must exist.
+/// Opens the SQLite store in `path`, which must exist.
 fn open_store(path: &Path) -> Result<Box<dyn Store>, StoreError> {
-    if !path.exists() {
-        return Err(StoreError::Missing {
-            path: path.to_owned(),
-        });
-    }
-    // TODO(merge): SqliteStore::open: `Ok(Box::new(procflow::SqliteStore::open(path)?))` once
-    // the SQLite store is merged.
-    Err(StoreError::Other {
-        path: path.to_owned(),
-        detail: "sqlite store not available yet".to_owned(),
-    })
+    Ok(Box::new(procflow::SqliteStore::open(path)?))
 }
 
 /// `--since`: an RFC 3339 instant, or a date (its midnight, UTC).
