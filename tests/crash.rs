@@ -279,16 +279,17 @@ fn check(db: &Path, ack: &Acknowledged, run: i64) -> usize {
         instances.insert(*id, inst);
     }
     for (i, t) in &ack.claims {
-        let task = &instances[i].tasks()[*t as usize];
+        let task = instances[i].tasks().get(*t as usize);
         assert!(
-            task.claimed_by() == Some("ann") || matches!(task.state(), TaskState::Completed { .. }),
+            task.is_some_and(|task| task.claimed_by() == Some("ann")
+                || matches!(task.state(), TaskState::Completed { .. })),
             "run {run}: acknowledged claim of i{i}.t{t} is lost"
         );
     }
     for (i, t) in &ack.completions {
-        let task = &instances[i].tasks()[*t as usize];
+        let task = instances[i].tasks().get(*t as usize);
         assert!(
-            matches!(task.state(), TaskState::Completed { .. }),
+            task.is_some_and(|task| matches!(task.state(), TaskState::Completed { .. })),
             "run {run}: acknowledged completion of i{i}.t{t} is lost"
         );
     }
