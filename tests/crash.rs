@@ -169,8 +169,9 @@ fn crash_child() {
         };
         match line {
             Ok(line) if line.is_empty() => {}
-            // Written after the call returned: the call is acknowledged.
-            Ok(line) => writeln!(log, "{line}").unwrap(),
+            // Written after the call returned: the call is acknowledged. One `write` call per
+            // line, so that a kill never leaves half a line for the next child to append to.
+            Ok(line) => log.write_all(format!("{line}\n").as_bytes()).unwrap(),
             Err(e) => panic!("the child's call failed: {e}"),
         }
     }
@@ -279,7 +280,7 @@ fn check(db: &Path, ack: &Acknowledged, run: i64) -> usize {
         instances.insert(*id, inst);
     }
     for (i, t) in &ack.claims {
-        let task = instances[i].tasks().get(*t as usize);
+        let task = instances.get(i).and_then(|inst| inst.tasks().get(*t as usize));
         assert!(
             task.is_some_and(|task| task.claimed_by() == Some("ann")
                 || matches!(task.state(), TaskState::Completed { .. })),
@@ -287,7 +288,7 @@ fn check(db: &Path, ack: &Acknowledged, run: i64) -> usize {
         );
     }
     for (i, t) in &ack.completions {
-        let task = instances[i].tasks().get(*t as usize);
+        let task = instances.get(i).and_then(|inst| inst.tasks().get(*t as usize));
         assert!(
             task.is_some_and(|task| matches!(task.state(), TaskState::Completed { .. })),
             "run {run}: acknowledged completion of i{i}.t{t} is lost"
@@ -424,7 +425,9 @@ fn racer_child() {
         Err(ExecError::Conflict(_)) => "conflict".to_owned(),
         Err(e) => format!("error {e}"),
     };
-    std::fs::write(format!("{go}.{me}.out"), result).unwrap();
+    // Written aside and renamed, so that the parent never reads a half-written file.
+    std::fs::write(format!("{go}.{me}.tmp"), result).unwrap();
+    std::fs::rename(format!("{go}.{me}.tmp"), format!("{go}.{me}.out")).unwrap();
 }
 
 /// Waits (at most a minute) for a file a racer writes, and reads it.
