@@ -774,8 +774,11 @@ fn group_commit_gives_each_commit_its_own_result() {
     let shared = started(&engine, &clock, EACH);
     for group in [true, false] {
         let db = TempDb::new("group");
-        let mut store = create(&db.0);
-        store.durability(Durability::Process).group_commit(group);
+        let store = SqliteStore::options()
+            .durability(Durability::Process)
+            .group_commit(group)
+            .create(&db.0)
+            .unwrap();
         let began = Instant::now();
         // Every thread commits its own starts, a start of each shared instance (one of the 16
         // wins each), and a stale update of its first instance (always a conflict).
@@ -846,8 +849,10 @@ fn reload_many_running_instances() {
     let db = TempDb::new("reload");
     let (engine, clock) = engine();
     {
-        let mut store = create(&db.0);
-        store.durability(Durability::Process);
+        let store = SqliteStore::options()
+            .durability(Durability::Process)
+            .create(&db.0)
+            .unwrap();
         let mut firsts = Vec::with_capacity(n);
         let began = Instant::now();
         for _ in 0..n {

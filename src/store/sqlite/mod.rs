@@ -191,41 +191,11 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Sets what a commit survives. [`Durability::Full`] by default.
-    ///
-    /// A setting that cannot be applied makes the next write fail with the reason.
-    pub fn durability(&mut self, durability: Durability) -> &mut SqliteStore {
-        let writer = self.writer.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = set_durability(&writer.conn, durability) {
-            writer.deferred = Some(sql_err(&self.path, e));
-        }
-        self
-    }
-
-    /// Whether concurrent commits share one transaction, each in its own savepoint (`true`), or
-    /// each commit is its own transaction (`false`, for comparison). This is enabled by default.
-    pub fn group_commit(&mut self, on: bool) -> &mut SqliteStore {
-        self.group = on;
-        self
-    }
-
-    /// How long an operation waits for another process's lock before failing with
-    /// [`StoreError::Locked`]. 5 seconds by default.
-    pub fn busy_timeout(&mut self, timeout: Duration) -> &mut SqliteStore {
-        self.busy_timeout = timeout;
-        let writer = self.writer.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = writer.conn.busy_timeout(timeout) {
-            writer.deferred = Some(sql_err(&self.path, e));
-        }
-        let readers = self.readers.get_mut().unwrap_or_else(|e| e.into_inner());
-        // Readers are reopened with the new timeout.
-        readers.clear();
-        self
-    }
-
     /// Caps the file at about `bytes` (rounded down to whole pages, and never below its current
     /// size): a commit that would grow it further fails with [`StoreError::Full`] and stores
-    /// nothing, as on a full disk. No limit by default.
+    /// nothing, as on a full disk. No limit by default. Unlike the other settings (see
+    /// [`SqliteOptions`]), this one may change while the store is open: an operator who made
+    /// room raises it.
     pub fn limit_size(&mut self, bytes: u64) -> &mut SqliteStore {
         let writer = self.writer.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = set_max_size(&writer.conn, bytes) {
