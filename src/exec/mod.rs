@@ -960,7 +960,8 @@ impl Engine {
         self.with_slot(id, |slot| Arc::clone(&slot.dep.def))
     }
 
-    /// Removes an instance from the engine and returns its final state.
+    /// Removes an instance from the engine's memory and returns its final state. A store keeps
+    /// it (and any later call on it reads it back).
     ///
     /// # Errors
     /// [`ExecError::UnknownInstance`], [`ExecError::Reentrant`].
@@ -987,7 +988,9 @@ impl Engine {
     /// it), across all instances, oldest first.
     ///
     /// Complexity: a scan of every live instance. Instances locked by the calling thread (when
-    /// called from a hook) are skipped.
+    /// called from a hook) are skipped. With a store shared by several engines, the list holds
+    /// the instances this engine has read: one another engine started appears once this engine
+    /// reads it (a call on it, or a `tick` that finds it due).
     pub fn work_list(&self, actor: &Actor) -> Vec<TaskView> {
         let mut out = Vec::new();
         for shard in &*self.shards {
