@@ -280,7 +280,9 @@ fn check(db: &Path, ack: &Acknowledged, run: i64) -> usize {
         instances.insert(*id, inst);
     }
     for (i, t) in &ack.claims {
-        let task = instances.get(i).and_then(|inst| inst.tasks().get(*t as usize));
+        let task = instances
+            .get(i)
+            .and_then(|inst| inst.tasks().get(*t as usize));
         assert!(
             task.is_some_and(|task| task.claimed_by() == Some("ann")
                 || matches!(task.state(), TaskState::Completed { .. })),
@@ -288,7 +290,9 @@ fn check(db: &Path, ack: &Acknowledged, run: i64) -> usize {
         );
     }
     for (i, t) in &ack.completions {
-        let task = instances.get(i).and_then(|inst| inst.tasks().get(*t as usize));
+        let task = instances
+            .get(i)
+            .and_then(|inst| inst.tasks().get(*t as usize));
         assert!(
             task.is_some_and(|task| matches!(task.state(), TaskState::Completed { .. })),
             "run {run}: acknowledged completion of i{i}.t{t} is lost"
