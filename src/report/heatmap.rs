@@ -252,9 +252,12 @@ impl Label {
                     ));
                     let rate = 100.0 * f.breaches as f64 / f.opened as f64;
                     lines.push(format!(
-                        "tasks {} · breached {} ({rate:.0}%) · timeouts {}",
-                        f.opened, f.breaches, f.timeouts
+                        "tasks {} · breached {} ({rate:.0}%)",
+                        f.opened, f.breaches
                     ));
+                    if f.timeouts > 0 {
+                        lines.push(format!("timed out {}", f.timeouts));
+                    }
                     let _ = write!(
                         tooltip,
                         "\ntasks {} (completed {}, open {}), timeouts {}, breaches {}, denials {}\nwaiting p50 {} p90 {} mean {}\nhandling p50 {} p90 {}",

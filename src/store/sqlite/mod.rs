@@ -83,8 +83,9 @@ impl SqliteOptions {
         self
     }
 
-    /// Whether concurrent commits share one transaction (see [`SqliteStore::group_commit`]).
-    /// This is enabled by default.
+    /// Whether concurrent commits share one transaction, each in its own savepoint (`true`), or
+    /// each commit is its own transaction (`false`, for comparison); see [`SqliteStore`]. This
+    /// is enabled by default.
     pub fn group_commit(&mut self, on: bool) -> &mut SqliteOptions {
         self.group_commit = on;
         self
