@@ -272,11 +272,19 @@ fn check(db: &Path, ack: &Acknowledged, run: i64) -> usize {
     let clock = Arc::new(ManualClock::new(t0() + Duration::days(30 * run)));
     let engine = open(db, &clock);
     let def = engine.definition("crash", None).unwrap();
+    // Every instance an acknowledged call names. (A start killed after its commit but before
+    // its log line is stored but not acknowledged; a later child may still claim or complete its
+    // tasks, and those calls are acknowledged.)
+    let named = ack
+        .starts
+        .iter()
+        .chain(ack.claims.iter().map(|(i, _)| i))
+        .chain(ack.completions.iter().map(|(i, _)| i));
     let mut instances: BTreeMap<u64, Instance> = BTreeMap::new();
-    for id in &ack.starts {
+    for id in named {
         let inst = engine
             .instance(InstanceId::new(*id))
-            .unwrap_or_else(|e| panic!("run {run}: acknowledged start i{id} is lost: {e}"));
+            .unwrap_or_else(|e| panic!("run {run}: acknowledged instance i{id} is lost: {e}"));
         instances.insert(*id, inst);
     }
     for (i, t) in &ack.claims {
