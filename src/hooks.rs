@@ -157,6 +157,25 @@ pub enum Event<'a> {
         /// What went wrong.
         message: &'a str,
     },
+    /// With a store: the events of the call before this one (on this instance) are stored.
+    /// Hooks see a call's events as they happen, before its commit; a host that must act only
+    /// on stored changes (send a notice, say) keeps a call's events until this one.
+    Committed {
+        /// The instance.
+        instance: InstanceId,
+        /// Its stored version now.
+        version: u64,
+    },
+    /// With a store: the store refused the commit of the call whose events came before, so
+    /// none of them happened; the call fails with
+    /// [`ExecError::Store`](crate::ExecError::Store) or
+    /// [`ExecError::Conflict`](crate::ExecError::Conflict).
+    Refused {
+        /// The instance.
+        instance: InstanceId,
+        /// Why, as the store said.
+        reason: &'a str,
+    },
 }
 
 /// What a hook answers.

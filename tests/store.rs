@@ -417,3 +417,46 @@ fn a_stored_definition_that_no_longer_deploys_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn hooks_hear_whether_a_call_was_stored() {
+    let store = MemoryStore::new();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let heard = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut b = builder(&clock);
+    let sink = Arc::clone(&heard);
+    b.hook(procflow::hook_fn(move |ev: &procflow::Event<'_>| {
+        let name = serde_json::to_value(ev).unwrap()["event"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        sink.lock().unwrap().push(name);
+    }));
+    let engine = b.open(store.clone()).unwrap();
+    engine.deploy(ProcessDef::from_yaml(CASE).unwrap()).unwrap();
+    let take = || std::mem::take(&mut *heard.lock().unwrap());
+    let id = engine.start("case", Vars::new()).unwrap();
+    let events = take();
+    assert_eq!(events.first().map(String::as_str), Some("instance_started"));
+    assert_eq!(events.last().map(String::as_str), Some("committed"));
+    assert_eq!(events.iter().filter(|e| *e == "committed").count(), 1);
+
+    let check = task(&engine, id, "check");
+    store.refuse_commits(1);
+    engine.complete(check, &agent(), Vars::new()).unwrap_err();
+    let events = take();
+    assert!(events.contains(&"task_completed".to_owned()), "{events:?}");
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("refused"),
+        "{events:?}"
+    );
+
+    engine.complete(check, &agent(), Vars::new()).unwrap();
+    let events = take();
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("committed"),
+        "{events:?}"
+    );
+}

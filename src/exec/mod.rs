@@ -626,10 +626,25 @@ impl Engine {
         if let Some(store) = &self.store {
             // A start the store refuses leaves no instance behind.
             inst.def = Some(Arc::clone(&dep.key));
-            version = commit(&**store, &inst, &dep.key, 0, 0).map_err(|e| match e {
-                StoreError::Conflict { instance, .. } => ExecError::Conflict(instance),
-                e => ExecError::Store(e),
-            })?;
+            match commit(&**store, &inst, &dep.key, 0, 0) {
+                Ok(v) => {
+                    version = v;
+                    self.announce(Event::Committed {
+                        instance: id,
+                        version,
+                    });
+                }
+                Err(e) => {
+                    self.announce(Event::Refused {
+                        instance: id,
+                        reason: &e.to_string(),
+                    });
+                    return Err(match e {
+                        StoreError::Conflict { instance, .. } => ExecError::Conflict(instance),
+                        e => ExecError::Store(e),
+                    });
+                }
+            }
         }
         for at in armed {
             self.schedule(id, at);
@@ -1076,9 +1091,22 @@ impl Engine {
         let result = step.finish(result);
         let (armed, changed) = (step.take_armed(), step.changed);
         if let (Some(store), Some(before), true) = (&self.store, before, changed) {
+            let id = inst.id;
             match commit(&**store, inst, &dep.key, *version, first) {
-                Ok(v) => *version = v,
-                Err(e) => return Err(self.refused(inst, dep, version, before, e)),
+                Ok(v) => {
+                    *version = v;
+                    self.announce(Event::Committed {
+                        instance: id,
+                        version: v,
+                    });
+                }
+                Err(e) => {
+                    self.announce(Event::Refused {
+                        instance: id,
+                        reason: &e.to_string(),
+                    });
+                    return Err(self.refused(inst, dep, version, before, e));
+                }
             }
         }
         Ok(Stepped {
@@ -1200,6 +1228,15 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Tells every hook of a call's commit. The call is over: what hooks answer, and a hook
+    /// that fails, change nothing.
+    fn announce(&self, event: Event<'_>) {
+        for hook in &self.hooks {
+            let _ =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook.on_event(&event)));
+        }
     }
 
     /// Puts every timer of `inst` that has yet to fire on the schedule.
