@@ -626,25 +626,12 @@ impl Engine {
         if let Some(store) = &self.store {
             // A start the store refuses leaves no instance behind.
             inst.def = Some(Arc::clone(&dep.key));
-            match commit(&**store, &inst, &dep.key, 0, 0) {
-                Ok(v) => {
-                    version = v;
-                    self.announce(Event::Committed {
-                        instance: id,
-                        version,
-                    });
-                }
-                Err(e) => {
-                    self.announce(Event::Refused {
-                        instance: id,
-                        reason: &e.to_string(),
-                    });
-                    return Err(match e {
-                        StoreError::Conflict { instance, .. } => ExecError::Conflict(instance),
-                        e => ExecError::Store(e),
-                    });
-                }
-            }
+            version = self
+                .commit(&**store, &inst, &dep.key, 0, 0)
+                .map_err(|e| match e {
+                    StoreError::Conflict { instance, .. } => ExecError::Conflict(instance),
+                    e => ExecError::Store(e),
+                })?;
         }
         for at in armed {
             self.schedule(id, at);
@@ -1091,22 +1078,9 @@ impl Engine {
         let result = step.finish(result);
         let (armed, changed) = (step.take_armed(), step.changed);
         if let (Some(store), Some(before), true) = (&self.store, before, changed) {
-            let id = inst.id;
-            match commit(&**store, inst, &dep.key, *version, first) {
-                Ok(v) => {
-                    *version = v;
-                    self.announce(Event::Committed {
-                        instance: id,
-                        version: v,
-                    });
-                }
-                Err(e) => {
-                    self.announce(Event::Refused {
-                        instance: id,
-                        reason: &e.to_string(),
-                    });
-                    return Err(self.refused(inst, dep, version, before, e));
-                }
+            match self.commit(&**store, inst, &dep.key, *version, first) {
+                Ok(v) => *version = v,
+                Err(e) => return Err(self.refused(inst, dep, version, before, e)),
             }
         }
         Ok(Stepped {
@@ -1230,6 +1204,43 @@ impl Engine {
         Ok(())
     }
 
+    /// Commits what a call changed on `inst`, which it read at `version`; `first` is the
+    /// position of the call's first audit record. Tells the hooks whether it was stored, and
+    /// gives the new version.
+    fn commit(
+        &self,
+        store: &dyn Store,
+        inst: &Instance,
+        key: &DefKey,
+        version: u64,
+        first: usize,
+    ) -> Result<u64, StoreError> {
+        let commit = Commit {
+            instance: inst,
+            def: key,
+            records: &inst.audit[first..],
+            first_record: first,
+            version,
+            next_due: inst.timers.iter().filter(|t| !t.fired).map(|t| t.at).min(),
+        };
+        match store.commit(&commit) {
+            Ok(()) => {
+                self.announce(Event::Committed {
+                    instance: inst.id,
+                    version: commit.new_version(),
+                });
+                Ok(commit.new_version())
+            }
+            Err(e) => {
+                self.announce(Event::Refused {
+                    instance: inst.id,
+                    reason: &e.to_string(),
+                });
+                Err(e)
+            }
+        }
+    }
+
     /// Tells every hook of a call's commit. The call is over: what hooks answer, and a hook
     /// that fails, change nothing.
     fn announce(&self, event: Event<'_>) {
@@ -1245,27 +1256,6 @@ impl Engine {
             self.schedule(inst.id, timer.at);
         }
     }
-}
-
-/// Commits what a call changed on `inst`, which it read at `version`; `first` is the position
-/// of the call's first audit record. Gives the new version.
-fn commit(
-    store: &dyn Store,
-    inst: &Instance,
-    key: &DefKey,
-    version: u64,
-    first: usize,
-) -> Result<u64, StoreError> {
-    let commit = Commit {
-        instance: inst,
-        def: key,
-        records: &inst.audit[first..],
-        first_record: first,
-        version,
-        next_due: inst.timers.iter().filter(|t| !t.fired).map(|t| t.at).min(),
-    };
-    store.commit(&commit)?;
-    Ok(commit.new_version())
 }
 
 /// The newest version of `id`, or the one named.

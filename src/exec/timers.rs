@@ -535,14 +535,12 @@ impl Engine {
             });
             let armed = match stepped {
                 Ok(Ok(stepped)) => stepped.armed,
-                // The store refused: nothing fired (the timers stay armed and scheduled for the
-                // next tick, or were read again from the store after a conflict).
+                // The store refused: nothing fired. The timer stays armed, so it goes back on
+                // the schedule for the next tick (after a conflict, the instance read again
+                // from the store was scheduled as it stands).
                 Ok(Err(_)) => {
                     fired.truncate(fired_before);
-                    let slot = super::lock(self.shard(InstanceId(id))).get(&id).cloned();
-                    if let Some(slot) = slot {
-                        self.schedule_pending(&super::lock(&slot).inst);
-                    }
+                    self.schedule(InstanceId(id), at);
                     continue;
                 }
                 Err(_) => continue,
