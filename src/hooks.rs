@@ -140,7 +140,7 @@ pub enum Event<'a> {
         /// The task's or timer node's id (the start node's for the SLA).
         node: &'a str,
         /// What fired.
-        kind: crate::exec::TimerKind,
+        kind: crate::model::TimerKind,
         /// Whether it belongs to the SLA.
         sla: bool,
         /// The roles told: responsible roles for reminders, informed roles for a breach, the

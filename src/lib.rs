@@ -51,34 +51,35 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod calendar;
 mod clock;
 mod cond;
 mod def;
-mod duration;
 mod exec;
 mod hooks;
 mod ids;
+mod model;
 mod raci;
 mod report;
 mod sim;
 mod store;
+mod time;
 mod vars;
+mod yaml;
 
-pub use calendar::{Beyond, BusinessCalendar, CalendarError, CalendarWarning, Computed, Holiday};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use def::{LoadError, Location, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role};
-pub use duration::{BusinessDuration, DurationError, DurationErrorKind, DurationSpec};
 pub use exec::{
-    Comment, Config, Engine, EngineBuilder, Entry, ExecError, Incident, Instance, OpenError,
-    Record, Status, Task, TaskState, TaskView, Token, TokenState,
+    Config, Engine, EngineBuilder, ExecError, OpenError, Sla, SlaStatus, TaskView, TimerDriver,
 };
-pub use exec::{Fired, Sla, SlaStatus, Timer, TimerDriver, TimerKind};
 pub use hooks::{
     Control, Event, HandlerError, HandlerFn, Hook, HookFn, ServiceCall, ServiceHandler, handler_fn,
     hook_fn,
 };
 pub use ids::{ActorId, DefKey, InstanceId, NodeId, RoleId, TaskId};
+pub use model::{
+    Comment, Entry, Fired, Incident, Instance, Record, Status, Task, TaskState, Timer, TimerKind,
+    Token, TokenState,
+};
 pub use raci::{Action, Actor, Authorizer, Raci};
 pub use report::{
     ActorFigures, Durations, HeatMetric, NodeFigures, ProcessFigures, Report, ReportError,
@@ -89,6 +90,10 @@ pub use store::{
     Commit, Durability, MemoryStore, SqliteOptions, SqliteStore, Store, StoreError, StoredDef,
     StoredInstance,
 };
+pub use time::calendar::{
+    Beyond, BusinessCalendar, CalendarError, CalendarWarning, Computed, Holiday,
+};
+pub use time::duration::{BusinessDuration, DurationError, DurationErrorKind, DurationSpec};
 pub use vars::{VarProblem, VarSpec, VarType, Vars};
 
 /// The README's code blocks run as doctests, so the API tour stays true.

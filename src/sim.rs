@@ -10,15 +10,17 @@ use std::sync::{Arc, Mutex};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use crate::calendar::BusinessCalendar;
 use crate::clock::{Clock, ManualClock};
-use crate::def::{At, LoadError, ProcessDef, parse_yaml};
-use crate::duration::DurationSpec;
-use crate::exec::{Engine, ExecError, Status};
+use crate::def::{LoadError, ProcessDef};
+use crate::exec::{Engine, ExecError};
 use crate::hooks::{Event, HandlerError, handler_fn, hook_fn};
 use crate::ids::{InstanceId, TaskId};
+use crate::model::Status;
 use crate::raci::Actor;
+use crate::time::calendar::BusinessCalendar;
+use crate::time::duration::DurationSpec;
 use crate::vars::Vars;
+use crate::yaml::{At, parse_yaml};
 
 /// A parsed scenario file.
 pub struct Scenario {

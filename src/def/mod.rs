@@ -4,7 +4,6 @@
 //! it by `Arc` and never re-checks what validation proved (a DAG, one start, resolved targets,
 //! matched joins, compiled conditions).
 
-mod error;
 mod raw;
 mod render;
 pub(crate) mod timers;
@@ -15,8 +14,7 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use petgraph::graph::DiGraph;
 
-pub use error::{LoadError, Location, Problem, ProblemKind};
-pub(crate) use raw::{At, Entries, parse_yaml};
+pub use crate::yaml::{LoadError, Location, Problem, ProblemKind};
 
 use crate::cond::Condition;
 use crate::ids::{DefKey, NodeId, RoleId};

@@ -8,8 +8,8 @@ use indexmap::IndexMap;
 use super::raw::{At, Names, RawAction, RawDuration, RawEscalate, RawHow, RawRemind};
 use super::{Location, Problem, ProblemKind};
 use crate::cond::Condition;
-use crate::duration::DurationSpec;
 use crate::ids::RoleId;
+use crate::time::duration::DurationSpec;
 use crate::vars::{VarSpec, Vars};
 
 /// A duration: fixed in the YAML or computed from the instance's variables, counted on the

@@ -5,7 +5,6 @@
 //! lock while stepping it; independent instances run in parallel on several threads.
 
 mod error;
-mod state;
 mod step;
 mod timers;
 
@@ -21,19 +20,16 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
 pub use error::{ExecError, OpenError};
-pub(crate) use state::StateRef;
-pub use state::{
-    Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
-};
-pub use timers::{Fired, Sla, SlaStatus, Timer, TimerDriver, TimerKind};
+pub use timers::{Sla, SlaStatus, TimerDriver};
 
-use crate::calendar::BusinessCalendar;
 use crate::clock::{Clock, SystemClock};
 use crate::def::{Behaviour, LoadError, Problem, ProblemKind, ProcessDef};
 use crate::hooks::{Control, Event, Hook, ServiceHandler};
 use crate::ids::{DefKey, InstanceId, NodeId, TaskId};
+use crate::model::{Instance, Status, Task, TimerKind, Token, TokenState};
 use crate::raci::{self, Action, Actor, Authorizer, Grant};
 use crate::store::{Commit, Store, StoreError, StoredDef, StoredInstance};
+use crate::time::calendar::BusinessCalendar;
 use crate::vars::{VarProblem, Vars};
 use step::{Change, Step};
 

@@ -12,13 +12,14 @@ use chrono::{DateTime, Utc};
 
 use super::Deployed;
 use super::error::ExecError;
-use super::state::{
-    Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
-};
-use super::timers::{Timer, TimerKind};
+
 use crate::def::Behaviour;
 use crate::hooks::{Control, Event, Hook, ServiceCall};
 use crate::ids::{ActorId, NodeId, RoleId, TaskId};
+use crate::model::{
+    Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Timer, TimerKind, Token,
+    TokenState,
+};
 use crate::raci::Action;
 use crate::vars::Vars;
 

@@ -11,111 +11,16 @@ use std::thread::JoinHandle;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::step::{Change, Step};
 use super::{Deployed, Engine, ExecError, Slot, TokenState};
-use crate::calendar::BusinessCalendar;
-use crate::calendar::Computed;
 use crate::def::timers::{Ladder, Limits, RemindAt, Span, TimerWait};
-use crate::duration::DurationSpec;
 use crate::ids::{InstanceId, NodeId, RoleId, TaskId};
-
-/// A timer armed on an instance.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Timer {
-    /// When it fires.
-    pub at: DateTime<Utc>,
-    /// What it does.
-    pub kind: TimerKind,
-    /// The task it belongs to (by its number in the instance); `None` for the SLA and timer nodes.
-    pub task: Option<u32>,
-    /// The node: the task's, the timer node's, or the start node for the SLA.
-    pub node: NodeId,
-    /// Whether it belongs to the process-wide SLA.
-    pub sla: bool,
-    /// Whether its duration was business time (for SLA queries).
-    pub business: bool,
-    /// Whether it already fired (only deadlines stay in the list after firing).
-    pub fired: bool,
-}
-
-/// What a timer does when it fires.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-#[non_exhaustive]
-pub enum TimerKind {
-    /// The task is still unclaimed: tell the accountable role.
-    ClaimDue,
-    /// A reminder (the `index`-th of the task's or SLA's `remind` list).
-    Reminder {
-        /// Its position in `remind`.
-        index: u8,
-    },
-    /// The deadline passed: a breach notice to the informed roles.
-    Due,
-    /// An escalation level (notify or reassign).
-    Escalation {
-        /// Its position in `escalate`.
-        level: u8,
-    },
-    /// One urge of an `urge` level.
-    Urge {
-        /// Its position in `escalate`.
-        level: u8,
-        /// Which urge this is, from 1.
-        count: u32,
-    },
-    /// The task's interrupting timeout.
-    Timeout,
-    /// A timer node's wait is over.
-    Wait,
-}
-
-/// A timer that `tick` fired.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Fired {
-    /// The instance.
-    pub instance: InstanceId,
-    /// The task, for task timers.
-    pub task: Option<TaskId>,
-    /// What fired.
-    pub kind: TimerKind,
-    /// Whether it belongs to the SLA.
-    pub sla: bool,
-    /// When it was due (a late tick fires it later, never earlier).
-    pub due: DateTime<Utc>,
-    /// Who was told.
-    pub recipients: Vec<RoleId>,
-}
-
-impl TimerKind {
-    /// A short name: `reminder`, `breach`, `escalation` (notify or reassign), `urge`, `timeout`,
-    /// `claim_overdue`, `timer_node`, with `sla_` in front for the SLA's.
-    pub fn name(self, sla: bool) -> String {
-        let base = match self {
-            TimerKind::ClaimDue => "claim_overdue",
-            TimerKind::Reminder { .. } => "reminder",
-            TimerKind::Due => "breach",
-            TimerKind::Escalation { .. } => "escalation",
-            TimerKind::Urge { .. } => "urge",
-            TimerKind::Timeout => "timeout",
-            TimerKind::Wait => "timer_node",
-        };
-        if sla {
-            format!("sla_{base}")
-        } else {
-            base.to_owned()
-        }
-    }
-}
-
-impl Fired {
-    /// What fired, by name; see [`TimerKind::name`].
-    pub fn name(&self) -> String {
-        self.kind.name(self.sla)
-    }
-}
+use crate::model::{Fired, Timer, TimerKind};
+use crate::time::calendar::BusinessCalendar;
+use crate::time::calendar::Computed;
+use crate::time::duration::DurationSpec;
 
 /// How a task or an instance stands against its deadline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -144,7 +49,7 @@ pub enum SlaStatus {
 
 /// Why an instant could not be computed: an incident message.
 fn when(
-    computed: Result<Computed<DateTime<Utc>>, crate::calendar::CalendarError>,
+    computed: Result<Computed<DateTime<Utc>>, crate::time::calendar::CalendarError>,
 ) -> Result<(DateTime<Utc>, Vec<String>), String> {
     computed
         .map(|c| {
@@ -209,7 +114,7 @@ impl<'a> Step<'a> {
             Some(r) => Some((self.after(r, now, &mut warnings)?, r)),
             None => None,
         };
-        let timer = |at, kind, business| super::Timer {
+        let timer = |at, kind, business| Timer {
             at,
             kind,
             task,
@@ -250,8 +155,8 @@ impl<'a> Step<'a> {
                     let spec = match (due_spec, before) {
                         (DurationSpec::Business(_), DurationSpec::Business(_)) => {
                             DurationSpec::Business(
-                                crate::duration::BusinessDuration::new(lead)
-                                    .unwrap_or(crate::duration::BusinessDuration::ZERO),
+                                crate::time::duration::BusinessDuration::new(lead)
+                                    .unwrap_or(crate::time::duration::BusinessDuration::ZERO),
                             )
                         }
                         (DurationSpec::Wall(_), DurationSpec::Wall(_)) => DurationSpec::Wall(lead),

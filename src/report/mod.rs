@@ -19,8 +19,8 @@ use serde::{Serialize, Serializer};
 pub use heatmap::{HeatMetric, UnknownMetric};
 
 use crate::def::{LoadError, ProcessDef};
-use crate::exec::{Entry, Instance, Status, TaskState, TimerKind};
 use crate::ids::DefKey;
+use crate::model::{Entry, Instance, Status, TaskState, TimerKind};
 use crate::store::{Store, StoreError};
 
 /// What a report covers.

@@ -11,8 +11,8 @@ use super::{
     Commit, Store, StoreError, StoredDef, StoredInstance, decode_records, decode_state,
     encode_records, encode_state,
 };
-use crate::exec::Status;
 use crate::ids::{DefKey, InstanceId};
+use crate::model::Status;
 
 /// A store in memory: nothing survives the process, but everything survives the engine, so a
 /// test can drop an engine and open another on the same store. States and records are kept as

@@ -22,8 +22,8 @@ use chrono::{DateTime, Utc};
 pub use memory::MemoryStore;
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
-use crate::exec::{Instance, Record};
 use crate::ids::{DefKey, InstanceId};
+use crate::model::{Instance, Record};
 
 /// Where an engine keeps its definitions, instances, audit trails and timers.
 ///
@@ -210,7 +210,7 @@ pub enum StoreError {
 /// The state of an instance as stores serialize it: JSON, without the audit trail (a commit
 /// carries the new records beside it).
 pub(crate) fn encode_state(instance: &Instance) -> String {
-    serde_json::to_string(&crate::exec::StateRef::new(instance))
+    serde_json::to_string(&crate::model::StateRef::new(instance))
         .expect("instance state is plain serde data")
 }
 

@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::{Commit, Store, StoreError, StoredDef, StoredInstance, decode_records, decode_state};
-use crate::exec::Record;
 use crate::ids::{DefKey, InstanceId};
+use crate::model::Record;
 use write::{Prepared, Queue, Writer};
 
 /// What a successful [`Store::commit`] of a [`SqliteStore`] survives.

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use serde::Deserialize;
 
 use super::{due_millis, sql_err};
-use crate::exec::Timer;
+use crate::model::Timer;
 use crate::store::StoreError;
 
 /// The schema version this build writes and the newest it reads.

@@ -13,8 +13,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{due_millis, nanos, sql_err};
-use crate::exec::Status;
 use crate::ids::InstanceId;
+use crate::model::Status;
 use crate::store::{Commit, StoreError, encode_records, encode_state};
 
 /// One commit, serialized by its caller's thread.

@@ -1,4 +1,4 @@
-//! The calendar file: YAML DTOs (through [`crate::def::parse_yaml`], the one YAML reader) and
+//! The calendar file: YAML DTOs (through [`crate::yaml::parse_yaml`], the one YAML reader) and
 //! their checks, collecting every problem with its location.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -8,7 +8,7 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 
 use super::{Beyond, BusinessCalendar, Holiday, Span};
-use crate::def::{At, Entries, Location, Problem, ProblemKind, parse_yaml};
+use crate::yaml::{At, Entries, Location, Problem, ProblemKind, parse_yaml};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -13,7 +13,8 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::calendar::{BusinessCalendar, CalendarError, Computed};
+use super::calendar::{BusinessCalendar, CalendarError, Computed};
+pub use crate::yaml::{DurationError, DurationErrorKind};
 
 /// An amount of working time on a business calendar: never negative.
 ///
@@ -212,75 +213,6 @@ impl FromStr for DurationSpec {
             DurationSpec::Wall(seconds)
         })
     }
-}
-
-/// A duration's text that does not parse: the text and what is wrong with it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DurationError {
-    text: String,
-    kind: DurationErrorKind,
-}
-
-impl DurationError {
-    /// The text that was given.
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
-    /// What is wrong with it.
-    pub fn kind(&self) -> &DurationErrorKind {
-        &self.kind
-    }
-}
-
-impl fmt::Display for DurationError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid duration '{}': {}", self.text, self.kind)
-    }
-}
-
-impl std::error::Error for DurationError {}
-
-/// What is wrong with a duration's text.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DurationErrorKind {
-    /// Nothing but, perhaps, the word `business`.
-    #[error("it is empty; write e.g. '4h', '1h30m', 'PT4H' or '48h business'")]
-    Empty,
-    /// A unit without a number before it.
-    #[error("expected a number before '{0}'")]
-    MissingNumber(char),
-    /// Text that is neither a number nor a unit, e.g. a word glued to the duration.
-    #[error("unexpected '{0}'; write e.g. '4h', '1h30m' or '48h business'")]
-    Unexpected(String),
-    /// A number without a unit after it.
-    #[error("'{0}' needs a unit: d, h, m or s")]
-    MissingUnit(String),
-    /// A unit that is not `d`, `h`, `m` or `s` (or, in ISO 8601, `W`, `D`, `H`, `M`, `S`).
-    #[error("unknown unit '{0}'; use d, h, m or s (or ISO 8601 such as 'PT4H')")]
-    UnknownUnit(char),
-    /// A unit repeated, or a smaller one before a larger one.
-    #[error("each unit may appear once, largest first (d, h, m, s)")]
-    UnitOrder,
-    /// A decimal fraction.
-    #[error("fractions are not supported; write '1h30m' instead of '1.5h'")]
-    Fraction,
-    /// ISO 8601 years or months, whose length varies.
-    #[error("years and months have no fixed length; use days, e.g. 'P30D'")]
-    YearsOrMonths,
-    /// An ISO 8601 duration that does not have the shape `P[nW][nD][T[nH][nM][nS]]`.
-    #[error("malformed ISO 8601 duration; expected e.g. 'PT4H', 'P2D' or 'PT1H30M'")]
-    BadIso,
-    /// Days in a business duration: working days differ in length.
-    #[error(
-        "a business duration cannot count days, since working days differ in length; \
-         write hours, e.g. '16h business'"
-    )]
-    BusinessDays,
-    /// More than the about 292 million years a duration can hold.
-    #[error("it is too large")]
-    TooLarge,
 }
 
 #[derive(Default)]

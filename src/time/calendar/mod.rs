@@ -23,8 +23,8 @@ use chrono::{
 };
 use chrono_tz::Tz;
 
-use crate::def::LoadError;
-use crate::duration::BusinessDuration;
+use crate::time::duration::BusinessDuration;
+use crate::yaml::LoadError;
 
 /// How far a computation may run before it gives up, in days (about 200 years).
 const MAX_DAYS: u32 = 200 * 366;

@@ -1,4 +1,4 @@
-//! Instance state: plain serde data, changed only by [`super::apply`].
+//! Instance state: plain serde data, changed only by the executor's one seam (`Step::apply`).
 
 use std::sync::Arc;
 
@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use super::timers::{Timer, TimerKind};
+use super::timer::{Timer, TimerKind};
 use crate::def::ProcessDef;
 use crate::ids::{ActorId, DefKey, InstanceId, NodeId, RoleId, TaskId};
 use crate::raci::Action;

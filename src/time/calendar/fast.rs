@@ -273,7 +273,7 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::duration::BusinessDuration;
+    use crate::time::duration::BusinessDuration;
 
     /// The same calendar computing day by day only.
     fn slow(cal: &BusinessCalendar) -> BusinessCalendar {

@@ -1,0 +1,15 @@
+//! The instance model: an instance's state (tokens, tasks, incidents, timers, the audit trail),
+//! as plain serde data shared by the executor that changes it, the stores that keep it, the hooks
+//! that hear about it and the reports that read it.
+//!
+//! **Invariant:** this layer uses only the definition layer and below (ids, variables, RACI
+//! actions, `ProcessDef` to name nodes); nothing here knows the executor, a store or a hook.
+
+mod instance;
+mod timer;
+
+pub(crate) use instance::StateRef;
+pub use instance::{
+    Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
+};
+pub use timer::{Fired, Timer, TimerKind};

@@ -1,0 +1,150 @@
+//! Reading YAML with locations: the one YAML reader ([`parse_yaml`], serde-saphyr with the
+//! loader's limits), values that keep their line and column ([`At`]), mappings that keep repeated
+//! keys ([`Entries`]), and the located problems every loader reports ([`LoadError`]).
+//!
+//! **Invariant:** this is the only module that knows the YAML backend. It is the bottom layer of
+//! the loaders: definitions, calendars and scenarios use it; it uses nothing of theirs.
+
+mod error;
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde_saphyr::Spanned;
+
+pub use error::{DurationError, DurationErrorKind, LoadError, Location, Problem, ProblemKind};
+
+/// A value with the location where the YAML wrote it.
+#[derive(Clone, Debug)]
+pub(crate) struct At<T> {
+    pub(crate) value: T,
+    pub(crate) loc: Location,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for At<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Spanned::<T>::deserialize(d)?;
+        Ok(At {
+            value: s.value,
+            loc: location(&s.referenced),
+        })
+    }
+}
+
+fn location(l: &serde_saphyr::Location) -> Location {
+    Location {
+        line: u32::try_from(l.line()).unwrap_or(u32::MAX),
+        column: u32::try_from(l.column()).unwrap_or(u32::MAX),
+    }
+}
+
+/// A mapping kept as a list, so that a repeated key reaches the validator (which reports it with
+/// both locations) instead of silently replacing the first entry.
+pub(crate) struct Entries<T>(pub(crate) Vec<(At<String>, At<T>)>);
+
+impl<T> Default for Entries<T> {
+    fn default() -> Self {
+        Entries(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Entries<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Entries<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<T>, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<At<String>, At<T>>()? {
+                    out.push((k, v));
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
+
+/// The most input the loader accepts, against hostile files (a definition is a few KB).
+const MAX_BYTES: usize = 8 << 20;
+
+/// Parses YAML text into any DTO with the loader's limits and error locations (scenario files
+/// use it too).
+///
+/// # Errors
+/// One [`Problem`] of kind [`ProblemKind::Syntax`].
+pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Problem> {
+    if text.len() > MAX_BYTES {
+        return Err(Problem {
+            location: None,
+            path: String::new(),
+            kind: ProblemKind::Syntax(format!("file is larger than {MAX_BYTES} bytes")),
+        });
+    }
+    let options = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::PassThrough,
+        // Comments are checked as YAML but not kept: nothing reads them, and keeping them costs.
+        emit_comments: false,
+        budget: serde_saphyr::budget! {
+            max_events: 1_000_000,
+            max_aliases: 1_000,
+            max_anchors: 1_000,
+            max_depth: 64,
+            max_documents: 1,
+        },
+    };
+    serde_saphyr::from_str_with_options::<T>(text, options).map_err(|e| {
+        let e = e.without_snippet();
+        let location = e.location().map(|l| location(&l)).filter(|l| l.line > 0);
+        let message = e.render_with_options(serde_saphyr::render_options! {
+            snippets: serde_saphyr::SnippetMode::Off,
+        });
+        let message = strip_location(&message);
+        let location = location.or_else(|| locate_duplicate(text, &message));
+        Problem {
+            location,
+            path: String::new(),
+            kind: ProblemKind::Syntax(message),
+        }
+    })
+}
+
+/// serde-saphyr's plain rendering ends with " at line L column C"; the location is kept apart.
+fn strip_location(message: &str) -> String {
+    let first = message.lines().next().unwrap_or(message);
+    match first.rfind(" at line ") {
+        Some(i) => first[..i].to_owned(),
+        None => first.to_owned(),
+    }
+}
+
+/// serde reports a repeated struct field ("duplicate field `id`") without a location; find the
+/// repeated key in the text: the second line that starts, after indentation, with `key:`.
+fn locate_duplicate(text: &str, message: &str) -> Option<Location> {
+    let key = message
+        .strip_prefix("duplicate field `")?
+        .strip_suffix('`')?;
+    let mut seen = 0;
+    for (i, line) in text.lines().enumerate() {
+        let body = line.trim_start();
+        if body
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        {
+            seen += 1;
+            if seen == 2 {
+                let column = line.chars().count() - body.chars().count() + 1;
+                return Some(Location {
+                    line: i as u32 + 1,
+                    column: column as u32,
+                });
+            }
+        }
+    }
+    None
+}
