@@ -1,195 +1,51 @@
-//! Extension points: hooks that observe (and may veto) what happens, and service handlers that
-//! service tasks call.
+//! Extension points: hooks that observe what happened (and may veto a completion), and service
+//! handlers that service tasks call.
 //!
-//! Both are object-safe `Send + Sync` traits with a closure adapter: [`hook_fn`] and
-//! [`handler_fn`].
+//! Both are object-safe `Send + Sync` traits with closure adapters: [`hook_fn`], [`veto_fn`]
+//! and [`handler_fn`].
+//!
+//! **Invariant:** hooks hear owned [`Event`]s after the commit of the call that caused them,
+//! with no instance locked; the only code the engine runs while it holds an instance is a
+//! handler and a veto ([`Hook::on_completing`]), and an engine call from either returns
+//! [`ExecError::Reentrant`](crate::ExecError::Reentrant).
 
 use std::fmt;
 
-use crate::ids::{DefKey, InstanceId, RoleId, TaskId};
-use crate::raci::Action;
+use crate::ids::{InstanceId, TaskId};
+use crate::model::Event;
 use crate::vars::Vars;
-
-/// Something that happened to an instance. Names are the YAML ids of the definition.
-///
-/// Serializes to JSON as `{"event": "task_completed", ...fields}`.
-#[derive(Debug, serde::Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Event<'a> {
-    /// An instance started.
-    InstanceStarted {
-        /// The instance.
-        instance: InstanceId,
-        /// Its definition.
-        def: &'a DefKey,
-    },
-    /// Every token of an instance reached an end.
-    InstanceCompleted {
-        /// The instance.
-        instance: InstanceId,
-    },
-    /// A token arrived at a node.
-    NodeEntered {
-        /// The instance.
-        instance: InstanceId,
-        /// The node.
-        node: &'a str,
-    },
-    /// A token left a node.
-    NodeLeft {
-        /// The instance.
-        instance: InstanceId,
-        /// The node.
-        node: &'a str,
-    },
-    /// A user task opened.
-    TaskCreated {
-        /// The task.
-        task: TaskId,
-        /// Its node.
-        node: &'a str,
-        /// The roles that may claim it.
-        responsible: &'a [RoleId],
-    },
-    /// An actor claimed a task.
-    TaskClaimed {
-        /// The task.
-        task: TaskId,
-        /// Its node.
-        node: &'a str,
-        /// Who claimed it.
-        actor: &'a str,
-    },
-    /// A task is about to complete: a hook may answer [`Control::Veto`] to refuse it. Nothing has
-    /// changed yet.
-    TaskCompleting {
-        /// The task.
-        task: TaskId,
-        /// Its node.
-        node: &'a str,
-        /// Who completes it.
-        actor: &'a str,
-        /// The variables the completion would set.
-        output: &'a Vars,
-    },
-    /// A task completed.
-    TaskCompleted {
-        /// The task.
-        task: TaskId,
-        /// Its node.
-        node: &'a str,
-        /// Who completed it.
-        actor: &'a str,
-        /// Whether the accountable role overrode the regular rule.
-        overridden: bool,
-    },
-    /// The accountable role gave a task to another actor.
-    TaskReassigned {
-        /// The task.
-        task: TaskId,
-        /// Its node.
-        node: &'a str,
-        /// Who reassigned it.
-        by: &'a str,
-        /// Who has it now.
-        to: &'a str,
-    },
-    /// Someone commented on a task.
-    TaskCommented {
-        /// The task.
-        task: TaskId,
-        /// Its node.
-        node: &'a str,
-        /// Who commented.
-        actor: &'a str,
-        /// The comment.
-        text: &'a str,
-    },
-    /// An actor tried something its roles do not allow. Nothing changed.
-    AccessDenied {
-        /// The task.
-        task: TaskId,
-        /// Its node.
-        node: &'a str,
-        /// Who tried.
-        actor: &'a str,
-        /// What it tried.
-        action: Action,
-        /// The roles that would have been allowed.
-        allowed: &'a [RoleId],
-    },
-    /// A message for an informed role: the task completed.
-    Notify {
-        /// The task.
-        task: TaskId,
-        /// Its node.
-        node: &'a str,
-        /// The informed role.
-        role: &'a RoleId,
-        /// Who completed the task.
-        actor: &'a str,
-    },
-    /// A timer fired: a reminder, a breach notice, an escalation (notify or reassign), an urge, a
-    /// timeout, a timer node's wait, or one of these for the process-wide SLA.
-    Timer {
-        /// The instance.
-        instance: InstanceId,
-        /// The task, for task timers.
-        task: Option<TaskId>,
-        /// The task's or timer node's id (the start node's for the SLA).
-        node: &'a str,
-        /// What fired.
-        kind: crate::model::TimerKind,
-        /// Whether it belongs to the SLA.
-        sla: bool,
-        /// The roles told: responsible roles for reminders, informed roles for a breach, the
-        /// level's target (by default the accountable role) for escalations and urges.
-        recipients: &'a [RoleId],
-    },
-    /// Something failed: a service handler, a condition, a hook. The instance keeps its state; a
-    /// [`retry`](crate::Engine::retry) runs the failed step again.
-    Incident {
-        /// The instance.
-        instance: InstanceId,
-        /// Where.
-        node: &'a str,
-        /// What went wrong.
-        message: &'a str,
-    },
-    /// With a store: the events of the call before this one (on this instance) are stored.
-    /// Hooks see a call's events as they happen, before its commit; a host that must act only
-    /// on stored changes (send a notice, say) keeps a call's events until this one.
-    Committed {
-        /// The instance.
-        instance: InstanceId,
-        /// Its stored version now.
-        version: u64,
-    },
-    /// With a store: the store refused the commit of the call whose events came before, so
-    /// none of them happened; the call fails with
-    /// [`ExecError::Store`](crate::ExecError::Store) or
-    /// [`ExecError::Conflict`](crate::ExecError::Conflict).
-    Refused {
-        /// The instance.
-        instance: InstanceId,
-        /// Why, as the store said.
-        reason: &'a str,
-    },
-}
 
 /// What a hook answers.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Control {
     /// Go on.
     #[default]
     Continue,
-    /// Refuse a task completion (only honoured for [`Event::TaskCompleting`]). Nothing changes
-    /// and the caller gets [`ExecError::Vetoed`](crate::ExecError::Vetoed).
+    /// Refuse a task completion (only honoured by [`Hook::on_completing`]). Nothing changes
+    /// but the audit trail, and the caller gets [`ExecError::Vetoed`](crate::ExecError::Vetoed).
     Veto(String),
-    /// The hook failed: the instance records an incident and the caller gets
-    /// [`ExecError::Hook`](crate::ExecError::Hook). Changes already made stay.
+    /// The hook failed. From [`Hook::on_completing`]: the completion is refused, the instance
+    /// records an incident and the caller gets [`ExecError::Hook`](crate::ExecError::Hook).
+    /// From [`Hook::on_event`]: the call's change is committed and stays, the other hooks still
+    /// hear the event, and the caller gets [`ExecError::Hook`](crate::ExecError::Hook).
     Abort(String),
+}
+
+/// A task about to complete, as [`Hook::on_completing`] sees it: nothing has changed yet.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Completing<'a> {
+    /// The task.
+    pub task: TaskId,
+    /// Its node's YAML id.
+    pub node: &'a str,
+    /// Who completes it.
+    pub actor: &'a str,
+    /// The variables the completion would set.
+    pub output: &'a Vars,
+    /// The instance's variables now.
+    pub vars: &'a Vars,
 }
 
 impl From<()> for Control {
@@ -198,20 +54,35 @@ impl From<()> for Control {
     }
 }
 
-/// Observes events. Registered on the engine as `Arc<dyn Hook>`.
+/// Observes events and may veto completions. Registered on the engine as `Arc<dyn Hook>`.
 ///
 /// # Pitfalls
-/// Hooks run synchronously, inside the call that caused the event, while the instance is locked.
-/// A hook that calls back into the engine for the *same* instance gets
-/// [`ExecError::Reentrant`](crate::ExecError::Reentrant); to act on an instance from a hook, queue
-/// the work and do it after the call returns. A panicking hook is caught and recorded as an
-/// incident.
+/// [`on_event`](Hook::on_event) runs on the calling thread after the call's commit, with no
+/// lock held: it may call the engine for any instance, its own included, and `tick`. Events of
+/// one call arrive in order; calls on one instance from several threads may deliver theirs
+/// interleaved. An event is delivered once, but a crash between a commit and its delivery
+/// loses it; work that must survive a crash is a follow-up ([`Event::Notify`]), which the next
+/// engine delivers again.
+///
+/// [`on_completing`](Hook::on_completing) runs while the instance is locked, before anything
+/// changed: it must not call the engine (a call returns
+/// [`ExecError::Reentrant`](crate::ExecError::Reentrant)). A panicking hook is caught: in
+/// `on_completing` as an abort, in `on_event` as [`Control::Abort`].
 pub trait Hook: Send + Sync {
-    /// Called for every event, in order.
-    fn on_event(&self, event: &Event<'_>) -> Control;
+    /// Hears every event after its call committed, in order.
+    fn on_event(&self, event: &Event) -> Control {
+        let _ = event;
+        Control::Continue
+    }
+
+    /// Decides whether a task may complete: [`Control::Veto`] refuses it.
+    fn on_completing(&self, completing: &Completing<'_>) -> Control {
+        let _ = completing;
+        Control::Continue
+    }
 }
 
-/// A hook made from a closure; see [`hook_fn`].
+/// A hook made from a closure that hears events; see [`hook_fn`].
 pub struct HookFn<F>(F);
 
 impl<F> fmt::Debug for HookFn<F> {
@@ -222,20 +93,21 @@ impl<F> fmt::Debug for HookFn<F> {
 
 impl<F, R> Hook for HookFn<F>
 where
-    F: Fn(&Event<'_>) -> R + Send + Sync,
+    F: Fn(&Event) -> R + Send + Sync,
     R: Into<Control>,
 {
-    fn on_event(&self, event: &Event<'_>) -> Control {
+    fn on_event(&self, event: &Event) -> Control {
         (self.0)(event).into()
     }
 }
 
-/// Makes a hook from a closure that returns `()` (observe only) or a [`Control`].
+/// Makes a hook from a closure that hears every event after its commit and returns `()` or a
+/// [`Control`].
 ///
 /// # Examples
 /// ```
 /// use procflow::{hook_fn, Event};
-/// let printer = hook_fn(|ev: &Event<'_>| {
+/// let printer = hook_fn(|ev: &Event| {
 ///     if let Event::Notify { role, node, .. } = ev {
 ///         println!("tell {role}: {node} is done");
 ///     }
@@ -244,10 +116,46 @@ where
 /// ```
 pub fn hook_fn<F, R>(f: F) -> HookFn<F>
 where
-    F: Fn(&Event<'_>) -> R + Send + Sync + 'static,
+    F: Fn(&Event) -> R + Send + Sync + 'static,
     R: Into<Control>,
 {
     HookFn(f)
+}
+
+/// A hook made from a closure that decides completions; see [`veto_fn`].
+pub struct VetoFn<F>(F);
+
+impl<F> fmt::Debug for VetoFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VetoFn")
+    }
+}
+
+impl<F> Hook for VetoFn<F>
+where
+    F: Fn(&Completing<'_>) -> Control + Send + Sync,
+{
+    fn on_completing(&self, completing: &Completing<'_>) -> Control {
+        (self.0)(completing)
+    }
+}
+
+/// Makes a hook from a closure that may veto task completions.
+///
+/// # Examples
+/// ```
+/// use procflow::{veto_fn, Control};
+/// let four_eyes = veto_fn(|c| match c.vars.get("drafted_by") {
+///     Some(v) if v.as_str() == Some(c.actor) => Control::Veto("drafter may not approve".into()),
+///     _ => Control::Continue,
+/// });
+/// # let _ = four_eyes;
+/// ```
+pub fn veto_fn<F>(f: F) -> VetoFn<F>
+where
+    F: Fn(&Completing<'_>) -> Control + Send + Sync + 'static,
+{
+    VetoFn(f)
 }
 
 /// What a service handler is given.
@@ -261,23 +169,60 @@ pub struct ServiceCall<'a> {
     pub vars: &'a Vars,
 }
 
-/// Why a service handler failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct HandlerError(pub String);
+/// Why a service handler failed: a message, and the error behind it if there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct HandlerError {
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
 
 impl HandlerError {
     /// A failure with a message.
     pub fn new(message: impl Into<String>) -> HandlerError {
-        HandlerError(message.into())
+        HandlerError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure with a message and the error that caused it (its text goes into the
+    /// incident after the message).
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> HandlerError {
+        HandlerError {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The message followed by the chain of sources, as an incident records it.
+    pub fn describe(&self) -> String {
+        let mut text = self.message.clone();
+        let mut source = std::error::Error::source(self);
+        while let Some(e) = source {
+            text.push_str(": ");
+            text.push_str(&e.to_string());
+            source = e.source();
+        }
+        text
     }
 }
 
 /// The code behind a service task, registered on the engine by name.
 ///
 /// # Pitfalls
-/// Handlers run synchronously while the instance is locked; see [`Hook`]. A panicking handler is
-/// caught and recorded as an incident, as an error is.
+/// Handlers run synchronously while the instance is locked: a handler must not call the engine
+/// (a call returns [`ExecError::Reentrant`](crate::ExecError::Reentrant)). A panicking handler
+/// is caught and recorded as an incident, as an error is.
 pub trait ServiceHandler: Send + Sync {
     /// Does the work; returns the variables to set on the instance (they must be declared).
     ///

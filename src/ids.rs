@@ -21,6 +21,22 @@ impl NodeId {
     }
 }
 
+/// A node as errors name it: its position in the definition and its YAML id. Displays as the
+/// YAML id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeRef {
+    /// The node's position.
+    pub id: NodeId,
+    /// The node's YAML id.
+    pub name: Arc<str>,
+}
+
+impl fmt::Display for NodeRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
 /// A process instance, unique within one engine.
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -45,6 +61,57 @@ impl fmt::Display for InstanceId {
     }
 }
 
+/// Text that is not an id as [`InstanceId`] or [`TaskId`] display it (`i42`, `i42.t0`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("'{text}' is not {what} id (expected e.g. '{example}')")]
+pub struct ParseIdError {
+    text: String,
+    what: &'static str,
+    example: &'static str,
+}
+
+fn number(text: &str, prefix: char) -> Option<u64> {
+    let digits = text.strip_prefix(prefix)?;
+    // Only plain decimal digits: no sign, no spaces.
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+impl std::str::FromStr for InstanceId {
+    type Err = ParseIdError;
+
+    /// Parses what `Display` prints: `i42`.
+    fn from_str(text: &str) -> Result<InstanceId, ParseIdError> {
+        number(text, 'i')
+            .map(InstanceId)
+            .ok_or_else(|| ParseIdError {
+                text: text.to_owned(),
+                what: "an instance",
+                example: "i42",
+            })
+    }
+}
+
+impl std::str::FromStr for TaskId {
+    type Err = ParseIdError;
+
+    /// Parses what `Display` prints: `i42.t0`.
+    fn from_str(text: &str) -> Result<TaskId, ParseIdError> {
+        let parsed = text.split_once('.').and_then(|(i, t)| {
+            let instance = number(i, 'i')?;
+            let seq = u32::try_from(number(t, 't')?).ok()?;
+            Some(TaskId::new(InstanceId(instance), seq))
+        });
+        parsed.ok_or_else(|| ParseIdError {
+            text: text.to_owned(),
+            what: "a task",
+            example: "i42.t0",
+        })
+    }
+}
+
 /// A user task: the instance it belongs to and its number within that instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TaskId {
@@ -53,6 +120,12 @@ pub struct TaskId {
 }
 
 impl TaskId {
+    /// The task numbered `seq` (from 0, in the order the instance opened its tasks) of
+    /// `instance`.
+    pub fn new(instance: InstanceId, seq: u32) -> TaskId {
+        TaskId { instance, seq }
+    }
+
     /// The instance the task belongs to.
     pub fn instance(self) -> InstanceId {
         self.instance
@@ -95,7 +168,7 @@ impl fmt::Display for RoleId {
 }
 
 /// The id of a process definition: the YAML `id` and `version`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct DefKey {
     /// The YAML `id`.
     pub id: String,

@@ -69,16 +69,17 @@ mod yaml;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use def::{LoadError, Location, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role};
 pub use exec::{
-    Config, Engine, EngineBuilder, ExecError, OpenError, Sla, SlaStatus, TaskView, TimerDriver,
+    Config, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, OpenError, Sla,
+    SlaStatus, TaskView, TimerDriver,
 };
 pub use hooks::{
-    Control, Event, HandlerError, HandlerFn, Hook, HookFn, ServiceCall, ServiceHandler, handler_fn,
-    hook_fn,
+    Completing, Control, HandlerError, HandlerFn, Hook, HookFn, ServiceCall, ServiceHandler,
+    VetoFn, handler_fn, hook_fn, veto_fn,
 };
-pub use ids::{ActorId, DefKey, InstanceId, NodeId, RoleId, TaskId};
+pub use ids::{ActorId, DefKey, InstanceId, NodeId, NodeRef, ParseIdError, RoleId, TaskId};
 pub use model::{
-    Comment, Entry, Fired, Incident, Instance, Record, Status, Task, TaskState, Timer, TimerKind,
-    Token, TokenState,
+    Comment, Entry, Event, Fired, FollowUp, Incident, Instance, Pending, Record, Status, Task,
+    TaskState, Timer, TimerKind, Token, TokenState,
 };
 pub use raci::{Action, Actor, Authorizer, Raci};
 pub use report::{

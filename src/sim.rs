@@ -12,9 +12,11 @@ use serde::Deserialize;
 
 use crate::clock::{Clock, ManualClock};
 use crate::def::{LoadError, ProcessDef};
+use crate::exec::DeployError;
 use crate::exec::{Engine, ExecError};
-use crate::hooks::{Event, HandlerError, handler_fn, hook_fn};
+use crate::hooks::{HandlerError, handler_fn, hook_fn};
 use crate::ids::{InstanceId, TaskId};
+use crate::model::Event;
 use crate::model::Status;
 use crate::raci::Actor;
 use crate::time::calendar::BusinessCalendar;
@@ -184,7 +186,7 @@ impl Scenario {
     ///
     /// # Errors
     /// The definition does not deploy (a service task has no scripted result).
-    pub fn run(&self, def: ProcessDef) -> Result<SimReport, LoadError> {
+    pub fn run(&self, def: ProcessDef) -> Result<SimReport, DeployError> {
         self.run_with(def, Vec::new())
     }
 
@@ -197,7 +199,7 @@ impl Scenario {
         &self,
         def: ProcessDef,
         calendars: Vec<(String, BusinessCalendar)>,
-    ) -> Result<SimReport, LoadError> {
+    ) -> Result<SimReport, DeployError> {
         let log: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
         let step_no = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut builder = Engine::builder();
@@ -209,7 +211,7 @@ impl Scenario {
         }
         {
             let (log, step_no) = (Arc::clone(&log), Arc::clone(&step_no));
-            builder.hook(hook_fn(move |ev: &Event<'_>| {
+            builder.hook(hook_fn(move |ev: &Event| {
                 let mut line = serde_json::to_value(ev).unwrap_or_default();
                 if let Some(obj) = line.as_object_mut() {
                     obj.insert(
@@ -237,7 +239,7 @@ impl Scenario {
                         Some(ServiceResult {
                             fail: Some(message),
                             ..
-                        }) => Err(HandlerError(message)),
+                        }) => Err(HandlerError::new(message)),
                         Some(ServiceResult { vars, .. }) => Ok(vars),
                         None => Ok(Vars::new()),
                     }
@@ -251,7 +253,7 @@ impl Scenario {
                 let message = format!("the scenario scripts no result for handler '{name}'");
                 builder.handler(
                     name,
-                    handler_fn(move |_| Err(HandlerError(message.clone()))),
+                    handler_fn(move |_| Err(HandlerError::new(message.clone()))),
                 );
             }
         }

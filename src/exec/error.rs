@@ -1,7 +1,7 @@
 //! The executor boundary's error type.
 
-use crate::def::LoadError;
-use crate::ids::{DefKey, InstanceId, RoleId, TaskId};
+use crate::def::{LoadError, Location};
+use crate::ids::{ActorId, DefKey, InstanceId, NodeRef, RoleId, TaskId};
 use crate::raci::Action;
 use crate::store::StoreError;
 use crate::vars::VarProblem;
@@ -25,13 +25,15 @@ pub enum ExecError {
     /// No such task.
     #[error("unknown task {0}")]
     UnknownTask(TaskId),
-    /// The task is already completed.
-    #[error("task {task} at '{node}' is already completed")]
+    /// The task is no longer open: completed, or cancelled by its timeout.
+    #[error("task {task} at '{node}' is {state}")]
     TaskClosed {
         /// The task.
         task: TaskId,
         /// Its node.
-        node: String,
+        node: NodeRef,
+        /// How it ended: `already completed` or `timed out`.
+        state: &'static str,
     },
     /// The actor's roles do not allow the action.
     #[error(
@@ -41,17 +43,17 @@ pub enum ExecError {
     )]
     Denied {
         /// Who tried.
-        actor: String,
+        actor: ActorId,
         /// What it tried.
         action: Action,
         /// The task.
         task: TaskId,
         /// Its node.
-        node: String,
+        node: NodeRef,
         /// The roles that would have been allowed.
         allowed: Vec<RoleId>,
         /// Who holds the claim, when that is why.
-        claimed_by: Option<String>,
+        claimed_by: Option<ActorId>,
     },
     /// The task is claimed by someone else.
     #[error("task {task} at '{node}' is already claimed by '{by}'")]
@@ -59,9 +61,9 @@ pub enum ExecError {
         /// The task.
         task: TaskId,
         /// Its node.
-        node: String,
+        node: NodeRef,
         /// The claimant.
-        by: String,
+        by: ActorId,
     },
     /// Variables given at start or on completion do not fit the declarations.
     #[error("bad variables: {}", problems.iter().map(|(n, p)| format!("'{n}' {p}")).collect::<Vec<_>>().join("; "))]
@@ -75,7 +77,7 @@ pub enum ExecError {
         /// The task.
         task: TaskId,
         /// Its node.
-        node: String,
+        node: NodeRef,
         /// The hook's reason.
         reason: String,
     },
@@ -87,12 +89,24 @@ pub enum ExecError {
         /// The instance.
         instance: InstanceId,
         /// The node.
-        node: String,
+        node: NodeRef,
         /// What went wrong.
         message: String,
     },
-    /// A hook aborted or panicked. The change it observed stays; the instance records an
-    /// incident.
+    /// A deadline (a task's, a timer node's or the SLA's) could not be computed: its business
+    /// calendar does not cover the instant, or its expression gave no duration. Nothing
+    /// changed: the call that would have armed it is refused.
+    #[error("instance {instance}: cannot compute the deadline at '{node}': {message}")]
+    Deadline {
+        /// The instance.
+        instance: InstanceId,
+        /// The task's or timer node's node (the start node for the SLA).
+        node: NodeRef,
+        /// Why.
+        message: String,
+    },
+    /// A veto hook aborted or panicked (the completion is refused and the instance records an
+    /// incident), or an observing hook did (the call's change is committed and stays).
     #[error("hook failed on instance {instance}: {message}")]
     Hook {
         /// The instance.
@@ -100,9 +114,17 @@ pub enum ExecError {
         /// What the hook said.
         message: String,
     },
-    /// A hook or handler called back into the engine for the instance it is running in.
-    #[error("instance {0} is busy in this thread (a hook or handler called back into it)")]
+    /// A veto hook or a service handler called back into the engine. They run while an
+    /// instance is locked; act from [`Hook::on_event`](crate::Hook::on_event) instead, which
+    /// runs after the commit with nothing locked.
+    #[error(
+        "instance {0} is busy in this thread (a veto hook or handler called back into the engine)"
+    )]
     Reentrant(InstanceId),
+    /// No deployed definition can start or run the instance: the definition names a service
+    /// handler or calendar this engine does not have (see [`Engine::unavailable`](crate::Engine::unavailable)).
+    #[error("{0}")]
+    Unavailable(DeployError),
     /// The instance has already completed.
     #[error("instance {0} has completed")]
     InstanceCompleted(InstanceId),
@@ -119,6 +141,48 @@ pub enum ExecError {
     Store(#[from] StoreError),
 }
 
+/// Why [`Engine::deploy`](crate::Engine::deploy) refused a definition. Nothing was deployed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", problems.iter().map(|p| format!("{key}: {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct DeployError {
+    /// The definition.
+    pub key: DefKey,
+    /// Every problem found.
+    pub problems: Vec<DeployProblem>,
+}
+
+/// One reason a definition does not deploy.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployProblem {
+    /// A service task names a handler the engine does not have.
+    #[error("{location}: service task '{node}' needs handler '{handler}', which is not registered")]
+    UnknownHandler {
+        /// The service task.
+        node: NodeRef,
+        /// The handler's name.
+        handler: String,
+        /// Where the definition names it.
+        location: Location,
+    },
+    /// The definition (or one of its durations, at `node`) names a calendar the engine does
+    /// not have.
+    #[error("no business calendar registered as '{name}'{}", node.as_ref().map(|n| format!(" (used at '{n}')")).unwrap_or_default())]
+    UnknownCalendar {
+        /// The calendar's name.
+        name: String,
+        /// The node whose duration names it; `None` for the process calendar or the SLA.
+        node: Option<NodeRef>,
+    },
+    /// Another text is deployed (or stored) under this id and version; deploying the same text
+    /// again is allowed and changes nothing.
+    #[error("already deployed with another text; give it a new version")]
+    AlreadyDeployed,
+    /// The engine's store refused to keep the definition.
+    #[error("the store refused the definition: {0}")]
+    Store(StoreError),
+}
+
 /// Why [`EngineBuilder::open`](crate::EngineBuilder::open) could not resume from a store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -126,14 +190,23 @@ pub enum OpenError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    /// A stored definition no longer deploys (a handler or calendar it names is not registered,
-    /// or this procflow rejects its text).
-    #[error("stored definition {key} does not deploy: {error}")]
+    /// A stored definition's text no longer loads in this procflow.
+    #[error("stored definition {key} does not load: {error}")]
     Definition {
         /// The definition.
         key: DefKey,
         /// Why.
         error: LoadError,
+    },
+    /// A running instance needs a definition that does not deploy here (a handler or calendar
+    /// it names is not registered). Definitions no running instance needs are only listed by
+    /// [`Engine::unavailable`](crate::Engine::unavailable).
+    #[error("stored instance {instance} runs a definition that does not deploy: {error}")]
+    Unavailable {
+        /// The instance.
+        instance: InstanceId,
+        /// Why its definition does not deploy.
+        error: DeployError,
     },
     /// A stored instance names a definition the store does not hold.
     #[error("stored instance {instance} runs {key}, which is not stored")]

@@ -2,15 +2,17 @@
 //! instances when hosts call it.
 //!
 //! **Invariant:** every call locks exactly one instance (never two), and never takes an engine-wide
-//! lock while stepping it; independent instances run in parallel on several threads.
+//! lock while stepping it; independent instances run in parallel on several threads. Hooks hear a
+//! call's events after its commit, with nothing locked (see `seam.rs`).
 
+mod deploy;
 mod error;
+mod seam;
 mod step;
 mod timers;
 
-use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,18 +21,20 @@ use arc_swap::ArcSwap;
 
 use chrono::{DateTime, Utc};
 
-pub use error::{ExecError, OpenError};
+pub use error::{DeployError, DeployProblem, ExecError, OpenError};
 pub use timers::{Sla, SlaStatus, TimerDriver};
 
 use crate::clock::{Clock, SystemClock};
-use crate::def::{Behaviour, LoadError, Problem, ProblemKind, ProcessDef};
-use crate::hooks::{Control, Event, Hook, ServiceHandler};
-use crate::ids::{DefKey, InstanceId, NodeId, TaskId};
+use crate::def::ProcessDef;
+use crate::hooks::{Completing, Control, Hook, ServiceHandler};
+use crate::ids::{ActorId, InstanceId, NodeId, TaskId};
 use crate::model::{Instance, Status, Task, TimerKind, Token, TokenState};
 use crate::raci::{self, Action, Actor, Authorizer, Grant};
-use crate::store::{Commit, Store, StoreError, StoredDef, StoredInstance};
+use crate::store::{Store, StoreError};
 use crate::time::calendar::BusinessCalendar;
 use crate::vars::{VarProblem, Vars};
+use deploy::{Catalog, Install};
+use seam::Slot;
 use step::{Change, Step};
 
 /// Engine settings.
@@ -54,31 +58,7 @@ impl Default for Config {
     }
 }
 
-/// A deployed definition with its service handlers resolved per node.
-pub(crate) struct Deployed {
-    pub(crate) def: Arc<ProcessDef>,
-    /// Shared by every instance of this definition.
-    pub(crate) key: Arc<DefKey>,
-    pub(crate) handlers: Vec<Option<Arc<dyn ServiceHandler>>>,
-    /// The business calendar the definition names.
-    pub(crate) calendar: Option<Arc<BusinessCalendar>>,
-    /// Calendars that single durations name for themselves.
-    pub(crate) calendars: HashMap<String, Arc<BusinessCalendar>>,
-    /// How many audit records the last start of this definition wrote.
-    pub(crate) first_records: std::sync::atomic::AtomicUsize,
-}
-
-struct Slot {
-    inst: Instance,
-    dep: Arc<Deployed>,
-    /// The version of the instance in the store (0 without a store).
-    version: u64,
-}
-
-const SHARDS: usize = 64;
-
-/// Deployed definitions by id, then version.
-type Catalog = HashMap<String, BTreeMap<u32, Arc<Deployed>>>;
+pub(crate) const SHARDS: usize = 64;
 
 /// Numbers engines, for [`NEXT_IDS`].
 static ENGINES: AtomicU64 = AtomicU64::new(1);
@@ -88,14 +68,14 @@ static ENGINES: AtomicU64 = AtomicU64::new(1);
 const ID_BLOCK: u64 = 1024;
 
 /// One of the maps from instance number to its slot.
-type Shard = Mutex<HashMap<u64, Arc<Mutex<Slot>>, BuildHasherDefault<IdHasher>>>;
+pub(crate) type Shard = Mutex<HashMap<u64, Arc<Mutex<Slot>>, BuildHasherDefault<IdHasher>>>;
 
 /// Hashes instance numbers with one folded multiplication. The default SipHash was about a
 /// third of a `complete` call's own time; ids are the engine's own numbers, not input an
 /// attacker picks. Folding the 128-bit product mixes the high bits into the low ones, which the
 /// table indexes by (all numbers in one shard share their low six bits).
 #[derive(Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -295,25 +275,45 @@ impl EngineBuilder {
                     key: stored.key.clone(),
                     error,
                 })?;
-            engine
-                .install(def, false)
-                .map_err(|error| OpenError::Definition {
-                    key: stored.key.clone(),
-                    error,
-                })?;
+            // What does not resolve here (a retired handler) only refuses to open when a
+            // running instance needs it, below.
+            let _ = engine.install(def, Install::Resume);
         }
         for stored in store.running()? {
             let id = stored.instance.id;
-            engine
-                .adopt(stored)
-                .map_err(|key| OpenError::UnknownDefinition { instance: id, key })?;
+            let key = stored.instance.def.as_deref().cloned().unwrap_or_default();
+            let slot = engine.adopt(stored).map_err(|e| match e {
+                ExecError::Store(e) => OpenError::Store(e),
+                _ => OpenError::UnknownDefinition { instance: id, key },
+            })?;
+            if let Some(error) = &lock(&slot).dep.missing {
+                return Err(OpenError::Unavailable {
+                    instance: id,
+                    error: error.clone(),
+                });
+            }
+        }
+        // Follow-ups a crash left between their commit and their run.
+        for stored in store.outbox()? {
+            let id = stored.instance.id;
+            let key = stored.instance.def.as_deref().cloned().unwrap_or_default();
+            let slot = engine.adopt(stored).map_err(|e| match e {
+                ExecError::Store(e) => OpenError::Store(e),
+                _ => OpenError::UnknownDefinition { instance: id, key },
+            })?;
+            let (dep, pending) = {
+                let slot = lock(&slot);
+                (Arc::clone(&slot.dep), slot.inst.pending().to_vec())
+            };
+            // A hook's failure here is the hook's; the follow-up counts as run.
+            let _ = engine.run_follow_ups(id, &dep, pending);
         }
         Ok(engine)
     }
 }
 
 /// An open task as a work list shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct TaskView {
     /// The task.
     pub id: TaskId,
@@ -334,23 +334,9 @@ pub struct TaskView {
 thread_local! {
     /// This thread's block of instance ids: (engine uid, next id, end of the block).
     static NEXT_IDS: std::cell::Cell<(u64, u64, u64)> = const { std::cell::Cell::new((0, 0, 0)) };
-    /// Instances this thread holds locked, to refuse re-entrant calls instead of deadlocking.
-    static HELD: RefCell<Vec<InstanceId>> = const { RefCell::new(Vec::new()) };
 }
 
-struct Held(InstanceId);
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        HELD.with(|h| h.borrow_mut().retain(|i| *i != self.0));
-    }
-}
-
-fn is_held(id: InstanceId) -> bool {
-    HELD.with(|h| h.borrow().contains(&id))
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic inside the engine never leaves a half-applied change (handlers and hooks run under
     // catch_unwind), so a poisoned lock still guards consistent data.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -398,135 +384,6 @@ impl Engine {
         EngineBuilder::default()
     }
 
-    /// Deploys a definition. Instances started afterwards use the newest version unless one is
-    /// named.
-    ///
-    /// # Errors
-    /// A service task names a handler that is not registered, or this id and version is already
-    /// deployed.
-    pub fn deploy(&self, def: ProcessDef) -> Result<Arc<ProcessDef>, LoadError> {
-        self.install(def, true)
-    }
-
-    /// Deploys `def`, and with `save` keeps its text in the store (when there is one).
-    fn install(&self, def: ProcessDef, save: bool) -> Result<Arc<ProcessDef>, LoadError> {
-        let mut problems = Vec::new();
-        let handlers = def
-            .nodes
-            .iter()
-            .map(|n| match &n.behaviour {
-                Behaviour::ServiceTask { handler, location } => {
-                    let found = self.handlers.get(handler).cloned();
-                    if found.is_none() {
-                        problems.push(Problem {
-                            location: Some(*location),
-                            path: format!("nodes.{}.handler", n.id),
-                            kind: ProblemKind::UnknownHandler(handler.clone()),
-                        });
-                    }
-                    found
-                }
-                _ => None,
-            })
-            .collect();
-        let calendar = def.calendar.as_ref().and_then(|name| {
-            let found = self.calendars.get(name).cloned();
-            if found.is_none() {
-                problems.push(Problem {
-                    location: None,
-                    path: "calendar".into(),
-                    kind: ProblemKind::UnknownCalendar(name.clone()),
-                });
-            }
-            found
-        });
-        // Calendars that single durations name for themselves.
-        let mut calendars = HashMap::new();
-        for (node, span) in def.spans() {
-            let Some(name) = span.calendar() else {
-                continue;
-            };
-            match self.calendars.get(name) {
-                Some(c) => {
-                    calendars.insert(name.to_owned(), Arc::clone(c));
-                }
-                None => problems.push(Problem {
-                    location: node.map(|n| n.location),
-                    path: node.map_or_else(|| "sla".to_owned(), |n| format!("nodes.{}", n.id)),
-                    kind: ProblemKind::UnknownCalendar(name.to_owned()),
-                }),
-            }
-        }
-        let _deploying = lock(&self.deploying);
-        let mut catalog: Catalog = (**self.defs.load()).clone();
-        let versions = catalog.entry(def.key.id.clone()).or_default();
-        if let Some(deployed) = versions.get(&def.key.version) {
-            if deployed.def.text == def.text && problems.is_empty() {
-                // Hosts deploy their definitions at every start: the same text is no change.
-                return Ok(Arc::clone(&deployed.def));
-            }
-            problems.push(Problem {
-                location: None,
-                path: "version".into(),
-                kind: ProblemKind::AlreadyDeployed {
-                    id: def.key.id.clone(),
-                    version: def.key.version,
-                },
-            });
-        }
-        if problems.is_empty()
-            && save
-            && let Some(store) = &self.store
-        {
-            let stored = StoredDef {
-                key: def.key.clone(),
-                text: def.text.clone(),
-            };
-            match store.save_definition(&stored) {
-                Ok(()) => {}
-                Err(StoreError::DefinitionChanged { key }) => problems.push(Problem {
-                    location: None,
-                    path: "version".into(),
-                    kind: ProblemKind::AlreadyDeployed {
-                        id: key.id,
-                        version: key.version,
-                    },
-                }),
-                Err(e) => problems.push(Problem {
-                    location: None,
-                    path: String::new(),
-                    kind: ProblemKind::NotStored(e.to_string()),
-                }),
-            }
-        }
-        if !problems.is_empty() {
-            return Err(LoadError::new(def.file.clone(), problems));
-        }
-        let def = Arc::new(def);
-        versions.insert(
-            def.key.version,
-            Arc::new(Deployed {
-                key: Arc::new(def.key.clone()),
-                def: Arc::clone(&def),
-                handlers,
-                calendar,
-                calendars,
-                first_records: 0.into(),
-            }),
-        );
-        self.defs.store(Arc::new(catalog));
-        Ok(def)
-    }
-
-    /// A deployed definition: the newest version, or the one named.
-    pub fn definition(&self, id: &str, version: Option<u32>) -> Option<Arc<ProcessDef>> {
-        self.deployed(id, version).ok().map(|d| Arc::clone(&d.def))
-    }
-
-    fn deployed(&self, id: &str, version: Option<u32>) -> Result<Arc<Deployed>, ExecError> {
-        find(&self.defs.load(), id, version).cloned()
-    }
-
     /// The next instance id, from this thread's block. With a store, blocks are reserved in
     /// the store, so that engines sharing it never hand out the same id.
     fn next_instance_id(&self) -> Result<InstanceId, StoreError> {
@@ -550,9 +407,11 @@ impl Engine {
     ///
     /// # Errors
     /// [`ExecError::UnknownProcess`]; [`ExecError::Variables`] when `vars` names an undeclared
-    /// variable, has a value of the wrong type or outside the enum, or misses a required one
-    /// (nothing is started); [`ExecError::Incident`] or [`ExecError::Hook`] when a node or hook
-    /// failed (the instance exists, with an incident).
+    /// variable, has a value of the wrong type or outside the enum, or misses a required one;
+    /// [`ExecError::Deadline`] when the process-wide SLA cannot be computed (in these cases
+    /// nothing is started); [`ExecError::Incident`] or [`ExecError::Deadline`] when a node
+    /// failed (the instance exists, with an incident); [`ExecError::Hook`] when a hook failed
+    /// after the start committed.
     pub fn start(&self, process: &str, vars: Vars) -> Result<InstanceId, ExecError> {
         self.start_version(process, None, vars)
     }
@@ -567,8 +426,10 @@ impl Engine {
         version: Option<u32>,
         mut vars: Vars,
     ) -> Result<InstanceId, ExecError> {
+        self.not_busy()?;
         let catalog = self.defs.load();
-        let dep = find(&catalog, process, version)?;
+        let dep = deploy::find(&catalog, process, version)?;
+        dep.runnable()?;
         let def = &dep.def;
         let mut problems = check_vars(def, &vars);
         for spec in def.vars.values() {
@@ -589,9 +450,9 @@ impl Engine {
         }
         let id = self.next_instance_id()?;
         let now = self.clock.now();
-        let mut inst = Instance {
+        let inst = Instance {
             id,
-            def: None,
+            def: self.store.as_ref().map(|_| Arc::clone(&dep.key)),
             status: Status::Running,
             vars,
             tokens: smallvec::smallvec![Token {
@@ -608,30 +469,26 @@ impl Engine {
             }),
             started_at: now,
             ended_at: None,
+            outbox: None,
         };
-        let _held = self.hold(id);
-        let (result, armed) = {
-            let mut step = Step::new(&mut inst, dep, &self.hooks, now, self.config.audit);
-            step.apply(Change::Started);
-            step.arm_sla();
-            let result = step.run();
-            let result = step.finish(result);
-            (result, step.take_armed())
+        // Shares the definition only when the instance is kept: a start that completes at
+        // once touches no reference count shared between threads.
+        let mut slot = Slot::new(inst, Arc::clone(dep), 0);
+        let stepped = {
+            let _held = seam::hold(id);
+            self.step_slot(&mut slot, now, |step| {
+                let sla = step.sla_timers()?;
+                step.apply(Change::Started);
+                step.arm(sla);
+                step.run()
+            })
         };
-        let mut version = 0;
-        if let Some(store) = &self.store {
-            // A start the store refuses leaves no instance behind.
-            inst.def = Some(Arc::clone(&dep.key));
-            version = self
-                .commit(&**store, &inst, &dep.key, 0, 0)
-                .map_err(|e| match e {
-                    StoreError::Conflict { instance, .. } => ExecError::Conflict(instance),
-                    e => ExecError::Store(e),
-                })?;
+        if stepped.refused || matches!(stepped.result, Err(ExecError::Deadline { .. })) {
+            // A start the store refused, or whose SLA cannot be computed, leaves no instance.
+            let result = self.after(stepped);
+            return result.map(|()| id);
         }
-        for at in armed {
-            self.schedule(id, at);
-        }
+        let inst = &slot.inst;
         // Remember how many records a start writes, so that the next start allocates its audit
         // trail once. Written only when it changes, so threads starting instances of the same
         // definition do not fight over the cache line.
@@ -640,78 +497,25 @@ impl Engine {
             dep.first_records.store(records, Ordering::Relaxed);
         }
         if inst.status == Status::Running || self.config.retain_completed {
-            if inst.def.is_none() {
-                inst.def = Some(Arc::clone(&dep.key));
+            if slot.inst.def.is_none() {
+                slot.inst.def = Some(Arc::clone(&dep.key));
             }
-            let slot = Arc::new(Mutex::new(Slot {
-                inst,
-                dep: Arc::clone(dep),
-                version,
-            }));
-            lock(self.shard(id)).insert(id.0, slot);
+            lock(self.shard(id)).insert(id.0, Arc::new(Mutex::new(slot)));
         }
-        result.map(|()| id)
-    }
-
-    /// Notes that `id` has a timer due at `at`.
-    fn schedule(&self, id: InstanceId, at: DateTime<Utc>) {
-        lock(&self.timer_heaps[(id.0 as usize) % SHARDS]).push(Reverse((at, id.0)));
-    }
-
-    fn shard(&self, id: InstanceId) -> &Shard {
-        &self.shards[(id.0 as usize) % SHARDS]
-    }
-
-    fn hold(&self, id: InstanceId) -> Held {
-        HELD.with(|h| h.borrow_mut().push(id));
-        Held(id)
-    }
-
-    /// Runs `f` on the locked instance.
-    fn with_slot<R>(&self, id: InstanceId, f: impl FnOnce(&mut Slot) -> R) -> Result<R, ExecError> {
-        if is_held(id) {
-            return Err(ExecError::Reentrant(id));
-        }
-        let found = lock(self.shard(id)).get(&id.0).cloned();
-        let slot = match found {
-            Some(slot) => slot,
-            None => self.read_stored(id)?,
-        };
-        let _held = self.hold(id);
-        let mut guard = lock(&slot);
-        let out = f(&mut guard);
-        let drop_it = !self.config.retain_completed && guard.inst.status == Status::Completed;
-        drop(guard);
-        if drop_it {
-            lock(self.shard(id)).remove(&id.0);
-        }
-        Ok(out)
+        self.after(stepped).map(|()| id)
     }
 
     /// Runs `f` with a step on the instance of `task`, after checking the task is open.
     fn with_task(
         &self,
         task: TaskId,
-        f: impl FnOnce(&mut Step<'_>, &str) -> Result<(), ExecError>,
+        f: impl FnOnce(&mut Step<'_>, &crate::ids::NodeRef) -> Result<(), ExecError>,
     ) -> Result<(), ExecError> {
         let now = self.clock.now();
-        self.with_slot(task.instance, |slot| {
-            let Slot { inst, dep, version } = slot;
-            let dep: &Deployed = dep;
-            let t = inst
-                .tasks
-                .get(task.seq as usize)
-                .ok_or(ExecError::UnknownTask(task))?;
-            let node = dep.def.nodes[t.node.index()].id.as_str();
-            if !t.is_open() {
-                return Err(ExecError::TaskClosed {
-                    task,
-                    node: node.to_owned(),
-                });
-            }
-            self.step_slot(inst, dep, version, now, |step| f(step, node))?
-                .schedule(self)
-        })?
+        self.call(task.instance, |slot| {
+            let node = self.open_task(slot, task)?;
+            Ok(self.step_slot(slot, now, |step| f(step, &node)))
+        })
     }
 
     /// Checks RACI for `action` and records a refusal.
@@ -719,7 +523,7 @@ impl Engine {
         &self,
         step: &mut Step<'_>,
         task: TaskId,
-        node: &str,
+        node: &crate::ids::NodeRef,
         action: Action,
         actor: &Actor,
     ) -> Result<Grant, ExecError> {
@@ -727,7 +531,7 @@ impl Engine {
         let claimant = t.claimed_by.clone();
         let raci = step.dep.def.nodes[t.node.index()]
             .raci()
-            .expect("tasks sit on user task nodes");
+            .ok_or(ExecError::UnknownTask(task))?;
         let escalated = t
             .escalated_to
             .and_then(|i| step.dep.def.roles.get_index(i as usize))
@@ -749,12 +553,12 @@ impl Engine {
                     allowed: &allowed,
                 });
                 Err(ExecError::Denied {
-                    actor: actor.id.clone(),
+                    actor: ActorId::new(actor.id.as_str()),
                     action,
                     task,
-                    node: node.to_owned(),
+                    node: node.clone(),
                     allowed,
-                    claimed_by: claimant.filter(|c| **c != *actor.id).map(|c| c.to_string()),
+                    claimed_by: claimant.filter(|c| **c != *actor.id),
                 })
             }
         }
@@ -772,8 +576,8 @@ impl Engine {
             {
                 return Err(ExecError::AlreadyClaimed {
                     task,
-                    node: node.to_owned(),
-                    by: by.to_string(),
+                    node: node.clone(),
+                    by: by.clone(),
                 });
             }
             self.authorize(step, task, node, Action::Claim, actor)?;
@@ -788,12 +592,14 @@ impl Engine {
     /// Completes a task with output variables and runs the instance on.
     ///
     /// A responsible actor may complete an unclaimed task or one it claimed; the accountable role
-    /// may complete any open task, which the audit trail marks as an override. Hooks may veto.
+    /// may complete any open task, which the audit trail marks as an override. Hooks may veto
+    /// ([`Hook::on_completing`]).
     ///
     /// # Errors
     /// [`ExecError::Denied`], [`ExecError::Variables`], [`ExecError::Vetoed`] (nothing changed
-    /// but the audit record); [`ExecError::Incident`] or [`ExecError::Hook`] when a later node or
-    /// a hook failed (the completion stands).
+    /// but the audit record); [`ExecError::TaskClosed`] for a completed or timed-out task;
+    /// [`ExecError::Incident`], [`ExecError::Deadline`] or [`ExecError::Hook`] when a later
+    /// node or a hook failed (the completion stands).
     pub fn complete(&self, task: TaskId, actor: &Actor, output: Vars) -> Result<(), ExecError> {
         self.with_task(task, |step, node| {
             let grant = self.authorize(step, task, node, Action::Complete, actor)?;
@@ -801,11 +607,12 @@ impl Engine {
             if !problems.is_empty() {
                 return Err(ExecError::Variables { problems });
             }
-            let verdict = step.guard(Event::TaskCompleting {
+            let verdict = step.guard(&Completing {
                 task,
-                node,
+                node: &node.name,
                 actor: &actor.id,
                 output: &output,
+                vars: &step.inst.vars,
             });
             if let Err(Control::Abort(message)) = verdict {
                 // A failing guard refuses the completion too, but as an incident, not a veto.
@@ -827,7 +634,7 @@ impl Engine {
                 });
                 return Err(ExecError::Vetoed {
                     task,
-                    node: node.to_owned(),
+                    node: node.clone(),
                     reason,
                 });
             }
@@ -840,12 +647,15 @@ impl Engine {
             });
             let from = step.inst.tasks[task.seq as usize].node;
             let to = step.dep.def.nodes[from.index()].next[0];
-            let i = step
+            let Some(i) = step
                 .inst
                 .tokens
                 .iter()
                 .position(|t| t.node == from && t.state == TokenState::Ready)
-                .expect("a completed task's token is ready");
+            else {
+                // Checked when the instance was read: a waiting task has its token.
+                return step.run();
+            };
             step.apply(Change::Flow {
                 token: Some(i),
                 from,
@@ -884,7 +694,7 @@ impl Engine {
             // claim does not stand in the way; overriding it is the point.
             let raci = step.dep.def.nodes[step.inst.tasks[task.seq as usize].node.index()]
                 .raci()
-                .expect("tasks sit on user task nodes");
+                .ok_or(ExecError::UnknownTask(task))?;
             if !raci
                 .responsible()
                 .iter()
@@ -898,10 +708,10 @@ impl Engine {
                     allowed: &allowed,
                 });
                 return Err(ExecError::Denied {
-                    actor: to.id.clone(),
+                    actor: ActorId::new(to.id.as_str()),
                     action: Action::Claim,
                     task,
-                    node: node.to_owned(),
+                    node: node.clone(),
                     allowed,
                     claimed_by: None,
                 });
@@ -915,13 +725,14 @@ impl Engine {
         })
     }
 
-    /// Runs failed nodes again (a service task whose handler failed, a gateway with no route).
+    /// Runs failed nodes again (a service task whose handler failed, a gateway with no route, a
+    /// task or timer node whose deadline could not be computed).
     ///
     /// # Errors
     /// [`ExecError::NothingToRetry`], or the next failure.
     pub fn retry(&self, instance: InstanceId) -> Result<(), ExecError> {
         let now = self.clock.now();
-        self.with_slot(instance, |slot| {
+        self.call(instance, |slot| {
             if slot.inst.status == Status::Completed {
                 return Err(ExecError::InstanceCompleted(instance));
             }
@@ -933,13 +744,11 @@ impl Engine {
             {
                 return Err(ExecError::NothingToRetry(instance));
             }
-            let Slot { inst, dep, version } = slot;
-            self.step_slot(inst, dep, version, now, |step| {
+            Ok(self.step_slot(slot, now, |step| {
                 step.apply(Change::Retry);
                 step.run()
-            })?
-            .schedule(self)
-        })?
+            }))
+        })
     }
 
     /// A copy of an instance's state.
@@ -964,14 +773,13 @@ impl Engine {
     /// # Errors
     /// [`ExecError::UnknownInstance`], [`ExecError::Reentrant`].
     pub fn remove(&self, id: InstanceId) -> Result<Instance, ExecError> {
-        if is_held(id) {
-            return Err(ExecError::Reentrant(id));
-        }
+        self.not_busy()?;
         let slot = lock(self.shard(id))
             .remove(&id.0)
             .ok_or(ExecError::UnknownInstance(id))?;
-        let inst = lock(&slot).inst.clone();
-        Ok(inst)
+        let mut slot = lock(&slot);
+        slot.retire();
+        Ok(slot.inst.clone())
     }
 
     /// The open tasks of an instance.
@@ -985,21 +793,18 @@ impl Engine {
     /// The open tasks that `actor`'s roles make it responsible for (unclaimed, or claimed by
     /// it), across all instances, oldest first.
     ///
-    /// Complexity: a scan of every live instance. Instances locked by the calling thread (when
-    /// called from a hook) are skipped. With a store shared by several engines, the list holds
-    /// the instances this engine has read: one another engine started appears once this engine
-    /// reads it (a call on it, or a `tick` that finds it due).
+    /// Complexity: a scan of every live instance. Called from a handler or veto it answers an
+    /// empty list. With a store shared by several engines, the list holds the instances this
+    /// engine has read: one another engine started appears once this engine reads it (a call on
+    /// it, or a `tick` that finds it due).
     pub fn work_list(&self, actor: &Actor) -> Vec<TaskView> {
         let mut out = Vec::new();
+        if seam::busy().is_some() {
+            return out;
+        }
         for shard in &*self.shards {
-            let slots: Vec<(u64, Arc<Mutex<Slot>>)> = lock(shard)
-                .iter()
-                .map(|(k, v)| (*k, Arc::clone(v)))
-                .collect();
-            for (id, slot) in slots {
-                if is_held(InstanceId(id)) {
-                    continue;
-                }
+            let slots: Vec<Arc<Mutex<Slot>>> = lock(shard).values().cloned().collect();
+            for slot in slots {
                 let slot = lock(&slot);
                 out.extend(open_tasks(&slot, |t| {
                     let raci = slot.dep.def.nodes[t.node.index()].raci();
@@ -1035,240 +840,6 @@ impl Engine {
         ids.sort();
         ids
     }
-}
-
-/// What one call did to a locked instance: its result, and the timers it armed (for the
-/// engine's schedule).
-struct Stepped {
-    instance: InstanceId,
-    result: Result<(), ExecError>,
-    armed: Vec<DateTime<Utc>>,
-}
-
-impl Stepped {
-    /// Puts the armed timers on the engine's schedule and gives the call's result.
-    fn schedule(self, engine: &Engine) -> Result<(), ExecError> {
-        for at in self.armed {
-            engine.schedule(self.instance, at);
-        }
-        self.result
-    }
-}
-
-impl Engine {
-    /// Runs one call's step on a locked instance. With a store, what the call changed is
-    /// committed before this returns; when the store refuses, the instance is put back as it
-    /// was (on a conflict: as the store holds it now) and the call fails with nothing changed.
-    fn step_slot(
-        &self,
-        inst: &mut Instance,
-        dep: &Deployed,
-        version: &mut u64,
-        now: DateTime<Utc>,
-        f: impl FnOnce(&mut Step<'_>) -> Result<(), ExecError>,
-    ) -> Result<Stepped, ExecError> {
-        let before = self.store.as_ref().map(|_| inst.clone());
-        let first = inst.audit.len();
-        let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
-        let result = f(&mut step);
-        let result = step.finish(result);
-        let (armed, changed) = (step.take_armed(), step.changed);
-        if let (Some(store), Some(before), true) = (&self.store, before, changed) {
-            match self.commit(&**store, inst, &dep.key, *version, first) {
-                Ok(v) => *version = v,
-                Err(e) => return Err(self.refused(inst, dep, version, before, e)),
-            }
-        }
-        Ok(Stepped {
-            instance: inst.id,
-            result,
-            armed,
-        })
-    }
-
-    /// Undoes a call whose commit the store refused, and says why.
-    fn refused(
-        &self,
-        inst: &mut Instance,
-        dep: &Deployed,
-        version: &mut u64,
-        before: Instance,
-        error: StoreError,
-    ) -> ExecError {
-        *inst = before;
-        let id = inst.id;
-        let StoreError::Conflict { .. } = error else {
-            return ExecError::Store(error);
-        };
-        // Another engine changed the instance: take the stored state, so that the caller can
-        // look at it and retry.
-        if let Some(store) = &self.store
-            && let Ok(Some(stored)) = store.read(id)
-            && stored.instance.def.as_deref() == Some(&*dep.key)
-        {
-            *inst = stored.instance;
-            inst.def = Some(Arc::clone(&dep.key));
-            *version = stored.version;
-            self.schedule_pending(inst);
-        }
-        ExecError::Conflict(id)
-    }
-
-    /// Reads an instance this engine does not hold from the store (one another engine started,
-    /// or a completed one this engine let go) and keeps it.
-    fn read_stored(&self, id: InstanceId) -> Result<Arc<Mutex<Slot>>, ExecError> {
-        let Some(store) = &self.store else {
-            return Err(ExecError::UnknownInstance(id));
-        };
-        let stored = store.read(id)?.ok_or(ExecError::UnknownInstance(id))?;
-        if let Some(key) = stored.instance.def.as_deref()
-            && find(&self.defs.load(), &key.id, Some(key.version)).is_err()
-        {
-            // Another engine deployed it after this one opened.
-            self.load_definitions()?;
-        }
-        self.adopt(stored)
-            .map_err(|key| ExecError::UnknownProcess {
-                id: key.id,
-                version: Some(key.version),
-            })?;
-        lock(self.shard(id))
-            .get(&id.0)
-            .cloned()
-            .ok_or(ExecError::UnknownInstance(id))
-    }
-
-    /// Deploys the stored definitions this engine does not have.
-    fn load_definitions(&self) -> Result<(), ExecError> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        for stored in store.definitions()? {
-            if find(&self.defs.load(), &stored.key.id, Some(stored.key.version)).is_ok() {
-                continue;
-            }
-            // A stored definition that no longer deploys is reported by `open`; here it only
-            // leaves its instances unreadable, which the caller hears as an unknown process.
-            if let Ok(def) = ProcessDef::from_yaml(&stored.text) {
-                let _ = self.install(def, false);
-            }
-        }
-        Ok(())
-    }
-
-    /// Keeps a stored instance (replacing an older copy of it) and schedules its pending
-    /// timers. Fails with the definition's key when that is not deployed.
-    fn adopt(&self, stored: StoredInstance) -> Result<(), DefKey> {
-        let StoredInstance {
-            mut instance,
-            version,
-        } = stored;
-        let key = instance.def.as_deref().cloned().unwrap_or(DefKey {
-            id: String::new(),
-            version: 0,
-        });
-        let dep = find(&self.defs.load(), &key.id, Some(key.version))
-            .cloned()
-            .map_err(|_| key)?;
-        instance.def = Some(Arc::clone(&dep.key));
-        let id = instance.id;
-        self.schedule_pending(&instance);
-        // The shard lock is never held while waiting for an instance's lock.
-        let held = lock(self.shard(id)).get(&id.0).cloned();
-        match held {
-            Some(_) if is_held(id) => {}
-            Some(slot) => {
-                let mut slot = lock(&slot);
-                if slot.version < version {
-                    *slot = Slot {
-                        inst: instance,
-                        dep,
-                        version,
-                    };
-                }
-            }
-            None => {
-                lock(self.shard(id)).entry(id.0).or_insert_with(|| {
-                    Arc::new(Mutex::new(Slot {
-                        inst: instance,
-                        dep,
-                        version,
-                    }))
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Commits what a call changed on `inst`, which it read at `version`; `first` is the
-    /// position of the call's first audit record. Tells the hooks whether it was stored, and
-    /// gives the new version.
-    fn commit(
-        &self,
-        store: &dyn Store,
-        inst: &Instance,
-        key: &DefKey,
-        version: u64,
-        first: usize,
-    ) -> Result<u64, StoreError> {
-        let commit = Commit {
-            instance: inst,
-            def: key,
-            records: &inst.audit[first..],
-            first_record: first,
-            version,
-            next_due: inst.timers.iter().filter(|t| !t.fired).map(|t| t.at).min(),
-        };
-        match store.commit(&commit) {
-            Ok(()) => {
-                self.announce(Event::Committed {
-                    instance: inst.id,
-                    version: commit.new_version(),
-                });
-                Ok(commit.new_version())
-            }
-            Err(e) => {
-                self.announce(Event::Refused {
-                    instance: inst.id,
-                    reason: &e.to_string(),
-                });
-                Err(e)
-            }
-        }
-    }
-
-    /// Tells every hook of a call's commit. The call is over: what hooks answer, and a hook
-    /// that fails, change nothing.
-    fn announce(&self, event: Event<'_>) {
-        for hook in &self.hooks {
-            let _ =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook.on_event(&event)));
-        }
-    }
-
-    /// Puts every timer of `inst` that has yet to fire on the schedule.
-    fn schedule_pending(&self, inst: &Instance) {
-        for timer in inst.timers.iter().filter(|t| !t.fired) {
-            self.schedule(inst.id, timer.at);
-        }
-    }
-}
-
-/// The newest version of `id`, or the one named.
-fn find<'c>(
-    catalog: &'c Catalog,
-    id: &str,
-    version: Option<u32>,
-) -> Result<&'c Arc<Deployed>, ExecError> {
-    let versions = catalog.get(id);
-    let found = match version {
-        Some(v) => versions.and_then(|vs| vs.get(&v)),
-        None => versions.and_then(|vs| vs.values().next_back()),
-    };
-    found.ok_or_else(|| ExecError::UnknownProcess {
-        id: id.to_owned(),
-        version,
-    })
 }
 
 fn open_tasks(slot: &Slot, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {

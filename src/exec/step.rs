@@ -10,15 +10,15 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::Deployed;
+use super::deploy::Deployed;
 use super::error::ExecError;
 
 use crate::def::Behaviour;
-use crate::hooks::{Control, Event, Hook, ServiceCall};
+use crate::hooks::{Completing, Control, Hook, ServiceCall};
 use crate::ids::{ActorId, NodeId, RoleId, TaskId};
 use crate::model::{
-    Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Timer, TimerKind, Token,
-    TokenState,
+    Comment, Entry, Event, FollowUp, Incident, Instance, Outbox, Pending, Record, Status, Task,
+    TaskState, Timer, TimerKind, Token, TokenState,
 };
 use crate::raci::Action;
 use crate::vars::Vars;
@@ -106,6 +106,10 @@ pub(crate) enum Change<'c> {
     Warn {
         message: &'c str,
     },
+    /// The follow-ups numbered `seqs` ran: they leave the outbox.
+    Done {
+        seqs: &'c [u64],
+    },
 }
 
 /// One engine call's work on one locked instance.
@@ -115,8 +119,9 @@ pub(crate) struct Step<'a> {
     pub(crate) hooks: &'a [Arc<dyn Hook>],
     pub(crate) now: DateTime<Utc>,
     pub(crate) audit: bool,
-    /// The first hook failure of this call, turned into an incident by [`Step::finish`].
-    hook_failure: Option<String>,
+    /// The events of this call, for the hooks after its commit (only collected when there are
+    /// hooks).
+    pub(crate) events: Vec<Event>,
     /// Instants of the timers armed by this call, for the engine's schedule.
     armed: Vec<DateTime<Utc>>,
     /// The last actor id this call recorded: one call's records share it.
@@ -139,7 +144,7 @@ impl<'a> Step<'a> {
             hooks,
             now,
             audit,
-            hook_failure: None,
+            events: Vec::new(),
             armed: Vec::new(),
             actor: std::cell::RefCell::new(None),
             changed: false,
@@ -165,6 +170,16 @@ impl<'a> Step<'a> {
         &dep.def.nodes[node.index()].id
     }
 
+    /// A node's YAML id as events carry it.
+    fn name(&self, node: NodeId) -> Arc<str> {
+        Arc::clone(&self.dep.names[node.index()])
+    }
+
+    /// Whether anyone hears events: when not, none are built.
+    fn heard(&self) -> bool {
+        !self.hooks.is_empty()
+    }
+
     fn task_id(&self, seq: u32) -> TaskId {
         TaskId {
             instance: self.inst.id,
@@ -183,28 +198,28 @@ impl<'a> Step<'a> {
         }
     }
 
-    /// Delivers an event to every hook. Vetoes are ignored here (see [`Step::guard`]); an abort or
-    /// a panic is remembered as this call's hook failure.
-    fn emit(&mut self, event: Event<'_>) {
-        for hook in self.hooks {
-            match catch_unwind(AssertUnwindSafe(|| hook.on_event(&event))) {
-                Ok(Control::Continue | Control::Veto(_)) => {}
-                Ok(Control::Abort(message)) => {
-                    self.hook_failure.get_or_insert(message);
-                }
-                Err(panic) => {
-                    self.hook_failure
-                        .get_or_insert(format!("hook panicked: {}", panic_message(&panic)));
-                }
-            }
+    /// Keeps an event for the hooks, which hear it after the commit.
+    fn emit(&mut self, event: Event) {
+        if self.heard() {
+            self.events.push(event);
         }
+    }
+
+    /// Leaves a follow-up in the instance's outbox, committed with this call's change.
+    fn follow(&mut self, what: FollowUp) {
+        let outbox = self.inst.outbox.get_or_insert_with(Box::<Outbox>::default);
+        outbox.pending.push(Pending {
+            seq: outbox.next,
+            what,
+        });
+        outbox.next += 1;
     }
 
     /// Asks every hook whether a completion may go ahead. Nothing changes here.
     /// A veto answers `Err(Control::Veto)`; a failing or panicking hook `Err(Control::Abort)`.
-    pub(crate) fn guard(&self, event: Event<'_>) -> Result<(), Control> {
+    pub(crate) fn guard(&self, completing: &Completing<'_>) -> Result<(), Control> {
         for hook in self.hooks {
-            match catch_unwind(AssertUnwindSafe(|| hook.on_event(&event))) {
+            match catch_unwind(AssertUnwindSafe(|| hook.on_completing(completing))) {
                 Ok(Control::Continue) => {}
                 Ok(refusal) => return Err(refusal),
                 Err(panic) => {
@@ -225,8 +240,10 @@ impl<'a> Step<'a> {
         match change {
             Change::Started => {
                 self.record(Entry::Started);
-                let def = &self.dep.def.key;
-                self.emit(Event::InstanceStarted { instance: id, def });
+                if self.heard() {
+                    let def = self.dep.def.key.clone();
+                    self.emit(Event::InstanceStarted { instance: id, def });
+                }
             }
             Change::Flow {
                 token,
@@ -247,14 +264,14 @@ impl<'a> Step<'a> {
                     to,
                     actor: actor.map(|a| self.actor_id(a)),
                 });
-                if !self.hooks.is_empty() {
+                if self.heard() {
                     self.emit(Event::NodeLeft {
                         instance: id,
-                        node: self.node_name(from),
+                        node: self.name(from),
                     });
                     self.emit(Event::NodeEntered {
                         instance: id,
-                        node: self.node_name(to),
+                        node: self.name(to),
                     });
                 }
             }
@@ -270,10 +287,10 @@ impl<'a> Step<'a> {
             }
             Change::End { token } => {
                 let node = self.inst.tokens.swap_remove(token).node;
-                if !self.hooks.is_empty() {
+                if self.heard() {
                     self.emit(Event::NodeLeft {
                         instance: id,
-                        node: self.node_name(node),
+                        node: self.name(node),
                     });
                 }
             }
@@ -293,13 +310,14 @@ impl<'a> Step<'a> {
                 });
                 let task = self.task_id(seq);
                 self.record(Entry::TaskCreated { task: seq, node });
-                if !self.hooks.is_empty() {
+                if self.heard() {
                     let responsible = self.dep.def.nodes[node.index()]
                         .raci()
-                        .map_or(&[][..], |r| r.responsible());
+                        .map_or(&[][..], |r| r.responsible())
+                        .to_vec();
                     self.emit(Event::TaskCreated {
                         task,
-                        node: self.node_name(node),
+                        node: self.name(node),
                         responsible,
                     });
                 }
@@ -319,16 +337,19 @@ impl<'a> Step<'a> {
                         .filter(|t| !(t.task == Some(task) && t.kind == TimerKind::ClaimDue))
                         .collect();
                 }
-                let (t, node) = (self.task_id(task), self.task_node(task));
+                let actor = self.actor_id(actor);
                 self.record(Entry::Claimed {
                     task,
-                    actor: self.actor_id(actor),
+                    actor: actor.clone(),
                 });
-                self.emit(Event::TaskClaimed {
-                    task: t,
-                    node,
-                    actor,
-                });
+                if self.heard() {
+                    let (t, node) = (self.task_id(task), self.task_name(task));
+                    self.emit(Event::TaskClaimed {
+                        task: t,
+                        node,
+                        actor,
+                    });
+                }
             }
             Change::Complete {
                 task,
@@ -350,46 +371,50 @@ impl<'a> Step<'a> {
                 {
                     self.inst.tokens[i].state = TokenState::Ready;
                 }
-                let (t, node) = (self.task_id(task), self.task_node(task));
+                let actor = self.actor_id(actor);
                 self.record(Entry::Completed {
                     task,
-                    actor: self.actor_id(actor),
+                    actor: actor.clone(),
                     overridden,
                 });
-                if !self.hooks.is_empty() {
+                if self.heard() {
+                    let t = self.task_id(task);
                     self.emit(Event::TaskCompleted {
                         task: t,
-                        node,
-                        actor,
+                        node: self.task_name(task),
+                        actor: actor.clone(),
                         overridden,
                     });
                     let dep: &'a Deployed = self.dep;
                     if let Some(raci) = dep.def.nodes[node_id.index()].raci() {
                         for role in raci.informed() {
-                            self.emit(Event::Notify {
+                            self.follow(FollowUp::Notify {
                                 task: t,
-                                node,
-                                role,
-                                actor,
+                                node: node_id,
+                                role: role.clone(),
+                                actor: actor.clone(),
                             });
                         }
                     }
                 }
             }
             Change::Reassign { task, by, to } => {
-                self.inst.tasks[task as usize].claimed_by = Some(self.actor_id(to));
-                let (t, node) = (self.task_id(task), self.task_node(task));
+                let (by, to) = (self.actor_id(by), ActorId::new(to));
+                self.inst.tasks[task as usize].claimed_by = Some(to.clone());
                 self.record(Entry::Reassigned {
                     task,
-                    by: self.actor_id(by),
-                    to: self.actor_id(to),
+                    by: by.clone(),
+                    to: to.clone(),
                 });
-                self.emit(Event::TaskReassigned {
-                    task: t,
-                    node,
-                    by,
-                    to,
-                });
+                if self.heard() {
+                    let (t, node) = (self.task_id(task), self.task_name(task));
+                    self.emit(Event::TaskReassigned {
+                        task: t,
+                        node,
+                        by,
+                        to,
+                    });
+                }
             }
             Change::Comment { task, actor, text } => {
                 let comments = &mut self.inst.tasks[task as usize].comments;
@@ -400,17 +425,20 @@ impl<'a> Step<'a> {
                     text: text.to_owned(),
                 });
                 *comments = all.into_boxed_slice();
-                let (t, node) = (self.task_id(task), self.task_node(task));
+                let actor = self.actor_id(actor);
                 self.record(Entry::Commented {
                     task,
-                    actor: self.actor_id(actor),
+                    actor: actor.clone(),
                 });
-                self.emit(Event::TaskCommented {
-                    task: t,
-                    node,
-                    actor,
-                    text,
-                });
+                if self.heard() {
+                    let (t, node) = (self.task_id(task), self.task_name(task));
+                    self.emit(Event::TaskCommented {
+                        task: t,
+                        node,
+                        actor,
+                        text: text.to_owned(),
+                    });
+                }
             }
             Change::Denied {
                 task,
@@ -418,20 +446,23 @@ impl<'a> Step<'a> {
                 action,
                 allowed,
             } => {
-                let (t, node) = (self.task_id(task), self.task_node(task));
+                let actor = self.actor_id(actor);
                 self.record(Entry::Denied {
                     task,
-                    actor: self.actor_id(actor),
+                    actor: actor.clone(),
                     action,
                     allowed: allowed.into(),
                 });
-                self.emit(Event::AccessDenied {
-                    task: t,
-                    node,
-                    actor,
-                    action,
-                    allowed,
-                });
+                if self.heard() {
+                    let (t, node) = (self.task_id(task), self.task_name(task));
+                    self.emit(Event::AccessDenied {
+                        task: t,
+                        node,
+                        actor,
+                        action,
+                        allowed: allowed.to_vec(),
+                    });
+                }
             }
             Change::Vetoed {
                 task,
@@ -465,12 +496,14 @@ impl<'a> Step<'a> {
                     node,
                     message: Box::from(message),
                 });
-                let name = node.map_or("", |n| self.node_name(n));
-                self.emit(Event::Incident {
-                    instance: id,
-                    node: name,
-                    message,
-                });
+                if self.heard() {
+                    let node = node.map(|n| self.name(n));
+                    self.emit(Event::Incident {
+                        instance: id,
+                        node,
+                        message: message.to_owned(),
+                    });
+                }
             }
             Change::Retry => {
                 for t in &mut self.inst.tokens {
@@ -549,20 +582,26 @@ impl<'a> Step<'a> {
                     task: timer.task,
                     sla: timer.sla,
                 });
-                let task = timer.task.map(|seq| self.task_id(seq));
-                let node = self.node_name(timer.node);
-                self.emit(Event::Timer {
-                    instance: id,
-                    task,
-                    node,
-                    kind: timer.kind,
-                    sla: timer.sla,
-                    recipients,
-                });
+                if self.heard() {
+                    let task = timer.task.map(|seq| self.task_id(seq));
+                    self.emit(Event::Timer {
+                        instance: id,
+                        task,
+                        node: self.name(timer.node),
+                        kind: timer.kind,
+                        sla: timer.sla,
+                        recipients: recipients.to_vec(),
+                    });
+                }
             }
             Change::Warn { message } => self.record(Entry::Warning {
                 message: Box::from(message),
             }),
+            Change::Done { seqs } => {
+                if let Some(outbox) = self.inst.outbox.as_deref_mut() {
+                    outbox.pending.retain(|p| !seqs.contains(&p.seq));
+                }
+            }
         }
     }
 
@@ -586,8 +625,8 @@ impl<'a> Step<'a> {
         }
     }
 
-    fn task_node(&self, seq: u32) -> &'a str {
-        self.node_name(self.inst.tasks[seq as usize].node)
+    fn task_name(&self, seq: u32) -> Arc<str> {
+        self.name(self.inst.tasks[seq as usize].node)
     }
 
     /// Runs every ready token until each waits at a user task, has ended, or failed; then
@@ -613,13 +652,23 @@ impl<'a> Step<'a> {
                 }),
                 Behaviour::End => self.apply(Change::End { token: i }),
                 Behaviour::UserTask(_) => {
-                    self.apply(Change::OpenTask { token: i });
-                    self.arm_task(self.inst.tasks.len() as u32 - 1);
+                    // The task's deadlines are computed before it opens: one that cannot be
+                    // computed fails the node, and a retry (say, after the calendar gained the
+                    // year) opens the task again.
+                    match self.task_timers(at, self.inst.tasks.len() as u32) {
+                        Ok(armed) => {
+                            self.apply(Change::OpenTask { token: i });
+                            self.arm(armed);
+                        }
+                        Err(message) => {
+                            failure.get_or_insert(self.fail_deadline(i, at, message));
+                        }
+                    }
                 }
                 Behaviour::Timer(wait) => match self.wait_until(wait) {
                     Ok(at) => self.apply(Change::Wait { token: i, at }),
                     Err(message) => {
-                        failure.get_or_insert(self.fail_node(i, at, message));
+                        failure.get_or_insert(self.fail_deadline(i, at, message));
                     }
                 },
                 Behaviour::ServiceTask { .. } => match self.call_service(at) {
@@ -727,10 +776,24 @@ impl<'a> Step<'a> {
             node: Some(at),
             message: &message,
         });
-        let node = self.node_name(at).to_owned();
         ExecError::Incident {
             instance: self.inst.id,
-            node,
+            node: self.dep.node(at),
+            message,
+        }
+    }
+
+    /// As [`Step::fail_node`], for a deadline that cannot be computed.
+    fn fail_deadline(&mut self, i: usize, at: NodeId, message: String) -> ExecError {
+        let message = format!("cannot compute a deadline: {message}");
+        self.apply(Change::Fail {
+            token: Some(i),
+            node: Some(at),
+            message: &message,
+        });
+        ExecError::Deadline {
+            instance: self.inst.id,
+            node: self.dep.node(at),
             message,
         }
     }
@@ -761,23 +824,6 @@ impl<'a> Step<'a> {
             )),
         }
     }
-
-    /// Turns a hook failure during this call into an incident and an error.
-    pub(crate) fn finish(&mut self, result: Result<(), ExecError>) -> Result<(), ExecError> {
-        if let Some(message) = self.hook_failure.take() {
-            // Hooks see this incident too; a hook failing again here changes nothing more.
-            self.apply(Change::Fail {
-                token: None,
-                node: None,
-                message: &message,
-            });
-            return result.and(Err(ExecError::Hook {
-                instance: self.inst.id,
-                message,
-            }));
-        }
-        result
-    }
 }
 
 /// Pushes with a growth that starts small: most instances hold a handful of tasks and records,
@@ -792,7 +838,7 @@ fn push_small<T>(v: &mut Vec<T>, first: usize, make: impl FnOnce() -> T) {
     v.push(make());
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

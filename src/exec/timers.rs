@@ -13,11 +13,13 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+use super::deploy::Deployed;
+use super::seam::{Slot, Stepped};
 use super::step::{Change, Step};
-use super::{Deployed, Engine, ExecError, Slot, TokenState};
+use super::{Engine, ExecError};
 use crate::def::timers::{Ladder, Limits, RemindAt, Span, TimerWait};
 use crate::ids::{InstanceId, NodeId, RoleId, TaskId};
-use crate::model::{Fired, Timer, TimerKind};
+use crate::model::{Fired, Timer, TimerKind, TokenState};
 use crate::time::calendar::BusinessCalendar;
 use crate::time::calendar::Computed;
 use crate::time::duration::DurationSpec;
@@ -58,7 +60,14 @@ fn when(
                 c.warnings.iter().map(ToString::to_string).collect(),
             )
         })
-        .map_err(|e| format!("cannot compute a deadline: {e}"))
+        .map_err(|e| e.to_string())
+}
+
+/// Timers computed for arming, and the calendar warnings their computation gave.
+#[derive(Default)]
+pub(crate) struct Armed {
+    timers: Vec<Timer>,
+    warnings: Vec<String>,
 }
 
 /// A resolved duration and the calendar it counts on.
@@ -91,13 +100,14 @@ impl<'a> Step<'a> {
         }
     }
 
-    /// Arms the timers of `limits`, counted from now: a task's (`task: Some`) or the SLA's.
-    fn arm_limits(
-        &mut self,
+    /// The timers of `limits`, counted from now: a task's (`task: Some`) or the SLA's, with the
+    /// calendar warnings their computation gave. Nothing changes.
+    fn limit_timers(
+        &self,
         limits: &Limits,
         task: Option<u32>,
         node: NodeId,
-    ) -> Result<(), String> {
+    ) -> Result<Armed, String> {
         let dep: &'a Deployed = self.dep;
         let def = &*dep.def;
         let vars = &self.inst.vars;
@@ -181,7 +191,6 @@ impl<'a> Step<'a> {
                 timers.push(timer(at, kind, false));
             }
         }
-        self.warn(warnings);
         // Timers due at the same instant fire in list order: reminders, then the claim and
         // completion deadlines, then escalations, and the interrupting timeout last.
         timers.sort_by_key(|t| match t.kind {
@@ -191,40 +200,42 @@ impl<'a> Step<'a> {
             TimerKind::Escalation { .. } | TimerKind::Urge { .. } => 3,
             TimerKind::Timeout | TimerKind::Wait => 4,
         });
-        for t in timers {
+        Ok(Armed { timers, warnings })
+    }
+
+    /// Arms computed timers and records their warnings.
+    pub(crate) fn arm(&mut self, armed: Armed) {
+        self.warn(armed.warnings);
+        for t in armed.timers {
             self.apply(Change::Arm(t));
         }
-        Ok(())
     }
 
-    /// Arms a new task's timers. A deadline that cannot be computed is an incident.
-    pub(crate) fn arm_task(&mut self, seq: u32) {
-        let node = self.inst.tasks[seq as usize].node;
+    /// The timers of the task that a token at `node` would open now (it opens as task `seq`).
+    pub(crate) fn task_timers(&self, node: NodeId, seq: u32) -> Result<Armed, String> {
         let dep: &'a Deployed = self.dep;
-        let def = &*dep.def;
-        if let Some(limits) = &def.nodes[node.index()].limits
-            && let Err(message) = self.arm_limits(limits, Some(seq), node)
-        {
-            self.apply(Change::Fail {
-                token: None,
-                node: Some(node),
-                message: &message,
-            });
+        match &dep.def.nodes[node.index()].limits {
+            Some(limits) => self.limit_timers(limits, Some(seq), node),
+            None => Ok(Armed::default()),
         }
     }
 
-    /// Arms the process-wide SLA at start.
-    pub(crate) fn arm_sla(&mut self) {
+    /// The process-wide SLA's timers, counted from now.
+    ///
+    /// # Errors
+    /// [`ExecError::Deadline`] when a deadline cannot be computed.
+    pub(crate) fn sla_timers(&self) -> Result<Armed, ExecError> {
         let dep: &'a Deployed = self.dep;
         let def = &*dep.def;
-        if let Some(limits) = &def.sla
-            && let Err(message) = self.arm_limits(limits, None, def.start)
-        {
-            self.apply(Change::Fail {
-                token: None,
-                node: None,
-                message: &message,
-            });
+        match &def.sla {
+            Some(limits) => self
+                .limit_timers(limits, None, def.start)
+                .map_err(|message| ExecError::Deadline {
+                    instance: self.inst.id,
+                    node: dep.node(def.start),
+                    message,
+                }),
+            None => Ok(Armed::default()),
         }
     }
 
@@ -325,9 +336,9 @@ impl<'a> Step<'a> {
                         && count < *max
                     {
                         let next = every.resolve(&def.cel, &self.inst.vars).map_err(|m| {
-                            ExecError::Incident {
+                            ExecError::Deadline {
                                 instance: self.inst.id,
-                                node: node.id.clone(),
+                                node: dep.node(timer.node),
                                 message: m,
                             }
                         })?;
@@ -416,47 +427,66 @@ impl Engine {
     /// A node that fails while a timer runs the instance on records an incident; `tick` goes on
     /// with the other timers.
     pub fn tick(&self, now: DateTime<Utc>) -> Vec<Fired> {
-        let _one_at_a_time = super::lock(&self.ticking);
-        self.adopt_due(now);
-        let mut due = std::collections::BinaryHeap::new();
-        for heap in &*self.timer_heaps {
-            let mut heap = super::lock(heap);
-            while heap
-                .peek()
-                .is_some_and(|std::cmp::Reverse((at, _))| *at <= now)
-            {
-                due.extend(heap.pop());
-            }
+        // From a handler or veto: fire nothing, and take nothing off the schedule.
+        if super::seam::busy().is_some() {
+            return Vec::new();
         }
         let mut fired = Vec::new();
-        while let Some(std::cmp::Reverse((at, id))) = due.pop() {
-            let fired_before = fired.len();
-            let stepped = self.with_slot(InstanceId(id), |slot: &mut Slot| {
-                let Slot { inst, dep, version } = slot;
-                // What a timer causes happens at the timer's instant, not the tick's: a task its
-                // timeout route opens is created then, and its own deadlines count from then. So
-                // a late tick gives the same result as timely ones.
-                self.step_slot(inst, dep, version, at, |step| step.fire_at(at, &mut fired))
-            });
-            let armed = match stepped {
-                Ok(Ok(stepped)) => stepped.armed,
-                // The store refused: nothing fired. The timer stays armed, so it goes back on
-                // the schedule for the next tick (after a conflict, the instance read again
-                // from the store was scheduled as it stands).
-                Ok(Err(_)) => {
-                    fired.truncate(fired_before);
-                    self.schedule(InstanceId(id), at);
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            for at in armed {
-                if at <= now {
-                    due.push(std::cmp::Reverse((at, id)));
-                } else {
-                    self.schedule(InstanceId(id), at);
+        let mut done: Vec<Stepped> = Vec::new();
+        {
+            let _one_at_a_time = super::lock(&self.ticking);
+            self.adopt_due(now);
+            let mut due = std::collections::BinaryHeap::new();
+            for heap in &*self.timer_heaps {
+                let mut heap = super::lock(heap);
+                while heap
+                    .peek()
+                    .is_some_and(|std::cmp::Reverse((at, _))| *at <= now)
+                {
+                    due.extend(heap.pop());
                 }
             }
+            while let Some(std::cmp::Reverse((at, n))) = due.pop() {
+                let id = InstanceId(n);
+                let fired_before = fired.len();
+                // What a timer causes happens at the timer's instant, not the tick's: a task its
+                // timeout route opens is created then, and its own deadlines count from then.
+                // So a late tick gives the same result as timely ones.
+                let stepped = self.with_slot(id, |slot: &mut Slot| {
+                    self.step_slot(slot, at, |step| step.fire_at(at, &mut fired))
+                });
+                let mut stepped = match stepped {
+                    Ok(stepped) => stepped,
+                    // Gone from memory without a store: nothing is left to fire.
+                    Err(ExecError::UnknownInstance(_)) => continue,
+                    // Not readable now (the store failed): the timer stays armed; try again at
+                    // the next tick.
+                    Err(_) => {
+                        self.schedule(id, at);
+                        continue;
+                    }
+                };
+                if stepped.refused {
+                    // The store refused: nothing fired. The timer stays armed, so it goes back
+                    // on the schedule for the next tick (after a conflict, the instance read
+                    // again from the store was scheduled as it stands).
+                    fired.truncate(fired_before);
+                    self.schedule(id, at);
+                }
+                for at in std::mem::take(&mut stepped.armed) {
+                    if at <= now {
+                        due.push(std::cmp::Reverse((at, n)));
+                    } else {
+                        self.schedule(id, at);
+                    }
+                }
+                done.push(stepped);
+            }
+        }
+        // Hooks hear what fired once nothing is locked: they may call the engine, `tick`
+        // included.
+        for stepped in done {
+            let _ = self.after(stepped);
         }
         fired
     }
@@ -475,12 +505,11 @@ impl Engine {
             return;
         };
         for (id, version) in due {
-            if super::is_held(id) {
-                continue;
-            }
             let held = super::lock(self.shard(id)).get(&id.0).cloned();
             let stale = held.is_none_or(|slot| super::lock(&slot).version < version);
             if stale && let Ok(Some(stored)) = store.read(id) {
+                // A stored instance that does not fit its definition is refused here and by
+                // every call on it; the others fire.
                 let _ = self.adopt(stored);
             }
         }
@@ -568,23 +597,36 @@ fn sla(slot: &Slot, due: &Timer, from: DateTime<Utc>, now: DateTime<Utc>) -> Sla
 /// `poll`, so that timers armed meanwhile are not missed by more than that), then ticks with the
 /// engine's clock. Dropping it stops the thread.
 ///
+/// A tick that panics (an engine bug) does not stop the thread: it is counted
+/// ([`TimerDriver::failures`]) and its message kept, and the next tick goes on with the other
+/// instances' timers.
+///
 /// # Examples
 /// ```
 /// # use std::sync::Arc;
 /// let engine = Arc::new(procflow::Engine::new());
 /// let driver = procflow::TimerDriver::spawn(Arc::clone(&engine), std::time::Duration::from_millis(200));
+/// assert_eq!(driver.failures(), 0);
 /// drop(driver); // stops and joins the thread
 /// ```
 pub struct TimerDriver {
     stop: Arc<(Mutex<bool>, Condvar)>,
-    running: Arc<AtomicBool>,
+    state: Arc<DriverState>,
     thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct DriverState {
+    running: AtomicBool,
+    failures: std::sync::atomic::AtomicU64,
+    last_failure: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for TimerDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TimerDriver")
-            .field("running", &self.running.load(Ordering::Relaxed))
+            .field("running", &self.is_running())
+            .field("failures", &self.failures())
             .finish()
     }
 }
@@ -593,10 +635,19 @@ impl TimerDriver {
     /// Starts the thread.
     pub fn spawn(engine: Arc<Engine>, poll: StdDuration) -> TimerDriver {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let running = Arc::new(AtomicBool::new(true));
+        let state = Arc::new(DriverState::default());
+        state.running.store(true, Ordering::SeqCst);
         let thread = {
-            let (stop, running) = (Arc::clone(&stop), Arc::clone(&running));
+            let (stop, state) = (Arc::clone(&stop), Arc::clone(&state));
             std::thread::spawn(move || {
+                // Marks the driver stopped however the thread ends.
+                struct Stopped(Arc<DriverState>);
+                impl Drop for Stopped {
+                    fn drop(&mut self) {
+                        self.0.running.store(false, Ordering::SeqCst);
+                    }
+                }
+                let _stopped = Stopped(Arc::clone(&state));
                 let (flag, wake) = &*stop;
                 loop {
                     let now = engine.now();
@@ -613,16 +664,37 @@ impl TimerDriver {
                         break;
                     }
                     drop(stopped);
-                    engine.tick(engine.now());
+                    let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        engine.tick(engine.now())
+                    }));
+                    if let Err(panic) = ticked {
+                        state.failures.fetch_add(1, Ordering::SeqCst);
+                        *super::lock(&state.last_failure) =
+                            Some(super::step::panic_message(&panic));
+                    }
                 }
-                running.store(false, Ordering::Relaxed);
             })
         };
         TimerDriver {
             stop,
-            running,
+            state,
             thread: Some(thread),
         }
+    }
+
+    /// Whether the thread still runs.
+    pub fn is_running(&self) -> bool {
+        self.state.running.load(Ordering::SeqCst)
+    }
+
+    /// How many ticks failed (panicked) so far.
+    pub fn failures(&self) -> u64 {
+        self.state.failures.load(Ordering::SeqCst)
+    }
+
+    /// What the last failed tick said.
+    pub fn last_failure(&self) -> Option<String> {
+        super::lock(&self.state.last_failure).clone()
     }
 }
 

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use super::event::Pending;
 use super::timer::{Timer, TimerKind};
 use crate::def::ProcessDef;
 use crate::ids::{ActorId, DefKey, InstanceId, NodeId, RoleId, TaskId};
@@ -35,6 +36,17 @@ pub struct Instance {
     pub(crate) audit: Vec<Record>,
     pub(crate) started_at: DateTime<Utc>,
     pub(crate) ended_at: Option<DateTime<Utc>>,
+    /// Follow-ups committed with the instance and not yet run; `None` until the first one (a
+    /// pointer wide, so a waiting instance stays small).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) outbox: Option<Box<Outbox>>,
+}
+
+/// An instance's outbox: the follow-ups its calls left, and the number the next one gets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Outbox {
+    pub(crate) next: u64,
+    pub(crate) pending: Vec<Pending>,
 }
 
 /// An instance's state as stores serialize it: every field of [`Instance`] but the audit trail
@@ -51,6 +63,8 @@ pub(crate) struct StateRef<'a> {
     timers: &'a [Timer],
     started_at: DateTime<Utc>,
     ended_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outbox: &'a Option<Box<Outbox>>,
 }
 
 impl<'a> StateRef<'a> {
@@ -66,6 +80,7 @@ impl<'a> StateRef<'a> {
             timers: &i.timers,
             started_at: i.started_at,
             ended_at: i.ended_at,
+            outbox: &i.outbox,
         }
     }
 }
@@ -73,6 +88,7 @@ impl<'a> StateRef<'a> {
 /// Where an instance is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Status {
     /// Some token has not reached an end.
     Running,
@@ -92,6 +108,7 @@ pub struct Token {
 /// What a token is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum TokenState {
     /// The node has yet to run.
     Ready,
@@ -120,6 +137,7 @@ pub struct Task {
 /// Whether a task is open.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum TaskState {
     /// Waiting to be claimed or completed.
     Open,
@@ -334,8 +352,115 @@ impl Instance {
         &self.audit
     }
 
-    pub(crate) fn set_audit(&mut self, audit: Vec<Record>) {
+    /// The follow-ups committed with the instance that have yet to run (see
+    /// [`FollowUp`](super::FollowUp)).
+    pub fn pending(&self) -> &[Pending] {
+        self.outbox.as_deref().map_or(&[], |o| &o.pending[..])
+    }
+
+    /// The state as stores keep it: JSON with every field but the audit trail (a commit carries
+    /// the records it added beside it, see [`Record::encode_batch`]). A store outside this crate
+    /// uses this and [`Instance::decode`].
+    pub fn encode(&self) -> String {
+        // Instance state is plain serde data with string keys: it always serializes.
+        serde_json::to_string(&StateRef::new(self)).unwrap_or_default()
+    }
+
+    /// Decodes what [`Instance::encode`] wrote and puts the audit trail back.
+    ///
+    /// # Errors
+    /// The decoder's error, when `state` is not an encoded instance.
+    pub fn decode(state: &str, audit: Vec<Record>) -> Result<Instance, serde_json::Error> {
+        let mut instance: Instance = serde_json::from_str(state)?;
+        instance.audit = audit;
+        Ok(instance)
+    }
+
+    /// Checks that a decoded state fits `def`: every node, task, role and timer it names exists
+    /// and has the right kind, and every waiting token has what it waits for. A store's data can
+    /// be damaged or edited; the executor indexes by these numbers, so it checks them once, when
+    /// it reads an instance, instead of at every step.
+    ///
+    /// # Errors
+    /// What does not fit, as a sentence.
+    pub fn check(&self, def: &ProcessDef) -> Result<(), String> {
+        let nodes = def.nodes.len();
+        let node = |n: NodeId, what: &str| {
+            if n.index() < nodes {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{what} names node {}, which {} lacks",
+                    n.index(),
+                    def.key
+                ))
+            }
+        };
+        for t in &self.tokens {
+            node(t.node, "a token")?;
+            if t.state == TokenState::Waiting {
+                let waits = self.tasks.iter().any(|k| k.node == t.node && k.is_open())
+                    || self.timers.iter().any(|x| x.node == t.node && !x.fired);
+                if !waits {
+                    return Err(format!(
+                        "a token waits at '{}' for no open task or timer",
+                        def.nodes[t.node.index()].id
+                    ));
+                }
+            }
+        }
+        for (i, task) in self.tasks.iter().enumerate() {
+            node(task.node, "a task")?;
+            if task.seq as usize != i {
+                return Err(format!("task {i} is numbered {}", task.seq));
+            }
+            if def.nodes[task.node.index()].raci().is_none() {
+                return Err(format!(
+                    "task {i} sits at '{}', which is not a user task",
+                    def.nodes[task.node.index()].id
+                ));
+            }
+            if task
+                .escalated_to
+                .is_some_and(|r| r as usize >= def.roles.len())
+            {
+                return Err(format!("task {i} is escalated to a role {} lacks", def.key));
+            }
+        }
+        for timer in &self.timers {
+            node(timer.node, "a timer")?;
+            if timer.task.is_some_and(|t| t as usize >= self.tasks.len()) {
+                return Err(format!(
+                    "a timer names task {:?}, which does not exist",
+                    timer.task
+                ));
+            }
+        }
+        for incident in &self.incidents {
+            if let Some(n) = incident.node {
+                node(n, "an incident")?;
+            }
+        }
+        for record in &self.audit {
+            record.check(nodes, self.tasks.len())?;
+        }
+        Ok(())
+    }
+
+    /// A copy of everything but the audit trail: what a call restores when its commit is
+    /// refused (it truncates the trail back instead of copying it).
+    pub(crate) fn snapshot(&mut self) -> Instance {
+        let audit = std::mem::take(&mut self.audit);
+        let copy = self.clone();
         self.audit = audit;
+        copy
+    }
+
+    /// Puts back a [`Instance::snapshot`], dropping the audit records from `first` on.
+    pub(crate) fn restore(&mut self, mut snapshot: Instance, first: usize) {
+        self.audit.truncate(first);
+        std::mem::swap(&mut snapshot.audit, &mut self.audit);
+        *self = snapshot;
     }
 
     /// When it started.
@@ -389,6 +514,47 @@ impl Task {
 }
 
 impl Record {
+    /// Checks the node and task numbers the record names (see [`Instance::check`]).
+    fn check(&self, nodes: usize, tasks: usize) -> Result<(), String> {
+        let ok_node = |n: &NodeId| n.index() < nodes;
+        let ok_task = |t: &u32| (*t as usize) < tasks;
+        let fits = match &self.what {
+            Entry::Transition { from, to, .. } => ok_node(from) && ok_node(to),
+            Entry::Route { gateway, to, .. } => ok_node(gateway) && ok_node(to),
+            Entry::Joined { node } => ok_node(node),
+            Entry::TaskCreated { task, node } => ok_task(task) && ok_node(node),
+            Entry::Claimed { task, .. }
+            | Entry::Completed { task, .. }
+            | Entry::Reassigned { task, .. }
+            | Entry::Commented { task, .. }
+            | Entry::Denied { task, .. }
+            | Entry::Vetoed { task, .. } => ok_task(task),
+            Entry::Incident { node, .. } => node.as_ref().is_none_or(ok_node),
+            Entry::Timer { task, .. } => task.as_ref().is_none_or(ok_task),
+            _ => true,
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(format!(
+                "an audit record names a node or task that does not exist: {self:?}"
+            ))
+        }
+    }
+
+    /// Encodes the records one commit added, as stores keep them: a JSON array.
+    pub fn encode_batch(records: &[Record]) -> String {
+        serde_json::to_string(records).unwrap_or_default()
+    }
+
+    /// Decodes what [`Record::encode_batch`] wrote.
+    ///
+    /// # Errors
+    /// The decoder's error, when `text` is not an encoded batch.
+    pub fn decode_batch(text: &str) -> Result<Vec<Record>, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
     /// The record as one line of text, with node ids resolved in `def`.
     pub fn describe(&self, def: &ProcessDef) -> String {
         let n = |id: &NodeId| def.try_node(*id).map_or("?", |n| n.id());

@@ -5,10 +5,12 @@
 //! **Invariant:** this layer uses only the definition layer and below (ids, variables, RACI
 //! actions, `ProcessDef` to name nodes); nothing here knows the executor, a store or a hook.
 
+mod event;
 mod instance;
 mod timer;
 
-pub(crate) use instance::StateRef;
+pub use event::{Event, FollowUp, Pending};
+pub(crate) use instance::Outbox;
 pub use instance::{
     Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
 };

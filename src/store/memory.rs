@@ -41,6 +41,8 @@ struct Row {
     started_at: DateTime<Utc>,
     state: String,
     next_due: Option<DateTime<Utc>>,
+    /// Whether the state holds follow-ups that have yet to run.
+    outbox: bool,
     /// One JSON array of records per commit, by the position of its first record.
     records: HashMap<usize, String>,
 }
@@ -139,12 +141,14 @@ impl Store for MemoryStore {
             started_at: commit.instance.started_at(),
             state: String::new(),
             next_due: None,
+            outbox: false,
             records: HashMap::new(),
         });
         row.version = commit.new_version();
         row.running = running;
         row.state = state;
         row.next_due = commit.next_due;
+        row.outbox = !commit.instance.pending().is_empty();
         if !commit.records.is_empty() {
             row.records.insert(commit.first_record, records);
         }
@@ -195,6 +199,16 @@ impl Store for MemoryStore {
             .filter(|(_, row)| row.running && row.next_due.is_some_and(|at| at <= now))
             .map(|(id, row)| (InstanceId(*id), row.version))
             .collect())
+    }
+
+    fn outbox(&self) -> Result<Vec<StoredInstance>, StoreError> {
+        let inner = self.lock();
+        inner
+            .instances
+            .iter()
+            .filter(|(_, row)| row.outbox)
+            .map(|(id, row)| stored(*id, row))
+            .collect()
     }
 
     fn reserve_ids(&self, count: u64) -> Result<u64, StoreError> {

@@ -79,6 +79,14 @@ pub trait Store: Send + Sync {
     /// A failure of the medium.
     fn due(&self, now: DateTime<Utc>) -> Result<Vec<(InstanceId, u64)>, StoreError>;
 
+    /// Every instance, running or completed, whose stored state holds follow-ups that have yet
+    /// to run ([`Instance::pending`]), with its audit trail: what an engine that opens the store
+    /// runs after a crash.
+    ///
+    /// # Errors
+    /// A failure of the medium, or stored data that does not decode.
+    fn outbox(&self) -> Result<Vec<StoredInstance>, StoreError>;
+
     /// Reserves `count` consecutive instance ids and returns the first. Ids are never handed out
     /// twice, also not to two engines sharing the store.
     ///
@@ -207,11 +215,9 @@ pub enum StoreError {
     },
 }
 
-/// The state of an instance as stores serialize it: JSON, without the audit trail (a commit
-/// carries the new records beside it).
+/// The state of an instance as stores serialize it: [`Instance::encode`].
 pub(crate) fn encode_state(instance: &Instance) -> String {
-    serde_json::to_string(&crate::model::StateRef::new(instance))
-        .expect("instance state is plain serde data")
+    instance.encode()
 }
 
 /// Decodes what [`encode_state`] wrote and puts the audit trail back.
@@ -220,17 +226,15 @@ pub(crate) fn decode_state(
     state: &str,
     audit: Vec<Record>,
 ) -> Result<Instance, StoreError> {
-    let mut instance: Instance = serde_json::from_str(state).map_err(|e| StoreError::Decode {
+    Instance::decode(state, audit).map_err(|e| StoreError::Decode {
         what: format!("instance i{id}"),
         detail: e.to_string(),
-    })?;
-    instance.set_audit(audit);
-    Ok(instance)
+    })
 }
 
-/// Encodes audit records as stores keep them: a JSON array, one per commit.
+/// Encodes audit records as stores keep them: [`Record::encode_batch`].
 pub(crate) fn encode_records(records: &[Record]) -> String {
-    serde_json::to_string(records).expect("records are plain serde data")
+    Record::encode_batch(records)
 }
 
 /// Decodes what [`encode_records`] wrote, appending to `into`.
@@ -239,7 +243,7 @@ pub(crate) fn decode_records(
     text: &str,
     into: &mut Vec<Record>,
 ) -> Result<(), StoreError> {
-    let records: Vec<Record> = serde_json::from_str(text).map_err(|e| StoreError::Decode {
+    let records = Record::decode_batch(text).map_err(|e| StoreError::Decode {
         what: format!("audit records of instance i{id}"),
         detail: e.to_string(),
     })?;
@@ -279,6 +283,10 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn due(&self, now: DateTime<Utc>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
         (**self).due(now)
+    }
+
+    fn outbox(&self) -> Result<Vec<StoredInstance>, StoreError> {
+        (**self).outbox()
     }
 
     fn reserve_ids(&self, count: u64) -> Result<u64, StoreError> {

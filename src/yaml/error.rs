@@ -211,23 +211,6 @@ pub enum ProblemKind {
         /// The declared type.
         ty: String,
     },
-    /// A service task names a handler the engine does not have (checked at deploy time).
-    #[error("no service handler registered as '{0}'")]
-    UnknownHandler(String),
-    /// Another definition with this id and version is already deployed (deploying the same
-    /// text again is allowed and changes nothing).
-    #[error(
-        "process '{id}' version {version} is already deployed with another text; give it a new version"
-    )]
-    AlreadyDeployed {
-        /// The process id.
-        id: String,
-        /// The version.
-        version: u32,
-    },
-    /// The engine's store refused to keep the definition.
-    #[error("the store refused the definition: {0}")]
-    NotStored(String),
     /// A duration's text does not parse.
     #[error("{0}")]
     BadDuration(DurationError),
@@ -264,9 +247,6 @@ pub enum ProblemKind {
     /// A timer node needs exactly one of `wait` and `until`.
     #[error("a timer node needs exactly one of 'wait' and 'until'")]
     TimerShape,
-    /// A definition names a calendar the engine does not have (checked at deploy time).
-    #[error("no business calendar registered as '{0}'")]
-    UnknownCalendar(String),
 }
 
 /// A duration's text that does not parse: the text and what is wrong with it.

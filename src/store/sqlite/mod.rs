@@ -550,6 +550,32 @@ impl Store for SqliteStore {
         Ok(due)
     }
 
+    fn outbox(&self) -> Result<Vec<StoredInstance>, StoreError> {
+        let path = &self.path;
+        // Only an engine that opens the store asks, so a scan is enough.
+        let ids = self.read_with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id FROM instances \
+                     WHERE json_extract(state, '$.outbox.pending[0]') IS NOT NULL ORDER BY id",
+                )
+                .map_err(|e| sql_err(path, e))?;
+            let ids = stmt
+                .query_map([], |row| row.get::<_, i64>(0))
+                .map_err(|e| sql_err(path, e))?
+                .collect::<Result<Vec<i64>, _>>()
+                .map_err(|e| sql_err(path, e))?;
+            Ok(ids)
+        })?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(stored) = self.read(InstanceId::new(id as u64))? {
+                out.push(stored);
+            }
+        }
+        Ok(out)
+    }
+
     fn reserve_ids(&self, count: u64) -> Result<u64, StoreError> {
         let path = &self.path;
         let mut writer = write::lock(&self.writer);

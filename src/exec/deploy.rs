@@ -1,0 +1,251 @@
+//! Deploying definitions: resolving each service task's handler and the calendars once, keeping
+//! the catalogue of deployed versions, and listing what does not deploy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::{DeployError, DeployProblem, Engine, ExecError, lock};
+use crate::def::{Behaviour, ProcessDef};
+use crate::hooks::ServiceHandler;
+use crate::ids::{DefKey, NodeId, NodeRef};
+use crate::store::{StoreError, StoredDef};
+use crate::time::calendar::BusinessCalendar;
+
+/// A deployed definition with its service handlers resolved per node.
+pub(crate) struct Deployed {
+    pub(crate) def: Arc<ProcessDef>,
+    /// Shared by every instance of this definition.
+    pub(crate) key: Arc<DefKey>,
+    /// Node ids as events carry them, by node.
+    pub(crate) names: Box<[Arc<str>]>,
+    pub(crate) handlers: Vec<Option<Arc<dyn ServiceHandler>>>,
+    /// The business calendar the definition names.
+    pub(crate) calendar: Option<Arc<BusinessCalendar>>,
+    /// Calendars that single durations name for themselves.
+    pub(crate) calendars: HashMap<String, Arc<BusinessCalendar>>,
+    /// How many audit records the last start of this definition wrote.
+    pub(crate) first_records: std::sync::atomic::AtomicUsize,
+    /// Why the definition cannot run here, when it was resumed from a store without a handler or
+    /// calendar it names: its instances can be read but not started or stepped.
+    pub(crate) missing: Option<DeployError>,
+}
+
+impl Deployed {
+    /// A node as errors name it.
+    pub(crate) fn node(&self, id: NodeId) -> NodeRef {
+        NodeRef {
+            id,
+            name: Arc::clone(&self.names[id.index()]),
+        }
+    }
+
+    /// Fails when the definition cannot run here.
+    pub(crate) fn runnable(&self) -> Result<(), ExecError> {
+        match &self.missing {
+            Some(e) => Err(ExecError::Unavailable(e.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Deployed definitions by id, then version.
+pub(crate) type Catalog = HashMap<String, BTreeMap<u32, Arc<Deployed>>>;
+
+/// How [`Engine::install`] treats a definition.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Install {
+    /// A host deploys it: everything must resolve, and the store keeps its text.
+    Deploy,
+    /// An engine resumes it from its store: what does not resolve is noted, not refused.
+    Resume,
+}
+
+/// The newest version of `id`, or the one named.
+pub(crate) fn find<'c>(
+    catalog: &'c Catalog,
+    id: &str,
+    version: Option<u32>,
+) -> Result<&'c Arc<Deployed>, ExecError> {
+    let versions = catalog.get(id);
+    let found = match version {
+        Some(v) => versions.and_then(|vs| vs.get(&v)),
+        None => versions.and_then(|vs| vs.values().next_back()),
+    };
+    found.ok_or_else(|| ExecError::UnknownProcess {
+        id: id.to_owned(),
+        version,
+    })
+}
+
+impl Engine {
+    /// Deploys a definition. Instances started afterwards use the newest version unless one is
+    /// named. Deploying the same text again changes nothing (hosts deploy at every start).
+    ///
+    /// # Errors
+    /// [`DeployError`] with every problem: a service task names a handler that is not
+    /// registered, the definition names a calendar that is not, another text is deployed under
+    /// this id and version, or the store refused to keep the text.
+    pub fn deploy(&self, def: ProcessDef) -> Result<Arc<ProcessDef>, DeployError> {
+        self.install(def, Install::Deploy)
+    }
+
+    /// The definitions resumed from the store that cannot run here (a handler or calendar they
+    /// name is not registered on this engine), and why. No running instance needs them (else
+    /// [`EngineBuilder::open`](crate::EngineBuilder::open) refuses to open).
+    pub fn unavailable(&self) -> Vec<DeployError> {
+        let catalog = self.defs.load();
+        let mut out: Vec<DeployError> = catalog
+            .values()
+            .flat_map(|versions| versions.values())
+            .filter_map(|d| d.missing.clone())
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// A deployed definition: the newest version, or the one named.
+    pub fn definition(&self, id: &str, version: Option<u32>) -> Option<Arc<ProcessDef>> {
+        self.deployed(id, version).ok().map(|d| Arc::clone(&d.def))
+    }
+
+    pub(crate) fn deployed(
+        &self,
+        id: &str,
+        version: Option<u32>,
+    ) -> Result<Arc<Deployed>, ExecError> {
+        find(&self.defs.load(), id, version).cloned()
+    }
+
+    /// Deploys `def`; see [`Install`].
+    pub(crate) fn install(
+        &self,
+        def: ProcessDef,
+        how: Install,
+    ) -> Result<Arc<ProcessDef>, DeployError> {
+        let mut problems = Vec::new();
+        let names: Box<[Arc<str>]> = def.nodes.iter().map(|n| Arc::from(&*n.id)).collect();
+        let node = |i: usize| NodeRef {
+            id: NodeId(i as u32),
+            name: Arc::clone(&names[i]),
+        };
+        let handlers = def
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| match &n.behaviour {
+                Behaviour::ServiceTask { handler, location } => {
+                    let found = self.handlers.get(handler).cloned();
+                    if found.is_none() {
+                        problems.push(DeployProblem::UnknownHandler {
+                            node: node(i),
+                            handler: handler.clone(),
+                            location: *location,
+                        });
+                    }
+                    found
+                }
+                _ => None,
+            })
+            .collect();
+        let calendar = def.calendar.as_ref().and_then(|name| {
+            let found = self.calendars.get(name).cloned();
+            if found.is_none() {
+                problems.push(DeployProblem::UnknownCalendar {
+                    name: name.clone(),
+                    node: None,
+                });
+            }
+            found
+        });
+        // Calendars that single durations name for themselves.
+        let mut calendars = HashMap::new();
+        for (at, span) in def.spans() {
+            let Some(name) = span.calendar() else {
+                continue;
+            };
+            match self.calendars.get(name) {
+                Some(c) => {
+                    calendars.insert(name.to_owned(), Arc::clone(c));
+                }
+                None => {
+                    let at = at.and_then(|n| def.nodes.iter().position(|m| std::ptr::eq(m, n)));
+                    problems.push(DeployProblem::UnknownCalendar {
+                        name: name.to_owned(),
+                        node: at.map(node),
+                    });
+                }
+            }
+        }
+        let key = def.key.clone();
+        let fail = |problems| DeployError {
+            key: key.clone(),
+            problems,
+        };
+        let missing = match how {
+            Install::Deploy if !problems.is_empty() => return Err(fail(problems)),
+            Install::Resume if !problems.is_empty() => Some(fail(std::mem::take(&mut problems))),
+            _ => None,
+        };
+        let _deploying = lock(&self.deploying);
+        let mut catalog: Catalog = (**self.defs.load()).clone();
+        let versions = catalog.entry(def.key.id.clone()).or_default();
+        if let Some(deployed) = versions.get(&def.key.version) {
+            if deployed.def.text == def.text && deployed.missing.is_none() {
+                return Ok(Arc::clone(&deployed.def));
+            }
+            if deployed.def.text != def.text {
+                return Err(fail(vec![DeployProblem::AlreadyDeployed]));
+            }
+        }
+        if how == Install::Deploy
+            && let Some(store) = &self.store
+        {
+            let stored = StoredDef {
+                key: def.key.clone(),
+                text: def.text.clone(),
+            };
+            match store.save_definition(&stored) {
+                Ok(()) => {}
+                Err(StoreError::DefinitionChanged { .. }) => {
+                    return Err(fail(vec![DeployProblem::AlreadyDeployed]));
+                }
+                Err(e) => return Err(fail(vec![DeployProblem::Store(e)])),
+            }
+        }
+        let def = Arc::new(def);
+        versions.insert(
+            def.key.version,
+            Arc::new(Deployed {
+                key: Arc::new(def.key.clone()),
+                def: Arc::clone(&def),
+                names,
+                handlers,
+                calendar,
+                calendars,
+                first_records: 0.into(),
+                missing,
+            }),
+        );
+        self.defs.store(Arc::new(catalog));
+        Ok(def)
+    }
+
+    /// Deploys the stored definitions this engine does not have (another engine sharing the
+    /// store deployed them after this one opened).
+    pub(crate) fn load_definitions(&self) -> Result<(), ExecError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        for stored in store.definitions()? {
+            if find(&self.defs.load(), &stored.key.id, Some(stored.key.version)).is_ok() {
+                continue;
+            }
+            // A stored text that no longer loads is reported by `open`; here it only leaves its
+            // instances unreadable, which the caller hears as an unknown process.
+            if let Ok(def) = ProcessDef::from_yaml(&stored.text) {
+                let _ = self.install(def, Install::Resume);
+            }
+        }
+        Ok(())
+    }
+}

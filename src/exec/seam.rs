@@ -1,0 +1,490 @@
+//! The one seam every change to an instance passes: lock the instance, step it, commit what the
+//! step changed, unlock, then tell the hooks and run the follow-ups the commit left.
+//!
+//! **Invariant:** hooks ([`Hook::on_event`](crate::Hook::on_event)) and follow-ups run only
+//! after the commit and after the instance's lock is released; the thread-local `HELD` list is
+//! non-empty exactly while this thread runs a handler or a veto inside a locked instance, and
+//! every engine call then answers [`ExecError::Reentrant`].
+
+use std::cell::RefCell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+
+use super::deploy::{Deployed, find};
+use super::step::{Change, Step};
+use super::{Engine, ExecError, SHARDS, Shard, lock};
+use crate::hooks::Control;
+use crate::ids::{InstanceId, TaskId};
+use crate::model::{Event, FollowUp, Instance, Pending, Status};
+use crate::store::{Commit, StoreError, StoredInstance};
+
+/// One instance as the engine holds it.
+pub(crate) struct Slot {
+    pub(crate) inst: Instance,
+    pub(crate) dep: Arc<Deployed>,
+    /// The version of the instance in the store (0 without a store).
+    pub(crate) version: u64,
+    /// Set (under this slot's lock) when the slot left its shard: a caller that locked it
+    /// after that looks the instance up again.
+    retired: bool,
+}
+
+impl Slot {
+    /// Marks the slot as gone from its shard.
+    pub(crate) fn retire(&mut self) {
+        self.retired = true;
+    }
+
+    pub(crate) fn new(inst: Instance, dep: Arc<Deployed>, version: u64) -> Slot {
+        Slot {
+            inst,
+            dep,
+            version,
+            retired: false,
+        }
+    }
+}
+
+thread_local! {
+    /// Instances this thread holds locked while a handler or veto runs, to refuse re-entrant
+    /// calls instead of deadlocking.
+    static HELD: RefCell<Vec<InstanceId>> = const { RefCell::new(Vec::new()) };
+}
+
+pub(crate) struct Held(InstanceId);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.with(|h| h.borrow_mut().retain(|i| *i != self.0));
+    }
+}
+
+/// The instance this thread holds, when it runs inside a handler or a veto.
+pub(crate) fn busy() -> Option<InstanceId> {
+    HELD.with(|h| h.borrow().last().copied())
+}
+
+pub(crate) fn hold(id: InstanceId) -> Held {
+    HELD.with(|h| h.borrow_mut().push(id));
+    Held(id)
+}
+
+/// What one call did to a locked instance, for what happens after the lock is released.
+pub(crate) struct Stepped {
+    pub(crate) instance: InstanceId,
+    pub(crate) result: Result<(), ExecError>,
+    /// The instants of the timers the call armed, for the engine's schedule.
+    pub(crate) armed: Vec<DateTime<Utc>>,
+    /// The call's events, or only [`Event::Refused`] when the store refused it.
+    pub(crate) events: Vec<Event>,
+    /// The follow-ups the call committed, to run now.
+    pub(crate) follow: Vec<Pending>,
+    /// The definition, when there are follow-ups (they name nodes).
+    pub(crate) dep: Option<Arc<Deployed>>,
+    /// Whether the store refused the commit (nothing happened).
+    pub(crate) refused: bool,
+}
+
+impl Stepped {
+    fn only(instance: InstanceId, result: Result<(), ExecError>) -> Stepped {
+        Stepped {
+            instance,
+            result,
+            armed: Vec::new(),
+            events: Vec::new(),
+            follow: Vec::new(),
+            dep: None,
+            refused: false,
+        }
+    }
+}
+
+impl Engine {
+    pub(crate) fn shard(&self, id: InstanceId) -> &Shard {
+        &self.shards[(id.0 as usize) % SHARDS]
+    }
+
+    /// Notes that `id` has a timer due at `at`.
+    pub(crate) fn schedule(&self, id: InstanceId, at: DateTime<Utc>) {
+        lock(&self.timer_heaps[(id.0 as usize) % SHARDS]).push(std::cmp::Reverse((at, id.0)));
+    }
+
+    /// Puts every timer of `inst` that has yet to fire on the schedule.
+    pub(crate) fn schedule_pending(&self, inst: &Instance) {
+        for timer in inst.timers.iter().filter(|t| !t.fired) {
+            self.schedule(inst.id, timer.at);
+        }
+    }
+
+    /// Refuses a call made from inside a handler or a veto.
+    pub(crate) fn not_busy(&self) -> Result<(), ExecError> {
+        match busy() {
+            Some(id) => Err(ExecError::Reentrant(id)),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` on the locked instance. Nothing else runs under the lock but `f`.
+    pub(crate) fn with_slot<R>(
+        &self,
+        id: InstanceId,
+        f: impl FnOnce(&mut Slot) -> R,
+    ) -> Result<R, ExecError> {
+        self.not_busy()?;
+        loop {
+            let found = lock(self.shard(id)).get(&id.0).cloned();
+            let slot = match found {
+                Some(slot) => slot,
+                None => self.read_stored(id)?,
+            };
+            let mut guard = lock(&slot);
+            if guard.retired {
+                // Another call let it go between the lookup and the lock: look again.
+                continue;
+            }
+            let held = hold(id);
+            let out = f(&mut guard);
+            drop(held);
+            if !self.config.retain_completed && guard.inst.status == Status::Completed {
+                guard.retired = true;
+                let mut shard = lock(self.shard(id));
+                if shard.get(&id.0).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                    shard.remove(&id.0);
+                }
+            }
+            return Ok(out);
+        }
+    }
+
+    /// Runs a call's work on the instance and everything after: commit, unlock, schedule, tell
+    /// the hooks, run the follow-ups. Gives the call's result.
+    pub(crate) fn call(
+        &self,
+        id: InstanceId,
+        f: impl FnOnce(&mut Slot) -> Result<Stepped, ExecError>,
+    ) -> Result<(), ExecError> {
+        let stepped = self.with_slot(id, f)??;
+        self.after(stepped)
+    }
+
+    /// Runs one call's step on a locked instance. With a store, what the call changed is
+    /// committed before this returns; when the store refuses, the instance is put back as it
+    /// was (on a conflict: as the store holds it now) and the result says so.
+    pub(crate) fn step_slot(
+        &self,
+        slot: &mut Slot,
+        now: DateTime<Utc>,
+        f: impl FnOnce(&mut Step<'_>) -> Result<(), ExecError>,
+    ) -> Stepped {
+        let Slot {
+            inst, dep, version, ..
+        } = slot;
+        let id = inst.id;
+        if let Err(e) = dep.runnable() {
+            return Stepped::only(id, Err(e));
+        }
+        let snapshot = self.store.as_ref().map(|_| inst.snapshot());
+        let first = inst.audit.len();
+        let first_follow = inst.outbox.as_ref().map_or(0, |o| o.next);
+        let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
+        let result = f(&mut step);
+        let (armed, events, changed) = (step.take_armed(), step.events, step.changed);
+        let follow = fresh(inst, first_follow, self.store.is_none());
+        if let (Some(store), Some(snapshot), true) = (&self.store, snapshot, changed) {
+            let commit = Commit {
+                instance: inst,
+                def: &dep.key,
+                records: &inst.audit[first..],
+                first_record: first,
+                version: *version,
+                next_due: inst.timers.iter().filter(|t| !t.fired).map(|t| t.at).min(),
+            };
+            match store.commit(&commit) {
+                Ok(()) => *version = commit.new_version(),
+                Err(e) => {
+                    inst.restore(snapshot, first);
+                    return self.refused(slot, e);
+                }
+            }
+        }
+        Stepped {
+            instance: id,
+            result,
+            armed,
+            events,
+            dep: (!follow.is_empty()).then(|| Arc::clone(&slot.dep)),
+            follow,
+            refused: false,
+        }
+    }
+
+    /// Says why a commit was refused; after a conflict, takes the stored state, so that the
+    /// caller can look at it and retry.
+    fn refused(&self, slot: &mut Slot, error: StoreError) -> Stepped {
+        let id = slot.inst.id;
+        let reason = error.to_string();
+        let error = match error {
+            StoreError::Conflict { .. } => {
+                self.refresh(slot);
+                ExecError::Conflict(id)
+            }
+            e => ExecError::Store(e),
+        };
+        let mut stepped = Stepped::only(id, Err(error));
+        stepped.refused = true;
+        if !self.hooks.is_empty() {
+            stepped.events.push(Event::Refused {
+                instance: id,
+                reason,
+            });
+        }
+        stepped
+    }
+
+    /// Replaces a slot's instance with the stored one when the store has a newer version.
+    /// Gives whether it did.
+    pub(crate) fn refresh(&self, slot: &mut Slot) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        let id = slot.inst.id;
+        match store.read(id) {
+            Ok(Some(stored))
+                if stored.version > slot.version
+                    && stored.instance.def.as_deref() == Some(&*slot.dep.key)
+                    && stored.instance.check(&slot.dep.def).is_ok() =>
+            {
+                slot.inst = stored.instance;
+                slot.inst.def = Some(Arc::clone(&slot.dep.key));
+                slot.version = stored.version;
+                self.schedule_pending(&slot.inst);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// What happens after a call released its instance: schedules its timers, tells the hooks,
+    /// runs its follow-ups, and gives the call's result (or [`ExecError::Hook`] when a hook
+    /// failed on a call that succeeded).
+    pub(crate) fn after(&self, stepped: Stepped) -> Result<(), ExecError> {
+        let Stepped {
+            instance,
+            result,
+            armed,
+            events,
+            follow,
+            dep,
+            ..
+        } = stepped;
+        for at in armed {
+            self.schedule(instance, at);
+        }
+        let mut failure = self.tell(&events);
+        if let Some(dep) = dep {
+            if let Some(f) = self.run_follow_ups(instance, &dep, follow) {
+                failure.get_or_insert(f);
+            }
+        }
+        match (result, failure) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(message)) => Err(ExecError::Hook { instance, message }),
+            (Ok(()), None) => Ok(()),
+        }
+    }
+
+    /// Delivers events to every hook, in order; gives the first failure.
+    fn tell(&self, events: &[Event]) -> Option<String> {
+        let mut failure = None;
+        for event in events {
+            for hook in &self.hooks {
+                match catch_unwind(AssertUnwindSafe(|| hook.on_event(event))) {
+                    Ok(Control::Abort(message)) => {
+                        failure.get_or_insert(message);
+                    }
+                    Ok(_) => {}
+                    Err(panic) => {
+                        failure.get_or_insert(format!(
+                            "hook panicked: {}",
+                            super::step::panic_message(&panic)
+                        ));
+                    }
+                }
+            }
+        }
+        failure
+    }
+
+    /// Runs committed follow-ups, then (with a store) commits that they ran. A follow-up whose
+    /// completion cannot be committed stays in the store and runs again when an engine next
+    /// opens it: a hook may hear a notification twice, never zero times.
+    pub(crate) fn run_follow_ups(
+        &self,
+        instance: InstanceId,
+        dep: &Deployed,
+        follow: Vec<Pending>,
+    ) -> Option<String> {
+        let events: Vec<Event> = follow
+            .iter()
+            .map(|p| match &p.what {
+                FollowUp::Notify {
+                    task,
+                    node,
+                    role,
+                    actor,
+                } => Event::Notify {
+                    task: *task,
+                    node: Arc::clone(&dep.names[node.index()]),
+                    role: role.clone(),
+                    actor: actor.clone(),
+                },
+            })
+            .collect();
+        let failure = self.tell(&events);
+        if self.store.is_some() {
+            let done: Vec<u64> = follow.iter().map(|p| p.seq).collect();
+            // A conflict means another engine committed the instance meanwhile (with these
+            // follow-ups still in it): the stored state was read again, so try once more.
+            for _ in 0..3 {
+                let stepped = self.with_slot(instance, |slot| {
+                    let now = self.clock.now();
+                    self.step_slot(slot, now, |step| {
+                        step.apply(Change::Done { seqs: &done });
+                        Ok(())
+                    })
+                });
+                match stepped {
+                    Ok(s) if matches!(s.result, Err(ExecError::Conflict(_))) => continue,
+                    _ => break,
+                }
+            }
+        }
+        failure
+    }
+
+    /// Reads an instance this engine does not hold from the store (one another engine started,
+    /// or a completed one this engine let go) and keeps it.
+    fn read_stored(&self, id: InstanceId) -> Result<Arc<Mutex<Slot>>, ExecError> {
+        let Some(store) = &self.store else {
+            return Err(ExecError::UnknownInstance(id));
+        };
+        let stored = store.read(id)?.ok_or(ExecError::UnknownInstance(id))?;
+        if let Some(key) = stored.instance.def.as_deref()
+            && find(&self.defs.load(), &key.id, Some(key.version)).is_err()
+        {
+            // Another engine deployed it after this one opened.
+            self.load_definitions()?;
+        }
+        self.adopt(stored)
+    }
+
+    /// Keeps a stored instance (replacing an older copy of it) and schedules its pending
+    /// timers; gives its slot.
+    ///
+    /// # Errors
+    /// [`ExecError::UnknownProcess`] when its definition is not deployed;
+    /// [`ExecError::Store`] with [`StoreError::Decode`] when the state does not fit it.
+    pub(crate) fn adopt(&self, stored: StoredInstance) -> Result<Arc<Mutex<Slot>>, ExecError> {
+        let StoredInstance {
+            mut instance,
+            version,
+        } = stored;
+        let id = instance.id;
+        let key = instance
+            .def
+            .as_deref()
+            .cloned()
+            .unwrap_or(crate::ids::DefKey {
+                id: String::new(),
+                version: 0,
+            });
+        let dep = find(&self.defs.load(), &key.id, Some(key.version))
+            .cloned()
+            .map_err(|_| ExecError::UnknownProcess {
+                id: key.id.clone(),
+                version: Some(key.version),
+            })?;
+        instance
+            .check(&dep.def)
+            .map_err(|detail| StoreError::Decode {
+                what: format!("instance {id} of {key}"),
+                detail,
+            })?;
+        instance.def = Some(Arc::clone(&dep.key));
+        self.schedule_pending(&instance);
+        // The shard lock is never held while waiting for an instance's lock.
+        let held = lock(self.shard(id)).get(&id.0).cloned();
+        match held {
+            Some(slot) => {
+                let mut guard = lock(&slot);
+                if guard.version < version && !guard.retired {
+                    *guard = Slot::new(instance, dep, version);
+                }
+                drop(guard);
+                Ok(slot)
+            }
+            None => Ok(Arc::clone(lock(self.shard(id)).entry(id.0).or_insert_with(
+                || Arc::new(Mutex::new(Slot::new(instance, dep, version))),
+            ))),
+        }
+    }
+
+    /// Checks a task is open and gives its node; on a stale copy (another engine sharing the
+    /// store moved the instance on) reads the stored state first.
+    pub(crate) fn open_task(
+        &self,
+        slot: &mut Slot,
+        task: TaskId,
+    ) -> Result<crate::ids::NodeRef, ExecError> {
+        let state = |slot: &Slot| {
+            slot.inst
+                .tasks
+                .get(task.seq as usize)
+                .map(|t| (t.node, t.state.clone()))
+        };
+        let mut found = state(slot);
+        if found
+            .as_ref()
+            .is_none_or(|(_, s)| !matches!(s, crate::model::TaskState::Open))
+            && self.refresh(slot)
+        {
+            found = state(slot);
+        }
+        let (node, st) = found.ok_or(ExecError::UnknownTask(task))?;
+        let node = slot.dep.node(node);
+        match st {
+            crate::model::TaskState::Open => Ok(node),
+            crate::model::TaskState::TimedOut { .. } => Err(ExecError::TaskClosed {
+                task,
+                node,
+                state: "timed out",
+            }),
+            _ => Err(ExecError::TaskClosed {
+                task,
+                node,
+                state: "already completed",
+            }),
+        }
+    }
+}
+
+/// The follow-ups a call added (numbered from `first`), for running after its commit. Without a
+/// store they leave the outbox now: nothing needs to know they ran.
+fn fresh(inst: &mut Instance, first: u64, take: bool) -> Vec<Pending> {
+    let Some(outbox) = inst.outbox.as_deref_mut() else {
+        return Vec::new();
+    };
+    if take {
+        let keep = outbox.pending.iter().take_while(|p| p.seq < first).count();
+        outbox.pending.split_off(keep)
+    } else {
+        outbox
+            .pending
+            .iter()
+            .filter(|p| p.seq >= first)
+            .cloned()
+            .collect()
+    }
+}

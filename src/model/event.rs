@@ -1,0 +1,213 @@
+//! What hooks hear: owned [`Event`]s, delivered after the commit of the call that caused them,
+//! and the [`FollowUp`] work a call leaves in its instance's outbox.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::timer::TimerKind;
+use crate::ids::{ActorId, DefKey, InstanceId, NodeId, RoleId, TaskId};
+use crate::raci::Action;
+
+/// Something that happened to an instance: an owned value (`'static`, `Clone`, serde), delivered
+/// to every [`Hook`](crate::Hook) after the call that caused it committed and after the
+/// instance's lock was released. Node names are the YAML ids of the definition.
+///
+/// Serializes to JSON as `{"event": "task_completed", ...fields}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// An instance started.
+    InstanceStarted {
+        /// The instance.
+        instance: InstanceId,
+        /// Its definition.
+        def: DefKey,
+    },
+    /// Every token of an instance reached an end.
+    InstanceCompleted {
+        /// The instance.
+        instance: InstanceId,
+    },
+    /// A token arrived at a node.
+    NodeEntered {
+        /// The instance.
+        instance: InstanceId,
+        /// The node.
+        node: Arc<str>,
+    },
+    /// A token left a node.
+    NodeLeft {
+        /// The instance.
+        instance: InstanceId,
+        /// The node.
+        node: Arc<str>,
+    },
+    /// A user task opened.
+    TaskCreated {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// The roles that may claim it.
+        responsible: Vec<RoleId>,
+    },
+    /// An actor claimed a task.
+    TaskClaimed {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// Who claimed it.
+        actor: ActorId,
+    },
+    /// A task completed.
+    TaskCompleted {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// Who completed it.
+        actor: ActorId,
+        /// Whether the accountable role overrode the regular rule.
+        overridden: bool,
+    },
+    /// The accountable role gave a task to another actor.
+    TaskReassigned {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// Who reassigned it.
+        by: ActorId,
+        /// Who has it now.
+        to: ActorId,
+    },
+    /// Someone commented on a task.
+    TaskCommented {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// Who commented.
+        actor: ActorId,
+        /// The comment.
+        text: String,
+    },
+    /// An actor tried something its roles do not allow. Nothing changed but the audit trail.
+    AccessDenied {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// Who tried.
+        actor: ActorId,
+        /// What it tried.
+        action: Action,
+        /// The roles that would have been allowed.
+        allowed: Vec<RoleId>,
+    },
+    /// A message for an informed role: the task completed. This one comes from the instance's
+    /// outbox ([`FollowUp::Notify`]): with a store it survives a crash between the commit and
+    /// its delivery, and is delivered again by the next engine that opens the store.
+    Notify {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// The informed role.
+        role: RoleId,
+        /// Who completed the task.
+        actor: ActorId,
+    },
+    /// A timer fired: a reminder, a breach notice, an escalation (notify or reassign), an urge, a
+    /// timeout, a timer node's wait, or one of these for the process-wide SLA.
+    Timer {
+        /// The instance.
+        instance: InstanceId,
+        /// The task, for task timers.
+        task: Option<TaskId>,
+        /// The task's or timer node's id (the start node's for the SLA).
+        node: Arc<str>,
+        /// What fired.
+        kind: TimerKind,
+        /// Whether it belongs to the SLA.
+        sla: bool,
+        /// The roles told: responsible roles for reminders, informed roles for a breach, the
+        /// level's target (by default the accountable role) for escalations and urges.
+        recipients: Vec<RoleId>,
+    },
+    /// Something failed: a service handler, a condition, a deadline, a veto hook. The instance
+    /// keeps its state; a [`retry`](crate::Engine::retry) runs the failed step again.
+    Incident {
+        /// The instance.
+        instance: InstanceId,
+        /// Where, when a node failed.
+        node: Option<Arc<str>>,
+        /// What went wrong.
+        message: String,
+    },
+    /// With a store: the store refused the commit of a call, so nothing of it happened and no
+    /// other event of it is delivered; the call fails with
+    /// [`ExecError::Store`](crate::ExecError::Store) or
+    /// [`ExecError::Conflict`](crate::ExecError::Conflict).
+    Refused {
+        /// The instance.
+        instance: InstanceId,
+        /// Why, as the store said.
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The instance the event is about.
+    pub fn instance(&self) -> InstanceId {
+        match self {
+            Event::InstanceStarted { instance, .. }
+            | Event::InstanceCompleted { instance }
+            | Event::NodeEntered { instance, .. }
+            | Event::NodeLeft { instance, .. }
+            | Event::Timer { instance, .. }
+            | Event::Incident { instance, .. }
+            | Event::Refused { instance, .. } => *instance,
+            Event::TaskCreated { task, .. }
+            | Event::TaskClaimed { task, .. }
+            | Event::TaskCompleted { task, .. }
+            | Event::TaskReassigned { task, .. }
+            | Event::TaskCommented { task, .. }
+            | Event::AccessDenied { task, .. }
+            | Event::Notify { task, .. } => task.instance(),
+        }
+    }
+}
+
+/// Work a call leaves for after its commit, stored in the same commit as the change that caused
+/// it (a transactional outbox). The engine runs each one after the commit, in its own commit,
+/// and an engine that opens a store runs the ones a crash left undone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FollowUp {
+    /// Tell an informed role that a task completed: delivered to the hooks as
+    /// [`Event::Notify`].
+    Notify {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: NodeId,
+        /// The informed role.
+        role: RoleId,
+        /// Who completed the task.
+        actor: ActorId,
+    },
+}
+
+/// A follow-up waiting in an instance's outbox, with its number (unique within the instance).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// Its number within the instance, from 0.
+    pub seq: u64,
+    /// What to do.
+    pub what: FollowUp,
+}
