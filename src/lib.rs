@@ -46,7 +46,14 @@
 //! ```
 //!
 //! # Crate features
-//! None yet: everything is always built.
+//! - `sqlite` (default): [`SqliteStore`], the embedded durable store (SQLite is built from
+//!   source: nothing to install).
+//! - `report` (default): [`Report`] and its bottleneck heatmap, read back from any store.
+//! - `cli` (default): the `procflow` binary and [`Scenario`], the scripted runs of
+//!   `procflow simulate`; implies `sqlite` and `report`.
+//!
+//! With `default-features = false` the crate is the engine with [`MemoryStore`] alone; a host
+//! can still bring its own [`Store`].
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -59,7 +66,9 @@ mod hooks;
 mod ids;
 mod model;
 mod raci;
+#[cfg(feature = "report")]
 mod report;
+#[cfg(feature = "cli")]
 mod sim;
 mod store;
 mod time;
@@ -82,15 +91,16 @@ pub use model::{
     TaskState, Timer, TimerKind, Token, TokenState,
 };
 pub use raci::{Action, Actor, Authorizer, Raci};
+#[cfg(feature = "report")]
 pub use report::{
     ActorFigures, Durations, HeatMetric, NodeFigures, ProcessFigures, Report, ReportError,
     ReportOptions, RoleFigures, UnknownMetric,
 };
+#[cfg(feature = "cli")]
 pub use sim::{Scenario, SimReport};
-pub use store::{
-    Commit, Durability, MemoryStore, SqliteOptions, SqliteStore, Store, StoreError, StoredDef,
-    StoredInstance,
-};
+pub use store::{Commit, MemoryStore, Store, StoreError, StoredDef, StoredInstance};
+#[cfg(feature = "sqlite")]
+pub use store::{Durability, SqliteOptions, SqliteStore};
 pub use time::calendar::{
     Beyond, BusinessCalendar, CalendarError, CalendarWarning, Computed, Holiday,
 };

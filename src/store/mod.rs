@@ -13,6 +13,7 @@
 //! never overwrite each other: the second one reloads and the caller may retry.
 
 mod memory;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 
 pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 use crate::ids::{DefKey, InstanceId};
