@@ -515,13 +515,28 @@ impl Engine {
         }
     }
 
-    /// When the earliest armed timer is due, if any. (It may belong to a task that has since
-    /// ended; `tick` then finds nothing to fire.)
+    /// When the earliest armed timer is due, if any. Entries of the schedule whose timer is
+    /// gone (its task completed, its claim deadline met) are dropped on the way.
     pub fn next_due(&self) -> Option<DateTime<Utc>> {
-        self.timer_heaps
-            .iter()
-            .filter_map(|h| super::lock(h).peek().map(|std::cmp::Reverse((at, _))| *at))
-            .min()
+        loop {
+            let (shard, (at, n)) = self
+                .timer_heaps
+                .iter()
+                .enumerate()
+                .filter_map(|(i, h)| super::lock(h).peek().map(|std::cmp::Reverse(e)| (i, *e)))
+                .min_by_key(|(_, e)| *e)?;
+            let armed = self.with_slot(InstanceId(n), |slot| {
+                slot.inst.timers.iter().any(|t| t.at == at && !t.fired)
+            });
+            // Called from a handler or veto, or with a store that fails now: keep the entry.
+            if !matches!(armed, Ok(false) | Err(ExecError::UnknownInstance(_))) {
+                return Some(at);
+            }
+            let mut heap = super::lock(&self.timer_heaps[shard]);
+            if heap.peek() == Some(&std::cmp::Reverse((at, n))) {
+                heap.pop();
+            }
+        }
     }
 
     /// How an open task stands against its deadline; `None` when it has none.
