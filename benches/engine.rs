@@ -81,7 +81,7 @@ fn complete(c: &mut Criterion) {
     let events = AtomicU64::new(0);
     let events = Box::leak(Box::new(events));
     let engine = engine_custom([parse(&complete_def())], config(true), |b| {
-        b.hook(hook_fn(|ev: &Event<'_>| {
+        b.hook(hook_fn(|ev: &Event| {
             if matches!(ev, Event::TaskCompleted { .. }) {
                 events.fetch_add(1, Ordering::Relaxed);
             }
@@ -164,7 +164,7 @@ fn timers(c: &mut Criterion) {
                 config.retain_completed = true;
                 let engine = engine_custom([parse(&yaml)], config, |b| {
                     b.clock(std::sync::Arc::clone(&clock));
-                    b.hook(hook_fn(|_: &Event<'_>| ()));
+                    b.hook(hook_fn(|_: &Event| ()));
                 });
                 for _ in 0..TIMERS {
                     engine.start("timed", Vars::new()).expect("starts");

@@ -470,12 +470,17 @@ fn kind(e: &ExecError) -> &'static str {
     match e {
         ExecError::Denied { .. } => "denied",
         ExecError::AlreadyClaimed { .. } => "already claimed",
-        ExecError::TaskClosed { .. } => "task closed (a timeout moved on)",
+        ExecError::TaskClosed {
+            state: "timed out", ..
+        } => "task closed (a timeout moved on)",
+        ExecError::TaskClosed { .. } => "task closed (already completed)",
         ExecError::UnknownTask(_) | ExecError::UnknownInstance(_) => "unknown task or instance",
         ExecError::Variables { .. } => "variables",
         ExecError::Vetoed { .. } => "vetoed",
         ExecError::Incident { .. } => "incident",
+        ExecError::Deadline { .. } => "deadline cannot be computed",
         ExecError::Hook { .. } => "hook",
+        ExecError::Unavailable(_) => "definition unavailable",
         ExecError::InstanceCompleted(_) => "instance completed",
         ExecError::NothingToRetry(_) => "nothing to retry",
         ExecError::Conflict(_) => "store conflict",

@@ -192,7 +192,7 @@ fn main() -> Result<()> {
             handler_fn(move |call| reconfigure_service(&tried, call)),
         )
         .handler("update_billing", handler_fn(update_billing))
-        .hook(hook_fn(move |ev: &Event<'_>| {
+        .hook(hook_fn(move |ev: &Event| {
             seen.events.fetch_add(1, Ordering::Relaxed);
             match ev {
                 Event::Notify {
@@ -218,7 +218,8 @@ fn main() -> Result<()> {
                     message,
                 } => {
                     seen.incidents.fetch_add(1, Ordering::Relaxed);
-                    println!("           !! INCIDENT on {instance} at '{node}': {message}");
+                    let at = node.as_deref().unwrap_or("(no node)");
+                    println!("           !! INCIDENT on {instance} at '{at}': {message}");
                 }
                 Event::Timer {
                     instance,

@@ -187,7 +187,7 @@ fn main() -> Result<()> {
             handler_fn(move |call| activate_service(&switch, &tried, call)),
         )
         .handler("billing_setup", handler_fn(billing_setup))
-        .hook(hook_fn(move |ev: &Event<'_>| {
+        .hook(hook_fn(move |ev: &Event| {
             seen.events.fetch_add(1, Ordering::Relaxed);
             match ev {
                 Event::Notify {
@@ -213,7 +213,8 @@ fn main() -> Result<()> {
                     message,
                 } => {
                     seen.incidents.fetch_add(1, Ordering::Relaxed);
-                    println!("           !! INCIDENT on {instance} at '{node}': {message}");
+                    let at = node.as_deref().unwrap_or("(no node)");
+                    println!("           !! INCIDENT on {instance} at '{at}': {message}");
                 }
                 Event::Timer {
                     instance,

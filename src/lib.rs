@@ -4,7 +4,8 @@
 //! immutable [`ProcessDef`] (a petgraph graph plus what the executor needs), shared by `Arc`. An
 //! [`Engine`] deploys definitions and runs instances: it starts them, opens user tasks, calls
 //! service handlers, routes exclusive and parallel gateways, enforces RACI on every task action,
-//! calls [`Hook`]s with [`Event`]s, and keeps an audit trail per instance.
+//! tells [`Hook`]s what happened with owned [`Event`]s after each call's commit, lets them veto
+//! completions, and keeps an audit trail per instance.
 //!
 //! # Example: load a definition
 //! ```
@@ -15,12 +16,16 @@
 //!
 //! # Example: run with a hook
 //! ```
+//! use std::sync::{Arc, Mutex};
 //! use procflow::{hook_fn, Actor, Engine, Event, ProcessDef, Vars};
 //!
+//! let told = Arc::new(Mutex::new(Vec::new()));
+//! let sink = Arc::clone(&told);
 //! let engine = Engine::builder()
-//!     .hook(hook_fn(|ev: &Event<'_>| {
+//!     // Hears owned events after each call's commit, with nothing locked.
+//!     .hook(hook_fn(move |ev: &Event| {
 //!         if let Event::Notify { role, node, .. } = ev {
-//!             println!("notify {role}: {node} done");
+//!             sink.lock().unwrap().push(format!("notify {role}: {node} done"));
 //!         }
 //!     }))
 //!     .build();
@@ -42,6 +47,8 @@
 //! let task = engine.tasks(id)?[0].id;
 //! engine.complete(task, &Actor::new("ann", ["clerk"]), Vars::new())?;
 //! assert_eq!(engine.instance(id)?.status(), procflow::Status::Completed);
+//! // The informed role was told once the completion was committed.
+//! assert_eq!(*told.lock().unwrap(), ["notify audit: greet done"]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use chrono::{DateTime, Duration, Utc};
 use procflow::{
-    Action, Actor, Control, DefKey, Engine, EngineBuilder, Entry, Event, ExecError, HandlerError,
-    Instance, InstanceId, ManualClock, ProcessDef, Record, RoleId, Status, TaskId, TaskState,
-    Token, TokenState, VarProblem, VarType, Vars, handler_fn, hook_fn,
+    Action, Actor, Completing, Control, DefKey, Engine, EngineBuilder, Entry, Event, ExecError,
+    HandlerError, Hook, Instance, InstanceId, ManualClock, NodeRef, ProcessDef, Record, RoleId,
+    Status, TaskId, TaskState, TimerKind, Token, TokenState, VarProblem, VarType, Vars, handler_fn,
+    hook_fn, veto_fn,
 };
 use serde_json::json;
 
@@ -188,6 +189,14 @@ fn node(engine: &Engine, id: InstanceId, node: &str) -> procflow::NodeId {
         .unwrap_or_else(|| panic!("no node {node}"))
 }
 
+/// The node as errors name it.
+fn node_ref(engine: &Engine, id: InstanceId, name: &str) -> NodeRef {
+    NodeRef {
+        id: node(engine, id, name),
+        name: name.into(),
+    }
+}
+
 /// `after` is `before` plus exactly the audit entries `added`.
 fn assert_only_audit_added(before: &Instance, after: &Instance, added: &[Entry]) {
     assert_eq!(after.status(), before.status());
@@ -289,9 +298,9 @@ fn raci_matrix() {
                                 actor: "p".into(),
                                 action,
                                 task,
-                                node: "work".into(),
+                                node: node_ref(&engine, id, "work"),
                                 allowed: roles(allowed),
-                                claimed_by: claimed.then(|| "other".to_owned()),
+                                claimed_by: claimed.then(|| "other".into()),
                             }),
                             "{case}"
                         );
@@ -311,7 +320,7 @@ fn raci_matrix() {
                             result,
                             Err(ExecError::AlreadyClaimed {
                                 task,
-                                node: "work".into(),
+                                node: node_ref(&engine, id, "work"),
                                 by: "other".into()
                             }),
                             "{case}"
@@ -416,7 +425,7 @@ fn reassign_to_an_actor_without_a_responsible_role_is_denied() {
             actor: "carl".into(),
             action: Action::Claim,
             task,
-            node: "work".into(),
+            node: node_ref(&engine, id, "work"),
             allowed: roles(&["r"]),
             claimed_by: None,
         })
@@ -443,17 +452,19 @@ fn actions_on_a_completed_task_are_refused() {
     engine.complete(task, &ann, Vars::new()).unwrap();
     let closed = Err(ExecError::TaskClosed {
         task,
-        node: "work".into(),
+        node: node_ref(&engine, id, "work"),
+        state: "already completed",
     });
     assert_eq!(engine.claim(task, &ann), closed);
     assert_eq!(engine.complete(task, &ann, Vars::new()), closed);
     assert_eq!(engine.comment(task, &ann, "late"), closed);
 }
 
-fn collect_events() -> (Arc<Mutex<Vec<String>>>, impl procflow::Hook + 'static) {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&log);
-    let hook = hook_fn(move |ev: &Event<'_>| {
+/// Logs every event, and every completion its veto check sees as `completing ...`.
+struct Collect(Arc<Mutex<Vec<String>>>);
+
+impl Hook for Collect {
+    fn on_event(&self, ev: &Event) -> Control {
         let line = match ev {
             Event::InstanceStarted { def, .. } => format!("started {def}"),
             Event::InstanceCompleted { .. } => "instance completed".to_owned(),
@@ -463,7 +474,6 @@ fn collect_events() -> (Arc<Mutex<Vec<String>>>, impl procflow::Hook + 'static) 
                 node, responsible, ..
             } => format!("created {node} for {responsible:?}"),
             Event::TaskClaimed { node, actor, .. } => format!("claimed {node} by {actor}"),
-            Event::TaskCompleting { node, actor, .. } => format!("completing {node} by {actor}"),
             Event::TaskCompleted {
                 node,
                 actor,
@@ -475,9 +485,22 @@ fn collect_events() -> (Arc<Mutex<Vec<String>>>, impl procflow::Hook + 'static) 
             } => format!("notify {role}: {node} done by {actor}"),
             other => format!("{other:?}"),
         };
-        sink.lock().unwrap().push(line);
-    });
-    (log, hook)
+        self.0.lock().unwrap().push(line);
+        Control::Continue
+    }
+
+    fn on_completing(&self, c: &Completing<'_>) -> Control {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("completing {} by {}", c.node, c.actor));
+        Control::Continue
+    }
+}
+
+fn collect_events() -> (Arc<Mutex<Vec<String>>>, impl procflow::Hook + 'static) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    (Arc::clone(&log), Collect(log))
 }
 
 #[test]
@@ -485,7 +508,7 @@ fn informed_roles_are_notified_on_completion() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&log);
     let engine = engine_with(
-        Engine::builder().hook(hook_fn(move |ev: &Event<'_>| {
+        Engine::builder().hook(hook_fn(move |ev: &Event| {
             if let Event::Notify {
                 task,
                 node,
@@ -540,11 +563,12 @@ fn hook_event_order() {
             "claimed work by ann",
             "completing work by ann",
             "completed work by ann overridden=false",
-            "notify i: work done by ann",
             "leave work",
             "enter done",
             "leave done",
             "instance completed",
+            // A follow-up from the outbox: after the call's other events.
+            "notify i: work done by ann",
         ]
     );
 }
@@ -596,7 +620,7 @@ fn exclusive_without_a_matching_route_is_an_incident() {
     let message = "no route's condition holds and there is no default";
     let incident = Err(ExecError::Incident {
         instance: id,
-        node: "gw".into(),
+        node: node_ref(&engine, id, "gw"),
         message: message.into(),
     });
     assert_eq!(result, incident.clone().map(|()| id));
@@ -733,9 +757,11 @@ fn nested_fork_inside_a_fork() {
 #[test]
 fn veto_keeps_the_task_open() {
     let engine = engine_with(
-        Engine::builder().hook(hook_fn(|ev: &Event<'_>| match ev {
-            Event::TaskCompleting { .. } => Control::Veto("four-eyes check missing".into()),
-            _ => Control::Continue,
+        Engine::builder().hook(veto_fn(|c: &Completing<'_>| {
+            assert_eq!((c.node, c.actor), ("work", "ann"));
+            assert_eq!(c.output, &vars(json!({ "note": "done" })));
+            assert!(c.vars.is_empty(), "nothing changed yet");
+            Control::Veto("four-eyes check missing".into())
         })),
         &[RACI],
     );
@@ -751,7 +777,7 @@ fn veto_keeps_the_task_open() {
         result,
         Err(ExecError::Vetoed {
             task,
-            node: "work".into(),
+            node: node_ref(&engine, id, "work"),
             reason: "four-eyes check missing".into()
         })
     );
@@ -769,17 +795,33 @@ fn veto_keeps_the_task_open() {
     );
 }
 
+/// Every hook that hears the events, in registration order.
+fn listener(name: &'static str, log: &Arc<Mutex<Vec<String>>>) -> impl Hook + 'static {
+    let sink = Arc::clone(log);
+    hook_fn(move |ev: &Event| {
+        if let Event::TaskCreated { node, .. } | Event::TaskClaimed { node, .. } = ev {
+            sink.lock().unwrap().push(format!("{name} {node}"));
+        }
+    })
+}
+
+/// An observing hook that aborts fails the call, but the call's change is committed and stays,
+/// no incident is recorded, and the other hooks still hear the event.
 #[test]
-fn aborting_hook_records_an_incident_and_the_engine_goes_on() {
+fn aborting_hook_fails_the_call_but_the_change_stays() {
     let aborted = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&aborted);
+    let heard = Arc::new(Mutex::new(Vec::new()));
     let engine = engine_with(
-        Engine::builder().hook(hook_fn(move |ev: &Event<'_>| match ev {
-            Event::TaskCreated { .. } if !flag.swap(true, Ordering::SeqCst) => {
-                Control::Abort("mail server down".into())
-            }
-            _ => Control::Continue,
-        })),
+        Engine::builder()
+            .hook(listener("before", &heard))
+            .hook(hook_fn(move |ev: &Event| match ev {
+                Event::TaskCreated { .. } if !flag.swap(true, Ordering::SeqCst) => {
+                    Control::Abort("mail server down".into())
+                }
+                _ => Control::Continue,
+            }))
+            .hook(listener("after", &heard)),
         &[RACI],
     );
     let result = engine.start("raci", Vars::new());
@@ -791,10 +833,13 @@ fn aborting_hook_records_an_incident_and_the_engine_goes_on() {
             message: "mail server down".into()
         })
     );
+    assert_eq!(
+        *heard.lock().unwrap(),
+        ["before work", "after work"],
+        "the other hooks heard the event"
+    );
     let inst = engine.instance(id).unwrap();
-    assert_eq!(inst.incidents().len(), 1);
-    assert_eq!(inst.incidents()[0].node, None);
-    assert_eq!(inst.incidents()[0].message, "mail server down");
+    assert!(inst.incidents().is_empty(), "{:?}", inst.incidents());
     assert_eq!(open(&engine, id), ["work"], "the change the hook saw stays");
 
     let ann = Actor::new("ann", ["r"]);
@@ -807,13 +852,16 @@ fn aborting_hook_records_an_incident_and_the_engine_goes_on() {
 }
 
 #[test]
-fn panicking_hook_records_an_incident_and_the_engine_goes_on() {
+fn panicking_hook_fails_the_call_but_the_change_stays() {
+    let heard = Arc::new(Mutex::new(Vec::new()));
     let engine = engine_with(
-        Engine::builder().hook(hook_fn(|ev: &Event<'_>| {
-            if let Event::TaskClaimed { .. } = ev {
-                panic!("hook bug");
-            }
-        })),
+        Engine::builder()
+            .hook(hook_fn(|ev: &Event| {
+                if let Event::TaskClaimed { .. } = ev {
+                    panic!("hook bug");
+                }
+            }))
+            .hook(listener("other", &heard)),
         &[RACI],
     );
     let ann = Actor::new("ann", ["r"]);
@@ -826,27 +874,26 @@ fn panicking_hook_records_an_incident_and_the_engine_goes_on() {
             message: "hook panicked: hook bug".into()
         })
     );
+    assert_eq!(*heard.lock().unwrap(), ["other work", "other work"]);
     let inst = engine.instance(id).unwrap();
     assert_eq!(
         inst.tasks()[0].claimed_by(),
         Some("ann"),
         "the claim stands"
     );
-    assert_eq!(inst.incidents().len(), 1);
-    assert_eq!(inst.incidents()[0].message, "hook panicked: hook bug");
+    assert!(inst.incidents().is_empty(), "{:?}", inst.incidents());
 
     engine.complete(task, &ann, Vars::new()).unwrap();
     assert_eq!(engine.instance(id).unwrap().status(), Status::Completed);
 }
 
-/// `Control::Abort` is documented as "the instance records an incident and the caller gets
-/// `ExecError::Hook`"; only `Veto` is a veto, also on `TaskCompleting`.
+/// `Control::Abort` from `on_completing` is a hook failure, not a veto: the completion is
+/// refused, the instance records an incident and the caller gets `ExecError::Hook`.
 #[test]
-fn aborting_hook_on_task_completing_is_a_hook_failure_not_a_veto() {
+fn aborting_veto_hook_is_a_hook_failure_not_a_veto() {
     let engine = engine_with(
-        Engine::builder().hook(hook_fn(|ev: &Event<'_>| match ev {
-            Event::TaskCompleting { .. } => Control::Abort("audit store down".into()),
-            _ => Control::Continue,
+        Engine::builder().hook(veto_fn(|_: &Completing<'_>| {
+            Control::Abort("audit store down".into())
         })),
         &[RACI],
     );
@@ -861,8 +908,35 @@ fn aborting_hook_on_task_completing_is_a_hook_failure_not_a_veto() {
         })
     );
     let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.tasks()[0].state(), &TaskState::Open, "not completed");
     assert_eq!(inst.incidents().len(), 1);
+    assert_eq!(inst.incidents()[0].node, None);
     assert_eq!(inst.incidents()[0].message, "audit store down");
+    assert!(
+        !audit_entries(&inst)
+            .iter()
+            .any(|e| matches!(e, Entry::Vetoed { .. }))
+    );
+}
+
+#[test]
+fn panicking_veto_hook_refuses_the_completion_with_an_incident() {
+    let engine = engine_with(
+        Engine::builder().hook(veto_fn(|_: &Completing<'_>| panic!("veto bug"))),
+        &[RACI],
+    );
+    let id = engine.start("raci", Vars::new()).unwrap();
+    let task = task_at(&engine, id, "work");
+    let result = engine.complete(task, &Actor::new("ann", ["r"]), Vars::new());
+    assert!(
+        matches!(&result, Err(ExecError::Hook { instance, message })
+            if *instance == id && message.contains("veto bug")),
+        "{result:?}"
+    );
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.tasks()[0].state(), &TaskState::Open, "not completed");
+    assert_eq!(inst.incidents().len(), 1);
+    assert!(inst.incidents()[0].message.contains("veto bug"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -900,7 +974,7 @@ fn check_failed_then_retry(
         result,
         Err(ExecError::Incident {
             instance: id,
-            node: "check".into(),
+            node: node_ref(engine, id, "check"),
             message: message.into()
         })
     );
@@ -971,7 +1045,7 @@ fn handler_returning_an_undeclared_variable_is_an_incident() {
         result,
         Err(ExecError::Incident {
             instance: id,
-            node: "check".into(),
+            node: node_ref(&engine, id, "check"),
             message: message.into()
         })
     );
@@ -1099,54 +1173,136 @@ fn complete_with_bad_output_changes_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Re-entrancy
 
+/// Hooks hear events after the call's commit, with no instance locked: a hook may call the
+/// engine for its own instance (which it sees as committed) and for others, and the events of
+/// its own call are delivered to it in turn.
 #[test]
-fn hook_calling_back_into_its_instance_is_refused_not_deadlocked() {
+fn hook_may_call_back_into_the_engine_after_the_commit() {
     let cell: Arc<OnceLock<Weak<Engine>>> = Arc::new(OnceLock::new());
     let seen: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
     let (hook_cell, sink) = (Arc::clone(&cell), Arc::clone(&seen));
     let engine = Arc::new(engine_with(
-        Engine::builder().hook(hook_fn(move |ev: &Event<'_>| {
-            if let Event::TaskCreated { task, .. } = ev {
+        Engine::builder().hook(hook_fn(move |ev: &Event| match ev {
+            Event::TaskCreated { task, .. } => {
                 let engine = hook_cell.get().and_then(Weak::upgrade).expect("engine");
                 let id = task.instance();
-                let mut out = sink.lock().unwrap();
-                out.push(format!("{:?}", engine.instance(id).map(|i| i.id())));
-                out.push(format!(
-                    "{:?}",
-                    engine.claim(*task, &Actor::new("ann", ["r"]))
+                // No lock is held here, the hook's own included: this must not deadlock.
+                let tasks = engine.tasks(id).map(|t| t.len());
+                let claim = engine.claim(*task, &Actor::new("ann", ["r"]));
+                let others: Vec<_> = engine
+                    .instances()
+                    .into_iter()
+                    .filter(|o| *o != id)
+                    .map(|o| engine.instance(o).map(|i| i.id()))
+                    .collect();
+                sink.lock().unwrap().push(format!(
+                    "{id}: tasks {tasks:?}, claim {claim:?}, others {others:?}"
                 ));
-                out.push(format!("{:?}", engine.remove(id).map(|i| i.id())));
-                // Other instances are not locked by this thread.
-                for other in engine.instances().into_iter().filter(|o| *o != id) {
-                    out.push(format!(
-                        "other {:?}",
-                        engine.instance(other).map(|i| i.id())
-                    ));
-                }
             }
+            Event::TaskClaimed { task, actor, .. } => {
+                sink.lock()
+                    .unwrap()
+                    .push(format!("{}: claimed by {actor}", task.instance()));
+            }
+            _ => {}
         })),
         &[RACI],
     ));
     cell.set(Arc::downgrade(&engine)).unwrap();
     let first = engine.start("raci", Vars::new()).unwrap();
     let second = engine.start("raci", Vars::new()).unwrap();
-    let refused = |id: InstanceId| format!("{:?}", Err::<(), _>(ExecError::Reentrant(id)));
     assert_eq!(
         *seen.lock().unwrap(),
         [
-            refused(first),
-            refused(first),
-            refused(first),
-            refused(second),
-            refused(second),
-            refused(second),
-            format!("other {:?}", Ok::<_, ExecError>(first)),
+            format!("{first}: claimed by ann"),
+            format!("{first}: tasks Ok(1), claim Ok(()), others []"),
+            format!("{second}: claimed by ann"),
+            format!("{second}: tasks Ok(1), claim Ok(()), others [Ok({first:?})]"),
         ]
     );
+    for id in [first, second] {
+        assert_eq!(
+            engine.instance(id).unwrap().tasks()[0].claimed_by(),
+            Some("ann")
+        );
+    }
+}
+
+/// A task with a 1h deadline, so that `tick` has something to fire.
+fn raci_due() -> String {
+    RACI.replace("    next: done", "    due: 1h\n    next: done")
+}
+
+/// A veto runs while its instance is locked: every engine call from it is refused (for any
+/// instance), `work_list` is empty there and `tick` fires nothing.
+#[test]
+fn veto_calling_back_into_the_engine_is_refused_not_deadlocked() {
+    let t0: DateTime<Utc> = "2026-01-05T09:00:00Z".parse().unwrap();
+    let clock = Arc::new(ManualClock::new(t0));
+    let cell: Arc<OnceLock<Weak<Engine>>> = Arc::new(OnceLock::new());
+    let seen: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let (hook_cell, sink) = (Arc::clone(&cell), Arc::clone(&seen));
+    let later = t0 + Duration::hours(2);
+    let engine = Arc::new(engine_with(
+        Engine::builder()
+            .clock(Arc::clone(&clock))
+            .hook(veto_fn(move |c: &Completing<'_>| {
+                let engine = hook_cell.get().and_then(Weak::upgrade).expect("engine");
+                let id = c.task.instance();
+                let other = engine
+                    .instances()
+                    .into_iter()
+                    .find(|o| *o != id)
+                    .expect("another instance");
+                let ann = Actor::new("ann", ["r"]);
+                let lines = vec![
+                    format!("{:?}", engine.instance(id).map(|i| i.id())),
+                    format!("{:?}", engine.instance(other).map(|i| i.id())),
+                    format!("{:?}", engine.claim(TaskId::new(other, 0), &ann)),
+                    format!("{:?}", engine.start("raci", Vars::new())),
+                    format!("work list {}", engine.work_list(&ann).len()),
+                    format!("fired {}", engine.tick(later).len()),
+                ];
+                sink.lock().unwrap().extend(lines);
+                Control::Continue
+            })),
+        &[&raci_due()],
+    ));
+    cell.set(Arc::downgrade(&engine)).unwrap();
+    let first = engine.start("raci", Vars::new()).unwrap();
+    let second = engine.start("raci", Vars::new()).unwrap();
+    let ann = Actor::new("ann", ["r"]);
+    engine
+        .complete(task_at(&engine, first, "work"), &ann, Vars::new())
+        .unwrap();
+    let refused = format!("{:?}", Err::<(), _>(ExecError::Reentrant(first)));
     assert_eq!(
-        engine.instance(first).unwrap().tasks()[0].claimed_by(),
+        *seen.lock().unwrap(),
+        [
+            refused.clone(),
+            refused.clone(),
+            refused.clone(),
+            refused,
+            "work list 0".to_owned(),
+            "fired 0".to_owned(),
+        ]
+    );
+    assert_eq!(engine.instance(first).unwrap().status(), Status::Completed);
+    assert_eq!(
+        engine.instances(),
+        [first, second],
+        "the veto started nothing"
+    );
+    assert_eq!(
+        engine.instance(second).unwrap().tasks()[0].claimed_by(),
         None
     );
+    // The deadline the veto's tick did not fire is still armed.
+    clock.set(later);
+    let fired = engine.tick(later);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].task, Some(TaskId::new(second, 0)));
+    assert_eq!(fired[0].kind, TimerKind::Due);
 }
 
 #[test]
@@ -1159,9 +1315,10 @@ fn handler_calling_back_into_its_instance_is_refused_not_deadlocked() {
             "credit",
             handler_fn(move |call| {
                 let engine = handler_cell.get().and_then(Weak::upgrade).expect("engine");
-                sink.lock()
-                    .unwrap()
-                    .push(engine.tasks(call.instance).map(|t| t.len()));
+                let own = engine.tasks(call.instance).map(|t| t.len());
+                // Any call, not only one on the handler's own instance.
+                let start = engine.start("svc", Vars::new()).map(|_| 0);
+                sink.lock().unwrap().extend([own, start]);
                 Ok(vars(json!({ "score": 1 })))
             }),
         ),
@@ -1169,8 +1326,12 @@ fn handler_calling_back_into_its_instance_is_refused_not_deadlocked() {
     ));
     cell.set(Arc::downgrade(&engine)).unwrap();
     let id = engine.start("svc", Vars::new()).unwrap();
-    assert_eq!(*seen.lock().unwrap(), [Err(ExecError::Reentrant(id))]);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [Err(ExecError::Reentrant(id)), Err(ExecError::Reentrant(id))]
+    );
     assert_eq!(open(&engine, id), ["review"]);
+    assert_eq!(engine.instances(), [id], "the handler started nothing");
 }
 
 // ---------------------------------------------------------------------------------------------

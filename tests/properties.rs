@@ -257,7 +257,7 @@ fn run(g: &Generated, v: i64, picks: &[Pick], probe: bool) -> Result<(), TestCas
     let engine = Engine::builder()
         .clock(Arc::clone(&clock))
         .handler("noop", handler_fn(|_| Ok(Vars::new())))
-        .hook(hook_fn(move |ev: &Event<'_>| {
+        .hook(hook_fn(move |ev: &Event| {
             if let Event::Notify { .. } = ev {
                 counter.fetch_add(1, Ordering::SeqCst);
             }

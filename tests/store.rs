@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use procflow::{
-    Actor, Clock, Engine, EngineBuilder, ExecError, HandlerError, InstanceId, ManualClock,
-    MemoryStore, OpenError, ProblemKind, ProcessDef, SqliteStore, Status, Store, TaskId, TaskState,
-    TokenState, Vars, handler_fn,
+    Actor, Clock, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, HandlerError,
+    InstanceId, ManualClock, MemoryStore, OpenError, ProcessDef, SqliteStore, Status, Store,
+    TaskId, TaskState, TokenState, Vars, handler_fn,
 };
 use serde_json::json;
 
@@ -253,11 +253,10 @@ fn versions_stay_apart_and_keep_their_text() {
         let err = engine
             .deploy(ProcessDef::from_yaml(&v2.replace("(v2)", "(v2b)")).unwrap())
             .unwrap_err();
-        assert!(
-            matches!(
-                err.problems[0].kind,
-                ProblemKind::AlreadyDeployed { version: 2, .. }
-            ),
+        assert_eq!(err.key.to_string(), "case@2", "{name}");
+        assert_eq!(
+            err.problems,
+            [DeployProblem::AlreadyDeployed],
             "{name}: {err}"
         );
         let new = engine.start("case", Vars::new()).unwrap();
@@ -399,33 +398,76 @@ fn a_refused_commit_changes_nothing() {
     ));
 }
 
+/// The one problem of `CASE` on a host without the `flaky` handler.
+fn assert_flaky_missing(error: &DeployError) {
+    assert_eq!(error.key.to_string(), "case@1");
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert!(
+        matches!(&error.problems[0], DeployProblem::UnknownHandler { node, handler, .. }
+            if &*node.name == "call" && handler == "flaky"),
+        "{error}"
+    );
+}
+
+/// A stored definition whose handler this host does not register does not keep the engine
+/// from opening while no running instance needs it: it is listed as unavailable, and starting
+/// it is refused.
 #[test]
-fn a_stored_definition_that_no_longer_deploys_is_named() {
+fn a_stored_definition_that_no_longer_deploys_is_listed_as_unavailable() {
     let store = MemoryStore::new();
     let clock = Arc::new(ManualClock::new(t0()));
     open(Arc::new(store.clone()), &clock)
         .deploy(ProcessDef::from_yaml(CASE).unwrap())
         .unwrap();
     // This host forgot the `flaky` handler.
-    let err = Engine::builder().open(store).unwrap_err();
-    let OpenError::Definition { key, error } = &err else {
-        panic!("{err}");
-    };
-    assert_eq!(key.to_string(), "case@1");
-    assert!(
-        matches!(error.problems[0].kind, ProblemKind::UnknownHandler(ref h) if h == "flaky"),
-        "{err}"
-    );
+    let engine = Engine::builder()
+        .clock(Arc::clone(&clock))
+        .open(store.clone())
+        .expect("no running instance needs the definition");
+    let unavailable = engine.unavailable();
+    assert_eq!(unavailable.len(), 1, "{unavailable:?}");
+    assert_flaky_missing(&unavailable[0]);
+    match engine.start("case", Vars::new()) {
+        Err(ExecError::Unavailable(error)) => {
+            assert_eq!(error, unavailable[0]);
+        }
+        other => panic!("expected ExecError::Unavailable, got {other:?}"),
+    }
+    assert!(engine.instances().is_empty());
+    // A host with the handler still runs it.
+    let engine = open(Arc::new(store), &clock);
+    assert!(engine.unavailable().is_empty());
+    engine.start("case", Vars::new()).unwrap();
 }
 
+/// A running instance whose definition no longer deploys keeps the engine from opening, and
+/// the error names the instance.
 #[test]
-fn hooks_hear_whether_a_call_was_stored() {
+fn a_running_instance_whose_definition_no_longer_deploys_is_named() {
+    let store = MemoryStore::new();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = open(Arc::new(store.clone()), &clock);
+    engine.deploy(ProcessDef::from_yaml(CASE).unwrap()).unwrap();
+    let id = engine.start("case", Vars::new()).unwrap();
+    drop(engine);
+    let err = Engine::builder().open(store).unwrap_err();
+    let OpenError::Unavailable { instance, error } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(*instance, id);
+    assert_flaky_missing(error);
+}
+
+/// With a store, hooks hear a call's events after its commit: a call the store refused is
+/// heard only as `refused`.
+#[test]
+fn hooks_hear_only_stored_calls() {
     let store = MemoryStore::new();
     let clock = Arc::new(ManualClock::new(t0()));
     let heard = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut b = builder(&clock);
     let sink = Arc::clone(&heard);
-    b.hook(procflow::hook_fn(move |ev: &procflow::Event<'_>| {
+    b.hook(procflow::hook_fn(move |ev: &procflow::Event| {
         let name = serde_json::to_value(ev).unwrap()["event"]
             .as_str()
             .unwrap()
@@ -438,25 +480,23 @@ fn hooks_hear_whether_a_call_was_stored() {
     let id = engine.start("case", Vars::new()).unwrap();
     let events = take();
     assert_eq!(events.first().map(String::as_str), Some("instance_started"));
-    assert_eq!(events.last().map(String::as_str), Some("committed"));
-    assert_eq!(events.iter().filter(|e| *e == "committed").count(), 1);
+    assert!(events.contains(&"task_created".to_owned()), "{events:?}");
+    assert!(!events.contains(&"refused".to_owned()), "{events:?}");
 
     let check = task(&engine, id, "check");
     store.refuse_commits(1);
     engine.complete(check, &agent(), Vars::new()).unwrap_err();
-    let events = take();
-    assert!(events.contains(&"task_completed".to_owned()), "{events:?}");
-    assert_eq!(
-        events.last().map(String::as_str),
-        Some("refused"),
-        "{events:?}"
-    );
+    assert_eq!(take(), ["refused"], "nothing of the refused call is heard");
+
+    // A refused start: no instance, and only `refused` is heard.
+    store.refuse_commits(1);
+    let ids = engine.instances();
+    engine.start("case", Vars::new()).unwrap_err();
+    assert_eq!(take(), ["refused"]);
+    assert_eq!(engine.instances(), ids);
 
     engine.complete(check, &agent(), Vars::new()).unwrap();
     let events = take();
-    assert_eq!(
-        events.last().map(String::as_str),
-        Some("committed"),
-        "{events:?}"
-    );
+    assert!(events.contains(&"task_completed".to_owned()), "{events:?}");
+    assert!(!events.contains(&"refused".to_owned()), "{events:?}");
 }

@@ -12,9 +12,9 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 use procflow::{
-    Actor, BusinessCalendar, Engine, EngineBuilder, Entry, Event, ExecError, Fired, InstanceId,
-    ManualClock, ProcessDef, Record, RoleId, Sla, SlaStatus, Status, TaskId, TaskState,
-    TimerDriver, TimerKind, TokenState, Vars, hook_fn,
+    Actor, BusinessCalendar, DeployProblem, Engine, EngineBuilder, Entry, Event, ExecError, Fired,
+    InstanceId, ManualClock, NodeRef, ProcessDef, Record, RoleId, Sla, SlaStatus, Status, TaskId,
+    TaskState, TimerDriver, TimerKind, TokenState, Vars, hook_fn,
 };
 use serde_json::json;
 
@@ -251,6 +251,14 @@ fn roles(ids: &[&str]) -> Vec<RoleId> {
     ids.iter().map(|r| RoleId::new(*r)).collect()
 }
 
+/// The node as errors name it.
+fn node_ref(engine: &Engine, id: InstanceId, name: &str) -> NodeRef {
+    NodeRef {
+        id: engine.definition_of(id).unwrap().node_id(name).unwrap(),
+        name: name.into(),
+    }
+}
+
 /// The only open task of an instance.
 fn only_task(engine: &Engine, id: InstanceId) -> TaskId {
     let tasks = engine.tasks(id).unwrap();
@@ -300,7 +308,7 @@ type TimerEvent = (
 fn timer_events() -> (Arc<Mutex<Vec<TimerEvent>>>, impl procflow::Hook + 'static) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&log);
-    let hook = hook_fn(move |ev: &Event<'_>| {
+    let hook = hook_fn(move |ev: &Event| {
         if let Event::Timer {
             instance,
             task,
@@ -313,10 +321,10 @@ fn timer_events() -> (Arc<Mutex<Vec<TimerEvent>>>, impl procflow::Hook + 'static
             sink.lock().unwrap().push((
                 *instance,
                 *task,
-                (*node).to_owned(),
+                node.to_string(),
                 *kind,
                 *sla,
-                recipients.to_vec(),
+                recipients.clone(),
             ));
         }
     });
@@ -420,7 +428,7 @@ fn ladder_fires_every_action_once_in_order_with_hooks_and_audit() {
             actor: "lou".into(),
             action: procflow::Action::Complete,
             task,
-            node: "work".into(),
+            node: node_ref(&engine, id, "work"),
             allowed: roles(&["r", "a"]),
             claimed_by: Some("ann".into()),
         })
@@ -449,7 +457,7 @@ fn ladder_fires_every_action_once_in_order_with_hooks_and_audit() {
             actor: "ann".into(),
             action: procflow::Action::Complete,
             task,
-            node: "work".into(),
+            node: node_ref(&engine, id, "work"),
             allowed: roles(&["lead", "a"]),
             claimed_by: Some("lou".into()),
         }),
@@ -651,7 +659,8 @@ fn timeout_cancels_the_task_and_moves_the_token() {
         engine.complete(task, &Actor::new("ann", ["r"]), Vars::new()),
         Err(ExecError::TaskClosed {
             task,
-            node: "work".into()
+            node: node_ref(&engine, id, "work"),
+            state: "timed out",
         })
     );
     assert_eq!(
@@ -809,9 +818,13 @@ fn an_until_variable_that_is_not_an_instant_is_an_incident() {
     for (vars, start) in [
         (
             vars(json!({ "appointment": "next tuesday" })),
-            "variable 'appointment' = 'next tuesday' is not an RFC 3339 instant: ",
+            "cannot compute a deadline: \
+             variable 'appointment' = 'next tuesday' is not an RFC 3339 instant: ",
         ),
-        (Vars::new(), "variable 'appointment' holds no instant"),
+        (
+            Vars::new(),
+            "cannot compute a deadline: variable 'appointment' holds no instant",
+        ),
     ] {
         clock.set(t0());
         let id = engine.start("waits", vars).unwrap();
@@ -1562,7 +1575,8 @@ fn run_schedule(limits: &Limits, plans: &[Plan], ticks: &[i64]) -> Result<(), Te
                         result,
                         Err(ExecError::TaskClosed {
                             task,
-                            node: "work".into()
+                            node: node_ref(&engine, task.instance(), "work"),
+                            state: "timed out",
                         })
                     );
                 } else {
@@ -1724,9 +1738,20 @@ fn a_calendar_a_duration_names_must_be_registered() {
     builder.calendar("china", BusinessCalendar::from_file(CHINA).unwrap());
     let engine = builder.build();
     let err = engine.deploy(def(TWO_CALENDARS)).unwrap_err();
+    assert_eq!(err.key.to_string(), "two@1");
     assert_eq!(
-        err.kinds(),
-        [&procflow::ProblemKind::UnknownCalendar("berlin".into())],
+        err.problems,
+        [DeployProblem::UnknownCalendar {
+            name: "berlin".into(),
+            node: Some(NodeRef {
+                id: def(TWO_CALENDARS).node_id("work").unwrap(),
+                name: "work".into(),
+            }),
+        }],
         "{err}"
+    );
+    assert!(
+        engine.definition("two", None).is_none(),
+        "nothing was deployed"
     );
 }

@@ -5,7 +5,9 @@
 //! is the first line of YAML and columns are the columns of the Rust source (the YAML is not
 //! indented).
 
-use procflow::{Engine, LoadError, Location, ProblemKind, ProcessDef, handler_fn};
+use procflow::{
+    DeployProblem, Engine, LoadError, Location, NodeRef, ProblemKind, ProcessDef, handler_fn,
+};
 
 /// The YAML text of an inline definition: the raw string minus its leading newline.
 fn yaml(text: &str) -> &str {
@@ -799,17 +801,25 @@ nodes:
 #[test]
 fn deploy_rejects_unregistered_handler() {
     let def = ProcessDef::from_yaml(yaml(WITH_SERVICE)).expect("the definition itself is valid");
+    let check = def.node_id("check").unwrap();
     let err = Engine::new()
         .deploy(def)
         .expect_err("no handler is registered");
+    assert_eq!(err.key.to_string(), "svc@1");
     assert_eq!(
-        problems(&err),
-        vec![(
-            10,
-            14,
-            "nodes.check.handler".to_owned(),
-            ProblemKind::UnknownHandler("credit_check".into())
-        )]
+        err.problems,
+        vec![DeployProblem::UnknownHandler {
+            node: NodeRef {
+                id: check,
+                name: "check".into()
+            },
+            handler: "credit_check".into(),
+            location: at(10, 14),
+        }]
+    );
+    assert_eq!(
+        err.to_string(),
+        "svc@1: 10:14: service task 'check' needs handler 'credit_check', which is not registered"
     );
 }
 
@@ -848,15 +858,12 @@ fn deploy_same_id_and_version_twice() {
     let err = engine
         .deploy(ProcessDef::from_yaml(&changed).unwrap())
         .expect_err("another text as hello@1");
-    assert_eq!(err.problems.len(), 1, "{err}");
-    assert_eq!(err.problems[0].location, None);
-    assert_eq!(err.problems[0].path, "version");
+    assert_eq!(err.key.to_string(), "hello@1");
+    assert_eq!(err.problems, [DeployProblem::AlreadyDeployed], "{err}");
     assert_eq!(
-        err.problems[0].kind,
-        ProblemKind::AlreadyDeployed {
-            id: "hello".into(),
-            version: 1
-        }
+        engine.definition("hello", Some(1)).unwrap().name(),
+        "Hello",
+        "the first text stays"
     );
     // Another version of the same id deploys.
     let v2 = yaml(HELLO).replace("version: 1", "version: 2");
