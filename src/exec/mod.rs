@@ -460,7 +460,6 @@ impl Engine {
                 state: TokenState::Ready,
             }],
             tasks: Vec::new(),
-            incidents: Box::default(),
             timers: Box::default(),
             audit: Vec::with_capacity(if self.config.audit {
                 dep.first_records.load(Ordering::Relaxed)
@@ -469,7 +468,7 @@ impl Engine {
             }),
             started_at: now,
             ended_at: None,
-            outbox: None,
+            rare: None,
         };
         // Shares the definition only when the instance is kept: a start that completes at
         // once touches no reference count shared between threads.

@@ -24,26 +24,27 @@ use crate::store::{Commit, StoreError, StoredInstance};
 pub(crate) struct Slot {
     pub(crate) inst: Instance,
     pub(crate) dep: Arc<Deployed>,
-    /// The version of the instance in the store (0 without a store).
+    /// The version of the instance in the store (0 without a store), or [`RETIRED`].
     pub(crate) version: u64,
-    /// Set (under this slot's lock) when the slot left its shard: a caller that locked it
-    /// after that looks the instance up again.
-    retired: bool,
 }
+
+/// The version of a slot that left its shard (set under its lock): a caller that locked it
+/// after that looks the instance up again. A version, not a flag, to keep a waiting instance
+/// small; no store counts to it, and no version compares newer than it.
+const RETIRED: u64 = u64::MAX;
 
 impl Slot {
     /// Marks the slot as gone from its shard.
     pub(crate) fn retire(&mut self) {
-        self.retired = true;
+        self.version = RETIRED;
+    }
+
+    fn is_retired(&self) -> bool {
+        self.version == RETIRED
     }
 
     pub(crate) fn new(inst: Instance, dep: Arc<Deployed>, version: u64) -> Slot {
-        Slot {
-            inst,
-            dep,
-            version,
-            retired: false,
-        }
+        Slot { inst, dep, version }
     }
 }
 
@@ -140,7 +141,7 @@ impl Engine {
                 None => self.read_stored(id)?,
             };
             let mut guard = lock(&slot);
-            if guard.retired {
+            if guard.is_retired() {
                 // Another call let it go between the lookup and the lock: look again.
                 continue;
             }
@@ -148,7 +149,7 @@ impl Engine {
             let out = f(&mut guard);
             drop(held);
             if !self.config.retain_completed && guard.inst.status == Status::Completed {
-                guard.retired = true;
+                guard.retire();
                 let mut shard = lock(self.shard(id));
                 if shard.get(&id.0).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
                     shard.remove(&id.0);
@@ -187,7 +188,7 @@ impl Engine {
         }
         let snapshot = self.store.as_ref().map(|_| inst.snapshot());
         let first = inst.audit.len();
-        let first_follow = inst.outbox.as_ref().map_or(0, |o| o.next);
+        let first_follow = inst.next_follow_up();
         let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
         let result = f(&mut step);
         let (armed, events, changed) = (step.take_armed(), step.events, step.changed);
@@ -419,7 +420,7 @@ impl Engine {
         match held {
             Some(slot) => {
                 let mut guard = lock(&slot);
-                if guard.version < version && !guard.retired {
+                if guard.version < version {
                     *guard = Slot::new(instance, dep, version);
                 }
                 drop(guard);
@@ -473,7 +474,7 @@ impl Engine {
 /// The follow-ups a call added (numbered from `first`), for running after its commit. Without a
 /// store they leave the outbox now: nothing needs to know they ran.
 fn fresh(inst: &mut Instance, first: u64, take: bool) -> Vec<Pending> {
-    let Some(outbox) = inst.outbox.as_deref_mut() else {
+    let Some(outbox) = inst.rare.as_deref_mut().map(|r| &mut r.outbox) else {
         return Vec::new();
     };
     if take {

@@ -17,8 +17,8 @@ use crate::def::Behaviour;
 use crate::hooks::{Completing, Control, Hook, ServiceCall};
 use crate::ids::{ActorId, NodeId, RoleId, TaskId};
 use crate::model::{
-    Comment, Entry, Event, FollowUp, Incident, Instance, Outbox, Pending, Record, Status, Task,
-    TaskState, Timer, TimerKind, Token, TokenState,
+    Comment, Entry, Event, FollowUp, Incident, Instance, Pending, Record, Status, Task, TaskState,
+    Timer, TimerKind, Token, TokenState,
 };
 use crate::raci::Action;
 use crate::vars::Vars;
@@ -207,7 +207,7 @@ impl<'a> Step<'a> {
 
     /// Leaves a follow-up in the instance's outbox, committed with this call's change.
     fn follow(&mut self, what: FollowUp) {
-        let outbox = self.inst.outbox.get_or_insert_with(Box::<Outbox>::default);
+        let outbox = &mut self.inst.rare_mut().outbox;
         outbox.pending.push(Pending {
             seq: outbox.next,
             what,
@@ -484,14 +484,12 @@ impl<'a> Step<'a> {
                 if let Some(i) = token {
                     self.inst.tokens[i].state = TokenState::Failed;
                 }
-                let mut incidents = std::mem::take(&mut self.inst.incidents).into_vec();
-                incidents.push(Incident {
+                self.inst.rare_mut().incidents.push(Incident {
                     node,
                     message: message.to_owned(),
                     at: self.now,
                     resolved: false,
                 });
-                self.inst.incidents = incidents.into_boxed_slice();
                 self.record(Entry::Incident {
                     node,
                     message: Box::from(message),
@@ -511,7 +509,7 @@ impl<'a> Step<'a> {
                         t.state = TokenState::Ready;
                     }
                 }
-                for incident in self.inst.incidents.iter_mut() {
+                for incident in self.inst.rare_mut().incidents.iter_mut() {
                     incident.resolved = true;
                 }
                 self.record(Entry::Retried);
@@ -598,8 +596,8 @@ impl<'a> Step<'a> {
                 message: Box::from(message),
             }),
             Change::Done { seqs } => {
-                if let Some(outbox) = self.inst.outbox.as_deref_mut() {
-                    outbox.pending.retain(|p| !seqs.contains(&p.seq));
+                if let Some(rare) = self.inst.rare.as_deref_mut() {
+                    rare.outbox.pending.retain(|p| !seqs.contains(&p.seq));
                 }
             }
         }

@@ -14,7 +14,8 @@ use crate::raci::Action;
 use crate::vars::Vars;
 
 /// The state of one process instance: plain data that a store can persist.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(from = "Wire")]
 pub struct Instance {
     pub(crate) id: InstanceId,
     /// Set when the instance is stored in the engine. Not cloning the shared key for an instance
@@ -27,19 +28,22 @@ pub struct Instance {
     pub(crate) tokens: SmallVec<[Token; 1]>,
     /// Every task the instance opened; a task's `seq` is its index here.
     pub(crate) tasks: Vec<Task>,
-    /// Rare: a boxed slice is 8 bytes smaller than a `Vec`.
-    pub(crate) incidents: Box<[Incident]>,
     /// Armed timers (and fired deadlines), few per instance.
     pub(crate) timers: Box<[Timer]>,
-    /// Absent from a stored state ([`StateRef`]): stores keep the records beside it.
-    #[serde(default)]
+    /// Absent from a stored state ([`Instance::encode`]): stores keep the records beside it.
     pub(crate) audit: Vec<Record>,
     pub(crate) started_at: DateTime<Utc>,
     pub(crate) ended_at: Option<DateTime<Utc>>,
-    /// Follow-ups committed with the instance and not yet run; `None` until the first one (a
-    /// pointer wide, so a waiting instance stays small).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) outbox: Option<Box<Outbox>>,
+    /// Incidents and follow-ups: most instances never have one, so they share one pointer
+    /// (a waiting instance stays under 512 bytes).
+    pub(crate) rare: Option<Box<Rare>>,
+}
+
+/// The parts of an instance most instances never have.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Rare {
+    pub(crate) incidents: Vec<Incident>,
+    pub(crate) outbox: Outbox,
 }
 
 /// An instance's outbox: the follow-ups its calls left, and the number the next one gets.
@@ -49,10 +53,9 @@ pub(crate) struct Outbox {
     pub(crate) pending: Vec<Pending>,
 }
 
-/// An instance's state as stores serialize it: every field of [`Instance`] but the audit trail
-/// (a commit carries the records it added beside it). It deserializes as an `Instance`.
+/// An instance as it is serialized: every field, the audit trail only when asked.
 #[derive(Serialize)]
-pub(crate) struct StateRef<'a> {
+struct WireRef<'a> {
     id: InstanceId,
     def: &'a Option<Arc<DefKey>>,
     status: Status,
@@ -61,27 +64,95 @@ pub(crate) struct StateRef<'a> {
     tasks: &'a [Task],
     incidents: &'a [Incident],
     timers: &'a [Timer],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit: Option<&'a [Record]>,
     started_at: DateTime<Utc>,
     ended_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    outbox: &'a Option<Box<Outbox>>,
+    outbox: Option<&'a Outbox>,
 }
 
-impl<'a> StateRef<'a> {
-    pub(crate) fn new(i: &'a Instance) -> StateRef<'a> {
-        StateRef {
-            id: i.id,
-            def: &i.def,
-            status: i.status,
-            vars: &i.vars,
-            tokens: &i.tokens,
-            tasks: &i.tasks,
-            incidents: &i.incidents,
-            timers: &i.timers,
-            started_at: i.started_at,
-            ended_at: i.ended_at,
-            outbox: &i.outbox,
+/// An instance as it is deserialized (the audit trail and the outbox may be absent).
+#[derive(Deserialize)]
+struct Wire {
+    id: InstanceId,
+    def: Option<Arc<DefKey>>,
+    status: Status,
+    vars: Vars,
+    tokens: SmallVec<[Token; 1]>,
+    tasks: Vec<Task>,
+    #[serde(default)]
+    incidents: Vec<Incident>,
+    timers: Box<[Timer]>,
+    #[serde(default)]
+    audit: Vec<Record>,
+    started_at: DateTime<Utc>,
+    ended_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    outbox: Option<Outbox>,
+}
+
+impl From<Wire> for Instance {
+    fn from(w: Wire) -> Instance {
+        let outbox = w.outbox.unwrap_or_default();
+        let rare = (!w.incidents.is_empty() || outbox != Outbox::default()).then(|| {
+            Box::new(Rare {
+                incidents: w.incidents,
+                outbox,
+            })
+        });
+        Instance {
+            id: w.id,
+            def: w.def,
+            status: w.status,
+            vars: w.vars,
+            tokens: w.tokens,
+            tasks: w.tasks,
+            timers: w.timers,
+            audit: w.audit,
+            started_at: w.started_at,
+            ended_at: w.ended_at,
+            rare,
         }
+    }
+}
+
+impl Instance {
+    fn wire(&self, audit: bool) -> WireRef<'_> {
+        WireRef {
+            id: self.id,
+            def: &self.def,
+            status: self.status,
+            vars: &self.vars,
+            tokens: &self.tokens,
+            tasks: &self.tasks,
+            incidents: self.incidents(),
+            timers: &self.timers,
+            audit: audit.then_some(&self.audit[..]),
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+            outbox: self
+                .rare
+                .as_deref()
+                .map(|r| &r.outbox)
+                .filter(|o| **o != Outbox::default()),
+        }
+    }
+
+    /// The incidents and outbox, made on first use.
+    pub(crate) fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// The number the next follow-up gets.
+    pub(crate) fn next_follow_up(&self) -> u64 {
+        self.rare.as_deref().map_or(0, |r| r.outbox.next)
+    }
+}
+
+impl Serialize for Instance {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.wire(true).serialize(s)
     }
 }
 
@@ -339,7 +410,7 @@ impl Instance {
 
     /// The incidents, resolved or not.
     pub fn incidents(&self) -> &[Incident] {
-        &self.incidents
+        self.rare.as_deref().map_or(&[], |r| &r.incidents[..])
     }
 
     /// The armed timers, and deadlines that already fired.
@@ -355,7 +426,7 @@ impl Instance {
     /// The follow-ups committed with the instance that have yet to run (see
     /// [`FollowUp`](super::FollowUp)).
     pub fn pending(&self) -> &[Pending] {
-        self.outbox.as_deref().map_or(&[], |o| &o.pending[..])
+        self.rare.as_deref().map_or(&[], |r| &r.outbox.pending[..])
     }
 
     /// The state as stores keep it: JSON with every field but the audit trail (a commit carries
@@ -363,7 +434,7 @@ impl Instance {
     /// uses this and [`Instance::decode`].
     pub fn encode(&self) -> String {
         // Instance state is plain serde data with string keys: it always serializes.
-        serde_json::to_string(&StateRef::new(self)).unwrap_or_default()
+        serde_json::to_string(&self.wire(false)).unwrap_or_default()
     }
 
     /// Decodes what [`Instance::encode`] wrote and puts the audit trail back.
@@ -436,7 +507,7 @@ impl Instance {
                 ));
             }
         }
-        for incident in &self.incidents {
+        for incident in self.incidents() {
             if let Some(n) = incident.node {
                 node(n, "an incident")?;
             }

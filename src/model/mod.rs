@@ -10,7 +10,7 @@ mod instance;
 mod timer;
 
 pub use event::{Event, FollowUp, Pending};
-pub(crate) use instance::Outbox;
+
 pub use instance::{
     Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
 };
