@@ -7,13 +7,14 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::RoleId;
+use crate::ids::{ActorId, RoleId};
 
 /// A person or system acting on tasks: an id and the roles it holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
-    /// The actor's id, e.g. a staff number.
-    pub id: String,
+    /// The actor's id, e.g. a staff number (shared: tasks and audit records keep it without
+    /// copying the text).
+    pub id: ActorId,
     /// The roles the actor holds.
     pub roles: Vec<RoleId>,
 }
@@ -31,7 +32,7 @@ impl Actor {
         roles: impl IntoIterator<Item = R>,
     ) -> Actor {
         Actor {
-            id: id.into(),
+            id: ActorId::new(id),
             roles: roles.into_iter().map(|r| RoleId(r.into())).collect(),
         }
     }
@@ -150,10 +151,10 @@ pub(crate) fn check(
         None => holds_any(&raci.responsible),
     };
     match action {
-        Action::Claim if responsible && claimant.is_none_or(|c| c == actor.id) => {
+        Action::Claim if responsible && claimant.is_none_or(|c| c == actor.id.as_str()) => {
             Ok(Grant::Regular)
         }
-        Action::Complete if responsible && claimant.is_none_or(|c| c == actor.id) => {
+        Action::Complete if responsible && claimant.is_none_or(|c| c == actor.id.as_str()) => {
             Ok(Grant::Regular)
         }
         Action::Complete | Action::Reassign if accountable => Ok(Grant::Override),

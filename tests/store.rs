@@ -1,7 +1,10 @@
 //! The engine on a store, through the public API: every kind of state survives closing and
 //! opening, overdue timers fire once each after a restart, definition versions stay apart, two
 //! engines sharing a store conflict instead of overwriting, and a commit the store refuses
-//! changes nothing. Each test runs on every store that ships ([`stores`]).
+//! changes nothing. Each test runs on every store that ships, and on one written outside the
+//! crate with the public API alone ([`stores`]).
+
+mod foreign;
 
 use std::sync::Arc;
 
@@ -60,7 +63,13 @@ type Reopen = Box<dyn Fn() -> Arc<dyn Store>>;
 fn stores() -> Vec<(&'static str, Reopen)> {
     let memory = MemoryStore::new();
     let path = temp_db();
+    // A store written outside the crate with the public API alone (tests/foreign).
+    let foreign = Arc::new(foreign::TextStore::default());
     vec![
+        (
+            "foreign",
+            Box::new(move || Arc::clone(&foreign) as Arc<dyn Store>),
+        ),
         (
             "memory",
             Box::new(move || Arc::new(memory.clone()) as Arc<dyn Store>),

@@ -1797,9 +1797,6 @@ fn berlin_engine(start: DateTime<Utc>, defs: &[&str]) -> (Arc<ManualClock>, Engi
 /// A task deadline that cannot be computed fails the token at the task's node before the task
 /// opens; `retry` opens it once the deadline can be computed.
 #[test]
-#[ignore = "library bug: Engine::start_version drops the instance for any ExecError::Deadline, \
-            not only the SLA's (without a store the instance is lost although hooks heard it \
-            start; with one it is stored but not in memory)"]
 fn a_task_deadline_that_cannot_be_computed_fails_the_node_and_retry_opens_the_task() {
     // Thursday 31 December 2026, 16:00 in Berlin: 4h of business time run into 2027, which the
     // calendar does not cover.

@@ -27,7 +27,7 @@ pub use timers::{Sla, SlaStatus, TimerDriver};
 use crate::clock::{Clock, SystemClock};
 use crate::def::ProcessDef;
 use crate::hooks::{Completing, Control, Hook, ServiceHandler};
-use crate::ids::{ActorId, InstanceId, NodeId, TaskId};
+use crate::ids::{InstanceId, NodeId, TaskId};
 use crate::model::{Instance, Status, Task, TimerKind, Token, TokenState};
 use crate::raci::{self, Action, Actor, Authorizer, Grant};
 use crate::store::{Store, StoreError};
@@ -473,16 +473,17 @@ impl Engine {
         // Shares the definition only when the instance is kept: a start that completes at
         // once touches no reference count shared between threads.
         let mut slot = Slot::new(inst, Arc::clone(dep), 0);
+        let mut sla_failed = false;
         let stepped = {
             let _held = seam::hold(id);
             self.step_slot(&mut slot, now, |step| {
-                let sla = step.sla_timers()?;
+                let sla = step.sla_timers().inspect_err(|_| sla_failed = true)?;
                 step.apply(Change::Started);
                 step.arm(sla);
                 step.run()
             })
         };
-        if stepped.refused || matches!(stepped.result, Err(ExecError::Deadline { .. })) {
+        if stepped.refused || sla_failed {
             // A start the store refused, or whose SLA cannot be computed, leaves no instance.
             let result = self.after(stepped);
             return result.map(|()| id);
@@ -552,7 +553,7 @@ impl Engine {
                     allowed: &allowed,
                 });
                 Err(ExecError::Denied {
-                    actor: ActorId::new(actor.id.as_str()),
+                    actor: actor.id.clone(),
                     action,
                     task,
                     node: node.clone(),
@@ -707,7 +708,7 @@ impl Engine {
                     allowed: &allowed,
                 });
                 return Err(ExecError::Denied {
-                    actor: ActorId::new(to.id.as_str()),
+                    actor: to.id.clone(),
                     action: Action::Claim,
                     task,
                     node: node.clone(),

@@ -76,8 +76,8 @@ pub(crate) fn hold(id: InstanceId) -> Held {
 pub(crate) struct Stepped {
     pub(crate) instance: InstanceId,
     pub(crate) result: Result<(), ExecError>,
-    /// The instants of the timers the call armed, for the engine's schedule.
-    pub(crate) armed: Vec<DateTime<Utc>>,
+    /// The earliest timer the call armed, for the engine's schedule.
+    pub(crate) armed: Option<DateTime<Utc>>,
     /// The call's events, or only [`Event::Refused`] when the store refused it.
     pub(crate) events: Vec<Event>,
     /// The follow-ups the call committed, to run now.
@@ -93,7 +93,7 @@ impl Stepped {
         Stepped {
             instance,
             result,
-            armed: Vec::new(),
+            armed: None,
             events: Vec::new(),
             follow: Vec::new(),
             dep: None,
@@ -112,10 +112,11 @@ impl Engine {
         lock(&self.timer_heaps[(id.0 as usize) % SHARDS]).push(std::cmp::Reverse((at, id.0)));
     }
 
-    /// Puts every timer of `inst` that has yet to fire on the schedule.
+    /// Puts the earliest timer of `inst` that has yet to fire on the schedule (firing it
+    /// schedules the next).
     pub(crate) fn schedule_pending(&self, inst: &Instance) {
-        for timer in inst.timers.iter().filter(|t| !t.fired) {
-            self.schedule(inst.id, timer.at);
+        if let Some(at) = inst.timers.iter().filter(|t| !t.fired).map(|t| t.at).min() {
+            self.schedule(inst.id, at);
         }
     }
 
@@ -280,14 +281,14 @@ impl Engine {
             dep,
             ..
         } = stepped;
-        for at in armed {
+        if let Some(at) = armed {
             self.schedule(instance, at);
         }
         let mut failure = self.tell(&events);
-        if let Some(dep) = dep {
-            if let Some(f) = self.run_follow_ups(instance, &dep, follow) {
-                failure.get_or_insert(f);
-            }
+        if let Some(dep) = dep
+            && let Some(f) = self.run_follow_ups(instance, &dep, follow)
+        {
+            failure.get_or_insert(f);
         }
         match (result, failure) {
             (Err(e), _) => Err(e),

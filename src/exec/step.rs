@@ -31,7 +31,7 @@ pub(crate) enum Change<'c> {
         token: Option<usize>,
         from: NodeId,
         to: NodeId,
-        actor: Option<&'c str>,
+        actor: Option<&'c ActorId>,
     },
     Route {
         gateway: NodeId,
@@ -53,33 +53,33 @@ pub(crate) enum Change<'c> {
     },
     Claim {
         task: u32,
-        actor: &'c str,
+        actor: &'c ActorId,
     },
     Complete {
         task: u32,
-        actor: &'c str,
+        actor: &'c ActorId,
         overridden: bool,
         output: Vars,
     },
     Reassign {
         task: u32,
-        by: &'c str,
-        to: &'c str,
+        by: &'c ActorId,
+        to: &'c ActorId,
     },
     Comment {
         task: u32,
-        actor: &'c str,
+        actor: &'c ActorId,
         text: &'c str,
     },
     Denied {
         task: u32,
-        actor: &'c str,
+        actor: &'c ActorId,
         action: Action,
         allowed: &'c [RoleId],
     },
     Vetoed {
         task: u32,
-        actor: &'c str,
+        actor: &'c ActorId,
         reason: &'c str,
     },
     SetVars(Vars),
@@ -90,8 +90,8 @@ pub(crate) enum Change<'c> {
     },
     Retry,
     Finish,
-    /// Arms a timer.
-    Arm(Timer),
+    /// Arms timers.
+    Arm(Vec<Timer>),
     /// A token waits at a timer node until `at`.
     Wait {
         token: usize,
@@ -122,10 +122,9 @@ pub(crate) struct Step<'a> {
     /// The events of this call, for the hooks after its commit (only collected when there are
     /// hooks).
     pub(crate) events: Vec<Event>,
-    /// Instants of the timers armed by this call, for the engine's schedule.
-    armed: Vec<DateTime<Utc>>,
-    /// The last actor id this call recorded: one call's records share it.
-    actor: std::cell::RefCell<Option<ActorId>>,
+    /// The earliest timer this call armed, for the engine's schedule (which needs only the
+    /// earliest: firing a timer schedules the instance's next one).
+    armed: Option<DateTime<Utc>>,
     /// Whether this call applied any change (a store then commits it).
     pub(crate) changed: bool,
 }
@@ -145,24 +144,14 @@ impl<'a> Step<'a> {
             now,
             audit,
             events: Vec::new(),
-            armed: Vec::new(),
-            actor: std::cell::RefCell::new(None),
+            armed: None,
             changed: false,
         }
     }
 
-    /// `id` as a shared [`ActorId`], made once per call.
-    fn actor_id(&self, id: &str) -> ActorId {
-        let mut cached = self.actor.borrow_mut();
-        match &*cached {
-            Some(a) if a.as_str() == id => a.clone(),
-            _ => cached.insert(ActorId::new(id)).clone(),
-        }
-    }
-
-    /// The instants of the timers this call armed.
-    pub(crate) fn take_armed(&mut self) -> Vec<DateTime<Utc>> {
-        std::mem::take(&mut self.armed)
+    /// The earliest timer this call armed.
+    pub(crate) fn take_armed(&mut self) -> Option<DateTime<Utc>> {
+        self.armed.take()
     }
 
     fn node_name(&self, node: NodeId) -> &'a str {
@@ -262,7 +251,7 @@ impl<'a> Step<'a> {
                 self.record(Entry::Transition {
                     from,
                     to,
-                    actor: actor.map(|a| self.actor_id(a)),
+                    actor: actor.cloned(),
                 });
                 if self.heard() {
                     self.emit(Event::NodeLeft {
@@ -323,7 +312,7 @@ impl<'a> Step<'a> {
                 }
             }
             Change::Claim { task, actor } => {
-                self.inst.tasks[task as usize].claimed_by = Some(self.actor_id(actor));
+                self.inst.tasks[task as usize].claimed_by = Some(actor.clone());
                 // A claimed task's claim deadline is met.
                 if self
                     .inst
@@ -337,7 +326,7 @@ impl<'a> Step<'a> {
                         .filter(|t| !(t.task == Some(task) && t.kind == TimerKind::ClaimDue))
                         .collect();
                 }
-                let actor = self.actor_id(actor);
+                let actor = actor.clone();
                 self.record(Entry::Claimed {
                     task,
                     actor: actor.clone(),
@@ -359,7 +348,7 @@ impl<'a> Step<'a> {
             } => {
                 self.inst.vars.extend(output);
                 self.disarm(task);
-                let by = self.actor_id(actor);
+                let by = actor.clone();
                 let slot = &mut self.inst.tasks[task as usize];
                 slot.state = TaskState::Completed { by, at: self.now };
                 let node_id = slot.node;
@@ -371,7 +360,7 @@ impl<'a> Step<'a> {
                 {
                     self.inst.tokens[i].state = TokenState::Ready;
                 }
-                let actor = self.actor_id(actor);
+                let actor = actor.clone();
                 self.record(Entry::Completed {
                     task,
                     actor: actor.clone(),
@@ -399,7 +388,7 @@ impl<'a> Step<'a> {
                 }
             }
             Change::Reassign { task, by, to } => {
-                let (by, to) = (self.actor_id(by), ActorId::new(to));
+                let (by, to) = (by.clone(), to.clone());
                 self.inst.tasks[task as usize].claimed_by = Some(to.clone());
                 self.record(Entry::Reassigned {
                     task,
@@ -420,12 +409,12 @@ impl<'a> Step<'a> {
                 let comments = &mut self.inst.tasks[task as usize].comments;
                 let mut all = std::mem::take(comments).into_vec();
                 all.push(Comment {
-                    actor: actor.to_owned(),
+                    actor: actor.to_string(),
                     at: self.now,
                     text: text.to_owned(),
                 });
                 *comments = all.into_boxed_slice();
-                let actor = self.actor_id(actor);
+                let actor = actor.clone();
                 self.record(Entry::Commented {
                     task,
                     actor: actor.clone(),
@@ -446,7 +435,7 @@ impl<'a> Step<'a> {
                 action,
                 allowed,
             } => {
-                let actor = self.actor_id(actor);
+                let actor = actor.clone();
                 self.record(Entry::Denied {
                     task,
                     actor: actor.clone(),
@@ -471,7 +460,7 @@ impl<'a> Step<'a> {
             } => {
                 self.record(Entry::Vetoed {
                     task,
-                    actor: self.actor_id(actor),
+                    actor: actor.clone(),
                     reason: Box::from(reason),
                 });
             }
@@ -521,10 +510,12 @@ impl<'a> Step<'a> {
                 self.record(Entry::InstanceCompleted);
                 self.emit(Event::InstanceCompleted { instance: id });
             }
-            Change::Arm(timer) => {
-                self.armed.push(timer.at);
+            Change::Arm(new) => {
+                if let Some(first) = new.iter().map(|t| t.at).min() {
+                    self.armed = Some(self.armed.map_or(first, |a| a.min(first)));
+                }
                 let mut timers = std::mem::take(&mut self.inst.timers).into_vec();
-                timers.push(timer);
+                timers.extend(new);
                 self.inst.timers = timers.into_boxed_slice();
             }
             Change::Wait { token, at } => {
@@ -539,7 +530,7 @@ impl<'a> Step<'a> {
                     business: false,
                     fired: false,
                 };
-                self.apply(Change::Arm(timer));
+                self.apply(Change::Arm(vec![timer]));
             }
             Change::Fire { index, recipients } => {
                 let timer = self.inst.timers[index].clone();
@@ -783,11 +774,10 @@ impl<'a> Step<'a> {
 
     /// As [`Step::fail_node`], for a deadline that cannot be computed.
     fn fail_deadline(&mut self, i: usize, at: NodeId, message: String) -> ExecError {
-        let message = format!("cannot compute a deadline: {message}");
         self.apply(Change::Fail {
             token: Some(i),
             node: Some(at),
-            message: &message,
+            message: &format!("cannot compute a deadline: {message}"),
         });
         ExecError::Deadline {
             instance: self.inst.id,

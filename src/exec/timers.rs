@@ -206,8 +206,8 @@ impl<'a> Step<'a> {
     /// Arms computed timers and records their warnings.
     pub(crate) fn arm(&mut self, armed: Armed) {
         self.warn(armed.warnings);
-        for t in armed.timers {
-            self.apply(Change::Arm(t));
+        if !armed.timers.is_empty() {
+            self.apply(Change::Arm(armed.timers));
         }
     }
 
@@ -347,14 +347,14 @@ impl<'a> Step<'a> {
                             self.after((next, calendar_of(dep, every)), timer.at, &mut warnings);
                         self.warn(warnings);
                         match at {
-                            Ok(at) => self.apply(Change::Arm(Timer {
+                            Ok(at) => self.apply(Change::Arm(vec![Timer {
                                 at,
                                 kind: TimerKind::Urge {
                                     level,
                                     count: count + 1,
                                 },
                                 ..timer
-                            })),
+                            }])),
                             Err(message) => self.apply(Change::Fail {
                                 token: None,
                                 node: Some(timer.node),
@@ -397,6 +397,16 @@ impl<'a> Step<'a> {
             TimerKind::Wait => Vec::new(),
         }
     }
+}
+
+/// The instance's earliest timer yet to fire, at or after `at` (one at `at` is one the firing
+/// armed; the ones it fired are gone or marked).
+fn next_timer(inst: &crate::model::Instance, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    inst.timers
+        .iter()
+        .filter(|t| !t.fired && t.at >= at)
+        .map(|t| t.at)
+        .min()
 }
 
 /// What an escalation level does, for the audit trail and hooks.
@@ -453,9 +463,10 @@ impl Engine {
                 // timeout route opens is created then, and its own deadlines count from then.
                 // So a late tick gives the same result as timely ones.
                 let stepped = self.with_slot(id, |slot: &mut Slot| {
-                    self.step_slot(slot, at, |step| step.fire_at(at, &mut fired))
+                    let stepped = self.step_slot(slot, at, |step| step.fire_at(at, &mut fired));
+                    (stepped, next_timer(&slot.inst, at))
                 });
-                let mut stepped = match stepped {
+                let (mut stepped, next) = match stepped {
                     Ok(stepped) => stepped,
                     // Gone from memory without a store: nothing is left to fire.
                     Err(ExecError::UnknownInstance(_)) => continue,
@@ -466,18 +477,20 @@ impl Engine {
                         continue;
                     }
                 };
+                stepped.armed = None;
                 if stepped.refused {
                     // The store refused: nothing fired. The timer stays armed, so it goes back
                     // on the schedule for the next tick (after a conflict, the instance read
                     // again from the store was scheduled as it stands).
                     fired.truncate(fired_before);
                     self.schedule(id, at);
-                }
-                for at in std::mem::take(&mut stepped.armed) {
-                    if at <= now {
-                        due.push(std::cmp::Reverse((at, n)));
+                } else if let Some(next) = next {
+                    // The instance's next timer (one this firing armed, or an older one): due
+                    // now, it fires in this tick, in order.
+                    if next <= now {
+                        due.push(std::cmp::Reverse((next, n)));
                     } else {
-                        self.schedule(id, at);
+                        self.schedule(id, next);
                     }
                 }
                 done.push(stepped);
@@ -526,15 +539,24 @@ impl Engine {
                 .filter_map(|(i, h)| super::lock(h).peek().map(|std::cmp::Reverse(e)| (i, *e)))
                 .min_by_key(|(_, e)| *e)?;
             let armed = self.with_slot(InstanceId(n), |slot| {
-                slot.inst.timers.iter().any(|t| t.at == at && !t.fired)
+                let here = slot.inst.timers.iter().any(|t| t.at == at && !t.fired);
+                (here, next_timer(&slot.inst, at))
             });
-            // Called from a handler or veto, or with a store that fails now: keep the entry.
-            if !matches!(armed, Ok(false) | Err(ExecError::UnknownInstance(_))) {
-                return Some(at);
+            let later = match armed {
+                Ok((false, later)) => later,
+                Err(ExecError::UnknownInstance(_)) => None,
+                // Armed, or not knowable now (from a handler or veto, a failing store).
+                _ => return Some(at),
+            };
+            {
+                let mut heap = super::lock(&self.timer_heaps[shard]);
+                if heap.peek() == Some(&std::cmp::Reverse((at, n))) {
+                    heap.pop();
+                }
             }
-            let mut heap = super::lock(&self.timer_heaps[shard]);
-            if heap.peek() == Some(&std::cmp::Reverse((at, n))) {
-                heap.pop();
+            // The entry stood for the instance's later timers too.
+            if let Some(later) = later {
+                self.schedule(InstanceId(n), later);
             }
         }
     }
