@@ -42,7 +42,7 @@ use std::fmt;
 
 use std::collections::HashMap;
 
-use cel::common::ast::{Expr, IdedExpr};
+use cel::common::ast::{Expr, IdedExpr, LiteralValue};
 use serde_json::Value;
 
 use crate::vars::{VarSpec, Vars};
@@ -101,7 +101,8 @@ pub(crate) fn on_loader_stack<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T
 pub(crate) struct Condition {
     source: String,
     program: cel::Program,
-    /// The variables the expression reads, in a fixed order.
+    /// The variables the expression reads, in a fixed order: its free identifiers (a macro's
+    /// iteration variable is not one).
     reads: Vec<String>,
     /// A shortcut for the most common shape, `variable == literal` (or `!=`, or a lone boolean
     /// variable), used when the variable's value has the literal's JSON kind; anything else is
@@ -197,13 +198,7 @@ impl Condition {
                 limit: MAX_DEPTH,
             });
         }
-        let mut reads: Vec<String> = program
-            .references()
-            .variables()
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        reads.sort();
+        let reads = free_variables(&program.expression().expr);
         let cost = cost(&program.expression().expr, reads.len());
         if cost > MAX_COST {
             return Err(ProblemKind::ExpressionTooCostly {
@@ -397,19 +392,18 @@ fn syntax_error(errors: &cel::ParseErrors) -> ProblemKind {
     let Some(first) = errors.errors.first() else {
         return ProblemKind::BadCondition("does not parse".to_owned());
     };
-    let message = excerpt(first.msg.trim());
+    let msg = first.msg.trim();
+    let message = excerpt(msg.strip_prefix("Syntax error: ").unwrap_or(msg));
     let more = match errors.errors.len() {
         0 | 1 => String::new(),
         n => format!(" (and {} more errors)", n - 1),
     };
+    // 1-based, lines and columns.
     let (line, column) = first.pos;
-    ProblemKind::BadCondition(if line > 1 && column >= 0 {
-        format!(
-            "{message} at line {line}, column {} of the expression{more}",
-            column + 1
-        )
-    } else if line >= 1 && column >= 0 {
-        format!("{message} at column {} of the expression{more}", column + 1)
+    ProblemKind::BadCondition(if line > 1 && column >= 1 {
+        format!("{message} at line {line}, column {column} of the expression{more}")
+    } else if line == 1 && column >= 1 {
+        format!("{message} at column {column} of the expression{more}")
     } else {
         format!("{message}{more}")
     })
@@ -467,6 +461,43 @@ fn children(expr: &Expr) -> Vec<&IdedExpr> {
         Expr::Select(select) => vec![&select.operand],
         Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
     }
+}
+
+/// The identifiers `expr` reads that no macro around them binds, sorted, without repeats. The
+/// `cel` crate's own list counts a macro's iteration variables too. Recurses as deep as the tree,
+/// which is checked first.
+fn free_variables(expr: &Expr) -> Vec<String> {
+    fn walk<'e>(expr: &'e Expr, bound: &mut Vec<&'e str>, out: &mut Vec<String>) {
+        match expr {
+            Expr::Ident(name) => {
+                if !name.starts_with('@') && !bound.contains(&name.as_str()) {
+                    out.push(name.clone());
+                }
+            }
+            Expr::Comprehension(c) => {
+                walk(&c.iter_range.expr, bound, out);
+                walk(&c.accu_init.expr, bound, out);
+                let len = bound.len();
+                bound.push(&c.accu_var);
+                walk(&c.result.expr, bound, out);
+                bound.push(&c.iter_var);
+                bound.extend(c.iter_var2.as_deref());
+                walk(&c.loop_cond.expr, bound, out);
+                walk(&c.loop_step.expr, bound, out);
+                bound.truncate(len);
+            }
+            other => {
+                for child in children(other) {
+                    walk(&child.expr, bound, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(expr, &mut Vec::new(), &mut out);
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The cost of evaluating one node of the tree, in the units of [`cost`]: about the time of
@@ -577,6 +608,15 @@ fn estimate<'e>(expr: &'e Expr, scope: &mut Vec<Bound<'e>>) -> Estimate {
                 call.args.first().map(|a| &a.expr),
                 Some(Expr::Ident(name)) if name == "@result"
             );
+            // `x + 1`: CEL adds no number to a string or list, so this is arithmetic.
+            let numeric = call.args.iter().any(|a| {
+                matches!(
+                    &a.expr,
+                    Expr::Literal(
+                        LiteralValue::Int(_) | LiteralValue::UInt(_) | LiteralValue::Double(_)
+                    )
+                )
+            });
             // (walks a whole value, gives something large)
             let (walks, large) = match call.func_name.as_str() {
                 "_&&_"
@@ -600,6 +640,7 @@ fn estimate<'e>(expr: &'e Expr, scope: &mut Vec<Bound<'e>>) -> Estimate {
                 "_?_:_" => (false, operands.iter().skip(1).any(|e| e.large)),
                 // The accumulator of `map`, `filter` and `exists_one` grows in place.
                 "_+_" if accumulates => (false, any),
+                "_+_" if numeric => (false, false),
                 _ => (any, any),
             };
             Estimate {

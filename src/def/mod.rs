@@ -238,7 +238,8 @@ impl ProcessDef {
     /// The most nodes a definition may have.
     pub const MAX_NODES: usize = validate::MAX_NODES;
 
-    /// The most roles a catalogue may have (the executor keeps a role's index in 16 bits).
+    /// The most roles a catalogue may have (the executor keeps a role's index in 16 bits, so this
+    /// stays at most 65,535).
     pub const MAX_ROLES: usize = validate::MAX_ROLES;
 
     /// The most variables a definition may declare.

@@ -21,8 +21,11 @@ use crate::vars::{VarProblem, VarSpec, VarType};
 /// gateways around it, so its memory grows with nodes times nesting.
 pub(super) const MAX_NODES: usize = 1_000;
 
-/// The most roles of a catalogue: the executor keeps a role's index in a `u16`.
-pub(super) const MAX_ROLES: usize = u16::MAX as usize;
+/// The most roles of a catalogue. The executor keeps a role's index in a `u16`, so this must stay
+/// at most 65,535; a process with more than a few dozen roles is already unusual.
+pub(super) const MAX_ROLES: usize = 10_000;
+
+const _: () = assert!(MAX_ROLES <= u16::MAX as usize);
 
 /// The most declared variables. Each may hold up to `VarSpec::MAX_VALUE_BYTES`.
 pub(super) const MAX_VARIABLES: usize = 1_000;
