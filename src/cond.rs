@@ -24,19 +24,27 @@
 //!
 //! ## The measurement
 //!
-//! `tests/hardening.rs` (`maximal_expression_on_maximal_value_fits_a_small_stack`) compiles the
-//! deepest accepted expressions of each shape (binary operators, calls, indexes, lists, macros)
-//! and evaluates them against values nested [`VarSpec::MAX_VALUE_DEPTH`] levels on a thread
-//! spawned with [`EVAL_STACK`] bytes: 256 KiB in an optimised build. An unoptimised (debug)
-//! build of the `cel` crate uses about 40 KiB of stack per tree level, against about 1.5 KiB
-//! optimised; there the test uses 2 MiB, the stack of a tokio worker or a `std::thread`, and the
-//! deepest expression measured 1.1 MiB. The parser, on the loader thread, measured at most
-//! 16 MiB in a debug build for the deepest brackets it allows itself (96 levels, `cel`'s own
-//! limit, which only a text that fools the pre-scan can reach), so the loader's stack is twice
-//! that.
+//! `tests/hardening.rs` (`maximal_expression_on_maximal_value_fits_a_small_stack`) loads the
+//! deepest accepted expression of each shape (binary operators, calls, indexes, field paths,
+//! list literals, nested macros, conditionals) and runs an instance through it, values nested
+//! [`VarSpec::MAX_VALUE_DEPTH`] levels deep, on a thread spawned with [`EVAL_STACK`] bytes
+//! (`ProcessDef::EVAL_STACK`). Measured (set `PF_STACK` to try another size):
 //!
-//! Worst-case time: the most costly expression accepted runs in about a second (debug) on the
-//! largest values; see the `costly` tests.
+//! - optimised (`cargo test --release`): passes on 64 KiB, overflows on 48 KiB; [`EVAL_STACK`]
+//!   is 256 KiB there, four times that;
+//! - unoptimised (`cargo test`): the `cel` crate's frames are some 25 times larger (about 40 KiB
+//!   per tree level); passes on 1 MiB, overflows on 768 KiB; [`EVAL_STACK`] is 2 MiB there, the
+//!   stack of a `std::thread` or a tokio worker.
+//!
+//! The parser runs on the loader thread only. The deepest text it can be handed is one that
+//! fools the pre-scan, up to `cel`'s own limit of 96 nested brackets: the unit test
+//! `the_parser_at_its_own_depth_limit_fits_the_loader_stack` runs it on [`LOADER_STACK`]
+//! (32 MiB; about 16 MiB measured unoptimised).
+//!
+//! Worst-case time: the costliest accepted macro body over a 32,000-item list
+//! (`the_costliest_accepted_macro_body_runs_in_bounded_time`) took 0.5 s unoptimised and 50 ms
+//! optimised, so one cost unit is about 6 ns and 0.6 ns respectively, and [`MAX_COST`] bounds an
+//! evaluation to about half a second unoptimised.
 
 use std::fmt;
 
@@ -332,7 +340,9 @@ fn prescan(source: &str) -> Result<(), ProblemKind> {
             }
             b')' | b']' | b'}' => depth = depth.saturating_sub(1),
             quote @ (b'\'' | b'"') => {
-                i = skip_string(bytes, i, quote);
+                // An unterminated string is one bad character to the lexer, which goes on
+                // right after it: so does the scan.
+                i = skip_string(bytes, i, quote).unwrap_or(i + 1);
                 continue;
             }
             _ => {}
@@ -349,8 +359,9 @@ fn prescan(source: &str) -> Result<(), ProblemKind> {
 }
 
 /// The index after the string literal opening at `start` (a quote): single or triple quoted, raw
-/// when an `r` or `R` prefix (perhaps with `b`) stands right before it, as CEL's lexer reads it.
-fn skip_string(bytes: &[u8], start: usize, quote: u8) -> usize {
+/// when an `r` or `R` prefix (perhaps with `b`) stands right before it, as CEL's lexer reads it;
+/// `None` when it is not terminated (a single-quoted one at the end of its line).
+fn skip_string(bytes: &[u8], start: usize, quote: u8) -> Option<usize> {
     let word = bytes[..start]
         .iter()
         .rev()
@@ -370,19 +381,18 @@ fn skip_string(bytes: &[u8], start: usize, quote: u8) -> usize {
             i += 2;
         } else if triple {
             if bytes.get(i..i + 3) == Some(&[quote; 3][..]) {
-                return i + 3;
+                return Some(i + 3);
             }
             i += 1;
         } else if b == quote {
-            return i + 1;
+            return Some(i + 1);
         } else if b == b'\n' || b == b'\r' {
-            // A single-quoted string ends at the line: the lexer reports it and goes on.
-            return i;
+            return None;
         } else {
             i += 1;
         }
     }
-    bytes.len()
+    None
 }
 
 /// Our message for a syntax error: the first error's position and message, cut short. The `cel`
@@ -516,7 +526,8 @@ const ITEMS: u64 = (VarSpec::MAX_VALUE_BYTES as u64 - 1) / 2;
 ///
 /// The model: every node costs [`NODE`]; an operation that may walk a whole value (comparing two
 /// values that both come from variables, `in` on a list from a variable, concatenating, any
-/// function not known to be constant-time) costs [`WHOLE`] more; a macro (a comprehension) costs
+/// function not known to be constant-time) costs [`WHOLE`] more (ordering two strings, a
+/// `memcmp`, `WHOLE / 64`); a macro (a comprehension) costs
 /// its body once per item of its range, that is the literal's length for a list literal and
 /// [`ITEMS`] otherwise, except a macro over a part of the item of the macro around it
 /// (`o.items.all(...)` inside `orders.all(o, ...)`), whose items over all the outer items
@@ -634,7 +645,9 @@ fn estimate<'e>(expr: &'e Expr, scope: &mut Vec<Bound<'e>>) -> Estimate {
                 | "double"
                 | "bool"
                 | "type" => (false, false),
-                "_==_" | "_!=_" | "_<_" | "_<=_" | "_>_" | "_>=_" => (all, false),
+                "_==_" | "_!=_" => (all, false),
+                // Only scalars are ordered: two strings at worst, one `memcmp`.
+                "_<_" | "_<=_" | "_>_" | "_>=_" => (false, false),
                 "@in" => (operands.get(1).is_some_and(|e| e.large), false),
                 "_[_]" => (false, operands.first().is_some_and(|e| e.large)),
                 "_?_:_" => (false, operands.iter().skip(1).any(|e| e.large)),
@@ -643,8 +656,16 @@ fn estimate<'e>(expr: &'e Expr, scope: &mut Vec<Bound<'e>>) -> Estimate {
                 "_+_" if numeric => (false, false),
                 _ => (any, any),
             };
+            let ordered = matches!(call.func_name.as_str(), "_<_" | "_<=_" | "_>_" | "_>=_");
+            let extra = if walks {
+                WHOLE
+            } else if ordered && all {
+                WHOLE / 64
+            } else {
+                0
+            };
             Estimate {
-                cost: inner.saturating_add(if walks { WHOLE } else { 0 }),
+                cost: inner.saturating_add(extra),
                 large,
             }
         }
@@ -747,6 +768,45 @@ mod tests {
             );
             assert_eq!(eval(source, vars.clone()), eval(&slow, vars), "{source}");
         }
+    }
+
+    #[test]
+    fn the_parser_at_its_own_depth_limit_fits_the_loader_stack() {
+        // Deeper than the pre-scan allows, as deep as `cel`'s parser itself goes (96): what a
+        // text that fooled the pre-scan could reach. Measured at about 16 MiB unoptimised.
+        for text in [
+            format!("{}1{} == 1", "(".repeat(96), ")".repeat(96)),
+            format!("size({}1{}) == 1", "[".repeat(96), "]".repeat(96)),
+            format!("{}1 == 1", "1 + ".repeat(1_000)),
+        ] {
+            on_loader_stack(|| drop(cel::Program::compile(&text))).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_prescan_reads_strings_as_the_lexer_does() {
+        let deep = "(".repeat(30);
+        for (text, hidden) in [
+            (format!("v == '{deep}'"), true),
+            (format!(r"v == r'\' || v == '{deep}'"), true),
+            (format!("v == '''{deep}\n{deep}'''"), true),
+            (format!("v == b\"{deep}\""), true),
+            // Unterminated: the lexer reads the brackets as code.
+            (format!("v == '{deep}\n"), false),
+            (format!("v == \"{deep}"), false),
+            // `bar` is an identifier, not a raw prefix: `\'` escapes the quote.
+            (format!(r"bar'\'{deep}'"), true),
+        ] {
+            let found = prescan(&text);
+            assert_eq!(found.is_ok(), hidden, "{text:?}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn free_variables_leave_out_macro_variables() {
+        let c =
+            Condition::compile("items.exists(i, i.qty > limit) && [1].all(x, x > other)").unwrap();
+        assert_eq!(c.reads(), ["items", "limit", "other"]);
     }
 
     #[test]

@@ -445,7 +445,12 @@ fn maximal_expression_on_maximal_value_fits_a_small_stack() {
     ];
     for (when, v, w, want) in shapes {
         let engine = engine_with(&gateway(&when));
-        let got = on_stack(ProcessDef::EVAL_STACK, move || route(&engine, v, w));
+        let got = on_stack(
+            std::env::var("PF_STACK")
+                .map(|s| s.parse().unwrap())
+                .unwrap_or(ProcessDef::EVAL_STACK),
+            move || route(&engine, v, w),
+        );
         assert_eq!(got, want, "{when}");
     }
 }
@@ -533,6 +538,34 @@ fn the_costliest_accepted_expressions_run_in_bounded_time() {
         assert_eq!(taken(&engine.instance(id).unwrap()), want, "{when}");
         assert!(elapsed < Duration::from_secs(20), "{when}: {elapsed:?}");
     }
+}
+
+#[test]
+fn the_costliest_accepted_macro_body_runs_in_bounded_time() {
+    // The longest body one macro over a variable's largest list may have.
+    let make = |k: usize| {
+        let body: Vec<String> = (1..=k).map(|i| format!("a != {i}")).collect();
+        format!("items.all(a, {})", body.join(" && "))
+    };
+    let mut k = 1;
+    while ProcessDef::from_yaml(&gateway(&make(k + 1))).is_ok() {
+        k += 1;
+    }
+    let (kind, _, _) = one_problem(ProcessDef::from_yaml(&gateway(&make(k + 1))));
+    assert!(
+        matches!(kind, ProblemKind::ExpressionTooCostly { .. }),
+        "{kind:?}"
+    );
+    let engine = engine_with(&gateway(&make(k)));
+    let items: Vec<Value> = (0..32_000).map(|_| json!(0)).collect();
+    let started = Instant::now();
+    let id = engine
+        .start("gate", vars(json!({ "items": items })))
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(taken(&engine.instance(id).unwrap()), "yes");
+    eprintln!("{k} terms over 32,000 items: {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
 }
 
 #[test]
