@@ -11,7 +11,9 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 use crate::clock::{Clock, ManualClock};
-use crate::def::{LoadError, ProcessDef};
+use chrono::{DateTime, Utc};
+
+use crate::def::{LoadError, Problem, ProblemKind, ProcessDef};
 use crate::exec::DeployError;
 use crate::exec::{Engine, ExecError};
 use crate::hooks::{HandlerError, handler_fn, hook_fn};
@@ -173,6 +175,10 @@ impl Scenario {
     /// The problem, with a location.
     pub fn from_yaml(text: &str) -> Result<Scenario, LoadError> {
         let raw = parse_yaml::<RawScenario>(text).map_err(|p| LoadError::new(None, vec![p]))?;
+        let problems = check_clock(&raw.steps);
+        if !problems.is_empty() {
+            return Err(LoadError::new(None, problems));
+        }
         Ok(Scenario { raw })
     }
 
@@ -203,8 +209,7 @@ impl Scenario {
         let log: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
         let step_no = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut builder = Engine::builder();
-        let start = "2026-01-05T09:00:00Z".parse().expect("a valid instant");
-        let clock = Arc::new(ManualClock::new(start));
+        let clock = Arc::new(ManualClock::new(start()));
         builder.clock(Arc::clone(&clock));
         for (name, calendar) in calendars {
             builder.calendar(name, calendar);
@@ -433,6 +438,69 @@ impl Scenario {
     }
 }
 
+/// Where a scenario's clock starts.
+fn start() -> DateTime<Utc> {
+    DateTime::<Utc>::from_naive_utc_and_offset(
+        chrono::NaiveDate::from_ymd_opt(2026, 1, 5)
+            .and_then(|d| d.and_hms_opt(9, 0, 0))
+            .unwrap_or_default(),
+        Utc,
+    )
+}
+
+/// Checks the clock steps (`advance`, `at`) before a scenario runs: each must parse and keep the
+/// clock within the range `chrono` can hold, moving forward. Every problem is located at its step.
+fn check_clock(steps: &[At<RawStep>]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut now = start();
+    for (i, step) in steps.iter().enumerate() {
+        let result = match &step.value {
+            RawStep::Advance(by) => advance_by(by).and_then(|d| {
+                now.checked_add_signed(d).ok_or_else(|| {
+                    format!(
+                        "advance '{by}' moves the clock past the last instant it can hold ({})",
+                        DateTime::<Utc>::MAX_UTC.to_rfc3339()
+                    )
+                })
+            }),
+            RawStep::At(to) => instant(to).and_then(|at| {
+                if at < now {
+                    Err(format!("'{to}' is before the clock ({})", now.to_rfc3339()))
+                } else {
+                    Ok(at)
+                }
+            }),
+            _ => continue,
+        };
+        match result {
+            Ok(at) => now = at,
+            Err(message) => problems.push(Problem {
+                location: Some(step.loc),
+                path: format!("steps[{i}]"),
+                kind: ProblemKind::BadStep(message),
+            }),
+        }
+    }
+    problems
+}
+
+/// The wall duration of an `advance` step.
+fn advance_by(by: &str) -> Result<chrono::Duration, String> {
+    match DurationSpec::parse(by).map_err(|e| e.to_string())? {
+        DurationSpec::Wall(d) if d >= chrono::Duration::zero() => Ok(d),
+        _ => Err(format!(
+            "advance takes a wall-time duration such as '3h', not '{by}'"
+        )),
+    }
+}
+
+/// The instant of an `at` step.
+fn instant(to: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(to)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|e| format!("'{to}' is not an RFC 3339 instant: {e}"))
+}
+
 /// Moves the clock (by a wall duration, or to an instant) and ticks; `fired` gets the names of
 /// what fired.
 fn advance(
@@ -444,9 +512,7 @@ fn advance(
 ) -> Result<(), String> {
     match to {
         Some(to) => {
-            let at = chrono::DateTime::parse_from_rfc3339(to)
-                .map_err(|e| format!("'{to}' is not an RFC 3339 instant: {e}"))?;
-            let at = at.with_timezone(&chrono::Utc);
+            let at = instant(to)?;
             if at < clock.now() {
                 return Err(format!(
                     "'{to}' is before the clock ({})",
@@ -455,14 +521,11 @@ fn advance(
             }
             clock.set(at);
         }
-        None => match DurationSpec::parse(by).map_err(|e| e.to_string())? {
-            DurationSpec::Wall(d) if d >= chrono::Duration::zero() => clock.advance(d),
-            _ => {
-                return Err(format!(
-                    "advance takes a wall-time duration such as '3h', not '{by}'"
-                ));
-            }
-        },
+        None => {
+            clock
+                .checked_advance(advance_by(by)?)
+                .ok_or_else(|| format!("advance '{by}' moves the clock out of range"))?;
+        }
     }
     *fired = engine.tick(clock.now()).iter().map(|f| f.name()).collect();
     Ok(())

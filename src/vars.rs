@@ -97,8 +97,30 @@ impl VarSpec {
         self.description.as_deref()
     }
 
+    /// How deeply a value may nest arrays and objects: `[[1]]` and `[[]]` nest 2 levels, a scalar
+    /// none.
+    ///
+    /// Every value a variable takes (at start, on completion, from a handler, a declared
+    /// default) is checked. The store's JSON decoder stops at 128 levels (an instance's state adds
+    /// a few levels around its variables), and CEL conditions read values recursively, so this
+    /// bound keeps both far from their limits; see `src/cond.rs` for the stack measurement.
+    pub const MAX_VALUE_DEPTH: usize = 32;
+
+    /// How large a value may be, in bytes of its compact JSON text (`serde_json::to_string`).
+    ///
+    /// This bounds the memory one value takes and the work a CEL condition does on it: a list
+    /// holds at most 32,767 items, a string at most 65,534 bytes. The cost bound of conditions
+    /// (`src/cond.rs`) is computed from it.
+    pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
     /// Why `value` is not acceptable for this variable, if it is not.
+    ///
+    /// Every type is checked against [`VarSpec::MAX_VALUE_DEPTH`] and
+    /// [`VarSpec::MAX_VALUE_BYTES`] first, `any` included.
     pub(crate) fn reject(&self, value: &Value) -> Option<VarProblem> {
+        if let Some(problem) = check_bounds(value) {
+            return Some(problem);
+        }
         if !self.ty.fits(value) {
             return Some(VarProblem::WrongType { expected: self.ty });
         }
@@ -106,6 +128,62 @@ impl VarSpec {
             Some(allowed) if !allowed.contains(value) => Some(VarProblem::NotAllowed),
             _ => None,
         }
+    }
+}
+
+/// Whether `value` is within [`VarSpec::MAX_VALUE_DEPTH`] and [`VarSpec::MAX_VALUE_BYTES`]; the
+/// walk stops as soon as either is passed, so a hostile value costs little to refuse.
+pub(crate) fn check_bounds(value: &Value) -> Option<VarProblem> {
+    if depth_over(value, VarSpec::MAX_VALUE_DEPTH) {
+        return Some(VarProblem::TooDeep {
+            limit: VarSpec::MAX_VALUE_DEPTH,
+        });
+    }
+    // Within the depth bound, serializing recurses at most 32 levels; the writer stops it at the
+    // size bound.
+    let mut counter = Counter {
+        left: VarSpec::MAX_VALUE_BYTES,
+    };
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => None,
+        Err(_) => Some(VarProblem::TooLarge {
+            limit: VarSpec::MAX_VALUE_BYTES,
+        }),
+    }
+}
+
+/// Whether `value` nests more than `levels` arrays and objects. Recurses at most `levels + 1`
+/// deep, whatever the value.
+fn depth_over(value: &Value, levels: usize) -> bool {
+    let mut children: Box<dyn Iterator<Item = &Value>> = match value {
+        Value::Array(items) => Box::new(items.iter()),
+        Value::Object(map) => Box::new(map.values()),
+        _ => return false,
+    };
+    match levels.checked_sub(1) {
+        None => true,
+        Some(rest) => children.any(|v| depth_over(v, rest)),
+    }
+}
+
+/// A writer that only counts, and fails once more than its allowance is written.
+struct Counter {
+    left: usize,
+}
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.left.checked_sub(buf.len()) {
+            Some(left) => {
+                self.left = left;
+                Ok(buf.len())
+            }
+            None => Err(std::io::Error::other("value too large")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -124,6 +202,16 @@ pub enum VarProblem {
     },
     /// The value is not one of the declared `enum` values.
     NotAllowed,
+    /// The value nests arrays and objects more deeply than [`VarSpec::MAX_VALUE_DEPTH`].
+    TooDeep {
+        /// The most levels a value may nest.
+        limit: usize,
+    },
+    /// The value's JSON text is longer than [`VarSpec::MAX_VALUE_BYTES`].
+    TooLarge {
+        /// The most bytes a value may take.
+        limit: usize,
+    },
 }
 
 impl std::fmt::Display for VarProblem {
@@ -135,6 +223,26 @@ impl std::fmt::Display for VarProblem {
                 write!(f, "expected a value of type {}", expected.as_str())
             }
             VarProblem::NotAllowed => f.write_str("not one of the allowed values"),
+            VarProblem::TooDeep { limit } => {
+                write!(f, "nested more than {limit} levels deep")
+            }
+            VarProblem::TooLarge { limit } => {
+                write!(f, "larger than {limit} bytes as JSON")
+            }
+        }
+    }
+}
+
+/// Drops variables without recursion. A host may hand the engine a value nested far deeper than
+/// [`VarSpec::MAX_VALUE_DEPTH`]; it is refused, and dropping it the usual way would recurse once
+/// per level on the host's stack.
+pub(crate) fn drop_flat(vars: Vars) {
+    let mut stack: Vec<Value> = vars.into_iter().map(|(_, v)| v).collect();
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => stack.extend(map.into_iter().map(|(_, v)| v)),
+            _ => {}
         }
     }
 }

@@ -215,6 +215,51 @@ impl Node {
 }
 
 impl ProcessDef {
+    /// The longest CEL expression (a route's `when`, a duration's `expr`) accepted, in bytes;
+    /// longer ones are [`ProblemKind::ExpressionTooLong`].
+    pub const MAX_EXPRESSION_BYTES: usize = crate::cond::MAX_BYTES;
+
+    /// How deeply a CEL expression may nest, both its brackets and its syntax tree (macros
+    /// expanded); deeper ones are [`ProblemKind::ExpressionTooDeep`]. Evaluation recurses once per
+    /// level.
+    pub const MAX_EXPRESSION_DEPTH: usize = crate::cond::MAX_DEPTH;
+
+    /// The most work a CEL expression may do when variables hold the largest values allowed, in
+    /// units of about one byte touched; costlier ones are [`ProblemKind::ExpressionTooCostly`].
+    pub const MAX_EXPRESSION_COST: u64 = crate::cond::MAX_COST;
+
+    /// The stack a thread evaluating conditions was measured to need at most, with room to spare,
+    /// for the deepest expressions on the deepest values accepted: 256 KiB in an optimised build,
+    /// 2 MiB in an unoptimised one (the `cel` crate's frames are far larger there). Definitions
+    /// are parsed and their expressions compiled on a thread of procflow's own, whatever the
+    /// caller's stack.
+    pub const EVAL_STACK: usize = crate::cond::EVAL_STACK;
+
+    /// The most nodes a definition may have.
+    pub const MAX_NODES: usize = validate::MAX_NODES;
+
+    /// The most roles a catalogue may have (the executor keeps a role's index in 16 bits, so this
+    /// stays at most 65,535).
+    pub const MAX_ROLES: usize = validate::MAX_ROLES;
+
+    /// The most variables a definition may declare.
+    pub const MAX_VARIABLES: usize = validate::MAX_VARIABLES;
+
+    /// The most outgoing flows of one node, and routes of one exclusive gateway.
+    pub const MAX_FLOWS: usize = validate::MAX_FLOWS;
+
+    /// The most reminders of one task or SLA (the executor keeps a reminder's index in 8 bits).
+    pub const MAX_REMINDERS: usize = timers::MAX_REMINDERS;
+
+    /// The most escalation levels of one task or SLA (the executor keeps a level in 8 bits).
+    pub const MAX_ESCALATIONS: usize = timers::MAX_ESCALATIONS;
+
+    /// The largest `max` of an `urge` escalation level: how many times it may urge.
+    pub const MAX_URGES: u32 = timers::MAX_URGES;
+
+    /// The shortest `every` of an `urge` escalation level, also when computed by an expression.
+    pub const MIN_URGE_EVERY: chrono::Duration = timers::MIN_URGE_EVERY;
+
     /// Parses, validates and compiles a definition from YAML text.
     ///
     /// # Errors
@@ -372,10 +417,27 @@ impl ProcessDef {
     }
 }
 
+/// Parses and compiles on a loader thread: the YAML and CEL parsers recurse as deeply as the text
+/// nests, so they run on a stack of known size (see `src/cond.rs`), not the caller's.
 fn load(text: &str, file: Option<PathBuf>) -> Result<ProcessDef, LoadError> {
-    let raw = raw::parse(text).map_err(|p| LoadError::new(file.clone(), vec![p]))?;
-    let mut def =
-        validate::compile(raw, file.clone()).map_err(|problems| LoadError::new(file, problems))?;
+    let compiled = crate::cond::on_loader_stack(|| {
+        let raw = raw::parse(text).map_err(|p| vec![p])?;
+        validate::compile(raw, file.clone())
+    });
+    let mut def = match compiled {
+        Ok(Ok(def)) => def,
+        Ok(Err(problems)) => return Err(LoadError::new(file, problems)),
+        Err(message) => {
+            return Err(LoadError::new(
+                file,
+                vec![Problem {
+                    location: None,
+                    path: String::new(),
+                    kind: ProblemKind::Io(message),
+                }],
+            ));
+        }
+    };
     def.text = text.to_owned();
     Ok(def)
 }

@@ -3,6 +3,8 @@
 //! Durations are checked at load time; a duration computed from variables is a CEL expression
 //! compiled at load time and evaluated when its timer is armed.
 
+use std::fmt;
+
 use indexmap::IndexMap;
 
 use super::raw::{At, Names, RawAction, RawDuration, RawEscalate, RawHow, RawRemind};
@@ -11,6 +13,27 @@ use crate::cond::Condition;
 use crate::ids::RoleId;
 use crate::time::duration::DurationSpec;
 use crate::vars::{VarSpec, Vars};
+use crate::yaml::DurationError;
+
+/// The most reminders of one task or SLA: the executor keeps a reminder's index in a `u8`.
+pub(crate) const MAX_REMINDERS: usize = 64;
+
+/// The most escalation levels of one task or SLA: the executor keeps a level in a `u8`.
+pub(crate) const MAX_ESCALATIONS: usize = 64;
+
+/// The largest `max` of an `urge` level. With [`MIN_URGE_EVERY`], a task urges at most 100 times
+/// per level, one tick at most 100 minutes' worth of urges late.
+pub(crate) const MAX_URGES: u32 = 100;
+
+/// The shortest `every` of an `urge` level: one minute.
+pub(crate) const MIN_URGE_EVERY: chrono::Duration = chrono::Duration::minutes(1);
+
+/// [`MIN_URGE_EVERY`] as the YAML writes it, for messages.
+const MIN_URGE_EVERY_TEXT: &str = "1m";
+
+// The executor narrows reminder indexes and escalation levels to `u8`.
+const _: () = assert!(MAX_REMINDERS <= u8::MAX as usize + 1);
+const _: () = assert!(MAX_ESCALATIONS <= u8::MAX as usize + 1);
 
 /// A duration: fixed in the YAML or computed from the instance's variables, counted on the
 /// process calendar unless it names its own.
@@ -18,6 +41,72 @@ use crate::vars::{VarSpec, Vars};
 pub(crate) struct Span {
     how: How,
     calendar: Option<String>,
+    /// The shortest the duration may be, with its text for messages (an `urge` level's `every`).
+    min: Option<(chrono::Duration, &'static str)>,
+}
+
+/// Why a duration could not be computed for an instance: [`Span::evaluate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SpanError {
+    /// The expression failed, or gave something other than text.
+    Eval(String),
+    /// The expression gave text that is not a duration.
+    NotDuration {
+        /// The expression, cut short.
+        expr: String,
+        /// What is wrong with the text.
+        error: DurationError,
+    },
+    /// The expression gave a negative duration, such as `-5h`.
+    Negative {
+        /// The expression, cut short.
+        expr: String,
+        /// The text it gave, cut short.
+        text: String,
+    },
+    /// The duration is shorter than allowed here (an `urge` level's `every`).
+    TooShort {
+        /// The expression, cut short.
+        expr: String,
+        /// The duration it gave.
+        got: DurationSpec,
+        /// The shortest allowed, as the YAML writes it.
+        min: &'static str,
+    },
+}
+
+impl fmt::Display for SpanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpanError::Eval(message) => f.write_str(message),
+            SpanError::NotDuration { expr, error } => {
+                write!(f, "expression '{expr}' gave an ")?;
+                // The text inside the duration error may be long: cut it too.
+                write!(
+                    f,
+                    "invalid duration '{}': {}",
+                    crate::cond::excerpt(error.text()),
+                    error.kind()
+                )
+            }
+            SpanError::Negative { expr, text } => write!(
+                f,
+                "expression '{expr}' gave a negative duration '{text}'; a duration counts forward"
+            ),
+            SpanError::TooShort { expr, got, min } => write!(
+                f,
+                "expression '{expr}' gave '{got}', shorter than the {min} allowed here"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SpanError {}
+
+impl From<SpanError> for String {
+    fn from(e: SpanError) -> String {
+        e.to_string()
+    }
 }
 
 #[derive(Debug)]
@@ -30,19 +119,37 @@ impl Span {
     /// The duration for an instance with `vars`.
     ///
     /// # Errors
-    /// The expression fails or gives text that is not a duration.
-    pub(crate) fn resolve(
+    /// [`SpanError`]: the expression fails or gives something other than text, text that is not
+    /// a duration (`''`, `'tomorrow'`), a negative duration (`'-5h'`), or a duration shorter than
+    /// this span allows (an `urge` level's `every`: [`MIN_URGE_EVERY`]).
+    pub(crate) fn evaluate(
         &self,
         cel: &cel::Context<'_, '_>,
         vars: &Vars,
-    ) -> Result<DurationSpec, String> {
-        match &self.how {
-            How::Fixed(d) => Ok(*d),
-            How::Computed(expr) => {
-                let text = expr.eval_text(cel, vars)?;
-                DurationSpec::parse(&text)
-                    .map_err(|e| format!("expression '{}': {e}", expr.source()))
-            }
+    ) -> Result<DurationSpec, SpanError> {
+        let expr = match &self.how {
+            How::Fixed(d) => return Ok(*d),
+            How::Computed(expr) => expr,
+        };
+        let text = expr.eval_text(cel, vars).map_err(SpanError::Eval)?;
+        let source = || crate::cond::excerpt(expr.source());
+        if text.trim_start().starts_with('-') {
+            return Err(SpanError::Negative {
+                expr: source(),
+                text: crate::cond::excerpt(&text),
+            });
+        }
+        let spec = DurationSpec::parse(&text).map_err(|error| SpanError::NotDuration {
+            expr: source(),
+            error,
+        })?;
+        match self.min {
+            Some((min, min_text)) if spec.amount() < min => Err(SpanError::TooShort {
+                expr: source(),
+                got: spec,
+                min: min_text,
+            }),
+            _ => Ok(spec),
         }
     }
 
@@ -188,8 +295,8 @@ impl TimeCx<'_> {
                 }
             },
             RawHow::Expr(source) => match Condition::compile(source) {
-                Err(message) => {
-                    self.add(raw.loc, path, ProblemKind::BadCondition(message));
+                Err(kind) => {
+                    self.add(raw.loc, path, kind);
                     return None;
                 }
                 Ok(expr) => {
@@ -202,7 +309,11 @@ impl TimeCx<'_> {
                 }
             },
         };
-        Some(Span { how, calendar })
+        Some(Span {
+            how,
+            calendar,
+            min: None,
+        })
     }
 
     fn role(&mut self, name: &str, loc: Location, path: &str) -> Option<RoleId> {
@@ -239,6 +350,37 @@ impl TimeCx<'_> {
         let timeout = raw
             .timeout
             .and_then(|d| self.span(d, &format!("{base}.timeout.after")));
+        for (list, what, limit) in [
+            (
+                raw.remind.map(|r| (r.loc, r.value.len())),
+                "reminders",
+                MAX_REMINDERS,
+            ),
+            (
+                raw.escalate.map(|e| (e.loc, e.value.len())),
+                "escalation levels",
+                MAX_ESCALATIONS,
+            ),
+        ] {
+            if let Some((loc, found)) = list
+                && found > limit
+            {
+                let key = if what == "reminders" {
+                    "remind"
+                } else {
+                    "escalate"
+                };
+                self.add(
+                    loc,
+                    format!("{base}.{key}"),
+                    ProblemKind::TooMany {
+                        what,
+                        found: found as u64,
+                        limit: limit as u64,
+                    },
+                );
+            }
+        }
         let mut remind = Vec::new();
         for (i, r) in raw
             .remind
@@ -318,11 +460,38 @@ impl TimeCx<'_> {
                 RawAction::Reassign => Some(Ladder::Reassign),
                 RawAction::Urge => match (&e.every, &e.max) {
                     (Some(every), Some(max)) => {
-                        self.span(every, &format!("{path}.every"))
-                            .map(|every| Ladder::Urge {
-                                every,
-                                max: max.value,
-                            })
+                        if max.value > MAX_URGES {
+                            self.add(
+                                max.loc,
+                                format!("{path}.max"),
+                                ProblemKind::TooMany {
+                                    what: "urges",
+                                    found: u64::from(max.value),
+                                    limit: u64::from(MAX_URGES),
+                                },
+                            );
+                        }
+                        let every = self
+                            .span(every, &format!("{path}.every"))
+                            .and_then(|mut s| {
+                                if s.fixed().is_some_and(|d| d.amount() < MIN_URGE_EVERY) {
+                                    self.add(
+                                        every.loc,
+                                        format!("{path}.every"),
+                                        ProblemKind::IntervalTooShort {
+                                            key: "every",
+                                            min: MIN_URGE_EVERY_TEXT,
+                                        },
+                                    );
+                                    return None;
+                                }
+                                s.min = Some((MIN_URGE_EVERY, MIN_URGE_EVERY_TEXT));
+                                Some(s)
+                            });
+                        every.map(|every| Ladder::Urge {
+                            every,
+                            max: max.value,
+                        })
                     }
                     _ => {
                         self.add(

@@ -15,7 +15,23 @@ use crate::cond::Condition;
 use crate::def::Problem;
 use crate::ids::{DefKey, NodeId, RoleId};
 use crate::raci::Raci;
-use crate::vars::{VarSpec, VarType};
+use crate::vars::{VarProblem, VarSpec, VarType};
+
+/// The most nodes of a definition. Validation's join check keeps, per flow, the stack of
+/// gateways around it, so its memory grows with nodes times nesting.
+pub(super) const MAX_NODES: usize = 1_000;
+
+/// The most roles of a catalogue. The executor keeps a role's index in a `u16`, so this must stay
+/// at most 65,535; a process with more than a few dozen roles is already unusual.
+pub(super) const MAX_ROLES: usize = 10_000;
+
+const _: () = assert!(MAX_ROLES <= u16::MAX as usize);
+
+/// The most declared variables. Each may hold up to `VarSpec::MAX_VALUE_BYTES`.
+pub(super) const MAX_VARIABLES: usize = 1_000;
+
+/// The most outgoing flows of a node, and routes of an exclusive gateway.
+pub(super) const MAX_FLOWS: usize = 100;
 
 /// Collects problems as validation goes.
 struct Report(Vec<Problem>);
@@ -76,7 +92,72 @@ fn unique<'a, T>(
     out
 }
 
+/// Refuses a definition with more nodes, roles or variables than allowed before anything else is
+/// checked: the problem names the first entry past the limit.
+fn check_counts(raw: &RawDef) -> Result<(), Vec<Problem>> {
+    let mut report = Report(Vec::new());
+    let mut count = |keys: Vec<&At<String>>, what: &'static str, section: &str, limit: usize| {
+        if let Some(key) = keys.get(limit) {
+            report.add(
+                key.loc,
+                format!("{section}.{}", key.value),
+                ProblemKind::TooMany {
+                    what,
+                    found: keys.len() as u64,
+                    limit: limit as u64,
+                },
+            );
+        }
+    };
+    count(
+        raw.nodes.0.iter().map(|(k, _)| k).collect(),
+        "nodes",
+        "nodes",
+        MAX_NODES,
+    );
+    count(
+        raw.roles.0.iter().map(|(k, _)| k).collect(),
+        "roles",
+        "roles",
+        MAX_ROLES,
+    );
+    count(
+        raw.variables.0.iter().map(|(k, _)| k).collect(),
+        "variables",
+        "variables",
+        MAX_VARIABLES,
+    );
+    if report.0.is_empty() {
+        Ok(())
+    } else {
+        Err(report.0)
+    }
+}
+
+/// Refuses a declared default or enum value beyond the bounds of every variable value.
+fn check_value(
+    value: &serde_json::Value,
+    loc: Location,
+    path: String,
+    report: &mut Report,
+) -> bool {
+    match crate::vars::check_bounds(value) {
+        None => true,
+        Some(problem) => {
+            let kind = match problem {
+                VarProblem::TooDeep { limit } => ProblemKind::ValueTooDeep { limit },
+                _ => ProblemKind::ValueTooLarge {
+                    limit: VarSpec::MAX_VALUE_BYTES,
+                },
+            };
+            report.add(loc, path, kind);
+            false
+        }
+    }
+}
+
 pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, Vec<Problem>> {
+    check_counts(&raw)?;
     let mut report = Report(Vec::new());
     if !valid_process_id(&raw.id.value) {
         report.add(
@@ -130,7 +211,14 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
                 );
             }
         };
-        if let Some(d) = &v.value.default {
+        if let Some(d) = &v.value.default
+            && check_value(
+                &d.value,
+                d.loc,
+                format!("variables.{}.default", k.value),
+                &mut report,
+            )
+        {
             check(&d.value, d.loc, "default", &mut report);
             if let Some(allowed) = &spec.allowed
                 && !allowed.contains(&d.value)
@@ -147,7 +235,14 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         }
         if let Some(a) = &v.value.allowed {
             for value in &a.value {
-                check(value, a.loc, "enum", &mut report);
+                if check_value(
+                    value,
+                    a.loc,
+                    format!("variables.{}.enum", k.value),
+                    &mut report,
+                ) {
+                    check(value, a.loc, "enum", &mut report);
+                }
             }
         }
         vars.insert(k.value.clone(), spec);
@@ -523,6 +618,18 @@ impl NodeCx<'_> {
 
     fn targets(&self, next: Option<&At<Names>>, report: &mut Report) -> Vec<NodeId> {
         let Some(next) = next else { return Vec::new() };
+        if next.value.0.len() > MAX_FLOWS {
+            report.add(
+                next.loc,
+                self.path("next"),
+                ProblemKind::TooMany {
+                    what: "flows",
+                    found: next.value.0.len() as u64,
+                    limit: MAX_FLOWS as u64,
+                },
+            );
+            return Vec::new();
+        }
         next.value
             .located(next.loc)
             .filter_map(|(name, loc)| self.target(name, loc, self.path("next"), report))
@@ -538,6 +645,18 @@ impl NodeCx<'_> {
         };
         if raw_routes.value.is_empty() {
             report.add(raw_routes.loc, self.path("routes"), ProblemKind::NoRoutes);
+        }
+        if raw_routes.value.len() > MAX_FLOWS {
+            report.add(
+                raw_routes.loc,
+                self.path("routes"),
+                ProblemKind::TooMany {
+                    what: "routes",
+                    found: raw_routes.value.len() as u64,
+                    limit: MAX_FLOWS as u64,
+                },
+            );
+            return Behaviour::Exclusive { routes, default };
         }
         let mut defaults = 0;
         for (i, route) in raw_routes.value.iter().enumerate() {
@@ -559,11 +678,7 @@ impl NodeCx<'_> {
                     }
                 }
                 (Some(when), false) => match Condition::compile(&when.value) {
-                    Err(message) => report.add(
-                        when.loc,
-                        format!("{path}.when"),
-                        ProblemKind::BadCondition(message),
-                    ),
+                    Err(kind) => report.add(when.loc, format!("{path}.when"), kind),
                     Ok(cond) => {
                         for var in cond.reads() {
                             if !self.vars.contains_key(var) {

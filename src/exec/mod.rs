@@ -446,6 +446,7 @@ impl Engine {
             }
         }
         if !problems.is_empty() {
+            crate::vars::drop_flat(vars);
             return Err(ExecError::Variables { problems });
         }
         let id = self.next_instance_id()?;
@@ -605,6 +606,7 @@ impl Engine {
             let grant = self.authorize(step, task, node, Action::Complete, actor)?;
             let problems = check_vars(&step.dep.def, &output);
             if !problems.is_empty() {
+                crate::vars::drop_flat(output);
                 return Err(ExecError::Variables { problems });
             }
             let verdict = step.guard(&Completing {

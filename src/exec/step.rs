@@ -807,9 +807,11 @@ impl<'a> Step<'a> {
         let problems = super::check_vars(&self.dep.def, &vars);
         match problems.first() {
             None => Ok(vars),
-            Some((name, problem)) => Err(format!(
-                "handler returned variable '{name}' that is {problem}"
-            )),
+            Some((name, problem)) => {
+                let message = format!("handler returned variable '{name}' that is {problem}");
+                crate::vars::drop_flat(vars);
+                Err(message)
+            }
         }
     }
 }

@@ -113,7 +113,7 @@ impl<'a> Step<'a> {
         let vars = &self.inst.vars;
         let sla = task.is_none();
         let resolve = |span: &Span| {
-            span.resolve(&def.cel, vars)
+            span.evaluate(&def.cel, vars)
                 .map(|d| (d, calendar_of(dep, span)))
         };
         let now = self.now;
@@ -243,7 +243,7 @@ impl<'a> Step<'a> {
     pub(crate) fn wait_until(&mut self, wait: &TimerWait) -> Result<DateTime<Utc>, String> {
         match wait {
             TimerWait::For(span) => {
-                let spec = span.resolve(&self.dep.def.cel, &self.inst.vars)?;
+                let spec = span.evaluate(&self.dep.def.cel, &self.inst.vars)?;
                 let mut warnings = Vec::new();
                 let at =
                     self.after((spec, calendar_of(self.dep, span)), self.now, &mut warnings)?;
@@ -335,16 +335,14 @@ impl<'a> Step<'a> {
                         .map(|e| &e.action)
                         && count < *max
                     {
-                        let next = every.resolve(&def.cel, &self.inst.vars).map_err(|m| {
-                            ExecError::Deadline {
-                                instance: self.inst.id,
-                                node: dep.node(timer.node),
-                                message: m,
-                            }
-                        })?;
                         let mut warnings = Vec::new();
-                        let at =
-                            self.after((next, calendar_of(dep, every)), timer.at, &mut warnings);
+                        // An interval that cannot be computed ends the urges with an incident.
+                        let at = every
+                            .evaluate(&def.cel, &self.inst.vars)
+                            .map_err(String::from)
+                            .and_then(|next| {
+                                self.after((next, calendar_of(dep, every)), timer.at, &mut warnings)
+                            });
                         self.warn(warnings);
                         match at {
                             Ok(at) => self.apply(Change::Arm(vec![Timer {

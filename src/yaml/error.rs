@@ -247,6 +247,72 @@ pub enum ProblemKind {
     /// A timer node needs exactly one of `wait` and `until`.
     #[error("a timer node needs exactly one of 'wait' and 'until'")]
     TimerShape,
+    /// A declared default or enum value nests arrays and objects more deeply than a variable may
+    /// (`VarSpec::MAX_VALUE_DEPTH`).
+    #[error("value nests more than {limit} levels deep")]
+    ValueTooDeep {
+        /// The most levels a value may nest.
+        limit: usize,
+    },
+    /// A declared default or enum value is larger than a variable may be
+    /// (`VarSpec::MAX_VALUE_BYTES`, as JSON).
+    #[error("value is larger than {limit} bytes as JSON")]
+    ValueTooLarge {
+        /// The most bytes a value may take.
+        limit: usize,
+    },
+    /// A CEL expression (a route's `when`, a duration's `expr`) is longer than the loader
+    /// accepts (`ProcessDef::MAX_EXPRESSION_BYTES`).
+    #[error("expression is {bytes} bytes long, more than the {limit} allowed")]
+    ExpressionTooLong {
+        /// Its length in bytes.
+        bytes: usize,
+        /// The most bytes allowed.
+        limit: usize,
+    },
+    /// A CEL expression nests brackets, or its syntax tree, more deeply than the loader accepts
+    /// (`ProcessDef::MAX_EXPRESSION_DEPTH`): evaluation recurses once per level.
+    #[error("expression nests {depth} levels deep, more than the {limit} allowed")]
+    ExpressionTooDeep {
+        /// How deep it nests (at least; the loader stops counting past the limit).
+        depth: usize,
+        /// The most levels allowed.
+        limit: usize,
+    },
+    /// A CEL expression could do more work on the largest values variables may hold than the
+    /// loader accepts (`ProcessDef::MAX_EXPRESSION_COST`); nested macros (`all`, `exists`,
+    /// `map`, ...) multiply the cost.
+    #[error(
+        "expression may cost {cost} units on the largest variable values, more than the {limit} allowed; nest fewer macros such as 'all' and 'exists'"
+    )]
+    ExpressionTooCostly {
+        /// The estimated worst-case cost.
+        cost: u64,
+        /// The most allowed.
+        limit: u64,
+    },
+    /// An interval is shorter than allowed, e.g. an `urge` level's `every`.
+    #[error("'{key}' must be at least {min}")]
+    IntervalTooShort {
+        /// The key, e.g. `every`.
+        key: &'static str,
+        /// The shortest allowed interval, e.g. `1m`.
+        min: &'static str,
+    },
+    /// A list or count is larger than the loader accepts: nodes, roles, variables, routes, flows,
+    /// reminders, escalation levels, an `urge` level's `max`.
+    #[error("too many {what}: {found}, at most {limit}")]
+    TooMany {
+        /// What is counted, e.g. `reminders`.
+        what: &'static str,
+        /// How many there are.
+        found: u64,
+        /// The most allowed.
+        limit: u64,
+    },
+    /// A scenario step cannot run: its duration or instant is malformed or out of range.
+    #[error("{0}")]
+    BadStep(String),
 }
 
 /// A duration's text that does not parse: the text and what is wrong with it.
