@@ -265,8 +265,8 @@ fn statutory_holidays_of_several_years() {
     let cal = china();
     #[rustfmt::skip]
     let table = [
-        // (date, holiday): lunar dates and Qingming as the Hong Kong Observatory and the Purple
-        // Mountain Observatory publish them; substitute days by the law's article 6.
+        // (date, holiday): lunar dates and Qingming as Chinese calendars (农历) print them;
+        // substitute days by the law's article 6.
         ("2027-01-01", Some("New Year")),
         ("2027-02-04", None),
         ("2027-02-05", Some("Spring Festival")), // 除夕, Friday

@@ -98,9 +98,10 @@ impl Eq for BusinessCalendar {}
 
 /// What a calendar does for a day in a year it does not cover (written `beyond:` in the YAML).
 ///
-/// The default, when the YAML has no `beyond:`, is [`Beyond::Error`]: the other policies guess,
-/// [`Beyond::Statutory`] guesses with one country's law, so a calendar must ask for one by name.
-/// The shipped China calendar asks for [`Beyond::Statutory`].
+/// The default, when the YAML has no `beyond:`, is [`Beyond::Error`] and not
+/// [`Beyond::Statutory`]: the other policies guess, and the statutory one guesses with the law
+/// of one country, which would be wrong for a calendar of any other; so a calendar asks for a
+/// policy by name. The shipped China calendar asks for [`Beyond::Statutory`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Beyond {
     /// Fail with [`CalendarError::Beyond`]. This is the default (`beyond: error`).
@@ -124,10 +125,11 @@ pub enum Beyond {
     /// weekend day becomes a working day.
     ///
     /// The rule computes the years [`Beyond::STATUTORY_YEARS`]; a day of another year not listed
-    /// is an error, [`CalendarError::BeyondStatutory`]. The lunar dates come from the `tyme4rs`
-    /// crate; they agree with the Hong Kong Observatory's tables for every festival of 2025 to
-    /// 2100 except the Mid-Autumn Festival of 2089 (18 September here, 19 there: the new moon
-    /// falls within minutes of midnight).
+    /// is an error, [`CalendarError::BeyondStatutory`]. The lunar dates and the Qingming solar
+    /// term come from the `tyme4rs` crate; for 2025 to 2100 they agree with the table of the
+    /// `chinese-lunisolar-calendar` crate and with PyEphem's solar longitude, except the
+    /// Mid-Autumn Festival of 2089 (18 September here, 19 there: the new moon falls within
+    /// minutes of midnight).
     Statutory,
 }
 

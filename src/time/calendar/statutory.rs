@@ -28,8 +28,8 @@
 //! The lunar dates and the Qingming solar term come from the `tyme4rs` crate (the ShouXing
 //! astronomical algorithms, 寿星天文历), checked against published dates for several years by
 //! the tests here and in `tests/calendar.rs`. Once, for every year of the range: the Spring
-//! Festival, Dragon Boat and Mid-Autumn dates agree with the Hong Kong Observatory-derived table
-//! of the `chinese-lunisolar-calendar` crate except the Mid-Autumn Festival of 2089 (18
+//! Festival, Dragon Boat and Mid-Autumn dates agree with the table of the
+//! `chinese-lunisolar-calendar` crate (an independent implementation) except the Mid-Autumn Festival of 2089 (18
 //! September here, 19 there: the new moon falls within minutes of midnight, closer than the
 //! uncertainty of the Earth's rotation that far ahead), and the Qingming dates agree with
 //! PyEphem's solar longitude. Each year is computed once per process, on first use.
@@ -260,9 +260,9 @@ mod tests {
 
     #[test]
     fn lunar_dates_and_qingming_match_the_published_ones() {
-        // (year, 除夕, 春节, 清明, 端午, 中秋): from the Hong Kong Observatory's and the Purple
-        // Mountain Observatory's published calendars, and the State Council notices for 2025 and
-        // 2026.
+        // (year, 除夕, 春节, 清明, 端午, 中秋): the dates printed in Chinese calendars (农历), and
+        // for 2025 and 2026 the State Council's notices; the independent table of the
+        // chinese-lunisolar-calendar crate and PyEphem give the same.
         #[rustfmt::skip]
         let table = [
             (2025, "2025-01-28", "2025-01-29", "2025-04-04", "2025-05-31", "2025-10-06"),
