@@ -1,7 +1,8 @@
 //! Business calendars through the public API: the shipped China calendar's edge cases as tables,
-//! load errors with their locations, and proptest properties of business-time arithmetic.
+//! its statutory (provisional) years, load errors with their locations, and proptest properties
+//! of business-time arithmetic.
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use procflow::{
     Beyond, BusinessCalendar, BusinessDuration, CalendarError, CalendarWarning, DurationSpec,
     ProblemKind,
@@ -14,12 +15,30 @@ fn china() -> BusinessCalendar {
     BusinessCalendar::from_file(CHINA).expect("the shipped calendar loads")
 }
 
+/// The China calendar with another `beyond:` than the shipped `statutory`.
+fn china_beyond(beyond: &str) -> BusinessCalendar {
+    let text = std::fs::read_to_string(CHINA).unwrap();
+    assert!(text.contains("\nbeyond: statutory\n"));
+    BusinessCalendar::from_yaml(
+        &text.replace("\nbeyond: statutory\n", &format!("\nbeyond: {beyond}\n")),
+    )
+    .unwrap()
+}
+
 /// The China calendar with `beyond: weekends_only`.
 fn china_weekends_only() -> BusinessCalendar {
+    china_beyond("weekends_only")
+}
+
+/// A calendar with the China calendar's hours and no listed year: every day is statutory.
+fn statutory_only() -> BusinessCalendar {
     let text = std::fs::read_to_string(CHINA).unwrap();
-    assert!(text.contains("\nbeyond: error\n"));
-    BusinessCalendar::from_yaml(&text.replace("\nbeyond: error\n", "\nbeyond: weekends_only\n"))
-        .unwrap()
+    let text = &text[..text.find("\nyears:\n").unwrap()];
+    BusinessCalendar::from_yaml(text).unwrap()
+}
+
+fn day(s: &str) -> NaiveDate {
+    s.parse().unwrap()
 }
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -130,7 +149,6 @@ fn is_working_on_the_china_calendar() {
     for (at, want) in table {
         assert_eq!(cal.is_working(t(at)).unwrap().value, want, "{at}");
     }
-    let day = |s: &str| s.parse::<NaiveDate>().unwrap();
     let national = cal.holiday(day("2026-10-03")).unwrap();
     assert_eq!(
         (national.name.as_str(), national.name_zh.as_deref()),
@@ -138,12 +156,13 @@ fn is_working_on_the_china_calendar() {
     );
     assert_eq!(cal.holiday(day("2026-10-10")), None);
     assert_eq!(cal.years().collect::<Vec<_>>(), [2026]);
-    assert_eq!(cal.beyond(), Beyond::Error);
+    assert_eq!(cal.beyond(), Beyond::Statutory);
 }
 
 #[test]
 fn a_year_boundary_with_beyond_error_fails() {
-    let cal = china();
+    let cal = china_beyond("error");
+    assert_eq!(cal.beyond(), Beyond::Error);
     let from = t("2026-12-31T17:00:00+08:00");
     let err = cal.add(from, BusinessDuration::hours(8)).unwrap_err();
     assert_eq!(
@@ -195,6 +214,237 @@ fn a_year_boundary_with_weekends_only_warns() {
         .unwrap();
     assert_eq!(between.value, BusinessDuration::hours(10));
     assert_eq!(between.warnings.len(), 1);
+}
+
+#[test]
+fn a_deadline_into_2027_skips_new_year_and_is_provisional() {
+    let cal = china();
+    assert!(cal.is_provisional(2027));
+    assert!(!cal.is_provisional(2026));
+    let from = t("2026-12-31T16:00:00+08:00");
+    // Thursday 31 Dec: 16:00-18:00 is 2h. Friday 1 Jan 2027 is New Year's Day, 2-3 Jan the
+    // weekend; Monday 4 Jan: 09:00-12:00 and 13:00-16:00 are the other 6h.
+    let due = cal.add(from, BusinessDuration::hours(8)).unwrap();
+    assert_eq!(cal.rfc3339(due.value), "2027-01-04T16:00:00+08:00");
+    assert!(due.is_provisional());
+    assert_eq!(due.provisional_years().collect::<Vec<_>>(), [2027]);
+    assert_eq!(due.warnings, [CalendarWarning::Provisional { year: 2027 }]);
+    assert_eq!(
+        due.warnings[0].to_string(),
+        "provisional: 2027 computed from the statutory holidays, no State Council notice yet"
+    );
+    // What fits in 2026 is not provisional, up to the last working instant of the year.
+    let in_2026 = cal.add(from, BusinessDuration::hours(2)).unwrap();
+    assert_eq!(cal.rfc3339(in_2026.value), "2026-12-31T18:00:00+08:00");
+    assert!(!in_2026.is_provisional());
+    assert!(in_2026.warnings.is_empty());
+    // The other computations say so too.
+    let between = cal.business_time_between(from, due.value).unwrap();
+    assert_eq!(between.value, BusinessDuration::hours(8));
+    assert!(between.is_provisional());
+    let new_year = cal.is_working(t("2027-01-01T10:00:00+08:00")).unwrap();
+    assert!(!new_year.value);
+    assert!(new_year.is_provisional());
+    assert!(
+        cal.is_working(t("2027-01-04T10:00:00+08:00"))
+            .unwrap()
+            .value
+    );
+    assert!(
+        !cal.is_working(t("2026-12-31T10:00:00+08:00"))
+            .unwrap()
+            .is_provisional()
+    );
+    // The same through a duration spec, as the engine computes deadlines.
+    let spec = DurationSpec::parse("8h business").unwrap();
+    assert_eq!(spec.after(from, Some(&cal)), Ok(due));
+}
+
+#[test]
+fn statutory_holidays_of_several_years() {
+    let cal = china();
+    #[rustfmt::skip]
+    let table = [
+        // (date, holiday): lunar dates and Qingming as Chinese calendars (农历) print them;
+        // substitute days by the law's article 6.
+        ("2027-01-01", Some("New Year")),
+        ("2027-02-04", None),
+        ("2027-02-05", Some("Spring Festival")), // 除夕, Friday
+        ("2027-02-06", Some("Spring Festival")), // lunar 1/1, Saturday
+        ("2027-02-08", Some("Spring Festival")), // lunar 1/3, Monday
+        ("2027-02-09", Some("Spring Festival substitute day off")), // for Saturday
+        ("2027-02-10", Some("Spring Festival substitute day off")), // for Sunday
+        ("2027-02-11", None),
+        ("2027-04-05", Some("Qingming Festival")),
+        ("2027-05-01", Some("Labour Day")),
+        ("2027-05-03", Some("Labour Day substitute day off")),
+        ("2027-05-04", Some("Labour Day substitute day off")),
+        ("2027-05-05", None),
+        ("2027-06-09", Some("Dragon Boat Festival")),
+        ("2027-09-15", Some("Mid-Autumn Festival")),
+        ("2027-10-01", Some("National Day")),
+        ("2027-10-05", Some("National Day substitute day off")),
+        ("2027-10-06", None),
+        ("2028-01-25", Some("Spring Festival")), // 除夕
+        ("2028-01-26", Some("Spring Festival")),
+        ("2028-04-04", Some("Qingming Festival")),
+        ("2028-05-28", Some("Dragon Boat Festival")),
+        ("2028-10-03", Some("National Day")), // also Mid-Autumn: one day off
+        ("2028-10-04", Some("National Day substitute day off")), // for Sunday 1 October
+        ("2028-10-05", None),
+        ("2029-02-12", Some("Spring Festival")), // 除夕
+        ("2029-02-13", Some("Spring Festival")),
+        ("2029-04-04", Some("Qingming Festival")),
+        ("2029-06-16", Some("Dragon Boat Festival")),
+        ("2029-09-22", Some("Mid-Autumn Festival")),
+        ("2030-02-02", Some("Spring Festival")), // 除夕
+        ("2030-02-03", Some("Spring Festival")),
+        ("2030-04-05", Some("Qingming Festival")),
+        ("2030-06-05", Some("Dragon Boat Festival")),
+        ("2030-09-12", Some("Mid-Autumn Festival")),
+    ];
+    for (date, want) in table {
+        let got = cal.holiday(day(date)).map(|h| h.name.as_str());
+        assert_eq!(got, want, "{date}");
+    }
+    let eve = cal.holiday(day("2027-02-05")).unwrap();
+    assert_eq!(eve.name_zh.as_deref(), Some("春节"));
+    let sub = cal.holiday(day("2027-02-09")).unwrap();
+    assert_eq!(sub.name_zh.as_deref(), Some("春节补假"));
+    // No weekend day becomes a working day: the make-up swaps are the notice's to decide.
+    assert!(
+        !cal.is_working(t("2027-02-20T10:00:00+08:00"))
+            .unwrap()
+            .value
+    );
+}
+
+/// The 2025 State Council notice's holidays (国务院办公厅关于2025年部分节假日安排的通知,
+/// 2024-11-12), inclusive ranges.
+const NOTICE_2025: [(&str, &str); 6] = [
+    ("2025-01-01", "2025-01-01"),
+    ("2025-01-28", "2025-02-04"),
+    ("2025-04-04", "2025-04-06"),
+    ("2025-05-01", "2025-05-05"),
+    ("2025-05-31", "2025-06-02"),
+    ("2025-10-01", "2025-10-08"),
+];
+
+#[test]
+fn statutory_days_lie_within_the_published_notices() {
+    // Each notice gives at least the law's days off, substitute days included; the statutory
+    // rule must not invent one the notice does not have.
+    let statutory = statutory_only();
+    let china = china();
+    let in_2025 = |date: NaiveDate| {
+        NOTICE_2025
+            .iter()
+            .any(|&(from, to)| day(from) <= date && date <= day(to))
+    };
+    for (year, count) in [(2025, 14), (2026, 16)] {
+        let days: Vec<NaiveDate> = day(&format!("{year}-01-01"))
+            .iter_days()
+            .take_while(|d| d.year() == year)
+            .filter(|&d| statutory.holiday(d).is_some())
+            .collect();
+        assert_eq!(days.len(), count, "{year}: {days:?}");
+        for date in days {
+            let published = if year == 2025 {
+                in_2025(date)
+            } else {
+                china.holiday(date).is_some()
+            };
+            assert!(published, "{date} is not a holiday in the {year} notice");
+        }
+    }
+    // 2026: Qingming on Sunday 5 April; the notice's 6 April is the law's substitute day.
+    assert_eq!(
+        statutory
+            .holiday(day("2026-04-06"))
+            .map(|h| h.name.as_str()),
+        Some("Qingming Festival substitute day off")
+    );
+    // The 除夕 of 2025 and 2026 were the 29th of the 12th lunar month.
+    assert!(statutory.holiday(day("2025-01-28")).is_some());
+    assert!(statutory.holiday(day("2026-02-16")).is_some());
+    assert!(statutory.holiday(day("2026-02-15")).is_none());
+}
+
+#[test]
+fn adding_the_notice_makes_a_year_not_provisional() {
+    let text = std::fs::read_to_string(CHINA).unwrap();
+    let with_2027 = format!(
+        "{text}  2027:\n    holidays:\n      - {{ from: 2027-01-01, to: 2027-01-03, name: New Year }}\n    makeup_days:\n      - {{ date: 2027-01-09 }}\n"
+    );
+    let updated = BusinessCalendar::from_yaml(&with_2027).unwrap();
+    assert_eq!(updated.years().collect::<Vec<_>>(), [2026, 2027]);
+    assert!(!updated.is_provisional(2027));
+    assert!(updated.is_provisional(2028));
+    assert_ne!(updated, china());
+    let from = t("2026-12-31T16:00:00+08:00");
+    let due = updated.add(from, BusinessDuration::hours(8)).unwrap();
+    assert_eq!(updated.rfc3339(due.value), "2027-01-04T16:00:00+08:00");
+    assert!(!due.is_provisional());
+    // The listed year's make-up Saturday works; the statutory rule has none.
+    let saturday = t("2027-01-09T10:00:00+08:00");
+    assert!(updated.is_working(saturday).unwrap().value);
+    assert!(!china().is_working(saturday).unwrap().value);
+}
+
+#[test]
+fn the_built_in_china_calendar_is_the_file() {
+    let built_in = BusinessCalendar::china();
+    let file = china();
+    assert_eq!(built_in, file);
+    assert_eq!(built_in.file(), None);
+    assert_eq!(file.file(), Some(std::path::Path::new(CHINA)));
+    assert_eq!(built_in.name(), Some("China (mainland)"));
+    assert_ne!(built_in, china_beyond("error"));
+    let from = t("2026-09-30T16:00:00+08:00");
+    let d = BusinessDuration::hours(4);
+    assert_eq!(built_in.add(from, d), file.add(from, d));
+}
+
+#[test]
+fn statutory_years_end_in_an_error() {
+    let cal = china();
+    assert_eq!(Beyond::STATUTORY_YEARS, 2025..=2100);
+    assert!(!cal.is_provisional(2024));
+    assert!(!cal.is_provisional(2101));
+    assert_eq!(
+        cal.is_working(t("2024-06-03T10:00:00+08:00")),
+        Err(CalendarError::BeyondStatutory {
+            date: day("2024-06-03"),
+            covered: vec![2026],
+        })
+    );
+    let err = cal
+        .add(t("2100-12-31T20:00:00+08:00"), BusinessDuration::hours(1))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "2101-01-01 is outside the years the calendar covers (2026) and the years its statutory \
+         rule computes (2025 to 2100); add that year's holidays and make-up days"
+    );
+    assert!(
+        cal.business_time_between(
+            t("2024-12-31T00:00:00+08:00"),
+            t("2025-01-02T00:00:00+08:00")
+        )
+        .is_err()
+    );
+    // Within the rule's years, long computations chain through them.
+    let far = cal
+        .add(
+            t("2026-06-01T09:00:00+08:00"),
+            BusinessDuration::hours(8 * 248 * 70),
+        )
+        .unwrap();
+    assert!(far.is_provisional());
+    assert_eq!(far.provisional_years().next(), Some(2027));
+    // About 70 working years of 248 days later.
+    let year = cal.local(far.value).year();
+    assert!((2094..=2098).contains(&year), "{year}");
 }
 
 #[test]
@@ -271,6 +521,23 @@ fn shape_errors_have_a_location() {
 
 #[test]
 fn nothing_panics_at_the_ends_of_time() {
+    let statutory = china();
+    let end = DateTime::<Utc>::MAX_UTC;
+    let huge = BusinessDuration::new(Duration::days(365 * 1000)).unwrap();
+    for from in [end - Duration::days(2), DateTime::<Utc>::MIN_UTC] {
+        assert!(statutory.add(from, huge).is_err());
+        assert!(statutory.add(from, BusinessDuration::hours(100)).is_err());
+    }
+    assert!(statutory.add(t("2026-01-05T09:00:00+08:00"), huge).is_err());
+    assert!(
+        statutory
+            .business_time_between(DateTime::<Utc>::MIN_UTC, end)
+            .is_err()
+    );
+    assert_eq!(
+        statutory.is_working(end),
+        Err(CalendarError::OutOfRange(end))
+    );
     let cal = china_weekends_only();
     let end = DateTime::<Utc>::MAX_UTC;
     assert!(matches!(
@@ -297,6 +564,14 @@ fn nothing_panics_at_the_ends_of_time() {
 fn instant_2026() -> impl Strategy<Value = DateTime<Utc>> {
     let start = t("2026-01-01T00:00:00+08:00").timestamp();
     let end = t("2026-12-01T00:00:00+08:00").timestamp();
+    (start..end, prop_oneof![Just(0u32), 0u32..1_000_000_000])
+        .prop_map(|(s, ns)| DateTime::from_timestamp(s, ns).unwrap())
+}
+
+/// An instant from 2026 (Asia/Shanghai) up to 1 December 2028.
+fn instant_2026_to_2028() -> impl Strategy<Value = DateTime<Utc>> {
+    let start = t("2026-01-01T00:00:00+08:00").timestamp();
+    let end = t("2028-12-01T00:00:00+08:00").timestamp();
     (start..end, prop_oneof![Just(0u32), 0u32..1_000_000_000])
         .prop_map(|(s, ns)| DateTime::from_timestamp(s, ns).unwrap())
 }
@@ -347,6 +622,22 @@ proptest! {
     }
 
     #[test]
+    fn china_add_is_monotonic_and_additive_in_statutory_years(
+        t in instant_2026_to_2028(),
+        a in duration(),
+        b in duration(),
+    ) {
+        let cal = china();
+        laws(&cal, t, a, b)?;
+        let got = cal.add(t, a).unwrap();
+        if a > BusinessDuration::ZERO {
+            // Provisional exactly when a day after 2026 was used: the days from t to the result.
+            let year = cal.rfc3339(got.value)[..4].parse::<i32>().unwrap();
+            prop_assert_eq!(got.is_provisional(), year > 2026);
+        }
+    }
+
+    #[test]
     fn random_calendars_add_is_monotonic_and_additive(
         yaml in random_calendar(),
         t in instant_2026(),
@@ -359,7 +650,8 @@ proptest! {
 }
 
 /// A calendar with random weekly hours (at least one interval), holidays and make-up days in
-/// 2026, in a zone with or without daylight saving, counting weekends only beyond 2026.
+/// 2026, in a zone with or without daylight saving, counting weekends only or the statutory
+/// holidays beyond 2026.
 fn random_calendar() -> impl Strategy<Value = String> {
     let zone = prop::sample::select(vec![
         "Asia/Shanghai",
@@ -373,7 +665,8 @@ fn random_calendar() -> impl Strategy<Value = String> {
     let week = prop::collection::vec(day, 7);
     let dates = prop::collection::btree_set(0u32..365, 0..=40);
     let makeup = prop::collection::btree_set(0u32..365, 0..=10);
-    (zone, week, dates, makeup).prop_map(|(zone, week, holidays, makeup)| {
+    let beyond = prop::sample::select(vec!["weekends_only", "statutory"]);
+    (zone, week, dates, makeup, beyond).prop_map(|(zone, week, holidays, makeup, beyond)| {
         let hhmm = |half_hours: u16| format!("{:02}:{:02}", half_hours / 2, half_hours % 2 * 30);
         let spans = |points: &std::collections::BTreeSet<u16>| {
             let points: Vec<u16> = points.iter().copied().collect();
@@ -383,7 +676,7 @@ fn random_calendar() -> impl Strategy<Value = String> {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let mut yaml = format!("zone: {zone}\nbeyond: weekends_only\nhours:\n");
+        let mut yaml = format!("zone: {zone}\nbeyond: {beyond}\nhours:\n");
         let mut any = false;
         for (name, points) in ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
             .iter()

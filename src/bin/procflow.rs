@@ -15,6 +15,8 @@ const USAGE: &str = "usage:
   procflow graph FILE [--format mermaid|dot]
   procflow simulate FILE --scenario SCENARIO [--calendar CALENDAR]
   procflow calendar CALENDAR --add DURATION --from INSTANT
+                  prints the instant alone on stdout; on stderr, a line that it is
+                  provisional (it uses a year computed from the statutory holidays)
   procflow report --store FILE [--process ID] [--since RFC3339|YYYY-MM-DD]
                   [--format table|csv|json] [--heatmap OUT.svg] [--metric mean-wait|breach-rate]";
 
@@ -139,7 +141,8 @@ fn simulate(args: &[String]) -> Result<ExitCode, String> {
     }
 }
 
-/// Prints `INSTANT + DURATION` on the calendar, in the calendar's zone; warnings go to stderr.
+/// Prints `INSTANT + DURATION` on the calendar, in the calendar's zone, alone on stdout so that
+/// scripts can read it; warnings, and that the instant is provisional, go to stderr.
 fn calendar(args: &[String]) -> Result<ExitCode, String> {
     let file = args.first().filter(|f| !f.starts_with("--")).ok_or(USAGE)?;
     let duration = option(args, "--add")?.ok_or(USAGE)?;
@@ -166,10 +169,14 @@ fn calendar(args: &[String]) -> Result<ExitCode, String> {
     };
     match spec.after(from, Some(&cal)) {
         Ok(due) => {
-            for warning in &due.warnings {
-                eprintln!("warning: {warning}");
-            }
             println!("{}", cal.rfc3339(due.value));
+            for warning in &due.warnings {
+                match warning {
+                    // Not a problem, a status: e.g. "(provisional: 2027 computed from ...)".
+                    procflow::CalendarWarning::Provisional { .. } => eprintln!("({warning})"),
+                    _ => eprintln!("warning: {warning}"),
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(format!("{file}: {e}")),

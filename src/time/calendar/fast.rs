@@ -1,17 +1,20 @@
 //! The covered years precomputed: every working interval of each run of consecutive covered years
 //! as UTC seconds, with the cumulative working time, so that arithmetic inside them is a binary
-//! search with no time-zone conversion.
+//! search with no time-zone conversion. Under [`Beyond::Statutory`] each year the statutory rule
+//! computes gets a run of its own, built on its first use and shared by the calendar's clones;
+//! a computation that runs out of one run goes on in the next when it starts where the first
+//! ends.
 //!
 //! The table holds the union of the intervals [`BusinessCalendar::intervals`] gives for the days
-//! of the run, sorted and merged; resolving each local interval to UTC once at load time is what
-//! keeps daylight saving right.
+//! of the run, sorted and merged; resolving each local interval to UTC once is what keeps
+//! daylight saving right.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, Offset, TimeZone, Utc};
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Offset, TimeZone, Utc};
 
-use super::{BusinessCalendar, Warnings};
+use super::{Beyond, BusinessCalendar, Warnings, statutory};
 
 const NANOS: i64 = 1_000_000_000;
 
@@ -19,14 +22,36 @@ const NANOS: i64 = 1_000_000_000;
 #[derive(Clone, Default)]
 pub(super) struct Table {
     runs: Arc<[Run]>,
+    /// The statutory years' runs, under [`Beyond::Statutory`].
+    statutory: Option<Arc<Lazy>>,
 }
 
 impl fmt::Debug for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let built = self.statutory.iter().flat_map(|lazy| {
+            lazy.slots
+                .iter()
+                .filter_map(|s| s.get().and_then(Option::as_ref))
+        });
         f.debug_list()
-            .entries(self.runs.iter().map(|r| (r.first, r.after, r.starts.len())))
+            .entries(
+                self.runs
+                    .iter()
+                    .chain(built)
+                    .map(|r| (r.first, r.after, r.starts.len())),
+            )
             .finish()
     }
+}
+
+/// One run per year of [`Beyond::STATUTORY_YEARS`](super::Beyond::STATUTORY_YEARS), each built
+/// on its first use. A covered year's slot stays empty: its run, if any, is in [`Table::runs`].
+struct Lazy {
+    /// The instant each year begins, in seconds since the epoch, ascending, and last the instant
+    /// the year after the last begins: slot `i` holds the instants `starts[i]..starts[i + 1]`.
+    starts: Box<[i64]>,
+    /// The runs, or `None` for a covered year or one whose ends the zone's rules make unclear.
+    slots: Box<[OnceLock<Option<Run>>]>,
 }
 
 /// Consecutive covered years: the instants `lo..hi` and their working intervals.
@@ -76,8 +101,9 @@ impl Exact {
 }
 
 impl Table {
-    /// Builds the runs of `cal`'s covered years. A run whose ends the zone's rules make unclear
-    /// (an offset change within two days of them) is left to the day-by-day computation.
+    /// Builds the runs of `cal`'s covered years, and the slots of its statutory years. A run
+    /// whose ends the zone's rules make unclear (an offset change within two days of them) is
+    /// left to the day-by-day computation.
     pub(super) fn build(cal: &BusinessCalendar) -> Table {
         let years: Vec<i32> = cal.years().collect();
         let mut runs = Vec::new();
@@ -92,65 +118,154 @@ impl Table {
             }
             i = j + 1;
         }
-        Table { runs: runs.into() }
+        let statutory = (cal.beyond == Beyond::Statutory)
+            .then(|| {
+                let starts = (statutory::FIRST..=statutory::LAST.checked_add(1)?)
+                    .map(|year| {
+                        let first = NaiveDate::from_ymd_opt(year, 1, 1)?;
+                        cal.resolve(first.and_time(NaiveTime::MIN))
+                            .map(|t| t.timestamp())
+                    })
+                    .collect::<Option<Box<[i64]>>>()?;
+                let slots = starts.iter().skip(1).map(|_| OnceLock::new()).collect();
+                Some(Arc::new(Lazy { starts, slots }))
+            })
+            .flatten();
+        Table {
+            runs: runs.into(),
+            statutory,
+        }
     }
 
-    /// The run whose instants contain `t`.
-    fn run(&self, t: Exact) -> Option<&Run> {
-        self.runs.iter().find(|r| r.lo <= t.secs && t.secs < r.hi)
+    /// The run whose instants contain `t`, and for a statutory year's run, its year.
+    fn run(&self, cal: &BusinessCalendar, t: Exact) -> Option<(&Run, Option<i32>)> {
+        if let Some(run) = self.runs.iter().find(|r| r.lo <= t.secs && t.secs < r.hi) {
+            return Some((run, None));
+        }
+        let lazy = self.statutory.as_deref()?;
+        let i = lazy
+            .starts
+            .partition_point(|&s| s <= t.secs)
+            .checked_sub(1)?;
+        let slot = lazy.slots.get(i)?;
+        let year = statutory::FIRST.checked_add(i32::try_from(i).ok()?)?;
+        let run = slot.get_or_init(|| {
+            if cal.years.contains(&year) {
+                None
+            } else {
+                Run::build(cal, year, year)
+            }
+        });
+        run.as_ref().map(|run| (run, Some(year)))
+    }
+
+    /// The run that begins where `run` ends, if there is one.
+    fn next(&self, cal: &BusinessCalendar, run: &Run) -> Option<(&Run, Option<i32>)> {
+        self.run(
+            cal,
+            Exact {
+                secs: run.hi,
+                nanos: 0,
+            },
+        )
+        .filter(|(next, _)| next.lo == run.hi)
     }
 
     /// `from + d` as [`BusinessCalendar::add`] computes it, when `from` lies in a run: `Ok` with
-    /// the result, or `Err` with the end of the run, the working time left at it, and the run
-    /// (the computation goes on day by day from there). `None` when `from` is outside every run
-    /// or the result would be too far for the fast path to check the day limit.
+    /// the result, or `Err` with the end of the last run, the working time left at it, and that
+    /// run (the computation goes on day by day from there). `None` when `from` is outside every
+    /// run or the result would be too far for the fast path to check the day limit. The
+    /// statutory years of the runs it uses go into `warn`.
     pub(super) fn add(
         &self,
+        cal: &BusinessCalendar,
         from: DateTime<Utc>,
         d: Duration,
+        warn: &mut Warnings,
     ) -> Option<Result<DateTime<Utc>, Rest<'_>>> {
-        let at = Exact::of(from);
-        let run = self.run(at)?;
-        let target = run.work(at).add(d)?;
-        let total = run.cum_end.last().copied().unwrap_or(0);
-        // The first interval whose cumulative end reaches the target: the last unit ends there.
-        let j = run
-            .cum_end
-            .partition_point(|&c| c < target.secs || (c == target.secs && target.nanos > 0));
-        let (Some(&end), Some(&cum)) = (run.ends.get(j), run.cum_end.get(j)) else {
-            let left = Duration::try_seconds(target.secs.checked_sub(total)?)?
-                .checked_add(&Duration::nanoseconds(target.nanos))?;
-            return Some(Err(Rest { run, left }));
-        };
-        let secs = end - (cum - target.secs);
         // Far results go day by day, which enforces the limit on the days counted.
-        if secs - at.secs > i64::from(super::MAX_DAYS - 2) * 86_400 {
-            return None;
+        let far = i64::from(super::MAX_DAYS - 2) * 86_400;
+        let at = Exact::of(from);
+        let (mut run, mut year) = self.run(cal, at)?;
+        // The working time to count from the start of `run`.
+        let mut target = run.work(at).add(d)?;
+        loop {
+            if let Some(year) = year {
+                warn.insert(year);
+            }
+            // The first interval whose cumulative end reaches the target: the last unit ends
+            // there.
+            let j = run
+                .cum_end
+                .partition_point(|&c| c < target.secs || (c == target.secs && target.nanos > 0));
+            if let (Some(&end), Some(&cum)) = (run.ends.get(j), run.cum_end.get(j)) {
+                let secs = end - (cum - target.secs);
+                if secs - at.secs > far {
+                    return None;
+                }
+                let nanos = u32::try_from(target.nanos).ok()?;
+                return DateTime::from_timestamp(secs, nanos).map(Ok);
+            }
+            target.secs = target.secs.checked_sub(run.total())?;
+            if run.hi - at.secs > far {
+                return None;
+            }
+            match self.next(cal, run) {
+                Some((next, next_year)) => (run, year) = (next, next_year),
+                None => {
+                    let left = Duration::try_seconds(target.secs)?
+                        .checked_add(&Duration::nanoseconds(target.nanos))?;
+                    return Some(Err(Rest { run, left }));
+                }
+            }
         }
-        let nanos = u32::try_from(target.nanos).ok()?;
-        DateTime::from_timestamp(secs, nanos).map(Ok)
     }
 
-    /// The working time between `from <= to`, when both lie in one run and are close enough for
-    /// the day limit not to matter.
-    pub(super) fn between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Option<Duration> {
+    /// The working time between `from <= to`, when the runs from `from`'s on hold `to` and the
+    /// two are close enough for the day limit not to matter. The statutory years of the runs it
+    /// uses go into `warn`.
+    pub(super) fn between(
+        &self,
+        cal: &BusinessCalendar,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        warn: &mut Warnings,
+    ) -> Option<Duration> {
         let (a, b) = (Exact::of(from), Exact::of(to));
-        let run = self.run(a)?;
-        if b.secs > run.hi || (b.secs == run.hi && b.nanos > 0) {
-            return None;
-        }
         if b.secs - a.secs > i64::from(super::MAX_DAYS - 2) * 86_400 {
             return None;
         }
-        let (wa, wb) = (run.work(a), run.work(b));
-        Duration::try_seconds(wb.secs - wa.secs)?
-            .checked_add(&Duration::nanoseconds(wb.nanos - wa.nanos))
+        let (mut run, mut year) = self.run(cal, a)?;
+        // The working time from `a` to the start of `run` (negative for the first run).
+        let wa = run.work(a);
+        let (mut secs, nanos) = (-wa.secs, -wa.nanos);
+        loop {
+            if let Some(year) = year {
+                warn.insert(year);
+            }
+            if b.secs < run.hi || (b.secs == run.hi && b.nanos == 0) {
+                let wb = run.work(b);
+                return Duration::try_seconds(secs.checked_add(wb.secs)?)?
+                    .checked_add(&Duration::nanoseconds(nanos + wb.nanos));
+            }
+            secs = secs.checked_add(run.total())?;
+            (run, year) = self.next(cal, run)?;
+        }
     }
 
-    /// Whether `t` is working time, when it lies in a run.
-    pub(super) fn is_working(&self, t: DateTime<Utc>) -> Option<bool> {
+    /// Whether `t` is working time, when it lies in a run. A statutory year's run puts its year
+    /// into `warn`.
+    pub(super) fn is_working(
+        &self,
+        cal: &BusinessCalendar,
+        t: DateTime<Utc>,
+        warn: &mut Warnings,
+    ) -> Option<bool> {
         let at = Exact::of(t);
-        let run = self.run(at)?;
+        let (run, year) = self.run(cal, at)?;
+        if let Some(year) = year {
+            warn.insert(year);
+        }
         let i = run.starts.partition_point(|&s| s <= at.secs);
         Some(i > 0 && run.ends.get(i - 1).is_some_and(|&e| at.secs < e))
     }
@@ -184,9 +299,10 @@ impl Run {
             return None;
         }
         let mut intervals: Vec<(i64, i64)> = Vec::new();
+        // The days are of covered years, or of statutory ones (whose warnings the table's users
+        // give).
         let mut warn = Warnings::default();
         for date in first.iter_days().take_while(|d| *d < after) {
-            debug_assert!(cal.years.contains(&date.year()));
             for (s, e) in cal.intervals(date, &mut warn).ok()? {
                 if s.timestamp_subsec_nanos() != 0 || e.timestamp_subsec_nanos() != 0 {
                     return None;
@@ -231,6 +347,11 @@ impl Run {
             ends,
             cum_end,
         })
+    }
+
+    /// The working time of the whole run, in seconds.
+    fn total(&self) -> i64 {
+        self.cum_end.last().copied().unwrap_or(0)
     }
 
     /// The working time from the start of the run to `t`, which lies in the run.
@@ -302,6 +423,7 @@ mod tests {
              makeup_days: [{ date: 2026-10-10, hours: [\"00:00-24:00\"] }] } }",
             "{ 2026: {}, 2027: { holidays: [{ date: 2027-03-28, name: Y }] } }",
             "{ 2026: {}, 2028: {} }",
+            "{}",
         ];
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move |n: u64| {
@@ -316,12 +438,15 @@ mod tests {
         for zone in zones {
             for week in weeks {
                 for years in years {
-                    for beyond in ["error", "weekends_only"] {
+                    for beyond in ["error", "weekends_only", "statutory"] {
+                        if years == "{}" && beyond == "error" {
+                            continue;
+                        }
                         let yaml = format!(
                             "zone: {zone}\nbeyond: {beyond}\nhours: {week}\nyears: {years}\n"
                         );
                         let fast = BusinessCalendar::from_yaml(&yaml).unwrap();
-                        assert!(!fast.fast.runs.is_empty(), "{yaml}");
+                        assert!(!fast.fast.runs.is_empty() || years == "{}", "{yaml}");
                         let slow = slow(&fast);
                         for _ in 0..150 {
                             let secs = lo + next(3 * 366 * 86_400) as i64;
@@ -357,8 +482,49 @@ mod tests {
     }
 
     #[test]
+    fn statutory_years_chain_into_one_another() {
+        let cal = BusinessCalendar::from_yaml(
+            "zone: Asia/Shanghai\nbeyond: statutory\nhours: { mon: [\"09:00-17:00\"], \
+             tue: [\"09:00-17:00\"], wed: [\"09:00-17:00\"], thu: [\"09:00-17:00\"], \
+             fri: [\"09:00-17:00\"] }\nyears: { 2026: {} }\n",
+        )
+        .unwrap();
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let mut warn = Warnings::default();
+        // From 2026 (listed) through 2027 into 2028 (statutory) without the day-by-day walk.
+        let from = t("2026-12-31T16:00:00+08:00");
+        let Some(Ok(due)) = cal
+            .fast
+            .add(&cal, from, Duration::hours(8 * 260), &mut warn)
+        else {
+            panic!("not computed on the fast path");
+        };
+        assert_eq!(warn.years[..], [2027, 2028]);
+        let slow = slow(&cal)
+            .add(from, BusinessDuration::hours(8 * 260))
+            .unwrap();
+        assert_eq!(slow.value, due);
+        assert_eq!(slow.provisional_years().collect::<Vec<_>>(), [2027, 2028]);
+        let mut warn = Warnings::default();
+        let between = cal
+            .fast
+            .between(&cal, t("2026-12-30T00:00:00+08:00"), due, &mut warn)
+            .unwrap();
+        // 8h on 30 December and 7h on 31 December before 16:00.
+        assert_eq!(between, Duration::hours(8 * 260 + 15));
+        assert_eq!(warn.years.len(), 2);
+        // The statutory years' runs were built on use: 261 weekdays less 13 days off in 2027; 260
+        // less 12 in 2028 (Mid-Autumn is National Day's 3 October).
+        assert_eq!(
+            format!("{:?}", cal.fast),
+            "[(2026-01-01, 2027-01-01, 261), (2027-01-01, 2028-01-01, 248), \
+             (2028-01-01, 2029-01-01, 248)]"
+        );
+    }
+
+    #[test]
     fn extreme_durations_do_not_panic() {
-        for beyond in ["error", "weekends_only"] {
+        for beyond in ["error", "weekends_only", "statutory"] {
             let cal = BusinessCalendar::from_yaml(&format!(
                 "zone: Europe/Berlin\nbeyond: {beyond}\nhours: {{ mon: [\"09:00-17:00\"] }}\n\
                  years: {{ 2026: {{}} }}\n"

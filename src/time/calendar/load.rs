@@ -33,6 +33,7 @@ struct RawCalendar {
 enum RawBeyond {
     Error,
     WeekendsOnly,
+    Statutory,
 }
 
 type RawHours = At<Vec<At<String>>>;
@@ -208,6 +209,7 @@ pub(super) fn load(text: &str) -> Result<BusinessCalendar, Vec<Problem>> {
     let beyond = match raw.beyond.as_ref().map(|b| b.value) {
         None | Some(RawBeyond::Error) => Beyond::Error,
         Some(RawBeyond::WeekendsOnly) => Beyond::WeekendsOnly,
+        Some(RawBeyond::Statutory) => Beyond::Statutory,
     };
 
     let mut years = BTreeSet::new();
@@ -361,7 +363,7 @@ pub(super) fn load(text: &str) -> Result<BusinessCalendar, Vec<Problem>> {
             path: "years".to_owned(),
             kind: ProblemKind::BadCalendar(
                 "no year is covered, so 'beyond: error' fails every computation; add a year or \
-                 set 'beyond: weekends_only'"
+                 set 'beyond: weekends_only' or 'beyond: statutory'"
                     .to_owned(),
             ),
         });
@@ -580,12 +582,13 @@ mod tests {
                 "years",
                 BadCalendar(
                     "no year is covered, so 'beyond: error' fails every computation; add a year \
-                     or set 'beyond: weekends_only'"
+                     or set 'beyond: weekends_only' or 'beyond: statutory'"
                         .into()
                 )
             ),
         );
         assert!(kinds(&format!("zone: UTC\nbeyond: weekends_only\n{WEEK}")).is_empty());
+        assert!(kinds(&format!("zone: UTC\nbeyond: statutory\n{WEEK}")).is_empty());
         bad!(
             "zone: UTC\nhours: { mon: [\"09:00-17:00\"], fri: [\"09:00-15:00\"] }\nyears:\n  2026:\n    makeup_days: [{ date: 2026-10-10 }]\n",
             (

@@ -1,27 +1,34 @@
 //! Business calendars: working hours per weekday, holidays and make-up working days per year, in
 //! one time zone; and business-time arithmetic on them.
 //!
-//! A calendar is data (the format is on [`BusinessCalendar::from_yaml`]; the shipped example is
-//! `process-defs/calendars/china.yaml`): adding a year is adding a `years` entry. The arithmetic converts each local working interval to UTC
+//! A calendar is data (the format is on [`BusinessCalendar::from_yaml`]; the shipped one is
+//! `process-defs/calendars/china.yaml`, built in as [`BusinessCalendar::china`]): adding a year
+//! is adding a `years` entry. The arithmetic converts each local working interval to UTC
 //! instants, so inputs may carry any offset and daylight-saving transitions are handled by the
 //! IANA rules of the zone (from `chrono-tz`).
 //!
 //! **Invariant:** a computation never silently uses guessed data. A day in a year the calendar
-//! does not cover is an error ([`Beyond::Error`]) or counted with the weekly hours alone and
-//! reported as a [`CalendarWarning`] ([`Beyond::WeekendsOnly`]).
+//! does not list is an error ([`Beyond::Error`]), or counted with the weekly hours alone
+//! ([`Beyond::WeekendsOnly`]) or with the statutory holidays of mainland China
+//! ([`Beyond::Statutory`]), and then reported as a [`CalendarWarning`]: the result is
+//! provisional ([`Computed::is_provisional`]).
 
 mod fast;
 mod load;
+mod statutory;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use chrono::{
     DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset,
     SecondsFormat, TimeZone, Utc,
 };
 use chrono_tz::Tz;
+use smallvec::SmallVec;
 
 use crate::time::duration::BusinessDuration;
 use crate::yaml::LoadError;
@@ -34,7 +41,10 @@ const MAX_DAYS: u32 = 200 * 366;
 /// Working hours are half-open intervals of local time (`09:00-12:00` contains 09:00 and not
 /// 12:00). A day is, in this order: a holiday (no hours), a make-up working day (its own hours),
 /// or an ordinary day with its weekday's hours. The holidays and make-up days are known for the
-/// covered years only; see [`Beyond`] for days outside them.
+/// covered (listed) years only; see [`Beyond`] for days outside them.
+///
+/// Two calendars are equal when they hold the same data (names, zone, hours, years, holidays,
+/// make-up days and [`Beyond`] policy), wherever they were loaded from.
 ///
 /// # Examples
 /// ```
@@ -59,19 +69,74 @@ pub struct BusinessCalendar {
     names: Vec<Holiday>,
     makeup: BTreeMap<NaiveDate, Vec<Span>>,
     beyond: Beyond,
-    /// The covered years' working intervals, precomputed in UTC.
+    /// The working intervals precomputed in UTC: the covered years' at load time, the statutory
+    /// years' on first use.
     fast: fast::Table,
 }
 
+impl PartialEq for BusinessCalendar {
+    /// The same data; the file a calendar was loaded from and its precomputed tables do not
+    /// count.
+    fn eq(&self, other: &BusinessCalendar) -> bool {
+        self.name == other.name
+            && self.name_zh == other.name_zh
+            && self.zone == other.zone
+            && self.week == other.week
+            && self.years == other.years
+            && self.holidays.len() == other.holidays.len()
+            && self
+                .holidays
+                .iter()
+                .zip(&other.holidays)
+                .all(|((da, &a), (db, &b))| da == db && self.names.get(a) == other.names.get(b))
+            && self.makeup == other.makeup
+            && self.beyond == other.beyond
+    }
+}
+
+impl Eq for BusinessCalendar {}
+
 /// What a calendar does for a day in a year it does not cover (written `beyond:` in the YAML).
+///
+/// The default, when the YAML has no `beyond:`, is [`Beyond::Error`] and not
+/// [`Beyond::Statutory`]: the other policies guess, and the statutory one guesses with the law
+/// of one country, which would be wrong for a calendar of any other; so a calendar asks for a
+/// policy by name. The shipped China calendar asks for [`Beyond::Statutory`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Beyond {
-    /// Fail with [`CalendarError::Beyond`]. This is the default.
+    /// Fail with [`CalendarError::Beyond`]. This is the default (`beyond: error`).
     #[default]
     Error,
     /// Count the weekly working hours alone (no holidays, no make-up days) and add a
-    /// [`CalendarWarning::Beyond`] to the result.
+    /// [`CalendarWarning::Beyond`] to the result (`beyond: weekends_only`).
     WeekendsOnly,
+    /// Count the weekly working hours less the statutory public holidays of mainland China, and
+    /// add a [`CalendarWarning::Provisional`] to the result (`beyond: statutory`): the result
+    /// stands until the State Council's notice for that year is added to the calendar.
+    ///
+    /// The holidays are those of the national law (全国年节及纪念日放假办法, as amended in 2024,
+    /// in force from 2025), article 2: New Year's Day (1 January); the Spring Festival (Chinese
+    /// New Year's Eve 除夕 and the first three days of the lunar year, 4 days); Qingming (the day
+    /// of the Qingming solar term); Labour Day (1 and 2 May); the Dragon Boat Festival (lunar
+    /// 5/5); the Mid-Autumn Festival (lunar 8/15); National Day (1 to 3 October). And article 6:
+    /// a holiday on a Saturday or Sunday is made up with a day off on a working day, here the
+    /// first weekday after the festival that is not already off (as the State Council's notices
+    /// do). The yearly make-up swaps (调休), which only the notice decides, are not guessed: no
+    /// weekend day becomes a working day.
+    ///
+    /// The rule computes the years [`Beyond::STATUTORY_YEARS`]; a day of another year not listed
+    /// is an error, [`CalendarError::BeyondStatutory`]. The lunar dates and the Qingming solar
+    /// term come from the `tyme4rs` crate; for 2025 to 2100 they agree with the table of the
+    /// `chinese-lunisolar-calendar` crate and with PyEphem's solar longitude, except the
+    /// Mid-Autumn Festival of 2089 (18 September here, 19 there: the new moon falls within
+    /// minutes of midnight).
+    Statutory,
+}
+
+impl Beyond {
+    /// The years [`Beyond::Statutory`] computes: from 2025, when the amended law took effect, to
+    /// 2100, as far as its lunar dates were checked.
+    pub const STATUTORY_YEARS: RangeInclusive<i32> = statutory::FIRST..=statutory::LAST;
 }
 
 /// A named holiday.
@@ -90,8 +155,38 @@ pub struct Computed<T> {
     /// The value: an instant, a duration or a flag.
     pub value: T,
     /// Warnings, e.g. that the computation ran past the covered years; empty when the calendar's
-    /// data covered everything it used.
+    /// data covered everything it used (and then nothing was allocated).
     pub warnings: Vec<CalendarWarning>,
+}
+
+impl<T> Computed<T> {
+    /// Whether the value depends on days whose holidays the calendar computed from the statutory
+    /// rule ([`Beyond::Statutory`]) rather than read from a listed year: it may change when the
+    /// State Council's notice for those years is added to the calendar.
+    ///
+    /// # Examples
+    /// ```
+    /// use procflow::{BusinessCalendar, BusinessDuration};
+    /// let china = BusinessCalendar::china();
+    /// let from = "2026-12-31T16:00:00+08:00".parse()?;
+    /// let due = china.add(from, BusinessDuration::hours(8))?;
+    /// // 2h on 31 December; 1 January 2027 is a holiday, then the weekend.
+    /// assert_eq!(china.rfc3339(due.value), "2027-01-04T16:00:00+08:00");
+    /// assert!(due.is_provisional());
+    /// assert_eq!(due.provisional_years().collect::<Vec<_>>(), [2027]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_provisional(&self) -> bool {
+        self.provisional_years().next().is_some()
+    }
+
+    /// The years of [`Computed::is_provisional`], ascending.
+    pub fn provisional_years(&self) -> impl Iterator<Item = i32> + '_ {
+        self.warnings.iter().filter_map(|w| match w {
+            CalendarWarning::Provisional { year } => Some(*year),
+            _ => None,
+        })
+    }
 }
 
 /// Something a computation did that its caller should know about.
@@ -107,6 +202,15 @@ pub enum CalendarWarning {
         /// The years the calendar covers.
         covered: Vec<i32>,
     },
+    /// A day in `year`, which the calendar does not list, was counted with the statutory
+    /// holidays ([`Beyond::Statutory`]): the result is provisional.
+    #[error(
+        "provisional: {year} computed from the statutory holidays, no State Council notice yet"
+    )]
+    Provisional {
+        /// The year not listed.
+        year: i32,
+    },
 }
 
 /// Why a calendar computation failed.
@@ -121,6 +225,21 @@ pub enum CalendarError {
     )]
     Beyond {
         /// The first uncovered day the computation needed.
+        date: NaiveDate,
+        /// The years the calendar covers.
+        covered: Vec<i32>,
+    },
+    /// The computation reached a day of a year that the calendar does not list and the statutory
+    /// rule does not compute ([`Beyond::STATUTORY_YEARS`]), under [`Beyond::Statutory`].
+    #[error(
+        "{date} is outside the years the calendar covers ({}) and the years its statutory rule \
+         computes ({} to {}); add that year's holidays and make-up days",
+        years_text(.covered),
+        statutory::FIRST,
+        statutory::LAST
+    )]
+    BeyondStatutory {
+        /// The first such day the computation needed.
         date: NaiveDate,
         /// The years the calendar covers.
         covered: Vec<i32>,
@@ -147,7 +266,7 @@ impl BusinessCalendar {
     /// ```yaml
     /// name: China (mainland)            # optional, with name_zh and description
     /// zone: Asia/Shanghai               # an IANA time zone name
-    /// beyond: error                     # or weekends_only; see `Beyond`
+    /// beyond: error                     # or weekends_only, or statutory; see `Beyond`
     /// hours:                            # mon..sun; a missing day is closed
     ///   mon: ["09:00-12:00", "13:00-18:00"]   # HH:MM-HH:MM, in order, 24:00 as an end
     /// years:                            # the covered years; each date lies in its year
@@ -195,6 +314,42 @@ impl BusinessCalendar {
         Ok(cal)
     }
 
+    /// The shipped calendar of mainland China, `process-defs/calendars/china.yaml`, built into
+    /// the crate: the 2026 State Council notice, and the statutory holidays
+    /// ([`Beyond::Statutory`]) for the years after it. It equals the file loaded with
+    /// [`BusinessCalendar::from_file`], except that [`BusinessCalendar::file`] is `None`.
+    ///
+    /// The file is parsed once per process; each call returns a clone, which shares the
+    /// precomputed tables.
+    ///
+    /// # Examples
+    /// ```
+    /// use procflow::{Beyond, BusinessCalendar, BusinessDuration};
+    /// let china = BusinessCalendar::china();
+    /// assert_eq!(china.zone(), chrono_tz::Asia::Shanghai);
+    /// assert_eq!(china.beyond(), Beyond::Statutory);
+    /// // National Day week 2026, from the State Council's notice: not provisional.
+    /// let due = china.add("2026-09-30T16:00:00+08:00".parse()?, BusinessDuration::hours(4))?;
+    /// assert_eq!(china.rfc3339(due.value), "2026-10-08T11:00:00+08:00");
+    /// assert!(!due.is_provisional());
+    /// // 2027 is computed from the statutory holidays until its notice is added.
+    /// assert!(china.is_provisional(2027));
+    /// let eve = "2027-02-05".parse()?;
+    /// assert_eq!(china.holiday(eve).map(|h| h.name.as_str()), Some("Spring Festival"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Panics
+    /// Never: the crate's tests load the embedded file.
+    pub fn china() -> BusinessCalendar {
+        static CHINA: LazyLock<BusinessCalendar> = LazyLock::new(|| {
+            load::load(CHINA_YAML).unwrap_or_else(|problems| {
+                panic!("the shipped China calendar does not load: {problems:?}")
+            })
+        });
+        CHINA.clone()
+    }
+
     /// The English name, if given.
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
@@ -215,9 +370,18 @@ impl BusinessCalendar {
         self.zone
     }
 
-    /// The years whose holidays and make-up days the calendar knows, ascending.
+    /// The years whose holidays and make-up days the calendar knows, ascending: the covered
+    /// (listed) years. Results that use only days of these years are not provisional.
     pub fn years(&self) -> impl Iterator<Item = i32> + '_ {
         self.years.iter().copied()
+    }
+
+    /// Whether the calendar computes the days of `year` from the statutory rule
+    /// ([`Beyond::Statutory`]) because it does not list that year: results that use them are
+    /// provisional. When a new calendar no longer finds a year provisional (its notice was
+    /// added), results that were provisional for that year may be recomputed.
+    pub fn is_provisional(&self, year: i32) -> bool {
+        self.beyond == Beyond::Statutory && !self.years.contains(&year) && statutory::computes(year)
     }
 
     /// What happens outside the covered years.
@@ -225,8 +389,14 @@ impl BusinessCalendar {
         self.beyond
     }
 
-    /// The holiday on a local date, if it is one.
+    /// The holiday on a local date, if it is one: a listed holiday, or in a provisional year
+    /// (see [`BusinessCalendar::is_provisional`]) a statutory one, named after its festival
+    /// (`Spring Festival`) or, for a working day off that makes up for a festival day on a
+    /// weekend, `Spring Festival substitute day off` (`春节补假`).
     pub fn holiday(&self, date: NaiveDate) -> Option<&Holiday> {
+        if self.is_provisional(date.year()) {
+            return statutory::day_off(date).flatten().map(|d| d.holiday());
+        }
         self.holidays.get(&date).and_then(|&i| self.names.get(i))
     }
 
@@ -273,11 +443,13 @@ impl BusinessCalendar {
     /// `add(add(t, a), b) == add(t, a + b)`.
     ///
     /// # Errors
-    /// [`CalendarError::Beyond`] when the count reaches an uncovered year under [`Beyond::Error`];
-    /// [`CalendarError::TooFar`] past about 200 years.
+    /// [`CalendarError::Beyond`] when the count reaches an uncovered year under [`Beyond::Error`],
+    /// [`CalendarError::BeyondStatutory`] one outside [`Beyond::STATUTORY_YEARS`] under
+    /// [`Beyond::Statutory`]; [`CalendarError::TooFar`] past about 200 years.
     ///
-    /// Complexity: logarithmic inside the covered years (their intervals are precomputed at load
-    /// time), linear in the number of days counted outside them.
+    /// Complexity: logarithmic inside the covered years and the statutory years (their intervals
+    /// are precomputed: the covered years' at load time, each statutory year's on its first use
+    /// by any clone of the calendar), linear in the number of days counted outside them.
     pub fn add(
         &self,
         from: DateTime<Utc>,
@@ -291,7 +463,7 @@ impl BusinessCalendar {
                 warnings: Vec::new(),
             });
         }
-        let value = match self.fast.add(from, left) {
+        let value = match self.fast.add(self, from, left, &mut warn) {
             Some(Ok(value)) => value,
             Some(Err(rest)) => {
                 // The covered years ran out: go on day by day from their end, with the days
@@ -356,8 +528,8 @@ impl BusinessCalendar {
     /// # Errors
     /// As for [`BusinessCalendar::add`], for the days between the two.
     ///
-    /// Complexity: logarithmic when both lie in the covered years, else linear in the number of
-    /// days between them.
+    /// Complexity: logarithmic when the covered and statutory years hold the days between them,
+    /// else linear in the number of days between them.
     pub fn business_time_between(
         &self,
         a: DateTime<Utc>,
@@ -370,11 +542,11 @@ impl BusinessCalendar {
             return Err(CalendarError::TooFar { from });
         }
         if from < to
-            && let Some(total) = self.fast.between(from, to)
+            && let Some(total) = self.fast.between(self, from, to, &mut warn)
         {
             return Ok(Computed {
                 value: BusinessDuration::new(total).unwrap_or_default(),
-                warnings: Vec::new(),
+                warnings: warn.finish(self),
             });
         }
         if from < to {
@@ -411,15 +583,17 @@ impl BusinessCalendar {
     /// Whether `instant` is inside working hours.
     ///
     /// # Errors
-    /// [`CalendarError::Beyond`] for a day of an uncovered year under [`Beyond::Error`].
+    /// [`CalendarError::Beyond`] for a day of an uncovered year under [`Beyond::Error`],
+    /// [`CalendarError::BeyondStatutory`] for one outside [`Beyond::STATUTORY_YEARS`] under
+    /// [`Beyond::Statutory`].
     pub fn is_working(&self, instant: DateTime<Utc>) -> Result<Computed<bool>, CalendarError> {
-        if let Some(value) = self.fast.is_working(instant) {
+        let mut warn = Warnings::default();
+        if let Some(value) = self.fast.is_working(self, instant, &mut warn) {
             return Ok(Computed {
                 value,
-                warnings: Vec::new(),
+                warnings: warn.finish(self),
             });
         }
-        let mut warn = Warnings::default();
         let date = self.local_date(instant)?;
         let value = self
             .intervals(date, &mut warn)?
@@ -454,9 +628,25 @@ impl BusinessCalendar {
                     });
                 }
                 Beyond::WeekendsOnly => {
-                    warn.years.insert(date.year());
+                    warn.insert(date.year());
                     &self.week[date.weekday().num_days_from_monday() as usize]
                 }
+                Beyond::Statutory => match statutory::day_off(date) {
+                    None => {
+                        return Err(CalendarError::BeyondStatutory {
+                            date,
+                            covered: self.years().collect(),
+                        });
+                    }
+                    Some(off) => {
+                        warn.insert(date.year());
+                        if off.is_some() {
+                            &[]
+                        } else {
+                            &self.week[date.weekday().num_days_from_monday() as usize]
+                        }
+                    }
+                },
             }
         };
         let midnight = date.and_time(NaiveTime::MIN);
@@ -516,23 +706,40 @@ impl fmt::Display for Span {
     }
 }
 
-/// The uncovered years a computation used.
+/// The uncovered years a computation used, ascending. A few are kept without allocating.
 #[derive(Default)]
 struct Warnings {
-    years: BTreeSet<i32>,
+    years: SmallVec<[i32; 4]>,
 }
 
 impl Warnings {
+    /// Notes that a day of `year` was used.
+    fn insert(&mut self, year: i32) {
+        if let Err(i) = self.years.binary_search(&year) {
+            self.years.insert(i, year);
+        }
+    }
+
+    /// The warnings for the years used, as the calendar's [`Beyond`] policy counted them.
     fn finish(self, cal: &BusinessCalendar) -> Vec<CalendarWarning> {
+        if self.years.is_empty() {
+            return Vec::new();
+        }
         self.years
             .into_iter()
-            .map(|year| CalendarWarning::Beyond {
-                year,
-                covered: cal.years().collect(),
+            .map(|year| match cal.beyond {
+                Beyond::Statutory => CalendarWarning::Provisional { year },
+                Beyond::Error | Beyond::WeekendsOnly => CalendarWarning::Beyond {
+                    year,
+                    covered: cal.years().collect(),
+                },
             })
             .collect()
     }
 }
+
+/// The shipped China calendar's file.
+const CHINA_YAML: &str = include_str!("../../../process-defs/calendars/china.yaml");
 
 /// `2026`, `2026, 2027` or `no year`.
 fn years_text(years: &[i32]) -> String {
