@@ -77,6 +77,7 @@ impl Raci {
 /// Something an actor does to a task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Action {
     /// Take the task.
     Claim,

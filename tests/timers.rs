@@ -364,6 +364,7 @@ fn timer_record(at: DateTime<Utc>, kind: TimerKind, task: Option<u32>, sla: bool
 
 fn sla(due: DateTime<Utc>, elapsed: Duration, remaining: Duration, status: SlaStatus) -> Sla {
     Sla {
+        provisional: false,
         due,
         elapsed,
         remaining,
@@ -1871,4 +1872,81 @@ fn an_sla_that_cannot_be_computed_refuses_the_start() {
     clock.set(t("2026-12-28T09:00:00Z"));
     let id = engine.start("late_sla", Vars::new()).unwrap();
     assert_eq!(engine.instances(), [id]);
+}
+
+/// Issue 11: an instance started on 2026-12-31 at 16:00 in Beijing gets a deadline in 2027
+/// counted on the statutory holidays, marked provisional in the SLA query; once the calendar
+/// gains the year's notice, `update_calendar` recomputes it, commits it and records it.
+#[test]
+fn a_deadline_past_the_notices_is_provisional_and_moves_when_the_calendar_gains_the_year() {
+    let def = r#"
+id: year_end
+version: 1
+name: Year end
+calendar: china
+roles: { clerk: { name: Clerk }, lead: { name: Lead } }
+nodes:
+  start: { kind: start, next: work }
+  work:
+    kind: user_task
+    name: Work
+    raci: { responsible: [clerk], accountable: lead }
+    due: 8h business
+    next: end
+  end: { kind: end }
+"#;
+    let beijing = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+    let clock = Arc::new(ManualClock::new(beijing("2026-12-31T16:00:00+08:00")));
+    let store = procflow::MemoryStore::new();
+    let engine = Engine::builder()
+        .clock(Arc::clone(&clock))
+        .calendar("china", BusinessCalendar::china())
+        .open(store.clone())
+        .unwrap();
+    engine.deploy(ProcessDef::from_yaml(def).unwrap()).unwrap();
+    let id = engine.start("year_end", Vars::new()).unwrap();
+    let task = engine.tasks(id).unwrap()[0].id;
+    // Two business hours on the 31st, New Year's Day off, the weekend, six hours on Monday.
+    let sla = engine.sla_of_task(task).unwrap().expect("a deadline");
+    assert_eq!(sla.due, beijing("2027-01-04T16:00:00+08:00"));
+    assert!(sla.provisional);
+
+    // The notice for 2027 arrives (here a made-up one that also gives 4 January off).
+    let text = std::fs::read_to_string("process-defs/calendars/china.yaml").unwrap()
+        + "  2027:\n    source: a test notice\n    holidays:\n      \
+           - { from: 2027-01-01, to: 2027-01-04, name: New Year, name_zh: 元旦 }\n";
+    let updated = BusinessCalendar::from_yaml(&text).unwrap();
+    assert!(!updated.is_provisional(2027));
+    assert_eq!(engine.update_calendar("china", updated).unwrap(), 1);
+    let sla = engine.sla_of_task(task).unwrap().expect("a deadline");
+    assert_eq!(sla.due, beijing("2027-01-05T16:00:00+08:00"));
+    assert!(!sla.provisional);
+    let inst = engine.instance(id).unwrap();
+    assert!(
+        inst.audit().iter().any(|r| matches!(
+            r.what,
+            Entry::Retimed {
+                provisional: false,
+                ..
+            }
+        )),
+        "{:?}",
+        inst.audit()
+    );
+    // The new instant is the one that fires, and it was committed.
+    assert!(engine.tick(beijing("2027-01-04T16:00:00+08:00")).is_empty());
+    let fired = engine.tick(beijing("2027-01-05T16:00:00+08:00"));
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].kind, TimerKind::Due);
+    drop(engine);
+    let reopened = Engine::builder()
+        .calendar("china", BusinessCalendar::china())
+        .open(store)
+        .unwrap();
+    let timers = reopened.instance(id).unwrap().timers().to_vec();
+    assert_eq!(timers[0].at, beijing("2027-01-05T16:00:00+08:00"));
+    assert!(matches!(
+        reopened.update_calendar("berlin", BusinessCalendar::china()),
+        Err(ExecError::UnknownCalendar(_))
+    ));
 }

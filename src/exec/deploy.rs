@@ -31,6 +31,40 @@ pub(crate) struct Deployed {
 }
 
 impl Deployed {
+    /// This definition with `calendar` in place of the one named `name`, or `None` when it
+    /// does not use that name.
+    pub(crate) fn with_calendar(
+        &self,
+        name: &str,
+        calendar: &Arc<BusinessCalendar>,
+    ) -> Option<Deployed> {
+        let process = self.def.calendar.as_deref() == Some(name);
+        if !process && !self.calendars.contains_key(name) {
+            return None;
+        }
+        let mut calendars = self.calendars.clone();
+        if let Some(c) = calendars.get_mut(name) {
+            *c = Arc::clone(calendar);
+        }
+        Some(Deployed {
+            def: Arc::clone(&self.def),
+            key: Arc::clone(&self.key),
+            names: self.names.clone(),
+            handlers: self.handlers.clone(),
+            calendar: if process {
+                Some(Arc::clone(calendar))
+            } else {
+                self.calendar.clone()
+            },
+            calendars,
+            first_records: self
+                .first_records
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .into(),
+            missing: self.missing.clone(),
+        })
+    }
+
     /// A node as errors name it.
     pub(crate) fn node(&self, id: NodeId) -> NodeRef {
         NodeRef {
@@ -147,8 +181,9 @@ impl Engine {
                 _ => None,
             })
             .collect();
+        let known = lock(&self.calendars).clone();
         let calendar = def.calendar.as_ref().and_then(|name| {
-            let found = self.calendars.get(name).cloned();
+            let found = known.get(name).cloned();
             if found.is_none() {
                 problems.push(DeployProblem::UnknownCalendar {
                     name: name.clone(),
@@ -163,7 +198,7 @@ impl Engine {
             let Some(name) = span.calendar() else {
                 continue;
             };
-            match self.calendars.get(name) {
+            match known.get(name) {
                 Some(c) => {
                     calendars.insert(name.to_owned(), Arc::clone(c));
                 }
@@ -228,6 +263,81 @@ impl Engine {
         );
         self.defs.store(Arc::new(catalog));
         Ok(def)
+    }
+
+    /// Replaces the business calendar registered as `name` on a running engine, e.g. once the
+    /// State Council's notice for a year has been added to it. Every deployed definition that
+    /// names it counts on the new one from now on, and every provisional timer of the instances
+    /// this engine holds (see [`Timer::provisional`](crate::Timer::provisional)) is computed
+    /// again from the instant it counted from, committed, and recorded in the audit trail
+    /// (`Entry::Retimed`). Gives how many instances had a timer moved.
+    ///
+    /// Instances this engine does not hold (another engine's, on a shared store) keep their
+    /// timers until an engine that holds them is updated too.
+    ///
+    /// # Errors
+    /// [`ExecError::UnknownCalendar`] when no calendar is registered as `name` (nothing
+    /// changes); otherwise the first commit the store refused (the other instances are still
+    /// updated; the refused one keeps its old instants and can be updated again).
+    pub fn update_calendar(
+        &self,
+        name: &str,
+        calendar: BusinessCalendar,
+    ) -> Result<usize, ExecError> {
+        self.not_busy()?;
+        let calendar = Arc::new(calendar);
+        {
+            let mut known = lock(&self.calendars);
+            let Some(slot) = known.get_mut(name) else {
+                return Err(ExecError::UnknownCalendar(name.to_owned()));
+            };
+            *slot = Arc::clone(&calendar);
+        }
+        // The definitions that count on it, with the new calendar in place.
+        let replaced: HashMap<DefKey, Arc<Deployed>> = {
+            let _deploying = lock(&self.deploying);
+            let mut catalog: Catalog = (**self.defs.load()).clone();
+            let mut replaced = HashMap::new();
+            for versions in catalog.values_mut() {
+                for deployed in versions.values_mut() {
+                    if let Some(new) = deployed.with_calendar(name, &calendar) {
+                        *deployed = Arc::new(new);
+                        replaced.insert((*deployed.key).clone(), Arc::clone(deployed));
+                    }
+                }
+            }
+            self.defs.store(Arc::new(catalog));
+            replaced
+        };
+        let mut moved = 0;
+        let mut first_error = None;
+        for id in self.instances() {
+            let now = self.clock.now();
+            let result = self.call(id, |slot| {
+                let Some(new) = replaced.get(&*slot.dep.key) else {
+                    return Ok(super::seam::Stepped::nothing(id));
+                };
+                slot.dep = Arc::clone(new);
+                let stepped = self.step_slot(slot, now, |step| {
+                    step.retime_provisional();
+                    Ok(())
+                });
+                if stepped.armed.is_some() {
+                    moved += 1;
+                }
+                Ok(stepped)
+            });
+            match result {
+                Ok(()) | Err(ExecError::UnknownInstance(_)) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(moved),
+        }
     }
 
     /// Deploys the stored definitions this engine does not have (another engine sharing the

@@ -121,6 +121,9 @@ pub enum ExecError {
         "instance {0} is busy in this thread (a veto hook or handler called back into the engine)"
     )]
     Reentrant(InstanceId),
+    /// No business calendar is registered under this name.
+    #[error("no business calendar registered as '{0}'")]
+    UnknownCalendar(String),
     /// No deployed definition can start or run the instance: the definition names a service
     /// handler or calendar this engine does not have (see [`Engine::unavailable`](crate::Engine::unavailable)).
     #[error("{0}")]

@@ -110,7 +110,9 @@ pub struct Engine {
     uid: u64,
     shards: Box<[Shard]>,
     next_id: AtomicU64,
-    calendars: HashMap<String, Arc<BusinessCalendar>>,
+    /// The calendars definitions may name; replaced one by one by
+    /// [`Engine::update_calendar`].
+    calendars: Mutex<HashMap<String, Arc<BusinessCalendar>>>,
     /// When armed timers are due, by instance shard: (instant, instance).
     timer_heaps: Box<[Mutex<TimerHeap>]>,
     /// One `tick` at a time, so that timers fire in deadline order.
@@ -219,7 +221,7 @@ impl EngineBuilder {
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             next_id: AtomicU64::new(1),
-            calendars: b.calendars,
+            calendars: Mutex::new(b.calendars),
             timer_heaps: (0..SHARDS).map(|_| Mutex::new(BinaryHeap::new())).collect(),
             ticking: Mutex::new(()),
             store: None,

@@ -89,6 +89,11 @@ pub(crate) struct Stepped {
 }
 
 impl Stepped {
+    /// A call that changed nothing and has nothing to tell.
+    pub(crate) fn nothing(instance: InstanceId) -> Stepped {
+        Stepped::only(instance, Ok(()))
+    }
+
     fn only(instance: InstanceId, result: Result<(), ExecError>) -> Stepped {
         Stepped {
             instance,

@@ -92,10 +92,11 @@ pub(crate) enum Change<'c> {
     Finish,
     /// Arms timers.
     Arm(Vec<Timer>),
-    /// A token waits at a timer node until `at`.
+    /// A token waits at a timer node until `at` (provisional: see [`Timer::provisional`]).
     Wait {
         token: usize,
         at: DateTime<Utc>,
+        provisional: bool,
     },
     /// Fires the armed timer at `index`.
     Fire {
@@ -105,6 +106,12 @@ pub(crate) enum Change<'c> {
     /// A calendar warning (a computation ran past the years a calendar covers).
     Warn {
         message: &'c str,
+    },
+    /// The armed timer at `index` fires at `at` instead (its calendar was replaced).
+    Retime {
+        index: usize,
+        at: DateTime<Utc>,
+        provisional: bool,
     },
     /// The follow-ups numbered `seqs` ran: they leave the outbox.
     Done {
@@ -518,7 +525,11 @@ impl<'a> Step<'a> {
                 timers.extend(new);
                 self.inst.timers = timers.into_boxed_slice();
             }
-            Change::Wait { token, at } => {
+            Change::Wait {
+                token,
+                at,
+                provisional,
+            } => {
                 let node = self.inst.tokens[token].node;
                 self.inst.tokens[token].state = TokenState::Waiting;
                 let timer = Timer {
@@ -529,6 +540,7 @@ impl<'a> Step<'a> {
                     sla: false,
                     business: false,
                     fired: false,
+                    provisional,
                 };
                 self.apply(Change::Arm(vec![timer]));
             }
@@ -586,6 +598,24 @@ impl<'a> Step<'a> {
             Change::Warn { message } => self.record(Entry::Warning {
                 message: Box::from(message),
             }),
+            Change::Retime {
+                index,
+                at,
+                provisional,
+            } => {
+                self.armed = Some(self.armed.map_or(at, |a| a.min(at)));
+                let timer = &mut self.inst.timers[index];
+                timer.at = at;
+                timer.provisional = provisional;
+                let (kind, task, sla) = (timer.kind, timer.task, timer.sla);
+                self.record(Entry::Retimed {
+                    kind,
+                    task,
+                    sla,
+                    at,
+                    provisional,
+                });
+            }
             Change::Done { seqs } => {
                 if let Some(rare) = self.inst.rare.as_deref_mut() {
                     rare.outbox.pending.retain(|p| !seqs.contains(&p.seq));
@@ -655,7 +685,11 @@ impl<'a> Step<'a> {
                     }
                 }
                 Behaviour::Timer(wait) => match self.wait_until(wait) {
-                    Ok(at) => self.apply(Change::Wait { token: i, at }),
+                    Ok((at, provisional)) => self.apply(Change::Wait {
+                        token: i,
+                        at,
+                        provisional,
+                    }),
                     Err(message) => {
                         failure.get_or_insert(self.fail_deadline(i, at, message));
                     }

@@ -35,11 +35,16 @@ pub struct Sla {
     pub remaining: Duration,
     /// On track, at risk (a quarter or less of the time left), or breached.
     pub status: SlaStatus,
+    /// Whether the deadline counts days its business calendar only knows by the statutory rule
+    /// (no State Council notice for the year yet): it may move when the calendar is updated
+    /// ([`Engine::update_calendar`]).
+    pub provisional: bool,
 }
 
 /// See [`Sla`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum SlaStatus {
     /// More than a quarter of the time is left.
     OnTrack,
@@ -49,18 +54,15 @@ pub enum SlaStatus {
     Breached,
 }
 
-/// Why an instant could not be computed: an incident message.
+/// An instant, whether it is provisional, and the calendar's warnings; or why it could not be
+/// computed.
 fn when(
     computed: Result<Computed<DateTime<Utc>>, crate::time::calendar::CalendarError>,
-) -> Result<(DateTime<Utc>, Vec<String>), String> {
-    computed
-        .map(|c| {
-            (
-                c.value,
-                c.warnings.iter().map(ToString::to_string).collect(),
-            )
-        })
-        .map_err(|e| e.to_string())
+) -> Result<(DateTime<Utc>, bool, Vec<String>), String> {
+    let c = computed.map_err(|e| e.to_string())?;
+    let provisional = c.is_provisional();
+    let warnings = c.warnings.iter().map(ToString::to_string).collect();
+    Ok((c.value, provisional, warnings))
 }
 
 /// Timers computed for arming, and the calendar warnings their computation gave.
@@ -82,16 +84,17 @@ fn calendar_of<'c>(dep: &'c Deployed, span: &Span) -> Option<&'c BusinessCalenda
 }
 
 impl<'a> Step<'a> {
-    /// `spec` after `from`; calendar warnings are collected in `warnings`.
+    /// `spec` after `from`, and whether that is provisional; calendar warnings are collected in
+    /// `warnings`.
     fn after(
         &self,
         (spec, calendar): Resolved<'_>,
         from: DateTime<Utc>,
         warnings: &mut Vec<String>,
-    ) -> Result<DateTime<Utc>, String> {
-        let (at, w) = when(spec.after(from, calendar))?;
+    ) -> Result<(DateTime<Utc>, bool), String> {
+        let (at, provisional, w) = when(spec.after(from, calendar))?;
         warnings.extend(w);
-        Ok(at)
+        Ok((at, provisional))
     }
 
     fn warn(&mut self, warnings: Vec<String>) {
@@ -100,13 +103,14 @@ impl<'a> Step<'a> {
         }
     }
 
-    /// The timers of `limits`, counted from now: a task's (`task: Some`) or the SLA's, with the
-    /// calendar warnings their computation gave. Nothing changes.
-    fn limit_timers(
+    /// The timers of `limits`, counted from `from`: a task's (`task: Some`) or the SLA's, with
+    /// the calendar warnings their computation gave. Nothing changes.
+    pub(crate) fn limit_timers(
         &self,
         limits: &Limits,
         task: Option<u32>,
         node: NodeId,
+        from: DateTime<Utc>,
     ) -> Result<Armed, String> {
         let dep: &'a Deployed = self.dep;
         let def = &*dep.def;
@@ -116,15 +120,9 @@ impl<'a> Step<'a> {
             span.evaluate(&def.cel, vars)
                 .map(|d| (d, calendar_of(dep, span)))
         };
-        let now = self.now;
         let mut timers = Vec::new();
         let mut warnings = Vec::new();
-        let due_spec = limits.due.as_ref().map(resolve).transpose()?;
-        let due = match due_spec {
-            Some(r) => Some((self.after(r, now, &mut warnings)?, r)),
-            None => None,
-        };
-        let timer = |at, kind, business| Timer {
+        let timer = |(at, provisional): (DateTime<Utc>, bool), kind, business| Timer {
             at,
             kind,
             task,
@@ -132,29 +130,28 @@ impl<'a> Step<'a> {
             sla,
             business,
             fired: false,
+            provisional,
+        };
+        let due = match limits.due.as_ref().map(resolve).transpose()? {
+            Some(r) => Some((self.after(r, from, &mut warnings)?, r)),
+            None => None,
         };
         if let Some((at, (spec, _))) = due {
             timers.push(timer(at, TimerKind::Due, spec.is_business()));
         }
-        if let Some(span) = &limits.claim_due {
-            let r = resolve(span)?;
-            timers.push(timer(
-                self.after(r, now, &mut warnings)?,
-                TimerKind::ClaimDue,
-                r.0.is_business(),
-            ));
-        }
-        if let Some(span) = &limits.timeout {
-            let r = resolve(span)?;
-            timers.push(timer(
-                self.after(r, now, &mut warnings)?,
-                TimerKind::Timeout,
-                r.0.is_business(),
-            ));
+        for (span, kind) in [
+            (&limits.claim_due, TimerKind::ClaimDue),
+            (&limits.timeout, TimerKind::Timeout),
+        ] {
+            if let Some(span) = span {
+                let r = resolve(span)?;
+                let at = self.after(r, from, &mut warnings)?;
+                timers.push(timer(at, kind, r.0.is_business()));
+            }
         }
         for (index, remind) in limits.remind.iter().enumerate() {
             let at = match &remind.at {
-                RemindAt::AfterStart(span) => self.after(resolve(span)?, now, &mut warnings)?,
+                RemindAt::AfterStart(span) => self.after(resolve(span)?, from, &mut warnings)?,
                 RemindAt::BeforeDue(span) => {
                     let (before, _) = resolve(span)?;
                     let Some((_, (due_spec, due_calendar))) = due else {
@@ -173,14 +170,14 @@ impl<'a> Step<'a> {
                         _ => return Err("'before' and 'due' mix business and wall time".into()),
                     };
                     // Counted on the deadline's calendar, as the deadline is.
-                    self.after((spec, due_calendar), now, &mut warnings)?
+                    self.after((spec, due_calendar), from, &mut warnings)?
                 }
             };
             timers.push(timer(at, TimerKind::Reminder { index: index as u8 }, false));
         }
-        if let Some((due_at, _)) = due {
+        if let Some(((due_at, due_provisional), _)) = due {
             for (level, esc) in limits.escalate.iter().enumerate() {
-                let at = self.after(resolve(&esc.after)?, due_at, &mut warnings)?;
+                let (at, provisional) = self.after(resolve(&esc.after)?, due_at, &mut warnings)?;
                 let kind = match esc.action {
                     Ladder::Urge { .. } => TimerKind::Urge {
                         level: level as u8,
@@ -188,7 +185,7 @@ impl<'a> Step<'a> {
                     },
                     _ => TimerKind::Escalation { level: level as u8 },
                 };
-                timers.push(timer(at, kind, false));
+                timers.push(timer((at, provisional || due_provisional), kind, false));
             }
         }
         // Timers due at the same instant fire in list order: reminders, then the claim and
@@ -215,7 +212,7 @@ impl<'a> Step<'a> {
     pub(crate) fn task_timers(&self, node: NodeId, seq: u32) -> Result<Armed, String> {
         let dep: &'a Deployed = self.dep;
         match &dep.def.nodes[node.index()].limits {
-            Some(limits) => self.limit_timers(limits, Some(seq), node),
+            Some(limits) => self.limit_timers(limits, Some(seq), node, self.now),
             None => Ok(Armed::default()),
         }
     }
@@ -229,7 +226,7 @@ impl<'a> Step<'a> {
         let def = &*dep.def;
         match &def.sla {
             Some(limits) => self
-                .limit_timers(limits, None, def.start)
+                .limit_timers(limits, None, def.start, self.now)
                 .map_err(|message| ExecError::Deadline {
                     instance: self.inst.id,
                     node: dep.node(def.start),
@@ -239,8 +236,87 @@ impl<'a> Step<'a> {
         }
     }
 
-    /// The instant a timer node waits for.
-    pub(crate) fn wait_until(&mut self, wait: &TimerWait) -> Result<DateTime<Utc>, String> {
+    /// Computes the instance's provisional timers again (its calendar was replaced), from the
+    /// instants they counted from: a task's opening, the start, the arrival at a timer node.
+    /// A timer whose computation now fails keeps its instant. Later urges (counted from the
+    /// previous one) keep theirs too.
+    pub(crate) fn retime_provisional(&mut self) {
+        let dep: &'a Deployed = self.dep;
+        let def = &*dep.def;
+        let pending = |t: &Timer| t.provisional && !t.fired;
+        if !self.inst.timers.iter().any(pending) {
+            return;
+        }
+        let mut fresh: Vec<Timer> = Vec::new();
+        if self.inst.timers.iter().any(|t| pending(t) && t.sla)
+            && let Some(limits) = &def.sla
+            && let Ok(armed) = self.limit_timers(limits, None, def.start, self.inst.started_at)
+        {
+            fresh.extend(armed.timers);
+        }
+        for task in &self.inst.tasks {
+            let has = self
+                .inst
+                .timers
+                .iter()
+                .any(|t| pending(t) && t.task == Some(task.seq));
+            if has
+                && task.is_open()
+                && let Some(limits) = &def.nodes[task.node.index()].limits
+                && let Ok(armed) =
+                    self.limit_timers(limits, Some(task.seq), task.node, task.created_at)
+            {
+                fresh.extend(armed.timers);
+            }
+        }
+        for timer in self
+            .inst
+            .timers
+            .iter()
+            .filter(|t| pending(t) && t.kind == TimerKind::Wait)
+        {
+            // A timer node counts from the token's arrival, which the audit trail holds.
+            let arrived = self.inst.audit.iter().rev().find_map(|r| match r.what {
+                crate::model::Entry::Transition { to, .. } if to == timer.node => Some(r.at),
+                _ => None,
+            });
+            if let (Some(from), crate::def::Behaviour::Timer(TimerWait::For(span))) =
+                (arrived, &def.nodes[timer.node.index()].behaviour)
+                && let Ok(spec) = span.evaluate(&def.cel, &self.inst.vars)
+                && let Ok((at, provisional, _)) = when(spec.after(from, calendar_of(dep, span)))
+            {
+                fresh.push(Timer {
+                    at,
+                    provisional,
+                    ..timer.clone()
+                });
+            }
+        }
+        let mut moves = Vec::new();
+        for (index, old) in self.inst.timers.iter().enumerate() {
+            if !pending(old) {
+                continue;
+            }
+            let new = fresh.iter().find(|t| {
+                t.kind == old.kind && t.task == old.task && t.sla == old.sla && t.node == old.node
+            });
+            if let Some(new) = new
+                && (new.at != old.at || new.provisional != old.provisional)
+            {
+                moves.push((index, new.at, new.provisional));
+            }
+        }
+        for (index, at, provisional) in moves {
+            self.apply(Change::Retime {
+                index,
+                at,
+                provisional,
+            });
+        }
+    }
+
+    /// The instant a timer node waits for, and whether it is provisional.
+    pub(crate) fn wait_until(&mut self, wait: &TimerWait) -> Result<(DateTime<Utc>, bool), String> {
         match wait {
             TimerWait::For(span) => {
                 let spec = span.evaluate(&self.dep.def.cel, &self.inst.vars)?;
@@ -258,7 +334,7 @@ impl<'a> Step<'a> {
                     .and_then(|v| v.as_str())
                     .ok_or_else(|| format!("variable '{var}' holds no instant"))?;
                 DateTime::parse_from_rfc3339(text)
-                    .map(|t| t.with_timezone(&Utc))
+                    .map(|t| (t.with_timezone(&Utc), false))
                     .map_err(|e| {
                         format!("variable '{var}' = '{text}' is not an RFC 3339 instant: {e}")
                     })
@@ -345,8 +421,9 @@ impl<'a> Step<'a> {
                             });
                         self.warn(warnings);
                         match at {
-                            Ok(at) => self.apply(Change::Arm(vec![Timer {
+                            Ok((at, provisional)) => self.apply(Change::Arm(vec![Timer {
                                 at,
+                                provisional,
                                 kind: TimerKind::Urge {
                                     level,
                                     count: count + 1,
@@ -625,6 +702,7 @@ fn sla(slot: &Slot, due: &Timer, from: DateTime<Utc>, now: DateTime<Utc>) -> Sla
         elapsed,
         remaining,
         status,
+        provisional: due.provisional,
     }
 }
 

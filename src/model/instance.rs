@@ -374,6 +374,20 @@ pub enum Entry {
         /// What.
         message: Box<str>,
     },
+    /// A provisional timer was computed again on a replaced business calendar
+    /// ([`Engine::update_calendar`](crate::Engine::update_calendar)).
+    Retimed {
+        /// Which timer.
+        kind: TimerKind,
+        /// The task, for task timers.
+        task: Option<u32>,
+        /// Whether it belongs to the SLA.
+        sla: bool,
+        /// When it fires now.
+        at: DateTime<Utc>,
+        /// Whether it is still provisional.
+        provisional: bool,
+    },
 }
 
 impl Instance {
@@ -713,6 +727,29 @@ impl Record {
                 format!("timer fired for {whose}: {kind:?}")
             }
             Entry::Warning { message } => format!("warning: {message}"),
+            Entry::Retimed {
+                kind,
+                task,
+                sla,
+                at,
+                provisional,
+            } => {
+                let whose = match task {
+                    Some(t) => format!("task {t}"),
+                    None if *sla => "the SLA".to_owned(),
+                    None => "a timer node".to_owned(),
+                };
+                let still = if *provisional {
+                    " (still provisional)"
+                } else {
+                    ""
+                };
+                format!(
+                    "{} of {whose} recomputed on the updated calendar: {}{still}",
+                    kind.name(*sla),
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            }
         };
         format!(
             "{} {what}",

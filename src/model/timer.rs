@@ -22,6 +22,11 @@ pub struct Timer {
     pub business: bool,
     /// Whether it already fired (only deadlines stay in the list after firing).
     pub fired: bool,
+    /// Whether its instant counts days of a year its business calendar only knows by the
+    /// statutory rule (no State Council notice yet): it may move when the calendar gains the
+    /// year ([`Engine::update_calendar`](crate::Engine::update_calendar)).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub provisional: bool,
 }
 
 /// What a timer does when it fires.
