@@ -261,6 +261,7 @@ fn expected(action: Action, who: Who, claimed_by_other: bool) -> Outcome {
         Action::Comment => Denied(&["r", "a", "c"]),
         Action::Reassign if who == Who::A => Allowed,
         Action::Reassign => Denied(&["a"]),
+        other => panic!("no rule for {other:?}: add it to this table"),
     }
 }
 
@@ -288,6 +289,7 @@ fn raci_matrix() {
                     Action::Complete => engine.complete(task, &actor, Vars::new()),
                     Action::Comment => engine.comment(task, &actor, "looks fine"),
                     Action::Reassign => engine.reassign(task, &actor, &Actor::new("target", ["r"])),
+                    other => panic!("no call for {other:?}"),
                 };
                 let after = engine.instance(id).unwrap();
                 match expected(action, who, claimed) {
@@ -390,6 +392,7 @@ fn raci_matrix() {
                                     "{case}"
                                 );
                             }
+                            other => panic!("no check for {other:?}"),
                         }
                     }
                 }
