@@ -74,6 +74,7 @@ fn describe_sla(sla: Option<Sla>) -> String {
         SlaStatus::OnTrack => "on track",
         SlaStatus::AtRisk => "AT RISK",
         SlaStatus::Breached => "BREACHED",
+        _ => "unknown",
     };
     format!(
         "{status:<8} (due {}, {} business time used, {} left)",
