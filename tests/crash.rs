@@ -2,7 +2,8 @@
 //!
 //! - `killed_children_lose_nothing`: a child process (this test binary, run again) drives starts,
 //!   claims, completions and ticks against a store file and logs every call it saw succeed; the
-//!   test kills it with SIGKILL at random moments, 24 times, and after each kill opens the store
+//!   test kills it with SIGKILL after a varying number of acknowledged calls, 24 times, and after
+//!   each kill opens the store
 //!   and checks that every acknowledged call is there, nothing is recorded twice, every instance
 //!   is in a state its definition allows, and the pending timers are intact.
 //! - `two_processes_complete_one_task`: two processes complete the same task at once; exactly one
@@ -210,6 +211,11 @@ struct Acknowledged {
     fired: usize,
 }
 
+/// How many complete lines the log holds.
+fn lines(path: &str) -> usize {
+    std::fs::read(path).map_or(0, |bytes| bytes.iter().filter(|b| **b == b'\n').count())
+}
+
 fn read_log(path: &str) -> Acknowledged {
     let mut ack = Acknowledged::default();
     let Ok(file) = std::fs::File::open(path) else {
@@ -245,10 +251,22 @@ fn killed_children_lose_nothing() {
     let started = Instant::now();
     let mut checked = 0;
     for run in 0..24 {
+        // Kill after a number of acknowledged calls, not after a time: on a loaded machine a
+        // sleep may end before the child made any call at all.
+        let before = lines(&log);
+        let wanted = before + 20 + rng.below(200) as usize;
         let mut child = spawn(CHILD, format!("{},{log},{run},{}", db.display(), run + 1));
-        std::thread::sleep(StdDuration::from_millis(150 + rng.below(350)));
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("run {run}: the child stopped by itself ({status}) before it was killed");
+        let deadline = Instant::now() + StdDuration::from_secs(120);
+        while lines(&log) < wanted {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("run {run}: the child stopped by itself ({status}) before it was killed");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {run}: the child acknowledged {} calls in 120 s",
+                lines(&log) - before
+            );
+            std::thread::sleep(StdDuration::from_micros(200));
         }
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
