@@ -1,5 +1,5 @@
-//! Criterion benches for node-transition throughput (issue 5): linear, complaint, fan-out,
-//! complete, load and threads. Fixtures are built outside the timed loops by `common`.
+//! Criterion benches for node-transition throughput (issue 5): the hardware floor, linear,
+//! complaint, fan-out, complete, load and threads. Fixtures are built outside the timed loops by `common`.
 //!
 //! Throughput is in transitions (audit `Transition` records, counted on one instance at setup)
 //! unless a bench says it counts instances.
@@ -22,6 +22,20 @@ const LINEAR_STEPS: usize = 10;
 const FANOUT_BRANCHES: usize = 16;
 /// The number of nodes of the generated definition of the load bench.
 const BIG_NODES: usize = 1_000;
+
+/// The hardware floor for one transition (`floor_ns` in `common`), in the same run as the
+/// engine's figures, so that ratios to it need nothing outside this repository.
+fn floor(c: &mut Criterion) {
+    const INSTANCES: usize = 100_000;
+    let mut g = c.benchmark_group("floor");
+    g.throughput(Throughput::Elements(
+        ((LINEAR_STEPS + 1) * INSTANCES) as u64,
+    ));
+    g.bench_function("linear_10", |b| {
+        b.iter(|| black_box(floor_ns(LINEAR_STEPS, INSTANCES)))
+    });
+    g.finish();
+}
 
 /// Bench 1, linear: start an instance of 10 no-op service tasks and run it to its end.
 fn linear(c: &mut Criterion) {
@@ -223,6 +237,7 @@ fn main() {
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .configure_from_args();
+    floor(&mut c);
     linear(&mut c);
     complaint(&mut c);
     fanout(&mut c);

@@ -16,7 +16,9 @@
 //! resuming them.
 //!
 //! Transitions are the audit trail's `Transition` records, counted on one instance per route
-//! at setup. Peak RSS is `VmHWM` from `/proc/self/status`.
+//! at setup. Peak RSS is `VmHWM` from `/proc/self/status`. Every timed run also measures the
+//! hardware floor for one transition in the same process (`floor_ns` in `benches/common`) and
+//! prints the ratio of a thread's time per transition to it.
 
 #[path = "../benches/common/mod.rs"]
 mod common;
@@ -250,8 +252,14 @@ fn timed(args: &Args, engine: &Engine, one: impl Fn(&Engine, u64) -> u64 + Sync)
     let secs = start.elapsed().as_secs_f64();
     let transitions = transitions.into_inner();
     let instances = instances.into_inner();
+    // The floor, measured in this run, after the workload (on the same warm core): the median
+    // of three short runs.
+    let mut floors: Vec<f64> = (0..3).map(|_| floor_ns(10, 2_000_000)).collect();
+    floors.sort_by(f64::total_cmp);
+    let floor = floors[1];
+    let thread_ns = secs * 1e9 * args.threads as f64 / transitions as f64;
     println!(
-        "workload={} threads={} instances={} transitions={} seconds={:.3} transitions_per_sec={:.0} peak_rss_kb={} audit={} thread_ns_per_transition={:.1}{}",
+        "workload={} threads={} instances={} transitions={} seconds={:.3} transitions_per_sec={:.0} peak_rss_kb={} audit={} thread_ns_per_transition={:.1} floor_ns_per_transition={floor:.2} ratio_to_floor={:.1}{}",
         args.workload,
         args.threads,
         instances,
@@ -260,7 +268,8 @@ fn timed(args: &Args, engine: &Engine, one: impl Fn(&Engine, u64) -> u64 + Sync)
         transitions as f64 / secs,
         proc_status_kb("VmHWM"),
         args.audit,
-        secs * 1e9 * args.threads as f64 / transitions as f64,
+        thread_ns,
+        thread_ns / floor,
         match &args.store {
             Some(path) => format!(
                 " store=sqlite:{} durability={:?} commit={} instances_per_sec={:.0}",

@@ -394,3 +394,48 @@ pub(crate) fn proc_status_kb(field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// The hardware floor for one node transition: the least work any engine must do to move a
+/// token from one node to the next and record it. A linear process of `steps` automatic nodes
+/// runs `instances` times; each transition looks up the successor in an adjacency array,
+/// updates the position and appends a 16-byte history record. Gives nanoseconds per
+/// transition. (The same loop as the workspace's shared floor bench, kept here so that every
+/// throughput run measures its own floor.)
+pub(crate) fn floor_ns(steps: usize, instances: usize) -> f64 {
+    #[derive(Clone, Copy)]
+    struct Rec {
+        instance: u32,
+        from: u16,
+        to: u16,
+        at: u64,
+    }
+    let next: Vec<u16> = (0..steps as u16 + 2).map(|i| i + 1).collect();
+    let end = steps as u16 + 1;
+    let mut history: Vec<Rec> = Vec::with_capacity(1 << 20);
+    let mut pos: Vec<u16> = Vec::with_capacity(instances);
+    let t0 = std::time::Instant::now();
+    let mut transitions: u64 = 0;
+    for i in 0..instances {
+        pos.push(0);
+        let mut cur = 0u16;
+        while cur != end {
+            let to = next[cur as usize];
+            history.push(Rec {
+                instance: i as u32,
+                from: cur,
+                to,
+                at: transitions,
+            });
+            cur = to;
+            transitions += 1;
+        }
+        pos[i] = cur;
+        if history.len() > (1 << 20) - 64 {
+            std::hint::black_box(&history);
+            history.clear();
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    std::hint::black_box((&pos, &history));
+    secs * 1e9 / transitions as f64
+}
