@@ -521,6 +521,10 @@ impl<'a> Step<'a> {
                 if let Some(first) = new.iter().map(|t| t.at).min() {
                     self.armed = Some(self.armed.map_or(first, |a| a.min(first)));
                 }
+                if let Some(t) = new.iter().find(|t| t.provisional) {
+                    let (task, sla) = (t.task, t.sla);
+                    self.record(Entry::Provisional { task, sla });
+                }
                 let mut timers = std::mem::take(&mut self.inst.timers).into_vec();
                 timers.extend(new);
                 self.inst.timers = timers.into_boxed_slice();

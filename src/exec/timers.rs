@@ -61,7 +61,19 @@ fn when(
 ) -> Result<(DateTime<Utc>, bool, Vec<String>), String> {
     let c = computed.map_err(|e| e.to_string())?;
     let provisional = c.is_provisional();
-    let warnings = c.warnings.iter().map(ToString::to_string).collect();
+    // Provisional days mark the timer (and the audit trail, when it is armed); other warnings
+    // are rare and recorded as text.
+    let warnings = c
+        .warnings
+        .iter()
+        .filter(|w| {
+            !matches!(
+                w,
+                crate::time::calendar::CalendarWarning::Provisional { .. }
+            )
+        })
+        .map(ToString::to_string)
+        .collect();
     Ok((c.value, provisional, warnings))
 }
 

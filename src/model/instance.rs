@@ -374,6 +374,15 @@ pub enum Entry {
         /// What.
         message: Box<str>,
     },
+    /// Timers were armed on days their business calendar only knows by the statutory rule (no
+    /// State Council notice for the year yet): they are provisional
+    /// ([`Timer::provisional`](crate::Timer::provisional)).
+    Provisional {
+        /// The task, for task timers.
+        task: Option<u32>,
+        /// Whether they belong to the SLA.
+        sla: bool,
+    },
     /// A provisional timer was computed again on a replaced business calendar
     /// ([`Engine::update_calendar`](crate::Engine::update_calendar)).
     Retimed {
@@ -727,6 +736,16 @@ impl Record {
                 format!("timer fired for {whose}: {kind:?}")
             }
             Entry::Warning { message } => format!("warning: {message}"),
+            Entry::Provisional { task, sla } => {
+                let whose = match task {
+                    Some(t) => format!("task {t}"),
+                    None if *sla => "the SLA".to_owned(),
+                    None => "a timer node".to_owned(),
+                };
+                format!(
+                    "provisional deadlines for {whose}: the calendar has no notice for the year yet"
+                )
+            }
             Entry::Retimed {
                 kind,
                 task,
