@@ -597,6 +597,14 @@ impl Task {
         self.created_at
     }
 
+    /// The role an escalation gave the task to (it is that role's work alone now), resolved in
+    /// the definition the instance runs.
+    pub fn escalated_to<'d>(&self, def: &'d ProcessDef) -> Option<&'d RoleId> {
+        self.escalated_to
+            .and_then(|i| def.roles.get_index(i as usize))
+            .map(|(r, _)| r)
+    }
+
     /// Its comments.
     pub fn comments(&self) -> &[Comment] {
         &self.comments

@@ -1037,10 +1037,7 @@ impl Acc {
             actor.completed += 1;
             actor.overrides += usize::from(over);
             let Some(raci) = node.raci() else { continue };
-            let escalated = task
-                .escalated_to
-                .and_then(|i| def.roles.get_index(i as usize))
-                .map(|(r, _)| r);
+            let escalated = task.escalated_to(def);
             let credited: Vec<&str> = match (over, escalated) {
                 (true, _) => vec![raci.accountable().as_str()],
                 (false, Some(role)) => vec![role.as_str()],
