@@ -92,6 +92,16 @@ fn actor(lead: bool) -> Actor {
     }
 }
 
+/// The `pick`-th open task of the engine (modulo their number), if any is open.
+fn open_task(engine: &Engine, pick: usize) -> Option<procflow::TaskId> {
+    let open: Vec<_> = engine
+        .instances()
+        .into_iter()
+        .flat_map(|i| engine.tasks(i).unwrap())
+        .collect();
+    (!open.is_empty()).then(|| open[pick % open.len()].id)
+}
+
 /// Runs `ops` on an engine over `store`, then checks a second engine on it sees the same.
 fn check(store: Arc<dyn Store>, ops: &[Op]) -> Result<(), TestCaseError> {
     let clock = Arc::new(ManualClock::new(t0()));
@@ -110,25 +120,15 @@ fn check(store: Arc<dyn Store>, ops: &[Op]) -> Result<(), TestCaseError> {
                 engine.start("reopen", vars).unwrap();
             }
             Op::Claim { pick, lead } => {
-                let open: Vec<_> = engine
-                    .instances()
-                    .into_iter()
-                    .flat_map(|i| engine.tasks(i).unwrap())
-                    .collect();
-                if !open.is_empty() {
-                    let _ = engine.claim(open[pick % open.len()].id, &actor(lead));
+                if let Some(task) = open_task(&engine, pick) {
+                    let _ = engine.claim(task, &actor(lead));
                 }
             }
             Op::Complete { pick, lead, urgent } => {
-                let open: Vec<_> = engine
-                    .instances()
-                    .into_iter()
-                    .flat_map(|i| engine.tasks(i).unwrap())
-                    .collect();
-                if !open.is_empty() {
+                if let Some(task) = open_task(&engine, pick) {
                     let mut out = Vars::new();
                     out.insert("urgent".into(), json!(urgent));
-                    let _ = engine.complete(open[pick % open.len()].id, &actor(lead), out);
+                    let _ = engine.complete(task, &actor(lead), out);
                 }
             }
             Op::Advance { minutes } => {

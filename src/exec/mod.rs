@@ -30,7 +30,7 @@ use crate::hooks::{Completing, Control, Hook, ServiceHandler};
 use crate::ids::{InstanceId, NodeId, TaskId};
 use crate::model::{Instance, Status, Task, TimerKind, Token, TokenState};
 use crate::raci::{self, Action, Actor, Authorizer, Grant};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoredInstance};
 use crate::time::calendar::BusinessCalendar;
 use crate::vars::{VarProblem, Vars};
 use deploy::{Catalog, Install};
@@ -281,13 +281,18 @@ impl EngineBuilder {
             // running instance needs it, below.
             let _ = engine.install(def, Install::Resume);
         }
-        for stored in store.running()? {
+        // Keeps a stored instance, or says why an engine cannot resume it.
+        let resume = |stored: StoredInstance| {
             let id = stored.instance.id;
             let key = stored.instance.def.as_deref().cloned().unwrap_or_default();
             let slot = engine.adopt(stored).map_err(|e| match e {
                 ExecError::Store(e) => OpenError::Store(e),
                 _ => OpenError::UnknownDefinition { instance: id, key },
             })?;
+            Ok::<_, OpenError>((id, slot))
+        };
+        for stored in store.running()? {
+            let (id, slot) = resume(stored)?;
             if let Some(error) = &lock(&slot).dep.missing {
                 return Err(OpenError::Unavailable {
                     instance: id,
@@ -297,12 +302,7 @@ impl EngineBuilder {
         }
         // Follow-ups a crash left between their commit and their run.
         for stored in store.outbox()? {
-            let id = stored.instance.id;
-            let key = stored.instance.def.as_deref().cloned().unwrap_or_default();
-            let slot = engine.adopt(stored).map_err(|e| match e {
-                ExecError::Store(e) => OpenError::Store(e),
-                _ => OpenError::UnknownDefinition { instance: id, key },
-            })?;
+            let (id, slot) = resume(stored)?;
             let (dep, pending) = {
                 let slot = lock(&slot);
                 (Arc::clone(&slot.dep), slot.inst.pending().to_vec())
