@@ -9,7 +9,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -119,6 +119,8 @@ pub(super) struct Anchor {
     shm: Option<FileId>,
     /// Why the store stopped: set once, reported by every later call.
     lost: OnceLock<StoreError>,
+    /// Whether [`Anchor::release_log`] has run.
+    released: AtomicBool,
 }
 
 impl Anchor {
@@ -133,6 +135,7 @@ impl Anchor {
             file,
             files,
             lost: OnceLock::new(),
+            released: AtomicBool::new(false),
         };
         anchor.check()?;
         Ok(anchor)
@@ -191,16 +194,45 @@ impl Anchor {
             .clone()
     }
 
+    /// Whether the path still names the store's file (`true` when that cannot be told).
+    pub(super) fn file_is_here(&self) -> bool {
+        match FileId::of(&self.files.db) {
+            Ok(now) => now == Some(self.file),
+            Err(_) => true,
+        }
+    }
+
     /// Whether closing the store may checkpoint its log into its file and delete the `-wal` and
-    /// `-shm` files at their paths, as SQLite does when the last connection closes: only when
-    /// those paths name the store's own companions or nothing. After a store file was deleted
-    /// and another store created at the path, they are the other store's, and must stay.
+    /// `-shm` files at their paths, as SQLite does when the last connection closes a file still
+    /// at its path: only when those paths name the store's own companions or nothing (after
+    /// they were deleted, another process may have made new ones for the same file).
     pub(super) fn may_clean_up_on_close(&self) -> bool {
         let ours = |path: &Path, id: Option<FileId>| match FileId::of(path) {
             Ok(None) | Err(_) => true,
             Ok(Some(now)) => Some(now) == id,
         };
         ours(&self.files.wal, self.wal) && ours(&self.files.shm, self.shm)
+    }
+
+    /// Once the store's file is no longer at its path (deleted, moved or replaced), its `-wal`
+    /// and `-shm` files still are, and SQLite leaves them there when it closes a moved file:
+    /// the next connection to open the path would replay this store's log into whatever file
+    /// is there then (a replacement, or a new store), and damage it. So this copies the log
+    /// into the store's own file, wherever it is now (a moved file keeps its commits), through
+    /// `conn`, the write connection outside a transaction, and removes the two files from the
+    /// path when they are still the store's. Once per store; nothing while the file is here.
+    pub(super) fn release_log(&self, conn: &Connection) {
+        if self.file_is_here() || self.released.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Best effort: a reader of another process may keep it from finishing; the log is
+        // removed all the same, as no connection opening the path may read it.
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        for (path, id) in [(&self.files.wal, self.wal), (&self.files.shm, self.shm)] {
+            if id.is_some() && FileId::of(path).ok().flatten() == id {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 }
 
@@ -261,6 +293,23 @@ pub(super) fn create(
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let temp = path.with_file_name(temp_name);
+    // A log without its file is what a store deleted while open can leave behind (killed
+    // before it removed it): SQLite would replay it into the new store.
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if stat(Path::new(&wal))
+        .map_err(|e| io_err(path, &e))?
+        .is_some_and(|meta| meta.len() > 0)
+    {
+        return Err(StoreError::Other {
+            path: path.to_path_buf(),
+            detail: format!(
+                "no store file, but a write-ahead log {} (of a store deleted or moved while \
+                 open): SQLite would replay it into a new store; move it away first",
+                Path::new(&wal).display()
+            ),
+        });
+    }
     let result = build(path, &temp, init).and_then(|()| publish(path, &temp));
     for suffix in ["", "-journal", "-wal", "-shm"] {
         let mut file = temp.clone().into_os_string();

@@ -451,7 +451,11 @@ impl Store for SqliteStore {
                 )
                 .and_then(|mut s| s.execute((&def.key.id, def.key.version, &def.text)))
                 .map_err(|e| sql_err(path, e))?;
-                self.anchor.check()?;
+                if let Err(e) = self.anchor.check() {
+                    drop(tx);
+                    self.anchor.release_log(&writer.conn);
+                    return Err(e);
+                }
                 tx.commit().map_err(|e| sql_err(path, e))
             }
         }
@@ -643,7 +647,11 @@ impl Store for SqliteStore {
             [after],
         )
         .map_err(|e| sql_err(path, e))?;
-        self.anchor.check()?;
+        if let Err(e) = self.anchor.check() {
+            drop(tx);
+            self.anchor.release_log(&writer.conn);
+            return Err(e);
+        }
         tx.commit().map_err(|e| sql_err(path, e))?;
         // `first` is at least 1.
         Ok(first as u64)
@@ -652,12 +660,20 @@ impl Store for SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        let writer = self.writer.get_mut().unwrap_or_else(|e| e.into_inner());
+        if !writer.conn.is_autocommit() {
+            let _ = writer.conn.execute_batch("ROLLBACK");
+        }
+        // SQLite leaves the log of a moved file at the path: take it off (see `release_log`).
+        if !self.anchor.file_is_here() {
+            self.anchor.release_log(&writer.conn);
+            return;
+        }
         // The last connection to close checkpoints the log into the file and deletes the `-wal`
-        // and `-shm` files by name: not when those names are another store's by now.
+        // and `-shm` files by name: not when those names are another process's new ones.
         if self.anchor.may_clean_up_on_close() {
             return;
         }
-        let writer = self.writer.get_mut().unwrap_or_else(|e| e.into_inner());
         let _ = writer
             .conn
             .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);

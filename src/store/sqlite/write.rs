@@ -85,13 +85,15 @@ impl Writer {
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
-        if let Some(e) = anchor.lost() {
-            return Err(e);
-        }
         if !self.conn.is_autocommit() {
             self.conn
                 .execute_batch("ROLLBACK")
                 .map_err(|e| sql_err(path, e))?;
+        }
+        if let Some(e) = anchor.lost() {
+            // A read found the file gone: take the log off the path (once).
+            anchor.release_log(&self.conn);
+            return Err(e);
         }
         Ok(())
     }
@@ -163,6 +165,7 @@ impl Writer {
             }
             if let Err(e) = anchor.check() {
                 self.rollback();
+                anchor.release_log(&self.conn);
                 fill(&mut failed, &e);
                 break;
             }
