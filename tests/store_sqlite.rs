@@ -1164,3 +1164,220 @@ fn closing_a_deleted_store_leaves_the_new_stores_log_alone() {
         .collect();
     assert_eq!(ids, inst[3..].iter().map(|i| i.id()).collect::<Vec<_>>());
 }
+
+/// Issue 11: a 0-byte file was taken as a new store (and `procflow report` on it printed an
+/// empty report and exited 0). A store is created only where no file exists.
+#[test]
+fn an_empty_file_is_not_a_store_and_is_left_untouched() {
+    let db = TempDb::new("empty");
+    std::fs::write(&db.0, b"").unwrap();
+    let before = snapshot(&db.0);
+    assert_corrupt(SqliteStore::open(&db.0).unwrap_err(), &db.0);
+    assert_corrupt(SqliteStore::create(&db.0).unwrap_err(), &db.0);
+    assert_untouched(&db.0, &before);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_procflow"))
+        .arg("report")
+        .arg("--store")
+        .arg(&db.0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "procflow report exited 0");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&db.0.display().to_string()), "{stderr}");
+    assert_untouched(&db.0, &before);
+}
+
+/// SQLite databases without procflow's schema are refused and left as they are, also empty
+/// ones (in either journal mode) and ones another application marked as its own.
+#[test]
+fn another_applications_empty_or_marked_database_is_not_a_store() {
+    let setups: [(&str, &str); 3] = [
+        ("rollback-empty", "PRAGMA user_version = 7;"),
+        (
+            "wal-empty",
+            "PRAGMA journal_mode = WAL; PRAGMA user_version = 7;",
+        ),
+        (
+            "marked",
+            "PRAGMA application_id = 1234; CREATE TABLE meta (key TEXT PRIMARY KEY, value); \
+             INSERT INTO meta VALUES ('application', 'procflow'), ('schema_version', 2);",
+        ),
+    ];
+    for (name, sql) in setups {
+        let db = TempDb::new(name);
+        rusqlite::Connection::open(&db.0)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        let before = snapshot(&db.0);
+        assert!(
+            before[0].1.as_ref().is_some_and(|b| !b.is_empty()),
+            "{name}"
+        );
+        for e in [
+            SqliteStore::open(&db.0).unwrap_err(),
+            SqliteStore::create(&db.0).unwrap_err(),
+        ] {
+            if name == "marked" {
+                let text = e.to_string();
+                assert!(text.contains("application_id"), "{text}");
+            }
+            assert_corrupt(e, &db.0);
+        }
+        assert_untouched(&db.0, &before);
+    }
+}
+
+/// Another application's WAL-mode database with data only in its `-wal` file (a copy of the
+/// database and its log, as a backup has them). Before, the failed open checkpointed the log
+/// into the database and deleted it (and SQLite left a `-shm` file); now the file, the log and
+/// the index are left byte for byte, with and without an index, and with the application still
+/// running.
+#[test]
+fn a_foreign_wal_database_and_its_log_are_left_untouched() {
+    for case in [
+        "no index",
+        "with index",
+        "tables in the file too",
+        "running",
+    ] {
+        let source = TempDb::new("foreign-wal-source");
+        let conn = rusqlite::Connection::open(&source.0).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+             CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);",
+        )
+        .unwrap();
+        if case == "tables in the file too" {
+            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .unwrap();
+        }
+        conn.execute_batch("INSERT INTO customers (name) VALUES ('ann'), ('bob');")
+            .unwrap();
+        let copy = TempDb::new("foreign-wal");
+        let db = if case == "running" {
+            source.0.clone()
+        } else {
+            std::fs::copy(&source.0, &copy.0).unwrap();
+            std::fs::copy(beside(&source.0, "-wal"), beside(&copy.0, "-wal")).unwrap();
+            if case == "with index" {
+                std::fs::copy(beside(&source.0, "-shm"), beside(&copy.0, "-shm")).unwrap();
+            }
+            copy.0.clone()
+        };
+        let before = snapshot(&db);
+        assert!(
+            before[1].1.as_ref().is_some_and(|b| b.len() > 32),
+            "{case}: no log"
+        );
+        for e in [
+            SqliteStore::open(&db).unwrap_err(),
+            SqliteStore::create(&db).unwrap_err(),
+        ] {
+            assert_corrupt(e, &db);
+        }
+        if case == "running" {
+            // The running application's index is SQLite's to change; file and log are not.
+            assert_untouched(&db, &before[..2]);
+        } else {
+            assert_untouched(&db, &before);
+        }
+        // The data is intact, read through the log.
+        let reader = rusqlite::Connection::open(&db).unwrap();
+        let rows: i64 = reader
+            .query_row("SELECT count(*) FROM customers", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 2, "{case}");
+        drop(reader);
+        conn.execute("INSERT INTO customers (name) VALUES ('cy')", [])
+            .unwrap();
+    }
+}
+
+/// The schema-v1 fixture written the way a running older procflow leaves a store: in WAL mode,
+/// everything still in the log, no application id.
+fn old_store_in_its_log(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;")
+        .unwrap();
+    conn.execute_batch(include_str!("fixtures/schema-v1.sql"))
+        .unwrap();
+    conn.execute(
+        "INSERT INTO definitions (id, version, text) VALUES ('task', 1, ?1)",
+        [TASK],
+    )
+    .unwrap();
+    conn
+}
+
+fn application_id(path: &Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row("PRAGMA application_id", [], |row| row.get(0))
+        .unwrap()
+}
+
+/// Stores of older builds have no application id and may have their tables only in their log:
+/// they are recognised from the log (the running store's, or a copy's without an index), opened,
+/// migrated, and marked; new stores are marked from the start.
+#[test]
+fn older_stores_are_recognised_from_their_log_and_marked() {
+    const PROCFLOW: i64 = 0x5046_6C77;
+    for case in ["running", "copy without index"] {
+        let source = TempDb::new("old-source");
+        let conn = old_store_in_its_log(&source.0);
+        let copy = TempDb::new("old-copy");
+        let db = if case == "running" {
+            source.0.clone()
+        } else {
+            std::fs::copy(&source.0, &copy.0).unwrap();
+            std::fs::copy(beside(&source.0, "-wal"), beside(&copy.0, "-wal")).unwrap();
+            copy.0.clone()
+        };
+        let store = SqliteStore::open(&db).unwrap();
+        assert_eq!(
+            store.definitions().unwrap(),
+            vec![def(TASK, "task", 1)],
+            "{case}"
+        );
+        assert_eq!(store.reserve_ids(1).unwrap(), 1, "{case}");
+        drop(store);
+        drop(conn);
+        assert_eq!(application_id(&db), PROCFLOW, "{case}");
+        SqliteStore::open(&db).unwrap();
+    }
+    let db = TempDb::new("marked");
+    drop(create(&db.0));
+    assert_eq!(application_id(&db.0), PROCFLOW);
+}
+
+/// Processes (here threads) creating one store at once all open the same store, and no
+/// temporary file is left beside it.
+#[test]
+fn concurrent_creators_open_one_store() {
+    const CREATORS: usize = 8;
+    let db = TempDb::new("concurrent-create");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, CREATORS);
+    let barrier = std::sync::Barrier::new(CREATORS);
+    std::thread::scope(|s| {
+        for i in &inst {
+            let (barrier, path) = (&barrier, &db.0);
+            s.spawn(move || {
+                barrier.wait();
+                let store = SqliteStore::create(path).unwrap();
+                commit(&store, i, 0, 0).unwrap();
+            });
+        }
+    });
+    let store = SqliteStore::open(&db.0).unwrap();
+    assert_eq!(store.running().unwrap().len(), CREATORS);
+    let name = db.0.file_name().unwrap().to_string_lossy().into_owned();
+    let left: Vec<String> = std::fs::read_dir(db.0.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with(&format!(".{name}")))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
