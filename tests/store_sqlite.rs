@@ -1381,3 +1381,33 @@ fn concurrent_creators_open_one_store() {
         .collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
+
+/// The backup the README recommends while engines run: `VACUUM INTO` gives one consistent file,
+/// the commits still in the log included, which opens as a store.
+#[test]
+fn a_vacuum_into_backup_of_a_running_store_opens() {
+    let db = TempDb::new("backup-source");
+    let backup = TempDb::new("backup");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, 5);
+    let store = create(&db.0);
+    store.save_definition(&def(TASK, "task", 1)).unwrap();
+    for i in &inst {
+        commit(&store, i, 0, 0).unwrap();
+    }
+    assert!(std::fs::metadata(beside(&db.0, "-wal")).unwrap().len() > 0);
+    rusqlite::Connection::open(&db.0)
+        .unwrap()
+        .execute("VACUUM INTO ?1", [backup.0.to_str().unwrap()])
+        .unwrap();
+    commit(
+        &store,
+        &complete(&engine, inst[0].id()),
+        1,
+        inst[0].audit().len(),
+    )
+    .unwrap();
+    let restored = SqliteStore::open(&backup.0).unwrap();
+    assert_eq!(restored.definitions().unwrap(), vec![def(TASK, "task", 1)]);
+    assert_eq!(restored.running().unwrap().len(), 5);
+}

@@ -143,7 +143,7 @@ impl SqliteOptions {
 /// - **Timers**: due instants are kept in epoch milliseconds, rounded up, so
 ///   [`Store::due`] may report a timer up to a millisecond late, never early.
 /// - **Its files**: every transaction checks (with a `stat` of the file and of its `-wal`,
-///   under 1 µs) that the path still names the file the store opened. Once the file (or its
+///   about 1.3 µs together) that the path still names the file the store opened. Once the file (or its
 ///   log) is deleted, moved or replaced while the store is open, every later call fails,
 ///   with [`StoreError::Missing`] when the path names no file and [`StoreError::Other`]
 ///   otherwise, and nothing more is acknowledged: a commit to a file nobody opens again would
