@@ -1411,3 +1411,32 @@ fn a_vacuum_into_backup_of_a_running_store_opens() {
     assert_eq!(restored.definitions().unwrap(), vec![def(TASK, "task", 1)]);
     assert_eq!(restored.running().unwrap().len(), 5);
 }
+
+/// Marking an older store with the application id is a write, but opening one never waits for
+/// it: while another process holds the write lock the store opens unmarked (as before the id),
+/// and the next open marks it.
+#[test]
+fn marking_an_older_store_never_holds_up_opening_it() {
+    let db = TempDb::new("unmarked");
+    drop(create(&db.0));
+    let other = rusqlite::Connection::open(&db.0).unwrap();
+    other.execute_batch("PRAGMA application_id = 0;").unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let began = Instant::now();
+    let store = SqliteStore::options()
+        .busy_timeout(Duration::from_secs(5))
+        .open(&db.0)
+        .unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(store.definitions().unwrap().is_empty());
+    other.execute_batch("ROLLBACK").unwrap();
+    drop(other);
+    drop(store);
+    assert_eq!(application_id(&db.0), 0);
+    drop(SqliteStore::open(&db.0).unwrap());
+    assert_eq!(application_id(&db.0), 0x5046_6C77);
+}

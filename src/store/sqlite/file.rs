@@ -103,6 +103,15 @@ impl Files {
     }
 }
 
+/// Which of the store's files is no longer at its path.
+#[derive(Clone, Copy, Debug)]
+enum Gone {
+    /// The database file.
+    File,
+    /// Its `-wal` file.
+    Log,
+}
+
 /// The open store's files as they were once opened, and whether their paths still name them.
 ///
 /// A store whose file is deleted, moved or replaced while open would go on committing to a file
@@ -166,35 +175,38 @@ impl Anchor {
         }
         let now = FileId::of(&self.files.db).map_err(|e| io_err(self.path(), &e))?;
         if now != Some(self.file) {
-            return Err(self.lose(now.is_none(), "the store file"));
+            return Err(self.lose(Gone::File, now.is_none()));
         }
         if let Some(wal) = self.wal {
             let now = FileId::of(&self.files.wal).map_err(|e| io_err(self.path(), &e))?;
             if now != Some(wal) {
-                return Err(self.lose(now.is_none(), "its write-ahead log (-wal file)"));
+                return Err(self.lose(Gone::Log, now.is_none()));
             }
         }
         Ok(())
     }
 
-    fn lose(&self, deleted: bool, what: &str) -> StoreError {
+    /// Records (once) and returns why the store stopped: `what` is no longer at its path, and
+    /// nothing is (`deleted`) or another file is.
+    fn lose(&self, what: Gone, deleted: bool) -> StoreError {
         let path = self.path().to_path_buf();
         self.lost
             .get_or_init(|| {
                 // Until `StoreError` has a variant of its own for this (see the report of
-                // issue 11): `Missing` when the path names nothing, `Other` when another file.
-                if deleted && what == "the store file" {
-                    StoreError::Missing { path }
-                } else {
-                    let how = if deleted { "deleted" } else { "replaced" };
-                    StoreError::Other {
-                        path,
-                        detail: format!(
-                            "{what} was {how} (or moved) while the store had it open: the store \
-                             refuses every further call, so that none is acknowledged and lost; \
-                             reopen the store"
-                        ),
-                    }
+                // issue 11): `Missing` when the path names nothing, `Other` otherwise.
+                let what = match (what, deleted) {
+                    (Gone::File, true) => return StoreError::Missing { path },
+                    (Gone::File, false) => "the store file",
+                    (Gone::Log, _) => "its write-ahead log (-wal file)",
+                };
+                let how = if deleted { "deleted" } else { "replaced" };
+                StoreError::Other {
+                    path,
+                    detail: format!(
+                        "{what} was {how} (or moved) while the store had it open: the store \
+                         refuses every further call, so that none is acknowledged and lost; \
+                         reopen the store"
+                    ),
                 }
             })
             .clone()

@@ -147,8 +147,10 @@ impl SqliteOptions {
 ///   log) is deleted, moved or replaced while the store is open, every later call fails,
 ///   with [`StoreError::Missing`] when the path names no file and [`StoreError::Other`]
 ///   otherwise, and nothing more is acknowledged: a commit to a file nobody opens again would
-///   be lost at the next start. Reopen the store. Closing such a store leaves the `-wal` and
-///   `-shm` files at its path alone when they are another store's.
+///   be lost at the next start. Reopen the store. The store also takes its `-wal` and `-shm`
+///   files off the path (after copying the log into its file, wherever that is now), so that
+///   they are never replayed into a file put at the path, and leaves them alone when they are
+///   another store's.
 pub struct SqliteStore {
     path: PathBuf,
     /// The files as opened, checked by every transaction.

@@ -277,8 +277,14 @@ fn look_at_copy(files: &Files, busy: Duration) -> Result<Found, Unread> {
 pub(super) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let found = inspect(conn, path)?;
     let stamped = application_id(conn, path)? == APPLICATION_ID;
-    if matches!(found, Found::Version(SUPPORTED)) && stamped {
-        return wal(conn, path);
+    if matches!(found, Found::Version(SUPPORTED)) {
+        wal(conn, path)?;
+        if !stamped {
+            // Only a mark: a store another process is writing, or a read-only file, opens
+            // without it (and gets it at a later open).
+            let _ = stamp_now(conn);
+        }
+        return Ok(());
     }
     wal(conn, path)?;
     let tx = conn
@@ -306,6 +312,21 @@ pub(super) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
 fn application_id(conn: &Connection, path: &Path) -> Result<i32, StoreError> {
     conn.pragma_query_value(None, "application_id", |row| row.get(0))
         .map_err(|e| sql_err(path, e))
+}
+
+/// Marks a store of the current version that has no [`APPLICATION_ID`] yet, without waiting
+/// for another connection's lock.
+fn stamp_now(conn: &mut Connection) -> rusqlite::Result<()> {
+    let busy: i64 = conn.pragma_query_value(None, "busy_timeout", |row| row.get(0))?;
+    conn.busy_timeout(Duration::ZERO)?;
+    let result = (|| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.commit()?;
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+    })();
+    conn.busy_timeout(Duration::from_millis(u64::try_from(busy).unwrap_or(0)))?;
+    result
 }
 
 fn stamp(conn: &Connection, path: &Path) -> Result<(), StoreError> {
