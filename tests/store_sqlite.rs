@@ -1,7 +1,8 @@
 //! The SQLite store through the public API: round trips through a reopen, versions and
 //! conflicts, definitions, id blocks shared by two handles, due timers, the files it refuses
-//! (missing, garbage, foreign, newer, locked, full), the v1 → v2 migration, damaged copies, and
-//! group commit from many threads.
+//! (missing, garbage, empty, foreign, newer, locked, full) and leaves untouched (with their
+//! `-wal` and `-shm` files), the v1 → v2 migration, damaged copies, group commit from many
+//! threads, concurrent creation, and a file deleted, moved or replaced while the store is open.
 //!
 //! Instances come from an in-memory engine; the tests commit them to the store themselves.
 
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use procflow::{
-    Actor, Commit, DefKey, Durability, Engine, Instance, InstanceId, ManualClock, ProcessDef,
-    SqliteStore, Status, Store, StoreError, StoredDef, Vars,
+    Actor, Commit, DefKey, Durability, Engine, ExecError, Instance, InstanceId, ManualClock,
+    ProcessDef, SqliteStore, Status, Store, StoreError, StoredDef, Vars,
 };
 
 /// One task with a 30 minute claim deadline and a 4 hour due date: a started instance is
@@ -63,9 +64,36 @@ impl Drop for TempDb {
 
 fn remove(path: &Path) {
     for suffix in ["", "-wal", "-shm", "-journal"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(p));
+        let _ = std::fs::remove_file(beside(path, suffix));
+    }
+}
+
+/// `path` with `suffix` appended: its `-wal`, `-shm` or `-journal` file.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// The bytes of the file and of its `-wal`, `-shm` and `-journal` files (`None`: absent).
+fn snapshot(path: &Path) -> Vec<(&'static str, Option<Vec<u8>>)> {
+    ["", "-wal", "-shm", "-journal"]
+        .into_iter()
+        .map(|suffix| (suffix, std::fs::read(beside(path, suffix)).ok()))
+        .collect()
+}
+
+/// Asserts that the file and its companions are as `before`, byte for byte, none created.
+fn assert_untouched(path: &Path, before: &[(&'static str, Option<Vec<u8>>)]) {
+    for ((suffix, was), (_, now)) in before.iter().zip(snapshot(path)) {
+        let state = |b: &Option<Vec<u8>>| b.as_ref().map(|b| b.len());
+        assert!(
+            *was == now,
+            "{}{suffix} changed: {:?} bytes before, {:?} after",
+            path.display(),
+            state(was),
+            state(&now)
+        );
     }
 }
 
@@ -908,4 +936,507 @@ fn reload_many_running_instances() {
     if !cfg!(debug_assertions) {
         assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
     }
+}
+
+/// An engine on the store with [`TASK`] deployed.
+fn engine_on(store: SqliteStore) -> Engine {
+    let mut b = Engine::builder();
+    b.clock(Arc::new(ManualClock::new(t0())));
+    let engine = b.open(store).unwrap();
+    engine.deploy(ProcessDef::from_yaml(TASK).unwrap()).unwrap();
+    engine
+}
+
+/// The error of a store whose file was replaced (or its log deleted) while open. (`Other` until
+/// `StoreError` has a variant of its own for a file that is gone.)
+fn assert_replaced(e: &StoreError, path: &Path) {
+    match e {
+        StoreError::Other { path: p, detail } if p == path => {
+            assert!(detail.contains("while the store had it open"), "{detail}");
+        }
+        e => panic!(
+            "expected the replaced-file error for {}, got {e:?}",
+            path.display()
+        ),
+    }
+}
+
+/// Issue 11: deleting the store's file while the engine runs. Before, the next 50 calls
+/// returned `Ok` (committed to the deleted file) and were gone at the restart; now each fails,
+/// and closing does not bring the file back.
+#[test]
+fn deleting_the_file_while_open_fails_every_later_call() {
+    for (also_logs, group) in [(false, true), (true, true), (false, false)] {
+        let db = TempDb::new("deleted");
+        let store = SqliteStore::options()
+            .group_commit(group)
+            .create(&db.0)
+            .unwrap();
+        let engine = engine_on(store);
+        for _ in 0..20 {
+            engine.start("task", Vars::new()).unwrap();
+        }
+        std::fs::remove_file(&db.0).unwrap();
+        if also_logs {
+            std::fs::remove_file(beside(&db.0, "-wal")).unwrap();
+            std::fs::remove_file(beside(&db.0, "-shm")).unwrap();
+        }
+        let missing = StoreError::Missing { path: db.0.clone() };
+        for k in 0..50 {
+            match engine.start("task", Vars::new()) {
+                Err(ExecError::Store(e)) => assert_eq!(e, missing, "call {k}"),
+                other => panic!("call {k} after the deletion: {other:?}"),
+            }
+        }
+        drop(engine);
+        assert!(!db.0.exists(), "closing the store made a file again");
+        assert_eq!(SqliteStore::open(&db.0).unwrap_err(), missing);
+        // Its log is not left at the path, where SQLite would replay it into the next store.
+        assert!(
+            !beside(&db.0, "-wal").exists(),
+            "the deleted store's log is left"
+        );
+        let next = create(&db.0);
+        assert!(next.running().unwrap().is_empty());
+        assert!(next.definitions().unwrap().is_empty());
+    }
+}
+
+/// A log left at a path without its file (a store deleted while open, killed before it took
+/// its log away) is not replayed into a new store there: creating one is refused.
+#[test]
+fn an_orphaned_log_keeps_a_new_store_from_being_created() {
+    let db = TempDb::new("orphan-source");
+    let orphan = TempDb::new("orphan");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, 3);
+    let store = create(&db.0);
+    for i in &inst {
+        commit(&store, i, 0, 0).unwrap();
+    }
+    std::fs::copy(beside(&db.0, "-wal"), beside(&orphan.0, "-wal")).unwrap();
+    let before = snapshot(&orphan.0);
+    match SqliteStore::create(&orphan.0).unwrap_err() {
+        StoreError::Other { path, detail } => {
+            assert_eq!(path, orphan.0);
+            assert!(detail.contains("-wal"), "{detail}");
+        }
+        e => panic!("expected Other, got {e:?}"),
+    }
+    assert_untouched(&orphan.0, &before);
+}
+
+/// Every kind of call stops, reads included, and the first commit after the deletion already
+/// fails (no stat is skipped).
+#[test]
+fn a_deleted_file_stops_reads_definitions_and_id_blocks() {
+    let db = TempDb::new("deleted-calls");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, 3);
+    let store = create(&db.0);
+    commit(&store, &inst[0], 0, 0).unwrap();
+    std::fs::remove_file(&db.0).unwrap();
+    let missing = StoreError::Missing { path: db.0.clone() };
+    assert_eq!(commit(&store, &inst[1], 0, 0).unwrap_err(), missing);
+    assert_eq!(
+        store.save_definition(&def(TASK, "task", 1)).unwrap_err(),
+        missing
+    );
+    assert_eq!(store.reserve_ids(10).unwrap_err(), missing);
+    assert_eq!(store.read(inst[0].id()).unwrap_err(), missing);
+    assert_eq!(store.running().unwrap_err(), missing);
+    assert_eq!(store.history(None, None).unwrap_err(), missing);
+    assert_eq!(store.due(t0()).unwrap_err(), missing);
+    assert_eq!(store.definitions().unwrap_err(), missing);
+    // Also once a file is back at the path: it is not the store's, and the first error stays.
+    drop(create(&db.0));
+    assert_eq!(commit(&store, &inst[2], 0, 0).unwrap_err(), missing);
+    assert_eq!(store.read(inst[0].id()).unwrap_err(), missing);
+}
+
+/// Deleting only the `-wal` file: the commits since the last checkpoint live on in the log the
+/// store still has open, so further commits (lost with it at a crash) are refused, and closing
+/// the store checkpoints what was acknowledged into the file.
+#[test]
+fn a_deleted_log_fails_later_commits_and_keeps_the_acknowledged_ones() {
+    let db = TempDb::new("deleted-wal");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, 30);
+    let store = create(&db.0);
+    for i in &inst[..20] {
+        commit(&store, i, 0, 0).unwrap();
+    }
+    std::fs::remove_file(beside(&db.0, "-wal")).unwrap();
+    for i in &inst[20..] {
+        assert_replaced(&commit(&store, i, 0, 0).unwrap_err(), &db.0);
+    }
+    drop(store);
+    let reopened = SqliteStore::open(&db.0).unwrap();
+    let ids: Vec<InstanceId> = reopened
+        .running()
+        .unwrap()
+        .iter()
+        .map(|s| s.instance.id())
+        .collect();
+    assert_eq!(ids, inst[..20].iter().map(|i| i.id()).collect::<Vec<_>>());
+}
+
+/// Another store file moved over the open store's path: the open store stops (its commits would
+/// go to the file that was replaced), and closing it leaves the new file intact.
+#[test]
+fn replacing_the_file_while_open_fails_every_later_call() {
+    let db = TempDb::new("replaced");
+    let other = TempDb::new("replacement");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, 9);
+    let store = create(&db.0);
+    for i in &inst[..3] {
+        commit(&store, i, 0, 0).unwrap();
+    }
+    {
+        let replacement = create(&other.0);
+        for i in &inst[3..6] {
+            commit(&replacement, i, 0, 0).unwrap();
+        }
+    }
+    std::fs::rename(&other.0, &db.0).unwrap();
+    for i in &inst[6..] {
+        assert_replaced(&commit(&store, i, 0, 0).unwrap_err(), &db.0);
+    }
+    assert_replaced(&store.running().unwrap_err(), &db.0);
+    assert_replaced(&store.reserve_ids(1).unwrap_err(), &db.0);
+    drop(store);
+    // The file at the path is the replacement, whole, and none of the old store's log was
+    // replayed into it.
+    {
+        let conn = rusqlite::Connection::open(&db.0).unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
+    let reopened = SqliteStore::open(&db.0).unwrap();
+    let ids: Vec<InstanceId> = reopened
+        .running()
+        .unwrap()
+        .iter()
+        .map(|s| s.instance.id())
+        .collect();
+    assert_eq!(ids, inst[3..6].iter().map(|i| i.id()).collect::<Vec<_>>());
+    commit(&reopened, &inst[6], 0, 0).unwrap();
+}
+
+/// A store deleted with its `-wal` and `-shm` files while open, and a new store created at the
+/// path: closing the old store must not checkpoint and delete the `-wal` and `-shm` files now at
+/// the path, which are the new store's (SQLite deletes them by name).
+#[test]
+fn closing_a_deleted_store_leaves_the_new_stores_log_alone() {
+    let db = TempDb::new("recreated");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, 6);
+    let old = create(&db.0);
+    for i in &inst[..3] {
+        commit(&old, i, 0, 0).unwrap();
+    }
+    remove(&db.0);
+    let new = create(&db.0);
+    for i in &inst[3..] {
+        commit(&new, i, 0, 0).unwrap();
+    }
+    assert_replaced(&commit(&old, &inst[0], 1, 0).unwrap_err(), &db.0);
+    drop(old);
+    assert!(
+        beside(&db.0, "-wal").exists(),
+        "the new store's log was deleted"
+    );
+    // A third handle (the new store still open) sees the new store's commits, which are only in
+    // its log so far.
+    let third = SqliteStore::open(&db.0).unwrap();
+    assert_eq!(third.running().unwrap().len(), 3);
+    drop(new);
+    drop(third);
+    let reopened = SqliteStore::open(&db.0).unwrap();
+    let ids: Vec<InstanceId> = reopened
+        .running()
+        .unwrap()
+        .iter()
+        .map(|s| s.instance.id())
+        .collect();
+    assert_eq!(ids, inst[3..].iter().map(|i| i.id()).collect::<Vec<_>>());
+}
+
+/// Issue 11: a 0-byte file was taken as a new store (and `procflow report` on it printed an
+/// empty report and exited 0). A store is created only where no file exists.
+#[test]
+fn an_empty_file_is_not_a_store_and_is_left_untouched() {
+    let db = TempDb::new("empty");
+    std::fs::write(&db.0, b"").unwrap();
+    let before = snapshot(&db.0);
+    assert_corrupt(SqliteStore::open(&db.0).unwrap_err(), &db.0);
+    assert_corrupt(SqliteStore::create(&db.0).unwrap_err(), &db.0);
+    assert_untouched(&db.0, &before);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_procflow"))
+        .arg("report")
+        .arg("--store")
+        .arg(&db.0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "procflow report exited 0");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&db.0.display().to_string()), "{stderr}");
+    assert_untouched(&db.0, &before);
+}
+
+/// SQLite databases without procflow's schema are refused and left as they are, also empty
+/// ones (in either journal mode) and ones another application marked as its own.
+#[test]
+fn another_applications_empty_or_marked_database_is_not_a_store() {
+    let setups: [(&str, &str); 3] = [
+        ("rollback-empty", "PRAGMA user_version = 7;"),
+        (
+            "wal-empty",
+            "PRAGMA journal_mode = WAL; PRAGMA user_version = 7;",
+        ),
+        (
+            "marked",
+            "PRAGMA application_id = 1234; CREATE TABLE meta (key TEXT PRIMARY KEY, value); \
+             INSERT INTO meta VALUES ('application', 'procflow'), ('schema_version', 2);",
+        ),
+    ];
+    for (name, sql) in setups {
+        let db = TempDb::new(name);
+        rusqlite::Connection::open(&db.0)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        let before = snapshot(&db.0);
+        assert!(
+            before[0].1.as_ref().is_some_and(|b| !b.is_empty()),
+            "{name}"
+        );
+        for e in [
+            SqliteStore::open(&db.0).unwrap_err(),
+            SqliteStore::create(&db.0).unwrap_err(),
+        ] {
+            if name == "marked" {
+                let text = e.to_string();
+                assert!(text.contains("application_id"), "{text}");
+            }
+            assert_corrupt(e, &db.0);
+        }
+        assert_untouched(&db.0, &before);
+    }
+}
+
+/// Another application's WAL-mode database with data only in its `-wal` file (a copy of the
+/// database and its log, as a backup has them). Before, the failed open checkpointed the log
+/// into the database and deleted it (and SQLite left a `-shm` file); now the file, the log and
+/// the index are left byte for byte, with and without an index, and with the application still
+/// running.
+#[test]
+fn a_foreign_wal_database_and_its_log_are_left_untouched() {
+    for case in [
+        "no index",
+        "with index",
+        "tables in the file too",
+        "running",
+    ] {
+        let source = TempDb::new("foreign-wal-source");
+        let conn = rusqlite::Connection::open(&source.0).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+             CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);",
+        )
+        .unwrap();
+        if case == "tables in the file too" {
+            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .unwrap();
+        }
+        conn.execute_batch("INSERT INTO customers (name) VALUES ('ann'), ('bob');")
+            .unwrap();
+        let copy = TempDb::new("foreign-wal");
+        let db = if case == "running" {
+            source.0.clone()
+        } else {
+            std::fs::copy(&source.0, &copy.0).unwrap();
+            std::fs::copy(beside(&source.0, "-wal"), beside(&copy.0, "-wal")).unwrap();
+            if case == "with index" {
+                std::fs::copy(beside(&source.0, "-shm"), beside(&copy.0, "-shm")).unwrap();
+            }
+            copy.0.clone()
+        };
+        let before = snapshot(&db);
+        assert!(
+            before[1].1.as_ref().is_some_and(|b| b.len() > 32),
+            "{case}: no log"
+        );
+        for e in [
+            SqliteStore::open(&db).unwrap_err(),
+            SqliteStore::create(&db).unwrap_err(),
+        ] {
+            assert_corrupt(e, &db);
+        }
+        if case == "running" {
+            // The running application's index is SQLite's to change; file and log are not.
+            assert_untouched(&db, &before[..2]);
+        } else {
+            assert_untouched(&db, &before);
+        }
+        // The data is intact, read through the log.
+        let reader = rusqlite::Connection::open(&db).unwrap();
+        let rows: i64 = reader
+            .query_row("SELECT count(*) FROM customers", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 2, "{case}");
+        drop(reader);
+        conn.execute("INSERT INTO customers (name) VALUES ('cy')", [])
+            .unwrap();
+    }
+}
+
+/// The schema-v1 fixture written the way a running older procflow leaves a store: in WAL mode,
+/// everything still in the log, no application id.
+fn old_store_in_its_log(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;")
+        .unwrap();
+    conn.execute_batch(include_str!("fixtures/schema-v1.sql"))
+        .unwrap();
+    conn.execute(
+        "INSERT INTO definitions (id, version, text) VALUES ('task', 1, ?1)",
+        [TASK],
+    )
+    .unwrap();
+    conn
+}
+
+fn application_id(path: &Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row("PRAGMA application_id", [], |row| row.get(0))
+        .unwrap()
+}
+
+/// Stores of older builds have no application id and may have their tables only in their log:
+/// they are recognised from the log (the running store's, or a copy's without an index), opened,
+/// migrated, and marked; new stores are marked from the start.
+#[test]
+fn older_stores_are_recognised_from_their_log_and_marked() {
+    const PROCFLOW: i64 = 0x5046_6C77;
+    for case in ["running", "copy without index"] {
+        let source = TempDb::new("old-source");
+        let conn = old_store_in_its_log(&source.0);
+        let copy = TempDb::new("old-copy");
+        let db = if case == "running" {
+            source.0.clone()
+        } else {
+            std::fs::copy(&source.0, &copy.0).unwrap();
+            std::fs::copy(beside(&source.0, "-wal"), beside(&copy.0, "-wal")).unwrap();
+            copy.0.clone()
+        };
+        let store = SqliteStore::open(&db).unwrap();
+        assert_eq!(
+            store.definitions().unwrap(),
+            vec![def(TASK, "task", 1)],
+            "{case}"
+        );
+        assert_eq!(store.reserve_ids(1).unwrap(), 1, "{case}");
+        drop(store);
+        drop(conn);
+        assert_eq!(application_id(&db), PROCFLOW, "{case}");
+        SqliteStore::open(&db).unwrap();
+    }
+    let db = TempDb::new("marked");
+    drop(create(&db.0));
+    assert_eq!(application_id(&db.0), PROCFLOW);
+}
+
+/// Processes (here threads) creating one store at once all open the same store, and no
+/// temporary file is left beside it.
+#[test]
+fn concurrent_creators_open_one_store() {
+    const CREATORS: usize = 8;
+    let db = TempDb::new("concurrent-create");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, CREATORS);
+    let barrier = std::sync::Barrier::new(CREATORS);
+    std::thread::scope(|s| {
+        for i in &inst {
+            let (barrier, path) = (&barrier, &db.0);
+            s.spawn(move || {
+                barrier.wait();
+                let store = SqliteStore::create(path).unwrap();
+                commit(&store, i, 0, 0).unwrap();
+            });
+        }
+    });
+    let store = SqliteStore::open(&db.0).unwrap();
+    assert_eq!(store.running().unwrap().len(), CREATORS);
+    let name = db.0.file_name().unwrap().to_string_lossy().into_owned();
+    let left: Vec<String> = std::fs::read_dir(db.0.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with(&format!(".{name}")))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
+/// The backup the README recommends while engines run: `VACUUM INTO` gives one consistent file,
+/// the commits still in the log included, which opens as a store.
+#[test]
+fn a_vacuum_into_backup_of_a_running_store_opens() {
+    let db = TempDb::new("backup-source");
+    let backup = TempDb::new("backup");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, 5);
+    let store = create(&db.0);
+    store.save_definition(&def(TASK, "task", 1)).unwrap();
+    for i in &inst {
+        commit(&store, i, 0, 0).unwrap();
+    }
+    assert!(std::fs::metadata(beside(&db.0, "-wal")).unwrap().len() > 0);
+    rusqlite::Connection::open(&db.0)
+        .unwrap()
+        .execute("VACUUM INTO ?1", [backup.0.to_str().unwrap()])
+        .unwrap();
+    commit(
+        &store,
+        &complete(&engine, inst[0].id()),
+        1,
+        inst[0].audit().len(),
+    )
+    .unwrap();
+    let restored = SqliteStore::open(&backup.0).unwrap();
+    assert_eq!(restored.definitions().unwrap(), vec![def(TASK, "task", 1)]);
+    assert_eq!(restored.running().unwrap().len(), 5);
+}
+
+/// Marking an older store with the application id is a write, but opening one never waits for
+/// it: while another process holds the write lock the store opens unmarked (as before the id),
+/// and the next open marks it.
+#[test]
+fn marking_an_older_store_never_holds_up_opening_it() {
+    let db = TempDb::new("unmarked");
+    drop(create(&db.0));
+    let other = rusqlite::Connection::open(&db.0).unwrap();
+    other.execute_batch("PRAGMA application_id = 0;").unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let began = Instant::now();
+    let store = SqliteStore::options()
+        .busy_timeout(Duration::from_secs(5))
+        .open(&db.0)
+        .unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(store.definitions().unwrap().is_empty());
+    other.execute_batch("ROLLBACK").unwrap();
+    drop(other);
+    drop(store);
+    assert_eq!(application_id(&db.0), 0);
+    drop(SqliteStore::open(&db.0).unwrap());
+    assert_eq!(application_id(&db.0), 0x5046_6C77);
 }

@@ -5,6 +5,7 @@
 //! texts, and a counter for id blocks. `schema.rs` recognises and migrates the file; `write.rs`
 //! commits, alone or in groups.
 
+mod file;
 mod schema;
 mod write;
 
@@ -13,11 +14,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::{Commit, Store, StoreError, StoredDef, StoredInstance, decode_records, decode_state};
 use crate::ids::{DefKey, InstanceId};
 use crate::model::Record;
+use file::{Anchor, FileId, Files};
 use write::{Prepared, Queue, Writer};
 
 /// What a successful [`Store::commit`] of a [`SqliteStore`] survives.
@@ -104,7 +107,7 @@ impl SqliteOptions {
         self
     }
 
-    /// Opens an existing store file, running pending migrations.
+    /// Opens an existing store file, running pending migrations; see [`SqliteStore::open`].
     ///
     /// # Errors
     /// [`StoreError::Missing`] when the file does not exist; see [`SqliteStore::open`].
@@ -112,7 +115,8 @@ impl SqliteOptions {
         SqliteStore::with(path.as_ref(), false, self)
     }
 
-    /// Opens a store file, creating it when it does not exist.
+    /// Opens a store file, creating a new store when no file exists at `path`; see
+    /// [`SqliteStore::create`].
     ///
     /// # Errors
     /// See [`SqliteStore::open`].
@@ -138,8 +142,19 @@ impl SqliteOptions {
 ///   17,000 with 4 KiB pages, in a release build on a 2-core machine).
 /// - **Timers**: due instants are kept in epoch milliseconds, rounded up, so
 ///   [`Store::due`] may report a timer up to a millisecond late, never early.
+/// - **Its files**: every transaction checks (with a `stat` of the file and of its `-wal`,
+///   about 1.3 µs together) that the path still names the file the store opened. Once the file (or its
+///   log) is deleted, moved or replaced while the store is open, every later call fails,
+///   with [`StoreError::Missing`] when the path names no file and [`StoreError::Other`]
+///   otherwise, and nothing more is acknowledged: a commit to a file nobody opens again would
+///   be lost at the next start. Reopen the store. The store also takes its `-wal` and `-shm`
+///   files off the path (after copying the log into its file, wherever that is now), so that
+///   they are never replayed into a file put at the path, and leaves them alone when they are
+///   another store's.
 pub struct SqliteStore {
     path: PathBuf,
+    /// The files as opened, checked by every transaction.
+    anchor: Anchor,
     writer: Mutex<Writer>,
     queue: Queue,
     group: bool,
@@ -165,16 +180,26 @@ impl SqliteStore {
     /// Opens an existing store file with the default [`SqliteOptions`], running pending
     /// migrations.
     ///
+    /// The file is first looked at read-only, and written only once it is known to be a
+    /// procflow store: anything else (an empty file, another application's SQLite database,
+    /// also an empty one, a file that is no database) is refused, and neither it nor its `-wal`
+    /// and `-shm` files are changed or created.
+    ///
     /// # Errors
     /// [`StoreError::Missing`] when the file does not exist; [`StoreError::Corrupt`] when it is
-    /// not a procflow store (another application's database is left untouched) or is damaged;
+    /// not a procflow store (left untouched, see above) or is damaged;
     /// [`StoreError::NewerSchema`]; [`StoreError::Locked`]; any failure of the medium.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         SqliteOptions::new().open(path)
     }
 
-    /// Opens a store file with the default [`SqliteOptions`], creating it when it does not
-    /// exist (an empty file is taken as a new store too).
+    /// Opens a store file with the default [`SqliteOptions`], creating a new store when no
+    /// file exists at `path`. An existing file is opened as by [`SqliteStore::open`]: it must be
+    /// a procflow store (an empty file is not one).
+    ///
+    /// A new store is built complete in a temporary file beside `path` and then linked to
+    /// `path`, so no process ever finds a partly created store there, and two processes creating
+    /// the same store at once both open the one that was linked first.
     ///
     /// # Errors
     /// See [`SqliteStore::open`].
@@ -207,21 +232,42 @@ impl SqliteStore {
 
     fn with(path: &Path, create: bool, options: &SqliteOptions) -> Result<SqliteStore, StoreError> {
         let path = path.to_path_buf();
-        let missing = || StoreError::Missing { path: path.clone() };
-        if !create && !path.try_exists().map_err(|e| other(&path, e))? {
-            return Err(missing());
+        let absolute = std::path::absolute(&path).map_err(|e| file::io_err(&path, &e))?;
+        let stat = |at: &Path| file::stat(at).map_err(|e| file::io_err(&path, &e));
+        let mut meta = stat(&absolute)?;
+        if meta.is_none() && create {
+            // `false`: another process linked its new store first; it is opened below.
+            file::create(&path, schema::initialize)?;
+            meta = stat(&absolute)?;
         }
-        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        if create {
-            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        let Some(meta) = meta else {
+            return Err(StoreError::Missing { path });
+        };
+        let refuse = |detail: &str| StoreError::Corrupt {
+            path: path.clone(),
+            detail: detail.into(),
+        };
+        if !meta.is_file() {
+            return Err(refuse("not a regular file"));
         }
-        let mut conn = Connection::open_with_flags(&path, flags).map_err(|e| {
-            if !create && !path.exists() {
-                missing()
-            } else {
-                sql_err(&path, e)
-            }
-        })?;
+        if meta.len() == 0 {
+            return Err(refuse(
+                "an empty file (0 bytes), not a procflow store: a new store is only created \
+                 where no file exists",
+            ));
+        }
+        let id = FileId::from_metadata(&meta);
+        let files = Files::new(&path)?;
+        // Read-only: a file that is not a procflow store is refused before anything writes it.
+        schema::recognize(&files, options.busy_timeout)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn =
+            Connection::open_with_flags(&files.db, flags).map_err(|e| {
+                match file::stat(&files.db) {
+                    Ok(None) => StoreError::Missing { path: path.clone() },
+                    _ => sql_err(&path, e),
+                }
+            })?;
         conn.busy_timeout(options.busy_timeout)
             .map_err(|e| sql_err(&path, e))?;
         schema::prepare(&mut conn, &path)?;
@@ -240,6 +286,8 @@ impl SqliteStore {
             set_max_size(&conn, bytes).map_err(|e| sql_err(&path, e))?;
         }
         conn.set_prepared_statement_cache_capacity(32);
+        // The file SQLite opened must be the one recognised: the path must still name it.
+        let anchor = Anchor::new(files, id)?;
         let store = SqliteStore {
             writer: Mutex::new(Writer {
                 conn,
@@ -249,6 +297,7 @@ impl SqliteStore {
             group: options.group_commit,
             readers: Mutex::new(Vec::new()),
             busy_timeout: options.busy_timeout,
+            anchor,
             path,
         };
         // Open one reader now, so a file readers cannot use fails here rather than later.
@@ -262,12 +311,19 @@ impl SqliteStore {
         if let Some(conn) = lock(&self.readers).pop() {
             return Ok(conn);
         }
+        // A new connection opens whatever the path names now: only the store's file will do.
+        self.anchor.check()?;
         let path = &self.path;
         let conn = Connection::open_with_flags(
-            path,
+            &self.anchor.files.db,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| sql_err(path, e))?;
+        if let Err(e) = self.anchor.check() {
+            // Replaced between the check and the open: leave that file as it is.
+            let _ = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
+            return Err(e);
+        }
         conn.busy_timeout(self.busy_timeout)
             .map_err(|e| sql_err(path, e))?;
         conn.execute_batch("PRAGMA query_only = 1; PRAGMA cell_size_check = 1;")
@@ -290,6 +346,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.anchor.check()?;
         let mut conn = self.reader()?;
         let result = (|| {
             let tx = conn
@@ -373,7 +430,7 @@ impl Store for SqliteStore {
     fn save_definition(&self, def: &StoredDef) -> Result<(), StoreError> {
         let path = &self.path;
         let mut writer = write::lock(&self.writer);
-        writer.ready(path)?;
+        writer.ready(&self.anchor)?;
         let tx = writer
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -396,6 +453,11 @@ impl Store for SqliteStore {
                 )
                 .and_then(|mut s| s.execute((&def.key.id, def.key.version, &def.text)))
                 .map_err(|e| sql_err(path, e))?;
+                if let Err(e) = self.anchor.check() {
+                    drop(tx);
+                    self.anchor.release_log(&writer.conn);
+                    return Err(e);
+                }
                 tx.commit().map_err(|e| sql_err(path, e))
             }
         }
@@ -426,9 +488,9 @@ impl Store for SqliteStore {
     fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError> {
         let item = Prepared::new(commit, &self.path)?;
         if self.group {
-            self.queue.commit(item, &self.writer, &self.path)
+            self.queue.commit(item, &self.writer, &self.anchor)
         } else {
-            let mut results = write::lock(&self.writer).commit_batch(&[&item], &self.path);
+            let mut results = write::lock(&self.writer).commit_batch(&[&item], &self.anchor);
             results.pop().unwrap_or(Ok(()))
         }
     }
@@ -579,7 +641,7 @@ impl Store for SqliteStore {
     fn reserve_ids(&self, count: u64) -> Result<u64, StoreError> {
         let path = &self.path;
         let mut writer = write::lock(&self.writer);
-        writer.ready(path)?;
+        writer.ready(&self.anchor)?;
         let tx = writer
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -613,9 +675,40 @@ impl Store for SqliteStore {
             [after],
         )
         .map_err(|e| sql_err(path, e))?;
+        if let Err(e) = self.anchor.check() {
+            drop(tx);
+            self.anchor.release_log(&writer.conn);
+            return Err(e);
+        }
         tx.commit().map_err(|e| sql_err(path, e))?;
         // `first` is at least 1.
         Ok(first as u64)
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        let writer = self.writer.get_mut().unwrap_or_else(|e| e.into_inner());
+        if !writer.conn.is_autocommit() {
+            let _ = writer.conn.execute_batch("ROLLBACK");
+        }
+        // SQLite leaves the log of a moved file at the path: take it off (see `release_log`).
+        if !self.anchor.file_is_here() {
+            self.anchor.release_log(&writer.conn);
+            return;
+        }
+        // The last connection to close checkpoints the log into the file and deletes the `-wal`
+        // and `-shm` files by name: not when those names are another process's new ones.
+        if self.anchor.may_clean_up_on_close() {
+            return;
+        }
+        let _ = writer
+            .conn
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
+        let readers = self.readers.get_mut().unwrap_or_else(|e| e.into_inner());
+        for conn in readers.iter() {
+            let _ = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
+        }
     }
 }
 
@@ -700,12 +793,5 @@ fn corrupt_value(path: &Path, id: i64, e: rusqlite::types::FromSqlError) -> Stor
     StoreError::Corrupt {
         path: path.to_path_buf(),
         detail: format!("instance i{id}: {e}"),
-    }
-}
-
-fn other(path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Other {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
     }
 }

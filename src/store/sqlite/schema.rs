@@ -1,14 +1,20 @@
-//! The store file's schema: recognising a procflow store, and the numbered migrations that bring
-//! an older one (or an empty file) to [`SUPPORTED`].
+//! The store file's schema: recognising a procflow store, creating one, and the numbered
+//! migrations that bring an older one to [`SUPPORTED`].
 //!
-//! **Invariant:** nothing is written to a file before it is known to be empty or a procflow store
-//! of a version this build reads, so opening another application's database leaves it untouched.
+//! **Invariant:** nothing is written to a file before it is known to be a procflow store of a
+//! version this build reads: [`recognize`] looks at it through read-only connections that change
+//! neither the file nor its `-wal` and `-shm` files (nor create them), so opening another
+//! application's database leaves it untouched. A new store is only ever created by [`initialize`]
+//! on a new file (see `file::create`).
 
 use std::path::Path;
+use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::Deserialize;
 
+use super::file::{Files, stat, uri};
 use super::{due_millis, sql_err};
 use crate::model::Timer;
 use crate::store::StoreError;
@@ -69,63 +75,281 @@ UPDATE meta SET value = 2 WHERE key = 'schema_version';
 /// 4 KiB on the linear workload).
 const PAGE_SIZE: u32 = 1024;
 
+/// The `application_id` in the header of every procflow store (`PFlw`), so that a file is
+/// recognised from its first page. Stores created before it was set get it when this build
+/// first opens them.
+pub(super) const APPLICATION_ID: i32 = 0x5046_6C77;
+
+/// A `-wal` file (with no `-shm` beside it) up to this size is copied aside to be read, see
+/// [`recognize`]; a larger one is not read.
+const COPY_LIMIT: u64 = 256 << 20;
+
 /// What a file holds, as far as the schema goes.
 enum Found {
-    /// No tables at all: a new (or empty) database.
+    /// No tables at all.
     Empty,
     /// A procflow store of this schema version.
     Version(u32),
 }
 
-/// Checks that the file `conn` opened is empty or a procflow store this build reads, switches it
-/// to WAL and runs the pending migrations in one write transaction.
+/// Why reading the schema gave no answer.
+enum Unread {
+    /// The file is not a procflow store (or is one of a newer schema): a verdict.
+    Refused(StoreError),
+    /// Reading failed.
+    Sql(rusqlite::Error),
+    /// Reading the meta table failed: a table of that name that is not procflow's, or a failure.
+    Meta(rusqlite::Error),
+}
+
+impl Unread {
+    fn into_error(self, path: &Path) -> StoreError {
+        match self {
+            Unread::Refused(e) => e,
+            Unread::Sql(e) => sql_err(path, e),
+            Unread::Meta(e) => match sql_err(path, e) {
+                StoreError::Other { detail, .. } => StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: format!("unreadable meta table: {detail}"),
+                },
+                other => other,
+            },
+        }
+    }
+}
+
+fn not_a_store(path: &Path, detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+/// Creates the schema in the new, empty file `conn` opened (see `file::create`): small pages,
+/// every table of [`SUPPORTED`] and the [`APPLICATION_ID`] in one transaction, then write-ahead
+/// logging. `path` is what errors name.
+pub(super) fn initialize(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    // Only takes effect on a database without pages.
+    conn.pragma_update(None, "page_size", PAGE_SIZE)
+        .map_err(|e| sql_err(path, e))?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_err(path, e))?;
+    if !matches!(inspect(&tx, path)?, Found::Empty) {
+        return Err(StoreError::Other {
+            path: path.to_path_buf(),
+            detail: "the new store file is not empty".into(),
+        });
+    }
+    // The same steps as a store created by the first version and migrated since.
+    tx.execute_batch(V1).map_err(|e| sql_err(path, e))?;
+    tx.execute_batch(V2).map_err(|e| sql_err(path, e))?;
+    fill_next_due(&tx, path)?;
+    stamp(&tx, path)?;
+    tx.commit().map_err(|e| sql_err(path, e))?;
+    wal(conn, path)
+}
+
+/// Checks, without changing anything, that the existing file is a procflow store.
+///
+/// The first look reads only the file itself (SQLite's `immutable` mode: no locks, and the
+/// `-wal` and `-shm` files are neither read nor created): its application id, or its tables
+/// and meta table. That decides for every store created or opened by this build, and for any
+/// database whose tables are in the file. Only when the file has no tables (or could not be
+/// read) while a log is beside it, the log is read too: with the `-shm` index opened read-only
+/// when there is one, or else from a private copy of the file and its log (SQLite would create
+/// a `-shm` beside the file to read it in place).
 ///
 /// # Errors
-/// [`StoreError::Corrupt`] for another application's database or a damaged file (left
-/// untouched); [`StoreError::NewerSchema`]; [`StoreError::Locked`] when the file stays locked
-/// longer than the busy timeout; any failure of the medium.
+/// [`StoreError::Corrupt`] naming `files.path` for a file that is not a procflow store (no
+/// SQLite database; another application's, also an empty one; a damaged one);
+/// [`StoreError::NewerSchema`]; [`StoreError::Locked`]; any failure of the medium.
+pub(super) fn recognize(files: &Files, busy: Duration) -> Result<(), StoreError> {
+    let path = &files.path;
+    let first = look(&files.db, path, "immutable=1", busy);
+    let found = match first {
+        Ok(Found::Version(_)) => return Ok(()),
+        Err(Unread::Refused(e)) => return Err(e),
+        Err(Unread::Sql(rusqlite::Error::SqliteFailure(f, _)))
+            if f.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            return Err(not_a_store(path, "not an SQLite database"));
+        }
+        other => other,
+    };
+    let len = |p: &Path| stat(p).ok().flatten().map(|m| m.len());
+    let wal = len(&files.wal).unwrap_or(0);
+    let again = if len(&files.shm).is_some() {
+        // Read with the log as SQLite's readers do, but never writing the index: SQLite reads
+        // the log into private memory when no other connection keeps the index up to date.
+        look(&files.db, path, "readonly_shm=1", busy)
+    } else if wal > 0 && wal <= COPY_LIMIT {
+        look_at_copy(files, busy)
+    } else if wal > 0 {
+        return Err(not_a_store(
+            path,
+            format!(
+                "an SQLite database whose tables are only in its {wal}-byte -wal file, with no \
+                 -shm file: not read (too large to copy aside, and reading it in place would \
+                 create a -shm file)"
+            ),
+        ));
+    } else {
+        // The file is all there is: the first look decides.
+        found
+    };
+    match again {
+        Ok(Found::Version(_)) => Ok(()),
+        Ok(Found::Empty) => Err(not_a_store(path, "an SQLite database without tables")),
+        Err(e) => Err(e.into_error(path)),
+    }
+}
+
+/// Reads the schema of `db` through a read-only connection opened with the URI `params`;
+/// verdicts name `path`.
+fn look(db: &Path, path: &Path, params: &str, busy: Duration) -> Result<Found, Unread> {
+    let Some(name) = uri(db, params) else {
+        return Err(Unread::Sql(rusqlite::Error::InvalidPath(db.to_path_buf())));
+    };
+    let conn = Connection::open_with_flags(
+        name,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(Unread::Sql)?;
+    // A read-only connection cannot checkpoint; it must not even try when it closes.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(Unread::Sql)?;
+    conn.busy_timeout(busy).map_err(Unread::Sql)?;
+    let app: i32 = conn
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .map_err(Unread::Sql)?;
+    if app != 0 && app != APPLICATION_ID {
+        return Err(Unread::Refused(not_a_store(
+            path,
+            format!("a database of another application (application_id {app:#010x})"),
+        )));
+    }
+    read_found(&conn, path)
+}
+
+/// Copies the file and its log (no `-shm`: see [`recognize`]) into the temp directory and reads
+/// the copy. With no `-shm` file, no connection in any process uses the log as SQLite's normal
+/// mode does, so this process holds no lock on the file that reading it here could drop.
+fn look_at_copy(files: &Files, busy: Duration) -> Result<Found, Unread> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let copy = std::env::temp_dir().join(format!(
+        "procflow-look-{}-{}.db",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let companion = |suffix: &str| {
+        let mut name = copy.clone().into_os_string();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    let io = |e: std::io::Error| {
+        Unread::Refused(StoreError::Other {
+            path: files.path.clone(),
+            detail: format!("copying the file and its -wal aside to read them: {e}"),
+        })
+    };
+    let result = std::fs::copy(&files.db, &copy)
+        .and_then(|_| std::fs::copy(&files.wal, companion("-wal")))
+        .map_err(io)
+        .and_then(|_| look(&copy, &files.path, "mode=ro", busy));
+    for file in [copy.clone(), companion("-wal"), companion("-shm")] {
+        let _ = std::fs::remove_file(file);
+    }
+    result
+}
+
+/// Brings the procflow store `conn` opened for writing ([`recognize`] accepted it) to
+/// [`SUPPORTED`], in write-ahead-log mode and with the [`APPLICATION_ID`]: the pending
+/// migrations and the id in one write transaction.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] when the file turns out not to be a procflow store, or is damaged;
+/// [`StoreError::NewerSchema`]; [`StoreError::Locked`] when the file stays locked longer than
+/// the busy timeout; any failure of the medium.
 pub(super) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let found = inspect(conn, path)?;
+    let stamped = application_id(conn, path)? == APPLICATION_ID;
     if matches!(found, Found::Version(SUPPORTED)) {
-        return wal(conn, path);
-    }
-    if matches!(found, Found::Empty) {
-        // Only takes effect on a database without pages.
-        conn.pragma_update(None, "page_size", PAGE_SIZE)
-            .map_err(|e| sql_err(path, e))?;
+        wal(conn, path)?;
+        if !stamped {
+            // Only a mark: a store another process is writing, or a read-only file, opens
+            // without it (and gets it at a later open).
+            let _ = stamp_now(conn);
+        }
+        return Ok(());
     }
     wal(conn, path)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_err(path, e))?;
-    // Another process may have migrated (or created) the store since `inspect`.
+    // Another process may have migrated the store since `inspect`.
     let from = match inspect(&tx, path)? {
-        Found::Empty => 0,
+        Found::Empty => return Err(not_a_store(path, "an SQLite database without tables")),
         Found::Version(v) => v,
     };
-    if from < 1 {
-        tx.execute_batch(V1).map_err(|e| sql_err(path, e))?;
-    }
     if from < 2 {
         tx.execute_batch(V2).map_err(|e| sql_err(path, e))?;
         fill_next_due(&tx, path)?;
     }
-    tx.commit().map_err(|e| sql_err(path, e))
+    stamp(&tx, path)?;
+    tx.commit().map_err(|e| sql_err(path, e))?;
+    if !stamped {
+        // So that the file itself, not only its log, shows the id to the next `recognize`. A
+        // checkpoint other connections keep from completing is done later, automatically.
+        let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    }
+    Ok(())
 }
 
-/// Recognises the file without writing to it.
+fn application_id(conn: &Connection, path: &Path) -> Result<i32, StoreError> {
+    conn.pragma_query_value(None, "application_id", |row| row.get(0))
+        .map_err(|e| sql_err(path, e))
+}
+
+/// Marks a store of the current version that has no [`APPLICATION_ID`] yet, without waiting
+/// for another connection's lock.
+fn stamp_now(conn: &mut Connection) -> rusqlite::Result<()> {
+    let busy: i64 = conn.pragma_query_value(None, "busy_timeout", |row| row.get(0))?;
+    conn.busy_timeout(Duration::ZERO)?;
+    let result = (|| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.commit()?;
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+    })();
+    conn.busy_timeout(Duration::from_millis(u64::try_from(busy).unwrap_or(0)))?;
+    result
+}
+
+fn stamp(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    conn.pragma_update(None, "application_id", APPLICATION_ID)
+        .map_err(|e| sql_err(path, e))
+}
+
+/// Recognises the file `conn` opened, without writing to it.
 fn inspect(conn: &Connection, path: &Path) -> Result<Found, StoreError> {
-    let corrupt = |detail: String| StoreError::Corrupt {
-        path: path.to_path_buf(),
-        detail,
-    };
+    read_found(conn, path).map_err(|e| e.into_error(path))
+}
+
+/// Reads what the schema says: no tables, a procflow store of a version this build reads, or
+/// (as [`Unread::Refused`]) anything else.
+fn read_found(conn: &Connection, path: &Path) -> Result<Found, Unread> {
+    let corrupt = |detail: String| Unread::Refused(not_a_store(path, detail));
     let mut stmt = conn
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
-        .map_err(|e| sql_err(path, e))?;
+        .map_err(Unread::Sql)?;
     let tables = stmt
         .query_map([], |row| row.get::<_, String>(0))
         .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| sql_err(path, e))?;
+        .map_err(Unread::Sql)?;
     if tables.is_empty() {
         return Ok(Found::Empty);
     }
@@ -143,15 +367,12 @@ fn inspect(conn: &Connection, path: &Path) -> Result<Found, StoreError> {
             "a database with no procflow meta table (tables: {shown})"
         )));
     }
-    let meta = |key: &str| -> Result<Option<rusqlite::types::Value>, StoreError> {
+    let meta = |key: &str| -> Result<Option<rusqlite::types::Value>, Unread> {
         conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
             row.get(0)
         })
         .optional()
-        .map_err(|e| match sql_err(path, e) {
-            StoreError::Other { detail, .. } => corrupt(format!("unreadable meta table: {detail}")),
-            other => other,
-        })
+        .map_err(Unread::Meta)
     };
     use rusqlite::types::Value;
     match meta("application")? {
@@ -171,11 +392,11 @@ fn inspect(conn: &Connection, path: &Path) -> Result<Found, StoreError> {
     }
     let found = u32::try_from(version).unwrap_or(u32::MAX);
     if found > SUPPORTED {
-        return Err(StoreError::NewerSchema {
+        return Err(Unread::Refused(StoreError::NewerSchema {
             path: path.to_path_buf(),
             found,
             supported: SUPPORTED,
-        });
+        }));
     }
     Ok(Found::Version(found))
 }

@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+use super::file::Anchor;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -76,8 +78,10 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Reports a failed setting, and rolls back a transaction a panic may have left open.
-    pub(super) fn ready(&mut self, path: &Path) -> Result<(), StoreError> {
+    /// Reports a failed setting or a lost file, and rolls back a transaction a panic may have
+    /// left open.
+    pub(super) fn ready(&mut self, anchor: &Anchor) -> Result<(), StoreError> {
+        let path = anchor.path();
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
@@ -86,17 +90,24 @@ impl Writer {
                 .execute_batch("ROLLBACK")
                 .map_err(|e| sql_err(path, e))?;
         }
+        if let Some(e) = anchor.lost() {
+            // A read found the file gone: take the log off the path (once).
+            anchor.release_log(&self.conn);
+            return Err(e);
+        }
         Ok(())
     }
 
     /// Commits `items` in one transaction, each in its own savepoint; returns each one's result
-    /// in order.
+    /// in order. The transaction commits only if the store's path still names its file (one
+    /// check for the whole batch, just before the commit).
     pub(super) fn commit_batch(
         &mut self,
         items: &[&Prepared],
-        path: &Path,
+        anchor: &Anchor,
     ) -> Vec<Result<(), StoreError>> {
-        if let Err(e) = self.ready(path) {
+        let path = anchor.path();
+        if let Err(e) = self.ready(anchor) {
             return vec![Err(e); items.len()];
         }
         let mut failed: Vec<Option<StoreError>> = vec![None; items.len()];
@@ -151,6 +162,12 @@ impl Writer {
             if restart {
                 self.rollback();
                 continue;
+            }
+            if let Err(e) = anchor.check() {
+                self.rollback();
+                anchor.release_log(&self.conn);
+                fill(&mut failed, &e);
+                break;
             }
             if let Err(e) = self.conn.execute_batch("COMMIT") {
                 let e = sql_err(path, e);
@@ -271,7 +288,7 @@ impl Queue {
         &self,
         item: Prepared,
         writer: &Mutex<Writer>,
-        path: &Path,
+        anchor: &Anchor,
     ) -> Result<(), StoreError> {
         let mut state = self.lock();
         let ticket = state.next_ticket;
@@ -285,7 +302,7 @@ impl Queue {
                 state.leading = true;
                 let batch = std::mem::take(&mut state.pending);
                 drop(state);
-                return self.lead(batch, ticket, writer, path);
+                return self.lead(batch, ticket, writer, anchor);
             }
             state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
         }
@@ -296,15 +313,16 @@ impl Queue {
         batch: Vec<(u64, Prepared)>,
         mine: u64,
         writer: &Mutex<Writer>,
-        path: &Path,
+        anchor: &Anchor,
     ) -> Result<(), StoreError> {
+        let path = anchor.path();
         let mut guard = Leading {
             queue: self,
             tickets: batch.iter().map(|(t, _)| *t).collect(),
             path: path.to_path_buf(),
         };
         let items: Vec<&Prepared> = batch.iter().map(|(_, p)| p).collect();
-        let results = lock(writer).commit_batch(&items, path);
+        let results = lock(writer).commit_batch(&items, anchor);
         let tickets = std::mem::take(&mut guard.tickets);
         drop(guard);
         let mut state = self.lock();
