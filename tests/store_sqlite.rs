@@ -951,9 +951,7 @@ fn engine_on(store: SqliteStore) -> Engine {
 /// `StoreError` has a variant of its own for a file that is gone.)
 fn assert_replaced(e: &StoreError, path: &Path) {
     match e {
-        StoreError::Other { path: p, detail } if p == path => {
-            assert!(detail.contains("while the store had it open"), "{detail}");
-        }
+        StoreError::Moved { path: p, .. } if p == path => {}
         e => panic!(
             "expected the replaced-file error for {}, got {e:?}",
             path.display()
@@ -981,7 +979,11 @@ fn deleting_the_file_while_open_fails_every_later_call() {
             std::fs::remove_file(beside(&db.0, "-wal")).unwrap();
             std::fs::remove_file(beside(&db.0, "-shm")).unwrap();
         }
-        let missing = StoreError::Missing { path: db.0.clone() };
+        let missing = StoreError::Moved {
+            path: db.0.clone(),
+            what: "the store file",
+            how: "deleted",
+        };
         for k in 0..50 {
             match engine.start("task", Vars::new()) {
                 Err(ExecError::Store(e)) => assert_eq!(e, missing, "call {k}"),
@@ -990,7 +992,10 @@ fn deleting_the_file_while_open_fails_every_later_call() {
         }
         drop(engine);
         assert!(!db.0.exists(), "closing the store made a file again");
-        assert_eq!(SqliteStore::open(&db.0).unwrap_err(), missing);
+        assert_eq!(
+            SqliteStore::open(&db.0).unwrap_err(),
+            StoreError::Missing { path: db.0.clone() }
+        );
         // Its log is not left at the path, where SQLite would replay it into the next store.
         assert!(
             !beside(&db.0, "-wal").exists(),
@@ -1036,7 +1041,11 @@ fn a_deleted_file_stops_reads_definitions_and_id_blocks() {
     let store = create(&db.0);
     commit(&store, &inst[0], 0, 0).unwrap();
     std::fs::remove_file(&db.0).unwrap();
-    let missing = StoreError::Missing { path: db.0.clone() };
+    let missing = StoreError::Moved {
+        path: db.0.clone(),
+        what: "the store file",
+        how: "deleted",
+    };
     assert_eq!(commit(&store, &inst[1], 0, 0).unwrap_err(), missing);
     assert_eq!(
         store.save_definition(&def(TASK, "task", 1)).unwrap_err(),

@@ -174,6 +174,18 @@ pub enum StoreError {
         /// The newest this build reads.
         supported: u32,
     },
+    /// The store's file (or its write-ahead log) was deleted, moved or replaced while the
+    /// store had it open: its path no longer names the file the store writes to. The store
+    /// refuses every further call, so that none is acknowledged and lost; reopen it.
+    #[error("{}: {what} was {how} while the store had it open; reopen the store", path.display())]
+    Moved {
+        /// The file.
+        path: PathBuf,
+        /// `the store file` or `its write-ahead log (-wal file)`.
+        what: &'static str,
+        /// `deleted` or `replaced`.
+        how: &'static str,
+    },
     /// The disk (or the store's size limit) is full.
     #[error("{}: the disk is full", path.display())]
     Full {

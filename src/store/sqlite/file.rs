@@ -191,23 +191,13 @@ impl Anchor {
     fn lose(&self, what: Gone, deleted: bool) -> StoreError {
         let path = self.path().to_path_buf();
         self.lost
-            .get_or_init(|| {
-                // Until `StoreError` has a variant of its own for this (see the report of
-                // issue 11): `Missing` when the path names nothing, `Other` otherwise.
-                let what = match (what, deleted) {
-                    (Gone::File, true) => return StoreError::Missing { path },
-                    (Gone::File, false) => "the store file",
-                    (Gone::Log, _) => "its write-ahead log (-wal file)",
-                };
-                let how = if deleted { "deleted" } else { "replaced" };
-                StoreError::Other {
-                    path,
-                    detail: format!(
-                        "{what} was {how} (or moved) while the store had it open: the store \
-                         refuses every further call, so that none is acknowledged and lost; \
-                         reopen the store"
-                    ),
-                }
+            .get_or_init(|| StoreError::Moved {
+                path,
+                what: match what {
+                    Gone::File => "the store file",
+                    Gone::Log => "its write-ahead log (-wal file)",
+                },
+                how: if deleted { "deleted" } else { "replaced" },
             })
             .clone()
     }

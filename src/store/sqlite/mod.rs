@@ -145,8 +145,7 @@ impl SqliteOptions {
 /// - **Its files**: every transaction checks (with a `stat` of the file and of its `-wal`,
 ///   about 1.3 µs together) that the path still names the file the store opened. Once the file (or its
 ///   log) is deleted, moved or replaced while the store is open, every later call fails,
-///   with [`StoreError::Missing`] when the path names no file and [`StoreError::Other`]
-///   otherwise, and nothing more is acknowledged: a commit to a file nobody opens again would
+///   with [`StoreError::Moved`], and nothing more is acknowledged: a commit to a file nobody opens again would
 ///   be lost at the next start. Reopen the store. The store also takes its `-wal` and `-shm`
 ///   files off the path (after copying the log into its file, wherever that is now), so that
 ///   they are never replayed into a file put at the path, and leaves them alone when they are
