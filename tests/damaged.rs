@@ -144,7 +144,12 @@ fn an_instance_read_on_demand_is_checked_and_the_timer_driver_survives() {
     assert_eq!(driver.failures(), 0);
     let fired = engine.tick("2026-03-02T12:00:00Z".parse().unwrap());
     assert!(fired.iter().all(|f| f.instance == healthy), "{fired:?}");
-    assert!(engine.work_list(&agent()).iter().all(|t| t.id.instance() == healthy));
+    assert!(
+        engine
+            .work_list(&agent())
+            .iter()
+            .all(|t| t.id.instance() == healthy)
+    );
 }
 
 /// Engine B moves an instance on while engine A holds an older copy: A's call on the task B
