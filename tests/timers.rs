@@ -1844,13 +1844,29 @@ fn a_task_deadline_that_cannot_be_computed_fails_the_node_and_retry_opens_the_ta
     ));
     assert!(engine.tasks(id).unwrap().is_empty());
 
-    // Back on Wednesday 30 December, 10:00 in Berlin, the deadline is 14:00 the same day.
-    clock.set(t("2026-12-30T09:00:00Z"));
+    // The calendar gains 2027 (a desk that works on New Year's Day): 16:00-17:00 on the 31st,
+    // then 09:00-12:00 on Friday 1 January.
+    let covered = BERLIN_DESK.replace("  2026: {}", "  2026: {}\n  2027: {}");
+    engine
+        .update_calendar("berlin", BusinessCalendar::from_yaml(&covered).unwrap())
+        .unwrap();
     engine.retry(id).unwrap();
     let tasks = engine.tasks(id).unwrap();
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].node_id, "work");
-    assert_eq!(tasks[0].due, Some(t("2026-12-30T13:00:00Z")));
+    assert_eq!(tasks[0].due, Some(t("2027-01-01T11:00:00Z")));
+    // A clock set back does not make the task older than its instance's last record.
+    clock.set(t("2026-12-28T09:00:00Z"));
+    engine
+        .complete(tasks[0].id, &Actor::new("ann", ["r"]), Vars::new())
+        .unwrap();
+    let inst = engine.instance(id).unwrap();
+    let opened = inst.tasks()[0].created_at();
+    match inst.tasks()[0].state() {
+        TaskState::Completed { at, .. } => assert!(*at >= opened, "{at} before {opened}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(inst.audit().windows(2).all(|w| w[0].at <= w[1].at));
     let inst = engine.instance(id).unwrap();
     let resolved: Vec<bool> = inst.incidents().iter().map(|i| i.resolved).collect();
     assert_eq!(resolved, [true, true]);

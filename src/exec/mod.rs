@@ -778,12 +778,24 @@ impl Engine {
     /// [`ExecError::UnknownInstance`], [`ExecError::Reentrant`].
     pub fn remove(&self, id: InstanceId) -> Result<Instance, ExecError> {
         self.not_busy()?;
-        let slot = lock(self.shard(id))
-            .remove(&id.0)
-            .ok_or(ExecError::UnknownInstance(id))?;
-        let mut slot = lock(&slot);
-        slot.retire();
-        Ok(slot.inst.clone())
+        loop {
+            let slot = lock(self.shard(id))
+                .get(&id.0)
+                .cloned()
+                .ok_or(ExecError::UnknownInstance(id))?;
+            // Taken out of its shard only under its own lock: a call in flight on it commits
+            // first, so whoever reads the instance next reads what that call stored.
+            let mut guard = lock(&slot);
+            {
+                let mut shard = lock(self.shard(id));
+                if !shard.get(&id.0).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                    continue;
+                }
+                shard.remove(&id.0);
+            }
+            guard.retire();
+            return Ok(guard.inst.clone());
+        }
     }
 
     /// The open tasks of an instance.

@@ -192,6 +192,10 @@ impl Engine {
         if let Err(e) = dep.runnable() {
             return Stepped::only(id, Err(e));
         }
+        // An instance's time never runs backwards: a clock behind the instance's last record
+        // (set back, or another engine's clock) counts as that record's instant, so that nothing
+        // is recorded before what caused it (a completion before its task opened).
+        let now = now.max(inst.latest());
         let snapshot = self.store.as_ref().map(|_| inst.snapshot());
         let first = inst.audit.len();
         let first_follow = inst.next_follow_up();

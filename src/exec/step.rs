@@ -836,7 +836,7 @@ impl<'a> Step<'a> {
         };
         let vars = match catch_unwind(AssertUnwindSafe(|| handler.call(&call))) {
             Ok(Ok(vars)) => vars,
-            Ok(Err(e)) => return Err(format!("handler failed: {e}")),
+            Ok(Err(e)) => return Err(format!("handler failed: {}", e.describe())),
             Err(panic) => return Err(format!("handler panicked: {}", panic_message(&panic))),
         };
         if vars.is_empty() {

@@ -541,6 +541,19 @@ impl Instance {
         Ok(())
     }
 
+    /// The latest instant the instance records: its last audit record, its newest task, its
+    /// start.
+    pub(crate) fn latest(&self) -> DateTime<Utc> {
+        let mut latest = self.started_at;
+        if let Some(r) = self.audit.last() {
+            latest = latest.max(r.at);
+        }
+        if let Some(t) = self.tasks.last() {
+            latest = latest.max(t.created_at);
+        }
+        latest
+    }
+
     /// A copy of everything but the audit trail: what a call restores when its commit is
     /// refused (it truncates the trail back instead of copying it).
     pub(crate) fn snapshot(&mut self) -> Instance {
