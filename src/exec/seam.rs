@@ -398,19 +398,52 @@ impl Engine {
     /// [`ExecError::UnknownProcess`] when its definition is not deployed;
     /// [`ExecError::Store`] with [`StoreError::Decode`] when the state does not fit it.
     pub(crate) fn adopt(&self, stored: StoredInstance) -> Result<Arc<Mutex<Slot>>, ExecError> {
+        let id = stored.instance.id;
+        // The shard lock is never held while waiting for an instance's lock.
+        let held = lock(self.shard(id)).get(&id.0).cloned();
+        if let Some(slot) = held {
+            let (instance, dep, version) = self.fit(stored)?;
+            let mut guard = lock(&slot);
+            if guard.version < version {
+                self.schedule_pending(&instance);
+                *guard = Slot::new(instance, dep, version);
+            }
+            drop(guard);
+            return Ok(slot);
+        }
+        let mut shard = lock(self.shard(id));
+        if let Some(slot) = shard.get(&id.0) {
+            return Ok(Arc::clone(slot));
+        }
+        // Read again under the shard lock: a copy of the instance that left the shard since
+        // `stored` was read left it after its last commit, so this read has that commit, and
+        // no stale copy is ever put back. (Only reads on demand come here.)
+        let stored = match &self.store {
+            Some(store) => match store.read(id)? {
+                Some(again) if again.version >= stored.version => again,
+                _ => stored,
+            },
+            None => stored,
+        };
+        let (instance, dep, version) = self.fit(stored)?;
+        self.schedule_pending(&instance);
+        let slot = Arc::new(Mutex::new(Slot::new(instance, dep, version)));
+        shard.insert(id.0, Arc::clone(&slot));
+        Ok(slot)
+    }
+
+    /// A stored instance with its deployed definition, checked to fit it.
+    ///
+    /// # Errors
+    /// [`ExecError::UnknownProcess`] when its definition is not deployed;
+    /// [`ExecError::Store`] with [`StoreError::Decode`] when the state does not fit it.
+    fn fit(&self, stored: StoredInstance) -> Result<(Instance, Arc<Deployed>, u64), ExecError> {
         let StoredInstance {
             mut instance,
             version,
         } = stored;
         let id = instance.id;
-        let key = instance
-            .def
-            .as_deref()
-            .cloned()
-            .unwrap_or(crate::ids::DefKey {
-                id: String::new(),
-                version: 0,
-            });
+        let key = instance.def.as_deref().cloned().unwrap_or_default();
         let dep = find(&self.defs.load(), &key.id, Some(key.version))
             .cloned()
             .map_err(|_| ExecError::UnknownProcess {
@@ -424,22 +457,7 @@ impl Engine {
                 detail,
             })?;
         instance.def = Some(Arc::clone(&dep.key));
-        self.schedule_pending(&instance);
-        // The shard lock is never held while waiting for an instance's lock.
-        let held = lock(self.shard(id)).get(&id.0).cloned();
-        match held {
-            Some(slot) => {
-                let mut guard = lock(&slot);
-                if guard.version < version {
-                    *guard = Slot::new(instance, dep, version);
-                }
-                drop(guard);
-                Ok(slot)
-            }
-            None => Ok(Arc::clone(lock(self.shard(id)).entry(id.0).or_insert_with(
-                || Arc::new(Mutex::new(Slot::new(instance, dep, version))),
-            ))),
-        }
+        Ok((instance, dep, version))
     }
 
     /// Checks a task is open and gives its node; on a stale copy (another engine sharing the
