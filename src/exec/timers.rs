@@ -20,8 +20,7 @@ use super::{Engine, ExecError};
 use crate::def::timers::{Ladder, Limits, RemindAt, Span, TimerWait};
 use crate::ids::{InstanceId, NodeId, RoleId, TaskId};
 use crate::model::{Fired, Timer, TimerKind, TokenState};
-use crate::time::calendar::BusinessCalendar;
-use crate::time::calendar::Computed;
+use crate::time::calendar::{BusinessCalendar, Warnings};
 use crate::time::duration::DurationSpec;
 
 /// How a task or an instance stands against its deadline.
@@ -54,27 +53,32 @@ pub enum SlaStatus {
     Breached,
 }
 
-/// An instant, whether it is provisional, and the calendar's warnings; or why it could not be
-/// computed.
+/// `spec` after `from` on `calendar`: the instant and whether it is provisional, with the
+/// calendar's other warnings (rare) added to `warnings` as text; or why it could not be
+/// computed. Provisional days mark the timer (and the audit trail, when it is armed) instead of
+/// a warning. Allocates nothing on the way (a provisional result included).
 fn when(
-    computed: Result<Computed<DateTime<Utc>>, crate::time::calendar::CalendarError>,
-) -> Result<(DateTime<Utc>, bool, Vec<String>), String> {
-    let c = computed.map_err(|e| e.to_string())?;
-    let provisional = c.is_provisional();
-    // Provisional days mark the timer (and the audit trail, when it is armed); other warnings
-    // are rare and recorded as text.
-    let warnings = c
-        .warnings
-        .iter()
-        .filter(|w| {
-            !matches!(
-                w,
-                crate::time::calendar::CalendarWarning::Provisional { .. }
-            )
-        })
-        .map(ToString::to_string)
-        .collect();
-    Ok((c.value, provisional, warnings))
+    spec: &DurationSpec,
+    from: DateTime<Utc>,
+    calendar: Option<&BusinessCalendar>,
+    warnings: &mut Vec<String>,
+) -> Result<(DateTime<Utc>, bool), String> {
+    let mut noted = Warnings::default();
+    let at = spec
+        .after_noting(from, calendar, &mut noted)
+        .map_err(|e| e.to_string())?;
+    let provisional = match calendar {
+        Some(cal) if !noted.is_empty() => {
+            if noted.is_provisional(cal) {
+                true
+            } else {
+                warnings.extend(noted.finish(cal).iter().map(ToString::to_string));
+                false
+            }
+        }
+        _ => false,
+    };
+    Ok((at, provisional))
 }
 
 /// Timers computed for arming, and the calendar warnings their computation gave.
@@ -104,9 +108,7 @@ impl<'a> Step<'a> {
         from: DateTime<Utc>,
         warnings: &mut Vec<String>,
     ) -> Result<(DateTime<Utc>, bool), String> {
-        let (at, provisional, w) = when(spec.after(from, calendar))?;
-        warnings.extend(w);
-        Ok((at, provisional))
+        when(&spec, from, calendar, warnings)
     }
 
     fn warn(&mut self, warnings: Vec<String>) {
@@ -295,7 +297,8 @@ impl<'a> Step<'a> {
             if let (Some(from), crate::def::Behaviour::Timer(TimerWait::For(span))) =
                 (arrived, &def.nodes[timer.node.index()].behaviour)
                 && let Ok(spec) = span.evaluate(&def.cel, &self.inst.vars)
-                && let Ok((at, provisional, _)) = when(spec.after(from, calendar_of(dep, span)))
+                && let Ok((at, provisional)) =
+                    when(&spec, from, calendar_of(dep, span), &mut Vec::new())
             {
                 fresh.push(Timer {
                     at,

@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::calendar::{BusinessCalendar, CalendarError, Computed};
+use super::calendar::{BusinessCalendar, CalendarError, Computed, Warnings};
 pub use crate::yaml::{DurationError, DurationErrorKind};
 
 /// An amount of working time on a business calendar: never negative.
@@ -147,6 +147,24 @@ impl DurationSpec {
                 })
                 .ok_or(CalendarError::TooFar { from }),
             DurationSpec::Business(b) => calendar.ok_or(CalendarError::NoCalendar)?.add(from, *b),
+        }
+    }
+
+    /// [`DurationSpec::after`] with the calendar's uncovered years noted in `warn` instead of
+    /// turned into warnings: the engine's path, which allocates nothing.
+    pub(crate) fn after_noting(
+        &self,
+        from: DateTime<Utc>,
+        calendar: Option<&BusinessCalendar>,
+        warn: &mut Warnings,
+    ) -> Result<DateTime<Utc>, CalendarError> {
+        match self {
+            DurationSpec::Wall(d) => from
+                .checked_add_signed(*d)
+                .ok_or(CalendarError::TooFar { from }),
+            DurationSpec::Business(b) => calendar
+                .ok_or(CalendarError::NoCalendar)?
+                .add_noting(from, *b, warn),
         }
     }
 }

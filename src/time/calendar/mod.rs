@@ -455,15 +455,27 @@ impl BusinessCalendar {
         from: DateTime<Utc>,
         d: BusinessDuration,
     ) -> Result<Computed<DateTime<Utc>>, CalendarError> {
-        let left = d.as_duration();
         let mut warn = Warnings::default();
+        let value = self.add_noting(from, d, &mut warn)?;
+        Ok(Computed {
+            value,
+            warnings: warn.finish(self),
+        })
+    }
+
+    /// [`BusinessCalendar::add`] with the years beyond the covered ones noted in `warn`: the
+    /// engine's path, which allocates nothing (a provisional result included).
+    pub(crate) fn add_noting(
+        &self,
+        from: DateTime<Utc>,
+        d: BusinessDuration,
+        warn: &mut Warnings,
+    ) -> Result<DateTime<Utc>, CalendarError> {
+        let left = d.as_duration();
         if left.is_zero() {
-            return Ok(Computed {
-                value: from,
-                warnings: Vec::new(),
-            });
+            return Ok(from);
         }
-        let value = match self.fast.add(self, from, left, &mut warn) {
+        let value = match self.fast.add(self, from, left, warn) {
             Some(Ok(value)) => value,
             Some(Err(rest)) => {
                 // The covered years ran out: go on day by day from their end, with the days
@@ -479,17 +491,14 @@ impl BusinessCalendar {
                     .unwrap_or(0);
                 let cursor = rest.run.end().ok_or(CalendarError::TooFar { from })?;
                 let date = rest.run.after();
-                self.walk(from, cursor, rest.left, date, limit, &mut warn)?
+                self.walk(from, cursor, rest.left, date, limit, warn)?
             }
             None => {
                 let date = self.local_date(from)?;
-                self.walk(from, from, left, date, MAX_DAYS, &mut warn)?
+                self.walk(from, from, left, date, MAX_DAYS, warn)?
             }
         };
-        Ok(Computed {
-            value,
-            warnings: warn.finish(self),
-        })
+        Ok(value)
     }
 
     /// Counts `left` of working time day by day from `cursor`, starting with the local `date`
@@ -708,7 +717,7 @@ impl fmt::Display for Span {
 
 /// The uncovered years a computation used, ascending. A few are kept without allocating.
 #[derive(Default)]
-struct Warnings {
+pub(crate) struct Warnings {
     years: SmallVec<[i32; 4]>,
 }
 
@@ -720,8 +729,19 @@ impl Warnings {
         }
     }
 
+    /// Whether nothing was noted.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.years.is_empty()
+    }
+
+    /// Whether `cal` counted a noted year by the statutory rule: the result is provisional, as
+    /// [`Computed::is_provisional`] says of it.
+    pub(crate) fn is_provisional(&self, cal: &BusinessCalendar) -> bool {
+        cal.beyond == Beyond::Statutory && !self.years.is_empty()
+    }
+
     /// The warnings for the years used, as the calendar's [`Beyond`] policy counted them.
-    fn finish(self, cal: &BusinessCalendar) -> Vec<CalendarWarning> {
+    pub(crate) fn finish(self, cal: &BusinessCalendar) -> Vec<CalendarWarning> {
         if self.years.is_empty() {
             return Vec::new();
         }
