@@ -117,6 +117,58 @@ pub(crate) struct Condition {
     /// evaluated by CEL. For same-kind scalars CEL's equality is plain equality, so the shortcut
     /// has CEL's semantics.
     fast: Option<Fast>,
+    /// A shortcut for text picked by such conditions, `tier == 'key' ? '1h' : '4h'` (nested, or
+    /// a lone string literal), used when every condition on the way has its shortcut; else CEL
+    /// evaluates.
+    fast_text: Option<FastText>,
+}
+
+/// Text picked by conditions with a [`Fast`] shortcut.
+#[derive(Debug)]
+enum FastText {
+    Literal(String),
+    Pick {
+        cond: Fast,
+        then: Box<FastText>,
+        otherwise: Box<FastText>,
+    },
+}
+
+impl FastText {
+    /// Recognizes a string literal, or `condition ? text : text` with a shortcut for each part.
+    fn of(expr: &cel::common::ast::Expr) -> Option<FastText> {
+        use cel::common::ast::{Expr, LiteralValue};
+        match expr {
+            Expr::Literal(LiteralValue::String(s)) => Some(FastText::Literal(s.inner().to_owned())),
+            Expr::Call(call)
+                if call.target.is_none()
+                    && call.args.len() == 3
+                    && call.func_name == cel::common::ast::operators::CONDITIONAL =>
+            {
+                Some(FastText::Pick {
+                    cond: Fast::of(&call.args[0].expr)?,
+                    then: Box::new(FastText::of(&call.args[1].expr)?),
+                    otherwise: Box::new(FastText::of(&call.args[2].expr)?),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The text, when every condition on the way has its answer.
+    fn eval(&self, vars: &Vars) -> Option<&str> {
+        let mut at = self;
+        loop {
+            match at {
+                FastText::Literal(s) => return Some(s),
+                FastText::Pick {
+                    cond,
+                    then,
+                    otherwise,
+                } => at = if cond.eval(vars)? { then } else { otherwise },
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -215,9 +267,11 @@ impl Condition {
             });
         }
         let fast = Fast::of(&program.expression().expr);
+        let fast_text = FastText::of(&program.expression().expr);
         Ok(Condition {
             source: source.to_owned(),
             fast,
+            fast_text,
             program,
             reads,
         })
@@ -261,6 +315,9 @@ impl Condition {
         root: &cel::Context<'_, '_>,
         vars: &Vars,
     ) -> Result<String, String> {
+        if let Some(text) = self.fast_text.as_ref().and_then(|f| f.eval(vars)) {
+            return Ok(text.to_owned());
+        }
         match self.run(root, vars)? {
             cel::Value::String(s) => Ok(s.to_string()),
             other => Err(format!(
@@ -767,6 +824,43 @@ mod tests {
                 "{source}"
             );
             assert_eq!(eval(source, vars.clone()), eval(&slow, vars), "{source}");
+        }
+    }
+
+    #[test]
+    fn the_text_shortcut_agrees_with_cel() {
+        let root = cel::Context::default();
+        for (source, vars) in [
+            (
+                "tier == 'key' ? '1h' : '4h'",
+                serde_json::json!({ "tier": "key" }),
+            ),
+            (
+                "tier == 'key' ? '1h' : '4h'",
+                serde_json::json!({ "tier": "public" }),
+            ),
+            (
+                "tier == 'key' ? '1h' : n != 2 ? '2h' : '3h'",
+                serde_json::json!({ "tier": "x", "n": 2 }),
+            ),
+            ("ok ? 'a' : 'b'", serde_json::json!({ "ok": false })),
+            ("'8h business'", serde_json::json!({})),
+            // No shortcut answer (the kinds differ, the variable is unset): CEL decides.
+            ("n == 3 ? 'a' : 'b'", serde_json::json!({ "n": 3.0 })),
+            ("tier == 'key' ? 'a' : 'b'", serde_json::json!({})),
+            ("n == 3 ? 'a' : 'b'", serde_json::json!({ "n": "3" })),
+        ] {
+            let fast = Condition::compile(source).unwrap();
+            assert!(fast.fast_text.is_some(), "{source}");
+            // Through CEL: the shortcut taken away.
+            let mut slow = Condition::compile(source).unwrap();
+            slow.fast_text = None;
+            let vars = vars.as_object().unwrap();
+            assert_eq!(
+                fast.eval_text(&root, vars),
+                slow.eval_text(&root, vars),
+                "{source}"
+            );
         }
     }
 
