@@ -463,7 +463,7 @@ impl Engine {
                 state: TokenState::Ready,
             }],
             tasks: Vec::new(),
-            timers: Box::default(),
+            timers: Vec::new(),
             audit: Vec::with_capacity(if self.config.audit {
                 dep.first_records.load(Ordering::Relaxed)
             } else {

@@ -327,11 +327,9 @@ impl<'a> Step<'a> {
                     .iter()
                     .any(|t| t.task == Some(task) && t.kind == TimerKind::ClaimDue)
                 {
-                    let timers = std::mem::take(&mut self.inst.timers).into_vec();
-                    self.inst.timers = timers
-                        .into_iter()
-                        .filter(|t| !(t.task == Some(task) && t.kind == TimerKind::ClaimDue))
-                        .collect();
+                    self.inst
+                        .timers
+                        .retain(|t| !(t.task == Some(task) && t.kind == TimerKind::ClaimDue));
                 }
                 let actor = actor.clone();
                 self.record(Entry::Claimed {
@@ -511,7 +509,7 @@ impl<'a> Step<'a> {
                 self.record(Entry::Retried);
             }
             Change::Finish => {
-                self.inst.timers = Box::default();
+                self.inst.timers = Vec::new();
                 self.inst.status = Status::Completed;
                 self.inst.ended_at = Some(self.now);
                 self.record(Entry::InstanceCompleted);
@@ -525,9 +523,7 @@ impl<'a> Step<'a> {
                     let (task, sla) = (t.task, t.sla);
                     self.record(Entry::Provisional { task, sla });
                 }
-                let mut timers = std::mem::take(&mut self.inst.timers).into_vec();
-                timers.extend(new);
-                self.inst.timers = timers.into_boxed_slice();
+                self.inst.timers.extend(new);
             }
             Change::Wait {
                 token,
@@ -554,9 +550,7 @@ impl<'a> Step<'a> {
                     // A deadline stays, marked, so that SLA queries still know it.
                     self.inst.timers[index].fired = true;
                 } else {
-                    let mut timers = std::mem::take(&mut self.inst.timers).into_vec();
-                    timers.remove(index);
-                    self.inst.timers = timers.into_boxed_slice();
+                    self.inst.timers.remove(index);
                 }
                 if let Some(seq) = timer.task {
                     match timer.kind {
@@ -630,10 +624,7 @@ impl<'a> Step<'a> {
 
     /// Drops the timers of a task that ended.
     fn disarm(&mut self, seq: u32) {
-        if self.inst.timers.iter().any(|t| t.task == Some(seq)) {
-            let timers = std::mem::take(&mut self.inst.timers).into_vec();
-            self.inst.timers = timers.into_iter().filter(|t| t.task != Some(seq)).collect();
-        }
+        self.inst.timers.retain(|t| t.task != Some(seq));
     }
 
     /// Makes the token waiting at `node` ready to leave it.

@@ -29,7 +29,7 @@ pub struct Instance {
     /// Every task the instance opened; a task's `seq` is its index here.
     pub(crate) tasks: Vec<Task>,
     /// Armed timers (and fired deadlines), few per instance.
-    pub(crate) timers: Box<[Timer]>,
+    pub(crate) timers: Vec<Timer>,
     /// Absent from a stored state ([`Instance::encode`]): stores keep the records beside it.
     pub(crate) audit: Vec<Record>,
     pub(crate) started_at: DateTime<Utc>,
@@ -83,7 +83,7 @@ struct Wire {
     tasks: Vec<Task>,
     #[serde(default)]
     incidents: Vec<Incident>,
-    timers: Box<[Timer]>,
+    timers: Vec<Timer>,
     #[serde(default)]
     audit: Vec<Record>,
     started_at: DateTime<Utc>,
