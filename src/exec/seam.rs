@@ -78,6 +78,9 @@ pub(crate) struct Stepped {
     pub(crate) result: Result<(), ExecError>,
     /// The earliest timer the call armed, for the engine's schedule.
     pub(crate) armed: Option<DateTime<Utc>>,
+    /// The instance's earliest timer yet to fire before the call, which the schedule already
+    /// holds an entry for (at or before it): a timer armed at or after it needs none.
+    pub(crate) scheduled: Option<DateTime<Utc>>,
     /// The call's events, or only [`Event::Refused`] when the store refused it.
     pub(crate) events: Vec<Event>,
     /// The follow-ups the call committed, to run now.
@@ -99,6 +102,7 @@ impl Stepped {
             instance,
             result,
             armed: None,
+            scheduled: None,
             events: Vec::new(),
             follow: Vec::new(),
             dep: None,
@@ -196,6 +200,10 @@ impl Engine {
         // (set back, or another engine's clock) counts as that record's instant, so that nothing
         // is recorded before what caused it (a completion before its task opened).
         let now = now.max(inst.latest());
+        // The schedule holds an entry at or before the instance's earliest timer yet to fire
+        // (firing or dropping that entry schedules the next one): a timer this step arms at or
+        // after it needs no entry of its own.
+        let scheduled = inst.timers.iter().filter(|t| !t.fired).map(|t| t.at).min();
         let snapshot = self.store.as_ref().map(|_| inst.snapshot());
         let first = inst.audit.len();
         let first_follow = inst.next_follow_up();
@@ -224,6 +232,7 @@ impl Engine {
             instance: id,
             result,
             armed,
+            scheduled,
             events,
             dep: (!follow.is_empty()).then(|| Arc::clone(&slot.dep)),
             follow,
@@ -285,12 +294,15 @@ impl Engine {
             instance,
             result,
             armed,
+            scheduled,
             events,
             follow,
             dep,
             ..
         } = stepped;
-        if let Some(at) = armed {
+        if let Some(at) = armed
+            && scheduled.is_none_or(|s| at < s)
+        {
             self.schedule(instance, at);
         }
         let mut failure = self.tell(&events);
