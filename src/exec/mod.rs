@@ -512,12 +512,12 @@ impl Engine {
     fn with_task(
         &self,
         task: TaskId,
-        f: impl FnOnce(&mut Step<'_>, &crate::ids::NodeRef) -> Result<(), ExecError>,
+        f: impl FnOnce(&mut Step<'_>, NodeId) -> Result<(), ExecError>,
     ) -> Result<(), ExecError> {
         let now = self.clock.now();
         self.call(task.instance, |slot| {
             let node = self.open_task(slot, task)?;
-            Ok(self.step_slot(slot, now, |step| f(step, &node)))
+            Ok(self.step_slot(slot, now, |step| f(step, node)))
         })
     }
 
@@ -526,12 +526,11 @@ impl Engine {
         &self,
         step: &mut Step<'_>,
         task: TaskId,
-        node: &crate::ids::NodeRef,
+        node: NodeId,
         action: Action,
         actor: &Actor,
     ) -> Result<Grant, ExecError> {
         let t = &step.inst.tasks[task.seq as usize];
-        let claimant = t.claimed_by.clone();
         let raci = step.dep.def.nodes[t.node.index()]
             .raci()
             .ok_or(ExecError::UnknownTask(task))?;
@@ -544,11 +543,12 @@ impl Engine {
             raci,
             action,
             actor,
-            claimant.as_deref(),
+            t.claimed_by.as_deref(),
             escalated,
         ) {
             Ok(grant) => Ok(grant),
             Err(allowed) => {
+                let claimant = t.claimed_by.clone();
                 step.apply(Change::Denied {
                     task: task.seq,
                     actor: &actor.id,
@@ -559,7 +559,7 @@ impl Engine {
                     actor: actor.id.clone(),
                     action,
                     task,
-                    node: node.clone(),
+                    node: step.dep.node(node),
                     allowed,
                     claimed_by: claimant.filter(|c| **c != *actor.id),
                 })
@@ -579,7 +579,7 @@ impl Engine {
             {
                 return Err(ExecError::AlreadyClaimed {
                     task,
-                    node: node.clone(),
+                    node: step.dep.node(node),
                     by: by.clone(),
                 });
             }
@@ -613,7 +613,7 @@ impl Engine {
             }
             let verdict = step.guard(&Completing {
                 task,
-                node: &node.name,
+                node: &step.dep.def.nodes[node.index()].id,
                 actor: &actor.id,
                 output: &output,
                 vars: &step.inst.vars,
@@ -638,7 +638,7 @@ impl Engine {
                 });
                 return Err(ExecError::Vetoed {
                     task,
-                    node: node.clone(),
+                    node: step.dep.node(node),
                     reason,
                 });
             }
@@ -715,7 +715,7 @@ impl Engine {
                     actor: to.id.clone(),
                     action: Action::Claim,
                     task,
-                    node: node.clone(),
+                    node: step.dep.node(node),
                     allowed,
                     claimed_by: None,
                 });

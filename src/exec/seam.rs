@@ -16,7 +16,7 @@ use super::deploy::{Deployed, find};
 use super::step::{Change, Step};
 use super::{Engine, ExecError, SHARDS, Shard, lock};
 use crate::hooks::Control;
-use crate::ids::{InstanceId, TaskId};
+use crate::ids::{InstanceId, NodeId, TaskId};
 use crate::model::{Event, FollowUp, Instance, Pending, Status};
 use crate::store::{Commit, StoreError, StoredInstance};
 
@@ -474,29 +474,30 @@ impl Engine {
 
     /// Checks a task is open and gives its node; on a stale copy (another engine sharing the
     /// store moved the instance on) reads the stored state first.
-    pub(crate) fn open_task(
-        &self,
-        slot: &mut Slot,
-        task: TaskId,
-    ) -> Result<crate::ids::NodeRef, ExecError> {
-        let state = |slot: &Slot| {
+    pub(crate) fn open_task(&self, slot: &mut Slot, task: TaskId) -> Result<NodeId, ExecError> {
+        let open = |slot: &Slot| {
             slot.inst
                 .tasks
                 .get(task.seq as usize)
-                .map(|t| (t.node, t.state.clone()))
+                .filter(|t| matches!(t.state, crate::model::TaskState::Open))
+                .map(|t| t.node)
         };
-        let mut found = state(slot);
-        if found
-            .as_ref()
-            .is_none_or(|(_, s)| !matches!(s, crate::model::TaskState::Open))
-            && self.refresh(slot)
-        {
-            found = state(slot);
+        if let Some(node) = open(slot) {
+            return Ok(node);
         }
-        let (node, st) = found.ok_or(ExecError::UnknownTask(task))?;
-        let node = slot.dep.node(node);
-        match st {
-            crate::model::TaskState::Open => Ok(node),
+        if self.refresh(slot)
+            && let Some(node) = open(slot)
+        {
+            return Ok(node);
+        }
+        let t = slot
+            .inst
+            .tasks
+            .get(task.seq as usize)
+            .ok_or(ExecError::UnknownTask(task))?;
+        let node = slot.dep.node(t.node);
+        match t.state {
+            crate::model::TaskState::Open => Ok(node.id),
             crate::model::TaskState::TimedOut { .. } => Err(ExecError::TaskClosed {
                 task,
                 node,

@@ -331,7 +331,6 @@ impl<'a> Step<'a> {
                         .timers
                         .retain(|t| !(t.task == Some(task) && t.kind == TimerKind::ClaimDue));
                 }
-                let actor = actor.clone();
                 self.record(Entry::Claimed {
                     task,
                     actor: actor.clone(),
@@ -341,7 +340,7 @@ impl<'a> Step<'a> {
                     self.emit(Event::TaskClaimed {
                         task: t,
                         node,
-                        actor,
+                        actor: actor.clone(),
                     });
                 }
             }
@@ -365,7 +364,6 @@ impl<'a> Step<'a> {
                 {
                     self.inst.tokens[i].state = TokenState::Ready;
                 }
-                let actor = actor.clone();
                 self.record(Entry::Completed {
                     task,
                     actor: actor.clone(),
