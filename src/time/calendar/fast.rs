@@ -70,6 +70,11 @@ pub(super) struct Run {
     ends: Vec<i64>,
     /// Working seconds from `lo` to the end of each interval.
     cum_end: Vec<i64>,
+    /// The UTC day (days since the epoch) of `lo`.
+    day0: i64,
+    /// The UTC date of each day from `day0` to that of `hi`: results become instants without a
+    /// calendar conversion (`DateTime::from_timestamp` was a tenth of an `add`).
+    dates: Box<[NaiveDate]>,
 }
 
 /// An instant as whole seconds and nanoseconds, `0 <= nanos < 1e9`.
@@ -204,7 +209,7 @@ impl Table {
                     return None;
                 }
                 let nanos = u32::try_from(target.nanos).ok()?;
-                return DateTime::from_timestamp(secs, nanos).map(Ok);
+                return run.instant(secs, nanos).map(Ok);
             }
             target.secs = target.secs.checked_sub(run.total())?;
             if run.hi - at.secs > far {
@@ -338,6 +343,12 @@ impl Run {
                 cum_end.push(total);
             }
         }
+        let day0 = lo.timestamp().div_euclid(86_400);
+        let dates = (day0..=hi.timestamp().div_euclid(86_400))
+            .map(|day| {
+                DateTime::from_timestamp(day.checked_mul(86_400)?, 0).map(|t| t.date_naive())
+            })
+            .collect::<Option<Box<[NaiveDate]>>>()?;
         Some(Run {
             first,
             after,
@@ -346,7 +357,26 @@ impl Run {
             starts,
             ends,
             cum_end,
+            day0,
+            dates,
         })
+    }
+
+    /// The instant `secs` seconds and `nanos` nanoseconds after the epoch, for one in the run
+    /// (its UTC date from the table); as `DateTime::from_timestamp` gives it.
+    fn instant(&self, secs: i64, nanos: u32) -> Option<DateTime<Utc>> {
+        let day = secs.div_euclid(86_400);
+        let date = usize::try_from(day - self.day0)
+            .ok()
+            .and_then(|i| self.dates.get(i));
+        match date {
+            Some(date) => {
+                let of_day = u32::try_from(secs.rem_euclid(86_400)).ok()?;
+                let time = NaiveTime::from_num_seconds_from_midnight_opt(of_day, nanos)?;
+                Some(date.and_time(time).and_utc())
+            }
+            None => DateTime::from_timestamp(secs, nanos),
+        }
     }
 
     /// The working time of the whole run, in seconds.
