@@ -91,7 +91,7 @@ pub(crate) enum Change<'c> {
     Retry,
     Finish,
     /// Arms timers.
-    Arm(Vec<Timer>),
+    Arm(&'c [Timer]),
     /// A token waits at a timer node until `at` (provisional: see [`Timer::provisional`]).
     Wait {
         token: usize,
@@ -521,7 +521,7 @@ impl<'a> Step<'a> {
                     let (task, sla) = (t.task, t.sla);
                     self.record(Entry::Provisional { task, sla });
                 }
-                self.inst.timers.extend(new);
+                self.inst.timers.extend_from_slice(new);
             }
             Change::Wait {
                 token,
@@ -540,7 +540,7 @@ impl<'a> Step<'a> {
                     fired: false,
                     provisional,
                 };
-                self.apply(Change::Arm(vec![timer]));
+                self.apply(Change::Arm(&[timer]));
             }
             Change::Fire { index, recipients } => {
                 let timer = self.inst.timers[index].clone();

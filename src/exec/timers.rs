@@ -12,6 +12,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use super::deploy::Deployed;
 use super::seam::{Slot, Stepped};
@@ -84,7 +85,8 @@ fn when(
 /// Timers computed for arming, and the calendar warnings their computation gave.
 #[derive(Default)]
 pub(crate) struct Armed {
-    timers: Vec<Timer>,
+    /// In firing order for timers due at the same instant (kept inline: a task arms a few).
+    timers: SmallVec<[Timer; 8]>,
     warnings: Vec<String>,
 }
 
@@ -134,7 +136,7 @@ impl<'a> Step<'a> {
             span.evaluate(&def.cel, vars)
                 .map(|d| (d, calendar_of(dep, span)))
         };
-        let mut timers = Vec::new();
+        let mut timers = SmallVec::new();
         let mut warnings = Vec::new();
         let timer = |(at, provisional): (DateTime<Utc>, bool), kind, business| Timer {
             at,
@@ -150,19 +152,20 @@ impl<'a> Step<'a> {
             Some(r) => Some((self.after(r, from, &mut warnings)?, r)),
             None => None,
         };
-        if let Some((at, (spec, _))) = due {
-            timers.push(timer(at, TimerKind::Due, spec.is_business()));
-        }
-        for (span, kind) in [
-            (&limits.claim_due, TimerKind::ClaimDue),
-            (&limits.timeout, TimerKind::Timeout),
-        ] {
-            if let Some(span) = span {
-                let r = resolve(span)?;
-                let at = self.after(r, from, &mut warnings)?;
-                timers.push(timer(at, kind, r.0.is_business()));
-            }
-        }
+        // Timers due at the same instant fire in list order: reminders, then the claim and
+        // completion deadlines, then escalations, and the interrupting timeout last. They are
+        // computed in the order of the YAML's keys (the first that fails is the error) and
+        // pushed in that firing order.
+        let mut other = |span: &Option<Span>, kind| -> Result<Option<Timer>, String> {
+            let Some(span) = span else {
+                return Ok(None);
+            };
+            let r = resolve(span)?;
+            let at = self.after(r, from, &mut warnings)?;
+            Ok(Some(timer(at, kind, r.0.is_business())))
+        };
+        let claim_due = other(&limits.claim_due, TimerKind::ClaimDue)?;
+        let timeout = other(&limits.timeout, TimerKind::Timeout)?;
         for (index, remind) in limits.remind.iter().enumerate() {
             let at = match &remind.at {
                 RemindAt::AfterStart(span) => self.after(resolve(span)?, from, &mut warnings)?,
@@ -189,6 +192,10 @@ impl<'a> Step<'a> {
             };
             timers.push(timer(at, TimerKind::Reminder { index: index as u8 }, false));
         }
+        timers.extend(claim_due);
+        if let Some((at, (spec, _))) = due {
+            timers.push(timer(at, TimerKind::Due, spec.is_business()));
+        }
         if let Some(((due_at, due_provisional), _)) = due {
             for (level, esc) in limits.escalate.iter().enumerate() {
                 let (at, provisional) = self.after(resolve(&esc.after)?, due_at, &mut warnings)?;
@@ -202,15 +209,7 @@ impl<'a> Step<'a> {
                 timers.push(timer((at, provisional || due_provisional), kind, false));
             }
         }
-        // Timers due at the same instant fire in list order: reminders, then the claim and
-        // completion deadlines, then escalations, and the interrupting timeout last.
-        timers.sort_by_key(|t| match t.kind {
-            TimerKind::Reminder { .. } => 0,
-            TimerKind::ClaimDue => 1,
-            TimerKind::Due => 2,
-            TimerKind::Escalation { .. } | TimerKind::Urge { .. } => 3,
-            TimerKind::Timeout | TimerKind::Wait => 4,
-        });
+        timers.extend(timeout);
         Ok(Armed { timers, warnings })
     }
 
@@ -218,7 +217,7 @@ impl<'a> Step<'a> {
     pub(crate) fn arm(&mut self, armed: Armed) {
         self.warn(armed.warnings);
         if !armed.timers.is_empty() {
-            self.apply(Change::Arm(armed.timers));
+            self.apply(Change::Arm(&armed.timers));
         }
     }
 
@@ -436,7 +435,7 @@ impl<'a> Step<'a> {
                             });
                         self.warn(warnings);
                         match at {
-                            Ok((at, provisional)) => self.apply(Change::Arm(vec![Timer {
+                            Ok((at, provisional)) => self.apply(Change::Arm(&[Timer {
                                 at,
                                 provisional,
                                 kind: TimerKind::Urge {
