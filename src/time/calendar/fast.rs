@@ -18,6 +18,9 @@ use super::{Beyond, BusinessCalendar, Warnings, statutory};
 
 const NANOS: i64 = 1_000_000_000;
 
+/// The step of [`Run::by_work`], in seconds of working time.
+const WORK_STEP: i64 = 4 * 3600;
+
 /// The precomputed runs of covered years, shared between clones of the calendar.
 #[derive(Clone, Default)]
 pub(super) struct Table {
@@ -70,6 +73,12 @@ pub(super) struct Run {
     ends: Vec<i64>,
     /// Working seconds from `lo` to the end of each interval.
     cum_end: Vec<i64>,
+    /// `by_day[k]`: the number of intervals ending at or before `lo + k` days, so that a search
+    /// for an instant looks at its day's few intervals only.
+    by_day: Box<[u32]>,
+    /// `by_work[k]`: the number of intervals whose cumulative end is below `k` times
+    /// [`WORK_STEP`], so that a search for an amount of working time looks at a few only.
+    by_work: Box<[u32]>,
     /// The UTC day (days since the epoch) of `lo`.
     day0: i64,
     /// The UTC date of each day from `day0` to that of `hi`: results become instants without a
@@ -200,9 +209,7 @@ impl Table {
             }
             // The first interval whose cumulative end reaches the target: the last unit ends
             // there.
-            let j = run
-                .cum_end
-                .partition_point(|&c| c < target.secs || (c == target.secs && target.nanos > 0));
+            let j = run.reaching(target);
             if let (Some(&end), Some(&cum)) = (run.ends.get(j), run.cum_end.get(j)) {
                 let secs = end - (cum - target.secs);
                 if secs - at.secs > far {
@@ -343,6 +350,15 @@ impl Run {
                 cum_end.push(total);
             }
         }
+        let (lo_secs, hi_secs) = (lo.timestamp(), hi.timestamp());
+        let count = |n: usize| u32::try_from(n).ok();
+        let by_day = (0..=(hi_secs - lo_secs).div_euclid(86_400) + 2)
+            .map(|k| count(ends.partition_point(|&e| e <= lo_secs + k * 86_400)))
+            .collect::<Option<Box<[u32]>>>()?;
+        let total = cum_end.last().copied().unwrap_or(0);
+        let by_work = (0..=total.div_euclid(WORK_STEP) + 2)
+            .map(|k| count(cum_end.partition_point(|&c| c < k * WORK_STEP)))
+            .collect::<Option<Box<[u32]>>>()?;
         let day0 = lo.timestamp().div_euclid(86_400);
         let dates = (day0..=hi.timestamp().div_euclid(86_400))
             .map(|day| {
@@ -357,9 +373,43 @@ impl Run {
             starts,
             ends,
             cum_end,
+            by_day,
+            by_work,
             day0,
             dates,
         })
+    }
+
+    /// The number of intervals ending at or before `t` (which lies in the run, or at its end).
+    fn ended_by(&self, t: i64) -> usize {
+        let k = usize::try_from((t - self.lo).div_euclid(86_400))
+            .unwrap_or(0)
+            .min(self.by_day.len().saturating_sub(2));
+        let day = self.lo + k as i64 * 86_400;
+        match (self.by_day.get(k), self.by_day.get(k + 1)) {
+            (Some(&a), Some(&b)) if day <= t && t < day + 86_400 => {
+                let (a, b) = (a as usize, b as usize);
+                a + self.ends[a..b].partition_point(|&e| e <= t)
+            }
+            _ => self.ends.partition_point(|&e| e <= t),
+        }
+    }
+
+    /// The first interval whose cumulative end reaches `target` working time from `lo` (the
+    /// number of intervals when none does).
+    fn reaching(&self, target: Exact) -> usize {
+        // `c < secs || (c == secs && nanos > 0)`, on whole seconds.
+        let x = target.secs.saturating_add(i64::from(target.nanos > 0));
+        let k = usize::try_from(x.div_euclid(WORK_STEP))
+            .unwrap_or(0)
+            .min(self.by_work.len().saturating_sub(2));
+        match (self.by_work.get(k), self.by_work.get(k + 1)) {
+            (Some(&a), Some(&b)) if x >= 0 && x < (k as i64 + 1) * WORK_STEP => {
+                let (a, b) = (a as usize, b as usize);
+                a + self.cum_end[a..b].partition_point(|&c| c < x)
+            }
+            _ => self.cum_end.partition_point(|&c| c < x),
+        }
     }
 
     /// The instant `secs` seconds and `nanos` nanoseconds after the epoch, for one in the run
@@ -387,7 +437,7 @@ impl Run {
     /// The working time from the start of the run to `t`, which lies in the run.
     fn work(&self, t: Exact) -> Exact {
         // The first interval ending after t.
-        let i = self.ends.partition_point(|&e| e <= t.secs);
+        let i = self.ended_by(t.secs);
         let (Some(&start), Some(&end), Some(&cum)) =
             (self.starts.get(i), self.ends.get(i), self.cum_end.get(i))
         else {
