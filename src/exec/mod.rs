@@ -480,9 +480,11 @@ impl Engine {
         let stepped = {
             let _held = seam::hold(id);
             self.step_slot(&mut slot, now, |step| {
-                let sla = step.sla_timers().inspect_err(|_| sla_failed = true)?;
+                let mut sla = timers::Armed::default();
+                step.sla_timers(&mut sla)
+                    .inspect_err(|_| sla_failed = true)?;
                 step.apply(Change::Started);
-                step.arm(sla);
+                step.arm(&sla);
                 step.run()
             })
         };

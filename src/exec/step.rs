@@ -667,10 +667,11 @@ impl<'a> Step<'a> {
                     // The task's deadlines are computed before it opens: one that cannot be
                     // computed fails the node, and a retry (say, after the calendar gained the
                     // year) opens the task again.
-                    match self.task_timers(at, self.inst.tasks.len() as u32) {
-                        Ok(armed) => {
+                    let mut armed = super::timers::Armed::default();
+                    match self.task_timers(at, self.inst.tasks.len() as u32, &mut armed) {
+                        Ok(()) => {
                             self.apply(Change::OpenTask { token: i });
-                            self.arm(armed);
+                            self.arm(&armed);
                         }
                         Err(message) => {
                             failure.get_or_insert(self.fail_deadline(i, at, message));

@@ -120,14 +120,16 @@ impl<'a> Step<'a> {
     }
 
     /// The timers of `limits`, counted from `from`: a task's (`task: Some`) or the SLA's, with
-    /// the calendar warnings their computation gave. Nothing changes.
+    /// the calendar warnings their computation gave, into `out` (filled in place: it is a few
+    /// hundred bytes). Nothing changes. After an error `out` holds part of them.
     pub(crate) fn limit_timers(
         &self,
         limits: &Limits,
         task: Option<u32>,
         node: NodeId,
         from: DateTime<Utc>,
-    ) -> Result<Armed, String> {
+        out: &mut Armed,
+    ) -> Result<(), String> {
         let dep: &'a Deployed = self.dep;
         let def = &*dep.def;
         let vars = &self.inst.vars;
@@ -136,8 +138,7 @@ impl<'a> Step<'a> {
             span.evaluate(&def.cel, vars)
                 .map(|d| (d, calendar_of(dep, span)))
         };
-        let mut timers = SmallVec::new();
-        let mut warnings = Vec::new();
+        let Armed { timers, warnings } = out;
         let timer = |(at, provisional): (DateTime<Utc>, bool), kind, business| Timer {
             at,
             kind,
@@ -149,7 +150,7 @@ impl<'a> Step<'a> {
             provisional,
         };
         let due = match limits.due.as_ref().map(resolve).transpose()? {
-            Some(r) => Some((self.after(r, from, &mut warnings)?, r)),
+            Some(r) => Some((self.after(r, from, warnings)?, r)),
             None => None,
         };
         // Timers due at the same instant fire in list order: reminders, then the claim and
@@ -161,14 +162,14 @@ impl<'a> Step<'a> {
                 return Ok(None);
             };
             let r = resolve(span)?;
-            let at = self.after(r, from, &mut warnings)?;
+            let at = self.after(r, from, warnings)?;
             Ok(Some(timer(at, kind, r.0.is_business())))
         };
         let claim_due = other(&limits.claim_due, TimerKind::ClaimDue)?;
         let timeout = other(&limits.timeout, TimerKind::Timeout)?;
         for (index, remind) in limits.remind.iter().enumerate() {
             let at = match &remind.at {
-                RemindAt::AfterStart(span) => self.after(resolve(span)?, from, &mut warnings)?,
+                RemindAt::AfterStart(span) => self.after(resolve(span)?, from, warnings)?,
                 RemindAt::BeforeDue(span) => {
                     let (before, _) = resolve(span)?;
                     let Some((_, (due_spec, due_calendar))) = due else {
@@ -187,7 +188,7 @@ impl<'a> Step<'a> {
                         _ => return Err("'before' and 'due' mix business and wall time".into()),
                     };
                     // Counted on the deadline's calendar, as the deadline is.
-                    self.after((spec, due_calendar), from, &mut warnings)?
+                    self.after((spec, due_calendar), from, warnings)?
                 }
             };
             timers.push(timer(at, TimerKind::Reminder { index: index as u8 }, false));
@@ -198,7 +199,7 @@ impl<'a> Step<'a> {
         }
         if let Some(((due_at, due_provisional), _)) = due {
             for (level, esc) in limits.escalate.iter().enumerate() {
-                let (at, provisional) = self.after(resolve(&esc.after)?, due_at, &mut warnings)?;
+                let (at, provisional) = self.after(resolve(&esc.after)?, due_at, warnings)?;
                 let kind = match esc.action {
                     Ladder::Urge { .. } => TimerKind::Urge {
                         level: level as u8,
@@ -210,23 +211,31 @@ impl<'a> Step<'a> {
             }
         }
         timers.extend(timeout);
-        Ok(Armed { timers, warnings })
+        Ok(())
     }
 
     /// Arms computed timers and records their warnings.
-    pub(crate) fn arm(&mut self, armed: Armed) {
-        self.warn(armed.warnings);
+    pub(crate) fn arm(&mut self, armed: &Armed) {
+        for w in &armed.warnings {
+            self.apply(Change::Warn { message: w });
+        }
         if !armed.timers.is_empty() {
             self.apply(Change::Arm(&armed.timers));
         }
     }
 
-    /// The timers of the task that a token at `node` would open now (it opens as task `seq`).
-    pub(crate) fn task_timers(&self, node: NodeId, seq: u32) -> Result<Armed, String> {
+    /// The timers of the task that a token at `node` would open now (it opens as task `seq`),
+    /// into `out`.
+    pub(crate) fn task_timers(
+        &self,
+        node: NodeId,
+        seq: u32,
+        out: &mut Armed,
+    ) -> Result<(), String> {
         let dep: &'a Deployed = self.dep;
         match &dep.def.nodes[node.index()].limits {
-            Some(limits) => self.limit_timers(limits, Some(seq), node, self.now),
-            None => Ok(Armed::default()),
+            Some(limits) => self.limit_timers(limits, Some(seq), node, self.now, out),
+            None => Ok(()),
         }
     }
 
@@ -234,18 +243,18 @@ impl<'a> Step<'a> {
     ///
     /// # Errors
     /// [`ExecError::Deadline`] when a deadline cannot be computed.
-    pub(crate) fn sla_timers(&self) -> Result<Armed, ExecError> {
+    pub(crate) fn sla_timers(&self, out: &mut Armed) -> Result<(), ExecError> {
         let dep: &'a Deployed = self.dep;
         let def = &*dep.def;
         match &def.sla {
             Some(limits) => self
-                .limit_timers(limits, None, def.start, self.now)
+                .limit_timers(limits, None, def.start, self.now, out)
                 .map_err(|message| ExecError::Deadline {
                     instance: self.inst.id,
                     node: dep.node(def.start),
                     message,
                 }),
-            None => Ok(Armed::default()),
+            None => Ok(()),
         }
     }
 
@@ -261,11 +270,14 @@ impl<'a> Step<'a> {
             return;
         }
         let mut fresh: Vec<Timer> = Vec::new();
+        let mut armed = Armed::default();
         if self.inst.timers.iter().any(|t| pending(t) && t.sla)
             && let Some(limits) = &def.sla
-            && let Ok(armed) = self.limit_timers(limits, None, def.start, self.inst.started_at)
+            && self
+                .limit_timers(limits, None, def.start, self.inst.started_at, &mut armed)
+                .is_ok()
         {
-            fresh.extend(armed.timers);
+            fresh.extend(armed.timers.drain(..));
         }
         for task in &self.inst.tasks {
             let has = self
@@ -276,10 +288,20 @@ impl<'a> Step<'a> {
             if has
                 && task.is_open()
                 && let Some(limits) = &def.nodes[task.node.index()].limits
-                && let Ok(armed) =
-                    self.limit_timers(limits, Some(task.seq), task.node, task.created_at)
             {
-                fresh.extend(armed.timers);
+                let mut armed = Armed::default();
+                if self
+                    .limit_timers(
+                        limits,
+                        Some(task.seq),
+                        task.node,
+                        task.created_at,
+                        &mut armed,
+                    )
+                    .is_ok()
+                {
+                    fresh.extend(armed.timers);
+                }
             }
         }
         for timer in self
