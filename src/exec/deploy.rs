@@ -12,6 +12,9 @@ use crate::store::{StoreError, StoredDef};
 use crate::time::calendar::BusinessCalendar;
 
 /// A deployed definition with its service handlers resolved per node.
+/// The most audit records [`Deployed::last_records`] makes room for at once.
+pub(crate) const MAX_RECORDS_HINT: usize = 256;
+
 pub(crate) struct Deployed {
     pub(crate) def: Arc<ProcessDef>,
     /// Shared by every instance of this definition.
@@ -25,6 +28,10 @@ pub(crate) struct Deployed {
     pub(crate) calendars: HashMap<String, Arc<BusinessCalendar>>,
     /// How many audit records the last start of this definition wrote.
     pub(crate) first_records: std::sync::atomic::AtomicUsize,
+    /// About how many audit records a completed instance of this definition wrote (the most
+    /// lately seen, at most [`MAX_RECORDS_HINT`]): a growing audit trail makes room for that
+    /// many at once.
+    pub(crate) last_records: std::sync::atomic::AtomicUsize,
     /// Why the definition cannot run here, when it was resumed from a store without a handler or
     /// calendar it names: its instances can be read but not started or stepped.
     pub(crate) missing: Option<DeployError>,
@@ -59,6 +66,10 @@ impl Deployed {
             calendars,
             first_records: self
                 .first_records
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .into(),
+            last_records: self
+                .last_records
                 .load(std::sync::atomic::Ordering::Relaxed)
                 .into(),
             missing: self.missing.clone(),
@@ -258,6 +269,7 @@ impl Engine {
                 calendar,
                 calendars,
                 first_records: 0.into(),
+                last_records: 0.into(),
                 missing,
             }),
         );
