@@ -435,7 +435,8 @@ impl Engine {
         let def = &dep.def;
         let mut problems = check_vars(def, &vars);
         for spec in def.vars.values() {
-            if !vars.contains_key(&spec.name) {
+            // Most declared variables have no default and are optional: nothing to look up.
+            if (spec.default.is_some() || spec.required) && !vars.contains_key(&spec.name) {
                 match &spec.default {
                     Some(d) => {
                         vars.insert(spec.name.clone(), d.clone());
