@@ -360,7 +360,13 @@ impl<'a> Step<'a> {
                 overridden,
                 output,
             } => {
-                self.inst.vars.extend(output);
+                if output.is_empty() {
+                    // As for a service task's empty result (see `run`): an empty map owns no
+                    // memory, and dropping it walks a B-tree iterator.
+                    std::mem::forget(output);
+                } else {
+                    self.inst.vars.extend(output);
+                }
                 self.disarm(task);
                 let by = actor.clone();
                 let slot = &mut self.inst.tasks[task as usize];
