@@ -628,7 +628,7 @@ impl Sim {
         }
         staff.job = Some(Job {
             task: task.id,
-            node: task.node_id,
+            node: task.node_id.to_string(),
             minutes_left: minutes,
         });
         true
@@ -636,7 +636,7 @@ impl Sim {
 
     /// Whether a task can be worked now: a closing call needs the customer on the line.
     fn customer_ready(&mut self, task: &TaskView, now: DateTime<Utc>) -> bool {
-        if !matches!(task.node_id.as_str(), "close_ticket" | "notify_completion") {
+        if !matches!(&*task.node_id, "close_ticket" | "notify_completion") {
             return true;
         }
         let rng = &mut self.rng;

@@ -28,11 +28,11 @@ impl Actor {
     /// assert!(alice.has_role(&procflow::RoleId::new("customer_service")));
     /// ```
     pub fn new<R: Into<String>>(
-        id: impl Into<String>,
+        id: impl Into<ActorId>,
         roles: impl IntoIterator<Item = R>,
     ) -> Actor {
         Actor {
-            id: ActorId::new(id),
+            id: id.into(),
             roles: roles.into_iter().map(|r| RoleId(r.into())).collect(),
         }
     }

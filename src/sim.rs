@@ -299,10 +299,10 @@ impl Scenario {
         let tasks = engine.tasks(instance).map_err(|e| e.to_string())?;
         tasks
             .iter()
-            .find(|t| t.node_id == node)
+            .find(|t| &*t.node_id == node)
             .map(|t| t.id)
             .ok_or_else(|| {
-                let open: Vec<&str> = tasks.iter().map(|t| t.node_id.as_str()).collect();
+                let open: Vec<&str> = tasks.iter().map(|t| &*t.node_id).collect();
                 format!("no open task at '{node}' (open: [{}])", open.join(", "))
             })
     }
@@ -407,7 +407,7 @@ impl Scenario {
                         .tasks(id)
                         .map_err(|e| e.to_string())?
                         .into_iter()
-                        .map(|t| t.node_id)
+                        .map(|t| t.node_id.to_string())
                         .collect();
                     let mut want = expected.clone();
                     open.sort();

@@ -164,7 +164,7 @@ fn open(engine: &Engine, id: InstanceId) -> Vec<String> {
         .tasks(id)
         .unwrap()
         .into_iter()
-        .map(|t| t.node_id)
+        .map(|t| t.node_id.to_string())
         .collect();
     nodes.sort();
     nodes
@@ -176,7 +176,7 @@ fn task_at(engine: &Engine, id: InstanceId, node: &str) -> TaskId {
         .tasks(id)
         .unwrap()
         .into_iter()
-        .find(|t| t.node_id == node)
+        .find(|t| &*t.node_id == node)
         .unwrap_or_else(|| panic!("no open task at {node}"))
         .id
 }
@@ -1509,7 +1509,10 @@ fn work_list_shows_responsible_unclaimed_or_own_tasks() {
         engine
             .work_list(actor)
             .into_iter()
-            .map(|t| (t.id.instance(), t.node_id, t.claimed_by))
+            .map(|t| {
+                let by = t.claimed_by.map(|c| c.to_string());
+                (t.id.instance(), t.node_id.to_string(), by)
+            })
             .collect()
     };
     let item = |id, node: &str, by: Option<&str>| (id, node.to_owned(), by.map(str::to_owned));

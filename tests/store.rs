@@ -127,7 +127,7 @@ fn task(engine: &Engine, id: InstanceId, node: &str) -> TaskId {
         .tasks(id)
         .unwrap()
         .into_iter()
-        .find(|t| t.node_id == node)
+        .find(|t| &*t.node_id == node)
         .unwrap_or_else(|| panic!("no open task at {node}"))
         .id
 }

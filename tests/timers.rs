@@ -271,7 +271,7 @@ fn task_at(engine: &Engine, id: InstanceId, node: &str) -> TaskId {
         .tasks(id)
         .unwrap()
         .into_iter()
-        .find(|t| t.node_id == node)
+        .find(|t| &*t.node_id == node)
         .unwrap_or_else(|| panic!("no open task at {node}"))
         .id
 }
@@ -640,7 +640,7 @@ fn timeout_cancels_the_task_and_moves_the_token() {
         .tasks(id)
         .unwrap()
         .into_iter()
-        .map(|t| t.node_id)
+        .map(|t| t.node_id.to_string())
         .collect();
     assert_eq!(open, ["apology"]);
     let work = engine.definition_of(id).unwrap().node_id("work").unwrap();
@@ -1853,7 +1853,7 @@ fn a_task_deadline_that_cannot_be_computed_fails_the_node_and_retry_opens_the_ta
     engine.retry(id).unwrap();
     let tasks = engine.tasks(id).unwrap();
     assert_eq!(tasks.len(), 1);
-    assert_eq!(tasks[0].node_id, "work");
+    assert_eq!(&*tasks[0].node_id, "work");
     assert_eq!(tasks[0].due, Some(t("2027-01-01T11:00:00Z")));
     // A clock set back does not make the task older than its instance's last record.
     clock.set(t("2026-12-28T09:00:00Z"));

@@ -66,7 +66,7 @@ impl Desk<'_> {
         self.engine
             .work_list(actor)
             .into_iter()
-            .find(|t| t.id.instance() == instance && t.node_id == node)
+            .find(|t| t.id.instance() == instance && &*t.node_id == node)
             .ok_or_else(|| {
                 format!("'{node}' of {instance} is not on {}'s work list", actor.id).into()
             })
@@ -77,7 +77,7 @@ impl Desk<'_> {
         self.engine
             .tasks(instance)?
             .into_iter()
-            .find(|t| t.node_id == node)
+            .find(|t| &*t.node_id == node)
             .map(|t| t.id)
             .ok_or_else(|| format!("{instance} has no open task at '{node}'").into())
     }
@@ -134,7 +134,7 @@ impl Desk<'_> {
             .engine
             .tasks(instance)?
             .into_iter()
-            .map(|t| t.node_id)
+            .map(|t| t.node_id.to_string())
             .collect();
         let open = if open.is_empty() {
             "none".to_owned()

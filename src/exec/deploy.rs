@@ -21,6 +21,8 @@ pub(crate) struct Deployed {
     pub(crate) key: Arc<DefKey>,
     /// Node ids as events carry them, by node.
     pub(crate) names: Box<[Arc<str>]>,
+    /// Node names (`name:`) as work lists show them, by node.
+    pub(crate) titles: Box<[Option<Arc<str>>]>,
     pub(crate) handlers: Vec<Option<Arc<dyn ServiceHandler>>>,
     /// The business calendar the definition names.
     pub(crate) calendar: Option<Arc<BusinessCalendar>>,
@@ -57,6 +59,7 @@ impl Deployed {
             def: Arc::clone(&self.def),
             key: Arc::clone(&self.key),
             names: self.names.clone(),
+            titles: self.titles.clone(),
             handlers: self.handlers.clone(),
             calendar: if process {
                 Some(Arc::clone(calendar))
@@ -169,6 +172,11 @@ impl Engine {
     ) -> Result<Arc<ProcessDef>, DeployError> {
         let mut problems = Vec::new();
         let names: Box<[Arc<str>]> = def.nodes.iter().map(|n| Arc::from(&*n.id)).collect();
+        let titles = def
+            .nodes
+            .iter()
+            .map(|n| n.name.as_deref().map(Arc::from))
+            .collect();
         let node = |i: usize| NodeRef {
             id: NodeId(i as u32),
             name: Arc::clone(&names[i]),
@@ -265,6 +273,7 @@ impl Engine {
                 key: Arc::new(def.key.clone()),
                 def: Arc::clone(&def),
                 names,
+                titles,
                 handlers,
                 calendar,
                 calendars,

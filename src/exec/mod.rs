@@ -27,7 +27,7 @@ pub use timers::{Sla, SlaStatus, TimerDriver};
 use crate::clock::{Clock, SystemClock};
 use crate::def::ProcessDef;
 use crate::hooks::{Completing, Control, Hook, ServiceHandler};
-use crate::ids::{InstanceId, NodeId, TaskId};
+use crate::ids::{ActorId, InstanceId, NodeId, TaskId};
 use crate::model::{Instance, Status, Task, TimerKind, Token, TokenState};
 use crate::raci::{self, Action, Actor, Authorizer, Grant};
 use crate::store::{Store, StoreError, StoredInstance};
@@ -321,12 +321,12 @@ pub struct TaskView {
     pub id: TaskId,
     /// The node.
     pub node: NodeId,
-    /// The node's YAML id.
-    pub node_id: String,
+    /// The node's YAML id (shared with the definition: a work list copies no text).
+    pub node_id: Arc<str>,
     /// The node's name.
-    pub name: Option<String>,
+    pub name: Option<Arc<str>>,
     /// Who claimed it.
-    pub claimed_by: Option<String>,
+    pub claimed_by: Option<ActorId>,
     /// When it opened.
     pub created_at: DateTime<Utc>,
     /// Its completion deadline, if it has one.
@@ -867,13 +867,13 @@ fn open_tasks(slot: &Slot, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {
         .iter()
         .filter(|t| t.is_open() && keep(t))
         .map(|t| {
-            let node = &slot.dep.def.nodes[t.node.index()];
+            let i = t.node.index();
             TaskView {
                 id: t.id(slot.inst.id),
                 node: t.node,
-                node_id: node.id.clone(),
-                name: node.name.clone(),
-                claimed_by: t.claimed_by.as_deref().map(str::to_owned),
+                node_id: Arc::clone(&slot.dep.names[i]),
+                name: slot.dep.titles[i].clone(),
+                claimed_by: t.claimed_by.clone(),
                 created_at: t.created_at,
                 due: slot
                     .inst
