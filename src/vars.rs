@@ -233,6 +233,43 @@ impl std::fmt::Display for VarProblem {
     }
 }
 
+/// Variables a caller handed to the engine: dropped without recursion ([`drop_flat`]) when the
+/// call ends without keeping them, whichever way it fails.
+pub(crate) struct Handed(Vars);
+
+impl Handed {
+    pub(crate) fn new(vars: Vars) -> Handed {
+        Handed(vars)
+    }
+
+    /// The variables, kept by the engine.
+    pub(crate) fn take(mut self) -> Vars {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl std::ops::Deref for Handed {
+    type Target = Vars;
+
+    fn deref(&self) -> &Vars {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Handed {
+    fn deref_mut(&mut self) -> &mut Vars {
+        &mut self.0
+    }
+}
+
+impl Drop for Handed {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            drop_flat(std::mem::take(&mut self.0));
+        }
+    }
+}
+
 /// Drops variables without recursion. A host may hand the engine a value nested far deeper than
 /// [`VarSpec::MAX_VALUE_DEPTH`]; it is refused, and dropping it the usual way would recurse once
 /// per level on the host's stack.

@@ -426,8 +426,10 @@ impl Engine {
         &self,
         process: &str,
         version: Option<u32>,
-        mut vars: Vars,
+        vars: Vars,
     ) -> Result<InstanceId, ExecError> {
+        // A refused start drops what it was given without recursing through it.
+        let mut vars = crate::vars::Handed::new(vars);
         self.not_busy()?;
         let catalog = self.defs.load();
         let dep = deploy::find(&catalog, process, version)?;
@@ -449,7 +451,6 @@ impl Engine {
             }
         }
         if !problems.is_empty() {
-            crate::vars::drop_flat(vars);
             return Err(ExecError::Variables { problems });
         }
         let id = self.next_instance_id()?;
@@ -458,7 +459,7 @@ impl Engine {
             id,
             def: self.store.as_ref().map(|_| Arc::clone(&dep.key)),
             status: Status::Running,
-            vars,
+            vars: vars.take(),
             tokens: smallvec::smallvec![Token {
                 node: def.start,
                 state: TokenState::Ready,
@@ -607,11 +608,12 @@ impl Engine {
     /// [`ExecError::Incident`], [`ExecError::Deadline`] or [`ExecError::Hook`] when a later
     /// node or a hook failed (the completion stands).
     pub fn complete(&self, task: TaskId, actor: &Actor, output: Vars) -> Result<(), ExecError> {
+        // A refused completion drops what it was given without recursing through it.
+        let output = crate::vars::Handed::new(output);
         self.with_task(task, |step, node| {
             let grant = self.authorize(step, task, node, Action::Complete, actor)?;
             let problems = check_vars(&step.dep.def, &output);
             if !problems.is_empty() {
-                crate::vars::drop_flat(output);
                 return Err(ExecError::Variables { problems });
             }
             let verdict = step.guard(&Completing {
@@ -650,7 +652,7 @@ impl Engine {
                 task: task.seq,
                 actor: &actor.id,
                 overridden,
-                output,
+                output: output.take(),
             });
             let from = step.inst.tasks[task.seq as usize].node;
             let to = step.dep.def.nodes[from.index()].next[0];
