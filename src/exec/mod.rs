@@ -455,7 +455,7 @@ impl Engine {
         }
         let id = self.next_instance_id()?;
         let now = self.clock.now();
-        let inst = Instance {
+        let mut inst = Instance {
             id,
             def: self.store.as_ref().map(|_| Arc::clone(&dep.key)),
             status: Status::Running,
@@ -475,13 +475,11 @@ impl Engine {
             ended_at: None,
             rare: None,
         };
-        // Shares the definition only when the instance is kept: a start that completes at
-        // once touches no reference count shared between threads.
-        let mut slot = Slot::new(inst, Arc::clone(dep), 0);
+        let mut version = 0;
         let mut sla_failed = false;
         let stepped = {
             let _held = seam::hold(id);
-            self.step_slot(&mut slot, now, |step| {
+            self.step_parts(&mut inst, dep, &mut version, now, |step| {
                 let mut sla = timers::Armed::default();
                 step.sla_timers(&mut sla)
                     .inspect_err(|_| sla_failed = true)?;
@@ -490,12 +488,12 @@ impl Engine {
                 step.run()
             })
         };
-        if stepped.refused || sla_failed {
+        let stepped = match stepped {
+            Ok(stepped) if !sla_failed => stepped,
             // A start the store refused, or whose SLA cannot be computed, leaves no instance.
-            let result = self.after(stepped);
-            return result.map(|()| id);
-        }
-        let inst = &slot.inst;
+            Ok(stepped) => return self.after(stepped).map(|()| id),
+            Err(error) => return self.after(self.refusal(id, error)).map(|()| id),
+        };
         // Remember how many records a start writes, so that the next start allocates its audit
         // trail once. Written only when it changes, so threads starting instances of the same
         // definition do not fight over the cache line.
@@ -503,10 +501,13 @@ impl Engine {
         if dep.first_records.load(Ordering::Relaxed) != records {
             dep.first_records.store(records, Ordering::Relaxed);
         }
+        // Shares the definition only when the instance is kept: a start that completes at
+        // once touches no reference count shared between threads.
         if inst.status == Status::Running || self.config.retain_completed {
-            if slot.inst.def.is_none() {
-                slot.inst.def = Some(Arc::clone(&dep.key));
+            if inst.def.is_none() {
+                inst.def = Some(Arc::clone(&dep.key));
             }
+            let slot = Slot::new(inst, Arc::clone(dep), version);
             lock(self.shard(id)).insert(id.0, Arc::new(Mutex::new(slot)));
         }
         self.after(stepped).map(|()| id)

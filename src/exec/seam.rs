@@ -189,12 +189,37 @@ impl Engine {
         now: DateTime<Utc>,
         f: impl FnOnce(&mut Step<'_>) -> Result<(), ExecError>,
     ) -> Stepped {
-        let Slot {
-            inst, dep, version, ..
-        } = slot;
+        let Slot { inst, dep, version } = slot;
+        match self.step_parts(inst, dep, version, now, f) {
+            Ok(stepped) => stepped,
+            Err(error) => {
+                if let StoreError::Conflict { .. } = error {
+                    // Another engine changed the instance: take the stored state, so that the
+                    // caller can look at it and retry.
+                    self.refresh(slot);
+                }
+                self.refusal(slot.inst.id, error)
+            }
+        }
+    }
+
+    /// [`Engine::step_slot`] on an instance that may not be in a slot yet (a start): the
+    /// definition is borrowed, so that a start that is not kept touches no reference count
+    /// shared between threads.
+    ///
+    /// # Errors
+    /// The store refused the commit; the instance is as it was before the call.
+    pub(crate) fn step_parts(
+        &self,
+        inst: &mut Instance,
+        dep: &Arc<Deployed>,
+        version: &mut u64,
+        now: DateTime<Utc>,
+        f: impl FnOnce(&mut Step<'_>) -> Result<(), ExecError>,
+    ) -> Result<Stepped, StoreError> {
         let id = inst.id;
         if let Err(e) = dep.runnable() {
-            return Stepped::only(id, Err(e));
+            return Ok(Stepped::only(id, Err(e)));
         }
         // An instance's time never runs backwards: a clock behind the instance's last record
         // (set back, or another engine's clock) counts as that record's instant, so that nothing
@@ -224,32 +249,27 @@ impl Engine {
                 Ok(()) => *version = commit.new_version(),
                 Err(e) => {
                     inst.restore(snapshot, first);
-                    return self.refused(slot, e);
+                    return Err(e);
                 }
             }
         }
-        Stepped {
+        Ok(Stepped {
             instance: id,
             result,
             armed,
             scheduled,
             events,
-            dep: (!follow.is_empty()).then(|| Arc::clone(&slot.dep)),
+            dep: (!follow.is_empty()).then(|| Arc::clone(dep)),
             follow,
             refused: false,
-        }
+        })
     }
 
-    /// Says why a commit was refused; after a conflict, takes the stored state, so that the
-    /// caller can look at it and retry.
-    fn refused(&self, slot: &mut Slot, error: StoreError) -> Stepped {
-        let id = slot.inst.id;
+    /// A call whose commit the store refused: nothing of it happened, and hooks hear only that.
+    pub(crate) fn refusal(&self, id: InstanceId, error: StoreError) -> Stepped {
         let reason = error.to_string();
         let error = match error {
-            StoreError::Conflict { .. } => {
-                self.refresh(slot);
-                ExecError::Conflict(id)
-            }
+            StoreError::Conflict { .. } => ExecError::Conflict(id),
             e => ExecError::Store(e),
         };
         let mut stepped = Stepped::only(id, Err(error));
