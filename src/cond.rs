@@ -493,7 +493,6 @@ fn tree_depth(expr: &Expr, limit: usize) -> usize {
 
 /// The direct children of a node.
 fn children(expr: &Expr) -> Vec<&IdedExpr> {
-    use cel::common::ast::EntryExpr;
     match expr {
         Expr::Call(call) => call
             .target
@@ -509,22 +508,8 @@ fn children(expr: &Expr) -> Vec<&IdedExpr> {
             &c.result,
         ],
         Expr::List(list) => list.elements.iter().collect(),
-        Expr::Map(map) => map
-            .entries
-            .iter()
-            .flat_map(|e| match &e.expr {
-                EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
-                EntryExpr::StructField(f) => vec![&f.value],
-            })
-            .collect(),
-        Expr::Struct(st) => st
-            .entries
-            .iter()
-            .flat_map(|e| match &e.expr {
-                EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
-                EntryExpr::StructField(f) => vec![&f.value],
-            })
-            .collect(),
+        Expr::Map(map) => entry_exprs(&map.entries),
+        Expr::Struct(st) => entry_exprs(&st.entries),
         Expr::Select(select) => vec![&select.operand],
         Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
     }
@@ -775,6 +760,18 @@ fn estimate<'e>(expr: &'e Expr, scope: &mut Vec<Bound<'e>>) -> Estimate {
             }
         }
     }
+}
+
+/// The expressions of a map's or struct's entries.
+fn entry_exprs(entries: &[cel::common::ast::IdedEntryExpr]) -> Vec<&cel::common::ast::IdedExpr> {
+    use cel::common::ast::EntryExpr;
+    entries
+        .iter()
+        .flat_map(|e| match &e.expr {
+            EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
+            EntryExpr::StructField(f) => vec![&f.value],
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -628,6 +628,15 @@ impl Task {
     }
 }
 
+/// Whose timers a record names: a task's, the SLA's, or a timer node's.
+fn whose(task: Option<u32>, sla: bool) -> String {
+    match task {
+        Some(t) => format!("task {t}"),
+        None if sla => "the SLA".to_owned(),
+        None => "a timer node".to_owned(),
+    }
+}
+
 impl Record {
     /// Checks the node and task numbers the record names (see [`Instance::check`]).
     fn check(&self, nodes: usize, tasks: usize) -> Result<(), String> {
@@ -749,20 +758,12 @@ impl Record {
             Entry::Retried => "retried".to_owned(),
             Entry::InstanceCompleted => "instance completed".to_owned(),
             Entry::Timer { kind, task, sla } => {
-                let whose = match task {
-                    Some(t) => format!("task {t}"),
-                    None if *sla => "the SLA".to_owned(),
-                    None => "a timer node".to_owned(),
-                };
+                let whose = whose(*task, *sla);
                 format!("timer fired for {whose}: {kind:?}")
             }
             Entry::Warning { message } => format!("warning: {message}"),
             Entry::Provisional { task, sla } => {
-                let whose = match task {
-                    Some(t) => format!("task {t}"),
-                    None if *sla => "the SLA".to_owned(),
-                    None => "a timer node".to_owned(),
-                };
+                let whose = whose(*task, *sla);
                 format!(
                     "provisional deadlines for {whose}: the calendar has no notice for the year yet"
                 )
@@ -774,11 +775,7 @@ impl Record {
                 at,
                 provisional,
             } => {
-                let whose = match task {
-                    Some(t) => format!("task {t}"),
-                    None if *sla => "the SLA".to_owned(),
-                    None => "a timer node".to_owned(),
-                };
+                let whose = whose(*task, *sla);
                 let still = if *provisional {
                     " (still provisional)"
                 } else {
