@@ -6,7 +6,7 @@
 //! non-empty exactly while this thread runs a handler or a veto inside a locked instance, and
 //! every engine call then answers [`ExecError::Reentrant`].
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 
@@ -49,27 +49,27 @@ impl Slot {
 }
 
 thread_local! {
-    /// Instances this thread holds locked while a handler or veto runs, to refuse re-entrant
-    /// calls instead of deadlocking.
-    static HELD: RefCell<Vec<InstanceId>> = const { RefCell::new(Vec::new()) };
+    /// The instance this thread holds locked while a handler or veto runs, to refuse re-entrant
+    /// calls instead of deadlocking. One at most: every engine call refuses while it is set.
+    static HELD: Cell<Option<InstanceId>> = const { Cell::new(None) };
 }
 
-pub(crate) struct Held(InstanceId);
+/// Holds an instance for this thread until dropped; puts back what was held before.
+pub(crate) struct Held(Option<InstanceId>);
 
 impl Drop for Held {
     fn drop(&mut self) {
-        HELD.with(|h| h.borrow_mut().retain(|i| *i != self.0));
+        HELD.with(|h| h.set(self.0));
     }
 }
 
 /// The instance this thread holds, when it runs inside a handler or a veto.
 pub(crate) fn busy() -> Option<InstanceId> {
-    HELD.with(|h| h.borrow().last().copied())
+    HELD.with(Cell::get)
 }
 
 pub(crate) fn hold(id: InstanceId) -> Held {
-    HELD.with(|h| h.borrow_mut().push(id));
-    Held(id)
+    Held(HELD.with(|h| h.replace(Some(id))))
 }
 
 /// What one call did to a locked instance, for what happens after the lock is released.
