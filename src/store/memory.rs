@@ -59,6 +59,17 @@ impl MemoryStore {
         self.refuse.store(count, Ordering::SeqCst);
     }
 
+    /// Every stored instance whose row `keep` accepts, in id order.
+    fn select(&self, keep: impl Fn(&Row) -> bool) -> Result<Vec<StoredInstance>, StoreError> {
+        let inner = self.lock();
+        inner
+            .instances
+            .iter()
+            .filter(|(_, row)| keep(row))
+            .map(|(id, row)| stored(*id, row))
+            .collect()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every write below is a single insert after all checks passed: a poisoned lock still
         // guards consistent data.
@@ -165,13 +176,7 @@ impl Store for MemoryStore {
     }
 
     fn running(&self) -> Result<Vec<StoredInstance>, StoreError> {
-        let inner = self.lock();
-        inner
-            .instances
-            .iter()
-            .filter(|(_, row)| row.running)
-            .map(|(id, row)| stored(*id, row))
-            .collect()
+        self.select(|row| row.running)
     }
 
     fn history(
@@ -179,14 +184,9 @@ impl Store for MemoryStore {
         process: Option<&str>,
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<StoredInstance>, StoreError> {
-        let inner = self.lock();
-        let mut out = inner
-            .instances
-            .iter()
-            .filter(|(_, row)| process.is_none_or(|p| row.process == p))
-            .filter(|(_, row)| since.is_none_or(|s| row.started_at >= s))
-            .map(|(id, row)| stored(*id, row))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = self.select(|row| {
+            process.is_none_or(|p| row.process == p) && since.is_none_or(|s| row.started_at >= s)
+        })?;
         out.sort_by_key(|s| (s.instance.started_at(), s.instance.id()));
         Ok(out)
     }
@@ -202,13 +202,7 @@ impl Store for MemoryStore {
     }
 
     fn outbox(&self) -> Result<Vec<StoredInstance>, StoreError> {
-        let inner = self.lock();
-        inner
-            .instances
-            .iter()
-            .filter(|(_, row)| row.outbox)
-            .map(|(id, row)| stored(*id, row))
-            .collect()
+        self.select(|row| row.outbox)
     }
 
     fn reserve_ids(&self, count: u64) -> Result<u64, StoreError> {
