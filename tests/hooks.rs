@@ -3,7 +3,7 @@
 //! that calls the engine gets `Reentrant`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Barrier, Mutex, Weak};
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
@@ -57,11 +57,11 @@ fn clerk() -> Actor {
     Actor::new("ann", ["clerk"])
 }
 
-/// A slot for the engine, so that a hook built before the engine can reach it.
-type Handle = Arc<OnceLock<Weak<Engine>>>;
+/// The engine as its own hooks reach it (`Arc::new_cyclic` makes it before the hooks run).
+type Handle = Weak<Engine>;
 
 fn engine_of(handle: &Handle) -> Arc<Engine> {
-    handle.get().and_then(Weak::upgrade).expect("engine is set")
+    handle.upgrade().expect("the engine is alive")
 }
 
 fn first_task(engine: &Engine, id: InstanceId) -> TaskId {
@@ -73,17 +73,13 @@ fn first_task(engine: &Engine, id: InstanceId) -> TaskId {
 /// must return within a second (a deadlock never returns; a loaded machine takes microseconds).
 #[test]
 fn hooks_on_two_threads_read_each_others_instances() {
-    let handle: Handle = Arc::new(OnceLock::new());
     // Which instance each instance's hook reads: its partner of the round.
     let partners: Arc<Mutex<std::collections::HashMap<InstanceId, InstanceId>>> = Arc::default();
     let reads = Arc::new(AtomicUsize::new(0));
     let engine = {
-        let (handle, partners, reads) = (
-            Arc::clone(&handle),
-            Arc::clone(&partners),
-            Arc::clone(&reads),
-        );
-        Arc::new(
+        let (partners, reads) = (Arc::clone(&partners), Arc::clone(&reads));
+        Arc::new_cyclic(|handle: &Handle| {
+            let handle = handle.clone();
             Engine::builder()
                 .hook(hook_fn(move |ev: &Event| {
                     if let Event::TaskCompleted { task, .. } = ev {
@@ -97,10 +93,9 @@ fn hooks_on_two_threads_read_each_others_instances() {
                         }
                     }
                 }))
-                .build(),
-        )
+                .build()
+        })
     };
-    handle.set(Arc::downgrade(&engine)).unwrap();
     engine
         .deploy(ProcessDef::from_yaml(TWO_STEPS).unwrap())
         .unwrap();
@@ -159,13 +154,12 @@ fn hooks_on_two_threads_read_each_others_instances() {
 /// about: nothing deadlocks, no timer is lost, and the later timer still fires.
 #[test]
 fn a_hook_may_call_tick_and_no_timer_is_lost() {
-    let handle: Handle = Arc::new(OnceLock::new());
     let clock = Arc::new(ManualClock::new(t0()));
     let nested = Arc::new(Mutex::new(Vec::new()));
     let engine = {
-        let (handle, clock, nested) =
-            (Arc::clone(&handle), Arc::clone(&clock), Arc::clone(&nested));
-        Arc::new(
+        let (clock, nested) = (Arc::clone(&clock), Arc::clone(&nested));
+        Arc::new_cyclic(|handle: &Handle| {
+            let handle = handle.clone();
             Engine::builder()
                 .clock(Arc::clone(&clock))
                 .hook(hook_fn(move |ev: &Event| {
@@ -178,10 +172,9 @@ fn a_hook_may_call_tick_and_no_timer_is_lost() {
                         engine.work_list(&clerk());
                     }
                 }))
-                .build(),
-        )
+                .build()
+        })
     };
-    handle.set(Arc::downgrade(&engine)).unwrap();
     engine
         .deploy(ProcessDef::from_yaml(TIMED).unwrap())
         .unwrap();
@@ -210,11 +203,11 @@ fn a_hook_may_call_tick_and_no_timer_is_lost() {
 /// fire in that nested tick, once each.
 #[test]
 fn a_hook_ticking_on_its_own_instance_fires_each_timer_once() {
-    let handle: Handle = Arc::new(OnceLock::new());
     let fired_in_hook = Arc::new(Mutex::new(Vec::new()));
     let engine = {
-        let (handle, fired_in_hook) = (Arc::clone(&handle), Arc::clone(&fired_in_hook));
-        Arc::new(
+        let fired_in_hook = Arc::clone(&fired_in_hook);
+        Arc::new_cyclic(|handle: &Handle| {
+            let handle = handle.clone();
             Engine::builder()
                 .clock(ManualClock::new(t0()))
                 .hook(hook_fn(move |ev: &Event| {
@@ -227,10 +220,9 @@ fn a_hook_ticking_on_its_own_instance_fires_each_timer_once() {
                             .extend(fired.into_iter().map(|f| f.kind));
                     }
                 }))
-                .build(),
-        )
+                .build()
+        })
     };
-    handle.set(Arc::downgrade(&engine)).unwrap();
     engine
         .deploy(ProcessDef::from_yaml(TIMED).unwrap())
         .unwrap();
@@ -248,10 +240,9 @@ fn a_hook_ticking_on_its_own_instance_fires_each_timer_once() {
 /// A hook completes the task its own instance just opened: the instance runs to its end.
 #[test]
 fn a_hook_may_work_its_own_instance() {
-    let handle: Handle = Arc::new(OnceLock::new());
     let engine = {
-        let handle = Arc::clone(&handle);
-        Arc::new(
+        Arc::new_cyclic(|handle: &Handle| {
+            let handle = handle.clone();
             Engine::builder()
                 .hook(hook_fn(move |ev: &Event| {
                     if let Event::TaskCreated { task, .. } = ev {
@@ -260,10 +251,9 @@ fn a_hook_may_work_its_own_instance() {
                             .expect("the hook completes the new task");
                     }
                 }))
-                .build(),
-        )
+                .build()
+        })
     };
-    handle.set(Arc::downgrade(&engine)).unwrap();
     engine
         .deploy(ProcessDef::from_yaml(TWO_STEPS).unwrap())
         .unwrap();
@@ -318,11 +308,11 @@ fn events_arrive_in_order_after_the_call() {
 /// fires nothing and loses nothing, and the work list is empty.
 #[test]
 fn a_veto_calling_the_engine_is_refused() {
-    let handle: Handle = Arc::new(OnceLock::new());
     let answers = Arc::new(Mutex::new(Vec::new()));
     let engine = {
-        let (handle, answers) = (Arc::clone(&handle), Arc::clone(&answers));
-        Arc::new(
+        let answers = Arc::clone(&answers);
+        Arc::new_cyclic(|handle: &Handle| {
+            let handle = handle.clone();
             Engine::builder()
                 .clock(ManualClock::new(t0()))
                 .hook(veto_fn(move |c| {
@@ -340,10 +330,9 @@ fn a_veto_calling_the_engine_is_refused() {
                     a.push(format!("{}", engine.work_list(&clerk()).len()));
                     Control::Continue
                 }))
-                .build(),
-        )
+                .build()
+        })
     };
-    handle.set(Arc::downgrade(&engine)).unwrap();
     engine
         .deploy(ProcessDef::from_yaml(TIMED).unwrap())
         .unwrap();
@@ -363,11 +352,11 @@ fn a_veto_calling_the_engine_is_refused() {
 /// any instance (with locks held on two instances, two threads could deadlock).
 #[test]
 fn a_handler_calling_the_engine_is_refused() {
-    let handle: Handle = Arc::new(OnceLock::new());
     let answer = Arc::new(Mutex::new(None));
     let engine = {
-        let (handle, answer) = (Arc::clone(&handle), Arc::clone(&answer));
-        Arc::new(
+        let answer = Arc::clone(&answer);
+        Arc::new_cyclic(|handle: &Handle| {
+            let handle = handle.clone();
             Engine::builder()
                 .handler(
                     "peek",
@@ -378,10 +367,9 @@ fn a_handler_calling_the_engine_is_refused() {
                         Ok(Vars::new())
                     }),
                 )
-                .build(),
-        )
+                .build()
+        })
     };
-    handle.set(Arc::downgrade(&engine)).unwrap();
     engine
         .deploy(
             ProcessDef::from_yaml(
