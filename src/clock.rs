@@ -131,6 +131,9 @@ mod tests {
         let (before, now, after) = (Utc::now(), SystemClock.now(), Utc::now());
         // The coarse clock lags the precise one by at most a scheduler tick (a few ms).
         assert!(now <= after, "{now} after {after}");
-        assert!(before - now < Duration::milliseconds(100), "{now} far before {before}");
+        assert!(
+            before - now < Duration::milliseconds(100),
+            "{now} far before {before}"
+        );
     }
 }

@@ -32,7 +32,7 @@ pub enum ExecError {
         task: TaskId,
         /// Its node.
         node: NodeRef,
-        /// How it ended: `already completed` or `timed out`.
+        /// How it ended: `already completed`, `timed out` or `cancelled`.
         state: &'static str,
     },
     /// The actor's roles do not allow the action.

@@ -523,6 +523,11 @@ impl Engine {
                 node,
                 state: "timed out",
             }),
+            crate::model::TaskState::Cancelled { .. } => Err(ExecError::TaskClosed {
+                task,
+                node,
+                state: "cancelled",
+            }),
             _ => Err(ExecError::TaskClosed {
                 task,
                 node,

@@ -114,6 +114,12 @@ pub(crate) enum Change<'c> {
         at: DateTime<Utc>,
         provisional: bool,
     },
+    /// Token `token` is withdrawn: it leaves, its open task is cancelled and the timers of the
+    /// task or of its wait are dropped. Apply to the highest index first when withdrawing
+    /// several (the last token takes the removed one's place).
+    Withdraw {
+        token: usize,
+    },
     /// The follow-ups numbered `seqs` ran: they leave the outbox.
     Done {
         seqs: &'c [u64],
@@ -636,6 +642,33 @@ impl<'a> Step<'a> {
                     provisional,
                 });
             }
+            Change::Withdraw { token } => {
+                let t = self.inst.tokens.swap_remove(token);
+                let task = (t.state == TokenState::Waiting)
+                    .then(|| self.open_task_at(t.node))
+                    .flatten();
+                match task {
+                    Some(seq) => {
+                        self.inst.tasks[seq as usize].state = TaskState::Cancelled { at: self.now };
+                        self.disarm(seq);
+                    }
+                    None => self
+                        .inst
+                        .timers
+                        .retain(|x| !(x.task.is_none() && !x.sla && x.node == t.node)),
+                }
+                self.record(Entry::Withdrawn { node: t.node, task });
+                if self.heard() {
+                    if let Some(seq) = task {
+                        let (t, node) = (self.task_id(seq), self.task_name(seq));
+                        self.emit(Event::TaskCancelled { task: t, node });
+                    }
+                    self.emit(Event::NodeLeft {
+                        instance: id,
+                        node: self.name(t.node),
+                    });
+                }
+            }
             Change::Done { seqs } => {
                 if let Some(rare) = self.inst.rare.as_deref_mut() {
                     rare.outbox.pending.retain(|p| !seqs.contains(&p.seq));
@@ -647,6 +680,16 @@ impl<'a> Step<'a> {
     /// Drops the timers of a task that ended.
     fn disarm(&mut self, seq: u32) {
         self.inst.timers.retain(|t| t.task != Some(seq));
+    }
+
+    /// The open task at `node`, the latest if there are several.
+    pub(crate) fn open_task_at(&self, node: NodeId) -> Option<u32> {
+        self.inst
+            .tasks
+            .iter()
+            .rev()
+            .find(|k| k.node == node && k.is_open())
+            .map(|k| k.seq)
     }
 
     /// Makes the token waiting at `node` ready to leave it.

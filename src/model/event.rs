@@ -73,6 +73,13 @@ pub enum Event {
         /// Whether the accountable role overrode the regular rule.
         overridden: bool,
     },
+    /// A task was withdrawn before it was done ([`TaskState::Cancelled`](crate::TaskState)).
+    TaskCancelled {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+    },
     /// The accountable role gave a task to another actor.
     TaskReassigned {
         /// The task.
@@ -174,6 +181,7 @@ impl Event {
             Event::TaskCreated { task, .. }
             | Event::TaskClaimed { task, .. }
             | Event::TaskCompleted { task, .. }
+            | Event::TaskCancelled { task, .. }
             | Event::TaskReassigned { task, .. }
             | Event::TaskCommented { task, .. }
             | Event::AccessDenied { task, .. }

@@ -165,6 +165,8 @@ pub enum Status {
     Running,
     /// Every token reached an end.
     Completed,
+    /// Withdrawn by [`Engine::cancel`](crate::Engine::cancel): its open work was cancelled.
+    Cancelled,
 }
 
 /// A token: a thread of control at a node.
@@ -214,6 +216,12 @@ pub enum TaskState {
     Open,
     /// Cancelled by its timeout route.
     TimedOut {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Withdrawn before it was done: its instance was cancelled, another branch of a race won,
+    /// a cancel region or a terminating end took it away, or the case was sent back past it.
+    Cancelled {
         /// When.
         at: DateTime<Utc>,
     },
@@ -360,6 +368,14 @@ pub enum Entry {
     Retried,
     /// Every token reached an end.
     InstanceCompleted,
+    /// A token's work was withdrawn (see [`TaskState::Cancelled`]): its open task, if any, is
+    /// cancelled and its timers are dropped.
+    Withdrawn {
+        /// Where the token was.
+        node: NodeId,
+        /// The task it waited at, if any.
+        task: Option<u32>,
+    },
     /// A timer fired.
     Timer {
         /// What fired.
@@ -713,6 +729,11 @@ impl Record {
             } => format!("{} chose {} by default", n(gateway), n(to)),
             Entry::Joined { node } => format!("{} joined its branches", n(node)),
             Entry::TaskCreated { task, node } => format!("task {task} opened at {}", n(node)),
+            Entry::Withdrawn {
+                node,
+                task: Some(task),
+            } => format!("task {task} at {} withdrawn", n(node)),
+            Entry::Withdrawn { node, task: None } => format!("the wait at {} withdrawn", n(node)),
             Entry::Claimed { task, actor } => format!("task {task} claimed by {actor}"),
             Entry::Completed {
                 task,

@@ -166,6 +166,8 @@ pub struct ProcessFigures {
     pub completed: usize,
     /// Of those, still running.
     pub open: usize,
+    /// Of those, cancelled ([`Engine::cancel`](crate::Engine::cancel)).
+    pub cancelled: usize,
     /// `ended_at - started_at` of the completed instances.
     pub cycle_time: Durations,
     /// Instances with a process deadline.
@@ -199,6 +201,8 @@ pub struct NodeFigures {
     pub open: usize,
     /// Of those, cancelled by the timeout route.
     pub timeouts: usize,
+    /// Of those, withdrawn before they were done (`TaskState::Cancelled`).
+    pub cancelled: usize,
     /// Task deadlines that fired.
     pub breaches: usize,
     /// Refused attempts on its tasks.
@@ -805,6 +809,7 @@ struct Acc {
     started: usize,
     completed: usize,
     open: usize,
+    cancelled: usize,
     cycles: Vec<Duration>,
     sla_instances: usize,
     sla_met: usize,
@@ -822,6 +827,7 @@ struct NodeAcc {
     completed: usize,
     open: usize,
     timeouts: usize,
+    cancelled: usize,
     breaches: usize,
     denials: usize,
     waits: Vec<Duration>,
@@ -848,6 +854,7 @@ impl Acc {
             started: 0,
             completed: 0,
             open: 0,
+            cancelled: 0,
             cycles: Vec::new(),
             sla_instances: 0,
             sla_met: 0,
@@ -868,6 +875,7 @@ impl Acc {
                         completed: 0,
                         open: 0,
                         timeouts: 0,
+                        cancelled: 0,
                         breaches: 0,
                         denials: 0,
                         waits: Vec::new(),
@@ -920,6 +928,7 @@ impl Acc {
                 }
             }
             Status::Running => self.open += 1,
+            Status::Cancelled => self.cancelled += 1,
         }
 
         // What the audit trail says, per task (by its number).
@@ -998,6 +1007,8 @@ impl Acc {
                 (true, _) => self.sla_breached += 1,
                 (false, Status::Completed) => self.sla_met += 1,
                 (false, Status::Running) => self.sla_pending += 1,
+                // A withdrawn case neither met nor broke its deadline.
+                (false, Status::Cancelled) => self.sla_instances -= 1,
             }
         }
 
@@ -1018,6 +1029,7 @@ impl Acc {
                     TaskState::Open => n.open += 1,
                     TaskState::Completed { .. } => n.completed += 1,
                     TaskState::TimedOut { .. } => {}
+                    TaskState::Cancelled { .. } => n.cancelled += 1,
                 }
                 if matches!(task.state(), TaskState::TimedOut { .. }) || timed_out.contains(&seq) {
                     n.timeouts += 1;
@@ -1061,6 +1073,7 @@ impl Acc {
             started: self.started,
             completed: self.completed,
             open: self.open,
+            cancelled: self.cancelled,
             cycle_time: Durations::of(self.cycles),
             sla_instances: self.sla_instances,
             sla_met: self.sla_met,
@@ -1078,6 +1091,7 @@ impl Acc {
                 opened: n.opened,
                 completed: n.completed,
                 open: n.open,
+                cancelled: n.cancelled,
                 timeouts: n.timeouts,
                 breaches: n.breaches,
                 denials: n.denials,
