@@ -1,4 +1,4 @@
-//! RACI: who may claim, complete, comment on and reassign a task, and who is told.
+//! RACI: who may claim, complete, comment on, reassign and send back a task, and who is told.
 //!
 //! **Invariant:** every call that acts on a task passes through [`allowed_roles`] before anything
 //! changes.
@@ -87,6 +87,8 @@ pub enum Action {
     Comment,
     /// Give the task to someone else.
     Reassign,
+    /// Send the case back from the task to an earlier user task (退回).
+    SendBack,
 }
 
 impl fmt::Display for Action {
@@ -96,6 +98,7 @@ impl fmt::Display for Action {
             Action::Complete => "complete",
             Action::Comment => "comment on",
             Action::Reassign => "reassign",
+            Action::SendBack => "send back",
         })
     }
 }
@@ -158,7 +161,12 @@ pub(crate) fn check(
         Action::Complete if responsible && claimant.is_none_or(|c| c == actor.id.as_str()) => {
             Ok(Grant::Regular)
         }
-        Action::Complete | Action::Reassign if accountable => Ok(Grant::Override),
+        Action::SendBack if responsible && claimant.is_none_or(|c| c == actor.id.as_str()) => {
+            Ok(Grant::Regular)
+        }
+        Action::Complete | Action::Reassign | Action::SendBack if accountable => {
+            Ok(Grant::Override)
+        }
         Action::Comment if accountable || responsible || holds_any(&raci.consulted) => {
             Ok(Grant::Regular)
         }
@@ -181,7 +189,7 @@ pub(crate) fn check(
 pub(crate) fn allowed_roles(raci: &Raci, action: Action) -> Vec<RoleId> {
     let mut roles = match action {
         Action::Claim => raci.responsible.clone(),
-        Action::Complete => {
+        Action::Complete | Action::SendBack => {
             let mut r = raci.responsible.clone();
             r.push(raci.accountable.clone());
             r

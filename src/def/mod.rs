@@ -6,6 +6,7 @@
 
 mod raw;
 mod render;
+pub(crate) mod rules;
 pub(crate) mod timers;
 mod validate;
 
@@ -79,6 +80,8 @@ pub struct Node {
     pub(crate) incoming: u32,
     /// A user task's time limits.
     pub(crate) limits: Option<Box<timers::Limits>>,
+    /// A user task's send-back targets, milestones and interleaving group.
+    pub(crate) rules: Option<Box<rules::TaskRules>>,
 }
 
 /// What a node does when a token reaches it.
@@ -198,6 +201,24 @@ impl Node {
     /// The outgoing flows, in YAML order.
     pub fn next(&self) -> &[NodeId] {
         &self.next
+    }
+
+    /// The earlier user tasks this user task may send the case back to (`send_back`), in YAML
+    /// order.
+    pub fn send_back(&self) -> &[NodeId] {
+        self.rules.as_deref().map_or(&[], |r| &r.send_back[..])
+    }
+
+    /// The milestones of a user task (`while_at`): it may be claimed and completed only while a
+    /// token of its instance is at one of them. Empty when the task has none.
+    pub fn while_at(&self) -> &[NodeId] {
+        self.rules.as_deref().map_or(&[], |r| &r.while_at[..])
+    }
+
+    /// The interleaving group of a user task (`mutex`): at most one task of a group is claimed
+    /// at a time within an instance.
+    pub fn mutex(&self) -> Option<&str> {
+        self.rules.as_deref().and_then(|r| r.mutex.as_deref())
     }
 
     /// The conditions of an exclusive gateway's routes, with their targets, in order; the default

@@ -118,6 +118,15 @@ pub(crate) struct RawNode {
     pub(crate) wait: Option<At<RawDuration>>,
     #[serde(default)]
     pub(crate) until: Option<At<String>>,
+    /// A user task's send-back targets (see `def/rules.rs`).
+    #[serde(default)]
+    pub(crate) send_back: Option<At<Names>>,
+    /// A user task's milestones (see `def/rules.rs`).
+    #[serde(default)]
+    pub(crate) while_at: Option<At<Names>>,
+    /// A user task's interleaving group (see `def/rules.rs`).
+    #[serde(default)]
+    pub(crate) mutex: Option<At<String>>,
 }
 
 /// The process-wide deadline.

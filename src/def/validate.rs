@@ -47,7 +47,7 @@ impl Report {
 }
 
 /// Node, role and variable ids: they appear in CEL conditions, Mermaid and DOT, so `[a-z0-9_]+`.
-fn valid_id(id: &str) -> bool {
+pub(super) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id
             .bytes()
@@ -356,6 +356,15 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
     }
 
     let acyclic = check_cycles(&graph, &compiled, &mut report);
+    let raw_nodes: Vec<&RawNode> = nodes.iter().map(|(_, n)| &n.value).collect();
+    super::rules::compile(
+        &raw_nodes,
+        &index,
+        &graph,
+        acyclic,
+        &mut compiled,
+        &mut report.0,
+    );
     if let [start] = starts[..] {
         // In a graph with a cycle, "no end is reachable" mostly repeats the cycle: report it alone.
         check_reachability(&graph, &compiled, start, acyclic, &mut report);
@@ -487,6 +496,7 @@ impl NodeCx<'_> {
             next: Vec::new(),
             incoming: 0,
             limits: None,
+            rules: None,
         };
 
         let not_allowed = |key: &'static str, loc: Option<Location>, report: &mut Report| {

@@ -65,6 +65,58 @@ pub enum ExecError {
         /// The claimant.
         by: ActorId,
     },
+    /// [`Engine::send_back`](crate::Engine::send_back) named a node that is not among the
+    /// task's `send_back` targets.
+    #[error(
+        "task {task} at '{node}' cannot be sent back to '{to}'; {}",
+        if allowed.is_empty() {
+            "it names no send_back targets".to_owned()
+        } else {
+            format!("allowed: {}", allowed.join(", "))
+        }
+    )]
+    NotSendBackTarget {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: NodeRef,
+        /// The node asked for.
+        to: String,
+        /// The task's `send_back` targets.
+        allowed: Vec<String>,
+    },
+    /// The task has milestones (`while_at`) and no token of its instance is at any of them: it
+    /// may not be claimed or completed now.
+    #[error(
+        "task {task} at '{node}' is not enabled: no token is at its milestone{} {}",
+        if milestones.len() == 1 { "" } else { "s" },
+        milestones.join(", ")
+    )]
+    NotEnabled {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: NodeRef,
+        /// Its milestones.
+        milestones: Vec<String>,
+    },
+    /// Another task of the same interleaving group (`mutex`) is claimed in the instance: the
+    /// task may not be claimed (or completed unclaimed, or reassigned) until that one is done.
+    #[error(
+        "task {task} at '{node}' must wait: task {holder_task} of mutex group '{group}' is claimed by '{holder}'"
+    )]
+    Interleaved {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: NodeRef,
+        /// The group.
+        group: String,
+        /// The claimed task of the group.
+        holder_task: TaskId,
+        /// Who claimed it.
+        holder: ActorId,
+    },
     /// Variables given at start or on completion do not fit the declarations.
     #[error("bad variables: {}", problems.iter().map(|(n, p)| format!("'{n}' {p}")).collect::<Vec<_>>().join("; "))]
     Variables {

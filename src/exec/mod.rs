@@ -7,6 +7,7 @@
 
 mod deploy;
 mod error;
+mod rework;
 mod seam;
 mod step;
 mod timers;
@@ -576,7 +577,9 @@ impl Engine {
     ///
     /// # Errors
     /// [`ExecError::Denied`] (recorded in the audit trail), [`ExecError::AlreadyClaimed`],
-    /// [`ExecError::UnknownTask`], [`ExecError::TaskClosed`].
+    /// [`ExecError::UnknownTask`], [`ExecError::TaskClosed`]; [`ExecError::NotEnabled`] when the
+    /// task's milestones (`while_at`) are not held; [`ExecError::Interleaved`] when another task
+    /// of its mutex group is claimed.
     pub fn claim(&self, task: TaskId, actor: &Actor) -> Result<(), ExecError> {
         self.with_task(task, |step, node| {
             if let Some(by) = &step.inst.tasks[task.seq as usize].claimed_by
@@ -589,6 +592,8 @@ impl Engine {
                 });
             }
             self.authorize(step, task, node, Action::Claim, actor)?;
+            rework::check_enabled(step, task, node)?;
+            rework::check_interleaved(step, task, node)?;
             step.apply(Change::Claim {
                 task: task.seq,
                 actor: &actor.id,
@@ -605,7 +610,9 @@ impl Engine {
     ///
     /// # Errors
     /// [`ExecError::Denied`], [`ExecError::Variables`], [`ExecError::Vetoed`] (nothing changed
-    /// but the audit record); [`ExecError::TaskClosed`] for a completed or timed-out task;
+    /// but the audit record); [`ExecError::NotEnabled`] when the task's milestones are not held,
+    /// [`ExecError::Interleaved`] when it is unclaimed and another task of its mutex group is
+    /// claimed (nothing changed); [`ExecError::TaskClosed`] for a completed or timed-out task;
     /// [`ExecError::Incident`], [`ExecError::Deadline`] or [`ExecError::Hook`] when a later
     /// node or a hook failed (the completion stands).
     pub fn complete(&self, task: TaskId, actor: &Actor, output: Vars) -> Result<(), ExecError> {
@@ -613,6 +620,11 @@ impl Engine {
         let output = crate::vars::Handed::new(output);
         self.with_task(task, |step, node| {
             let grant = self.authorize(step, task, node, Action::Complete, actor)?;
+            rework::check_enabled(step, task, node)?;
+            if step.inst.tasks[task.seq as usize].claimed_by.is_none() {
+                // Completing an unclaimed task claims it on the way.
+                rework::check_interleaved(step, task, node)?;
+            }
             let problems = check_vars(&step.dep.def, &output);
             if !problems.is_empty() {
                 return Err(ExecError::Variables { problems });
@@ -696,7 +708,8 @@ impl Engine {
     /// responsible role.
     ///
     /// # Errors
-    /// [`ExecError::Denied`] when `by` is not accountable or `to` is not responsible.
+    /// [`ExecError::Denied`] when `by` is not accountable or `to` is not responsible;
+    /// [`ExecError::Interleaved`] when another task of its mutex group is claimed.
     pub fn reassign(&self, task: TaskId, by: &Actor, to: &Actor) -> Result<(), ExecError> {
         self.with_task(task, |step, node| {
             self.authorize(step, task, node, Action::Reassign, by)?;
@@ -726,6 +739,7 @@ impl Engine {
                     claimed_by: None,
                 });
             }
+            rework::check_interleaved(step, task, node)?;
             step.apply(Change::Reassign {
                 task: task.seq,
                 by: &by.id,
@@ -813,7 +827,8 @@ impl Engine {
     }
 
     /// The open tasks that `actor`'s roles make it responsible for (unclaimed, or claimed by
-    /// it), across all instances, oldest first.
+    /// it), across all instances, oldest first. A task whose milestones (`while_at`) are not held
+    /// is left out until they are.
     ///
     /// Complexity: a scan of every live instance. Called from a handler or veto it answers an
     /// empty list. With a store shared by several engines, the list holds the instances this
@@ -843,7 +858,9 @@ impl Engine {
                                 .any(|role| self.authorizer.holds(role, actor))
                         }),
                     };
-                    responsible && t.claimed_by.as_ref().is_none_or(|c| **c == *actor.id)
+                    responsible
+                        && t.claimed_by.as_ref().is_none_or(|c| **c == *actor.id)
+                        && rework::enabled(&slot.dep.def, &slot.inst, t.node)
                 }));
             }
         }

@@ -120,6 +120,15 @@ pub(crate) enum Change<'c> {
     Withdraw {
         token: usize,
     },
+    /// Task `task`'s case goes back to the earlier user task `to` (退回): every token after `to`
+    /// is withdrawn (see `rework.rs`), and a ready token is placed at `to` (the caller runs it,
+    /// which opens the task again).
+    SendBack {
+        task: u32,
+        to: NodeId,
+        actor: &'c ActorId,
+        reason: &'c str,
+    },
     /// The follow-ups numbered `seqs` ran: they leave the outbox.
     Done {
         seqs: &'c [u64],
@@ -668,6 +677,42 @@ impl<'a> Step<'a> {
                         node: self.name(t.node),
                     });
                 }
+            }
+            Change::SendBack {
+                task,
+                to,
+                actor,
+                reason,
+            } => {
+                let from = self.inst.tasks[task as usize].node;
+                self.record(Entry::SentBack {
+                    task,
+                    from,
+                    to,
+                    actor: actor.clone(),
+                    reason: Box::from(reason),
+                });
+                if self.heard() {
+                    let (t, node, target) = (self.task_id(task), self.name(from), self.name(to));
+                    self.emit(Event::TaskSentBack {
+                        task: t,
+                        node,
+                        to: target,
+                        actor: actor.clone(),
+                        reason: reason.to_owned(),
+                    });
+                }
+                // Highest index first: a withdrawal moves the last token into the freed place.
+                for token in super::rework::withdrawn(&self.dep.def, &self.inst.tokens, to)
+                    .into_iter()
+                    .rev()
+                {
+                    self.apply(Change::Withdraw { token });
+                }
+                self.inst.tokens.push(Token {
+                    node: to,
+                    state: TokenState::Ready,
+                });
             }
             Change::Done { seqs } => {
                 if let Some(rare) = self.inst.rare.as_deref_mut() {

@@ -80,6 +80,22 @@ pub enum Event {
         /// Its node.
         node: Arc<str>,
     },
+    /// A task's case was sent back to an earlier user task (退回). The task and the work after
+    /// the target were withdrawn (each open task heard as [`Event::TaskCancelled`]), and the
+    /// target opens again ([`Event::TaskCreated`], then [`Event::TaskClaimed`] for whoever
+    /// completed it before).
+    TaskSentBack {
+        /// The task that sent it back.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// The earlier user task's node.
+        to: Arc<str>,
+        /// Who sent it back.
+        actor: ActorId,
+        /// Why.
+        reason: String,
+    },
     /// The accountable role gave a task to another actor.
     TaskReassigned {
         /// The task.
@@ -182,6 +198,7 @@ impl Event {
             | Event::TaskClaimed { task, .. }
             | Event::TaskCompleted { task, .. }
             | Event::TaskCancelled { task, .. }
+            | Event::TaskSentBack { task, .. }
             | Event::TaskReassigned { task, .. }
             | Event::TaskCommented { task, .. }
             | Event::AccessDenied { task, .. }

@@ -376,6 +376,20 @@ pub enum Entry {
         /// The task it waited at, if any.
         task: Option<u32>,
     },
+    /// A task's case was sent back to an earlier user task (退回): the work after the target was
+    /// withdrawn (the `Withdrawn` records that follow) and the target opens again.
+    SentBack {
+        /// The task that sent it back (now cancelled).
+        task: u32,
+        /// Its node.
+        from: NodeId,
+        /// The earlier user task.
+        to: NodeId,
+        /// Who sent it back.
+        actor: ActorId,
+        /// Why.
+        reason: Box<str>,
+    },
     /// A timer fired.
     Timer {
         /// What fired.
@@ -670,6 +684,7 @@ impl Record {
             | Entry::Denied { task, .. }
             | Entry::Vetoed { task, .. } => ok_task(task),
             Entry::Incident { node, .. } => node.as_ref().is_none_or(ok_node),
+            Entry::SentBack { task, from, to, .. } => ok_task(task) && ok_node(from) && ok_node(to),
             Entry::Timer { task, .. } => task.as_ref().is_none_or(ok_task),
             _ => true,
         };
@@ -734,6 +749,17 @@ impl Record {
                 task: Some(task),
             } => format!("task {task} at {} withdrawn", n(node)),
             Entry::Withdrawn { node, task: None } => format!("the wait at {} withdrawn", n(node)),
+            Entry::SentBack {
+                task,
+                from,
+                to,
+                actor,
+                reason,
+            } => format!(
+                "task {task} at {} sent back to {} by {actor}: {reason}",
+                n(from),
+                n(to)
+            ),
             Entry::Claimed { task, actor } => format!("task {task} claimed by {actor}"),
             Entry::Completed {
                 task,

@@ -313,6 +313,23 @@ pub enum ProblemKind {
     /// A scenario step cannot run: its duration or instant is malformed or out of range.
     #[error("{0}")]
     BadStep(String),
+    /// A user task's `send_back` names a node that is not an earlier user task it can return the
+    /// case to.
+    #[error("cannot send back to '{target}': {reason}")]
+    BadSendBack {
+        /// The named target.
+        target: String,
+        /// Why not.
+        reason: String,
+    },
+    /// A user task's `while_at` names a node that cannot be a milestone.
+    #[error("'{target}' cannot be a milestone: {reason}")]
+    BadMilestone {
+        /// The named node.
+        target: String,
+        /// Why not.
+        reason: String,
+    },
 }
 
 /// A duration's text that does not parse: the text and what is wrong with it.
