@@ -96,6 +96,16 @@ enum RawStep {
         #[serde(default)]
         expect: Outcome,
     },
+    /// Sends the case back from `task` to the earlier user task `to` (退回).
+    SendBack {
+        task: String,
+        actor: String,
+        to: String,
+        #[serde(default)]
+        reason: String,
+        #[serde(default)]
+        expect: Outcome,
+    },
     Retry {
         #[serde(default)]
         expect: Outcome,
@@ -131,6 +141,12 @@ enum Outcome {
     Invalid,
     /// A hook vetoed.
     Vetoed,
+    /// The task's milestones (`while_at`) are not held.
+    NotEnabled,
+    /// Another task of the task's mutex group is claimed.
+    Interleaved,
+    /// A send back to a node that is not among the task's `send_back` targets.
+    NotSendBackTarget,
 }
 
 impl Outcome {
@@ -141,6 +157,9 @@ impl Outcome {
             Err(ExecError::Incident { .. } | ExecError::Hook { .. }) => Ok(Outcome::Failed),
             Err(ExecError::Variables { .. }) => Ok(Outcome::Invalid),
             Err(ExecError::Vetoed { .. }) => Ok(Outcome::Vetoed),
+            Err(ExecError::NotEnabled { .. }) => Ok(Outcome::NotEnabled),
+            Err(ExecError::Interleaved { .. }) => Ok(Outcome::Interleaved),
+            Err(ExecError::NotSendBackTarget { .. }) => Ok(Outcome::NotSendBackTarget),
             Err(other) => Err(other),
         }
     }
@@ -377,6 +396,21 @@ impl Scenario {
                     *expect,
                 )
             }
+            RawStep::SendBack {
+                task,
+                actor,
+                to,
+                reason,
+                expect,
+            } => (
+                engine.send_back(
+                    Self::task(engine, *instance, task)?,
+                    &self.actor(actor)?,
+                    to,
+                    reason,
+                ),
+                *expect,
+            ),
             RawStep::Retry { expect } => (
                 engine.retry(instance.ok_or("no instance started yet")?),
                 *expect,

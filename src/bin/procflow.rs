@@ -18,7 +18,7 @@ const USAGE: &str = "usage:
                   prints the instant alone on stdout; on stderr, a line that it is
                   provisional (it uses a year computed from the statutory holidays)
   procflow report --store FILE [--process ID] [--since RFC3339|YYYY-MM-DD]
-                  [--format table|csv|json] [--heatmap OUT.svg] [--metric mean-wait|breach-rate]";
+                  [--format table|csv|json] [--heatmap OUT.svg] [--metric mean-wait|breach-rate|rework-rate]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

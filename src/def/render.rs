@@ -20,6 +20,9 @@ fn label(node: &Node) -> String {
     if let Some(handler) = node.handler() {
         text.push_str(&format!(" [{handler}]"));
     }
+    if let Some(group) = node.mutex() {
+        text.push_str(&format!(" [mutex: {group}]"));
+    }
     text.replace('"', "'")
 }
 
@@ -71,6 +74,17 @@ pub(super) fn mermaid(def: &ProcessDef) -> String {
             }
         }
     }
+    // Send-back and milestone links are not flows: dotted, against the direction of the flows.
+    for node in &def.nodes {
+        for to in node.send_back() {
+            let to = mid(&def.nodes[to.index()]);
+            let _ = writeln!(out, "    {} -.->|\"send back\"| {to}", mid(node));
+        }
+        for at in node.while_at() {
+            let at = mid(&def.nodes[at.index()]);
+            let _ = writeln!(out, "    {at} -.-|\"while at\"| {}", mid(node));
+        }
+    }
     out
 }
 
@@ -107,6 +121,25 @@ pub(super) fn dot(def: &ProcessDef) -> String {
                     let _ = writeln!(out, "    \"{}\" -> \"{to}\";", node.id);
                 }
             }
+        }
+    }
+    // Send-back and milestone links are not flows: dashed or dotted, and not ranked.
+    for node in &def.nodes {
+        for to in node.send_back() {
+            let _ = writeln!(
+                out,
+                "    \"{}\" -> \"{}\" [label=\"send back\", style=dashed, constraint=false];",
+                node.id,
+                def.nodes[to.index()].id
+            );
+        }
+        for at in node.while_at() {
+            let _ = writeln!(
+                out,
+                "    \"{}\" -> \"{}\" [label=\"while at\", style=dotted, arrowhead=none, constraint=false];",
+                def.nodes[at.index()].id,
+                node.id
+            );
         }
     }
     out.push_str("}\n");

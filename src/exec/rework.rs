@@ -121,6 +121,45 @@ impl Engine {
     }
 }
 
+impl Step<'_> {
+    /// Skips the open tasks whose milestones passed for good: no token is at a milestone and
+    /// none is at a node from which a flow leads to one. Such a task could never run again
+    /// (WCP 18), and its branch would hold the instance open forever: its token is withdrawn
+    /// (the task ends [`TaskState::Cancelled`]) and a token leaves it along its flow. Returns
+    /// whether any was skipped (the caller runs the new token).
+    ///
+    /// Only looks further when a waiting token sits at a task with milestones, so a definition
+    /// without them pays one check per waiting token.
+    pub(super) fn pass_milestones(&mut self) -> bool {
+        let dep = self.dep;
+        let def = &*dep.def;
+        let tokens = &self.inst.tokens;
+        let passed = (0..tokens.len()).find(|&i| {
+            let t = tokens[i];
+            t.state == TokenState::Waiting && {
+                let milestones = def.nodes[t.node.index()].while_at();
+                // The task's own token does not count: a milestone only it leads to can only be
+                // reached once the task is done, which it never can be.
+                !milestones.is_empty()
+                    && !(0..tokens.len()).filter(|&k| k != i).any(|k| {
+                        let after = descendants(&def.graph, tokens[k].node);
+                        milestones.iter().any(|m| after[m.index()])
+                    })
+            }
+        });
+        let Some(i) = passed else { return false };
+        let from = self.inst.tokens[i].node;
+        self.apply(Change::Withdraw { token: i });
+        self.apply(Change::Flow {
+            token: None,
+            from,
+            to: def.nodes[from.index()].next[0],
+            actor: None,
+        });
+        true
+    }
+}
+
 /// The tokens a send back to `to` withdraws, by index, ascending: every token at a node a flow
 /// leads to from `to` (`to` included), except a token waiting at a join that also has a branch
 /// not through `to` (that branch arrived on its own and does not run again). Validation makes

@@ -889,6 +889,11 @@ impl<'a> Step<'a> {
                 }
             }
         }
+        if self.pass_milestones() {
+            // A task whose milestone passed for good was skipped: run on from it.
+            let rest = self.run();
+            return failure.map_or(rest, Err);
+        }
         if self.inst.tokens.is_empty() && self.inst.status == Status::Running {
             self.apply(Change::Finish);
         }

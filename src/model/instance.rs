@@ -551,6 +551,25 @@ impl Instance {
                 return Err(format!("task {i} is escalated to a role {} lacks", def.key));
             }
         }
+        // A mutex group has at most one claimed task (see `Engine::claim`).
+        let claimed_in = |k: &Task| {
+            k.is_open()
+                .then_some(k.claimed_by.as_ref())
+                .flatten()
+                .and(def.nodes[k.node.index()].mutex())
+        };
+        for (i, a) in self.tasks.iter().enumerate() {
+            if let Some(group) = claimed_in(a)
+                && let Some(b) = self.tasks[i + 1..]
+                    .iter()
+                    .find(|b| claimed_in(b) == Some(group))
+            {
+                return Err(format!(
+                    "tasks {i} and {} of mutex group '{group}' are both claimed",
+                    b.seq
+                ));
+            }
+        }
         for timer in &self.timers {
             node(timer.node, "a timer")?;
             if timer.task.is_some_and(|t| t as usize >= self.tasks.len()) {

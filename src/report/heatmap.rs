@@ -23,21 +23,25 @@ pub enum HeatMetric {
     MeanWait,
     /// Breaches per opened task, from 0% (green) to 100% (red).
     BreachRate,
+    /// Rework per opened task: the share of the node's tasks that a send back reopened
+    /// ([`NodeFigures::reworks`] / [`NodeFigures::opened`]), from 0% (green) to 100% (red).
+    ReworkRate,
 }
 
 /// An unknown metric name.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown metric '{0}': use mean-wait or breach-rate")]
+#[error("unknown metric '{0}': use mean-wait, breach-rate or rework-rate")]
 pub struct UnknownMetric(pub String);
 
 impl FromStr for HeatMetric {
     type Err = UnknownMetric;
 
-    /// `mean-wait` or `breach-rate`.
+    /// `mean-wait`, `breach-rate` or `rework-rate`.
     fn from_str(s: &str) -> Result<HeatMetric, UnknownMetric> {
         match s {
             "mean-wait" => Ok(HeatMetric::MeanWait),
             "breach-rate" => Ok(HeatMetric::BreachRate),
+            "rework-rate" => Ok(HeatMetric::ReworkRate),
             other => Err(UnknownMetric(other.to_owned())),
         }
     }
@@ -49,6 +53,7 @@ impl HeatMetric {
         match self {
             HeatMetric::MeanWait => "mean-wait",
             HeatMetric::BreachRate => "breach-rate",
+            HeatMetric::ReworkRate => "rework-rate",
         }
     }
 
@@ -57,6 +62,7 @@ impl HeatMetric {
         match self {
             HeatMetric::MeanWait => f.waiting.mean.map(|d| d.num_milliseconds() as f64 / 1e3),
             HeatMetric::BreachRate => (f.opened > 0).then(|| f.breaches as f64 / f.opened as f64),
+            HeatMetric::ReworkRate => (f.opened > 0).then(|| f.reworks as f64 / f.opened as f64),
         }
     }
 }
@@ -101,7 +107,7 @@ pub(super) fn svg(report: &Report, def: &ProcessDef, metric: HeatMetric) -> Stri
         .collect();
     let max = match metric {
         HeatMetric::MeanWait => values.iter().flatten().fold(0.0_f64, |a, b| a.max(*b)),
-        HeatMetric::BreachRate => 1.0,
+        HeatMetric::BreachRate | HeatMetric::ReworkRate => 1.0,
     };
 
     let labels: Vec<Label> = def
@@ -170,6 +176,7 @@ pub(super) fn svg(report: &Report, def: &ProcessDef, metric: HeatMetric) -> Stri
         match metric {
             HeatMetric::MeanWait => "mean waiting time (creation to claim)",
             HeatMetric::BreachRate => "breach rate (deadlines fired per task)",
+            HeatMetric::ReworkRate => "rework rate (tasks reopened by a send back)",
         }
     );
     let (lo, hi) = match metric {
@@ -177,7 +184,7 @@ pub(super) fn svg(report: &Report, def: &ProcessDef, metric: HeatMetric) -> Stri
             "0".to_owned(),
             human(chrono::Duration::milliseconds((max * 1e3) as i64)),
         ),
-        HeatMetric::BreachRate => ("0%".to_owned(), "100%".to_owned()),
+        HeatMetric::BreachRate | HeatMetric::ReworkRate => ("0%".to_owned(), "100%".to_owned()),
     };
     let _ = writeln!(
         out,
@@ -258,15 +265,19 @@ impl Label {
                     if f.timeouts > 0 {
                         lines.push(format!("timed out {}", f.timeouts));
                     }
+                    if f.reworks > 0 {
+                        lines.push(format!("sent back here {}", f.reworks));
+                    }
                     let _ = write!(
                         tooltip,
-                        "\ntasks {} (completed {}, open {}), timeouts {}, breaches {}, denials {}\nwaiting p50 {} p90 {} mean {}\nhandling p50 {} p90 {}",
+                        "\ntasks {} (completed {}, open {}), timeouts {}, breaches {}, denials {}, reworks {}\nwaiting p50 {} p90 {} mean {}\nhandling p50 {} p90 {}",
                         f.opened,
                         f.completed,
                         f.open,
                         f.timeouts,
                         f.breaches,
                         f.denials,
+                        f.reworks,
                         d(f.waiting.p50),
                         d(f.waiting.p90),
                         d(f.waiting.mean),
@@ -821,12 +832,16 @@ mod tests {
 
     #[test]
     fn metric_names() {
-        for m in [HeatMetric::MeanWait, HeatMetric::BreachRate] {
+        for m in [
+            HeatMetric::MeanWait,
+            HeatMetric::BreachRate,
+            HeatMetric::ReworkRate,
+        ] {
             assert_eq!(m.as_str().parse::<HeatMetric>(), Ok(m));
         }
         assert_eq!(
             "p99".parse::<HeatMetric>().unwrap_err().to_string(),
-            "unknown metric 'p99': use mean-wait or breach-rate"
+            "unknown metric 'p99': use mean-wait, breach-rate or rework-rate"
         );
     }
 

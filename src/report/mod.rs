@@ -96,6 +96,7 @@ pub enum ReportError {
 ///   cancelled (`TaskState::TimedOut`, or an `Entry::Timer { kind: Timeout }` record).
 /// - `breaches`: task deadlines that fired (`Entry::Timer { kind: Due, task: Some(..) }`).
 /// - `denials`: refused attempts on its tasks (`Entry::Denied`).
+/// - `reworks`: how many times a case was sent back to it (`Entry::SentBack { to }`).
 /// - `waiting`: from the task's creation to its first claim, or to its completion when it was
 ///   never claimed. Tasks still waiting, and tasks that timed out unclaimed, have no waiting time
 ///   yet and are left out.
@@ -207,6 +208,9 @@ pub struct NodeFigures {
     pub breaches: usize,
     /// Refused attempts on its tasks.
     pub denials: usize,
+    /// Rework: how many times a case was sent back to this node (`Entry::SentBack`); each
+    /// reopened the node as a new task, counted in `opened`.
+    pub reworks: usize,
     /// Creation to first claim (or to completion, when never claimed).
     pub waiting: Durations,
     /// First claim to completion.
@@ -490,6 +494,7 @@ impl Report {
                     n(x.timeouts),
                     n(x.breaches),
                     n(x.denials),
+                    n(x.reworks),
                     d(x.waiting.p50),
                     d(x.waiting.p90),
                     d(x.waiting.mean),
@@ -559,6 +564,7 @@ impl Report {
                     "timeouts",
                     "breaches",
                     "denials",
+                    "reworks",
                     "wait_p50_s",
                     "wait_p90_s",
                     "wait_mean_s",
@@ -595,6 +601,7 @@ impl Report {
                     "timeouts",
                     "breaches",
                     "denials",
+                    "reworks",
                     "wait p50",
                     "p90",
                     "mean",
@@ -830,6 +837,7 @@ struct NodeAcc {
     cancelled: usize,
     breaches: usize,
     denials: usize,
+    reworks: usize,
     waits: Vec<Duration>,
     handling: Vec<Duration>,
 }
@@ -878,6 +886,7 @@ impl Acc {
                         cancelled: 0,
                         breaches: 0,
                         denials: 0,
+                        reworks: 0,
                         waits: Vec::new(),
                         handling: Vec::new(),
                     });
@@ -954,6 +963,11 @@ impl Acc {
                     self.actor(actor).denials += 1;
                     if let Some(n) = task_node(*task).and_then(|n| self.node(def, n)) {
                         n.denials += 1;
+                    }
+                }
+                Entry::SentBack { to, .. } => {
+                    if let Some(n) = self.node(def, *to) {
+                        n.reworks += 1;
                     }
                 }
                 Entry::Timer { kind, task, sla } => {
@@ -1095,6 +1109,7 @@ impl Acc {
                 timeouts: n.timeouts,
                 breaches: n.breaches,
                 denials: n.denials,
+                reworks: n.reworks,
                 waiting: Durations::of(n.waits),
                 handling: Durations::of(n.handling),
             });
