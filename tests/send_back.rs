@@ -197,7 +197,7 @@ fn send_back_withdraws_the_work_between_and_reopens_the_target_for_its_performer
         TaskState::Cancelled { .. }
     ));
     assert!(tasks.iter().any(
-        |t| &*rig.engine.definition_of(id).unwrap().node(t.node()).id() == "bill"
+        |t| rig.engine.definition_of(id).unwrap().node(t.node()).id() == "bill"
             && matches!(t.state(), TaskState::Completed { .. })
     ));
     let reopened = tasks.last().unwrap();
