@@ -763,3 +763,156 @@ fn the_graph_draws_send_back_and_milestone_links() {
     );
     assert!(def.to_mermaid().contains("[mutex: customer_contact]"));
 }
+
+/// One action of a generated run: complete the `k`-th open task, send it back to its `t`-th
+/// target, or let an hour pass.
+#[derive(Clone, Debug)]
+enum Op {
+    Complete(usize),
+    SendBack(usize, usize),
+    Hour,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0..4usize).prop_map(Op::Complete),
+        (0..4usize, 0..2usize).prop_map(|(k, t)| Op::SendBack(k, t)),
+        Just(Op::Hour),
+    ]
+}
+
+/// Every open task has exactly one token waiting at its node, and the state checks.
+fn consistent(rig: &Rig, id: InstanceId) -> Result<(), String> {
+    let inst = rig.engine.instance(id).map_err(|e| e.to_string())?;
+    let def = rig.engine.definition_of(id).map_err(|e| e.to_string())?;
+    inst.check(&def)?;
+    for task in inst
+        .tasks()
+        .iter()
+        .filter(|t| t.state() == &TaskState::Open)
+    {
+        let waiting = inst
+            .tokens()
+            .iter()
+            .filter(|t| t.node == task.node() && t.state == TokenState::Waiting)
+            .count();
+        if waiting != 1 {
+            return Err(format!("{waiting} tokens wait at open task {:?}", task));
+        }
+    }
+    Ok(())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+
+    /// Whatever is completed or sent back in whatever order, the state stays consistent, the
+    /// case can always be finished, and the report counts each send back once, at its target.
+    #[test]
+    fn send_backs_in_any_order_keep_the_instance_sound(ops in proptest::collection::vec(op(), 0..24)) {
+        let rig = rig(REWORK);
+        let id = rig.engine.start("rework", Vars::new()).unwrap();
+        let def = rig.engine.definition_of(id).unwrap();
+        let mut sent: std::collections::HashMap<String, usize> = Default::default();
+        for op in ops {
+            let open = rig.engine.tasks(id).unwrap();
+            match op {
+                Op::Complete(k) if !open.is_empty() => {
+                    let t = &open[k % open.len()];
+                    rig.engine.complete(t.id, &lead(), Vars::new()).unwrap();
+                }
+                Op::SendBack(k, n) if !open.is_empty() => {
+                    let t = &open[k % open.len()];
+                    let targets = def.node(t.node).send_back();
+                    if targets.is_empty() {
+                        let refused = rig.engine.send_back(t.id, &lead(), "intake", "x");
+                        proptest::prop_assert!(
+                            matches!(refused, Err(ExecError::NotSendBackTarget { .. })),
+                            "{refused:?}"
+                        );
+                    } else {
+                        let to = def.node(targets[n % targets.len()]).id().to_owned();
+                        rig.engine.send_back(t.id, &lead(), &to, "again").unwrap();
+                        *sent.entry(to).or_default() += 1;
+                    }
+                }
+                _ => {
+                    rig.clock.advance(Duration::hours(1));
+                    rig.engine.tick(rig.clock.now());
+                }
+            }
+            consistent(&rig, id).map_err(proptest::test_runner::TestCaseError::fail)?;
+        }
+        // Finish the case.
+        for _ in 0..20 {
+            if rig.engine.instance(id).unwrap().status() == Status::Completed {
+                break;
+            }
+            for t in rig.engine.tasks(id).unwrap() {
+                rig.engine.complete(t.id, &lead(), Vars::new()).unwrap();
+            }
+            rig.clock.advance(Duration::hours(1));
+            rig.engine.tick(rig.clock.now());
+            consistent(&rig, id).map_err(proptest::test_runner::TestCaseError::fail)?;
+        }
+        let inst = rig.engine.instance(id).unwrap();
+        proptest::prop_assert_eq!(inst.status(), Status::Completed);
+        let report = Report::compute(&[Arc::clone(&def)], &[inst], &ReportOptions::default());
+        for node in ["intake", "diagnose", "repair", "bill", "close"] {
+            proptest::prop_assert_eq!(
+                report.node("rework", node).unwrap().reworks,
+                sent.get(node).copied().unwrap_or(0),
+                "{}", node
+            );
+        }
+    }
+}
+
+#[test]
+fn a_send_back_inside_one_branch_keeps_the_other_branch_waiting_at_the_join() {
+    let rig = rig(r#"
+id: branch
+version: 1
+name: Branch
+roles: { clerk: { name: Clerk }, lead: { name: Lead } }
+nodes:
+  start: { kind: start, next: fork }
+  fork: { kind: parallel, next: [draft, check] }
+  draft: { kind: user_task, name: Draft, raci: { responsible: [clerk], accountable: lead }, next: review }
+  review:
+    kind: user_task
+    name: Review
+    raci: { responsible: [clerk], accountable: lead }
+    send_back: [draft]
+    next: join
+  check: { kind: user_task, name: Check, raci: { responsible: [clerk], accountable: lead }, next: join }
+  join: { kind: parallel, next: end }
+  end: { kind: end }
+"#);
+    let id = rig.engine.start("branch", Vars::new()).unwrap();
+    rig.engine
+        .complete(rig.task(id, "check"), &ann(), Vars::new())
+        .unwrap();
+    rig.engine
+        .complete(rig.task(id, "draft"), &ann(), Vars::new())
+        .unwrap();
+    rig.engine
+        .send_back(rig.task(id, "review"), &ann(), "draft", "typos")
+        .unwrap();
+    let inst = rig.engine.instance(id).unwrap();
+    // The check's arrival at the join stays: only the draft branch runs again.
+    assert!(
+        inst.tokens()
+            .iter()
+            .any(|t| t.node == rig.node(id, "join") && t.state == TokenState::Joined)
+    );
+    assert_eq!(rig.open(id), ["draft"]);
+    rig.engine
+        .complete(rig.task(id, "draft"), &ann(), Vars::new())
+        .unwrap();
+    rig.engine
+        .complete(rig.task(id, "review"), &ann(), Vars::new())
+        .unwrap();
+    assert_eq!(rig.engine.instance(id).unwrap().status(), Status::Completed);
+}
