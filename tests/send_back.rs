@@ -916,3 +916,69 @@ nodes:
         .unwrap();
     assert_eq!(rig.engine.instance(id).unwrap().status(), Status::Completed);
 }
+
+#[test]
+fn a_send_back_survives_a_restart_on_a_store() {
+    let store = procflow::MemoryStore::new();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = Engine::builder()
+        .clock(Arc::clone(&clock))
+        .open(store.clone())
+        .unwrap();
+    engine
+        .deploy(ProcessDef::from_yaml(REWORK).unwrap())
+        .unwrap();
+    let id = engine.start("rework", Vars::new()).unwrap();
+    let task = |engine: &Engine, node: &str| {
+        engine
+            .tasks(id)
+            .unwrap()
+            .into_iter()
+            .find(|t| &*t.node_id == node)
+            .unwrap()
+            .id
+    };
+    engine
+        .complete(task(&engine, "intake"), &ann(), Vars::new())
+        .unwrap();
+    engine
+        .complete(task(&engine, "diagnose"), &chen(), Vars::new())
+        .unwrap();
+    engine
+        .send_back(task(&engine, "repair"), &chen(), "diagnose", "wrong part")
+        .unwrap();
+    let before = engine.instance(id).unwrap();
+    drop(engine);
+
+    let engine = Engine::builder()
+        .clock(Arc::clone(&clock))
+        .open(store)
+        .unwrap();
+    let after = engine.instance(id).unwrap();
+    assert_eq!(after, before);
+    assert!(
+        after.audit().iter().any(
+            |r| matches!(&r.what, Entry::SentBack { reason, .. } if &**reason == "wrong part")
+        )
+    );
+    let views = engine.tasks(id).unwrap();
+    assert_eq!(views.len(), 1);
+    assert_eq!(
+        (&*views[0].node_id, views[0].claimed_by.as_deref()),
+        ("diagnose", Some("chen"))
+    );
+    engine.complete(views[0].id, &chen(), Vars::new()).unwrap();
+    assert_eq!(
+        {
+            let mut open: Vec<String> = engine
+                .tasks(id)
+                .unwrap()
+                .into_iter()
+                .map(|t| t.node_id.to_string())
+                .collect();
+            open.sort();
+            open
+        },
+        ["bill", "repair"]
+    );
+}

@@ -818,7 +818,8 @@ impl Engine {
         }
     }
 
-    /// The open tasks of an instance.
+    /// The open tasks of an instance, including those whose milestones (`while_at`) are not
+    /// held now (see [`Engine::work_list`]).
     ///
     /// # Errors
     /// [`ExecError::UnknownInstance`].
