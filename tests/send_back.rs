@@ -680,7 +680,7 @@ nodes:
     name: Later
     raci: { responsible: [clerk], accountable: lead }
     send_back: [left, fork, nowhere, first]
-    while_at: [ghost, start, later]
+    while_at: [ghost, start, later, left]
     mutex: Not An Id
     next: end
   end: { kind: end }
@@ -733,13 +733,17 @@ nodes:
         "{text}"
     );
     assert!(text.contains("'later' cannot be a milestone: it is this task itself"));
+    assert!(
+        text.contains("'left' cannot be a milestone: it comes before this task"),
+        "{text}"
+    );
     assert!(found.iter().any(|(line, path, k)| *line == 33
         && *path == "nodes.later.mutex"
         && matches!(k, ProblemKind::InvalidId(_))));
     // 'first' from 'later' is fine: the join's branches all pass through it.
     assert!(!found.iter().any(|(line, _, k)| *line == 31
         && matches!(k, ProblemKind::BadSendBack { target, .. } if target == "first")));
-    assert_eq!(found.len(), 10, "{text}");
+    assert_eq!(found.len(), 11, "{text}");
 }
 
 #[test]

@@ -144,6 +144,15 @@ pub(super) fn compile(
                          a parallel join"
                     )),
                 );
+            } else if earlier.as_ref().is_some_and(|e| e[target.index()]) {
+                add(
+                    loc,
+                    "while_at",
+                    bad(
+                        "it comes before this task, so no token is there while the task is open"
+                            .into(),
+                    ),
+                );
             } else if !rules.while_at.contains(&target) {
                 rules.while_at.push(target);
             }
