@@ -5,7 +5,8 @@
 //! roles of the definitions' RACI catalogue; on shift (working hours of the China business
 //! calendar) they take the most urgent task from their work list, claim it and complete it after
 //! a random handling time. Customers answer the closing call after a random delay, or not at all
-//! (the task then times out). Network operations is deliberately short of engineers, so its
+//! (the task then times out); one in twelve says the fault is not fixed, and the ticket is sent
+//! back to diagnosis (rework: `--metric rework-rate`). Network operations is deliberately short of engineers, so its
 //! tasks queue up, breach their deadlines and escalate; a trainee without the right role tries
 //! to claim tasks now and then and is refused. The engine is ticked every simulated ten minutes,
 //! so reminders, breaches, escalations and timeouts fire as they fall due.
@@ -16,7 +17,7 @@
 //!
 //! ```text
 //! cargo run --release --example complaint_center -- [--weeks N] [--seed S] [--db PATH]
-//!     [--svg PATH] [--metric breach-rate|mean-wait]
+//!     [--svg PATH] [--metric breach-rate|mean-wait|rework-rate]
 //! ```
 //!
 //! The defaults are 6 weeks, seed 1, `target/complaint_center.db` (an existing file is replaced)
@@ -54,7 +55,7 @@ const CALENDAR: &str = concat!(
 );
 
 const USAGE: &str = "usage: complaint_center [--weeks N] [--seed S] [--db PATH] [--svg PATH] \
-[--metric breach-rate|mean-wait]";
+[--metric breach-rate|mean-wait|rework-rate]";
 
 /// Monday 9 March 2026, 00:00 in Shanghai.
 const FIRST_DAY: &str = "2026-03-08T16:00:00Z";
@@ -445,6 +446,8 @@ struct Counts {
     started: BTreeMap<&'static str, usize>,
     claims: usize,
     completions: usize,
+    /// Closing calls where the customer said the fault is not fixed: sent back to diagnosis.
+    sent_back: usize,
     /// The trainee's refused attempts.
     denied: usize,
     /// Timer firings by name (`breach`, `sla_escalation`, ...).
@@ -652,6 +655,20 @@ impl Sim {
         let Some(job) = self.staff[i].job.take() else {
             return;
         };
+        // One customer in twelve says the fault is not fixed: the ticket goes back to diagnosis
+        // (退回), to the engineer who diagnosed it, and counts as rework.
+        if job.node == "close_ticket" && self.rng.chance(1.0 / 12.0) {
+            let reason = "customer says the fault is not fixed";
+            match self
+                .engine
+                .send_back(job.task, &self.staff[i].actor, "diagnose", reason)
+            {
+                Ok(()) => self.counts.sent_back += 1,
+                Err(e) => self.counts.error("send back", &e),
+            }
+            self.customers.remove(&job.task);
+            return;
+        }
         let output = task_output(&mut self.rng, &job.node);
         match self.engine.complete(job.task, &self.staff[i].actor, output) {
             Ok(()) => {}
@@ -732,6 +749,10 @@ impl Sim {
         println!(
             "  claims {}, completions {}; trainee refused by RACI {} times",
             c.claims, c.completions, c.denied
+        );
+        println!(
+            "  closing calls sent back to diagnosis (not fixed): {}",
+            c.sent_back
         );
         println!(
             "  incidents {} (adapter timeouts), retried successfully {}",
