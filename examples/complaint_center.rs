@@ -5,8 +5,8 @@
 //! roles of the definitions' RACI catalogue; on shift (working hours of the China business
 //! calendar) they take the most urgent task from their work list, claim it and complete it after
 //! a random handling time. Customers answer the closing call after a random delay, or not at all
-//! (the task then times out); one in twelve says the fault is not fixed, and the ticket is sent
-//! back to diagnosis (rework: `--metric rework-rate`). Network operations is deliberately short of engineers, so its
+//! (the task then times out); with `--not-fixed P`, that share says the fault is not fixed and
+//! the ticket is sent back to diagnosis (rework: `--metric rework-rate`). Network operations is deliberately short of engineers, so its
 //! tasks queue up, breach their deadlines and escalate; a trainee without the right role tries
 //! to claim tasks now and then and is refused. The engine is ticked every simulated ten minutes,
 //! so reminders, breaches, escalations and timeouts fire as they fall due.
@@ -17,7 +17,7 @@
 //!
 //! ```text
 //! cargo run --release --example complaint_center -- [--weeks N] [--seed S] [--db PATH]
-//!     [--svg PATH] [--metric breach-rate|mean-wait|rework-rate]
+//!     [--svg PATH] [--metric breach-rate|mean-wait|rework-rate] [--not-fixed P]
 //! ```
 //!
 //! The defaults are 6 weeks, seed 1, `target/complaint_center.db` (an existing file is replaced)
@@ -55,7 +55,7 @@ const CALENDAR: &str = concat!(
 );
 
 const USAGE: &str = "usage: complaint_center [--weeks N] [--seed S] [--db PATH] [--svg PATH] \
-[--metric breach-rate|mean-wait|rework-rate]";
+[--metric breach-rate|mean-wait|rework-rate] [--not-fixed P]";
 
 /// Monday 9 March 2026, 00:00 in Shanghai.
 const FIRST_DAY: &str = "2026-03-08T16:00:00Z";
@@ -113,6 +113,8 @@ struct Args {
     db: PathBuf,
     svg: PathBuf,
     metric: HeatMetric,
+    /// The share of closing calls where the customer says the fault is not fixed.
+    not_fixed: f64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -122,6 +124,7 @@ fn parse_args() -> Result<Args, String> {
         db: PathBuf::from("target/complaint_center.db"),
         svg: PathBuf::from("target/complaint_center.svg"),
         metric: HeatMetric::BreachRate,
+        not_fixed: 0.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -132,9 +135,13 @@ fn parse_args() -> Result<Args, String> {
             "--db" => args.db = PathBuf::from(value()?),
             "--svg" => args.svg = PathBuf::from(value()?),
             "--metric" => args.metric = value()?.parse().map_err(|e| format!("--metric: {e}"))?,
+            "--not-fixed" => args.not_fixed = num(&flag, &value()?)?,
             "-h" | "--help" => return Err(USAGE.into()),
             _ => return Err(format!("unknown argument '{flag}'\n{USAGE}")),
         }
+    }
+    if !(0.0..=1.0).contains(&args.not_fixed) {
+        return Err(format!("--not-fixed must be from 0 to 1\n{USAGE}"));
     }
     if args.weeks == 0 || args.weeks > MAX_WEEKS {
         return Err(format!(
@@ -180,6 +187,10 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         clock,
         calendar: BusinessCalendar::from_file(CALENDAR)?,
         rng: Rng::new(args.seed),
+        not_fixed: (
+            args.not_fixed,
+            Rng::new(args.seed.rotate_left(32) ^ 0x6E6F_7466_6978),
+        ),
         staff: STAFF
             .iter()
             .map(|(id, role)| Staff::new(Actor::new(*id, [*role])))
@@ -499,6 +510,9 @@ struct Sim {
     /// The calendar the shifts follow (the engine holds its own copy for deadlines).
     calendar: BusinessCalendar,
     rng: Rng,
+    /// The share of customers who say the fault is not fixed, and the stream that decides which
+    /// (its own, so that a run with a share of 0 is the run without rework).
+    not_fixed: (f64, Rng),
     staff: Vec<Staff>,
     trainee: Actor,
     /// When the customer answers a closing call, by task; `None`: never.
@@ -655,9 +669,12 @@ impl Sim {
         let Some(job) = self.staff[i].job.take() else {
             return;
         };
-        // One customer in twelve says the fault is not fixed: the ticket goes back to diagnosis
-        // (退回), to the engineer who diagnosed it, and counts as rework.
-        if job.node == "close_ticket" && self.rng.chance(1.0 / 12.0) {
+        // With `--not-fixed P`, that share of customers says the fault is not fixed: the ticket
+        // goes back to diagnosis (退回), to the engineer who diagnosed it, and counts as rework.
+        if job.node == "close_ticket"
+            && self.not_fixed.0 > 0.0
+            && self.not_fixed.1.chance(self.not_fixed.0)
+        {
             let reason = "customer says the fault is not fixed";
             match self
                 .engine
@@ -750,10 +767,12 @@ impl Sim {
             "  claims {}, completions {}; trainee refused by RACI {} times",
             c.claims, c.completions, c.denied
         );
-        println!(
-            "  closing calls sent back to diagnosis (not fixed): {}",
-            c.sent_back
-        );
+        if self.not_fixed.0 > 0.0 {
+            println!(
+                "  closing calls sent back to diagnosis (not fixed): {}",
+                c.sent_back
+            );
+        }
         println!(
             "  incidents {} (adapter timeouts), retried successfully {}",
             c.incidents, c.retried
