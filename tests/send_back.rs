@@ -271,6 +271,20 @@ fn send_back_withdraws_the_work_between_and_reopens_the_target_for_its_performer
     assert!(
         events
             .iter()
+            .any(|e| matches!(e, Event::NodeEntered { node, .. } if &**node == "diagnose"))
+    );
+    let position = |f: &dyn Fn(&Event) -> bool| events.iter().position(f).unwrap();
+    assert!(
+        position(&|e| matches!(e, Event::TaskSentBack { .. }))
+            < position(&|e| matches!(e, Event::TaskCancelled { .. }))
+    );
+    assert!(
+        position(&|e| matches!(e, Event::TaskCreated { .. }))
+            < position(&|e| matches!(e, Event::TaskClaimed { .. }))
+    );
+    assert!(
+        events
+            .iter()
             .any(|e| matches!(e, Event::TaskClaimed { node, actor, .. } if &**node == "diagnose" && &**actor == "chen"))
     );
 

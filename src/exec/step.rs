@@ -713,6 +713,12 @@ impl<'a> Step<'a> {
                     node: to,
                     state: TokenState::Ready,
                 });
+                if self.heard() {
+                    self.emit(Event::NodeEntered {
+                        instance: id,
+                        node: self.name(to),
+                    });
+                }
             }
             Change::Done { seqs } => {
                 if let Some(rare) = self.inst.rare.as_deref_mut() {
