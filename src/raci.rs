@@ -202,6 +202,14 @@ pub(crate) fn allowed_roles(raci: &Raci, action: Action) -> Vec<RoleId> {
             r
         }
     };
-    roles.dedup();
+    // A role that is both responsible and accountable is listed once, where it first appears.
+    let mut seen = Vec::with_capacity(roles.len());
+    roles.retain(|r| {
+        let new = !seen.contains(r);
+        if new {
+            seen.push(r.clone());
+        }
+        new
+    });
     roles
 }
