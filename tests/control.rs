@@ -778,3 +778,31 @@ proptest! {
         prop_assert_eq!(joined_at(&engine, id, "join"), 1);
     }
 }
+
+#[test]
+fn the_heatmap_draws_inclusive_gateways_and_counts_a_cancelled_instance() {
+    let def = CANCELLABLE.replace("calendar: null\n", "");
+    let engine = engine(&[OR, &def]);
+    let or = engine.start("or", vars(json!({ "a": true }))).unwrap();
+    complete(&engine, or, "task_a");
+    let order = engine.start("order", Vars::new()).unwrap();
+    engine
+        .cancel(order, &Actor::new("olga", ["owner"]), "withdrawn")
+        .unwrap();
+    let defs = vec![
+        engine.definition_of(or).unwrap(),
+        engine.definition_of(order).unwrap(),
+    ];
+    let instances = vec![
+        engine.instance(or).unwrap(),
+        engine.instance(order).unwrap(),
+    ];
+    let report = procflow::Report::compute(&defs, &instances, &procflow::ReportOptions::default());
+    let svg = report.heatmap(&defs[0], procflow::HeatMetric::MeanWait);
+    assert!(svg.contains(">○</text>"), "the inclusive gateways' mark");
+    for (_, node) in defs[0].nodes() {
+        assert!(svg.contains(node.id()), "{} missing", node.id());
+    }
+    let order = report.process("order").unwrap();
+    assert_eq!((order.started, order.cancelled, order.open), (1, 1, 0));
+}
