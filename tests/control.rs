@@ -969,3 +969,45 @@ proptest! {
         prop_assert!(fired.values().all(|n| *n == 1), "{:?}\n{}", fired, text);
     }
 }
+
+#[test]
+fn a_cancelled_instance_is_stored_as_ended_and_reads_back_cancelled() {
+    let def = CANCELLABLE.replace("calendar: null\n", "");
+    let store = procflow::MemoryStore::new();
+    let id = {
+        let engine = Engine::builder().open(store.clone()).unwrap();
+        engine.deploy(ProcessDef::from_yaml(&def).unwrap()).unwrap();
+        let id = engine.start("order", Vars::new()).unwrap();
+        engine.cancel(id, &clerk(), "denied first").unwrap_err();
+        engine
+            .cancel(id, &Actor::new("olga", ["owner"]), "withdrawn")
+            .unwrap();
+        id
+    };
+    use procflow::Store;
+    assert!(
+        store
+            .running()
+            .unwrap()
+            .iter()
+            .all(|s| s.instance.id() != id)
+    );
+    assert!(store.outbox().unwrap().is_empty());
+    let engine = Engine::builder().open(store).unwrap();
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.status(), Status::Cancelled);
+    assert!(
+        inst.audit()
+            .iter()
+            .any(|r| matches!(r.what, Entry::CancelDenied { .. }))
+    );
+    assert!(
+        inst.audit()
+            .iter()
+            .any(|r| matches!(r.what, Entry::Cancelled { .. }))
+    );
+    assert_eq!(
+        engine.cancel(id, &Actor::new("olga", ["owner"]), "again"),
+        Err(ExecError::InstanceCancelled(id))
+    );
+}
