@@ -45,6 +45,8 @@ pub struct ProcessDef {
     pub(crate) accountable: Option<RoleId>,
     /// The inclusive joins (OR-joins), checked at the end of each run-to-completion pass.
     pub(crate) or_joins: Vec<NodeId>,
+    /// Whether any node has a [`control::NodeControl`]: when none has, the run loop never looks.
+    pub(crate) controlled: bool,
     /// The root CEL scope; building one costs tens of microseconds, so it is built once here.
     pub(crate) cel: cel::Context<'static, 'static>,
 }

@@ -372,6 +372,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         }
     }
     let or_joins = super::control::finish(&graph, &mut compiled, &splits, &mut report.0);
+    let controlled = compiled.iter().any(|n| n.control.is_some());
 
     if !report.0.is_empty() {
         return Err(report.0);
@@ -396,6 +397,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         sla,
         accountable,
         or_joins,
+        controlled,
         cel: cel::Context::default(),
     })
 }

@@ -708,6 +708,23 @@ impl<'a> Step<'a> {
                     rare.outbox.pending.retain(|p| !seqs.contains(&p.seq));
                 }
             }
+            // The rare changes of cancellation and the joins, out of the hot path's way.
+            change @ (Change::Cancel { .. }
+            | Change::CancelDenied { .. }
+            | Change::Terminate { .. }
+            | Change::RegionCancelled { .. }
+            | Change::OrJoined { .. }
+            | Change::Absorbing { .. }
+            | Change::Absorb { .. }) => self.apply_control(change),
+        }
+    }
+
+    /// [`Step::apply`] for the changes of cancellation and the joins (see `control.rs`).
+    #[cold]
+    #[inline(never)]
+    fn apply_control(&mut self, change: Change<'_>) {
+        let id = self.inst.id;
+        match change {
             Change::Cancel {
                 actor,
                 reason,
@@ -787,6 +804,7 @@ impl<'a> Step<'a> {
                     });
                 }
             }
+            _ => {}
         }
     }
 
@@ -827,18 +845,21 @@ impl<'a> Step<'a> {
         let dep: &'a Deployed = self.dep;
         let def = &*dep.def;
         let mut failure: Option<ExecError> = None;
+        // Read once: a definition without any node control never looks at a node's.
+        let controlled = def.controlled;
         // Every ready token runs; when none is left, an inclusive join with nothing left to
         // wait for fires (see `next_ready`).
         while let Some(i) = self.next_ready(&mut failure) {
             let at = self.inst.tokens[i].node;
             let node = &def.nodes[at.index()];
             // Cancel regions, terminating ends and partial joins (a null pointer for the rest).
-            let i = match node.control.as_deref() {
-                None => i,
-                Some(control) => match self.enter_control(i, at, node, control, &mut failure) {
+            let i = if controlled && let Some(control) = node.control.as_deref() {
+                match self.enter_control(i, at, node, control, &mut failure) {
                     Some(i) => i,
                     None => continue,
-                },
+                }
+            } else {
+                i
             };
             match &node.behaviour {
                 Behaviour::Start => self.apply(Change::Flow {
