@@ -121,6 +121,9 @@ pub(crate) struct Condition {
     /// a lone string literal), used when every condition on the way has its shortcut; else CEL
     /// evaluates.
     fast_text: Option<FastText>,
+    /// A shortcut for a disjunction of such comparisons, `a == true || b == true` (an inclusive
+    /// gateway's "any fix needed?"), used when every term has its shortcut or a term holds.
+    fast_any: Vec<Fast>,
 }
 
 /// Text picked by conditions with a [`Fast`] shortcut.
@@ -176,6 +179,9 @@ struct Fast {
     var: String,
     literal: Value,
     equal: bool,
+    /// A comparison (`==`, `!=`), not a lone identifier: an unset variable is `null`, which
+    /// equals no literal.
+    compared: bool,
 }
 
 impl Fast {
@@ -194,6 +200,7 @@ impl Fast {
                 var: var.clone(),
                 literal: Value::Bool(true),
                 equal: true,
+                compared: false,
             }),
             Expr::Call(call) if call.target.is_none() && call.args.len() == 2 => {
                 let equal = match call.func_name.as_str() {
@@ -207,6 +214,7 @@ impl Fast {
                             var: var.clone(),
                             literal: literal(l)?,
                             equal,
+                            compared: true,
                         })
                     }
                     _ => None,
@@ -216,9 +224,51 @@ impl Fast {
         }
     }
 
-    /// The answer, when the variable's value has the literal's kind.
+    /// The terms of `t1 || t2 || ...` when each is a comparison with a shortcut.
+    fn any_of(expr: &cel::common::ast::Expr) -> Vec<Fast> {
+        use cel::common::ast::Expr;
+        let mut terms = Vec::new();
+        let mut stack = vec![expr];
+        while let Some(e) = stack.pop() {
+            match e {
+                Expr::Call(call)
+                    if call.target.is_none()
+                        && call.args.len() == 2
+                        && call.func_name == "_||_" =>
+                {
+                    stack.push(&call.args[1].expr);
+                    stack.push(&call.args[0].expr);
+                }
+                other => match Fast::of(other) {
+                    Some(f) if f.compared => terms.push(f),
+                    _ => return Vec::new(),
+                },
+            }
+        }
+        if terms.len() < 2 { Vec::new() } else { terms }
+    }
+
+    /// The answer of a disjunction of shortcuts: true as soon as a term holds (CEL's `||` is
+    /// true when either side is, whatever the other gives), false when every term has its
+    /// answer and none holds.
+    fn any(terms: &[Fast], vars: &Vars) -> Option<bool> {
+        let mut decided = true;
+        for t in terms {
+            match t.eval(vars) {
+                Some(true) => return Some(true),
+                Some(false) => {}
+                None => decided = false,
+            }
+        }
+        decided.then_some(false)
+    }
+
+    /// The answer, when the variable's value has the literal's kind (or, for a comparison, the
+    /// variable is unset: `null` equals no literal).
     fn eval(&self, vars: &Vars) -> Option<bool> {
-        let value = vars.get(&self.var)?;
+        let Some(value) = vars.get(&self.var) else {
+            return self.compared.then_some(!self.equal);
+        };
         let same_kind = match (value, &self.literal) {
             (Value::String(_), Value::String(_)) | (Value::Bool(_), Value::Bool(_)) => true,
             (Value::Number(a), Value::Number(b)) => a.as_i64().is_some() && b.as_i64().is_some(),
@@ -268,10 +318,12 @@ impl Condition {
         }
         let fast = Fast::of(&program.expression().expr);
         let fast_text = FastText::of(&program.expression().expr);
+        let fast_any = Fast::any_of(&program.expression().expr);
         Ok(Condition {
             source: source.to_owned(),
             fast,
             fast_text,
+            fast_any,
             program,
             reads,
         })
@@ -294,6 +346,11 @@ impl Condition {
     /// A message when evaluation fails or the result is not a boolean.
     pub(crate) fn eval(&self, root: &cel::Context<'_, '_>, vars: &Vars) -> Result<bool, String> {
         if let Some(answer) = self.fast.as_ref().and_then(|f| f.eval(vars)) {
+            return Ok(answer);
+        }
+        if !self.fast_any.is_empty()
+            && let Some(answer) = Fast::any(&self.fast_any, vars)
+        {
             return Ok(answer);
         }
         match self.run(root, vars)? {
@@ -814,6 +871,12 @@ mod tests {
             ("ok == true", serde_json::json!({ "ok": false })),
             ("ok", serde_json::json!({ "ok": true })),
             ("n == 3", serde_json::json!({ "n": 3.0 })),
+            // Unset variables read as null, which equals no literal.
+            ("ok == true", serde_json::json!({})),
+            ("ok != true", serde_json::json!({})),
+            ("tier == 'key'", serde_json::json!({})),
+            ("'key' != tier", serde_json::json!({})),
+            ("n == 3", serde_json::json!({})),
         ] {
             let slow = format!("({source}) || false");
             assert!(
@@ -821,6 +884,43 @@ mod tests {
                 "{source}"
             );
             assert_eq!(eval(source, vars.clone()), eval(&slow, vars), "{source}");
+        }
+    }
+
+    #[test]
+    fn the_disjunction_shortcut_agrees_with_cel() {
+        let root = cel::Context::default();
+        let any = "a == true || b == true || tier == 'key'";
+        for (source, vars) in [
+            (any, serde_json::json!({ "a": false })),
+            (any, serde_json::json!({ "a": false, "b": true })),
+            (any, serde_json::json!({ "tier": "key" })),
+            (any, serde_json::json!({})),
+            // Undecided terms (a kind that differs) leave it to CEL, unless a term holds.
+            (any, serde_json::json!({ "a": 1, "b": true })),
+            (any, serde_json::json!({ "a": 1, "tier": "x" })),
+            (
+                "a != true || b == 2",
+                serde_json::json!({ "a": true, "b": 2 }),
+            ),
+        ] {
+            let fast = Condition::compile(source).unwrap();
+            assert_eq!(fast.fast_any.len(), if source == any { 3 } else { 2 });
+            let mut slow = Condition::compile(source).unwrap();
+            slow.fast_any = Vec::new();
+            let vars = vars.as_object().unwrap();
+            assert_eq!(
+                fast.eval(&root, vars),
+                slow.eval(&root, vars),
+                "{source} {vars:?}"
+            );
+        }
+        // Not a disjunction of comparisons: no shortcut.
+        for source in ["a || b == true", "a == true && b == true", "a == true"] {
+            assert!(
+                Condition::compile(source).unwrap().fast_any.is_empty(),
+                "{source}"
+            );
         }
     }
 

@@ -110,6 +110,13 @@ enum RawStep {
         #[serde(default)]
         expect: Outcome,
     },
+    /// Cancels the instance (撤单) as `actor`, who needs the process's accountable role.
+    Cancel {
+        actor: String,
+        reason: String,
+        #[serde(default)]
+        expect: Outcome,
+    },
     /// Moves the clock forward by a wall-time duration (`3h`, `1d`) and ticks.
     Advance(String),
     /// Moves the clock to an RFC 3339 instant and ticks.
@@ -147,19 +154,30 @@ enum Outcome {
     Interleaved,
     /// A send back to a node that is not among the task's `send_back` targets.
     NotSendBackTarget,
+    /// The instance has ended (completed or cancelled), or the task is closed.
+    Closed,
 }
 
 impl Outcome {
     fn of(result: &Result<(), ExecError>) -> Result<Outcome, &ExecError> {
         match result {
             Ok(()) => Ok(Outcome::Ok),
-            Err(ExecError::Denied { .. } | ExecError::AlreadyClaimed { .. }) => Ok(Outcome::Denied),
+            Err(
+                ExecError::Denied { .. }
+                | ExecError::AlreadyClaimed { .. }
+                | ExecError::CancelDenied { .. },
+            ) => Ok(Outcome::Denied),
             Err(ExecError::Incident { .. } | ExecError::Hook { .. }) => Ok(Outcome::Failed),
             Err(ExecError::Variables { .. }) => Ok(Outcome::Invalid),
             Err(ExecError::Vetoed { .. }) => Ok(Outcome::Vetoed),
             Err(ExecError::NotEnabled { .. }) => Ok(Outcome::NotEnabled),
             Err(ExecError::Interleaved { .. }) => Ok(Outcome::Interleaved),
             Err(ExecError::NotSendBackTarget { .. }) => Ok(Outcome::NotSendBackTarget),
+            Err(
+                ExecError::InstanceCompleted(_)
+                | ExecError::InstanceCancelled(_)
+                | ExecError::TaskClosed { .. },
+            ) => Ok(Outcome::Closed),
             Err(other) => Err(other),
         }
     }
@@ -413,6 +431,18 @@ impl Scenario {
             ),
             RawStep::Retry { expect } => (
                 engine.retry(instance.ok_or("no instance started yet")?),
+                *expect,
+            ),
+            RawStep::Cancel {
+                actor,
+                reason,
+                expect,
+            } => (
+                engine.cancel(
+                    instance.ok_or("no instance started yet")?,
+                    &self.actor(actor)?,
+                    reason,
+                ),
                 *expect,
             ),
             RawStep::Advance(_) | RawStep::At(_) => return Ok(()),

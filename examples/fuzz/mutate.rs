@@ -926,6 +926,7 @@ const VALUES: &[&str] = &[
     "exclusive",
     "parallel",
     "timer",
+    "inclusive",
     "bogus",
     "notify",
     "reassign",
@@ -947,6 +948,8 @@ const VALUES: &[&str] = &[
     "vetoed",
     "running",
     "completed",
+    "cancelled",
+    "closed",
 ];
 
 fn dictionary(text: &str, dict: &Dict, rng: &mut Rng) -> (&'static str, String) {

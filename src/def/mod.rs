@@ -4,6 +4,7 @@
 //! it by `Arc` and never re-checks what validation proved (a DAG, one start, resolved targets,
 //! matched joins, compiled conditions).
 
+pub(crate) mod control;
 mod raw;
 mod render;
 pub(crate) mod rules;
@@ -41,6 +42,12 @@ pub struct ProcessDef {
     pub(crate) calendar: Option<String>,
     /// The instance-wide deadline.
     pub(crate) sla: Option<Box<timers::Limits>>,
+    /// The role that may cancel an instance: the definition's `accountable`, else the SLA's.
+    pub(crate) accountable: Option<RoleId>,
+    /// The inclusive joins (OR-joins), checked at the end of each run-to-completion pass.
+    pub(crate) or_joins: Vec<NodeId>,
+    /// Whether any node has a [`control::NodeControl`]: when none has, the run loop never looks.
+    pub(crate) controlled: bool,
     /// The root CEL scope; building one costs tens of microseconds, so it is built once here.
     pub(crate) cel: cel::Context<'static, 'static>,
 }
@@ -82,6 +89,9 @@ pub struct Node {
     pub(crate) limits: Option<Box<timers::Limits>>,
     /// A user task's send-back targets, milestones and interleaving group.
     pub(crate) rules: Option<Box<rules::TaskRules>>,
+    /// Cancellation, termination and partial or inclusive joining, for the few nodes that have
+    /// them (see `control.rs`).
+    pub(crate) control: Option<Box<control::NodeControl>>,
 }
 
 /// What a node does when a token reaches it.
@@ -100,6 +110,12 @@ pub(crate) enum Behaviour {
     },
     Parallel,
     Timer(timers::TimerWait),
+    /// Takes every route whose condition holds (the default when none does); as a join, waits
+    /// for the branches that were started.
+    Inclusive {
+        routes: Vec<Route>,
+        default: Option<NodeId>,
+    },
 }
 
 #[derive(Debug)]
@@ -126,6 +142,9 @@ pub enum NodeKind {
     Parallel,
     /// Waits for a duration or until an instant.
     Timer,
+    /// Takes every route whose condition holds; joins by waiting for the branches that were
+    /// started.
+    Inclusive,
 }
 
 impl NodeKind {
@@ -139,6 +158,7 @@ impl NodeKind {
             NodeKind::Exclusive => "exclusive",
             NodeKind::Parallel => "parallel",
             NodeKind::Timer => "timer",
+            NodeKind::Inclusive => "inclusive",
         }
     }
 }
@@ -179,6 +199,7 @@ impl Node {
             Behaviour::Exclusive { .. } => NodeKind::Exclusive,
             Behaviour::Parallel => NodeKind::Parallel,
             Behaviour::Timer(_) => NodeKind::Timer,
+            Behaviour::Inclusive { .. } => NodeKind::Inclusive,
         }
     }
 
@@ -221,15 +242,17 @@ impl Node {
         self.rules.as_deref().and_then(|r| r.mutex.as_deref())
     }
 
-    /// The conditions of an exclusive gateway's routes, with their targets, in order; the default
-    /// route has no condition.
+    /// The conditions of an exclusive or inclusive gateway's routes, with their targets, in
+    /// order; the default route has no condition.
     pub fn routes(&self) -> Vec<(Option<&str>, NodeId)> {
         match &self.behaviour {
-            Behaviour::Exclusive { routes, default } => routes
-                .iter()
-                .map(|r| (Some(r.cond.source()), r.to))
-                .chain(default.map(|d| (None, d)))
-                .collect(),
+            Behaviour::Exclusive { routes, default } | Behaviour::Inclusive { routes, default } => {
+                routes
+                    .iter()
+                    .map(|r| (Some(r.cond.source()), r.to))
+                    .chain(default.map(|d| (None, d)))
+                    .collect()
+            }
             _ => Vec::new(),
         }
     }

@@ -32,6 +32,9 @@ pub(crate) struct RawDef {
     pub(crate) calendar: Option<At<String>>,
     #[serde(default)]
     pub(crate) sla: Option<At<RawSla>>,
+    /// The role that may cancel an instance ([`Engine::cancel`](crate::Engine::cancel)).
+    #[serde(default)]
+    pub(crate) accountable: Option<At<String>>,
     pub(crate) nodes: Entries<RawNode>,
 }
 
@@ -70,6 +73,7 @@ pub(crate) enum RawKind {
     Exclusive,
     Parallel,
     Timer,
+    Inclusive,
 }
 
 impl RawKind {
@@ -82,6 +86,7 @@ impl RawKind {
             RawKind::Exclusive => "exclusive",
             RawKind::Parallel => "parallel",
             RawKind::Timer => "timer",
+            RawKind::Inclusive => "inclusive",
         }
     }
 }
@@ -127,6 +132,18 @@ pub(crate) struct RawNode {
     /// A user task's interleaving group (see `def/rules.rs`).
     #[serde(default)]
     pub(crate) mutex: Option<At<String>>,
+    /// A partial join: continue after this many branches arrived.
+    #[serde(default)]
+    pub(crate) wait_for: Option<At<u32>>,
+    /// With `wait_for`: withdraw the branches that did not arrive.
+    #[serde(default)]
+    pub(crate) cancel_rest: Option<At<bool>>,
+    /// On an end node: reaching it ends the whole instance.
+    #[serde(default)]
+    pub(crate) terminate: Option<At<bool>>,
+    /// A cancel region: entering the node withdraws every live token at these nodes.
+    #[serde(default)]
+    pub(crate) cancels: Option<At<Names>>,
 }
 
 /// The process-wide deadline.

@@ -43,17 +43,16 @@ pub(super) fn mermaid(def: &ProcessDef) -> String {
     let mut out = String::from("flowchart TD\n");
     for node in &def.nodes {
         let (open, close) = match node.behaviour {
+            Behaviour::End if terminates(node) => ("(((", ")))"),
             Behaviour::Start | Behaviour::End => ("((", "))"),
             Behaviour::UserTask(_) => ("[", "]"),
             Behaviour::ServiceTask { .. } => ("[[", "]]"),
-            Behaviour::Exclusive { .. } | Behaviour::Parallel => ("{", "}"),
+            Behaviour::Exclusive { .. } | Behaviour::Parallel | Behaviour::Inclusive { .. } => {
+                ("{", "}")
+            }
             Behaviour::Timer(_) => ("{{", "}}"),
         };
-        let text = match node.behaviour {
-            Behaviour::Exclusive { .. } => format!("X {}", label(node)),
-            Behaviour::Parallel => format!("+ {}", label(node)),
-            _ => label(node),
-        };
+        let text = gateway_label(node);
         let _ = writeln!(out, "    {}{open}\"{text}\"{close}", mid(node));
     }
     for node in &def.nodes {
@@ -73,6 +72,14 @@ pub(super) fn mermaid(def: &ProcessDef) -> String {
                 }
             }
         }
+        for to in cancels(node) {
+            let _ = writeln!(
+                out,
+                "    {} -.->|\"cancels\"| {}",
+                mid(node),
+                mid(&def.nodes[to.index()])
+            );
+        }
     }
     // Send-back and milestone links are not flows: dotted, against the direction of the flows.
     for node in &def.nodes {
@@ -88,21 +95,64 @@ pub(super) fn mermaid(def: &ProcessDef) -> String {
     out
 }
 
+/// Whether a node is a terminating end.
+fn terminates(node: &Node) -> bool {
+    node.control.as_ref().is_some_and(|c| c.terminate)
+}
+
+/// The nodes a node's cancel region names.
+fn cancels(node: &Node) -> &[crate::ids::NodeId] {
+    node.control.as_ref().map_or(&[], |c| &c.cancels[..])
+}
+
+/// A node's label with the mark of its gateway kind: `X` exclusive, `+` parallel (`+ 2 of 3`
+/// for a partial join, `cancel rest` when it withdraws the others), `O` inclusive.
+fn gateway_label(node: &Node) -> String {
+    match node.behaviour {
+        Behaviour::Exclusive { .. } => format!("X {}", label(node)),
+        Behaviour::Parallel => match node
+            .control
+            .as_ref()
+            .and_then(|c| c.wait_for.map(|n| (n, c)))
+        {
+            Some((n, c)) => format!(
+                "+ {n} of {}{} {}",
+                node.incoming,
+                if c.cancel_rest { ", cancel rest" } else { "" },
+                label(node)
+            ),
+            None => format!("+ {}", label(node)),
+        },
+        Behaviour::Inclusive { .. } => format!("O {}", label(node)),
+        Behaviour::End if terminates(node) => format!("terminate {}", label(node)),
+        _ => label(node),
+    }
+}
+
 pub(super) fn dot(def: &ProcessDef) -> String {
     let mut out = format!("digraph \"{}\" {{\n    rankdir=TB;\n", def.key.id);
     for node in &def.nodes {
         let shape = match node.behaviour {
+            Behaviour::End if terminates(node) => "doublecircle",
             Behaviour::Start | Behaviour::End => "circle",
             Behaviour::UserTask(_) => "box",
             Behaviour::ServiceTask { .. } => "box3d",
-            Behaviour::Exclusive { .. } | Behaviour::Parallel => "diamond",
+            Behaviour::Exclusive { .. } | Behaviour::Parallel | Behaviour::Inclusive { .. } => {
+                "diamond"
+            }
             Behaviour::Timer(_) => "hexagon",
         };
         let _ = writeln!(
             out,
             "    \"{}\" [shape={shape}, label=\"{}\"];",
             node.id,
-            label(node)
+            // Exclusive and parallel gateways are told apart by shape alone in DOT; the marks
+            // say what the shape cannot (inclusive, partial join, terminating end).
+            if node.control.is_some() {
+                gateway_label(node)
+            } else {
+                label(node)
+            }
         );
     }
     for node in &def.nodes {
@@ -121,6 +171,14 @@ pub(super) fn dot(def: &ProcessDef) -> String {
                     let _ = writeln!(out, "    \"{}\" -> \"{to}\";", node.id);
                 }
             }
+        }
+        for to in cancels(node) {
+            let _ = writeln!(
+                out,
+                "    \"{}\" -> \"{}\" [style=dashed, label=\"cancels\"];",
+                node.id,
+                def.nodes[to.index()].id
+            );
         }
     }
     // Send-back and milestone links are not flows: dashed or dotted, and not ranked.
@@ -149,11 +207,13 @@ pub(super) fn dot(def: &ProcessDef) -> String {
 /// Outgoing flows with their condition (`default` for an exclusive gateway's default route).
 fn edges(node: &Node) -> Vec<(Option<String>, usize)> {
     match &node.behaviour {
-        Behaviour::Exclusive { routes, default } => routes
-            .iter()
-            .map(|r| (Some(r.cond.source().to_owned()), r.to.index()))
-            .chain(default.map(|d| (Some("default".to_owned()), d.index())))
-            .collect(),
+        Behaviour::Exclusive { routes, default } | Behaviour::Inclusive { routes, default } => {
+            routes
+                .iter()
+                .map(|r| (Some(r.cond.source().to_owned()), r.to.index()))
+                .chain(default.map(|d| (Some("default".to_owned()), d.index())))
+                .collect()
+        }
         // A user task's second flow is its timeout route.
         Behaviour::UserTask(_) => node
             .next

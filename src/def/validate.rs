@@ -306,6 +306,13 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         Box::new(limits)
     });
 
+    let accountable = super::control::accountable(
+        raw.accountable.as_ref(),
+        sla.as_ref().map(|s| &s.accountable),
+        &roles,
+        &mut report.0,
+    );
+
     let nodes = unique(&raw.nodes, "node", "nodes", &mut report);
     let index: HashMap<&str, NodeId> = nodes
         .iter()
@@ -365,13 +372,16 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         &mut compiled,
         &mut report.0,
     );
+    let mut splits = HashMap::new();
     if let [start] = starts[..] {
         // In a graph with a cycle, "no end is reachable" mostly repeats the cycle: report it alone.
         check_reachability(&graph, &compiled, start, acyclic, &mut report);
         if acyclic {
-            check_joins(&graph, &compiled, &mut report);
+            splits = check_joins(&graph, &compiled, &mut report);
         }
     }
+    let or_joins = super::control::finish(&graph, &mut compiled, &splits, &mut report.0);
+    let controlled = compiled.iter().any(|n| n.control.is_some());
 
     if !report.0.is_empty() {
         return Err(report.0);
@@ -394,6 +404,9 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         start: starts[0],
         calendar: raw.calendar.map(|c| c.value),
         sla,
+        accountable,
+        or_joins,
+        controlled,
         cel: cel::Context::default(),
     })
 }
@@ -497,6 +510,7 @@ impl NodeCx<'_> {
             incoming: 0,
             limits: None,
             rules: None,
+            control: None,
         };
 
         let not_allowed = |key: &'static str, loc: Option<Location>, report: &mut Report| {
@@ -517,7 +531,7 @@ impl NodeCx<'_> {
         if kind != RawKind::ServiceTask {
             not_allowed("handler", raw.handler.as_ref().map(|a| a.loc), report);
         }
-        if kind != RawKind::Exclusive {
+        if kind != RawKind::Exclusive && kind != RawKind::Inclusive {
             not_allowed("routes", raw.routes.as_ref().map(|a| a.loc), report);
         }
         if kind != RawKind::UserTask {
@@ -546,6 +560,35 @@ impl NodeCx<'_> {
             RawKind::Exclusive => {
                 not_allowed("next", raw.next.as_ref().map(|a| a.loc), report);
                 node.behaviour = self.exclusive(raw, &mut node.next, report);
+            }
+            RawKind::Inclusive if raw.routes.is_some() || raw.next.is_none() => {
+                // A split (or a join that splits again) takes routes; a join alone takes `next`.
+                not_allowed("next", raw.next.as_ref().map(|a| a.loc), report);
+                node.behaviour = match self.exclusive(raw, &mut node.next, report) {
+                    Behaviour::Exclusive { routes, default } => {
+                        Behaviour::Inclusive { routes, default }
+                    }
+                    other => other,
+                };
+            }
+            RawKind::Inclusive => {
+                node.next = self.targets(raw.next.as_ref(), report);
+                let found = raw.next.as_ref().map_or(0, |n| n.value.0.len());
+                if found != 1 {
+                    let loc = raw.next.as_ref().map_or(self.loc, |n| n.loc);
+                    report.add(
+                        loc,
+                        self.path("next"),
+                        ProblemKind::NextCount {
+                            kind: kind_name,
+                            found,
+                        },
+                    );
+                }
+                node.behaviour = Behaviour::Inclusive {
+                    routes: Vec::new(),
+                    default: None,
+                };
             }
             RawKind::End => not_allowed("next", raw.next.as_ref().map(|a| a.loc), report),
             RawKind::Start
@@ -609,6 +652,7 @@ impl NodeCx<'_> {
                 };
             }
         }
+        node.control = super::control::compile_node(self.id, raw, self.index, &mut report.0);
         node
     }
 
@@ -876,16 +920,27 @@ struct Branch {
     split: NodeIndex,
     arm: usize,
     parallel: bool,
+    /// The split is an inclusive gateway: its arms run concurrently, as a fork's do, and meet at
+    /// an inclusive join.
+    inclusive: bool,
 }
 
 /// Checks that parallel joins match forks. Each flow is labelled with the stack of splits it is
 /// inside; a join must receive exactly all arms of one fork with the same context around it, and a
 /// non-join merge may only drop exclusive arms (dropping a parallel arm would run the merge node
 /// once per arm).
-fn check_joins(graph: &DiGraph<NodeId, ()>, nodes: &[Node], report: &mut Report) {
+///
+/// Inclusive gateways follow the same rule: an inclusive join receives exactly all routes of one
+/// inclusive split, and inclusive arms never merge at a non-join. Returns each join's split.
+fn check_joins(
+    graph: &DiGraph<NodeId, ()>,
+    nodes: &[Node],
+    report: &mut Report,
+) -> HashMap<NodeIndex, NodeIndex> {
+    let mut splits = HashMap::new();
     let order = match petgraph::algo::toposort(graph, None) {
         Ok(order) => order,
-        Err(_) => return,
+        Err(_) => return splits,
     };
     // The labels of the flows arriving at each node.
     let mut arriving: Vec<Vec<Vec<Branch>>> = vec![Vec::new(); nodes.len()];
@@ -894,14 +949,22 @@ fn check_joins(graph: &DiGraph<NodeId, ()>, nodes: &[Node], report: &mut Report)
         let labels = std::mem::take(&mut arriving[u.index()]);
         let here: Vec<Branch> = if labels.len() <= 1 {
             labels.into_iter().next().unwrap_or_default()
-        } else if matches!(node.behaviour, Behaviour::Parallel) {
-            join_label(u, node, nodes, graph, &labels, report)
+        } else if matches!(
+            node.behaviour,
+            Behaviour::Parallel | Behaviour::Inclusive { .. }
+        ) {
+            let inclusive = matches!(node.behaviour, Behaviour::Inclusive { .. });
+            let (label, split) = join_label(inclusive, node, nodes, graph, &labels, report);
+            if let Some(split) = split {
+                splits.insert(u, split);
+            }
+            label
         } else {
             let prefix = common_prefix(&labels);
             let unsynced = !matches!(node.behaviour, Behaviour::End)
                 && labels
                     .iter()
-                    .any(|l| l[prefix.len()..].iter().any(|b| b.parallel));
+                    .any(|l| l[prefix.len()..].iter().any(|b| b.parallel || b.inclusive));
             if unsynced {
                 report.add(
                     node.location,
@@ -916,6 +979,7 @@ fn check_joins(graph: &DiGraph<NodeId, ()>, nodes: &[Node], report: &mut Report)
             // A user task with a timeout route leaves by one of two flows, as an exclusive
             // gateway does.
             Behaviour::Exclusive { .. } | Behaviour::UserTask(_) => node.next.len() > 1,
+            Behaviour::Inclusive { .. } => node.next.len() > 1,
             _ => false,
         };
         for (arm, to) in node.next.iter().enumerate() {
@@ -925,11 +989,13 @@ fn check_joins(graph: &DiGraph<NodeId, ()>, nodes: &[Node], report: &mut Report)
                     split: u,
                     arm,
                     parallel: matches!(node.behaviour, Behaviour::Parallel),
+                    inclusive: matches!(node.behaviour, Behaviour::Inclusive { .. }),
                 });
             }
             arriving[to.index()].push(label);
         }
     }
+    splits
 }
 
 fn common_prefix(labels: &[Vec<Branch>]) -> Vec<Branch> {
@@ -941,14 +1007,15 @@ fn common_prefix(labels: &[Vec<Branch>]) -> Vec<Branch> {
     first[..len].to_vec()
 }
 
+/// The label after a join (parallel, or `inclusive`), and the split whose branches it joins.
 fn join_label(
-    u: NodeIndex,
+    inclusive: bool,
     node: &Node,
     nodes: &[Node],
     graph: &DiGraph<NodeId, ()>,
     labels: &[Vec<Branch>],
     report: &mut Report,
-) -> Vec<Branch> {
+) -> (Vec<Branch>, Option<NodeIndex>) {
     let mut bad = |reason: String| {
         report.add(
             node.location,
@@ -959,32 +1026,54 @@ fn join_label(
             },
         );
     };
-    let _ = u;
     let lasts: Vec<Option<&Branch>> = labels.iter().map(|l| l.last()).collect();
-    if let Some(Some(b)) = lasts.iter().find(|b| b.is_some_and(|b| !b.parallel)) {
+    if inclusive && !lasts.iter().any(|b| b.is_some_and(|b| b.inclusive)) {
+        report.add(
+            node.location,
+            format!("nodes.{}", node.id),
+            ProblemKind::OrJoinWithoutSplit(node.id.clone()),
+        );
+        return (common_prefix(labels), None);
+    }
+    let matches = |b: &Branch| if inclusive { b.inclusive } else { b.parallel };
+    if let Some(Some(b)) = lasts.iter().find(|b| b.is_some_and(|b| !matches(b))) {
         let split = &nodes[b.split.index()];
         let through = match split.behaviour {
             Behaviour::UserTask(_) => format!("the timeout route of task '{}'", split.id),
+            Behaviour::Inclusive { .. } => format!("inclusive gateway '{}'", split.id),
+            Behaviour::Parallel => format!("parallel fork '{}'", split.id),
             _ => format!("exclusive gateway '{}'", split.id),
         };
-        bad(format!(
-            "a flow arrives through {through}, so the join may wait for a branch that never comes"
-        ));
-        return common_prefix(labels);
+        if inclusive {
+            bad(format!(
+                "a flow arrives through {through}, not as a route of the inclusive split"
+            ));
+        } else {
+            bad(format!(
+                "a flow arrives through {through}, so the join may wait for a branch that never comes"
+            ));
+        }
+        return (common_prefix(labels), None);
     }
+    let what = if inclusive {
+        "inclusive split"
+    } else {
+        "parallel fork"
+    };
     if lasts.iter().any(Option::is_none) {
-        bad("a flow arrives that is not a branch of any parallel fork".to_owned());
-        return common_prefix(labels);
+        bad(format!("a flow arrives that is not a branch of any {what}"));
+        return (common_prefix(labels), None);
     }
     let forks: Vec<NodeIndex> = lasts.iter().flatten().map(|b| b.split).collect();
     let fork = forks[0];
     if let Some(other) = forks.iter().find(|f| **f != fork) {
         bad(format!(
-            "its branches come from different forks '{}' and '{}'",
+            "its branches come from different {} '{}' and '{}'",
+            if inclusive { "splits" } else { "forks" },
             nodes[fork.index()].id,
             nodes[other.index()].id
         ));
-        return common_prefix(labels);
+        return (common_prefix(labels), None);
     }
     let arms = graph.neighbors(fork).count();
     let mut seen: Vec<usize> = lasts.iter().flatten().map(|b| b.arm).collect();
@@ -992,7 +1081,8 @@ fn join_label(
     seen.dedup();
     if seen.len() != labels.len() || labels.len() != arms {
         bad(format!(
-            "fork '{}' has {arms} branches but {} flows arrive here",
+            "{} '{}' has {arms} branches but {} flows arrive here",
+            if inclusive { "inclusive split" } else { "fork" },
             nodes[fork.index()].id,
             labels.len()
         ));
@@ -1002,5 +1092,5 @@ fn join_label(
     {
         bad("its branches are inside different gateways".to_owned());
     }
-    labels[0][..labels[0].len() - 1].to_vec()
+    (labels[0][..labels[0].len() - 1].to_vec(), Some(fork))
 }

@@ -183,6 +183,29 @@ pub enum ExecError {
     /// The instance has already completed.
     #[error("instance {0} has completed")]
     InstanceCompleted(InstanceId),
+    /// The instance was cancelled ([`Engine::cancel`](crate::Engine::cancel)).
+    #[error("instance {0} was cancelled")]
+    InstanceCancelled(InstanceId),
+    /// An actor without the process's accountable role tried to cancel an instance. The attempt
+    /// is in the audit trail; nothing else changed.
+    #[error(
+        "actor '{actor}' may not cancel instance {instance}; allowed roles: {}",
+        allowed.iter().map(RoleId::as_str).collect::<Vec<_>>().join(", ")
+    )]
+    CancelDenied {
+        /// The instance.
+        instance: InstanceId,
+        /// Who tried.
+        actor: ActorId,
+        /// The roles that would have been allowed.
+        allowed: Vec<RoleId>,
+    },
+    /// The instance's process names no accountable role (`accountable:` or `sla.accountable`),
+    /// so nobody may cancel it.
+    #[error(
+        "instance {0} cannot be cancelled: its process names no accountable role (add 'accountable:')"
+    )]
+    NoAccountable(InstanceId),
     /// `retry` found no failed node.
     #[error("instance {0} has no failed node to retry")]
     NothingToRetry(InstanceId),

@@ -5,6 +5,7 @@
 //! lock while stepping it; independent instances run in parallel on several threads. Hooks hear a
 //! call's events after its commit, with nothing locked (see `seam.rs`).
 
+mod control;
 mod deploy;
 mod error;
 mod rework;
@@ -759,6 +760,9 @@ impl Engine {
         self.call(instance, |slot| {
             if slot.inst.status == Status::Completed {
                 return Err(ExecError::InstanceCompleted(instance));
+            }
+            if slot.inst.status == Status::Cancelled {
+                return Err(ExecError::InstanceCancelled(instance));
             }
             if !slot
                 .inst

@@ -158,7 +158,10 @@ impl Engine {
             let held = hold(id);
             let out = f(&mut guard);
             drop(held);
-            if !self.config.retain_completed && guard.inst.status == Status::Completed {
+            // A cancelled instance is finished as a completed one is.
+            if !self.config.retain_completed
+                && matches!(guard.inst.status, Status::Completed | Status::Cancelled)
+            {
                 guard.retire();
                 let mut shard = lock(self.shard(id));
                 if shard.get(&id.0).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
@@ -382,6 +385,16 @@ impl Engine {
                     node: Arc::clone(&dep.names[node.index()]),
                     role: role.clone(),
                     actor: actor.clone(),
+                },
+                FollowUp::CancelNotice {
+                    role,
+                    actor,
+                    reason,
+                } => Event::CancelNotice {
+                    instance,
+                    role: role.clone(),
+                    actor: actor.clone(),
+                    reason: reason.clone(),
                 },
             })
             .collect();

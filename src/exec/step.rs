@@ -133,6 +133,40 @@ pub(crate) enum Change<'c> {
     Done {
         seqs: &'c [u64],
     },
+    /// The instance is cancelled (its tokens were withdrawn first): its timers are dropped and
+    /// `informed` roles are told through the outbox.
+    Cancel {
+        actor: &'c ActorId,
+        reason: &'c str,
+        informed: &'c [RoleId],
+    },
+    /// An actor without the accountable role tried to cancel the instance.
+    CancelDenied {
+        actor: &'c ActorId,
+        allowed: &'c [RoleId],
+    },
+    /// A token reached the terminating end `node` (the other tokens are withdrawn next).
+    Terminate {
+        node: NodeId,
+    },
+    /// A token entered `node`, whose cancel region is withdrawn next.
+    RegionCancelled {
+        node: NodeId,
+    },
+    /// An inclusive join fires: its joined tokens become one, ready to leave it.
+    OrJoined {
+        join: NodeId,
+    },
+    /// A partial join fired without cancelling the rest: `left` late branches are to be
+    /// absorbed.
+    Absorbing {
+        join: NodeId,
+        left: u32,
+    },
+    /// Token `token` is a late branch at a partial join that fired: it is absorbed.
+    Absorb {
+        token: usize,
+    },
 }
 
 /// One engine call's work on one locked instance.
@@ -725,6 +759,103 @@ impl<'a> Step<'a> {
                     rare.outbox.pending.retain(|p| !seqs.contains(&p.seq));
                 }
             }
+            // The rare changes of cancellation and the joins, out of the hot path's way.
+            change @ (Change::Cancel { .. }
+            | Change::CancelDenied { .. }
+            | Change::Terminate { .. }
+            | Change::RegionCancelled { .. }
+            | Change::OrJoined { .. }
+            | Change::Absorbing { .. }
+            | Change::Absorb { .. }) => self.apply_control(change),
+        }
+    }
+
+    /// [`Step::apply`] for the changes of cancellation and the joins (see `control.rs`).
+    #[cold]
+    #[inline(never)]
+    fn apply_control(&mut self, change: Change<'_>) {
+        let id = self.inst.id;
+        match change {
+            Change::Cancel {
+                actor,
+                reason,
+                informed,
+            } => {
+                self.inst.timers = Vec::new();
+                self.inst.status = Status::Cancelled;
+                self.inst.ended_at = Some(self.now);
+                self.record(Entry::Cancelled {
+                    actor: actor.clone(),
+                    reason: Box::from(reason),
+                });
+                if self.heard() {
+                    self.emit(Event::InstanceCancelled {
+                        instance: id,
+                        actor: actor.clone(),
+                        reason: reason.to_owned(),
+                    });
+                    for role in informed {
+                        self.follow(FollowUp::CancelNotice {
+                            role: role.clone(),
+                            actor: actor.clone(),
+                            reason: reason.to_owned(),
+                        });
+                    }
+                }
+            }
+            Change::CancelDenied { actor, allowed } => {
+                self.record(Entry::CancelDenied {
+                    actor: actor.clone(),
+                    allowed: allowed.into(),
+                });
+                self.emit(Event::CancelDenied {
+                    instance: id,
+                    actor: actor.clone(),
+                    allowed: allowed.to_vec(),
+                });
+            }
+            Change::Terminate { node } => self.record(Entry::Terminated { node }),
+            Change::RegionCancelled { node } => self.record(Entry::RegionCancelled { node }),
+            Change::OrJoined { join } => {
+                let mut first = true;
+                self.inst.tokens.retain(|t| {
+                    if t.node == join && t.state == TokenState::Joined {
+                        if first {
+                            first = false;
+                            t.state = TokenState::Ready;
+                            return true;
+                        }
+                        return false;
+                    }
+                    true
+                });
+                self.record(Entry::Joined { node: join });
+            }
+            Change::Absorbing { join, left } => {
+                self.inst
+                    .rare_mut()
+                    .absorbing
+                    .push(crate::model::Absorbing { node: join, left });
+            }
+            Change::Absorb { token } => {
+                let node = self.inst.tokens.swap_remove(token).node;
+                if let Some(rare) = self.inst.rare.as_deref_mut()
+                    && let Some(k) = rare.absorbing.iter().position(|a| a.node == node)
+                {
+                    rare.absorbing[k].left = rare.absorbing[k].left.saturating_sub(1);
+                    if rare.absorbing[k].left == 0 {
+                        rare.absorbing.swap_remove(k);
+                    }
+                }
+                self.record(Entry::Absorbed { node });
+                if self.heard() {
+                    self.emit(Event::NodeLeft {
+                        instance: id,
+                        node: self.name(node),
+                    });
+                }
+            }
+            _ => {}
         }
     }
 
@@ -765,14 +896,22 @@ impl<'a> Step<'a> {
         let dep: &'a Deployed = self.dep;
         let def = &*dep.def;
         let mut failure: Option<ExecError> = None;
-        while let Some(i) = self
-            .inst
-            .tokens
-            .iter()
-            .position(|t| t.state == TokenState::Ready)
-        {
+        // Read once: a definition without any node control never looks at a node's.
+        let controlled = def.controlled;
+        // Every ready token runs; when none is left, an inclusive join with nothing left to
+        // wait for fires (see `next_ready`).
+        while let Some(i) = self.next_ready(&mut failure) {
             let at = self.inst.tokens[i].node;
             let node = &def.nodes[at.index()];
+            // Cancel regions, terminating ends and partial joins (a null pointer for the rest).
+            let i = if controlled && let Some(control) = node.control.as_deref() {
+                match self.enter_control(i, at, node, control, &mut failure) {
+                    Some(i) => i,
+                    None => continue,
+                }
+            } else {
+                i
+            };
             match &node.behaviour {
                 Behaviour::Start => self.apply(Change::Flow {
                     token: Some(i),
@@ -893,6 +1032,7 @@ impl<'a> Step<'a> {
                         });
                     }
                 }
+                Behaviour::Inclusive { .. } => self.inclusive(i, at, node, &mut failure),
             }
         }
         if self.pass_milestones() {
@@ -910,7 +1050,7 @@ impl<'a> Step<'a> {
     }
 
     /// Marks token `i` at `at` failed with an incident, and gives the error for the caller.
-    fn fail_node(&mut self, i: usize, at: NodeId, message: String) -> ExecError {
+    pub(super) fn fail_node(&mut self, i: usize, at: NodeId, message: String) -> ExecError {
         self.apply(Change::Fail {
             token: Some(i),
             node: Some(at),

@@ -30,6 +30,39 @@ pub enum Event {
         /// The instance.
         instance: InstanceId,
     },
+    /// The process's accountable role cancelled an instance
+    /// ([`Engine::cancel`](crate::Engine::cancel)): its open tasks were cancelled (each heard as
+    /// [`Event::TaskCancelled`]) and its timers dropped.
+    InstanceCancelled {
+        /// The instance.
+        instance: InstanceId,
+        /// Who cancelled it.
+        actor: ActorId,
+        /// Why.
+        reason: String,
+    },
+    /// An actor without the process's accountable role tried to cancel an instance. Nothing
+    /// changed but the audit trail.
+    CancelDenied {
+        /// The instance.
+        instance: InstanceId,
+        /// Who tried.
+        actor: ActorId,
+        /// The roles that would have been allowed.
+        allowed: Vec<RoleId>,
+    },
+    /// A message for an informed role: the instance was cancelled. From the instance's outbox
+    /// ([`FollowUp::CancelNotice`]), as [`Event::Notify`] is.
+    CancelNotice {
+        /// The instance.
+        instance: InstanceId,
+        /// The informed role.
+        role: RoleId,
+        /// Who cancelled it.
+        actor: ActorId,
+        /// Why.
+        reason: String,
+    },
     /// A token arrived at a node.
     NodeEntered {
         /// The instance.
@@ -189,6 +222,9 @@ impl Event {
         match self {
             Event::InstanceStarted { instance, .. }
             | Event::InstanceCompleted { instance }
+            | Event::InstanceCancelled { instance, .. }
+            | Event::CancelDenied { instance, .. }
+            | Event::CancelNotice { instance, .. }
             | Event::NodeEntered { instance, .. }
             | Event::NodeLeft { instance, .. }
             | Event::Timer { instance, .. }
@@ -225,6 +261,16 @@ pub enum FollowUp {
         role: RoleId,
         /// Who completed the task.
         actor: ActorId,
+    },
+    /// Tell an informed role (the SLA's, and those of the tasks cancelled) that the instance
+    /// was cancelled: delivered to the hooks as [`Event::CancelNotice`].
+    CancelNotice {
+        /// The informed role.
+        role: RoleId,
+        /// Who cancelled it.
+        actor: ActorId,
+        /// Why.
+        reason: String,
     },
 }
 

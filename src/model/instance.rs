@@ -44,6 +44,19 @@ pub struct Instance {
 pub(crate) struct Rare {
     pub(crate) incidents: Vec<Incident>,
     pub(crate) outbox: Outbox,
+    /// Partial joins that fired without cancelling the rest: how many late branches each still
+    /// absorbs.
+    pub(crate) absorbing: Vec<Absorbing>,
+}
+
+/// A partial join (`wait_for` without `cancel_rest`) that fired: the branches still to come are
+/// absorbed when they arrive, without firing it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Absorbing {
+    /// The join.
+    pub(crate) node: NodeId,
+    /// How many branches are still to arrive.
+    pub(crate) left: u32,
 }
 
 /// An instance's outbox: the follow-ups its calls left, and the number the next one gets.
@@ -70,6 +83,8 @@ struct WireRef<'a> {
     ended_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     outbox: Option<&'a Outbox>,
+    #[serde(skip_serializing_if = "<[Absorbing]>::is_empty")]
+    absorbing: &'a [Absorbing],
 }
 
 /// An instance as it is deserialized (the audit trail and the outbox may be absent).
@@ -90,17 +105,22 @@ struct Wire {
     ended_at: Option<DateTime<Utc>>,
     #[serde(default)]
     outbox: Option<Outbox>,
+    #[serde(default)]
+    absorbing: Vec<Absorbing>,
 }
 
 impl From<Wire> for Instance {
     fn from(w: Wire) -> Instance {
         let outbox = w.outbox.unwrap_or_default();
-        let rare = (!w.incidents.is_empty() || outbox != Outbox::default()).then(|| {
-            Box::new(Rare {
-                incidents: w.incidents,
-                outbox,
-            })
-        });
+        let rare =
+            (!w.incidents.is_empty() || outbox != Outbox::default() || !w.absorbing.is_empty())
+                .then(|| {
+                    Box::new(Rare {
+                        incidents: w.incidents,
+                        outbox,
+                        absorbing: w.absorbing,
+                    })
+                });
         Instance {
             id: w.id,
             def: w.def,
@@ -136,6 +156,7 @@ impl Instance {
                 .as_deref()
                 .map(|r| &r.outbox)
                 .filter(|o| **o != Outbox::default()),
+            absorbing: self.rare.as_deref().map_or(&[], |r| &r.absorbing[..]),
         }
     }
 
@@ -368,6 +389,38 @@ pub enum Entry {
     Retried,
     /// Every token reached an end.
     InstanceCompleted,
+    /// The process's accountable role cancelled the instance ([`Engine::cancel`](crate::Engine::cancel)):
+    /// every token was withdrawn first (see [`Entry::Withdrawn`]).
+    Cancelled {
+        /// Who cancelled it.
+        actor: ActorId,
+        /// Why.
+        reason: Box<str>,
+    },
+    /// An actor without the process's accountable role tried to cancel the instance. Nothing
+    /// else changed.
+    CancelDenied {
+        /// Who tried.
+        actor: ActorId,
+        /// The roles that would have been allowed.
+        allowed: Box<[RoleId]>,
+    },
+    /// A token reached a terminating end: every other token was withdrawn and the instance
+    /// completes.
+    Terminated {
+        /// The end node.
+        node: NodeId,
+    },
+    /// A token entered a node with a cancel region (`cancels`): the withdrawals follow.
+    RegionCancelled {
+        /// The node entered.
+        node: NodeId,
+    },
+    /// A late branch reached a partial join that had already fired and was absorbed there.
+    Absorbed {
+        /// The join.
+        node: NodeId,
+    },
     /// A token's work was withdrawn (see [`TaskState::Cancelled`]): its open task, if any, is
     /// cancelled and its timers are dropped.
     Withdrawn {
@@ -584,6 +637,7 @@ impl Instance {
                 node(n, "an incident")?;
             }
         }
+        self.check_control(def)?;
         for record in &self.audit {
             record.check(nodes, self.tasks.len())?;
         }
@@ -705,6 +759,9 @@ impl Record {
             Entry::Incident { node, .. } => node.as_ref().is_none_or(ok_node),
             Entry::SentBack { task, from, to, .. } => ok_task(task) && ok_node(from) && ok_node(to),
             Entry::Timer { task, .. } => task.as_ref().is_none_or(ok_task),
+            Entry::Terminated { node }
+            | Entry::RegionCancelled { node }
+            | Entry::Absorbed { node } => ok_node(node),
             _ => true,
         };
         if fits {
@@ -823,6 +880,25 @@ impl Record {
             } => format!("incident: {message}"),
             Entry::Retried => "retried".to_owned(),
             Entry::InstanceCompleted => "instance completed".to_owned(),
+            Entry::Cancelled { actor, reason } => {
+                format!("instance cancelled by {actor}: {reason}")
+            }
+            Entry::CancelDenied { actor, allowed } => {
+                let roles: Vec<&str> = allowed.iter().map(RoleId::as_str).collect();
+                format!(
+                    "denied: {actor} may not cancel the instance (allowed: {})",
+                    roles.join(", ")
+                )
+            }
+            Entry::Terminated { node } => {
+                format!("{} terminated the instance", n(node))
+            }
+            Entry::RegionCancelled { node } => {
+                format!("{} cancels its region", n(node))
+            }
+            Entry::Absorbed { node } => {
+                format!("{} absorbed a late branch", n(node))
+            }
             Entry::Timer { kind, task, sla } => {
                 let whose = whose(*task, *sla);
                 format!("timer fired for {whose}: {kind:?}")

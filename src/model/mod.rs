@@ -5,6 +5,7 @@
 //! **Invariant:** this layer uses only the definition layer and below (ids, variables, RACI
 //! actions, `ProcessDef` to name nodes); nothing here knows the executor, a store or a hook.
 
+mod control;
 mod event;
 mod instance;
 mod timer;
@@ -15,3 +16,5 @@ pub use instance::{
     Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
 };
 pub use timer::{Fired, Timer, TimerKind};
+
+pub(crate) use instance::Absorbing;

@@ -330,7 +330,7 @@ fn fit(s: &str, size: f64, width: f64) -> String {
 fn shape_size(kind: NodeKind, label: &Label) -> (f64, f64) {
     match kind {
         NodeKind::Start | NodeKind::End => (32.0, 32.0),
-        NodeKind::Exclusive | NodeKind::Parallel => (40.0, 40.0),
+        NodeKind::Exclusive | NodeKind::Parallel | NodeKind::Inclusive => (40.0, 40.0),
         NodeKind::Timer => (40.0, 40.0),
         NodeKind::ServiceTask => {
             let w = text_width(&label.title, 12.0).max(text_width(&label.sub, 10.0)) + 24.0;
@@ -358,6 +358,7 @@ fn has_side_label(kind: NodeKind) -> bool {
             | NodeKind::End
             | NodeKind::Exclusive
             | NodeKind::Parallel
+            | NodeKind::Inclusive
             | NodeKind::Timer
     )
 }
@@ -370,7 +371,8 @@ fn build(def: &ProcessDef, labels: &[Label]) -> (Vec<Vertex>, Vec<Flow>) {
     let mut edges: Vec<(usize, usize, bool, Option<String>)> = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         match node.kind() {
-            NodeKind::Exclusive => {
+            // An inclusive join alone has no routes: its one flow is drawn as any other.
+            NodeKind::Exclusive | NodeKind::Inclusive if !node.routes().is_empty() => {
                 for (cond, to) in node.routes() {
                     let label = cond.map_or_else(|| "default".to_owned(), str::to_owned);
                     edges.push((i, to.index(), false, Some(label)));
@@ -693,12 +695,12 @@ fn draw_node(out: &mut String, v: &Vertex, kind: NodeKind, label: &Label, value:
                 sw / 2.0
             );
         }
-        NodeKind::Exclusive | NodeKind::Parallel => {
+        NodeKind::Exclusive | NodeKind::Parallel | NodeKind::Inclusive => {
             let r = sw / 2.0;
-            let mark = if kind == NodeKind::Exclusive {
-                "×"
-            } else {
-                "+"
+            let mark = match kind {
+                NodeKind::Exclusive => "×",
+                NodeKind::Inclusive => "○",
+                _ => "+",
             };
             let _ = writeln!(
                 out,

@@ -330,6 +330,29 @@ pub enum ProblemKind {
         /// Why not.
         reason: String,
     },
+    /// An inclusive join (an inclusive gateway with more than one incoming flow) whose flows do
+    /// not come from the routes of one inclusive split, so it cannot tell which branches were
+    /// started.
+    #[error(
+        "inclusive join '{0}' has no matching inclusive split: its flows must be the routes of one inclusive gateway"
+    )]
+    OrJoinWithoutSplit(String),
+    /// A partial join's `wait_for` is not between 1 and one less than its incoming flows.
+    #[error(
+        "'wait_for' must be at least 1 and less than the {incoming} incoming flows, found {found}"
+    )]
+    WaitFor {
+        /// The value given.
+        found: u32,
+        /// The join's incoming flows.
+        incoming: u32,
+    },
+    /// A node's `cancels` names the node itself.
+    #[error("node '{0}' cannot cancel itself")]
+    CancelsItself(String),
+    /// A control-flow key used where it means nothing, e.g. `cancel_rest` without `wait_for`.
+    #[error("{0}")]
+    ControlShape(&'static str),
 }
 
 /// A duration's text that does not parse: the text and what is wrong with it.
