@@ -4,6 +4,7 @@
 //! it by `Arc` and never re-checks what validation proved (a DAG, one start, resolved targets,
 //! matched joins, compiled conditions).
 
+pub(crate) mod events;
 mod raw;
 mod render;
 pub(crate) mod timers;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use petgraph::graph::DiGraph;
 
+pub use events::Message;
 pub use crate::yaml::{LoadError, Location, Problem, ProblemKind};
 
 use crate::cond::Condition;
@@ -34,6 +36,8 @@ pub struct ProcessDef {
     pub(crate) roles: IndexMap<RoleId, Role>,
     pub(crate) vars: IndexMap<String, VarSpec>,
     pub(crate) nodes: Vec<Node>,
+    /// The messages an instance receives.
+    pub(crate) messages: IndexMap<String, events::Message>,
     pub(crate) graph: DiGraph<NodeId, ()>,
     pub(crate) start: NodeId,
     /// The business calendar's name, when the process uses business time.
@@ -79,6 +83,10 @@ pub struct Node {
     pub(crate) incoming: u32,
     /// A user task's time limits.
     pub(crate) limits: Option<Box<timers::Limits>>,
+    /// A user task's boundary events.
+    pub(crate) boundary: Vec<events::Boundary>,
+    /// The race gateway whose target this node is.
+    pub(crate) race: Option<NodeId>,
 }
 
 /// What a node does when a token reaches it.
@@ -97,6 +105,10 @@ pub(crate) enum Behaviour {
     },
     Parallel,
     Timer(timers::TimerWait),
+    /// Waits for a message delivered to the instance or a signal.
+    Catch(events::Trigger),
+    /// An event-based gateway: the first target to leave its node wins.
+    Race,
 }
 
 #[derive(Debug)]
@@ -123,6 +135,11 @@ pub enum NodeKind {
     Parallel,
     /// Waits for a duration or until an instant.
     Timer,
+    /// Waits for a message delivered to the instance, or a signal.
+    Catch,
+    /// An event-based gateway (deferred choice): its targets wait together and the first to
+    /// leave its node withdraws the others.
+    Race,
 }
 
 impl NodeKind {
@@ -136,6 +153,8 @@ impl NodeKind {
             NodeKind::Exclusive => "exclusive",
             NodeKind::Parallel => "parallel",
             NodeKind::Timer => "timer",
+            NodeKind::Catch => "catch",
+            NodeKind::Race => "race",
         }
     }
 }
@@ -176,6 +195,8 @@ impl Node {
             Behaviour::Exclusive { .. } => NodeKind::Exclusive,
             Behaviour::Parallel => NodeKind::Parallel,
             Behaviour::Timer(_) => NodeKind::Timer,
+            Behaviour::Catch(_) => NodeKind::Catch,
+            Behaviour::Race => NodeKind::Race,
         }
     }
 
@@ -191,6 +212,14 @@ impl Node {
     pub fn handler(&self) -> Option<&str> {
         match &self.behaviour {
             Behaviour::ServiceTask { handler, .. } => Some(handler),
+            _ => None,
+        }
+    }
+
+    /// What a catch node waits for: `message NAME` or `signal NAME`.
+    pub fn trigger(&self) -> Option<String> {
+        match &self.behaviour {
+            Behaviour::Catch(t) => Some(t.describe()),
             _ => None,
         }
     }
@@ -377,6 +406,11 @@ impl ProcessDef {
             .map(|i| NodeId(i as u32))
     }
 
+    /// The messages an instance receives ([`Engine::deliver`](crate::Engine::deliver)), by name.
+    pub fn messages(&self) -> impl Iterator<Item = (&str, &events::Message)> {
+        self.messages.iter().map(|(k, m)| (k.as_str(), m))
+    }
+
     /// The start node.
     pub fn start(&self) -> NodeId {
         self.start
@@ -401,6 +435,11 @@ impl ProcessDef {
             }
             if let Behaviour::Timer(timers::TimerWait::For(s)) = &node.behaviour {
                 out.push((Some(node), s));
+            }
+            for b in &node.boundary {
+                if let events::BoundaryOn::Timer(s) = &b.on {
+                    out.push((Some(node), s));
+                }
             }
         }
         out

@@ -32,6 +32,9 @@ pub(crate) struct RawDef {
     pub(crate) calendar: Option<At<String>>,
     #[serde(default)]
     pub(crate) sla: Option<At<RawSla>>,
+    /// The messages an instance receives ([`super::events`]).
+    #[serde(default)]
+    pub(crate) messages: Entries<super::events::RawMessage>,
     pub(crate) nodes: Entries<RawNode>,
 }
 
@@ -70,6 +73,8 @@ pub(crate) enum RawKind {
     Exclusive,
     Parallel,
     Timer,
+    Catch,
+    Race,
 }
 
 impl RawKind {
@@ -82,6 +87,8 @@ impl RawKind {
             RawKind::Exclusive => "exclusive",
             RawKind::Parallel => "parallel",
             RawKind::Timer => "timer",
+            RawKind::Catch => "catch",
+            RawKind::Race => "race",
         }
     }
 }
@@ -118,6 +125,15 @@ pub(crate) struct RawNode {
     pub(crate) wait: Option<At<RawDuration>>,
     #[serde(default)]
     pub(crate) until: Option<At<String>>,
+    /// A catch's message ([`super::events`]).
+    #[serde(default)]
+    pub(crate) message: Option<At<String>>,
+    /// A catch's signal.
+    #[serde(default)]
+    pub(crate) signal: Option<At<String>>,
+    /// A user task's boundary events.
+    #[serde(default)]
+    pub(crate) boundary: Option<At<Vec<At<super::events::RawBoundary>>>>,
 }
 
 /// The process-wide deadline.
