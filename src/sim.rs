@@ -100,6 +100,24 @@ enum RawStep {
         #[serde(default)]
         expect: Outcome,
     },
+    /// Delivers a message to the instance ([`Engine::deliver`]).
+    Deliver {
+        message: String,
+        #[serde(default)]
+        vars: Vars,
+        #[serde(default)]
+        expect: Outcome,
+    },
+    /// Broadcasts a signal ([`Engine::signal`]); `woken` checks how many instances it woke.
+    Signal {
+        name: String,
+        #[serde(default)]
+        vars: Vars,
+        #[serde(default)]
+        woken: Option<usize>,
+        #[serde(default)]
+        expect: Outcome,
+    },
     /// Moves the clock forward by a wall-time duration (`3h`, `1d`) and ticks.
     Advance(String),
     /// Moves the clock to an RFC 3339 instant and ticks.
@@ -131,6 +149,9 @@ enum Outcome {
     Invalid,
     /// A hook vetoed.
     Vetoed,
+    /// A message refused: nothing waits for it, the process does not declare it, or the
+    /// instance has ended.
+    Refused,
 }
 
 impl Outcome {
@@ -141,6 +162,11 @@ impl Outcome {
             Err(ExecError::Incident { .. } | ExecError::Hook { .. }) => Ok(Outcome::Failed),
             Err(ExecError::Variables { .. }) => Ok(Outcome::Invalid),
             Err(ExecError::Vetoed { .. }) => Ok(Outcome::Vetoed),
+            Err(
+                ExecError::NotWaiting { .. }
+                | ExecError::UnknownMessage { .. }
+                | ExecError::InstanceCompleted(_),
+            ) => Ok(Outcome::Refused),
             Err(other) => Err(other),
         }
     }
@@ -381,6 +407,32 @@ impl Scenario {
                 engine.retry(instance.ok_or("no instance started yet")?),
                 *expect,
             ),
+            RawStep::Deliver {
+                message,
+                vars,
+                expect,
+            } => (
+                engine.deliver(
+                    instance.ok_or("no instance started yet")?,
+                    message,
+                    vars.clone(),
+                ),
+                *expect,
+            ),
+            RawStep::Signal {
+                name,
+                vars,
+                woken,
+                expect,
+            } => {
+                let r = engine.signal(name, vars.clone());
+                if let (Ok(n), Some(want)) = (&r, woken)
+                    && n != want
+                {
+                    return Err(format!("expected signal '{name}' to wake {want}, woke {n}"));
+                }
+                (r.map(|_| ()), *expect)
+            }
             RawStep::Advance(_) | RawStep::At(_) => return Ok(()),
             RawStep::Expect {
                 fired,
