@@ -215,7 +215,7 @@ impl Engine {
     /// id: confirm
     /// version: 1
     /// name: Confirm
-    /// variables: { ok: { type: bool } }
+    /// variables: { ok: { type: boolean } }
     /// messages: { confirmed: { payload: [ok] } }
     /// nodes:
     ///   start: { kind: start, next: wait }
