@@ -372,7 +372,9 @@ fn main() -> Result<()> {
     // 客户确认: the customer confirms in the app, which wins the race against the phone
     // confirmation and the 48-hour window (both withdrawn).
     let at = desk.tick(20);
-    println!("  {at}  customer   confirms the working service in the app (message customer_confirmed)");
+    println!(
+        "  {at}  customer   confirms the working service in the app (message customer_confirmed)"
+    );
     engine.deliver(
         broadband,
         "customer_confirmed",

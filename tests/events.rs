@@ -32,7 +32,9 @@ fn engine(defs: &[&str]) -> (Engine, Arc<ManualClock>, Arc<Mutex<Vec<Event>>>) {
     let log = Arc::clone(&heard);
     let engine = Engine::builder()
         .clock(Arc::clone(&clock))
-        .hook(hook_fn(move |e: &Event| log.lock().unwrap().push(e.clone())))
+        .hook(hook_fn(move |e: &Event| {
+            log.lock().unwrap().push(e.clone())
+        }))
         .build();
     for d in defs {
         engine.deploy(ProcessDef::from_yaml(d).unwrap()).unwrap();
@@ -206,14 +208,24 @@ fn race_message_wins() {
     assert_eq!(engine.tasks(id).unwrap().len(), 1);
 
     engine
-        .deliver(id, "customer_confirmed", vars(&[("confirmed_by", "li".into())]))
+        .deliver(
+            id,
+            "customer_confirmed",
+            vars(&[("confirmed_by", "li".into())]),
+        )
         .unwrap();
     let inst = engine.instance(id).unwrap();
     let def = engine.definition_of(id).unwrap();
     let n = |s: &str| def.node_id(s).unwrap();
     assert_eq!(inst.status(), Status::Completed);
-    assert!(inst.timers().is_empty(), "the timer branch's timer is dropped");
-    assert!(matches!(inst.tasks()[0].state(), TaskState::Cancelled { .. }));
+    assert!(
+        inst.timers().is_empty(),
+        "the timer branch's timer is dropped"
+    );
+    assert!(matches!(
+        inst.tasks()[0].state(),
+        TaskState::Cancelled { .. }
+    ));
     let mut w = withdrawn(&inst);
     w.sort();
     let mut want = vec![n("timeout"), n("by_phone")];
@@ -225,8 +237,16 @@ fn race_message_wins() {
             node: n("confirmed")
         }));
     let heard = heard.lock().unwrap();
-    assert!(heard.iter().any(|e| matches!(e, Event::TaskCancelled { node, .. } if &**node == "by_phone")));
-    assert!(heard.iter().any(|e| matches!(e, Event::RaceWon { node, .. } if &**node == "confirmed")));
+    assert!(
+        heard
+            .iter()
+            .any(|e| matches!(e, Event::TaskCancelled { node, .. } if &**node == "by_phone"))
+    );
+    assert!(
+        heard
+            .iter()
+            .any(|e| matches!(e, Event::RaceWon { node, .. } if &**node == "confirmed"))
+    );
 }
 
 #[test]
@@ -251,7 +271,10 @@ fn race_timer_wins() {
         .map(|t| t.node_id.to_string())
         .collect();
     assert_eq!(open, ["chase"]);
-    assert!(matches!(inst.tasks()[0].state(), TaskState::Cancelled { .. }));
+    assert!(matches!(
+        inst.tasks()[0].state(),
+        TaskState::Cancelled { .. }
+    ));
     // The message's catch was withdrawn: a late confirmation finds nothing waiting.
     assert!(matches!(
         engine.deliver(id, "customer_confirmed", Vars::new()),
@@ -267,7 +290,10 @@ fn race_task_wins() {
     engine.complete(task, &agent(), Vars::new()).unwrap();
     let inst = engine.instance(id).unwrap();
     assert_eq!(inst.status(), Status::Completed);
-    assert!(matches!(inst.tasks()[0].state(), TaskState::Completed { .. }));
+    assert!(matches!(
+        inst.tasks()[0].state(),
+        TaskState::Completed { .. }
+    ));
     assert!(inst.timers().is_empty());
     assert_eq!(withdrawn(&inst).len(), 2);
     // The timer never fires.
@@ -323,7 +349,9 @@ fn boundary_engine() -> (Engine, Arc<ManualClock>, Arc<Mutex<Vec<Event>>>) {
     let engine = Engine::builder()
         .clock(Arc::clone(&clock))
         .handler("remind", procflow::handler_fn(|_| Ok(Vars::new())))
-        .hook(hook_fn(move |e: &Event| log.lock().unwrap().push(e.clone())))
+        .hook(hook_fn(move |e: &Event| {
+            log.lock().unwrap().push(e.clone())
+        }))
         .build();
     engine
         .deploy(ProcessDef::from_yaml(BOUNDARY).unwrap())
@@ -349,8 +377,14 @@ fn an_interrupting_message_boundary_cancels_the_task() {
     assert_eq!(engine.instance(id).unwrap().timers().len(), 1);
     engine.deliver(id, "withdrawn", Vars::new()).unwrap();
     let inst = engine.instance(id).unwrap();
-    assert!(matches!(inst.tasks()[0].state(), TaskState::Cancelled { .. }));
-    assert!(inst.timers().is_empty(), "the task's boundary timer is dropped");
+    assert!(matches!(
+        inst.tasks()[0].state(),
+        TaskState::Cancelled { .. }
+    ));
+    assert!(
+        inst.timers().is_empty(),
+        "the task's boundary timer is dropped"
+    );
     assert_eq!(open(&engine, id), ["refund"]);
     assert!(inst.audit().iter().any(|r| matches!(
         r.what,
@@ -361,7 +395,13 @@ fn an_interrupting_message_boundary_cancels_the_task() {
             ..
         }
     )));
-    assert!(heard.lock().unwrap().iter().any(|e| matches!(e, Event::TaskCancelled { node, .. } if &**node == "install")));
+    assert!(
+        heard
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::TaskCancelled { node, .. } if &**node == "install"))
+    );
 }
 
 #[test]
@@ -391,7 +431,13 @@ fn non_interrupting_boundaries_start_a_token_and_keep_the_task() {
     assert_eq!(
         inst.audit()
             .iter()
-            .filter(|r| matches!(r.what, Entry::Boundary { interrupting: false, .. }))
+            .filter(|r| matches!(
+                r.what,
+                Entry::Boundary {
+                    interrupting: false,
+                    ..
+                }
+            ))
             .count(),
         3
     );
@@ -449,7 +495,10 @@ fn an_interrupting_signal_boundary_cancels_the_task() {
     let id = engine.start("boundary", Vars::new()).unwrap();
     assert_eq!(engine.signal("outage", Vars::new()).unwrap(), 1);
     let inst = engine.instance(id).unwrap();
-    assert!(matches!(inst.tasks()[0].state(), TaskState::Cancelled { .. }));
+    assert!(matches!(
+        inst.tasks()[0].state(),
+        TaskState::Cancelled { .. }
+    ));
     assert_eq!(open(&engine, id), ["refund"]);
 }
 
@@ -494,9 +543,18 @@ nodes:
 "#;
     let err = ProcessDef::from_yaml(text).unwrap_err();
     let kinds: Vec<&ProblemKind> = err.problems.iter().map(|p| &p.kind).collect();
-    assert!(kinds.contains(&&ProblemKind::UndeclaredVariable("y".into())), "{err}");
-    assert!(kinds.contains(&&ProblemKind::UnknownMessage("nope".into())), "{err}");
-    assert!(kinds.contains(&&ProblemKind::UnknownNode("nowhere".into())), "{err}");
+    assert!(
+        kinds.contains(&&ProblemKind::UndeclaredVariable("y".into())),
+        "{err}"
+    );
+    assert!(
+        kinds.contains(&&ProblemKind::UnknownMessage("nope".into())),
+        "{err}"
+    );
+    assert!(
+        kinds.contains(&&ProblemKind::UnknownNode("nowhere".into())),
+        "{err}"
+    );
     assert!(
         kinds.contains(&&ProblemKind::RaceTarget {
             target: "svc".into(),
@@ -576,7 +634,10 @@ nodes:
   after: { kind: service_task, name: After, handler: h, next: end }"#,
     );
     let def = ProcessDef::from_yaml(&merging).unwrap();
-    assert_eq!(def.node(def.node_id("work").unwrap()).kind(), NodeKind::Race);
+    assert_eq!(
+        def.node(def.node_id("work").unwrap()).kind(),
+        NodeKind::Race
+    );
     assert!(def.to_mermaid().contains("race"));
     assert!(def.to_dot().contains("Mdiamond"));
 }

@@ -76,6 +76,14 @@ pub(crate) enum Trigger {
 }
 
 impl Trigger {
+    /// Whether this is the signal (`signal: true`) or message named `name`.
+    pub(crate) fn is(&self, signal: bool, name: &str) -> bool {
+        match self {
+            Trigger::Message(m) => !signal && m == name,
+            Trigger::Signal(s) => signal && s == name,
+        }
+    }
+
     /// `message NAME` or `signal NAME`.
     pub(crate) fn describe(&self) -> String {
         match self {
@@ -118,9 +126,9 @@ impl Boundary {
         }
     }
 
-    /// Whether a message or signal of this name triggers it.
-    pub(crate) fn on(&self, trigger: &Trigger) -> bool {
-        matches!(&self.on, BoundaryOn::Event(t) if t == trigger)
+    /// Whether the signal (`signal: true`) or message named `name` triggers it.
+    pub(crate) fn on(&self, signal: bool, name: &str) -> bool {
+        matches!(&self.on, BoundaryOn::Event(t) if t.is(signal, name))
     }
 }
 

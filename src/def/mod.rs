@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use petgraph::graph::DiGraph;
 
-pub use events::Message;
 pub use crate::yaml::{LoadError, Location, Problem, ProblemKind};
+pub use events::Message;
 
 use crate::cond::Condition;
 use crate::ids::{DefKey, NodeId, RoleId};

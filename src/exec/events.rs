@@ -13,7 +13,10 @@ use super::step::{Change, Step};
 use super::timers::Armed;
 use super::{Engine, ExecError, check_vars, lock};
 use crate::def::ProcessDef;
-use crate::def::events::{BoundaryOn, Trigger};
+use crate::def::events::BoundaryOn;
+use smallvec::SmallVec;
+
+use super::deploy::Deployed;
 use crate::def::Behaviour;
 use crate::ids::{ActorId, InstanceId, NodeId};
 use crate::model::{Instance, Status, Timer, TimerKind, TokenState};
@@ -28,16 +31,25 @@ pub(crate) enum Listener {
     Boundary { task: u32, index: u8 },
 }
 
-/// What in `inst` waits for `trigger` now: catches in token order, then boundary events of open
-/// tasks in task order.
-pub(crate) fn listeners(def: &ProcessDef, inst: &Instance, trigger: &Trigger) -> Vec<Listener> {
-    let mut out = Vec::new();
+/// What in `inst` waits for the signal (`signal: true`) or message `name` now: catches in token
+/// order, then boundary events of open tasks in task order; only the first unless `all`.
+pub(crate) fn listeners(
+    def: &ProcessDef,
+    inst: &Instance,
+    signal: bool,
+    name: &str,
+    all: bool,
+) -> SmallVec<[Listener; 2]> {
+    let mut out = SmallVec::new();
     for t in &inst.tokens {
         if t.state == TokenState::Waiting
             && let Some(node) = def.try_node(t.node)
-            && matches!(&node.behaviour, Behaviour::Catch(c) if c == trigger)
+            && matches!(&node.behaviour, Behaviour::Catch(c) if c.is(signal, name))
         {
             out.push(Listener::Catch(t.node));
+            if !all {
+                return out;
+            }
         }
     }
     for task in inst.tasks.iter().filter(|t| t.is_open()) {
@@ -45,11 +57,14 @@ pub(crate) fn listeners(def: &ProcessDef, inst: &Instance, trigger: &Trigger) ->
             continue;
         };
         for (index, b) in node.boundary.iter().enumerate() {
-            if b.on(trigger) {
+            if b.on(signal, name) {
                 out.push(Listener::Boundary {
                     task: task.seq,
                     index: index as u8,
                 });
+                if !all {
+                    return out;
+                }
             }
         }
     }
@@ -63,7 +78,7 @@ impl<'a> Step<'a> {
     pub(crate) fn leave(&mut self, from: NodeId, to: NodeId, actor: Option<&ActorId>) {
         let dep = self.dep;
         if let Some(gateway) = dep.def.nodes[from.index()].race {
-            let mut losers: Vec<usize> = dep.def.nodes[gateway.index()]
+            let mut losers: SmallVec<[usize; 4]> = dep.def.nodes[gateway.index()]
                 .next
                 .iter()
                 .filter(|&&n| n != from)
@@ -95,8 +110,8 @@ impl<'a> Step<'a> {
     }
 
     /// Hands a message or signal to one listener, if it still waits. Returns whether it did.
-    pub(crate) fn catch(&mut self, listener: Listener, trigger: &Trigger) -> bool {
-        let dep = self.dep;
+    pub(crate) fn catch(&mut self, listener: Listener) -> bool {
+        let dep: &'a Deployed = self.dep;
         match listener {
             Listener::Catch(node) => {
                 let Some(i) = self
@@ -105,6 +120,9 @@ impl<'a> Step<'a> {
                     .iter()
                     .position(|t| t.node == node && t.state == TokenState::Waiting)
                 else {
+                    return false;
+                };
+                let Behaviour::Catch(trigger) = &dep.def.nodes[node.index()].behaviour else {
                     return false;
                 };
                 self.apply(Change::Caught {
@@ -120,6 +138,13 @@ impl<'a> Step<'a> {
                     return false;
                 };
                 let node = t.node;
+                let Some(BoundaryOn::Event(trigger)) = dep.def.nodes[node.index()]
+                    .boundary
+                    .get(index as usize)
+                    .map(|b| &b.on)
+                else {
+                    return false;
+                };
                 self.apply(Change::Caught {
                     token: None,
                     node,
@@ -239,7 +264,6 @@ impl Engine {
         let vars = Handed::new(vars);
         let now = self.clock.now();
         self.call(instance, |slot| {
-            let trigger = Trigger::Message(message.to_owned());
             let mut found = check_message(slot, instance, message, &vars)?;
             if found.is_none() && self.refresh(slot) {
                 // A stale copy (another engine sharing the store moved the instance on).
@@ -255,7 +279,7 @@ impl Engine {
                 if !vars.is_empty() {
                     step.apply(Change::SetVars(vars.take()));
                 }
-                step.catch(listener, &trigger);
+                step.catch(listener);
                 step.run()
             }))
         })
@@ -277,16 +301,17 @@ impl Engine {
     pub fn signal(&self, name: &str, vars: Vars) -> Result<usize, ExecError> {
         let vars = Handed::new(vars);
         self.not_busy()?;
-        let trigger = Trigger::Signal(name.to_owned());
         // First, which instances wait, and whether the variables fit each one's definition.
         let mut waiting: Vec<InstanceId> = Vec::new();
         for shard in &*self.shards {
-            let slots: Vec<(u64, Arc<Mutex<Slot>>)> =
-                lock(shard).iter().map(|(k, v)| (*k, Arc::clone(v))).collect();
+            let slots: Vec<(u64, Arc<Mutex<Slot>>)> = lock(shard)
+                .iter()
+                .map(|(k, v)| (*k, Arc::clone(v)))
+                .collect();
             for (id, slot) in slots {
                 let slot = lock(&slot);
                 if slot.inst.status != Status::Running
-                    || listeners(&slot.dep.def, &slot.inst, &trigger).is_empty()
+                    || listeners(&slot.dep.def, &slot.inst, true, name, false).is_empty()
                 {
                     continue;
                 }
@@ -303,7 +328,7 @@ impl Engine {
         for id in waiting {
             let caught = Cell::new(false);
             let result = self.call(id, |slot| {
-                let found = listeners(&slot.dep.def, &slot.inst, &trigger);
+                let found = listeners(&slot.dep.def, &slot.inst, true, name, true);
                 if slot.inst.status != Status::Running || found.is_empty() {
                     return Ok(Stepped::nothing(id));
                 }
@@ -312,7 +337,7 @@ impl Engine {
                         step.apply(Change::SetVars(vars.clone()));
                     }
                     for listener in found {
-                        step.catch(listener, &trigger);
+                        step.catch(listener);
                     }
                     step.run()
                 });
@@ -355,6 +380,7 @@ fn check_message(
     if !problems.is_empty() {
         return Err(ExecError::Variables { problems });
     }
-    let trigger = Trigger::Message(message.to_owned());
-    Ok(listeners(def, &slot.inst, &trigger).into_iter().next())
+    Ok(listeners(def, &slot.inst, false, message, false)
+        .into_iter()
+        .next())
 }

@@ -839,7 +839,11 @@ impl Record {
             }
             Entry::SignalCaught { node, signal } => format!("{} received signal {signal}", n(node)),
             Entry::RaceWon { gateway, node } => {
-                format!("{} won race {}; the other targets withdrawn", n(node), n(gateway))
+                format!(
+                    "{} won race {}; the other targets withdrawn",
+                    n(node),
+                    n(gateway)
+                )
             }
             Entry::Boundary {
                 task,

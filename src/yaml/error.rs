@@ -321,7 +321,9 @@ pub enum ProblemKind {
     #[error("a race needs at least two targets in 'next', found {0}")]
     RaceTargets(usize),
     /// A race's target is not a catch, a timer or a user task.
-    #[error("race target '{target}' is a {kind} node; a race's targets are catch, timer and user_task nodes")]
+    #[error(
+        "race target '{target}' is a {kind} node; a race's targets are catch, timer and user_task nodes"
+    )]
     RaceTarget {
         /// The target.
         target: String,
@@ -338,7 +340,9 @@ pub enum ProblemKind {
     },
     /// A non-interrupting message or signal boundary (which starts a token each time its event
     /// comes) leads to a parallel join, which could count two runs' tokens as one run's branches.
-    #[error("the non-interrupting boundary path of task '{task}' reaches parallel join '{join}'; end it without joins, or make it a timer")]
+    #[error(
+        "the non-interrupting boundary path of task '{task}' reaches parallel join '{join}'; end it without joins, or make it a timer"
+    )]
     RepeatedBoundaryJoin {
         /// The task.
         task: String,
