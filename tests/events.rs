@@ -641,3 +641,105 @@ nodes:
     assert!(def.to_mermaid().contains("race"));
     assert!(def.to_dot().contains("Mdiamond"));
 }
+
+#[test]
+fn a_waiting_catch_and_a_boundary_timer_survive_a_restart() {
+    let store = procflow::MemoryStore::new();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let build = || {
+        Engine::builder()
+            .clock(Arc::clone(&clock))
+            .handler("remind", procflow::handler_fn(|_| Ok(Vars::new())))
+            .open(store.clone())
+            .unwrap()
+    };
+    let (race, boundary) = {
+        let engine = build();
+        engine.deploy(ProcessDef::from_yaml(RACE).unwrap()).unwrap();
+        engine
+            .deploy(ProcessDef::from_yaml(BOUNDARY).unwrap())
+            .unwrap();
+        (
+            engine.start("race", Vars::new()).unwrap(),
+            engine.start("boundary", Vars::new()).unwrap(),
+        )
+    };
+    let engine = build();
+    engine
+        .deliver(race, "customer_confirmed", Vars::new())
+        .unwrap();
+    assert_eq!(engine.instance(race).unwrap().status(), Status::Completed);
+    clock.advance(Duration::hours(4));
+    let fired = engine.tick(clock.now());
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].kind, TimerKind::Boundary { index: 1 });
+    assert_eq!(fired[0].instance, boundary);
+    drop(engine);
+    // Read back once more: the boundary fired once and is not armed again.
+    let engine = build();
+    let inst = engine.instance(boundary).unwrap();
+    assert!(inst.timers().is_empty());
+    assert_eq!(open(&engine, boundary), ["install"]);
+}
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One thing that may happen to a waiting race: the message, the task's completion, or
+    /// time passing (the timer fires after 48 hours).
+    #[derive(Clone, Copy, Debug)]
+    enum Act {
+        Deliver,
+        Complete,
+        Advance(i64),
+    }
+
+    fn act() -> impl Strategy<Value = Act> {
+        prop_oneof![
+            Just(Act::Deliver),
+            Just(Act::Complete),
+            (1i64..30).prop_map(Act::Advance),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever happens in whatever order, exactly one target of the race leaves it: one
+        /// `RaceWon`, the other two withdrawn, and the instance ends after the chase task (when
+        /// the timer won).
+        #[test]
+        fn exactly_one_target_wins(acts in prop::collection::vec(act(), 1..8)) {
+            let (engine, clock, _) = engine(&[RACE]);
+            let id = engine.start("race", Vars::new()).unwrap();
+            for a in acts {
+                match a {
+                    Act::Deliver => {
+                        let _ = engine.deliver(id, "customer_confirmed", Vars::new());
+                    }
+                    Act::Complete => {
+                        if let Some(t) = engine.tasks(id).unwrap().first() {
+                            engine.complete(t.id, &agent(), Vars::new()).unwrap();
+                        }
+                    }
+                    Act::Advance(h) => {
+                        clock.advance(Duration::hours(h));
+                        engine.tick(clock.now());
+                    }
+                }
+            }
+            // Finish: whatever is left open is completed.
+            engine.deliver(id, "customer_confirmed", Vars::new()).ok();
+            while let Some(t) = engine.tasks(id).unwrap().first() {
+                engine.complete(t.id, &agent(), Vars::new()).unwrap();
+            }
+            let inst = engine.instance(id).unwrap();
+            prop_assert_eq!(inst.status(), Status::Completed);
+            let won = inst.audit().iter().filter(|r| matches!(r.what, Entry::RaceWon { .. })).count();
+            prop_assert_eq!(won, 1);
+            prop_assert_eq!(withdrawn(&inst).len(), 2);
+            prop_assert!(inst.timers().is_empty());
+        }
+    }
+}
