@@ -122,17 +122,22 @@ pub(crate) fn waiting_def() -> String {
     )
 }
 
-/// start → a race between a catch of message `confirmed` and a 48-hour timer → end: the instance
-/// waits at the race until `Engine::deliver(id, "confirmed", ..)` decides it.
+/// start → a race between a catch of message `confirmed` and a 48-hour timer → a user task →
+/// end: the instance waits at the race until `Engine::deliver(id, "confirmed", ..)` decides it,
+/// then waits at the task.
 pub(crate) fn message_race_def() -> String {
     format!(
-        "id: {MESSAGE_RACE}\nversion: 1\nname: Message race
-messages: {{ confirmed: {{}} }}
+        "id: {MESSAGE_RACE}\nversion: 1\nname: Message race\n{HEADER_ROLES}messages: {{ confirmed: {{}} }}
 nodes:
   start: {{ kind: start, next: race }}
   race: {{ kind: race, next: [confirmed, window] }}
-  confirmed: {{ kind: catch, message: confirmed, next: end }}
-  window: {{ kind: timer, wait: 48h, next: end }}
+  confirmed: {{ kind: catch, message: confirmed, next: follow_up }}
+  window: {{ kind: timer, wait: 48h, next: follow_up }}
+  follow_up:
+    kind: user_task
+    name: Follow up
+    raci: {{ responsible: [clerk], accountable: lead }}
+    next: end
   end: {{ kind: end }}
 "
     )

@@ -78,6 +78,9 @@ impl<'a> Step<'a> {
     pub(crate) fn leave(&mut self, from: NodeId, to: NodeId, actor: Option<&ActorId>) {
         let dep = self.dep;
         if let Some(gateway) = dep.def.nodes[from.index()].race {
+            // Caught (already written), one `Withdrawn` per other target, won, moved on, and
+            // the next node's records.
+            self.room(dep.def.nodes[gateway.index()].next.len() + 4);
             let mut losers: SmallVec<[usize; 4]> = dep.def.nodes[gateway.index()]
                 .next
                 .iter()

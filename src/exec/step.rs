@@ -233,6 +233,19 @@ impl<'a> Step<'a> {
         }
     }
 
+    /// Makes room in the audit trail for `n` more records at once (when audit is on), so that a
+    /// call that writes several (a race decided: caught, withdrawn, won, moved on, the next task
+    /// opened) moves the trail once, not at each doubling.
+    pub(crate) fn room(&mut self, n: usize) {
+        if self.audit {
+            let hint = self.dep.last_records.load(Ordering::Relaxed);
+            let audit = &mut self.inst.audit;
+            if audit.capacity() - audit.len() < n {
+                audit.reserve_exact(n.max(hint.saturating_sub(audit.len())));
+            }
+        }
+    }
+
     /// Keeps an event for the hooks, which hear it after the commit.
     fn emit(&mut self, event: Event) {
         if self.heard() {
