@@ -1,5 +1,5 @@
 //! Criterion benches for node-transition throughput (issue 5): the hardware floor, linear,
-//! complaint, fan-out, complete, load and threads. Fixtures are built outside the timed loops by `common`.
+//! complaint, fan-out, complete, deliver, load and threads. Fixtures are built outside the timed loops by `common`.
 //!
 //! Throughput is in transitions (audit `Transition` records, counted on one instance at setup)
 //! unless a bench says it counts instances.
@@ -129,6 +129,39 @@ fn complete(c: &mut Criterion) {
     );
 }
 
+/// An instance removed from its engine when dropped.
+struct Removed<'e>(&'e procflow::Engine, procflow::InstanceId);
+
+impl Drop for Removed<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.remove(self.1);
+    }
+}
+
+/// Bench 4b, deliver: one `Engine::deliver` to an instance waiting at a race (a message catch
+/// against a 48-hour timer), deciding it (the timer branch withdrawn) and opening the user task
+/// after it. Waiting instances are made in the untimed setup.
+fn deliver(c: &mut Criterion) {
+    let engine = engine_with([parse(&message_race_def())], true);
+    let mut g = c.benchmark_group("deliver");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("race_decided", |b| {
+        b.iter_batched(
+            || engine.start(MESSAGE_RACE, Vars::new()).expect("starts"),
+            |id| {
+                engine
+                    .deliver(id, "confirmed", Vars::new())
+                    .expect("delivers");
+                // Removed when criterion drops the outputs, outside the timing, so that waiting
+                // instances do not pile up.
+                Removed(&engine, id)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
 /// Bench 5, load: parse + validate + compile each shipped definition and a generated one of 1,000
 /// nodes.
 fn load_defs(c: &mut Criterion) {
@@ -242,6 +275,7 @@ fn main() {
     complaint(&mut c);
     fanout(&mut c);
     complete(&mut c);
+    deliver(&mut c);
     load_defs(&mut c);
     timers(&mut c);
     threads(&mut c);

@@ -369,6 +369,17 @@ fn main() -> Result<()> {
         "track_order",
         json!({ "order_status": "activated" }),
     )?;
+    // 客户确认: the customer confirms in the app, which wins the race against the phone
+    // confirmation and the 48-hour window (both withdrawn).
+    let at = desk.tick(20);
+    println!(
+        "  {at}  customer   confirms the working service in the app (message customer_confirmed)"
+    );
+    engine.deliver(
+        broadband,
+        "customer_confirmed",
+        vars(json!({ "confirmation": "app", "customer_feedback": "works fine" })),
+    )?;
     desk.work(
         &wang,
         broadband,

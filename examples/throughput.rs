@@ -5,6 +5,7 @@
 //! cargo run --release --example throughput -- --workload linear|complaint|fanout \
 //!     --seconds S --threads N [--no-audit]
 //! cargo run --release --example throughput -- --workload waiting --instances 1000000 [--no-audit]
+//! cargo run --release --example throughput -- --workload message --seconds S [--no-audit]
 //! cargo run --release --example throughput -- --workload linear --seconds 3 --store sqlite:PATH \
 //!     [--durability process|full] [--commit group|single]
 //! cargo run --release --example throughput -- --workload reopen --instances 100000 --store sqlite:PATH
@@ -13,7 +14,9 @@
 //! With `--store`, every call commits to a SQLite file (deleted first); the default durability
 //! here is `process` (a killed process loses nothing; see `procflow::Durability`). `reopen`
 //! starts `--instances` instances that wait at a user task, then times `EngineBuilder::open`
-//! resuming them.
+//! resuming them. `message` starts instances waiting at a race (a message catch against a
+//! 48-hour timer) in untimed batches, then times `Engine::deliver` deciding each race (one
+//! thread), and prints the nanoseconds per delivery.
 //!
 //! Transitions are the audit trail's `Transition` records, counted on one instance per route
 //! at setup. Peak RSS is `VmHWM` from `/proc/self/status`. Every timed run also measures the
@@ -33,7 +36,7 @@ use procflow::{Durability, Engine, ProcessDef, SqliteStore, Vars};
 
 use common::*;
 
-const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen \
+const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message \
 [--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH] \
 [--durability process|full] [--commit group|single]";
 
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
             });
         }
         "waiting" => waiting(&args),
+        "message" => message(&args),
         "reopen" => {
             if let Err(e) = reopen(&args) {
                 eprintln!("{e}");
@@ -306,4 +310,42 @@ fn waiting(args: &Args) {
         secs * 1e9 / args.instances as f64,
     );
     assert_eq!(engine.instances().len() as u64, args.instances + 1);
+}
+
+/// Starts instances waiting at a race (message against timer) in batches outside the clock, then
+/// times delivering the message to each: one `deliver` per instance, each deciding its race (the
+/// timer branch withdrawn, its timer dropped) and moving the token on to the user task after it.
+/// The instances are removed after each batch, outside the clock. Prints ns per delivery.
+fn message(args: &Args) {
+    const BATCH: usize = 100_000;
+    let engine = engine_with([parse(&message_race_def())], args.audit);
+    let budget = Duration::from_secs_f64(args.seconds);
+    let (mut delivered, mut spent) = (0u64, Duration::ZERO);
+    let mut ids = Vec::with_capacity(BATCH);
+    while spent < budget {
+        ids.clear();
+        for _ in 0..BATCH {
+            ids.push(engine.start(MESSAGE_RACE, Vars::new()).expect("starts"));
+        }
+        let start = Instant::now();
+        for &id in &ids {
+            engine
+                .deliver(id, "confirmed", Vars::new())
+                .expect("delivers");
+        }
+        spent += start.elapsed();
+        delivered += ids.len() as u64;
+        for &id in &ids {
+            let inst = engine.remove(id).expect("still held");
+            assert_eq!(inst.tasks().len(), 1, "the race was decided by the message");
+        }
+    }
+    println!(
+        "workload=message deliveries={delivered} seconds={:.3} ns_per_delivery={:.0} deliveries_per_sec={:.0} peak_rss_kb={} audit={}",
+        spent.as_secs_f64(),
+        spent.as_secs_f64() * 1e9 / delivered as f64,
+        delivered as f64 / spent.as_secs_f64(),
+        proc_status_kb("VmHWM"),
+        args.audit,
+    );
 }

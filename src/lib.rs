@@ -83,7 +83,9 @@ mod vars;
 mod yaml;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use def::{LoadError, Location, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role};
+pub use def::{
+    LoadError, Location, Message, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role,
+};
 pub use exec::{
     Config, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, OpenError, Sla,
     SlaStatus, TaskView, TimerDriver,

@@ -117,6 +117,24 @@ enum RawStep {
         #[serde(default)]
         expect: Outcome,
     },
+    /// Delivers a message to the instance ([`Engine::deliver`]).
+    Deliver {
+        message: String,
+        #[serde(default)]
+        vars: Vars,
+        #[serde(default)]
+        expect: Outcome,
+    },
+    /// Broadcasts a signal ([`Engine::signal`]); `woken` checks how many instances it woke.
+    Signal {
+        name: String,
+        #[serde(default)]
+        vars: Vars,
+        #[serde(default)]
+        woken: Option<usize>,
+        #[serde(default)]
+        expect: Outcome,
+    },
     /// Moves the clock forward by a wall-time duration (`3h`, `1d`) and ticks.
     Advance(String),
     /// Moves the clock to an RFC 3339 instant and ticks.
@@ -156,6 +174,9 @@ enum Outcome {
     NotSendBackTarget,
     /// The instance has ended (completed or cancelled), or the task is closed.
     Closed,
+    /// A message refused: nothing waits for it, the process does not declare it, or the
+    /// instance has ended.
+    Refused,
 }
 
 impl Outcome {
@@ -178,6 +199,9 @@ impl Outcome {
                 | ExecError::InstanceCancelled(_)
                 | ExecError::TaskClosed { .. },
             ) => Ok(Outcome::Closed),
+            Err(ExecError::NotWaiting { .. } | ExecError::UnknownMessage { .. }) => {
+                Ok(Outcome::Refused)
+            }
             Err(other) => Err(other),
         }
     }
@@ -445,6 +469,32 @@ impl Scenario {
                 ),
                 *expect,
             ),
+            RawStep::Deliver {
+                message,
+                vars,
+                expect,
+            } => (
+                engine.deliver(
+                    instance.ok_or("no instance started yet")?,
+                    message,
+                    vars.clone(),
+                ),
+                *expect,
+            ),
+            RawStep::Signal {
+                name,
+                vars,
+                woken,
+                expect,
+            } => {
+                let r = engine.signal(name, vars.clone());
+                if let (Ok(n), Some(want)) = (&r, woken)
+                    && n != want
+                {
+                    return Err(format!("expected signal '{name}' to wake {want}, woke {n}"));
+                }
+                (r.map(|_| ()), *expect)
+            }
             RawStep::Advance(_) | RawStep::At(_) => return Ok(()),
             RawStep::Expect {
                 fired,

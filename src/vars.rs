@@ -212,6 +212,8 @@ pub enum VarProblem {
         /// The most bytes a value may take.
         limit: usize,
     },
+    /// A delivered message's variable that its declared `payload` does not list.
+    NotInPayload,
 }
 
 impl std::fmt::Display for VarProblem {
@@ -229,6 +231,7 @@ impl std::fmt::Display for VarProblem {
             VarProblem::TooLarge { limit } => {
                 write!(f, "larger than {limit} bytes as JSON")
             }
+            VarProblem::NotInPayload => f.write_str("not in the message's payload"),
         }
     }
 }

@@ -22,6 +22,8 @@ pub(crate) const FANOUT: &str = "fanout";
 pub(crate) const WAITING: &str = "waiting";
 /// The process id of [`complete_def`].
 pub(crate) const COMPLETE: &str = "complete-gate";
+/// The process id of [`message_race_def`].
+pub(crate) const MESSAGE_RACE: &str = "message-race";
 /// The process id of the shipped complaint definition.
 pub(crate) const COMPLAINT: &str = "complaint-handling";
 
@@ -114,6 +116,27 @@ pub(crate) fn waiting_def() -> String {
     kind: user_task
     name: Review
     raci: {{ responsible: [clerk], accountable: lead, informed: [audit] }}
+    next: end
+  end: {{ kind: end }}
+"
+    )
+}
+
+/// start → a race between a catch of message `confirmed` and a 48-hour timer → a user task →
+/// end: the instance waits at the race until `Engine::deliver(id, "confirmed", ..)` decides it,
+/// then waits at the task.
+pub(crate) fn message_race_def() -> String {
+    format!(
+        "id: {MESSAGE_RACE}\nversion: 1\nname: Message race\n{HEADER_ROLES}messages: {{ confirmed: {{}} }}
+nodes:
+  start: {{ kind: start, next: race }}
+  race: {{ kind: race, next: [confirmed, window] }}
+  confirmed: {{ kind: catch, message: confirmed, next: follow_up }}
+  window: {{ kind: timer, wait: 48h, next: follow_up }}
+  follow_up:
+    kind: user_task
+    name: Follow up
+    raci: {{ responsible: [clerk], accountable: lead }}
     next: end
   end: {{ kind: end }}
 "

@@ -5,6 +5,7 @@
 //! matched joins, compiled conditions).
 
 pub(crate) mod control;
+pub(crate) mod events;
 mod raw;
 mod render;
 pub(crate) mod rules;
@@ -17,6 +18,7 @@ use indexmap::IndexMap;
 use petgraph::graph::DiGraph;
 
 pub use crate::yaml::{LoadError, Location, Problem, ProblemKind};
+pub use events::Message;
 
 use crate::cond::Condition;
 use crate::ids::{DefKey, NodeId, RoleId};
@@ -36,6 +38,8 @@ pub struct ProcessDef {
     pub(crate) roles: IndexMap<RoleId, Role>,
     pub(crate) vars: IndexMap<String, VarSpec>,
     pub(crate) nodes: Vec<Node>,
+    /// The messages an instance receives.
+    pub(crate) messages: IndexMap<String, events::Message>,
     pub(crate) graph: DiGraph<NodeId, ()>,
     pub(crate) start: NodeId,
     /// The business calendar's name, when the process uses business time.
@@ -92,6 +96,10 @@ pub struct Node {
     /// Cancellation, termination and partial or inclusive joining, for the few nodes that have
     /// them (see `control.rs`).
     pub(crate) control: Option<Box<control::NodeControl>>,
+    /// A user task's boundary events.
+    pub(crate) boundary: Vec<events::Boundary>,
+    /// The race gateway whose target this node is.
+    pub(crate) race: Option<NodeId>,
 }
 
 /// What a node does when a token reaches it.
@@ -116,6 +124,10 @@ pub(crate) enum Behaviour {
         routes: Vec<Route>,
         default: Option<NodeId>,
     },
+    /// Waits for a message delivered to the instance or a signal.
+    Catch(events::Trigger),
+    /// An event-based gateway: the first target to leave its node wins.
+    Race,
 }
 
 #[derive(Debug)]
@@ -145,6 +157,11 @@ pub enum NodeKind {
     /// Takes every route whose condition holds; joins by waiting for the branches that were
     /// started.
     Inclusive,
+    /// Waits for a message delivered to the instance, or a signal.
+    Catch,
+    /// An event-based gateway (deferred choice): its targets wait together and the first to
+    /// leave its node withdraws the others.
+    Race,
 }
 
 impl NodeKind {
@@ -159,6 +176,8 @@ impl NodeKind {
             NodeKind::Parallel => "parallel",
             NodeKind::Timer => "timer",
             NodeKind::Inclusive => "inclusive",
+            NodeKind::Catch => "catch",
+            NodeKind::Race => "race",
         }
     }
 }
@@ -200,6 +219,8 @@ impl Node {
             Behaviour::Parallel => NodeKind::Parallel,
             Behaviour::Timer(_) => NodeKind::Timer,
             Behaviour::Inclusive { .. } => NodeKind::Inclusive,
+            Behaviour::Catch(_) => NodeKind::Catch,
+            Behaviour::Race => NodeKind::Race,
         }
     }
 
@@ -215,6 +236,14 @@ impl Node {
     pub fn handler(&self) -> Option<&str> {
         match &self.behaviour {
             Behaviour::ServiceTask { handler, .. } => Some(handler),
+            _ => None,
+        }
+    }
+
+    /// What a catch node waits for: `message NAME` or `signal NAME`.
+    pub fn trigger(&self) -> Option<String> {
+        match &self.behaviour {
+            Behaviour::Catch(t) => Some(t.describe()),
             _ => None,
         }
     }
@@ -421,6 +450,11 @@ impl ProcessDef {
             .map(|i| NodeId(i as u32))
     }
 
+    /// The messages an instance receives ([`Engine::deliver`](crate::Engine::deliver)), by name.
+    pub fn messages(&self) -> impl Iterator<Item = (&str, &events::Message)> {
+        self.messages.iter().map(|(k, m)| (k.as_str(), m))
+    }
+
     /// The start node.
     pub fn start(&self) -> NodeId {
         self.start
@@ -445,6 +479,11 @@ impl ProcessDef {
             }
             if let Behaviour::Timer(timers::TimerWait::For(s)) = &node.behaviour {
                 out.push((Some(node), s));
+            }
+            for b in &node.boundary {
+                if let events::BoundaryOn::Timer(s) = &b.on {
+                    out.push((Some(node), s));
+                }
             }
         }
         out

@@ -35,6 +35,9 @@ pub(crate) struct RawDef {
     /// The role that may cancel an instance ([`Engine::cancel`](crate::Engine::cancel)).
     #[serde(default)]
     pub(crate) accountable: Option<At<String>>,
+    /// The messages an instance receives ([`super::events`]).
+    #[serde(default)]
+    pub(crate) messages: Entries<super::events::RawMessage>,
     pub(crate) nodes: Entries<RawNode>,
 }
 
@@ -74,6 +77,8 @@ pub(crate) enum RawKind {
     Parallel,
     Timer,
     Inclusive,
+    Catch,
+    Race,
 }
 
 impl RawKind {
@@ -87,6 +92,8 @@ impl RawKind {
             RawKind::Parallel => "parallel",
             RawKind::Timer => "timer",
             RawKind::Inclusive => "inclusive",
+            RawKind::Catch => "catch",
+            RawKind::Race => "race",
         }
     }
 }
@@ -144,6 +151,15 @@ pub(crate) struct RawNode {
     /// A cancel region: entering the node withdraws every live token at these nodes.
     #[serde(default)]
     pub(crate) cancels: Option<At<Names>>,
+    /// A catch's message ([`super::events`]).
+    #[serde(default)]
+    pub(crate) message: Option<At<String>>,
+    /// A catch's signal.
+    #[serde(default)]
+    pub(crate) signal: Option<At<String>>,
+    /// A user task's boundary events.
+    #[serde(default)]
+    pub(crate) boundary: Option<At<Vec<At<super::events::RawBoundary>>>>,
 }
 
 /// The process-wide deadline.

@@ -23,6 +23,9 @@ fn label(node: &Node) -> String {
     if let Some(group) = node.mutex() {
         text.push_str(&format!(" [mutex: {group}]"));
     }
+    if let Some(trigger) = node.trigger() {
+        text.push_str(&format!(" [{trigger}]"));
+    }
     text.replace('"', "'")
 }
 
@@ -51,6 +54,8 @@ pub(super) fn mermaid(def: &ProcessDef) -> String {
                 ("{", "}")
             }
             Behaviour::Timer(_) => ("{{", "}}"),
+            Behaviour::Catch(_) => (">", "]"),
+            Behaviour::Race => ("{", "}"),
         };
         let text = gateway_label(node);
         let _ = writeln!(out, "    {}{open}\"{text}\"{close}", mid(node));
@@ -59,6 +64,15 @@ pub(super) fn mermaid(def: &ProcessDef) -> String {
         for (cond, to) in edges(node) {
             let to = mid(&def.nodes[to]);
             match cond {
+                // A non-interrupting boundary's flow is dashed.
+                Some(c) if c.ends_with(NON_INTERRUPTING) => {
+                    let _ = writeln!(
+                        out,
+                        "    {} -.->|\"{}\"| {to}",
+                        mid(node),
+                        c.replace('"', "'")
+                    );
+                }
                 Some(c) => {
                     let _ = writeln!(
                         out,
@@ -124,6 +138,7 @@ fn gateway_label(node: &Node) -> String {
             None => format!("+ {}", label(node)),
         },
         Behaviour::Inclusive { .. } => format!("O {}", label(node)),
+        Behaviour::Race => format!("race {}", label(node)),
         Behaviour::End if terminates(node) => format!("terminate {}", label(node)),
         _ => label(node),
     }
@@ -141,6 +156,8 @@ pub(super) fn dot(def: &ProcessDef) -> String {
                 "diamond"
             }
             Behaviour::Timer(_) => "hexagon",
+            Behaviour::Catch(_) => "cds",
+            Behaviour::Race => "Mdiamond",
         };
         let _ = writeln!(
             out,
@@ -160,9 +177,14 @@ pub(super) fn dot(def: &ProcessDef) -> String {
             let to = &def.nodes[to].id;
             match cond {
                 Some(c) => {
+                    let style = if c.ends_with(NON_INTERRUPTING) {
+                        ", style=dashed"
+                    } else {
+                        ""
+                    };
                     let _ = writeln!(
                         out,
-                        "    \"{}\" -> \"{to}\" [label=\"{}\"];",
+                        "    \"{}\" -> \"{to}\" [label=\"{}\"{style}];",
                         node.id,
                         c.replace('"', "'")
                     );
@@ -204,6 +226,9 @@ pub(super) fn dot(def: &ProcessDef) -> String {
     out
 }
 
+/// How a non-interrupting boundary's label ends ([`super::events::Boundary::label`]).
+const NON_INTERRUPTING: &str = "(non-interrupting)";
+
 /// Outgoing flows with their condition (`default` for an exclusive gateway's default route).
 fn edges(node: &Node) -> Vec<(Option<String>, usize)> {
     match &node.behaviour {
@@ -214,12 +239,19 @@ fn edges(node: &Node) -> Vec<(Option<String>, usize)> {
                 .chain(default.map(|d| (Some("default".to_owned()), d.index())))
                 .collect()
         }
-        // A user task's second flow is its timeout route.
+        // A user task's second flow is its timeout route; its boundary events' flows follow.
         Behaviour::UserTask(_) => node
             .next
             .iter()
             .enumerate()
-            .map(|(i, n)| ((i > 0).then(|| "timeout".to_owned()), n.index()))
+            .map(|(i, n)| {
+                let boundary = node.boundary.iter().find(|b| b.flow as usize == i);
+                let label = match boundary {
+                    Some(b) => Some(b.label()),
+                    None => (i > 0).then(|| "timeout".to_owned()),
+                };
+                (label, n.index())
+            })
             .collect(),
         _ => node.next.iter().map(|n| (None, n.index())).collect(),
     }

@@ -34,10 +34,10 @@ pub(super) const MAX_VARIABLES: usize = 1_000;
 pub(super) const MAX_FLOWS: usize = 100;
 
 /// Collects problems as validation goes.
-struct Report(Vec<Problem>);
+pub(super) struct Report(pub(super) Vec<Problem>);
 
 impl Report {
-    fn add(&mut self, location: Location, path: impl Into<String>, kind: ProblemKind) {
+    pub(super) fn add(&mut self, location: Location, path: impl Into<String>, kind: ProblemKind) {
         self.0.push(Problem {
             location: Some(location),
             path: path.into(),
@@ -60,7 +60,7 @@ fn valid_process_id(id: &str) -> bool {
 }
 
 /// Checks ids of a mapping and keeps the first entry of each id.
-fn unique<'a, T>(
+pub(super) fn unique<'a, T>(
     entries: &'a Entries<T>,
     what: &'static str,
     section: &str,
@@ -312,6 +312,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         &roles,
         &mut report.0,
     );
+    let messages = super::events::messages(&raw.messages, &vars, &mut report);
 
     let nodes = unique(&raw.nodes, "node", "nodes", &mut report);
     let index: HashMap<&str, NodeId> = nodes
@@ -329,6 +330,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
             roles: &roles,
             vars: &vars,
             has_calendar: raw.calendar.is_some(),
+            messages: &messages,
         };
         compiled.push(cx.compile(&node.value, &mut report));
     }
@@ -362,6 +364,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
             .count() as u32;
     }
 
+    super::events::check(&graph, &mut compiled, &mut report);
     let acyclic = check_cycles(&graph, &compiled, &mut report);
     let raw_nodes: Vec<&RawNode> = nodes.iter().map(|(_, n)| &n.value).collect();
     super::rules::compile(
@@ -400,6 +403,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         roles,
         vars,
         nodes: compiled,
+        messages,
         graph,
         start: starts[0],
         calendar: raw.calendar.map(|c| c.value),
@@ -412,17 +416,19 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
 }
 
 /// What compiling one node needs to know about the rest of the definition.
-struct NodeCx<'a> {
-    id: &'a str,
-    loc: Location,
+pub(super) struct NodeCx<'a> {
+    pub(super) id: &'a str,
+    pub(super) loc: Location,
     index: &'a HashMap<&'a str, NodeId>,
     roles: &'a IndexMap<RoleId, Role>,
     vars: &'a IndexMap<String, VarSpec>,
     has_calendar: bool,
+    /// The declared messages.
+    pub(super) messages: &'a IndexMap<String, super::events::Message>,
 }
 
 impl NodeCx<'_> {
-    fn time<'c>(&'c self, report: &'c mut Report) -> TimeCx<'c> {
+    pub(super) fn time<'c>(&'c self, report: &'c mut Report) -> TimeCx<'c> {
         TimeCx {
             vars: self.vars,
             roles: self.roles,
@@ -511,6 +517,8 @@ impl NodeCx<'_> {
             limits: None,
             rules: None,
             control: None,
+            boundary: Vec::new(),
+            race: None,
         };
 
         let not_allowed = |key: &'static str, loc: Option<Location>, report: &mut Report| {
@@ -540,6 +548,13 @@ impl NodeCx<'_> {
             not_allowed("remind", raw.remind.as_ref().map(|a| a.loc), report);
             not_allowed("escalate", raw.escalate.as_ref().map(|a| a.loc), report);
             not_allowed("timeout", raw.timeout.as_ref().map(|a| a.loc), report);
+        }
+        if kind != RawKind::Catch {
+            not_allowed("message", raw.message.as_ref().map(|a| a.loc), report);
+            not_allowed("signal", raw.signal.as_ref().map(|a| a.loc), report);
+        }
+        if kind != RawKind::UserTask {
+            not_allowed("boundary", raw.boundary.as_ref().map(|a| a.loc), report);
         }
         if kind != RawKind::Timer {
             not_allowed("wait", raw.wait.as_ref().map(|a| a.loc), report);
@@ -595,10 +610,12 @@ impl NodeCx<'_> {
             | RawKind::UserTask
             | RawKind::ServiceTask
             | RawKind::Parallel
-            | RawKind::Timer => {
+            | RawKind::Timer
+            | RawKind::Catch
+            | RawKind::Race => {
                 node.next = self.targets(raw.next.as_ref(), report);
                 let found = raw.next.as_ref().map_or(0, |n| n.value.0.len());
-                if kind == RawKind::Parallel {
+                if matches!(kind, RawKind::Parallel | RawKind::Race) {
                     if found == 0 {
                         report.add(
                             self.loc,
@@ -626,9 +643,12 @@ impl NodeCx<'_> {
                     RawKind::UserTask => {
                         let raci = self.raci(raw.raci.as_ref(), report);
                         node.limits = self.limits(raw, &raci, &mut node.next, report);
+                        node.boundary = self.boundaries(raw, &mut node.next, report);
                         Behaviour::UserTask(raci)
                     }
                     RawKind::Timer => self.timer(raw, report),
+                    RawKind::Catch => self.catch(raw, report),
+                    RawKind::Race => Behaviour::Race,
                     _ => match &raw.handler {
                         Some(h) => Behaviour::ServiceTask {
                             handler: h.value.clone(),
@@ -656,7 +676,7 @@ impl NodeCx<'_> {
         node
     }
 
-    fn target(
+    pub(super) fn target(
         &self,
         name: &str,
         loc: Location,
@@ -977,8 +997,10 @@ fn check_joins(
         let split = match node.behaviour {
             Behaviour::Parallel => node.next.len() > 1,
             // A user task with a timeout route leaves by one of two flows, as an exclusive
-            // gateway does.
-            Behaviour::Exclusive { .. } | Behaviour::UserTask(_) => node.next.len() > 1,
+            // gateway does; so does a race, whose first target to leave withdraws the others.
+            Behaviour::Exclusive { .. } | Behaviour::UserTask(_) | Behaviour::Race => {
+                node.next.len() > 1
+            }
             Behaviour::Inclusive { .. } => node.next.len() > 1,
             _ => false,
         };
@@ -988,7 +1010,13 @@ fn check_joins(
                 label.push(Branch {
                     split: u,
                     arm,
-                    parallel: matches!(node.behaviour, Behaviour::Parallel),
+                    // A non-interrupting boundary's token runs beside the task's: a branch that
+                    // must not merge with the task's own path, as a fork's branch.
+                    parallel: matches!(node.behaviour, Behaviour::Parallel)
+                        || node
+                            .boundary
+                            .iter()
+                            .any(|b| !b.interrupting && b.flow as usize == arm),
                     inclusive: matches!(node.behaviour, Behaviour::Inclusive { .. }),
                 });
             }
@@ -1039,7 +1067,10 @@ fn join_label(
     if let Some(Some(b)) = lasts.iter().find(|b| b.is_some_and(|b| !matches(b))) {
         let split = &nodes[b.split.index()];
         let through = match split.behaviour {
-            Behaviour::UserTask(_) => format!("the timeout route of task '{}'", split.id),
+            Behaviour::UserTask(_) => {
+                format!("a timeout or boundary route of task '{}'", split.id)
+            }
+            Behaviour::Race => format!("race '{}'", split.id),
             Behaviour::Inclusive { .. } => format!("inclusive gateway '{}'", split.id),
             Behaviour::Parallel => format!("parallel fork '{}'", split.id),
             _ => format!("exclusive gateway '{}'", split.id),

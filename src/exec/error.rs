@@ -206,6 +206,25 @@ pub enum ExecError {
         "instance {0} cannot be cancelled: its process names no accountable role (add 'accountable:')"
     )]
     NoAccountable(InstanceId),
+    /// [`Engine::deliver`](crate::Engine::deliver) named a message the instance's definition
+    /// does not declare under `messages:`.
+    #[error("instance {instance}: its process declares no message '{message}'")]
+    UnknownMessage {
+        /// The instance.
+        instance: InstanceId,
+        /// The message.
+        message: String,
+    },
+    /// [`Engine::deliver`](crate::Engine::deliver): nothing in the instance waits for the
+    /// message now (no catch, race branch or open task's boundary event). The message is not
+    /// kept for later.
+    #[error("instance {instance}: nothing waits for message '{message}'")]
+    NotWaiting {
+        /// The instance.
+        instance: InstanceId,
+        /// The message.
+        message: String,
+    },
     /// `retry` found no failed node.
     #[error("instance {0} has no failed node to retry")]
     NothingToRetry(InstanceId),

@@ -9,6 +9,7 @@ mod control;
 mod deploy;
 mod error;
 mod rework;
+mod events;
 mod seam;
 mod step;
 mod timers;
@@ -670,21 +671,9 @@ impl Engine {
             });
             let from = step.inst.tasks[task.seq as usize].node;
             let to = step.dep.def.nodes[from.index()].next[0];
-            let Some(i) = step
-                .inst
-                .tokens
-                .iter()
-                .position(|t| t.node == from && t.state == TokenState::Ready)
-            else {
-                // Checked when the instance was read: a waiting task has its token.
-                return step.run();
-            };
-            step.apply(Change::Flow {
-                token: Some(i),
-                from,
-                to,
-                actor: Some(&actor.id),
-            });
+            // Checked when the instance was read: a waiting task has its token. Through `leave`:
+            // the task may be a race's target.
+            step.leave(from, to, Some(&actor.id));
             step.run()
         })
     }

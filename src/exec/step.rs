@@ -15,6 +15,7 @@ use super::deploy::Deployed;
 use super::error::ExecError;
 
 use crate::def::Behaviour;
+use crate::def::events::{BoundaryOn, Trigger};
 use crate::hooks::{Completing, Control, Hook, ServiceCall};
 use crate::ids::{ActorId, NodeId, RoleId, TaskId};
 use crate::model::{
@@ -167,6 +168,28 @@ pub(crate) enum Change<'c> {
     Absorb {
         token: usize,
     },
+    /// Token `token` waits at a catch node for its message or signal.
+    Await {
+        token: usize,
+    },
+    /// A catch node (`token` waiting there: it becomes ready) or an open task's boundary event
+    /// (`token: None`) at `node` received a message or signal.
+    Caught {
+        token: Option<usize>,
+        node: NodeId,
+        trigger: &'c Trigger,
+    },
+    /// Race `gateway` is decided for its target `node` (the losers were withdrawn).
+    RaceWon {
+        gateway: NodeId,
+        node: NodeId,
+    },
+    /// Boundary event `index` of open task `task` fires: an interrupting one ends the task
+    /// (cancelled, or timed out for a timer) and readies its token.
+    Boundary {
+        task: u32,
+        index: u8,
+    },
 }
 
 /// One engine call's work on one locked instance.
@@ -250,6 +273,19 @@ impl<'a> Step<'a> {
                 audit.reserve_exact(audit.len().max(3).max(hint.saturating_sub(audit.len())));
             }
             audit.push(Record { at, what });
+        }
+    }
+
+    /// Makes room in the audit trail for `n` more records at once (when audit is on), so that a
+    /// call that writes several (a race decided: caught, withdrawn, won, moved on, the next task
+    /// opened) moves the trail once, not at each doubling.
+    pub(crate) fn room(&mut self, n: usize) {
+        if self.audit {
+            let hint = self.dep.last_records.load(Ordering::Relaxed);
+            let audit = &mut self.inst.audit;
+            if audit.capacity() - audit.len() < n {
+                audit.reserve_exact(n.max(hint.saturating_sub(audit.len())));
+            }
         }
     }
 
@@ -759,6 +795,90 @@ impl<'a> Step<'a> {
                     rare.outbox.pending.retain(|p| !seqs.contains(&p.seq));
                 }
             }
+            Change::Await { token } => self.inst.tokens[token].state = TokenState::Waiting,
+            Change::Caught {
+                token,
+                node,
+                trigger,
+            } => {
+                if let Some(i) = token {
+                    self.inst.tokens[i].state = TokenState::Ready;
+                }
+                match trigger {
+                    Trigger::Message(m) => self.record(Entry::MessageCaught {
+                        node,
+                        message: Box::from(m.as_str()),
+                    }),
+                    Trigger::Signal(s) => self.record(Entry::SignalCaught {
+                        node,
+                        signal: Box::from(s.as_str()),
+                    }),
+                }
+                if self.heard() {
+                    let node = self.name(node);
+                    self.emit(match trigger {
+                        Trigger::Message(m) => Event::MessageCaught {
+                            instance: id,
+                            node,
+                            message: m.clone(),
+                        },
+                        Trigger::Signal(s) => Event::SignalCaught {
+                            instance: id,
+                            node,
+                            signal: s.clone(),
+                        },
+                    });
+                }
+            }
+            Change::RaceWon { gateway, node } => {
+                self.record(Entry::RaceWon { gateway, node });
+                if self.heard() {
+                    let (gateway, node) = (self.name(gateway), self.name(node));
+                    self.emit(Event::RaceWon {
+                        instance: id,
+                        gateway,
+                        node,
+                    });
+                }
+            }
+            Change::Boundary { task, index } => {
+                let dep: &'a Deployed = self.dep;
+                let node = self.inst.tasks[task as usize].node;
+                let Some(b) = dep.def.nodes[node.index()].boundary.get(index as usize) else {
+                    return;
+                };
+                let timer = matches!(b.on, BoundaryOn::Timer(_));
+                if b.interrupting {
+                    self.inst.tasks[task as usize].state = if timer {
+                        TaskState::TimedOut { at: self.now }
+                    } else {
+                        TaskState::Cancelled { at: self.now }
+                    };
+                    self.disarm(task);
+                    self.wake(node);
+                }
+                self.record(Entry::Boundary {
+                    task,
+                    node,
+                    index: u32::from(index),
+                    interrupting: b.interrupting,
+                });
+                if self.heard() {
+                    let (t, name) = (self.task_id(task), self.name(node));
+                    if b.interrupting && !timer {
+                        self.emit(Event::TaskCancelled {
+                            task: t,
+                            node: Arc::clone(&name),
+                        });
+                    }
+                    self.emit(Event::BoundaryFired {
+                        task: t,
+                        node: name,
+                        to: self.name(b.to),
+                        interrupting: b.interrupting,
+                    });
+                }
+            }
             // The rare changes of cancellation and the joins, out of the hot path's way.
             change @ (Change::Cancel { .. }
             | Change::CancelDenied { .. }
@@ -1005,6 +1125,20 @@ impl<'a> Step<'a> {
                             });
                             failure.get_or_insert(self.fail_node(i, at, message));
                         }
+                    }
+                }
+                Behaviour::Catch(_) => self.apply(Change::Await { token: i }),
+                // A race sends a token to each target; the first to leave its node wins
+                // (`Step::leave`).
+                Behaviour::Race => {
+                    let mut token = Some(i);
+                    for &to in &node.next {
+                        self.apply(Change::Flow {
+                            token: token.take(),
+                            from: at,
+                            to,
+                            actor: None,
+                        });
                     }
                 }
                 Behaviour::Parallel => {

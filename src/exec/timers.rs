@@ -58,7 +58,7 @@ pub enum SlaStatus {
 /// calendar's other warnings (rare) added to `warnings` as text; or why it could not be
 /// computed. Provisional days mark the timer (and the audit trail, when it is armed) instead of
 /// a warning. Allocates nothing on the way (a provisional result included).
-fn when(
+pub(super) fn when(
     spec: &DurationSpec,
     from: DateTime<Utc>,
     calendar: Option<&BusinessCalendar>,
@@ -86,15 +86,15 @@ fn when(
 #[derive(Default)]
 pub(crate) struct Armed {
     /// In firing order for timers due at the same instant (kept inline: a task arms a few).
-    timers: SmallVec<[Timer; 8]>,
-    warnings: Vec<String>,
+    pub(super) timers: SmallVec<[Timer; 8]>,
+    pub(super) warnings: Vec<String>,
 }
 
 /// A resolved duration and the calendar it counts on.
 type Resolved<'c> = (DurationSpec, Option<&'c BusinessCalendar>);
 
 /// The calendar a duration counts on: its own, or the process's.
-fn calendar_of<'c>(dep: &'c Deployed, span: &Span) -> Option<&'c BusinessCalendar> {
+pub(super) fn calendar_of<'c>(dep: &'c Deployed, span: &Span) -> Option<&'c BusinessCalendar> {
     match span.calendar() {
         Some(name) => dep.calendars.get(name).map(|c| &**c),
         None => dep.calendar.as_deref(),
@@ -233,10 +233,14 @@ impl<'a> Step<'a> {
         out: &mut Armed,
     ) -> Result<(), String> {
         let dep: &'a Deployed = self.dep;
-        match &dep.def.nodes[node.index()].limits {
-            Some(limits) => self.limit_timers(limits, Some(seq), node, self.now, out),
-            None => Ok(()),
+        let n = &dep.def.nodes[node.index()];
+        if let Some(limits) = &n.limits {
+            self.limit_timers(limits, Some(seq), node, self.now, out)?;
         }
+        if !n.boundary.is_empty() {
+            self.boundary_timers(node, seq, out)?;
+        }
+        Ok(())
     }
 
     /// The process-wide SLA's timers, counted from now.
@@ -412,28 +416,18 @@ impl<'a> Step<'a> {
                         .tokens
                         .iter()
                         .position(|t| t.node == timer.node && t.state == TokenState::Ready);
-                    if let (Some(token), Some(&to)) = (token, node.next.get(1)) {
-                        self.apply(Change::Flow {
-                            token: Some(token),
-                            from: timer.node,
-                            to,
-                            actor: None,
-                        });
+                    if let (Some(_), Some(&to)) = (token, node.next.get(1)) {
+                        // Through `leave`: the task may be a race's target.
+                        self.leave(timer.node, to, None);
                     }
                 }
                 TimerKind::Wait => {
-                    let token = self
-                        .inst
-                        .tokens
-                        .iter()
-                        .position(|t| t.node == timer.node && t.state == TokenState::Ready);
-                    if let Some(token) = token {
-                        self.apply(Change::Flow {
-                            token: Some(token),
-                            from: timer.node,
-                            to: node.next[0],
-                            actor: None,
-                        });
+                    // Through `leave`: a timer node may be a race's target.
+                    self.leave(timer.node, node.next[0], None);
+                }
+                TimerKind::Boundary { index } => {
+                    if let Some(seq) = timer.task {
+                        self.boundary(seq, index);
                     }
                 }
                 TimerKind::Urge { level, count } => {
@@ -505,7 +499,7 @@ impl<'a> Step<'a> {
                 .get(level as usize)
                 .map(|e| vec![e.to.clone()])
                 .unwrap_or_default(),
-            TimerKind::Wait => Vec::new(),
+            TimerKind::Wait | TimerKind::Boundary { .. } => Vec::new(),
         }
     }
 }

@@ -177,6 +177,46 @@ pub enum Event {
         /// Who completed the task.
         actor: ActorId,
     },
+    /// A catch node, or a user task's boundary event, received a message delivered to the
+    /// instance.
+    MessageCaught {
+        /// The instance.
+        instance: InstanceId,
+        /// The catch node, or the task's node.
+        node: Arc<str>,
+        /// The message.
+        message: String,
+    },
+    /// A catch node, or a user task's boundary event, received a broadcast signal.
+    SignalCaught {
+        /// The instance.
+        instance: InstanceId,
+        /// The catch node, or the task's node.
+        node: Arc<str>,
+        /// The signal.
+        signal: String,
+    },
+    /// A race gateway was decided: `node` left first; the other targets were withdrawn (their
+    /// tasks are cancelled: [`Event::TaskCancelled`]).
+    RaceWon {
+        /// The instance.
+        instance: InstanceId,
+        /// The race.
+        gateway: Arc<str>,
+        /// The target that won.
+        node: Arc<str>,
+    },
+    /// A boundary event of a user task fired.
+    BoundaryFired {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// Where the token goes.
+        to: Arc<str>,
+        /// Whether the task was withdrawn.
+        interrupting: bool,
+    },
     /// A timer fired: a reminder, a breach notice, an escalation (notify or reassign), an urge, a
     /// timeout, a timer node's wait, or one of these for the process-wide SLA.
     Timer {
@@ -229,7 +269,10 @@ impl Event {
             | Event::NodeLeft { instance, .. }
             | Event::Timer { instance, .. }
             | Event::Incident { instance, .. }
-            | Event::Refused { instance, .. } => *instance,
+            | Event::Refused { instance, .. }
+            | Event::MessageCaught { instance, .. }
+            | Event::SignalCaught { instance, .. }
+            | Event::RaceWon { instance, .. } => *instance,
             Event::TaskCreated { task, .. }
             | Event::TaskClaimed { task, .. }
             | Event::TaskCompleted { task, .. }
@@ -238,7 +281,8 @@ impl Event {
             | Event::TaskReassigned { task, .. }
             | Event::TaskCommented { task, .. }
             | Event::AccessDenied { task, .. }
-            | Event::Notify { task, .. } => task.instance(),
+            | Event::Notify { task, .. }
+            | Event::BoundaryFired { task, .. } => task.instance(),
         }
     }
 }

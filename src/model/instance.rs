@@ -443,6 +443,43 @@ pub enum Entry {
         /// Why.
         reason: Box<str>,
     },
+    /// A catch node, or a user task's boundary event, received a message delivered to the
+    /// instance ([`Engine::deliver`](crate::Engine::deliver)).
+    MessageCaught {
+        /// The catch node, or the task's node.
+        node: NodeId,
+        /// The message.
+        message: Box<str>,
+    },
+    /// A catch node, or a user task's boundary event, received a signal
+    /// ([`Engine::signal`](crate::Engine::signal)).
+    SignalCaught {
+        /// The catch node, or the task's node.
+        node: NodeId,
+        /// The signal.
+        signal: Box<str>,
+    },
+    /// A race gateway was decided: `node`, one of its targets, left first; the others were
+    /// withdrawn ([`Entry::Withdrawn`]).
+    RaceWon {
+        /// The race.
+        gateway: NodeId,
+        /// The target that won.
+        node: NodeId,
+    },
+    /// A boundary event of a user task fired: an interrupting one withdrew the task
+    /// ([`TaskState::Cancelled`], or [`TaskState::TimedOut`] for a timer), a non-interrupting one
+    /// started a token beside it.
+    Boundary {
+        /// The task.
+        task: u32,
+        /// Its node.
+        node: NodeId,
+        /// The boundary event's position in the task's `boundary` list.
+        index: u32,
+        /// Whether it withdrew the task.
+        interrupting: bool,
+    },
     /// A timer fired.
     Timer {
         /// What fired.
@@ -576,7 +613,13 @@ impl Instance {
         for t in &self.tokens {
             node(t.node, "a token")?;
             if t.state == TokenState::Waiting {
-                let waits = self.tasks.iter().any(|k| k.node == t.node && k.is_open())
+                // A catch waits for a message or signal: nothing of the instance stands for it.
+                let catch = matches!(
+                    def.nodes[t.node.index()].behaviour,
+                    crate::def::Behaviour::Catch(_)
+                );
+                let waits = catch
+                    || self.tasks.iter().any(|k| k.node == t.node && k.is_open())
                     || self.timers.iter().any(|x| x.node == t.node && !x.fired);
                 if !waits {
                     return Err(format!(
@@ -625,6 +668,18 @@ impl Instance {
         }
         for timer in &self.timers {
             node(timer.node, "a timer")?;
+            if let TimerKind::Boundary { index } = timer.kind {
+                let has = def.nodes[timer.node.index()]
+                    .boundary
+                    .get(index as usize)
+                    .is_some_and(|b| matches!(b.on, crate::def::events::BoundaryOn::Timer(_)));
+                if !has || timer.task.is_none() {
+                    return Err(format!(
+                        "a boundary timer names boundary event {index} of '{}', which has no such timer",
+                        def.nodes[timer.node.index()].id
+                    ));
+                }
+            }
             if timer.task.is_some_and(|t| t as usize >= self.tasks.len()) {
                 return Err(format!(
                     "a timer names task {:?}, which does not exist",
@@ -762,6 +817,9 @@ impl Record {
             Entry::Terminated { node }
             | Entry::RegionCancelled { node }
             | Entry::Absorbed { node } => ok_node(node),
+            Entry::MessageCaught { node, .. } | Entry::SignalCaught { node, .. } => ok_node(node),
+            Entry::RaceWon { gateway, node } => ok_node(gateway) && ok_node(node),
+            Entry::Boundary { task, node, .. } => ok_task(task) && ok_node(node),
             _ => true,
         };
         if fits {
@@ -878,6 +936,33 @@ impl Record {
                 node: None,
                 message,
             } => format!("incident: {message}"),
+            Entry::MessageCaught { node, message } => {
+                format!("{} received message {message}", n(node))
+            }
+            Entry::SignalCaught { node, signal } => format!("{} received signal {signal}", n(node)),
+            Entry::RaceWon { gateway, node } => {
+                format!(
+                    "{} won race {}; the other targets withdrawn",
+                    n(node),
+                    n(gateway)
+                )
+            }
+            Entry::Boundary {
+                task,
+                node,
+                index,
+                interrupting,
+            } => {
+                let how = if *interrupting {
+                    "interrupting"
+                } else {
+                    "non-interrupting"
+                };
+                format!(
+                    "boundary event {index} of task {task} at {} fired ({how})",
+                    n(node)
+                )
+            }
             Entry::Retried => "retried".to_owned(),
             Entry::InstanceCompleted => "instance completed".to_owned(),
             Entry::Cancelled { actor, reason } => {

@@ -59,6 +59,11 @@ pub enum TimerKind {
     Timeout,
     /// A timer node's wait is over.
     Wait,
+    /// A user task's timer boundary event (the `index`-th of its `boundary` list).
+    Boundary {
+        /// Its position in `boundary`.
+        index: u8,
+    },
 }
 
 /// A timer that `tick` fired.
@@ -80,7 +85,7 @@ pub struct Fired {
 
 impl TimerKind {
     /// A short name: `reminder`, `breach`, `escalation` (notify or reassign), `urge`, `timeout`,
-    /// `claim_overdue`, `timer_node`, with `sla_` in front for the SLA's.
+    /// `claim_overdue`, `timer_node`, `boundary_timer`, with `sla_` in front for the SLA's.
     pub fn name(self, sla: bool) -> String {
         let base = match self {
             TimerKind::ClaimDue => "claim_overdue",
@@ -90,6 +95,7 @@ impl TimerKind {
             TimerKind::Urge { .. } => "urge",
             TimerKind::Timeout => "timeout",
             TimerKind::Wait => "timer_node",
+            TimerKind::Boundary { .. } => "boundary_timer",
         };
         if sla {
             format!("sla_{base}")

@@ -331,7 +331,7 @@ fn shape_size(kind: NodeKind, label: &Label) -> (f64, f64) {
     match kind {
         NodeKind::Start | NodeKind::End => (32.0, 32.0),
         NodeKind::Exclusive | NodeKind::Parallel | NodeKind::Inclusive => (40.0, 40.0),
-        NodeKind::Timer => (40.0, 40.0),
+        NodeKind::Timer | NodeKind::Catch | NodeKind::Race => (40.0, 40.0),
         NodeKind::ServiceTask => {
             let w = text_width(&label.title, 12.0).max(text_width(&label.sub, 10.0)) + 24.0;
             (w.clamp(120.0, MAX_TASK_W), 44.0)
@@ -360,6 +360,8 @@ fn has_side_label(kind: NodeKind) -> bool {
             | NodeKind::Parallel
             | NodeKind::Inclusive
             | NodeKind::Timer
+            | NodeKind::Catch
+            | NodeKind::Race
     )
 }
 
@@ -378,10 +380,14 @@ fn build(def: &ProcessDef, labels: &[Label]) -> (Vec<Vertex>, Vec<Flow>) {
                     edges.push((i, to.index(), false, Some(label)));
                 }
             }
-            // A user task's second flow is its timeout route.
+            // A user task's second flow is its timeout route; its boundary events' follow.
             NodeKind::UserTask => {
                 for (k, to) in node.next().iter().enumerate() {
-                    edges.push((i, to.index(), k > 0, (k > 0).then(|| "timeout".to_owned())));
+                    let label = match node.boundary.iter().find(|b| b.flow as usize == k) {
+                        Some(b) => Some(b.label()),
+                        None => (k > 0).then(|| "timeout".to_owned()),
+                    };
+                    edges.push((i, to.index(), k > 0, label));
                 }
             }
             _ => {
@@ -695,11 +701,12 @@ fn draw_node(out: &mut String, v: &Vertex, kind: NodeKind, label: &Label, value:
                 sw / 2.0
             );
         }
-        NodeKind::Exclusive | NodeKind::Parallel | NodeKind::Inclusive => {
+        NodeKind::Exclusive | NodeKind::Parallel | NodeKind::Inclusive | NodeKind::Race => {
             let r = sw / 2.0;
             let mark = match kind {
                 NodeKind::Exclusive => "×",
                 NodeKind::Inclusive => "○",
+                NodeKind::Race => "◇",
                 _ => "+",
             };
             let _ = writeln!(
@@ -719,6 +726,16 @@ fn draw_node(out: &mut String, v: &Vertex, kind: NodeKind, label: &Label, value:
                 sw / 2.0,
                 y - sw / 2.0 + 8.0,
                 x + 8.0
+            );
+        }
+        // A catch: a double circle with an envelope-like mark.
+        NodeKind::Catch => {
+            let r = sw / 2.0;
+            let _ = writeln!(
+                out,
+                r##"<circle cx="{x:.1}" cy="{y:.1}" r="{r:.1}" fill="#eef3fb" stroke="#4a6fa5" stroke-width="1.5"/><circle cx="{x:.1}" cy="{y:.1}" r="{:.1}" fill="none" stroke="#4a6fa5" stroke-width="1"/><text x="{x:.1}" y="{:.1}" font-size="14" text-anchor="middle" fill="#4a6fa5">✉</text>"##,
+                r - 4.0,
+                y + 5.0
             );
         }
         NodeKind::ServiceTask => {

@@ -310,6 +310,45 @@ pub enum ProblemKind {
         /// The most allowed.
         limit: u64,
     },
+    /// A catch or boundary event names a message the definition does not declare under
+    /// `messages:`.
+    #[error("unknown message '{0}': declare it under 'messages'")]
+    UnknownMessage(String),
+    /// A catch or boundary event does not say what it waits for, or says it twice.
+    #[error("{0}")]
+    EventShape(&'static str),
+    /// A race gateway has fewer than two targets.
+    #[error("a race needs at least two targets in 'next', found {0}")]
+    RaceTargets(usize),
+    /// A race's target is not a catch, a timer or a user task.
+    #[error(
+        "race target '{target}' is a {kind} node; a race's targets are catch, timer and user_task nodes"
+    )]
+    RaceTarget {
+        /// The target.
+        target: String,
+        /// Its kind.
+        kind: &'static str,
+    },
+    /// A race's target has other incoming flows than the race's.
+    #[error("race target '{target}' has {found} incoming flows; it must have only the race's")]
+    RaceTargetIncoming {
+        /// The target.
+        target: String,
+        /// How many flows arrive.
+        found: u32,
+    },
+    /// A non-interrupting message or signal boundary (which starts a token each time its event
+    /// comes) leads to a parallel join, which could count two runs' tokens as one run's branches.
+    #[error(
+        "the non-interrupting boundary path of task '{task}' reaches parallel join '{join}'; end it without joins, or make it a timer"
+    )]
+    RepeatedBoundaryJoin {
+        /// The task.
+        task: String,
+        /// The join.
+        join: String,
+    },
     /// A scenario step cannot run: its duration or instant is malformed or out of range.
     #[error("{0}")]
     BadStep(String),
