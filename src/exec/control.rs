@@ -190,7 +190,12 @@ impl Step<'_> {
         }
         self.apply(Change::Joined { join: at });
         if control.cancel_rest {
-            self.withdraw_others(usize::MAX, |t| control.region.contains(t.node.index()));
+            // The rest: the branches still in the region, and those that reached the join in
+            // this pass but have not arrived yet (a ready token at the join itself).
+            self.withdraw_others(usize::MAX, |t| {
+                control.region.contains(t.node.index())
+                    || (t.node == at && t.state == TokenState::Ready)
+            });
         } else if node.incoming > n {
             self.apply(Change::Absorbing {
                 join: at,
