@@ -1168,7 +1168,36 @@ impl Driver {
                 self.record("comment", &r);
                 self.after(&task, "comment")?;
             }
-            50..=54 => {
+            53..=54 => {
+                let Some(task) = self.pick_task() else {
+                    return Ok(());
+                };
+                let part = if self.rng.chance(1, 4) { 'a' } else { 'r' };
+                let actor = self.actor(Some(&task), part);
+                // Most often one of the task's targets, else any node, else no node at all.
+                let targets: Vec<String> = self
+                    .def
+                    .try_node(task.node)
+                    .map(|n| n.send_back())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|t| self.def.try_node(*t).map(|n| n.id().to_owned()))
+                    .collect();
+                let to = match self.rng.below(4) {
+                    0..=1 if !targets.is_empty() => self.rng.pick(&targets).clone(),
+                    2 => {
+                        let nodes: Vec<String> =
+                            self.def.nodes().map(|(_, n)| n.id().to_owned()).collect();
+                        self.rng.pick(&nodes).clone()
+                    }
+                    _ => "nowhere".to_owned(),
+                };
+                crumb(format!("send_back({}, {:?}, '{to}')", task.id, actor.roles));
+                let r = self.engine.send_back(task.id, &actor, &to, "fuzz");
+                self.record("send_back", &r);
+                self.after(&task, "send_back")?;
+            }
+            50..=52 => {
                 let Some(task) = self.pick_task() else {
                     return Ok(());
                 };

@@ -93,7 +93,10 @@ pub(super) fn compile(
                 add(
                     loc,
                     "send_back",
-                    bad(format!("it is a {kind} node, not a user task")),
+                    bad(format!(
+                        "it is {} {kind} node, not a user task",
+                        article(kind)
+                    )),
                 );
             } else if let Some(earlier) = &earlier {
                 if !earlier[target.index()] {
@@ -140,8 +143,9 @@ pub(super) fn compile(
                     loc,
                     "while_at",
                     bad(format!(
-                        "no token waits at a {kind} node; a milestone is a user task, a timer or \
-                         a parallel join"
+                        "no token waits at {} {kind} node; a milestone is a user task, a timer or \
+                         a parallel join",
+                        article(kind)
                     )),
                 );
             } else if earlier.as_ref().is_some_and(|e| e[target.index()]) {
@@ -169,6 +173,15 @@ pub(super) fn compile(
             }
         }
         nodes[i].rules = Some(Box::new(rules));
+    }
+}
+
+/// "a" or "an" before a node kind.
+fn article(kind: &str) -> &'static str {
+    if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
     }
 }
 
