@@ -653,7 +653,12 @@ impl Sim {
 
     /// Whether a task can be worked now: a closing call needs the customer on the line.
     fn customer_ready(&mut self, task: &TaskView, now: DateTime<Utc>) -> bool {
-        if !matches!(&*task.node_id, "close_ticket" | "notify_completion") {
+        // The phone confirmation (客户确认) waits for the customer to call; one who never does
+        // leaves the order to its 48-hour window.
+        if !matches!(
+            &*task.node_id,
+            "close_ticket" | "notify_completion" | "confirm_by_phone"
+        ) {
             return true;
         }
         let rng = &mut self.rng;

@@ -743,3 +743,23 @@ mod property {
         }
     }
 }
+
+#[test]
+fn a_restored_boundary_timer_must_name_a_timer_boundary() {
+    let (engine, _, _) = boundary_engine();
+    let id = engine.start("boundary", Vars::new()).unwrap();
+    let def = engine.definition_of(id).unwrap();
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.check(&def), Ok(()));
+    let text = inst.encode();
+    assert!(text.contains(r#""kind":"boundary","index":1"#), "{text}");
+    // Boundary 0 is a message boundary, 9 does not exist.
+    for index in [0, 9] {
+        let bad = text.replace(
+            r#""kind":"boundary","index":1"#,
+            &format!(r#""kind":"boundary","index":{index}"#),
+        );
+        let bad = procflow::Instance::decode(&bad, Vec::new()).unwrap();
+        assert!(bad.check(&def).is_err(), "index {index}");
+    }
+}
