@@ -21,7 +21,9 @@ const LINEAR_STEPS: usize = 10;
 /// The number of branches of the fan-out process.
 const FANOUT_BRANCHES: usize = 16;
 /// The number of nodes of the generated definition of the load bench.
-const BIG_NODES: usize = 1_000;
+/// About the largest definition accepted: `big_def` overshoots by up to 7 nodes, and
+/// `ProcessDef::MAX_NODES` is 1,000.
+const BIG_NODES: usize = procflow::ProcessDef::MAX_NODES - 8;
 
 /// The hardware floor for one transition (`floor_ns` in `common`), in the same run as the
 /// engine's figures, so that ratios to it need nothing outside this repository.
