@@ -20,8 +20,7 @@ use common::*;
 const LINEAR_STEPS: usize = 10;
 /// The number of branches of the fan-out process.
 const FANOUT_BRANCHES: usize = 16;
-/// The number of nodes of the generated definition of the load bench.
-/// About the largest definition accepted: `big_def` overshoots by up to 7 nodes, and
+/// The number of nodes of the generated definition of the load bench: about the largest definition accepted: `big_def` overshoots by up to 7 nodes, and
 /// `ProcessDef::MAX_NODES` is 1,000.
 const BIG_NODES: usize = procflow::ProcessDef::MAX_NODES - 8;
 
