@@ -212,6 +212,9 @@ pub enum VarProblem {
         /// The most bytes a value may take.
         limit: usize,
     },
+    /// A multi-instance item sets a variable other than its `output`: what an item sets is
+    /// local to it, and only its output is collected.
+    NotItemOutput,
 }
 
 impl std::fmt::Display for VarProblem {
@@ -229,6 +232,9 @@ impl std::fmt::Display for VarProblem {
             VarProblem::TooLarge { limit } => {
                 write!(f, "larger than {limit} bytes as JSON")
             }
+            VarProblem::NotItemOutput => f.write_str(
+                "not the item's output: a multi-instance item sets only its 'output' variable",
+            ),
         }
     }
 }

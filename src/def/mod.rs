@@ -4,6 +4,7 @@
 //! it by `Arc` and never re-checks what validation proved (a DAG, one start, resolved targets,
 //! matched joins, compiled conditions).
 
+pub(crate) mod multi;
 mod raw;
 mod render;
 pub(crate) mod timers;
@@ -79,6 +80,8 @@ pub struct Node {
     pub(crate) incoming: u32,
     /// A user task's time limits.
     pub(crate) limits: Option<Box<timers::Limits>>,
+    /// A task's `for_each` and `repeat`, when it has either.
+    pub(crate) looping: Option<Box<multi::Looping>>,
 }
 
 /// What a node does when a token reaches it.
@@ -193,6 +196,27 @@ impl Node {
             Behaviour::ServiceTask { handler, .. } => Some(handler),
             _ => None,
         }
+    }
+
+    /// Whether the task runs once per item of a list (`for_each`).
+    pub fn is_multi_instance(&self) -> bool {
+        self.for_each().is_some()
+    }
+
+    /// The most runs of a task with `repeat`.
+    pub fn max_iterations(&self) -> Option<u32> {
+        self.looping
+            .as_ref()
+            .and_then(|l| l.repeat.as_ref())
+            .map(|r| r.max)
+    }
+
+    pub(crate) fn for_each(&self) -> Option<&multi::ForEach> {
+        self.looping.as_ref().and_then(|l| l.for_each.as_ref())
+    }
+
+    pub(crate) fn repeat(&self) -> Option<&multi::Repeat> {
+        self.looping.as_ref().and_then(|l| l.repeat.as_ref())
     }
 
     /// The outgoing flows, in YAML order.

@@ -487,6 +487,7 @@ impl NodeCx<'_> {
             next: Vec::new(),
             incoming: 0,
             limits: None,
+            looping: super::multi::compile(self.id, raw, self.vars, &mut report.0),
         };
 
         let not_allowed = |key: &'static str, loc: Option<Location>, report: &mut Report| {

@@ -44,6 +44,49 @@ pub struct Instance {
 pub(crate) struct Rare {
     pub(crate) incidents: Vec<Incident>,
     pub(crate) outbox: Outbox,
+    /// Multi-instance activities underway (see `exec/multi.rs`).
+    pub(crate) multi: Vec<Multi>,
+    /// Which item each multi-instance task ran: (task seq, item index). Kept after the
+    /// activity ends, so a closed task still names its item.
+    pub(crate) item_tasks: Vec<(u32, u32)>,
+    /// Loops underway: (node, runs so far).
+    pub(crate) loops: Vec<(NodeId, u32)>,
+}
+
+/// A multi-instance activity underway at `node`: its items, their outputs so far and where each
+/// stands. Item `k` is `items[k]`, `outputs[k]` and `state[k]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Multi {
+    pub(crate) node: NodeId,
+    pub(crate) items: Vec<serde_json::Value>,
+    /// Each item's output (`null` until it completes).
+    pub(crate) outputs: Vec<serde_json::Value>,
+    pub(crate) state: Vec<ItemState>,
+    /// How many items completed.
+    pub(crate) completed: u32,
+}
+
+/// Where one item of a multi-instance activity stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ItemState {
+    /// Not started (a sequential activity's later items).
+    Pending,
+    /// Its task is open.
+    Open(u32),
+    /// Completed.
+    Done,
+    /// Withdrawn by the completion condition.
+    Withdrawn,
+}
+
+impl Multi {
+    /// Whether no item is pending or open.
+    pub(crate) fn settled(&self) -> bool {
+        self.state
+            .iter()
+            .all(|s| matches!(s, ItemState::Done | ItemState::Withdrawn))
+    }
 }
 
 /// An instance's outbox: the follow-ups its calls left, and the number the next one gets.
@@ -70,6 +113,12 @@ struct WireRef<'a> {
     ended_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     outbox: Option<&'a Outbox>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    multi: &'a [Multi],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    item_tasks: &'a [(u32, u32)],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    loops: &'a [(NodeId, u32)],
 }
 
 /// An instance as it is deserialized (the audit trail and the outbox may be absent).
@@ -90,15 +139,29 @@ struct Wire {
     ended_at: Option<DateTime<Utc>>,
     #[serde(default)]
     outbox: Option<Outbox>,
+    #[serde(default)]
+    multi: Vec<Multi>,
+    #[serde(default)]
+    item_tasks: Vec<(u32, u32)>,
+    #[serde(default)]
+    loops: Vec<(NodeId, u32)>,
 }
 
 impl From<Wire> for Instance {
     fn from(w: Wire) -> Instance {
         let outbox = w.outbox.unwrap_or_default();
-        let rare = (!w.incidents.is_empty() || outbox != Outbox::default()).then(|| {
+        let rare = (!w.incidents.is_empty()
+            || outbox != Outbox::default()
+            || !w.multi.is_empty()
+            || !w.item_tasks.is_empty()
+            || !w.loops.is_empty())
+        .then(|| {
             Box::new(Rare {
                 incidents: w.incidents,
                 outbox,
+                multi: w.multi,
+                item_tasks: w.item_tasks,
+                loops: w.loops,
             })
         });
         Instance {
@@ -136,12 +199,44 @@ impl Instance {
                 .as_deref()
                 .map(|r| &r.outbox)
                 .filter(|o| **o != Outbox::default()),
+            multi: self.rare.as_deref().map_or(&[], |r| &r.multi[..]),
+            item_tasks: self.rare.as_deref().map_or(&[], |r| &r.item_tasks[..]),
+            loops: self.rare.as_deref().map_or(&[], |r| &r.loops[..]),
         }
     }
 
     /// The incidents and outbox, made on first use.
     pub(crate) fn rare_mut(&mut self) -> &mut Rare {
         self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// The multi-instance activity underway at `node`.
+    pub(crate) fn multi_at(&self, node: NodeId) -> Option<&Multi> {
+        self.rare
+            .as_deref()
+            .and_then(|r| r.multi.iter().find(|m| m.node == node))
+    }
+
+    /// The item a multi-instance task runs: its index and its value while its activity is
+    /// underway (`None` once the activity ended).
+    pub fn task_item(&self, task: u32) -> Option<(u32, Option<&serde_json::Value>)> {
+        let rare = self.rare.as_deref()?;
+        let &(_, item) = rare.item_tasks.iter().find(|(t, _)| *t == task)?;
+        let node = self.tasks.get(task as usize)?.node;
+        let value = rare
+            .multi
+            .iter()
+            .find(|m| m.node == node)
+            .and_then(|m| m.items.get(item as usize));
+        Some((item, value))
+    }
+
+    /// The runs so far of the loop underway at `node` (0 when none is).
+    pub fn iteration(&self, node: NodeId) -> u32 {
+        self.rare
+            .as_deref()
+            .and_then(|r| r.loops.iter().find(|(n, _)| *n == node))
+            .map_or(0, |(_, i)| *i)
     }
 
     /// The number the next follow-up gets.
@@ -376,6 +471,45 @@ pub enum Entry {
         /// The task it waited at, if any.
         task: Option<u32>,
     },
+    /// A multi-instance activity began with `items` items.
+    ItemsStarted {
+        /// The task node.
+        node: NodeId,
+        /// How many items.
+        items: u32,
+    },
+    /// One item of a multi-instance activity completed (its task or its handler call).
+    ItemCompleted {
+        /// The task node.
+        node: NodeId,
+        /// The item's index.
+        item: u32,
+    },
+    /// Items were added to a running multi-instance activity
+    /// ([`Engine::add_items`](crate::Engine::add_items)).
+    ItemsAdded {
+        /// The task node.
+        node: NodeId,
+        /// How many.
+        count: u32,
+    },
+    /// A multi-instance activity ended: every item completed, or its completion condition held
+    /// and the rest were withdrawn.
+    ItemsFinished {
+        /// The task node.
+        node: NodeId,
+        /// Items completed.
+        completed: u32,
+        /// Items withdrawn.
+        withdrawn: u32,
+    },
+    /// A task with `repeat` runs again: its `until` did not hold.
+    Repeated {
+        /// The task node.
+        node: NodeId,
+        /// The run that begins (2 for the first repetition).
+        iteration: u32,
+    },
     /// A timer fired.
     Timer {
         /// What fired.
@@ -546,6 +680,9 @@ impl Instance {
                 ));
             }
         }
+        if let Some(rare) = self.rare.as_deref() {
+            check_looping(self, rare, def)?;
+        }
         for incident in self.incidents() {
             if let Some(n) = incident.node {
                 node(n, "an incident")?;
@@ -670,6 +807,11 @@ impl Record {
             | Entry::Denied { task, .. }
             | Entry::Vetoed { task, .. } => ok_task(task),
             Entry::Incident { node, .. } => node.as_ref().is_none_or(ok_node),
+            Entry::ItemsStarted { node, .. }
+            | Entry::ItemCompleted { node, .. }
+            | Entry::ItemsAdded { node, .. }
+            | Entry::ItemsFinished { node, .. }
+            | Entry::Repeated { node, .. } => ok_node(node),
             Entry::Timer { task, .. } => task.as_ref().is_none_or(ok_task),
             _ => true,
         };
@@ -777,6 +919,22 @@ impl Record {
                 message,
             } => format!("incident: {message}"),
             Entry::Retried => "retried".to_owned(),
+            Entry::ItemsStarted { node, items } => {
+                format!("{} began for {items} items", n(node))
+            }
+            Entry::ItemCompleted { node, item } => format!("{} item {item} completed", n(node)),
+            Entry::ItemsAdded { node, count } => format!("{count} items added to {}", n(node)),
+            Entry::ItemsFinished {
+                node,
+                completed,
+                withdrawn,
+            } => format!(
+                "{} finished: {completed} items completed, {withdrawn} withdrawn",
+                n(node)
+            ),
+            Entry::Repeated { node, iteration } => {
+                format!("{} runs again (iteration {iteration})", n(node))
+            }
             Entry::InstanceCompleted => "instance completed".to_owned(),
             Entry::Timer { kind, task, sla } => {
                 let whose = whose(*task, *sla);
@@ -814,4 +972,66 @@ impl Record {
             self.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         )
     }
+}
+
+/// Checks the multi-instance and loop state of a restored instance (see [`Instance::check`]).
+fn check_looping(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<(), String> {
+    let node_of = |n: NodeId| def.nodes.get(n.index());
+    for m in &rare.multi {
+        let Some(node) = node_of(m.node).filter(|n| n.for_each().is_some()) else {
+            return Err(format!(
+                "multi-instance state names node {}, which is not a multi-instance task",
+                m.node.index()
+            ));
+        };
+        if m.outputs.len() != m.items.len() || m.state.len() != m.items.len() {
+            return Err(format!(
+                "the multi-instance state of '{}' has items, outputs and states of different lengths",
+                node.id
+            ));
+        }
+        let done = m.state.iter().filter(|s| **s == ItemState::Done).count();
+        if done != m.completed as usize {
+            return Err(format!(
+                "the multi-instance state of '{}' counts {} completed items, not {done}",
+                node.id, m.completed
+            ));
+        }
+        for s in &m.state {
+            if let ItemState::Open(t) = s
+                && !inst
+                    .tasks
+                    .get(*t as usize)
+                    .is_some_and(|k| k.node == m.node && k.is_open())
+            {
+                return Err(format!(
+                    "an item of '{}' waits at task {t}, which is not open there",
+                    node.id
+                ));
+            }
+        }
+        if !inst.tokens.iter().any(|t| t.node == m.node) {
+            return Err(format!(
+                "the multi-instance activity at '{}' has no token",
+                node.id
+            ));
+        }
+    }
+    for (task, _) in &rare.item_tasks {
+        if *task as usize >= inst.tasks.len() {
+            return Err(format!("an item names task {task}, which does not exist"));
+        }
+    }
+    for (n, runs) in &rare.loops {
+        match node_of(*n).and_then(|node| node.max_iterations()) {
+            Some(max) if *runs >= 1 && *runs <= max => {}
+            _ => {
+                return Err(format!(
+                    "a loop names node {} with {runs} runs, which its definition does not allow",
+                    n.index()
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ mod timer;
 
 pub use event::{Event, FollowUp, Pending};
 
+pub(crate) use instance::{ItemState, Multi};
 pub use instance::{
     Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
 };
