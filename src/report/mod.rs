@@ -211,6 +211,11 @@ pub struct NodeFigures {
     pub waiting: Durations,
     /// First claim to completion.
     pub handling: Durations,
+    /// Runs again of a task with `repeat` (`Entry::Repeated`): a task that ran three times
+    /// counts 2.
+    pub repeated: usize,
+    /// Items of a multi-instance task (`for_each`) that completed (`Entry::ItemCompleted`).
+    pub items: usize,
 }
 
 /// The figures of one role.
@@ -832,6 +837,8 @@ struct NodeAcc {
     denials: usize,
     waits: Vec<Duration>,
     handling: Vec<Duration>,
+    repeated: usize,
+    items: usize,
 }
 
 struct RoleAcc {
@@ -865,7 +872,9 @@ impl Acc {
             actors: BTreeMap::new(),
         };
         for def in versions {
-            for (_, node) in def.nodes().filter(|(_, n)| n.raci().is_some()) {
+            for (_, node) in def.nodes().filter(|(_, n)| {
+                n.raci().is_some() || n.is_multi_instance() || n.max_iterations().is_some()
+            }) {
                 acc.nodes
                     .entry(node.id().to_owned())
                     .or_insert_with(|| NodeAcc {
@@ -880,6 +889,8 @@ impl Acc {
                         denials: 0,
                         waits: Vec::new(),
                         handling: Vec::new(),
+                        repeated: 0,
+                        items: 0,
                     });
             }
             for (id, role) in def.roles() {
@@ -949,6 +960,16 @@ impl Acc {
                     ..
                 } => {
                     overridden.insert(*task, *o);
+                }
+                Entry::Repeated { node, .. } => {
+                    if let Some(n) = self.node(def, *node) {
+                        n.repeated += 1;
+                    }
+                }
+                Entry::ItemCompleted { node, .. } => {
+                    if let Some(n) = self.node(def, *node) {
+                        n.items += 1;
+                    }
                 }
                 Entry::Denied { task, actor, .. } => {
                     self.actor(actor).denials += 1;
@@ -1097,6 +1118,8 @@ impl Acc {
                 denials: n.denials,
                 waiting: Durations::of(n.waits),
                 handling: Durations::of(n.handling),
+                repeated: n.repeated,
+                items: n.items,
             });
         }
         for (role, r) in self.roles {
