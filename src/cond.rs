@@ -344,10 +344,10 @@ impl Condition {
     ///
     /// # Errors
     /// A message when evaluation fails or the result is not a string.
-    pub(crate) fn eval_text(
+    pub(crate) fn eval_text<L: Lookup + ?Sized>(
         &self,
         root: &cel::Context<'_, '_>,
-        vars: &Vars,
+        vars: &L,
     ) -> Result<String, String> {
         if let Some(text) = self.fast_text.as_ref().and_then(|f| f.eval(vars)) {
             return Ok(text.to_owned());

@@ -270,7 +270,9 @@ fn items_added_while_running() {
     let id = engine
         .start("lines", vars(json!({ "lines": ["a"] })))
         .unwrap();
-    engine.add_items(id, "fit", vec![json!("b"), json!("c")]).unwrap();
+    engine
+        .add_items(id, "fit", vec![json!("b"), json!("c")])
+        .unwrap();
     let open = open_at(&engine, id, "fit");
     assert_eq!(
         open.iter().map(|t| t.item).collect::<Vec<_>>(),
@@ -283,12 +285,10 @@ fn items_added_while_running() {
     }
     let inst = engine.instance(id).unwrap();
     assert_eq!(inst.vars()["results"], json!(["r0", "r1", "r2"]));
-    assert!(
-        entries(&engine, id).contains(&Entry::ItemsAdded {
-            node: inst.tasks()[0].node(),
-            count: 2
-        })
-    );
+    assert!(entries(&engine, id).contains(&Entry::ItemsAdded {
+        node: inst.tasks()[0].node(),
+        count: 2
+    }));
     // Now nothing runs there.
     assert!(matches!(
         engine.add_items(id, "fit", vec![json!(1)]),
@@ -340,7 +340,10 @@ nodes:
     let err = engine
         .start("anylist", vars(json!({ "things": "not a list" })))
         .unwrap_err();
-    let ExecError::Incident { instance, message, .. } = err else {
+    let ExecError::Incident {
+        instance, message, ..
+    } = err
+    else {
         panic!("expected an incident, got {err}");
     };
     assert!(message.contains("not a list"), "{message}");
@@ -353,9 +356,7 @@ nodes:
 #[test]
 fn an_empty_list_completes_at_once_with_an_empty_collection() {
     let engine = engine_with(lines_def(true, None));
-    let id = engine
-        .start("lines", vars(json!({ "lines": [] })))
-        .unwrap();
+    let id = engine.start("lines", vars(json!({ "lines": [] }))).unwrap();
     let inst = engine.instance(id).unwrap();
     assert_eq!(inst.vars()["results"], json!([]));
     assert!(open_at(&engine, id, "fit").is_empty());
@@ -534,7 +535,9 @@ fn repeat_runs_again_until_the_condition_holds_with_iterations_in_the_audit() {
             }
         }))
         .build();
-    engine.deploy(ProcessDef::from_yaml(REPEAT).unwrap()).unwrap();
+    engine
+        .deploy(ProcessDef::from_yaml(REPEAT).unwrap())
+        .unwrap();
     let def = ProcessDef::from_yaml(REPEAT).unwrap();
     let check = def.node_id("check").unwrap();
     let activate = def.node_id("activate").unwrap();
@@ -584,7 +587,9 @@ fn repeat_stops_at_max_with_a_warning() {
     let engine = Engine::builder()
         .handler("activate", handler_fn(|_| Ok(Vars::new())))
         .build();
-    engine.deploy(ProcessDef::from_yaml(REPEAT).unwrap()).unwrap();
+    engine
+        .deploy(ProcessDef::from_yaml(REPEAT).unwrap())
+        .unwrap();
     let id = engine.start("again", Vars::new()).unwrap();
     let r = Actor::new("rita", ["r"]);
     for _ in 0..3 {
@@ -645,14 +650,36 @@ nodes:
     let problems = &err.problems;
     let kinds: Vec<&ProblemKind> = err.kinds();
     let has = |f: &dyn Fn(&ProblemKind) -> bool| kinds.iter().any(|k| f(k));
-    assert!(has(&|k| matches!(k, ProblemKind::UnknownVariable { key: "for_each.in", name } if name == "missing")));
-    assert!(has(&|k| matches!(k, ProblemKind::ItemClash(n) if n == "one")));
-    assert!(has(&|k| matches!(k, ProblemKind::NotAList { key: "for_each.collect", .. })));
+    assert!(has(
+        &|k| matches!(k, ProblemKind::UnknownVariable { key: "for_each.in", name } if name == "missing")
+    ));
+    assert!(has(
+        &|k| matches!(k, ProblemKind::ItemClash(n) if n == "one")
+    ));
+    assert!(has(&|k| matches!(
+        k,
+        ProblemKind::NotAList {
+            key: "for_each.collect",
+            ..
+        }
+    )));
     assert!(has(&|k| matches!(k, ProblemKind::CompletionReadsNothing)));
-    assert!(has(&|k| matches!(k, ProblemKind::NotAList { key: "for_each.in", .. })));
+    assert!(has(&|k| matches!(
+        k,
+        ProblemKind::NotAList {
+            key: "for_each.in",
+            ..
+        }
+    )));
     assert!(has(&|k| matches!(k, ProblemKind::LoopWithoutMax)));
     assert!(has(&|k| matches!(k, ProblemKind::LoopShape(_))));
-    assert!(has(&|k| matches!(k, ProblemKind::KeyNotAllowed { key: "for_each", kind: "exclusive" })));
+    assert!(has(&|k| matches!(
+        k,
+        ProblemKind::KeyNotAllowed {
+            key: "for_each",
+            kind: "exclusive"
+        }
+    )));
     assert!(problems.iter().all(|p| p.location.is_some()));
     let text = err.to_string();
     assert!(text.contains("nodes.b.repeat.max"), "{text}");
@@ -710,4 +737,46 @@ proptest! {
         prop_assert_eq!(&inst.vars()["results"], &Value::Array(want));
         prop_assert_eq!(open_at(&engine, id, "after").len(), 1);
     }
+}
+
+#[test]
+fn an_items_deadline_sees_its_item() {
+    const DUE: &str = r#"
+id: due
+version: 1
+name: Due per item
+roles: { r: { name: R }, a: { name: A } }
+variables: { lines: { type: array } }
+nodes:
+  start: { kind: start, next: work }
+  work:
+    kind: user_task
+    name: Work
+    raci: { responsible: [r], accountable: a }
+    for_each: { in: lines, as: line }
+    due: { expr: "line.urgent == true ? '1h' : '4h'" }
+    next: done
+  done: { kind: end }
+"#;
+    let engine = engine_with(ProcessDef::from_yaml(DUE).unwrap_or_else(|e| panic!("{e}")));
+    let id = engine
+        .start(
+            "due",
+            vars(json!({ "lines": [{ "urgent": false }, { "urgent": true }] })),
+        )
+        .unwrap();
+    let open = open_at(&engine, id, "work");
+    let hours: Vec<i64> = open
+        .iter()
+        .map(|t| (t.due.unwrap() - t.created_at).num_hours())
+        .collect();
+    assert_eq!(hours, [4, 1]);
+    // Outside a multi-instance task the name is unknown: a located load error.
+    let bad = DUE.replace("    for_each: { in: lines, as: line }\n", "");
+    let err = ProcessDef::from_yaml(&bad).unwrap_err();
+    assert!(
+        err.kinds()
+            .iter()
+            .any(|k| matches!(k, ProblemKind::UndeclaredVariable(v) if v == "line"))
+    );
 }

@@ -204,39 +204,40 @@ pub(super) fn compile(
             ),
             _ => {}
         }
-        let complete_when = f.complete_when.as_ref().and_then(|when| {
-            match Condition::compile(&when.value) {
-                Err(kind) => {
-                    add(when.loc, "for_each.complete_when", kind);
-                    None
-                }
-                Ok(cond) => {
-                    let mut produced = false;
-                    for var in cond.reads() {
-                        if var == COMPLETED
-                            || var == TOTAL
-                            || f.collect.as_ref().is_some_and(|c| c.value == *var)
-                        {
-                            produced = true;
-                        } else if !vars.contains_key(var) {
+        let complete_when =
+            f.complete_when
+                .as_ref()
+                .and_then(|when| match Condition::compile(&when.value) {
+                    Err(kind) => {
+                        add(when.loc, "for_each.complete_when", kind);
+                        None
+                    }
+                    Ok(cond) => {
+                        let mut produced = false;
+                        for var in cond.reads() {
+                            if var == COMPLETED
+                                || var == TOTAL
+                                || f.collect.as_ref().is_some_and(|c| c.value == *var)
+                            {
+                                produced = true;
+                            } else if !vars.contains_key(var) {
+                                add(
+                                    when.loc,
+                                    "for_each.complete_when",
+                                    ProblemKind::UndeclaredVariable(var.clone()),
+                                );
+                            }
+                        }
+                        if !produced {
                             add(
                                 when.loc,
                                 "for_each.complete_when",
-                                ProblemKind::UndeclaredVariable(var.clone()),
+                                ProblemKind::CompletionReadsNothing,
                             );
                         }
+                        Some(cond)
                     }
-                    if !produced {
-                        add(
-                            when.loc,
-                            "for_each.complete_when",
-                            ProblemKind::CompletionReadsNothing,
-                        );
-                    }
-                    Some(cond)
-                }
-            }
-        });
+                });
         ForEach {
             list: f.list.value.clone(),
             item: item.clone(),

@@ -819,7 +819,7 @@ impl Engine {
             }
             let problems: Vec<(String, VarProblem)> = items
                 .iter()
-                .filter_map(|item| crate::vars::check_bounds(item))
+                .filter_map(crate::vars::check_bounds)
                 .map(|p| (fe.list.clone(), p))
                 .collect();
             if !problems.is_empty() {

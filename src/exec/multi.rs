@@ -98,7 +98,9 @@ impl<'a> Step<'a> {
                     });
                 }
             }
-            LoopChange::Note { node, count } => self.record(Entry::ItemsStarted { node, items: count }),
+            LoopChange::Note { node, count } => {
+                self.record(Entry::ItemsStarted { node, items: count })
+            }
             LoopChange::Open {
                 node,
                 item,
@@ -174,7 +176,8 @@ impl<'a> Step<'a> {
             LoopChange::Add { node, items } => {
                 let count = items.len() as u32;
                 if let Some(m) = self.multi_mut(node) {
-                    m.outputs.extend(std::iter::repeat_n(Value::Null, items.len()));
+                    m.outputs
+                        .extend(std::iter::repeat_n(Value::Null, items.len()));
                     m.state
                         .extend(std::iter::repeat_n(ItemState::Pending, items.len()));
                     m.items.extend(items);
@@ -454,7 +457,10 @@ impl<'a> Step<'a> {
         let reserve = due.len() as u32;
         for item in due {
             let mut armed = super::timers::Armed::default();
-            match self.task_timers(at, self.inst.tasks.len() as u32, &mut armed) {
+            self.arming_item = Some(item);
+            let timers = self.task_timers(at, self.inst.tasks.len() as u32, &mut armed);
+            self.arming_item = None;
+            match timers {
                 Ok(()) => {
                     self.apply(Change::Looping(LoopChange::Open {
                         node: at,
@@ -490,14 +496,14 @@ impl<'a> Step<'a> {
         let calls = {
             let inst = &*self.inst;
             let (items, mut outputs, mut state, mut completed) = match inst.multi_at(at) {
-                Some(m) => (&m.items[..], m.outputs.clone(), m.state.clone(), m.completed),
+                Some(m) => (
+                    &m.items[..],
+                    m.outputs.clone(),
+                    m.state.clone(),
+                    m.completed,
+                ),
                 None => match list_of(self, at) {
-                    Ok(items) => (
-                        items,
-                        vec![Value::Null; items.len()],
-                        Vec::new(),
-                        0,
-                    ),
+                    Ok(items) => (items, vec![Value::Null; items.len()], Vec::new(), 0),
                     Err(message) => return Err(self.fail_at(i, at, message)),
                 },
             };
@@ -606,6 +612,23 @@ impl<'a> Step<'a> {
             actor: None,
         });
         Ok(())
+    }
+
+    /// The item variable a task's durations see: for a multi-instance item's task (or the one
+    /// about to open, [`Step::arming_item`]), its `as` name and its value.
+    pub(super) fn item_local(&self, task: Option<u32>, node: NodeId) -> Option<(&'a str, &Value)> {
+        let dep: &'a super::deploy::Deployed = self.dep;
+        let fe = dep.def.nodes.get(node.index())?.for_each()?;
+        let rare = self.inst.rare.as_deref()?;
+        let m = rare.multi.iter().find(|m| m.node == node)?;
+        let item = match self.arming_item {
+            Some(item) => item,
+            None => {
+                let task = task?;
+                rare.item_tasks.iter().find(|(t, _)| *t == task)?.1
+            }
+        };
+        Some((fe.item.as_str(), m.items.get(item as usize)?))
     }
 
     /// Marks token `i` at `at` failed with an incident.

@@ -143,6 +143,9 @@ pub(crate) struct Step<'a> {
     armed: Option<DateTime<Utc>>,
     /// Whether this call applied any change (a store then commits it).
     pub(crate) changed: bool,
+    /// The multi-instance item whose task's deadlines are being computed (its task does not
+    /// exist yet), so that its durations see the item variable.
+    pub(crate) arming_item: Option<u32>,
 }
 
 impl<'a> Step<'a> {
@@ -162,6 +165,7 @@ impl<'a> Step<'a> {
             events: Vec::new(),
             armed: None,
             changed: false,
+            arming_item: None,
         }
     }
 

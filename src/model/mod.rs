@@ -11,8 +11,8 @@ mod timer;
 
 pub use event::{Event, FollowUp, Pending};
 
-pub(crate) use instance::{ItemState, Multi};
 pub use instance::{
     Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
 };
+pub(crate) use instance::{ItemState, Multi};
 pub use timer::{Fired, Timer, TimerKind};
