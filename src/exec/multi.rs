@@ -645,8 +645,12 @@ impl<'a> Step<'a> {
         }
     }
 
-    /// Withdraws the items of the activity at `node` when its token is withdrawn.
+    /// Withdraws the items of the activity at `node` when its token is withdrawn (and forgets a
+    /// loop underway there).
     pub(super) fn withdraw_items(&mut self, node: NodeId) {
+        if self.inst.iteration(node) > 0 {
+            self.apply(Change::Looping(LoopChange::LoopEnd { node }));
+        }
         let Some(m) = self.inst.multi_at(node) else {
             return;
         };
