@@ -780,3 +780,95 @@ nodes:
             .any(|k| matches!(k, ProblemKind::UndeclaredVariable(v) if v == "line"))
     );
 }
+
+#[test]
+fn open_items_survive_a_reopen_of_the_store() {
+    let store = procflow::MemoryStore::new();
+    let id = {
+        let engine = Engine::builder().open(store.clone()).unwrap();
+        engine.deploy(lines_def(false, None)).unwrap();
+        let id = engine
+            .start("lines", vars(json!({ "lines": ["a", "b", "c"] })))
+            .unwrap();
+        let first = open_at(&engine, id, "fit")[0].id;
+        engine
+            .complete(first, &fitter(), vars(json!({ "result": "A" })))
+            .unwrap();
+        id
+    };
+    let engine = Engine::builder().open(store).unwrap();
+    let open = open_at(&engine, id, "fit");
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].item, Some(1));
+    engine.add_items(id, "fit", vec![json!("d")]).unwrap();
+    for out in ["B", "C", "D"] {
+        let t = open_at(&engine, id, "fit")[0].id;
+        engine
+            .complete(t, &fitter(), vars(json!({ "result": out })))
+            .unwrap();
+    }
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.vars()["results"], json!(["A", "B", "C", "D"]));
+}
+
+#[test]
+fn hooks_hear_withdrawn_items_and_the_end_of_the_activity() {
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&heard);
+    let engine = Engine::builder()
+        .hook(hook_fn(move |e: &Event| match e {
+            Event::TaskCancelled { task, .. } => log
+                .lock()
+                .unwrap()
+                .push(format!("cancelled {}", task.seq())),
+            Event::ItemsFinished {
+                completed,
+                withdrawn,
+                ..
+            } => log
+                .lock()
+                .unwrap()
+                .push(format!("finished {completed}/{withdrawn}")),
+            _ => {}
+        }))
+        .build();
+    engine
+        .deploy(lines_def(true, Some("completed == 1")))
+        .unwrap();
+    let id = engine
+        .start("lines", vars(json!({ "lines": [1, 2, 3] })))
+        .unwrap();
+    let open = open_at(&engine, id, "fit");
+    engine.complete(open[1].id, &fitter(), Vars::new()).unwrap();
+    assert_eq!(
+        *heard.lock().unwrap(),
+        ["cancelled 0", "cancelled 2", "finished 1/2"]
+    );
+}
+
+#[test]
+fn a_service_item_setting_another_variable_is_an_incident() {
+    let engine = Engine::builder()
+        .handler("echo", handler_fn(|_| Ok(vars(json!({ "lines": [] })))))
+        .build();
+    engine
+        .deploy(ProcessDef::from_yaml(&SERVICE.replace(" WHEN", "")).unwrap())
+        .unwrap();
+    let err = engine
+        .start("svc", vars(json!({ "lines": [1, 2] })))
+        .unwrap_err();
+    let ExecError::Incident {
+        instance, message, ..
+    } = err
+    else {
+        panic!("{err}");
+    };
+    assert!(message.contains("'lines'"), "{message}");
+    let inst = engine.instance(instance).unwrap();
+    assert_eq!(
+        inst.vars()["lines"],
+        json!([1, 2]),
+        "nothing leaked out of the item"
+    );
+    assert_eq!(inst.tokens()[0].state, TokenState::Failed);
+}

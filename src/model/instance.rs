@@ -919,6 +919,7 @@ impl Record {
                 message,
             } => format!("incident: {message}"),
             Entry::Retried => "retried".to_owned(),
+            Entry::ItemsStarted { node, items: 1 } => format!("{} began for 1 item", n(node)),
             Entry::ItemsStarted { node, items } => {
                 format!("{} began for {items} items", n(node))
             }
@@ -1034,4 +1035,20 @@ fn check_looping(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<(), S
         }
     }
     Ok(())
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    use super::*;
+
+    /// Multi-instance and loop state lives in `Rare`: the common token, task and instance keep
+    /// their sizes (a waiting instance stays under 512 bytes).
+    #[test]
+    fn common_state_keeps_its_size() {
+        assert_eq!(std::mem::size_of::<Token>(), 8);
+        assert_eq!(std::mem::size_of::<SmallVec<[Token; 1]>>(), 24);
+        assert_eq!(std::mem::size_of::<Task>(), 72);
+        assert_eq!(std::mem::size_of::<Instance>(), 176);
+        assert_eq!(std::mem::size_of::<ItemState>(), 8);
+    }
 }
