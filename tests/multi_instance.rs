@@ -872,3 +872,34 @@ fn a_service_item_setting_another_variable_is_an_incident() {
     );
     assert_eq!(inst.tokens()[0].state, TokenState::Failed);
 }
+
+#[test]
+fn a_damaged_activity_is_refused_when_read() {
+    let def = lines_def(true, None);
+    let engine = engine_with(lines_def(true, None));
+    let id = engine
+        .start("lines", vars(json!({ "lines": ["a", "b"] })))
+        .unwrap();
+    let inst = engine.instance(id).unwrap();
+    let mut state: Value = serde_json::from_str(&inst.encode()).unwrap();
+    assert!(state.get("multi").is_some() && state.get("item_tasks").is_some());
+    for damage in [
+        |s: &mut Value| s["item_tasks"] = json!([]),
+        |s: &mut Value| s["multi"][0]["state"] = json!(["pending", "pending"]),
+        |s: &mut Value| s["multi"][0]["items"] = json!(["a"]),
+        |s: &mut Value| s["multi"][0]["completed"] = json!(1),
+        |s: &mut Value| s["multi"][0]["node"] = json!(0),
+        |s: &mut Value| s["loops"] = json!([[1, 9]]),
+    ] {
+        let mut bad = state.clone();
+        damage(&mut bad);
+        let back = procflow::Instance::decode(&bad.to_string(), Vec::new()).unwrap();
+        assert!(back.check(&def).is_err(), "{bad}");
+    }
+    state["multi"] = json!([]);
+    let back = procflow::Instance::decode(&state.to_string(), Vec::new()).unwrap();
+    assert!(
+        back.check(&def).is_err(),
+        "open item tasks without their activity"
+    );
+}

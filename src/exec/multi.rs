@@ -395,7 +395,7 @@ impl<'a> Step<'a> {
         let held = match held {
             Ok(held) => held,
             Err(message) => {
-                let i = self.token_at(at).unwrap_or(0);
+                let i = self.token_at(at);
                 return Err(self.fail_at(i, at, message));
             }
         };
@@ -470,7 +470,7 @@ impl<'a> Step<'a> {
                     self.arm(&armed);
                 }
                 Err(message) => {
-                    let i = self.token_at(at).unwrap_or(0);
+                    let i = self.token_at(at);
                     return Err(self.fail_at(
                         i,
                         at,
@@ -632,9 +632,9 @@ impl<'a> Step<'a> {
     }
 
     /// Marks token `i` at `at` failed with an incident.
-    fn fail_at(&mut self, i: usize, at: NodeId, message: String) -> ExecError {
+    fn fail_at(&mut self, i: impl Into<Option<usize>>, at: NodeId, message: String) -> ExecError {
         self.apply(Change::Fail {
-            token: Some(i),
+            token: i.into(),
             node: Some(at),
             message: &message,
         });

@@ -680,9 +680,8 @@ impl Instance {
                 ));
             }
         }
-        if let Some(rare) = self.rare.as_deref() {
-            check_looping(self, rare, def)?;
-        }
+        let empty = Rare::default();
+        check_looping(self, self.rare.as_deref().unwrap_or(&empty), def)?;
         for incident in self.incidents() {
             if let Some(n) = incident.node {
                 node(n, "an incident")?;
@@ -1021,6 +1020,28 @@ fn check_looping(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<(), S
     for (task, _) in &rare.item_tasks {
         if *task as usize >= inst.tasks.len() {
             return Err(format!("an item names task {task}, which does not exist"));
+        }
+    }
+    // Every open task of a multi-instance task is an item that waits for it.
+    for task in inst.tasks.iter().filter(|t| t.is_open()) {
+        let Some(node) = node_of(task.node).filter(|n| n.for_each().is_some()) else {
+            continue;
+        };
+        let item = rare
+            .item_tasks
+            .iter()
+            .find(|(t, _)| *t == task.seq)
+            .map(|(_, item)| *item as usize);
+        let waits = item.is_some_and(|item| {
+            rare.multi.iter().any(|m| {
+                m.node == task.node && m.state.get(item) == Some(&ItemState::Open(task.seq))
+            })
+        });
+        if !waits {
+            return Err(format!(
+                "task {} at multi-instance task '{}' is open but no item waits for it",
+                task.seq, node.id
+            ));
         }
     }
     for (n, runs) in &rare.loops {
