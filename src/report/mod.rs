@@ -91,7 +91,8 @@ pub enum ReportError {
 ///   completed without a breach; *pending* when it is still running without a breach.
 ///   `sla_met_rate = met / (met + breached)`: pending instances are undecided and left out.
 ///
-/// **Per user-task node** ([`NodeFigures`]):
+/// **Per user-task node** ([`NodeFigures`]), and per service-task node with `for_each` or
+/// `repeat`:
 /// - `opened`, `completed`, `open`: tasks by state; `timeouts`: tasks its timeout route
 ///   cancelled (`TaskState::TimedOut`, or an `Entry::Timer { kind: Timeout }` record).
 /// - `breaches`: task deadlines that fired (`Entry::Timer { kind: Due, task: Some(..) }`).
@@ -100,6 +101,8 @@ pub enum ReportError {
 ///   never claimed. Tasks still waiting, and tasks that timed out unclaimed, have no waiting time
 ///   yet and are left out.
 /// - `handling`: from the first claim to the completion, for claimed tasks that completed.
+/// - `repeated`: runs again of a task with `repeat` (`Entry::Repeated`); `items`: completed items
+///   of a task with `for_each` (`Entry::ItemCompleted`).
 ///
 /// **Per role** ([`RoleFigures`]). The audit trail names the actor, not the role it acted in, so
 /// a completion is credited by this rule: an override (`Entry::Completed { overridden: true }`)
@@ -422,7 +425,12 @@ impl Report {
 
     /// The report as aligned text tables, one per section, durations humanised (`1h30m`).
     pub fn to_table(&self) -> String {
-        let titles = ["Processes", "Nodes (user tasks)", "Roles", "Actors"];
+        let titles = [
+            "Processes",
+            "Nodes (user tasks, and tasks with for_each or repeat)",
+            "Roles",
+            "Actors",
+        ];
         let mut out = String::new();
         for (i, (header, rows)) in self.sections(Style::Table).into_iter().enumerate() {
             if i > 0 {
@@ -500,6 +508,8 @@ impl Report {
                     d(x.waiting.mean),
                     d(x.handling.p50),
                     d(x.handling.p90),
+                    n(x.repeated),
+                    n(x.items),
                 ]
             })
             .collect();
@@ -569,6 +579,8 @@ impl Report {
                     "wait_mean_s",
                     "handling_p50_s",
                     "handling_p90_s",
+                    "repeated",
+                    "items",
                 ],
             ),
             Style::Table => (
@@ -605,6 +617,8 @@ impl Report {
                     "mean",
                     "handling p50",
                     "p90",
+                    "repeated",
+                    "items",
                 ],
             ),
         };
