@@ -903,3 +903,51 @@ fn a_damaged_activity_is_refused_when_read() {
         "open item tasks without their activity"
     );
 }
+
+#[test]
+fn the_collected_list_stays_within_a_variables_bounds() {
+    let big = "x".repeat(40 * 1024);
+    // A user task: the second large output is refused, and nothing changes.
+    let engine = engine_with(lines_def(true, None));
+    let id = engine
+        .start("lines", vars(json!({ "lines": [1, 2] })))
+        .unwrap();
+    let open = open_at(&engine, id, "fit");
+    engine
+        .complete(open[0].id, &fitter(), vars(json!({ "result": big })))
+        .unwrap();
+    let err = engine
+        .complete(open[1].id, &fitter(), vars(json!({ "result": big })))
+        .unwrap_err();
+    assert!(
+        matches!(&err, ExecError::Variables { problems } if problems[0].0 == "results"
+            && matches!(problems[0].1, VarProblem::TooLarge { .. })),
+        "{err}"
+    );
+    assert_eq!(open_at(&engine, id, "fit").len(), 1);
+    // Items added past the bound are refused.
+    let err = engine
+        .add_items(id, "fit", vec![json!(big), json!(big)])
+        .unwrap_err();
+    assert!(matches!(err, ExecError::Variables { .. }), "{err}");
+    // A service task: an incident at the item that would overflow it.
+    let engine = Engine::builder()
+        .handler(
+            "echo",
+            handler_fn(move |_| Ok(vars(json!({ "out": "y".repeat(40 * 1024) })))),
+        )
+        .build();
+    engine
+        .deploy(ProcessDef::from_yaml(&SERVICE.replace(" WHEN", "")).unwrap())
+        .unwrap();
+    let err = engine
+        .start("svc", vars(json!({ "lines": [1, 2] })))
+        .unwrap_err();
+    let ExecError::Incident { message, .. } = &err else {
+        panic!("{err}");
+    };
+    assert!(
+        message.contains("item 1") && message.contains("outs"),
+        "{message}"
+    );
+}

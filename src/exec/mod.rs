@@ -620,7 +620,7 @@ impl Engine {
             let mut problems = check_vars(&step.dep.def, &output);
             let for_each = step.dep.def.nodes[node.index()].for_each();
             if let Some(fe) = for_each {
-                problems.extend(multi::item_problems(fe, &output));
+                problems.extend(multi::item_problems(step.inst, fe, task.seq, &output));
             }
             if !problems.is_empty() {
                 return Err(ExecError::Variables { problems });
@@ -817,13 +817,19 @@ impl Engine {
                     node: slot.dep.node(at),
                 });
             }
-            let problems: Vec<(String, VarProblem)> = items
-                .iter()
-                .filter_map(crate::vars::check_bounds)
-                .map(|p| (fe.list.clone(), p))
+            // The items, old and new, must stay a list a variable could hold.
+            let all: Vec<&serde_json::Value> = slot
+                .inst
+                .multi_at(at)
+                .map(|m| m.items.iter())
+                .into_iter()
+                .flatten()
+                .chain(&items)
                 .collect();
-            if !problems.is_empty() {
-                return Err(ExecError::Variables { problems });
+            if let Err(problem) = crate::vars::list_bounds(&all) {
+                return Err(ExecError::Variables {
+                    problems: vec![(fe.list.clone(), problem)],
+                });
             }
             let user = def.nodes[at.index()].raci().is_some();
             Ok(self.step_slot(slot, now, |step| {

@@ -510,6 +510,13 @@ impl<'a> Step<'a> {
             let total = items.len();
             let mut done = Vec::with_capacity(if resumed { 0 } else { total });
             let mut failed = None;
+            // The collected list must stay a valid variable value: its JSON size, kept as the
+            // items complete.
+            let mut bytes = match (&fe.collect, resumed) {
+                (None, _) => Ok(0),
+                (Some(_), false) => Ok(crate::vars::null_list_bytes(total)),
+                (Some(_), true) => crate::vars::list_bounds(&outputs),
+            };
             for (k, item) in items.iter().enumerate() {
                 if resumed && state[k] != ItemState::Pending {
                     continue;
@@ -529,6 +536,13 @@ impl<'a> Step<'a> {
                     Err(panic) => Err(format!("handler panicked: {}", panic_message(&panic))),
                 };
                 let outcome = result.and_then(|output| {
+                    if let Some(collect) = &fe.collect {
+                        bytes = std::mem::replace(&mut bytes, Ok(0))
+                            .and_then(|b| crate::vars::replace_null(b, &output));
+                        if let Err(problem) = &bytes {
+                            return Err(format!("its output would make '{collect}' {problem}"));
+                        }
+                    }
                     outputs[k] = output;
                     completed += 1;
                     done.push(k as u32);
@@ -759,11 +773,27 @@ fn completion_holds(
 }
 
 /// Checks the output of a multi-instance user task's completion: only the item's `output`
-/// variable may be set.
-pub(super) fn item_problems(fe: &ForEach, output: &Vars) -> Vec<(String, VarProblem)> {
-    output
+/// variable may be set, and the collected list must stay within a variable's bounds with it.
+pub(super) fn item_problems(
+    inst: &crate::Instance,
+    fe: &ForEach,
+    task: u32,
+    output: &Vars,
+) -> Vec<(String, VarProblem)> {
+    let mut problems: Vec<(String, VarProblem)> = output
         .keys()
         .filter(|name| fe.output.as_deref() != Some(name.as_str()))
         .map(|name| (name.clone(), VarProblem::NotItemOutput))
-        .collect()
+        .collect();
+    let node = inst.tasks.get(task as usize).map(|t| t.node);
+    if let (Some(collect), Some(value), Some(m)) = (
+        &fe.collect,
+        fe.output.as_deref().and_then(|o| output.get(o)),
+        node.and_then(|n| inst.multi_at(n)),
+    ) && let Err(problem) = crate::vars::list_bounds(&m.outputs)
+        .and_then(|bytes| crate::vars::replace_null(bytes, value))
+    {
+        problems.push((collect.clone(), problem));
+    }
+    problems
 }
