@@ -564,9 +564,10 @@ impl<'a> Step<'a> {
             let failed = failed.map(|(_, message): (usize, String)| {
                 let mut state = state;
                 if !resumed {
+                    // A first run calls the items in order: the ones before the failure are done.
                     state = (0..total)
                         .map(|j| {
-                            if done.contains(&(j as u32)) {
+                            if j < done.len() {
                                 ItemState::Done
                             } else {
                                 ItemState::Pending
