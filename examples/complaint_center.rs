@@ -313,6 +313,14 @@ fn build_engine(
             handler_fn(move |call| {
                 first_try_fails(&activated, call, 11, "switch timeout after 30s")?;
                 Ok(vars(json!({
+                    "activation": { "service_id": format!("SVC-{:05}", call.instance.get()) },
+                })))
+            }),
+        )
+        .handler(
+            "activation_check",
+            handler_fn(|call| {
+                Ok(vars(json!({
                     "service_id": format!("SVC-{:05}", call.instance.get()),
                     "activated": true,
                 })))

@@ -109,9 +109,9 @@ fn network_resource_check(
     })))
 }
 
-/// 3.6.3: activates the service on the exchange's switch and takes a port. The switch does not
-/// answer the first activation request of an instance in time, so that instance gets an incident
-/// and is retried.
+/// 3.6.3: activates one order line (the call's item) on the exchange's switch and takes a port.
+/// The switch does not answer the first activation request of an instance in time, so that
+/// instance gets an incident and is retried.
 fn activate_service(
     inventory: &Inventory,
     tried: &Mutex<HashSet<InstanceId>>,
@@ -133,9 +133,25 @@ fn activate_service(
         .filter(|free| **free > 0)
         .ok_or_else(|| HandlerError::new(format!("no free port left at {exchange}")))?;
     *free -= 1;
+    let line = call.item_index.unwrap_or(0);
+    Ok(vars(json!({
+        "activation": {
+            "product": call.item.and_then(|l| l.get("product")),
+            "service_id": format!("SVC-{:04}-{line}", 1000 + call.instance.get()),
+        },
+    })))
+}
+
+/// 3.6.3: confirms with the network that every order line is active.
+fn activation_check(call: &ServiceCall<'_>) -> Result<Vars, HandlerError> {
+    let lines = call
+        .vars
+        .get("activations")
+        .and_then(|a| a.as_array())
+        .map_or(0, Vec::len);
     Ok(vars(json!({
         "service_id": format!("SVC-{:04}", 1000 + call.instance.get()),
-        "activated": true,
+        "activated": lines > 0,
     })))
 }
 
@@ -186,6 +202,7 @@ fn main() -> Result<()> {
             "activate_service",
             handler_fn(move |call| activate_service(&switch, &tried, call)),
         )
+        .handler("activation_check", handler_fn(activation_check))
         .handler("billing_setup", handler_fn(billing_setup))
         .hook(hook_fn(move |ev: &Event| {
             seen.events.fetch_add(1, Ordering::Relaxed);

@@ -9,7 +9,16 @@
 //! cargo run --release --example throughput -- --workload linear --seconds 3 --store sqlite:PATH \
 //!     [--durability process|full] [--commit group|single]
 //! cargo run --release --example throughput -- --workload reopen --instances 100000 --store sqlite:PATH
+//! cargo run --release --example throughput -- --workload lines --seconds S [--lines 100]
+//! cargo run --release --example throughput -- --workload waiting-lines --instances 2000 [--lines 100]
 //! ```
+//!
+//! `lines` runs an order of `--lines` lines (default 100) through one multi-instance service
+//! task: its transitions are the `Transition` records plus one per line (`ItemCompleted`: an
+//! item is one run of the task), and the line also says `items_per_sec`. `waiting-lines` starts
+//! `--instances` instances waiting at a multi-instance user task with `--lines` open items each,
+//! and as many waiting at a plain user task with the same variables, and prints the resident
+//! memory the open items add, per item.
 //!
 //! With `--store`, every call commits to a SQLite file (deleted first); the default durability
 //! here is `process` (a killed process loses nothing; see `procflow::Durability`). `reopen`
@@ -36,9 +45,9 @@ use procflow::{Durability, Engine, ProcessDef, SqliteStore, Vars};
 
 use common::*;
 
-const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message \
+const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines \
 [--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH] \
-[--durability process|full] [--commit group|single]";
+[--durability process|full] [--commit group|single] [--lines N]";
 
 struct Args {
     workload: String,
@@ -50,6 +59,8 @@ struct Args {
     store: Option<PathBuf>,
     durability: Durability,
     group_commit: bool,
+    /// Order lines per instance for `lines` and `waiting-lines`.
+    lines: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -62,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
         store: None,
         durability: Durability::Process,
         group_commit: true,
+        lines: 100,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,6 +83,7 @@ fn parse_args() -> Result<Args, String> {
             "--seconds" => args.seconds = num(&flag, &value()?)?,
             "--threads" => args.threads = num(&flag, &value()?)?,
             "--instances" => args.instances = num(&flag, &value()?)?,
+            "--lines" => args.lines = num(&flag, &value()?)?,
             "--no-audit" => args.audit = false,
             "--store" => {
                 let v = value()?;
@@ -151,6 +164,18 @@ fn main() -> ExitCode {
         }
         "waiting" => waiting(&args),
         "message" => message(&args),
+        "lines" => {
+            let yaml = lines_def(args.lines, false);
+            let (transitions, items) = count_steps([parse(&yaml)], |e| run_automatic(e, LINES));
+            assert_eq!(items, args.lines as u64, "one item per line");
+            let per = transitions + items;
+            let engine = engine(&args, [parse(&yaml)]);
+            timed(&args, &engine, |e, _| {
+                run_automatic(e, LINES);
+                per
+            });
+        }
+        "waiting-lines" => waiting_lines(&args),
         "reopen" => {
             if let Err(e) = reopen(&args) {
                 eprintln!("{e}");
@@ -256,6 +281,15 @@ fn timed(args: &Args, engine: &Engine, one: impl Fn(&Engine, u64) -> u64 + Sync)
     let secs = start.elapsed().as_secs_f64();
     let transitions = transitions.into_inner();
     let instances = instances.into_inner();
+    let items = if args.workload == "lines" {
+        format!(
+            " lines={} items_per_sec={:.0}",
+            args.lines,
+            (instances * args.lines as u64) as f64 / secs
+        )
+    } else {
+        String::new()
+    };
     // The floor, measured in this run, after the workload (on the same warm core): the median
     // of three short runs.
     let mut floors: Vec<f64> = (0..3).map(|_| floor_ns(10, 2_000_000)).collect();
@@ -274,16 +308,17 @@ fn timed(args: &Args, engine: &Engine, one: impl Fn(&Engine, u64) -> u64 + Sync)
         args.audit,
         thread_ns,
         thread_ns / floor,
-        match &args.store {
-            Some(path) => format!(
-                " store=sqlite:{} durability={:?} commit={} instances_per_sec={:.0}",
-                path.display(),
-                args.durability,
-                if args.group_commit { "group" } else { "single" },
-                instances as f64 / secs,
-            ),
-            None => String::new(),
-        },
+        items
+            + &match &args.store {
+                Some(path) => format!(
+                    " store=sqlite:{} durability={:?} commit={} instances_per_sec={:.0}",
+                    path.display(),
+                    args.durability,
+                    if args.group_commit { "group" } else { "single" },
+                    instances as f64 / secs,
+                ),
+                None => String::new(),
+            },
     );
 }
 
@@ -345,6 +380,42 @@ fn message(args: &Args) {
         spent.as_secs_f64(),
         spent.as_secs_f64() * 1e9 / delivered as f64,
         delivered as f64 / spent.as_secs_f64(),
+        proc_status_kb("VmHWM"),
+        args.audit,
+    );
+}
+
+/// Starts `args.instances` instances waiting at a plain user task, then as many waiting at a
+/// multi-instance user task with `args.lines` open items each (the same variables), and prints
+/// the resident memory per open item: the difference between the two, per item.
+fn waiting_lines(args: &Args) {
+    let n = args.lines.max(1);
+    let engine = engine_with(
+        [parse(&plain_lines_def(n)), parse(&lines_def(n, true))],
+        args.audit,
+    );
+    // Warm the allocator and the engine's maps with one of each.
+    engine.start(PLAIN_LINES, Vars::new()).expect("starts");
+    engine.start(WAITING_LINES, Vars::new()).expect("starts");
+    let measure = |process: &str| {
+        let before = proc_status_kb("VmRSS");
+        for _ in 0..args.instances {
+            engine.start(process, Vars::new()).expect("starts");
+        }
+        (proc_status_kb("VmRSS").saturating_sub(before) * 1024) as f64 / args.instances as f64
+    };
+    let plain = measure(PLAIN_LINES);
+    let multi = measure(WAITING_LINES);
+    let id = *engine.instances().last().expect("instances");
+    assert_eq!(
+        engine.tasks(id).expect("instance").len(),
+        n,
+        "one open task per line"
+    );
+    println!(
+        "workload=waiting-lines instances={} lines={n} bytes_per_plain_instance={plain:.0} bytes_per_multi_instance={multi:.0} bytes_per_open_item={:.0} peak_rss_kb={} audit={}",
+        args.instances,
+        (multi - plain) / n as f64,
         proc_status_kb("VmHWM"),
         args.audit,
     );

@@ -105,6 +105,36 @@ pub(crate) fn on_loader_stack<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T
     })
 }
 
+/// Where a condition reads its variables: an instance's variables, or names local to a
+/// multi-instance item or a completion condition layered over them ([`Layered`]). Generic, so
+/// the plain `&Vars` case compiles to the direct map lookup it always was.
+pub(crate) trait Lookup {
+    /// The value of `name`, if set.
+    fn lookup(&self, name: &str) -> Option<&Value>;
+}
+
+impl Lookup for Vars {
+    #[inline(always)]
+    fn lookup(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
+}
+
+/// Local names over an instance's variables: a local shadows a variable of the same name.
+pub(crate) struct Layered<'a> {
+    pub(crate) locals: &'a [(&'a str, &'a Value)],
+    pub(crate) vars: &'a Vars,
+}
+
+impl Lookup for Layered<'_> {
+    fn lookup(&self, name: &str) -> Option<&Value> {
+        match self.locals.iter().find(|(n, _)| *n == name) {
+            Some((_, v)) => Some(v),
+            None => self.vars.get(name),
+        }
+    }
+}
+
 /// A compiled CEL condition.
 pub(crate) struct Condition {
     source: String,
@@ -159,7 +189,7 @@ impl FastText {
     }
 
     /// The text, when every condition on the way has its answer.
-    fn eval(&self, vars: &Vars) -> Option<&str> {
+    fn eval<L: Lookup + ?Sized>(&self, vars: &L) -> Option<&str> {
         let mut at = self;
         loop {
             match at {
@@ -251,7 +281,7 @@ impl Fast {
     /// The answer of a disjunction of shortcuts: true as soon as a term holds (CEL's `||` is
     /// true when either side is, whatever the other gives), false when every term has its
     /// answer and none holds.
-    fn any(terms: &[Fast], vars: &Vars) -> Option<bool> {
+    fn any<L: Lookup + ?Sized>(terms: &[Fast], vars: &L) -> Option<bool> {
         let mut decided = true;
         for t in terms {
             match t.eval(vars) {
@@ -265,8 +295,8 @@ impl Fast {
 
     /// The answer, when the variable's value has the literal's kind (or, for a comparison, the
     /// variable is unset: `null` equals no literal).
-    fn eval(&self, vars: &Vars) -> Option<bool> {
-        let Some(value) = vars.get(&self.var) else {
+    fn eval<L: Lookup + ?Sized>(&self, vars: &L) -> Option<bool> {
+        let Some(value) = vars.lookup(&self.var) else {
             return self.compared.then_some(!self.equal);
         };
         let same_kind = match (value, &self.literal) {
@@ -344,7 +374,11 @@ impl Condition {
     ///
     /// # Errors
     /// A message when evaluation fails or the result is not a boolean.
-    pub(crate) fn eval(&self, root: &cel::Context<'_, '_>, vars: &Vars) -> Result<bool, String> {
+    pub(crate) fn eval<L: Lookup + ?Sized>(
+        &self,
+        root: &cel::Context<'_, '_>,
+        vars: &L,
+    ) -> Result<bool, String> {
         if let Some(answer) = self.fast.as_ref().and_then(|f| f.eval(vars)) {
             return Ok(answer);
         }
@@ -367,10 +401,10 @@ impl Condition {
     ///
     /// # Errors
     /// A message when evaluation fails or the result is not a string.
-    pub(crate) fn eval_text(
+    pub(crate) fn eval_text<L: Lookup + ?Sized>(
         &self,
         root: &cel::Context<'_, '_>,
-        vars: &Vars,
+        vars: &L,
     ) -> Result<String, String> {
         if let Some(text) = self.fast_text.as_ref().and_then(|f| f.eval(vars)) {
             return Ok(text.to_owned());
@@ -385,10 +419,14 @@ impl Condition {
         }
     }
 
-    fn run(&self, root: &cel::Context<'_, '_>, vars: &Vars) -> Result<cel::Value, String> {
+    fn run<L: Lookup + ?Sized>(
+        &self,
+        root: &cel::Context<'_, '_>,
+        vars: &L,
+    ) -> Result<cel::Value, String> {
         let mut scope = root.new_inner_scope();
         for name in &self.reads {
-            let value = vars.get(name).map_or(cel::Value::Null, to_cel);
+            let value = vars.lookup(name).map_or(cel::Value::Null, to_cel);
             scope.add_variable_from_value(name.as_str(), value);
         }
         self.program.execute(&scope).map_err(|e| {

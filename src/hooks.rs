@@ -167,6 +167,11 @@ pub struct ServiceCall<'a> {
     pub node: &'a str,
     /// The instance's variables.
     pub vars: &'a Vars,
+    /// For a multi-instance service task (`for_each`): the item this call handles. The item
+    /// variable is local to the call; it is not among `vars`.
+    pub item: Option<&'a serde_json::Value>,
+    /// For a multi-instance service task: the item's index in the list.
+    pub item_index: Option<u32>,
 }
 
 /// Why a service handler failed: a message, and the error behind it if there is one.

@@ -18,8 +18,8 @@ use crate::exec::DeployError;
 use crate::exec::{Engine, ExecError};
 use crate::hooks::{HandlerError, handler_fn, hook_fn};
 use crate::ids::{InstanceId, TaskId};
-use crate::model::Event;
 use crate::model::Status;
+use crate::model::{Entry, Event};
 use crate::raci::Actor;
 use crate::time::calendar::BusinessCalendar;
 use crate::time::duration::DurationSpec;
@@ -135,6 +135,13 @@ enum RawStep {
         #[serde(default)]
         expect: Outcome,
     },
+    /// Adds items to a running multi-instance task ([`Engine::add_items`]).
+    AddItems {
+        node: String,
+        items: Vec<serde_json::Value>,
+        #[serde(default)]
+        expect: Outcome,
+    },
     /// Moves the clock forward by a wall-time duration (`3h`, `1d`) and ticks.
     Advance(String),
     /// Moves the clock to an RFC 3339 instant and ticks.
@@ -149,6 +156,12 @@ enum RawStep {
         open_tasks: Option<Vec<String>>,
         #[serde(default)]
         vars: Option<Vars>,
+        /// Per node: how many times a task with `repeat` ran again (`Entry::Repeated`).
+        #[serde(default)]
+        repeated: Option<IndexMap<String, usize>>,
+        /// Per node: how many multi-instance items completed (`Entry::ItemCompleted`).
+        #[serde(default)]
+        items: Option<IndexMap<String, usize>>,
     },
 }
 
@@ -495,12 +508,26 @@ impl Scenario {
                 }
                 (r.map(|_| ()), *expect)
             }
+            RawStep::AddItems {
+                node,
+                items,
+                expect,
+            } => (
+                engine.add_items(
+                    instance.ok_or("no instance started yet")?,
+                    node,
+                    items.clone(),
+                ),
+                *expect,
+            ),
             RawStep::Advance(_) | RawStep::At(_) => return Ok(()),
             RawStep::Expect {
                 fired,
                 status,
                 open_tasks,
                 vars,
+                repeated,
+                items,
             } => {
                 if let Some(want) = fired
                     && want[..] != *last_fired
@@ -511,6 +538,28 @@ impl Scenario {
                 }
                 let id = instance.ok_or("no instance started yet")?;
                 let inst = engine.instance(id).map_err(|e| e.to_string())?;
+                let def = engine.definition_of(id).map_err(|e| e.to_string())?;
+                for (what, want) in [("repeated", repeated), ("items", items)] {
+                    for (node, count) in want.iter().flatten() {
+                        let at = def
+                            .node_id(node)
+                            .ok_or_else(|| format!("{what}: no node '{node}'"))?;
+                        let found = inst
+                            .audit()
+                            .iter()
+                            .filter(|r| match &r.what {
+                                Entry::Repeated { node, .. } if what == "repeated" => *node == at,
+                                Entry::ItemCompleted { node, .. } if what == "items" => *node == at,
+                                _ => false,
+                            })
+                            .count();
+                        if found != *count {
+                            return Err(format!(
+                                "expected {what} {count} at '{node}', found {found}"
+                            ));
+                        }
+                    }
+                }
                 if let Some(s) = status
                     && inst.status() != *s
                 {

@@ -152,6 +152,61 @@ pub(crate) fn check_bounds(value: &Value) -> Option<VarProblem> {
     }
 }
 
+/// The bytes `items` takes as a JSON list, or why that list would be out of the bounds of a
+/// variable's value (a multi-instance task's items and collected outputs are lists that become,
+/// or came from, variables). Stops at the size bound.
+pub(crate) fn list_bounds<T>(items: &[T]) -> Result<usize, VarProblem>
+where
+    T: std::borrow::Borrow<Value> + Serialize,
+{
+    if items
+        .iter()
+        .any(|v| depth_over(v.borrow(), VarSpec::MAX_VALUE_DEPTH - 1))
+    {
+        return Err(VarProblem::TooDeep {
+            limit: VarSpec::MAX_VALUE_DEPTH,
+        });
+    }
+    let mut counter = Counter {
+        left: VarSpec::MAX_VALUE_BYTES,
+    };
+    match serde_json::to_writer(&mut counter, items) {
+        Ok(()) => Ok(VarSpec::MAX_VALUE_BYTES - counter.left),
+        Err(_) => Err(VarProblem::TooLarge {
+            limit: VarSpec::MAX_VALUE_BYTES,
+        }),
+    }
+}
+
+/// The bytes of a JSON list of `n` nulls.
+pub(crate) fn null_list_bytes(n: usize) -> usize {
+    if n == 0 { 2 } else { 2 + 5 * n - 1 }
+}
+
+/// The bytes a JSON list that takes `bytes` takes once one of its nulls is replaced by `item`,
+/// or why the list would then be out of bounds.
+pub(crate) fn replace_null(bytes: usize, item: &Value) -> Result<usize, VarProblem> {
+    if item.is_null() {
+        return Ok(bytes);
+    }
+    if depth_over(item, VarSpec::MAX_VALUE_DEPTH - 1) {
+        return Err(VarProblem::TooDeep {
+            limit: VarSpec::MAX_VALUE_DEPTH,
+        });
+    }
+    let base = bytes.saturating_sub(4);
+    let mut counter = Counter {
+        left: VarSpec::MAX_VALUE_BYTES.saturating_sub(base),
+    };
+    let start = counter.left;
+    match serde_json::to_writer(&mut counter, item) {
+        Ok(()) => Ok(base + (start - counter.left)),
+        Err(_) => Err(VarProblem::TooLarge {
+            limit: VarSpec::MAX_VALUE_BYTES,
+        }),
+    }
+}
+
 /// Whether `value` nests more than `levels` arrays and objects. Recurses at most `levels + 1`
 /// deep, whatever the value.
 fn depth_over(value: &Value, levels: usize) -> bool {
@@ -214,6 +269,9 @@ pub enum VarProblem {
     },
     /// A delivered message's variable that its declared `payload` does not list.
     NotInPayload,
+    /// A multi-instance item sets a variable other than its `output`: what an item sets is
+    /// local to it, and only its output is collected.
+    NotItemOutput,
 }
 
 impl std::fmt::Display for VarProblem {
@@ -232,6 +290,9 @@ impl std::fmt::Display for VarProblem {
                 write!(f, "larger than {limit} bytes as JSON")
             }
             VarProblem::NotInPayload => f.write_str("not in the message's payload"),
+            VarProblem::NotItemOutput => f.write_str(
+                "not the item's output: a multi-instance item sets only its 'output' variable",
+            ),
         }
     }
 }
@@ -283,6 +344,28 @@ pub(crate) fn drop_flat(vars: Vars) {
             Value::Array(items) => stack.extend(items),
             Value::Object(map) => stack.extend(map.into_iter().map(|(_, v)| v)),
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_sizes_match_their_json() {
+        for n in 0..5 {
+            let nulls = vec![Value::Null; n];
+            let json = serde_json::to_string(&nulls).unwrap().len();
+            assert_eq!(null_list_bytes(n), json);
+            assert_eq!(list_bounds(&nulls), Ok(json));
+            if n > 0 {
+                let item = serde_json::json!({ "a": [1, "two"] });
+                let mut replaced = nulls.clone();
+                replaced[0] = item.clone();
+                let want = serde_json::to_string(&replaced).unwrap().len();
+                assert_eq!(replace_null(json, &item), Ok(want));
+            }
         }
     }
 }

@@ -354,7 +354,7 @@ fn csv_and_json_shapes() {
     let rows = |s: &str| s.lines().map(|l| l.split(',').count()).collect::<Vec<_>>();
     for (section, (name, body_rows, columns)) in sections.iter().zip([
         ("processes", 2, 16),
-        ("nodes", 3, 17),
+        ("nodes", 3, 19),
         ("roles", 6, 8),
         ("actors", 5, 6),
     ]) {
@@ -363,7 +363,7 @@ fn csv_and_json_shapes() {
         assert!(section.lines().skip(1).all(|l| l.starts_with(name)));
     }
     assert!(csv.contains(
-        "nodes,claims,review,Review the claim,审核理赔,4,3,0,1,3,1,0,3600,14400,6600,3600,9000\n"
+        "nodes,claims,review,Review the claim,审核理赔,4,3,0,1,3,1,0,3600,14400,6600,3600,9000,0,0\n"
     ));
     assert!(
         csv.contains("processes,claims,Claims,理赔,1,4,3,1,12600,14400,14400,4,3,1,0,0.7500\n")

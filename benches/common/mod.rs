@@ -462,3 +462,72 @@ pub(crate) fn floor_ns(steps: usize, instances: usize) -> f64 {
     std::hint::black_box((&pos, &history));
     secs * 1e9 / transitions as f64
 }
+
+/// The process id of [`lines_def`].
+pub(crate) const LINES: &str = "lines";
+
+/// The process id of [`lines_def`] with a user task (`user: true`).
+pub(crate) const WAITING_LINES: &str = "waiting-lines";
+
+/// The process id of [`plain_lines_def`].
+pub(crate) const PLAIN_LINES: &str = "plain-lines";
+
+/// start → one multi-instance task over `lines` (a list of `n` line numbers by default) → end.
+/// With `user: false` a service task with handler `noop` runs per line (issue 12: "a 100-line
+/// order, every line automatic"), collecting each line's (empty) output into `done`; with
+/// `user: true` a user task opens per line, so the instance waits with `n` open items.
+pub(crate) fn lines_def(n: usize, user: bool) -> String {
+    let lines: Vec<String> = (0..n).map(|k| k.to_string()).collect();
+    let (id, task) = if user {
+        (
+            WAITING_LINES,
+            "kind: user_task, name: Line, raci: { responsible: [clerk], accountable: lead }",
+        )
+    } else {
+        (LINES, "kind: service_task, name: Line, handler: noop")
+    };
+    format!(
+        "id: {id}\nversion: 1\nname: Lines {n}\n{HEADER_ROLES}variables:
+  lines: {{ type: array, default: [{}] }}
+  out: {{ type: any }}
+  done: {{ type: array }}
+nodes:
+  start: {{ kind: start, next: line }}
+  line: {{ {task}, for_each: {{ in: lines, as: line, output: out, collect: done }}, next: end }}
+  end: {{ kind: end }}
+",
+        lines.join(", ")
+    )
+}
+
+/// As [`lines_def`] with `user: true`, without `for_each`: the same variables, one task. The
+/// baseline the bytes per open item are measured against.
+pub(crate) fn plain_lines_def(n: usize) -> String {
+    lines_def(n, true)
+        .replace(WAITING_LINES, PLAIN_LINES)
+        .replace(
+            ", for_each: { in: lines, as: line, output: out, collect: done }",
+            "",
+        )
+}
+
+/// Counts the steps one instance takes: its `Transition` records plus its multi-instance items
+/// (`ItemCompleted` records: an item is one token's run through the task), on a fresh engine
+/// as [`count_transitions`] does.
+pub(crate) fn count_steps(
+    defs: impl IntoIterator<Item = ProcessDef>,
+    drive: impl FnOnce(&Engine) -> InstanceId,
+) -> (u64, u64) {
+    let mut c = Config::default();
+    c.audit = true;
+    c.retain_completed = true;
+    let engine = engine_custom(defs, c, |_| {});
+    let id = drive(&engine);
+    let inst = engine.instance(id).expect("the instance is retained");
+    assert_eq!(inst.status(), procflow::Status::Completed);
+    let count = |f: fn(&Entry) -> bool| inst.audit().iter().filter(|r| f(&r.what)).count() as u64;
+    (
+        count(|e| matches!(e, Entry::Transition { .. })),
+        count(|e| matches!(e, Entry::ItemCompleted { .. })),
+    )
+}

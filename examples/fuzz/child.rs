@@ -1064,6 +1064,7 @@ impl Driver {
                 claimed_by: None,
                 created_at: self.setup.clock.now(),
                 due: None,
+                item: None,
             });
         }
         Some(self.rng.pick(&tasks).clone())

@@ -6,6 +6,7 @@
 
 pub(crate) mod control;
 pub(crate) mod events;
+pub(crate) mod multi;
 mod raw;
 mod render;
 pub(crate) mod rules;
@@ -100,6 +101,8 @@ pub struct Node {
     pub(crate) boundary: Vec<events::Boundary>,
     /// The race gateway whose target this node is.
     pub(crate) race: Option<NodeId>,
+    /// A task's `for_each` and `repeat`, when it has either.
+    pub(crate) looping: Option<Box<multi::Looping>>,
 }
 
 /// What a node does when a token reaches it.
@@ -246,6 +249,27 @@ impl Node {
             Behaviour::Catch(t) => Some(t.describe()),
             _ => None,
         }
+    }
+
+    /// Whether the task runs once per item of a list (`for_each`).
+    pub fn is_multi_instance(&self) -> bool {
+        self.for_each().is_some()
+    }
+
+    /// The most runs of a task with `repeat`.
+    pub fn max_iterations(&self) -> Option<u32> {
+        self.looping
+            .as_ref()
+            .and_then(|l| l.repeat.as_ref())
+            .map(|r| r.max)
+    }
+
+    pub(crate) fn for_each(&self) -> Option<&multi::ForEach> {
+        self.looping.as_ref().and_then(|l| l.for_each.as_ref())
+    }
+
+    pub(crate) fn repeat(&self) -> Option<&multi::Repeat> {
+        self.looping.as_ref().and_then(|l| l.repeat.as_ref())
     }
 
     /// The outgoing flows, in YAML order.

@@ -160,6 +160,39 @@ pub(crate) struct RawNode {
     /// A user task's boundary events.
     #[serde(default)]
     pub(crate) boundary: Option<At<Vec<At<super::events::RawBoundary>>>>,
+    /// Multi-instance: one run of the task per item of a list (see `def/multi.rs`).
+    #[serde(default)]
+    pub(crate) for_each: Option<At<RawForEach>>,
+    /// Structured loop: the task runs again until a condition holds (see `def/multi.rs`).
+    #[serde(default)]
+    pub(crate) repeat: Option<At<RawRepeat>>,
+}
+
+/// `for_each: { in, as, parallel, output, collect, complete_when }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawForEach {
+    #[serde(rename = "in")]
+    pub(crate) list: At<String>,
+    #[serde(rename = "as")]
+    pub(crate) item: At<String>,
+    #[serde(default)]
+    pub(crate) parallel: Option<bool>,
+    #[serde(default)]
+    pub(crate) output: Option<At<String>>,
+    #[serde(default)]
+    pub(crate) collect: Option<At<String>>,
+    #[serde(default)]
+    pub(crate) complete_when: Option<At<String>>,
+}
+
+/// `repeat: { until, max }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRepeat {
+    pub(crate) until: At<String>,
+    #[serde(default)]
+    pub(crate) max: Option<At<u32>>,
 }
 
 /// The process-wide deadline.

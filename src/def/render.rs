@@ -26,6 +26,17 @@ fn label(node: &Node) -> String {
     if let Some(trigger) = node.trigger() {
         text.push_str(&format!(" [{trigger}]"));
     }
+    if let Some(f) = node.for_each() {
+        let how = if f.parallel { "parallel" } else { "sequential" };
+        text.push_str(&format!(" [for each {} in {}, {how}]", f.item, f.list));
+    }
+    if let Some(r) = node.repeat() {
+        text.push_str(&format!(
+            " [repeat until {}, max {}]",
+            r.until.source(),
+            r.max
+        ));
+    }
     text.replace('"', "'")
 }
 

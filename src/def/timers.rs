@@ -12,7 +12,7 @@ use super::{Location, Problem, ProblemKind};
 use crate::cond::Condition;
 use crate::ids::RoleId;
 use crate::time::duration::DurationSpec;
-use crate::vars::{VarSpec, Vars};
+use crate::vars::VarSpec;
 use crate::yaml::DurationError;
 
 /// The most reminders of one task or SLA: the executor keeps a reminder's index in a `u8`.
@@ -122,10 +122,10 @@ impl Span {
     /// [`SpanError`]: the expression fails or gives something other than text, text that is not
     /// a duration (`''`, `'tomorrow'`), a negative duration (`'-5h'`), or a duration shorter than
     /// this span allows (an `urge` level's `every`: [`MIN_URGE_EVERY`]).
-    pub(crate) fn evaluate(
+    pub(crate) fn evaluate<L: crate::cond::Lookup + ?Sized>(
         &self,
         cel: &cel::Context<'_, '_>,
-        vars: &Vars,
+        vars: &L,
     ) -> Result<DurationSpec, SpanError> {
         let expr = match &self.how {
             How::Fixed(d) => return Ok(*d),

@@ -449,7 +449,28 @@ impl NodeCx<'_> {
             let path = self.path("timeout.to");
             next.extend(self.target(&timeout.value.to.value, timeout.value.to.loc, path, report));
         }
-        let limits = self.time(report).limits(
+        // A multi-instance task's durations may read its item variable.
+        let with_item;
+        let mut time = self.time(report);
+        if let Some(f) = &raw.for_each
+            && !self.vars.contains_key(&f.value.item.value)
+        {
+            let mut vars = self.vars.clone();
+            vars.insert(
+                f.value.item.value.clone(),
+                VarSpec {
+                    name: f.value.item.value.clone(),
+                    ty: VarType::Any,
+                    required: false,
+                    default: None,
+                    allowed: None,
+                    description: None,
+                },
+            );
+            with_item = vars;
+            time.vars = &with_item;
+        }
+        let limits = time.limits(
             RawLimits {
                 due: raw.due.as_ref(),
                 claim_due: raw.claim_due.as_ref(),
@@ -519,6 +540,7 @@ impl NodeCx<'_> {
             control: None,
             boundary: Vec::new(),
             race: None,
+            looping: super::multi::compile(self.id, raw, self.vars, &mut report.0),
         };
 
         let not_allowed = |key: &'static str, loc: Option<Location>, report: &mut Report| {

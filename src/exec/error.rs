@@ -232,6 +232,23 @@ pub enum ExecError {
     /// changed; the engine has read the instance again, so the caller may look and retry.
     #[error("instance {0} was changed by another engine; read it again and retry")]
     Conflict(InstanceId),
+    /// The instance's definition has no node with this YAML id.
+    #[error("instance {instance} has no node '{node}'")]
+    UnknownNode {
+        /// The instance.
+        instance: InstanceId,
+        /// The id asked for.
+        node: String,
+    },
+    /// The node is not a multi-instance task (`for_each`), or none of its activity is underway
+    /// in the instance.
+    #[error("'{node}' of instance {instance} is not a running multi-instance task")]
+    NotRunningItems {
+        /// The instance.
+        instance: InstanceId,
+        /// The node.
+        node: NodeRef,
+    },
     /// The store refused the call's commit (or a read). Nothing changed, in memory or in the
     /// store.
     #[error("store: {0}")]

@@ -10,6 +10,7 @@ mod deploy;
 mod error;
 mod rework;
 mod events;
+mod multi;
 mod seam;
 mod step;
 mod timers;
@@ -334,6 +335,9 @@ pub struct TaskView {
     pub created_at: DateTime<Utc>,
     /// Its completion deadline, if it has one.
     pub due: Option<DateTime<Utc>>,
+    /// For a multi-instance task (`for_each`): the index of the item it runs (its value is
+    /// [`Instance::task_item`]).
+    pub item: Option<u32>,
 }
 
 thread_local! {
@@ -627,7 +631,11 @@ impl Engine {
                 // Completing an unclaimed task claims it on the way.
                 rework::check_interleaved(step, task, node)?;
             }
-            let problems = check_vars(&step.dep.def, &output);
+            let mut problems = check_vars(&step.dep.def, &output);
+            let for_each = step.dep.def.nodes[node.index()].for_each();
+            if let Some(fe) = for_each {
+                problems.extend(multi::item_problems(step.inst, fe, task.seq, &output));
+            }
             if !problems.is_empty() {
                 return Err(ExecError::Variables { problems });
             }
@@ -663,6 +671,11 @@ impl Engine {
                 });
             }
             let overridden = grant == Grant::Override;
+            if for_each.is_some() {
+                let done = step.complete_item(task.seq, &actor.id, overridden, output.take());
+                let ran = step.run();
+                return done.and(ran);
+            }
             step.apply(Change::Complete {
                 task: task.seq,
                 actor: &actor.id,
@@ -671,6 +684,17 @@ impl Engine {
             });
             let from = step.inst.tasks[task.seq as usize].node;
             let to = step.dep.def.nodes[from.index()].next[0];
+            if step.dep.def.nodes[from.index()].repeat().is_some()
+                && let Some(i) = step
+                    .inst
+                    .tokens
+                    .iter()
+                    .position(|t| t.node == from && t.state == TokenState::Ready)
+            {
+                let looped = step.loop_next(i, from, Some(&actor.id));
+                let ran = step.run();
+                return looped.and(ran);
+            }
             // Checked when the instance was read: a waiting task has its token. Through `leave`:
             // the task may be a race's target.
             step.leave(from, to, Some(&actor.id));
@@ -763,6 +787,69 @@ impl Engine {
             }
             Ok(self.step_slot(slot, now, |step| {
                 step.apply(Change::Retry);
+                step.run()
+            }))
+        })
+    }
+
+    /// Adds items to a running multi-instance task (WCP 15 and 36: the number of items is
+    /// known only while it runs). A parallel user task opens a task for each new item at once; a
+    /// sequential one runs them after the others; a service task whose items stopped at a
+    /// failing one runs them on [`Engine::retry`]. The activity's `total` grows, and the new
+    /// items' outputs are collected after the others'.
+    ///
+    /// # Errors
+    /// [`ExecError::UnknownNode`] when the definition has no node `node`;
+    /// [`ExecError::NotRunningItems`] when it is not a multi-instance task or none of its
+    /// activity is underway; [`ExecError::Variables`] when an item is too large or deep to be a
+    /// variable value. Nothing changes then.
+    pub fn add_items(
+        &self,
+        instance: InstanceId,
+        node: &str,
+        items: Vec<serde_json::Value>,
+    ) -> Result<(), ExecError> {
+        let now = self.clock.now();
+        self.call(instance, |slot| {
+            let def = &slot.dep.def;
+            let Some(at) = def.node_id(node) else {
+                return Err(ExecError::UnknownNode {
+                    instance,
+                    node: node.to_owned(),
+                });
+            };
+            let Some(fe) = def.nodes[at.index()].for_each() else {
+                return Err(ExecError::NotRunningItems {
+                    instance,
+                    node: slot.dep.node(at),
+                });
+            };
+            if slot.inst.status != Status::Running || slot.inst.multi_at(at).is_none() {
+                return Err(ExecError::NotRunningItems {
+                    instance,
+                    node: slot.dep.node(at),
+                });
+            }
+            // The items, old and new, must stay a list a variable could hold.
+            let all: Vec<&serde_json::Value> = slot
+                .inst
+                .multi_at(at)
+                .map(|m| m.items.iter())
+                .into_iter()
+                .flatten()
+                .chain(&items)
+                .collect();
+            if let Err(problem) = crate::vars::list_bounds(&all) {
+                return Err(ExecError::Variables {
+                    problems: vec![(fe.list.clone(), problem)],
+                });
+            }
+            let user = def.nodes[at.index()].raci().is_some();
+            Ok(self.step_slot(slot, now, |step| {
+                step.apply(Change::Looping(multi::LoopChange::Add { node: at, items }));
+                if user {
+                    step.advance_items(at, None)?;
+                }
                 step.run()
             }))
         })
@@ -895,6 +982,7 @@ fn open_tasks(slot: &Slot, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {
                     .iter()
                     .find(|x| x.task == Some(t.seq) && x.kind == TimerKind::Due)
                     .map(|x| x.at),
+                item: slot.inst.task_item(t.seq).map(|(item, _)| item),
             }
         })
         .collect()

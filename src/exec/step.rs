@@ -190,6 +190,8 @@ pub(crate) enum Change<'c> {
         task: u32,
         index: u8,
     },
+    /// Multi-instance and loop state (see `multi.rs`).
+    Looping(super::multi::LoopChange<'c>),
 }
 
 /// One engine call's work on one locked instance.
@@ -207,6 +209,9 @@ pub(crate) struct Step<'a> {
     armed: Option<DateTime<Utc>>,
     /// Whether this call applied any change (a store then commits it).
     pub(crate) changed: bool,
+    /// The multi-instance item whose task's deadlines are being computed (its task does not
+    /// exist yet), so that its durations see the item variable.
+    pub(crate) arming_item: Option<u32>,
 }
 
 impl<'a> Step<'a> {
@@ -226,6 +231,7 @@ impl<'a> Step<'a> {
             events: Vec::new(),
             armed: None,
             changed: false,
+            arming_item: None,
         }
     }
 
@@ -234,22 +240,22 @@ impl<'a> Step<'a> {
         self.armed.take()
     }
 
-    fn node_name(&self, node: NodeId) -> &'a str {
+    pub(super) fn node_name(&self, node: NodeId) -> &'a str {
         let dep: &'a Deployed = self.dep;
         &dep.def.nodes[node.index()].id
     }
 
     /// A node's YAML id as events carry it.
-    fn name(&self, node: NodeId) -> Arc<str> {
+    pub(super) fn name(&self, node: NodeId) -> Arc<str> {
         Arc::clone(&self.dep.names[node.index()])
     }
 
     /// Whether anyone hears events: when not, none are built.
-    fn heard(&self) -> bool {
+    pub(super) fn heard(&self) -> bool {
         !self.hooks.is_empty()
     }
 
-    fn task_id(&self, seq: u32) -> TaskId {
+    pub(super) fn task_id(&self, seq: u32) -> TaskId {
         TaskId {
             instance: self.inst.id,
             seq,
@@ -264,7 +270,7 @@ impl<'a> Step<'a> {
     /// more than doubling gives), so that a trail is moved once or twice in its life, not at
     /// every doubling.
     #[inline(always)]
-    fn record(&mut self, what: Entry) {
+    pub(super) fn record(&mut self, what: Entry) {
         if self.audit {
             let at = self.now;
             let audit = &mut self.inst.audit;
@@ -290,7 +296,7 @@ impl<'a> Step<'a> {
     }
 
     /// Keeps an event for the hooks, which hear it after the commit.
-    fn emit(&mut self, event: Event) {
+    pub(super) fn emit(&mut self, event: Event) {
         if self.heard() {
             self.events.push(event);
         }
@@ -457,11 +463,13 @@ impl<'a> Step<'a> {
                 let slot = &mut self.inst.tasks[task as usize];
                 slot.state = TaskState::Completed { by, at: self.now };
                 let node_id = slot.node;
+                // A multi-instance item's task leaves its activity's token waiting.
+                let multi = self.dep.def.nodes[node_id.index()].for_each().is_some();
                 if let Some(i) = self
                     .inst
                     .tokens
                     .iter()
-                    .position(|t| t.node == node_id && t.state == TokenState::Waiting)
+                    .position(|t| !multi && t.node == node_id && t.state == TokenState::Waiting)
                 {
                     self.inst.tokens[i].state = TokenState::Ready;
                 }
@@ -722,6 +730,8 @@ impl<'a> Step<'a> {
                 });
             }
             Change::Withdraw { token } => {
+                // A multi-instance activity's items go with its token.
+                self.withdraw_items(self.inst.tokens[token].node);
                 let t = self.inst.tokens.swap_remove(token);
                 let task = (t.state == TokenState::Waiting)
                     .then(|| self.open_task_at(t.node))
@@ -790,6 +800,7 @@ impl<'a> Step<'a> {
                     });
                 }
             }
+            Change::Looping(change) => self.apply_loop(change),
             Change::Done { seqs } => {
                 if let Some(rare) = self.inst.rare.as_deref_mut() {
                     rare.outbox.pending.retain(|p| !seqs.contains(&p.seq));
@@ -1040,6 +1051,15 @@ impl<'a> Step<'a> {
                     actor: None,
                 }),
                 Behaviour::End => self.apply(Change::End { token: i }),
+                Behaviour::UserTask(_) | Behaviour::ServiceTask { .. }
+                    if node.looping.is_some()
+                        && (node.for_each().is_some()
+                            || matches!(node.behaviour, Behaviour::ServiceTask { .. })) =>
+                {
+                    if let Err(e) = self.run_looping(i, at) {
+                        failure.get_or_insert(e);
+                    }
+                }
                 Behaviour::UserTask(_) => {
                     // The task's deadlines are computed before it opens: one that cannot be
                     // computed fails the node, and a retry (say, after the calendar gained the
@@ -1212,7 +1232,7 @@ impl<'a> Step<'a> {
     }
 
     /// Calls a service task's handler and checks what it returns.
-    fn call_service(&self, at: NodeId) -> Result<Vars, String> {
+    pub(super) fn call_service(&self, at: NodeId) -> Result<Vars, String> {
         let Some(handler) = &self.dep.handlers[at.index()] else {
             return Err("no handler registered".to_owned());
         };
@@ -1220,6 +1240,8 @@ impl<'a> Step<'a> {
             instance: self.inst.id,
             node: self.node_name(at),
             vars: &self.inst.vars,
+            item: None,
+            item_index: None,
         };
         let vars = match catch_unwind(AssertUnwindSafe(|| handler.call(&call))) {
             Ok(Ok(vars)) => vars,

@@ -134,9 +134,24 @@ impl<'a> Step<'a> {
         let def = &*dep.def;
         let vars = &self.inst.vars;
         let sla = task.is_none();
+        // A multi-instance item's durations also see its item variable.
+        let item = if sla {
+            None
+        } else {
+            self.item_local(task, node)
+        };
         let resolve = |span: &Span| {
-            span.evaluate(&def.cel, vars)
-                .map(|d| (d, calendar_of(dep, span)))
+            match &item {
+                None => span.evaluate(&def.cel, vars),
+                Some(local) => span.evaluate(
+                    &def.cel,
+                    &crate::cond::Layered {
+                        locals: std::slice::from_ref(local),
+                        vars,
+                    },
+                ),
+            }
+            .map(|d| (d, calendar_of(dep, span)))
         };
         let Armed { timers, warnings } = out;
         let timer = |(at, provisional): (DateTime<Utc>, bool), kind, business| Timer {
@@ -443,12 +458,21 @@ impl<'a> Step<'a> {
                     {
                         let mut warnings = Vec::new();
                         // An interval that cannot be computed ends the urges with an incident.
-                        let at = every
-                            .evaluate(&def.cel, &self.inst.vars)
-                            .map_err(String::from)
-                            .and_then(|next| {
-                                self.after((next, calendar_of(dep, every)), timer.at, &mut warnings)
-                            });
+                        let item = self.item_local(timer.task, timer.node);
+                        let at = match &item {
+                            None => every.evaluate(&def.cel, &self.inst.vars),
+                            Some(local) => every.evaluate(
+                                &def.cel,
+                                &crate::cond::Layered {
+                                    locals: std::slice::from_ref(local),
+                                    vars: &self.inst.vars,
+                                },
+                            ),
+                        }
+                        .map_err(String::from)
+                        .and_then(|next| {
+                            self.after((next, calendar_of(dep, every)), timer.at, &mut warnings)
+                        });
                         self.warn(warnings);
                         match at {
                             Ok((at, provisional)) => self.apply(Change::Arm(&[Timer {

@@ -106,6 +106,27 @@ pub enum Event {
         /// Whether the accountable role overrode the regular rule.
         overridden: bool,
     },
+    /// A multi-instance activity ended (every item completed, or its completion condition held
+    /// and the rest were withdrawn).
+    ItemsFinished {
+        /// The instance.
+        instance: InstanceId,
+        /// The task node.
+        node: Arc<str>,
+        /// Items completed.
+        completed: u32,
+        /// Items withdrawn.
+        withdrawn: u32,
+    },
+    /// A task with `repeat` runs again.
+    Repeated {
+        /// The instance.
+        instance: InstanceId,
+        /// The task node.
+        node: Arc<str>,
+        /// The run that begins (2 for the first repetition).
+        iteration: u32,
+    },
     /// A task was withdrawn before it was done ([`TaskState::Cancelled`](crate::TaskState)).
     TaskCancelled {
         /// The task.
@@ -272,7 +293,9 @@ impl Event {
             | Event::Refused { instance, .. }
             | Event::MessageCaught { instance, .. }
             | Event::SignalCaught { instance, .. }
-            | Event::RaceWon { instance, .. } => *instance,
+            | Event::RaceWon { instance, .. }
+            | Event::ItemsFinished { instance, .. }
+            | Event::Repeated { instance, .. } => *instance,
             Event::TaskCreated { task, .. }
             | Event::TaskClaimed { task, .. }
             | Event::TaskCompleted { task, .. }

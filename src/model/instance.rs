@@ -47,6 +47,13 @@ pub(crate) struct Rare {
     /// Partial joins that fired without cancelling the rest: how many late branches each still
     /// absorbs.
     pub(crate) absorbing: Vec<Absorbing>,
+    /// Multi-instance activities underway (see `exec/multi.rs`).
+    pub(crate) multi: Vec<Multi>,
+    /// Which item each multi-instance task ran: (task seq, item index). Kept after the
+    /// activity ends, so a closed task still names its item.
+    pub(crate) item_tasks: Vec<(u32, u32)>,
+    /// Loops underway: (node, runs so far).
+    pub(crate) loops: Vec<(NodeId, u32)>,
 }
 
 /// A partial join (`wait_for` without `cancel_rest`) that fired: the branches still to come are
@@ -57,6 +64,42 @@ pub(crate) struct Absorbing {
     pub(crate) node: NodeId,
     /// How many branches are still to arrive.
     pub(crate) left: u32,
+}
+
+/// A multi-instance activity underway at `node`: its items, their outputs so far and where each
+/// stands. Item `k` is `items[k]`, `outputs[k]` and `state[k]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Multi {
+    pub(crate) node: NodeId,
+    pub(crate) items: Vec<serde_json::Value>,
+    /// Each item's output (`null` until it completes).
+    pub(crate) outputs: Vec<serde_json::Value>,
+    pub(crate) state: Vec<ItemState>,
+    /// How many items completed.
+    pub(crate) completed: u32,
+}
+
+/// Where one item of a multi-instance activity stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ItemState {
+    /// Not started (a sequential activity's later items).
+    Pending,
+    /// Its task is open.
+    Open(u32),
+    /// Completed.
+    Done,
+    /// Withdrawn by the completion condition.
+    Withdrawn,
+}
+
+impl Multi {
+    /// Whether no item is pending or open.
+    pub(crate) fn settled(&self) -> bool {
+        self.state
+            .iter()
+            .all(|s| matches!(s, ItemState::Done | ItemState::Withdrawn))
+    }
 }
 
 /// An instance's outbox: the follow-ups its calls left, and the number the next one gets.
@@ -85,6 +128,12 @@ struct WireRef<'a> {
     outbox: Option<&'a Outbox>,
     #[serde(skip_serializing_if = "<[Absorbing]>::is_empty")]
     absorbing: &'a [Absorbing],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    multi: &'a [Multi],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    item_tasks: &'a [(u32, u32)],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    loops: &'a [(NodeId, u32)],
 }
 
 /// An instance as it is deserialized (the audit trail and the outbox may be absent).
@@ -107,20 +156,33 @@ struct Wire {
     outbox: Option<Outbox>,
     #[serde(default)]
     absorbing: Vec<Absorbing>,
+    #[serde(default)]
+    multi: Vec<Multi>,
+    #[serde(default)]
+    item_tasks: Vec<(u32, u32)>,
+    #[serde(default)]
+    loops: Vec<(NodeId, u32)>,
 }
 
 impl From<Wire> for Instance {
     fn from(w: Wire) -> Instance {
         let outbox = w.outbox.unwrap_or_default();
-        let rare =
-            (!w.incidents.is_empty() || outbox != Outbox::default() || !w.absorbing.is_empty())
-                .then(|| {
-                    Box::new(Rare {
-                        incidents: w.incidents,
-                        outbox,
-                        absorbing: w.absorbing,
-                    })
-                });
+        let rare = (!w.incidents.is_empty()
+            || outbox != Outbox::default()
+            || !w.absorbing.is_empty()
+            || !w.multi.is_empty()
+            || !w.item_tasks.is_empty()
+            || !w.loops.is_empty())
+        .then(|| {
+            Box::new(Rare {
+                incidents: w.incidents,
+                outbox,
+                absorbing: w.absorbing,
+                multi: w.multi,
+                item_tasks: w.item_tasks,
+                loops: w.loops,
+            })
+        });
         Instance {
             id: w.id,
             def: w.def,
@@ -157,12 +219,44 @@ impl Instance {
                 .map(|r| &r.outbox)
                 .filter(|o| **o != Outbox::default()),
             absorbing: self.rare.as_deref().map_or(&[], |r| &r.absorbing[..]),
+            multi: self.rare.as_deref().map_or(&[], |r| &r.multi[..]),
+            item_tasks: self.rare.as_deref().map_or(&[], |r| &r.item_tasks[..]),
+            loops: self.rare.as_deref().map_or(&[], |r| &r.loops[..]),
         }
     }
 
     /// The incidents and outbox, made on first use.
     pub(crate) fn rare_mut(&mut self) -> &mut Rare {
         self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// The multi-instance activity underway at `node`.
+    pub(crate) fn multi_at(&self, node: NodeId) -> Option<&Multi> {
+        self.rare
+            .as_deref()
+            .and_then(|r| r.multi.iter().find(|m| m.node == node))
+    }
+
+    /// The item a multi-instance task runs: its index and its value while its activity is
+    /// underway (`None` once the activity ended).
+    pub fn task_item(&self, task: u32) -> Option<(u32, Option<&serde_json::Value>)> {
+        let rare = self.rare.as_deref()?;
+        let &(_, item) = rare.item_tasks.iter().find(|(t, _)| *t == task)?;
+        let node = self.tasks.get(task as usize)?.node;
+        let value = rare
+            .multi
+            .iter()
+            .find(|m| m.node == node)
+            .and_then(|m| m.items.get(item as usize));
+        Some((item, value))
+    }
+
+    /// The runs so far of the loop underway at `node` (0 when none is).
+    pub fn iteration(&self, node: NodeId) -> u32 {
+        self.rare
+            .as_deref()
+            .and_then(|r| r.loops.iter().find(|(n, _)| *n == node))
+            .map_or(0, |(_, i)| *i)
     }
 
     /// The number the next follow-up gets.
@@ -480,6 +574,45 @@ pub enum Entry {
         /// Whether it withdrew the task.
         interrupting: bool,
     },
+    /// A multi-instance activity began with `items` items.
+    ItemsStarted {
+        /// The task node.
+        node: NodeId,
+        /// How many items.
+        items: u32,
+    },
+    /// One item of a multi-instance activity completed (its task or its handler call).
+    ItemCompleted {
+        /// The task node.
+        node: NodeId,
+        /// The item's index.
+        item: u32,
+    },
+    /// Items were added to a running multi-instance activity
+    /// ([`Engine::add_items`](crate::Engine::add_items)).
+    ItemsAdded {
+        /// The task node.
+        node: NodeId,
+        /// How many.
+        count: u32,
+    },
+    /// A multi-instance activity ended: every item completed, or its completion condition held
+    /// and the rest were withdrawn.
+    ItemsFinished {
+        /// The task node.
+        node: NodeId,
+        /// Items completed.
+        completed: u32,
+        /// Items withdrawn.
+        withdrawn: u32,
+    },
+    /// A task with `repeat` runs again: its `until` did not hold.
+    Repeated {
+        /// The task node.
+        node: NodeId,
+        /// The run that begins (2 for the first repetition).
+        iteration: u32,
+    },
     /// A timer fired.
     Timer {
         /// What fired.
@@ -687,6 +820,8 @@ impl Instance {
                 ));
             }
         }
+        let empty = Rare::default();
+        check_looping(self, self.rare.as_deref().unwrap_or(&empty), def)?;
         for incident in self.incidents() {
             if let Some(n) = incident.node {
                 node(n, "an incident")?;
@@ -813,6 +948,11 @@ impl Record {
             | Entry::Vetoed { task, .. } => ok_task(task),
             Entry::Incident { node, .. } => node.as_ref().is_none_or(ok_node),
             Entry::SentBack { task, from, to, .. } => ok_task(task) && ok_node(from) && ok_node(to),
+            Entry::ItemsStarted { node, .. }
+            | Entry::ItemCompleted { node, .. }
+            | Entry::ItemsAdded { node, .. }
+            | Entry::ItemsFinished { node, .. }
+            | Entry::Repeated { node, .. } => ok_node(node),
             Entry::Timer { task, .. } => task.as_ref().is_none_or(ok_task),
             Entry::Terminated { node }
             | Entry::RegionCancelled { node }
@@ -964,6 +1104,23 @@ impl Record {
                 )
             }
             Entry::Retried => "retried".to_owned(),
+            Entry::ItemsStarted { node, items: 1 } => format!("{} began for 1 item", n(node)),
+            Entry::ItemsStarted { node, items } => {
+                format!("{} began for {items} items", n(node))
+            }
+            Entry::ItemCompleted { node, item } => format!("{} item {item} completed", n(node)),
+            Entry::ItemsAdded { node, count } => format!("{count} items added to {}", n(node)),
+            Entry::ItemsFinished {
+                node,
+                completed,
+                withdrawn,
+            } => format!(
+                "{} finished: {completed} items completed, {withdrawn} withdrawn",
+                n(node)
+            ),
+            Entry::Repeated { node, iteration } => {
+                format!("{} runs again (iteration {iteration})", n(node))
+            }
             Entry::InstanceCompleted => "instance completed".to_owned(),
             Entry::Cancelled { actor, reason } => {
                 format!("instance cancelled by {actor}: {reason}")
@@ -1019,5 +1176,105 @@ impl Record {
             "{} {what}",
             self.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         )
+    }
+}
+
+/// Checks the multi-instance and loop state of a restored instance (see [`Instance::check`]).
+fn check_looping(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<(), String> {
+    let node_of = |n: NodeId| def.nodes.get(n.index());
+    for m in &rare.multi {
+        let Some(node) = node_of(m.node).filter(|n| n.for_each().is_some()) else {
+            return Err(format!(
+                "multi-instance state names node {}, which is not a multi-instance task",
+                m.node.index()
+            ));
+        };
+        if m.outputs.len() != m.items.len() || m.state.len() != m.items.len() {
+            return Err(format!(
+                "the multi-instance state of '{}' has items, outputs and states of different lengths",
+                node.id
+            ));
+        }
+        let done = m.state.iter().filter(|s| **s == ItemState::Done).count();
+        if done != m.completed as usize {
+            return Err(format!(
+                "the multi-instance state of '{}' counts {} completed items, not {done}",
+                node.id, m.completed
+            ));
+        }
+        for s in &m.state {
+            if let ItemState::Open(t) = s
+                && !inst
+                    .tasks
+                    .get(*t as usize)
+                    .is_some_and(|k| k.node == m.node && k.is_open())
+            {
+                return Err(format!(
+                    "an item of '{}' waits at task {t}, which is not open there",
+                    node.id
+                ));
+            }
+        }
+        if !inst.tokens.iter().any(|t| t.node == m.node) {
+            return Err(format!(
+                "the multi-instance activity at '{}' has no token",
+                node.id
+            ));
+        }
+    }
+    for (task, _) in &rare.item_tasks {
+        if *task as usize >= inst.tasks.len() {
+            return Err(format!("an item names task {task}, which does not exist"));
+        }
+    }
+    // Every open task of a multi-instance task is an item that waits for it.
+    for task in inst.tasks.iter().filter(|t| t.is_open()) {
+        let Some(node) = node_of(task.node).filter(|n| n.for_each().is_some()) else {
+            continue;
+        };
+        let item = rare
+            .item_tasks
+            .iter()
+            .find(|(t, _)| *t == task.seq)
+            .map(|(_, item)| *item as usize);
+        let waits = item.is_some_and(|item| {
+            rare.multi.iter().any(|m| {
+                m.node == task.node && m.state.get(item) == Some(&ItemState::Open(task.seq))
+            })
+        });
+        if !waits {
+            return Err(format!(
+                "task {} at multi-instance task '{}' is open but no item waits for it",
+                task.seq, node.id
+            ));
+        }
+    }
+    for (n, runs) in &rare.loops {
+        match node_of(*n).and_then(|node| node.max_iterations()) {
+            Some(max) if *runs >= 1 && *runs <= max => {}
+            _ => {
+                return Err(format!(
+                    "a loop names node {} with {runs} runs, which its definition does not allow",
+                    n.index()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    use super::*;
+
+    /// Multi-instance and loop state lives in `Rare`: the common token, task and instance keep
+    /// their sizes (a waiting instance stays under 512 bytes).
+    #[test]
+    fn common_state_keeps_its_size() {
+        assert_eq!(std::mem::size_of::<Token>(), 8);
+        assert_eq!(std::mem::size_of::<SmallVec<[Token; 1]>>(), 24);
+        assert_eq!(std::mem::size_of::<Task>(), 72);
+        assert_eq!(std::mem::size_of::<Instance>(), 176);
+        assert_eq!(std::mem::size_of::<ItemState>(), 8);
     }
 }

@@ -15,6 +15,7 @@ pub use event::{Event, FollowUp, Pending};
 pub use instance::{
     Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
 };
+pub(crate) use instance::{ItemState, Multi};
 pub use timer::{Fired, Timer, TimerKind};
 
 pub(crate) use instance::Absorbing;

@@ -287,6 +287,17 @@ impl Label {
                 }
             }
         }
+        // Multi-instance items and loop runs, on any task.
+        if let Some(f) = figures {
+            if f.items > 0 {
+                lines.push(format!("items {}", f.items));
+                let _ = write!(tooltip, "\nitems completed {}", f.items);
+            }
+            if f.repeated > 0 {
+                lines.push(format!("ran again {}", f.repeated));
+                let _ = write!(tooltip, "\nran again {} times (repeat)", f.repeated);
+            }
+        }
         let sub = match node.kind() {
             NodeKind::UserTask | NodeKind::ServiceTask if title != node.id() => {
                 node.id().to_owned()

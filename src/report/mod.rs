@@ -91,7 +91,8 @@ pub enum ReportError {
 ///   completed without a breach; *pending* when it is still running without a breach.
 ///   `sla_met_rate = met / (met + breached)`: pending instances are undecided and left out.
 ///
-/// **Per user-task node** ([`NodeFigures`]):
+/// **Per user-task node** ([`NodeFigures`]), and per service-task node with `for_each` or
+/// `repeat`:
 /// - `opened`, `completed`, `open`: tasks by state; `timeouts`: tasks its timeout route
 ///   cancelled (`TaskState::TimedOut`, or an `Entry::Timer { kind: Timeout }` record).
 /// - `breaches`: task deadlines that fired (`Entry::Timer { kind: Due, task: Some(..) }`).
@@ -101,6 +102,8 @@ pub enum ReportError {
 ///   never claimed. Tasks still waiting, and tasks that timed out unclaimed, have no waiting time
 ///   yet and are left out.
 /// - `handling`: from the first claim to the completion, for claimed tasks that completed.
+/// - `repeated`: runs again of a task with `repeat` (`Entry::Repeated`); `items`: completed items
+///   of a task with `for_each` (`Entry::ItemCompleted`).
 ///
 /// **Per role** ([`RoleFigures`]). The audit trail names the actor, not the role it acted in, so
 /// a completion is credited by this rule: an override (`Entry::Completed { overridden: true }`)
@@ -215,6 +218,11 @@ pub struct NodeFigures {
     pub waiting: Durations,
     /// First claim to completion.
     pub handling: Durations,
+    /// Runs again of a task with `repeat` (`Entry::Repeated`): a task that ran three times
+    /// counts 2.
+    pub repeated: usize,
+    /// Items of a multi-instance task (`for_each`) that completed (`Entry::ItemCompleted`).
+    pub items: usize,
 }
 
 /// The figures of one role.
@@ -421,7 +429,12 @@ impl Report {
 
     /// The report as aligned text tables, one per section, durations humanised (`1h30m`).
     pub fn to_table(&self) -> String {
-        let titles = ["Processes", "Nodes (user tasks)", "Roles", "Actors"];
+        let titles = [
+            "Processes",
+            "Nodes (user tasks, and tasks with for_each or repeat)",
+            "Roles",
+            "Actors",
+        ];
         let mut out = String::new();
         for (i, (header, rows)) in self.sections(Style::Table).into_iter().enumerate() {
             if i > 0 {
@@ -500,6 +513,8 @@ impl Report {
                     d(x.waiting.mean),
                     d(x.handling.p50),
                     d(x.handling.p90),
+                    n(x.repeated),
+                    n(x.items),
                 ]
             })
             .collect();
@@ -570,6 +585,8 @@ impl Report {
                     "wait_mean_s",
                     "handling_p50_s",
                     "handling_p90_s",
+                    "repeated",
+                    "items",
                 ],
             ),
             Style::Table => (
@@ -607,6 +624,8 @@ impl Report {
                     "mean",
                     "handling p50",
                     "p90",
+                    "repeated",
+                    "items",
                 ],
             ),
         };
@@ -840,6 +859,8 @@ struct NodeAcc {
     reworks: usize,
     waits: Vec<Duration>,
     handling: Vec<Duration>,
+    repeated: usize,
+    items: usize,
 }
 
 struct RoleAcc {
@@ -873,7 +894,9 @@ impl Acc {
             actors: BTreeMap::new(),
         };
         for def in versions {
-            for (_, node) in def.nodes().filter(|(_, n)| n.raci().is_some()) {
+            for (_, node) in def.nodes().filter(|(_, n)| {
+                n.raci().is_some() || n.is_multi_instance() || n.max_iterations().is_some()
+            }) {
                 acc.nodes
                     .entry(node.id().to_owned())
                     .or_insert_with(|| NodeAcc {
@@ -889,6 +912,8 @@ impl Acc {
                         reworks: 0,
                         waits: Vec::new(),
                         handling: Vec::new(),
+                        repeated: 0,
+                        items: 0,
                     });
             }
             for (id, role) in def.roles() {
@@ -958,6 +983,16 @@ impl Acc {
                     ..
                 } => {
                     overridden.insert(*task, *o);
+                }
+                Entry::Repeated { node, .. } => {
+                    if let Some(n) = self.node(def, *node) {
+                        n.repeated += 1;
+                    }
+                }
+                Entry::ItemCompleted { node, .. } => {
+                    if let Some(n) = self.node(def, *node) {
+                        n.items += 1;
+                    }
                 }
                 Entry::Denied { task, actor, .. } => {
                     self.actor(actor).denials += 1;
@@ -1112,6 +1147,8 @@ impl Acc {
                 reworks: n.reworks,
                 waiting: Durations::of(n.waits),
                 handling: Durations::of(n.handling),
+                repeated: n.repeated,
+                items: n.items,
             });
         }
         for (role, r) in self.roles {

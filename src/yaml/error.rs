@@ -244,6 +244,43 @@ pub enum ProblemKind {
     /// `before` and `due` mix business and wall time.
     #[error("'before' and 'due' must both be business time or both wall time")]
     MixedTime,
+    /// A multi-instance or loop key names a variable the process does not declare.
+    #[error("'{key}' names undeclared variable '{name}'")]
+    UnknownVariable {
+        /// The key, e.g. `for_each.in`.
+        key: &'static str,
+        /// The variable.
+        name: String,
+    },
+    /// A multi-instance key names a variable whose declared type is not a list.
+    #[error("'{key}' names variable '{name}' of type {ty}, which is not a list (type {expected})")]
+    NotAList {
+        /// The key, e.g. `for_each.collect`.
+        key: &'static str,
+        /// The variable.
+        name: String,
+        /// Its declared type.
+        ty: String,
+        /// The types allowed here.
+        expected: &'static str,
+    },
+    /// A `for_each` item variable has the name of a declared variable (or of `completed` or
+    /// `total`).
+    #[error(
+        "item variable '{0}' clashes with a declared variable; the item is local to each run, give it another name"
+    )]
+    ItemClash(String),
+    /// A `complete_when` condition reads none of `completed`, `total` or the collect variable.
+    #[error(
+        "the completion condition reads none of 'completed', 'total' or the collect variable, so nothing the items produce can make it hold"
+    )]
+    CompletionReadsNothing,
+    /// A `repeat` has no `max`.
+    #[error("'repeat' needs 'max', the most iterations (a loop without a bound may never end)")]
+    LoopWithoutMax,
+    /// A `for_each` or `repeat` is malformed in another way.
+    #[error("{0}")]
+    LoopShape(&'static str),
     /// A timer node needs exactly one of `wait` and `until`.
     #[error("a timer node needs exactly one of 'wait' and 'until'")]
     TimerShape,
