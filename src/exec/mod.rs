@@ -8,9 +8,9 @@
 mod control;
 mod deploy;
 mod error;
-mod rework;
 mod events;
 mod multi;
+mod rework;
 mod seam;
 mod step;
 mod timers;
