@@ -96,8 +96,8 @@ pub use hooks::{
 };
 pub use ids::{ActorId, DefKey, InstanceId, NodeId, NodeRef, ParseIdError, RoleId, TaskId};
 pub use model::{
-    Comment, Entry, Event, Fired, FollowUp, Incident, Instance, Pending, Record, Status, Task,
-    TaskState, Timer, TimerKind, Token, TokenState,
+    Comment, Entry, Event, Fired, FollowUp, Incident, Instance, Pending, Record, SentBack, Status,
+    Task, TaskState, Timer, TimerKind, Token, TokenState,
 };
 pub use raci::{Action, Actor, Authorizer, Raci};
 #[cfg(feature = "report")]

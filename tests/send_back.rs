@@ -219,13 +219,13 @@ fn send_back_withdraws_the_work_between_and_reopens_the_target_for_its_performer
     let what: Vec<&Entry> = added.iter().map(|r| &r.what).collect();
     assert_eq!(
         what[0],
-        &Entry::SentBack {
+        &Entry::SentBack(Box::new(procflow::SentBack {
             task: repair.seq(),
             from: rig.node(id, "repair"),
             to: diagnose,
             actor: "chen".into(),
             reason: "wrong part ordered".into(),
-        }
+        }))
     );
     let withdrawn: Vec<NodeId> = what
         .iter()
@@ -975,9 +975,10 @@ fn a_send_back_survives_a_restart_on_a_store() {
     let after = engine.instance(id).unwrap();
     assert_eq!(after, before);
     assert!(
-        after.audit().iter().any(
-            |r| matches!(&r.what, Entry::SentBack { reason, .. } if &**reason == "wrong part")
-        )
+        after
+            .audit()
+            .iter()
+            .any(|r| matches!(&r.what, Entry::SentBack(s) if &*s.reason == "wrong part"))
     );
     let views = engine.tasks(id).unwrap();
     assert_eq!(views.len(), 1);

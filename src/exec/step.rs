@@ -19,8 +19,8 @@ use crate::def::events::{BoundaryOn, Trigger};
 use crate::hooks::{Completing, Control, Hook, ServiceCall};
 use crate::ids::{ActorId, NodeId, RoleId, TaskId};
 use crate::model::{
-    Comment, Entry, Event, FollowUp, Incident, Instance, Pending, Record, Status, Task, TaskState,
-    Timer, TimerKind, Token, TokenState,
+    Comment, Entry, Event, FollowUp, Incident, Instance, Pending, Record, SentBack, Status, Task,
+    TaskState, Timer, TimerKind, Token, TokenState,
 };
 use crate::raci::Action;
 use crate::vars::Vars;
@@ -758,6 +758,115 @@ impl<'a> Step<'a> {
                     });
                 }
             }
+            Change::Looping(change) => self.apply_loop(change),
+            Change::Done { seqs } => {
+                if let Some(rare) = self.inst.rare.as_deref_mut() {
+                    rare.outbox.pending.retain(|p| !seqs.contains(&p.seq));
+                }
+            }
+            // The rare changes (cancellation, joins, send back, events), out of the hot path's
+            // way: a larger `apply` stops inlining the audit trail's push.
+            change @ (Change::Cancel { .. }
+            | Change::SendBack { .. }
+            | Change::Await { .. }
+            | Change::Caught { .. }
+            | Change::RaceWon { .. }
+            | Change::Boundary { .. }
+            | Change::CancelDenied { .. }
+            | Change::Terminate { .. }
+            | Change::RegionCancelled { .. }
+            | Change::OrJoined { .. }
+            | Change::Absorbing { .. }
+            | Change::Absorb { .. }) => self.apply_control(change),
+        }
+    }
+
+    /// [`Step::apply`] for the rare changes: cancellation and the joins (see `control.rs`), send
+    /// back (`rework.rs`), messages, signals, races and boundary events (`events.rs`).
+    #[cold]
+    #[inline(never)]
+    fn apply_control(&mut self, change: Change<'_>) {
+        let id = self.inst.id;
+        match change {
+            Change::Cancel {
+                actor,
+                reason,
+                informed,
+            } => {
+                self.inst.timers = Vec::new();
+                self.inst.status = Status::Cancelled;
+                self.inst.ended_at = Some(self.now);
+                self.record(Entry::Cancelled {
+                    actor: actor.clone(),
+                    reason: Box::from(reason),
+                });
+                if self.heard() {
+                    self.emit(Event::InstanceCancelled {
+                        instance: id,
+                        actor: actor.clone(),
+                        reason: reason.to_owned(),
+                    });
+                    for role in informed {
+                        self.follow(FollowUp::CancelNotice {
+                            role: role.clone(),
+                            actor: actor.clone(),
+                            reason: reason.to_owned(),
+                        });
+                    }
+                }
+            }
+            Change::CancelDenied { actor, allowed } => {
+                self.record(Entry::CancelDenied {
+                    actor: actor.clone(),
+                    allowed: allowed.into(),
+                });
+                self.emit(Event::CancelDenied {
+                    instance: id,
+                    actor: actor.clone(),
+                    allowed: allowed.to_vec(),
+                });
+            }
+            Change::Terminate { node } => self.record(Entry::Terminated { node }),
+            Change::RegionCancelled { node } => self.record(Entry::RegionCancelled { node }),
+            Change::OrJoined { join } => {
+                let mut first = true;
+                self.inst.tokens.retain(|t| {
+                    if t.node == join && t.state == TokenState::Joined {
+                        if first {
+                            first = false;
+                            t.state = TokenState::Ready;
+                            return true;
+                        }
+                        return false;
+                    }
+                    true
+                });
+                self.record(Entry::Joined { node: join });
+            }
+            Change::Absorbing { join, left } => {
+                self.inst
+                    .rare_mut()
+                    .absorbing
+                    .push(crate::model::Absorbing { node: join, left });
+            }
+            Change::Absorb { token } => {
+                let node = self.inst.tokens.swap_remove(token).node;
+                if let Some(rare) = self.inst.rare.as_deref_mut()
+                    && let Some(k) = rare.absorbing.iter().position(|a| a.node == node)
+                {
+                    rare.absorbing[k].left = rare.absorbing[k].left.saturating_sub(1);
+                    if rare.absorbing[k].left == 0 {
+                        rare.absorbing.swap_remove(k);
+                    }
+                }
+                self.record(Entry::Absorbed { node });
+                if self.heard() {
+                    self.emit(Event::NodeLeft {
+                        instance: id,
+                        node: self.name(node),
+                    });
+                }
+            }
             Change::SendBack {
                 task,
                 to,
@@ -765,13 +874,13 @@ impl<'a> Step<'a> {
                 reason,
             } => {
                 let from = self.inst.tasks[task as usize].node;
-                self.record(Entry::SentBack {
+                self.record(Entry::SentBack(Box::new(SentBack {
                     task,
                     from,
                     to,
                     actor: actor.clone(),
                     reason: Box::from(reason),
-                });
+                })));
                 if self.heard() {
                     let (t, node, target) = (self.task_id(task), self.name(from), self.name(to));
                     self.emit(Event::TaskSentBack {
@@ -798,12 +907,6 @@ impl<'a> Step<'a> {
                         instance: id,
                         node: self.name(to),
                     });
-                }
-            }
-            Change::Looping(change) => self.apply_loop(change),
-            Change::Done { seqs } => {
-                if let Some(rare) = self.inst.rare.as_deref_mut() {
-                    rare.outbox.pending.retain(|p| !seqs.contains(&p.seq));
                 }
             }
             Change::Await { token } => self.inst.tokens[token].state = TokenState::Waiting,
@@ -887,102 +990,6 @@ impl<'a> Step<'a> {
                         node: name,
                         to: self.name(b.to),
                         interrupting: b.interrupting,
-                    });
-                }
-            }
-            // The rare changes of cancellation and the joins, out of the hot path's way.
-            change @ (Change::Cancel { .. }
-            | Change::CancelDenied { .. }
-            | Change::Terminate { .. }
-            | Change::RegionCancelled { .. }
-            | Change::OrJoined { .. }
-            | Change::Absorbing { .. }
-            | Change::Absorb { .. }) => self.apply_control(change),
-        }
-    }
-
-    /// [`Step::apply`] for the changes of cancellation and the joins (see `control.rs`).
-    #[cold]
-    #[inline(never)]
-    fn apply_control(&mut self, change: Change<'_>) {
-        let id = self.inst.id;
-        match change {
-            Change::Cancel {
-                actor,
-                reason,
-                informed,
-            } => {
-                self.inst.timers = Vec::new();
-                self.inst.status = Status::Cancelled;
-                self.inst.ended_at = Some(self.now);
-                self.record(Entry::Cancelled {
-                    actor: actor.clone(),
-                    reason: Box::from(reason),
-                });
-                if self.heard() {
-                    self.emit(Event::InstanceCancelled {
-                        instance: id,
-                        actor: actor.clone(),
-                        reason: reason.to_owned(),
-                    });
-                    for role in informed {
-                        self.follow(FollowUp::CancelNotice {
-                            role: role.clone(),
-                            actor: actor.clone(),
-                            reason: reason.to_owned(),
-                        });
-                    }
-                }
-            }
-            Change::CancelDenied { actor, allowed } => {
-                self.record(Entry::CancelDenied {
-                    actor: actor.clone(),
-                    allowed: allowed.into(),
-                });
-                self.emit(Event::CancelDenied {
-                    instance: id,
-                    actor: actor.clone(),
-                    allowed: allowed.to_vec(),
-                });
-            }
-            Change::Terminate { node } => self.record(Entry::Terminated { node }),
-            Change::RegionCancelled { node } => self.record(Entry::RegionCancelled { node }),
-            Change::OrJoined { join } => {
-                let mut first = true;
-                self.inst.tokens.retain(|t| {
-                    if t.node == join && t.state == TokenState::Joined {
-                        if first {
-                            first = false;
-                            t.state = TokenState::Ready;
-                            return true;
-                        }
-                        return false;
-                    }
-                    true
-                });
-                self.record(Entry::Joined { node: join });
-            }
-            Change::Absorbing { join, left } => {
-                self.inst
-                    .rare_mut()
-                    .absorbing
-                    .push(crate::model::Absorbing { node: join, left });
-            }
-            Change::Absorb { token } => {
-                let node = self.inst.tokens.swap_remove(token).node;
-                if let Some(rare) = self.inst.rare.as_deref_mut()
-                    && let Some(k) = rare.absorbing.iter().position(|a| a.node == node)
-                {
-                    rare.absorbing[k].left = rare.absorbing[k].left.saturating_sub(1);
-                    if rare.absorbing[k].left == 0 {
-                        rare.absorbing.swap_remove(k);
-                    }
-                }
-                self.record(Entry::Absorbed { node });
-                if self.heard() {
-                    self.emit(Event::NodeLeft {
-                        instance: id,
-                        node: self.name(node),
                     });
                 }
             }

@@ -373,6 +373,21 @@ pub struct Incident {
     pub resolved: bool,
 }
 
+/// A send back (退回), as [`Entry::SentBack`] records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentBack {
+    /// The task that sent it back (now cancelled).
+    pub task: u32,
+    /// Its node.
+    pub from: NodeId,
+    /// The earlier user task.
+    pub to: NodeId,
+    /// Who sent it back.
+    pub actor: ActorId,
+    /// Why.
+    pub reason: Box<str>,
+}
+
 /// One entry of the audit trail.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -524,19 +539,10 @@ pub enum Entry {
         task: Option<u32>,
     },
     /// A task's case was sent back to an earlier user task (退回): the work after the target was
-    /// withdrawn (the `Withdrawn` records that follow) and the target opens again.
-    SentBack {
-        /// The task that sent it back (now cancelled).
-        task: u32,
-        /// Its node.
-        from: NodeId,
-        /// The earlier user task.
-        to: NodeId,
-        /// Who sent it back.
-        actor: ActorId,
-        /// Why.
-        reason: Box<str>,
-    },
+    /// withdrawn (the `Withdrawn` records that follow) and the target opens again. Boxed: it is
+    /// the largest entry, and every record is as large as the largest (a record past 48 bytes
+    /// stopped the audit trail's push from being inlined on the hot path).
+    SentBack(Box<SentBack>),
     /// A catch node, or a user task's boundary event, received a message delivered to the
     /// instance ([`Engine::deliver`](crate::Engine::deliver)).
     MessageCaught {
@@ -947,7 +953,7 @@ impl Record {
             | Entry::Denied { task, .. }
             | Entry::Vetoed { task, .. } => ok_task(task),
             Entry::Incident { node, .. } => node.as_ref().is_none_or(ok_node),
-            Entry::SentBack { task, from, to, .. } => ok_task(task) && ok_node(from) && ok_node(to),
+            Entry::SentBack(s) => ok_task(&s.task) && ok_node(&s.from) && ok_node(&s.to),
             Entry::ItemsStarted { node, .. }
             | Entry::ItemCompleted { node, .. }
             | Entry::ItemsAdded { node, .. }
@@ -1023,16 +1029,13 @@ impl Record {
                 task: Some(task),
             } => format!("task {task} at {} withdrawn", n(node)),
             Entry::Withdrawn { node, task: None } => format!("the wait at {} withdrawn", n(node)),
-            Entry::SentBack {
-                task,
-                from,
-                to,
-                actor,
-                reason,
-            } => format!(
-                "task {task} at {} sent back to {} by {actor}: {reason}",
-                n(from),
-                n(to)
+            Entry::SentBack(s) => format!(
+                "task {} at {} sent back to {} by {}: {}",
+                s.task,
+                n(&s.from),
+                n(&s.to),
+                s.actor,
+                s.reason
             ),
             Entry::Claimed { task, actor } => format!("task {task} claimed by {actor}"),
             Entry::Completed {

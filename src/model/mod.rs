@@ -13,7 +13,8 @@ mod timer;
 pub use event::{Event, FollowUp, Pending};
 
 pub use instance::{
-    Comment, Entry, Incident, Instance, Record, Status, Task, TaskState, Token, TokenState,
+    Comment, Entry, Incident, Instance, Record, SentBack, Status, Task, TaskState, Token,
+    TokenState,
 };
 pub(crate) use instance::{ItemState, Multi};
 pub use timer::{Fired, Timer, TimerKind};

@@ -1000,8 +1000,8 @@ impl Acc {
                         n.denials += 1;
                     }
                 }
-                Entry::SentBack { to, .. } => {
-                    if let Some(n) = self.node(def, *to) {
+                Entry::SentBack(s) => {
+                    if let Some(n) = self.node(def, s.to) {
                         n.reworks += 1;
                     }
                 }
