@@ -1279,5 +1279,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Task>(), 72);
         assert_eq!(std::mem::size_of::<Instance>(), 176);
         assert_eq!(std::mem::size_of::<ItemState>(), 8);
+        // Every audit record is as large as the largest entry: a large one is boxed.
+        assert_eq!(std::mem::size_of::<Record>(), 48);
     }
 }
