@@ -125,7 +125,7 @@ pub(crate) enum Change<'c> {
         seqs: &'c [u64],
     },
     /// Multi-instance and loop state (see `multi.rs`).
-    Looping(super::multi::LoopChange<'c>),
+    Looping(super::multi::LoopChange),
 }
 
 /// One engine call's work on one locked instance.
@@ -741,11 +741,7 @@ impl<'a> Step<'a> {
                     actor: None,
                 }),
                 Behaviour::End => self.apply(Change::End { token: i }),
-                Behaviour::UserTask(_) | Behaviour::ServiceTask { .. }
-                    if node.looping.is_some()
-                        && (node.for_each().is_some()
-                            || matches!(node.behaviour, Behaviour::ServiceTask { .. })) =>
-                {
+                Behaviour::UserTask(_) if node.for_each().is_some() => {
                     if let Err(e) = self.run_looping(i, at) {
                         failure.get_or_insert(e);
                     }
@@ -775,6 +771,12 @@ impl<'a> Step<'a> {
                         failure.get_or_insert(self.fail_deadline(i, at, message));
                     }
                 },
+                // A service task with `for_each` or `repeat` runs in `multi.rs`.
+                Behaviour::ServiceTask { .. } if node.looping.is_some() => {
+                    if let Err(e) = self.run_looping(i, at) {
+                        failure.get_or_insert(e);
+                    }
+                }
                 Behaviour::ServiceTask { .. } => match self.call_service(at) {
                     Ok(vars) => {
                         if vars.is_empty() {
@@ -901,7 +903,9 @@ impl<'a> Step<'a> {
         }
     }
 
-    /// Calls a service task's handler and checks what it returns.
+    /// Calls a service task's handler and checks what it returns. Always inlined: `run` calls it
+    /// on the hot path, and a second caller (a task with `repeat`) must not make it a call.
+    #[inline(always)]
     pub(super) fn call_service(&self, at: NodeId) -> Result<Vars, String> {
         let Some(handler) = &self.dep.handlers[at.index()] else {
             return Err("no handler registered".to_owned());
