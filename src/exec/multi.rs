@@ -23,7 +23,7 @@ use crate::vars::{VarProblem, Vars};
 
 /// A change to an instance's multi-instance or loop state (applied by [`Step::apply`] as
 /// [`Change::Looping`]).
-pub(crate) enum LoopChange<'c> {
+pub(crate) enum LoopChange {
     /// A user task's activity begins with `items`; its token waits. `None` resumes one whose
     /// state is kept (after a retry).
     Begin {
@@ -38,22 +38,24 @@ pub(crate) enum LoopChange<'c> {
         item: u32,
         reserve: u32,
     },
-    /// Item `item` completed with `output` (kept when the activity keeps state).
+    /// Item `item` completed with `output` (kept when the activity keeps state). Boxed, as are
+    /// the other large payloads, to keep [`Change`] as small as it was: every change is passed
+    /// by value on the hot path.
     Done {
         node: NodeId,
         item: u32,
-        output: Option<Value>,
+        output: Option<Box<Value>>,
     },
     /// Item `item` is withdrawn: its open task is cancelled.
     Withdraw { node: NodeId, item: u32 },
     /// Items join a running activity.
     Add { node: NodeId, items: Vec<Value> },
     /// A service activity stopped at a failing item: its progress is kept for a retry.
-    Suspend { multi: Multi },
-    /// The activity ends: its state goes and the outputs go into `collect`.
+    Suspend { multi: Box<Multi> },
+    /// The activity ends: its state goes and `outputs` go into its `collect` variable.
     End {
         node: NodeId,
-        collect: Option<(&'c str, Value)>,
+        outputs: Option<Vec<Value>>,
         completed: u32,
         withdrawn: u32,
     },
@@ -77,7 +79,8 @@ struct Calls {
 
 impl<'a> Step<'a> {
     /// Applies a [`LoopChange`].
-    pub(super) fn apply_loop(&mut self, change: LoopChange<'_>) {
+    #[inline(never)]
+    pub(super) fn apply_loop(&mut self, change: LoopChange) {
         let id = self.inst.id;
         match change {
             LoopChange::Begin { token, items } => {
@@ -85,7 +88,7 @@ impl<'a> Step<'a> {
                 self.inst.tokens[token].state = TokenState::Waiting;
                 if let Some(items) = items {
                     let n = items.len();
-                    self.record(Entry::ItemsStarted {
+                    self.record_cold(Entry::ItemsStarted {
                         node,
                         items: n as u32,
                     });
@@ -99,7 +102,7 @@ impl<'a> Step<'a> {
                 }
             }
             LoopChange::Note { node, count } => {
-                self.record(Entry::ItemsStarted { node, items: count })
+                self.record_cold(Entry::ItemsStarted { node, items: count })
             }
             LoopChange::Open {
                 node,
@@ -128,7 +131,7 @@ impl<'a> Step<'a> {
                 if let Some(m) = rare.multi.iter_mut().find(|m| m.node == node) {
                     m.state[item as usize] = ItemState::Open(seq);
                 }
-                self.record(Entry::TaskCreated { task: seq, node });
+                self.record_cold(Entry::TaskCreated { task: seq, node });
                 if self.heard() {
                     let responsible = self.dep.def.nodes[node.index()]
                         .raci()
@@ -147,10 +150,10 @@ impl<'a> Step<'a> {
                     m.state[item as usize] = ItemState::Done;
                     m.completed += 1;
                     if let Some(output) = output {
-                        m.outputs[item as usize] = output;
+                        m.outputs[item as usize] = *output;
                     }
                 }
-                self.record(Entry::ItemCompleted { node, item });
+                self.record_cold(Entry::ItemCompleted { node, item });
             }
             LoopChange::Withdraw { node, item } => {
                 let Some(m) = self.multi_mut(node) else {
@@ -160,7 +163,7 @@ impl<'a> Step<'a> {
                 if let ItemState::Open(seq) = before {
                     self.inst.tasks[seq as usize].state = TaskState::Cancelled { at: self.now };
                     self.inst.timers.retain(|t| t.task != Some(seq));
-                    self.record(Entry::Withdrawn {
+                    self.record_cold(Entry::Withdrawn {
                         node,
                         task: Some(seq),
                     });
@@ -182,28 +185,34 @@ impl<'a> Step<'a> {
                         .extend(std::iter::repeat_n(ItemState::Pending, items.len()));
                     m.items.extend(items);
                 }
-                self.record(Entry::ItemsAdded { node, count });
+                self.record_cold(Entry::ItemsAdded { node, count });
             }
             LoopChange::Suspend { multi } => {
                 let rare = self.inst.rare_mut();
                 match rare.multi.iter_mut().find(|m| m.node == multi.node) {
-                    Some(m) => *m = multi,
-                    None => rare.multi.push(multi),
+                    Some(m) => *m = *multi,
+                    None => rare.multi.push(*multi),
                 }
             }
             LoopChange::End {
                 node,
-                collect,
+                outputs,
                 completed,
                 withdrawn,
             } => {
                 if let Some(rare) = self.inst.rare.as_deref_mut() {
                     rare.multi.retain(|m| m.node != node);
                 }
-                if let Some((name, value)) = collect {
-                    self.inst.vars.insert(name.to_owned(), value);
+                let dep: &'a super::deploy::Deployed = self.dep;
+                let collect = dep.def.nodes[node.index()]
+                    .for_each()
+                    .and_then(|f| f.collect.as_deref());
+                if let (Some(name), Some(outputs)) = (collect, outputs) {
+                    self.inst
+                        .vars
+                        .insert(name.to_owned(), Value::Array(outputs));
                 }
-                self.record(Entry::ItemsFinished {
+                self.record_cold(Entry::ItemsFinished {
                     node,
                     completed,
                     withdrawn,
@@ -230,7 +239,7 @@ impl<'a> Step<'a> {
                     Some(entry) => entry.1 = iteration,
                     None => loops.push((node, iteration)),
                 }
-                self.record(Entry::Repeated { node, iteration });
+                self.record_cold(Entry::Repeated { node, iteration });
                 if self.heard() {
                     self.emit(Event::Repeated {
                         instance: id,
@@ -245,6 +254,13 @@ impl<'a> Step<'a> {
                 }
             }
         }
+    }
+
+    /// Writes an audit record from this module through one call site of the always-inlined
+    /// `Step::record`, so that this module adds one copy of it, not one per entry kind.
+    #[inline(never)]
+    fn record_cold(&mut self, what: Entry) {
+        self.record(what);
     }
 
     fn multi_mut(&mut self, node: NodeId) -> Option<&mut Multi> {
@@ -263,6 +279,7 @@ impl<'a> Step<'a> {
     }
 
     /// Runs a ready token at a task with `for_each` or `repeat` (from [`Step::run`]).
+    #[inline(never)]
     pub(super) fn run_looping(&mut self, i: usize, at: NodeId) -> Result<(), ExecError> {
         let dep = self.dep;
         let node = &dep.def.nodes[at.index()];
@@ -368,7 +385,7 @@ impl<'a> Step<'a> {
             self.apply(Change::Looping(LoopChange::Done {
                 node: at,
                 item,
-                output: Some(value),
+                output: Some(Box::new(value)),
             }));
             self.advance_items(at, Some(actor))?;
         }
@@ -420,13 +437,10 @@ impl<'a> Step<'a> {
                 return Ok(());
             };
             let completed = m.completed;
-            let collect = fe
-                .collect
-                .as_deref()
-                .map(|name| (name, Value::Array(m.outputs.clone())));
+            let outputs = fe.collect.as_ref().map(|_| m.outputs.clone());
             self.apply(Change::Looping(LoopChange::End {
                 node: at,
-                collect,
+                outputs,
                 completed,
                 withdrawn,
             }));
@@ -605,18 +619,17 @@ impl<'a> Step<'a> {
             }));
         }
         if let Some((multi, message)) = calls.failed {
-            self.apply(Change::Looping(LoopChange::Suspend { multi }));
+            self.apply(Change::Looping(LoopChange::Suspend {
+                multi: Box::new(multi),
+            }));
             return Err(self.fail_at(i, at, message));
         }
         // Items the completion condition left uncalled are withdrawn.
         let withdrawn = (calls.outputs.len() as u32).saturating_sub(calls.completed);
-        let collect = fe
-            .collect
-            .as_deref()
-            .map(|name| (name, Value::Array(calls.outputs)));
+        let outputs = fe.collect.as_ref().map(|_| calls.outputs);
         self.apply(Change::Looping(LoopChange::End {
             node: at,
-            collect,
+            outputs,
             completed: calls.completed,
             withdrawn,
         }));
@@ -662,6 +675,7 @@ impl<'a> Step<'a> {
 
     /// Withdraws the items of the activity at `node` when its token is withdrawn (and forgets a
     /// loop underway there).
+    #[inline(never)]
     pub(super) fn withdraw_items(&mut self, node: NodeId) {
         if self.inst.iteration(node) > 0 {
             self.apply(Change::Looping(LoopChange::LoopEnd { node }));
@@ -797,4 +811,15 @@ pub(super) fn item_problems(
         problems.push((collect.clone(), problem));
     }
     problems
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    /// Every change is passed by value on the hot path: multi-instance changes box what is
+    /// large, so that `Change` stays as small as it was before them.
+    #[test]
+    fn changes_stay_small() {
+        assert!(std::mem::size_of::<super::LoopChange>() <= 40);
+        assert!(std::mem::size_of::<super::Change<'_>>() <= 48);
+    }
 }

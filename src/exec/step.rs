@@ -191,7 +191,7 @@ pub(crate) enum Change<'c> {
         index: u8,
     },
     /// Multi-instance and loop state (see `multi.rs`).
-    Looping(super::multi::LoopChange<'c>),
+    Looping(super::multi::LoopChange),
 }
 
 /// One engine call's work on one locked instance.
@@ -1058,11 +1058,7 @@ impl<'a> Step<'a> {
                     actor: None,
                 }),
                 Behaviour::End => self.apply(Change::End { token: i }),
-                Behaviour::UserTask(_) | Behaviour::ServiceTask { .. }
-                    if node.looping.is_some()
-                        && (node.for_each().is_some()
-                            || matches!(node.behaviour, Behaviour::ServiceTask { .. })) =>
-                {
+                Behaviour::UserTask(_) if node.for_each().is_some() => {
                     if let Err(e) = self.run_looping(i, at) {
                         failure.get_or_insert(e);
                     }
@@ -1092,6 +1088,12 @@ impl<'a> Step<'a> {
                         failure.get_or_insert(self.fail_deadline(i, at, message));
                     }
                 },
+                // A service task with `for_each` or `repeat` runs in `multi.rs`.
+                Behaviour::ServiceTask { .. } if node.looping.is_some() => {
+                    if let Err(e) = self.run_looping(i, at) {
+                        failure.get_or_insert(e);
+                    }
+                }
                 Behaviour::ServiceTask { .. } => match self.call_service(at) {
                     Ok(vars) => {
                         if vars.is_empty() {
@@ -1238,7 +1240,9 @@ impl<'a> Step<'a> {
         }
     }
 
-    /// Calls a service task's handler and checks what it returns.
+    /// Calls a service task's handler and checks what it returns. Always inlined: `run` calls it
+    /// on the hot path, and a second caller (a task with `repeat`) must not make it a call.
+    #[inline(always)]
     pub(super) fn call_service(&self, at: NodeId) -> Result<Vars, String> {
         let Some(handler) = &self.dep.handlers[at.index()] else {
             return Err("no handler registered".to_owned());
