@@ -763,3 +763,41 @@ fn a_restored_boundary_timer_must_name_a_timer_boundary() {
         assert!(bad.check(&def).is_err(), "index {index}");
     }
 }
+
+#[test]
+fn a_task_that_runs_more_than_once_cannot_decide_a_race() {
+    let text = r#"
+id: bad
+version: 1
+name: Bad
+roles: { agent: { name: Agent } }
+variables: { done: { type: boolean }, lines: { type: array } }
+nodes:
+  start: { kind: start, next: decide }
+  decide: { kind: race, next: [again, each] }
+  again:
+    kind: user_task
+    name: Again
+    raci: { responsible: [agent], accountable: agent }
+    repeat: { until: "done == true", max: 3 }
+    next: end
+  each:
+    kind: user_task
+    name: Each
+    raci: { responsible: [agent], accountable: agent }
+    for_each: { in: lines, as: line }
+    next: end
+  end: { kind: end }
+"#;
+    let err = ProcessDef::from_yaml(text).unwrap_err();
+    for target in ["again", "each"] {
+        assert!(
+            err.problems.iter().any(|p| p.kind
+                == ProblemKind::RaceTarget {
+                    target: target.into(),
+                    kind: "multi-instance or repeated user_task"
+                }),
+            "{err}"
+        );
+    }
+}

@@ -300,8 +300,15 @@ pub(super) fn check(graph: &DiGraph<NodeId, ()>, nodes: &mut [Node], report: &mu
             }
             for to in &node.next {
                 let target = &nodes[to.index()];
-                let kind = target.kind().as_str();
-                if !matches!(
+                // A task that runs more than once (`for_each`, `repeat`) has no single moment
+                // at which it leaves, so it cannot decide a race.
+                let kind = if target.looping.is_some() {
+                    "multi-instance or repeated user_task"
+                } else {
+                    target.kind().as_str()
+                };
+                if target.looping.is_some()
+                    || !matches!(
                     target.behaviour,
                     Behaviour::Catch(_) | Behaviour::Timer(_) | Behaviour::UserTask(_)
                 ) {
