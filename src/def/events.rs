@@ -309,9 +309,10 @@ pub(super) fn check(graph: &DiGraph<NodeId, ()>, nodes: &mut [Node], report: &mu
                 };
                 if target.looping.is_some()
                     || !matches!(
-                    target.behaviour,
-                    Behaviour::Catch(_) | Behaviour::Timer(_) | Behaviour::UserTask(_)
-                ) {
+                        target.behaviour,
+                        Behaviour::Catch(_) | Behaviour::Timer(_) | Behaviour::UserTask(_)
+                    )
+                {
                     report.add(
                         node.location,
                         format!("nodes.{}.next", node.id),
