@@ -178,14 +178,7 @@ impl Step<'_> {
             self.apply(Change::Absorb { token: i });
             return;
         }
-        self.apply(Change::Arrive { token: i });
-        let arrived = self
-            .inst
-            .tokens
-            .iter()
-            .filter(|t| t.node == at && t.state == TokenState::Joined)
-            .count() as u32;
-        if arrived < n {
+        if self.arrive(i, at) < n {
             return;
         }
         self.apply(Change::Joined { join: at });

@@ -289,7 +289,7 @@ impl<'a> Step<'a> {
                     Some(_) => None,
                     None => match list_of(self, at) {
                         Ok(items) => Some(items.to_vec()),
-                        Err(message) => return Err(self.fail_at(i, at, message)),
+                        Err(message) => return Err(self.fail_node(i, at, message)),
                     },
                 };
                 self.apply(Change::Looping(LoopChange::Begin { token: i, items }));
@@ -303,7 +303,7 @@ impl<'a> Step<'a> {
                     }
                     self.loop_next(i, at, None)
                 }
-                Err(message) => Err(self.fail_at(i, at, message)),
+                Err(message) => Err(self.fail_node(i, at, message)),
             },
         }
     }
@@ -324,7 +324,7 @@ impl<'a> Step<'a> {
         let runs = self.inst.iteration(at).max(1);
         let done = match repeat.until.eval(&dep.def.cel, &self.inst.vars) {
             Ok(done) => done,
-            Err(message) => return Err(self.fail_at(i, at, message)),
+            Err(message) => return Err(self.fail_node(i, at, message)),
         };
         if !done && runs < repeat.max {
             self.apply(Change::Looping(LoopChange::Repeat {
@@ -413,7 +413,7 @@ impl<'a> Step<'a> {
             Ok(held) => held,
             Err(message) => {
                 let i = self.token_at(at);
-                return Err(self.fail_at(i, at, message));
+                return Err(self.fail_node(i, at, message));
             }
         };
         if held || m.settled() {
@@ -485,7 +485,7 @@ impl<'a> Step<'a> {
                 }
                 Err(message) => {
                     let i = self.token_at(at);
-                    return Err(self.fail_at(
+                    return Err(self.fail_node(
                         i,
                         at,
                         format!("cannot compute a deadline: {message}"),
@@ -503,7 +503,7 @@ impl<'a> Step<'a> {
         let def = &*dep.def;
         let node = &def.nodes[at.index()];
         let Some(handler) = &dep.handlers[at.index()] else {
-            return Err(self.fail_at(i, at, "no handler registered".to_owned()));
+            return Err(self.fail_node(i, at, "no handler registered".to_owned()));
         };
         let resumed = self.inst.multi_at(at).is_some();
         // Every call is made with the instance borrowed for reading; the changes follow.
@@ -518,7 +518,7 @@ impl<'a> Step<'a> {
                 ),
                 None => match list_of(self, at) {
                     Ok(items) => (items, vec![Value::Null; items.len()], Vec::new(), 0),
-                    Err(message) => return Err(self.fail_at(i, at, message)),
+                    Err(message) => return Err(self.fail_node(i, at, message)),
                 },
             };
             let total = items.len();
@@ -622,7 +622,7 @@ impl<'a> Step<'a> {
             self.apply(Change::Looping(LoopChange::Suspend {
                 multi: Box::new(multi),
             }));
-            return Err(self.fail_at(i, at, message));
+            return Err(self.fail_node(i, at, message));
         }
         // Items the completion condition left uncalled are withdrawn.
         let withdrawn = (calls.outputs.len() as u32).saturating_sub(calls.completed);
@@ -657,20 +657,6 @@ impl<'a> Step<'a> {
             }
         };
         Some((fe.item.as_str(), m.items.get(item as usize)?))
-    }
-
-    /// Marks token `i` at `at` failed with an incident.
-    fn fail_at(&mut self, i: impl Into<Option<usize>>, at: NodeId, message: String) -> ExecError {
-        self.apply(Change::Fail {
-            token: i.into(),
-            node: Some(at),
-            message: &message,
-        });
-        ExecError::Incident {
-            instance: self.inst.id,
-            node: self.dep.node(at),
-            message,
-        }
     }
 
     /// Withdraws the items of the activity at `node` when its token is withdrawn (and forgets a

@@ -1186,14 +1186,7 @@ impl<'a> Step<'a> {
                 Behaviour::Parallel => {
                     let mut token = Some(i);
                     if node.incoming > 1 {
-                        self.apply(Change::Arrive { token: i });
-                        let arrived = self
-                            .inst
-                            .tokens
-                            .iter()
-                            .filter(|t| t.node == at && t.state == TokenState::Joined)
-                            .count() as u32;
-                        if arrived < node.incoming {
+                        if self.arrive(i, at) < node.incoming {
                             continue;
                         }
                         self.apply(Change::Joined { join: at });
@@ -1225,10 +1218,26 @@ impl<'a> Step<'a> {
         }
     }
 
-    /// Marks token `i` at `at` failed with an incident, and gives the error for the caller.
-    pub(super) fn fail_node(&mut self, i: usize, at: NodeId, message: String) -> ExecError {
+    /// Token `i` arrives at the join `at`: gives how many tokens have arrived there.
+    pub(super) fn arrive(&mut self, i: usize, at: NodeId) -> u32 {
+        self.apply(Change::Arrive { token: i });
+        self.inst
+            .tokens
+            .iter()
+            .filter(|t| t.node == at && t.state == TokenState::Joined)
+            .count() as u32
+    }
+
+    /// Marks token `i` (if any) at `at` failed with an incident, and gives the error for the
+    /// caller.
+    pub(super) fn fail_node(
+        &mut self,
+        i: impl Into<Option<usize>>,
+        at: NodeId,
+        message: String,
+    ) -> ExecError {
         self.apply(Change::Fail {
-            token: Some(i),
+            token: i.into(),
             node: Some(at),
             message: &message,
         });
