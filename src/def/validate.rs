@@ -608,25 +608,6 @@ impl NodeCx<'_> {
                     other => other,
                 };
             }
-            RawKind::Inclusive => {
-                node.next = self.targets(raw.next.as_ref(), report);
-                let found = raw.next.as_ref().map_or(0, |n| n.value.0.len());
-                if found != 1 {
-                    let loc = raw.next.as_ref().map_or(self.loc, |n| n.loc);
-                    report.add(
-                        loc,
-                        self.path("next"),
-                        ProblemKind::NextCount {
-                            kind: kind_name,
-                            found,
-                        },
-                    );
-                }
-                node.behaviour = Behaviour::Inclusive {
-                    routes: Vec::new(),
-                    default: None,
-                };
-            }
             RawKind::End => not_allowed("next", raw.next.as_ref().map(|a| a.loc), report),
             RawKind::Start
             | RawKind::UserTask
@@ -634,7 +615,9 @@ impl NodeCx<'_> {
             | RawKind::Parallel
             | RawKind::Timer
             | RawKind::Catch
-            | RawKind::Race => {
+            | RawKind::Race
+            // An inclusive join alone: one `next`.
+            | RawKind::Inclusive => {
                 node.next = self.targets(raw.next.as_ref(), report);
                 let found = raw.next.as_ref().map_or(0, |n| n.value.0.len());
                 if matches!(kind, RawKind::Parallel | RawKind::Race) {
@@ -671,6 +654,10 @@ impl NodeCx<'_> {
                     RawKind::Timer => self.timer(raw, report),
                     RawKind::Catch => self.catch(raw, report),
                     RawKind::Race => Behaviour::Race,
+                    RawKind::Inclusive => Behaviour::Inclusive {
+                        routes: Vec::new(),
+                        default: None,
+                    },
                     _ => match &raw.handler {
                         Some(h) => Behaviour::ServiceTask {
                             handler: h.value.clone(),
