@@ -8,6 +8,7 @@
 use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
+use super::kept::KeptChange;
 use super::seam::{Slot, Stepped};
 use super::step::{Change, Step};
 use super::timers::Armed;
@@ -273,6 +274,17 @@ impl Engine {
                 found = check_message(slot, instance, message, &vars)?;
             }
             let Some(listener) = found else {
+                if slot.dep.def.keeps(false, message) {
+                    // A persistent message (WCP 24): kept until a catch of it is reached.
+                    return Ok(self.step_slot(slot, now, |step| {
+                        step.apply(Change::Kept(KeptChange::Keep {
+                            signal: false,
+                            name: message,
+                            vars: vars.take(),
+                        }));
+                        Ok(())
+                    }));
+                }
                 return Err(ExecError::NotWaiting {
                     instance,
                     message: message.to_owned(),
@@ -314,7 +326,8 @@ impl Engine {
             for (id, slot) in slots {
                 let slot = lock(&slot);
                 if slot.inst.status != Status::Running
-                    || listeners(&slot.dep.def, &slot.inst, true, name, false).is_empty()
+                    || (listeners(&slot.dep.def, &slot.inst, true, name, false).is_empty()
+                        && !slot.dep.def.keeps(true, name))
                 {
                     continue;
                 }
@@ -332,8 +345,22 @@ impl Engine {
             let caught = Cell::new(false);
             let result = self.call(id, |slot| {
                 let found = listeners(&slot.dep.def, &slot.inst, true, name, true);
-                if slot.inst.status != Status::Running || found.is_empty() {
+                if slot.inst.status != Status::Running {
                     return Ok(Stepped::nothing(id));
+                }
+                if found.is_empty() {
+                    if !slot.dep.def.keeps(true, name) {
+                        return Ok(Stepped::nothing(id));
+                    }
+                    // A persistent signal (WCP 24): kept until a catch of it is reached.
+                    return Ok(self.step_slot(slot, now, |step| {
+                        step.apply(Change::Kept(KeptChange::Keep {
+                            signal: true,
+                            name,
+                            vars: vars.clone(),
+                        }));
+                        Ok(())
+                    }));
                 }
                 let stepped = self.step_slot(slot, now, |step| {
                     if !vars.is_empty() {
