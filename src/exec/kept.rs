@@ -8,7 +8,12 @@
 //! instance (`Step::run` consumes them before it returns; `Instance::check` rejects a stored
 //! state that breaks this).
 
+use petgraph::graph::NodeIndex;
+use petgraph::visit::Dfs;
+
 use super::events::listeners;
+use crate::def::{Behaviour, ProcessDef};
+use crate::model::Instance;
 use super::step::{Change, Step};
 use crate::model::{Entry, Event, Kept, Status};
 use crate::vars::Vars;
@@ -95,4 +100,27 @@ impl Step<'_> {
         }
         consumed
     }
+}
+
+/// Whether a catch node or user task boundary event waiting for the signal (`signal: true`) or
+/// message `name` lies on or after a node where one of `inst`'s tokens stands: only then is a
+/// persistent trigger kept (one nothing can consume any more is refused, as a transient one).
+/// Follows the flows only: a later send-back (`rework.rs`) is not foreseen.
+pub(crate) fn reachable(def: &ProcessDef, inst: &Instance, signal: bool, name: &str) -> bool {
+    let mut dfs = Dfs::empty(&def.graph);
+    for t in &inst.tokens {
+        if t.node.index() >= def.nodes.len() {
+            continue;
+        }
+        dfs.move_to(NodeIndex::new(t.node.index()));
+        while let Some(n) = dfs.next(&def.graph) {
+            let node = &def.nodes[n.index()];
+            let waits = matches!(&node.behaviour, Behaviour::Catch(c) if c.is(signal, name))
+                || node.boundary.iter().any(|b| b.on(signal, name));
+            if waits {
+                return true;
+            }
+        }
+    }
+    false
 }

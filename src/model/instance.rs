@@ -729,6 +729,15 @@ impl Instance {
         &self.tasks
     }
 
+    /// The persistent triggers (WCP 24) the instance keeps, oldest first: `message NAME` or
+    /// `signal NAME`, each waiting for the first catch or boundary event of its name the
+    /// instance reaches.
+    pub fn kept(&self) -> impl Iterator<Item = String> + '_ {
+        self.rare.iter().flat_map(|r| r.kept.iter()).map(|k| {
+            format!("{} {}", if k.signal { "signal" } else { "message" }, k.name)
+        })
+    }
+
     /// The incidents, resolved or not.
     pub fn incidents(&self) -> &[Incident] {
         self.rare.as_deref().map_or(&[], |r| &r.incidents[..])
