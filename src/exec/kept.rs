@@ -12,9 +12,9 @@ use petgraph::graph::NodeIndex;
 use petgraph::visit::Dfs;
 
 use super::events::listeners;
+use super::step::{Change, Step};
 use crate::def::{Behaviour, ProcessDef};
 use crate::model::Instance;
-use super::step::{Change, Step};
 use crate::model::{Entry, Event, Kept, Status};
 use crate::vars::Vars;
 

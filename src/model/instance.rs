@@ -733,9 +733,10 @@ impl Instance {
     /// `signal NAME`, each waiting for the first catch or boundary event of its name the
     /// instance reaches.
     pub fn kept(&self) -> impl Iterator<Item = String> + '_ {
-        self.rare.iter().flat_map(|r| r.kept.iter()).map(|k| {
-            format!("{} {}", if k.signal { "signal" } else { "message" }, k.name)
-        })
+        self.rare
+            .iter()
+            .flat_map(|r| r.kept.iter())
+            .map(|k| format!("{} {}", if k.signal { "signal" } else { "message" }, k.name))
     }
 
     /// The incidents, resolved or not.
