@@ -291,7 +291,7 @@ impl Engine {
                         step.apply(Change::Kept(KeptChange::Keep {
                             signal: false,
                             name: message,
-                            vars: vars.take(),
+                            vars: Box::new(vars.take()),
                         }));
                         Ok(())
                     }));
@@ -326,7 +326,7 @@ impl Engine {
     ///
     /// # Errors
     /// Nothing changed: [`ExecError::Variables`] when `vars` does not fit the declarations of a
-    /// waiting instance's definition; [`ExecError::Reentrant`]. An instance whose own step then
+    /// waiting (or keeping) instance's definition; [`ExecError::Reentrant`]. An instance whose own step then
     /// fails (an incident at a later node) counts as woken; one whose commit the store refuses
     /// does not.
     pub fn signal(&self, name: &str, vars: Vars) -> Result<usize, ExecError> {
@@ -373,7 +373,7 @@ impl Engine {
                         step.apply(Change::Kept(KeptChange::Keep {
                             signal: true,
                             name,
-                            vars: vars.clone(),
+                            vars: Box::new(vars.clone()),
                         }));
                         Ok(())
                     }));

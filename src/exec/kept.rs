@@ -20,11 +20,12 @@ use crate::vars::Vars;
 
 /// A change to an instance's kept triggers (see [`Change::Kept`]).
 pub(crate) enum KeptChange<'c> {
-    /// Keep the signal (`signal: true`) or message `name` with its payload.
+    /// Keep the signal (`signal: true`) or message `name` with its payload. Boxed, to keep
+    /// [`Change`] as small as it was (every change is passed by value on the hot path).
     Keep {
         signal: bool,
         name: &'c str,
-        vars: Vars,
+        vars: Box<Vars>,
     },
     /// Consume kept trigger `index`: it leaves the list and its payload is set on the instance.
     Consume { index: usize },
@@ -39,7 +40,7 @@ impl Step<'_> {
                 self.inst.rare_mut().kept.push(Kept {
                     signal,
                     name: name.to_owned(),
-                    vars,
+                    vars: *vars,
                 });
                 self.record(Entry::TriggerKept {
                     signal,
