@@ -326,9 +326,9 @@ impl Engine {
     ///
     /// # Errors
     /// Nothing changed: [`ExecError::Variables`] when `vars` does not fit the declarations of a
-    /// waiting (or keeping) instance's definition; [`ExecError::Reentrant`]. An instance whose own step then
-    /// fails (an incident at a later node) counts as woken; one whose commit the store refuses
-    /// does not.
+    /// waiting (or keeping) instance's definition; [`ExecError::Reentrant`]. An instance whose
+    /// own step then fails (an incident at a later node) counts as woken; one whose commit the
+    /// store refuses does not.
     pub fn signal(&self, name: &str, vars: Vars) -> Result<usize, ExecError> {
         let vars = Handed::new(vars);
         self.not_busy()?;
