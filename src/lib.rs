@@ -84,7 +84,7 @@ mod yaml;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use def::{
-    LoadError, Location, Message, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role,
+    LoadError, Location, Message, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role, Signal,
 };
 pub use exec::{
     Config, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, OpenError, Sla,

@@ -162,6 +162,10 @@ enum RawStep {
         /// Per node: how many multi-instance items completed (`Entry::ItemCompleted`).
         #[serde(default)]
         items: Option<IndexMap<String, usize>>,
+        /// The persistent triggers the instance keeps, oldest first (`message NAME`, `signal
+        /// NAME`: [`Instance::kept`](crate::Instance::kept)).
+        #[serde(default)]
+        kept: Option<Vec<String>>,
     },
 }
 
@@ -528,6 +532,7 @@ impl Scenario {
                 vars,
                 repeated,
                 items,
+                kept,
             } => {
                 if let Some(want) = fired
                     && want[..] != *last_fired
@@ -577,6 +582,12 @@ impl Scenario {
                     want.sort();
                     if open != want {
                         return Err(format!("expected open tasks {want:?}, found {open:?}"));
+                    }
+                }
+                if let Some(want) = kept {
+                    let found: Vec<String> = inst.kept().collect();
+                    if found != *want {
+                        return Err(format!("expected kept triggers {want:?}, found {found:?}"));
                     }
                 }
                 for (k, v) in vars.iter().flatten() {

@@ -24,6 +24,21 @@ pub(crate) struct RawMessage {
     pub(crate) description: Option<String>,
     #[serde(default)]
     pub(crate) payload: Option<At<Names>>,
+    /// Persistent (WCP 24): kept by an instance that does not wait for it yet.
+    #[serde(default)]
+    pub(crate) keep: Option<bool>,
+}
+
+/// A declared signal: `signals: { NAME: { name_zh, description, keep } }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSignal {
+    #[serde(default)]
+    pub(crate) name_zh: Option<String>,
+    #[serde(default)]
+    pub(crate) description: Option<String>,
+    #[serde(default)]
+    pub(crate) keep: Option<bool>,
 }
 
 /// One entry of a user task's `boundary:` list.
@@ -49,6 +64,35 @@ pub struct Message {
     pub(crate) description: Option<String>,
     /// The variables a delivery may set, in YAML order.
     pub(crate) payload: Vec<String>,
+    /// Persistent (`keep: true`): an instance that does not wait for it yet keeps it.
+    pub(crate) keep: bool,
+}
+
+/// A signal a definition declares under `signals:`. Undeclared signals may be caught too; a
+/// declaration says whether the definition's instances keep it (`keep: true`, WCP 24).
+#[derive(Debug)]
+pub struct Signal {
+    pub(crate) name_zh: Option<String>,
+    pub(crate) description: Option<String>,
+    pub(crate) keep: bool,
+}
+
+impl Signal {
+    /// The Chinese name, if given.
+    pub fn name_zh(&self) -> Option<&str> {
+        self.name_zh.as_deref()
+    }
+
+    /// The description, if given.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// Whether an instance that does not wait for it keeps it for the first catch or boundary
+    /// event of its name it reaches.
+    pub fn keep(&self) -> bool {
+        self.keep
+    }
 }
 
 impl Message {
@@ -65,6 +109,12 @@ impl Message {
     /// The variables a delivery may set.
     pub fn payload(&self) -> &[String] {
         &self.payload
+    }
+
+    /// Whether an instance that does not wait for it keeps it for the first catch or boundary
+    /// event of its name it reaches.
+    pub fn keep(&self) -> bool {
+        self.keep
     }
 }
 
@@ -161,10 +211,29 @@ pub(super) fn messages(
                 name_zh: m.name_zh.clone(),
                 description: m.description.clone(),
                 payload,
+                keep: m.keep.unwrap_or(false),
             },
         );
     }
     out
+}
+
+/// Compiles the `signals:` section (each name a valid id, once).
+pub(super) fn signals(raw: &Entries<RawSignal>, report: &mut Report) -> IndexMap<String, Signal> {
+    super::validate::unique(raw, "signal", "signals", report)
+        .into_iter()
+        .map(|(key, value)| {
+            let s = &value.value;
+            (
+                key.value.clone(),
+                Signal {
+                    name_zh: s.name_zh.clone(),
+                    description: s.description.clone(),
+                    keep: s.keep.unwrap_or(false),
+                },
+            )
+        })
+        .collect()
 }
 
 impl NodeCx<'_> {

@@ -19,7 +19,7 @@ use indexmap::IndexMap;
 use petgraph::graph::DiGraph;
 
 pub use crate::yaml::{LoadError, Location, Problem, ProblemKind};
-pub use events::Message;
+pub use events::{Message, Signal};
 
 use crate::cond::Condition;
 use crate::ids::{DefKey, NodeId, RoleId};
@@ -41,6 +41,8 @@ pub struct ProcessDef {
     pub(crate) nodes: Vec<Node>,
     /// The messages an instance receives.
     pub(crate) messages: IndexMap<String, events::Message>,
+    /// The signals the definition declares (`signals:`), by name.
+    pub(crate) signals: IndexMap<String, events::Signal>,
     pub(crate) graph: DiGraph<NodeId, ()>,
     pub(crate) start: NodeId,
     /// The business calendar's name, when the process uses business time.
@@ -477,6 +479,22 @@ impl ProcessDef {
     /// The messages an instance receives ([`Engine::deliver`](crate::Engine::deliver)), by name.
     pub fn messages(&self) -> impl Iterator<Item = (&str, &events::Message)> {
         self.messages.iter().map(|(k, m)| (k.as_str(), m))
+    }
+
+    /// The signals it declares under `signals:` (persistent ones: [`events::Signal::keep`]), by
+    /// name.
+    pub fn signals(&self) -> impl Iterator<Item = (&str, &events::Signal)> {
+        self.signals.iter().map(|(k, m)| (k.as_str(), m))
+    }
+
+    /// Whether the signal (`signal: true`) or message named `name` is declared persistent
+    /// (`keep: true`, WCP 24).
+    pub(crate) fn keeps(&self, signal: bool, name: &str) -> bool {
+        if signal {
+            self.signals.get(name).is_some_and(|s| s.keep)
+        } else {
+            self.messages.get(name).is_some_and(|m| m.keep)
+        }
     }
 
     /// The start node.

@@ -38,6 +38,9 @@ pub(crate) struct RawDef {
     /// The messages an instance receives ([`super::events`]).
     #[serde(default)]
     pub(crate) messages: Entries<super::events::RawMessage>,
+    /// Signals declared persistent (`keep: true`, [`super::events`]).
+    #[serde(default)]
+    pub(crate) signals: Entries<super::events::RawSignal>,
     pub(crate) nodes: Entries<RawNode>,
 }
 

@@ -313,6 +313,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         &mut report.0,
     );
     let messages = super::events::messages(&raw.messages, &vars, &mut report);
+    let signals = super::events::signals(&raw.signals, &mut report);
 
     let nodes = unique(&raw.nodes, "node", "nodes", &mut report);
     let index: HashMap<&str, NodeId> = nodes
@@ -404,6 +405,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         vars,
         nodes: compiled,
         messages,
+        signals,
         graph,
         start: starts[0],
         calendar: raw.calendar.map(|c| c.value),

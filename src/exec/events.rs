@@ -8,6 +8,7 @@
 use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
+use super::kept::KeptChange;
 use super::seam::{Slot, Stepped};
 use super::step::{Change, Step};
 use super::timers::Armed;
@@ -219,8 +220,16 @@ impl<'a> Step<'a> {
 impl Engine {
     /// Delivers a message to an instance: the first catch node (a race's target or not) or open
     /// task's boundary event waiting for it receives it, its variables are set on the instance,
-    /// and the instance runs on. One delivery wakes one waiter; a message nothing waits for is
-    /// refused, not kept (correlation and buffering are for a later issue).
+    /// and the instance runs on. One delivery wakes one waiter.
+    ///
+    /// A message nothing waits for now is refused, unless its declaration says `keep: true`
+    /// (a persistent trigger, WCP 24) and a catch node or boundary event of it lies ahead of
+    /// one of the instance's tokens (along the flows): then the instance keeps it with its
+    /// payload and the call returns `Ok` at once (audit `Entry::TriggerKept`). The first catch
+    /// or boundary event of that name the instance reaches consumes it (`Entry::TriggerConsumed`,
+    /// then the payload is set and the token goes straight through). Each delivery is kept:
+    /// two deliveries are consumed by two catches, oldest first. Correlation (which instance)
+    /// stays the caller's.
     ///
     /// `vars` may set only the variables the message's declared `payload` lists, each fitting its
     /// declaration.
@@ -230,7 +239,8 @@ impl Engine {
     /// instance has ended (completed or cancelled); [`ExecError::UnknownMessage`] when its
     /// definition declares no such message; [`ExecError::Variables`] when `vars` names a
     /// variable outside the payload ([`VarProblem::NotInPayload`]) or does not fit the
-    /// declarations; [`ExecError::NotWaiting`] when nothing waits for the message now. The
+    /// declarations; [`ExecError::NotWaiting`] when nothing waits for the message now and it
+    /// is not kept (not declared `keep: true`, or no catch of it lies ahead). The
     /// delivery stands: [`ExecError::Incident`] or [`ExecError::Deadline`] when a later node
     /// failed, [`ExecError::Hook`].
     ///
@@ -273,6 +283,19 @@ impl Engine {
                 found = check_message(slot, instance, message, &vars)?;
             }
             let Some(listener) = found else {
+                if slot.dep.def.keeps(false, message)
+                    && super::kept::reachable(&slot.dep.def, &slot.inst, false, message)
+                {
+                    // A persistent message (WCP 24): kept until a catch of it is reached.
+                    return Ok(self.step_slot(slot, now, |step| {
+                        step.apply(Change::Kept(KeptChange::Keep {
+                            signal: false,
+                            name: message,
+                            vars: Box::new(vars.take()),
+                        }));
+                        Ok(())
+                    }));
+                }
                 return Err(ExecError::NotWaiting {
                     instance,
                     message: message.to_owned(),
@@ -291,16 +314,21 @@ impl Engine {
     /// Broadcasts a signal: every live instance (of any definition) with a catch node, race
     /// branch or open task's boundary event waiting for `name` receives it, each in its own
     /// commit, and runs on; `vars` are set on each. Returns how many instances were woken. A
-    /// signal nothing waits for is lost (a transient trigger, WCP 23).
+    /// signal nothing waits for is lost (a transient trigger, WCP 23), unless it is persistent
+    /// (WCP 24): a live instance this engine holds whose definition declares the signal under
+    /// `signals:` with `keep: true`, which does not wait for it now but has a catch node or
+    /// boundary event of it ahead of a token, keeps it with `vars` (audit `Entry::TriggerKept`,
+    /// not counted as woken) until the first catch or boundary event of it that it reaches
+    /// consumes it; every such signal is kept, consumed oldest first.
     ///
     /// Complexity: a scan of every live instance in memory. With a store shared by several
     /// engines, the instances this engine has read (as [`Engine::work_list`]).
     ///
     /// # Errors
     /// Nothing changed: [`ExecError::Variables`] when `vars` does not fit the declarations of a
-    /// waiting instance's definition; [`ExecError::Reentrant`]. An instance whose own step then
-    /// fails (an incident at a later node) counts as woken; one whose commit the store refuses
-    /// does not.
+    /// waiting (or keeping) instance's definition; [`ExecError::Reentrant`]. An instance whose
+    /// own step then fails (an incident at a later node) counts as woken; one whose commit the
+    /// store refuses does not.
     pub fn signal(&self, name: &str, vars: Vars) -> Result<usize, ExecError> {
         let vars = Handed::new(vars);
         self.not_busy()?;
@@ -314,7 +342,8 @@ impl Engine {
             for (id, slot) in slots {
                 let slot = lock(&slot);
                 if slot.inst.status != Status::Running
-                    || listeners(&slot.dep.def, &slot.inst, true, name, false).is_empty()
+                    || (listeners(&slot.dep.def, &slot.inst, true, name, false).is_empty()
+                        && !keeps_signal(&slot.dep.def, &slot.inst, name))
                 {
                     continue;
                 }
@@ -332,8 +361,22 @@ impl Engine {
             let caught = Cell::new(false);
             let result = self.call(id, |slot| {
                 let found = listeners(&slot.dep.def, &slot.inst, true, name, true);
-                if slot.inst.status != Status::Running || found.is_empty() {
+                if slot.inst.status != Status::Running {
                     return Ok(Stepped::nothing(id));
+                }
+                if found.is_empty() {
+                    if !keeps_signal(&slot.dep.def, &slot.inst, name) {
+                        return Ok(Stepped::nothing(id));
+                    }
+                    // A persistent signal (WCP 24): kept until a catch of it is reached.
+                    return Ok(self.step_slot(slot, now, |step| {
+                        step.apply(Change::Kept(KeptChange::Keep {
+                            signal: true,
+                            name,
+                            vars: Box::new(vars.clone()),
+                        }));
+                        Ok(())
+                    }));
                 }
                 let stepped = self.step_slot(slot, now, |step| {
                     if !vars.is_empty() {
@@ -354,6 +397,12 @@ impl Engine {
         }
         Ok(woken)
     }
+}
+
+/// Whether `inst` keeps signal `name` that nothing in it waits for now: its definition declares
+/// the signal persistent and a catch of it lies ahead of a token.
+fn keeps_signal(def: &ProcessDef, inst: &Instance, name: &str) -> bool {
+    def.keeps(true, name) && super::kept::reachable(def, inst, true, name)
 }
 
 /// Checks a delivery against the instance and its definition; gives the listener, or `None`

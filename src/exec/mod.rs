@@ -9,6 +9,7 @@ mod control;
 mod deploy;
 mod error;
 mod events;
+mod kept;
 mod multi;
 mod rework;
 mod seam;

@@ -192,6 +192,8 @@ pub(crate) enum Change<'c> {
     },
     /// Multi-instance and loop state (see `multi.rs`).
     Looping(super::multi::LoopChange),
+    /// Persistent triggers kept and consumed (see `kept.rs`).
+    Kept(super::kept::KeptChange<'c>),
 }
 
 /// One engine call's work on one locked instance.
@@ -545,6 +547,7 @@ impl<'a> Step<'a> {
                 self.apply(Change::Arm(&[timer]));
             }
             Change::Looping(change) => self.apply_loop(change),
+            Change::Kept(change) => self.apply_kept(change),
             // The rare changes (task chores, failures, timers firing, withdrawals, cancellation,
             // joins, send back, events) apply in a function of their own: with them here the
             // compiler stopped inlining the audit trail's `push` into `apply`, and the record was
@@ -1204,8 +1207,9 @@ impl<'a> Step<'a> {
                 Behaviour::Inclusive { .. } => self.inclusive(i, at, node, &mut failure),
             }
         }
-        if self.pass_milestones() {
-            // A task whose milestone passed for good was skipped: run on from it.
+        if self.pass_milestones() || self.consume_kept() {
+            // A task whose milestone passed for good was skipped, or a kept trigger (WCP 24)
+            // was caught: run on from it.
             let rest = self.run();
             return failure.map_or(rest, Err);
         }

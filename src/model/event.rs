@@ -217,6 +217,17 @@ pub enum Event {
         /// The signal.
         signal: String,
     },
+    /// A persistent message or signal (`keep: true`) came while nothing in the instance waited
+    /// for it: the instance keeps it for the first catch or boundary event of its name it
+    /// reaches (WCP 24); [`Event::MessageCaught`] or [`Event::SignalCaught`] follows then.
+    TriggerKept {
+        /// The instance.
+        instance: InstanceId,
+        /// A signal, or a message.
+        signal: bool,
+        /// Its name.
+        name: String,
+    },
     /// A race gateway was decided: `node` left first; the other targets were withdrawn (their
     /// tasks are cancelled: [`Event::TaskCancelled`]).
     RaceWon {
@@ -294,6 +305,7 @@ impl Event {
             | Event::MessageCaught { instance, .. }
             | Event::SignalCaught { instance, .. }
             | Event::RaceWon { instance, .. }
+            | Event::TriggerKept { instance, .. }
             | Event::ItemsFinished { instance, .. }
             | Event::Repeated { instance, .. } => *instance,
             Event::TaskCreated { task, .. }

@@ -54,6 +54,22 @@ pub(crate) struct Rare {
     pub(crate) item_tasks: Vec<(u32, u32)>,
     /// Loops underway: (node, runs so far).
     pub(crate) loops: Vec<(NodeId, u32)>,
+    /// Persistent triggers (WCP 24) that came while nothing waited for them, oldest first
+    /// (see `exec/kept.rs`).
+    pub(crate) kept: Vec<Kept>,
+}
+
+/// A persistent message or signal (`keep: true`) that came while nothing in the instance waited
+/// for it: the first catch or boundary event of its name that the instance reaches consumes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Kept {
+    /// A signal, or a message.
+    #[serde(default)]
+    pub(crate) signal: bool,
+    pub(crate) name: String,
+    /// The payload, set on the instance when the trigger is consumed.
+    #[serde(default)]
+    pub(crate) vars: Vars,
 }
 
 /// A partial join (`wait_for` without `cancel_rest`) that fired: the branches still to come are
@@ -134,6 +150,8 @@ struct WireRef<'a> {
     item_tasks: &'a [(u32, u32)],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     loops: &'a [(NodeId, u32)],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    kept: &'a [Kept],
 }
 
 /// An instance as it is deserialized (the audit trail and the outbox may be absent).
@@ -162,6 +180,8 @@ struct Wire {
     item_tasks: Vec<(u32, u32)>,
     #[serde(default)]
     loops: Vec<(NodeId, u32)>,
+    #[serde(default)]
+    kept: Vec<Kept>,
 }
 
 impl From<Wire> for Instance {
@@ -172,7 +192,8 @@ impl From<Wire> for Instance {
             || !w.absorbing.is_empty()
             || !w.multi.is_empty()
             || !w.item_tasks.is_empty()
-            || !w.loops.is_empty())
+            || !w.loops.is_empty()
+            || !w.kept.is_empty())
         .then(|| {
             Box::new(Rare {
                 incidents: w.incidents,
@@ -181,6 +202,7 @@ impl From<Wire> for Instance {
                 multi: w.multi,
                 item_tasks: w.item_tasks,
                 loops: w.loops,
+                kept: w.kept,
             })
         });
         Instance {
@@ -222,6 +244,7 @@ impl Instance {
             multi: self.rare.as_deref().map_or(&[], |r| &r.multi[..]),
             item_tasks: self.rare.as_deref().map_or(&[], |r| &r.item_tasks[..]),
             loops: self.rare.as_deref().map_or(&[], |r| &r.loops[..]),
+            kept: self.rare.as_deref().map_or(&[], |r| &r.kept[..]),
         }
     }
 
@@ -559,6 +582,22 @@ pub enum Entry {
         /// The signal.
         signal: Box<str>,
     },
+    /// A persistent message or signal (`keep: true`) came while nothing waited for it: the
+    /// instance keeps it for the first catch or boundary event of its name it reaches (WCP 24).
+    TriggerKept {
+        /// A signal, or a message.
+        signal: bool,
+        /// Its name.
+        name: Box<str>,
+    },
+    /// A kept message or signal was consumed: its payload was set on the instance, and the
+    /// `MessageCaught` or `SignalCaught` record that follows names who received it.
+    TriggerConsumed {
+        /// A signal, or a message.
+        signal: bool,
+        /// Its name.
+        name: Box<str>,
+    },
     /// A race gateway was decided: `node`, one of its targets, left first; the others were
     /// withdrawn ([`Entry::Withdrawn`]).
     RaceWon {
@@ -688,6 +727,16 @@ impl Instance {
     /// Every task, open and closed, in the order they opened.
     pub fn tasks(&self) -> &[Task] {
         &self.tasks
+    }
+
+    /// The persistent triggers (WCP 24) the instance keeps, oldest first: `message NAME` or
+    /// `signal NAME`, each waiting for the first catch or boundary event of its name the
+    /// instance reaches.
+    pub fn kept(&self) -> impl Iterator<Item = String> + '_ {
+        self.rare
+            .iter()
+            .flat_map(|r| r.kept.iter())
+            .map(|k| format!("{} {}", if k.signal { "signal" } else { "message" }, k.name))
     }
 
     /// The incidents, resolved or not.
@@ -828,6 +877,7 @@ impl Instance {
         }
         let empty = Rare::default();
         check_looping(self, self.rare.as_deref().unwrap_or(&empty), def)?;
+        check_kept(self, self.rare.as_deref().unwrap_or(&empty), def)?;
         for incident in self.incidents() {
             if let Some(n) = incident.node {
                 node(n, "an incident")?;
@@ -1083,6 +1133,14 @@ impl Record {
                 format!("{} received message {message}", n(node))
             }
             Entry::SignalCaught { node, signal } => format!("{} received signal {signal}", n(node)),
+            Entry::TriggerKept { signal, name } => format!(
+                "{} {name} kept until a catch of it is reached",
+                if *signal { "signal" } else { "message" }
+            ),
+            Entry::TriggerConsumed { signal, name } => format!(
+                "kept {} {name} consumed",
+                if *signal { "signal" } else { "message" }
+            ),
             Entry::RaceWon { gateway, node } => {
                 format!(
                     "{} won race {}; the other targets withdrawn",
@@ -1183,6 +1241,60 @@ impl Record {
 }
 
 /// Checks the multi-instance and loop state of a restored instance (see [`Instance::check`]).
+/// Kept triggers (WCP 24): each is declared persistent, its payload fits the declarations (a
+/// message's within its `payload`), and in a running instance nothing waits for it now (it
+/// would have been consumed).
+fn check_kept(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<(), String> {
+    use crate::def::Behaviour;
+    for k in &rare.kept {
+        let what = if k.signal { "signal" } else { "message" };
+        if !def.keeps(k.signal, &k.name) {
+            return Err(format!(
+                "a kept {what} '{}' is not declared persistent in {}",
+                k.name, def.key
+            ));
+        }
+        for (name, value) in &k.vars {
+            let fits = def
+                .vars
+                .get(name)
+                .is_some_and(|spec| spec.reject(value).is_none());
+            let in_payload = k.signal
+                || def
+                    .messages
+                    .get(&k.name)
+                    .is_some_and(|m| m.payload.iter().any(|p| p == name));
+            if !fits || !in_payload {
+                return Err(format!(
+                    "the kept {what} '{}' carries variable '{name}', which it may not set",
+                    k.name
+                ));
+            }
+        }
+        if inst.status != Status::Running {
+            continue;
+        }
+        let is = |t: &crate::def::events::Trigger| t.is(k.signal, &k.name);
+        let catch = inst.tokens.iter().any(|t| {
+            t.state == TokenState::Waiting
+                && matches!(&def.nodes[t.node.index()].behaviour, Behaviour::Catch(c) if is(c))
+        });
+        let boundary = inst.tasks.iter().filter(|t| t.is_open()).any(|t| {
+            def.nodes[t.node.index()]
+                .boundary
+                .iter()
+                .any(|b| matches!(&b.on, crate::def::events::BoundaryOn::Event(e) if is(e)))
+        });
+        if catch || boundary {
+            return Err(format!(
+                "the kept {what} '{}' has a catch waiting for it",
+                k.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_looping(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<(), String> {
     let node_of = |n: NodeId| def.nodes.get(n.index());
     for m in &rare.multi {
