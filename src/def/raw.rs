@@ -79,6 +79,7 @@ pub(crate) enum RawKind {
     Inclusive,
     Catch,
     Race,
+    Subprocess,
 }
 
 impl RawKind {
@@ -94,6 +95,7 @@ impl RawKind {
             RawKind::Inclusive => "inclusive",
             RawKind::Catch => "catch",
             RawKind::Race => "race",
+            RawKind::Subprocess => "subprocess",
         }
     }
 }
@@ -166,6 +168,12 @@ pub(crate) struct RawNode {
     /// Structured loop: the task runs again until a condition holds (see `def/multi.rs`).
     #[serde(default)]
     pub(crate) repeat: Option<At<RawRepeat>>,
+    /// An embedded sub-process's own nodes (see `def/scope.rs`).
+    #[serde(default)]
+    pub(crate) nodes: Option<At<Entries<RawNode>>>,
+    /// An embedded sub-process's local variables.
+    #[serde(default)]
+    pub(crate) variables: Option<At<Entries<RawVar>>>,
 }
 
 /// `for_each: { in, as, parallel, output, collect, complete_when }`.

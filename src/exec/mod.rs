@@ -11,6 +11,7 @@ mod error;
 mod events;
 mod multi;
 mod rework;
+mod scope;
 mod seam;
 mod step;
 mod timers;

@@ -192,6 +192,8 @@ pub(crate) enum Change<'c> {
     },
     /// Multi-instance and loop state (see `multi.rs`).
     Looping(super::multi::LoopChange),
+    /// Embedded sub-process scopes (see `scope.rs`).
+    Scope(super::scope::ScopeChange),
 }
 
 /// One engine call's work on one locked instance.
@@ -545,6 +547,7 @@ impl<'a> Step<'a> {
                 self.apply(Change::Arm(&[timer]));
             }
             Change::Looping(change) => self.apply_loop(change),
+            Change::Scope(change) => self.apply_scope(change),
             // The rare changes (task chores, failures, timers firing, withdrawals, cancellation,
             // joins, send back, events) apply in a function of their own: with them here the
             // compiler stopped inlining the audit trail's `push` into `apply`, and the record was
@@ -1202,6 +1205,9 @@ impl<'a> Step<'a> {
                     }
                 }
                 Behaviour::Inclusive { .. } => self.inclusive(i, at, node, &mut failure),
+                Behaviour::Subprocess { scope, timeout, .. } => {
+                    self.enter_scope(i, at, *scope, timeout.as_ref(), &mut failure)
+                }
             }
         }
         if self.pass_milestones() {
@@ -1249,7 +1255,7 @@ impl<'a> Step<'a> {
     }
 
     /// As [`Step::fail_node`], for a deadline that cannot be computed.
-    fn fail_deadline(&mut self, i: usize, at: NodeId, message: String) -> ExecError {
+    pub(super) fn fail_deadline(&mut self, i: usize, at: NodeId, message: String) -> ExecError {
         self.apply(Change::Fail {
             token: Some(i),
             node: Some(at),

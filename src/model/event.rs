@@ -118,6 +118,23 @@ pub enum Event {
         /// Items withdrawn.
         withdrawn: u32,
     },
+    /// A token entered an embedded sub-process: its scope starts.
+    ScopeEntered {
+        /// The instance.
+        instance: InstanceId,
+        /// The sub-process node.
+        node: Arc<str>,
+    },
+    /// An embedded sub-process's scope ended: completed (no live token left in it), or
+    /// interrupted by its timeout (its tokens withdrawn).
+    ScopeLeft {
+        /// The instance.
+        instance: InstanceId,
+        /// The sub-process node.
+        node: Arc<str>,
+        /// Whether its timeout interrupted it.
+        interrupted: bool,
+    },
     /// A task with `repeat` runs again.
     Repeated {
         /// The instance.
@@ -295,7 +312,9 @@ impl Event {
             | Event::SignalCaught { instance, .. }
             | Event::RaceWon { instance, .. }
             | Event::ItemsFinished { instance, .. }
-            | Event::Repeated { instance, .. } => *instance,
+            | Event::Repeated { instance, .. }
+            | Event::ScopeEntered { instance, .. }
+            | Event::ScopeLeft { instance, .. } => *instance,
             Event::TaskCreated { task, .. }
             | Event::TaskClaimed { task, .. }
             | Event::TaskCompleted { task, .. }
