@@ -162,6 +162,9 @@ enum RawStep {
         /// Per node: how many multi-instance items completed (`Entry::ItemCompleted`).
         #[serde(default)]
         items: Option<IndexMap<String, usize>>,
+        /// Per sub-process node: how many times its scope completed (`Entry::ScopeCompleted`).
+        #[serde(default)]
+        scopes: Option<IndexMap<String, usize>>,
     },
 }
 
@@ -528,6 +531,7 @@ impl Scenario {
                 vars,
                 repeated,
                 items,
+                scopes,
             } => {
                 if let Some(want) = fired
                     && want[..] != *last_fired
@@ -539,7 +543,7 @@ impl Scenario {
                 let id = instance.ok_or("no instance started yet")?;
                 let inst = engine.instance(id).map_err(|e| e.to_string())?;
                 let def = engine.definition_of(id).map_err(|e| e.to_string())?;
-                for (what, want) in [("repeated", repeated), ("items", items)] {
+                for (what, want) in [("repeated", repeated), ("items", items), ("scopes", scopes)] {
                     for (node, count) in want.iter().flatten() {
                         let at = def
                             .node_id(node)
@@ -550,6 +554,7 @@ impl Scenario {
                             .filter(|r| match &r.what {
                                 Entry::Repeated { node, .. } if what == "repeated" => *node == at,
                                 Entry::ItemCompleted { node, .. } if what == "items" => *node == at,
+                                Entry::ScopeCompleted { node } if what == "scopes" => *node == at,
                                 _ => false,
                             })
                             .count();

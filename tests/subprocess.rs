@@ -422,3 +422,20 @@ fn a_scope_survives_a_store_reopen() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_heatmap_and_report_draw_inner_nodes() {
+    let (engine, _, _) = engine_on(None);
+    let id = engine.start("scoped", Vars::new()).unwrap();
+    complete(&engine, id, "fix.repair", Vars::new());
+    complete(&engine, id, "close", Vars::new());
+    let defs = vec![engine.definition_of(id).unwrap()];
+    let instances = vec![engine.instance(id).unwrap()];
+    let report = procflow::Report::compute(&defs, &instances, &procflow::ReportOptions::default());
+    let svg = report.heatmap(&defs[0], procflow::HeatMetric::MeanWait);
+    for (_, node) in defs[0].nodes() {
+        assert!(svg.contains(node.id()), "{} missing", node.id());
+    }
+    let p = report.process("scoped").unwrap();
+    assert_eq!(p.started, 1);
+}
