@@ -377,11 +377,40 @@ version: 1
 name: Bad
 nodes:
   start: { kind: start, next: a }
-  a: { kind: subprocess, next: end }
+  a: { kind: subprocess, next: b }
+  b:
+    kind: subprocess
+    repeat: { until: "true", max: 2 }
+    variables: { dup: { type: string }, x: { type: string, required: true } }
+    nodes:
+      start: { kind: start, next: end }
+      end: { kind: end }
+    next: end
   end: { kind: end, nodes: { x: { kind: end } } }
 "#;
-    let err = ProcessDef::from_yaml(text).unwrap_err();
+    let text = text.replace(
+        "nodes:\n  start",
+        "variables: { dup: { type: string } }\nnodes:\n  start",
+    );
+    let err = ProcessDef::from_yaml(&text).unwrap_err();
     let kinds: Vec<ProblemKind> = err.problems.iter().map(|p| p.kind.clone()).collect();
+    assert!(err.problems.iter().all(|p| p.location.is_some()));
+    assert!(
+        kinds.contains(&ProblemKind::KeyNotAllowed {
+            key: "repeat",
+            kind: "subprocess"
+        }),
+        "{kinds:#?}"
+    );
+    assert!(
+        kinds
+            .iter()
+            .any(|k| matches!(k, ProblemKind::Duplicate { id, .. } if id == "dup"))
+    );
+    assert!(kinds.contains(&ProblemKind::KeyNotAllowed {
+        key: "required",
+        kind: "sub-process local variable"
+    }));
     assert!(kinds.contains(&ProblemKind::KeyMissing {
         key: "nodes",
         kind: "subprocess"
@@ -438,4 +467,36 @@ fn the_heatmap_and_report_draw_inner_nodes() {
     }
     let p = report.process("scoped").unwrap();
     assert_eq!(p.started, 1);
+}
+
+#[test]
+fn a_terminating_end_inside_a_scope_ends_the_whole_instance() {
+    let def = r#"
+id: term
+version: 1
+name: Term
+roles: { clerk: { name: Clerk }, lead: { name: Lead } }
+nodes:
+  start: { kind: start, next: fork }
+  fork: { kind: parallel, next: [scope, other] }
+  scope:
+    kind: subprocess
+    nodes:
+      start: { kind: start, next: task }
+      task: { kind: user_task, name: Task, raci: { responsible: [clerk], accountable: lead }, next: stop }
+      stop: { kind: end, terminate: true }
+    next: done
+  done: { kind: end }
+  other: { kind: user_task, name: Other, raci: { responsible: [clerk], accountable: lead }, next: fin }
+  fin: { kind: end }
+"#;
+    let engine = Engine::builder().build();
+    engine.deploy(ProcessDef::from_yaml(def).unwrap()).unwrap();
+    let id = engine.start("term", Vars::new()).unwrap();
+    assert_eq!(open(&engine, id), ["other", "scope.task"]);
+    complete(&engine, id, "scope.task", Vars::new());
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.status(), Status::Completed);
+    assert!(inst.tokens().is_empty());
+    assert!(engine.tasks(id).unwrap().is_empty());
 }
