@@ -152,10 +152,17 @@ pub(super) fn outer_names<'a>(flat: &'a [Flat<'a>]) -> HashMap<usize, HashSet<&'
 /// declared and a `required` local (a local has no value until its scope sets one).
 pub(super) fn locals(
     flat: &[Flat<'_>],
+    declared: &Entries<RawVar>,
     vars: &mut indexmap::IndexMap<String, VarSpec>,
     report: &mut Report,
 ) -> HashMap<usize, Vec<String>> {
     let mut out: HashMap<usize, Vec<String>> = HashMap::new();
+    // Where each name was first declared, for a duplicate's message.
+    let mut first: HashMap<String, Location> = declared
+        .0
+        .iter()
+        .map(|(k, _)| (k.value.clone(), k.loc))
+        .collect();
     for (i, f) in flat.iter().enumerate() {
         let Some(declared) = &f.node.variables else {
             continue;
@@ -166,18 +173,19 @@ pub(super) fn locals(
         let section = format!("nodes.{}.variables", f.id);
         for (k, v) in unique(&declared.value, "variable", &section, report) {
             let path = format!("{section}.{}", k.value);
-            if vars.contains_key(&k.value) {
+            if vars.contains_key(&k.value) || first.contains_key(&k.value) {
                 report.add(
                     k.loc,
                     &path,
                     ProblemKind::Duplicate {
                         what: "variable",
                         id: k.value.clone(),
-                        first: k.loc,
+                        first: first.get(&k.value).copied().unwrap_or(k.loc),
                     },
                 );
                 continue;
             }
+            first.insert(k.value.clone(), k.loc);
             let RawVar {
                 ty,
                 required,

@@ -315,7 +315,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
     let messages = super::events::messages(&raw.messages, &vars, &mut report);
 
     let flat = super::scope::flatten(&raw.nodes, &mut report);
-    let scoped_vars = super::scope::locals(&flat, &mut vars, &mut report);
+    let scoped_vars = super::scope::locals(&flat, &raw.variables, &mut vars, &mut report);
     let scope_index = super::scope::indices(&flat);
     let outer = super::scope::outer_names(&flat);
     // Send-back targets and milestones name nodes by qualified id.
