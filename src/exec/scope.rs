@@ -33,6 +33,10 @@ pub(crate) enum ScopeChange {
 }
 
 impl Step<'_> {
+    /// [`Step::apply`] for scope changes: kept out of `apply`, as the rare changes are, so that
+    /// the hot path stays small.
+    #[cold]
+    #[inline(never)]
     pub(super) fn apply_scope(&mut self, change: ScopeChange) {
         let def = &*self.dep.def;
         let (token, scope) = match change {
@@ -87,6 +91,7 @@ impl Step<'_> {
 
     /// Token `i` reaches sub-process `at`: it waits there and a token starts the scope. A
     /// timeout that cannot be computed fails the node (a retry enters again).
+    #[inline(never)]
     pub(super) fn enter_scope(
         &mut self,
         i: usize,
@@ -121,6 +126,7 @@ impl Step<'_> {
 
     /// Withdraws the tokens whose sub-process is no longer waiting, then completes the first
     /// scope with no token left. Gives whether anything changed (the run loop looks again).
+    #[inline(never)]
     pub(super) fn settle_scopes(&mut self) -> bool {
         let def = &*self.dep.def;
         let tokens = &self.inst.tokens;
