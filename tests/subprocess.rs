@@ -558,3 +558,24 @@ mod runs {
         }
     }
 }
+
+#[test]
+fn nesting_too_deep_is_one_located_error_and_no_panic() {
+    fn scope(d: usize) -> String {
+        if d == 0 {
+            return "{ start: { kind: start, next: e }, e: { kind: end } }".into();
+        }
+        format!(
+            "{{ start: {{ kind: start, next: s }}, s: {{ kind: subprocess, nodes: {}, next: e }}, e: {{ kind: end }} }}",
+            scope(d - 1)
+        )
+    }
+    let ok = format!("id: deep\nversion: 1\nname: Deep\nnodes: {}\n", scope(5));
+    let def = ProcessDef::from_yaml(&ok).unwrap();
+    assert!(def.node_id("s.s.s.s.s.e").is_some());
+    let deep = format!("id: deep\nversion: 1\nname: Deep\nnodes: {}\n", scope(12));
+    let err = ProcessDef::from_yaml(&deep).unwrap_err();
+    let kinds: Vec<ProblemKind> = err.problems.iter().map(|p| p.kind.clone()).collect();
+    assert_eq!(kinds, [ProblemKind::ScopeTooDeep(8)]);
+    assert!(err.problems[0].location.is_some());
+}

@@ -46,6 +46,8 @@ pub(super) struct Flat<'a> {
     pub(super) node: &'a RawNode,
     /// The index (in the flat list) of the sub-process whose scope it is in.
     pub(super) parent: Option<usize>,
+    /// A sub-process nested too deep: its scope was not read (and is reported as that alone).
+    pub(super) too_deep: bool,
 }
 
 /// Flattens the nodes, scope by scope: a sub-process node comes before its scope's nodes.
@@ -86,6 +88,7 @@ fn walk<'a>(
             loc: key.loc,
             node: &node.value,
             parent,
+            too_deep: false,
         });
         if let Some(inner) = &node.value.nodes
             && node.value.kind.value == RawKind::Subprocess
@@ -96,6 +99,7 @@ fn walk<'a>(
                     format!("{section}.{}.nodes", key.value),
                     ProblemKind::ScopeTooDeep(MAX_DEPTH),
                 );
+                out[me].too_deep = true;
                 continue;
             }
             walk(
@@ -254,7 +258,7 @@ pub(super) fn finish(
                 flat[j].parent == Some(i) && matches!(nodes[j].behaviour, Behaviour::Start)
             })
             .collect();
-        if starts.len() != 1 {
+        if starts.len() != 1 && !flat[i].too_deep {
             let loc = starts
                 .get(1)
                 .map_or(nodes[i].location, |&s| nodes[s].location);
