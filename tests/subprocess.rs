@@ -579,3 +579,88 @@ fn nesting_too_deep_is_one_located_error_and_no_panic() {
     assert_eq!(kinds, [ProblemKind::ScopeTooDeep(8)]);
     assert!(err.problems[0].location.is_some());
 }
+
+const EVENTS: &str = r#"
+id: evented
+version: 1
+name: Evented
+roles: { clerk: { name: Clerk }, lead: { name: Lead } }
+variables:
+  reason: { type: string }
+messages:
+  withdrawn: { payload: [reason] }
+nodes:
+  start: { kind: start, next: work }
+  work:
+    kind: subprocess
+    boundary:
+      - { message: withdrawn, to: stopped }
+      - { signal: audit_started, to: note, interrupting: false }
+    nodes:
+      start: { kind: start, next: fork }
+      fork: { kind: parallel, next: [a, b] }
+      a: { kind: user_task, name: A, raci: { responsible: [clerk], accountable: lead }, next: join }
+      b: { kind: user_task, name: B, raci: { responsible: [clerk], accountable: lead }, next: join }
+      join: { kind: parallel, next: end }
+      end: { kind: end }
+    next: done
+  note: { kind: user_task, name: Note, raci: { responsible: [clerk], accountable: lead }, next: noted }
+  noted: { kind: end }
+  stopped: { kind: user_task, name: Stopped, raci: { responsible: [clerk], accountable: lead }, next: done }
+  done: { kind: end }
+"#;
+
+#[test]
+fn message_and_signal_boundaries_on_a_sub_process() {
+    let engine = Engine::builder().build();
+    engine
+        .deploy(ProcessDef::from_yaml(EVENTS).unwrap())
+        .unwrap();
+    let id = engine.start("evented", Vars::new()).unwrap();
+    assert_eq!(open(&engine, id), ["work.a", "work.b"]);
+    // Non-interrupting: a token starts beside the scope, which runs on.
+    assert_eq!(engine.signal("audit_started", Vars::new()).unwrap(), 1);
+    assert_eq!(open(&engine, id), ["note", "work.a", "work.b"]);
+    complete(&engine, id, "work.a", Vars::new());
+    // Interrupting: the scope's open task is withdrawn and the token goes to `stopped`.
+    engine
+        .deliver(id, "withdrawn", vars(json!({ "reason": "customer" })))
+        .unwrap();
+    assert_eq!(open(&engine, id), ["note", "stopped"]);
+    let inst = engine.instance(id).unwrap();
+    let def = engine.definition_of(id).unwrap();
+    let work = def.node_id("work").unwrap();
+    let b = def.node_id("work.b").unwrap();
+    let log = entries(&engine, id);
+    assert!(log.contains(&Entry::ScopeInterrupted { node: work }));
+    assert!(log.contains(&Entry::Withdrawn {
+        node: b,
+        task: Some(1)
+    }));
+    assert_eq!(inst.vars()["reason"], json!("customer"));
+    inst.check(&def).unwrap();
+    // A message for a scope that is no longer there is refused.
+    assert!(
+        engine
+            .deliver(id, "withdrawn", vars(json!({ "reason": "again" })))
+            .is_err()
+    );
+    complete(&engine, id, "stopped", Vars::new());
+    complete(&engine, id, "note", Vars::new());
+    assert_eq!(engine.instance(id).unwrap().status(), Status::Completed);
+}
+
+#[test]
+fn a_timer_in_a_sub_process_boundary_list_is_refused() {
+    let text = EVENTS.replace(
+        "- { message: withdrawn, to: stopped }",
+        "- { timer: 1h, to: stopped }",
+    );
+    let err = ProcessDef::from_yaml(&text).unwrap_err();
+    assert!(
+        err.problems
+            .iter()
+            .any(|p| matches!(p.kind, ProblemKind::EventShape(_)) && p.location.is_some()),
+        "{err}"
+    );
+}

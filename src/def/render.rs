@@ -321,7 +321,8 @@ fn edges(node: &Node) -> Vec<(Option<String>, usize)> {
                 .collect()
         }
         // A user task's second flow is its timeout route; its boundary events' flows follow.
-        Behaviour::UserTask(_) => node
+        // A sub-process's likewise.
+        Behaviour::UserTask(_) | Behaviour::Subprocess { .. } => node
             .next
             .iter()
             .enumerate()
@@ -333,13 +334,6 @@ fn edges(node: &Node) -> Vec<(Option<String>, usize)> {
                 };
                 (label, n.index())
             })
-            .collect(),
-        // A sub-process's second flow is its timeout route.
-        Behaviour::Subprocess { .. } => node
-            .next
-            .iter()
-            .enumerate()
-            .map(|(i, n)| ((i > 0).then(|| "timeout".to_owned()), n.index()))
             .collect(),
         _ => node.next.iter().map(|n| (None, n.index())).collect(),
     }

@@ -609,7 +609,7 @@ impl NodeCx<'_> {
             not_allowed("message", raw.message.as_ref().map(|a| a.loc), report);
             not_allowed("signal", raw.signal.as_ref().map(|a| a.loc), report);
         }
-        if kind != RawKind::UserTask {
+        if kind != RawKind::UserTask && kind != RawKind::Subprocess {
             not_allowed("boundary", raw.boundary.as_ref().map(|a| a.loc), report);
         }
         if kind != RawKind::Timer {
@@ -702,6 +702,18 @@ impl NodeCx<'_> {
                                 .span(&t.value.after, &self.path("timeout.after"))
                                 .map(TimerWait::For)
                         });
+                        node.boundary = self.boundaries(raw, &mut node.next, report);
+                        if let Some(list) = &raw.boundary
+                            && list.value.iter().any(|b| b.value.timer.is_some())
+                        {
+                            report.add(
+                                list.loc,
+                                self.path("boundary"),
+                                ProblemKind::EventShape(
+                                    "a sub-process takes message and signal boundary events; its timer boundary is 'timeout: { after, to }'",
+                                ),
+                            );
+                        }
                         Behaviour::Subprocess {
                             start: NodeId(0),
                             scope: 0,

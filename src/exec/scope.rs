@@ -7,8 +7,9 @@
 //!   token completes (`Entry::ScopeCompleted`): its local variables are cleared and its token
 //!   leaves by its `next`. Inner tokens that lost their sub-process's token (the sub-process was
 //!   withdrawn: a cancel region, a partial join's `cancel_rest`, a send back) are withdrawn.
-//! - The timeout withdraws every token of the scope (open tasks end cancelled) and the token
-//!   leaves by the timeout route (`Entry::ScopeInterrupted`).
+//! - The timeout, or an interrupting message or signal boundary, withdraws every token of the
+//!   scope (open tasks end cancelled) and the token leaves by that route
+//!   (`Entry::ScopeInterrupted`); a non-interrupting boundary starts a token beside the scope.
 //!
 //! Definitions without sub-processes never get here: `next_ready` looks only when
 //! `ProcessDef::scopes` is not empty.
@@ -167,12 +168,58 @@ impl Step<'_> {
         false
     }
 
+    /// A message or signal for boundary event `index` of sub-process `node`, where a token
+    /// waits: an interrupting one withdraws the scope as the timeout does; a non-interrupting
+    /// one starts a token at its target beside the scope. Gives whether it was taken.
+    pub(super) fn scope_boundary(&mut self, node: NodeId, index: u8) -> bool {
+        let def = &*self.dep.def;
+        let n = &def.nodes[node.index()];
+        let Some(b) = n.boundary.get(index as usize) else {
+            return false;
+        };
+        let crate::def::events::BoundaryOn::Event(trigger) = &b.on else {
+            return false;
+        };
+        if !self
+            .inst
+            .tokens
+            .iter()
+            .any(|t| t.node == node && t.state == TokenState::Waiting)
+        {
+            return false;
+        }
+        self.apply(Change::Caught {
+            token: None,
+            node,
+            trigger,
+        });
+        if b.interrupting {
+            self.interrupt_scope(node, b.to);
+        } else {
+            self.apply(Change::Flow {
+                token: None,
+                from: node,
+                to: b.to,
+                actor: None,
+            });
+        }
+        true
+    }
+
     /// Sub-process `node`'s timeout fired: every token of its scope is withdrawn and its token
     /// leaves by the timeout route.
     pub(super) fn scope_timeout(&mut self, node: NodeId) {
+        let n = &self.dep.def.nodes[node.index()];
+        if let Some(&to) = n.next.get(1) {
+            self.interrupt_scope(node, to);
+        }
+    }
+
+    /// Withdraws every token of sub-process `node`'s scope and moves its token to `to`.
+    fn interrupt_scope(&mut self, node: NodeId, to: NodeId) {
         let def = &*self.dep.def;
         let n = &def.nodes[node.index()];
-        let (Behaviour::Subprocess { scope, .. }, Some(&to)) = (&n.behaviour, n.next.get(1)) else {
+        let Behaviour::Subprocess { scope, .. } = &n.behaviour else {
             return;
         };
         let Some(s) = def.scopes.get(*scope as usize) else {

@@ -126,13 +126,13 @@ pub enum Event {
         node: Arc<str>,
     },
     /// An embedded sub-process's scope ended: completed (no live token left in it), or
-    /// interrupted by its timeout (its tokens withdrawn).
+    /// interrupted by its timeout or an interrupting boundary event (its tokens withdrawn).
     ScopeLeft {
         /// The instance.
         instance: InstanceId,
         /// The sub-process node.
         node: Arc<str>,
-        /// Whether its timeout interrupted it.
+        /// Whether its timeout or a boundary event interrupted it.
         interrupted: bool,
     },
     /// A task with `repeat` runs again.

@@ -415,8 +415,9 @@ pub enum Entry {
         /// The sub-process node.
         node: NodeId,
     },
-    /// Sub-process `node`'s timeout fired: its scope's tokens were withdrawn (the `Withdrawn`
-    /// records before this one) and its token leaves by the timeout route.
+    /// Sub-process `node`'s timeout or an interrupting boundary event fired: its scope's tokens
+    /// were withdrawn (the `Withdrawn` records before this one) and its token leaves by that
+    /// route.
     ScopeInterrupted {
         /// The sub-process node.
         node: NodeId,
@@ -1045,7 +1046,7 @@ impl Record {
             Entry::ScopeEntered { node } => format!("sub-process {} entered", n(node)),
             Entry::ScopeCompleted { node } => format!("sub-process {} completed", n(node)),
             Entry::ScopeInterrupted { node } => {
-                format!("sub-process {} interrupted by its timeout", n(node))
+                format!("sub-process {} interrupted", n(node))
             }
             Entry::Transition {
                 from,
