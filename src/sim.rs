@@ -166,6 +166,9 @@ enum RawStep {
         /// NAME`: [`Instance::kept`](crate::Instance::kept)).
         #[serde(default)]
         kept: Option<Vec<String>>,
+        /// Per sub-process node: how many times its scope completed (`Entry::ScopeCompleted`).
+        #[serde(default)]
+        scopes: Option<IndexMap<String, usize>>,
     },
 }
 
@@ -533,6 +536,7 @@ impl Scenario {
                 repeated,
                 items,
                 kept,
+                scopes,
             } => {
                 if let Some(want) = fired
                     && want[..] != *last_fired
@@ -544,7 +548,7 @@ impl Scenario {
                 let id = instance.ok_or("no instance started yet")?;
                 let inst = engine.instance(id).map_err(|e| e.to_string())?;
                 let def = engine.definition_of(id).map_err(|e| e.to_string())?;
-                for (what, want) in [("repeated", repeated), ("items", items)] {
+                for (what, want) in [("repeated", repeated), ("items", items), ("scopes", scopes)] {
                     for (node, count) in want.iter().flatten() {
                         let at = def
                             .node_id(node)
@@ -555,6 +559,7 @@ impl Scenario {
                             .filter(|r| match &r.what {
                                 Entry::Repeated { node, .. } if what == "repeated" => *node == at,
                                 Entry::ItemCompleted { node, .. } if what == "items" => *node == at,
+                                Entry::ScopeCompleted { node } if what == "scopes" => *node == at,
                                 _ => false,
                             })
                             .count();

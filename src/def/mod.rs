@@ -10,6 +10,7 @@ pub(crate) mod multi;
 mod raw;
 mod render;
 pub(crate) mod rules;
+pub(crate) mod scope;
 pub(crate) mod timers;
 mod validate;
 
@@ -55,6 +56,9 @@ pub struct ProcessDef {
     pub(crate) or_joins: Vec<NodeId>,
     /// Whether any node has a [`control::NodeControl`]: when none has, the run loop never looks.
     pub(crate) controlled: bool,
+    /// The embedded sub-processes (see `scope.rs`): empty for most definitions, and then the run
+    /// loop never looks.
+    pub(crate) scopes: Vec<scope::Scope>,
     /// The root CEL scope; building one costs tens of microseconds, so it is built once here.
     pub(crate) cel: cel::Context<'static, 'static>,
 }
@@ -105,6 +109,8 @@ pub struct Node {
     pub(crate) race: Option<NodeId>,
     /// A task's `for_each` and `repeat`, when it has either.
     pub(crate) looping: Option<Box<multi::Looping>>,
+    /// The embedded sub-process whose scope this node is in (`None` at the top level).
+    pub(crate) parent: Option<NodeId>,
 }
 
 /// What a node does when a token reaches it.
@@ -133,6 +139,15 @@ pub(crate) enum Behaviour {
     Catch(events::Trigger),
     /// An event-based gateway: the first target to leave its node wins.
     Race,
+    /// An embedded sub-process: its token waits here while a token runs its scope from the
+    /// scope's start; `scope` indexes [`ProcessDef::scopes`].
+    Subprocess {
+        start: NodeId,
+        scope: u32,
+        /// An interrupting timer boundary: the scope is withdrawn and the token leaves by the
+        /// second flow.
+        timeout: Option<timers::TimerWait>,
+    },
 }
 
 #[derive(Debug)]
@@ -167,6 +182,8 @@ pub enum NodeKind {
     /// An event-based gateway (deferred choice): its targets wait together and the first to
     /// leave its node withdraws the others.
     Race,
+    /// An embedded sub-process: a scope with its own start, nodes and ends.
+    Subprocess,
 }
 
 impl NodeKind {
@@ -183,6 +200,7 @@ impl NodeKind {
             NodeKind::Inclusive => "inclusive",
             NodeKind::Catch => "catch",
             NodeKind::Race => "race",
+            NodeKind::Subprocess => "subprocess",
         }
     }
 }
@@ -226,6 +244,7 @@ impl Node {
             Behaviour::Inclusive { .. } => NodeKind::Inclusive,
             Behaviour::Catch(_) => NodeKind::Catch,
             Behaviour::Race => NodeKind::Race,
+            Behaviour::Subprocess { .. } => NodeKind::Subprocess,
         }
     }
 
@@ -272,6 +291,11 @@ impl Node {
 
     pub(crate) fn repeat(&self) -> Option<&multi::Repeat> {
         self.looping.as_ref().and_then(|l| l.repeat.as_ref())
+    }
+
+    /// The embedded sub-process whose scope this node is in, if any.
+    pub fn parent(&self) -> Option<NodeId> {
+        self.parent
     }
 
     /// The outgoing flows, in YAML order.

@@ -82,6 +82,7 @@ pub(crate) enum RawKind {
     Inclusive,
     Catch,
     Race,
+    Subprocess,
 }
 
 impl RawKind {
@@ -97,6 +98,7 @@ impl RawKind {
             RawKind::Inclusive => "inclusive",
             RawKind::Catch => "catch",
             RawKind::Race => "race",
+            RawKind::Subprocess => "subprocess",
         }
     }
 }
@@ -169,6 +171,12 @@ pub(crate) struct RawNode {
     /// Structured loop: the task runs again until a condition holds (see `def/multi.rs`).
     #[serde(default)]
     pub(crate) repeat: Option<At<RawRepeat>>,
+    /// An embedded sub-process's own nodes (see `def/scope.rs`).
+    #[serde(default)]
+    pub(crate) nodes: Option<At<Entries<RawNode>>>,
+    /// An embedded sub-process's local variables.
+    #[serde(default)]
+    pub(crate) variables: Option<At<Entries<RawVar>>>,
 }
 
 /// `for_each: { in, as, parallel, output, collect, complete_when }`.

@@ -50,12 +50,38 @@ fn join(roles: &[crate::RoleId]) -> String {
 
 /// Mermaid node ids must not clash with keywords such as `end`, so every id gets a prefix.
 fn mid(node: &Node) -> String {
-    format!("n_{}", node.id.replace('-', "_"))
+    // A node inside a sub-process has a qualified id (`fix.repair`); Mermaid ids take no `.`.
+    format!("n_{}", node.id.replace('-', "_").replace('.', "__"))
 }
 
 pub(super) fn mermaid(def: &ProcessDef) -> String {
     let mut out = String::from("flowchart TD\n");
-    for node in &def.nodes {
+    mermaid_nodes(def, None, 1, &mut out);
+    mermaid_edges(def, &mut out);
+    out
+}
+
+/// Declares the nodes of one scope (`None`: the top level); a sub-process is a `subgraph`
+/// holding its scope's nodes.
+fn mermaid_nodes(
+    def: &ProcessDef,
+    scope: Option<crate::ids::NodeId>,
+    depth: usize,
+    out: &mut String,
+) {
+    let pad = "    ".repeat(depth);
+    for (i, node) in def.nodes.iter().enumerate() {
+        if node.parent != scope {
+            continue;
+        }
+        if let Behaviour::Subprocess { .. } = node.behaviour {
+            let text = label(node);
+            let _ = writeln!(out, "{pad}subgraph {}[\"sub-process {text}\"]", mid(node));
+            let _ = writeln!(out, "{pad}    direction TB");
+            mermaid_nodes(def, Some(crate::ids::NodeId(i as u32)), depth + 1, out);
+            let _ = writeln!(out, "{pad}end");
+            continue;
+        }
         let (open, close) = match node.behaviour {
             Behaviour::End if terminates(node) => ("(((", ")))"),
             Behaviour::Start | Behaviour::End => ("((", "))"),
@@ -67,10 +93,14 @@ pub(super) fn mermaid(def: &ProcessDef) -> String {
             Behaviour::Timer(_) => ("{{", "}}"),
             Behaviour::Catch(_) => (">", "]"),
             Behaviour::Race => ("{", "}"),
+            Behaviour::Subprocess { .. } => ("[", "]"),
         };
         let text = gateway_label(node);
-        let _ = writeln!(out, "    {}{open}\"{text}\"{close}", mid(node));
+        let _ = writeln!(out, "{pad}{}{open}\"{text}\"{close}", mid(node));
     }
+}
+
+fn mermaid_edges(def: &ProcessDef, out: &mut String) {
     for node in &def.nodes {
         for (cond, to) in edges(node) {
             let to = mid(&def.nodes[to]);
@@ -117,7 +147,6 @@ pub(super) fn mermaid(def: &ProcessDef) -> String {
             let _ = writeln!(out, "    {at} -.-|\"while at\"| {}", mid(node));
         }
     }
-    out
 }
 
 /// Whether a node is a terminating end.
@@ -157,7 +186,37 @@ fn gateway_label(node: &Node) -> String {
 
 pub(super) fn dot(def: &ProcessDef) -> String {
     let mut out = format!("digraph \"{}\" {{\n    rankdir=TB;\n", def.key.id);
-    for node in &def.nodes {
+    dot_nodes(def, None, 1, &mut out);
+    dot_edges(def, &mut out);
+    out.push_str("}\n");
+    out
+}
+
+/// Declares the nodes of one scope (`None`: the top level); a sub-process is a `cluster`
+/// holding its own node (where its flows start and end) and its scope's nodes.
+fn dot_nodes(def: &ProcessDef, scope: Option<crate::ids::NodeId>, depth: usize, out: &mut String) {
+    let pad = "    ".repeat(depth);
+    for (i, node) in def.nodes.iter().enumerate() {
+        if node.parent != scope {
+            continue;
+        }
+        if let Behaviour::Subprocess { .. } = node.behaviour {
+            let _ = writeln!(
+                out,
+                "{pad}subgraph \"cluster_{}\" {{\n{pad}    label=\"sub-process {}\";\n{pad}    style=rounded;",
+                node.id,
+                label(node)
+            );
+            let _ = writeln!(
+                out,
+                "{pad}    \"{}\" [shape=box, style=\"rounded,bold\", label=\"{}\"];",
+                node.id,
+                label(node)
+            );
+            dot_nodes(def, Some(crate::ids::NodeId(i as u32)), depth + 1, out);
+            let _ = writeln!(out, "{pad}}}");
+            continue;
+        }
         let shape = match node.behaviour {
             Behaviour::End if terminates(node) => "doublecircle",
             Behaviour::Start | Behaviour::End => "circle",
@@ -169,10 +228,11 @@ pub(super) fn dot(def: &ProcessDef) -> String {
             Behaviour::Timer(_) => "hexagon",
             Behaviour::Catch(_) => "cds",
             Behaviour::Race => "Mdiamond",
+            Behaviour::Subprocess { .. } => "box",
         };
         let _ = writeln!(
             out,
-            "    \"{}\" [shape={shape}, label=\"{}\"];",
+            "{pad}\"{}\" [shape={shape}, label=\"{}\"];",
             node.id,
             // Exclusive and parallel gateways are told apart by shape alone in DOT; the marks
             // say what the shape cannot (inclusive, partial join, terminating end).
@@ -183,7 +243,19 @@ pub(super) fn dot(def: &ProcessDef) -> String {
             }
         );
     }
+}
+
+fn dot_edges(def: &ProcessDef, out: &mut String) {
     for node in &def.nodes {
+        // A sub-process enters its scope at the scope's start.
+        if let Behaviour::Subprocess { start, .. } = node.behaviour {
+            let _ = writeln!(
+                out,
+                "    \"{}\" -> \"{}\" [style=dotted, label=\"enter\"];",
+                node.id,
+                def.nodes[start.index()].id
+            );
+        }
         for (cond, to) in edges(node) {
             let to = &def.nodes[to].id;
             match cond {
@@ -233,8 +305,6 @@ pub(super) fn dot(def: &ProcessDef) -> String {
             );
         }
     }
-    out.push_str("}\n");
-    out
 }
 
 /// How a non-interrupting boundary's label ends ([`super::events::Boundary::label`]).
@@ -251,7 +321,8 @@ fn edges(node: &Node) -> Vec<(Option<String>, usize)> {
                 .collect()
         }
         // A user task's second flow is its timeout route; its boundary events' flows follow.
-        Behaviour::UserTask(_) => node
+        // A sub-process's likewise.
+        Behaviour::UserTask(_) | Behaviour::Subprocess { .. } => node
             .next
             .iter()
             .enumerate()

@@ -315,31 +315,41 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
     let messages = super::events::messages(&raw.messages, &vars, &mut report);
     let signals = super::events::signals(&raw.signals, &mut report);
 
-    let nodes = unique(&raw.nodes, "node", "nodes", &mut report);
-    let index: HashMap<&str, NodeId> = nodes
+    let flat = super::scope::flatten(&raw.nodes, &mut report);
+    let scoped_vars = super::scope::locals(&flat, &raw.variables, &mut vars, &mut report);
+    let scope_index = super::scope::indices(&flat);
+    let outer = super::scope::outer_names(&flat);
+    // Send-back targets and milestones name nodes by qualified id.
+    let index: HashMap<&str, NodeId> = flat
         .iter()
         .enumerate()
-        .map(|(i, (k, _))| (k.value.as_str(), NodeId(i as u32)))
+        .map(|(i, f)| (f.id.as_str(), NodeId(i as u32)))
         .collect();
+    let empty = HashMap::new();
 
-    let mut compiled = Vec::with_capacity(nodes.len());
-    for (key, node) in &nodes {
+    let mut compiled = Vec::with_capacity(flat.len());
+    for f in &flat {
         let cx = NodeCx {
-            id: &key.value,
-            loc: key.loc,
-            index: &index,
+            id: &f.id,
+            loc: f.loc,
+            index: scope_index.get(&f.parent).unwrap_or(&empty),
             roles: &roles,
             vars: &vars,
             has_calendar: raw.calendar.is_some(),
             messages: &messages,
+            outer: f
+                .parent
+                .and_then(|p| outer.get(&p).map(|o| (flat[p].id.as_str(), o))),
         };
-        compiled.push(cx.compile(&node.value, &mut report));
+        compiled.push(cx.compile(f.node, &mut report));
     }
+    let (scopes, scope_edges) =
+        super::scope::finish(&flat, &mut compiled, scoped_vars, &mut report);
 
     let starts: Vec<NodeId> = compiled
         .iter()
         .enumerate()
-        .filter(|(_, n)| matches!(n.behaviour, Behaviour::Start))
+        .filter(|(_, n)| matches!(n.behaviour, Behaviour::Start) && n.parent.is_none())
         .map(|(i, _)| NodeId(i as u32))
         .collect();
     if starts.len() != 1 {
@@ -359,6 +369,10 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
             graph.add_edge(NodeIndex::new(i), NodeIndex::new(to.index()), ());
         }
     }
+    // A sub-process leads to its scope's start (for the graph checks; see `scope.rs`).
+    for &(from, to) in &scope_edges {
+        graph.add_edge(NodeIndex::new(from), NodeIndex::new(to), ());
+    }
     for (i, n) in compiled.iter_mut().enumerate() {
         n.incoming = graph
             .neighbors_directed(NodeIndex::new(i), Direction::Incoming)
@@ -367,7 +381,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
 
     super::events::check(&graph, &mut compiled, &mut report);
     let acyclic = check_cycles(&graph, &compiled, &mut report);
-    let raw_nodes: Vec<&RawNode> = nodes.iter().map(|(_, n)| &n.value).collect();
+    let raw_nodes: Vec<&RawNode> = flat.iter().map(|f| f.node).collect();
     super::rules::compile(
         &raw_nodes,
         &index,
@@ -385,6 +399,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         }
     }
     let or_joins = super::control::finish(&graph, &mut compiled, &splits, &mut report.0);
+    super::scope::widen_regions(&mut compiled, &scopes);
     let controlled = compiled.iter().any(|n| n.control.is_some());
 
     if !report.0.is_empty() {
@@ -413,6 +428,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         accountable,
         or_joins,
         controlled,
+        scopes,
         cel: cel::Context::default(),
     })
 }
@@ -427,6 +443,8 @@ pub(super) struct NodeCx<'a> {
     has_calendar: bool,
     /// The declared messages.
     pub(super) messages: &'a IndexMap<String, super::events::Message>,
+    /// For a node inside a sub-process: the sub-process's id and the names outside its scope.
+    outer: Option<(&'a str, &'a HashSet<&'a str>)>,
 }
 
 impl NodeCx<'_> {
@@ -543,6 +561,7 @@ impl NodeCx<'_> {
             boundary: Vec::new(),
             race: None,
             looping: super::multi::compile(self.id, raw, self.vars, &mut report.0),
+            parent: None,
         };
 
         let not_allowed = |key: &'static str, loc: Option<Location>, report: &mut Report| {
@@ -571,13 +590,28 @@ impl NodeCx<'_> {
             not_allowed("claim_due", raw.claim_due.as_ref().map(|a| a.loc), report);
             not_allowed("remind", raw.remind.as_ref().map(|a| a.loc), report);
             not_allowed("escalate", raw.escalate.as_ref().map(|a| a.loc), report);
+        }
+        if kind != RawKind::UserTask && kind != RawKind::Subprocess {
             not_allowed("timeout", raw.timeout.as_ref().map(|a| a.loc), report);
+        }
+        if kind != RawKind::Subprocess {
+            not_allowed("nodes", raw.nodes.as_ref().map(|a| a.loc), report);
+            not_allowed("variables", raw.variables.as_ref().map(|a| a.loc), report);
+        } else if raw.nodes.is_none() {
+            report.add(
+                self.loc,
+                self.path("nodes"),
+                ProblemKind::KeyMissing {
+                    key: "nodes",
+                    kind: kind_name,
+                },
+            );
         }
         if kind != RawKind::Catch {
             not_allowed("message", raw.message.as_ref().map(|a| a.loc), report);
             not_allowed("signal", raw.signal.as_ref().map(|a| a.loc), report);
         }
-        if kind != RawKind::UserTask {
+        if kind != RawKind::UserTask && kind != RawKind::Subprocess {
             not_allowed("boundary", raw.boundary.as_ref().map(|a| a.loc), report);
         }
         if kind != RawKind::Timer {
@@ -618,6 +652,7 @@ impl NodeCx<'_> {
             | RawKind::Timer
             | RawKind::Catch
             | RawKind::Race
+            | RawKind::Subprocess
             // An inclusive join alone: one `next`.
             | RawKind::Inclusive => {
                 node.next = self.targets(raw.next.as_ref(), report);
@@ -656,6 +691,37 @@ impl NodeCx<'_> {
                     RawKind::Timer => self.timer(raw, report),
                     RawKind::Catch => self.catch(raw, report),
                     RawKind::Race => Behaviour::Race,
+                    RawKind::Subprocess => {
+                        let timeout = raw.timeout.as_ref().and_then(|t| {
+                            let path = self.path("timeout.to");
+                            node.next.extend(self.target(
+                                &t.value.to.value,
+                                t.value.to.loc,
+                                path,
+                                report,
+                            ));
+                            self.time(report)
+                                .span(&t.value.after, &self.path("timeout.after"))
+                                .map(TimerWait::For)
+                        });
+                        node.boundary = self.boundaries(raw, &mut node.next, report);
+                        if let Some(list) = &raw.boundary
+                            && list.value.iter().any(|b| b.value.timer.is_some())
+                        {
+                            report.add(
+                                list.loc,
+                                self.path("boundary"),
+                                ProblemKind::EventShape(
+                                    "a sub-process takes message and signal boundary events; its timer boundary is 'timeout: { after, to }'",
+                                ),
+                            );
+                        }
+                        Behaviour::Subprocess {
+                            start: NodeId(0),
+                            scope: 0,
+                            timeout,
+                        }
+                    }
                     RawKind::Inclusive => Behaviour::Inclusive {
                         routes: Vec::new(),
                         default: None,
@@ -696,7 +762,14 @@ impl NodeCx<'_> {
     ) -> Option<NodeId> {
         let found = self.index.get(name).copied();
         if found.is_none() {
-            report.add(loc, path, ProblemKind::UnknownNode(name.to_owned()));
+            let kind = match self.outer {
+                Some((scope, names)) if names.contains(name) => ProblemKind::LeavesScope {
+                    scope: scope.to_owned(),
+                    node: name.to_owned(),
+                },
+                _ => ProblemKind::UnknownNode(name.to_owned()),
+            };
+            report.add(loc, path, kind);
         }
         found
     }
@@ -1012,6 +1085,8 @@ fn check_joins(
             Behaviour::Exclusive { .. } | Behaviour::UserTask(_) | Behaviour::Race => {
                 node.next.len() > 1
             }
+            // A sub-process with a timeout leaves by one of two flows.
+            Behaviour::Subprocess { .. } => node.next.len() > 1,
             Behaviour::Inclusive { .. } => node.next.len() > 1,
             _ => false,
         };

@@ -295,6 +295,10 @@ impl Step<'_> {
                 .tokens
                 .iter()
                 .position(|t| t.state == TokenState::Ready);
+            // Embedded sub-processes whose scope ended (see `scope.rs`).
+            if ready.is_none() && !self.dep.def.scopes.is_empty() && self.settle_scopes() {
+                continue;
+            }
             if ready.is_some() || self.dep.def.or_joins.is_empty() || !self.fire_or_join(failure) {
                 return ready;
             }

@@ -30,6 +30,8 @@ pub(crate) enum Listener {
     Catch(NodeId),
     /// Boundary event `index` of open task `task`.
     Boundary { task: u32, index: u8 },
+    /// Boundary event `index` of the sub-process `node` a token waits at (see `scope.rs`).
+    Scope { node: NodeId, index: u8 },
 }
 
 /// What in `inst` waits for the signal (`signal: true`) or message `name` now: catches in token
@@ -50,6 +52,29 @@ pub(crate) fn listeners(
             out.push(Listener::Catch(t.node));
             if !all {
                 return out;
+            }
+        }
+    }
+    if !def.scopes.is_empty() {
+        for t in &inst.tokens {
+            let Some(node) = def.try_node(t.node) else {
+                continue;
+            };
+            if t.state != TokenState::Waiting
+                || !matches!(node.behaviour, Behaviour::Subprocess { .. })
+            {
+                continue;
+            }
+            for (index, b) in node.boundary.iter().enumerate() {
+                if b.on(signal, name) {
+                    out.push(Listener::Scope {
+                        node: t.node,
+                        index: index as u8,
+                    });
+                    if !all {
+                        return out;
+                    }
+                }
             }
         }
     }
@@ -137,6 +162,7 @@ impl<'a> Step<'a> {
                 self.leave(node, dep.def.nodes[node.index()].next[0], None);
                 true
             }
+            Listener::Scope { node, index } => self.scope_boundary(node, index),
             Listener::Boundary { task, index } => {
                 let Some(t) = self.inst.tasks.get(task as usize).filter(|t| t.is_open()) else {
                     return false;

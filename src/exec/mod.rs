@@ -12,6 +12,7 @@ mod events;
 mod kept;
 mod multi;
 mod rework;
+mod scope;
 mod seam;
 mod step;
 mod timers;

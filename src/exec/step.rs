@@ -194,6 +194,8 @@ pub(crate) enum Change<'c> {
     Looping(super::multi::LoopChange),
     /// Persistent triggers kept and consumed (see `kept.rs`).
     Kept(super::kept::KeptChange<'c>),
+    /// Embedded sub-process scopes (see `scope.rs`).
+    Scope(super::scope::ScopeChange),
 }
 
 /// One engine call's work on one locked instance.
@@ -548,6 +550,7 @@ impl<'a> Step<'a> {
             }
             Change::Looping(change) => self.apply_loop(change),
             Change::Kept(change) => self.apply_kept(change),
+            Change::Scope(change) => self.apply_scope(change),
             // The rare changes (task chores, failures, timers firing, withdrawals, cancellation,
             // joins, send back, events) apply in a function of their own: with them here the
             // compiler stopped inlining the audit trail's `push` into `apply`, and the record was
@@ -1205,6 +1208,9 @@ impl<'a> Step<'a> {
                     }
                 }
                 Behaviour::Inclusive { .. } => self.inclusive(i, at, node, &mut failure),
+                Behaviour::Subprocess { scope, timeout, .. } => {
+                    self.enter_scope(i, at, *scope, timeout.as_ref(), &mut failure)
+                }
             }
         }
         if self.pass_milestones() || self.consume_kept() {
@@ -1253,7 +1259,7 @@ impl<'a> Step<'a> {
     }
 
     /// As [`Step::fail_node`], for a deadline that cannot be computed.
-    fn fail_deadline(&mut self, i: usize, at: NodeId, message: String) -> ExecError {
+    pub(super) fn fail_deadline(&mut self, i: usize, at: NodeId, message: String) -> ExecError {
         self.apply(Change::Fail {
             token: Some(i),
             node: Some(at),

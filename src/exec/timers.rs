@@ -445,6 +445,7 @@ impl<'a> Step<'a> {
                         self.boundary(seq, index);
                     }
                 }
+                TimerKind::ScopeTimeout => self.scope_timeout(timer.node),
                 TimerKind::Urge { level, count } => {
                     let limits = if timer.sla {
                         def.sla.as_deref()
@@ -523,7 +524,7 @@ impl<'a> Step<'a> {
                 .get(level as usize)
                 .map(|e| vec![e.to.clone()])
                 .unwrap_or_default(),
-            TimerKind::Wait | TimerKind::Boundary { .. } => Vec::new(),
+            TimerKind::Wait | TimerKind::Boundary { .. } | TimerKind::ScopeTimeout => Vec::new(),
         }
     }
 }

@@ -118,6 +118,23 @@ pub enum Event {
         /// Items withdrawn.
         withdrawn: u32,
     },
+    /// A token entered an embedded sub-process: its scope starts.
+    ScopeEntered {
+        /// The instance.
+        instance: InstanceId,
+        /// The sub-process node.
+        node: Arc<str>,
+    },
+    /// An embedded sub-process's scope ended: completed (no live token left in it), or
+    /// interrupted by its timeout or an interrupting boundary event (its tokens withdrawn).
+    ScopeLeft {
+        /// The instance.
+        instance: InstanceId,
+        /// The sub-process node.
+        node: Arc<str>,
+        /// Whether its timeout or a boundary event interrupted it.
+        interrupted: bool,
+    },
     /// A task with `repeat` runs again.
     Repeated {
         /// The instance.
@@ -307,7 +324,9 @@ impl Event {
             | Event::RaceWon { instance, .. }
             | Event::TriggerKept { instance, .. }
             | Event::ItemsFinished { instance, .. }
-            | Event::Repeated { instance, .. } => *instance,
+            | Event::Repeated { instance, .. }
+            | Event::ScopeEntered { instance, .. }
+            | Event::ScopeLeft { instance, .. } => *instance,
             Event::TaskCreated { task, .. }
             | Event::TaskClaimed { task, .. }
             | Event::TaskCompleted { task, .. }

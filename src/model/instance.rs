@@ -428,6 +428,23 @@ pub struct Record {
 pub enum Entry {
     /// The instance started.
     Started,
+    /// A token entered embedded sub-process `node`: a token starts its scope.
+    ScopeEntered {
+        /// The sub-process node.
+        node: NodeId,
+    },
+    /// Sub-process `node`'s scope has no live token left: its token leaves by its `next`.
+    ScopeCompleted {
+        /// The sub-process node.
+        node: NodeId,
+    },
+    /// Sub-process `node`'s timeout or an interrupting boundary event fired: its scope's tokens
+    /// were withdrawn (the `Withdrawn` records before this one) and its token leaves by that
+    /// route.
+    ScopeInterrupted {
+        /// The sub-process node.
+        node: NodeId,
+    },
     /// A token moved along a flow; `actor` is set when a task completion moved it.
     Transition {
         /// From this node.
@@ -802,9 +819,10 @@ impl Instance {
             node(t.node, "a token")?;
             if t.state == TokenState::Waiting {
                 // A catch waits for a message or signal: nothing of the instance stands for it.
+                // A sub-process waits for its scope: checked below.
                 let catch = matches!(
                     def.nodes[t.node.index()].behaviour,
-                    crate::def::Behaviour::Catch(_)
+                    crate::def::Behaviour::Catch(_) | crate::def::Behaviour::Subprocess { .. }
                 );
                 let waits = catch
                     || self.tasks.iter().any(|k| k.node == t.node && k.is_open())
@@ -815,6 +833,36 @@ impl Instance {
                         def.nodes[t.node.index()].id
                     ));
                 }
+            }
+        }
+        // A token inside a sub-process's scope needs that sub-process's token waiting; a waiting
+        // sub-process needs a token inside its scope, or its completion is due (nothing to
+        // reject: the next call completes it).
+        for t in &self.tokens {
+            if let Some(p) = def.nodes[t.node.index()].parent
+                && !self
+                    .tokens
+                    .iter()
+                    .any(|u| u.node == p && u.state == TokenState::Waiting)
+            {
+                return Err(format!(
+                    "a token at '{}' is inside sub-process '{}', which no token waits at",
+                    def.nodes[t.node.index()].id,
+                    def.nodes[p.index()].id
+                ));
+            }
+            if matches!(
+                def.nodes[t.node.index()].behaviour,
+                crate::def::Behaviour::Subprocess { .. }
+            ) && t.state != TokenState::Waiting
+                && t.state != TokenState::Ready
+                && t.state != TokenState::Failed
+            {
+                return Err(format!(
+                    "a token at sub-process '{}' is {:?}",
+                    def.nodes[t.node.index()].id,
+                    t.state
+                ));
             }
         }
         for (i, task) in self.tasks.iter().enumerate() {
@@ -1045,6 +1093,11 @@ impl Record {
         let n = |id: &NodeId| def.try_node(*id).map_or("?", |n| n.id());
         let what = match &self.what {
             Entry::Started => "instance started".to_owned(),
+            Entry::ScopeEntered { node } => format!("sub-process {} entered", n(node)),
+            Entry::ScopeCompleted { node } => format!("sub-process {} completed", n(node)),
+            Entry::ScopeInterrupted { node } => {
+                format!("sub-process {} interrupted", n(node))
+            }
             Entry::Transition {
                 from,
                 to,

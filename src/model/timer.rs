@@ -64,6 +64,9 @@ pub enum TimerKind {
         /// Its position in `boundary`.
         index: u8,
     },
+    /// An embedded sub-process's timeout: its scope is withdrawn and its token leaves by the
+    /// timeout route.
+    ScopeTimeout,
 }
 
 /// A timer that `tick` fired.
@@ -96,6 +99,7 @@ impl TimerKind {
             TimerKind::Timeout => "timeout",
             TimerKind::Wait => "timer_node",
             TimerKind::Boundary { .. } => "boundary_timer",
+            TimerKind::ScopeTimeout => "scope_timeout",
         };
         if sla {
             format!("sla_{base}")

@@ -166,6 +166,28 @@ pub enum ProblemKind {
     /// No start node, or more than one.
     #[error("a process needs exactly one start node, found {0}")]
     StartCount(usize),
+    /// An embedded sub-process has no start node, or more than one.
+    #[error("sub-process '{scope}' needs exactly one start node, found {found}")]
+    ScopeStartCount {
+        /// The sub-process node.
+        scope: String,
+        /// How many starts it has.
+        found: usize,
+    },
+    /// A flow inside a sub-process names a node outside it: a token leaves a scope only by the
+    /// scope's completion (its ends) or its boundary events.
+    #[error(
+        "flow leaves sub-process '{scope}' for outer node '{node}': an inner flow stays inside its scope (end the scope instead)"
+    )]
+    LeavesScope {
+        /// The sub-process node.
+        scope: String,
+        /// The outer node named.
+        node: String,
+    },
+    /// Sub-processes nest deeper than allowed.
+    #[error("sub-processes nest deeper than {0} levels")]
+    ScopeTooDeep(usize),
     /// A node cannot be reached from the start.
     #[error("node '{0}' is unreachable from start")]
     Unreachable(String),

@@ -1,0 +1,337 @@
+//! Embedded sub-processes (`kind: subprocess`): a scope with its own start, nodes and ends,
+//! declared inline under the sub-process node's `nodes`.
+//!
+//! The loader flattens a scope's nodes into the definition's one node list, each with a
+//! qualified id (`fix.repair`) and the sub-process node as its `parent`. Names inside a scope
+//! (`next`, routes, `timeout.to`, cancel regions) resolve inside that scope; a flow naming an
+//! outer node is refused ([`ProblemKind::LeavesScope`]). For the graph checks the sub-process
+//! node gets one extra edge to its scope's start, so reachability, "an end is reachable" and
+//! the cycle check see the scope; the join check labels the scope's flows on their own (a
+//! scope's forks join inside it).
+//!
+//! At run time the sub-process node's token waits there while the scope runs; when no token is
+//! left inside the scope it leaves by its `next` (see `exec/scope.rs`).
+
+use std::collections::{HashMap, HashSet};
+
+use super::control::Bits;
+use super::raw::{At, Entries, RawKind, RawNode, RawVar};
+use super::validate::{MAX_NODES, Report, unique};
+use super::{Behaviour, Node, ProblemKind};
+use crate::def::Location;
+use crate::ids::NodeId;
+use crate::vars::VarSpec;
+
+/// How deep sub-processes may nest.
+pub(super) const MAX_DEPTH: usize = 8;
+
+/// A compiled scope.
+#[derive(Debug)]
+pub(crate) struct Scope {
+    /// The sub-process node.
+    pub(crate) node: NodeId,
+    /// Every node inside it, nested scopes' nodes included.
+    pub(crate) members: Bits,
+    /// Its local variables: cleared when the scope is entered and when it is left.
+    pub(crate) locals: Vec<String>,
+}
+
+/// One node of the flattened list.
+pub(super) struct Flat<'a> {
+    /// The qualified id (`fix.repair`).
+    pub(super) id: String,
+    /// The id inside its scope (`repair`).
+    pub(super) local: &'a str,
+    pub(super) loc: Location,
+    pub(super) node: &'a RawNode,
+    /// The index (in the flat list) of the sub-process whose scope it is in.
+    pub(super) parent: Option<usize>,
+    /// A sub-process nested too deep: its scope was not read (and is reported as that alone).
+    pub(super) too_deep: bool,
+}
+
+/// Flattens the nodes, scope by scope: a sub-process node comes before its scope's nodes.
+/// Reports duplicate and invalid ids per scope, and too deep or too many nodes.
+pub(super) fn flatten<'a>(nodes: &'a Entries<RawNode>, report: &mut Report) -> Vec<Flat<'a>> {
+    let mut out = Vec::new();
+    walk(nodes, None, "", "nodes", 0, &mut out, report);
+    out
+}
+
+fn walk<'a>(
+    nodes: &'a Entries<RawNode>,
+    parent: Option<usize>,
+    prefix: &str,
+    section: &str,
+    depth: usize,
+    out: &mut Vec<Flat<'a>>,
+    report: &mut Report,
+) {
+    for (key, node) in unique(nodes, "node", section, report) {
+        if out.len() >= MAX_NODES {
+            report.add(
+                key.loc,
+                format!("{section}.{}", key.value),
+                ProblemKind::TooMany {
+                    what: "nodes",
+                    found: out.len() as u64 + 1,
+                    limit: MAX_NODES as u64,
+                },
+            );
+            return;
+        }
+        let id = format!("{prefix}{}", key.value);
+        let me = out.len();
+        out.push(Flat {
+            id: id.clone(),
+            local: &key.value,
+            loc: key.loc,
+            node: &node.value,
+            parent,
+            too_deep: false,
+        });
+        if let Some(inner) = &node.value.nodes
+            && node.value.kind.value == RawKind::Subprocess
+        {
+            if depth + 1 >= MAX_DEPTH {
+                report.add(
+                    inner.loc,
+                    format!("{section}.{}.nodes", key.value),
+                    ProblemKind::ScopeTooDeep(MAX_DEPTH),
+                );
+                out[me].too_deep = true;
+                continue;
+            }
+            walk(
+                &inner.value,
+                Some(me),
+                &format!("{id}."),
+                &format!("{section}.{}.nodes", key.value),
+                depth + 1,
+                out,
+                report,
+            );
+        }
+    }
+}
+
+/// The names each scope resolves (`None`: the top level), by local id.
+pub(super) fn indices<'a>(
+    flat: &'a [Flat<'a>],
+) -> HashMap<Option<usize>, HashMap<&'a str, NodeId>> {
+    let mut out: HashMap<Option<usize>, HashMap<&str, NodeId>> = HashMap::new();
+    for (i, f) in flat.iter().enumerate() {
+        out.entry(f.parent)
+            .or_default()
+            .insert(f.local, NodeId(i as u32));
+    }
+    out
+}
+
+/// For each scope, the names of its enclosing scopes (to tell "leaves the scope" from
+/// "unknown").
+pub(super) fn outer_names<'a>(flat: &'a [Flat<'a>]) -> HashMap<usize, HashSet<&'a str>> {
+    let mut out: HashMap<usize, HashSet<&str>> = HashMap::new();
+    for f in flat {
+        let Some(p) = f.parent else { continue };
+        if out.contains_key(&p) {
+            continue;
+        }
+        let mut names = HashSet::new();
+        let mut at = flat[p].parent;
+        // The sub-process's own scope and every scope around it.
+        loop {
+            names.extend(flat.iter().filter(|g| g.parent == at).map(|g| g.local));
+            match at {
+                Some(a) => at = flat[a].parent,
+                None => break,
+            }
+        }
+        out.insert(p, names);
+    }
+    out
+}
+
+/// Declares each scope's local variables beside the definition's, refusing a name already
+/// declared and a `required` local (a local has no value until its scope sets one).
+pub(super) fn locals(
+    flat: &[Flat<'_>],
+    declared: &Entries<RawVar>,
+    vars: &mut indexmap::IndexMap<String, VarSpec>,
+    report: &mut Report,
+) -> HashMap<usize, Vec<String>> {
+    let mut out: HashMap<usize, Vec<String>> = HashMap::new();
+    // Where each name was first declared, for a duplicate's message.
+    let mut first: HashMap<String, Location> = declared
+        .0
+        .iter()
+        .map(|(k, _)| (k.value.clone(), k.loc))
+        .collect();
+    for (i, f) in flat.iter().enumerate() {
+        let Some(declared) = &f.node.variables else {
+            continue;
+        };
+        if f.node.kind.value != RawKind::Subprocess {
+            continue;
+        }
+        let section = format!("nodes.{}.variables", f.id);
+        for (k, v) in unique(&declared.value, "variable", &section, report) {
+            let path = format!("{section}.{}", k.value);
+            if vars.contains_key(&k.value) || first.contains_key(&k.value) {
+                report.add(
+                    k.loc,
+                    &path,
+                    ProblemKind::Duplicate {
+                        what: "variable",
+                        id: k.value.clone(),
+                        first: first.get(&k.value).copied().unwrap_or(k.loc),
+                    },
+                );
+                continue;
+            }
+            first.insert(k.value.clone(), k.loc);
+            let RawVar {
+                ty,
+                required,
+                default,
+                allowed,
+                description,
+            } = &v.value;
+            if *required {
+                report.add(
+                    v.loc,
+                    format!("{path}.required"),
+                    ProblemKind::KeyNotAllowed {
+                        key: "required",
+                        kind: "sub-process local variable",
+                    },
+                );
+            }
+            if let Some(d) = default {
+                report.add(
+                    d.loc,
+                    format!("{path}.default"),
+                    ProblemKind::KeyNotAllowed {
+                        key: "default",
+                        kind: "sub-process local variable",
+                    },
+                );
+            }
+            vars.insert(
+                k.value.clone(),
+                VarSpec {
+                    name: k.value.clone(),
+                    ty: *ty,
+                    required: false,
+                    default: None,
+                    allowed: allowed
+                        .as_ref()
+                        .map(|a: &At<Vec<serde_json::Value>>| a.value.clone()),
+                    description: description.clone(),
+                },
+            );
+            out.entry(i).or_default().push(k.value.clone());
+        }
+    }
+    out
+}
+
+/// Checks each scope's start count, links each sub-process node to its scope's start and
+/// builds the scopes. Returns the scopes and the extra graph edges (sub-process → inner start).
+pub(super) fn finish(
+    flat: &[Flat<'_>],
+    nodes: &mut [Node],
+    mut locals: HashMap<usize, Vec<String>>,
+    report: &mut Report,
+) -> (Vec<super::scope::Scope>, Vec<(usize, usize)>) {
+    let mut scopes = Vec::new();
+    let mut edges = Vec::new();
+    for (i, f) in flat.iter().enumerate() {
+        nodes[i].parent = f.parent.map(|p| NodeId(p as u32));
+    }
+    for i in 0..nodes.len() {
+        if !matches!(nodes[i].behaviour, Behaviour::Subprocess { .. }) {
+            continue;
+        }
+        let starts: Vec<usize> = (0..nodes.len())
+            .filter(|&j| {
+                flat[j].parent == Some(i) && matches!(nodes[j].behaviour, Behaviour::Start)
+            })
+            .collect();
+        if starts.len() != 1 && !flat[i].too_deep {
+            let loc = starts
+                .get(1)
+                .map_or(nodes[i].location, |&s| nodes[s].location);
+            report.add(
+                loc,
+                format!("nodes.{}.nodes", nodes[i].id),
+                ProblemKind::ScopeStartCount {
+                    scope: nodes[i].id.clone(),
+                    found: starts.len(),
+                },
+            );
+        }
+        let mut members = Bits::with_len(nodes.len());
+        for j in i + 1..nodes.len() {
+            // Flattening puts a scope's nodes (nested ones too) right after its node.
+            let mut at = flat[j].parent;
+            let mut inside = false;
+            while let Some(a) = at {
+                if a == i {
+                    inside = true;
+                    break;
+                }
+                at = flat[a].parent;
+            }
+            if inside {
+                members.insert(j);
+            }
+        }
+        let scope = scopes.len() as u32;
+        let start = starts.first().copied();
+        if let Behaviour::Subprocess {
+            start: s, scope: n, ..
+        } = &mut nodes[i].behaviour
+        {
+            *n = scope;
+            if let Some(start) = start {
+                *s = NodeId(start as u32);
+                edges.push((i, start));
+            }
+        }
+        scopes.push(Scope {
+            node: NodeId(i as u32),
+            members,
+            locals: locals.remove(&i).unwrap_or_default(),
+        });
+    }
+    (scopes, edges)
+}
+
+/// A cancel region naming a sub-process withdraws its whole scope: adds the scope's nodes.
+pub(super) fn widen_regions(nodes: &mut [Node], scopes: &[Scope]) {
+    if scopes.is_empty() {
+        return;
+    }
+    let len = nodes.len();
+    for node in nodes.iter_mut() {
+        let Some(control) = node.control.as_deref_mut() else {
+            continue;
+        };
+        let mut extra = Vec::new();
+        for s in scopes {
+            if control.cancels.contains(&s.node) {
+                extra.extend(
+                    (0..len)
+                        .filter(|&j| s.members.contains(j))
+                        .map(|j| NodeId(j as u32)),
+                );
+            }
+        }
+        for n in extra {
+            if !control.cancels.contains(&n) {
+                control.cancels.push(n);
+            }
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Embedded sub-processes at run time (compiled in `def/scope.rs`).
+//!
+//! - A token reaching a sub-process node waits there ([`TokenState::Waiting`]) and a new token
+//!   starts at the scope's start (`Entry::ScopeEntered`); the scope's local variables are
+//!   cleared, and its timeout (if any) is armed.
+//! - When the run loop has no ready token left, each waiting sub-process whose scope holds no
+//!   token completes (`Entry::ScopeCompleted`): its local variables are cleared and its token
+//!   leaves by its `next`. Inner tokens that lost their sub-process's token (the sub-process was
+//!   withdrawn: a cancel region, a partial join's `cancel_rest`, a send back) are withdrawn.
+//! - The timeout, or an interrupting message or signal boundary, withdraws every token of the
+//!   scope (open tasks end cancelled) and the token leaves by that route
+//!   (`Entry::ScopeInterrupted`); a non-interrupting boundary starts a token beside the scope.
+//!
+//! Definitions without sub-processes never get here: `next_ready` looks only when
+//! `ProcessDef::scopes` is not empty.
+
+use crate::def::Behaviour;
+use crate::def::timers::TimerWait;
+use crate::ids::NodeId;
+use crate::model::{Entry, Event, Timer, TimerKind, Token, TokenState};
+
+use super::error::ExecError;
+use super::step::{Change, Step};
+
+/// A change to an instance's scopes (applied in [`Step::apply`]).
+pub(crate) enum ScopeChange {
+    /// Token `token` at a sub-process waits there and a token starts its scope.
+    Enter { token: usize, scope: u32 },
+    /// The scope of the sub-process where token `token` waits completed.
+    Complete { token: usize, scope: u32 },
+    /// The timeout of the sub-process where token `token` waits fired (its scope's tokens were
+    /// withdrawn).
+    Interrupt { token: usize, scope: u32 },
+}
+
+impl Step<'_> {
+    /// [`Step::apply`] for scope changes: kept out of `apply`, as the rare changes are, so that
+    /// the hot path stays small.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn apply_scope(&mut self, change: ScopeChange) {
+        let def = &*self.dep.def;
+        let (token, scope) = match change {
+            ScopeChange::Enter { token, scope }
+            | ScopeChange::Complete { token, scope }
+            | ScopeChange::Interrupt { token, scope } => (token, scope),
+        };
+        let Some(s) = def.scopes.get(scope as usize) else {
+            return;
+        };
+        for local in &s.locals {
+            self.inst.vars.remove(local);
+        }
+        let node = s.node;
+        let id = self.inst.id;
+        match change {
+            ScopeChange::Enter { .. } => {
+                self.inst.tokens[token].state = TokenState::Waiting;
+                if let Behaviour::Subprocess { start, .. } = def.nodes[node.index()].behaviour {
+                    self.inst.tokens.push(Token {
+                        node: start,
+                        state: TokenState::Ready,
+                    });
+                }
+                self.record(Entry::ScopeEntered { node });
+                if self.heard() {
+                    let node = self.name(node);
+                    self.emit(Event::ScopeEntered { instance: id, node });
+                }
+            }
+            ScopeChange::Complete { .. } | ScopeChange::Interrupt { .. } => {
+                let interrupted = matches!(change, ScopeChange::Interrupt { .. });
+                self.inst.timers.retain(|t| {
+                    !(t.task.is_none() && t.node == node && t.kind == TimerKind::ScopeTimeout)
+                });
+                self.record(if interrupted {
+                    Entry::ScopeInterrupted { node }
+                } else {
+                    Entry::ScopeCompleted { node }
+                });
+                if self.heard() {
+                    let node = self.name(node);
+                    self.emit(Event::ScopeLeft {
+                        instance: id,
+                        node,
+                        interrupted,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Token `i` reaches sub-process `at`: it waits there and a token starts the scope. A
+    /// timeout that cannot be computed fails the node (a retry enters again).
+    #[inline(never)]
+    pub(super) fn enter_scope(
+        &mut self,
+        i: usize,
+        at: NodeId,
+        scope: u32,
+        timeout: Option<&TimerWait>,
+        failure: &mut Option<ExecError>,
+    ) {
+        let due = match timeout.map(|w| self.wait_until(w)) {
+            None => None,
+            Some(Ok(due)) => Some(due),
+            Some(Err(message)) => {
+                let e = self.fail_deadline(i, at, message);
+                failure.get_or_insert(e);
+                return;
+            }
+        };
+        self.apply(Change::Scope(ScopeChange::Enter { token: i, scope }));
+        if let Some((when, provisional)) = due {
+            self.apply(Change::Arm(&[Timer {
+                at: when,
+                kind: TimerKind::ScopeTimeout,
+                task: None,
+                node: at,
+                sla: false,
+                business: false,
+                fired: false,
+                provisional,
+            }]));
+        }
+    }
+
+    /// Withdraws the tokens whose sub-process is no longer waiting, then completes the first
+    /// scope with no token left. Gives whether anything changed (the run loop looks again).
+    #[inline(never)]
+    pub(super) fn settle_scopes(&mut self) -> bool {
+        let def = &*self.dep.def;
+        let tokens = &self.inst.tokens;
+        let orphan = (0..tokens.len()).rev().find(|&j| {
+            def.nodes[tokens[j].node.index()].parent.is_some_and(|p| {
+                !tokens
+                    .iter()
+                    .any(|t| t.node == p && t.state == TokenState::Waiting)
+            })
+        });
+        if let Some(j) = orphan {
+            self.apply(Change::Withdraw { token: j });
+            return true;
+        }
+        for (n, s) in def.scopes.iter().enumerate() {
+            let tokens = &self.inst.tokens;
+            let Some(i) = tokens
+                .iter()
+                .position(|t| t.node == s.node && t.state == TokenState::Waiting)
+            else {
+                continue;
+            };
+            if tokens.iter().any(|t| s.members.contains(t.node.index())) {
+                continue;
+            }
+            self.apply(Change::Scope(ScopeChange::Complete {
+                token: i,
+                scope: n as u32,
+            }));
+            self.apply(Change::Flow {
+                token: Some(i),
+                from: s.node,
+                to: def.nodes[s.node.index()].next[0],
+                actor: None,
+            });
+            return true;
+        }
+        false
+    }
+
+    /// A message or signal for boundary event `index` of sub-process `node`, where a token
+    /// waits: an interrupting one withdraws the scope as the timeout does; a non-interrupting
+    /// one starts a token at its target beside the scope. Gives whether it was taken.
+    pub(super) fn scope_boundary(&mut self, node: NodeId, index: u8) -> bool {
+        let def = &*self.dep.def;
+        let n = &def.nodes[node.index()];
+        let Some(b) = n.boundary.get(index as usize) else {
+            return false;
+        };
+        let crate::def::events::BoundaryOn::Event(trigger) = &b.on else {
+            return false;
+        };
+        if !self
+            .inst
+            .tokens
+            .iter()
+            .any(|t| t.node == node && t.state == TokenState::Waiting)
+        {
+            return false;
+        }
+        self.apply(Change::Caught {
+            token: None,
+            node,
+            trigger,
+        });
+        if b.interrupting {
+            self.interrupt_scope(node, b.to);
+        } else {
+            self.apply(Change::Flow {
+                token: None,
+                from: node,
+                to: b.to,
+                actor: None,
+            });
+        }
+        true
+    }
+
+    /// Sub-process `node`'s timeout fired: every token of its scope is withdrawn and its token
+    /// leaves by the timeout route.
+    pub(super) fn scope_timeout(&mut self, node: NodeId) {
+        let n = &self.dep.def.nodes[node.index()];
+        if let Some(&to) = n.next.get(1) {
+            self.interrupt_scope(node, to);
+        }
+    }
+
+    /// Withdraws every token of sub-process `node`'s scope and moves its token to `to`.
+    fn interrupt_scope(&mut self, node: NodeId, to: NodeId) {
+        let def = &*self.dep.def;
+        let n = &def.nodes[node.index()];
+        let Behaviour::Subprocess { scope, .. } = &n.behaviour else {
+            return;
+        };
+        let Some(s) = def.scopes.get(*scope as usize) else {
+            return;
+        };
+        if !self
+            .inst
+            .tokens
+            .iter()
+            .any(|t| t.node == node && t.state == TokenState::Waiting)
+        {
+            return;
+        }
+        // Highest index first: a withdrawn token's place is taken by the last one.
+        for j in (0..self.inst.tokens.len()).rev() {
+            if s.members.contains(self.inst.tokens[j].node.index()) {
+                self.apply(Change::Withdraw { token: j });
+            }
+        }
+        let Some(i) = self
+            .inst
+            .tokens
+            .iter()
+            .position(|t| t.node == node && t.state == TokenState::Waiting)
+        else {
+            return;
+        };
+        self.apply(Change::Scope(ScopeChange::Interrupt {
+            token: i,
+            scope: *scope,
+        }));
+        self.apply(Change::Flow {
+            token: Some(i),
+            from: node,
+            to,
+            actor: None,
+        });
+    }
+}
