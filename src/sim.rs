@@ -59,6 +59,9 @@ struct ServiceResult {
     fail: Option<String>,
 }
 
+// A scenario holds tens of steps, read once: the size of its largest step (`expect`) is no cost
+// worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum RawStep {
