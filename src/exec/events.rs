@@ -143,12 +143,7 @@ impl<'a> Step<'a> {
         let dep: &'a Deployed = self.dep;
         match listener {
             Listener::Catch(node) => {
-                let Some(i) = self
-                    .inst
-                    .tokens
-                    .iter()
-                    .position(|t| t.node == node && t.state == TokenState::Waiting)
-                else {
+                let Some(i) = self.waiting_at(node) else {
                     return false;
                 };
                 let Behaviour::Catch(trigger) = &dep.def.nodes[node.index()].behaviour else {

@@ -144,10 +144,7 @@ impl Step<'_> {
         }
         for (n, s) in def.scopes.iter().enumerate() {
             let tokens = &self.inst.tokens;
-            let Some(i) = tokens
-                .iter()
-                .position(|t| t.node == s.node && t.state == TokenState::Waiting)
-            else {
+            let Some(i) = self.waiting_at(s.node) else {
                 continue;
             };
             if tokens.iter().any(|t| s.members.contains(t.node.index())) {
@@ -180,12 +177,7 @@ impl Step<'_> {
         let crate::def::events::BoundaryOn::Event(trigger) = &b.on else {
             return false;
         };
-        if !self
-            .inst
-            .tokens
-            .iter()
-            .any(|t| t.node == node && t.state == TokenState::Waiting)
-        {
+        if self.waiting_at(node).is_none() {
             return false;
         }
         self.apply(Change::Caught {
@@ -225,12 +217,7 @@ impl Step<'_> {
         let Some(s) = def.scopes.get(*scope as usize) else {
             return;
         };
-        if !self
-            .inst
-            .tokens
-            .iter()
-            .any(|t| t.node == node && t.state == TokenState::Waiting)
-        {
+        if self.waiting_at(node).is_none() {
             return;
         }
         // Highest index first: a withdrawn token's place is taken by the last one.
@@ -239,12 +226,7 @@ impl Step<'_> {
                 self.apply(Change::Withdraw { token: j });
             }
         }
-        let Some(i) = self
-            .inst
-            .tokens
-            .iter()
-            .position(|t| t.node == node && t.state == TokenState::Waiting)
-        else {
+        let Some(i) = self.waiting_at(node) else {
             return;
         };
         self.apply(Change::Scope(ScopeChange::Interrupt {

@@ -1031,15 +1031,18 @@ impl<'a> Step<'a> {
             .map(|k| k.seq)
     }
 
+    /// The token waiting at `node`, if any.
+    pub(super) fn waiting_at(&self, node: NodeId) -> Option<usize> {
+        self.inst
+            .tokens
+            .iter()
+            .position(|t| t.node == node && t.state == TokenState::Waiting)
+    }
+
     /// Makes the token waiting at `node` ready to leave it.
     fn wake(&mut self, node: NodeId) {
-        if let Some(t) = self
-            .inst
-            .tokens
-            .iter_mut()
-            .find(|t| t.node == node && t.state == TokenState::Waiting)
-        {
-            t.state = TokenState::Ready;
+        if let Some(i) = self.waiting_at(node) {
+            self.inst.tokens[i].state = TokenState::Ready;
         }
     }
 
