@@ -881,3 +881,26 @@ fn repeat_on_a_sub_process_is_checked_at_load() {
         "{kinds:#?}"
     );
 }
+
+#[test]
+fn a_restored_loop_of_a_sub_process_nobody_waits_at_is_refused() {
+    let (engine, _, _) = looped_on(None);
+    let id = engine.start("looped", Vars::new()).unwrap();
+    let def = engine.definition_of(id).unwrap();
+    let fix = def.node_id("fix").unwrap();
+    complete(&engine, id, "fix.repair", Vars::new());
+    complete(&engine, id, "fix.ask", Vars::new());
+    // Underway: accepted.
+    let underway = engine.instance(id).unwrap();
+    underway.check(&def).unwrap();
+    let loops = serde_json::to_value(&underway).unwrap()["loops"].clone();
+    assert_eq!(loops, json!([[fix, 2]]), "the loop is stored");
+    complete(&engine, id, "fix.repair", Vars::new());
+    complete(&engine, id, "fix.ask", vars(json!({ "fixed": true })));
+    // The token has left the sub-process: a loop entry there is nonsense.
+    let mut left = serde_json::to_value(engine.instance(id).unwrap()).unwrap();
+    left["loops"] = loops;
+    let damaged: procflow::Instance = serde_json::from_value(left).unwrap();
+    let err = damaged.check(&def).unwrap_err();
+    assert!(err.contains("no token waits there"), "{err}");
+}
