@@ -904,3 +904,46 @@ fn a_restored_loop_of_a_sub_process_nobody_waits_at_is_refused() {
     let err = damaged.check(&def).unwrap_err();
     assert!(err.contains("no token waits there"), "{err}");
 }
+
+#[test]
+fn an_until_that_cannot_be_evaluated_is_an_incident_and_retry_enters_again() {
+    let text = LOOPED
+        .replace(
+            "until: \"fixed == true\"",
+            "until: \"fixed == true || int(note) > 0\"",
+        )
+        .replace("id: looped", "id: unset");
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = Engine::builder().clock(Arc::clone(&clock)).build();
+    engine
+        .deploy(ProcessDef::from_yaml(&text).unwrap())
+        .unwrap();
+    let id = engine.start("unset", Vars::new()).unwrap();
+    let def = engine.definition_of(id).unwrap();
+    let fix = def.node_id("fix").unwrap();
+    complete(
+        &engine,
+        id,
+        "fix.repair",
+        vars(json!({ "note": "not a number" })),
+    );
+    // `int(note)` fails: `until` cannot be evaluated, an incident on the sub-process.
+    let task = engine.tasks(id).unwrap()[0].id;
+    assert!(engine.complete(task, &clerk(), Vars::new()).is_ok());
+    let inst = engine.instance(id).unwrap();
+    assert!(
+        open(&engine, id).is_empty(),
+        "{:?} {:?}",
+        open(&engine, id),
+        entries(&engine, id)
+    );
+    assert!(!inst.incidents().is_empty(), "{:?}", entries(&engine, id));
+    inst.check(&def).unwrap();
+    // A retry runs the scope again.
+    engine.retry(id).unwrap();
+    assert_eq!(open(&engine, id), ["fix.repair"]);
+    complete(&engine, id, "fix.repair", Vars::new());
+    complete(&engine, id, "fix.ask", vars(json!({ "fixed": true })));
+    assert_eq!(open(&engine, id), ["close"]);
+    assert_eq!(engine.instance(id).unwrap().iteration(fix), 0);
+}
