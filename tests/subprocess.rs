@@ -380,7 +380,7 @@ nodes:
   a: { kind: subprocess, next: b }
   b:
     kind: subprocess
-    repeat: { until: "true", max: 2 }
+    for_each: { in: two, as: it, parallel: false }
     variables: { dup: { type: string }, x: { type: string, required: true } }
     nodes:
       start: { kind: start, next: end }
@@ -397,7 +397,7 @@ nodes:
     assert!(err.problems.iter().all(|p| p.location.is_some()));
     assert!(
         kinds.contains(&ProblemKind::KeyNotAllowed {
-            key: "repeat",
+            key: "for_each",
             kind: "subprocess"
         }),
         "{kinds:#?}"
@@ -663,4 +663,287 @@ fn a_timer_in_a_sub_process_boundary_list_is_refused() {
             .any(|p| matches!(p.kind, ProblemKind::EventShape(_)) && p.location.is_some()),
         "{err}"
     );
+}
+
+// `repeat` on a sub-process (WCP 21 on a block): the scope runs again until `until` holds.
+const LOOPED: &str = r#"
+id: looped
+version: 1
+name: Looped
+accountable: lead
+roles: { clerk: { name: Clerk }, lead: { name: Lead } }
+variables:
+  fixed: { type: boolean, default: false }
+nodes:
+  start: { kind: start, next: fix }
+  fix:
+    kind: subprocess
+    name: Fix until fixed
+    variables: { note: { type: string } }
+    repeat: { until: "fixed == true", max: 3 }
+    timeout: { after: 2h, to: escalated }
+    nodes:
+      start: { kind: start, next: repair }
+      repair: { kind: user_task, name: Repair, raci: { responsible: [clerk], accountable: lead }, next: ask }
+      ask: { kind: user_task, name: Ask, raci: { responsible: [clerk], accountable: lead }, next: done }
+      done: { kind: end }
+    next: close
+  close: { kind: user_task, name: Close, raci: { responsible: [clerk], accountable: lead }, next: end }
+  escalated: { kind: user_task, name: Escalated, raci: { responsible: [clerk], accountable: lead }, next: end }
+  end: { kind: end }
+"#;
+
+fn looped_on(store: Option<Arc<dyn Store>>) -> (Engine, Arc<ManualClock>, Arc<Mutex<Vec<Event>>>) {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&heard);
+    let mut b = Engine::builder();
+    b.clock(Arc::clone(&clock))
+        .hook(procflow::hook_fn(move |e: &Event| {
+            log.lock().unwrap().push(e.clone())
+        }));
+    let engine = match store {
+        Some(s) => b.open(s).unwrap(),
+        None => b.build(),
+    };
+    engine
+        .deploy(ProcessDef::from_yaml(LOOPED).unwrap())
+        .unwrap();
+    (engine, clock, heard)
+}
+
+#[test]
+fn a_repeated_sub_process_runs_twice_then_leaves() {
+    let (engine, _, heard) = looped_on(None);
+    let id = engine.start("looped", Vars::new()).unwrap();
+    let def = engine.definition_of(id).unwrap();
+    let fix = def.node_id("fix").unwrap();
+    assert_eq!(def.node(fix).max_iterations(), Some(3));
+    complete(&engine, id, "fix.repair", vars(json!({ "note": "cable" })));
+    complete(&engine, id, "fix.ask", Vars::new());
+    // Not fixed: the scope runs again, its local cleared, the run number recorded.
+    assert_eq!(open(&engine, id), ["fix.repair"]);
+    let inst = engine.instance(id).unwrap();
+    assert!(!inst.vars().contains_key("note"));
+    assert_eq!(inst.iteration(fix), 2);
+    inst.check(&def).unwrap();
+    let log = entries(&engine, id);
+    assert!(log.contains(&Entry::Repeated {
+        node: fix,
+        iteration: 2
+    }));
+    assert!(!log.contains(&Entry::ScopeCompleted { node: fix }));
+    assert!(
+        heard
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::Repeated { node, iteration: 2, .. } if &**node == "fix"))
+    );
+    complete(&engine, id, "fix.repair", Vars::new());
+    complete(&engine, id, "fix.ask", vars(json!({ "fixed": true })));
+    assert_eq!(open(&engine, id), ["close"]);
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.iteration(fix), 0, "the loop is over");
+    let log = entries(&engine, id);
+    assert_eq!(
+        log.iter()
+            .filter(|e| matches!(e, Entry::Repeated { .. }))
+            .count(),
+        1
+    );
+    assert!(log.contains(&Entry::ScopeCompleted { node: fix }));
+    assert!(!log.iter().any(|e| matches!(e, Entry::Warning { .. })));
+    // The scope's timeout stayed armed across the runs and goes with the scope.
+    assert!(inst.timers().is_empty());
+    inst.check(&def).unwrap();
+    // The report counts the runs again at the sub-process node.
+    let report = procflow::Report::compute(&[def], &[inst], &procflow::ReportOptions::default());
+    assert_eq!(report.node("looped", "fix").unwrap().repeated, 1);
+}
+
+#[test]
+fn a_repeated_sub_process_leaves_after_max_with_a_warning() {
+    let (engine, _, _) = looped_on(None);
+    let id = engine.start("looped", Vars::new()).unwrap();
+    let def = engine.definition_of(id).unwrap();
+    let fix = def.node_id("fix").unwrap();
+    for run in 1..=3 {
+        assert_eq!(open(&engine, id), ["fix.repair"], "run {run}");
+        complete(&engine, id, "fix.repair", Vars::new());
+        complete(&engine, id, "fix.ask", Vars::new());
+    }
+    assert_eq!(open(&engine, id), ["close"]);
+    let log = entries(&engine, id);
+    assert!(log.contains(&Entry::Repeated {
+        node: fix,
+        iteration: 3
+    }));
+    assert!(!log.contains(&Entry::Repeated {
+        node: fix,
+        iteration: 4
+    }));
+    assert!(
+        log.iter().any(
+            |e| matches!(e, Entry::Warning { message } if message.contains("'fix' ran 3 times"))
+        ),
+        "{log:?}"
+    );
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.iteration(fix), 0);
+    inst.check(&def).unwrap();
+}
+
+#[test]
+fn a_timeout_during_the_second_run_ends_the_loop() {
+    let (engine, clock, _) = looped_on(None);
+    let id = engine.start("looped", Vars::new()).unwrap();
+    let def = engine.definition_of(id).unwrap();
+    let fix = def.node_id("fix").unwrap();
+    complete(&engine, id, "fix.repair", Vars::new());
+    complete(&engine, id, "fix.ask", Vars::new());
+    complete(&engine, id, "fix.repair", Vars::new());
+    assert_eq!(open(&engine, id), ["fix.ask"]);
+    clock.advance(Duration::hours(3));
+    let fired = engine.tick(clock.now());
+    assert!(fired.iter().any(|f| f.kind == TimerKind::ScopeTimeout));
+    assert_eq!(open(&engine, id), ["escalated"]);
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.iteration(fix), 0, "the interrupted loop is forgotten");
+    let log = entries(&engine, id);
+    assert!(log.contains(&Entry::ScopeInterrupted { node: fix }));
+    inst.check(&def).unwrap();
+    complete(&engine, id, "escalated", Vars::new());
+    assert_eq!(engine.instance(id).unwrap().status(), Status::Completed);
+}
+
+#[test]
+fn cancelling_ends_a_repeated_sub_process() {
+    let (engine, _, _) = looped_on(None);
+    let id = engine.start("looped", Vars::new()).unwrap();
+    let def = engine.definition_of(id).unwrap();
+    let fix = def.node_id("fix").unwrap();
+    complete(&engine, id, "fix.repair", Vars::new());
+    complete(&engine, id, "fix.ask", Vars::new());
+    assert_eq!(engine.instance(id).unwrap().iteration(fix), 2);
+    engine
+        .cancel(id, &Actor::new("lea", ["lead"]), "withdrawn")
+        .unwrap();
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.status(), Status::Cancelled);
+    assert_eq!(inst.iteration(fix), 0);
+    inst.check(&def).unwrap();
+}
+
+#[test]
+fn a_repeated_sub_process_survives_a_store_round_trip() {
+    let store = Arc::new(MemoryStore::new()) as Arc<dyn Store>;
+    let (engine, clock, _) = looped_on(Some(Arc::clone(&store)));
+    let id = engine.start("looped", Vars::new()).unwrap();
+    complete(&engine, id, "fix.repair", Vars::new());
+    complete(&engine, id, "fix.ask", Vars::new());
+    let before = engine.instance(id).unwrap();
+    drop(engine);
+    let again = Engine::builder()
+        .clock(Arc::clone(&clock) as Arc<dyn Clock>)
+        .open(Arc::clone(&store))
+        .unwrap();
+    let after = again.instance(id).unwrap();
+    assert_eq!(before, after);
+    let def = again.definition_of(id).unwrap();
+    let fix = def.node_id("fix").unwrap();
+    after.check(&def).unwrap();
+    assert_eq!(after.iteration(fix), 2);
+    complete(&again, id, "fix.repair", Vars::new());
+    complete(&again, id, "fix.ask", vars(json!({ "fixed": true })));
+    assert_eq!(open(&again, id), ["close"]);
+}
+
+#[test]
+fn repeat_on_a_sub_process_is_checked_at_load() {
+    let text = LOOPED
+        .replace("max: 3", "max: 0")
+        .replace("fixed == true", "nope == true");
+    let err = ProcessDef::from_yaml(&text).unwrap_err();
+    let kinds: Vec<(String, ProblemKind)> = err
+        .problems
+        .iter()
+        .map(|p| (p.path.clone(), p.kind.clone()))
+        .collect();
+    assert!(err.problems.iter().all(|p| p.location.is_some()));
+    assert!(
+        kinds.iter().any(|(p, _)| p == "nodes.fix.repeat.max"),
+        "{kinds:#?}"
+    );
+    assert!(
+        kinds.iter().any(|(p, k)| p == "nodes.fix.repeat.until"
+            && *k == ProblemKind::UndeclaredVariable("nope".into())),
+        "{kinds:#?}"
+    );
+}
+
+#[test]
+fn a_restored_loop_of_a_sub_process_nobody_waits_at_is_refused() {
+    let (engine, _, _) = looped_on(None);
+    let id = engine.start("looped", Vars::new()).unwrap();
+    let def = engine.definition_of(id).unwrap();
+    let fix = def.node_id("fix").unwrap();
+    complete(&engine, id, "fix.repair", Vars::new());
+    complete(&engine, id, "fix.ask", Vars::new());
+    // Underway: accepted.
+    let underway = engine.instance(id).unwrap();
+    underway.check(&def).unwrap();
+    let loops = serde_json::to_value(&underway).unwrap()["loops"].clone();
+    assert_eq!(loops, json!([[fix, 2]]), "the loop is stored");
+    complete(&engine, id, "fix.repair", Vars::new());
+    complete(&engine, id, "fix.ask", vars(json!({ "fixed": true })));
+    // The token has left the sub-process: a loop entry there is nonsense.
+    let mut left = serde_json::to_value(engine.instance(id).unwrap()).unwrap();
+    left["loops"] = loops;
+    let damaged: procflow::Instance = serde_json::from_value(left).unwrap();
+    let err = damaged.check(&def).unwrap_err();
+    assert!(err.contains("no token waits there"), "{err}");
+}
+
+#[test]
+fn an_until_that_cannot_be_evaluated_is_an_incident_and_retry_enters_again() {
+    let text = LOOPED
+        .replace(
+            "until: \"fixed == true\"",
+            "until: \"fixed == true || int(note) > 0\"",
+        )
+        .replace("id: looped", "id: unset");
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = Engine::builder().clock(Arc::clone(&clock)).build();
+    engine
+        .deploy(ProcessDef::from_yaml(&text).unwrap())
+        .unwrap();
+    let id = engine.start("unset", Vars::new()).unwrap();
+    let def = engine.definition_of(id).unwrap();
+    let fix = def.node_id("fix").unwrap();
+    complete(
+        &engine,
+        id,
+        "fix.repair",
+        vars(json!({ "note": "not a number" })),
+    );
+    // `int(note)` fails: `until` cannot be evaluated, an incident on the sub-process.
+    let task = engine.tasks(id).unwrap()[0].id;
+    assert!(engine.complete(task, &clerk(), Vars::new()).is_ok());
+    let inst = engine.instance(id).unwrap();
+    assert!(
+        open(&engine, id).is_empty(),
+        "{:?} {:?}",
+        open(&engine, id),
+        entries(&engine, id)
+    );
+    assert!(!inst.incidents().is_empty(), "{:?}", entries(&engine, id));
+    inst.check(&def).unwrap();
+    // A retry runs the scope again.
+    engine.retry(id).unwrap();
+    assert_eq!(open(&engine, id), ["fix.repair"]);
+    complete(&engine, id, "fix.repair", Vars::new());
+    complete(&engine, id, "fix.ask", vars(json!({ "fixed": true })));
+    assert_eq!(open(&engine, id), ["close"]);
+    assert_eq!(engine.instance(id).unwrap().iteration(fix), 0);
 }

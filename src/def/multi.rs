@@ -1,5 +1,5 @@
-//! Multi-instance (`for_each`) and structured loops (`repeat`) on user and service tasks:
-//! compiling and checking the two keys.
+//! Multi-instance (`for_each`) and structured loops (`repeat`) on user and service tasks, and
+//! `repeat` on embedded sub-processes: compiling and checking the two keys.
 //!
 //! **Invariant:** a compiled [`ForEach`] names a declared list variable, an item name that is no
 //! declared variable, and (when it collects) a declared `array` variable; a compiled [`Repeat`]
@@ -68,10 +68,20 @@ pub(super) fn compile(
         });
     };
     let supported = matches!(kind, RawKind::UserTask | RawKind::ServiceTask);
+    // A sub-process may repeat its scope; `for_each` on it is not built (refused below).
+    let subprocess = kind == RawKind::Subprocess;
+    let raw_for_each = if supported {
+        raw.for_each.as_ref()
+    } else {
+        None
+    };
     if !supported {
         for (key, loc) in [
             ("for_each", raw.for_each.as_ref().map(|f| f.loc)),
-            ("repeat", raw.repeat.as_ref().map(|r| r.loc)),
+            (
+                "repeat",
+                raw.repeat.as_ref().filter(|_| !subprocess).map(|r| r.loc),
+            ),
         ] {
             if let Some(loc) = loc {
                 add(
@@ -84,9 +94,11 @@ pub(super) fn compile(
                 );
             }
         }
-        return None;
+        if !subprocess || raw.repeat.is_none() {
+            return None;
+        }
     }
-    if let (Some(f), Some(_)) = (&raw.for_each, &raw.repeat) {
+    if let (Some(f), Some(_)) = (raw_for_each, &raw.repeat) {
         add(
             f.loc,
             "repeat",
@@ -95,7 +107,7 @@ pub(super) fn compile(
             ),
         );
     }
-    if let (Some(_), Some(t)) = (&raw.for_each, &raw.timeout) {
+    if let (Some(_), Some(t)) = (raw_for_each, &raw.timeout) {
         add(
             t.loc,
             "timeout",
@@ -105,7 +117,7 @@ pub(super) fn compile(
         );
     }
 
-    let for_each = raw.for_each.as_ref().map(|at| {
+    let for_each = raw_for_each.map(|at| {
         let f = &at.value;
         let list_ty = vars.get(&f.list.value).map(|s| s.ty);
         match list_ty {

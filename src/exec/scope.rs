@@ -7,6 +7,11 @@
 //!   token completes (`Entry::ScopeCompleted`): its local variables are cleared and its token
 //!   leaves by its `next`. Inner tokens that lost their sub-process's token (the sub-process was
 //!   withdrawn: a cancel region, a partial join's `cancel_rest`, a send back) are withdrawn.
+//! - A sub-process with `repeat` evaluates `until` when its scope completes a run (before
+//!   its locals are cleared); when it does not hold and fewer than `max` runs were made, the
+//!   scope runs again (`Entry::Repeated`, the run number kept in `Rare::loops`): locals
+//!   cleared, a new token at its start, its token still waiting, its timeout still armed (it
+//!   counts from the first entry). After `max` runs it leaves with an `Entry::Warning`.
 //! - The timeout, or an interrupting message or signal boundary, withdraws every token of the
 //!   scope (open tasks end cancelled) and the token leaves by that route
 //!   (`Entry::ScopeInterrupted`); a non-interrupting boundary starts a token beside the scope.
@@ -31,6 +36,13 @@ pub(crate) enum ScopeChange {
     /// The timeout of the sub-process where token `token` waits fired (its scope's tokens were
     /// withdrawn).
     Interrupt { token: usize, scope: u32 },
+    /// The scope of the sub-process where token `token` waits completed and its `repeat` runs
+    /// it again, as run number `iteration`: its locals are cleared and a token starts it.
+    Repeat {
+        token: usize,
+        scope: u32,
+        iteration: u32,
+    },
 }
 
 impl Step<'_> {
@@ -43,7 +55,8 @@ impl Step<'_> {
         let (token, scope) = match change {
             ScopeChange::Enter { token, scope }
             | ScopeChange::Complete { token, scope }
-            | ScopeChange::Interrupt { token, scope } => (token, scope),
+            | ScopeChange::Interrupt { token, scope }
+            | ScopeChange::Repeat { token, scope, .. } => (token, scope),
         };
         let Some(s) = def.scopes.get(scope as usize) else {
             return;
@@ -68,7 +81,32 @@ impl Step<'_> {
                     self.emit(Event::ScopeEntered { instance: id, node });
                 }
             }
+            ScopeChange::Repeat { iteration, .. } => {
+                if let Behaviour::Subprocess { start, .. } = def.nodes[node.index()].behaviour {
+                    self.inst.tokens.push(Token {
+                        node: start,
+                        state: TokenState::Ready,
+                    });
+                }
+                let loops = &mut self.inst.rare_mut().loops;
+                match loops.iter_mut().find(|(n, _)| *n == node) {
+                    Some(entry) => entry.1 = iteration,
+                    None => loops.push((node, iteration)),
+                }
+                self.record(Entry::Repeated { node, iteration });
+                if self.heard() {
+                    let node = self.name(node);
+                    self.emit(Event::Repeated {
+                        instance: id,
+                        node,
+                        iteration,
+                    });
+                }
+            }
             ScopeChange::Complete { .. } | ScopeChange::Interrupt { .. } => {
+                if let Some(rare) = self.inst.rare.as_deref_mut() {
+                    rare.loops.retain(|(n, _)| *n != node);
+                }
                 let interrupted = matches!(change, ScopeChange::Interrupt { .. });
                 self.inst.timers.retain(|t| {
                     !(t.task.is_none() && t.node == node && t.kind == TimerKind::ScopeTimeout)
@@ -150,6 +188,9 @@ impl Step<'_> {
             if tokens.iter().any(|t| s.members.contains(t.node.index())) {
                 continue;
             }
+            if def.nodes[s.node.index()].repeat().is_some() && self.repeat_scope(i, n as u32) {
+                return true;
+            }
             self.apply(Change::Scope(ScopeChange::Complete {
                 token: i,
                 scope: n as u32,
@@ -161,6 +202,46 @@ impl Step<'_> {
                 actor: None,
             });
             return true;
+        }
+        false
+    }
+
+    /// The scope of sub-process `scope` (with `repeat`), where token `i` waits, completed a
+    /// run: evaluates `until` (the scope's locals still hold the run's values) and runs the
+    /// scope again when it does not hold and fewer than `max` runs were made. Gives whether it
+    /// was handled here (run again, or failed: an `until` that cannot be evaluated is an
+    /// incident on the sub-process node); `false` when the scope is to be left by its `next`.
+    fn repeat_scope(&mut self, i: usize, scope: u32) -> bool {
+        let def = &*self.dep.def;
+        let Some(s) = def.scopes.get(scope as usize) else {
+            return false;
+        };
+        let node = &def.nodes[s.node.index()];
+        let Some(repeat) = node.repeat() else {
+            return false;
+        };
+        let runs = self.inst.iteration(s.node).max(1);
+        let done = match repeat.until.eval(&def.cel, &self.inst.vars) {
+            Ok(done) => done,
+            Err(message) => {
+                self.fail_node(i, s.node, message);
+                return true;
+            }
+        };
+        if !done && runs < repeat.max {
+            self.apply(Change::Scope(ScopeChange::Repeat {
+                token: i,
+                scope,
+                iteration: runs + 1,
+            }));
+            return true;
+        }
+        if !done {
+            let message = format!(
+                "'{}' ran {runs} times, its most, and its 'until' still does not hold",
+                node.id
+            );
+            self.apply(Change::Warn { message: &message });
         }
         false
     }

@@ -1427,6 +1427,21 @@ fn check_looping(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<(), S
                 ));
             }
         }
+        // A repeated sub-process's loop is underway only while its token waits there (or
+        // failed there, evaluating `until`).
+        let waits = inst
+            .tokens
+            .iter()
+            .any(|t| t.node == *n && matches!(t.state, TokenState::Waiting | TokenState::Failed));
+        match node_of(*n).map(|node| &node.behaviour) {
+            Some(crate::def::Behaviour::Subprocess { .. }) if !waits => {
+                return Err(format!(
+                    "a loop of sub-process node {} is underway but no token waits there",
+                    n.index()
+                ));
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
