@@ -7,6 +7,9 @@ use procflow::{
     Actor, Engine, Entry, Event, ExecError, InstanceId, ProblemKind, ProcessDef, Status, TaskState,
     Vars, handler_fn, hook_fn,
 };
+
+mod common;
+use common::open;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -73,18 +76,6 @@ fn lead() -> Actor {
 
 fn vars(v: serde_json::Value) -> Vars {
     serde_json::from_value(v).unwrap()
-}
-
-/// The node ids of the open tasks, sorted.
-fn open(engine: &Engine, id: InstanceId) -> Vec<String> {
-    let mut out: Vec<String> = engine
-        .tasks(id)
-        .unwrap()
-        .iter()
-        .map(|t| t.node_id.to_string())
-        .collect();
-    out.sort();
-    out
 }
 
 fn complete(engine: &Engine, id: InstanceId, node: &str) {

@@ -10,6 +10,9 @@ use procflow::{
     ProcessDef, Status, TaskState, TimerKind, TokenState, VarProblem, Vars, hook_fn,
 };
 
+mod common;
+use common::open;
+
 fn t0() -> DateTime<Utc> {
     "2026-03-02T09:00:00Z".parse().unwrap()
 }
@@ -357,17 +360,6 @@ fn boundary_engine() -> (Engine, Arc<ManualClock>, Arc<Mutex<Vec<Event>>>) {
         .deploy(ProcessDef::from_yaml(BOUNDARY).unwrap())
         .unwrap();
     (engine, clock, heard)
-}
-
-fn open(engine: &Engine, id: InstanceId) -> Vec<String> {
-    let mut v: Vec<String> = engine
-        .tasks(id)
-        .unwrap()
-        .iter()
-        .map(|t| t.node_id.to_string())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

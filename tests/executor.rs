@@ -11,6 +11,9 @@ use procflow::{
     Status, TaskId, TaskState, TimerKind, Token, TokenState, VarProblem, VarType, Vars, handler_fn,
     hook_fn, veto_fn,
 };
+
+mod common;
+use common::open;
 use serde_json::json;
 
 /// One user task with all four RACI letters; `x` is a role with no letter.
@@ -156,18 +159,6 @@ fn vars(value: serde_json::Value) -> Vars {
 
 fn roles(ids: &[&str]) -> Vec<RoleId> {
     ids.iter().map(|r| RoleId::new(*r)).collect()
-}
-
-/// The node ids of the open tasks of an instance, sorted.
-fn open(engine: &Engine, id: InstanceId) -> Vec<String> {
-    let mut nodes: Vec<String> = engine
-        .tasks(id)
-        .unwrap()
-        .into_iter()
-        .map(|t| t.node_id.to_string())
-        .collect();
-    nodes.sort();
-    nodes
 }
 
 /// The open task at `node`.

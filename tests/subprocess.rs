@@ -7,6 +7,9 @@ use procflow::{
     Actor, Clock, Engine, Entry, Event, InstanceId, ManualClock, MemoryStore, NodeKind,
     ProblemKind, ProcessDef, SqliteStore, Status, Store, TaskState, TimerKind, Vars,
 };
+
+mod common;
+use common::open;
 use serde_json::json;
 
 const DEF: &str = r#"
@@ -66,17 +69,6 @@ fn engine_on(store: Option<Arc<dyn Store>>) -> (Engine, Arc<ManualClock>, Arc<Mu
 
 fn clerk() -> Actor {
     Actor::new("ann", ["clerk"])
-}
-
-fn open(engine: &Engine, id: InstanceId) -> Vec<String> {
-    let mut out: Vec<String> = engine
-        .tasks(id)
-        .unwrap()
-        .iter()
-        .map(|t| t.node_id.to_string())
-        .collect();
-    out.sort();
-    out
 }
 
 fn complete(engine: &Engine, id: InstanceId, node: &str, out: Vars) {
