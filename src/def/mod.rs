@@ -56,6 +56,9 @@ pub struct ProcessDef {
     pub(crate) or_joins: Vec<NodeId>,
     /// Whether any node has a [`control::NodeControl`]: when none has, the run loop never looks.
     pub(crate) controlled: bool,
+    /// Whether any user task has milestones (`while_at`): when none has, the end of each run
+    /// pass does not look for one that passed.
+    pub(crate) milestones: bool,
     /// The embedded sub-processes (see `scope.rs`): empty for most definitions, and then the run
     /// loop never looks.
     pub(crate) scopes: Vec<scope::Scope>,

@@ -401,6 +401,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
     let or_joins = super::control::finish(&graph, &mut compiled, &splits, &mut report.0);
     super::scope::widen_regions(&mut compiled, &scopes);
     let controlled = compiled.iter().any(|n| n.control.is_some());
+    let milestones = compiled.iter().any(|n| !n.while_at().is_empty());
 
     if !report.0.is_empty() {
         return Err(report.0);
@@ -428,6 +429,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         accountable,
         or_joins,
         controlled,
+        milestones,
         scopes,
         cel: cel::Context::default(),
     })

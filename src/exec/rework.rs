@@ -133,6 +133,9 @@ impl Step<'_> {
     pub(super) fn pass_milestones(&mut self) -> bool {
         let dep = self.dep;
         let def = &*dep.def;
+        if !def.milestones {
+            return false;
+        }
         let tokens = &self.inst.tokens;
         let passed = (0..tokens.len()).find(|&i| {
             let t = tokens[i];
