@@ -976,3 +976,42 @@ nodes:
         "{err}"
     );
 }
+
+#[test]
+fn business_keys_must_be_declared_string_or_integer_variables_named_once() {
+    let yaml = r#"id: keyed
+version: 1
+name: Keyed
+keys: [customer_id, missing, notes, customer_id]
+roles:
+  r: { name: R }
+variables:
+  customer_id: { type: string }
+  notes: { type: object }
+nodes:
+  start: { kind: start, next: done }
+  done: { kind: end }
+"#;
+    let err = ProcessDef::from_yaml(yaml).unwrap_err();
+    let kinds = err.kinds();
+    assert_eq!(kinds.len(), 3, "{err}");
+    assert!(
+        matches!(kinds[0], ProblemKind::UnknownVariable { key: "keys", name } if name == "missing")
+    );
+    assert!(matches!(kinds[1], ProblemKind::BadKeyType { name, .. } if name == "notes"));
+    assert!(
+        matches!(kinds[2], ProblemKind::Duplicate { what: "key", id, .. } if id == "customer_id")
+    );
+    let line4 = err
+        .problems
+        .iter()
+        .all(|p| p.location.is_some_and(|l| l.line == 4));
+    assert!(line4, "{err}");
+
+    let ok = yaml.replace(
+        "keys: [customer_id, missing, notes, customer_id]",
+        "keys: [customer_id]",
+    );
+    let def = ProcessDef::from_yaml(&ok).unwrap();
+    assert_eq!(def.keys().collect::<Vec<_>>(), ["customer_id"]);
+}

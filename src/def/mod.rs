@@ -39,6 +39,8 @@ pub struct ProcessDef {
     pub(crate) text: String,
     pub(crate) roles: IndexMap<RoleId, Role>,
     pub(crate) vars: IndexMap<String, VarSpec>,
+    /// The business keys (`keys:`): declared string or integer variables, in YAML order.
+    pub(crate) keys: Vec<String>,
     pub(crate) nodes: Vec<Node>,
     /// The messages an instance receives.
     pub(crate) messages: IndexMap<String, events::Message>,
@@ -472,6 +474,12 @@ impl ProcessDef {
     /// The declared variables.
     pub fn variables(&self) -> impl Iterator<Item = &VarSpec> {
         self.vars.values()
+    }
+
+    /// The business keys (`keys:`): variables that identify the customer, order or ticket an
+    /// instance is about, in YAML order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(String::as_str)
     }
 
     /// All nodes, in YAML order.

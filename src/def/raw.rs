@@ -28,6 +28,10 @@ pub(crate) struct RawDef {
     pub(crate) roles: Entries<RawRole>,
     #[serde(default)]
     pub(crate) variables: Entries<RawVar>,
+    /// Business keys: declared variables (string or integer) that identify the customer, order
+    /// or ticket an instance is about, indexed across processes.
+    #[serde(default)]
+    pub(crate) keys: Option<At<Names>>,
     #[serde(default)]
     pub(crate) calendar: Option<At<String>>,
     #[serde(default)]

@@ -312,6 +312,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         &roles,
         &mut report.0,
     );
+    let keys = business_keys(raw.keys.as_ref(), &vars, &mut report);
     let messages = super::events::messages(&raw.messages, &vars, &mut report);
     let signals = super::events::signals(&raw.signals, &mut report);
 
@@ -419,6 +420,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         text: String::new(),
         roles,
         vars,
+        keys,
         nodes: compiled,
         messages,
         signals,
@@ -433,6 +435,51 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         scopes,
         cel: cel::Context::default(),
     })
+}
+
+/// The definition's `keys:`: each a declared string or integer variable, named once.
+fn business_keys(
+    raw: Option<&At<Names>>,
+    vars: &IndexMap<String, VarSpec>,
+    report: &mut Report,
+) -> Vec<String> {
+    let Some(raw) = raw else {
+        return Vec::new();
+    };
+    let mut keys: Vec<(String, Location)> = Vec::new();
+    for (name, loc) in raw.value.located(raw.loc) {
+        match vars.get(name) {
+            None => report.add(
+                loc,
+                "keys",
+                ProblemKind::UnknownVariable {
+                    key: "keys",
+                    name: name.to_owned(),
+                },
+            ),
+            Some(spec) if !matches!(spec.ty, VarType::String | VarType::Integer) => report.add(
+                loc,
+                "keys",
+                ProblemKind::BadKeyType {
+                    name: name.to_owned(),
+                    ty: spec.ty.as_str().to_owned(),
+                },
+            ),
+            Some(_) => match keys.iter().find(|(k, _)| k == name) {
+                Some((_, first)) => report.add(
+                    loc,
+                    "keys",
+                    ProblemKind::Duplicate {
+                        what: "key",
+                        id: name.to_owned(),
+                        first: *first,
+                    },
+                ),
+                None => keys.push((name.to_owned(), loc)),
+            },
+        }
+    }
+    keys.into_iter().map(|(k, _)| k).collect()
 }
 
 /// What compiling one node needs to know about the rest of the definition.

@@ -266,6 +266,14 @@ pub enum ProblemKind {
     /// `before` and `due` mix business and wall time.
     #[error("'before' and 'due' must both be business time or both wall time")]
     MixedTime,
+    /// A business key (`keys:`) names a variable that is not a string or an integer.
+    #[error("key '{name}' is of type {ty}: a business key is a string or an integer")]
+    BadKeyType {
+        /// The variable.
+        name: String,
+        /// Its declared type.
+        ty: String,
+    },
     /// A multi-instance or loop key names a variable the process does not declare.
     #[error("'{key}' names undeclared variable '{name}'")]
     UnknownVariable {
