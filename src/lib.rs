@@ -87,8 +87,8 @@ pub use def::{
     LoadError, Location, Message, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role, Signal,
 };
 pub use exec::{
-    Config, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, OpenError, Sla,
-    SlaStatus, TaskView, TimerDriver,
+    Config, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, KeyRecord, KeyValue,
+    KeyedInstance, OpenError, Sla, SlaStatus, TaskView, TimerDriver,
 };
 pub use hooks::{
     Completing, Control, HandlerError, HandlerFn, Hook, HookFn, ServiceCall, ServiceHandler,
@@ -107,7 +107,9 @@ pub use report::{
 };
 #[cfg(feature = "cli")]
 pub use sim::{Scenario, SimReport};
-pub use store::{Commit, MemoryStore, Store, StoreError, StoredDef, StoredInstance};
+pub use store::{
+    BusinessKey, Commit, MemoryStore, Store, StoreError, StoredDef, StoredInstance,
+};
 #[cfg(feature = "sqlite")]
 pub use store::{Durability, SqliteOptions, SqliteStore};
 pub use time::calendar::{

@@ -10,6 +10,7 @@ mod deploy;
 mod error;
 mod events;
 mod kept;
+mod keys;
 mod multi;
 mod rework;
 mod scope;
@@ -28,6 +29,7 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
 pub use error::{DeployError, DeployProblem, ExecError, OpenError};
+pub use keys::{KeyRecord, KeyValue, KeyedInstance};
 pub use timers::{Sla, SlaStatus, TimerDriver};
 
 use crate::clock::{Clock, SystemClock};
@@ -125,6 +127,8 @@ pub struct Engine {
     ticking: Mutex<()>,
     /// Where every call's changes are committed; `None` keeps everything in memory.
     store: Option<Arc<dyn Store>>,
+    /// The business keys of the instances held (see `keys.rs`).
+    keys: keys::KeyIndex,
 }
 
 /// A min-heap of (due instant, instance number).
@@ -231,6 +235,7 @@ impl EngineBuilder {
             timer_heaps: (0..SHARDS).map(|_| Mutex::new(BinaryHeap::new())).collect(),
             ticking: Mutex::new(()),
             store: None,
+            keys: keys::KeyIndex::default(),
         }
     }
 
@@ -515,6 +520,9 @@ impl Engine {
         if inst.status == Status::Running || self.config.retain_completed {
             if inst.def.is_none() {
                 inst.def = Some(Arc::clone(&dep.key));
+            }
+            if !dep.def.keys.is_empty() {
+                self.index_keys(&inst, &dep.def);
             }
             let slot = Slot::new(inst, Arc::clone(dep), version);
             lock(self.shard(id)).insert(id.0, Arc::new(Mutex::new(slot)));
@@ -896,6 +904,9 @@ impl Engine {
                 shard.remove(&id.0);
             }
             guard.retire();
+            if !guard.dep.def.keys.is_empty() {
+                self.unindex_keys(&guard.inst, &guard.dep.def);
+            }
             return Ok(guard.inst.clone());
         }
     }

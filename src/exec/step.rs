@@ -216,6 +216,8 @@ pub(crate) struct Step<'a> {
     /// The multi-instance item whose task's deadlines are being computed (its task does not
     /// exist yet), so that its durations see the item variable.
     pub(crate) arming_item: Option<u32>,
+    /// The business keys this call set, with their values before (see `keys.rs`).
+    pub(crate) key_notes: super::keys::KeyNotes,
 }
 
 impl<'a> Step<'a> {
@@ -236,6 +238,7 @@ impl<'a> Step<'a> {
             armed: None,
             changed: false,
             arming_item: None,
+            key_notes: Vec::new(),
         }
     }
 
@@ -460,6 +463,9 @@ impl<'a> Step<'a> {
                     // memory, and dropping it walks a B-tree iterator.
                     std::mem::forget(output);
                 } else {
+                    if !self.dep.def.keys.is_empty() {
+                        self.note_keys(&output);
+                    }
                     self.inst.vars.extend(output);
                 }
                 self.disarm(task);
@@ -503,7 +509,12 @@ impl<'a> Step<'a> {
                     }
                 }
             }
-            Change::SetVars(vars) => self.inst.vars.extend(vars),
+            Change::SetVars(vars) => {
+                if !self.dep.def.keys.is_empty() {
+                    self.note_keys(&vars);
+                }
+                self.inst.vars.extend(vars)
+            }
             Change::Finish => {
                 self.inst.timers = Vec::new();
                 self.inst.status = Status::Completed;
