@@ -107,9 +107,7 @@ pub use report::{
 };
 #[cfg(feature = "cli")]
 pub use sim::{Scenario, SimReport};
-pub use store::{
-    BusinessKey, Commit, MemoryStore, Store, StoreError, StoredDef, StoredInstance,
-};
+pub use store::{BusinessKey, Commit, MemoryStore, Store, StoreError, StoredDef, StoredInstance};
 #[cfg(feature = "sqlite")]
 pub use store::{Durability, SqliteOptions, SqliteStore};
 pub use time::calendar::{

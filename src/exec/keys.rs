@@ -290,12 +290,14 @@ impl Engine {
         let now = self.clock.now();
         let mut out = Vec::new();
         self.holders(key, &value, |inst, dep, def| {
-            let sla = dep.filter(|_| inst.status == Status::Running).and_then(|dep| {
-                inst.timers
-                    .iter()
-                    .find(|t| t.sla && t.kind == TimerKind::Due)
-                    .map(|t| super::timers::sla(dep, t, inst.started_at, now))
-            });
+            let sla = dep
+                .filter(|_| inst.status == Status::Running)
+                .and_then(|dep| {
+                    inst.timers
+                        .iter()
+                        .find(|t| t.sla && t.kind == TimerKind::Due)
+                        .map(|t| super::timers::sla(dep, t, inst.started_at, now))
+                });
             out.push(keyed_view(inst, def, sla));
         })?;
         out.sort_by_key(|k| (k.started_at, k.id));
@@ -458,7 +460,10 @@ pub(crate) fn keyed_view(
         Some(n) => n.id().to_owned(),
         None => format!("#{}", t.node.index()),
     };
-    let breached = inst.timers.iter().any(|t| t.sla && t.kind == TimerKind::Due && t.fired)
+    let breached = inst
+        .timers
+        .iter()
+        .any(|t| t.sla && t.kind == TimerKind::Due && t.fired)
         || inst.audit.iter().any(|r| {
             matches!(
                 r.what,
@@ -473,7 +478,12 @@ pub(crate) fn keyed_view(
         id: inst.id,
         definition: inst.def.as_deref().cloned().unwrap_or_default(),
         status: inst.status,
-        open_tasks: inst.tasks.iter().filter(|t| t.is_open()).map(node).collect(),
+        open_tasks: inst
+            .tasks
+            .iter()
+            .filter(|t| t.is_open())
+            .map(node)
+            .collect(),
         sla,
         sla_breached: breached,
         started_at: inst.started_at,
