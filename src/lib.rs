@@ -102,8 +102,8 @@ pub use model::{
 pub use raci::{Action, Actor, Authorizer, Raci};
 #[cfg(feature = "report")]
 pub use report::{
-    ActorFigures, Durations, HeatMetric, NodeFigures, ProcessFigures, Report, ReportError,
-    ReportOptions, RoleFigures, UnknownMetric,
+    ActorFigures, Durations, HeatMetric, KeyFigures, KeyHistory, NodeFigures, ProcessFigures,
+    Report, ReportError, ReportOptions, RoleFigures, UnknownMetric,
 };
 #[cfg(feature = "cli")]
 pub use sim::{Scenario, SimReport};

@@ -478,3 +478,118 @@ fn business_keys_render_canonically() {
     assert_eq!(KeyValue::from(12).render(), "12");
     assert_eq!(KeyValue::from("C-1").to_string(), "C-1");
 }
+
+/// Reports group instance figures by a key's value, and `procflow history` prints a customer's
+/// history from a store file.
+#[test]
+fn reports_group_by_key_and_the_cli_prints_a_history() {
+    let path = temp_db("report");
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = builder(&clock)
+        .open(SqliteStore::create(&path).unwrap())
+        .unwrap();
+    deploy(&engine);
+    let c1 = vars(&[("customer_id", json!("C-1"))]);
+    let a = engine.start("orders", c1.clone()).unwrap();
+    let b = engine.start("tickets", c1.clone()).unwrap();
+    engine
+        .start("orders", vars(&[("customer_id", json!("C-2"))]))
+        .unwrap();
+    engine.start("orders", Vars::new()).unwrap();
+    clock.advance(Duration::hours(1));
+    complete(&engine, a, "take", vars(&[("order_id", json!(3))]));
+    complete(&engine, a, "ship", Vars::new());
+    drop(engine);
+
+    let store = SqliteStore::open(&path).unwrap();
+    let options = procflow::ReportOptions::default().by_key("customer_id");
+    let report = procflow::Report::from_store(&store, &options).unwrap();
+    let rows: Vec<(&str, usize, usize, usize, Vec<String>)> = report
+        .keys
+        .iter()
+        .map(|k| {
+            (
+                k.value.as_str(),
+                k.started,
+                k.completed,
+                k.open,
+                k.processes.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("C-1", 2, 1, 1, vec!["orders".into(), "tickets".into()]),
+            ("C-2", 1, 0, 1, vec!["orders".into()]),
+        ]
+    );
+    assert_eq!(report.keys[0].cycle_time.p50, Some(Duration::hours(1)));
+    assert!(
+        report.to_table().contains("By customer_id"),
+        "{}",
+        report.to_table()
+    );
+    assert!(
+        report
+            .to_csv()
+            .lines()
+            .any(|l| l.starts_with("keys,customer_id,C-1,"))
+    );
+    // Without the option, no grouping.
+    let plain = procflow::Report::from_store(&store, &Default::default()).unwrap();
+    assert!(plain.keys.is_empty());
+
+    let history = procflow::Report::key_history(&store, "customer_id", "C-1").unwrap();
+    assert_eq!(
+        history.instances.iter().map(|i| i.id).collect::<Vec<_>>(),
+        [a, b]
+    );
+    assert!(history.records.windows(2).all(|w| w[0].at <= w[1].at));
+    assert!(matches!(
+        procflow::Report::key_history(&store, "nothing", "x"),
+        Err(procflow::ReportError::UnknownKey { .. })
+    ));
+    assert!(matches!(
+        procflow::Report::key_history(&store, "order_id", "O-3"),
+        Err(procflow::ReportError::BadKeyValue { .. })
+    ));
+    drop(store);
+
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_procflow"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let db = path.to_str().unwrap();
+    let (ok, stdout, stderr) = cli(&["history", "--store", db, "--key", "customer_id=C-1"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("Instances with customer_id = C-1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{a} orders@1: instance completed")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{b} tickets@1: instance started")),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = cli(&["report", "--store", db, "--by", "customer_id"]);
+    assert!(ok);
+    assert!(stdout.contains("By customer_id"), "{stdout}");
+    let (ok, _, stderr) = cli(&["history", "--store", db, "--key", "customer=C-1"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("unknown business key 'customer'"),
+        "{stderr}"
+    );
+    remove_db(&path);
+}
