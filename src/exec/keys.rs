@@ -411,7 +411,7 @@ impl Engine {
             let held = lock(self.shard(id)).get(&n).cloned();
             if let Some(slot) = held {
                 let slot = lock(&slot);
-                if slot.version != u64::MAX {
+                if !slot.is_retired() {
                     if holds(&slot.inst, Some(&slot.dep.def)) {
                         f(&slot.inst, Some(&slot.dep), Some(&slot.dep.def));
                     }

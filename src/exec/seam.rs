@@ -39,7 +39,7 @@ impl Slot {
         self.version = RETIRED;
     }
 
-    fn is_retired(&self) -> bool {
+    pub(crate) fn is_retired(&self) -> bool {
         self.version == RETIRED
     }
 
@@ -255,7 +255,9 @@ impl Engine {
         if let (Some(store), Some(snapshot), true) = (&self.store, snapshot, changed) {
             // A start that holds keys, or a call that set a key variable, carries the keys.
             let keys = (!dep.def.keys.is_empty() && (*version == 0 || !key_notes.is_empty()))
-                .then(|| BusinessKey::of(dep.def.keys(), &inst.vars));
+                .then(|| BusinessKey::of(dep.def.keys(), &inst.vars))
+                // A new instance has no keys stored: none to replace.
+                .filter(|keys| *version > 0 || !keys.is_empty());
             let commit = Commit {
                 instance: inst,
                 def: &dep.key,
