@@ -137,9 +137,12 @@ pub struct KeyRecord {
     pub record: Record,
 }
 
+/// One shard of the index: (hash of key and value, instance number) pairs, ordered.
+type KeyShard = Mutex<BTreeSet<(u64, u64)>>;
+
 /// The engine's index: (key, value) hashes to instance numbers, in 64 shards by hash.
 pub(crate) struct KeyIndex {
-    shards: Box<[Mutex<BTreeSet<(u64, u64)>>]>,
+    shards: Box<[KeyShard]>,
 }
 
 impl Default for KeyIndex {
@@ -151,7 +154,7 @@ impl Default for KeyIndex {
 }
 
 impl KeyIndex {
-    fn shard(&self, hash: u64) -> &Mutex<BTreeSet<(u64, u64)>> {
+    fn shard(&self, hash: u64) -> &KeyShard {
         &self.shards[(hash >> 58) as usize % SHARDS]
     }
 
