@@ -30,6 +30,7 @@ use chrono::{DateTime, Utc};
 
 pub use error::{DeployError, DeployProblem, ExecError, OpenError};
 pub use keys::{KeyRecord, KeyValue, KeyedInstance};
+#[cfg(feature = "report")]
 pub(crate) use keys::{key_records, keyed_view, sort_history};
 pub use timers::{Sla, SlaStatus, TimerDriver};
 
