@@ -173,6 +173,7 @@ impl KeyIndex {
             .collect()
     }
 
+    #[cfg(debug_assertions)]
     fn contains(&self, hash: u64, id: u64) -> bool {
         lock(self.shard(hash)).contains(&(hash, id))
     }
@@ -248,8 +249,6 @@ impl Engine {
                 self.keys.insert(key_hash(name, &v), inst.id.0);
             }
         }
-        #[cfg(debug_assertions)]
-        self.check_indexed(inst, def);
     }
 
     /// Checks (in debug builds) that a held instance is indexed under every key it holds: a

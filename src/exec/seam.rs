@@ -205,6 +205,10 @@ impl Engine {
                     let notes = std::mem::take(&mut stepped.key_notes);
                     self.rekey(&slot.inst, &slot.dep.def, notes);
                 }
+                #[cfg(debug_assertions)]
+                if !slot.dep.def.keys.is_empty() {
+                    self.check_indexed(&slot.inst, &slot.dep.def);
+                }
                 stepped
             }
             Err(error) => {
