@@ -593,3 +593,101 @@ fn reports_group_by_key_and_the_cli_prints_a_history() {
     );
     remove_db(&path);
 }
+
+/// One step of the property below.
+#[derive(Clone, Debug)]
+enum Op {
+    /// Start an order of customer `c` (with order number `o`, if given).
+    Start(u8, Option<u8>),
+    /// Complete the `n`-th instance's open task, setting the order number `o` if given.
+    Complete(usize, Option<u8>),
+    /// Remove the `n`-th instance from the engine.
+    Remove(usize),
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0u8..4, proptest::option::of(0u8..4)).prop_map(|(c, o)| Op::Start(c, o)),
+        (0usize..16, proptest::option::of(0u8..4)).prop_map(|(n, o)| Op::Complete(n, o)),
+        (0usize..16).prop_map(Op::Remove),
+    ]
+}
+
+/// Runs `ops`, then checks that a key query finds exactly the instances whose variable holds
+/// the value: the held ones, and on a store also the ones the engine let go.
+fn check_holders(ops: Vec<Op>, on_store: bool) -> Result<(), proptest::test_runner::TestCaseError> {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let store = MemoryStore::new();
+    let engine = if on_store {
+        builder(&clock).open(store.clone()).unwrap()
+    } else {
+        builder(&clock).build()
+    };
+    deploy(&engine);
+    let mut started = Vec::new();
+    for op in ops {
+        match op {
+            Op::Start(c, o) => {
+                let mut v = vars(&[("customer_id", json!(format!("C-{c}")))]);
+                if let Some(o) = o {
+                    v.insert("order_id".into(), json!(o));
+                }
+                started.push(engine.start("orders", v).unwrap());
+            }
+            Op::Complete(n, o) => {
+                let Some(&id) = started.get(n % started.len().max(1)) else {
+                    continue;
+                };
+                let Ok(tasks) = engine.tasks(id) else {
+                    continue;
+                };
+                let Some(task) = tasks.first() else {
+                    continue;
+                };
+                let out = o
+                    .map(|o| vars(&[("order_id", json!(o))]))
+                    .unwrap_or_default();
+                engine.complete(task.id, &clerk(), out).unwrap();
+            }
+            Op::Remove(n) => {
+                if let Some(&id) = started.get(n % started.len().max(1)) {
+                    let _ = engine.remove(id);
+                }
+            }
+        }
+    }
+    let state = |id| match on_store {
+        true => store.read(id).unwrap().map(|s| s.instance),
+        false => engine.instance(id).ok(),
+    };
+    let customers = (0..4).map(|c| json!(format!("C-{c}"))).collect::<Vec<_>>();
+    let orders = (0..4).map(|o| json!(o)).collect::<Vec<_>>();
+    for (key, values) in [("customer_id", customers), ("order_id", orders)] {
+        for value in values {
+            let want: Vec<_> = started
+                .iter()
+                .copied()
+                .filter(|id| state(*id).is_some_and(|i| i.vars().get(key) == Some(&value)))
+                .collect();
+            let kv = KeyValue::from_json(&value).unwrap();
+            let found = engine.find_by_key(key, kv.clone()).unwrap();
+            proptest::prop_assert_eq!(ids(&found), want.clone());
+            if on_store {
+                proptest::prop_assert_eq!(store.by_key(key, &kv.render()).unwrap(), want);
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 64, ..Default::default() })]
+
+    /// Whatever the calls, a key query finds exactly the instances holding the value.
+    #[test]
+    fn a_key_query_finds_exactly_the_holders(ops in proptest::collection::vec(op(), 1..24)) {
+        check_holders(ops.clone(), false)?;
+        check_holders(ops, true)?;
+    }
+}
