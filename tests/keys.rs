@@ -691,3 +691,31 @@ proptest::proptest! {
         check_holders(ops, true)?;
     }
 }
+
+/// Two engines share a store: one sets a key on an instance the other holds; the other finds it
+/// by the new value (through the store), and once it reads the new state (a conflict), its own
+/// index holds the new value too.
+#[test]
+fn two_engines_on_one_store_agree_on_keys() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let store = MemoryStore::new();
+    let first = builder(&clock).open(store.clone()).unwrap();
+    deploy(&first);
+    let id = first
+        .start("orders", vars(&[("customer_id", json!("C-1"))]))
+        .unwrap();
+    let second = builder(&clock).open(store.clone()).unwrap();
+    complete(&second, id, "take", vars(&[("order_id", json!(5))]));
+    assert_eq!(ids(&first.find_by_key("order_id", 5).unwrap()), [id]);
+    assert_eq!(ids(&second.find_by_key("order_id", 5).unwrap()), [id]);
+    // The first engine's copy is stale: its call conflicts and it reads the stored state.
+    let stale = procflow::TaskId::new(id, 0);
+    assert!(matches!(
+        first.complete(stale, &clerk(), Vars::new()),
+        Err(ExecError::TaskClosed { .. } | ExecError::Conflict(_))
+    ));
+    complete(&first, id, "ship", vars(&[("order_id", json!(6))]));
+    assert!(first.find_by_key("order_id", 5).unwrap().is_empty());
+    assert_eq!(ids(&first.find_by_key("order_id", 6).unwrap()), [id]);
+    assert_eq!(store.by_key("order_id", "6").unwrap(), [id]);
+}

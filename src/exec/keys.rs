@@ -269,8 +269,9 @@ impl Engine {
 
     /// The instances, running or ended, of any process, that hold business key `key` with
     /// `value`: their status, open tasks, SLA and times, oldest first. With a store, the store's
-    /// index answers too, so instances this engine never held or let go are found (read from the
-    /// store, not kept).
+    /// index answers and the instances are read from it (not kept), so instances this engine
+    /// never held or let go are found, and changes other engines sharing the store made count;
+    /// without one, the engine's own index answers.
     ///
     /// # Errors
     /// [`ExecError::UnknownKey`] when no deployed definition lists `key` under `keys:`;
@@ -278,7 +279,8 @@ impl Engine {
     /// `value` is text that is not one; [`ExecError::Store`]; [`ExecError::Reentrant`] from a
     /// handler or veto.
     ///
-    /// Complexity: one index look-up (and one store query), then one read per instance found.
+    /// Complexity: one index look-up (a store query), then one read per instance found (from
+    /// the store, with its audit trail).
     ///
     /// # Examples
     /// See [`Engine::history_by_key`].
@@ -389,52 +391,48 @@ impl Engine {
         }
     }
 
-    /// Calls `f` on every instance holding `key` = `value`: those this engine holds (under their
-    /// lock) and, with a store, those the store's index names (read, not kept), each once, with
-    /// its deployed definition when there is one.
+    /// Calls `f` on every instance holding `key` = `value`, once each, with its deployed
+    /// definition when there is one. With a store, the store answers, and each instance is read
+    /// from it (not kept): the store holds every commit, also those of other engines sharing it,
+    /// which a copy this engine holds may not have seen yet. Without one, the engine's index
+    /// answers, and each instance is read under its lock.
     fn holders(
         &self,
         key: &str,
         value: &str,
         mut f: impl FnMut(&Instance, Option<&Deployed>, Option<&ProcessDef>),
     ) -> Result<(), ExecError> {
-        let mut ids = self.keys.ids(key_hash(key, value));
-        if let Some(store) = &self.store {
-            ids.extend(store.by_key(key, value)?.into_iter().map(|id| id.0));
-        }
-        ids.sort_unstable();
-        ids.dedup();
         let holds = |inst: &Instance, def: Option<&ProcessDef>| {
             def.is_none_or(|d| d.keys.iter().any(|k| k == key))
                 && value_of(&inst.vars, key).as_deref() == Some(value)
         };
-        for n in ids {
-            let id = InstanceId(n);
-            let held = lock(self.shard(id)).get(&n).cloned();
-            if let Some(slot) = held {
-                let slot = lock(&slot);
-                if !slot.is_retired() {
-                    if holds(&slot.inst, Some(&slot.dep.def)) {
-                        f(&slot.inst, Some(&slot.dep), Some(&slot.dep.def));
-                    }
+        if let Some(store) = &self.store {
+            for id in store.by_key(key, value)? {
+                let Some(stored) = store.read(id)? else {
                     continue;
+                };
+                let inst = stored.instance;
+                let dep: Option<Arc<Deployed>> = inst.def.as_deref().and_then(|k| {
+                    find(&self.defs.load(), &k.id, Some(k.version))
+                        .ok()
+                        .cloned()
+                });
+                let def = dep.as_ref().map(|d| &*d.def);
+                if holds(&inst, def) {
+                    f(&inst, dep.as_deref(), def);
                 }
             }
-            let Some(store) = &self.store else {
+            return Ok(());
+        }
+        let mut ids = self.keys.ids(key_hash(key, value));
+        ids.sort_unstable();
+        for n in ids {
+            let Some(slot) = lock(self.shard(InstanceId(n))).get(&n).cloned() else {
                 continue;
             };
-            let Some(stored) = store.read(id)? else {
-                continue;
-            };
-            let inst = stored.instance;
-            let dep: Option<Arc<Deployed>> = inst.def.as_deref().and_then(|k| {
-                find(&self.defs.load(), &k.id, Some(k.version))
-                    .ok()
-                    .cloned()
-            });
-            let def = dep.as_ref().map(|d| &*d.def);
-            if holds(&inst, def) {
-                f(&inst, dep.as_deref(), def);
+            let slot = lock(&slot);
+            if !slot.is_retired() && holds(&slot.inst, Some(&slot.dep.def)) {
+                f(&slot.inst, Some(&slot.dep), Some(&slot.dep.def));
             }
         }
         Ok(())
