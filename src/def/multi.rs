@@ -1,5 +1,6 @@
-//! Multi-instance (`for_each`) and structured loops (`repeat`) on user and service tasks, and
-//! `repeat` on embedded sub-processes: compiling and checking the two keys.
+//! Multi-instance (`for_each`) and structured loops (`repeat`) on user and service tasks and on
+//! embedded sub-processes: compiling and checking the two keys (what may stand inside a
+//! multi-instance sub-process's scope is checked in `scope.rs`).
 //!
 //! **Invariant:** a compiled [`ForEach`] names a declared list variable, an item name that is no
 //! declared variable, and (when it collects) a declared `array` variable; a compiled [`Repeat`]
@@ -67,9 +68,11 @@ pub(super) fn compile(
             kind,
         });
     };
-    let supported = matches!(kind, RawKind::UserTask | RawKind::ServiceTask);
-    // A sub-process may repeat its scope; `for_each` on it is not built (refused below).
-    let subprocess = kind == RawKind::Subprocess;
+    // A sub-process may run its scope per item (`for_each`, see `scope.rs`) or repeat it.
+    let supported = matches!(
+        kind,
+        RawKind::UserTask | RawKind::ServiceTask | RawKind::Subprocess
+    );
     let raw_for_each = if supported {
         raw.for_each.as_ref()
     } else {
@@ -78,10 +81,7 @@ pub(super) fn compile(
     if !supported {
         for (key, loc) in [
             ("for_each", raw.for_each.as_ref().map(|f| f.loc)),
-            (
-                "repeat",
-                raw.repeat.as_ref().filter(|_| !subprocess).map(|r| r.loc),
-            ),
+            ("repeat", raw.repeat.as_ref().map(|r| r.loc)),
         ] {
             if let Some(loc) = loc {
                 add(
@@ -94,9 +94,7 @@ pub(super) fn compile(
                 );
             }
         }
-        if !subprocess || raw.repeat.is_none() {
-            return None;
-        }
+        return None;
     }
     if let (Some(f), Some(_)) = (raw_for_each, &raw.repeat) {
         add(
@@ -107,7 +105,7 @@ pub(super) fn compile(
             ),
         );
     }
-    if let (Some(_), Some(t)) = (raw_for_each, &raw.timeout) {
+    if let (Some(_), Some(t), false) = (raw_for_each, &raw.timeout, kind == RawKind::Subprocess) {
         add(
             t.loc,
             "timeout",

@@ -32,8 +32,12 @@ pub(crate) struct Scope {
     pub(crate) node: NodeId,
     /// Every node inside it, nested scopes' nodes included.
     pub(crate) members: Bits,
-    /// Its local variables: cleared when the scope is entered and when it is left.
+    /// Its local variables: cleared when the scope is entered and when it is left. In a
+    /// multi-instance sub-process, each run has its own (see `exec/runs.rs`).
     pub(crate) locals: Vec<String>,
+    /// Whether the sub-process has `for_each`: its scope runs once per item, each run's tokens
+    /// marked with the run ([`crate::Token::run`]).
+    pub(crate) multi: bool,
 }
 
 /// One node of the flattened list.
@@ -299,10 +303,16 @@ pub(super) fn finish(
                 edges.push((i, start));
             }
         }
+        let locals = locals.remove(&i).unwrap_or_default();
+        let multi = nodes[i].for_each().is_some();
+        if multi {
+            check_runs(flat, nodes, i, &members, &locals, report);
+        }
         scopes.push(Scope {
             node: NodeId(i as u32),
             members,
-            locals: locals.remove(&i).unwrap_or_default(),
+            locals,
+            multi,
         });
     }
     (scopes, edges)
@@ -331,6 +341,86 @@ pub(super) fn widen_regions(nodes: &mut [Node], scopes: &[Scope]) {
         for n in extra {
             if !control.cancels.contains(&n) {
                 control.cancels.push(n);
+            }
+        }
+    }
+}
+
+/// Checks what stands inside multi-instance sub-process `i`'s scope: its runs take start, end,
+/// user and service tasks and exclusive and parallel gateways (every token of a run is found by
+/// its node and its run; the constructs that find tokens or tasks by node alone are refused), and
+/// its `for_each.output` is one of its local variables.
+fn check_runs(
+    flat: &[Flat<'_>],
+    nodes: &[Node],
+    i: usize,
+    members: &Bits,
+    locals: &[String],
+    report: &mut Report,
+) {
+    let scope = &nodes[i].id;
+    if let Some(fe) = flat[i].node.for_each.as_ref()
+        && let Some(output) = &fe.value.output
+        && !locals.contains(&output.value)
+    {
+        report.add(
+            output.loc,
+            format!("nodes.{scope}.for_each.output"),
+            ProblemKind::OutputNotLocal {
+                scope: scope.clone(),
+                name: output.value.clone(),
+            },
+        );
+    }
+    for j in (0..nodes.len()).filter(|&j| members.contains(j) && flat[j].parent == Some(i)) {
+        let node = &nodes[j];
+        let raw = flat[j].node;
+        let refuse = |what: String, loc: Location, key: &str, report: &mut Report| {
+            let path = if key.is_empty() {
+                format!("nodes.{}", node.id)
+            } else {
+                format!("nodes.{}.{key}", node.id)
+            };
+            report.add(
+                loc,
+                path,
+                ProblemKind::NotInRuns {
+                    what,
+                    scope: scope.clone(),
+                },
+            );
+        };
+        if !matches!(
+            node.behaviour,
+            Behaviour::Start
+                | Behaviour::End
+                | Behaviour::UserTask(_)
+                | Behaviour::ServiceTask { .. }
+                | Behaviour::Exclusive { .. }
+                | Behaviour::Parallel
+        ) {
+            refuse(
+                format!("a {} node", raw.kind.value.as_str()),
+                raw.kind.loc,
+                "kind",
+                report,
+            );
+            continue;
+        }
+        let keys = [
+            ("for_each", raw.for_each.as_ref().map(|k| k.loc)),
+            ("repeat", raw.repeat.as_ref().map(|k| k.loc)),
+            ("boundary", raw.boundary.as_ref().map(|k| k.loc)),
+            ("timeout", raw.timeout.as_ref().map(|k| k.loc)),
+            ("send_back", raw.send_back.as_ref().map(|k| k.loc)),
+            ("while_at", raw.while_at.as_ref().map(|k| k.loc)),
+            ("wait_for", raw.wait_for.as_ref().map(|k| k.loc)),
+            ("cancels", raw.cancels.as_ref().map(|k| k.loc)),
+            ("terminate", raw.terminate.as_ref().map(|k| k.loc)),
+        ];
+        for (key, loc) in keys {
+            if let Some(loc) = loc {
+                refuse(format!("'{key}'"), loc, key, report);
             }
         }
     }

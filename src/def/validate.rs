@@ -432,6 +432,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         or_joins,
         controlled,
         milestones,
+        multi_scopes: scopes.iter().any(|s| s.multi),
         scopes,
         cel: cel::Context::default(),
     })

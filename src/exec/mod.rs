@@ -12,6 +12,7 @@ mod events;
 mod kept;
 mod multi;
 mod rework;
+mod runs;
 mod scope;
 mod seam;
 mod step;
@@ -472,6 +473,7 @@ impl Engine {
             tokens: smallvec::smallvec![Token {
                 node: def.start,
                 state: TokenState::Ready,
+                run: 0,
             }],
             tasks: Vec::new(),
             timers: Vec::new(),
@@ -678,6 +680,8 @@ impl Engine {
                 let ran = step.run();
                 return done.and(ran);
             }
+            // A task in a run of a multi-instance sub-process: its output lands in that run.
+            step.mount_task(task.seq);
             step.apply(Change::Complete {
                 task: task.seq,
                 actor: &actor.id,
@@ -846,7 +850,12 @@ impl Engine {
                     problems: vec![(fe.list.clone(), problem)],
                 });
             }
-            let user = def.nodes[at.index()].raci().is_some();
+            // A user task opens the new items' tasks, a sub-process starts their runs.
+            let user = def.nodes[at.index()].raci().is_some()
+                || matches!(
+                    def.nodes[at.index()].behaviour,
+                    crate::def::Behaviour::Subprocess { .. }
+                );
             Ok(self.step_slot(slot, now, |step| {
                 step.apply(Change::Looping(multi::LoopChange::Add { node: at, items }));
                 if user {

@@ -73,6 +73,7 @@ impl Step<'_> {
                     self.inst.tokens.push(Token {
                         node: start,
                         state: TokenState::Ready,
+                        run: 0,
                     });
                 }
                 self.record(Entry::ScopeEntered { node });
@@ -86,6 +87,7 @@ impl Step<'_> {
                     self.inst.tokens.push(Token {
                         node: start,
                         state: TokenState::Ready,
+                        run: 0,
                     });
                 }
                 let loops = &mut self.inst.rare_mut().loops;
@@ -139,6 +141,12 @@ impl Step<'_> {
         timeout: Option<&TimerWait>,
         failure: &mut Option<ExecError>,
     ) {
+        let multi = self
+            .dep
+            .def
+            .scopes
+            .get(scope as usize)
+            .is_some_and(|s| s.multi);
         let due = match timeout.map(|w| self.wait_until(w)) {
             None => None,
             Some(Ok(due)) => Some(due),
@@ -148,7 +156,19 @@ impl Step<'_> {
                 return;
             }
         };
-        self.apply(Change::Scope(ScopeChange::Enter { token: i, scope }));
+        // A multi-instance sub-process's timeout is armed once, for all its runs; a retry
+        // resumes its items (see `runs.rs`).
+        let resumed = multi && self.inst.multi_at(at).is_some();
+        if multi {
+            if let Err(e) = self.enter_runs(i, at) {
+                failure.get_or_insert(e);
+            }
+            if resumed || self.waiting_at(at).is_none() {
+                return;
+            }
+        } else {
+            self.apply(Change::Scope(ScopeChange::Enter { token: i, scope }));
+        }
         if let Some((when, provisional)) = due {
             self.apply(Change::Arm(&[Timer {
                 at: when,
@@ -169,18 +189,26 @@ impl Step<'_> {
     pub(super) fn settle_scopes(&mut self) -> bool {
         let def = &*self.dep.def;
         let tokens = &self.inst.tokens;
+        // A sub-process whose token failed (a multi-instance one's completion condition) keeps
+        // its scope's tokens for the retry.
         let orphan = (0..tokens.len()).rev().find(|&j| {
             def.nodes[tokens[j].node.index()].parent.is_some_and(|p| {
-                !tokens
-                    .iter()
-                    .any(|t| t.node == p && t.state == TokenState::Waiting)
+                !tokens.iter().any(|t| {
+                    t.node == p && matches!(t.state, TokenState::Waiting | TokenState::Failed)
+                })
             })
         });
         if let Some(j) = orphan {
             self.apply(Change::Withdraw { token: j });
             return true;
         }
+        if def.multi_scopes && self.settle_runs() {
+            return true;
+        }
         for (n, s) in def.scopes.iter().enumerate() {
+            if s.multi {
+                continue;
+            }
             let tokens = &self.inst.tokens;
             let Some(i) = self.waiting_at(s.node) else {
                 continue;
@@ -306,6 +334,10 @@ impl Step<'_> {
             if s.members.contains(self.inst.tokens[j].node.index()) {
                 self.apply(Change::Withdraw { token: j });
             }
+        }
+        if s.multi {
+            // Every run was withdrawn with its tokens: the items go.
+            self.withdraw_items(node);
         }
         let Some(i) = self.waiting_at(node) else {
             return;
