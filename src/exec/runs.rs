@@ -6,7 +6,7 @@
 //!   `ItemState::Running`. Entering it begins the items (`Entry::ItemsStarted`); each run starts
 //!   with a token at the scope's start (`Entry::RunStarted`), all at once or one after another.
 //! - **A run's identity is in its tokens**: [`Token::run`](crate::Token::run) is the item index
-//!   + 1 (0 for every token outside such runs), in bytes the token had spare. A token made by a
+//!   plus one (0 for every token outside such runs), in bytes the token had spare. A token made by a
 //!   fork or a join inside a run is in that run (`Step::fork_run`); a parallel join counts only
 //!   its run's branches. A task opened in a run is listed in `Rare::item_tasks` with its item
 //!   (as a multi-instance task's item is), so a completion moves that run's token and a
