@@ -811,3 +811,164 @@ proptest! {
         result?;
     }
 }
+
+/// WCP 12: `wait: false` starts the items and goes on at once; nothing synchronizes them.
+const DETACHED: &str = r#"
+id: detached
+version: 1
+name: Detached
+accountable: boss
+roles: { fitter: { name: Fitter }, checker: { name: Checker }, boss: { name: Boss } }
+variables:
+  lines: { type: array }
+nodes:
+  start: { kind: start, next: line }
+  line:
+    kind: subprocess
+    for_each: { in: lines, as: item, wait: false }
+    variables: { step: { type: string } }
+    nodes:
+      begin: { kind: start, next: activate }
+      activate:
+        kind: user_task
+        name: Activate the line
+        raci: { responsible: [fitter], accountable: boss }
+        next: fin
+      fin: { kind: end }
+    next: survey
+  survey:
+    kind: user_task
+    name: Survey
+    raci: { responsible: [checker], accountable: boss }
+    for_each: { in: lines, as: item, wait: false }
+    next: after
+  after:
+    kind: user_task
+    name: Go on
+    raci: { responsible: [checker], accountable: boss }
+    next: done
+  done: { kind: end }
+"#;
+
+fn detached(lines: Value) -> (Engine, InstanceId) {
+    let engine = Engine::new();
+    engine
+        .deploy(ProcessDef::from_yaml(DETACHED).unwrap_or_else(|e| panic!("{e}")))
+        .unwrap();
+    let id = engine
+        .start("detached", vars(json!({ "lines": lines })))
+        .unwrap();
+    (engine, id)
+}
+
+fn open_nodes(engine: &Engine, id: InstanceId) -> Vec<String> {
+    let mut nodes: Vec<String> = engine
+        .tasks(id)
+        .unwrap()
+        .iter()
+        .map(|t| t.node_id.to_string())
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+fn finish(engine: &Engine, id: InstanceId, node: &str, actor: &Actor) {
+    let task = engine
+        .tasks(id)
+        .unwrap()
+        .into_iter()
+        .find(|t| &*t.node_id == node)
+        .unwrap()
+        .id;
+    engine.complete(task, actor, Vars::new()).unwrap();
+}
+
+#[test]
+fn without_synchronization_the_token_goes_on_at_once() {
+    let (engine, id) = detached(json!(["a", "b"]));
+    // The runs started and the token went on past the sub-process and the survey task's items.
+    assert_eq!(
+        open_nodes(&engine, id),
+        [
+            "after",
+            "line.activate",
+            "line.activate",
+            "survey",
+            "survey"
+        ]
+    );
+    finish(&engine, id, "after", &checker());
+    // The token reached the end; the items still run, so the instance does too.
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.status(), Status::Running);
+    finish(&engine, id, "survey", &checker());
+    finish(&engine, id, "line.activate", &fitter());
+    finish(&engine, id, "survey", &checker());
+    assert_eq!(engine.instance(id).unwrap().status(), Status::Running);
+    finish(&engine, id, "line.activate", &fitter());
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.status(), Status::Completed);
+    assert!(inst.audit().iter().any(|r| matches!(
+        r.what,
+        Entry::ItemsFinished {
+            completed: 2,
+            withdrawn: 0,
+            ..
+        }
+    )));
+    assert_eq!(inst.check(&engine.definition_of(id).unwrap()), Ok(()));
+}
+
+#[test]
+fn cancel_withdraws_items_that_run_on_their_own() {
+    let (engine, id) = detached(json!(["a", "b"]));
+    engine.cancel(id, &boss(), "withdrawn").unwrap();
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(inst.status(), Status::Cancelled);
+    assert!(
+        inst.tasks()
+            .iter()
+            .all(|t| !matches!(t.state(), TaskState::Open))
+    );
+    assert!(inst.tokens().is_empty());
+}
+
+#[test]
+fn detached_items_survive_a_reopen() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = Engine::open(Arc::clone(&store)).unwrap();
+    engine
+        .deploy(ProcessDef::from_yaml(DETACHED).unwrap())
+        .unwrap();
+    let id = engine
+        .start("detached", vars(json!({ "lines": ["a"] })))
+        .unwrap();
+    finish(&engine, id, "after", &checker());
+    let before = engine.instance(id).unwrap();
+    drop(engine);
+    let engine = Engine::open(Arc::clone(&store)).unwrap();
+    assert_eq!(engine.instance(id).unwrap(), before);
+    finish(&engine, id, "survey", &checker());
+    finish(&engine, id, "line.activate", &fitter());
+    assert_eq!(engine.instance(id).unwrap().status(), Status::Completed);
+}
+
+#[test]
+fn wait_false_takes_nothing_to_collect() {
+    let yaml = DETACHED.replace(
+        "for_each: { in: lines, as: item, wait: false }\n    variables",
+        "for_each: { in: lines, as: item, wait: false, output: step, collect: lines }\n    timeout: { after: 1h, to: done }\n    variables",
+    );
+    let err = ProcessDef::from_yaml(&yaml).unwrap_err();
+    let paths: Vec<&str> = err
+        .problems
+        .iter()
+        .filter(|p| matches!(p.kind, ProblemKind::LoopShape(_)))
+        .map(|p| p.path.as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        ["nodes.line.for_each.wait", "nodes.line.for_each.wait"],
+        "{err}"
+    );
+}

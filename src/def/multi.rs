@@ -44,6 +44,8 @@ pub(crate) struct ForEach {
     pub(crate) collect: Option<String>,
     /// When it holds after an item completes, the rest are withdrawn.
     pub(crate) complete_when: Option<Condition>,
+    /// Whether the token waits for the items (`wait: false`: it goes on at once, WCP 12).
+    pub(crate) wait: bool,
 }
 
 /// `repeat`: the task runs again until `until` holds, at most `max` times in all.
@@ -248,7 +250,33 @@ pub(super) fn compile(
                         Some(cond)
                     }
                 });
+        if let Some(wait) = f.wait.as_ref().filter(|w| !w.value) {
+            let waited = [
+                f.output.as_ref().map(|o| o.loc),
+                f.collect.as_ref().map(|c| c.loc),
+                f.complete_when.as_ref().map(|c| c.loc),
+            ];
+            if waited.iter().any(Option::is_some) {
+                add(
+                    wait.loc,
+                    "for_each.wait",
+                    ProblemKind::LoopShape(
+                        "'wait: false' takes no 'output', 'collect' or 'complete_when': nothing waits for the items to collect or complete them",
+                    ),
+                );
+            }
+            if kind == RawKind::Subprocess && (raw.timeout.is_some() || raw.boundary.is_some()) {
+                add(
+                    wait.loc,
+                    "for_each.wait",
+                    ProblemKind::LoopShape(
+                        "a sub-process with 'wait: false' has no 'timeout' or 'boundary': its token does not wait for its runs",
+                    ),
+                );
+            }
+        }
         ForEach {
+            wait: f.wait.as_ref().is_none_or(|w| w.value),
             list: f.list.value.clone(),
             item: item.clone(),
             parallel: f.parallel.unwrap_or(true),

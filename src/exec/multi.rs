@@ -68,6 +68,9 @@ pub(crate) enum LoopChange {
     /// The local variables of run `to` (multi-instance sub-process, item) are put into the
     /// instance's, those of the run mounted before taken back out (see `runs.rs`).
     Mount { to: Option<(NodeId, u32)> },
+    /// The activity at `node` does not wait for its items (`wait: false`, WCP 12): its token
+    /// goes on (a `Flow` follows).
+    Detach { node: NodeId },
     /// Item `item` of multi-instance sub-process `node` runs: a token starts its scope.
     Run { node: NodeId, item: u32 },
     /// The run of item `item` of sub-process `node` has no live token left (its output is
@@ -106,6 +109,7 @@ impl<'a> Step<'a> {
                         outputs: vec![Value::Null; n],
                         state: vec![ItemState::Pending; n],
                         completed: 0,
+                        detached: false,
                     });
                 }
             }
@@ -274,6 +278,11 @@ impl<'a> Step<'a> {
                 }
             }
             LoopChange::Mount { to } => self.remount(to),
+            LoopChange::Detach { node } => {
+                if let Some(m) = self.multi_mut(node) {
+                    m.detached = true;
+                }
+            }
             LoopChange::Run { node, item } => self.start_run(node, item),
             LoopChange::RunDone { node, item } => self.end_run(node, item),
         }
@@ -316,7 +325,9 @@ impl<'a> Step<'a> {
                     },
                 };
                 self.apply(Change::Looping(LoopChange::Begin { token: i, items }));
-                self.advance_items(at, None)
+                self.advance_items(at, None)?;
+                self.detach(i, at);
+                Ok(())
             }
             (Some(fe), false) => self.service_items(i, at, fe),
             (None, _) => match self.call_service(at) {
@@ -637,6 +648,7 @@ impl<'a> Step<'a> {
                     outputs: outputs.clone(),
                     state,
                     completed,
+                    detached: false,
                 };
                 (multi, message)
             });

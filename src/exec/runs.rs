@@ -228,7 +228,50 @@ impl<'a> Step<'a> {
             },
         };
         self.apply(Change::Looping(LoopChange::Begin { token: i, items }));
-        self.advance_items(at, None)
+        self.advance_items(at, None)?;
+        self.detach(i, at);
+        Ok(())
+    }
+
+    /// After token `i` began the items of the activity at `at`: with `wait: false` (WCP 12),
+    /// the token goes on at once while the items run on their own.
+    pub(super) fn detach(&mut self, i: usize, at: NodeId) {
+        let node = &self.dep.def.nodes[at.index()];
+        let Some(fe) = node.for_each() else {
+            return;
+        };
+        if fe.wait
+            || self.inst.multi_at(at).is_none_or(|m| m.detached)
+            || self.inst.tokens.get(i).is_none_or(|t| t.node != at)
+        {
+            return;
+        }
+        let to = node.next[0];
+        self.apply(Change::Looping(LoopChange::Detach { node: at }));
+        self.apply(Change::Flow {
+            token: Some(i),
+            from: at,
+            to,
+            actor: None,
+        });
+    }
+
+    /// Withdraws the items of the activities that run without their token (`wait: false`) at
+    /// the nodes `pick` chooses: their open tasks are cancelled and their state goes (the
+    /// tokens of a sub-process's runs are withdrawn with the others). Tokens are not touched.
+    pub(super) fn drop_detached(&mut self, pick: impl Fn(NodeId) -> bool) {
+        let Some(rare) = self.inst.rare.as_deref() else {
+            return;
+        };
+        let nodes: Vec<NodeId> = rare
+            .multi
+            .iter()
+            .filter(|m| m.detached && pick(m.node))
+            .map(|m| m.node)
+            .collect();
+        for node in nodes {
+            self.withdraw_items(node);
+        }
     }
 
     /// Withdraws every token of the run of item `item` of sub-process `node` (their tasks are
@@ -270,7 +313,7 @@ impl<'a> Step<'a> {
                 self.apply(Change::Withdraw { token: j });
                 return true;
             }
-            if self.waiting_at(s.node).is_none() {
+            if !m.detached && self.waiting_at(s.node).is_none() {
                 continue;
             }
             let done = (0..m.state.len()).find(|&k| {

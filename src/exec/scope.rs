@@ -163,7 +163,10 @@ impl Step<'_> {
             if let Err(e) = self.enter_runs(i, at) {
                 failure.get_or_insert(e);
             }
-            if resumed || self.waiting_at(at).is_none() {
+            if resumed
+                || self.waiting_at(at).is_none()
+                || self.inst.multi_at(at).is_some_and(|m| m.detached)
+            {
                 return;
             }
         } else {
@@ -195,7 +198,7 @@ impl Step<'_> {
             def.nodes[tokens[j].node.index()].parent.is_some_and(|p| {
                 !tokens.iter().any(|t| {
                     t.node == p && matches!(t.state, TokenState::Waiting | TokenState::Failed)
-                })
+                }) && !self.inst.multi_at(p).is_some_and(|m| m.detached)
             })
         });
         if let Some(j) = orphan {

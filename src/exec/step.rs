@@ -1265,7 +1265,11 @@ impl<'a> Step<'a> {
             let rest = self.run();
             return failure.map_or(rest, Err);
         }
-        if self.inst.tokens.is_empty() && self.inst.status == Status::Running {
+        // Items running without their token (`wait: false`, WCP 12) keep the instance going.
+        if self.inst.tokens.is_empty()
+            && self.inst.status == Status::Running
+            && !self.inst.has_detached()
+        {
             self.apply(Change::Finish);
         }
         match failure {

@@ -108,6 +108,14 @@ pub(crate) struct Multi {
     pub(crate) state: Vec<ItemState>,
     /// How many items completed.
     pub(crate) completed: u32,
+    /// `for_each` with `wait: false` (WCP 12): the activity's token went on; its items run on
+    /// their own.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub(crate) detached: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Where one item of a multi-instance activity stands.
@@ -326,6 +334,13 @@ impl Instance {
             .iter()
             .find(|r| r.node == node && r.item == item)
             .map(|r| &r.vars)
+    }
+
+    /// Whether a multi-instance activity runs its items without its token (`wait: false`).
+    pub(crate) fn has_detached(&self) -> bool {
+        self.rare
+            .as_deref()
+            .is_some_and(|r| r.multi.iter().any(|m| m.detached))
     }
 
     /// The runs so far of the loop underway at `node` (0 when none is).
@@ -913,6 +928,7 @@ impl Instance {
                 && !self.tokens.iter().any(|u| {
                     u.node == p && matches!(u.state, TokenState::Waiting | TokenState::Failed)
                 })
+                && !self.multi_at(p).is_some_and(|m| m.detached)
             {
                 return Err(format!(
                     "a token at '{}' is inside sub-process '{}', which no token waits at",
@@ -1550,7 +1566,7 @@ fn check_looping(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<(), S
                 ));
             }
         }
-        if !inst.tokens.iter().any(|t| t.node == m.node) {
+        if !m.detached && !inst.tokens.iter().any(|t| t.node == m.node) {
             return Err(format!(
                 "the multi-instance activity at '{}' has no token",
                 node.id
