@@ -972,3 +972,68 @@ fn wait_false_takes_nothing_to_collect() {
         "{err}"
     );
 }
+
+/// A non-interrupting timer boundary on a sub-process (multi-instance or not): after 4 hours a
+/// chase task opens beside the running scope, which goes on.
+fn chased_def(multi: bool) -> ProcessDef {
+    let mut yaml = DEF
+        .replace("PARALLEL", "true")
+        .replace(" WHEN", "")
+        .replace(
+            "    timeout: { after: 8h, to: late }\n",
+            "    timeout: { after: 8h, to: late }\n    boundary: [{ timer: 4h, interrupting: false, to: chase }]\n",
+        )
+        .replace(
+            "  late: { kind: end }\n",
+            "  late: { kind: end }\n  chase:\n    kind: user_task\n    name: Chase the installer\n    raci: { responsible: [checker], accountable: boss }\n    next: chased\n  chased: { kind: end }\n",
+        );
+    if !multi {
+        yaml = yaml.replace(
+            "    for_each: { in: lines, as: item, parallel: true, output: result, collect: results }\n",
+            "",
+        );
+    }
+    ProcessDef::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_non_interrupting_timer_boundary_on_a_sub_process_starts_a_token_beside_it() {
+    for multi in [true, false] {
+        let r = run(chased_def(multi), json!(["a", "b"]));
+        let runs: u32 = if multi { 2 } else { 1 };
+        assert_eq!(r.open_at("line.activate").len(), runs as usize);
+        r.clock.advance(Duration::hours(5));
+        r.engine.tick(r.clock.now());
+        // The chase opened; the scope still runs.
+        assert_eq!(r.open_at("chase").len(), 1, "multi: {multi}");
+        assert_eq!(r.open_at("line.activate").len(), runs as usize);
+        for item in 0..runs {
+            let task = r.open_at("line.activate")[0].id;
+            r.engine
+                .complete(task, &fitter(), vars(json!({ "step": format!("s{item}") })))
+                .unwrap();
+            let task = r.open_at("line.verify")[0].id;
+            r.engine.complete(task, &checker(), Vars::new()).unwrap();
+        }
+        assert_eq!(r.open_at("after").len(), 1, "multi: {multi}");
+        let inst = r.engine.instance(r.id).unwrap();
+        assert!(
+            inst.timers()
+                .iter()
+                .all(|t| t.task.is_some() || t.sla || t.fired),
+            "the scope's timeout and boundary timers went with it: {:?}",
+            inst.timers()
+        );
+        assert_eq!(inst.check(&r.engine.definition_of(r.id).unwrap()), Ok(()));
+        // The timeout does not fire after the scope left.
+        r.clock.advance(Duration::hours(5));
+        r.engine.tick(r.clock.now());
+        assert_eq!(r.open_at("after").len(), 1);
+        let task = r.open_at("chase")[0].id;
+        r.engine.complete(task, &checker(), Vars::new()).unwrap();
+        let task = r.open_at("after")[0].id;
+        r.engine.complete(task, &checker(), Vars::new()).unwrap();
+        let inst = r.engine.instance(r.id).unwrap();
+        assert_eq!(inst.status(), Status::Completed, "multi: {multi}");
+    }
+}

@@ -221,6 +221,17 @@ impl<'a> Step<'a> {
                 if let Some(rare) = self.inst.rare.as_deref_mut() {
                     rare.multi.retain(|m| m.node != node);
                 }
+                // A multi-instance sub-process's timeout and timer boundaries go with it.
+                self.inst.timers.retain(|t| {
+                    !(t.task.is_none()
+                        && !t.sla
+                        && t.node == node
+                        && matches!(
+                            t.kind,
+                            crate::model::TimerKind::ScopeTimeout
+                                | crate::model::TimerKind::Boundary { .. }
+                        ))
+                });
                 let dep: &'a super::deploy::Deployed = self.dep;
                 let collect = dep.def.nodes[node.index()]
                     .for_each()

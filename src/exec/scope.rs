@@ -111,7 +111,9 @@ impl Step<'_> {
                 }
                 let interrupted = matches!(change, ScopeChange::Interrupt { .. });
                 self.inst.timers.retain(|t| {
-                    !(t.task.is_none() && t.node == node && t.kind == TimerKind::ScopeTimeout)
+                    !(t.task.is_none()
+                        && t.node == node
+                        && matches!(t.kind, TimerKind::ScopeTimeout | TimerKind::Boundary { .. }))
                 });
                 self.record(if interrupted {
                     Entry::ScopeInterrupted { node }
@@ -156,6 +158,19 @@ impl Step<'_> {
                 return;
             }
         };
+        // Non-interrupting timer boundary events, counted from the entry (as the timeout).
+        let mut boundary = super::timers::Armed::default();
+        if !self.dep.def.nodes[at.index()].boundary.is_empty() {
+            if let Err(message) = self.boundary_timers(at, 0, &mut boundary) {
+                let e = self.fail_deadline(i, at, message);
+                failure.get_or_insert(e);
+                return;
+            }
+            // A sub-process's boundary timers belong to no task.
+            for t in boundary.timers.iter_mut() {
+                t.task = None;
+            }
+        }
         // A multi-instance sub-process's timeout is armed once, for all its runs; a retry
         // resumes its items (see `runs.rs`).
         let resumed = multi && self.inst.multi_at(at).is_some();
@@ -184,6 +199,28 @@ impl Step<'_> {
                 provisional,
             }]));
         }
+        self.arm(&boundary);
+    }
+
+    /// Timer boundary event `index` of sub-process `node` fired (a non-interrupting one: the
+    /// interrupting timer boundary of a sub-process is its `timeout`): while a token waits
+    /// there, a token starts at its target beside the running scope.
+    pub(super) fn scope_timer_boundary(&mut self, node: NodeId, index: u8) {
+        let n = &self.dep.def.nodes[node.index()];
+        let Some(b) = n.boundary.get(index as usize) else {
+            return;
+        };
+        if b.interrupting || self.waiting_at(node).is_none() {
+            return;
+        }
+        let to = b.to;
+        self.fork_run = 0;
+        self.apply(Change::Flow {
+            token: None,
+            from: node,
+            to,
+            actor: None,
+        });
     }
 
     /// Withdraws the tokens whose sub-process is no longer waiting, then completes the first

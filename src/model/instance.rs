@@ -994,7 +994,12 @@ impl Instance {
                     .boundary
                     .get(index as usize)
                     .is_some_and(|b| matches!(b.on, crate::def::events::BoundaryOn::Timer(_)));
-                if !has || timer.task.is_none() {
+                // A sub-process's timer boundary belongs to no task; a task's to its task.
+                let subprocess = matches!(
+                    def.nodes[timer.node.index()].behaviour,
+                    crate::def::Behaviour::Subprocess { .. }
+                );
+                if !has || timer.task.is_none() != subprocess {
                     return Err(format!(
                         "a boundary timer names boundary event {index} of '{}', which has no such timer",
                         def.nodes[timer.node.index()].id
