@@ -321,7 +321,9 @@ impl Instance {
         self.rare
             .as_deref()
             .and_then(|r| r.item_tasks.iter().find(|(t, _)| *t == task))
-            .map_or(0, |(_, item)| (*item + 1) as u16)
+            .and_then(|(_, item)| item.checked_add(1))
+            .and_then(|run| u16::try_from(run).ok())
+            .unwrap_or(0)
     }
 
     /// The local variables one run of multi-instance sub-process `node` has set so far (its
