@@ -211,6 +211,9 @@ fn parallel_runs_keep_their_locals_and_collect_in_item_order() {
     assert_eq!(r.local(2, "result"), Some(json!("c-two")));
     assert_eq!(r.local(1, "step"), None);
     let inst = r.engine.instance(r.id).unwrap();
+    let verify = r.task("line.verify", 2);
+    assert_eq!(inst.item(r.line(), verify.item.unwrap()), Some(&json!("c")));
+    assert_eq!(inst.task_item(verify.id.seq()).map(|(i, _)| i), Some(2));
     for name in ["step", "result", "item"] {
         assert!(!inst.vars().contains_key(name), "{name} leaked");
     }

@@ -228,6 +228,10 @@ impl Step<'_> {
     #[inline(never)]
     pub(super) fn settle_scopes(&mut self) -> bool {
         let def = &*self.dep.def;
+        if def.multi_scopes {
+            // What happens from here on is outside any run (see `runs.rs`).
+            self.leave_runs();
+        }
         let tokens = &self.inst.tokens;
         // A sub-process whose token failed (a multi-instance one's completion condition) keeps
         // its scope's tokens for the retry.

@@ -326,6 +326,13 @@ impl Instance {
             .unwrap_or(0)
     }
 
+    /// The value of item `item` of the multi-instance activity underway at `node` (a task's or a
+    /// sub-process's): for a task opened in a run of a multi-instance sub-process, `node` is the
+    /// sub-process and `item` the task's [`TaskView::item`](crate::TaskView::item).
+    pub fn item(&self, node: NodeId, item: u32) -> Option<&serde_json::Value> {
+        self.multi_at(node)?.items.get(item as usize)
+    }
+
     /// The local variables one run of multi-instance sub-process `node` has set so far (its
     /// scope's `variables:`, each run its own): `None` while the run has set none, or when it
     /// is not underway.
