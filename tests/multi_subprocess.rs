@@ -1040,3 +1040,110 @@ fn a_non_interrupting_timer_boundary_on_a_sub_process_starts_a_token_beside_it()
         assert_eq!(inst.status(), Status::Completed, "multi: {multi}");
     }
 }
+
+/// A fork and join and a route on the item inside each run: a join counts its own run's
+/// branches only, and a route reads its run's item.
+const FORKED: &str = r#"
+id: forked
+version: 1
+name: Forked
+accountable: boss
+roles: { fitter: { name: Fitter }, checker: { name: Checker }, boss: { name: Boss } }
+variables:
+  lines: { type: array }
+  results: { type: array }
+nodes:
+  start: { kind: start, next: line }
+  line:
+    kind: subprocess
+    for_each: { in: lines, as: item, output: result, collect: results }
+    variables: { result: { type: string } }
+    nodes:
+      begin: { kind: start, next: route }
+      route:
+        kind: exclusive
+        routes:
+          - { when: "item.fork == true", to: fork }
+          - { default: true, to: single }
+      fork: { kind: parallel, next: [left, right] }
+      left: { kind: user_task, name: Left, raci: { responsible: [fitter], accountable: boss }, next: join }
+      right: { kind: user_task, name: Right, raci: { responsible: [checker], accountable: boss }, next: join }
+      join: { kind: parallel, next: fin }
+      single: { kind: user_task, name: Single, raci: { responsible: [fitter], accountable: boss }, next: fin }
+      fin: { kind: end }
+    next: done
+  done: { kind: end }
+"#;
+
+#[test]
+fn a_join_inside_a_run_counts_its_own_branches() {
+    let engine = Engine::new();
+    engine
+        .deploy(ProcessDef::from_yaml(FORKED).unwrap_or_else(|e| panic!("{e}")))
+        .unwrap();
+    let lines = json!([{ "fork": true }, { "fork": false }, { "fork": true }]);
+    let id = engine
+        .start("forked", vars(json!({ "lines": lines })))
+        .unwrap();
+    let task = |node: &str, item: u32| {
+        engine
+            .tasks(id)
+            .unwrap()
+            .into_iter()
+            .find(|t| &*t.node_id == node && t.item == Some(item))
+            .unwrap_or_else(|| panic!("no {node} for item {item}"))
+            .id
+    };
+    let done = |node: &str, item: u32, out: Value| {
+        let actor = if node == "line.right" {
+            checker()
+        } else {
+            fitter()
+        };
+        engine
+            .complete(task(node, item), &actor, vars(out))
+            .unwrap();
+    };
+    // Items 0 and 2 forked, item 1 did not.
+    let mut open: Vec<(String, Option<u32>)> = engine
+        .tasks(id)
+        .unwrap()
+        .iter()
+        .map(|t| (t.node_id.to_string(), t.item))
+        .collect();
+    open.sort();
+    assert_eq!(
+        open,
+        [
+            ("line.left".into(), Some(0)),
+            ("line.left".into(), Some(2)),
+            ("line.right".into(), Some(0)),
+            ("line.right".into(), Some(2)),
+            ("line.single".into(), Some(1)),
+        ]
+    );
+    // One branch of run 0 and the other of run 2: no join fires.
+    done("line.left", 0, json!({ "result": "L0" }));
+    done("line.right", 2, json!({ "result": "R2" }));
+    let inst = engine.instance(id).unwrap();
+    assert!(
+        !inst
+            .audit()
+            .iter()
+            .any(|r| matches!(r.what, Entry::Joined { .. }))
+    );
+    assert_eq!(engine.tasks(id).unwrap().len(), 3);
+    done("line.single", 1, json!({ "result": "S1" }));
+    done("line.right", 0, json!({}));
+    done("line.left", 2, json!({}));
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(
+        inst.audit()
+            .iter()
+            .filter(|r| matches!(r.what, Entry::Joined { .. }))
+            .count(),
+        2
+    );
+    assert_eq!(inst.status(), Status::Completed);
+    assert_eq!(inst.vars()["results"], json!(["L0", "S1", "R2"]));
+}

@@ -152,7 +152,13 @@ pub(super) fn compile(
                 "for_each.as",
                 ProblemKind::InvalidId(item.clone()),
             );
-        } else if vars.contains_key(item) || item == COMPLETED || item == TOTAL {
+        } else if (kind != RawKind::Subprocess
+            && vars.get(item).is_some_and(|s| !super::scope::is_item_var(s)))
+            || item == COMPLETED
+            || item == TOTAL
+        {
+            // A sub-process's item is declared for its scope (`scope::locals`), which refuses a
+            // clash with a declared variable there.
             add(
                 f.item.loc,
                 "for_each.as",

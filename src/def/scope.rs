@@ -165,6 +165,8 @@ pub(super) fn locals(
     report: &mut Report,
 ) -> HashMap<usize, Vec<String>> {
     let mut out: HashMap<usize, Vec<String>> = HashMap::new();
+    // The item names of multi-instance sub-processes (several may share one).
+    let mut items: HashSet<String> = HashSet::new();
     // Where each name was first declared, for a duplicate's message.
     let mut first: HashMap<String, Location> = declared
         .0
@@ -172,12 +174,15 @@ pub(super) fn locals(
         .map(|(k, _)| (k.value.clone(), k.loc))
         .collect();
     for (i, f) in flat.iter().enumerate() {
-        let Some(declared) = &f.node.variables else {
-            continue;
-        };
         if f.node.kind.value != RawKind::Subprocess {
             continue;
         }
+        if let Some(fe) = &f.node.for_each {
+            item_var(&f.id, &fe.value.item, &mut items, vars, report);
+        }
+        let Some(declared) = &f.node.variables else {
+            continue;
+        };
         let section = format!("nodes.{}.variables", f.id);
         for (k, v) in unique(&declared.value, "variable", &section, report) {
             let path = format!("{section}.{}", k.value);
@@ -238,6 +243,55 @@ pub(super) fn locals(
         }
     }
     out
+}
+
+/// Declares the item of multi-instance sub-process `id` (its `for_each.as`) as a variable of
+/// any type, so that the conditions inside its scope may read it; at run time it is local to
+/// each run (see `exec/runs.rs`). A name already declared otherwise is refused.
+fn item_var(
+    id: &str,
+    item: &At<String>,
+    items: &mut HashSet<String>,
+    vars: &mut indexmap::IndexMap<String, VarSpec>,
+    report: &mut Report,
+) {
+    let name = &item.value;
+    if items.contains(name) {
+        return;
+    }
+    if vars.contains_key(name) {
+        report.add(
+            item.loc,
+            format!("nodes.{id}.for_each.as"),
+            ProblemKind::ItemClash(name.clone()),
+        );
+        return;
+    }
+    items.insert(name.clone());
+    vars.insert(
+        name.clone(),
+        VarSpec {
+            name: name.clone(),
+            ty: crate::vars::VarType::Any,
+            required: false,
+            default: None,
+            allowed: None,
+            description: Some(format!("{ITEM_VAR} '{id}' (local to each of its runs)")),
+        },
+    );
+}
+
+/// How the description of a multi-instance sub-process's item variable begins.
+const ITEM_VAR: &str = "the item of multi-instance sub-process";
+
+/// Whether `spec` is the item of a multi-instance sub-process (declared by [`locals`]): a
+/// multi-instance task may use the same name for its own item.
+pub(super) fn is_item_var(spec: &VarSpec) -> bool {
+    spec.ty == crate::vars::VarType::Any
+        && spec
+            .description
+            .as_deref()
+            .is_some_and(|d| d.starts_with(ITEM_VAR))
 }
 
 /// Checks each scope's start count, links each sub-process node to its scope's start and
