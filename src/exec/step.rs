@@ -1093,10 +1093,10 @@ impl<'a> Step<'a> {
         let mut failure: Option<ExecError> = None;
         // Read once: a definition without any node control never looks at a node's.
         let controlled = def.controlled;
-        // Every ready token runs; when none is left, an inclusive join with nothing left to
-        // wait for fires (see `next_ready`).
         // Read once: a definition without multi-instance sub-processes never looks at a run.
         let runs = def.multi_scopes;
+        // Every ready token runs; when none is left, an inclusive join with nothing left to
+        // wait for fires (see `next_ready`).
         while let Some(i) = self.next_ready(&mut failure) {
             if runs {
                 self.enter_run_of(i);
