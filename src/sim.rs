@@ -82,6 +82,10 @@ enum RawStep {
         actor: String,
         #[serde(default)]
         vars: Vars,
+        /// Of several open tasks at `task` (a multi-instance task's, or a multi-instance
+        /// sub-process's runs'), the one of this item; the first open one when not given.
+        #[serde(default)]
+        item: Option<u32>,
         #[serde(default)]
         expect: Outcome,
     },
@@ -398,6 +402,22 @@ impl Scenario {
             })
     }
 
+    /// The open task at `node` of multi-instance item `item`.
+    fn item_task(
+        engine: &Engine,
+        instance: Option<InstanceId>,
+        node: &str,
+        item: u32,
+    ) -> Result<TaskId, String> {
+        let instance = instance.ok_or("no instance started yet")?;
+        let tasks = engine.tasks(instance).map_err(|e| e.to_string())?;
+        tasks
+            .iter()
+            .find(|t| &*t.node_id == node && t.item == Some(item))
+            .map(|t| t.id)
+            .ok_or_else(|| format!("no open task at '{node}' for item {item}"))
+    }
+
     fn step(
         &self,
         engine: &Engine,
@@ -434,10 +454,14 @@ impl Scenario {
                 task,
                 actor,
                 vars,
+                item,
                 expect,
             } => (
                 engine.complete(
-                    Self::task(engine, *instance, task)?,
+                    match item {
+                        Some(item) => Self::item_task(engine, *instance, task, *item)?,
+                        None => Self::task(engine, *instance, task)?,
+                    },
                     &self.actor(actor)?,
                     vars.clone(),
                 ),

@@ -625,7 +625,8 @@ fn exclusive_without_a_matching_route_is_an_incident() {
         inst.tokens(),
         [Token {
             node: gw,
-            state: TokenState::Failed
+            state: TokenState::Failed,
+            run: 0,
         }]
     );
     assert_eq!(inst.incidents().len(), 1);
@@ -978,7 +979,8 @@ fn check_failed_then_retry(
         inst.tokens(),
         [Token {
             node: check,
-            state: TokenState::Failed
+            state: TokenState::Failed,
+            run: 0,
         }]
     );
     assert_eq!(inst.incidents().len(), 1);

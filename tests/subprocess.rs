@@ -387,10 +387,12 @@ nodes:
     let err = ProcessDef::from_yaml(&text).unwrap_err();
     let kinds: Vec<ProblemKind> = err.problems.iter().map(|p| p.kind.clone()).collect();
     assert!(err.problems.iter().all(|p| p.location.is_some()));
+    // `for_each` on a sub-process runs its scope per item (tests/multi_subprocess.rs): its list
+    // must be declared.
     assert!(
-        kinds.contains(&ProblemKind::KeyNotAllowed {
-            key: "for_each",
-            kind: "subprocess"
+        kinds.contains(&ProblemKind::UnknownVariable {
+            key: "for_each.in",
+            name: "two".into()
         }),
         "{kinds:#?}"
     );

@@ -66,6 +66,9 @@ pub struct ProcessDef {
     pub(crate) scopes: Vec<scope::Scope>,
     /// The root CEL scope; building one costs tens of microseconds, so it is built once here.
     pub(crate) cel: cel::Context<'static, 'static>,
+    /// Whether any sub-process has `for_each` (see `exec/runs.rs`): when none has, the run loop
+    /// never looks at a token's run.
+    pub(crate) multi_scopes: bool,
 }
 
 impl std::fmt::Debug for ProcessDef {

@@ -1,5 +1,6 @@
-//! Multi-instance (`for_each`) and structured loops (`repeat`) on user and service tasks, and
-//! `repeat` on embedded sub-processes: compiling and checking the two keys.
+//! Multi-instance (`for_each`) and structured loops (`repeat`) on user and service tasks and on
+//! embedded sub-processes: compiling and checking the two keys (what may stand inside a
+//! multi-instance sub-process's scope is checked in `scope.rs`).
 //!
 //! **Invariant:** a compiled [`ForEach`] names a declared list variable, an item name that is no
 //! declared variable, and (when it collects) a declared `array` variable; a compiled [`Repeat`]
@@ -43,6 +44,8 @@ pub(crate) struct ForEach {
     pub(crate) collect: Option<String>,
     /// When it holds after an item completes, the rest are withdrawn.
     pub(crate) complete_when: Option<Condition>,
+    /// Whether the token waits for the items (`wait: false`: it goes on at once, WCP 12).
+    pub(crate) wait: bool,
 }
 
 /// `repeat`: the task runs again until `until` holds, at most `max` times in all.
@@ -67,9 +70,11 @@ pub(super) fn compile(
             kind,
         });
     };
-    let supported = matches!(kind, RawKind::UserTask | RawKind::ServiceTask);
-    // A sub-process may repeat its scope; `for_each` on it is not built (refused below).
-    let subprocess = kind == RawKind::Subprocess;
+    // A sub-process may run its scope per item (`for_each`, see `scope.rs`) or repeat it.
+    let supported = matches!(
+        kind,
+        RawKind::UserTask | RawKind::ServiceTask | RawKind::Subprocess
+    );
     let raw_for_each = if supported {
         raw.for_each.as_ref()
     } else {
@@ -78,10 +83,7 @@ pub(super) fn compile(
     if !supported {
         for (key, loc) in [
             ("for_each", raw.for_each.as_ref().map(|f| f.loc)),
-            (
-                "repeat",
-                raw.repeat.as_ref().filter(|_| !subprocess).map(|r| r.loc),
-            ),
+            ("repeat", raw.repeat.as_ref().map(|r| r.loc)),
         ] {
             if let Some(loc) = loc {
                 add(
@@ -94,9 +96,7 @@ pub(super) fn compile(
                 );
             }
         }
-        if !subprocess || raw.repeat.is_none() {
-            return None;
-        }
+        return None;
     }
     if let (Some(f), Some(_)) = (raw_for_each, &raw.repeat) {
         add(
@@ -107,7 +107,7 @@ pub(super) fn compile(
             ),
         );
     }
-    if let (Some(_), Some(t)) = (raw_for_each, &raw.timeout) {
+    if let (Some(_), Some(t), false) = (raw_for_each, &raw.timeout, kind == RawKind::Subprocess) {
         add(
             t.loc,
             "timeout",
@@ -152,7 +152,13 @@ pub(super) fn compile(
                 "for_each.as",
                 ProblemKind::InvalidId(item.clone()),
             );
-        } else if vars.contains_key(item) || item == COMPLETED || item == TOTAL {
+        } else if (kind != RawKind::Subprocess
+            && vars.get(item).is_some_and(|s| !super::scope::is_item_var(s)))
+            || item == COMPLETED
+            || item == TOTAL
+        {
+            // A sub-process's item is declared for its scope (`scope::locals`), which refuses a
+            // clash with a declared variable there.
             add(
                 f.item.loc,
                 "for_each.as",
@@ -250,7 +256,33 @@ pub(super) fn compile(
                         Some(cond)
                     }
                 });
+        if let Some(wait) = f.wait.as_ref().filter(|w| !w.value) {
+            let waited = [
+                f.output.as_ref().map(|o| o.loc),
+                f.collect.as_ref().map(|c| c.loc),
+                f.complete_when.as_ref().map(|c| c.loc),
+            ];
+            if waited.iter().any(Option::is_some) {
+                add(
+                    wait.loc,
+                    "for_each.wait",
+                    ProblemKind::LoopShape(
+                        "'wait: false' takes no 'output', 'collect' or 'complete_when': nothing waits for the items to collect or complete them",
+                    ),
+                );
+            }
+            if kind == RawKind::Subprocess && (raw.timeout.is_some() || raw.boundary.is_some()) {
+                add(
+                    wait.loc,
+                    "for_each.wait",
+                    ProblemKind::LoopShape(
+                        "a sub-process with 'wait: false' has no 'timeout' or 'boundary': its token does not wait for its runs",
+                    ),
+                );
+            }
+        }
         ForEach {
+            wait: f.wait.as_ref().is_none_or(|w| w.value),
             list: f.list.value.clone(),
             item: item.clone(),
             parallel: f.parallel.unwrap_or(true),

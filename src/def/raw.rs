@@ -199,6 +199,9 @@ pub(crate) struct RawForEach {
     pub(crate) collect: Option<At<String>>,
     #[serde(default)]
     pub(crate) complete_when: Option<At<String>>,
+    /// `false`: the activity starts its items and its token goes on at once (WCP 12).
+    #[serde(default)]
+    pub(crate) wait: Option<At<bool>>,
 }
 
 /// `repeat: { until, max }`.

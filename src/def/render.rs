@@ -40,6 +40,15 @@ fn label(node: &Node) -> String {
     text.replace('"', "'")
 }
 
+/// How a sub-process's scope is titled: one that runs per item is a multi-instance one.
+fn scope_kind(node: &Node) -> &'static str {
+    if node.for_each().is_some() {
+        "multi-instance sub-process"
+    } else {
+        "sub-process"
+    }
+}
+
 fn join(roles: &[crate::RoleId]) -> String {
     roles
         .iter()
@@ -76,7 +85,12 @@ fn mermaid_nodes(
         }
         if let Behaviour::Subprocess { .. } = node.behaviour {
             let text = label(node);
-            let _ = writeln!(out, "{pad}subgraph {}[\"sub-process {text}\"]", mid(node));
+            let _ = writeln!(
+                out,
+                "{pad}subgraph {}[\"{} {text}\"]",
+                mid(node),
+                scope_kind(node)
+            );
             let _ = writeln!(out, "{pad}    direction TB");
             mermaid_nodes(def, Some(crate::ids::NodeId(i as u32)), depth + 1, out);
             let _ = writeln!(out, "{pad}end");
@@ -203,9 +217,15 @@ fn dot_nodes(def: &ProcessDef, scope: Option<crate::ids::NodeId>, depth: usize, 
         if let Behaviour::Subprocess { .. } = node.behaviour {
             let _ = writeln!(
                 out,
-                "{pad}subgraph \"cluster_{}\" {{\n{pad}    label=\"sub-process {}\";\n{pad}    style=rounded;",
+                "{pad}subgraph \"cluster_{}\" {{\n{pad}    label=\"{} {}\";\n{pad}    style={};",
                 node.id,
-                label(node)
+                scope_kind(node),
+                label(node),
+                if node.for_each().is_some() {
+                    "\"rounded,dashed\""
+                } else {
+                    "rounded"
+                }
             );
             let _ = writeln!(
                 out,

@@ -32,8 +32,12 @@ pub(crate) struct Scope {
     pub(crate) node: NodeId,
     /// Every node inside it, nested scopes' nodes included.
     pub(crate) members: Bits,
-    /// Its local variables: cleared when the scope is entered and when it is left.
+    /// Its local variables: cleared when the scope is entered and when it is left. In a
+    /// multi-instance sub-process, each run has its own (see `exec/runs.rs`).
     pub(crate) locals: Vec<String>,
+    /// Whether the sub-process has `for_each`: its scope runs once per item, each run's tokens
+    /// marked with the run ([`crate::Token::run`]).
+    pub(crate) multi: bool,
 }
 
 /// One node of the flattened list.
@@ -161,6 +165,8 @@ pub(super) fn locals(
     report: &mut Report,
 ) -> HashMap<usize, Vec<String>> {
     let mut out: HashMap<usize, Vec<String>> = HashMap::new();
+    // The item names of multi-instance sub-processes (several may share one).
+    let mut items: HashSet<String> = HashSet::new();
     // Where each name was first declared, for a duplicate's message.
     let mut first: HashMap<String, Location> = declared
         .0
@@ -168,12 +174,15 @@ pub(super) fn locals(
         .map(|(k, _)| (k.value.clone(), k.loc))
         .collect();
     for (i, f) in flat.iter().enumerate() {
-        let Some(declared) = &f.node.variables else {
-            continue;
-        };
         if f.node.kind.value != RawKind::Subprocess {
             continue;
         }
+        if let Some(fe) = &f.node.for_each {
+            item_var(&f.id, &fe.value.item, &mut items, vars, report);
+        }
+        let Some(declared) = &f.node.variables else {
+            continue;
+        };
         let section = format!("nodes.{}.variables", f.id);
         for (k, v) in unique(&declared.value, "variable", &section, report) {
             let path = format!("{section}.{}", k.value);
@@ -234,6 +243,55 @@ pub(super) fn locals(
         }
     }
     out
+}
+
+/// Declares the item of multi-instance sub-process `id` (its `for_each.as`) as a variable of
+/// any type, so that the conditions inside its scope may read it; at run time it is local to
+/// each run (see `exec/runs.rs`). A name already declared otherwise is refused.
+fn item_var(
+    id: &str,
+    item: &At<String>,
+    items: &mut HashSet<String>,
+    vars: &mut indexmap::IndexMap<String, VarSpec>,
+    report: &mut Report,
+) {
+    let name = &item.value;
+    if items.contains(name) {
+        return;
+    }
+    if vars.contains_key(name) {
+        report.add(
+            item.loc,
+            format!("nodes.{id}.for_each.as"),
+            ProblemKind::ItemClash(name.clone()),
+        );
+        return;
+    }
+    items.insert(name.clone());
+    vars.insert(
+        name.clone(),
+        VarSpec {
+            name: name.clone(),
+            ty: crate::vars::VarType::Any,
+            required: false,
+            default: None,
+            allowed: None,
+            description: Some(format!("{ITEM_VAR} '{id}' (local to each of its runs)")),
+        },
+    );
+}
+
+/// How the description of a multi-instance sub-process's item variable begins.
+const ITEM_VAR: &str = "the item of multi-instance sub-process";
+
+/// Whether `spec` is the item of a multi-instance sub-process (declared by [`locals`]): a
+/// multi-instance task may use the same name for its own item.
+pub(super) fn is_item_var(spec: &VarSpec) -> bool {
+    spec.ty == crate::vars::VarType::Any
+        && spec
+            .description
+            .as_deref()
+            .is_some_and(|d| d.starts_with(ITEM_VAR))
 }
 
 /// Checks each scope's start count, links each sub-process node to its scope's start and
@@ -299,10 +357,16 @@ pub(super) fn finish(
                 edges.push((i, start));
             }
         }
+        let locals = locals.remove(&i).unwrap_or_default();
+        let multi = nodes[i].for_each().is_some();
+        if multi {
+            check_runs(flat, nodes, i, &members, &locals, report);
+        }
         scopes.push(Scope {
             node: NodeId(i as u32),
             members,
-            locals: locals.remove(&i).unwrap_or_default(),
+            locals,
+            multi,
         });
     }
     (scopes, edges)
@@ -331,6 +395,86 @@ pub(super) fn widen_regions(nodes: &mut [Node], scopes: &[Scope]) {
         for n in extra {
             if !control.cancels.contains(&n) {
                 control.cancels.push(n);
+            }
+        }
+    }
+}
+
+/// Checks what stands inside multi-instance sub-process `i`'s scope: its runs take start, end,
+/// user and service tasks and exclusive and parallel gateways (every token of a run is found by
+/// its node and its run; the constructs that find tokens or tasks by node alone are refused), and
+/// its `for_each.output` is one of its local variables.
+fn check_runs(
+    flat: &[Flat<'_>],
+    nodes: &[Node],
+    i: usize,
+    members: &Bits,
+    locals: &[String],
+    report: &mut Report,
+) {
+    let scope = &nodes[i].id;
+    if let Some(fe) = flat[i].node.for_each.as_ref()
+        && let Some(output) = &fe.value.output
+        && !locals.contains(&output.value)
+    {
+        report.add(
+            output.loc,
+            format!("nodes.{scope}.for_each.output"),
+            ProblemKind::OutputNotLocal {
+                scope: scope.clone(),
+                name: output.value.clone(),
+            },
+        );
+    }
+    for j in (0..nodes.len()).filter(|&j| members.contains(j) && flat[j].parent == Some(i)) {
+        let node = &nodes[j];
+        let raw = flat[j].node;
+        let refuse = |what: String, loc: Location, key: &str, report: &mut Report| {
+            let path = if key.is_empty() {
+                format!("nodes.{}", node.id)
+            } else {
+                format!("nodes.{}.{key}", node.id)
+            };
+            report.add(
+                loc,
+                path,
+                ProblemKind::NotInRuns {
+                    what,
+                    scope: scope.clone(),
+                },
+            );
+        };
+        if !matches!(
+            node.behaviour,
+            Behaviour::Start
+                | Behaviour::End
+                | Behaviour::UserTask(_)
+                | Behaviour::ServiceTask { .. }
+                | Behaviour::Exclusive { .. }
+                | Behaviour::Parallel
+        ) {
+            refuse(
+                format!("a {} node", raw.kind.value.as_str()),
+                raw.kind.loc,
+                "kind",
+                report,
+            );
+            continue;
+        }
+        let keys = [
+            ("for_each", raw.for_each.as_ref().map(|k| k.loc)),
+            ("repeat", raw.repeat.as_ref().map(|k| k.loc)),
+            ("boundary", raw.boundary.as_ref().map(|k| k.loc)),
+            ("timeout", raw.timeout.as_ref().map(|k| k.loc)),
+            ("send_back", raw.send_back.as_ref().map(|k| k.loc)),
+            ("while_at", raw.while_at.as_ref().map(|k| k.loc)),
+            ("wait_for", raw.wait_for.as_ref().map(|k| k.loc)),
+            ("cancels", raw.cancels.as_ref().map(|k| k.loc)),
+            ("terminate", raw.terminate.as_ref().map(|k| k.loc)),
+        ];
+        for (key, loc) in keys {
+            if let Some(loc) = loc {
+                refuse(format!("'{key}'"), loc, key, report);
             }
         }
     }

@@ -432,6 +432,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         or_joins,
         controlled,
         milestones,
+        multi_scopes: scopes.iter().any(|s| s.multi),
         scopes,
         cel: cel::Context::default(),
     })
@@ -755,13 +756,15 @@ impl NodeCx<'_> {
                         });
                         node.boundary = self.boundaries(raw, &mut node.next, report);
                         if let Some(list) = &raw.boundary
-                            && list.value.iter().any(|b| b.value.timer.is_some())
+                            && list.value.iter().any(|b| {
+                                b.value.timer.is_some() && b.value.interrupting != Some(false)
+                            })
                         {
                             report.add(
                                 list.loc,
                                 self.path("boundary"),
                                 ProblemKind::EventShape(
-                                    "a sub-process takes message and signal boundary events; its timer boundary is 'timeout: { after, to }'",
+                                    "a sub-process's interrupting timer boundary is 'timeout: { after, to }'; a 'timer' boundary event on it must be 'interrupting: false'",
                                 ),
                             );
                         }

@@ -94,6 +94,10 @@ impl Step<'_> {
                 }
             }
         }
+        if self.inst.has_detached() {
+            // Items that run without their token (`wait: false`) go too.
+            self.drop_detached(|_| true);
+        }
         while let Some(last) = self.inst.tokens.len().checked_sub(1) {
             self.apply(Change::Withdraw { token: last });
         }
@@ -139,6 +143,9 @@ impl Step<'_> {
         let mut i = i;
         if !control.cancels.is_empty() {
             self.apply(Change::RegionCancelled { node: at });
+            if self.inst.has_detached() {
+                self.drop_detached(|n| control.cancels.contains(&n));
+            }
             i = self
                 .withdraw_others(i, |t| control.cancels.contains(&t.node))
                 .0;
@@ -146,6 +153,9 @@ impl Step<'_> {
         match node.behaviour {
             Behaviour::End if control.terminate => {
                 self.apply(Change::Terminate { node: at });
+                if self.inst.has_detached() {
+                    self.drop_detached(|_| true);
+                }
                 let (i, _) = self.withdraw_others(i, |_| true);
                 self.apply(Change::End { token: i });
                 None

@@ -13,6 +13,7 @@ mod kept;
 mod keys;
 mod multi;
 mod rework;
+mod runs;
 mod scope;
 mod seam;
 mod step;
@@ -479,6 +480,7 @@ impl Engine {
             tokens: smallvec::smallvec![Token {
                 node: def.start,
                 state: TokenState::Ready,
+                run: 0,
             }],
             tasks: Vec::new(),
             timers: Vec::new(),
@@ -688,6 +690,8 @@ impl Engine {
                 let ran = step.run();
                 return done.and(ran);
             }
+            // A task in a run of a multi-instance sub-process: its output lands in that run.
+            step.mount_task(task.seq);
             step.apply(Change::Complete {
                 task: task.seq,
                 actor: &actor.id,
@@ -856,7 +860,12 @@ impl Engine {
                     problems: vec![(fe.list.clone(), problem)],
                 });
             }
-            let user = def.nodes[at.index()].raci().is_some();
+            // A user task opens the new items' tasks, a sub-process starts their runs.
+            let user = def.nodes[at.index()].raci().is_some()
+                || matches!(
+                    def.nodes[at.index()].behaviour,
+                    crate::def::Behaviour::Subprocess { .. }
+                );
             Ok(self.step_slot(slot, now, |step| {
                 step.apply(Change::Looping(multi::LoopChange::Add { node: at, items }));
                 if user {

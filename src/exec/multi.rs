@@ -65,6 +65,17 @@ pub(crate) enum LoopChange {
     Repeat { token: usize, iteration: u32 },
     /// The loop at `node` is over.
     LoopEnd { node: NodeId },
+    /// The local variables of run `to` (multi-instance sub-process, item) are put into the
+    /// instance's, those of the run mounted before taken back out (see `runs.rs`).
+    Mount { to: Option<(NodeId, u32)> },
+    /// The activity at `node` does not wait for its items (`wait: false`, WCP 12): its token
+    /// goes on (a `Flow` follows).
+    Detach { node: NodeId },
+    /// Item `item` of multi-instance sub-process `node` runs: a token starts its scope.
+    Run { node: NodeId, item: u32 },
+    /// The run of item `item` of sub-process `node` has no live token left (its output is
+    /// read; a `Done` follows).
+    RunDone { node: NodeId, item: u32 },
 }
 
 /// What running a service task's items gave, before any change is applied.
@@ -98,6 +109,7 @@ impl<'a> Step<'a> {
                         outputs: vec![Value::Null; n],
                         state: vec![ItemState::Pending; n],
                         completed: 0,
+                        detached: false,
                     });
                 }
             }
@@ -160,6 +172,12 @@ impl<'a> Step<'a> {
                     return;
                 };
                 let before = std::mem::replace(&mut m.state[item as usize], ItemState::Withdrawn);
+                if before == ItemState::Running
+                    && let Some(rare) = self.inst.rare.as_deref_mut()
+                {
+                    rare.run_vars
+                        .retain(|r| !(r.node == node && r.item == item));
+                }
                 if let ItemState::Open(seq) = before {
                     self.inst.tasks[seq as usize].state = TaskState::Cancelled { at: self.now };
                     self.inst.timers.retain(|t| t.task != Some(seq));
@@ -203,6 +221,17 @@ impl<'a> Step<'a> {
                 if let Some(rare) = self.inst.rare.as_deref_mut() {
                     rare.multi.retain(|m| m.node != node);
                 }
+                // A multi-instance sub-process's timeout and timer boundaries go with it.
+                self.inst.timers.retain(|t| {
+                    !(t.task.is_none()
+                        && !t.sla
+                        && t.node == node
+                        && matches!(
+                            t.kind,
+                            crate::model::TimerKind::ScopeTimeout
+                                | crate::model::TimerKind::Boundary { .. }
+                        ))
+                });
                 let dep: &'a super::deploy::Deployed = self.dep;
                 let collect = dep.def.nodes[node.index()]
                     .for_each()
@@ -212,6 +241,7 @@ impl<'a> Step<'a> {
                         .vars
                         .insert(name.to_owned(), Value::Array(outputs));
                 }
+                self.inst.tidy_rare();
                 self.record_cold(Entry::ItemsFinished {
                     node,
                     completed,
@@ -227,9 +257,14 @@ impl<'a> Step<'a> {
                 }
             }
             LoopChange::Drop { node } => {
+                if self.mounted.is_some_and(|(n, _)| n == node) {
+                    self.remount(None);
+                }
                 if let Some(rare) = self.inst.rare.as_deref_mut() {
                     rare.multi.retain(|m| m.node != node);
+                    rare.run_vars.retain(|r| r.node != node);
                 }
+                self.inst.tidy_rare();
             }
             LoopChange::Repeat { token, iteration } => {
                 let node = self.inst.tokens[token].node;
@@ -253,6 +288,14 @@ impl<'a> Step<'a> {
                     rare.loops.retain(|(n, _)| *n != node);
                 }
             }
+            LoopChange::Mount { to } => self.remount(to),
+            LoopChange::Detach { node } => {
+                if let Some(m) = self.multi_mut(node) {
+                    m.detached = true;
+                }
+            }
+            LoopChange::Run { node, item } => self.start_run(node, item),
+            LoopChange::RunDone { node, item } => self.end_run(node, item),
         }
     }
 
@@ -293,7 +336,9 @@ impl<'a> Step<'a> {
                     },
                 };
                 self.apply(Change::Looping(LoopChange::Begin { token: i, items }));
-                self.advance_items(at, None)
+                self.advance_items(at, None)?;
+                self.detach(i, at);
+                Ok(())
             }
             (Some(fe), false) => self.service_items(i, at, fe),
             (None, _) => match self.call_service(at) {
@@ -421,7 +466,7 @@ impl<'a> Step<'a> {
                 .filter(|k| {
                     matches!(
                         m.state[*k as usize],
-                        ItemState::Pending | ItemState::Open(_)
+                        ItemState::Pending | ItemState::Open(_) | ItemState::Running
                     )
                 })
                 .collect();
@@ -431,6 +476,14 @@ impl<'a> Step<'a> {
                     .filter(|s| **s == ItemState::Withdrawn)
                     .count() as u32;
             for item in rest {
+                if self
+                    .inst
+                    .multi_at(at)
+                    .and_then(|m| m.state.get(item as usize))
+                    == Some(&ItemState::Running)
+                {
+                    self.withdraw_run(at, item);
+                }
                 self.apply(Change::Looping(LoopChange::Withdraw { node: at, item }));
             }
             let Some(m) = self.inst.multi_at(at) else {
@@ -458,7 +511,11 @@ impl<'a> Step<'a> {
             (0..m.state.len() as u32)
                 .filter(|k| m.state[*k as usize] == ItemState::Pending)
                 .collect()
-        } else if m.state.iter().any(|s| matches!(s, ItemState::Open(_))) {
+        } else if m
+            .state
+            .iter()
+            .any(|s| matches!(s, ItemState::Open(_) | ItemState::Running))
+        {
             Vec::new()
         } else {
             m.state
@@ -469,6 +526,13 @@ impl<'a> Step<'a> {
                 .collect()
         };
         let reserve = due.len() as u32;
+        if matches!(node.behaviour, crate::def::Behaviour::Subprocess { .. }) {
+            // A multi-instance sub-process runs its scope per item (see `runs.rs`).
+            for item in due {
+                self.apply(Change::Looping(LoopChange::Run { node: at, item }));
+            }
+            return Ok(());
+        }
         for item in due {
             let mut armed = super::timers::Armed::default();
             self.arming_item = Some(item);
@@ -595,6 +659,7 @@ impl<'a> Step<'a> {
                     outputs: outputs.clone(),
                     state,
                     completed,
+                    detached: false,
                 };
                 (multi, message)
             });
@@ -680,7 +745,7 @@ impl<'a> Step<'a> {
 }
 
 /// The list a `for_each` runs over, or why the variable holds none.
-fn list_of<'s>(step: &'s Step<'_>, at: NodeId) -> Result<&'s [Value], String> {
+pub(super) fn list_of<'s>(step: &'s Step<'_>, at: NodeId) -> Result<&'s [Value], String> {
     let node = &step.dep.def.nodes[at.index()];
     let Some(fe) = node.for_each() else {
         return Err("not a multi-instance task".to_owned());

@@ -73,6 +73,7 @@ impl Step<'_> {
                     self.inst.tokens.push(Token {
                         node: start,
                         state: TokenState::Ready,
+                        run: 0,
                     });
                 }
                 self.record(Entry::ScopeEntered { node });
@@ -86,6 +87,7 @@ impl Step<'_> {
                     self.inst.tokens.push(Token {
                         node: start,
                         state: TokenState::Ready,
+                        run: 0,
                     });
                 }
                 let loops = &mut self.inst.rare_mut().loops;
@@ -109,7 +111,9 @@ impl Step<'_> {
                 }
                 let interrupted = matches!(change, ScopeChange::Interrupt { .. });
                 self.inst.timers.retain(|t| {
-                    !(t.task.is_none() && t.node == node && t.kind == TimerKind::ScopeTimeout)
+                    !(t.task.is_none()
+                        && t.node == node
+                        && matches!(t.kind, TimerKind::ScopeTimeout | TimerKind::Boundary { .. }))
                 });
                 self.record(if interrupted {
                     Entry::ScopeInterrupted { node }
@@ -139,6 +143,12 @@ impl Step<'_> {
         timeout: Option<&TimerWait>,
         failure: &mut Option<ExecError>,
     ) {
+        let multi = self
+            .dep
+            .def
+            .scopes
+            .get(scope as usize)
+            .is_some_and(|s| s.multi);
         let due = match timeout.map(|w| self.wait_until(w)) {
             None => None,
             Some(Ok(due)) => Some(due),
@@ -148,7 +158,35 @@ impl Step<'_> {
                 return;
             }
         };
-        self.apply(Change::Scope(ScopeChange::Enter { token: i, scope }));
+        // Non-interrupting timer boundary events, counted from the entry (as the timeout).
+        let mut boundary = super::timers::Armed::default();
+        if !self.dep.def.nodes[at.index()].boundary.is_empty() {
+            if let Err(message) = self.boundary_timers(at, 0, &mut boundary) {
+                let e = self.fail_deadline(i, at, message);
+                failure.get_or_insert(e);
+                return;
+            }
+            // A sub-process's boundary timers belong to no task.
+            for t in boundary.timers.iter_mut() {
+                t.task = None;
+            }
+        }
+        // A multi-instance sub-process's timeout is armed once, for all its runs; a retry
+        // resumes its items (see `runs.rs`).
+        let resumed = multi && self.inst.multi_at(at).is_some();
+        if multi {
+            if let Err(e) = self.enter_runs(i, at) {
+                failure.get_or_insert(e);
+            }
+            if resumed
+                || self.waiting_at(at).is_none()
+                || self.inst.multi_at(at).is_some_and(|m| m.detached)
+            {
+                return;
+            }
+        } else {
+            self.apply(Change::Scope(ScopeChange::Enter { token: i, scope }));
+        }
         if let Some((when, provisional)) = due {
             self.apply(Change::Arm(&[Timer {
                 at: when,
@@ -161,6 +199,28 @@ impl Step<'_> {
                 provisional,
             }]));
         }
+        self.arm(&boundary);
+    }
+
+    /// Timer boundary event `index` of sub-process `node` fired (a non-interrupting one: the
+    /// interrupting timer boundary of a sub-process is its `timeout`): while a token waits
+    /// there, a token starts at its target beside the running scope.
+    pub(super) fn scope_timer_boundary(&mut self, node: NodeId, index: u8) {
+        let n = &self.dep.def.nodes[node.index()];
+        let Some(b) = n.boundary.get(index as usize) else {
+            return;
+        };
+        if b.interrupting || self.waiting_at(node).is_none() {
+            return;
+        }
+        let to = b.to;
+        self.fork_run = 0;
+        self.apply(Change::Flow {
+            token: None,
+            from: node,
+            to,
+            actor: None,
+        });
     }
 
     /// Withdraws the tokens whose sub-process is no longer waiting, then completes the first
@@ -168,19 +228,31 @@ impl Step<'_> {
     #[inline(never)]
     pub(super) fn settle_scopes(&mut self) -> bool {
         let def = &*self.dep.def;
+        if def.multi_scopes {
+            // What happens from here on is outside any run (see `runs.rs`).
+            self.leave_runs();
+        }
         let tokens = &self.inst.tokens;
+        // A sub-process whose token failed (a multi-instance one's completion condition) keeps
+        // its scope's tokens for the retry.
         let orphan = (0..tokens.len()).rev().find(|&j| {
             def.nodes[tokens[j].node.index()].parent.is_some_and(|p| {
-                !tokens
-                    .iter()
-                    .any(|t| t.node == p && t.state == TokenState::Waiting)
+                !tokens.iter().any(|t| {
+                    t.node == p && matches!(t.state, TokenState::Waiting | TokenState::Failed)
+                }) && !self.inst.multi_at(p).is_some_and(|m| m.detached)
             })
         });
         if let Some(j) = orphan {
             self.apply(Change::Withdraw { token: j });
             return true;
         }
+        if def.multi_scopes && self.settle_runs() {
+            return true;
+        }
         for (n, s) in def.scopes.iter().enumerate() {
+            if s.multi {
+                continue;
+            }
             let tokens = &self.inst.tokens;
             let Some(i) = self.waiting_at(s.node) else {
                 continue;
@@ -306,6 +378,10 @@ impl Step<'_> {
             if s.members.contains(self.inst.tokens[j].node.index()) {
                 self.apply(Change::Withdraw { token: j });
             }
+        }
+        if s.multi {
+            // Every run was withdrawn with its tokens: the items go.
+            self.withdraw_items(node);
         }
         let Some(i) = self.waiting_at(node) else {
             return;

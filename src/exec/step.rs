@@ -218,6 +218,11 @@ pub(crate) struct Step<'a> {
     pub(crate) arming_item: Option<u32>,
     /// The business keys this call set, with their values before (see `keys.rs`).
     pub(crate) key_notes: super::keys::KeyNotes,
+    /// The run (of a multi-instance sub-process) of the token the run loop runs now: a token a
+    /// fork or a join makes (`Flow` without a token) is in it (see `runs.rs`).
+    pub(crate) fork_run: u16,
+    /// The run whose local variables are in the instance's variables now: (sub-process, item).
+    pub(crate) mounted: Option<(NodeId, u32)>,
 }
 
 impl<'a> Step<'a> {
@@ -239,6 +244,8 @@ impl<'a> Step<'a> {
             changed: false,
             arming_item: None,
             key_notes: Vec::new(),
+            fork_run: 0,
+            mounted: None,
         }
     }
 
@@ -355,13 +362,18 @@ impl<'a> Step<'a> {
                 to,
                 actor,
             } => {
-                let t = Token {
-                    node: to,
-                    state: TokenState::Ready,
-                };
                 match token {
-                    Some(i) => self.inst.tokens[i] = t,
-                    None => self.inst.tokens.push(t),
+                    // The token stays in its run (of a multi-instance sub-process), if any.
+                    Some(i) => {
+                        let t = &mut self.inst.tokens[i];
+                        t.node = to;
+                        t.state = TokenState::Ready;
+                    }
+                    None => self.inst.tokens.push(Token {
+                        node: to,
+                        state: TokenState::Ready,
+                        run: self.fork_run,
+                    }),
                 }
                 self.record(Entry::Transition {
                     from,
@@ -384,9 +396,11 @@ impl<'a> Step<'a> {
             }
             Change::Arrive { token } => self.inst.tokens[token].state = TokenState::Joined,
             Change::Joined { join } => {
+                // Only the branches of the run being joined (0 outside multi-instance runs).
+                let run = self.fork_run;
                 self.inst
                     .tokens
-                    .retain(|t| !(t.node == join && t.state == TokenState::Joined));
+                    .retain(|t| !(t.node == join && t.state == TokenState::Joined && t.run == run));
                 self.record(Entry::Joined { node: join });
             }
             Change::End { token } => {
@@ -413,6 +427,10 @@ impl<'a> Step<'a> {
                     comments: Box::default(),
                 });
                 let task = self.task_id(seq);
+                if self.dep.def.multi_scopes && self.inst.tokens[token].run != 0 {
+                    let run = self.inst.tokens[token].run;
+                    self.note_run_task(seq, run);
+                }
                 self.record(Entry::TaskCreated { task: seq, node });
                 if self.heard() {
                     let responsible = self.dep.def.nodes[node.index()]
@@ -475,12 +493,15 @@ impl<'a> Step<'a> {
                 let node_id = slot.node;
                 // A multi-instance item's task leaves its activity's token waiting.
                 let multi = self.dep.def.nodes[node_id.index()].for_each().is_some();
-                if let Some(i) = self
-                    .inst
-                    .tokens
-                    .iter()
-                    .position(|t| !multi && t.node == node_id && t.state == TokenState::Waiting)
-                {
+                // Inside a run of a multi-instance sub-process: the token of the task's run.
+                let run = if self.dep.def.multi_scopes {
+                    self.inst.task_run(task)
+                } else {
+                    0
+                };
+                if let Some(i) = self.inst.tokens.iter().position(|t| {
+                    !multi && t.node == node_id && t.state == TokenState::Waiting && t.run == run
+                }) {
                     self.inst.tokens[i].state = TokenState::Ready;
                 }
                 self.record(Entry::Completed {
@@ -712,6 +733,7 @@ impl<'a> Step<'a> {
                 self.inst.tokens.push(Token {
                     node: to,
                     state: TokenState::Ready,
+                    run: 0,
                 });
                 if self.heard() {
                     self.emit(Event::NodeEntered {
@@ -994,7 +1016,7 @@ impl<'a> Step<'a> {
                 self.withdraw_items(self.inst.tokens[token].node);
                 let t = self.inst.tokens.swap_remove(token);
                 let task = (t.state == TokenState::Waiting)
-                    .then(|| self.open_task_at(t.node))
+                    .then(|| self.open_task_of(t))
                     .flatten();
                 match task {
                     Some(seq) => {
@@ -1042,6 +1064,19 @@ impl<'a> Step<'a> {
             .map(|k| k.seq)
     }
 
+    /// The open task token `t` waits at: inside a run of a multi-instance sub-process, its run's.
+    fn open_task_of(&self, t: Token) -> Option<u32> {
+        if t.run == 0 {
+            return self.open_task_at(t.node);
+        }
+        self.inst
+            .tasks
+            .iter()
+            .rev()
+            .find(|k| k.node == t.node && k.is_open() && self.inst.task_run(k.seq) == t.run)
+            .map(|k| k.seq)
+    }
+
     /// The token waiting at `node`, if any.
     pub(super) fn waiting_at(&self, node: NodeId) -> Option<usize> {
         self.inst
@@ -1069,9 +1104,14 @@ impl<'a> Step<'a> {
         let mut failure: Option<ExecError> = None;
         // Read once: a definition without any node control never looks at a node's.
         let controlled = def.controlled;
+        // Read once: a definition without multi-instance sub-processes never looks at a run.
+        let runs = def.multi_scopes;
         // Every ready token runs; when none is left, an inclusive join with nothing left to
         // wait for fires (see `next_ready`).
         while let Some(i) = self.next_ready(&mut failure) {
+            if runs {
+                self.enter_run_of(i);
+            }
             let at = self.inst.tokens[i].node;
             let node = &def.nodes[at.index()];
             // Cancel regions, terminating ends and partial joins (a null pointer for the rest).
@@ -1227,13 +1267,20 @@ impl<'a> Step<'a> {
                 }
             }
         }
+        if runs {
+            self.leave_runs();
+        }
         if self.pass_milestones() || self.consume_kept() {
             // A task whose milestone passed for good was skipped, or a kept trigger (WCP 24)
             // was caught: run on from it.
             let rest = self.run();
             return failure.map_or(rest, Err);
         }
-        if self.inst.tokens.is_empty() && self.inst.status == Status::Running {
+        // Items running without their token (`wait: false`, WCP 12) keep the instance going.
+        if self.inst.tokens.is_empty()
+            && self.inst.status == Status::Running
+            && !self.inst.has_detached()
+        {
             self.apply(Change::Finish);
         }
         match failure {
@@ -1245,10 +1292,12 @@ impl<'a> Step<'a> {
     /// Token `i` arrives at the join `at`: gives how many tokens have arrived there.
     pub(super) fn arrive(&mut self, i: usize, at: NodeId) -> u32 {
         self.apply(Change::Arrive { token: i });
+        // Only the branches of the token's run (0 outside multi-instance runs).
+        let run = self.inst.tokens[i].run;
         self.inst
             .tokens
             .iter()
-            .filter(|t| t.node == at && t.state == TokenState::Joined)
+            .filter(|t| t.node == at && t.state == TokenState::Joined && t.run == run)
             .count() as u32
     }
 

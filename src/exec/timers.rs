@@ -443,6 +443,9 @@ impl<'a> Step<'a> {
                 TimerKind::Boundary { index } => {
                     if let Some(seq) = timer.task {
                         self.boundary(seq, index);
+                    } else {
+                        // A sub-process's (non-interrupting) timer boundary.
+                        self.scope_timer_boundary(timer.node, index);
                     }
                 }
                 TimerKind::ScopeTimeout => self.scope_timeout(timer.node),

@@ -135,6 +135,25 @@ pub enum Event {
         /// Whether its timeout or a boundary event interrupted it.
         interrupted: bool,
     },
+    /// A run of a multi-instance sub-process's scope started for one item.
+    RunStarted {
+        /// The instance.
+        instance: InstanceId,
+        /// The sub-process node.
+        node: Arc<str>,
+        /// The item's index.
+        item: u32,
+    },
+    /// A run of a multi-instance sub-process's scope completed (no live token of it is left):
+    /// its output is kept for the collection.
+    RunCompleted {
+        /// The instance.
+        instance: InstanceId,
+        /// The sub-process node.
+        node: Arc<str>,
+        /// The item's index.
+        item: u32,
+    },
     /// A task with `repeat` runs again.
     Repeated {
         /// The instance.
@@ -326,7 +345,9 @@ impl Event {
             | Event::ItemsFinished { instance, .. }
             | Event::Repeated { instance, .. }
             | Event::ScopeEntered { instance, .. }
-            | Event::ScopeLeft { instance, .. } => *instance,
+            | Event::ScopeLeft { instance, .. }
+            | Event::RunStarted { instance, .. }
+            | Event::RunCompleted { instance, .. } => *instance,
             Event::TaskCreated { task, .. }
             | Event::TaskClaimed { task, .. }
             | Event::TaskCompleted { task, .. }

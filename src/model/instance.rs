@@ -57,6 +57,21 @@ pub(crate) struct Rare {
     /// Persistent triggers (WCP 24) that came while nothing waited for them, oldest first
     /// (see `exec/kept.rs`).
     pub(crate) kept: Vec<Kept>,
+    /// The local variables of the runs of multi-instance sub-processes underway that set any
+    /// (see `exec/runs.rs`).
+    pub(crate) run_vars: Vec<RunVars>,
+}
+
+/// The local variables of one run of a multi-instance sub-process (its scope's `variables:`),
+/// kept apart from the instance's while the run waits, so that parallel runs never overwrite
+/// each other's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RunVars {
+    /// The sub-process node.
+    pub(crate) node: NodeId,
+    /// The item the run is for.
+    pub(crate) item: u32,
+    pub(crate) vars: Vars,
 }
 
 /// A persistent message or signal (`keep: true`) that came while nothing in the instance waited
@@ -93,6 +108,14 @@ pub(crate) struct Multi {
     pub(crate) state: Vec<ItemState>,
     /// How many items completed.
     pub(crate) completed: u32,
+    /// `for_each` with `wait: false` (WCP 12): the activity's token went on; its items run on
+    /// their own.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub(crate) detached: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Where one item of a multi-instance activity stands.
@@ -107,6 +130,9 @@ pub(crate) enum ItemState {
     Done,
     /// Withdrawn by the completion condition.
     Withdrawn,
+    /// Its run of a multi-instance sub-process's scope is underway (its tokens carry
+    /// [`Token::run`] = item + 1).
+    Running,
 }
 
 impl Multi {
@@ -152,6 +178,8 @@ struct WireRef<'a> {
     loops: &'a [(NodeId, u32)],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     kept: &'a [Kept],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    run_vars: &'a [RunVars],
 }
 
 /// An instance as it is deserialized (the audit trail and the outbox may be absent).
@@ -182,6 +210,8 @@ struct Wire {
     loops: Vec<(NodeId, u32)>,
     #[serde(default)]
     kept: Vec<Kept>,
+    #[serde(default)]
+    run_vars: Vec<RunVars>,
 }
 
 impl From<Wire> for Instance {
@@ -193,7 +223,8 @@ impl From<Wire> for Instance {
             || !w.multi.is_empty()
             || !w.item_tasks.is_empty()
             || !w.loops.is_empty()
-            || !w.kept.is_empty())
+            || !w.kept.is_empty()
+            || !w.run_vars.is_empty())
         .then(|| {
             Box::new(Rare {
                 incidents: w.incidents,
@@ -203,6 +234,7 @@ impl From<Wire> for Instance {
                 item_tasks: w.item_tasks,
                 loops: w.loops,
                 kept: w.kept,
+                run_vars: w.run_vars,
             })
         });
         Instance {
@@ -245,6 +277,14 @@ impl Instance {
             item_tasks: self.rare.as_deref().map_or(&[], |r| &r.item_tasks[..]),
             loops: self.rare.as_deref().map_or(&[], |r| &r.loops[..]),
             kept: self.rare.as_deref().map_or(&[], |r| &r.kept[..]),
+            run_vars: self.rare.as_deref().map_or(&[], |r| &r.run_vars[..]),
+        }
+    }
+
+    /// Drops the rare state when nothing is left in it (as a decoded state has none).
+    pub(crate) fn tidy_rare(&mut self) {
+        if self.rare.as_deref().is_some_and(|r| *r == Rare::default()) {
+            self.rare = None;
         }
     }
 
@@ -272,6 +312,44 @@ impl Instance {
             .find(|m| m.node == node)
             .and_then(|m| m.items.get(item as usize));
         Some((item, value))
+    }
+
+    /// The run (item + 1) of a multi-instance sub-process that task `task` opened in; 0 for a
+    /// task outside such runs. Meaningful for the tasks inside a multi-instance sub-process's
+    /// scope (a multi-instance task's items are in the same table).
+    pub(crate) fn task_run(&self, task: u32) -> u16 {
+        self.rare
+            .as_deref()
+            .and_then(|r| r.item_tasks.iter().find(|(t, _)| *t == task))
+            .and_then(|(_, item)| item.checked_add(1))
+            .and_then(|run| u16::try_from(run).ok())
+            .unwrap_or(0)
+    }
+
+    /// The value of item `item` of the multi-instance activity underway at `node` (a task's or a
+    /// sub-process's): for a task opened in a run of a multi-instance sub-process, `node` is the
+    /// sub-process and `item` the task's [`TaskView::item`](crate::TaskView::item).
+    pub fn item(&self, node: NodeId, item: u32) -> Option<&serde_json::Value> {
+        self.multi_at(node)?.items.get(item as usize)
+    }
+
+    /// The local variables one run of multi-instance sub-process `node` has set so far (its
+    /// scope's `variables:`, each run its own): `None` while the run has set none, or when it
+    /// is not underway.
+    pub fn item_vars(&self, node: NodeId, item: u32) -> Option<&Vars> {
+        self.rare
+            .as_deref()?
+            .run_vars
+            .iter()
+            .find(|r| r.node == node && r.item == item)
+            .map(|r| &r.vars)
+    }
+
+    /// Whether a multi-instance activity runs its items without its token (`wait: false`).
+    pub(crate) fn has_detached(&self) -> bool {
+        self.rare
+            .as_deref()
+            .is_some_and(|r| r.multi.iter().any(|m| m.detached))
     }
 
     /// The runs so far of the loop underway at `node` (0 when none is).
@@ -314,6 +392,14 @@ pub struct Token {
     pub node: NodeId,
     /// What it does there.
     pub state: TokenState,
+    /// Inside a run of a multi-instance sub-process: the run's item index + 1; 0 elsewhere (it
+    /// fits in the bytes the token had spare: a token stays 8 bytes).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub run: u16,
+}
+
+fn is_zero(run: &u16) -> bool {
+    *run == 0
 }
 
 /// What a token is doing.
@@ -712,6 +798,14 @@ pub enum Entry {
         /// Whether it is still provisional.
         provisional: bool,
     },
+    /// A run of multi-instance sub-process `node`'s scope started for item `item`: a token
+    /// starts the scope in that run (its completion is an [`Entry::ItemCompleted`]).
+    RunStarted {
+        /// The sub-process node.
+        node: NodeId,
+        /// The item's index.
+        item: u32,
+    },
 }
 
 impl Instance {
@@ -840,10 +934,10 @@ impl Instance {
         // reject: the next call completes it).
         for t in &self.tokens {
             if let Some(p) = def.nodes[t.node.index()].parent
-                && !self
-                    .tokens
-                    .iter()
-                    .any(|u| u.node == p && u.state == TokenState::Waiting)
+                && !self.tokens.iter().any(|u| {
+                    u.node == p && matches!(u.state, TokenState::Waiting | TokenState::Failed)
+                })
+                && !self.multi_at(p).is_some_and(|m| m.detached)
             {
                 return Err(format!(
                     "a token at '{}' is inside sub-process '{}', which no token waits at",
@@ -909,7 +1003,12 @@ impl Instance {
                     .boundary
                     .get(index as usize)
                     .is_some_and(|b| matches!(b.on, crate::def::events::BoundaryOn::Timer(_)));
-                if !has || timer.task.is_none() {
+                // A sub-process's timer boundary belongs to no task; a task's to its task.
+                let subprocess = matches!(
+                    def.nodes[timer.node.index()].behaviour,
+                    crate::def::Behaviour::Subprocess { .. }
+                );
+                if !has || timer.task.is_none() != subprocess {
                     return Err(format!(
                         "a boundary timer names boundary event {index} of '{}', which has no such timer",
                         def.nodes[timer.node.index()].id
@@ -926,6 +1025,7 @@ impl Instance {
         let empty = Rare::default();
         check_looping(self, self.rare.as_deref().unwrap_or(&empty), def)?;
         check_kept(self, self.rare.as_deref().unwrap_or(&empty), def)?;
+        check_runs(self, self.rare.as_deref().unwrap_or(&empty), def)?;
         for incident in self.incidents() {
             if let Some(n) = incident.node {
                 node(n, "an incident")?;
@@ -1056,7 +1156,8 @@ impl Record {
             | Entry::ItemCompleted { node, .. }
             | Entry::ItemsAdded { node, .. }
             | Entry::ItemsFinished { node, .. }
-            | Entry::Repeated { node, .. } => ok_node(node),
+            | Entry::Repeated { node, .. }
+            | Entry::RunStarted { node, .. } => ok_node(node),
             Entry::Timer { task, .. } => task.as_ref().is_none_or(ok_task),
             Entry::Terminated { node }
             | Entry::RegionCancelled { node }
@@ -1223,6 +1324,7 @@ impl Record {
                 format!("{} began for {items} items", n(node))
             }
             Entry::ItemCompleted { node, item } => format!("{} item {item} completed", n(node)),
+            Entry::RunStarted { node, item } => format!("{} item {item} run started", n(node)),
             Entry::ItemsAdded { node, count } => format!("{count} items added to {}", n(node)),
             Entry::ItemsFinished {
                 node,
@@ -1348,6 +1450,101 @@ fn check_kept(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<(), Stri
     Ok(())
 }
 
+/// Checks the runs of multi-instance sub-processes (see [`Instance::check`]): every token of a
+/// run is inside its sub-process's scope and its item runs; every token inside such a scope is
+/// in a run; items of a sub-process run (never wait at a task) and a task's items never run; each
+/// run's local variables are its scope's locals; an open task inside such a scope opened in a
+/// run underway.
+fn check_runs(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<(), String> {
+    use crate::def::Behaviour;
+    let scope_of = |n: NodeId| {
+        def.nodes[n.index()]
+            .parent
+            .and_then(|p| def.scopes.iter().find(|s| s.node == p && s.multi))
+    };
+    let running = |node: NodeId, item: u32| {
+        rare.multi
+            .iter()
+            .any(|m| m.node == node && m.state.get(item as usize) == Some(&ItemState::Running))
+    };
+    for t in &inst.tokens {
+        let id = &def.nodes[t.node.index()].id;
+        match (scope_of(t.node), t.run) {
+            (None, 0) => {}
+            (None, run) => {
+                return Err(format!(
+                    "a token at '{id}' is in run {run}, but '{id}' is in no multi-instance sub-process"
+                ));
+            }
+            (Some(s), 0) => {
+                return Err(format!(
+                    "a token at '{id}' is inside multi-instance sub-process '{}' but in none of its runs",
+                    def.nodes[s.node.index()].id
+                ));
+            }
+            (Some(s), run) if !running(s.node, u32::from(run) - 1) => {
+                return Err(format!(
+                    "a token at '{id}' is in run {run} of '{}', whose item does not run",
+                    def.nodes[s.node.index()].id
+                ));
+            }
+            _ => {}
+        }
+    }
+    for m in &rare.multi {
+        let subprocess = matches!(
+            def.nodes.get(m.node.index()).map(|n| &n.behaviour),
+            Some(Behaviour::Subprocess { .. })
+        );
+        let wrong = m.state.iter().any(|s| match s {
+            ItemState::Open(_) => subprocess,
+            ItemState::Running => !subprocess,
+            _ => false,
+        });
+        if wrong {
+            return Err(format!(
+                "an item of '{}' is in a state its node does not have (a task's items wait at tasks, a sub-process's run)",
+                def.nodes[m.node.index()].id
+            ));
+        }
+    }
+    for r in &rare.run_vars {
+        let scope = def.scopes.iter().find(|s| s.node == r.node && s.multi);
+        let Some(scope) = scope.filter(|_| running(r.node, r.item)) else {
+            return Err(format!(
+                "local variables are kept for item {} of node {}, which runs no item",
+                r.item,
+                r.node.index()
+            ));
+        };
+        if let Some((name, _)) = r.vars.iter().find(|(n, _)| !scope.locals.contains(n)) {
+            return Err(format!(
+                "a run of '{}' keeps variable '{name}', which is not one of its locals",
+                def.nodes[r.node.index()].id
+            ));
+        }
+    }
+    for task in inst.tasks.iter().filter(|t| t.is_open()) {
+        let Some(s) = scope_of(task.node) else {
+            continue;
+        };
+        let run = inst.task_run(task.seq);
+        let waits = run != 0
+            && inst
+                .tokens
+                .iter()
+                .any(|t| t.node == task.node && t.run == run && t.state == TokenState::Waiting);
+        if !waits {
+            return Err(format!(
+                "task {} inside multi-instance sub-process '{}' is open but no token of its run waits for it",
+                task.seq,
+                def.nodes[s.node.index()].id
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_looping(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<(), String> {
     let node_of = |n: NodeId| def.nodes.get(n.index());
     for m in &rare.multi {
@@ -1383,7 +1580,7 @@ fn check_looping(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<(), S
                 ));
             }
         }
-        if !inst.tokens.iter().any(|t| t.node == m.node) {
+        if !m.detached && !inst.tokens.iter().any(|t| t.node == m.node) {
             return Err(format!(
                 "the multi-instance activity at '{}' has no token",
                 node.id

@@ -459,6 +459,27 @@ pub enum ProblemKind {
     /// A control-flow key used where it means nothing, e.g. `cancel_rest` without `wait_for`.
     #[error("{0}")]
     ControlShape(&'static str),
+    /// A node or key inside a multi-instance sub-process's scope that its runs do not support
+    /// (yet).
+    #[error(
+        "{what} is not supported inside multi-instance sub-process '{scope}' (yet): its runs take start, end, user and service tasks and exclusive and parallel gateways"
+    )]
+    NotInRuns {
+        /// What is refused (a kind or a key).
+        what: String,
+        /// The multi-instance sub-process.
+        scope: String,
+    },
+    /// A multi-instance sub-process's `for_each.output` is not one of its local variables.
+    #[error(
+        "the output of multi-instance sub-process '{scope}' must be one of its local variables ('variables:'), so that each run has its own; '{name}' is not"
+    )]
+    OutputNotLocal {
+        /// The multi-instance sub-process.
+        scope: String,
+        /// The variable named.
+        name: String,
+    },
 }
 
 /// A duration's text that does not parse: the text and what is wrong with it.
