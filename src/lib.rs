@@ -84,10 +84,10 @@ mod yaml;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use def::{
-    LoadError, Location, Message, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role, Signal,
+    LoadError, Location, Message, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role, SentMessage, Signal,
 };
 pub use exec::{
-    Config, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, OpenError, Sla,
+    Config, Correlation, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, OpenError, Sla,
     SlaStatus, TaskView, TimerDriver,
 };
 pub use hooks::{
@@ -95,6 +95,7 @@ pub use hooks::{
     VetoFn, handler_fn, hook_fn, veto_fn,
 };
 pub use ids::{ActorId, DefKey, InstanceId, NodeId, NodeRef, ParseIdError, RoleId, TaskId};
+pub use model::{Delivered, ParkedMessage, Received};
 pub use model::{
     Comment, Entry, Event, Fired, FollowUp, Incident, Instance, Pending, Record, SentBack, Status,
     Task, TaskState, Timer, TimerKind, Token, TokenState,

@@ -94,6 +94,8 @@ fn mermaid_nodes(
             Behaviour::Catch(_) => (">", "]"),
             Behaviour::Race => ("{", "}"),
             Behaviour::Subprocess { .. } => ("[", "]"),
+            // A send leans forward: a parallelogram.
+            Behaviour::Send(_) => ("[/", "/]"),
         };
         let text = gateway_label(node);
         let _ = writeln!(out, "{pad}{}{open}\"{text}\"{close}", mid(node));
@@ -229,6 +231,7 @@ fn dot_nodes(def: &ProcessDef, scope: Option<crate::ids::NodeId>, depth: usize, 
             Behaviour::Catch(_) => "cds",
             Behaviour::Race => "Mdiamond",
             Behaviour::Subprocess { .. } => "box",
+            Behaviour::Send(_) => "rarrow",
         };
         let _ = writeln!(
             out,

@@ -6,6 +6,7 @@
 //! call's events after its commit, with nothing locked (see `seam.rs`).
 
 mod control;
+mod correlate;
 mod deploy;
 mod error;
 mod events;
@@ -27,6 +28,7 @@ use arc_swap::ArcSwap;
 
 use chrono::{DateTime, Utc};
 
+pub use correlate::Correlation;
 pub use error::{DeployError, DeployProblem, ExecError, OpenError};
 pub use timers::{Sla, SlaStatus, TimerDriver};
 
@@ -125,6 +127,9 @@ pub struct Engine {
     ticking: Mutex<()>,
     /// Where every call's changes are committed; `None` keeps everything in memory.
     store: Option<Arc<dyn Store>>,
+    /// Messages between processes: the correlation index and the messages kept engine-wide
+    /// (see `correlate.rs`).
+    between: correlate::Between,
 }
 
 /// A min-heap of (due instant, instance number).
@@ -231,6 +236,7 @@ impl EngineBuilder {
             timer_heaps: (0..SHARDS).map(|_| Mutex::new(BinaryHeap::new())).collect(),
             ticking: Mutex::new(()),
             store: None,
+            between: correlate::Between::default(),
         }
     }
 
@@ -306,6 +312,8 @@ impl EngineBuilder {
                 });
             }
         }
+        // The correlation index, the messages kept engine-wide, and what receivers have.
+        engine.resume_between()?;
         // Follow-ups a crash left between their commit and their run.
         for stored in store.outbox()? {
             let (id, slot) = resume(stored)?;
@@ -316,6 +324,7 @@ impl EngineBuilder {
             // A hook's failure here is the hook's; the follow-up counts as run.
             let _ = engine.run_follow_ups(id, &dep, pending);
         }
+        engine.resumed_between();
         Ok(engine)
     }
 }
@@ -437,6 +446,18 @@ impl Engine {
         version: Option<u32>,
         vars: Vars,
     ) -> Result<InstanceId, ExecError> {
+        self.start_from(process, version, vars, None)
+    }
+
+    /// [`Engine::start_version`], recording in the start's commit the message that started it
+    /// (a message start event, `correlate.rs`).
+    fn start_from(
+        &self,
+        process: &str,
+        version: Option<u32>,
+        vars: Vars,
+        mut received: Option<Box<correlate::BetweenChange>>,
+    ) -> Result<InstanceId, ExecError> {
         // A refused start drops what it was given without recursing through it.
         let mut vars = crate::vars::Handed::new(vars);
         self.not_busy()?;
@@ -493,6 +514,9 @@ impl Engine {
                 step.sla_timers(&mut sla)
                     .inspect_err(|_| sla_failed = true)?;
                 step.apply(Change::Started);
+                if let Some(r) = received.take() {
+                    step.apply(Change::Between(r));
+                }
                 step.arm(&sla);
                 step.run()
             })

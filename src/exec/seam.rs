@@ -89,6 +89,9 @@ pub(crate) struct Stepped {
     pub(crate) dep: Option<Arc<Deployed>>,
     /// Whether the store refused the commit (nothing happened).
     pub(crate) refused: bool,
+    /// The correlated messages the instance started waiting for in this call (their
+    /// correlation hashes), to offer the messages kept engine-wide (see `correlate.rs`).
+    pub(crate) fresh_waits: smallvec::SmallVec<[u64; 2]>,
 }
 
 impl Stepped {
@@ -107,6 +110,7 @@ impl Stepped {
             follow: Vec::new(),
             dep: None,
             refused: false,
+            fresh_waits: smallvec::SmallVec::new(),
         }
     }
 }
@@ -233,6 +237,14 @@ impl Engine {
         // after it needs no entry of its own.
         let scheduled = inst.timers.iter().filter(|t| !t.fired).map(|t| t.at).min();
         let snapshot = self.store.as_ref().map(|_| inst.snapshot());
+        // What the instance waits for by correlation before the step (nothing to look at for a
+        // definition without a correlated catch).
+        let correlated = !dep.def.correlated.is_empty();
+        let waits_before = if correlated {
+            super::correlate::waits(&dep.def, inst)
+        } else {
+            smallvec::SmallVec::new()
+        };
         let first = inst.audit.len();
         let first_follow = inst.next_follow_up();
         let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
@@ -256,6 +268,12 @@ impl Engine {
                 }
             }
         }
+        let fresh_waits = if correlated {
+            let after = super::correlate::waits(&dep.def, inst);
+            self.between.reindex(id, &waits_before, &after)
+        } else {
+            smallvec::SmallVec::new()
+        };
         Ok(Stepped {
             instance: id,
             result,
@@ -265,6 +283,7 @@ impl Engine {
             dep: (!follow.is_empty()).then(|| Arc::clone(dep)),
             follow,
             refused: false,
+            fresh_waits,
         })
     }
 
@@ -321,6 +340,7 @@ impl Engine {
             events,
             follow,
             dep,
+            fresh_waits,
             ..
         } = stepped;
         if let Some(at) = armed
@@ -329,6 +349,10 @@ impl Engine {
             self.schedule(instance, at);
         }
         let mut failure = self.tell(&events);
+        if !fresh_waits.is_empty() && self.between.has_parked() {
+            // A message kept engine-wide may be what the instance now waits for.
+            self.offer_parked(instance, &fresh_waits);
+        }
         if let Some(dep) = dep
             && let Some(f) = self.run_follow_ups(instance, &dep, follow)
         {
@@ -372,33 +396,64 @@ impl Engine {
         dep: &Deployed,
         follow: Vec<Pending>,
     ) -> Option<String> {
+        // Messages to other processes: correlated now, each receiver in its own commit.
+        let sends: Vec<(u64, String, crate::vars::Vars)> = follow
+            .iter()
+            .filter_map(|p| match &p.what {
+                FollowUp::Send { message, vars } => Some((p.seq, message.clone(), vars.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut delivered = if sends.is_empty() {
+            Vec::new()
+        } else {
+            self.run_sends(instance, &sends)
+        };
         let events: Vec<Event> = follow
             .iter()
-            .map(|p| match &p.what {
+            .filter_map(|p| match &p.what {
                 FollowUp::Notify {
                     task,
                     node,
                     role,
                     actor,
-                } => Event::Notify {
+                } => Some(Event::Notify {
                     task: *task,
                     node: Arc::clone(&dep.names[node.index()]),
                     role: role.clone(),
                     actor: actor.clone(),
-                },
+                }),
                 FollowUp::CancelNotice {
                     role,
                     actor,
                     reason,
-                } => Event::CancelNotice {
+                } => Some(Event::CancelNotice {
                     instance,
                     role: role.clone(),
                     actor: actor.clone(),
                     reason: reason.clone(),
-                },
+                }),
+                FollowUp::Send { .. } => None,
             })
             .collect();
-        let failure = self.tell(&events);
+        let mut failure = self.tell(&events);
+        if self.store.is_none() && !delivered.is_empty() {
+            // Where the messages went, in the sender's audit trail.
+            let stepped = self.with_slot(instance, |slot| {
+                let now = self.clock.now();
+                self.step_slot(slot, now, |step| {
+                    for d in delivered.drain(..) {
+                        step.apply(Change::Between(Box::new(d)));
+                    }
+                    Ok(())
+                })
+            });
+            if let Ok(s) = stepped
+                && let Some(f) = self.tell(&s.events)
+            {
+                failure.get_or_insert(f);
+            }
+        }
         if self.store.is_some() {
             let done: Vec<u64> = follow.iter().map(|p| p.seq).collect();
             // A conflict means another engine committed the instance meanwhile (with these
@@ -408,11 +463,21 @@ impl Engine {
                     let now = self.clock.now();
                     self.step_slot(slot, now, |step| {
                         step.apply(Change::Done { seqs: &done });
+                        // Where the messages went, in the same commit (see `correlate.rs`).
+                        for d in &delivered {
+                            step.apply(Change::Between(Box::new(d.clone())));
+                        }
                         Ok(())
                     })
                 });
                 match stepped {
                     Ok(s) if matches!(s.result, Err(ExecError::Conflict(_))) => continue,
+                    Ok(s) => {
+                        if let Some(f) = self.tell(&s.events) {
+                            failure.get_or_insert(f);
+                        }
+                        break;
+                    }
                     _ => break,
                 }
             }

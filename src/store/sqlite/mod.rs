@@ -6,6 +6,7 @@
 //! commits, alone or in groups.
 
 mod file;
+mod messages;
 mod schema;
 mod write;
 
@@ -682,6 +683,26 @@ impl Store for SqliteStore {
         tx.commit().map_err(|e| sql_err(path, e))?;
         // `first` is at least 1.
         Ok(first as u64)
+    }
+
+    fn park(&self, message: &crate::model::ParkedMessage) -> Result<(), StoreError> {
+        self.park_message(message)
+    }
+
+    fn settle(
+        &self,
+        id: u64,
+        unmatched: Option<&crate::model::ParkedMessage>,
+    ) -> Result<(), StoreError> {
+        self.settle_message(id, unmatched)
+    }
+
+    fn parked(&self) -> Result<Vec<crate::model::ParkedMessage>, StoreError> {
+        self.messages(false)
+    }
+
+    fn unmatched(&self) -> Result<Vec<crate::model::ParkedMessage>, StoreError> {
+        self.messages(true)
     }
 }
 

@@ -20,7 +20,7 @@ use crate::model::Timer;
 use crate::store::StoreError;
 
 /// The schema version this build writes and the newest it reads.
-pub(super) const SUPPORTED: u32 = 2;
+pub(super) const SUPPORTED: u32 = 3;
 
 /// Version 1, exactly as the first SQLite store created it (frozen in
 /// `tests/fixtures/schema-v1.sql`; a unit test keeps the two equal).
@@ -69,6 +69,17 @@ CREATE TABLE counters (
 );
 INSERT INTO counters (name, value) SELECT 'next_id', coalesce(max(id), 0) + 1 FROM instances;
 UPDATE meta SET value = 2 WHERE key = 'schema_version';
+";
+
+/// Version 3: messages kept engine-wide (`keep_for`, `unmatched = 0`) and recorded unmatched
+/// (`unmatched = 1`), each as JSON (see `messages.rs`).
+const V3: &str = "
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    unmatched INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+UPDATE meta SET value = 3 WHERE key = 'schema_version';
 ";
 
 /// The page size of a new store: small pages keep the write per commit small (measured against
@@ -145,6 +156,7 @@ pub(super) fn initialize(conn: &mut Connection, path: &Path) -> Result<(), Store
     tx.execute_batch(V1).map_err(|e| sql_err(path, e))?;
     tx.execute_batch(V2).map_err(|e| sql_err(path, e))?;
     fill_next_due(&tx, path)?;
+    tx.execute_batch(V3).map_err(|e| sql_err(path, e))?;
     stamp(&tx, path)?;
     tx.commit().map_err(|e| sql_err(path, e))?;
     wal(conn, path)
@@ -298,6 +310,9 @@ pub(super) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
     if from < 2 {
         tx.execute_batch(V2).map_err(|e| sql_err(path, e))?;
         fill_next_due(&tx, path)?;
+    }
+    if from < 3 {
+        tx.execute_batch(V3).map_err(|e| sql_err(path, e))?;
     }
     stamp(&tx, path)?;
     tx.commit().map_err(|e| sql_err(path, e))?;
