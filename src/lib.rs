@@ -84,22 +84,23 @@ mod yaml;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use def::{
-    LoadError, Location, Message, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role, SentMessage, Signal,
+    LoadError, Location, Message, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role,
+    SentMessage, Signal,
 };
 pub use exec::{
-    Config, Correlation, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, OpenError, Sla,
-    SlaStatus, TaskView, TimerDriver,
+    Config, Correlation, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, OpenError,
+    Sla, SlaStatus, TaskView, TimerDriver,
 };
 pub use hooks::{
     Completing, Control, HandlerError, HandlerFn, Hook, HookFn, ServiceCall, ServiceHandler,
     VetoFn, handler_fn, hook_fn, veto_fn,
 };
 pub use ids::{ActorId, DefKey, InstanceId, NodeId, NodeRef, ParseIdError, RoleId, TaskId};
-pub use model::{Delivered, ParkedMessage, Received};
 pub use model::{
     Comment, Entry, Event, Fired, FollowUp, Incident, Instance, Pending, Record, SentBack, Status,
     Task, TaskState, Timer, TimerKind, Token, TokenState,
 };
+pub use model::{Delivered, ParkedMessage, Received};
 pub use raci::{Action, Actor, Authorizer, Raci};
 #[cfg(feature = "report")]
 pub use report::{

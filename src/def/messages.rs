@@ -94,13 +94,22 @@ fn flow(raw: Option<&At<u32>>, path: &str, report: &mut Report) -> Option<u8> {
     if (1..=MAX_FLOW).contains(&f.value) {
         Some(f.value as u8)
     } else {
-        report.add(f.loc, format!("{path}.flow"), ProblemKind::FlowNumber(f.value));
+        report.add(
+            f.loc,
+            format!("{path}.flow"),
+            ProblemKind::FlowNumber(f.value),
+        );
         None
     }
 }
 
 /// A payload list: declared variables, each once.
-fn payload(raw: Option<&At<Names>>, vars: &IndexMap<String, VarSpec>, path: &str, report: &mut Report) -> Vec<String> {
+fn payload(
+    raw: Option<&At<Names>>,
+    vars: &IndexMap<String, VarSpec>,
+    path: &str,
+    report: &mut Report,
+) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     if let Some(names) = raw {
         for (name, loc) in names.value.located(names.loc) {

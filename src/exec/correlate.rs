@@ -90,7 +90,7 @@ pub(crate) struct Between {
     unmatched: Mutex<Vec<ParkedMessage>>,
     /// While an engine opens a store: the receipts of every running instance, so that a send
     /// follow-up a crash left behind skips receivers (and starts) it already reached.
-    pub(crate) resumed: Mutex<Option<HashMap<(u64, u64), ()>>>,
+    pub(crate) resumed: Mutex<Option<HashMap<(u64, u64), Vec<InstanceId>>>>,
     /// The next number for a parked message.
     next_parked: std::sync::atomic::AtomicU64,
 }
@@ -194,7 +194,10 @@ fn hash_value(h: &mut impl Hasher, v: &Value) {
 }
 
 /// The hash of a message name and its correlation values; `None` when a value is missing.
-fn correlation_hash<'v>(message: &str, values: impl Iterator<Item = Option<&'v Value>>) -> Option<u64> {
+fn correlation_hash<'v>(
+    message: &str,
+    values: impl Iterator<Item = Option<&'v Value>>,
+) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     message.hash(&mut h);
     for v in values {
@@ -261,14 +264,12 @@ fn matches(slot: &Slot, message: &str, vars: &Vars) -> Option<Listener> {
     if m.between.correlate.is_empty() {
         return None;
     }
-    let equal = m
-        .between
-        .correlate
-        .iter()
-        .all(|(key, field)| match (slot.inst.vars.get(key), vars.get(field)) {
+    let equal = m.between.correlate.iter().all(|(key, field)| {
+        match (slot.inst.vars.get(key), vars.get(field)) {
             (Some(a), Some(b)) => a == b,
             _ => false,
-        });
+        }
+    });
     if !equal {
         return None;
     }
@@ -506,7 +507,9 @@ impl Engine {
                 }
                 listed = true;
                 if let Some(p) = def.vars.get(name).and_then(|spec| spec.reject(value))
-                    && !problems.iter().any(|(n, _): &(String, VarProblem)| n == name)
+                    && !problems
+                        .iter()
+                        .any(|(n, _): &(String, VarProblem)| n == name)
                 {
                     problems.push((name.clone(), p));
                 }
@@ -587,21 +590,27 @@ impl Engine {
             });
         }
         let mut out = Correlation::default();
-        // A send follow-up run again after a crash: did someone receive it already?
-        let resumed = origin.receipt.is_some_and(|r| {
-            lock(&self.between.resumed)
-                .as_ref()
-                .is_some_and(|m| m.contains_key(&(r.from, r.seq)))
-        });
+        // A send follow-up run again after a crash: who received it already?
+        let had: Vec<InstanceId> = origin
+            .receipt
+            .and_then(|r| {
+                lock(&self.between.resumed)
+                    .as_ref()
+                    .and_then(|m| m.get(&(r.from, r.seq)).cloned())
+            })
+            .unwrap_or_default();
+        let resumed = !had.is_empty();
+        out.received = had;
         if resumed && !plan.many {
             return Ok(out);
         }
         for id in matched {
-            if self.receive(id, message, &vars, origin) {
+            if self.receive(id, message, &vars, origin) && !out.received.contains(&id) {
                 out.received.push(id);
             }
         }
-        if !out.received.is_empty() || resumed {
+        if !out.received.is_empty() {
+            out.received.sort_unstable();
             return Ok(out);
         }
         out.started = self.start_by_message(plan, message, &vars, origin);
@@ -748,7 +757,8 @@ impl Engine {
             vars: parked.vars,
         };
         for hook in &self.hooks {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook.on_event(&event)));
+            let _ =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook.on_event(&event)));
         }
     }
 
@@ -862,7 +872,10 @@ impl Engine {
                 self.between.reindex(slot.inst.id, &[], &after);
                 if let Some(rare) = slot.inst.rare.as_deref() {
                     for r in &rare.receipts {
-                        receipts.insert((r.from, r.seq), ());
+                        receipts
+                            .entry((r.from, r.seq))
+                            .or_insert_with(Vec::new)
+                            .push(slot.inst.id);
                     }
                 }
             }
@@ -871,10 +884,15 @@ impl Engine {
         if let Some(store) = &self.store {
             let parked = store.parked()?;
             let next = parked.iter().map(|p| p.id + 1).max().unwrap_or(1);
-            let next = next.max(store.unmatched()?.iter().map(|p| p.id + 1).max().unwrap_or(1));
-            self.between
-                .next_parked
-                .fetch_max(next, Ordering::Relaxed);
+            let next = next.max(
+                store
+                    .unmatched()?
+                    .iter()
+                    .map(|p| p.id + 1)
+                    .max()
+                    .unwrap_or(1),
+            );
+            self.between.next_parked.fetch_max(next, Ordering::Relaxed);
             let mut list = lock(&self.between.parked);
             *list = parked;
             self.between.set_parked(&list);

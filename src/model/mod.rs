@@ -20,5 +20,5 @@ pub(crate) use instance::{ItemState, Kept, Multi};
 pub use timer::{Fired, Timer, TimerKind};
 
 pub(crate) use instance::Absorbing;
-pub use instance::{Delivered, Received};
 pub(crate) use instance::Receipt;
+pub use instance::{Delivered, Received};
