@@ -739,3 +739,28 @@ fn the_index_is_rebuilt_when_an_engine_opens_a_store() {
         .unwrap();
     assert_eq!(c.received, vec![id]);
 }
+
+#[test]
+fn a_scenario_correlates_messages() {
+    let scenario = procflow::Scenario::from_yaml(
+        r#"
+name: an alarm starts a complaint, a second alarm for the ticket is refused
+actors: { ann: [clerk] }
+steps:
+  - correlate: { message: alarm, vars: { ticket_id: T-1, severity: 2 }, to: started }
+  - expect: { status: running, open_tasks: [handle], vars: { ticket_id: T-1 } }
+  - correlate: { message: alarm, vars: { severity: 2 }, expect: refused }
+  - correlate: { message: alarm, vars: { ticket_id: T-2, severity: "high" }, expect: invalid }
+"#,
+    )
+    .unwrap();
+    let report = scenario.run(ProcessDef::from_yaml(ALARM).unwrap()).unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+
+    let wrong = procflow::Scenario::from_yaml(
+        "name: wrong\nsteps:\n  - correlate: { message: alarm, vars: { ticket_id: T-1 }, to: received }\n",
+    )
+    .unwrap();
+    let report = wrong.run(ProcessDef::from_yaml(ALARM).unwrap()).unwrap();
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+}
