@@ -668,8 +668,10 @@ impl NodeCx<'_> {
             );
         }
         if kind != RawKind::Catch {
-            // A send node sends a message; a start node may listen for one (`messages.rs`).
-            if !matches!(kind, RawKind::Send | RawKind::Start) || self.outer.is_some() {
+            // A send node sends a message; the process's start node may listen for one
+            // (`messages.rs`), a sub-process's start may not.
+            let start = kind == RawKind::Start && self.outer.is_none();
+            if kind != RawKind::Send && !start {
                 not_allowed("message", raw.message.as_ref().map(|a| a.loc), report);
             }
             not_allowed("signal", raw.signal.as_ref().map(|a| a.loc), report);
