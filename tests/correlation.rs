@@ -764,3 +764,65 @@ steps:
     let report = wrong.run(ProcessDef::from_yaml(ALARM).unwrap()).unwrap();
     assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
 }
+
+#[test]
+fn a_send_that_cannot_be_correlated_is_recorded_with_the_error() {
+    let engine = engine_with(&[REPAIR, NETWORK]);
+    let a = engine.start("repair", ticket("T-5")).unwrap();
+    let b = engine.start("repair", ticket("T-5")).unwrap();
+    let sender = engine.start("network", ticket("T-5")).unwrap();
+    let task = engine.tasks(sender).unwrap()[0].id;
+    engine
+        .complete(
+            task,
+            &Actor::new("bob", ["tech"]),
+            vars(&[("fault_status", json!("repaired"))]),
+        )
+        .unwrap();
+    assert!(common::open(&engine, a).is_empty() && common::open(&engine, b).is_empty());
+    let errors: Vec<String> = engine
+        .instance(sender)
+        .unwrap()
+        .audit()
+        .iter()
+        .filter_map(|r| match &r.what {
+            Entry::MessageDelivered(d) => d.error.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("matches several"), "{errors:?}");
+}
+
+#[test]
+fn a_send_node_inside_a_sub_process_sends_and_its_start_may_not_listen() {
+    let def = NETWORK.replace(
+        "  tell: { kind: send, message: fault_status, next: end }",
+        "  tell:\n    kind: subprocess\n    next: end\n    nodes:\n      s: { kind: start, next: out }\n      out: { kind: send, message: fault_status, next: e }\n      e: { kind: end }",
+    );
+    let engine = engine_with(&[REPAIR, &def]);
+    let receiver = engine.start("repair", ticket("T-5")).unwrap();
+    let sender = engine.start("network", ticket("T-5")).unwrap();
+    let task = engine.tasks(sender).unwrap()[0].id;
+    engine
+        .complete(
+            task,
+            &Actor::new("bob", ["tech"]),
+            vars(&[("fault_status", json!("repaired"))]),
+        )
+        .unwrap();
+    assert_eq!(common::open(&engine, receiver), ["check"]);
+    let bad = def.replace(
+        "s: { kind: start, next: out }",
+        "s: { kind: start, message: fault_status, next: out }",
+    );
+    let problems = ProcessDef::from_yaml(&bad).unwrap_err().problems;
+    assert!(
+        problems.iter().any(|p| p.kind
+            == ProblemKind::KeyNotAllowed {
+                key: "message",
+                kind: "start"
+            }),
+        "{problems:#?}"
+    );
+}

@@ -848,12 +848,14 @@ impl Engine {
                     received: c.received,
                     started: c.started,
                     kept: c.kept,
+                    error: None,
                 })),
                 Err(e) => out.push(BetweenChange::Delivered(Delivered {
-                    message: format!("{message} (not delivered: {e})"),
+                    message: message.clone(),
                     received: Vec::new(),
                     started: Vec::new(),
                     kept: false,
+                    error: Some(e.to_string()),
                 })),
             }
         }

@@ -749,6 +749,10 @@ pub struct Delivered {
     pub started: Vec<InstanceId>,
     /// Whether nobody matched and it was kept engine-wide (`keep_for`).
     pub kept: bool,
+    /// Why it was not delivered, when correlating it was refused (say, an ambiguous match): it
+    /// is not tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What [`Entry::MessageReceived`] says: which message, from whom.
@@ -1366,6 +1370,9 @@ impl Record {
                 }
                 if d.kept {
                     parts.push("kept for a receiver to come".to_owned());
+                }
+                if let Some(e) = &d.error {
+                    parts.push(format!("not delivered: {e}"));
                 }
                 if parts.is_empty() {
                     parts.push("matched nobody".to_owned());
