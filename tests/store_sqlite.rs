@@ -483,7 +483,7 @@ fn a_newer_schema_is_refused() {
     drop(create(&db.0));
     {
         let conn = rusqlite::Connection::open(&db.0).unwrap();
-        conn.execute("UPDATE meta SET value = 3 WHERE key = 'schema_version'", [])
+        conn.execute("UPDATE meta SET value = 4 WHERE key = 'schema_version'", [])
             .unwrap();
     }
     let e = SqliteStore::open(&db.0).unwrap_err();
@@ -491,8 +491,8 @@ fn a_newer_schema_is_refused() {
         e,
         StoreError::NewerSchema {
             path: db.0.clone(),
-            found: 3,
-            supported: 2
+            found: 4,
+            supported: 3
         }
     );
 }
