@@ -78,6 +78,9 @@ const SHARDS: usize = 64;
 
 type Map = HashMap<u64, SmallVec<[u64; 1]>, BuildHasherDefault<IdHasher>>;
 
+/// Who received each (sender, follow-up number), among the running instances.
+type Receipts = HashMap<(u64, u64), Vec<InstanceId>>;
+
 /// The engine's state for messages between processes.
 pub(crate) struct Between {
     /// (message, correlation value) hash → instances waiting.
@@ -90,7 +93,7 @@ pub(crate) struct Between {
     unmatched: Mutex<Vec<ParkedMessage>>,
     /// While an engine opens a store: the receipts of every running instance, so that a send
     /// follow-up a crash left behind skips receivers (and starts) it already reached.
-    pub(crate) resumed: Mutex<Option<HashMap<(u64, u64), Vec<InstanceId>>>>,
+    pub(crate) resumed: Mutex<Option<Receipts>>,
     /// The next number for a parked message.
     next_parked: std::sync::atomic::AtomicU64,
 }
