@@ -620,6 +620,10 @@ impl Engine {
         if !out.started.is_empty() {
             return Ok(out);
         }
+        let vars_for_late = match plan.keep_for {
+            Some(_) => vars.clone(),
+            None => Vars::new(),
+        };
         let parked = ParkedMessage {
             id: self.between.next_parked.fetch_add(1, Ordering::Relaxed),
             message: message.to_owned(),
@@ -634,6 +638,15 @@ impl Engine {
             Some(_) => {
                 self.park(parked)?;
                 out.kept = true;
+                // An instance that started waiting between the look above and the parking
+                // found nothing to take: offer it now.
+                for id in self.matching(plan, message, &vars_for_late) {
+                    if self.offer_parked(id, &plan.hashes) {
+                        out.received.push(id);
+                        out.kept = false;
+                        break;
+                    }
+                }
             }
             None => self.record_unmatched(parked)?,
         }
@@ -793,7 +806,7 @@ impl Engine {
 
     /// Offers the kept messages to an instance that started waiting for `fresh` (correlation
     /// hashes): the first that matches it is delivered, in its own commit.
-    pub(crate) fn offer_parked(&self, id: InstanceId, fresh: &[u64]) {
+    pub(crate) fn offer_parked(&self, id: InstanceId, fresh: &[u64]) -> bool {
         let now = self.clock.now();
         self.expire_messages(now);
         let candidates: Vec<ParkedMessage> = lock(&self.between.parked).clone();
@@ -804,6 +817,16 @@ impl Engine {
             if !plan.hashes.iter().any(|h| fresh.contains(h)) {
                 continue;
             }
+            // Taken off the list before it is offered, so that two instances starting to wait
+            // at once do not both receive it; put back when this one does not take it.
+            {
+                let mut list = lock(&self.between.parked);
+                let Some(at) = list.iter().position(|p| p.id == parked.id) else {
+                    continue;
+                };
+                list.remove(at);
+                self.between.set_parked(&list);
+            }
             let origin = Origin {
                 from: parked.from,
                 receipt: Some(Receipt {
@@ -812,18 +835,20 @@ impl Engine {
                 }),
             };
             if self.receive(id, &parked.message, &parked.vars, origin) {
-                {
-                    let mut list = lock(&self.between.parked);
-                    list.retain(|p| p.id != parked.id);
-                    self.between.set_parked(&list);
-                }
                 if let Some(store) = &self.store {
+                    // Stays kept in the store when this fails: offered again after a restart
+                    // (the receiver's receipt keeps it from taking it twice).
                     let _ = store.settle(parked.id, None);
                 }
                 // One message per wait: the instance waits no more.
-                return;
+                return true;
             }
+            let mut list = lock(&self.between.parked);
+            let at = list.partition_point(|p| p.id < parked.id);
+            list.insert(at, parked);
+            self.between.set_parked(&list);
         }
+        false
     }
 
     /// Runs the send follow-ups of `instance` (after its commit): each message is correlated;
