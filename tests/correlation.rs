@@ -826,3 +826,77 @@ fn a_send_node_inside_a_sub_process_sends_and_its_start_may_not_listen() {
         "{problems:#?}"
     );
 }
+
+mod model {
+    //! The index agrees with a scan: after any sequence of starts, correlations and
+    //! cancellations-by-completion, a correlation matches exactly the instances a scan of the
+    //! waiting ones finds (one receives it, none is unmatched, several are ambiguous).
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Start(u8),
+        Correlate(u8),
+        Check(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0u8..4).prop_map(Op::Start),
+            3 => (0u8..4).prop_map(Op::Correlate),
+            1 => (0usize..64).prop_map(Op::Check),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn correlation_matches_a_scan(ops in proptest::collection::vec(op(), 1..40)) {
+            let engine = engine_with(&[REPAIR]);
+            let clerk = Actor::new("c", ["clerk"]);
+            // Instances waiting at the catch, by key.
+            let mut waiting: Vec<(InstanceId, u8)> = Vec::new();
+            // Instances past the catch, at the `check` task.
+            let mut checking: Vec<InstanceId> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Start(k) => {
+                        let id = engine.start("repair", ticket(&format!("K{k}"))).unwrap();
+                        waiting.push((id, k));
+                    }
+                    Op::Correlate(k) => {
+                        let want: Vec<InstanceId> =
+                            waiting.iter().filter(|(_, w)| *w == k).map(|(id, _)| *id).collect();
+                        let got = engine.correlate("fault_status", status(&format!("K{k}"), "s"));
+                        match want.len() {
+                            0 => prop_assert!(got.unwrap().unmatched()),
+                            1 => {
+                                prop_assert_eq!(got.unwrap().received, want.clone());
+                                waiting.retain(|(id, _)| *id != want[0]);
+                                checking.push(want[0]);
+                            }
+                            _ => {
+                                let is_ambiguous = matches!(
+                                    got,
+                                    Err(ExecError::AmbiguousMessage { ref candidates, .. })
+                                        if *candidates == want
+                                );
+                                prop_assert!(is_ambiguous);
+                            }
+                        }
+                    }
+                    Op::Check(i) => {
+                        // Completing a `check` task ends that instance.
+                        if !checking.is_empty() {
+                            let id = checking.remove(i % checking.len());
+                            let task = engine.tasks(id).unwrap()[0].id;
+                            engine.complete(task, &clerk, Vars::new()).unwrap();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
