@@ -561,9 +561,19 @@ impl Engine {
 
     /// The instances that match a message now (checked under each one's lock).
     fn matching(&self, plan: &Plan, message: &str, vars: &Vars) -> Vec<InstanceId> {
+        self.candidates(plan, message, vars, false)
+    }
+
+    /// The instances the index names for a message; checked under each one's lock, unless
+    /// `lazy` and there is only one (then delivering checks it, under the same lock: one lock
+    /// instead of two for the common case).
+    fn candidates(&self, plan: &Plan, message: &str, vars: &Vars, lazy: bool) -> Vec<InstanceId> {
         let mut candidates: SmallVec<[u64; 2]> = SmallVec::new();
         for h in &plan.hashes {
             self.between.get(*h, &mut candidates);
+        }
+        if lazy && candidates.len() == 1 {
+            return vec![InstanceId(candidates[0])];
         }
         let mut out: Vec<InstanceId> = candidates
             .into_iter()
@@ -585,7 +595,7 @@ impl Engine {
         vars: Vars,
         origin: Origin,
     ) -> Result<Correlation, ExecError> {
-        let matched = self.matching(plan, message, &vars);
+        let matched = self.candidates(plan, message, &vars, true);
         if matched.len() > 1 && !plan.many {
             return Err(ExecError::AmbiguousMessage {
                 message: message.to_owned(),
