@@ -900,3 +900,15 @@ mod model {
         }
     }
 }
+
+#[test]
+fn a_send_node_is_drawn_with_its_message() {
+    let def = ProcessDef::from_yaml(NETWORK).unwrap();
+    let tell = def.node(def.node_id("tell").unwrap());
+    assert_eq!(tell.sends(), Some("fault_status"));
+    let mermaid = def.to_mermaid();
+    assert!(
+        mermaid.contains(r#"n_tell[/"tell [send fault_status]"/]"#),
+        "{mermaid}"
+    );
+}

@@ -75,6 +75,16 @@ impl SentMessage {
     }
 }
 
+impl super::Node {
+    /// The message a send node sends (`kind: send, message: NAME`).
+    pub fn sends(&self) -> Option<&str> {
+        match &self.behaviour {
+            Behaviour::Send(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
 impl super::ProcessDef {
     /// The messages its instances send to other processes (`sends:`), by name.
     pub fn sends(&self) -> impl Iterator<Item = (&str, &SentMessage)> {

@@ -26,6 +26,9 @@ fn label(node: &Node) -> String {
     if let Some(trigger) = node.trigger() {
         text.push_str(&format!(" [{trigger}]"));
     }
+    if let Some(message) = node.sends() {
+        text.push_str(&format!(" [send {message}]"));
+    }
     if let Some(f) = node.for_each() {
         let how = if f.parallel { "parallel" } else { "sequential" };
         text.push_str(&format!(" [for each {} in {}, {how}]", f.item, f.list));
