@@ -12,7 +12,16 @@
 //! cargo run --release --example throughput -- --workload lines --seconds S [--lines 100]
 //! cargo run --release --example throughput -- --workload waiting-lines --instances 2000 [--lines 100]
 //! cargo run --release --example throughput -- --workload waiting-keys --instances 200000
+//! cargo run --release --example throughput -- --workload correlate --instances 1000000 \
+//!     [--store sqlite:PATH --instances 100000 --threads N]
 //! ```
+//!
+//! `correlate` starts `--instances` instances waiting at a catch of a correlated message (key
+//! `order_id`, each its own value), then correlates one message to each by key
+//! (`Engine::correlate`, in a scattered order): in memory it prints the median and mean
+//! nanoseconds per correlate (the median over batches of 1,000) and the resident memory per
+//! waiting instance beside the same instances waiting at an uncorrelated catch (the index's
+//! cost); with `--store` it correlates on `--threads` threads and prints messages per second.
 //!
 //! `lines` runs an order of `--lines` lines (default 100) through one multi-instance service
 //! task: its transitions are the `Transition` records plus one per line (`ItemCompleted`: an
@@ -49,7 +58,7 @@ use procflow::{Durability, Engine, ProcessDef, SqliteStore, Vars};
 
 use common::*;
 
-const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|waiting-keys \
+const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|waiting-keys|correlate \
 [--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH] \
 [--durability process|full] [--commit group|single] [--lines N]";
 
@@ -181,6 +190,7 @@ fn main() -> ExitCode {
         }
         "waiting-lines" => waiting_lines(&args),
         "waiting-keys" => waiting_keys(&args),
+        "correlate" => correlate(&args),
         "reopen" => {
             if let Err(e) = reopen(&args) {
                 eprintln!("{e}");
@@ -498,4 +508,143 @@ fn waiting_keys(args: &Args) {
         proc_status_kb("VmHWM"),
         args.audit,
     );
+}
+
+/// A process whose instances wait at a catch of a message correlated by `order_id` (or, with
+/// `correlated: false`, the same catch of an uncorrelated message).
+fn correlate_def(correlated: bool) -> String {
+    let (id, rule) = if correlated {
+        ("correlated", ", correlate: { order_id: order_id }")
+    } else {
+        ("uncorrelated", "")
+    };
+    format!(
+        "id: {id}
+version: 1
+name: Correlated wait
+variables: {{ order_id: {{ type: integer }}, answer: {{ type: string }} }}
+keys: [order_id]
+messages:
+  reply: {{ flow: 55, payload: [order_id, answer]{rule} }}
+nodes:
+  start: {{ kind: start, next: wait }}
+  wait: {{ kind: catch, message: reply, next: end }}
+  end: {{ kind: end }}
+"
+    )
+}
+
+/// Starts `args.instances` instances waiting for a correlated message, then correlates one
+/// message to each by key (see the module docs).
+fn correlate(args: &Args) {
+    let n = args.instances;
+    let key = |i: u64| {
+        let mut v = Vars::new();
+        v.insert("order_id".into(), (i as i64).into());
+        v
+    };
+    let message = |i: u64| {
+        let mut v = key(i);
+        v.insert("answer".into(), "paid".into());
+        v
+    };
+    // A scattered order: a stride coprime with n.
+    let stride = (0..)
+        .map(|k| 7_919 + k)
+        .find(|s| gcd(*s, n) == 1)
+        .unwrap_or(1);
+    let order = |j: u64| (j.wrapping_mul(stride)) % n;
+    // In memory, first the same instances at an uncorrelated catch (kept while the others
+    // start, so that their memory is not reused): what the correlation index adds.
+    let plain = args
+        .store
+        .is_none()
+        .then(|| engine_with([parse(&correlate_def(false))], args.audit));
+    let mut plain_bytes = 0.0;
+    if let Some(plain) = &plain {
+        plain.start("uncorrelated", key(0)).expect("starts");
+        let before = proc_status_kb("VmRSS");
+        for i in 1..=n {
+            plain.start("uncorrelated", key(i)).expect("starts");
+        }
+        plain_bytes = (proc_status_kb("VmRSS").saturating_sub(before) * 1024) as f64 / n as f64;
+    }
+    let engine = engine(args, [parse(&correlate_def(true))]);
+    let before = proc_status_kb("VmRSS");
+    let start = Instant::now();
+    for i in 0..n {
+        engine.start("correlated", key(i)).expect("starts");
+    }
+    let start_secs = start.elapsed().as_secs_f64();
+    let bytes = (proc_status_kb("VmRSS").saturating_sub(before) * 1024) as f64 / n as f64;
+    if let Some(path) = &args.store {
+        let done = AtomicU64::new(0);
+        let threads = args.threads as u64;
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (engine, done) = (&engine, &done);
+                s.spawn(move || {
+                    let mut j = t;
+                    while j < n {
+                        let c = engine
+                            .correlate("reply", message(order(j)))
+                            .expect("correlates");
+                        assert_eq!(c.received.len(), 1, "one waiting instance per key");
+                        j += threads;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let secs = start.elapsed().as_secs_f64();
+        let done = done.into_inner();
+        println!(
+            "workload=correlate store=sqlite:{} durability={:?} commit={} threads={} waiting={n} messages={done} seconds={secs:.3} messages_per_sec={:.0} start_per_sec={:.0} peak_rss_kb={} audit={}",
+            path.display(),
+            args.durability,
+            if args.group_commit { "group" } else { "single" },
+            args.threads,
+            done as f64 / secs,
+            n as f64 / start_secs,
+            proc_status_kb("VmHWM"),
+            args.audit,
+        );
+        return;
+    }
+    const BATCH: u64 = 1_000;
+    let mut batches: Vec<f64> = Vec::with_capacity((n / BATCH + 1) as usize);
+    let mut total = Duration::ZERO;
+    let mut j = 0;
+    while j < n {
+        let end = (j + BATCH).min(n);
+        let msgs: Vec<Vars> = (j..end).map(|k| message(order(k))).collect();
+        let start = Instant::now();
+        for m in msgs {
+            let c = engine.correlate("reply", m).expect("correlates");
+            debug_assert_eq!(c.received.len(), 1);
+        }
+        let spent = start.elapsed();
+        total += spent;
+        batches.push(spent.as_secs_f64() * 1e9 / (end - j) as f64);
+        j = end;
+    }
+    batches.sort_by(f64::total_cmp);
+    let median = batches[batches.len() / 2];
+    assert!(
+        engine.instances().is_empty(),
+        "every instance received its message"
+    );
+    println!(
+        "workload=correlate waiting={n} median_ns_per_correlate={median:.0} mean_ns_per_correlate={:.0} correlates_per_sec={:.0} bytes_per_waiting_instance={bytes:.0} bytes_per_uncorrelated_waiting_instance={plain_bytes:.0} start_ns={:.0} peak_rss_kb={} audit={}",
+        total.as_secs_f64() * 1e9 / n as f64,
+        n as f64 / total.as_secs_f64(),
+        start_secs * 1e9 / n as f64,
+        proc_status_kb("VmHWM"),
+        args.audit,
+    );
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }

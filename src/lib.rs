@@ -84,11 +84,12 @@ mod yaml;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use def::{
-    LoadError, Location, Message, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role, Signal,
+    LoadError, Location, Message, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role,
+    SentMessage, Signal,
 };
 pub use exec::{
-    Config, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, KeyRecord, KeyValue,
-    KeyedInstance, OpenError, Sla, SlaStatus, TaskView, TimerDriver,
+    Config, Correlation, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, KeyRecord,
+    KeyValue, KeyedInstance, OpenError, Sla, SlaStatus, TaskView, TimerDriver,
 };
 pub use hooks::{
     Completing, Control, HandlerError, HandlerFn, Hook, HookFn, ServiceCall, ServiceHandler,
@@ -99,6 +100,7 @@ pub use model::{
     Comment, Entry, Event, Fired, FollowUp, Incident, Instance, Pending, Record, SentBack, Status,
     Task, TaskState, Timer, TimerKind, Token, TokenState,
 };
+pub use model::{Delivered, ParkedMessage, Received};
 pub use raci::{Action, Actor, Authorizer, Raci};
 #[cfg(feature = "report")]
 pub use report::{

@@ -142,6 +142,18 @@ enum RawStep {
         #[serde(default)]
         expect: Outcome,
     },
+    /// Correlates a message by its payload ([`Engine::correlate`]); `to` checks where it went.
+    /// A message that starts an instance (a message start event) makes it the scenario's
+    /// instance when none was started yet.
+    Correlate {
+        message: String,
+        #[serde(default)]
+        vars: Vars,
+        #[serde(default)]
+        to: Option<Went>,
+        #[serde(default)]
+        expect: Outcome,
+    },
     /// Adds items to a running multi-instance task ([`Engine::add_items`]).
     AddItems {
         node: String,
@@ -213,6 +225,20 @@ enum Outcome {
     Refused,
 }
 
+/// Where a correlated message went (a `correlate` step's `to`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Went {
+    /// A waiting instance received it.
+    Received,
+    /// It started an instance.
+    Started,
+    /// It was kept engine-wide (`keep_for`).
+    Kept,
+    /// Nothing matched it.
+    Unmatched,
+}
+
 impl Outcome {
     fn of(result: &Result<(), ExecError>) -> Result<Outcome, &ExecError> {
         match result {
@@ -233,9 +259,13 @@ impl Outcome {
                 | ExecError::InstanceCancelled(_)
                 | ExecError::TaskClosed { .. },
             ) => Ok(Outcome::Closed),
-            Err(ExecError::NotWaiting { .. } | ExecError::UnknownMessage { .. }) => {
-                Ok(Outcome::Refused)
-            }
+            Err(
+                ExecError::NotWaiting { .. }
+                | ExecError::UnknownMessage { .. }
+                | ExecError::UndeclaredMessage { .. }
+                | ExecError::MissingCorrelation { .. }
+                | ExecError::AmbiguousMessage { .. },
+            ) => Ok(Outcome::Refused),
             Err(other) => Err(other),
         }
     }
@@ -546,6 +576,39 @@ impl Scenario {
                     && n != want
                 {
                     return Err(format!("expected signal '{name}' to wake {want}, woke {n}"));
+                }
+                (r.map(|_| ()), *expect)
+            }
+            RawStep::Correlate {
+                message,
+                vars,
+                to,
+                expect,
+            } => {
+                let r = engine.correlate(message, vars.clone());
+                if let Ok(c) = &r {
+                    if instance.is_none()
+                        && let Some(id) = c.started.first()
+                    {
+                        *instance = Some(*id);
+                    }
+                    let went = if !c.received.is_empty() {
+                        Went::Received
+                    } else if !c.started.is_empty() {
+                        Went::Started
+                    } else if c.kept {
+                        Went::Kept
+                    } else {
+                        Went::Unmatched
+                    };
+                    if let Some(want) = to
+                        && *want != went
+                    {
+                        return Err(format!(
+                            "expected message '{message}' to be {want:?}, it was {went:?}"
+                        )
+                        .to_lowercase());
+                    }
                 }
                 (r.map(|_| ()), *expect)
             }

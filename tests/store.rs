@@ -591,3 +591,58 @@ fn business_keys_are_indexed_and_survive_reopening() {
         );
     }
 }
+
+/// A message kept engine-wide (`keep_for`) and then recorded unmatched is in the store: an
+/// engine opened later has it (stores that do not override `Store::park` and the rest, as the
+/// foreign one, keep nothing).
+#[test]
+fn kept_and_unmatched_messages_survive_close_and_open() {
+    const KEPT: &str = r#"
+id: order
+version: 1
+name: Order
+variables: { order_id: { type: integer }, answer: { type: string } }
+keys: [order_id]
+messages:
+  reply: { payload: [order_id, answer], correlate: { order_id: order_id }, keep_for: 1h }
+nodes:
+  start: { kind: start, next: wait }
+  wait: { kind: catch, message: reply, next: end }
+  end: { kind: end }
+"#;
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let engine = open(store(), &clock);
+        engine.deploy(ProcessDef::from_yaml(KEPT).unwrap()).unwrap();
+        for n in [1, 2] {
+            let c = engine
+                .correlate(
+                    "reply",
+                    vars(&[("order_id", json!(n)), ("answer", json!("ok"))]),
+                )
+                .unwrap();
+            assert!(c.kept, "{name}");
+        }
+        drop(engine);
+        let engine = open(store(), &clock);
+        if name == "foreign" {
+            assert!(engine.kept_messages().is_empty());
+            continue;
+        }
+        assert_eq!(engine.kept_messages().len(), 2, "{name}");
+        // One is taken by an instance that waits for it; the other expires.
+        let id = engine
+            .start("order", vars(&[("order_id", json!(1))]))
+            .unwrap();
+        assert_eq!(engine.instance(id).unwrap().status(), Status::Completed);
+        clock.advance(Duration::hours(2));
+        engine.tick(clock.now());
+        drop(engine);
+        let engine = open(store(), &clock);
+        assert!(engine.kept_messages().is_empty(), "{name}");
+        let unmatched = engine.unmatched().unwrap();
+        assert_eq!(unmatched.len(), 1, "{name}");
+        assert_eq!(unmatched[0].vars["order_id"], json!(2), "{name}");
+        assert_eq!(unmatched[0].message, "reply", "{name}");
+    }
+}

@@ -27,6 +27,18 @@ pub(crate) struct RawMessage {
     /// Persistent (WCP 24): kept by an instance that does not wait for it yet.
     #[serde(default)]
     pub(crate) keep: Option<bool>,
+    /// The information flow's number (shared/domain/processes.md §3), 1–57.
+    #[serde(default)]
+    pub(crate) flow: Option<At<u32>>,
+    /// Correlation: receiver key → payload field (see `messages.rs`).
+    #[serde(default)]
+    pub(crate) correlate: Option<At<Entries<String>>>,
+    /// How long a correlated message that matches nobody is kept engine-wide.
+    #[serde(default)]
+    pub(crate) keep_for: Option<At<String>>,
+    /// Whether one message may match several waiting instances.
+    #[serde(default)]
+    pub(crate) many: Option<bool>,
 }
 
 /// A declared signal: `signals: { NAME: { name_zh, description, keep } }`.
@@ -66,6 +78,8 @@ pub struct Message {
     pub(crate) payload: Vec<String>,
     /// Persistent (`keep: true`): an instance that does not wait for it yet keeps it.
     pub(crate) keep: bool,
+    /// Correlation between processes (see `messages.rs`).
+    pub(crate) between: super::messages::Between,
 }
 
 /// A signal a definition declares under `signals:`. Undeclared signals may be caught too; a
@@ -115,6 +129,31 @@ impl Message {
     /// event of its name it reaches.
     pub fn keep(&self) -> bool {
         self.keep
+    }
+
+    /// The information flow's number (1–57, shared/domain/processes.md §3), if given.
+    pub fn flow(&self) -> Option<u8> {
+        self.between.flow
+    }
+
+    /// The correlation rule (`correlate:`): (receiver key, payload field) pairs; empty when the
+    /// message is not correlated ([`Engine::correlate`](crate::Engine::correlate) then only
+    /// starts instances whose start listens for it).
+    pub fn correlate(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.between
+            .correlate
+            .iter()
+            .map(|(k, f)| (k.as_str(), f.as_str()))
+    }
+
+    /// How long a message that matches nobody is kept engine-wide (`keep_for`).
+    pub fn keep_for(&self) -> Option<chrono::Duration> {
+        self.between.keep_for
+    }
+
+    /// Whether one message may match several waiting instances (`many: true`).
+    pub fn many(&self) -> bool {
+        self.between.many
     }
 }
 
@@ -182,10 +221,12 @@ impl Boundary {
     }
 }
 
-/// Compiles the `messages:` section: each payload name must be a declared variable.
+/// Compiles the `messages:` section: each payload name must be a declared variable; a
+/// correlation rule maps keys of the definition to payload fields.
 pub(super) fn messages(
     raw: &Entries<RawMessage>,
     vars: &IndexMap<String, VarSpec>,
+    keys: &[String],
     report: &mut Report,
 ) -> IndexMap<String, Message> {
     let mut out = IndexMap::new();
@@ -205,6 +246,7 @@ pub(super) fn messages(
                 }
             }
         }
+        let between = super::messages::between(&key.value, m, &payload, keys, report);
         out.insert(
             key.value.clone(),
             Message {
@@ -212,6 +254,7 @@ pub(super) fn messages(
                 description: m.description.clone(),
                 payload,
                 keep: m.keep.unwrap_or(false),
+                between,
             },
         );
     }

@@ -6,6 +6,7 @@
 
 pub(crate) mod control;
 pub(crate) mod events;
+pub(crate) mod messages;
 pub(crate) mod multi;
 mod raw;
 mod render;
@@ -21,6 +22,7 @@ use petgraph::graph::DiGraph;
 
 pub use crate::yaml::{LoadError, Location, Problem, ProblemKind};
 pub use events::{Message, Signal};
+pub use messages::SentMessage;
 
 use crate::cond::Condition;
 use crate::ids::{DefKey, NodeId, RoleId};
@@ -69,6 +71,13 @@ pub struct ProcessDef {
     /// Whether any sub-process has `for_each` (see `exec/runs.rs`): when none has, the run loop
     /// never looks at a token's run.
     pub(crate) multi_scopes: bool,
+    /// The messages instances send to other processes (`sends:`), by name.
+    pub(crate) sends: IndexMap<String, messages::SentMessage>,
+    /// The message the start node listens for (a message start event).
+    pub(crate) start_message: Option<String>,
+    /// The correlated messages a catch or boundary event waits for: empty for most
+    /// definitions, and then the engine's correlation index never looks at an instance.
+    pub(crate) correlated: Vec<String>,
 }
 
 impl std::fmt::Debug for ProcessDef {
@@ -156,6 +165,8 @@ pub(crate) enum Behaviour {
         /// second flow.
         timeout: Option<timers::TimerWait>,
     },
+    /// Sends the message declared under `sends:` to other processes (through the outbox).
+    Send(String),
 }
 
 #[derive(Debug)]
@@ -192,6 +203,8 @@ pub enum NodeKind {
     Race,
     /// An embedded sub-process: a scope with its own start, nodes and ends.
     Subprocess,
+    /// Sends a message to other processes (correlated like [`Engine::correlate`](crate::Engine::correlate)).
+    Send,
 }
 
 impl NodeKind {
@@ -208,6 +221,7 @@ impl NodeKind {
             NodeKind::Inclusive => "inclusive",
             NodeKind::Catch => "catch",
             NodeKind::Race => "race",
+            NodeKind::Send => "send",
             NodeKind::Subprocess => "subprocess",
         }
     }
@@ -253,6 +267,7 @@ impl Node {
             Behaviour::Catch(_) => NodeKind::Catch,
             Behaviour::Race => NodeKind::Race,
             Behaviour::Subprocess { .. } => NodeKind::Subprocess,
+            Behaviour::Send(_) => NodeKind::Send,
         }
     }
 

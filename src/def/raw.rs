@@ -46,6 +46,9 @@ pub(crate) struct RawDef {
     #[serde(default)]
     pub(crate) signals: Entries<super::events::RawSignal>,
     pub(crate) nodes: Entries<RawNode>,
+    /// The messages instances send to other processes ([`super::messages`]).
+    #[serde(default)]
+    pub(crate) sends: Entries<super::messages::RawSend>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +90,7 @@ pub(crate) enum RawKind {
     Catch,
     Race,
     Subprocess,
+    Send,
 }
 
 impl RawKind {
@@ -103,6 +107,7 @@ impl RawKind {
             RawKind::Catch => "catch",
             RawKind::Race => "race",
             RawKind::Subprocess => "subprocess",
+            RawKind::Send => "send",
         }
     }
 }

@@ -26,6 +26,9 @@ fn label(node: &Node) -> String {
     if let Some(trigger) = node.trigger() {
         text.push_str(&format!(" [{trigger}]"));
     }
+    if let Some(message) = node.sends() {
+        text.push_str(&format!(" [send {message}]"));
+    }
     if let Some(f) = node.for_each() {
         let how = if f.parallel { "parallel" } else { "sequential" };
         text.push_str(&format!(" [for each {} in {}, {how}]", f.item, f.list));
@@ -108,6 +111,8 @@ fn mermaid_nodes(
             Behaviour::Catch(_) => (">", "]"),
             Behaviour::Race => ("{", "}"),
             Behaviour::Subprocess { .. } => ("[", "]"),
+            // A send leans forward: a parallelogram.
+            Behaviour::Send(_) => ("[/", "/]"),
         };
         let text = gateway_label(node);
         let _ = writeln!(out, "{pad}{}{open}\"{text}\"{close}", mid(node));
@@ -249,6 +254,7 @@ fn dot_nodes(def: &ProcessDef, scope: Option<crate::ids::NodeId>, depth: usize, 
             Behaviour::Catch(_) => "cds",
             Behaviour::Race => "Mdiamond",
             Behaviour::Subprocess { .. } => "box",
+            Behaviour::Send(_) => "rarrow",
         };
         let _ = writeln!(
             out,

@@ -313,7 +313,8 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         &mut report.0,
     );
     let keys = business_keys(raw.keys.as_ref(), &vars, &mut report);
-    let messages = super::events::messages(&raw.messages, &vars, &mut report);
+    let messages = super::events::messages(&raw.messages, &vars, &keys, &mut report);
+    let sends = super::messages::sends(&raw.sends, &vars, &mut report);
     let signals = super::events::signals(&raw.signals, &mut report);
 
     let flat = super::scope::flatten(&raw.nodes, &mut report);
@@ -341,6 +342,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
             outer: f
                 .parent
                 .and_then(|p| outer.get(&p).map(|o| (flat[p].id.as_str(), o))),
+            sends: &sends,
         };
         compiled.push(cx.compile(f.node, &mut report));
     }
@@ -403,6 +405,10 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
     super::scope::widen_regions(&mut compiled, &scopes);
     let controlled = compiled.iter().any(|n| n.control.is_some());
     let milestones = compiled.iter().any(|n| !n.while_at().is_empty());
+    let start_message = starts
+        .first()
+        .and_then(|s| super::messages::start_message(flat[s.index()].node));
+    let correlated = super::messages::correlated(&compiled, &messages);
 
     if !report.0.is_empty() {
         return Err(report.0);
@@ -435,6 +441,9 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         multi_scopes: scopes.iter().any(|s| s.multi),
         scopes,
         cel: cel::Context::default(),
+        sends,
+        start_message,
+        correlated,
     })
 }
 
@@ -495,6 +504,8 @@ pub(super) struct NodeCx<'a> {
     pub(super) messages: &'a IndexMap<String, super::events::Message>,
     /// For a node inside a sub-process: the sub-process's id and the names outside its scope.
     outer: Option<(&'a str, &'a HashSet<&'a str>)>,
+    /// The messages instances send (`sends:`).
+    pub(super) sends: &'a IndexMap<String, super::messages::SentMessage>,
 }
 
 impl NodeCx<'_> {
@@ -658,7 +669,12 @@ impl NodeCx<'_> {
             );
         }
         if kind != RawKind::Catch {
-            not_allowed("message", raw.message.as_ref().map(|a| a.loc), report);
+            // A send node sends a message; the process's start node may listen for one
+            // (`messages.rs`), a sub-process's start may not.
+            let start = kind == RawKind::Start && self.outer.is_none();
+            if kind != RawKind::Send && !start {
+                not_allowed("message", raw.message.as_ref().map(|a| a.loc), report);
+            }
             not_allowed("signal", raw.signal.as_ref().map(|a| a.loc), report);
         }
         if kind != RawKind::UserTask && kind != RawKind::Subprocess {
@@ -703,6 +719,7 @@ impl NodeCx<'_> {
             | RawKind::Catch
             | RawKind::Race
             | RawKind::Subprocess
+            | RawKind::Send
             // An inclusive join alone: one `next`.
             | RawKind::Inclusive => {
                 node.next = self.targets(raw.next.as_ref(), report);
@@ -730,7 +747,11 @@ impl NodeCx<'_> {
                     );
                 }
                 node.behaviour = match kind {
-                    RawKind::Start => Behaviour::Start,
+                    RawKind::Start => {
+                        self.start_message(raw, report);
+                        Behaviour::Start
+                    }
+                    RawKind::Send => self.send(raw, report),
                     RawKind::Parallel => Behaviour::Parallel,
                     RawKind::UserTask => {
                         let raci = self.raci(raw.raci.as_ref(), report);

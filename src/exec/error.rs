@@ -242,6 +242,31 @@ pub enum ExecError {
         /// The message.
         message: String,
     },
+    /// [`Engine::correlate`](crate::Engine::correlate): no deployed definition declares the
+    /// message under `messages:`.
+    #[error("no deployed process receives message '{message}'")]
+    UndeclaredMessage {
+        /// The message.
+        message: String,
+    },
+    /// [`Engine::correlate`](crate::Engine::correlate): the message lacks a value for a field
+    /// of a receiver's correlation rule.
+    #[error("message '{message}' has no value for its correlation field '{field}'")]
+    MissingCorrelation {
+        /// The message.
+        message: String,
+        /// The payload field.
+        field: String,
+    },
+    /// [`Engine::correlate`](crate::Engine::correlate): several waiting instances match and a
+    /// receiver does not declare `many: true`. Nothing was delivered.
+    #[error("message '{message}' matches several waiting instances: {}", candidates.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "))]
+    AmbiguousMessage {
+        /// The message.
+        message: String,
+        /// The instances that match.
+        candidates: Vec<InstanceId>,
+    },
     /// `retry` found no failed node.
     #[error("instance {0} has no failed node to retry")]
     NothingToRetry(InstanceId),

@@ -6,6 +6,7 @@
 //! call's events after its commit, with nothing locked (see `seam.rs`).
 
 mod control;
+mod correlate;
 mod deploy;
 mod error;
 mod events;
@@ -29,6 +30,7 @@ use arc_swap::ArcSwap;
 
 use chrono::{DateTime, Utc};
 
+pub use correlate::Correlation;
 pub use error::{DeployError, DeployProblem, ExecError, OpenError};
 pub use keys::{KeyRecord, KeyValue, KeyedInstance};
 #[cfg(feature = "report")]
@@ -132,6 +134,9 @@ pub struct Engine {
     store: Option<Arc<dyn Store>>,
     /// The business keys of the instances held (see `keys.rs`).
     keys: keys::KeyIndex,
+    /// Messages between processes: the correlation index and the messages kept engine-wide
+    /// (see `correlate.rs`).
+    between: correlate::Between,
 }
 
 /// A min-heap of (due instant, instance number).
@@ -239,6 +244,7 @@ impl EngineBuilder {
             ticking: Mutex::new(()),
             store: None,
             keys: keys::KeyIndex::default(),
+            between: correlate::Between::default(),
         }
     }
 
@@ -314,6 +320,8 @@ impl EngineBuilder {
                 });
             }
         }
+        // The correlation index, the messages kept engine-wide, and what receivers have.
+        engine.resume_between()?;
         // Follow-ups a crash left between their commit and their run.
         for stored in store.outbox()? {
             let (id, slot) = resume(stored)?;
@@ -324,6 +332,7 @@ impl EngineBuilder {
             // A hook's failure here is the hook's; the follow-up counts as run.
             let _ = engine.run_follow_ups(id, &dep, pending);
         }
+        engine.resumed_between();
         Ok(engine)
     }
 }
@@ -445,6 +454,18 @@ impl Engine {
         version: Option<u32>,
         vars: Vars,
     ) -> Result<InstanceId, ExecError> {
+        self.start_from(process, version, vars, None)
+    }
+
+    /// [`Engine::start_version`], recording in the start's commit the message that started it
+    /// (a message start event, `correlate.rs`).
+    fn start_from(
+        &self,
+        process: &str,
+        version: Option<u32>,
+        vars: Vars,
+        mut received: Option<Box<correlate::BetweenChange>>,
+    ) -> Result<InstanceId, ExecError> {
         // A refused start drops what it was given without recursing through it.
         let mut vars = crate::vars::Handed::new(vars);
         self.not_busy()?;
@@ -502,6 +523,9 @@ impl Engine {
                 step.sla_timers(&mut sla)
                     .inspect_err(|_| sla_failed = true)?;
                 step.apply(Change::Started);
+                if let Some(r) = received.take() {
+                    step.apply(Change::Between(r));
+                }
                 step.arm(&sla);
                 step.run()
             })

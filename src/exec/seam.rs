@@ -91,6 +91,9 @@ pub(crate) struct Stepped {
     pub(crate) refused: bool,
     /// The business keys the call changed, with their values before (see `keys.rs`).
     pub(crate) key_notes: super::keys::KeyNotes,
+    /// The correlated messages the instance started waiting for in this call (their
+    /// correlation hashes), to offer the messages kept engine-wide (see `correlate.rs`).
+    pub(crate) fresh_waits: smallvec::SmallVec<[u64; 2]>,
 }
 
 impl Stepped {
@@ -110,6 +113,7 @@ impl Stepped {
             dep: None,
             refused: false,
             key_notes: Vec::new(),
+            fresh_waits: smallvec::SmallVec::new(),
         }
     }
 }
@@ -249,6 +253,14 @@ impl Engine {
         // after it needs no entry of its own.
         let scheduled = inst.timers.iter().filter(|t| !t.fired).map(|t| t.at).min();
         let snapshot = self.store.as_ref().map(|_| inst.snapshot());
+        // What the instance waits for by correlation before the step (nothing to look at for a
+        // definition without a correlated catch).
+        let correlated = !dep.def.correlated.is_empty();
+        let waits_before = if correlated {
+            super::correlate::waits(&dep.def, inst)
+        } else {
+            smallvec::SmallVec::new()
+        };
         let first = inst.audit.len();
         let first_follow = inst.next_follow_up();
         let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
@@ -279,6 +291,12 @@ impl Engine {
                 }
             }
         }
+        let fresh_waits = if correlated {
+            let after = super::correlate::waits(&dep.def, inst);
+            self.between.reindex(id, &waits_before, &after)
+        } else {
+            smallvec::SmallVec::new()
+        };
         Ok(Stepped {
             instance: id,
             result,
@@ -289,6 +307,7 @@ impl Engine {
             follow,
             refused: false,
             key_notes,
+            fresh_waits,
         })
     }
 
@@ -352,6 +371,7 @@ impl Engine {
             events,
             follow,
             dep,
+            fresh_waits,
             ..
         } = stepped;
         if let Some(at) = armed
@@ -360,6 +380,10 @@ impl Engine {
             self.schedule(instance, at);
         }
         let mut failure = self.tell(&events);
+        if !fresh_waits.is_empty() && self.between.has_parked() {
+            // A message kept engine-wide may be what the instance now waits for.
+            self.offer_parked(instance, &fresh_waits);
+        }
         if let Some(dep) = dep
             && let Some(f) = self.run_follow_ups(instance, &dep, follow)
         {
@@ -403,33 +427,64 @@ impl Engine {
         dep: &Deployed,
         follow: Vec<Pending>,
     ) -> Option<String> {
+        // Messages to other processes: correlated now, each receiver in its own commit.
+        let sends: Vec<(u64, String, crate::vars::Vars)> = follow
+            .iter()
+            .filter_map(|p| match &p.what {
+                FollowUp::Send { message, vars } => Some((p.seq, message.clone(), vars.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut delivered = if sends.is_empty() {
+            Vec::new()
+        } else {
+            self.run_sends(instance, &sends)
+        };
         let events: Vec<Event> = follow
             .iter()
-            .map(|p| match &p.what {
+            .filter_map(|p| match &p.what {
                 FollowUp::Notify {
                     task,
                     node,
                     role,
                     actor,
-                } => Event::Notify {
+                } => Some(Event::Notify {
                     task: *task,
                     node: Arc::clone(&dep.names[node.index()]),
                     role: role.clone(),
                     actor: actor.clone(),
-                },
+                }),
                 FollowUp::CancelNotice {
                     role,
                     actor,
                     reason,
-                } => Event::CancelNotice {
+                } => Some(Event::CancelNotice {
                     instance,
                     role: role.clone(),
                     actor: actor.clone(),
                     reason: reason.clone(),
-                },
+                }),
+                FollowUp::Send { .. } => None,
             })
             .collect();
-        let failure = self.tell(&events);
+        let mut failure = self.tell(&events);
+        if self.store.is_none() && !delivered.is_empty() {
+            // Where the messages went, in the sender's audit trail.
+            let stepped = self.with_slot(instance, |slot| {
+                let now = self.clock.now();
+                self.step_slot(slot, now, |step| {
+                    for d in delivered.drain(..) {
+                        step.apply(Change::Between(Box::new(d)));
+                    }
+                    Ok(())
+                })
+            });
+            if let Ok(s) = stepped
+                && let Some(f) = self.tell(&s.events)
+            {
+                failure.get_or_insert(f);
+            }
+        }
         if self.store.is_some() {
             let done: Vec<u64> = follow.iter().map(|p| p.seq).collect();
             // A conflict means another engine committed the instance meanwhile (with these
@@ -439,11 +494,21 @@ impl Engine {
                     let now = self.clock.now();
                     self.step_slot(slot, now, |step| {
                         step.apply(Change::Done { seqs: &done });
+                        // Where the messages went, in the same commit (see `correlate.rs`).
+                        for d in &delivered {
+                            step.apply(Change::Between(Box::new(d.clone())));
+                        }
                         Ok(())
                     })
                 });
                 match stepped {
                     Ok(s) if matches!(s.result, Err(ExecError::Conflict(_))) => continue,
+                    Ok(s) => {
+                        if let Some(f) = self.tell(&s.events) {
+                            failure.get_or_insert(f);
+                        }
+                        break;
+                    }
                     _ => break,
                 }
             }

@@ -196,6 +196,8 @@ pub(crate) enum Change<'c> {
     Kept(super::kept::KeptChange<'c>),
     /// Embedded sub-process scopes (see `scope.rs`).
     Scope(super::scope::ScopeChange),
+    /// Messages between processes: sent, delivered, received (see `correlate.rs`).
+    Between(Box<super::correlate::BetweenChange>),
 }
 
 /// One engine call's work on one locked instance.
@@ -317,7 +319,7 @@ impl<'a> Step<'a> {
     }
 
     /// Leaves a follow-up in the instance's outbox, committed with this call's change.
-    fn follow(&mut self, what: FollowUp) {
+    pub(super) fn follow(&mut self, what: FollowUp) {
         let outbox = &mut self.inst.rare_mut().outbox;
         outbox.pending.push(Pending {
             seq: outbox.next,
@@ -583,6 +585,7 @@ impl<'a> Step<'a> {
             Change::Looping(change) => self.apply_loop(change),
             Change::Kept(change) => self.apply_kept(change),
             Change::Scope(change) => self.apply_scope(change),
+            Change::Between(change) => self.apply_between(*change),
             // The rare changes (task chores, failures, timers firing, withdrawals, cancellation,
             // joins, send back, events) apply in a function of their own: with them here the
             // compiler stopped inlining the audit trail's `push` into `apply`, and the record was
@@ -1265,6 +1268,7 @@ impl<'a> Step<'a> {
                 Behaviour::Subprocess { scope, timeout, .. } => {
                     self.enter_scope(i, at, *scope, timeout.as_ref(), &mut failure)
                 }
+                Behaviour::Send(message) => self.send(i, at, message),
             }
         }
         if runs {

@@ -574,6 +574,8 @@ impl Engine {
         if super::seam::busy().is_some() {
             return Vec::new();
         }
+        // Messages kept engine-wide (`keep_for`) whose time ran out are recorded unmatched.
+        self.expire_messages(now);
         let mut fired = Vec::new();
         let mut done: Vec<Stepped> = Vec::new();
         {

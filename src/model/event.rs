@@ -312,6 +312,41 @@ pub enum Event {
         /// What went wrong.
         message: String,
     },
+    /// A send node's message was correlated (after the sender's commit, from its outbox): who
+    /// received it, who it started, or that it was kept engine-wide.
+    MessageSent {
+        /// The sending instance.
+        instance: InstanceId,
+        /// The message.
+        message: String,
+        /// The waiting instances that received it.
+        received: Vec<InstanceId>,
+        /// The instances it started.
+        started: Vec<InstanceId>,
+        /// Whether nobody matched and it was kept engine-wide (`keep_for`).
+        kept: bool,
+    },
+    /// An instance received a message from another process or the host (a
+    /// [`Event::MessageCaught`] follows, or the instance started from it).
+    MessageReceived {
+        /// The receiving instance.
+        instance: InstanceId,
+        /// The message.
+        message: String,
+        /// The sending instance; `None` when the host correlated it.
+        from: Option<InstanceId>,
+    },
+    /// A message kept engine-wide (`keep_for`) expired before any instance matched it. The
+    /// engine's store keeps it ([`Engine::unmatched`](crate::Engine::unmatched)).
+    MessageUnmatched {
+        /// The sending instance; `None` when the host correlated it. [`Event::instance`] gives
+        /// instance 0 then.
+        from: Option<InstanceId>,
+        /// The message.
+        message: String,
+        /// Its payload.
+        vars: crate::vars::Vars,
+    },
     /// With a store: the store refused the commit of a call, so nothing of it happened and no
     /// other event of it is delivered; the call fails with
     /// [`ExecError::Store`](crate::ExecError::Store) or
@@ -347,7 +382,10 @@ impl Event {
             | Event::ScopeEntered { instance, .. }
             | Event::ScopeLeft { instance, .. }
             | Event::RunStarted { instance, .. }
-            | Event::RunCompleted { instance, .. } => *instance,
+            | Event::RunCompleted { instance, .. }
+            | Event::MessageSent { instance, .. }
+            | Event::MessageReceived { instance, .. } => *instance,
+            Event::MessageUnmatched { from, .. } => from.unwrap_or(InstanceId(0)),
             Event::TaskCreated { task, .. }
             | Event::TaskClaimed { task, .. }
             | Event::TaskCompleted { task, .. }
@@ -391,6 +429,35 @@ pub enum FollowUp {
         /// Why.
         reason: String,
     },
+    /// Send a message (a send node's) to other processes: correlated as
+    /// [`Engine::correlate`](crate::Engine::correlate) does, each receiver changed in its own
+    /// commit once (it remembers this follow-up's sender and number).
+    Send {
+        /// The message.
+        message: String,
+        /// Its payload: the sender's variables the message declares.
+        vars: crate::vars::Vars,
+    },
+}
+
+/// A message that matched no waiting instance and started none: kept engine-wide for its
+/// `keep_for` ([`Engine::kept_messages`](crate::Engine::kept_messages)), then recorded as
+/// unmatched ([`Engine::unmatched`](crate::Engine::unmatched)). A store keeps both.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ParkedMessage {
+    /// Its number, unique within a store.
+    pub id: u64,
+    /// The message.
+    pub message: String,
+    /// Its payload.
+    pub vars: crate::vars::Vars,
+    /// The sending instance; `None` when the host correlated it.
+    pub from: Option<InstanceId>,
+    /// The number of the sender's follow-up that sent it.
+    pub from_seq: Option<u64>,
+    /// Until when it is kept (`None`: it was recorded unmatched at once).
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A follow-up waiting in an instance's outbox, with its number (unique within the instance).

@@ -60,6 +60,8 @@ pub(crate) struct Rare {
     /// The local variables of the runs of multi-instance sub-processes underway that set any
     /// (see `exec/runs.rs`).
     pub(crate) run_vars: Vec<RunVars>,
+    /// Messages received from other processes' outboxes (see `exec/correlate.rs`), newest last.
+    pub(crate) receipts: Vec<Receipt>,
 }
 
 /// The local variables of one run of a multi-instance sub-process (its scope's `variables:`),
@@ -180,6 +182,8 @@ struct WireRef<'a> {
     kept: &'a [Kept],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     run_vars: &'a [RunVars],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    receipts: &'a [Receipt],
 }
 
 /// An instance as it is deserialized (the audit trail and the outbox may be absent).
@@ -212,6 +216,8 @@ struct Wire {
     kept: Vec<Kept>,
     #[serde(default)]
     run_vars: Vec<RunVars>,
+    #[serde(default)]
+    receipts: Vec<Receipt>,
 }
 
 impl From<Wire> for Instance {
@@ -224,7 +230,8 @@ impl From<Wire> for Instance {
             || !w.item_tasks.is_empty()
             || !w.loops.is_empty()
             || !w.kept.is_empty()
-            || !w.run_vars.is_empty())
+            || !w.run_vars.is_empty()
+            || !w.receipts.is_empty())
         .then(|| {
             Box::new(Rare {
                 incidents: w.incidents,
@@ -235,6 +242,7 @@ impl From<Wire> for Instance {
                 loops: w.loops,
                 kept: w.kept,
                 run_vars: w.run_vars,
+                receipts: w.receipts,
             })
         });
         Instance {
@@ -278,6 +286,7 @@ impl Instance {
             loops: self.rare.as_deref().map_or(&[], |r| &r.loops[..]),
             kept: self.rare.as_deref().map_or(&[], |r| &r.kept[..]),
             run_vars: self.rare.as_deref().map_or(&[], |r| &r.run_vars[..]),
+            receipts: self.rare.as_deref().map_or(&[], |r| &r.receipts[..]),
         }
     }
 
@@ -806,6 +815,62 @@ pub enum Entry {
         /// The item's index.
         item: u32,
     },
+    /// A send node sent a message to other processes: it waits in the outbox, and
+    /// [`Entry::MessageDelivered`] follows once it was correlated.
+    MessageSent {
+        /// The send node.
+        node: NodeId,
+        /// The message.
+        message: Box<str>,
+    },
+    /// A message this instance sent was correlated: who received it, who it started, or that
+    /// it was kept engine-wide for a receiver to come. Boxed, to keep records small.
+    MessageDelivered(Box<Delivered>),
+    /// A message from another process (or from the host, by
+    /// [`Engine::correlate`](crate::Engine::correlate)) was received; the `MessageCaught`
+    /// record that follows names the catch, or the instance started from it.
+    MessageReceived(Box<Received>),
+}
+
+/// What [`Entry::MessageDelivered`] says: where a sent message went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
+    /// The message.
+    pub message: String,
+    /// The waiting instances that received it.
+    pub received: Vec<InstanceId>,
+    /// The instances it started (message start events).
+    pub started: Vec<InstanceId>,
+    /// Whether nobody matched and it was kept engine-wide (`keep_for`).
+    pub kept: bool,
+    /// Why it was not delivered, when correlating it was refused (say, an ambiguous match): it
+    /// is not tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What [`Entry::MessageReceived`] says: which message, from whom.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Received {
+    /// The message.
+    pub message: String,
+    /// The sending instance, when another process sent it; `None` when the host did.
+    pub from: Option<InstanceId>,
+}
+
+/// Messages an instance received from other processes' outboxes, for receiving each once: the
+/// sender and the follow-up's number in the sender's outbox (sender 0: a message kept
+/// engine-wide, with its number). The newest [`Receipt::LIMIT`] are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Receipt {
+    pub(crate) from: u64,
+    pub(crate) seq: u64,
+}
+
+impl Receipt {
+    /// How many receipts an instance keeps: a follow-up runs again only after a crash, soon
+    /// after it first ran, so the newest few are the ones that can come again.
+    pub(crate) const LIMIT: usize = 64;
 }
 
 impl Instance {
@@ -1163,6 +1228,7 @@ impl Record {
             | Entry::RegionCancelled { node }
             | Entry::Absorbed { node } => ok_node(node),
             Entry::MessageCaught { node, .. } | Entry::SignalCaught { node, .. } => ok_node(node),
+            Entry::MessageSent { node, .. } => ok_node(node),
             Entry::RaceWon { gateway, node } => ok_node(gateway) && ok_node(node),
             Entry::Boundary { task, node, .. } => ok_task(task) && ok_node(node),
             _ => true,
@@ -1387,6 +1453,38 @@ impl Record {
                     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 )
             }
+            Entry::MessageSent { node, message } => {
+                format!("{} sent message {message}", n(node))
+            }
+            Entry::MessageDelivered(d) => {
+                let ids = |v: &[InstanceId]| {
+                    v.iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let mut parts = Vec::new();
+                if !d.received.is_empty() {
+                    parts.push(format!("received by {}", ids(&d.received)));
+                }
+                if !d.started.is_empty() {
+                    parts.push(format!("started {}", ids(&d.started)));
+                }
+                if d.kept {
+                    parts.push("kept for a receiver to come".to_owned());
+                }
+                if let Some(e) = &d.error {
+                    parts.push(format!("not delivered: {e}"));
+                }
+                if parts.is_empty() {
+                    parts.push("matched nobody".to_owned());
+                }
+                format!("message {} {}", d.message, parts.join("; "))
+            }
+            Entry::MessageReceived(r) => match r.from {
+                Some(from) => format!("message {} received from instance {from}", r.message),
+                None => format!("message {} received from the host", r.message),
+            },
         };
         format!(
             "{} {what}",

@@ -10,7 +10,7 @@ mod event;
 mod instance;
 mod timer;
 
-pub use event::{Event, FollowUp, Pending};
+pub use event::{Event, FollowUp, ParkedMessage, Pending};
 
 pub use instance::{
     Comment, Entry, Incident, Instance, Record, SentBack, Status, Task, TaskState, Token,
@@ -20,3 +20,5 @@ pub(crate) use instance::{ItemState, Kept, Multi, RunVars};
 pub use timer::{Fired, Timer, TimerKind};
 
 pub(crate) use instance::Absorbing;
+pub(crate) use instance::Receipt;
+pub use instance::{Delivered, Received};

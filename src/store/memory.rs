@@ -12,7 +12,7 @@ use super::{
     encode_records, encode_state,
 };
 use crate::ids::{DefKey, InstanceId};
-use crate::model::Status;
+use crate::model::{ParkedMessage, Status};
 
 /// A store in memory: nothing survives the process, but everything survives the engine, so a
 /// test can drop an engine and open another on the same store. States and records are kept as
@@ -33,6 +33,8 @@ struct Inner {
     next_id: u64,
     /// Business keys: (name, value) to the instances holding them.
     keys: BTreeMap<(String, String), BTreeSet<u64>>,
+    /// Messages kept engine-wide (`false`) or recorded unmatched (`true`), as JSON, by id.
+    messages: BTreeMap<u64, (bool, String)>,
 }
 
 #[derive(Debug)]
@@ -245,5 +247,49 @@ impl Store for MemoryStore {
             .flatten()
             .map(|id| InstanceId(*id))
             .collect())
+    }
+
+    fn park(&self, message: &ParkedMessage) -> Result<(), StoreError> {
+        let json = super::encode_message(message);
+        self.lock().messages.insert(message.id, (false, json));
+        Ok(())
+    }
+
+    fn settle(&self, id: u64, unmatched: Option<&ParkedMessage>) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        match unmatched {
+            Some(m) => {
+                inner.messages.remove(&id);
+                inner
+                    .messages
+                    .insert(m.id, (true, super::encode_message(m)));
+            }
+            None => {
+                if inner.messages.get(&id).is_some_and(|(u, _)| !u) {
+                    inner.messages.remove(&id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn parked(&self) -> Result<Vec<ParkedMessage>, StoreError> {
+        let inner = self.lock();
+        inner
+            .messages
+            .values()
+            .filter(|(u, _)| !u)
+            .map(|(_, json)| super::decode_message(json))
+            .collect()
+    }
+
+    fn unmatched(&self) -> Result<Vec<ParkedMessage>, StoreError> {
+        let inner = self.lock();
+        inner
+            .messages
+            .values()
+            .filter(|(u, _)| *u)
+            .map(|(_, json)| super::decode_message(json))
+            .collect()
     }
 }

@@ -27,7 +27,7 @@ pub use memory::MemoryStore;
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 use crate::ids::{DefKey, InstanceId};
-use crate::model::{Instance, Record};
+use crate::model::{Instance, ParkedMessage, Record};
 
 /// Where an engine keeps its definitions, instances, audit trails and timers.
 ///
@@ -105,6 +105,45 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// A failure of the medium.
     fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError>;
+    /// Keeps a message engine-wide (`keep_for`: it matched nobody) until [`Store::settle`].
+    /// Keeping one with the id of a kept one replaces it.
+    ///
+    /// The default keeps nothing: an engine on a store that does not override these four
+    /// methods forgets kept messages (and unmatched ones) when it stops.
+    ///
+    /// # Errors
+    /// A failure of the medium.
+    fn park(&self, message: &ParkedMessage) -> Result<(), StoreError> {
+        let _ = message;
+        Ok(())
+    }
+
+    /// Ends a kept message: taken (`unmatched: None`), or expired and recorded as unmatched
+    /// (then `unmatched` is the message, kept from now on; it need not have been kept before).
+    /// In one transaction.
+    ///
+    /// # Errors
+    /// A failure of the medium.
+    fn settle(&self, id: u64, unmatched: Option<&ParkedMessage>) -> Result<(), StoreError> {
+        let _ = (id, unmatched);
+        Ok(())
+    }
+
+    /// The kept messages, by id.
+    ///
+    /// # Errors
+    /// A failure of the medium, or stored data that does not decode.
+    fn parked(&self) -> Result<Vec<ParkedMessage>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// The messages recorded as unmatched, by id.
+    ///
+    /// # Errors
+    /// A failure of the medium, or stored data that does not decode.
+    fn unmatched(&self) -> Result<Vec<ParkedMessage>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A definition as a store keeps it: its key and the YAML text it was compiled from.
@@ -261,6 +300,20 @@ pub(crate) fn decode_state(
 }
 
 /// Encodes audit records as stores keep them: [`Record::encode_batch`].
+/// A kept or unmatched message as stores keep it: JSON.
+pub(crate) fn encode_message(message: &ParkedMessage) -> String {
+    // Plain data with string keys: serializing cannot fail.
+    serde_json::to_string(message).unwrap_or_default()
+}
+
+/// Decodes what [`encode_message`] wrote.
+pub(crate) fn decode_message(text: &str) -> Result<ParkedMessage, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Decode {
+        what: "a kept message".into(),
+        detail: e.to_string(),
+    })
+}
+
 pub(crate) fn encode_records(records: &[Record]) -> String {
     Record::encode_batch(records)
 }
@@ -323,5 +376,21 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
         (**self).by_key(key, value)
+    }
+
+    fn park(&self, message: &ParkedMessage) -> Result<(), StoreError> {
+        (**self).park(message)
+    }
+
+    fn settle(&self, id: u64, unmatched: Option<&ParkedMessage>) -> Result<(), StoreError> {
+        (**self).settle(id, unmatched)
+    }
+
+    fn parked(&self) -> Result<Vec<ParkedMessage>, StoreError> {
+        (**self).parked()
+    }
+
+    fn unmatched(&self) -> Result<Vec<ParkedMessage>, StoreError> {
+        (**self).unmatched()
     }
 }

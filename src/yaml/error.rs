@@ -381,6 +381,24 @@ pub enum ProblemKind {
     /// `messages:`.
     #[error("unknown message '{0}': declare it under 'messages'")]
     UnknownMessage(String),
+    /// A send node names a message the definition does not declare under `sends:`.
+    #[error("unknown sent message '{0}': declare it under 'sends'")]
+    UnknownSend(String),
+    /// A correlation rule names a key the definition does not declare under `keys:`.
+    #[error("correlation key '{0}' is not one of the definition's 'keys'")]
+    CorrelationKey(String),
+    /// A correlation rule names a field the message's `payload` does not list.
+    #[error("correlation field '{0}' is not in the message's 'payload'")]
+    CorrelationField(String),
+    /// An information-flow number outside 1–57.
+    #[error("information flow {0} does not exist; flows are numbered 1 to 57")]
+    FlowNumber(u32),
+    /// A `keep_for` that is not a positive wall-clock duration.
+    #[error("'keep_for' takes a positive wall-clock duration such as '24h', found '{0}'")]
+    KeepFor(String),
+    /// A message declaration that does not fit together.
+    #[error("{0}")]
+    MessageShape(&'static str),
     /// A catch or boundary event does not say what it waits for, or says it twice.
     #[error("{0}")]
     EventShape(&'static str),

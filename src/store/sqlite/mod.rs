@@ -6,6 +6,7 @@
 //! `schema.rs` recognises and migrates the file; `write.rs` commits, alone or in groups.
 
 mod file;
+mod messages;
 mod schema;
 mod write;
 
@@ -701,6 +702,26 @@ impl Store for SqliteStore {
                 .filter_map(|id| u64::try_from(id).ok().map(InstanceId::new))
                 .collect())
         })
+    }
+
+    fn park(&self, message: &crate::model::ParkedMessage) -> Result<(), StoreError> {
+        self.park_message(message)
+    }
+
+    fn settle(
+        &self,
+        id: u64,
+        unmatched: Option<&crate::model::ParkedMessage>,
+    ) -> Result<(), StoreError> {
+        self.settle_message(id, unmatched)
+    }
+
+    fn parked(&self) -> Result<Vec<crate::model::ParkedMessage>, StoreError> {
+        self.messages(false)
+    }
+
+    fn unmatched(&self) -> Result<Vec<crate::model::ParkedMessage>, StoreError> {
+        self.messages(true)
     }
 }
 

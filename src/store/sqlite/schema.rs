@@ -20,7 +20,7 @@ use crate::model::Timer;
 use crate::store::{BusinessKey, StoreError};
 
 /// The schema version this build writes and the newest it reads.
-pub(super) const SUPPORTED: u32 = 3;
+pub(super) const SUPPORTED: u32 = 4;
 
 /// Version 1, exactly as the first SQLite store created it (frozen in
 /// `tests/fixtures/schema-v1.sql`; a unit test keeps the two equal).
@@ -83,6 +83,17 @@ CREATE TABLE keys (
 ) WITHOUT ROWID;
 CREATE INDEX keys_instance ON keys (instance);
 UPDATE meta SET value = 3 WHERE key = 'schema_version';
+";
+
+/// Version 4: messages kept engine-wide (`keep_for`, `unmatched = 0`) and recorded unmatched
+/// (`unmatched = 1`), each as JSON (see `messages.rs`).
+const V4: &str = "
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    unmatched INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+UPDATE meta SET value = 4 WHERE key = 'schema_version';
 ";
 
 /// The page size of a new store: small pages keep the write per commit small (measured against
@@ -161,6 +172,7 @@ pub(super) fn initialize(conn: &mut Connection, path: &Path) -> Result<(), Store
     fill_next_due(&tx, path)?;
     tx.execute_batch(V3).map_err(|e| sql_err(path, e))?;
     fill_keys(&tx, path)?;
+    tx.execute_batch(V4).map_err(|e| sql_err(path, e))?;
     stamp(&tx, path)?;
     tx.commit().map_err(|e| sql_err(path, e))?;
     wal(conn, path)
@@ -318,6 +330,9 @@ pub(super) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
     if from < 3 {
         tx.execute_batch(V3).map_err(|e| sql_err(path, e))?;
         fill_keys(&tx, path)?;
+    }
+    if from < 4 {
+        tx.execute_batch(V4).map_err(|e| sql_err(path, e))?;
     }
     stamp(&tx, path)?;
     tx.commit().map_err(|e| sql_err(path, e))?;

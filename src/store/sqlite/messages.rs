@@ -1,0 +1,74 @@
+//! Messages kept engine-wide (`keep_for`) and recorded unmatched: one row each in the
+//! `messages` table (schema version 3), the message as JSON.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::{SqliteStore, sql_err, write};
+use crate::model::ParkedMessage;
+use crate::store::{StoreError, decode_message, encode_message};
+
+impl SqliteStore {
+    /// Runs `f` in one write transaction.
+    fn write_messages(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+    ) -> Result<(), StoreError> {
+        let path = &self.path;
+        let mut writer = write::lock(&self.writer);
+        writer.ready(&self.anchor)?;
+        let tx = writer
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql_err(path, e))?;
+        f(&tx).map_err(|e| sql_err(path, e))?;
+        if let Err(e) = self.anchor.check() {
+            drop(tx);
+            self.anchor.release_log(&writer.conn);
+            return Err(e);
+        }
+        tx.commit().map_err(|e| sql_err(path, e))
+    }
+
+    pub(super) fn park_message(&self, m: &ParkedMessage) -> Result<(), StoreError> {
+        let body = encode_message(m);
+        self.write_messages(|conn| {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO messages (id, unmatched, body) VALUES (?1, 0, ?2)",
+            )?
+            .execute((m.id as i64, &body))
+            .map(|_| ())
+        })
+    }
+
+    pub(super) fn settle_message(
+        &self,
+        id: u64,
+        unmatched: Option<&ParkedMessage>,
+    ) -> Result<(), StoreError> {
+        self.write_messages(|conn| {
+            conn.prepare_cached("DELETE FROM messages WHERE id = ?1 AND unmatched = 0")?
+                .execute([id as i64])?;
+            if let Some(m) = unmatched {
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO messages (id, unmatched, body) VALUES (?1, 1, ?2)",
+                )?
+                .execute((m.id as i64, encode_message(m)))?;
+            }
+            Ok(())
+        })
+    }
+
+    pub(super) fn messages(&self, unmatched: bool) -> Result<Vec<ParkedMessage>, StoreError> {
+        self.read_with(|conn| {
+            let path = &self.path;
+            let bodies: Vec<String> = conn
+                .prepare_cached("SELECT body FROM messages WHERE unmatched = ?1 ORDER BY id")
+                .and_then(|mut s| {
+                    s.query_map([i64::from(unmatched)], |row| row.get(0))?
+                        .collect::<Result<Vec<String>, _>>()
+                })
+                .map_err(|e| sql_err(path, e))?;
+            bodies.iter().map(|b| decode_message(b)).collect()
+        })
+    }
+}
