@@ -849,7 +849,7 @@ fn task_output(rng: &mut Rng, node: &str) -> Vars {
         }),
         "resolve_fault" => json!({ "status_report": "fixed" }),
         "notify_customer" => json!({ "resolution_notice": "your service works again" }),
-        "notify_closure" => json!({ "resolution_notice": "SMS: ticket closed; call 10000 if not fixed" }),
+        "notify_closure" => json!({ "resolution_notice": "SMS: ticket closed" }),
         "confirm_feasibility" => {
             if rng.chance(0.92) {
                 json!({ "feasible": true })
