@@ -829,7 +829,7 @@ fn handling_minutes(node: &str) -> (i64, i64) {
         "resolve_fault" => (15, 40),
         "notify_customer" => (5, 12),
         "close_ticket" => (3, 8),
-        "analyse_complaints" => (6, 15),
+        "notify_closure" => (3, 8),
         "confirm_feasibility" => (15, 40),
         "notify_rejection" => (5, 10),
         "receive_order" => (8, 15),
@@ -837,7 +837,7 @@ fn handling_minutes(node: &str) -> (i64, i64) {
         "notify_status" => (3, 8),
         "track_order" => (10, 25),
         "notify_completion" => (4, 10),
-        "analyse_orders" => (10, 25),
+        "notify_in_writing" => (3, 8),
         _ => (10, 20),
     }
 }
@@ -854,7 +854,7 @@ fn task_output(rng: &mut Rng, node: &str) -> Vars {
         }),
         "resolve_fault" => json!({ "status_report": "fixed" }),
         "notify_customer" => json!({ "resolution_notice": "your service works again" }),
-        "analyse_complaints" => json!({ "quality_report": "weekly figures" }),
+        "notify_closure" => json!({ "resolution_notice": "SMS: ticket closed" }),
         "confirm_feasibility" => {
             if rng.chance(0.92) {
                 json!({ "feasible": true })
@@ -873,7 +873,10 @@ fn task_output(rng: &mut Rng, node: &str) -> Vars {
             "activation_notice": "your service is active",
             "order_status": "completed",
         }),
-        "analyse_orders" => json!({ "order_report": "weekly figures" }),
+        "notify_in_writing" => json!({
+            "activation_notice": "SMS: your service is active",
+            "order_status": "completed",
+        }),
         _ => json!({}),
     })
 }

@@ -406,12 +406,6 @@ fn main() -> Result<()> {
             "order_status": "completed",
         }),
     )?;
-    desk.work(
-        &liu,
-        broadband,
-        "analyse_orders",
-        json!({ "order_report": "Activated the same day; one switch timeout" }),
-    )?;
 
     println!("\n== {leased_line}: key-account leased line for KA-7");
     let notice = desk.claim(&zhao, leased_line, "notify_rejection")?;
@@ -442,12 +436,6 @@ fn main() -> Result<()> {
             "rejection_reason": "credit refused: 12400 yuan in arrears",
         }),
     )?;
-    desk.work(
-        &liu,
-        leased_line,
-        "analyse_orders",
-        json!({ "order_report": "Rejected on credit; KAM to settle arrears first" }),
-    )?;
 
     println!("\n== {fixed_line}: fixed line for C-301 at the business hall");
     let confirm = desk.open(fixed_line, "confirm_feasibility")?;
@@ -468,12 +456,6 @@ fn main() -> Result<()> {
         fixed_line,
         "notify_rejection",
         json!({ "order_status": "rejected" }),
-    )?;
-    desk.work(
-        &liu,
-        fixed_line,
-        "analyse_orders",
-        json!({ "order_report": "Rejected: exchange HZ-BJ-03 full; expansion requested" }),
     )?;
 
     println!("\n== Audit trail of {broadband}");
