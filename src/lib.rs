@@ -72,6 +72,7 @@ mod exec;
 mod hooks;
 mod ids;
 mod model;
+mod org;
 mod raci;
 #[cfg(feature = "report")]
 mod report;
@@ -99,7 +100,8 @@ pub use model::{
     Comment, Entry, Event, Fired, FollowUp, Incident, Instance, Pending, Record, SentBack, Status,
     Task, TaskState, Timer, TimerKind, Token, TokenState,
 };
-pub use raci::{Action, Actor, Authorizer, Raci};
+pub use org::{Allocation, Organisation, Person, Unit, is_organisation};
+pub use raci::{Action, Actor, AuthContext, Authorizer, Raci};
 #[cfg(feature = "report")]
 pub use report::{
     ActorFigures, Durations, HeatMetric, NodeFigures, ProcessFigures, Report, ReportError,

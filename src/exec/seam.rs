@@ -236,6 +236,7 @@ impl Engine {
         let first = inst.audit.len();
         let first_follow = inst.next_follow_up();
         let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
+        step.org = self.org.as_deref();
         let result = f(&mut step);
         let (armed, events, changed) = (step.take_armed(), step.events, step.changed);
         let follow = fresh(inst, first_follow, self.store.is_none());
@@ -255,6 +256,9 @@ impl Engine {
                     return Err(e);
                 }
             }
+        }
+        if let (Some(org), true) = (&self.org, changed) {
+            org.reindex(inst, &dep.def);
         }
         Ok(Stepped {
             instance: id,
@@ -472,6 +476,9 @@ impl Engine {
         };
         let (instance, dep, version) = self.fit(stored)?;
         self.schedule_pending(&instance);
+        if let Some(org) = &self.org {
+            org.reindex(&instance, &dep.def);
+        }
         let slot = Arc::new(Mutex::new(Slot::new(instance, dep, version)));
         shard.insert(id.0, Arc::clone(&slot));
         Ok(slot)

@@ -196,6 +196,8 @@ pub(crate) enum Change<'c> {
     Kept(super::kept::KeptChange<'c>),
     /// Embedded sub-process scopes (see `scope.rs`).
     Scope(super::scope::ScopeChange),
+    /// Allocation and the organisation's refusals (see `allot.rs`).
+    Org(super::allot::OrgChange<'c>),
 }
 
 /// One engine call's work on one locked instance.
@@ -216,6 +218,8 @@ pub(crate) struct Step<'a> {
     /// The multi-instance item whose task's deadlines are being computed (its task does not
     /// exist yet), so that its durations see the item variable.
     pub(crate) arming_item: Option<u32>,
+    /// The engine's organisation, for allocation (`None` without one).
+    pub(crate) org: Option<&'a super::allot::OrgCx>,
 }
 
 impl<'a> Step<'a> {
@@ -236,6 +240,7 @@ impl<'a> Step<'a> {
             armed: None,
             changed: false,
             arming_item: None,
+            org: None,
         }
     }
 
@@ -551,6 +556,7 @@ impl<'a> Step<'a> {
             Change::Looping(change) => self.apply_loop(change),
             Change::Kept(change) => self.apply_kept(change),
             Change::Scope(change) => self.apply_scope(change),
+            Change::Org(change) => self.apply_org(change),
             // The rare changes (task chores, failures, timers firing, withdrawals, cancellation,
             // joins, send back, events) apply in a function of their own: with them here the
             // compiler stopped inlining the audit trail's `push` into `apply`, and the record was
@@ -1046,7 +1052,7 @@ impl<'a> Step<'a> {
         }
     }
 
-    fn task_name(&self, seq: u32) -> Arc<str> {
+    pub(super) fn task_name(&self, seq: u32) -> Arc<str> {
         self.name(self.inst.tasks[seq as usize].node)
     }
 
@@ -1091,6 +1097,11 @@ impl<'a> Step<'a> {
                     // year) opens the task again.
                     let mut armed = super::timers::Armed::default();
                     match self.task_timers(at, self.inst.tasks.len() as u32, &mut armed) {
+                        Ok(()) if def.allocating && node.allocation().is_some() => {
+                            if let Err(e) = self.open_allocated(i, at, &armed) {
+                                failure.get_or_insert(e);
+                            }
+                        }
                         Ok(()) => {
                             self.apply(Change::OpenTask { token: i });
                             self.arm(&armed);
