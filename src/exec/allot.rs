@@ -5,8 +5,8 @@
 //! Engines without an organisation pay nothing here but one context built per role check:
 //! allocation needs `ProcessDef::allocating`, and the index exists only with an organisation.
 //!
-//! State kept engine-side, in memory: the round-robin cursors (one per definition version and
-//! task node) and the index. After a restart ([`EngineBuilder::open`](crate::EngineBuilder::open))
+//! State kept engine-side, in memory: the round-robin cursors (one per definition version, task
+//! node and scope unit) and the index. After a restart ([`EngineBuilder::open`](crate::EngineBuilder::open))
 //! the cursors start again from the first eligible person; the index is rebuilt from the
 //! instances the engine resumes.
 
@@ -59,8 +59,8 @@ struct IndexShard {
 /// An engine's organisation, its allocation cursors and its work-list index.
 pub(crate) struct OrgCx {
     pub(crate) org: Arc<Organisation>,
-    /// Round-robin cursors by (process id, version, node).
-    cursors: Mutex<HashMap<(String, u32, u32), usize>>,
+    /// Round-robin cursors by (process id, version, node, scope unit): each pool its own turn.
+    cursors: Mutex<HashMap<(String, u32, u32, String), usize>>,
     /// Open tasks claimed, per person (for `shortest_queue`).
     load: Mutex<HashMap<ActorId, u32>>,
     shards: Box<[Mutex<IndexShard>]>,
@@ -398,10 +398,16 @@ impl Step<'_> {
         }
         let chosen = match rule {
             Allocation::RoundRobin => {
+                let unit = raci
+                    .responsible()
+                    .iter()
+                    .find_map(|r| scope_unit(Some(&cx.org), raci, r, &self.inst.vars, false))
+                    .unwrap_or("");
                 let key = (
                     self.dep.key.id.clone(),
                     self.dep.key.version,
                     at.index() as u32,
+                    unit.to_owned(),
                 );
                 let mut cursors = lock(&cx.cursors);
                 let cursor = cursors.entry(key).or_insert(0);
