@@ -439,6 +439,10 @@ impl Engine {
         role: &RoleId,
         actor: &Actor,
     ) -> bool {
+        if !self.contextual {
+            // The default authorizer reads the actor's roles alone.
+            return self.authorizer.holds(role, actor);
+        }
         let mut cx = AuthContext::new(task, &node.id, vars);
         let up = escalated == Some(role) && escalated_up(node, role);
         if up || !raci.scopes.is_empty() {

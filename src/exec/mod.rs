@@ -130,6 +130,9 @@ pub struct Engine {
     /// The organisation, its allocation cursors and the work-list index
     /// ([`EngineBuilder::organisation`]).
     org: Option<Arc<allot::OrgCx>>,
+    /// Whether the authorizer may look at a call's context (an organisation, or a host's
+    /// authorizer): without, scoped units are not worked out, as nothing would read them.
+    contextual: bool,
 }
 
 /// A min-heap of (due instant, instance number).
@@ -236,6 +239,7 @@ impl EngineBuilder {
     /// Builds the engine.
     pub fn build(&mut self) -> Engine {
         let b = std::mem::take(self);
+        let contextual = b.org.is_some() || b.custom_authorizer;
         let authorizer: Arc<dyn Authorizer> = match &b.org {
             Some(org) if !b.custom_authorizer => Arc::new(allot::OrgAuthorizer(Arc::clone(org))),
             _ => b.authorizer,
@@ -258,6 +262,7 @@ impl EngineBuilder {
             ticking: Mutex::new(()),
             store: None,
             org: b.org.map(|o| Arc::new(allot::OrgCx::new(o))),
+            contextual,
         }
     }
 

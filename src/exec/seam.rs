@@ -455,6 +455,9 @@ impl Engine {
             let mut guard = lock(&slot);
             if guard.version < version {
                 self.schedule_pending(&instance);
+                if let Some(org) = &self.org {
+                    org.reindex(&instance, &dep.def);
+                }
                 *guard = Slot::new(instance, dep, version);
             }
             drop(guard);
