@@ -358,12 +358,11 @@ impl Scenario {
         }
         if let Some(file) = &self.raw.organisation {
             let base = def.file().and_then(Path::parent).unwrap_or(Path::new("."));
-            let org = crate::org::Organisation::from_file(base.join(file)).map_err(|e| {
-                DeployError {
+            let org =
+                crate::org::Organisation::from_file(base.join(file)).map_err(|e| DeployError {
                     key: def.key().clone(),
                     problems: vec![crate::exec::DeployProblem::Organisation(e)],
-                }
-            })?;
+                })?;
             builder.organisation(org);
         }
         let engine = builder.build();

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use procflow::{
-    Action, Actor, AuthContext, Authorizer, DeployProblem, Engine, Entry, Event, ExecError, ManualClock,
-    Organisation, ProblemKind, ProcessDef, RoleId, Scenario, Status, TaskId, Vars, hook_fn,
+    Action, Actor, AuthContext, Authorizer, DeployProblem, Engine, Entry, Event, ExecError,
+    ManualClock, Organisation, ProblemKind, ProcessDef, RoleId, Scenario, Status, TaskId, Vars,
+    hook_fn,
 };
 use serde_json::json;
 
@@ -136,7 +137,10 @@ fn planted_faults_in_a_copy_of_the_organisation_are_all_reported_with_locations(
             "he:    { name: 何静, posts: [{ unit: gz_haizhu,",
         )
         // An unknown skill and an unknown role.
-        .replace("skills: [fiber_splicing, olt_config], posts", "skills: [welding, olt_config], posts")
+        .replace(
+            "skills: [fiber_splicing, olt_config], posts",
+            "skills: [welding, olt_config], posts",
+        )
         .replace("roles: [key_account_manager] }", "roles: [kam] }")
         // A duplicate person.
         .replace("  guo:   {", "  wang:  {");
@@ -148,14 +152,27 @@ fn planted_faults_in_a_copy_of_the_organisation_are_all_reported_with_locations(
     let e = Organisation::from_file(&file).unwrap_err();
     let kinds: Vec<&ProblemKind> = e.kinds();
     assert!(
-        kinds.iter().any(|k| matches!(k, ProblemKind::UnitCycle(u) if u.contains(&"hq".to_owned()))),
+        kinds
+            .iter()
+            .any(|k| matches!(k, ProblemKind::UnitCycle(u) if u.contains(&"hq".to_owned()))),
         "{e}"
     );
-    assert!(kinds.contains(&&ProblemKind::UnknownUnit("gz_haizhu".into())), "{e}");
-    assert!(kinds.contains(&&ProblemKind::UnknownSkill("welding".into())), "{e}");
-    assert!(kinds.contains(&&ProblemKind::UnknownRole("kam".into())), "{e}");
     assert!(
-        kinds.iter().any(|k| matches!(k, ProblemKind::Duplicate { what: "person", id, .. } if id == "wang")),
+        kinds.contains(&&ProblemKind::UnknownUnit("gz_haizhu".into())),
+        "{e}"
+    );
+    assert!(
+        kinds.contains(&&ProblemKind::UnknownSkill("welding".into())),
+        "{e}"
+    );
+    assert!(
+        kinds.contains(&&ProblemKind::UnknownRole("kam".into())),
+        "{e}"
+    );
+    assert!(
+        kinds.iter().any(
+            |k| matches!(k, ProblemKind::Duplicate { what: "person", id, .. } if id == "wang")
+        ),
         "{e}"
     );
     // Each is located: file:line:column, at the line that has the fault.
@@ -223,7 +240,10 @@ nodes:
     // An engine with the organisation refuses to deploy it.
     let engine = Engine::builder().organisation(org()).build();
     let refused = engine.deploy(def).unwrap_err();
-    assert!(matches!(refused.problems[..], [DeployProblem::Organisation(_)]));
+    assert!(matches!(
+        refused.problems[..],
+        [DeployProblem::Organisation(_)]
+    ));
 }
 
 #[test]
@@ -255,8 +275,14 @@ nodes:
     )
     .unwrap_err();
     let shown = e.to_string();
-    assert!(shown.contains("12:") && shown.contains("undeclared variable 'nowhere'"), "{shown}");
-    assert!(shown.contains("scope variable 'count' must be of type string"), "{shown}");
+    assert!(
+        shown.contains("12:") && shown.contains("undeclared variable 'nowhere'"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("scope variable 'count' must be of type string"),
+        "{shown}"
+    );
     assert!(shown.contains("no role of this task is scoped"), "{shown}");
     assert!(shown.contains("unknown allocation 'by_lottery'"), "{shown}");
     assert_eq!(e.problems.len(), 4, "{shown}");
@@ -277,9 +303,15 @@ fn network_ops_of_the_instances_local_network_may_work_its_task_others_are_denie
     assert!(matches!(denied, Err(ExecError::Denied { ref actor, .. }) if actor.as_str() == "xu"));
     let inst = engine.instance(id).unwrap();
     assert_eq!(inst.audit().len(), before + 1);
-    assert!(matches!(&inst.audit()[before].what, Entry::Denied { actor, action: Action::Claim, .. } if actor.as_str() == "xu"));
+    assert!(
+        matches!(&inst.audit()[before].what, Entry::Denied { actor, action: Action::Claim, .. } if actor.as_str() == "xu")
+    );
     // A host passing the role on the actor does not get around the organisation.
-    assert!(engine.claim(task, &Actor::new("xu", ["network_ops"])).is_err());
+    assert!(
+        engine
+            .claim(task, &Actor::new("xu", ["network_ops"]))
+            .is_err()
+    );
     // feng holds network_ops in the province, above the scope: not the local network's work.
     assert!(engine.claim(task, &who("feng")).is_err());
     // huang works in a hall below Guangzhou: within the scope.
@@ -299,7 +331,11 @@ fn an_escalation_to_role_at_up_gives_the_task_to_the_role_in_the_parent_unit() {
     clock.advance(Duration::hours(5));
     engine.tick(engine.now());
     let inst = engine.instance(id).unwrap();
-    assert_eq!(inst.tasks()[0].claimed_by(), None, "the escalation took the claim away");
+    assert_eq!(
+        inst.tasks()[0].claimed_by(),
+        None,
+        "the escalation took the claim away"
+    );
     // One level up: network ops of the province (gd) or below; Shenzhen's engineers now qualify
     // as well, since they are below the province.
     engine.claim(task, &who("feng")).unwrap();
@@ -309,7 +345,9 @@ fn an_escalation_to_role_at_up_gives_the_task_to_the_role_in_the_parent_unit() {
 
 #[test]
 fn an_authorizer_sees_the_task_the_instance_and_the_scoped_unit() {
-    struct Seen(Mutex<Vec<(String, Option<String>, Option<serde_json::Value>)>>);
+    /// What the authorizer saw: the node, the scoped unit, the scope variable.
+    type Sighting = (String, Option<String>, Option<serde_json::Value>);
+    struct Seen(Mutex<Vec<Sighting>>);
     impl Authorizer for Seen {
         fn holds(&self, _: &RoleId, _: &Actor) -> bool {
             true
@@ -329,7 +367,9 @@ fn an_authorizer_sees_the_task_the_instance_and_the_scoped_unit() {
         .authorizer(move |r: &RoleId, a: &Actor| shared.holds(r, a))
         .build();
     // The closure authorizer keeps working (it sees no context): any actor holds the role.
-    engine.deploy(ProcessDef::from_yaml(SCOPED).unwrap()).unwrap();
+    engine
+        .deploy(ProcessDef::from_yaml(SCOPED).unwrap())
+        .unwrap();
     let id = engine
         .start("scoped", vars(&[("local_network", json!("sz"))]))
         .unwrap();
@@ -347,14 +387,19 @@ fn an_authorizer_sees_the_task_the_instance_and_the_scoped_unit() {
         }
     }
     let engine = Engine::builder().authorizer(Fwd(Arc::clone(&seen))).build();
-    engine.deploy(ProcessDef::from_yaml(SCOPED).unwrap()).unwrap();
+    engine
+        .deploy(ProcessDef::from_yaml(SCOPED).unwrap())
+        .unwrap();
     let id = engine
         .start("scoped", vars(&[("local_network", json!("sz"))]))
         .unwrap();
     let task = task_at(&engine, id, "repair");
     assert!(engine.claim(task, &who("anyone")).is_err());
     let seen = seen.0.lock().unwrap();
-    assert!(seen.contains(&("repair".into(), Some("sz".into()), Some(json!("sz")))), "{seen:?}");
+    assert!(
+        seen.contains(&("repair".into(), Some("sz".into()), Some(json!("sz")))),
+        "{seen:?}"
+    );
 }
 
 // Skills
@@ -385,9 +430,21 @@ fn only_people_with_the_skills_may_claim_or_complete_and_refusals_are_audited() 
     let task = task_at(&engine, id, "splice");
     // lin is network ops of Guangzhou but cannot splice fibre.
     let e = engine.claim(task, &who("lin")).unwrap_err();
-    assert!(matches!(e, ExecError::LacksSkills { ref missing, action: Action::Claim, .. } if missing == &["fiber_splicing"]), "{e}");
+    assert!(
+        matches!(e, ExecError::LacksSkills { ref missing, action: Action::Claim, .. } if missing == &["fiber_splicing"]),
+        "{e}"
+    );
     let e = engine.complete(task, &who("lin"), Vars::new()).unwrap_err();
-    assert!(matches!(e, ExecError::LacksSkills { action: Action::Complete, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ExecError::LacksSkills {
+                action: Action::Complete,
+                ..
+            }
+        ),
+        "{e}"
+    );
     let inst = engine.instance(id).unwrap();
     let refused = inst
         .audit()
@@ -396,7 +453,9 @@ fn only_people_with_the_skills_may_claim_or_complete_and_refusals_are_audited() 
         .count();
     assert_eq!(refused, 2);
     // The accountable may not hand it to lin either.
-    let e = engine.reassign(task, &who("wang"), &who("lin")).unwrap_err();
+    let e = engine
+        .reassign(task, &who("wang"), &who("lin"))
+        .unwrap_err();
     assert!(matches!(e, ExecError::ReassignRefused { .. }), "{e}");
     engine.complete(task, &who("chen"), Vars::new()).unwrap();
     assert_eq!(engine.instance(id).unwrap().status(), Status::Completed);
@@ -405,7 +464,9 @@ fn only_people_with_the_skills_may_claim_or_complete_and_refusals_are_audited() 
 #[test]
 fn without_an_organisation_nobody_has_skills() {
     let engine = Engine::new();
-    engine.deploy(ProcessDef::from_yaml(SKILLED).unwrap()).unwrap();
+    engine
+        .deploy(ProcessDef::from_yaml(SKILLED).unwrap())
+        .unwrap();
     let id = engine
         .start("skilled", vars(&[("local_network", json!("gz"))]))
         .unwrap();
@@ -446,10 +507,11 @@ fn round_robin_gives_each_new_task_to_the_next_eligible_person_audited_and_heard
             .unwrap();
         let inst = engine.instance(id).unwrap();
         let who = inst.tasks()[0].claimed_by().unwrap().to_owned();
-        assert!(inst
-            .audit()
-            .iter()
-            .any(|r| matches!(&r.what, Entry::Allocated { actor, .. } if actor.as_str() == who)));
+        assert!(
+            inst.audit().iter().any(
+                |r| matches!(&r.what, Entry::Allocated { actor, .. } if actor.as_str() == who)
+            )
+        );
         got.push(who);
     }
     // Guangzhou's network ops in file order: chen, lin (gz) and huang (a hall below gz).
@@ -487,12 +549,18 @@ fn shortest_queue_gives_the_task_to_whoever_holds_the_fewest_open_tasks() {
     let id = engine
         .start("allocating", vars(&[("local_network", json!("gz"))]))
         .unwrap();
-    assert_eq!(engine.instance(id).unwrap().tasks()[0].claimed_by(), Some("huang"));
+    assert_eq!(
+        engine.instance(id).unwrap().tasks()[0].claimed_by(),
+        Some("huang")
+    );
     let id = engine
         .start("allocating", vars(&[("local_network", json!("gz"))]))
         .unwrap();
     // huang has one now, as lin: the first in file order of the least loaded.
-    assert_eq!(engine.instance(id).unwrap().tasks()[0].claimed_by(), Some("lin"));
+    assert_eq!(
+        engine.instance(id).unwrap().tasks()[0].claimed_by(),
+        Some("lin")
+    );
 }
 
 #[test]
@@ -501,11 +569,19 @@ fn nobody_eligible_is_an_incident_naming_the_task_not_an_unassigned_task() {
     let e = engine
         .start("allocating", vars(&[("local_network", json!("hz"))]))
         .unwrap_err();
-    let ExecError::Incident { instance, node, message } = e else {
+    let ExecError::Incident {
+        instance,
+        node,
+        message,
+    } = e
+    else {
         panic!("expected an incident, got {e}");
     };
     assert_eq!(&*node.name, "splice");
-    assert!(message.contains("no eligible person for task 'splice'"), "{message}");
+    assert!(
+        message.contains("no eligible person for task 'splice'"),
+        "{message}"
+    );
     let inst = engine.instance(instance).unwrap();
     assert!(inst.tasks().is_empty(), "no task opened unassigned");
     assert_eq!(inst.incidents().len(), 1);
@@ -531,7 +607,11 @@ fn indexed_work_lists_hold_what_a_scan_holds() {
         .claim(task_at(&engine, ids[0], "repair"), &who("lin"))
         .unwrap();
     engine
-        .complete(task_at(&engine, ids[2], "repair"), &who("huang"), Vars::new())
+        .complete(
+            task_at(&engine, ids[2], "repair"),
+            &who("huang"),
+            Vars::new(),
+        )
         .unwrap();
     let people: Vec<String> = org()
         .people()
@@ -545,7 +625,10 @@ fn indexed_work_lists_hold_what_a_scan_holds() {
             .iter()
             .map(|t| (t.due.is_none(), t.due, t.created_at))
             .collect();
-        assert!(order.windows(2).all(|w| w[0] <= w[1]), "{person}: {order:?}");
+        assert!(
+            order.windows(2).all(|w| w[0] <= w[1]),
+            "{person}: {order:?}"
+        );
         let mut listed: Vec<TaskId> = list.iter().map(|t| t.id).collect();
         listed.sort();
         // The scan: every open task the person may claim now.
@@ -556,7 +639,9 @@ fn indexed_work_lists_hold_what_a_scan_holds() {
                 let def = engine.definition_of(*id).unwrap();
                 let node = def.node(t.node);
                 let scope = node.raci().unwrap().scope_of(&RoleId::new("network_ops"));
-                let unit = scope.and_then(|v| inst.vars().get(v)).and_then(|v| v.as_str());
+                let unit = scope
+                    .and_then(|v| inst.vars().get(v))
+                    .and_then(|v| v.as_str());
                 let org = org();
                 let role_ok = unit.is_some_and(|u| org.holds_in(person, "network_ops", u));
                 let skills_ok = org.has_skills(person, node.skills());
@@ -568,9 +653,21 @@ fn indexed_work_lists_hold_what_a_scan_holds() {
         }
         assert_eq!(listed, scan, "{person}");
     }
-    assert_eq!(engine.work_list(&who("chen")).len(), 1, "the sixth: a splice in gz");
-    assert_eq!(engine.work_list(&who("lin")).len(), 1, "its claim; it cannot splice");
-    assert_eq!(engine.work_list(&who("xu")).len(), 2, "the two Shenzhen tasks");
+    assert_eq!(
+        engine.work_list(&who("chen")).len(),
+        1,
+        "the sixth: a splice in gz"
+    );
+    assert_eq!(
+        engine.work_list(&who("lin")).len(),
+        1,
+        "its claim; it cannot splice"
+    );
+    assert_eq!(
+        engine.work_list(&who("xu")).len(),
+        2,
+        "the two Shenzhen tasks"
+    );
 }
 
 // The RACI deviations (issue 14)
@@ -584,11 +681,22 @@ fn deviation_1_a_refused_reassign_is_the_accountables() {
     let task = task_at(&engine, id, "repair");
     // xu is network ops, but of Shenzhen: wang (accountable) may not give it to him.
     let e = engine.reassign(task, &who("wang"), &who("xu")).unwrap_err();
-    assert!(matches!(&e, ExecError::ReassignRefused { by, to, .. } if by.as_str() == "wang" && to.as_str() == "xu"), "{e}");
+    assert!(
+        matches!(&e, ExecError::ReassignRefused { by, to, .. } if by.as_str() == "wang" && to.as_str() == "xu"),
+        "{e}"
+    );
     let inst = engine.instance(id).unwrap();
     let last = &inst.audit().last().unwrap().what;
-    assert!(matches!(last, Entry::ReassignRefused { by, to, .. } if by.as_str() == "wang" && to.as_str() == "xu"), "{last:?}");
-    assert!(!inst.audit().iter().any(|r| matches!(&r.what, Entry::Denied { actor, .. } if actor.as_str() == "xu")));
+    assert!(
+        matches!(last, Entry::ReassignRefused { by, to, .. } if by.as_str() == "wang" && to.as_str() == "xu"),
+        "{last:?}"
+    );
+    assert!(
+        !inst
+            .audit()
+            .iter()
+            .any(|r| matches!(&r.what, Entry::Denied { actor, .. } if actor.as_str() == "xu"))
+    );
 }
 
 #[test]
@@ -619,7 +727,10 @@ nodes:
     let boss = Actor::new("boss", ["a"]);
     let lena = Actor::new("lena", ["lead"]);
     engine.reassign(task, &boss, &lena).unwrap();
-    assert_eq!(engine.instance(id).unwrap().tasks()[0].claimed_by(), Some("lena"));
+    assert_eq!(
+        engine.instance(id).unwrap().tasks()[0].claimed_by(),
+        Some("lena")
+    );
     engine.complete(task, &lena, Vars::new()).unwrap();
     assert_eq!(engine.instance(id).unwrap().status(), Status::Completed);
 }
@@ -634,7 +745,10 @@ fn deviation_3_a_claim_without_r_on_a_claimed_task_is_denied_and_audited() {
     engine.claim(task, &who("chen")).unwrap();
     let before = engine.instance(id).unwrap().audit().len();
     let e = engine.claim(task, &who("zhou")).unwrap_err();
-    assert!(matches!(&e, ExecError::Denied { actor, claimed_by: Some(c), .. } if actor.as_str() == "zhou" && c.as_str() == "chen"), "{e}");
+    assert!(
+        matches!(&e, ExecError::Denied { actor, claimed_by: Some(c), .. } if actor.as_str() == "zhou" && c.as_str() == "chen"),
+        "{e}"
+    );
     let inst = engine.instance(id).unwrap();
     assert_eq!(inst.audit().len(), before + 1);
     // A responsible actor is told it is claimed (nothing to audit but the claim it lost).
@@ -650,8 +764,8 @@ fn the_complaint_scenarios_with_the_organisation_hold() {
         let file = format!("process-defs/scenarios/complaint-handling-org-{name}.yaml");
         let scenario = Scenario::from_file(&file).unwrap();
         let def = ProcessDef::from_file("process-defs/complaint-handling.yaml").unwrap();
-        let calendar = procflow::BusinessCalendar::from_file("process-defs/calendars/china.yaml")
-            .unwrap();
+        let calendar =
+            procflow::BusinessCalendar::from_file("process-defs/calendars/china.yaml").unwrap();
         let report = scenario
             .run_with(def, vec![("china".to_owned(), calendar)])
             .unwrap();

@@ -566,7 +566,10 @@ pub(crate) fn org_yaml(networks: usize, people: usize) -> String {
         "organisation: big\nlevels: [headquarters, province, local_network]\nunits:\n  hq: { name: HQ, level: headquarters }\n",
     );
     for p in 0..provinces {
-        let _ = writeln!(y, "  prov{p}: {{ name: P{p}, level: province, parent: hq }}");
+        let _ = writeln!(
+            y,
+            "  prov{p}: {{ name: P{p}, level: province, parent: hq }}"
+        );
     }
     for n in 0..networks {
         let _ = writeln!(

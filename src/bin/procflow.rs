@@ -52,8 +52,8 @@ fn validate(args: &[String]) -> Result<ExitCode, String> {
         } else {
             (arg, false)
         };
-        let is_org = forced
-            || std::fs::read_to_string(file).is_ok_and(|t| procflow::is_organisation(&t));
+        let is_org =
+            forced || std::fs::read_to_string(file).is_ok_and(|t| procflow::is_organisation(&t));
         if !is_org {
             defs.push(file);
             continue;

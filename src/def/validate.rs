@@ -1040,7 +1040,11 @@ impl NodeCx<'_> {
         if let Some(skills) = &raw.skills {
             for (name, loc) in skills.value.located(skills.loc) {
                 if !valid_id(name) {
-                    report.add(loc, self.path("skills"), ProblemKind::InvalidId(name.to_owned()));
+                    report.add(
+                        loc,
+                        self.path("skills"),
+                        ProblemKind::InvalidId(name.to_owned()),
+                    );
                 } else if !org.skills.iter().any(|s| s == name) {
                     org.skills.push(name.to_owned());
                 }

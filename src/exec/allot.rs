@@ -381,10 +381,12 @@ impl Step<'_> {
             let roles: Vec<String> = raci
                 .responsible()
                 .iter()
-                .map(|r| match scope_unit(Some(&cx.org), raci, r, &self.inst.vars, false) {
-                    Some(u) => format!("{r} in unit '{u}'"),
-                    None => r.to_string(),
-                })
+                .map(
+                    |r| match scope_unit(Some(&cx.org), raci, r, &self.inst.vars, false) {
+                        Some(u) => format!("{r} in unit '{u}'"),
+                        None => r.to_string(),
+                    },
+                )
                 .collect();
             let skills = if skills.is_empty() {
                 String::new()
@@ -460,7 +462,10 @@ impl Engine {
         match &self.org {
             Some(cx) => skills
                 .iter()
-                .filter(|s| !cx.org.has_skills(actor.id.as_str(), std::slice::from_ref(s)))
+                .filter(|s| {
+                    !cx.org
+                        .has_skills(actor.id.as_str(), std::slice::from_ref(s))
+                })
                 .cloned()
                 .collect(),
             None => skills.to_vec(),

@@ -598,8 +598,7 @@ impl Engine {
             .and_then(|i| step.dep.def.roles.get_index(i as usize))
             .map(|(r, _)| r);
         let vars = &step.inst.vars;
-        let holds =
-            |r: &RoleId| self.allows(def_node, raci, vars, task, escalated, r, actor);
+        let holds = |r: &RoleId| self.allows(def_node, raci, vars, task, escalated, r, actor);
         let claimant = if ignore_claim {
             None
         } else {

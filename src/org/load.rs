@@ -188,7 +188,11 @@ pub(super) fn compile(raw: RawOrg, file: Option<PathBuf>) -> Result<Organisation
             for (i, level) in l.value.iter().enumerate() {
                 let path = format!("levels[{i}]");
                 if !valid_id(&level.value) {
-                    report.add(level.loc, &path, ProblemKind::InvalidId(level.value.clone()));
+                    report.add(
+                        level.loc,
+                        &path,
+                        ProblemKind::InvalidId(level.value.clone()),
+                    );
                 } else if out.contains(&level.value) {
                     report.add(
                         level.loc,

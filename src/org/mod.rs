@@ -481,6 +481,9 @@ mod tests {
         .unwrap_err();
         let kinds: Vec<String> = e.problems.iter().map(|p| p.kind.to_string()).collect();
         assert!(kinds.iter().any(|k| k.contains("cycle")), "{kinds:?}");
-        assert!(kinds.iter().any(|k| k.contains("unknown unit 'zz'")), "{kinds:?}");
+        assert!(
+            kinds.iter().any(|k| k.contains("unknown unit 'zz'")),
+            "{kinds:?}"
+        );
     }
 }
