@@ -34,7 +34,7 @@ fn engine(org: Option<Organisation>) -> Engine {
 }
 
 fn complete(c: &mut Criterion) {
-    let org = Organisation::from_yaml(&org_yaml(490, 10_000)).expect("the organisation loads");
+    let org = Organisation::from_yaml(&org_yaml(489, 10_000)).expect("the organisation loads");
     assert_eq!(org.units().len(), 500);
     assert_eq!(org.people().len(), 10_000);
     let mut g = c.benchmark_group("org_complete");

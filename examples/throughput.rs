@@ -423,7 +423,7 @@ fn waiting_lines(args: &Args) {
 }
 
 /// Issue 14: `work_list` for one person over `args.instances` waiting instances, each at a task
-/// for the network operations of its local network (490 networks, 10,000 people): first the
+/// for the network operations of its local network (489 networks, 10,000 people): first the
 /// scan of an engine without an organisation, then the index of an engine with one.
 fn worklist(args: &Args) {
     let def = scoped_def().replace("    skills: [fiber_splicing]\n", "");
@@ -432,7 +432,7 @@ fn worklist(args: &Args) {
             let mut vars = Vars::new();
             vars.insert(
                 "local_network".into(),
-                serde_json::json!(format!("net{}", i % 490)),
+                serde_json::json!(format!("net{}", i % 489)),
             );
             engine.start(SCOPED, vars).expect("starts");
         }
@@ -457,7 +457,7 @@ fn worklist(args: &Args) {
         let ops = time(&engine, &Actor::new("p7", ["network_ops"]));
         (idle, ops)
     };
-    let org = Organisation::from_yaml(&org_yaml(490, 10_000)).expect("the organisation loads");
+    let org = Organisation::from_yaml(&org_yaml(489, 10_000)).expect("the organisation loads");
     let engine = Engine::builder().organisation(org).build();
     engine.deploy(parse(&def)).expect("deploys");
     let t = Instant::now();

@@ -559,7 +559,7 @@ nodes:
 
 /// An organisation of `people` people in `networks` local networks (under provinces of up to 50
 /// networks, under one headquarters); person `pN` holds network_ops, with fibre splicing, in
-/// network `netN % networks`. With 490 networks the tree has 500 units.
+/// network `netN % networks`. With 489 networks the tree has 500 units (1 + 10 + 489).
 pub(crate) fn org_yaml(networks: usize, people: usize) -> String {
     let provinces = networks.div_ceil(49).max(1);
     let mut y = String::from(

@@ -21,7 +21,7 @@ use crate::def::Node;
 use crate::def::timers::Ladder;
 use crate::ids::{ActorId, InstanceId, NodeId, RoleId, TaskId};
 use crate::model::{Entry, Event, Instance, Task};
-use crate::org::{Allocation, Organisation};
+use crate::org::{Allocation, Fast, Organisation};
 use crate::raci::{Actor, AuthContext, Authorizer, Raci};
 use crate::vars::Vars;
 
@@ -38,8 +38,16 @@ impl Authorizer for OrgAuthorizer {
     }
 }
 
-/// An index key: a role and the unit a task's reference to it is scoped to (`""`: unscoped).
-type Key = (Box<str>, Box<str>);
+/// An index key: a role of the organisation and the unit a task's reference to it is scoped to
+/// (their positions in the organisation; [`UNSCOPED`] or [`NO_UNIT`] for the unit).
+type Key = (u32, u32);
+
+/// The unit of an unscoped reference.
+const UNSCOPED: u32 = u32::MAX;
+/// The unit of a reference scoped to a unit the organisation does not have (or to nothing).
+const NO_UNIT: u32 = u32::MAX - 1;
+/// The role of a reference to a role the organisation does not have.
+const NO_ROLE: u32 = u32::MAX;
 
 /// One open task as the index holds it.
 #[derive(Clone, PartialEq, Eq)]
@@ -52,8 +60,8 @@ struct Indexed {
 
 #[derive(Default)]
 struct IndexShard {
-    by_key: HashMap<Key, HashSet<(u64, u32)>>,
-    of_instance: HashMap<u64, Vec<Indexed>>,
+    by_key: HashMap<Key, HashSet<(u64, u32), Fast>, Fast>,
+    of_instance: HashMap<u64, Vec<Indexed>, Fast>,
 }
 
 /// An engine's organisation, its allocation cursors and its work-list index.
@@ -112,13 +120,14 @@ impl OrgCx {
                     claimant: t.claimed_by.clone(),
                     keys: match keep {
                         Some(k) => k.keys.clone(),
-                        None => keys_of(Some(&self.org), def, inst, t),
+                        None => keys_of(&self.org, def, inst, t),
                     },
                 }
             })
             .collect();
         let old = shard.of_instance.remove(&inst.id.0).unwrap_or_default();
-        let mut load = lock(&self.load);
+        let claims = old.iter().chain(&new).any(|x| x.claimant.is_some());
+        let mut load = claims.then(|| lock(&self.load));
         for o in &old {
             for k in &o.keys {
                 if let Some(set) = shard.by_key.get_mut(k) {
@@ -128,7 +137,7 @@ impl OrgCx {
                     }
                 }
             }
-            if let Some(c) = &o.claimant
+            if let (Some(c), Some(load)) = (&o.claimant, load.as_mut())
                 && let Some(n) = load.get_mut(c)
             {
                 *n = n.saturating_sub(1);
@@ -141,11 +150,11 @@ impl OrgCx {
             for k in &n.keys {
                 shard
                     .by_key
-                    .entry(k.clone())
+                    .entry(*k)
                     .or_default()
                     .insert((inst.id.0, n.seq));
             }
-            if let Some(c) = &n.claimant {
+            if let (Some(c), Some(load)) = (&n.claimant, load.as_mut()) {
                 *load.entry(c.clone()).or_default() += 1;
             }
         }
@@ -170,7 +179,7 @@ impl OrgCx {
 /// The index keys of an open task: each role that may work it, with the unit its reference is
 /// scoped to.
 fn keys_of(
-    org: Option<&Organisation>,
+    org: &Organisation,
     def: &crate::def::ProcessDef,
     inst: &Instance,
     t: &Task,
@@ -191,8 +200,12 @@ fn keys_of(
         .into_iter()
         .map(|r| {
             let up = escalated == Some(r) && escalated_up(node, r);
-            let unit = scope_unit(org, raci, r, &inst.vars, up).unwrap_or("");
-            (Box::from(r.as_str()), Box::from(unit))
+            let role = org.role_index(r.as_str()).unwrap_or(NO_ROLE);
+            let unit = match scope_unit(Some(org), raci, r, &inst.vars, up) {
+                None => UNSCOPED,
+                Some(u) => org.unit_index(u).unwrap_or(NO_UNIT),
+            };
+            (role, unit)
         })
         .collect()
 }
@@ -531,27 +544,22 @@ impl Engine {
     /// unit at or above where they hold it (or unscoped), each checked as the scan checks it.
     pub(super) fn work_list_indexed(&self, cx: &OrgCx, actor: &Actor) -> Vec<TaskView> {
         let mut keys: Vec<Key> = Vec::new();
-        match cx.org.person(actor.id.as_str()) {
-            Some(_) => {
-                let me = cx.org.actor(actor.id.as_str()).map(|a| a.roles);
-                for role in me.unwrap_or_default() {
-                    keys.push((Box::from(role.as_str()), Box::from("")));
-                    for unit in cx.org.units_holding(actor.id.as_str(), role.as_str()) {
-                        for a in cx.org.ancestors(unit) {
-                            let k: Key = (Box::from(role.as_str()), Box::from(a));
-                            if !keys.contains(&k) {
-                                keys.push(k);
-                            }
-                        }
-                    }
-                }
-            }
-            None => {
-                for role in &actor.roles {
-                    keys.push((Box::from(role.as_str()), Box::from("")));
-                }
-            }
+        let roles: Vec<u32> = match cx.org.actor(actor.id.as_str()) {
+            Some(me) => me
+                .roles
+                .iter()
+                .filter_map(|r| cx.org.role_index(r.as_str()))
+                .collect(),
+            None => actor
+                .roles
+                .iter()
+                .filter_map(|r| cx.org.role_index(r.as_str()))
+                .collect(),
+        };
+        for role in roles {
+            keys.push((role, UNSCOPED));
         }
+        keys.extend(cx.org.reach(actor.id.as_str()));
         let mut found: Vec<(u64, u32)> = Vec::new();
         for shard in &*cx.shards {
             let shard = lock(shard);

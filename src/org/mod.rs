@@ -12,6 +12,7 @@
 mod load;
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::path::{Path, PathBuf};
 
 use crate::ids::{ActorId, RoleId};
@@ -45,14 +46,50 @@ pub struct Organisation {
     file: Option<PathBuf>,
     levels: Vec<String>,
     units: Vec<Unit>,
-    unit_ix: HashMap<String, u32>,
+    unit_ix: HashMap<String, u32, Fast>,
     roles: Vec<RoleId>,
     skills: Vec<String>,
     people: Vec<Person>,
-    person_ix: HashMap<String, u32>,
+    person_ix: HashMap<String, u32, Fast>,
     /// Per role: (person, unit) for every holding, in people's file order.
     holders: HashMap<RoleId, Vec<(u32, u32)>>,
 }
+
+/// FNV-1a, folded by a multiplication: the organisation's lookups hash short ids on every task
+/// call (SipHash was a third of a `complete` with an organisation). The maps hashed with it are
+/// keyed by the organisation file's own ids or by small numbers, never filled from call input.
+#[derive(Clone, Copy)]
+pub(crate) struct FastHasher(u64);
+
+impl Default for FastHasher {
+    fn default() -> Self {
+        FastHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        let p = u128::from(self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (p as u64) ^ ((p >> 64) as u64)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
+    }
+}
+
+/// Builds [`FastHasher`]s.
+pub(crate) type Fast = BuildHasherDefault<FastHasher>;
 
 /// A unit of the organisation (总部, 省公司, 本地网, 营业厅, ...).
 #[derive(Clone, Debug)]
@@ -358,25 +395,37 @@ impl Organisation {
             .collect()
     }
 
-    /// The roles a person holds in units at or below `scope`, for the work-list index: the
-    /// units where they hold `role`.
-    pub(crate) fn units_holding(&self, person: &str, role: &str) -> Vec<&str> {
-        self.person(person).map_or_else(Vec::new, |p| {
-            p.holds
-                .iter()
-                .filter(|h| h.role.0 == role)
-                .map(|h| self.units[h.unit as usize].id.as_str())
-                .collect()
-        })
+    /// The position of a role in the organisation's catalogue (the work-list index's key).
+    pub(crate) fn role_index(&self, role: &str) -> Option<u32> {
+        self.roles
+            .iter()
+            .position(|r| r.0 == role)
+            .map(|i| i as u32)
     }
 
-    /// A unit and every unit above it, nearest first.
-    pub(crate) fn ancestors<'a>(&'a self, unit: &str) -> Vec<&'a str> {
+    /// The position of a unit (the work-list index's key).
+    pub(crate) fn unit_index(&self, unit: &str) -> Option<u32> {
+        self.unit_ix.get(unit).copied()
+    }
+
+    /// For the work-list index: (role, unit) for every role a person holds, for the unit they
+    /// hold it in and every unit above it.
+    pub(crate) fn reach(&self, person: &str) -> Vec<(u32, u32)> {
         let mut out = Vec::new();
-        let mut at = self.unit_ix.get(unit).copied();
-        while let Some(u) = at {
-            out.push(self.units[u as usize].id.as_str());
-            at = self.units[u as usize].parent;
+        let Some(p) = self.person(person) else {
+            return out;
+        };
+        for h in &p.holds {
+            let Some(role) = self.role_index(h.role.as_str()) else {
+                continue;
+            };
+            let mut at = Some(h.unit);
+            while let Some(u) = at {
+                if !out.contains(&(role, u)) {
+                    out.push((role, u));
+                }
+                at = self.units[u as usize].parent;
+            }
         }
         out
     }
