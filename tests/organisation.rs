@@ -10,6 +10,7 @@ use procflow::{
     ManualClock, Organisation, ProblemKind, ProcessDef, RoleId, Scenario, Status, TaskId, Vars,
     hook_fn,
 };
+use proptest::prelude::*;
 use serde_json::json;
 
 const ORG: &str = "process-defs/org/province.yaml";
@@ -590,6 +591,36 @@ fn nobody_eligible_is_an_incident_naming_the_task_not_an_unassigned_task() {
 
 // Work lists by index
 
+/// Every open task of `ids` that `person` may claim now, worked out from the organisation
+/// directly (the tasks here are scoped to `local_network` for network_ops).
+fn scan(
+    engine: &Engine,
+    org: &Organisation,
+    ids: &[procflow::InstanceId],
+    person: &str,
+) -> Vec<TaskId> {
+    let mut scan = Vec::new();
+    for id in ids {
+        let inst = engine.instance(*id).unwrap();
+        let def = engine.definition_of(*id).unwrap();
+        for t in engine.tasks(*id).unwrap() {
+            let node = def.node(t.node);
+            let scope = node.raci().unwrap().scope_of(&RoleId::new("network_ops"));
+            let unit = scope
+                .and_then(|v| inst.vars().get(v))
+                .and_then(|v| v.as_str());
+            let role_ok = unit.is_some_and(|u| org.holds_in(person, "network_ops", u));
+            let skills_ok = org.has_skills(person, node.skills());
+            let claim_ok = t.claimed_by.as_ref().is_none_or(|c| c.as_str() == person);
+            if role_ok && skills_ok && claim_ok {
+                scan.push(t.id);
+            }
+        }
+    }
+    scan.sort();
+    scan
+}
+
 #[test]
 fn indexed_work_lists_hold_what_a_scan_holds() {
     let (engine, clock) = engine_with(org(), &[SCOPED, SKILLED]);
@@ -613,7 +644,8 @@ fn indexed_work_lists_hold_what_a_scan_holds() {
             Vars::new(),
         )
         .unwrap();
-    let people: Vec<String> = org()
+    let directory = org();
+    let people: Vec<String> = directory
         .people()
         .iter()
         .map(|p| p.id().as_str().to_owned())
@@ -631,26 +663,7 @@ fn indexed_work_lists_hold_what_a_scan_holds() {
         );
         let mut listed: Vec<TaskId> = list.iter().map(|t| t.id).collect();
         listed.sort();
-        // The scan: every open task the person may claim now.
-        let mut scan = Vec::new();
-        for id in &ids {
-            for t in engine.tasks(*id).unwrap() {
-                let inst = engine.instance(*id).unwrap();
-                let def = engine.definition_of(*id).unwrap();
-                let node = def.node(t.node);
-                let scope = node.raci().unwrap().scope_of(&RoleId::new("network_ops"));
-                let unit = scope
-                    .and_then(|v| inst.vars().get(v))
-                    .and_then(|v| v.as_str());
-                let org = org();
-                let role_ok = unit.is_some_and(|u| org.holds_in(person, "network_ops", u));
-                let skills_ok = org.has_skills(person, node.skills());
-                let claim_ok = t.claimed_by.as_ref().is_none_or(|c| c.as_str() == person);
-                if role_ok && skills_ok && claim_ok {
-                    scan.push(t.id);
-                }
-            }
-        }
+        let scan = scan(&engine, &directory, &ids, person);
         assert_eq!(listed, scan, "{person}");
     }
     assert_eq!(
@@ -770,5 +783,59 @@ fn the_complaint_scenarios_with_the_organisation_hold() {
             .run_with(def, vec![("china".to_owned(), calendar)])
             .unwrap();
         assert!(report.failures.is_empty(), "{file}: {:?}", report.failures);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Whatever starts, claims, reassigns and completions happened, the indexed work list of
+    /// every person holds exactly the tasks a direct check of the organisation gives.
+    #[test]
+    fn the_index_agrees_with_the_organisation(
+        ops in prop::collection::vec((0u8..4, 0usize..6, 0usize..20), 1..30)
+    ) {
+        let (engine, _) = engine_with(org(), &[SCOPED, SKILLED]);
+        let directory = org();
+        let people: Vec<String> = directory
+            .people()
+            .iter()
+            .map(|p| p.id().as_str().to_owned())
+            .collect();
+        let nets = ["gz", "sz", "gz_tianhe", "nowhere"];
+        let mut ids = Vec::new();
+        for (op, a, b) in ops {
+            match op {
+                0 => {
+                    let def = if a % 2 == 0 { "scoped" } else { "skilled" };
+                    ids.push(
+                        engine
+                            .start(def, vars(&[("local_network", json!(nets[b % nets.len()]))]))
+                            .unwrap(),
+                    );
+                }
+                _ if ids.is_empty() => {}
+                1 | 2 | 3 => {
+                    let id = ids[a % ids.len()];
+                    let Some(t) = engine.tasks(id).unwrap().first().map(|t| t.id) else {
+                        continue;
+                    };
+                    let person = who(&people[b % people.len()]);
+                    // Refusals are fine: the index must agree either way.
+                    let _ = match op {
+                        1 => engine.claim(t, &person),
+                        2 => engine.reassign(t, &who("wang"), &person),
+                        _ => engine.complete(t, &person, Vars::new()),
+                    };
+                }
+                _ => unreachable!(),
+            }
+        }
+        for person in &people {
+            let mut listed: Vec<TaskId> =
+                engine.work_list(&who(person)).iter().map(|t| t.id).collect();
+            listed.sort();
+            prop_assert_eq!(listed, scan(&engine, &directory, &ids, person), "{}", person);
+        }
     }
 }
