@@ -815,7 +815,7 @@ proptest! {
                     );
                 }
                 _ if ids.is_empty() => {}
-                1 | 2 | 3 => {
+                1..=3 => {
                     let id = ids[a % ids.len()];
                     let Some(t) = engine.tasks(id).unwrap().first().map(|t| t.id) else {
                         continue;
