@@ -839,3 +839,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_removed_instance_leaves_the_index_and_the_queue_counts() {
+    let (engine, _) = engine_with(org(), &[SCOPED, &allocating("shortest_queue")]);
+    let id = engine
+        .start("scoped", vars(&[("local_network", json!("gz"))]))
+        .unwrap();
+    engine
+        .claim(task_at(&engine, id, "repair"), &who("chen"))
+        .unwrap();
+    assert_eq!(engine.work_list(&who("chen")).len(), 1);
+    engine.remove(id).unwrap();
+    assert!(engine.work_list(&who("chen")).is_empty());
+    // chen's claim no longer counts: the shortest queue starts with chen again.
+    let id = engine
+        .start("allocating", vars(&[("local_network", json!("gz"))]))
+        .unwrap();
+    assert_eq!(
+        engine.instance(id).unwrap().tasks()[0].claimed_by(),
+        Some("chen")
+    );
+}

@@ -164,10 +164,30 @@ impl OrgCx {
     }
 
     /// Drops an instance from the index (removed from the engine).
-    pub(super) fn forget(&self, inst: &Instance, def: &crate::def::ProcessDef) {
-        let mut gone = inst.clone();
-        gone.tasks.clear();
-        self.reindex(&gone, def);
+    pub(super) fn forget(&self, id: InstanceId) {
+        let mut shard = lock(self.shard(id));
+        let Some(old) = shard.of_instance.remove(&id.0) else {
+            return;
+        };
+        for o in &old {
+            for k in &o.keys {
+                if let Some(set) = shard.by_key.get_mut(k) {
+                    set.remove(&(id.0, o.seq));
+                    if set.is_empty() {
+                        shard.by_key.remove(k);
+                    }
+                }
+            }
+        }
+        let mut load = lock(&self.load);
+        for c in old.iter().filter_map(|o| o.claimant.as_ref()) {
+            if let Some(n) = load.get_mut(c) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    load.remove(c);
+                }
+            }
+        }
     }
 
     /// How many open tasks `person` has claimed, across the engine.

@@ -962,7 +962,7 @@ impl Engine {
                 shard.remove(&id.0);
             }
             if let Some(org) = &self.org {
-                org.forget(&guard.inst, &guard.dep.def);
+                org.forget(id);
             }
             guard.retire();
             return Ok(guard.inst.clone());
