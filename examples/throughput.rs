@@ -11,6 +11,7 @@
 //! cargo run --release --example throughput -- --workload reopen --instances 100000 --store sqlite:PATH
 //! cargo run --release --example throughput -- --workload lines --seconds S [--lines 100]
 //! cargo run --release --example throughput -- --workload waiting-lines --instances 2000 [--lines 100]
+//! cargo run --release --example throughput -- --workload waiting-keys --instances 200000
 //! ```
 //!
 //! `lines` runs an order of `--lines` lines (default 100) through one multi-instance service
@@ -18,7 +19,10 @@
 //! item is one run of the task), and the line also says `items_per_sec`. `waiting-lines` starts
 //! `--instances` instances waiting at a multi-instance user task with `--lines` open items each,
 //! and as many waiting at a plain user task with the same variables, and prints the resident
-//! memory the open items add, per item.
+//! memory the open items add, per item. `waiting-keys` starts `--instances` instances waiting at
+//! a user task whose definition lists two business keys (`customer_id`, shared by four instances
+//! each, and `order_id`, one per instance), and as many of a definition with the same variables
+//! and no `keys:`, and prints the resident memory the key index adds, per key per instance.
 //!
 //! With `--store`, every call commits to a SQLite file (deleted first); the default durability
 //! here is `process` (a killed process loses nothing; see `procflow::Durability`). `reopen`
@@ -45,7 +49,7 @@ use procflow::{Actor, Durability, Engine, Organisation, ProcessDef, SqliteStore,
 
 use common::*;
 
-const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|worklist \
+const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|waiting-keys|worklist \
 [--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH] \
 [--durability process|full] [--commit group|single] [--lines N]";
 
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
         }
         "waiting-lines" => waiting_lines(&args),
         "worklist" => worklist(&args),
+        "waiting-keys" => waiting_keys(&args),
         "reopen" => {
             if let Err(e) = reopen(&args) {
                 eprintln!("{e}");
@@ -472,5 +477,79 @@ fn worklist(args: &Args) {
         scan.1.0,
         scan.1.1,
         proc_status_kb("VmHWM"),
+    );
+}
+
+/// A user task waiting for a clerk, with a customer and an order number; `keys` lists them as
+/// business keys or not.
+fn keyed_def(id: &str, keys: bool) -> String {
+    format!(
+        "id: {id}\nversion: 1\nname: Keyed\n{HEADER_ROLES}{}variables:
+  customer_id: {{ type: string }}
+  order_id: {{ type: string }}
+nodes:
+  start: {{ kind: start, next: review }}
+  review:
+    kind: user_task
+    name: Review
+    raci: {{ responsible: [clerk], accountable: lead, informed: [audit] }}
+    next: end
+  end: {{ kind: end }}
+",
+        if keys {
+            "keys: [customer_id, order_id]\n"
+        } else {
+            ""
+        }
+    )
+}
+
+/// Starts `args.instances` instances holding two business keys, and as many with the same
+/// variables of a definition without `keys:`, and prints the resident memory the key index
+/// adds per key per waiting instance: the difference between the two, per key.
+fn waiting_keys(args: &Args) {
+    const PLAIN: &str = "unkeyed";
+    const KEYED: &str = "keyed";
+    // One engine each, so that their instance maps grow alike (a map's resize falls in the same
+    // place of both runs); the first stays alive while the second runs.
+    let plain_engine = engine_with([parse(&keyed_def(PLAIN, false))], args.audit);
+    let keyed_engine = engine_with([parse(&keyed_def(KEYED, true))], args.audit);
+    let n = args.instances.max(1);
+    let vars = |i: u64| -> Vars {
+        [
+            ("customer_id".to_owned(), format!("C-{:08}", i / 4).into()),
+            ("order_id".to_owned(), format!("ORD-{i:010}").into()),
+        ]
+        .into_iter()
+        .collect()
+    };
+    // Warm the allocator and the engines' maps with one of each.
+    plain_engine
+        .start(PLAIN, vars(u64::MAX / 2))
+        .expect("starts");
+    keyed_engine
+        .start(KEYED, vars(u64::MAX / 2))
+        .expect("starts");
+    let measure = |engine: &Engine, process: &str| {
+        let before = proc_status_kb("VmRSS");
+        let start = Instant::now();
+        for i in 0..n {
+            engine.start(process, vars(i)).expect("starts");
+        }
+        let ns = start.elapsed().as_secs_f64() * 1e9 / n as f64;
+        let bytes = (proc_status_kb("VmRSS").saturating_sub(before) * 1024) as f64 / n as f64;
+        (bytes, ns)
+    };
+    let (plain, plain_ns) = measure(&plain_engine, PLAIN);
+    let (keyed, keyed_ns) = measure(&keyed_engine, KEYED);
+    let found = keyed_engine
+        .find_by_key("customer_id", format!("C-{:08}", (n - 1) / 4))
+        .expect("a declared key");
+    assert!(!found.is_empty(), "the last customer's orders are found");
+    println!(
+        "workload=waiting-keys instances={n} keys_per_instance=2 bytes_per_plain_instance={plain:.0} bytes_per_keyed_instance={keyed:.0} bytes_per_key={:.1} start_ns_plain={plain_ns:.0} start_ns_keyed={keyed_ns:.0} peak_rss_kb={} audit={}",
+        (keyed - plain) / 2.0,
+        proc_status_kb("VmHWM"),
+        args.audit,
     );
 }

@@ -88,8 +88,8 @@ pub use def::{
     LoadError, Location, Message, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role, Signal,
 };
 pub use exec::{
-    Config, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, OpenError, Sla,
-    SlaStatus, TaskView, TimerDriver,
+    Config, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, KeyRecord, KeyValue,
+    KeyedInstance, OpenError, Sla, SlaStatus, TaskView, TimerDriver,
 };
 pub use hooks::{
     Completing, Control, HandlerError, HandlerFn, Hook, HookFn, ServiceCall, ServiceHandler,
@@ -104,12 +104,12 @@ pub use org::{Allocation, Organisation, Person, Unit, is_organisation};
 pub use raci::{Action, Actor, AuthContext, Authorizer, Raci};
 #[cfg(feature = "report")]
 pub use report::{
-    ActorFigures, Durations, HeatMetric, NodeFigures, ProcessFigures, Report, ReportError,
-    ReportOptions, RoleFigures, UnknownMetric,
+    ActorFigures, Durations, HeatMetric, KeyFigures, KeyHistory, NodeFigures, ProcessFigures,
+    Report, ReportError, ReportOptions, RoleFigures, UnknownMetric,
 };
 #[cfg(feature = "cli")]
 pub use sim::{Scenario, SimReport};
-pub use store::{Commit, MemoryStore, Store, StoreError, StoredDef, StoredInstance};
+pub use store::{BusinessKey, Commit, MemoryStore, Store, StoreError, StoredDef, StoredInstance};
 #[cfg(feature = "sqlite")]
 pub use store::{Durability, SqliteOptions, SqliteStore};
 pub use time::calendar::{

@@ -180,6 +180,13 @@ enum RawStep {
         /// Per open task node: who holds its claim (`~` for nobody).
         #[serde(default)]
         claimed: Option<IndexMap<String, Option<String>>>,
+        /// A business key value (`{ customer_id: C-1 }`) to look up across the scenario's
+        /// instances ([`Engine::find_by_key`]); `instances` says how many must hold it.
+        #[serde(default)]
+        key: Option<IndexMap<String, serde_json::Value>>,
+        /// With `key`: how many instances hold the key value.
+        #[serde(default)]
+        instances: Option<usize>,
     },
 }
 
@@ -561,7 +568,10 @@ impl Scenario {
                 kept,
                 scopes,
                 claimed,
+                key,
+                instances,
             } => {
+                check_key(engine, key.as_ref(), *instances)?;
                 if let Some(want) = fired
                     && want[..] != *last_fired
                 {
@@ -654,6 +664,36 @@ impl Scenario {
             Err(e) => Err(format!("expected {expect:?}, got error: {e}")),
         }
     }
+}
+
+/// Checks an `expect` step's `key` and `instances`: how many instances hold each key value.
+fn check_key(
+    engine: &Engine,
+    key: Option<&IndexMap<String, serde_json::Value>>,
+    instances: Option<usize>,
+) -> Result<(), String> {
+    let Some(key) = key else {
+        return match instances {
+            Some(_) => Err("'instances' needs 'key': the key value to count".into()),
+            None => Ok(()),
+        };
+    };
+    for (name, value) in key {
+        let value = crate::exec::KeyValue::from_json(value)
+            .ok_or_else(|| format!("key '{name}': {value} is not a string or an integer"))?;
+        let found = engine
+            .find_by_key(name, value.clone())
+            .map_err(|e| e.to_string())?;
+        if let Some(want) = instances
+            && found.len() != want
+        {
+            return Err(format!(
+                "expected {want} instance(s) with {name} = {value}, found {}",
+                found.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Where a scenario's clock starts.

@@ -53,6 +53,7 @@ fn tamper(store: &MemoryStore, edit: impl Fn(serde_json::Value) -> serde_json::V
             first_record: stored.instance.audit().len(),
             version: stored.version,
             next_due: Some(t0()),
+            keys: None,
         })
         .unwrap();
 }
@@ -125,6 +126,7 @@ fn an_instance_read_on_demand_is_checked_and_the_timer_driver_survives() {
             first_record: victim.instance.audit().len(),
             version: victim.version,
             next_due: Some(t0()),
+            keys: None,
         })
         .unwrap();
     // Every call on it is a typed error; the others go on.

@@ -318,6 +318,7 @@ fn stored(defs: &[Arc<ProcessDef>], instances: &[Instance]) -> MemoryStore {
                 first_record: 0,
                 version: 0,
                 next_due: None,
+                keys: None,
             })
             .unwrap();
     }

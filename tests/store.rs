@@ -509,3 +509,85 @@ fn hooks_hear_only_stored_calls() {
     assert!(events.contains(&"task_completed".to_owned()), "{events:?}");
     assert!(!events.contains(&"refused".to_owned()), "{events:?}");
 }
+
+/// A definition with business keys: a customer given at the start, an order number set later.
+const KEYED: &str = r#"
+id: keyed
+version: 1
+name: Keyed
+roles: { agent: { name: Agent } }
+keys: [customer_id, order_id]
+variables:
+  customer_id: { type: string }
+  order_id: { type: integer }
+nodes:
+  start: { kind: start, next: take }
+  take: { kind: user_task, name: Take, raci: { responsible: [agent], accountable: agent }, next: ship }
+  ship: { kind: user_task, name: Ship, raci: { responsible: [agent], accountable: agent }, next: end }
+  end: { kind: end }
+"#;
+
+#[test]
+fn business_keys_are_indexed_and_survive_reopening() {
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let engine = open(store(), &clock);
+        engine
+            .deploy(ProcessDef::from_yaml(KEYED).unwrap())
+            .unwrap();
+        let a = engine
+            .start("keyed", vars(&[("customer_id", json!("C-1"))]))
+            .unwrap();
+        let b = engine
+            .start("keyed", vars(&[("customer_id", json!("C-1"))]))
+            .unwrap();
+        engine
+            .complete(
+                task(&engine, a, "take"),
+                &agent(),
+                vars(&[("order_id", json!(7))]),
+            )
+            .unwrap();
+        engine
+            .complete(
+                task(&engine, a, "ship"),
+                &agent(),
+                vars(&[("order_id", json!(8))]),
+            )
+            .unwrap();
+        let s = store();
+        assert_eq!(s.by_key("customer_id", "C-1").unwrap(), [a, b], "{name}");
+        assert_eq!(s.by_key("order_id", "8").unwrap(), [a], "{name}");
+        assert!(
+            s.by_key("order_id", "7").unwrap().is_empty(),
+            "{name}: moved"
+        );
+        assert!(s.by_key("customer_id", "C-2").unwrap().is_empty(), "{name}");
+        drop(engine);
+        let engine = open(store(), &clock);
+        let found = engine.find_by_key("customer_id", "C-1").unwrap();
+        let got: Vec<(InstanceId, Status)> = found.iter().map(|k| (k.id, k.status)).collect();
+        let ids =
+            |found: Vec<procflow::KeyedInstance>| found.iter().map(|k| k.id).collect::<Vec<_>>();
+        assert_eq!(
+            got,
+            [(a, Status::Completed), (b, Status::Running)],
+            "{name}"
+        );
+        assert_eq!(found[1].open_tasks, ["take"], "{name}");
+        // The reopened engine's commits keep the store's index.
+        engine
+            .complete(
+                task(&engine, b, "take"),
+                &agent(),
+                vars(&[("order_id", json!(9))]),
+            )
+            .unwrap();
+        assert_eq!(store().by_key("order_id", "9").unwrap(), [b], "{name}");
+        assert_eq!(
+            ids(engine.find_by_key("order_id", 9).unwrap()),
+            [b],
+            "{name}"
+        );
+    }
+}

@@ -149,6 +149,7 @@ fn commit(
         first_record: first,
         version,
         next_due: next_due(inst),
+        keys: None,
     })
 }
 
@@ -380,6 +381,7 @@ fn due_lists_running_instances_with_a_timer_due() {
             first_record: inst[1].audit().len(),
             version: 1,
             next_due: Some(t0()),
+            keys: None,
         })
         .unwrap();
     // No timer: not due.
@@ -392,6 +394,7 @@ fn due_lists_running_instances_with_a_timer_due() {
             first_record: n,
             version: 1,
             next_due: None,
+            keys: None,
         })
         .unwrap();
     let late = t0() + chrono::Duration::days(1);
@@ -406,6 +409,7 @@ fn due_lists_running_instances_with_a_timer_due() {
             first_record: n,
             version: 2,
             next_due: Some(odd),
+            keys: None,
         })
         .unwrap();
     assert_eq!(store.due(deadline(9)).unwrap(), vec![(inst[0].id(), 1)]);
@@ -483,7 +487,7 @@ fn a_newer_schema_is_refused() {
     drop(create(&db.0));
     {
         let conn = rusqlite::Connection::open(&db.0).unwrap();
-        conn.execute("UPDATE meta SET value = 3 WHERE key = 'schema_version'", [])
+        conn.execute("UPDATE meta SET value = 4 WHERE key = 'schema_version'", [])
             .unwrap();
     }
     let e = SqliteStore::open(&db.0).unwrap_err();
@@ -491,8 +495,8 @@ fn a_newer_schema_is_refused() {
         e,
         StoreError::NewerSchema {
             path: db.0.clone(),
-            found: 3,
-            supported: 2
+            found: 4,
+            supported: 3
         }
     );
 }
@@ -896,6 +900,7 @@ fn reload_many_running_instances() {
                     first_record: 0,
                     version: 0,
                     next_due: next_due(&inst),
+                    keys: None,
                 })
                 .unwrap();
             firsts.push(inst);
@@ -915,6 +920,7 @@ fn reload_many_running_instances() {
                         first_record: from,
                         version,
                         next_due: next_due(inst),
+                        keys: None,
                     })
                     .unwrap();
             }

@@ -20,7 +20,10 @@ const USAGE: &str = "usage:
                   prints the instant alone on stdout; on stderr, a line that it is
                   provisional (it uses a year computed from the statutory holidays)
   procflow report --store FILE [--process ID] [--since RFC3339|YYYY-MM-DD]
-                  [--format table|csv|json] [--heatmap OUT.svg] [--metric mean-wait|breach-rate|rework-rate]";
+                  [--format table|csv|json] [--heatmap OUT.svg] [--metric mean-wait|breach-rate|rework-rate]
+                  [--by KEY]   also groups the instances by a business key's value
+  procflow history --store FILE --key KEY=VALUE [--format table|json]
+                  every instance holding the business key value, and their records in time order";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
         Some("simulate") => simulate(&args[1..]),
         Some("calendar") => calendar(&args[1..]),
         Some("report") => report(&args[1..]),
+        Some("history") => history(&args[1..]),
         _ => Err(USAGE.to_owned()),
     };
     match result {
@@ -271,6 +275,9 @@ fn report(args: &[String]) -> Result<ExitCode, String> {
     if let Some(s) = option(args, "--since")? {
         options = options.since(since(s)?);
     }
+    if let Some(key) = option(args, "--by")? {
+        options = options.by_key(key);
+    }
     let fail = |message: String| {
         eprintln!("{message}");
         Ok(ExitCode::FAILURE)
@@ -303,6 +310,38 @@ fn report(args: &[String]) -> Result<ExitCode, String> {
             return fail(format!("{out}: cannot write the heatmap: {e}"));
         }
         eprintln!("{out}: heatmap of {} by {}", def.key(), metric.as_str());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a business key value's history: the instances holding it and their records.
+fn history(args: &[String]) -> Result<ExitCode, String> {
+    let store_path = option(args, "--store")?.ok_or(USAGE)?;
+    let pair = option(args, "--key")?.ok_or(USAGE)?;
+    let Some((key, value)) = pair.split_once('=') else {
+        return Err(format!(
+            "--key takes KEY=VALUE, e.g. customer_id=C-1001, not '{pair}'"
+        ));
+    };
+    let format = option(args, "--format")?.unwrap_or("table");
+    if !matches!(format, "table" | "json") {
+        return Err(format!("unknown format '{format}': use table or json"));
+    }
+    let fail = |message: String| {
+        eprintln!("{message}");
+        Ok(ExitCode::FAILURE)
+    };
+    let store = match open_store(Path::new(store_path)) {
+        Ok(store) => store,
+        Err(e) => return fail(e.to_string()),
+    };
+    let history = match Report::key_history(&*store, key, value) {
+        Ok(h) => h,
+        Err(e) => return fail(format!("{store_path}: {e}")),
+    };
+    match format {
+        "json" => println!("{}", history.to_json()),
+        _ => print!("{}", history.to_table()),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,6 +22,23 @@ pub enum ExecError {
     /// No such instance.
     #[error("unknown instance {0}")]
     UnknownInstance(InstanceId),
+    /// No deployed definition lists this business key under `keys:`.
+    #[error("unknown business key '{key}': no deployed definition lists it under keys")]
+    UnknownKey {
+        /// The key's name.
+        key: String,
+    },
+    /// The value cannot be one of this business key: every deployed definition listing it
+    /// declares it an integer.
+    #[error("business key '{key}' takes {expected}, not '{value}'")]
+    BadKeyValue {
+        /// The key's name.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What the key takes (`an integer`).
+        expected: &'static str,
+    },
     /// No such task.
     #[error("unknown task {0}")]
     UnknownTask(TaskId),

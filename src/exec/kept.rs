@@ -62,6 +62,9 @@ impl Step<'_> {
                     return;
                 }
                 let kept = rare.kept.remove(index);
+                if !self.dep.def.keys.is_empty() {
+                    self.note_keys(&kept.vars);
+                }
                 self.inst.vars.extend(kept.vars);
                 self.record(Entry::TriggerConsumed {
                     signal: kept.signal,

@@ -11,6 +11,7 @@ mod deploy;
 mod error;
 mod events;
 mod kept;
+mod keys;
 mod multi;
 mod rework;
 mod scope;
@@ -29,6 +30,9 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
 pub use error::{DeployError, DeployProblem, ExecError, OpenError};
+pub use keys::{KeyRecord, KeyValue, KeyedInstance};
+#[cfg(feature = "report")]
+pub(crate) use keys::{key_records, keyed_view, sort_history};
 pub use timers::{Sla, SlaStatus, TimerDriver};
 
 use crate::clock::{Clock, SystemClock};
@@ -133,6 +137,8 @@ pub struct Engine {
     /// Whether the authorizer may look at a call's context (an organisation, or a host's
     /// authorizer): without, scoped units are not worked out, as nothing would read them.
     contextual: bool,
+    /// The business keys of the instances held (see `keys.rs`).
+    keys: keys::KeyIndex,
 }
 
 /// A min-heap of (due instant, instance number).
@@ -263,6 +269,7 @@ impl EngineBuilder {
             store: None,
             org: b.org.map(|o| Arc::new(allot::OrgCx::new(o))),
             contextual,
+            keys: keys::KeyIndex::default(),
         }
     }
 
@@ -547,6 +554,9 @@ impl Engine {
         if inst.status == Status::Running || self.config.retain_completed {
             if inst.def.is_none() {
                 inst.def = Some(Arc::clone(&dep.key));
+            }
+            if !dep.def.keys.is_empty() {
+                self.index_keys(&inst, &dep.def);
             }
             let slot = Slot::new(inst, Arc::clone(dep), version);
             lock(self.shard(id)).insert(id.0, Arc::new(Mutex::new(slot)));
@@ -965,6 +975,9 @@ impl Engine {
                 org.forget(id);
             }
             guard.retire();
+            if !guard.dep.def.keys.is_empty() {
+                self.unindex_keys(&guard.inst, &guard.dep.def);
+            }
             return Ok(guard.inst.clone());
         }
     }

@@ -18,7 +18,7 @@ use super::{Engine, ExecError, SHARDS, Shard, lock};
 use crate::hooks::Control;
 use crate::ids::{InstanceId, NodeId, TaskId};
 use crate::model::{Event, FollowUp, Instance, Pending, Status};
-use crate::store::{Commit, StoreError, StoredInstance};
+use crate::store::{BusinessKey, Commit, StoreError, StoredInstance};
 
 /// One instance as the engine holds it.
 pub(crate) struct Slot {
@@ -39,7 +39,7 @@ impl Slot {
         self.version = RETIRED;
     }
 
-    fn is_retired(&self) -> bool {
+    pub(crate) fn is_retired(&self) -> bool {
         self.version == RETIRED
     }
 
@@ -89,6 +89,8 @@ pub(crate) struct Stepped {
     pub(crate) dep: Option<Arc<Deployed>>,
     /// Whether the store refused the commit (nothing happened).
     pub(crate) refused: bool,
+    /// The business keys the call changed, with their values before (see `keys.rs`).
+    pub(crate) key_notes: super::keys::KeyNotes,
 }
 
 impl Stepped {
@@ -107,6 +109,7 @@ impl Stepped {
             follow: Vec::new(),
             dep: None,
             refused: false,
+            key_notes: Vec::new(),
         }
     }
 }
@@ -163,6 +166,9 @@ impl Engine {
                 && matches!(guard.inst.status, Status::Completed | Status::Cancelled)
             {
                 guard.retire();
+                if !guard.dep.def.keys.is_empty() {
+                    self.unindex_keys(&guard.inst, &guard.dep.def);
+                }
                 let mut shard = lock(self.shard(id));
                 if shard.get(&id.0).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
                     shard.remove(&id.0);
@@ -194,7 +200,17 @@ impl Engine {
     ) -> Stepped {
         let Slot { inst, dep, version } = slot;
         match self.step_parts(inst, dep, version, now, f) {
-            Ok(stepped) => stepped,
+            Ok(mut stepped) => {
+                if !stepped.key_notes.is_empty() {
+                    let notes = std::mem::take(&mut stepped.key_notes);
+                    self.rekey(&slot.inst, &slot.dep.def, notes);
+                }
+                #[cfg(debug_assertions)]
+                if !slot.dep.def.keys.is_empty() {
+                    self.check_indexed(&slot.inst, &slot.dep.def);
+                }
+                stepped
+            }
             Err(error) => {
                 if let StoreError::Conflict { .. } = error {
                     // Another engine changed the instance: take the stored state, so that the
@@ -238,9 +254,15 @@ impl Engine {
         let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
         step.org = self.org.as_deref();
         let result = f(&mut step);
+        let key_notes = std::mem::take(&mut step.key_notes);
         let (armed, events, changed) = (step.take_armed(), step.events, step.changed);
         let follow = fresh(inst, first_follow, self.store.is_none());
         if let (Some(store), Some(snapshot), true) = (&self.store, snapshot, changed) {
+            // A start that holds keys, or a call that set a key variable, carries the keys.
+            let keys = (!dep.def.keys.is_empty() && (*version == 0 || !key_notes.is_empty()))
+                .then(|| BusinessKey::of(dep.def.keys(), &inst.vars))
+                // A new instance has no keys stored: none to replace.
+                .filter(|keys| *version > 0 || !keys.is_empty());
             let commit = Commit {
                 instance: inst,
                 def: &dep.key,
@@ -248,6 +270,7 @@ impl Engine {
                 first_record: first,
                 version: *version,
                 next_due: inst.timers.iter().filter(|t| !t.fired).map(|t| t.at).min(),
+                keys: keys.as_deref(),
             };
             match store.commit(&commit) {
                 Ok(()) => *version = commit.new_version(),
@@ -269,6 +292,7 @@ impl Engine {
             dep: (!follow.is_empty()).then(|| Arc::clone(dep)),
             follow,
             refused: false,
+            key_notes,
         })
     }
 
@@ -303,8 +327,15 @@ impl Engine {
                     && stored.instance.def.as_deref() == Some(&*slot.dep.key)
                     && stored.instance.check(&slot.dep.def).is_ok() =>
             {
+                let keyed = !slot.dep.def.keys.is_empty();
+                if keyed {
+                    self.unindex_keys(&slot.inst, &slot.dep.def);
+                }
                 slot.inst = stored.instance;
                 slot.inst.def = Some(Arc::clone(&slot.dep.key));
+                if keyed {
+                    self.index_keys(&slot.inst, &slot.dep.def);
+                }
                 slot.version = stored.version;
                 self.schedule_pending(&slot.inst);
                 true
@@ -458,6 +489,12 @@ impl Engine {
                 if let Some(org) = &self.org {
                     org.reindex(&instance, &dep.def);
                 }
+                if !guard.dep.def.keys.is_empty() {
+                    self.unindex_keys(&guard.inst, &guard.dep.def);
+                }
+                if !dep.def.keys.is_empty() {
+                    self.index_keys(&instance, &dep.def);
+                }
                 *guard = Slot::new(instance, dep, version);
             }
             drop(guard);
@@ -481,6 +518,9 @@ impl Engine {
         self.schedule_pending(&instance);
         if let Some(org) = &self.org {
             org.reindex(&instance, &dep.def);
+        }
+        if !dep.def.keys.is_empty() {
+            self.index_keys(&instance, &dep.def);
         }
         let slot = Arc::new(Mutex::new(Slot::new(instance, dep, version)));
         shard.insert(id.0, Arc::clone(&slot));

@@ -220,6 +220,8 @@ pub(crate) struct Step<'a> {
     pub(crate) arming_item: Option<u32>,
     /// The engine's organisation, for allocation (`None` without one).
     pub(crate) org: Option<&'a super::allot::OrgCx>,
+    /// The business keys this call set, with their values before (see `keys.rs`).
+    pub(crate) key_notes: super::keys::KeyNotes,
 }
 
 impl<'a> Step<'a> {
@@ -241,6 +243,7 @@ impl<'a> Step<'a> {
             changed: false,
             arming_item: None,
             org: None,
+            key_notes: Vec::new(),
         }
     }
 
@@ -465,6 +468,9 @@ impl<'a> Step<'a> {
                     // memory, and dropping it walks a B-tree iterator.
                     std::mem::forget(output);
                 } else {
+                    if !self.dep.def.keys.is_empty() {
+                        self.note_keys(&output);
+                    }
                     self.inst.vars.extend(output);
                 }
                 self.disarm(task);
@@ -508,7 +514,12 @@ impl<'a> Step<'a> {
                     }
                 }
             }
-            Change::SetVars(vars) => self.inst.vars.extend(vars),
+            Change::SetVars(vars) => {
+                if !self.dep.def.keys.is_empty() {
+                    self.note_keys(&vars);
+                }
+                self.inst.vars.extend(vars)
+            }
             Change::Finish => {
                 self.inst.timers = Vec::new();
                 self.inst.status = Status::Completed;

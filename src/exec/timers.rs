@@ -708,7 +708,7 @@ impl Engine {
                 .timers
                 .iter()
                 .find(|x| x.task == Some(task.seq) && x.kind == TimerKind::Due);
-            Ok(timer.map(|d| sla(slot, d, t.created_at, now)))
+            Ok(timer.map(|d| sla(&slot.dep, d, t.created_at, now)))
         })?
     }
 
@@ -724,13 +724,14 @@ impl Engine {
                 .timers
                 .iter()
                 .find(|x| x.sla && x.kind == TimerKind::Due);
-            timer.map(|d| sla(slot, d, slot.inst.started_at, now))
+            timer.map(|d| sla(&slot.dep, d, slot.inst.started_at, now))
         })
     }
 }
 
-fn sla(slot: &Slot, due: &Timer, from: DateTime<Utc>, now: DateTime<Utc>) -> Sla {
-    let calendar = slot.dep.calendar.as_deref().filter(|_| due.business);
+/// How a deadline timer of an instance of `dep` stands at `now`, counted from `from`.
+pub(super) fn sla(dep: &Deployed, due: &Timer, from: DateTime<Utc>, now: DateTime<Utc>) -> Sla {
+    let calendar = dep.calendar.as_deref().filter(|_| due.business);
     let span = |a: DateTime<Utc>, b: DateTime<Utc>| match calendar {
         Some(c) => c
             .business_time_between(a, b)

@@ -7,6 +7,7 @@
 //! The figures are defined on [`Report`].
 
 pub(crate) mod heatmap;
+mod keys;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
@@ -17,6 +18,7 @@ use indexmap::IndexMap;
 use serde::{Serialize, Serializer};
 
 pub use heatmap::{HeatMetric, UnknownMetric};
+pub use keys::{KeyFigures, KeyHistory};
 
 use crate::def::{LoadError, ProcessDef};
 use crate::ids::DefKey;
@@ -40,6 +42,9 @@ pub struct ReportOptions {
     pub process: Option<String>,
     /// Only instances started at or after this instant. By default all.
     pub since: Option<DateTime<Utc>>,
+    /// Also group the instances by the value of this business key ([`Report::keys`]). By
+    /// default no grouping.
+    pub by_key: Option<String>,
 }
 
 impl ReportOptions {
@@ -52,6 +57,13 @@ impl ReportOptions {
     /// Limits the report to instances started at or after `since`.
     pub fn since(mut self, since: DateTime<Utc>) -> ReportOptions {
         self.since = Some(since);
+        self
+    }
+
+    /// Also groups the instances by the value of business key `key` (e.g. `customer_id`),
+    /// across processes: [`Report::keys`].
+    pub fn by_key(mut self, key: impl Into<String>) -> ReportOptions {
+        self.by_key = Some(key.into());
         self
     }
 }
@@ -70,6 +82,20 @@ pub enum ReportError {
         key: DefKey,
         /// Its problems.
         source: LoadError,
+    },
+    /// No stored definition lists this business key under `keys:`.
+    #[error("unknown business key '{key}': no stored definition lists it under keys")]
+    UnknownKey {
+        /// The key's name.
+        key: String,
+    },
+    /// Every stored definition listing this key declares it an integer; the value is not one.
+    #[error("business key '{key}' takes an integer, not '{value}'")]
+    BadKeyValue {
+        /// The key's name.
+        key: String,
+        /// The value given.
+        value: String,
     },
 }
 
@@ -133,6 +159,10 @@ pub struct Report {
     pub actors: Vec<ActorFigures>,
     /// Instances left out because their definition was not given (or they name none).
     pub skipped: usize,
+    /// With [`ReportOptions::by_key`]: one entry per value of the key, by value (instances
+    /// whose definition does not list the key, or that hold no value, are left out).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyFigures>,
 }
 
 /// Nearest-rank percentiles and the mean of a set of durations. Serialized in seconds.
@@ -322,6 +352,7 @@ impl Report {
             })
             .collect();
         let mut skipped = 0;
+        let mut grouped = keys::ByKey::default();
         for inst in instances {
             let Some(key) = inst.def() else {
                 skipped += 1;
@@ -331,12 +362,22 @@ impl Report {
                 continue;
             }
             match (by_key.get(key), accs.get_mut(key.id.as_str())) {
-                (Some(def), Some(acc)) => acc.add(def, inst),
+                (Some(def), Some(acc)) => {
+                    acc.add(def, inst);
+                    if let Some(k) = &options.by_key {
+                        grouped.add(k, def, inst);
+                    }
+                }
                 _ => skipped += 1,
             }
         }
         let mut report = Report {
             skipped,
+            keys: options
+                .by_key
+                .as_deref()
+                .map(|k| grouped.finish(k))
+                .unwrap_or_default(),
             ..Report::default()
         };
         for (id, acc) in accs {
@@ -430,11 +471,17 @@ impl Report {
 
     /// The report as aligned text tables, one per section, durations humanised (`1h30m`).
     pub fn to_table(&self) -> String {
+        let by_key = self
+            .keys
+            .first()
+            .map(|k| format!("By {}", k.key))
+            .unwrap_or_default();
         let titles = [
             "Processes",
             "Nodes (user tasks, and tasks with for_each or repeat)",
             "Roles",
             "Actors",
+            &by_key,
         ];
         let mut out = String::new();
         for (i, (header, rows)) in self.sections(Style::Table).into_iter().enumerate() {
@@ -659,12 +706,16 @@ impl Report {
             "overrides",
             "denials",
         ];
-        vec![
+        let mut sections = vec![
             (header(process_cols), processes),
             (header(node_cols), nodes),
             (header(role_cols), roles),
             (header(&actor_cols), actors),
-        ]
+        ];
+        if !self.keys.is_empty() {
+            sections.push(keys::section(&self.keys, matches!(style, Style::Csv)));
+        }
+        sections
     }
 
     /// The process graph of `def` as a self-contained SVG, each user-task node coloured by

@@ -1,7 +1,7 @@
 //! [`MemoryStore`]: the store rules (versions, conflicts, idempotent definitions) in memory,
 //! with the state kept serialized as a durable store keeps it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -31,6 +31,8 @@ struct Inner {
     defs: BTreeMap<(String, u32), String>,
     instances: BTreeMap<u64, Row>,
     next_id: u64,
+    /// Business keys: (name, value) to the instances holding them.
+    keys: BTreeMap<(String, String), BTreeSet<u64>>,
 }
 
 #[derive(Debug)]
@@ -45,6 +47,8 @@ struct Row {
     outbox: bool,
     /// One JSON array of records per commit, by the position of its first record.
     records: HashMap<usize, String>,
+    /// The business keys it holds (see `Inner::keys`).
+    keys: Vec<(String, String)>,
 }
 
 impl MemoryStore {
@@ -134,7 +138,8 @@ impl Store for MemoryStore {
         }
         let state = encode_state(commit.instance);
         let records = encode_records(commit.records);
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let found = inner.instances.get(&id.get()).map(|r| r.version);
         let expected = (commit.version > 0).then_some(commit.version);
         if found != expected {
@@ -154,6 +159,7 @@ impl Store for MemoryStore {
             next_due: None,
             outbox: false,
             records: HashMap::new(),
+            keys: Vec::new(),
         });
         row.version = commit.new_version();
         row.running = running;
@@ -162,6 +168,24 @@ impl Store for MemoryStore {
         row.outbox = !commit.instance.pending().is_empty();
         if !commit.records.is_empty() {
             row.records.insert(commit.first_record, records);
+        }
+        if let Some(keys) = commit.keys {
+            let new: Vec<(String, String)> = keys
+                .iter()
+                .map(|k| (k.name.clone(), k.value.clone()))
+                .collect();
+            let old = std::mem::replace(&mut row.keys, new.clone());
+            for pair in old {
+                if let Some(ids) = inner.keys.get_mut(&pair) {
+                    ids.remove(&id.get());
+                    if ids.is_empty() {
+                        inner.keys.remove(&pair);
+                    }
+                }
+            }
+            for pair in new {
+                inner.keys.entry(pair).or_default().insert(id.get());
+            }
         }
         Ok(())
     }
@@ -210,5 +234,16 @@ impl Store for MemoryStore {
         let first = inner.next_id.max(1);
         inner.next_id = first + count;
         Ok(first)
+    }
+
+    fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .keys
+            .get(&(key.to_owned(), value.to_owned()))
+            .into_iter()
+            .flatten()
+            .map(|id| InstanceId(*id))
+            .collect())
     }
 }

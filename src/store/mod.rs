@@ -12,6 +12,7 @@
 //! [`StoreError::Conflict`] when the stored version is another, so two engines sharing a store
 //! never overwrite each other: the second one reloads and the caller may retry.
 
+mod keys;
 mod memory;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
+pub use keys::BusinessKey;
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
@@ -95,6 +97,14 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// A failure of the medium.
     fn reserve_ids(&self, count: u64) -> Result<u64, StoreError>;
+
+    /// The instances, running or not, holding business key `key` with the canonical value
+    /// `value` ([`BusinessKey::render`]), in id order: the keys the last commit that carried
+    /// [`Commit::keys`] gave each instance.
+    ///
+    /// # Errors
+    /// A failure of the medium.
+    fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError>;
 }
 
 /// A definition as a store keeps it: its key and the YAML text it was compiled from.
@@ -131,6 +141,10 @@ pub struct Commit<'a> {
     pub version: u64,
     /// The earliest pending timer of the instance, if any.
     pub next_due: Option<DateTime<Utc>>,
+    /// The instance's business keys ([`BusinessKey`]) when this commit changed them (a start
+    /// that holds any, a call that set a key variable): the store replaces the keys it indexes
+    /// for the instance with these. `None`: they did not change.
+    pub keys: Option<&'a [BusinessKey]>,
 }
 
 impl Commit<'_> {
@@ -305,5 +319,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn reserve_ids(&self, count: u64) -> Result<u64, StoreError> {
         (**self).reserve_ids(count)
+    }
+
+    fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
+        (**self).by_key(key, value)
     }
 }

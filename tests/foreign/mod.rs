@@ -2,7 +2,7 @@
 //! hosts can bring their own. It keeps what a database would, as text: each instance's encoded
 //! state and one encoded batch of audit records per commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
@@ -22,6 +22,8 @@ struct Inner {
     defs: BTreeMap<DefKey, String>,
     rows: BTreeMap<u64, Row>,
     next_id: u64,
+    /// Business keys: (name, value) to the instances holding them.
+    keys: BTreeMap<(String, String), BTreeSet<u64>>,
 }
 
 #[derive(Debug)]
@@ -34,6 +36,7 @@ struct Row {
     next_due: Option<DateTime<Utc>>,
     state: String,
     batches: Vec<String>,
+    keys: Vec<(String, String)>,
 }
 
 fn decode(id: u64, row: &Row) -> Result<StoredInstance, StoreError> {
@@ -95,7 +98,8 @@ impl Store for TextStore {
         let id = commit.instance.id();
         let state = commit.instance.encode();
         let batch = Record::encode_batch(commit.records);
-        let mut inner = self.inner.lock().unwrap();
+        let mut guard = self.inner.lock().unwrap();
+        let inner = &mut *guard;
         let found = inner.rows.get(&id.get()).map(|r| r.version);
         if found != (commit.version > 0).then_some(commit.version) {
             return Err(StoreError::Conflict {
@@ -113,6 +117,7 @@ impl Store for TextStore {
             next_due: None,
             state: String::new(),
             batches: Vec::new(),
+            keys: Vec::new(),
         });
         row.version = commit.new_version();
         row.running = commit.instance.status() == Status::Running;
@@ -121,6 +126,20 @@ impl Store for TextStore {
         row.state = state;
         if !commit.records.is_empty() {
             row.batches.push(batch);
+        }
+        if let Some(keys) = commit.keys {
+            let new: Vec<(String, String)> = keys
+                .iter()
+                .map(|k| (k.name.clone(), k.value.clone()))
+                .collect();
+            for pair in std::mem::replace(&mut row.keys, new.clone()) {
+                if let Some(ids) = inner.keys.get_mut(&pair) {
+                    ids.remove(&id.get());
+                }
+            }
+            for pair in new {
+                inner.keys.entry(pair).or_default().insert(id.get());
+            }
         }
         Ok(())
     }
@@ -169,5 +188,16 @@ impl Store for TextStore {
         let first = inner.next_id.max(1);
         inner.next_id = first + count;
         Ok(first)
+    }
+
+    fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .keys
+            .get(&(key.to_owned(), value.to_owned()))
+            .into_iter()
+            .flatten()
+            .map(|id| InstanceId::new(*id))
+            .collect())
     }
 }

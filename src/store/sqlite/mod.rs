@@ -2,8 +2,8 @@
 //!
 //! Layout: one row per instance (its state as JSON, without the audit trail), one row per
 //! commit in `records` (the JSON array of the records the commit added), the definitions' YAML
-//! texts, and a counter for id blocks. `schema.rs` recognises and migrates the file; `write.rs`
-//! commits, alone or in groups.
+//! texts, a counter for id blocks, and the business keys each instance holds (`keys`).
+//! `schema.rs` recognises and migrates the file; `write.rs` commits, alone or in groups.
 
 mod file;
 mod schema;
@@ -682,6 +682,25 @@ impl Store for SqliteStore {
         tx.commit().map_err(|e| sql_err(path, e))?;
         // `first` is at least 1.
         Ok(first as u64)
+    }
+
+    fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
+        let path = &self.path;
+        self.read_with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT instance FROM keys WHERE name = ?1 AND value = ?2 ORDER BY instance",
+                )
+                .map_err(|e| sql_err(path, e))?;
+            let ids = stmt
+                .query_map((key, value), |row| row.get::<_, i64>(0))
+                .and_then(|rows| rows.collect::<Result<Vec<i64>, _>>())
+                .map_err(|e| sql_err(path, e))?;
+            Ok(ids
+                .into_iter()
+                .filter_map(|id| u64::try_from(id).ok().map(InstanceId::new))
+                .collect())
+        })
     }
 }
 

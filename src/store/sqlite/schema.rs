@@ -17,10 +17,10 @@ use serde::Deserialize;
 use super::file::{Files, stat, uri};
 use super::{due_millis, sql_err};
 use crate::model::Timer;
-use crate::store::StoreError;
+use crate::store::{BusinessKey, StoreError};
 
 /// The schema version this build writes and the newest it reads.
-pub(super) const SUPPORTED: u32 = 2;
+pub(super) const SUPPORTED: u32 = 3;
 
 /// Version 1, exactly as the first SQLite store created it (frozen in
 /// `tests/fixtures/schema-v1.sql`; a unit test keeps the two equal).
@@ -69,6 +69,20 @@ CREATE TABLE counters (
 );
 INSERT INTO counters (name, value) SELECT 'next_id', coalesce(max(id), 0) + 1 FROM instances;
 UPDATE meta SET value = 2 WHERE key = 'schema_version';
+";
+
+/// Version 3: the business keys each instance holds (see [`BusinessKey`]), by key and value for
+/// [`Store::by_key`](crate::Store::by_key) and by instance for the commits that replace them.
+/// Filled from the stored instances whose definition lists `keys:` ([`fill_keys`]).
+const V3: &str = "
+CREATE TABLE keys (
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    instance INTEGER NOT NULL,
+    PRIMARY KEY (name, value, instance)
+) WITHOUT ROWID;
+CREATE INDEX keys_instance ON keys (instance);
+UPDATE meta SET value = 3 WHERE key = 'schema_version';
 ";
 
 /// The page size of a new store: small pages keep the write per commit small (measured against
@@ -145,6 +159,8 @@ pub(super) fn initialize(conn: &mut Connection, path: &Path) -> Result<(), Store
     tx.execute_batch(V1).map_err(|e| sql_err(path, e))?;
     tx.execute_batch(V2).map_err(|e| sql_err(path, e))?;
     fill_next_due(&tx, path)?;
+    tx.execute_batch(V3).map_err(|e| sql_err(path, e))?;
+    fill_keys(&tx, path)?;
     stamp(&tx, path)?;
     tx.commit().map_err(|e| sql_err(path, e))?;
     wal(conn, path)
@@ -299,6 +315,10 @@ pub(super) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
         tx.execute_batch(V2).map_err(|e| sql_err(path, e))?;
         fill_next_due(&tx, path)?;
     }
+    if from < 3 {
+        tx.execute_batch(V3).map_err(|e| sql_err(path, e))?;
+        fill_keys(&tx, path)?;
+    }
     stamp(&tx, path)?;
     tx.commit().map_err(|e| sql_err(path, e))?;
     if !stamped {
@@ -442,6 +462,53 @@ fn fill_next_due(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             update
                 .execute((id, due_millis(at)))
                 .map_err(|e| sql_err(path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Version 2 kept no business keys: index them from the stored instances of every stored
+/// definition that lists `keys:`. A definition that no longer compiles, or a state that does
+/// not decode, contributes none (reading that instance reports it).
+fn fill_keys(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    #[derive(Deserialize)]
+    struct State {
+        #[serde(default)]
+        vars: crate::vars::Vars,
+    }
+    let defs: Vec<(String, i64, String)> = {
+        let mut stmt = conn
+            .prepare("SELECT id, version, text FROM definitions")
+            .map_err(|e| sql_err(path, e))?;
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| sql_err(path, e))?
+    };
+    let mut select = conn
+        .prepare("SELECT id, state FROM instances WHERE process = ?1 AND def_version = ?2")
+        .map_err(|e| sql_err(path, e))?;
+    let mut insert = conn
+        .prepare("INSERT OR IGNORE INTO keys (name, value, instance) VALUES (?1, ?2, ?3)")
+        .map_err(|e| sql_err(path, e))?;
+    for (id, version, text) in defs {
+        let Ok(def) = crate::def::ProcessDef::from_yaml(&text) else {
+            continue;
+        };
+        if def.keys().next().is_none() {
+            continue;
+        }
+        let mut rows = select.query((&id, version)).map_err(|e| sql_err(path, e))?;
+        while let Some(row) = rows.next().map_err(|e| sql_err(path, e))? {
+            let instance: i64 = row.get(0).map_err(|e| sql_err(path, e))?;
+            let state: String = row.get(1).map_err(|e| sql_err(path, e))?;
+            let Ok(State { vars }) = serde_json::from_str::<State>(&state) else {
+                continue;
+            };
+            for key in BusinessKey::of(def.keys(), &vars) {
+                insert
+                    .execute((&key.name, &key.value, instance))
+                    .map_err(|e| sql_err(path, e))?;
+            }
         }
     }
     Ok(())

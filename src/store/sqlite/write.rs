@@ -33,6 +33,8 @@ pub(super) struct Prepared {
     version: u64,
     new_version: i64,
     next_due: Option<i64>,
+    /// The instance's business keys (name, value), when the commit changed them.
+    keys: Option<Vec<(String, String)>>,
 }
 
 impl Prepared {
@@ -66,6 +68,11 @@ impl Prepared {
             version: commit.version,
             new_version,
             next_due: commit.next_due.map(due_millis),
+            keys: commit.keys.map(|keys| {
+                keys.iter()
+                    .map(|k| (k.name.clone(), k.value.clone()))
+                    .collect()
+            }),
         })
     }
 }
@@ -257,6 +264,18 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
         )
         .and_then(|mut s| s.execute(params![p.id, first, batch]))
         .map_err(sql)?;
+    }
+    if let Some(keys) = &p.keys {
+        conn.prepare_cached("DELETE FROM keys WHERE instance = ?1")
+            .and_then(|mut s| s.execute([p.id]))
+            .map_err(sql)?;
+        for (name, value) in keys {
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO keys (name, value, instance) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![name, value, p.id]))
+            .map_err(sql)?;
+        }
     }
     Ok(())
 }

@@ -1,0 +1,522 @@
+//! Business keys: the engine's index of the keys (`keys:`) its instances hold, kept as calls
+//! change them, and the queries across processes that read it ([`Engine::find_by_key`],
+//! [`Engine::history_by_key`]).
+//!
+//! **Invariant:** every instance the engine holds in a slot whose definition lists `keys:` is in
+//! the index under each key it holds, by the hash of (key name, canonical value), and under
+//! nothing else. It enters when it is put in a slot (a start that keeps it, an adoption from the
+//! store), moves when a committed call changed a key variable (`Step::note_keys`, called by every
+//! change that writes variables: completions, `Change::SetVars`, consumed triggers), and leaves
+//! with its slot. A definition without `keys:` never reaches this module.
+//!
+//! The index holds 64-bit hashes, not values: a query checks each candidate's variable, so a
+//! collision costs a look, never a wrong answer. It costs one `(hash, id)` pair, 16 bytes, per
+//! key per instance in a B-tree (about 30 bytes with the tree's slack, see README "Business
+//! keys"), in 64 shards so that starts on several threads seldom meet.
+
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::deploy::{Deployed, find};
+use super::step::Step;
+use super::{Engine, ExecError, SHARDS, Sla, lock};
+use crate::def::ProcessDef;
+use crate::ids::{DefKey, InstanceId};
+use crate::model::{Entry, Instance, Record, Status, TimerKind};
+use crate::store::BusinessKey;
+use crate::vars::{VarType, Vars};
+
+/// A business key's value as a query names it: text or an integer. Both render canonically
+/// (see [`BusinessKey::render`]): `KeyValue::from(1001)` and `KeyValue::from("1001")` name the
+/// same value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyValue {
+    /// A string value, e.g. `C-1001`.
+    Text(String),
+    /// An integer value.
+    Integer(i64),
+}
+
+impl KeyValue {
+    /// The value of a JSON string or integer; `None` for any other JSON value.
+    pub fn from_json(value: &serde_json::Value) -> Option<KeyValue> {
+        match value {
+            serde_json::Value::String(s) => Some(KeyValue::Text(s.clone())),
+            serde_json::Value::Number(n) => n.as_i64().map(KeyValue::Integer),
+            _ => None,
+        }
+    }
+
+    /// The canonical text: a string as it is, an integer in decimal digits.
+    pub fn render(&self) -> String {
+        match self {
+            KeyValue::Text(s) => s.clone(),
+            KeyValue::Integer(n) => n.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for KeyValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render())
+    }
+}
+
+impl From<&str> for KeyValue {
+    fn from(s: &str) -> KeyValue {
+        KeyValue::Text(s.to_owned())
+    }
+}
+
+impl From<String> for KeyValue {
+    fn from(s: String) -> KeyValue {
+        KeyValue::Text(s)
+    }
+}
+
+impl From<i64> for KeyValue {
+    fn from(n: i64) -> KeyValue {
+        KeyValue::Integer(n)
+    }
+}
+
+impl From<i32> for KeyValue {
+    fn from(n: i32) -> KeyValue {
+        KeyValue::Integer(n.into())
+    }
+}
+
+impl From<u32> for KeyValue {
+    fn from(n: u32) -> KeyValue {
+        KeyValue::Integer(n.into())
+    }
+}
+
+/// One instance holding a business key value, as [`Engine::find_by_key`] reports it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct KeyedInstance {
+    /// The instance.
+    pub id: InstanceId,
+    /// Its definition (id and version).
+    pub definition: DefKey,
+    /// Running, completed or cancelled.
+    pub status: Status,
+    /// The node ids of its open tasks, in the order they opened.
+    pub open_tasks: Vec<String>,
+    /// How it stands against its process-wide SLA while it runs (`None` when it has none, has
+    /// ended, or its definition is not deployed where it was read).
+    pub sla: Option<Sla>,
+    /// Whether its process-wide SLA deadline fired (running or ended).
+    pub sla_breached: bool,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// One line of a business key's history ([`Engine::history_by_key`]): an audit record of an
+/// instance holding the key value.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct KeyRecord {
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// The instance.
+    pub instance: InstanceId,
+    /// Its definition.
+    pub definition: DefKey,
+    /// What happened, as one line ([`Record::describe`]).
+    pub what: String,
+    /// The record itself.
+    pub record: Record,
+}
+
+/// One shard of the index: (hash of key and value, instance number) pairs, ordered.
+type KeyShard = Mutex<BTreeSet<(u64, u64)>>;
+
+/// The engine's index: (key, value) hashes to instance numbers, in 64 shards by hash.
+pub(crate) struct KeyIndex {
+    shards: Box<[KeyShard]>,
+}
+
+impl Default for KeyIndex {
+    fn default() -> KeyIndex {
+        KeyIndex {
+            shards: (0..SHARDS).map(|_| Mutex::new(BTreeSet::new())).collect(),
+        }
+    }
+}
+
+impl KeyIndex {
+    fn shard(&self, hash: u64) -> &KeyShard {
+        &self.shards[(hash >> 58) as usize % SHARDS]
+    }
+
+    fn insert(&self, hash: u64, id: u64) {
+        lock(self.shard(hash)).insert((hash, id));
+    }
+
+    fn remove(&self, hash: u64, id: u64) {
+        lock(self.shard(hash)).remove(&(hash, id));
+    }
+
+    fn ids(&self, hash: u64) -> Vec<u64> {
+        lock(self.shard(hash))
+            .range((hash, 0)..=(hash, u64::MAX))
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    #[cfg(debug_assertions)]
+    fn contains(&self, hash: u64, id: u64) -> bool {
+        lock(self.shard(hash)).contains(&(hash, id))
+    }
+}
+
+/// The index hash of key `name` with canonical value `value`.
+fn key_hash(name: &str, value: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    name.hash(&mut h);
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// The canonical value of variable `name`, if it holds one.
+fn value_of(vars: &Vars, name: &str) -> Option<String> {
+    BusinessKey::render(vars.get(name)?)
+}
+
+/// The key changes of one call: (index in the definition's `keys`, value before the call).
+pub(crate) type KeyNotes = Vec<(usize, Option<String>)>;
+
+impl Step<'_> {
+    /// Notes the business keys that `vars` is about to set, with their values before: call it
+    /// before merging `vars` into the instance's variables. Does nothing for a definition
+    /// without `keys:`.
+    pub(crate) fn note_keys(&mut self, vars: &Vars) {
+        let keys = &self.dep.def.keys;
+        if keys.is_empty() {
+            return;
+        }
+        for (i, name) in keys.iter().enumerate() {
+            if vars.contains_key(name) && !self.key_notes.iter().any(|(j, _)| *j == i) {
+                let before = value_of(&self.inst.vars, name);
+                self.key_notes.push((i, before));
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Puts a held instance of a keyed definition in the index.
+    pub(crate) fn index_keys(&self, inst: &Instance, def: &ProcessDef) {
+        for name in &def.keys {
+            if let Some(value) = value_of(&inst.vars, name) {
+                self.keys.insert(key_hash(name, &value), inst.id.0);
+            }
+        }
+    }
+
+    /// Takes an instance that leaves its slot out of the index.
+    pub(crate) fn unindex_keys(&self, inst: &Instance, def: &ProcessDef) {
+        for name in &def.keys {
+            if let Some(value) = value_of(&inst.vars, name) {
+                self.keys.remove(key_hash(name, &value), inst.id.0);
+            }
+        }
+    }
+
+    /// Moves a held instance in the index after a committed call changed its keys.
+    pub(crate) fn rekey(&self, inst: &Instance, def: &ProcessDef, notes: KeyNotes) {
+        for (i, before) in notes {
+            let Some(name) = def.keys.get(i) else {
+                continue;
+            };
+            let now = value_of(&inst.vars, name);
+            if now == before {
+                continue;
+            }
+            if let Some(v) = before {
+                self.keys.remove(key_hash(name, &v), inst.id.0);
+            }
+            if let Some(v) = now {
+                self.keys.insert(key_hash(name, &v), inst.id.0);
+            }
+        }
+    }
+
+    /// Checks (in debug builds) that a held instance is indexed under every key it holds: a
+    /// change that writes variables without `Step::note_keys` breaks it.
+    #[cfg(debug_assertions)]
+    pub(crate) fn check_indexed(&self, inst: &Instance, def: &ProcessDef) {
+        for name in &def.keys {
+            if let Some(value) = value_of(&inst.vars, name) {
+                debug_assert!(
+                    self.keys.contains(key_hash(name, &value), inst.id.0),
+                    "instance {} holds key {name} = {value} but is not indexed under it: a \
+                     change wrote variables without Step::note_keys",
+                    inst.id
+                );
+            }
+        }
+    }
+
+    /// The instances, running or ended, of any process, that hold business key `key` with
+    /// `value`: their status, open tasks, SLA and times, oldest first. With a store, the store's
+    /// index answers and the instances are read from it (not kept), so instances this engine
+    /// never held or let go are found, and changes other engines sharing the store made count;
+    /// without one, the engine's own index answers.
+    ///
+    /// # Errors
+    /// [`ExecError::UnknownKey`] when no deployed definition lists `key` under `keys:`;
+    /// [`ExecError::BadKeyValue`] when every definition declaring it declares an integer and
+    /// `value` is text that is not one; [`ExecError::Store`]; [`ExecError::Reentrant`] from a
+    /// handler or veto.
+    ///
+    /// Complexity: one index look-up (a store query), then one read per instance found (from
+    /// the store, with its audit trail).
+    ///
+    /// # Examples
+    /// See [`Engine::history_by_key`].
+    pub fn find_by_key(
+        &self,
+        key: &str,
+        value: impl Into<KeyValue>,
+    ) -> Result<Vec<KeyedInstance>, ExecError> {
+        self.not_busy()?;
+        let value = self.key_text(key, value.into())?;
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        self.holders(key, &value, |inst, dep, def| {
+            let sla = dep
+                .filter(|_| inst.status == Status::Running)
+                .and_then(|dep| {
+                    inst.timers
+                        .iter()
+                        .find(|t| t.sla && t.kind == TimerKind::Due)
+                        .map(|t| super::timers::sla(dep, t, inst.started_at, now))
+                });
+            out.push(keyed_view(inst, def, sla));
+        })?;
+        out.sort_by_key(|k| (k.started_at, k.id));
+        Ok(out)
+    }
+
+    /// A business key value's history, e.g. a customer's interactions across processes: every
+    /// audit record of every instance (running or ended, of any process) that holds `key` with
+    /// `value`, in time order (by instant, then instance, then the order the instance recorded
+    /// them). Each line names its instance and definition and says what happened
+    /// ([`Record::describe`]).
+    ///
+    /// # Errors
+    /// As [`Engine::find_by_key`].
+    ///
+    /// # Examples
+    /// ```
+    /// use procflow::{Engine, ProcessDef, Vars};
+    /// use serde_json::json;
+    ///
+    /// let engine = Engine::new();
+    /// engine.deploy(ProcessDef::from_yaml(r#"
+    /// id: hello
+    /// version: 1
+    /// name: Hello
+    /// roles: { clerk: { name: Clerk } }
+    /// keys: [customer_id]
+    /// variables: { customer_id: { type: string } }
+    /// nodes:
+    ///   start: { kind: start, next: greet }
+    ///   greet: { kind: user_task, name: Greet, raci: { responsible: [clerk], accountable: clerk }, next: end }
+    ///   end: { kind: end }
+    /// "#)?)?;
+    /// let vars: Vars = [("customer_id".to_owned(), json!("C-1001"))].into_iter().collect();
+    /// let id = engine.start("hello", vars)?;
+    ///
+    /// let found = engine.find_by_key("customer_id", "C-1001")?;
+    /// assert_eq!(found[0].id, id);
+    /// assert_eq!(found[0].open_tasks, ["greet"]);
+    /// for line in engine.history_by_key("customer_id", "C-1001")? {
+    ///     println!("{} {} {}: {}", line.at, line.instance, line.definition, line.what);
+    /// }
+    /// assert!(engine.find_by_key("customer_id", "C-9999")?.is_empty());
+    /// assert!(engine.find_by_key("order_id", "O-1").is_err()); // no definition lists it
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn history_by_key(
+        &self,
+        key: &str,
+        value: impl Into<KeyValue>,
+    ) -> Result<Vec<KeyRecord>, ExecError> {
+        self.not_busy()?;
+        let value = self.key_text(key, value.into())?;
+        let mut out = Vec::new();
+        self.holders(key, &value, |inst, _, def| key_records(inst, def, &mut out))?;
+        sort_history(&mut out);
+        Ok(out)
+    }
+
+    /// Checks `key` names a business key of a deployed definition and gives `value`'s
+    /// canonical text.
+    fn key_text(&self, key: &str, value: KeyValue) -> Result<String, ExecError> {
+        let mut types = key_types(&self.defs.load(), key);
+        if types.is_empty() && self.store.is_some() {
+            // Another engine sharing the store may have deployed it.
+            self.load_definitions()?;
+            types = key_types(&self.defs.load(), key);
+        }
+        if types.is_empty() {
+            return Err(ExecError::UnknownKey {
+                key: key.to_owned(),
+            });
+        }
+        match value {
+            KeyValue::Integer(n) => Ok(n.to_string()),
+            KeyValue::Text(text) if types.iter().all(|t| *t == VarType::Integer) => {
+                match text.trim().parse::<i64>() {
+                    Ok(n) => Ok(n.to_string()),
+                    Err(_) => Err(ExecError::BadKeyValue {
+                        key: key.to_owned(),
+                        value: text,
+                        expected: "an integer",
+                    }),
+                }
+            }
+            KeyValue::Text(text) => Ok(text),
+        }
+    }
+
+    /// Calls `f` on every instance holding `key` = `value`, once each, with its deployed
+    /// definition when there is one. With a store, the store answers, and each instance is read
+    /// from it (not kept): the store holds every commit, also those of other engines sharing it,
+    /// which a copy this engine holds may not have seen yet. Without one, the engine's index
+    /// answers, and each instance is read under its lock.
+    fn holders(
+        &self,
+        key: &str,
+        value: &str,
+        mut f: impl FnMut(&Instance, Option<&Deployed>, Option<&ProcessDef>),
+    ) -> Result<(), ExecError> {
+        let holds = |inst: &Instance, def: Option<&ProcessDef>| {
+            def.is_none_or(|d| d.keys.iter().any(|k| k == key))
+                && value_of(&inst.vars, key).as_deref() == Some(value)
+        };
+        if let Some(store) = &self.store {
+            for id in store.by_key(key, value)? {
+                let Some(stored) = store.read(id)? else {
+                    continue;
+                };
+                let inst = stored.instance;
+                let dep: Option<Arc<Deployed>> = inst.def.as_deref().and_then(|k| {
+                    find(&self.defs.load(), &k.id, Some(k.version))
+                        .ok()
+                        .cloned()
+                });
+                let def = dep.as_ref().map(|d| &*d.def);
+                if holds(&inst, def) {
+                    f(&inst, dep.as_deref(), def);
+                }
+            }
+            return Ok(());
+        }
+        let mut ids = self.keys.ids(key_hash(key, value));
+        ids.sort_unstable();
+        for n in ids {
+            let Some(slot) = lock(self.shard(InstanceId(n))).get(&n).cloned() else {
+                continue;
+            };
+            let slot = lock(&slot);
+            if !slot.is_retired() && holds(&slot.inst, Some(&slot.dep.def)) {
+                f(&slot.inst, Some(&slot.dep), Some(&slot.dep.def));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The types the deployed definitions listing `key` under `keys:` declare it with.
+fn key_types(catalog: &super::deploy::Catalog, key: &str) -> Vec<VarType> {
+    catalog
+        .values()
+        .flat_map(|versions| versions.values())
+        .filter(|d| d.def.keys.iter().any(|k| k == key))
+        .filter_map(|d| d.def.vars.get(key).map(|spec| spec.ty))
+        .collect()
+}
+
+/// An instance as a key query reports it; `def` names its open tasks (by node number without
+/// it).
+pub(crate) fn keyed_view(
+    inst: &Instance,
+    def: Option<&ProcessDef>,
+    sla: Option<Sla>,
+) -> KeyedInstance {
+    let node = |t: &crate::model::Task| match def.and_then(|d| d.try_node(t.node)) {
+        Some(n) => n.id().to_owned(),
+        None => format!("#{}", t.node.index()),
+    };
+    let breached = inst
+        .timers
+        .iter()
+        .any(|t| t.sla && t.kind == TimerKind::Due && t.fired)
+        || inst.audit.iter().any(|r| {
+            matches!(
+                r.what,
+                Entry::Timer {
+                    kind: TimerKind::Due,
+                    sla: true,
+                    ..
+                }
+            )
+        });
+    KeyedInstance {
+        id: inst.id,
+        definition: inst.def.as_deref().cloned().unwrap_or_default(),
+        status: inst.status,
+        open_tasks: inst
+            .tasks
+            .iter()
+            .filter(|t| t.is_open())
+            .map(node)
+            .collect(),
+        sla,
+        sla_breached: breached,
+        started_at: inst.started_at,
+        ended_at: inst.ended_at,
+    }
+}
+
+/// Appends the history lines of one instance.
+pub(crate) fn key_records(inst: &Instance, def: Option<&ProcessDef>, out: &mut Vec<KeyRecord>) {
+    let definition = inst.def.as_deref().cloned().unwrap_or_default();
+    for record in &inst.audit {
+        out.push(KeyRecord {
+            at: record.at,
+            instance: inst.id,
+            definition: definition.clone(),
+            what: match def {
+                // Without the instant `describe` starts with.
+                Some(def) => {
+                    let line = record.describe(def);
+                    match line.split_once(' ') {
+                        Some((_, what)) => what.to_owned(),
+                        None => line,
+                    }
+                }
+                None => format!("{:?}", record.what),
+            },
+            record: record.clone(),
+        });
+    }
+}
+
+/// Puts history lines in time order: by instant, then instance (the stable sort keeps each
+/// instance's own order).
+pub(crate) fn sort_history(lines: &mut [KeyRecord]) {
+    lines.sort_by_key(|l| (l.at, l.instance));
+}
