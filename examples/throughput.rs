@@ -54,11 +54,11 @@ use std::time::{Duration, Instant};
 
 use std::path::{Path, PathBuf};
 
-use procflow::{Durability, Engine, ProcessDef, SqliteStore, Vars};
+use procflow::{Actor, Durability, Engine, Organisation, ProcessDef, SqliteStore, Vars};
 
 use common::*;
 
-const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|waiting-keys|correlate \
+const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|waiting-keys|correlate|worklist \
 [--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH] \
 [--durability process|full] [--commit group|single] [--lines N]";
 
@@ -189,6 +189,7 @@ fn main() -> ExitCode {
             });
         }
         "waiting-lines" => waiting_lines(&args),
+        "worklist" => worklist(&args),
         "waiting-keys" => waiting_keys(&args),
         "correlate" => correlate(&args),
         "reopen" => {
@@ -433,6 +434,59 @@ fn waiting_lines(args: &Args) {
         (multi - plain) / n as f64,
         proc_status_kb("VmHWM"),
         args.audit,
+    );
+}
+
+/// Issue 14: `work_list` for one person over `args.instances` waiting instances, each at a task
+/// for the network operations of its local network (489 networks, 10,000 people): first the
+/// scan of an engine without an organisation, then the index of an engine with one.
+fn worklist(args: &Args) {
+    let def = scoped_def().replace("    skills: [fiber_splicing]\n", "");
+    let start_all = |engine: &Engine| {
+        for i in 0..args.instances {
+            let mut vars = Vars::new();
+            vars.insert(
+                "local_network".into(),
+                serde_json::json!(format!("net{}", i % 489)),
+            );
+            engine.start(SCOPED, vars).expect("starts");
+        }
+    };
+    // The median of a few calls, in milliseconds, and the list's length.
+    let time = |engine: &Engine, actor: &Actor| {
+        let mut ms = Vec::new();
+        let mut len = 0;
+        for _ in 0..5 {
+            let t = Instant::now();
+            len = engine.work_list(actor).len();
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        ms.sort_by(f64::total_cmp);
+        (ms[ms.len() / 2], len)
+    };
+    let scan = {
+        let engine = engine_with([parse(&def)], args.audit);
+        start_all(&engine);
+        // Someone with no task among them: the scan visits every instance and keeps none.
+        let idle = time(&engine, &Actor::new("cs", ["customer_service"]));
+        let ops = time(&engine, &Actor::new("p7", ["network_ops"]));
+        (idle, ops)
+    };
+    let org = Organisation::from_yaml(&org_yaml(489, 10_000)).expect("the organisation loads");
+    let engine = Engine::builder().organisation(org).build();
+    engine.deploy(parse(&def)).expect("deploys");
+    let t = Instant::now();
+    start_all(&engine);
+    let start_ns = t.elapsed().as_secs_f64() * 1e9 / args.instances as f64;
+    let (indexed_ms, indexed_len) = time(&engine, &Actor::new("p7", [""; 0]));
+    let (idle_ms, _) = time(&engine, &Actor::new("cs", ["customer_service"]));
+    println!(
+        "workload=worklist instances={} scan_idle_ms={:.2} scan_ops_ms={:.2} scan_ops_tasks={} indexed_ms={indexed_ms:.3} indexed_tasks={indexed_len} indexed_idle_ms={idle_ms:.3} start_ns_with_org={start_ns:.0} peak_rss_kb={}",
+        args.instances,
+        scan.0.0,
+        scan.1.0,
+        scan.1.1,
+        proc_status_kb("VmHWM"),
     );
 }
 

@@ -72,6 +72,7 @@ mod exec;
 mod hooks;
 mod ids;
 mod model;
+mod org;
 mod raci;
 #[cfg(feature = "report")]
 mod report;
@@ -101,7 +102,8 @@ pub use model::{
     Task, TaskState, Timer, TimerKind, Token, TokenState,
 };
 pub use model::{Delivered, ParkedMessage, Received};
-pub use raci::{Action, Actor, Authorizer, Raci};
+pub use org::{Allocation, Organisation, Person, Unit, is_organisation};
+pub use raci::{Action, Actor, AuthContext, Authorizer, Raci};
 #[cfg(feature = "report")]
 pub use report::{
     ActorFigures, Durations, HeatMetric, KeyFigures, KeyHistory, NodeFigures, ProcessFigures,

@@ -7,7 +7,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ActorId, RoleId};
+use crate::ids::{ActorId, InstanceId, RoleId, TaskId};
+use crate::vars::Vars;
 
 /// A person or system acting on tasks: an id and the roles it holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +51,9 @@ pub struct Raci {
     pub(crate) accountable: RoleId,
     pub(crate) consulted: Vec<RoleId>,
     pub(crate) informed: Vec<RoleId>,
+    /// Scoped role references (`network_ops@local_network`): the role and the variable naming
+    /// the unit it must be held in. Empty for most tasks.
+    pub(crate) scopes: Vec<(RoleId, String)>,
 }
 
 impl Raci {
@@ -71,6 +75,48 @@ impl Raci {
     /// Roles told when the task completes.
     pub fn informed(&self) -> &[RoleId] {
         &self.informed
+    }
+
+    /// The variable naming the unit `role` is scoped to on this task
+    /// (`network_ops@local_network` gives `local_network`), if the reference is scoped.
+    pub fn scope_of(&self, role: &RoleId) -> Option<&str> {
+        self.scopes
+            .iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What an [`Authorizer`] sees of the call besides the role and the actor: the task, its
+/// instance and variables, and the unit the role reference is scoped to.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct AuthContext<'a> {
+    /// The instance.
+    pub instance: InstanceId,
+    /// The task.
+    pub task: TaskId,
+    /// The task's node id.
+    pub node: &'a str,
+    /// The instance's variables.
+    pub vars: &'a Vars,
+    /// The unit the role must be held in (or below), when the task's reference to the role is
+    /// scoped (`network_ops@local_network`: the value of `local_network`; after an escalation
+    /// `role@up`: its parent unit). A scoped reference whose variable is unset or not a string
+    /// gives `Some("")`, a unit nobody belongs to.
+    pub unit: Option<&'a str>,
+}
+
+impl<'a> AuthContext<'a> {
+    /// A context for `task` at `node` with `vars` and no scope.
+    pub fn new(task: TaskId, node: &'a str, vars: &'a Vars) -> AuthContext<'a> {
+        AuthContext {
+            instance: task.instance,
+            task,
+            node,
+            vars,
+            unit: None,
+        }
     }
 }
 
@@ -119,6 +165,15 @@ pub(crate) enum Grant {
 pub trait Authorizer: Send + Sync {
     /// Whether `actor` acts in `role`.
     fn holds(&self, role: &RoleId, actor: &Actor) -> bool;
+
+    /// Whether `actor` acts in `role` on the task and instance of `cx`. The engine asks this
+    /// for every task action; the default is [`Authorizer::holds`], which ignores the context
+    /// (and so the unit of a scoped reference: an authorizer without an organisation counts a
+    /// role as held in every unit). An [`Organisation`](crate::Organisation) checks the unit.
+    fn allows(&self, role: &RoleId, actor: &Actor, cx: &AuthContext<'_>) -> bool {
+        let _ = cx;
+        self.holds(role, actor)
+    }
 }
 
 impl<F> Authorizer for F
@@ -135,23 +190,24 @@ pub(crate) fn by_actor_roles(role: &RoleId, actor: &Actor) -> bool {
     actor.has_role(role)
 }
 
-/// Checks `action` by `actor` on a task with `raci`, claimed by `claimant` if any.
+/// Checks `action` by `actor` on a task with `raci`, claimed by `claimant` if any; role
+/// membership is decided by `holds` (which sees the call's context: instance, task, scope).
 ///
 /// # Errors
 /// The roles that would have been allowed, when the actor is not.
-pub(crate) fn check(
-    auth: &dyn Authorizer,
+pub(crate) fn check_with(
+    holds: &dyn Fn(&RoleId) -> bool,
     raci: &Raci,
     action: Action,
     actor: &Actor,
     claimant: Option<&str>,
     escalated_to: Option<&RoleId>,
 ) -> Result<Grant, Vec<RoleId>> {
-    let holds_any = |roles: &[RoleId]| roles.iter().any(|r| auth.holds(r, actor));
-    let accountable = auth.holds(&raci.accountable, actor);
+    let holds_any = |roles: &[RoleId]| roles.iter().any(holds);
+    let accountable = holds(&raci.accountable);
     // A task an escalation gave to a role is that role's work, no longer its responsible roles'.
     let responsible = match escalated_to {
-        Some(role) => auth.holds(role, actor),
+        Some(role) => holds(role),
         None => holds_any(&raci.responsible),
     };
     match action {

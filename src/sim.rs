@@ -43,6 +43,11 @@ impl std::fmt::Debug for Scenario {
 #[serde(deny_unknown_fields)]
 struct RawScenario {
     name: String,
+    /// An organisation file, relative to the definition's folder: the engine runs with it
+    /// (people's roles, units and skills; `allocate:`), and actors it knows need not be listed
+    /// under `actors`.
+    #[serde(default)]
+    organisation: Option<String>,
     #[serde(default)]
     actors: IndexMap<String, Vec<String>>,
     #[serde(default)]
@@ -188,6 +193,9 @@ enum RawStep {
         /// Per sub-process node: how many times its scope completed (`Entry::ScopeCompleted`).
         #[serde(default)]
         scopes: Option<IndexMap<String, usize>>,
+        /// Per open task node: who holds its claim (`~` for nobody).
+        #[serde(default)]
+        claimed: Option<IndexMap<String, Option<String>>>,
         /// A business key value (`{ customer_id: C-1 }`) to look up across the scenario's
         /// instances ([`Engine::find_by_key`]); `instances` says how many must hold it.
         #[serde(default)]
@@ -246,7 +254,9 @@ impl Outcome {
             Err(
                 ExecError::Denied { .. }
                 | ExecError::AlreadyClaimed { .. }
-                | ExecError::CancelDenied { .. },
+                | ExecError::CancelDenied { .. }
+                | ExecError::ReassignRefused { .. }
+                | ExecError::LacksSkills { .. },
             ) => Ok(Outcome::Denied),
             Err(ExecError::Incident { .. } | ExecError::Hook { .. }) => Ok(Outcome::Failed),
             Err(ExecError::Variables { .. }) => Ok(Outcome::Invalid),
@@ -387,6 +397,15 @@ impl Scenario {
                 );
             }
         }
+        if let Some(file) = &self.raw.organisation {
+            let base = def.file().and_then(Path::parent).unwrap_or(Path::new("."));
+            let org =
+                crate::org::Organisation::from_file(base.join(file)).map_err(|e| DeployError {
+                    key: def.key().clone(),
+                    problems: vec![crate::exec::DeployProblem::Organisation(e)],
+                })?;
+            builder.organisation(org);
+        }
         let engine = builder.build();
         let process = engine.deploy(def)?.key().id.clone();
         let mut report = SimReport::default();
@@ -411,11 +430,12 @@ impl Scenario {
     }
 
     fn actor(&self, id: &str) -> Result<Actor, String> {
-        let roles = self
-            .raw
-            .actors
-            .get(id)
-            .ok_or_else(|| format!("unknown actor '{id}' (list it under actors)"))?;
+        let roles = match self.raw.actors.get(id) {
+            Some(roles) => roles,
+            // With an organisation, its people act with the roles it gives them.
+            None if self.raw.organisation.is_some() => return Ok(Actor::new(id, [""; 0])),
+            None => return Err(format!("unknown actor '{id}' (list it under actors)")),
+        };
         Ok(Actor::new(id, roles.iter().cloned()))
     }
 
@@ -634,6 +654,7 @@ impl Scenario {
                 items,
                 kept,
                 scopes,
+                claimed,
                 key,
                 instances,
             } => {
@@ -687,6 +708,21 @@ impl Scenario {
                     want.sort();
                     if open != want {
                         return Err(format!("expected open tasks {want:?}, found {open:?}"));
+                    }
+                }
+                if let Some(want) = claimed {
+                    let tasks = engine.tasks(id).map_err(|e| e.to_string())?;
+                    for (node, who) in want {
+                        let t = tasks
+                            .iter()
+                            .find(|t| &*t.node_id == node.as_str())
+                            .ok_or_else(|| format!("claimed: no open task at '{node}'"))?;
+                        let found = t.claimed_by.as_ref().map(|a| a.as_str().to_owned());
+                        if found != *who {
+                            return Err(format!(
+                                "expected '{node}' claimed by {who:?}, found {found:?}"
+                            ));
+                        }
                     }
                 }
                 if let Some(want) = kept {

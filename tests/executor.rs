@@ -242,7 +242,8 @@ enum Outcome {
 fn expected(action: Action, who: Who, claimed_by_other: bool) -> Outcome {
     use Outcome::*;
     match action {
-        Action::Claim if claimed_by_other => AlreadyClaimed,
+        // Issue 14: an actor without R is refused (and audited) for the role, claim or not.
+        Action::Claim if claimed_by_other && who == Who::R => AlreadyClaimed,
         Action::Claim if who == Who::R => Allowed,
         Action::Claim => Denied(&["r"]),
         Action::Complete if who == Who::A => Allowed,
@@ -413,26 +414,26 @@ fn reassign_to_an_actor_without_a_responsible_role_is_denied() {
     let task = task_at(&engine, id, "work");
     let before = engine.instance(id).unwrap();
     let result = engine.reassign(task, &Actor::new("boss", ["a"]), &Actor::new("carl", ["c"]));
+    // Issue 14: the refusal is the accountable's refused reassign, naming who attempted it,
+    // not carl's failed claim.
     assert_eq!(
         result,
-        Err(ExecError::Denied {
-            actor: "carl".into(),
-            action: Action::Claim,
+        Err(ExecError::ReassignRefused {
+            by: "boss".into(),
+            to: "carl".into(),
             task,
             node: node_ref(&engine, id, "work"),
             allowed: roles(&["r"]),
-            claimed_by: None,
         })
     );
     let after = engine.instance(id).unwrap();
     assert_only_audit_added(
         &before,
         &after,
-        &[Entry::Denied {
+        &[Entry::ReassignRefused {
             task: task.seq(),
-            actor: "carl".into(),
-            action: Action::Claim,
-            allowed: roles(&["r"]).into(),
+            by: "boss".into(),
+            to: "carl".into(),
         }],
     );
 }

@@ -531,3 +531,61 @@ pub(crate) fn count_steps(
         count(|e| matches!(e, Entry::ItemCompleted { .. })),
     )
 }
+
+/// The process id of [`scoped_def`].
+pub(crate) const SCOPED: &str = "scoped-repair";
+
+/// A repair task for the network operations of the instance's local network, with a skill
+/// (issue 14): every organisation check on the way.
+pub(crate) fn scoped_def() -> String {
+    r#"
+id: scoped-repair
+version: 1
+name: Scoped repair
+roles: { network_ops: { name: Network ops }, customer_service: { name: CS } }
+variables: { local_network: { type: string } }
+nodes:
+  start: { kind: start, next: repair }
+  repair:
+    kind: user_task
+    name: Repair
+    raci: { responsible: [network_ops@local_network], accountable: customer_service }
+    skills: [fiber_splicing]
+    next: done
+  done: { kind: end }
+"#
+    .to_owned()
+}
+
+/// An organisation of `people` people in `networks` local networks (under provinces of up to 50
+/// networks, under one headquarters); person `pN` holds network_ops, with fibre splicing, in
+/// network `netN % networks`. With 489 networks the tree has 500 units (1 + 10 + 489).
+pub(crate) fn org_yaml(networks: usize, people: usize) -> String {
+    let provinces = networks.div_ceil(49).max(1);
+    let mut y = String::from(
+        "organisation: big\nlevels: [headquarters, province, local_network]\nunits:\n  hq: { name: HQ, level: headquarters }\n",
+    );
+    for p in 0..provinces {
+        let _ = writeln!(
+            y,
+            "  prov{p}: {{ name: P{p}, level: province, parent: hq }}"
+        );
+    }
+    for n in 0..networks {
+        let _ = writeln!(
+            y,
+            "  net{n}: {{ name: N{n}, level: local_network, parent: prov{} }}",
+            n % provinces
+        );
+    }
+    y.push_str("roles: { network_ops: { name: NO }, customer_service: { name: CS } }\n");
+    y.push_str("skills: { fiber_splicing: { name: FS } }\npeople:\n");
+    for i in 0..people {
+        let _ = writeln!(
+            y,
+            "  p{i}: {{ name: P{i}, skills: [fiber_splicing], posts: [{{ unit: net{}, roles: [network_ops] }}] }}",
+            i % networks
+        );
+    }
+    y
+}

@@ -6,12 +6,14 @@ use std::process::ExitCode;
 use std::path::Path;
 
 use procflow::{
-    BusinessCalendar, DurationSpec, HeatMetric, ProcessDef, Report, ReportOptions, Scenario, Store,
-    StoreError,
+    BusinessCalendar, DurationSpec, HeatMetric, Organisation, ProcessDef, Report, ReportOptions,
+    Scenario, Store, StoreError,
 };
 
 const USAGE: &str = "usage:
-  procflow validate FILE...
+  procflow validate [--org ORGANISATION] FILE...
+                  an organisation file (its top level names `organisation:`) is validated as
+                  one; definitions are then also checked against every organisation given
   procflow graph FILE [--format mermaid|dot]
   procflow simulate FILE --scenario SCENARIO [--calendar CALENDAR]
   procflow calendar CALENDAR --add DURATION --from INSTANT
@@ -43,11 +45,55 @@ fn main() -> ExitCode {
     }
 }
 
-fn validate(files: &[String]) -> Result<ExitCode, String> {
+fn validate(args: &[String]) -> Result<ExitCode, String> {
     let mut failed = false;
-    for file in files {
+    let mut orgs: Vec<(String, Organisation)> = Vec::new();
+    let mut defs: Vec<&String> = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let (file, forced) = if arg == "--org" {
+            (args.next().ok_or("--org needs a file")?, true)
+        } else {
+            (arg, false)
+        };
+        let is_org =
+            forced || std::fs::read_to_string(file).is_ok_and(|t| procflow::is_organisation(&t));
+        if !is_org {
+            defs.push(file);
+            continue;
+        }
+        match Organisation::from_file(file) {
+            Ok(org) => {
+                println!(
+                    "{file}: ok (organisation {}, {} units, {} people)",
+                    org.id(),
+                    org.units().len(),
+                    org.people().len()
+                );
+                orgs.push((file.clone(), org));
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("{e}");
+            }
+        }
+    }
+    for file in defs {
         match ProcessDef::from_file(file) {
-            Ok(def) => println!("{file}: ok ({}, {} nodes)", def.key(), def.nodes().count()),
+            Ok(def) => {
+                let mut fits = true;
+                for (org_file, org) in &orgs {
+                    if let Err(e) = def.check_organisation(org) {
+                        fits = false;
+                        eprintln!("{e}\n  (against organisation {org_file})");
+                    }
+                }
+                if fits {
+                    println!("{file}: ok ({}, {} nodes)", def.key(), def.nodes().count());
+                } else {
+                    failed = true;
+                }
+            }
             Err(e) => {
                 failed = true;
                 eprintln!("{e}");

@@ -66,6 +66,8 @@ pub struct ProcessDef {
     /// The embedded sub-processes (see `scope.rs`): empty for most definitions, and then the run
     /// loop never looks.
     pub(crate) scopes: Vec<scope::Scope>,
+    /// Whether any user task has `allocate:`: when none has, opening a task never looks.
+    pub(crate) allocating: bool,
     /// The root CEL scope; building one costs tens of microseconds, so it is built once here.
     pub(crate) cel: cel::Context<'static, 'static>,
     /// Whether any sub-process has `for_each` (see `exec/runs.rs`): when none has, the run loop
@@ -128,6 +130,9 @@ pub struct Node {
     pub(crate) looping: Option<Box<multi::Looping>>,
     /// The embedded sub-process whose scope this node is in (`None` at the top level).
     pub(crate) parent: Option<NodeId>,
+    /// A user task's required skills and allocation rule (`skills:`, `allocate:`), when it has
+    /// either.
+    pub(crate) org: Option<Box<crate::org::TaskOrg>>,
 }
 
 /// What a node does when a token reaches it.
@@ -319,6 +324,16 @@ impl Node {
     /// The embedded sub-process whose scope this node is in, if any.
     pub fn parent(&self) -> Option<NodeId> {
         self.parent
+    }
+
+    /// The skills a user task's performer needs (`skills:`), in YAML order.
+    pub fn skills(&self) -> &[String] {
+        self.org.as_deref().map_or(&[], |o| &o.skills[..])
+    }
+
+    /// How a user task is allocated when it opens (`allocate:`), if it is.
+    pub fn allocation(&self) -> Option<crate::org::Allocation> {
+        self.org.as_deref().and_then(|o| o.allocate)
     }
 
     /// The outgoing flows, in YAML order.
@@ -582,6 +597,61 @@ impl ProcessDef {
             }
         }
         out
+    }
+
+    /// Checks the definition against an organisation: every role of its catalogue and every
+    /// skill its tasks require must be the organisation's.
+    ///
+    /// # Errors
+    /// Every role and skill the organisation does not declare, located in the definition's
+    /// text.
+    pub fn check_organisation(&self, org: &crate::org::Organisation) -> Result<(), LoadError> {
+        let mut problems = Vec::new();
+        // The compiled definition keeps no locations for roles and skills: read them again
+        // from its text (which compiled, so it parses).
+        let raw = crate::cond::on_loader_stack(|| raw::parse(&self.text).ok());
+        let Ok(Some(raw)) = raw else {
+            return Ok(());
+        };
+        for (role, _) in &raw.roles.0 {
+            if !org.has_role(&role.value) {
+                problems.push(Problem {
+                    location: Some(role.loc),
+                    path: format!("roles.{}", role.value),
+                    kind: ProblemKind::RoleNotInOrganisation(role.value.clone()),
+                });
+            }
+        }
+        fn skills(
+            nodes: &raw::Entries<raw::RawNode>,
+            prefix: &str,
+            org: &crate::org::Organisation,
+            problems: &mut Vec<Problem>,
+        ) {
+            for (id, node) in &nodes.0 {
+                let path = format!("{prefix}{}", id.value);
+                if let Some(s) = &node.value.skills {
+                    for (name, loc) in s.value.located(s.loc) {
+                        if !org.has_skill(name) {
+                            problems.push(Problem {
+                                location: Some(loc),
+                                path: format!("nodes.{path}.skills"),
+                                kind: ProblemKind::UnknownSkill(name.to_owned()),
+                            });
+                        }
+                    }
+                }
+                if let Some(inner) = &node.value.nodes {
+                    skills(&inner.value, &format!("{path}."), org, problems);
+                }
+            }
+        }
+        skills(&raw.nodes, "", org, &mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(LoadError::new(self.file.clone(), problems))
+        }
     }
 
     /// The graph as a Mermaid flowchart.

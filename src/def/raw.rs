@@ -186,6 +186,12 @@ pub(crate) struct RawNode {
     /// An embedded sub-process's local variables.
     #[serde(default)]
     pub(crate) variables: Option<At<Entries<RawVar>>>,
+    /// A user task's required skills (see `org`).
+    #[serde(default)]
+    pub(crate) skills: Option<At<Names>>,
+    /// A user task's automatic allocation: `round_robin` or `shortest_queue` (see `org`).
+    #[serde(default)]
+    pub(crate) allocate: Option<At<String>>,
 }
 
 /// `for_each: { in, as, parallel, output, collect, complete_when }`.

@@ -205,6 +205,8 @@ pub(crate) struct Escalate {
     pub(crate) after: Span,
     pub(crate) action: Ladder,
     pub(crate) to: RoleId,
+    /// `reassign` to `role@up`: the role held in the unit above the task's scope.
+    pub(crate) up: bool,
 }
 
 /// The time limits of one user task, or of the whole process (the SLA).
@@ -431,7 +433,20 @@ impl TimeCx<'_> {
                 self.add(e.after.loc, &path, ProblemKind::NeedsDue("escalate"));
             }
             let after = self.span(&e.after, &format!("{path}.after"));
+            // `role@up` (reassign only): the same scope one level up.
+            let up_name = e.to.as_ref().and_then(|t| t.value.strip_suffix("@up"));
+            let up = up_name.is_some();
+            if up && e.action.value != RawAction::Reassign {
+                self.add(
+                    e.action.loc,
+                    &path,
+                    ProblemKind::EscalationShape("'role@up' is for 'reassign' levels"),
+                );
+            }
             let to = match &e.to {
+                Some(to) if up => {
+                    self.role(up_name.unwrap_or_default(), to.loc, &format!("{path}.to"))
+                }
                 Some(to) => self.role(&to.value, to.loc, &format!("{path}.to")),
                 None if e.action.value == RawAction::Reassign => {
                     self.add(
@@ -518,7 +533,12 @@ impl TimeCx<'_> {
                 }
             }
             if let (Some(after), Some(action), Some(to)) = (after, action, to) {
-                escalate.push(Escalate { after, action, to });
+                escalate.push(Escalate {
+                    after,
+                    action,
+                    to,
+                    up,
+                });
             }
         }
         Limits {

@@ -409,6 +409,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         .first()
         .and_then(|s| super::messages::start_message(flat[s.index()].node));
     let correlated = super::messages::correlated(&compiled, &messages);
+    let allocating = compiled.iter().any(|n| n.allocation().is_some());
 
     if !report.0.is_empty() {
         return Err(report.0);
@@ -440,6 +441,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         milestones,
         multi_scopes: scopes.iter().any(|s| s.multi),
         scopes,
+        allocating,
         cel: cel::Context::default(),
         sends,
         start_message,
@@ -623,6 +625,7 @@ impl NodeCx<'_> {
             race: None,
             looping: super::multi::compile(self.id, raw, self.vars, &mut report.0),
             parent: None,
+            org: None,
         };
 
         let not_allowed = |key: &'static str, loc: Option<Location>, report: &mut Report| {
@@ -639,6 +642,8 @@ impl NodeCx<'_> {
         };
         if kind != RawKind::UserTask {
             not_allowed("raci", raw.raci.as_ref().map(|a| a.loc), report);
+            not_allowed("skills", raw.skills.as_ref().map(|a| a.loc), report);
+            not_allowed("allocate", raw.allocate.as_ref().map(|a| a.loc), report);
         }
         if kind != RawKind::ServiceTask {
             not_allowed("handler", raw.handler.as_ref().map(|a| a.loc), report);
@@ -756,6 +761,7 @@ impl NodeCx<'_> {
                     RawKind::UserTask => {
                         let raci = self.raci(raw.raci.as_ref(), report);
                         node.limits = self.limits(raw, &raci, &mut node.next, report);
+                        node.org = self.task_org(raw, &raci, node.limits.as_deref(), report);
                         node.boundary = self.boundaries(raw, &mut node.next, report);
                         Behaviour::UserTask(raci)
                     }
@@ -938,12 +944,14 @@ impl NodeCx<'_> {
             accountable: RoleId(String::new()),
             consulted: Vec::new(),
             informed: Vec::new(),
+            scopes: Vec::new(),
         };
         let Some(raci) = raci else {
             report.add(self.loc, self.path("raci"), ProblemKind::MissingRaci);
             return out;
         };
         let r = &raci.value;
+        let scopes = std::cell::RefCell::new(Vec::<(RoleId, String)>::new());
         let roles = |names: &Option<At<Names>>, key: &str, report: &mut Report| -> Vec<RoleId> {
             let Some(names) = names else {
                 return Vec::new();
@@ -952,6 +960,46 @@ impl NodeCx<'_> {
                 .value
                 .located(names.loc)
                 .filter_map(|(name, loc)| {
+                    // A scoped reference: `role@variable`, the unit the variable names.
+                    let (name, scope) = match name.split_once('@') {
+                        Some((role, var)) => (role, Some(var)),
+                        None => (name, None),
+                    };
+                    if let Some(var) = scope {
+                        let path = self.path(&format!("raci.{key}"));
+                        let role = RoleId(name.to_owned());
+                        if !self.vars.contains_key(var) {
+                            report.add(
+                                loc,
+                                path,
+                                ProblemKind::UnknownVariable {
+                                    key: "a scoped role reference",
+                                    name: var.to_owned(),
+                                },
+                            );
+                        } else if self.vars[var].ty != VarType::String {
+                            report.add(
+                                loc,
+                                path,
+                                ProblemKind::BadScope(format!(
+                                    "scope variable '{var}' must be of type string (a unit id)"
+                                )),
+                            );
+                        } else {
+                            let mut scopes = scopes.borrow_mut();
+                            match scopes.iter().find(|(r, _)| *r == role) {
+                                Some((_, v)) if v != var => report.add(
+                                    loc,
+                                    path,
+                                    ProblemKind::BadScope(format!(
+                                        "role '{name}' is scoped to '{v}' elsewhere in this task; a role has one scope per task"
+                                    )),
+                                ),
+                                Some(_) => {}
+                                None => scopes.push((role, var.to_owned())),
+                            }
+                        }
+                    }
                     let role = RoleId(name.to_owned());
                     if self.roles.contains_key(&role) {
                         Some(role)
@@ -990,7 +1038,56 @@ impl NodeCx<'_> {
         if let Some(a) = accountable.into_iter().next() {
             out.accountable = a;
         }
+        out.scopes = scopes.into_inner();
         out
+    }
+
+    /// A user task's `skills` and `allocate`; an escalation to `role@up` needs a scoped task.
+    fn task_org(
+        &self,
+        raw: &RawNode,
+        raci: &Raci,
+        limits: Option<&super::timers::Limits>,
+        report: &mut Report,
+    ) -> Option<Box<crate::org::TaskOrg>> {
+        if limits.is_some_and(|l| l.escalate.iter().any(|e| e.up)) && raci.scopes.is_empty() {
+            let loc = raw.escalate.as_ref().map_or(self.loc, |e| e.loc);
+            report.add(
+                loc,
+                self.path("escalate"),
+                ProblemKind::BadScope(
+                    "'role@up' reassigns to the unit above the task's scope, but no role of this task is scoped (write e.g. 'network_ops@local_network')".to_owned(),
+                ),
+            );
+        }
+        let mut org = crate::org::TaskOrg::default();
+        if let Some(skills) = &raw.skills {
+            for (name, loc) in skills.value.located(skills.loc) {
+                if !valid_id(name) {
+                    report.add(
+                        loc,
+                        self.path("skills"),
+                        ProblemKind::InvalidId(name.to_owned()),
+                    );
+                } else if !org.skills.iter().any(|s| s == name) {
+                    org.skills.push(name.to_owned());
+                }
+            }
+        }
+        if let Some(a) = &raw.allocate {
+            match crate::org::Allocation::parse(&a.value) {
+                Some(rule) => org.allocate = Some(rule),
+                None => report.add(
+                    a.loc,
+                    self.path("allocate"),
+                    ProblemKind::BadScope(format!(
+                        "unknown allocation '{}': use round_robin or shortest_queue",
+                        a.value
+                    )),
+                ),
+            }
+        }
+        (raw.skills.is_some() || raw.allocate.is_some()).then(|| Box::new(org))
     }
 }
 

@@ -230,6 +230,11 @@ impl Engine {
                 }
             }
         }
+        if let Some(org) = &self.org
+            && let Err(e) = def.check_organisation(&org.org)
+        {
+            problems.push(DeployProblem::Organisation(e));
+        }
         let key = def.key.clone();
         let fail = |problems| DeployError {
             key: key.clone(),

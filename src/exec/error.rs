@@ -295,6 +295,39 @@ pub enum ExecError {
     /// store.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The accountable may reassign, but not to this person: they may not work the task (no
+    /// responsible role in the task's scope, nor the escalation's role, or a required skill
+    /// missing). Recorded as `by`'s refused reassign.
+    #[error(
+        "actor '{by}' may not reassign task {task} at '{node}' to '{to}', who may not work it; roles that may: {}",
+        allowed.iter().map(RoleId::as_str).collect::<Vec<_>>().join(", ")
+    )]
+    ReassignRefused {
+        /// Who tried to reassign.
+        by: ActorId,
+        /// Whom the task was to go to.
+        to: ActorId,
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: NodeRef,
+        /// The roles that may work the task.
+        allowed: Vec<RoleId>,
+    },
+    /// The actor lacks skills the task requires (`skills:`); recorded in the audit trail.
+    #[error("actor '{actor}' may not {action} task {task} at '{node}': lacks skills {}", missing.join(", "))]
+    LacksSkills {
+        /// Who tried.
+        actor: ActorId,
+        /// What it tried.
+        action: Action,
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: NodeRef,
+        /// The skills missing.
+        missing: Vec<String>,
+    },
 }
 
 /// Why [`Engine::deploy`](crate::Engine::deploy) refused a definition. Nothing was deployed.
@@ -337,6 +370,10 @@ pub enum DeployProblem {
     /// The engine's store refused to keep the definition.
     #[error("the store refused the definition: {0}")]
     Store(StoreError),
+    /// The definition's roles or skills are not the engine's organisation's
+    /// ([`ProcessDef::check_organisation`](crate::ProcessDef::check_organisation)).
+    #[error("not fit for the organisation: {0}")]
+    Organisation(crate::yaml::LoadError),
 }
 
 /// Why [`EngineBuilder::open`](crate::EngineBuilder::open) could not resume from a store.

@@ -5,6 +5,7 @@
 //! lock while stepping it; independent instances run in parallel on several threads. Hooks hear a
 //! call's events after its commit, with nothing locked (see `seam.rs`).
 
+mod allot;
 mod control;
 mod correlate;
 mod deploy;
@@ -40,8 +41,9 @@ pub use timers::{Sla, SlaStatus, TimerDriver};
 use crate::clock::{Clock, SystemClock};
 use crate::def::ProcessDef;
 use crate::hooks::{Completing, Control, Hook, ServiceHandler};
-use crate::ids::{ActorId, InstanceId, NodeId, TaskId};
+use crate::ids::{ActorId, InstanceId, NodeId, RoleId, TaskId};
 use crate::model::{Instance, Status, Task, TimerKind, Token, TokenState};
+use crate::org::Organisation;
 use crate::raci::{self, Action, Actor, Authorizer, Grant};
 use crate::store::{Store, StoreError, StoredInstance};
 use crate::time::calendar::BusinessCalendar;
@@ -132,6 +134,12 @@ pub struct Engine {
     ticking: Mutex<()>,
     /// Where every call's changes are committed; `None` keeps everything in memory.
     store: Option<Arc<dyn Store>>,
+    /// The organisation, its allocation cursors and the work-list index
+    /// ([`EngineBuilder::organisation`]).
+    org: Option<Arc<allot::OrgCx>>,
+    /// Whether the authorizer may look at a call's context (an organisation, or a host's
+    /// authorizer): without, scoped units are not worked out, as nothing would read them.
+    contextual: bool,
     /// The business keys of the instances held (see `keys.rs`).
     keys: keys::KeyIndex,
     /// Messages between processes: the correlation index and the messages kept engine-wide
@@ -159,6 +167,9 @@ pub struct EngineBuilder {
     handlers: HashMap<String, Arc<dyn ServiceHandler>>,
     authorizer: Arc<dyn Authorizer>,
     calendars: HashMap<String, Arc<BusinessCalendar>>,
+    org: Option<Arc<Organisation>>,
+    /// Whether the host set an authorizer (else an organisation is the authorizer).
+    custom_authorizer: bool,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -178,6 +189,8 @@ impl Default for EngineBuilder {
             handlers: HashMap::new(),
             authorizer: Arc::new(raci::by_actor_roles),
             calendars: HashMap::new(),
+            org: None,
+            custom_authorizer: false,
         }
     }
 }
@@ -214,6 +227,18 @@ impl EngineBuilder {
     /// Sets how role membership is decided. The default checks [`Actor::roles`].
     pub fn authorizer(&mut self, authorizer: impl Authorizer + 'static) -> &mut Self {
         self.authorizer = Arc::new(authorizer);
+        self.custom_authorizer = true;
+        self
+    }
+
+    /// Gives the engine an organisation. Its people's roles (in their units) and skills decide
+    /// who may act on tasks, unless an [`EngineBuilder::authorizer`] is set, which then decides
+    /// roles (and sees scoped units in its [`AuthContext`](crate::AuthContext)); skills and
+    /// `allocate:` always use the organisation. Deploying checks that a definition's roles
+    /// and skills are the organisation's. Work lists use an index by role and unit instead of
+    /// a scan. There is no organisation by default.
+    pub fn organisation(&mut self, org: impl Into<Arc<Organisation>>) -> &mut Self {
+        self.org = Some(org.into());
         self
     }
 
@@ -226,12 +251,17 @@ impl EngineBuilder {
     /// Builds the engine.
     pub fn build(&mut self) -> Engine {
         let b = std::mem::take(self);
+        let contextual = b.org.is_some() || b.custom_authorizer;
+        let authorizer: Arc<dyn Authorizer> = match &b.org {
+            Some(org) if !b.custom_authorizer => Arc::new(allot::OrgAuthorizer(Arc::clone(org))),
+            _ => b.authorizer,
+        };
         Engine {
             config: b.config,
             clock: b.clock,
             hooks: b.hooks,
             handlers: b.handlers,
-            authorizer: b.authorizer,
+            authorizer,
             defs: ArcSwap::from_pointee(Catalog::new()),
             deploying: Mutex::new(()),
             uid: ENGINES.fetch_add(1, Ordering::Relaxed),
@@ -243,6 +273,8 @@ impl EngineBuilder {
             timer_heaps: (0..SHARDS).map(|_| Mutex::new(BinaryHeap::new())).collect(),
             ticking: Mutex::new(()),
             store: None,
+            org: b.org.map(|o| Arc::new(allot::OrgCx::new(o))),
+            contextual,
             keys: keys::KeyIndex::default(),
             between: correlate::Between::default(),
         }
@@ -580,22 +612,35 @@ impl Engine {
         action: Action,
         actor: &Actor,
     ) -> Result<Grant, ExecError> {
+        self.authorize_in(step, task, node, action, actor, false)
+    }
+
+    /// [`Engine::authorize`]; with `ignore_claim`, as if the task were not claimed (a claim on
+    /// a task someone else holds is first checked for the role).
+    fn authorize_in(
+        &self,
+        step: &mut Step<'_>,
+        task: TaskId,
+        node: NodeId,
+        action: Action,
+        actor: &Actor,
+        ignore_claim: bool,
+    ) -> Result<Grant, ExecError> {
         let t = &step.inst.tasks[task.seq as usize];
-        let raci = step.dep.def.nodes[t.node.index()]
-            .raci()
-            .ok_or(ExecError::UnknownTask(task))?;
+        let def_node = &step.dep.def.nodes[t.node.index()];
+        let raci = def_node.raci().ok_or(ExecError::UnknownTask(task))?;
         let escalated = t
             .escalated_to
             .and_then(|i| step.dep.def.roles.get_index(i as usize))
             .map(|(r, _)| r);
-        match raci::check(
-            &*self.authorizer,
-            raci,
-            action,
-            actor,
-            t.claimed_by.as_deref(),
-            escalated,
-        ) {
+        let vars = &step.inst.vars;
+        let holds = |r: &RoleId| self.allows(def_node, raci, vars, task, escalated, r, actor);
+        let claimant = if ignore_claim {
+            None
+        } else {
+            t.claimed_by.as_deref()
+        };
+        match raci::check_with(&holds, raci, action, actor, claimant, escalated) {
             Ok(grant) => Ok(grant),
             Err(allowed) => {
                 let claimant = t.claimed_by.clone();
@@ -629,6 +674,13 @@ impl Engine {
             if let Some(by) = &step.inst.tasks[task.seq as usize].claimed_by
                 && **by != *actor.id
             {
+                // Someone without a responsible role is refused (and recorded) for that, not
+                // for the claim: every refused attempt is audited.
+                self.authorize_in(step, task, node, Action::Claim, actor, true)?;
+                let by = step.inst.tasks[task.seq as usize]
+                    .claimed_by
+                    .clone()
+                    .unwrap_or_else(|| actor.id.clone());
                 return Err(ExecError::AlreadyClaimed {
                     task,
                     node: step.dep.node(node),
@@ -636,6 +688,7 @@ impl Engine {
                 });
             }
             self.authorize(step, task, node, Action::Claim, actor)?;
+            self.check_skills(step, task, node, Action::Claim, actor)?;
             rework::check_enabled(step, task, node)?;
             rework::check_interleaved(step, task, node)?;
             step.apply(Change::Claim {
@@ -664,6 +717,9 @@ impl Engine {
         let output = crate::vars::Handed::new(output);
         self.with_task(task, |step, node| {
             let grant = self.authorize(step, task, node, Action::Complete, actor)?;
+            if step.dep.def.nodes[node.index()].org.is_some() {
+                self.check_skills(step, task, node, Action::Complete, actor)?;
+            }
             rework::check_enabled(step, task, node)?;
             if step.inst.tasks[task.seq as usize].claimed_by.is_none() {
                 // Completing an unclaimed task claims it on the way.
@@ -758,39 +814,49 @@ impl Engine {
         })
     }
 
-    /// Gives an open task to `to` as an override by the accountable role. `to` must hold a
-    /// responsible role.
+    /// Gives an open task to `to` as an override by the accountable role. `to` must be able to
+    /// work it: hold a responsible role (in the task's scope, when the reference is scoped) or,
+    /// after an escalation gave the task to a role, that role; and have the task's skills.
     ///
     /// # Errors
-    /// [`ExecError::Denied`] when `by` is not accountable or `to` is not responsible;
+    /// [`ExecError::Denied`] when `by` is not accountable; [`ExecError::ReassignRefused`] when
+    /// `to` may not work the task (recorded as `by`'s refused reassign);
     /// [`ExecError::Interleaved`] when another task of its mutex group is claimed.
     pub fn reassign(&self, task: TaskId, by: &Actor, to: &Actor) -> Result<(), ExecError> {
         self.with_task(task, |step, node| {
             self.authorize(step, task, node, Action::Reassign, by)?;
-            // The new holder must be able to do the work: it needs a responsible role. The old
-            // claim does not stand in the way; overriding it is the point.
-            let raci = step.dep.def.nodes[step.inst.tasks[task.seq as usize].node.index()]
-                .raci()
-                .ok_or(ExecError::UnknownTask(task))?;
-            if !raci
-                .responsible()
+            // The new holder must be able to do the work. The old claim does not stand in the
+            // way; overriding it is the point.
+            let t = &step.inst.tasks[task.seq as usize];
+            let def_node = &step.dep.def.nodes[t.node.index()];
+            let raci = def_node.raci().ok_or(ExecError::UnknownTask(task))?;
+            let escalated = t
+                .escalated_to
+                .and_then(|i| step.dep.def.roles.get_index(i as usize))
+                .map(|(r, _)| r);
+            let vars = &step.inst.vars;
+            // After an escalation the task is the escalation role's work: its holders qualify.
+            let allowed: Vec<RoleId> = match escalated {
+                Some(role) => vec![role.clone()],
+                None => raci.responsible().to_vec(),
+            };
+            let eligible = allowed
                 .iter()
-                .any(|r| self.authorizer.holds(r, to))
-            {
-                let allowed = raci.responsible().to_vec();
-                step.apply(Change::Denied {
+                .any(|r| self.allows(def_node, raci, vars, task, escalated, r, to))
+                && self.missing_skills(def_node, to).is_empty();
+            if !eligible {
+                step.apply(Change::Org(allot::OrgChange::ReassignRefused {
                     task: task.seq,
-                    actor: &to.id,
-                    action: Action::Claim,
+                    by: &by.id,
+                    to: &to.id,
                     allowed: &allowed,
-                });
-                return Err(ExecError::Denied {
-                    actor: to.id.clone(),
-                    action: Action::Claim,
+                }));
+                return Err(ExecError::ReassignRefused {
+                    by: by.id.clone(),
+                    to: to.id.clone(),
                     task,
                     node: step.dep.node(node),
                     allowed,
-                    claimed_by: None,
                 });
             }
             rework::check_interleaved(step, task, node)?;
@@ -938,6 +1004,9 @@ impl Engine {
                 }
                 shard.remove(&id.0);
             }
+            if let Some(org) = &self.org {
+                org.forget(id);
+            }
             guard.retire();
             if !guard.dep.def.keys.is_empty() {
                 self.unindex_keys(&guard.inst, &guard.dep.def);
@@ -967,6 +1036,9 @@ impl Engine {
         let mut out = Vec::new();
         if seam::busy().is_some() {
             return out;
+        }
+        if let Some(org) = &self.org {
+            return self.work_list_indexed(org, actor);
         }
         for shard in &*self.shards {
             let slots: Vec<Arc<Mutex<Slot>>> = lock(shard).values().cloned().collect();

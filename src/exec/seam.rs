@@ -264,6 +264,7 @@ impl Engine {
         let first = inst.audit.len();
         let first_follow = inst.next_follow_up();
         let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
+        step.org = self.org.as_deref();
         let result = f(&mut step);
         let key_notes = std::mem::take(&mut step.key_notes);
         let (armed, events, changed) = (step.take_armed(), step.events, step.changed);
@@ -297,6 +298,9 @@ impl Engine {
         } else {
             smallvec::SmallVec::new()
         };
+        if let (Some(org), true) = (&self.org, changed) {
+            org.reindex(inst, &dep.def);
+        }
         Ok(Stepped {
             instance: id,
             result,
@@ -547,6 +551,9 @@ impl Engine {
             let mut guard = lock(&slot);
             if guard.version < version {
                 self.schedule_pending(&instance);
+                if let Some(org) = &self.org {
+                    org.reindex(&instance, &dep.def);
+                }
                 if !guard.dep.def.keys.is_empty() {
                     self.unindex_keys(&guard.inst, &guard.dep.def);
                 }
@@ -574,6 +581,9 @@ impl Engine {
         };
         let (instance, dep, version) = self.fit(stored)?;
         self.schedule_pending(&instance);
+        if let Some(org) = &self.org {
+            org.reindex(&instance, &dep.def);
+        }
         if !dep.def.keys.is_empty() {
             self.index_keys(&instance, &dep.def);
         }

@@ -198,6 +198,8 @@ pub(crate) enum Change<'c> {
     Scope(super::scope::ScopeChange),
     /// Messages between processes: sent, delivered, received (see `correlate.rs`).
     Between(Box<super::correlate::BetweenChange>),
+    /// Allocation and the organisation's refusals (see `allot.rs`).
+    Org(super::allot::OrgChange<'c>),
 }
 
 /// One engine call's work on one locked instance.
@@ -218,6 +220,8 @@ pub(crate) struct Step<'a> {
     /// The multi-instance item whose task's deadlines are being computed (its task does not
     /// exist yet), so that its durations see the item variable.
     pub(crate) arming_item: Option<u32>,
+    /// The engine's organisation, for allocation (`None` without one).
+    pub(crate) org: Option<&'a super::allot::OrgCx>,
     /// The business keys this call set, with their values before (see `keys.rs`).
     pub(crate) key_notes: super::keys::KeyNotes,
     /// The run (of a multi-instance sub-process) of the token the run loop runs now: a token a
@@ -245,6 +249,7 @@ impl<'a> Step<'a> {
             armed: None,
             changed: false,
             arming_item: None,
+            org: None,
             key_notes: Vec::new(),
             fork_run: 0,
             mounted: None,
@@ -586,6 +591,7 @@ impl<'a> Step<'a> {
             Change::Kept(change) => self.apply_kept(change),
             Change::Scope(change) => self.apply_scope(change),
             Change::Between(change) => self.apply_between(*change),
+            Change::Org(change) => self.apply_org(change),
             // The rare changes (task chores, failures, timers firing, withdrawals, cancellation,
             // joins, send back, events) apply in a function of their own: with them here the
             // compiler stopped inlining the audit trail's `push` into `apply`, and the record was
@@ -1095,7 +1101,7 @@ impl<'a> Step<'a> {
         }
     }
 
-    fn task_name(&self, seq: u32) -> Arc<str> {
+    pub(super) fn task_name(&self, seq: u32) -> Arc<str> {
         self.name(self.inst.tasks[seq as usize].node)
     }
 
@@ -1145,6 +1151,11 @@ impl<'a> Step<'a> {
                     // year) opens the task again.
                     let mut armed = super::timers::Armed::default();
                     match self.task_timers(at, self.inst.tasks.len() as u32, &mut armed) {
+                        Ok(()) if def.allocating && node.allocation().is_some() => {
+                            if let Err(e) = self.open_allocated(i, at, &armed) {
+                                failure.get_or_insert(e);
+                            }
+                        }
                         Ok(()) => {
                             self.apply(Change::OpenTask { token: i });
                             self.arm(&armed);

@@ -357,6 +357,15 @@ pub enum Event {
         /// Why, as the store said.
         reason: String,
     },
+    /// Allocation (`allocate:`) gave a task that just opened to a person.
+    TaskAllocated {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// Who has it.
+        actor: ActorId,
+    },
 }
 
 impl Event {
@@ -395,7 +404,8 @@ impl Event {
             | Event::TaskCommented { task, .. }
             | Event::AccessDenied { task, .. }
             | Event::Notify { task, .. }
-            | Event::BoundaryFired { task, .. } => task.instance(),
+            | Event::BoundaryFired { task, .. }
+            | Event::TaskAllocated { task, .. } => task.instance(),
         }
     }
 }

@@ -830,6 +830,35 @@ pub enum Entry {
     /// [`Engine::correlate`](crate::Engine::correlate)) was received; the `MessageCaught`
     /// record that follows names the catch, or the instance started from it.
     MessageReceived(Box<Received>),
+    /// Allocation (`allocate:`) gave a task that just opened to a person: it is claimed for
+    /// them.
+    Allocated {
+        /// The task.
+        task: u32,
+        /// Who has it.
+        actor: ActorId,
+    },
+    /// The accountable tried to reassign a task to someone who may not work it (no responsible
+    /// or escalation role there, or lacking a required skill).
+    ReassignRefused {
+        /// The task.
+        task: u32,
+        /// Who tried to reassign it.
+        by: ActorId,
+        /// Whom it was to go to.
+        to: ActorId,
+    },
+    /// An attempt refused because the actor lacks skills the task requires (`skills:`).
+    LacksSkills {
+        /// The task.
+        task: u32,
+        /// Who tried.
+        actor: ActorId,
+        /// What.
+        action: Action,
+        /// The skills missing.
+        missing: Box<[Box<str>]>,
+    },
 }
 
 /// What [`Entry::MessageDelivered`] says: where a sent message went.
@@ -1214,7 +1243,10 @@ impl Record {
             | Entry::Reassigned { task, .. }
             | Entry::Commented { task, .. }
             | Entry::Denied { task, .. }
-            | Entry::Vetoed { task, .. } => ok_task(task),
+            | Entry::Vetoed { task, .. }
+            | Entry::Allocated { task, .. }
+            | Entry::ReassignRefused { task, .. }
+            | Entry::LacksSkills { task, .. } => ok_task(task),
             Entry::Incident { node, .. } => node.as_ref().is_none_or(ok_node),
             Entry::SentBack(s) => ok_task(&s.task) && ok_node(&s.from) && ok_node(&s.to),
             Entry::ItemsStarted { node, .. }
@@ -1336,6 +1368,19 @@ impl Record {
                     roles.join(", ")
                 )
             }
+            Entry::Allocated { task, actor } => format!("task {task} allocated to {actor}"),
+            Entry::ReassignRefused { task, by, to } => {
+                format!("refused: {by} may not reassign task {task} to {to}, who may not work it")
+            }
+            Entry::LacksSkills {
+                task,
+                actor,
+                action,
+                missing,
+            } => format!(
+                "denied: {actor} may not {action} task {task} (lacks skills: {})",
+                missing.join(", ")
+            ),
             Entry::Vetoed {
                 task,
                 actor,

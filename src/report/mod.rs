@@ -122,7 +122,8 @@ pub enum ReportError {
 /// - `opened`, `completed`, `open`: tasks by state; `timeouts`: tasks its timeout route
 ///   cancelled (`TaskState::TimedOut`, or an `Entry::Timer { kind: Timeout }` record).
 /// - `breaches`: task deadlines that fired (`Entry::Timer { kind: Due, task: Some(..) }`).
-/// - `denials`: refused attempts on its tasks (`Entry::Denied`).
+/// - `denials`: refused attempts on its tasks (`Entry::Denied`, `Entry::LacksSkills`,
+///   `Entry::ReassignRefused`).
 /// - `reworks`: how many times a case was sent back to it (`Entry::SentBack { to }`).
 /// - `waiting`: from the task's creation to its first claim, or to its completion when it was
 ///   never claimed. Tasks still waiting, and tasks that timed out unclaimed, have no waiting time
@@ -1045,7 +1046,12 @@ impl Acc {
                         n.items += 1;
                     }
                 }
-                Entry::Denied { task, actor, .. } => {
+                // Every refused attempt counts: RACI, a missing skill, a refused reassign.
+                Entry::Denied { task, actor, .. }
+                | Entry::LacksSkills { task, actor, .. }
+                | Entry::ReassignRefused {
+                    task, by: actor, ..
+                } => {
                     self.actor(actor).denials += 1;
                     if let Some(n) = task_node(*task).and_then(|n| self.node(def, n)) {
                         n.denials += 1;

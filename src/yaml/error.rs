@@ -498,6 +498,24 @@ pub enum ProblemKind {
         /// The variable named.
         name: String,
     },
+    /// Organisation units whose parents form a cycle (the units, the first repeated last).
+    #[error("unit cycle: {}", .0.join(" -> "))]
+    UnitCycle(Vec<String>),
+    /// An organisation post or parent names a unit the organisation does not declare.
+    #[error("unknown unit '{0}'")]
+    UnknownUnit(String),
+    /// A person or task names a skill the organisation does not declare.
+    #[error("unknown skill '{0}'")]
+    UnknownSkill(String),
+    /// An organisation file is malformed in another way (a level, a position, a post).
+    #[error("{0}")]
+    OrgShape(String),
+    /// A scoped role reference, `role@up` or `allocate` is malformed.
+    #[error("{0}")]
+    BadScope(String),
+    /// A definition's role is not one the organisation declares.
+    #[error("role '{0}' is not in the organisation")]
+    RoleNotInOrganisation(String),
 }
 
 /// A duration's text that does not parse: the text and what is wrong with it.
