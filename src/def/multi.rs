@@ -67,7 +67,12 @@ pub(super) fn compile(
             kind,
         });
     };
-    let supported = matches!(kind, RawKind::UserTask | RawKind::ServiceTask);
+    // A call activity takes `for_each` (one child per item); its `repeat` is refused in
+    // `call.rs`.
+    let supported = matches!(
+        kind,
+        RawKind::UserTask | RawKind::ServiceTask | RawKind::Call
+    );
     // A sub-process may repeat its scope; `for_each` on it is not built (refused below).
     let subprocess = kind == RawKind::Subprocess;
     let raw_for_each = if supported {
@@ -260,7 +265,7 @@ pub(super) fn compile(
         }
     });
 
-    let repeat = raw.repeat.as_ref().and_then(|at| {
+    let repeat = raw.repeat.as_ref().filter(|_| kind != RawKind::Call).and_then(|at| {
         let r = &at.value;
         let max = match &r.max {
             None => {

@@ -87,6 +87,7 @@ pub(crate) enum RawKind {
     Catch,
     Race,
     Subprocess,
+    Call,
 }
 
 impl RawKind {
@@ -103,6 +104,7 @@ impl RawKind {
             RawKind::Catch => "catch",
             RawKind::Race => "race",
             RawKind::Subprocess => "subprocess",
+            RawKind::Call => "call",
         }
     }
 }
@@ -181,6 +183,24 @@ pub(crate) struct RawNode {
     /// An embedded sub-process's local variables.
     #[serde(default)]
     pub(crate) variables: Option<At<Entries<RawVar>>>,
+    /// A call activity's called definition id (see `def/call.rs`).
+    #[serde(default)]
+    pub(crate) process: Option<At<String>>,
+    /// A call activity's called definition version (default: the newest deployed).
+    #[serde(default)]
+    pub(crate) version: Option<At<u32>>,
+    /// A call activity's information-flow number (processes.md §3).
+    #[serde(default)]
+    pub(crate) flow: Option<At<u32>>,
+    /// A call activity's inputs: child variable: parent variable.
+    #[serde(default, rename = "in")]
+    pub(crate) inputs: Option<At<Entries<String>>>,
+    /// A call activity's outputs: parent variable: child variable.
+    #[serde(default, rename = "out")]
+    pub(crate) outputs: Option<At<Entries<String>>>,
+    /// A call activity's depth limit.
+    #[serde(default)]
+    pub(crate) max_depth: Option<At<u32>>,
 }
 
 /// `for_each: { in, as, parallel, output, collect, complete_when }`.

@@ -5,6 +5,7 @@
 //! lock while stepping it; independent instances run in parallel on several threads. Hooks hear a
 //! call's events after its commit, with nothing locked (see `seam.rs`).
 
+mod call;
 mod control;
 mod deploy;
 mod error;
@@ -53,6 +54,10 @@ pub struct Config {
     /// [`Engine::remove`]. This is enabled by default; a host that archives instances through a
     /// hook can turn it off.
     pub retain_completed: bool,
+    /// The deepest call chain a call activity without its own `max_depth` may start: a child
+    /// that would run deeper is not started, and the call is an incident of its parent. The
+    /// default is 8.
+    pub max_call_depth: u32,
 }
 
 impl Default for Config {
@@ -60,6 +65,7 @@ impl Default for Config {
         Config {
             audit: true,
             retain_completed: true,
+            max_call_depth: 8,
         }
     }
 }

@@ -680,7 +680,7 @@ impl<'a> Step<'a> {
 }
 
 /// The list a `for_each` runs over, or why the variable holds none.
-fn list_of<'s>(step: &'s Step<'_>, at: NodeId) -> Result<&'s [Value], String> {
+pub(super) fn list_of<'s>(step: &'s Step<'_>, at: NodeId) -> Result<&'s [Value], String> {
     let node = &step.dep.def.nodes[at.index()];
     let Some(fe) = node.for_each() else {
         return Err("not a multi-instance task".to_owned());
@@ -741,7 +741,7 @@ fn item_output(def: &crate::ProcessDef, fe: &ForEach, mut vars: Vars) -> Result<
 
 /// Whether a `for_each`'s completion condition holds with `completed` items done and the
 /// outputs so far (`null` for unfinished items).
-fn completion_holds(
+pub(super) fn completion_holds(
     cel: &cel::Context<'_, '_>,
     fe: &ForEach,
     outputs: &[Value],

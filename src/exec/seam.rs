@@ -236,6 +236,7 @@ impl Engine {
         let first = inst.audit.len();
         let first_follow = inst.next_follow_up();
         let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
+        step.engine = Some(self);
         let result = f(&mut step);
         let (armed, events, changed) = (step.take_armed(), step.events, step.changed);
         let follow = fresh(inst, first_follow, self.store.is_none());
@@ -372,35 +373,43 @@ impl Engine {
         dep: &Deployed,
         follow: Vec<Pending>,
     ) -> Option<String> {
+        // Calls between instances (see `call.rs`): run, not told.
+        let kept = self.run_calls(instance, &follow);
         let events: Vec<Event> = follow
             .iter()
-            .map(|p| match &p.what {
+            .filter(|p| !super::call::is_call(&p.what))
+            .filter_map(|p| match &p.what {
                 FollowUp::Notify {
                     task,
                     node,
                     role,
                     actor,
-                } => Event::Notify {
+                } => Some(Event::Notify {
                     task: *task,
                     node: Arc::clone(&dep.names[node.index()]),
                     role: role.clone(),
                     actor: actor.clone(),
-                },
+                }),
                 FollowUp::CancelNotice {
                     role,
                     actor,
                     reason,
-                } => Event::CancelNotice {
+                } => Some(Event::CancelNotice {
                     instance,
                     role: role.clone(),
                     actor: actor.clone(),
                     reason: reason.clone(),
-                },
+                }),
+                _ => None,
             })
             .collect();
         let failure = self.tell(&events);
         if self.store.is_some() {
-            let done: Vec<u64> = follow.iter().map(|p| p.seq).collect();
+            let done: Vec<u64> = follow
+                .iter()
+                .map(|p| p.seq)
+                .filter(|s| !kept.contains(s))
+                .collect();
             // A conflict means another engine committed the instance meanwhile (with these
             // follow-ups still in it): the stored state was read again, so try once more.
             for _ in 0..3 {

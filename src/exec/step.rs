@@ -196,6 +196,8 @@ pub(crate) enum Change<'c> {
     Kept(super::kept::KeptChange<'c>),
     /// Embedded sub-process scopes (see `scope.rs`).
     Scope(super::scope::ScopeChange),
+    /// Call activities (see `call.rs`).
+    Call(super::call::CallChange),
 }
 
 /// One engine call's work on one locked instance.
@@ -216,6 +218,9 @@ pub(crate) struct Step<'a> {
     /// The multi-instance item whose task's deadlines are being computed (its task does not
     /// exist yet), so that its durations see the item variable.
     pub(crate) arming_item: Option<u32>,
+    /// The engine, for what a step reaches beyond its instance (a call activity reserves its
+    /// child's id and reads the called definition).
+    pub(crate) engine: Option<&'a super::Engine>,
 }
 
 impl<'a> Step<'a> {
@@ -236,6 +241,7 @@ impl<'a> Step<'a> {
             armed: None,
             changed: false,
             arming_item: None,
+            engine: None,
         }
     }
 
@@ -307,7 +313,7 @@ impl<'a> Step<'a> {
     }
 
     /// Leaves a follow-up in the instance's outbox, committed with this call's change.
-    fn follow(&mut self, what: FollowUp) {
+    pub(super) fn follow(&mut self, what: FollowUp) {
         let outbox = &mut self.inst.rare_mut().outbox;
         outbox.pending.push(Pending {
             seq: outbox.next,
@@ -518,6 +524,10 @@ impl<'a> Step<'a> {
                     self.dep.last_records.store(records, Ordering::Relaxed);
                 }
                 self.emit(Event::InstanceCompleted { instance: id });
+                // A child tells its parent (see `call.rs`).
+                if self.inst.rare.is_some() {
+                    self.child_finished();
+                }
             }
             Change::Arm(new) => {
                 if let Some(first) = new.iter().map(|t| t.at).min() {
@@ -551,6 +561,7 @@ impl<'a> Step<'a> {
             Change::Looping(change) => self.apply_loop(change),
             Change::Kept(change) => self.apply_kept(change),
             Change::Scope(change) => self.apply_scope(change),
+            Change::Call(change) => self.apply_call(change),
             // The rare changes (task chores, failures, timers firing, withdrawals, cancellation,
             // joins, send back, events) apply in a function of their own: with them here the
             // compiler stopped inlining the audit trail's `push` into `apply`, and the record was
@@ -600,6 +611,7 @@ impl<'a> Step<'a> {
                     actor: actor.clone(),
                     reason: Box::from(reason),
                 });
+                self.child_failed(&format!("cancelled by {actor}: {reason}"));
                 if self.heard() {
                     self.emit(Event::InstanceCancelled {
                         instance: id,
@@ -888,6 +900,7 @@ impl<'a> Step<'a> {
                     node,
                     message: Box::from(message),
                 });
+                self.child_failed(message);
                 if self.heard() {
                     let node = node.map(|n| self.name(n));
                     self.emit(Event::Incident {
@@ -907,6 +920,7 @@ impl<'a> Step<'a> {
                     incident.resolved = true;
                 }
                 self.record(Entry::Retried);
+                self.child_retried();
             }
             Change::Fire { index, recipients } => {
                 let timer = self.inst.timers[index].clone();
@@ -979,6 +993,11 @@ impl<'a> Step<'a> {
                 });
             }
             Change::Withdraw { token } => {
+                // A call's children are cancelled (see `call.rs`).
+                let at = self.inst.tokens[token].node;
+                if matches!(self.dep.def.nodes[at.index()].behaviour, Behaviour::Call(_)) {
+                    self.withdraw_calls(at);
+                }
                 // A multi-instance activity's items go with its token.
                 self.withdraw_items(self.inst.tokens[token].node);
                 let t = self.inst.tokens.swap_remove(token);
@@ -1213,6 +1232,11 @@ impl<'a> Step<'a> {
                 Behaviour::Inclusive { .. } => self.inclusive(i, at, node, &mut failure),
                 Behaviour::Subprocess { scope, timeout, .. } => {
                     self.enter_scope(i, at, *scope, timeout.as_ref(), &mut failure)
+                }
+                Behaviour::Call(_) => {
+                    if let Err(e) = self.run_call(i, at) {
+                        failure.get_or_insert(e);
+                    }
                 }
             }
         }

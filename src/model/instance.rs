@@ -57,6 +57,44 @@ pub(crate) struct Rare {
     /// Persistent triggers (WCP 24) that came while nothing waited for them, oldest first
     /// (see `exec/kept.rs`).
     pub(crate) kept: Vec<Kept>,
+    /// The children this instance's call activities started, oldest first (see
+    /// `exec/call.rs`).
+    pub(crate) calls: Vec<Called>,
+    /// The call activity that started this instance, when a parent instance did.
+    pub(crate) parent: Option<CallParent>,
+}
+
+/// A child instance a call activity started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Called {
+    /// The call activity.
+    pub(crate) node: NodeId,
+    pub(crate) child: InstanceId,
+    /// For a multi-instance call: the item the child runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) item: Option<u32>,
+    /// Whether the call still waits for the child.
+    pub(crate) open: bool,
+    /// The parent's incident that stands for the child's failure (an index into its
+    /// incidents), until the child goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) incident: Option<u32>,
+}
+
+/// Where a child instance was called from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CallParent {
+    pub(crate) instance: InstanceId,
+    /// The parent's call activity.
+    pub(crate) node: NodeId,
+    /// For a multi-instance call: the item this child runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) item: Option<u32>,
+    /// The length of the call chain above this instance (1 for a child of a top-level one).
+    pub(crate) depth: u32,
+    /// The variables handed back when this instance completes (the call's `out` values).
+    #[serde(default)]
+    pub(crate) outputs: Vec<String>,
 }
 
 /// A persistent message or signal (`keep: true`) that came while nothing in the instance waited
@@ -107,6 +145,8 @@ pub(crate) enum ItemState {
     Done,
     /// Withdrawn by the completion condition.
     Withdrawn,
+    /// A multi-instance call's child runs it (see `exec/call.rs`).
+    Called,
 }
 
 impl Multi {
@@ -152,6 +192,10 @@ struct WireRef<'a> {
     loops: &'a [(NodeId, u32)],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     kept: &'a [Kept],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    calls: &'a [Called],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: Option<&'a CallParent>,
 }
 
 /// An instance as it is deserialized (the audit trail and the outbox may be absent).
@@ -182,6 +226,10 @@ struct Wire {
     loops: Vec<(NodeId, u32)>,
     #[serde(default)]
     kept: Vec<Kept>,
+    #[serde(default)]
+    calls: Vec<Called>,
+    #[serde(default)]
+    parent: Option<CallParent>,
 }
 
 impl From<Wire> for Instance {
@@ -193,7 +241,9 @@ impl From<Wire> for Instance {
             || !w.multi.is_empty()
             || !w.item_tasks.is_empty()
             || !w.loops.is_empty()
-            || !w.kept.is_empty())
+            || !w.kept.is_empty()
+            || !w.calls.is_empty()
+            || w.parent.is_some())
         .then(|| {
             Box::new(Rare {
                 incidents: w.incidents,
@@ -203,6 +253,8 @@ impl From<Wire> for Instance {
                 item_tasks: w.item_tasks,
                 loops: w.loops,
                 kept: w.kept,
+                calls: w.calls,
+                parent: w.parent,
             })
         });
         Instance {
@@ -245,6 +297,8 @@ impl Instance {
             item_tasks: self.rare.as_deref().map_or(&[], |r| &r.item_tasks[..]),
             loops: self.rare.as_deref().map_or(&[], |r| &r.loops[..]),
             kept: self.rare.as_deref().map_or(&[], |r| &r.kept[..]),
+            calls: self.rare.as_deref().map_or(&[], |r| &r.calls[..]),
+            parent: self.rare.as_deref().and_then(|r| r.parent.as_ref()),
         }
     }
 
@@ -712,6 +766,35 @@ pub enum Entry {
         /// Whether it is still provisional.
         provisional: bool,
     },
+    /// Call activity `node` started child instance `child` (it starts after this commit).
+    CallStarted {
+        /// The call activity.
+        node: NodeId,
+        /// The child.
+        child: InstanceId,
+    },
+    /// Child `child` of call activity `node` completed: its outputs are set.
+    CallReturned {
+        /// The call activity.
+        node: NodeId,
+        /// The child.
+        child: InstanceId,
+    },
+    /// Call activity `node`'s token was withdrawn: child `child` is cancelled.
+    CallCancelled {
+        /// The call activity.
+        node: NodeId,
+        /// The child.
+        child: InstanceId,
+    },
+    /// Child `child` of call activity `node`, which had failed, was retried: the incident
+    /// that stood for its failure is resolved.
+    ChildRetried {
+        /// The call activity.
+        node: NodeId,
+        /// The child.
+        child: InstanceId,
+    },
 }
 
 impl Instance {
@@ -823,7 +906,7 @@ impl Instance {
                 let catch = matches!(
                     def.nodes[t.node.index()].behaviour,
                     crate::def::Behaviour::Catch(_) | crate::def::Behaviour::Subprocess { .. }
-                );
+                ) || super::call::waits(self, def, t.node);
                 let waits = catch
                     || self.tasks.iter().any(|k| k.node == t.node && k.is_open())
                     || self.timers.iter().any(|x| x.node == t.node && !x.fired);
@@ -926,6 +1009,7 @@ impl Instance {
         let empty = Rare::default();
         check_looping(self, self.rare.as_deref().unwrap_or(&empty), def)?;
         check_kept(self, self.rare.as_deref().unwrap_or(&empty), def)?;
+        super::call::check(self, self.rare.as_deref().unwrap_or(&empty), def)?;
         for incident in self.incidents() {
             if let Some(n) = incident.node {
                 node(n, "an incident")?;
@@ -1064,6 +1148,10 @@ impl Record {
             Entry::MessageCaught { node, .. } | Entry::SignalCaught { node, .. } => ok_node(node),
             Entry::RaceWon { gateway, node } => ok_node(gateway) && ok_node(node),
             Entry::Boundary { task, node, .. } => ok_task(task) && ok_node(node),
+            Entry::CallStarted { node, .. }
+            | Entry::CallReturned { node, .. }
+            | Entry::CallCancelled { node, .. }
+            | Entry::ChildRetried { node, .. } => ok_node(node),
             _ => true,
         };
         if fits {
@@ -1284,6 +1372,18 @@ impl Record {
                     kind.name(*sla),
                     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 )
+            }
+            Entry::CallStarted { node, child } => {
+                format!("{} called: child instance {child} started", n(node))
+            }
+            Entry::CallReturned { node, child } => {
+                format!("{}: child instance {child} completed", n(node))
+            }
+            Entry::CallCancelled { node, child } => {
+                format!("{} withdrawn: child instance {child} cancelled", n(node))
+            }
+            Entry::ChildRetried { node, child } => {
+                format!("{}: child instance {child} was retried", n(node))
             }
         };
         format!(

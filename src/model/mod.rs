@@ -5,6 +5,7 @@
 //! **Invariant:** this layer uses only the definition layer and below (ids, variables, RACI
 //! actions, `ProcessDef` to name nodes); nothing here knows the executor, a store or a hook.
 
+mod call;
 mod control;
 mod event;
 mod instance;
@@ -17,6 +18,7 @@ pub use instance::{
     TokenState,
 };
 pub(crate) use instance::{ItemState, Kept, Multi};
+pub(crate) use instance::{CallParent, Called, Rare};
 pub use timer::{Fired, Timer, TimerKind};
 
 pub(crate) use instance::Absorbing;

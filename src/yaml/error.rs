@@ -459,6 +459,9 @@ pub enum ProblemKind {
     /// A control-flow key used where it means nothing, e.g. `cancel_rest` without `wait_for`.
     #[error("{0}")]
     ControlShape(&'static str),
+    /// A call activity (`kind: call`) is malformed, e.g. a `max_depth` out of range.
+    #[error("{0}")]
+    CallShape(&'static str),
 }
 
 /// A duration's text that does not parse: the text and what is wrong with it.
