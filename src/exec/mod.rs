@@ -346,6 +346,9 @@ pub struct TaskView {
     /// For a multi-instance task (`for_each`): the index of the item it runs (its value is
     /// [`Instance::task_item`]).
     pub item: Option<u32>,
+    /// The instance whose call activity started this task's instance, if any
+    /// ([`Instance::parent`]).
+    pub parent: Option<InstanceId>,
 }
 
 thread_local! {
@@ -991,6 +994,7 @@ fn open_tasks(slot: &Slot, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {
                     .find(|x| x.task == Some(t.seq) && x.kind == TimerKind::Due)
                     .map(|x| x.at),
                 item: slot.inst.task_item(t.seq).map(|(item, _)| item),
+                parent: slot.inst.parent(),
             }
         })
         .collect()
