@@ -733,3 +733,39 @@ fn a_crash_between_the_parents_commit_and_the_childs_start_leaves_exactly_one_ch
     assert_eq!(engine.instance(kid).unwrap().status(), Status::Completed);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn reports_and_the_heatmap_take_parents_and_children_each_under_its_own_definition() {
+    let down = Arc::new(AtomicBool::new(false));
+    let engine = engine(&down);
+    let order = engine.deploy(child(HUMAN)).unwrap();
+    let complaint = engine.deploy(ProcessDef::from_yaml(PARENT).unwrap()).unwrap();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let parent = engine
+            .start("complaint", vars(&[("customer_id", json!(format!("c-{n}")))]))
+            .unwrap();
+        let kid = engine.children(parent).unwrap()[0];
+        if n > 0 {
+            let task = engine.tasks(kid).unwrap()[0].id;
+            engine
+                .complete(task, &Actor::new("fay", ["fitter"]), Vars::new())
+                .unwrap();
+        }
+        ids.extend([parent, kid]);
+    }
+    let instances: Vec<procflow::Instance> =
+        ids.iter().map(|id| engine.instance(*id).unwrap()).collect();
+    let defs = [Arc::clone(&complaint), Arc::clone(&order)];
+    let report = procflow::Report::compute(&defs, &instances, &procflow::ReportOptions::default());
+    assert_eq!(report.skipped, 0);
+    assert_eq!(report.process("complaint").unwrap().started, 3);
+    assert_eq!(report.process("order").unwrap().started, 3);
+    assert_eq!(report.node("order", "work").unwrap().opened, 3);
+    assert_eq!(report.node("complaint", "resolve").unwrap().opened, 2);
+    for def in [&complaint, &order] {
+        let svg = report.heatmap(def, procflow::HeatMetric::MeanWait);
+        assert!(svg.starts_with("<svg"), "{svg}");
+    }
+    assert!(report.to_table().contains("complaint"));
+}
