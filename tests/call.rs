@@ -58,7 +58,8 @@ nodes:
   end: { kind: end }
 "#;
 
-const SERVICE: &str = "work: { kind: service_task, name: Provision, handler: provision, next: end }";
+const SERVICE: &str =
+    "work: { kind: service_task, name: Provision, handler: provision, next: end }";
 const HUMAN: &str = "work: { kind: user_task, name: Fit, raci: { responsible: [fitter], accountable: boss }, next: end }";
 
 fn child(work: &str) -> ProcessDef {
@@ -78,7 +79,10 @@ fn engine(down: &Arc<AtomicBool>) -> Engine {
                 }
                 let customer = call.vars["customer_id"].as_str().unwrap_or("?").to_owned();
                 let mut out = Vars::new();
-                out.insert("reconfiguration".into(), json!(format!("done for {customer}")));
+                out.insert(
+                    "reconfiguration".into(),
+                    json!(format!("done for {customer}")),
+                );
                 Ok(out)
             }),
         )
@@ -125,7 +129,9 @@ fn a_round_trip_maps_inputs_in_and_outputs_out() {
         .build();
     drop(down);
     engine.deploy(child(SERVICE)).unwrap();
-    let def = engine.deploy(ProcessDef::from_yaml(PARENT).unwrap()).unwrap();
+    let def = engine
+        .deploy(ProcessDef::from_yaml(PARENT).unwrap())
+        .unwrap();
     let node = def.node(def.node_id("reconfigure").unwrap());
     assert_eq!(node.kind(), NodeKind::Call);
     assert_eq!(node.called_process(), Some("order"));
@@ -178,7 +184,9 @@ fn a_child_failure_is_an_incident_of_the_parent_until_the_child_is_retried() {
     let down = Arc::new(AtomicBool::new(true));
     let engine = engine(&down);
     engine.deploy(child(SERVICE)).unwrap();
-    engine.deploy(ProcessDef::from_yaml(PARENT).unwrap()).unwrap();
+    engine
+        .deploy(ProcessDef::from_yaml(PARENT).unwrap())
+        .unwrap();
     let parent = engine
         .start("complaint", vars(&[("customer_id", json!("c-1"))]))
         .unwrap();
@@ -191,7 +199,9 @@ fn a_child_failure_is_an_incident_of_the_parent_until_the_child_is_retried() {
     let incident = &p.incidents()[0];
     assert!(!incident.resolved);
     assert!(
-        incident.message.contains(&format!("child instance {kid} failed"))
+        incident
+            .message
+            .contains(&format!("child instance {kid} failed"))
             && incident.message.contains("network down"),
         "{}",
         incident.message
@@ -218,7 +228,9 @@ fn cancelling_the_parent_cancels_the_child() {
     let down = Arc::new(AtomicBool::new(false));
     let engine = engine(&down);
     engine.deploy(child(HUMAN)).unwrap();
-    engine.deploy(ProcessDef::from_yaml(PARENT).unwrap()).unwrap();
+    engine
+        .deploy(ProcessDef::from_yaml(PARENT).unwrap())
+        .unwrap();
     let parent = engine
         .start("complaint", vars(&[("customer_id", json!("c-2"))]))
         .unwrap();
@@ -246,7 +258,9 @@ fn completing_the_child_later_resumes_the_parent() {
     let down = Arc::new(AtomicBool::new(false));
     let engine = engine(&down);
     engine.deploy(child(HUMAN)).unwrap();
-    engine.deploy(ProcessDef::from_yaml(PARENT).unwrap()).unwrap();
+    engine
+        .deploy(ProcessDef::from_yaml(PARENT).unwrap())
+        .unwrap();
     let parent = engine
         .start("complaint", vars(&[("customer_id", json!("c-3"))]))
         .unwrap();
@@ -282,7 +296,9 @@ nodes:
 #[test]
 fn the_depth_limit_stops_runaway_recursion() {
     let engine = Engine::new();
-    engine.deploy(ProcessDef::from_yaml(RECURSIVE).unwrap()).unwrap();
+    engine
+        .deploy(ProcessDef::from_yaml(RECURSIVE).unwrap())
+        .unwrap();
     let top = engine.start("nest", Vars::new()).unwrap();
     // The top, and children at depths 1, 2 and 3; the one at depth 3 may not call deeper.
     let mut chain = vec![top];
@@ -294,7 +310,9 @@ fn the_depth_limit_stops_runaway_recursion() {
     assert_eq!(deepest.call_depth(), 3);
     assert_eq!(deepest.incidents().len(), 1);
     assert!(
-        deepest.incidents()[0].message.contains("call depth limit 3"),
+        deepest.incidents()[0]
+            .message
+            .contains("call depth limit 3"),
         "{}",
         deepest.incidents()[0].message
     );
@@ -327,12 +345,21 @@ nodes:
     let engine = Engine::builder().config(config).build();
     let leaf = a
         .replace("id: a", "id: d")
-        .replace("  call: { kind: call, name: Call, process: PROC, next: end }\n", "")
+        .replace(
+            "  call: { kind: call, name: Call, process: PROC, next: end }\n",
+            "",
+        )
         .replace("next: call", "next: end");
-    engine.deploy(ProcessDef::from_yaml(&leaf).unwrap()).unwrap();
+    engine
+        .deploy(ProcessDef::from_yaml(&leaf).unwrap())
+        .unwrap();
     for (id, calls) in [("c", "d"), ("b", "c"), ("a", "b")] {
-        let text = a.replace("id: a", &format!("id: {id}")).replace("PROC", calls);
-        engine.deploy(ProcessDef::from_yaml(&text).unwrap()).unwrap();
+        let text = a
+            .replace("id: a", &format!("id: {id}"))
+            .replace("PROC", calls);
+        engine
+            .deploy(ProcessDef::from_yaml(&text).unwrap())
+            .unwrap();
     }
     let top = engine.start("a", Vars::new()).unwrap();
     let b = engine.children(top).unwrap()[0];
@@ -369,7 +396,9 @@ fn multi_call(parallel: bool) {
     let engine = engine(&down);
     engine.deploy(child(HUMAN)).unwrap();
     let text = MULTI.replace("PARALLEL", &parallel.to_string());
-    engine.deploy(ProcessDef::from_yaml(&text).unwrap()).unwrap();
+    engine
+        .deploy(ProcessDef::from_yaml(&text).unwrap())
+        .unwrap();
     let parent = engine
         .start(
             "bulk",
@@ -434,15 +463,21 @@ fn cancelling_a_multi_instance_call_cancels_every_child() {
     let down = Arc::new(AtomicBool::new(false));
     let engine = engine(&down);
     engine.deploy(child(HUMAN)).unwrap();
-    let text = MULTI
-        .replace("PARALLEL", "true")
-        .replace("name: Bulk", "name: Bulk\nroles: { boss: { name: Boss } }\naccountable: boss");
-    engine.deploy(ProcessDef::from_yaml(&text).unwrap()).unwrap();
+    let text = MULTI.replace("PARALLEL", "true").replace(
+        "name: Bulk",
+        "name: Bulk\nroles: { boss: { name: Boss } }\naccountable: boss",
+    );
+    engine
+        .deploy(ProcessDef::from_yaml(&text).unwrap())
+        .unwrap();
     let parent = engine
         .start("bulk", vars(&[("lines", json!([[1], [2]]))]))
         .unwrap_err();
     // `customer_id` is required by the child: the call is an incident naming the variable.
-    let ExecError::Incident { instance, message, .. } = parent else {
+    let ExecError::Incident {
+        instance, message, ..
+    } = parent
+    else {
         panic!("{parent:?}")
     };
     assert!(message.contains("customer_id"), "{message}");
@@ -466,7 +501,12 @@ fn cancelling_a_multi_instance_call_cancels_every_child() {
 fn deploy_refuses_a_call_to_a_definition_that_is_not_deployed() {
     let engine = Engine::new();
     let err = engine
-        .deploy(ProcessDef::from_yaml(&PARENT.replace("process: order", "process: order\n    version: 2")).unwrap())
+        .deploy(
+            ProcessDef::from_yaml(
+                &PARENT.replace("process: order", "process: order\n    version: 2"),
+            )
+            .unwrap(),
+        )
         .unwrap_err();
     assert_eq!(err.problems.len(), 1, "{err}");
     match &err.problems[0] {
@@ -487,12 +527,15 @@ fn deploy_refuses_a_call_to_a_definition_that_is_not_deployed() {
     assert!(engine.definition("complaint", None).is_none());
 
     // Deployed, but its variables do not fit the mappings.
-    let other = CHILD
-        .replace("WORK", SERVICE)
-        .replace("customer_id: { type: string, required: true }", "customer: { type: string }");
+    let other = CHILD.replace("WORK", SERVICE).replace(
+        "customer_id: { type: string, required: true }",
+        "customer: { type: string }",
+    );
     let down = Arc::new(AtomicBool::new(false));
     let engine = self::engine(&down);
-    engine.deploy(ProcessDef::from_yaml(&other).unwrap()).unwrap();
+    engine
+        .deploy(ProcessDef::from_yaml(&other).unwrap())
+        .unwrap();
     let err = engine
         .deploy(ProcessDef::from_yaml(PARENT).unwrap())
         .unwrap_err();
@@ -527,7 +570,9 @@ nodes:
   call: { kind: call, name: Call, process: pong LIMIT, next: end }
   end: { kind: end }
 "#;
-    let pong = ping.replace("id: ping", "id: pong").replace("process: pong", "process: ping");
+    let pong = ping
+        .replace("id: ping", "id: pong")
+        .replace("process: pong", "process: ping");
     let defs = |limit: &str| {
         vec![
             ProcessDef::from_yaml(&ping.replace("LIMIT", limit)).unwrap(),
@@ -694,7 +739,9 @@ fn a_crash_between_the_parents_commit_and_the_childs_start_leaves_exactly_one_ch
     {
         let engine = sqlite_engine(&path, true);
         engine.deploy(child(SERVICE)).unwrap();
-        engine.deploy(ProcessDef::from_yaml(PARENT).unwrap()).unwrap();
+        engine
+            .deploy(ProcessDef::from_yaml(PARENT).unwrap())
+            .unwrap();
     }
     let status = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "parent_calls_and_dies", "--nocapture"])
@@ -739,11 +786,16 @@ fn reports_and_the_heatmap_take_parents_and_children_each_under_its_own_definiti
     let down = Arc::new(AtomicBool::new(false));
     let engine = engine(&down);
     let order = engine.deploy(child(HUMAN)).unwrap();
-    let complaint = engine.deploy(ProcessDef::from_yaml(PARENT).unwrap()).unwrap();
+    let complaint = engine
+        .deploy(ProcessDef::from_yaml(PARENT).unwrap())
+        .unwrap();
     let mut ids = Vec::new();
     for n in 0..3 {
         let parent = engine
-            .start("complaint", vars(&[("customer_id", json!(format!("c-{n}")))]))
+            .start(
+                "complaint",
+                vars(&[("customer_id", json!(format!("c-{n}")))]),
+            )
             .unwrap();
         let kid = engine.children(parent).unwrap()[0];
         if n > 0 {
@@ -768,4 +820,37 @@ fn reports_and_the_heatmap_take_parents_and_children_each_under_its_own_definiti
         assert!(svg.starts_with("<svg"), "{svg}");
     }
     assert!(report.to_table().contains("complaint"));
+}
+
+#[test]
+fn a_scenario_runs_a_call_across_definitions() {
+    let scenario = procflow::Scenario::from_yaml(
+        r#"
+name: one order per line, each fitted by hand, collected in line order
+actors:
+  fay: [fitter]
+steps:
+  - start: { vars: { lines: [["a"], ["b"]], customer_id: c-1 } }
+  - expect: { status: running, open_tasks: [] }
+  # The children's tasks, found through the parent's calls.
+  - complete: { task: work, actor: fay, vars: { reconfiguration: "first" } }
+  - complete: { task: work, actor: fay, vars: { reconfiguration: "second" } }
+  - expect: { status: completed, vars: { statuses: [first, second] } }
+"#,
+    )
+    .unwrap();
+    let defs = vec![
+        ProcessDef::from_yaml(&MULTI.replace("PARALLEL", "false")).unwrap(),
+        child(HUMAN),
+    ];
+    let report = scenario.run_all(defs, Vec::new()).unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(
+        report
+            .events
+            .iter()
+            .any(|e| e.contains(r#""event":"call_returned""#)),
+        "{:?}",
+        report.events
+    );
 }

@@ -323,12 +323,19 @@ impl<'a> Step<'a> {
     fn advance_calls(&mut self, at: NodeId) -> Result<(), ExecError> {
         let dep: &'a super::deploy::Deployed = self.dep;
         let node = &dep.def.nodes[at.index()];
-        let (Some(fe), Some(call), Some(m)) = (node.for_each(), node.call(), self.inst.multi_at(at))
+        let (Some(fe), Some(call), Some(m)) =
+            (node.for_each(), node.call(), self.inst.multi_at(at))
         else {
             return Ok(());
         };
         let held = if m.completed > 0 {
-            super::multi::completion_holds(&dep.def.cel, fe, &m.outputs, m.completed, &self.inst.vars)
+            super::multi::completion_holds(
+                &dep.def.cel,
+                fe,
+                &m.outputs,
+                m.completed,
+                &self.inst.vars,
+            )
         } else {
             Ok(false)
         };
@@ -339,12 +346,7 @@ impl<'a> Step<'a> {
         };
         if held || m.settled() {
             let rest: Vec<u32> = (0..m.state.len() as u32)
-                .filter(|k| {
-                    matches!(
-                        m.state[*k as usize],
-                        ItemState::Pending | ItemState::Called
-                    )
-                })
+                .filter(|k| matches!(m.state[*k as usize], ItemState::Pending | ItemState::Called))
                 .collect();
             let withdrawn = rest.len() as u32
                 + m.state

@@ -310,7 +310,9 @@ pub enum DeployProblem {
     },
     /// A call activity's `in` key or `out` value names a variable the called definition does
     /// not declare.
-    #[error("{location}: call activity '{node}': '{key}' names variable '{variable}', which {process} does not declare")]
+    #[error(
+        "{location}: call activity '{node}': '{key}' names variable '{variable}', which {process} does not declare"
+    )]
     CallVariable {
         /// The call activity.
         node: NodeRef,

@@ -46,7 +46,8 @@ impl Instance {
 pub(super) fn waits(inst: &Instance, def: &ProcessDef, node: NodeId) -> bool {
     matches!(def.nodes[node.index()].behaviour, Behaviour::Call(_))
         && inst.rare.as_deref().is_some_and(|r| {
-            r.calls.iter().any(|c| c.node == node && c.open) || r.multi.iter().any(|m| m.node == node)
+            r.calls.iter().any(|c| c.node == node && c.open)
+                || r.multi.iter().any(|m| m.node == node)
         })
 }
 
@@ -78,7 +79,9 @@ pub(super) fn check(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<()
                 node.id, c.child
             ));
         }
-        if c.incident.is_some_and(|i| i as usize >= rare.incidents.len()) {
+        if c.incident
+            .is_some_and(|i| i as usize >= rare.incidents.len())
+        {
             return Err(format!(
                 "call '{}' names an incident that does not exist",
                 node.id

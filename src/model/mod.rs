@@ -13,12 +13,12 @@ mod timer;
 
 pub use event::{Event, FollowUp, Pending};
 
+pub(crate) use instance::{CallParent, Called, Rare};
 pub use instance::{
     Comment, Entry, Incident, Instance, Record, SentBack, Status, Task, TaskState, Token,
     TokenState,
 };
 pub(crate) use instance::{ItemState, Kept, Multi};
-pub(crate) use instance::{CallParent, Called, Rare};
 pub use timer::{Fired, Timer, TimerKind};
 
 pub(crate) use instance::Absorbing;
