@@ -854,3 +854,55 @@ steps:
         report.events
     );
 }
+
+#[test]
+fn a_waiting_call_survives_a_reopen_and_resumes_when_the_child_completes() {
+    let dir = std::env::temp_dir().join(format!("procflow-call-reopen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("store.db");
+    let _ = std::fs::remove_file(&path);
+    let (parent, kid) = {
+        let engine = sqlite_engine(&path, true);
+        engine.deploy(child(HUMAN)).unwrap();
+        engine
+            .deploy(ProcessDef::from_yaml(&MULTI.replace("PARALLEL", "true")).unwrap())
+            .unwrap();
+        let parent = engine
+            .start(
+                "bulk",
+                vars(&[("lines", json!([[1], [2]])), ("customer_id", json!("c"))]),
+            )
+            .unwrap();
+        // The first child is done before the reopen; the second still runs.
+        let kids = engine.children(parent).unwrap();
+        let task = engine.tasks(kids[0]).unwrap()[0].id;
+        engine
+            .complete(
+                task,
+                &Actor::new("fay", ["fitter"]),
+                vars(&[("reconfiguration", json!("one"))]),
+            )
+            .unwrap();
+        (parent, kids[1])
+    };
+    let engine = sqlite_engine(&path, false);
+    let p = engine.instance(parent).unwrap();
+    assert_eq!(p.status(), Status::Running);
+    assert_eq!(p.children().iter().filter(|(_, _, open)| *open).count(), 1);
+    let task = engine.tasks(kid).unwrap()[0].id;
+    engine
+        .complete(
+            task,
+            &Actor::new("fay", ["fitter"]),
+            vars(&[("reconfiguration", json!("two"))]),
+        )
+        .unwrap();
+    let p = engine.instance(parent).unwrap();
+    assert_eq!(p.status(), Status::Completed);
+    assert_eq!(p.vars()["statuses"], json!(["one", "two"]));
+    drop(engine);
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(store.outbox().unwrap().is_empty());
+    assert!(store.running().unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -174,6 +174,8 @@ impl<'a> Step<'a> {
                     incident.resolved = true;
                 }
                 self.record(Entry::ChildRetried { node, child });
+                // This instance goes on too: its own caller hears it.
+                self.child_retried();
             }
             CallChange::Withdrawn { node } => {
                 let open: Vec<InstanceId> = self.inst.rare.as_deref().map_or_else(Vec::new, |r| {
@@ -441,6 +443,16 @@ impl<'a> Step<'a> {
                     .as_deref()
                     .and_then(|o| mapped.remove(o))
                     .unwrap_or(Value::Null);
+                // The collected list must stay a valid variable value with this output.
+                if let (Some(collect), Some(m)) = (&fe.collect, self.inst.multi_at(at))
+                    && let Err(problem) = crate::vars::list_bounds(&m.outputs)
+                        .and_then(|bytes| crate::vars::replace_null(bytes, &output))
+                {
+                    let message =
+                        format!("child instance {child}'s output would make '{collect}' {problem}");
+                    self.apply(Change::Call(CallChange::Closed { child }));
+                    return Err(self.fail_node(token, at, message));
+                }
                 self.apply(Change::Call(CallChange::Returned {
                     child,
                     vars: Box::default(),

@@ -88,6 +88,22 @@ pub(super) fn check(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<()
             ));
         }
     }
+    // A multi-instance call's running item has its child.
+    for m in &rare.multi {
+        for (k, s) in m.state.iter().enumerate() {
+            if *s == super::instance::ItemState::Called
+                && !rare
+                    .calls
+                    .iter()
+                    .any(|c| c.node == m.node && c.open && c.item == Some(k as u32))
+            {
+                return Err(format!(
+                    "item {k} of '{}' waits for a child that no call names",
+                    def.nodes.get(m.node.index()).map_or("?", |n| n.id.as_str())
+                ));
+            }
+        }
+    }
     if let Some(p) = &rare.parent
         && (p.depth == 0 || p.instance == inst.id)
     {
