@@ -853,9 +853,9 @@ impl Engine {
     /// [`Engine::deploy`]. Deployed in the order given.
     ///
     /// # Errors
-    /// The first definition's [`DeployError`] whose calls do not check (then nothing is
-    /// deployed); else the first that does not deploy for another reason (a handler or
-    /// calendar missing: those before it stay deployed).
+    /// The [`DeployError`](super::DeployError) of the first definition whose calls do not
+    /// check (then nothing is deployed); else of the first that does not deploy for another
+    /// reason (a handler or calendar missing: those before it stay deployed).
     pub fn deploy_all(
         &self,
         defs: impl IntoIterator<Item = crate::ProcessDef>,
