@@ -265,50 +265,47 @@ pub(super) fn compile(
         }
     });
 
-    let repeat = raw
-        .repeat
-        .as_ref()
-        .filter(|_| kind != RawKind::Call)
-        .and_then(|at| {
-            let r = &at.value;
-            let max = match &r.max {
-                None => {
-                    add(at.loc, "repeat.max", ProblemKind::LoopWithoutMax);
-                    None
-                }
-                Some(m) if m.value == 0 || m.value > MAX_ITERATIONS => {
-                    add(
-                        m.loc,
-                        "repeat.max",
-                        ProblemKind::LoopShape("'max' must be between 1 and 10000"),
-                    );
-                    None
-                }
-                Some(m) => Some(m.value),
-            };
-            let until = match Condition::compile(&r.until.value) {
-                Err(kind) => {
-                    add(r.until.loc, "repeat.until", kind);
-                    None
-                }
-                Ok(cond) => {
-                    for var in cond.reads() {
-                        if !vars.contains_key(var) {
-                            add(
-                                r.until.loc,
-                                "repeat.until",
-                                ProblemKind::UndeclaredVariable(var.clone()),
-                            );
-                        }
+    let raw_repeat = raw.repeat.as_ref().filter(|_| kind != RawKind::Call);
+    let repeat = raw_repeat.and_then(|at| {
+        let r = &at.value;
+        let max = match &r.max {
+            None => {
+                add(at.loc, "repeat.max", ProblemKind::LoopWithoutMax);
+                None
+            }
+            Some(m) if m.value == 0 || m.value > MAX_ITERATIONS => {
+                add(
+                    m.loc,
+                    "repeat.max",
+                    ProblemKind::LoopShape("'max' must be between 1 and 10000"),
+                );
+                None
+            }
+            Some(m) => Some(m.value),
+        };
+        let until = match Condition::compile(&r.until.value) {
+            Err(kind) => {
+                add(r.until.loc, "repeat.until", kind);
+                None
+            }
+            Ok(cond) => {
+                for var in cond.reads() {
+                    if !vars.contains_key(var) {
+                        add(
+                            r.until.loc,
+                            "repeat.until",
+                            ProblemKind::UndeclaredVariable(var.clone()),
+                        );
                     }
-                    Some(cond)
                 }
-            };
-            Some(Repeat {
-                until: until?,
-                max: max?,
-            })
-        });
+                Some(cond)
+            }
+        };
+        Some(Repeat {
+            until: until?,
+            max: max?,
+        })
+    });
 
     (for_each.is_some() || repeat.is_some()).then(|| Box::new(Looping { for_each, repeat }))
 }
