@@ -14,6 +14,7 @@
 //! cargo run --release --example throughput -- --workload waiting-keys --instances 200000
 //! cargo run --release --example throughput -- --workload correlate --instances 1000000 \
 //!     [--store sqlite:PATH --instances 100000 --threads N]
+//! cargo run --release --example throughput -- --workload call --seconds S [--no-audit]
 //! ```
 //!
 //! `correlate` starts `--instances` instances waiting at a catch of a correlated message (key
@@ -22,6 +23,12 @@
 //! nanoseconds per correlate (the median over batches of 1,000) and the resident memory per
 //! waiting instance beside the same instances waiting at an uncorrelated catch (the index's
 //! cost); with `--store` it correlates on `--threads` threads and prints messages per second.
+//!
+//! `call` times call activity round trips on one thread: a parent whose only work is a call
+//! activity starts a child that runs from its start to its end, and resumes; it prints the
+//! nanoseconds per parent instance, per plain instance (start to end, no call) and their
+//! difference, the round trip (the child's start, run and end, and the parent's resume, through
+//! the outbox), with the floor.
 //!
 //! `lines` runs an order of `--lines` lines (default 100) through one multi-instance service
 //! task: its transitions are the `Transition` records plus one per line (`ItemCompleted`: an
@@ -58,7 +65,7 @@ use procflow::{Actor, Durability, Engine, Organisation, ProcessDef, SqliteStore,
 
 use common::*;
 
-const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|waiting-keys|correlate|worklist \
+const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|waiting-keys|correlate|worklist|call \
 [--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH] \
 [--durability process|full] [--commit group|single] [--lines N]";
 
@@ -192,6 +199,7 @@ fn main() -> ExitCode {
         "worklist" => worklist(&args),
         "waiting-keys" => waiting_keys(&args),
         "correlate" => correlate(&args),
+        "call" => call(&args),
         "reopen" => {
             if let Err(e) = reopen(&args) {
                 eprintln!("{e}");
@@ -694,6 +702,42 @@ fn correlate(args: &Args) {
         total.as_secs_f64() * 1e9 / n as f64,
         n as f64 / total.as_secs_f64(),
         start_secs * 1e9 / n as f64,
+        proc_status_kb("VmHWM"),
+        args.audit,
+    );
+}
+
+/// Times call activity round trips (see the module docs): parents that call a child running
+/// start to end, against plain instances running start to end, on one thread.
+fn call(args: &Args) {
+    const CALLEE: &str = "id: callee\nversion: 1\nname: Callee\nnodes:\n  start: { kind: start, next: end }\n  end: { kind: end }\n";
+    const CALLER: &str = "id: caller\nversion: 1\nname: Caller\nnodes:\n  start: { kind: start, next: call }\n  call: { kind: call, name: Call, process: callee, next: end }\n  end: { kind: end }\n";
+    let plain = CALLEE.replace("id: callee", "id: plain");
+    let engine = engine_with([parse(CALLEE), parse(CALLER), parse(&plain)], args.audit);
+    let time = |process: &str| {
+        // Warm up, then batches until half the budget has passed.
+        for _ in 0..10_000 {
+            engine.start(process, Vars::new()).expect("starts");
+        }
+        let budget = Duration::from_secs_f64(args.seconds / 2.0);
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < budget {
+            for _ in 0..1_000 {
+                engine.start(process, Vars::new()).expect("starts");
+            }
+            n += 1_000;
+        }
+        start.elapsed().as_secs_f64() * 1e9 / n as f64
+    };
+    let caller = time("caller");
+    let plain = time("plain");
+    let mut floors: Vec<f64> = (0..3).map(|_| floor_ns(10, 2_000_000)).collect();
+    floors.sort_by(f64::total_cmp);
+    println!(
+        "workload=call ns_per_parent_instance={caller:.0} ns_per_plain_instance={plain:.0} ns_per_round_trip={:.0} floor_ns_per_transition={:.2} peak_rss_kb={} audit={}",
+        caller - plain,
+        floors[1],
         proc_status_kb("VmHWM"),
         args.audit,
     );

@@ -341,6 +341,28 @@ impl Scenario {
         def: ProcessDef,
         calendars: Vec<(String, BusinessCalendar)>,
     ) -> Result<SimReport, DeployError> {
+        self.run_all(vec![def], calendars)
+    }
+
+    /// Runs the scenario on several definitions that call each other (call activities): the
+    /// first is the one the scenario starts; all are deployed together
+    /// ([`Engine::deploy_all`]). A step naming a task finds it on the started instance or, when
+    /// that has none open there, on the instances its calls started (depth first).
+    ///
+    /// # Errors
+    /// A definition does not deploy (see [`Scenario::run_with`]); no definition is given.
+    pub fn run_all(
+        &self,
+        defs: Vec<ProcessDef>,
+        calendars: Vec<(String, BusinessCalendar)>,
+    ) -> Result<SimReport, DeployError> {
+        let Some(first) = defs.first() else {
+            return Err(DeployError {
+                key: crate::ids::DefKey::default(),
+                problems: Vec::new(),
+            });
+        };
+        let process = first.key().id.clone();
         let log: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
         let step_no = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut builder = Engine::builder();
@@ -388,7 +410,10 @@ impl Scenario {
         }
         // A handler the scenario does not script fails when called, so that the scenario can
         // leave out services its route never reaches.
-        for name in def.nodes().filter_map(|(_, n)| n.handler()) {
+        for name in defs
+            .iter()
+            .flat_map(|d| d.nodes().filter_map(|(_, n)| n.handler()))
+        {
             if !self.raw.services.contains_key(name) {
                 let message = format!("the scenario scripts no result for handler '{name}'");
                 builder.handler(
@@ -398,16 +423,16 @@ impl Scenario {
             }
         }
         if let Some(file) = &self.raw.organisation {
-            let base = def.file().and_then(Path::parent).unwrap_or(Path::new("."));
+            let base = defs[0].file().and_then(Path::parent).unwrap_or(Path::new("."));
             let org =
                 crate::org::Organisation::from_file(base.join(file)).map_err(|e| DeployError {
-                    key: def.key().clone(),
+                    key: defs[0].key().clone(),
                     problems: vec![crate::exec::DeployProblem::Organisation(e)],
                 })?;
             builder.organisation(org);
         }
         let engine = builder.build();
-        let process = engine.deploy(def)?.key().id.clone();
+        engine.deploy_all(defs)?;
         let mut report = SimReport::default();
         let mut instance: Option<InstanceId> = None;
         let mut fired = Vec::new();
@@ -446,6 +471,7 @@ impl Scenario {
             .iter()
             .find(|t| &*t.node_id == node)
             .map(|t| t.id)
+            .or_else(|| called_task(engine, instance, node, 0))
             .ok_or_else(|| {
                 let open: Vec<&str> = tasks.iter().map(|t| &*t.node_id).collect();
                 format!("no open task at '{node}' (open: [{}])", open.join(", "))
@@ -874,4 +900,22 @@ fn advance(
     }
     *fired = engine.tick(clock.now()).iter().map(|f| f.name()).collect();
     Ok(())
+}
+
+/// The open task at `node` of an instance that `instance`'s call activities started, depth
+/// first (a scenario drives a child's tasks by their node ids).
+fn called_task(engine: &Engine, instance: InstanceId, node: &str, depth: u32) -> Option<TaskId> {
+    if depth > crate::def::call::MAX_DEPTH {
+        return None;
+    }
+    for child in engine.children(instance).ok()? {
+        let tasks = engine.tasks(child).ok()?;
+        if let Some(t) = tasks.iter().find(|t| &*t.node_id == node) {
+            return Some(t.id);
+        }
+        if let Some(t) = called_task(engine, child, node, depth + 1) {
+            return Some(t);
+        }
+    }
+    None
 }

@@ -1065,6 +1065,7 @@ impl Driver {
                 created_at: self.setup.clock.now(),
                 due: None,
                 item: None,
+                parent: None,
             });
         }
         Some(self.rng.pick(&tasks).clone())

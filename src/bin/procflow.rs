@@ -15,7 +15,9 @@ const USAGE: &str = "usage:
                   an organisation file (its top level names `organisation:`) is validated as
                   one; definitions are then also checked against every organisation given
   procflow graph FILE [--format mermaid|dot]
-  procflow simulate FILE --scenario SCENARIO [--calendar CALENDAR]
+  procflow simulate FILE [FILE...] --scenario SCENARIO [--calendar CALENDAR]
+                  the first FILE is the one started; the others are definitions its
+                  call activities call
   procflow calendar CALENDAR --add DURATION --from INSTANT
                   prints the instant alone on stdout; on stderr, a line that it is
                   provisional (it uses a year computed from the statutory holidays)
@@ -146,6 +148,14 @@ fn simulate(args: &[String]) -> Result<ExitCode, String> {
         Ok(def) => def,
         Err(code) => return Ok(code),
     };
+    // The definitions the first one's call activities call: the other files before a flag.
+    let mut called = Vec::new();
+    for file in args[1..].iter().take_while(|a| !a.starts_with("--")) {
+        match load(Some(file))? {
+            Ok(def) => called.push(def),
+            Err(code) => return Ok(code),
+        }
+    }
     let scenario = match Scenario::from_file(scenario_file) {
         Ok(s) => s,
         Err(e) => {
@@ -155,7 +165,13 @@ fn simulate(args: &[String]) -> Result<ExitCode, String> {
     };
     // The calendar a definition names is `--calendar`, or calendars/NAME.yaml beside the file.
     let mut calendars = Vec::new();
-    if let Some(name) = def.calendar().map(str::to_owned) {
+    let mut names: Vec<String> = std::iter::once(&def)
+        .chain(&called)
+        .filter_map(|d| d.calendar().map(str::to_owned))
+        .collect();
+    names.sort();
+    names.dedup();
+    for name in names {
         let path = match option(args, "--calendar")? {
             Some(path) => std::path::PathBuf::from(path),
             None => std::path::Path::new(&args[0])
@@ -170,7 +186,7 @@ fn simulate(args: &[String]) -> Result<ExitCode, String> {
             }
         }
     }
-    let report = match scenario.run_with(def, calendars) {
+    let report = match scenario.run_all(std::iter::once(def).chain(called).collect(), calendars) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{e}");

@@ -4,6 +4,7 @@
 //! it by `Arc` and never re-checks what validation proved (a DAG, one start, resolved targets,
 //! matched joins, compiled conditions).
 
+pub(crate) mod call;
 pub(crate) mod control;
 pub(crate) mod events;
 pub(crate) mod messages;
@@ -172,6 +173,9 @@ pub(crate) enum Behaviour {
     },
     /// Sends the message declared under `sends:` to other processes (through the outbox).
     Send(String),
+    /// A call activity: starts a child instance of another definition and waits for it (see
+    /// `call.rs`).
+    Call(Box<call::Call>),
 }
 
 #[derive(Debug)]
@@ -210,6 +214,8 @@ pub enum NodeKind {
     Subprocess,
     /// Sends a message to other processes (correlated like [`Engine::correlate`](crate::Engine::correlate)).
     Send,
+    /// A call activity: starts an instance of another definition and waits for it (WCP 22).
+    Call,
 }
 
 impl NodeKind {
@@ -228,6 +234,7 @@ impl NodeKind {
             NodeKind::Race => "race",
             NodeKind::Send => "send",
             NodeKind::Subprocess => "subprocess",
+            NodeKind::Call => "call",
         }
     }
 }
@@ -273,6 +280,7 @@ impl Node {
             Behaviour::Race => NodeKind::Race,
             Behaviour::Subprocess { .. } => NodeKind::Subprocess,
             Behaviour::Send(_) => NodeKind::Send,
+            Behaviour::Call(_) => NodeKind::Call,
         }
     }
 
@@ -357,6 +365,35 @@ impl Node {
     /// at a time within an instance.
     pub fn mutex(&self) -> Option<&str> {
         self.rules.as_deref().and_then(|r| r.mutex.as_deref())
+    }
+
+    /// The definition id a call activity calls.
+    pub fn called_process(&self) -> Option<&str> {
+        self.call().map(|c| c.process.as_str())
+    }
+
+    /// The definition version a call activity calls; `None` for the newest deployed when the
+    /// child starts (or when the node is no call activity).
+    pub fn called_version(&self) -> Option<u32> {
+        self.call().and_then(|c| c.version)
+    }
+
+    /// A call activity's information-flow number (`flow:`, processes.md §3), for the flow map.
+    pub fn flow(&self) -> Option<u32> {
+        self.call().and_then(|c| c.flow)
+    }
+
+    /// A call activity's depth limit (`max_depth:`); `None` when it uses the engine's default
+    /// ([`Config::max_call_depth`](crate::Config::max_call_depth)).
+    pub fn max_depth(&self) -> Option<u32> {
+        self.call().and_then(|c| c.max_depth)
+    }
+
+    pub(crate) fn call(&self) -> Option<&call::Call> {
+        match &self.behaviour {
+            Behaviour::Call(c) => Some(c),
+            _ => None,
+        }
     }
 
     /// The conditions of an exclusive or inclusive gateway's routes, with their targets, in

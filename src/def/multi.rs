@@ -70,10 +70,11 @@ pub(super) fn compile(
             kind,
         });
     };
-    // A sub-process may run its scope per item (`for_each`, see `scope.rs`) or repeat it.
+    // A sub-process may run its scope per item (`for_each`, see `scope.rs`) or repeat it; a
+    // call activity takes `for_each` (one child per item), its `repeat` is refused in `call.rs`.
     let supported = matches!(
         kind,
-        RawKind::UserTask | RawKind::ServiceTask | RawKind::Subprocess
+        RawKind::UserTask | RawKind::ServiceTask | RawKind::Subprocess | RawKind::Call
     );
     let raw_for_each = if supported {
         raw.for_each.as_ref()
@@ -292,7 +293,8 @@ pub(super) fn compile(
         }
     });
 
-    let repeat = raw.repeat.as_ref().and_then(|at| {
+    let raw_repeat = raw.repeat.as_ref().filter(|_| kind != RawKind::Call);
+    let repeat = raw_repeat.and_then(|at| {
         let r = &at.value;
         let max = match &r.max {
             None => {

@@ -91,6 +91,7 @@ pub(crate) enum RawKind {
     Race,
     Subprocess,
     Send,
+    Call,
 }
 
 impl RawKind {
@@ -108,6 +109,7 @@ impl RawKind {
             RawKind::Race => "race",
             RawKind::Subprocess => "subprocess",
             RawKind::Send => "send",
+            RawKind::Call => "call",
         }
     }
 }
@@ -192,6 +194,24 @@ pub(crate) struct RawNode {
     /// A user task's automatic allocation: `round_robin` or `shortest_queue` (see `org`).
     #[serde(default)]
     pub(crate) allocate: Option<At<String>>,
+    /// A call activity's called definition id (see `def/call.rs`).
+    #[serde(default)]
+    pub(crate) process: Option<At<String>>,
+    /// A call activity's called definition version (default: the newest deployed).
+    #[serde(default)]
+    pub(crate) version: Option<At<u32>>,
+    /// A call activity's information-flow number (processes.md §3).
+    #[serde(default)]
+    pub(crate) flow: Option<At<u32>>,
+    /// A call activity's inputs: child variable: parent variable.
+    #[serde(default, rename = "in")]
+    pub(crate) inputs: Option<At<Entries<String>>>,
+    /// A call activity's outputs: parent variable: child variable.
+    #[serde(default, rename = "out")]
+    pub(crate) outputs: Option<At<Entries<String>>>,
+    /// A call activity's depth limit.
+    #[serde(default)]
+    pub(crate) max_depth: Option<At<u32>>,
 }
 
 /// `for_each: { in, as, parallel, output, collect, complete_when }`.

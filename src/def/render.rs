@@ -113,6 +113,8 @@ fn mermaid_nodes(
             Behaviour::Subprocess { .. } => ("[", "]"),
             // A send leans forward: a parallelogram.
             Behaviour::Send(_) => ("[/", "/]"),
+            // A call activity is a subroutine: it runs another definition.
+            Behaviour::Call(_) => ("[[", "]]"),
         };
         let text = gateway_label(node);
         let _ = writeln!(out, "{pad}{}{open}\"{text}\"{close}", mid(node));
@@ -198,6 +200,13 @@ fn gateway_label(node: &Node) -> String {
         },
         Behaviour::Inclusive { .. } => format!("O {}", label(node)),
         Behaviour::Race => format!("race {}", label(node)),
+        Behaviour::Call(ref c) => format!(
+            "call {}{}{}: {}",
+            c.process,
+            c.version.map(|v| format!("@{v}")).unwrap_or_default(),
+            c.flow.map(|f| format!(" (flow {f})")).unwrap_or_default(),
+            label(node)
+        ),
         Behaviour::End if terminates(node) => format!("terminate {}", label(node)),
         _ => label(node),
     }
@@ -255,6 +264,8 @@ fn dot_nodes(def: &ProcessDef, scope: Option<crate::ids::NodeId>, depth: usize, 
             Behaviour::Race => "Mdiamond",
             Behaviour::Subprocess { .. } => "box",
             Behaviour::Send(_) => "rarrow",
+            // A call activity: a double box (see the `peripheries` below).
+            Behaviour::Call(_) => "box, peripheries=2",
         };
         let _ = writeln!(
             out,
@@ -262,7 +273,7 @@ fn dot_nodes(def: &ProcessDef, scope: Option<crate::ids::NodeId>, depth: usize, 
             node.id,
             // Exclusive and parallel gateways are told apart by shape alone in DOT; the marks
             // say what the shape cannot (inclusive, partial join, terminating end).
-            if node.control.is_some() {
+            if node.control.is_some() || matches!(node.behaviour, Behaviour::Call(_)) {
                 gateway_label(node)
             } else {
                 label(node)

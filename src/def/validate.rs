@@ -645,6 +645,8 @@ impl NodeCx<'_> {
             not_allowed("skills", raw.skills.as_ref().map(|a| a.loc), report);
             not_allowed("allocate", raw.allocate.as_ref().map(|a| a.loc), report);
         }
+        // Call activities' keys (see `call.rs`), refused on other kinds there.
+        let mut call = super::call::compile(self.id, raw, self.vars, self.loc, &mut report.0);
         if kind != RawKind::ServiceTask {
             not_allowed("handler", raw.handler.as_ref().map(|a| a.loc), report);
         }
@@ -725,6 +727,7 @@ impl NodeCx<'_> {
             | RawKind::Race
             | RawKind::Subprocess
             | RawKind::Send
+            | RawKind::Call
             // An inclusive join alone: one `next`.
             | RawKind::Inclusive => {
                 node.next = self.targets(raw.next.as_ref(), report);
@@ -804,6 +807,10 @@ impl NodeCx<'_> {
                     RawKind::Inclusive => Behaviour::Inclusive {
                         routes: Vec::new(),
                         default: None,
+                    },
+                    RawKind::Call => match call.take() {
+                        Some(c) => Behaviour::Call(c),
+                        None => Behaviour::End,
                     },
                     _ => match &raw.handler {
                         Some(h) => Behaviour::ServiceTask {

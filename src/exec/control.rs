@@ -77,7 +77,7 @@ impl Engine {
 
 impl Step<'_> {
     /// Withdraws every token and cancels the instance.
-    fn cancel_instance(&mut self, actor: &Actor, reason: &str) {
+    pub(super) fn cancel_instance(&mut self, actor: &Actor, reason: &str) {
         let def = &*self.dep.def;
         // Told: the SLA's informed roles and those of every task still open.
         let mut informed: Vec<RoleId> = def

@@ -374,6 +374,43 @@ pub enum DeployProblem {
     /// ([`ProcessDef::check_organisation`](crate::ProcessDef::check_organisation)).
     #[error("not fit for the organisation: {0}")]
     Organisation(crate::yaml::LoadError),
+    /// A call activity names a definition (id, and version when it names one) that is not
+    /// deployed.
+    #[error("{location}: call activity '{node}' calls '{process}'{}, which is not deployed", version.map(|v| format!(" version {v}")).unwrap_or_default())]
+    UnknownCalledProcess {
+        /// The call activity.
+        node: NodeRef,
+        /// The called definition's id.
+        process: String,
+        /// The called version, when the call names one.
+        version: Option<u32>,
+        /// Where the definition names it.
+        location: Location,
+    },
+    /// A call activity's `in` key or `out` value names a variable the called definition does
+    /// not declare.
+    #[error(
+        "{location}: call activity '{node}': '{key}' names variable '{variable}', which {process} does not declare"
+    )]
+    CallVariable {
+        /// The call activity.
+        node: NodeRef,
+        /// The called definition.
+        process: DefKey,
+        /// `in` or `out`.
+        key: &'static str,
+        /// The variable.
+        variable: String,
+        /// Where the mapping is.
+        location: Location,
+    },
+    /// Call activities form a cycle (a definition calls itself, directly or through others)
+    /// and no call on it has a `max_depth`.
+    #[error("call activities form a cycle without a depth limit: {}; give one of these calls a 'max_depth'", cycle.join(" -> "))]
+    CallCycle {
+        /// The definition ids around the cycle, the first repeated at the end.
+        cycle: Vec<String>,
+    },
 }
 
 /// Why [`EngineBuilder::open`](crate::EngineBuilder::open) could not resume from a store.

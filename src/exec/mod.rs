@@ -6,6 +6,7 @@
 //! call's events after its commit, with nothing locked (see `seam.rs`).
 
 mod allot;
+mod call;
 mod control;
 mod correlate;
 mod deploy;
@@ -62,6 +63,10 @@ pub struct Config {
     /// [`Engine::remove`]. This is enabled by default; a host that archives instances through a
     /// hook can turn it off.
     pub retain_completed: bool,
+    /// The deepest call chain a call activity without its own `max_depth` may start: a child
+    /// that would run deeper is not started, and the call is an incident of its parent. The
+    /// default is 8.
+    pub max_call_depth: u32,
 }
 
 impl Default for Config {
@@ -69,6 +74,7 @@ impl Default for Config {
         Config {
             audit: true,
             retain_completed: true,
+            max_call_depth: 8,
         }
     }
 }
@@ -389,6 +395,9 @@ pub struct TaskView {
     /// For a multi-instance task (`for_each`): the index of the item it runs (its value is
     /// [`Instance::task_item`]).
     pub item: Option<u32>,
+    /// The instance whose call activity started this task's instance, if any
+    /// ([`Instance::parent`]).
+    pub parent: Option<InstanceId>,
 }
 
 thread_local! {
@@ -1103,6 +1112,7 @@ fn open_tasks(slot: &Slot, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {
                     .find(|x| x.task == Some(t.seq) && x.kind == TimerKind::Due)
                     .map(|x| x.at),
                 item: slot.inst.task_item(t.seq).map(|(item, _)| item),
+                parent: slot.inst.parent(),
             }
         })
         .collect()

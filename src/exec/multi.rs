@@ -806,7 +806,7 @@ fn item_output(def: &crate::ProcessDef, fe: &ForEach, mut vars: Vars) -> Result<
 
 /// Whether a `for_each`'s completion condition holds with `completed` items done and the
 /// outputs so far (`null` for unfinished items).
-fn completion_holds(
+pub(super) fn completion_holds(
     cel: &cel::Context<'_, '_>,
     fe: &ForEach,
     outputs: &[Value],

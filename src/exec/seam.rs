@@ -265,6 +265,7 @@ impl Engine {
         let first_follow = inst.next_follow_up();
         let mut step = Step::new(inst, dep, &self.hooks, now, self.config.audit);
         step.org = self.org.as_deref();
+        step.engine = Some(self);
         let result = f(&mut step);
         let key_notes = std::mem::take(&mut step.key_notes);
         let (armed, events, changed) = (step.take_armed(), step.events, step.changed);
@@ -444,8 +445,11 @@ impl Engine {
         } else {
             self.run_sends(instance, &sends)
         };
+        // Calls between instances (see `call.rs`): run, not told.
+        let kept = self.run_calls(instance, &follow);
         let events: Vec<Event> = follow
             .iter()
+            .filter(|p| !super::call::is_call(&p.what))
             .filter_map(|p| match &p.what {
                 FollowUp::Notify {
                     task,
@@ -468,7 +472,7 @@ impl Engine {
                     actor: actor.clone(),
                     reason: reason.clone(),
                 }),
-                FollowUp::Send { .. } => None,
+                _ => None,
             })
             .collect();
         let mut failure = self.tell(&events);
@@ -490,7 +494,11 @@ impl Engine {
             }
         }
         if self.store.is_some() {
-            let done: Vec<u64> = follow.iter().map(|p| p.seq).collect();
+            let done: Vec<u64> = follow
+                .iter()
+                .map(|p| p.seq)
+                .filter(|s| !kept.contains(s))
+                .collect();
             // A conflict means another engine committed the instance meanwhile (with these
             // follow-ups still in it): the stored state was read again, so try once more.
             for _ in 0..3 {

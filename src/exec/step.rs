@@ -200,6 +200,8 @@ pub(crate) enum Change<'c> {
     Between(Box<super::correlate::BetweenChange>),
     /// Allocation and the organisation's refusals (see `allot.rs`).
     Org(super::allot::OrgChange<'c>),
+    /// Call activities (see `call.rs`).
+    Call(super::call::CallChange),
 }
 
 /// One engine call's work on one locked instance.
@@ -229,6 +231,9 @@ pub(crate) struct Step<'a> {
     pub(crate) fork_run: u16,
     /// The run whose local variables are in the instance's variables now: (sub-process, item).
     pub(crate) mounted: Option<(NodeId, u32)>,
+    /// The engine, for what a step reaches beyond its instance (a call activity reserves its
+    /// child's id and reads the called definition).
+    pub(crate) engine: Option<&'a super::Engine>,
 }
 
 impl<'a> Step<'a> {
@@ -253,6 +258,7 @@ impl<'a> Step<'a> {
             key_notes: Vec::new(),
             fork_run: 0,
             mounted: None,
+            engine: None,
         }
     }
 
@@ -557,6 +563,10 @@ impl<'a> Step<'a> {
                     self.dep.last_records.store(records, Ordering::Relaxed);
                 }
                 self.emit(Event::InstanceCompleted { instance: id });
+                // A child tells its parent (see `call.rs`).
+                if self.inst.rare.is_some() {
+                    self.child_finished();
+                }
             }
             Change::Arm(new) => {
                 if let Some(first) = new.iter().map(|t| t.at).min() {
@@ -592,6 +602,7 @@ impl<'a> Step<'a> {
             Change::Scope(change) => self.apply_scope(change),
             Change::Between(change) => self.apply_between(*change),
             Change::Org(change) => self.apply_org(change),
+            Change::Call(change) => self.apply_call(change),
             // The rare changes (task chores, failures, timers firing, withdrawals, cancellation,
             // joins, send back, events) apply in a function of their own: with them here the
             // compiler stopped inlining the audit trail's `push` into `apply`, and the record was
@@ -641,6 +652,7 @@ impl<'a> Step<'a> {
                     actor: actor.clone(),
                     reason: Box::from(reason),
                 });
+                self.child_failed(&format!("cancelled by {actor}: {reason}"));
                 if self.heard() {
                     self.emit(Event::InstanceCancelled {
                         instance: id,
@@ -930,6 +942,7 @@ impl<'a> Step<'a> {
                     node,
                     message: Box::from(message),
                 });
+                self.child_failed(message);
                 if self.heard() {
                     let node = node.map(|n| self.name(n));
                     self.emit(Event::Incident {
@@ -949,6 +962,7 @@ impl<'a> Step<'a> {
                     incident.resolved = true;
                 }
                 self.record(Entry::Retried);
+                self.child_retried();
             }
             Change::Fire { index, recipients } => {
                 let timer = self.inst.timers[index].clone();
@@ -1021,6 +1035,11 @@ impl<'a> Step<'a> {
                 });
             }
             Change::Withdraw { token } => {
+                // A call's children are cancelled (see `call.rs`).
+                let at = self.inst.tokens[token].node;
+                if matches!(self.dep.def.nodes[at.index()].behaviour, Behaviour::Call(_)) {
+                    self.withdraw_calls(at);
+                }
                 // A multi-instance activity's items go with its token.
                 self.withdraw_items(self.inst.tokens[token].node);
                 let t = self.inst.tokens.swap_remove(token);
@@ -1280,6 +1299,11 @@ impl<'a> Step<'a> {
                     self.enter_scope(i, at, *scope, timeout.as_ref(), &mut failure)
                 }
                 Behaviour::Send(message) => self.send(i, at, message),
+                Behaviour::Call(_) => {
+                    if let Err(e) = self.run_call(i, at) {
+                        failure.get_or_insert(e);
+                    }
+                }
             }
         }
         if runs {

@@ -347,6 +347,25 @@ pub enum Event {
         /// Its payload.
         vars: crate::vars::Vars,
     },
+    /// A call activity started a child instance (it starts after this commit, from the
+    /// outbox: [`FollowUp::StartChild`]).
+    CallStarted {
+        /// The parent instance.
+        instance: InstanceId,
+        /// The call activity.
+        node: Arc<str>,
+        /// The child instance.
+        child: InstanceId,
+    },
+    /// A call activity's child completed; its outputs are set on the parent, which goes on.
+    CallReturned {
+        /// The parent instance.
+        instance: InstanceId,
+        /// The call activity.
+        node: Arc<str>,
+        /// The child instance.
+        child: InstanceId,
+    },
     /// With a store: the store refused the commit of a call, so nothing of it happened and no
     /// other event of it is delivered; the call fails with
     /// [`ExecError::Store`](crate::ExecError::Store) or
@@ -393,7 +412,9 @@ impl Event {
             | Event::RunStarted { instance, .. }
             | Event::RunCompleted { instance, .. }
             | Event::MessageSent { instance, .. }
-            | Event::MessageReceived { instance, .. } => *instance,
+            | Event::MessageReceived { instance, .. }
+            | Event::CallStarted { instance, .. }
+            | Event::CallReturned { instance, .. } => *instance,
             Event::MessageUnmatched { from, .. } => from.unwrap_or(InstanceId(0)),
             Event::TaskCreated { task, .. }
             | Event::TaskClaimed { task, .. }
@@ -447,6 +468,67 @@ pub enum FollowUp {
         message: String,
         /// Its payload: the sender's variables the message declares.
         vars: crate::vars::Vars,
+    },
+    /// Start the child instance a call activity reserved (idempotent: a child that exists is
+    /// not started again).
+    StartChild {
+        /// The child's id, reserved in the parent's step.
+        child: InstanceId,
+        /// The called definition, its version resolved in the parent's step.
+        process: DefKey,
+        /// The parent's call activity.
+        node: NodeId,
+        /// For a multi-instance call: the item.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<u32>,
+        /// The child's call depth.
+        depth: u32,
+        /// The child's input variables.
+        vars: crate::vars::Vars,
+        /// The child variables it hands back when it completes.
+        outputs: Vec<String>,
+    },
+    /// A child completed: resume its parent's call with its outputs (idempotent: a parent that
+    /// no longer waits for the child ignores it).
+    ResumeParent {
+        /// The parent.
+        parent: InstanceId,
+        /// The parent's call activity.
+        node: NodeId,
+        /// For a multi-instance call: the item.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<u32>,
+        /// The child.
+        child: InstanceId,
+        /// The child's output variables (child names).
+        vars: crate::vars::Vars,
+    },
+    /// A child failed (an incident) or was cancelled: an incident of its parent naming it.
+    ChildFailed {
+        /// The parent.
+        parent: InstanceId,
+        /// The parent's call activity.
+        node: NodeId,
+        /// The child.
+        child: InstanceId,
+        /// What went wrong in the child.
+        message: String,
+    },
+    /// A failed child was retried: the parent's incident for it is resolved.
+    ChildRetried {
+        /// The parent.
+        parent: InstanceId,
+        /// The parent's call activity.
+        node: NodeId,
+        /// The child.
+        child: InstanceId,
+    },
+    /// The parent's call was withdrawn (cancelled, terminated, interrupted): cancel the child.
+    CancelChild {
+        /// The child.
+        child: InstanceId,
+        /// Why.
+        reason: String,
     },
 }
 

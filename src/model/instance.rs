@@ -62,6 +62,44 @@ pub(crate) struct Rare {
     pub(crate) run_vars: Vec<RunVars>,
     /// Messages received from other processes' outboxes (see `exec/correlate.rs`), newest last.
     pub(crate) receipts: Vec<Receipt>,
+    /// The children this instance's call activities started, oldest first (see
+    /// `exec/call.rs`).
+    pub(crate) calls: Vec<Called>,
+    /// The call activity that started this instance, when a parent instance did.
+    pub(crate) parent: Option<CallParent>,
+}
+
+/// A child instance a call activity started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Called {
+    /// The call activity.
+    pub(crate) node: NodeId,
+    pub(crate) child: InstanceId,
+    /// For a multi-instance call: the item the child runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) item: Option<u32>,
+    /// Whether the call still waits for the child.
+    pub(crate) open: bool,
+    /// The parent's incident that stands for the child's failure (an index into its
+    /// incidents), until the child goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) incident: Option<u32>,
+}
+
+/// Where a child instance was called from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CallParent {
+    pub(crate) instance: InstanceId,
+    /// The parent's call activity.
+    pub(crate) node: NodeId,
+    /// For a multi-instance call: the item this child runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) item: Option<u32>,
+    /// The length of the call chain above this instance (1 for a child of a top-level one).
+    pub(crate) depth: u32,
+    /// The variables handed back when this instance completes (the call's `out` values).
+    #[serde(default)]
+    pub(crate) outputs: Vec<String>,
 }
 
 /// The local variables of one run of a multi-instance sub-process (its scope's `variables:`),
@@ -135,6 +173,8 @@ pub(crate) enum ItemState {
     /// Its run of a multi-instance sub-process's scope is underway (its tokens carry
     /// [`Token::run`] = item + 1).
     Running,
+    /// A multi-instance call's child runs it (see `exec/call.rs`).
+    Called,
 }
 
 impl Multi {
@@ -184,6 +224,9 @@ struct WireRef<'a> {
     run_vars: &'a [RunVars],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     receipts: &'a [Receipt],
+    calls: &'a [Called],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: Option<&'a CallParent>,
 }
 
 /// An instance as it is deserialized (the audit trail and the outbox may be absent).
@@ -218,6 +261,9 @@ struct Wire {
     run_vars: Vec<RunVars>,
     #[serde(default)]
     receipts: Vec<Receipt>,
+    calls: Vec<Called>,
+    #[serde(default)]
+    parent: Option<CallParent>,
 }
 
 impl From<Wire> for Instance {
@@ -231,7 +277,9 @@ impl From<Wire> for Instance {
             || !w.loops.is_empty()
             || !w.kept.is_empty()
             || !w.run_vars.is_empty()
-            || !w.receipts.is_empty())
+            || !w.receipts.is_empty()
+            || !w.calls.is_empty()
+            || w.parent.is_some())
         .then(|| {
             Box::new(Rare {
                 incidents: w.incidents,
@@ -243,6 +291,8 @@ impl From<Wire> for Instance {
                 kept: w.kept,
                 run_vars: w.run_vars,
                 receipts: w.receipts,
+                calls: w.calls,
+                parent: w.parent,
             })
         });
         Instance {
@@ -287,6 +337,8 @@ impl Instance {
             kept: self.rare.as_deref().map_or(&[], |r| &r.kept[..]),
             run_vars: self.rare.as_deref().map_or(&[], |r| &r.run_vars[..]),
             receipts: self.rare.as_deref().map_or(&[], |r| &r.receipts[..]),
+            calls: self.rare.as_deref().map_or(&[], |r| &r.calls[..]),
+            parent: self.rare.as_deref().and_then(|r| r.parent.as_ref()),
         }
     }
 
@@ -859,6 +911,35 @@ pub enum Entry {
         /// The skills missing.
         missing: Box<[Box<str>]>,
     },
+    /// Call activity `node` started child instance `child` (it starts after this commit).
+    CallStarted {
+        /// The call activity.
+        node: NodeId,
+        /// The child.
+        child: InstanceId,
+    },
+    /// Child `child` of call activity `node` completed: its outputs are set.
+    CallReturned {
+        /// The call activity.
+        node: NodeId,
+        /// The child.
+        child: InstanceId,
+    },
+    /// Call activity `node`'s token was withdrawn: child `child` is cancelled.
+    CallCancelled {
+        /// The call activity.
+        node: NodeId,
+        /// The child.
+        child: InstanceId,
+    },
+    /// Child `child` of call activity `node`, which had failed, was retried: the incident
+    /// that stood for its failure is resolved.
+    ChildRetried {
+        /// The call activity.
+        node: NodeId,
+        /// The child.
+        child: InstanceId,
+    },
 }
 
 /// What [`Entry::MessageDelivered`] says: where a sent message went.
@@ -1011,7 +1092,7 @@ impl Instance {
                 let catch = matches!(
                     def.nodes[t.node.index()].behaviour,
                     crate::def::Behaviour::Catch(_) | crate::def::Behaviour::Subprocess { .. }
-                );
+                ) || super::call::waits(self, def, t.node);
                 let waits = catch
                     || self.tasks.iter().any(|k| k.node == t.node && k.is_open())
                     || self.timers.iter().any(|x| x.node == t.node && !x.fired);
@@ -1120,6 +1201,7 @@ impl Instance {
         check_looping(self, self.rare.as_deref().unwrap_or(&empty), def)?;
         check_kept(self, self.rare.as_deref().unwrap_or(&empty), def)?;
         check_runs(self, self.rare.as_deref().unwrap_or(&empty), def)?;
+        super::call::check(self, self.rare.as_deref().unwrap_or(&empty), def)?;
         for incident in self.incidents() {
             if let Some(n) = incident.node {
                 node(n, "an incident")?;
@@ -1263,6 +1345,10 @@ impl Record {
             Entry::MessageSent { node, .. } => ok_node(node),
             Entry::RaceWon { gateway, node } => ok_node(gateway) && ok_node(node),
             Entry::Boundary { task, node, .. } => ok_task(task) && ok_node(node),
+            Entry::CallStarted { node, .. }
+            | Entry::CallReturned { node, .. }
+            | Entry::CallCancelled { node, .. }
+            | Entry::ChildRetried { node, .. } => ok_node(node),
             _ => true,
         };
         if fits {
@@ -1530,6 +1616,18 @@ impl Record {
                 Some(from) => format!("message {} received from instance {from}", r.message),
                 None => format!("message {} received from the host", r.message),
             },
+            Entry::CallStarted { node, child } => {
+                format!("{} called: child instance {child} started", n(node))
+            }
+            Entry::CallReturned { node, child } => {
+                format!("{}: child instance {child} completed", n(node))
+            }
+            Entry::CallCancelled { node, child } => {
+                format!("{} withdrawn: child instance {child} cancelled", n(node))
+            }
+            Entry::ChildRetried { node, child } => {
+                format!("{}: child instance {child} was retried", n(node))
+            }
         };
         format!(
             "{} {what}",

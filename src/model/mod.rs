@@ -5,6 +5,7 @@
 //! **Invariant:** this layer uses only the definition layer and below (ids, variables, RACI
 //! actions, `ProcessDef` to name nodes); nothing here knows the executor, a store or a hook.
 
+mod call;
 mod control;
 mod event;
 mod instance;
@@ -12,6 +13,7 @@ mod timer;
 
 pub use event::{Event, FollowUp, ParkedMessage, Pending};
 
+pub(crate) use instance::{CallParent, Called, Rare};
 pub use instance::{
     Comment, Entry, Incident, Instance, Record, SentBack, Status, Task, TaskState, Token,
     TokenState,

@@ -516,6 +516,9 @@ pub enum ProblemKind {
     /// A definition's role is not one the organisation declares.
     #[error("role '{0}' is not in the organisation")]
     RoleNotInOrganisation(String),
+    /// A call activity (`kind: call`) is malformed, e.g. a `max_depth` out of range.
+    #[error("{0}")]
+    CallShape(&'static str),
 }
 
 /// A duration's text that does not parse: the text and what is wrong with it.
