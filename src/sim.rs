@@ -423,7 +423,10 @@ impl Scenario {
             }
         }
         if let Some(file) = &self.raw.organisation {
-            let base = defs[0].file().and_then(Path::parent).unwrap_or(Path::new("."));
+            let base = defs[0]
+                .file()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new("."));
             let org =
                 crate::org::Organisation::from_file(base.join(file)).map_err(|e| DeployError {
                     key: defs[0].key().clone(),
