@@ -4,6 +4,7 @@
 //! it by `Arc` and never re-checks what validation proved (a DAG, one start, resolved targets,
 //! matched joins, compiled conditions).
 
+pub(crate) mod assign;
 pub(crate) mod control;
 pub(crate) mod events;
 pub(crate) mod multi;
@@ -66,6 +67,11 @@ pub struct ProcessDef {
     pub(crate) scopes: Vec<scope::Scope>,
     /// The root CEL scope; building one costs tens of microseconds, so it is built once here.
     pub(crate) cel: cel::Context<'static, 'static>,
+    /// The case owner rule: whoever completes this user task owns the case (`owner:`).
+    pub(crate) owner: Option<NodeId>,
+    /// Whether the definition has a case owner or any user task an allocation rule
+    /// (`assign`, `four_eyes`, `priority`): when not, claims and completions never look.
+    pub(crate) allocating: bool,
 }
 
 impl std::fmt::Debug for ProcessDef {
@@ -116,6 +122,8 @@ pub struct Node {
     pub(crate) looping: Option<Box<multi::Looping>>,
     /// The embedded sub-process whose scope this node is in (`None` at the top level).
     pub(crate) parent: Option<NodeId>,
+    /// A user task's allocation rules (see `assign.rs`).
+    pub(crate) alloc: Option<Box<assign::Allocation>>,
 }
 
 /// What a node does when a token reaches it.

@@ -46,6 +46,9 @@ pub(crate) struct RawDef {
     #[serde(default)]
     pub(crate) signals: Entries<super::events::RawSignal>,
     pub(crate) nodes: Entries<RawNode>,
+    /// The case owner rule (`owner: { from: TASK }`, see `def/assign.rs`).
+    #[serde(default)]
+    pub(crate) owner: Option<At<super::assign::RawOwner>>,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +184,18 @@ pub(crate) struct RawNode {
     /// An embedded sub-process's local variables.
     #[serde(default)]
     pub(crate) variables: Option<At<Entries<RawVar>>>,
+    /// A user task's allocation rule (see `def/assign.rs`).
+    #[serde(default)]
+    pub(crate) assign: Option<At<super::assign::RawAssign>>,
+    /// Separation of duties: never the performer of these earlier tasks (see `def/assign.rs`).
+    #[serde(default)]
+    pub(crate) four_eyes: Option<At<Names>>,
+    /// A user task's priority: a CEL expression giving an integer (see `def/assign.rs`).
+    #[serde(default)]
+    pub(crate) priority: Option<At<String>>,
+    /// Shorter deadlines by priority (see `def/assign.rs`).
+    #[serde(default)]
+    pub(crate) priority_due: Option<At<Vec<At<super::assign::RawPriorityDue>>>>,
 }
 
 /// `for_each: { in, as, parallel, output, collect, complete_when }`.

@@ -391,6 +391,18 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         &mut compiled,
         &mut report.0,
     );
+    let owner = super::assign::compile(
+        &raw,
+        &raw_nodes,
+        &index,
+        &graph,
+        acyclic,
+        &vars,
+        &roles,
+        &mut compiled,
+        &mut report.0,
+    );
+    let allocating = owner.is_some() || compiled.iter().any(|n| n.alloc.is_some());
     let mut splits = HashMap::new();
     if let [start] = starts[..] {
         // In a graph with a cycle, "no end is reachable" mostly repeats the cycle: report it alone.
@@ -434,6 +446,8 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         milestones,
         scopes,
         cel: cel::Context::default(),
+        owner,
+        allocating,
     })
 }
 
@@ -611,6 +625,7 @@ impl NodeCx<'_> {
             race: None,
             looping: super::multi::compile(self.id, raw, self.vars, &mut report.0),
             parent: None,
+            alloc: None,
         };
 
         let not_allowed = |key: &'static str, loc: Option<Location>, report: &mut Report| {
