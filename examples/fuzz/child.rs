@@ -1065,6 +1065,11 @@ impl Driver {
                 created_at: self.setup.clock.now(),
                 due: None,
                 item: None,
+                assignee: None,
+                candidates: Vec::new(),
+                priority: None,
+                suspended: false,
+                delegated_by: None,
             });
         }
         Some(self.rng.pick(&tasks).clone())

@@ -57,7 +57,9 @@ impl<'de> Deserialize<'de> for RawAssign {
         impl<'de> Visitor<'de> for V {
             type Value = RawAssign;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("'owner', or one of { to: CEL }, { candidates: VARIABLE }, { like: TASK }")
+                f.write_str(
+                    "'owner', or one of { to: CEL }, { candidates: VARIABLE }, { like: TASK }",
+                )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<RawAssign, E> {
                 match s {
@@ -81,7 +83,9 @@ impl<'de> Deserialize<'de> for RawAssign {
                         other => return Err(de::Error::unknown_field(other, KEYS)),
                     });
                 }
-                out.ok_or_else(|| de::Error::custom("an assignment needs 'to', 'candidates' or 'like'"))
+                out.ok_or_else(|| {
+                    de::Error::custom("an assignment needs 'to', 'candidates' or 'like'")
+                })
             }
         }
         d.deserialize_any(V)
@@ -136,13 +140,19 @@ pub(super) fn compile(
             kind,
         });
     };
-    let user = |n: NodeId, nodes: &[Node]| matches!(nodes[n.index()].behaviour, Behaviour::UserTask(_));
+    let user =
+        |n: NodeId, nodes: &[Node]| matches!(nodes[n.index()].behaviour, Behaviour::UserTask(_));
     // The owner task: a known user task.
     let owner = def.owner.as_ref().and_then(|o| {
         let name = &o.value.from;
         match index.get(name.value.as_str()) {
             None => {
-                add(problems, name.loc, "owner.from".into(), ProblemKind::UnknownNode(name.value.clone()));
+                add(
+                    problems,
+                    name.loc,
+                    "owner.from".into(),
+                    ProblemKind::UnknownNode(name.value.clone()),
+                );
                 None
             }
             Some(&n) if !user(n, nodes) => {
@@ -161,7 +171,11 @@ pub(super) fn compile(
         }
     });
     for (i, r) in raw.iter().enumerate() {
-        if r.assign.is_none() && r.four_eyes.is_none() && r.priority.is_none() && r.priority_due.is_none() {
+        if r.assign.is_none()
+            && r.four_eyes.is_none()
+            && r.priority.is_none()
+            && r.priority_due.is_none()
+        {
             continue;
         }
         let id = nodes[i].id.clone();
@@ -176,7 +190,12 @@ pub(super) fn compile(
             ];
             for (key, loc) in keys {
                 if let Some(loc) = loc {
-                    add(problems, loc, path(key), ProblemKind::KeyNotAllowed { key, kind });
+                    add(
+                        problems,
+                        loc,
+                        path(key),
+                        ProblemKind::KeyNotAllowed { key, kind },
+                    );
                 }
             }
             continue;
@@ -186,7 +205,12 @@ pub(super) fn compile(
         // An earlier user task, or a problem at `loc`.
         let earlier_task = |name: &str, loc: Location, key: &str, problems: &mut Vec<Problem>| {
             let Some(&n) = index.get(name) else {
-                add(problems, loc, path(key), ProblemKind::UnknownNode(name.to_owned()));
+                add(
+                    problems,
+                    loc,
+                    path(key),
+                    ProblemKind::UnknownNode(name.to_owned()),
+                );
                 return None;
             };
             let bad = |reason: &str| ProblemKind::BadAllocation {
@@ -197,7 +221,12 @@ pub(super) fn compile(
                 add(problems, loc, path(key), bad("it is this task itself"));
                 None
             } else if !user(n, nodes) {
-                add(problems, loc, path(key), bad("it is not a user task, so nobody performs it"));
+                add(
+                    problems,
+                    loc,
+                    path(key),
+                    bad("it is not a user task, so nobody performs it"),
+                );
                 None
             } else if earlier.as_ref().is_some_and(|e| !e[n.index()]) {
                 add(
@@ -286,7 +315,9 @@ pub(super) fn compile(
                     }
                     Some(_) => Some(Assign::Candidates(var.clone())),
                 },
-                RawAssign::Like(task) => earlier_task(task, a.loc, "assign.like", problems).map(Assign::Like),
+                RawAssign::Like(task) => {
+                    earlier_task(task, a.loc, "assign.like", problems).map(Assign::Like)
+                }
             };
         }
         if let Some(f) = &r.four_eyes {
@@ -302,9 +333,18 @@ pub(super) fn compile(
             match Condition::compile(&p.value) {
                 Err(kind) => add(problems, p.loc, path("priority"), kind),
                 Ok(cond) => {
-                    let undeclared: Vec<&String> = cond.reads().iter().filter(|v| !vars.contains_key(*v)).collect();
+                    let undeclared: Vec<&String> = cond
+                        .reads()
+                        .iter()
+                        .filter(|v| !vars.contains_key(*v))
+                        .collect();
                     for var in &undeclared {
-                        add(problems, p.loc, path("priority"), ProblemKind::UndeclaredVariable((*var).clone()));
+                        add(
+                            problems,
+                            p.loc,
+                            path("priority"),
+                            ProblemKind::UndeclaredVariable((*var).clone()),
+                        );
                     }
                     if undeclared.is_empty() {
                         alloc.priority = Some(cond);

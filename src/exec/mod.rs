@@ -10,6 +10,7 @@ mod deploy;
 mod error;
 mod events;
 mod kept;
+mod lifecycle;
 mod multi;
 mod rework;
 mod scope;
@@ -28,6 +29,7 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
 pub use error::{DeployError, DeployProblem, ExecError, OpenError};
+pub use lifecycle::{WorkItem, WorkOrder, WorkQuery};
 pub use timers::{Sla, SlaStatus, TimerDriver};
 
 use crate::clock::{Clock, SystemClock};
@@ -340,6 +342,16 @@ pub struct TaskView {
     /// For a multi-instance task (`for_each`): the index of the item it runs (its value is
     /// [`Instance::task_item`]).
     pub item: Option<u32>,
+    /// The person the task is assigned to (`assign:` direct, owner or retain familiar).
+    pub assignee: Option<ActorId>,
+    /// The people the task is offered to (`assign: { candidates: .. }`); empty when it is not.
+    pub candidates: Vec<ActorId>,
+    /// Its priority (`priority:`, or the instance's `priority` variable), higher first.
+    pub priority: Option<i64>,
+    /// Whether it is suspended ([`Engine::suspend`]), on its own or with its instance.
+    pub suspended: bool,
+    /// Who delegated it, while it is delegated ([`Engine::delegate`]).
+    pub delegated_by: Option<ActorId>,
 }
 
 thread_local! {
@@ -599,7 +611,13 @@ impl Engine {
                     by: by.clone(),
                 });
             }
-            self.authorize(step, task, node, Action::Claim, actor)?;
+            let grant = self.authorize(step, task, node, Action::Claim, actor)?;
+            step.check_allocation(
+                task,
+                &actor.id,
+                crate::model::Call::Claim,
+                grant == Grant::Regular,
+            )?;
             rework::check_enabled(step, task, node)?;
             rework::check_interleaved(step, task, node)?;
             step.apply(Change::Claim {
@@ -628,6 +646,12 @@ impl Engine {
         let output = crate::vars::Handed::new(output);
         self.with_task(task, |step, node| {
             let grant = self.authorize(step, task, node, Action::Complete, actor)?;
+            step.check_allocation(
+                task,
+                &actor.id,
+                crate::model::Call::Complete,
+                grant == Grant::Regular,
+            )?;
             rework::check_enabled(step, task, node)?;
             if step.inst.tasks[task.seq as usize].claimed_by.is_none() {
                 // Completing an unclaimed task claims it on the way.
@@ -673,6 +697,9 @@ impl Engine {
                 });
             }
             let overridden = grant == Grant::Override;
+            if step.dep.def.allocating {
+                step.completing(task.seq, &actor.id);
+            }
             if for_each.is_some() {
                 let done = step.complete_item(task.seq, &actor.id, overridden, output.take());
                 let ran = step.run();
@@ -944,6 +971,7 @@ impl Engine {
                     responsible
                         && t.claimed_by.as_ref().is_none_or(|c| **c == *actor.id)
                         && rework::enabled(&slot.dep.def, &slot.inst, t.node)
+                        && lifecycle::offered(&slot, t, actor)
                 }));
             }
         }
@@ -971,7 +999,7 @@ fn open_tasks(slot: &Slot, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {
         .filter(|t| t.is_open() && keep(t))
         .map(|t| {
             let i = t.node.index();
-            TaskView {
+            let mut view = TaskView {
                 id: t.id(slot.inst.id),
                 node: t.node,
                 node_id: Arc::clone(&slot.dep.names[i]),
@@ -985,7 +1013,14 @@ fn open_tasks(slot: &Slot, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {
                     .find(|x| x.task == Some(t.seq) && x.kind == TimerKind::Due)
                     .map(|x| x.at),
                 item: slot.inst.task_item(t.seq).map(|(item, _)| item),
-            }
+                assignee: None,
+                candidates: Vec::new(),
+                priority: None,
+                suspended: false,
+                delegated_by: None,
+            };
+            lifecycle::view(slot, t, &mut view);
+            view
         })
         .collect()
 }

@@ -196,6 +196,8 @@ pub(crate) enum Change<'c> {
     Kept(super::kept::KeptChange<'c>),
     /// Embedded sub-process scopes (see `scope.rs`).
     Scope(super::scope::ScopeChange),
+    /// Allocation and the work-item lifecycle (see `lifecycle.rs`).
+    Life(super::lifecycle::LifeChange<'c>),
 }
 
 /// One engine call's work on one locked instance.
@@ -551,6 +553,7 @@ impl<'a> Step<'a> {
             Change::Looping(change) => self.apply_loop(change),
             Change::Kept(change) => self.apply_kept(change),
             Change::Scope(change) => self.apply_scope(change),
+            Change::Life(change) => self.apply_life(change),
             // The rare changes (task chores, failures, timers firing, withdrawals, cancellation,
             // joins, send back, events) apply in a function of their own: with them here the
             // compiler stopped inlining the audit trail's `push` into `apply`, and the record was
@@ -1019,6 +1022,9 @@ impl<'a> Step<'a> {
     /// Drops the timers of a task that ended.
     fn disarm(&mut self, seq: u32) {
         self.inst.timers.retain(|t| t.task != Some(seq));
+        if self.inst.rare.is_some() {
+            super::lifecycle::forget(self.inst, seq);
+        }
     }
 
     /// The open task at `node`, the latest if there are several.
@@ -1086,6 +1092,15 @@ impl<'a> Step<'a> {
                     }
                 }
                 Behaviour::UserTask(_) => {
+                    // Who it opens for: nobody is an incident, and a retry tries again.
+                    let assigned = match def.allocating.then(|| self.allocate(at)) {
+                        Some(Err(message)) => {
+                            failure.get_or_insert(self.fail_node(i, at, message));
+                            continue;
+                        }
+                        Some(Ok(assigned)) => assigned,
+                        None => None,
+                    };
                     // The task's deadlines are computed before it opens: one that cannot be
                     // computed fails the node, and a retry (say, after the calendar gained the
                     // year) opens the task again.
@@ -1093,6 +1108,14 @@ impl<'a> Step<'a> {
                     match self.task_timers(at, self.inst.tasks.len() as u32, &mut armed) {
                         Ok(()) => {
                             self.apply(Change::OpenTask { token: i });
+                            if let Some((to, candidates)) = assigned {
+                                let task = self.inst.tasks.len() as u32 - 1;
+                                self.apply(Change::Life(super::lifecycle::LifeChange::Assign {
+                                    task,
+                                    to,
+                                    candidates,
+                                }));
+                            }
                             self.arm(&armed);
                         }
                         Err(message) => {

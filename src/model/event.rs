@@ -303,6 +303,96 @@ pub enum Event {
         /// Why, as the store said.
         reason: String,
     },
+    /// The case owner changed (see [`Entry::OwnerSet`](super::Entry::OwnerSet)).
+    OwnerChanged {
+        /// The instance.
+        instance: InstanceId,
+        /// The new owner.
+        owner: ActorId,
+        /// Who handed it over (`None`: set by completing the owner task).
+        by: Option<ActorId>,
+    },
+    /// A task opened assigned to a person or candidates (`assign:`).
+    TaskAssigned {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// The assignee, or the candidates.
+        to: Vec<ActorId>,
+    },
+    /// The claimant released a task ([`Engine::release`](crate::Engine::release)).
+    TaskReleased {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// Who released it.
+        actor: ActorId,
+    },
+    /// A task was delegated ([`Engine::delegate`](crate::Engine::delegate)).
+    TaskDelegated {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// Who delegated it.
+        by: ActorId,
+        /// The delegate.
+        to: ActorId,
+    },
+    /// The delegate returned a task ([`Engine::return_task`](crate::Engine::return_task)).
+    TaskReturned {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// The delegate.
+        actor: ActorId,
+    },
+    /// A task or an instance was suspended ([`Engine::suspend`](crate::Engine::suspend)).
+    Suspended {
+        /// The instance.
+        instance: InstanceId,
+        /// The task, or `None` for the whole instance.
+        task: Option<TaskId>,
+        /// Who suspended it.
+        actor: ActorId,
+    },
+    /// A task or an instance resumed ([`Engine::resume`](crate::Engine::resume)).
+    Resumed {
+        /// The instance.
+        instance: InstanceId,
+        /// The task, or `None` for the whole instance.
+        task: Option<TaskId>,
+        /// Who resumed it.
+        actor: ActorId,
+    },
+    /// The accountable skipped a task ([`Engine::skip`](crate::Engine::skip)).
+    TaskSkipped {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// Who skipped it.
+        actor: ActorId,
+        /// Why.
+        reason: String,
+    },
+    /// An allocation rule or the work-item lifecycle refused a call (see
+    /// [`Entry::Refused`](super::Entry::Refused)).
+    CallRefused {
+        /// The instance.
+        instance: InstanceId,
+        /// The task, for a task call.
+        task: Option<TaskId>,
+        /// Who tried.
+        actor: ActorId,
+        /// What.
+        call: super::alloc::Call,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Event {
@@ -326,7 +416,11 @@ impl Event {
             | Event::ItemsFinished { instance, .. }
             | Event::Repeated { instance, .. }
             | Event::ScopeEntered { instance, .. }
-            | Event::ScopeLeft { instance, .. } => *instance,
+            | Event::ScopeLeft { instance, .. }
+            | Event::OwnerChanged { instance, .. }
+            | Event::Suspended { instance, .. }
+            | Event::Resumed { instance, .. }
+            | Event::CallRefused { instance, .. } => *instance,
             Event::TaskCreated { task, .. }
             | Event::TaskClaimed { task, .. }
             | Event::TaskCompleted { task, .. }
@@ -336,7 +430,12 @@ impl Event {
             | Event::TaskCommented { task, .. }
             | Event::AccessDenied { task, .. }
             | Event::Notify { task, .. }
-            | Event::BoundaryFired { task, .. } => task.instance(),
+            | Event::BoundaryFired { task, .. }
+            | Event::TaskAssigned { task, .. }
+            | Event::TaskReleased { task, .. }
+            | Event::TaskDelegated { task, .. }
+            | Event::TaskReturned { task, .. }
+            | Event::TaskSkipped { task, .. } => task.instance(),
         }
     }
 }

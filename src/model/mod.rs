@@ -5,11 +5,14 @@
 //! **Invariant:** this layer uses only the definition layer and below (ids, variables, RACI
 //! actions, `ProcessDef` to name nodes); nothing here knows the executor, a store or a hook.
 
+mod alloc;
 mod control;
 mod event;
 mod instance;
 mod timer;
 
+pub(crate) use alloc::{Assigned, Delegation, Suspension};
+pub use alloc::{Call, Refusal};
 pub use event::{Event, FollowUp, Pending};
 
 pub use instance::{
