@@ -139,7 +139,10 @@ fn the_first_contact_owns_the_case_and_the_reply_goes_back_to_them() {
     let engine = engine();
     let id = started(
         &engine,
-        vars(&[("manager_id", json!("lee")), ("team", json!(["bob", "bea"]))]),
+        vars(&[
+            ("manager_id", json!("lee")),
+            ("team", json!(["bob", "bea"])),
+        ]),
     );
     assert_eq!(engine.owner(id).unwrap(), None);
     engine
@@ -161,7 +164,16 @@ fn the_first_contact_owns_the_case_and_the_reply_goes_back_to_them() {
     assert_eq!(view.assignee.as_ref().map(|a| a.as_str()), Some("ann"));
     // Another agent may not take it, and the refusal is audited.
     let err = engine.claim(reply, &amy()).unwrap_err();
-    assert!(matches!(err, ExecError::Refused { call: Call::Claim, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ExecError::Refused {
+                call: Call::Claim,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(engine.work_list(&amy()).is_empty());
     assert_eq!(engine.work_list(&ann()).len(), 1);
     let r = refusals(&engine, id);
@@ -209,7 +221,10 @@ fn four_eyes_refuses_the_drafter_on_claim_and_complete() {
             panic!("{err}");
         };
         assert_eq!(actor.as_str(), "bob");
-        assert!(reason.contains("draft_credit") && reason.contains("bob"), "{reason}");
+        assert!(
+            reason.contains("draft_credit") && reason.contains("bob"),
+            "{reason}"
+        );
     }
     // Not even the accountable's override makes one person both draft and approve.
     let both = Actor::new("bob", ["billing", "lead"]);
@@ -258,7 +273,10 @@ fn direct_assignment_reads_a_variable_and_nobody_is_an_incident() {
             .complete(task_at(&engine, id, "approve_credit"), &bea(), Vars::new())
             .unwrap_err()
     };
-    assert!(matches!(&err, ExecError::Incident { node, .. } if &*node.name == "review"), "{err}");
+    assert!(
+        matches!(&err, ExecError::Incident { node, .. } if &*node.name == "review"),
+        "{err}"
+    );
     assert!(open(&engine, id).is_empty());
     let inst = engine.instance(id).unwrap();
     assert_eq!(inst.incidents().len(), 1);
@@ -271,7 +289,10 @@ fn deferred_candidates_and_retain_familiar() {
     let engine = engine();
     let id = started(
         &engine,
-        vars(&[("manager_id", json!("lee")), ("team", json!(["bea", "zoe"]))]),
+        vars(&[
+            ("manager_id", json!("lee")),
+            ("team", json!(["bea", "zoe"])),
+        ]),
     );
     to_review(&engine, id);
     engine
@@ -331,14 +352,26 @@ fn hand_over_moves_the_case_and_is_refused_to_others() {
     let engine = engine();
     let id = started(
         &engine,
-        vars(&[("manager_id", json!("lee")), ("team", json!(["bob", "bea"]))]),
+        vars(&[
+            ("manager_id", json!("lee")),
+            ("team", json!(["bob", "bea"])),
+        ]),
     );
     engine
         .complete(task_at(&engine, id, "first_contact"), &ann(), Vars::new())
         .unwrap();
     // Another agent may not take the case.
     let err = engine.hand_over(id, &amy(), &amy()).unwrap_err();
-    assert!(matches!(err, ExecError::Refused { call: Call::HandOver, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ExecError::Refused {
+                call: Call::HandOver,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // Nor may it go to someone who could not have done the first contact.
     assert!(engine.hand_over(id, &ann(), &bob()).is_err());
     assert_eq!(refusals(&engine, id).len(), 2);
