@@ -148,6 +148,11 @@ impl Step<'_> {
     #[cold]
     #[inline(never)]
     pub(super) fn apply_life(&mut self, change: LifeChange<'_>) {
+        self.apply_life_here(change);
+        tidy(self.inst);
+    }
+
+    fn apply_life_here(&mut self, change: LifeChange<'_>) {
         let id = self.inst.id;
         match change {
             LifeChange::Assign {
@@ -637,9 +642,24 @@ pub(super) fn view(slot: &Slot, t: &Task, v: &mut TaskView) {
     v.delegated_by = slot.inst.delegated_by(t.seq).cloned();
 }
 
+/// Drops an emptied `Rare`: a stored instance without one reads back as `None`.
+fn tidy(inst: &mut crate::model::Instance) {
+    if inst
+        .rare
+        .as_deref()
+        .is_some_and(|r| *r == crate::model::Rare::default())
+    {
+        inst.rare = None;
+    }
+}
+
 /// Drops the allocation state of a task that ended (from `Step::disarm`).
 pub(super) fn forget(inst: &mut crate::model::Instance, seq: u32) {
-    if let Some(rare) = inst.rare.as_deref_mut() {
+    let Some(rare) = inst.rare.as_deref_mut() else {
+        return;
+    };
+    let had = !rare.assigned.is_empty() || !rare.delegated.is_empty() || !rare.suspended.is_empty();
+    if had {
         if !rare.assigned.is_empty() {
             rare.assigned.retain(|a| a.task != seq);
         }
@@ -649,6 +669,7 @@ pub(super) fn forget(inst: &mut crate::model::Instance, seq: u32) {
         if !rare.suspended.is_empty() {
             rare.suspended.retain(|s| s.task != Some(seq));
         }
+        tidy(inst);
     }
 }
 

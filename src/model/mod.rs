@@ -19,7 +19,7 @@ pub use instance::{
     Comment, Entry, Incident, Instance, Record, SentBack, Status, Task, TaskState, Token,
     TokenState,
 };
-pub(crate) use instance::{ItemState, Kept, Multi};
+pub(crate) use instance::{ItemState, Kept, Multi, Rare};
 pub use timer::{Fired, Timer, TimerKind};
 
 pub(crate) use instance::Absorbing;
