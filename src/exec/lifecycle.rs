@@ -653,6 +653,18 @@ fn tidy(inst: &mut crate::model::Instance) {
     }
 }
 
+/// A task the accountable reassigned (`Change::Reassign`) is assigned to its new holder.
+pub(super) fn reassigned(inst: &mut crate::model::Instance, seq: u32, to: &ActorId) {
+    if let Some(a) = inst
+        .rare
+        .as_deref_mut()
+        .and_then(|r| r.assigned.iter_mut().find(|a| a.task == seq))
+    {
+        a.to = vec![to.clone()];
+        a.candidates = false;
+    }
+}
+
 /// Drops the allocation state of a task that ended (from `Step::disarm`).
 pub(super) fn forget(inst: &mut crate::model::Instance, seq: u32) {
     let Some(rare) = inst.rare.as_deref_mut() else {

@@ -799,6 +799,8 @@ impl<'a> Step<'a> {
             Change::Reassign { task, by, to } => {
                 let (by, to) = (by.clone(), to.clone());
                 self.inst.tasks[task as usize].claimed_by = Some(to.clone());
+                // An accountable's reassignment moves the task's assignment (`assign:`) too.
+                super::lifecycle::reassigned(self.inst, task, &to);
                 self.record(Entry::Reassigned {
                     task,
                     by: by.clone(),
