@@ -1,7 +1,7 @@
 //! Allocation rules on user tasks (the resource patterns of Russell et al. 2005): the case owner
-//! (`owner: { from: TASK }` at the definition level, WRP 7 case handling), a task's `assign:`
-//! (`owner`, direct `{ to: CEL }` WRP 2, deferred `{ candidates: VAR }` WRP 3, retain familiar
-//! `{ like: TASK }` WRP 8), separation of duties (`four_eyes: [TASK..]`, WRP 5), and a task's
+//! (`owner: { from: TASK }` at the definition level, WRP 6 case handling), a task's `assign:`
+//! (`owner`, direct `{ to: CEL }` WRP 1, deferred `{ candidates: VAR }` WRP 3, retain familiar
+//! `{ like: TASK }` WRP 7), separation of duties (`four_eyes: [TASK..]`, WRP 5), and a task's
 //! `priority:` with `priority_due:` (shorter deadlines for urgent work).
 //!
 //! **Invariant:** a compiled rule names only earlier user tasks (an ancestor in the graph) and

@@ -709,7 +709,7 @@ impl Engine {
         }
     }
 
-    /// Releases a claimed task (WRP 21, deallocation): the claimant gives it back unclaimed, and
+    /// Releases a claimed task (WRP 29, deallocation): the claimant gives it back unclaimed, and
     /// it is back in the work lists of its responsible roles (and its assignee or candidates).
     ///
     /// Who may: the claimant. A delegated task is given back with [`Engine::return_task`].
@@ -743,7 +743,7 @@ impl Engine {
         })
     }
 
-    /// Delegates a task (WRP 20, delegation) to `to`, who then holds its claim and completes it
+    /// Delegates a task (WRP 27, delegation) to `to`, who then holds its claim and completes it
     /// or gives it back with [`Engine::return_task`]. The delegator stays accountable: the audit
     /// trail and [`TaskView::delegated_by`] name it until the task completes or returns.
     ///
@@ -823,7 +823,7 @@ impl Engine {
         })
     }
 
-    /// Suspends a task or a whole instance (WRP 22, suspension): its timers pause (they fall due
+    /// Suspends a task or a whole instance (WRP 32, suspension/resumption): its timers pause (they fall due
     /// later by the suspended time when it resumes), and a suspended task cannot be claimed,
     /// completed or delegated and leaves the work lists. An instance's suspension covers all its
     /// tasks and timers (the SLA's included); messages and signals are still delivered to it.
@@ -932,7 +932,7 @@ impl Engine {
         }
     }
 
-    /// Skips a task (WRP 35-like override): the accountable completes it without output, audited
+    /// Skips a task (WRP 33, skip): the accountable completes it without output, audited
     /// as an override ([`Entry::Skipped`], then the completion marked overridden), and the
     /// instance runs on. The owner rule does not take the skipper as the case owner.
     ///
@@ -1016,7 +1016,7 @@ impl Engine {
         })
     }
 
-    /// Hands the case over to `to` (WRP 7, case handling): `to` becomes the case owner, and
+    /// Hands the case over to `to` (WRP 6, case handling): `to` becomes the case owner, and
     /// tasks that open for the owner (`assign: owner`) from then on go to `to` (open ones keep
     /// their assignee; reassign or delegate those).
     ///
