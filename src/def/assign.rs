@@ -241,6 +241,18 @@ pub(super) fn compile(
             }
         };
         let mut alloc = Allocation::default();
+        if let (Some(a), Some(_)) = (&r.assign, &r.for_each) {
+            add(
+                problems,
+                a.loc,
+                path("assign"),
+                ProblemKind::BadAllocation {
+                    target: "assign".into(),
+                    reason: "a multi-instance task ('for_each') cannot have an assignment (yet)"
+                        .into(),
+                },
+            );
+        }
         if let Some(a) = &r.assign {
             alloc.assign = match &a.value {
                 RawAssign::Owner => match (&def.owner, owner) {

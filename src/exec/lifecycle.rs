@@ -514,8 +514,11 @@ impl Step<'_> {
         self.check_four_eyes(seq, actor, call)?;
         let delegate = self.inst.delegated_by(seq).is_some()
             && self.inst.tasks[seq as usize].claimed_by.as_ref() == Some(actor);
+        // An escalation that gave the task to a role overrides its assignment.
+        let escalated = self.inst.tasks[seq as usize].escalated_to.is_some();
         if regular
             && !delegate
+            && !escalated
             && let Some(a) = self.inst.assigned(seq)
             && !a.to.contains(actor)
         {
@@ -616,6 +619,7 @@ pub(super) fn offered(slot: &Slot, t: &Task, actor: &Actor) -> bool {
     }
     let delegate = rare.delegated.iter().any(|d| d.task == t.seq);
     delegate
+        || t.escalated_to.is_some()
         || slot
             .inst
             .assigned(t.seq)
