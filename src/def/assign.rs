@@ -97,8 +97,8 @@ impl<'de> Deserialize<'de> for RawAssign {
 pub(crate) enum Assign {
     /// The case owner.
     Owner,
-    /// Direct: a CEL expression giving a person id.
-    To(Condition),
+    /// Direct: a CEL expression giving a person id (boxed: a compiled expression is large).
+    To(Box<Condition>),
     /// Deferred: a declared list variable of person ids.
     Candidates(String),
     /// Retain familiar: whoever completed the latest task at this earlier node.
@@ -295,7 +295,7 @@ pub(super) fn compile(
                                 );
                             }
                         }
-                        ok.then_some(Assign::To(cond))
+                        ok.then(|| Assign::To(Box::new(cond)))
                     }
                 },
                 RawAssign::Candidates(var) => match vars.get(var) {

@@ -20,6 +20,9 @@ use crate::raci::Actor;
 use crate::time::duration::{BusinessDuration, DurationSpec};
 use crate::vars::Vars;
 
+/// Who a task opens for: the assignee or the candidates (`true`).
+pub(crate) type Allocated = (Box<[ActorId]>, bool);
+
 /// What [`Engine::suspend`] and [`Engine::resume`] act on: one task, or a whole instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkItem {
@@ -382,7 +385,7 @@ impl Step<'_> {
     /// # Errors
     /// Why nobody: the expression failed or gave no person id, the candidates variable holds no
     /// list of ids, the earlier task or the owner task was never done.
-    pub(super) fn allocate(&self, at: NodeId) -> Result<Option<(Box<[ActorId]>, bool)>, String> {
+    pub(super) fn allocate(&self, at: NodeId) -> Result<Option<Allocated>, String> {
         let def = &*self.dep.def;
         let Some(assign) = def.nodes[at.index()]
             .alloc
@@ -1094,7 +1097,7 @@ impl Engine {
         let mut keyed: Vec<(TaskView, Option<serde_json::Value>)> = Vec::new();
         for v in list {
             let id = v.id.instance;
-            if !seen.contains_key(&id) {
+            if let std::collections::hash_map::Entry::Vacant(e) = seen.entry(id) {
                 let Ok(info) = self.with_slot(id, |slot| {
                     (
                         slot.dep.def.key.id.clone(),
@@ -1103,7 +1106,7 @@ impl Engine {
                 }) else {
                     continue;
                 };
-                seen.insert(id, info);
+                e.insert(info);
             }
             let (process, value) = &seen[&id];
             if query.process.as_ref().is_some_and(|p| p != process)
