@@ -373,3 +373,38 @@ fn priority_orders_work_lists_and_shortens_deadlines() {
         .collect();
     assert_eq!(plain, [urgent, low, high]);
 }
+
+#[test]
+fn a_restored_state_with_lifecycle_nonsense_is_rejected() {
+    let (engine, _) = engine();
+    let id = engine.start("life", Vars::new()).unwrap();
+    let task = first(&engine, id);
+    engine.claim(task, &ann()).unwrap();
+    engine.delegate(task, &ann(), &amy()).unwrap();
+    engine.suspend(id, &lee()).unwrap();
+    let def = engine.definition_of(id).unwrap();
+    let inst = engine.instance(id).unwrap();
+    inst.check(&def).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&inst.encode()).unwrap();
+    // The state round-trips and still fits.
+    let back = procflow::Instance::decode(&state.to_string(), Vec::new()).unwrap();
+    back.check(&def).unwrap();
+    assert!(back.instance_suspended());
+    assert_eq!(back.delegated_by(task.seq()).map(|a| a.as_str()), Some("ann"));
+    let bad = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut s = state.clone();
+        edit(&mut s);
+        procflow::Instance::decode(&s.to_string(), Vec::new())
+            .unwrap()
+            .check(&def)
+    };
+    // A delegation of a task that does not exist, a suspension twice, an owner without a rule.
+    assert!(bad(&|s| s["delegated"][0]["task"] = json!(7)).is_err());
+    assert!(bad(&|s| {
+        let first = s["suspended"][0].clone();
+        s["suspended"].as_array_mut().unwrap().push(first);
+    })
+    .is_err());
+    assert!(bad(&|s| s["owner"] = json!("ann")).is_err());
+    assert!(bad(&|s| s["suspended"][0]["timers"][0]["node"] = json!(99)).is_err());
+}
