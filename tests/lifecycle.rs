@@ -390,7 +390,10 @@ fn a_restored_state_with_lifecycle_nonsense_is_rejected() {
     let back = procflow::Instance::decode(&state.to_string(), Vec::new()).unwrap();
     back.check(&def).unwrap();
     assert!(back.instance_suspended());
-    assert_eq!(back.delegated_by(task.seq()).map(|a| a.as_str()), Some("ann"));
+    assert_eq!(
+        back.delegated_by(task.seq()).map(|a| a.as_str()),
+        Some("ann")
+    );
     let bad = |edit: &dyn Fn(&mut serde_json::Value)| {
         let mut s = state.clone();
         edit(&mut s);
@@ -400,11 +403,13 @@ fn a_restored_state_with_lifecycle_nonsense_is_rejected() {
     };
     // A delegation of a task that does not exist, a suspension twice, an owner without a rule.
     assert!(bad(&|s| s["delegated"][0]["task"] = json!(7)).is_err());
-    assert!(bad(&|s| {
-        let first = s["suspended"][0].clone();
-        s["suspended"].as_array_mut().unwrap().push(first);
-    })
-    .is_err());
+    assert!(
+        bad(&|s| {
+            let first = s["suspended"][0].clone();
+            s["suspended"].as_array_mut().unwrap().push(first);
+        })
+        .is_err()
+    );
     assert!(bad(&|s| s["owner"] = json!("ann")).is_err());
     assert!(bad(&|s| s["suspended"][0]["timers"][0]["node"] = json!(99)).is_err());
 }
