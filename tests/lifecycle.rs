@@ -413,3 +413,22 @@ fn a_restored_state_with_lifecycle_nonsense_is_rejected() {
     assert!(bad(&|s| s["owner"] = json!("ann")).is_err());
     assert!(bad(&|s| s["suspended"][0]["timers"][0]["node"] = json!(99)).is_err());
 }
+
+#[test]
+fn an_instance_cancelled_while_suspended_reads_back() {
+    let store = procflow::MemoryStore::new();
+    let engine = Engine::open(store.clone()).unwrap();
+    engine.deploy(ProcessDef::from_yaml(DEF).unwrap()).unwrap();
+    let id = engine.start("life", Vars::new()).unwrap();
+    engine.suspend(first(&engine, id), &lee()).unwrap();
+    engine.suspend(id, &lee()).unwrap();
+    engine.cancel(id, &lee(), "withdrawn").unwrap();
+    drop(engine);
+    let again = Engine::open(store).unwrap();
+    let inst = again.instance(id).unwrap();
+    assert_eq!(inst.status(), Status::Cancelled);
+    assert!(matches!(
+        again.resume(id, &lee()),
+        Err(ExecError::InstanceCancelled(_))
+    ));
+}

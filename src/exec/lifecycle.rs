@@ -687,6 +687,10 @@ pub(super) fn forget(inst: &mut crate::model::Instance, seq: u32) {
         }
         if !rare.suspended.is_empty() {
             rare.suspended.retain(|s| s.task != Some(seq));
+            // An instance's suspension keeps no timer of a task that ended meanwhile.
+            for s in &mut rare.suspended {
+                s.timers.retain(|t| t.task != Some(seq));
+            }
         }
         tidy(inst);
     }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::instance::{Instance, Rare, Status};
+use super::instance::{Instance, Rare};
 use super::timer::Timer;
 use crate::def::ProcessDef;
 use crate::ids::ActorId;
@@ -136,9 +136,9 @@ impl Instance {
 }
 
 /// Checks the allocation state of a restored instance (see [`Instance::check`]): each names an
-/// open task (assignments may outlive theirs), delegations and task suspensions at most once per
-/// task, at most one instance suspension, an owner only under an `owner:` rule, and suspended
-/// timers that belong to what is suspended.
+/// existing task, delegations and task suspensions name open tasks at most once each, at most one
+/// instance suspension (an instance that ended while suspended keeps it, harmlessly), an owner
+/// only under an `owner:` rule, and suspended timers that belong to what is suspended.
 pub(crate) fn check(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<(), String> {
     let open = |t: u32| inst.tasks.get(t as usize).is_some_and(|k| k.is_open());
     if rare.owner.is_some() && def.owner.is_none() {
@@ -170,9 +170,6 @@ pub(crate) fn check(inst: &Instance, rare: &Rare, def: &ProcessDef) -> Result<()
         match s.task {
             Some(t) if !open(t) => {
                 return Err(format!("a suspension names task {t}, which is not open"));
-            }
-            None if inst.status != Status::Running => {
-                return Err("an instance that is not running is suspended".into());
             }
             _ => {}
         }
