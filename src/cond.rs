@@ -419,6 +419,28 @@ impl Condition {
         }
     }
 
+    /// Evaluates an expression that must give an integer (`Ok(Ok(n))`) or text (`Ok(Err(text))`),
+    /// such as a task's priority.
+    ///
+    /// # Errors
+    /// A message when evaluation fails or the result is neither.
+    pub(crate) fn eval_rank<L: Lookup + ?Sized>(
+        &self,
+        root: &cel::Context<'_, '_>,
+        vars: &L,
+    ) -> Result<Result<i64, String>, String> {
+        match self.run(root, vars)? {
+            cel::Value::Int(i) => Ok(Ok(i)),
+            cel::Value::UInt(u) => Ok(Ok(i64::try_from(u).unwrap_or(i64::MAX))),
+            cel::Value::String(s) => Ok(Err(s.to_string())),
+            other => Err(format!(
+                "expression '{}' gave {}, not an integer or text",
+                excerpt(&self.source),
+                excerpt(&format!("{other:?}"))
+            )),
+        }
+    }
+
     fn run<L: Lookup + ?Sized>(
         &self,
         root: &cel::Context<'_, '_>,

@@ -92,11 +92,13 @@ pub use exec::{
     Config, Correlation, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, KeyRecord,
     KeyValue, KeyedInstance, OpenError, Sla, SlaStatus, TaskView, TimerDriver,
 };
+pub use exec::{WorkItem, WorkOrder, WorkQuery};
 pub use hooks::{
     Completing, Control, HandlerError, HandlerFn, Hook, HookFn, ServiceCall, ServiceHandler,
     VetoFn, handler_fn, hook_fn, veto_fn,
 };
 pub use ids::{ActorId, DefKey, InstanceId, NodeId, NodeRef, ParseIdError, RoleId, TaskId};
+pub use model::{Call, Refusal};
 pub use model::{
     Comment, Entry, Event, Fired, FollowUp, Incident, Instance, Pending, Record, SentBack, Status,
     Task, TaskState, Timer, TimerKind, Token, TokenState,

@@ -166,6 +166,60 @@ enum RawStep {
         #[serde(default)]
         expect: Outcome,
     },
+    /// The claimant gives a claimed task back ([`Engine::release`]).
+    Release {
+        task: String,
+        actor: String,
+        #[serde(default)]
+        expect: Outcome,
+    },
+    /// Delegates a task to `to` ([`Engine::delegate`]).
+    Delegate {
+        task: String,
+        actor: String,
+        to: String,
+        #[serde(default)]
+        expect: Outcome,
+    },
+    /// The delegate gives a delegated task back ([`Engine::return_task`]).
+    Return {
+        task: String,
+        actor: String,
+        #[serde(default)]
+        expect: Outcome,
+    },
+    /// Suspends a task, or the instance when `task` is left out ([`Engine::suspend`]).
+    Suspend {
+        #[serde(default)]
+        task: Option<String>,
+        actor: String,
+        #[serde(default)]
+        expect: Outcome,
+    },
+    /// Resumes a task, or the instance when `task` is left out ([`Engine::resume`]).
+    Resume {
+        #[serde(default)]
+        task: Option<String>,
+        actor: String,
+        #[serde(default)]
+        expect: Outcome,
+    },
+    /// The accountable skips a task ([`Engine::skip`]).
+    Skip {
+        task: String,
+        actor: String,
+        #[serde(default)]
+        reason: String,
+        #[serde(default)]
+        expect: Outcome,
+    },
+    /// Hands the case over to `to` ([`Engine::hand_over`]).
+    HandOver {
+        actor: String,
+        to: String,
+        #[serde(default)]
+        expect: Outcome,
+    },
     /// Moves the clock forward by a wall-time duration (`3h`, `1d`) and ticks.
     Advance(String),
     /// Moves the clock to an RFC 3339 instant and ticks.
@@ -203,6 +257,15 @@ enum RawStep {
         /// With `key`: how many instances hold the key value.
         #[serde(default)]
         instances: Option<usize>,
+        /// The case owner ([`Instance::owner`](crate::Instance::owner)).
+        #[serde(default)]
+        owner: Option<String>,
+        /// Per open task's node: its assignee (`assign:`).
+        #[serde(default)]
+        assignee: Option<IndexMap<String, String>>,
+        /// Per open task's node: its deadline, as an RFC 3339 instant.
+        #[serde(default)]
+        due: Option<IndexMap<String, String>>,
     },
 }
 
@@ -231,6 +294,11 @@ enum Outcome {
     /// A message refused: nothing waits for it, the process does not declare it, or the
     /// instance has ended.
     Refused,
+    /// The task or the instance is suspended.
+    Suspended,
+    /// A lifecycle call that does not apply: the task is not claimed, delegated or suspended,
+    /// is delegated already, or the process has no case owner rule.
+    Inapplicable,
 }
 
 /// Where a correlated message went (a `correlate` step's `to`).
@@ -256,8 +324,19 @@ impl Outcome {
                 | ExecError::AlreadyClaimed { .. }
                 | ExecError::CancelDenied { .. }
                 | ExecError::ReassignRefused { .. }
-                | ExecError::LacksSkills { .. },
+                | ExecError::LacksSkills { .. }
+                | ExecError::Refused { .. },
             ) => Ok(Outcome::Denied),
+            Err(ExecError::Suspended { .. } | ExecError::InstanceSuspended(_)) => {
+                Ok(Outcome::Suspended)
+            }
+            Err(
+                ExecError::NotSuspended { .. }
+                | ExecError::NotClaimed { .. }
+                | ExecError::Delegated { .. }
+                | ExecError::NotDelegated { .. }
+                | ExecError::NoOwnerRule(_),
+            ) => Ok(Outcome::Inapplicable),
             Err(ExecError::Incident { .. } | ExecError::Hook { .. }) => Ok(Outcome::Failed),
             Err(ExecError::Variables { .. }) => Ok(Outcome::Invalid),
             Err(ExecError::Vetoed { .. }) => Ok(Outcome::Vetoed),
@@ -673,6 +752,78 @@ impl Scenario {
                 ),
                 *expect,
             ),
+            RawStep::Release {
+                task,
+                actor,
+                expect,
+            } => (
+                engine.release(Self::task(engine, *instance, task)?, &self.actor(actor)?),
+                *expect,
+            ),
+            RawStep::Delegate {
+                task,
+                actor,
+                to,
+                expect,
+            } => (
+                engine.delegate(
+                    Self::task(engine, *instance, task)?,
+                    &self.actor(actor)?,
+                    &self.actor(to)?,
+                ),
+                *expect,
+            ),
+            RawStep::Return {
+                task,
+                actor,
+                expect,
+            } => (
+                engine.return_task(Self::task(engine, *instance, task)?, &self.actor(actor)?),
+                *expect,
+            ),
+            RawStep::Suspend {
+                task,
+                actor,
+                expect,
+            }
+            | RawStep::Resume {
+                task,
+                actor,
+                expect,
+            } => {
+                let what: crate::exec::WorkItem = match task {
+                    Some(t) => Self::task(engine, *instance, t)?.into(),
+                    None => instance.ok_or("no instance started yet")?.into(),
+                };
+                let actor = self.actor(actor)?;
+                let r = if matches!(step, RawStep::Suspend { .. }) {
+                    engine.suspend(what, &actor)
+                } else {
+                    engine.resume(what, &actor)
+                };
+                (r, *expect)
+            }
+            RawStep::Skip {
+                task,
+                actor,
+                reason,
+                expect,
+            } => (
+                engine.skip(
+                    Self::task(engine, *instance, task)?,
+                    &self.actor(actor)?,
+                    reason,
+                ),
+                *expect,
+            ),
+            RawStep::HandOver { actor, to, expect } => (
+                engine.hand_over(
+                    instance.ok_or("no instance started yet")?,
+                    &self.actor(actor)?,
+                    &self.actor(to)?,
+                ),
+                *expect,
+            ),
             RawStep::Advance(_) | RawStep::At(_) => return Ok(()),
             RawStep::Expect {
                 fired,
@@ -686,6 +837,9 @@ impl Scenario {
                 claimed,
                 key,
                 instances,
+                owner,
+                assignee,
+                due,
             } => {
                 check_key(engine, key.as_ref(), *instances)?;
                 if let Some(want) = fired
@@ -758,6 +912,39 @@ impl Scenario {
                     let found: Vec<String> = inst.kept().collect();
                     if found != *want {
                         return Err(format!("expected kept triggers {want:?}, found {found:?}"));
+                    }
+                }
+                if let Some(want) = owner {
+                    let found = inst.owner().map(|o| o.as_str());
+                    if found != Some(want.as_str()) {
+                        return Err(format!("expected case owner {want}, found {found:?}"));
+                    }
+                }
+                if assignee.is_some() || due.is_some() {
+                    let views = engine.tasks(id).map_err(|e| e.to_string())?;
+                    let view = |node: &str| {
+                        views
+                            .iter()
+                            .find(|t| &*t.node_id == node)
+                            .ok_or_else(|| format!("no open task at '{node}'"))
+                    };
+                    for (node, want) in assignee.iter().flatten() {
+                        let found = view(node)?.assignee.as_ref().map(|a| a.to_string());
+                        if found.as_deref() != Some(want.as_str()) {
+                            return Err(format!(
+                                "expected '{node}' assigned to {want}, found {found:?}"
+                            ));
+                        }
+                    }
+                    for (node, want) in due.iter().flatten() {
+                        let want_at = instant(want)?;
+                        let found = view(node)?.due;
+                        if found != Some(want_at) {
+                            return Err(format!(
+                                "expected '{node}' due {want}, found {:?}",
+                                found.map(|f| f.to_rfc3339())
+                            ));
+                        }
                     }
                 }
                 for (k, v) in vars.iter().flatten() {

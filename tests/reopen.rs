@@ -14,6 +14,7 @@ const DEF: &str = r#"
 id: reopen
 version: 1
 name: Reopen
+accountable: lead
 roles: { agent: { name: Agent }, lead: { name: Lead }, audit: { name: Audit } }
 variables:
   urgent: { type: boolean, default: false }
@@ -68,6 +69,12 @@ enum Op {
     Advance {
         minutes: i64,
     },
+    /// A lifecycle call (issue 14): 0 release, 1 delegate, 2 return, 3 suspend, 4 resume,
+    /// 5 suspend the instance, 6 resume the instance.
+    Life {
+        pick: usize,
+        call: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -77,6 +84,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (any::<usize>(), any::<bool>(), any::<bool>())
             .prop_map(|(pick, lead, urgent)| Op::Complete { pick, lead, urgent }),
         2 => (1i64..300).prop_map(|minutes| Op::Advance { minutes }),
+        2 => (any::<usize>(), 0u8..7).prop_map(|(pick, call)| Op::Life { pick, call }),
     ]
 }
 
@@ -129,6 +137,20 @@ fn check(store: Arc<dyn Store>, ops: &[Op]) -> Result<(), TestCaseError> {
                     let mut out = Vars::new();
                     out.insert("urgent".into(), json!(urgent));
                     let _ = engine.complete(task, &actor(lead), out);
+                }
+            }
+            Op::Life { pick, call } => {
+                if let Some(task) = open_task(&engine, pick) {
+                    let other = Actor::new("amy", ["agent"]);
+                    let _ = match call {
+                        0 => engine.release(task, &actor(false)),
+                        1 => engine.delegate(task, &actor(true), &other),
+                        2 => engine.return_task(task, &other),
+                        3 => engine.suspend(task, &actor(true)),
+                        4 => engine.resume(task, &actor(true)),
+                        5 => engine.suspend(task.instance(), &actor(true)),
+                        _ => engine.resume(task.instance(), &actor(true)),
+                    };
                 }
             }
             Op::Advance { minutes } => {

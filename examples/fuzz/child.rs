@@ -1066,6 +1066,11 @@ impl Driver {
                 due: None,
                 item: None,
                 parent: None,
+                assignee: None,
+                candidates: Vec::new(),
+                priority: None,
+                suspended: false,
+                delegated_by: None,
             });
         }
         Some(self.rng.pick(&tasks).clone())

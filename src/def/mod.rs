@@ -4,6 +4,7 @@
 //! it by `Arc` and never re-checks what validation proved (a DAG, one start, resolved targets,
 //! matched joins, compiled conditions).
 
+pub(crate) mod assign;
 pub(crate) mod call;
 pub(crate) mod control;
 pub(crate) mod events;
@@ -68,7 +69,7 @@ pub struct ProcessDef {
     /// loop never looks.
     pub(crate) scopes: Vec<scope::Scope>,
     /// Whether any user task has `allocate:`: when none has, opening a task never looks.
-    pub(crate) allocating: bool,
+    pub(crate) auto_allocating: bool,
     /// The root CEL scope; building one costs tens of microseconds, so it is built once here.
     pub(crate) cel: cel::Context<'static, 'static>,
     /// Whether any sub-process has `for_each` (see `exec/runs.rs`): when none has, the run loop
@@ -81,6 +82,11 @@ pub struct ProcessDef {
     /// The correlated messages a catch or boundary event waits for: empty for most
     /// definitions, and then the engine's correlation index never looks at an instance.
     pub(crate) correlated: Vec<String>,
+    /// The case owner rule: whoever completes this user task owns the case (`owner:`).
+    pub(crate) owner: Option<NodeId>,
+    /// Whether the definition has a case owner or any user task an allocation rule
+    /// (`assign`, `four_eyes`, `priority`): when not, claims and completions never look.
+    pub(crate) allocating: bool,
 }
 
 impl std::fmt::Debug for ProcessDef {
@@ -134,6 +140,8 @@ pub struct Node {
     /// A user task's required skills and allocation rule (`skills:`, `allocate:`), when it has
     /// either.
     pub(crate) org: Option<Box<crate::org::TaskOrg>>,
+    /// A user task's allocation rules (see `assign.rs`).
+    pub(crate) alloc: Option<Box<assign::Allocation>>,
 }
 
 /// What a node does when a token reaches it.

@@ -49,6 +49,9 @@ pub(crate) struct RawDef {
     /// The messages instances send to other processes ([`super::messages`]).
     #[serde(default)]
     pub(crate) sends: Entries<super::messages::RawSend>,
+    /// The case owner rule (`owner: { from: TASK }`, see `def/assign.rs`).
+    #[serde(default)]
+    pub(crate) owner: Option<At<super::assign::RawOwner>>,
 }
 
 #[derive(Deserialize)]
@@ -212,6 +215,18 @@ pub(crate) struct RawNode {
     /// A call activity's depth limit.
     #[serde(default)]
     pub(crate) max_depth: Option<At<u32>>,
+    /// A user task's allocation rule (see `def/assign.rs`).
+    #[serde(default)]
+    pub(crate) assign: Option<At<super::assign::RawAssign>>,
+    /// Separation of duties: never the performer of these earlier tasks (see `def/assign.rs`).
+    #[serde(default)]
+    pub(crate) four_eyes: Option<At<Names>>,
+    /// A user task's priority: a CEL expression giving an integer (see `def/assign.rs`).
+    #[serde(default)]
+    pub(crate) priority: Option<At<String>>,
+    /// Shorter deadlines by priority (see `def/assign.rs`).
+    #[serde(default)]
+    pub(crate) priority_due: Option<At<Vec<At<super::assign::RawPriorityDue>>>>,
 }
 
 /// `for_each: { in, as, parallel, output, collect, complete_when }`.

@@ -393,6 +393,18 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         &mut compiled,
         &mut report.0,
     );
+    let owner = super::assign::compile(
+        &raw,
+        &raw_nodes,
+        &index,
+        &graph,
+        acyclic,
+        &vars,
+        &roles,
+        &mut compiled,
+        &mut report.0,
+    );
+    let allocating = owner.is_some() || compiled.iter().any(|n| n.alloc.is_some());
     let mut splits = HashMap::new();
     if let [start] = starts[..] {
         // In a graph with a cycle, "no end is reachable" mostly repeats the cycle: report it alone.
@@ -409,7 +421,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         .first()
         .and_then(|s| super::messages::start_message(flat[s.index()].node));
     let correlated = super::messages::correlated(&compiled, &messages);
-    let allocating = compiled.iter().any(|n| n.allocation().is_some());
+    let auto_allocating = compiled.iter().any(|n| n.allocation().is_some());
 
     if !report.0.is_empty() {
         return Err(report.0);
@@ -441,11 +453,13 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         milestones,
         multi_scopes: scopes.iter().any(|s| s.multi),
         scopes,
-        allocating,
+        auto_allocating,
         cel: cel::Context::default(),
         sends,
         start_message,
         correlated,
+        owner,
+        allocating,
     })
 }
 
@@ -626,6 +640,7 @@ impl NodeCx<'_> {
             looping: super::multi::compile(self.id, raw, self.vars, &mut report.0),
             parent: None,
             org: None,
+            alloc: None,
         };
 
         let not_allowed = |key: &'static str, loc: Option<Location>, report: &mut Report| {

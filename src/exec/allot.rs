@@ -3,7 +3,7 @@
 //! (`allocate: round_robin | shortest_queue`), and the work-list index by role and unit.
 //!
 //! Engines without an organisation pay nothing here but one context built per role check:
-//! allocation needs `ProcessDef::allocating`, and the index exists only with an organisation.
+//! allocation needs `ProcessDef::auto_allocating`, and the index exists only with an organisation.
 //!
 //! State kept engine-side, in memory: the round-robin cursors (one per definition version, task
 //! node and scope unit) and the index. After a restart ([`EngineBuilder::open`](crate::EngineBuilder::open))

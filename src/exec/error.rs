@@ -270,6 +270,73 @@ pub enum ExecError {
     /// `retry` found no failed node.
     #[error("instance {0} has no failed node to retry")]
     NothingToRetry(InstanceId),
+    /// An allocation rule (four eyes, an assignment) or the work-item lifecycle refused a call
+    /// by an actor not allowed to make it. The refusal is in the audit trail
+    /// ([`Entry::Refused`](crate::Entry::Refused)); nothing else changed.
+    #[error("actor '{actor}' may not {call} {}: {reason}", task.map_or_else(|| format!("instance {instance}"), |t| format!("task {t}")))]
+    Refused {
+        /// The instance.
+        instance: InstanceId,
+        /// The task, for a task call.
+        task: Option<TaskId>,
+        /// Who tried.
+        actor: ActorId,
+        /// What.
+        call: crate::model::Call,
+        /// Why, naming the rule (for four eyes: the earlier task and who performed it).
+        reason: String,
+    },
+    /// The task, or its instance, is suspended ([`Engine::suspend`](crate::Engine::suspend)):
+    /// resume it first.
+    #[error("task {task} at '{node}' is suspended; resume it first")]
+    Suspended {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: NodeRef,
+    },
+    /// The instance is suspended already.
+    #[error("instance {0} is suspended already")]
+    InstanceSuspended(InstanceId),
+    /// [`Engine::resume`](crate::Engine::resume) on a task or instance that is not suspended
+    /// (a task suspended only with its instance resumes with it).
+    #[error("{} is not suspended", task.map_or_else(|| format!("instance {instance}"), |t| format!("task {t}")))]
+    NotSuspended {
+        /// The instance.
+        instance: InstanceId,
+        /// The task, for a task.
+        task: Option<TaskId>,
+    },
+    /// [`Engine::release`](crate::Engine::release) on a task nobody claimed.
+    #[error("task {task} at '{node}' is not claimed")]
+    NotClaimed {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: NodeRef,
+    },
+    /// [`Engine::delegate`](crate::Engine::delegate) on a task delegated already.
+    #[error("task {task} at '{node}' is delegated already (by '{by}')")]
+    Delegated {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: NodeRef,
+        /// Who delegated it.
+        by: ActorId,
+    },
+    /// [`Engine::return_task`](crate::Engine::return_task) on a task that is not delegated.
+    #[error("task {task} at '{node}' is not delegated")]
+    NotDelegated {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: NodeRef,
+    },
+    /// [`Engine::hand_over`](crate::Engine::hand_over) on an instance whose process has no
+    /// case owner rule (`owner: { from: TASK }`).
+    #[error("instance {0} has no case owner: its process has no 'owner: {{ from: TASK }}'")]
+    NoOwnerRule(InstanceId),
     /// Another engine sharing the store changed the instance since this engine read it. Nothing
     /// changed; the engine has read the instance again, so the caller may look and retry.
     #[error("instance {0} was changed by another engine; read it again and retry")]

@@ -14,6 +14,7 @@ mod error;
 mod events;
 mod kept;
 mod keys;
+mod lifecycle;
 mod multi;
 mod rework;
 mod runs;
@@ -37,6 +38,7 @@ pub use error::{DeployError, DeployProblem, ExecError, OpenError};
 pub use keys::{KeyRecord, KeyValue, KeyedInstance};
 #[cfg(feature = "report")]
 pub(crate) use keys::{key_records, keyed_view, sort_history};
+pub use lifecycle::{WorkItem, WorkOrder, WorkQuery};
 pub use timers::{Sla, SlaStatus, TimerDriver};
 
 use crate::clock::{Clock, SystemClock};
@@ -398,6 +400,16 @@ pub struct TaskView {
     /// The instance whose call activity started this task's instance, if any
     /// ([`Instance::parent`]).
     pub parent: Option<InstanceId>,
+    /// The person the task is assigned to (`assign:` direct, owner or retain familiar).
+    pub assignee: Option<ActorId>,
+    /// The people the task is offered to (`assign: { candidates: .. }`); empty when it is not.
+    pub candidates: Vec<ActorId>,
+    /// Its priority (`priority:`, or the instance's `priority` variable), higher first.
+    pub priority: Option<i64>,
+    /// Whether it is suspended ([`Engine::suspend`]), on its own or with its instance.
+    pub suspended: bool,
+    /// Who delegated it, while it is delegated ([`Engine::delegate`]).
+    pub delegated_by: Option<ActorId>,
 }
 
 thread_local! {
@@ -696,8 +708,14 @@ impl Engine {
                     by: by.clone(),
                 });
             }
-            self.authorize(step, task, node, Action::Claim, actor)?;
+            let grant = self.authorize(step, task, node, Action::Claim, actor)?;
             self.check_skills(step, task, node, Action::Claim, actor)?;
+            step.check_allocation(
+                task,
+                &actor.id,
+                crate::model::Call::Claim,
+                grant == Grant::Regular,
+            )?;
             rework::check_enabled(step, task, node)?;
             rework::check_interleaved(step, task, node)?;
             step.apply(Change::Claim {
@@ -729,6 +747,12 @@ impl Engine {
             if step.dep.def.nodes[node.index()].org.is_some() {
                 self.check_skills(step, task, node, Action::Complete, actor)?;
             }
+            step.check_allocation(
+                task,
+                &actor.id,
+                crate::model::Call::Complete,
+                grant == Grant::Regular,
+            )?;
             rework::check_enabled(step, task, node)?;
             if step.inst.tasks[task.seq as usize].claimed_by.is_none() {
                 // Completing an unclaimed task claims it on the way.
@@ -774,6 +798,9 @@ impl Engine {
                 });
             }
             let overridden = grant == Grant::Override;
+            if step.dep.def.allocating {
+                step.completing(task.seq, &actor.id);
+            }
             if for_each.is_some() {
                 let done = step.complete_item(task.seq, &actor.id, overridden, output.take());
                 let ran = step.run();
@@ -1071,6 +1098,7 @@ impl Engine {
                     responsible
                         && t.claimed_by.as_ref().is_none_or(|c| **c == *actor.id)
                         && rework::enabled(&slot.dep.def, &slot.inst, t.node)
+                        && lifecycle::offered(&slot, t, actor)
                 }));
             }
         }
@@ -1098,7 +1126,7 @@ fn open_tasks(slot: &Slot, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {
         .filter(|t| t.is_open() && keep(t))
         .map(|t| {
             let i = t.node.index();
-            TaskView {
+            let mut view = TaskView {
                 id: t.id(slot.inst.id),
                 node: t.node,
                 node_id: Arc::clone(&slot.dep.names[i]),
@@ -1113,7 +1141,14 @@ fn open_tasks(slot: &Slot, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {
                     .map(|x| x.at),
                 item: slot.inst.task_item(t.seq).map(|(item, _)| item),
                 parent: slot.inst.parent(),
-            }
+                assignee: None,
+                candidates: Vec::new(),
+                priority: None,
+                suspended: false,
+                delegated_by: None,
+            };
+            lifecycle::view(slot, t, &mut view);
+            view
         })
         .collect()
 }

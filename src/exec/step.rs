@@ -202,6 +202,8 @@ pub(crate) enum Change<'c> {
     Org(super::allot::OrgChange<'c>),
     /// Call activities (see `call.rs`).
     Call(super::call::CallChange),
+    /// Allocation and the work-item lifecycle (see `lifecycle.rs`).
+    Life(super::lifecycle::LifeChange<'c>),
 }
 
 /// One engine call's work on one locked instance.
@@ -603,6 +605,7 @@ impl<'a> Step<'a> {
             Change::Between(change) => self.apply_between(*change),
             Change::Org(change) => self.apply_org(change),
             Change::Call(change) => self.apply_call(change),
+            Change::Life(change) => self.apply_life(change),
             // The rare changes (task chores, failures, timers firing, withdrawals, cancellation,
             // joins, send back, events) apply in a function of their own: with them here the
             // compiler stopped inlining the audit trail's `push` into `apply`, and the record was
@@ -850,6 +853,8 @@ impl<'a> Step<'a> {
             Change::Reassign { task, by, to } => {
                 let (by, to) = (by.clone(), to.clone());
                 self.inst.tasks[task as usize].claimed_by = Some(to.clone());
+                // An accountable's reassignment moves the task's assignment (`assign:`) too.
+                super::lifecycle::reassigned(self.inst, task, &to);
                 self.record(Entry::Reassigned {
                     task,
                     by: by.clone(),
@@ -1080,6 +1085,9 @@ impl<'a> Step<'a> {
     /// Drops the timers of a task that ended.
     fn disarm(&mut self, seq: u32) {
         self.inst.timers.retain(|t| t.task != Some(seq));
+        if self.inst.rare.is_some() {
+            super::lifecycle::forget(self.inst, seq);
+        }
     }
 
     /// The open task at `node`, the latest if there are several.
@@ -1165,18 +1173,35 @@ impl<'a> Step<'a> {
                     }
                 }
                 Behaviour::UserTask(_) => {
+                    // Who it opens for: nobody is an incident, and a retry tries again.
+                    let assigned = match def.allocating.then(|| self.allocate(at)) {
+                        Some(Err(message)) => {
+                            failure.get_or_insert(self.fail_node(i, at, message));
+                            continue;
+                        }
+                        Some(Ok(assigned)) => assigned,
+                        None => None,
+                    };
                     // The task's deadlines are computed before it opens: one that cannot be
                     // computed fails the node, and a retry (say, after the calendar gained the
                     // year) opens the task again.
                     let mut armed = super::timers::Armed::default();
                     match self.task_timers(at, self.inst.tasks.len() as u32, &mut armed) {
-                        Ok(()) if def.allocating && node.allocation().is_some() => {
+                        Ok(()) if def.auto_allocating && node.allocation().is_some() => {
                             if let Err(e) = self.open_allocated(i, at, &armed) {
                                 failure.get_or_insert(e);
                             }
                         }
                         Ok(()) => {
                             self.apply(Change::OpenTask { token: i });
+                            if let Some((to, candidates)) = assigned {
+                                let task = self.inst.tasks.len() as u32 - 1;
+                                self.apply(Change::Life(super::lifecycle::LifeChange::Assign {
+                                    task,
+                                    to,
+                                    candidates,
+                                }));
+                            }
                             self.arm(&armed);
                         }
                         Err(message) => {

@@ -249,7 +249,13 @@ impl<'a> Step<'a> {
     ) -> Result<(), String> {
         let dep: &'a Deployed = self.dep;
         let n = &dep.def.nodes[node.index()];
-        if let Some(limits) = &n.limits {
+        // A task with `priority_due` counts on the limits its priority picks.
+        let chosen = if dep.def.allocating {
+            self.limits_for(node)
+        } else {
+            n.limits.as_deref()
+        };
+        if let Some(limits) = chosen {
             self.limit_timers(limits, Some(seq), node, self.now, out)?;
         }
         if !n.boundary.is_empty() {

@@ -385,6 +385,96 @@ pub enum Event {
         /// Who has it.
         actor: ActorId,
     },
+    /// The case owner changed (see [`Entry::OwnerSet`](super::Entry::OwnerSet)).
+    OwnerChanged {
+        /// The instance.
+        instance: InstanceId,
+        /// The new owner.
+        owner: ActorId,
+        /// Who handed it over (`None`: set by completing the owner task).
+        by: Option<ActorId>,
+    },
+    /// A task opened assigned to a person or candidates (`assign:`).
+    TaskAssigned {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// The assignee, or the candidates.
+        to: Vec<ActorId>,
+    },
+    /// The claimant released a task ([`Engine::release`](crate::Engine::release)).
+    TaskReleased {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// Who released it.
+        actor: ActorId,
+    },
+    /// A task was delegated ([`Engine::delegate`](crate::Engine::delegate)).
+    TaskDelegated {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// Who delegated it.
+        by: ActorId,
+        /// The delegate.
+        to: ActorId,
+    },
+    /// The delegate returned a task ([`Engine::return_task`](crate::Engine::return_task)).
+    TaskReturned {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// The delegate.
+        actor: ActorId,
+    },
+    /// A task or an instance was suspended ([`Engine::suspend`](crate::Engine::suspend)).
+    Suspended {
+        /// The instance.
+        instance: InstanceId,
+        /// The task, or `None` for the whole instance.
+        task: Option<TaskId>,
+        /// Who suspended it.
+        actor: ActorId,
+    },
+    /// A task or an instance resumed ([`Engine::resume`](crate::Engine::resume)).
+    Resumed {
+        /// The instance.
+        instance: InstanceId,
+        /// The task, or `None` for the whole instance.
+        task: Option<TaskId>,
+        /// Who resumed it.
+        actor: ActorId,
+    },
+    /// The accountable skipped a task ([`Engine::skip`](crate::Engine::skip)).
+    TaskSkipped {
+        /// The task.
+        task: TaskId,
+        /// Its node.
+        node: Arc<str>,
+        /// Who skipped it.
+        actor: ActorId,
+        /// Why.
+        reason: String,
+    },
+    /// An allocation rule or the work-item lifecycle refused a call (see
+    /// [`Entry::Refused`](super::Entry::Refused)).
+    CallRefused {
+        /// The instance.
+        instance: InstanceId,
+        /// The task, for a task call.
+        task: Option<TaskId>,
+        /// Who tried.
+        actor: ActorId,
+        /// What.
+        call: super::alloc::Call,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Event {
@@ -414,7 +504,11 @@ impl Event {
             | Event::MessageSent { instance, .. }
             | Event::MessageReceived { instance, .. }
             | Event::CallStarted { instance, .. }
-            | Event::CallReturned { instance, .. } => *instance,
+            | Event::CallReturned { instance, .. }
+            | Event::OwnerChanged { instance, .. }
+            | Event::Suspended { instance, .. }
+            | Event::Resumed { instance, .. }
+            | Event::CallRefused { instance, .. } => *instance,
             Event::MessageUnmatched { from, .. } => from.unwrap_or(InstanceId(0)),
             Event::TaskCreated { task, .. }
             | Event::TaskClaimed { task, .. }
@@ -426,7 +520,12 @@ impl Event {
             | Event::AccessDenied { task, .. }
             | Event::Notify { task, .. }
             | Event::BoundaryFired { task, .. }
-            | Event::TaskAllocated { task, .. } => task.instance(),
+            | Event::TaskAllocated { task, .. }
+            | Event::TaskAssigned { task, .. }
+            | Event::TaskReleased { task, .. }
+            | Event::TaskDelegated { task, .. }
+            | Event::TaskReturned { task, .. }
+            | Event::TaskSkipped { task, .. } => task.instance(),
         }
     }
 }

@@ -67,6 +67,14 @@ pub(crate) struct Rare {
     pub(crate) calls: Vec<Called>,
     /// The call activity that started this instance, when a parent instance did.
     pub(crate) parent: Option<CallParent>,
+    /// The case owner (see `model/alloc.rs`).
+    pub(crate) owner: Option<ActorId>,
+    /// Who open tasks are assigned to.
+    pub(crate) assigned: Vec<super::alloc::Assigned>,
+    /// Delegated tasks.
+    pub(crate) delegated: Vec<super::alloc::Delegation>,
+    /// Suspended tasks and the suspended instance, with their paused timers.
+    pub(crate) suspended: Vec<super::alloc::Suspension>,
 }
 
 /// A child instance a call activity started.
@@ -224,9 +232,18 @@ struct WireRef<'a> {
     run_vars: &'a [RunVars],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     receipts: &'a [Receipt],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
     calls: &'a [Called],
     #[serde(skip_serializing_if = "Option::is_none")]
     parent: Option<&'a CallParent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<&'a ActorId>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    assigned: &'a [super::alloc::Assigned],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    delegated: &'a [super::alloc::Delegation],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    suspended: &'a [super::alloc::Suspension],
 }
 
 /// An instance as it is deserialized (the audit trail and the outbox may be absent).
@@ -261,9 +278,18 @@ struct Wire {
     run_vars: Vec<RunVars>,
     #[serde(default)]
     receipts: Vec<Receipt>,
+    #[serde(default)]
     calls: Vec<Called>,
     #[serde(default)]
     parent: Option<CallParent>,
+    #[serde(default)]
+    owner: Option<ActorId>,
+    #[serde(default)]
+    assigned: Vec<super::alloc::Assigned>,
+    #[serde(default)]
+    delegated: Vec<super::alloc::Delegation>,
+    #[serde(default)]
+    suspended: Vec<super::alloc::Suspension>,
 }
 
 impl From<Wire> for Instance {
@@ -279,7 +305,11 @@ impl From<Wire> for Instance {
             || !w.run_vars.is_empty()
             || !w.receipts.is_empty()
             || !w.calls.is_empty()
-            || w.parent.is_some())
+            || w.parent.is_some()
+            || w.owner.is_some()
+            || !w.assigned.is_empty()
+            || !w.delegated.is_empty()
+            || !w.suspended.is_empty())
         .then(|| {
             Box::new(Rare {
                 incidents: w.incidents,
@@ -293,6 +323,10 @@ impl From<Wire> for Instance {
                 receipts: w.receipts,
                 calls: w.calls,
                 parent: w.parent,
+                owner: w.owner,
+                assigned: w.assigned,
+                delegated: w.delegated,
+                suspended: w.suspended,
             })
         });
         Instance {
@@ -339,6 +373,10 @@ impl Instance {
             receipts: self.rare.as_deref().map_or(&[], |r| &r.receipts[..]),
             calls: self.rare.as_deref().map_or(&[], |r| &r.calls[..]),
             parent: self.rare.as_deref().and_then(|r| r.parent.as_ref()),
+            owner: self.rare.as_deref().and_then(|r| r.owner.as_ref()),
+            assigned: self.rare.as_deref().map_or(&[], |r| &r.assigned[..]),
+            delegated: self.rare.as_deref().map_or(&[], |r| &r.delegated[..]),
+            suspended: self.rare.as_deref().map_or(&[], |r| &r.suspended[..]),
         }
     }
 
@@ -940,6 +978,71 @@ pub enum Entry {
         /// The child.
         child: InstanceId,
     },
+    /// The case owner changed: set by completing the definition's owner task (`by: None`), or
+    /// handed over ([`Engine::hand_over`](crate::Engine::hand_over)) by `by`.
+    OwnerSet {
+        /// The new owner.
+        owner: ActorId,
+        /// Who handed it over.
+        by: Option<ActorId>,
+    },
+    /// A task opened assigned to a person, or to candidates (`assign:`).
+    Assigned {
+        /// The task.
+        task: u32,
+        /// The assignee, or the candidates.
+        to: Box<[ActorId]>,
+    },
+    /// The claimant released a task: it is back in the work lists.
+    Released {
+        /// The task.
+        task: u32,
+        /// Who released it.
+        actor: ActorId,
+    },
+    /// A task was delegated: `to` holds it until it completes or returns it; `by` stays
+    /// accountable.
+    Delegated {
+        /// The task.
+        task: u32,
+        /// Who delegated it.
+        by: ActorId,
+        /// The delegate.
+        to: ActorId,
+    },
+    /// The delegate returned a task to whoever held it before the delegation.
+    Returned {
+        /// The task.
+        task: u32,
+        /// The delegate.
+        actor: ActorId,
+    },
+    /// A task (`task: Some`) or the whole instance was suspended: its timers pause.
+    Suspended {
+        /// The task, or `None` for the instance.
+        task: Option<u32>,
+        /// Who suspended it.
+        actor: ActorId,
+    },
+    /// A suspended task or instance resumed: its timers fall due later by the suspended time.
+    Resumed {
+        /// The task, or `None` for the instance.
+        task: Option<u32>,
+        /// Who resumed it.
+        actor: ActorId,
+    },
+    /// The accountable completed a task without output, as an override.
+    Skipped {
+        /// The task.
+        task: u32,
+        /// Who skipped it.
+        actor: ActorId,
+        /// Why.
+        reason: Box<str>,
+    },
+    /// An allocation rule or the work-item lifecycle refused a call (four eyes, an assignment,
+    /// a lifecycle call by someone not allowed to make it). Nothing else changed.
+    Refused(Box<super::alloc::Refusal>),
 }
 
 /// What [`Entry::MessageDelivered`] says: where a sent message went.
@@ -1202,6 +1305,7 @@ impl Instance {
         check_kept(self, self.rare.as_deref().unwrap_or(&empty), def)?;
         check_runs(self, self.rare.as_deref().unwrap_or(&empty), def)?;
         super::call::check(self, self.rare.as_deref().unwrap_or(&empty), def)?;
+        super::alloc::check(self, self.rare.as_deref().unwrap_or(&empty), def)?;
         for incident in self.incidents() {
             if let Some(n) = incident.node {
                 node(n, "an incident")?;
@@ -1349,6 +1453,15 @@ impl Record {
             | Entry::CallReturned { node, .. }
             | Entry::CallCancelled { node, .. }
             | Entry::ChildRetried { node, .. } => ok_node(node),
+            Entry::Assigned { task, .. }
+            | Entry::Released { task, .. }
+            | Entry::Delegated { task, .. }
+            | Entry::Returned { task, .. }
+            | Entry::Skipped { task, .. } => ok_task(task),
+            Entry::Suspended { task, .. } | Entry::Resumed { task, .. } => {
+                task.as_ref().is_none_or(ok_task)
+            }
+            Entry::Refused(r) => r.task.as_ref().is_none_or(ok_task),
             _ => true,
         };
         if fits {
@@ -1628,6 +1741,42 @@ impl Record {
             Entry::ChildRetried { node, child } => {
                 format!("{}: child instance {child} was retried", n(node))
             }
+            Entry::OwnerSet { owner, by: None } => format!("case owner is {owner}"),
+            Entry::OwnerSet {
+                owner,
+                by: Some(by),
+            } => format!("case handed over to {owner} by {by}"),
+            Entry::Assigned { task, to } => {
+                let to: Vec<&str> = to.iter().map(|a| a.as_str()).collect();
+                format!("task {task} assigned to {}", to.join(", "))
+            }
+            Entry::Released { task, actor } => format!("task {task} released by {actor}"),
+            Entry::Delegated { task, by, to } => {
+                format!("task {task} delegated to {to} by {by}")
+            }
+            Entry::Returned { task, actor } => format!("task {task} returned by {actor}"),
+            Entry::Suspended {
+                task: Some(task),
+                actor,
+            } => format!("task {task} suspended by {actor}"),
+            Entry::Suspended { task: None, actor } => format!("instance suspended by {actor}"),
+            Entry::Resumed {
+                task: Some(task),
+                actor,
+            } => format!("task {task} resumed by {actor}"),
+            Entry::Resumed { task: None, actor } => format!("instance resumed by {actor}"),
+            Entry::Skipped {
+                task,
+                actor,
+                reason,
+            } => format!("task {task} skipped by {actor} as accountable override: {reason}"),
+            Entry::Refused(r) => match r.task {
+                Some(task) => format!(
+                    "denied: {} may not {} task {task}: {}",
+                    r.actor, r.call, r.reason
+                ),
+                None => format!("denied: {} may not {}: {}", r.actor, r.call, r.reason),
+            },
         };
         format!(
             "{} {what}",

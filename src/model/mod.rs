@@ -5,12 +5,15 @@
 //! **Invariant:** this layer uses only the definition layer and below (ids, variables, RACI
 //! actions, `ProcessDef` to name nodes); nothing here knows the executor, a store or a hook.
 
+mod alloc;
 mod call;
 mod control;
 mod event;
 mod instance;
 mod timer;
 
+pub(crate) use alloc::{Assigned, Delegation, Suspension};
+pub use alloc::{Call, Refusal};
 pub use event::{Event, FollowUp, ParkedMessage, Pending};
 
 pub(crate) use instance::{CallParent, Called, Rare};

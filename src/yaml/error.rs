@@ -446,6 +446,15 @@ pub enum ProblemKind {
         /// Why not.
         reason: String,
     },
+    /// An allocation rule (`owner.from`, `assign`, `four_eyes`, `priority_due`) names a task or
+    /// rule that cannot serve.
+    #[error("allocation rule '{target}' cannot be used: {reason}")]
+    BadAllocation {
+        /// The named task or rule.
+        target: String,
+        /// Why not.
+        reason: String,
+    },
     /// A user task's `while_at` names a node that cannot be a milestone.
     #[error("'{target}' cannot be a milestone: {reason}")]
     BadMilestone {
