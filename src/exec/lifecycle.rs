@@ -15,7 +15,7 @@ use super::{Engine, ExecError, TaskView, seam::Slot};
 use crate::def::assign::{Assign, PRIORITY_VAR};
 use crate::hooks::{Completing, Control};
 use crate::ids::{ActorId, InstanceId, NodeId, TaskId};
-use crate::model::{Call, Entry, Event, Refusal, Status, Task, TaskState, Timer, TokenState};
+use crate::model::{Call, Entry, Event, Refusal, Status, Task, TaskState, Timer};
 use crate::raci::Actor;
 use crate::time::duration::{BusinessDuration, DurationSpec};
 use crate::vars::Vars;
@@ -999,31 +999,7 @@ impl Engine {
                 actor: &actor.id,
                 reason,
             }));
-            if step.dep.def.nodes[node.index()].for_each().is_some() {
-                let done = step.complete_item(seq, &actor.id, true, output);
-                let ran = step.run();
-                return done.and(ran);
-            }
-            step.apply(Change::Complete {
-                task: seq,
-                actor: &actor.id,
-                overridden: true,
-                output,
-            });
-            let to = step.dep.def.nodes[node.index()].next[0];
-            if step.dep.def.nodes[node.index()].repeat().is_some()
-                && let Some(i) = step
-                    .inst
-                    .tokens
-                    .iter()
-                    .position(|t| t.node == node && t.state == TokenState::Ready)
-            {
-                let looped = step.loop_next(i, node, Some(&actor.id));
-                let ran = step.run();
-                return looped.and(ran);
-            }
-            step.leave(node, to, Some(&actor.id));
-            step.run()
+            step.finish_task(seq, &actor.id, true, output)
         })
     }
 

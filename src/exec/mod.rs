@@ -801,36 +801,7 @@ impl Engine {
             if step.dep.def.allocating {
                 step.completing(task.seq, &actor.id);
             }
-            if for_each.is_some() {
-                let done = step.complete_item(task.seq, &actor.id, overridden, output.take());
-                let ran = step.run();
-                return done.and(ran);
-            }
-            // A task in a run of a multi-instance sub-process: its output lands in that run.
-            step.mount_task(task.seq);
-            step.apply(Change::Complete {
-                task: task.seq,
-                actor: &actor.id,
-                overridden,
-                output: output.take(),
-            });
-            let from = step.inst.tasks[task.seq as usize].node;
-            let to = step.dep.def.nodes[from.index()].next[0];
-            if step.dep.def.nodes[from.index()].repeat().is_some()
-                && let Some(i) = step
-                    .inst
-                    .tokens
-                    .iter()
-                    .position(|t| t.node == from && t.state == TokenState::Ready)
-            {
-                let looped = step.loop_next(i, from, Some(&actor.id));
-                let ran = step.run();
-                return looped.and(ran);
-            }
-            // Checked when the instance was read: a waiting task has its token. Through `leave`:
-            // the task may be a race's target.
-            step.leave(from, to, Some(&actor.id));
-            step.run()
+            step.finish_task(task.seq, &actor.id, overridden, output.take())
         })
     }
 

@@ -1090,6 +1090,47 @@ impl<'a> Step<'a> {
         }
     }
 
+    /// Completes open task `seq` and moves its token on: as an item of a multi-instance task, into
+    /// a repeated task's next round, or along its flow (through `leave`: the task may be a race's
+    /// target). The caller checked the task and who completes it (`complete`, `skip`).
+    pub(crate) fn finish_task(
+        &mut self,
+        seq: u32,
+        actor: &ActorId,
+        overridden: bool,
+        output: Vars,
+    ) -> Result<(), ExecError> {
+        let from = self.inst.tasks[seq as usize].node;
+        if self.dep.def.nodes[from.index()].for_each().is_some() {
+            let done = self.complete_item(seq, actor, overridden, output);
+            let ran = self.run();
+            return done.and(ran);
+        }
+        // A task in a run of a multi-instance sub-process: its output lands in that run.
+        self.mount_task(seq);
+        self.apply(Change::Complete {
+            task: seq,
+            actor,
+            overridden,
+            output,
+        });
+        let to = self.dep.def.nodes[from.index()].next[0];
+        if self.dep.def.nodes[from.index()].repeat().is_some()
+            && let Some(i) = self
+                .inst
+                .tokens
+                .iter()
+                .position(|t| t.node == from && t.state == TokenState::Ready)
+        {
+            let looped = self.loop_next(i, from, Some(actor));
+            let ran = self.run();
+            return looped.and(ran);
+        }
+        // Checked when the instance was read: a waiting task has its token.
+        self.leave(from, to, Some(actor));
+        self.run()
+    }
+
     /// The open task at `node`, the latest if there are several.
     pub(crate) fn open_task_at(&self, node: NodeId) -> Option<u32> {
         self.inst
