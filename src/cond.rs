@@ -160,45 +160,98 @@ pub(crate) struct Condition {
 #[derive(Debug)]
 enum FastText {
     Literal(String),
+    /// Text only CEL computes (`string(h) + 'h business'`): a path that reaches it gives up.
+    Slow,
     Pick {
-        cond: Fast,
+        cond: Pick,
         then: Box<FastText>,
         otherwise: Box<FastText>,
     },
 }
 
 impl FastText {
-    /// Recognizes a string literal, or `condition ? text : text` with a shortcut for each part.
-    fn of(expr: &cel::common::ast::Expr) -> Option<FastText> {
+    /// Recognizes a string literal, or `condition ? text : text` with a shortcut for the
+    /// condition; other text is [`FastText::Slow`].
+    fn of(expr: &cel::common::ast::Expr) -> FastText {
         use cel::common::ast::{Expr, LiteralValue};
         match expr {
-            Expr::Literal(LiteralValue::String(s)) => Some(FastText::Literal(s.inner().to_owned())),
+            Expr::Literal(LiteralValue::String(s)) => FastText::Literal(s.inner().to_owned()),
             Expr::Call(call)
                 if call.target.is_none()
                     && call.args.len() == 3
                     && call.func_name == cel::common::ast::operators::CONDITIONAL =>
             {
-                Some(FastText::Pick {
-                    cond: Fast::of(&call.args[0].expr)?,
-                    then: Box::new(FastText::of(&call.args[1].expr)?),
-                    otherwise: Box::new(FastText::of(&call.args[2].expr)?),
-                })
+                match Pick::of(&call.args[0].expr) {
+                    Some(cond) => FastText::Pick {
+                        cond,
+                        then: Box::new(FastText::of(&call.args[1].expr)),
+                        otherwise: Box::new(FastText::of(&call.args[2].expr)),
+                    },
+                    None => FastText::Slow,
+                }
             }
-            _ => None,
+            _ => FastText::Slow,
         }
     }
 
-    /// The text, when every condition on the way has its answer.
+    /// The text, when every condition on the way has its answer and the text it reaches is a
+    /// literal.
     fn eval<L: Lookup + ?Sized>(&self, vars: &L) -> Option<&str> {
         let mut at = self;
         loop {
             match at {
                 FastText::Literal(s) => return Some(s),
+                FastText::Slow => return None,
                 FastText::Pick {
                     cond,
                     then,
                     otherwise,
                 } => at = if cond.eval(vars)? { then } else { otherwise },
+            }
+        }
+    }
+}
+
+/// The condition of a [`FastText`] pick: one comparison with a shortcut, a disjunction of them,
+/// or a conjunction in which some terms have one.
+#[derive(Debug)]
+enum Pick {
+    One(Fast),
+    Any(Vec<Fast>),
+    /// `t1 && t2 && ...`, each term with its shortcut or `None`.
+    All(Vec<Option<Fast>>),
+}
+
+impl Pick {
+    fn of(expr: &cel::common::ast::Expr) -> Option<Pick> {
+        if let Some(f) = Fast::of(expr) {
+            return Some(Pick::One(f));
+        }
+        let any = Fast::any_of(expr);
+        if !any.is_empty() {
+            return Some(Pick::Any(any));
+        }
+        let all = Fast::all_of(expr);
+        all.iter().any(Option::is_some).then_some(Pick::All(all))
+    }
+
+    /// The answer, when the shortcuts decide it: a conjunction is false as soon as a term with a
+    /// shortcut is false (CEL's `&&` is false when either side is, whatever the other gives),
+    /// true only when every term has its shortcut and holds.
+    fn eval<L: Lookup + ?Sized>(&self, vars: &L) -> Option<bool> {
+        match self {
+            Pick::One(f) => f.eval(vars),
+            Pick::Any(terms) => Fast::any(terms, vars),
+            Pick::All(terms) => {
+                let mut decided = true;
+                for t in terms {
+                    match t.as_ref().and_then(|f| f.eval(vars)) {
+                        Some(false) => return Some(false),
+                        Some(true) => {}
+                        None => decided = false,
+                    }
+                }
+                decided.then_some(true)
             }
         }
     }
@@ -223,6 +276,7 @@ impl Fast {
             LiteralValue::Int(i) => Some(Value::from(*i.inner())),
             LiteralValue::UInt(u) => Some(Value::from(*u.inner())),
             LiteralValue::String(s) => Some(Value::String(s.inner().to_owned())),
+            LiteralValue::Null => Some(Value::Null),
             _ => None,
         };
         match expr {
@@ -278,6 +332,28 @@ impl Fast {
         if terms.len() < 2 { Vec::new() } else { terms }
     }
 
+    /// The terms of `t1 && t2 && ...` (at least two), each a comparison with its shortcut or
+    /// `None`.
+    fn all_of(expr: &cel::common::ast::Expr) -> Vec<Option<Fast>> {
+        use cel::common::ast::Expr;
+        let mut terms = Vec::new();
+        let mut stack = vec![expr];
+        while let Some(e) = stack.pop() {
+            match e {
+                Expr::Call(call)
+                    if call.target.is_none()
+                        && call.args.len() == 2
+                        && call.func_name == "_&&_" =>
+                {
+                    stack.push(&call.args[1].expr);
+                    stack.push(&call.args[0].expr);
+                }
+                other => terms.push(Fast::of(other).filter(|f| f.compared)),
+            }
+        }
+        if terms.len() < 2 { Vec::new() } else { terms }
+    }
+
     /// The answer of a disjunction of shortcuts: true as soon as a term holds (CEL's `||` is
     /// true when either side is, whatever the other gives), false when every term has its
     /// answer and none holds.
@@ -296,6 +372,11 @@ impl Fast {
     /// The answer, when the variable's value has the literal's kind (or, for a comparison, the
     /// variable is unset: `null` equals no literal).
     fn eval<L: Lookup + ?Sized>(&self, vars: &L) -> Option<bool> {
+        if self.literal.is_null() {
+            // `x == null`: an unset variable reads as null; a set one equals null only if null.
+            let null = vars.lookup(&self.var).is_none_or(Value::is_null);
+            return Some(null == self.equal);
+        }
         let Some(value) = vars.lookup(&self.var) else {
             return self.compared.then_some(!self.equal);
         };
@@ -347,7 +428,8 @@ impl Condition {
             });
         }
         let fast = Fast::of(&program.expression().expr);
-        let fast_text = FastText::of(&program.expression().expr);
+        let fast_text =
+            Some(FastText::of(&program.expression().expr)).filter(|f| !matches!(f, FastText::Slow));
         let fast_any = Fast::any_of(&program.expression().expr);
         Ok(Condition {
             source: source.to_owned(),
@@ -357,6 +439,32 @@ impl Condition {
             program,
             reads,
         })
+    }
+
+    /// The text the shortcut picks for `vars`, when it decides (see [`FastText`]): no CEL, no
+    /// allocation.
+    pub(crate) fn picked_text<L: Lookup + ?Sized>(&self, vars: &L) -> Option<&str> {
+        self.fast_text.as_ref().and_then(|f| f.eval(vars))
+    }
+
+    /// The string literals the shortcut can pick, so that a caller can prepare what it makes of
+    /// each (a duration parsed once).
+    pub(crate) fn text_literals(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut stack: Vec<&FastText> = self.fast_text.iter().collect();
+        while let Some(t) = stack.pop() {
+            match t {
+                FastText::Literal(s) => out.push(s.as_str()),
+                FastText::Slow => {}
+                FastText::Pick {
+                    then, otherwise, ..
+                } => {
+                    stack.push(then);
+                    stack.push(otherwise);
+                }
+            }
+        }
+        out
     }
 
     /// The CEL text.
@@ -1006,6 +1114,36 @@ mod tests {
             ("n == 3 ? 'a' : 'b'", serde_json::json!({ "n": 3.0 })),
             ("tier == 'key' ? 'a' : 'b'", serde_json::json!({})),
             ("n == 3 ? 'a' : 'b'", serde_json::json!({ "n": "3" })),
+            // A disjunction, a conjunction some of whose terms have a shortcut, a null test, and
+            // a branch only CEL computes (taken or not).
+            (
+                "tier == 'key' || p == 'high' ? '2h' : (p == 'low' ? '16h' : '8h')",
+                serde_json::json!({ "tier": "public", "p": "high" }),
+            ),
+            (
+                "tier == 'key' || p == 'high' ? '2h' : (p == 'low' ? '16h' : '8h')",
+                serde_json::json!({ "p": "low" }),
+            ),
+            (
+                "t != null && has(t.h) ? string(int(t.h)) + 'h' : (p == 'high' ? '4h' : '16h')",
+                serde_json::json!({ "p": "high" }),
+            ),
+            (
+                "t != null && has(t.h) ? string(int(t.h)) + 'h' : (p == 'high' ? '4h' : '16h')",
+                serde_json::json!({ "t": null, "p": "x" }),
+            ),
+            (
+                "t != null && has(t.h) ? string(int(t.h)) + 'h' : (p == 'high' ? '4h' : '16h')",
+                serde_json::json!({ "t": { "h": 6 }, "p": "x" }),
+            ),
+            (
+                "t != null && has(t.h) ? string(int(t.h)) + 'h' : (p == 'high' ? '4h' : '16h')",
+                serde_json::json!({ "t": { "level": "gold" }, "p": "high" }),
+            ),
+            (
+                "t == null ? 'none' : 'some'",
+                serde_json::json!({ "t": "x" }),
+            ),
         ] {
             let fast = Condition::compile(source).unwrap();
             assert!(fast.fast_text.is_some(), "{source}");

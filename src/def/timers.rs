@@ -112,7 +112,8 @@ impl From<SpanError> for String {
 #[derive(Debug)]
 enum How {
     Fixed(DurationSpec),
-    Computed(Box<Condition>),
+    /// An expression, with the durations its literal texts parse to (parsed once, at load).
+    Computed(Box<Condition>, Box<[(Box<str>, DurationSpec)]>),
 }
 
 impl Span {
@@ -127,10 +128,23 @@ impl Span {
         cel: &cel::Context<'_, '_>,
         vars: &L,
     ) -> Result<DurationSpec, SpanError> {
-        let expr = match &self.how {
+        let (expr, known) = match &self.how {
             How::Fixed(d) => return Ok(*d),
-            How::Computed(expr) => expr,
+            How::Computed(expr, known) => (expr, known),
         };
+        // The common case: the shortcut picks a literal parsed at load.
+        if let Some(text) = expr.picked_text(vars)
+            && let Some((_, spec)) = known.iter().find(|(k, _)| **k == *text)
+        {
+            return match self.min {
+                Some((min, min_text)) if spec.amount() < min => Err(SpanError::TooShort {
+                    expr: crate::cond::excerpt(expr.source()),
+                    got: *spec,
+                    min: min_text,
+                }),
+                _ => Ok(*spec),
+            };
+        }
         let text = expr.eval_text(cel, vars).map_err(SpanError::Eval)?;
         let source = || crate::cond::excerpt(expr.source());
         if text.trim_start().starts_with('-') {
@@ -157,7 +171,7 @@ impl Span {
     pub(crate) fn fixed(&self) -> Option<DurationSpec> {
         match &self.how {
             How::Fixed(d) => Some(*d),
-            How::Computed(_) => None,
+            How::Computed(..) => None,
         }
     }
 
@@ -307,7 +321,14 @@ impl TimeCx<'_> {
                             self.add(raw.loc, path, ProblemKind::UndeclaredVariable(var.clone()));
                         }
                     }
-                    How::Computed(Box::new(expr))
+                    // Texts that are not durations stay out: evaluating one reports it.
+                    let known = expr
+                        .text_literals()
+                        .into_iter()
+                        .filter(|t| !t.trim_start().starts_with('-'))
+                        .filter_map(|t| Some((Box::from(t), DurationSpec::parse(t).ok()?)))
+                        .collect();
+                    How::Computed(Box::new(expr), known)
                 }
             },
         };
