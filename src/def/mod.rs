@@ -8,7 +8,7 @@ pub(crate) mod assign;
 pub(crate) mod call;
 pub(crate) mod control;
 pub(crate) mod events;
-pub mod flows;
+pub(crate) mod flows;
 pub(crate) mod messages;
 pub(crate) mod multi;
 mod raw;
