@@ -84,6 +84,7 @@ mod vars;
 mod yaml;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use def::flows::{Flow, flow_map, flows_to_dot, flows_to_mermaid};
 pub use def::{
     LoadError, Location, Message, Node, NodeKind, Problem, ProblemKind, ProcessDef, Role,
     SentMessage, Signal,

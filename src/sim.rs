@@ -554,6 +554,7 @@ impl Scenario {
             .find(|t| &*t.node_id == node)
             .map(|t| t.id)
             .or_else(|| called_task(engine, instance, node, 0))
+            .or_else(|| keyed_task(engine, instance, node))
             .ok_or_else(|| {
                 let open: Vec<&str> = tasks.iter().map(|t| &*t.node_id).collect();
                 format!("no open task at '{node}' (open: [{}])", open.join(", "))
@@ -1105,6 +1106,34 @@ fn called_task(engine: &Engine, instance: InstanceId, node: &str, depth: u32) ->
         }
         if let Some(t) = called_task(engine, child, node, depth + 1) {
             return Some(t);
+        }
+    }
+    None
+}
+
+/// The open task at `node` of another running instance that shares a business key with
+/// `instance` (one a message from it started, e.g. 3.8 started by 3.7's complaint, flow #41):
+/// scenarios across processes find tasks there when the started instance and its calls have none.
+fn keyed_task(engine: &Engine, instance: InstanceId, node: &str) -> Option<TaskId> {
+    let started = engine.instance(instance).ok()?;
+    for (name, value) in &started.vars {
+        let Some(text) = value.as_str() else {
+            continue;
+        };
+        let Ok(found) = engine.find_by_key(name, text) else {
+            continue;
+        };
+        for other in found {
+            if other.id == instance || other.status != crate::model::Status::Running {
+                continue;
+            }
+            if let Some(t) = engine
+                .tasks(other.id)
+                .ok()
+                .and_then(|tasks| tasks.iter().find(|t| &*t.node_id == node).map(|t| t.id))
+            {
+                return Some(t);
+            }
         }
     }
     None

@@ -15,6 +15,7 @@ const USAGE: &str = "usage:
                   an organisation file (its top level names `organisation:`) is validated as
                   one; definitions are then also checked against every organisation given
   procflow graph FILE [--format mermaid|dot]
+  procflow graph --flows DIR|FILE... [--format mermaid|dot]
   procflow simulate FILE [FILE...] --scenario SCENARIO [--calendar CALENDAR]
                   the first FILE is the one started; the others are definitions its
                   call activities call
@@ -130,6 +131,9 @@ fn load(file: Option<&String>) -> Result<Result<ProcessDef, ExitCode>, String> {
 
 fn graph(args: &[String]) -> Result<ExitCode, String> {
     let format = option(args, "--format")?.unwrap_or("mermaid");
+    if args.first().map(String::as_str) == Some("--flows") {
+        return flows(&args[1..], format);
+    }
     let def = match load(args.first())? {
         Ok(def) => def,
         Err(code) => return Ok(code),
@@ -138,6 +142,59 @@ fn graph(args: &[String]) -> Result<ExitCode, String> {
         "mermaid" => print!("{}", def.to_mermaid()),
         "dot" => print!("{}", def.to_dot()),
         other => return Err(format!("unknown format '{other}': use mermaid or dot")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `procflow graph --flows DIR|FILE...`: the message and call map of several definitions.
+fn flows(args: &[String], format: &str) -> Result<ExitCode, String> {
+    if !matches!(format, "mermaid" | "dot") {
+        return Err(format!("unknown format '{format}': use mermaid or dot"));
+    }
+    let mut files = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--format" {
+            rest.next();
+            continue;
+        }
+        let path = std::path::Path::new(arg);
+        if path.is_dir() {
+            let mut found: Vec<_> = std::fs::read_dir(path)
+                .map_err(|e| format!("{arg}: {e}"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.to_path_buf());
+        }
+    }
+    if files.is_empty() {
+        return Err(format!("graph --flows needs a folder or files\n{USAGE}"));
+    }
+    let mut defs = Vec::new();
+    let mut failed = false;
+    for file in &files {
+        match ProcessDef::from_file(file) {
+            Ok(def) => defs.push(def),
+            Err(e) => {
+                failed = true;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if failed {
+        return Ok(ExitCode::FAILURE);
+    }
+    let (map, warnings) = procflow::flow_map(&defs);
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    match format {
+        "dot" => print!("{}", procflow::flows_to_dot(&defs, &map)),
+        _ => print!("{}", procflow::flows_to_mermaid(&defs, &map)),
     }
     Ok(ExitCode::SUCCESS)
 }

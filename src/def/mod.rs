@@ -8,6 +8,7 @@ pub(crate) mod assign;
 pub(crate) mod call;
 pub(crate) mod control;
 pub(crate) mod events;
+pub(crate) mod flows;
 pub(crate) mod messages;
 pub(crate) mod multi;
 mod raw;
