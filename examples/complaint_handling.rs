@@ -407,8 +407,11 @@ fn main() -> Result<()> {
         "resolve_fault",
         json!({ "status_report": "Customer guided to change the Wi-Fi channel" }),
     )?;
+    // The customer's reply goes back to whoever took the call (首问负责: wang recorded the
+    // problem, so wang owns the case and the notice is assigned to wang, not to the hall).
+    expect_denied(engine.claim(desk.open(web, "notify_customer")?, &li))?;
     desk.work(
-        &li,
+        &wang,
         web,
         "notify_customer",
         json!({ "resolution_notice": "Resolved by changing the Wi-Fi channel" }),

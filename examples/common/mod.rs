@@ -169,13 +169,13 @@ impl Desk<'_> {
     }
 }
 
-/// Expects an attempt to be refused by RACI and prints why.
+/// Expects an attempt to be refused (by RACI, or by an allocation rule) and prints why.
 pub(crate) fn expect_denied(attempt: Result<(), ExecError>) -> Result<()> {
     match attempt {
-        Err(e @ ExecError::Denied { .. }) => {
+        Err(e @ (ExecError::Denied { .. } | ExecError::Refused { .. })) => {
             println!("           DENIED: {e}");
             Ok(())
         }
-        other => Err(format!("expected a RACI denial, got {other:?}").into()),
+        other => Err(format!("expected a denial, got {other:?}").into()),
     }
 }
