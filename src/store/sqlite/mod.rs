@@ -140,7 +140,9 @@ impl SqliteOptions {
 ///   [`StoreError::Full`], and in either case nothing of the failed call is stored.
 /// - **Tuning**: new files use 1 KiB pages and the log is checkpointed once it reaches 32 MiB
 ///   (on one thread with [`Durability::Process`], about 25,000 starts per second against
-///   17,000 with 4 KiB pages, in a release build on a 2-core machine).
+///   17,000 with 4 KiB pages, in a release build on a 2-core machine). The write connection
+///   keeps a 2 MiB page cache: a larger one made commits that split B-tree pages pay a scan
+///   of the whole cache (see `WRITER_CACHE_KIB`).
 /// - **Timers**: due instants are kept in epoch milliseconds, rounded up, so
 ///   [`Store::due`] may report a timer up to a millisecond late, never early.
 /// - **Its files**: every transaction checks (with a `stat` of the file and of its `-wal`,
@@ -175,6 +177,18 @@ impl std::fmt::Debug for SqliteStore {
 /// The write-ahead log is checkpointed into the file once it reaches this many bytes
 /// (measured: smaller logs checkpoint too often on the linear workload).
 const CHECKPOINT_BYTES: i64 = 32 << 20;
+
+/// The write connection's page cache, in KiB (negative: SQLite's unit for a size in KiB).
+/// Small on purpose: when a commit splits a B-tree page and reorders the siblings'
+/// page numbers, SQLite parks a page at the lock-byte page's number (page 1,048,577 with 1 KiB
+/// pages, in `balance_nonroot`), and the end of that commit then truncates the page cache by
+/// scanning its whole hash table (`pager_end_transaction` → `pcache1TruncateUnsafe`), a cost
+/// that grows with the cache. Commits that insert at scattered keys (the `records` and `keys`
+/// of instances updated in random order, as `--workload correlate` does) split often: with
+/// 16 MiB this scan was 27% of a correlation's time on SQLite. Measured (throughput
+/// `--workload correlate --instances 100000`, 2026-12-04): 2 MiB beats 16 MiB and 4 MiB;
+/// the linear workload is no slower. The operating system's file cache keeps the rest warm.
+const WRITER_CACHE_KIB: i64 = -2_048;
 
 impl SqliteStore {
     /// Opens an existing store file with the default [`SqliteOptions`], running pending
@@ -280,7 +294,7 @@ impl SqliteStore {
         .map_err(|e| sql_err(&path, e))?;
         conn.pragma_update(None, "journal_size_limit", CHECKPOINT_BYTES)
             .map_err(|e| sql_err(&path, e))?;
-        conn.pragma_update(None, "cache_size", -16_384)
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
             .map_err(|e| sql_err(&path, e))?;
         if let Some(bytes) = options.max_size {
             set_max_size(&conn, bytes).map_err(|e| sql_err(&path, e))?;
