@@ -16,6 +16,7 @@ use crate::def::Problem;
 use crate::ids::{DefKey, NodeId, RoleId};
 use crate::raci::Raci;
 use crate::vars::{VarProblem, VarSpec, VarType};
+pub(super) use crate::yaml::{Report, valid_id};
 
 /// The most nodes of a definition. Validation's join check keeps, per flow, the stack of
 /// gateways around it, so its memory grows with nodes times nesting.
@@ -33,63 +34,19 @@ pub(super) const MAX_VARIABLES: usize = 1_000;
 /// The most outgoing flows of a node, and routes of an exclusive gateway.
 pub(super) const MAX_FLOWS: usize = 100;
 
-/// Collects problems as validation goes.
-pub(super) struct Report(pub(super) Vec<Problem>);
-
-impl Report {
-    pub(super) fn add(&mut self, location: Location, path: impl Into<String>, kind: ProblemKind) {
-        self.0.push(Problem {
-            location: Some(location),
-            path: path.into(),
-            kind,
-        });
-    }
-}
-
-/// Node, role and variable ids: they appear in CEL conditions, Mermaid and DOT, so `[a-z0-9_]+`.
-pub(super) fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
-/// A process id may also use `-`, as file names do.
-fn valid_process_id(id: &str) -> bool {
-    !id.is_empty() && id.split('-').all(valid_id)
-}
-
-/// Checks ids of a mapping and keeps the first entry of each id.
+/// The entries of a mapping with unique, valid ids (see [`crate::yaml::unique`]).
 pub(super) fn unique<'a, T>(
     entries: &'a Entries<T>,
     what: &'static str,
     section: &str,
     report: &mut Report,
 ) -> Vec<(&'a At<String>, &'a At<T>)> {
-    let mut seen: HashMap<&str, Location> = HashMap::new();
-    let mut out = Vec::new();
-    for (key, value) in &entries.0 {
-        let path = format!("{section}.{}", key.value);
-        if !valid_id(&key.value) {
-            report.add(key.loc, &path, ProblemKind::InvalidId(key.value.clone()));
-        }
-        match seen.get(key.value.as_str()) {
-            Some(first) => report.add(
-                key.loc,
-                &path,
-                ProblemKind::Duplicate {
-                    what,
-                    id: key.value.clone(),
-                    first: *first,
-                },
-            ),
-            None => {
-                seen.insert(&key.value, key.loc);
-                out.push((key, value));
-            }
-        }
-    }
-    out
+    crate::yaml::unique(entries, what, section, valid_id, report)
+}
+
+/// A process id may also use `-`, as file names do.
+fn valid_process_id(id: &str) -> bool {
+    !id.is_empty() && id.split('-').all(valid_id)
 }
 
 /// Refuses a definition with more nodes, roles or variables than allowed before anything else is

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{Holding, Organisation, Person, Unit};
 use crate::ids::{ActorId, RoleId};
-use crate::yaml::{At, Entries, Location, Problem, ProblemKind};
+use crate::yaml::{At, Entries, Problem, ProblemKind, Report, unique, valid_id};
 
 /// The most units, people, roles, skills or positions an organisation file may declare.
 pub(super) const MAX_ENTRIES: usize = 1_000_000;
@@ -89,67 +89,9 @@ pub(super) struct RawPost {
     pub(super) roles: Vec<At<String>>,
 }
 
-struct Report(Vec<Problem>);
-
-impl Report {
-    fn add(&mut self, location: Location, path: impl Into<String>, kind: ProblemKind) {
-        self.0.push(Problem {
-            location: Some(location),
-            path: path.into(),
-            kind,
-        });
-    }
-}
-
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
 /// A person's id: a staff number or login, without spaces or control characters.
 fn valid_person(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && !id.chars().any(|c| c.is_whitespace() || c.is_control())
-}
-
-/// The entries of a section with unique, valid ids; the others are reported.
-fn unique<'a, T>(
-    entries: &'a Entries<T>,
-    what: &'static str,
-    section: &str,
-    person: bool,
-    report: &mut Report,
-) -> Vec<(&'a At<String>, &'a At<T>)> {
-    let mut seen: HashMap<&str, Location> = HashMap::new();
-    let mut out = Vec::new();
-    for (key, value) in &entries.0 {
-        let path = format!("{section}.{}", key.value);
-        let ok = if person {
-            valid_person(&key.value)
-        } else {
-            valid_id(&key.value)
-        };
-        if !ok {
-            report.add(key.loc, &path, ProblemKind::InvalidId(key.value.clone()));
-        }
-        match seen.get(key.value.as_str()) {
-            Some(first) => report.add(
-                key.loc,
-                &path,
-                ProblemKind::Duplicate {
-                    what,
-                    id: key.value.clone(),
-                    first: *first,
-                },
-            ),
-            None => {
-                seen.insert(&key.value, key.loc);
-                out.push((key, value));
-            }
-        }
-    }
-    out
 }
 
 pub(super) fn compile(raw: RawOrg, file: Option<PathBuf>) -> Result<Organisation, Vec<Problem>> {
@@ -207,18 +149,24 @@ pub(super) fn compile(raw: RawOrg, file: Option<PathBuf>) -> Result<Organisation
         }
         None => Vec::new(),
     };
-    let roles: Vec<RoleId> = unique(&raw.roles, "role", "roles", false, &mut report)
+    let roles: Vec<RoleId> = unique(&raw.roles, "role", "roles", valid_id, &mut report)
         .into_iter()
         .map(|(k, _)| RoleId(k.value.clone()))
         .collect();
-    let skills: Vec<String> = unique(&raw.skills, "skill", "skills", false, &mut report)
+    let skills: Vec<String> = unique(&raw.skills, "skill", "skills", valid_id, &mut report)
         .into_iter()
         .map(|(k, _)| k.value.clone())
         .collect();
     let role_known = |r: &str| roles.iter().any(|x| x.0 == r);
     // Positions: a name for a bundle of roles.
     let mut positions: HashMap<&str, Vec<RoleId>> = HashMap::new();
-    for (key, p) in unique(&raw.positions, "position", "positions", false, &mut report) {
+    for (key, p) in unique(
+        &raw.positions,
+        "position",
+        "positions",
+        valid_id,
+        &mut report,
+    ) {
         let mut held = Vec::new();
         for (i, r) in p.value.roles.iter().enumerate() {
             if role_known(&r.value) {
@@ -234,7 +182,7 @@ pub(super) fn compile(raw: RawOrg, file: Option<PathBuf>) -> Result<Organisation
         positions.insert(&key.value, held);
     }
     // Units, then their parents, then the tree's cycles.
-    let units_raw = unique(&raw.units, "unit", "units", false, &mut report);
+    let units_raw = unique(&raw.units, "unit", "units", valid_id, &mut report);
     let index: HashMap<&str, u32> = units_raw
         .iter()
         .enumerate()
@@ -343,7 +291,7 @@ pub(super) fn compile(raw: RawOrg, file: Option<PathBuf>) -> Result<Organisation
     }
     // People.
     let mut people: Vec<Person> = Vec::new();
-    for (key, p) in unique(&raw.people, "person", "people", true, &mut report) {
+    for (key, p) in unique(&raw.people, "person", "people", valid_person, &mut report) {
         let path = format!("people.{}", key.value);
         let mut person_skills = Vec::new();
         for (i, s) in p.value.skills.iter().enumerate() {

@@ -148,3 +148,60 @@ fn locate_duplicate(text: &str, message: &str) -> Option<Location> {
     }
     None
 }
+
+/// Collects a loader's problems, each located, so that all are reported at once.
+pub(crate) struct Report(pub(crate) Vec<Problem>);
+
+impl Report {
+    pub(crate) fn add(&mut self, location: Location, path: impl Into<String>, kind: ProblemKind) {
+        self.0.push(Problem {
+            location: Some(location),
+            path: path.into(),
+            kind,
+        });
+    }
+}
+
+/// Node, role, variable, unit and skill ids: they appear in CEL conditions, Mermaid and DOT,
+/// so `[a-z0-9_]+`.
+pub(crate) fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The entries of a mapping whose ids pass `valid` and come first; an invalid or repeated id is
+/// reported (a repeat naming where the id was first defined) and only the first entry kept.
+pub(crate) fn unique<'a, T>(
+    entries: &'a Entries<T>,
+    what: &'static str,
+    section: &str,
+    valid: fn(&str) -> bool,
+    report: &mut Report,
+) -> Vec<(&'a At<String>, &'a At<T>)> {
+    let mut seen: std::collections::HashMap<&str, Location> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for (key, value) in &entries.0 {
+        let path = format!("{section}.{}", key.value);
+        if !valid(&key.value) {
+            report.add(key.loc, &path, ProblemKind::InvalidId(key.value.clone()));
+        }
+        match seen.get(key.value.as_str()) {
+            Some(first) => report.add(
+                key.loc,
+                &path,
+                ProblemKind::Duplicate {
+                    what,
+                    id: key.value.clone(),
+                    first: *first,
+                },
+            ),
+            None => {
+                seen.insert(&key.value, key.loc);
+                out.push((key, value));
+            }
+        }
+    }
+    out
+}
