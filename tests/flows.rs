@@ -79,3 +79,107 @@ fn the_end_to_end_complaint_scenario_runs_across_3_7_and_3_8() {
         "{joined}"
     );
 }
+
+/// The fifteen flows among 3.6-3.11 that issue 13 lists, each with its sender, receiver and the
+/// message (or call) that carries it.
+const CARRIED: [(u32, &str, &str); 15] = [
+    (37, "order-provisioning", "customer-interactions"),
+    (38, "order-provisioning", "billing-accounts"),
+    (39, "customer-interactions", "order-provisioning"),
+    (41, "customer-interactions", "complaint-handling"),
+    (43, "customer-interactions", "retention"),
+    (44, "customer-interactions", "billing-accounts"),
+    (45, "complaint-handling", "customer-interactions"),
+    (46, "complaint-handling", "billing-accounts"),
+    (48, "complaint-handling", "order-provisioning"),
+    (50, "retention", "billing-accounts"),
+    (51, "sla-management", "complaint-handling"),
+    (53, "sla-management", "billing-accounts"),
+    (54, "billing-accounts", "customer-interactions"),
+    (55, "billing-accounts", "retention"),
+    (57, "billing-accounts", "complaint-handling"),
+];
+
+#[test]
+fn every_one_of_the_fifteen_flows_is_sent_by_a_send_node_and_acted_on_by_the_receiver() {
+    let defs = shipped();
+    let def = |id: &str| defs.iter().find(|d| d.key().id == id).expect(id);
+    for (number, from, to) in CARRIED {
+        let (sender, receiver) = (def(from), def(to));
+        // The messages of this flow the sender declares and the receiver declares, by name.
+        let sent: Vec<&str> = sender
+            .sends()
+            .filter(|(_, s)| s.flow() == Some(number as u8))
+            .map(|(name, _)| name)
+            .filter(|name| receiver.messages().any(|(m, _)| m == *name))
+            .collect();
+        assert!(
+            !sent.is_empty(),
+            "#{number}: {from} declares no send that {to} declares"
+        );
+        for name in sent {
+            let (_, declared) = receiver.messages().find(|(m, _)| *m == name).unwrap();
+            assert_eq!(
+                declared.flow(),
+                Some(number as u8),
+                "#{number} {name}: flow number in {to}"
+            );
+            // The sender has a send node for it.
+            assert!(
+                sender.nodes().any(|(_, n)| n.sends() == Some(name)),
+                "#{number} {name}: no send node in {from}"
+            );
+            // The receiver starts an instance on it or waits for it (catch or boundary event),
+            // and what waits for it is correlated on a business key of the receiver.
+            let starts = receiver.start_messages().any(|m| m == name);
+            let caught = receiver
+                .nodes()
+                .any(|(_, n)| n.caught_messages().contains(&name));
+            assert!(
+                starts || caught,
+                "#{number} {name}: {to} neither starts on it nor catches it"
+            );
+            if caught {
+                let keys: Vec<&str> = declared.correlate().map(|(k, _)| k).collect();
+                assert!(
+                    !keys.is_empty(),
+                    "#{number} {name}: {to} catches it uncorrelated"
+                );
+                for k in keys {
+                    assert!(
+                        receiver.keys().any(|key| key == k),
+                        "#{number}: {k} is not a key of {to}"
+                    );
+                }
+            }
+            // Every payload field the sender sends is in the receiver's payload.
+            let (_, s) = sender.sends().find(|(m, _)| *m == name).unwrap();
+            for field in s.payload() {
+                assert!(
+                    declared.payload().contains(field),
+                    "#{number} {name}: {from} sends {field}, {to} does not receive it"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn customer_response_calls_order_provisioning_and_complaint_handling() {
+    let defs = shipped();
+    let response = defs
+        .iter()
+        .find(|d| d.key().id == "customer-response")
+        .unwrap();
+    let called: Vec<(&str, Option<u32>)> = response
+        .nodes()
+        .filter_map(|(_, n)| n.called_process().map(|p| (p, n.flow())))
+        .collect();
+    assert_eq!(
+        called,
+        [
+            ("order-provisioning", Some(39)),
+            ("complaint-handling", Some(41))
+        ]
+    );
+}

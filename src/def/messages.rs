@@ -83,6 +83,21 @@ impl super::Node {
             _ => None,
         }
     }
+
+    /// The messages this node waits for: a catch node's message, then its message boundary
+    /// events' (of a task or a sub-process), in YAML order.
+    pub fn caught_messages(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        if let Behaviour::Catch(super::events::Trigger::Message(m)) = &self.behaviour {
+            out.push(m.as_str());
+        }
+        for b in &self.boundary {
+            if let super::events::BoundaryOn::Event(super::events::Trigger::Message(m)) = &b.on {
+                out.push(m.as_str());
+            }
+        }
+        out
+    }
 }
 
 impl super::ProcessDef {
