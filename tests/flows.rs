@@ -183,3 +183,44 @@ fn customer_response_calls_order_provisioning_and_complaint_handling() {
         ]
     );
 }
+
+#[test]
+fn every_end_to_end_scenario_holds_with_all_shipped_definitions() {
+    let mut scenarios: Vec<_> = std::fs::read_dir("process-defs/scenarios")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("-e2e-"))
+        .collect();
+    scenarios.sort();
+    // One chain per group of flows: 3.7/3.8 (#41, #45), 3.7/3.6/3.11 (#39, #37, #38), 3.7/3.11
+    // (#44, #54), 3.8/3.6/3.11 (#48, #46, #57), 3.10 (#51, #53), 3.11/3.9 (#55, #50), and
+    // customer-response's calls of 3.6 and 3.8.
+    assert!(scenarios.len() >= 8, "{scenarios:?}");
+    for path in scenarios {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let mut defs = shipped();
+        // The definition whose id prefixes the scenario's name goes first: the scenario starts it.
+        let first = defs
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| name.starts_with(&format!("{}-", d.key().id)))
+            .max_by_key(|(_, d)| d.key().id.len())
+            .map(|(i, _)| i)
+            .unwrap_or_else(|| panic!("no definition for {name}"));
+        let def = defs.remove(first);
+        defs.insert(0, def);
+        let china = BusinessCalendar::from_file("process-defs/calendars/china.yaml").unwrap();
+        let report = Scenario::from_file(&path)
+            .unwrap()
+            .run_all(defs, vec![("china".to_string(), china)])
+            .unwrap();
+        assert!(report.failures.is_empty(), "{name}: {:?}", report.failures);
+        // Every chain sends at least one message or starts a child across processes.
+        let joined = report.events.join("\n");
+        assert!(
+            joined.contains("\"event\":\"message_sent\"")
+                || joined.contains("\"event\":\"call_started\""),
+            "{name}"
+        );
+    }
+}
