@@ -224,3 +224,101 @@ fn every_end_to_end_scenario_holds_with_all_shipped_definitions() {
         );
     }
 }
+
+const TWO_STARTS: &str = r#"
+id: order
+version: 1
+name: Order
+roles: { clerk: { name: Clerk } }
+variables:
+  customer_id: { type: string }
+  sales_order: { type: object }
+  reconfiguration: { type: object }
+messages:
+  sales_order_placed: { flow: 39, payload: [customer_id, sales_order] }
+  reconfiguration_ordered: { flow: 48, payload: [customer_id, reconfiguration] }
+nodes:
+  start: { kind: start, message: sales_order_placed, messages: [reconfiguration_ordered], next: kind }
+  kind:
+    kind: exclusive
+    routes:
+      - { when: "reconfiguration != null", to: reconfigured }
+      - { default: true, to: ordered }
+  ordered: { kind: user_task, name: Ordered, raci: { responsible: [clerk], accountable: clerk }, next: end }
+  reconfigured: { kind: user_task, name: Reconfigured, raci: { responsible: [clerk], accountable: clerk }, next: end }
+  end: { kind: end }
+"#;
+
+#[test]
+fn a_start_node_may_listen_for_several_messages() {
+    use procflow::{Engine, Vars};
+    let engine = Engine::new();
+    engine
+        .deploy(ProcessDef::from_yaml(TWO_STARTS).unwrap())
+        .unwrap();
+    let def = engine.definition("order", None).unwrap();
+    assert_eq!(def.start_message(), Some("sales_order_placed"));
+    assert_eq!(
+        def.start_messages().collect::<Vec<_>>(),
+        ["sales_order_placed", "reconfiguration_ordered"]
+    );
+    let vars = |pairs: &[(&str, serde_json::Value)]| -> Vars {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect()
+    };
+    for (message, field) in [
+        ("sales_order_placed", "sales_order"),
+        ("reconfiguration_ordered", "reconfiguration"),
+    ] {
+        let c = engine
+            .correlate(
+                message,
+                vars(&[
+                    ("customer_id", serde_json::json!("C-1")),
+                    (field, serde_json::json!({ "line": 1 })),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(c.started.len(), 1, "{message}");
+        let inst = engine.instance(c.started[0]).unwrap();
+        assert_eq!(inst.vars()[field], serde_json::json!({ "line": 1 }));
+        // The payload that came says which start it was.
+        let ended = if field == "reconfiguration" {
+            "reconfigured"
+        } else {
+            "ordered"
+        };
+        let open: Vec<String> = engine
+            .tasks(c.started[0])
+            .unwrap()
+            .iter()
+            .map(|t| t.node_id.to_string())
+            .collect();
+        assert_eq!(open, [ended], "{message}");
+    }
+}
+
+#[test]
+fn a_start_messages_list_is_checked_at_load() {
+    let unknown = TWO_STARTS.replace("messages: [reconfiguration_ordered]", "messages: [nope]");
+    let problems = ProcessDef::from_yaml(&unknown).unwrap_err().problems;
+    assert!(
+        problems.iter().any(
+            |p| p.kind == procflow::ProblemKind::UnknownMessage("nope".into())
+                && p.path == "nodes.start.messages"
+                && p.location.is_some()
+        ),
+        "{problems:#?}"
+    );
+    let misplaced = TWO_STARTS.replace(
+        "  end: { kind: end }",
+        "  end: { kind: end, messages: [sales_order_placed] }",
+    );
+    let problems = ProcessDef::from_yaml(&misplaced).unwrap_err().problems;
+    assert!(
+        problems.iter().any(|p| p.path == "nodes.end.messages"),
+        "{problems:#?}"
+    );
+}
