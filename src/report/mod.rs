@@ -83,6 +83,14 @@ pub enum ReportError {
         /// Its problems.
         source: LoadError,
     },
+    /// The store holds no definition of this process.
+    #[error("unknown process '{process}': the store holds {}", known_list(known))]
+    UnknownProcess {
+        /// The process id asked for.
+        process: String,
+        /// The process ids the store holds, sorted.
+        known: Vec<String>,
+    },
     /// No stored definition lists this business key under `keys:`.
     #[error("unknown business key '{key}': no stored definition lists it under keys")]
     UnknownKey {
@@ -407,8 +415,19 @@ impl Report {
         store: &dyn Store,
         process: Option<&str>,
     ) -> Result<Vec<Arc<ProcessDef>>, ReportError> {
-        store
-            .definitions()?
+        let stored = store.definitions()?;
+        if let Some(p) = process
+            && !stored.iter().any(|d| d.key.id == p)
+        {
+            let mut known: Vec<String> = stored.iter().map(|d| d.key.id.clone()).collect();
+            known.sort();
+            known.dedup();
+            return Err(ReportError::UnknownProcess {
+                process: p.to_owned(),
+                known,
+            });
+        }
+        stored
             .into_iter()
             .filter(|d| process.is_none_or(|p| p == d.key.id))
             .map(|d| {
@@ -757,6 +776,18 @@ impl Style {
             (Style::Table, Some(zh)) if !name.is_empty() => format!("{name} / {zh}"),
             (Style::Table, Some(zh)) => zh.to_owned(),
             (Style::Table, None) => name.to_owned(),
+        }
+    }
+}
+
+/// `a, b and c`, or `no definition`.
+fn known_list(known: &[String]) -> String {
+    match known {
+        [] => "no definition".to_owned(),
+        [one] => format!("only '{one}'"),
+        _ => {
+            let quoted: Vec<String> = known.iter().map(|k| format!("'{k}'")).collect();
+            quoted.join(", ")
         }
     }
 }
