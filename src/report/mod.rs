@@ -69,7 +69,8 @@ impl ReportOptions {
 }
 
 /// Why [`Report::from_store`] could not read a store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, Serialize)]
+#[serde(tag = "kind", content = "fields", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ReportError {
     /// The store failed (its message names the file).

@@ -1,0 +1,97 @@
+//! Issue 16's polish through the public API: work-list rows and errors serialize (errors as
+//! `{kind, fields}`, and with [`procflow::ErrorBody`] also `message`), completions are credited to
+//! the role the actor acted in, and the SLA figures agree with the breaches they sit beside.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use procflow::{
+    Actor, Engine, ErrorBody, ExecError, ManualClock, ProcessDef, Report, ReportOptions, Vars,
+};
+use serde_json::json;
+
+fn t0() -> DateTime<Utc> {
+    // Monday 2026-03-09 09:00 in Shanghai.
+    "2026-03-09T01:00:00Z".parse().unwrap()
+}
+
+const TWO_ROLES: &str = r#"
+id: two
+version: 1
+name: Two roles
+roles: { agent: { name: Agent }, expert: { name: Expert }, lead: { name: Lead } }
+nodes:
+  start: { kind: start, next: work }
+  work:
+    kind: user_task
+    name: Work
+    raci: { responsible: [agent, expert], accountable: lead }
+    due: 1h
+    next: done
+  done: { kind: end }
+"#;
+
+fn engine(clock: &Arc<ManualClock>) -> Engine {
+    let engine = Engine::builder().clock(Arc::clone(clock)).build();
+    engine
+        .deploy(ProcessDef::from_yaml(TWO_ROLES).unwrap())
+        .unwrap();
+    engine
+}
+
+#[test]
+fn task_views_and_errors_serialize() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = engine(&clock);
+    let id = engine.start("two", Vars::new()).unwrap();
+    let tasks = engine.tasks(id).unwrap();
+    let row = serde_json::to_value(&tasks[0]).unwrap();
+    assert_eq!(row["node_id"], "work");
+    assert_eq!(row["name"], "Work");
+
+    let nobody = Actor::new("nobody", ["guest"]);
+    let err = engine
+        .complete(tasks[0].id, &nobody, Vars::new())
+        .unwrap_err();
+    assert!(matches!(err, ExecError::Denied { .. }), "{err:?}");
+    let plain = serde_json::to_value(&err).unwrap();
+    assert_eq!(plain["kind"], "denied");
+    assert_eq!(plain["fields"]["actor"], "nobody");
+    assert_eq!(
+        plain["fields"]["allowed"],
+        json!(["agent", "expert", "lead"])
+    );
+    let body = serde_json::to_value(ErrorBody::new(&err)).unwrap();
+    assert_eq!(body["kind"], "denied");
+    assert_eq!(body["message"], err.to_string());
+    assert_eq!(body["fields"], plain["fields"]);
+
+    // A load error: every problem with its location, path, kind and fields.
+    let load = ProcessDef::from_yaml(&TWO_ROLES.replace("accountable: lead", "accountable: boss"))
+        .unwrap_err();
+    let json = serde_json::to_value(ErrorBody::new(&load)).unwrap();
+    assert_eq!(json["message"], load.to_string());
+    let problem = &json["problems"][0];
+    assert_eq!(problem["path"], "nodes.work.raci.accountable");
+    assert!(
+        problem["location"]["line"].as_u64().unwrap() > 0,
+        "{problem}"
+    );
+    assert!(problem["kind"].is_string(), "{problem}");
+
+    // A store error.
+    let store = procflow::SqliteStore::open("no/such/dir/store.db").unwrap_err();
+    let json = serde_json::to_value(ErrorBody::new(&store)).unwrap();
+    assert_eq!(json["kind"], "missing", "{json}");
+    assert_eq!(json["message"], "no/such/dir/store.db: no such store file");
+
+    // A report error.
+    let report = Report::from_store(
+        &procflow::MemoryStore::new(),
+        &ReportOptions::default().process("nope"),
+    )
+    .unwrap_err();
+    let json = serde_json::to_value(ErrorBody::new(&report)).unwrap();
+    assert_eq!(json["kind"], "unknown_process");
+    assert_eq!(json["fields"]["process"], "nope");
+}
