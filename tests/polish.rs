@@ -95,3 +95,63 @@ fn task_views_and_errors_serialize() {
     assert_eq!(json["kind"], "unknown_process");
     assert_eq!(json["fields"]["process"], "nope");
 }
+
+/// Issue 16: a completion is credited to the role the actor acted in (kept in its audit record),
+/// not to every responsible role of the task.
+#[test]
+fn completions_are_credited_to_the_role_acted_in() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = engine(&clock);
+    let agent = Actor::new("ann", ["agent"]);
+    let expert = Actor::new("eli", ["expert"]);
+    let lead = Actor::new("lee", ["lead"]);
+    let mut ids = Vec::new();
+    for actor in [&agent, &agent, &expert, &lead] {
+        let id = engine.start("two", Vars::new()).unwrap();
+        let task = engine.tasks(id).unwrap()[0].id;
+        engine.complete(task, actor, Vars::new()).unwrap();
+        ids.push(id);
+    }
+    let def = ProcessDef::from_yaml(TWO_ROLES).unwrap();
+    let roles: Vec<&str> = def.roles().map(|(r, _)| r.as_str()).collect();
+    let acted: Vec<(String, Option<&str>)> = ids
+        .iter()
+        .map(|id| {
+            let inst = engine.instance(*id).unwrap();
+            inst.audit()
+                .iter()
+                .find_map(|r| match &r.what {
+                    procflow::Entry::Completed { role, .. } => {
+                        Some((r.describe(&def), role.map(|i| roles[usize::from(i)])))
+                    }
+                    _ => None,
+                })
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        acted.iter().map(|(_, r)| *r).collect::<Vec<_>>(),
+        [Some("agent"), Some("agent"), Some("expert"), Some("lead")]
+    );
+    assert!(
+        acted[0].0.ends_with("completed by ann as agent"),
+        "{}",
+        acted[0].0
+    );
+    assert!(
+        acted[3]
+            .0
+            .ends_with("completed by lee as lead (accountable override)"),
+        "{}",
+        acted[3].0
+    );
+
+    let instances: Vec<_> = ids.iter().map(|id| engine.instance(*id).unwrap()).collect();
+    let report = Report::compute(&[Arc::new(def)], &instances, &ReportOptions::default());
+    let completed = |role: &str| report.role("two", role).unwrap().completed;
+    assert_eq!(
+        (completed("agent"), completed("expert"), completed("lead")),
+        (2, 1, 1)
+    );
+    assert_eq!(report.role("two", "lead").unwrap().overrides, 1);
+}

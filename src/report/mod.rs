@@ -141,11 +141,13 @@ pub enum ReportError {
 /// - `repeated`: runs again of a task with `repeat` (`Entry::Repeated`); `items`: completed items
 ///   of a task with `for_each` (`Entry::ItemCompleted`).
 ///
-/// **Per role** ([`RoleFigures`]). The audit trail names the actor, not the role it acted in, so
-/// a completion is credited by this rule: an override (`Entry::Completed { overridden: true }`)
-/// to the node's accountable role; a task an escalation reassigned to the node's escalation role;
-/// otherwise to each of the node's responsible roles (a node with two responsible roles credits
-/// both, so role totals may exceed the number of tasks). `completed` counts every credited
+/// **Per role** ([`RoleFigures`]). A completion is credited to the role the actor acted in, as
+/// its audit record keeps it (`Entry::Completed { role }`: the accountable role for an override,
+/// the role an escalation gave the task to, else the first of the node's responsible roles the
+/// actor holds), so each completion is credited once. Records written before procflow kept the
+/// role are credited by the same rule without the actor's roles: an override to the accountable
+/// role, an escalated task to the escalation's role, otherwise to each of the node's responsible
+/// roles. `completed` counts every credited
 /// completion, overrides included; `overrides` counts the overrides. `escalations` counts the
 /// escalation levels that fired (`Entry::Timer { kind: Escalation }`, not reminders or urges)
 /// for the role the definition's level names (`to:`, defaulting to the accountable role).
@@ -1052,6 +1054,7 @@ impl Acc {
         // What the audit trail says, per task (by its number).
         let mut first_claim: HashMap<u32, DateTime<Utc>> = HashMap::new();
         let mut overridden: HashMap<u32, bool> = HashMap::new();
+        let mut acted: HashMap<u32, u16> = HashMap::new();
         let mut timed_out: HashSet<u32> = HashSet::new();
         let mut sla_breached = false;
         let mut sla_recorded = false;
@@ -1064,9 +1067,13 @@ impl Acc {
                 Entry::Completed {
                     task,
                     overridden: o,
+                    role,
                     ..
                 } => {
                     overridden.insert(*task, *o);
+                    if let Some(role) = role {
+                        acted.insert(*task, *role);
+                    }
                 }
                 Entry::Repeated { node, .. } => {
                     if let Some(n) = self.node(def, *node) {
@@ -1188,10 +1195,17 @@ impl Acc {
             actor.overrides += usize::from(over);
             let Some(raci) = node.raci() else { continue };
             let escalated = task.escalated_to(def);
-            let credited: Vec<&str> = match (over, escalated) {
-                (true, _) => vec![raci.accountable().as_str()],
-                (false, Some(role)) => vec![role.as_str()],
-                (false, None) => raci.responsible().iter().map(|r| r.as_str()).collect(),
+            let recorded = acted
+                .get(&seq)
+                .and_then(|i| def.roles().nth(usize::from(*i)))
+                .map(|(r, _)| r);
+            let credited: Vec<&str> = match (recorded, over, escalated) {
+                // The audit record names the role the actor acted in.
+                (Some(role), _, _) => vec![role.as_str()],
+                // Older records: the rule the role check applies.
+                (None, true, _) => vec![raci.accountable().as_str()],
+                (None, false, Some(role)) => vec![role.as_str()],
+                (None, false, None) => raci.responsible().iter().map(|r| r.as_str()).collect(),
             };
             for role in credited {
                 if let Some(r) = self.role(role) {
