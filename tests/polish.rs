@@ -155,3 +155,50 @@ fn completions_are_credited_to_the_role_acted_in() {
     );
     assert_eq!(report.role("two", "lead").unwrap().overrides, 1);
 }
+
+/// Issue 16: a report showing task breaches must not show 100% met: the instance rate (process
+/// deadline) and the task rate (task deadlines) are both shown, each under its own head.
+#[test]
+fn the_sla_met_rates_agree_with_the_breaches() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = engine(&clock);
+    let ann = Actor::new("ann", ["agent"]);
+    let late = engine.start("two", Vars::new()).unwrap();
+    let early = engine.start("two", Vars::new()).unwrap();
+    let open = engine.start("two", Vars::new()).unwrap();
+    let task = |id| engine.tasks(id).unwrap()[0].id;
+    engine.complete(task(early), &ann, Vars::new()).unwrap();
+    clock.advance(chrono::Duration::hours(2));
+    engine.tick(clock_now(&clock));
+    engine.complete(task(late), &ann, Vars::new()).unwrap();
+    let instances: Vec<_> = [late, early, open]
+        .iter()
+        .map(|id| engine.instance(*id).unwrap())
+        .collect();
+    let def = Arc::new(ProcessDef::from_yaml(TWO_ROLES).unwrap());
+    let report = Report::compute(&[def], &instances, &ReportOptions::default());
+    let p = report.process("two").unwrap();
+    // `open` breached too (its deadline fired while it waits): decided.
+    assert_eq!(report.node("two", "work").unwrap().breaches, 2);
+    assert_eq!((p.task_deadlines, p.task_breached), (3, 2));
+    assert_eq!(p.task_met_rate, Some(1.0 / 3.0));
+    // No process deadline: no instance rate, rather than 100%.
+    assert_eq!((p.sla_instances, p.sla_met_rate), (0, None));
+    let table = report.to_table();
+    assert!(table.contains("instance met rate"), "{table}");
+    assert!(table.contains("task met rate"), "{table}");
+    assert!(table.contains("33.3%"), "{table}");
+    assert!(!table.contains("100.0%"), "{table}");
+    let csv = report.to_csv();
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with("task_deadlines,task_breached,task_met_rate")
+    );
+}
+
+fn clock_now(clock: &ManualClock) -> DateTime<Utc> {
+    use procflow::Clock;
+    clock.now()
+}

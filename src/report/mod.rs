@@ -125,6 +125,11 @@ pub enum ReportError {
 ///   `Entry::Timer { kind: Due, sla: true }` record, or a fired SLA `Due` timer); *met* when it
 ///   completed without a breach; *pending* when it is still running without a breach.
 ///   `sla_met_rate = met / (met + breached)`: pending instances are undecided and left out.
+///   This rate is **per instance** and counts the process deadline only; task deadlines have
+///   their own, **per task**: `task_deadlines` counts the tasks with a `due` that are decided
+///   (breached, or closed without a breach), `task_breached` those whose deadline fired (the sum
+///   of the nodes' `breaches`), `task_met_rate = (task_deadlines - task_breached) /
+///   task_deadlines`. The table heads them "instance met rate" and "task met rate".
 ///
 /// **Per user-task node** ([`NodeFigures`]), and per service-task node with `for_each` or
 /// `repeat`:
@@ -224,8 +229,17 @@ pub struct ProcessFigures {
     pub sla_breached: usize,
     /// Running, deadline not yet fired.
     pub sla_pending: usize,
-    /// `sla_met / (sla_met + sla_breached)`, from 0 to 1; `None` when both are 0.
+    /// `sla_met / (sla_met + sla_breached)`, from 0 to 1; `None` when both are 0. Per
+    /// instance: the process deadline (`sla.due`) only.
     pub sla_met_rate: Option<f64>,
+    /// Tasks with a deadline of their own (`due`) that are decided: completed (or timed out,
+    /// cancelled) in time, or breached.
+    pub task_deadlines: usize,
+    /// Of those, breached: their deadline fired.
+    pub task_breached: usize,
+    /// `(task_deadlines - task_breached) / task_deadlines`, from 0 to 1; `None` without task
+    /// deadlines. Per task: a process can meet every instance deadline and still breach tasks.
+    pub task_met_rate: Option<f64>,
 }
 
 /// The figures of one user-task node.
@@ -559,6 +573,9 @@ impl Report {
                     n(p.sla_breached),
                     n(p.sla_pending),
                     style.rate(p.sla_met_rate),
+                    n(p.task_deadlines),
+                    n(p.task_breached),
+                    style.rate(p.task_met_rate),
                 ]
             })
             .collect();
@@ -636,6 +653,9 @@ impl Report {
                     "sla_breached",
                     "sla_pending",
                     "sla_met_rate",
+                    "task_deadlines",
+                    "task_breached",
+                    "task_met_rate",
                 ],
                 &[
                     "section",
@@ -671,11 +691,14 @@ impl Report {
                     "cycle p50",
                     "p90",
                     "p99",
-                    "SLA",
+                    "SLA instances",
                     "met",
                     "breached",
                     "pending",
-                    "met rate",
+                    "instance met rate",
+                    "task deadlines",
+                    "breached",
+                    "task met rate",
                 ],
                 &[
                     "",
@@ -927,6 +950,8 @@ struct Acc {
     sla_met: usize,
     sla_breached: usize,
     sla_pending: usize,
+    task_deadlines: usize,
+    task_breached: usize,
     nodes: IndexMap<String, NodeAcc>,
     roles: IndexMap<String, RoleAcc>,
     actors: BTreeMap<String, ActorFigures>,
@@ -975,6 +1000,8 @@ impl Acc {
             sla_met: 0,
             sla_breached: 0,
             sla_pending: 0,
+            task_deadlines: 0,
+            task_breached: 0,
             nodes: IndexMap::new(),
             roles: IndexMap::new(),
             actors: BTreeMap::new(),
@@ -1056,6 +1083,7 @@ impl Acc {
         let mut overridden: HashMap<u32, bool> = HashMap::new();
         let mut acted: HashMap<u32, u16> = HashMap::new();
         let mut timed_out: HashSet<u32> = HashSet::new();
+        let mut breached: HashSet<u32> = HashSet::new();
         let mut sla_breached = false;
         let mut sla_recorded = false;
         let task_node = |seq: u32| inst.tasks().get(seq as usize).map(|t| t.node());
@@ -1110,6 +1138,7 @@ impl Acc {
                     }
                     match (kind, task) {
                         (TimerKind::Due, Some(t)) => {
+                            breached.insert(*t);
                             if let Some(n) = task_node(*t).and_then(|n| self.node(def, n)) {
                                 n.breaches += 1;
                             }
@@ -1164,6 +1193,18 @@ impl Acc {
                 continue;
             };
             let claim = first_claim.get(&seq).copied();
+            // The task's own deadline: decided once breached or the task is closed.
+            let has_due = node.limits.as_deref().is_some_and(|l| l.due.is_some())
+                || inst
+                    .timers()
+                    .iter()
+                    .any(|t| t.task == Some(seq) && !t.sla && t.kind == TimerKind::Due);
+            if breached.contains(&seq) {
+                self.task_deadlines += 1;
+                self.task_breached += 1;
+            } else if has_due && !matches!(task.state(), TaskState::Open) {
+                self.task_deadlines += 1;
+            }
             let done = match task.state() {
                 TaskState::Completed { by, at } => Some((by.clone(), *at)),
                 _ => None,
@@ -1233,6 +1274,11 @@ impl Acc {
             sla_pending: self.sla_pending,
             sla_met_rate: (self.sla_met + self.sla_breached > 0)
                 .then(|| self.sla_met as f64 / (self.sla_met + self.sla_breached) as f64),
+            task_deadlines: self.task_deadlines,
+            task_breached: self.task_breached,
+            task_met_rate: (self.task_deadlines > 0).then(|| {
+                (self.task_deadlines - self.task_breached) as f64 / self.task_deadlines as f64
+            }),
         });
         for (node, n) in self.nodes {
             report.nodes.push(NodeFigures {
