@@ -194,11 +194,73 @@ fn the_sla_met_rates_agree_with_the_breaches() {
         csv.lines()
             .next()
             .unwrap()
-            .ends_with("task_deadlines,task_breached,task_met_rate")
+            .ends_with("task_deadlines,task_breached,task_met_rate,calendar")
     );
 }
 
 fn clock_now(clock: &ManualClock) -> DateTime<Utc> {
     use procflow::Clock;
     clock.now()
+}
+
+const ON_CALENDAR: &str = r#"
+id: office
+version: 1
+name: Office hours
+calendar: china
+roles: { agent: { name: Agent }, lead: { name: Lead } }
+nodes:
+  start: { kind: start, next: work }
+  work: { kind: user_task, name: Work, raci: { responsible: [agent], accountable: lead }, next: done }
+  done: { kind: end }
+"#;
+
+/// Issue 16: a process on a business calendar is reported in business time ("1d1h" for about
+/// ten business hours was wall-clock time).
+#[test]
+fn durations_are_business_time_where_the_process_has_a_calendar() {
+    let china = procflow::BusinessCalendar::from_file("process-defs/calendars/china.yaml").unwrap();
+    // Monday 2026-03-09 17:00 in Shanghai.
+    let start: DateTime<Utc> = "2026-03-09T09:00:00Z".parse().unwrap();
+    let clock = Arc::new(ManualClock::new(start));
+    let engine = Engine::builder()
+        .clock(Arc::clone(&clock))
+        .calendar("china", china.clone())
+        .build();
+    engine
+        .deploy(ProcessDef::from_yaml(ON_CALENDAR).unwrap())
+        .unwrap();
+    let ann = Actor::new("ann", ["agent"]);
+    let id = engine.start("office", Vars::new()).unwrap();
+    let task = engine.tasks(id).unwrap()[0].id;
+    // Claimed at 17:30, completed on Tuesday at 12:00: 19 hours on the wall, four at work
+    // (17:00-18:00 and 09:00-12:00), of which half an hour waiting.
+    clock.advance(chrono::Duration::minutes(30));
+    engine.claim(task, &ann).unwrap();
+    clock.advance(chrono::Duration::minutes(18 * 60 + 30));
+    engine.complete(task, &ann, Vars::new()).unwrap();
+    let instances = [engine.instance(id).unwrap()];
+    let def = Arc::new(ProcessDef::from_yaml(ON_CALENDAR).unwrap());
+    let hours = |h: i64, m: i64| Some(chrono::Duration::minutes(h * 60 + m));
+
+    let wall = Report::compute(
+        std::slice::from_ref(&def),
+        &instances,
+        &ReportOptions::default(),
+    );
+    assert_eq!(wall.process("office").unwrap().cycle_time.p50, hours(19, 0));
+    assert_eq!(wall.process("office").unwrap().calendar, None);
+    assert!(wall.to_table().contains("wall-clock"));
+
+    let options = ReportOptions::default().calendar("china", china);
+    let business = Report::compute(&[def], &instances, &options);
+    let p = business.process("office").unwrap();
+    assert_eq!(p.cycle_time.p50, hours(4, 0));
+    assert_eq!(p.calendar.as_deref(), Some("china"));
+    let work = business.node("office", "work").unwrap();
+    assert_eq!(work.waiting.p50, hours(0, 30));
+    assert_eq!(work.handling.p50, hours(3, 30));
+    let table = business.to_table();
+    assert!(table.contains("business (china)"), "{table}");
+    assert!(table.contains("4h"), "{table}");
 }

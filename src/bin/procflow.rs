@@ -525,6 +525,29 @@ fn report(args: &[String]) -> Result<ExitCode, String> {
         Ok(store) => store,
         Err(e) => return fail(e.to_string()),
     };
+    // The calendars the reported processes name: their durations are then business time.
+    let defs = match Report::definitions(&*store, process) {
+        Ok(defs) => defs,
+        Err(e) => return fail(format!("{store_path}: {e}")),
+    };
+    let dir = Path::new(option(args, "--calendars")?.unwrap_or("process-defs/calendars"));
+    let mut names: Vec<&str> = defs.iter().filter_map(|d| d.calendar()).collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        let path = dir.join(format!("{name}.yaml"));
+        if !path.is_file() {
+            errln!(
+                "warning: no calendar '{name}' at {}: the processes on it are reported in wall-clock time (give --calendars DIR)",
+                path.display()
+            );
+            continue;
+        }
+        match BusinessCalendar::from_file(&path) {
+            Ok(calendar) => options = options.calendar(name, calendar),
+            Err(e) => return fail(e.to_string()),
+        }
+    }
     let report = match Report::from_store(&*store, &options) {
         Ok(r) => r,
         Err(e) => return fail(format!("{store_path}: {e}")),

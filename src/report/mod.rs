@@ -24,6 +24,7 @@ use crate::def::{LoadError, ProcessDef};
 use crate::ids::DefKey;
 use crate::model::{Entry, Instance, Status, TaskState, TimerKind};
 use crate::store::{Store, StoreError};
+use crate::time::calendar::BusinessCalendar;
 
 /// What a report covers.
 ///
@@ -45,6 +46,10 @@ pub struct ReportOptions {
     /// Also group the instances by the value of this business key ([`Report::keys`]). By
     /// default no grouping.
     pub by_key: Option<String>,
+    /// Business calendars by the name definitions give them (`calendar: NAME`). A process whose
+    /// calendar is here has its durations (cycle, waiting and handling times) counted in
+    /// business time on it; other processes in wall-clock time. By default none.
+    pub calendars: Vec<(String, Arc<BusinessCalendar>)>,
 }
 
 impl ReportOptions {
@@ -64,6 +69,17 @@ impl ReportOptions {
     /// across processes: [`Report::keys`].
     pub fn by_key(mut self, key: impl Into<String>) -> ReportOptions {
         self.by_key = Some(key.into());
+        self
+    }
+
+    /// Counts the durations of processes on calendar `name` in business time on `calendar`
+    /// ([`ReportOptions::calendars`]).
+    pub fn calendar(
+        mut self,
+        name: impl Into<String>,
+        calendar: BusinessCalendar,
+    ) -> ReportOptions {
+        self.calendars.push((name.into(), Arc::new(calendar)));
         self
     }
 }
@@ -114,7 +130,9 @@ pub enum ReportError {
 ///
 /// Instances are grouped by process id (every version together); nodes by their YAML id, roles
 /// by their role id. An instance whose definition is not among those given is counted in
-/// [`Report::skipped`] and nowhere else. Durations are wall-clock time.
+/// [`Report::skipped`] and nowhere else. Durations are business time for a process whose
+/// calendar (`calendar: NAME`) the options hold ([`ReportOptions::calendar`]), and wall-clock
+/// time otherwise; [`ProcessFigures::calendar`] says which.
 ///
 /// **Per process** ([`ProcessFigures`]):
 /// - `started`: instances started (at or after `since`, when given); `completed` and `open`
@@ -240,6 +258,8 @@ pub struct ProcessFigures {
     /// `(task_deadlines - task_breached) / task_deadlines`, from 0 to 1; `None` without task
     /// deadlines. Per task: a process can meet every instance deadline and still breach tasks.
     pub task_met_rate: Option<f64>,
+    /// The business calendar its durations are counted on, or `None` for wall-clock time.
+    pub calendar: Option<String>,
 }
 
 /// The figures of one user-task node.
@@ -373,7 +393,16 @@ impl Report {
             .into_iter()
             .map(|(id, mut versions)| {
                 versions.sort_by_key(|d| std::cmp::Reverse(d.key().version));
-                (id, Acc::new(&versions))
+                let mut acc = Acc::new(&versions);
+                // The newest version's calendar, when the options hold it.
+                acc.calendar = versions[0].calendar().and_then(|name| {
+                    options
+                        .calendars
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(n, c)| (n.clone(), Arc::clone(c)))
+                });
+                (id, acc)
             })
             .collect();
         let mut skipped = 0;
@@ -548,7 +577,9 @@ impl Report {
 
     /// The rows of each section, header first.
     fn sections(&self, style: Style) -> Vec<(Vec<String>, Vec<Vec<String>>)> {
-        let d = |d: Option<Duration>| style.duration(d);
+        // Business durations are written in hours: a business day is no 24 hours.
+        let business = |process: &str| self.process(process).is_some_and(|p| p.calendar.is_some());
+        let d = |d: Option<Duration>, business: bool| style.duration(d, business);
         let n = |n: usize| n.to_string();
         let s = |s: &str| s.to_owned();
         let header = |cols: &[&str]| cols.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>();
@@ -565,9 +596,9 @@ impl Report {
                     n(p.started),
                     n(p.completed),
                     n(p.open),
-                    d(p.cycle_time.p50),
-                    d(p.cycle_time.p90),
-                    d(p.cycle_time.p99),
+                    d(p.cycle_time.p50, business(&p.process)),
+                    d(p.cycle_time.p90, business(&p.process)),
+                    d(p.cycle_time.p99, business(&p.process)),
                     n(p.sla_instances),
                     n(p.sla_met),
                     n(p.sla_breached),
@@ -576,6 +607,12 @@ impl Report {
                     n(p.task_deadlines),
                     n(p.task_breached),
                     style.rate(p.task_met_rate),
+                    match (&p.calendar, style) {
+                        (Some(c), Style::Table) => format!("business ({c})"),
+                        (Some(c), Style::Csv) => c.clone(),
+                        (None, Style::Table) => "wall-clock".to_owned(),
+                        (None, Style::Csv) => String::new(),
+                    },
                 ]
             })
             .collect();
@@ -595,11 +632,11 @@ impl Report {
                     n(x.breaches),
                     n(x.denials),
                     n(x.reworks),
-                    d(x.waiting.p50),
-                    d(x.waiting.p90),
-                    d(x.waiting.mean),
-                    d(x.handling.p50),
-                    d(x.handling.p90),
+                    d(x.waiting.p50, business(&x.process)),
+                    d(x.waiting.p90, business(&x.process)),
+                    d(x.waiting.mean, business(&x.process)),
+                    d(x.handling.p50, business(&x.process)),
+                    d(x.handling.p90, business(&x.process)),
                     n(x.repeated),
                     n(x.items),
                 ]
@@ -656,6 +693,7 @@ impl Report {
                     "task_deadlines",
                     "task_breached",
                     "task_met_rate",
+                    "calendar",
                 ],
                 &[
                     "section",
@@ -699,6 +737,7 @@ impl Report {
                     "task deadlines",
                     "breached",
                     "task met rate",
+                    "durations",
                 ],
                 &[
                     "",
@@ -779,10 +818,11 @@ enum Style {
 }
 
 impl Style {
-    fn duration(self, d: Option<Duration>) -> String {
+    fn duration(self, d: Option<Duration>, business: bool) -> String {
         match (self, d) {
             (_, None) => String::new(),
             (Style::Csv, Some(d)) => seconds_text(d),
+            (Style::Table, Some(d)) if business => human_hours(d),
             (Style::Table, Some(d)) => human(d),
         }
     }
@@ -825,6 +865,22 @@ fn seconds_text(d: Duration) -> String {
         (ms / 1000).to_string()
     } else {
         format!("{:.3}", ms as f64 / 1000.0)
+    }
+}
+
+/// As [`human`], but in hours past a day (`29h`, `13h30m`): for business time, whose days are
+/// working days, not 24 hours.
+pub(crate) fn human_hours(d: Duration) -> String {
+    let hours = d.num_hours().abs();
+    if hours < 24 {
+        return human(d);
+    }
+    let sign = if d < Duration::zero() { "-" } else { "" };
+    let mins = d.num_minutes().abs() % 60;
+    if mins > 0 {
+        format!("{sign}{hours}h{mins}m")
+    } else {
+        format!("{sign}{hours}h")
     }
 }
 
@@ -952,6 +1008,8 @@ struct Acc {
     sla_pending: usize,
     task_deadlines: usize,
     task_breached: usize,
+    /// The calendar durations count on (by name), or wall-clock time.
+    calendar: Option<(String, Arc<BusinessCalendar>)>,
     nodes: IndexMap<String, NodeAcc>,
     roles: IndexMap<String, RoleAcc>,
     actors: BTreeMap<String, ActorFigures>,
@@ -1002,6 +1060,7 @@ impl Acc {
             sla_pending: 0,
             task_deadlines: 0,
             task_breached: 0,
+            calendar: None,
             nodes: IndexMap::new(),
             roles: IndexMap::new(),
             actors: BTreeMap::new(),
@@ -1044,6 +1103,18 @@ impl Acc {
         acc
     }
 
+    /// The time from `a` to `b`: business time on the process's calendar when it has one
+    /// (wall-clock time where the calendar cannot tell, e.g. past the years it covers).
+    fn span(&self, a: DateTime<Utc>, b: DateTime<Utc>) -> Duration {
+        let wall = b - a;
+        match &self.calendar {
+            Some((_, cal)) if a <= b => cal
+                .business_time_between(a, b)
+                .map_or(wall, |d| d.value.as_duration()),
+            _ => wall,
+        }
+    }
+
     fn actor(&mut self, id: &str) -> &mut ActorFigures {
         self.actors
             .entry(id.to_owned())
@@ -1071,7 +1142,8 @@ impl Acc {
             Status::Completed => {
                 self.completed += 1;
                 if let Some(end) = inst.ended_at() {
-                    self.cycles.push(end - inst.started_at());
+                    let cycle = self.span(inst.started_at(), end);
+                    self.cycles.push(cycle);
                 }
             }
             Status::Running => self.open += 1,
@@ -1209,6 +1281,16 @@ impl Acc {
                 TaskState::Completed { by, at } => Some((by.clone(), *at)),
                 _ => None,
             };
+            let span = |a, b| self.span(a, b);
+            let wait = match (claim, &done) {
+                (Some(c), _) => Some(span(task.created_at(), c)),
+                (None, Some((_, at))) => Some(span(task.created_at(), *at)),
+                (None, None) => None,
+            };
+            let handling = match (claim, &done) {
+                (Some(c), Some((_, at))) => Some(span(c, *at)),
+                _ => None,
+            };
             if let Some(n) = self.nodes.get_mut(node.id()) {
                 n.opened += 1;
                 match task.state() {
@@ -1220,14 +1302,8 @@ impl Acc {
                 if matches!(task.state(), TaskState::TimedOut { .. }) || timed_out.contains(&seq) {
                     n.timeouts += 1;
                 }
-                match (claim, &done) {
-                    (Some(c), _) => n.waits.push(c - task.created_at()),
-                    (None, Some((_, at))) => n.waits.push(*at - task.created_at()),
-                    (None, None) => {}
-                }
-                if let (Some(c), Some((_, at))) = (claim, &done) {
-                    n.handling.push(*at - c);
-                }
+                n.waits.extend(wait);
+                n.handling.extend(handling);
             }
             let Some((by, _)) = done else { continue };
             let over = overridden.get(&seq).copied().unwrap_or(false);
@@ -1276,6 +1352,7 @@ impl Acc {
                 .then(|| self.sla_met as f64 / (self.sla_met + self.sla_breached) as f64),
             task_deadlines: self.task_deadlines,
             task_breached: self.task_breached,
+            calendar: self.calendar.map(|(name, _)| name),
             task_met_rate: (self.task_deadlines > 0).then(|| {
                 (self.task_deadlines - self.task_breached) as f64 / self.task_deadlines as f64
             }),
@@ -1345,6 +1422,14 @@ mod tests {
         for (d, text) in cases {
             assert_eq!(human(d), text);
         }
+    }
+
+    #[test]
+    fn business_durations_in_hours() {
+        assert_eq!(human_hours(Duration::hours(29)), "29h");
+        assert_eq!(human_hours(Duration::minutes(25 * 60 + 30)), "25h30m");
+        assert_eq!(human_hours(Duration::minutes(90)), "1h30m");
+        assert_eq!(human(Duration::hours(29)), "1d5h");
     }
 
     #[test]
