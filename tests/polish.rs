@@ -264,3 +264,128 @@ fn durations_are_business_time_where_the_process_has_a_calendar() {
     assert!(table.contains("business (china)"), "{table}");
     assert!(table.contains("4h"), "{table}");
 }
+
+const THREE: &str = r#"
+id: three
+version: 1
+name: Three
+roles: { agent: { name: Agent }, lead: { name: Lead }, clerk: { name: Clerk } }
+variables: { route: { type: string } }
+nodes:
+  start: { kind: start, next: pick }
+  pick:
+    kind: exclusive
+    routes:
+      - { when: "route == 'the first of the long route conditions'", to: a }
+      - { when: "route == 'the second of the long route conditions'", to: b }
+      - { when: "route == 'the third of the long route conditions'", to: c }
+      - { default: true, to: c }
+  a: { kind: user_task, name: A, raci: { responsible: [agent], accountable: lead }, next: done }
+  b: { kind: user_task, name: B, raci: { responsible: [clerk, agent], accountable: lead }, next: done }
+  c: { kind: user_task, name: C, raci: { responsible: [clerk], accountable: lead }, next: done }
+  done: { kind: end }
+"#;
+
+fn figures(node: &str, opened: usize, breaches: usize) -> procflow::NodeFigures {
+    procflow::NodeFigures {
+        process: "three".into(),
+        node: node.into(),
+        name: Some(node.to_uppercase()),
+        name_zh: None,
+        opened,
+        completed: opened,
+        open: 0,
+        timeouts: 0,
+        cancelled: 0,
+        breaches,
+        denials: 0,
+        reworks: 0,
+        waiting: Default::default(),
+        handling: Default::default(),
+        repeated: 0,
+        items: 0,
+    }
+}
+
+/// The `(x, y, width, height)` of every element `<rect class="CLASS" ...>`.
+fn rects(svg: &str, class: &str) -> Vec<[f64; 4]> {
+    let attr = |tag: &str, name: &str| -> f64 {
+        let start = tag.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+        let end = start + tag[start..].find('"').unwrap();
+        tag[start..end].parse().unwrap()
+    };
+    svg.split(&format!("<rect class=\"{class}\""))
+        .skip(1)
+        .map(|tag| {
+            let tag = &tag[..tag.find("/>").unwrap()];
+            [
+                attr(tag, "x"),
+                attr(tag, "y"),
+                attr(tag, "width"),
+                attr(tag, "height"),
+            ]
+        })
+        .collect()
+}
+
+/// The fill of the node whose title is `title`.
+fn fill_of<'s>(svg: &'s str, title: &str) -> &'s str {
+    let at = svg.find(&format!("<title>{title}")).unwrap();
+    let fill = at + svg[at..].find("fill=\"hsl").unwrap() + 6;
+    &svg[fill..fill + svg[fill..].find('"').unwrap()]
+}
+
+/// Issue 16: the worst node stands out (49% must not look like its 46% neighbour), route labels
+/// never overlap each other or a node, and each task shows its owning roles.
+#[test]
+fn the_heatmap_marks_the_worst_node_separates_labels_and_shows_roles() {
+    let def = ProcessDef::from_yaml(THREE).unwrap();
+    let report = Report {
+        nodes: vec![
+            figures("a", 100, 49),
+            figures("b", 100, 46),
+            figures("c", 100, 10),
+        ],
+        ..Report::default()
+    };
+    let svg = report.heatmap(&def, procflow::HeatMetric::BreachRate);
+    // One worst node, outlined: a.
+    let worst = rects(&svg, "worst");
+    assert_eq!(worst.len(), 1, "{svg}");
+    let a_at = svg.find("<title>a ").unwrap();
+    let worst_at = svg.find("class=\"worst\"").unwrap();
+    assert!(
+        worst_at > a_at && !svg[a_at + 1..worst_at].contains("<title>"),
+        "{svg}"
+    );
+    // The colours are ranked: the worst red, the next clearly apart, the best green.
+    assert_eq!(fill_of(&svg, "a "), "hsl(0,70%,78%)");
+    assert_eq!(fill_of(&svg, "b "), "hsl(60,70%,78%)");
+    assert_eq!(fill_of(&svg, "c "), "hsl(120,70%,78%)");
+    // Each task shows its roles.
+    assert!(svg.contains("R clerk, agent · A lead"), "{svg}");
+    assert!(svg.contains("R agent · A lead"), "{svg}");
+
+    // Route labels: one per route (three conditions and the default), none overlapping.
+    for def in [
+        def,
+        ProcessDef::from_file("process-defs/complaint-handling.yaml").unwrap(),
+        ProcessDef::from_file("process-defs/order-provisioning.yaml").unwrap(),
+    ] {
+        let svg = Report::default().heatmap(&def, procflow::HeatMetric::MeanWait);
+        let labels = rects(&svg, "route");
+        assert!(labels.len() >= 2, "{}: {svg}", def.key());
+        let overlap = |a: &[f64; 4], b: &[f64; 4]| {
+            a[0] < b[0] + b[2] && b[0] < a[0] + a[2] && a[1] < b[1] + b[3] && b[1] < a[1] + a[3]
+        };
+        for (i, a) in labels.iter().enumerate() {
+            for b in &labels[i + 1..] {
+                assert!(
+                    !overlap(a, b),
+                    "{}: labels {a:?} and {b:?} overlap",
+                    def.key()
+                );
+            }
+        }
+    }
+}

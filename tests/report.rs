@@ -435,15 +435,15 @@ fn heatmap_svg() {
         // The timeout route is dashed.
         assert!(svg.contains("stroke-dasharray=\"6 4\" marker-end"));
     }
-    // The slowest node is red when coloured by mean wait; by breach rate, 3 of 4 is orange-ish.
+    // The slowest node is red when coloured by mean wait; by breach rate, the worst node (3 of
+    // 4, the only one with breaches) is red too and outlined: colours rank the nodes (issue 16).
     assert!(
         r.heatmap(&defs[0], HeatMetric::MeanWait)
             .contains("fill=\"hsl(0,70%,78%)\"")
     );
-    assert!(
-        r.heatmap(&defs[0], HeatMetric::BreachRate)
-            .contains("fill=\"hsl(30,70%,78%)\"")
-    );
+    let by_breaches = r.heatmap(&defs[0], HeatMetric::BreachRate);
+    assert!(by_breaches.contains("fill=\"hsl(0,70%,78%)\""));
+    assert_eq!(by_breaches.matches("class=\"worst\"").count(), 1);
 
     // A larger shipped definition without any history: every node drawn, in grey.
     let complaint = ProcessDef::from_file("process-defs/complaint-handling.yaml").unwrap();
