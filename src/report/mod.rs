@@ -803,8 +803,10 @@ impl Report {
     }
 
     /// The process graph of `def` as a self-contained SVG, each user-task node coloured by
-    /// `metric` on a green-to-red scale and labelled with its figures from this report (nodes
-    /// without figures are grey). See [`HeatMetric`].
+    /// its rank among the nodes by `metric` (green the best, red the worst; the worst node also
+    /// outlined and marked ▲), labelled with its owning roles and its figures from this report
+    /// (nodes without figures are grey). Route labels are placed clear of nodes and of each
+    /// other. See [`HeatMetric`].
     pub fn heatmap(&self, def: &ProcessDef, metric: HeatMetric) -> String {
         heatmap::svg(self, def, metric)
     }
