@@ -122,6 +122,7 @@ pub use time::calendar::{
 };
 pub use time::duration::{BusinessDuration, DurationError, DurationErrorKind, DurationSpec};
 pub use vars::{VarProblem, VarSpec, VarType, Vars};
+pub use yaml::ErrorBody;
 
 /// The README's code blocks run as doctests, so the API tour stays true.
 #[cfg(doctest)]

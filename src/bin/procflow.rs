@@ -10,42 +10,202 @@ use procflow::{
     Scenario, Store, StoreError,
 };
 
-const USAGE: &str = "usage:
-  procflow validate [--org ORGANISATION] FILE...
+/// `print!` that ends the program quietly when stdout is closed (`procflow report | head`)
+/// instead of panicking: the reader has what it wanted.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_out(format_args!($($arg)*))
+    };
+}
+
+/// `println!`, as [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` that ignores a closed stderr instead of panicking.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Writes to stdout; a closed pipe ends the program with status 0, another write error with 1
+/// (after a line on stderr).
+fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        errln!("cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// One subcommand: its name, its usage lines (the first names it), the flags it takes and
+/// the function that runs it. Adding a subcommand is one entry in [`COMMANDS`].
+struct Command {
+    name: &'static str,
+    usage: &'static str,
+    /// Every flag it takes, e.g. `--format` (`--help` and `-h` are always taken).
+    flags: &'static [&'static str],
+    run: fn(&[String]) -> Result<ExitCode, String>,
+}
+
+const COMMANDS: &[Command] = &[
+    Command {
+        name: "validate",
+        usage: "procflow validate [--org ORGANISATION] FILE...
                   an organisation file (its top level names `organisation:`) is validated as
-                  one; definitions are then also checked against every organisation given
-  procflow graph FILE [--format mermaid|dot]
-  procflow graph --flows DIR|FILE... [--format mermaid|dot]
-  procflow simulate FILE [FILE...] --scenario SCENARIO [--calendar CALENDAR]
+                  one; definitions are then also checked against every organisation given",
+        flags: &["--org"],
+        run: validate,
+    },
+    Command {
+        name: "graph",
+        usage: "procflow graph FILE [--format mermaid|dot]
+  procflow graph --flows DIR|FILE... [--format mermaid|dot]",
+        flags: &["--format", "--flows"],
+        run: graph,
+    },
+    Command {
+        name: "simulate",
+        usage: "procflow simulate FILE [FILE...] --scenario SCENARIO [--calendar CALENDAR]
                   the first FILE is the one started; the others are definitions its
-                  call activities call
-  procflow calendar CALENDAR --add DURATION --from INSTANT
+                  call activities call",
+        flags: &["--scenario", "--calendar"],
+        run: simulate,
+    },
+    Command {
+        name: "calendar",
+        usage: "procflow calendar CALENDAR --add DURATION --from INSTANT
                   prints the instant alone on stdout; on stderr, a line that it is
-                  provisional (it uses a year computed from the statutory holidays)
-  procflow report --store FILE [--process ID] [--since RFC3339|YYYY-MM-DD]
+                  provisional (it uses a year computed from the statutory holidays)",
+        flags: &["--add", "--from"],
+        run: calendar,
+    },
+    Command {
+        name: "report",
+        usage: "procflow report --store FILE [--process ID] [--since RFC3339|YYYY-MM-DD]
                   [--format table|csv|json] [--heatmap OUT.svg] [--metric mean-wait|breach-rate|rework-rate]
                   [--by KEY]   also groups the instances by a business key's value
-  procflow history --store FILE --key KEY=VALUE [--format table|json]
-                  every instance holding the business key value, and their records in time order";
+                  [--calendars DIR]   where a process's calendar NAME is, as DIR/NAME.yaml
+                  (by default process-defs/calendars): its durations are then business time",
+        flags: &[
+            "--store",
+            "--process",
+            "--since",
+            "--format",
+            "--heatmap",
+            "--metric",
+            "--by",
+            "--calendars",
+        ],
+        run: report,
+    },
+    Command {
+        name: "history",
+        usage: "procflow history --store FILE --key KEY=VALUE [--format table|json]
+                  every instance holding the business key value, and their records in time order",
+        flags: &["--store", "--key", "--format"],
+        run: history,
+    },
+];
+
+/// The whole usage text: every subcommand's usage, then the general options.
+fn usage() -> String {
+    let mut text = String::from("usage:\n");
+    for command in COMMANDS {
+        text.push_str("  ");
+        text.push_str(command.usage);
+        text.push('\n');
+    }
+    text.push_str(
+        "  procflow help [SUBCOMMAND] | --help | -h    this text (or one subcommand's) on stdout
+  procflow --version | -V                      the version
+exit status: 0 done, 1 the input is bad (errors on stderr), 2 the command line is wrong",
+    );
+    text
+}
+
+/// One subcommand's usage text.
+fn usage_of(command: &Command) -> String {
+    format!("usage:\n  {}", command.usage)
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("validate") if args.len() > 1 => validate(&args[1..]),
-        Some("graph") => graph(&args[1..]),
-        Some("simulate") => simulate(&args[1..]),
-        Some("calendar") => calendar(&args[1..]),
-        Some("report") => report(&args[1..]),
-        Some("history") => history(&args[1..]),
-        _ => Err(USAGE.to_owned()),
+    let first = args.first().map(String::as_str);
+    let command = first.and_then(|name| COMMANDS.iter().find(|c| c.name == name));
+    let result = match (first, command) {
+        (None, _) => Err(usage()),
+        (Some("--help" | "-h"), _) => {
+            outln!("{}", usage());
+            Ok(ExitCode::SUCCESS)
+        }
+        (Some("help"), _) => match args.get(1) {
+            None => {
+                outln!("{}", usage());
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(name) => match COMMANDS.iter().find(|c| c.name == name) {
+                Some(command) => {
+                    outln!("{}", usage_of(command));
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => Err(format!("unknown subcommand '{name}'\n{}", usage())),
+            },
+        },
+        (Some("--version" | "-V"), _) => {
+            outln!("procflow {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        (Some(_), Some(command)) => run(command, &args[1..]),
+        (Some(other), None) if other.starts_with('-') => {
+            Err(format!("unknown flag '{other}'\n{}", usage()))
+        }
+        (Some(other), None) => Err(format!("unknown subcommand '{other}'\n{}", usage())),
     };
     match result {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("{message}");
+            errln!("{message}");
             ExitCode::from(2)
         }
     }
+}
+
+/// Runs `command` on its arguments: `--help` prints its usage; an unknown flag is refused.
+fn run(command: &Command, args: &[String]) -> Result<ExitCode, String> {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        outln!("{}", usage_of(command));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.is_empty() {
+        return Err(usage_of(command));
+    }
+    // A flag's value may itself start with `--` only where the flag is known; the values of
+    // known flags are skipped.
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if command.flags.contains(&arg.as_str()) {
+            if arg != "--flows" {
+                rest.next();
+            }
+        } else if arg.starts_with("--") || (arg.starts_with('-') && arg.len() > 1) {
+            return Err(format!(
+                "unknown flag '{arg}' for procflow {}\n{}",
+                command.name,
+                usage_of(command)
+            ));
+        }
+    }
+    (command.run)(args)
 }
 
 fn validate(args: &[String]) -> Result<ExitCode, String> {
@@ -67,7 +227,7 @@ fn validate(args: &[String]) -> Result<ExitCode, String> {
         }
         match Organisation::from_file(file) {
             Ok(org) => {
-                println!(
+                outln!(
                     "{file}: ok (organisation {}, {} units, {} people)",
                     org.id(),
                     org.units().len(),
@@ -77,7 +237,7 @@ fn validate(args: &[String]) -> Result<ExitCode, String> {
             }
             Err(e) => {
                 failed = true;
-                eprintln!("{e}");
+                errln!("{e}");
             }
         }
     }
@@ -88,18 +248,18 @@ fn validate(args: &[String]) -> Result<ExitCode, String> {
                 for (org_file, org) in &orgs {
                     if let Err(e) = def.check_organisation(org) {
                         fits = false;
-                        eprintln!("{e}\n  (against organisation {org_file})");
+                        errln!("{e}\n  (against organisation {org_file})");
                     }
                 }
                 if fits {
-                    println!("{file}: ok ({}, {} nodes)", def.key(), def.nodes().count());
+                    outln!("{file}: ok ({}, {} nodes)", def.key(), def.nodes().count());
                 } else {
                     failed = true;
                 }
             }
             Err(e) => {
                 failed = true;
-                eprintln!("{e}");
+                errln!("{e}");
             }
         }
     }
@@ -117,14 +277,14 @@ fn option<'a>(args: &'a [String], flag: &str) -> Result<Option<&'a str>, String>
         Some(i) => args
             .get(i + 1)
             .map(|v| Some(v.as_str()))
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}")),
+            .ok_or_else(|| format!("{flag} needs a value\n{}", usage())),
     }
 }
 
 fn load(file: Option<&String>) -> Result<Result<ProcessDef, ExitCode>, String> {
-    let file = file.filter(|f| !f.starts_with("--")).ok_or(USAGE)?;
+    let file = file.filter(|f| !f.starts_with("--")).ok_or_else(usage)?;
     Ok(ProcessDef::from_file(file).map_err(|e| {
-        eprintln!("{e}");
+        errln!("{e}");
         ExitCode::FAILURE
     }))
 }
@@ -139,8 +299,8 @@ fn graph(args: &[String]) -> Result<ExitCode, String> {
         Err(code) => return Ok(code),
     };
     match format {
-        "mermaid" => print!("{}", def.to_mermaid()),
-        "dot" => print!("{}", def.to_dot()),
+        "mermaid" => out!("{}", def.to_mermaid()),
+        "dot" => out!("{}", def.to_dot()),
         other => return Err(format!("unknown format '{other}': use mermaid or dot")),
     }
     Ok(ExitCode::SUCCESS)
@@ -172,7 +332,10 @@ fn flows(args: &[String], format: &str) -> Result<ExitCode, String> {
         }
     }
     if files.is_empty() {
-        return Err(format!("graph --flows needs a folder or files\n{USAGE}"));
+        return Err(format!(
+            "graph --flows needs a folder or files\n{}",
+            usage()
+        ));
     }
     let mut defs = Vec::new();
     let mut failed = false;
@@ -181,7 +344,7 @@ fn flows(args: &[String], format: &str) -> Result<ExitCode, String> {
             Ok(def) => defs.push(def),
             Err(e) => {
                 failed = true;
-                eprintln!("{e}");
+                errln!("{e}");
             }
         }
     }
@@ -190,17 +353,17 @@ fn flows(args: &[String], format: &str) -> Result<ExitCode, String> {
     }
     let (map, warnings) = procflow::flow_map(&defs);
     for w in &warnings {
-        eprintln!("warning: {w}");
+        errln!("warning: {w}");
     }
     match format {
-        "dot" => print!("{}", procflow::flows_to_dot(&defs, &map)),
-        _ => print!("{}", procflow::flows_to_mermaid(&defs, &map)),
+        "dot" => out!("{}", procflow::flows_to_dot(&defs, &map)),
+        _ => out!("{}", procflow::flows_to_mermaid(&defs, &map)),
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn simulate(args: &[String]) -> Result<ExitCode, String> {
-    let scenario_file = option(args, "--scenario")?.ok_or(USAGE)?;
+    let scenario_file = option(args, "--scenario")?.ok_or_else(usage)?;
     let def = match load(args.first())? {
         Ok(def) => def,
         Err(code) => return Ok(code),
@@ -216,7 +379,7 @@ fn simulate(args: &[String]) -> Result<ExitCode, String> {
     let scenario = match Scenario::from_file(scenario_file) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{e}");
+            errln!("{e}");
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -238,7 +401,7 @@ fn simulate(args: &[String]) -> Result<ExitCode, String> {
         match BusinessCalendar::from_file(&path) {
             Ok(calendar) => calendars.push((name, calendar)),
             Err(e) => {
-                eprintln!("{e}");
+                errln!("{e}");
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -246,18 +409,18 @@ fn simulate(args: &[String]) -> Result<ExitCode, String> {
     let report = match scenario.run_all(std::iter::once(def).chain(called).collect(), calendars) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("{e}");
+            errln!("{e}");
             return Ok(ExitCode::FAILURE);
         }
     };
     for line in &report.events {
-        println!("{line}");
+        outln!("{line}");
     }
     for failure in &report.failures {
-        eprintln!("{scenario_file}:{failure}");
+        errln!("{scenario_file}:{failure}");
     }
     if report.failures.is_empty() {
-        eprintln!("{scenario_file}: scenario '{}' held", scenario.name());
+        errln!("{scenario_file}: scenario '{}' held", scenario.name());
         Ok(ExitCode::SUCCESS)
     } else {
         Ok(ExitCode::FAILURE)
@@ -267,11 +430,14 @@ fn simulate(args: &[String]) -> Result<ExitCode, String> {
 /// Prints `INSTANT + DURATION` on the calendar, in the calendar's zone, alone on stdout so that
 /// scripts can read it; warnings, and that the instant is provisional, go to stderr.
 fn calendar(args: &[String]) -> Result<ExitCode, String> {
-    let file = args.first().filter(|f| !f.starts_with("--")).ok_or(USAGE)?;
-    let duration = option(args, "--add")?.ok_or(USAGE)?;
-    let from = option(args, "--from")?.ok_or(USAGE)?;
+    let file = args
+        .first()
+        .filter(|f| !f.starts_with("--"))
+        .ok_or_else(usage)?;
+    let duration = option(args, "--add")?.ok_or_else(usage)?;
+    let from = option(args, "--from")?.ok_or_else(usage)?;
     let fail = |message: String| {
-        eprintln!("{message}");
+        errln!("{message}");
         Ok(ExitCode::FAILURE)
     };
     let cal = match BusinessCalendar::from_file(file) {
@@ -292,12 +458,12 @@ fn calendar(args: &[String]) -> Result<ExitCode, String> {
     };
     match spec.after(from, Some(&cal)) {
         Ok(due) => {
-            println!("{}", cal.rfc3339(due.value));
+            outln!("{}", cal.rfc3339(due.value));
             for warning in &due.warnings {
                 match warning {
                     // Not a problem, a status: e.g. "(provisional: 2027 computed from ...)".
-                    procflow::CalendarWarning::Provisional { .. } => eprintln!("({warning})"),
-                    _ => eprintln!("warning: {warning}"),
+                    procflow::CalendarWarning::Provisional { .. } => errln!("({warning})"),
+                    _ => errln!("warning: {warning}"),
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -327,7 +493,7 @@ fn since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
 
 /// Prints a store's history report; with `--heatmap`, also draws the process.
 fn report(args: &[String]) -> Result<ExitCode, String> {
-    let store_path = option(args, "--store")?.ok_or(USAGE)?;
+    let store_path = option(args, "--store")?.ok_or_else(usage)?;
     let process = option(args, "--process")?;
     let format = option(args, "--format")?.unwrap_or("table");
     if !matches!(format, "table" | "csv" | "json") {
@@ -339,7 +505,7 @@ fn report(args: &[String]) -> Result<ExitCode, String> {
         .parse()
         .map_err(|e| format!("{e}"))?;
     if heatmap.is_some() && process.is_none() {
-        return Err(format!("--heatmap needs --process ID\n{USAGE}"));
+        return Err(format!("--heatmap needs --process ID\n{}", usage()));
     }
     let mut options = ReportOptions::default();
     if let Some(p) = process {
@@ -352,21 +518,44 @@ fn report(args: &[String]) -> Result<ExitCode, String> {
         options = options.by_key(key);
     }
     let fail = |message: String| {
-        eprintln!("{message}");
+        errln!("{message}");
         Ok(ExitCode::FAILURE)
     };
     let store = match open_store(Path::new(store_path)) {
         Ok(store) => store,
         Err(e) => return fail(e.to_string()),
     };
+    // The calendars the reported processes name: their durations are then business time.
+    let defs = match Report::definitions(&*store, process) {
+        Ok(defs) => defs,
+        Err(e) => return fail(format!("{store_path}: {e}")),
+    };
+    let dir = Path::new(option(args, "--calendars")?.unwrap_or("process-defs/calendars"));
+    let mut names: Vec<&str> = defs.iter().filter_map(|d| d.calendar()).collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        let path = dir.join(format!("{name}.yaml"));
+        if !path.is_file() {
+            errln!(
+                "warning: no calendar '{name}' at {}: the processes on it are reported in wall-clock time (give --calendars DIR)",
+                path.display()
+            );
+            continue;
+        }
+        match BusinessCalendar::from_file(&path) {
+            Ok(calendar) => options = options.calendar(name, calendar),
+            Err(e) => return fail(e.to_string()),
+        }
+    }
     let report = match Report::from_store(&*store, &options) {
         Ok(r) => r,
         Err(e) => return fail(format!("{store_path}: {e}")),
     };
     match format {
-        "csv" => print!("{}", report.to_csv()),
-        "json" => println!("{}", report.to_json()),
-        _ => print!("{}", report.to_table()),
+        "csv" => out!("{}", report.to_csv()),
+        "json" => outln!("{}", report.to_json()),
+        _ => out!("{}", report.to_table()),
     }
     if let (Some(out), Some(process)) = (heatmap, process) {
         let defs = match Report::definitions(&*store, Some(process)) {
@@ -382,15 +571,15 @@ fn report(args: &[String]) -> Result<ExitCode, String> {
         if let Err(e) = std::fs::write(out, report.heatmap(def, metric)) {
             return fail(format!("{out}: cannot write the heatmap: {e}"));
         }
-        eprintln!("{out}: heatmap of {} by {}", def.key(), metric.as_str());
+        errln!("{out}: heatmap of {} by {}", def.key(), metric.as_str());
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Prints a business key value's history: the instances holding it and their records.
 fn history(args: &[String]) -> Result<ExitCode, String> {
-    let store_path = option(args, "--store")?.ok_or(USAGE)?;
-    let pair = option(args, "--key")?.ok_or(USAGE)?;
+    let store_path = option(args, "--store")?.ok_or_else(usage)?;
+    let pair = option(args, "--key")?.ok_or_else(usage)?;
     let Some((key, value)) = pair.split_once('=') else {
         return Err(format!(
             "--key takes KEY=VALUE, e.g. customer_id=C-1001, not '{pair}'"
@@ -401,7 +590,7 @@ fn history(args: &[String]) -> Result<ExitCode, String> {
         return Err(format!("unknown format '{format}': use table or json"));
     }
     let fail = |message: String| {
-        eprintln!("{message}");
+        errln!("{message}");
         Ok(ExitCode::FAILURE)
     };
     let store = match open_store(Path::new(store_path)) {
@@ -413,8 +602,8 @@ fn history(args: &[String]) -> Result<ExitCode, String> {
         Err(e) => return fail(format!("{store_path}: {e}")),
     };
     match format {
-        "json" => println!("{}", history.to_json()),
-        _ => print!("{}", history.to_table()),
+        "json" => outln!("{}", history.to_json()),
+        _ => out!("{}", history.to_table()),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -194,7 +194,8 @@ impl Commit<'_> {
 }
 
 /// Why a store could not do what was asked. Nothing was changed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", content = "fields", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum StoreError {
     /// The store's file does not exist (and was not to be created).
