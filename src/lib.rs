@@ -81,6 +81,8 @@ mod sim;
 mod store;
 mod time;
 mod vars;
+#[cfg(feature = "cli")]
+mod whatif;
 mod yaml;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -122,6 +124,15 @@ pub use time::calendar::{
 };
 pub use time::duration::{BusinessDuration, DurationError, DurationErrorKind, DurationSpec};
 pub use vars::{VarProblem, VarSpec, VarType, Vars};
+#[cfg(feature = "cli")]
+pub use whatif::{
+    Arrival as WhatIfArrival, CheckLine, Choice as WhatIfChoice, Customer as WhatIfCustomer, Dist,
+    Estimate, Figures as WhatIfFigures, Model as WhatIfModel, NodeStats as WhatIfNodeStats,
+    ProcessStats as WhatIfProcessStats, RunResult as WhatIfRun, StaffGroup as WhatIfStaffGroup,
+    StaffStats as WhatIfStaffStats, Work as WhatIfWork, calibrate as whatif_calibrate,
+    check as whatif_check, check_table as whatif_check_table, compare_csv as whatif_compare_csv,
+    compare_table as whatif_compare_table, run_once as whatif_run_once, simulate as whatif_simulate,
+};
 
 /// The README's code blocks run as doctests, so the API tour stays true.
 #[cfg(doctest)]
