@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Some("calendar") => calendar(&args[1..]),
         Some("report") => report(&args[1..]),
         Some("history") => history(&args[1..]),
+        Some("whatif") => whatif(&args[1..]),
         _ => Err(USAGE.to_owned()),
     };
     match result {
@@ -415,6 +416,151 @@ fn history(args: &[String]) -> Result<ExitCode, String> {
     match format {
         "json" => println!("{}", history.to_json()),
         _ => print!("{}", history.to_table()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `procflow whatif MODEL.yaml [--compare OTHER.yaml] [--format table|csv|json]
+/// [--heatmap OUT.svg] [--replications N] [--threads N] [--db STORE]`, and
+/// `procflow whatif --from-store STORE --base MODEL.yaml --out FITTED.yaml [--check]`: predicts
+/// cycle times, SLA breaches and bottlenecks by running the engine on a simulated clock.
+fn whatif(args: &[String]) -> Result<ExitCode, String> {
+    const HELP: &str = "usage:
+  procflow whatif MODEL.yaml [--compare OTHER.yaml] [--format table|csv|json]
+                  [--heatmap OUT.svg] [--replications N] [--threads N] [--db STORE.db]
+                  runs the model's replications on the engine (a manual clock), prints cycle
+                  times, SLA met rate, waiting and handling per task, utilisation, escalations;
+                  --compare runs OTHER with the same random numbers and prints the differences;
+                  --db writes the first replication to a new SQLite store
+  procflow whatif --from-store STORE.db --base MODEL.yaml --out FITTED.yaml [--check]
+                  fits arrival rates, branch probabilities and log-normal handling times from
+                  the store (staff, shifts and definitions from the base model); --check replays
+                  the fitted model and compares its figures with the recorded ones";
+    let load = |file: &str| {
+        procflow::WhatIfModel::from_file(file).map_err(|e| {
+            eprintln!("{e}");
+        })
+    };
+    let threads = match option(args, "--threads")? {
+        Some(n) => n.parse().map_err(|_| format!("--threads: '{n}' is not a number"))?,
+        None => std::thread::available_parallelism().map_or(2, usize::from),
+    };
+    let replications: Option<u32> = match option(args, "--replications")? {
+        Some(n) if n.parse::<u32>().is_ok_and(|n| n > 0) => n.parse().ok(),
+        Some(n) => return Err(format!("--replications: '{n}' is not a positive number")),
+        None => None,
+    };
+    let progress = |name: String, total: u32| {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        move |done: usize| {
+            if tty || done == total as usize {
+                eprint!(
+                    "\r  {name}: [{:<30}] {done}/{total} replications",
+                    "=".repeat(done * 30 / (total as usize).max(1))
+                );
+                if done == total as usize {
+                    eprintln!();
+                }
+            }
+        }
+    };
+    let run = |model: &procflow::WhatIfModel| -> Result<procflow::WhatIfFigures, String> {
+        let bar = progress(model.name.clone(), model.replications);
+        let runs = procflow::whatif_simulate(model, threads, &bar)?;
+        Ok(procflow::WhatIfFigures::of(model, &runs))
+    };
+
+    if let Some(store) = option(args, "--from-store")? {
+        let base = option(args, "--base")?.ok_or("--from-store needs --base MODEL.yaml (the staff, shifts and definitions)")?;
+        let Ok(base) = load(base) else {
+            return Ok(ExitCode::FAILURE);
+        };
+        let (mut fitted, yaml) = procflow::whatif_calibrate(Path::new(store), &base)?;
+        if let Some(out) = option(args, "--out")? {
+            std::fs::write(out, &yaml).map_err(|e| format!("{out}: {e}"))?;
+            eprintln!("fitted model written to {out}");
+        } else {
+            print!("{yaml}");
+        }
+        if args.iter().any(|a| a == "--check") {
+            if let Some(r) = replications {
+                fitted.replications = r;
+            }
+            let figures = run(&fitted)?;
+            let lines = procflow::whatif_check(Path::new(store), &figures, &fitted)?;
+            print!("{}", procflow::whatif_check_table(&lines));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let file = args.first().filter(|f| !f.starts_with("--")).ok_or(HELP)?;
+    let Ok(mut model) = load(file) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    if let Some(r) = replications {
+        model.replications = r;
+    }
+    let format = option(args, "--format")?.unwrap_or("table");
+    if !matches!(format, "table" | "csv" | "json") {
+        return Err(format!("unknown format '{format}': use table, csv or json"));
+    }
+    if let Some(db) = option(args, "--db")? {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{db}{suffix}"));
+        }
+        let store = procflow::SqliteStore::options()
+            .durability(procflow::Durability::Process)
+            .create(db)
+            .map_err(|e| format!("{db}: {e}"))?;
+        procflow::whatif_run_once(&model, 0, std::sync::Arc::new(store))?;
+        eprintln!("replication 1 written to the store {db}");
+    }
+    let figures = run(&model)?;
+    let other = match option(args, "--compare")? {
+        Some(f) => {
+            let Ok(mut other) = load(f) else {
+                return Ok(ExitCode::FAILURE);
+            };
+            other.replications = model.replications;
+            other.seed = model.seed;
+            Some((run(&other)?, other))
+        }
+        None => None,
+    };
+    match (format, &other) {
+        ("json", None) => println!("{}", figures.to_json()),
+        ("json", Some((o, _))) => println!(
+            "{{\"base\": {}, \"other\": {}}}",
+            figures.to_json(),
+            o.to_json()
+        ),
+        ("csv", None) => print!("{}", figures.to_csv()),
+        ("csv", Some((o, _))) => print!("{}", procflow::whatif_compare_csv(&figures, o)),
+        (_, None) => print!("{}", figures.to_table()),
+        // Side by side: both sets of figures and their differences.
+        (_, Some((o, _))) => print!("{}", procflow::whatif_compare_table(&figures, o)),
+    }
+    if let Some(svg) = option(args, "--heatmap")? {
+        // The bottlenecks of the first process with arrivals, from a replication's report.
+        let mut written = Vec::new();
+        let models: Vec<(&procflow::WhatIfModel, String)> = match &other {
+            None => vec![(&model, svg.to_owned())],
+            Some((_, o)) => vec![
+                (&model, svg.to_owned()),
+                (o, svg.replace(".svg", "") + "-compare.svg"),
+            ],
+        };
+        for (m, path) in models {
+            let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(procflow::MemoryStore::new());
+            let run = procflow::whatif_run_once(m, 0, store)?;
+            let Some(def) = m.arrivals.first().and_then(|a| m.def(&a.process)) else {
+                continue;
+            };
+            std::fs::write(&path, run.report.heatmap(def, HeatMetric::BreachRate))
+                .map_err(|e| format!("{path}: {e}"))?;
+            written.push(path);
+        }
+        eprintln!("heatmap (breach rate, replication 1): {}", written.join(", "));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -284,12 +284,13 @@ impl Figures {
             add("node", s, "breached %", n.breaches);
         }
         for st in &self.staff {
-            add(
-                "staff",
-                format!("{} ({})", st.group, st.people),
-                "utilisation %",
-                st.utilisation,
-            );
+            let people = Estimate {
+                mean: st.people as f64,
+                ci95: 0.0,
+                n: 1,
+            };
+            add("staff", st.group.clone(), "people", people);
+            add("staff", st.group.clone(), "utilisation %", st.utilisation);
         }
         for (k, e) in &self.timers {
             add("timers", k.clone(), "fired", *e);

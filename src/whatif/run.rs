@@ -426,7 +426,12 @@ impl<'m> Sim<'m> {
             ExecError::Variables { .. } => "variables",
             ExecError::Incident { .. } => "incident",
             ExecError::Deadline { .. } => "deadline cannot be computed",
-            _ => "other",
+            other => {
+                let text = format!("{other:?}");
+                let name = text.split([' ', '(', '{']).next().unwrap_or("other").to_owned();
+                *self.refused.entry(format!("{what}: {name}")).or_default() += 1;
+                return;
+            }
         };
         *self.refused.entry(format!("{what}: {kind}")).or_default() += 1;
     }
