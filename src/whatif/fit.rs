@@ -15,6 +15,7 @@ use crate::def::ProcessDef;
 use crate::model::{Entry, Instance};
 use crate::report::{Report, ReportOptions};
 use crate::store::Store;
+use crate::time::calendar::BusinessCalendar;
 use crate::vars::Vars;
 
 fn open(path: &Path) -> Result<Box<dyn Store>, String> {
@@ -36,7 +37,16 @@ fn instances(store: &dyn Store) -> Result<Vec<Instance>, String> {
 }
 
 /// Claim to completion of every task at `node`, in seconds.
-fn samples_of(insts: &[Instance], defs: &[Arc<ProcessDef>], process: &str, node: &str) -> Vec<f64> {
+///
+/// With a calendar, the working time between the two (a person works within the calendar's
+/// working time: the night between a claim and a completion is not handling).
+fn samples_of(
+    insts: &[Instance],
+    defs: &[Arc<ProcessDef>],
+    process: &str,
+    node: &str,
+    calendar: Option<&BusinessCalendar>,
+) -> Vec<f64> {
     let mut out = Vec::new();
     for inst in insts {
         if inst.def().is_none_or(|k| k.id != process) {
@@ -60,7 +70,13 @@ fn samples_of(insts: &[Instance], defs: &[Arc<ProcessDef>], process: &str, node:
                 }
                 Entry::Completed { task, .. } if at_node.get(task) == Some(&true) => {
                     if let Some(c) = claimed.get(task) {
-                        out.push((r.at - *c).num_milliseconds() as f64 / 1000.0);
+                        let d = match calendar {
+                            Some(cal) => cal
+                                .business_time_between(*c, r.at)
+                                .map_or(r.at - *c, |b| b.value.as_duration()),
+                            None => r.at - *c,
+                        };
+                        out.push(d.num_milliseconds() as f64 / 1000.0);
                     }
                 }
                 _ => {}
@@ -75,10 +91,21 @@ fn samples_of(insts: &[Instance], defs: &[Arc<ProcessDef>], process: &str, node:
 ///
 /// # Errors
 /// The store does not open or read.
-pub(crate) fn handling_samples(path: &Path, process: &str, node: &str) -> Result<Vec<f64>, String> {
+pub(crate) fn handling_samples(
+    path: &Path,
+    process: &str,
+    node: &str,
+    calendar: Option<&BusinessCalendar>,
+) -> Result<Vec<f64>, String> {
     let store = open(path)?;
     let defs = Report::definitions(&*store, None).map_err(|e| e.to_string())?;
-    Ok(samples_of(&instances(&*store)?, &defs, process, node))
+    Ok(samples_of(
+        &instances(&*store)?,
+        &defs,
+        process,
+        node,
+        calendar,
+    ))
 }
 
 /// A log-normal fit of positive samples: (median, sigma) of the logarithms' mean and deviation.
@@ -201,7 +228,13 @@ pub fn calibrate(store: &Path, base: &Model) -> Result<(Model, String), String> 
         }
     }
     for ((process, node), work) in &mut model.work {
-        if let Some(d) = lognormal(&samples_of(&insts, &defs, process, node)) {
+        let cal = base
+            .staff
+            .iter()
+            .find_map(|s| s.shift)
+            .and_then(|c| base.calendars.get(c))
+            .map(|(_, c)| c);
+        if let Some(d) = lognormal(&samples_of(&insts, &defs, process, node, cal)) {
             work.handling = Some(d);
         }
         let figures = report.node(process, node);

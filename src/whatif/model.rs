@@ -633,10 +633,16 @@ fn validate(raw: RawModel, dir: &Path, report: &mut Report) -> Option<Model> {
     }
 
     // Tasks and services.
+    // Empirical handling times count the working time of the first shift calendar.
+    let first_cal = staff
+        .iter()
+        .find_map(|s| s.shift)
+        .and_then(|c| calendars.get(c))
+        .map(|(_, c)| c);
     let default_handling = raw
         .default_handling
         .as_ref()
-        .and_then(|d| dist(report, dir, d, "default_handling"));
+        .and_then(|d| dist(report, (dir, first_cal), d, "default_handling"));
     let mut work = BTreeMap::new();
     for (section, entries, kind) in [
         ("tasks", &raw.tasks, NodeKind::UserTask),
@@ -678,7 +684,7 @@ fn validate(raw: RawModel, dir: &Path, report: &mut Report) -> Option<Model> {
                 let handling = w
                     .handling
                     .as_ref()
-                    .and_then(|d| dist(report, dir, d, &format!("{path}.handling")));
+                    .and_then(|d| dist(report, (dir, first_cal), d, &format!("{path}.handling")));
                 let branches = w.branches.as_ref().map_or(Vec::new(), |b| {
                     choices_of(report, &b.value, b.loc, &format!("{path}.branches"), def)
                 });
@@ -694,7 +700,7 @@ fn validate(raw: RawModel, dir: &Path, report: &mut Report) -> Option<Model> {
                         );
                     }
                     let delay = match &c.value.delay {
-                        Some(d) => dist(report, dir, d, &format!("{cp}.delay"))?,
+                        Some(d) => dist(report, (dir, first_cal), d, &format!("{cp}.delay"))?,
                         None => Dist::Fixed(0.0),
                     };
                     Some(Customer {
@@ -837,7 +843,12 @@ fn choices_of(
     out
 }
 
-fn dist(report: &mut Report, dir: &Path, d: &At<RawDist>, path: &str) -> Option<Dist> {
+fn dist(
+    report: &mut Report,
+    (dir, cal): (&Path, Option<&BusinessCalendar>),
+    d: &At<RawDist>,
+    path: &str,
+) -> Option<Dist> {
     let r = &d.value;
     let kinds = [
         r.fixed.is_some(),
@@ -941,7 +952,7 @@ fn dist(report: &mut Report, dir: &Path, d: &At<RawDist>, path: &str) -> Option<
             );
             return None;
         };
-        match super::fit::handling_samples(&dir.join(store), process, node) {
+        match super::fit::handling_samples(&dir.join(store), process, node, cal) {
             Ok(s) if !s.is_empty() => return Some(Dist::Empirical(s.into())),
             Ok(_) => bad(
                 report,
