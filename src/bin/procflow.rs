@@ -442,7 +442,9 @@ fn whatif(args: &[String]) -> Result<ExitCode, String> {
         })
     };
     let threads = match option(args, "--threads")? {
-        Some(n) => n.parse().map_err(|_| format!("--threads: '{n}' is not a number"))?,
+        Some(n) => n
+            .parse()
+            .map_err(|_| format!("--threads: '{n}' is not a number"))?,
         None => std::thread::available_parallelism().map_or(2, usize::from),
     };
     let replications: Option<u32> = match option(args, "--replications")? {
@@ -471,7 +473,8 @@ fn whatif(args: &[String]) -> Result<ExitCode, String> {
     };
 
     if let Some(store) = option(args, "--from-store")? {
-        let base = option(args, "--base")?.ok_or("--from-store needs --base MODEL.yaml (the staff, shifts and definitions)")?;
+        let base = option(args, "--base")?
+            .ok_or("--from-store needs --base MODEL.yaml (the staff, shifts and definitions)")?;
         let Ok(base) = load(base) else {
             return Ok(ExitCode::FAILURE);
         };
@@ -551,7 +554,8 @@ fn whatif(args: &[String]) -> Result<ExitCode, String> {
             ],
         };
         for (m, path) in models {
-            let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(procflow::MemoryStore::new());
+            let store: std::sync::Arc<dyn Store> =
+                std::sync::Arc::new(procflow::MemoryStore::new());
             let run = procflow::whatif_run_once(m, 0, store)?;
             let Some(def) = m.arrivals.first().and_then(|a| m.def(&a.process)) else {
                 continue;
@@ -560,7 +564,10 @@ fn whatif(args: &[String]) -> Result<ExitCode, String> {
                 .map_err(|e| format!("{path}: {e}"))?;
             written.push(path);
         }
-        eprintln!("heatmap (breach rate, replication 1): {}", written.join(", "));
+        eprintln!(
+            "heatmap (breach rate, replication 1): {}",
+            written.join(", ")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

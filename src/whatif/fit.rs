@@ -110,7 +110,11 @@ pub(crate) fn handling_samples(
 
 /// A log-normal fit of positive samples: (median, sigma) of the logarithms' mean and deviation.
 fn lognormal(samples: &[f64]) -> Option<Dist> {
-    let logs: Vec<f64> = samples.iter().filter(|s| **s > 0.0).map(|s| s.ln()).collect();
+    let logs: Vec<f64> = samples
+        .iter()
+        .filter(|s| **s > 0.0)
+        .map(|s| s.ln())
+        .collect();
     if logs.len() < 2 {
         return None;
     }
@@ -266,7 +270,9 @@ pub fn calibrate(store: &Path, base: &Model) -> Result<(Model, String), String> 
             .iter()
             .filter(|i| i.def().is_some_and(|k| k.id == *process))
             .flat_map(|i| i.audit())
-            .filter(|r| matches!(&r.what, Entry::SentBack(b) if node_is(&defs, process, b.from, node)))
+            .filter(
+                |r| matches!(&r.what, Entry::SentBack(b) if node_is(&defs, process, b.from, node)),
+            )
             .count() as f64;
         let back_share = if done.is_empty() && sent_back == 0.0 {
             None
@@ -297,7 +303,11 @@ pub fn calibrate(store: &Path, base: &Model) -> Result<(Model, String), String> 
                 let old: f64 = setters.iter().map(|i| work.branches[*i].p).sum();
                 for i in &setters {
                     let p = &mut work.branches[*i].p;
-                    *p = if old > 0.0 { *p / old * rest } else { rest / setters.len() as f64 };
+                    *p = if old > 0.0 {
+                        *p / old * rest
+                    } else {
+                        rest / setters.len() as f64
+                    };
                 }
             }
         }
@@ -488,7 +498,11 @@ pub(crate) fn to_yaml(m: &Model, name: &str) -> String {
                     dist_yaml(&c.delay)
                 );
             }
-            if w.handling.is_none() && w.set.is_empty() && w.branches.is_empty() && w.customer.is_none() {
+            if w.handling.is_none()
+                && w.set.is_empty()
+                && w.branches.is_empty()
+                && w.customer.is_none()
+            {
                 o.push_str("      {}\n");
             }
         }

@@ -75,9 +75,9 @@ impl Estimate {
 /// Student's t quantile for 97.5%, `df` degrees of freedom.
 fn t95(df: usize) -> f64 {
     const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060,
-        2.056, 2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
     ];
     T.get(df.saturating_sub(1)).copied().unwrap_or(1.96)
 }
@@ -308,7 +308,10 @@ impl Figures {
     pub fn to_table(&self) -> String {
         let mut out = format!(
             "== what-if '{}': {} replication(s), {:.0} h simulated after {:.0} h warm-up (mean ±95% CI)\n",
-            self.model, self.replications, self.horizon_hours - self.warm_up_hours, self.warm_up_hours
+            self.model,
+            self.replications,
+            self.horizon_hours - self.warm_up_hours,
+            self.warm_up_hours
         );
         let mut section = String::new();
         for (s, subject, metric, e) in self.rows() {

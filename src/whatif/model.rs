@@ -454,7 +454,12 @@ fn validate(raw: RawModel, dir: &Path, report: &mut Report) -> Option<Model> {
     };
     if let (Some(h), Some(w)) = (horizon, warm_up) {
         if h <= 0.0 {
-            bad(report, raw.horizon.loc, "horizon", "the horizon must be positive");
+            bad(
+                report,
+                raw.horizon.loc,
+                "horizon",
+                "the horizon must be positive",
+            );
         } else if h <= w {
             let loc = raw.warm_up.as_ref().map_or(raw.horizon.loc, |w| w.loc);
             bad(
@@ -562,7 +567,7 @@ fn validate(raw: RawModel, dir: &Path, report: &mut Report) -> Option<Model> {
         let mut mix = Vec::new();
         for (factor, choices) in &a.mix.0 {
             let p = format!("{path}.mix.{}", factor.value);
-            let c = choices_of(report, &choices.value, choices.loc, &p, None);
+            let c = choices_of(report, &choices.value, factor.loc, &p, None);
             mix.push((factor.value.clone(), c));
         }
         arrivals.push(Arrival {
@@ -588,7 +593,12 @@ fn validate(raw: RawModel, dir: &Path, report: &mut Report) -> Option<Model> {
             rs.insert(0, r);
         }
         if rs.is_empty() {
-            bad(report, s.loc, &path, "a staff group needs `role` or `roles`");
+            bad(
+                report,
+                s.loc,
+                &path,
+                "a staff group needs `role` or `roles`",
+            );
         }
         for r in &rs {
             if !defs.is_empty() && !roles.contains(&r.value) {
@@ -644,6 +654,8 @@ fn validate(raw: RawModel, dir: &Path, report: &mut Report) -> Option<Model> {
         .as_ref()
         .and_then(|d| dist(report, (dir, first_cal), d, "default_handling"));
     let mut work = BTreeMap::new();
+    // Tasks given a handling time (even one with a problem, reported on its own).
+    let mut handled: BTreeSet<(String, String)> = BTreeSet::new();
     for (section, entries, kind) in [
         ("tasks", &raw.tasks, NodeKind::UserTask),
         ("services", &raw.services, NodeKind::ServiceTask),
@@ -681,6 +693,9 @@ fn validate(raw: RawModel, dir: &Path, report: &mut Report) -> Option<Model> {
                     }
                 }
                 let w = &w.value;
+                if w.handling.is_some() {
+                    handled.insert((process.value.clone(), node.value.clone()));
+                }
                 let handling = w
                     .handling
                     .as_ref()
@@ -728,7 +743,7 @@ fn validate(raw: RawModel, dir: &Path, report: &mut Report) -> Option<Model> {
                 continue;
             }
             let key = (def.key().id.to_owned(), node.id().to_owned());
-            let listed = work.get(&key).and_then(|w| w.handling.as_ref()).is_some();
+            let listed = handled.contains(&key);
             if !listed && default_handling.is_none() && raw.default_handling.is_none() {
                 bad(
                     report,

@@ -319,7 +319,10 @@ impl<'m> Sim<'m> {
             }
             for i in 0..self.people.len() {
                 if self.on_shift[self.people[i].group]
-                    && self.people[i].job.as_ref().is_some_and(|j| j.remaining <= 0)
+                    && self.people[i]
+                        .job
+                        .as_ref()
+                        .is_some_and(|j| j.remaining <= 0)
                 {
                     self.finish(i);
                 }
@@ -428,7 +431,11 @@ impl<'m> Sim<'m> {
             ExecError::Deadline { .. } => "deadline cannot be computed",
             other => {
                 let text = format!("{other:?}");
-                let name = text.split([' ', '(', '{']).next().unwrap_or("other").to_owned();
+                let name = text
+                    .split([' ', '(', '{'])
+                    .next()
+                    .unwrap_or("other")
+                    .to_owned();
                 *self.refused.entry(format!("{what}: {name}")).or_default() += 1;
                 return;
             }
@@ -584,7 +591,14 @@ impl<'m> Sim<'m> {
             Err(ExecError::Incident { instance, .. }) => {
                 self.incidents.push_back((instance, self.now + 1800));
             }
-            Err(e) => self.refuse(if send_back.is_some() { "send back" } else { "complete" }, &e),
+            Err(e) => self.refuse(
+                if send_back.is_some() {
+                    "send back"
+                } else {
+                    "complete"
+                },
+                &e,
+            ),
         }
     }
 }
