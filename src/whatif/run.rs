@@ -517,30 +517,53 @@ impl<'m> Sim<'m> {
             return;
         }
         self.rotate = (self.rotate + 1) % n;
+        // The people of a group hold the same roles: the first idle one reads the work list,
+        // the others of the group share it, leaving out the tasks offered to particular people
+        // (an owner, candidates), which only their own reading shows (they are first in turn
+        // at a later event).
+        let mut lists: Vec<Option<Vec<TaskView>>> = vec![None; self.model.staff.len()];
         for k in 0..n {
             let i = (k + self.rotate) % n;
-            if self.people[i].job.is_some() || !self.on_shift[self.people[i].group] {
+            let g = self.people[i].group;
+            if self.people[i].job.is_some() || !self.on_shift[g] {
                 continue;
             }
-            let list = self.engine.work_list(&self.people[i].actor);
+            let shared = lists[g].is_some();
+            let mut list = match lists[g].take() {
+                Some(l) => l,
+                None => self.engine.work_list(&self.people[i].actor),
+            };
             let me = self.people[i].actor.id.clone();
             let mut chosen = None;
-            for t in list {
-                if t.suspended || t.claimed_by.as_ref().is_some_and(|c| *c != me) {
+            let mut pos = 0;
+            while pos < list.len() {
+                let t = &list[pos];
+                let personal = t.assignee.is_some() || !t.candidates.is_empty();
+                if t.suspended
+                    || t.claimed_by.as_ref().is_some_and(|c| *c != me)
+                    || (shared && personal)
+                {
+                    pos += 1;
                     continue;
                 }
+                let t = t.clone();
                 if !self.ready(&t) {
+                    pos += 1;
                     continue;
                 }
                 if t.claimed_by.is_none()
                     && let Err(e) = self.engine.claim(t.id, &self.people[i].actor)
                 {
+                    // Refused to this person (four eyes, a mutex): another may take it.
                     self.refuse("claim", &e);
+                    pos += 1;
                     continue;
                 }
+                list.remove(pos);
                 chosen = Some(t);
                 break;
             }
+            lists[g] = Some(list);
             let Some(t) = chosen else { continue };
             let (process, work) = self.work(t.id.instance(), &t.node_id);
             let mut rng = Rng::new(mix(&[
