@@ -131,8 +131,8 @@ pub use whatif::{
     ProcessStats as WhatIfProcessStats, RunResult as WhatIfRun, StaffGroup as WhatIfStaffGroup,
     StaffStats as WhatIfStaffStats, Work as WhatIfWork, calibrate as whatif_calibrate,
     check as whatif_check, check_table as whatif_check_table, compare_csv as whatif_compare_csv,
-    compare_table as whatif_compare_table, run_once as whatif_run_once,
-    simulate as whatif_simulate,
+    compare_table as whatif_compare_table, memory_store as whatif_store,
+    run_once as whatif_run_once, simulate as whatif_simulate,
 };
 
 /// The README's code blocks run as doctests, so the API tour stays true.

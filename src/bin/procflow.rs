@@ -554,9 +554,7 @@ fn whatif(args: &[String]) -> Result<ExitCode, String> {
             ],
         };
         for (m, path) in models {
-            let store: std::sync::Arc<dyn Store> =
-                std::sync::Arc::new(procflow::MemoryStore::new());
-            let run = procflow::whatif_run_once(m, 0, store)?;
+            let run = procflow::whatif_run_once(m, 0, procflow::whatif_store())?;
             let Some(def) = m.arrivals.first().and_then(|a| m.def(&a.process)) else {
                 continue;
             };

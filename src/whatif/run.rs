@@ -154,8 +154,12 @@ impl<'m> Sim<'m> {
     fn new(model: &'m Model, rep: u32, store: Arc<dyn Store>) -> Result<Sim<'m>, String> {
         let seed = mix(&[model.seed, u64::from(rep)]);
         let clock = Arc::new(ManualClock::new(model.start));
-        let mut config = Config::default();
-        config.retain_completed = false;
+        // Completed instances leave memory (the store keeps them): work lists scan only running
+        // ones.
+        let config = Config {
+            retain_completed: false,
+            ..Config::default()
+        };
         let mut b = Engine::builder();
         b.config(config).clock(Arc::clone(&clock));
         for (name, cal) in &model.calendars {
