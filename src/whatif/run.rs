@@ -142,8 +142,12 @@ struct Sim<'m> {
     answers: HashMap<TaskId, Option<i64>>,
     answer_times: BinaryHeap<std::cmp::Reverse<i64>>,
     incidents: VecDeque<(InstanceId, i64)>,
-    /// The process index of each instance started.
+    /// The definition (index into the model's) of each instance started.
     process_of: HashMap<InstanceId, usize>,
+    /// The model's work by definition, then node id.
+    work_by_def: Vec<HashMap<&'m str, &'m Work>>,
+    /// The definition of each arrival process.
+    def_of_arrival: Vec<usize>,
     timers: BTreeMap<String, usize>,
     busy: Vec<(f64, f64)>,
     refused: BTreeMap<String, usize>,
@@ -232,6 +236,29 @@ impl<'m> Sim<'m> {
             answer_times: BinaryHeap::new(),
             incidents: VecDeque::new(),
             process_of: HashMap::new(),
+            work_by_def: model
+                .defs
+                .iter()
+                .map(|d| {
+                    model
+                        .work
+                        .iter()
+                        .filter(|((p, _), _)| *p == d.key().id)
+                        .map(|((_, n), w)| (n.as_str(), w))
+                        .collect()
+                })
+                .collect(),
+            def_of_arrival: model
+                .arrivals
+                .iter()
+                .map(|a| {
+                    model
+                        .defs
+                        .iter()
+                        .position(|d| d.key().id == a.process)
+                        .unwrap_or(usize::MAX)
+                })
+                .collect(),
             timers: BTreeMap::new(),
             busy: vec![(0.0, 0.0); model.staff.len()],
             refused: BTreeMap::new(),
@@ -422,7 +449,9 @@ impl<'m> Sim<'m> {
                 return;
             }
         };
-        self.process_of.insert(id, i);
+        if let Some(&d) = self.def_of_arrival.get(i).filter(|d| **d != usize::MAX) {
+            self.process_of.insert(id, d);
+        }
     }
 
     fn refuse(&mut self, what: &str, e: &ExecError) {
@@ -466,11 +495,7 @@ impl<'m> Sim<'m> {
     /// The model's work for a task of `instance` at `node`.
     fn work(&self, instance: InstanceId, node: &str) -> (usize, Option<&'m Work>) {
         let process = match self.process_of.get(&instance) {
-            Some(p) => self
-                .model
-                .defs
-                .iter()
-                .position(|d| d.key().id == self.model.arrivals[*p].process),
+            Some(p) => Some(*p),
             None => self
                 .engine
                 .definition_of(instance)
@@ -480,8 +505,7 @@ impl<'m> Sim<'m> {
         let Some(p) = process else {
             return (usize::MAX, None);
         };
-        let id = self.model.defs[p].key().id.to_owned();
-        (p, self.model.work.get(&(id, node.to_owned())))
+        (p, self.work_by_def[p].get(node).copied())
     }
 
     /// Whether a task can be worked now: one that waits for a customer, once they answer.
