@@ -81,6 +81,8 @@ mod sim;
 mod store;
 mod time;
 mod vars;
+#[cfg(feature = "cli")]
+pub mod whatif;
 mod yaml;
 
 pub use clock::{Clock, ManualClock, SystemClock};

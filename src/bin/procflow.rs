@@ -1,5 +1,5 @@
 //! `procflow`: validate definitions, draw them, simulate scenarios, check calendar
-//! computations, and report on a store's history.
+//! computations, report on a store's history, and predict with what-if models.
 
 use std::process::ExitCode;
 
@@ -7,7 +7,7 @@ use std::path::Path;
 
 use procflow::{
     BusinessCalendar, DurationSpec, HeatMetric, Organisation, ProcessDef, Report, ReportOptions,
-    Scenario, Store, StoreError,
+    Scenario, Store, StoreError, whatif,
 };
 
 /// `print!` that ends the program quietly when stdout is closed (`procflow report | head`)
@@ -115,7 +115,36 @@ const COMMANDS: &[Command] = &[
         flags: &["--store", "--key", "--format"],
         run: history,
     },
+    Command {
+        name: "whatif",
+        usage: "procflow whatif MODEL.yaml [--compare OTHER.yaml] [--format table|csv|json]
+                  [--heatmap OUT.svg] [--replications N] [--threads N] [--db STORE.db]
+                  runs the model's replications on the engine (a manual clock), prints cycle
+                  times, SLA met rate, waiting and handling per task, utilisation, escalations;
+                  --compare runs OTHER with the same random numbers and prints the differences;
+                  --db writes the first replication to a new SQLite store
+  procflow whatif --from-store STORE.db --base MODEL.yaml --out FITTED.yaml [--check]
+                  fits arrival rates, branch probabilities and log-normal handling times from
+                  the store (staff, shifts and definitions from the base model); --check replays
+                  the fitted model and compares its figures with the recorded ones",
+        flags: &[
+            "--compare",
+            "--format",
+            "--heatmap",
+            "--replications",
+            "--threads",
+            "--db",
+            "--from-store",
+            "--base",
+            "--out",
+            "--check",
+        ],
+        run: whatif,
+    },
 ];
+
+/// The flags that take no value.
+const SWITCHES: &[&str] = &["--flows", "--check"];
 
 /// The whole usage text: every subcommand's usage, then the general options.
 fn usage() -> String {
@@ -194,7 +223,7 @@ fn run(command: &Command, args: &[String]) -> Result<ExitCode, String> {
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         if command.flags.contains(&arg.as_str()) {
-            if arg != "--flows" {
+            if !SWITCHES.contains(&arg.as_str()) {
                 rest.next();
             }
         } else if arg.starts_with("--") || (arg.starts_with('-') && arg.len() > 1) {
@@ -604,6 +633,150 @@ fn history(args: &[String]) -> Result<ExitCode, String> {
     match format {
         "json" => outln!("{}", history.to_json()),
         _ => out!("{}", history.to_table()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `procflow whatif MODEL.yaml [--compare OTHER.yaml] [--format table|csv|json]
+/// [--heatmap OUT.svg] [--replications N] [--threads N] [--db STORE]`, and
+/// `procflow whatif --from-store STORE --base MODEL.yaml --out FITTED.yaml [--check]`: predicts
+/// cycle times, SLA breaches and bottlenecks by running the engine on a simulated clock.
+fn whatif(args: &[String]) -> Result<ExitCode, String> {
+    let load = |file: &str| {
+        whatif::Model::from_file(file).map_err(|e| {
+            errln!("{e}");
+        })
+    };
+    let threads = match option(args, "--threads")? {
+        Some(n) => n
+            .parse()
+            .map_err(|_| format!("--threads: '{n}' is not a number"))?,
+        None => std::thread::available_parallelism().map_or(2, usize::from),
+    };
+    let replications: Option<u32> = match option(args, "--replications")? {
+        Some(n) if n.parse::<u32>().is_ok_and(|n| n > 0) => n.parse().ok(),
+        Some(n) => return Err(format!("--replications: '{n}' is not a positive number")),
+        None => None,
+    };
+    let progress = |name: String, total: u32| {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        move |done: usize| {
+            if tty || done == total as usize {
+                use std::io::Write as _;
+                let _ = write!(
+                    std::io::stderr(),
+                    "\r  {name}: [{:<30}] {done}/{total} replications",
+                    "=".repeat(done * 30 / (total as usize).max(1))
+                );
+                if done == total as usize {
+                    errln!();
+                }
+            }
+        }
+    };
+    let run = |model: &whatif::Model| -> Result<whatif::Figures, String> {
+        let bar = progress(model.name.clone(), model.replications);
+        let runs = whatif::simulate(model, threads, &bar)?;
+        Ok(whatif::Figures::of(model, &runs))
+    };
+
+    if let Some(store) = option(args, "--from-store")? {
+        let base = option(args, "--base")?
+            .ok_or("--from-store needs --base MODEL.yaml (the staff, shifts and definitions)")?;
+        let Ok(base) = load(base) else {
+            return Ok(ExitCode::FAILURE);
+        };
+        let (mut fitted, yaml) = whatif::calibrate(Path::new(store), &base)?;
+        if let Some(out) = option(args, "--out")? {
+            std::fs::write(out, &yaml).map_err(|e| format!("{out}: {e}"))?;
+            errln!("fitted model written to {out}");
+        } else {
+            out!("{yaml}");
+        }
+        if args.iter().any(|a| a == "--check") {
+            if let Some(r) = replications {
+                fitted.replications = r;
+            }
+            let figures = run(&fitted)?;
+            let lines = whatif::check(Path::new(store), &figures, &fitted)?;
+            out!("{}", whatif::check_table(&lines));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let file = args
+        .first()
+        .filter(|f| !f.starts_with("--"))
+        .ok_or_else(|| usage_of(&COMMANDS[COMMANDS.len() - 1]))?;
+    let Ok(mut model) = load(file) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    if let Some(r) = replications {
+        model.replications = r;
+    }
+    let format = option(args, "--format")?.unwrap_or("table");
+    if !matches!(format, "table" | "csv" | "json") {
+        return Err(format!("unknown format '{format}': use table, csv or json"));
+    }
+    if let Some(db) = option(args, "--db")? {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{db}{suffix}"));
+        }
+        let store = procflow::SqliteStore::options()
+            .durability(procflow::Durability::Process)
+            .create(db)
+            .map_err(|e| format!("{db}: {e}"))?;
+        whatif::run_once(&model, 0, std::sync::Arc::new(store))?;
+        errln!("replication 1 written to the store {db}");
+    }
+    let figures = run(&model)?;
+    let other = match option(args, "--compare")? {
+        Some(f) => {
+            let Ok(mut other) = load(f) else {
+                return Ok(ExitCode::FAILURE);
+            };
+            other.replications = model.replications;
+            other.seed = model.seed;
+            Some((run(&other)?, other))
+        }
+        None => None,
+    };
+    match (format, &other) {
+        ("json", None) => outln!("{}", figures.to_json()),
+        ("json", Some((o, _))) => outln!(
+            "{{\"base\": {}, \"other\": {}}}",
+            figures.to_json(),
+            o.to_json()
+        ),
+        ("csv", None) => out!("{}", figures.to_csv()),
+        ("csv", Some((o, _))) => out!("{}", whatif::compare_csv(&figures, o)),
+        (_, None) => out!("{}", figures.to_table()),
+        // Side by side: both sets of figures and their differences.
+        (_, Some((o, _))) => out!("{}", whatif::compare_table(&figures, o)),
+    }
+    if let Some(svg) = option(args, "--heatmap")? {
+        // The bottlenecks of the first process with arrivals, from a replication's report.
+        let mut written = Vec::new();
+        let models: Vec<(&whatif::Model, String)> = match &other {
+            None => vec![(&model, svg.to_owned())],
+            Some((_, o)) => vec![
+                (&model, svg.to_owned()),
+                (o, svg.replace(".svg", "") + "-compare.svg"),
+            ],
+        };
+        for (m, path) in models {
+            let run = whatif::run_once(m, 0, whatif::memory_store())?;
+            let Some(def) = m.arrivals.first().and_then(|a| m.def(&a.process)) else {
+                continue;
+            };
+            std::fs::write(&path, run.report.heatmap(def, HeatMetric::BreachRate))
+                .map_err(|e| format!("{path}: {e}"))?;
+            written.push(path);
+        }
+        errln!(
+            "heatmap (breach rate, replication 1): {}",
+            written.join(", ")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -560,6 +560,11 @@ pub enum ProblemKind {
     /// A call activity (`kind: call`) is malformed, e.g. a `max_depth` out of range.
     #[error("{0}")]
     CallShape(&'static str),
+    /// A what-if simulation model (`procflow whatif`) is malformed: an unknown process, task or
+    /// role, probabilities that do not sum to one, a negative rate, a distribution without its
+    /// parameters, a horizon shorter than the warm-up, a task no staffed person can do.
+    #[error("{0}")]
+    WhatIf(String),
 }
 
 /// A duration's text that does not parse: the text and what is wrong with it.
