@@ -14,6 +14,8 @@
 
 mod keys;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -23,6 +25,8 @@ use chrono::{DateTime, Utc};
 
 pub use keys::BusinessKey;
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
@@ -280,6 +284,102 @@ pub enum StoreError {
         /// The medium's message.
         detail: String,
     },
+    /// A database server could not be reached: nothing listens at the address (a refused
+    /// connection, a missing socket), the name does not resolve, or the server is starting or
+    /// shutting down. Nothing was changed; retry later.
+    #[error("database server {server} (database {database}) cannot be reached: {detail}")]
+    Unreachable {
+        /// The server: `host:port` or the Unix socket's folder and port.
+        server: String,
+        /// The database.
+        database: String,
+        /// The driver's message.
+        detail: String,
+    },
+    /// The server refused the credentials (a wrong password, an unknown role) or the role may
+    /// not use the database, or the database does not exist.
+    #[error("database server {server} refused access to database {database}: {detail}")]
+    Denied {
+        /// The server.
+        server: String,
+        /// The database.
+        database: String,
+        /// The server's message.
+        detail: String,
+    },
+    /// The connection to the server broke during the call (the server restarted, the network
+    /// failed). Nothing of the call is stored (a commit whose outcome the store could not
+    /// learn by reading the stored version back is reported as this too only when it was
+    /// found not stored); the call may be retried.
+    #[error("lost the connection to database server {server} (database {database}): {detail}")]
+    ConnectionLost {
+        /// The server.
+        server: String,
+        /// The database.
+        database: String,
+        /// The driver's message.
+        detail: String,
+    },
+    /// The server's disk is full (or a quota is reached): nothing of the call was stored.
+    #[error("database server {server} (database {database}) is out of disk space: {detail}")]
+    ServerFull {
+        /// The server.
+        server: String,
+        /// The database.
+        database: String,
+        /// The server's message.
+        detail: String,
+    },
+    /// The database holds another application's tables and no procflow schema: it is left
+    /// untouched.
+    #[error("database {database} on {server} is not a procflow store: {detail}")]
+    ForeignDatabase {
+        /// The server.
+        server: String,
+        /// The database.
+        database: String,
+        /// What was found.
+        detail: String,
+    },
+    /// The database's procflow schema was written by a newer procflow: it is left untouched.
+    #[error(
+        "database {database} on {server}: schema version {found} is newer than this procflow \
+         reads ({supported})"
+    )]
+    NewerDatabaseSchema {
+        /// The server.
+        server: String,
+        /// The database.
+        database: String,
+        /// Its schema version.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
+    /// Any other failure reported by a database server.
+    #[error("database server {server} (database {database}): {detail}")]
+    Server {
+        /// The server.
+        server: String,
+        /// The database.
+        database: String,
+        /// The server's message.
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying the same call later may succeed without anyone changing anything: a
+    /// server that could not be reached, or a connection lost during the call (nothing of the
+    /// call was stored). A [`StoreError::Conflict`] is not: the caller must read again first.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unreachable { .. }
+                | StoreError::ConnectionLost { .. }
+                | StoreError::Locked { .. }
+        )
+    }
 }
 
 /// The state of an instance as stores serialize it: [`Instance::encode`].
