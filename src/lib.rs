@@ -116,11 +116,11 @@ pub use report::{
 };
 #[cfg(feature = "cli")]
 pub use sim::{Scenario, SimReport};
+#[cfg(feature = "postgres")]
+pub use store::PostgresStore;
 pub use store::{BusinessKey, Commit, MemoryStore, Store, StoreError, StoredDef, StoredInstance};
 #[cfg(feature = "sqlite")]
 pub use store::{Durability, SqliteOptions, SqliteStore};
-#[cfg(feature = "postgres")]
-pub use store::PostgresStore;
 pub use time::calendar::{
     Beyond, BusinessCalendar, CalendarError, CalendarWarning, Computed, Holiday,
 };

@@ -32,6 +32,8 @@ pub(crate) struct Cluster {
     pub(crate) dir: PathBuf,
     pub(crate) bin: PathBuf,
     pub(crate) port: u16,
+    /// The server's options (`pg_ctl -o`).
+    pub(crate) options: String,
     /// Whether commands run as the `postgres` user.
     pub(crate) as_postgres: bool,
 }
@@ -49,7 +51,24 @@ impl Cluster {
     /// to the engines.
     pub(crate) fn restart(&self) -> bool {
         let dir = self.dir.to_string_lossy().into_owned();
-        self.run("pg_ctl", &["-D", &dir, "-m", "fast", "-w", "restart"])
+        let log = format!("{dir}/server.log");
+        // Not `pg_ctl restart`: it would forget the log file and hold our output pipe open.
+        self.run("pg_ctl", &["-D", &dir, "-m", "fast", "-w", "stop"])
+            && self.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &dir,
+                    "-o",
+                    &self.options,
+                    "-l",
+                    &log,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+            )
     }
 }
 
@@ -174,13 +193,26 @@ fn start(bin: &Path) -> Result<Server, String> {
             .map(|s| s.success())
             .unwrap_or(false);
         if !ok {
-            return Err(format!("cannot give {} to the postgres user", dir.display()));
+            return Err(format!(
+                "cannot give {} to the postgres user",
+                dir.display()
+            ));
         }
     }
     let d = dir.to_string_lossy().into_owned();
     let out = run_as(
         &bin.join("initdb"),
-        &["-D", &d, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
+        &[
+            "-D",
+            &d,
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ],
         as_postgres,
     )
     .map_err(|e| format!("initdb: {e}"))?;
@@ -198,7 +230,9 @@ fn start(bin: &Path) -> Result<Server, String> {
     let log = format!("{d}/server.log");
     let out = run_as(
         &bin.join("pg_ctl"),
-        &["-D", &d, "-o", &options, "-l", &log, "-w", "-t", "60", "start"],
+        &[
+            "-D", &d, "-o", &options, "-l", &log, "-w", "-t", "60", "start",
+        ],
         as_postgres,
     )
     .map_err(|e| format!("pg_ctl: {e}"))?;
@@ -217,6 +251,7 @@ fn start(bin: &Path) -> Result<Server, String> {
             dir,
             bin: bin.to_path_buf(),
             port,
+            options,
             as_postgres,
         }),
     })
@@ -232,7 +267,11 @@ fn watchdog(bin: &Path, dir: &Path, as_postgres: bool) {
             dir.display()
         )
     } else {
-        format!("{} -D {} -m immediate stop", pg_ctl.display(), dir.display())
+        format!(
+            "{} -D {} -m immediate stop",
+            pg_ctl.display(),
+            dir.display()
+        )
     };
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {dir}",

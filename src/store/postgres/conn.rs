@@ -99,7 +99,11 @@ impl Server {
         }
     }
 
-    pub(crate) fn decode(&self, what: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
+    pub(crate) fn decode(
+        &self,
+        what: impl std::fmt::Display,
+        e: impl std::fmt::Display,
+    ) -> StoreError {
         StoreError::Decode {
             what: format!("{what} in database {} on {}", self.database, self.name),
             detail: e.to_string(),
@@ -248,10 +252,11 @@ impl Pool {
 
     /// An idle connection (`true`: it was pooled and may have died since) or a new one.
     pub(crate) fn take(&self, server: &Server) -> Result<(Conn, bool), StoreError> {
-        if let Some(conn) = self.lock().pop() {
-            if !conn.client.is_closed() {
-                return Ok((conn, true));
-            }
+        let idle = self.lock().pop();
+        if let Some(conn) = idle
+            && !conn.client.is_closed()
+        {
+            return Ok((conn, true));
         }
         Ok((server.connect()?, false))
     }
@@ -291,11 +296,16 @@ impl Pool {
             let (mut conn, pooled) = self.take(server).map_err(Outcome::Failed)?;
             match conn.client.batch_execute(begin) {
                 Ok(()) => break conn,
-                Err(e) if pooled && tries < 3 && is_connection(&e) => {
-                    self.clear();
-                    continue;
+                Err(e) => {
+                    let e = server.err(e);
+                    // A pooled connection the server has closed since (it restarted): nothing
+                    // was done; drop the idle ones and connect anew.
+                    if pooled && tries < 3 && matches!(e, StoreError::ConnectionLost { .. }) {
+                        self.clear();
+                        continue;
+                    }
+                    return Err(Outcome::Failed(e));
                 }
-                Err(e) => return Err(Outcome::Failed(server.err(e))),
             }
         };
         match f(&mut conn) {
@@ -304,11 +314,15 @@ impl Pool {
                     self.put(conn);
                     Ok(out)
                 }
-                Err(e) if is_connection(&e) => Err(Outcome::Unknown(server.err(e))),
                 Err(e) => {
+                    let e = server.err(e);
+                    if matches!(e, StoreError::ConnectionLost { .. }) {
+                        self.clear();
+                        return Err(Outcome::Unknown(e));
+                    }
                     let _ = conn.client.batch_execute("ROLLBACK");
                     self.put(conn);
-                    Err(Outcome::Failed(server.err(e)))
+                    Err(Outcome::Failed(e))
                 }
             },
             Err(fail) => {

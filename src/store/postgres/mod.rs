@@ -155,8 +155,10 @@ impl PostgresStore {
         state: &str,
         audit: Vec<Record>,
     ) -> Result<StoredInstance, StoreError> {
-        let version = u64::try_from(version)
-            .map_err(|_| self.server.decode(format!("instance i{id}"), "a negative version"))?;
+        let version = u64::try_from(version).map_err(|_| {
+            self.server
+                .decode(format!("instance i{id}"), "a negative version")
+        })?;
         let instance = decode_state(id as u64, state, audit).map_err(|e| self.locate(e))?;
         Ok(StoredInstance { instance, version })
     }
@@ -170,7 +172,12 @@ impl PostgresStore {
 
     /// After a `COMMIT` whose outcome is unknown: whether `commit` is stored, read back on a
     /// new connection (tried for a few seconds).
-    fn resolve(&self, commit: &Commit<'_>, state: &str, lost: StoreError) -> Result<(), StoreError> {
+    fn resolve(
+        &self,
+        commit: &Commit<'_>,
+        state: &str,
+        lost: StoreError,
+    ) -> Result<(), StoreError> {
         let id = commit.instance.id().get() as i64;
         let expect = commit.new_version() as i64;
         for attempt in 0..20u32 {
@@ -453,20 +460,16 @@ impl Store for PostgresStore {
             });
         };
         self.write(|conn| {
-            let first: i64 = if count == 1 {
-                conn.client
-                    .query_one("SELECT nextval('procflow_ids')", &[])?
-                    .try_get(0)?
-            } else {
-                // A block: consecutive ids, with the other reservers kept out meanwhile.
-                let lock = conn.statement("SELECT pg_advisory_xact_lock($1)")?;
-                conn.client.execute(&lock, &[&IDS_LOCK])?;
-                let next = conn.statement("SELECT nextval('procflow_ids')")?;
-                let first: i64 = conn.client.query_one(&next, &[])?.try_get(0)?;
+            // Consecutive ids, with the other reservers (of one id or of many) kept out
+            // between reading the sequence and moving it on.
+            let lock = conn.statement("SELECT pg_advisory_xact_lock($1)")?;
+            conn.client.execute(&lock, &[&IDS_LOCK])?;
+            let next = conn.statement("SELECT nextval('procflow_ids')")?;
+            let first: i64 = conn.client.query_one(&next, &[])?.try_get(0)?;
+            if count > 1 {
                 let set = conn.statement("SELECT setval('procflow_ids', $1)")?;
                 conn.client.execute(&set, &[&(first + count - 1)])?;
-                first
-            };
+            }
             Ok(first.max(1) as u64)
         })
     }
@@ -529,9 +532,8 @@ impl Store for PostgresStore {
 impl PostgresStore {
     fn messages(&self, unmatched: bool) -> Result<Vec<ParkedMessage>, StoreError> {
         let bodies: Vec<String> = self.read_tx(|conn| {
-            let stmt = conn.statement(
-                "SELECT body FROM procflow_messages WHERE unmatched = $1 ORDER BY id",
-            )?;
+            let stmt = conn
+                .statement("SELECT body FROM procflow_messages WHERE unmatched = $1 ORDER BY id")?;
             let mut out = Vec::new();
             for row in conn.client.query(&stmt, &[&unmatched])? {
                 out.push(row.try_get(0)?);
