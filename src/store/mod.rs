@@ -148,6 +148,28 @@ pub trait Store: Send + Sync {
     fn unmatched(&self) -> Result<Vec<ParkedMessage>, StoreError> {
         Ok(Vec::new())
     }
+
+    /// For stores shared by several engines at once: claims, for this store handle, the
+    /// running instances with a timer due at or before `now` that no other handle holds a live
+    /// claim on, for `lease`, and returns them with their stored versions. A commit to an
+    /// instance ends the claim on it; a claim whose lease ran out (its engine died) can be
+    /// taken by another. An engine's `tick` then fires only the timers of the instances it
+    /// claimed, so that each fires in one engine.
+    ///
+    /// `None` (the default): the store does not claim; every engine fires what is due, and a
+    /// second engine firing the same timer from an older copy gets a
+    /// [`StoreError::Conflict`].
+    ///
+    /// # Errors
+    /// A failure of the medium.
+    fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        let _ = (now, lease);
+        Ok(None)
+    }
 }
 
 /// A definition as a store keeps it: its key and the YAML text it was compiled from.
@@ -492,5 +514,13 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn unmatched(&self) -> Result<Vec<ParkedMessage>, StoreError> {
         (**self).unmatched()
+    }
+
+    fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        (**self).claim_due(now, lease)
     }
 }

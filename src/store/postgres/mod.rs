@@ -53,6 +53,8 @@ use conn::{Conn, Fail, Outcome, Pool, Server};
 pub struct PostgresStore {
     server: Server,
     pool: Pool,
+    /// Who this handle is in timer claims: the process and a per-process counter.
+    me: String,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -81,9 +83,19 @@ impl PostgresStore {
         let server = Server::parse(url)?;
         let mut first = server.connect()?;
         schema::prepare(&mut first.client, &server)?;
+        static HANDLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = HANDLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let me = format!(
+            "{}:{}:{n}:{}",
+            host.trim(),
+            std::process::id(),
+            nanos(Utc::now())
+        );
         Ok(PostgresStore {
             pool: Pool::new(first),
             server,
+            me,
         })
     }
 
@@ -325,7 +337,7 @@ impl Store for PostgresStore {
             } else {
                 let stmt = conn.statement(
                     "UPDATE procflow_instances SET def_version = $2, running = $3, \
-                     row_version = $4, state = $5, next_due = $6, claim_until = NULL \
+                     row_version = $4, state = $5, next_due = $6, claim_until = NULL, claimed_by = NULL \
                      WHERE id = $1 AND row_version = $7",
                 )?;
                 conn.client.execute(
@@ -487,6 +499,32 @@ impl Store for PostgresStore {
             }
             Ok(out)
         })
+    }
+
+    fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        let now = now.timestamp_millis();
+        let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let claimed = self.write(|conn| {
+            // Leases count on the server's clock, the same for every replica; due instants on
+            // the engines' clock, as `due` does.
+            let stmt = conn.statement(
+                "WITH server AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms), \
+                 due AS (SELECT id FROM procflow_instances, server \
+                   WHERE running AND next_due IS NOT NULL AND next_due <= $1 \
+                   AND (claim_until IS NULL OR claim_until < server.ms OR claimed_by = $3) \
+                   ORDER BY next_due LIMIT 10000 FOR UPDATE OF procflow_instances SKIP LOCKED) \
+                 UPDATE procflow_instances i SET claim_until = server.ms + $2, claimed_by = $3 \
+                 FROM due, server WHERE i.id = due.id RETURNING i.id, i.row_version",
+            )?;
+            ids_of(conn.client.query(&stmt, &[&now, &lease, &self.me])?)
+        })?;
+        let mut claimed = claimed;
+        claimed.sort_unstable();
+        Ok(Some(claimed))
     }
 
     fn park(&self, message: &ParkedMessage) -> Result<(), StoreError> {

@@ -21,10 +21,12 @@ pub(crate) const V1: &str = include_str!("v1.sql");
 /// The migrations after version 1: `MIGRATIONS[i]` brings version `i + 2` from `i + 1`.
 ///
 /// Version 2: a lease on each instance's due timers (`claim_until`, epoch milliseconds of the
-/// server's clock): a replica that claims an instance's due timers owns them until then; a commit
-/// clears the claim, and an expired one returns (the replica died).
+/// server's clock, and `claimed_by`, the claiming store handle): a replica that claims an
+/// instance's due timers owns them until then; a commit clears the claim, and an expired one
+/// returns (the replica died).
 const MIGRATIONS: &[&str] = &["
 ALTER TABLE procflow_instances ADD COLUMN claim_until BIGINT;
+ALTER TABLE procflow_instances ADD COLUMN claimed_by TEXT;
 UPDATE procflow_meta SET value = '2' WHERE key = 'schema_version';
 "];
 
