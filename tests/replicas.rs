@@ -125,6 +125,13 @@ fn replica() {
                 println!("ACK {}", id.get());
             }
         }
+        "forever" => loop {
+            let id = e.start("flow", Vars::new()).unwrap();
+            println!("ACK {}", id.get());
+            let task = e.tasks(id).unwrap()[0].id;
+            e.complete(task, &actor, Vars::new()).unwrap();
+            println!("DONE {}", id.get());
+        },
         _ => {
             clock.advance(Duration::hours(2));
             let mut fired = 0;
@@ -226,4 +233,75 @@ fn three_replicas_share_one_database() {
         assert_eq!(stored.instance.status(), Status::Completed, "i{id}");
         assert_eq!(stored.version, 3, "i{id}: the timer's firing stored once");
     }
+}
+
+/// A replica killed with SIGKILL at 20 random moments: after each kill, every call it
+/// acknowledged is stored, once, and the next replica carries on.
+#[test]
+fn a_replica_killed_at_random_moments_loses_no_acknowledged_call() {
+    if std::env::var("PROCFLOW_REPLICA_URL").is_ok() {
+        return;
+    }
+    let Some(server) = pg::server() else { return };
+    let url = server.fresh();
+    drop(PostgresStore::connect(&url).unwrap());
+    let exe = std::env::current_exe().unwrap();
+    let mut seed = std::process::id() as u64 ^ 0x9E37_79B9_7F4A_7C15;
+    let mut started = Vec::new();
+    let mut done = Vec::new();
+    for _ in 0..20 {
+        let mut child = Command::new(&exe)
+            .args(["--exact", "replica", "--nocapture", "--test-threads", "1"])
+            .env("PROCFLOW_REPLICA_URL", &url)
+            .env("PROCFLOW_REPLICA_PHASE", "forever")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let wait = 150 + (seed >> 33) % 400;
+        std::thread::sleep(std::time::Duration::from_millis(wait));
+        child.kill().unwrap(); // SIGKILL
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines() {
+            if let Some(id) = line
+                .split("ACK ")
+                .nth(1)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                started.push(id);
+            }
+            if let Some(id) = line
+                .split("DONE ")
+                .nth(1)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                done.push(id);
+            }
+        }
+        let store = PostgresStore::connect(&url).unwrap();
+        for &id in &started {
+            let stored = store.read(InstanceId::new(id)).unwrap();
+            let Some(stored) = stored else {
+                panic!("acknowledged start i{id} lost");
+            };
+            assert!(stored.version <= 2, "i{id} stored {} times", stored.version);
+        }
+        for &id in &done {
+            let stored = store.read(InstanceId::new(id)).unwrap().unwrap();
+            assert_eq!(stored.version, 2, "acknowledged completion of i{id}");
+        }
+    }
+    assert!(
+        started.len() >= 20,
+        "the replicas got work done: {}",
+        started.len()
+    );
+    let mut unique = started.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), started.len(), "no id handed out twice");
 }
