@@ -58,6 +58,8 @@
 //! - `report` (default): [`Report`] and its bottleneck heatmap, read back from any store.
 //! - `cli` (default): the `procflow` binary and [`Scenario`], the scripted runs of
 //!   `procflow simulate`; implies `sqlite` and `report`.
+//! - `postgres` (not default): [`PostgresStore`], a store on a PostgreSQL server that several
+//!   engines (replicas) share.
 //!
 //! With `default-features = false` the crate is the engine with [`MemoryStore`] alone; a host
 //! can still bring its own [`Store`].
@@ -116,6 +118,8 @@ pub use report::{
 };
 #[cfg(feature = "cli")]
 pub use sim::{Scenario, SimReport};
+#[cfg(feature = "postgres")]
+pub use store::PostgresStore;
 pub use store::{BusinessKey, Commit, MemoryStore, Store, StoreError, StoredDef, StoredInstance};
 #[cfg(feature = "sqlite")]
 pub use store::{Durability, SqliteOptions, SqliteStore};

@@ -91,7 +91,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "report",
-        usage: "procflow report --store FILE [--process ID] [--since RFC3339|YYYY-MM-DD]
+        usage: "procflow report --store FILE|postgres://URL [--process ID] [--since RFC3339|YYYY-MM-DD]
                   [--format table|csv|json] [--heatmap OUT.svg] [--metric mean-wait|breach-rate|rework-rate]
                   [--by KEY]   also groups the instances by a business key's value
                   [--calendars DIR]   where a process's calendar NAME is, as DIR/NAME.yaml
@@ -110,7 +110,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "history",
-        usage: "procflow history --store FILE --key KEY=VALUE [--format table|json]
+        usage: "procflow history --store FILE|postgres://URL --key KEY=VALUE [--format table|json]
                   every instance holding the business key value, and their records in time order",
         flags: &["--store", "--key", "--format"],
         run: history,
@@ -501,8 +501,20 @@ fn calendar(args: &[String]) -> Result<ExitCode, String> {
     }
 }
 
-/// Opens the SQLite store in `path`, which must exist.
+/// Opens the SQLite store in `path`, which must exist; or, with a `postgres://` (or
+/// `postgresql://`) URL, the PostgreSQL store it names (built with the `postgres` feature).
 fn open_store(path: &Path) -> Result<Box<dyn Store>, StoreError> {
+    let text = path.to_string_lossy();
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return Ok(Box::new(procflow::PostgresStore::connect(&text)?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(StoreError::Other {
+            path: path.to_path_buf(),
+            detail: "this procflow was built without PostgreSQL: build it with --features postgres"
+                .into(),
+        });
+    }
     Ok(Box::new(procflow::SqliteStore::open(path)?))
 }
 
