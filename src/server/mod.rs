@@ -133,7 +133,6 @@ impl Tokens {
 
 /// The server's bounds.
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct Limits {
     /// The largest request body, in bytes (default 256 KiB).
     pub max_body: usize,
