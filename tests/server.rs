@@ -130,8 +130,13 @@ impl Api {
     }
 
     async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
-        self.call("POST", path, Some(token), Some(("application/json", body.to_string())))
-            .await
+        self.call(
+            "POST",
+            path,
+            Some(token),
+            Some(("application/json", body.to_string())),
+        )
+        .await
     }
 
     /// Starts a repair in Guangzhou; its first task's id.
@@ -177,18 +182,33 @@ async fn the_work_cycle_claim_comment_complete_send_back_and_leave_the_list() {
     assert_eq!(groups.body[0]["process_name_zh"], "修复线路");
     assert_eq!(groups.body[0]["sla"]["status"], "on_track");
     assert_eq!(api.get("/api/work?scope=mine", WANG).await.body, json!([]));
-    let a = api.post(&format!("/api/tasks/{task}/claim"), WANG, json!({})).await;
+    let a = api
+        .post(&format!("/api/tasks/{task}/claim"), WANG, json!({}))
+        .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
-    assert_eq!(api.get("/api/work?scope=mine", WANG).await.body[0]["task"], task.as_str());
+    assert_eq!(
+        api.get("/api/work?scope=mine", WANG).await.body[0]["task"],
+        task.as_str()
+    );
     // sun no longer sees it: it is wang's
     assert_eq!(api.get("/api/work", SUN).await.body, json!([]));
     let a = api
-        .post(&format!("/api/tasks/{task}/comment"), WANG, json!({ "text": "customer called twice" }))
+        .post(
+            &format!("/api/tasks/{task}/comment"),
+            WANG,
+            json!({ "text": "customer called twice" }),
+        )
         .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
     let detail = api.get(&format!("/api/tasks/{task}"), WANG).await;
     assert_eq!(detail.body["comments"][0]["text"], "customer called twice");
-    assert!(detail.body["variables"].as_array().unwrap().iter().any(|v| v["name"] == "note"));
+    assert!(
+        detail.body["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "note")
+    );
     let a = api
         .post(
             &format!("/api/tasks/{task}/complete"),
@@ -203,20 +223,34 @@ async fn the_work_cycle_claim_comment_complete_send_back_and_leave_the_list() {
     let fix = work.body[0]["task"].as_str().unwrap().to_owned();
     assert_eq!(work.body[0]["node_id"], "fix");
     let a = api
-        .post(&format!("/api/tasks/{fix}/send-back"), CHEN, json!({ "to": "record", "reason": "which line?" }))
+        .post(
+            &format!("/api/tasks/{fix}/send-back"),
+            CHEN,
+            json!({ "to": "record", "reason": "which line?" }),
+        )
         .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
     let inst = api.get(&format!("/api/instances/{instance}"), WANG).await;
     assert_eq!(inst.body["summary"]["open_tasks"], json!(["record"]));
     assert!(inst.body["history"].as_array().unwrap().len() > 3);
     // instance list, graph with the token on record
-    let list = api.get("/api/instances?process=repair&status=running", WANG).await;
+    let list = api
+        .get("/api/instances?process=repair&status=running", WANG)
+        .await;
     assert_eq!(list.body[0]["instance"], instance.as_str());
     let svg = api
-        .get(&format!("/api/processes/repair/graph?instance={instance}"), WANG)
+        .get(
+            &format!("/api/processes/repair/graph?instance={instance}"),
+            WANG,
+        )
         .await;
     assert_eq!(svg.content_type, "image/svg+xml; charset=utf-8");
-    assert!(svg.text.contains(r#"class="node current" data-node="record" data-count="1""#), "{}", svg.text);
+    assert!(
+        svg.text
+            .contains(r#"class="node current" data-node="record" data-count="1""#),
+        "{}",
+        svg.text
+    );
 }
 
 #[tokio::test]
@@ -224,26 +258,64 @@ async fn release_delegate_return_reassign_and_cancel() {
     let api = api();
     let (instance, task) = api.start().await;
     let claim = format!("/api/tasks/{task}/claim");
-    assert_eq!(api.post(&claim, WANG, json!({})).await.status, StatusCode::NO_CONTENT);
-    let a = api.post(&format!("/api/tasks/{task}/release"), WANG, json!({})).await;
+    assert_eq!(
+        api.post(&claim, WANG, json!({})).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let a = api
+        .post(&format!("/api/tasks/{task}/release"), WANG, json!({}))
+        .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
-    assert_eq!(api.post(&claim, WANG, json!({})).await.status, StatusCode::NO_CONTENT);
-    let a = api.post(&format!("/api/tasks/{task}/delegate"), WANG, json!({ "to": "sun" })).await;
+    assert_eq!(
+        api.post(&claim, WANG, json!({})).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let a = api
+        .post(
+            &format!("/api/tasks/{task}/delegate"),
+            WANG,
+            json!({ "to": "sun" }),
+        )
+        .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
-    assert_eq!(api.get("/api/work?scope=mine", SUN).await.body[0]["delegated_by"], "wang");
-    let a = api.post(&format!("/api/tasks/{task}/return"), SUN, json!({})).await;
+    assert_eq!(
+        api.get("/api/work?scope=mine", SUN).await.body[0]["delegated_by"],
+        "wang"
+    );
+    let a = api
+        .post(&format!("/api/tasks/{task}/return"), SUN, json!({}))
+        .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
-    let a = api.post(&format!("/api/tasks/{task}/reassign"), WANG, json!({ "to": "sun" })).await;
+    let a = api
+        .post(
+            &format!("/api/tasks/{task}/reassign"),
+            WANG,
+            json!({ "to": "sun" }),
+        )
+        .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
-    assert_eq!(api.get("/api/work?scope=mine", SUN).await.body[0]["task"], task.as_str());
+    assert_eq!(
+        api.get("/api/work?scope=mine", SUN).await.body[0]["task"],
+        task.as_str()
+    );
     // the trainee may not cancel; the accountable centre may
     let cancel = format!("/api/instances/{instance}/cancel");
-    problem(&api.post(&cancel, XIAO, json!({ "reason": "test" })).await, StatusCode::FORBIDDEN, "CancelDenied");
-    let a = api.post(&cancel, WANG, json!({ "reason": "customer withdrew" })).await;
+    problem(
+        &api.post(&cancel, XIAO, json!({ "reason": "test" })).await,
+        StatusCode::FORBIDDEN,
+        "CancelDenied",
+    );
+    let a = api
+        .post(&cancel, WANG, json!({ "reason": "customer withdrew" }))
+        .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
     let id = instance.parse().unwrap();
     assert_eq!(api.engine.instance(id).unwrap().status(), Status::Cancelled);
-    problem(&api.post(&cancel, WANG, json!({})).await, StatusCode::CONFLICT, "InstanceCancelled");
+    problem(
+        &api.post(&cancel, WANG, json!({})).await,
+        StatusCode::CONFLICT,
+        "InstanceCancelled",
+    );
 }
 
 #[tokio::test]
@@ -255,11 +327,17 @@ async fn auth_is_required_and_raci_applies() {
     // missing and forged tokens
     let a = api.call("POST", &claim, None, None).await;
     problem(&a, StatusCode::UNAUTHORIZED, "Unauthenticated");
-    let a = api.call("GET", "/api/work", Some("forged-token-123"), None).await;
+    let a = api
+        .call("GET", "/api/work", Some("forged-token-123"), None)
+        .await;
     problem(&a, StatusCode::UNAUTHORIZED, "Unauthenticated");
     let a = api.call("GET", "/api/me", None, None).await;
     problem(&a, StatusCode::UNAUTHORIZED, "Unauthenticated");
-    assert_eq!(api.audit_len(&instance), before, "an unauthenticated call touched nothing");
+    assert_eq!(
+        api.audit_len(&instance),
+        before,
+        "an unauthenticated call touched nothing"
+    );
     // the trainee holds no role: refused, audited, nothing else changed
     let a = api.post(&claim, XIAO, json!({})).await;
     problem(&a, StatusCode::FORBIDDEN, "Denied");
@@ -269,19 +347,29 @@ async fn auth_is_required_and_raci_applies() {
     problem(&a, StatusCode::FORBIDDEN, "Denied");
     assert_eq!(api.get("/api/work", GUO).await.body, json!([]));
     let inst = api.engine.instance(instance.parse().unwrap()).unwrap();
-    assert!(inst.tasks()[0].claimed_by().is_none(), "nobody holds the claim");
+    assert!(
+        inst.tasks()[0].claimed_by().is_none(),
+        "nobody holds the claim"
+    );
     // deploy and retry are operators' only
     let a = api
-        .call("POST", "/api/processes", Some(WANG), Some(("application/yaml", REPAIR.to_owned())))
+        .call(
+            "POST",
+            "/api/processes",
+            Some(WANG),
+            Some(("application/yaml", REPAIR.to_owned())),
+        )
         .await;
     problem(&a, StatusCode::FORBIDDEN, "NotOperator");
     problem(
-        &api.post(&format!("/api/instances/{instance}/retry"), WANG, json!({})).await,
+        &api.post(&format!("/api/instances/{instance}/retry"), WANG, json!({}))
+            .await,
         StatusCode::FORBIDDEN,
         "NotOperator",
     );
     problem(
-        &api.post(&format!("/api/instances/{instance}/retry"), SONG, json!({})).await,
+        &api.post(&format!("/api/instances/{instance}/retry"), SONG, json!({}))
+            .await,
         StatusCode::CONFLICT,
         "NothingToRetry",
     );
@@ -298,44 +386,119 @@ async fn bad_input_is_a_4xx_problem_and_changes_nothing() {
     });
     let (instance, task) = api.start().await;
     let complete = format!("/api/tasks/{task}/complete");
-    assert_eq!(api.post(&format!("/api/tasks/{task}/claim"), WANG, json!({})).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        api.post(&format!("/api/tasks/{task}/claim"), WANG, json!({}))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
     let before = api.audit_len(&instance);
     let json_ty = "application/json";
-    let a = api.call("POST", &complete, Some(WANG), Some((json_ty, "{\"variables\": {".into()))).await;
+    let a = api
+        .call(
+            "POST",
+            &complete,
+            Some(WANG),
+            Some((json_ty, "{\"variables\": {".into())),
+        )
+        .await;
     problem(&a, StatusCode::BAD_REQUEST, "MalformedJson");
     let a = api
-        .call("POST", &complete, Some(WANG), Some((json_ty, json!({ "variables": {}, "extra": 1 }).to_string())))
+        .call(
+            "POST",
+            &complete,
+            Some(WANG),
+            Some((json_ty, json!({ "variables": {}, "extra": 1 }).to_string())),
+        )
         .await;
     problem(&a, StatusCode::UNPROCESSABLE_ENTITY, "InvalidBody");
     let a = api
-        .call("POST", &complete, Some(WANG), Some((json_ty, json!({ "variables": [1, 2] }).to_string())))
+        .call(
+            "POST",
+            &complete,
+            Some(WANG),
+            Some((json_ty, json!({ "variables": [1, 2] }).to_string())),
+        )
         .await;
     problem(&a, StatusCode::UNPROCESSABLE_ENTITY, "InvalidBody");
     let big = json!({ "variables": { "note": "x".repeat(4096) } }).to_string();
-    let a = api.call("POST", &complete, Some(WANG), Some((json_ty, big))).await;
+    let a = api
+        .call("POST", &complete, Some(WANG), Some((json_ty, big)))
+        .await;
     problem(&a, StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge");
     // undeclared variable and wrong type: the engine's typed error
-    let a = api.post(&complete, WANG, json!({ "variables": { "nope": 1 } })).await;
-    problem(&a, StatusCode::UNPROCESSABLE_ENTITY, "Variables");
-    let a = api.post(&complete, WANG, json!({ "variables": { "note": 5 } })).await;
+    let a = api
+        .post(&complete, WANG, json!({ "variables": { "nope": 1 } }))
+        .await;
     problem(&a, StatusCode::UNPROCESSABLE_ENTITY, "Variables");
     let a = api
-        .call("POST", &format!("/api/tasks/{task}/comment"), Some(WANG), Some(("text/plain", "hi".into())))
+        .post(&complete, WANG, json!({ "variables": { "note": 5 } }))
         .await;
-    problem(&a, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType");
-    problem(&api.post("/api/tasks/nonsense/claim", WANG, json!({})).await, StatusCode::BAD_REQUEST, "BadId");
-    problem(&api.post("/api/tasks/i999.t0/claim", WANG, json!({})).await, StatusCode::NOT_FOUND, "UnknownInstance");
-    problem(&api.get("/api/work?scope=everyone", WANG).await, StatusCode::BAD_REQUEST, "InvalidQuery");
-    problem(&api.get("/api/work?bogus=1", WANG).await, StatusCode::BAD_REQUEST, "InvalidQuery");
-    problem(&api.get("/api/nowhere", WANG).await, StatusCode::NOT_FOUND, "NoRoute");
-    problem(&api.get("/api/tasks/i1.t0/claim", WANG).await, StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed");
+    problem(&a, StatusCode::UNPROCESSABLE_ENTITY, "Variables");
+    let a = api
+        .call(
+            "POST",
+            &format!("/api/tasks/{task}/comment"),
+            Some(WANG),
+            Some(("text/plain", "hi".into())),
+        )
+        .await;
     problem(
-        &api.post(&format!("/api/tasks/{task}/delegate"), WANG, json!({ "to": "../../etc/passwd" })).await,
+        &a,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "UnsupportedMediaType",
+    );
+    problem(
+        &api.post("/api/tasks/nonsense/claim", WANG, json!({})).await,
+        StatusCode::BAD_REQUEST,
+        "BadId",
+    );
+    problem(
+        &api.post("/api/tasks/i999.t0/claim", WANG, json!({})).await,
+        StatusCode::NOT_FOUND,
+        "UnknownInstance",
+    );
+    problem(
+        &api.get("/api/work?scope=everyone", WANG).await,
+        StatusCode::BAD_REQUEST,
+        "InvalidQuery",
+    );
+    problem(
+        &api.get("/api/work?bogus=1", WANG).await,
+        StatusCode::BAD_REQUEST,
+        "InvalidQuery",
+    );
+    problem(
+        &api.get("/api/nowhere", WANG).await,
+        StatusCode::NOT_FOUND,
+        "NoRoute",
+    );
+    problem(
+        &api.get("/api/tasks/i1.t0/claim", WANG).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+    );
+    problem(
+        &api.post(
+            &format!("/api/tasks/{task}/delegate"),
+            WANG,
+            json!({ "to": "../../etc/passwd" }),
+        )
+        .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "UnknownPerson",
     );
-    problem(&api.post("/api/processes/nope/instances", WANG, json!({})).await, StatusCode::NOT_FOUND, "UnknownProcess");
-    assert_eq!(api.audit_len(&instance), before, "no bad call changed the instance");
+    problem(
+        &api.post("/api/processes/nope/instances", WANG, json!({}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "UnknownProcess",
+    );
+    assert_eq!(
+        api.audit_len(&instance),
+        before,
+        "no bad call changed the instance"
+    );
     let inst = api.engine.instance(instance.parse().unwrap()).unwrap();
     assert_eq!(*inst.tasks()[0].state(), procflow::TaskState::Open);
     assert!(inst.vars().get("note").is_none());
@@ -345,27 +508,62 @@ async fn bad_input_is_a_4xx_problem_and_changes_nothing() {
 async fn deploy_answers_located_problems() {
     let api = api();
     let yaml = |text: &str| Some(("application/yaml", text.to_owned()));
-    let broken = REPAIR.replace("version: 1", "version: 2").replace("next: end", "next: nowhere");
-    let a = api.call("POST", "/api/processes", Some(SONG), yaml(&broken)).await;
+    let broken = REPAIR
+        .replace("version: 1", "version: 2")
+        .replace("next: end", "next: nowhere");
+    let a = api
+        .call("POST", "/api/processes", Some(SONG), yaml(&broken))
+        .await;
     problem(&a, StatusCode::UNPROCESSABLE_ENTITY, "LoadError");
     let problems = a.body["problems"].as_array().unwrap();
-    let p = problems.iter().find(|p| p["path"] == "nodes.fix.next").expect("the bad next");
-    assert_eq!((p["line"].as_u64(), p["column"].as_u64()), (Some(30), Some(11)), "{}", a.text);
-    assert!(p["message"].as_str().unwrap().contains("nowhere"), "{}", a.text);
+    let p = problems
+        .iter()
+        .find(|p| p["path"] == "nodes.fix.next")
+        .expect("the bad next");
+    assert_eq!(
+        (p["line"].as_u64(), p["column"].as_u64()),
+        (Some(30), Some(11)),
+        "{}",
+        a.text
+    );
+    assert!(
+        p["message"].as_str().unwrap().contains("nowhere"),
+        "{}",
+        a.text
+    );
     assert!(api.engine.definition("repair", Some(2)).is_none());
     // another text under a deployed version
     let other = REPAIR.replace("Repair a line", "Repair");
-    problem(&api.call("POST", "/api/processes", Some(SONG), yaml(&other)).await, StatusCode::CONFLICT, "DeployError");
+    problem(
+        &api.call("POST", "/api/processes", Some(SONG), yaml(&other))
+            .await,
+        StatusCode::CONFLICT,
+        "DeployError",
+    );
     let v2 = REPAIR.replace("version: 1", "version: 2");
-    let a = api.call("POST", "/api/processes", Some(SONG), yaml(&v2)).await;
+    let a = api
+        .call("POST", "/api/processes", Some(SONG), yaml(&v2))
+        .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let list = api.get("/api/processes", WANG).await;
-    let versions: Vec<u64> = list.body.as_array().unwrap().iter().map(|p| p["version"].as_u64().unwrap()).collect();
+    let versions: Vec<u64> = list
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["version"].as_u64().unwrap())
+        .collect();
     assert_eq!(versions, [1, 2]);
     let def = api.get("/api/processes/repair?version=1", WANG).await;
     assert_eq!(def.body["versions"], json!([1, 2]));
     assert_eq!(def.body["name_zh"], "修复线路");
-    assert!(def.body["nodes"].as_array().unwrap().iter().any(|n| n["id"] == "fix" && n["name_zh"] == "修复"));
+    assert!(
+        def.body["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "fix" && n["name_zh"] == "修复")
+    );
 }
 
 #[tokio::test]
@@ -376,21 +574,54 @@ async fn queries_messages_sla_keys_reports_heatmap() {
     assert_eq!(sla.body[0]["instance"]["instance"], instance.as_str());
     assert_eq!(sla.body[0]["tasks"][0]["sla"]["status"], "on_track");
     let keys = api.get("/api/keys/customer_id/C-1", WANG).await;
-    assert_eq!(keys.body["instances"][0]["instance"], instance.as_str(), "{}", keys.text);
+    assert_eq!(
+        keys.body["instances"][0]["instance"],
+        instance.as_str(),
+        "{}",
+        keys.text
+    );
     assert!(!keys.body["history"].as_array().unwrap().is_empty());
-    problem(&api.get("/api/keys/order_id/O-1", WANG).await, StatusCode::NOT_FOUND, "UnknownKey");
+    problem(
+        &api.get("/api/keys/order_id/O-1", WANG).await,
+        StatusCode::NOT_FOUND,
+        "UnknownKey",
+    );
     // no definition receives this message
-    let a = api.post("/api/messages/fault_status", WANG, json!({ "variables": {} })).await;
+    let a = api
+        .post(
+            "/api/messages/fault_status",
+            WANG,
+            json!({ "variables": {} }),
+        )
+        .await;
     assert!(a.status.is_client_error(), "{}", a.text);
     assert_eq!(a.content_type, "application/problem+json");
     let report = api.get("/api/reports?process=repair", WANG).await;
     assert_eq!(report.status, StatusCode::OK, "{}", report.text);
-    assert!(report.body.is_object() || report.body.is_array(), "{}", report.text);
-    let heat = api.get("/api/processes/repair/heatmap?metric=breach-rate", WANG).await;
+    assert!(
+        report.body.is_object() || report.body.is_array(),
+        "{}",
+        report.text
+    );
+    let heat = api
+        .get("/api/processes/repair/heatmap?metric=breach-rate", WANG)
+        .await;
     assert!(heat.text.contains("<svg"), "{}", heat.text);
-    problem(&api.get("/api/processes/repair/heatmap?metric=nope", WANG).await, StatusCode::BAD_REQUEST, "UnknownMetric");
+    problem(
+        &api.get("/api/processes/repair/heatmap?metric=nope", WANG)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "UnknownMetric",
+    );
     let people = api.get("/api/people", WANG).await;
-    assert!(people.body.as_array().unwrap().iter().any(|p| p["id"] == "xiao"));
+    assert!(
+        people
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == "xiao")
+    );
 }
 
 #[tokio::test]
@@ -414,7 +645,12 @@ async fn the_console_is_served() {
     let page = api.call("GET", "/", None, None).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.text.contains("procflow"));
-    assert!(api.call("GET", "/app.js", None, None).await.text.contains("fetch("));
+    assert!(
+        api.call("GET", "/app.js", None, None)
+            .await
+            .text
+            .contains("fetch(")
+    );
 }
 
 /// Every route the router has is in the OpenAPI document, and every path of the document is
@@ -441,7 +677,9 @@ async fn the_openapi_document_lists_exactly_the_routes() {
             .replace("{name}", "x")
             .replace("{key}", "x")
             .replace("{value}", "x");
-        let a = api.call(&method.to_uppercase(), &concrete, Some(WANG), None).await;
+        let a = api
+            .call(&method.to_uppercase(), &concrete, Some(WANG), None)
+            .await;
         assert_ne!(a.body["kind"], "NoRoute", "{method} {path} is not routed");
         assert_ne!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
         assert!(!a.status.is_server_error(), "{method} {path}: {}", a.text);

@@ -503,30 +503,47 @@ mod serve {
         let store: Arc<dyn Store> = match store_arg {
             "memory" => Arc::new(MemoryStore::new()),
             s => match s.strip_prefix("sqlite:") {
-                Some(path) if Path::new(path).exists() => Arc::new(SqliteStore::open(path).map_err(|e| format!("{path}: {e}"))?),
-                Some(path) => Arc::new(SqliteStore::create(path).map_err(|e| format!("{path}: {e}"))?),
+                Some(path) if Path::new(path).exists() => {
+                    Arc::new(SqliteStore::open(path).map_err(|e| format!("{path}: {e}"))?)
+                }
+                Some(path) => {
+                    Arc::new(SqliteStore::create(path).map_err(|e| format!("{path}: {e}"))?)
+                }
                 None => return Err(format!("unknown store '{s}': use sqlite:PATH or memory")),
             },
         };
         let mut builder = Engine::builder();
         builder.organisation(Arc::clone(&org));
         for c in &calendars {
-            let name = c.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
-            let cal = BusinessCalendar::from_file(c).map_err(|e| format!("{}: {e}", c.display()))?;
+            let name = c
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let cal =
+                BusinessCalendar::from_file(c).map_err(|e| format!("{}: {e}", c.display()))?;
             builder.calendar(name, cal);
         }
         // The shipped definitions name service handlers this binary has no systems behind: each
         // is registered as a pass-through that returns no variables (said at start).
         let mut handlers: Vec<String> = defs
             .iter()
-            .flat_map(|d| d.nodes().filter_map(|(_, n)| n.handler().map(str::to_owned)).collect::<Vec<_>>())
+            .flat_map(|d| {
+                d.nodes()
+                    .filter_map(|(_, n)| n.handler().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         handlers.sort();
         handlers.dedup();
         for h in &handlers {
             builder.handler(h.clone(), handler_fn(|_| Ok(Vars::new())));
         }
-        let engine = Arc::new(builder.open(Arc::clone(&store)).map_err(|e| e.to_string())?);
+        let engine = Arc::new(
+            builder
+                .open(Arc::clone(&store))
+                .map_err(|e| e.to_string())?,
+        );
         engine.deploy_all(defs).map_err(|e| e.to_string())?;
         let _timers = TimerDriver::spawn(Arc::clone(&engine), std::time::Duration::from_secs(1));
         let app = Server::new(engine, org, tokens).store(store).router();

@@ -133,9 +133,13 @@ impl From<ExecError> for Problem {
 
 /// A blocking engine call on tokio's blocking pool: it runs to completion once started.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Problem> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Panic", "the call failed"))
+    tokio::task::spawn_blocking(f).await.map_err(|_| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Panic",
+            "the call failed",
+        )
+    })
 }
 
 /// A read, bounded by [`Limits::read_timeout`].
@@ -284,23 +288,20 @@ impl<T: serde::de::DeserializeOwned + Default> FromRequest<State> for OptBody<T>
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
-    q.map(|Query(t)| t).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "InvalidQuery",
-            e.body_text(),
-        )
-    })
+    q.map(|Query(t)| t)
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "InvalidQuery", e.body_text()))
 }
 
 fn task_id(text: &str) -> Result<TaskId, Problem> {
-    text.parse()
-        .map_err(|e: crate::ids::ParseIdError| Problem::new(StatusCode::BAD_REQUEST, "BadId", e.to_string()))
+    text.parse().map_err(|e: crate::ids::ParseIdError| {
+        Problem::new(StatusCode::BAD_REQUEST, "BadId", e.to_string())
+    })
 }
 
 fn instance_id(text: &str) -> Result<InstanceId, Problem> {
-    text.parse()
-        .map_err(|e: crate::ids::ParseIdError| Problem::new(StatusCode::BAD_REQUEST, "BadId", e.to_string()))
+    text.parse().map_err(|e: crate::ids::ParseIdError| {
+        Problem::new(StatusCode::BAD_REQUEST, "BadId", e.to_string())
+    })
 }
 
 fn person(s: &State, id: &str) -> Result<Actor, Problem> {
@@ -314,7 +315,11 @@ fn person(s: &State, id: &str) -> Result<Actor, Problem> {
 }
 
 fn svg(text: String) -> Response {
-    ([(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")], text).into_response()
+    (
+        [(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")],
+        text,
+    )
+        .into_response()
 }
 
 fn ok(v: Value) -> Response {
@@ -508,11 +513,7 @@ fn static_file(ty: &'static str, body: &'static str) -> Response {
 }
 
 async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        super::OPENAPI,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], super::OPENAPI).into_response()
 }
 
 async fn not_found() -> Problem {
@@ -551,12 +552,8 @@ async fn problemize(resp: Response) -> Response {
         _ => "HttpError",
     };
     let allow = resp.headers().get(header::ALLOW).cloned();
-    let mut out = Problem::new(
-        status,
-        kind,
-        status.canonical_reason().unwrap_or("error"),
-    )
-    .into_response();
+    let mut out =
+        Problem::new(status, kind, status.canonical_reason().unwrap_or("error")).into_response();
     if let Some(allow) = allow {
         out.headers_mut().insert(header::ALLOW, allow);
     }
@@ -583,7 +580,11 @@ async fn people(axum::extract::State(s): St, _who: Who) -> Answer {
         .people()
         .iter()
         .map(|p| {
-            let roles = s.org.actor(p.id().as_str()).map(|a| a.roles).unwrap_or_default();
+            let roles = s
+                .org
+                .actor(p.id().as_str())
+                .map(|a| a.roles)
+                .unwrap_or_default();
             json!({ "id": p.id(), "name": p.name(), "roles": roles })
         })
         .collect();
@@ -664,7 +665,10 @@ async fn deploy(axum::extract::State(s): St, who: Who, req: Request) -> Answer {
             return Err(Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "LoadError",
-                format!("the definition does not validate: {} problem(s)", problems.len()),
+                format!(
+                    "the definition does not validate: {} problem(s)",
+                    problems.len()
+                ),
             )
             .with(json!({ "problems": problems })));
         }
@@ -673,7 +677,8 @@ async fn deploy(axum::extract::State(s): St, who: Who, req: Request) -> Answer {
     match blocking(move || engine.deploy(def)).await? {
         Ok(def) => {
             lock(&s.deployed).insert((def.key().id.clone(), def.key().version));
-            let resp = json!({ "id": def.key().id, "version": def.key().version, "name": def.name() });
+            let resp =
+                json!({ "id": def.key().id, "version": def.key().version, "name": def.name() });
             Ok((StatusCode::CREATED, axum::Json(resp)).into_response())
         }
         Err(e) => {
@@ -691,15 +696,17 @@ async fn deploy(axum::extract::State(s): St, who: Who, req: Request) -> Answer {
             } else {
                 StatusCode::UNPROCESSABLE_ENTITY
             };
-            Err(
-                Problem::new(status, "DeployError", e.to_string())
-                    .with(json!({ "problems": problems })),
-            )
+            Err(Problem::new(status, "DeployError", e.to_string())
+                .with(json!({ "problems": problems })))
         }
     }
 }
 
-fn def_of(s: &State, id: &str, version: Option<u32>) -> Result<Arc<crate::def::ProcessDef>, Problem> {
+fn def_of(
+    s: &State,
+    id: &str,
+    version: Option<u32>,
+) -> Result<Arc<crate::def::ProcessDef>, Problem> {
     s.engine.definition(id, version).ok_or_else(|| {
         Problem::from(ExecError::UnknownProcess {
             id: id.to_owned(),
@@ -775,16 +782,23 @@ fn variables(def: &crate::def::ProcessDef) -> Vec<Value> {
 fn counts(s: &State, process: &str, version: u32) -> HashMap<String, usize> {
     let mut out = HashMap::new();
     for id in s.engine.instances() {
-        let Ok(i) = s.engine.instance(id) else { continue };
+        let Ok(i) = s.engine.instance(id) else {
+            continue;
+        };
         if i.status() != Status::Running
-            || i.def().is_none_or(|k| k.id != process || k.version != version)
+            || i.def()
+                .is_none_or(|k| k.id != process || k.version != version)
         {
             continue;
         }
-        let Ok(def) = s.engine.definition_of(id) else { continue };
+        let Ok(def) = s.engine.definition_of(id) else {
+            continue;
+        };
         for t in i.tokens() {
-            if matches!(t.state, TokenState::Waiting | TokenState::Failed | TokenState::Ready)
-                && let Some(n) = def.try_node(t.node)
+            if matches!(
+                t.state,
+                TokenState::Waiting | TokenState::Failed | TokenState::Ready
+            ) && let Some(n) = def.try_node(t.node)
             {
                 *out.entry(n.id().to_owned()).or_insert(0) += 1;
             }
@@ -866,14 +880,12 @@ async fn heatmap(
 ) -> Answer {
     let mut q = query(q)?;
     let def = def_of(&s, &id, None)?;
-    let metric: crate::report::HeatMetric = q
-        .metric
-        .as_deref()
-        .unwrap_or("mean-wait")
-        .parse()
-        .map_err(|e: crate::report::UnknownMetric| {
-            Problem::new(StatusCode::BAD_REQUEST, "UnknownMetric", e.to_string())
-        })?;
+    let metric: crate::report::HeatMetric =
+        q.metric.as_deref().unwrap_or("mean-wait").parse().map_err(
+            |e: crate::report::UnknownMetric| {
+                Problem::new(StatusCode::BAD_REQUEST, "UnknownMetric", e.to_string())
+            },
+        )?;
     q.process = Some(id);
     let s2 = s.clone();
     let report = read(&s, move || report_of(&s2, &q)).await??;
