@@ -78,6 +78,8 @@ mod org;
 mod raci;
 #[cfg(feature = "report")]
 mod report;
+#[cfg(feature = "server")]
+pub mod server;
 #[cfg(feature = "cli")]
 mod sim;
 mod store;

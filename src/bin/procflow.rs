@@ -141,6 +141,15 @@ const COMMANDS: &[Command] = &[
         ],
         run: whatif,
     },
+    Command {
+        name: "serve",
+        usage: "procflow serve --store sqlite:PATH|memory [--org FILE] [--tokens FILE] [--listen ADDR] DEFS...
+                  the HTTP API and the web console (built with --features server); DEFS are
+                  definition files or folders (a folder's calendars/*.yaml are its calendars,
+                  its org/province.yaml and org/tokens.yaml the default --org and --tokens)",
+        flags: &["--store", "--org", "--tokens", "--listen"],
+        run: serve,
+    },
 ];
 
 /// The flags that take no value.
@@ -165,6 +174,29 @@ exit status: 0 done, 1 the input is bad (errors on stderr), 2 the command line i
 /// One subcommand's usage text.
 fn usage_of(command: &Command) -> String {
     format!("usage:\n  {}", command.usage)
+}
+
+/// The usage text of the subcommand named `name`.
+fn usage_for(name: &str) -> String {
+    COMMANDS
+        .iter()
+        .find(|c| c.name == name)
+        .map_or_else(usage, usage_of)
+}
+
+/// `procflow serve`, when built with the `server` feature.
+fn serve(args: &[String]) -> Result<ExitCode, String> {
+    #[cfg(feature = "server")]
+    return serve::serve(args);
+    #[cfg(not(feature = "server"))]
+    {
+        let _ = args;
+        Err(
+            "procflow serve: this binary was built without the server feature \
+             (cargo run --release --features server --bin procflow -- serve ...)"
+                .to_owned(),
+        )
+    }
 }
 
 fn main() -> ExitCode {
@@ -719,7 +751,7 @@ fn whatif(args: &[String]) -> Result<ExitCode, String> {
     let file = args
         .first()
         .filter(|f| !f.starts_with("--"))
-        .ok_or_else(|| usage_of(&COMMANDS[COMMANDS.len() - 1]))?;
+        .ok_or_else(|| usage_for("whatif"))?;
     let Ok(mut model) = load(file) else {
         return Ok(ExitCode::FAILURE);
     };
@@ -791,4 +823,151 @@ fn whatif(args: &[String]) -> Result<ExitCode, String> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "server")]
+mod serve {
+    //! `procflow serve`: the HTTP API and the web console over an engine.
+
+    use std::path::{Path, PathBuf};
+    use std::process::ExitCode;
+    use std::sync::Arc;
+
+    use procflow::server::{Server, Tokens};
+    use procflow::{
+        BusinessCalendar, Engine, MemoryStore, Organisation, ProcessDef, SqliteStore, Store,
+        TimerDriver, Vars, handler_fn,
+    };
+
+    use super::{option, usage_for};
+
+    fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+        let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Runs the server until interrupted.
+    pub(super) fn serve(args: &[String]) -> Result<ExitCode, String> {
+        let store_arg = option(args, "--store")?.ok_or_else(|| usage_for("serve"))?;
+        let listen = option(args, "--listen")?.unwrap_or("127.0.0.1:8080");
+        let mut org_file = option(args, "--org")?.map(PathBuf::from);
+        let mut tokens_file = option(args, "--tokens")?.map(PathBuf::from);
+        let mut positional = Vec::new();
+        let mut skip = false;
+        for a in args {
+            if skip {
+                skip = false;
+            } else if a.starts_with("--") {
+                skip = true;
+            } else {
+                positional.push(PathBuf::from(a));
+            }
+        }
+        if positional.is_empty() {
+            return Err(format!(
+                "serve needs definition files or folders\n{}",
+                usage_for("serve")
+            ));
+        }
+        let mut files = Vec::new();
+        let mut calendars = Vec::new();
+        for p in &positional {
+            if p.is_dir() {
+                files.extend(yaml_files(p)?);
+                let cal = p.join("calendars");
+                if cal.is_dir() {
+                    calendars.extend(yaml_files(&cal)?);
+                }
+                let org = p.join("org");
+                if org_file.is_none() && org.join("province.yaml").is_file() {
+                    org_file = Some(org.join("province.yaml"));
+                }
+                if tokens_file.is_none() && org.join("tokens.yaml").is_file() {
+                    tokens_file = Some(org.join("tokens.yaml"));
+                }
+            } else {
+                files.push(p.clone());
+            }
+        }
+        let org_file = org_file.ok_or("serve needs --org FILE (the organisation)")?;
+        let tokens_file = tokens_file.ok_or("serve needs --tokens FILE (the bearer tokens)")?;
+        let org = Arc::new(Organisation::from_file(&org_file).map_err(|e| e.to_string())?);
+        let tokens = Tokens::from_file(&tokens_file, &org)
+            .map_err(|e| format!("{}: {e}", tokens_file.display()))?;
+        let mut defs = Vec::new();
+        for f in &files {
+            defs.push(ProcessDef::from_file(f).map_err(|e| e.to_string())?);
+        }
+        let store: Arc<dyn Store> = match store_arg {
+            "memory" => Arc::new(MemoryStore::new()),
+            s => match s.strip_prefix("sqlite:") {
+                Some(path) if Path::new(path).exists() => {
+                    Arc::new(SqliteStore::open(path).map_err(|e| format!("{path}: {e}"))?)
+                }
+                Some(path) => {
+                    Arc::new(SqliteStore::create(path).map_err(|e| format!("{path}: {e}"))?)
+                }
+                None => return Err(format!("unknown store '{s}': use sqlite:PATH or memory")),
+            },
+        };
+        let mut builder = Engine::builder();
+        builder.organisation(Arc::clone(&org));
+        for c in &calendars {
+            let name = c
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let cal =
+                BusinessCalendar::from_file(c).map_err(|e| format!("{}: {e}", c.display()))?;
+            builder.calendar(name, cal);
+        }
+        // The shipped definitions name service handlers this binary has no systems behind: each
+        // is registered as a pass-through that returns no variables (said at start).
+        let mut handlers: Vec<String> = defs
+            .iter()
+            .flat_map(|d| {
+                d.nodes()
+                    .filter_map(|(_, n)| n.handler().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        handlers.sort();
+        handlers.dedup();
+        for h in &handlers {
+            builder.handler(h.clone(), handler_fn(|_| Ok(Vars::new())));
+        }
+        let engine = Arc::new(
+            builder
+                .open(Arc::clone(&store))
+                .map_err(|e| e.to_string())?,
+        );
+        engine.deploy_all(defs).map_err(|e| e.to_string())?;
+        let _timers = TimerDriver::spawn(Arc::clone(&engine), std::time::Duration::from_secs(1));
+        let app = Server::new(engine, org, tokens).store(store).router();
+        let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("{listen}: {e}"))?;
+            eprintln!(
+                "procflow serve: http://{listen}/ ({} definitions, {} pass-through handlers: {})",
+                files.len(),
+                handlers.len(),
+                handlers.join(", ")
+            );
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+                .map_err(|e| e.to_string())
+        })?;
+        Ok(ExitCode::SUCCESS)
+    }
 }
