@@ -863,13 +863,21 @@ fn report_of(s: &State, p: &ReportParams) -> Result<crate::report::Report, Probl
             })?;
         options = options.since(t);
     }
-    crate::report::Report::from_store(&**store, &options).map_err(|e| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &variant(&format!("{e:?}")),
-            e.to_string(),
-        )
-    })
+    crate::report::Report::from_store(&**store, &options).map_err(Problem::from)
+}
+
+impl From<crate::report::ReportError> for Problem {
+    fn from(e: crate::report::ReportError) -> Problem {
+        use crate::report::ReportError as E;
+        let status = match &e {
+            E::UnknownProcess { .. } | E::UnknownKey { .. } => StatusCode::NOT_FOUND,
+            E::BadKeyValue { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            // A stored definition that no longer compiles: the server's fault, not the caller's.
+            E::Definition { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            E::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Problem::new(status, &variant(&format!("{e:?}")), e.to_string())
+    }
 }
 
 async fn heatmap(
