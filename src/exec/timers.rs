@@ -654,7 +654,50 @@ impl Engine {
         for stepped in done {
             let _ = self.after(stepped);
         }
+        // Follow-ups another engine sharing the store committed and never ran (it died).
+        self.run_left_follow_ups();
         fired
+    }
+
+    /// With a store that claims follow-ups ([`Store::claim_outbox`](crate::Store::claim_outbox)):
+    /// claims those whose engine let the lease run out, reads their instances, and runs them
+    /// here as an engine opening the store runs what a crash left (at least once: a follow-up
+    /// records that it ran in its instance's next commit). Gives how many instances' follow-ups
+    /// ran.
+    fn run_left_follow_ups(&self) -> usize {
+        let Some(store) = self.store.as_ref() else {
+            return 0;
+        };
+        let Ok(Some(claimed)) = store.claim_outbox(CLAIM_LEASE) else {
+            return 0;
+        };
+        let mut ran = 0;
+        for (id, version) in claimed {
+            let held = super::lock(self.shard(id)).get(&id.0).cloned();
+            if held.is_none_or(|slot| super::lock(&slot).version < version) {
+                // Not readable now, or not fitting its definition: the claim runs out and it
+                // is claimed again.
+                let adopted = match store.read(id) {
+                    Ok(Some(stored)) => self.adopt(stored).is_ok(),
+                    _ => false,
+                };
+                if !adopted {
+                    continue;
+                }
+            }
+            let Ok((dep, pending)) = self.with_slot(id, |slot| {
+                (Arc::clone(&slot.dep), slot.inst.pending().to_vec())
+            }) else {
+                continue;
+            };
+            if pending.is_empty() {
+                continue;
+            }
+            // A hook's failure here is the hook's; the follow-up counts as run.
+            let _ = self.run_follow_ups(id, &dep, pending);
+            ran += 1;
+        }
+        ran
     }
 
     /// With a store: reads the instances with timers due by `now` that this engine does not
@@ -814,9 +857,19 @@ pub(super) fn sla(dep: &Deployed, due: &Timer, from: DateTime<Utc>, now: DateTim
 /// drop(driver); // stops and joins the thread
 /// ```
 pub struct TimerDriver {
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    stop: Arc<(Mutex<Wake>, Condvar)>,
     state: Arc<DriverState>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What the driver's thread is woken for.
+#[derive(Default)]
+struct Wake {
+    stopped: bool,
+    /// A timer another engine sharing the store armed (the store announced it).
+    due: Option<DateTime<Utc>>,
+    /// Look at the store now.
+    now: bool,
 }
 
 #[derive(Default)]
@@ -837,10 +890,36 @@ impl std::fmt::Debug for TimerDriver {
 
 impl TimerDriver {
     /// Starts the thread.
+    ///
+    /// With a store several engines share (PostgreSQL), the thread also sleeps until the
+    /// earliest timer the store holds that it may claim, whichever engine armed it, and the
+    /// store wakes it when another engine arms an earlier one ([`crate::Store::watch`]), so a
+    /// timer armed elsewhere fires here without waiting for `poll`; and each tick runs the
+    /// follow-ups a dead engine left ([`crate::Store::claim_outbox`]).
     pub fn spawn(engine: Arc<Engine>, poll: StdDuration) -> TimerDriver {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop = Arc::new((Mutex::new(Wake::default()), Condvar::new()));
         let state = Arc::new(DriverState::default());
         state.running.store(true, Ordering::SeqCst);
+        if let Some(store) = &engine.store {
+            let wake = Arc::downgrade(&stop);
+            store.watch(Box::new(move |news| {
+                let Some(wake) = wake.upgrade() else {
+                    return false;
+                };
+                let mut w = super::lock(&wake.0);
+                if w.stopped {
+                    return false;
+                }
+                if let Some(at) = news.due {
+                    w.due = Some(w.due.map_or(at, |d| d.min(at)));
+                }
+                if news.work_in.is_some_and(|d| d.is_zero()) {
+                    w.now = true;
+                }
+                wake.1.notify_all();
+                true
+            }));
+        }
         let thread = {
             let (stop, state) = (Arc::clone(&stop), Arc::clone(&state));
             std::thread::spawn(move || {
@@ -853,21 +932,43 @@ impl TimerDriver {
                 }
                 let _stopped = Stopped(Arc::clone(&state));
                 let (flag, wake) = &*stop;
+                // What the store said it holds next, and when it said so.
+                let mut store_next = crate::store::StoreWake::default();
+                let mut told = std::time::Instant::now();
                 loop {
-                    let now = engine.now();
-                    let wait = engine
-                        .next_due()
-                        .map(|at| (at - now).to_std().unwrap_or(StdDuration::ZERO))
-                        .unwrap_or(poll)
-                        .min(poll);
-                    let stopped = super::lock(flag);
-                    let (stopped, _) = wake
-                        .wait_timeout(stopped, wait)
-                        .unwrap_or_else(|e| e.into_inner());
-                    if *stopped {
-                        break;
+                    let until = |at: DateTime<Utc>| {
+                        (at - engine.now()).to_std().unwrap_or(StdDuration::ZERO)
+                    };
+                    let mut wait = poll;
+                    for at in engine.next_due().into_iter().chain(store_next.due) {
+                        wait = wait.min(until(at));
                     }
-                    drop(stopped);
+                    if let Some(work) = store_next.work_in {
+                        wait = wait.min(work.saturating_sub(told.elapsed()));
+                    }
+                    let mut deadline = std::time::Instant::now() + wait;
+                    let mut w = super::lock(flag);
+                    loop {
+                        if w.stopped {
+                            return;
+                        }
+                        if std::mem::take(&mut w.now) {
+                            break;
+                        }
+                        if let Some(at) = w.due.take() {
+                            store_next.due = Some(store_next.due.map_or(at, |d| d.min(at)));
+                            deadline = deadline.min(std::time::Instant::now() + until(at));
+                        }
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        w = wake
+                            .wait_timeout(w, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                    drop(w);
                     let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         engine.tick(engine.now())
                     }));
@@ -876,6 +977,12 @@ impl TimerDriver {
                         *super::lock(&state.last_failure) =
                             Some(super::step::panic_message(&panic));
                     }
+                    // What the store holds next, now that this engine took what was due.
+                    store_next = match &engine.store {
+                        Some(store) => store.next_wake().ok().flatten().unwrap_or_default(),
+                        None => crate::store::StoreWake::default(),
+                    };
+                    told = std::time::Instant::now();
                 }
             })
         };
@@ -904,7 +1011,7 @@ impl TimerDriver {
 
 impl Drop for TimerDriver {
     fn drop(&mut self) {
-        *super::lock(&self.stop.0) = true;
+        super::lock(&self.stop.0).stopped = true;
         self.stop.1.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

@@ -339,6 +339,38 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Runs `f`, one statement, outside any transaction: the server commits it by itself, so
+    /// it costs one round trip. A failure of the connection is [`Outcome::Unknown`]: the
+    /// statement may have been committed.
+    pub(crate) fn autocommit<T>(
+        &self,
+        server: &Server,
+        f: impl FnOnce(&mut Conn) -> Result<T, Fail>,
+    ) -> Result<T, Outcome> {
+        let (mut conn, _) = self.take(server).map_err(Outcome::Failed)?;
+        match f(&mut conn) {
+            Ok(out) => {
+                self.put(conn);
+                Ok(out)
+            }
+            Err(Fail::Store(e)) => {
+                self.put(conn);
+                Err(Outcome::Failed(e))
+            }
+            Err(Fail::Pg(e)) => {
+                let e = server.err(e);
+                if matches!(e, StoreError::ConnectionLost { .. }) {
+                    self.clear();
+                    return Err(Outcome::Unknown(e));
+                }
+                self.put(conn);
+                Err(Outcome::Failed(e))
+            }
+        }
+    }
+}
+
 /// How a transaction failed.
 pub(crate) enum Outcome {
     /// Nothing of it was stored.
