@@ -588,9 +588,25 @@ impl Engine {
         self.expire_messages(now);
         let mut fired = Vec::new();
         let mut done: Vec<Stepped> = Vec::new();
+        let deferred;
         {
             let _one_at_a_time = super::lock(&self.ticking);
             let claimed = self.adopt_due(now);
+            // A store shared by replicas: the firings' commits wait for the disk once, at the
+            // flush below, before anyone is told.
+            deferred = claimed.is_some() && self.store.as_ref().is_some_and(|s| s.defer());
+            // Ends deferring however this block ends (a panic in a handler included).
+            struct Flush<'s>(Option<&'s dyn crate::Store>);
+            impl Drop for Flush<'_> {
+                fn drop(&mut self) {
+                    if let Some(store) = self.0.take()
+                        && std::thread::panicking()
+                    {
+                        let _ = store.flush();
+                    }
+                }
+            }
+            let _flush_on_panic = Flush(self.store.as_deref().filter(|_| deferred));
             let mut due = std::collections::BinaryHeap::new();
             for heap in &*self.timer_heaps {
                 let mut heap = super::lock(heap);
@@ -647,6 +663,19 @@ impl Engine {
                     }
                 }
                 done.push(stepped);
+            }
+        }
+        if deferred
+            && let Some(store) = &self.store
+            && store.flush().is_err()
+        {
+            // The firings may be lost with the server: nobody hears of them, their follow-ups
+            // stay in the store (claimed by a replica once their lease runs out), and the
+            // instances' next commits find out what the store kept.
+            fired.clear();
+            for stepped in &mut done {
+                stepped.events.clear();
+                stepped.follow.clear();
             }
         }
         // Hooks hear what fired once nothing is locked: they may call the engine, `tick`

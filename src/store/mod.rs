@@ -218,6 +218,24 @@ pub trait Store: Send + Sync {
     fn is_shared(&self) -> bool {
         false
     }
+
+    /// Lets the commits this thread makes next return before they are durable, until
+    /// [`Store::flush`] on the same thread: a batch of commits (a tick's firings) then waits
+    /// for the disk once. Each commit is still atomic, conditional on its version and seen by
+    /// other engines at once; only a crash of the medium before the flush may lose it. Gives
+    /// whether the store defers (`false`, the default: every commit is durable when it
+    /// returns, and `flush` does nothing).
+    fn defer(&self) -> bool {
+        false
+    }
+
+    /// Makes every commit this thread made since [`Store::defer`] durable, and ends deferring.
+    ///
+    /// # Errors
+    /// A failure of the medium: the deferred commits may be lost.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// What a store watcher ([`Store::watch`]) is called with; it returns whether it still wants
@@ -604,5 +622,13 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn is_shared(&self) -> bool {
         (**self).is_shared()
+    }
+
+    fn defer(&self) -> bool {
+        (**self).defer()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        (**self).flush()
     }
 }

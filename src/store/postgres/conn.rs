@@ -283,13 +283,23 @@ impl Pool {
         &self,
         server: &Server,
         read_only: bool,
-        mut f: impl FnMut(&mut Conn) -> Result<T, Fail>,
+        f: impl FnMut(&mut Conn) -> Result<T, Fail>,
     ) -> Result<T, Outcome> {
         let begin = if read_only {
             "BEGIN READ ONLY"
         } else {
             "BEGIN"
         };
+        self.transaction_as(server, begin, f)
+    }
+
+    /// [`Pool::transaction`], begun with `begin` (which may set the transaction's options).
+    pub(crate) fn transaction_as<T>(
+        &self,
+        server: &Server,
+        begin: &str,
+        mut f: impl FnMut(&mut Conn) -> Result<T, Fail>,
+    ) -> Result<T, Outcome> {
         let mut tries = 0;
         let mut conn = loop {
             tries += 1;

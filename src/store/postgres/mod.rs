@@ -61,6 +61,8 @@ pub struct PostgresStore {
     lease: std::time::Duration,
     /// What this handle shares with its listening thread (`wake.rs`).
     shared: std::sync::Arc<wake::Shared>,
+    /// This handle's number in the process (for deferred commits, `ops.rs`).
+    handle: u64,
 }
 
 impl Drop for PostgresStore {
@@ -115,6 +117,7 @@ impl PostgresStore {
             me,
             lease: std::time::Duration::from_secs(30),
             shared: std::sync::Arc::new(wake::Shared::new(&current)),
+            handle: n + 1,
         })
     }
 
@@ -517,6 +520,15 @@ impl Store for PostgresStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn defer(&self) -> bool {
+        self.start_deferring();
+        true
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.flush_deferred()
     }
 
     fn unmatched(&self) -> Result<Vec<ParkedMessage>, StoreError> {

@@ -20,30 +20,66 @@ use crate::ids::InstanceId;
 use crate::model::Status;
 use crate::store::{Commit, StoreError, StoreWake, StoreWatch, encode_records, encode_state};
 
-/// A start: the instance row and its first audit batch.
-const INSERT: &str = "WITH i AS (INSERT INTO procflow_instances \
-     (id, process, def_version, running, row_version, started_at, state, next_due, \
-      outbox_until, outbox_by) \
-     VALUES ($1, $2, $3, $4, 1, $5, $6, $7, \
-      CASE WHEN $10::boolean THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $11::bigint END, \
-      CASE WHEN $10::boolean THEN $12::text END) \
-     ON CONFLICT (id) DO NOTHING RETURNING id), \
- r AS (INSERT INTO procflow_records (instance, first, batch) \
-     SELECT id, $8::bigint, $9::text FROM i WHERE $9::text IS NOT NULL \
-     ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch) \
- SELECT count(*) FROM i";
+/// A start: the instance row and its first audit batch. `$pre` opens the `WITH` (and may add
+/// a first query), `$post` is what the count is taken from.
+macro_rules! insert_sql {
+    ($pre:literal, $post:literal) => {
+        concat!(
+            $pre,
+            "i AS (INSERT INTO procflow_instances \
+             (id, process, def_version, running, row_version, started_at, state, next_due, \
+              outbox_until, outbox_by) \
+             VALUES ($1, $2, $3, $4, 1, $5, $6, $7, \
+              CASE WHEN $10::boolean THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $11::bigint END, \
+              CASE WHEN $10::boolean THEN $12::text END) \
+             ON CONFLICT (id) DO NOTHING RETURNING id), \
+             r AS (INSERT INTO procflow_records (instance, first, batch) \
+             SELECT id, $8::bigint, $9::text FROM i WHERE $9::text IS NOT NULL \
+             ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch) \
+             SELECT count(*) FROM ",
+            $post
+        )
+    };
+}
 
 /// A later commit: conditional on the version read; ends the claim on the instance's due
 /// timers.
-const UPDATE: &str = "WITH i AS (UPDATE procflow_instances SET def_version = $2, running = $3, \
-     row_version = $4 + 1, state = $5, next_due = $6, claim_until = NULL, claimed_by = NULL, \
-     outbox_until = CASE WHEN $9::boolean THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $10::bigint END, \
-     outbox_by = CASE WHEN $9::boolean THEN $11::text END \
-     WHERE id = $1 AND row_version = $4 RETURNING id), \
- r AS (INSERT INTO procflow_records (instance, first, batch) \
-     SELECT id, $7::bigint, $8::text FROM i WHERE $8::text IS NOT NULL \
-     ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch) \
- SELECT count(*) FROM i";
+macro_rules! update_sql {
+    ($pre:literal, $post:literal) => {
+        concat!(
+            $pre,
+            "i AS (UPDATE procflow_instances SET def_version = $2, running = $3, \
+             row_version = $4 + 1, state = $5, next_due = $6, claim_until = NULL, claimed_by = NULL, \
+             outbox_until = CASE WHEN $9::boolean THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $10::bigint END, \
+             outbox_by = CASE WHEN $9::boolean THEN $11::text END \
+             WHERE id = $1 AND row_version = $4 RETURNING id), \
+             r AS (INSERT INTO procflow_records (instance, first, batch) \
+             SELECT id, $7::bigint, $8::text FROM i WHERE $8::text IS NOT NULL \
+             ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch) \
+             SELECT count(*) FROM ",
+            $post
+        )
+    };
+}
+
+const INSERT: &str = insert_sql!("WITH ", "i");
+const UPDATE: &str = update_sql!("WITH ", "i");
+
+/// The same, committed without waiting for the disk (a deferred commit, `Store::defer`): the
+/// statement turns `synchronous_commit` off for its own transaction.
+const INSERT_NO_WAIT: &str = insert_sql!(
+    "WITH c AS (SELECT set_config('synchronous_commit', 'off', true) AS s), ",
+    "i, c"
+);
+const UPDATE_NO_WAIT: &str = update_sql!(
+    "WITH c AS (SELECT set_config('synchronous_commit', 'off', true) AS s), ",
+    "i, c"
+);
+
+thread_local! {
+    /// The store handle (its number) whose commits this thread defers, or 0.
+    static DEFERRING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 /// One commit's values, encoded once.
 struct Row<'c> {
@@ -86,9 +122,18 @@ impl PostgresStore {
             announce: next_due.filter(|&due| self.shared.must_announce(due, at)),
         };
         let fast = commit.keys.is_none() && row.announce.is_none();
+        // Deferred: returns once the server has the commit, not once it is on its disk; the
+        // thread's flush waits for the disk once for the batch.
+        let deferred = DEFERRING.with(std::cell::Cell::get) == self.handle;
         let result = if fast {
             self.pool
-                .autocommit(&self.server, |conn| self.write_row(conn, &row))
+                .autocommit(&self.server, |conn| self.write_row(conn, &row, deferred))
+        } else if deferred {
+            self.pool.transaction_as(
+                &self.server,
+                "BEGIN; SET LOCAL synchronous_commit TO OFF",
+                |conn| self.write_all(conn, &row),
+            )
         } else {
             self.pool
                 .transaction(&self.server, false, |conn| self.write_all(conn, &row))
@@ -141,10 +186,10 @@ impl PostgresStore {
     }
 
     /// The instance row and the audit batch, in one statement.
-    fn write_row(&self, conn: &mut Conn, row: &Row<'_>) -> Result<(), Fail> {
+    fn write_row(&self, conn: &mut Conn, row: &Row<'_>, no_wait: bool) -> Result<(), Fail> {
         let lease = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 4);
         let changed: i64 = if row.commit.version == 0 {
-            let stmt = conn.statement(INSERT)?;
+            let stmt = conn.statement(if no_wait { INSERT_NO_WAIT } else { INSERT })?;
             conn.client
                 .query_one(
                     &stmt,
@@ -165,7 +210,7 @@ impl PostgresStore {
                 )?
                 .try_get(0)?
         } else {
-            let stmt = conn.statement(UPDATE)?;
+            let stmt = conn.statement(if no_wait { UPDATE_NO_WAIT } else { UPDATE })?;
             conn.client
                 .query_one(
                     &stmt,
@@ -203,7 +248,7 @@ impl PostgresStore {
 
     /// In a transaction: the row, the business keys, the announcement.
     fn write_all(&self, conn: &mut Conn, row: &Row<'_>) -> Result<(), Fail> {
-        self.write_row(conn, row)?;
+        self.write_row(conn, row, false)?;
         if let Some(keys) = row.commit.keys {
             let stmt = conn.statement("DELETE FROM procflow_keys WHERE instance = $1")?;
             conn.client.execute(&stmt, &[&row.id])?;
@@ -222,6 +267,29 @@ impl PostgresStore {
                 .execute(&stmt, &[&self.shared.channel, &format!("t{due}")])?;
         }
         Ok(())
+    }
+
+    /// [`Store::defer`](crate::Store::defer).
+    pub(super) fn start_deferring(&self) {
+        DEFERRING.with(|d| d.set(self.handle));
+    }
+
+    /// [`Store::flush`](crate::Store::flush): one durable write after the deferred commits;
+    /// the server flushes its log up to it, so up to every commit before it.
+    pub(super) fn flush_deferred(&self) -> Result<(), StoreError> {
+        if DEFERRING.with(|d| d.replace(0)) != self.handle {
+            return Ok(());
+        }
+        self.pool
+            .autocommit(&self.server, |conn| {
+                let stmt = conn.statement(
+                    "INSERT INTO procflow_flushes (handle, n) VALUES ($1, 1) \
+                     ON CONFLICT (handle) DO UPDATE SET n = procflow_flushes.n + 1",
+                )?;
+                conn.client.execute(&stmt, &[&self.me])?;
+                Ok(())
+            })
+            .map_err(Outcome::into_error)
     }
 
     /// [`Store::claim_outbox`](crate::Store::claim_outbox).

@@ -29,7 +29,8 @@ pub(crate) const V1: &str = include_str!("v1.sql");
 /// server's clock, and `outbox_by`): a commit that leaves follow-ups to run holds them for its
 /// replica until then, a commit that leaves none clears it, and a replica claims the ones whose
 /// lease ran out (their replica died before running them). Instances stored with follow-ups
-/// pending are claimable at once.
+/// pending are claimable at once. `procflow_flushes`: one row per store handle that deferred
+/// commits' durability (a tick's timer firings), written durably to flush them.
 const MIGRATIONS: &[&str] = &[
     "
 ALTER TABLE procflow_instances ADD COLUMN claim_until BIGINT;
@@ -43,6 +44,10 @@ UPDATE procflow_instances SET outbox_until = 0
     WHERE (state::jsonb #> '{outbox,pending,0}') IS NOT NULL;
 CREATE INDEX procflow_instances_outbox ON procflow_instances (outbox_until)
     WHERE outbox_until IS NOT NULL;
+CREATE TABLE procflow_flushes (
+    handle TEXT PRIMARY KEY,
+    n BIGINT NOT NULL
+);
 UPDATE procflow_meta SET value = '3' WHERE key = 'schema_version';
 ",
 ];
