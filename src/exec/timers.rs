@@ -591,7 +591,7 @@ impl Engine {
         let deferred;
         {
             let _one_at_a_time = super::lock(&self.ticking);
-            let claimed = self.adopt_due(now);
+            let mut claimed = self.adopt_due(now);
             // A store shared by replicas: the firings' commits wait for the disk once, at the
             // flush below, before anyone is told.
             deferred = claimed.is_some() && self.store.as_ref().is_some_and(|s| s.defer());
@@ -607,62 +607,81 @@ impl Engine {
                 }
             }
             let _flush_on_panic = Flush(self.store.as_deref().filter(|_| deferred));
-            let mut due = std::collections::BinaryHeap::new();
-            for heap in &*self.timer_heaps {
-                let mut heap = super::lock(heap);
-                while heap
-                    .peek()
-                    .is_some_and(|std::cmp::Reverse((at, _))| *at <= now)
-                {
-                    due.extend(heap.pop());
+            // Due entries of instances another engine holds the claim on (or that the claim
+            // did not reach yet): put back on the schedule at the end.
+            let mut skipped: Vec<(DateTime<Utc>, u64)> = Vec::new();
+            loop {
+                let fired_by_then = fired.len();
+                let mut due: std::collections::BinaryHeap<_> =
+                    skipped.drain(..).map(std::cmp::Reverse).collect();
+                for heap in &*self.timer_heaps {
+                    let mut heap = super::lock(heap);
+                    while heap
+                        .peek()
+                        .is_some_and(|std::cmp::Reverse((at, _))| *at <= now)
+                    {
+                        due.extend(heap.pop());
+                    }
                 }
-            }
-            while let Some(std::cmp::Reverse((at, n))) = due.pop() {
-                let id = InstanceId(n);
-                // A store shared by engines that claim: another engine holds this instance's
-                // due timers (or the claim failed); look again at the next tick.
-                if let Some(claimed) = &claimed
-                    && claimed.binary_search(&n).is_err()
-                {
-                    self.schedule(id, at);
-                    continue;
-                }
-                let fired_before = fired.len();
-                // What a timer causes happens at the timer's instant, not the tick's: a task its
-                // timeout route opens is created then, and its own deadlines count from then.
-                // So a late tick gives the same result as timely ones.
-                let stepped = self.with_slot(id, |slot: &mut Slot| {
-                    let stepped = self.step_slot(slot, at, |step| step.fire_at(at, &mut fired));
-                    (stepped, next_timer(&slot.inst, at))
-                });
-                let (mut stepped, next) = match stepped {
-                    Ok(stepped) => stepped,
-                    // Gone from memory without a store: nothing is left to fire.
-                    Err(ExecError::UnknownInstance(_)) => continue,
-                    // Not readable now (the store failed): the timer stays armed; try again at
-                    // the next tick.
-                    Err(_) => {
-                        self.schedule(id, at);
+                while let Some(std::cmp::Reverse((at, n))) = due.pop() {
+                    let id = InstanceId(n);
+                    // A store shared by engines that claim: another engine holds this
+                    // instance's due timers (or the claim failed); look again later.
+                    if let Some(claimed) = &claimed
+                        && claimed.binary_search(&n).is_err()
+                    {
+                        skipped.push((at, n));
                         continue;
                     }
-                };
-                stepped.armed = None;
-                if stepped.refused {
-                    // The store refused: nothing fired. The timer stays armed, so it goes back
-                    // on the schedule for the next tick (after a conflict, the instance read
-                    // again from the store was scheduled as it stands).
-                    fired.truncate(fired_before);
-                    self.schedule(id, at);
-                } else if let Some(next) = next {
-                    // The instance's next timer (one this firing armed, or an older one): due
-                    // now, it fires in this tick, in order.
-                    if next <= now {
-                        due.push(std::cmp::Reverse((next, n)));
-                    } else {
-                        self.schedule(id, next);
+                    let fired_before = fired.len();
+                    // What a timer causes happens at the timer's instant, not the tick's: a
+                    // task its timeout route opens is created then, and its own deadlines count
+                    // from then. So a late tick gives the same result as timely ones.
+                    let stepped = self.with_slot(id, |slot: &mut Slot| {
+                        let stepped = self.step_slot(slot, at, |step| step.fire_at(at, &mut fired));
+                        (stepped, next_timer(&slot.inst, at))
+                    });
+                    let (mut stepped, next) = match stepped {
+                        Ok(stepped) => stepped,
+                        // Gone from memory without a store: nothing is left to fire.
+                        Err(ExecError::UnknownInstance(_)) => continue,
+                        // Not readable now (the store failed): the timer stays armed; try
+                        // again at the next tick.
+                        Err(_) => {
+                            self.schedule(id, at);
+                            continue;
+                        }
+                    };
+                    stepped.armed = None;
+                    if stepped.refused {
+                        // The store refused: nothing fired. The timer stays armed, so it goes
+                        // back on the schedule for the next tick (after a conflict, the
+                        // instance read again from the store was scheduled as it stands).
+                        fired.truncate(fired_before);
+                        self.schedule(id, at);
+                    } else if let Some(next) = next {
+                        // The instance's next timer (one this firing armed, or an older one):
+                        // due now, it fires in this tick, in order.
+                        if next <= now {
+                            due.push(std::cmp::Reverse((next, n)));
+                        } else {
+                            self.schedule(id, next);
+                        }
                     }
+                    done.push(stepped);
                 }
-                done.push(stepped);
+                // A store that claims in batches: claim the next batch while the last one
+                // fired something (what this engine could not fire stays claimed by it until
+                // its lease runs out, and ends the loop).
+                match &claimed {
+                    Some(batch) if !batch.is_empty() && fired.len() > fired_by_then => {
+                        claimed = self.adopt_due(now);
+                    }
+                    _ => break,
+                }
+            }
+            for (at, n) in skipped {
+                self.schedule(InstanceId(n), at);
             }
         }
         if deferred

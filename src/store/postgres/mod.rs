@@ -457,7 +457,7 @@ impl Store for PostgresStore {
                  due AS (SELECT id FROM procflow_instances, server \
                    WHERE running AND next_due IS NOT NULL AND next_due <= $1 \
                    AND (claim_until IS NULL OR claim_until < server.ms OR claimed_by = $3) \
-                   ORDER BY next_due LIMIT 10000 FOR UPDATE OF procflow_instances SKIP LOCKED) \
+                   ORDER BY next_due LIMIT 1000 FOR UPDATE OF procflow_instances SKIP LOCKED) \
                  UPDATE procflow_instances i SET claim_until = server.ms + $2, claimed_by = $3 \
                  FROM due, server WHERE i.id = due.id RETURNING i.id, i.row_version",
             )?;
