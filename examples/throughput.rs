@@ -15,7 +15,14 @@
 //! cargo run --release --example throughput -- --workload correlate --instances 1000000 \
 //!     [--store sqlite:PATH --instances 100000 --threads N]
 //! cargo run --release --example throughput -- --workload call --seconds S [--no-audit]
+//! cargo run --release --features postgres --example throughput -- --workload timers \
+//!     --instances 30000 --threads 3 --store postgres:URL
 //! ```
+//!
+//! `timers` (PostgreSQL only) seeds `--instances` instances waiting at a one-hour timer, then
+//! `--threads` engines, each on its own store handle (a replica), tick two hours later until
+//! every timer fired, and prints fired timers per second (claimed with `FOR UPDATE SKIP
+//! LOCKED`, each fired once: checked in the database afterwards).
 //!
 //! `correlate` starts `--instances` instances waiting at a catch of a correlated message (key
 //! `order_id`, each its own value), then correlates one message to each by key
@@ -69,7 +76,7 @@ use common::*;
 #[path = "throughput/pg.rs"]
 mod pg;
 
-const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|waiting-keys|correlate|worklist|call \
+const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|waiting-keys|correlate|worklist|call|timers \
 [--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH|postgres:URL] \
 [--durability process|full] [--commit group|single] [--lines N]";
 
@@ -214,6 +221,11 @@ fn main() -> ExitCode {
         "waiting-keys" => waiting_keys(&args),
         "correlate" => correlate(&args),
         "call" => call(&args),
+        #[cfg(feature = "postgres")]
+        "timers" if args.postgres.is_some() => {
+            let url = args.postgres.as_deref().unwrap_or_default();
+            pg::timers(url, args.instances, args.threads);
+        }
         "reopen" => {
             if let Err(e) = reopen(&args) {
                 eprintln!("{e}");

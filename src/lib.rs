@@ -122,7 +122,10 @@ pub use report::{
 pub use sim::{Scenario, SimReport};
 #[cfg(feature = "postgres")]
 pub use store::PostgresStore;
-pub use store::{BusinessKey, Commit, MemoryStore, Store, StoreError, StoredDef, StoredInstance};
+pub use store::{
+    BusinessKey, Commit, MemoryStore, Store, StoreError, StoreWake, StoreWatch, StoredDef,
+    StoredInstance,
+};
 #[cfg(feature = "sqlite")]
 pub use store::{Durability, SqliteOptions, SqliteStore};
 pub use time::calendar::{

@@ -1,6 +1,9 @@
 //! Three engine replicas in three OS processes on one PostgreSQL database (this test binary
-//! runs itself as each replica): concurrent starts and completions, then concurrent ticks.
-//! Every acknowledged call is stored once, and each due timer fires in exactly one replica.
+//! runs itself as each replica): concurrent starts and completions, then concurrent ticks;
+//! concurrent messages to instances other replicas started; the server restarted while they
+//! run; a replica that dies between a commit and its follow-ups; a timer armed on one replica
+//! waking another. Every acknowledged call is stored once, each due timer fires in exactly one
+//! replica, each message is received once.
 //!
 //! Needs a server: see tests/common/pg.rs (skipped, saying why, when none is found).
 
@@ -88,6 +91,75 @@ impl Store for Counting {
     ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
         self.inner.claim_due(now, lease)
     }
+    fn claim_outbox(
+        &self,
+        lease: std::time::Duration,
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        self.inner.claim_outbox(lease)
+    }
+    fn next_wake(&self) -> Result<Option<procflow::StoreWake>, StoreError> {
+        self.inner.next_wake()
+    }
+    fn watch(&self, wake: procflow::StoreWatch) -> bool {
+        self.inner.watch(wake)
+    }
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+}
+
+/// Orders waiting for two messages at once, each correlated by the order's key.
+const ORDER: &str = r#"
+id: order
+version: 1
+name: Order
+variables:
+  order_id: { type: string }
+  paid: { type: string }
+  shipped: { type: string }
+keys: [order_id]
+messages:
+  paid: { payload: [order_id, paid], correlate: { order_id: order_id } }
+  shipped: { payload: [order_id, shipped], correlate: { order_id: order_id } }
+nodes:
+  start: { kind: start, next: fork }
+  fork: { kind: parallel, next: [pay, ship] }
+  pay: { kind: catch, message: paid, next: join }
+  ship: { kind: catch, message: shipped, next: join }
+  join: { kind: parallel, next: end }
+  end: { kind: end }
+"#;
+
+/// A task whose completion tells an informed role (a follow-up in the outbox).
+const TOLD: &str = r#"
+id: told
+version: 1
+name: Told
+roles: { agent: { name: Agent }, boss: { name: Boss } }
+nodes:
+  start: { kind: start, next: work }
+  work: { kind: user_task, name: Work, raci: { responsible: [agent], accountable: agent, informed: [boss] }, next: done }
+  done: { kind: end }
+"#;
+
+/// A timer node a second after the start.
+const SOON: &str = r#"
+id: soon
+version: 1
+name: Soon
+nodes:
+  start: { kind: start, next: pause }
+  pause: { kind: timer, wait: 1s, next: done }
+  done: { kind: end }
+"#;
+
+const ORDERS: usize = 15;
+
+/// The restart test holds this exclusively: the others' connections would break with it.
+static SERVER_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    SERVER_LOCK.read().unwrap_or_else(|e| e.into_inner())
 }
 
 fn engine(url: &str, clock: &Arc<ManualClock>, conflicts: &Arc<AtomicUsize>) -> Engine {
@@ -98,8 +170,29 @@ fn engine(url: &str, clock: &Arc<ManualClock>, conflicts: &Arc<AtomicUsize>) -> 
     let mut b = Engine::builder();
     b.clock(Arc::clone(clock));
     let engine = b.open(store).expect("open");
-    engine.deploy(ProcessDef::from_yaml(FLOW).unwrap()).unwrap();
+    for def in [FLOW, ORDER, TOLD, SOON] {
+        engine.deploy(ProcessDef::from_yaml(def).unwrap()).unwrap();
+    }
     engine
+}
+
+fn order_vars(pairs: &[(&str, &str)]) -> Vars {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+        .collect()
+}
+
+/// Waits until an instance with the order key `key` is stored (another replica starts it).
+fn await_key(store: &PostgresStore, key: &str) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while store.by_key("order_id", key).unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < until,
+            "order {key} never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// One replica, when run by [`three_replicas_share_one_database`]; otherwise nothing.
@@ -124,6 +217,69 @@ fn replica() {
                 // Acknowledged: the parent checks each of these is stored.
                 println!("ACK {}", id.get());
             }
+        }
+        "messages" => {
+            // Orders of this replica, then the other replicas' orders paid and shipped: each
+            // order gets `paid` from one replica and `shipped` from the other, concurrently.
+            let me: usize = std::env::var("PROCFLOW_REPLICA_INDEX")
+                .unwrap()
+                .parse()
+                .unwrap();
+            for i in 0..ORDERS {
+                let key = format!("o{me}-{i}");
+                let id = e.start("order", order_vars(&[("order_id", &key)])).unwrap();
+                println!("ACK {}", id.get());
+            }
+            let store = PostgresStore::connect(&url).unwrap();
+            for i in 0..ORDERS {
+                for (message, of) in [("paid", (me + 1) % 3), ("shipped", (me + 2) % 3)] {
+                    let key = format!("o{of}-{i}");
+                    await_key(&store, &key);
+                    let c = e
+                        .correlate(message, order_vars(&[("order_id", &key), (message, "yes")]))
+                        .unwrap();
+                    assert_eq!(c.received.len(), 1, "{message} for {key}: {c:?}");
+                    println!("GOT {message} {key} {}", c.received[0].get());
+                }
+            }
+        }
+        "restart" => {
+            // Starts and completions until told to stop, through a server restart: a call the
+            // server's going away failed is not acknowledged, and the replica carries on.
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(8);
+            while std::time::Instant::now() < until {
+                let Ok(id) = e.start("flow", Vars::new()) else {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                };
+                println!("ACK {}", id.get());
+                let task = e.tasks(id).unwrap()[0].id;
+                match e.complete(task, &actor, Vars::new()) {
+                    Ok(()) => println!("DONE {}", id.get()),
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+        }
+        "die" => {
+            // Dies in a hook of the completion: after its commit, before its follow-up (telling
+            // the boss) runs.
+            let store = PostgresStore::connect(&url)
+                .unwrap()
+                .with_lease(std::time::Duration::from_millis(500));
+            let mut b = Engine::builder();
+            b.clock(Arc::clone(&clock));
+            b.hook(procflow::hook_fn(|event: &procflow::Event| {
+                if matches!(event, procflow::Event::TaskCompleted { .. }) {
+                    std::process::exit(0);
+                }
+            }));
+            let e = b.open(store).unwrap();
+            e.deploy(ProcessDef::from_yaml(TOLD).unwrap()).unwrap();
+            let id = e.start("told", Vars::new()).unwrap();
+            println!("ACK {}", id.get());
+            let task = e.tasks(id).unwrap()[0].id;
+            let _ = e.complete(task, &actor, Vars::new());
+            panic!("the hook did not end the replica");
         }
         "forever" => loop {
             let id = e.start("flow", Vars::new()).unwrap();
@@ -153,11 +309,12 @@ fn replica() {
 fn run_replicas(url: &str, phase: &str) -> Vec<String> {
     let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..3)
-        .map(|_| {
+        .map(|i| {
             Command::new(&exe)
                 .args(["--exact", "replica", "--nocapture", "--test-threads", "1"])
                 .env("PROCFLOW_REPLICA_URL", url)
                 .env("PROCFLOW_REPLICA_PHASE", phase)
+                .env("PROCFLOW_REPLICA_INDEX", i.to_string())
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -178,6 +335,7 @@ fn three_replicas_share_one_database() {
     if std::env::var("PROCFLOW_REPLICA_URL").is_ok() {
         return;
     }
+    let _shared = shared();
     let Some(server) = pg::server() else { return };
     let url = server.fresh();
     // Created once, so that the replicas do not race to create the schema (they may: it is
@@ -242,6 +400,7 @@ fn a_replica_killed_at_random_moments_loses_no_acknowledged_call() {
     if std::env::var("PROCFLOW_REPLICA_URL").is_ok() {
         return;
     }
+    let _shared = shared();
     let Some(server) = pg::server() else { return };
     let url = server.fresh();
     drop(PostgresStore::connect(&url).unwrap());
@@ -304,4 +463,264 @@ fn a_replica_killed_at_random_moments_loses_no_acknowledged_call() {
     unique.sort_unstable();
     unique.dedup();
     assert_eq!(unique.len(), started.len(), "no id handed out twice");
+}
+
+fn lines_with<'a>(outs: &'a [String], tag: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    outs.iter()
+        .flat_map(|o| o.lines())
+        .filter_map(move |l| l.split(tag).nth(1))
+}
+
+/// Each replica starts orders; the two others pay and ship each of them at the same time,
+/// finding the orders in the store (they started after the replicas opened it): every message
+/// is received once, by the order it names.
+#[test]
+fn messages_reach_instances_other_replicas_started_once_each() {
+    if std::env::var("PROCFLOW_REPLICA_URL").is_ok() {
+        return;
+    }
+    let _shared = shared();
+    let Some(server) = pg::server() else { return };
+    let url = server.fresh();
+    drop(PostgresStore::connect(&url).unwrap());
+    let outs = run_replicas(&url, "messages");
+    let acked: Vec<u64> = lines_with(&outs, "ACK ")
+        .map(|v| v.trim().parse().unwrap())
+        .collect();
+    assert_eq!(acked.len(), 3 * ORDERS);
+    let mut got: Vec<(String, String, u64)> = lines_with(&outs, "GOT ")
+        .map(|l| {
+            let mut p = l.split_whitespace();
+            let (m, k, id) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+            (m.to_owned(), k.to_owned(), id.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(got.len(), 2 * 3 * ORDERS, "every message acknowledged");
+    got.sort();
+    got.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    assert_eq!(got.len(), 2 * 3 * ORDERS, "no message acknowledged twice");
+    let store = PostgresStore::connect(&url).unwrap();
+    for &id in &acked {
+        let stored = store.read(InstanceId::new(id)).unwrap().unwrap();
+        assert_eq!(stored.instance.status(), Status::Completed, "i{id}");
+        let received: Vec<&str> = stored
+            .instance
+            .audit()
+            .iter()
+            .filter_map(|r| match &r.what {
+                procflow::Entry::MessageReceived(m) => Some(m.message.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut sorted = received.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, ["paid", "shipped"], "i{id}: each message once");
+        // The start, then one commit per message received.
+        assert_eq!(stored.version, 3, "i{id}");
+    }
+    for (_, key, id) in &got {
+        let stored = store.read(InstanceId::new(*id)).unwrap().unwrap();
+        assert_eq!(
+            stored.instance.vars().get("order_id"),
+            Some(&serde_json::json!(key)),
+            "the message reached the order it names"
+        );
+    }
+    assert!(
+        store.unmatched().unwrap().is_empty(),
+        "no message unmatched"
+    );
+}
+
+/// Three replicas start and complete instances while the server restarts (fast shutdown:
+/// every connection is cut): every acknowledged call is stored once, and every replica
+/// acknowledges calls again after the restart.
+#[test]
+fn replicas_carry_on_when_the_server_restarts_mid_run() {
+    if std::env::var("PROCFLOW_REPLICA_URL").is_ok() {
+        return;
+    }
+    let _alone = SERVER_LOCK.write().unwrap_or_else(|e| e.into_inner());
+    let Some(server) = pg::server() else { return };
+    let Some(cluster) = &server.cluster else {
+        eprintln!("skipped: the server is not the harness's own (PROCFLOW_PG_URL)");
+        return;
+    };
+    let url = server.fresh();
+    drop(PostgresStore::connect(&url).unwrap());
+    let exe = std::env::current_exe().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, std::time::Instant, String)>();
+    let mut children = Vec::new();
+    for i in 0..3 {
+        let mut child = Command::new(&exe)
+            .args(["--exact", "replica", "--nocapture", "--test-threads", "1"])
+            .env("PROCFLOW_REPLICA_URL", &url)
+            .env("PROCFLOW_REPLICA_PHASE", "restart")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send((i, std::time::Instant::now(), line));
+            }
+        });
+        children.push(child);
+    }
+    drop(tx);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(cluster.restart(), "pg_ctl stop and start");
+    let restarted = std::time::Instant::now();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "a replica failed");
+    }
+    let lines: Vec<_> = rx.into_iter().collect();
+    let store = PostgresStore::connect(&url).unwrap();
+    let mut before = 0;
+    for (_, at, line) in &lines {
+        if let Some(id) = line.split("ACK ").nth(1) {
+            let id: u64 = id.trim().parse().unwrap();
+            let stored = store.read(InstanceId::new(id)).unwrap();
+            let stored = stored.unwrap_or_else(|| panic!("acknowledged start i{id} lost"));
+            assert!(stored.version <= 2, "i{id} stored {} times", stored.version);
+        }
+        if let Some(id) = line.split("DONE ").nth(1) {
+            let id: u64 = id.trim().parse().unwrap();
+            let stored = store.read(InstanceId::new(id)).unwrap().unwrap();
+            // The start and the completion, each once (the instance waits at its timer).
+            assert_eq!(
+                stored.version, 2,
+                "acknowledged completion of i{id}, stored once"
+            );
+            if *at < restarted {
+                before += 1;
+            }
+        }
+    }
+    assert!(before > 0, "the replicas worked before the restart");
+    for i in 0..3 {
+        let after = lines
+            .iter()
+            .filter(|(r, at, l)| *r == i && *at > restarted && l.contains("DONE "))
+            .count();
+        assert!(after > 0, "replica {i} carried on after the restart");
+    }
+}
+
+/// A replica that dies after committing a completion and before running its follow-up
+/// (telling the informed role) leaves it to another replica once its lease runs out: the
+/// other replica's hooks hear it, once, and the instance's outbox is empty.
+#[test]
+fn follow_ups_a_dead_replica_left_run_in_another_once() {
+    if std::env::var("PROCFLOW_REPLICA_URL").is_ok() {
+        return;
+    }
+    let _shared = shared();
+    let Some(server) = pg::server() else { return };
+    let url = server.fresh();
+    drop(PostgresStore::connect(&url).unwrap());
+    // The surviving replica, open before the other dies.
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut b = Engine::builder();
+    b.clock(Arc::new(ManualClock::new(t0())));
+    let h = Arc::clone(&heard);
+    b.hook(procflow::hook_fn(move |event: &procflow::Event| {
+        if let procflow::Event::Notify { task, .. } = event {
+            h.lock().unwrap().push(task.instance());
+        }
+    }));
+    let survivor = b.open(PostgresStore::connect(&url).unwrap()).unwrap();
+    survivor
+        .deploy(ProcessDef::from_yaml(TOLD).unwrap())
+        .unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(&exe)
+        .args(["--exact", "replica", "--nocapture", "--test-threads", "1"])
+        .env("PROCFLOW_REPLICA_URL", &url)
+        .env("PROCFLOW_REPLICA_PHASE", "die")
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let id: u64 = text
+        .lines()
+        .find_map(|l| l.split("ACK ").nth(1)?.trim().parse().ok())
+        .expect("the replica started an instance");
+    let id = InstanceId::new(id);
+    let store = PostgresStore::connect(&url).unwrap();
+    let stored = store.read(id).unwrap().unwrap();
+    assert_eq!(
+        stored.instance.status(),
+        Status::Completed,
+        "the completion is stored"
+    );
+    assert_eq!(
+        stored.instance.pending().len(),
+        1,
+        "its follow-up is left unrun"
+    );
+    // Ticks until the lease ran out and the follow-up ran here.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while heard.lock().unwrap().is_empty() && std::time::Instant::now() < until {
+        survivor.tick(survivor.now());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A few more ticks: nothing runs twice.
+    for _ in 0..5 {
+        survivor.tick(survivor.now());
+    }
+    assert_eq!(
+        *heard.lock().unwrap(),
+        vec![id],
+        "told once, by the survivor"
+    );
+    let stored = store.read(id).unwrap().unwrap();
+    assert!(stored.instance.pending().is_empty(), "the outbox is empty");
+}
+
+/// A timer armed by a commit on one replica fires on another, woken by the store
+/// (`LISTEN`/`NOTIFY`), long before that replica's poll interval (a minute) would have
+/// looked: the firing replica's hook hears it, and the instance completes.
+#[test]
+fn a_timer_armed_on_one_replica_wakes_another() {
+    if std::env::var("PROCFLOW_REPLICA_URL").is_ok() {
+        return;
+    }
+    let _shared = shared();
+    let Some(server) = pg::server() else { return };
+    let url = server.fresh();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let mut b = Engine::builder();
+    b.hook(procflow::hook_fn(move |event: &procflow::Event| {
+        if let procflow::Event::Timer { instance, .. } = event {
+            let _ = tx.lock().unwrap().send(*instance);
+        }
+    }));
+    let ticker = Arc::new(b.open(PostgresStore::connect(&url).unwrap()).unwrap());
+    ticker.deploy(ProcessDef::from_yaml(SOON).unwrap()).unwrap();
+    let driver =
+        procflow::TimerDriver::spawn(Arc::clone(&ticker), std::time::Duration::from_secs(60));
+    // Another replica, started after the ticker opened the store, never ticking.
+    let other = Engine::builder()
+        .open(PostgresStore::connect(&url).unwrap())
+        .unwrap();
+    other.deploy(ProcessDef::from_yaml(SOON).unwrap()).unwrap();
+    for _ in 0..3 {
+        let id = other.start("soon", Vars::new()).unwrap();
+        let fired = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the ticker fired the other replica's timer before its poll");
+        assert_eq!(fired, id);
+        assert_eq!(driver.failures(), 0);
+        let stored = PostgresStore::connect(&url)
+            .unwrap()
+            .read(id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.instance.status(), Status::Completed);
+    }
 }

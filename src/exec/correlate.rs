@@ -602,6 +602,7 @@ impl Engine {
         for h in &plan.hashes {
             self.between.get(*h, &mut candidates);
         }
+        self.receivers_in_store(plan, message, vars, &mut candidates);
         if lazy && candidates.len() == 1 {
             return vec![InstanceId(candidates[0])];
         }
@@ -615,6 +616,52 @@ impl Engine {
             .collect();
         out.sort_unstable();
         out
+    }
+
+    /// With a store other engines share: the running instances the store indexes under each
+    /// receiver's correlation key, read and held at their stored version (another engine may
+    /// have started them, or moved them to the catch since this engine read them).
+    fn receivers_in_store(
+        &self,
+        plan: &Plan,
+        message: &str,
+        vars: &Vars,
+        out: &mut SmallVec<[u64; 2]>,
+    ) {
+        let Some(store) = self.store.as_ref().filter(|s| s.is_shared()) else {
+            return;
+        };
+        let mut asked: SmallVec<[(&str, String); 2]> = SmallVec::new();
+        for r in &plan.receivers {
+            let Some((key, field)) = r
+                .dep
+                .def
+                .messages
+                .get(message)
+                .and_then(|m| m.between.correlate.first())
+            else {
+                continue;
+            };
+            let Some(value) = vars.get(field).and_then(crate::store::BusinessKey::render) else {
+                continue;
+            };
+            if asked.iter().any(|(k, v)| k == key && *v == value) {
+                continue;
+            }
+            let Ok(ids) = store.by_key(key, &value) else {
+                continue;
+            };
+            asked.push((key.as_str(), value));
+            for id in ids {
+                if let Ok(Some(stored)) = store.read(id)
+                    && stored.instance.status() == Status::Running
+                    && self.adopt(stored).is_ok()
+                    && !out.contains(&id.0)
+                {
+                    out.push(id.0);
+                }
+            }
+        }
     }
 
     /// Delivers, starts, keeps or records a checked message.
@@ -696,8 +743,28 @@ impl Engine {
     /// Gives a message to one matching instance in its own commit. Gives whether it has it
     /// (now, or from an earlier run of the same follow-up).
     fn receive(&self, id: InstanceId, message: &str, vars: &Vars, origin: Origin) -> bool {
+        // Another engine sharing the store committed the instance meanwhile: the conflict put
+        // back the stored state; look again whether it still waits.
+        for _ in 0..4 {
+            match self.receive_once(id, message, vars, origin) {
+                Some(got) => return got,
+                None => continue,
+            }
+        }
+        false
+    }
+
+    /// One attempt of [`Engine::receive`]; `None` when the commit met a conflict.
+    fn receive_once(
+        &self,
+        id: InstanceId,
+        message: &str,
+        vars: &Vars,
+        origin: Origin,
+    ) -> Option<bool> {
         let now = self.clock.now();
         let mut got = false;
+        let mut conflict = false;
         let stepped = self.with_slot(id, |slot| {
             if has_receipt(&slot.inst, origin.receipt) {
                 got = true;
@@ -717,13 +784,14 @@ impl Engine {
                 step.run()
             });
             got = !stepped.refused;
+            conflict = matches!(stepped.result, Err(ExecError::Conflict(_)));
             Some(stepped)
         });
         if let Ok(Some(stepped)) = stepped {
             // The receiver's own failures (an incident further on) are its own.
             let _ = self.after(stepped);
         }
-        got
+        (!conflict).then_some(got)
     }
 
     /// Starts an instance of the newest version of each definition whose start node listens

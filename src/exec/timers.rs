@@ -588,65 +588,113 @@ impl Engine {
         self.expire_messages(now);
         let mut fired = Vec::new();
         let mut done: Vec<Stepped> = Vec::new();
+        let deferred;
         {
             let _one_at_a_time = super::lock(&self.ticking);
-            let claimed = self.adopt_due(now);
-            let mut due = std::collections::BinaryHeap::new();
-            for heap in &*self.timer_heaps {
-                let mut heap = super::lock(heap);
-                while heap
-                    .peek()
-                    .is_some_and(|std::cmp::Reverse((at, _))| *at <= now)
-                {
-                    due.extend(heap.pop());
+            let mut claimed = self.adopt_due(now);
+            // A store shared by replicas: the firings' commits wait for the disk once, at the
+            // flush below, before anyone is told.
+            deferred = claimed.is_some() && self.store.as_ref().is_some_and(|s| s.defer());
+            // Ends deferring however this block ends (a panic in a handler included).
+            struct Flush<'s>(Option<&'s dyn crate::Store>);
+            impl Drop for Flush<'_> {
+                fn drop(&mut self) {
+                    if let Some(store) = self.0.take()
+                        && std::thread::panicking()
+                    {
+                        let _ = store.flush();
+                    }
                 }
             }
-            while let Some(std::cmp::Reverse((at, n))) = due.pop() {
-                let id = InstanceId(n);
-                // A store shared by engines that claim: another engine holds this instance's
-                // due timers (or the claim failed); look again at the next tick.
-                if let Some(claimed) = &claimed
-                    && claimed.binary_search(&n).is_err()
-                {
-                    self.schedule(id, at);
-                    continue;
+            let _flush_on_panic = Flush(self.store.as_deref().filter(|_| deferred));
+            // Due entries of instances another engine holds the claim on (or that the claim
+            // did not reach yet): put back on the schedule at the end.
+            let mut skipped: Vec<(DateTime<Utc>, u64)> = Vec::new();
+            loop {
+                let fired_by_then = fired.len();
+                let mut due: std::collections::BinaryHeap<_> =
+                    skipped.drain(..).map(std::cmp::Reverse).collect();
+                for heap in &*self.timer_heaps {
+                    let mut heap = super::lock(heap);
+                    while heap
+                        .peek()
+                        .is_some_and(|std::cmp::Reverse((at, _))| *at <= now)
+                    {
+                        due.extend(heap.pop());
+                    }
                 }
-                let fired_before = fired.len();
-                // What a timer causes happens at the timer's instant, not the tick's: a task its
-                // timeout route opens is created then, and its own deadlines count from then.
-                // So a late tick gives the same result as timely ones.
-                let stepped = self.with_slot(id, |slot: &mut Slot| {
-                    let stepped = self.step_slot(slot, at, |step| step.fire_at(at, &mut fired));
-                    (stepped, next_timer(&slot.inst, at))
-                });
-                let (mut stepped, next) = match stepped {
-                    Ok(stepped) => stepped,
-                    // Gone from memory without a store: nothing is left to fire.
-                    Err(ExecError::UnknownInstance(_)) => continue,
-                    // Not readable now (the store failed): the timer stays armed; try again at
-                    // the next tick.
-                    Err(_) => {
-                        self.schedule(id, at);
+                while let Some(std::cmp::Reverse((at, n))) = due.pop() {
+                    let id = InstanceId(n);
+                    // A store shared by engines that claim: another engine holds this
+                    // instance's due timers (or the claim failed); look again later.
+                    if let Some(claimed) = &claimed
+                        && claimed.binary_search(&n).is_err()
+                    {
+                        skipped.push((at, n));
                         continue;
                     }
-                };
-                stepped.armed = None;
-                if stepped.refused {
-                    // The store refused: nothing fired. The timer stays armed, so it goes back
-                    // on the schedule for the next tick (after a conflict, the instance read
-                    // again from the store was scheduled as it stands).
-                    fired.truncate(fired_before);
-                    self.schedule(id, at);
-                } else if let Some(next) = next {
-                    // The instance's next timer (one this firing armed, or an older one): due
-                    // now, it fires in this tick, in order.
-                    if next <= now {
-                        due.push(std::cmp::Reverse((next, n)));
-                    } else {
-                        self.schedule(id, next);
+                    let fired_before = fired.len();
+                    // What a timer causes happens at the timer's instant, not the tick's: a
+                    // task its timeout route opens is created then, and its own deadlines count
+                    // from then. So a late tick gives the same result as timely ones.
+                    let stepped = self.with_slot(id, |slot: &mut Slot| {
+                        let stepped = self.step_slot(slot, at, |step| step.fire_at(at, &mut fired));
+                        (stepped, next_timer(&slot.inst, at))
+                    });
+                    let (mut stepped, next) = match stepped {
+                        Ok(stepped) => stepped,
+                        // Gone from memory without a store: nothing is left to fire.
+                        Err(ExecError::UnknownInstance(_)) => continue,
+                        // Not readable now (the store failed): the timer stays armed; try
+                        // again at the next tick.
+                        Err(_) => {
+                            self.schedule(id, at);
+                            continue;
+                        }
+                    };
+                    stepped.armed = None;
+                    if stepped.refused {
+                        // The store refused: nothing fired. The timer stays armed, so it goes
+                        // back on the schedule for the next tick (after a conflict, the
+                        // instance read again from the store was scheduled as it stands).
+                        fired.truncate(fired_before);
+                        self.schedule(id, at);
+                    } else if let Some(next) = next {
+                        // The instance's next timer (one this firing armed, or an older one):
+                        // due now, it fires in this tick, in order.
+                        if next <= now {
+                            due.push(std::cmp::Reverse((next, n)));
+                        } else {
+                            self.schedule(id, next);
+                        }
                     }
+                    done.push(stepped);
                 }
-                done.push(stepped);
+                // A store that claims in batches: claim the next batch while the last one
+                // fired something (what this engine could not fire stays claimed by it until
+                // its lease runs out, and ends the loop).
+                match &claimed {
+                    Some(batch) if !batch.is_empty() && fired.len() > fired_by_then => {
+                        claimed = self.adopt_due(now);
+                    }
+                    _ => break,
+                }
+            }
+            for (at, n) in skipped {
+                self.schedule(InstanceId(n), at);
+            }
+        }
+        if deferred
+            && let Some(store) = &self.store
+            && store.flush().is_err()
+        {
+            // The firings may be lost with the server: nobody hears of them, their follow-ups
+            // stay in the store (claimed by a replica once their lease runs out), and the
+            // instances' next commits find out what the store kept.
+            fired.clear();
+            for stepped in &mut done {
+                stepped.events.clear();
+                stepped.follow.clear();
             }
         }
         // Hooks hear what fired once nothing is locked: they may call the engine, `tick`
@@ -654,7 +702,50 @@ impl Engine {
         for stepped in done {
             let _ = self.after(stepped);
         }
+        // Follow-ups another engine sharing the store committed and never ran (it died).
+        self.run_left_follow_ups();
         fired
+    }
+
+    /// With a store that claims follow-ups ([`Store::claim_outbox`](crate::Store::claim_outbox)):
+    /// claims those whose engine let the lease run out, reads their instances, and runs them
+    /// here as an engine opening the store runs what a crash left (at least once: a follow-up
+    /// records that it ran in its instance's next commit). Gives how many instances' follow-ups
+    /// ran.
+    fn run_left_follow_ups(&self) -> usize {
+        let Some(store) = self.store.as_ref() else {
+            return 0;
+        };
+        let Ok(Some(claimed)) = store.claim_outbox(CLAIM_LEASE) else {
+            return 0;
+        };
+        let mut ran = 0;
+        for (id, version) in claimed {
+            let held = super::lock(self.shard(id)).get(&id.0).cloned();
+            if held.is_none_or(|slot| super::lock(&slot).version < version) {
+                // Not readable now, or not fitting its definition: the claim runs out and it
+                // is claimed again.
+                let adopted = match store.read(id) {
+                    Ok(Some(stored)) => self.adopt(stored).is_ok(),
+                    _ => false,
+                };
+                if !adopted {
+                    continue;
+                }
+            }
+            let Ok((dep, pending)) = self.with_slot(id, |slot| {
+                (Arc::clone(&slot.dep), slot.inst.pending().to_vec())
+            }) else {
+                continue;
+            };
+            if pending.is_empty() {
+                continue;
+            }
+            // A hook's failure here is the hook's; the follow-up counts as run.
+            let _ = self.run_follow_ups(id, &dep, pending);
+            ran += 1;
+        }
+        ran
     }
 
     /// With a store: reads the instances with timers due by `now` that this engine does not
@@ -814,9 +905,19 @@ pub(super) fn sla(dep: &Deployed, due: &Timer, from: DateTime<Utc>, now: DateTim
 /// drop(driver); // stops and joins the thread
 /// ```
 pub struct TimerDriver {
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    stop: Arc<(Mutex<Wake>, Condvar)>,
     state: Arc<DriverState>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What the driver's thread is woken for.
+#[derive(Default)]
+struct Wake {
+    stopped: bool,
+    /// A timer another engine sharing the store armed (the store announced it).
+    due: Option<DateTime<Utc>>,
+    /// Look at the store now.
+    now: bool,
 }
 
 #[derive(Default)]
@@ -837,10 +938,36 @@ impl std::fmt::Debug for TimerDriver {
 
 impl TimerDriver {
     /// Starts the thread.
+    ///
+    /// With a store several engines share (PostgreSQL), the thread also sleeps until the
+    /// earliest timer the store holds that it may claim, whichever engine armed it, and the
+    /// store wakes it when another engine arms an earlier one ([`crate::Store::watch`]), so a
+    /// timer armed elsewhere fires here without waiting for `poll`; and each tick runs the
+    /// follow-ups a dead engine left ([`crate::Store::claim_outbox`]).
     pub fn spawn(engine: Arc<Engine>, poll: StdDuration) -> TimerDriver {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop = Arc::new((Mutex::new(Wake::default()), Condvar::new()));
         let state = Arc::new(DriverState::default());
         state.running.store(true, Ordering::SeqCst);
+        if let Some(store) = &engine.store {
+            let wake = Arc::downgrade(&stop);
+            store.watch(Box::new(move |news| {
+                let Some(wake) = wake.upgrade() else {
+                    return false;
+                };
+                let mut w = super::lock(&wake.0);
+                if w.stopped {
+                    return false;
+                }
+                if let Some(at) = news.due {
+                    w.due = Some(w.due.map_or(at, |d| d.min(at)));
+                }
+                if news.work_in.is_some_and(|d| d.is_zero()) {
+                    w.now = true;
+                }
+                wake.1.notify_all();
+                true
+            }));
+        }
         let thread = {
             let (stop, state) = (Arc::clone(&stop), Arc::clone(&state));
             std::thread::spawn(move || {
@@ -853,21 +980,43 @@ impl TimerDriver {
                 }
                 let _stopped = Stopped(Arc::clone(&state));
                 let (flag, wake) = &*stop;
+                // What the store said it holds next, and when it said so.
+                let mut store_next = crate::store::StoreWake::default();
+                let mut told = std::time::Instant::now();
                 loop {
-                    let now = engine.now();
-                    let wait = engine
-                        .next_due()
-                        .map(|at| (at - now).to_std().unwrap_or(StdDuration::ZERO))
-                        .unwrap_or(poll)
-                        .min(poll);
-                    let stopped = super::lock(flag);
-                    let (stopped, _) = wake
-                        .wait_timeout(stopped, wait)
-                        .unwrap_or_else(|e| e.into_inner());
-                    if *stopped {
-                        break;
+                    let until = |at: DateTime<Utc>| {
+                        (at - engine.now()).to_std().unwrap_or(StdDuration::ZERO)
+                    };
+                    let mut wait = poll;
+                    for at in engine.next_due().into_iter().chain(store_next.due) {
+                        wait = wait.min(until(at));
                     }
-                    drop(stopped);
+                    if let Some(work) = store_next.work_in {
+                        wait = wait.min(work.saturating_sub(told.elapsed()));
+                    }
+                    let mut deadline = std::time::Instant::now() + wait;
+                    let mut w = super::lock(flag);
+                    loop {
+                        if w.stopped {
+                            return;
+                        }
+                        if std::mem::take(&mut w.now) {
+                            break;
+                        }
+                        if let Some(at) = w.due.take() {
+                            store_next.due = Some(store_next.due.map_or(at, |d| d.min(at)));
+                            deadline = deadline.min(std::time::Instant::now() + until(at));
+                        }
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        w = wake
+                            .wait_timeout(w, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                    drop(w);
                     let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         engine.tick(engine.now())
                     }));
@@ -876,6 +1025,12 @@ impl TimerDriver {
                         *super::lock(&state.last_failure) =
                             Some(super::step::panic_message(&panic));
                     }
+                    // What the store holds next, now that this engine took what was due.
+                    store_next = match &engine.store {
+                        Some(store) => store.next_wake().ok().flatten().unwrap_or_default(),
+                        None => crate::store::StoreWake::default(),
+                    };
+                    told = std::time::Instant::now();
                 }
             })
         };
@@ -904,7 +1059,7 @@ impl TimerDriver {
 
 impl Drop for TimerDriver {
     fn drop(&mut self) {
-        *super::lock(&self.stop.0) = true;
+        super::lock(&self.stop.0).stopped = true;
         self.stop.1.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

@@ -170,6 +170,86 @@ pub trait Store: Send + Sync {
         let _ = (now, lease);
         Ok(None)
     }
+
+    /// For stores shared by several engines: claims, for this store handle and for `lease`,
+    /// the instances whose follow-ups ([`Instance::pending`]) are left unrun by another handle
+    /// (a commit that leaves follow-ups holds them for its own handle for a lease, and the
+    /// commit that records them run ends it: when the lease runs out, its engine died), and
+    /// returns them with their stored versions. The engine then runs them, as it does those
+    /// it finds when it opens a store.
+    ///
+    /// `None` (the default): the store does not claim; follow-ups a crash left run when an
+    /// engine next opens the store.
+    ///
+    /// # Errors
+    /// A failure of the medium.
+    fn claim_outbox(
+        &self,
+        lease: std::time::Duration,
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        let _ = lease;
+        Ok(None)
+    }
+
+    /// For stores shared by several engines: when there is next something for this engine to
+    /// claim in the store ([`StoreWake`]), whichever engine armed it. `None` (the default):
+    /// the store does not say; an engine looks at its own timers and polls.
+    ///
+    /// # Errors
+    /// A failure of the medium.
+    fn next_wake(&self) -> Result<Option<StoreWake>, StoreError> {
+        Ok(None)
+    }
+
+    /// For stores shared by several engines: calls `wake` (from a thread of the store) when
+    /// another engine sharing the store made something fall due sooner than the engines
+    /// expected (it armed a timer earlier than any announced), and after the store lost and
+    /// regained its view of the others (`StoreWake::work_in` of zero: look now). `wake`
+    /// returns `false` when it no longer wants to hear. Gives whether the store will call it:
+    /// `false` (the default), it never will.
+    fn watch(&self, wake: StoreWatch) -> bool {
+        let _ = wake;
+        false
+    }
+
+    /// Whether other engines change the stored instances while this one runs (a store that
+    /// replicas share): the engine then looks a message's receivers up in the store
+    /// ([`Store::by_key`]) besides those it holds. `false` (the default).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Lets the commits this thread makes next return before they are durable, until
+    /// [`Store::flush`] on the same thread: a batch of commits (a tick's firings) then waits
+    /// for the disk once. Each commit is still atomic, conditional on its version and seen by
+    /// other engines at once; only a crash of the medium before the flush may lose it. Gives
+    /// whether the store defers (`false`, the default: every commit is durable when it
+    /// returns, and `flush` does nothing).
+    fn defer(&self) -> bool {
+        false
+    }
+
+    /// Makes every commit this thread made since [`Store::defer`] durable, and ends deferring.
+    ///
+    /// # Errors
+    /// A failure of the medium: the deferred commits may be lost.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// What a store watcher ([`Store::watch`]) is called with; it returns whether it still wants
+/// to hear.
+pub type StoreWatch = Box<dyn Fn(StoreWake) -> bool + Send + Sync>;
+
+/// When a shared store next has work for an engine ([`Store::next_wake`], [`Store::watch`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreWake {
+    /// The earliest timer due, by the engines' clock, that this engine may claim.
+    pub due: Option<DateTime<Utc>>,
+    /// How long from now until follow-ups become claimable (another engine's lease runs out);
+    /// zero: now.
+    pub work_in: Option<std::time::Duration>,
 }
 
 /// A definition as a store keeps it: its key and the YAML text it was compiled from.
@@ -523,5 +603,32 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
         lease: std::time::Duration,
     ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
         (**self).claim_due(now, lease)
+    }
+
+    fn claim_outbox(
+        &self,
+        lease: std::time::Duration,
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        (**self).claim_outbox(lease)
+    }
+
+    fn next_wake(&self) -> Result<Option<StoreWake>, StoreError> {
+        (**self).next_wake()
+    }
+
+    fn watch(&self, wake: StoreWatch) -> bool {
+        (**self).watch(wake)
+    }
+
+    fn is_shared(&self) -> bool {
+        (**self).is_shared()
+    }
+
+    fn defer(&self) -> bool {
+        (**self).defer()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        (**self).flush()
     }
 }

@@ -283,13 +283,23 @@ impl Pool {
         &self,
         server: &Server,
         read_only: bool,
-        mut f: impl FnMut(&mut Conn) -> Result<T, Fail>,
+        f: impl FnMut(&mut Conn) -> Result<T, Fail>,
     ) -> Result<T, Outcome> {
         let begin = if read_only {
             "BEGIN READ ONLY"
         } else {
             "BEGIN"
         };
+        self.transaction_as(server, begin, f)
+    }
+
+    /// [`Pool::transaction`], begun with `begin` (which may set the transaction's options).
+    pub(crate) fn transaction_as<T>(
+        &self,
+        server: &Server,
+        begin: &str,
+        mut f: impl FnMut(&mut Conn) -> Result<T, Fail>,
+    ) -> Result<T, Outcome> {
         let mut tries = 0;
         let mut conn = loop {
             tries += 1;
@@ -334,6 +344,38 @@ impl Pool {
                     Fail::Pg(e) => server.err(e),
                     Fail::Store(e) => e,
                 }))
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// Runs `f`, one statement, outside any transaction: the server commits it by itself, so
+    /// it costs one round trip. A failure of the connection is [`Outcome::Unknown`]: the
+    /// statement may have been committed.
+    pub(crate) fn autocommit<T>(
+        &self,
+        server: &Server,
+        f: impl FnOnce(&mut Conn) -> Result<T, Fail>,
+    ) -> Result<T, Outcome> {
+        let (mut conn, _) = self.take(server).map_err(Outcome::Failed)?;
+        match f(&mut conn) {
+            Ok(out) => {
+                self.put(conn);
+                Ok(out)
+            }
+            Err(Fail::Store(e)) => {
+                self.put(conn);
+                Err(Outcome::Failed(e))
+            }
+            Err(Fail::Pg(e)) => {
+                let e = server.err(e);
+                if matches!(e, StoreError::ConnectionLost { .. }) {
+                    self.clear();
+                    return Err(Outcome::Unknown(e));
+                }
+                self.put(conn);
+                Err(Outcome::Failed(e))
             }
         }
     }

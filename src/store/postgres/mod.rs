@@ -8,17 +8,19 @@
 //! runs one transaction per call and types the server's failures.
 
 mod conn;
+mod ops;
 pub(crate) mod schema;
+mod wake;
 
 use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
 
 use super::{
     Commit, Store, StoreError, StoredDef, StoredInstance, decode_message, decode_records,
-    decode_state, encode_message, encode_records, encode_state,
+    decode_state, encode_message,
 };
 use crate::ids::{DefKey, InstanceId};
-use crate::model::{ParkedMessage, Record, Status};
+use crate::model::{ParkedMessage, Record};
 use conn::{Conn, Fail, Outcome, Pool, Server};
 
 /// A store on a PostgreSQL server (crate feature `postgres`), shared safely by threads, by
@@ -55,6 +57,18 @@ pub struct PostgresStore {
     pool: Pool,
     /// Who this handle is in timer claims: the process and a per-process counter.
     me: String,
+    /// How long a commit holds the follow-ups it leaves for this handle.
+    lease: std::time::Duration,
+    /// What this handle shares with its listening thread (`wake.rs`).
+    shared: std::sync::Arc<wake::Shared>,
+    /// This handle's number in the process (for deferred commits, `ops.rs`).
+    handle: u64,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.shared.stop();
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -83,6 +97,11 @@ impl PostgresStore {
         let server = Server::parse(url)?;
         let mut first = server.connect()?;
         schema::prepare(&mut first.client, &server)?;
+        let current: String = first
+            .client
+            .query_one("SELECT current_schema()::text", &[])
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| server.err(e))?;
         static HANDLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = HANDLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -96,7 +115,20 @@ impl PostgresStore {
             pool: Pool::new(first),
             server,
             me,
+            lease: std::time::Duration::from_secs(30),
+            shared: std::sync::Arc::new(wake::Shared::new(&current)),
+            handle: n + 1,
         })
+    }
+
+    /// How long a commit that leaves follow-ups holds them for this store handle before
+    /// another handle may claim and run them ([`Store::claim_outbox`]): its engine runs them
+    /// right after the commit, so only a handle whose engine died lets a lease run out.
+    /// 30 s unless set.
+    #[must_use]
+    pub fn with_lease(mut self, lease: std::time::Duration) -> PostgresStore {
+        self.lease = lease;
+        self
     }
 
     /// The server, as errors name it (`host:port`, or the socket's folder and port).
@@ -302,98 +334,7 @@ impl Store for PostgresStore {
     }
 
     fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError> {
-        let id = i64::try_from(commit.instance.id().get()).map_err(|_| StoreError::Server {
-            server: self.server.name.clone(),
-            database: self.server.database.clone(),
-            detail: format!("instance id {} is out of range", commit.instance.id()),
-        })?;
-        let version = i64::try_from(commit.version).unwrap_or(-1);
-        let new_version = version.saturating_add(1);
-        let running = commit.instance.status() == Status::Running;
-        let state = encode_state(commit.instance);
-        let next_due = commit.next_due.map(ms);
-        let def_version = i64::from(commit.def.version);
-        let records = (!commit.records.is_empty())
-            .then(|| (commit.first_record as i64, encode_records(commit.records)));
-        let result = self.pool.transaction(&self.server, false, |conn| {
-            let changed = if commit.version == 0 {
-                let stmt = conn.statement(
-                    "INSERT INTO procflow_instances \
-                     (id, process, def_version, running, row_version, started_at, state, next_due) \
-                     VALUES ($1, $2, $3, $4, 1, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-                )?;
-                conn.client.execute(
-                    &stmt,
-                    &[
-                        &id,
-                        &commit.def.id,
-                        &def_version,
-                        &running,
-                        &nanos(commit.instance.started_at()),
-                        &state,
-                        &next_due,
-                    ],
-                )?
-            } else {
-                let stmt = conn.statement(
-                    "UPDATE procflow_instances SET def_version = $2, running = $3, \
-                     row_version = $4, state = $5, next_due = $6, claim_until = NULL, claimed_by = NULL \
-                     WHERE id = $1 AND row_version = $7",
-                )?;
-                conn.client.execute(
-                    &stmt,
-                    &[
-                        &id,
-                        &def_version,
-                        &running,
-                        &new_version,
-                        &state,
-                        &next_due,
-                        &version,
-                    ],
-                )?
-            };
-            if changed == 0 {
-                let stmt =
-                    conn.statement("SELECT row_version FROM procflow_instances WHERE id = $1")?;
-                let found: Option<i64> = match conn.client.query_opt(&stmt, &[&id])? {
-                    Some(row) => Some(row.try_get(0)?),
-                    None => None,
-                };
-                return Err(Fail::Store(StoreError::Conflict {
-                    instance: commit.instance.id(),
-                    expected: commit.version,
-                    found: found.map(|v| u64::try_from(v).unwrap_or(0)),
-                }));
-            }
-            if let Some((first, batch)) = &records {
-                let stmt = conn.statement(
-                    "INSERT INTO procflow_records (instance, first, batch) VALUES ($1, $2, $3) \
-                     ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch",
-                )?;
-                conn.client.execute(&stmt, &[&id, first, batch])?;
-            }
-            if let Some(keys) = commit.keys {
-                let stmt = conn.statement("DELETE FROM procflow_keys WHERE instance = $1")?;
-                conn.client.execute(&stmt, &[&id])?;
-                let stmt = conn.statement(
-                    "INSERT INTO procflow_keys (name, value, instance) VALUES ($1, $2, $3) \
-                     ON CONFLICT DO NOTHING",
-                )?;
-                for key in keys {
-                    conn.client.execute(&stmt, &[&key.name, &key.value, &id])?;
-                }
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => Ok(()),
-            Err(Outcome::Failed(e)) => Err(e),
-            Err(Outcome::Unknown(lost)) => {
-                self.pool.clear();
-                self.resolve(commit, &state, lost)
-            }
-        }
+        self.commit_one(commit)
     }
 
     fn read(&self, id: InstanceId) -> Result<Option<StoredInstance>, StoreError> {
@@ -516,7 +457,7 @@ impl Store for PostgresStore {
                  due AS (SELECT id FROM procflow_instances, server \
                    WHERE running AND next_due IS NOT NULL AND next_due <= $1 \
                    AND (claim_until IS NULL OR claim_until < server.ms OR claimed_by = $3) \
-                   ORDER BY next_due LIMIT 10000 FOR UPDATE OF procflow_instances SKIP LOCKED) \
+                   ORDER BY next_due LIMIT 1000 FOR UPDATE OF procflow_instances SKIP LOCKED) \
                  UPDATE procflow_instances i SET claim_until = server.ms + $2, claimed_by = $3 \
                  FROM due, server WHERE i.id = due.id RETURNING i.id, i.row_version",
             )?;
@@ -560,6 +501,34 @@ impl Store for PostgresStore {
 
     fn parked(&self) -> Result<Vec<ParkedMessage>, StoreError> {
         self.messages(false)
+    }
+
+    fn claim_outbox(
+        &self,
+        lease: std::time::Duration,
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        self.claim_left(lease)
+    }
+
+    fn next_wake(&self) -> Result<Option<super::StoreWake>, StoreError> {
+        self.wake_next()
+    }
+
+    fn watch(&self, wake: super::StoreWatch) -> bool {
+        self.add_watch(wake)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn defer(&self) -> bool {
+        self.start_deferring();
+        true
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.flush_deferred()
     }
 
     fn unmatched(&self) -> Result<Vec<ParkedMessage>, StoreError> {

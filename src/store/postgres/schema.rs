@@ -13,7 +13,7 @@ use super::Server;
 use crate::store::StoreError;
 
 /// The schema version this build writes and the newest it reads.
-pub(crate) const SUPPORTED: u32 = 2;
+pub(crate) const SUPPORTED: u32 = 3;
 
 /// Version 1, exactly as the first PostgreSQL store created it (frozen in `v1.sql`).
 pub(crate) const V1: &str = include_str!("v1.sql");
@@ -24,11 +24,33 @@ pub(crate) const V1: &str = include_str!("v1.sql");
 /// server's clock, and `claimed_by`, the claiming store handle): a replica that claims an
 /// instance's due timers owns them until then; a commit clears the claim, and an expired one
 /// returns (the replica died).
-const MIGRATIONS: &[&str] = &["
+///
+/// Version 3: a lease on each instance's follow-ups (`outbox_until`, epoch milliseconds of the
+/// server's clock, and `outbox_by`): a commit that leaves follow-ups to run holds them for its
+/// replica until then, a commit that leaves none clears it, and a replica claims the ones whose
+/// lease ran out (their replica died before running them). Instances stored with follow-ups
+/// pending are claimable at once. `procflow_flushes`: one row per store handle that deferred
+/// commits' durability (a tick's timer firings), written durably to flush them.
+const MIGRATIONS: &[&str] = &[
+    "
 ALTER TABLE procflow_instances ADD COLUMN claim_until BIGINT;
 ALTER TABLE procflow_instances ADD COLUMN claimed_by TEXT;
 UPDATE procflow_meta SET value = '2' WHERE key = 'schema_version';
-"];
+",
+    "
+ALTER TABLE procflow_instances ADD COLUMN outbox_until BIGINT;
+ALTER TABLE procflow_instances ADD COLUMN outbox_by TEXT;
+UPDATE procflow_instances SET outbox_until = 0
+    WHERE (state::jsonb #> '{outbox,pending,0}') IS NOT NULL;
+CREATE INDEX procflow_instances_outbox ON procflow_instances (outbox_until)
+    WHERE outbox_until IS NOT NULL;
+CREATE TABLE procflow_flushes (
+    handle TEXT PRIMARY KEY,
+    n BIGINT NOT NULL
+);
+UPDATE procflow_meta SET value = '3' WHERE key = 'schema_version';
+",
+];
 
 /// Advisory lock key taken while creating or migrating the schema (`PFlw` + 1).
 const SCHEMA_LOCK: i64 = 0x5046_6C77_0001;

@@ -1,0 +1,342 @@
+//! The commit, and what replicas claim and wake for.
+//!
+//! **A commit is one round trip** when it changes no business key and announces nothing: one
+//! prepared statement outside any transaction (the instance row, conditional on the version
+//! read, and the audit batch in a data-modifying `WITH`), which the server commits by itself.
+//! Otherwise it is one transaction: the same statement, the keys, and the `NOTIFY`.
+//!
+//! **Follow-ups are leased**: a commit that leaves follow-ups to run holds them for its store
+//! handle (`outbox_until`, on the server's clock); the commit recording that they ran clears
+//! it; a handle claims those whose lease ran out ([`Store::claim_outbox`]).
+//!
+//! [`Store::claim_outbox`]: crate::Store::claim_outbox
+
+use std::time::Duration;
+
+use super::conn::{Conn, Fail, Outcome};
+use super::wake;
+use super::{PostgresStore, ids_of, ms, nanos};
+use crate::ids::InstanceId;
+use crate::model::Status;
+use crate::store::{Commit, StoreError, StoreWake, StoreWatch, encode_records, encode_state};
+
+/// A start: the instance row and its first audit batch. `$pre` opens the `WITH` (and may add
+/// a first query), `$post` is what the count is taken from.
+macro_rules! insert_sql {
+    ($pre:literal, $post:literal) => {
+        concat!(
+            $pre,
+            "i AS (INSERT INTO procflow_instances \
+             (id, process, def_version, running, row_version, started_at, state, next_due, \
+              outbox_until, outbox_by) \
+             VALUES ($1, $2, $3, $4, 1, $5, $6, $7, \
+              CASE WHEN $10::boolean THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $11::bigint END, \
+              CASE WHEN $10::boolean THEN $12::text END) \
+             ON CONFLICT (id) DO NOTHING RETURNING id), \
+             r AS (INSERT INTO procflow_records (instance, first, batch) \
+             SELECT id, $8::bigint, $9::text FROM i WHERE $9::text IS NOT NULL \
+             ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch) \
+             SELECT count(*) FROM ",
+            $post
+        )
+    };
+}
+
+/// A later commit: conditional on the version read; ends the claim on the instance's due
+/// timers.
+macro_rules! update_sql {
+    ($pre:literal, $post:literal) => {
+        concat!(
+            $pre,
+            "i AS (UPDATE procflow_instances SET def_version = $2, running = $3, \
+             row_version = $4 + 1, state = $5, next_due = $6, claim_until = NULL, claimed_by = NULL, \
+             outbox_until = CASE WHEN $9::boolean THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $10::bigint END, \
+             outbox_by = CASE WHEN $9::boolean THEN $11::text END \
+             WHERE id = $1 AND row_version = $4 RETURNING id), \
+             r AS (INSERT INTO procflow_records (instance, first, batch) \
+             SELECT id, $7::bigint, $8::text FROM i WHERE $8::text IS NOT NULL \
+             ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch) \
+             SELECT count(*) FROM ",
+            $post
+        )
+    };
+}
+
+const INSERT: &str = insert_sql!("WITH ", "i");
+const UPDATE: &str = update_sql!("WITH ", "i");
+
+/// The same, committed without waiting for the disk (a deferred commit, `Store::defer`): the
+/// statement turns `synchronous_commit` off for its own transaction.
+const INSERT_NO_WAIT: &str = insert_sql!(
+    "WITH c AS (SELECT set_config('synchronous_commit', 'off', true) AS s), ",
+    "i, c"
+);
+const UPDATE_NO_WAIT: &str = update_sql!(
+    "WITH c AS (SELECT set_config('synchronous_commit', 'off', true) AS s), ",
+    "i, c"
+);
+
+thread_local! {
+    /// The store handle (its number) whose commits this thread defers, or 0.
+    static DEFERRING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// One commit's values, encoded once.
+struct Row<'c> {
+    commit: &'c Commit<'c>,
+    id: i64,
+    version: i64,
+    running: bool,
+    state: String,
+    next_due: Option<i64>,
+    def_version: i64,
+    first: i64,
+    batch: Option<String>,
+    pending: bool,
+    /// The due instant to announce, if it must be.
+    announce: Option<i64>,
+}
+
+impl PostgresStore {
+    /// [`Store::commit`](crate::Store::commit).
+    pub(super) fn commit_one(&self, commit: &Commit<'_>) -> Result<(), StoreError> {
+        let id = i64::try_from(commit.instance.id().get()).map_err(|_| StoreError::Server {
+            server: self.server.name.clone(),
+            database: self.server.database.clone(),
+            detail: format!("instance id {} is out of range", commit.instance.id()),
+        })?;
+        let next_due = commit.next_due.map(ms);
+        // The engine's clock when it made the commit: its last audit record's instant.
+        let at = commit.records.last().map(|r| ms(r.at));
+        let row = Row {
+            commit,
+            id,
+            version: i64::try_from(commit.version).unwrap_or(-1),
+            running: commit.instance.status() == Status::Running,
+            state: encode_state(commit.instance),
+            next_due,
+            def_version: i64::from(commit.def.version),
+            first: commit.first_record as i64,
+            batch: (!commit.records.is_empty()).then(|| encode_records(commit.records)),
+            pending: !commit.instance.pending().is_empty(),
+            announce: next_due.filter(|&due| self.shared.must_announce(due, at)),
+        };
+        let fast = commit.keys.is_none() && row.announce.is_none();
+        // Deferred: returns once the server has the commit, not once it is on its disk; the
+        // thread's flush waits for the disk once for the batch.
+        let deferred = DEFERRING.with(std::cell::Cell::get) == self.handle;
+        let result = if fast {
+            self.pool
+                .autocommit(&self.server, |conn| self.write_row(conn, &row, deferred))
+        } else if deferred {
+            self.pool.transaction_as(
+                &self.server,
+                "BEGIN; SET LOCAL synchronous_commit TO OFF",
+                |conn| self.write_all(conn, &row),
+            )
+        } else {
+            self.pool
+                .transaction(&self.server, false, |conn| self.write_all(conn, &row))
+        };
+        let stored = match result {
+            Ok(()) => Ok(()),
+            Err(Outcome::Failed(e)) => Err(e),
+            Err(Outcome::Unknown(lost)) => {
+                self.pool.clear();
+                if self.surely_absent(&row) {
+                    // Nothing of it is stored (a pooled connection the server had closed, say):
+                    // once more, on a new connection.
+                    match self
+                        .pool
+                        .transaction(&self.server, false, |conn| self.write_all(conn, &row))
+                    {
+                        Ok(()) => Ok(()),
+                        Err(Outcome::Failed(e)) => Err(e),
+                        Err(Outcome::Unknown(lost)) => self.resolve(commit, &row.state, lost),
+                    }
+                } else {
+                    self.resolve(commit, &row.state, lost)
+                }
+            }
+        };
+        if stored.is_ok()
+            && let Some(due) = row.announce
+        {
+            self.shared.announced(due, true);
+        }
+        stored
+    }
+
+    /// Whether the instance is known, on a new connection, to still stand where `row`'s commit
+    /// read it (so that the commit is certainly not stored).
+    fn surely_absent(&self, row: &Row<'_>) -> bool {
+        let found = self.read_tx(|conn| {
+            let stmt =
+                conn.statement("SELECT row_version FROM procflow_instances WHERE id = $1")?;
+            match conn.client.query_opt(&stmt, &[&row.id])? {
+                Some(r) => Ok(Some(r.try_get::<_, i64>(0)?)),
+                None => Ok(None),
+            }
+        });
+        match found {
+            Ok(None) => row.commit.version == 0,
+            Ok(Some(v)) => row.commit.version > 0 && v == row.version,
+            Err(_) => false,
+        }
+    }
+
+    /// The instance row and the audit batch, in one statement.
+    fn write_row(&self, conn: &mut Conn, row: &Row<'_>, no_wait: bool) -> Result<(), Fail> {
+        let lease = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 4);
+        let changed: i64 = if row.commit.version == 0 {
+            let stmt = conn.statement(if no_wait { INSERT_NO_WAIT } else { INSERT })?;
+            conn.client
+                .query_one(
+                    &stmt,
+                    &[
+                        &row.id,
+                        &row.commit.def.id,
+                        &row.def_version,
+                        &row.running,
+                        &nanos(row.commit.instance.started_at()),
+                        &row.state,
+                        &row.next_due,
+                        &row.first,
+                        &row.batch,
+                        &row.pending,
+                        &lease,
+                        &self.me,
+                    ],
+                )?
+                .try_get(0)?
+        } else {
+            let stmt = conn.statement(if no_wait { UPDATE_NO_WAIT } else { UPDATE })?;
+            conn.client
+                .query_one(
+                    &stmt,
+                    &[
+                        &row.id,
+                        &row.def_version,
+                        &row.running,
+                        &row.version,
+                        &row.state,
+                        &row.next_due,
+                        &row.first,
+                        &row.batch,
+                        &row.pending,
+                        &lease,
+                        &self.me,
+                    ],
+                )?
+                .try_get(0)?
+        };
+        if changed == 0 {
+            let stmt =
+                conn.statement("SELECT row_version FROM procflow_instances WHERE id = $1")?;
+            let found: Option<i64> = match conn.client.query_opt(&stmt, &[&row.id])? {
+                Some(r) => Some(r.try_get(0)?),
+                None => None,
+            };
+            return Err(Fail::Store(StoreError::Conflict {
+                instance: row.commit.instance.id(),
+                expected: row.commit.version,
+                found: found.map(|v| u64::try_from(v).unwrap_or(0)),
+            }));
+        }
+        Ok(())
+    }
+
+    /// In a transaction: the row, the business keys, the announcement.
+    fn write_all(&self, conn: &mut Conn, row: &Row<'_>) -> Result<(), Fail> {
+        self.write_row(conn, row, false)?;
+        if let Some(keys) = row.commit.keys {
+            let stmt = conn.statement("DELETE FROM procflow_keys WHERE instance = $1")?;
+            conn.client.execute(&stmt, &[&row.id])?;
+            let stmt = conn.statement(
+                "INSERT INTO procflow_keys (name, value, instance) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )?;
+            for key in keys {
+                conn.client
+                    .execute(&stmt, &[&key.name, &key.value, &row.id])?;
+            }
+        }
+        if let Some(due) = row.announce {
+            let stmt = conn.statement("SELECT pg_notify($1, $2)")?;
+            conn.client
+                .execute(&stmt, &[&self.shared.channel, &format!("t{due}")])?;
+        }
+        Ok(())
+    }
+
+    /// [`Store::defer`](crate::Store::defer).
+    pub(super) fn start_deferring(&self) {
+        DEFERRING.with(|d| d.set(self.handle));
+    }
+
+    /// [`Store::flush`](crate::Store::flush): one durable write after the deferred commits;
+    /// the server flushes its log up to it, so up to every commit before it.
+    pub(super) fn flush_deferred(&self) -> Result<(), StoreError> {
+        if DEFERRING.with(|d| d.replace(0)) != self.handle {
+            return Ok(());
+        }
+        self.pool
+            .autocommit(&self.server, |conn| {
+                let stmt = conn.statement(
+                    "INSERT INTO procflow_flushes (handle, n) VALUES ($1, 1) \
+                     ON CONFLICT (handle) DO UPDATE SET n = procflow_flushes.n + 1",
+                )?;
+                conn.client.execute(&stmt, &[&self.me])?;
+                Ok(())
+            })
+            .map_err(Outcome::into_error)
+    }
+
+    /// [`Store::claim_outbox`](crate::Store::claim_outbox).
+    pub(super) fn claim_left(
+        &self,
+        lease: Duration,
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4);
+        let mut claimed = self.write(|conn| {
+            let stmt = conn.statement(
+                "WITH server AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms), \
+                 left_over AS (SELECT id FROM procflow_instances, server \
+                   WHERE outbox_until IS NOT NULL AND outbox_until < server.ms \
+                   ORDER BY outbox_until LIMIT 1000 FOR UPDATE OF procflow_instances SKIP LOCKED) \
+                 UPDATE procflow_instances i SET outbox_until = server.ms + $1, outbox_by = $2 \
+                 FROM left_over, server WHERE i.id = left_over.id RETURNING i.id, i.row_version",
+            )?;
+            ids_of(conn.client.query(&stmt, &[&lease, &self.me])?)
+        })?;
+        claimed.sort_unstable();
+        Ok(Some(claimed))
+    }
+
+    /// [`Store::next_wake`](crate::Store::next_wake): the earliest due timer no live claim
+    /// holds, and when the earliest lease on follow-ups runs out.
+    pub(super) fn wake_next(&self) -> Result<Option<StoreWake>, StoreError> {
+        let (due, work): (Option<i64>, Option<i64>) = self.read_tx(|conn| {
+            let stmt = conn.statement(
+                "WITH server AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms) \
+                 SELECT (SELECT min(next_due) FROM procflow_instances \
+                   WHERE running AND next_due IS NOT NULL \
+                   AND (claim_until IS NULL OR claim_until < server.ms)), \
+                 (SELECT min(outbox_until) FROM procflow_instances \
+                   WHERE outbox_until IS NOT NULL) - server.ms \
+                 FROM server",
+            )?;
+            let row = conn.client.query_one(&stmt, &[])?;
+            Ok((row.try_get(0)?, row.try_get(1)?))
+        })?;
+        Ok(Some(StoreWake {
+            due: due.and_then(chrono::DateTime::from_timestamp_millis),
+            work_in: work.map(|ms| Duration::from_millis(u64::try_from(ms + 1).unwrap_or(0))),
+        }))
+    }
+
+    /// [`Store::watch`](crate::Store::watch).
+    pub(super) fn add_watch(&self, wake: StoreWatch) -> bool {
+        wake::watch(&self.shared, &self.server, wake)
+    }
+}
