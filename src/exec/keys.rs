@@ -10,9 +10,10 @@
 //! with its slot. A definition without `keys:` never reaches this module.
 //!
 //! The index holds 64-bit hashes, not values: a query checks each candidate's variable, so a
-//! collision costs a look, never a wrong answer. It costs one `(hash, id)` pair, 16 bytes, per
-//! key per instance in a B-tree (about 30 bytes with the tree's slack, see README "Business
-//! keys"), in 64 shards so that starts on several threads seldom meet.
+//! collision costs a look, never a wrong answer. It costs one `(hash, id)` entry, 16 bytes, per
+//! key per instance in a hash table (a value several instances share keeps the others in a side
+//! table; about 33-35 bytes with the table's slack, see README "Business keys"), in 64 shards so
+//! that starts on several threads seldom meet.
 
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
