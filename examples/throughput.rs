@@ -311,12 +311,14 @@ fn reopen(args: &Args) -> Result<(), String> {
 fn timed(args: &Args, engine: &Engine, one: impl Fn(&Engine, u64) -> u64 + Sync) {
     let instances = AtomicU64::new(0);
     let transitions = AtomicU64::new(0);
+    let cpu_ns = AtomicU64::new(0);
     let budget = Duration::from_secs_f64(args.seconds);
     let start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..args.threads {
             s.spawn(|| {
                 let (mut n, mut t) = (0u64, 0u64);
+                let cpu = thread_cpu_ns();
                 'run: loop {
                     // Read the clock once per batch to keep it off the measured path.
                     for _ in 0..64 {
@@ -329,6 +331,7 @@ fn timed(args: &Args, engine: &Engine, one: impl Fn(&Engine, u64) -> u64 + Sync)
                 }
                 instances.fetch_add(n, Ordering::Relaxed);
                 transitions.fetch_add(t, Ordering::Relaxed);
+                cpu_ns.fetch_add(thread_cpu_ns().saturating_sub(cpu), Ordering::Relaxed);
             });
         }
     });
@@ -350,8 +353,11 @@ fn timed(args: &Args, engine: &Engine, one: impl Fn(&Engine, u64) -> u64 + Sync)
     floors.sort_by(f64::total_cmp);
     let floor = floors[1];
     let thread_ns = secs * 1e9 * args.threads as f64 / transitions as f64;
+    // On CPU time: what the threads' own running took, without the time the shared cores ran
+    // other processes.
+    let cpu_ns = cpu_ns.into_inner() as f64 / transitions as f64;
     println!(
-        "workload={} threads={} instances={} transitions={} seconds={:.3} transitions_per_sec={:.0} peak_rss_kb={} audit={} thread_ns_per_transition={:.1} floor_ns_per_transition={floor:.2} ratio_to_floor={:.1}{}",
+        "workload={} threads={} instances={} transitions={} seconds={:.3} transitions_per_sec={:.0} peak_rss_kb={} audit={} thread_ns_per_transition={:.1} cpu_ns_per_transition={cpu_ns:.1} cpu_transitions_per_sec={:.0} floor_ns_per_transition={floor:.2} ratio_to_floor={:.1}{}",
         args.workload,
         args.threads,
         instances,
@@ -361,6 +367,7 @@ fn timed(args: &Args, engine: &Engine, one: impl Fn(&Engine, u64) -> u64 + Sync)
         proc_status_kb("VmHWM"),
         args.audit,
         thread_ns,
+        args.threads as f64 * 1e9 / cpu_ns.max(f64::MIN_POSITIVE),
         thread_ns / floor,
         items
             + &match &args.store {
@@ -724,16 +731,19 @@ fn correlate(args: &Args) {
     const BATCH: u64 = 1_000;
     let mut batches: Vec<f64> = Vec::with_capacity((n / BATCH + 1) as usize);
     let mut total = Duration::ZERO;
+    let mut cpu_ns = 0u64;
     let mut j = 0;
     while j < n {
         let end = (j + BATCH).min(n);
         let msgs: Vec<Vars> = (j..end).map(|k| message(order(k))).collect();
+        let cpu = thread_cpu_ns();
         let start = Instant::now();
         for m in msgs {
             let c = engine.correlate("reply", m).expect("correlates");
             debug_assert_eq!(c.received.len(), 1);
         }
         let spent = start.elapsed();
+        cpu_ns += thread_cpu_ns().saturating_sub(cpu);
         total += spent;
         batches.push(spent.as_secs_f64() * 1e9 / (end - j) as f64);
         j = end;
@@ -745,8 +755,9 @@ fn correlate(args: &Args) {
         "every instance received its message"
     );
     println!(
-        "workload=correlate waiting={n} median_ns_per_correlate={median:.0} mean_ns_per_correlate={:.0} correlates_per_sec={:.0} bytes_per_waiting_instance={bytes:.0} bytes_per_uncorrelated_waiting_instance={plain_bytes:.0} start_ns={:.0} peak_rss_kb={} audit={}",
+        "workload=correlate waiting={n} median_ns_per_correlate={median:.0} mean_ns_per_correlate={:.0} cpu_ns_per_correlate={:.0} correlates_per_sec={:.0} bytes_per_waiting_instance={bytes:.0} bytes_per_uncorrelated_waiting_instance={plain_bytes:.0} start_ns={:.0} peak_rss_kb={} audit={}",
         total.as_secs_f64() * 1e9 / n as f64,
+        cpu_ns as f64 / n as f64,
         n as f64 / total.as_secs_f64(),
         start_secs * 1e9 / n as f64,
         proc_status_kb("VmHWM"),
@@ -767,6 +778,7 @@ fn call(args: &Args) {
             engine.start(process, Vars::new()).expect("starts");
         }
         let budget = Duration::from_secs_f64(args.seconds / 2.0);
+        let cpu = thread_cpu_ns();
         let start = Instant::now();
         let mut n = 0u64;
         while start.elapsed() < budget {
@@ -775,19 +787,31 @@ fn call(args: &Args) {
             }
             n += 1_000;
         }
-        start.elapsed().as_secs_f64() * 1e9 / n as f64
+        let wall = start.elapsed().as_secs_f64() * 1e9 / n as f64;
+        (wall, thread_cpu_ns().saturating_sub(cpu) as f64 / n as f64)
     };
-    let caller = time("caller");
-    let plain = time("plain");
+    let (caller, caller_cpu) = time("caller");
+    let (plain, plain_cpu) = time("plain");
     let mut floors: Vec<f64> = (0..3).map(|_| floor_ns(10, 2_000_000)).collect();
     floors.sort_by(f64::total_cmp);
     println!(
-        "workload=call ns_per_parent_instance={caller:.0} ns_per_plain_instance={plain:.0} ns_per_round_trip={:.0} floor_ns_per_transition={:.2} peak_rss_kb={} audit={}",
+        "workload=call ns_per_parent_instance={caller:.0} ns_per_plain_instance={plain:.0} ns_per_round_trip={:.0} cpu_ns_per_round_trip={:.0} floor_ns_per_transition={:.2} peak_rss_kb={} audit={}",
         caller - plain,
+        caller_cpu - plain_cpu,
         floors[1],
         proc_status_kb("VmHWM"),
         args.audit,
     );
+}
+
+/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, first field): on
+/// the shared machine a figure of CPU time leaves out the time other processes held the core
+/// (caches they evicted still count). 0 where there is none.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn gcd(a: u64, b: u64) -> u64 {

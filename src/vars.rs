@@ -134,6 +134,13 @@ impl VarSpec {
 /// Whether `value` is within [`VarSpec::MAX_VALUE_DEPTH`] and [`VarSpec::MAX_VALUE_BYTES`]; the
 /// walk stops as soon as either is passed, so a hostile value costs little to refuse.
 pub(crate) fn check_bounds(value: &Value) -> Option<VarProblem> {
+    // A scalar is within both bounds without writing it out: a number takes at most 24 bytes
+    // as JSON, and a string at most 6 per byte (`\u001f`) and its quotes.
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => return None,
+        Value::String(s) if s.len() <= (VarSpec::MAX_VALUE_BYTES - 2) / 6 => return None,
+        _ => {}
+    }
     if depth_over(value, VarSpec::MAX_VALUE_DEPTH) {
         return Some(VarProblem::TooDeep {
             limit: VarSpec::MAX_VALUE_DEPTH,

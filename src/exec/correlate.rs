@@ -64,7 +64,8 @@ pub(crate) enum BetweenChange {
     Received {
         message: String,
         from: Option<InstanceId>,
-        vars: Vars,
+        /// The payload's variables (a list: no map is built for a moment's use).
+        vars: Vec<(String, Value)>,
         receipt: Option<Receipt>,
     },
     /// A send node: the message's payload leaves in the outbox.
@@ -78,56 +79,19 @@ const SHARDS: usize = 64;
 
 type Ids<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
-/// One shard of the index: most (message, value) hashes have one waiting instance, kept in a
-/// 16-byte entry; the others beyond the first are in `more` (a waiting instance costs about
-/// 36 bytes of index at a million, against 69 with a small vector per entry).
+/// One shard of a hash index (this module's, and the business keys'): most hashes have one
+/// instance, kept in a 16-byte entry; the others beyond the first are in `more` (a waiting
+/// instance costs about 36 bytes of index at a million, against 69 with a small vector per
+/// entry).
 #[derive(Default)]
-struct Map {
+pub(super) struct Multi {
     one: Ids<u64>,
     more: Ids<Vec<u64>>,
 }
 
-/// Who received each (sender, follow-up number), among the running instances.
-type Receipts = HashMap<(u64, u64), Vec<InstanceId>>;
-
-/// The engine's state for messages between processes.
-pub(crate) struct Between {
-    /// (message, correlation value) hash → instances waiting.
-    index: Box<[Mutex<Map>]>,
-    /// Messages kept engine-wide (`keep_for`), oldest first.
-    parked: Mutex<Vec<ParkedMessage>>,
-    /// How many are parked: read without the lock on every wait that may match one.
-    parked_len: AtomicUsize,
-    /// Messages expired unmatched (without a store; a store keeps its own).
-    unmatched: Mutex<Vec<ParkedMessage>>,
-    /// While an engine opens a store: the receipts of every running instance, so that a send
-    /// follow-up a crash left behind skips receivers (and starts) it already reached.
-    pub(crate) resumed: Mutex<Option<Receipts>>,
-    /// The next number for a parked message.
-    next_parked: std::sync::atomic::AtomicU64,
-}
-
-impl Default for Between {
-    fn default() -> Between {
-        Between {
-            index: (0..SHARDS).map(|_| Mutex::new(Map::default())).collect(),
-            parked: Mutex::new(Vec::new()),
-            parked_len: AtomicUsize::new(0),
-            unmatched: Mutex::new(Vec::new()),
-            resumed: Mutex::new(None),
-            next_parked: std::sync::atomic::AtomicU64::new(1),
-        }
-    }
-}
-
-impl Between {
-    fn shard(&self, hash: u64) -> &Mutex<Map> {
-        &self.index[(hash >> 58) as usize % SHARDS]
-    }
-
-    fn insert(&self, hash: u64, id: u64) {
-        let mut shard = lock(self.shard(hash));
-        let Map { one, more } = &mut *shard;
+impl Multi {
+    pub(super) fn insert(&mut self, hash: u64, id: u64) {
+        let Multi { one, more } = self;
         match one.get(&hash) {
             None => {
                 one.insert(hash, id);
@@ -142,9 +106,8 @@ impl Between {
         }
     }
 
-    fn remove(&self, hash: u64, id: u64) {
-        let mut shard = lock(self.shard(hash));
-        let Map { one, more } = &mut *shard;
+    pub(super) fn remove(&mut self, hash: u64, id: u64) {
+        let Multi { one, more } = self;
         if one.get(&hash) == Some(&id) {
             // The next one, if any, takes the first place.
             match more.get_mut(&hash).and_then(Vec::pop) {
@@ -163,14 +126,69 @@ impl Between {
         }
     }
 
-    fn get(&self, hash: u64, out: &mut SmallVec<[u64; 2]>) {
-        let shard = lock(self.shard(hash));
-        let rest = shard.more.get(&hash).map_or(&[][..], |v| &v[..]);
-        for id in shard.one.get(&hash).into_iter().chain(rest) {
+    /// Adds the instances under `hash` to `out` (once each).
+    pub(super) fn get(&self, hash: u64, out: &mut SmallVec<[u64; 2]>) {
+        let rest = if self.more.is_empty() {
+            &[][..]
+        } else {
+            self.more.get(&hash).map_or(&[][..], |v| &v[..])
+        };
+        for id in self.one.get(&hash).into_iter().chain(rest) {
             if !out.contains(id) {
                 out.push(*id);
             }
         }
+    }
+}
+
+/// Who received each (sender, follow-up number), among the running instances.
+type Receipts = HashMap<(u64, u64), Vec<InstanceId>>;
+
+/// The engine's state for messages between processes.
+pub(crate) struct Between {
+    /// (message, correlation value) hash → instances waiting.
+    index: Box<[Mutex<Multi>]>,
+    /// Messages kept engine-wide (`keep_for`), oldest first.
+    parked: Mutex<Vec<ParkedMessage>>,
+    /// How many are parked: read without the lock on every wait that may match one.
+    parked_len: AtomicUsize,
+    /// Messages expired unmatched (without a store; a store keeps its own).
+    unmatched: Mutex<Vec<ParkedMessage>>,
+    /// While an engine opens a store: the receipts of every running instance, so that a send
+    /// follow-up a crash left behind skips receivers (and starts) it already reached.
+    pub(crate) resumed: Mutex<Option<Receipts>>,
+    /// The next number for a parked message.
+    next_parked: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Between {
+    fn default() -> Between {
+        Between {
+            index: (0..SHARDS).map(|_| Mutex::new(Multi::default())).collect(),
+            parked: Mutex::new(Vec::new()),
+            parked_len: AtomicUsize::new(0),
+            unmatched: Mutex::new(Vec::new()),
+            resumed: Mutex::new(None),
+            next_parked: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+}
+
+impl Between {
+    fn shard(&self, hash: u64) -> &Mutex<Multi> {
+        &self.index[(hash >> 58) as usize % SHARDS]
+    }
+
+    fn insert(&self, hash: u64, id: u64) {
+        lock(self.shard(hash)).insert(hash, id);
+    }
+
+    fn remove(&self, hash: u64, id: u64) {
+        lock(self.shard(hash)).remove(hash, id);
+    }
+
+    fn get(&self, hash: u64, out: &mut SmallVec<[u64; 2]>) {
+        lock(self.shard(hash)).get(hash, out);
     }
 
     /// Updates the index after a commit of `id`: the waits it had before and has now.
@@ -241,11 +259,50 @@ fn correlation_hash<'v>(
     Some(h.finish())
 }
 
+/// By node of `def`: whether a token or an open task there may wait for a correlated message
+/// (a catch of one, or a boundary event on one). Empty for a definition without any.
+pub(crate) fn listening(def: &ProcessDef) -> Box<[bool]> {
+    if def.correlated.is_empty() {
+        return Box::default();
+    }
+    let correlated = |m: &str| def.correlated.iter().any(|c| c == m);
+    def.nodes
+        .iter()
+        .map(|node| {
+            let catch = matches!(
+                &node.behaviour,
+                crate::def::Behaviour::Catch(crate::def::events::Trigger::Message(m)) if correlated(m)
+            );
+            catch
+                || node.boundary.iter().any(|b| {
+                    matches!(
+                        &b.on,
+                        crate::def::events::BoundaryOn::Event(
+                            crate::def::events::Trigger::Message(m)
+                        ) if correlated(m)
+                    )
+                })
+        })
+        .collect()
+}
+
 /// The (message, correlation value) hashes `inst` waits for now: one per correlated message a
 /// catch or boundary event of it waits for. Empty for a definition without any.
-pub(crate) fn waits(def: &ProcessDef, inst: &Instance) -> SmallVec<[u64; 2]> {
+pub(crate) fn waits(dep: &Deployed, inst: &Instance) -> SmallVec<[u64; 2]> {
     let mut out = SmallVec::new();
+    let def = &*dep.def;
     if def.correlated.is_empty() || inst.status != Status::Running {
+        return out;
+    }
+    // Most steps of such a definition are elsewhere: no token waits and no task is open at a
+    // node that listens, and nothing is compared or hashed.
+    let at = |node: NodeId| dep.listens.get(node.index()).copied().unwrap_or(true);
+    if !inst
+        .tokens
+        .iter()
+        .any(|t| t.state == crate::model::TokenState::Waiting && at(t.node))
+        && !inst.tasks.iter().any(|t| t.is_open() && at(t.node))
+    {
         return out;
     }
     for name in &def.correlated {
@@ -270,7 +327,7 @@ struct Receiver {
 
 /// What [`Engine::correlate`] found out before changing anything.
 struct Plan {
-    receivers: Vec<Receiver>,
+    receivers: SmallVec<[Receiver; 2]>,
     /// The distinct (message, value) hashes of the receivers' correlation rules.
     hashes: SmallVec<[u64; 2]>,
     /// Whether a match of several instances is allowed (every receiver says `many: true`).
@@ -319,6 +376,17 @@ fn has_receipt(inst: &Instance, receipt: Option<Receipt>) -> bool {
     })
 }
 
+/// The part of `vars` a definition's message payload lists, as a list.
+fn payload_list(def: &ProcessDef, message: &str, vars: &Vars) -> Vec<(String, Value)> {
+    let Some(m) = def.messages.get(message) else {
+        return Vec::new();
+    };
+    vars.iter()
+        .filter(|(k, _)| m.payload.iter().any(|p| p == *k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// The part of `vars` a definition's message payload lists.
 fn payload_of(def: &ProcessDef, message: &str, vars: &Vars) -> Vars {
     let Some(m) = def.messages.get(message) else {
@@ -342,8 +410,15 @@ impl Step<'_> {
                 vars,
                 receipt,
             } => {
-                self.note_keys(&vars);
-                self.inst.vars.extend(vars);
+                self.note_keys_in(|name| vars.iter().any(|(k, _)| k == name));
+                for (k, v) in vars {
+                    match self.inst.vars.get_mut(&k) {
+                        Some(old) => *old = v,
+                        None => {
+                            self.inst.vars.insert(k, v);
+                        }
+                    }
+                }
                 if let Some(r) = receipt {
                     let receipts = &mut self.inst.rare_mut().receipts;
                     if receipts.len() >= Receipt::LIMIT {
@@ -514,7 +589,7 @@ impl Engine {
     /// Checks a message against the deployed definitions that receive it.
     fn plan(&self, message: &str, vars: &Vars) -> Result<Plan, ExecError> {
         let catalog = self.defs.load();
-        let mut receivers = Vec::new();
+        let mut receivers: SmallVec<[Receiver; 2]> = SmallVec::new();
         for versions in catalog.values() {
             for dep in versions.values() {
                 if dep.def.messages.contains_key(message) {
@@ -590,23 +665,29 @@ impl Engine {
     }
 
     /// The instances that match a message now (checked under each one's lock).
-    fn matching(&self, plan: &Plan, message: &str, vars: &Vars) -> Vec<InstanceId> {
+    fn matching(&self, plan: &Plan, message: &str, vars: &Vars) -> SmallVec<[InstanceId; 2]> {
         self.candidates(plan, message, vars, false)
     }
 
     /// The instances the index names for a message; checked under each one's lock, unless
     /// `lazy` and there is only one (then delivering checks it, under the same lock: one lock
     /// instead of two for the common case).
-    fn candidates(&self, plan: &Plan, message: &str, vars: &Vars, lazy: bool) -> Vec<InstanceId> {
+    fn candidates(
+        &self,
+        plan: &Plan,
+        message: &str,
+        vars: &Vars,
+        lazy: bool,
+    ) -> SmallVec<[InstanceId; 2]> {
         let mut candidates: SmallVec<[u64; 2]> = SmallVec::new();
         for h in &plan.hashes {
             self.between.get(*h, &mut candidates);
         }
         self.receivers_in_store(plan, message, vars, &mut candidates);
         if lazy && candidates.len() == 1 {
-            return vec![InstanceId(candidates[0])];
+            return smallvec::smallvec![InstanceId(candidates[0])];
         }
-        let mut out: Vec<InstanceId> = candidates
+        let mut out: SmallVec<[InstanceId; 2]> = candidates
             .into_iter()
             .map(InstanceId)
             .filter(|id| {
@@ -676,7 +757,7 @@ impl Engine {
         if matched.len() > 1 && !plan.many {
             return Err(ExecError::AmbiguousMessage {
                 message: message.to_owned(),
-                candidates: matched,
+                candidates: matched.into_vec(),
             });
         }
         let mut out = Correlation::default();
@@ -771,7 +852,7 @@ impl Engine {
                 return None;
             }
             let listener = matches(slot, message, vars)?;
-            let payload = payload_of(&slot.dep.def, message, vars);
+            let payload = payload_list(&slot.dep.def, message, vars);
             let stepped = self.step_slot(slot, now, |step| {
                 step.room(4);
                 step.apply(Change::Between(Box::new(BetweenChange::Received {
@@ -822,7 +903,7 @@ impl Engine {
             let received = BetweenChange::Received {
                 message: message.to_owned(),
                 from: origin.from,
-                vars: Vars::new(),
+                vars: Vec::new(),
                 receipt: origin.receipt,
             };
             match self.start_from(
@@ -1006,7 +1087,7 @@ impl Engine {
             let slots: Vec<Arc<Mutex<Slot>>> = lock(shard).values().cloned().collect();
             for slot in slots {
                 let slot = lock(&slot);
-                let after = waits(&slot.dep.def, &slot.inst);
+                let after = waits(&slot.dep, &slot.inst);
                 self.between.reindex(slot.inst.id, &[], &after);
                 if let Some(rare) = slot.inst.rare.as_deref() {
                     for r in &rare.receipts {

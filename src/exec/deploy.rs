@@ -37,6 +37,10 @@ pub(crate) struct Deployed {
     /// Why the definition cannot run here, when it was resumed from a store without a handler or
     /// calendar it names: its instances can be read but not started or stepped.
     pub(crate) missing: Option<DeployError>,
+    /// By node: whether a token or task there may wait for a correlated message (a catch of
+    /// one, or a boundary event on one); empty for a definition without any. The seam looks
+    /// here before it works out an instance's waits (see `correlate.rs`).
+    pub(crate) listens: Box<[bool]>,
 }
 
 impl Deployed {
@@ -67,6 +71,7 @@ impl Deployed {
                 self.calendar.clone()
             },
             calendars,
+            listens: self.listens.clone(),
             first_records: self
                 .first_records
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -287,6 +292,7 @@ impl Engine {
                 first_records: 0.into(),
                 last_records: 0.into(),
                 missing,
+                listens: super::correlate::listening(&def),
             }),
         );
         self.defs.store(Arc::new(catalog));

@@ -10,11 +10,11 @@
 //! with its slot. A definition without `keys:` never reaches this module.
 //!
 //! The index holds 64-bit hashes, not values: a query checks each candidate's variable, so a
-//! collision costs a look, never a wrong answer. It costs one `(hash, id)` pair, 16 bytes, per
-//! key per instance in a B-tree (about 30 bytes with the tree's slack, see README "Business
-//! keys"), in 64 shards so that starts on several threads seldom meet.
+//! collision costs a look, never a wrong answer. It costs one `(hash, id)` entry, 16 bytes, per
+//! key per instance in a hash table (a value several instances share keeps the others in a side
+//! table; about 33-35 bytes with the table's slack, see README "Business keys"), in 64 shards so
+//! that starts on several threads seldom meet.
 
-use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
@@ -137,8 +137,9 @@ pub struct KeyRecord {
     pub record: Record,
 }
 
-/// One shard of the index: (hash of key and value, instance number) pairs, ordered.
-type KeyShard = Mutex<BTreeSet<(u64, u64)>>;
+/// One shard of the index: (hash of key and value) → instance numbers, in a hash table (a
+/// B-tree of pairs cost a cache miss per level at a million keys: a fifth of a `correlate`).
+type KeyShard = Mutex<super::correlate::Multi>;
 
 /// The engine's index: (key, value) hashes to instance numbers, in 64 shards by hash.
 pub(crate) struct KeyIndex {
@@ -148,7 +149,7 @@ pub(crate) struct KeyIndex {
 impl Default for KeyIndex {
     fn default() -> KeyIndex {
         KeyIndex {
-            shards: (0..SHARDS).map(|_| Mutex::new(BTreeSet::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 }
@@ -159,23 +160,24 @@ impl KeyIndex {
     }
 
     fn insert(&self, hash: u64, id: u64) {
-        lock(self.shard(hash)).insert((hash, id));
+        lock(self.shard(hash)).insert(hash, id);
     }
 
     fn remove(&self, hash: u64, id: u64) {
-        lock(self.shard(hash)).remove(&(hash, id));
+        lock(self.shard(hash)).remove(hash, id);
     }
 
     fn ids(&self, hash: u64) -> Vec<u64> {
-        lock(self.shard(hash))
-            .range((hash, 0)..=(hash, u64::MAX))
-            .map(|(_, id)| *id)
-            .collect()
+        let mut out = smallvec::SmallVec::<[u64; 2]>::new();
+        lock(self.shard(hash)).get(hash, &mut out);
+        out.into_vec()
     }
 
     #[cfg(debug_assertions)]
     fn contains(&self, hash: u64, id: u64) -> bool {
-        lock(self.shard(hash)).contains(&(hash, id))
+        let mut out = smallvec::SmallVec::<[u64; 2]>::new();
+        lock(self.shard(hash)).get(hash, &mut out);
+        out.contains(&id)
     }
 }
 
@@ -187,26 +189,55 @@ fn key_hash(name: &str, value: &str) -> u64 {
     h.finish()
 }
 
+/// [`key_hash`] of variable `name` with its canonical value, if it holds one, without
+/// rendering the value into a new string.
+fn var_hash(vars: &Vars, name: &str) -> Option<u64> {
+    match vars.get(name)? {
+        serde_json::Value::String(s) => Some(key_hash(name, s)),
+        serde_json::Value::Number(n) => {
+            use std::io::Write;
+            // The decimal digits of an integer (as `BusinessKey::render` writes them), on the
+            // stack: at most 20 digits and a sign.
+            let mut buf = [0u8; 24];
+            let mut w = &mut buf[..];
+            if let Some(i) = n.as_i64() {
+                write!(w, "{i}").ok()?;
+            } else {
+                write!(w, "{}", n.as_u64()?).ok()?;
+            }
+            let len = 24 - w.len();
+            Some(key_hash(name, std::str::from_utf8(&buf[..len]).ok()?))
+        }
+        _ => None,
+    }
+}
+
 /// The canonical value of variable `name`, if it holds one.
 fn value_of(vars: &Vars, name: &str) -> Option<String> {
     BusinessKey::render(vars.get(name)?)
 }
 
-/// The key changes of one call: (index in the definition's `keys`, value before the call).
-pub(crate) type KeyNotes = Vec<(usize, Option<String>)>;
+/// The key changes of one call: (index in the definition's `keys`, index hash of the value
+/// before the call). The index holds hashes, so equal hashes are an unchanged entry.
+pub(crate) type KeyNotes = Vec<(usize, Option<u64>)>;
 
 impl Step<'_> {
     /// Notes the business keys that `vars` is about to set, with their values before: call it
     /// before merging `vars` into the instance's variables. Does nothing for a definition
     /// without `keys:`.
     pub(crate) fn note_keys(&mut self, vars: &Vars) {
+        self.note_keys_in(|name| vars.contains_key(name));
+    }
+
+    /// [`Step::note_keys`] for the variables named by `sets`.
+    pub(crate) fn note_keys_in(&mut self, sets: impl Fn(&str) -> bool) {
         let keys = &self.dep.def.keys;
         if keys.is_empty() {
             return;
         }
         for (i, name) in keys.iter().enumerate() {
-            if vars.contains_key(name) && !self.key_notes.iter().any(|(j, _)| *j == i) {
-                let before = value_of(&self.inst.vars, name);
+            if sets(name) && !self.key_notes.iter().any(|(j, _)| *j == i) {
+                let before = var_hash(&self.inst.vars, name);
                 self.key_notes.push((i, before));
             }
         }
@@ -217,8 +248,8 @@ impl Engine {
     /// Puts a held instance of a keyed definition in the index.
     pub(crate) fn index_keys(&self, inst: &Instance, def: &ProcessDef) {
         for name in &def.keys {
-            if let Some(value) = value_of(&inst.vars, name) {
-                self.keys.insert(key_hash(name, &value), inst.id.0);
+            if let Some(hash) = var_hash(&inst.vars, name) {
+                self.keys.insert(hash, inst.id.0);
             }
         }
     }
@@ -226,8 +257,8 @@ impl Engine {
     /// Takes an instance that leaves its slot out of the index.
     pub(crate) fn unindex_keys(&self, inst: &Instance, def: &ProcessDef) {
         for name in &def.keys {
-            if let Some(value) = value_of(&inst.vars, name) {
-                self.keys.remove(key_hash(name, &value), inst.id.0);
+            if let Some(hash) = var_hash(&inst.vars, name) {
+                self.keys.remove(hash, inst.id.0);
             }
         }
     }
@@ -238,15 +269,15 @@ impl Engine {
             let Some(name) = def.keys.get(i) else {
                 continue;
             };
-            let now = value_of(&inst.vars, name);
+            let now = var_hash(&inst.vars, name);
             if now == before {
                 continue;
             }
             if let Some(v) = before {
-                self.keys.remove(key_hash(name, &v), inst.id.0);
+                self.keys.remove(v, inst.id.0);
             }
             if let Some(v) = now {
-                self.keys.insert(key_hash(name, &v), inst.id.0);
+                self.keys.insert(v, inst.id.0);
             }
         }
     }
@@ -257,6 +288,7 @@ impl Engine {
     pub(crate) fn check_indexed(&self, inst: &Instance, def: &ProcessDef) {
         for name in &def.keys {
             if let Some(value) = value_of(&inst.vars, name) {
+                debug_assert_eq!(var_hash(&inst.vars, name), Some(key_hash(name, &value)));
                 debug_assert!(
                     self.keys.contains(key_hash(name, &value), inst.id.0),
                     "instance {} holds key {name} = {value} but is not indexed under it: a \

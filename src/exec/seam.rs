@@ -257,7 +257,7 @@ impl Engine {
         // definition without a correlated catch).
         let correlated = !dep.def.correlated.is_empty();
         let waits_before = if correlated {
-            super::correlate::waits(&dep.def, inst)
+            super::correlate::waits(dep, inst)
         } else {
             smallvec::SmallVec::new()
         };
@@ -294,7 +294,7 @@ impl Engine {
             }
         }
         let fresh_waits = if correlated {
-            let after = super::correlate::waits(&dep.def, inst);
+            let after = super::correlate::waits(dep, inst);
             self.between.reindex(id, &waits_before, &after)
         } else {
             smallvec::SmallVec::new()
