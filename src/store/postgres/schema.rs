@@ -13,7 +13,7 @@ use super::Server;
 use crate::store::StoreError;
 
 /// The schema version this build writes and the newest it reads.
-pub(crate) const SUPPORTED: u32 = 2;
+pub(crate) const SUPPORTED: u32 = 3;
 
 /// Version 1, exactly as the first PostgreSQL store created it (frozen in `v1.sql`).
 pub(crate) const V1: &str = include_str!("v1.sql");
@@ -24,11 +24,22 @@ pub(crate) const V1: &str = include_str!("v1.sql");
 /// server's clock, and `claimed_by`, the claiming store handle): a replica that claims an
 /// instance's due timers owns them until then; a commit clears the claim, and an expired one
 /// returns (the replica died).
-const MIGRATIONS: &[&str] = &["
+///
+/// Version 3: a partial index of the instances whose state holds follow-ups left to run, so
+/// that [`Store::outbox`](crate::Store::outbox) (asked by every engine that opens the store)
+/// reads those alone instead of every stored state. Its predicate is the outbox query's.
+const MIGRATIONS: &[&str] = &[
+    "
 ALTER TABLE procflow_instances ADD COLUMN claim_until BIGINT;
 ALTER TABLE procflow_instances ADD COLUMN claimed_by TEXT;
 UPDATE procflow_meta SET value = '2' WHERE key = 'schema_version';
-"];
+",
+    "
+CREATE INDEX procflow_instances_outbox ON procflow_instances (id)
+    WHERE (state::jsonb #> '{outbox,pending,0}') IS NOT NULL;
+UPDATE procflow_meta SET value = '3' WHERE key = 'schema_version';
+",
+];
 
 /// Advisory lock key taken while creating or migrating the schema (`PFlw` + 1).
 const SCHEMA_LOCK: i64 = 0x5046_6C77_0001;
