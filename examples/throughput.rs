@@ -77,7 +77,7 @@ use common::*;
 mod pg;
 
 const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|waiting-keys|correlate|worklist|call|timers \
-[--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH|postgres:URL] \
+[--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH|postgres:URL] [--reuse] [--cache N] \
 [--durability process|full] [--commit group|single] [--lines N]";
 
 struct Args {
@@ -94,6 +94,10 @@ struct Args {
     lines: usize,
     /// The database URL, with `--store postgres:URL` (feature `postgres`).
     postgres: Option<String>,
+    /// `reopen`: reopen the store a previous run filled instead of filling a new one.
+    reuse: bool,
+    /// `reopen`: the engine's cache capacity (`Config::cache`); 0 keeps every instance.
+    cache: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -108,6 +112,8 @@ fn parse_args() -> Result<Args, String> {
         group_commit: true,
         lines: 100,
         postgres: None,
+        reuse: false,
+        cache: 10_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -119,6 +125,8 @@ fn parse_args() -> Result<Args, String> {
             "--instances" => args.instances = num(&flag, &value()?)?,
             "--lines" => args.lines = num(&flag, &value()?)?,
             "--no-audit" => args.audit = false,
+            "--reuse" => args.reuse = true,
+            "--cache" => args.cache = num(&flag, &value()?)?,
             "--store" => {
                 let v = value()?;
                 if let Some(url) = v.strip_prefix("postgres:") {
@@ -269,38 +277,118 @@ fn sqlite(args: &Args, path: &Path) -> SqliteStore {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Starts `args.instances` instances waiting at a user task on a new store, then times opening
-/// an engine that resumes them all.
+/// The engine settings of `reopen`: `--cache N` bounds the instances it keeps (0: all).
+fn reopen_config(args: &Args) -> procflow::Config {
+    let mut config = procflow::Config::default();
+    config.audit = args.audit;
+    config.cache = (args.cache > 0).then_some(args.cache);
+    config
+}
+
+/// Starts `args.instances` instances waiting at a user task on a new store (`--threads`
+/// threads, through an engine with a bounded cache so that the filling process stays small),
+/// unless `--reuse` reopens what an earlier run filled; then, with the peak RSS reset, times
+/// opening an engine on the store (`--cache`), and what it then answers from the store: the
+/// running instances' ids, and one completion of a task of an instance it did not hold.
 fn reopen(args: &Args) -> Result<(), String> {
-    let path = args
-        .store
-        .as_deref()
-        .ok_or("--workload reopen needs --store sqlite:PATH")?;
     let defs = || [parse(&waiting_def())];
-    {
-        let engine = engine_on(defs(), args.audit, sqlite(args, path));
-        for _ in 0..args.instances {
-            engine
-                .start(WAITING, Vars::new())
-                .map_err(|e| e.to_string())?;
+    let open_store = || -> Result<std::sync::Arc<dyn procflow::Store>, String> {
+        #[cfg(feature = "postgres")]
+        if let Some(url) = &args.postgres {
+            return procflow::PostgresStore::connect(url)
+                .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn procflow::Store>)
+                .map_err(|e| e.to_string());
         }
+        let path = args
+            .store
+            .as_deref()
+            .ok_or("--workload reopen needs --store sqlite:PATH or postgres:URL")?;
+        SqliteStore::options()
+            .durability(args.durability)
+            .open(path)
+            .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn procflow::Store>)
+            .map_err(|e| e.to_string())
+    };
+    if !args.reuse {
+        let fill_start = Instant::now();
+        let mut config = reopen_config(args);
+        config.cache = Some(10_000);
+        let store: std::sync::Arc<dyn procflow::Store> = {
+            #[cfg(feature = "postgres")]
+            let pg = args.postgres.as_ref().map(|url| pg::store(url));
+            #[cfg(not(feature = "postgres"))]
+            let pg: Option<SqliteStore> = None;
+            match (pg, &args.store) {
+                (Some(pg), _) => std::sync::Arc::new(pg),
+                (None, Some(path)) => std::sync::Arc::new(sqlite(args, path)),
+                (None, None) => {
+                    return Err(
+                        "--workload reopen needs --store sqlite:PATH or postgres:URL".into(),
+                    );
+                }
+            }
+        };
+        let engine = builder_for(&defs(), config)
+            .open(store)
+            .map_err(|e| e.to_string())?;
+        for def in defs() {
+            engine.deploy(def).map_err(|e| e.to_string())?;
+        }
+        let left = AtomicU64::new(args.instances);
+        std::thread::scope(|s| {
+            for _ in 0..args.threads {
+                s.spawn(|| {
+                    while left
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        engine.start(WAITING, Vars::new()).expect("start");
+                    }
+                });
+            }
+        });
+        eprintln!(
+            "filled {} instances in {:.1} s",
+            args.instances,
+            fill_start.elapsed().as_secs_f64()
+        );
     }
+    // The peak RSS from here on (Linux: writing 5 to clear_refs resets VmHWM).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let rss_before = proc_status_kb("VmRSS");
     let start = Instant::now();
-    let store = SqliteStore::options()
-        .durability(args.durability)
-        .open(path)
-        .map_err(|e| e.to_string())?;
-    let engine = builder_for(&defs(), procflow::Config::default())
-        .open(store)
+    let engine = builder_for(&defs(), reopen_config(args))
+        .open(open_store()?)
         .map_err(|e| e.to_string())?;
     let secs = start.elapsed().as_secs_f64();
-    let resumed = engine.instances().len() as u64;
+    let open_rss = proc_status_kb("VmHWM");
+    let start = Instant::now();
+    let ids = engine.instances();
+    let list_secs = start.elapsed().as_secs_f64();
+    let resumed = ids.len() as u64;
+    // A call on an instance the engine did not read at opening: read on demand.
+    let start = Instant::now();
+    let last = *ids.last().ok_or("no instance")?;
+    let task = engine.tasks(last).map_err(|e| e.to_string())?[0].id;
+    engine
+        .complete(task, &Actor::new("ann", ["clerk"]), Vars::new())
+        .map_err(|e| e.to_string())?;
+    let call_ms = start.elapsed().as_secs_f64() * 1e3;
     println!(
-        "workload=reopen instances={} resumed={resumed} reopen_seconds={secs:.3} peak_rss_kb={}",
+        "workload=reopen store={} instances={} cache={} resumed={resumed} reopen_seconds={secs:.3} \
+         open_peak_rss_kb={open_rss} rss_before_open_kb={rss_before} instances_query_seconds={list_secs:.3} \
+         first_call_ms={call_ms:.2} peak_rss_kb={}",
+        if args.postgres.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
         args.instances,
+        args.cache,
         proc_status_kb("VmHWM"),
     );
-    if resumed != args.instances {
+    // A reused store lost one running instance per earlier run (the completion above).
+    if !args.reuse && resumed < args.instances {
         return Err(format!("resumed {resumed} of {} instances", args.instances));
     }
     Ok(())

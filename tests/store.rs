@@ -664,3 +664,90 @@ nodes:
         assert_eq!(unmatched[0].message, "reply", "{name}");
     }
 }
+
+#[test]
+fn a_replica_lists_and_completes_what_another_started() {
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let a = open(store(), &clock);
+        a.deploy(ProcessDef::from_yaml(CASE).unwrap()).unwrap();
+        // Replica B opened before A started anything: it has read nothing of it.
+        let b = open(store(), &clock);
+        let id = a.start("case", Vars::new()).unwrap();
+        assert!(b.instances().contains(&id), "{name}: B lists A's instance");
+        let listed: Vec<_> = b
+            .work_list(&agent())
+            .into_iter()
+            .filter(|t| t.id.instance() == id)
+            .collect();
+        let mut nodes: Vec<&str> = listed.iter().map(|t| &*t.node_id).collect();
+        nodes.sort_unstable();
+        assert_eq!(nodes, ["check", "triage"], "{name}: B's work list");
+        // The deadline is read from the stored state too.
+        let triage = listed.iter().find(|t| &*t.node_id == "triage").unwrap();
+        assert_eq!(triage.due, Some(t0() + Duration::hours(2)), "{name}");
+        let check = listed.iter().find(|t| &*t.node_id == "check").unwrap().id;
+        b.complete(check, &agent(), Vars::new()).unwrap();
+        // A holds an older copy: its list is read from the store, without the completed task.
+        let on_a: Vec<_> = a
+            .work_list(&agent())
+            .into_iter()
+            .filter(|t| t.id.instance() == id)
+            .map(|t| t.node_id.to_string())
+            .collect();
+        assert_eq!(
+            on_a,
+            ["triage"],
+            "{name}: A's work list after B's completion"
+        );
+        // And A completes the other one (its stale copy conflicts once, then is read again).
+        let triage = triage.id;
+        if a.complete(triage, &agent(), Vars::new()) == Err(ExecError::Conflict(id)) {
+            a.complete(triage, &agent(), Vars::new()).unwrap();
+        }
+        assert!(b.work_list(&agent()).iter().all(|t| t.id.instance() != id));
+        clock.advance(Duration::hours(3));
+        a.tick(clock.now());
+        b.tick(clock.now());
+        let done = open(store(), &clock).instance(id).unwrap();
+        assert_eq!(done.status(), Status::Completed, "{name}");
+    }
+}
+
+#[test]
+fn a_bounded_cache_reads_back_what_it_let_go() {
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let mut config = procflow::Config::default();
+        // One instance per shard.
+        config.cache = Some(64);
+        let engine = builder(&clock)
+            .config(config.clone())
+            .open(store())
+            .unwrap();
+        engine.deploy(ProcessDef::from_yaml(CASE).unwrap()).unwrap();
+        let ids: Vec<InstanceId> = (0..300)
+            .map(|_| engine.start("case", Vars::new()).unwrap())
+            .collect();
+        assert_eq!(engine.instances(), ids, "{name}");
+        assert_eq!(engine.work_list(&agent()).len(), 600, "{name}");
+        // A replica opening with a cache (which loads no instance) still lists everything.
+        let other = builder(&clock).config(config).open(store()).unwrap();
+        assert_eq!(other.instances(), ids, "{name}");
+        for t in other.work_list(&agent()) {
+            other.complete(t.id, &agent(), Vars::new()).unwrap();
+        }
+        assert!(engine.work_list(&agent()).is_empty(), "{name}");
+        // The timer nodes fire once each, read from the store when due.
+        clock.advance(Duration::hours(3));
+        let fired = other.tick(clock.now()).len() + engine.tick(clock.now()).len();
+        assert_eq!(fired, 300, "{name}");
+        for id in &ids {
+            assert_eq!(
+                engine.instance(*id).unwrap().status(),
+                Status::Completed,
+                "{name}"
+            );
+        }
+    }
+}

@@ -487,7 +487,7 @@ fn a_newer_schema_is_refused() {
     drop(create(&db.0));
     {
         let conn = rusqlite::Connection::open(&db.0).unwrap();
-        conn.execute("UPDATE meta SET value = 5 WHERE key = 'schema_version'", [])
+        conn.execute("UPDATE meta SET value = 6 WHERE key = 'schema_version'", [])
             .unwrap();
     }
     let e = SqliteStore::open(&db.0).unwrap_err();
@@ -495,8 +495,8 @@ fn a_newer_schema_is_refused() {
         e,
         StoreError::NewerSchema {
             path: db.0.clone(),
-            found: 5,
-            supported: 4
+            found: 6,
+            supported: 5
         }
     );
 }

@@ -748,6 +748,9 @@ impl Engine {
             }
             let slot = Slot::new(inst, dep, version);
             lock(self.shard(child)).insert(child.0, Arc::new(std::sync::Mutex::new(slot)));
+            if self.config.cache.is_some() {
+                self.trim(child);
+            }
         }
         // The child's own failures reach the parent through its outbox.
         match self.after(stepped) {

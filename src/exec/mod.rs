@@ -6,6 +6,7 @@
 //! call's events after its commit, with nothing locked (see `seam.rs`).
 
 mod allot;
+mod cache;
 mod call;
 mod control;
 mod correlate;
@@ -69,6 +70,13 @@ pub struct Config {
     /// that would run deeper is not started, and the call is an incident of its parent. The
     /// default is 8.
     pub max_call_depth: u32,
+    /// With a store: how many instances the engine keeps in memory at most (each of its 64
+    /// shards keeps its share), reading the others from the store when a call, a `tick` or a
+    /// query needs them; and opening the store does not load every running instance (only
+    /// those of definitions that receive messages). `None` (the default): the engine keeps
+    /// every instance it starts or reads, and opening loads every running one. Without a store
+    /// the engine keeps everything either way.
+    pub cache: Option<usize>,
 }
 
 impl Default for Config {
@@ -77,6 +85,7 @@ impl Default for Config {
             audit: true,
             retain_completed: true,
             max_call_depth: 8,
+            cache: None,
         }
     }
 }
@@ -351,13 +360,17 @@ impl EngineBuilder {
             })?;
             Ok::<_, OpenError>((id, slot))
         };
-        for stored in store.running()? {
-            let (id, slot) = resume(stored)?;
-            if let Some(error) = &lock(&slot).dep.missing {
-                return Err(OpenError::Unavailable {
-                    instance: id,
-                    error: error.clone(),
-                });
+        if engine.config.cache.is_some() {
+            engine.resume_receivers()?;
+        } else {
+            for stored in store.running()? {
+                let (id, slot) = resume(stored)?;
+                if let Some(error) = &lock(&slot).dep.missing {
+                    return Err(OpenError::Unavailable {
+                        instance: id,
+                        error: error.clone(),
+                    });
+                }
             }
         }
         // The correlation index, the messages kept engine-wide, and what receivers have.
@@ -607,6 +620,9 @@ impl Engine {
             }
             let slot = Slot::new(inst, Arc::clone(dep), version);
             lock(self.shard(id)).insert(id.0, Arc::new(Mutex::new(slot)));
+            if self.config.cache.is_some() {
+                self.trim(id);
+            }
         }
         self.after(stepped).map(|()| id)
     }
@@ -1063,57 +1079,49 @@ impl Engine {
     /// it), across all instances, oldest first. A task whose milestones (`while_at`) are not held
     /// is left out until they are.
     ///
-    /// Complexity: a scan of every live instance. Called from a handler or veto it answers an
-    /// empty list. With a store shared by several engines, the list holds the instances this
-    /// engine has read: one another engine started appears once this engine reads it (a call on
-    /// it, or a `tick` that finds it due).
+    /// With a store the list covers every running instance the store holds, also those another
+    /// engine sharing it started or changed and those the cache ([`Config::cache`]) let go:
+    /// the store lists its running instances with their versions (an index, no state decoded),
+    /// and each one this engine does not hold, or holds at an older version, is read from the
+    /// store for the list (and not kept). A store that cannot be read now leaves the list at
+    /// what this engine holds.
+    ///
+    /// Complexity: a scan of every instance held, plus with a store one query and one read per
+    /// running instance not held. Called from a handler or veto it answers an empty list.
     pub fn work_list(&self, actor: &Actor) -> Vec<TaskView> {
         let mut out = Vec::new();
         if seam::busy().is_some() {
             return out;
         }
         if let Some(org) = &self.org {
-            return self.work_list_indexed(org, actor);
-        }
-        for shard in &*self.shards {
-            let slots: Vec<Arc<Mutex<Slot>>> = lock(shard).values().cloned().collect();
-            for slot in slots {
-                let slot = lock(&slot);
-                out.extend(open_tasks(&slot, |t| {
-                    let raci = slot.dep.def.nodes[t.node.index()].raci();
-                    let escalated = t
-                        .escalated_to
-                        .and_then(|i| slot.dep.def.roles.get_index(i as usize))
-                        .map(|(r, _)| r);
-                    // A task an escalation gave to a role is that role's work alone.
-                    let responsible = match escalated {
-                        Some(role) => self.authorizer.holds(role, actor),
-                        None => raci.is_some_and(|r| {
-                            r.responsible()
-                                .iter()
-                                .any(|role| self.authorizer.holds(role, actor))
-                        }),
-                    };
-                    responsible
-                        && t.claimed_by.as_ref().is_none_or(|c| **c == *actor.id)
-                        && rework::enabled(&slot.dep.def, &slot.inst, t.node)
-                        && lifecycle::offered(&slot, t, actor)
-                }));
+            out = self.work_list_indexed(org, actor);
+        } else {
+            for shard in &*self.shards {
+                let slots: Vec<Arc<Mutex<Slot>>> = lock(shard).values().cloned().collect();
+                for slot in slots {
+                    let slot = lock(&slot);
+                    out.extend(open_tasks(&slot, |t| self.may_list(&slot, t, actor)));
+                }
             }
         }
+        // With a store: the instances held elsewhere (or newer there), read from it.
+        self.work_list_stored(actor, &mut out);
         // The most urgent first: by deadline (tasks without one last), then age.
         out.sort_by_key(|t| (t.due.is_none(), t.due, t.created_at, t.id));
         out
     }
 
-    /// The ids of every instance in the engine.
+    /// The ids of every instance in the engine and, with a store, of every running instance
+    /// the store holds (also those another engine sharing it started), by id.
     pub fn instances(&self) -> Vec<InstanceId> {
         let mut ids: Vec<InstanceId> = self
             .shards
             .iter()
             .flat_map(|s| lock(s).keys().map(|k| InstanceId(*k)).collect::<Vec<_>>())
             .collect();
+        ids.extend(self.stored_elsewhere().into_iter().map(InstanceId));
         ids.sort();
+        ids.dedup();
         ids
     }
 }

@@ -597,6 +597,10 @@ impl Engine {
         }
         let slot = Arc::new(Mutex::new(Slot::new(instance, dep, version)));
         shard.insert(id.0, Arc::clone(&slot));
+        drop(shard);
+        if self.config.cache.is_some() {
+            self.trim(id);
+        }
         Ok(slot)
     }
 
@@ -605,7 +609,10 @@ impl Engine {
     /// # Errors
     /// [`ExecError::UnknownProcess`] when its definition is not deployed;
     /// [`ExecError::Store`] with [`StoreError::Decode`] when the state does not fit it.
-    fn fit(&self, stored: StoredInstance) -> Result<(Instance, Arc<Deployed>, u64), ExecError> {
+    pub(crate) fn fit(
+        &self,
+        stored: StoredInstance,
+    ) -> Result<(Instance, Arc<Deployed>, u64), ExecError> {
         let StoredInstance {
             mut instance,
             version,

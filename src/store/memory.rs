@@ -217,6 +217,18 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
+    fn running_ids(&self, process: Option<&str>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
+        let inner = self.lock();
+        let mut out: Vec<(InstanceId, u64)> = inner
+            .instances
+            .iter()
+            .filter(|(_, row)| row.running && process.is_none_or(|p| row.process == p))
+            .map(|(id, row)| (InstanceId(*id), row.version))
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
     fn due(&self, now: DateTime<Utc>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
         let inner = self.lock();
         Ok(inner

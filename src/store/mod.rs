@@ -70,6 +70,23 @@ pub trait Store: Send + Sync {
     /// A failure of the medium, or stored data that does not decode.
     fn running(&self) -> Result<Vec<StoredInstance>, StoreError>;
 
+    /// The running instances (of `process`, or of every process) with their stored versions,
+    /// by id: what an engine that does not hold every instance reads to list them (work lists,
+    /// [`Engine::instances`](crate::Engine::instances)) without decoding them.
+    ///
+    /// The default reads [`Store::running`]; the shipped stores answer from an index.
+    ///
+    /// # Errors
+    /// A failure of the medium.
+    fn running_ids(&self, process: Option<&str>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
+        Ok(self
+            .running()?
+            .into_iter()
+            .filter(|s| process.is_none_or(|p| s.instance.def().is_some_and(|d| d.id == p)))
+            .map(|s| (s.instance.id(), s.version))
+            .collect())
+    }
+
     /// Instances (running and completed) of `process` (or of every process) started at or after
     /// `since`, with their audit trails, oldest first: what reports read.
     ///
@@ -555,6 +572,10 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn running(&self) -> Result<Vec<StoredInstance>, StoreError> {
         (**self).running()
+    }
+
+    fn running_ids(&self, process: Option<&str>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
+        (**self).running_ids(process)
     }
 
     fn history(

@@ -382,6 +382,16 @@ impl Store for PostgresStore {
         Ok(out)
     }
 
+    fn running_ids(&self, process: Option<&str>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
+        self.read_tx(|conn| {
+            let stmt = conn.statement(
+                "SELECT id, row_version FROM procflow_instances \
+                 WHERE running AND ($1::text IS NULL OR process = $1) ORDER BY id",
+            )?;
+            ids_of(conn.client.query(&stmt, &[&process])?)
+        })
+    }
+
     fn due(&self, now: DateTime<Utc>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
         let now = now.timestamp_millis();
         self.read_tx(|conn| {
@@ -398,7 +408,8 @@ impl Store for PostgresStore {
             self.with_audit(
                 conn,
                 "SELECT id, row_version, state FROM procflow_instances \
-                 WHERE (state::jsonb #> '{outbox,pending,0}') IS NOT NULL ORDER BY id",
+                 WHERE outbox_until IS NOT NULL \
+                 AND (state::jsonb #> '{outbox,pending,0}') IS NOT NULL ORDER BY id",
                 &[],
             )
         })

@@ -29,7 +29,9 @@ pub(crate) const V1: &str = include_str!("v1.sql");
 /// server's clock, and `outbox_by`): a commit that leaves follow-ups to run holds them for its
 /// replica until then, a commit that leaves none clears it, and a replica claims the ones whose
 /// lease ran out (their replica died before running them). Instances stored with follow-ups
-/// pending are claimable at once. `procflow_flushes`: one row per store handle that deferred
+/// pending are claimable at once; the partial index on `outbox_until` is also what
+/// [`Store::outbox`](crate::Store::outbox) (asked by every engine that opens the store) reads,
+/// instead of every stored state. `procflow_flushes`: one row per store handle that deferred
 /// commits' durability (a tick's timer firings), written durably to flush them.
 const MIGRATIONS: &[&str] = &[
     "

@@ -595,6 +595,36 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    fn running_ids(&self, process: Option<&str>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
+        let path = &self.path;
+        self.read_with(|conn| {
+            // The partial index `instances_running` answers without reading the states.
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, row_version FROM instances \
+                     WHERE running = 1 AND (?1 IS NULL OR process = ?1) ORDER BY id",
+                )
+                .map_err(|e| sql_err(path, e))?;
+            let rows = stmt
+                .query_map([process], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| sql_err(path, e))?;
+            rows.into_iter()
+                .map(
+                    |(id, version)| match (u64::try_from(id), u64::try_from(version)) {
+                        (Ok(id), Ok(version)) => Ok((InstanceId(id), version)),
+                        _ => Err(StoreError::Corrupt {
+                            path: path.clone(),
+                            detail: format!("instance {id} has version {version}"),
+                        }),
+                    },
+                )
+                .collect::<Result<Vec<_>, _>>()
+        })
+    }
+
     fn due(&self, now: DateTime<Utc>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
         let path = &self.path;
         let mut due = self.read_with(|conn| {

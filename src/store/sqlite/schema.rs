@@ -20,7 +20,7 @@ use crate::model::Timer;
 use crate::store::{BusinessKey, StoreError};
 
 /// The schema version this build writes and the newest it reads.
-pub(super) const SUPPORTED: u32 = 4;
+pub(super) const SUPPORTED: u32 = 5;
 
 /// Version 1, exactly as the first SQLite store created it (frozen in
 /// `tests/fixtures/schema-v1.sql`; a unit test keeps the two equal).
@@ -94,6 +94,16 @@ CREATE TABLE messages (
     body TEXT NOT NULL
 );
 UPDATE meta SET value = 4 WHERE key = 'schema_version';
+";
+
+/// Version 5 (pgscale; kept apart from the other schema changes so that it can be renumbered):
+/// a partial index of the instances whose state holds follow-ups left to run, so that
+/// [`Store::outbox`](crate::Store::outbox), asked by every engine that opens the store, reads
+/// those alone instead of every stored state. Its predicate is the outbox query's.
+const V5: &str = "
+CREATE INDEX instances_outbox ON instances (id)
+    WHERE json_extract(state, '$.outbox.pending[0]') IS NOT NULL;
+UPDATE meta SET value = 5 WHERE key = 'schema_version';
 ";
 
 /// The page size of a new store: small pages keep the write per commit small (measured against
@@ -173,6 +183,7 @@ pub(super) fn initialize(conn: &mut Connection, path: &Path) -> Result<(), Store
     tx.execute_batch(V3).map_err(|e| sql_err(path, e))?;
     fill_keys(&tx, path)?;
     tx.execute_batch(V4).map_err(|e| sql_err(path, e))?;
+    tx.execute_batch(V5).map_err(|e| sql_err(path, e))?;
     stamp(&tx, path)?;
     tx.commit().map_err(|e| sql_err(path, e))?;
     wal(conn, path)
@@ -333,6 +344,9 @@ pub(super) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
     }
     if from < 4 {
         tx.execute_batch(V4).map_err(|e| sql_err(path, e))?;
+    }
+    if from < 5 {
+        tx.execute_batch(V5).map_err(|e| sql_err(path, e))?;
     }
     stamp(&tx, path)?;
     tx.commit().map_err(|e| sql_err(path, e))?;

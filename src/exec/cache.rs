@@ -1,0 +1,199 @@
+//! What an engine on a store holds of the stored instances, and what it reads from the store
+//! instead: the bounded cache ([`Config::cache`](super::Config::cache)), opening without
+//! loading every running instance, and the queries that list instances the engine does not
+//! hold (another engine sharing the store started them, or the cache let them go).
+//!
+//! **Invariant:** an instance leaves the engine only under its own lock, retired
+//! ([`Slot::retire`]) and after its last commit, so a caller that finds it gone reads it back
+//! from the store as that commit left it. Without a store nothing leaves.
+
+use super::seam::Slot;
+use super::{Engine, ExecError, SHARDS, TaskView, lock, open_tasks};
+use crate::ids::InstanceId;
+use crate::model::Task;
+use crate::raci::Actor;
+use crate::store::StoredInstance;
+
+/// How many slots of a shard the cache looks at for one to let go, at most, per insertion.
+const LOOK: usize = 8;
+
+impl Engine {
+    /// With a bounded cache and a store: after an instance was put into its shard, lets other
+    /// instances of that shard go until the shard holds at most its share of the capacity.
+    /// The slots let go are those the shard's table yields first (an arbitrary order: random
+    /// replacement) among those that are not locked now, have no follow-ups left to run, and
+    /// do not run a definition that receives messages (the correlation index needs those in
+    /// memory). At most [`LOOK`] slots are looked at per call.
+    pub(crate) fn trim(&self, kept: InstanceId) {
+        let Some(capacity) = self.config.cache else {
+            return;
+        };
+        if self.store.is_none() {
+            return;
+        }
+        let share = (capacity / SHARDS).max(1);
+        let mut gone = Vec::new();
+        {
+            let mut shard = lock(self.shard(kept));
+            let Some(excess) = shard.len().checked_sub(share).filter(|n| *n > 0) else {
+                return;
+            };
+            let mut victims = Vec::new();
+            for (n, slot) in shard.iter().filter(|(n, _)| **n != kept.0).take(LOOK) {
+                if victims.len() >= excess {
+                    break;
+                }
+                // Never waits for an instance's lock under the shard lock.
+                let Ok(mut guard) = slot.try_lock() else {
+                    continue;
+                };
+                if guard.is_retired()
+                    || !guard.dep.def.messages.is_empty()
+                    || !guard.inst.pending().is_empty()
+                {
+                    continue;
+                }
+                guard.retire();
+                victims.push(*n);
+            }
+            for n in victims {
+                gone.extend(shard.remove(&n));
+            }
+        }
+        for slot in gone {
+            let guard = lock(&slot);
+            if let Some(org) = &self.org {
+                org.forget(guard.inst.id);
+            }
+            if !guard.dep.def.keys.is_empty() {
+                self.unindex_keys(&guard.inst, &guard.dep.def);
+            }
+        }
+    }
+
+    /// Opening with a bounded cache: loads only the running instances of definitions that
+    /// receive messages (the correlation index and the receipts are kept in memory); the
+    /// others are read when a call, a `tick` or a query needs them.
+    pub(crate) fn resume_receivers(&self) -> Result<(), super::OpenError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let mut processes: Vec<String> = Vec::new();
+        for versions in self.defs.load().values() {
+            for dep in versions.values() {
+                if !dep.def.messages.is_empty() && !processes.contains(&dep.key.id) {
+                    processes.push(dep.key.id.clone());
+                }
+            }
+        }
+        for process in processes {
+            for (id, _) in store.running_ids(Some(&process))? {
+                let Some(stored) = store.read(id)? else {
+                    continue;
+                };
+                let key = stored.instance.def().cloned().unwrap_or_default();
+                let slot = self.adopt(stored).map_err(|e| match e {
+                    ExecError::Store(e) => super::OpenError::Store(e),
+                    _ => super::OpenError::UnknownDefinition { instance: id, key },
+                })?;
+                if let Some(error) = &lock(&slot).dep.missing {
+                    return Err(super::OpenError::Unavailable {
+                        instance: id,
+                        error: error.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// With a store: the running instances the store holds that this engine does not hold, or
+    /// holds at an older version (another engine committed since), by id. Empty without a
+    /// store, or when the store cannot be read now.
+    pub(crate) fn stored_elsewhere(&self) -> Vec<u64> {
+        let Some(store) = &self.store else {
+            return Vec::new();
+        };
+        let Ok(running) = store.running_ids(None) else {
+            return Vec::new();
+        };
+        running
+            .into_iter()
+            .filter(|(id, version)| {
+                let held = lock(self.shard(*id)).get(&id.0).cloned();
+                held.is_none_or(|slot| {
+                    let slot = lock(&slot);
+                    slot.is_retired() || slot.version < *version
+                })
+            })
+            .map(|(id, _)| id.0)
+            .collect()
+    }
+
+    /// A stored instance as a slot this engine does not keep (for a query): checked against
+    /// its definition, deployed again from the store when another engine deployed it since.
+    fn detached(&self, stored: StoredInstance) -> Result<Slot, ExecError> {
+        let fitted = match self.fit(stored.clone()) {
+            Err(ExecError::UnknownProcess { .. }) => {
+                self.load_definitions()?;
+                self.fit(stored)
+            }
+            other => other,
+        }?;
+        let (inst, dep, version) = fitted;
+        Ok(Slot::new(inst, dep, version))
+    }
+
+    /// Adds to `out` (a work list of what this engine holds) the open tasks `actor` may work
+    /// of the running instances that the store holds newer or that this engine does not hold,
+    /// each read from the store (and not kept), replacing what `out` listed of them.
+    pub(crate) fn work_list_stored(&self, actor: &Actor, out: &mut Vec<TaskView>) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let elsewhere = self.stored_elsewhere();
+        if elsewhere.is_empty() {
+            return;
+        }
+        out.retain(|t| elsewhere.binary_search(&t.id.instance.0).is_err());
+        for n in elsewhere {
+            // An instance that cannot be read now (or no longer fits its definition) is left
+            // out; a call on it says why.
+            let Ok(Some(stored)) = store.read(InstanceId(n)) else {
+                continue;
+            };
+            let Ok(slot) = self.detached(stored) else {
+                continue;
+            };
+            if slot.inst.status != crate::model::Status::Running {
+                continue;
+            }
+            out.extend(open_tasks(&slot, |t| self.may_list(&slot, t, actor)));
+        }
+    }
+
+    /// Whether the work list of `actor` shows open task `t` of `slot`.
+    pub(crate) fn may_list(&self, slot: &Slot, t: &Task, actor: &Actor) -> bool {
+        if self.org.is_some() {
+            return self.may_work(slot, t, actor);
+        }
+        let raci = slot.dep.def.nodes[t.node.index()].raci();
+        let escalated = t
+            .escalated_to
+            .and_then(|i| slot.dep.def.roles.get_index(i as usize))
+            .map(|(r, _)| r);
+        // A task an escalation gave to a role is that role's work alone.
+        let responsible = match escalated {
+            Some(role) => self.authorizer.holds(role, actor),
+            None => raci.is_some_and(|r| {
+                r.responsible()
+                    .iter()
+                    .any(|role| self.authorizer.holds(role, actor))
+            }),
+        };
+        responsible
+            && t.claimed_by.as_ref().is_none_or(|c| **c == *actor.id)
+            && super::rework::enabled(&slot.dep.def, &slot.inst, t.node)
+            && super::lifecycle::offered(slot, t, actor)
+    }
+}
