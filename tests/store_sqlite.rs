@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use procflow::{
     Actor, Commit, DefKey, Durability, Engine, ExecError, Instance, InstanceId, ManualClock,
-    ProcessDef, SqliteStore, Status, Store, StoreError, StoredDef, Vars,
+    ProcessDef, Record, SqliteStore, Status, Store, StoreError, StoredDef, Vars,
 };
 
 /// One task with a 30 minute claim deadline and a 4 hour due date: a started instance is
@@ -487,7 +487,7 @@ fn a_newer_schema_is_refused() {
     drop(create(&db.0));
     {
         let conn = rusqlite::Connection::open(&db.0).unwrap();
-        conn.execute("UPDATE meta SET value = 6 WHERE key = 'schema_version'", [])
+        conn.execute("UPDATE meta SET value = 7 WHERE key = 'schema_version'", [])
             .unwrap();
     }
     let e = SqliteStore::open(&db.0).unwrap_err();
@@ -495,8 +495,8 @@ fn a_newer_schema_is_refused() {
         e,
         StoreError::NewerSchema {
             path: db.0.clone(),
-            found: 6,
-            supported: 5
+            found: 7,
+            supported: 6
         }
     );
 }
@@ -698,6 +698,136 @@ fn a_v1_store_migrates_to_v2() {
     drop(store);
     let store = SqliteStore::open(&db.0).unwrap();
     assert_eq!(store.running().unwrap().len(), 1);
+}
+
+/// A store of schema version 4 (records keyed by instance and position, without rowid) moves to
+/// version 5 (records appended under a sequence, with an index by instance and position) and on
+/// to 6 (the outbox index) when
+/// opened: every audit trail reads back whole and in order, whatever order its rows were
+/// written in, and the store goes on storing commits.
+#[test]
+fn a_v4_store_migrates_to_v6() {
+    let db = TempDb::new("v4");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, 4);
+    let done: Vec<Instance> = [1, 3]
+        .iter()
+        .map(|&k| complete(&engine, inst[k].id()))
+        .collect();
+    let nanos = |i: &Instance| i.started_at().timestamp_nanos_opt().unwrap();
+    // (instance state, its version, where its second records row starts)
+    let rows = [
+        (&inst[0], 1, None),
+        (&done[0], 2, Some(inst[1].audit().len())),
+        (&inst[2], 1, None),
+        (&done[1], 2, Some(inst[3].audit().len())),
+    ];
+    {
+        let conn = rusqlite::Connection::open(&db.0).unwrap();
+        conn.execute_batch(include_str!("fixtures/schema-v4.sql"))
+            .unwrap();
+        conn.execute(
+            "INSERT INTO definitions (id, version, text) VALUES ('task', 1, ?1)",
+            [TASK],
+        )
+        .unwrap();
+        let mut batches = Vec::new();
+        for (i, version, split) in rows {
+            conn.execute(
+                "INSERT INTO instances \
+                 (id, process, def_version, running, row_version, started_at, state) \
+                 VALUES (?1, 'task', 1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![
+                    i.id().get() as i64,
+                    i.status() == Status::Running,
+                    version as i64,
+                    nanos(i),
+                    i.encode()
+                ],
+            )
+            .unwrap();
+            let audit = i.audit();
+            let split = split.unwrap_or(audit.len());
+            for (first, batch) in [(0, &audit[..split]), (split, &audit[split..])] {
+                if !batch.is_empty() {
+                    batches.push((
+                        i.id().get() as i64,
+                        first as i64,
+                        Record::encode_batch(batch),
+                    ));
+                }
+            }
+        }
+        // The later commits first, as a store written in a scattered order holds them.
+        batches.reverse();
+        for (id, first, batch) in batches {
+            conn.execute(
+                "INSERT INTO records (instance, first, batch) VALUES (?1, ?2, ?3)",
+                rusqlite::params![id, first, batch],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "UPDATE counters SET value = ?1 WHERE name = 'next_id'",
+            [inst[3].id().get() as i64 + 1],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&db.0).unwrap();
+    for (i, version, _) in rows {
+        let stored = store.read(i.id()).unwrap().unwrap();
+        assert_eq!(&stored.instance, i);
+        assert_eq!(stored.version, version);
+    }
+    let running: Vec<Instance> = store
+        .running()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.instance)
+        .collect();
+    assert_eq!(running, vec![inst[0].clone(), inst[2].clone()]);
+    assert_eq!(store.history(None, None).unwrap().len(), 4);
+    // It goes on as a version 6 store: a commit appends its records after the migrated ones.
+    let done2 = complete(&engine, inst[0].id());
+    commit(&store, &done2, 1, inst[0].audit().len()).unwrap();
+    assert_eq!(store.read(inst[0].id()).unwrap().unwrap().instance, done2);
+    drop(store);
+    {
+        let conn = rusqlite::Connection::open(&db.0).unwrap();
+        let version: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, 6);
+        // The rows were copied in (instance, position) order; the new one came last.
+        let order: Vec<(i64, i64)> = conn
+            .prepare("SELECT instance, first FROM records ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let id = |k: usize| inst[k].id().get() as i64;
+        let len = |k: usize| inst[k].audit().len() as i64;
+        assert_eq!(
+            order,
+            vec![
+                (id(0), 0),
+                (id(1), 0),
+                (id(1), len(1)),
+                (id(2), 0),
+                (id(3), 0),
+                (id(3), len(3)),
+                (id(0), len(0)),
+            ]
+        );
+    }
+    let store = SqliteStore::open(&db.0).unwrap();
+    assert_eq!(store.running().unwrap().len(), 1);
+    assert_eq!(store.read(inst[0].id()).unwrap().unwrap().instance, done2);
 }
 
 /// A small deterministic generator (xorshift64*), so damaged copies are the same every run.

@@ -1,7 +1,8 @@
 //! [`SqliteStore`]: the embedded durable store, one SQLite file in write-ahead-log mode.
 //!
 //! Layout: one row per instance (its state as JSON, without the audit trail), one row per
-//! commit in `records` (the JSON array of the records the commit added), the definitions' YAML
+//! commit in `records` (the JSON array of the records the commit added, appended under a
+//! sequence and found by an index on instance and position), the definitions' YAML
 //! texts, a counter for id blocks, and the business keys each instance holds (`keys`).
 //! `schema.rs` recognises and migrates the file; `write.rs` commits, alone or in groups.
 
@@ -188,6 +189,8 @@ const CHECKPOINT_BYTES: i64 = 32 << 20;
 /// 16 MiB this scan was 27% of a correlation's time on SQLite. Measured (throughput
 /// `--workload correlate --instances 100000`, 2026-12-04): 2 MiB beats 16 MiB and 4 MiB;
 /// the linear workload is no slower. The operating system's file cache keeps the rest warm.
+/// (Measured before schema 5, which appends the records and so splits far less often; the
+/// size was not measured again since.)
 const WRITER_CACHE_KIB: i64 = -2_048;
 
 impl SqliteStore {

@@ -20,7 +20,7 @@ use crate::model::Timer;
 use crate::store::{BusinessKey, StoreError};
 
 /// The schema version this build writes and the newest it reads.
-pub(super) const SUPPORTED: u32 = 5;
+pub(super) const SUPPORTED: u32 = 6;
 
 /// Version 1, exactly as the first SQLite store created it (frozen in
 /// `tests/fixtures/schema-v1.sql`; a unit test keeps the two equal).
@@ -96,14 +96,37 @@ CREATE TABLE messages (
 UPDATE meta SET value = 4 WHERE key = 'schema_version';
 ";
 
-/// Version 5 (pgscale; kept apart from the other schema changes so that it can be renumbered):
+/// Version 5: `records` keyed by a sequence that grows with every commit, with an index by
+/// (instance, position) for the reads. Versions 1 to 4 keyed the table by (instance, position)
+/// itself, without rowid: a commit of an instance other than the newest inserted its batch (a
+/// few hundred bytes, most of it on an overflow page, since an index page keeps at most about
+/// 230 bytes of an entry in place with 1 KiB pages) into the middle of the tree, and split a
+/// page every second or third commit. Now the batch is appended at the end of the table and only
+/// the index entry (a few bytes) lands in the middle. The rows are copied in (instance,
+/// position) order, so a migrated store keeps its order.
+const V5: &str = "
+CREATE TABLE records_v5 (
+    seq INTEGER PRIMARY KEY,
+    instance INTEGER NOT NULL,
+    first INTEGER NOT NULL,
+    batch TEXT NOT NULL
+);
+INSERT INTO records_v5 (instance, first, batch)
+    SELECT instance, first, batch FROM records ORDER BY instance, first;
+DROP TABLE records;
+ALTER TABLE records_v5 RENAME TO records;
+CREATE UNIQUE INDEX records_instance ON records (instance, first);
+UPDATE meta SET value = 5 WHERE key = 'schema_version';
+";
+
+/// Version 6:
 /// a partial index of the instances whose state holds follow-ups left to run, so that
 /// [`Store::outbox`](crate::Store::outbox), asked by every engine that opens the store, reads
 /// those alone instead of every stored state. Its predicate is the outbox query's.
-const V5: &str = "
+const V6: &str = "
 CREATE INDEX instances_outbox ON instances (id)
     WHERE json_extract(state, '$.outbox.pending[0]') IS NOT NULL;
-UPDATE meta SET value = 5 WHERE key = 'schema_version';
+UPDATE meta SET value = 6 WHERE key = 'schema_version';
 ";
 
 /// The page size of a new store: small pages keep the write per commit small (measured against
@@ -184,6 +207,7 @@ pub(super) fn initialize(conn: &mut Connection, path: &Path) -> Result<(), Store
     fill_keys(&tx, path)?;
     tx.execute_batch(V4).map_err(|e| sql_err(path, e))?;
     tx.execute_batch(V5).map_err(|e| sql_err(path, e))?;
+    tx.execute_batch(V6).map_err(|e| sql_err(path, e))?;
     stamp(&tx, path)?;
     tx.commit().map_err(|e| sql_err(path, e))?;
     wal(conn, path)
@@ -347,6 +371,9 @@ pub(super) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
     }
     if from < 5 {
         tx.execute_batch(V5).map_err(|e| sql_err(path, e))?;
+    }
+    if from < 6 {
+        tx.execute_batch(V6).map_err(|e| sql_err(path, e))?;
     }
     stamp(&tx, path)?;
     tx.commit().map_err(|e| sql_err(path, e))?;
@@ -550,6 +577,32 @@ mod tests {
         assert_eq!(
             super::V1,
             include_str!("../../../tests/fixtures/schema-v1.sql")
+        );
+    }
+
+    /// The tables of `sql` run on an empty database, as SQLite keeps them.
+    fn tables(sql: &[&str]) -> Vec<(String, String, Option<String>)> {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        for batch in sql {
+            conn.execute_batch(batch).unwrap();
+        }
+        let mut stmt = conn
+            .prepare("SELECT type, name, sql FROM sqlite_schema ORDER BY type, name")
+            .unwrap();
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// `tests/fixtures/schema-v4.sql` (the stores the migration to version 5 is tested on)
+    /// holds what versions 1 to 4 create.
+    #[test]
+    fn v4_fixture_is_what_v1_to_v4_create() {
+        let fixture = include_str!("../../../tests/fixtures/schema-v4.sql");
+        assert_eq!(
+            tables(&[fixture]),
+            tables(&[super::V1, super::V2, super::V3, super::V4])
         );
     }
 }

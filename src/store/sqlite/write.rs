@@ -125,7 +125,7 @@ impl Writer {
                 break;
             }
             let savepoints = left > 1;
-            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            if let Err(e) = run(&self.conn, "BEGIN IMMEDIATE") {
                 let e = sql_err(path, e);
                 fill(&mut failed, &e);
                 break;
@@ -135,14 +135,14 @@ impl Writer {
                 if slot.is_some() {
                     continue;
                 }
-                if savepoints && let Err(e) = self.conn.execute_batch("SAVEPOINT one") {
+                if savepoints && let Err(e) = run(&self.conn, "SAVEPOINT one") {
                     *slot = Some(sql_err(path, e));
                     restart = true;
                     break;
                 }
                 match apply(&self.conn, item, path) {
                     Ok(()) if savepoints => {
-                        if let Err(e) = self.conn.execute_batch("RELEASE one") {
+                        if let Err(e) = run(&self.conn, "RELEASE one") {
                             *slot = Some(sql_err(path, e));
                             restart = true;
                             break;
@@ -176,7 +176,7 @@ impl Writer {
                 fill(&mut failed, &e);
                 break;
             }
-            if let Err(e) = self.conn.execute_batch("COMMIT") {
+            if let Err(e) = run(&self.conn, "COMMIT") {
                 let e = sql_err(path, e);
                 self.rollback();
                 fill(&mut failed, &e);
@@ -199,6 +199,12 @@ impl Writer {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
+}
+
+/// Runs one statement without arguments through the statement cache (the transaction control
+/// of every commit: parsed once, not once a commit).
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 fn fill(failed: &mut [Option<StoreError>], e: &StoreError) {
@@ -266,16 +272,36 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
         .map_err(sql)?;
     }
     if let Some(keys) = &p.keys {
-        conn.prepare_cached("DELETE FROM keys WHERE instance = ?1")
-            .and_then(|mut s| s.execute([p.id]))
-            .map_err(sql)?;
-        for (name, value) in keys {
-            conn.prepare_cached(
-                "INSERT OR IGNORE INTO keys (name, value, instance) VALUES (?1, ?2, ?3)",
-            )
-            .and_then(|mut s| s.execute(params![name, value, p.id]))
-            .map_err(sql)?;
-        }
+        replace_keys(conn, p.id, p.version == 0, keys).map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// Makes the keys indexed for instance `id` exactly `keys`, writing only the rows that change:
+/// a call that sets a key variable to the value it had (a message that carries the key it was
+/// correlated by) writes nothing. A new instance (`fresh`) has none stored.
+fn replace_keys(
+    conn: &Connection,
+    id: i64,
+    fresh: bool,
+    keys: &[(String, String)],
+) -> rusqlite::Result<()> {
+    let stored: Vec<(String, String)> = if fresh {
+        Vec::new()
+    } else {
+        conn.prepare_cached("SELECT name, value FROM keys WHERE instance = ?1")?
+            .query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    for (name, value) in stored.iter().filter(|k| !keys.contains(k)) {
+        conn.prepare_cached("DELETE FROM keys WHERE name = ?1 AND value = ?2 AND instance = ?3")?
+            .execute(params![name, value, id])?;
+    }
+    for (name, value) in keys.iter().filter(|k| !stored.contains(k)) {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO keys (name, value, instance) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![name, value, id])?;
     }
     Ok(())
 }
