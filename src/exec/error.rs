@@ -242,6 +242,16 @@ pub enum ExecError {
         /// The message.
         message: String,
     },
+    /// [`Engine::complete_service`](crate::Engine::complete_service): no token waits at the
+    /// service task for its handler's answer (the instance finished or was cancelled meanwhile,
+    /// the answer came twice, or the node is not a service task).
+    #[error("instance {instance}: nothing waits for the answer of service task '{node}'")]
+    NotAwaiting {
+        /// The instance.
+        instance: InstanceId,
+        /// The node asked for.
+        node: String,
+    },
     /// [`Engine::correlate`](crate::Engine::correlate): no deployed definition declares the
     /// message under `messages:`.
     #[error("no deployed process receives message '{message}'")]

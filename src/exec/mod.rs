@@ -6,6 +6,7 @@
 //! call's events after its commit, with nothing locked (see `seam.rs`).
 
 mod allot;
+mod awaiting;
 mod call;
 mod control;
 mod correlate;
