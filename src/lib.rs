@@ -58,6 +58,10 @@
 //! - `report` (default): [`Report`] and its bottleneck heatmap, read back from any store.
 //! - `cli` (default): the `procflow` binary and [`Scenario`], the scripted runs of
 //!   `procflow simulate`; implies `sqlite` and `report`.
+//! - `tokio`: [`AsyncEngine`], the engine's calls as `async fn`s, async service handlers
+//!   ([`AsyncHandlers`]) and [`TimerTask`], the timer driver as a tokio task.
+//! - `telemetry`: `tracing` spans and events and `metrics` counters and histograms for every
+//!   engine call (names in README.md, "Tokio services").
 //!
 //! With `default-features = false` the crate is the engine with [`MemoryStore`] alone; a host
 //! can still bring its own [`Store`].
@@ -65,6 +69,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "tokio")]
+mod asynch;
 mod clock;
 mod cond;
 mod def;
@@ -83,6 +89,11 @@ mod time;
 mod vars;
 mod yaml;
 
+#[cfg(feature = "tokio")]
+pub use asynch::{
+    AsyncEngine, AsyncHandler, AsyncHandlerFn, AsyncHandlers, AsyncServiceCall, BoxFuture, Offload,
+    TimerTask, async_handler_fn,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use def::flows::{Flow, flow_map, flows_to_dot, flows_to_mermaid};
 pub use def::{

@@ -1,0 +1,745 @@
+//! The async façade for tokio services (feature `tokio`): [`AsyncEngine`] gives the engine's
+//! calls as `async fn`s, [`AsyncHandlers`] lets service handlers await, and [`TimerTask`] fires
+//! timers from a tokio task.
+//!
+//! An engine call is short CPU work plus, with a durable store, a commit that may wait for the
+//! disk. [`Offload`] says where a call runs so that it never stalls a worker thread for long:
+//! by default an engine with a store runs its calls in `spawn_blocking`, and an engine without
+//! one runs them on the calling task (they take about a microsecond, less than a thread hand-off
+//! costs).
+//!
+//! An awaiting service task: the engine's synchronous handler (registered by
+//! [`AsyncHandlers::handler`]) hands the call to the dispatcher and answers
+//! [`HandlerError::pending`]; the token waits at the service task and the engine goes on.
+//! The dispatcher runs the handler's future on the runtime, and its answer completes the service
+//! task in its own commit ([`Engine::complete_service`]).
+//!
+//! # Pitfalls
+//! A synchronous handler or hook that calls `tokio::runtime::Handle::block_on` panics when it
+//! runs on a runtime worker thread (tokio refuses to block a worker). The engine catches the
+//! panic (an incident for a handler, an [`ExecError::Hook`] for a hook) but Rust's panic hook
+//! still prints it. Under [`Offload::SpawnBlocking`] and [`Offload::BlockInPlace`] a call runs
+//! where `block_on` is allowed; under [`Offload::Inline`] it is not, and `AsyncEngine` refuses
+//! nothing then: write such a handler as an async one instead.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, mpsc};
+
+use crate::exec::{Correlation, Engine, ExecError, TaskView, WorkItem, WorkQuery};
+use crate::hooks::{HandlerError, ServiceCall, ServiceHandler};
+use crate::ids::{InstanceId, TaskId};
+use crate::model::{Fired, Instance};
+use crate::raci::Actor;
+use crate::vars::Vars;
+use crate::{DeployError, ProcessDef, Sla};
+
+/// Where [`AsyncEngine`] runs an engine call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Offload {
+    /// On the calling task: cheapest, for engines without a durable store (a call is a
+    /// microsecond of CPU work). A handler must not block on the runtime then.
+    Inline,
+    /// In `tokio::task::block_in_place` on a multi-thread runtime (the worker hands its other
+    /// tasks to another thread first); in `spawn_blocking` on a current-thread runtime.
+    BlockInPlace,
+    /// In `tokio::task::spawn_blocking`: the safe choice for a store that may wait for the disk.
+    SpawnBlocking,
+}
+
+/// A boxed future, as [`AsyncHandler::call`] returns it.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What an async service handler is given: an owned copy of [`ServiceCall`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AsyncServiceCall {
+    /// The instance.
+    pub instance: InstanceId,
+    /// The service task's node id.
+    pub node: String,
+    /// The instance's variables when the service task was reached.
+    pub vars: Vars,
+}
+
+/// A service handler that may await. Its answer completes the service task in its own commit:
+/// `Ok(vars)` sets them (they must be declared) and moves the token on, `Err` is an incident
+/// that [`Engine::retry`] runs again.
+pub trait AsyncHandler: Send + Sync + 'static {
+    /// Does the work.
+    fn call(&self, call: AsyncServiceCall) -> BoxFuture<Result<Vars, HandlerError>>;
+}
+
+/// An async handler made from a closure; see [`async_handler_fn`].
+pub struct AsyncHandlerFn<F>(F);
+
+impl<F> std::fmt::Debug for AsyncHandlerFn<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AsyncHandlerFn")
+    }
+}
+
+impl<F, Fut> AsyncHandler for AsyncHandlerFn<F>
+where
+    F: Fn(AsyncServiceCall) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vars, HandlerError>> + Send + 'static,
+{
+    fn call(&self, call: AsyncServiceCall) -> BoxFuture<Result<Vars, HandlerError>> {
+        Box::pin((self.0)(call))
+    }
+}
+
+/// Makes an async service handler from a closure returning a future.
+///
+/// # Examples
+/// ```
+/// use procflow::{async_handler_fn, Vars};
+/// let lookup = async_handler_fn(|call| async move {
+///     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+///     let mut out = Vars::new();
+///     out.insert("found".into(), serde_json::json!(call.vars.contains_key("customer")));
+///     Ok(out)
+/// });
+/// # let _ = lookup;
+/// ```
+pub fn async_handler_fn<F, Fut>(f: F) -> AsyncHandlerFn<F>
+where
+    F: Fn(AsyncServiceCall) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vars, HandlerError>> + Send + 'static,
+{
+    AsyncHandlerFn(f)
+}
+
+/// One handler call waiting for the dispatcher.
+struct Job {
+    handler: Arc<dyn AsyncHandler>,
+    call: AsyncServiceCall,
+}
+
+/// The async service handlers of one engine: register each on the [`EngineBuilder`]
+/// (`builder.handler(name, handlers.handler(h))`), then give them to [`AsyncEngine::new`],
+/// whose dispatcher task runs them.
+///
+/// [`EngineBuilder`]: crate::EngineBuilder
+pub struct AsyncHandlers {
+    tx: mpsc::UnboundedSender<Job>,
+    rx: mpsc::UnboundedReceiver<Job>,
+}
+
+impl std::fmt::Debug for AsyncHandlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AsyncHandlers")
+    }
+}
+
+impl Default for AsyncHandlers {
+    fn default() -> AsyncHandlers {
+        AsyncHandlers::new()
+    }
+}
+
+impl AsyncHandlers {
+    /// No handlers yet.
+    pub fn new() -> AsyncHandlers {
+        let (tx, rx) = mpsc::unbounded_channel();
+        AsyncHandlers { tx, rx }
+    }
+
+    /// The engine-side handler for `handler`: it hands each call to the dispatcher and lets the
+    /// token wait. Until an [`AsyncEngine`] dispatches (or after it is gone) a call is an
+    /// incident ("no dispatcher runs async handlers"), which a retry runs again.
+    pub fn handler(&self, handler: impl AsyncHandler) -> impl ServiceHandler {
+        Awaiting {
+            handler: Arc::new(handler),
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+/// The synchronous side of an async handler.
+struct Awaiting {
+    handler: Arc<dyn AsyncHandler>,
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl ServiceHandler for Awaiting {
+    fn call(&self, call: &ServiceCall<'_>) -> Result<Vars, HandlerError> {
+        if call.item.is_some() {
+            // A multi-instance item cannot wait alone: the engine records this as an incident.
+            return Err(HandlerError::pending());
+        }
+        let job = Job {
+            handler: Arc::clone(&self.handler),
+            call: AsyncServiceCall {
+                instance: call.instance,
+                node: call.node.to_owned(),
+                vars: call.vars.clone(),
+            },
+        };
+        match self.tx.send(job) {
+            Ok(()) => Err(HandlerError::pending()),
+            Err(_) => Err(HandlerError::new(
+                "no dispatcher runs async handlers (no AsyncEngine was made with them)",
+            )),
+        }
+    }
+}
+
+/// The engine's calls as `async fn`s, for tokio services. Cheap to clone (an `Arc`).
+///
+/// Every call gives what the synchronous one gives, with the same typed [`ExecError`]; a call
+/// that the runtime could not run (it is shutting down) gives [`ExecError::Runtime`].
+#[derive(Clone, Debug)]
+pub struct AsyncEngine {
+    engine: Arc<Engine>,
+    offload: Offload,
+}
+
+impl AsyncEngine {
+    /// Wraps an engine, with [`Offload::SpawnBlocking`] when it has a store and
+    /// [`Offload::Inline`] when it keeps everything in memory.
+    pub fn new(engine: Arc<Engine>) -> AsyncEngine {
+        let offload = if engine.has_store() {
+            Offload::SpawnBlocking
+        } else {
+            Offload::Inline
+        };
+        AsyncEngine { engine, offload }
+    }
+
+    /// Wraps an engine whose async handlers `handlers` made, and spawns their dispatcher on the
+    /// current tokio runtime (it ends when the runtime does, or when every engine-side handler
+    /// is gone).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (as `tokio::spawn` does).
+    pub fn with_handlers(engine: Arc<Engine>, handlers: AsyncHandlers) -> AsyncEngine {
+        let this = AsyncEngine::new(engine);
+        let AsyncHandlers { tx, mut rx } = handlers;
+        drop(tx);
+        let engine = this.clone();
+        tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                let engine = engine.clone();
+                tokio::spawn(async move { engine.dispatch(job).await });
+            }
+        });
+        this
+    }
+
+    /// Chooses where calls run.
+    pub fn offload(mut self, offload: Offload) -> AsyncEngine {
+        self.offload = offload;
+        self
+    }
+
+    /// Where calls run.
+    pub fn offload_mode(&self) -> Offload {
+        self.offload
+    }
+
+    /// The synchronous engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Runs one handler call and hands its answer in.
+    async fn dispatch(&self, job: Job) {
+        let Job { handler, call } = job;
+        let (instance, node) = (call.instance, call.node.clone());
+        let answer = handler.call(call).await;
+        // The call that reached the service task may still be underway: a start puts its
+        // instance where other calls find it only after its step. Wait a little for it.
+        for _ in 0..1000 {
+            if self.engine.knows(instance) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let result = self
+            .complete_service(instance, &node, answer)
+            .await;
+        if let Err(e) = result {
+            note_dispatch_failure(instance, &node, &e);
+        }
+    }
+
+    /// Runs `f` on the engine as [`Offload`] says.
+    async fn run<R, F>(&self, f: F) -> Result<R, ExecError>
+    where
+        F: FnOnce(&Engine) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        match self.offload {
+            Offload::Inline => Ok(f(&self.engine)),
+            Offload::BlockInPlace
+                if tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                }) =>
+            {
+                Ok(tokio::task::block_in_place(|| f(&self.engine)))
+            }
+            Offload::BlockInPlace | Offload::SpawnBlocking => {
+                let engine = Arc::clone(&self.engine);
+                #[cfg(feature = "telemetry")]
+                let span = tracing::Span::current();
+                tokio::task::spawn_blocking(move || {
+                    #[cfg(feature = "telemetry")]
+                    let _entered = span.enter();
+                    f(&engine)
+                })
+                .await
+                .map_err(|e| ExecError::Runtime(e.to_string()))
+            }
+        }
+    }
+
+    /// [`Engine::deploy`].
+    ///
+    /// # Errors
+    /// As [`Engine::deploy`]; [`DeployError`] has no runtime failure, so a runtime shutting
+    /// down panics here as a cancelled task would.
+    pub async fn deploy(&self, def: ProcessDef) -> Result<Arc<ProcessDef>, DeployError> {
+        // Deploying is rare and touches no instance: run it here.
+        self.engine.deploy(def)
+    }
+
+    /// [`Engine::start`].
+    ///
+    /// # Errors
+    /// As [`Engine::start`]; [`ExecError::Runtime`] when the runtime could not run it.
+    pub async fn start(&self, process: &str, vars: Vars) -> Result<InstanceId, ExecError> {
+        let process = process.to_owned();
+        self.run(move |e| e.start(&process, vars)).await?
+    }
+
+    /// [`Engine::start_version`].
+    ///
+    /// # Errors
+    /// As [`Engine::start_version`]; [`ExecError::Runtime`].
+    pub async fn start_version(
+        &self,
+        process: &str,
+        version: Option<u32>,
+        vars: Vars,
+    ) -> Result<InstanceId, ExecError> {
+        let process = process.to_owned();
+        self.run(move |e| e.start_version(&process, version, vars))
+            .await?
+    }
+
+    /// [`Engine::claim`].
+    ///
+    /// # Errors
+    /// As [`Engine::claim`]; [`ExecError::Runtime`].
+    pub async fn claim(&self, task: TaskId, actor: &Actor) -> Result<(), ExecError> {
+        let actor = actor.clone();
+        self.run(move |e| e.claim(task, &actor)).await?
+    }
+
+    /// [`Engine::complete`].
+    ///
+    /// # Errors
+    /// As [`Engine::complete`]; [`ExecError::Runtime`].
+    pub async fn complete(&self, task: TaskId, actor: &Actor, output: Vars) -> Result<(), ExecError> {
+        let actor = actor.clone();
+        self.run(move |e| e.complete(task, &actor, output)).await?
+    }
+
+    /// [`Engine::comment`].
+    ///
+    /// # Errors
+    /// As [`Engine::comment`]; [`ExecError::Runtime`].
+    pub async fn comment(&self, task: TaskId, actor: &Actor, text: &str) -> Result<(), ExecError> {
+        let (actor, text) = (actor.clone(), text.to_owned());
+        self.run(move |e| e.comment(task, &actor, &text)).await?
+    }
+
+    /// [`Engine::reassign`].
+    ///
+    /// # Errors
+    /// As [`Engine::reassign`]; [`ExecError::Runtime`].
+    pub async fn reassign(&self, task: TaskId, by: &Actor, to: &Actor) -> Result<(), ExecError> {
+        let (by, to) = (by.clone(), to.clone());
+        self.run(move |e| e.reassign(task, &by, &to)).await?
+    }
+
+    /// [`Engine::release`].
+    ///
+    /// # Errors
+    /// As [`Engine::release`]; [`ExecError::Runtime`].
+    pub async fn release(&self, task: TaskId, actor: &Actor) -> Result<(), ExecError> {
+        let actor = actor.clone();
+        self.run(move |e| e.release(task, &actor)).await?
+    }
+
+    /// [`Engine::delegate`].
+    ///
+    /// # Errors
+    /// As [`Engine::delegate`]; [`ExecError::Runtime`].
+    pub async fn delegate(&self, task: TaskId, by: &Actor, to: &Actor) -> Result<(), ExecError> {
+        let (by, to) = (by.clone(), to.clone());
+        self.run(move |e| e.delegate(task, &by, &to)).await?
+    }
+
+    /// [`Engine::return_task`].
+    ///
+    /// # Errors
+    /// As [`Engine::return_task`]; [`ExecError::Runtime`].
+    pub async fn return_task(&self, task: TaskId, actor: &Actor) -> Result<(), ExecError> {
+        let actor = actor.clone();
+        self.run(move |e| e.return_task(task, &actor)).await?
+    }
+
+    /// [`Engine::send_back`].
+    ///
+    /// # Errors
+    /// As [`Engine::send_back`]; [`ExecError::Runtime`].
+    pub async fn send_back(
+        &self,
+        task: TaskId,
+        actor: &Actor,
+        to: &str,
+        reason: &str,
+    ) -> Result<(), ExecError> {
+        let (actor, to, reason) = (actor.clone(), to.to_owned(), reason.to_owned());
+        self.run(move |e| e.send_back(task, &actor, &to, &reason))
+            .await?
+    }
+
+    /// [`Engine::skip`].
+    ///
+    /// # Errors
+    /// As [`Engine::skip`]; [`ExecError::Runtime`].
+    pub async fn skip(&self, task: TaskId, actor: &Actor, reason: &str) -> Result<(), ExecError> {
+        let (actor, reason) = (actor.clone(), reason.to_owned());
+        self.run(move |e| e.skip(task, &actor, &reason)).await?
+    }
+
+    /// [`Engine::suspend`].
+    ///
+    /// # Errors
+    /// As [`Engine::suspend`]; [`ExecError::Runtime`].
+    pub async fn suspend(&self, what: impl Into<WorkItem>, actor: &Actor) -> Result<(), ExecError> {
+        let (what, actor) = (what.into(), actor.clone());
+        self.run(move |e| e.suspend(what, &actor)).await?
+    }
+
+    /// [`Engine::resume`].
+    ///
+    /// # Errors
+    /// As [`Engine::resume`]; [`ExecError::Runtime`].
+    pub async fn resume(&self, what: impl Into<WorkItem>, actor: &Actor) -> Result<(), ExecError> {
+        let (what, actor) = (what.into(), actor.clone());
+        self.run(move |e| e.resume(what, &actor)).await?
+    }
+
+    /// [`Engine::hand_over`].
+    ///
+    /// # Errors
+    /// As [`Engine::hand_over`]; [`ExecError::Runtime`].
+    pub async fn hand_over(
+        &self,
+        instance: InstanceId,
+        by: &Actor,
+        to: &Actor,
+    ) -> Result<(), ExecError> {
+        let (by, to) = (by.clone(), to.clone());
+        self.run(move |e| e.hand_over(instance, &by, &to)).await?
+    }
+
+    /// [`Engine::cancel`].
+    ///
+    /// # Errors
+    /// As [`Engine::cancel`]; [`ExecError::Runtime`].
+    pub async fn cancel(
+        &self,
+        instance: InstanceId,
+        actor: &Actor,
+        reason: &str,
+    ) -> Result<(), ExecError> {
+        let (actor, reason) = (actor.clone(), reason.to_owned());
+        self.run(move |e| e.cancel(instance, &actor, &reason))
+            .await?
+    }
+
+    /// [`Engine::retry`].
+    ///
+    /// # Errors
+    /// As [`Engine::retry`]; [`ExecError::Runtime`].
+    pub async fn retry(&self, instance: InstanceId) -> Result<(), ExecError> {
+        self.run(move |e| e.retry(instance)).await?
+    }
+
+    /// [`Engine::add_items`].
+    ///
+    /// # Errors
+    /// As [`Engine::add_items`]; [`ExecError::Runtime`].
+    pub async fn add_items(
+        &self,
+        instance: InstanceId,
+        node: &str,
+        items: Vec<serde_json::Value>,
+    ) -> Result<(), ExecError> {
+        let node = node.to_owned();
+        self.run(move |e| e.add_items(instance, &node, items))
+            .await?
+    }
+
+    /// [`Engine::deliver`].
+    ///
+    /// # Errors
+    /// As [`Engine::deliver`]; [`ExecError::Runtime`].
+    pub async fn deliver(
+        &self,
+        instance: InstanceId,
+        message: &str,
+        vars: Vars,
+    ) -> Result<(), ExecError> {
+        let message = message.to_owned();
+        self.run(move |e| e.deliver(instance, &message, vars))
+            .await?
+    }
+
+    /// [`Engine::correlate`].
+    ///
+    /// # Errors
+    /// As [`Engine::correlate`]; [`ExecError::Runtime`].
+    pub async fn correlate(&self, message: &str, vars: Vars) -> Result<Correlation, ExecError> {
+        let message = message.to_owned();
+        self.run(move |e| e.correlate(&message, vars)).await?
+    }
+
+    /// [`Engine::signal`].
+    ///
+    /// # Errors
+    /// As [`Engine::signal`]; [`ExecError::Runtime`].
+    pub async fn signal(&self, name: &str, vars: Vars) -> Result<usize, ExecError> {
+        let name = name.to_owned();
+        self.run(move |e| e.signal(&name, vars)).await?
+    }
+
+    /// [`Engine::complete_service`]: the answer of an awaiting handler a host runs itself.
+    ///
+    /// # Errors
+    /// As [`Engine::complete_service`]; [`ExecError::Runtime`].
+    pub async fn complete_service(
+        &self,
+        instance: InstanceId,
+        node: &str,
+        answer: Result<Vars, HandlerError>,
+    ) -> Result<(), ExecError> {
+        let node = node.to_owned();
+        self.run(move |e| e.complete_service(instance, &node, answer))
+            .await?
+    }
+
+    /// [`Engine::tick`].
+    ///
+    /// # Errors
+    /// [`ExecError::Runtime`] when the runtime could not run it.
+    pub async fn tick(&self, now: DateTime<Utc>) -> Result<Vec<Fired>, ExecError> {
+        self.run(move |e| e.tick(now)).await
+    }
+
+    /// [`Engine::instance`].
+    ///
+    /// # Errors
+    /// As [`Engine::instance`]; [`ExecError::Runtime`].
+    pub async fn instance(&self, id: InstanceId) -> Result<Instance, ExecError> {
+        self.run(move |e| e.instance(id)).await?
+    }
+
+    /// [`Engine::tasks`].
+    ///
+    /// # Errors
+    /// As [`Engine::tasks`]; [`ExecError::Runtime`].
+    pub async fn tasks(&self, instance: InstanceId) -> Result<Vec<TaskView>, ExecError> {
+        self.run(move |e| e.tasks(instance)).await?
+    }
+
+    /// [`Engine::work_list`].
+    ///
+    /// # Errors
+    /// [`ExecError::Runtime`] when the runtime could not run it.
+    pub async fn work_list(&self, actor: &Actor) -> Result<Vec<TaskView>, ExecError> {
+        let actor = actor.clone();
+        self.run(move |e| e.work_list(&actor)).await
+    }
+
+    /// [`Engine::work_list_by`].
+    ///
+    /// # Errors
+    /// [`ExecError::Runtime`] when the runtime could not run it.
+    pub async fn work_list_by(
+        &self,
+        actor: &Actor,
+        query: &WorkQuery,
+    ) -> Result<Vec<TaskView>, ExecError> {
+        let (actor, query) = (actor.clone(), query.clone());
+        self.run(move |e| e.work_list_by(&actor, &query)).await
+    }
+
+    /// [`Engine::sla_of_task`].
+    ///
+    /// # Errors
+    /// As [`Engine::sla_of_task`]; [`ExecError::Runtime`].
+    pub async fn sla_of_task(&self, task: TaskId) -> Result<Option<Sla>, ExecError> {
+        self.run(move |e| e.sla_of_task(task)).await?
+    }
+
+    /// [`Engine::sla_of_instance`].
+    ///
+    /// # Errors
+    /// As [`Engine::sla_of_instance`]; [`ExecError::Runtime`].
+    pub async fn sla_of_instance(&self, id: InstanceId) -> Result<Option<Sla>, ExecError> {
+        self.run(move |e| e.sla_of_instance(id)).await?
+    }
+
+    /// Starts a [`TimerTask`] for this engine on the current runtime.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (as `tokio::spawn` does).
+    pub fn timers(&self, poll: Duration) -> TimerTask {
+        TimerTask::spawn(self.clone(), poll)
+    }
+}
+
+/// Logs an answer that could not be handed in.
+fn note_dispatch_failure(instance: InstanceId, node: &str, error: &ExecError) {
+    #[cfg(feature = "telemetry")]
+    tracing::warn!(
+        target: "procflow",
+        instance = %instance,
+        node,
+        error = %error,
+        "an async handler's answer could not be handed in"
+    );
+    #[cfg(not(feature = "telemetry"))]
+    let _ = (instance, node, error);
+}
+
+/// [`TimerDriver`](crate::TimerDriver) as a tokio task: fires due timers (`tick` at the
+/// engine's clock) when the earliest is due, and at least every `poll` (a clock a host moves,
+/// like [`ManualClock`](crate::ManualClock), is looked at then, or at once after
+/// [`TimerTask::wake`]). Stops when dropped or [`stop`](TimerTask::stop)ped.
+pub struct TimerTask {
+    wake: Arc<Notify>,
+    state: Arc<TaskState>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct TaskState {
+    ticks: std::sync::atomic::AtomicU64,
+    failures: std::sync::atomic::AtomicU64,
+    last_failure: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for TimerTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimerTask")
+            .field("running", &self.is_running())
+            .field("failures", &self.failures())
+            .finish()
+    }
+}
+
+impl TimerTask {
+    /// Starts the task on the current runtime.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (as `tokio::spawn` does).
+    pub fn spawn(engine: AsyncEngine, poll: Duration) -> TimerTask {
+        use std::sync::atomic::Ordering;
+        let wake = Arc::new(Notify::new());
+        let state = Arc::new(TaskState::default());
+        let handle = {
+            let (wake, state) = (Arc::clone(&wake), Arc::clone(&state));
+            tokio::spawn(async move {
+                loop {
+                    let e = engine.engine();
+                    let now = e.now();
+                    let wait = e
+                        .next_due()
+                        .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO))
+                        .unwrap_or(poll)
+                        .min(poll);
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = wake.notified() => {}
+                    }
+                    let now = engine.engine().now();
+                    match engine.tick(now).await {
+                        Ok(fired) => {
+                            state.ticks.fetch_add(1, Ordering::Relaxed);
+                            #[cfg(feature = "telemetry")]
+                            if !fired.is_empty() {
+                                tracing::debug!(target: "procflow", fired = fired.len(), "timers fired");
+                            }
+                            #[cfg(not(feature = "telemetry"))]
+                            let _ = fired;
+                        }
+                        Err(error) => {
+                            state.failures.fetch_add(1, Ordering::Relaxed);
+                            *state
+                                .last_failure
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+                        }
+                    }
+                }
+            })
+        };
+        TimerTask {
+            wake,
+            state,
+            handle,
+        }
+    }
+
+    /// Looks at the clock now (after a host moved a manual clock).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Whether the task still runs.
+    pub fn is_running(&self) -> bool {
+        !self.handle.is_finished()
+    }
+
+    /// How many ticks ran.
+    pub fn ticks(&self) -> u64 {
+        self.state.ticks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many ticks failed (the runtime could not run them).
+    pub fn failures(&self) -> u64 {
+        self.state
+            .failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What the last failed tick said.
+    pub fn last_failure(&self) -> Option<String> {
+        self.state
+            .last_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stops the task (a tick underway finishes in its blocking thread).
+    pub fn stop(self) {}
+}
+
+impl Drop for TimerTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
