@@ -20,6 +20,10 @@
 //!     [--svg PATH] [--metric breach-rate|mean-wait|rework-rate] [--not-fixed P]
 //! ```
 //!
+//! The same centre as a what-if model file is `process-defs/whatif/complaint-centre.yaml`:
+//! `procflow whatif` runs it with replications and confidence intervals, compares staffing plans
+//! on common random numbers (`--compare`) and writes a store like this one (`--db`).
+//!
 //! The defaults are 6 weeks, seed 1, `target/complaint_center.db` (an existing file is replaced)
 //! and `target/complaint_center.svg`. `--weeks 2` is a quick run for CI. The simulation starts
 //! on Monday 9 March 2026 and may run at most 40 weeks: the China calendar covers 2026 only.

@@ -65,8 +65,12 @@ use procflow::{Actor, Durability, Engine, Organisation, ProcessDef, SqliteStore,
 
 use common::*;
 
+#[cfg(feature = "postgres")]
+#[path = "throughput/pg.rs"]
+mod pg;
+
 const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|waiting-keys|correlate|worklist|call \
-[--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH] \
+[--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH|postgres:URL] \
 [--durability process|full] [--commit group|single] [--lines N]";
 
 struct Args {
@@ -81,6 +85,8 @@ struct Args {
     group_commit: bool,
     /// Order lines per instance for `lines` and `waiting-lines`.
     lines: usize,
+    /// The database URL, with `--store postgres:URL` (feature `postgres`).
+    postgres: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -94,6 +100,7 @@ fn parse_args() -> Result<Args, String> {
         durability: Durability::Process,
         group_commit: true,
         lines: 100,
+        postgres: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -107,6 +114,13 @@ fn parse_args() -> Result<Args, String> {
             "--no-audit" => args.audit = false,
             "--store" => {
                 let v = value()?;
+                if let Some(url) = v.strip_prefix("postgres:") {
+                    if !cfg!(feature = "postgres") {
+                        return Err("--store postgres:URL needs --features postgres".into());
+                    }
+                    args.postgres = Some(url.to_owned());
+                    continue;
+                }
                 let path = v
                     .strip_prefix("sqlite:")
                     .ok_or_else(|| format!("--store takes sqlite:PATH, not '{v}'"))?;
@@ -216,6 +230,10 @@ fn main() -> ExitCode {
 
 /// An engine with `defs` deployed: in memory, or on a new SQLite file with `--store`.
 fn engine(args: &Args, defs: impl IntoIterator<Item = ProcessDef>) -> Engine {
+    #[cfg(feature = "postgres")]
+    if let Some(url) = &args.postgres {
+        return engine_on(defs, args.audit, pg::store(url));
+    }
     match &args.store {
         None => engine_with(defs, args.audit),
         Some(path) => engine_on(defs, args.audit, sqlite(args, path)),
@@ -344,6 +362,23 @@ fn timed(args: &Args, engine: &Engine, one: impl Fn(&Engine, u64) -> u64 + Sync)
                 None => String::new(),
             },
     );
+    #[cfg(feature = "postgres")]
+    if let Some(url) = &args.postgres {
+        let commits = pg::commits(url);
+        let commits_per_sec = commits as f64 / secs;
+        let (floor, ratio) = match pg::floor(url, args.threads, args.seconds) {
+            Ok(tps) => (format!("{tps:.0}"), format!("{:.2}", commits_per_sec / tps)),
+            Err(why) => {
+                eprintln!("no pgbench floor: {why}");
+                ("none".into(), "none".into())
+            }
+        };
+        println!(
+            "store=postgres threads={} transitions_per_sec={:.0} commits={commits} commits_per_sec={commits_per_sec:.0} pgbench_simple_update_tps={floor} ratio_to_pgbench={ratio}",
+            args.threads,
+            transitions as f64 / secs,
+        );
+    }
 }
 
 /// Starts `args.instances` instances that wait at a user task and prints the resident memory

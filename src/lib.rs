@@ -58,6 +58,8 @@
 //! - `report` (default): [`Report`] and its bottleneck heatmap, read back from any store.
 //! - `cli` (default): the `procflow` binary and [`Scenario`], the scripted runs of
 //!   `procflow simulate`; implies `sqlite` and `report`.
+//! - `postgres` (not default): [`PostgresStore`], a store on a PostgreSQL server that several
+//!   engines (replicas) share.
 //! - `tokio`: [`AsyncEngine`], the engine's calls as `async fn`s, async service handlers
 //!   ([`AsyncHandlers`]) and [`TimerTask`], the timer driver as a tokio task.
 //! - `telemetry`: `tracing` spans and events and `metrics` counters and histograms for every
@@ -82,11 +84,15 @@ mod org;
 mod raci;
 #[cfg(feature = "report")]
 mod report;
+#[cfg(feature = "server")]
+pub mod server;
 #[cfg(feature = "cli")]
 mod sim;
 mod store;
 mod time;
 mod vars;
+#[cfg(feature = "cli")]
+pub mod whatif;
 mod yaml;
 
 #[cfg(feature = "tokio")]
@@ -125,6 +131,8 @@ pub use report::{
 };
 #[cfg(feature = "cli")]
 pub use sim::{Scenario, SimReport};
+#[cfg(feature = "postgres")]
+pub use store::PostgresStore;
 pub use store::{BusinessKey, Commit, MemoryStore, Store, StoreError, StoredDef, StoredInstance};
 #[cfg(feature = "sqlite")]
 pub use store::{Durability, SqliteOptions, SqliteStore};
@@ -133,6 +141,7 @@ pub use time::calendar::{
 };
 pub use time::duration::{BusinessDuration, DurationError, DurationErrorKind, DurationSpec};
 pub use vars::{VarProblem, VarSpec, VarType, Vars};
+pub use yaml::ErrorBody;
 
 /// The README's code blocks run as doctests, so the API tour stays true.
 #[cfg(doctest)]

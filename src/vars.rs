@@ -243,7 +243,8 @@ impl std::io::Write for Counter {
 }
 
 /// Why a variable's value was refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", content = "fields", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum VarProblem {
     /// The process declares no such variable.

@@ -355,6 +355,8 @@ fn raci_matrix() {
                                         task: task.seq(),
                                         actor: "p".into(),
                                         overridden: who == Who::A,
+                                        // The role acted in: a (1) overriding, else r (0).
+                                        role: Some(if who == Who::A { 1 } else { 0 }),
                                     }],
                                     "{case}"
                                 );
@@ -1423,7 +1425,8 @@ fn audit_times_come_from_the_injected_clock() {
                 Entry::Completed {
                     task: task.seq(),
                     actor: "ann".into(),
-                    overridden: false
+                    overridden: false,
+                    role: Some(0),
                 }
             ),
             at(

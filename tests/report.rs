@@ -354,7 +354,7 @@ fn csv_and_json_shapes() {
     assert_eq!(sections.len(), 4, "{csv}");
     let rows = |s: &str| s.lines().map(|l| l.split(',').count()).collect::<Vec<_>>();
     for (section, (name, body_rows, columns)) in sections.iter().zip([
-        ("processes", 2, 16),
+        ("processes", 2, 20),
         ("nodes", 3, 19),
         ("roles", 6, 8),
         ("actors", 5, 6),
@@ -366,9 +366,9 @@ fn csv_and_json_shapes() {
     assert!(csv.contains(
         "nodes,claims,review,Review the claim,审核理赔,4,3,0,1,3,1,0,3600,14400,6600,3600,9000,0,0\n"
     ));
-    assert!(
-        csv.contains("processes,claims,Claims,理赔,1,4,3,1,12600,14400,14400,4,3,1,0,0.7500\n")
-    );
+    assert!(csv.contains(
+        "processes,claims,Claims,理赔,1,4,3,1,12600,14400,14400,4,3,1,0,0.7500,4,3,0.2500,\n"
+    ));
 
     let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
     let claims = &json["processes"][0];
@@ -435,15 +435,15 @@ fn heatmap_svg() {
         // The timeout route is dashed.
         assert!(svg.contains("stroke-dasharray=\"6 4\" marker-end"));
     }
-    // The slowest node is red when coloured by mean wait; by breach rate, 3 of 4 is orange-ish.
+    // The slowest node is red when coloured by mean wait; by breach rate, the worst node (3 of
+    // 4, the only one with breaches) is red too and outlined: colours rank the nodes (issue 16).
     assert!(
         r.heatmap(&defs[0], HeatMetric::MeanWait)
             .contains("fill=\"hsl(0,70%,78%)\"")
     );
-    assert!(
-        r.heatmap(&defs[0], HeatMetric::BreachRate)
-            .contains("fill=\"hsl(30,70%,78%)\"")
-    );
+    let by_breaches = r.heatmap(&defs[0], HeatMetric::BreachRate);
+    assert!(by_breaches.contains("fill=\"hsl(0,70%,78%)\""));
+    assert_eq!(by_breaches.matches("class=\"worst\"").count(), 1);
 
     // A larger shipped definition without any history: every node drawn, in grey.
     let complaint = ProcessDef::from_file("process-defs/complaint-handling.yaml").unwrap();

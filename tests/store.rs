@@ -5,6 +5,9 @@
 //! crate with the public API alone ([`stores`]).
 
 mod foreign;
+#[cfg(feature = "postgres")]
+#[path = "common/pg.rs"]
+mod pg;
 
 use std::sync::Arc;
 
@@ -65,7 +68,8 @@ fn stores() -> Vec<(&'static str, Reopen)> {
     let path = temp_db();
     // A store written outside the crate with the public API alone (tests/foreign).
     let foreign = Arc::new(foreign::TextStore::default());
-    vec![
+    #[allow(unused_mut)]
+    let mut all: Vec<(&'static str, Reopen)> = vec![
         (
             "foreign",
             Box::new(move || Arc::clone(&foreign) as Arc<dyn Store>),
@@ -80,7 +84,21 @@ fn stores() -> Vec<(&'static str, Reopen)> {
                 Arc::new(SqliteStore::create(&path).expect("sqlite store")) as Arc<dyn Store>
             }),
         ),
-    ]
+    ];
+    // PostgreSQL when a server is found (tests/common/pg.rs): a new schema, a new connection
+    // (pool) each time, as a restarted replica would.
+    #[cfg(feature = "postgres")]
+    if let Some(server) = pg::server() {
+        let url = server.fresh();
+        all.push((
+            "postgres",
+            Box::new(move || {
+                Arc::new(procflow::PostgresStore::connect(&url).expect("postgres store"))
+                    as Arc<dyn Store>
+            }),
+        ));
+    }
+    all
 }
 
 fn temp_db() -> std::path::PathBuf {

@@ -83,6 +83,21 @@ impl super::Node {
             _ => None,
         }
     }
+
+    /// The messages this node waits for: a catch node's message, then its message boundary
+    /// events' (of a task or a sub-process), in YAML order.
+    pub fn caught_messages(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        if let Behaviour::Catch(super::events::Trigger::Message(m)) = &self.behaviour {
+            out.push(m.as_str());
+        }
+        for b in &self.boundary {
+            if let super::events::BoundaryOn::Event(super::events::Trigger::Message(m)) = &b.on {
+                out.push(m.as_str());
+            }
+        }
+        out
+    }
 }
 
 impl super::ProcessDef {
@@ -95,6 +110,17 @@ impl super::ProcessDef {
     /// message that matches no waiting instance starts an instance of it.
     pub fn start_message(&self) -> Option<&str> {
         self.start_message.as_deref()
+    }
+
+    /// Every message its start node listens for (`message: NAME` and `messages: [NAME, ...]`),
+    /// in YAML order: each starts an instance when it matches no waiting one.
+    pub fn start_messages(&self) -> impl Iterator<Item = &str> {
+        self.start_messages.iter().map(String::as_str)
+    }
+
+    /// Whether a message named `message` starts an instance of it.
+    pub(crate) fn starts_on(&self, message: &str) -> bool {
+        self.start_messages.iter().any(|m| m == message)
     }
 }
 
@@ -263,12 +289,33 @@ impl NodeCx<'_> {
                 ProblemKind::UnknownMessage(m.value.clone()),
             );
         }
+        // `messages: [NAME, ...]`: further message start events of the same start node.
+        if let Some(names) = &raw.messages {
+            for (name, loc) in names.value.located(names.loc) {
+                if !self.messages.contains_key(name) {
+                    report.add(
+                        loc,
+                        format!("nodes.{}.messages", self.id),
+                        ProblemKind::UnknownMessage(name.to_owned()),
+                    );
+                }
+            }
+        }
     }
 }
 
-/// The message the top-level start node listens for, when it says `message: NAME`.
-pub(super) fn start_message(raw: &RawNode) -> Option<String> {
-    raw.message.as_ref().map(|m| m.value.clone())
+/// The messages the top-level start node listens for: `message: NAME`, then each of
+/// `messages: [NAME, ...]`, each once.
+pub(super) fn start_messages(raw: &RawNode) -> Vec<String> {
+    let mut out: Vec<String> = raw.message.iter().map(|m| m.value.clone()).collect();
+    if let Some(names) = &raw.messages {
+        for (name, _) in names.value.located(names.loc) {
+            if !out.iter().any(|o| o == name) {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// The correlated messages that some catch node or boundary event of the definition waits for:

@@ -88,6 +88,9 @@ pub struct ProcessDef {
     /// Whether the definition has a case owner or any user task an allocation rule
     /// (`assign`, `four_eyes`, `priority`): when not, claims and completions never look.
     pub(crate) allocating: bool,
+    /// Every message the start node listens for (`message:` then `messages:`): each starts an
+    /// instance when it matches no waiting one. Empty for most definitions.
+    pub(crate) start_messages: Vec<String>,
 }
 
 impl std::fmt::Debug for ProcessDef {

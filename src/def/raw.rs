@@ -227,6 +227,10 @@ pub(crate) struct RawNode {
     /// Shorter deadlines by priority (see `def/assign.rs`).
     #[serde(default)]
     pub(crate) priority_due: Option<At<Vec<At<super::assign::RawPriorityDue>>>>,
+    /// A process start node's further start messages: several message start events (see
+    /// `def/messages.rs`).
+    #[serde(default)]
+    pub(crate) messages: Option<At<Names>>,
 }
 
 /// `for_each: { in, as, parallel, output, collect, complete_when }`.

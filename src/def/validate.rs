@@ -374,9 +374,11 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
     super::scope::widen_regions(&mut compiled, &scopes);
     let controlled = compiled.iter().any(|n| n.control.is_some());
     let milestones = compiled.iter().any(|n| !n.while_at().is_empty());
-    let start_message = starts
+    let start_messages = starts
         .first()
-        .and_then(|s| super::messages::start_message(flat[s.index()].node));
+        .map(|s| super::messages::start_messages(flat[s.index()].node))
+        .unwrap_or_default();
+    let start_message = start_messages.first().cloned();
     let correlated = super::messages::correlated(&compiled, &messages);
     let auto_allocating = compiled.iter().any(|n| n.allocation().is_some());
 
@@ -417,6 +419,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         correlated,
         owner,
         allocating,
+        start_messages,
     })
 }
 
@@ -653,6 +656,9 @@ impl NodeCx<'_> {
             let start = kind == RawKind::Start && self.outer.is_none();
             if kind != RawKind::Send && !start {
                 not_allowed("message", raw.message.as_ref().map(|a| a.loc), report);
+            }
+            if !start {
+                not_allowed("messages", raw.messages.as_ref().map(|a| a.loc), report);
             }
             not_allowed("signal", raw.signal.as_ref().map(|a| a.loc), report);
         }

@@ -737,7 +737,7 @@ impl Engine {
     ) -> Vec<InstanceId> {
         let mut newest: HashMap<&str, &Arc<Deployed>> = HashMap::new();
         for r in &plan.receivers {
-            if r.dep.def.start_message.as_deref() != Some(message) {
+            if !r.dep.def.starts_on(message) {
                 continue;
             }
             let e = newest.entry(r.dep.key.id.as_str()).or_insert(&r.dep);

@@ -8,7 +8,8 @@ use crate::vars::VarProblem;
 
 /// Why an engine call did not do what was asked. Unless the variant says otherwise, nothing
 /// changed (a refused attempt is still written to the audit trail).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", content = "fields", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ExecError {
     /// No deployed definition has this id (and version).
@@ -412,7 +413,7 @@ pub enum ExecError {
 }
 
 /// Why [`Engine::deploy`](crate::Engine::deploy) refused a definition. Nothing was deployed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize)]
 #[error("{}", problems.iter().map(|p| format!("{key}: {p}")).collect::<Vec<_>>().join("\n"))]
 pub struct DeployError {
     /// The definition.
@@ -422,7 +423,8 @@ pub struct DeployError {
 }
 
 /// One reason a definition does not deploy.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", content = "fields", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DeployProblem {
     /// A service task names a handler the engine does not have.

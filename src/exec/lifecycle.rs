@@ -999,7 +999,8 @@ impl Engine {
                 actor: &actor.id,
                 reason,
             }));
-            step.finish_task(seq, &actor.id, true, output)
+            let role = step.accountable_role(seq);
+            step.finish_task(seq, &actor.id, true, output, role)
         })
     }
 

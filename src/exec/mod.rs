@@ -684,6 +684,33 @@ impl Engine {
         }
     }
 
+    /// The role `actor` acts in on `task` under `grant` (its position in the role catalogue):
+    /// the accountable role for an override, the role an escalation gave the task to, else the
+    /// first responsible role the actor holds. For the audit record of a completion.
+    fn acted_role(
+        &self,
+        step: &Step<'_>,
+        task: TaskId,
+        grant: Grant,
+        actor: &Actor,
+    ) -> Option<u16> {
+        if grant == Grant::Override {
+            return step.accountable_role(task.seq);
+        }
+        let t = &step.inst.tasks[task.seq as usize];
+        if let Some(i) = t.escalated_to {
+            return Some(i);
+        }
+        let def_node = &step.dep.def.nodes[t.node.index()];
+        let raci = def_node.raci()?;
+        let vars = &step.inst.vars;
+        let role = raci
+            .responsible()
+            .iter()
+            .find(|r| self.allows(def_node, raci, vars, task, None, r, actor))?;
+        step.dep.def.roles.get_index_of(role).map(|i| i as u16)
+    }
+
     /// Claims an open task for `actor`, who must hold a responsible role.
     ///
     /// # Errors
@@ -799,10 +826,11 @@ impl Engine {
                 });
             }
             let overridden = grant == Grant::Override;
+            let role = self.acted_role(step, task, grant, actor);
             if step.dep.def.allocating {
                 step.completing(task.seq, &actor.id);
             }
-            step.finish_task(task.seq, &actor.id, overridden, output.take())
+            step.finish_task(task.seq, &actor.id, overridden, output.take(), role)
         })
     }
 

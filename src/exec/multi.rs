@@ -403,6 +403,7 @@ impl<'a> Step<'a> {
         actor: &ActorId,
         overridden: bool,
         mut output: Vars,
+        role: Option<u16>,
     ) -> Result<(), ExecError> {
         let dep: &'a super::deploy::Deployed = self.dep;
         let at = self.inst.tasks[task as usize].node;
@@ -423,6 +424,7 @@ impl<'a> Step<'a> {
             actor,
             overridden,
             output: Vars::new(),
+            role,
         });
         if let Some(item) = item
             && self.inst.multi_at(at).is_some()

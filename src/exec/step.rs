@@ -62,6 +62,8 @@ pub(crate) enum Change<'c> {
         actor: &'c ActorId,
         overridden: bool,
         output: Vars,
+        /// The role acted in (its catalogue position).
+        role: Option<u16>,
     },
     Reassign {
         task: u32,
@@ -492,6 +494,7 @@ impl<'a> Step<'a> {
                 actor,
                 overridden,
                 output,
+                role,
             } => {
                 if output.is_empty() {
                     // As for a service task's empty result (see `run`): an empty map owns no
@@ -525,6 +528,7 @@ impl<'a> Step<'a> {
                     task,
                     actor: actor.clone(),
                     overridden,
+                    role,
                 });
                 if self.heard() {
                     let t = self.task_id(task);
@@ -1093,6 +1097,15 @@ impl<'a> Step<'a> {
         }
     }
 
+    /// The catalogue position of the accountable role of task `seq`'s node: the role an
+    /// override acts in.
+    pub(crate) fn accountable_role(&self, seq: u32) -> Option<u16> {
+        let node = self.inst.tasks.get(seq as usize)?.node;
+        let raci = self.dep.def.nodes.get(node.index())?.raci()?;
+        let i = self.dep.def.roles.get_index_of(raci.accountable())?;
+        u16::try_from(i).ok()
+    }
+
     /// Completes open task `seq` and moves its token on: as an item of a multi-instance task, into
     /// a repeated task's next round, or along its flow (through `leave`: the task may be a race's
     /// target). The caller checked the task and who completes it (`complete`, `skip`).
@@ -1102,10 +1115,11 @@ impl<'a> Step<'a> {
         actor: &ActorId,
         overridden: bool,
         output: Vars,
+        role: Option<u16>,
     ) -> Result<(), ExecError> {
         let from = self.inst.tasks[seq as usize].node;
         if self.dep.def.nodes[from.index()].for_each().is_some() {
-            let done = self.complete_item(seq, actor, overridden, output);
+            let done = self.complete_item(seq, actor, overridden, output, role);
             let ran = self.run();
             return done.and(ran);
         }
@@ -1116,6 +1130,7 @@ impl<'a> Step<'a> {
             actor,
             overridden,
             output,
+            role,
         });
         let to = self.dep.def.nodes[from.index()].next[0];
         if self.dep.def.nodes[from.index()].repeat().is_some()

@@ -24,6 +24,10 @@ use crate::model::{Fired, Timer, TimerKind, TokenState};
 use crate::time::calendar::{BusinessCalendar, Warnings};
 use crate::time::duration::DurationSpec;
 
+/// How long a claim on an instance's due timers lasts ([`crate::Store::claim_due`]): an engine
+/// that died holding one leaves its timers to the others after this.
+const CLAIM_LEASE: StdDuration = StdDuration::from_secs(30);
+
 /// How a task or an instance stands against its deadline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Sla {
@@ -586,7 +590,7 @@ impl Engine {
         let mut done: Vec<Stepped> = Vec::new();
         {
             let _one_at_a_time = super::lock(&self.ticking);
-            self.adopt_due(now);
+            let claimed = self.adopt_due(now);
             let mut due = std::collections::BinaryHeap::new();
             for heap in &*self.timer_heaps {
                 let mut heap = super::lock(heap);
@@ -599,6 +603,14 @@ impl Engine {
             }
             while let Some(std::cmp::Reverse((at, n))) = due.pop() {
                 let id = InstanceId(n);
+                // A store shared by engines that claim: another engine holds this instance's
+                // due timers (or the claim failed); look again at the next tick.
+                if let Some(claimed) = &claimed
+                    && claimed.binary_search(&n).is_err()
+                {
+                    self.schedule(id, at);
+                    continue;
+                }
                 let fired_before = fired.len();
                 // What a timer causes happens at the timer's instant, not the tick's: a task its
                 // timeout route opens is created then, and its own deadlines count from then.
@@ -649,14 +661,25 @@ impl Engine {
     /// hold, or holds at an older version than the store (another engine sharing the store
     /// changed them), so that `tick` fires what is due whichever engine ran the instance. Each
     /// timer still fires once: an engine that fires from a stale copy gets a conflict.
-    fn adopt_due(&self, now: DateTime<Utc>) {
-        let Some(store) = &self.store else {
-            return;
-        };
-        // A store that cannot be read now is asked again at the next tick; the timers this
-        // engine holds fire meanwhile.
-        let Ok(due) = store.due(now) else {
-            return;
+    ///
+    /// Returns the instances (sorted ids) whose due timers this engine claimed, when the store
+    /// claims ([`Store::claim_due`](crate::Store::claim_due)): `tick` fires only those. `None`:
+    /// every due timer this engine holds may fire.
+    fn adopt_due(&self, now: DateTime<Utc>) -> Option<Vec<u64>> {
+        let store = self.store.as_ref()?;
+        let (due, claimed) = match store.claim_due(now, CLAIM_LEASE) {
+            Ok(Some(claimed)) => {
+                let ids = claimed.iter().map(|(id, _)| id.0).collect();
+                (claimed, Some(ids))
+            }
+            // The store claims but cannot now: fire nothing, ask again at the next tick.
+            Err(_) => return Some(Vec::new()),
+            // A store that cannot be read now is asked again at the next tick; the timers this
+            // engine holds fire meanwhile.
+            Ok(None) => match store.due(now) {
+                Ok(due) => (due, None),
+                Err(_) => return None,
+            },
         };
         for (id, version) in due {
             let held = super::lock(self.shard(id)).get(&id.0).cloned();
@@ -667,6 +690,7 @@ impl Engine {
                 let _ = self.adopt(stored);
             }
         }
+        claimed
     }
 
     /// When the earliest armed timer is due, if any. Entries of the schedule whose timer is

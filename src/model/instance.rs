@@ -675,6 +675,12 @@ pub enum Entry {
         actor: ActorId,
         /// Whether the accountable role overrode the regular rule.
         overridden: bool,
+        /// The role the actor acted in, as its position in the definition's role catalogue
+        /// ([`ProcessDef::roles`](crate::ProcessDef::roles)): the accountable role for an
+        /// override, the role an escalation gave the task to, else the first responsible role
+        /// the actor holds. `None` in records written before procflow kept it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<u16>,
     },
     /// The accountable role reassigned a task.
     Reassigned {
@@ -1323,6 +1329,17 @@ impl Instance {
         self.check_control(def)?;
         for record in &self.audit {
             record.check(nodes, self.tasks.len())?;
+            if let Entry::Completed {
+                role: Some(role), ..
+            } = record.what
+                && usize::from(role) >= def.roles().count()
+            {
+                return Err(format!(
+                    "audit record at {} names role {role}: the definition has {} roles",
+                    record.at,
+                    def.roles().count()
+                ));
+            }
         }
         Ok(())
     }
@@ -1552,14 +1569,19 @@ impl Record {
             Entry::Completed {
                 task,
                 actor,
-                overridden: false,
-            } => format!("task {task} completed by {actor}"),
-            Entry::Completed {
-                task,
-                actor,
-                overridden: true,
+                overridden,
+                role,
             } => {
-                format!("task {task} completed by {actor} as accountable override")
+                let role = role
+                    .and_then(|i| def.roles().nth(usize::from(i)))
+                    .map(|(r, _)| format!(" as {r}"))
+                    .unwrap_or_default();
+                let how = if *overridden {
+                    " (accountable override)"
+                } else {
+                    ""
+                };
+                format!("task {task} completed by {actor}{role}{how}")
             }
             Entry::Reassigned { task, by, to } => {
                 format!("task {task} reassigned to {to} by {by} (override)")

@@ -105,9 +105,25 @@ pub(super) fn svg(report: &Report, def: &ProcessDef, metric: HeatMetric) -> Stri
         .iter()
         .map(|f| f.and_then(|f| metric.value(f)))
         .collect();
-    let max = match metric {
-        HeatMetric::MeanWait => values.iter().flatten().fold(0.0_f64, |a, b| a.max(*b)),
-        HeatMetric::BreachRate | HeatMetric::ReworkRate => 1.0,
+    let max = values.iter().flatten().fold(0.0_f64, |a, b| a.max(*b));
+    let min = values
+        .iter()
+        .flatten()
+        .fold(f64::INFINITY, |a, b| a.min(*b))
+        .min(max);
+    // The colour is the node's rank among the distinct values (green the best, red the worst),
+    // so neighbours in value are apart in colour; the worst node (the highest value, when it is
+    // above 0) also gets a heavy outline and a mark.
+    let mut distinct: Vec<f64> = values.iter().flatten().copied().collect();
+    distinct.sort_by(f64::total_cmp);
+    distinct.dedup();
+    let rank = |x: f64| -> f64 {
+        let i = distinct.partition_point(|d| *d < x);
+        if distinct.len() < 2 {
+            if x > 0.0 { 1.0 } else { 0.0 }
+        } else {
+            i as f64 / (distinct.len() - 1) as f64
+        }
     };
 
     let labels: Vec<Label> = def
@@ -132,7 +148,28 @@ pub(super) fn svg(report: &Report, def: &ProcessDef, metric: HeatMetric) -> Stri
         .iter()
         .map(|v| v.x + v.w / 2.0)
         .fold(0.0_f64, f64::max);
-    let bottom = verts.iter().map(|v| v.y + v.h / 2.0).fold(TOP, f64::max);
+    // The flows, and where their labels go.
+    let mut flow_svg = String::from("<g fill=\"none\" stroke-width=\"1.4\">\n");
+    // Flows between the same two nodes (a timeout route to the normal next) sit side by side.
+    let mut seen: Vec<(usize, usize)> = Vec::new();
+    let mut route_labels = Vec::new();
+    for flow in &flows {
+        let ends = (flow.chain[0], flow.chain[flow.chain.len() - 1]);
+        let twins = seen.iter().filter(|e| **e == ends).count();
+        seen.push(ends);
+        route_labels.extend(draw_flow(&mut flow_svg, &verts, flow, 12.0 * twins as f64));
+    }
+    flow_svg.push_str("</g>\n");
+    place_labels(&mut route_labels, &verts);
+    let bottom = verts
+        .iter()
+        .map(|v| v.y + v.h / 2.0)
+        .chain(route_labels.iter().map(|l| l.rect()[3]))
+        .fold(TOP, f64::max);
+    let right = route_labels
+        .iter()
+        .map(|l| l.rect()[2])
+        .fold(right, f64::max);
     let width = (right + MARGIN).max(560.0).ceil();
     let height = (bottom + MARGIN).ceil();
 
@@ -170,7 +207,7 @@ pub(super) fn svg(report: &Report, def: &ProcessDef, metric: HeatMetric) -> Stri
     );
     let _ = writeln!(
         out,
-        r##"<text x="{MARGIN}" y="56" font-size="12" fill="#555">{} · {} instance(s) · colour: {}</text>"##,
+        r##"<text x="{MARGIN}" y="56" font-size="12" fill="#555">{} · {} instance(s) · colour: {}, ranked among the nodes; the worst outlined ▲</text>"##,
         esc(&def.key().to_string()),
         instances,
         match metric {
@@ -179,12 +216,17 @@ pub(super) fn svg(report: &Report, def: &ProcessDef, metric: HeatMetric) -> Stri
             HeatMetric::ReworkRate => "rework rate (tasks reopened by a send back)",
         }
     );
-    let (lo, hi) = match metric {
-        HeatMetric::MeanWait => (
-            "0".to_owned(),
-            human(chrono::Duration::milliseconds((max * 1e3) as i64)),
-        ),
-        HeatMetric::BreachRate | HeatMetric::ReworkRate => ("0%".to_owned(), "100%".to_owned()),
+    let show = |x: f64| match metric {
+        HeatMetric::MeanWait => human(chrono::Duration::milliseconds((x * 1e3) as i64)),
+        HeatMetric::BreachRate | HeatMetric::ReworkRate => format!("{:.0}%", x * 100.0),
+    };
+    let (lo, hi) = if distinct.is_empty() {
+        ("-".to_owned(), "-".to_owned())
+    } else {
+        (
+            format!("best {}", show(min)),
+            format!("worst {}", show(max)),
+        )
     };
     let _ = writeln!(
         out,
@@ -200,22 +242,18 @@ pub(super) fn svg(report: &Report, def: &ProcessDef, metric: HeatMetric) -> Stri
     );
 
     // Flows first, under the nodes.
-    out.push_str("<g fill=\"none\" stroke-width=\"1.4\">\n");
-    // Flows between the same two nodes (a timeout route to the normal next) sit side by side.
-    let mut seen: Vec<(usize, usize)> = Vec::new();
-    for flow in &flows {
-        let ends = (flow.chain[0], flow.chain[flow.chain.len() - 1]);
-        let twins = seen.iter().filter(|e| **e == ends).count();
-        seen.push(ends);
-        draw_flow(&mut out, &verts, flow, 12.0 * twins as f64);
-    }
-    out.push_str("</g>\n");
+    out.push_str(&flow_svg);
 
     let kinds: Vec<NodeKind> = def.nodes().map(|(_, n)| n.kind()).collect();
     for v in &verts {
         let Some(i) = v.node else { continue };
-        let value = values[i].map(|x| if max > 0.0 { x / max } else { 0.0 });
-        draw_node(&mut out, v, kinds[i], &labels[i], value);
+        let value = values[i].map(rank);
+        let worst = max > 0.0 && values[i] == Some(max);
+        draw_node(&mut out, v, kinds[i], &labels[i], value, worst);
+    }
+    // Route labels last, over the flows, where `place_labels` put them.
+    for label in &route_labels {
+        draw_label(&mut out, label);
     }
     out.push_str("</svg>\n");
     out
@@ -246,6 +284,13 @@ impl Label {
             tooltip.push_str(name);
         }
         let mut lines = Vec::new();
+        // The owning roles: who does the work (R) and who answers for it (A).
+        if let Some(raci) = node.raci() {
+            let responsible: Vec<&str> = raci.responsible().iter().map(|r| r.as_str()).collect();
+            let roles = format!("R {} · A {}", responsible.join(", "), raci.accountable());
+            let _ = write!(tooltip, "\nroles: {roles}");
+            lines.push(roles);
+        }
         if node.kind() == NodeKind::UserTask {
             match figures.filter(|f| f.opened > 0) {
                 None => lines.push("no tasks".to_owned()),
@@ -655,7 +700,8 @@ fn place(verts: &mut [Vertex], layers: &[Vec<usize>], flows: &[Flow]) {
 }
 
 /// Draws a flow, `offset` px right of the vertices' centres.
-fn draw_flow(out: &mut String, verts: &[Vertex], flow: &Flow, offset: f64) {
+/// Returns its label, when it has one, to be placed after the nodes ([`place_labels`]).
+fn draw_flow(out: &mut String, verts: &[Vertex], flow: &Flow, offset: f64) -> Option<RouteLabel> {
     let (colour, marker, dash) = if flow.timeout {
         ("#c0392b", "arrow-timeout", r#" stroke-dasharray="6 4""#)
     } else {
@@ -680,26 +726,126 @@ fn draw_flow(out: &mut String, verts: &[Vertex], flow: &Flow, offset: f64) {
         out,
         r#"<path d="{d}" stroke="{colour}"{dash} marker-end="url(#{marker})"/>"#
     );
-    if let Some(label) = &flow.label {
-        let second = &verts[flow.chain[1]];
-        let (lx, ly) = (
-            first.x + (second.x - first.x) * 0.5 + offset,
-            first.y + first.h / 2.0 + LAYER_GAP * 0.45,
-        );
-        let text = fit(label, 10.0, 160.0);
-        let w = text_width(&text, 10.0) + 6.0;
-        let _ = writeln!(
-            out,
-            r##"<rect x="{:.1}" y="{:.1}" width="{w:.1}" height="13" rx="3" fill="#ffffff" fill-opacity="0.85" stroke="none"/><text x="{lx:.1}" y="{:.1}" font-size="10" fill="{colour}" text-anchor="middle" stroke="none">{}</text>"##,
-            lx - w / 2.0,
-            ly - 10.0,
-            ly,
-            esc(&text)
-        );
+    let label = flow.label.as_ref()?;
+    let second = &verts[flow.chain[1]];
+    let text = fit(label, 10.0, 160.0);
+    let w = text_width(&text, 10.0) + 6.0;
+    Some(RouteLabel {
+        x: first.x + (second.x - first.x) * 0.5 + offset,
+        y: first.y + first.h / 2.0 + LAYER_GAP * 0.45,
+        w,
+        text,
+        colour,
+    })
+}
+
+/// A flow's label: centred at `x`, its baseline at `y`, `w` wide and [`LABEL_H`] high.
+struct RouteLabel {
+    x: f64,
+    y: f64,
+    w: f64,
+    text: String,
+    colour: &'static str,
+}
+
+/// The height of a route label's box.
+const LABEL_H: f64 = 13.0;
+
+impl RouteLabel {
+    /// Its box: left, top, right, bottom.
+    fn rect(&self) -> [f64; 4] {
+        [
+            self.x - self.w / 2.0,
+            self.y - 10.0,
+            self.x + self.w / 2.0,
+            self.y - 10.0 + LABEL_H,
+        ]
     }
 }
 
-fn draw_node(out: &mut String, v: &Vertex, kind: NodeKind, label: &Label, value: Option<f64>) {
+fn overlaps(a: [f64; 4], b: [f64; 4]) -> bool {
+    a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3]
+}
+
+/// Moves each label, in turn, to the nearest free place: off the nodes and off the labels placed
+/// before it. Candidates go down and up in steps of one label height, then sideways by the
+/// label's width; the first free one is taken, so no two labels ever overlap (the candidates
+/// are unbounded downwards, below every node and label).
+fn place_labels(labels: &mut [RouteLabel], verts: &[Vertex]) {
+    let mut taken: Vec<[f64; 4]> = verts
+        .iter()
+        .filter(|v| v.node.is_some())
+        .map(|v| {
+            [
+                v.x - v.w / 2.0,
+                v.y - v.h / 2.0,
+                v.x + v.w / 2.0,
+                v.y + v.h / 2.0,
+            ]
+        })
+        .collect();
+    let step = LABEL_H + 1.0;
+    for label in labels.iter_mut() {
+        let (x0, y0) = (label.x, label.y);
+        let mut candidates = Vec::new();
+        for k in 0..6 {
+            let dy = step * f64::from(k);
+            for dx in [0.0, label.w + 4.0, -(label.w + 4.0)] {
+                candidates.push((x0 + dx, y0 + dy));
+                if k > 0 {
+                    candidates.push((x0 + dx, y0 - dy));
+                }
+            }
+        }
+        let free = |x: f64, y: f64, w: f64, taken: &[[f64; 4]]| {
+            let r = RouteLabel {
+                x,
+                y,
+                w,
+                text: String::new(),
+                colour: "",
+            }
+            .rect();
+            !taken.iter().any(|t| overlaps(r, *t))
+        };
+        let found = candidates
+            .into_iter()
+            .find(|(x, y)| free(*x, *y, label.w, &taken));
+        let (x, y) = match found {
+            Some(p) => p,
+            None => {
+                // Below everything taken: always free.
+                let bottom = taken.iter().map(|t| t[3]).fold(y0, f64::max);
+                (x0, bottom + 11.0)
+            }
+        };
+        label.x = x;
+        label.y = y;
+        taken.push(label.rect());
+    }
+}
+
+fn draw_label(out: &mut String, label: &RouteLabel) {
+    let [l, t, _, _] = label.rect();
+    let _ = writeln!(
+        out,
+        r##"<rect class="route" x="{l:.1}" y="{t:.1}" width="{:.1}" height="{LABEL_H}" rx="3" fill="#ffffff" fill-opacity="0.85" stroke="none"/><text x="{:.1}" y="{:.1}" font-size="10" fill="{}" text-anchor="middle" stroke="none">{}</text>"##,
+        label.w,
+        label.x,
+        label.y,
+        label.colour,
+        esc(&label.text)
+    );
+}
+
+fn draw_node(
+    out: &mut String,
+    v: &Vertex,
+    kind: NodeKind,
+    label: &Label,
+    value: Option<f64>,
+    worst: bool,
+) {
     let (x, y) = (v.x, v.y);
     let _ = writeln!(out, "<g><title>{}</title>", esc(&label.tooltip));
     let (sw, sh) = shape_size(kind, label);
@@ -782,6 +928,19 @@ fn draw_node(out: &mut String, v: &Vertex, kind: NodeKind, label: &Label, value:
                 out,
                 r##"<rect x="{l:.1}" y="{t:.1}" width="{sw:.1}" height="{sh:.1}" rx="8" fill="{fill_colour}" stroke="{stroke}" stroke-width="1.6"/>"##
             );
+            if worst {
+                // The worst node: a heavy dark outline around it and a mark at its corner.
+                let _ = writeln!(
+                    out,
+                    r##"<rect class="worst" x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" rx="10" fill="none" stroke="#7b0000" stroke-width="4"/><text x="{:.1}" y="{:.1}" font-size="14" fill="#7b0000">▲</text>"##,
+                    l - 3.0,
+                    t - 3.0,
+                    sw + 6.0,
+                    sh + 6.0,
+                    l + 4.0,
+                    t + 15.0
+                );
+            }
             let inner = sw - 14.0;
             let _ = writeln!(
                 out,

@@ -24,6 +24,7 @@ use crate::def::{LoadError, ProcessDef};
 use crate::ids::DefKey;
 use crate::model::{Entry, Instance, Status, TaskState, TimerKind};
 use crate::store::{Store, StoreError};
+use crate::time::calendar::BusinessCalendar;
 
 /// What a report covers.
 ///
@@ -45,6 +46,10 @@ pub struct ReportOptions {
     /// Also group the instances by the value of this business key ([`Report::keys`]). By
     /// default no grouping.
     pub by_key: Option<String>,
+    /// Business calendars by the name definitions give them (`calendar: NAME`). A process whose
+    /// calendar is here has its durations (cycle, waiting and handling times) counted in
+    /// business time on it; other processes in wall-clock time. By default none.
+    pub calendars: Vec<(String, Arc<BusinessCalendar>)>,
 }
 
 impl ReportOptions {
@@ -66,10 +71,22 @@ impl ReportOptions {
         self.by_key = Some(key.into());
         self
     }
+
+    /// Counts the durations of processes on calendar `name` in business time on `calendar`
+    /// ([`ReportOptions::calendars`]).
+    pub fn calendar(
+        mut self,
+        name: impl Into<String>,
+        calendar: BusinessCalendar,
+    ) -> ReportOptions {
+        self.calendars.push((name.into(), Arc::new(calendar)));
+        self
+    }
 }
 
 /// Why [`Report::from_store`] could not read a store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, Serialize)]
+#[serde(tag = "kind", content = "fields", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ReportError {
     /// The store failed (its message names the file).
@@ -82,6 +99,14 @@ pub enum ReportError {
         key: DefKey,
         /// Its problems.
         source: LoadError,
+    },
+    /// The store holds no definition of this process.
+    #[error("unknown process '{process}': the store holds {}", known_list(known))]
+    UnknownProcess {
+        /// The process id asked for.
+        process: String,
+        /// The process ids the store holds, sorted.
+        known: Vec<String>,
     },
     /// No stored definition lists this business key under `keys:`.
     #[error("unknown business key '{key}': no stored definition lists it under keys")]
@@ -105,7 +130,9 @@ pub enum ReportError {
 ///
 /// Instances are grouped by process id (every version together); nodes by their YAML id, roles
 /// by their role id. An instance whose definition is not among those given is counted in
-/// [`Report::skipped`] and nowhere else. Durations are wall-clock time.
+/// [`Report::skipped`] and nowhere else. Durations are business time for a process whose
+/// calendar (`calendar: NAME`) the options hold ([`ReportOptions::calendar`]), and wall-clock
+/// time otherwise; [`ProcessFigures::calendar`] says which.
 ///
 /// **Per process** ([`ProcessFigures`]):
 /// - `started`: instances started (at or after `since`, when given); `completed` and `open`
@@ -116,6 +143,11 @@ pub enum ReportError {
 ///   `Entry::Timer { kind: Due, sla: true }` record, or a fired SLA `Due` timer); *met* when it
 ///   completed without a breach; *pending* when it is still running without a breach.
 ///   `sla_met_rate = met / (met + breached)`: pending instances are undecided and left out.
+///   This rate is **per instance** and counts the process deadline only; task deadlines have
+///   their own, **per task**: `task_deadlines` counts the tasks with a `due` that are decided
+///   (breached, or closed without a breach), `task_breached` those whose deadline fired (the sum
+///   of the nodes' `breaches`), `task_met_rate = (task_deadlines - task_breached) /
+///   task_deadlines`. The table heads them "instance met rate" and "task met rate".
 ///
 /// **Per user-task node** ([`NodeFigures`]), and per service-task node with `for_each` or
 /// `repeat`:
@@ -132,11 +164,13 @@ pub enum ReportError {
 /// - `repeated`: runs again of a task with `repeat` (`Entry::Repeated`); `items`: completed items
 ///   of a task with `for_each` (`Entry::ItemCompleted`).
 ///
-/// **Per role** ([`RoleFigures`]). The audit trail names the actor, not the role it acted in, so
-/// a completion is credited by this rule: an override (`Entry::Completed { overridden: true }`)
-/// to the node's accountable role; a task an escalation reassigned to the node's escalation role;
-/// otherwise to each of the node's responsible roles (a node with two responsible roles credits
-/// both, so role totals may exceed the number of tasks). `completed` counts every credited
+/// **Per role** ([`RoleFigures`]). A completion is credited to the role the actor acted in, as
+/// its audit record keeps it (`Entry::Completed { role }`: the accountable role for an override,
+/// the role an escalation gave the task to, else the first of the node's responsible roles the
+/// actor holds), so each completion is credited once. Records written before procflow kept the
+/// role are credited by the same rule without the actor's roles: an override to the accountable
+/// role, an escalated task to the escalation's role, otherwise to each of the node's responsible
+/// roles. `completed` counts every credited
 /// completion, overrides included; `overrides` counts the overrides. `escalations` counts the
 /// escalation levels that fired (`Entry::Timer { kind: Escalation }`, not reminders or urges)
 /// for the role the definition's level names (`to:`, defaulting to the accountable role).
@@ -213,8 +247,19 @@ pub struct ProcessFigures {
     pub sla_breached: usize,
     /// Running, deadline not yet fired.
     pub sla_pending: usize,
-    /// `sla_met / (sla_met + sla_breached)`, from 0 to 1; `None` when both are 0.
+    /// `sla_met / (sla_met + sla_breached)`, from 0 to 1; `None` when both are 0. Per
+    /// instance: the process deadline (`sla.due`) only.
     pub sla_met_rate: Option<f64>,
+    /// Tasks with a deadline of their own (`due`) that are decided: completed (or timed out,
+    /// cancelled) in time, or breached.
+    pub task_deadlines: usize,
+    /// Of those, breached: their deadline fired.
+    pub task_breached: usize,
+    /// `(task_deadlines - task_breached) / task_deadlines`, from 0 to 1; `None` without task
+    /// deadlines. Per task: a process can meet every instance deadline and still breach tasks.
+    pub task_met_rate: Option<f64>,
+    /// The business calendar its durations are counted on, or `None` for wall-clock time.
+    pub calendar: Option<String>,
 }
 
 /// The figures of one user-task node.
@@ -348,7 +393,16 @@ impl Report {
             .into_iter()
             .map(|(id, mut versions)| {
                 versions.sort_by_key(|d| std::cmp::Reverse(d.key().version));
-                (id, Acc::new(&versions))
+                let mut acc = Acc::new(&versions);
+                // The newest version's calendar, when the options hold it.
+                acc.calendar = versions[0].calendar().and_then(|name| {
+                    options
+                        .calendars
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(n, c)| (n.clone(), Arc::clone(c)))
+                });
+                (id, acc)
             })
             .collect();
         let mut skipped = 0;
@@ -407,8 +461,19 @@ impl Report {
         store: &dyn Store,
         process: Option<&str>,
     ) -> Result<Vec<Arc<ProcessDef>>, ReportError> {
-        store
-            .definitions()?
+        let stored = store.definitions()?;
+        if let Some(p) = process
+            && !stored.iter().any(|d| d.key.id == p)
+        {
+            let mut known: Vec<String> = stored.iter().map(|d| d.key.id.clone()).collect();
+            known.sort();
+            known.dedup();
+            return Err(ReportError::UnknownProcess {
+                process: p.to_owned(),
+                known,
+            });
+        }
+        stored
             .into_iter()
             .filter(|d| process.is_none_or(|p| p == d.key.id))
             .map(|d| {
@@ -512,7 +577,9 @@ impl Report {
 
     /// The rows of each section, header first.
     fn sections(&self, style: Style) -> Vec<(Vec<String>, Vec<Vec<String>>)> {
-        let d = |d: Option<Duration>| style.duration(d);
+        // Business durations are written in hours: a business day is no 24 hours.
+        let business = |process: &str| self.process(process).is_some_and(|p| p.calendar.is_some());
+        let d = |d: Option<Duration>, business: bool| style.duration(d, business);
         let n = |n: usize| n.to_string();
         let s = |s: &str| s.to_owned();
         let header = |cols: &[&str]| cols.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>();
@@ -529,14 +596,23 @@ impl Report {
                     n(p.started),
                     n(p.completed),
                     n(p.open),
-                    d(p.cycle_time.p50),
-                    d(p.cycle_time.p90),
-                    d(p.cycle_time.p99),
+                    d(p.cycle_time.p50, business(&p.process)),
+                    d(p.cycle_time.p90, business(&p.process)),
+                    d(p.cycle_time.p99, business(&p.process)),
                     n(p.sla_instances),
                     n(p.sla_met),
                     n(p.sla_breached),
                     n(p.sla_pending),
                     style.rate(p.sla_met_rate),
+                    n(p.task_deadlines),
+                    n(p.task_breached),
+                    style.rate(p.task_met_rate),
+                    match (&p.calendar, style) {
+                        (Some(c), Style::Table) => format!("business ({c})"),
+                        (Some(c), Style::Csv) => c.clone(),
+                        (None, Style::Table) => "wall-clock".to_owned(),
+                        (None, Style::Csv) => String::new(),
+                    },
                 ]
             })
             .collect();
@@ -556,11 +632,11 @@ impl Report {
                     n(x.breaches),
                     n(x.denials),
                     n(x.reworks),
-                    d(x.waiting.p50),
-                    d(x.waiting.p90),
-                    d(x.waiting.mean),
-                    d(x.handling.p50),
-                    d(x.handling.p90),
+                    d(x.waiting.p50, business(&x.process)),
+                    d(x.waiting.p90, business(&x.process)),
+                    d(x.waiting.mean, business(&x.process)),
+                    d(x.handling.p50, business(&x.process)),
+                    d(x.handling.p90, business(&x.process)),
                     n(x.repeated),
                     n(x.items),
                 ]
@@ -614,6 +690,10 @@ impl Report {
                     "sla_breached",
                     "sla_pending",
                     "sla_met_rate",
+                    "task_deadlines",
+                    "task_breached",
+                    "task_met_rate",
+                    "calendar",
                 ],
                 &[
                     "section",
@@ -649,11 +729,15 @@ impl Report {
                     "cycle p50",
                     "p90",
                     "p99",
-                    "SLA",
+                    "SLA instances",
                     "met",
                     "breached",
                     "pending",
-                    "met rate",
+                    "instance met rate",
+                    "task deadlines",
+                    "breached",
+                    "task met rate",
+                    "durations",
                 ],
                 &[
                     "",
@@ -719,8 +803,10 @@ impl Report {
     }
 
     /// The process graph of `def` as a self-contained SVG, each user-task node coloured by
-    /// `metric` on a green-to-red scale and labelled with its figures from this report (nodes
-    /// without figures are grey). See [`HeatMetric`].
+    /// its rank among the nodes by `metric` (green the best, red the worst; the worst node also
+    /// outlined and marked ▲), labelled with its owning roles and its figures from this report
+    /// (nodes without figures are grey). Route labels are placed clear of nodes and of each
+    /// other. See [`HeatMetric`].
     pub fn heatmap(&self, def: &ProcessDef, metric: HeatMetric) -> String {
         heatmap::svg(self, def, metric)
     }
@@ -734,10 +820,11 @@ enum Style {
 }
 
 impl Style {
-    fn duration(self, d: Option<Duration>) -> String {
+    fn duration(self, d: Option<Duration>, business: bool) -> String {
         match (self, d) {
             (_, None) => String::new(),
             (Style::Csv, Some(d)) => seconds_text(d),
+            (Style::Table, Some(d)) if business => human_hours(d),
             (Style::Table, Some(d)) => human(d),
         }
     }
@@ -761,6 +848,18 @@ impl Style {
     }
 }
 
+/// `a, b and c`, or `no definition`.
+fn known_list(known: &[String]) -> String {
+    match known {
+        [] => "no definition".to_owned(),
+        [one] => format!("only '{one}'"),
+        _ => {
+            let quoted: Vec<String> = known.iter().map(|k| format!("'{k}'")).collect();
+            quoted.join(", ")
+        }
+    }
+}
+
 /// Seconds, with milliseconds only when there are any.
 fn seconds_text(d: Duration) -> String {
     let ms = d.num_milliseconds();
@@ -768,6 +867,22 @@ fn seconds_text(d: Duration) -> String {
         (ms / 1000).to_string()
     } else {
         format!("{:.3}", ms as f64 / 1000.0)
+    }
+}
+
+/// As [`human`], but in hours past a day (`29h`, `13h30m`): for business time, whose days are
+/// working days, not 24 hours.
+pub(crate) fn human_hours(d: Duration) -> String {
+    let hours = d.num_hours().abs();
+    if hours < 24 {
+        return human(d);
+    }
+    let sign = if d < Duration::zero() { "-" } else { "" };
+    let mins = d.num_minutes().abs() % 60;
+    if mins > 0 {
+        format!("{sign}{hours}h{mins}m")
+    } else {
+        format!("{sign}{hours}h")
     }
 }
 
@@ -893,6 +1008,10 @@ struct Acc {
     sla_met: usize,
     sla_breached: usize,
     sla_pending: usize,
+    task_deadlines: usize,
+    task_breached: usize,
+    /// The calendar durations count on (by name), or wall-clock time.
+    calendar: Option<(String, Arc<BusinessCalendar>)>,
     nodes: IndexMap<String, NodeAcc>,
     roles: IndexMap<String, RoleAcc>,
     actors: BTreeMap<String, ActorFigures>,
@@ -941,6 +1060,9 @@ impl Acc {
             sla_met: 0,
             sla_breached: 0,
             sla_pending: 0,
+            task_deadlines: 0,
+            task_breached: 0,
+            calendar: None,
             nodes: IndexMap::new(),
             roles: IndexMap::new(),
             actors: BTreeMap::new(),
@@ -983,6 +1105,18 @@ impl Acc {
         acc
     }
 
+    /// The time from `a` to `b`: business time on the process's calendar when it has one
+    /// (wall-clock time where the calendar cannot tell, e.g. past the years it covers).
+    fn span(&self, a: DateTime<Utc>, b: DateTime<Utc>) -> Duration {
+        let wall = b - a;
+        match &self.calendar {
+            Some((_, cal)) if a <= b => cal
+                .business_time_between(a, b)
+                .map_or(wall, |d| d.value.as_duration()),
+            _ => wall,
+        }
+    }
+
     fn actor(&mut self, id: &str) -> &mut ActorFigures {
         self.actors
             .entry(id.to_owned())
@@ -1010,7 +1144,8 @@ impl Acc {
             Status::Completed => {
                 self.completed += 1;
                 if let Some(end) = inst.ended_at() {
-                    self.cycles.push(end - inst.started_at());
+                    let cycle = self.span(inst.started_at(), end);
+                    self.cycles.push(cycle);
                 }
             }
             Status::Running => self.open += 1,
@@ -1020,7 +1155,9 @@ impl Acc {
         // What the audit trail says, per task (by its number).
         let mut first_claim: HashMap<u32, DateTime<Utc>> = HashMap::new();
         let mut overridden: HashMap<u32, bool> = HashMap::new();
+        let mut acted: HashMap<u32, u16> = HashMap::new();
         let mut timed_out: HashSet<u32> = HashSet::new();
+        let mut breached: HashSet<u32> = HashSet::new();
         let mut sla_breached = false;
         let mut sla_recorded = false;
         let task_node = |seq: u32| inst.tasks().get(seq as usize).map(|t| t.node());
@@ -1032,9 +1169,13 @@ impl Acc {
                 Entry::Completed {
                     task,
                     overridden: o,
+                    role,
                     ..
                 } => {
                     overridden.insert(*task, *o);
+                    if let Some(role) = role {
+                        acted.insert(*task, *role);
+                    }
                 }
                 Entry::Repeated { node, .. } => {
                     if let Some(n) = self.node(def, *node) {
@@ -1071,6 +1212,7 @@ impl Acc {
                     }
                     match (kind, task) {
                         (TimerKind::Due, Some(t)) => {
+                            breached.insert(*t);
                             if let Some(n) = task_node(*t).and_then(|n| self.node(def, n)) {
                                 n.breaches += 1;
                             }
@@ -1125,8 +1267,30 @@ impl Acc {
                 continue;
             };
             let claim = first_claim.get(&seq).copied();
+            // The task's own deadline: decided once breached or the task is closed.
+            let has_due = node.limits.as_deref().is_some_and(|l| l.due.is_some())
+                || inst
+                    .timers()
+                    .iter()
+                    .any(|t| t.task == Some(seq) && !t.sla && t.kind == TimerKind::Due);
+            if breached.contains(&seq) {
+                self.task_deadlines += 1;
+                self.task_breached += 1;
+            } else if has_due && !matches!(task.state(), TaskState::Open) {
+                self.task_deadlines += 1;
+            }
             let done = match task.state() {
                 TaskState::Completed { by, at } => Some((by.clone(), *at)),
+                _ => None,
+            };
+            let span = |a, b| self.span(a, b);
+            let wait = match (claim, &done) {
+                (Some(c), _) => Some(span(task.created_at(), c)),
+                (None, Some((_, at))) => Some(span(task.created_at(), *at)),
+                (None, None) => None,
+            };
+            let handling = match (claim, &done) {
+                (Some(c), Some((_, at))) => Some(span(c, *at)),
                 _ => None,
             };
             if let Some(n) = self.nodes.get_mut(node.id()) {
@@ -1140,14 +1304,8 @@ impl Acc {
                 if matches!(task.state(), TaskState::TimedOut { .. }) || timed_out.contains(&seq) {
                     n.timeouts += 1;
                 }
-                match (claim, &done) {
-                    (Some(c), _) => n.waits.push(c - task.created_at()),
-                    (None, Some((_, at))) => n.waits.push(*at - task.created_at()),
-                    (None, None) => {}
-                }
-                if let (Some(c), Some((_, at))) = (claim, &done) {
-                    n.handling.push(*at - c);
-                }
+                n.waits.extend(wait);
+                n.handling.extend(handling);
             }
             let Some((by, _)) = done else { continue };
             let over = overridden.get(&seq).copied().unwrap_or(false);
@@ -1156,10 +1314,17 @@ impl Acc {
             actor.overrides += usize::from(over);
             let Some(raci) = node.raci() else { continue };
             let escalated = task.escalated_to(def);
-            let credited: Vec<&str> = match (over, escalated) {
-                (true, _) => vec![raci.accountable().as_str()],
-                (false, Some(role)) => vec![role.as_str()],
-                (false, None) => raci.responsible().iter().map(|r| r.as_str()).collect(),
+            let recorded = acted
+                .get(&seq)
+                .and_then(|i| def.roles().nth(usize::from(*i)))
+                .map(|(r, _)| r);
+            let credited: Vec<&str> = match (recorded, over, escalated) {
+                // The audit record names the role the actor acted in.
+                (Some(role), _, _) => vec![role.as_str()],
+                // Older records: the rule the role check applies.
+                (None, true, _) => vec![raci.accountable().as_str()],
+                (None, false, Some(role)) => vec![role.as_str()],
+                (None, false, None) => raci.responsible().iter().map(|r| r.as_str()).collect(),
             };
             for role in credited {
                 if let Some(r) = self.role(role) {
@@ -1187,6 +1352,12 @@ impl Acc {
             sla_pending: self.sla_pending,
             sla_met_rate: (self.sla_met + self.sla_breached > 0)
                 .then(|| self.sla_met as f64 / (self.sla_met + self.sla_breached) as f64),
+            task_deadlines: self.task_deadlines,
+            task_breached: self.task_breached,
+            calendar: self.calendar.map(|(name, _)| name),
+            task_met_rate: (self.task_deadlines > 0).then(|| {
+                (self.task_deadlines - self.task_breached) as f64 / self.task_deadlines as f64
+            }),
         });
         for (node, n) in self.nodes {
             report.nodes.push(NodeFigures {
@@ -1253,6 +1424,14 @@ mod tests {
         for (d, text) in cases {
             assert_eq!(human(d), text);
         }
+    }
+
+    #[test]
+    fn business_durations_in_hours() {
+        assert_eq!(human_hours(Duration::hours(29)), "29h");
+        assert_eq!(human_hours(Duration::minutes(25 * 60 + 30)), "25h30m");
+        assert_eq!(human_hours(Duration::minutes(90)), "1h30m");
+        assert_eq!(human(Duration::hours(29)), "1d5h");
     }
 
     #[test]

@@ -14,6 +14,8 @@
 
 mod keys;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -23,6 +25,8 @@ use chrono::{DateTime, Utc};
 
 pub use keys::BusinessKey;
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
@@ -144,6 +148,28 @@ pub trait Store: Send + Sync {
     fn unmatched(&self) -> Result<Vec<ParkedMessage>, StoreError> {
         Ok(Vec::new())
     }
+
+    /// For stores shared by several engines at once: claims, for this store handle, the
+    /// running instances with a timer due at or before `now` that no other handle holds a live
+    /// claim on, for `lease`, and returns them with their stored versions. A commit to an
+    /// instance ends the claim on it; a claim whose lease ran out (its engine died) can be
+    /// taken by another. An engine's `tick` then fires only the timers of the instances it
+    /// claimed, so that each fires in one engine.
+    ///
+    /// `None` (the default): the store does not claim; every engine fires what is due, and a
+    /// second engine firing the same timer from an older copy gets a
+    /// [`StoreError::Conflict`].
+    ///
+    /// # Errors
+    /// A failure of the medium.
+    fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        let _ = (now, lease);
+        Ok(None)
+    }
 }
 
 /// A definition as a store keeps it: its key and the YAML text it was compiled from.
@@ -194,7 +220,8 @@ impl Commit<'_> {
 }
 
 /// Why a store could not do what was asked. Nothing was changed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", content = "fields", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum StoreError {
     /// The store's file does not exist (and was not to be created).
@@ -280,6 +307,102 @@ pub enum StoreError {
         /// The medium's message.
         detail: String,
     },
+    /// A database server could not be reached: nothing listens at the address (a refused
+    /// connection, a missing socket), the name does not resolve, or the server is starting or
+    /// shutting down. Nothing was changed; retry later.
+    #[error("database server {server} (database {database}) cannot be reached: {detail}")]
+    Unreachable {
+        /// The server: `host:port` or the Unix socket's folder and port.
+        server: String,
+        /// The database.
+        database: String,
+        /// The driver's message.
+        detail: String,
+    },
+    /// The server refused the credentials (a wrong password, an unknown role) or the role may
+    /// not use the database, or the database does not exist.
+    #[error("database server {server} refused access to database {database}: {detail}")]
+    Denied {
+        /// The server.
+        server: String,
+        /// The database.
+        database: String,
+        /// The server's message.
+        detail: String,
+    },
+    /// The connection to the server broke during the call (the server restarted, the network
+    /// failed). Nothing of the call is stored (a commit whose outcome the store could not
+    /// learn by reading the stored version back is reported as this too only when it was
+    /// found not stored); the call may be retried.
+    #[error("lost the connection to database server {server} (database {database}): {detail}")]
+    ConnectionLost {
+        /// The server.
+        server: String,
+        /// The database.
+        database: String,
+        /// The driver's message.
+        detail: String,
+    },
+    /// The server's disk is full (or a quota is reached): nothing of the call was stored.
+    #[error("database server {server} (database {database}) is out of disk space: {detail}")]
+    ServerFull {
+        /// The server.
+        server: String,
+        /// The database.
+        database: String,
+        /// The server's message.
+        detail: String,
+    },
+    /// The database holds another application's tables and no procflow schema: it is left
+    /// untouched.
+    #[error("database {database} on {server} is not a procflow store: {detail}")]
+    ForeignDatabase {
+        /// The server.
+        server: String,
+        /// The database.
+        database: String,
+        /// What was found.
+        detail: String,
+    },
+    /// The database's procflow schema was written by a newer procflow: it is left untouched.
+    #[error(
+        "database {database} on {server}: schema version {found} is newer than this procflow \
+         reads ({supported})"
+    )]
+    NewerDatabaseSchema {
+        /// The server.
+        server: String,
+        /// The database.
+        database: String,
+        /// Its schema version.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
+    /// Any other failure reported by a database server.
+    #[error("database server {server} (database {database}): {detail}")]
+    Server {
+        /// The server.
+        server: String,
+        /// The database.
+        database: String,
+        /// The server's message.
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying the same call later may succeed without anyone changing anything: a
+    /// server that could not be reached, or a connection lost during the call (nothing of the
+    /// call was stored). A [`StoreError::Conflict`] is not: the caller must read again first.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unreachable { .. }
+                | StoreError::ConnectionLost { .. }
+                | StoreError::Locked { .. }
+        )
+    }
 }
 
 /// The state of an instance as stores serialize it: [`Instance::encode`].
@@ -392,5 +515,13 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn unmatched(&self) -> Result<Vec<ParkedMessage>, StoreError> {
         (**self).unmatched()
+    }
+
+    fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        (**self).claim_due(now, lease)
     }
 }

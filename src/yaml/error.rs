@@ -4,8 +4,38 @@
 use std::fmt;
 use std::path::PathBuf;
 
+/// An error as a JSON body (or any serde format): the error's own fields (for the error enums,
+/// `kind`, its variant in snake case, and `fields`, the variant's typed fields) and `message`,
+/// its `Display` text. What an HTTP API answers with.
+///
+/// # Examples
+/// ```
+/// let error = procflow::ExecError::UnknownCalendar("china".into());
+/// let json = serde_json::to_value(procflow::ErrorBody::new(&error))?;
+/// assert_eq!(json["kind"], "unknown_calendar");
+/// assert_eq!(json["fields"], "china");
+/// assert_eq!(json["message"], error.to_string());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ErrorBody<'a, E: serde::Serialize> {
+    #[serde(flatten)]
+    error: &'a E,
+    message: String,
+}
+
+impl<'a, E: serde::Serialize + fmt::Display> ErrorBody<'a, E> {
+    /// The body of `error`.
+    pub fn new(error: &'a E) -> ErrorBody<'a, E> {
+        ErrorBody {
+            message: error.to_string(),
+            error,
+        }
+    }
+}
+
 /// A line and column (both 1-based) in a definition file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Location {
     /// The 1-based line.
     pub line: u32,
@@ -24,7 +54,7 @@ impl fmt::Display for Location {
 /// A YAML syntax or shape error (bad indentation, an unknown key, a value of the wrong type) stops
 /// the parser, so such a file reports that one problem; once a file parses, every semantic problem
 /// (unknown roles, targets, cycles, joins, conditions, ...) is reported together.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct LoadError {
     /// The file the definition came from, when it came from a file.
     pub file: Option<PathBuf>,
@@ -78,13 +108,14 @@ impl fmt::Display for LoadError {
 impl std::error::Error for LoadError {}
 
 /// One problem in a definition: where it is and what it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
     /// Where the YAML has a location for it.
     pub location: Option<Location>,
     /// The key path, e.g. `nodes.record.raci.accountable`.
     pub path: String,
-    /// What is wrong.
+    /// What is wrong (serialized flat: `kind` and `fields` beside `location` and `path`).
+    #[serde(flatten)]
     pub kind: ProblemKind,
 }
 
@@ -101,7 +132,8 @@ impl fmt::Display for Problem {
 }
 
 /// What is wrong with a definition.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", content = "fields", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ProblemKind {
     /// The file could not be read.
@@ -528,10 +560,15 @@ pub enum ProblemKind {
     /// A call activity (`kind: call`) is malformed, e.g. a `max_depth` out of range.
     #[error("{0}")]
     CallShape(&'static str),
+    /// A what-if simulation model (`procflow whatif`) is malformed: an unknown process, task or
+    /// role, probabilities that do not sum to one, a negative rate, a distribution without its
+    /// parameters, a horizon shorter than the warm-up, a task no staffed person can do.
+    #[error("{0}")]
+    WhatIf(String),
 }
 
 /// A duration's text that does not parse: the text and what is wrong with it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct DurationError {
     pub(crate) text: String,
     pub(crate) kind: DurationErrorKind,
@@ -558,7 +595,8 @@ impl fmt::Display for DurationError {
 impl std::error::Error for DurationError {}
 
 /// What is wrong with a duration's text.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", content = "fields", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DurationErrorKind {
     /// Nothing but, perhaps, the word `business`.

@@ -14,7 +14,9 @@ use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
-pub use error::{DurationError, DurationErrorKind, LoadError, Location, Problem, ProblemKind};
+pub use error::{
+    DurationError, DurationErrorKind, ErrorBody, LoadError, Location, Problem, ProblemKind,
+};
 
 /// A value with the location where the YAML wrote it.
 #[derive(Clone, Debug)]

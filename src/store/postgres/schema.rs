@@ -1,0 +1,143 @@
+//! The database's schema: recognising a procflow store, creating one, and the numbered
+//! migrations that bring an older one to [`SUPPORTED`].
+//!
+//! **Invariant:** nothing is written to a database before it is known to be empty or a procflow
+//! store of a version this build reads: a database holding other tables and no `procflow_meta`
+//! is another application's and is refused untouched, and so is one whose schema is newer.
+//! Creating and migrating run in one transaction under an advisory lock, so two replicas
+//! starting at once do not both create the tables.
+
+use postgres::Client;
+
+use super::Server;
+use crate::store::StoreError;
+
+/// The schema version this build writes and the newest it reads.
+pub(crate) const SUPPORTED: u32 = 2;
+
+/// Version 1, exactly as the first PostgreSQL store created it (frozen in `v1.sql`).
+pub(crate) const V1: &str = include_str!("v1.sql");
+
+/// The migrations after version 1: `MIGRATIONS[i]` brings version `i + 2` from `i + 1`.
+///
+/// Version 2: a lease on each instance's due timers (`claim_until`, epoch milliseconds of the
+/// server's clock, and `claimed_by`, the claiming store handle): a replica that claims an
+/// instance's due timers owns them until then; a commit clears the claim, and an expired one
+/// returns (the replica died).
+const MIGRATIONS: &[&str] = &["
+ALTER TABLE procflow_instances ADD COLUMN claim_until BIGINT;
+ALTER TABLE procflow_instances ADD COLUMN claimed_by TEXT;
+UPDATE procflow_meta SET value = '2' WHERE key = 'schema_version';
+"];
+
+/// Advisory lock key taken while creating or migrating the schema (`PFlw` + 1).
+const SCHEMA_LOCK: i64 = 0x5046_6C77_0001;
+
+/// Brings the database to [`SUPPORTED`], creating the schema in an empty one.
+///
+/// # Errors
+/// [`StoreError::ForeignDatabase`], [`StoreError::NewerDatabaseSchema`], or a failure of the
+/// server.
+pub(super) fn prepare(client: &mut Client, server: &Server) -> Result<(), StoreError> {
+    // Fast path: a current store is only read.
+    if let Some(found) = version(client, server)?
+        && found == SUPPORTED
+    {
+        return Ok(());
+    }
+    let mut tx = client.transaction().map_err(|e| server.err(e))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .map_err(|e| server.err(e))?;
+    let found = match version(&mut tx, server)? {
+        Some(found) => found,
+        None => {
+            tx.batch_execute(V1).map_err(|e| server.err(e))?;
+            1
+        }
+    };
+    migrate_from(&mut tx, server, found)?;
+    tx.commit().map_err(|e| server.err(e))
+}
+
+/// Runs the migrations from version `found` on.
+fn migrate_from(
+    tx: &mut impl postgres::GenericClient,
+    server: &Server,
+    found: u32,
+) -> Result<(), StoreError> {
+    let from = usize::try_from(found.saturating_sub(1)).unwrap_or(usize::MAX);
+    for step in MIGRATIONS.iter().skip(from) {
+        tx.batch_execute(step).map_err(|e| server.err(e))?;
+    }
+    Ok(())
+}
+
+/// The procflow schema version in the database; `None` when the database is empty.
+///
+/// # Errors
+/// [`StoreError::ForeignDatabase`] for another application's database,
+/// [`StoreError::NewerDatabaseSchema`].
+fn version(
+    client: &mut impl postgres::GenericClient,
+    server: &Server,
+) -> Result<Option<u32>, StoreError> {
+    let meta: bool = client
+        .query_one("SELECT to_regclass('procflow_meta') IS NOT NULL", &[])
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| server.err(e))?;
+    if !meta {
+        let tables: Vec<String> = client
+            .query(
+                "SELECT c.relname::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'S') \
+                 ORDER BY 1 LIMIT 3",
+                &[],
+            )
+            .map_err(|e| server.err(e))?
+            .iter()
+            .filter_map(|row| row.try_get(0).ok())
+            .collect();
+        if tables.is_empty() {
+            return Ok(None);
+        }
+        return Err(server.foreign(format!(
+            "it holds other tables ({}) and no procflow_meta; left untouched",
+            tables.join(", ")
+        )));
+    }
+    let rows = client
+        .query(
+            "SELECT key, value FROM procflow_meta WHERE key IN ('application', 'schema_version')",
+            &[],
+        )
+        .map_err(|e| server.foreign(format!("unreadable procflow_meta: {e}")))?;
+    let mut application = None;
+    let mut version = None;
+    for row in rows {
+        let key: String = row.try_get(0).map_err(|e| server.foreign(e.to_string()))?;
+        let value: String = row.try_get(1).map_err(|e| server.foreign(e.to_string()))?;
+        match key.as_str() {
+            "application" => application = Some(value),
+            _ => version = Some(value),
+        }
+    }
+    if application.as_deref() != Some("procflow") {
+        return Err(server.foreign("procflow_meta does not name procflow"));
+    }
+    let found: u32 = version
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| server.foreign("procflow_meta holds no schema version"))?;
+    if found > SUPPORTED {
+        return Err(StoreError::NewerDatabaseSchema {
+            server: server.name.clone(),
+            database: server.database.clone(),
+            found,
+            supported: SUPPORTED,
+        });
+    }
+    if found == 0 {
+        return Err(server.foreign("schema version 0"));
+    }
+    Ok(Some(found))
+}

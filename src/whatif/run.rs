@@ -1,0 +1,667 @@
+//! One replication: the real engine on a manual clock, driven by a discrete-event loop (next
+//! arrival, next completion of a task in hand, next timer, next customer answer, next shift
+//! boundary), with people as resources: a person works one task at a time, within their shift.
+
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::model::{Arrival, Choice, Dist, Model, Work, local_hour_day};
+use crate::clock::ManualClock;
+use crate::def::{NodeKind, ProcessDef};
+use crate::exec::{Config, Engine, ExecError, TaskView};
+use crate::hooks::handler_fn;
+use crate::ids::{InstanceId, TaskId};
+use crate::raci::Actor;
+use crate::report::{Report, ReportOptions};
+use crate::store::Store;
+use crate::vars::Vars;
+
+/// A counter-based generator (SplitMix64): a stream per seed, reproducible, no shared state.
+#[derive(Clone)]
+pub(crate) struct Rng(u64);
+
+/// Mixes numbers into one seed.
+pub(crate) fn mix(parts: &[u64]) -> u64 {
+    let mut h = 0x9E37_79B9_7F4A_7C15u64;
+    for p in parts {
+        h = splitmix(h ^ p.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    }
+    h
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        splitmix(self.0)
+    }
+
+    /// In [0, 1).
+    pub(crate) fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// In (0, 1].
+    fn open_unit(&mut self) -> f64 {
+        1.0 - self.unit()
+    }
+
+    fn exp1(&mut self) -> f64 {
+        -self.open_unit().ln()
+    }
+
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.open_unit(), self.unit());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
+    fn pick<'a>(&mut self, choices: &'a [Choice]) -> Option<&'a Choice> {
+        let mut x = self.unit();
+        for c in choices {
+            if x < c.p {
+                return Some(c);
+            }
+            x -= c.p;
+        }
+        choices.last()
+    }
+}
+
+impl Dist {
+    /// A sample, in seconds (never negative).
+    pub(crate) fn sample(&self, rng: &mut Rng) -> f64 {
+        let x = match self {
+            Dist::Fixed(v) => *v,
+            Dist::Exponential { mean } => mean * rng.exp1(),
+            Dist::LogNormal { median, sigma } => median * (sigma * rng.normal()).exp(),
+            Dist::Uniform { min, max } => min + (max - min) * rng.unit(),
+            Dist::Empirical(s) => s[((rng.unit() * s.len() as f64) as usize).min(s.len() - 1)],
+        };
+        x.max(0.0)
+    }
+}
+
+/// What one replication measured.
+pub struct RunResult {
+    /// The report over the instances started after the warm-up.
+    pub report: Report,
+    /// Timer firings after the warm-up, by name (`breach`, `escalation`, `sla_breach`, ...).
+    pub timers: BTreeMap<String, usize>,
+    /// Per staff group: seconds busy and seconds on shift, after the warm-up.
+    pub staff: Vec<(f64, f64)>,
+    /// Calls the engine refused, by kind (a timeout moved on while the work was in hand, ...).
+    pub refused: BTreeMap<String, usize>,
+}
+
+struct Person {
+    actor: Actor,
+    group: usize,
+    job: Option<Job>,
+}
+
+struct Job {
+    task: TaskId,
+    process: usize,
+    node: Arc<str>,
+    remaining: i64,
+}
+
+/// Runs replication `rep` of `model` on `store`.
+///
+/// # Errors
+/// The engine refused to open or to deploy a definition.
+pub fn run_once(model: &Model, rep: u32, store: Arc<dyn Store>) -> Result<RunResult, String> {
+    Sim::new(model, rep, store)?.run()
+}
+
+struct Sim<'m> {
+    model: &'m Model,
+    seed: u64,
+    engine: Engine,
+    clock: Arc<ManualClock>,
+    store: Arc<dyn Store>,
+    people: Vec<Person>,
+    on_shift: Vec<bool>,
+    /// Seconds since the start.
+    now: i64,
+    next_arrival: Vec<Option<i64>>,
+    arrival_rng: Vec<Rng>,
+    /// When the customer of a task answers; `None`: never.
+    answers: HashMap<TaskId, Option<i64>>,
+    answer_times: BinaryHeap<std::cmp::Reverse<i64>>,
+    incidents: VecDeque<(InstanceId, i64)>,
+    /// The definition (index into the model's) of each instance started.
+    process_of: HashMap<InstanceId, usize>,
+    /// The model's work by definition, then node id.
+    work_by_def: Vec<HashMap<&'m str, &'m Work>>,
+    /// The definition of each arrival process.
+    def_of_arrival: Vec<usize>,
+    timers: BTreeMap<String, usize>,
+    busy: Vec<(f64, f64)>,
+    refused: BTreeMap<String, usize>,
+    rotate: usize,
+}
+
+impl<'m> Sim<'m> {
+    fn new(model: &'m Model, rep: u32, store: Arc<dyn Store>) -> Result<Sim<'m>, String> {
+        let seed = mix(&[model.seed, u64::from(rep)]);
+        let clock = Arc::new(ManualClock::new(model.start));
+        // Completed instances leave memory (the store keeps them): work lists scan only running
+        // ones.
+        let config = Config {
+            retain_completed: false,
+            ..Config::default()
+        };
+        let mut b = Engine::builder();
+        b.config(config).clock(Arc::clone(&clock));
+        for (name, cal) in &model.calendars {
+            b.calendar(name.clone(), cal.clone());
+        }
+        if let Some(org) = &model.organisation {
+            b.organisation(Arc::clone(org));
+        }
+        // One handler per handler name: what the model says of the service nodes calling it.
+        let mut handlers: BTreeMap<String, BTreeMap<String, Work>> = BTreeMap::new();
+        for def in &model.defs {
+            for (_, node) in def.nodes() {
+                if node.kind() != NodeKind::ServiceTask {
+                    continue;
+                }
+                let Some(h) = node.handler() else { continue };
+                let work = model
+                    .work
+                    .get(&(def.key().id.to_owned(), node.id().to_owned()))
+                    .cloned()
+                    .unwrap_or_default();
+                handlers
+                    .entry(h.to_owned())
+                    .or_default()
+                    .insert(node.id().to_owned(), work);
+            }
+        }
+        for (name, nodes) in handlers {
+            b.handler(
+                name,
+                handler_fn(move |call| {
+                    let Some(work) = nodes.get(call.node) else {
+                        return Ok(Vars::new());
+                    };
+                    let mut rng = Rng::new(mix(&[seed, call.instance.get(), 0x5E5]));
+                    Ok(output(work, &mut rng).0)
+                }),
+            );
+        }
+        let engine = b.open(Arc::clone(&store)).map_err(|e| e.to_string())?;
+        for def in &model.defs {
+            let copy = ProcessDef::from_yaml(def.text()).map_err(|e| e.to_string())?;
+            engine.deploy(copy).map_err(|e| e.to_string())?;
+        }
+        let mut people = Vec::new();
+        for (g, group) in model.staff.iter().enumerate() {
+            for i in 0..group.people {
+                people.push(Person {
+                    actor: Actor::new(format!("{}.{}", group.prefix, i + 1), group.roles.clone()),
+                    group: g,
+                    job: None,
+                });
+            }
+        }
+        let arrival_rng = (0..model.arrivals.len())
+            .map(|i| Rng::new(mix(&[seed, 0xA77, i as u64])))
+            .collect();
+        Ok(Sim {
+            model,
+            seed,
+            engine,
+            clock,
+            store,
+            people,
+            on_shift: vec![false; model.staff.len()],
+            now: 0,
+            next_arrival: vec![None; model.arrivals.len()],
+            arrival_rng,
+            answers: HashMap::new(),
+            answer_times: BinaryHeap::new(),
+            incidents: VecDeque::new(),
+            process_of: HashMap::new(),
+            work_by_def: model
+                .defs
+                .iter()
+                .map(|d| {
+                    model
+                        .work
+                        .iter()
+                        .filter(|((p, _), _)| *p == d.key().id)
+                        .map(|((_, n), w)| (n.as_str(), w))
+                        .collect()
+                })
+                .collect(),
+            def_of_arrival: model
+                .arrivals
+                .iter()
+                .map(|a| {
+                    model
+                        .defs
+                        .iter()
+                        .position(|d| d.key().id == a.process)
+                        .unwrap_or(usize::MAX)
+                })
+                .collect(),
+            timers: BTreeMap::new(),
+            busy: vec![(0.0, 0.0); model.staff.len()],
+            refused: BTreeMap::new(),
+            rotate: 0,
+        })
+    }
+
+    fn at(&self, t: i64) -> DateTime<Utc> {
+        self.model.start + Duration::seconds(t)
+    }
+
+    fn secs(&self, at: DateTime<Utc>) -> i64 {
+        let d = at - self.model.start;
+        // Round up: an event is handled at or after it is due.
+        let s = d.num_seconds();
+        if d > Duration::seconds(s) { s + 1 } else { s }
+    }
+
+    fn run(mut self) -> Result<RunResult, String> {
+        let end = self.model.horizon;
+        for i in 0..self.model.arrivals.len() {
+            self.next_arrival[i] = self.draw_arrival(i, 0);
+        }
+        let mut boundary = 0;
+        self.shifts();
+        boundary += 1800;
+        self.dispatch();
+        loop {
+            let mut next = end.min(boundary);
+            for a in self.next_arrival.iter().flatten() {
+                next = next.min(*a);
+            }
+            for p in &self.people {
+                if let Some(j) = &p.job
+                    && self.on_shift[p.group]
+                {
+                    next = next.min(self.now + j.remaining.max(0));
+                }
+            }
+            if let Some(due) = self.engine.next_due() {
+                let d = self.secs(due);
+                next = next.min(d.max(self.now + 1));
+            }
+            while let Some(std::cmp::Reverse(t)) = self.answer_times.peek() {
+                if *t <= self.now {
+                    self.answer_times.pop();
+                } else {
+                    next = next.min(*t);
+                    break;
+                }
+            }
+            if let Some((_, t)) = self.incidents.front() {
+                next = next.min((*t).max(self.now));
+            }
+            let next = next.max(self.now);
+            let dt = next - self.now;
+            let measured = self.now >= self.model.warm_up;
+            for p in &mut self.people {
+                if !self.on_shift[p.group] {
+                    continue;
+                }
+                if measured {
+                    self.busy[p.group].1 += dt as f64;
+                }
+                if let Some(j) = &mut p.job {
+                    j.remaining -= dt;
+                    if measured {
+                        self.busy[p.group].0 += dt as f64;
+                    }
+                }
+            }
+            self.now = next;
+            if self.now >= end {
+                break;
+            }
+            let now_at = self.at(self.now);
+            self.clock.set(now_at);
+            let fired = self.engine.tick(now_at);
+            if self.now >= self.model.warm_up {
+                for f in fired {
+                    *self.timers.entry(f.name()).or_default() += 1;
+                }
+            }
+            if self.now >= boundary {
+                self.shifts();
+                while boundary <= self.now {
+                    boundary += 1800;
+                }
+            }
+            for i in 0..self.people.len() {
+                if self.on_shift[self.people[i].group]
+                    && self.people[i]
+                        .job
+                        .as_ref()
+                        .is_some_and(|j| j.remaining <= 0)
+                {
+                    self.finish(i);
+                }
+            }
+            for i in 0..self.model.arrivals.len() {
+                while let Some(t) = self.next_arrival[i]
+                    && t <= self.now
+                {
+                    self.arrive(i);
+                    self.next_arrival[i] = self.draw_arrival(i, t);
+                }
+            }
+            self.retry_incidents();
+            self.dispatch();
+        }
+        let since = self.at(self.model.warm_up);
+        let report = Report::from_store(&*self.store, &ReportOptions::default().since(since))
+            .map_err(|e| e.to_string())?;
+        Ok(RunResult {
+            report,
+            timers: self.timers,
+            staff: self.busy,
+            refused: self.refused,
+        })
+    }
+
+    fn shifts(&mut self) {
+        let at = self.at(self.now);
+        for (g, group) in self.model.staff.iter().enumerate() {
+            self.on_shift[g] = match group.shift {
+                None => true,
+                Some(c) => self.model.calendars[c]
+                    .1
+                    .is_working(at)
+                    .is_ok_and(|w| w.value),
+            };
+        }
+    }
+
+    /// Arrivals per hour of process `i` at `t`.
+    fn rate(&self, a: &Arrival, t: i64) -> f64 {
+        let Some((_, cal)) = self.model.calendars.get(a.calendar) else {
+            return a.per_business_hour;
+        };
+        let at = self.at(t);
+        let working = cal.is_working(at).is_ok_and(|w| w.value);
+        let (hour, day) = local_hour_day(cal, at);
+        let base = if working {
+            a.per_business_hour
+        } else {
+            a.per_other_hour
+        };
+        base * a.weekday[day] * a.hour[hour]
+    }
+
+    /// The next arrival of process `i` after `from`: a Poisson process whose rate is constant
+    /// within each half hour.
+    fn draw_arrival(&mut self, i: usize, from: i64) -> Option<i64> {
+        let a = &self.model.arrivals[i];
+        let mut e = self.arrival_rng[i].exp1();
+        let mut t = from;
+        let start = self.model.start.timestamp();
+        while t < self.model.horizon {
+            let seg_end = ((start + t) / 1800 + 1) * 1800 - start;
+            let rate = self.rate(a, t) / 3600.0;
+            let cap = rate * (seg_end - t) as f64;
+            if rate > 0.0 && cap >= e {
+                return Some(t + ((e / rate).ceil() as i64).max(1));
+            }
+            e -= cap;
+            t = seg_end;
+        }
+        None
+    }
+
+    fn arrive(&mut self, i: usize) {
+        let a = &self.model.arrivals[i];
+        let rng = &mut self.arrival_rng[i];
+        let mut vars = a.vars.clone();
+        for (_, choices) in &a.mix {
+            if let Some(c) = rng.pick(choices) {
+                vars.extend(c.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        let id = match self.engine.start(&a.process, vars) {
+            Ok(id) => id,
+            Err(ExecError::Incident { instance, .. }) => {
+                self.incidents.push_back((instance, self.now + 1800));
+                instance
+            }
+            Err(e) => {
+                self.refuse("start", &e);
+                return;
+            }
+        };
+        if let Some(&d) = self.def_of_arrival.get(i).filter(|d| **d != usize::MAX) {
+            self.process_of.insert(id, d);
+        }
+    }
+
+    fn refuse(&mut self, what: &str, e: &ExecError) {
+        let kind = match e {
+            ExecError::Denied { .. } => "denied (an escalation gave the task to others)",
+            ExecError::AlreadyClaimed { .. } => "already claimed",
+            ExecError::TaskClosed { .. } => "task closed (a timeout moved on)",
+            ExecError::Variables { .. } => "variables",
+            ExecError::Incident { .. } => "incident",
+            ExecError::Deadline { .. } => "deadline cannot be computed",
+            other => {
+                let text = format!("{other:?}");
+                let name = text
+                    .split([' ', '(', '{'])
+                    .next()
+                    .unwrap_or("other")
+                    .to_owned();
+                *self.refused.entry(format!("{what}: {name}")).or_default() += 1;
+                return;
+            }
+        };
+        *self.refused.entry(format!("{what}: {kind}")).or_default() += 1;
+    }
+
+    fn retry_incidents(&mut self) {
+        while let Some(&(instance, at)) = self.incidents.front() {
+            if at > self.now {
+                break;
+            }
+            self.incidents.pop_front();
+            match self.engine.retry(instance) {
+                Ok(()) => {}
+                Err(ExecError::Incident { .. }) => {
+                    self.incidents.push_back((instance, self.now + 1800));
+                }
+                Err(e) => self.refuse("retry", &e),
+            }
+        }
+    }
+
+    /// The model's work for a task of `instance` at `node`.
+    fn work(&self, instance: InstanceId, node: &str) -> (usize, Option<&'m Work>) {
+        let process = match self.process_of.get(&instance) {
+            Some(p) => Some(*p),
+            None => self
+                .engine
+                .definition_of(instance)
+                .ok()
+                .and_then(|d| self.model.defs.iter().position(|m| m.key() == d.key())),
+        };
+        let Some(p) = process else {
+            return (usize::MAX, None);
+        };
+        (p, self.work_by_def[p].get(node).copied())
+    }
+
+    /// Whether a task can be worked now: one that waits for a customer, once they answer.
+    fn ready(&mut self, task: &TaskView) -> bool {
+        let (_, work) = self.work(task.id.instance(), &task.node_id);
+        let Some(customer) = work.and_then(|w| w.customer.as_ref()) else {
+            return true;
+        };
+        let created = self.secs(task.created_at);
+        let seed = self.seed;
+        let answer = *self.answers.entry(task.id).or_insert_with(|| {
+            let mut rng = Rng::new(mix(&[
+                seed,
+                task.id.instance().get(),
+                u64::from(task.id.seq()),
+                0xCA11,
+            ]));
+            if rng.unit() < customer.no_answer {
+                None
+            } else {
+                Some(created + customer.delay.sample(&mut rng).round() as i64)
+            }
+        });
+        match answer {
+            Some(t) if t <= self.now => true,
+            Some(t) => {
+                self.answer_times.push(std::cmp::Reverse(t));
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn dispatch(&mut self) {
+        let n = self.people.len();
+        if n == 0 {
+            return;
+        }
+        self.rotate = (self.rotate + 1) % n;
+        // The people of a group hold the same roles: the first idle one reads the work list,
+        // the others of the group share it, leaving out the tasks offered to particular people
+        // (an owner, candidates), which only their own reading shows (they are first in turn
+        // at a later event).
+        let mut lists: Vec<Option<Vec<TaskView>>> = vec![None; self.model.staff.len()];
+        for k in 0..n {
+            let i = (k + self.rotate) % n;
+            let g = self.people[i].group;
+            if self.people[i].job.is_some() || !self.on_shift[g] {
+                continue;
+            }
+            let shared = lists[g].is_some();
+            let mut list = match lists[g].take() {
+                Some(l) => l,
+                None => self.engine.work_list(&self.people[i].actor),
+            };
+            let me = self.people[i].actor.id.clone();
+            let mut chosen = None;
+            let mut pos = 0;
+            while pos < list.len() {
+                let t = &list[pos];
+                let personal = t.assignee.is_some() || !t.candidates.is_empty();
+                if t.suspended
+                    || t.claimed_by.as_ref().is_some_and(|c| *c != me)
+                    || (shared && personal)
+                {
+                    pos += 1;
+                    continue;
+                }
+                let t = t.clone();
+                if !self.ready(&t) {
+                    pos += 1;
+                    continue;
+                }
+                if t.claimed_by.is_none()
+                    && let Err(e) = self.engine.claim(t.id, &self.people[i].actor)
+                {
+                    // Refused to this person (four eyes, a mutex): another may take it.
+                    self.refuse("claim", &e);
+                    pos += 1;
+                    continue;
+                }
+                list.remove(pos);
+                chosen = Some(t);
+                break;
+            }
+            lists[g] = Some(list);
+            let Some(t) = chosen else { continue };
+            let (process, work) = self.work(t.id.instance(), &t.node_id);
+            let mut rng = Rng::new(mix(&[
+                self.seed,
+                t.id.instance().get(),
+                u64::from(t.id.seq()),
+                0x4A4D,
+            ]));
+            let dist = work
+                .and_then(|w| w.handling.as_ref())
+                .or(self.model.default_handling.as_ref());
+            let secs = dist.map_or(600.0, |d| d.sample(&mut rng)).round() as i64;
+            self.people[i].job = Some(Job {
+                task: t.id,
+                process,
+                node: Arc::clone(&t.node_id),
+                remaining: secs.max(1),
+            });
+        }
+    }
+
+    fn finish(&mut self, i: usize) {
+        let Some(job) = self.people[i].job.take() else {
+            return;
+        };
+        let _ = job.process;
+        let (_, work) = self.work(job.task.instance(), &job.node);
+        let mut rng = Rng::new(mix(&[
+            self.seed,
+            job.task.instance().get(),
+            u64::from(job.task.seq()),
+            0xB4A,
+        ]));
+        let (vars, send_back) = match work {
+            Some(w) => output(w, &mut rng),
+            None => (Vars::new(), None),
+        };
+        let actor = &self.people[i].actor;
+        let result = match &send_back {
+            Some(to) => self
+                .engine
+                .send_back(job.task, actor, to, "what-if: sent back"),
+            None => self.engine.complete(job.task, actor, vars),
+        };
+        self.answers.remove(&job.task);
+        match result {
+            Ok(()) => {}
+            Err(ExecError::Incident { instance, .. }) => {
+                self.incidents.push_back((instance, self.now + 1800));
+            }
+            Err(e) => self.refuse(
+                if send_back.is_some() {
+                    "send back"
+                } else {
+                    "complete"
+                },
+                &e,
+            ),
+        }
+    }
+}
+
+/// The variables a completion sets (the fixed ones, then the branch drawn) and the node to send
+/// the case back to, if the branch drawn says so.
+fn output(work: &Work, rng: &mut Rng) -> (Vars, Option<String>) {
+    let mut vars = work.set.clone();
+    let mut back = None;
+    if let Some(c) = rng.pick(&work.branches) {
+        vars.extend(c.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        back = c.send_back.clone();
+    }
+    (vars, back)
+}

@@ -1,0 +1,290 @@
+//! The PostgreSQL store alone (the shared suite in tests/store.rs runs on it too): bad input
+//! gives typed errors naming the server and the database and leaves other data untouched, the
+//! schema migrates from the first version, ids never repeat across replicas, and the store
+//! carries on after the server restarts.
+//!
+//! Needs a server: see tests/common/pg.rs (skipped, saying why, when none is found).
+
+#[path = "common/pg.rs"]
+mod pg;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use procflow::{
+    Actor, Engine, ManualClock, PostgresStore, ProcessDef, Status, Store, StoreError, StoredDef,
+    Vars,
+};
+
+const FLOW: &str = r#"
+id: flow
+version: 1
+name: Flow
+roles: { agent: { name: Agent } }
+nodes:
+  start: { kind: start, next: work }
+  work: { kind: user_task, name: Work, raci: { responsible: [agent], accountable: agent }, next: done }
+  done: { kind: end }
+"#;
+
+/// The restart test holds this exclusively: the others' connections would break with it.
+static SERVER_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    SERVER_LOCK.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn t0() -> DateTime<Utc> {
+    "2026-11-23T09:00:00Z".parse().unwrap()
+}
+
+fn engine(url: &str) -> Engine {
+    let store = PostgresStore::connect(url).expect("connect");
+    let mut b = Engine::builder();
+    b.clock(Arc::new(ManualClock::new(t0())));
+    let engine = b.open(store).expect("open");
+    engine.deploy(ProcessDef::from_yaml(FLOW).unwrap()).unwrap();
+    engine
+}
+
+#[test]
+fn a_refused_connection_is_typed_and_names_the_server() {
+    // No server needed: nothing listens on this socket.
+    let err =
+        PostgresStore::connect("postgresql:///procflow?host=/nonexistent-dir&port=1").unwrap_err();
+    match &err {
+        StoreError::Unreachable {
+            server, database, ..
+        } => {
+            assert_eq!(server, "/nonexistent-dir:1");
+            assert_eq!(database, "procflow");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains("/nonexistent-dir:1"), "{err}");
+    let err = PostgresStore::connect("postgres://[not a url").unwrap_err();
+    assert!(matches!(err, StoreError::Server { .. }), "{err:?}");
+}
+
+#[test]
+fn a_missing_database_or_role_is_denied() {
+    let _shared = shared();
+    let Some(server) = pg::server() else { return };
+    let url = server.url.replace("/postgres?", "/no_such_db?");
+    let err = PostgresStore::connect(&url).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Denied { database, .. } if database == "no_such_db"),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    if server.cluster.is_some() {
+        let url = server.url.replace("user=postgres", "user=nobody_here");
+        let err = PostgresStore::connect(&url).unwrap_err();
+        assert!(matches!(err, StoreError::Denied { .. }), "{err:?}");
+    }
+}
+
+#[test]
+fn another_applications_database_is_refused_and_left_untouched() {
+    let _shared = shared();
+    let Some(server) = pg::server() else { return };
+    let url = server.fresh();
+    let mut admin = server.client(&url);
+    admin
+        .batch_execute("CREATE TABLE orders (id INT); INSERT INTO orders VALUES (7)")
+        .unwrap();
+    let err = PostgresStore::connect(&url).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::ForeignDatabase { detail, .. } if detail.contains("orders")),
+        "{err:?}"
+    );
+    let tables: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        tables, 1,
+        "nothing was created beside the other application's table"
+    );
+    let kept: i32 = admin
+        .query_one("SELECT id FROM orders", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 7);
+}
+
+#[test]
+fn a_schema_from_a_newer_procflow_is_refused() {
+    let _shared = shared();
+    let Some(server) = pg::server() else { return };
+    let url = server.fresh();
+    drop(PostgresStore::connect(&url).unwrap());
+    let mut admin = server.client(&url);
+    admin
+        .batch_execute("UPDATE procflow_meta SET value = '99' WHERE key = 'schema_version'")
+        .unwrap();
+    let err = PostgresStore::connect(&url).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NewerDatabaseSchema {
+                found: 99,
+                supported: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let v: String = admin
+        .query_one(
+            "SELECT value FROM procflow_meta WHERE key = 'schema_version'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "99", "left untouched");
+}
+
+#[test]
+fn a_first_version_schema_is_migrated_and_keeps_its_data() {
+    let _shared = shared();
+    let Some(server) = pg::server() else { return };
+    let url = server.fresh();
+    let mut admin = server.client(&url);
+    // The database exactly as the first PostgreSQL store wrote it.
+    admin
+        .batch_execute(include_str!("../src/store/postgres/v1.sql"))
+        .unwrap();
+    admin
+        .execute(
+            "INSERT INTO procflow_definitions (id, version, text) VALUES ('flow', 1, $1)",
+            &[&FLOW],
+        )
+        .unwrap();
+    let store = PostgresStore::connect(&url).unwrap();
+    assert_eq!(
+        store.definitions().unwrap(),
+        vec![StoredDef {
+            key: procflow::DefKey {
+                id: "flow".into(),
+                version: 1
+            },
+            text: FLOW.into()
+        }]
+    );
+    let v: String = admin
+        .query_one(
+            "SELECT value FROM procflow_meta WHERE key = 'schema_version'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "2");
+    // And an engine runs on it.
+    let mut b = Engine::builder();
+    b.clock(Arc::new(ManualClock::new(t0())));
+    let engine = b.open(store).unwrap();
+    let id = engine.start("flow", Vars::new()).unwrap();
+    assert_eq!(engine.instance(id).unwrap().status(), Status::Running);
+}
+
+#[test]
+fn ids_are_never_handed_out_twice_across_replicas() {
+    let _shared = shared();
+    let Some(server) = pg::server() else { return };
+    let url = server.fresh();
+    let stores: Vec<Arc<PostgresStore>> = (0..4)
+        .map(|_| Arc::new(PostgresStore::connect(&url).unwrap()))
+        .collect();
+    let handles: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let s = Arc::clone(s);
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                for n in 0..50u64 {
+                    let count = 1 + (n + i as u64) % 7;
+                    let first = s.reserve_ids(count).unwrap();
+                    got.extend(first..first + count);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let n = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), n, "an id was handed out twice");
+}
+
+#[test]
+fn concurrent_starts_and_completions_on_two_replicas_are_all_stored() {
+    let _shared = shared();
+    let Some(server) = pg::server() else { return };
+    let url = server.fresh();
+    let a = Arc::new(engine(&url));
+    let b = Arc::new(engine(&url));
+    let handles: Vec<_> = [&a, &b, &a, &b]
+        .into_iter()
+        .map(|e| {
+            let e = Arc::clone(e);
+            std::thread::spawn(move || {
+                let actor = Actor::new("ann", ["agent"]);
+                let mut ids = Vec::new();
+                for _ in 0..25 {
+                    let id = e.start("flow", Vars::new()).unwrap();
+                    let task = e.tasks(id).unwrap()[0].id;
+                    e.complete(task, &actor, Vars::new()).unwrap();
+                    ids.push(id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let ids: Vec<_> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let store = PostgresStore::connect(&url).unwrap();
+    let history = store.history(None, None).unwrap();
+    assert_eq!(history.len(), 100);
+    for id in ids {
+        let stored = store.read(id).unwrap().expect("stored");
+        assert_eq!(stored.instance.status(), Status::Completed);
+        assert_eq!(stored.version, 2);
+    }
+}
+
+#[test]
+fn the_store_carries_on_after_the_server_restarts() {
+    let _alone = SERVER_LOCK.write().unwrap_or_else(|e| e.into_inner());
+    let Some(server) = pg::server() else { return };
+    let Some(cluster) = &server.cluster else {
+        eprintln!("skipped: the server is not the harness's own (PROCFLOW_PG_URL)");
+        return;
+    };
+    let url = server.fresh();
+    let e = engine(&url);
+    let first = e.start("flow", Vars::new()).unwrap();
+    assert!(cluster.restart(), "pg_ctl restart");
+    // The pooled connections died with the server: the next calls connect anew.
+    let second = e.start("flow", Vars::new()).unwrap();
+    let task = e.tasks(first).unwrap()[0].id;
+    e.complete(task, &Actor::new("ann", ["agent"]), Vars::new())
+        .unwrap();
+    let store = PostgresStore::connect(&url).unwrap();
+    assert_eq!(
+        store.read(first).unwrap().unwrap().instance.status(),
+        Status::Completed
+    );
+    assert!(store.read(second).unwrap().is_some());
+}
