@@ -2,38 +2,57 @@
 //! calls as `async fn`s, [`AsyncHandlers`] lets service handlers await, and [`TimerTask`] fires
 //! timers from a tokio task.
 //!
-//! An engine call is short CPU work plus, with a durable store, a commit that may wait for the
-//! disk. [`Offload`] says where a call runs so that it never stalls a worker thread for long:
-//! by default an engine with a store runs its calls in `spawn_blocking`, and an engine without
-//! one runs them on the calling task (they take about a microsecond, less than a thread hand-off
-//! costs).
+//! # Where a call runs, and why
+//! An engine call is short CPU work under the instance's lock plus, with a durable store, a
+//! commit that waits for the disk (an fsync: tenths of a millisecond to milliseconds). Waiting
+//! for the disk on a worker thread would stall every task queued on it, so [`Offload`] says where
+//! a call runs:
+//! - An engine with a store runs its calls in `spawn_blocking` ([`Offload::SpawnBlocking`]):
+//!   tokio's blocking pool lets many commits wait at once (SQLite's group commit batches them),
+//!   and the thread hand-off (a few microseconds) is small beside the commit. A single dedicated
+//!   engine thread fed by a channel was the other choice; it would serialise every call on one
+//!   core and put a queue without backpressure in front of the engine, for no gain, as the
+//!   engine is already safe to call from many threads.
+//! - An engine without a store runs its calls on the calling task ([`Offload::Inline`]): a call
+//!   is about a microsecond of CPU work, less than a hand-off to another thread costs, and holds
+//!   no lock across an `.await`. Handlers that wait belong in [`AsyncHandlers`]; a synchronous
+//!   handler or hook that blocks (on a socket, a sleep, `Handle::block_on`) needs
+//!   [`Offload::SpawnBlocking`] or [`Offload::BlockInPlace`].
 //!
-//! An awaiting service task: the engine's synchronous handler (registered by
-//! [`AsyncHandlers::handler`]) hands the call to the dispatcher and answers
-//! [`HandlerError::pending`]; the token waits at the service task and the engine goes on.
-//! The dispatcher runs the handler's future on the runtime, and its answer completes the service
-//! task in its own commit ([`Engine::complete_service`]).
+//! # Async service handlers
+//! The engine-side handler that [`AsyncHandlers::register`] installs parks the call and answers
+//! [`HandlerError::pending`]: the token waits at the service task and the engine goes on. After
+//! the step's commit a hook hands the call to the dispatcher task, which runs the handler's
+//! future on the runtime; its answer completes the service task in a commit of its own
+//! ([`Engine::complete_service`]), or fails it with an incident that [`Engine::retry`] runs
+//! again.
 //!
 //! # Pitfalls
 //! A synchronous handler or hook that calls `tokio::runtime::Handle::block_on` panics when it
 //! runs on a runtime worker thread (tokio refuses to block a worker). The engine catches the
 //! panic (an incident for a handler, an [`ExecError::Hook`] for a hook) but Rust's panic hook
 //! still prints it. Under [`Offload::SpawnBlocking`] and [`Offload::BlockInPlace`] a call runs
-//! where `block_on` is allowed; under [`Offload::Inline`] it is not, and `AsyncEngine` refuses
-//! nothing then: write such a handler as an async one instead.
+//! where `block_on` is allowed; under [`Offload::Inline`] it is not: write such a handler as an
+//! async one instead.
+//!
+//! A service task still waiting for an async handler when the engine stops is not dispatched
+//! again by the next engine on the same store (its token waits; a host answers it with
+//! [`Engine::complete_service`]). This is not finished.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, mpsc};
 
-use crate::exec::{Correlation, Engine, ExecError, TaskView, WorkItem, WorkQuery};
-use crate::hooks::{HandlerError, ServiceCall, ServiceHandler};
+use crate::exec::{Correlation, Engine, EngineBuilder, ExecError, TaskView, WorkItem, WorkQuery};
+use crate::hooks::{Control, HandlerError, Hook, ServiceCall, ServiceHandler};
 use crate::ids::{InstanceId, TaskId};
-use crate::model::{Fired, Instance};
+use crate::model::{Event, Fired, Instance};
 use crate::raci::Actor;
 use crate::vars::Vars;
 use crate::{DeployError, ProcessDef, Sla};
@@ -121,13 +140,26 @@ struct Job {
     call: AsyncServiceCall,
 }
 
-/// The async service handlers of one engine: register each on the [`EngineBuilder`]
-/// (`builder.handler(name, handlers.handler(h))`), then give them to [`AsyncEngine::new`],
-/// whose dispatcher task runs them.
+/// What the engine-side handlers, their hook and the dispatcher share.
+struct Shared {
+    tx: mpsc::UnboundedSender<Job>,
+    /// Calls taken by a step whose commit has not been heard yet, by instance and node.
+    parked: Mutex<HashMap<(InstanceId, String), Job>>,
+    /// Whether the hook that releases parked calls is registered on a builder.
+    hooked: AtomicBool,
+}
+
+/// The async service handlers of one engine: register each on the [`EngineBuilder`] with
+/// [`AsyncHandlers::register`], then give them to [`AsyncEngine::with_handlers`], whose
+/// dispatcher task runs them.
+///
+/// A handler call is dispatched only after the commit that left its token waiting (a hook that
+/// `register` adds hears [`Event::ServiceAwaiting`](crate::Event::ServiceAwaiting)), so its
+/// answer always finds the instance committed, and a step the store refused dispatches nothing.
 ///
 /// [`EngineBuilder`]: crate::EngineBuilder
 pub struct AsyncHandlers {
-    tx: mpsc::UnboundedSender<Job>,
+    shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Job>,
 }
 
@@ -147,16 +179,49 @@ impl AsyncHandlers {
     /// No handlers yet.
     pub fn new() -> AsyncHandlers {
         let (tx, rx) = mpsc::unbounded_channel();
-        AsyncHandlers { tx, rx }
+        let shared = Arc::new(Shared {
+            tx,
+            parked: Mutex::new(HashMap::new()),
+            hooked: AtomicBool::new(false),
+        });
+        AsyncHandlers { shared, rx }
     }
 
-    /// The engine-side handler for `handler`: it hands each call to the dispatcher and lets the
-    /// token wait. Until an [`AsyncEngine`] dispatches (or after it is gone) a call is an
-    /// incident ("no dispatcher runs async handlers"), which a retry runs again.
-    pub fn handler(&self, handler: impl AsyncHandler) -> impl ServiceHandler {
-        Awaiting {
-            handler: Arc::new(handler),
-            tx: self.tx.clone(),
+    /// Registers `handler` under `name` on `builder` (the name service tasks give in
+    /// `handler:`), and the first time also the hook that dispatches calls after their commit.
+    ///
+    /// The engine-side handler lets the token wait ([`HandlerError::pending`]) and parks the
+    /// call; the dispatcher runs it once the step committed. When no dispatcher runs (no
+    /// [`AsyncEngine::with_handlers`] was made with these handlers, or its runtime ended) a call
+    /// is an incident ("no dispatcher runs async handlers"), which [`Engine::retry`] runs again.
+    /// A `repeat` or `for_each` service task cannot wait: an async handler there is an incident.
+    ///
+    /// # Examples
+    /// ```
+    /// use procflow::{async_handler_fn, AsyncHandlers, Engine, Vars};
+    /// let handlers = AsyncHandlers::new();
+    /// let mut builder = Engine::builder();
+    /// handlers.register(&mut builder, "score", async_handler_fn(|_call| async { Ok(Vars::new()) }));
+    /// let engine = std::sync::Arc::new(builder.build());
+    /// # let _ = (engine, handlers);
+    /// ```
+    pub fn register(
+        &self,
+        builder: &mut EngineBuilder,
+        name: impl Into<String>,
+        handler: impl AsyncHandler,
+    ) {
+        builder.handler(
+            name,
+            Awaiting {
+                handler: Arc::new(handler),
+                shared: Arc::clone(&self.shared),
+            },
+        );
+        if !self.shared.hooked.swap(true, Ordering::Relaxed) {
+            builder.hook(Release {
+                shared: Arc::clone(&self.shared),
+            });
         }
     }
 }
@@ -164,7 +229,7 @@ impl AsyncHandlers {
 /// The synchronous side of an async handler.
 struct Awaiting {
     handler: Arc<dyn AsyncHandler>,
-    tx: mpsc::UnboundedSender<Job>,
+    shared: Arc<Shared>,
 }
 
 impl ServiceHandler for Awaiting {
@@ -172,6 +237,11 @@ impl ServiceHandler for Awaiting {
         if call.item.is_some() {
             // A multi-instance item cannot wait alone: the engine records this as an incident.
             return Err(HandlerError::pending());
+        }
+        if self.shared.tx.is_closed() {
+            return Err(HandlerError::new(
+                "no dispatcher runs async handlers (no AsyncEngine was made with them)",
+            ));
         }
         let job = Job {
             handler: Arc::clone(&self.handler),
@@ -181,13 +251,43 @@ impl ServiceHandler for Awaiting {
                 vars: call.vars.clone(),
             },
         };
-        match self.tx.send(job) {
-            Ok(()) => Err(HandlerError::pending()),
-            Err(_) => Err(HandlerError::new(
-                "no dispatcher runs async handlers (no AsyncEngine was made with them)",
-            )),
-        }
+        // A step run again (after a conflict) parks its call again: the newest one stays.
+        lock(&self.shared.parked).insert((call.instance, call.node.to_owned()), job);
+        Err(HandlerError::pending())
     }
+}
+
+/// The hook that hands parked calls to the dispatcher once their step committed.
+struct Release {
+    shared: Arc<Shared>,
+}
+
+impl Hook for Release {
+    fn on_event(&self, event: &Event) -> Control {
+        if let Event::ServiceAwaiting { instance, node } = event {
+            let job = lock(&self.shared.parked).remove(&(*instance, node.to_string()));
+            match job {
+                Some(job) => {
+                    if let Err(lost) = self.shared.tx.send(job) {
+                        note_dispatch_failure(
+                            *instance,
+                            node,
+                            "the dispatcher stopped before the call could be handed to it",
+                        );
+                        drop(lost);
+                    }
+                }
+                None => {
+                    note_dispatch_failure(*instance, node, "no parked call for the service task")
+                }
+            }
+        }
+        Control::Continue
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The engine's calls as `async fn`s, for tokio services. Cheap to clone (an `Arc`).
@@ -220,8 +320,8 @@ impl AsyncEngine {
     /// Outside a tokio runtime (as `tokio::spawn` does).
     pub fn with_handlers(engine: Arc<Engine>, handlers: AsyncHandlers) -> AsyncEngine {
         let this = AsyncEngine::new(engine);
-        let AsyncHandlers { tx, mut rx } = handlers;
-        drop(tx);
+        let AsyncHandlers { shared, mut rx } = handlers;
+        drop(shared);
         let engine = this.clone();
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
@@ -252,20 +352,22 @@ impl AsyncEngine {
     async fn dispatch(&self, job: Job) {
         let Job { handler, call } = job;
         let (instance, node) = (call.instance, call.node.clone());
-        let answer = handler.call(call).await;
-        // The call that reached the service task may still be underway: a start puts its
-        // instance where other calls find it only after its step. Wait a little for it.
-        for _ in 0..1000 {
-            if self.engine.knows(instance) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let result = self
-            .complete_service(instance, &node, answer)
-            .await;
+        // The handler runs as a task of its own, so that a panic in it is an answer (an
+        // incident) instead of a token that waits for ever.
+        let answer = match tokio::spawn(handler.call(call)).await {
+            Ok(answer) => answer,
+            Err(e) if e.is_panic() => Err(HandlerError::new(format!(
+                "async handler panicked: {}",
+                panic_text(e.into_panic())
+            ))),
+            Err(e) => Err(HandlerError::new(format!(
+                "async handler did not finish: {e}"
+            ))),
+        };
+        // The call was dispatched after its commit: the instance is there to answer.
+        let result = self.complete_service(instance, &node, answer).await;
         if let Err(e) = result {
-            note_dispatch_failure(instance, &node, &e);
+            note_dispatch_failure(instance, &node, &e.to_string());
         }
     }
 
@@ -346,7 +448,12 @@ impl AsyncEngine {
     ///
     /// # Errors
     /// As [`Engine::complete`]; [`ExecError::Runtime`].
-    pub async fn complete(&self, task: TaskId, actor: &Actor, output: Vars) -> Result<(), ExecError> {
+    pub async fn complete(
+        &self,
+        task: TaskId,
+        actor: &Actor,
+        output: Vars,
+    ) -> Result<(), ExecError> {
         let actor = actor.clone();
         self.run(move |e| e.complete(task, &actor, output)).await?
     }
@@ -610,15 +717,26 @@ impl AsyncEngine {
     }
 }
 
-/// Logs an answer that could not be handed in.
-fn note_dispatch_failure(instance: InstanceId, node: &str, error: &ExecError) {
+/// The text of a panic's payload.
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(s) => (*s).to_owned(),
+            Err(_) => "a panic without a message".to_owned(),
+        },
+    }
+}
+
+/// Logs an async handler call or answer that could not be handed on.
+fn note_dispatch_failure(instance: InstanceId, node: &str, error: &str) {
     #[cfg(feature = "telemetry")]
     tracing::warn!(
         target: "procflow",
         instance = %instance,
         node,
-        error = %error,
-        "an async handler's answer could not be handed in"
+        error,
+        "an async handler's call or answer could not be handed on"
     );
     #[cfg(not(feature = "telemetry"))]
     let _ = (instance, node, error);
@@ -656,7 +774,6 @@ impl TimerTask {
     /// # Panics
     /// Outside a tokio runtime (as `tokio::spawn` does).
     pub fn spawn(engine: AsyncEngine, poll: Duration) -> TimerTask {
-        use std::sync::atomic::Ordering;
         let wake = Arc::new(Notify::new());
         let state = Arc::new(TaskState::default());
         let handle = {
@@ -687,10 +804,8 @@ impl TimerTask {
                         }
                         Err(error) => {
                             state.failures.fetch_add(1, Ordering::Relaxed);
-                            *state
-                                .last_failure
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+                            *state.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(error.to_string());
                         }
                     }
                 }

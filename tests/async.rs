@@ -86,14 +86,20 @@ fn vars(pairs: &[(&str, serde_json::Value)]) -> Vars {
 }
 
 /// Waits (up to two seconds) until `done` holds.
-async fn eventually(mut done: impl FnMut() -> bool) {
-    for _ in 0..400 {
+async fn eventually(done: impl FnMut() -> bool) {
+    eventually_within(StdDuration::from_secs(2), done).await;
+}
+
+/// Waits (up to `limit`) until `done` holds.
+async fn eventually_within(limit: StdDuration, mut done: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
         if done() {
             return;
         }
         tokio::time::sleep(StdDuration::from_millis(5)).await;
     }
-    panic!("the condition never held");
+    assert!(done(), "the condition never held within {limit:?}");
 }
 
 async fn start_and_complete_many(engine: AsyncEngine) {
@@ -136,11 +142,139 @@ async fn concurrent_calls_run_in_every_offload_mode() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn block_in_place_falls_back_to_spawn_blocking_on_a_current_thread_runtime() {
-    let engine = Arc::new(Engine::new());
+async fn concurrent_calls_run_in_every_offload_mode_on_a_current_thread_runtime() {
+    // BlockInPlace falls back to spawn_blocking here (block_in_place needs a multi-thread one).
+    for offload in [
+        Offload::Inline,
+        Offload::BlockInPlace,
+        Offload::SpawnBlocking,
+    ] {
+        let engine = Arc::new(Engine::new());
+        engine.deploy(def(ONE_TASK)).unwrap();
+        let engine = AsyncEngine::new(engine).offload(offload);
+        start_and_complete_many(engine).await;
+    }
+    let engine = Arc::new(Engine::open(MemoryStore::new()).unwrap());
     engine.deploy(def(ONE_TASK)).unwrap();
-    let engine = AsyncEngine::new(engine).offload(Offload::BlockInPlace);
-    start_and_complete_many(engine).await;
+    start_and_complete_many(AsyncEngine::new(engine)).await;
+}
+
+/// An engine with a slow async `score` handler (it sleeps `slow` on the runtime's timer) on a
+/// store; gives the engine and how many answers the handler gave.
+fn slow_engine(slow: StdDuration) -> (AsyncEngine, Arc<AtomicU32>) {
+    let handlers = AsyncHandlers::new();
+    let answered = Arc::new(AtomicU32::new(0));
+    let count = Arc::clone(&answered);
+    let mut builder = Engine::builder();
+    handlers.register(
+        &mut builder,
+        "score",
+        async_handler_fn(move |_call| {
+            let count = Arc::clone(&count);
+            async move {
+                tokio::time::sleep(slow).await;
+                count.fetch_add(1, Ordering::SeqCst);
+                Ok(vars(&[("score", serde_json::json!(1))]))
+            }
+        }),
+    );
+    let engine = Arc::new(builder.open(MemoryStore::new()).unwrap());
+    engine.deploy(def(LOOKUP)).unwrap();
+    engine.deploy(def(ONE_TASK)).unwrap();
+    (AsyncEngine::with_handlers(engine, handlers), answered)
+}
+
+/// Starts a `lookup` instance whose handler is slow, runs 64 other instances through while it
+/// waits, and checks that they all finished before the handler answered, which then completes
+/// its service task.
+async fn a_slow_handler_blocks_no_other_call() {
+    let (engine, answered) = slow_engine(StdDuration::from_millis(1500));
+    let slow = engine.start("lookup", Vars::new()).await.unwrap();
+    let started = std::time::Instant::now();
+    start_and_complete_many(engine.clone()).await;
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        0,
+        "the other calls took {:?}: they waited for the slow handler",
+        started.elapsed()
+    );
+    assert!(engine.tasks(slow).await.unwrap().is_empty());
+    let sync = Arc::clone(engine.engine());
+    eventually_within(StdDuration::from_secs(5), || {
+        !sync.tasks(slow).unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        engine.instance(slow).await.unwrap().vars()["score"],
+        serde_json::json!(1)
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_async_handler_does_not_block_other_calls_on_a_current_thread_runtime() {
+    a_slow_handler_blocks_no_other_call().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_async_handler_does_not_block_other_calls_on_a_multi_thread_runtime() {
+    a_slow_handler_blocks_no_other_call().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_async_handlers_on_a_store_each_complete_their_task() {
+    // Handlers that answer at once race the commit of the call that reached them: the call is
+    // dispatched only after that commit, so every answer finds its instance.
+    let (engine, answered) = slow_engine(StdDuration::ZERO);
+    let mut runs = Vec::new();
+    for _ in 0..100 {
+        let engine = engine.clone();
+        runs.push(tokio::spawn(async move {
+            engine.start("lookup", Vars::new()).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for run in runs {
+        ids.push(run.await.unwrap().unwrap());
+    }
+    let sync = Arc::clone(engine.engine());
+    eventually_within(StdDuration::from_secs(10), || {
+        ids.iter().all(|id| sync.tasks(*id).unwrap().len() == 1)
+    })
+    .await;
+    assert_eq!(answered.load(Ordering::SeqCst), 100);
+    for id in ids {
+        let inst = engine.instance(id).await.unwrap();
+        assert!(inst.incidents().is_empty(), "{:?}", inst.incidents());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_async_handler_is_an_incident() {
+    let handlers = AsyncHandlers::new();
+    let mut builder = Engine::builder();
+    handlers.register(
+        &mut builder,
+        "score",
+        async_handler_fn(|call| async move {
+            if call.node == "fetch" {
+                panic!("scoring exploded");
+            }
+            Ok(Vars::new())
+        }),
+    );
+    let engine = Arc::new(builder.build());
+    engine.deploy(def(LOOKUP)).unwrap();
+    let engine = AsyncEngine::with_handlers(engine, handlers);
+    let id = engine.start("lookup", Vars::new()).await.unwrap();
+    let sync = Arc::clone(engine.engine());
+    eventually(|| !sync.instance(id).unwrap().incidents().is_empty()).await;
+    let inst = engine.instance(id).await.unwrap();
+    assert_eq!(
+        inst.incidents()[0].message,
+        "handler failed: async handler panicked: scoring exploded"
+    );
+    assert_eq!(inst.tokens()[0].state, TokenState::Failed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,9 +285,10 @@ async fn an_awaiting_handler_completes_its_service_task_in_its_own_commit() {
     let calls = Arc::new(AtomicU32::new(0));
     let (gate, count) = (Arc::clone(&go), Arc::clone(&calls));
     let mut builder = Engine::builder();
-    builder.handler(
+    handlers.register(
+        &mut builder,
         "score",
-        handlers.handler(async_handler_fn(move |call| {
+        async_handler_fn(move |call| {
             let (gate, count) = (Arc::clone(&gate), Arc::clone(&count));
             async move {
                 count.fetch_add(1, Ordering::SeqCst);
@@ -161,7 +296,7 @@ async fn an_awaiting_handler_completes_its_service_task_in_its_own_commit() {
                 let name = call.vars["customer"].as_str().unwrap_or_default().len();
                 Ok(vars(&[("score", serde_json::json!(name as i64 * 10))]))
             }
-        })),
+        }),
     );
     let engine = Arc::new(builder.open(Arc::clone(&store)).unwrap());
     engine.deploy(def(LOOKUP)).unwrap();
@@ -218,9 +353,10 @@ async fn a_failing_awaiting_handler_is_an_incident_that_a_retry_runs_again() {
     let calls = Arc::new(AtomicU32::new(0));
     let count = Arc::clone(&calls);
     let mut builder = Engine::builder();
-    builder.handler(
+    handlers.register(
+        &mut builder,
         "score",
-        handlers.handler(async_handler_fn(move |_call| {
+        async_handler_fn(move |_call| {
             let n = count.fetch_add(1, Ordering::SeqCst);
             async move {
                 tokio::task::yield_now().await;
@@ -230,7 +366,7 @@ async fn a_failing_awaiting_handler_is_an_incident_that_a_retry_runs_again() {
                     Ok(vars(&[("score", serde_json::json!(7))]))
                 }
             }
-        })),
+        }),
     );
     let engine = Arc::new(builder.build());
     engine.deploy(def(LOOKUP)).unwrap();
@@ -257,11 +393,10 @@ async fn a_failing_awaiting_handler_is_an_incident_that_a_retry_runs_again() {
 async fn an_awaiting_answer_with_undeclared_variables_is_an_incident() {
     let handlers = AsyncHandlers::new();
     let mut builder = Engine::builder();
-    builder.handler(
+    handlers.register(
+        &mut builder,
         "score",
-        handlers.handler(async_handler_fn(|_call| async {
-            Ok(vars(&[("nonsense", serde_json::json!(1))]))
-        })),
+        async_handler_fn(|_call| async { Ok(vars(&[("nonsense", serde_json::json!(1))])) }),
     );
     let engine = Arc::new(builder.build());
     engine.deploy(def(LOOKUP)).unwrap();
@@ -282,9 +417,10 @@ async fn an_awaiting_answer_with_undeclared_variables_is_an_incident() {
 async fn async_handlers_without_a_dispatcher_are_an_incident() {
     let handlers = AsyncHandlers::new();
     let mut builder = Engine::builder();
-    builder.handler(
+    handlers.register(
+        &mut builder,
         "score",
-        handlers.handler(async_handler_fn(|_call| async { Ok(Vars::new()) })),
+        async_handler_fn(|_call| async { Ok(Vars::new()) }),
     );
     drop(handlers);
     let engine = Arc::new(builder.build());
@@ -293,7 +429,11 @@ async fn async_handlers_without_a_dispatcher_are_an_incident() {
     let err = engine.start("lookup", Vars::new()).await;
     // The instance starts with an incident at the service task.
     let id = err.as_ref().map(|id| *id).or_else(|e| match e {
-        ExecError::Incident { instance, node, message } => {
+        ExecError::Incident {
+            instance,
+            node,
+            message,
+        } => {
             assert_eq!(&*node.name, "fetch");
             assert!(message.contains("no dispatcher"), "{message}");
             Ok(*instance)

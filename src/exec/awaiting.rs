@@ -51,12 +51,6 @@ impl Engine {
         self.store.is_some()
     }
 
-    /// Whether a call on `id` would find the instance now (a start puts it where calls find it
-    /// after its step; with a store it is found once committed).
-    pub(crate) fn knows(&self, id: InstanceId) -> bool {
-        self.store.is_some() || super::lock(self.shard(id)).contains_key(&id.0)
-    }
-
     /// Hands in the answer of an awaiting service handler (one that returned
     /// [`HandlerError::pending`]): with `Ok(vars)` the variables are set and the token moves
     /// on, as if the handler had answered at once; with `Err(e)` the node fails with an incident
