@@ -62,8 +62,10 @@
 //!   engines (replicas) share.
 //! - `tokio`: [`AsyncEngine`], the engine's calls as `async fn`s, async service handlers
 //!   ([`AsyncHandlers`]) and [`TimerTask`], the timer driver as a tokio task.
-//! - `telemetry`: `tracing` spans and events and `metrics` counters and histograms for every
-//!   engine call (names in README.md, "Tokio services").
+//! - `telemetry`: a `tracing` span for every engine call, events and a latency histogram for
+//!   store commits, a `metrics` counter of calls, and the [`Telemetry`] hook that turns the
+//!   engine's events (denials, incidents, timers, breaches, transitions, open tasks) into
+//!   `tracing` events and `metrics` series (names in README.md, "Tokio services").
 //!
 //! With `default-features = false` the crate is the engine with [`MemoryStore`] alone; a host
 //! can still bring its own [`Store`].
@@ -89,6 +91,7 @@ pub mod server;
 #[cfg(feature = "cli")]
 mod sim;
 mod store;
+mod telemetry;
 mod time;
 mod vars;
 #[cfg(feature = "cli")]
@@ -136,6 +139,8 @@ pub use store::PostgresStore;
 pub use store::{BusinessKey, Commit, MemoryStore, Store, StoreError, StoredDef, StoredInstance};
 #[cfg(feature = "sqlite")]
 pub use store::{Durability, SqliteOptions, SqliteStore};
+#[cfg(feature = "telemetry")]
+pub use telemetry::Telemetry;
 pub use time::calendar::{
     Beyond, BusinessCalendar, CalendarError, CalendarWarning, Computed, Holiday,
 };

@@ -47,6 +47,7 @@ impl Step<'_> {
 
 impl Engine {
     /// Whether the engine has a store (the tokio façade offloads its calls then).
+    #[cfg(feature = "tokio")]
     pub(crate) fn has_store(&self) -> bool {
         self.store.is_some()
     }
@@ -69,6 +70,7 @@ impl Engine {
         node: &str,
         answer: Result<Vars, HandlerError>,
     ) -> Result<(), ExecError> {
+        crate::telemetry::call!("complete_service", instance = %instance, node);
         let now = self.clock.now();
         self.call(instance, |slot| {
             let Some(at) = slot.dep.def.node_id(node) else {
