@@ -195,6 +195,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("  {line}");
     }
     timers.stop();
+    if completed.load(Ordering::Relaxed) == 0 || !page.contains("procflow_commit_seconds") {
+        return Err("the service completed nothing, or its metrics page lacks the engine's".into());
+    }
     Ok(())
 }
 

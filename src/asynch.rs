@@ -9,7 +9,11 @@
 //! a call runs:
 //! - An engine with a store runs its calls in `spawn_blocking` ([`Offload::SpawnBlocking`]):
 //!   tokio's blocking pool lets many commits wait at once (SQLite's group commit batches them),
-//!   and the thread hand-off (a few microseconds) is small beside the commit. A single dedicated
+//!   it works on every runtime and in a `LocalSet`, and the thread hand-off (measured at about
+//!   20 µs a call on a loaded 2-core machine, `benches/async.rs`) is paid beside a commit.
+//!   [`Offload::BlockInPlace`] costs nothing measurable when the worker has nothing else queued,
+//!   but panics where tokio forbids blocking; a host that knows its calls run on a multi-thread
+//!   runtime's workers may choose it. A single dedicated
 //!   engine thread fed by a channel was the other choice; it would serialise every call on one
 //!   core and put a queue without backpressure in front of the engine, for no gain, as the
 //!   engine is already safe to call from many threads.
@@ -66,6 +70,10 @@ pub enum Offload {
     Inline,
     /// In `tokio::task::block_in_place` on a multi-thread runtime (the worker hands its other
     /// tasks to another thread first); in `spawn_blocking` on a current-thread runtime.
+    ///
+    /// # Panics
+    /// A call panics where tokio forbids `block_in_place` on a multi-thread runtime: inside a
+    /// `LocalSet`, or on a thread that entered the runtime other than through its `block_on`.
     BlockInPlace,
     /// In `tokio::task::spawn_blocking`: the safe choice for a store that may wait for the disk.
     SpawnBlocking,
@@ -293,7 +301,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The engine's calls as `async fn`s, for tokio services. Cheap to clone (an `Arc`).
 ///
 /// Every call gives what the synchronous one gives, with the same typed [`ExecError`]; a call
-/// that the runtime could not run (it is shutting down) gives [`ExecError::Runtime`].
+/// that the runtime could not run (it is shutting down) gives [`ExecError::Runtime`]. Calls
+/// without an `async fn` here go through [`AsyncEngine::run`].
 #[derive(Clone, Debug)]
 pub struct AsyncEngine {
     engine: Arc<Engine>,
@@ -371,8 +380,19 @@ impl AsyncEngine {
         }
     }
 
-    /// Runs `f` on the engine as [`Offload`] says.
-    async fn run<R, F>(&self, f: F) -> Result<R, ExecError>
+    /// Runs `f` on the engine as [`Offload`] says: for the engine's calls this façade has no
+    /// `async fn` of (`find_by_key`, `history_by_key`, `owner`, `children`, `remove`, …).
+    ///
+    /// # Errors
+    /// [`ExecError::Runtime`] when the runtime could not run it (it is shutting down).
+    ///
+    /// # Examples
+    /// ```
+    /// # async fn f(engine: procflow::AsyncEngine) -> Result<(), procflow::ExecError> {
+    /// let held = engine.run(|e| e.instances().len()).await?;
+    /// # let _ = held; Ok(()) }
+    /// ```
+    pub async fn run<R, F>(&self, f: F) -> Result<R, ExecError>
     where
         F: FnOnce(&Engine) -> R + Send + 'static,
         R: Send + 'static,
@@ -401,13 +421,13 @@ impl AsyncEngine {
         }
     }
 
-    /// [`Engine::deploy`].
+    /// [`Engine::deploy`], on the calling task whatever the [`Offload`]: deploying is rare (at
+    /// start-up), compiles the definition and, with a store, writes it in one commit. Deploy
+    /// through [`AsyncEngine::run`] to keep even that off a worker thread.
     ///
     /// # Errors
-    /// As [`Engine::deploy`]; [`DeployError`] has no runtime failure, so a runtime shutting
-    /// down panics here as a cancelled task would.
+    /// As [`Engine::deploy`].
     pub async fn deploy(&self, def: ProcessDef) -> Result<Arc<ProcessDef>, DeployError> {
-        // Deploying is rare and touches no instance: run it here.
         self.engine.deploy(def)
     }
 
