@@ -39,9 +39,9 @@
 //! where `block_on` is allowed; under [`Offload::Inline`] it is not: write such a handler as an
 //! async one instead.
 //!
-//! A service task still waiting for an async handler when the engine stops is not dispatched
-//! again by the next engine on the same store (its token waits; a host answers it with
-//! [`Engine::complete_service`]). This is not finished.
+//! A service task still waiting for an async handler when the engine stops is dispatched again
+//! by the next [`AsyncEngine::with_handlers`] on an engine opened on the same store: handlers
+//! run at least once per waiting service task, so make them idempotent.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -53,10 +53,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, mpsc};
 
+use crate::def::NodeKind;
 use crate::exec::{Correlation, Engine, EngineBuilder, ExecError, TaskView, WorkItem, WorkQuery};
 use crate::hooks::{Control, HandlerError, Hook, ServiceCall, ServiceHandler};
 use crate::ids::{InstanceId, TaskId};
-use crate::model::{Event, Fired, Instance};
+use crate::model::{Event, Fired, Instance, Status, TokenState};
 use crate::raci::Actor;
 use crate::vars::Vars;
 use crate::{DeployError, ProcessDef, Sla};
@@ -155,6 +156,9 @@ struct Shared {
     parked: Mutex<HashMap<(InstanceId, String), Job>>,
     /// Whether the hook that releases parked calls is registered on a builder.
     hooked: AtomicBool,
+    /// The handlers by the name service tasks give, to dispatch again what an engine opened on
+    /// a store finds waiting.
+    named: Mutex<HashMap<String, Arc<dyn AsyncHandler>>>,
 }
 
 /// The async service handlers of one engine: register each on the [`EngineBuilder`] with
@@ -191,6 +195,7 @@ impl AsyncHandlers {
             tx,
             parked: Mutex::new(HashMap::new()),
             hooked: AtomicBool::new(false),
+            named: Mutex::new(HashMap::new()),
         });
         AsyncHandlers { shared, rx }
     }
@@ -219,10 +224,13 @@ impl AsyncHandlers {
         name: impl Into<String>,
         handler: impl AsyncHandler,
     ) {
+        let name = name.into();
+        let handler: Arc<dyn AsyncHandler> = Arc::new(handler);
+        lock(&self.shared.named).insert(name.clone(), Arc::clone(&handler));
         builder.handler(
             name,
             Awaiting {
-                handler: Arc::new(handler),
+                handler,
                 shared: Arc::clone(&self.shared),
             },
         );
@@ -325,11 +333,38 @@ impl AsyncEngine {
     /// current tokio runtime (it ends when the runtime does, or when every engine-side handler
     /// is gone).
     ///
+    /// The service tasks the engine already holds waiting for one of these handlers (an engine
+    /// opened on a store after the last one stopped with calls underway) are dispatched again,
+    /// with the instance's variables as they are now. A handler therefore runs at least once per
+    /// waiting service task, and may run twice (a crash after its work, before its answer's
+    /// commit): make it idempotent. This looks at every instance the engine holds, once, on the
+    /// calling thread.
+    ///
     /// # Panics
     /// Outside a tokio runtime (as `tokio::spawn` does).
     pub fn with_handlers(engine: Arc<Engine>, handlers: AsyncHandlers) -> AsyncEngine {
         let this = AsyncEngine::new(engine);
         let AsyncHandlers { shared, mut rx } = handlers;
+        let named = std::mem::take(&mut *lock(&shared.named));
+        if !named.is_empty() {
+            // Calls queued or parked already are dispatched as they are; the rest of what waits
+            // is dispatched again. Looked at here, before this wrapper makes any call.
+            let mut queued = Vec::new();
+            while let Ok(job) = rx.try_recv() {
+                queued.push(job);
+            }
+            let known: std::collections::HashSet<(InstanceId, String)> = queued
+                .iter()
+                .map(|j| (j.call.instance, j.call.node.clone()))
+                .chain(lock(&shared.parked).keys().cloned())
+                .collect();
+            let again = waiting_jobs(this.engine(), &named)
+                .into_iter()
+                .filter(|j| !known.contains(&(j.call.instance, j.call.node.clone())));
+            for job in queued.into_iter().chain(again) {
+                let _ = shared.tx.send(job);
+            }
+        }
         drop(shared);
         let engine = this.clone();
         tokio::spawn(async move {
@@ -735,6 +770,40 @@ impl AsyncEngine {
     pub fn timers(&self, poll: Duration) -> TimerTask {
         TimerTask::spawn(self.clone(), poll)
     }
+}
+
+/// The calls of the service tasks `engine` holds waiting for one of the handlers `named`.
+fn waiting_jobs(engine: &Engine, named: &HashMap<String, Arc<dyn AsyncHandler>>) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for id in engine.instances() {
+        let (Ok(inst), Ok(def)) = (engine.instance(id), engine.definition_of(id)) else {
+            continue;
+        };
+        if inst.status() != Status::Running {
+            continue;
+        }
+        for token in inst.tokens() {
+            let node = def.node(token.node);
+            if token.state != TokenState::Waiting
+                || node.kind() != NodeKind::ServiceTask
+                || node.is_multi_instance()
+                || node.max_iterations().is_some()
+            {
+                continue;
+            }
+            if let Some(handler) = node.handler().and_then(|h| named.get(h)) {
+                jobs.push(Job {
+                    handler: Arc::clone(handler),
+                    call: AsyncServiceCall {
+                        instance: id,
+                        node: node.id().to_owned(),
+                        vars: inst.vars().clone(),
+                    },
+                });
+            }
+        }
+    }
+    jobs
 }
 
 /// The text of a panic's payload.

@@ -541,3 +541,53 @@ async fn errors_are_the_synchronous_calls_typed_errors() {
     ));
     assert_eq!(engine.tasks(id).await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_task_left_waiting_by_a_stopped_engine_is_dispatched_again_on_reopen() {
+    let store = MemoryStore::new();
+    // The first engine's handler never answers (the process stops while the call is underway).
+    let id = {
+        let handlers = AsyncHandlers::new();
+        let mut builder = Engine::builder();
+        handlers.register(
+            &mut builder,
+            "score",
+            async_handler_fn(|_call| std::future::pending()),
+        );
+        let engine = Arc::new(builder.open(store.clone()).unwrap());
+        engine.deploy(def(LOOKUP)).unwrap();
+        let engine = AsyncEngine::with_handlers(engine, handlers);
+        engine
+            .start("lookup", vars(&[("customer", serde_json::json!("li"))]))
+            .await
+            .unwrap()
+    };
+    // The next engine on the store finds the token waiting and runs its own handler for it.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let handlers = AsyncHandlers::new();
+    let mut builder = Engine::builder();
+    handlers.register(
+        &mut builder,
+        "score",
+        async_handler_fn(move |call| {
+            sink.lock()
+                .unwrap()
+                .push((call.instance, call.node.clone()));
+            async { Ok(vars(&[("score", serde_json::json!(9))])) }
+        }),
+    );
+    let engine = Arc::new(builder.open(store.clone()).unwrap());
+    assert_eq!(
+        engine.instance(id).unwrap().tokens()[0].state,
+        TokenState::Waiting
+    );
+    let engine = AsyncEngine::with_handlers(engine, handlers);
+    let sync = Arc::clone(engine.engine());
+    eventually(|| !sync.tasks(id).unwrap().is_empty()).await;
+    assert_eq!(*seen.lock().unwrap(), vec![(id, "fetch".to_owned())]);
+    assert_eq!(
+        engine.instance(id).await.unwrap().vars()["score"],
+        serde_json::json!(9)
+    );
+}
