@@ -174,6 +174,12 @@ pub struct ServiceCall<'a> {
     pub item_index: Option<u32>,
 }
 
+/// The message of [`HandlerError::pending`], and what `call_service` gives for it. A handler's
+/// own failures always begin with "handler", so this cannot be one of them; where a pending
+/// answer is not supported (a `repeat` or `for_each` service task) it is the incident's message.
+pub(crate) const PENDING: &str =
+    "an awaiting handler cannot serve a repeating or multi-instance service task (not supported)";
+
 /// Why a service handler failed: a message, and the error behind it if there is one.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -181,6 +187,8 @@ pub struct HandlerError {
     message: String,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// Not a failure: the handler answers later ([`HandlerError::pending`]).
+    pending: bool,
 }
 
 impl HandlerError {
@@ -189,6 +197,7 @@ impl HandlerError {
         HandlerError {
             message: message.into(),
             source: None,
+            pending: false,
         }
     }
 
@@ -201,7 +210,25 @@ impl HandlerError {
         HandlerError {
             message: message.into(),
             source: Some(Box::new(source)),
+            pending: false,
         }
+    }
+
+    /// Not a failure: the handler took the call and answers later, through
+    /// [`Engine::complete_service`](crate::Engine::complete_service) (the tokio façade's async
+    /// handlers answer so). The token waits at the service task meanwhile, and the engine is
+    /// free. A `repeat` or `for_each` service task cannot wait so: there it is an incident.
+    pub fn pending() -> HandlerError {
+        HandlerError {
+            message: PENDING.to_owned(),
+            source: None,
+            pending: true,
+        }
+    }
+
+    /// Whether the handler answers later ([`HandlerError::pending`]).
+    pub fn is_pending(&self) -> bool {
+        self.pending
     }
 
     /// The message.

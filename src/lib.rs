@@ -60,6 +60,12 @@
 //!   `procflow simulate`; implies `sqlite` and `report`.
 //! - `postgres` (not default): [`PostgresStore`], a store on a PostgreSQL server that several
 //!   engines (replicas) share.
+//! - `tokio`: [`AsyncEngine`], the engine's calls as `async fn`s, async service handlers
+//!   ([`AsyncHandlers`]) and [`TimerTask`], the timer driver as a tokio task.
+//! - `telemetry`: a `tracing` span for every engine call, events and a latency histogram for
+//!   store commits, a `metrics` counter of calls, and the [`Telemetry`] hook that turns the
+//!   engine's events (denials, incidents, timers, breaches, transitions, open tasks) into
+//!   `tracing` events and `metrics` series (names in README.md, "Tokio services").
 //!
 //! With `default-features = false` the crate is the engine with [`MemoryStore`] alone; a host
 //! can still bring its own [`Store`].
@@ -67,6 +73,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "tokio")]
+mod asynch;
 mod clock;
 mod cond;
 mod def;
@@ -83,12 +91,18 @@ pub mod server;
 #[cfg(feature = "cli")]
 mod sim;
 mod store;
+mod telemetry;
 mod time;
 mod vars;
 #[cfg(feature = "cli")]
 pub mod whatif;
 mod yaml;
 
+#[cfg(feature = "tokio")]
+pub use asynch::{
+    AsyncEngine, AsyncHandler, AsyncHandlerFn, AsyncHandlers, AsyncServiceCall, BoxFuture, Offload,
+    TimerTask, async_handler_fn,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use def::flows::{Flow, flow_map, flows_to_dot, flows_to_mermaid};
 pub use def::{
@@ -128,6 +142,8 @@ pub use store::{
 };
 #[cfg(feature = "sqlite")]
 pub use store::{Durability, SqliteOptions, SqliteStore};
+#[cfg(feature = "telemetry")]
+pub use telemetry::Telemetry;
 pub use time::calendar::{
     Beyond, BusinessCalendar, CalendarError, CalendarWarning, Computed, Holiday,
 };

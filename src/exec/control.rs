@@ -43,6 +43,7 @@ impl Engine {
         actor: &Actor,
         reason: &str,
     ) -> Result<(), ExecError> {
+        crate::telemetry::call!("cancel", instance = %instance, actor = %actor.id);
         let now = self.clock.now();
         self.call(instance, |slot| {
             match slot.inst.status {

@@ -554,6 +554,7 @@ impl Engine {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn correlate(&self, message: &str, vars: Vars) -> Result<Correlation, ExecError> {
+        crate::telemetry::call!("correlate", message);
         self.not_busy()?;
         let now = self.clock.now();
         self.expire_messages(now);

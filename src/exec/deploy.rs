@@ -139,6 +139,7 @@ impl Engine {
     /// registered, the definition names a calendar that is not, another text is deployed under
     /// this id and version, or the store refused to keep the text.
     pub fn deploy(&self, def: ProcessDef) -> Result<Arc<ProcessDef>, DeployError> {
+        crate::telemetry::call!("deploy");
         // Call activities name deployed definitions (see `call.rs`).
         self.check_calls(&def, &[])?;
         self.install(def, Install::Deploy)

@@ -243,6 +243,20 @@ pub enum ExecError {
         /// The message.
         message: String,
     },
+    /// The tokio façade could not run the call: the runtime is shutting down, or the blocking
+    /// task running it was cancelled. Whether the call happened is unknown; read the instance.
+    #[error("the async runtime could not run the call: {0}")]
+    Runtime(String),
+    /// [`Engine::complete_service`](crate::Engine::complete_service): no token waits at the
+    /// service task for its handler's answer (the instance finished or was cancelled meanwhile,
+    /// the answer came twice, or the node is not a service task).
+    #[error("instance {instance}: nothing waits for the answer of service task '{node}'")]
+    NotAwaiting {
+        /// The instance.
+        instance: InstanceId,
+        /// The node asked for.
+        node: String,
+    },
     /// [`Engine::correlate`](crate::Engine::correlate): no deployed definition declares the
     /// message under `messages:`.
     #[error("no deployed process receives message '{message}'")]

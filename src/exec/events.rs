@@ -294,6 +294,7 @@ impl Engine {
         message: &str,
         vars: Vars,
     ) -> Result<(), ExecError> {
+        crate::telemetry::call!("deliver", instance = %instance, message);
         // A refused delivery drops what it was given without recursing through it.
         let vars = Handed::new(vars);
         let now = self.clock.now();
@@ -351,6 +352,7 @@ impl Engine {
     /// own step then fails (an incident at a later node) counts as woken; one whose commit the
     /// store refuses does not.
     pub fn signal(&self, name: &str, vars: Vars) -> Result<usize, ExecError> {
+        crate::telemetry::call!("signal", signal = name);
         let vars = Handed::new(vars);
         self.not_busy()?;
         // First, which instances wait, and whether the variables fit each one's definition.

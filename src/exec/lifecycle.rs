@@ -730,6 +730,7 @@ impl Engine {
     /// delegated; [`ExecError::NotClaimed`] when nobody claimed it; [`ExecError::UnknownTask`],
     /// [`ExecError::TaskClosed`].
     pub fn release(&self, task: TaskId, actor: &Actor) -> Result<(), ExecError> {
+        crate::telemetry::call!("release", instance = %task.instance, task = %task, node = ::tracing::field::Empty, actor = %actor.id);
         self.with_task(task, |step, node| {
             let t = &step.inst.tasks[task.seq as usize];
             let Some(claimant) = t.claimed_by.clone() else {
@@ -767,6 +768,7 @@ impl Engine {
     /// [`ExecError::Refused`] (audited, naming `by`) when `by` may not delegate or `to` is not
     /// eligible; [`ExecError::Delegated`] when it is delegated already; [`ExecError::Suspended`].
     pub fn delegate(&self, task: TaskId, by: &Actor, to: &Actor) -> Result<(), ExecError> {
+        crate::telemetry::call!("delegate", instance = %task.instance, task = %task, node = ::tracing::field::Empty, actor = %by.id, to = %to.id);
         self.with_task(task, |step, node| {
             let seq = task.seq;
             if step.inst.is_suspended(seq) {
@@ -814,6 +816,7 @@ impl Engine {
     /// [`ExecError::NotDelegated`]; [`ExecError::Refused`] (audited) when `actor` is not the
     /// delegate.
     pub fn return_task(&self, task: TaskId, actor: &Actor) -> Result<(), ExecError> {
+        crate::telemetry::call!("return_task", instance = %task.instance, task = %task, node = ::tracing::field::Empty, actor = %actor.id);
         self.with_task(task, |step, node| {
             let seq = task.seq;
             if step.inst.delegated_by(seq).is_none() {
@@ -847,6 +850,7 @@ impl Engine {
     /// [`ExecError::UnknownTask`], [`ExecError::TaskClosed`], [`ExecError::InstanceCompleted`],
     /// [`ExecError::InstanceCancelled`].
     pub fn suspend(&self, what: impl Into<WorkItem>, actor: &Actor) -> Result<(), ExecError> {
+        crate::telemetry::call!("suspend", actor = %actor.id);
         self.suspension(what.into(), actor, Call::Suspend)
     }
 
@@ -859,6 +863,7 @@ impl Engine {
     /// # Errors
     /// [`ExecError::NotSuspended`]; otherwise as [`Engine::suspend`].
     pub fn resume(&self, what: impl Into<WorkItem>, actor: &Actor) -> Result<(), ExecError> {
+        crate::telemetry::call!("resume", actor = %actor.id);
         self.suspension(what.into(), actor, Call::Resume)
     }
 
@@ -953,6 +958,7 @@ impl Engine {
     /// [`ExecError::Refused`] (audited); [`ExecError::Suspended`]; [`ExecError::Vetoed`] when a
     /// hook vetoes the completion; as [`Engine::complete`] for what runs after it.
     pub fn skip(&self, task: TaskId, actor: &Actor, reason: &str) -> Result<(), ExecError> {
+        crate::telemetry::call!("skip", instance = %task.instance, task = %task, node = ::tracing::field::Empty, actor = %actor.id);
         self.with_task(task, |step, node| {
             let seq = task.seq;
             if !self.accountable_for(step, seq, actor) {
@@ -1016,6 +1022,7 @@ impl Engine {
     /// (audited) otherwise refused; [`ExecError::InstanceCompleted`],
     /// [`ExecError::InstanceCancelled`].
     pub fn hand_over(&self, instance: InstanceId, by: &Actor, to: &Actor) -> Result<(), ExecError> {
+        crate::telemetry::call!("hand_over", instance = %instance, actor = %by.id, to = %to.id);
         let now = self.clock.now();
         self.call(instance, |slot| {
             match slot.inst.status {
@@ -1067,6 +1074,7 @@ impl Engine {
     ///
     /// Complexity: that of [`Engine::work_list`], plus one lookup of each listed instance.
     pub fn work_list_by(&self, actor: &Actor, query: &WorkQuery) -> Vec<TaskView> {
+        crate::telemetry::call!("work_list_by", actor = %actor.id);
         let list = self.work_list(actor);
         // Per instance: its process id and the variable to order by.
         let mut seen: std::collections::HashMap<InstanceId, (String, Option<serde_json::Value>)> =

@@ -6,6 +6,7 @@
 //! call's events after its commit, with nothing locked (see `seam.rs`).
 
 mod allot;
+mod awaiting;
 mod cache;
 mod call;
 mod control;
@@ -520,6 +521,7 @@ impl Engine {
         version: Option<u32>,
         vars: Vars,
     ) -> Result<InstanceId, ExecError> {
+        crate::telemetry::call!("start", process, instance = ::tracing::field::Empty);
         self.start_from(process, version, vars, None)
     }
 
@@ -558,6 +560,8 @@ impl Engine {
             return Err(ExecError::Variables { problems });
         }
         let id = self.next_instance_id()?;
+        #[cfg(feature = "telemetry")]
+        crate::telemetry::record_instance(id);
         let now = self.clock.now();
         let mut inst = Instance {
             id,
@@ -636,6 +640,8 @@ impl Engine {
         let now = self.clock.now();
         self.call(task.instance, |slot| {
             let node = self.open_task(slot, task)?;
+            #[cfg(feature = "telemetry")]
+            crate::telemetry::record_node(&slot.dep.names[node.index()]);
             Ok(self.step_slot(slot, now, |step| f(step, node)))
         })
     }
@@ -734,6 +740,7 @@ impl Engine {
     /// task's milestones (`while_at`) are not held; [`ExecError::Interleaved`] when another task
     /// of its mutex group is claimed.
     pub fn claim(&self, task: TaskId, actor: &Actor) -> Result<(), ExecError> {
+        crate::telemetry::call!("claim", instance = %task.instance, task = %task, node = ::tracing::field::Empty, actor = %actor.id);
         self.with_task(task, |step, node| {
             if let Some(by) = &step.inst.tasks[task.seq as usize].claimed_by
                 && **by != *actor.id
@@ -783,6 +790,7 @@ impl Engine {
     /// [`ExecError::Incident`], [`ExecError::Deadline`] or [`ExecError::Hook`] when a later
     /// node or a hook failed (the completion stands).
     pub fn complete(&self, task: TaskId, actor: &Actor, output: Vars) -> Result<(), ExecError> {
+        crate::telemetry::call!("complete", instance = %task.instance, task = %task, node = ::tracing::field::Empty, actor = %actor.id);
         // A refused completion drops what it was given without recursing through it.
         let output = crate::vars::Handed::new(output);
         self.with_task(task, |step, node| {
@@ -854,6 +862,7 @@ impl Engine {
     /// # Errors
     /// [`ExecError::Denied`], [`ExecError::UnknownTask`], [`ExecError::TaskClosed`].
     pub fn comment(&self, task: TaskId, actor: &Actor, text: &str) -> Result<(), ExecError> {
+        crate::telemetry::call!("comment", instance = %task.instance, task = %task, node = ::tracing::field::Empty, actor = %actor.id);
         self.with_task(task, |step, node| {
             self.authorize(step, task, node, Action::Comment, actor)?;
             step.apply(Change::Comment {
@@ -874,6 +883,7 @@ impl Engine {
     /// `to` may not work the task (recorded as `by`'s refused reassign);
     /// [`ExecError::Interleaved`] when another task of its mutex group is claimed.
     pub fn reassign(&self, task: TaskId, by: &Actor, to: &Actor) -> Result<(), ExecError> {
+        crate::telemetry::call!("reassign", instance = %task.instance, task = %task, node = ::tracing::field::Empty, actor = %by.id, to = %to.id);
         self.with_task(task, |step, node| {
             self.authorize(step, task, node, Action::Reassign, by)?;
             // The new holder must be able to do the work. The old claim does not stand in the
@@ -926,6 +936,7 @@ impl Engine {
     /// # Errors
     /// [`ExecError::NothingToRetry`], or the next failure.
     pub fn retry(&self, instance: InstanceId) -> Result<(), ExecError> {
+        crate::telemetry::call!("retry", instance = %instance);
         let now = self.clock.now();
         self.call(instance, |slot| {
             if slot.inst.status == Status::Completed {
@@ -966,6 +977,7 @@ impl Engine {
         node: &str,
         items: Vec<serde_json::Value>,
     ) -> Result<(), ExecError> {
+        crate::telemetry::call!("add_items", instance = %instance, node);
         let now = self.clock.now();
         self.call(instance, |slot| {
             let def = &slot.dep.def;
@@ -1022,6 +1034,7 @@ impl Engine {
     /// # Errors
     /// [`ExecError::UnknownInstance`].
     pub fn instance(&self, id: InstanceId) -> Result<Instance, ExecError> {
+        crate::telemetry::call!("instance", instance = %id);
         self.with_slot(id, |slot| slot.inst.clone())
     }
 
@@ -1072,6 +1085,7 @@ impl Engine {
     /// # Errors
     /// [`ExecError::UnknownInstance`].
     pub fn tasks(&self, instance: InstanceId) -> Result<Vec<TaskView>, ExecError> {
+        crate::telemetry::call!("tasks", instance = %instance);
         self.with_slot(instance, |slot| open_tasks(slot, |_| true))
     }
 
@@ -1089,6 +1103,7 @@ impl Engine {
     /// Complexity: a scan of every instance held, plus with a store one query and one read per
     /// running instance not held. Called from a handler or veto it answers an empty list.
     pub fn work_list(&self, actor: &Actor) -> Vec<TaskView> {
+        crate::telemetry::call!("work_list", actor = %actor.id);
         let mut out = Vec::new();
         if seam::busy().is_some() {
             return out;

@@ -76,6 +76,7 @@ impl Engine {
         to: &str,
         reason: &str,
     ) -> Result<(), ExecError> {
+        crate::telemetry::call!("send_back", instance = %task.instance, task = %task, node = ::tracing::field::Empty, actor = %actor.id);
         self.with_task(task, |step, node| {
             self.authorize(step, task, node, Action::SendBack, actor)?;
             let dep = step.dep;

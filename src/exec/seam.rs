@@ -285,7 +285,7 @@ impl Engine {
                 next_due: inst.timers.iter().filter(|t| !t.fired).map(|t| t.at).min(),
                 keys: keys.as_deref(),
             };
-            match store.commit(&commit) {
+            match crate::telemetry::commit(id, commit.records.len(), || store.commit(&commit)) {
                 Ok(()) => *version = commit.new_version(),
                 Err(e) => {
                     inst.restore(snapshot, first);

@@ -200,6 +200,8 @@ pub(crate) enum Change<'c> {
     Scope(super::scope::ScopeChange),
     /// Messages between processes: sent, delivered, received (see `correlate.rs`).
     Between(Box<super::correlate::BetweenChange>),
+    /// A service task waits for its awaiting handler (see `awaiting.rs`).
+    Awaiting(super::awaiting::AwaitChange),
     /// Allocation and the organisation's refusals (see `allot.rs`).
     Org(super::allot::OrgChange<'c>),
     /// Call activities (see `call.rs`).
@@ -610,6 +612,7 @@ impl<'a> Step<'a> {
             Change::Org(change) => self.apply_org(change),
             Change::Call(change) => self.apply_call(change),
             Change::Life(change) => self.apply_life(change),
+            Change::Awaiting(change) => self.apply_awaiting(change),
             // The rare changes (task chores, failures, timers firing, withdrawals, cancellation,
             // joins, send back, events) apply in a function of their own: with them here the
             // compiler stopped inlining the audit trail's `push` into `apply`, and the record was
@@ -1298,6 +1301,13 @@ impl<'a> Step<'a> {
                             actor: None,
                         });
                     }
+                    // The handler answers later (see `awaiting.rs`): the token waits.
+                    Err(message) if message == super::awaiting::PENDING => {
+                        self.apply(Change::Awaiting(super::awaiting::AwaitChange::Wait {
+                            token: i,
+                            node: at,
+                        }))
+                    }
                     Err(message) => {
                         failure.get_or_insert(self.fail_node(i, at, message));
                     }
@@ -1471,6 +1481,7 @@ impl<'a> Step<'a> {
         };
         let vars = match catch_unwind(AssertUnwindSafe(|| handler.call(&call))) {
             Ok(Ok(vars)) => vars,
+            Ok(Err(e)) if e.is_pending() => return Err(super::awaiting::PENDING.to_owned()),
             Ok(Err(e)) => return Err(format!("handler failed: {}", e.describe())),
             Err(panic) => return Err(format!("handler panicked: {}", panic_message(&panic))),
         };

@@ -580,6 +580,7 @@ impl Engine {
     /// A node that fails while a timer runs the instance on records an incident; `tick` goes on
     /// with the other timers.
     pub fn tick(&self, now: DateTime<Utc>) -> Vec<Fired> {
+        crate::telemetry::call!("tick");
         // From a handler or veto: fire nothing, and take nothing off the schedule.
         if super::seam::busy().is_some() {
             return Vec::new();

@@ -475,6 +475,14 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A service task's handler took the call to answer later: the token waits
+    /// ([`Engine::complete_service`](crate::Engine::complete_service)).
+    ServiceAwaiting {
+        /// The instance.
+        instance: InstanceId,
+        /// The service task.
+        node: Arc<str>,
+    },
 }
 
 impl Event {
@@ -508,7 +516,8 @@ impl Event {
             | Event::OwnerChanged { instance, .. }
             | Event::Suspended { instance, .. }
             | Event::Resumed { instance, .. }
-            | Event::CallRefused { instance, .. } => *instance,
+            | Event::CallRefused { instance, .. }
+            | Event::ServiceAwaiting { instance, .. } => *instance,
             Event::MessageUnmatched { from, .. } => from.unwrap_or(InstanceId(0)),
             Event::TaskCreated { task, .. }
             | Event::TaskClaimed { task, .. }

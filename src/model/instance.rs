@@ -1049,6 +1049,12 @@ pub enum Entry {
     /// An allocation rule or the work-item lifecycle refused a call (four eyes, an assignment,
     /// a lifecycle call by someone not allowed to make it). Nothing else changed.
     Refused(Box<super::alloc::Refusal>),
+    /// A service task's handler took the call to answer later: its token waits at `node`
+    /// ([`Engine::complete_service`](crate::Engine::complete_service)).
+    ServiceAwaiting {
+        /// The service task.
+        node: NodeId,
+    },
 }
 
 /// What [`Entry::MessageDelivered`] says: where a sent message went.
@@ -1200,7 +1206,10 @@ impl Instance {
                 // A sub-process waits for its scope: checked below.
                 let catch = matches!(
                     def.nodes[t.node.index()].behaviour,
-                    crate::def::Behaviour::Catch(_) | crate::def::Behaviour::Subprocess { .. }
+                    crate::def::Behaviour::Catch(_)
+                        | crate::def::Behaviour::Subprocess { .. }
+                        // A service task waits for its awaiting handler's answer.
+                        | crate::def::Behaviour::ServiceTask { .. }
                 ) || super::call::waits(self, def, t.node);
                 let waits = catch
                     || self.tasks.iter().any(|k| k.node == t.node && k.is_open())
@@ -1457,7 +1466,8 @@ impl Record {
             | Entry::ItemsAdded { node, .. }
             | Entry::ItemsFinished { node, .. }
             | Entry::Repeated { node, .. }
-            | Entry::RunStarted { node, .. } => ok_node(node),
+            | Entry::RunStarted { node, .. }
+            | Entry::ServiceAwaiting { node } => ok_node(node),
             Entry::Timer { task, .. } => task.as_ref().is_none_or(ok_task),
             Entry::Terminated { node }
             | Entry::RegionCancelled { node }
@@ -1773,6 +1783,7 @@ impl Record {
                 format!("task {task} assigned to {}", to.join(", "))
             }
             Entry::Released { task, actor } => format!("task {task} released by {actor}"),
+            Entry::ServiceAwaiting { node } => format!("{}: waits for its handler", n(node)),
             Entry::Delegated { task, by, to } => {
                 format!("task {task} delegated to {to} by {by}")
             }

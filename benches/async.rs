@@ -1,0 +1,109 @@
+//! Criterion bench of the tokio façade (feature `tokio`, issue 16: "the async façade adds at
+//! most 2 µs per call over the synchronous one"): start an instance of a one-task process and
+//! complete its task (two calls, plus the `tasks` read between them), synchronously and through
+//! `AsyncEngine` in each offload mode, on an engine without a store.
+//!
+//! The async variants run all of a sample's iterations inside one `block_on` (`iter_custom`),
+//! so the figure is the façade's cost per call pair, not the cost of entering the runtime.
+//! `SpawnBlocking` is what an engine with a store uses by default; there a commit (tens of
+//! microseconds to milliseconds) dwarfs the hand-off measured here.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use procflow::{Actor, AsyncEngine, Engine, Offload, ProcessDef, Vars};
+
+const ONE_TASK: &str = r#"
+id: one
+version: 1
+name: One task
+roles: { clerk: { name: Clerk }, lead: { name: Lead } }
+nodes:
+  start: { kind: start, next: work }
+  work:
+    kind: user_task
+    name: Work
+    raci: { responsible: [clerk], accountable: lead }
+    next: end
+  end: { kind: end }
+"#;
+
+fn engine() -> Arc<Engine> {
+    let engine = Engine::new();
+    engine
+        .deploy(ProcessDef::from_yaml(ONE_TASK).expect("the bench definition is valid"))
+        .expect("it deploys");
+    Arc::new(engine)
+}
+
+fn sync_pair(engine: &Engine, clerk: &Actor) {
+    let id = engine.start("one", Vars::new()).expect("start");
+    let task = engine.tasks(id).expect("tasks")[0].id;
+    engine.complete(task, clerk, Vars::new()).expect("complete");
+}
+
+async fn async_pair(engine: &AsyncEngine, clerk: &Actor) {
+    let id = engine.start("one", Vars::new()).await.expect("start");
+    let task = engine.tasks(id).await.expect("tasks")[0].id;
+    engine
+        .complete(task, clerk, Vars::new())
+        .await
+        .expect("complete");
+}
+
+fn start_complete(c: &mut Criterion) {
+    let clerk = Actor::new("ann", ["clerk"]);
+    let mut g = c.benchmark_group("start_complete");
+    g.throughput(Throughput::Elements(1));
+    let sync = engine();
+    g.bench_function("sync", |b| b.iter(|| sync_pair(black_box(&sync), &clerk)));
+    let runtimes = [
+        (
+            "current_thread",
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+        ),
+        (
+            "multi_thread",
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime"),
+        ),
+    ];
+    for (flavor, rt) in &runtimes {
+        for (mode, offload) in [
+            ("inline", Offload::Inline),
+            ("spawn_blocking", Offload::SpawnBlocking),
+            ("block_in_place", Offload::BlockInPlace),
+        ] {
+            let engine = AsyncEngine::new(engine()).offload(offload);
+            g.bench_function(format!("async_{mode}_{flavor}"), |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let began = Instant::now();
+                        for _ in 0..iters {
+                            async_pair(black_box(&engine), &clerk).await;
+                        }
+                        began.elapsed()
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    start_complete(&mut c);
+    c.final_summary();
+}
