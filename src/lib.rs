@@ -58,7 +58,7 @@
 //! - `report` (default): [`Report`] and its bottleneck heatmap, read back from any store.
 //! - `cli` (default): the `procflow` binary and [`Scenario`], the scripted runs of
 //!   `procflow simulate`; implies `sqlite` and `report`.
-//! - `postgres` (not default): [`PostgresStore`], a store on a PostgreSQL server that several
+//! - `postgres` (not default): `PostgresStore`, a store on a PostgreSQL server that several
 //!   engines (replicas) share.
 //! - `tokio`: [`AsyncEngine`], the engine's calls as `async fn`s, async service handlers
 //!   ([`AsyncHandlers`]) and [`TimerTask`], the timer driver as a tokio task.
