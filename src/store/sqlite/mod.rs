@@ -608,23 +608,7 @@ impl Store for SqliteStore {
                      WHERE running = 1 AND (?1 IS NULL OR process = ?1) ORDER BY id",
                 )
                 .map_err(|e| sql_err(path, e))?;
-            let rows = stmt
-                .query_map([process], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
-                })
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| sql_err(path, e))?;
-            rows.into_iter()
-                .map(
-                    |(id, version)| match (u64::try_from(id), u64::try_from(version)) {
-                        (Ok(id), Ok(version)) => Ok((InstanceId(id), version)),
-                        _ => Err(StoreError::Corrupt {
-                            path: path.clone(),
-                            detail: format!("instance {id} has version {version}"),
-                        }),
-                    },
-                )
-                .collect::<Result<Vec<_>, _>>()
+            id_versions(&mut stmt, [process], path)
         })
     }
 
@@ -637,23 +621,7 @@ impl Store for SqliteStore {
                      WHERE running = 1 AND next_due IS NOT NULL AND next_due <= ?1",
                 )
                 .map_err(|e| sql_err(path, e))?;
-            let rows = stmt
-                .query_map([now.timestamp_millis()], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
-                })
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| sql_err(path, e))?;
-            rows.into_iter()
-                .map(
-                    |(id, version)| match (u64::try_from(id), u64::try_from(version)) {
-                        (Ok(id), Ok(version)) => Ok((InstanceId(id), version)),
-                        _ => Err(StoreError::Corrupt {
-                            path: path.clone(),
-                            detail: format!("instance {id} has version {version}"),
-                        }),
-                    },
-                )
-                .collect::<Result<Vec<_>, _>>()
+            id_versions(&mut stmt, [now.timestamp_millis()], path)
         })?;
         due.sort_unstable();
         Ok(due)
@@ -880,4 +848,29 @@ fn corrupt_value(path: &Path, id: i64, e: rusqlite::types::FromSqlError) -> Stor
         path: path.to_path_buf(),
         detail: format!("instance i{id}: {e}"),
     }
+}
+
+/// The `(id, row_version)` rows `stmt` selects with `params`, as instance ids and versions.
+fn id_versions(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+    path: &Path,
+) -> Result<Vec<(InstanceId, u64)>, StoreError> {
+    let rows = stmt
+        .query_map(params, |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| sql_err(path, e))?;
+    rows.into_iter()
+        .map(
+            |(id, version)| match (u64::try_from(id), u64::try_from(version)) {
+                (Ok(id), Ok(version)) => Ok((InstanceId(id), version)),
+                _ => Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: format!("instance {id} has version {version}"),
+                }),
+            },
+        )
+        .collect()
 }
