@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use procflow::server::{Limits, Server, Tokens};
-use procflow::{Engine, MemoryStore, Organisation, Status, Store};
+use procflow::{Engine, MemoryStore, Offload, Organisation, Status, Store};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -61,6 +61,10 @@ struct Api {
 }
 
 fn api_with(limits: Limits) -> Api {
+    api_on(limits, Offload::SpawnBlocking)
+}
+
+fn api_on(limits: Limits, offload: Offload) -> Api {
     let org = Arc::new(Organisation::from_file(ORG).unwrap());
     let tokens = Tokens::from_file(TOKENS, &org).unwrap();
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
@@ -73,6 +77,7 @@ fn api_with(limits: Limits) -> Api {
     let router = Server::new(Arc::clone(&engine), org, tokens)
         .store(store)
         .limits(limits)
+        .offload(offload)
         .router();
     Api { router, engine }
 }
@@ -173,7 +178,18 @@ fn problem(a: &Answer, status: StatusCode, kind: &str) {
 
 #[tokio::test]
 async fn the_work_cycle_claim_comment_complete_send_back_and_leave_the_list() {
-    let api = api();
+    work_cycle(api()).await;
+}
+
+/// The same calls with the engine run on the request's own task (what `procflow serve --store
+/// memory` does), on a multi-thread runtime and in `block_in_place`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_work_cycle_inline_and_in_place() {
+    work_cycle(api_on(Limits::default(), Offload::Inline)).await;
+    work_cycle(api_on(Limits::default(), Offload::BlockInPlace)).await;
+}
+
+async fn work_cycle(api: Api) {
     let (instance, task) = api.start().await;
     // wang's groups' work holds it; wang's own does not yet
     let groups = api.get("/api/work?scope=groups", WANG).await;

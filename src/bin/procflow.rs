@@ -835,8 +835,8 @@ mod serve {
 
     use procflow::server::{Server, Tokens};
     use procflow::{
-        BusinessCalendar, Engine, MemoryStore, Organisation, ProcessDef, SqliteStore, Store,
-        TimerDriver, Vars, handler_fn,
+        BusinessCalendar, Engine, MemoryStore, Offload, Organisation, ProcessDef, SqliteStore,
+        Store, TimerDriver, Vars, handler_fn,
     };
 
     use super::{option, usage_for};
@@ -949,7 +949,16 @@ mod serve {
         );
         engine.deploy_all(defs).map_err(|e| e.to_string())?;
         let _timers = TimerDriver::spawn(Arc::clone(&engine), std::time::Duration::from_secs(1));
-        let app = Server::new(engine, org, tokens).store(store).router();
+        // The memory store never waits for a disk: calls run on the request's own task.
+        let offload = if store_arg == "memory" {
+            Offload::Inline
+        } else {
+            Offload::SpawnBlocking
+        };
+        let app = Server::new(engine, org, tokens)
+            .store(store)
+            .offload(offload)
+            .router();
         let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind(listen)

@@ -9,8 +9,10 @@
 //! known person.
 //!
 //! Errors are `application/problem+json` (RFC 9457) with `kind`, the typed error's variant.
-//! Engine calls run on tokio's blocking pool (`spawn_blocking`): a call the server accepted runs
-//! to completion even if the client goes away. Bodies are bounded ([`Limits::max_body`]), reads
+//! Engine calls run where [`Server::offload`] says: by default on tokio's blocking pool
+//! (`spawn_blocking`), the safe choice for a store that waits for the disk; an engine without a
+//! durable store runs them inline (a call is microseconds of CPU). Either way a call the server
+//! accepted runs to completion even if the client goes away. Bodies are bounded ([`Limits::max_body`]), reads
 //! time out ([`Limits::read_timeout`]), request bodies must arrive within
 //! [`Limits::body_timeout`], and over [`Limits::max_in_flight`] calls the server answers 503
 //! with `Retry-After` before it touches anything.
@@ -25,6 +27,7 @@ use std::time::Duration;
 
 use axum::Router;
 
+use crate::asynch::Offload;
 use crate::exec::Engine;
 use crate::org::Organisation;
 use crate::store::Store;
@@ -162,6 +165,7 @@ pub struct Server {
     tokens: Tokens,
     store: Option<Arc<dyn Store>>,
     limits: Limits,
+    offload: Offload,
 }
 
 impl Server {
@@ -173,7 +177,18 @@ impl Server {
             tokens,
             store: None,
             limits: Limits::default(),
+            offload: Offload::SpawnBlocking,
         }
+    }
+
+    /// Where engine calls run (default [`Offload::SpawnBlocking`]). [`Offload::Inline`] suits an
+    /// engine on a [`MemoryStore`](crate::MemoryStore): no call waits for a disk, and a work-list
+    /// read then costs no thread hand-over (`procflow serve --store memory` does this). With
+    /// `Inline` or `BlockInPlace` a read runs to its end: [`Limits::read_timeout`] cannot cut it
+    /// short.
+    pub fn offload(mut self, offload: Offload) -> Server {
+        self.offload = offload;
+        self
     }
 
     /// The store the engine was opened on (the same one): reports, heatmaps and the process
@@ -198,6 +213,7 @@ impl Server {
             tokens: Arc::new(self.tokens),
             store: self.store,
             limits: self.limits.clone(),
+            offload: self.offload,
             in_flight: Arc::new(tokio::sync::Semaphore::new(self.limits.max_in_flight)),
             deployed: Arc::default(),
         })
