@@ -3,6 +3,7 @@
 # memory store, measured with wrk (installed from Debian's packages when missing).
 #
 #   benches/http/load.sh [SECONDS]
+#   STORE=sqlite:target/http-load.db benches/http/load.sh [SECONDS]   # a fresh SQLite file
 #
 # Builds the release binary with the server feature, serves benches/http/desk.yaml with the
 # memory store, and runs wrk (2 threads, 32 connections): reads of a 20-task work list, starts,
@@ -14,7 +15,9 @@ command -v wrk > /dev/null || apt-get install -y wrk > /dev/null
 cargo build --release --bin procflow --features server
 port=${PORT:-18080}
 base=http://127.0.0.1:$port
-target/release/procflow serve --store memory --listen 127.0.0.1:$port \
+store=${STORE:-memory}
+case "$store" in sqlite:*) rm -f "${store#sqlite:}" "${store#sqlite:}"-wal "${store#sqlite:}"-shm ;; esac
+target/release/procflow serve --store "$store" --listen 127.0.0.1:$port \
   --org process-defs/org/province.yaml --tokens process-defs/org/tokens.yaml benches/http/desk.yaml 2> target/http-load-server.log &
 pid=$!
 trap 'kill $pid' EXIT
@@ -23,7 +26,7 @@ auth="Authorization: Bearer agent-wang-demo"
 for _ in $(seq 20); do
   curl -sf -X POST -H "$auth" -H 'Content-Type: application/json' -d '{}' $base/api/processes/desk/instances > /dev/null
 done
-echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); store $store"
 echo "== work-list reads (20 open tasks), ${secs} s"
 wrk -t2 -c32 -d${secs}s --latency -H "$auth" "$base/api/work?scope=groups"
 echo "== starts, ${secs} s"
