@@ -212,9 +212,12 @@ async function openTask(task) {
   const r = d.task;
   const panel = $("#task-panel");
   panel.hidden = false;
-  // The variables the task's description names ("Sets problem_details.") come first.
+  // The form: the variables the task sets (its `sets:`), in their order; a task that does not
+  // say shows every variable, those its description names ("Sets problem_details.") first.
   const text = `${d.description || ""}`;
-  const vars = [...d.variables].sort((a, b) => (text.includes(b.name) ? 1 : 0) - (text.includes(a.name) ? 1 : 0));
+  const vars = d.sets
+    ? d.sets.map((name) => d.variables.find((v) => v.name === name)).filter(Boolean)
+    : [...d.variables].sort((a, b) => (text.includes(b.name) ? 1 : 0) - (text.includes(a.name) ? 1 : 0));
   const form = el("form", { id: "complete-form" },
     el("h4", {}, t("variables")),
     el("div", { class: "vars" },

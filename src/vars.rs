@@ -280,6 +280,8 @@ pub enum VarProblem {
     /// A multi-instance item sets a variable other than its `output`: what an item sets is
     /// local to it, and only its output is collected.
     NotItemOutput,
+    /// A completion sets a variable its task's `sets:` (its form) does not list.
+    NotSetByTask,
 }
 
 impl std::fmt::Display for VarProblem {
@@ -301,6 +303,9 @@ impl std::fmt::Display for VarProblem {
             VarProblem::NotItemOutput => f.write_str(
                 "not the item's output: a multi-instance item sets only its 'output' variable",
             ),
+            VarProblem::NotSetByTask => {
+                f.write_str("not one the task sets: its 'sets' (its form) does not list it")
+            }
         }
     }
 }

@@ -379,6 +379,13 @@ impl Node {
         self.rules.as_deref().and_then(|r| r.mutex.as_deref())
     }
 
+    /// The variables a user task's completion may set (`sets:`, its form), in YAML order;
+    /// `None` when it does not say (any declared variable).
+    pub fn sets(&self) -> Option<impl Iterator<Item = &str>> {
+        let sets = self.rules.as_deref()?.sets.as_deref()?;
+        Some(sets.iter().map(|s| &**s))
+    }
+
     /// The definition id a call activity calls.
     pub fn called_process(&self) -> Option<&str> {
         self.call().map(|c| c.process.as_str())

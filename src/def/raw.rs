@@ -158,6 +158,9 @@ pub(crate) struct RawNode {
     /// A user task's interleaving group (see `def/rules.rs`).
     #[serde(default)]
     pub(crate) mutex: Option<At<String>>,
+    /// The variables a user task's completion may set: its form (see `def/rules.rs`).
+    #[serde(default)]
+    pub(crate) sets: Option<At<Names>>,
     /// A partial join: continue after this many branches arrived.
     #[serde(default)]
     pub(crate) wait_for: Option<At<u32>>,

@@ -1,5 +1,6 @@
 //! Rules on user tasks beyond their RACI and time limits: send back (退回, `send_back`),
-//! milestones (`while_at`, WCP 18) and interleaving groups (`mutex`, WCP 17, 39, 40).
+//! milestones (`while_at`, WCP 18), interleaving groups (`mutex`, WCP 17, 39, 40) and the
+//! variables a completion may set (`sets`, the task's form).
 //!
 //! **Invariant:** a compiled `send_back` target is an earlier user task of the same node (a flow
 //! leads from it to the task), and no parallel join between the two waits for a branch that
@@ -8,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use indexmap::IndexMap;
+
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::{Dfs, Reversed};
@@ -15,6 +18,7 @@ use petgraph::visit::{Dfs, Reversed};
 use super::raw::{At, Names, RawNode};
 use super::{Behaviour, Location, Node, Problem, ProblemKind};
 use crate::ids::NodeId;
+use crate::vars::VarSpec;
 
 /// A user task's send-back targets, milestones and interleaving group.
 #[derive(Debug, Default)]
@@ -26,12 +30,15 @@ pub(crate) struct TaskRules {
     pub(crate) while_at: Vec<NodeId>,
     /// At most one task of this group is claimed at a time within an instance.
     pub(crate) mutex: Option<Box<str>>,
+    /// The declared variables a completion may set (`None`: any declared variable).
+    pub(crate) sets: Option<Vec<Box<str>>>,
 }
 
 /// Compiles every node's rules into `nodes` (index `i` of `raw` is node `i`), reporting every
 /// problem. Ancestry and joins are only checked on an acyclic graph (a cycle is reported alone).
 pub(super) fn compile(
     raw: &[&RawNode],
+    vars: &IndexMap<String, VarSpec>,
     index: &HashMap<&str, NodeId>,
     graph: &DiGraph<NodeId, ()>,
     acyclic: bool,
@@ -39,7 +46,11 @@ pub(super) fn compile(
     problems: &mut Vec<Problem>,
 ) {
     for (i, raw) in raw.iter().enumerate() {
-        if raw.send_back.is_none() && raw.while_at.is_none() && raw.mutex.is_none() {
+        if raw.send_back.is_none()
+            && raw.while_at.is_none()
+            && raw.mutex.is_none()
+            && raw.sets.is_none()
+        {
             continue;
         }
         let id = nodes[i].id.clone();
@@ -56,6 +67,7 @@ pub(super) fn compile(
                 ("send_back", raw.send_back.as_ref().map(|a| a.loc)),
                 ("while_at", raw.while_at.as_ref().map(|a| a.loc)),
                 ("mutex", raw.mutex.as_ref().map(|a| a.loc)),
+                ("sets", raw.sets.as_ref().map(|a| a.loc)),
             ];
             for (key, loc) in keys {
                 if let Some(loc) = loc {
@@ -171,6 +183,22 @@ pub(super) fn compile(
                     ProblemKind::InvalidId(group.value.clone()),
                 );
             }
+        }
+        if raw.sets.is_some() {
+            let mut sets: Vec<Box<str>> = Vec::new();
+            for (name, loc) in names(raw.sets.as_ref()) {
+                if !vars.contains_key(name) {
+                    let name = name.to_owned();
+                    add(
+                        loc,
+                        "sets",
+                        ProblemKind::UnknownVariable { key: "sets", name },
+                    );
+                } else if !sets.iter().any(|s| &**s == name) {
+                    sets.push(Box::from(name));
+                }
+            }
+            rules.sets = Some(sets);
         }
         nodes[i].rules = Some(Box::new(rules));
     }

@@ -344,6 +344,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
     let raw_nodes: Vec<&RawNode> = flat.iter().map(|f| f.node).collect();
     super::rules::compile(
         &raw_nodes,
+        &vars,
         &index,
         &graph,
         acyclic,

@@ -810,6 +810,17 @@ impl Engine {
                 rework::check_interleaved(step, task, node)?;
             }
             let mut problems = check_vars(&step.dep.def, &output);
+            if let Some(sets) = step.dep.def.nodes[node.index()].sets() {
+                let sets: Vec<&str> = sets.collect();
+                problems.extend(
+                    output
+                        .keys()
+                        .filter(|name| {
+                            !sets.contains(&name.as_str()) && step.dep.def.vars.contains_key(*name)
+                        })
+                        .map(|name| (name.clone(), VarProblem::NotSetByTask)),
+                );
+            }
             let for_each = step.dep.def.nodes[node.index()].for_each();
             if let Some(fe) = for_each {
                 problems.extend(multi::item_problems(step.inst, fe, task.seq, &output));

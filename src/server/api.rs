@@ -1219,6 +1219,7 @@ async fn task(axum::extract::State(s): St, _who: Who, Path(text): Path<String>) 
         "task": row,
         "description": node.description(),
         "send_back": node.send_back().iter().map(|t| def.node(*t).id()).collect::<Vec<_>>(),
+        "sets": node.sets().map(|s| s.collect::<Vec<_>>()),
         "variables": variables(&def),
         "values": inst.vars(),
         "comments": comments,

@@ -172,7 +172,7 @@ pub enum ProblemKind {
     #[error("user task has no 'raci'")]
     MissingRaci,
     /// A key is present that the node's kind does not take.
-    #[error("'{key}' is not allowed on a {kind} node")]
+    #[error("'{key}' is not allowed on {} {kind} node", if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" })]
     KeyNotAllowed {
         /// The key.
         key: &'static str,
