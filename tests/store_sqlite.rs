@@ -150,6 +150,7 @@ fn commit(
         version,
         next_due: next_due(inst),
         keys: None,
+        takes: None,
     })
 }
 
@@ -382,6 +383,7 @@ fn due_lists_running_instances_with_a_timer_due() {
             version: 1,
             next_due: Some(t0()),
             keys: None,
+            takes: None,
         })
         .unwrap();
     // No timer: not due.
@@ -395,6 +397,7 @@ fn due_lists_running_instances_with_a_timer_due() {
             version: 1,
             next_due: None,
             keys: None,
+            takes: None,
         })
         .unwrap();
     let late = t0() + chrono::Duration::days(1);
@@ -410,6 +413,7 @@ fn due_lists_running_instances_with_a_timer_due() {
             version: 2,
             next_due: Some(odd),
             keys: None,
+            takes: None,
         })
         .unwrap();
     assert_eq!(store.due(deadline(9)).unwrap(), vec![(inst[0].id(), 1)]);
@@ -1031,6 +1035,7 @@ fn reload_many_running_instances() {
                     version: 0,
                     next_due: next_due(&inst),
                     keys: None,
+                    takes: None,
                 })
                 .unwrap();
             firsts.push(inst);
@@ -1051,6 +1056,7 @@ fn reload_many_running_instances() {
                         version,
                         next_due: next_due(inst),
                         keys: None,
+                        takes: None,
                     })
                     .unwrap();
             }

@@ -341,6 +341,8 @@ struct Plan {
 struct Origin {
     from: Option<InstanceId>,
     receipt: Option<Receipt>,
+    /// The kept message delivered, when it is one ([`ParkedMessage::id`]).
+    kept: Option<u64>,
 }
 
 /// Whether `slot`'s instance waits for `message` with a matching key: gives the listener.
@@ -566,6 +568,7 @@ impl Engine {
             Origin {
                 from: None,
                 receipt: None,
+                kept: None,
             },
         )
     }
@@ -793,8 +796,14 @@ impl Engine {
             Some(_) => vars.clone(),
             None => Vars::new(),
         };
+        let id = match self.store.as_ref().filter(|s| s.is_shared()) {
+            // Engines sharing the store number kept messages from its id sequence: a number of
+            // this engine's own could be another's (and overwrite its kept message).
+            Some(store) => store.reserve_ids(1)?,
+            None => self.between.next_parked.fetch_add(1, Ordering::Relaxed),
+        };
         let parked = ParkedMessage {
-            id: self.between.next_parked.fetch_add(1, Ordering::Relaxed),
+            id,
             message: message.to_owned(),
             vars,
             from: origin.from,
@@ -854,7 +863,11 @@ impl Engine {
             }
             let listener = matches(slot, message, vars)?;
             let payload = payload_list(&slot.dep.def, message, vars);
+            // On a shared store the kept message is taken in the receiver's commit (so that
+            // one replica delivers it); other stores are told after it (`settle`).
+            let takes = origin.kept.filter(|_| self.shares_store());
             let stepped = self.step_slot(slot, now, |step| {
+                step.takes = takes;
                 step.room(4);
                 step.apply(Change::Between(Box::new(BetweenChange::Received {
                     message: message.to_owned(),
@@ -983,6 +996,18 @@ impl Engine {
             self.between.set_parked(&list);
             gone
         };
+        let expired = match self.store.as_ref().filter(|s| s.is_shared()) {
+            // Another engine may have delivered (or expired) one meanwhile: only those the
+            // store still keeps are this engine's to record.
+            Some(store) if !expired.is_empty() => match store.parked() {
+                Ok(still) => expired
+                    .into_iter()
+                    .filter(|p| still.iter().any(|s| s.id == p.id))
+                    .collect(),
+                Err(_) => return,
+            },
+            _ => expired,
+        };
         for parked in expired {
             if let Some(store) = &self.store {
                 // Stays kept in the store when this fails: the next engine expires it.
@@ -994,10 +1019,30 @@ impl Engine {
         }
     }
 
+    /// Reads the kept messages from a shared store: other engines keep and take them too (and
+    /// one that stopped leaves its kept messages to the others to offer and expire).
+    pub(crate) fn reload_parked(&self) {
+        if let Some(Ok(kept)) = self.store.as_ref().map(|s| s.parked()) {
+            let mut list = lock(&self.between.parked);
+            *list = kept;
+            self.between.set_parked(&list);
+        }
+    }
+
+    /// Whether other engines may share the store (and keep and take messages in it).
+    pub(crate) fn shares_store(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.is_shared())
+    }
+
     /// Offers the kept messages to an instance that started waiting for `fresh` (correlation
     /// hashes): the first that matches it is delivered, in its own commit.
     pub(crate) fn offer_parked(&self, id: InstanceId, fresh: &[u64]) -> bool {
         let now = self.clock.now();
+        let shared = self.shares_store();
+        if shared {
+            // Other engines keep and take messages too: the store's list is the one to offer.
+            self.reload_parked();
+        }
         self.expire_messages(now);
         let candidates: Vec<ParkedMessage> = lock(&self.between.parked).clone();
         for parked in candidates {
@@ -1023,15 +1068,20 @@ impl Engine {
                     from: 0,
                     seq: parked.id,
                 }),
+                kept: Some(parked.id),
             };
             if self.receive(id, &parked.message, &parked.vars, origin) {
-                if let Some(store) = &self.store {
+                if let Some(store) = self.store.as_ref().filter(|_| !shared) {
                     // Stays kept in the store when this fails: offered again after a restart
                     // (the receiver's receipt keeps it from taking it twice).
                     let _ = store.settle(parked.id, None);
                 }
                 // One message per wait: the instance waits no more.
                 return true;
+            }
+            if shared {
+                // Maybe taken by another engine: the store's list, read at the next offer, says.
+                continue;
             }
             let mut list = lock(&self.between.parked);
             let at = list.partition_point(|p| p.id < parked.id);
@@ -1056,6 +1106,7 @@ impl Engine {
                     from: instance.0,
                     seq: *seq,
                 }),
+                kept: None,
             };
             let result = self
                 .plan(message, vars)

@@ -268,6 +268,7 @@ impl Engine {
         step.engine = Some(self);
         let result = f(&mut step);
         let key_notes = std::mem::take(&mut step.key_notes);
+        let takes = step.takes;
         let (armed, events, changed) = (step.take_armed(), step.events, step.changed);
         let follow = fresh(inst, first_follow, self.store.is_none());
         if let (Some(store), Some(snapshot), true) = (&self.store, snapshot, changed) {
@@ -284,6 +285,7 @@ impl Engine {
                 version: *version,
                 next_due: inst.timers.iter().filter(|t| !t.fired).map(|t| t.at).min(),
                 keys: keys.as_deref(),
+                takes,
             };
             match crate::telemetry::commit(id, commit.records.len(), || store.commit(&commit)) {
                 Ok(()) => *version = commit.new_version(),
@@ -385,8 +387,9 @@ impl Engine {
             self.schedule(instance, at);
         }
         let mut failure = self.tell(&events);
-        if !fresh_waits.is_empty() && self.between.has_parked() {
-            // A message kept engine-wide may be what the instance now waits for.
+        if !fresh_waits.is_empty() && (self.between.has_parked() || self.shares_store()) {
+            // A message kept engine-wide (by any engine sharing the store) may be what the
+            // instance now waits for.
             self.offer_parked(instance, &fresh_waits);
         }
         if let Some(dep) = dep

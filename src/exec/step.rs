@@ -240,6 +240,8 @@ pub(crate) struct Step<'a> {
     /// The engine, for what a step reaches beyond its instance (a call activity reserves its
     /// child's id and reads the called definition).
     pub(crate) engine: Option<&'a super::Engine>,
+    /// The kept message this call delivers, on a shared store ([`crate::Commit::takes`]).
+    pub(crate) takes: Option<u64>,
 }
 
 impl<'a> Step<'a> {
@@ -265,6 +267,7 @@ impl<'a> Step<'a> {
             fork_run: 0,
             mounted: None,
             engine: None,
+            takes: None,
         }
     }
 

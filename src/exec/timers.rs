@@ -585,7 +585,11 @@ impl Engine {
         if super::seam::busy().is_some() {
             return Vec::new();
         }
-        // Messages kept engine-wide (`keep_for`) whose time ran out are recorded unmatched.
+        // Messages kept engine-wide (`keep_for`) whose time ran out are recorded unmatched (on
+        // a shared store, also those another engine kept).
+        if self.shares_store() {
+            self.reload_parked();
+        }
         self.expire_messages(now);
         let mut fired = Vec::new();
         let mut done: Vec<Stepped> = Vec::new();

@@ -307,6 +307,13 @@ pub struct Commit<'a> {
     /// that holds any, a call that set a key variable): the store replaces the keys it indexes
     /// for the instance with these. `None`: they did not change.
     pub keys: Option<&'a [BusinessKey]>,
+    /// On a store shared by several engines ([`Store::is_shared`]): the id of the kept message
+    /// ([`ParkedMessage`]) this commit delivers. The store removes it in the commit's
+    /// transaction, and refuses the commit with [`StoreError::Taken`] when it is no longer kept
+    /// (another engine delivered it, or recorded it unmatched): a kept message reaches one
+    /// instance, once. Always `None` on other stores, which hear of the delivery through
+    /// [`Store::settle`] after the commit.
+    pub takes: Option<u64>,
 }
 
 impl Commit<'_> {
@@ -368,6 +375,13 @@ pub enum StoreError {
     Full {
         /// The file.
         path: PathBuf,
+    },
+    /// The kept message a commit delivers ([`Commit::takes`]) is kept no more: another engine
+    /// sharing the store delivered it, or recorded it unmatched.
+    #[error("kept message {message} was taken by another engine sharing the store")]
+    Taken {
+        /// The kept message's id ([`ParkedMessage::id`]).
+        message: u64,
     },
     /// The stored instance has another version than the one the call read: another engine
     /// changed it.

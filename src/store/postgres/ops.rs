@@ -121,7 +121,7 @@ impl PostgresStore {
             pending: !commit.instance.pending().is_empty(),
             announce: next_due.filter(|&due| self.shared.must_announce(due, at)),
         };
-        let fast = commit.keys.is_none() && row.announce.is_none();
+        let fast = commit.keys.is_none() && row.announce.is_none() && commit.takes.is_none();
         // Deferred: returns once the server has the commit, not once it is on its disk; the
         // thread's flush waits for the disk once for the batch.
         let deferred = DEFERRING.with(std::cell::Cell::get) == self.handle;
@@ -249,6 +249,13 @@ impl PostgresStore {
     /// In a transaction: the row, the business keys, the announcement.
     fn write_all(&self, conn: &mut Conn, row: &Row<'_>) -> Result<(), Fail> {
         self.write_row(conn, row, false)?;
+        if let Some(message) = row.commit.takes {
+            let stmt =
+                conn.statement("DELETE FROM procflow_messages WHERE id = $1 AND NOT unmatched")?;
+            if conn.client.execute(&stmt, &[&(message as i64)])? == 0 {
+                return Err(Fail::Store(StoreError::Taken { message }));
+            }
+        }
         if let Some(keys) = row.commit.keys {
             let stmt = conn.statement("DELETE FROM procflow_keys WHERE instance = $1")?;
             conn.client.execute(&stmt, &[&row.id])?;
