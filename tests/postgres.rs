@@ -290,19 +290,7 @@ fn the_store_carries_on_after_the_server_restarts() {
     assert!(store.read(second).unwrap().is_some());
 }
 
-const KEPT: &str = r#"
-id: order
-version: 1
-name: Order
-variables: { order_id: { type: integer }, answer: { type: string } }
-keys: [order_id]
-messages:
-  reply: { payload: [order_id, answer], correlate: { order_id: order_id }, keep_for: 1h }
-nodes:
-  start: { kind: start, next: wait }
-  wait: { kind: catch, message: reply, next: end }
-  end: { kind: end }
-"#;
+const KEPT: &str = include_str!("fixtures/kept-reply.yaml");
 
 fn replica(url: &str, clock: &Arc<ManualClock>) -> Engine {
     let mut b = Engine::builder();

@@ -615,19 +615,7 @@ fn business_keys_are_indexed_and_survive_reopening() {
 /// foreign one, keep nothing).
 #[test]
 fn kept_and_unmatched_messages_survive_close_and_open() {
-    const KEPT: &str = r#"
-id: order
-version: 1
-name: Order
-variables: { order_id: { type: integer }, answer: { type: string } }
-keys: [order_id]
-messages:
-  reply: { payload: [order_id, answer], correlate: { order_id: order_id }, keep_for: 1h }
-nodes:
-  start: { kind: start, next: wait }
-  wait: { kind: catch, message: reply, next: end }
-  end: { kind: end }
-"#;
+    const KEPT: &str = include_str!("fixtures/kept-reply.yaml");
     for (name, store) in stores() {
         let clock = Arc::new(ManualClock::new(t0()));
         let engine = open(store(), &clock);
