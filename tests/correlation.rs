@@ -912,3 +912,26 @@ fn a_send_node_is_drawn_with_its_message() {
         "{mermaid}"
     );
 }
+
+#[test]
+fn a_start_node_is_drawn_with_the_messages_that_start_it() {
+    let def = ProcessDef::from_yaml(ALARM).unwrap();
+    assert!(
+        def.to_mermaid().contains("[on message alarm]"),
+        "{}",
+        def.to_mermaid()
+    );
+    assert!(
+        def.to_dot().contains("[on message alarm]"),
+        "{}",
+        def.to_dot()
+    );
+    let shipped = ProcessDef::from_file("process-defs/complaint-handling.yaml").unwrap();
+    assert!(
+        shipped
+            .to_mermaid()
+            .contains("[on message complaint_raised, service_quality_reported]"),
+        "{}",
+        shipped.to_mermaid()
+    );
+}

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use super::{Behaviour, Node, ProcessDef};
 
-fn label(node: &Node) -> String {
+fn label(def: &ProcessDef, node: &Node) -> String {
     let mut text = node.name.clone().unwrap_or_else(|| node.id.clone());
     if let Some(zh) = &node.name_zh {
         text.push_str(" / ");
@@ -28,6 +28,13 @@ fn label(node: &Node) -> String {
     }
     if let Some(message) = node.sends() {
         text.push_str(&format!(" [send {message}]"));
+    }
+    if matches!(node.behaviour, Behaviour::Start) && node.parent.is_none() {
+        // Every message that starts an instance (`message:` and `messages:`).
+        let messages: Vec<&str> = def.start_messages().collect();
+        if !messages.is_empty() {
+            text.push_str(&format!(" [on message {}]", messages.join(", ")));
+        }
     }
     if let Some(f) = node.for_each() {
         let how = if f.parallel { "parallel" } else { "sequential" };
@@ -87,7 +94,7 @@ fn mermaid_nodes(
             continue;
         }
         if let Behaviour::Subprocess { .. } = node.behaviour {
-            let text = label(node);
+            let text = label(def, node);
             let _ = writeln!(
                 out,
                 "{pad}subgraph {}[\"{} {text}\"]",
@@ -116,7 +123,7 @@ fn mermaid_nodes(
             // A call activity is a subroutine: it runs another definition.
             Behaviour::Call(_) => ("[[", "]]"),
         };
-        let text = gateway_label(node);
+        let text = gateway_label(def, node);
         let _ = writeln!(out, "{pad}{}{open}\"{text}\"{close}", mid(node));
     }
 }
@@ -182,9 +189,9 @@ fn cancels(node: &Node) -> &[crate::ids::NodeId] {
 
 /// A node's label with the mark of its gateway kind: `X` exclusive, `+` parallel (`+ 2 of 3`
 /// for a partial join, `cancel rest` when it withdraws the others), `O` inclusive.
-fn gateway_label(node: &Node) -> String {
+fn gateway_label(def: &ProcessDef, node: &Node) -> String {
     match node.behaviour {
-        Behaviour::Exclusive { .. } => format!("X {}", label(node)),
+        Behaviour::Exclusive { .. } => format!("X {}", label(def, node)),
         Behaviour::Parallel => match node
             .control
             .as_ref()
@@ -194,21 +201,21 @@ fn gateway_label(node: &Node) -> String {
                 "+ {n} of {}{} {}",
                 node.incoming,
                 if c.cancel_rest { ", cancel rest" } else { "" },
-                label(node)
+                label(def, node)
             ),
-            None => format!("+ {}", label(node)),
+            None => format!("+ {}", label(def, node)),
         },
-        Behaviour::Inclusive { .. } => format!("O {}", label(node)),
-        Behaviour::Race => format!("race {}", label(node)),
+        Behaviour::Inclusive { .. } => format!("O {}", label(def, node)),
+        Behaviour::Race => format!("race {}", label(def, node)),
         Behaviour::Call(ref c) => format!(
             "call {}{}{}: {}",
             c.process,
             c.version.map(|v| format!("@{v}")).unwrap_or_default(),
             c.flow.map(|f| format!(" (flow {f})")).unwrap_or_default(),
-            label(node)
+            label(def, node)
         ),
-        Behaviour::End if terminates(node) => format!("terminate {}", label(node)),
-        _ => label(node),
+        Behaviour::End if terminates(node) => format!("terminate {}", label(def, node)),
+        _ => label(def, node),
     }
 }
 
@@ -234,7 +241,7 @@ fn dot_nodes(def: &ProcessDef, scope: Option<crate::ids::NodeId>, depth: usize, 
                 "{pad}subgraph \"cluster_{}\" {{\n{pad}    label=\"{} {}\";\n{pad}    style={};",
                 node.id,
                 scope_kind(node),
-                label(node),
+                label(def, node),
                 if node.for_each().is_some() {
                     "\"rounded,dashed\""
                 } else {
@@ -245,7 +252,7 @@ fn dot_nodes(def: &ProcessDef, scope: Option<crate::ids::NodeId>, depth: usize, 
                 out,
                 "{pad}    \"{}\" [shape=box, style=\"rounded,bold\", label=\"{}\"];",
                 node.id,
-                label(node)
+                label(def, node)
             );
             dot_nodes(def, Some(crate::ids::NodeId(i as u32)), depth + 1, out);
             let _ = writeln!(out, "{pad}}}");
@@ -274,9 +281,9 @@ fn dot_nodes(def: &ProcessDef, scope: Option<crate::ids::NodeId>, depth: usize, 
             // Exclusive and parallel gateways are told apart by shape alone in DOT; the marks
             // say what the shape cannot (inclusive, partial join, terminating end).
             if node.control.is_some() || matches!(node.behaviour, Behaviour::Call(_)) {
-                gateway_label(node)
+                gateway_label(def, node)
             } else {
-                label(node)
+                label(def, node)
             }
         );
     }
