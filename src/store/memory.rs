@@ -35,6 +35,10 @@ struct Inner {
     keys: BTreeMap<(String, String), BTreeSet<u64>>,
     /// Messages kept engine-wide (`false`) or recorded unmatched (`true`), as JSON, by id.
     messages: BTreeMap<u64, (bool, String)>,
+    /// The running instances (`running_ids` walks these, not every instance stored).
+    running: BTreeSet<u64>,
+    /// The running instances' earliest timers, by instant (`due` reads a prefix).
+    due: BTreeSet<(DateTime<Utc>, u64)>,
 }
 
 #[derive(Debug)]
@@ -152,6 +156,7 @@ impl Store for MemoryStore {
             });
         }
         let running = commit.instance.status() == Status::Running;
+        let next_due = commit.next_due.filter(|_| running);
         let row = inner.instances.entry(id.get()).or_insert_with(|| Row {
             version: 0,
             process: commit.def.id.clone(),
@@ -163,14 +168,28 @@ impl Store for MemoryStore {
             records: HashMap::new(),
             keys: Vec::new(),
         });
+        let was_due = std::mem::replace(&mut row.next_due, next_due);
         row.version = commit.new_version();
         row.running = running;
         row.state = state;
-        row.next_due = commit.next_due;
         row.outbox = !commit.instance.pending().is_empty();
         if !commit.records.is_empty() {
             row.records.insert(commit.first_record, records);
         }
+        if was_due != next_due {
+            if let Some(at) = was_due {
+                inner.due.remove(&(at, id.get()));
+            }
+            if let Some(at) = next_due {
+                inner.due.insert((at, id.get()));
+            }
+        }
+        if running {
+            inner.running.insert(id.get());
+        } else {
+            inner.running.remove(&id.get());
+        }
+        let row = inner.instances.get_mut(&id.get()).expect("inserted above");
         if let Some(keys) = commit.keys {
             let new: Vec<(String, String)> = keys
                 .iter()
@@ -219,24 +238,25 @@ impl Store for MemoryStore {
 
     fn running_ids(&self, process: Option<&str>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
         let inner = self.lock();
-        let mut out: Vec<(InstanceId, u64)> = inner
-            .instances
+        Ok(inner
+            .running
             .iter()
-            .filter(|(_, row)| row.running && process.is_none_or(|p| row.process == p))
-            .map(|(id, row)| (InstanceId(*id), row.version))
-            .collect();
-        out.sort_unstable();
-        Ok(out)
+            .filter_map(|id| Some((*id, inner.instances.get(id)?)))
+            .filter(|(_, row)| process.is_none_or(|p| row.process == p))
+            .map(|(id, row)| (InstanceId(id), row.version))
+            .collect())
     }
 
     fn due(&self, now: DateTime<Utc>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
         let inner = self.lock();
-        Ok(inner
-            .instances
+        let mut out: Vec<(InstanceId, u64)> = inner
+            .due
             .iter()
-            .filter(|(_, row)| row.running && row.next_due.is_some_and(|at| at <= now))
-            .map(|(id, row)| (InstanceId(*id), row.version))
-            .collect())
+            .take_while(|(at, _)| *at <= now)
+            .filter_map(|(_, id)| Some((InstanceId(*id), inner.instances.get(id)?.version)))
+            .collect();
+        out.sort_unstable();
+        Ok(out)
     }
 
     fn outbox(&self) -> Result<Vec<StoredInstance>, StoreError> {
