@@ -107,14 +107,15 @@ impl ByKey {
         for (value, process, fact, n) in &stored.key_counts {
             let n = usize::try_from(*n).unwrap_or(0);
             let g = by.groups.entry(value.clone()).or_default();
-            match fact {
-                Fact::Started => {
-                    if n > 0 && !g.processes.contains(process) {
-                        g.processes.push(process.clone());
-                        g.processes.sort();
-                    }
-                    g.started += n;
+            if matches!(fact, Fact::Completed | Fact::Open | Fact::Cancelled) {
+                // Each instance has one of them: together they are the instances started.
+                if n > 0 && !g.processes.contains(process) {
+                    g.processes.push(process.clone());
+                    g.processes.sort();
                 }
+                g.started += n;
+            }
+            match fact {
                 Fact::Completed => g.completed += n,
                 Fact::Cancelled => g.cancelled += n,
                 Fact::Open => g.open += n,

@@ -1244,8 +1244,11 @@ impl Acc {
             }
             return;
         }
+        if matches!(fact, Fact::Completed | Fact::Open | Fact::Cancelled) {
+            // Each instance has one of them: together they are the instances started.
+            self.started += n;
+        }
         let field = match fact {
-            Fact::Started => &mut self.started,
             Fact::Completed => &mut self.completed,
             Fact::Open => &mut self.open,
             Fact::Cancelled => &mut self.cancelled,

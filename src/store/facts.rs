@@ -7,7 +7,9 @@
 //! `Report::compute` folds the facts of decoded instances through the same code, so a report
 //! read from facts and one computed from the instances agree by construction.
 //!
-//! **Invariant:** the numbers of [`Fact`] are stored; never renumber one, add new ones.
+//! **Invariant:** the numbers of [`Fact`] are stored; never renumber one, add new ones. Number 1
+//! is not used: an instance's start is not a row of its own (every instance of a known
+//! definition has exactly one of `Completed`, `Open`, `Cancelled`, which sum to the started).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -26,8 +28,6 @@ use crate::model::{Entry, Instance, Status, TaskState, TimerKind};
 pub enum Fact {
     /// The instance's definition is not stored: the report skips it.
     Skipped = 0,
-    /// Started (every instance of a known definition has it, once).
-    Started = 1,
     /// Completed.
     Completed = 2,
     /// Running.
@@ -89,9 +89,8 @@ pub enum Fact {
 }
 
 impl Fact {
-    const ALL: [Fact; 31] = [
+    const ALL: [Fact; 30] = [
         Fact::Skipped,
-        Fact::Started,
         Fact::Completed,
         Fact::Open,
         Fact::Cancelled,
@@ -168,7 +167,6 @@ impl InstanceFacts {
 /// Complexity: linear in the instance's tasks, timers and audit records.
 pub(crate) fn facts(def: &ProcessDef, inst: &Instance) -> InstanceFacts {
     let mut out = InstanceFacts::default();
-    out.add(Fact::Started, "", 1);
     match inst.status() {
         Status::Completed => {
             out.add(Fact::Completed, "", 1);

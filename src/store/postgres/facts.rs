@@ -57,7 +57,7 @@ pub(super) fn read(
     let stmt = conn.statement(
         "SELECT k.value, f.process, f.kind, sum(f.n)::bigint FROM procflow_keys k \
          JOIN procflow_report_facts f ON f.instance = k.instance \
-         WHERE k.name = $3 AND f.kind IN (1, 2, 3, 4, 11) \
+         WHERE k.name = $3 AND f.kind IN (2, 3, 4, 11) \
          AND ($1::text IS NULL OR f.process = $1) AND ($2::bigint IS NULL OR f.started_at >= $2) \
          GROUP BY k.value, f.process, f.kind",
     )?;

@@ -13,8 +13,9 @@ use super::{corrupt_value, nanos, sql_err};
 use crate::def::ProcessDef;
 use crate::store::{FactRow, InstanceFacts, StoreError, StoredFacts, decode_records, decode_state};
 
-/// Makes the fact rows of instance `id` exactly `rows` (sorted), writing only those that
-/// change: a claim, which changes no figure, writes nothing. A new instance (`fresh`) has none.
+/// Makes the fact rows of instance `id` exactly `rows` (sorted): a commit that changes no
+/// figure (a claim) only reads them; one that does replaces them. A new instance (`fresh`) has
+/// none stored.
 pub(super) fn replace(
     conn: &Connection,
     id: i64,
@@ -23,43 +24,34 @@ pub(super) fn replace(
     fresh: bool,
     rows: &[FactRow],
 ) -> rusqlite::Result<()> {
-    let stored: Vec<(i64, FactRow)> = if fresh {
-        Vec::new()
-    } else {
-        conn.prepare_cached(
-            "SELECT rowid, kind, subject, n, till FROM report_facts WHERE instance = ?1",
-        )?
-        .query_map([id], |row| {
-            Ok((
-                row.get(0)?,
-                FactRow {
-                    kind: row.get(1)?,
-                    subject: row.get(2)?,
-                    n: row.get(3)?,
-                    till: row.get(4)?,
-                },
-            ))
-        })?
-        .collect::<rusqlite::Result<_>>()?
-    };
-    // Rows may repeat (two equal spans): match them one for one.
-    let mut kept = vec![false; rows.len()];
-    for (rowid, row) in &stored {
-        match (0..rows.len()).find(|&i| !kept[i] && rows[i] == *row) {
-            Some(i) => kept[i] = true,
-            None => {
-                conn.prepare_cached("DELETE FROM report_facts WHERE rowid = ?1")?
-                    .execute([rowid])?;
-            }
+    if !fresh {
+        let stored: Vec<FactRow> = conn
+            .prepare_cached(
+                "SELECT kind, subject, n, till FROM report_facts WHERE instance = ?1 ORDER BY seq",
+            )?
+            .query_map([id], |row| {
+                Ok(FactRow {
+                    kind: row.get(0)?,
+                    subject: row.get(1)?,
+                    n: row.get(2)?,
+                    till: row.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        if stored == rows {
+            return Ok(());
         }
+        conn.prepare_cached("DELETE FROM report_facts WHERE instance = ?1")?
+            .execute([id])?;
     }
-    for (row, _) in rows.iter().zip(&kept).filter(|(_, k)| !**k) {
-        conn.prepare_cached(
-            "INSERT INTO report_facts (instance, process, started_at, kind, subject, n, till) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO report_facts (instance, seq, process, started_at, kind, subject, n, till) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for (seq, row) in rows.iter().enumerate() {
+        insert.execute(params![
             id,
+            seq as i64,
             process,
             started_at,
             row.kind,
@@ -174,7 +166,7 @@ pub(super) fn read(
         .prepare_cached(
             "SELECT k.value, f.process, f.kind, sum(f.n) FROM keys k \
              JOIN report_facts f ON f.instance = k.instance \
-             WHERE k.name = ?3 AND f.kind IN (1, 2, 3, 4, 11) \
+             WHERE k.name = ?3 AND f.kind IN (2, 3, 4, 11) \
              AND (?1 IS NULL OR f.process = ?1) AND (?2 IS NULL OR f.started_at >= ?2) \
              GROUP BY k.value, f.process, f.kind",
         )
