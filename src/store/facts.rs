@@ -80,7 +80,8 @@ pub enum Fact {
     ActorOverrides = 61,
     /// Refused attempts of the actor.
     ActorDenials = 62,
-    /// Span: start to end of a completed instance.
+    /// Span: start to end of a completed instance (stored as the end, `till`, of its `Completed`
+    /// row, whose `started_at` is the start).
     Cycle = 100,
     /// Span: a task's creation to its first claim (or completion).
     Waiting = 101,
@@ -396,8 +397,15 @@ pub(crate) struct FactRow {
 }
 
 impl InstanceFacts {
-    /// The rows a store keeps, sorted.
+    /// The rows a store keeps, sorted. The cycle is no row of its own: the `Completed` row
+    /// carries its end in `till` (its start is the row's `started_at`), one row less per
+    /// completed instance to write.
     pub(crate) fn rows(&self) -> Vec<FactRow> {
+        let end = self
+            .spans
+            .iter()
+            .find(|(fact, ..)| *fact == Fact::Cycle)
+            .map(|(.., to)| nanos(*to));
         let mut rows: Vec<FactRow> = self
             .counts
             .iter()
@@ -405,14 +413,19 @@ impl InstanceFacts {
                 kind: fact.code(),
                 subject: subject.clone(),
                 n: *n,
-                till: None,
+                till: if *fact == Fact::Completed { end } else { None },
             })
-            .chain(self.spans.iter().map(|(fact, subject, from, to)| FactRow {
-                kind: fact.code(),
-                subject: subject.clone(),
-                n: nanos(*from),
-                till: Some(nanos(*to)),
-            }))
+            .chain(
+                self.spans
+                    .iter()
+                    .filter(|(fact, ..)| *fact != Fact::Cycle)
+                    .map(|(fact, subject, from, to)| FactRow {
+                        kind: fact.code(),
+                        subject: subject.clone(),
+                        n: nanos(*from),
+                        till: Some(nanos(*to)),
+                    }),
+            )
             .collect();
         rows.sort();
         rows

@@ -40,6 +40,9 @@ pub(super) fn read(
     let stmt = conn.statement(
         "SELECT process, kind, subject, n, till FROM procflow_report_facts \
          WHERE kind >= 100 AND ($1::text IS NULL OR process = $1) \
+         AND ($2::bigint IS NULL OR started_at >= $2) \
+         UNION ALL SELECT process, 100::bigint, '', started_at, till FROM procflow_report_facts \
+         WHERE kind = 2 AND till IS NOT NULL AND ($1::text IS NULL OR process = $1) \
          AND ($2::bigint IS NULL OR started_at >= $2)",
     )?;
     for row in conn.client.query(&stmt, &[&process, &since])? {
@@ -69,9 +72,9 @@ pub(super) fn read(
         }
     }
     let stmt = conn.statement(
-        "SELECT k.value, f.n, f.till FROM procflow_keys k \
+        "SELECT k.value, f.started_at, f.till FROM procflow_keys k \
          JOIN procflow_report_facts f ON f.instance = k.instance \
-         WHERE k.name = $3 AND f.kind = 100 \
+         WHERE k.name = $3 AND f.kind = 2 AND f.till IS NOT NULL \
          AND ($1::text IS NULL OR f.process = $1) AND ($2::bigint IS NULL OR f.started_at >= $2)",
     )?;
     for row in conn.client.query(&stmt, &[&process, &since, &key])? {

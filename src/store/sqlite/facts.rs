@@ -146,7 +146,10 @@ pub(super) fn read(
     let mut stmt = conn
         .prepare_cached(
             "SELECT process, kind, subject, n, till FROM report_facts \
-             WHERE kind >= 100 AND (?1 IS NULL OR process = ?1) AND (?2 IS NULL OR started_at >= ?2)",
+             WHERE kind >= 100 AND (?1 IS NULL OR process = ?1) AND (?2 IS NULL OR started_at >= ?2) \
+             UNION ALL SELECT process, 100, '', started_at, till FROM report_facts \
+             WHERE kind = 2 AND till IS NOT NULL \
+             AND (?1 IS NULL OR process = ?1) AND (?2 IS NULL OR started_at >= ?2)",
         )
         .map_err(sql)?;
     let mut rows = stmt.query(params![process, since]).map_err(sql)?;
@@ -185,9 +188,9 @@ pub(super) fn read(
     }
     let mut stmt = conn
         .prepare_cached(
-            "SELECT k.value, f.n, f.till FROM keys k \
+            "SELECT k.value, f.started_at, f.till FROM keys k \
              JOIN report_facts f ON f.instance = k.instance \
-             WHERE k.name = ?3 AND f.kind = 100 \
+             WHERE k.name = ?3 AND f.kind = 2 AND f.till IS NOT NULL \
              AND (?1 IS NULL OR f.process = ?1) AND (?2 IS NULL OR f.started_at >= ?2)",
         )
         .map_err(sql)?;
