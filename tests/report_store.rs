@@ -156,6 +156,8 @@ fn fill(store: Arc<dyn Store>) {
     engine
         .deploy(ProcessDef::from_yaml(&claims_v2()).unwrap())
         .unwrap();
+    // Left alone: its review times out (6h) to `apologise`.
+    engine.start("claims", customer("hooli")).unwrap();
     let v2: Vec<_> = ["acme", "umbrella"]
         .iter()
         .map(|c| engine.start("claims", customer(c)).unwrap())
@@ -217,13 +219,14 @@ fn assert_same(store: &dyn Store) {
     let claims = all.process("claims").unwrap();
     assert_eq!(
         (claims.started, claims.cancelled, claims.versions.clone()),
-        (6, 1, vec![1, 2])
+        (7, 1, vec![1, 2])
     );
     assert!(claims.completed >= 2, "{claims:?}");
     assert!(claims.sla_breached >= 1, "{claims:?}");
     assert!(claims.cycle_time.count >= 2, "{claims:?}");
     let review = all.node("claims", "review").unwrap();
     assert!(review.breaches >= 1 && review.denials == 1, "{review:?}");
+    assert!(review.timeouts >= 1 && review.reworks == 1, "{review:?}");
     assert!(review.waiting.count >= 3 && review.handling.count >= 2);
     assert!(all.role("claims", "boss").unwrap().escalations >= 1);
     assert_eq!(all.actor("claims", "eve").unwrap().denials, 1);

@@ -1193,8 +1193,15 @@ impl Acc {
     /// others are not reported).
     fn count(&mut self, fact: Fact, subject: &str, n: usize) {
         if let Some(node) = self.nodes.get_mut(subject) {
+            if matches!(
+                fact,
+                Fact::NodeTimedOut | Fact::NodeCompleted | Fact::NodeOpen | Fact::NodeCancelled
+            ) {
+                // Each task is in one state: together they are the tasks opened.
+                node.opened += n;
+            }
             let field = match fact {
-                Fact::NodeOpened => Some(&mut node.opened),
+                Fact::NodeTimedOut => return,
                 Fact::NodeCompleted => Some(&mut node.completed),
                 Fact::NodeOpen => Some(&mut node.open),
                 Fact::NodeTimeouts => Some(&mut node.timeouts),

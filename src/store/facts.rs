@@ -48,8 +48,9 @@ pub enum Fact {
     TaskBreached = 10,
     /// An SLA deadline fired, as a key query reports it (any SLA `Due` record or fired timer).
     KeyBreached = 11,
-    /// Tasks of the node opened.
-    NodeOpened = 20,
+    /// Tasks of the node in the timed-out state (`opened` is this plus `NodeCompleted`,
+    /// `NodeOpen` and `NodeCancelled`: each task is in one state, so no row counts it opened).
+    NodeTimedOut = 20,
     /// Tasks of the node completed.
     NodeCompleted = 21,
     /// Tasks of the node open.
@@ -102,7 +103,7 @@ impl Fact {
         Fact::TaskDeadlines,
         Fact::TaskBreached,
         Fact::KeyBreached,
-        Fact::NodeOpened,
+        Fact::NodeTimedOut,
         Fact::NodeCompleted,
         Fact::NodeOpen,
         Fact::NodeTimeouts,
@@ -332,11 +333,10 @@ pub(crate) fn facts(def: &ProcessDef, inst: &Instance) -> InstanceFacts {
         if let (Some(c), Some((_, at))) = (claim, &done) {
             out.spans.push((Fact::Handling, id.to_owned(), c, *at));
         }
-        out.add(Fact::NodeOpened, id, 1);
         match task.state() {
             TaskState::Open => out.add(Fact::NodeOpen, id, 1),
             TaskState::Completed { .. } => out.add(Fact::NodeCompleted, id, 1),
-            TaskState::TimedOut { .. } => {}
+            TaskState::TimedOut { .. } => out.add(Fact::NodeTimedOut, id, 1),
             TaskState::Cancelled { .. } => out.add(Fact::NodeCancelled, id, 1),
         }
         if matches!(task.state(), TaskState::TimedOut { .. }) || timed_out.contains(&seq) {
