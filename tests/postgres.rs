@@ -134,7 +134,7 @@ fn a_schema_from_a_newer_procflow_is_refused() {
             err,
             StoreError::NewerDatabaseSchema {
                 found: 99,
-                supported: 3,
+                supported: 4,
                 ..
             }
         ),
@@ -184,7 +184,7 @@ fn a_first_version_schema_is_migrated_and_keeps_its_data() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(v, "3");
+    assert_eq!(v, "4");
     // And an engine runs on it.
     let mut b = Engine::builder();
     b.clock(Arc::new(ManualClock::new(t0())));

@@ -491,7 +491,7 @@ fn a_newer_schema_is_refused() {
     drop(create(&db.0));
     {
         let conn = rusqlite::Connection::open(&db.0).unwrap();
-        conn.execute("UPDATE meta SET value = 7 WHERE key = 'schema_version'", [])
+        conn.execute("UPDATE meta SET value = 8 WHERE key = 'schema_version'", [])
             .unwrap();
     }
     let e = SqliteStore::open(&db.0).unwrap_err();
@@ -499,8 +499,8 @@ fn a_newer_schema_is_refused() {
         e,
         StoreError::NewerSchema {
             path: db.0.clone(),
-            found: 7,
-            supported: 6
+            found: 8,
+            supported: 7
         }
     );
 }
@@ -694,6 +694,18 @@ fn a_v1_store_migrates_to_v2() {
         vec![(inst[0].id(), 1), (inst[2].id(), 1)]
     );
     assert_eq!(store.due(t0()).unwrap(), vec![]);
+    // The report facts were computed from the stored instances (schema 7): a report sums them
+    // to what decoding the instances gives.
+    let options = procflow::ReportOptions::default();
+    let summed = procflow::Report::from_store(&store, &options).unwrap();
+    assert_eq!(
+        summed,
+        procflow::Report::from_store_decoded(&store, &options).unwrap()
+    );
+    assert_eq!(
+        (summed.processes[0].started, summed.processes[0].completed),
+        (3, 1)
+    );
     // Ids continue after the largest one v1 stored.
     assert_eq!(store.reserve_ids(1).unwrap(), inst[2].id().get() + 1);
     // And it keeps working as a v2 store.
@@ -706,7 +718,7 @@ fn a_v1_store_migrates_to_v2() {
 
 /// A store of schema version 4 (records keyed by instance and position, without rowid) moves to
 /// version 5 (records appended under a sequence, with an index by instance and position) and on
-/// to 6 (the outbox index) when
+/// to 6 (the outbox index) and 7 (the report facts) when
 /// opened: every audit trail reads back whole and in order, whatever order its rows were
 /// written in, and the store goes on storing commits.
 #[test]
@@ -791,7 +803,7 @@ fn a_v4_store_migrates_to_v6() {
         .collect();
     assert_eq!(running, vec![inst[0].clone(), inst[2].clone()]);
     assert_eq!(store.history(None, None).unwrap().len(), 4);
-    // It goes on as a version 6 store: a commit appends its records after the migrated ones.
+    // It goes on as a version 7 store: a commit appends its records after the migrated ones.
     let done2 = complete(&engine, inst[0].id());
     commit(&store, &done2, 1, inst[0].audit().len()).unwrap();
     assert_eq!(store.read(inst[0].id()).unwrap().unwrap().instance, done2);
@@ -805,7 +817,7 @@ fn a_v4_store_migrates_to_v6() {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(version, 6);
+        assert_eq!(version, 7);
         // The rows were copied in (instance, position) order; the new one came last.
         let order: Vec<(i64, i64)> = conn
             .prepare("SELECT instance, first FROM records ORDER BY seq")

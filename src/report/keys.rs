@@ -13,7 +13,7 @@ use super::{Durations, Report, ReportError, align, human};
 use crate::def::ProcessDef;
 use crate::exec::{KeyRecord, KeyValue, KeyedInstance, key_records, keyed_view, sort_history};
 use crate::model::{Instance, Status};
-use crate::store::{BusinessKey, Store};
+use crate::store::{BusinessKey, Fact, Store, StoredFacts};
 use crate::vars::VarType;
 
 /// The figures of the instances holding one value of the key a report groups by
@@ -99,6 +99,38 @@ impl ByKey {
         if keyed_view(inst, Some(def), None).sla_breached {
             g.breached += 1;
         }
+    }
+
+    /// The groups of the by-key counts and cycles a store summed.
+    pub(super) fn of_facts(stored: &StoredFacts) -> ByKey {
+        let mut by = ByKey::default();
+        for (value, process, fact, n) in &stored.key_counts {
+            let n = usize::try_from(*n).unwrap_or(0);
+            let g = by.groups.entry(value.clone()).or_default();
+            if matches!(fact, Fact::Completed | Fact::Open | Fact::Cancelled) {
+                // Each instance has one of them: together they are the instances started.
+                if n > 0 && !g.processes.contains(process) {
+                    g.processes.push(process.clone());
+                    g.processes.sort();
+                }
+                g.started += n;
+            }
+            match fact {
+                Fact::Completed => g.completed += n,
+                Fact::Cancelled => g.cancelled += n,
+                Fact::Open => g.open += n,
+                Fact::KeyBreached => g.breached += n,
+                _ => {}
+            }
+        }
+        for (value, from, to) in &stored.key_cycles {
+            by.groups
+                .entry(value.clone())
+                .or_default()
+                .cycles
+                .push(*to - *from);
+        }
+        by
     }
 
     pub(super) fn finish(self, key: &str) -> Vec<KeyFigures> {

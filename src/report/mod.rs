@@ -9,7 +9,7 @@
 pub(crate) mod heatmap;
 mod keys;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -22,8 +22,8 @@ pub use keys::{KeyFigures, KeyHistory};
 
 use crate::def::{LoadError, ProcessDef};
 use crate::ids::DefKey;
-use crate::model::{Entry, Instance, Status, TaskState, TimerKind};
-use crate::store::{Store, StoreError};
+use crate::model::Instance;
+use crate::store::{Fact, InstanceFacts, Store, StoreError, StoredFacts, facts};
 use crate::time::calendar::BusinessCalendar;
 
 /// What a report covers.
@@ -384,12 +384,74 @@ impl Report {
             .filter(|d| wanted(&d.key().id))
             .map(|d| (d.key(), &**d))
             .collect();
+        let mut accs = Report::accs(defs, options);
+        let mut skipped = 0;
+        let mut grouped = keys::ByKey::default();
+        for inst in instances {
+            let Some(key) = inst.def() else {
+                skipped += 1;
+                continue;
+            };
+            if !wanted(&key.id) || options.since.is_some_and(|s| inst.started_at() < s) {
+                continue;
+            }
+            match (by_key.get(key), accs.get_mut(key.id.as_str())) {
+                (Some(def), Some(acc)) => {
+                    acc.add(&facts(def, inst));
+                    if let Some(k) = &options.by_key {
+                        grouped.add(k, def, inst);
+                    }
+                }
+                _ => skipped += 1,
+            }
+        }
+        let keys = options
+            .by_key
+            .as_deref()
+            .map(|k| grouped.finish(k))
+            .unwrap_or_default();
+        Report::finish(accs, skipped, keys)
+    }
+
+    /// The report of the facts a store summed ([`Store::report_facts`]) on `defs`, as
+    /// [`Report::compute`] makes it of the same instances.
+    fn from_facts(
+        defs: &[Arc<ProcessDef>],
+        stored: StoredFacts,
+        options: &ReportOptions,
+    ) -> Report {
+        let mut accs = Report::accs(defs, options);
+        let mut skipped = 0;
+        for (process, fact, subject, n) in &stored.counts {
+            let n = usize::try_from(*n).unwrap_or(0);
+            if *fact == Fact::Skipped {
+                skipped += n;
+            } else if let Some(acc) = accs.get_mut(process.as_str()) {
+                acc.count(*fact, subject, n);
+            }
+        }
+        for (process, fact, subject, from, to) in &stored.spans {
+            if let Some(acc) = accs.get_mut(process.as_str()) {
+                acc.span_fact(*fact, subject, *from, *to);
+            }
+        }
+        let keys = options
+            .by_key
+            .as_deref()
+            .map(|k| keys::ByKey::of_facts(&stored).finish(k))
+            .unwrap_or_default();
+        Report::finish(accs, skipped, keys)
+    }
+
+    /// An empty accumulator per process of `defs` (matching the process filter), by id.
+    fn accs<'d>(defs: &'d [Arc<ProcessDef>], options: &ReportOptions) -> BTreeMap<&'d str, Acc> {
+        let wanted = |id: &str| options.process.as_deref().is_none_or(|p| p == id);
         // Processes by id, newest version first in each.
         let mut groups: BTreeMap<&str, Vec<&ProcessDef>> = BTreeMap::new();
-        for def in by_key.values() {
+        for def in defs.iter().filter(|d| wanted(&d.key().id)) {
             groups.entry(&def.key().id).or_default().push(def);
         }
-        let mut accs: BTreeMap<&str, Acc> = groups
+        groups
             .into_iter()
             .map(|(id, mut versions)| {
                 versions.sort_by_key(|d| std::cmp::Reverse(d.key().version));
@@ -404,34 +466,13 @@ impl Report {
                 });
                 (id, acc)
             })
-            .collect();
-        let mut skipped = 0;
-        let mut grouped = keys::ByKey::default();
-        for inst in instances {
-            let Some(key) = inst.def() else {
-                skipped += 1;
-                continue;
-            };
-            if !wanted(&key.id) || options.since.is_some_and(|s| inst.started_at() < s) {
-                continue;
-            }
-            match (by_key.get(key), accs.get_mut(key.id.as_str())) {
-                (Some(def), Some(acc)) => {
-                    acc.add(def, inst);
-                    if let Some(k) = &options.by_key {
-                        grouped.add(k, def, inst);
-                    }
-                }
-                _ => skipped += 1,
-            }
-        }
+            .collect()
+    }
+
+    fn finish(accs: BTreeMap<&str, Acc>, skipped: usize, keys: Vec<KeyFigures>) -> Report {
         let mut report = Report {
             skipped,
-            keys: options
-                .by_key
-                .as_deref()
-                .map(|k| grouped.finish(k))
-                .unwrap_or_default(),
+            keys,
             ..Report::default()
         };
         for (id, acc) in accs {
@@ -440,16 +481,47 @@ impl Report {
         report
     }
 
-    /// Reads `store`'s definitions and history and computes the report.
+    /// Reads `store`'s definitions and history and computes the report. A store that keeps
+    /// report facts ([`Store::report_facts`]: SQLite, PostgreSQL) sums them in the database;
+    /// another one has its instances read and decoded ([`Store::history`]). Both give the
+    /// report [`Report::compute`] gives of the same instances.
     ///
     /// # Errors
     /// [`ReportError::Store`] when the store fails; [`ReportError::Definition`] when a stored
     /// definition of a reported process does not compile.
     pub fn from_store(store: &dyn Store, options: &ReportOptions) -> Result<Report, ReportError> {
         let defs = Report::definitions(store, options.process.as_deref())?;
+        if let Some(stored) = store.report_facts(
+            options.process.as_deref(),
+            options.since,
+            options.by_key.as_deref(),
+        )? {
+            return Ok(Report::from_facts(&defs, stored, options));
+        }
+        Report::from_history(store, &defs, options)
+    }
+
+    /// [`Report::from_store`] by reading and decoding every instance, whatever the store keeps:
+    /// what a report over a store without facts does, and what the facts are tested against.
+    ///
+    /// # Errors
+    /// As [`Report::from_store`].
+    pub fn from_store_decoded(
+        store: &dyn Store,
+        options: &ReportOptions,
+    ) -> Result<Report, ReportError> {
+        let defs = Report::definitions(store, options.process.as_deref())?;
+        Report::from_history(store, &defs, options)
+    }
+
+    fn from_history(
+        store: &dyn Store,
+        defs: &[Arc<ProcessDef>],
+        options: &ReportOptions,
+    ) -> Result<Report, ReportError> {
         let history = store.history(options.process.as_deref(), options.since)?;
         let instances: Vec<Instance> = history.into_iter().map(|s| s.instance).collect();
-        Ok(Report::compute(&defs, &instances, options))
+        Ok(Report::compute(defs, &instances, options))
     }
 
     /// Compiles `store`'s definitions (of `process` only, when given), every version, ordered
@@ -1117,221 +1189,113 @@ impl Acc {
         }
     }
 
-    fn actor(&mut self, id: &str) -> &mut ActorFigures {
-        self.actors
-            .entry(id.to_owned())
-            .or_insert_with(|| ActorFigures {
-                process: String::new(),
-                actor: id.to_owned(),
-                completed: 0,
-                overrides: 0,
-                denials: 0,
-            })
-    }
-
-    fn role(&mut self, id: &str) -> Option<&mut RoleAcc> {
-        self.roles.get_mut(id)
-    }
-
-    fn node(&mut self, def: &ProcessDef, node: crate::ids::NodeId) -> Option<&mut NodeAcc> {
-        let id = def.try_node(node)?.id();
-        self.nodes.get_mut(id)
-    }
-
-    fn add(&mut self, def: &ProcessDef, inst: &Instance) {
-        self.started += 1;
-        match inst.status() {
-            Status::Completed => {
-                self.completed += 1;
-                if let Some(end) = inst.ended_at() {
-                    let cycle = self.span(inst.started_at(), end);
-                    self.cycles.push(cycle);
-                }
+    /// Adds `n` to what `fact` counts for `subject` (a node, role or actor the process has;
+    /// others are not reported).
+    fn count(&mut self, fact: Fact, subject: &str, n: usize) {
+        if let Some(node) = self.nodes.get_mut(subject) {
+            if matches!(
+                fact,
+                Fact::NodeTimedOut | Fact::NodeCompleted | Fact::NodeOpen | Fact::NodeCancelled
+            ) {
+                // Each task is in one state: together they are the tasks opened.
+                node.opened += n;
             }
-            Status::Running => self.open += 1,
-            Status::Cancelled => self.cancelled += 1,
-        }
-
-        // What the audit trail says, per task (by its number).
-        let mut first_claim: HashMap<u32, DateTime<Utc>> = HashMap::new();
-        let mut overridden: HashMap<u32, bool> = HashMap::new();
-        let mut acted: HashMap<u32, u16> = HashMap::new();
-        let mut timed_out: HashSet<u32> = HashSet::new();
-        let mut breached: HashSet<u32> = HashSet::new();
-        let mut sla_breached = false;
-        let mut sla_recorded = false;
-        let task_node = |seq: u32| inst.tasks().get(seq as usize).map(|t| t.node());
-        for record in inst.audit() {
-            match &record.what {
-                Entry::Claimed { task, .. } => {
-                    first_claim.entry(*task).or_insert(record.at);
-                }
-                Entry::Completed {
-                    task,
-                    overridden: o,
-                    role,
-                    ..
-                } => {
-                    overridden.insert(*task, *o);
-                    if let Some(role) = role {
-                        acted.insert(*task, *role);
-                    }
-                }
-                Entry::Repeated { node, .. } => {
-                    if let Some(n) = self.node(def, *node) {
-                        n.repeated += 1;
-                    }
-                }
-                Entry::ItemCompleted { node, .. } => {
-                    if let Some(n) = self.node(def, *node) {
-                        n.items += 1;
-                    }
-                }
-                // Every refused attempt counts: RACI, a missing skill, a refused reassign.
-                Entry::Denied { task, actor, .. }
-                | Entry::LacksSkills { task, actor, .. }
-                | Entry::ReassignRefused {
-                    task, by: actor, ..
-                } => {
-                    self.actor(actor).denials += 1;
-                    if let Some(n) = task_node(*task).and_then(|n| self.node(def, n)) {
-                        n.denials += 1;
-                    }
-                }
-                Entry::SentBack(s) => {
-                    if let Some(n) = self.node(def, s.to) {
-                        n.reworks += 1;
-                    }
-                }
-                Entry::Timer { kind, task, sla } => {
-                    if *sla && task.is_none() && *kind == TimerKind::Due {
-                        sla_breached = true;
-                    }
-                    if *sla {
-                        sla_recorded = true;
-                    }
-                    match (kind, task) {
-                        (TimerKind::Due, Some(t)) => {
-                            breached.insert(*t);
-                            if let Some(n) = task_node(*t).and_then(|n| self.node(def, n)) {
-                                n.breaches += 1;
-                            }
-                        }
-                        (TimerKind::Timeout, Some(t)) => {
-                            timed_out.insert(*t);
-                        }
-                        (TimerKind::Escalation { level }, _) => {
-                            let limits = if *sla {
-                                def.sla.as_deref()
-                            } else {
-                                task.and_then(task_node)
-                                    .and_then(|n| def.try_node(n))
-                                    .and_then(|n| n.limits.as_deref())
-                            };
-                            let to = limits.and_then(|l| l.escalate.get(*level as usize));
-                            if let Some(role) = to.and_then(|e| self.role(e.to.as_str())) {
-                                role.escalations += 1;
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                _ => {}
-            }
-        }
-
-        // The SLA.
-        let sla_timer = inst
-            .timers()
-            .iter()
-            .find(|t| t.sla && t.kind == TimerKind::Due);
-        sla_breached |= sla_timer.is_some_and(|t| t.fired);
-        let has_sla = def.sla.as_ref().is_some_and(|l| l.due.is_some())
-            || sla_timer.is_some()
-            || sla_recorded;
-        if has_sla {
-            self.sla_instances += 1;
-            match (sla_breached, inst.status()) {
-                (true, _) => self.sla_breached += 1,
-                (false, Status::Completed) => self.sla_met += 1,
-                (false, Status::Running) => self.sla_pending += 1,
-                // A withdrawn case neither met nor broke its deadline.
-                (false, Status::Cancelled) => self.sla_instances -= 1,
-            }
-        }
-
-        // The tasks.
-        for task in inst.tasks() {
-            let seq = task.id(inst.id()).seq();
-            let Some(node) = def.try_node(task.node()) else {
-                continue;
-            };
-            let claim = first_claim.get(&seq).copied();
-            // The task's own deadline: decided once breached or the task is closed.
-            let has_due = node.limits.as_deref().is_some_and(|l| l.due.is_some())
-                || inst
-                    .timers()
-                    .iter()
-                    .any(|t| t.task == Some(seq) && !t.sla && t.kind == TimerKind::Due);
-            if breached.contains(&seq) {
-                self.task_deadlines += 1;
-                self.task_breached += 1;
-            } else if has_due && !matches!(task.state(), TaskState::Open) {
-                self.task_deadlines += 1;
-            }
-            let done = match task.state() {
-                TaskState::Completed { by, at } => Some((by.clone(), *at)),
+            let field = match fact {
+                Fact::NodeTimedOut => return,
+                Fact::NodeCompleted => Some(&mut node.completed),
+                Fact::NodeOpen => Some(&mut node.open),
+                Fact::NodeTimeouts => Some(&mut node.timeouts),
+                Fact::NodeCancelled => Some(&mut node.cancelled),
+                Fact::NodeBreaches => Some(&mut node.breaches),
+                Fact::NodeDenials => Some(&mut node.denials),
+                Fact::NodeReworks => Some(&mut node.reworks),
+                Fact::NodeRepeated => Some(&mut node.repeated),
+                Fact::NodeItems => Some(&mut node.items),
                 _ => None,
             };
-            let span = |a, b| self.span(a, b);
-            let wait = match (claim, &done) {
-                (Some(c), _) => Some(span(task.created_at(), c)),
-                (None, Some((_, at))) => Some(span(task.created_at(), *at)),
-                (None, None) => None,
-            };
-            let handling = match (claim, &done) {
-                (Some(c), Some((_, at))) => Some(span(c, *at)),
+            if let Some(field) = field {
+                *field += n;
+                return;
+            }
+        }
+        if let Some(role) = self.roles.get_mut(subject) {
+            let field = match fact {
+                Fact::RoleCompleted => Some(&mut role.completed),
+                Fact::RoleOverrides => Some(&mut role.overrides),
+                Fact::RoleEscalations => Some(&mut role.escalations),
                 _ => None,
             };
-            if let Some(n) = self.nodes.get_mut(node.id()) {
-                n.opened += 1;
-                match task.state() {
-                    TaskState::Open => n.open += 1,
-                    TaskState::Completed { .. } => n.completed += 1,
-                    TaskState::TimedOut { .. } => {}
-                    TaskState::Cancelled { .. } => n.cancelled += 1,
-                }
-                if matches!(task.state(), TaskState::TimedOut { .. }) || timed_out.contains(&seq) {
-                    n.timeouts += 1;
-                }
-                n.waits.extend(wait);
-                n.handling.extend(handling);
+            if let Some(field) = field {
+                *field += n;
+                return;
             }
-            let Some((by, _)) = done else { continue };
-            let over = overridden.get(&seq).copied().unwrap_or(false);
-            let actor = self.actor(&by);
-            actor.completed += 1;
-            actor.overrides += usize::from(over);
-            let Some(raci) = node.raci() else { continue };
-            let escalated = task.escalated_to(def);
-            let recorded = acted
-                .get(&seq)
-                .and_then(|i| def.roles().nth(usize::from(*i)))
-                .map(|(r, _)| r);
-            let credited: Vec<&str> = match (recorded, over, escalated) {
-                // The audit record names the role the actor acted in.
-                (Some(role), _, _) => vec![role.as_str()],
-                // Older records: the rule the role check applies.
-                (None, true, _) => vec![raci.accountable().as_str()],
-                (None, false, Some(role)) => vec![role.as_str()],
-                (None, false, None) => raci.responsible().iter().map(|r| r.as_str()).collect(),
-            };
-            for role in credited {
-                if let Some(r) = self.role(role) {
-                    r.completed += 1;
-                    r.overrides += usize::from(over);
+        }
+        if matches!(
+            fact,
+            Fact::ActorCompleted | Fact::ActorOverrides | Fact::ActorDenials
+        ) {
+            let actor = self
+                .actors
+                .entry(subject.to_owned())
+                .or_insert_with(|| ActorFigures {
+                    process: String::new(),
+                    actor: subject.to_owned(),
+                    completed: 0,
+                    overrides: 0,
+                    denials: 0,
+                });
+            match fact {
+                Fact::ActorCompleted => actor.completed += n,
+                Fact::ActorOverrides => actor.overrides += n,
+                _ => actor.denials += n,
+            }
+            return;
+        }
+        if matches!(fact, Fact::Completed | Fact::Open | Fact::Cancelled) {
+            // Each instance has one of them: together they are the instances started.
+            self.started += n;
+        }
+        let field = match fact {
+            Fact::Completed => &mut self.completed,
+            Fact::Open => &mut self.open,
+            Fact::Cancelled => &mut self.cancelled,
+            Fact::SlaInstances => &mut self.sla_instances,
+            Fact::SlaMet => &mut self.sla_met,
+            Fact::SlaBreached => &mut self.sla_breached,
+            Fact::SlaPending => &mut self.sla_pending,
+            Fact::TaskDeadlines => &mut self.task_deadlines,
+            Fact::TaskBreached => &mut self.task_breached,
+            _ => return,
+        };
+        *field += n;
+    }
+
+    /// Adds a span of `fact` (a cycle, or a waiting or handling time of node `subject`).
+    fn span_fact(&mut self, fact: Fact, subject: &str, from: DateTime<Utc>, to: DateTime<Utc>) {
+        let d = self.span(from, to);
+        match fact {
+            Fact::Cycle => self.cycles.push(d),
+            Fact::Waiting => {
+                if let Some(n) = self.nodes.get_mut(subject) {
+                    n.waits.push(d);
                 }
             }
+            Fact::Handling => {
+                if let Some(n) = self.nodes.get_mut(subject) {
+                    n.handling.push(d);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Adds the facts of one instance.
+    fn add(&mut self, facts: &InstanceFacts) {
+        for ((fact, subject), n) in &facts.counts {
+            self.count(*fact, subject, usize::try_from(*n).unwrap_or(0));
+        }
+        for (fact, subject, from, to) in &facts.spans {
+            self.span_fact(*fact, subject, *from, *to);
         }
     }
 

@@ -12,6 +12,7 @@
 //! [`StoreError::Conflict`] when the stored version is another, so two engines sharing a store
 //! never overwrite each other: the second one reloads and the caller may retry.
 
+mod facts;
 mod keys;
 mod memory;
 #[cfg(feature = "postgres")]
@@ -23,6 +24,8 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
+pub(crate) use facts::{DefCache, FactRow, InstanceFacts, facts, instant};
+pub use facts::{Fact, SpanRow, StoredFacts};
 pub use keys::BusinessKey;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
@@ -97,6 +100,24 @@ pub trait Store: Send + Sync {
         process: Option<&str>,
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<StoredInstance>, StoreError>;
+
+    /// What a report counts of the instances [`Store::history`] would return, summed in the
+    /// store from the facts it keeps per instance ([`Fact`]): the counts by process, fact and
+    /// subject, every span, and with `key`, the process-wide counts and cycles by the key's
+    /// value (from the store's business-key index). `None` (the default): the store keeps no
+    /// facts and a report decodes the instances instead.
+    ///
+    /// # Errors
+    /// A failure of the medium.
+    fn report_facts(
+        &self,
+        process: Option<&str>,
+        since: Option<DateTime<Utc>>,
+        key: Option<&str>,
+    ) -> Result<Option<StoredFacts>, StoreError> {
+        let _ = (process, since, key);
+        Ok(None)
+    }
 
     /// The running instances with a timer due at or before `now`, with their stored versions.
     ///
@@ -598,6 +619,15 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<StoredInstance>, StoreError> {
         (**self).history(process, since)
+    }
+
+    fn report_facts(
+        &self,
+        process: Option<&str>,
+        since: Option<DateTime<Utc>>,
+        key: Option<&str>,
+    ) -> Result<Option<StoredFacts>, StoreError> {
+        (**self).report_facts(process, since, key)
     }
 
     fn due(&self, now: DateTime<Utc>) -> Result<Vec<(InstanceId, u64)>, StoreError> {

@@ -8,6 +8,7 @@
 //! runs one transaction per call and types the server's failures.
 
 mod conn;
+mod facts;
 mod ops;
 pub(crate) mod schema;
 mod wake;
@@ -63,6 +64,8 @@ pub struct PostgresStore {
     shared: std::sync::Arc<wake::Shared>,
     /// This handle's number in the process (for deferred commits, `ops.rs`).
     handle: u64,
+    /// The definitions commits compute report facts with.
+    defs: super::DefCache,
 }
 
 impl Drop for PostgresStore {
@@ -118,6 +121,7 @@ impl PostgresStore {
             lease: std::time::Duration::from_secs(30),
             shared: std::sync::Arc::new(wake::Shared::new(&current)),
             handle: n + 1,
+            defs: super::DefCache::default(),
         })
     }
 
@@ -380,6 +384,16 @@ impl Store for PostgresStore {
         out.retain(|s| since.is_none_or(|at| s.instance.started_at() >= at));
         out.sort_by_key(|s| (s.instance.started_at(), s.instance.id()));
         Ok(out)
+    }
+
+    fn report_facts(
+        &self,
+        process: Option<&str>,
+        since: Option<DateTime<Utc>>,
+        key: Option<&str>,
+    ) -> Result<Option<super::StoredFacts>, StoreError> {
+        let since = since.map(nanos);
+        self.read_tx(|conn| facts::read(conn, process, since, key).map(Some))
     }
 
     fn running_ids(&self, process: Option<&str>) -> Result<Vec<(InstanceId, u64)>, StoreError> {

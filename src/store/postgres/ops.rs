@@ -35,7 +35,12 @@ macro_rules! insert_sql {
              ON CONFLICT (id) DO NOTHING RETURNING id), \
              r AS (INSERT INTO procflow_records (instance, first, batch) \
              SELECT id, $8::bigint, $9::text FROM i WHERE $9::text IS NOT NULL \
-             ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch) \
+             ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch), \
+             f AS (INSERT INTO procflow_report_facts \
+             (instance, process, started_at, kind, subject, n, till) \
+             SELECT i.id, $2::text, $5::bigint, u.kind, u.subject, u.n, u.till \
+             FROM i, unnest($13::bigint[], $14::text[], $15::bigint[], $16::bigint[]) \
+             AS u (kind, subject, n, till)) \
              SELECT count(*) FROM ",
             $post
         )
@@ -52,10 +57,16 @@ macro_rules! update_sql {
              row_version = $4 + 1, state = $5, next_due = $6, claim_until = NULL, claimed_by = NULL, \
              outbox_until = CASE WHEN $9::boolean THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $10::bigint END, \
              outbox_by = CASE WHEN $9::boolean THEN $11::text END \
-             WHERE id = $1 AND row_version = $4 RETURNING id), \
+             WHERE id = $1 AND row_version = $4 RETURNING id, process, started_at), \
              r AS (INSERT INTO procflow_records (instance, first, batch) \
              SELECT id, $7::bigint, $8::text FROM i WHERE $8::text IS NOT NULL \
-             ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch) \
+             ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch), \
+             d AS (DELETE FROM procflow_report_facts WHERE instance IN (SELECT id FROM i)), \
+             f AS (INSERT INTO procflow_report_facts \
+             (instance, process, started_at, kind, subject, n, till) \
+             SELECT i.id, i.process, i.started_at, u.kind, u.subject, u.n, u.till \
+             FROM i, unnest($12::bigint[], $13::text[], $14::bigint[], $15::bigint[]) \
+             AS u (kind, subject, n, till)) \
              SELECT count(*) FROM ",
             $post
         )
@@ -95,6 +106,11 @@ struct Row<'c> {
     pending: bool,
     /// The due instant to announce, if it must be.
     announce: Option<i64>,
+    /// The instance's report facts, column by column (the statement unnests them).
+    fact_kinds: Vec<i64>,
+    fact_subjects: Vec<String>,
+    fact_ns: Vec<i64>,
+    fact_tills: Vec<Option<i64>>,
 }
 
 impl PostgresStore {
@@ -106,6 +122,21 @@ impl PostgresStore {
             detail: format!("instance id {} is out of range", commit.instance.id()),
         })?;
         let next_due = commit.next_due.map(ms);
+        let facts = self.defs.facts(commit.def, commit.instance, || {
+            let version = i64::from(commit.def.version);
+            self.read_tx(|conn| {
+                let stmt = conn.statement(
+                    "SELECT text FROM procflow_definitions WHERE id = $1 AND version = $2",
+                )?;
+                Ok(
+                    match conn.client.query_opt(&stmt, &[&commit.def.id, &version])? {
+                        Some(row) => Some(row.try_get::<_, String>(0)?),
+                        None => None,
+                    },
+                )
+            })
+        })?;
+        let rows = facts.rows();
         // The engine's clock when it made the commit: its last audit record's instant.
         let at = commit.records.last().map(|r| ms(r.at));
         let row = Row {
@@ -120,6 +151,10 @@ impl PostgresStore {
             batch: (!commit.records.is_empty()).then(|| encode_records(commit.records)),
             pending: !commit.instance.pending().is_empty(),
             announce: next_due.filter(|&due| self.shared.must_announce(due, at)),
+            fact_kinds: rows.iter().map(|r| r.kind).collect(),
+            fact_subjects: rows.iter().map(|r| r.subject.clone()).collect(),
+            fact_ns: rows.iter().map(|r| r.n).collect(),
+            fact_tills: rows.iter().map(|r| r.till).collect(),
         };
         let fast = commit.keys.is_none() && row.announce.is_none() && commit.takes.is_none();
         // Deferred: returns once the server has the commit, not once it is on its disk; the
@@ -206,6 +241,10 @@ impl PostgresStore {
                         &row.pending,
                         &lease,
                         &self.me,
+                        &row.fact_kinds,
+                        &row.fact_subjects,
+                        &row.fact_ns,
+                        &row.fact_tills,
                     ],
                 )?
                 .try_get(0)?
@@ -226,6 +265,10 @@ impl PostgresStore {
                         &row.pending,
                         &lease,
                         &self.me,
+                        &row.fact_kinds,
+                        &row.fact_subjects,
+                        &row.fact_ns,
+                        &row.fact_tills,
                     ],
                 )?
                 .try_get(0)?

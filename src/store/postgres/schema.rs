@@ -13,7 +13,7 @@ use super::Server;
 use crate::store::StoreError;
 
 /// The schema version this build writes and the newest it reads.
-pub(crate) const SUPPORTED: u32 = 3;
+pub(crate) const SUPPORTED: u32 = 4;
 
 /// Version 1, exactly as the first PostgreSQL store created it (frozen in `v1.sql`).
 pub(crate) const V1: &str = include_str!("v1.sql");
@@ -33,6 +33,11 @@ pub(crate) const V1: &str = include_str!("v1.sql");
 /// [`Store::outbox`](crate::Store::outbox) (asked by every engine that opens the store) reads,
 /// instead of every stored state. `procflow_flushes`: one row per store handle that deferred
 /// commits' durability (a tick's timer firings), written durably to flush them.
+///
+/// Version 4: what a report counts of each instance ([`Fact`](crate::store::Fact)), one row per
+/// count (`n`) or span (`n` to `till`, in nanoseconds), written by every commit's statement, so
+/// that a report sums them with `GROUP BY` instead of decoding every state. Filled from the
+/// stored instances (`facts::fill`, after the statement).
 const MIGRATIONS: &[&str] = &[
     "
 ALTER TABLE procflow_instances ADD COLUMN claim_until BIGINT;
@@ -52,7 +57,23 @@ CREATE TABLE procflow_flushes (
 );
 UPDATE procflow_meta SET value = '3' WHERE key = 'schema_version';
 ",
+    "
+CREATE TABLE procflow_report_facts (
+    instance BIGINT NOT NULL,
+    process TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    kind BIGINT NOT NULL,
+    subject TEXT NOT NULL,
+    n BIGINT NOT NULL,
+    till BIGINT
+);
+CREATE INDEX procflow_report_facts_instance ON procflow_report_facts (instance);
+UPDATE procflow_meta SET value = '4' WHERE key = 'schema_version';
+",
 ];
+
+/// The version whose migration adds `procflow_report_facts`, filled after its statement.
+const FACTS: u32 = 4;
 
 /// Advisory lock key taken while creating or migrating the schema (`PFlw` + 1).
 const SCHEMA_LOCK: i64 = 0x5046_6C77_0001;
@@ -90,8 +111,11 @@ fn migrate_from(
     found: u32,
 ) -> Result<(), StoreError> {
     let from = usize::try_from(found.saturating_sub(1)).unwrap_or(usize::MAX);
-    for step in MIGRATIONS.iter().skip(from) {
+    for (step, to) in MIGRATIONS.iter().zip(2u32..).skip(from) {
         tx.batch_execute(step).map_err(|e| server.err(e))?;
+        if to == FACTS {
+            super::facts::fill(tx, server)?;
+        }
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! texts, a counter for id blocks, and the business keys each instance holds (`keys`).
 //! `schema.rs` recognises and migrates the file; `write.rs` commits, alone or in groups.
 
+mod facts;
 mod file;
 mod messages;
 mod schema;
@@ -19,7 +20,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use super::{Commit, Store, StoreError, StoredDef, StoredInstance, decode_records, decode_state};
+use super::{
+    Commit, DefCache, Store, StoreError, StoredDef, StoredFacts, StoredInstance, decode_records,
+    decode_state,
+};
 use crate::ids::{DefKey, InstanceId};
 use crate::model::Record;
 use file::{Anchor, FileId, Files};
@@ -164,6 +168,8 @@ pub struct SqliteStore {
     /// Idle read connections.
     readers: Mutex<Vec<Connection>>,
     busy_timeout: Duration,
+    /// The definitions commits compute report facts with.
+    defs: DefCache,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -314,6 +320,7 @@ impl SqliteStore {
             group: options.group_commit,
             readers: Mutex::new(Vec::new()),
             busy_timeout: options.busy_timeout,
+            defs: DefCache::default(),
             anchor,
             path,
         };
@@ -503,7 +510,17 @@ impl Store for SqliteStore {
     }
 
     fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError> {
-        let item = Prepared::new(commit, &self.path)?;
+        let facts = self.defs.facts(commit.def, commit.instance, || {
+            self.read_with(|conn| {
+                conn.prepare_cached("SELECT text FROM definitions WHERE id = ?1 AND version = ?2")
+                    .and_then(|mut s| {
+                        s.query_row((&commit.def.id, commit.def.version), |row| row.get(0))
+                            .optional()
+                    })
+                    .map_err(|e| sql_err(&self.path, e))
+            })
+        })?;
+        let item = Prepared::new(commit, &facts, &self.path)?;
         if self.group {
             self.queue.commit(item, &self.writer, &self.anchor)
         } else {
@@ -596,6 +613,15 @@ impl Store for SqliteStore {
         out.retain(|s| since.is_none_or(|at| s.instance.started_at() >= at));
         out.sort_by_key(|s| (s.instance.started_at(), s.instance.id()));
         Ok(out)
+    }
+
+    fn report_facts(
+        &self,
+        process: Option<&str>,
+        since: Option<DateTime<Utc>>,
+        key: Option<&str>,
+    ) -> Result<Option<StoredFacts>, StoreError> {
+        self.read_with(|conn| facts::read(conn, &self.path, process, since, key).map(Some))
     }
 
     fn running_ids(&self, process: Option<&str>) -> Result<Vec<(InstanceId, u64)>, StoreError> {

@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{due_millis, nanos, sql_err};
 use crate::ids::InstanceId;
 use crate::model::Status;
-use crate::store::{Commit, StoreError, encode_records, encode_state};
+use crate::store::{Commit, FactRow, InstanceFacts, StoreError, encode_records, encode_state};
 
 /// One commit, serialized by its caller's thread.
 pub(super) struct Prepared {
@@ -35,10 +35,16 @@ pub(super) struct Prepared {
     next_due: Option<i64>,
     /// The instance's business keys (name, value), when the commit changed them.
     keys: Option<Vec<(String, String)>>,
+    /// What a report counts of the instance, sorted.
+    facts: Vec<FactRow>,
 }
 
 impl Prepared {
-    pub(super) fn new(commit: &Commit<'_>, path: &Path) -> Result<Prepared, StoreError> {
+    pub(super) fn new(
+        commit: &Commit<'_>,
+        facts: &InstanceFacts,
+        path: &Path,
+    ) -> Result<Prepared, StoreError> {
         let instance = commit.instance.id();
         let range = |what: &str| StoreError::Other {
             path: path.to_path_buf(),
@@ -73,6 +79,7 @@ impl Prepared {
                     .map(|k| (k.name.clone(), k.value.clone()))
                     .collect()
             }),
+            facts: facts.rows(),
         })
     }
 }
@@ -274,6 +281,15 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
     if let Some(keys) = &p.keys {
         replace_keys(conn, p.id, p.version == 0, keys).map_err(sql)?;
     }
+    super::facts::replace(
+        conn,
+        p.id,
+        &p.process,
+        p.started_at,
+        p.version == 0,
+        &p.facts,
+    )
+    .map_err(sql)?;
     Ok(())
 }
 

@@ -1,0 +1,208 @@
+//! The `report_facts` table (schema 7): what a report counts of each instance
+//! ([`Fact`](crate::store::Fact)), written by every commit and summed by
+//! [`Store::report_facts`](crate::Store::report_facts) with `GROUP BY`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, params};
+
+use super::{corrupt_value, nanos, sql_err};
+use crate::def::ProcessDef;
+use crate::store::{FactRow, InstanceFacts, StoreError, StoredFacts, decode_records, decode_state};
+
+/// Makes the fact rows of instance `id` exactly `rows` (sorted): a commit that changes no
+/// figure (a claim) only reads them; one that does replaces them. A new instance (`fresh`) has
+/// none stored.
+pub(super) fn replace(
+    conn: &Connection,
+    id: i64,
+    process: &str,
+    started_at: i64,
+    fresh: bool,
+    rows: &[FactRow],
+) -> rusqlite::Result<()> {
+    if !fresh {
+        let stored: Vec<FactRow> = conn
+            .prepare_cached(
+                "SELECT kind, subject, n, till FROM report_facts WHERE instance = ?1 ORDER BY seq",
+            )?
+            .query_map([id], |row| {
+                Ok(FactRow {
+                    kind: row.get(0)?,
+                    subject: row.get(1)?,
+                    n: row.get(2)?,
+                    till: row.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        if stored == rows {
+            return Ok(());
+        }
+        conn.prepare_cached("DELETE FROM report_facts WHERE instance = ?1")?
+            .execute([id])?;
+    }
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO report_facts (instance, seq, process, started_at, kind, subject, n, till) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for (seq, row) in rows.iter().enumerate() {
+        insert.execute(params![
+            id,
+            seq as i64,
+            process,
+            started_at,
+            row.kind,
+            row.subject,
+            row.n,
+            row.till
+        ])?;
+    }
+    Ok(())
+}
+
+/// Schema 7 adds the table: compute the facts of every stored instance (its state and audit
+/// trail decoded, on its stored definition). An instance whose definition is not stored, or no
+/// longer compiles, counts as skipped; a state that does not decode fails the migration (a
+/// report would fail on it too).
+pub(super) fn fill(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let sql = |e| sql_err(path, e);
+    let mut defs: HashMap<(String, i64), Option<Arc<ProcessDef>>> = HashMap::new();
+    {
+        let mut stmt = conn
+            .prepare("SELECT id, version, text FROM definitions")
+            .map_err(sql)?;
+        let mut rows = stmt.query([]).map_err(sql)?;
+        while let Some(row) = rows.next().map_err(sql)? {
+            let text: String = row.get(2).map_err(sql)?;
+            defs.insert(
+                (row.get(0).map_err(sql)?, row.get(1).map_err(sql)?),
+                ProcessDef::from_yaml(&text).ok().map(Arc::new),
+            );
+        }
+    }
+    let mut select = conn
+        .prepare("SELECT id, process, def_version, started_at, state FROM instances ORDER BY id")
+        .map_err(sql)?;
+    let mut audit = conn
+        .prepare("SELECT batch FROM records WHERE instance = ?1 ORDER BY first")
+        .map_err(sql)?;
+    let mut rows = select.query([]).map_err(sql)?;
+    while let Some(row) = rows.next().map_err(sql)? {
+        let id: i64 = row.get(0).map_err(sql)?;
+        let process: String = row.get(1).map_err(sql)?;
+        let version: i64 = row.get(2).map_err(sql)?;
+        let started_at: i64 = row.get(3).map_err(sql)?;
+        let facts = match defs.get(&(process.clone(), version)).cloned().flatten() {
+            None => InstanceFacts::skipped(),
+            Some(def) => {
+                let state = row.get_ref(4).map_err(sql)?;
+                let state = state.as_str().map_err(|e| corrupt_value(path, id, e))?;
+                let mut records = Vec::new();
+                let mut batches = audit.query([id]).map_err(sql)?;
+                while let Some(b) = batches.next().map_err(sql)? {
+                    let text = b.get_ref(0).map_err(sql)?;
+                    let text = text.as_str().map_err(|e| corrupt_value(path, id, e))?;
+                    decode_records(id as u64, text, &mut records)?;
+                }
+                let inst = decode_state(id as u64, state, records)?;
+                crate::store::facts(&def, &inst)
+            }
+        };
+        replace(conn, id, &process, started_at, true, &facts.rows()).map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// The sums and spans of [`Store::report_facts`](crate::Store::report_facts).
+pub(super) fn read(
+    conn: &Connection,
+    path: &Path,
+    process: Option<&str>,
+    since: Option<DateTime<Utc>>,
+    key: Option<&str>,
+) -> Result<StoredFacts, StoreError> {
+    let sql = |e| sql_err(path, e);
+    let since = since.map(nanos);
+    let mut out = StoredFacts::default();
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT process, kind, subject, sum(n) FROM report_facts \
+             WHERE kind < 100 AND (?1 IS NULL OR process = ?1) AND (?2 IS NULL OR started_at >= ?2) \
+             GROUP BY process, kind, subject",
+        )
+        .map_err(sql)?;
+    let mut rows = stmt.query(params![process, since]).map_err(sql)?;
+    while let Some(row) = rows.next().map_err(sql)? {
+        out.count(
+            row.get(0).map_err(sql)?,
+            row.get(1).map_err(sql)?,
+            row.get(2).map_err(sql)?,
+            row.get(3).map_err(sql)?,
+        );
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT process, kind, subject, n, till FROM report_facts \
+             WHERE kind >= 100 AND (?1 IS NULL OR process = ?1) AND (?2 IS NULL OR started_at >= ?2) \
+             UNION ALL SELECT process, 100, '', started_at, till FROM report_facts \
+             WHERE kind = 2 AND till IS NOT NULL \
+             AND (?1 IS NULL OR process = ?1) AND (?2 IS NULL OR started_at >= ?2)",
+        )
+        .map_err(sql)?;
+    let mut rows = stmt.query(params![process, since]).map_err(sql)?;
+    while let Some(row) = rows.next().map_err(sql)? {
+        out.span(
+            row.get(0).map_err(sql)?,
+            row.get(1).map_err(sql)?,
+            row.get(2).map_err(sql)?,
+            row.get(3).map_err(sql)?,
+            row.get(4).map_err(sql)?,
+        );
+    }
+    let Some(key) = key else {
+        return Ok(out);
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT k.value, f.process, f.kind, sum(f.n) FROM keys k \
+             JOIN report_facts f ON f.instance = k.instance \
+             WHERE k.name = ?3 AND f.kind IN (2, 3, 4, 11) \
+             AND (?1 IS NULL OR f.process = ?1) AND (?2 IS NULL OR f.started_at >= ?2) \
+             GROUP BY k.value, f.process, f.kind",
+        )
+        .map_err(sql)?;
+    let mut rows = stmt.query(params![process, since, key]).map_err(sql)?;
+    while let Some(row) = rows.next().map_err(sql)? {
+        let kind: i64 = row.get(2).map_err(sql)?;
+        if let Some(fact) = crate::store::Fact::from_code(kind) {
+            out.key_counts.push((
+                row.get(0).map_err(sql)?,
+                row.get(1).map_err(sql)?,
+                fact,
+                row.get(3).map_err(sql)?,
+            ));
+        }
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT k.value, f.started_at, f.till FROM keys k \
+             JOIN report_facts f ON f.instance = k.instance \
+             WHERE k.name = ?3 AND f.kind = 2 AND f.till IS NOT NULL \
+             AND (?1 IS NULL OR f.process = ?1) AND (?2 IS NULL OR f.started_at >= ?2)",
+        )
+        .map_err(sql)?;
+    let mut rows = stmt.query(params![process, since, key]).map_err(sql)?;
+    while let Some(row) = rows.next().map_err(sql)? {
+        let from: i64 = row.get(1).map_err(sql)?;
+        let to: i64 = row.get(2).map_err(sql)?;
+        out.key_cycles.push((
+            row.get(0).map_err(sql)?,
+            crate::store::instant(from),
+            crate::store::instant(to),
+        ));
+    }
+    Ok(out)
+}
