@@ -80,6 +80,36 @@ pub enum Offload {
     SpawnBlocking,
 }
 
+impl Offload {
+    /// Runs `f` where this says (the one place that decides it, for [`AsyncEngine`] and the
+    /// HTTP server). `Err` when the blocking pool could not run it or it panicked there.
+    pub(crate) async fn run<R: Send + 'static>(
+        self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, tokio::task::JoinError> {
+        match self {
+            Offload::Inline => Ok(f()),
+            Offload::BlockInPlace
+                if tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                }) =>
+            {
+                Ok(tokio::task::block_in_place(f))
+            }
+            Offload::BlockInPlace | Offload::SpawnBlocking => {
+                #[cfg(feature = "telemetry")]
+                let span = tracing::Span::current();
+                tokio::task::spawn_blocking(move || {
+                    #[cfg(feature = "telemetry")]
+                    let _entered = span.enter();
+                    f()
+                })
+                .await
+            }
+        }
+    }
+}
+
 /// A boxed future, as [`AsyncHandler::call`] returns it.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -433,25 +463,14 @@ impl AsyncEngine {
         R: Send + 'static,
     {
         match self.offload {
+            // No engine handle to clone: the call borrows it on this task.
             Offload::Inline => Ok(f(&self.engine)),
-            Offload::BlockInPlace
-                if tokio::runtime::Handle::try_current().is_ok_and(|h| {
-                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-                }) =>
-            {
-                Ok(tokio::task::block_in_place(|| f(&self.engine)))
-            }
-            Offload::BlockInPlace | Offload::SpawnBlocking => {
+            offload => {
                 let engine = Arc::clone(&self.engine);
-                #[cfg(feature = "telemetry")]
-                let span = tracing::Span::current();
-                tokio::task::spawn_blocking(move || {
-                    #[cfg(feature = "telemetry")]
-                    let _entered = span.enter();
-                    f(&engine)
-                })
-                .await
-                .map_err(|e| ExecError::Runtime(e.to_string()))
+                offload
+                    .run(move || f(&engine))
+                    .await
+                    .map_err(|e| ExecError::Runtime(e.to_string()))
             }
         }
     }

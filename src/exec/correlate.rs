@@ -713,7 +713,7 @@ impl Engine {
         vars: &Vars,
         out: &mut SmallVec<[u64; 2]>,
     ) {
-        let Some(store) = self.store.as_ref().filter(|s| s.is_shared()) else {
+        let Some(store) = self.shared_store() else {
             return;
         };
         let mut asked: SmallVec<[(&str, String); 2]> = SmallVec::new();
@@ -796,7 +796,7 @@ impl Engine {
             Some(_) => vars.clone(),
             None => Vars::new(),
         };
-        let id = match self.store.as_ref().filter(|s| s.is_shared()) {
+        let id = match self.shared_store() {
             // Engines sharing the store number kept messages from its id sequence: a number of
             // this engine's own could be another's (and overwrite its kept message).
             Some(store) => store.reserve_ids(1)?,
@@ -996,7 +996,7 @@ impl Engine {
             self.between.set_parked(&list);
             gone
         };
-        let expired = match self.store.as_ref().filter(|s| s.is_shared()) {
+        let expired = match self.shared_store() {
             // Another engine may have delivered (or expired) one meanwhile: only those the
             // store still keeps are this engine's to record.
             Some(store) if !expired.is_empty() => match store.parked() {
@@ -1029,9 +1029,14 @@ impl Engine {
         }
     }
 
-    /// Whether other engines may share the store (and keep and take messages in it).
+    /// The store, when other engines may share it (and keep and take messages in it).
+    fn shared_store(&self) -> Option<&Arc<dyn crate::store::Store>> {
+        self.store.as_ref().filter(|s| s.is_shared())
+    }
+
+    /// Whether other engines may share the store.
     pub(crate) fn shares_store(&self) -> bool {
-        self.store.as_ref().is_some_and(|s| s.is_shared())
+        self.shared_store().is_some()
     }
 
     /// Offers the kept messages to an instance that started waiting for `fresh` (correlation

@@ -139,20 +139,8 @@ async fn blocking<T: Send + 'static>(
     s: &State,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Problem> {
-    fn caught<T>(f: impl FnOnce() -> T) -> Result<T, ()> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| ())
-    }
-    let r = match s.offload {
-        Offload::Inline => caught(f),
-        Offload::BlockInPlace
-            if tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread =>
-        {
-            tokio::task::block_in_place(|| caught(f))
-        }
-        _ => tokio::task::spawn_blocking(f).await.map_err(|_| ()),
-    };
-    r.map_err(|()| {
+    let caught = move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
+    s.offload.run(caught).await.ok().flatten().ok_or_else(|| {
         Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Panic",
@@ -1091,8 +1079,6 @@ async fn correlate(
 // ---------------------------------------------------------------------------------------------
 // handlers: tasks
 
-/// Work-list rows: the library's [`TaskView`] with the task id as text, its process, the node's
-/// Chinese name and its SLA.
 /// A task as the API shows it: the library's [`TaskView`], its ids as text, its process's names
 /// and its SLA. Serialized straight to the response (no `Value` tree: a work list is the API's
 /// most frequent read).
@@ -1116,6 +1102,7 @@ struct Names {
     name_zh: Option<String>,
 }
 
+/// Work-list rows of `tasks`, each definition looked up once.
 fn rows(s: &State, tasks: Vec<TaskView>) -> Vec<Row> {
     let mut defs: HashMap<InstanceId, Option<Arc<crate::def::ProcessDef>>> = HashMap::new();
     tasks

@@ -189,7 +189,6 @@ impl Store for MemoryStore {
         } else {
             inner.running.remove(&id.get());
         }
-        let row = inner.instances.get_mut(&id.get()).expect("inserted above");
         if let Some(keys) = commit.keys {
             let new: Vec<(String, String)> = keys
                 .iter()
