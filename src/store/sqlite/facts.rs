@@ -13,9 +13,12 @@ use super::{corrupt_value, nanos, sql_err};
 use crate::def::ProcessDef;
 use crate::store::{FactRow, InstanceFacts, StoreError, StoredFacts, decode_records, decode_state};
 
-/// Makes the fact rows of instance `id` exactly `rows` (sorted): a commit that changes no
-/// figure (a claim) only reads them; one that does replaces them. A new instance (`fresh`) has
-/// none stored.
+/// Makes the fact rows of instance `id` exactly `rows` (sorted), writing only the rows that
+/// change: a commit that changes no figure (a claim) only reads them, and one that changes a
+/// figure (a completion: `Open` becomes `Completed`) rewrites that row alone, in place, so that
+/// the entries of the other rows in the `GROUP BY` index (scattered over the index by process,
+/// kind and start) are not written again. A row's `seq` only tells an instance's rows apart. A
+/// new instance (`fresh`) has none stored.
 pub(super) fn replace(
     conn: &Connection,
     id: i64,
@@ -24,41 +27,89 @@ pub(super) fn replace(
     fresh: bool,
     rows: &[FactRow],
 ) -> rusqlite::Result<()> {
-    if !fresh {
-        let stored: Vec<FactRow> = conn
-            .prepare_cached(
-                "SELECT kind, subject, n, till FROM report_facts WHERE instance = ?1 ORDER BY seq",
-            )?
-            .query_map([id], |row| {
-                Ok(FactRow {
-                    kind: row.get(0)?,
-                    subject: row.get(1)?,
-                    n: row.get(2)?,
-                    till: row.get(3)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        if stored == rows {
-            return Ok(());
+    let mut stored: Vec<(i64, FactRow)> = if fresh {
+        Vec::new()
+    } else {
+        conn.prepare_cached(
+            "SELECT seq, kind, subject, n, till FROM report_facts WHERE instance = ?1",
+        )?
+        .query_map([id], |row| {
+            Ok((
+                row.get(0)?,
+                FactRow {
+                    kind: row.get(1)?,
+                    subject: row.get(2)?,
+                    n: row.get(3)?,
+                    till: row.get(4)?,
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?
+    };
+    let mut next = stored.iter().map(|(seq, _)| seq + 1).max().unwrap_or(0);
+    stored.sort_by(|a, b| a.1.cmp(&b.1));
+    // Both lists sorted: walk them together; what is in one only is gone or added.
+    let (mut gone, mut added) = (Vec::new(), Vec::new());
+    let (mut s, mut r) = (stored.iter().peekable(), rows.iter().peekable());
+    loop {
+        match (s.peek(), r.peek()) {
+            (None, None) => break,
+            (Some((seq, _)), None) => {
+                gone.push(*seq);
+                s.next();
+            }
+            (None, Some(row)) => {
+                added.push(*row);
+                r.next();
+            }
+            (Some((seq, old)), Some(row)) => match old.cmp(row) {
+                std::cmp::Ordering::Equal => {
+                    s.next();
+                    r.next();
+                }
+                std::cmp::Ordering::Less => {
+                    gone.push(*seq);
+                    s.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    added.push(*row);
+                    r.next();
+                }
+            },
         }
-        conn.prepare_cached("DELETE FROM report_facts WHERE instance = ?1")?
-            .execute([id])?;
     }
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO report_facts (instance, seq, process, started_at, kind, subject, n, till) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
-    for (seq, row) in rows.iter().enumerate() {
-        insert.execute(params![
-            id,
-            seq as i64,
-            process,
-            started_at,
-            row.kind,
-            row.subject,
-            row.n,
-            row.till
-        ])?;
+    let mut gone = gone.into_iter();
+    for row in added {
+        match gone.next() {
+            Some(seq) => conn
+                .prepare_cached(
+                    "UPDATE report_facts SET kind = ?3, subject = ?4, n = ?5, till = ?6 \
+                     WHERE instance = ?1 AND seq = ?2",
+                )?
+                .execute(params![id, seq, row.kind, row.subject, row.n, row.till])?,
+            None => {
+                let seq = next;
+                next += 1;
+                conn.prepare_cached(
+                    "INSERT INTO report_facts (instance, seq, process, started_at, kind, subject, n, till) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(params![
+                    id,
+                    seq,
+                    process,
+                    started_at,
+                    row.kind,
+                    row.subject,
+                    row.n,
+                    row.till
+                ])?
+            }
+        };
+    }
+    for seq in gone {
+        conn.prepare_cached("DELETE FROM report_facts WHERE instance = ?1 AND seq = ?2")?
+            .execute(params![id, seq])?;
     }
     Ok(())
 }
