@@ -9,6 +9,7 @@
 
 mod conn;
 mod facts;
+mod group;
 mod ops;
 pub(crate) mod schema;
 mod wake;
@@ -66,6 +67,8 @@ pub struct PostgresStore {
     handle: u64,
     /// The definitions commits compute report facts with.
     defs: super::DefCache,
+    /// The commits this handle's threads make at the same time, written together (`group.rs`).
+    group: group::Group,
 }
 
 impl Drop for PostgresStore {
@@ -122,6 +125,7 @@ impl PostgresStore {
             shared: std::sync::Arc::new(wake::Shared::new(&current)),
             handle: n + 1,
             defs: super::DefCache::default(),
+            group: group::Group::default(),
         })
     }
 
