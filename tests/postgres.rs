@@ -265,12 +265,11 @@ fn concurrent_starts_and_completions_on_two_replicas_are_all_stored() {
     }
 }
 
-/// Commits several threads make at once on one store handle are written together (one
-/// statement per group); each is still conditional on its own version: of two engines on the
-/// same handle completing the same task at once, one is stored and the other fails with a
-/// conflict alone, and every other commit of its group is stored.
+/// Commits several threads make at once on one store handle are each conditional on their own
+/// version: of two engines on the same handle completing the same task at once, one is stored
+/// and the other fails with a conflict alone, and every other concurrent commit is stored.
 #[test]
-fn commits_grouped_on_one_handle_are_each_conditional() {
+fn concurrent_commits_on_one_handle_are_each_conditional() {
     let _shared = shared();
     let Some(server) = pg::server() else { return };
     let url = server.fresh();

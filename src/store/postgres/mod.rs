@@ -9,7 +9,6 @@
 
 mod conn;
 mod facts;
-mod group;
 mod ops;
 pub(crate) mod schema;
 mod wake;
@@ -67,8 +66,6 @@ pub struct PostgresStore {
     handle: u64,
     /// The definitions commits compute report facts with.
     defs: super::DefCache,
-    /// The commits this handle's threads make at the same time, written together (`group.rs`).
-    group: group::Group,
 }
 
 impl Drop for PostgresStore {
@@ -125,7 +122,6 @@ impl PostgresStore {
             shared: std::sync::Arc::new(wake::Shared::new(&current)),
             handle: n + 1,
             defs: super::DefCache::default(),
-            group: group::Group::default(),
         })
     }
 

@@ -11,11 +11,9 @@
 //!
 //! [`Store::claim_outbox`]: crate::Store::claim_outbox
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::conn::{Conn, Fail, Outcome};
-use super::group::{self, Values, Verdict};
 use super::wake;
 use super::{PostgresStore, ids_of, ms, nanos};
 use crate::ids::InstanceId;
@@ -94,12 +92,25 @@ thread_local! {
     static DEFERRING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-/// One commit: the call's commit and its values, encoded once.
+/// One commit's values, encoded once.
 struct Row<'c> {
     commit: &'c Commit<'c>,
-    values: Arc<Values>,
+    id: i64,
+    version: i64,
+    running: bool,
+    state: String,
+    next_due: Option<i64>,
+    def_version: i64,
+    first: i64,
+    batch: Option<String>,
+    pending: bool,
     /// The due instant to announce, if it must be.
     announce: Option<i64>,
+    /// The instance's report facts, column by column (the statement unnests them).
+    fact_kinds: Vec<i64>,
+    fact_subjects: Vec<String>,
+    fact_ns: Vec<i64>,
+    fact_tills: Vec<Option<i64>>,
 }
 
 impl PostgresStore {
@@ -130,33 +141,26 @@ impl PostgresStore {
         let at = commit.records.last().map(|r| ms(r.at));
         let row = Row {
             commit,
-            values: Arc::new(Values {
-                id,
-                process: commit.def.id.clone(),
-                def_version: i64::from(commit.def.version),
-                running: commit.instance.status() == Status::Running,
-                version: i64::try_from(commit.version).unwrap_or(-1),
-                started_at: nanos(commit.instance.started_at()),
-                state: encode_state(commit.instance),
-                next_due,
-                first: commit.first_record as i64,
-                batch: (!commit.records.is_empty()).then(|| encode_records(commit.records)),
-                pending: !commit.instance.pending().is_empty(),
-                fact_kinds: rows.iter().map(|r| r.kind).collect(),
-                fact_subjects: rows.iter().map(|r| r.subject.clone()).collect(),
-                fact_ns: rows.iter().map(|r| r.n).collect(),
-                fact_tills: rows.iter().map(|r| r.till).collect(),
-            }),
+            id,
+            version: i64::try_from(commit.version).unwrap_or(-1),
+            running: commit.instance.status() == Status::Running,
+            state: encode_state(commit.instance),
+            next_due,
+            def_version: i64::from(commit.def.version),
+            first: commit.first_record as i64,
+            batch: (!commit.records.is_empty()).then(|| encode_records(commit.records)),
+            pending: !commit.instance.pending().is_empty(),
             announce: next_due.filter(|&due| self.shared.must_announce(due, at)),
+            fact_kinds: rows.iter().map(|r| r.kind).collect(),
+            fact_subjects: rows.iter().map(|r| r.subject.clone()).collect(),
+            fact_ns: rows.iter().map(|r| r.n).collect(),
+            fact_tills: rows.iter().map(|r| r.till).collect(),
         };
         let fast = commit.keys.is_none() && row.announce.is_none() && commit.takes.is_none();
         // Deferred: returns once the server has the commit, not once it is on its disk; the
         // thread's flush waits for the disk once for the batch.
         let deferred = DEFERRING.with(std::cell::Cell::get) == self.handle;
-        let result = if fast && !deferred {
-            // With the commits other threads make meanwhile (`group.rs`).
-            self.grouped(&row)
-        } else if fast {
+        let result = if fast {
             self.pool
                 .autocommit(&self.server, |conn| self.write_row(conn, &row, deferred))
         } else if deferred {
@@ -183,12 +187,10 @@ impl PostgresStore {
                     {
                         Ok(()) => Ok(()),
                         Err(Outcome::Failed(e)) => Err(e),
-                        Err(Outcome::Unknown(lost)) => {
-                            self.resolve(commit, &row.values.state, lost)
-                        }
+                        Err(Outcome::Unknown(lost)) => self.resolve(commit, &row.state, lost),
                     }
                 } else {
-                    self.resolve(commit, &row.values.state, lost)
+                    self.resolve(commit, &row.state, lost)
                 }
             }
         };
@@ -200,115 +202,38 @@ impl PostgresStore {
         stored
     }
 
-    /// A commit written in a group with those other threads make at the same time, or alone
-    /// when it is the only one.
-    fn grouped(&self, row: &Row<'_>) -> Result<(), Outcome> {
-        let lease = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 4);
-        let verdict = self.group.commit(Arc::clone(&row.values), |values| {
-            if let [one] = values {
-                // Alone: the lone statement.
-                return vec![match self
-                    .pool
-                    .autocommit(&self.server, |conn| self.write_values(conn, one, false))
-                {
-                    Ok(true) => Verdict::Stored,
-                    Ok(false) => Verdict::Refused,
-                    Err(Outcome::Failed(_)) => Verdict::Alone,
-                    Err(Outcome::Unknown(e)) => Verdict::Unknown(e),
-                }];
-            }
-            match self.pool.autocommit(&self.server, |conn| {
-                group::write(conn, values, lease, &self.me)
-            }) {
-                Ok(stored) => values
-                    .iter()
-                    .map(|v| {
-                        if stored.contains(&v.id) {
-                            Verdict::Stored
-                        } else {
-                            Verdict::Refused
-                        }
-                    })
-                    .collect(),
-                Err(Outcome::Failed(_)) => values.iter().map(|_| Verdict::Alone).collect(),
-                Err(Outcome::Unknown(e)) => {
-                    values.iter().map(|_| Verdict::Unknown(e.clone())).collect()
-                }
-            }
-        });
-        match verdict {
-            Verdict::Stored => Ok(()),
-            // The instance moved on (or, for a start, exists): the conflict, with what the
-            // store holds.
-            Verdict::Refused => self
-                .pool
-                .autocommit(&self.server, |conn| Err(self.conflict(conn, row)?)),
-            // The group's statement failed and stored nothing: this commit alone, typed as
-            // its own failure.
-            Verdict::Alone => self
-                .pool
-                .autocommit(&self.server, |conn| self.write_row(conn, row, false)),
-            Verdict::Unknown(e) => Err(Outcome::Unknown(e)),
-        }
-    }
-
     /// Whether the instance is known, on a new connection, to still stand where `row`'s commit
     /// read it (so that the commit is certainly not stored).
     fn surely_absent(&self, row: &Row<'_>) -> bool {
         let found = self.read_tx(|conn| {
             let stmt =
                 conn.statement("SELECT row_version FROM procflow_instances WHERE id = $1")?;
-            match conn.client.query_opt(&stmt, &[&row.values.id])? {
+            match conn.client.query_opt(&stmt, &[&row.id])? {
                 Some(r) => Ok(Some(r.try_get::<_, i64>(0)?)),
                 None => Ok(None),
             }
         });
         match found {
             Ok(None) => row.commit.version == 0,
-            Ok(Some(v)) => row.commit.version > 0 && v == row.values.version,
+            Ok(Some(v)) => row.commit.version > 0 && v == row.version,
             Err(_) => false,
         }
     }
 
-    /// The instance row and the audit batch, in one statement; a commit the instance's version
-    /// refuses is a [`StoreError::Conflict`].
+    /// The instance row and the audit batch, in one statement.
     fn write_row(&self, conn: &mut Conn, row: &Row<'_>, no_wait: bool) -> Result<(), Fail> {
-        if self.write_values(conn, &row.values, no_wait)? {
-            Ok(())
-        } else {
-            Err(self.conflict(conn, row)?)
-        }
-    }
-
-    /// The conflict `row`'s commit met: what the store holds of the instance.
-    fn conflict(&self, conn: &mut Conn, row: &Row<'_>) -> Result<Fail, Fail> {
-        let stmt = conn.statement("SELECT row_version FROM procflow_instances WHERE id = $1")?;
-        let found: Option<i64> = match conn.client.query_opt(&stmt, &[&row.values.id])? {
-            Some(r) => Some(r.try_get(0)?),
-            None => None,
-        };
-        Ok(Fail::Store(StoreError::Conflict {
-            instance: row.commit.instance.id(),
-            expected: row.commit.version,
-            found: found.map(|v| u64::try_from(v).unwrap_or(0)),
-        }))
-    }
-
-    /// The instance row and the audit batch, in one statement; gives whether the instance was
-    /// at the version read (and the commit is stored).
-    fn write_values(&self, conn: &mut Conn, row: &Values, no_wait: bool) -> Result<bool, Fail> {
         let lease = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 4);
-        let changed: i64 = if row.version == 0 {
+        let changed: i64 = if row.commit.version == 0 {
             let stmt = conn.statement(if no_wait { INSERT_NO_WAIT } else { INSERT })?;
             conn.client
                 .query_one(
                     &stmt,
                     &[
                         &row.id,
-                        &row.process,
+                        &row.commit.def.id,
                         &row.def_version,
                         &row.running,
-                        &row.started_at,
+                        &nanos(row.commit.instance.started_at()),
                         &row.state,
                         &row.next_due,
                         &row.first,
@@ -348,7 +273,20 @@ impl PostgresStore {
                 )?
                 .try_get(0)?
         };
-        Ok(changed > 0)
+        if changed == 0 {
+            let stmt =
+                conn.statement("SELECT row_version FROM procflow_instances WHERE id = $1")?;
+            let found: Option<i64> = match conn.client.query_opt(&stmt, &[&row.id])? {
+                Some(r) => Some(r.try_get(0)?),
+                None => None,
+            };
+            return Err(Fail::Store(StoreError::Conflict {
+                instance: row.commit.instance.id(),
+                expected: row.commit.version,
+                found: found.map(|v| u64::try_from(v).unwrap_or(0)),
+            }));
+        }
+        Ok(())
     }
 
     /// In a transaction: the row, the business keys, the announcement.
@@ -363,14 +301,14 @@ impl PostgresStore {
         }
         if let Some(keys) = row.commit.keys {
             let stmt = conn.statement("DELETE FROM procflow_keys WHERE instance = $1")?;
-            conn.client.execute(&stmt, &[&row.values.id])?;
+            conn.client.execute(&stmt, &[&row.id])?;
             let stmt = conn.statement(
                 "INSERT INTO procflow_keys (name, value, instance) VALUES ($1, $2, $3) \
                  ON CONFLICT DO NOTHING",
             )?;
             for key in keys {
                 conn.client
-                    .execute(&stmt, &[&key.name, &key.value, &row.values.id])?;
+                    .execute(&stmt, &[&key.name, &key.value, &row.id])?;
             }
         }
         if let Some(due) = row.announce {
