@@ -265,6 +265,75 @@ fn concurrent_starts_and_completions_on_two_replicas_are_all_stored() {
     }
 }
 
+/// Commits several threads make at once on one store handle are each conditional on their own
+/// version: of two engines on the same handle completing the same task at once, one is stored
+/// and the other fails with a conflict alone, and every other concurrent commit is stored.
+#[test]
+fn concurrent_commits_on_one_handle_are_each_conditional() {
+    let _shared = shared();
+    let Some(server) = pg::server() else { return };
+    let url = server.fresh();
+    let store = Arc::new(PostgresStore::connect(&url).unwrap());
+    let open = || {
+        let mut b = Engine::builder();
+        b.clock(Arc::new(ManualClock::new(t0())));
+        let engine = b.open(Arc::clone(&store)).expect("open");
+        engine.deploy(ProcessDef::from_yaml(FLOW).unwrap()).unwrap();
+        Arc::new(engine)
+    };
+    let a = open();
+    const N: usize = 96;
+    let ids: Vec<_> = (0..N)
+        .map(|_| a.start("flow", Vars::new()).unwrap())
+        .collect();
+    // Opened after the starts: it holds every instance at the version `a` holds.
+    let b = open();
+    let tasks: Arc<Vec<_>> = Arc::new(ids.iter().map(|&id| a.tasks(id).unwrap()[0].id).collect());
+    const THREADS: usize = 8;
+    let barrier = Arc::new(std::sync::Barrier::new(2 * THREADS));
+    let handles: Vec<_> = (0..2 * THREADS)
+        .map(|t| {
+            let (engine, tasks, barrier) = (
+                Arc::clone(if t % 2 == 0 { &a } else { &b }),
+                Arc::clone(&tasks),
+                Arc::clone(&barrier),
+            );
+            std::thread::spawn(move || {
+                let actor = Actor::new("ann", ["agent"]);
+                let mut results = Vec::new();
+                // Thread pairs (one per engine) race for the same tasks, all pairs at once.
+                for task in tasks.iter().skip(t / 2).step_by(THREADS) {
+                    barrier.wait();
+                    results.push((task.instance(), engine.complete(*task, &actor, Vars::new())));
+                }
+                results
+            })
+        })
+        .collect();
+    let mut won = std::collections::HashMap::new();
+    for h in handles {
+        for (instance, result) in h.join().unwrap() {
+            match result {
+                Ok(()) => *won.entry(instance).or_insert(0) += 1,
+                Err(procflow::ExecError::Conflict(id)) => assert_eq!(id, instance),
+                Err(other) => panic!("{instance}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        won.len(),
+        N,
+        "each instance's completion stored by one engine"
+    );
+    assert!(won.values().all(|&n| n == 1), "{won:?}");
+    let check = PostgresStore::connect(&url).unwrap();
+    for id in ids {
+        let stored = check.read(id).unwrap().expect("stored");
+        assert_eq!(stored.instance.status(), Status::Completed);
+        assert_eq!(stored.version, 2);
+    }
+}
+
 #[test]
 fn the_store_carries_on_after_the_server_restarts() {
     let _alone = SERVER_LOCK.write().unwrap_or_else(|e| e.into_inner());

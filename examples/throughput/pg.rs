@@ -14,7 +14,8 @@ pub(crate) fn store(url: &str) -> PostgresStore {
     client
         .batch_execute(
             "DROP TABLE IF EXISTS procflow_meta, procflow_definitions, procflow_instances, \
-             procflow_records, procflow_keys, procflow_messages, procflow_flushes, pgbench_accounts, \
+             procflow_records, procflow_keys, procflow_messages, procflow_flushes, \
+             procflow_report_facts, pgbench_accounts, \
              pgbench_branches, pgbench_tellers, pgbench_history; \
              DROP SEQUENCE IF EXISTS procflow_ids;",
         )
@@ -49,8 +50,12 @@ fn pgbench() -> Option<PathBuf> {
 }
 
 /// pgbench's simple-update transactions per second (`-N`, prepared statements) on the same
-/// database with `clients` clients for `seconds`, after `pgbench -i`; or why there is none.
+/// database with `clients` clients for `seconds`, after `pgbench -i`; or why there is none
+/// (`PROCFLOW_PG_FLOOR=off` skips it, to time the store's own CPU use).
 pub(crate) fn floor(url: &str, clients: usize, seconds: f64) -> Result<f64, String> {
+    if std::env::var("PROCFLOW_PG_FLOOR").as_deref() == Ok("off") {
+        return Err("PROCFLOW_PG_FLOOR=off".into());
+    }
     let bin = pgbench().ok_or("no pgbench found")?;
     let init = Command::new(&bin)
         .args(["-i", "-q", "-s", "1", url])
