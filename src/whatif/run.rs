@@ -3,6 +3,7 @@
 //! boundary), with people as resources: a person works one task at a time, within their shift.
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -12,9 +13,9 @@ use super::model::{Arrival, Choice, Dist, Model, Work, local_hour_day};
 use super::store::SimStore;
 use crate::clock::ManualClock;
 use crate::def::{NodeKind, ProcessDef};
-use crate::exec::{Config, Engine, ExecError, TaskView};
+use crate::exec::{Config, Engine, ExecError, IdHasher, TaskView};
 use crate::hooks::handler_fn;
-use crate::ids::{InstanceId, TaskId};
+use crate::ids::{InstanceId, NodeId, TaskId};
 use crate::raci::Actor;
 use crate::report::{Report, ReportOptions};
 use crate::store::Store;
@@ -118,11 +119,18 @@ struct Person {
 /// since.
 #[derive(Default)]
 struct Listing {
-    tasks: BTreeMap<Key, TaskView>,
+    tasks: BTreeMap<Key, Listed>,
     /// The keys each instance has in `tasks`.
     of: HashMap<InstanceId, Vec<Key>>,
     /// The position in the change log up to which `tasks` is current.
     read: usize,
+}
+
+/// A task of a work list, and whether it waits for a customer's answer (the model's `customer:`
+/// of its node).
+struct Listed {
+    view: TaskView,
+    customer: bool,
 }
 
 /// The order of [`Engine::work_list`].
@@ -133,10 +141,10 @@ fn key(t: &TaskView) -> Key {
 }
 
 impl Listing {
-    fn insert(&mut self, t: TaskView) {
-        let k = key(&t);
-        self.of.entry(t.id.instance()).or_default().push(k);
-        self.tasks.insert(k, t);
+    fn insert(&mut self, view: TaskView, customer: bool) {
+        let k = key(&view);
+        self.of.entry(view.id.instance()).or_default().push(k);
+        self.tasks.insert(k, Listed { view, customer });
     }
 
     fn forget(&mut self, instance: InstanceId) {
@@ -149,7 +157,7 @@ impl Listing {
 struct Job {
     task: TaskId,
     process: usize,
-    node: Arc<str>,
+    at: NodeId,
     remaining: i64,
 }
 
@@ -199,13 +207,13 @@ struct Sim<'m> {
     next_arrival: Vec<Option<i64>>,
     arrival_rng: Vec<Rng>,
     /// When the customer of a task answers; `None`: never.
-    answers: HashMap<TaskId, Option<i64>>,
+    answers: HashMap<TaskId, Option<i64>, BuildHasherDefault<IdHasher>>,
     answer_times: BinaryHeap<std::cmp::Reverse<i64>>,
     incidents: VecDeque<(InstanceId, i64)>,
     /// The definition (index into the model's) of each instance started.
-    process_of: HashMap<InstanceId, usize>,
-    /// The model's work by definition, then node id.
-    work_by_def: Vec<HashMap<&'m str, &'m Work>>,
+    process_of: HashMap<InstanceId, usize, BuildHasherDefault<IdHasher>>,
+    /// The model's work by definition, then node (by index).
+    work_by_def: Vec<Vec<Option<&'m Work>>>,
     /// The definition of each arrival process.
     def_of_arrival: Vec<usize>,
     timers: BTreeMap<String, usize>,
@@ -301,19 +309,18 @@ impl<'m> Sim<'m> {
             now: 0,
             next_arrival: vec![None; model.arrivals.len()],
             arrival_rng,
-            answers: HashMap::new(),
+            answers: HashMap::default(),
             answer_times: BinaryHeap::new(),
             incidents: VecDeque::new(),
-            process_of: HashMap::new(),
+            process_of: HashMap::default(),
+            // The engine deploys copies of these definitions (from the same text): their nodes
+            // have the same indices.
             work_by_def: model
                 .defs
                 .iter()
                 .map(|d| {
-                    model
-                        .work
-                        .iter()
-                        .filter(|((p, _), _)| *p == d.key().id)
-                        .map(|((_, n), w)| (n.as_str(), w))
+                    d.nodes()
+                        .map(|(_, n)| model.work.get(&(d.key().id.to_owned(), n.id().to_owned())))
                         .collect()
                 })
                 .collect(),
@@ -367,7 +374,13 @@ impl<'m> Sim<'m> {
                     next = next.min(self.now + j.remaining.max(0));
                 }
             }
-            if let Some(due) = self.engine.next_due() {
+            // The simulation's store indexes each running instance's earliest timer as its last
+            // commit left it: the engine's schedule, without looking through its heaps.
+            let due = match &self.feed {
+                Some(store) => store.next_due(),
+                None => self.engine.next_due(),
+            };
+            if let Some(due) = due {
                 let d = self.secs(due);
                 next = next.min(d.max(self.now + 1));
             }
@@ -439,8 +452,16 @@ impl<'m> Sim<'m> {
             self.dispatch();
         }
         let since = self.at(self.model.warm_up);
-        let report = Report::from_store(&*self.store, &ReportOptions::default().since(since))
-            .map_err(|e| e.to_string())?;
+        let options = ReportOptions::default().since(since);
+        let report = match &self.feed {
+            // The simulation's own store: its instances are taken out of it, not copied (the
+            // report of `Report::from_store`, which reads its history).
+            Some(store) => {
+                let defs = Report::definitions(&**store, None).map_err(|e| e.to_string())?;
+                Report::compute(&defs, &store.take_history(since), &options)
+            }
+            None => Report::from_store(&*self.store, &options).map_err(|e| e.to_string())?,
+        };
         Ok(RunResult {
             report,
             timers: self.timers,
@@ -561,25 +582,32 @@ impl<'m> Sim<'m> {
         }
     }
 
-    /// The model's work for a task of `instance` at `node`.
-    fn work(&self, instance: InstanceId, node: &str) -> (usize, Option<&'m Work>) {
+    /// The model's work for a task of `instance` at `node` (the definition of an instance the
+    /// simulation did not start, a called one, is looked up once).
+    fn work(&mut self, instance: InstanceId, node: NodeId) -> (usize, Option<&'m Work>) {
         let process = match self.process_of.get(&instance) {
             Some(p) => Some(*p),
-            None => self
-                .engine
-                .definition_of(instance)
-                .ok()
-                .and_then(|d| self.model.defs.iter().position(|m| m.key() == d.key())),
+            None => {
+                let found = self
+                    .engine
+                    .definition_of(instance)
+                    .ok()
+                    .and_then(|d| self.model.defs.iter().position(|m| m.key() == d.key()));
+                if let Some(p) = found {
+                    self.process_of.insert(instance, p);
+                }
+                found
+            }
         };
         let Some(p) = process else {
             return (usize::MAX, None);
         };
-        (p, self.work_by_def[p].get(node).copied())
+        (p, self.work_by_def[p].get(node.index()).copied().flatten())
     }
 
     /// Whether task `id` (at `node`, opened at `created`) can be worked now: one that waits
     /// for a customer, once they answer.
-    fn ready(&mut self, id: TaskId, node: &str, created: DateTime<Utc>) -> bool {
+    fn ready(&mut self, id: TaskId, node: NodeId, created: DateTime<Utc>) -> bool {
         let (_, work) = self.work(id.instance(), node);
         let Some(customer) = work.and_then(|w| w.customer.as_ref()) else {
             return true;
@@ -614,15 +642,17 @@ impl<'m> Sim<'m> {
     /// reads it whole.
     fn refresh(&mut self, i: usize) {
         let actor = &self.people[i].actor;
-        let list = &mut self.lists[i];
         let Some(feed) = &self.feed else {
-            *list = Listing::default();
-            for t in self.engine.work_list(actor) {
-                list.insert(t);
+            let tasks = self.engine.work_list(actor);
+            self.lists[i] = Listing::default();
+            for t in tasks {
+                let customer = self.waits_for_customer(&t);
+                self.lists[i].insert(t, customer);
             }
             return;
         };
         feed.take_changes(&mut self.log);
+        let list = &mut self.lists[i];
         let mut changed: Vec<(u64, bool)> = self.log[list.read - self.log_base..].to_vec();
         list.read = self.log_base + self.log.len();
         // Each instance once: running unless a commit finished it (a finished instance does
@@ -637,13 +667,21 @@ impl<'m> Sim<'m> {
         });
         for (id, running) in changed {
             let id = InstanceId(id);
-            list.forget(id);
+            self.lists[i].forget(id);
             if running {
-                for t in self.engine.work_list_of(id, actor) {
-                    list.insert(t);
+                for t in self.engine.work_list_of(id, &self.people[i].actor) {
+                    let customer = self.waits_for_customer(&t);
+                    self.lists[i].insert(t, customer);
                 }
             }
         }
+    }
+
+    /// Whether the model says task `t` waits for a customer's answer.
+    fn waits_for_customer(&mut self, t: &TaskView) -> bool {
+        self.work(t.id.instance(), t.node)
+            .1
+            .is_some_and(|w| w.customer.is_some())
     }
 
     /// Drops the part of the change log every person has read.
@@ -695,7 +733,9 @@ impl<'m> Sim<'m> {
                     };
                     range.next().map(|(k, t)| (*k, t))
                 };
-                let Some((k, t)) = next else { break None };
+                let Some((k, Listed { view: t, customer })) = next else {
+                    break None;
+                };
                 after = Some(k);
                 let me = &self.people[i].actor.id;
                 let personal = t.assignee.is_some() || !t.candidates.is_empty();
@@ -706,9 +746,9 @@ impl<'m> Sim<'m> {
                 {
                     continue;
                 }
-                let (id, node, created) = (t.id, Arc::clone(&t.node_id), t.created_at);
+                let (id, at, created) = (t.id, t.node, t.created_at);
                 let claimed = t.claimed_by.is_some();
-                if !self.ready(id, &node, created) {
+                if *customer && !self.ready(id, at, created) {
                     continue;
                 }
                 if !claimed && let Err(e) = self.engine.claim(id, &self.people[i].actor) {
@@ -717,10 +757,12 @@ impl<'m> Sim<'m> {
                     continue;
                 }
                 taken[g].push(id);
-                break Some((id, node));
+                break Some((id, at));
             };
-            let Some((id, node)) = chosen else { continue };
-            let (process, work) = self.work(id.instance(), &node);
+            let Some((id, at)) = chosen else {
+                continue;
+            };
+            let (process, work) = self.work(id.instance(), at);
             let mut rng = Rng::new(mix(&[
                 self.seed,
                 id.instance().get(),
@@ -734,7 +776,7 @@ impl<'m> Sim<'m> {
             self.people[i].job = Some(Job {
                 task: id,
                 process,
-                node,
+                at,
                 remaining: secs.max(1),
             });
         }
@@ -746,7 +788,7 @@ impl<'m> Sim<'m> {
             return;
         };
         let _ = job.process;
-        let (_, work) = self.work(job.task.instance(), &job.node);
+        let (_, work) = self.work(job.task.instance(), job.at);
         let mut rng = Rng::new(mix(&[
             self.seed,
             job.task.instance().get(),
