@@ -1117,7 +1117,9 @@ impl Engine {
     /// what this engine holds.
     ///
     /// Complexity: a scan of every instance held, plus with a store one query and one read per
-    /// running instance not held. Called from a handler or veto it answers an empty list.
+    /// running instance not held. Called from a handler or veto it answers an empty list. A
+    /// caller that keeps a list and hears which instances changed reads those alone with
+    /// [`Engine::work_list_of`].
     pub fn work_list(&self, actor: &Actor) -> Vec<TaskView> {
         crate::telemetry::call!("work_list", actor = %actor.id);
         let mut out = Vec::new();

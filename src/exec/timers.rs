@@ -30,8 +30,8 @@ const CLAIM_LEASE: StdDuration = StdDuration::from_secs(30);
 
 /// The ids of finished instances that left the engine ([`Engine::note_finished`]), whose
 /// entries the schedule may still hold. Swept of the ids the schedule no longer holds when it
-/// doubled since the last sweep, so it stays within twice the schedule's size (plus a
-/// constant).
+/// doubled since the last sweep (and grew by half the schedule's size), so it stays within
+/// about twice the schedule's size plus a constant, at amortized constant cost per id.
 #[derive(Default)]
 pub(crate) struct Finished {
     ids: std::collections::HashSet<u64>,
@@ -815,7 +815,10 @@ impl Engine {
                 scheduled.extend(super::lock(heap).iter().map(|std::cmp::Reverse((_, n))| *n));
             }
             finished.ids.retain(|n| scheduled.contains(n));
-            finished.sweep_at = 2 * finished.ids.len();
+            // The next sweep once the set doubled, and not before half the schedule's size
+            // more: a sweep's walk of the schedule is paid for by as many insertions.
+            let kept = finished.ids.len();
+            finished.sweep_at = (2 * kept).max(kept + scheduled.len() / 2);
         }
     }
 
