@@ -9,9 +9,10 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use procflow::whatif::{
-    Dist, Figures, Model, calibrate, compare_csv, compare_table, run_once, simulate,
+    Dist, Figures, Model, calibrate, compare_csv, compare_table, memory_store, replicate, run_once,
+    simulate,
 };
-use procflow::{ProblemKind, SqliteStore, Store};
+use procflow::{MemoryStore, ProblemKind, SqliteStore, Store};
 
 /// One clerk task: the simplest queue. Due in 2 hours, so that breaches show.
 const QUEUE: &str = r#"
@@ -223,4 +224,27 @@ fn calibration_recovers_a_known_rate_and_handling_time() {
     // The written model loads again.
     let again = Model::from_yaml(&yaml, &d).unwrap();
     assert_eq!(again.arrivals.len(), 1);
+}
+
+/// `replicate` keeps each person's work list from the store's log of commits and reads again
+/// only the instances that changed; `run_once` on another store reads every work list whole at
+/// every event. The complaint centre (owners, assignments, four eyes, escalations, customers
+/// who do not answer) gives the same figures both ways, digit for digit, on the simulation's
+/// store and on `MemoryStore` (which encodes every commit).
+#[test]
+fn kept_work_lists_give_the_figures_of_whole_readings() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("process-defs/whatif/complaint-centre-more-netops.yaml");
+    let mut m = Model::from_file(&file).unwrap();
+    m.horizon = 3 * 86_400;
+    m.warm_up = 86_400;
+    m.replications = 1;
+    let csv = |run| Figures::of(&m, &[run]).to_csv();
+    let kept = csv(replicate(&m, 0).unwrap());
+    assert!(kept.contains("diagnose"), "{kept}");
+    assert_eq!(kept, csv(run_once(&m, 0, memory_store()).unwrap()));
+    assert_eq!(
+        kept,
+        csv(run_once(&m, 0, Arc::new(MemoryStore::new())).unwrap())
+    );
 }

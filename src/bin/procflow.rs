@@ -809,7 +809,7 @@ fn whatif(args: &[String]) -> Result<ExitCode, String> {
             ],
         };
         for (m, path) in models {
-            let run = whatif::run_once(m, 0, whatif::memory_store())?;
+            let run = whatif::replicate(m, 0)?;
             let Some(def) = m.arrivals.first().and_then(|a| m.def(&a.process)) else {
                 continue;
             };

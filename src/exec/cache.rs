@@ -172,6 +172,59 @@ impl Engine {
         }
     }
 
+    /// The open tasks of one instance that the work list of `actor` ([`Engine::work_list`])
+    /// shows, in the instance's task order: for a caller that keeps work lists of its own and
+    /// reads again only the instances that changed (a simulation hearing the store's commits,
+    /// a console hearing an instance's events), instead of every running instance at every
+    /// reading. Empty for an instance that is not running or not known, and from a handler or
+    /// veto.
+    ///
+    /// On a store that other engines share ([`Store::is_shared`](crate::store::Store::is_shared)), or
+    /// for an instance this engine does not hold, the instance is read from the store (and
+    /// not kept) unless this engine holds it at the stored version.
+    ///
+    /// Complexity: one lookup of the instance and a scan of its tasks, plus a store read when
+    /// not held (or on a shared store).
+    pub fn work_list_of(&self, instance: InstanceId, actor: &Actor) -> Vec<TaskView> {
+        crate::telemetry::call!("work_list_of", instance = %instance, actor = %actor.id);
+        if super::seam::busy().is_some() {
+            return Vec::new();
+        }
+        let listed = |slot: &Slot| {
+            if slot.inst.status == crate::model::Status::Running {
+                open_tasks(slot, |t| self.may_list(slot, t, actor))
+            } else {
+                Vec::new()
+            }
+        };
+        let held = lock(self.shard(instance)).get(&instance.0).cloned();
+        let shared = self.store.as_ref().is_some_and(|s| s.is_shared());
+        if let Some(slot) = &held {
+            let slot = lock(slot);
+            if !slot.is_retired() && !shared {
+                return listed(&slot);
+            }
+        }
+        let Some(store) = &self.store else {
+            return Vec::new();
+        };
+        // An instance that cannot be read now (or no longer fits its definition) is left out,
+        // as in the work list; a call on it says why.
+        let Ok(Some(stored)) = store.read(instance) else {
+            return Vec::new();
+        };
+        if let Some(slot) = &held {
+            let slot = lock(slot);
+            if !slot.is_retired() && slot.version >= stored.version {
+                return listed(&slot);
+            }
+        }
+        match self.detached(stored) {
+            Ok(slot) => listed(&slot),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Whether the work list of `actor` shows open task `t` of `slot`.
     pub(crate) fn may_list(&self, slot: &Slot, t: &Task, actor: &Actor) -> bool {
         if self.org.is_some() {

@@ -148,6 +148,10 @@ pub struct Engine {
     calendars: Mutex<HashMap<String, Arc<BusinessCalendar>>>,
     /// When armed timers are due, by instance shard: (instant, instance).
     timer_heaps: Box<[Mutex<TimerHeap>]>,
+    /// The instances that finished and left the engine while the schedule may still hold
+    /// entries of theirs: `next_due` and `tick` drop those entries without reading the
+    /// instances back from the store.
+    finished: Mutex<timers::Finished>,
     /// One `tick` at a time, so that timers fire in deadline order.
     ticking: Mutex<()>,
     /// Where every call's changes are committed; `None` keeps everything in memory.
@@ -289,6 +293,7 @@ impl EngineBuilder {
             next_id: AtomicU64::new(1),
             calendars: Mutex::new(b.calendars),
             timer_heaps: (0..SHARDS).map(|_| Mutex::new(BinaryHeap::new())).collect(),
+            finished: Mutex::default(),
             ticking: Mutex::new(()),
             store: None,
             org: b.org.map(|o| Arc::new(allot::OrgCx::new(o))),
@@ -1112,7 +1117,9 @@ impl Engine {
     /// what this engine holds.
     ///
     /// Complexity: a scan of every instance held, plus with a store one query and one read per
-    /// running instance not held. Called from a handler or veto it answers an empty list.
+    /// running instance not held. Called from a handler or veto it answers an empty list. A
+    /// caller that keeps a list and hears which instances changed reads those alone with
+    /// [`Engine::work_list_of`].
     pub fn work_list(&self, actor: &Actor) -> Vec<TaskView> {
         crate::telemetry::call!("work_list", actor = %actor.id);
         let mut out = Vec::new();

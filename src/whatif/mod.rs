@@ -24,7 +24,7 @@ use serde::Serialize;
 
 pub use fit::{CheckLine, calibrate, check, check_table};
 pub use model::{Arrival, Choice, Customer, Dist, Model, StaffGroup, Work};
-pub use run::{RunResult, run_once};
+pub use run::{RunResult, replicate, run_once};
 
 use crate::report::Report;
 use crate::store::Store;
@@ -464,8 +464,7 @@ pub fn simulate(
                     if r >= n {
                         break;
                     }
-                    let store = memory_store();
-                    let result = run_once(model, r as u32, store);
+                    let result = replicate(model, r as u32);
                     if let Ok(mut slots) = results.lock() {
                         slots[r] = Some(result);
                     }
