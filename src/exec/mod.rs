@@ -148,10 +148,6 @@ pub struct Engine {
     calendars: Mutex<HashMap<String, Arc<BusinessCalendar>>>,
     /// When armed timers are due, by instance shard: (instant, instance).
     timer_heaps: Box<[Mutex<TimerHeap>]>,
-    /// The instances that finished and left the engine while the schedule may still hold
-    /// entries of theirs: `next_due` and `tick` drop those entries without reading the
-    /// instances back from the store.
-    finished: Mutex<timers::Finished>,
     /// One `tick` at a time, so that timers fire in deadline order.
     ticking: Mutex<()>,
     /// Where every call's changes are committed; `None` keeps everything in memory.
@@ -293,7 +289,6 @@ impl EngineBuilder {
             next_id: AtomicU64::new(1),
             calendars: Mutex::new(b.calendars),
             timer_heaps: (0..SHARDS).map(|_| Mutex::new(BinaryHeap::new())).collect(),
-            finished: Mutex::default(),
             ticking: Mutex::new(()),
             store: None,
             org: b.org.map(|o| Arc::new(allot::OrgCx::new(o))),

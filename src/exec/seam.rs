@@ -170,7 +170,6 @@ impl Engine {
                 && matches!(guard.inst.status, Status::Completed | Status::Cancelled)
             {
                 guard.retire();
-                self.note_finished(id);
                 if !guard.dep.def.keys.is_empty() {
                     self.unindex_keys(&guard.inst, &guard.dep.def);
                 }

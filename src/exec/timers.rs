@@ -28,17 +28,6 @@ use crate::time::duration::DurationSpec;
 /// that died holding one leaves its timers to the others after this.
 const CLAIM_LEASE: StdDuration = StdDuration::from_secs(30);
 
-/// The ids of finished instances that left the engine ([`Engine::note_finished`]), whose
-/// entries the schedule may still hold. Swept of the ids the schedule no longer holds when it
-/// doubled since the last sweep (and grew by half the schedule's size), so it stays within
-/// about twice the schedule's size plus a constant, at amortized constant cost per id.
-#[derive(Default)]
-pub(crate) struct Finished {
-    ids: std::collections::HashSet<u64>,
-    /// The size at which the next sweep comes.
-    sweep_at: usize,
-}
-
 /// How a task or an instance stands against its deadline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Sla {
@@ -641,8 +630,8 @@ impl Engine {
                 }
                 while let Some(std::cmp::Reverse((at, n))) = due.pop() {
                     let id = InstanceId(n);
-                    // A finished instance's entry: nothing of it is left to fire.
-                    if self.is_finished(n) {
+                    // An instance this engine let go of: nothing of it is left to fire.
+                    if self.let_go(n) {
                         continue;
                     }
                     // A store shared by engines that claim: another engine holds this
@@ -804,32 +793,19 @@ impl Engine {
         claimed
     }
 
-    /// Notes that instance `id` finished (completed or cancelled) and left the engine: its
-    /// entries on the schedule are stale, and are dropped without reading it back.
-    pub(crate) fn note_finished(&self, id: InstanceId) {
-        let mut finished = super::lock(&self.finished);
-        finished.ids.insert(id.0);
-        if finished.ids.len() >= finished.sweep_at.max(1024) {
-            let mut scheduled = std::collections::HashSet::new();
-            for heap in &*self.timer_heaps {
-                scheduled.extend(super::lock(heap).iter().map(|std::cmp::Reverse((_, n))| *n));
-            }
-            finished.ids.retain(|n| scheduled.contains(n));
-            // The next sweep once the set doubled, and not before half the schedule's size
-            // more: a sweep's walk of the schedule is paid for by as many insertions.
-            let kept = finished.ids.len();
-            finished.sweep_at = (2 * kept).max(kept + scheduled.len() / 2);
-        }
-    }
-
-    /// Whether instance `n` finished and left the engine ([`Engine::note_finished`]).
-    fn is_finished(&self, n: u64) -> bool {
-        super::lock(&self.finished).ids.contains(&n)
+    /// Whether the schedule's entry for instance `n` is stale, to be dropped without reading
+    /// the instance: the engine does not hold it and keeps every instance it has not let go
+    /// of (no bounded cache), so it finished here (or a host took it out with
+    /// [`Engine::remove`]). Reading it back would find nothing to fire; a running instance
+    /// in a store with timers due is read again by `tick` through the store's due index
+    /// (`adopt_due`) all the same.
+    fn let_go(&self, n: u64) -> bool {
+        self.config.cache.is_none() && !super::lock(self.shard(InstanceId(n))).contains_key(&n)
     }
 
     /// When the earliest armed timer is due, if any. Entries of the schedule whose timer is
-    /// gone (its task completed, its claim deadline met, its instance finished) are dropped
-    /// on the way.
+    /// gone (its task completed, its claim deadline met, its instance finished and let go of)
+    /// are dropped on the way.
     pub fn next_due(&self) -> Option<DateTime<Utc>> {
         loop {
             let (shard, (at, n)) = self
@@ -838,7 +814,7 @@ impl Engine {
                 .enumerate()
                 .filter_map(|(i, h)| super::lock(h).peek().map(|std::cmp::Reverse(e)| (i, *e)))
                 .min_by_key(|(_, e)| *e)?;
-            if self.is_finished(n) {
+            if self.let_go(n) {
                 let mut heap = super::lock(&self.timer_heaps[shard]);
                 if heap.peek() == Some(&std::cmp::Reverse((at, n))) {
                     heap.pop();
