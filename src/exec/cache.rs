@@ -92,7 +92,8 @@ impl Engine {
                     continue;
                 };
                 let key = stored.instance.def().cloned().unwrap_or_default();
-                let slot = self.adopt(stored).map_err(|e| match e {
+                // Called by `open` alone, before anything ran.
+                let slot = self.adopt_opening(stored).map_err(|e| match e {
                     ExecError::Store(e) => super::OpenError::Store(e),
                     _ => super::OpenError::UnknownDefinition { instance: id, key },
                 })?;

@@ -351,11 +351,17 @@ impl EngineBuilder {
             // running instance needs it, below.
             let _ = engine.install(def, Install::Resume);
         }
-        // Keeps a stored instance, or says why an engine cannot resume it.
-        let resume = |stored: StoredInstance| {
+        // Keeps a stored instance, or says why an engine cannot resume it. Read before anything
+        // ran (`opening`), it is not read again.
+        let resume = |stored: StoredInstance, opening: bool| {
             let id = stored.instance.id;
             let key = stored.instance.def.as_deref().cloned().unwrap_or_default();
-            let slot = engine.adopt(stored).map_err(|e| match e {
+            let kept = if opening {
+                engine.adopt_opening(stored)
+            } else {
+                engine.adopt(stored)
+            };
+            let slot = kept.map_err(|e| match e {
                 ExecError::Store(e) => OpenError::Store(e),
                 _ => OpenError::UnknownDefinition { instance: id, key },
             })?;
@@ -365,7 +371,7 @@ impl EngineBuilder {
             engine.resume_receivers()?;
         } else {
             for stored in store.running()? {
-                let (id, slot) = resume(stored)?;
+                let (id, slot) = resume(stored, true)?;
                 if let Some(error) = &lock(&slot).dep.missing {
                     return Err(OpenError::Unavailable {
                         instance: id,
@@ -378,7 +384,8 @@ impl EngineBuilder {
         engine.resume_between()?;
         // Follow-ups a crash left between their commit and their run.
         for stored in store.outbox()? {
-            let (id, slot) = resume(stored)?;
+            // Follow-ups run in this loop may have changed the instances listed after theirs.
+            let (id, slot) = resume(stored, false)?;
             let (dep, pending) = {
                 let slot = lock(&slot);
                 (Arc::clone(&slot.dep), slot.inst.pending().to_vec())

@@ -554,6 +554,24 @@ impl Engine {
     /// [`ExecError::UnknownProcess`] when its definition is not deployed;
     /// [`ExecError::Store`] with [`StoreError::Decode`] when the state does not fit it.
     pub(crate) fn adopt(&self, stored: StoredInstance) -> Result<Arc<Mutex<Slot>>, ExecError> {
+        self.keep(stored, true)
+    }
+
+    /// [`Engine::adopt`] for what an engine opening a store reads before it runs anything: no
+    /// copy of an instance can have left its shard yet, so the instance is not read again (on
+    /// PostgreSQL that read was two queries per running instance at every opening).
+    pub(crate) fn adopt_opening(
+        &self,
+        stored: StoredInstance,
+    ) -> Result<Arc<Mutex<Slot>>, ExecError> {
+        self.keep(stored, false)
+    }
+
+    fn keep(
+        &self,
+        stored: StoredInstance,
+        read_again: bool,
+    ) -> Result<Arc<Mutex<Slot>>, ExecError> {
         let id = stored.instance.id;
         // The shard lock is never held while waiting for an instance's lock.
         let held = lock(self.shard(id)).get(&id.0).cloned();
@@ -584,11 +602,11 @@ impl Engine {
         // `stored` was read left it after its last commit, so this read has that commit, and
         // no stale copy is ever put back. (Only reads on demand come here.)
         let stored = match &self.store {
-            Some(store) => match store.read(id)? {
+            Some(store) if read_again => match store.read(id)? {
                 Some(again) if again.version >= stored.version => again,
                 _ => stored,
             },
-            None => stored,
+            _ => stored,
         };
         let (instance, dep, version) = self.fit(stored)?;
         self.schedule_pending(&instance);
