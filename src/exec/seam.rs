@@ -600,7 +600,8 @@ impl Engine {
         }
         // Read again under the shard lock: a copy of the instance that left the shard since
         // `stored` was read left it after its last commit, so this read has that commit, and
-        // no stale copy is ever put back. (Only reads on demand come here.)
+        // no stale copy is ever put back. (Reads on demand; an opening engine's reads come here
+        // with `read_again` off, as nothing of theirs can have left yet.)
         let stored = match &self.store {
             Some(store) if read_again => match store.read(id)? {
                 Some(again) if again.version >= stored.version => again,
