@@ -609,7 +609,7 @@ impl Engine {
                 seqs.contains(&t.seq) && self.may_work(&slot, t, actor)
             }));
         }
-        out.sort_by_key(|t| (t.due.is_none(), t.due, t.created_at, t.id));
+        // Unordered: `work_list` orders the whole list.
         out
     }
 }

@@ -166,11 +166,17 @@ impl Engine {
             let Ok(slot) = self.detached(stored) else {
                 continue;
             };
-            if slot.inst.status != crate::model::Status::Running {
-                continue;
-            }
-            out.extend(open_tasks(&slot, |t| self.may_list(&slot, t, actor)));
+            out.extend(self.offered(&slot, actor));
         }
+    }
+
+    /// The open tasks of a running instance that the work list of `actor` shows; none of one
+    /// that finished.
+    fn offered(&self, slot: &Slot, actor: &Actor) -> Vec<TaskView> {
+        if slot.inst.status != crate::model::Status::Running {
+            return Vec::new();
+        }
+        open_tasks(slot, |t| self.may_list(slot, t, actor))
     }
 
     /// The open tasks of one instance that the work list of `actor` ([`Engine::work_list`])
@@ -191,19 +197,12 @@ impl Engine {
         if super::seam::busy().is_some() {
             return Vec::new();
         }
-        let listed = |slot: &Slot| {
-            if slot.inst.status == crate::model::Status::Running {
-                open_tasks(slot, |t| self.may_list(slot, t, actor))
-            } else {
-                Vec::new()
-            }
-        };
         let held = lock(self.shard(instance)).get(&instance.0).cloned();
         let shared = self.store.as_ref().is_some_and(|s| s.is_shared());
         if let Some(slot) = &held {
             let slot = lock(slot);
             if !slot.is_retired() && !shared {
-                return listed(&slot);
+                return self.offered(&slot, actor);
             }
         }
         let Some(store) = &self.store else {
@@ -217,11 +216,11 @@ impl Engine {
         if let Some(slot) = &held {
             let slot = lock(slot);
             if !slot.is_retired() && slot.version >= stored.version {
-                return listed(&slot);
+                return self.offered(&slot, actor);
             }
         }
         match self.detached(stored) {
-            Ok(slot) => listed(&slot),
+            Ok(slot) => self.offered(&slot, actor),
             Err(_) => Vec::new(),
         }
     }

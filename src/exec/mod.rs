@@ -1141,8 +1141,7 @@ impl Engine {
         }
         // With a store: the instances held elsewhere (or newer there), read from it.
         self.work_list_stored(actor, &mut out);
-        // The most urgent first: by deadline (tasks without one last), then age.
-        out.sort_by_key(|t| (t.due.is_none(), t.due, t.created_at, t.id));
+        out.sort_by_key(urgency);
         out
     }
 
@@ -1159,6 +1158,15 @@ impl Engine {
         ids.dedup();
         ids
     }
+}
+
+/// Where a task stands in a work list: the most urgent first, by deadline (tasks without one
+/// last), then age.
+pub(crate) type Urgency = (bool, Option<DateTime<Utc>>, DateTime<Utc>, TaskId);
+
+/// The order of every work list ([`Engine::work_list`]): the key of [`Urgency`].
+pub(crate) fn urgency(t: &TaskView) -> Urgency {
+    (t.due.is_none(), t.due, t.created_at, t.id)
 }
 
 fn open_tasks(slot: &Slot, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {

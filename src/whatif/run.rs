@@ -13,7 +13,7 @@ use super::model::{Arrival, Choice, Dist, Model, Work, local_hour_day};
 use super::store::SimStore;
 use crate::clock::ManualClock;
 use crate::def::{NodeKind, ProcessDef};
-use crate::exec::{Config, Engine, ExecError, IdHasher, TaskView};
+use crate::exec::{Config, Engine, ExecError, IdHasher, TaskView, Urgency, urgency};
 use crate::hooks::handler_fn;
 use crate::ids::{InstanceId, NodeId, TaskId};
 use crate::raci::Actor;
@@ -134,15 +134,11 @@ struct Listed {
 }
 
 /// The order of [`Engine::work_list`].
-type Key = (bool, Option<DateTime<Utc>>, DateTime<Utc>, TaskId);
-
-fn key(t: &TaskView) -> Key {
-    (t.due.is_none(), t.due, t.created_at, t.id)
-}
+type Key = Urgency;
 
 impl Listing {
     fn insert(&mut self, view: TaskView, customer: bool) {
-        let k = key(&view);
+        let k = urgency(&view);
         self.of.entry(view.id.instance()).or_default().push(k);
         self.tasks.insert(k, Listed { view, customer });
     }
