@@ -323,6 +323,14 @@ pub(crate) fn waits(dep: &Deployed, inst: &Instance) -> SmallVec<[u64; 2]> {
 /// A definition that receives a message, and what the message's payload means to it.
 struct Receiver {
     dep: Arc<Deployed>,
+    /// The message's place in the definition's `messages` (looked up once).
+    message: usize,
+}
+
+impl Receiver {
+    fn decl(&self) -> &crate::def::events::Message {
+        &self.dep.def.messages[self.message]
+    }
 }
 
 /// What [`Engine::correlate`] found out before changing anything.
@@ -345,8 +353,13 @@ struct Origin {
     kept: Option<u64>,
 }
 
-/// Whether `slot`'s instance waits for `message` with a matching key: gives the listener.
-fn matches(slot: &Slot, message: &str, vars: &Vars) -> Option<Listener> {
+/// Whether `slot`'s instance waits for `message` with a matching key: gives the listener and
+/// the definition's declaration of the message.
+fn matches<'s>(
+    slot: &'s Slot,
+    message: &str,
+    vars: &Vars,
+) -> Option<(Listener, &'s crate::def::events::Message)> {
     if slot.inst.status != Status::Running {
         return None;
     }
@@ -367,6 +380,7 @@ fn matches(slot: &Slot, message: &str, vars: &Vars) -> Option<Listener> {
     listeners(def, &slot.inst, false, message, false)
         .into_iter()
         .next()
+        .map(|l| (l, m))
 }
 
 /// Whether `inst` received the message of `receipt` already.
@@ -378,11 +392,8 @@ fn has_receipt(inst: &Instance, receipt: Option<Receipt>) -> bool {
     })
 }
 
-/// The part of `vars` a definition's message payload lists, as a list.
-fn payload_list(def: &ProcessDef, message: &str, vars: &Vars) -> Vec<(String, Value)> {
-    let Some(m) = def.messages.get(message) else {
-        return Vec::new();
-    };
+/// The part of `vars` a message's payload (`m`) lists, as a list.
+fn payload_list(m: &crate::def::events::Message, vars: &Vars) -> Vec<(String, Value)> {
     vars.iter()
         .filter(|(k, _)| m.payload.iter().any(|p| p == *k))
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -596,9 +607,10 @@ impl Engine {
         let mut receivers: SmallVec<[Receiver; 2]> = SmallVec::new();
         for versions in catalog.values() {
             for dep in versions.values() {
-                if dep.def.messages.contains_key(message) {
+                if let Some(at) = dep.def.messages.get_index_of(message) {
                     receivers.push(Receiver {
                         dep: Arc::clone(dep),
+                        message: at,
                     });
                 }
             }
@@ -613,7 +625,7 @@ impl Engine {
             let mut listed = false;
             for r in &receivers {
                 let def = &r.dep.def;
-                let m = &def.messages[message];
+                let m = r.decl();
                 if !m.payload.iter().any(|p| p == name) {
                     continue;
                 }
@@ -637,7 +649,7 @@ impl Engine {
         let mut many = true;
         let mut keep_for: Option<chrono::Duration> = None;
         for r in &receivers {
-            let m = &r.dep.def.messages[message];
+            let m = r.decl();
             let rule = &m.between.correlate;
             if rule.is_empty() {
                 continue;
@@ -718,13 +730,7 @@ impl Engine {
         };
         let mut asked: SmallVec<[(&str, String); 2]> = SmallVec::new();
         for r in &plan.receivers {
-            let Some((key, field)) = r
-                .dep
-                .def
-                .messages
-                .get(message)
-                .and_then(|m| m.between.correlate.first())
-            else {
+            let Some((key, field)) = r.decl().between.correlate.first() else {
                 continue;
             };
             let Some(value) = vars.get(field).and_then(crate::store::BusinessKey::render) else {
@@ -861,8 +867,8 @@ impl Engine {
                 got = true;
                 return None;
             }
-            let listener = matches(slot, message, vars)?;
-            let payload = payload_list(&slot.dep.def, message, vars);
+            let (listener, m) = matches(slot, message, vars)?;
+            let payload = payload_list(m, vars);
             // On a shared store the kept message is taken in the receiver's commit (so that
             // one replica delivers it); other stores are told after it (`settle`).
             let takes = origin.kept.filter(|_| self.shares_store());

@@ -195,18 +195,29 @@ fn var_hash(vars: &Vars, name: &str) -> Option<u64> {
     match vars.get(name)? {
         serde_json::Value::String(s) => Some(key_hash(name, s)),
         serde_json::Value::Number(n) => {
-            use std::io::Write;
-            // The decimal digits of an integer (as `BusinessKey::render` writes them), on the
-            // stack: at most 20 digits and a sign.
+            // The decimal digits of an integer (as `BusinessKey::render` writes them), written
+            // from the end of a buffer on the stack: at most 20 digits and a sign. (Through
+            // `write!` this was about 5% of a correlate by key.)
+            let (negative, mut rest) = match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => (i < 0, i.unsigned_abs()),
+                (None, Some(u)) => (false, u),
+                (None, None) => return None,
+            };
             let mut buf = [0u8; 24];
-            let mut w = &mut buf[..];
-            if let Some(i) = n.as_i64() {
-                write!(w, "{i}").ok()?;
-            } else {
-                write!(w, "{}", n.as_u64()?).ok()?;
+            let mut at = buf.len();
+            loop {
+                at -= 1;
+                buf[at] = b'0' + (rest % 10) as u8;
+                rest /= 10;
+                if rest == 0 {
+                    break;
+                }
             }
-            let len = 24 - w.len();
-            Some(key_hash(name, std::str::from_utf8(&buf[..len]).ok()?))
+            if negative {
+                at -= 1;
+                buf[at] = b'-';
+            }
+            Some(key_hash(name, std::str::from_utf8(&buf[at..]).ok()?))
         }
         _ => None,
     }
@@ -551,4 +562,27 @@ pub(crate) fn key_records(inst: &Instance, def: Option<&ProcessDef>, out: &mut V
 /// instance's own order).
 pub(crate) fn sort_history(lines: &mut [KeyRecord]) {
     lines.sort_by_key(|l| (l.at, l.instance));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_integer_hashes_as_its_rendered_digits() {
+        for n in [
+            serde_json::json!(0),
+            serde_json::json!(7),
+            serde_json::json!(-7),
+            serde_json::json!(1_000_000),
+            serde_json::json!(i64::MIN),
+            serde_json::json!(i64::MAX),
+            serde_json::json!(u64::MAX),
+        ] {
+            let mut vars = Vars::new();
+            vars.insert("k".into(), n.clone());
+            let rendered = BusinessKey::render(&n).expect("an integer renders");
+            assert_eq!(var_hash(&vars, "k"), Some(key_hash("k", &rendered)), "{n}");
+        }
+    }
 }
