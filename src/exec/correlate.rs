@@ -699,7 +699,7 @@ impl Engine {
         for h in &plan.hashes {
             self.between.get(*h, &mut candidates);
         }
-        self.receivers_in_store(plan, message, vars, &mut candidates);
+        self.receivers_in_store(plan, vars, &mut candidates);
         if lazy && candidates.len() == 1 {
             return smallvec::smallvec![InstanceId(candidates[0])];
         }
@@ -718,13 +718,7 @@ impl Engine {
     /// With a store other engines share: the running instances the store indexes under each
     /// receiver's correlation key, read and held at their stored version (another engine may
     /// have started them, or moved them to the catch since this engine read them).
-    fn receivers_in_store(
-        &self,
-        plan: &Plan,
-        message: &str,
-        vars: &Vars,
-        out: &mut SmallVec<[u64; 2]>,
-    ) {
+    fn receivers_in_store(&self, plan: &Plan, vars: &Vars, out: &mut SmallVec<[u64; 2]>) {
         let Some(store) = self.shared_store() else {
             return;
         };

@@ -163,6 +163,19 @@ pub struct Engine {
     /// Messages between processes: the correlation index and the messages kept engine-wide
     /// (see `correlate.rs`).
     between: correlate::Between,
+    /// With [`EngineBuilder::log_changes`]: the instances each call changed, in order.
+    changes: Option<Mutex<Vec<Changed>>>,
+}
+
+/// One call's change of one instance, as the engine's change log keeps it
+/// ([`EngineBuilder::log_changes`]): what a simulation needs to know without a store.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Changed {
+    pub(crate) id: InstanceId,
+    /// Whether it is still running after the call.
+    pub(crate) running: bool,
+    /// Its earliest timer yet to fire, while it runs.
+    pub(crate) next_due: Option<DateTime<Utc>>,
 }
 
 /// A min-heap of (due instant, instance number).
@@ -188,6 +201,8 @@ pub struct EngineBuilder {
     org: Option<Arc<Organisation>>,
     /// Whether the host set an authorizer (else an organisation is the authorizer).
     custom_authorizer: bool,
+    /// Whether the engine keeps a change log ([`EngineBuilder::log_changes`]).
+    log_changes: bool,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -209,6 +224,7 @@ impl Default for EngineBuilder {
             calendars: HashMap::new(),
             org: None,
             custom_authorizer: false,
+            log_changes: false,
         }
     }
 }
@@ -266,6 +282,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Makes the engine log the instances each call changes ([`Engine::take_changes`]): a
+    /// simulation without a store reads its work lists and its next timer from it.
+    pub(crate) fn log_changes(&mut self) -> &mut Self {
+        self.log_changes = true;
+        self
+    }
+
     /// Builds the engine.
     pub fn build(&mut self) -> Engine {
         let b = std::mem::take(self);
@@ -295,6 +318,7 @@ impl EngineBuilder {
             contextual,
             keys: keys::KeyIndex::default(),
             between: correlate::Between::default(),
+            changes: b.log_changes.then(|| Mutex::new(Vec::new())),
         }
     }
 
@@ -1143,6 +1167,14 @@ impl Engine {
         self.work_list_stored(actor, &mut out);
         out.sort_by_key(urgency);
         out
+    }
+
+    /// Moves the change log's entries to `out`, oldest first (nothing without
+    /// [`EngineBuilder::log_changes`]).
+    pub(crate) fn take_changes(&self, out: &mut Vec<Changed>) {
+        if let Some(log) = &self.changes {
+            out.append(&mut lock(log));
+        }
     }
 
     /// The ids of every instance in the engine and, with a store, of every running instance

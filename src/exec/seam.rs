@@ -295,6 +295,19 @@ impl Engine {
                 }
             }
         }
+        if let (Some(log), true) = (&self.changes, changed) {
+            let running = inst.status == Status::Running;
+            lock(log).push(super::Changed {
+                id,
+                running,
+                next_due: inst
+                    .timers
+                    .iter()
+                    .filter(|t| !t.fired && running)
+                    .map(|t| t.at)
+                    .min(),
+            });
+        }
         let fresh_waits = if correlated {
             let after = super::correlate::waits(dep, inst);
             self.between.reindex(id, &waits_before, &after)

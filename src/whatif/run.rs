@@ -2,7 +2,7 @@
 //! arrival, next completion of a task in hand, next timer, next customer answer, next shift
 //! boundary), with people as resources: a person works one task at a time, within their shift.
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -10,12 +10,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 
 use super::model::{Arrival, Choice, Dist, Model, Work, local_hour_day};
-use super::store::SimStore;
 use crate::clock::ManualClock;
 use crate::def::{NodeKind, ProcessDef};
-use crate::exec::{Config, Engine, ExecError, IdHasher, TaskView, Urgency, urgency};
+use crate::exec::{Changed, Config, Engine, ExecError, IdHasher, TaskView, Urgency, urgency};
 use crate::hooks::handler_fn;
 use crate::ids::{InstanceId, NodeId, TaskId};
+use crate::model::Instance;
 use crate::raci::Actor;
 use crate::report::{Report, ReportOptions};
 use crate::store::Store;
@@ -162,25 +162,19 @@ struct Job {
 /// # Errors
 /// The engine refused to open or to deploy a definition.
 pub fn run_once(model: &Model, rep: u32, store: Arc<dyn Store>) -> Result<RunResult, String> {
-    Sim::new(model, rep, store, None)?.run()
+    Sim::new(model, rep, Some(store))?.run()
 }
 
-/// Runs replication `rep` of `model` on a fresh in-memory store (as [`run_once`] on
-/// [`memory_store`](super::memory_store)), reading the staff's work lists again only for the
-/// instances each event changed (the store tells which): the figures are those of
-/// [`run_once`], in a fraction of its time over a long horizon.
+/// Runs replication `rep` of `model` in memory, without a store: the engine keeps every
+/// instance and logs the instances each call changed, and the staff's work lists are read again
+/// only for those. The figures are those of [`run_once`] on a store (a test compares them), in
+/// a fraction of its time over a long horizon: no commit copies an instance, and no call takes
+/// a copy of its instance to put back should a commit fail.
 ///
 /// # Errors
-/// The engine refused to open or to deploy a definition.
+/// The engine refused to deploy a definition.
 pub fn replicate(model: &Model, rep: u32) -> Result<RunResult, String> {
-    let store = Arc::new(SimStore::with_feed());
-    Sim::new(
-        model,
-        rep,
-        Arc::clone(&store) as Arc<dyn Store>,
-        Some(store),
-    )?
-    .run()
+    Sim::new(model, rep, None)?.run()
 }
 
 struct Sim<'m> {
@@ -188,15 +182,18 @@ struct Sim<'m> {
     seed: u64,
     engine: Engine,
     clock: Arc<ManualClock>,
-    store: Arc<dyn Store>,
+    /// The store `run_once` runs on; `None` in memory, with the engine's change log.
+    store: Option<Arc<dyn Store>>,
     people: Vec<Person>,
-    /// Each person's work list (kept current from `feed`, else read whole at each reading).
+    /// Each person's work list (kept current from the change log, else read whole at each
+    /// reading).
     lists: Vec<Listing>,
-    /// The store's log of committed instances, when the store keeps one.
-    feed: Option<Arc<SimStore>>,
-    /// The instances committed (and whether still running), from `log_base` on.
-    log: Vec<(u64, bool)>,
+    /// The engine's change log as read so far, from `log_base` on.
+    log: Vec<Changed>,
     log_base: usize,
+    /// From the change log: each running instance's earliest timer, and by instant.
+    due: BTreeSet<(DateTime<Utc>, InstanceId)>,
+    due_of: HashMap<InstanceId, DateTime<Utc>, BuildHasherDefault<IdHasher>>,
     on_shift: Vec<bool>,
     /// Seconds since the start.
     now: i64,
@@ -219,22 +216,21 @@ struct Sim<'m> {
 }
 
 impl<'m> Sim<'m> {
-    fn new(
-        model: &'m Model,
-        rep: u32,
-        store: Arc<dyn Store>,
-        feed: Option<Arc<SimStore>>,
-    ) -> Result<Sim<'m>, String> {
+    fn new(model: &'m Model, rep: u32, store: Option<Arc<dyn Store>>) -> Result<Sim<'m>, String> {
         let seed = mix(&[model.seed, u64::from(rep)]);
         let clock = Arc::new(ManualClock::new(model.start));
-        // Completed instances leave memory (the store keeps them): work lists scan only running
-        // ones.
+        // On a store, completed instances leave memory (the store keeps them): work lists scan
+        // only running ones. In memory the engine keeps them for the report, and the work
+        // lists follow the change log.
         let config = Config {
-            retain_completed: false,
+            retain_completed: store.is_none(),
             ..Config::default()
         };
         let mut b = Engine::builder();
         b.config(config).clock(Arc::clone(&clock));
+        if store.is_none() {
+            b.log_changes();
+        }
         for (name, cal) in &model.calendars {
             b.calendar(name.clone(), cal.clone());
         }
@@ -272,7 +268,10 @@ impl<'m> Sim<'m> {
                 }),
             );
         }
-        let engine = b.open(Arc::clone(&store)).map_err(|e| e.to_string())?;
+        let engine = match &store {
+            Some(store) => b.open(Arc::clone(store)).map_err(|e| e.to_string())?,
+            None => b.build(),
+        };
         for def in &model.defs {
             let copy = ProcessDef::from_yaml(def.text()).map_err(|e| e.to_string())?;
             engine.deploy(copy).map_err(|e| e.to_string())?;
@@ -297,9 +296,10 @@ impl<'m> Sim<'m> {
             clock,
             store,
             lists: people.iter().map(|_| Listing::default()).collect(),
-            feed,
             log: Vec::new(),
             log_base: 0,
+            due: BTreeSet::new(),
+            due_of: HashMap::default(),
             people,
             on_shift: vec![false; model.staff.len()],
             now: 0,
@@ -370,11 +370,14 @@ impl<'m> Sim<'m> {
                     next = next.min(self.now + j.remaining.max(0));
                 }
             }
-            // The simulation's store indexes each running instance's earliest timer as its last
-            // commit left it: the engine's schedule, without looking through its heaps.
-            let due = match &self.feed {
-                Some(store) => store.next_due(),
-                None => self.engine.next_due(),
+            // In memory, the change log gives each running instance's earliest timer as its
+            // last call left it: the engine's schedule, without looking through its heaps.
+            let due = match &self.store {
+                Some(_) => self.engine.next_due(),
+                None => {
+                    self.read_log();
+                    self.due.first().map(|(at, _)| *at)
+                }
             };
             if let Some(due) = due {
                 let d = self.secs(due);
@@ -449,14 +452,22 @@ impl<'m> Sim<'m> {
         }
         let since = self.at(self.model.warm_up);
         let options = ReportOptions::default().since(since);
-        let report = match &self.feed {
-            // The simulation's own store: its instances are taken out of it, not copied (the
-            // report of `Report::from_store`, which reads its history).
-            Some(store) => {
-                let defs = Report::definitions(&**store, None).map_err(|e| e.to_string())?;
-                Report::compute(&defs, &store.take_history(since), &options)
+        let report = match &self.store {
+            Some(store) => Report::from_store(&**store, &options).map_err(|e| e.to_string())?,
+            // In memory: the engine's instances, taken out of it rather than copied (what
+            // `Report::from_store` reads from a store's history).
+            None => {
+                let mut history: Vec<Instance> = Vec::new();
+                for id in self.engine.instances() {
+                    if let Ok(i) = self.engine.remove(id)
+                        && i.started_at() >= since
+                    {
+                        history.push(i);
+                    }
+                }
+                history.sort_by_key(|i| (i.started_at(), i.id()));
+                Report::compute(&self.model.defs, &history, &options)
             }
-            None => Report::from_store(&*self.store, &options).map_err(|e| e.to_string())?,
         };
         Ok(RunResult {
             report,
@@ -637,19 +648,21 @@ impl<'m> Sim<'m> {
     /// committed since their last reading (those no longer running leave it); without one,
     /// reads it whole.
     fn refresh(&mut self, i: usize) {
-        let actor = &self.people[i].actor;
-        let Some(feed) = &self.feed else {
-            let tasks = self.engine.work_list(actor);
+        if self.store.is_some() {
+            let tasks = self.engine.work_list(&self.people[i].actor);
             self.lists[i] = Listing::default();
             for t in tasks {
                 let customer = self.waits_for_customer(&t);
                 self.lists[i].insert(t, customer);
             }
             return;
-        };
-        feed.take_changes(&mut self.log);
+        }
+        self.read_log();
         let list = &mut self.lists[i];
-        let mut changed: Vec<(u64, bool)> = self.log[list.read - self.log_base..].to_vec();
+        let mut changed: Vec<(InstanceId, bool)> = self.log[list.read - self.log_base..]
+            .iter()
+            .map(|c| (c.id, c.running))
+            .collect();
         list.read = self.log_base + self.log.len();
         // Each instance once: running unless a commit finished it (a finished instance does
         // not run again).
@@ -662,7 +675,6 @@ impl<'m> Sim<'m> {
             same
         });
         for (id, running) in changed {
-            let id = InstanceId(id);
             self.lists[i].forget(id);
             if running {
                 for t in self.engine.work_list_of(id, &self.people[i].actor) {
@@ -678,6 +690,27 @@ impl<'m> Sim<'m> {
         self.work(t.id.instance(), t.node)
             .1
             .is_some_and(|w| w.customer.is_some())
+    }
+
+    /// Reads the engine's new change log entries, and keeps the index of due timers.
+    fn read_log(&mut self) {
+        let from = self.log.len();
+        self.engine.take_changes(&mut self.log);
+        for c in &self.log[from..] {
+            let due = c.next_due.filter(|_| c.running);
+            let old = match due {
+                Some(at) => self.due_of.insert(c.id, at),
+                None => self.due_of.remove(&c.id),
+            };
+            if old != due {
+                if let Some(old) = old {
+                    self.due.remove(&(old, c.id));
+                }
+                if let Some(at) = due {
+                    self.due.insert((at, c.id));
+                }
+            }
+        }
     }
 
     /// Drops the part of the change log every person has read.

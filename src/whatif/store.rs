@@ -5,9 +5,8 @@
 //! store for them at every call: without the index, a week cost 5 s of CPU cloning every
 //! instance the store held). It keeps each instance's audit trail beside its state and appends
 //! a commit's new records to it (copying the whole trail at every commit cost a year of
-//! simulation an eighth of its time), and, when asked ([`SimStore::with_feed`]), it logs the
-//! instances each commit changed: the simulation reads the work lists of those again instead
-//! of every running instance at every event.
+//! simulation an eighth of its time). [`replicate`](super::replicate) runs without a store;
+//! this one serves [`run_once`](super::run_once) on [`memory_store`](super::memory_store).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -37,9 +36,6 @@ struct Inner {
     next_id: u64,
     keys: HashMap<(String, String), BTreeSet<u64>>,
     keys_of: HashMap<u64, Vec<(String, String)>>,
-    /// With a feed: the instances committed since the feed was last read, in commit order, and
-    /// whether each was still running.
-    feed: Option<Vec<(u64, bool)>>,
 }
 
 impl Row {
@@ -104,52 +100,8 @@ fn without_audit(i: &Instance) -> Instance {
 pub(crate) struct SimStore(Mutex<Inner>);
 
 impl SimStore {
-    /// A store that logs the instances each commit changed, for [`SimStore::take_changes`].
-    pub(crate) fn with_feed() -> SimStore {
-        SimStore(Mutex::new(Inner {
-            feed: Some(Vec::new()),
-            ..Inner::default()
-        }))
-    }
-
-    /// Appends to `out` the instances committed since the last call (in commit order, an
-    /// instance once per commit) and whether each was still running then. Nothing without a
-    /// feed.
-    pub(crate) fn take_changes(&self, out: &mut Vec<(u64, bool)>) {
-        if let Some(feed) = self.lock().feed.as_mut() {
-            out.append(feed);
-        }
-    }
-
-    /// When the earliest timer of the running instances is due, as their commits left them
-    /// ([`Commit::next_due`]).
-    pub(crate) fn next_due(&self) -> Option<DateTime<Utc>> {
-        self.lock().due.first().map(|(at, _)| *at)
-    }
-
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// What [`Store::history`] gives since `since` (all processes), moved out of the store:
-    /// the instances of a replication that has ended, for its report, without copying them.
-    pub(crate) fn take_history(&self, since: DateTime<Utc>) -> Vec<Instance> {
-        let mut inner = self.lock();
-        let mut out: Vec<Instance> = std::mem::take(&mut inner.rows)
-            .into_values()
-            .filter(|r| r.instance.started_at() >= since)
-            .map(|r| {
-                let mut instance = r.instance;
-                instance.audit = r.audit;
-                instance
-            })
-            .collect();
-        *inner = Inner {
-            defs: std::mem::take(&mut inner.defs),
-            ..Inner::default()
-        };
-        out.sort_by_key(|i| (i.started_at(), i.id()));
-        out
     }
 
     fn select(&self, keep: impl Fn(&Row) -> bool) -> Vec<StoredInstance> {
@@ -238,9 +190,6 @@ impl Store for SimStore {
         row.version = commit.new_version();
         row.running = running;
         row.next_due = commit.next_due.filter(|_| running);
-        if let Some(feed) = inner.feed.as_mut() {
-            feed.push((id.get(), running));
-        }
         if let Some(keys) = commit.keys {
             for old in inner.keys_of.remove(&id.get()).unwrap_or_default() {
                 if let Some(set) = inner.keys.get_mut(&old) {
@@ -388,8 +337,7 @@ nodes:
     /// not, and nothing once the instance finished (or for an unknown one).
     #[test]
     fn work_list_of_an_instance_is_its_part_of_the_work_list() {
-        let store = Arc::new(SimStore::with_feed());
-        let engine = Engine::builder().open(store.clone()).unwrap();
+        let engine = Engine::builder().log_changes().build();
         engine.deploy(ProcessDef::from_yaml(DEF).unwrap()).unwrap();
         let a = engine.start("p", crate::vars::Vars::new()).unwrap();
         let b = engine.start("p", crate::vars::Vars::new()).unwrap();
@@ -424,19 +372,13 @@ nodes:
         assert_eq!(engine.work_list_of(a, &c1), vec![]);
         assert_eq!(engine.work_list_of(InstanceId(999), &c1), vec![]);
         assert_eq!(of(&c1), whole(&c1));
-        // The feed logged each commit: two starts, a claim, a completion that finished `a`.
+        // The change log has each call that changed an instance: two starts, a claim, a
+        // completion that finished `a`; each read once.
         let mut log = Vec::new();
-        store.take_changes(&mut log);
-        assert_eq!(
-            log,
-            vec![
-                (a.get(), true),
-                (b.get(), true),
-                (a.get(), true),
-                (a.get(), false)
-            ]
-        );
-        store.take_changes(&mut log);
+        engine.take_changes(&mut log);
+        let seen: Vec<(InstanceId, bool)> = log.iter().map(|c| (c.id, c.running)).collect();
+        assert_eq!(seen, vec![(a, true), (b, true), (a, true), (a, false)]);
+        engine.take_changes(&mut log);
         assert_eq!(log.len(), 4);
     }
 
