@@ -378,39 +378,11 @@ impl Report {
         instances: &[Instance],
         options: &ReportOptions,
     ) -> Report {
-        let wanted = |id: &str| options.process.as_deref().is_none_or(|p| p == id);
-        let by_key: HashMap<&DefKey, &ProcessDef> = defs
-            .iter()
-            .filter(|d| wanted(&d.key().id))
-            .map(|d| (d.key(), &**d))
-            .collect();
-        let mut accs = Report::accs(defs, options);
-        let mut skipped = 0;
-        let mut grouped = keys::ByKey::default();
+        let mut tally = Tally::new(defs, options);
         for inst in instances {
-            let Some(key) = inst.def() else {
-                skipped += 1;
-                continue;
-            };
-            if !wanted(&key.id) || options.since.is_some_and(|s| inst.started_at() < s) {
-                continue;
-            }
-            match (by_key.get(key), accs.get_mut(key.id.as_str())) {
-                (Some(def), Some(acc)) => {
-                    acc.add(&facts(def, inst));
-                    if let Some(k) = &options.by_key {
-                        grouped.add(k, def, inst);
-                    }
-                }
-                _ => skipped += 1,
-            }
+            tally.add(inst);
         }
-        let keys = options
-            .by_key
-            .as_deref()
-            .map(|k| grouped.finish(k))
-            .unwrap_or_default();
-        Report::finish(accs, skipped, keys)
+        tally.finish()
     }
 
     /// The report of the facts a store summed ([`Store::report_facts`]) on `defs`, as
@@ -1064,6 +1036,70 @@ fn align(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A report summed one instance at a time: [`Report::compute`] adds every instance it is
+/// given; a simulation adds each instance as it finishes and lets it go.
+pub(crate) struct Tally<'d> {
+    options: &'d ReportOptions,
+    defs: HashMap<&'d DefKey, &'d ProcessDef>,
+    accs: BTreeMap<&'d str, Acc>,
+    skipped: usize,
+    grouped: keys::ByKey,
+}
+
+impl<'d> Tally<'d> {
+    /// Nothing summed yet, of instances run on `defs`.
+    pub(crate) fn new(defs: &'d [Arc<ProcessDef>], options: &'d ReportOptions) -> Tally<'d> {
+        let wanted = |id: &str| options.process.as_deref().is_none_or(|p| p == id);
+        Tally {
+            options,
+            defs: defs
+                .iter()
+                .filter(|d| wanted(&d.key().id))
+                .map(|d| (d.key(), &**d))
+                .collect(),
+            accs: Report::accs(defs, options),
+            skipped: 0,
+            grouped: keys::ByKey::default(),
+        }
+    }
+
+    /// Adds an instance: one of another process than `options.process`, or started before
+    /// `options.since`, is left out; so is one whose definition is not known (counted in
+    /// [`Report::skipped`]).
+    pub(crate) fn add(&mut self, inst: &Instance) {
+        let Some(key) = inst.def() else {
+            self.skipped += 1;
+            return;
+        };
+        let options = self.options;
+        if options.process.as_deref().is_some_and(|p| p != key.id)
+            || options.since.is_some_and(|s| inst.started_at() < s)
+        {
+            return;
+        }
+        match (self.defs.get(key), self.accs.get_mut(key.id.as_str())) {
+            (Some(def), Some(acc)) => {
+                acc.add(&facts(def, inst));
+                if let Some(k) = &options.by_key {
+                    self.grouped.add(k, def, inst);
+                }
+            }
+            _ => self.skipped += 1,
+        }
+    }
+
+    /// The report of the instances added.
+    pub(crate) fn finish(self) -> Report {
+        let keys = self
+            .options
+            .by_key
+            .as_deref()
+            .map(|k| self.grouped.finish(k))
+            .unwrap_or_default();
+        Report::finish(self.accs, self.skipped, keys)
+    }
 }
 
 /// The figures of one process as they accumulate.

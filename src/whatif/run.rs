@@ -15,9 +15,8 @@ use crate::def::{NodeKind, ProcessDef};
 use crate::exec::{Changed, Config, Engine, ExecError, IdHasher, TaskView, Urgency, urgency};
 use crate::hooks::handler_fn;
 use crate::ids::{InstanceId, NodeId, TaskId};
-use crate::model::Instance;
 use crate::raci::Actor;
-use crate::report::{Report, ReportOptions};
+use crate::report::{Report, ReportOptions, Tally};
 use crate::store::Store;
 use crate::vars::Vars;
 
@@ -194,6 +193,8 @@ struct Sim<'m> {
     /// From the change log: each running instance's earliest timer, and by instant.
     due: BTreeSet<(DateTime<Utc>, InstanceId)>,
     due_of: HashMap<InstanceId, DateTime<Utc>, BuildHasherDefault<IdHasher>>,
+    /// Instances the change log said finished, to sum into the report.
+    finished: Vec<InstanceId>,
     on_shift: Vec<bool>,
     /// Seconds since the start.
     now: i64,
@@ -300,6 +301,7 @@ impl<'m> Sim<'m> {
             log_base: 0,
             due: BTreeSet::new(),
             due_of: HashMap::default(),
+            finished: Vec::new(),
             people,
             on_shift: vec![false; model.staff.len()],
             now: 0,
@@ -351,6 +353,11 @@ impl<'m> Sim<'m> {
 
     fn run(mut self) -> Result<RunResult, String> {
         let end = self.model.horizon;
+        let model = self.model;
+        let options = ReportOptions::default().since(self.at(model.warm_up));
+        // In memory, each instance is summed into the report as it finishes and let go (those
+        // still running at the end, then): a year does not keep its instances.
+        let mut tally = Tally::new(&model.defs, &options);
         for i in 0..self.model.arrivals.len() {
             self.next_arrival[i] = self.draw_arrival(i, 0);
         }
@@ -449,24 +456,15 @@ impl<'m> Sim<'m> {
             }
             self.retry_incidents();
             self.dispatch();
+            self.let_go(&mut tally);
         }
-        let since = self.at(self.model.warm_up);
-        let options = ReportOptions::default().since(since);
         let report = match &self.store {
             Some(store) => Report::from_store(&**store, &options).map_err(|e| e.to_string())?,
-            // In memory: the engine's instances, taken out of it rather than copied (what
-            // `Report::from_store` reads from a store's history).
             None => {
-                let mut history: Vec<Instance> = Vec::new();
-                for id in self.engine.instances() {
-                    if let Ok(i) = self.engine.remove(id)
-                        && i.started_at() >= since
-                    {
-                        history.push(i);
-                    }
-                }
-                history.sort_by_key(|i| (i.started_at(), i.id()));
-                Report::compute(&self.model.defs, &history, &options)
+                self.read_log();
+                self.finished.extend(self.engine.instances());
+                self.let_go(&mut tally);
+                tally.finish()
             }
         };
         Ok(RunResult {
@@ -692,11 +690,24 @@ impl<'m> Sim<'m> {
             .is_some_and(|w| w.customer.is_some())
     }
 
-    /// Reads the engine's new change log entries, and keeps the index of due timers.
+    /// Sums the instances that finished into `tally` and takes them out of the engine.
+    fn let_go(&mut self, tally: &mut Tally<'_>) {
+        for id in self.finished.drain(..) {
+            if let Ok(inst) = self.engine.remove(id) {
+                tally.add(&inst);
+            }
+        }
+    }
+
+    /// Reads the engine's new change log entries: keeps the index of due timers, and notes the
+    /// instances that finished.
     fn read_log(&mut self) {
         let from = self.log.len();
         self.engine.take_changes(&mut self.log);
         for c in &self.log[from..] {
+            if !c.running {
+                self.finished.push(c.id);
+            }
             let due = c.next_due.filter(|_| c.running);
             let old = match due {
                 Some(at) => self.due_of.insert(c.id, at),
