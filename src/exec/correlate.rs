@@ -596,6 +596,11 @@ impl Engine {
         }
     }
 
+    /// Whether any message is kept engine-wide now (`keep_for`): a `tick` may expire it.
+    pub(crate) fn keeps_messages(&self) -> bool {
+        self.between.has_parked()
+    }
+
     /// The messages kept engine-wide now (`keep_for`), oldest first.
     pub fn kept_messages(&self) -> Vec<ParkedMessage> {
         lock(&self.between.parked).clone()

@@ -1117,7 +1117,17 @@ impl Engine {
             if !guard.dep.def.keys.is_empty() {
                 self.unindex_keys(&guard.inst, &guard.dep.def);
             }
-            return Ok(guard.inst.clone());
+            drop(guard);
+            // Out of its shard, the slot is held by nobody else but a caller that looked it up
+            // before (and finds it retired): the instance moves out, else it is copied.
+            return Ok(match Arc::try_unwrap(slot) {
+                Ok(slot) => {
+                    slot.into_inner()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .inst
+                }
+                Err(slot) => lock(&slot).inst.clone(),
+            });
         }
     }
 

@@ -2,7 +2,7 @@
 //! arrival, next completion of a task in hand, next timer, next customer answer, next shift
 //! boundary), with people as resources: a person works one task at a time, within their shift.
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -195,6 +195,8 @@ struct Sim<'m> {
     due_of: HashMap<InstanceId, DateTime<Utc>, BuildHasherDefault<IdHasher>>,
     /// Instances the change log said finished, to sum into the report.
     finished: Vec<InstanceId>,
+    /// The instances a work list's reading met already (kept to spare an allocation).
+    seen: HashSet<InstanceId, BuildHasherDefault<IdHasher>>,
     on_shift: Vec<bool>,
     /// Seconds since the start.
     now: i64,
@@ -302,6 +304,7 @@ impl<'m> Sim<'m> {
             due: BTreeSet::new(),
             due_of: HashMap::default(),
             finished: Vec::new(),
+            seen: HashSet::default(),
             people,
             on_shift: vec![false; model.staff.len()],
             now: 0,
@@ -424,7 +427,16 @@ impl<'m> Sim<'m> {
             }
             let now_at = self.at(self.now);
             self.clock.set(now_at);
-            let fired = self.engine.tick(now_at);
+            // In memory, the change log says when the next timer is due: a `tick` before it
+            // fires nothing (unless a kept message may expire), and walks every timer heap.
+            let fired = if self.store.is_some()
+                || self.engine.keeps_messages()
+                || self.due.first().is_some_and(|(at, _)| *at <= now_at)
+            {
+                self.engine.tick(now_at)
+            } else {
+                Vec::new()
+            };
             if self.now >= self.model.warm_up {
                 for f in fired {
                     *self.timers.entry(f.name()).or_default() += 1;
@@ -656,23 +668,16 @@ impl<'m> Sim<'m> {
             return;
         }
         self.read_log();
-        let list = &mut self.lists[i];
-        let mut changed: Vec<(InstanceId, bool)> = self.log[list.read - self.log_base..]
-            .iter()
-            .map(|c| (c.id, c.running))
-            .collect();
-        list.read = self.log_base + self.log.len();
-        // Each instance once: running unless a commit finished it (a finished instance does
-        // not run again).
-        changed.sort_unstable_by_key(|c| c.0);
-        changed.dedup_by(|later, first| {
-            let same = later.0 == first.0;
-            if same {
-                first.1 &= later.1;
+        let from = self.lists[i].read - self.log_base;
+        self.lists[i].read = self.log_base + self.log.len();
+        // Each instance once, as its latest change left it (a finished instance does not run
+        // again), newest first.
+        self.seen.clear();
+        for k in (from..self.log.len()).rev() {
+            let Changed { id, running, .. } = self.log[k];
+            if !self.seen.insert(id) {
+                continue;
             }
-            same
-        });
-        for (id, running) in changed {
             self.lists[i].forget(id);
             if running {
                 for t in self.engine.work_list_of(id, &self.people[i].actor) {
