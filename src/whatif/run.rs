@@ -631,6 +631,8 @@ impl<'m> Sim<'m> {
         };
         let created = self.secs(created);
         let seed = self.seed;
+        let now = self.now;
+        let answers_at = &mut self.answer_times;
         let answer = *self.answers.entry(id).or_insert_with(|| {
             let mut rng = Rng::new(mix(&[
                 seed,
@@ -638,20 +640,16 @@ impl<'m> Sim<'m> {
                 u64::from(id.seq()),
                 0xCA11,
             ]));
-            if rng.unit() < customer.no_answer {
-                None
-            } else {
-                Some(created + customer.delay.sample(&mut rng).round() as i64)
+            let answer = (rng.unit() >= customer.no_answer)
+                .then(|| created + customer.delay.sample(&mut rng).round() as i64);
+            // The loop wakes when the customer answers (once: it was pushed at every look at
+            // the task before, 3.6 million times over a simulated year).
+            if let Some(t) = answer.filter(|t| *t > now) {
+                answers_at.push(std::cmp::Reverse(t));
             }
+            answer
         });
-        match answer {
-            Some(t) if t <= self.now => true,
-            Some(t) => {
-                self.answer_times.push(std::cmp::Reverse(t));
-                false
-            }
-            None => false,
-        }
+        answer.is_some_and(|t| t <= now)
     }
 
     /// Brings person `i`'s work list up to date: with a feed, reads again the instances
