@@ -147,6 +147,17 @@ impl Listing {
             self.tasks.remove(&k);
         }
     }
+
+    /// Whether the list holds exactly `views` of `instance` (in that order): most changes of
+    /// an instance leave a person's part of it as it was.
+    fn holds(&self, instance: InstanceId, views: &[TaskView]) -> bool {
+        let keys = self.of.get(&instance).map_or(&[][..], |k| &k[..]);
+        keys.len() == views.len()
+            && keys
+                .iter()
+                .zip(views)
+                .all(|(k, v)| self.tasks.get(k).is_some_and(|l| l.view == *v))
+    }
 }
 
 struct Job {
@@ -676,12 +687,18 @@ impl<'m> Sim<'m> {
             if !self.seen.insert(id) {
                 continue;
             }
+            if !running {
+                self.lists[i].forget(id);
+                continue;
+            }
+            let views = self.engine.work_list_of(id, &self.people[i].actor);
+            if self.lists[i].holds(id, &views) {
+                continue;
+            }
             self.lists[i].forget(id);
-            if running {
-                for t in self.engine.work_list_of(id, &self.people[i].actor) {
-                    let customer = self.waits_for_customer(&t);
-                    self.lists[i].insert(t, customer);
-                }
+            for t in views {
+                let customer = self.waits_for_customer(&t);
+                self.lists[i].insert(t, customer);
             }
         }
     }
