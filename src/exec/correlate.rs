@@ -392,10 +392,12 @@ fn has_receipt(inst: &Instance, receipt: Option<Receipt>) -> bool {
     })
 }
 
-/// The part of `vars` a message's payload (`m`) lists, as a list.
-fn payload_list(m: &crate::def::events::Message, vars: &Vars) -> Vec<(String, Value)> {
+/// The part of `vars` a message's payload (`m`) lists, as a list, less the variables the
+/// instance holds (`held`) with the same value already (the keys the message was correlated
+/// by, most often): setting them would change nothing.
+fn payload_list(m: &crate::def::events::Message, vars: &Vars, held: &Vars) -> Vec<(String, Value)> {
     vars.iter()
-        .filter(|(k, _)| m.payload.iter().any(|p| p == *k))
+        .filter(|(k, v)| m.payload.iter().any(|p| p == *k) && held.get(*k) != Some(*v))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -867,7 +869,7 @@ impl Engine {
                 return None;
             }
             let (listener, m) = matches(slot, message, vars)?;
-            let payload = payload_list(m, vars);
+            let payload = payload_list(m, vars, &slot.inst.vars);
             // On a shared store the kept message is taken in the receiver's commit (so that
             // one replica delivers it); other stores are told after it (`settle`).
             let takes = origin.kept.filter(|_| self.shares_store());
