@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use procflow::{
-    Actor, AsyncEngine, AsyncHandlers, Engine, ExecError, MemoryStore, ProcessDef, Telemetry, Vars,
-    async_handler_fn,
+    Actor, AsyncEngine, AsyncHandlers, Engine, ExecError, MemoryStore, ProcessDef, Report,
+    ReportOptions, Telemetry, Vars, async_handler_fn,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -96,8 +96,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(out)
         }),
     );
-    let engine = Arc::new(builder.open(MemoryStore::new())?);
+    let store = MemoryStore::new();
+    let engine = Arc::new(builder.open(store.clone())?);
     engine.deploy(ProcessDef::from_yaml(COMPLAINT)?)?;
+    // The open-tasks gauge starts from what the store holds (the hook then moves it).
+    Report::from_store(&store, &ReportOptions::default())?.record_open_tasks();
     let engine = AsyncEngine::with_handlers(engine, handlers);
     let timers = engine.timers(Duration::from_millis(50));
 
@@ -186,6 +189,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         timers.ticks(),
         timers.failures(),
     );
+    // Before a scrape, the gauge is set again from the store (what other replicas sharing
+    // it changed included).
+    Report::from_store(&store, &ReportOptions::default())?.record_open_tasks();
     let page = get(address, "/metrics").await?;
     println!("GET http://{address}/metrics (procflow series):");
     for line in page

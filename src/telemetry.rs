@@ -118,8 +118,9 @@ fn committed(id: InstanceId, records: usize, began: Instant, result: &Result<(),
 /// | `procflow_breaches_total` | counter | `node`, `scope` (`task`, `sla`) | a deadline passed |
 ///
 /// Denials, incidents and breaches are logged at `warn`, timers at `info`, the rest at `debug`,
-/// all under the target `procflow`. The gauge counts what this engine saw since it was built:
-/// tasks already open in a store it opened are not in it.
+/// all under the target `procflow`. The hook moves the gauge by the tasks this engine opens and
+/// closes; [`Report::record_open_tasks`](crate::Report::record_open_tasks) sets it to what a
+/// store holds (after opening one, and before each scrape when replicas share it).
 #[cfg(feature = "telemetry")]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Telemetry {

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration, Utc};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use procflow::{
-    Actor, Engine, HandlerError, ManualClock, MemoryStore, ProcessDef, Telemetry, Vars, handler_fn,
+    Actor, Engine, HandlerError, ManualClock, MemoryStore, ProcessDef, Report, ReportOptions,
+    Telemetry, Vars, handler_fn,
 };
 
 const DESK: &str = r#"
@@ -56,8 +57,13 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Tracing caches at each call site whether anyone listens: a test running beside another
+/// without a subscriber of its own can make the other's events go unheard. One at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 #[test]
 fn calls_are_spans_and_events_and_metrics() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let sink = Sink::default();
     let writer = sink.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -163,4 +169,49 @@ fn calls_are_spans_and_events_and_metrics() {
     // breach and the completion.
     let commits = sample(&text, "procflow_commit_seconds_count").expect(&text);
     assert!(commits >= 4.0, "{commits} commits:\n{text}");
+}
+
+/// The open-tasks gauge of an engine that opened a store already holding open tasks: the hook
+/// alone would count from zero (and go below it); a report over the store sets it, then the
+/// hook moves it.
+#[test]
+fn a_report_sets_the_open_tasks_a_store_holds() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let store = MemoryStore::new();
+    let handlers = |b: &mut procflow::EngineBuilder| {
+        b.handler("fetch", handler_fn(|_call| Ok(Vars::new())));
+    };
+    // A first engine leaves two tasks open at `work`.
+    {
+        let mut b = Engine::builder();
+        handlers(&mut b);
+        let engine = b.open(store.clone()).unwrap();
+        engine.deploy(ProcessDef::from_yaml(DESK).unwrap()).unwrap();
+        engine.start("desk", Vars::new()).unwrap();
+        engine.start("desk", Vars::new()).unwrap();
+    }
+    metrics::with_local_recorder(&recorder, || {
+        let mut b = Engine::builder();
+        b.hook(Telemetry::new());
+        handlers(&mut b);
+        let engine = b.open(store.clone()).unwrap();
+        Report::from_store(&store, &ReportOptions::default())
+            .unwrap()
+            .record_open_tasks();
+        let gauge = || sample(&prometheus.render(), "procflow_open_tasks{node=\"work\"}");
+        assert_eq!(gauge(), Some(2.0));
+        let id = engine.instances()[0];
+        let task = engine.tasks(id).unwrap()[0].id;
+        engine
+            .complete(task, &Actor::new("ann", ["clerk"]), Vars::new())
+            .unwrap();
+        assert_eq!(gauge(), Some(1.0));
+        engine.start("desk", Vars::new()).unwrap();
+        Report::from_store(&store, &ReportOptions::default())
+            .unwrap()
+            .record_open_tasks();
+        assert_eq!(gauge(), Some(2.0));
+    });
 }

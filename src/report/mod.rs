@@ -554,6 +554,25 @@ impl Report {
             .find(|a| a.process == process && a.actor == actor)
     }
 
+    /// Sets the `procflow_open_tasks` gauge of every node the report counts to its open tasks
+    /// (feature `telemetry`; a node id several processes share counts theirs together, as the
+    /// [`Telemetry`](crate::Telemetry) hook counts them). The hook moves the gauge by what its
+    /// own engine changes; it cannot know what a store held when the engine opened it, nor what
+    /// other replicas change. A host sets the gauge from a report over every instance (no
+    /// `since`, no process filter) after opening the store, and again before each scrape when
+    /// replicas share the store: [`Report::from_store`] sums the facts in the database
+    /// (SQLite, PostgreSQL), 0.6-1.2 s over 1,000,000 instances.
+    #[cfg(feature = "telemetry")]
+    pub fn record_open_tasks(&self) {
+        let mut open: BTreeMap<&str, usize> = BTreeMap::new();
+        for n in &self.nodes {
+            *open.entry(n.node.as_str()).or_default() += n.open;
+        }
+        for (node, n) in open {
+            metrics::gauge!("procflow_open_tasks", "node" => node.to_owned()).set(n as f64);
+        }
+    }
+
     /// The report as JSON (pretty-printed): the fields of [`Report`], durations in seconds.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a report is plain serde data")
