@@ -244,6 +244,23 @@ fn memory_store_reports_the_same_both_ways() {
     assert_same(&*store);
 }
 
+/// Turns a store of schema 8 back into the tables of schema 7: `records` with an index by
+/// (instance, position) and no links, no `last_batch`, the `GROUP BY` index of the facts.
+const TO_V7: &str = "
+CREATE TABLE records_v7 (
+    seq INTEGER PRIMARY KEY,
+    instance INTEGER NOT NULL,
+    first INTEGER NOT NULL,
+    batch TEXT NOT NULL
+);
+INSERT INTO records_v7 (seq, instance, first, batch) SELECT seq, instance, first, batch FROM records;
+DROP TABLE records;
+ALTER TABLE records_v7 RENAME TO records;
+CREATE UNIQUE INDEX records_instance ON records (instance, first);
+ALTER TABLE instances DROP COLUMN last_batch;
+CREATE INDEX report_facts_groups ON report_facts (process, kind, subject, started_at, n);
+";
+
 #[test]
 fn sqlite_store_sums_the_figures_decoding_gives() {
     let dir = std::env::temp_dir().join(format!("procflow-report-store-{}", std::process::id()));
@@ -259,12 +276,25 @@ fn sqlite_store_sums_the_figures_decoding_gives() {
     let store = SqliteStore::open(&path).unwrap();
     assert_same(&store);
     drop(store);
+    // A store of schema 7 (the audit batches found by an index, the facts by a `GROUP BY`
+    // index) moves to schema 8 when opened, and reports the same.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "{TO_V7} UPDATE meta SET value = 7 WHERE key = 'schema_version';"
+        ))
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_same(&store);
+    drop(store);
     // A store of schema 6 (no facts) gets them from its instances when opened.
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "DROP TABLE report_facts; UPDATE meta SET value = 6 WHERE key = 'schema_version';",
-        )
+        conn.execute_batch(&format!(
+            "{TO_V7} DROP TABLE report_facts; \
+             UPDATE meta SET value = 6 WHERE key = 'schema_version';"
+        ))
         .unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();

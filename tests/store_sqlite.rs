@@ -491,7 +491,7 @@ fn a_newer_schema_is_refused() {
     drop(create(&db.0));
     {
         let conn = rusqlite::Connection::open(&db.0).unwrap();
-        conn.execute("UPDATE meta SET value = 8 WHERE key = 'schema_version'", [])
+        conn.execute("UPDATE meta SET value = 9 WHERE key = 'schema_version'", [])
             .unwrap();
     }
     let e = SqliteStore::open(&db.0).unwrap_err();
@@ -499,8 +499,8 @@ fn a_newer_schema_is_refused() {
         e,
         StoreError::NewerSchema {
             path: db.0.clone(),
-            found: 8,
-            supported: 7
+            found: 9,
+            supported: 8
         }
     );
 }
@@ -718,7 +718,8 @@ fn a_v1_store_migrates_to_v2() {
 
 /// A store of schema version 4 (records keyed by instance and position, without rowid) moves to
 /// version 5 (records appended under a sequence, with an index by instance and position) and on
-/// to 6 (the outbox index) and 7 (the report facts) when
+/// to 6 (the outbox index), 7 (the report facts) and 8 (the batches linked from the instance
+/// instead of indexed) when
 /// opened: every audit trail reads back whole and in order, whatever order its rows were
 /// written in, and the store goes on storing commits.
 #[test]
@@ -803,7 +804,7 @@ fn a_v4_store_migrates_to_v6() {
         .collect();
     assert_eq!(running, vec![inst[0].clone(), inst[2].clone()]);
     assert_eq!(store.history(None, None).unwrap().len(), 4);
-    // It goes on as a version 7 store: a commit appends its records after the migrated ones.
+    // It goes on as a version 8 store: a commit appends its records after the migrated ones.
     let done2 = complete(&engine, inst[0].id());
     commit(&store, &done2, 1, inst[0].audit().len()).unwrap();
     assert_eq!(store.read(inst[0].id()).unwrap().unwrap().instance, done2);
@@ -817,7 +818,46 @@ fn a_v4_store_migrates_to_v6() {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(version, 7);
+        assert_eq!(version, 8);
+        // Schema 8: each batch links to the one before it of its instance, the instance to its
+        // newest, and no index by (instance, position) is left.
+        let links: Vec<(i64, i64, Option<i64>)> = conn
+            .prepare(
+                "SELECT r.instance, r.first, p.first FROM records r \
+                 LEFT JOIN records p ON p.seq = r.prev ORDER BY r.instance, r.first",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (k, (instance, first, prev)) in links.iter().enumerate() {
+            let before = k
+                .checked_sub(1)
+                .map(|j| links[j])
+                .filter(|l| l.0 == *instance)
+                .map(|l| l.1);
+            assert_eq!(*prev, before, "the batch at {first} of i{instance}");
+        }
+        let newest: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM instances i JOIN records r ON r.seq = i.last_batch \
+                 WHERE r.instance = i.id AND r.first = \
+                 (SELECT max(first) FROM records WHERE instance = i.id)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(newest, 4);
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name IN \
+                 ('records_instance', 'report_facts_groups')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 0);
         // The rows were copied in (instance, position) order; the new one came last.
         let order: Vec<(i64, i64)> = conn
             .prepare("SELECT instance, first FROM records ORDER BY seq")

@@ -1,6 +1,7 @@
 //! The `report_facts` table (schema 7): what a report counts of each instance
 //! ([`Fact`](crate::store::Fact)), written by every commit and summed by
-//! [`Store::report_facts`](crate::Store::report_facts) with `GROUP BY`.
+//! [`Store::report_facts`](crate::Store::report_facts) in one scan of the table (schema 8; a
+//! `GROUP BY` index before).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -178,40 +179,41 @@ pub(super) fn read(
     let sql = |e| sql_err(path, e);
     let since = since.map(nanos);
     let mut out = StoredFacts::default();
+    // One scan of the table, summed here (schema 8 dropped the `GROUP BY` index, which every
+    // completion wrote at two places; SQLite would sort the rows to group them).
     let mut stmt = conn
         .prepare_cached(
-            "SELECT process, kind, subject, sum(n) FROM report_facts \
-             WHERE kind < 100 AND (?1 IS NULL OR process = ?1) AND (?2 IS NULL OR started_at >= ?2) \
-             GROUP BY process, kind, subject",
+            "SELECT process, kind, subject, n, till, started_at FROM report_facts \
+             WHERE (?1 IS NULL OR process = ?1) AND (?2 IS NULL OR started_at >= ?2)",
         )
         .map_err(sql)?;
+    let mut sums = Sums::default();
+    // The cycles (the end a `Completed` row carries) after the other spans, as before.
+    let mut cycles: Vec<(String, i64, i64)> = Vec::new();
     let mut rows = stmt.query(params![process, since]).map_err(sql)?;
     while let Some(row) = rows.next().map_err(sql)? {
-        out.count(
-            row.get(0).map_err(sql)?,
-            row.get(1).map_err(sql)?,
-            row.get(2).map_err(sql)?,
-            row.get(3).map_err(sql)?,
-        );
+        let text = |i: usize| -> Result<&str, StoreError> {
+            let value = row.get_ref(i).map_err(sql)?;
+            value.as_str().map_err(|e| sql(e.into()))
+        };
+        let kind: i64 = row.get(1).map_err(sql)?;
+        let n: i64 = row.get(3).map_err(sql)?;
+        if kind < 100 {
+            sums.add(text(0)?, kind, text(2)?, n);
+            if kind == crate::store::Fact::Completed.code()
+                && let Some(till) = row.get::<_, Option<i64>>(4).map_err(sql)?
+            {
+                cycles.push((text(0)?.to_owned(), row.get(5).map_err(sql)?, till));
+            }
+        } else if let Some(till) = row.get::<_, Option<i64>>(4).map_err(sql)? {
+            out.span(text(0)?.to_owned(), kind, text(2)?.to_owned(), n, till);
+        }
     }
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT process, kind, subject, n, till FROM report_facts \
-             WHERE kind >= 100 AND (?1 IS NULL OR process = ?1) AND (?2 IS NULL OR started_at >= ?2) \
-             UNION ALL SELECT process, 100, '', started_at, till FROM report_facts \
-             WHERE kind = 2 AND till IS NOT NULL \
-             AND (?1 IS NULL OR process = ?1) AND (?2 IS NULL OR started_at >= ?2)",
-        )
-        .map_err(sql)?;
-    let mut rows = stmt.query(params![process, since]).map_err(sql)?;
-    while let Some(row) = rows.next().map_err(sql)? {
-        out.span(
-            row.get(0).map_err(sql)?,
-            row.get(1).map_err(sql)?,
-            row.get(2).map_err(sql)?,
-            row.get(3).map_err(sql)?,
-            row.get(4).map_err(sql)?,
-        );
+    for (process, kind, subject, n) in sums.into_sorted() {
+        out.count(process, kind, subject, n);
+    }
+    for (process, from, till) in cycles {
+        out.span(process, 100, String::new(), from, till);
     }
     let Some(key) = key else {
         return Ok(out);
@@ -256,4 +258,49 @@ pub(super) fn read(
         ));
     }
     Ok(out)
+}
+
+/// Counts summed by (process, kind, subject), without allocating per row: the names are kept
+/// once each.
+#[derive(Default)]
+struct Sums {
+    processes: HashMap<String, usize>,
+    subjects: HashMap<String, usize>,
+    sums: HashMap<(usize, i64, usize), i64>,
+}
+
+impl Sums {
+    fn add(&mut self, process: &str, kind: i64, subject: &str, n: i64) {
+        let p = intern(&mut self.processes, process);
+        let s = intern(&mut self.subjects, subject);
+        *self.sums.entry((p, kind, s)).or_insert(0) += n;
+    }
+
+    /// `(process, kind, subject, sum)` in that order, as `GROUP BY` gave them.
+    fn into_sorted(self) -> Vec<(String, i64, String, i64)> {
+        let names = |map: HashMap<String, usize>| {
+            let mut names = vec![String::new(); map.len()];
+            for (name, i) in map {
+                names[i] = name;
+            }
+            names
+        };
+        let (processes, subjects) = (names(self.processes), names(self.subjects));
+        let mut out: Vec<(String, i64, String, i64)> = self
+            .sums
+            .into_iter()
+            .map(|((p, kind, s), n)| (processes[p].clone(), kind, subjects[s].clone(), n))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+fn intern(map: &mut HashMap<String, usize>, name: &str) -> usize {
+    if let Some(&i) = map.get(name) {
+        return i;
+    }
+    let i = map.len();
+    map.insert(name.to_owned(), i);
+    i
 }

@@ -2,7 +2,8 @@
 //!
 //! Layout: one row per instance (its state as JSON, without the audit trail), one row per
 //! commit in `records` (the JSON array of the records the commit added, appended under a
-//! sequence and found by an index on instance and position), the definitions' YAML
+//! sequence; the instance's row names its newest batch and each batch the one before it), the
+//! report facts of each instance (`report_facts`, see `facts.rs`), the definitions' YAML
 //! texts, a counter for id blocks, and the business keys each instance holds (`keys`).
 //! `schema.rs` recognises and migrates the file; `write.rs` commits, alone or in groups.
 
@@ -384,17 +385,55 @@ impl SqliteStore {
         result
     }
 
-    /// The audit trail of one instance.
-    fn audit(&self, conn: &Connection, id: i64) -> Result<Vec<Record>, StoreError> {
+    /// The audit trail of instance `id`, whose newest batch is `last` (schema 8): the batches
+    /// are read from the newest back along their `prev` links, then decoded oldest first.
+    ///
+    /// A link must point to an earlier batch (a smaller sequence number) of the same instance,
+    /// so a damaged chain ends, reported as corrupt, instead of looping. A batch that does not
+    /// start before the later one read already was replaced by it (stores replace a batch that
+    /// starts where a stored one does): it is skipped, as a store keyed by position would keep
+    /// the later one alone.
+    fn audit(
+        &self,
+        conn: &Connection,
+        id: i64,
+        last: Option<i64>,
+    ) -> Result<Vec<Record>, StoreError> {
         let path = &self.path;
+        let sql = |e| sql_err(path, e);
+        let broken = |detail: String| StoreError::Corrupt {
+            path: path.clone(),
+            detail: format!("the audit trail of instance i{id}: {detail}"),
+        };
         let mut stmt = conn
-            .prepare_cached("SELECT batch FROM records WHERE instance = ?1 ORDER BY first")
-            .map_err(|e| sql_err(path, e))?;
-        let mut rows = stmt.query([id]).map_err(|e| sql_err(path, e))?;
+            .prepare_cached("SELECT instance, first, prev, batch FROM records WHERE seq = ?1")
+            .map_err(sql)?;
+        let mut batches: Vec<String> = Vec::new();
+        let (mut at, mut before) = (last, i64::MAX);
+        while let Some(seq) = at {
+            let mut rows = stmt.query([seq]).map_err(sql)?;
+            let Some(row) = rows.next().map_err(sql)? else {
+                return Err(broken(format!("batch {seq} is missing")));
+            };
+            let instance: i64 = row.get(0).map_err(sql)?;
+            let first: i64 = row.get(1).map_err(sql)?;
+            let prev: Option<i64> = row.get(2).map_err(sql)?;
+            if instance != id {
+                return Err(broken(format!("batch {seq} is instance i{instance}'s")));
+            }
+            if prev.is_some_and(|p| p >= seq) {
+                return Err(broken(format!("batch {seq} links to a later one")));
+            }
+            if first < before {
+                let batch = row.get_ref(3).map_err(sql)?;
+                let text = batch.as_str().map_err(|e| corrupt_value(path, id, e))?;
+                batches.push(text.to_owned());
+                before = first;
+            }
+            at = prev;
+        }
         let mut audit = Vec::new();
-        while let Some(row) = rows.next().map_err(|e| sql_err(path, e))? {
-            let batch = row.get_ref(0).map_err(|e| sql_err(path, e))?;
-            let text = batch.as_str().map_err(|e| corrupt_value(path, id, e))?;
+        for text in batches.iter().rev() {
             decode_records(id as u64, text, &mut audit).map_err(|e| self.locate(e))?;
         }
         Ok(audit)
@@ -427,7 +466,8 @@ impl SqliteStore {
         }
     }
 
-    /// Rows `(id, version, state)` of a query, and their audit trails read one by one.
+    /// Rows `(id, version, state, last_batch)` of a query, and their audit trails read one by
+    /// one.
     fn rows_with_audit(
         &self,
         conn: &Connection,
@@ -441,9 +481,10 @@ impl SqliteStore {
         while let Some(row) = rows.next().map_err(|e| sql_err(path, e))? {
             let id: i64 = row.get(0).map_err(|e| sql_err(path, e))?;
             let version: i64 = row.get(1).map_err(|e| sql_err(path, e))?;
+            let last: Option<i64> = row.get(3).map_err(|e| sql_err(path, e))?;
             let state = row.get_ref(2).map_err(|e| sql_err(path, e))?;
             let state = state.as_str().map_err(|e| corrupt_value(path, id, e))?;
-            let audit = self.audit(conn, id)?;
+            let audit = self.audit(conn, id, last)?;
             out.push(self.instance(id, version, state, audit)?);
         }
         Ok(out)
@@ -536,7 +577,7 @@ impl Store for SqliteStore {
         self.read_with(|conn| {
             let mut found = self.rows_with_audit(
                 conn,
-                "SELECT id, row_version, state FROM instances WHERE id = ?1",
+                "SELECT id, row_version, state, last_batch FROM instances WHERE id = ?1",
                 [key],
             )?;
             Ok(found.pop())
@@ -544,55 +585,13 @@ impl Store for SqliteStore {
     }
 
     fn running(&self) -> Result<Vec<StoredInstance>, StoreError> {
-        let path = &self.path;
         self.read_with(|conn| {
-            let mut rows: Vec<(i64, i64, String, Vec<Record>)> = Vec::new();
-            {
-                let mut stmt = conn
-                    .prepare_cached(
-                        "SELECT id, row_version, state FROM instances WHERE running = 1 \
-                         ORDER BY id",
-                    )
-                    .map_err(|e| sql_err(path, e))?;
-                let mut q = stmt.query([]).map_err(|e| sql_err(path, e))?;
-                while let Some(row) = q.next().map_err(|e| sql_err(path, e))? {
-                    rows.push((
-                        row.get(0).map_err(|e| sql_err(path, e))?,
-                        row.get(1).map_err(|e| sql_err(path, e))?,
-                        row.get(2).map_err(|e| sql_err(path, e))?,
-                        Vec::new(),
-                    ));
-                }
-            }
-            // Both queries are ordered by instance: merge them.
-            let mut stmt = conn
-                .prepare_cached(
-                    // CROSS JOIN keeps this order: the running instances, then each one's
-                    // records (not every record, running or not).
-                    "SELECT i.id, r.batch FROM instances i CROSS JOIN records r \
-                     ON r.instance = i.id WHERE i.running = 1 ORDER BY i.id, r.first",
-                )
-                .map_err(|e| sql_err(path, e))?;
-            let mut q = stmt.query([]).map_err(|e| sql_err(path, e))?;
-            let mut at = 0;
-            while let Some(row) = q.next().map_err(|e| sql_err(path, e))? {
-                let id: i64 = row.get(0).map_err(|e| sql_err(path, e))?;
-                while at < rows.len() && rows[at].0 < id {
-                    at += 1;
-                }
-                let Some(target) = rows.get_mut(at).filter(|r| r.0 == id) else {
-                    return Err(StoreError::Corrupt {
-                        path: path.clone(),
-                        detail: format!("records of instance i{id} out of order"),
-                    });
-                };
-                let batch = row.get_ref(1).map_err(|e| sql_err(path, e))?;
-                let text = batch.as_str().map_err(|e| corrupt_value(path, id, e))?;
-                decode_records(id as u64, text, &mut target.3).map_err(|e| self.locate(e))?;
-            }
-            rows.into_iter()
-                .map(|(id, version, state, audit)| self.instance(id, version, &state, audit))
-                .collect()
+            self.rows_with_audit(
+                conn,
+                "SELECT id, row_version, state, last_batch FROM instances WHERE running = 1 \
+                 ORDER BY id",
+                [],
+            )
         })
     }
 
@@ -604,7 +603,7 @@ impl Store for SqliteStore {
         let mut out = self.read_with(|conn| {
             self.rows_with_audit(
                 conn,
-                "SELECT id, row_version, state FROM instances \
+                "SELECT id, row_version, state, last_batch FROM instances \
                  WHERE (?1 IS NULL OR process = ?1) AND (?2 IS NULL OR started_at >= ?2)",
                 (process, since.map(nanos)),
             )

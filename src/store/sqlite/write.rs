@@ -221,13 +221,29 @@ fn fill(failed: &mut [Option<StoreError>], e: &StoreError) {
 }
 
 /// Writes one commit inside the current transaction, after checking its version.
+///
+/// A commit that adds audit records appends them as a new batch at the end of `records`,
+/// linked to the instance's newest batch before it (`prev`) and made the newest one in the
+/// instance's row (`last_batch`): see schema version 8.
 fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError> {
     let sql = |e| sql_err(path, e);
+    // The sequence number of the commit's batch, if it adds one: after every stored batch.
+    let seq: Option<i64> = match &p.records {
+        None => None,
+        Some(_) => Some(
+            conn.prepare_cached("SELECT coalesce(max(seq), 0) + 1 FROM records")
+                .and_then(|mut s| s.query_row([], |row| row.get(0)))
+                .map_err(sql)?,
+        ),
+    };
+    // The instance's newest batch before this commit's.
+    let mut prev: Option<i64> = None;
     let changed = if p.version == 0 {
         conn.prepare_cached(
             "INSERT INTO instances \
-             (id, process, def_version, running, row_version, started_at, state, next_due) \
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+             (id, process, def_version, running, row_version, started_at, state, next_due, \
+              last_batch) \
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -237,28 +253,54 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
                 p.running,
                 p.started_at,
                 p.state,
-                p.next_due
+                p.next_due,
+                seq
             ])
         })
         .map_err(sql)?
     } else {
-        conn.prepare_cached(
-            "UPDATE instances SET def_version = ?2, running = ?3, row_version = ?4, state = ?5, \
-             next_due = ?6 WHERE id = ?1 AND row_version = ?7",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                p.id,
-                p.def_version,
-                p.running,
-                p.new_version,
-                p.state,
-                p.next_due,
-                // A version beyond i64 cannot be stored: it matches no row.
-                i64::try_from(p.version).unwrap_or(-1)
-            ])
-        })
-        .map_err(sql)?
+        // A version beyond i64 cannot be stored: it matches no row.
+        let version = i64::try_from(p.version).unwrap_or(-1);
+        let found = if seq.is_some() {
+            // The version check, reading the link the new batch keeps.
+            let last: Option<Option<i64>> = conn
+                .prepare_cached(
+                    "SELECT last_batch FROM instances WHERE id = ?1 AND row_version = ?2",
+                )
+                .and_then(|mut s| s.query_row([p.id, version], |row| row.get(0)).optional())
+                .map_err(sql)?;
+            match last {
+                Some(last) => {
+                    prev = last;
+                    true
+                }
+                None => false,
+            }
+        } else {
+            true
+        };
+        if found {
+            conn.prepare_cached(
+                "UPDATE instances SET def_version = ?2, running = ?3, row_version = ?4, \
+                 state = ?5, next_due = ?6, last_batch = coalesce(?8, last_batch) \
+                 WHERE id = ?1 AND row_version = ?7",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    p.id,
+                    p.def_version,
+                    p.running,
+                    p.new_version,
+                    p.state,
+                    p.next_due,
+                    version,
+                    seq
+                ])
+            })
+            .map_err(sql)?
+        } else {
+            0
+        }
     };
     if changed == 0 {
         let found: Option<i64> = conn
@@ -271,11 +313,11 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
             found: found.map(|v| u64::try_from(v).unwrap_or(0)),
         });
     }
-    if let Some((first, batch)) = &p.records {
+    if let (Some((first, batch)), Some(seq)) = (&p.records, seq) {
         conn.prepare_cached(
-            "INSERT OR REPLACE INTO records (instance, first, batch) VALUES (?1, ?2, ?3)",
+            "INSERT INTO records (seq, instance, first, prev, batch) VALUES (?1, ?2, ?3, ?4, ?5)",
         )
-        .and_then(|mut s| s.execute(params![p.id, first, batch]))
+        .and_then(|mut s| s.execute(params![seq, p.id, first, prev, batch]))
         .map_err(sql)?;
     }
     if let Some(keys) = &p.keys {
