@@ -8,7 +8,7 @@
 //! from the store as that commit left it. Without a store nothing leaves.
 
 use super::seam::Slot;
-use super::{Engine, ExecError, SHARDS, TaskView, lock, open_tasks};
+use super::{Engine, ExecError, SHARDS, TaskView, lock, open_tasks, task_view};
 use crate::ids::InstanceId;
 use crate::model::Task;
 use crate::raci::Actor;
@@ -223,6 +223,60 @@ impl Engine {
             Ok(slot) => self.offered(&slot, actor),
             Err(_) => Vec::new(),
         }
+    }
+
+    /// [`Engine::work_list_of`] for a team of at most 64 actors at once: each open task of
+    /// `instance` that the work list of one of `actors` at least shows, with the set of those
+    /// actors (bit `k` for `actors[k]`), in the instance's task order. One lookup and one view
+    /// per task, instead of one per actor: for a caller that keeps one work list for a team
+    /// (a simulation's staff group). Actors past the 64th are left out.
+    pub(crate) fn work_lists_of(
+        &self,
+        instance: InstanceId,
+        actors: &[Actor],
+    ) -> Vec<(TaskView, u64)> {
+        if super::seam::busy().is_some() {
+            return Vec::new();
+        }
+        let actors = &actors[..actors.len().min(64)];
+        let held = lock(self.shard(instance)).get(&instance.0).cloned();
+        let shared = self.store.as_ref().is_some_and(|s| s.is_shared());
+        if let Some(slot) = &held {
+            let slot = lock(slot);
+            if !slot.is_retired() && !shared {
+                if slot.inst.status != crate::model::Status::Running {
+                    return Vec::new();
+                }
+                return slot
+                    .inst
+                    .tasks
+                    .iter()
+                    .filter(|t| t.is_open())
+                    .filter_map(|t| {
+                        let who = actors.iter().enumerate().fold(0u64, |who, (k, a)| {
+                            if self.may_list(&slot, t, a) {
+                                who | 1 << k
+                            } else {
+                                who
+                            }
+                        });
+                        (who != 0).then(|| (task_view(&slot, t), who))
+                    })
+                    .collect();
+            }
+        }
+        // Read from the store: actor by actor, merged.
+        let mut out: Vec<(TaskView, u64)> = Vec::new();
+        for (k, actor) in actors.iter().enumerate() {
+            for view in self.work_list_of(instance, actor) {
+                match out.iter_mut().find(|(v, _)| v.id == view.id) {
+                    Some((_, who)) => *who |= 1 << k,
+                    None => out.push((view, 1 << k)),
+                }
+            }
+        }
+        out.sort_by_key(|(v, _)| v.id.seq());
+        out
     }
 
     /// Whether the work list of `actor` shows open task `t` of `slot`.

@@ -1216,33 +1216,36 @@ fn open_tasks(slot: &Slot, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {
         .tasks
         .iter()
         .filter(|t| t.is_open() && keep(t))
-        .map(|t| {
-            let i = t.node.index();
-            let mut view = TaskView {
-                id: t.id(slot.inst.id),
-                node: t.node,
-                node_id: Arc::clone(&slot.dep.names[i]),
-                name: slot.dep.titles[i].clone(),
-                claimed_by: t.claimed_by.clone(),
-                created_at: t.created_at,
-                due: slot
-                    .inst
-                    .timers
-                    .iter()
-                    .find(|x| x.task == Some(t.seq) && x.kind == TimerKind::Due)
-                    .map(|x| x.at),
-                item: slot.inst.task_item(t.seq).map(|(item, _)| item),
-                parent: slot.inst.parent(),
-                assignee: None,
-                candidates: Vec::new(),
-                priority: None,
-                suspended: false,
-                delegated_by: None,
-            };
-            lifecycle::view(slot, t, &mut view);
-            view
-        })
+        .map(|t| task_view(slot, t))
         .collect()
+}
+
+/// How a work list shows open task `t` of `slot` (the same to every actor).
+fn task_view(slot: &Slot, t: &Task) -> TaskView {
+    let i = t.node.index();
+    let mut view = TaskView {
+        id: t.id(slot.inst.id),
+        node: t.node,
+        node_id: Arc::clone(&slot.dep.names[i]),
+        name: slot.dep.titles[i].clone(),
+        claimed_by: t.claimed_by.clone(),
+        created_at: t.created_at,
+        due: slot
+            .inst
+            .timers
+            .iter()
+            .find(|x| x.task == Some(t.seq) && x.kind == TimerKind::Due)
+            .map(|x| x.at),
+        item: slot.inst.task_item(t.seq).map(|(item, _)| item),
+        parent: slot.inst.parent(),
+        assignee: None,
+        candidates: Vec::new(),
+        priority: None,
+        suspended: false,
+        delegated_by: None,
+    };
+    lifecycle::view(slot, t, &mut view);
+    view
 }
 
 #[cfg(test)]

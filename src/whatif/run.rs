@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
-use std::ops::Bound;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -113,9 +112,10 @@ struct Person {
     job: Option<Job>,
 }
 
-/// A person's work list as the engine last showed it, in its order (the most urgent first:
-/// by deadline, tasks without one last, then age), read again only for the instances committed
-/// since.
+/// A work list as the engine last showed it, in its order (the most urgent first: by deadline,
+/// tasks without one last, then age). On a store, a person's, read whole at each reading; in
+/// memory, a team's (the people of a staff group, 64 at most), each task with the people whose
+/// list shows it, read again only for the instances changed since, once for the whole team.
 #[derive(Default)]
 struct Listing {
     tasks: BTreeMap<Key, Listed>,
@@ -125,21 +125,29 @@ struct Listing {
     read: usize,
 }
 
-/// A task of a work list, and whether it waits for a customer's answer (the model's `customer:`
-/// of its node).
+/// A task of a work list, whether it waits for a customer's answer (the model's `customer:` of
+/// its node), and whose lists show it (bit `k`: the team's `k`-th person).
 struct Listed {
     view: TaskView,
     customer: bool,
+    who: u64,
 }
 
 /// The order of [`Engine::work_list`].
 type Key = Urgency;
 
 impl Listing {
-    fn insert(&mut self, view: TaskView, customer: bool) {
+    fn insert(&mut self, view: TaskView, customer: bool, who: u64) {
         let k = urgency(&view);
         self.of.entry(view.id.instance()).or_default().push(k);
-        self.tasks.insert(k, Listed { view, customer });
+        self.tasks.insert(
+            k,
+            Listed {
+                view,
+                customer,
+                who,
+            },
+        );
     }
 
     fn forget(&mut self, instance: InstanceId) {
@@ -149,14 +157,15 @@ impl Listing {
     }
 
     /// Whether the list holds exactly `views` of `instance` (in that order): most changes of
-    /// an instance leave a person's part of it as it was.
-    fn holds(&self, instance: InstanceId, views: &[TaskView]) -> bool {
+    /// an instance leave a team's part of it as it was.
+    fn holds(&self, instance: InstanceId, views: &[(TaskView, u64)]) -> bool {
         let keys = self.of.get(&instance).map_or(&[][..], |k| &k[..]);
         keys.len() == views.len()
-            && keys
-                .iter()
-                .zip(views)
-                .all(|(k, v)| self.tasks.get(k).is_some_and(|l| l.view == *v))
+            && keys.iter().zip(views).all(|(k, (v, who))| {
+                self.tasks
+                    .get(k)
+                    .is_some_and(|l| l.view == *v && l.who == *who)
+            })
     }
 }
 
@@ -195,9 +204,13 @@ struct Sim<'m> {
     /// The store `run_once` runs on; `None` in memory, with the engine's change log.
     store: Option<Arc<dyn Store>>,
     people: Vec<Person>,
-    /// Each person's work list (kept current from the change log, else read whole at each
-    /// reading).
+    /// The work lists: each team's in memory (kept current from the change log), each
+    /// person's on a store (read whole at each reading).
     lists: Vec<Listing>,
+    /// Each person's work list (an index into `lists`) and their bit in it.
+    list_of: Vec<(usize, u64)>,
+    /// In memory, the people of each team, as the engine reads a team's list.
+    teams: Vec<Vec<Actor>>,
     /// The engine's change log as read so far, from `log_base` on.
     log: Vec<Changed>,
     log_base: usize,
@@ -300,6 +313,26 @@ impl<'m> Sim<'m> {
                 });
             }
         }
+        // In memory, the people of a staff group share one list, 64 at most to a list.
+        let mut list_of = Vec::with_capacity(people.len());
+        let mut teams: Vec<Vec<Actor>> = Vec::new();
+        for (i, p) in people.iter().enumerate() {
+            if store.is_some() {
+                list_of.push((i, 1));
+                continue;
+            }
+            let same = i > 0 && people[i - 1].group == p.group;
+            match teams.last_mut() {
+                Some(team) if same && team.len() < 64 => team.push(p.actor.clone()),
+                _ => teams.push(vec![p.actor.clone()]),
+            }
+            let team = teams.len() - 1;
+            list_of.push((team, 1 << (teams[team].len() - 1)));
+        }
+        let lists = match &store {
+            Some(_) => people.iter().map(|_| Listing::default()).collect(),
+            None => teams.iter().map(|_| Listing::default()).collect(),
+        };
         let arrival_rng = (0..model.arrivals.len())
             .map(|i| Rng::new(mix(&[seed, 0xA77, i as u64])))
             .collect();
@@ -309,7 +342,9 @@ impl<'m> Sim<'m> {
             engine,
             clock,
             store,
-            lists: people.iter().map(|_| Listing::default()).collect(),
+            lists,
+            list_of,
+            teams,
             log: Vec::new(),
             log_base: 0,
             due: BTreeSet::new(),
@@ -663,22 +698,23 @@ impl<'m> Sim<'m> {
         answer.is_some_and(|t| t <= now)
     }
 
-    /// Brings person `i`'s work list up to date: with a feed, reads again the instances
-    /// committed since their last reading (those no longer running leave it); without one,
-    /// reads it whole.
+    /// Brings person `i`'s work list up to date: in memory, reads again (for their whole team)
+    /// the instances changed since the team's last reading (those no longer running leave
+    /// it); on a store, reads it whole.
     fn refresh(&mut self, i: usize) {
+        let (l, bit) = self.list_of[i];
         if self.store.is_some() {
             let tasks = self.engine.work_list(&self.people[i].actor);
-            self.lists[i] = Listing::default();
+            self.lists[l] = Listing::default();
             for t in tasks {
                 let customer = self.waits_for_customer(&t);
-                self.lists[i].insert(t, customer);
+                self.lists[l].insert(t, customer, bit);
             }
             return;
         }
         self.read_log();
-        let from = self.lists[i].read - self.log_base;
-        self.lists[i].read = self.log_base + self.log.len();
+        let from = self.lists[l].read - self.log_base;
+        self.lists[l].read = self.log_base + self.log.len();
         // Each instance once, as its latest change left it (a finished instance does not run
         // again), newest first.
         self.seen.clear();
@@ -688,17 +724,17 @@ impl<'m> Sim<'m> {
                 continue;
             }
             if !running {
-                self.lists[i].forget(id);
+                self.lists[l].forget(id);
                 continue;
             }
-            let views = self.engine.work_list_of(id, &self.people[i].actor);
-            if self.lists[i].holds(id, &views) {
+            let views = self.engine.work_lists_of(id, &self.teams[l]);
+            if self.lists[l].holds(id, &views) {
                 continue;
             }
-            self.lists[i].forget(id);
-            for t in views {
+            self.lists[l].forget(id);
+            for (t, who) in views {
                 let customer = self.waits_for_customer(&t);
-                self.lists[i].insert(t, customer);
+                self.lists[l].insert(t, customer, who);
             }
         }
     }
@@ -783,42 +819,14 @@ impl<'m> Sim<'m> {
                     (i, false)
                 }
             };
-            let mut after: Option<Key> = None;
-            let chosen = loop {
-                let next = {
-                    let tasks = &self.lists[from].tasks;
-                    let mut range = match &after {
-                        None => tasks.range(..),
-                        Some(k) => tasks.range((Bound::Excluded(*k), Bound::Unbounded)),
-                    };
-                    range.next().map(|(k, t)| (*k, t))
-                };
-                let Some((k, Listed { view: t, customer })) = next else {
-                    break None;
-                };
-                after = Some(k);
-                let me = &self.people[i].actor.id;
-                let personal = t.assignee.is_some() || !t.candidates.is_empty();
-                if t.suspended
-                    || t.claimed_by.as_ref().is_some_and(|c| c != me)
-                    || (shared && personal)
-                    || taken[g].contains(&t.id)
-                {
-                    continue;
-                }
-                let (id, at, created) = (t.id, t.node, t.created_at);
-                let claimed = t.claimed_by.is_some();
-                if *customer && !self.ready(id, at, created) {
-                    continue;
-                }
-                if !claimed && let Err(e) = self.engine.claim(id, &self.people[i].actor) {
-                    // Refused to this person (four eyes, a mutex): another may take it.
-                    self.refuse("claim", &e);
-                    continue;
-                }
+            // The reader's list as the reader sees it; taken out while it is walked.
+            let (l, bit) = self.list_of[from];
+            let list = std::mem::take(&mut self.lists[l]);
+            let chosen = self.choose(i, &list, bit, shared, &taken[g]);
+            self.lists[l] = list;
+            if let Some((id, _)) = chosen {
                 taken[g].push(id);
-                break Some((id, at));
-            };
+            }
             let Some((id, at)) = chosen else {
                 continue;
             };
@@ -841,6 +849,49 @@ impl<'m> Sim<'m> {
             });
         }
         self.trim_log();
+    }
+
+    /// The task person `i` takes from `list` (shown to the people of `bit`: the group's
+    /// reader), claimed unless they hold it: the most urgent one not suspended, not claimed by
+    /// another, not taken in this round, not waiting for a customer, that the engine lets them
+    /// claim; a `shared` reading leaves out the tasks offered to particular people.
+    fn choose(
+        &mut self,
+        i: usize,
+        list: &Listing,
+        bit: u64,
+        shared: bool,
+        taken: &[TaskId],
+    ) -> Option<(TaskId, NodeId)> {
+        for Listed {
+            view: t,
+            customer,
+            who,
+        } in list.tasks.values()
+        {
+            let me = &self.people[i].actor.id;
+            let personal = t.assignee.is_some() || !t.candidates.is_empty();
+            if who & bit == 0
+                || t.suspended
+                || t.claimed_by.as_ref().is_some_and(|c| c != me)
+                || (shared && personal)
+                || taken.contains(&t.id)
+            {
+                continue;
+            }
+            if *customer && !self.ready(t.id, t.node, t.created_at) {
+                continue;
+            }
+            if t.claimed_by.is_none()
+                && let Err(e) = self.engine.claim(t.id, &self.people[i].actor)
+            {
+                // Refused to this person (four eyes, a mutex): another may take it.
+                self.refuse("claim", &e);
+                continue;
+            }
+            return Some((t.id, t.node));
+        }
+        None
     }
 
     fn finish(&mut self, i: usize) {
