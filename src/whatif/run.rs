@@ -110,6 +110,29 @@ struct Person {
     actor: Actor,
     group: usize,
     job: Option<Job>,
+    /// When this person last found nothing to take, and nothing stood in the way but the
+    /// tasks themselves (claimed, suspended, waiting for a customer): until the list or a
+    /// customer's answer changes, they would find nothing again.
+    idle: Option<Idle>,
+}
+
+/// A reading that found nothing: of which list, as whom (`bit`, `shared`), at which version
+/// of the list, at which instant.
+#[derive(Clone, Copy, PartialEq)]
+struct Idle {
+    list: usize,
+    bit: u64,
+    shared: bool,
+    version: u64,
+    at: i64,
+}
+
+/// What a person's look at a work list found.
+enum Pick {
+    Took(TaskId, NodeId),
+    /// Nothing; `clean`: only because of the tasks themselves (no claim refused, nothing
+    /// left out as taken by another in this round).
+    Nothing { clean: bool },
 }
 
 /// A work list as the engine last showed it, in its order (the most urgent first: by deadline,
@@ -123,6 +146,8 @@ struct Listing {
     of: HashMap<InstanceId, Vec<Key>>,
     /// The position in the change log up to which `tasks` is current.
     read: usize,
+    /// Counts the changes of `tasks`.
+    version: u64,
 }
 
 /// A task of a work list, whether it waits for a customer's answer (the model's `customer:` of
@@ -139,6 +164,7 @@ type Key = Urgency;
 impl Listing {
     fn insert(&mut self, view: TaskView, customer: bool, who: u64) {
         let k = urgency(&view);
+        self.version += 1;
         self.of.entry(view.id.instance()).or_default().push(k);
         self.tasks.insert(
             k,
@@ -151,8 +177,11 @@ impl Listing {
     }
 
     fn forget(&mut self, instance: InstanceId) {
-        for k in self.of.remove(&instance).unwrap_or_default() {
-            self.tasks.remove(&k);
+        if let Some(keys) = self.of.remove(&instance) {
+            self.version += 1;
+            for k in keys {
+                self.tasks.remove(&k);
+            }
         }
     }
 
@@ -229,6 +258,8 @@ struct Sim<'m> {
     /// When the customer of a task answers; `None`: never.
     answers: HashMap<TaskId, Option<i64>, BuildHasherDefault<IdHasher>>,
     answer_times: BinaryHeap<std::cmp::Reverse<i64>>,
+    /// The latest answer time taken off `answer_times`.
+    answered: i64,
     incidents: VecDeque<(InstanceId, i64)>,
     /// The definition (index into the model's) of each instance started.
     process_of: HashMap<InstanceId, usize, BuildHasherDefault<IdHasher>>,
@@ -310,6 +341,7 @@ impl<'m> Sim<'m> {
                     actor: Actor::new(format!("{}.{}", group.prefix, i + 1), group.roles.clone()),
                     group: g,
                     job: None,
+                    idle: None,
                 });
             }
         }
@@ -358,6 +390,7 @@ impl<'m> Sim<'m> {
             arrival_rng,
             answers: HashMap::default(),
             answer_times: BinaryHeap::new(),
+            answered: i64::MIN,
             incidents: VecDeque::new(),
             process_of: HashMap::default(),
             // The engine deploys copies of these definitions (from the same text): their nodes
@@ -441,6 +474,7 @@ impl<'m> Sim<'m> {
             }
             while let Some(std::cmp::Reverse(t)) = self.answer_times.peek() {
                 if *t <= self.now {
+                    self.answered = self.answered.max(*t);
                     self.answer_times.pop();
                 } else {
                     next = next.min(*t);
@@ -805,6 +839,9 @@ impl<'m> Sim<'m> {
         let mut reader: Vec<Option<usize>> = vec![None; self.model.staff.len()];
         // The tasks taken from each group's reading in this round.
         let mut taken: Vec<Vec<TaskId>> = vec![Vec::new(); self.model.staff.len()];
+        // The groups whose reader found nothing, cleanly, in this round: the others of the
+        // group, who see part of the reader's list, would find nothing either.
+        let mut empty = vec![false; self.model.staff.len()];
         for k in 0..n {
             let i = (k + self.rotate) % n;
             let g = self.people[i].group;
@@ -819,17 +856,46 @@ impl<'m> Sim<'m> {
                     (i, false)
                 }
             };
-            // The reader's list as the reader sees it; taken out while it is walked.
-            let (l, bit) = self.list_of[from];
-            let list = std::mem::take(&mut self.lists[l]);
-            let chosen = self.choose(i, &list, bit, shared, &taken[g]);
-            self.lists[l] = list;
-            if let Some((id, _)) = chosen {
-                taken[g].push(id);
-            }
-            let Some((id, at)) = chosen else {
+            if shared && empty[g] {
                 continue;
+            }
+            // The reader's list as the reader sees it; taken out while it is walked. In memory
+            // (where a list counts its changes), a person who found nothing in it, unchanged
+            // since, and heard no customer answer since, finds nothing again.
+            let (l, bit) = self.list_of[from];
+            let idle = Idle {
+                list: l,
+                bit,
+                shared,
+                version: self.lists[l].version,
+                at: self.now,
             };
+            let pick = match self.people[i].idle {
+                Some(was)
+                    if self.store.is_none()
+                        && was == Idle { at: was.at, ..idle }
+                        && !self.answers_since(was.at) =>
+                {
+                    Pick::Nothing { clean: true }
+                }
+                _ => {
+                    let list = std::mem::take(&mut self.lists[l]);
+                    let pick = self.choose(i, &list, bit, shared, &taken[g]);
+                    self.lists[l] = list;
+                    pick
+                }
+            };
+            let (id, at) = match pick {
+                Pick::Took(id, at) => (id, at),
+                Pick::Nothing { clean } => {
+                    if clean {
+                        empty[g] |= !shared;
+                        self.people[i].idle = Some(idle);
+                    }
+                    continue;
+                }
+            };
+            taken[g].push(id);
             let (process, work) = self.work(id.instance(), at);
             let mut rng = Rng::new(mix(&[
                 self.seed,
@@ -862,7 +928,8 @@ impl<'m> Sim<'m> {
         bit: u64,
         shared: bool,
         taken: &[TaskId],
-    ) -> Option<(TaskId, NodeId)> {
+    ) -> Pick {
+        let mut clean = true;
         for Listed {
             view: t,
             customer,
@@ -875,8 +942,11 @@ impl<'m> Sim<'m> {
                 || t.suspended
                 || t.claimed_by.as_ref().is_some_and(|c| c != me)
                 || (shared && personal)
-                || taken.contains(&t.id)
             {
+                continue;
+            }
+            if taken.contains(&t.id) {
+                clean = false;
                 continue;
             }
             if *customer && !self.ready(t.id, t.node, t.created_at) {
@@ -887,11 +957,21 @@ impl<'m> Sim<'m> {
             {
                 // Refused to this person (four eyes, a mutex): another may take it.
                 self.refuse("claim", &e);
+                clean = false;
                 continue;
             }
-            return Some((t.id, t.node));
+            return Pick::Took(t.id, t.node);
         }
-        None
+        Pick::Nothing { clean }
+    }
+
+    /// Whether a customer answered after `at` (and up to now).
+    fn answers_since(&self, at: i64) -> bool {
+        self.answered > at
+            || self
+                .answer_times
+                .peek()
+                .is_some_and(|std::cmp::Reverse(t)| *t <= self.now)
     }
 
     fn finish(&mut self, i: usize) {
