@@ -143,7 +143,7 @@ enum Pick {
 struct Listing {
     tasks: BTreeMap<Key, Listed>,
     /// The keys each instance has in `tasks`.
-    of: HashMap<InstanceId, Vec<Key>>,
+    of: HashMap<InstanceId, Vec<Key>, BuildHasherDefault<IdHasher>>,
     /// The position in the change log up to which `tasks` is current.
     read: usize,
     /// Counts the changes of `tasks`.
@@ -154,15 +154,24 @@ struct Listing {
 /// its node), and whose lists show it (bit `k`: the team's `k`-th person).
 struct Listed {
     view: TaskView,
-    customer: bool,
+    customer: Customer,
     who: u64,
+}
+
+/// Whether a task waits for its customer, and when they answer (`None`: never), once drawn
+/// (at the first look at the task).
+#[derive(Clone, Copy)]
+enum Customer {
+    No,
+    Waits,
+    Answers(Option<i64>),
 }
 
 /// The order of [`Engine::work_list`].
 type Key = Urgency;
 
 impl Listing {
-    fn insert(&mut self, view: TaskView, customer: bool, who: u64) {
+    fn insert(&mut self, view: TaskView, customer: Customer, who: u64) {
         let k = urgency(&view);
         self.version += 1;
         self.of.entry(view.id.instance()).or_default().push(k);
@@ -702,13 +711,11 @@ impl<'m> Sim<'m> {
         (p, self.work_by_def[p].get(node.index()).copied().flatten())
     }
 
-    /// Whether task `id` (at `node`, opened at `created`) can be worked now: one that waits
-    /// for a customer, once they answer.
-    fn ready(&mut self, id: TaskId, node: NodeId, created: DateTime<Utc>) -> bool {
+    /// When the customer of task `id` (at `node`, opened at `created`), which waits for them,
+    /// answers (`None`: never), drawn at the first look.
+    fn answer(&mut self, id: TaskId, node: NodeId, created: DateTime<Utc>) -> Option<i64> {
         let (_, work) = self.work(id.instance(), node);
-        let Some(customer) = work.and_then(|w| w.customer.as_ref()) else {
-            return true;
-        };
+        let customer = work.and_then(|w| w.customer.as_ref())?;
         let created = self.secs(created);
         let seed = self.seed;
         let now = self.now;
@@ -729,7 +736,7 @@ impl<'m> Sim<'m> {
             }
             answer
         });
-        answer.is_some_and(|t| t <= now)
+        answer
     }
 
     /// Brings person `i`'s work list up to date: in memory, reads again (for their whole team)
@@ -773,11 +780,18 @@ impl<'m> Sim<'m> {
         }
     }
 
-    /// Whether the model says task `t` waits for a customer's answer.
-    fn waits_for_customer(&mut self, t: &TaskView) -> bool {
-        self.work(t.id.instance(), t.node)
+    /// Whether the model says task `t` waits for a customer's answer, and when they answer if
+    /// that was drawn already.
+    fn waits_for_customer(&mut self, t: &TaskView) -> Customer {
+        let waits = self
+            .work(t.id.instance(), t.node)
             .1
-            .is_some_and(|w| w.customer.is_some())
+            .is_some_and(|w| w.customer.is_some());
+        match self.answers.get(&t.id) {
+            _ if !waits => Customer::No,
+            Some(answer) => Customer::Answers(*answer),
+            None => Customer::Waits,
+        }
     }
 
     /// Sums the instances that finished into `tally` and takes them out of the engine.
@@ -879,8 +893,8 @@ impl<'m> Sim<'m> {
                     Pick::Nothing { clean: true }
                 }
                 _ => {
-                    let list = std::mem::take(&mut self.lists[l]);
-                    let pick = self.choose(i, &list, bit, shared, &taken[g]);
+                    let mut list = std::mem::take(&mut self.lists[l]);
+                    let pick = self.choose(i, &mut list, bit, shared, &taken[g]);
                     self.lists[l] = list;
                     pick
                 }
@@ -924,7 +938,7 @@ impl<'m> Sim<'m> {
     fn choose(
         &mut self,
         i: usize,
-        list: &Listing,
+        list: &mut Listing,
         bit: u64,
         shared: bool,
         taken: &[TaskId],
@@ -934,11 +948,11 @@ impl<'m> Sim<'m> {
             view: t,
             customer,
             who,
-        } in list.tasks.values()
+        } in list.tasks.values_mut()
         {
             let me = &self.people[i].actor.id;
             let personal = t.assignee.is_some() || !t.candidates.is_empty();
-            if who & bit == 0
+            if *who & bit == 0
                 || t.suspended
                 || t.claimed_by.as_ref().is_some_and(|c| c != me)
                 || (shared && personal)
@@ -949,7 +963,16 @@ impl<'m> Sim<'m> {
                 clean = false;
                 continue;
             }
-            if *customer && !self.ready(t.id, t.node, t.created_at) {
+            let answer = match *customer {
+                Customer::No => None,
+                Customer::Answers(answer) => Some(answer),
+                Customer::Waits => {
+                    let answer = self.answer(t.id, t.node, t.created_at);
+                    *customer = Customer::Answers(answer);
+                    Some(answer)
+                }
+            };
+            if answer.is_some_and(|a| a.is_none_or(|at| at > self.now)) {
                 continue;
             }
             if t.claimed_by.is_none()
