@@ -9,7 +9,8 @@
 
 use super::seam::Slot;
 use super::{Engine, ExecError, SHARDS, TaskView, lock, open_tasks, task_view};
-use crate::ids::InstanceId;
+use crate::def::ProcessDef;
+use crate::ids::{InstanceId, NodeId};
 use crate::model::Task;
 use crate::raci::Actor;
 use crate::store::StoredInstance;
@@ -277,6 +278,31 @@ impl Engine {
         }
         out.sort_by_key(|(v, _)| v.id.seq());
         out
+    }
+
+    /// Whether the work list of `actor` could ever show a task at `node` of `def`: `false`
+    /// only when it holds none of the node's responsible roles and none of the roles an
+    /// escalation can give the task to. Always `true` with an organisation (whose scopes and
+    /// skills it does not weigh).
+    pub(crate) fn may_ever_list(&self, def: &ProcessDef, node: NodeId, actor: &Actor) -> bool {
+        if self.org.is_some() {
+            return true;
+        }
+        let Some(n) = def.try_node(node) else {
+            return true;
+        };
+        let responsible = n.raci().is_some_and(|r| {
+            r.responsible()
+                .iter()
+                .any(|role| self.authorizer.holds(role, actor))
+        });
+        responsible
+            || n.limits.as_deref().is_some_and(|l| {
+                l.escalate.iter().any(|e| {
+                    matches!(e.action, crate::def::timers::Ladder::Reassign)
+                        && self.authorizer.holds(&e.to, actor)
+                })
+            })
     }
 
     /// Whether the work list of `actor` shows open task `t` of `slot`.

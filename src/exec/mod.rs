@@ -176,6 +176,8 @@ pub(crate) struct Changed {
     pub(crate) running: bool,
     /// Its earliest timer yet to fire, while it runs.
     pub(crate) next_due: Option<DateTime<Utc>>,
+    /// The nodes where it has open tasks after the call: bit `n % 64` for node index `n`.
+    pub(crate) open: u64,
 }
 
 /// A min-heap of (due instant, instance number).

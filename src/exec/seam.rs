@@ -306,6 +306,11 @@ impl Engine {
                     .filter(|t| !t.fired && running)
                     .map(|t| t.at)
                     .min(),
+                open: inst
+                    .tasks
+                    .iter()
+                    .filter(|t| t.is_open())
+                    .fold(0, |open, t| open | 1 << (t.node.index() % 64)),
             });
         }
         let fresh_waits = if correlated {

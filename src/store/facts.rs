@@ -11,7 +11,7 @@
 //! is not used: an instance's start is not a row of its own (every instance of a known
 //! definition has exactly one of `Completed`, `Open`, `Cancelled`, which sum to the started).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -164,6 +164,18 @@ impl InstanceFacts {
     }
 }
 
+/// What an instance's audit trail says of one of its tasks.
+#[derive(Clone, Default)]
+struct TaskTrail {
+    first_claim: Option<DateTime<Utc>>,
+    /// Its completion was an override.
+    overridden: bool,
+    /// The role its completion was recorded in (an index into the definition's roles).
+    acted: Option<u16>,
+    timed_out: bool,
+    breached: bool,
+}
+
 /// The facts of `inst`, which runs `def`.
 ///
 /// Complexity: linear in the instance's tasks, timers and audit records.
@@ -182,12 +194,8 @@ pub(crate) fn facts(def: &ProcessDef, inst: &Instance) -> InstanceFacts {
     }
     let node_id = |n: crate::ids::NodeId| def.try_node(n).map(|n| n.id().to_owned());
 
-    // What the audit trail says, per task (by its number).
-    let mut first_claim: HashMap<u32, DateTime<Utc>> = HashMap::new();
-    let mut overridden: HashMap<u32, bool> = HashMap::new();
-    let mut acted: HashMap<u32, u16> = HashMap::new();
-    let mut timed_out: HashSet<u32> = HashSet::new();
-    let mut breached: HashSet<u32> = HashSet::new();
+    // What the audit trail says, per task (by its number: tasks are numbered from 0).
+    let mut per_task = vec![TaskTrail::default(); inst.tasks().len()];
     let mut sla_breached = false;
     let mut sla_recorded = false;
     let mut key_breached = false;
@@ -195,7 +203,9 @@ pub(crate) fn facts(def: &ProcessDef, inst: &Instance) -> InstanceFacts {
     for record in inst.audit() {
         match &record.what {
             Entry::Claimed { task, .. } => {
-                first_claim.entry(*task).or_insert(record.at);
+                if let Some(t) = per_task.get_mut(*task as usize) {
+                    t.first_claim.get_or_insert(record.at);
+                }
             }
             Entry::Completed {
                 task,
@@ -203,9 +213,11 @@ pub(crate) fn facts(def: &ProcessDef, inst: &Instance) -> InstanceFacts {
                 role,
                 ..
             } => {
-                overridden.insert(*task, *o);
-                if let Some(role) = role {
-                    acted.insert(*task, *role);
+                if let Some(t) = per_task.get_mut(*task as usize) {
+                    t.overridden = *o;
+                    if let Some(role) = role {
+                        t.acted = Some(*role);
+                    }
                 }
             }
             Entry::Repeated { node, .. } => {
@@ -246,13 +258,17 @@ pub(crate) fn facts(def: &ProcessDef, inst: &Instance) -> InstanceFacts {
                 }
                 match (kind, task) {
                     (TimerKind::Due, Some(t)) => {
-                        breached.insert(*t);
+                        if let Some(t) = per_task.get_mut(*t as usize) {
+                            t.breached = true;
+                        }
                         if let Some(n) = task_node(*t).and_then(node_id) {
                             out.add(Fact::NodeBreaches, &n, 1);
                         }
                     }
                     (TimerKind::Timeout, Some(t)) => {
-                        timed_out.insert(*t);
+                        if let Some(t) = per_task.get_mut(*t as usize) {
+                            t.timed_out = true;
+                        }
                     }
                     (TimerKind::Escalation { level }, _) => {
                         let limits = if *sla {
@@ -302,20 +318,20 @@ pub(crate) fn facts(def: &ProcessDef, inst: &Instance) -> InstanceFacts {
     }
 
     // The tasks.
-    for task in inst.tasks() {
+    for (task, trail) in inst.tasks().iter().zip(&per_task) {
         let seq = task.id(inst.id()).seq();
         let Some(node) = def.try_node(task.node()) else {
             continue;
         };
         let id = node.id();
-        let claim = first_claim.get(&seq).copied();
+        let claim = trail.first_claim;
         // The task's own deadline: decided once breached or the task is closed.
         let has_due = node.limits.as_deref().is_some_and(|l| l.due.is_some())
             || inst
                 .timers()
                 .iter()
                 .any(|t| t.task == Some(seq) && !t.sla && t.kind == TimerKind::Due);
-        if breached.contains(&seq) {
+        if trail.breached {
             out.add(Fact::TaskDeadlines, "", 1);
             out.add(Fact::TaskBreached, "", 1);
         } else if has_due && !matches!(task.state(), TaskState::Open) {
@@ -339,18 +355,18 @@ pub(crate) fn facts(def: &ProcessDef, inst: &Instance) -> InstanceFacts {
             TaskState::TimedOut { .. } => out.add(Fact::NodeTimedOut, id, 1),
             TaskState::Cancelled { .. } => out.add(Fact::NodeCancelled, id, 1),
         }
-        if matches!(task.state(), TaskState::TimedOut { .. }) || timed_out.contains(&seq) {
+        if matches!(task.state(), TaskState::TimedOut { .. }) || trail.timed_out {
             out.add(Fact::NodeTimeouts, id, 1);
         }
         let Some((by, _)) = done else { continue };
-        let over = overridden.get(&seq).copied().unwrap_or(false);
+        let over = trail.overridden;
         out.add(Fact::ActorCompleted, &by, 1);
         out.add(Fact::ActorOverrides, &by, i64::from(over));
         let Some(raci) = node.raci() else { continue };
         let escalated = task.escalated_to(def);
-        let recorded = acted
-            .get(&seq)
-            .and_then(|i| def.roles().nth(usize::from(*i)))
+        let recorded = trail
+            .acted
+            .and_then(|i| def.roles().nth(usize::from(i)))
             .map(|(r, _)| r);
         let credited: Vec<&str> = match (recorded, over, escalated) {
             // The audit record names the role the actor acted in.

@@ -249,6 +249,9 @@ struct Sim<'m> {
     list_of: Vec<(usize, u64)>,
     /// In memory, the people of each team, as the engine reads a team's list.
     teams: Vec<Vec<Actor>>,
+    /// Per team and definition, the nodes whose tasks the team's lists may show (bit
+    /// `n % 64`, as the change log gives the nodes with open tasks).
+    team_nodes: Vec<Vec<u64>>,
     /// The engine's change log as read so far, from `log_base` on.
     log: Vec<Changed>,
     log_base: usize,
@@ -370,6 +373,20 @@ impl<'m> Sim<'m> {
             let team = teams.len() - 1;
             list_of.push((team, 1 << (teams[team].len() - 1)));
         }
+        let team_nodes = teams
+            .iter()
+            .map(|team| {
+                model
+                    .defs
+                    .iter()
+                    .map(|def| {
+                        def.nodes()
+                            .filter(|(n, _)| team.iter().any(|a| engine.may_ever_list(def, *n, a)))
+                            .fold(0, |m, (n, _)| m | 1 << (n.index() % 64))
+                    })
+                    .collect()
+            })
+            .collect();
         let lists = match &store {
             Some(_) => people.iter().map(|_| Listing::default()).collect(),
             None => teams.iter().map(|_| Listing::default()).collect(),
@@ -386,6 +403,7 @@ impl<'m> Sim<'m> {
             lists,
             list_of,
             teams,
+            team_nodes,
             log: Vec::new(),
             log_base: 0,
             due: BTreeSet::new(),
@@ -688,10 +706,18 @@ impl<'m> Sim<'m> {
         }
     }
 
-    /// The model's work for a task of `instance` at `node` (the definition of an instance the
-    /// simulation did not start, a called one, is looked up once).
+    /// The model's work for a task of `instance` at `node`.
     fn work(&mut self, instance: InstanceId, node: NodeId) -> (usize, Option<&'m Work>) {
-        let process = match self.process_of.get(&instance) {
+        let Some(p) = self.process(instance) else {
+            return (usize::MAX, None);
+        };
+        (p, self.work_by_def[p].get(node.index()).copied().flatten())
+    }
+
+    /// The definition (an index into the model's) `instance` runs (that of an instance the
+    /// simulation did not start, a called one, is looked up once).
+    fn process(&mut self, instance: InstanceId) -> Option<usize> {
+        match self.process_of.get(&instance) {
             Some(p) => Some(*p),
             None => {
                 let found = self
@@ -704,11 +730,7 @@ impl<'m> Sim<'m> {
                 }
                 found
             }
-        };
-        let Some(p) = process else {
-            return (usize::MAX, None);
-        };
-        (p, self.work_by_def[p].get(node.index()).copied().flatten())
+        }
     }
 
     /// When the customer of task `id` (at `node`, opened at `created`), which waits for them,
@@ -760,11 +782,16 @@ impl<'m> Sim<'m> {
         // again), newest first.
         self.seen.clear();
         for k in (from..self.log.len()).rev() {
-            let Changed { id, running, .. } = self.log[k];
+            let Changed { id, running, open, .. } = self.log[k];
             if !self.seen.insert(id) {
                 continue;
             }
-            if !running {
+            // An instance without open tasks at nodes the team may see has nothing for it.
+            let none = running
+                && self
+                    .process(id)
+                    .is_some_and(|p| open & self.team_nodes[l][p] == 0);
+            if !running || none {
                 self.lists[l].forget(id);
                 continue;
             }
