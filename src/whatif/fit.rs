@@ -443,7 +443,11 @@ pub(crate) fn to_yaml(m: &Model, name: &str) -> String {
             o,
             "  - {{ roles: {}, people: {}, prefix: {}",
             json(&s.roles),
-            s.people,
+            if s.names.is_empty() {
+                s.people.to_string()
+            } else {
+                "all".to_owned()
+            },
             json(&s.prefix)
         );
         if let Some((_, unit)) = s.label.split_once('@') {

@@ -76,13 +76,21 @@ struct RawStaff {
     role: Option<At<String>>,
     #[serde(default)]
     roles: Vec<At<String>>,
-    people: At<i64>,
+    people: At<RawPeople>,
     #[serde(default)]
-    unit: Option<String>,
+    unit: Option<At<String>>,
     #[serde(default)]
     shift: Option<At<String>>,
     #[serde(default)]
     prefix: Option<String>,
+}
+
+/// `people:` of a staff group: how many anonymous people, or `all` (the organisation's).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPeople {
+    Count(i64),
+    Word(String),
 }
 
 #[derive(Deserialize)]
@@ -235,6 +243,9 @@ pub struct StaffGroup {
     pub people: usize,
     /// Actor id prefix.
     pub prefix: String,
+    /// The people of the organisation the group is (`people: all`), by id; empty for a group
+    /// of anonymous people named `prefix.1`, `prefix.2`, ...
+    pub names: Vec<String>,
     /// The calendar whose working time is the shift (an index into [`Model::calendars`]);
     /// `None`: always on shift.
     pub shift: Option<usize>,
@@ -319,6 +330,46 @@ impl Model {
     pub fn def(&self, process: &str) -> Option<&Arc<ProcessDef>> {
         self.defs.iter().find(|d| d.key().id == process)
     }
+}
+
+/// The people of `org` holding one of `roles` (in `unit` or below, when given), by id; a
+/// problem when there are none or the unit is unknown.
+fn org_people(
+    report: &mut Report,
+    org: &Organisation,
+    roles: &[String],
+    unit: Option<&At<String>>,
+    at: Location,
+    path: &str,
+) -> Vec<String> {
+    if let Some(u) = unit
+        && org.unit(&u.value).is_none()
+    {
+        let msg = format!("unknown unit '{}' in the organisation", u.value);
+        bad(report, u.loc, format!("{path}.unit"), msg);
+        return Vec::new();
+    }
+    let names: Vec<String> = org
+        .people()
+        .iter()
+        .map(|p| p.id().as_str())
+        .filter(|id| {
+            roles.iter().any(|r| match unit {
+                Some(u) => org.holds_in(id, r, &u.value),
+                None => org.holds_anywhere(id, r),
+            })
+        })
+        .map(str::to_owned)
+        .collect();
+    if names.is_empty() {
+        let within = unit.map_or(String::new(), |u| format!(" in unit '{}'", u.value));
+        let msg = format!(
+            "no person of the organisation holds {}{within}",
+            roles.join(" or ")
+        );
+        bad(report, at, format!("{path}.people"), msg);
+    }
+    names
 }
 
 fn bad(report: &mut Report, loc: Location, path: impl Into<String>, msg: impl Into<String>) {
@@ -610,16 +661,37 @@ fn validate(raw: RawModel, dir: &Path, report: &mut Report) -> Option<Model> {
                 );
             }
         }
-        if sv.people.value < 0 {
-            bad(
-                report,
-                sv.people.loc,
-                format!("{path}.people"),
-                format!("people must be zero or more, not {}", sv.people.value),
-            );
-        }
-        let people = usize::try_from(sv.people.value).unwrap_or(0);
         let roles: Vec<String> = rs.iter().map(|r| r.value.clone()).collect();
+        let mut names = Vec::new();
+        let at = sv.people.loc;
+        let people = match &sv.people.value {
+            RawPeople::Count(n) if *n < 0 => {
+                let msg = format!("people must be zero or more, not {n}");
+                bad(report, at, format!("{path}.people"), msg);
+                0
+            }
+            RawPeople::Count(n) => usize::try_from(*n).unwrap_or(0),
+            RawPeople::Word(w) if w == "all" => {
+                match organisation.as_deref() {
+                    None => bad(
+                        report,
+                        at,
+                        format!("{path}.people"),
+                        "`people: all` takes the organisation's people: the model names no \
+                         `organisation`",
+                    ),
+                    Some(org) => {
+                        names = org_people(report, org, &roles, sv.unit.as_ref(), at, &path);
+                    }
+                }
+                names.len()
+            }
+            RawPeople::Word(w) => {
+                let msg = format!("people must be a number or `all`, not '{w}'");
+                bad(report, at, format!("{path}.people"), msg);
+                0
+            }
+        };
         if people > 0 {
             staffed.extend(roles.iter().cloned());
         }
@@ -630,7 +702,7 @@ fn validate(raw: RawModel, dir: &Path, report: &mut Report) -> Option<Model> {
         };
         let mut label = roles.join("+");
         if let Some(u) = &sv.unit {
-            label = format!("{label}@{u}");
+            label = format!("{label}@{}", u.value);
         }
         let prefix = sv.prefix.clone().unwrap_or_else(|| format!("{label}.{i}"));
         staff.push(StaffGroup {
@@ -639,6 +711,7 @@ fn validate(raw: RawModel, dir: &Path, report: &mut Report) -> Option<Model> {
             people,
             prefix,
             shift,
+            names,
         });
     }
 

@@ -125,14 +125,18 @@ struct Idle {
     shared: bool,
     version: u64,
     at: i64,
+    /// Whether the others of the group would have found nothing either.
+    mine: bool,
 }
 
 /// What a person's look at a work list found.
 enum Pick {
     Took(TaskId, NodeId),
-    /// Nothing; `clean`: only because of the tasks themselves (no claim refused, nothing
-    /// left out as taken by another in this round).
-    Nothing { clean: bool },
+    /// Nothing; `clean`: only because of the tasks themselves and this person (no claim
+    /// refused but by a rule the engine applies again, nothing left out as taken by another
+    /// in this round): the same look would find nothing again; `mine`: nothing was left out
+    /// for this person alone (the others of the group would find nothing either).
+    Nothing { clean: bool, mine: bool },
 }
 
 /// A work list as the engine last showed it, in its order (the most urgent first: by deadline,
@@ -156,6 +160,11 @@ struct Listed {
     view: TaskView,
     customer: Customer,
     who: u64,
+    /// In memory: the people (by index) the engine refused to let claim it (four eyes, a
+    /// mutex, an assignment), each with the position of the refusal's own change in the change
+    /// log. They do not try again until the instance changes for another reason: the answer
+    /// would be the same (and each refusal is one more audit record).
+    refused: Vec<(usize, usize)>,
 }
 
 /// Whether a task waits for its customer, and when they answer (`None`: never), once drawn
@@ -181,8 +190,26 @@ impl Listing {
                 view,
                 customer,
                 who,
+                refused: Vec::new(),
             },
         );
+    }
+
+    /// Forgets the refusals of `instance`'s tasks made before its change at log position
+    /// `changed`.
+    fn changed(&mut self, instance: InstanceId, changed: usize) {
+        let Some(keys) = self.of.get(&instance) else {
+            return;
+        };
+        for k in keys {
+            if let Some(l) = self.tasks.get_mut(k) {
+                let before = l.refused.len();
+                l.refused.retain(|(_, at)| *at >= changed);
+                if l.refused.len() != before {
+                    self.version += 1;
+                }
+            }
+        }
     }
 
     fn forget(&mut self, instance: InstanceId) {
@@ -349,8 +376,15 @@ impl<'m> Sim<'m> {
         let mut people = Vec::new();
         for (g, group) in model.staff.iter().enumerate() {
             for i in 0..group.people {
+                // The organisation's people act with the roles it gives them.
+                let actor = match (group.names.get(i), &model.organisation) {
+                    (Some(name), Some(org)) => org
+                        .actor(name)
+                        .unwrap_or_else(|| Actor::new(name.clone(), group.roles.clone())),
+                    _ => Actor::new(format!("{}.{}", group.prefix, i + 1), group.roles.clone()),
+                };
                 people.push(Person {
-                    actor: Actor::new(format!("{}.{}", group.prefix, i + 1), group.roles.clone()),
+                    actor,
                     group: g,
                     job: None,
                     idle: None,
@@ -675,6 +709,7 @@ impl<'m> Sim<'m> {
             ExecError::TaskClosed { .. } => "task closed (a timeout moved on)",
             ExecError::Variables { .. } => "variables",
             ExecError::Incident { .. } => "incident",
+            ExecError::Refused { .. } => "refused (four eyes, a mutex, an assignment)",
             ExecError::Deadline { .. } => "deadline cannot be computed",
             other => {
                 let text = format!("{other:?}");
@@ -797,6 +832,7 @@ impl<'m> Sim<'m> {
             }
             let views = self.engine.work_lists_of(id, &self.teams[l]);
             if self.lists[l].holds(id, &views) {
+                self.lists[l].changed(id, self.log_base + k);
                 continue;
             }
             self.lists[l].forget(id);
@@ -889,9 +925,11 @@ impl<'m> Sim<'m> {
             if self.people[i].job.is_some() || !self.on_shift[g] {
                 continue;
             }
+            // The organisation's people differ (units, skills, allocation): each reads their
+            // own list.
             let (from, shared) = match reader[g] {
-                Some(r) => (r, true),
-                None => {
+                Some(r) if self.model.staff[g].names.is_empty() => (r, true),
+                _ => {
                     self.refresh(i);
                     reader[g] = Some(i);
                     (i, false)
@@ -904,20 +942,29 @@ impl<'m> Sim<'m> {
             // (where a list counts its changes), a person who found nothing in it, unchanged
             // since, and heard no customer answer since, finds nothing again.
             let (l, bit) = self.list_of[from];
-            let idle = Idle {
+            let mut idle = Idle {
                 list: l,
                 bit,
                 shared,
                 version: self.lists[l].version,
                 at: self.now,
+                mine: true,
             };
             let pick = match self.people[i].idle {
                 Some(was)
                     if self.store.is_none()
-                        && was == Idle { at: was.at, ..idle }
+                        && was
+                            == Idle {
+                                at: was.at,
+                                mine: was.mine,
+                                ..idle
+                            }
                         && !self.answers_since(was.at) =>
                 {
-                    Pick::Nothing { clean: true }
+                    Pick::Nothing {
+                        clean: true,
+                        mine: was.mine,
+                    }
                 }
                 _ => {
                     let mut list = std::mem::take(&mut self.lists[l]);
@@ -928,9 +975,10 @@ impl<'m> Sim<'m> {
             };
             let (id, at) = match pick {
                 Pick::Took(id, at) => (id, at),
-                Pick::Nothing { clean } => {
+                Pick::Nothing { clean, mine } => {
                     if clean {
-                        empty[g] |= !shared;
+                        empty[g] |= !shared && mine;
+                        idle.mine = mine;
                         self.people[i].idle = Some(idle);
                     }
                     continue;
@@ -971,10 +1019,13 @@ impl<'m> Sim<'m> {
         taken: &[TaskId],
     ) -> Pick {
         let mut clean = true;
+        // Whether nothing was left out but for this person alone (a refusal).
+        let mut mine = true;
         for Listed {
             view: t,
             customer,
             who,
+            refused,
         } in list.tasks.values_mut()
         {
             let me = &self.people[i].actor.id;
@@ -984,6 +1035,11 @@ impl<'m> Sim<'m> {
                 || t.claimed_by.as_ref().is_some_and(|c| c != me)
                 || (shared && personal)
             {
+                continue;
+            }
+            if refused.iter().any(|(p, _)| *p == i) {
+                // The same answer again: others of the group may be let.
+                mine = false;
                 continue;
             }
             if taken.contains(&t.id) {
@@ -1007,12 +1063,19 @@ impl<'m> Sim<'m> {
             {
                 // Refused to this person (four eyes, a mutex): another may take it.
                 self.refuse("claim", &e);
-                clean = false;
+                if matches!(e, ExecError::Refused { .. }) && self.store.is_none() {
+                    // Its record is the instance's latest change.
+                    self.read_log();
+                    refused.push((i, self.log_base + self.log.len().saturating_sub(1)));
+                    mine = false;
+                } else {
+                    clean = false;
+                }
                 continue;
             }
             return Pick::Took(t.id, t.node);
         }
-        Pick::Nothing { clean }
+        Pick::Nothing { clean, mine }
     }
 
     /// Whether a customer answered after `at` (and up to now).
