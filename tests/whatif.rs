@@ -251,8 +251,8 @@ fn kept_work_lists_give_the_figures_of_whole_readings() {
 
 #[test]
 fn staff_from_the_organisation_are_its_people_and_its_rules_apply_to_them() {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("process-defs/whatif/complaint-centre-org.yaml");
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("process-defs/whatif/complaint-centre-org.yaml");
     let mut m = Model::from_file(&file).unwrap();
     let netops = m.staff.iter().find(|s| s.label == "network_ops").unwrap();
     assert_eq!(netops.names, ["chen", "lin", "huang", "xu", "ye", "feng"]);
@@ -315,10 +315,12 @@ fn organisation_staff_without_an_organisation_or_anyone_is_refused() {
     assert_eq!(line("the model names no `organisation`"), 13);
     assert_eq!(line("people must be a number or `all`, not 'some'"), 14);
     // With the organisation: nobody in it holds `clerk`, and no unit 'mars'.
-    let text = text.replace("definitions:", "organisation: org.yaml\ndefinitions:").replace(
-        "{ role: clerk, people: some }",
-        "{ role: clerk, people: all, unit: mars }",
-    );
+    let text = text
+        .replace("definitions:", "organisation: org.yaml\ndefinitions:")
+        .replace(
+            "{ role: clerk, people: some }",
+            "{ role: clerk, people: all, unit: mars }",
+        );
     let err = Model::from_yaml(&text, &d).unwrap_err();
     let messages: Vec<String> = err.problems.iter().map(|p| p.kind.to_string()).collect();
     assert!(

@@ -136,7 +136,10 @@ enum Pick {
     /// refused but by a rule the engine applies again, nothing left out as taken by another
     /// in this round): the same look would find nothing again; `mine`: nothing was left out
     /// for this person alone (the others of the group would find nothing either).
-    Nothing { clean: bool, mine: bool },
+    Nothing {
+        clean: bool,
+        mine: bool,
+    },
 }
 
 /// A work list as the engine last showed it, in its order (the most urgent first: by deadline,
@@ -777,7 +780,7 @@ impl<'m> Sim<'m> {
         let seed = self.seed;
         let now = self.now;
         let answers_at = &mut self.answer_times;
-        let answer = *self.answers.entry(id).or_insert_with(|| {
+        *self.answers.entry(id).or_insert_with(|| {
             let mut rng = Rng::new(mix(&[
                 seed,
                 id.instance().get(),
@@ -792,8 +795,7 @@ impl<'m> Sim<'m> {
                 answers_at.push(std::cmp::Reverse(t));
             }
             answer
-        });
-        answer
+        })
     }
 
     /// Brings person `i`'s work list up to date: in memory, reads again (for their whole team)
@@ -817,7 +819,9 @@ impl<'m> Sim<'m> {
         // again), newest first.
         self.seen.clear();
         for k in (from..self.log.len()).rev() {
-            let Changed { id, running, open, .. } = self.log[k];
+            let Changed {
+                id, running, open, ..
+            } = self.log[k];
             if !self.seen.insert(id) {
                 continue;
             }
