@@ -7,6 +7,8 @@
 //! ([`Slot::retire`]) and after its last commit, so a caller that finds it gone reads it back
 //! from the store as that commit left it. Without a store nothing leaves.
 
+use std::sync::{Arc, Mutex};
+
 use super::seam::Slot;
 use super::{Engine, ExecError, SHARDS, TaskView, lock, open_tasks, task_view};
 use crate::def::ProcessDef;
@@ -199,12 +201,8 @@ impl Engine {
             return Vec::new();
         }
         let held = lock(self.shard(instance)).get(&instance.0).cloned();
-        let shared = self.store.as_ref().is_some_and(|s| s.is_shared());
-        if let Some(slot) = &held {
-            let slot = lock(slot);
-            if !slot.is_retired() && !shared {
-                return self.offered(&slot, actor);
-            }
+        if let Some(offered) = self.current(held.as_ref(), |slot| self.offered(slot, actor)) {
+            return offered;
         }
         let Some(store) = &self.store else {
             return Vec::new();
@@ -241,30 +239,28 @@ impl Engine {
         }
         let actors = &actors[..actors.len().min(64)];
         let held = lock(self.shard(instance)).get(&instance.0).cloned();
-        let shared = self.store.as_ref().is_some_and(|s| s.is_shared());
-        if let Some(slot) = &held {
-            let slot = lock(slot);
-            if !slot.is_retired() && !shared {
-                if slot.inst.status != crate::model::Status::Running {
-                    return Vec::new();
-                }
-                return slot
-                    .inst
-                    .tasks
-                    .iter()
-                    .filter(|t| t.is_open())
-                    .filter_map(|t| {
-                        let who = actors.iter().enumerate().fold(0u64, |who, (k, a)| {
-                            if self.may_list(&slot, t, a) {
-                                who | 1 << k
-                            } else {
-                                who
-                            }
-                        });
-                        (who != 0).then(|| (task_view(&slot, t), who))
-                    })
-                    .collect();
+        let offered = self.current(held.as_ref(), |slot| {
+            if slot.inst.status != crate::model::Status::Running {
+                return Vec::new();
             }
+            slot.inst
+                .tasks
+                .iter()
+                .filter(|t| t.is_open())
+                .filter_map(|t| {
+                    let who = actors.iter().enumerate().fold(0u64, |who, (k, a)| {
+                        if self.may_list(slot, t, a) {
+                            who | 1 << k
+                        } else {
+                            who
+                        }
+                    });
+                    (who != 0).then(|| (task_view(slot, t), who))
+                })
+                .collect()
+        });
+        if let Some(offered) = offered {
+            return offered;
         }
         // Read from the store: actor by actor, merged.
         let mut out: Vec<(TaskView, u64)> = Vec::new();
@@ -278,6 +274,14 @@ impl Engine {
         }
         out.sort_by_key(|(v, _)| v.id.seq());
         out
+    }
+
+    /// `f` of `held` when it is current: this engine holds it (not retired) and no other
+    /// engine shares the store; `None` when it must be read from the store.
+    fn current<T>(&self, held: Option<&Arc<Mutex<Slot>>>, f: impl FnOnce(&Slot) -> T) -> Option<T> {
+        let shared = self.store.as_ref().is_some_and(|s| s.is_shared());
+        let slot = lock(held?);
+        (!slot.is_retired() && !shared).then(|| f(&slot))
     }
 
     /// Whether the work list of `actor` could ever show a task at `node` of `def`: `false`
