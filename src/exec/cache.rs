@@ -228,7 +228,9 @@ impl Engine {
     /// `instance` that the work list of one of `actors` at least shows, with the set of those
     /// actors (bit `k` for `actors[k]`), in the instance's task order. One lookup and one view
     /// per task, instead of one per actor: for a caller that keeps one work list for a team
-    /// (a simulation's staff group). Actors past the 64th are left out.
+    /// (a simulation's staff group, in memory). Actors past the 64th are left out. Empty for an
+    /// instance this engine does not hold current (one a store must be read for: ask
+    /// [`Engine::work_list_of`]).
     pub(crate) fn work_lists_of(
         &self,
         instance: InstanceId,
@@ -239,7 +241,7 @@ impl Engine {
         }
         let actors = &actors[..actors.len().min(64)];
         let held = lock(self.shard(instance)).get(&instance.0).cloned();
-        let offered = self.current(held.as_ref(), |slot| {
+        self.current(held.as_ref(), |slot| {
             if slot.inst.status != crate::model::Status::Running {
                 return Vec::new();
             }
@@ -258,22 +260,8 @@ impl Engine {
                     (who != 0).then(|| (task_view(slot, t), who))
                 })
                 .collect()
-        });
-        if let Some(offered) = offered {
-            return offered;
-        }
-        // Read from the store: actor by actor, merged.
-        let mut out: Vec<(TaskView, u64)> = Vec::new();
-        for (k, actor) in actors.iter().enumerate() {
-            for view in self.work_list_of(instance, actor) {
-                match out.iter_mut().find(|(v, _)| v.id == view.id) {
-                    Some((_, who)) => *who |= 1 << k,
-                    None => out.push((view, 1 << k)),
-                }
-            }
-        }
-        out.sort_by_key(|(v, _)| v.id.seq());
-        out
+        })
+        .unwrap_or_default()
     }
 
     /// `f` of `held` when it is current: this engine holds it (not retired) and no other

@@ -116,17 +116,22 @@ struct Person {
     idle: Option<Idle>,
 }
 
-/// A reading that found nothing: of which list, as whom (`bit`, `shared`), at which version
-/// of the list, at which instant.
-#[derive(Clone, Copy, PartialEq)]
+/// A look that found nothing: what was looked at, at which instant, and whether the others of
+/// the group would have found nothing either (`mine`).
+#[derive(Clone, Copy)]
 struct Idle {
+    look: Look,
+    at: i64,
+    mine: bool,
+}
+
+/// A look at a work list: which list, as whom (`bit`, `shared`), at which version of it.
+#[derive(Clone, Copy, PartialEq)]
+struct Look {
     list: usize,
     bit: u64,
     shared: bool,
     version: u64,
-    at: i64,
-    /// Whether the others of the group would have found nothing either.
-    mine: bool,
 }
 
 /// What a person's look at a work list found.
@@ -946,24 +951,15 @@ impl<'m> Sim<'m> {
             // (where a list counts its changes), a person who found nothing in it, unchanged
             // since, and heard no customer answer since, finds nothing again.
             let (l, bit) = self.list_of[from];
-            let mut idle = Idle {
+            let look = Look {
                 list: l,
                 bit,
                 shared,
                 version: self.lists[l].version,
-                at: self.now,
-                mine: true,
             };
             let pick = match self.people[i].idle {
                 Some(was)
-                    if self.store.is_none()
-                        && was
-                            == Idle {
-                                at: was.at,
-                                mine: was.mine,
-                                ..idle
-                            }
-                        && !self.answers_since(was.at) =>
+                    if self.store.is_none() && was.look == look && !self.answers_since(was.at) =>
                 {
                     Pick::Nothing {
                         clean: true,
@@ -982,8 +978,11 @@ impl<'m> Sim<'m> {
                 Pick::Nothing { clean, mine } => {
                     if clean {
                         empty[g] |= !shared && mine;
-                        idle.mine = mine;
-                        self.people[i].idle = Some(idle);
+                        self.people[i].idle = Some(Idle {
+                            look,
+                            at: self.now,
+                            mine,
+                        });
                     }
                     continue;
                 }
