@@ -8,7 +8,8 @@
 //! cargo run --release --example throughput -- --workload message --seconds S [--no-audit]
 //! cargo run --release --example throughput -- --workload linear --seconds 3 --store sqlite:PATH \
 //!     [--durability process|full] [--commit group|single]
-//! cargo run --release --example throughput -- --workload reopen --instances 100000 --store sqlite:PATH
+//! cargo run --release --example throughput -- --workload reopen --instances 100000 --store sqlite:PATH \
+//!     [--reuse] [--cache N] [--receivers]
 //! cargo run --release --example throughput -- --workload lines --seconds S [--lines 100]
 //! cargo run --release --example throughput -- --workload waiting-lines --instances 2000 [--lines 100]
 //! cargo run --release --example throughput -- --workload waiting-keys --instances 200000
@@ -50,7 +51,10 @@
 //! With `--store`, every call commits to a SQLite file (deleted first); the default durability
 //! here is `process` (a killed process loses nothing; see `procflow::Durability`). `reopen`
 //! starts `--instances` instances that wait at a user task, then times `EngineBuilder::open`
-//! resuming them. `message` starts instances waiting at a race (a message catch against a
+//! resuming them (with `--receivers`, instances waiting at a catch of a message correlated by
+//! `order_id`, each its own value; after opening, the engine correlates 10,000 messages to
+//! instances it does not hold, in a scattered order, and the line says `messages_per_sec`).
+//! `message` starts instances waiting at a race (a message catch against a
 //! 48-hour timer) in untimed batches, then times `Engine::deliver` deciding each race (one
 //! thread), and prints the nanoseconds per delivery.
 //!
@@ -77,7 +81,7 @@ use common::*;
 mod pg;
 
 const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|waiting-keys|correlate|worklist|call|timers \
-[--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH|postgres:URL] [--reuse] [--cache N] \
+[--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH|postgres:URL] [--reuse] [--cache N] [--receivers] \
 [--durability process|full] [--commit group|single] [--lines N]";
 
 struct Args {
@@ -98,6 +102,8 @@ struct Args {
     reuse: bool,
     /// `reopen`: the engine's cache capacity (`Config::cache`); 0 keeps every instance.
     cache: usize,
+    /// `reopen`: the instances wait at a catch of a correlated message instead of a user task.
+    receivers: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -114,6 +120,7 @@ fn parse_args() -> Result<Args, String> {
         postgres: None,
         reuse: false,
         cache: 10_000,
+        receivers: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -126,6 +133,7 @@ fn parse_args() -> Result<Args, String> {
             "--lines" => args.lines = num(&flag, &value()?)?,
             "--no-audit" => args.audit = false,
             "--reuse" => args.reuse = true,
+            "--receivers" => args.receivers = true,
             "--cache" => args.cache = num(&flag, &value()?)?,
             "--store" => {
                 let v = value()?;
@@ -291,7 +299,23 @@ fn reopen_config(args: &Args) -> procflow::Config {
 /// opening an engine on the store (`--cache`), and what it then answers from the store: the
 /// running instances' ids, and one completion of a task of an instance it did not hold.
 fn reopen(args: &Args) -> Result<(), String> {
-    let defs = || [parse(&waiting_def())];
+    let defs = || {
+        [parse(&if args.receivers {
+            correlate_def(true)
+        } else {
+            waiting_def()
+        })]
+    };
+    let process = if args.receivers {
+        "correlated"
+    } else {
+        WAITING
+    };
+    let order = |i: u64| {
+        let mut v = Vars::new();
+        v.insert("order_id".into(), (i as i64).into());
+        v
+    };
     let open_store = || -> Result<std::sync::Arc<dyn procflow::Store>, String> {
         #[cfg(feature = "postgres")]
         if let Some(url) = &args.postgres {
@@ -338,11 +362,15 @@ fn reopen(args: &Args) -> Result<(), String> {
         std::thread::scope(|s| {
             for _ in 0..args.threads {
                 s.spawn(|| {
-                    while left
+                    while let Ok(n) = left
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                        .is_ok()
                     {
-                        engine.start(WAITING, Vars::new()).expect("start");
+                        let vars = if args.receivers {
+                            order(n - 1)
+                        } else {
+                            Vars::new()
+                        };
+                        engine.start(process, vars).expect("start");
                     }
                 });
             }
@@ -369,15 +397,44 @@ fn reopen(args: &Args) -> Result<(), String> {
     // A call on an instance the engine did not read at opening: read on demand.
     let start = Instant::now();
     let last = *ids.last().ok_or("no instance")?;
-    let task = engine.tasks(last).map_err(|e| e.to_string())?[0].id;
-    engine
-        .complete(task, &Actor::new("ann", ["clerk"]), Vars::new())
-        .map_err(|e| e.to_string())?;
-    let call_ms = start.elapsed().as_secs_f64() * 1e3;
+    let (call_ms, messages_per_sec, received) = if args.receivers {
+        // The fill counted down: the newest instance waits for order 0. Then messages to
+        // 10,000 more orders, scattered over the store, none of them held; an order an earlier
+        // run (`--reuse`) answered matches nobody.
+        let reply = |i: u64| {
+            let mut v = order(i);
+            v.insert("answer".into(), "paid".into());
+            v
+        };
+        let c = engine
+            .correlate("reply", reply(0))
+            .map_err(|e| e.to_string())?;
+        let call_ms = start.elapsed().as_secs_f64() * 1e3;
+        let n = args.instances.min(10_000);
+        let stride = (0..)
+            .map(|k| 7_919 + k)
+            .find(|s| gcd(*s, args.instances) == 1)
+            .unwrap_or(1);
+        let mut received = c.received.len();
+        let start = Instant::now();
+        for j in 1..=n {
+            let c = engine
+                .correlate("reply", reply(j.wrapping_mul(stride) % args.instances))
+                .map_err(|e| e.to_string())?;
+            received += c.received.len();
+        }
+        (call_ms, n as f64 / start.elapsed().as_secs_f64(), received)
+    } else {
+        let task = engine.tasks(last).map_err(|e| e.to_string())?[0].id;
+        engine
+            .complete(task, &Actor::new("ann", ["clerk"]), Vars::new())
+            .map_err(|e| e.to_string())?;
+        (start.elapsed().as_secs_f64() * 1e3, 0.0, 0)
+    };
     println!(
         "workload=reopen store={} instances={} cache={} resumed={resumed} reopen_seconds={secs:.3} \
          open_peak_rss_kb={open_rss} rss_before_open_kb={rss_before} instances_query_seconds={list_secs:.3} \
-         first_call_ms={call_ms:.2} peak_rss_kb={}",
+         first_call_ms={call_ms:.2} messages_per_sec={messages_per_sec:.0} received={received} peak_rss_kb={}",
         if args.postgres.is_some() {
             "postgres"
         } else {

@@ -722,6 +722,121 @@ fn a_send_is_received_once_by_each_receiver_across_a_crash() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A receiver that took a message and went on before the crash (it waits no more): the next
+/// engine runs the sender's follow-up again and finds that receiver by its receipt, held or not
+/// (a bounded cache loads nothing when it opens), instead of recording the message unmatched.
+#[test]
+fn a_send_whose_receiver_went_on_is_not_delivered_again_across_a_crash() {
+    for cache in [None, Some(64)] {
+        let dir = std::env::temp_dir().join(format!(
+            "procflow-correlation-went-on-{}-{}",
+            std::process::id(),
+            cache.is_some()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("store.db");
+        let _ = std::fs::remove_file(&path);
+        let (receiver, sender) = {
+            let engine = Engine::open(SqliteStore::create(&path).unwrap()).unwrap();
+            engine
+                .deploy(ProcessDef::from_yaml(REPAIR).unwrap())
+                .unwrap();
+            engine
+                .deploy(ProcessDef::from_yaml(NETWORK).unwrap())
+                .unwrap();
+            let receiver = engine.start("repair", ticket("T-7")).unwrap();
+            (receiver, engine.start("network", ticket("T-7")).unwrap())
+        };
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_sends_and_dies", "--nocapture"])
+            .env(CHILD, &path)
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the child was to be killed");
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        assert_eq!(store.outbox().unwrap().len(), 1, "the send is left to run");
+
+        let mut config = procflow::Config::default();
+        config.cache = cache;
+        let engine = Engine::builder()
+            .config(config)
+            .open(Arc::clone(&store))
+            .unwrap();
+        assert!(store.outbox().unwrap().is_empty());
+        assert_eq!(
+            received(&engine, receiver),
+            [("fault_status".into(), Some(sender))],
+            "{cache:?}"
+        );
+        assert_eq!(engine.tasks(receiver).unwrap().len(), 1, "{cache:?}");
+        assert!(engine.unmatched().unwrap().is_empty(), "{cache:?}");
+        let delivered: Vec<Vec<InstanceId>> = engine
+            .instance(sender)
+            .unwrap()
+            .audit()
+            .iter()
+            .filter_map(|r| match &r.what {
+                Entry::MessageDelivered(d) => Some(d.received.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivered, vec![vec![receiver]], "{cache:?}");
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// With a bounded cache, opening loads no waiting receiver and the cache lets them go; a
+/// message finds each through the store's key table, once.
+#[test]
+fn a_bounded_cache_lets_receivers_go_and_messages_find_them() {
+    let path = std::env::temp_dir().join(format!(
+        "procflow-correlation-cache-{}.db",
+        std::process::id()
+    ));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let stores: Vec<Arc<dyn Store>> = vec![
+        Arc::new(MemoryStore::new()),
+        Arc::new(SqliteStore::create(&path).unwrap()),
+    ];
+    for store in stores {
+        let mut config = procflow::Config::default();
+        // One instance per shard.
+        config.cache = Some(64);
+        let ids: Vec<InstanceId> = {
+            let engine = Engine::builder()
+                .config(config.clone())
+                .open(Arc::clone(&store))
+                .unwrap();
+            engine
+                .deploy(ProcessDef::from_yaml(REPAIR).unwrap())
+                .unwrap();
+            (0..300)
+                .map(|i| engine.start("repair", ticket(&format!("T-{i}"))).unwrap())
+                .collect()
+        };
+        let engine = Engine::builder()
+            .config(config)
+            .open(Arc::clone(&store))
+            .unwrap();
+        for (i, id) in ids.iter().enumerate().rev() {
+            let c = engine
+                .correlate("fault_status", status(&format!("T-{i}"), "cleared"))
+                .unwrap();
+            assert_eq!(c.received, vec![*id]);
+        }
+        // Each went on to its task: the same message again matches nobody.
+        let again = engine
+            .correlate("fault_status", status("T-0", "cleared"))
+            .unwrap();
+        assert!(again.unmatched(), "{again:?}");
+        assert_eq!(engine.work_list(&Actor::new("cy", ["clerk"])).len(), 300);
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
 #[test]
 fn the_index_is_rebuilt_when_an_engine_opens_a_store() {
     let store = MemoryStore::new();

@@ -24,9 +24,9 @@ impl Engine {
     /// With a bounded cache and a store: after an instance was put into its shard, lets other
     /// instances of that shard go until the shard holds at most its share of the capacity.
     /// The slots let go are those the shard's table yields first (an arbitrary order: random
-    /// replacement) among those that are not locked now, have no follow-ups left to run, and
-    /// do not run a definition that receives messages (the correlation index needs those in
-    /// memory). At most [`LOOK`] slots are looked at per call.
+    /// replacement) among those that are not locked now and have no follow-ups left to run.
+    /// A waiting receiver of messages leaves the correlation index with it; a message finds
+    /// it again through the store's key table. At most [`LOOK`] slots are looked at per call.
     pub(crate) fn trim(&self, kept: InstanceId) {
         let Some(capacity) = self.config.cache else {
             return;
@@ -50,10 +50,7 @@ impl Engine {
                 let Ok(mut guard) = slot.try_lock() else {
                     continue;
                 };
-                if guard.is_retired()
-                    || !guard.dep.def.messages.is_empty()
-                    || !guard.inst.pending().is_empty()
-                {
+                if guard.is_retired() || !guard.inst.pending().is_empty() {
                     continue;
                 }
                 guard.retire();
@@ -71,44 +68,10 @@ impl Engine {
             if !guard.dep.def.keys.is_empty() {
                 self.unindex_keys(&guard.inst, &guard.dep.def);
             }
-        }
-    }
-
-    /// Opening with a bounded cache: loads only the running instances of definitions that
-    /// receive messages (the correlation index and the receipts are kept in memory); the
-    /// others are read when a call, a `tick` or a query needs them.
-    pub(crate) fn resume_receivers(&self) -> Result<(), super::OpenError> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        let mut processes: Vec<String> = Vec::new();
-        for versions in self.defs.load().values() {
-            for dep in versions.values() {
-                if !dep.def.messages.is_empty() && !processes.contains(&dep.key.id) {
-                    processes.push(dep.key.id.clone());
-                }
+            if !guard.dep.def.correlated.is_empty() {
+                self.unindex_waits(&guard);
             }
         }
-        for process in processes {
-            for (id, _) in store.running_ids(Some(&process))? {
-                let Some(stored) = store.read(id)? else {
-                    continue;
-                };
-                let key = stored.instance.def().cloned().unwrap_or_default();
-                // Called by `open` alone, before anything ran.
-                let slot = self.adopt_opening(stored).map_err(|e| match e {
-                    ExecError::Store(e) => super::OpenError::Store(e),
-                    _ => super::OpenError::UnknownDefinition { instance: id, key },
-                })?;
-                if let Some(error) = &lock(&slot).dep.missing {
-                    return Err(super::OpenError::Unavailable {
-                        instance: id,
-                        error: error.clone(),
-                    });
-                }
-            }
-        }
-        Ok(())
     }
 
     /// With a store: the running instances the store holds that this engine does not hold, or

@@ -384,6 +384,35 @@ fn matches<'s>(
 }
 
 /// Whether `inst` received the message of `receipt` already.
+/// The instances, running or not, the store indexes under each receiver's correlation key
+/// (its rule's first key) with the message's value; once each. Empty where the store cannot
+/// be read now (the in-memory index still answers for the instances the engine holds).
+fn keyed_in_store(store: &dyn crate::store::Store, plan: &Plan, vars: &Vars) -> Vec<InstanceId> {
+    let mut asked: SmallVec<[(&str, String); 2]> = SmallVec::new();
+    let mut out = Vec::new();
+    for r in &plan.receivers {
+        let Some((key, field)) = r.decl().between.correlate.first() else {
+            continue;
+        };
+        let Some(value) = vars.get(field).and_then(crate::store::BusinessKey::render) else {
+            continue;
+        };
+        if asked.iter().any(|(k, v)| k == key && *v == value) {
+            continue;
+        }
+        let Ok(ids) = store.by_key(key, &value) else {
+            continue;
+        };
+        asked.push((key.as_str(), value));
+        for id in ids {
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+    }
+    out
+}
+
 fn has_receipt(inst: &Instance, receipt: Option<Receipt>) -> bool {
     receipt.is_some_and(|r| {
         inst.rare
@@ -722,38 +751,46 @@ impl Engine {
         out
     }
 
-    /// With a store other engines share: the running instances the store indexes under each
-    /// receiver's correlation key, read and held at their stored version (another engine may
-    /// have started them, or moved them to the catch since this engine read them).
+    /// When the engine may not hold every waiting receiver (other engines share the store, or
+    /// a bounded cache let instances go): the running instances the store indexes under each
+    /// receiver's correlation key. On a shared store each is read and held at its stored
+    /// version (another engine may have started it, or moved it to the catch since this engine
+    /// read it); otherwise one the engine holds is current, and the others are read.
     fn receivers_in_store(&self, plan: &Plan, vars: &Vars, out: &mut SmallVec<[u64; 2]>) {
-        let Some(store) = self.shared_store() else {
+        let Some(store) = self.partial_store() else {
             return;
         };
-        let mut asked: SmallVec<[(&str, String); 2]> = SmallVec::new();
-        for r in &plan.receivers {
-            let Some((key, field)) = r.decl().between.correlate.first() else {
-                continue;
-            };
-            let Some(value) = vars.get(field).and_then(crate::store::BusinessKey::render) else {
-                continue;
-            };
-            if asked.iter().any(|(k, v)| k == key && *v == value) {
+        let shared = store.is_shared();
+        for id in keyed_in_store(store.as_ref(), plan, vars) {
+            if out.contains(&id.0) {
                 continue;
             }
-            let Ok(ids) = store.by_key(key, &value) else {
-                continue;
-            };
-            asked.push((key.as_str(), value));
-            for id in ids {
-                if let Ok(Some(stored)) = store.read(id)
-                    && stored.instance.status() == Status::Running
-                    && self.adopt(stored).is_ok()
-                    && !out.contains(&id.0)
-                {
-                    out.push(id.0);
-                }
+            if !shared && self.holds(id) {
+                out.push(id.0);
+            } else if let Ok(Some(stored)) = store.read(id)
+                && stored.instance.status() == Status::Running
+                && self.adopt(stored).is_ok()
+            {
+                out.push(id.0);
             }
         }
+    }
+
+    /// While an engine opens a store it may not hold every receiver of: the instances, running
+    /// or finished, that hold `receipt` among those the store indexes under each receiver's
+    /// correlation key (a send follow-up a crash left behind must not reach another receiver,
+    /// or start an instance, when its receiver already has it and went on).
+    fn receipts_in_store(&self, plan: &Plan, vars: &Vars, receipt: Receipt) -> Vec<InstanceId> {
+        let Some(store) = self.partial_store() else {
+            return Vec::new();
+        };
+        keyed_in_store(store.as_ref(), plan, vars)
+            .into_iter()
+            .filter(|id| match store.read(*id) {
+                Ok(Some(stored)) => has_receipt(&stored.instance, Some(receipt)),
+                _ => false,
+            })
+            .collect()
     }
 
     /// Delivers, starts, keeps or records a checked message.
@@ -773,7 +810,7 @@ impl Engine {
         }
         let mut out = Correlation::default();
         // A send follow-up run again after a crash: who received it already?
-        let had: Vec<InstanceId> = origin
+        let mut had: Vec<InstanceId> = origin
             .receipt
             .and_then(|r| {
                 lock(&self.between.resumed)
@@ -781,6 +818,15 @@ impl Engine {
                     .and_then(|m| m.get(&(r.from, r.seq)).cloned())
             })
             .unwrap_or_default();
+        if let Some(receipt) = origin.receipt
+            && lock(&self.between.resumed).is_some()
+        {
+            for id in self.receipts_in_store(plan, &vars, receipt) {
+                if !had.contains(&id) {
+                    had.push(id);
+                }
+            }
+        }
         let resumed = !had.is_empty();
         out.received = had;
         if resumed && !plan.many {
@@ -1044,6 +1090,27 @@ impl Engine {
     /// Whether other engines may share the store.
     pub(crate) fn shares_store(&self) -> bool {
         self.shared_store().is_some()
+    }
+
+    /// The store, when the engine may not hold every running instance it keeps: other engines
+    /// share it, or the bounded cache ([`Config::cache`](super::Config::cache)) lets
+    /// instances go.
+    fn partial_store(&self) -> Option<&Arc<dyn crate::store::Store>> {
+        self.store
+            .as_ref()
+            .filter(|s| s.is_shared() || self.config.cache.is_some())
+    }
+
+    /// Whether the engine holds `id` now (read without its lock: a hint).
+    fn holds(&self, id: InstanceId) -> bool {
+        lock(self.shard(id)).contains_key(&id.0)
+    }
+
+    /// A bounded cache lets an instance go: its waits leave the correlation index (the store's
+    /// key table finds it again).
+    pub(crate) fn unindex_waits(&self, slot: &Slot) {
+        let before = waits(&slot.dep, &slot.inst);
+        self.between.reindex(slot.inst.id, &before, &[]);
     }
 
     /// Offers the kept messages to an instance that started waiting for `fresh` (correlation

@@ -73,8 +73,9 @@ pub struct Config {
     pub max_call_depth: u32,
     /// With a store: how many instances the engine keeps in memory at most (each of its 64
     /// shards keeps its share), reading the others from the store when a call, a `tick` or a
-    /// query needs them; and opening the store does not load every running instance (only
-    /// those of definitions that receive messages). `None` (the default): the engine keeps
+    /// query needs them; and opening the store loads no instance (a message finds a waiting
+    /// receiver the engine does not hold through the store's key table). `None` (the default):
+    /// the engine keeps
     /// every instance it starts or reads, and opening loads every running one. Without a store
     /// the engine keeps everything either way.
     pub cache: Option<usize>,
@@ -393,9 +394,9 @@ impl EngineBuilder {
             })?;
             Ok::<_, OpenError>((id, slot))
         };
-        if engine.config.cache.is_some() {
-            engine.resume_receivers()?;
-        } else {
+        // With a bounded cache nothing is loaded: calls, ticks, queries and messages read
+        // the instances they need (see `cache.rs`).
+        if engine.config.cache.is_none() {
             for stored in store.running()? {
                 let (id, slot) = resume(stored, true)?;
                 if let Some(error) = &lock(&slot).dep.missing {
