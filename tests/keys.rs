@@ -344,6 +344,11 @@ fn finished_instances_are_found_on(store: Arc<dyn Store>, reopen: impl Fn() -> A
     let store = reopen();
     assert_eq!(store.by_key("order_id", "42").unwrap(), [done]);
     assert_eq!(store.by_key("customer_id", "C-1").unwrap(), [done, running]);
+    assert_eq!(
+        store.running_by_key("customer_id", "C-1").unwrap(),
+        [running]
+    );
+    assert!(store.running_by_key("order_id", "42").unwrap().is_empty());
     let engine = builder(&clock).open(store).unwrap();
     let found = engine.find_by_key("customer_id", "C-1").unwrap();
     assert_eq!(ids(&found), [done, running]);

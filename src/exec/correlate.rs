@@ -384,10 +384,16 @@ fn matches<'s>(
 }
 
 /// Whether `inst` received the message of `receipt` already.
-/// The instances, running or not, the store indexes under each receiver's correlation key
-/// (its rule's first key) with the message's value; once each. Empty where the store cannot
-/// be read now (the in-memory index still answers for the instances the engine holds).
-fn keyed_in_store(store: &dyn crate::store::Store, plan: &Plan, vars: &Vars) -> Vec<InstanceId> {
+/// The instances the store indexes under each receiver's correlation key (its rule's first
+/// key) with the message's value, once each: the running ones (`running`), or all. Empty where
+/// the store cannot be read now (the in-memory index still answers for the instances the
+/// engine holds).
+fn keyed_in_store(
+    store: &dyn crate::store::Store,
+    plan: &Plan,
+    vars: &Vars,
+    running: bool,
+) -> Vec<InstanceId> {
     let mut asked: SmallVec<[(&str, String); 2]> = SmallVec::new();
     let mut out = Vec::new();
     for r in &plan.receivers {
@@ -400,7 +406,12 @@ fn keyed_in_store(store: &dyn crate::store::Store, plan: &Plan, vars: &Vars) -> 
         if asked.iter().any(|(k, v)| k == key && *v == value) {
             continue;
         }
-        let Ok(ids) = store.by_key(key, &value) else {
+        let ids = if running {
+            store.running_by_key(key, &value)
+        } else {
+            store.by_key(key, &value)
+        };
+        let Ok(ids) = ids else {
             continue;
         };
         asked.push((key.as_str(), value));
@@ -761,7 +772,7 @@ impl Engine {
             return;
         };
         let shared = store.is_shared();
-        for id in keyed_in_store(store.as_ref(), plan, vars) {
+        for id in keyed_in_store(store.as_ref(), plan, vars, true) {
             if out.contains(&id.0) {
                 continue;
             }
@@ -784,7 +795,7 @@ impl Engine {
         let Some(store) = self.partial_store() else {
             return Vec::new();
         };
-        keyed_in_store(store.as_ref(), plan, vars)
+        keyed_in_store(store.as_ref(), plan, vars, false)
             .into_iter()
             .filter(|id| match store.read(*id) {
                 Ok(Some(stored)) => has_receipt(&stored.instance, Some(receipt)),

@@ -280,6 +280,18 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    fn running_by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .keys
+            .get(&(key.to_owned(), value.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter(|id| inner.running.contains(id))
+            .map(|id| InstanceId(*id))
+            .collect())
+    }
+
     fn park(&self, message: &ParkedMessage) -> Result<(), StoreError> {
         let json = super::encode_message(message);
         self.lock().messages.insert(message.id, (false, json));

@@ -147,6 +147,18 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// A failure of the medium.
     fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError>;
+
+    /// The running instances among [`Store::by_key`]'s, in id order: where an engine looks
+    /// for the receivers of a message it does not hold. It may name instances that are no
+    /// longer running (the engine checks each one it reads); the default is `by_key` itself, the
+    /// shipped stores leave out finished instances (a customer's history) in the query.
+    ///
+    /// # Errors
+    /// A failure of the medium.
+    fn running_by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
+        self.by_key(key, value)
+    }
+
     /// Keeps a message engine-wide (`keep_for`: it matched nobody) until [`Store::settle`].
     /// Keeping one with the id of a kept one replaces it.
     ///
@@ -644,6 +656,10 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
         (**self).by_key(key, value)
+    }
+
+    fn running_by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
+        (**self).running_by_key(key, value)
     }
 
     fn park(&self, message: &ParkedMessage) -> Result<(), StoreError> {

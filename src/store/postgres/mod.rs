@@ -453,18 +453,20 @@ impl Store for PostgresStore {
     }
 
     fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
-        self.read_tx(|conn| {
-            let stmt = conn.statement(
-                "SELECT instance FROM procflow_keys WHERE name = $1 AND value = $2 \
-                 ORDER BY instance",
-            )?;
-            let mut out = Vec::new();
-            for row in conn.client.query(&stmt, &[&key, &value])? {
-                let id: i64 = row.try_get(0)?;
-                out.push(InstanceId(id as u64));
-            }
-            Ok(out)
-        })
+        self.keyed(
+            "SELECT instance FROM procflow_keys WHERE name = $1 AND value = $2 ORDER BY instance",
+            key,
+            value,
+        )
+    }
+
+    fn running_by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
+        self.keyed(
+            "SELECT k.instance FROM procflow_keys k JOIN procflow_instances i ON i.id = k.instance \
+             WHERE k.name = $1 AND k.value = $2 AND i.running ORDER BY k.instance",
+            key,
+            value,
+        )
     }
 
     fn claim_due(
@@ -562,6 +564,24 @@ impl Store for PostgresStore {
 }
 
 impl PostgresStore {
+    /// The instance ids a key query (`$1` the key's name, `$2` its value) gives.
+    fn keyed(
+        &self,
+        sql: &'static str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<InstanceId>, StoreError> {
+        self.read_tx(|conn| {
+            let stmt = conn.statement(sql)?;
+            let mut out = Vec::new();
+            for row in conn.client.query(&stmt, &[&key, &value])? {
+                let id: i64 = row.try_get(0)?;
+                out.push(InstanceId(id as u64));
+            }
+            Ok(out)
+        })
+    }
+
     fn messages(&self, unmatched: bool) -> Result<Vec<ParkedMessage>, StoreError> {
         let bodies: Vec<String> = self.read_tx(|conn| {
             let stmt = conn

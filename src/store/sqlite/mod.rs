@@ -201,6 +201,22 @@ const CHECKPOINT_BYTES: i64 = 32 << 20;
 const WRITER_CACHE_KIB: i64 = -2_048;
 
 impl SqliteStore {
+    /// The instance ids a key query (`?1` the key's name, `?2` its value) gives.
+    fn keyed(&self, sql: &str, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
+        let path = &self.path;
+        self.read_with(|conn| {
+            let mut stmt = conn.prepare_cached(sql).map_err(|e| sql_err(path, e))?;
+            let ids = stmt
+                .query_map((key, value), |row| row.get::<_, i64>(0))
+                .and_then(|rows| rows.collect::<Result<Vec<i64>, _>>())
+                .map_err(|e| sql_err(path, e))?;
+            Ok(ids
+                .into_iter()
+                .filter_map(|id| u64::try_from(id).ok().map(InstanceId::new))
+                .collect())
+        })
+    }
+
     /// Opens an existing store file with the default [`SqliteOptions`], running pending
     /// migrations.
     ///
@@ -726,22 +742,20 @@ impl Store for SqliteStore {
     }
 
     fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
-        let path = &self.path;
-        self.read_with(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT instance FROM keys WHERE name = ?1 AND value = ?2 ORDER BY instance",
-                )
-                .map_err(|e| sql_err(path, e))?;
-            let ids = stmt
-                .query_map((key, value), |row| row.get::<_, i64>(0))
-                .and_then(|rows| rows.collect::<Result<Vec<i64>, _>>())
-                .map_err(|e| sql_err(path, e))?;
-            Ok(ids
-                .into_iter()
-                .filter_map(|id| u64::try_from(id).ok().map(InstanceId::new))
-                .collect())
-        })
+        self.keyed(
+            "SELECT instance FROM keys WHERE name = ?1 AND value = ?2 ORDER BY instance",
+            key,
+            value,
+        )
+    }
+
+    fn running_by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
+        self.keyed(
+            "SELECT k.instance FROM keys k JOIN instances i ON i.id = k.instance \
+             WHERE k.name = ?1 AND k.value = ?2 AND i.running = 1 ORDER BY k.instance",
+            key,
+            value,
+        )
     }
 
     fn park(&self, message: &crate::model::ParkedMessage) -> Result<(), StoreError> {
