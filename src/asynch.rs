@@ -891,7 +891,7 @@ impl TimerTask {
                     let e = engine.engine();
                     let now = e.now();
                     let wait = e
-                        .next_due()
+                        .next_held_due()
                         .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO))
                         .unwrap_or(poll)
                         .min(poll);

@@ -805,8 +805,29 @@ impl Engine {
 
     /// When the earliest armed timer is due, if any. Entries of the schedule whose timer is
     /// gone (its task completed, its claim deadline met, its instance finished and let go of)
-    /// are dropped on the way.
+    /// are dropped on the way. With a bounded cache ([`Config::cache`](super::Config::cache))
+    /// or a store other engines share, the store is asked too ([`Store::next_wake`]): it knows
+    /// the timers of instances this engine does not hold (a query; SQLite keeps due instants
+    /// rounded up to the millisecond).
+    ///
+    /// [`Store::next_wake`]: crate::Store::next_wake
     pub fn next_due(&self) -> Option<DateTime<Utc>> {
+        let held = self.next_held_due();
+        let stored = self
+            .store
+            .as_ref()
+            .filter(|s| self.config.cache.is_some() || s.is_shared())
+            .and_then(|s| s.next_wake().ok().flatten())
+            .and_then(|w| w.due);
+        match (held, stored) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// [`Engine::next_due`] among the timers of the instances the engine holds (the drivers
+    /// ask the store themselves, off the engine's call).
+    pub(crate) fn next_held_due(&self) -> Option<DateTime<Utc>> {
         loop {
             let (shard, (at, n)) = self
                 .timer_heaps
@@ -1015,7 +1036,7 @@ impl TimerDriver {
                         (at - engine.now()).to_std().unwrap_or(StdDuration::ZERO)
                     };
                     let mut wait = poll;
-                    for at in engine.next_due().into_iter().chain(store_next.due) {
+                    for at in engine.next_held_due().into_iter().chain(store_next.due) {
                         wait = wait.min(until(at));
                     }
                     if let Some(work) = store_next.work_in {
@@ -1054,8 +1075,10 @@ impl TimerDriver {
                     }
                     // What the store holds next, now that this engine took what was due.
                     store_next = match &engine.store {
-                        Some(store) => store.next_wake().ok().flatten().unwrap_or_default(),
-                        None => crate::store::StoreWake::default(),
+                        Some(store) if store.is_shared() || engine.config.cache.is_some() => {
+                            store.next_wake().ok().flatten().unwrap_or_default()
+                        }
+                        _ => crate::store::StoreWake::default(),
                     };
                     told = std::time::Instant::now();
                 }

@@ -262,6 +262,13 @@ impl Store for MemoryStore {
         self.select(|row| row.outbox)
     }
 
+    fn next_wake(&self) -> Result<Option<super::StoreWake>, StoreError> {
+        Ok(Some(super::StoreWake {
+            due: self.lock().due.first().map(|(at, _)| *at),
+            work_in: None,
+        }))
+    }
+
     fn reserve_ids(&self, count: u64) -> Result<u64, StoreError> {
         let mut inner = self.lock();
         let first = inner.next_id.max(1);

@@ -241,9 +241,10 @@ pub trait Store: Send + Sync {
         Ok(None)
     }
 
-    /// For stores shared by several engines: when there is next something for this engine to
-    /// claim in the store ([`StoreWake`]), whichever engine armed it. `None` (the default):
-    /// the store does not say; an engine looks at its own timers and polls.
+    /// When there is next something for this engine to claim in the store ([`StoreWake`]),
+    /// whichever engine armed it: asked when other engines share the store, or when the engine
+    /// keeps a bounded cache and so does not hold every instance with a timer. `None` (the
+    /// default): the store does not say; an engine looks at its own timers and polls.
     ///
     /// # Errors
     /// A failure of the medium.

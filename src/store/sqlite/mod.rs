@@ -668,6 +668,21 @@ impl Store for SqliteStore {
         Ok(due)
     }
 
+    fn next_wake(&self) -> Result<Option<crate::store::StoreWake>, StoreError> {
+        let path = &self.path;
+        let due: Option<i64> = self.read_with(|conn| {
+            conn.prepare_cached(
+                "SELECT min(next_due) FROM instances WHERE running = 1 AND next_due IS NOT NULL",
+            )
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+            .map_err(|e| sql_err(path, e))
+        })?;
+        Ok(Some(crate::store::StoreWake {
+            due: due.and_then(DateTime::from_timestamp_millis),
+            work_in: None,
+        }))
+    }
+
     fn outbox(&self) -> Result<Vec<StoredInstance>, StoreError> {
         let path = &self.path;
         // Only an engine that opens the store asks, so a scan is enough.
