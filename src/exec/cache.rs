@@ -57,7 +57,7 @@ impl Engine {
                 victims.push(*n);
             }
             for n in victims {
-                gone.extend(shard.remove(&n));
+                gone.extend(shard.let_go(n));
             }
         }
         for slot in gone {

@@ -778,9 +778,8 @@ impl Engine {
             }
             if !shared && self.holds(id) {
                 out.push(id.0);
-            } else if let Ok(Some(stored)) = store.read(id)
-                && stored.instance.status() == Status::Running
-                && self.adopt(stored).is_ok()
+            } else if let Ok(Some(_)) =
+                self.fetch(id, |s| s.instance.status() == Status::Running)
             {
                 out.push(id.0);
             }

@@ -102,7 +102,43 @@ static ENGINES: AtomicU64 = AtomicU64::new(1);
 const ID_BLOCK: u64 = 1024;
 
 /// One of the maps from instance number to its slot.
-pub(crate) type Shard = Mutex<HashMap<u64, Arc<Mutex<Slot>>, BuildHasherDefault<IdHasher>>>;
+pub(crate) type Shard = Mutex<Held>;
+
+/// The slots of one shard, and how many it let go of: an instance read from the store while
+/// that count stands is as new as anything this engine committed (it commits only what it
+/// holds), so keeping it needs no second read (`Engine::fetch`).
+#[derive(Default)]
+pub(crate) struct Held {
+    slots: HashMap<u64, Arc<Mutex<Slot>>, BuildHasherDefault<IdHasher>>,
+    let_go: u64,
+}
+
+impl Held {
+    /// Takes a slot out of the shard (the one way out, so that the count is kept).
+    pub(crate) fn let_go(&mut self, n: u64) -> Option<Arc<Mutex<Slot>>> {
+        self.let_go += 1;
+        self.slots.remove(&n)
+    }
+
+    /// How many slots the shard let go of.
+    pub(crate) fn let_go_count(&self) -> u64 {
+        self.let_go
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = HashMap<u64, Arc<Mutex<Slot>>, BuildHasherDefault<IdHasher>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.slots
+    }
+}
+
+impl std::ops::DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.slots
+    }
+}
 
 /// Hashes instance numbers with one folded multiplication. The default SipHash was about a
 /// third of a `complete` call's own time; ids are the engine's own numbers, not input an
@@ -309,9 +345,7 @@ impl EngineBuilder {
             defs: ArcSwap::from_pointee(Catalog::new()),
             deploying: Mutex::new(()),
             uid: ENGINES.fetch_add(1, Ordering::Relaxed),
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::default()))
-                .collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Held::default())).collect(),
             next_id: AtomicU64::new(1),
             calendars: Mutex::new(b.calendars),
             timer_heaps: (0..SHARDS).map(|_| Mutex::new(BinaryHeap::new())).collect(),
@@ -1111,7 +1145,7 @@ impl Engine {
                 if !shard.get(&id.0).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
                     continue;
                 }
-                shard.remove(&id.0);
+                shard.let_go(id.0);
             }
             if let Some(org) = &self.org {
                 org.forget(id);

@@ -118,6 +118,15 @@ impl Stepped {
     }
 }
 
+/// Whether keeping a stored instance reads it again under its shard's lock (see `Engine::keep`).
+#[derive(Clone, Copy)]
+enum Again {
+    Always,
+    Never,
+    /// Unless the shard let nothing go since it counted this many (read before the store).
+    UnlessSince(u64),
+}
+
 impl Engine {
     pub(crate) fn shard(&self, id: InstanceId) -> &Shard {
         &self.shards[(id.0 as usize) % SHARDS]
@@ -175,7 +184,7 @@ impl Engine {
                 }
                 let mut shard = lock(self.shard(id));
                 if shard.get(&id.0).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
-                    shard.remove(&id.0);
+                    shard.let_go(id.0);
                 }
             }
             return Ok(out);
@@ -552,17 +561,32 @@ impl Engine {
     /// Reads an instance this engine does not hold from the store (one another engine started,
     /// or a completed one this engine let go) and keeps it.
     fn read_stored(&self, id: InstanceId) -> Result<Arc<Mutex<Slot>>, ExecError> {
+        self.fetch(id, |_| true)?
+            .ok_or(ExecError::UnknownInstance(id))
+    }
+
+    /// Reads an instance from the store and keeps it when `wanted` says so (and it fits its
+    /// definition, deployed again from the store when another engine deployed it since this
+    /// one opened). `None`: the store does not have it, or it was not wanted.
+    pub(crate) fn fetch(
+        &self,
+        id: InstanceId,
+        wanted: impl FnOnce(&StoredInstance) -> bool,
+    ) -> Result<Option<Arc<Mutex<Slot>>>, ExecError> {
         let Some(store) = &self.store else {
             return Err(ExecError::UnknownInstance(id));
         };
-        let stored = store.read(id)?.ok_or(ExecError::UnknownInstance(id))?;
+        let let_go = lock(self.shard(id)).let_go_count();
+        let Some(stored) = store.read(id)?.filter(|s| wanted(s)) else {
+            return Ok(None);
+        };
         if let Some(key) = stored.instance.def.as_deref()
             && find(&self.defs.load(), &key.id, Some(key.version)).is_err()
         {
             // Another engine deployed it after this one opened.
             self.load_definitions()?;
         }
-        self.adopt(stored)
+        self.keep(stored, Again::UnlessSince(let_go)).map(Some)
     }
 
     /// Keeps a stored instance (replacing an older copy of it) and schedules its pending
@@ -572,7 +596,7 @@ impl Engine {
     /// [`ExecError::UnknownProcess`] when its definition is not deployed;
     /// [`ExecError::Store`] with [`StoreError::Decode`] when the state does not fit it.
     pub(crate) fn adopt(&self, stored: StoredInstance) -> Result<Arc<Mutex<Slot>>, ExecError> {
-        self.keep(stored, true)
+        self.keep(stored, Again::Always)
     }
 
     /// [`Engine::adopt`] for what an engine opening a store reads before it runs anything: no
@@ -582,14 +606,10 @@ impl Engine {
         &self,
         stored: StoredInstance,
     ) -> Result<Arc<Mutex<Slot>>, ExecError> {
-        self.keep(stored, false)
+        self.keep(stored, Again::Never)
     }
 
-    fn keep(
-        &self,
-        stored: StoredInstance,
-        read_again: bool,
-    ) -> Result<Arc<Mutex<Slot>>, ExecError> {
+    fn keep(&self, stored: StoredInstance, again: Again) -> Result<Arc<Mutex<Slot>>, ExecError> {
         let id = stored.instance.id;
         // The shard lock is never held while waiting for an instance's lock.
         let held = lock(self.shard(id)).get(&id.0).cloned();
@@ -618,8 +638,14 @@ impl Engine {
         }
         // Read again under the shard lock: a copy of the instance that left the shard since
         // `stored` was read left it after its last commit, so this read has that commit, and
-        // no stale copy is ever put back. (Reads on demand; an opening engine's reads come here
-        // with `read_again` off, as nothing of theirs can have left yet.)
+        // no stale copy is ever put back. Not needed when nothing left the shard since the
+        // read (`fetch`), nor for an opening engine's reads, as nothing of theirs can have
+        // left yet.
+        let read_again = match again {
+            Again::Always => true,
+            Again::Never => false,
+            Again::UnlessSince(count) => shard.let_go_count() != count,
+        };
         let stored = match &self.store {
             Some(store) if read_again => match store.read(id)? {
                 Some(again) if again.version >= stored.version => again,

@@ -734,11 +734,7 @@ impl Engine {
             if held.is_none_or(|slot| super::lock(&slot).version < version) {
                 // Not readable now, or not fitting its definition: the claim runs out and it
                 // is claimed again.
-                let adopted = match store.read(id) {
-                    Ok(Some(stored)) => self.adopt(stored).is_ok(),
-                    _ => false,
-                };
-                if !adopted {
+                if !matches!(self.fetch(id, |_| true), Ok(Some(_))) {
                     continue;
                 }
             }
@@ -784,10 +780,10 @@ impl Engine {
         for (id, version) in due {
             let held = super::lock(self.shard(id)).get(&id.0).cloned();
             let stale = held.is_none_or(|slot| super::lock(&slot).version < version);
-            if stale && let Ok(Some(stored)) = store.read(id) {
+            if stale {
                 // A stored instance that does not fit its definition is refused here and by
                 // every call on it; the others fire.
-                let _ = self.adopt(stored);
+                let _ = self.fetch(id, |_| true);
             }
         }
         claimed
