@@ -778,9 +778,7 @@ impl Engine {
             }
             if !shared && self.holds(id) {
                 out.push(id.0);
-            } else if let Ok(Some(_)) =
-                self.fetch(id, |s| s.instance.status() == Status::Running)
-            {
+            } else if let Ok(Some(_)) = self.fetch(id, |s| s.instance.status() == Status::Running) {
                 out.push(id.0);
             }
         }

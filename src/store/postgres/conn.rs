@@ -276,6 +276,43 @@ impl Pool {
         self.lock().clear();
     }
 
+    /// Runs `f`, which reads with one statement, on a pooled connection outside any
+    /// transaction (the statement is its own: one round trip instead of three). A pooled
+    /// connection found dead is replaced by a new one, up to twice (a read is safe to repeat).
+    pub(crate) fn read_once<T>(
+        &self,
+        server: &Server,
+        mut f: impl FnMut(&mut Conn) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (mut conn, pooled) = self.take(server)?;
+            match f(&mut conn) {
+                Ok(out) => {
+                    self.put(conn);
+                    return Ok(out);
+                }
+                Err(Fail::Store(e)) => {
+                    self.put(conn);
+                    return Err(e);
+                }
+                Err(Fail::Pg(e)) => {
+                    let e = server.err(e);
+                    if matches!(e, StoreError::ConnectionLost { .. }) {
+                        self.clear();
+                        if pooled && tries < 3 {
+                            continue;
+                        }
+                    } else {
+                        self.put(conn);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
     /// Runs `f` in one transaction (`BEGIN` … `COMMIT`) on a pooled connection. A pooled
     /// connection found dead at `BEGIN` is replaced once by a new one (nothing was sent).
     /// A failure of the `COMMIT` itself is returned as `Err(Ok(e))`: its outcome is unknown.

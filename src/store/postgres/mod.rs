@@ -345,15 +345,30 @@ impl Store for PostgresStore {
         let Ok(key) = i64::try_from(id.get()) else {
             return Ok(None);
         };
-        self.read_tx(|conn| {
-            Ok(self
-                .with_audit(
-                    conn,
-                    "SELECT id, row_version, state FROM procflow_instances WHERE id = $1",
-                    &[&key],
-                )?
-                .pop())
-        })
+        // One statement (its own snapshot): the row and its audit batches in order.
+        let row = self.pool.read_once(&self.server, |conn| {
+            let stmt = conn.statement(
+                "SELECT i.row_version, i.state, \
+                 ARRAY(SELECT r.batch FROM procflow_records r WHERE r.instance = i.id \
+                       ORDER BY r.first) \
+                 FROM procflow_instances i WHERE i.id = $1",
+            )?;
+            let Some(row) = conn.client.query_opt(&stmt, &[&key])? else {
+                return Ok(None);
+            };
+            let version: i64 = row.try_get(0)?;
+            let state: String = row.try_get(1)?;
+            let batches: Vec<String> = row.try_get(2)?;
+            Ok(Some((version, state, batches)))
+        })?;
+        let Some((version, state, batches)) = row else {
+            return Ok(None);
+        };
+        let mut audit = Vec::new();
+        for batch in &batches {
+            decode_records(id.get(), batch, &mut audit).map_err(|e| self.locate(e))?;
+        }
+        self.instance(key, version, &state, audit).map(Some)
     }
 
     fn running(&self) -> Result<Vec<StoredInstance>, StoreError> {
@@ -571,7 +586,7 @@ impl PostgresStore {
         key: &str,
         value: &str,
     ) -> Result<Vec<InstanceId>, StoreError> {
-        self.read_tx(|conn| {
+        self.pool.read_once(&self.server, |conn| {
             let stmt = conn.statement(sql)?;
             let mut out = Vec::new();
             for row in conn.client.query(&stmt, &[&key, &value])? {
