@@ -412,7 +412,7 @@ impl Store for PostgresStore {
     }
 
     fn running_ids(&self, process: Option<&str>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
-        self.read_tx(|conn| {
+        self.pool.read_once(&self.server, |conn| {
             let stmt = conn.statement(
                 "SELECT id, row_version FROM procflow_instances \
                  WHERE running AND ($1::text IS NULL OR process = $1) ORDER BY id",
@@ -423,7 +423,7 @@ impl Store for PostgresStore {
 
     fn due(&self, now: DateTime<Utc>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
         let now = now.timestamp_millis();
-        self.read_tx(|conn| {
+        self.pool.read_once(&self.server, |conn| {
             let stmt = conn.statement(
                 "SELECT id, row_version FROM procflow_instances \
                  WHERE running AND next_due IS NOT NULL AND next_due <= $1 ORDER BY id",

@@ -366,7 +366,7 @@ impl PostgresStore {
     /// [`Store::next_wake`](crate::Store::next_wake): the earliest due timer no live claim
     /// holds, and when the earliest lease on follow-ups runs out.
     pub(super) fn wake_next(&self) -> Result<Option<StoreWake>, StoreError> {
-        let (due, work): (Option<i64>, Option<i64>) = self.read_tx(|conn| {
+        let (due, work): (Option<i64>, Option<i64>) = self.pool.read_once(&self.server, |conn| {
             let stmt = conn.statement(
                 "WITH server AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms) \
                  SELECT (SELECT min(next_due) FROM procflow_instances \
