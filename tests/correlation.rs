@@ -642,31 +642,55 @@ fn child_sends_and_dies() {
     unreachable!("the hook kills this process");
 }
 
-#[test]
-fn a_send_is_received_once_by_each_receiver_across_a_crash() {
-    let dir = std::env::temp_dir().join(format!("procflow-correlation-{}", std::process::id()));
+/// A new SQLite store in a folder of its own (`name`) with `defs` deployed: the folder, the
+/// file and the engine on it.
+fn fresh_store(name: &str, defs: &[&str]) -> (std::path::PathBuf, std::path::PathBuf, Engine) {
+    let dir = std::env::temp_dir().join(format!(
+        "procflow-correlation-{name}-{}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("store.db");
     let _ = std::fs::remove_file(&path);
-    let (first, second, sender) = {
-        let engine = Engine::open(SqliteStore::create(&path).unwrap()).unwrap();
-        engine
-            .deploy(ProcessDef::from_yaml(WATCH).unwrap())
-            .unwrap();
-        engine
-            .deploy(ProcessDef::from_yaml(NETWORK).unwrap())
-            .unwrap();
-        let first = engine.start("watch", ticket("T-5")).unwrap();
-        let second = engine.start("watch", ticket("T-5")).unwrap();
-        let sender = engine.start("network", ticket("T-5")).unwrap();
-        (first, second, sender)
-    };
+    let engine = Engine::open(SqliteStore::create(&path).unwrap()).unwrap();
+    for d in defs {
+        engine.deploy(ProcessDef::from_yaml(d).unwrap()).unwrap();
+    }
+    (dir, path, engine)
+}
+
+/// Runs `child_sends_and_dies` on the store at `path` in a child process, which is killed.
+fn send_and_die(path: &std::path::Path) {
     let status = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_sends_and_dies", "--nocapture"])
-        .env(CHILD, &path)
+        .env(CHILD, path)
         .status()
         .unwrap();
     assert!(!status.success(), "the child was to be killed");
+}
+
+/// Who received each message `sender` sent, as its audit trail records them.
+fn delivered(engine: &Engine, sender: InstanceId) -> Vec<Vec<InstanceId>> {
+    engine
+        .instance(sender)
+        .unwrap()
+        .audit()
+        .iter()
+        .filter_map(|r| match &r.what {
+            Entry::MessageDelivered(d) => Some(d.received.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_send_is_received_once_by_each_receiver_across_a_crash() {
+    let (dir, path, engine) = fresh_store("crash", &[WATCH, NETWORK]);
+    let first = engine.start("watch", ticket("T-5")).unwrap();
+    let second = engine.start("watch", ticket("T-5")).unwrap();
+    let sender = engine.start("network", ticket("T-5")).unwrap();
+    drop(engine);
+    send_and_die(&path);
 
     // The sender committed with its send in the outbox; the first receiver committed the
     // message, the second did not get it.
@@ -704,17 +728,7 @@ fn a_send_is_received_once_by_each_receiver_across_a_crash() {
         received(&engine, second),
         [("fault_status".into(), Some(sender))]
     );
-    let delivered: Vec<Vec<InstanceId>> = engine
-        .instance(sender)
-        .unwrap()
-        .audit()
-        .iter()
-        .filter_map(|r| match &r.what {
-            Entry::MessageDelivered(d) => Some(d.received.clone()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(delivered, vec![vec![first, second]]);
+    assert_eq!(delivered(&engine, sender), vec![vec![first, second]]);
     drop(engine);
     let engine = Engine::open(Arc::clone(&store)).unwrap();
     assert_eq!(received(&engine, first).len(), 1);
@@ -728,31 +742,12 @@ fn a_send_is_received_once_by_each_receiver_across_a_crash() {
 #[test]
 fn a_send_whose_receiver_went_on_is_not_delivered_again_across_a_crash() {
     for cache in [None, Some(64)] {
-        let dir = std::env::temp_dir().join(format!(
-            "procflow-correlation-went-on-{}-{}",
-            std::process::id(),
-            cache.is_some()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("store.db");
-        let _ = std::fs::remove_file(&path);
-        let (receiver, sender) = {
-            let engine = Engine::open(SqliteStore::create(&path).unwrap()).unwrap();
-            engine
-                .deploy(ProcessDef::from_yaml(REPAIR).unwrap())
-                .unwrap();
-            engine
-                .deploy(ProcessDef::from_yaml(NETWORK).unwrap())
-                .unwrap();
-            let receiver = engine.start("repair", ticket("T-7")).unwrap();
-            (receiver, engine.start("network", ticket("T-7")).unwrap())
-        };
-        let status = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_sends_and_dies", "--nocapture"])
-            .env(CHILD, &path)
-            .status()
-            .unwrap();
-        assert!(!status.success(), "the child was to be killed");
+        let name = format!("went-on-{}", cache.is_some());
+        let (dir, path, engine) = fresh_store(&name, &[REPAIR, NETWORK]);
+        let receiver = engine.start("repair", ticket("T-7")).unwrap();
+        let sender = engine.start("network", ticket("T-7")).unwrap();
+        drop(engine);
+        send_and_die(&path);
         let store = Arc::new(SqliteStore::open(&path).unwrap());
         assert_eq!(store.outbox().unwrap().len(), 1, "the send is left to run");
 
@@ -770,17 +765,11 @@ fn a_send_whose_receiver_went_on_is_not_delivered_again_across_a_crash() {
         );
         assert_eq!(engine.tasks(receiver).unwrap().len(), 1, "{cache:?}");
         assert!(engine.unmatched().unwrap().is_empty(), "{cache:?}");
-        let delivered: Vec<Vec<InstanceId>> = engine
-            .instance(sender)
-            .unwrap()
-            .audit()
-            .iter()
-            .filter_map(|r| match &r.what {
-                Entry::MessageDelivered(d) => Some(d.received.clone()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(delivered, vec![vec![receiver]], "{cache:?}");
+        assert_eq!(
+            delivered(&engine, sender),
+            vec![vec![receiver]],
+            "{cache:?}"
+        );
         drop(engine);
         let _ = std::fs::remove_dir_all(&dir);
     }

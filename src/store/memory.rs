@@ -58,6 +58,19 @@ struct Row {
 }
 
 impl MemoryStore {
+    /// The instances holding `key` with `value` (the running ones only, with `running`).
+    fn keyed(&self, key: &str, value: &str, running: bool) -> Vec<InstanceId> {
+        let inner = self.lock();
+        inner
+            .keys
+            .get(&(key.to_owned(), value.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter(|id| !running || inner.running.contains(id))
+            .map(|id| InstanceId(*id))
+            .collect()
+    }
+
     /// An empty store.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
@@ -277,26 +290,11 @@ impl Store for MemoryStore {
     }
 
     fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
-        let inner = self.lock();
-        Ok(inner
-            .keys
-            .get(&(key.to_owned(), value.to_owned()))
-            .into_iter()
-            .flatten()
-            .map(|id| InstanceId(*id))
-            .collect())
+        Ok(self.keyed(key, value, false))
     }
 
     fn running_by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
-        let inner = self.lock();
-        Ok(inner
-            .keys
-            .get(&(key.to_owned(), value.to_owned()))
-            .into_iter()
-            .flatten()
-            .filter(|id| inner.running.contains(id))
-            .map(|id| InstanceId(*id))
-            .collect())
+        Ok(self.keyed(key, value, true))
     }
 
     fn park(&self, message: &ParkedMessage) -> Result<(), StoreError> {
