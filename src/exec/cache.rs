@@ -74,6 +74,15 @@ impl Engine {
         }
     }
 
+    /// The store, when the engine may not hold every running instance it keeps: other engines
+    /// share it, or the bounded cache ([`Config::cache`](super::Config::cache)) lets
+    /// instances go. Then receivers and timers are looked up in the store too.
+    pub(crate) fn partial_store(&self) -> Option<&Arc<dyn crate::store::Store>> {
+        self.store
+            .as_ref()
+            .filter(|s| s.is_shared() || self.config.cache.is_some())
+    }
+
     /// With a store: the running instances the store holds that this engine does not hold, or
     /// holds at an older version (another engine committed since), by id. Empty without a
     /// store, or when the store cannot be read now.

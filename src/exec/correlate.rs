@@ -383,7 +383,6 @@ fn matches<'s>(
         .map(|l| (l, m))
 }
 
-/// Whether `inst` received the message of `receipt` already.
 /// The instances the store indexes under each receiver's correlation key (its rule's first
 /// key) with the message's value, once each: the running ones (`running`), or all. Empty where
 /// the store cannot be read now (the in-memory index still answers for the instances the
@@ -424,6 +423,7 @@ fn keyed_in_store(
     out
 }
 
+/// Whether `inst` received the message of `receipt` already.
 fn has_receipt(inst: &Instance, receipt: Option<Receipt>) -> bool {
     receipt.is_some_and(|r| {
         inst.rare
@@ -1098,15 +1098,6 @@ impl Engine {
     /// Whether other engines may share the store.
     pub(crate) fn shares_store(&self) -> bool {
         self.shared_store().is_some()
-    }
-
-    /// The store, when the engine may not hold every running instance it keeps: other engines
-    /// share it, or the bounded cache ([`Config::cache`](super::Config::cache)) lets
-    /// instances go.
-    fn partial_store(&self) -> Option<&Arc<dyn crate::store::Store>> {
-        self.store
-            .as_ref()
-            .filter(|s| s.is_shared() || self.config.cache.is_some())
     }
 
     /// Whether the engine holds `id` now (read without its lock: a hint).

@@ -75,9 +75,8 @@ pub struct Config {
     /// shards keeps its share), reading the others from the store when a call, a `tick` or a
     /// query needs them; and opening the store loads no instance (a message finds a waiting
     /// receiver the engine does not hold through the store's key table). `None` (the default):
-    /// the engine keeps
-    /// every instance it starts or reads, and opening loads every running one. Without a store
-    /// the engine keeps everything either way.
+    /// the engine keeps every instance it starts or reads, and opening loads every running one.
+    /// Without a store the engine keeps everything either way.
     pub cache: Option<usize>,
 }
 

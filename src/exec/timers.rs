@@ -810,9 +810,7 @@ impl Engine {
     pub fn next_due(&self) -> Option<DateTime<Utc>> {
         let held = self.next_held_due();
         let stored = self
-            .store
-            .as_ref()
-            .filter(|s| self.config.cache.is_some() || s.is_shared())
+            .partial_store()
             .and_then(|s| s.next_wake().ok().flatten())
             .and_then(|w| w.due);
         match (held, stored) {
@@ -1070,11 +1068,9 @@ impl TimerDriver {
                             Some(super::step::panic_message(&panic));
                     }
                     // What the store holds next, now that this engine took what was due.
-                    store_next = match &engine.store {
-                        Some(store) if store.is_shared() || engine.config.cache.is_some() => {
-                            store.next_wake().ok().flatten().unwrap_or_default()
-                        }
-                        _ => crate::store::StoreWake::default(),
+                    store_next = match engine.partial_store() {
+                        Some(store) => store.next_wake().ok().flatten().unwrap_or_default(),
+                        None => crate::store::StoreWake::default(),
                     };
                     told = std::time::Instant::now();
                 }
