@@ -311,11 +311,6 @@ fn reopen(args: &Args) -> Result<(), String> {
     } else {
         WAITING
     };
-    let order = |i: u64| {
-        let mut v = Vars::new();
-        v.insert("order_id".into(), (i as i64).into());
-        v
-    };
     let open_store = || -> Result<std::sync::Arc<dyn procflow::Store>, String> {
         #[cfg(feature = "postgres")]
         if let Some(url) = &args.postgres {
@@ -366,7 +361,7 @@ fn reopen(args: &Args) -> Result<(), String> {
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                     {
                         let vars = if args.receivers {
-                            order(n - 1)
+                            order_key(n - 1)
                         } else {
                             Vars::new()
                         };
@@ -401,25 +396,17 @@ fn reopen(args: &Args) -> Result<(), String> {
         // The fill counted down: the newest instance waits for order 0. Then messages to
         // 10,000 more orders, scattered over the store, none of them held; an order an earlier
         // run (`--reuse`) answered matches nobody.
-        let reply = |i: u64| {
-            let mut v = order(i);
-            v.insert("answer".into(), "paid".into());
-            v
-        };
         let c = engine
             .correlate("reply", reply(0))
             .map_err(|e| e.to_string())?;
         let call_ms = start.elapsed().as_secs_f64() * 1e3;
         let n = args.instances.min(10_000);
-        let stride = (0..)
-            .map(|k| 7_919 + k)
-            .find(|s| gcd(*s, args.instances) == 1)
-            .unwrap_or(1);
+        let order = scattered(args.instances);
         let mut received = c.received.len();
         let start = Instant::now();
         for j in 1..=n {
             let c = engine
-                .correlate("reply", reply(j.wrapping_mul(stride) % args.instances))
+                .correlate("reply", reply(order(j)))
                 .map_err(|e| e.to_string())?;
             received += c.received.len();
         }
@@ -795,26 +782,35 @@ nodes:
     )
 }
 
-/// Starts `args.instances` instances waiting for a correlated message, then correlates one
-/// message to each by key (see the module docs).
-fn correlate(args: &Args) {
-    let n = args.instances;
-    let key = |i: u64| {
-        let mut v = Vars::new();
-        v.insert("order_id".into(), (i as i64).into());
-        v
-    };
-    let message = |i: u64| {
-        let mut v = key(i);
-        v.insert("answer".into(), "paid".into());
-        v
-    };
-    // A scattered order: a stride coprime with n.
+/// The start variables of a waiting instance of `correlate_def`: its order number.
+fn order_key(i: u64) -> Vars {
+    let mut v = Vars::new();
+    v.insert("order_id".into(), (i as i64).into());
+    v
+}
+
+/// The message that answers order `i`.
+fn reply(i: u64) -> Vars {
+    let mut v = order_key(i);
+    v.insert("answer".into(), "paid".into());
+    v
+}
+
+/// A scattered order of `0..n`: `j` times a stride coprime with `n`, modulo `n`.
+fn scattered(n: u64) -> impl Fn(u64) -> u64 {
     let stride = (0..)
         .map(|k| 7_919 + k)
         .find(|s| gcd(*s, n) == 1)
         .unwrap_or(1);
-    let order = |j: u64| (j.wrapping_mul(stride)) % n;
+    move |j| j.wrapping_mul(stride) % n.max(1)
+}
+
+/// Starts `args.instances` instances waiting for a correlated message, then correlates one
+/// message to each by key (see the module docs).
+fn correlate(args: &Args) {
+    let n = args.instances;
+    let (key, message) = (order_key, reply);
+    let order = &scattered(n);
     // In memory, first the same instances at an uncorrelated catch (kept while the others
     // start, so that their memory is not reused): what the correlation index adds.
     let plain = args

@@ -74,6 +74,11 @@ impl Engine {
         }
     }
 
+    /// Whether the engine holds `id` now (read without its lock: a hint).
+    pub(crate) fn holds(&self, id: InstanceId) -> bool {
+        lock(self.shard(id)).contains_key(&id.0)
+    }
+
     /// The store, when the engine may not hold every running instance it keeps: other engines
     /// share it, or the bounded cache ([`Config::cache`](super::Config::cache)) lets
     /// instances go. Then receivers and timers are looked up in the store too.

@@ -1100,11 +1100,6 @@ impl Engine {
         self.shared_store().is_some()
     }
 
-    /// Whether the engine holds `id` now (read without its lock: a hint).
-    fn holds(&self, id: InstanceId) -> bool {
-        lock(self.shard(id)).contains_key(&id.0)
-    }
-
     /// A bounded cache lets an instance go: its waits leave the correlation index (the store's
     /// key table finds it again).
     pub(crate) fn unindex_waits(&self, slot: &Slot) {

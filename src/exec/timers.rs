@@ -796,7 +796,7 @@ impl Engine {
     /// in a store with timers due is read again by `tick` through the store's due index
     /// (`adopt_due`) all the same.
     fn let_go(&self, n: u64) -> bool {
-        self.config.cache.is_none() && !super::lock(self.shard(InstanceId(n))).contains_key(&n)
+        self.config.cache.is_none() && !self.holds(InstanceId(n))
     }
 
     /// When the earliest armed timer is due, if any. Entries of the schedule whose timer is
