@@ -297,7 +297,8 @@ fn reopen_config(args: &Args) -> procflow::Config {
 /// threads, through an engine with a bounded cache so that the filling process stays small),
 /// unless `--reuse` reopens what an earlier run filled; then, with the peak RSS reset, times
 /// opening an engine on the store (`--cache`), and what it then answers from the store: the
-/// running instances' ids, and one completion of a task of an instance it did not hold.
+/// running instances' ids, a work list of a role none of the waiting tasks is offered to, and one
+/// completion of a task of an instance it did not hold.
 fn reopen(args: &Args) -> Result<(), String> {
     let defs = || {
         [parse(&if args.receivers {
@@ -389,6 +390,11 @@ fn reopen(args: &Args) -> Result<(), String> {
     let ids = engine.instances();
     let list_secs = start.elapsed().as_secs_f64();
     let resumed = ids.len() as u64;
+    // A work list whose actor none of the waiting tasks is offered to (they are the clerks'):
+    // what a store that indexes offers answers without reading an instance.
+    let start = Instant::now();
+    let lead_tasks = engine.work_list(&Actor::new("lee", ["lead"])).len();
+    let lead_list_ms = start.elapsed().as_secs_f64() * 1e3;
     // A call on an instance the engine did not read at opening: read on demand.
     let start = Instant::now();
     let last = *ids.last().ok_or("no instance")?;
@@ -421,6 +427,7 @@ fn reopen(args: &Args) -> Result<(), String> {
     println!(
         "workload=reopen store={} instances={} cache={} resumed={resumed} reopen_seconds={secs:.3} \
          open_peak_rss_kb={open_rss} rss_before_open_kb={rss_before} instances_query_seconds={list_secs:.3} \
+         lead_work_list_ms={lead_list_ms:.2} lead_tasks={lead_tasks} \
          first_call_ms={call_ms:.2} messages_per_sec={messages_per_sec:.0} received={received} peak_rss_kb={}",
         if args.postgres.is_some() {
             "postgres"

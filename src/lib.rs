@@ -137,8 +137,8 @@ pub use sim::{Scenario, SimReport};
 #[cfg(feature = "postgres")]
 pub use store::PostgresStore;
 pub use store::{
-    BusinessKey, Commit, Fact, MemoryStore, SpanRow, Store, StoreError, StoreWake, StoreWatch,
-    StoredDef, StoredFacts, StoredInstance,
+    BusinessKey, Commit, Fact, MemoryStore, Offer, SpanRow, Store, StoreError, StoreWake,
+    StoreWatch, StoredDef, StoredFacts, StoredInstance,
 };
 #[cfg(feature = "sqlite")]
 pub use store::{Durability, SqliteOptions, SqliteStore};

@@ -54,6 +54,7 @@ fn tamper(store: &MemoryStore, edit: impl Fn(serde_json::Value) -> serde_json::V
             version: stored.version,
             next_due: Some(t0()),
             keys: None,
+            offers: None,
             takes: None,
         })
         .unwrap();
@@ -128,6 +129,7 @@ fn an_instance_read_on_demand_is_checked_and_the_timer_driver_survives() {
             version: victim.version,
             next_due: Some(t0()),
             keys: None,
+            offers: None,
             takes: None,
         })
         .unwrap();

@@ -134,7 +134,7 @@ fn a_schema_from_a_newer_procflow_is_refused() {
             err,
             StoreError::NewerDatabaseSchema {
                 found: 99,
-                supported: 4,
+                supported: 5,
                 ..
             }
         ),
@@ -166,6 +166,32 @@ fn a_first_version_schema_is_migrated_and_keeps_its_data() {
             &[&FLOW],
         )
         .unwrap();
+    // A running instance (id 1000, past any the sequence hands out here), as it stored one.
+    let memory = Engine::builder()
+        .clock(Arc::new(ManualClock::new(t0())))
+        .build();
+    memory.deploy(ProcessDef::from_yaml(FLOW).unwrap()).unwrap();
+    for _ in 0..1000 {
+        memory.start("flow", Vars::new()).unwrap();
+    }
+    let old = memory.instance(procflow::InstanceId::new(1000)).unwrap();
+    admin
+        .execute(
+            "INSERT INTO procflow_instances \
+             (id, process, def_version, running, row_version, started_at, state) \
+             VALUES (1000, 'flow', 1, true, 1, $1, $2)",
+            &[
+                &old.started_at().timestamp_nanos_opt().unwrap(),
+                &old.encode(),
+            ],
+        )
+        .unwrap();
+    admin
+        .execute(
+            "INSERT INTO procflow_records (instance, first, batch) VALUES (1000, 0, $1)",
+            &[&procflow::Record::encode_batch(old.audit())],
+        )
+        .unwrap();
     let store = PostgresStore::connect(&url).unwrap();
     assert_eq!(
         store.definitions().unwrap(),
@@ -184,13 +210,26 @@ fn a_first_version_schema_is_migrated_and_keeps_its_data() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(v, "4");
+    assert_eq!(v, "5");
+    // Stored before the store indexed offers (schema 5): the running instance may offer a task
+    // to anyone, so that every work list reads it until a commit changes its offers.
+    assert_eq!(
+        store.offered(&[]).unwrap(),
+        Some(vec![(procflow::InstanceId::new(1000), 1)])
+    );
     // And an engine runs on it.
     let mut b = Engine::builder();
     b.clock(Arc::new(ManualClock::new(t0())));
     let engine = b.open(store).unwrap();
     let id = engine.start("flow", Vars::new()).unwrap();
     assert_eq!(engine.instance(id).unwrap().status(), Status::Running);
+    let mut listed: Vec<u64> = engine
+        .work_list(&Actor::new("ann", ["agent"]))
+        .into_iter()
+        .map(|t| t.id.instance().get())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, [id.get(), 1000]);
 }
 
 #[test]
@@ -443,6 +482,7 @@ fn a_commit_takes_a_kept_message_once() {
         version,
         next_due: None,
         keys: None,
+        offers: None,
         takes: Some(kept),
     };
     store.commit(&commit(stored.version)).unwrap();

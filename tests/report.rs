@@ -319,6 +319,7 @@ fn stored(defs: &[Arc<ProcessDef>], instances: &[Instance]) -> MemoryStore {
                 version: 0,
                 next_due: None,
                 keys: None,
+                offers: None,
                 takes: None,
             })
             .unwrap();

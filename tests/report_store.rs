@@ -244,8 +244,9 @@ fn memory_store_reports_the_same_both_ways() {
     assert_same(&*store);
 }
 
-/// Turns a store of schema 8 back into the tables of schema 7: `records` with an index by
-/// (instance, position) and no links, no `last_batch`, the `GROUP BY` index of the facts.
+/// Turns a store of schema 9 back into the tables of schema 7: `records` with an index by
+/// (instance, position) and no links, no `last_batch`, the `GROUP BY` index of the facts, no
+/// offers.
 const TO_V7: &str = "
 CREATE TABLE records_v7 (
     seq INTEGER PRIMARY KEY,
@@ -259,6 +260,7 @@ ALTER TABLE records_v7 RENAME TO records;
 CREATE UNIQUE INDEX records_instance ON records (instance, first);
 ALTER TABLE instances DROP COLUMN last_batch;
 CREATE INDEX report_facts_groups ON report_facts (process, kind, subject, started_at, n);
+DROP TABLE offers;
 ";
 
 #[test]
@@ -317,7 +319,7 @@ fn postgres_store_sums_the_figures_decoding_gives() {
     server
         .client(&url)
         .batch_execute(
-            "DROP TABLE procflow_report_facts; \
+            "DROP TABLE procflow_report_facts; DROP TABLE procflow_offers; \
              UPDATE procflow_meta SET value = '3' WHERE key = 'schema_version';",
         )
         .unwrap();

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use procflow::{
     Actor, Clock, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, HandlerError,
-    InstanceId, ManualClock, MemoryStore, OpenError, ProcessDef, SqliteStore, Status, Store,
-    TaskId, TaskState, TokenState, Vars, handler_fn,
+    InstanceId, ManualClock, MemoryStore, Offer, OpenError, ProcessDef, SqliteStore, Status, Store,
+    StoreError, StoredInstance, TaskId, TaskState, TokenState, Vars, handler_fn,
 };
 use serde_json::json;
 
@@ -749,5 +749,254 @@ fn a_bounded_cache_reads_back_what_it_let_go() {
                 "{name}"
             );
         }
+    }
+}
+
+/// A triage by agents, then an approval by leads.
+const REVIEW: &str = r#"
+id: review
+version: 1
+name: Review
+roles: { agent: { name: Agent }, lead: { name: Lead } }
+nodes:
+  start: { kind: start, next: triage }
+  triage: { kind: user_task, name: Triage, raci: { responsible: [agent], accountable: lead }, next: approve }
+  approve: { kind: user_task, name: Approve, raci: { responsible: [lead], accountable: lead }, next: done }
+  done: { kind: end }
+"#;
+
+fn lead() -> Actor {
+    Actor::new("lee", ["lead"])
+}
+
+/// A store that counts the instances read from it by id, and is otherwise the store it wraps.
+struct Counted {
+    inner: Arc<dyn Store>,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl Counted {
+    fn new(inner: Arc<dyn Store>) -> Arc<Counted> {
+        Arc::new(Counted {
+            inner,
+            reads: Default::default(),
+        })
+    }
+
+    fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Store for Counted {
+    fn save_definition(&self, def: &procflow::StoredDef) -> Result<(), StoreError> {
+        self.inner.save_definition(def)
+    }
+    fn definitions(&self) -> Result<Vec<procflow::StoredDef>, StoreError> {
+        self.inner.definitions()
+    }
+    fn commit(&self, commit: &procflow::Commit<'_>) -> Result<(), StoreError> {
+        self.inner.commit(commit)
+    }
+    fn read(&self, id: InstanceId) -> Result<Option<StoredInstance>, StoreError> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.read(id)
+    }
+    fn running(&self) -> Result<Vec<StoredInstance>, StoreError> {
+        self.inner.running()
+    }
+    fn running_ids(&self, process: Option<&str>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
+        self.inner.running_ids(process)
+    }
+    fn history(
+        &self,
+        process: Option<&str>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<StoredInstance>, StoreError> {
+        self.inner.history(process, since)
+    }
+    fn due(&self, now: DateTime<Utc>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
+        self.inner.due(now)
+    }
+    fn outbox(&self) -> Result<Vec<StoredInstance>, StoreError> {
+        self.inner.outbox()
+    }
+    fn reserve_ids(&self, count: u64) -> Result<u64, StoreError> {
+        self.inner.reserve_ids(count)
+    }
+    fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
+        self.inner.by_key(key, value)
+    }
+    fn running_by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
+        self.inner.running_by_key(key, value)
+    }
+    fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        self.inner.offered(to)
+    }
+    fn next_wake(&self) -> Result<Option<procflow::StoreWake>, StoreError> {
+        self.inner.next_wake()
+    }
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+}
+
+#[test]
+fn a_work_list_reads_only_the_instances_offered_to_its_actor() {
+    for (name, store) in stores() {
+        let indexed = name != "foreign";
+        let clock = Arc::new(ManualClock::new(t0()));
+        let mut config = procflow::Config::default();
+        config.cache = Some(64);
+        let a = builder(&clock)
+            .config(config.clone())
+            .open(store())
+            .unwrap();
+        a.deploy(ProcessDef::from_yaml(REVIEW).unwrap()).unwrap();
+        let ids: Vec<InstanceId> = (0..200)
+            .map(|_| a.start("review", Vars::new()).unwrap())
+            .collect();
+        // Twenty of them go on to the leads.
+        let mut approving: Vec<InstanceId> = ids.iter().step_by(10).copied().collect();
+        for id in &approving {
+            let t = a.tasks(*id).unwrap()[0].id;
+            a.complete(t, &agent(), Vars::new()).unwrap();
+        }
+        let offered = |role: &str| {
+            store()
+                .offered(&[Offer {
+                    role: procflow::RoleId::new(role),
+                    unit: None,
+                }])
+                .unwrap()
+                .map(|found| found.into_iter().map(|(id, _)| id).collect::<Vec<_>>())
+        };
+        if indexed {
+            assert_eq!(offered("lead"), Some(approving.clone()), "{name}");
+            assert_eq!(offered("agent").map(|f| f.len()), Some(180), "{name}");
+            assert_eq!(offered("audit"), Some(vec![]), "{name}");
+        } else {
+            assert_eq!(offered("lead"), None, "{name}: keeps no index");
+        }
+        // A replica that holds nothing reads, for a lead's work list, the twenty instances
+        // offered to leads and no other (every running one from a store without the index).
+        let counted = Counted::new(store());
+        let b = builder(&clock)
+            .config(config)
+            .open(Arc::clone(&counted) as Arc<dyn Store>)
+            .unwrap();
+        let before = counted.reads();
+        let mut listed: Vec<InstanceId> = b
+            .work_list(&lead())
+            .into_iter()
+            .map(|t| t.id.instance())
+            .collect();
+        listed.sort();
+        assert_eq!(listed, approving, "{name}");
+        let reads = counted.reads() - before;
+        if indexed {
+            assert_eq!(reads, 20, "{name}");
+        } else {
+            assert_eq!(reads, 200, "{name}");
+        }
+        assert_eq!(b.work_list(&agent()).len(), 180, "{name}");
+        // Each approval takes its instance out of the leads' offers, also when A holds an
+        // older copy of it.
+        let last = approving.pop().unwrap();
+        let t = b.tasks(last).unwrap()[0].id;
+        b.complete(t, &lead(), Vars::new()).unwrap();
+        assert_eq!(b.instance(last).unwrap().status(), Status::Completed);
+        let on_a: Vec<InstanceId> = a
+            .work_list(&lead())
+            .into_iter()
+            .map(|t| t.id.instance())
+            .collect();
+        assert_eq!(on_a.len(), 19, "{name}");
+        assert!(!on_a.contains(&last), "{name}");
+        if indexed {
+            assert_eq!(offered("lead"), Some(approving), "{name}");
+        }
+    }
+}
+
+/// A repair for the network operations of the instance's local network, escalated to those of
+/// the unit above an hour after its deadline.
+const SCOPED: &str = r#"
+id: scoped
+version: 1
+name: Scoped
+roles:
+  network_ops: { name: Network ops }
+  customer_service: { name: CS }
+variables:
+  local_network: { type: string }
+nodes:
+  start: { kind: start, next: repair }
+  repair:
+    kind: user_task
+    name: Repair
+    raci: { responsible: [network_ops@local_network], accountable: customer_service }
+    due: 4h
+    escalate:
+      - { after: 1h, action: reassign, to: network_ops@up }
+    next: done
+  done: { kind: end }
+"#;
+
+#[test]
+fn a_work_list_reads_only_the_instances_of_the_units_it_reaches() {
+    let org = || procflow::Organisation::from_file("process-defs/org/province.yaml").unwrap();
+    let who = |id: &str| Actor::new(id, [""; 0]);
+    for (name, store) in stores() {
+        let indexed = name != "foreign";
+        let clock = Arc::new(ManualClock::new(t0()));
+        let mut config = procflow::Config::default();
+        config.cache = Some(64);
+        let a = builder(&clock)
+            .organisation(org())
+            .config(config.clone())
+            .open(store())
+            .unwrap();
+        a.deploy(ProcessDef::from_yaml(SCOPED).unwrap()).unwrap();
+        let start = |network: &str| {
+            let vars: Vars = [("local_network".to_owned(), json!(network))]
+                .into_iter()
+                .collect();
+            a.start("scoped", vars).unwrap()
+        };
+        let gz: Vec<InstanceId> = (0..30).map(|_| start("gz")).collect();
+        let sz: Vec<InstanceId> = (0..30).map(|_| start("sz")).collect();
+        let counted = Counted::new(store());
+        let b = builder(&clock)
+            .organisation(org())
+            .config(config)
+            .open(Arc::clone(&counted) as Arc<dyn Store>)
+            .unwrap();
+        // Each engineer's list, and how many instances it read.
+        let list = |person: &str| {
+            let before = counted.reads();
+            let mut ids: Vec<InstanceId> = b
+                .work_list(&who(person))
+                .into_iter()
+                .map(|t| t.id.instance())
+                .collect();
+            ids.sort();
+            (ids, counted.reads() - before)
+        };
+        let (huang, read) = list("huang");
+        assert_eq!(huang, gz, "{name}: a hall below Guangzhou");
+        assert_eq!(read, if indexed { 30 } else { 60 }, "{name}");
+        let (xu, read) = list("xu");
+        assert_eq!(xu, sz, "{name}: Shenzhen");
+        assert_eq!(read, if indexed { 30 } else { 60 }, "{name}");
+        let (feng, read) = list("feng");
+        assert!(feng.is_empty(), "{name}: the province is above the scope");
+        assert_eq!(read, if indexed { 0 } else { 60 }, "{name}");
+        // The escalation gives every repair to the province's network operations.
+        clock.advance(Duration::hours(6));
+        a.tick(clock.now());
+        let (feng, read) = list("feng");
+        assert_eq!(feng.len(), 60, "{name}: escalated one level up");
+        assert_eq!(read, 60, "{name}");
     }
 }

@@ -150,6 +150,7 @@ fn commit(
         version,
         next_due: next_due(inst),
         keys: None,
+        offers: None,
         takes: None,
     })
 }
@@ -383,6 +384,7 @@ fn due_lists_running_instances_with_a_timer_due() {
             version: 1,
             next_due: Some(t0()),
             keys: None,
+            offers: None,
             takes: None,
         })
         .unwrap();
@@ -397,6 +399,7 @@ fn due_lists_running_instances_with_a_timer_due() {
             version: 1,
             next_due: None,
             keys: None,
+            offers: None,
             takes: None,
         })
         .unwrap();
@@ -413,6 +416,7 @@ fn due_lists_running_instances_with_a_timer_due() {
             version: 2,
             next_due: Some(odd),
             keys: None,
+            offers: None,
             takes: None,
         })
         .unwrap();
@@ -491,16 +495,19 @@ fn a_newer_schema_is_refused() {
     drop(create(&db.0));
     {
         let conn = rusqlite::Connection::open(&db.0).unwrap();
-        conn.execute("UPDATE meta SET value = 9 WHERE key = 'schema_version'", [])
-            .unwrap();
+        conn.execute(
+            "UPDATE meta SET value = 10 WHERE key = 'schema_version'",
+            [],
+        )
+        .unwrap();
     }
     let e = SqliteStore::open(&db.0).unwrap_err();
     assert_eq!(
         e,
         StoreError::NewerSchema {
             path: db.0.clone(),
-            found: 9,
-            supported: 8
+            found: 10,
+            supported: 9
         }
     );
 }
@@ -694,6 +701,12 @@ fn a_v1_store_migrates_to_v2() {
         vec![(inst[0].id(), 1), (inst[2].id(), 1)]
     );
     assert_eq!(store.due(t0()).unwrap(), vec![]);
+    // Stored before the store indexed offers (schema 9): the running instances may offer a
+    // task to anyone, so that every work list reads them until a commit changes their offers.
+    assert_eq!(
+        store.offered(&[]).unwrap(),
+        Some(vec![(inst[0].id(), 1), (inst[2].id(), 1)])
+    );
     // The report facts were computed from the stored instances (schema 7): a report sums them
     // to what decoding the instances gives.
     let options = procflow::ReportOptions::default();
@@ -818,7 +831,7 @@ fn a_v4_store_migrates_to_v6() {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(version, 8);
+        assert_eq!(version, 9);
         // Schema 8: each batch links to the one before it of its instance, the instance to its
         // newest, and no index by (instance, position) is left.
         let links: Vec<(i64, i64, Option<i64>)> = conn
@@ -1087,6 +1100,7 @@ fn reload_many_running_instances() {
                     version: 0,
                     next_due: next_due(&inst),
                     keys: None,
+                    offers: None,
                     takes: None,
                 })
                 .unwrap();
@@ -1108,6 +1122,7 @@ fn reload_many_running_instances() {
                         version,
                         next_due: next_due(inst),
                         keys: None,
+                        offers: None,
                         takes: None,
                     })
                     .unwrap();

@@ -204,30 +204,77 @@ fn keys_of(
     inst: &Instance,
     t: &Task,
 ) -> Vec<Key> {
-    let node = &def.nodes[t.node.index()];
-    let Some(raci) = node.raci() else {
-        return Vec::new();
-    };
-    let escalated = t
-        .escalated_to
-        .and_then(|i| def.roles.get_index(i as usize))
-        .map(|(r, _)| r);
-    let roles: Vec<&RoleId> = match escalated {
-        Some(r) => vec![r],
-        None => raci.responsible().iter().collect(),
-    };
-    roles
-        .into_iter()
-        .map(|r| {
-            let up = escalated == Some(r) && escalated_up(node, r);
+    task_roles(Some(org), def, inst, t)
+        .map(|(r, unit)| {
             let role = org.role_index(r.as_str()).unwrap_or(NO_ROLE);
-            let unit = match scope_unit(Some(org), raci, r, &inst.vars, up) {
+            let unit = match unit {
                 None => UNSCOPED,
                 Some(u) => org.unit_index(u).unwrap_or(NO_UNIT),
             };
             (role, unit)
         })
         .collect()
+}
+
+/// The roles that may work open task `t` (its responsible roles, or the one an escalation gave
+/// it to), each with the unit its reference is scoped to: always `None` without an
+/// organisation, whose authorizer counts a role as held in every unit.
+fn task_roles<'a>(
+    org: Option<&'a Organisation>,
+    def: &'a crate::def::ProcessDef,
+    inst: &'a Instance,
+    t: &Task,
+) -> impl Iterator<Item = (&'a RoleId, Option<&'a str>)> {
+    let node = &def.nodes[t.node.index()];
+    let raci = node.raci();
+    let escalated = t
+        .escalated_to
+        .and_then(|i| def.roles.get_index(i as usize))
+        .map(|(r, _)| r);
+    let roles: &'a [RoleId] = match (raci, escalated) {
+        (None, _) => &[],
+        (Some(_), Some(r)) => std::slice::from_ref(r),
+        (Some(raci), None) => raci.responsible(),
+    };
+    roles.iter().map(move |r| {
+        let unit = match (org, raci) {
+            (Some(org), Some(raci)) => {
+                let up = escalated == Some(r) && escalated_up(node, r);
+                scope_unit(Some(org), raci, r, &inst.vars, up)
+            }
+            _ => None,
+        };
+        (r, unit)
+    })
+}
+
+/// The roles the open tasks of running instance `inst` are offered to, sorted and without
+/// repeats ([`Offer`]): what a store indexes for work lists ([`Store::offered`]). None for an
+/// instance that is not running.
+///
+/// [`Offer`]: crate::store::Offer
+/// [`Store::offered`]: crate::store::Store::offered
+pub(super) fn offers(
+    org: Option<&Organisation>,
+    def: &crate::def::ProcessDef,
+    inst: &Instance,
+) -> Vec<crate::store::Offer> {
+    if inst.status != crate::model::Status::Running {
+        return Vec::new();
+    }
+    let mut out: Vec<crate::store::Offer> = inst
+        .tasks
+        .iter()
+        .filter(|t| t.is_open())
+        .flat_map(|t| task_roles(org, def, inst, t))
+        .map(|(role, unit)| crate::store::Offer {
+            role: role.clone(),
+            unit: unit.map(str::to_owned),
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Whether a task's escalation gave it to `role` one level up (`role@up`).
@@ -461,6 +508,15 @@ impl Step<'_> {
 }
 
 impl Engine {
+    /// [`offers`] of `inst` with this engine's organisation.
+    pub(super) fn offers(
+        &self,
+        dep: &super::deploy::Deployed,
+        inst: &Instance,
+    ) -> Vec<crate::store::Offer> {
+        offers(self.org.as_ref().map(|o| &*o.org), &dep.def, inst)
+    }
+
     /// Whether `actor` acts in `role` on task `task` at `node` of an instance with `vars`,
     /// with the task's scope (and escalation) in the context.
     #[allow(clippy::too_many_arguments)] // The pieces of one task, borrowed from its step.

@@ -98,7 +98,13 @@ impl Engine {
         let Ok(running) = store.running_ids(None) else {
             return Vec::new();
         };
-        running
+        self.not_current(running)
+    }
+
+    /// Of `stored` (ids with their stored versions, by id), those this engine does not hold, or
+    /// holds at an older version, by id.
+    fn not_current(&self, stored: Vec<(InstanceId, u64)>) -> Vec<u64> {
+        stored
             .into_iter()
             .filter(|(id, version)| {
                 let held = lock(self.shard(*id)).get(&id.0).cloned();
@@ -125,14 +131,37 @@ impl Engine {
         Ok(Slot::new(inst, dep, version))
     }
 
-    /// Adds to `out` (a work list of what this engine holds) the open tasks `actor` may work
-    /// of the running instances that the store holds newer or that this engine does not hold,
-    /// each read from the store (and not kept), replacing what `out` listed of them.
+    /// Adds to `out` (the work list of `actor` from the instances this engine holds) the open
+    /// tasks of the instances the store holds that this engine does not hold, or holds at an
+    /// older version (another engine committed since), read from the store. A store that indexes
+    /// offers ([`Store::offered`](crate::store::Store::offered)) names the instances that may
+    /// offer the actor a task, and only those are read; a listed task of an instance it does not
+    /// name is dropped (its stored version offers the actor nothing). Otherwise every running
+    /// instance not held current is read, and a listed task of one that no longer runs there
+    /// is dropped.
     pub(crate) fn work_list_stored(&self, actor: &Actor, out: &mut Vec<TaskView>) {
         let Some(store) = &self.store else {
             return;
         };
-        let elsewhere = self.stored_elsewhere();
+        // The running instances that may show the actor a task: those the store names, or
+        // every one.
+        let found = match store.offered(&self.offers_to(actor)) {
+            Ok(Some(found)) => found,
+            Ok(None) => match store.running_ids(None) {
+                Ok(running) => running,
+                Err(_) => return,
+            },
+            // Unreadable now: the list shows what the engine holds.
+            Err(_) => return,
+        };
+        // A held instance the store does not name offers the actor nothing at its stored
+        // version (or finished there).
+        out.retain(|t| {
+            found
+                .binary_search_by_key(&t.id.instance, |(id, _)| *id)
+                .is_ok()
+        });
+        let elsewhere = self.not_current(found);
         if elsewhere.is_empty() {
             return;
         }
@@ -148,6 +177,54 @@ impl Engine {
             };
             out.extend(self.offered(&slot, actor));
         }
+    }
+
+    /// The offers whose instances may show `actor` a task ([`Store::offered`]): with an
+    /// organisation, each role it holds unscoped and scoped to every unit its work list reaches;
+    /// without one, each role it lists or that the authorizer says it holds among the roles of
+    /// the deployed definitions.
+    ///
+    /// [`Store::offered`]: crate::store::Store::offered
+    fn offers_to(&self, actor: &Actor) -> Vec<crate::store::Offer> {
+        use crate::store::Offer;
+        let mut out: Vec<Offer> = actor
+            .roles
+            .iter()
+            .map(|role| Offer {
+                role: role.clone(),
+                unit: None,
+            })
+            .collect();
+        match &self.org {
+            Some(cx) => {
+                for (role, unit) in cx.org.reach_named(actor.id.as_str()) {
+                    out.push(Offer {
+                        role: role.clone(),
+                        unit: None,
+                    });
+                    out.push(Offer {
+                        role: role.clone(),
+                        unit: Some(unit.to_owned()),
+                    });
+                }
+            }
+            None => {
+                let catalog = self.defs.load();
+                for dep in catalog.values().flat_map(|versions| versions.values()) {
+                    for role in dep.def.roles.keys() {
+                        if self.authorizer.holds(role, actor) {
+                            out.push(Offer {
+                                role: role.clone(),
+                                unit: None,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// The open tasks of a running instance that the work list of `actor` shows; none of one

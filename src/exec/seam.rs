@@ -262,6 +262,9 @@ impl Engine {
         // after it needs no entry of its own.
         let scheduled = inst.timers.iter().filter(|t| !t.fired).map(|t| t.at).min();
         let snapshot = self.store.as_ref().map(|_| inst.snapshot());
+        // The roles the instance's open tasks are offered to before the step, which the store
+        // indexes for work lists (nothing to index without a store).
+        let offers_before = self.store.as_ref().map(|_| self.offers(dep, inst));
         // What the instance waits for by correlation before the step (nothing to look at for a
         // definition without a correlated catch).
         let correlated = !dep.def.correlated.is_empty();
@@ -286,6 +289,10 @@ impl Engine {
                 .then(|| BusinessKey::of(dep.def.keys(), &inst.vars))
                 // A new instance has no keys stored: none to replace.
                 .filter(|keys| *version > 0 || !keys.is_empty());
+            let offers = offers_before
+                .map(|before| (before, self.offers(dep, inst)))
+                .filter(|(before, after)| before != after)
+                .map(|(_, after)| after);
             let commit = Commit {
                 instance: inst,
                 def: &dep.key,
@@ -294,6 +301,7 @@ impl Engine {
                 version: *version,
                 next_due: inst.timers.iter().filter(|t| !t.fired).map(|t| t.at).min(),
                 keys: keys.as_deref(),
+                offers: offers.as_deref(),
                 takes,
             };
             match crate::telemetry::commit(id, commit.records.len(), || store.commit(&commit)) {

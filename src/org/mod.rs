@@ -429,6 +429,20 @@ impl Organisation {
         }
         out
     }
+
+    /// [`Organisation::reach`] by ids: each role a person holds with the unit they hold it in
+    /// and every unit above it.
+    pub(crate) fn reach_named(&self, person: &str) -> Vec<(&RoleId, &str)> {
+        self.reach(person)
+            .into_iter()
+            .filter_map(|(role, unit)| {
+                Some((
+                    self.roles.get(role as usize)?,
+                    self.units.get(unit as usize)?.id.as_str(),
+                ))
+            })
+            .collect()
+    }
 }
 
 /// With an organisation, a person's roles are what the organisation says they hold; an actor

@@ -53,3 +53,45 @@ impl BusinessKey {
             .collect()
     }
 }
+
+/// A role an instance's open task is offered to: the work list of whoever acts in `role` (in
+/// `unit`, when the task's reference to the role is scoped to a unit) may show the task. A
+/// [`Commit`](super::Commit) carries an instance's offers whenever they change, so that a
+/// store can name the instances whose tasks a work list may show
+/// ([`Store::offered`](super::Store::offered)) without decoding every running one.
+///
+/// An offer narrows, it does not decide: the engine still checks every task it reads as
+/// [`Engine::work_list`](crate::Engine::work_list) does (claims, assignment, skills, the
+/// authorizer), so an instance offered to a role may show its actor nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Offer {
+    /// A responsible role of an open task, or the role an escalation gave it to.
+    pub role: crate::ids::RoleId,
+    /// The unit the task's reference to the role is scoped to (with an organisation); `None`
+    /// for an unscoped reference, and for every reference of an engine without one.
+    pub unit: Option<String>,
+}
+
+impl Offer {
+    /// The offer as stores index it: `role`, or `role@unit` for a scoped one (role ids never
+    /// hold an `@`, so the two never meet).
+    ///
+    /// # Examples
+    /// ```
+    /// use procflow::{Offer, RoleId};
+    /// let agent = |unit: Option<&str>| Offer { role: RoleId::new("agent"), unit: unit.map(str::to_owned) };
+    /// assert_eq!(agent(None).render(), "agent");
+    /// assert_eq!(agent(Some("north")).render(), "agent@north");
+    /// ```
+    pub fn render(&self) -> String {
+        match &self.unit {
+            None => self.role.as_str().to_owned(),
+            Some(unit) => format!("{}@{unit}", self.role.as_str()),
+        }
+    }
+}
+
+/// The offer a schema migration gives each instance stored running before stores indexed
+/// offers: it matches every query (see [`Store::offered`](super::Store::offered)), until the
+/// instance's next commit that changes its offers replaces it.
+pub(crate) const ANY_OFFER: &str = "*";

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 
 use super::{
-    Commit, Store, StoreError, StoredDef, StoredInstance, decode_records, decode_state,
+    Commit, Offer, Store, StoreError, StoredDef, StoredInstance, decode_records, decode_state,
     encode_records, encode_state,
 };
 use crate::ids::{DefKey, InstanceId};
@@ -33,6 +33,8 @@ struct Inner {
     next_id: u64,
     /// Business keys: (name, value) to the instances holding them.
     keys: BTreeMap<(String, String), BTreeSet<u64>>,
+    /// Offers of open tasks ([`super::Offer::render`]) to the instances holding them.
+    offers: BTreeMap<String, BTreeSet<u64>>,
     /// Messages kept engine-wide (`false`) or recorded unmatched (`true`), as JSON, by id.
     messages: BTreeMap<u64, (bool, String)>,
     /// The running instances (`running_ids` walks these, not every instance stored).
@@ -55,6 +57,8 @@ struct Row {
     records: HashMap<usize, String>,
     /// The business keys it holds (see `Inner::keys`).
     keys: Vec<(String, String)>,
+    /// The offers of its open tasks, rendered (see `Inner::offers`).
+    offers: Vec<String>,
 }
 
 impl MemoryStore {
@@ -98,6 +102,27 @@ impl MemoryStore {
         // guards consistent data.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Makes instance `id` stand in `index` under exactly `new`, `held` being where it stood.
+fn reindex<K: Ord + Clone>(
+    index: &mut BTreeMap<K, BTreeSet<u64>>,
+    held: &mut Vec<K>,
+    new: Vec<K>,
+    id: u64,
+) {
+    for k in std::mem::take(held) {
+        if let Some(ids) = index.get_mut(&k) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                index.remove(&k);
+            }
+        }
+    }
+    for k in &new {
+        index.entry(k.clone()).or_default().insert(id);
+    }
+    *held = new;
 }
 
 fn stored(id: u64, row: &Row) -> Result<StoredInstance, StoreError> {
@@ -180,6 +205,7 @@ impl Store for MemoryStore {
             outbox: false,
             records: HashMap::new(),
             keys: Vec::new(),
+            offers: Vec::new(),
         });
         let was_due = std::mem::replace(&mut row.next_due, next_due);
         row.version = commit.new_version();
@@ -203,22 +229,15 @@ impl Store for MemoryStore {
             inner.running.remove(&id.get());
         }
         if let Some(keys) = commit.keys {
-            let new: Vec<(String, String)> = keys
+            let new = keys
                 .iter()
                 .map(|k| (k.name.clone(), k.value.clone()))
                 .collect();
-            let old = std::mem::replace(&mut row.keys, new.clone());
-            for pair in old {
-                if let Some(ids) = inner.keys.get_mut(&pair) {
-                    ids.remove(&id.get());
-                    if ids.is_empty() {
-                        inner.keys.remove(&pair);
-                    }
-                }
-            }
-            for pair in new {
-                inner.keys.entry(pair).or_default().insert(id.get());
-            }
+            reindex(&mut inner.keys, &mut row.keys, new, id.get());
+        }
+        if let Some(offers) = commit.offers {
+            let new = offers.iter().map(super::Offer::render).collect();
+            reindex(&mut inner.offers, &mut row.offers, new, id.get());
         }
         Ok(())
     }
@@ -295,6 +314,21 @@ impl Store for MemoryStore {
 
     fn running_by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
         Ok(self.keyed(key, value, true))
+    }
+
+    fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        let inner = self.lock();
+        let mut ids = BTreeSet::new();
+        for offer in to {
+            if let Some(found) = inner.offers.get(&offer.render()) {
+                ids.extend(found.iter().filter(|id| inner.running.contains(id)));
+            }
+        }
+        Ok(Some(
+            ids.into_iter()
+                .filter_map(|id| Some((InstanceId(id), inner.instances.get(&id)?.version)))
+                .collect(),
+        ))
     }
 
     fn park(&self, message: &ParkedMessage) -> Result<(), StoreError> {

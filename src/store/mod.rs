@@ -26,7 +26,8 @@ use chrono::{DateTime, Utc};
 
 pub(crate) use facts::{DefCache, FactRow, InstanceFacts, facts, instant};
 pub use facts::{Fact, SpanRow, StoredFacts};
-pub use keys::BusinessKey;
+pub(crate) use keys::ANY_OFFER;
+pub use keys::{BusinessKey, Offer};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
@@ -157,6 +158,23 @@ pub trait Store: Send + Sync {
     /// A failure of the medium.
     fn running_by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
         self.by_key(key, value)
+    }
+
+    /// The running instances, with their stored versions and in id order, that may have an open
+    /// task offered to one of `to`: the instances the last commit carrying [`Commit::offers`]
+    /// gave one of them, and those stored before the store indexed offers (which match every
+    /// query until then). Where an engine that does not hold every instance, or shares the
+    /// store, looks for the work list of an actor holding the roles `to` names; it checks each
+    /// instance it reads, so the answer may name more than the list shows, never less.
+    ///
+    /// `None` (the default): the store keeps no such index, and a work list reads every
+    /// running instance the engine does not hold.
+    ///
+    /// # Errors
+    /// A failure of the medium.
+    fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        let _ = to;
+        Ok(None)
     }
 
     /// Keeps a message engine-wide (`keep_for`: it matched nobody) until [`Store::settle`].
@@ -341,6 +359,11 @@ pub struct Commit<'a> {
     /// that holds any, a call that set a key variable): the store replaces the keys it indexes
     /// for the instance with these. `None`: they did not change.
     pub keys: Option<&'a [BusinessKey]>,
+    /// The roles the instance's open tasks are offered to ([`Offer`]), sorted and without
+    /// repeats, when this commit changed them (a task opened, closed or escalated to another
+    /// role, a scope variable set): the store replaces the offers it indexes for the instance
+    /// with these, for [`Store::offered`]. `None`: they did not change.
+    pub offers: Option<&'a [Offer]>,
     /// On a store shared by several engines ([`Store::is_shared`]): the id of the kept message
     /// ([`ParkedMessage`]) this commit delivers. The store removes it in the commit's
     /// transaction, and refuses the commit with [`StoreError::Taken`] when it is no longer kept
@@ -661,6 +684,10 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn running_by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
         (**self).running_by_key(key, value)
+    }
+
+    fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        (**self).offered(to)
     }
 
     fn park(&self, message: &ParkedMessage) -> Result<(), StoreError> {

@@ -17,8 +17,8 @@ use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
 
 use super::{
-    Commit, Store, StoreError, StoredDef, StoredInstance, decode_message, decode_records,
-    decode_state, encode_message,
+    ANY_OFFER, Commit, Offer, Store, StoreError, StoredDef, StoredInstance, decode_message,
+    decode_records, decode_state, encode_message,
 };
 use crate::ids::{DefKey, InstanceId};
 use crate::model::{ParkedMessage, Record};
@@ -482,6 +482,24 @@ impl Store for PostgresStore {
             key,
             value,
         )
+    }
+
+    fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        let offers: Vec<String> = to
+            .iter()
+            .map(Offer::render)
+            .chain([ANY_OFFER.to_owned()])
+            .collect();
+        self.pool
+            .read_once(&self.server, |conn| {
+                let stmt = conn.statement(
+                    "SELECT DISTINCT i.id, i.row_version FROM procflow_offers o \
+                     JOIN procflow_instances i ON i.id = o.instance \
+                     WHERE o.offer = ANY ($1::text[]) AND i.running ORDER BY i.id",
+                )?;
+                ids_of(conn.client.query(&stmt, &[&offers])?)
+            })
+            .map(Some)
     }
 
     fn claim_due(

@@ -2,7 +2,8 @@
 //!
 //! **A commit is one round trip** when it changes no business key and announces nothing: one
 //! prepared statement outside any transaction (the instance row, conditional on the version
-//! read, and the audit batch in a data-modifying `WITH`), which the server commits by itself.
+//! read, and the audit batch, the report facts and the work-list offers in a data-modifying
+//! `WITH`), which the server commits by itself.
 //! Otherwise it is one transaction: the same statement, the keys, and the `NOTIFY`.
 //!
 //! **Follow-ups are leased**: a commit that leaves follow-ups to run holds them for its store
@@ -18,7 +19,9 @@ use super::wake;
 use super::{PostgresStore, ids_of, ms, nanos};
 use crate::ids::InstanceId;
 use crate::model::Status;
-use crate::store::{Commit, StoreError, StoreWake, StoreWatch, encode_records, encode_state};
+use crate::store::{
+    Commit, Offer, StoreError, StoreWake, StoreWatch, encode_records, encode_state,
+};
 
 /// A start: the instance row and its first audit batch. `$pre` opens the `WITH` (and may add
 /// a first query), `$post` is what the count is taken from.
@@ -40,7 +43,9 @@ macro_rules! insert_sql {
              (instance, process, started_at, kind, subject, n, till) \
              SELECT i.id, $2::text, $5::bigint, u.kind, u.subject, u.n, u.till \
              FROM i, unnest($13::bigint[], $14::text[], $15::bigint[], $16::bigint[]) \
-             AS u (kind, subject, n, till)) \
+             AS u (kind, subject, n, till)), \
+             o AS (INSERT INTO procflow_offers (offer, instance) \
+             SELECT u, i.id FROM i, unnest($17::text[]) AS u ON CONFLICT DO NOTHING) \
              SELECT count(*) FROM ",
             $post
         )
@@ -66,7 +71,11 @@ macro_rules! update_sql {
              (instance, process, started_at, kind, subject, n, till) \
              SELECT i.id, i.process, i.started_at, u.kind, u.subject, u.n, u.till \
              FROM i, unnest($12::bigint[], $13::text[], $14::bigint[], $15::bigint[]) \
-             AS u (kind, subject, n, till)) \
+             AS u (kind, subject, n, till)), \
+             od AS (DELETE FROM procflow_offers WHERE $16::text[] IS NOT NULL \
+             AND instance IN (SELECT id FROM i) AND offer <> ALL ($16::text[])), \
+             oi AS (INSERT INTO procflow_offers (offer, instance) \
+             SELECT u, i.id FROM i, unnest($16::text[]) AS u ON CONFLICT DO NOTHING) \
              SELECT count(*) FROM ",
             $post
         )
@@ -111,6 +120,8 @@ struct Row<'c> {
     fact_subjects: Vec<String>,
     fact_ns: Vec<i64>,
     fact_tills: Vec<Option<i64>>,
+    /// The offers of its open tasks, rendered, when the commit changed them.
+    offers: Option<Vec<String>>,
 }
 
 impl PostgresStore {
@@ -155,6 +166,9 @@ impl PostgresStore {
             fact_subjects: rows.iter().map(|r| r.subject.clone()).collect(),
             fact_ns: rows.iter().map(|r| r.n).collect(),
             fact_tills: rows.iter().map(|r| r.till).collect(),
+            offers: commit
+                .offers
+                .map(|offers| offers.iter().map(Offer::render).collect()),
         };
         let fast = commit.keys.is_none() && row.announce.is_none() && commit.takes.is_none();
         // Deferred: returns once the server has the commit, not once it is on its disk; the
@@ -245,6 +259,7 @@ impl PostgresStore {
                         &row.fact_subjects,
                         &row.fact_ns,
                         &row.fact_tills,
+                        &row.offers,
                     ],
                 )?
                 .try_get(0)?
@@ -269,6 +284,7 @@ impl PostgresStore {
                         &row.fact_subjects,
                         &row.fact_ns,
                         &row.fact_tills,
+                        &row.offers,
                     ],
                 )?
                 .try_get(0)?

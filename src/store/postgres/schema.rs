@@ -13,7 +13,7 @@ use super::Server;
 use crate::store::StoreError;
 
 /// The schema version this build writes and the newest it reads.
-pub(crate) const SUPPORTED: u32 = 4;
+pub(crate) const SUPPORTED: u32 = 5;
 
 /// Version 1, exactly as the first PostgreSQL store created it (frozen in `v1.sql`).
 pub(crate) const V1: &str = include_str!("v1.sql");
@@ -38,6 +38,12 @@ pub(crate) const V1: &str = include_str!("v1.sql");
 /// count (`n`) or span (`n` to `till`, in nanoseconds), written by every commit's statement, so
 /// that a report sums them with `GROUP BY` instead of decoding every state. Filled from the
 /// stored instances (`facts::fill`, after the statement).
+///
+/// Version 5: the roles each instance's open tasks are offered to
+/// ([`Offer`](crate::store::Offer), rendered), by offer for
+/// [`Store::offered`](crate::Store::offered) and by instance for the commits that replace them.
+/// An instance stored running before gets the offer `*`, which every query matches, until a
+/// commit changes its offers (the roles need the engine's definitions and organisation).
 const MIGRATIONS: &[&str] = &[
     "
 ALTER TABLE procflow_instances ADD COLUMN claim_until BIGINT;
@@ -69,6 +75,16 @@ CREATE TABLE procflow_report_facts (
 );
 CREATE INDEX procflow_report_facts_instance ON procflow_report_facts (instance);
 UPDATE procflow_meta SET value = '4' WHERE key = 'schema_version';
+",
+    "
+CREATE TABLE procflow_offers (
+    offer TEXT NOT NULL,
+    instance BIGINT NOT NULL,
+    PRIMARY KEY (offer, instance)
+);
+CREATE INDEX procflow_offers_instance ON procflow_offers (instance);
+INSERT INTO procflow_offers (offer, instance) SELECT '*', id FROM procflow_instances WHERE running;
+UPDATE procflow_meta SET value = '5' WHERE key = 'schema_version';
 ",
 ];
 

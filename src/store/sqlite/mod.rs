@@ -22,8 +22,8 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::{
-    Commit, DefCache, Store, StoreError, StoredDef, StoredFacts, StoredInstance, decode_records,
-    decode_state,
+    ANY_OFFER, Commit, DefCache, Offer, Store, StoreError, StoredDef, StoredFacts, StoredInstance,
+    decode_records, decode_state,
 };
 use crate::ids::{DefKey, InstanceId};
 use crate::model::Record;
@@ -771,6 +771,38 @@ impl Store for SqliteStore {
             key,
             value,
         )
+    }
+
+    fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        let path = &self.path;
+        let mut found = std::collections::BTreeMap::new();
+        self.read_with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT o.instance, i.row_version FROM offers o \
+                     JOIN instances i ON i.id = o.instance \
+                     WHERE o.offer = ?1 AND i.running = 1",
+                )
+                .map_err(|e| sql_err(path, e))?;
+            let offers = to.iter().map(Offer::render);
+            for offer in offers.chain([ANY_OFFER.to_owned()]) {
+                let mut rows = stmt.query([offer]).map_err(|e| sql_err(path, e))?;
+                while let Some(row) = rows.next().map_err(|e| sql_err(path, e))? {
+                    let id: i64 = row.get(0).map_err(|e| sql_err(path, e))?;
+                    let version: i64 = row.get(1).map_err(|e| sql_err(path, e))?;
+                    if let (Ok(id), Ok(version)) = (u64::try_from(id), u64::try_from(version)) {
+                        found.insert(id, version);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(Some(
+            found
+                .into_iter()
+                .map(|(id, version)| (InstanceId::new(id), version))
+                .collect(),
+        ))
     }
 
     fn park(&self, message: &crate::model::ParkedMessage) -> Result<(), StoreError> {

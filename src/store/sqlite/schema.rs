@@ -20,7 +20,7 @@ use crate::model::Timer;
 use crate::store::{BusinessKey, StoreError};
 
 /// The schema version this build writes and the newest it reads.
-pub(super) const SUPPORTED: u32 = 8;
+pub(super) const SUPPORTED: u32 = 9;
 
 /// Version 1, exactly as the first SQLite store created it (frozen in
 /// `tests/fixtures/schema-v1.sql`; a unit test keeps the two equal).
@@ -196,6 +196,26 @@ DROP INDEX IF EXISTS report_facts_groups;
 UPDATE meta SET value = 8 WHERE key = 'schema_version';
 ";
 
+/// Version 9: the roles each instance's open tasks are offered to ([`Offer`], rendered), by
+/// offer for [`Store::offered`](crate::Store::offered) (a work list reads only the instances
+/// that may show it something) and by instance for the commits that replace them. An instance
+/// stored running before gets the offer `*` ([`ANY_OFFER`]), which every query matches, until a
+/// commit changes its offers: the store cannot tell the roles without the engine's definitions
+/// and organisation.
+///
+/// [`Offer`]: crate::Offer
+/// [`ANY_OFFER`]: crate::store::ANY_OFFER
+const V9: &str = "
+CREATE TABLE offers (
+    offer TEXT NOT NULL,
+    instance INTEGER NOT NULL,
+    PRIMARY KEY (offer, instance)
+) WITHOUT ROWID;
+CREATE INDEX offers_instance ON offers (instance);
+INSERT INTO offers (offer, instance) SELECT '*', id FROM instances WHERE running = 1;
+UPDATE meta SET value = 9 WHERE key = 'schema_version';
+";
+
 /// The page size of a new store: small pages keep the write per commit small (measured against
 /// 4 KiB on the linear workload).
 const PAGE_SIZE: u32 = 1024;
@@ -278,6 +298,7 @@ pub(super) fn initialize(conn: &mut Connection, path: &Path) -> Result<(), Store
     tx.execute_batch(V7).map_err(|e| sql_err(path, e))?;
     tx.execute_batch(V7_GROUPS).map_err(|e| sql_err(path, e))?;
     tx.execute_batch(V8).map_err(|e| sql_err(path, e))?;
+    tx.execute_batch(V9).map_err(|e| sql_err(path, e))?;
     stamp(&tx, path)?;
     tx.commit().map_err(|e| sql_err(path, e))?;
     wal(conn, path)
@@ -452,6 +473,9 @@ pub(super) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
     }
     if from < 8 {
         tx.execute_batch(V8).map_err(|e| sql_err(path, e))?;
+    }
+    if from < 9 {
+        tx.execute_batch(V9).map_err(|e| sql_err(path, e))?;
     }
     stamp(&tx, path)?;
     tx.commit().map_err(|e| sql_err(path, e))?;

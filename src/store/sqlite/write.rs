@@ -34,7 +34,9 @@ pub(super) struct Prepared {
     new_version: i64,
     next_due: Option<i64>,
     /// The instance's business keys (name, value), when the commit changed them.
-    keys: Option<Vec<(String, String)>>,
+    keys: Option<Vec<[String; 2]>>,
+    /// The offers of its open tasks, rendered, when the commit changed them.
+    offers: Option<Vec<[String; 1]>>,
     /// What a report counts of the instance, sorted.
     facts: Vec<FactRow>,
 }
@@ -76,9 +78,12 @@ impl Prepared {
             next_due: commit.next_due.map(due_millis),
             keys: commit.keys.map(|keys| {
                 keys.iter()
-                    .map(|k| (k.name.clone(), k.value.clone()))
+                    .map(|k| [k.name.clone(), k.value.clone()])
                     .collect()
             }),
+            offers: commit
+                .offers
+                .map(|offers| offers.iter().map(|o| [o.render()]).collect()),
             facts: facts.rows(),
         })
     }
@@ -321,7 +326,10 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
         .map_err(sql)?;
     }
     if let Some(keys) = &p.keys {
-        replace_keys(conn, p.id, p.version == 0, keys).map_err(sql)?;
+        replace_rows(conn, KEYS, p.id, p.version == 0, keys).map_err(sql)?;
+    }
+    if let Some(offers) = &p.offers {
+        replace_rows(conn, OFFERS, p.id, p.version == 0, offers).map_err(sql)?;
     }
     super::facts::replace(
         conn,
@@ -335,33 +343,71 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
     Ok(())
 }
 
-/// Makes the keys indexed for instance `id` exactly `keys`, writing only the rows that change:
-/// a call that sets a key variable to the value it had (a message that carries the key it was
-/// correlated by) writes nothing. A new instance (`fresh`) has none stored.
-fn replace_keys(
+/// The statements that read, delete and insert an instance's rows of an index table whose
+/// rows are `N` text columns and the instance.
+struct RowSql {
+    select: &'static str,
+    delete: &'static str,
+    insert: &'static str,
+}
+
+const KEYS: RowSql = RowSql {
+    select: "SELECT name, value FROM keys WHERE instance = ?1",
+    delete: "DELETE FROM keys WHERE name = ?1 AND value = ?2 AND instance = ?3",
+    insert: "INSERT OR IGNORE INTO keys (name, value, instance) VALUES (?1, ?2, ?3)",
+};
+
+const OFFERS: RowSql = RowSql {
+    select: "SELECT offer FROM offers WHERE instance = ?1",
+    delete: "DELETE FROM offers WHERE offer = ?1 AND instance = ?2",
+    insert: "INSERT OR IGNORE INTO offers (offer, instance) VALUES (?1, ?2)",
+};
+
+/// Makes the rows indexed for instance `id` in the table of `sql` exactly `rows`, writing only
+/// the rows that change: a call that sets a key variable to the value it had (a message that
+/// carries the key it was correlated by), or that moves a token from one task to another of the
+/// same roles, writes nothing. A new instance (`fresh`) has none stored.
+fn replace_rows<const N: usize>(
     conn: &Connection,
+    sql: RowSql,
     id: i64,
     fresh: bool,
-    keys: &[(String, String)],
+    rows: &[[String; N]],
 ) -> rusqlite::Result<()> {
-    let stored: Vec<(String, String)> = if fresh {
+    let stored: Vec<[String; N]> = if fresh {
         Vec::new()
     } else {
-        conn.prepare_cached("SELECT name, value FROM keys WHERE instance = ?1")?
-            .query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?
+        let mut stmt = conn.prepare_cached(sql.select)?;
+        let mut found = stmt.query([id])?;
+        let mut out = Vec::new();
+        while let Some(row) = found.next()? {
+            let mut cols: [String; N] = std::array::from_fn(|_| String::new());
+            for (i, col) in cols.iter_mut().enumerate() {
+                *col = row.get(i)?;
+            }
+            out.push(cols);
+        }
+        out
     };
-    for (name, value) in stored.iter().filter(|k| !keys.contains(k)) {
-        conn.prepare_cached("DELETE FROM keys WHERE name = ?1 AND value = ?2 AND instance = ?3")?
-            .execute(params![name, value, id])?;
+    for cols in stored.iter().filter(|k| !rows.contains(k)) {
+        conn.prepare_cached(sql.delete)?
+            .execute(rusqlite::params_from_iter(params_of(cols, &id)))?;
     }
-    for (name, value) in keys.iter().filter(|k| !stored.contains(k)) {
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO keys (name, value, instance) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![name, value, id])?;
+    for cols in rows.iter().filter(|k| !stored.contains(k)) {
+        conn.prepare_cached(sql.insert)?
+            .execute(rusqlite::params_from_iter(params_of(cols, &id)))?;
     }
     Ok(())
+}
+
+/// A row's text columns and then its instance, as statement parameters.
+fn params_of<'a, const N: usize>(
+    cols: &'a [String; N],
+    id: &'a i64,
+) -> impl Iterator<Item = &'a dyn rusqlite::ToSql> {
+    cols.iter()
+        .map(|c| c as &dyn rusqlite::ToSql)
+        .chain(std::iter::once(id as &dyn rusqlite::ToSql))
 }
 
 /// The group-commit queue: commits waiting for a leader, and the results of finished batches.
