@@ -217,6 +217,29 @@ fn a_first_version_schema_is_migrated_and_keeps_its_data() {
         store.offered(&[]).unwrap(),
         Some(vec![(procflow::InstanceId::new(1000), 1)])
     );
+    // A commit that says what it offers replaces its `*`.
+    let agent = procflow::Offer {
+        role: procflow::RoleId::new("agent"),
+        unit: None,
+    };
+    store
+        .commit(&procflow::Commit {
+            instance: &old,
+            def: old.def().unwrap(),
+            records: &[],
+            first_record: old.audit().len(),
+            version: 1,
+            next_due: None,
+            keys: None,
+            offers: Some(std::slice::from_ref(&agent)),
+            takes: None,
+        })
+        .unwrap();
+    assert_eq!(store.offered(&[]).unwrap(), Some(vec![]));
+    assert_eq!(
+        store.offered(std::slice::from_ref(&agent)).unwrap(),
+        Some(vec![(procflow::InstanceId::new(1000), 2)])
+    );
     // And an engine runs on it.
     let mut b = Engine::builder();
     b.clock(Arc::new(ManualClock::new(t0())));

@@ -261,6 +261,7 @@ CREATE UNIQUE INDEX records_instance ON records (instance, first);
 ALTER TABLE instances DROP COLUMN last_batch;
 CREATE INDEX report_facts_groups ON report_facts (process, kind, subject, started_at, n);
 DROP TABLE offers;
+ALTER TABLE instances DROP COLUMN offers;
 ";
 
 #[test]
@@ -320,6 +321,7 @@ fn postgres_store_sums_the_figures_decoding_gives() {
         .client(&url)
         .batch_execute(
             "DROP TABLE procflow_report_facts; DROP TABLE procflow_offers; \
+             ALTER TABLE procflow_instances DROP COLUMN offers; \
              UPDATE procflow_meta SET value = '3' WHERE key = 'schema_version';",
         )
         .unwrap();

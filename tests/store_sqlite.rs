@@ -707,6 +707,29 @@ fn a_v1_store_migrates_to_v2() {
         store.offered(&[]).unwrap(),
         Some(vec![(inst[0].id(), 1), (inst[2].id(), 1)])
     );
+    // A commit that says what the first one offers replaces its `*`.
+    let r = procflow::Offer {
+        role: procflow::RoleId::new("r"),
+        unit: None,
+    };
+    store
+        .commit(&Commit {
+            instance: &inst[0],
+            def: inst[0].def().unwrap(),
+            records: &[],
+            first_record: inst[0].audit().len(),
+            version: 1,
+            next_due: next_due(&inst[0]),
+            keys: None,
+            offers: Some(std::slice::from_ref(&r)),
+            takes: None,
+        })
+        .unwrap();
+    assert_eq!(store.offered(&[]).unwrap(), Some(vec![(inst[2].id(), 1)]));
+    assert_eq!(
+        store.offered(std::slice::from_ref(&r)).unwrap(),
+        Some(vec![(inst[0].id(), 2), (inst[2].id(), 1)])
+    );
     // The report facts were computed from the stored instances (schema 7): a report sums them
     // to what decoding the instances gives.
     let options = procflow::ReportOptions::default();

@@ -31,10 +31,10 @@ macro_rules! insert_sql {
             $pre,
             "i AS (INSERT INTO procflow_instances \
              (id, process, def_version, running, row_version, started_at, state, next_due, \
-              outbox_until, outbox_by) \
+              outbox_until, outbox_by, offers) \
              VALUES ($1, $2, $3, $4, 1, $5, $6, $7, \
               CASE WHEN $10::boolean THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $11::bigint END, \
-              CASE WHEN $10::boolean THEN $12::text END) \
+              CASE WHEN $10::boolean THEN $12::text END, $17::text[]) \
              ON CONFLICT (id) DO NOTHING RETURNING id), \
              r AS (INSERT INTO procflow_records (instance, first, batch) \
              SELECT id, $8::bigint, $9::text FROM i WHERE $9::text IS NOT NULL \
@@ -53,13 +53,16 @@ macro_rules! insert_sql {
 }
 
 /// A later commit: conditional on the version read; ends the claim on the instance's due
-/// timers.
+/// timers. The offers it no longer has (those its row listed, and the `*` of a migration) are
+/// deleted by their key, those it gained inserted.
 macro_rules! update_sql {
     ($pre:literal, $post:literal) => {
         concat!(
             $pre,
-            "i AS (UPDATE procflow_instances SET def_version = $2, running = $3, \
+            "o AS (SELECT offers FROM procflow_instances WHERE id = $1 AND row_version = $4), \
+             i AS (UPDATE procflow_instances SET def_version = $2, running = $3, \
              row_version = $4 + 1, state = $5, next_due = $6, claim_until = NULL, claimed_by = NULL, \
+             offers = coalesce($16::text[], offers), \
              outbox_until = CASE WHEN $9::boolean THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $10::bigint END, \
              outbox_by = CASE WHEN $9::boolean THEN $11::text END \
              WHERE id = $1 AND row_version = $4 RETURNING id, process, started_at), \
@@ -73,7 +76,9 @@ macro_rules! update_sql {
              FROM i, unnest($12::bigint[], $13::text[], $14::bigint[], $15::bigint[]) \
              AS u (kind, subject, n, till)), \
              od AS (DELETE FROM procflow_offers WHERE $16::text[] IS NOT NULL \
-             AND instance IN (SELECT id FROM i) AND offer <> ALL ($16::text[])), \
+             AND instance IN (SELECT id FROM i) \
+             AND offer = ANY (array_append((SELECT offers FROM o), '*')) \
+             AND offer <> ALL ($16::text[])), \
              oi AS (INSERT INTO procflow_offers (offer, instance) \
              SELECT u, i.id FROM i, unnest($16::text[]) AS u ON CONFLICT DO NOTHING) \
              SELECT count(*) FROM ",

@@ -41,9 +41,10 @@ pub(crate) const V1: &str = include_str!("v1.sql");
 ///
 /// Version 5: the roles each instance's open tasks are offered to
 /// ([`Offer`](crate::store::Offer), rendered), by offer for
-/// [`Store::offered`](crate::Store::offered) and by instance for the commits that replace them.
-/// An instance stored running before gets the offer `*`, which every query matches, until a
-/// commit changes its offers (the roles need the engine's definitions and organisation).
+/// [`Store::offered`](crate::Store::offered); the instance's row lists them too (`offers`), so
+/// that a commit that changes them deletes the rows it no longer has by their key. An instance
+/// stored running before gets the offer `*`, which every query matches, until a commit changes
+/// its offers (the roles need the engine's definitions and organisation).
 const MIGRATIONS: &[&str] = &[
     "
 ALTER TABLE procflow_instances ADD COLUMN claim_until BIGINT;
@@ -77,12 +78,12 @@ CREATE INDEX procflow_report_facts_instance ON procflow_report_facts (instance);
 UPDATE procflow_meta SET value = '4' WHERE key = 'schema_version';
 ",
     "
+ALTER TABLE procflow_instances ADD COLUMN offers TEXT[];
 CREATE TABLE procflow_offers (
     offer TEXT NOT NULL,
     instance BIGINT NOT NULL,
     PRIMARY KEY (offer, instance)
 );
-CREATE INDEX procflow_offers_instance ON procflow_offers (instance);
 INSERT INTO procflow_offers (offer, instance) SELECT '*', id FROM procflow_instances WHERE running;
 UPDATE procflow_meta SET value = '5' WHERE key = 'schema_version';
 ",

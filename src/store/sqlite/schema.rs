@@ -197,21 +197,22 @@ UPDATE meta SET value = 8 WHERE key = 'schema_version';
 ";
 
 /// Version 9: the roles each instance's open tasks are offered to ([`Offer`], rendered), by
-/// offer for [`Store::offered`](crate::Store::offered) (a work list reads only the instances
-/// that may show it something) and by instance for the commits that replace them. An instance
-/// stored running before gets the offer `*` ([`ANY_OFFER`]), which every query matches, until a
-/// commit changes its offers: the store cannot tell the roles without the engine's definitions
-/// and organisation.
+/// offer for [`Store::offered`](crate::Store::offered), so that a work list reads only the
+/// instances that may show it something. The instance's row lists its offers too (`offers`, a
+/// JSON array), so that a commit that changes them deletes the rows it no longer has by their
+/// key, without an index by instance. An instance stored running before gets the offer `*`
+/// ([`ANY_OFFER`]), which every query matches, until a commit changes its offers (and deletes
+/// it): the store cannot tell the roles without the engine's definitions and organisation.
 ///
 /// [`Offer`]: crate::Offer
 /// [`ANY_OFFER`]: crate::store::ANY_OFFER
 const V9: &str = "
+ALTER TABLE instances ADD COLUMN offers TEXT;
 CREATE TABLE offers (
     offer TEXT NOT NULL,
     instance INTEGER NOT NULL,
     PRIMARY KEY (offer, instance)
 ) WITHOUT ROWID;
-CREATE INDEX offers_instance ON offers (instance);
 INSERT INTO offers (offer, instance) SELECT '*', id FROM instances WHERE running = 1;
 UPDATE meta SET value = 9 WHERE key = 'schema_version';
 ";

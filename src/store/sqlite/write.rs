@@ -17,7 +17,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{due_millis, nanos, sql_err};
 use crate::ids::InstanceId;
 use crate::model::Status;
-use crate::store::{Commit, FactRow, InstanceFacts, StoreError, encode_records, encode_state};
+use crate::store::{
+    ANY_OFFER, Commit, FactRow, InstanceFacts, Offer, StoreError, encode_records, encode_state,
+};
 
 /// One commit, serialized by its caller's thread.
 pub(super) struct Prepared {
@@ -34,9 +36,10 @@ pub(super) struct Prepared {
     new_version: i64,
     next_due: Option<i64>,
     /// The instance's business keys (name, value), when the commit changed them.
-    keys: Option<Vec<[String; 2]>>,
-    /// The offers of its open tasks, rendered, when the commit changed them.
-    offers: Option<Vec<[String; 1]>>,
+    keys: Option<Vec<(String, String)>>,
+    /// The offers of its open tasks, rendered, and as the JSON array the row keeps, when the
+    /// commit changed them.
+    offers: Option<(Vec<String>, String)>,
     /// What a report counts of the instance, sorted.
     facts: Vec<FactRow>,
 }
@@ -78,12 +81,14 @@ impl Prepared {
             next_due: commit.next_due.map(due_millis),
             keys: commit.keys.map(|keys| {
                 keys.iter()
-                    .map(|k| [k.name.clone(), k.value.clone()])
+                    .map(|k| (k.name.clone(), k.value.clone()))
                     .collect()
             }),
-            offers: commit
-                .offers
-                .map(|offers| offers.iter().map(|o| [o.render()]).collect()),
+            offers: commit.offers.map(|offers| {
+                let rendered: Vec<String> = offers.iter().map(Offer::render).collect();
+                let json = serde_json::to_string(&rendered).unwrap_or_default();
+                (rendered, json)
+            }),
             facts: facts.rows(),
         })
     }
@@ -241,14 +246,15 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
                 .map_err(sql)?,
         ),
     };
-    // The instance's newest batch before this commit's.
+    // The instance's newest batch before this commit's, and its offers before it.
     let mut prev: Option<i64> = None;
+    let mut old_offers: Vec<String> = Vec::new();
     let changed = if p.version == 0 {
         conn.prepare_cached(
             "INSERT INTO instances \
              (id, process, def_version, running, row_version, started_at, state, next_due, \
-              last_batch) \
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
+              last_batch, offers) \
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -259,24 +265,33 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
                 p.started_at,
                 p.state,
                 p.next_due,
-                seq
+                seq,
+                p.offers.as_ref().map(|(_, json)| json)
             ])
         })
         .map_err(sql)?
     } else {
         // A version beyond i64 cannot be stored: it matches no row.
         let version = i64::try_from(p.version).unwrap_or(-1);
-        let found = if seq.is_some() {
-            // The version check, reading the link the new batch keeps.
-            let last: Option<Option<i64>> = conn
+        let found = if seq.is_some() || p.offers.is_some() {
+            // The version check, reading the link the new batch keeps and the offers the new
+            // ones replace.
+            let last: Option<(Option<i64>, Option<String>)> = conn
                 .prepare_cached(
-                    "SELECT last_batch FROM instances WHERE id = ?1 AND row_version = ?2",
+                    "SELECT last_batch, offers FROM instances WHERE id = ?1 AND row_version = ?2",
                 )
-                .and_then(|mut s| s.query_row([p.id, version], |row| row.get(0)).optional())
+                .and_then(|mut s| {
+                    s.query_row([p.id, version], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .optional()
+                })
                 .map_err(sql)?;
             match last {
-                Some(last) => {
+                Some((last, offers)) => {
                     prev = last;
+                    // A row written before offers were kept lists none (it may hold `*`).
+                    old_offers = offers
+                        .and_then(|json| serde_json::from_str(&json).ok())
+                        .unwrap_or_default();
                     true
                 }
                 None => false,
@@ -287,7 +302,8 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
         if found {
             conn.prepare_cached(
                 "UPDATE instances SET def_version = ?2, running = ?3, row_version = ?4, \
-                 state = ?5, next_due = ?6, last_batch = coalesce(?8, last_batch) \
+                 state = ?5, next_due = ?6, last_batch = coalesce(?8, last_batch), \
+                 offers = coalesce(?9, offers) \
                  WHERE id = ?1 AND row_version = ?7",
             )
             .and_then(|mut s| {
@@ -299,7 +315,8 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
                     p.state,
                     p.next_due,
                     version,
-                    seq
+                    seq,
+                    p.offers.as_ref().map(|(_, json)| json)
                 ])
             })
             .map_err(sql)?
@@ -326,10 +343,10 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
         .map_err(sql)?;
     }
     if let Some(keys) = &p.keys {
-        replace_rows(conn, KEYS, p.id, p.version == 0, keys).map_err(sql)?;
+        replace_keys(conn, p.id, p.version == 0, keys).map_err(sql)?;
     }
-    if let Some(offers) = &p.offers {
-        replace_rows(conn, OFFERS, p.id, p.version == 0, offers).map_err(sql)?;
+    if let Some((offers, _)) = &p.offers {
+        replace_offers(conn, p.id, p.version == 0, &old_offers, offers).map_err(sql)?;
     }
     super::facts::replace(
         conn,
@@ -343,71 +360,61 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
     Ok(())
 }
 
-/// The statements that read, delete and insert an instance's rows of an index table whose
-/// rows are `N` text columns and the instance.
-struct RowSql {
-    select: &'static str,
-    delete: &'static str,
-    insert: &'static str,
-}
-
-const KEYS: RowSql = RowSql {
-    select: "SELECT name, value FROM keys WHERE instance = ?1",
-    delete: "DELETE FROM keys WHERE name = ?1 AND value = ?2 AND instance = ?3",
-    insert: "INSERT OR IGNORE INTO keys (name, value, instance) VALUES (?1, ?2, ?3)",
-};
-
-const OFFERS: RowSql = RowSql {
-    select: "SELECT offer FROM offers WHERE instance = ?1",
-    delete: "DELETE FROM offers WHERE offer = ?1 AND instance = ?2",
-    insert: "INSERT OR IGNORE INTO offers (offer, instance) VALUES (?1, ?2)",
-};
-
-/// Makes the rows indexed for instance `id` in the table of `sql` exactly `rows`, writing only
-/// the rows that change: a call that sets a key variable to the value it had (a message that
-/// carries the key it was correlated by), or that moves a token from one task to another of the
-/// same roles, writes nothing. A new instance (`fresh`) has none stored.
-fn replace_rows<const N: usize>(
+/// Makes the keys indexed for instance `id` exactly `keys`, writing only the rows that change:
+/// a call that sets a key variable to the value it had (a message that carries the key it was
+/// correlated by) writes nothing. A new instance (`fresh`) has none stored.
+fn replace_keys(
     conn: &Connection,
-    sql: RowSql,
     id: i64,
     fresh: bool,
-    rows: &[[String; N]],
+    keys: &[(String, String)],
 ) -> rusqlite::Result<()> {
-    let stored: Vec<[String; N]> = if fresh {
+    let stored: Vec<(String, String)> = if fresh {
         Vec::new()
     } else {
-        let mut stmt = conn.prepare_cached(sql.select)?;
-        let mut found = stmt.query([id])?;
-        let mut out = Vec::new();
-        while let Some(row) = found.next()? {
-            let mut cols: [String; N] = std::array::from_fn(|_| String::new());
-            for (i, col) in cols.iter_mut().enumerate() {
-                *col = row.get(i)?;
-            }
-            out.push(cols);
-        }
-        out
+        conn.prepare_cached("SELECT name, value FROM keys WHERE instance = ?1")?
+            .query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?
     };
-    for cols in stored.iter().filter(|k| !rows.contains(k)) {
-        conn.prepare_cached(sql.delete)?
-            .execute(rusqlite::params_from_iter(params_of(cols, &id)))?;
+    for (name, value) in stored.iter().filter(|k| !keys.contains(k)) {
+        conn.prepare_cached("DELETE FROM keys WHERE name = ?1 AND value = ?2 AND instance = ?3")?
+            .execute(params![name, value, id])?;
     }
-    for cols in rows.iter().filter(|k| !stored.contains(k)) {
-        conn.prepare_cached(sql.insert)?
-            .execute(rusqlite::params_from_iter(params_of(cols, &id)))?;
+    for (name, value) in keys.iter().filter(|k| !stored.contains(k)) {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO keys (name, value, instance) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![name, value, id])?;
     }
     Ok(())
 }
 
-/// A row's text columns and then its instance, as statement parameters.
-fn params_of<'a, const N: usize>(
-    cols: &'a [String; N],
-    id: &'a i64,
-) -> impl Iterator<Item = &'a dyn rusqlite::ToSql> {
-    cols.iter()
-        .map(|c| c as &dyn rusqlite::ToSql)
-        .chain(std::iter::once(id as &dyn rusqlite::ToSql))
+/// Makes the offers indexed for instance `id` exactly `new`, given those its row listed before
+/// (`old`): the rows of offers it lost are deleted (and the `*` a migration gave it, unless it is
+/// a new instance, `fresh`), those of offers it gained inserted. Offers it keeps are not
+/// written.
+fn replace_offers(
+    conn: &Connection,
+    id: i64,
+    fresh: bool,
+    old: &[String],
+    new: &[String],
+) -> rusqlite::Result<()> {
+    let migrated = (!fresh).then_some(ANY_OFFER);
+    let gone = old
+        .iter()
+        .map(String::as_str)
+        .chain(migrated)
+        .filter(|o| !new.iter().any(|n| n == o));
+    for offer in gone {
+        conn.prepare_cached("DELETE FROM offers WHERE offer = ?1 AND instance = ?2")?
+            .execute(params![offer, id])?;
+    }
+    for offer in new.iter().filter(|o| !old.contains(o)) {
+        conn.prepare_cached("INSERT OR IGNORE INTO offers (offer, instance) VALUES (?1, ?2)")?
+            .execute(params![offer, id])?;
+    }
+    Ok(())
 }
 
 /// The group-commit queue: commits waiting for a leader, and the results of finished batches.
