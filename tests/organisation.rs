@@ -36,27 +36,7 @@ fn t0() -> DateTime<Utc> {
 }
 
 /// A fault task for the network operations of the instance's local network.
-const SCOPED: &str = r#"
-id: scoped
-version: 1
-name: Scoped
-roles:
-  network_ops: { name: Network ops }
-  customer_service: { name: CS }
-variables:
-  local_network: { type: string }
-nodes:
-  start: { kind: start, next: repair }
-  repair:
-    kind: user_task
-    name: Repair
-    raci: { responsible: [network_ops@local_network], accountable: customer_service }
-    due: 4h
-    escalate:
-      - { after: 1h, action: reassign, to: network_ops@up }
-    next: done
-  done: { kind: end }
-"#;
+const SCOPED: &str = include_str!("fixtures/scoped.yaml");
 
 fn engine_with(org: Organisation, defs: &[&str]) -> (Engine, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(t0()));

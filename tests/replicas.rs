@@ -7,6 +7,8 @@
 //!
 //! Needs a server: see tests/common/pg.rs (skipped, saying why, when none is found).
 
+#[path = "common/counted.rs"]
+mod counted;
 #[path = "common/pg.rs"]
 mod pg;
 
@@ -17,8 +19,7 @@ use chrono::{DateTime, Duration, Utc};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use procflow::{
-    Actor, Clock, Commit, Engine, InstanceId, ManualClock, PostgresStore, ProcessDef, Status,
-    Store, StoreError, StoredDef, StoredInstance, Vars,
+    Actor, Clock, Engine, InstanceId, ManualClock, PostgresStore, ProcessDef, Status, Store, Vars,
 };
 
 const FLOW: &str = r#"
@@ -37,75 +38,6 @@ const PER_REPLICA: usize = 30;
 
 fn t0() -> DateTime<Utc> {
     "2026-11-23T09:00:00Z".parse().unwrap()
-}
-
-/// The store a replica uses, counting the commits it refused as conflicts.
-struct Counting {
-    inner: PostgresStore,
-    conflicts: Arc<AtomicUsize>,
-}
-
-impl Store for Counting {
-    fn save_definition(&self, def: &StoredDef) -> Result<(), StoreError> {
-        self.inner.save_definition(def)
-    }
-    fn definitions(&self) -> Result<Vec<StoredDef>, StoreError> {
-        self.inner.definitions()
-    }
-    fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError> {
-        let result = self.inner.commit(commit);
-        if let Err(StoreError::Conflict { .. }) = &result {
-            self.conflicts.fetch_add(1, Ordering::Relaxed);
-        }
-        result
-    }
-    fn read(&self, id: InstanceId) -> Result<Option<StoredInstance>, StoreError> {
-        self.inner.read(id)
-    }
-    fn running(&self) -> Result<Vec<StoredInstance>, StoreError> {
-        self.inner.running()
-    }
-    fn history(
-        &self,
-        process: Option<&str>,
-        since: Option<DateTime<Utc>>,
-    ) -> Result<Vec<StoredInstance>, StoreError> {
-        self.inner.history(process, since)
-    }
-    fn due(&self, now: DateTime<Utc>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
-        self.inner.due(now)
-    }
-    fn outbox(&self) -> Result<Vec<StoredInstance>, StoreError> {
-        self.inner.outbox()
-    }
-    fn reserve_ids(&self, count: u64) -> Result<u64, StoreError> {
-        self.inner.reserve_ids(count)
-    }
-    fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
-        self.inner.by_key(key, value)
-    }
-    fn claim_due(
-        &self,
-        now: DateTime<Utc>,
-        lease: std::time::Duration,
-    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
-        self.inner.claim_due(now, lease)
-    }
-    fn claim_outbox(
-        &self,
-        lease: std::time::Duration,
-    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
-        self.inner.claim_outbox(lease)
-    }
-    fn next_wake(&self) -> Result<Option<procflow::StoreWake>, StoreError> {
-        self.inner.next_wake()
-    }
-    fn watch(&self, wake: procflow::StoreWatch) -> bool {
-        self.inner.watch(wake)
-    }
-    fn is_shared(&self) -> bool {
-        self.inner.is_shared()
-    }
 }
 
 /// Orders waiting for two messages at once, each correlated by the order's key.
@@ -163,10 +95,11 @@ fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
 }
 
 fn engine(url: &str, clock: &Arc<ManualClock>, conflicts: &Arc<AtomicUsize>) -> Engine {
-    let store = Counting {
-        inner: PostgresStore::connect(url).expect("connect"),
-        conflicts: Arc::clone(conflicts),
-    };
+    // The store a replica uses, counting the commits it refused as conflicts.
+    let store = counted::Counted::new(
+        Arc::new(PostgresStore::connect(url).expect("connect")),
+        Arc::clone(conflicts),
+    );
     let mut b = Engine::builder();
     b.clock(Arc::clone(clock));
     let engine = b.open(store).expect("open");

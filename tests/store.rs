@@ -4,6 +4,8 @@
 //! changes nothing. Each test runs on every store that ships, and on one written outside the
 //! crate with the public API alone ([`stores`]).
 
+#[path = "common/counted.rs"]
+mod counted;
 mod foreign;
 #[cfg(feature = "postgres")]
 #[path = "common/pg.rs"]
@@ -12,10 +14,11 @@ mod pg;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
+use counted::Counted;
 use procflow::{
     Actor, Clock, DeployError, DeployProblem, Engine, EngineBuilder, ExecError, HandlerError,
     InstanceId, ManualClock, MemoryStore, Offer, OpenError, ProcessDef, SqliteStore, Status, Store,
-    StoreError, StoredInstance, TaskId, TaskState, TokenState, Vars, handler_fn,
+    TaskId, TaskState, TokenState, Vars, handler_fn,
 };
 use serde_json::json;
 
@@ -769,78 +772,6 @@ fn lead() -> Actor {
     Actor::new("lee", ["lead"])
 }
 
-/// A store that counts the instances read from it by id, and is otherwise the store it wraps.
-struct Counted {
-    inner: Arc<dyn Store>,
-    reads: std::sync::atomic::AtomicUsize,
-}
-
-impl Counted {
-    fn new(inner: Arc<dyn Store>) -> Arc<Counted> {
-        Arc::new(Counted {
-            inner,
-            reads: Default::default(),
-        })
-    }
-
-    fn reads(&self) -> usize {
-        self.reads.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Store for Counted {
-    fn save_definition(&self, def: &procflow::StoredDef) -> Result<(), StoreError> {
-        self.inner.save_definition(def)
-    }
-    fn definitions(&self) -> Result<Vec<procflow::StoredDef>, StoreError> {
-        self.inner.definitions()
-    }
-    fn commit(&self, commit: &procflow::Commit<'_>) -> Result<(), StoreError> {
-        self.inner.commit(commit)
-    }
-    fn read(&self, id: InstanceId) -> Result<Option<StoredInstance>, StoreError> {
-        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.read(id)
-    }
-    fn running(&self) -> Result<Vec<StoredInstance>, StoreError> {
-        self.inner.running()
-    }
-    fn running_ids(&self, process: Option<&str>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
-        self.inner.running_ids(process)
-    }
-    fn history(
-        &self,
-        process: Option<&str>,
-        since: Option<DateTime<Utc>>,
-    ) -> Result<Vec<StoredInstance>, StoreError> {
-        self.inner.history(process, since)
-    }
-    fn due(&self, now: DateTime<Utc>) -> Result<Vec<(InstanceId, u64)>, StoreError> {
-        self.inner.due(now)
-    }
-    fn outbox(&self) -> Result<Vec<StoredInstance>, StoreError> {
-        self.inner.outbox()
-    }
-    fn reserve_ids(&self, count: u64) -> Result<u64, StoreError> {
-        self.inner.reserve_ids(count)
-    }
-    fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
-        self.inner.by_key(key, value)
-    }
-    fn running_by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
-        self.inner.running_by_key(key, value)
-    }
-    fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
-        self.inner.offered(to)
-    }
-    fn next_wake(&self) -> Result<Option<procflow::StoreWake>, StoreError> {
-        self.inner.next_wake()
-    }
-    fn is_shared(&self) -> bool {
-        self.inner.is_shared()
-    }
-}
-
 #[test]
 fn a_work_list_reads_only_the_instances_offered_to_its_actor() {
     for (name, store) in stores() {
@@ -880,7 +811,7 @@ fn a_work_list_reads_only_the_instances_offered_to_its_actor() {
         }
         // A replica that holds nothing reads, for a lead's work list, the twenty instances
         // offered to leads and no other (every running one from a store without the index).
-        let counted = Counted::new(store());
+        let counted = Counted::new(store(), Default::default());
         let b = builder(&clock)
             .config(config)
             .open(Arc::clone(&counted) as Arc<dyn Store>)
@@ -921,27 +852,7 @@ fn a_work_list_reads_only_the_instances_offered_to_its_actor() {
 
 /// A repair for the network operations of the instance's local network, escalated to those of
 /// the unit above an hour after its deadline.
-const SCOPED: &str = r#"
-id: scoped
-version: 1
-name: Scoped
-roles:
-  network_ops: { name: Network ops }
-  customer_service: { name: CS }
-variables:
-  local_network: { type: string }
-nodes:
-  start: { kind: start, next: repair }
-  repair:
-    kind: user_task
-    name: Repair
-    raci: { responsible: [network_ops@local_network], accountable: customer_service }
-    due: 4h
-    escalate:
-      - { after: 1h, action: reassign, to: network_ops@up }
-    next: done
-  done: { kind: end }
-"#;
+const SCOPED: &str = include_str!("fixtures/scoped.yaml");
 
 #[test]
 fn a_work_list_reads_only_the_instances_of_the_units_it_reaches() {
@@ -966,7 +877,7 @@ fn a_work_list_reads_only_the_instances_of_the_units_it_reaches() {
         };
         let gz: Vec<InstanceId> = (0..30).map(|_| start("gz")).collect();
         let sz: Vec<InstanceId> = (0..30).map(|_| start("sz")).collect();
-        let counted = Counted::new(store());
+        let counted = Counted::new(store(), Default::default());
         let b = builder(&clock)
             .organisation(org())
             .config(config)
