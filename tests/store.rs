@@ -120,6 +120,15 @@ fn open(store: Arc<dyn Store>, clock: &Arc<ManualClock>) -> Engine {
     builder(clock).open(store).expect("open")
 }
 
+/// [`builder`] with a bounded cache of 64 instances: one per shard.
+fn cached(clock: &Arc<ManualClock>) -> EngineBuilder {
+    let mut config = procflow::Config::default();
+    config.cache = Some(64);
+    let mut b = builder(clock);
+    b.config(config);
+    b
+}
+
 fn builder(clock: &Arc<ManualClock>) -> EngineBuilder {
     let mut b = Engine::builder();
     b.clock(Arc::clone(clock));
@@ -717,13 +726,7 @@ fn a_replica_lists_and_completes_what_another_started() {
 fn a_bounded_cache_reads_back_what_it_let_go() {
     for (name, store) in stores() {
         let clock = Arc::new(ManualClock::new(t0()));
-        let mut config = procflow::Config::default();
-        // One instance per shard.
-        config.cache = Some(64);
-        let engine = builder(&clock)
-            .config(config.clone())
-            .open(store())
-            .unwrap();
+        let engine = cached(&clock).open(store()).unwrap();
         engine.deploy(ProcessDef::from_yaml(CASE).unwrap()).unwrap();
         let ids: Vec<InstanceId> = (0..300)
             .map(|_| engine.start("case", Vars::new()).unwrap())
@@ -731,7 +734,7 @@ fn a_bounded_cache_reads_back_what_it_let_go() {
         assert_eq!(engine.instances(), ids, "{name}");
         assert_eq!(engine.work_list(&agent()).len(), 600, "{name}");
         // A replica opening with a cache (which loads no instance) still lists everything.
-        let other = builder(&clock).config(config).open(store()).unwrap();
+        let other = cached(&clock).open(store()).unwrap();
         // It holds nothing, but the store knows the first reminder (the foreign store does
         // not say: `Store::next_wake` keeps its default).
         let first = (name != "foreign").then(|| t0() + Duration::hours(1));
@@ -777,12 +780,7 @@ fn a_work_list_reads_only_the_instances_offered_to_its_actor() {
     for (name, store) in stores() {
         let indexed = name != "foreign";
         let clock = Arc::new(ManualClock::new(t0()));
-        let mut config = procflow::Config::default();
-        config.cache = Some(64);
-        let a = builder(&clock)
-            .config(config.clone())
-            .open(store())
-            .unwrap();
+        let a = cached(&clock).open(store()).unwrap();
         a.deploy(ProcessDef::from_yaml(REVIEW).unwrap()).unwrap();
         let ids: Vec<InstanceId> = (0..200)
             .map(|_| a.start("review", Vars::new()).unwrap())
@@ -812,8 +810,7 @@ fn a_work_list_reads_only_the_instances_offered_to_its_actor() {
         // A replica that holds nothing reads, for a lead's work list, the twenty instances
         // offered to leads and no other (every running one from a store without the index).
         let counted = Counted::new(store(), Default::default());
-        let b = builder(&clock)
-            .config(config)
+        let b = cached(&clock)
             .open(Arc::clone(&counted) as Arc<dyn Store>)
             .unwrap();
         let before = counted.reads();
@@ -861,13 +858,7 @@ fn a_work_list_reads_only_the_instances_of_the_units_it_reaches() {
     for (name, store) in stores() {
         let indexed = name != "foreign";
         let clock = Arc::new(ManualClock::new(t0()));
-        let mut config = procflow::Config::default();
-        config.cache = Some(64);
-        let a = builder(&clock)
-            .organisation(org())
-            .config(config.clone())
-            .open(store())
-            .unwrap();
+        let a = cached(&clock).organisation(org()).open(store()).unwrap();
         a.deploy(ProcessDef::from_yaml(SCOPED).unwrap()).unwrap();
         let start = |network: &str| {
             let vars: Vars = [("local_network".to_owned(), json!(network))]
@@ -878,9 +869,8 @@ fn a_work_list_reads_only_the_instances_of_the_units_it_reaches() {
         let gz: Vec<InstanceId> = (0..30).map(|_| start("gz")).collect();
         let sz: Vec<InstanceId> = (0..30).map(|_| start("sz")).collect();
         let counted = Counted::new(store(), Default::default());
-        let b = builder(&clock)
+        let b = cached(&clock)
             .organisation(org())
-            .config(config)
             .open(Arc::clone(&counted) as Arc<dyn Store>)
             .unwrap();
         // Each engineer's list, and how many instances it read.
