@@ -10,9 +10,8 @@
 use std::sync::{Arc, Mutex};
 
 use super::seam::Slot;
-use super::{Engine, ExecError, SHARDS, TaskView, lock, open_tasks, task_view};
-use crate::def::ProcessDef;
-use crate::ids::{InstanceId, NodeId};
+use super::{Engine, ExecError, SHARDS, TaskView, lock, open_tasks};
+use crate::ids::InstanceId;
 use crate::model::Task;
 use crate::raci::Actor;
 use crate::store::StoredInstance;
@@ -285,6 +284,7 @@ impl Engine {
     /// (a simulation's staff group, in memory). Actors past the 64th are left out. Empty for an
     /// instance this engine does not hold current (one a store must be read for: ask
     /// [`Engine::work_list_of`]).
+    #[cfg(feature = "cli")] // What-if alone asks it.
     pub(crate) fn work_lists_of(
         &self,
         instance: InstanceId,
@@ -311,7 +311,7 @@ impl Engine {
                             who
                         }
                     });
-                    (who != 0).then(|| (task_view(slot, t), who))
+                    (who != 0).then(|| (super::task_view(slot, t), who))
                 })
                 .collect()
         })
@@ -330,7 +330,13 @@ impl Engine {
     /// only when it holds none of the node's responsible roles and none of the roles an
     /// escalation can give the task to. Always `true` with an organisation (whose scopes and
     /// skills it does not weigh).
-    pub(crate) fn may_ever_list(&self, def: &ProcessDef, node: NodeId, actor: &Actor) -> bool {
+    #[cfg(feature = "cli")] // What-if alone asks it.
+    pub(crate) fn may_ever_list(
+        &self,
+        def: &crate::def::ProcessDef,
+        node: crate::ids::NodeId,
+        actor: &Actor,
+    ) -> bool {
         if self.org.is_some() {
             return true;
         }

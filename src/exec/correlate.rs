@@ -639,6 +639,7 @@ impl Engine {
     }
 
     /// Whether any message is kept engine-wide now (`keep_for`): a `tick` may expire it.
+    #[cfg(feature = "cli")] // What-if alone asks it.
     pub(crate) fn keeps_messages(&self) -> bool {
         self.between.has_parked()
     }

@@ -206,6 +206,7 @@ pub struct Engine {
 /// One call's change of one instance, as the engine's change log keeps it
 /// ([`EngineBuilder::log_changes`]): what a simulation needs to know without a store.
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(feature = "cli"), allow(dead_code))] // What-if alone reads it.
 pub(crate) struct Changed {
     pub(crate) id: InstanceId,
     /// Whether it is still running after the call.
@@ -322,6 +323,7 @@ impl EngineBuilder {
 
     /// Makes the engine log the instances each call changes ([`Engine::take_changes`]): a
     /// simulation without a store reads its work lists and its next timer from it.
+    #[cfg(feature = "cli")] // What-if alone asks it.
     pub(crate) fn log_changes(&mut self) -> &mut Self {
         self.log_changes = true;
         self
@@ -1217,6 +1219,7 @@ impl Engine {
 
     /// Moves the change log's entries to `out`, oldest first (nothing without
     /// [`EngineBuilder::log_changes`]).
+    #[cfg(feature = "cli")] // What-if alone asks it.
     pub(crate) fn take_changes(&self, out: &mut Vec<Changed>) {
         if let Some(log) = &self.changes {
             out.append(&mut lock(log));

@@ -94,4 +94,5 @@ impl Offer {
 /// The offer a schema migration gives each instance stored running before stores indexed
 /// offers: it matches every query (see [`Store::offered`](super::Store::offered)), until the
 /// instance's next commit that changes its offers replaces it.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) const ANY_OFFER: &str = "*";

@@ -24,8 +24,15 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
-pub(crate) use facts::{DefCache, FactRow, InstanceFacts, facts, instant};
+// The rows and the definition cache serve the database stores, the counts reports too.
+#[cfg(feature = "sqlite")]
+pub(crate) use facts::FactRow;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) use facts::{DefCache, instant};
 pub use facts::{Fact, SpanRow, StoredFacts};
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "report"))]
+pub(crate) use facts::{InstanceFacts, facts};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) use keys::ANY_OFFER;
 pub use keys::{BusinessKey, Offer};
 pub use memory::MemoryStore;
