@@ -15,7 +15,7 @@ pub(crate) fn store(url: &str) -> PostgresStore {
         .batch_execute(
             "DROP TABLE IF EXISTS procflow_meta, procflow_definitions, procflow_instances, \
              procflow_records, procflow_keys, procflow_messages, procflow_flushes, \
-             procflow_report_facts, pgbench_accounts, \
+             procflow_report_facts, procflow_offers, pgbench_accounts, \
              pgbench_branches, pgbench_tellers, pgbench_history; \
              DROP SEQUENCE IF EXISTS procflow_ids;",
         )
