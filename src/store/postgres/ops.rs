@@ -59,7 +59,8 @@ macro_rules! update_sql {
     ($pre:literal, $post:literal) => {
         concat!(
             $pre,
-            "o AS (SELECT offers FROM procflow_instances WHERE id = $1 AND row_version = $4), \
+            "o AS (SELECT offers FROM procflow_instances \
+             WHERE $16::text[] IS NOT NULL AND id = $1 AND row_version = $4), \
              i AS (UPDATE procflow_instances SET def_version = $2, running = $3, \
              row_version = $4 + 1, state = $5, next_due = $6, claim_until = NULL, claimed_by = NULL, \
              offers = coalesce($16::text[], offers), \

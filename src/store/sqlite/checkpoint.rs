@@ -10,6 +10,7 @@
 //! **Invariant:** the thread's connection is closed before the store's writer: the writer stays
 //! the connection that closes last, and so the one that checkpoints and deletes the log.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -27,21 +28,18 @@ pub(super) struct Checkpointer {
 
 #[derive(Default)]
 struct Shared {
-    state: Mutex<State>,
+    /// Commits since the last checkpoint was asked for: counted without the lock, so that a
+    /// commit pays an atomic add, and the lock only every [`EVERY`] commits.
+    commits: AtomicU32,
+    /// Whether the store is closing.
+    stop: Mutex<bool>,
     wake: Condvar,
 }
 
-#[derive(Default)]
-struct State {
-    /// Commits since the last checkpoint was asked for.
-    commits: u32,
-    stop: bool,
-}
-
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // Plain counters: a poisoned lock still guards consistent data.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
+        // A flag: a poisoned lock still guards consistent data.
+        self.stop.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -64,16 +62,16 @@ impl Checkpointer {
 
     /// Counts one commit; every [`EVERY`] commits the thread checkpoints.
     pub(super) fn nudge(&self) {
-        let mut state = self.shared.lock();
-        state.commits += 1;
-        if state.commits == EVERY {
+        if self.shared.commits.fetch_add(1, Ordering::Relaxed) + 1 == EVERY {
+            // Under the lock: the thread checks the count under it before it waits.
+            let _stop = self.shared.lock();
             self.shared.wake.notify_one();
         }
     }
 
     /// Stops the thread and closes its connection.
     pub(super) fn stop(&mut self) {
-        self.shared.lock().stop = true;
+        *self.shared.lock() = true;
         self.shared.wake.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -89,15 +87,15 @@ impl Drop for Checkpointer {
 
 fn run(conn: &Connection, file: &std::fs::File, shared: &Shared) {
     loop {
-        let mut state = shared.lock();
-        while state.commits < EVERY && !state.stop {
-            state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+        let mut stop = shared.lock();
+        while shared.commits.load(Ordering::Relaxed) < EVERY && !*stop {
+            stop = shared.wake.wait(stop).unwrap_or_else(|e| e.into_inner());
         }
-        if state.stop {
+        if *stop {
             break;
         }
-        state.commits = 0;
-        drop(state);
+        shared.commits.store(0, Ordering::Relaxed);
+        drop(stop);
         // Copies what it can without waiting for the writer or the readers; busy (another
         // checkpoint runs) or failing, it is asked again after the next commits.
         let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
