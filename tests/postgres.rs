@@ -5,6 +5,8 @@
 //!
 //! Needs a server: see tests/common/pg.rs (skipped, saying why, when none is found).
 
+#[path = "common/backfill.rs"]
+mod backfill;
 #[path = "common/pg.rs"]
 mod pg;
 
@@ -253,6 +255,29 @@ fn a_first_version_schema_is_migrated_and_keeps_its_data() {
         .collect();
     listed.sort();
     assert_eq!(listed, [id.get(), 1000]);
+}
+
+/// A store migrated to offers (schema 5) gets them from the engine, in batches and from `tick`.
+#[test]
+fn a_migrated_store_gets_its_offers_from_the_engine() {
+    let _shared = shared();
+    let Some(server) = pg::server() else { return };
+    let url = server.fresh();
+    backfill::check(
+        || Arc::new(PostgresStore::connect(&url).unwrap()) as Arc<dyn procflow::Store>,
+        || {
+            // What the migration to schema 5 leaves.
+            server
+                .client(&url)
+                .batch_execute(
+                    "UPDATE procflow_instances SET offers = NULL; DELETE FROM procflow_offers; \
+                     INSERT INTO procflow_offers (offer, instance) \
+                     SELECT '*', id FROM procflow_instances WHERE running;",
+                )
+                .unwrap();
+        },
+        t0(),
+    );
 }
 
 #[test]

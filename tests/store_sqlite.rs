@@ -6,6 +6,9 @@
 //!
 //! Instances come from an in-memory engine; the tests commit them to the store themselves.
 
+#[path = "common/backfill.rs"]
+mod backfill;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -750,6 +753,28 @@ fn a_v1_store_migrates_to_v2() {
     drop(store);
     let store = SqliteStore::open(&db.0).unwrap();
     assert_eq!(store.running().unwrap().len(), 1);
+}
+
+/// A store migrated to offers (schema 9) gets them from the engine, in batches and from `tick`.
+#[test]
+fn a_migrated_store_gets_its_offers_from_the_engine() {
+    let db = TempDb::new("backfill");
+    let path = db.0.clone();
+    backfill::check(
+        || Arc::new(SqliteStore::create(&db.0).unwrap()) as Arc<dyn procflow::Store>,
+        || {
+            // What the migration to schema 9 leaves.
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .execute_batch(
+                    "UPDATE instances SET offers = NULL; DELETE FROM offers; \
+                     INSERT INTO offers (offer, instance) SELECT '*', id FROM instances \
+                     WHERE running = 1;",
+                )
+                .unwrap();
+        },
+        t0(),
+    );
 }
 
 /// A store of schema version 4 (records keyed by instance and position, without rowid) moves to

@@ -116,6 +116,56 @@ impl Engine {
             .collect()
     }
 
+    /// Gives instances a store migrated from before it indexed offers (SQLite schema 9,
+    /// PostgreSQL schema 5) the offers of their open tasks ([`Store::offered`]): until then each
+    /// of them carries the offer every query matches, and every work list on a shared store or
+    /// with a bounded cache reads it. Looks at up to `limit` of them per call, each read once
+    /// from the store and written back only where its stored version has not moved since
+    /// ([`Store::reoffer`]); a call goes on where the one before stopped. Gives how many it
+    /// looked at: 0 when none is left (then `tick` stops asking). An instance of a definition
+    /// this engine cannot load keeps the offer every query matches: the work lists stay right,
+    /// only slower.
+    ///
+    /// [`tick`](Engine::tick) runs it, 1,000 instances at a time, until none is left: a host
+    /// with a [`TimerDriver`](crate::TimerDriver) need not call it. Engines sharing a store may
+    /// all run it: each write is conditional on the version read.
+    ///
+    /// # Errors
+    /// [`ExecError::Store`]: the batch is written whole or not at all; the next call reads it
+    /// again.
+    ///
+    /// [`Store::offered`]: crate::store::Store::offered
+    /// [`Store::reoffer`]: crate::store::Store::reoffer
+    pub fn backfill_offers(&self, limit: usize) -> Result<usize, ExecError> {
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let mut cursor = lock(&self.backfill);
+        let stored = store.unoffered(cursor.0, limit)?;
+        let Some(last) = stored.last().map(|s| s.instance.id) else {
+            cursor.1 = true;
+            return Ok(0);
+        };
+        let looked = stored.len();
+        let offers: Vec<_> = stored
+            .into_iter()
+            .filter_map(|stored| self.detached(stored).ok())
+            .map(|slot| (slot.inst.id, slot.version, self.offers(&slot.dep, &slot.inst)))
+            .collect();
+        store.reoffer(&offers)?;
+        cursor.0 = Some(last);
+        Ok(looked)
+    }
+
+    /// [`Engine::backfill_offers`] from `tick`: one batch while any is left. A failure is
+    /// left for the next tick.
+    pub(crate) fn backfill_in_tick(&self) {
+        const BATCH: usize = 1_000;
+        if self.store.is_some() && !lock(&self.backfill).1 {
+            let _ = self.backfill_offers(BATCH);
+        }
+    }
+
     /// A stored instance as a slot this engine does not keep (for a query): checked against
     /// its definition, deployed again from the store when another engine deployed it since.
     fn detached(&self, stored: StoredInstance) -> Result<Slot, ExecError> {

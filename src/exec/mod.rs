@@ -188,6 +188,9 @@ pub struct Engine {
     ticking: Mutex<()>,
     /// Where every call's changes are committed; `None` keeps everything in memory.
     store: Option<Arc<dyn Store>>,
+    /// How far [`Engine::backfill_offers`] got: the last instance it looked at, and whether
+    /// none is left (then `tick` no longer asks the store).
+    backfill: Mutex<(Option<InstanceId>, bool)>,
     /// The organisation, its allocation cursors and the work-list index
     /// ([`EngineBuilder::organisation`]).
     org: Option<Arc<allot::OrgCx>>,
@@ -351,6 +354,7 @@ impl EngineBuilder {
             calendars: Mutex::new(b.calendars),
             timer_heaps: (0..SHARDS).map(|_| Mutex::new(BinaryHeap::new())).collect(),
             ticking: Mutex::new(()),
+            backfill: Mutex::new((None, false)),
             store: None,
             org: b.org.map(|o| Arc::new(allot::OrgCx::new(o))),
             contextual,

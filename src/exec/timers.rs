@@ -591,6 +591,7 @@ impl Engine {
             self.reload_parked();
         }
         self.expire_messages(now);
+        self.backfill_in_tick();
         let mut fired = Vec::new();
         let mut done: Vec<Stepped> = Vec::new();
         let deferred;

@@ -184,6 +184,39 @@ pub trait Store: Send + Sync {
         Ok(None)
     }
 
+    /// Up to `limit` instances, in id order after `after`, that still carry the offer every
+    /// [`Store::offered`] query matches (stored before the store indexed offers, and with the
+    /// same offers since): their state and stored version, **without their audit trail**. What
+    /// an engine reads to give them their offers ([`Store::reoffer`],
+    /// [`Engine::backfill_offers`](crate::Engine::backfill_offers)).
+    ///
+    /// The default: none (a store that keeps no such offer).
+    ///
+    /// # Errors
+    /// A failure of the medium; a state that does not decode.
+    fn unoffered(
+        &self,
+        after: Option<InstanceId>,
+        limit: usize,
+    ) -> Result<Vec<StoredInstance>, StoreError> {
+        let _ = (after, limit);
+        Ok(Vec::new())
+    }
+
+    /// Gives each instance listed the offers listed with it in place of the offer every query
+    /// matches, where its stored version is still the one given (the offers were computed from
+    /// that version) and it still carries that offer; the others are left as they are. Gives
+    /// how many it changed. Versions do not change: the instance's state is the same.
+    ///
+    /// The default changes nothing.
+    ///
+    /// # Errors
+    /// A failure of the medium; nothing is changed then.
+    fn reoffer(&self, offers: &[(InstanceId, u64, Vec<Offer>)]) -> Result<usize, StoreError> {
+        let _ = offers;
+        Ok(0)
+    }
+
     /// Keeps a message engine-wide (`keep_for`: it matched nobody) until [`Store::settle`].
     /// Keeping one with the id of a kept one replaces it.
     ///
@@ -695,6 +728,18 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
         (**self).offered(to)
+    }
+
+    fn unoffered(
+        &self,
+        after: Option<InstanceId>,
+        limit: usize,
+    ) -> Result<Vec<StoredInstance>, StoreError> {
+        (**self).unoffered(after, limit)
+    }
+
+    fn reoffer(&self, offers: &[(InstanceId, u64, Vec<Offer>)]) -> Result<usize, StoreError> {
+        (**self).reoffer(offers)
     }
 
     fn park(&self, message: &ParkedMessage) -> Result<(), StoreError> {

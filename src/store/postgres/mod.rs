@@ -502,6 +502,74 @@ impl Store for PostgresStore {
             .map(Some)
     }
 
+    fn unoffered(
+        &self,
+        after: Option<InstanceId>,
+        limit: usize,
+    ) -> Result<Vec<StoredInstance>, StoreError> {
+        let after = after.map_or(0, |id| i64::try_from(id.get()).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.pool.read_once(&self.server, |conn| {
+            let stmt = conn.statement(
+                "SELECT i.id, i.row_version, i.state FROM procflow_offers o \
+                 JOIN procflow_instances i ON i.id = o.instance \
+                 WHERE o.offer = '*' AND o.instance > $1 ORDER BY o.instance LIMIT $2",
+            )?;
+            let mut out = Vec::new();
+            for row in conn.client.query(&stmt, &[&after, &limit])? {
+                let (id, version, state): (i64, i64, String) =
+                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                out.push((id, version, state));
+            }
+            Ok(out)
+        })?;
+        rows.into_iter()
+            .map(|(id, version, state)| self.instance(id, version, &state, Vec::new()))
+            .collect()
+    }
+
+    fn reoffer(&self, offers: &[(InstanceId, u64, Vec<Offer>)]) -> Result<usize, StoreError> {
+        let mut ids = Vec::with_capacity(offers.len());
+        let mut versions = Vec::with_capacity(offers.len());
+        let (mut owners, mut rendered) = (Vec::new(), Vec::new());
+        for (id, version, list) in offers {
+            let (Ok(id), Ok(version)) = (i64::try_from(id.get()), i64::try_from(*version)) else {
+                continue;
+            };
+            ids.push(id);
+            versions.push(version);
+            for offer in list {
+                owners.push(id);
+                rendered.push(offer.render());
+            }
+        }
+        let changed = self.write(|conn| {
+            // Each instance still at its version and still carrying `*`: its row lists its
+            // offers, `*` goes, its offers come.
+            let stmt = conn.statement(
+                "WITH t AS (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS t (id, v)), \
+                 p AS (SELECT * FROM unnest($3::bigint[], $4::text[]) AS p (id, o)), \
+                 u AS (UPDATE procflow_instances i \
+                   SET offers = coalesce((SELECT array_agg(p.o) FROM p WHERE p.id = i.id), '{}') \
+                   FROM t WHERE i.id = t.id AND i.row_version = t.v \
+                   AND EXISTS (SELECT 1 FROM procflow_offers w \
+                               WHERE w.offer = '*' AND w.instance = i.id) \
+                   RETURNING i.id), \
+                 d AS (DELETE FROM procflow_offers \
+                   WHERE offer = '*' AND instance IN (SELECT id FROM u)), \
+                 n AS (INSERT INTO procflow_offers (offer, instance) \
+                   SELECT p.o, p.id FROM p WHERE p.id IN (SELECT id FROM u) \
+                   ON CONFLICT DO NOTHING) \
+                 SELECT count(*) FROM u",
+            )?;
+            let row = conn
+                .client
+                .query_one(&stmt, &[&ids, &versions, &owners, &rendered])?;
+            Ok(row.try_get::<_, i64>(0)?)
+        })?;
+        Ok(usize::try_from(changed).unwrap_or(0))
+    }
+
     fn claim_due(
         &self,
         now: DateTime<Utc>,

@@ -824,6 +824,51 @@ impl Store for SqliteStore {
         ))
     }
 
+    fn unoffered(
+        &self,
+        after: Option<InstanceId>,
+        limit: usize,
+    ) -> Result<Vec<StoredInstance>, StoreError> {
+        let after = after.map_or(0, |id| i64::try_from(id.get()).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let path = &self.path;
+        let rows = self.read_with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT i.id, i.row_version, i.state FROM offers o \
+                     JOIN instances i ON i.id = o.instance \
+                     WHERE o.offer = ?1 AND o.instance > ?2 ORDER BY o.instance LIMIT ?3",
+                )
+                .map_err(|e| sql_err(path, e))?;
+            stmt.query_map((ANY_OFFER, after, limit), |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .and_then(Iterator::collect::<Result<Vec<(i64, i64, String)>, _>>)
+            .map_err(|e| sql_err(path, e))
+        })?;
+        rows.into_iter()
+            .map(|(id, version, state)| self.instance(id, version, &state, Vec::new()))
+            .collect()
+    }
+
+    fn reoffer(&self, offers: &[(InstanceId, u64, Vec<Offer>)]) -> Result<usize, StoreError> {
+        let path = &self.path;
+        let mut writer = write::lock(&self.writer);
+        writer.ready(&self.anchor)?;
+        let tx = writer
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql_err(path, e))?;
+        let changed = write::reoffer(&tx, offers).map_err(|e| sql_err(path, e))?;
+        if let Err(e) = self.anchor.check() {
+            drop(tx);
+            self.anchor.release_log(&writer.conn);
+            return Err(e);
+        }
+        tx.commit().map_err(|e| sql_err(path, e))?;
+        Ok(changed)
+    }
+
     fn park(&self, message: &crate::model::ParkedMessage) -> Result<(), StoreError> {
         self.park_message(message)
     }

@@ -417,6 +417,34 @@ fn replace_offers(
     Ok(())
 }
 
+/// [`Store::reoffer`](crate::Store::reoffer) inside a write transaction: each instance that
+/// still carries `*` at the version given gets its offers (in its row and as rows of their
+/// own) in place of `*`. Gives how many changed.
+pub(super) fn reoffer(
+    conn: &Connection,
+    offers: &[(InstanceId, u64, Vec<Offer>)],
+) -> rusqlite::Result<usize> {
+    let mut changed = 0;
+    for (id, version, offers) in offers {
+        let (Ok(id), Ok(version)) = (i64::try_from(id.get()), i64::try_from(*version)) else {
+            continue;
+        };
+        let rendered: Vec<String> = offers.iter().map(Offer::render).collect();
+        let json = serde_json::to_string(&rendered).unwrap_or_default();
+        let updated = conn
+            .prepare_cached(
+                "UPDATE instances SET offers = ?3 WHERE id = ?1 AND row_version = ?2 \
+                 AND EXISTS (SELECT 1 FROM offers WHERE offer = ?4 AND instance = ?1)",
+            )?
+            .execute(params![id, version, json, ANY_OFFER])?;
+        if updated == 1 {
+            replace_offers(conn, id, false, &[], &rendered)?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
 /// The group-commit queue: commits waiting for a leader, and the results of finished batches.
 #[derive(Default)]
 pub(super) struct Queue {
