@@ -54,6 +54,9 @@
 //! resuming them (with `--receivers`, instances waiting at a catch of a message correlated by
 //! `order_id`, each its own value; after opening, the engine correlates 10,000 messages to
 //! instances it does not hold, in a scattered order, and the line says `messages_per_sec`).
+//! It also times a lead's work list before and after `Engine::backfill_offers` (which has
+//! work only on a store migrated from before stores indexed offers: `--reuse` on a store an
+//! older build filled).
 //! `message` starts instances waiting at a race (a message catch against a
 //! 48-hour timer) in untimed batches, then times `Engine::deliver` deciding each race (one
 //! thread), and prints the nanoseconds per delivery.
@@ -395,6 +398,22 @@ fn reopen(args: &Args) -> Result<(), String> {
     let start = Instant::now();
     let lead_tasks = engine.work_list(&Actor::new("lee", ["lead"])).len();
     let lead_list_ms = start.elapsed().as_secs_f64() * 1e3;
+    // A store migrated from before it indexed offers: every running instance matches every
+    // work list until the engine gives it its offers (nothing to do on a store filled by this
+    // build). Then the same work list again.
+    let start = Instant::now();
+    let mut backfilled = 0;
+    loop {
+        match engine.backfill_offers(10_000).map_err(|e| e.to_string())? {
+            0 => break,
+            n => backfilled += n,
+        }
+    }
+    let backfill_secs = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let after_backfill = engine.work_list(&Actor::new("lee", ["lead"])).len();
+    let lead_list_after_ms = start.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(after_backfill, lead_tasks, "the backfill changes no work list");
     // A call on an instance the engine did not read at opening: read on demand.
     let start = Instant::now();
     let last = *ids.last().ok_or("no instance")?;
@@ -428,6 +447,8 @@ fn reopen(args: &Args) -> Result<(), String> {
         "workload=reopen store={} instances={} cache={} resumed={resumed} reopen_seconds={secs:.3} \
          open_peak_rss_kb={open_rss} rss_before_open_kb={rss_before} instances_query_seconds={list_secs:.3} \
          lead_work_list_ms={lead_list_ms:.2} lead_tasks={lead_tasks} \
+         backfilled={backfilled} backfill_seconds={backfill_secs:.3} \
+         lead_work_list_after_backfill_ms={lead_list_after_ms:.2} \
          first_call_ms={call_ms:.2} messages_per_sec={messages_per_sec:.0} received={received} peak_rss_kb={}",
         if args.postgres.is_some() {
             "postgres"

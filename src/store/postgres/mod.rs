@@ -531,40 +531,38 @@ impl Store for PostgresStore {
     fn reoffer(&self, offers: &[(InstanceId, u64, Vec<Offer>)]) -> Result<usize, StoreError> {
         let mut ids = Vec::with_capacity(offers.len());
         let mut versions = Vec::with_capacity(offers.len());
-        let (mut owners, mut rendered) = (Vec::new(), Vec::new());
+        // Each instance's offers as one JSON array, so that the three arrays line up.
+        let mut lists = Vec::with_capacity(offers.len());
         for (id, version, list) in offers {
             let (Ok(id), Ok(version)) = (i64::try_from(id.get()), i64::try_from(*version)) else {
                 continue;
             };
+            let rendered: Vec<String> = list.iter().map(Offer::render).collect();
             ids.push(id);
             versions.push(version);
-            for offer in list {
-                owners.push(id);
-                rendered.push(offer.render());
-            }
+            lists.push(serde_json::to_string(&rendered).unwrap_or_default());
         }
         let changed = self.write(|conn| {
             // Each instance still at its version and still carrying `*`: its row lists its
             // offers, `*` goes, its offers come.
             let stmt = conn.statement(
-                "WITH t AS (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS t (id, v)), \
-                 p AS (SELECT * FROM unnest($3::bigint[], $4::text[]) AS p (id, o)), \
-                 u AS (UPDATE procflow_instances i \
-                   SET offers = coalesce((SELECT array_agg(p.o) FROM p WHERE p.id = i.id), '{}') \
+                "WITH t AS (SELECT t.id, t.v, \
+                   ARRAY(SELECT jsonb_array_elements_text(t.j::jsonb)) AS offers \
+                   FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS t (id, v, j)), \
+                 u AS (UPDATE procflow_instances i SET offers = t.offers \
                    FROM t WHERE i.id = t.id AND i.row_version = t.v \
                    AND EXISTS (SELECT 1 FROM procflow_offers w \
                                WHERE w.offer = '*' AND w.instance = i.id) \
-                   RETURNING i.id), \
+                   RETURNING i.id, i.offers), \
                  d AS (DELETE FROM procflow_offers \
                    WHERE offer = '*' AND instance IN (SELECT id FROM u)), \
                  n AS (INSERT INTO procflow_offers (offer, instance) \
-                   SELECT p.o, p.id FROM p WHERE p.id IN (SELECT id FROM u) \
-                   ON CONFLICT DO NOTHING) \
+                   SELECT o, u.id FROM u, unnest(u.offers) AS o ON CONFLICT DO NOTHING) \
                  SELECT count(*) FROM u",
             )?;
             let row = conn
                 .client
-                .query_one(&stmt, &[&ids, &versions, &owners, &rendered])?;
+                .query_one(&stmt, &[&ids, &versions, &lists])?;
             Ok(row.try_get::<_, i64>(0)?)
         })?;
         Ok(usize::try_from(changed).unwrap_or(0))
