@@ -413,7 +413,10 @@ fn reopen(args: &Args) -> Result<(), String> {
     let start = Instant::now();
     let after_backfill = engine.work_list(&Actor::new("lee", ["lead"])).len();
     let lead_list_after_ms = start.elapsed().as_secs_f64() * 1e3;
-    assert_eq!(after_backfill, lead_tasks, "the backfill changes no work list");
+    assert_eq!(
+        after_backfill, lead_tasks,
+        "the backfill changes no work list"
+    );
     // A call on an instance the engine did not read at opening: read on demand.
     let start = Instant::now();
     let last = *ids.last().ok_or("no instance")?;

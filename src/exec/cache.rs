@@ -150,7 +150,13 @@ impl Engine {
         let offers: Vec<_> = stored
             .into_iter()
             .filter_map(|stored| self.detached(stored).ok())
-            .map(|slot| (slot.inst.id, slot.version, self.offers(&slot.dep, &slot.inst)))
+            .map(|slot| {
+                (
+                    slot.inst.id,
+                    slot.version,
+                    self.offers(&slot.dep, &slot.inst),
+                )
+            })
             .collect();
         store.reoffer(&offers)?;
         cursor.0 = Some(last);

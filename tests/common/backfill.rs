@@ -47,7 +47,9 @@ pub(crate) fn check(open: impl Fn() -> Arc<dyn Store>, migrate: impl FnOnce(), t
     let mut b = Engine::builder();
     b.clock(Arc::clone(&clock));
     let engine = b.open(open()).unwrap();
-    engine.deploy(ProcessDef::from_yaml(REVIEW).unwrap()).unwrap();
+    engine
+        .deploy(ProcessDef::from_yaml(REVIEW).unwrap())
+        .unwrap();
     let agent = Actor::new("ann", ["agent"]);
     let lead = Actor::new("lee", ["lead"]);
     let started: Vec<InstanceId> = (0..30)
@@ -65,7 +67,11 @@ pub(crate) fn check(open: impl Fn() -> Arc<dyn Store>, migrate: impl FnOnce(), t
     drop(engine);
     migrate();
     let store = open();
-    assert_eq!(ids(store.offered(&[])).len(), 29, "every running one matches");
+    assert_eq!(
+        ids(store.offered(&[])).len(),
+        29,
+        "every running one matches"
+    );
 
     let engine = b.open(Arc::clone(&store)).unwrap();
     // The first batch: ten instances looked at and given their offers.
@@ -81,7 +87,11 @@ pub(crate) fn check(open: impl Fn() -> Arc<dyn Store>, migrate: impl FnOnce(), t
         .iter()
         .map(|s| {
             let id = s.instance.id();
-            let role = if approving.contains(&id) { "lead" } else { "agent" };
+            let role = if approving.contains(&id) {
+                "lead"
+            } else {
+                "agent"
+            };
             (id, s.version, vec![offer(role)])
         })
         .collect();
@@ -89,7 +99,11 @@ pub(crate) fn check(open: impl Fn() -> Arc<dyn Store>, migrate: impl FnOnce(), t
     engine.complete(t, &agent, Vars::new()).unwrap();
     assert!(!ids(store.offered(&[])).contains(&moved));
     assert!(ids(store.offered(&[offer("lead")])).contains(&moved));
-    assert_eq!(store.reoffer(&read).unwrap(), 9, "all but the one that moved");
+    assert_eq!(
+        store.reoffer(&read).unwrap(),
+        9,
+        "all but the one that moved"
+    );
     assert!(!ids(store.offered(&[offer("agent")])).contains(&moved));
     assert_eq!(ids(store.offered(&[])).len(), 9);
     // Offers computed from a version that is no longer stored are not written.

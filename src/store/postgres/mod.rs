@@ -560,9 +560,7 @@ impl Store for PostgresStore {
                    SELECT o, u.id FROM u, unnest(u.offers) AS o ON CONFLICT DO NOTHING) \
                  SELECT count(*) FROM u",
             )?;
-            let row = conn
-                .client
-                .query_one(&stmt, &[&ids, &versions, &lists])?;
+            let row = conn.client.query_one(&stmt, &[&ids, &versions, &lists])?;
             Ok(row.try_get::<_, i64>(0)?)
         })?;
         Ok(usize::try_from(changed).unwrap_or(0))
