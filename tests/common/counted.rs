@@ -90,6 +90,16 @@ impl Store for Counted {
     fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
         self.inner.offered(to)
     }
+    fn unoffered(
+        &self,
+        after: Option<InstanceId>,
+        limit: usize,
+    ) -> Result<Vec<StoredInstance>, StoreError> {
+        self.inner.unoffered(after, limit)
+    }
+    fn reoffer(&self, offers: &[(InstanceId, u64, Vec<Offer>)]) -> Result<usize, StoreError> {
+        self.inner.reoffer(offers)
+    }
     fn park(&self, message: &ParkedMessage) -> Result<(), StoreError> {
         self.inner.park(message)
     }
