@@ -9,7 +9,7 @@
 //! cargo run --release --example throughput -- --workload linear --seconds 3 --store sqlite:PATH \
 //!     [--durability process|full] [--commit group|single]
 //! cargo run --release --example throughput -- --workload reopen --instances 100000 --store sqlite:PATH \
-//!     [--reuse] [--cache N] [--receivers]
+//!     [--reuse] [--cache N] [--receivers] [--clerk-list]
 //! cargo run --release --example throughput -- --workload lines --seconds S [--lines 100]
 //! cargo run --release --example throughput -- --workload waiting-lines --instances 2000 [--lines 100]
 //! cargo run --release --example throughput -- --workload waiting-keys --instances 200000
@@ -56,7 +56,8 @@
 //! instances it does not hold, in a scattered order, and the line says `messages_per_sec`).
 //! It also times a lead's work list before and after `Engine::backfill_offers` (which has
 //! work only on a store migrated from before stores indexed offers: `--reuse` on a store an
-//! older build filled).
+//! older build filled), and with `--clerk-list` the work list of a clerk, to whom every waiting
+//! task is offered (every instance is read from the store).
 //! `message` starts instances waiting at a race (a message catch against a
 //! 48-hour timer) in untimed batches, then times `Engine::deliver` deciding each race (one
 //! thread), and prints the nanoseconds per delivery.
@@ -84,7 +85,7 @@ use common::*;
 mod pg;
 
 const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|waiting-keys|correlate|worklist|call|timers \
-[--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH|postgres:URL] [--reuse] [--cache N] [--receivers] \
+[--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH|postgres:URL] [--reuse] [--cache N] [--receivers] [--clerk-list] \
 [--durability process|full] [--commit group|single] [--lines N]";
 
 struct Args {
@@ -107,6 +108,9 @@ struct Args {
     cache: usize,
     /// `reopen`: the instances wait at a catch of a correlated message instead of a user task.
     receivers: bool,
+    /// `reopen`: also time the work list of a clerk, to whom every waiting task is offered
+    /// (every instance is read).
+    clerk_list: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -124,6 +128,7 @@ fn parse_args() -> Result<Args, String> {
         reuse: false,
         cache: 10_000,
         receivers: false,
+        clerk_list: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -137,6 +142,7 @@ fn parse_args() -> Result<Args, String> {
             "--no-audit" => args.audit = false,
             "--reuse" => args.reuse = true,
             "--receivers" => args.receivers = true,
+            "--clerk-list" => args.clerk_list = true,
             "--cache" => args.cache = num(&flag, &value()?)?,
             "--store" => {
                 let v = value()?;
@@ -417,6 +423,14 @@ fn reopen(args: &Args) -> Result<(), String> {
         after_backfill, lead_tasks,
         "the backfill changes no work list"
     );
+    // A clerk's work list: every waiting instance, none held, read from the store.
+    let (clerk_tasks, clerk_list_ms) = if args.clerk_list {
+        let start = Instant::now();
+        let n = engine.work_list(&Actor::new("cat", ["clerk"])).len();
+        (n, start.elapsed().as_secs_f64() * 1e3)
+    } else {
+        (0, 0.0)
+    };
     // A call on an instance the engine did not read at opening: read on demand.
     let start = Instant::now();
     let last = *ids.last().ok_or("no instance")?;
@@ -452,6 +466,7 @@ fn reopen(args: &Args) -> Result<(), String> {
          lead_work_list_ms={lead_list_ms:.2} lead_tasks={lead_tasks} \
          backfilled={backfilled} backfill_seconds={backfill_secs:.3} \
          lead_work_list_after_backfill_ms={lead_list_after_ms:.2} \
+         clerk_work_list_ms={clerk_list_ms:.1} clerk_tasks={clerk_tasks} \
          first_call_ms={call_ms:.2} messages_per_sec={messages_per_sec:.0} received={received} peak_rss_kb={}",
         if args.postgres.is_some() {
             "postgres"
