@@ -901,3 +901,39 @@ fn a_work_list_reads_only_the_instances_of_the_units_it_reaches() {
         assert_eq!(read, 60, "{name}");
     }
 }
+
+#[test]
+fn read_many_gives_what_read_gives_for_each_known_instance_in_id_order() {
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let engine = open(store(), &clock);
+        engine
+            .deploy(ProcessDef::from_yaml(REVIEW).unwrap())
+            .unwrap();
+        let ids: Vec<InstanceId> = (0..5)
+            .map(|_| engine.start("review", Vars::new()).unwrap())
+            .collect();
+        let t = engine.tasks(ids[2]).unwrap()[0].id;
+        engine.complete(t, &agent(), Vars::new()).unwrap();
+        let s = store();
+        // Asked out of order, with an unknown id and one twice.
+        let asked = [ids[3], InstanceId::new(999_999), ids[0], ids[2], ids[0]];
+        let many = s.read_many(&asked).unwrap();
+        let one_by_one: Vec<_> = [ids[0], ids[2], ids[3]]
+            .iter()
+            .map(|id| s.read(*id).unwrap().unwrap())
+            .collect();
+        let got: Vec<(InstanceId, u64)> =
+            many.iter().map(|m| (m.instance.id(), m.version)).collect();
+        let want: Vec<(InstanceId, u64)> = one_by_one
+            .iter()
+            .map(|m| (m.instance.id(), m.version))
+            .collect();
+        assert_eq!(got, want, "{name}");
+        for (m, o) in many.iter().zip(&one_by_one) {
+            assert_eq!(m.instance, o.instance, "{name}");
+        }
+        assert_eq!(many[1].version, 2, "{name}: the completed task's commit");
+        assert_eq!(s.read_many(&[]).unwrap().len(), 0, "{name}");
+    }
+}

@@ -19,6 +19,11 @@ use crate::store::StoredInstance;
 /// How many slots of a shard the cache looks at for one to let go, at most, per insertion.
 const LOOK: usize = 8;
 
+/// How many instances a work list reads from the store per [`Store::read_many`].
+///
+/// [`Store::read_many`]: crate::store::Store::read_many
+const READ_BATCH: usize = 1_000;
+
 impl Engine {
     /// With a bounded cache and a store: after an instance was put into its shard, lets other
     /// instances of that shard go until the shard holds at most its share of the capacity.
@@ -221,16 +226,18 @@ impl Engine {
             return;
         }
         out.retain(|t| elsewhere.binary_search(&t.id.instance.0).is_err());
-        for n in elsewhere {
-            // An instance that cannot be read now (or no longer fits its definition) is left
-            // out; a call on it says why.
-            let Ok(Some(stored)) = store.read(InstanceId(n)) else {
+        // Read a thousand at a time (one round trip each on a server). Instances that cannot
+        // be read now (or no longer fit their definition) are left out; a call on one says why.
+        let elsewhere: Vec<InstanceId> = elsewhere.into_iter().map(InstanceId).collect();
+        for ids in elsewhere.chunks(READ_BATCH) {
+            let Ok(stored) = store.read_many(ids) else {
                 continue;
             };
-            let Ok(slot) = self.detached(stored) else {
-                continue;
-            };
-            out.extend(self.offered(&slot, actor));
+            for stored in stored {
+                if let Ok(slot) = self.detached(stored) {
+                    out.extend(self.offered(&slot, actor));
+                }
+            }
         }
     }
 

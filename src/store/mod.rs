@@ -75,6 +75,24 @@ pub trait Store: Send + Sync {
     /// A failure of the medium, or stored data that does not decode.
     fn read(&self, id: InstanceId) -> Result<Option<StoredInstance>, StoreError>;
 
+    /// The instances of `ids` the store knows, each once with its whole audit trail, in id order:
+    /// what [`Store::read`] gives for each, in one round trip where the medium allows (a work
+    /// list reads the instances offered to its actor this way). The default reads them one by
+    /// one.
+    ///
+    /// # Errors
+    /// A failure of the medium, or stored data that does not decode.
+    fn read_many(&self, ids: &[InstanceId]) -> Result<Vec<StoredInstance>, StoreError> {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.read(id)?);
+        }
+        Ok(out)
+    }
+
     /// Every running instance with its audit trail: what an engine resumes when it opens.
     ///
     /// # Errors
@@ -679,6 +697,10 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn read(&self, id: InstanceId) -> Result<Option<StoredInstance>, StoreError> {
         (**self).read(id)
+    }
+
+    fn read_many(&self, ids: &[InstanceId]) -> Result<Vec<StoredInstance>, StoreError> {
+        (**self).read_many(ids)
     }
 
     fn running(&self) -> Result<Vec<StoredInstance>, StoreError> {

@@ -27,7 +27,7 @@ impl Counted {
         })
     }
 
-    /// How many instances were read by id ([`Store::read`]) so far.
+    /// How many instances were read by id ([`Store::read`], [`Store::read_many`]) so far.
     pub(crate) fn reads(&self) -> usize {
         self.reads.load(Ordering::SeqCst)
     }
@@ -50,6 +50,10 @@ impl Store for Counted {
     fn read(&self, id: InstanceId) -> Result<Option<StoredInstance>, StoreError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.read(id)
+    }
+    fn read_many(&self, ids: &[InstanceId]) -> Result<Vec<StoredInstance>, StoreError> {
+        self.reads.fetch_add(ids.len(), Ordering::SeqCst);
+        self.inner.read_many(ids)
     }
     fn running(&self) -> Result<Vec<StoredInstance>, StoreError> {
         self.inner.running()

@@ -371,6 +371,21 @@ impl Store for PostgresStore {
         self.instance(key, version, &state, audit).map(Some)
     }
 
+    fn read_many(&self, ids: &[InstanceId]) -> Result<Vec<StoredInstance>, StoreError> {
+        let keys: Vec<i64> = ids
+            .iter()
+            .filter_map(|id| i64::try_from(id.get()).ok())
+            .collect();
+        self.read_tx(|conn| {
+            self.with_audit(
+                conn,
+                "SELECT id, row_version, state FROM procflow_instances WHERE id = ANY($1) \
+                 ORDER BY id",
+                &[&keys],
+            )
+        })
+    }
+
     fn running(&self) -> Result<Vec<StoredInstance>, StoreError> {
         self.read_tx(|conn| {
             self.with_audit(

@@ -619,6 +619,27 @@ impl Store for SqliteStore {
         })
     }
 
+    fn read_many(&self, ids: &[InstanceId]) -> Result<Vec<StoredInstance>, StoreError> {
+        let mut keys: Vec<i64> = ids
+            .iter()
+            .filter_map(|id| i64::try_from(id.get()).ok())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        // One read transaction: every instance as of one snapshot.
+        self.read_with(|conn| {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in &keys {
+                out.extend(self.rows_with_audit(
+                    conn,
+                    "SELECT id, row_version, state, last_batch FROM instances WHERE id = ?1",
+                    [key],
+                )?);
+            }
+            Ok(out)
+        })
+    }
+
     fn running(&self) -> Result<Vec<StoredInstance>, StoreError> {
         self.read_with(|conn| {
             self.rows_with_audit(
