@@ -78,6 +78,23 @@ pub(crate) fn commit(
     }
 }
 
+/// One batch of the offers backfill that `tick` runs: how many instances it looked at
+/// (debug), or why it failed (warn: the next tick tries again).
+pub(crate) fn backfilled<E: std::fmt::Display>(result: &Result<usize, E>) {
+    #[cfg(feature = "telemetry")]
+    match result {
+        Ok(0) => {}
+        Ok(instances) => tracing::debug!(target: TARGET, instances, "offers backfilled"),
+        Err(error) => tracing::warn!(
+            target: TARGET,
+            %error,
+            "offers backfill failed; the next tick tries again"
+        ),
+    }
+    #[cfg(not(feature = "telemetry"))]
+    let _ = result;
+}
+
 #[cfg(feature = "telemetry")]
 #[cold]
 #[inline(never)]

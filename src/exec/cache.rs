@@ -169,11 +169,11 @@ impl Engine {
     }
 
     /// [`Engine::backfill_offers`] from `tick`: one batch while any is left. A failure is
-    /// left for the next tick.
+    /// logged and left for the next tick.
     pub(crate) fn backfill_in_tick(&self) {
         const BATCH: usize = 1_000;
         if self.store.is_some() && !lock(&self.backfill).1 {
-            let _ = self.backfill_offers(BATCH);
+            crate::telemetry::backfilled(&self.backfill_offers(BATCH));
         }
     }
 
