@@ -759,17 +759,8 @@ fn a_bounded_cache_reads_back_what_it_let_go() {
 }
 
 /// A triage by agents, then an approval by leads.
-const REVIEW: &str = r#"
-id: review
-version: 1
-name: Review
-roles: { agent: { name: Agent }, lead: { name: Lead } }
-nodes:
-  start: { kind: start, next: triage }
-  triage: { kind: user_task, name: Triage, raci: { responsible: [agent], accountable: lead }, next: approve }
-  approve: { kind: user_task, name: Approve, raci: { responsible: [lead], accountable: lead }, next: done }
-  done: { kind: end }
-"#;
+/// Triage by an agent, then approval by a lead.
+const REVIEW: &str = include_str!("fixtures/review.yaml");
 
 fn lead() -> Actor {
     Actor::new("lee", ["lead"])

@@ -9,17 +9,7 @@ use procflow::{
     Actor, Engine, InstanceId, ManualClock, Offer, ProcessDef, RoleId, Store, StoreError, Vars,
 };
 
-const REVIEW: &str = r#"
-id: review
-version: 1
-name: Review
-roles: { agent: { name: Agent }, lead: { name: Lead } }
-nodes:
-  start: { kind: start, next: triage }
-  triage: { kind: user_task, name: Triage, raci: { responsible: [agent], accountable: lead }, next: approve }
-  approve: { kind: user_task, name: Approve, raci: { responsible: [lead], accountable: lead }, next: done }
-  done: { kind: end }
-"#;
+const REVIEW: &str = include_str!("../fixtures/review.yaml");
 
 fn offer(role: &str) -> Offer {
     Offer {

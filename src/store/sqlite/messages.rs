@@ -1,9 +1,9 @@
 //! Messages kept engine-wide (`keep_for`) and recorded unmatched: one row each in the
 //! `messages` table (schema version 3), the message as JSON.
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 
-use super::{SqliteStore, sql_err, write};
+use super::{SqliteStore, sql_err};
 use crate::model::ParkedMessage;
 use crate::store::{StoreError, decode_message, encode_message};
 
@@ -13,20 +13,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<()>,
     ) -> Result<(), StoreError> {
-        let path = &self.path;
-        let mut writer = write::lock(&self.writer);
-        writer.ready(&self.anchor)?;
-        let tx = writer
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| sql_err(path, e))?;
-        f(&tx).map_err(|e| sql_err(path, e))?;
-        if let Err(e) = self.anchor.check() {
-            drop(tx);
-            self.anchor.release_log(&writer.conn);
-            return Err(e);
-        }
-        tx.commit().map_err(|e| sql_err(path, e))
+        self.write_with(|conn| f(conn).map_err(|e| sql_err(&self.path, e)))
     }
 
     pub(super) fn park_message(&self, m: &ParkedMessage) -> Result<(), StoreError> {

@@ -397,6 +397,29 @@ impl SqliteStore {
         }
     }
 
+    /// Runs `f` in one write transaction on the writer's connection (outside group commit: for
+    /// the rare writes), committed when `f` succeeds and the file is still in place.
+    pub(super) fn write_with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let path = &self.path;
+        let mut writer = write::lock(&self.writer);
+        writer.ready(&self.anchor)?;
+        let tx = writer
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql_err(path, e))?;
+        let out = f(&tx)?;
+        if let Err(e) = self.anchor.check() {
+            drop(tx);
+            self.anchor.release_log(&writer.conn);
+            return Err(e);
+        }
+        tx.commit().map_err(|e| sql_err(path, e))?;
+        Ok(out)
+    }
+
     /// Runs `f` in a read transaction on a read connection.
     fn read_with<T>(
         &self,
@@ -525,38 +548,28 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn save_definition(&self, def: &StoredDef) -> Result<(), StoreError> {
         let path = &self.path;
-        let mut writer = write::lock(&self.writer);
-        writer.ready(&self.anchor)?;
-        let tx = writer
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| sql_err(path, e))?;
-        let stored: Option<String> = tx
-            .prepare_cached("SELECT text FROM definitions WHERE id = ?1 AND version = ?2")
-            .and_then(|mut s| {
-                s.query_row((&def.key.id, def.key.version), |row| row.get(0))
-                    .optional()
-            })
-            .map_err(|e| sql_err(path, e))?;
-        match stored {
-            Some(text) if text == def.text => Ok(()),
-            Some(_) => Err(StoreError::DefinitionChanged {
-                key: def.key.clone(),
-            }),
-            None => {
-                tx.prepare_cached(
-                    "INSERT INTO definitions (id, version, text) VALUES (?1, ?2, ?3)",
-                )
-                .and_then(|mut s| s.execute((&def.key.id, def.key.version, &def.text)))
+        self.write_with(|tx| {
+            let stored: Option<String> = tx
+                .prepare_cached("SELECT text FROM definitions WHERE id = ?1 AND version = ?2")
+                .and_then(|mut s| {
+                    s.query_row((&def.key.id, def.key.version), |row| row.get(0))
+                        .optional()
+                })
                 .map_err(|e| sql_err(path, e))?;
-                if let Err(e) = self.anchor.check() {
-                    drop(tx);
-                    self.anchor.release_log(&writer.conn);
-                    return Err(e);
-                }
-                tx.commit().map_err(|e| sql_err(path, e))
+            match stored {
+                Some(text) if text == def.text => Ok(()),
+                Some(_) => Err(StoreError::DefinitionChanged {
+                    key: def.key.clone(),
+                }),
+                None => tx
+                    .prepare_cached(
+                        "INSERT INTO definitions (id, version, text) VALUES (?1, ?2, ?3)",
+                    )
+                    .and_then(|mut s| s.execute((&def.key.id, def.key.version, &def.text)))
+                    .map(|_| ())
+                    .map_err(|e| sql_err(path, e)),
             }
-        }
+        })
     }
 
     fn definitions(&self) -> Result<Vec<StoredDef>, StoreError> {
@@ -751,49 +764,39 @@ impl Store for SqliteStore {
 
     fn reserve_ids(&self, count: u64) -> Result<u64, StoreError> {
         let path = &self.path;
-        let mut writer = write::lock(&self.writer);
-        writer.ready(&self.anchor)?;
-        let tx = writer
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| sql_err(path, e))?;
-        let next: Option<i64> = tx
-            .query_row(
-                "SELECT value FROM counters WHERE name = 'next_id'",
-                [],
-                |row| row.get(0),
+        self.write_with(|tx| {
+            let next: Option<i64> = tx
+                .query_row(
+                    "SELECT value FROM counters WHERE name = 'next_id'",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|e| sql_err(path, e))?;
+            let Some(next) = next else {
+                return Err(StoreError::Corrupt {
+                    path: path.clone(),
+                    detail: "the id counter is missing".into(),
+                });
+            };
+            let first = next.max(1);
+            let Some(after) = i64::try_from(count)
+                .ok()
+                .and_then(|count| first.checked_add(count))
+            else {
+                return Err(StoreError::Other {
+                    path: path.clone(),
+                    detail: format!("cannot reserve {count} more ids after {first}"),
+                });
+            };
+            tx.execute(
+                "UPDATE counters SET value = ?1 WHERE name = 'next_id'",
+                [after],
             )
-            .optional()
             .map_err(|e| sql_err(path, e))?;
-        let Some(next) = next else {
-            return Err(StoreError::Corrupt {
-                path: path.clone(),
-                detail: "the id counter is missing".into(),
-            });
-        };
-        let first = next.max(1);
-        let Some(after) = i64::try_from(count)
-            .ok()
-            .and_then(|count| first.checked_add(count))
-        else {
-            return Err(StoreError::Other {
-                path: path.clone(),
-                detail: format!("cannot reserve {count} more ids after {first}"),
-            });
-        };
-        tx.execute(
-            "UPDATE counters SET value = ?1 WHERE name = 'next_id'",
-            [after],
-        )
-        .map_err(|e| sql_err(path, e))?;
-        if let Err(e) = self.anchor.check() {
-            drop(tx);
-            self.anchor.release_log(&writer.conn);
-            return Err(e);
-        }
-        tx.commit().map_err(|e| sql_err(path, e))?;
-        // `first` is at least 1.
-        Ok(first as u64)
+            // `first` is at least 1.
+            Ok(first as u64)
+        })
     }
 
     fn by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
@@ -873,21 +876,7 @@ impl Store for SqliteStore {
     }
 
     fn reoffer(&self, offers: &[(InstanceId, u64, Vec<Offer>)]) -> Result<usize, StoreError> {
-        let path = &self.path;
-        let mut writer = write::lock(&self.writer);
-        writer.ready(&self.anchor)?;
-        let tx = writer
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| sql_err(path, e))?;
-        let changed = write::reoffer(&tx, offers).map_err(|e| sql_err(path, e))?;
-        if let Err(e) = self.anchor.check() {
-            drop(tx);
-            self.anchor.release_log(&writer.conn);
-            return Err(e);
-        }
-        tx.commit().map_err(|e| sql_err(path, e))?;
-        Ok(changed)
+        self.write_with(|tx| write::reoffer(tx, offers).map_err(|e| sql_err(&self.path, e)))
     }
 
     fn park(&self, message: &crate::model::ParkedMessage) -> Result<(), StoreError> {
