@@ -393,18 +393,8 @@ fn keyed_in_store(
     vars: &Vars,
     running: bool,
 ) -> Vec<InstanceId> {
-    let mut asked: SmallVec<[(&str, String); 2]> = SmallVec::new();
     let mut out = Vec::new();
-    for r in &plan.receivers {
-        let Some((key, field)) = r.decl().between.correlate.first() else {
-            continue;
-        };
-        let Some(value) = vars.get(field).and_then(crate::store::BusinessKey::render) else {
-            continue;
-        };
-        if asked.iter().any(|(k, v)| k == key && *v == value) {
-            continue;
-        }
+    for (key, value) in keys_asked(plan, vars) {
         let ids = if running {
             store.running_by_key(key, &value)
         } else {
@@ -413,7 +403,6 @@ fn keyed_in_store(
         let Ok(ids) = ids else {
             continue;
         };
-        asked.push((key.as_str(), value));
         for id in ids {
             if !out.contains(&id) {
                 out.push(id);
@@ -421,6 +410,24 @@ fn keyed_in_store(
         }
     }
     out
+}
+
+/// The (key, value) pairs a store is asked for a message's receivers: each receiver's first
+/// correlation key with the message's value for it, once each.
+fn keys_asked<'p>(plan: &'p Plan, vars: &Vars) -> SmallVec<[(&'p str, String); 2]> {
+    let mut asked: SmallVec<[(&str, String); 2]> = SmallVec::new();
+    for r in &plan.receivers {
+        let Some((key, field)) = r.decl().between.correlate.first() else {
+            continue;
+        };
+        let Some(value) = vars.get(field).and_then(crate::store::BusinessKey::render) else {
+            continue;
+        };
+        if !asked.iter().any(|(k, v)| k == key && *v == value) {
+            asked.push((key.as_str(), value));
+        }
+    }
+    asked
 }
 
 /// Whether `inst` received the message of `receipt` already.
@@ -773,6 +780,9 @@ impl Engine {
             return;
         };
         let shared = store.is_shared();
+        if shared && self.read_receivers(store.as_ref(), plan, vars, out) {
+            return;
+        }
         for id in keyed_in_store(store.as_ref(), plan, vars, true) {
             if out.contains(&id.0) {
                 continue;
@@ -783,6 +793,40 @@ impl Engine {
                 out.push(id.0);
             }
         }
+    }
+
+    /// [`Engine::receivers_in_store`] on a store shared with other engines, which reads every
+    /// candidate: each key asked is read whole in one round trip
+    /// ([`Store::read_running_by_key`](crate::store::Store::read_running_by_key)). Gives
+    /// `false`, having added nothing, when the store cannot.
+    fn read_receivers(
+        &self,
+        store: &dyn crate::store::Store,
+        plan: &Plan,
+        vars: &Vars,
+        out: &mut SmallVec<[u64; 2]>,
+    ) -> bool {
+        let mut read = Vec::new();
+        let counts = self.let_go_counts();
+        for (key, value) in keys_asked(plan, vars) {
+            match store.read_running_by_key(key, &value) {
+                Ok(Some(found)) => read.extend(found),
+                Ok(None) => return false,
+                // Unreadable now: no receiver from the store.
+                Err(_) => {}
+            }
+        }
+        for stored in read {
+            let id = stored.instance.id;
+            if out.contains(&id.0) {
+                continue;
+            }
+            let let_go = counts[(id.0 as usize) % SHARDS];
+            if self.keep_read(stored, let_go).is_ok() {
+                out.push(id.0);
+            }
+        }
+        true
     }
 
     /// While an engine opens a store it may not hold every receiver of: the instances, running

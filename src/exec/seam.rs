@@ -588,13 +588,32 @@ impl Engine {
         let Some(stored) = store.read(id)?.filter(|s| wanted(s)) else {
             return Ok(None);
         };
+        self.keep_read(stored, let_go).map(Some)
+    }
+
+    /// How many slots each shard let go so far, by shard: counted before a read of instances
+    /// not known in advance, for [`Engine::keep_read`].
+    pub(crate) fn let_go_counts(&self) -> Vec<u64> {
+        self.shards
+            .iter()
+            .map(|shard| lock(shard).let_go_count())
+            .collect()
+    }
+
+    /// Keeps an instance read from the store after its shard had let `let_go` slots go (see
+    /// [`Engine::fetch`]), deploying its definition from the store when another engine
+    /// deployed it after this one opened.
+    pub(crate) fn keep_read(
+        &self,
+        stored: StoredInstance,
+        let_go: u64,
+    ) -> Result<Arc<Mutex<Slot>>, ExecError> {
         if let Some(key) = stored.instance.def.as_deref()
             && find(&self.defs.load(), &key.id, Some(key.version)).is_err()
         {
-            // Another engine deployed it after this one opened.
             self.load_definitions()?;
         }
-        self.keep(stored, Again::UnlessSince(let_go)).map(Some)
+        self.keep(stored, Again::UnlessSince(let_go))
     }
 
     /// Keeps a stored instance (replacing an older copy of it) and schedules its pending

@@ -185,6 +185,22 @@ pub trait Store: Send + Sync {
         self.by_key(key, value)
     }
 
+    /// The running instances among [`Store::running_by_key`]'s, each read whole (as
+    /// [`Store::read`] gives it), in id order, in one round trip: what an engine sharing the
+    /// store reads for the receivers of a message (it reads every candidate, held or not).
+    /// `None` (the default): the engine asks `running_by_key` and reads each one.
+    ///
+    /// # Errors
+    /// A failure of the medium, or stored data that does not decode.
+    fn read_running_by_key(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<Vec<StoredInstance>>, StoreError> {
+        let _ = (key, value);
+        Ok(None)
+    }
+
     /// The running instances, with their stored versions and in id order, that may have an open
     /// task offered to one of `to`: the instances the last commit carrying [`Commit::offers`]
     /// gave one of them, and those stored before the store indexed offers (which match every
@@ -746,6 +762,14 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn running_by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
         (**self).running_by_key(key, value)
+    }
+
+    fn read_running_by_key(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<Vec<StoredInstance>>, StoreError> {
+        (**self).read_running_by_key(key, value)
     }
 
     fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {

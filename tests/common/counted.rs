@@ -91,6 +91,17 @@ impl Store for Counted {
     fn running_by_key(&self, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
         self.inner.running_by_key(key, value)
     }
+    fn read_running_by_key(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<Vec<StoredInstance>>, StoreError> {
+        let found = self.inner.read_running_by_key(key, value)?;
+        if let Some(found) = &found {
+            self.reads.fetch_add(found.len(), Ordering::SeqCst);
+        }
+        Ok(found)
+    }
     fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
         self.inner.offered(to)
     }

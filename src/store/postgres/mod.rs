@@ -196,6 +196,21 @@ impl PostgresStore {
         Ok(out)
     }
 
+    /// [`PostgresStore::instance`] with its audit trail decoded from its batches, in order.
+    fn with_batches(
+        &self,
+        id: i64,
+        version: i64,
+        state: &str,
+        batches: &[String],
+    ) -> Result<StoredInstance, StoreError> {
+        let mut audit = Vec::new();
+        for batch in batches {
+            decode_records(id as u64, batch, &mut audit).map_err(|e| self.locate(e))?;
+        }
+        self.instance(id, version, state, audit)
+    }
+
     fn instance(
         &self,
         id: i64,
@@ -364,11 +379,7 @@ impl Store for PostgresStore {
         let Some((version, state, batches)) = row else {
             return Ok(None);
         };
-        let mut audit = Vec::new();
-        for batch in &batches {
-            decode_records(id.get(), batch, &mut audit).map_err(|e| self.locate(e))?;
-        }
-        self.instance(key, version, &state, audit).map(Some)
+        self.with_batches(key, version, &state, &batches).map(Some)
     }
 
     fn read_many(&self, ids: &[InstanceId]) -> Result<Vec<StoredInstance>, StoreError> {
@@ -497,6 +508,36 @@ impl Store for PostgresStore {
             key,
             value,
         )
+    }
+
+    fn read_running_by_key(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<Vec<StoredInstance>>, StoreError> {
+        // One statement (its own snapshot): the rows and their audit batches in order.
+        let rows = self.pool.read_once(&self.server, |conn| {
+            let stmt = conn.statement(
+                "SELECT i.id, i.row_version, i.state, \
+                 ARRAY(SELECT r.batch FROM procflow_records r WHERE r.instance = i.id \
+                       ORDER BY r.first) \
+                 FROM procflow_keys k JOIN procflow_instances i ON i.id = k.instance \
+                 WHERE k.name = $1 AND k.value = $2 AND i.running ORDER BY i.id",
+            )?;
+            let mut out = Vec::new();
+            for row in conn.client.query(&stmt, &[&key, &value])? {
+                let id: i64 = row.try_get(0)?;
+                let version: i64 = row.try_get(1)?;
+                let state: String = row.try_get(2)?;
+                let batches: Vec<String> = row.try_get(3)?;
+                out.push((id, version, state, batches));
+            }
+            Ok(out)
+        })?;
+        rows.iter()
+            .map(|(id, version, state, batches)| self.with_batches(*id, *version, state, batches))
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 
     fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
