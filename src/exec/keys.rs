@@ -450,10 +450,7 @@ impl Engine {
                 && value_of(&inst.vars, key).as_deref() == Some(value)
         };
         if let Some(store) = &self.store {
-            for id in store.by_key(key, value)? {
-                let Some(stored) = store.read(id)? else {
-                    continue;
-                };
+            for stored in store.read_many(&store.by_key(key, value)?)? {
                 let inst = stored.instance;
                 let dep: Option<Arc<Deployed>> = inst.def.as_deref().and_then(|k| {
                     find(&self.defs.load(), &k.id, Some(k.version))

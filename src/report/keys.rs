@@ -196,10 +196,7 @@ impl Report {
         };
         let mut instances = Vec::new();
         let mut records = Vec::new();
-        for id in store.by_key(key, &value)? {
-            let Some(stored) = store.read(id)? else {
-                continue;
-            };
+        for stored in store.read_many(&store.by_key(key, &value)?)? {
             let inst = &stored.instance;
             if inst
                 .vars()
