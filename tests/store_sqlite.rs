@@ -777,6 +777,53 @@ fn a_migrated_store_gets_its_offers_from_the_engine() {
     );
 }
 
+/// An instance whose state no longer decodes keeps `*` and does not stop the backfill.
+#[test]
+fn the_offers_backfill_passes_an_instance_that_does_not_decode() {
+    let db = TempDb::new("backfill-garbled");
+    let (engine, clock) = engine();
+    let inst = started(&engine, &clock, 3);
+    let store = SqliteStore::create(&db.0).unwrap();
+    store.save_definition(&def(TASK, "task", 1)).unwrap();
+    for i in &inst {
+        commit(&store, i, 0, 0).unwrap();
+    }
+    drop(store);
+    let conn = rusqlite::Connection::open(&db.0).unwrap();
+    conn.execute_batch(
+        "UPDATE instances SET offers = NULL; DELETE FROM offers; \
+         INSERT INTO offers (offer, instance) SELECT '*', id FROM instances WHERE running = 1;",
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE instances SET state = '{\"garbled\": true}' WHERE id = ?1",
+        [inst[0].id().get() as i64],
+    )
+    .unwrap();
+    drop(conn);
+    let store = Arc::new(SqliteStore::open(&db.0).unwrap());
+    let unoffered = store.unoffered(None, 10).unwrap();
+    let ids: Vec<_> = unoffered.iter().map(|s| s.instance.id()).collect();
+    assert_eq!(ids, [inst[1].id(), inst[2].id()]);
+    // With a bounded cache, opening reads no instance (without one it would fail on it).
+    let mut config = procflow::Config::default();
+    config.cache = Some(64);
+    let reopened = procflow::Engine::builder()
+        .config(config)
+        .open(Arc::clone(&store) as Arc<dyn procflow::Store>)
+        .unwrap();
+    assert_eq!(reopened.backfill_offers(10).unwrap(), 2);
+    assert_eq!(reopened.backfill_offers(10).unwrap(), 0);
+    let left: Vec<_> = store
+        .offered(&[])
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(left, [inst[0].id()], "it keeps `*`");
+}
+
 /// A store of schema version 4 (records keyed by instance and position, without rowid) moves to
 /// version 5 (records appended under a sequence, with an index by instance and position) and on
 /// to 6 (the outbox index), 7 (the report facts) and 8 (the batches linked from the instance

@@ -222,12 +222,14 @@ pub trait Store: Send + Sync {
     /// [`Store::offered`] query matches (stored before the store indexed offers, and with the
     /// same offers since): their state and stored version, **without their audit trail**. What
     /// an engine reads to give them their offers ([`Store::reoffer`],
-    /// [`Engine::backfill_offers`](crate::Engine::backfill_offers)).
+    /// [`Engine::backfill_offers`](crate::Engine::backfill_offers)). An instance whose state
+    /// does not decode is left out (it keeps the offer; a call on it says why), so that it
+    /// cannot stop the backfill.
     ///
     /// The default: none (a store that keeps no such offer).
     ///
     /// # Errors
-    /// A failure of the medium; a state that does not decode.
+    /// A failure of the medium.
     fn unoffered(
         &self,
         after: Option<InstanceId>,

@@ -579,9 +579,11 @@ impl Store for PostgresStore {
             }
             Ok(out)
         })?;
-        rows.into_iter()
-            .map(|(id, version, state)| self.instance(id, version, &state, Vec::new()))
-            .collect()
+        // A state that does not decode is left out: it keeps `*`, and a call on it says why.
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, version, state)| self.instance(id, version, &state, Vec::new()).ok())
+            .collect())
     }
 
     fn reoffer(&self, offers: &[(InstanceId, u64, Vec<Offer>)]) -> Result<usize, StoreError> {
