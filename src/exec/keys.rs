@@ -322,8 +322,9 @@ impl Engine {
     /// `value` is text that is not one; [`ExecError::Store`]; [`ExecError::Reentrant`] from a
     /// handler or veto.
     ///
-    /// Complexity: one index look-up (a store query), then one read per instance found (from
-    /// the store, with its audit trail).
+    /// Complexity: one index look-up (a store query), then the instances found read from the
+    /// store with their audit trails (one [`Store::read_many`](crate::Store::read_many): one
+    /// query on PostgreSQL).
     ///
     /// # Examples
     /// See [`Engine::history_by_key`].
