@@ -310,48 +310,73 @@ impl std::fmt::Display for VarProblem {
     }
 }
 
-/// Variables a caller handed to the engine: dropped without recursion ([`drop_flat`]) when the
-/// call ends without keeping them, whichever way it fails.
-pub(crate) struct Handed(Vars);
+/// Values a caller handed to the engine (variables, or a list of items): dropped without
+/// recursion ([`drop_flat`]) when the call ends without keeping them, whichever way it fails.
+pub(crate) struct Handed<T: Flat = Vars>(T);
 
-impl Handed {
-    pub(crate) fn new(vars: Vars) -> Handed {
-        Handed(vars)
+/// What [`Handed`] holds: values it can take apart without recursion.
+pub(crate) trait Flat: Default {
+    fn is_empty(&self) -> bool;
+    fn into_values(self) -> Vec<Value>;
+}
+
+impl Flat for Vars {
+    fn is_empty(&self) -> bool {
+        Vars::is_empty(self)
     }
 
-    /// The variables, kept by the engine.
-    pub(crate) fn take(mut self) -> Vars {
+    fn into_values(self) -> Vec<Value> {
+        self.into_iter().map(|(_, v)| v).collect()
+    }
+}
+
+impl Flat for Vec<Value> {
+    fn is_empty(&self) -> bool {
+        <[Value]>::is_empty(self)
+    }
+
+    fn into_values(self) -> Vec<Value> {
+        self
+    }
+}
+
+impl<T: Flat> Handed<T> {
+    pub(crate) fn new(values: T) -> Handed<T> {
+        Handed(values)
+    }
+
+    /// The values, kept by the engine.
+    pub(crate) fn take(mut self) -> T {
         std::mem::take(&mut self.0)
     }
 }
 
-impl std::ops::Deref for Handed {
-    type Target = Vars;
+impl<T: Flat> std::ops::Deref for Handed<T> {
+    type Target = T;
 
-    fn deref(&self) -> &Vars {
+    fn deref(&self) -> &T {
         &self.0
     }
 }
 
-impl std::ops::DerefMut for Handed {
-    fn deref_mut(&mut self) -> &mut Vars {
+impl<T: Flat> std::ops::DerefMut for Handed<T> {
+    fn deref_mut(&mut self) -> &mut T {
         &mut self.0
     }
 }
 
-impl Drop for Handed {
+impl<T: Flat> Drop for Handed<T> {
     fn drop(&mut self) {
         if !self.0.is_empty() {
-            drop_flat(std::mem::take(&mut self.0));
+            drop_flat(std::mem::take(&mut self.0).into_values());
         }
     }
 }
 
-/// Drops variables without recursion. A host may hand the engine a value nested far deeper than
+/// Drops values without recursion. A host may hand the engine a value nested far deeper than
 /// [`VarSpec::MAX_VALUE_DEPTH`]; it is refused, and dropping it the usual way would recurse once
 /// per level on the host's stack.
-pub(crate) fn drop_flat(vars: Vars) {
-    let mut stack: Vec<Value> = vars.into_iter().map(|(_, v)| v).collect();
+fn drop_flat(mut stack: Vec<Value>) {
     while let Some(value) = stack.pop() {
         match value {
             Value::Array(items) => stack.extend(items),

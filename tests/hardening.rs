@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use procflow::{
-    Clock, Engine, ExecError, LoadError, Location, ManualClock, ProblemKind, ProcessDef, Scenario,
-    Status, VarProblem, VarSpec, Vars, handler_fn,
+    Actor, Clock, Engine, ExecError, LoadError, Location, ManualClock, ProblemKind, ProcessDef,
+    Scenario, Status, VarProblem, VarSpec, Vars, WorkItem, handler_fn,
 };
 use serde_json::{Value, json};
 
@@ -86,7 +86,8 @@ fn nested_list(levels: usize, leaf: Value) -> Value {
 
 /// `{"b": {"b": ... leaf}}`, `levels` deep.
 fn nested_object(levels: usize, leaf: Value) -> Value {
-    (0..levels).fold(leaf, |v, _| json!({ "b": v }))
+    // Built by hand: `json!` would serialize (copy) the value inside, recursively.
+    (0..levels).fold(leaf, |v, _| Value::Object(Vars::from_iter([("b".to_owned(), v)])))
 }
 
 fn vars(value: Value) -> Vars {
@@ -252,6 +253,138 @@ nodes:
         }
         other => panic!("{other}"),
     }
+}
+
+/// A message receiver with an order-line task: what `correlate` and `add_items` take.
+const RECEIVER: &str = r#"
+id: receiver
+version: 1
+name: Receiver
+variables:
+  ticket_id: { type: string }
+  v: { type: object }
+  lines: { type: array }
+keys: [ticket_id]
+roles: { r: { name: R } }
+messages:
+  status: { payload: [ticket_id, v], correlate: { ticket_id: ticket_id } }
+nodes:
+  start: { kind: start, next: fit }
+  fit:
+    kind: user_task
+    name: Fit
+    raci: { responsible: [r], accountable: r }
+    for_each: { in: lines, as: line }
+    next: wait
+  wait: { kind: catch, message: status, next: end }
+  end: { kind: end }
+"#;
+
+#[test]
+fn a_value_nested_too_deeply_is_refused_by_correlate_and_add_items() {
+    let receiver = |levels: usize| {
+        on_stack(1024 * 1024, move || {
+            let engine = engine_with(RECEIVER);
+            let id = engine
+                .start(
+                    "receiver",
+                    vars(json!({ "ticket_id": "T-1", "lines": [1, 2] })),
+                )
+                .unwrap();
+            let before = engine.instance(id).unwrap();
+            // Built in place: dropping them here would recurse once per level.
+            let message = Vars::from_iter([
+                ("ticket_id".to_owned(), json!("T-1")),
+                ("v".to_owned(), nested_object(levels, json!(1))),
+            ]);
+            let sent = engine.correlate("status", message).map(|_| ());
+            let unknown = engine
+                .correlate(
+                    "nope",
+                    Vars::from_iter([("v".to_owned(), nested_list(levels, json!(1)))]),
+                )
+                .map(|_| ());
+            let added = engine.add_items(id, "fit", vec![nested_list(levels, json!(1))]);
+            let elsewhere = engine.add_items(id, "nowhere", vec![nested_list(levels, json!(1))]);
+            let after = engine.instance(id).unwrap();
+            (sent, unknown, added, elsewhere, before == after)
+        })
+    };
+    for levels in [33, 100_000] {
+        let (sent, unknown, added, elsewhere, unchanged) = receiver(levels);
+        assert!(
+            matches!(&sent, Err(ExecError::Variables { problems }) if problems[0].1 == VarProblem::TooDeep { limit: VarSpec::MAX_VALUE_DEPTH }),
+            "{levels} levels: {sent:?}"
+        );
+        assert!(matches!(unknown, Err(ExecError::UndeclaredMessage { .. })));
+        assert!(
+            matches!(added, Err(ExecError::Variables { .. })),
+            "{added:?}"
+        );
+        assert!(matches!(elsewhere, Err(ExecError::UnknownNode { .. })));
+        assert!(
+            unchanged,
+            "{levels} levels: a refused call changed the instance"
+        );
+    }
+}
+
+/// A delegated task that escalates by reassignment: the escalation's role works it, and the
+/// delegation, whose claim it took, ends.
+#[test]
+fn an_escalation_ends_the_delegation_of_the_task_it_takes() {
+    let def = r#"
+id: esc
+version: 1
+name: Esc
+roles: { r: { name: R }, lead: { name: Lead } }
+nodes:
+  start: { kind: start, next: work }
+  work:
+    kind: user_task
+    name: Work
+    raci: { responsible: [r], accountable: r }
+    due: 1h
+    escalate: [{ after: 1h, action: reassign, to: lead }]
+    next: done
+  done: { kind: end }
+"#;
+    let clock = Arc::new(ManualClock::new("2026-12-31T08:00:00Z".parse().unwrap()));
+    let engine = Engine::builder()
+        .clock(Arc::clone(&clock) as Arc<dyn Clock>)
+        .build();
+    engine.deploy(ProcessDef::from_yaml(def).unwrap()).unwrap();
+    let id = engine.start("esc", Vars::new()).unwrap();
+    let task = engine.tasks(id).unwrap()[0].id;
+    let (ann, bob) = (Actor::new("ann", ["r"]), Actor::new("bob", ["r"]));
+    engine.claim(task, &ann).unwrap();
+    engine.delegate(task, &ann, &bob).unwrap();
+    clock.advance(chrono::Duration::hours(2));
+    engine.tick(engine.now());
+    let inst = engine.instance(id).unwrap();
+    inst.check(&engine.definition_of(id).unwrap()).unwrap();
+    let view = &engine.tasks(id).unwrap()[0];
+    assert_eq!(
+        (view.claimed_by.as_ref(), view.delegated_by.as_ref()),
+        (None, None)
+    );
+    let lena = Actor::new("lena", ["lead"]);
+    engine.complete(task, &lena, Vars::new()).unwrap();
+    assert_eq!(engine.instance(id).unwrap().status(), Status::Completed);
+    // Suspended near the end of time and resumed later than its escalation could move: the
+    // deadline and the escalation wait at the end of time.
+    let end = chrono::DateTime::<chrono::Utc>::MAX_UTC;
+    clock.set(end - chrono::Duration::hours(2));
+    let id = engine.start("esc", Vars::new()).unwrap();
+    let task = WorkItem::Task(engine.tasks(id).unwrap()[0].id);
+    engine.suspend(task, &ann).unwrap();
+    clock.set(end);
+    engine.resume(task, &ann).unwrap();
+    let inst = engine.instance(id).unwrap();
+    assert_eq!(
+        inst.timers().iter().map(|t| t.at).collect::<Vec<_>>(),
+        [end, end]
+    );
 }
 
 #[test]

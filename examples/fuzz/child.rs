@@ -1122,7 +1122,8 @@ impl Driver {
     }
 
     fn step(&mut self) -> Result<(), String> {
-        match self.rng.below(100) {
+        match self.rng.below(125) {
+            100.. => self.between()?,
             0..=7 => self.start(false)?,
             8..=22 => {
                 let Some(task) = self.pick_task() else {
@@ -1297,6 +1298,233 @@ impl Driver {
                 let _ = self.engine.definition(&self.key, None);
                 let _ = self.engine.definition(&self.key, Some(u32::MAX));
                 let _ = self.engine.now();
+                self.calls += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A payload for `names` (a message's or a signal's declared variables): values copied from
+    /// a running instance (so that correlations match), values that fit, or values that do not.
+    fn payload(&mut self, names: &[String]) -> Vars {
+        let source = self.pick_instance();
+        let held = self
+            .engine
+            .instance(source)
+            .map(|i| i.vars().clone())
+            .unwrap_or_default();
+        let mut out = Vars::new();
+        for name in names {
+            if self.rng.chance(1, 8) {
+                continue;
+            }
+            let info = self.setup.vars.iter().find(|v| v.name == *name).cloned();
+            let value = match (held.get(name), info) {
+                (Some(v), _) if self.rng.chance(2, 3) => v.clone(),
+                (_, Some(info)) if self.rng.chance(3, 4) => good_value(&info, &mut self.rng),
+                (_, Some(info)) => value_for(&info, &mut self.rng),
+                (_, None) => any_value(&mut self.rng, 2),
+            };
+            out.insert(name.clone(), value);
+        }
+        if self.rng.chance(1, 10) {
+            out.insert("undeclared".into(), any_value(&mut self.rng, 2));
+        }
+        out
+    }
+
+    /// Checks every instance the engine holds (a message or a signal may change any of them).
+    fn check_all(&self, after: &str) -> Result<(), String> {
+        for id in self.engine.instances() {
+            check(&self.engine, id, after, &self.setup.features)?;
+        }
+        Ok(())
+    }
+
+    /// The calls between processes and on a case as a whole: messages, signals, cancelling,
+    /// suspending, delegating, skipping, handing over, key queries and order lines.
+    fn between(&mut self) -> Result<(), String> {
+        let messages: Vec<(String, Vec<String>)> = self
+            .def
+            .messages()
+            .map(|(name, m)| (name.to_owned(), m.payload().to_vec()))
+            .collect();
+        match self.rng.below(25) {
+            0..=5 => {
+                let (name, payload) = match self.rng.below(8) {
+                    0 => ("nope".to_owned(), Vec::new()),
+                    _ if !messages.is_empty() => self.rng.pick(&messages).clone(),
+                    _ => ("nope".to_owned(), Vec::new()),
+                };
+                let vars = self.payload(&payload);
+                crumb(format!("correlate('{name}', {})", shape(&vars)));
+                let r = self.engine.correlate(&name, vars);
+                self.record("correlate", &r);
+                if let Ok(c) = &r {
+                    self.note(format!(
+                        "correlate:received:{}:started:{}:kept:{}",
+                        c.received.len().min(2),
+                        c.started.len().min(1),
+                        c.kept
+                    ));
+                }
+                self.check_all("correlate")?;
+            }
+            6..=7 => {
+                let (name, payload) = match self.rng.below(4) {
+                    0 => ("nope".to_owned(), Vec::new()),
+                    _ if !messages.is_empty() => self.rng.pick(&messages).clone(),
+                    _ => ("nope".to_owned(), Vec::new()),
+                };
+                let id = self.pick_instance();
+                let vars = self.payload(&payload);
+                crumb(format!("deliver({id}, '{name}', {})", shape(&vars)));
+                let r = self.engine.deliver(id, &name, vars);
+                self.record("deliver", &r);
+                check(&self.engine, id, "deliver", &self.setup.features)?;
+            }
+            8..=9 => {
+                let signals: Vec<String> = self
+                    .def
+                    .signals()
+                    .map(|(name, _)| name.to_owned())
+                    .collect();
+                let name = if signals.is_empty() || self.rng.chance(1, 5) {
+                    "nope".to_owned()
+                } else {
+                    self.rng.pick(&signals).clone()
+                };
+                let names: Vec<String> = self.setup.vars.iter().map(|v| v.name.clone()).collect();
+                let vars = self.payload(&names);
+                crumb(format!("signal('{name}', {})", shape(&vars)));
+                let r = self.engine.signal(&name, vars);
+                self.record("signal", &r);
+                self.check_all("signal")?;
+            }
+            10..=11 => {
+                let id = self.pick_instance();
+                let actor = self.actor(None, 'a');
+                crumb(format!("cancel({id}, {:?})", actor.roles));
+                let r = self.engine.cancel(id, &actor, "fuzz");
+                self.record("cancel", &r);
+                self.check_all("cancel")?;
+            }
+            12..=14 => {
+                let Some(task) = self.pick_task() else {
+                    return Ok(());
+                };
+                let actor = self.actor(Some(&task), 'a');
+                let what: procflow::WorkItem = if self.rng.chance(1, 2) {
+                    task.id.into()
+                } else {
+                    task.id.instance().into()
+                };
+                let r = if self.rng.chance(1, 2) {
+                    crumb(format!("suspend({what:?}, {:?})", actor.roles));
+                    self.engine.suspend(what, &actor)
+                } else {
+                    crumb(format!("resume({what:?}, {:?})", actor.roles));
+                    self.engine.resume(what, &actor)
+                };
+                self.record("suspension", &r);
+                self.after(&task, "suspend or resume")?;
+            }
+            15..=18 => {
+                let Some(task) = self.pick_task() else {
+                    return Ok(());
+                };
+                let part = if self.rng.chance(1, 3) { 'a' } else { 'r' };
+                let actor = self.actor(Some(&task), part);
+                let r = match self.rng.below(4) {
+                    0 => {
+                        let to = self.actor(Some(&task), 'r');
+                        crumb(format!(
+                            "delegate({}, {:?}, {:?})",
+                            task.id, actor.roles, to.roles
+                        ));
+                        self.engine.delegate(task.id, &actor, &to)
+                    }
+                    1 => {
+                        crumb(format!("release({}, {:?})", task.id, actor.roles));
+                        self.engine.release(task.id, &actor)
+                    }
+                    2 => {
+                        crumb(format!("return_task({}, {:?})", task.id, actor.roles));
+                        self.engine.return_task(task.id, &actor)
+                    }
+                    _ => {
+                        crumb(format!("skip({}, {:?})", task.id, actor.roles));
+                        self.engine.skip(task.id, &actor, "fuzz")
+                    }
+                };
+                self.record("task_call", &r);
+                self.after(&task, "a task call")?;
+            }
+            19 => {
+                let id = self.pick_instance();
+                let by = self.actor(None, 'a');
+                let to = self.actor(None, 'r');
+                crumb(format!("hand_over({id}, {:?}, {:?})", by.roles, to.roles));
+                let r = self.engine.hand_over(id, &by, &to);
+                self.record("hand_over", &r);
+                check(&self.engine, id, "hand_over", &self.setup.features)?;
+            }
+            20..=21 => {
+                let keys: Vec<String> = self.def.keys().map(str::to_owned).collect();
+                let key = if keys.is_empty() || self.rng.chance(1, 5) {
+                    "nope".to_owned()
+                } else {
+                    self.rng.pick(&keys).clone()
+                };
+                let id = self.pick_instance();
+                let value = match self
+                    .engine
+                    .instance(id)
+                    .ok()
+                    .and_then(|i| i.vars().get(&key).cloned())
+                {
+                    Some(Value::String(s)) if self.rng.chance(3, 4) => s,
+                    Some(other) if self.rng.chance(3, 4) => other.to_string(),
+                    _ => (*self.rng.pick(STRINGS)).to_owned(),
+                };
+                crumb(format!("find_by_key('{key}', {} bytes)", value.len()));
+                let found = self.engine.find_by_key(&key, value.as_str());
+                self.record("find_by_key", &found);
+                crumb(format!("history_by_key('{key}', {} bytes)", value.len()));
+                let history = self.engine.history_by_key(&key, value.as_str());
+                self.record("history_by_key", &history);
+                if let Ok(found) = &found {
+                    self.note(format!("find_by_key:{}", found.len().min(2)));
+                }
+            }
+            22 => {
+                let id = self.pick_instance();
+                let nodes: Vec<String> = self
+                    .def
+                    .nodes()
+                    .filter(|(_, n)| n.is_multi_instance() || self.rng.chance(1, 10))
+                    .map(|(_, n)| n.id().to_owned())
+                    .collect();
+                let node = if nodes.is_empty() {
+                    "nowhere".to_owned()
+                } else {
+                    self.rng.pick(&nodes).clone()
+                };
+                let items: Vec<Value> = (0..self.rng.size(4))
+                    .map(|_| any_value(&mut self.rng, 2))
+                    .collect();
+                crumb(format!("add_items({id}, '{node}', {} items)", items.len()));
+                let r = self.engine.add_items(id, &node, items);
+                self.record("add_items", &r);
+                check(&self.engine, id, "add_items", &self.setup.features)?;
+            }
+            _ => {
+                let id = self.pick_instance();
+                crumb(format!("children, owner and kept messages of {id}"));
+                let _ = self.engine.children(id);
+                let _ = self.engine.owner(id);
+                let _ = self.engine.kept_messages();
+                let _ = self.engine.unmatched();
                 self.calls += 1;
             }
         }

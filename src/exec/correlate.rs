@@ -617,6 +617,8 @@ impl Engine {
     /// ```
     pub fn correlate(&self, message: &str, vars: Vars) -> Result<Correlation, ExecError> {
         crate::telemetry::call!("correlate", message);
+        // Refused values may be nested deeper than any variable: dropped without recursion.
+        let vars = crate::vars::Handed::new(vars);
         self.not_busy()?;
         let now = self.clock.now();
         self.expire_messages(now);
@@ -624,7 +626,7 @@ impl Engine {
         self.route(
             &plan,
             message,
-            vars,
+            vars.take(),
             Origin {
                 from: None,
                 receipt: None,

@@ -357,7 +357,10 @@ impl Step<'_> {
     /// deadline 3 business hours away when suspended is 3 business hours away on resume).
     fn shifted(&self, mut t: Timer, since: DateTime<Utc>) -> Timer {
         let now = self.now;
-        let wall = t.at + (now - since).max(chrono::Duration::zero());
+        // A timer near the end of time stays there.
+        let wall =
+            t.at.checked_add_signed((now - since).max(chrono::Duration::zero()))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
         t.at = match self.dep.calendar.as_deref().filter(|_| t.business) {
             Some(cal) => {
                 let left = if t.at > since {
@@ -657,6 +660,17 @@ fn tidy(inst: &mut crate::model::Instance) {
         .is_some_and(|r| *r == crate::model::Rare::default())
     {
         inst.rare = None;
+    }
+}
+
+/// A task an escalation took from its claimant is no longer delegated: its claim, which the
+/// delegation lent, is gone, and the escalation's role works it.
+pub(super) fn undelegate(inst: &mut crate::model::Instance, seq: u32) {
+    if let Some(rare) = inst.rare.as_deref_mut()
+        && !rare.delegated.is_empty()
+    {
+        rare.delegated.retain(|d| d.task != seq);
+        tidy(inst);
     }
 }
 

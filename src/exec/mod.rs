@@ -1062,6 +1062,8 @@ impl Engine {
         items: Vec<serde_json::Value>,
     ) -> Result<(), ExecError> {
         crate::telemetry::call!("add_items", instance = %instance, node);
+        // Refused items may be nested deeper than any variable: dropped without recursion.
+        let items = crate::vars::Handed::new(items);
         let now = self.clock.now();
         self.call(instance, |slot| {
             let def = &slot.dep.def;
@@ -1090,7 +1092,7 @@ impl Engine {
                 .map(|m| m.items.iter())
                 .into_iter()
                 .flatten()
-                .chain(&items)
+                .chain(items.iter())
                 .collect();
             if let Err(problem) = crate::vars::list_bounds(&all) {
                 return Err(ExecError::Variables {
@@ -1104,7 +1106,10 @@ impl Engine {
                     crate::def::Behaviour::Subprocess { .. }
                 );
             Ok(self.step_slot(slot, now, |step| {
-                step.apply(Change::Looping(multi::LoopChange::Add { node: at, items }));
+                step.apply(Change::Looping(multi::LoopChange::Add {
+                    node: at,
+                    items: items.take(),
+                }));
                 if user {
                     step.advance_items(at, None)?;
                 }

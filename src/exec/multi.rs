@@ -412,7 +412,7 @@ impl<'a> Step<'a> {
             .and_then(|fe| fe.output.as_deref())
             .and_then(|name| output.remove(name))
             .unwrap_or(Value::Null);
-        crate::vars::drop_flat(output);
+        drop(crate::vars::Handed::new(output));
         let item = self
             .inst
             .rare
@@ -791,7 +791,7 @@ fn item_output(def: &crate::ProcessDef, fe: &ForEach, mut vars: Vars) -> Result<
             "handler returned variable '{name}' that is {}",
             VarProblem::NotItemOutput
         );
-        crate::vars::drop_flat(vars);
+        drop(crate::vars::Handed::new(vars));
         return Err(message);
     }
     let Some(output) = output else {

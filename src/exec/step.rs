@@ -1004,6 +1004,7 @@ impl<'a> Step<'a> {
                                 let task = &mut self.inst.tasks[seq as usize];
                                 task.escalated_to = index;
                                 task.claimed_by = None;
+                                super::lifecycle::undelegate(self.inst, seq);
                             }
                         }
                         _ => {}
@@ -1496,7 +1497,7 @@ impl<'a> Step<'a> {
             None => Ok(vars),
             Some((name, problem)) => {
                 let message = format!("handler returned variable '{name}' that is {problem}");
-                crate::vars::drop_flat(vars);
+                drop(crate::vars::Handed::new(vars));
                 Err(message)
             }
         }
