@@ -87,7 +87,9 @@ fn nested_list(levels: usize, leaf: Value) -> Value {
 /// `{"b": {"b": ... leaf}}`, `levels` deep.
 fn nested_object(levels: usize, leaf: Value) -> Value {
     // Built by hand: `json!` would serialize (copy) the value inside, recursively.
-    (0..levels).fold(leaf, |v, _| Value::Object(Vars::from_iter([("b".to_owned(), v)])))
+    (0..levels).fold(leaf, |v, _| {
+        Value::Object(Vars::from_iter([("b".to_owned(), v)]))
+    })
 }
 
 fn vars(value: Value) -> Vars {

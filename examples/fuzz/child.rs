@@ -13,8 +13,8 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use procflow::{
     Actor, BusinessCalendar, BusinessDuration, Clock, Control, Durability, DurationSpec, Engine,
     EngineBuilder, Event, ExecError, HandlerError, Instance, InstanceId, ManualClock, MemoryStore,
-    ProcessDef, Record, Scenario, SqliteStore, TaskId, TaskView, VarType, Vars, handler_fn,
-    hook_fn, veto_fn,
+    Organisation, ProcessDef, Record, Scenario, SqliteStore, TaskId, TaskView, VarType, Vars,
+    handler_fn, hook_fn, veto_fn,
 };
 use serde_json::{Value, json};
 
@@ -209,6 +209,16 @@ fn shipped_def(root: &Path, name: &str) -> Result<ProcessDef, String> {
     let path = root.join("process-defs").join(format!("{name}.yaml"));
     ProcessDef::from_file(&path)
         .map_err(|e| format!("harness: the shipped {} does not load: {e}", path.display()))
+}
+
+/// The shipped definition (in `process-defs/`) whose id is `id`.
+fn shipped_by_id(root: &Path, id: &str) -> Option<ProcessDef> {
+    std::fs::read_dir(root.join("process-defs"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+        .filter_map(|e| ProcessDef::from_file(e.path()).ok())
+        .find(|d| d.key().id == id)
 }
 
 /// The calendars a definition names, loaded as `procflow simulate` does (the file beside the
@@ -573,6 +583,8 @@ fn advance(rng: &mut Rng) -> Duration {
 /// How an engine is put together; kept to build a second engine on the same store.
 struct Setup {
     vars: Vec<VarInfo>,
+    /// The shipped organisation, for a definition whose roles it has (now and then).
+    org: Option<Arc<Organisation>>,
     handlers: Vec<String>,
     calendars: BTreeSet<String>,
     clock: Arc<ManualClock>,
@@ -601,6 +613,9 @@ impl Setup {
     fn builder(&self, key: &str, seed: u64, me: &Arc<OnceLock<Weak<Engine>>>) -> EngineBuilder {
         let mut builder = Engine::builder();
         builder.clock(Arc::clone(&self.clock));
+        if let Some(org) = &self.org {
+            builder.organisation(Arc::clone(org));
+        }
         for name in &self.calendars {
             builder.calendar(name.clone(), BusinessCalendar::china());
         }
@@ -778,8 +793,14 @@ fn drive_def(
         1..=3 => StoreKind::Memory(MemoryStore::new()),
         _ => StoreKind::None,
     };
+    let org = Organisation::from_file(job.root.join("process-defs/org/province.yaml"))
+        .ok()
+        .filter(|org| rng.chance(1, 3) && def.check_organisation(org).is_ok())
+        .map(Arc::new);
+    note(features, format!("org:{}", org.is_some()));
     let mut setup = Setup {
         vars,
+        org,
         handlers: handlers.into_iter().collect(),
         calendars: calendars.clone(),
         clock,
@@ -788,9 +809,19 @@ fn drive_def(
     };
     // Deploy; a duration naming its own calendar needs that name registered too, so a deploy
     // refused for unknown calendars is tried again on an engine that has them.
+    // A call activity naming a shipped definition that is not deployed: that one is deployed
+    // first (with handlers for its service tasks), and the deploy tried again.
     let mut def = def;
+    let mut called: Vec<ProcessDef> = Vec::new();
     let (engine, deployed, setup) = loop {
         let engine = build(&setup, &process, &store, 0)?;
+        let mut problems = Vec::new();
+        for c in &called {
+            crumb(format!("deploy the called '{}'", c.key().id));
+            if let Err(e) = engine.deploy(reload(c.text())?) {
+                problems.extend(e.problems);
+            }
+        }
         crumb("deploy");
         match engine.deploy(def) {
             Ok(deployed) => {
@@ -799,17 +830,38 @@ fn drive_def(
             }
             Err(e) => {
                 let _ = e.to_string();
-                for p in &e.problems {
+                problems.extend(e.problems);
+                let mut handlers = setup.handlers.clone();
+                let known = called.len();
+                for p in &problems {
                     note(features, format!("deploy:{}", variant(p)));
-                    if let procflow::DeployProblem::UnknownCalendar { name, .. } = p {
-                        calendars.insert(name.clone());
+                    match p {
+                        procflow::DeployProblem::UnknownCalendar { name, .. } => {
+                            calendars.insert(name.clone());
+                        }
+                        procflow::DeployProblem::UnknownCalledProcess { process, .. } => {
+                            if let Some(c) = shipped_by_id(job.root, process)
+                                .filter(|_| !called.iter().any(|c| c.key().id == *process))
+                            {
+                                handlers.extend(
+                                    c.nodes()
+                                        .filter_map(|(_, n)| n.handler().map(str::to_owned)),
+                                );
+                                calendars.extend(c.calendar().map(str::to_owned));
+                                called.push(c);
+                            }
+                        }
+                        _ => {}
                     }
                 }
-                if calendars == setup.calendars {
+                if calendars == setup.calendars && called.len() == known {
                     return Ok(1);
                 }
+                handlers.sort();
+                handlers.dedup();
                 setup = Setup {
                     calendars: calendars.clone(),
+                    handlers,
                     ..setup
                 };
                 def = reload(&text)?;
@@ -1010,6 +1062,20 @@ impl Driver {
     /// An actor: most often one holding a role the task's RACI names for `part`
     /// (`r`esponsible, `a`ccountable, `c`onsulted), else random roles of the definition.
     fn actor(&mut self, task: Option<&TaskView>, part: char) -> Actor {
+        if let Some(org) = self.setup.org.clone()
+            && self.rng.chance(2, 3)
+        {
+            // A person of the organisation, with the roles it gives them; now and then the
+            // task's claimant.
+            let claimant = task.and_then(|t| t.claimed_by.clone());
+            let id = match claimant {
+                Some(by) if self.rng.chance(1, 2) => by.as_str().to_owned(),
+                _ => self.rng.pick(org.people()).id().as_str().to_owned(),
+            };
+            if let Some(actor) = org.actor(&id) {
+                return actor;
+            }
+        }
         let id = (*self.rng.pick(ACTORS)).to_owned();
         let raci = task
             .and_then(|t| self.def.try_node(t.node))
@@ -1086,11 +1152,28 @@ impl Driver {
     }
 
     fn start(&mut self, first: bool) -> Result<(), String> {
-        let vars = if first || self.rng.chance(1, 2) {
+        let mut vars = if first || self.rng.chance(1, 2) {
             good_vars(&self.setup.vars, true, &mut self.rng)
         } else {
             vars_for(&self.setup.vars, self.rng.chance(3, 4), &mut self.rng)
         };
+        // With an organisation, its units and people as string values (scopes, owners).
+        if let Some(org) = self.setup.org.clone() {
+            for var in &self.setup.vars {
+                if var.ty == VarType::String && var.allowed.is_none() && self.rng.chance(1, 2) {
+                    let value = if self.rng.chance(2, 3) {
+                        self.rng.pick(org.units()).id().to_owned()
+                    } else {
+                        self.rng.pick(org.people()).id().as_str().to_owned()
+                    };
+                    if let Some(Value::String(old)) = vars.get_mut(&var.name) {
+                        *old = value;
+                    } else if !vars.contains_key(&var.name) {
+                        vars.insert(var.name.clone(), Value::String(value));
+                    }
+                }
+            }
+        }
         let key = self.key.clone();
         let result = if self.rng.chance(1, 10) {
             let version = *self
