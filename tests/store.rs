@@ -890,6 +890,16 @@ fn a_work_list_reads_only_the_instances_of_the_units_it_reaches() {
         let (feng, read) = list("feng");
         assert_eq!(feng.len(), 60, "{name}: escalated one level up");
         assert_eq!(read, 60, "{name}");
+        // An engine without the organisation (its authorizer reads the actor's roles alone)
+        // cannot tell which units an offer's unit lies under: it reads every running instance,
+        // and lists the 60 to anyone holding the role.
+        let c = cached(&clock).open(store()).unwrap();
+        let ops = Actor::new("ops", ["network_ops"]);
+        assert_eq!(
+            c.work_list(&ops).len(),
+            60,
+            "{name}: without the organisation"
+        );
     }
 }
 

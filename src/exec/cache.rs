@@ -204,8 +204,15 @@ impl Engine {
             return;
         };
         // The running instances that may show the actor a task: those the store names, or
-        // every one.
-        let found = match store.offered(&self.offers_to(actor)) {
+        // every one. Without an organisation an engine cannot tell which units a scoped offer
+        // (`role@unit`, written by an engine that has one) lies under for the actor, so with
+        // scoped definitions deployed it reads every one.
+        let offered = if self.org.is_none() && self.scoped_defs() {
+            Ok(None)
+        } else {
+            store.offered(&self.offers_to(actor))
+        };
+        let found = match offered {
             Ok(Some(found)) => found,
             Ok(None) => match store.running_ids(None) {
                 Ok(running) => running,
@@ -239,6 +246,20 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Whether a deployed definition scopes a role reference to a unit (`role@variable`).
+    fn scoped_defs(&self) -> bool {
+        self.defs
+            .load()
+            .values()
+            .flat_map(|v| v.values())
+            .any(|dep| {
+                dep.def
+                    .nodes
+                    .iter()
+                    .any(|n| n.raci().is_some_and(|r| !r.scopes.is_empty()))
+            })
     }
 
     /// The offers whose instances may show `actor` a task ([`Store::offered`]): with an
