@@ -331,6 +331,35 @@ fn a_value_nested_too_deeply_is_refused_by_correlate_and_add_items() {
     }
 }
 
+#[test]
+fn a_late_service_answer_nested_too_deeply_is_an_incident() {
+    const LATE: &str = r#"
+id: late
+version: 1
+name: Late
+variables: { v: { type: object } }
+nodes:
+  start: { kind: start, next: score }
+  score: { kind: service_task, name: Score, handler: score, next: end }
+  end: { kind: end }
+"#;
+    let incident = on_stack(1024 * 1024, || {
+        let mut builder = Engine::builder();
+        builder.handler(
+            "score",
+            handler_fn(|_| Err(procflow::HandlerError::pending())),
+        );
+        let engine = builder.build();
+        engine.deploy(ProcessDef::from_yaml(LATE).unwrap()).unwrap();
+        let id = engine.start("late", Vars::new()).unwrap();
+        // Built in place: dropping it here would recurse once per level.
+        let answer = Vars::from_iter([("v".to_owned(), nested_object(100_000, json!(1)))]);
+        let r = engine.complete_service(id, "score", Ok(answer));
+        (r.is_err(), engine.instance(id).unwrap().incidents().len())
+    });
+    assert_eq!(incident, (true, 1));
+}
+
 /// A delegated task that escalates by reassignment: the escalation's role works it, and the
 /// delegation, whose claim it took, ends.
 #[test]

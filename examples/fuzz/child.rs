@@ -649,6 +649,8 @@ impl Setup {
                             let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
                             Ok(vars_for(&vars, false, &mut rng))
                         }
+                        // The answer comes later, through `complete_service`.
+                        13..=15 => Err(HandlerError::pending()),
                         _ => {
                             let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
                             Ok(good_vars(&vars, false, &mut rng))
@@ -1432,7 +1434,34 @@ impl Driver {
             .messages()
             .map(|(name, m)| (name.to_owned(), m.payload().to_vec()))
             .collect();
-        match self.rng.below(25) {
+        match self.rng.below(28) {
+            25..=27 => {
+                // The answer of a service task waiting for its handler (or of one that is not).
+                let id = self.pick_instance();
+                let nodes: Vec<String> = self
+                    .def
+                    .nodes()
+                    .filter(|(_, n)| n.handler().is_some() || self.rng.chance(1, 10))
+                    .map(|(_, n)| n.id().to_owned())
+                    .collect();
+                let node = if nodes.is_empty() {
+                    "nowhere".to_owned()
+                } else {
+                    self.rng.pick(&nodes).clone()
+                };
+                let answer = match self.rng.below(4) {
+                    0 => Err(HandlerError::new("fuzz: the late answer failed")),
+                    1 => Ok(vars_for(&self.setup.vars, false, &mut self.rng)),
+                    _ => Ok(good_vars(&self.setup.vars, false, &mut self.rng)),
+                };
+                crumb(format!(
+                    "complete_service({id}, '{node}', {})",
+                    answer.is_ok()
+                ));
+                let r = self.engine.complete_service(id, &node, answer);
+                self.record("complete_service", &r);
+                self.check_all("complete_service")?;
+            }
             0..=5 => {
                 let (name, payload) = match self.rng.below(8) {
                     0 => ("nope".to_owned(), Vec::new()),

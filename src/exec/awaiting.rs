@@ -71,6 +71,8 @@ impl Engine {
         answer: Result<Vars, HandlerError>,
     ) -> Result<(), ExecError> {
         crate::telemetry::call!("complete_service", instance = %instance, node);
+        // A refused answer may be nested deeper than any variable: dropped without recursion.
+        let answer = answer.map(crate::vars::Handed::new);
         let now = self.clock.now();
         self.call(instance, |slot| {
             let Some(at) = slot.dep.def.node_id(node) else {
@@ -118,7 +120,7 @@ impl Engine {
                     return Err(step.fail_node(token, at, message));
                 }
                 if !vars.is_empty() {
-                    step.apply(Change::SetVars(vars));
+                    step.apply(Change::SetVars(vars.take()));
                 }
                 step.apply(Change::Flow {
                     token: Some(token),
