@@ -805,6 +805,15 @@ fn the_offers_backfill_passes_an_instance_that_does_not_decode() {
     let unoffered = store.unoffered(None, 10).unwrap();
     let ids: Vec<_> = unoffered.iter().map(|s| s.instance.id()).collect();
     assert_eq!(ids, [inst[1].id(), inst[2].id()]);
+    // A batch of one whose first row does not decode gives the next instead: damaged rows
+    // cannot end a backfill early.
+    let one: Vec<_> = store
+        .unoffered(None, 1)
+        .unwrap()
+        .iter()
+        .map(|s| s.instance.id())
+        .collect();
+    assert_eq!(one, [inst[1].id()]);
     // With a bounded cache, opening reads no instance (without one it would fail on it).
     let mut config = procflow::Config::default();
     config.cache = Some(64);

@@ -223,8 +223,9 @@ pub trait Store: Send + Sync {
     /// same offers since): their state and stored version, **without their audit trail**. What
     /// an engine reads to give them their offers ([`Store::reoffer`],
     /// [`Engine::backfill_offers`](crate::Engine::backfill_offers)). An instance whose state
-    /// does not decode is left out (it keeps the offer; a call on it says why), so that it
-    /// cannot stop the backfill.
+    /// does not decode is left out (it keeps the offer; a call on it says why) and the next
+    /// ones are given in its place, so that damaged instances cannot stop the backfill: an
+    /// empty answer means none after `after` is left to backfill.
     ///
     /// The default: none (a store that keeps no such offer).
     ///
@@ -652,6 +653,34 @@ impl StoreError {
 /// The state of an instance as stores serialize it: [`Instance::encode`].
 pub(crate) fn encode_state(instance: &Instance) -> String {
     instance.encode()
+}
+
+/// [`Store::unoffered`] for a database: `fetch(after, limit)` gives up to `limit` rows (id,
+/// version, state) of instances carrying the offer `*` after id `after`, in id order, and
+/// `decode` makes one an instance. A row that does not decode is left out (it keeps `*`; a call
+/// on it says why) and the next rows are fetched in its place, so that damaged rows cannot end
+/// a backfill early.
+pub(crate) fn unoffered_rows(
+    after: Option<InstanceId>,
+    limit: usize,
+    mut fetch: impl FnMut(i64, i64) -> Result<Vec<(i64, i64, String)>, StoreError>,
+    decode: impl Fn(i64, i64, &str) -> Result<StoredInstance, StoreError>,
+) -> Result<Vec<StoredInstance>, StoreError> {
+    let mut cursor = after.map_or(0, |id| i64::try_from(id.get()).unwrap_or(i64::MAX));
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let wanted = i64::try_from(limit - out.len()).unwrap_or(i64::MAX);
+        let rows = fetch(cursor, wanted)?;
+        let Some(last) = rows.last().map(|(id, _, _)| *id) else {
+            break;
+        };
+        cursor = last;
+        out.extend(
+            rows.iter()
+                .filter_map(|(id, version, state)| decode(*id, *version, state).ok()),
+        );
+    }
+    Ok(out)
 }
 
 /// Decodes what [`encode_state`] wrote and puts the audit trail back.

@@ -563,27 +563,23 @@ impl Store for PostgresStore {
         after: Option<InstanceId>,
         limit: usize,
     ) -> Result<Vec<StoredInstance>, StoreError> {
-        let after = after.map_or(0, |id| i64::try_from(id.get()).unwrap_or(i64::MAX));
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.pool.read_once(&self.server, |conn| {
-            let stmt = conn.statement(
-                "SELECT i.id, i.row_version, i.state FROM procflow_offers o \
-                 JOIN procflow_instances i ON i.id = o.instance \
-                 WHERE o.offer = '*' AND o.instance > $1 ORDER BY o.instance LIMIT $2",
-            )?;
-            let mut out = Vec::new();
-            for row in conn.client.query(&stmt, &[&after, &limit])? {
-                let (id, version, state): (i64, i64, String) =
-                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-                out.push((id, version, state));
-            }
-            Ok(out)
-        })?;
-        // A state that does not decode is left out: it keeps `*`, and a call on it says why.
-        Ok(rows
-            .into_iter()
-            .filter_map(|(id, version, state)| self.instance(id, version, &state, Vec::new()).ok())
-            .collect())
+        let fetch = |after: i64, limit: i64| {
+            self.pool.read_once(&self.server, |conn| {
+                let stmt = conn.statement(
+                    "SELECT i.id, i.row_version, i.state FROM procflow_offers o \
+                     JOIN procflow_instances i ON i.id = o.instance \
+                     WHERE o.offer = '*' AND o.instance > $1 ORDER BY o.instance LIMIT $2",
+                )?;
+                let mut out = Vec::new();
+                for row in conn.client.query(&stmt, &[&after, &limit])? {
+                    out.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
+                }
+                Ok(out)
+            })
+        };
+        crate::store::unoffered_rows(after, limit, fetch, |id, version, state| {
+            self.instance(id, version, state, Vec::new())
+        })
     }
 
     fn reoffer(&self, offers: &[(InstanceId, u64, Vec<Offer>)]) -> Result<usize, StoreError> {

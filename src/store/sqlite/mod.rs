@@ -853,28 +853,26 @@ impl Store for SqliteStore {
         after: Option<InstanceId>,
         limit: usize,
     ) -> Result<Vec<StoredInstance>, StoreError> {
-        let after = after.map_or(0, |id| i64::try_from(id.get()).unwrap_or(i64::MAX));
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let path = &self.path;
-        let rows = self.read_with(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT i.id, i.row_version, i.state FROM offers o \
-                     JOIN instances i ON i.id = o.instance \
-                     WHERE o.offer = ?1 AND o.instance > ?2 ORDER BY o.instance LIMIT ?3",
-                )
-                .map_err(|e| sql_err(path, e))?;
-            stmt.query_map((ANY_OFFER, after, limit), |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        let fetch = |after: i64, limit: i64| {
+            self.read_with(|conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT i.id, i.row_version, i.state FROM offers o \
+                         JOIN instances i ON i.id = o.instance \
+                         WHERE o.offer = ?1 AND o.instance > ?2 ORDER BY o.instance LIMIT ?3",
+                    )
+                    .map_err(|e| sql_err(path, e))?;
+                stmt.query_map((ANY_OFFER, after, limit), |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .and_then(Iterator::collect::<Result<Vec<(i64, i64, String)>, _>>)
+                .map_err(|e| sql_err(path, e))
             })
-            .and_then(Iterator::collect::<Result<Vec<(i64, i64, String)>, _>>)
-            .map_err(|e| sql_err(path, e))
-        })?;
-        // A state that does not decode is left out: it keeps `*`, and a call on it says why.
-        Ok(rows
-            .into_iter()
-            .filter_map(|(id, version, state)| self.instance(id, version, &state, Vec::new()).ok())
-            .collect())
+        };
+        crate::store::unoffered_rows(after, limit, fetch, |id, version, state| {
+            self.instance(id, version, state, Vec::new())
+        })
     }
 
     fn reoffer(&self, offers: &[(InstanceId, u64, Vec<Offer>)]) -> Result<usize, StoreError> {
