@@ -1418,6 +1418,50 @@ impl Driver {
         out
     }
 
+    /// Checks a key query's answer against the instances the engine holds: each running one
+    /// whose definition lists the key and that holds the value is found, and each found one
+    /// the engine can read holds it.
+    fn check_key(
+        &self,
+        key: &str,
+        value: &str,
+        found: &[procflow::KeyedInstance],
+    ) -> Result<(), String> {
+        let holds = |inst: &Instance| match inst.vars().get(key) {
+            Some(Value::String(s)) => s == value,
+            Some(Value::Number(n)) => n.as_i64().is_some_and(|n| n.to_string() == value),
+            _ => false,
+        };
+        for id in self.engine.instances() {
+            let (Ok(inst), Ok(def)) = (self.engine.instance(id), self.engine.definition_of(id))
+            else {
+                continue;
+            };
+            if inst.status() == procflow::Status::Running
+                && def.keys().any(|k| k == key)
+                && holds(&inst)
+                && !found.iter().any(|k| k.id == id)
+            {
+                return Err(format!(
+                    "find_by_key('{key}', {} bytes) misses running instance {id}, which holds it",
+                    value.len()
+                ));
+            }
+        }
+        for k in found {
+            if let Ok(inst) = self.engine.instance(k.id)
+                && !holds(&inst)
+            {
+                return Err(format!(
+                    "find_by_key('{key}', {} bytes) finds instance {}, which does not hold it",
+                    value.len(),
+                    k.id
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every instance the engine holds (a message or a signal may change any of them).
     fn check_all(&self, after: &str) -> Result<(), String> {
         for id in self.engine.instances() {
@@ -1607,6 +1651,7 @@ impl Driver {
                 self.record("history_by_key", &history);
                 if let Ok(found) = &found {
                     self.note(format!("find_by_key:{}", found.len().min(2)));
+                    self.check_key(&key, &value, found)?;
                 }
             }
             22 => {
