@@ -5,8 +5,10 @@
 //!
 //! The async variants run all of a sample's iterations inside one `block_on` (`iter_custom`),
 //! so the figure is the façade's cost per call pair, not the cost of entering the runtime.
-//! `SpawnBlocking` is what an engine with a store uses by default; there a commit (tens of
-//! microseconds to milliseconds) dwarfs the hand-off measured here.
+//! `SpawnBlocking` is what an engine with a store uses by default; the `durable` group puts the
+//! hand-off beside what such a call costs: the same pair on an engine with a SQLite file
+//! (`Durability::Full`, the default: each commit waits for the disk), synchronously and through
+//! the façade's default.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -99,11 +101,59 @@ fn start_complete(c: &mut Criterion) {
     g.finish();
 }
 
+/// The same pair on a SQLite store with the default durability, synchronously and through the
+/// façade's default for an engine with a store, on a multi-thread runtime.
+fn durable(c: &mut Criterion) {
+    let clerk = Actor::new("ann", ["clerk"]);
+    let dir = std::env::temp_dir().join(format!("procflow-bench-async-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary folder");
+    let stored = |name: &str| {
+        let store = procflow::SqliteStore::create(dir.join(name)).expect("a SQLite file");
+        let engine = Engine::builder().open(store).expect("it opens");
+        engine
+            .deploy(ProcessDef::from_yaml(ONE_TASK).expect("the bench definition is valid"))
+            .expect("it deploys");
+        Arc::new(engine)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("durable");
+    g.throughput(Throughput::Elements(1));
+    let sync = stored("sync.db");
+    g.bench_function("sync", |b| b.iter(|| sync_pair(black_box(&sync), &clerk)));
+    let engine = AsyncEngine::new(stored("async.db"));
+    assert_eq!(engine.offload_mode(), Offload::SpawnBlocking);
+    for (mode, offload) in [
+        ("spawn_blocking", Offload::SpawnBlocking),
+        ("block_in_place", Offload::BlockInPlace),
+    ] {
+        let engine = engine.clone().offload(offload);
+        g.bench_function(format!("async_{mode}_multi_thread"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let began = Instant::now();
+                    for _ in 0..iters {
+                        async_pair(black_box(&engine), &clerk).await;
+                    }
+                    began.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+    drop((sync, engine));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     let mut c = Criterion::default()
         .configure_from_args()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
     start_complete(&mut c);
+    durable(&mut c);
     c.final_summary();
 }
