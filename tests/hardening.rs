@@ -361,7 +361,7 @@ nodes:
 }
 
 /// A delegated task that escalates by reassignment: the escalation's role works it, and the
-/// delegation, whose claim it took, ends.
+/// delegation, whose claim it took, ends; so does a reassignment by the accountable.
 #[test]
 fn an_escalation_ends_the_delegation_of_the_task_it_takes() {
     let def = r#"
@@ -400,6 +400,23 @@ nodes:
         (None, None)
     );
     let lena = Actor::new("lena", ["lead"]);
+    // Delegated again, then reassigned by the accountable: the override ends the delegation.
+    let (lisa, boss) = (Actor::new("lisa", ["lead"]), Actor::new("boss", ["r"]));
+    engine.claim(task, &lena).unwrap();
+    engine.delegate(task, &lena, &lisa).unwrap();
+    engine.reassign(task, &boss, &lena).unwrap();
+    let view = &engine.tasks(id).unwrap()[0];
+    assert_eq!(
+        (
+            view.claimed_by.as_ref().map(|c| c.as_str()),
+            view.delegated_by.as_ref()
+        ),
+        (Some("lena"), None)
+    );
+    assert!(matches!(
+        engine.return_task(task, &lena),
+        Err(ExecError::NotDelegated { .. })
+    ));
     engine.complete(task, &lena, Vars::new()).unwrap();
     assert_eq!(engine.instance(id).unwrap().status(), Status::Completed);
     // Suspended near the end of time and resumed later than its escalation could move: the

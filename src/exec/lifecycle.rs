@@ -663,8 +663,8 @@ fn tidy(inst: &mut crate::model::Instance) {
     }
 }
 
-/// A task an escalation took from its claimant is no longer delegated: its claim, which the
-/// delegation lent, is gone, and the escalation's role works it.
+/// A task an escalation or a reassignment took from its claimant is no longer delegated: the
+/// claim the delegation lent is gone.
 pub(super) fn undelegate(inst: &mut crate::model::Instance, seq: u32) {
     if let Some(rare) = inst.rare.as_deref_mut()
         && !rare.delegated.is_empty()
@@ -674,7 +674,8 @@ pub(super) fn undelegate(inst: &mut crate::model::Instance, seq: u32) {
     }
 }
 
-/// A task the accountable reassigned (`Change::Reassign`) is assigned to its new holder.
+/// A task the accountable reassigned (`Change::Reassign`) is assigned to its new holder, and
+/// no longer delegated: the override replaces the claim the delegation lent.
 pub(super) fn reassigned(inst: &mut crate::model::Instance, seq: u32, to: &ActorId) {
     if let Some(a) = inst
         .rare
@@ -684,6 +685,7 @@ pub(super) fn reassigned(inst: &mut crate::model::Instance, seq: u32, to: &Actor
         a.to = vec![to.clone()];
         a.candidates = false;
     }
+    undelegate(inst, seq);
 }
 
 /// Drops the allocation state of a task that ended (from `Step::disarm`).

@@ -660,6 +660,7 @@ pub(crate) fn encode_state(instance: &Instance) -> String {
 /// `decode` makes one an instance. A row that does not decode is left out (it keeps `*`; a call
 /// on it says why) and the next rows are fetched in its place, so that damaged rows cannot end
 /// a backfill early.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn unoffered_rows(
     after: Option<InstanceId>,
     limit: usize,
