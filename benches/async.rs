@@ -55,6 +55,22 @@ async fn async_pair(engine: &AsyncEngine, clerk: &Actor) {
         .expect("complete");
 }
 
+/// `iters` pairs inside one `block_on`: the façade's cost, not the cost of entering the runtime.
+fn async_pairs(
+    rt: &tokio::runtime::Runtime,
+    engine: &AsyncEngine,
+    clerk: &Actor,
+    iters: u64,
+) -> Duration {
+    rt.block_on(async {
+        let began = Instant::now();
+        for _ in 0..iters {
+            async_pair(black_box(engine), clerk).await;
+        }
+        began.elapsed()
+    })
+}
+
 fn start_complete(c: &mut Criterion) {
     let clerk = Actor::new("ann", ["clerk"]);
     let mut g = c.benchmark_group("start_complete");
@@ -86,15 +102,7 @@ fn start_complete(c: &mut Criterion) {
         ] {
             let engine = AsyncEngine::new(engine()).offload(offload);
             g.bench_function(format!("async_{mode}_{flavor}"), |b| {
-                b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        let began = Instant::now();
-                        for _ in 0..iters {
-                            async_pair(black_box(&engine), &clerk).await;
-                        }
-                        began.elapsed()
-                    })
-                })
+                b.iter_custom(|iters| async_pairs(rt, &engine, &clerk, iters))
             });
         }
     }
@@ -132,15 +140,7 @@ fn durable(c: &mut Criterion) {
     ] {
         let engine = engine.clone().offload(offload);
         g.bench_function(format!("async_{mode}_multi_thread"), |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let began = Instant::now();
-                    for _ in 0..iters {
-                        async_pair(black_box(&engine), &clerk).await;
-                    }
-                    began.elapsed()
-                })
-            })
+            b.iter_custom(|iters| async_pairs(&rt, &engine, &clerk, iters))
         });
     }
     g.finish();
