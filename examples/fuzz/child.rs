@@ -1318,6 +1318,21 @@ impl Driver {
                 let list = self.engine.work_list(&actor);
                 self.calls += 1;
                 self.note(format!("work_list:{}", list.len().min(3)));
+                // Each listed task is open in its instance, once, and shown as it is there.
+                let mut seen = BTreeSet::new();
+                for t in &list {
+                    let open = self.engine.tasks(t.id.instance()).unwrap_or_default();
+                    let here = open.iter().find(|o| o.id == t.id);
+                    if !seen.insert(t.id.to_string())
+                        || here.is_none_or(|o| o.claimed_by != t.claimed_by || o.node != t.node)
+                    {
+                        return Err(format!(
+                            "work_list lists task {} that is not open as listed ({:?}), or twice",
+                            t.id,
+                            here.map(|o| &o.claimed_by)
+                        ));
+                    }
+                }
             }
             80..=86 => {
                 if self.rng.chance(1, 2) {
