@@ -1,10 +1,10 @@
 //! The commit, and what replicas claim and wake for.
 //!
-//! **A commit is one round trip** when it changes no business key and announces nothing: one
+//! **A commit is one round trip** when it announces nothing and takes no kept message: one
 //! prepared statement outside any transaction (the instance row, conditional on the version
-//! read, and the audit batch, the report facts and the work-list offers in a data-modifying
-//! `WITH`), which the server commits by itself.
-//! Otherwise it is one transaction: the same statement, the keys, and the `NOTIFY`.
+//! read, and the audit batch, the report facts, the work-list offers and the business keys in a
+//! data-modifying `WITH`), which the server commits by itself.
+//! Otherwise it is one transaction: the same statement, the kept message, and the `NOTIFY`.
 //!
 //! **Follow-ups are leased**: a commit that leaves follow-ups to run holds them for its store
 //! handle (`outbox_until`, on the server's clock); the commit recording that they ran clears
@@ -45,7 +45,10 @@ macro_rules! insert_sql {
              FROM i, unnest($13::bigint[], $14::text[], $15::bigint[], $16::bigint[]) \
              AS u (kind, subject, n, till)), \
              o AS (INSERT INTO procflow_offers (offer, instance) \
-             SELECT u, i.id FROM i, unnest($17::text[]) AS u ON CONFLICT DO NOTHING) \
+             SELECT u, i.id FROM i, unnest($17::text[]) AS u ON CONFLICT DO NOTHING), \
+             k AS (INSERT INTO procflow_keys (name, value, instance) \
+             SELECT u.name, u.value, i.id FROM i, unnest($18::text[], $19::text[]) \
+             AS u (name, value) ON CONFLICT DO NOTHING) \
              SELECT count(*) FROM ",
             $post
         )
@@ -54,7 +57,8 @@ macro_rules! insert_sql {
 
 /// A later commit: conditional on the version read; ends the claim on the instance's due
 /// timers. The offers it no longer has (those its row listed, and the `*` of a migration) are
-/// deleted by their key, those it gained inserted.
+/// deleted by their key, those it gained inserted; so are the business keys when it carries
+/// them (`$17`, `$18` not null).
 macro_rules! update_sql {
     ($pre:literal, $post:literal) => {
         concat!(
@@ -81,7 +85,14 @@ macro_rules! update_sql {
              AND offer = ANY (array_append((SELECT offers FROM o), '*')) \
              AND offer <> ALL ($16::text[])), \
              oi AS (INSERT INTO procflow_offers (offer, instance) \
-             SELECT u, i.id FROM i, unnest($16::text[]) AS u ON CONFLICT DO NOTHING) \
+             SELECT u, i.id FROM i, unnest($16::text[]) AS u ON CONFLICT DO NOTHING), \
+             kd AS (DELETE FROM procflow_keys WHERE $17::text[] IS NOT NULL \
+             AND instance IN (SELECT id FROM i) \
+             AND NOT EXISTS (SELECT 1 FROM unnest($17::text[], $18::text[]) AS u (name, value) \
+             WHERE u.name = procflow_keys.name AND u.value = procflow_keys.value)), \
+             ki AS (INSERT INTO procflow_keys (name, value, instance) \
+             SELECT u.name, u.value, i.id FROM i, unnest($17::text[], $18::text[]) \
+             AS u (name, value) ON CONFLICT DO NOTHING) \
              SELECT count(*) FROM ",
             $post
         )
@@ -128,6 +139,9 @@ struct Row<'c> {
     fact_tills: Vec<Option<i64>>,
     /// The offers of its open tasks, rendered, when the commit changed them.
     offers: Option<Vec<String>>,
+    /// Its business keys' names and values, when the commit carries them.
+    key_names: Option<Vec<&'c str>>,
+    key_values: Option<Vec<&'c str>>,
 }
 
 impl PostgresStore {
@@ -175,8 +189,14 @@ impl PostgresStore {
             offers: commit
                 .offers
                 .map(|offers| offers.iter().map(Offer::render).collect()),
+            key_names: commit
+                .keys
+                .map(|keys| keys.iter().map(|k| k.name.as_str()).collect()),
+            key_values: commit
+                .keys
+                .map(|keys| keys.iter().map(|k| k.value.as_str()).collect()),
         };
-        let fast = commit.keys.is_none() && row.announce.is_none() && commit.takes.is_none();
+        let fast = row.announce.is_none() && commit.takes.is_none();
         // Deferred: returns once the server has the commit, not once it is on its disk; the
         // thread's flush waits for the disk once for the batch.
         let deferred = DEFERRING.with(std::cell::Cell::get) == self.handle;
@@ -266,6 +286,8 @@ impl PostgresStore {
                         &row.fact_ns,
                         &row.fact_tills,
                         &row.offers,
+                        &row.key_names,
+                        &row.key_values,
                     ],
                 )?
                 .try_get(0)?
@@ -291,6 +313,8 @@ impl PostgresStore {
                         &row.fact_ns,
                         &row.fact_tills,
                         &row.offers,
+                        &row.key_names,
+                        &row.key_values,
                     ],
                 )?
                 .try_get(0)?
@@ -311,7 +335,7 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// In a transaction: the row, the business keys, the announcement.
+    /// In a transaction: the row (with its keys), the kept message it takes, the announcement.
     fn write_all(&self, conn: &mut Conn, row: &Row<'_>) -> Result<(), Fail> {
         self.write_row(conn, row, false)?;
         if let Some(message) = row.commit.takes {
@@ -319,18 +343,6 @@ impl PostgresStore {
                 conn.statement("DELETE FROM procflow_messages WHERE id = $1 AND NOT unmatched")?;
             if conn.client.execute(&stmt, &[&(message as i64)])? == 0 {
                 return Err(Fail::Store(StoreError::Taken { message }));
-            }
-        }
-        if let Some(keys) = row.commit.keys {
-            let stmt = conn.statement("DELETE FROM procflow_keys WHERE instance = $1")?;
-            conn.client.execute(&stmt, &[&row.id])?;
-            let stmt = conn.statement(
-                "INSERT INTO procflow_keys (name, value, instance) VALUES ($1, $2, $3) \
-                 ON CONFLICT DO NOTHING",
-            )?;
-            for key in keys {
-                conn.client
-                    .execute(&stmt, &[&key.name, &key.value, &row.id])?;
             }
         }
         if let Some(due) = row.announce {
