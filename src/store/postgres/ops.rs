@@ -24,9 +24,10 @@ use crate::store::{
 };
 
 /// A start: the instance row and its first audit batch. `$pre` opens the `WITH` (and may add
-/// a first query), `$post` is what the count is taken from.
+/// a first query), `$keys` is [`INSERT_KEYS`] or nothing, `$post` is what the count is taken
+/// from.
 macro_rules! insert_sql {
-    ($pre:literal, $post:literal) => {
+    ($pre:expr, $keys:expr, $post:literal) => {
         concat!(
             $pre,
             "i AS (INSERT INTO procflow_instances \
@@ -45,11 +46,9 @@ macro_rules! insert_sql {
              FROM i, unnest($13::bigint[], $14::text[], $15::bigint[], $16::bigint[]) \
              AS u (kind, subject, n, till)), \
              o AS (INSERT INTO procflow_offers (offer, instance) \
-             SELECT u, i.id FROM i, unnest($17::text[]) AS u ON CONFLICT DO NOTHING), \
-             k AS (INSERT INTO procflow_keys (name, value, instance) \
-             SELECT u.name, u.value, i.id FROM i, unnest($18::text[], $19::text[]) \
-             AS u (name, value) ON CONFLICT DO NOTHING) \
-             SELECT count(*) FROM ",
+             SELECT u, i.id FROM i, unnest($17::text[]) AS u ON CONFLICT DO NOTHING)",
+            $keys,
+            " SELECT count(*) FROM ",
             $post
         )
     };
@@ -57,10 +56,9 @@ macro_rules! insert_sql {
 
 /// A later commit: conditional on the version read; ends the claim on the instance's due
 /// timers. The offers it no longer has (those its row listed, and the `*` of a migration) are
-/// deleted by their key, those it gained inserted; so are the business keys when it carries
-/// them (`$17`, `$18` not null).
+/// deleted by their key, those it gained inserted. `$keys` is [`UPDATE_KEYS`] or nothing.
 macro_rules! update_sql {
-    ($pre:literal, $post:literal) => {
+    ($pre:expr, $keys:expr, $post:literal) => {
         concat!(
             $pre,
             "o AS (SELECT offers FROM procflow_instances \
@@ -85,33 +83,66 @@ macro_rules! update_sql {
              AND offer = ANY (array_append((SELECT offers FROM o), '*')) \
              AND offer <> ALL ($16::text[])), \
              oi AS (INSERT INTO procflow_offers (offer, instance) \
-             SELECT u, i.id FROM i, unnest($16::text[]) AS u ON CONFLICT DO NOTHING), \
-             kd AS (DELETE FROM procflow_keys WHERE $17::text[] IS NOT NULL \
-             AND instance IN (SELECT id FROM i) \
-             AND NOT EXISTS (SELECT 1 FROM unnest($17::text[], $18::text[]) AS u (name, value) \
-             WHERE u.name = procflow_keys.name AND u.value = procflow_keys.value)), \
-             ki AS (INSERT INTO procflow_keys (name, value, instance) \
-             SELECT u.name, u.value, i.id FROM i, unnest($17::text[], $18::text[]) \
-             AS u (name, value) ON CONFLICT DO NOTHING) \
-             SELECT count(*) FROM ",
+             SELECT u, i.id FROM i, unnest($16::text[]) AS u ON CONFLICT DO NOTHING)",
+            $keys,
+            " SELECT count(*) FROM ",
             $post
         )
     };
 }
 
-const INSERT: &str = insert_sql!("WITH ", "i");
-const UPDATE: &str = update_sql!("WITH ", "i");
+/// A start's business keys (`$18` names, `$19` values), in its statement.
+macro_rules! insert_keys {
+    () => {
+        ", k AS (INSERT INTO procflow_keys (name, value, instance) \
+         SELECT u.name, u.value, i.id FROM i, unnest($18::text[], $19::text[]) \
+         AS u (name, value) ON CONFLICT DO NOTHING)"
+    };
+}
 
-/// The same, committed without waiting for the disk (a deferred commit, `Store::defer`): the
-/// statement turns `synchronous_commit` off for its own transaction.
-const INSERT_NO_WAIT: &str = insert_sql!(
-    "WITH c AS (SELECT set_config('synchronous_commit', 'off', true) AS s), ",
-    "i, c"
-);
-const UPDATE_NO_WAIT: &str = update_sql!(
-    "WITH c AS (SELECT set_config('synchronous_commit', 'off', true) AS s), ",
-    "i, c"
-);
+/// A later commit's business keys (`$17` names, `$18` values): those it no longer has deleted,
+/// the others inserted where missing.
+macro_rules! update_keys {
+    () => {
+        ", kd AS (DELETE FROM procflow_keys WHERE instance IN (SELECT id FROM i) \
+         AND NOT EXISTS (SELECT 1 FROM unnest($17::text[], $18::text[]) AS u (name, value) \
+         WHERE u.name = procflow_keys.name AND u.value = procflow_keys.value)), \
+         ki AS (INSERT INTO procflow_keys (name, value, instance) \
+         SELECT u.name, u.value, i.id FROM i, unnest($17::text[], $18::text[]) \
+         AS u (name, value) ON CONFLICT DO NOTHING)"
+    };
+}
+
+/// Turns `synchronous_commit` off for the statement's own transaction (a deferred commit,
+/// `Store::defer`: committed without waiting for the disk).
+macro_rules! no_wait {
+    () => {
+        "WITH c AS (SELECT set_config('synchronous_commit', 'off', true) AS s), "
+    };
+}
+
+/// The statements by whether the commit carries business keys (a commit without keys has no
+/// part for them: an empty one still costs the server), then whether it waits for the disk.
+const INSERTS: [[&str; 2]; 2] = [
+    [
+        insert_sql!("WITH ", "", "i"),
+        insert_sql!(no_wait!(), "", "i, c"),
+    ],
+    [
+        insert_sql!("WITH ", insert_keys!(), "i"),
+        insert_sql!(no_wait!(), insert_keys!(), "i, c"),
+    ],
+];
+const UPDATES: [[&str; 2]; 2] = [
+    [
+        update_sql!("WITH ", "", "i"),
+        update_sql!(no_wait!(), "", "i, c"),
+    ],
+    [
+        update_sql!("WITH ", update_keys!(), "i"),
+        update_sql!(no_wait!(), update_keys!(), "i, c"),
+    ],
+];
 
 thread_local! {
     /// The store handle (its number) whose commits this thread defers, or 0.
@@ -260,65 +291,63 @@ impl PostgresStore {
         }
     }
 
-    /// The instance row and the audit batch, in one statement.
+    /// The instance row, its audit batch, report facts, offers and (when the commit carries
+    /// them) business keys, in one statement.
     fn write_row(&self, conn: &mut Conn, row: &Row<'_>, no_wait: bool) -> Result<(), Fail> {
         let lease = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 4);
-        let changed: i64 = if row.commit.version == 0 {
-            let stmt = conn.statement(if no_wait { INSERT_NO_WAIT } else { INSERT })?;
-            conn.client
-                .query_one(
-                    &stmt,
-                    &[
-                        &row.id,
-                        &row.commit.def.id,
-                        &row.def_version,
-                        &row.running,
-                        &nanos(row.commit.instance.started_at()),
-                        &row.state,
-                        &row.next_due,
-                        &row.first,
-                        &row.batch,
-                        &row.pending,
-                        &lease,
-                        &self.me,
-                        &row.fact_kinds,
-                        &row.fact_subjects,
-                        &row.fact_ns,
-                        &row.fact_tills,
-                        &row.offers,
-                        &row.key_names,
-                        &row.key_values,
-                    ],
-                )?
-                .try_get(0)?
+        let keys = row.key_names.is_some();
+        let started = nanos(row.commit.instance.started_at());
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = if row.commit.version == 0 {
+            vec![
+                &row.id,
+                &row.commit.def.id,
+                &row.def_version,
+                &row.running,
+                &started,
+                &row.state,
+                &row.next_due,
+                &row.first,
+                &row.batch,
+                &row.pending,
+                &lease,
+                &self.me,
+                &row.fact_kinds,
+                &row.fact_subjects,
+                &row.fact_ns,
+                &row.fact_tills,
+                &row.offers,
+            ]
         } else {
-            let stmt = conn.statement(if no_wait { UPDATE_NO_WAIT } else { UPDATE })?;
-            conn.client
-                .query_one(
-                    &stmt,
-                    &[
-                        &row.id,
-                        &row.def_version,
-                        &row.running,
-                        &row.version,
-                        &row.state,
-                        &row.next_due,
-                        &row.first,
-                        &row.batch,
-                        &row.pending,
-                        &lease,
-                        &self.me,
-                        &row.fact_kinds,
-                        &row.fact_subjects,
-                        &row.fact_ns,
-                        &row.fact_tills,
-                        &row.offers,
-                        &row.key_names,
-                        &row.key_values,
-                    ],
-                )?
-                .try_get(0)?
+            vec![
+                &row.id,
+                &row.def_version,
+                &row.running,
+                &row.version,
+                &row.state,
+                &row.next_due,
+                &row.first,
+                &row.batch,
+                &row.pending,
+                &lease,
+                &self.me,
+                &row.fact_kinds,
+                &row.fact_subjects,
+                &row.fact_ns,
+                &row.fact_tills,
+                &row.offers,
+            ]
         };
+        if keys {
+            params.push(&row.key_names);
+            params.push(&row.key_values);
+        }
+        let statements = if row.commit.version == 0 {
+            INSERTS
+        } else {
+            UPDATES
+        };
+        let stmt = conn.statement(statements[usize::from(keys)][usize::from(no_wait)])?;
+        let changed: i64 = conn.client.query_one(&stmt, &params)?.try_get(0)?;
         if changed == 0 {
             let stmt =
                 conn.statement("SELECT row_version FROM procflow_instances WHERE id = $1")?;
