@@ -297,6 +297,7 @@ impl PostgresStore {
         let lease = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 4);
         let keys = row.key_names.is_some();
         let started = nanos(row.commit.instance.started_at());
+        // The parameters: the start's or the later commit's head, then what both write.
         let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = if row.commit.version == 0 {
             vec![
                 &row.id,
@@ -304,39 +305,25 @@ impl PostgresStore {
                 &row.def_version,
                 &row.running,
                 &started,
-                &row.state,
-                &row.next_due,
-                &row.first,
-                &row.batch,
-                &row.pending,
-                &lease,
-                &self.me,
-                &row.fact_kinds,
-                &row.fact_subjects,
-                &row.fact_ns,
-                &row.fact_tills,
-                &row.offers,
             ]
         } else {
-            vec![
-                &row.id,
-                &row.def_version,
-                &row.running,
-                &row.version,
-                &row.state,
-                &row.next_due,
-                &row.first,
-                &row.batch,
-                &row.pending,
-                &lease,
-                &self.me,
-                &row.fact_kinds,
-                &row.fact_subjects,
-                &row.fact_ns,
-                &row.fact_tills,
-                &row.offers,
-            ]
+            vec![&row.id, &row.def_version, &row.running, &row.version]
         };
+        let tail: [&(dyn postgres::types::ToSql + Sync); 12] = [
+            &row.state,
+            &row.next_due,
+            &row.first,
+            &row.batch,
+            &row.pending,
+            &lease,
+            &self.me,
+            &row.fact_kinds,
+            &row.fact_subjects,
+            &row.fact_ns,
+            &row.fact_tills,
+            &row.offers,
+        ];
+        params.extend_from_slice(&tail);
         if keys {
             params.push(&row.key_names);
             params.push(&row.key_values);
