@@ -6,7 +6,7 @@
 //! example then reads back over HTTP and prints. `tracing` events go to stderr.
 //!
 //! ```text
-//! cargo run --release --example tokio_service --features tokio,telemetry -- [--seconds 2] [--quiet]
+//! cargo run --release --example tokio_service -- [--seconds 2] [--quiet]
 //! ```
 //!
 //! `--quiet` logs only warnings (denials, incidents, breaches); the default logs timers too.
