@@ -716,6 +716,14 @@ struct Driver {
     last: String,
     /// The memory store, when the engine has one: it refuses commits now and then.
     memory: Option<MemoryStore>,
+    /// A second engine on the same store (a replica), in half the runs with a store: each step
+    /// goes to either, so that each acts on copies the other made stale.
+    peer: Option<Arc<Engine>>,
+    /// The task completions acknowledged (instance, task number): each must be in the stored
+    /// audit trail when a fresh engine reads it at the end.
+    acked: Vec<(InstanceId, u32)>,
+    /// Every task timer fired so far (task, kind, SLA, due), by either engine: none twice.
+    fired: BTreeSet<String>,
 }
 
 fn drive_def(
@@ -875,6 +883,14 @@ fn drive_def(
     if let Err(e) = engine.deploy(reload(&text)?) {
         return Err(format!("deploying the same text twice was refused: {e}"));
     }
+    // Half the runs with a store get a replica: a second engine opened on it after the deploys
+    // (it reads the definitions from the store).
+    let peer = if !matches!(store, StoreKind::None) && rng.chance(1, 2) {
+        note(features, "replica:on".into());
+        Some(build(&setup, &process, &store, 1)?)
+    } else {
+        None
+    };
     let mut driver = Driver {
         engine,
         def: deployed,
@@ -888,18 +904,23 @@ fn drive_def(
             StoreKind::Memory(m) => Some(m.clone()),
             _ => None,
         },
+        peer,
+        acked: Vec::new(),
+        fired: BTreeSet::new(),
     };
     driver.run()?;
     // A second engine on the same store resumes what the first one left.
     if !matches!(store, StoreKind::None) {
         let Driver {
             engine,
+            peer,
             setup,
             key: process,
             calls,
+            acked,
             ..
         } = driver;
-        drop(engine);
+        drop((engine, peer));
         let reopened = build(&setup, &process, &store, 2);
         match reopened {
             Ok(engine) => {
@@ -907,6 +928,20 @@ fn drive_def(
                 let ids = engine.instances();
                 for id in &ids {
                     check(&engine, *id, "reopen", features)?;
+                }
+                // Nothing acknowledged is lost, whichever engine acknowledged it.
+                for (id, task) in acked {
+                    let done = engine.instance(id).is_ok_and(|inst| {
+                        inst.audit().iter().any(|r| {
+                            matches!(&r.what, procflow::Entry::Completed { task: t, .. } if *t == task)
+                        })
+                    });
+                    if !done {
+                        return Err(format!(
+                            "the acknowledged completion of task {task} of instance {id} is not in \
+                             the stored audit trail"
+                        ));
+                    }
                 }
                 crumb("tick (the reopened engine)");
                 let fired = engine.tick(later(setup.clock.now(), Duration::days(30)));
@@ -1207,6 +1242,12 @@ impl Driver {
     }
 
     fn step(&mut self) -> Result<(), String> {
+        if let Some(peer) = &mut self.peer
+            && self.rng.chance(1, 3)
+        {
+            crumb("switch to the other engine on the store");
+            std::mem::swap(&mut self.engine, peer);
+        }
         match self.rng.below(125) {
             100.. => self.between()?,
             0..=7 => self.start(false)?,
@@ -1239,6 +1280,9 @@ impl Driver {
                 ));
                 let r = self.engine.complete(task.id, &actor, output);
                 self.record("complete", &r);
+                if r.is_ok() {
+                    self.acked.push((task.id.instance(), task.id.seq()));
+                }
                 self.after(&task, "complete")?;
             }
             45..=49 => {
@@ -1442,6 +1486,11 @@ impl Driver {
         value: &str,
         found: &[procflow::KeyedInstance],
     ) -> Result<(), String> {
+        // A replica answers key queries from the store and instances from its copies, which the
+        // other engine may have made stale: nothing to compare then.
+        if self.peer.is_some() {
+            return Ok(());
+        }
         let holds = |inst: &Instance| match inst.vars().get(key) {
             Some(Value::String(s)) => s == value,
             Some(Value::Number(n)) => n.as_i64().is_some_and(|n| n.to_string() == value),
@@ -1730,6 +1779,16 @@ impl Driver {
         for f in &fired {
             let _ = serde_json::to_string(f);
             self.note(format!("fired:{}", f.kind.name(f.sla)));
+            if let Some(task) = f.task
+                && !self
+                    .fired
+                    .insert(format!("{task} {:?} {} {}", f.kind, f.sla, f.due))
+            {
+                return Err(format!(
+                    "timer {:?} (SLA: {}) of task {task}, due {}, fired twice",
+                    f.kind, f.sla, f.due
+                ));
+            }
         }
         for f in &fired {
             check(&self.engine, f.instance, "tick", &self.setup.features)?;

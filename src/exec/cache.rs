@@ -180,15 +180,49 @@ impl Engine {
     /// A stored instance as a slot this engine does not keep (for a query): checked against
     /// its definition, deployed again from the store when another engine deployed it since.
     fn detached(&self, stored: StoredInstance) -> Result<Slot, ExecError> {
-        let fitted = match self.fit(stored.clone()) {
-            Err(ExecError::UnknownProcess { .. }) => {
-                self.load_definitions()?;
-                self.fit(stored)
-            }
-            other => other,
-        }?;
-        let (inst, dep, version) = fitted;
+        let (inst, dep, version) = self.fitted(stored)?;
         Ok(Slot::new(inst, dep, version))
+    }
+
+    /// [`Engine::fit`], deploying the definitions from the store first when another engine
+    /// deployed the instance's after this one opened.
+    fn fitted(
+        &self,
+        stored: StoredInstance,
+    ) -> Result<(crate::model::Instance, std::sync::Arc<super::deploy::Deployed>, u64), ExecError>
+    {
+        if let Some(key) = stored.instance.def.as_deref()
+            && super::deploy::find(&self.defs.load(), &key.id, Some(key.version)).is_err()
+        {
+            self.load_definitions()?;
+        }
+        self.fit(stored)
+    }
+
+    /// When this engine holds `stored`'s instance at an older version (another engine committed
+    /// since), takes the stored state into the held copy, so that what the engine answers next
+    /// about the instance is what the work list showed, and gives the open tasks it shows
+    /// `actor` (none when the stored state does not fit its definition). Gives `stored` back
+    /// when the engine does not hold the instance, or holds it current or retired.
+    fn adopted(
+        &self,
+        stored: StoredInstance,
+        actor: &Actor,
+    ) -> Result<Vec<TaskView>, StoredInstance> {
+        let id = stored.instance.id;
+        let Some(held) = lock(self.shard(id)).get(&id.0).cloned() else {
+            return Err(stored);
+        };
+        if lock(&held).version >= stored.version {
+            // Current, or retired (its version counts past every stored one).
+            return Err(stored);
+        }
+        let Ok((instance, dep, version)) = self.fitted(stored) else {
+            return Ok(Vec::new());
+        };
+        let mut slot = lock(&held);
+        self.replace_held(&mut slot, instance, dep, version);
+        Ok(self.offered(&slot, actor))
     }
 
     /// Adds to `out` (the work list of `actor` from the instances this engine holds) the open
@@ -241,8 +275,13 @@ impl Engine {
                 continue;
             };
             for stored in stored {
-                if let Ok(slot) = self.detached(stored) {
-                    out.extend(self.offered(&slot, actor));
+                match self.adopted(stored, actor) {
+                    Ok(listed) => out.extend(listed),
+                    Err(stored) => {
+                        if let Ok(slot) = self.detached(stored) {
+                            out.extend(self.offered(&slot, actor));
+                        }
+                    }
                 }
             }
         }
@@ -355,6 +394,10 @@ impl Engine {
                 return self.offered(&slot, actor);
             }
         }
+        let stored = match self.adopted(stored, actor) {
+            Ok(listed) => return listed,
+            Err(stored) => stored,
+        };
         match self.detached(stored) {
             Ok(slot) => self.offered(&slot, actor),
             Err(_) => Vec::new(),

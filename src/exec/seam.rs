@@ -377,28 +377,40 @@ impl Engine {
         let Some(store) = &self.store else {
             return false;
         };
-        let id = slot.inst.id;
-        match store.read(id) {
-            Ok(Some(stored))
-                if stored.version > slot.version
-                    && stored.instance.def.as_deref() == Some(&*slot.dep.key)
-                    && stored.instance.check(&slot.dep.def).is_ok() =>
-            {
-                let keyed = !slot.dep.def.keys.is_empty();
-                if keyed {
-                    self.unindex_keys(&slot.inst, &slot.dep.def);
-                }
-                slot.inst = stored.instance;
-                slot.inst.def = Some(Arc::clone(&slot.dep.key));
-                if keyed {
-                    self.index_keys(&slot.inst, &slot.dep.def);
-                }
-                slot.version = stored.version;
-                self.schedule_pending(&slot.inst);
-                true
-            }
+        match store.read(slot.inst.id) {
+            Ok(Some(stored)) if stored.version > slot.version => match self.fit(stored) {
+                Ok((instance, dep, version)) => self.replace_held(slot, instance, dep, version),
+                Err(_) => false,
+            },
             _ => false,
         }
+    }
+
+    /// Puts a fitted stored state in a held slot when it is newer than the held copy (another
+    /// engine committed since) and the slot is not retired: its timers scheduled, its offers
+    /// and keys indexed again. Gives whether it did.
+    pub(crate) fn replace_held(
+        &self,
+        slot: &mut Slot,
+        instance: Instance,
+        dep: Arc<Deployed>,
+        version: u64,
+    ) -> bool {
+        if slot.is_retired() || slot.version >= version {
+            return false;
+        }
+        self.schedule_pending(&instance);
+        if let Some(org) = &self.org {
+            org.reindex(&instance, &dep.def);
+        }
+        if !slot.dep.def.keys.is_empty() {
+            self.unindex_keys(&slot.inst, &slot.dep.def);
+        }
+        if !dep.def.keys.is_empty() {
+            self.index_keys(&instance, &dep.def);
+        }
+        *slot = Slot::new(instance, dep, version);
+        true
     }
 
     /// What happens after a call released its instance: schedules its timers, tells the hooks,
@@ -642,21 +654,7 @@ impl Engine {
         let held = lock(self.shard(id)).get(&id.0).cloned();
         if let Some(slot) = held {
             let (instance, dep, version) = self.fit(stored)?;
-            let mut guard = lock(&slot);
-            if guard.version < version {
-                self.schedule_pending(&instance);
-                if let Some(org) = &self.org {
-                    org.reindex(&instance, &dep.def);
-                }
-                if !guard.dep.def.keys.is_empty() {
-                    self.unindex_keys(&guard.inst, &guard.dep.def);
-                }
-                if !dep.def.keys.is_empty() {
-                    self.index_keys(&instance, &dep.def);
-                }
-                *guard = Slot::new(instance, dep, version);
-            }
-            drop(guard);
+            self.replace_held(&mut lock(&slot), instance, dep, version);
             return Ok(slot);
         }
         let mut shard = lock(self.shard(id));
