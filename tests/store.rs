@@ -716,7 +716,11 @@ fn a_replica_lists_and_completes_what_another_started() {
             .into_iter()
             .map(|t| t.node_id.to_string())
             .collect();
-        assert_eq!(open_on_a, ["triage"], "{name}: A's copy after its work list");
+        assert_eq!(
+            open_on_a,
+            ["triage"],
+            "{name}: A's copy after its work list"
+        );
         a.complete(triage.id, &agent(), Vars::new()).unwrap();
         assert!(b.work_list(&agent()).iter().all(|t| t.id.instance() != id));
         clock.advance(Duration::hours(3));
@@ -896,15 +900,22 @@ fn a_work_list_reads_only_the_instances_of_the_units_it_reaches() {
         assert_eq!(feng.len(), 60, "{name}: escalated one level up");
         assert_eq!(read, 60, "{name}");
         // An engine without the organisation (its authorizer reads the actor's roles alone)
-        // cannot tell which units an offer's unit lies under: it reads every running instance,
-        // and lists the 60 to anyone holding the role.
-        let c = cached(&clock).open(store()).unwrap();
+        // cannot tell which units an offer's unit lies under: it asks for the actor's roles in
+        // any unit, and lists the 60 to anyone holding the role; an actor holding only a role
+        // no task is offered to reads nothing (a store without the index: every instance).
+        let counted = Counted::new(store(), Default::default());
+        let c = cached(&clock)
+            .open(Arc::clone(&counted) as Arc<dyn Store>)
+            .unwrap();
+        let without = |actor: &Actor| {
+            let before = counted.reads();
+            (c.work_list(actor).len(), counted.reads() - before)
+        };
         let ops = Actor::new("ops", ["network_ops"]);
-        assert_eq!(
-            c.work_list(&ops).len(),
-            60,
-            "{name}: without the organisation"
-        );
+        assert_eq!(without(&ops), (60, 60), "{name}: without the organisation");
+        let lead = Actor::new("lead", ["customer_service"]);
+        let read = if indexed { 0 } else { 60 };
+        assert_eq!(without(&lead), (0, read), "{name}: accountable only");
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use super::seam::Slot;
 use super::{Engine, ExecError, SHARDS, TaskView, lock, open_tasks};
-use crate::ids::InstanceId;
+use crate::ids::{InstanceId, RoleId};
 use crate::model::Task;
 use crate::raci::Actor;
 use crate::store::StoredInstance;
@@ -189,8 +189,14 @@ impl Engine {
     fn fitted(
         &self,
         stored: StoredInstance,
-    ) -> Result<(crate::model::Instance, std::sync::Arc<super::deploy::Deployed>, u64), ExecError>
-    {
+    ) -> Result<
+        (
+            crate::model::Instance,
+            std::sync::Arc<super::deploy::Deployed>,
+            u64,
+        ),
+        ExecError,
+    > {
         if let Some(key) = stored.instance.def.as_deref()
             && super::deploy::find(&self.defs.load(), &key.id, Some(key.version)).is_err()
         {
@@ -199,30 +205,26 @@ impl Engine {
         self.fit(stored)
     }
 
-    /// When this engine holds `stored`'s instance at an older version (another engine committed
-    /// since), takes the stored state into the held copy, so that what the engine answers next
-    /// about the instance is what the work list showed, and gives the open tasks it shows
-    /// `actor` (none when the stored state does not fit its definition). Gives `stored` back
-    /// when the engine does not hold the instance, or holds it current or retired.
-    fn adopted(
-        &self,
-        stored: StoredInstance,
-        actor: &Actor,
-    ) -> Result<Vec<TaskView>, StoredInstance> {
+    /// The slot of `stored`'s instance when this engine holds it at an older version (another
+    /// engine committed since); `None` when it does not hold it, or holds it current or retired
+    /// (whose version counts past every stored one).
+    fn held_older(&self, stored: &StoredInstance) -> Option<Arc<Mutex<Slot>>> {
         let id = stored.instance.id;
-        let Some(held) = lock(self.shard(id)).get(&id.0).cloned() else {
-            return Err(stored);
-        };
-        if lock(&held).version >= stored.version {
-            // Current, or retired (its version counts past every stored one).
-            return Err(stored);
-        }
+        let held = lock(self.shard(id)).get(&id.0).cloned()?;
+        let older = lock(&held).version < stored.version;
+        older.then_some(held)
+    }
+
+    /// Takes the stored state into the [`held_older`](Engine::held_older) copy, so that what
+    /// the engine answers next about the instance is what the work list showed, and gives the
+    /// open tasks it shows `actor` (none when the stored state does not fit its definition).
+    fn adopted(&self, held: &Mutex<Slot>, stored: StoredInstance, actor: &Actor) -> Vec<TaskView> {
         let Ok((instance, dep, version)) = self.fitted(stored) else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
-        let mut slot = lock(&held);
+        let mut slot = lock(held);
         self.replace_held(&mut slot, instance, dep, version);
-        Ok(self.offered(&slot, actor))
+        self.offered(&slot, actor)
     }
 
     /// Adds to `out` (the work list of `actor` from the instances this engine holds) the open
@@ -240,11 +242,13 @@ impl Engine {
         // The running instances that may show the actor a task: those the store names, or
         // every one. Without an organisation an engine cannot tell which units a scoped offer
         // (`role@unit`, written by an engine that has one) lies under for the actor, so with
-        // scoped definitions deployed it reads every one.
+        // scoped definitions deployed it asks for its roles in any unit.
+        let offers = self.offers_to(actor);
         let offered = if self.org.is_none() && self.scoped_defs() {
-            Ok(None)
+            let roles: Vec<RoleId> = offers.into_iter().map(|o| o.role).collect();
+            store.offered_anywhere(&roles)
         } else {
-            store.offered(&self.offers_to(actor))
+            store.offered(&offers)
         };
         let found = match offered {
             Ok(Some(found)) => found,
@@ -275,13 +279,10 @@ impl Engine {
                 continue;
             };
             for stored in stored {
-                match self.adopted(stored, actor) {
-                    Ok(listed) => out.extend(listed),
-                    Err(stored) => {
-                        if let Ok(slot) = self.detached(stored) {
-                            out.extend(self.offered(&slot, actor));
-                        }
-                    }
+                if let Some(held) = self.held_older(&stored) {
+                    out.extend(self.adopted(&held, stored, actor));
+                } else if let Ok(slot) = self.detached(stored) {
+                    out.extend(self.offered(&slot, actor));
                 }
             }
         }
@@ -394,10 +395,9 @@ impl Engine {
                 return self.offered(&slot, actor);
             }
         }
-        let stored = match self.adopted(stored, actor) {
-            Ok(listed) => return listed,
-            Err(stored) => stored,
-        };
+        if let Some(held) = self.held_older(&stored) {
+            return self.adopted(&held, stored, actor);
+        }
         match self.detached(stored) {
             Ok(slot) => self.offered(&slot, actor),
             Err(_) => Vec::new(),

@@ -11,7 +11,7 @@ use super::{
     Commit, Offer, Store, StoreError, StoredDef, StoredInstance, decode_records, decode_state,
     encode_records, encode_state,
 };
-use crate::ids::{DefKey, InstanceId};
+use crate::ids::{DefKey, InstanceId, RoleId};
 use crate::model::{ParkedMessage, Status};
 
 /// A store in memory: nothing survives the process, but everything survives the engine, so a
@@ -41,6 +41,23 @@ struct Inner {
     running: BTreeSet<u64>,
     /// The running instances' earliest timers, by instant (`due` reads a prefix).
     due: BTreeSet<(DateTime<Utc>, u64)>,
+}
+
+impl Inner {
+    /// The running instances among the sets `found`, with their versions, in id order.
+    fn running_of<'a>(
+        &self,
+        found: impl Iterator<Item = &'a BTreeSet<u64>>,
+    ) -> Vec<(InstanceId, u64)> {
+        let ids: BTreeSet<u64> = found
+            .flatten()
+            .filter(|id| self.running.contains(id))
+            .copied()
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| Some((InstanceId(id), self.instances.get(&id)?.version)))
+            .collect()
+    }
 }
 
 #[derive(Debug)]
@@ -318,17 +335,29 @@ impl Store for MemoryStore {
 
     fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
         let inner = self.lock();
-        let mut ids = BTreeSet::new();
-        for offer in to {
-            if let Some(found) = inner.offers.get(&offer.render()) {
-                ids.extend(found.iter().filter(|id| inner.running.contains(id)));
-            }
-        }
-        Ok(Some(
-            ids.into_iter()
-                .filter_map(|id| Some((InstanceId(id), inner.instances.get(&id)?.version)))
-                .collect(),
-        ))
+        let found = to
+            .iter()
+            .filter_map(|offer| inner.offers.get(&offer.render()));
+        Ok(Some(inner.running_of(found)))
+    }
+
+    fn offered_anywhere(
+        &self,
+        roles: &[RoleId],
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        let inner = self.lock();
+        // `role`, and every `role@unit`: the keys from `role@` up to `role` followed by the
+        // character after `@`.
+        let found = roles.iter().flat_map(|role| {
+            let role = role.as_str();
+            let scoped = inner.offers.range(format!("{role}@")..format!("{role}A"));
+            inner
+                .offers
+                .get(role)
+                .into_iter()
+                .chain(scoped.map(|(_, ids)| ids))
+        });
+        Ok(Some(inner.running_of(found)))
     }
 
     fn park(&self, message: &ParkedMessage) -> Result<(), StoreError> {

@@ -41,7 +41,7 @@ pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
-use crate::ids::{DefKey, InstanceId};
+use crate::ids::{DefKey, InstanceId, RoleId};
 use crate::model::{Instance, ParkedMessage, Record};
 
 /// Where an engine keeps its definitions, instances, audit trails and timers.
@@ -215,6 +215,24 @@ pub trait Store: Send + Sync {
     /// A failure of the medium.
     fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
         let _ = to;
+        Ok(None)
+    }
+
+    /// [`Store::offered`] for an engine without an organisation, which cannot tell the units
+    /// an actor's work list reaches: the running instances that may have an open task offered
+    /// to one of `roles`, unscoped or scoped to any unit (`role` and every `role@unit`), and
+    /// those stored before the store indexed offers.
+    ///
+    /// `None` (the default): such a work list reads every running instance the engine does not
+    /// hold, when a definition scopes a role to a unit.
+    ///
+    /// # Errors
+    /// A failure of the medium.
+    fn offered_anywhere(
+        &self,
+        roles: &[RoleId],
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        let _ = roles;
         Ok(None)
     }
 
@@ -806,6 +824,13 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
         (**self).offered(to)
+    }
+
+    fn offered_anywhere(
+        &self,
+        roles: &[RoleId],
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        (**self).offered_anywhere(roles)
     }
 
     fn unoffered(

@@ -105,6 +105,12 @@ impl Store for Counted {
     fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
         self.inner.offered(to)
     }
+    fn offered_anywhere(
+        &self,
+        roles: &[procflow::RoleId],
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        self.inner.offered_anywhere(roles)
+    }
     fn unoffered(
         &self,
         after: Option<InstanceId>,

@@ -20,7 +20,7 @@ use super::{
     ANY_OFFER, Commit, Offer, Store, StoreError, StoredDef, StoredInstance, decode_message,
     decode_records, decode_state, encode_message,
 };
-use crate::ids::{DefKey, InstanceId};
+use crate::ids::{DefKey, InstanceId, RoleId};
 use crate::model::{ParkedMessage, Record};
 use conn::{Conn, Fail, Outcome, Pool, Server};
 
@@ -541,21 +541,16 @@ impl Store for PostgresStore {
     }
 
     fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
-        let offers: Vec<String> = to
-            .iter()
-            .map(Offer::render)
-            .chain([ANY_OFFER.to_owned()])
-            .collect();
-        self.pool
-            .read_once(&self.server, |conn| {
-                let stmt = conn.statement(
-                    "SELECT DISTINCT i.id, i.row_version FROM procflow_offers o \
-                     JOIN procflow_instances i ON i.id = o.instance \
-                     WHERE o.offer = ANY ($1::text[]) AND i.running ORDER BY i.id",
-                )?;
-                ids_of(conn.client.query(&stmt, &[&offers])?)
-            })
-            .map(Some)
+        let offers: Vec<String> = to.iter().map(Offer::render).collect();
+        self.offered_in(&offers, &[]).map(Some)
+    }
+
+    fn offered_anywhere(
+        &self,
+        roles: &[RoleId],
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        let roles: Vec<String> = roles.iter().map(|r| r.as_str().to_owned()).collect();
+        self.offered_in(&roles, &roles).map(Some)
     }
 
     fn unoffered(
@@ -715,6 +710,49 @@ impl Store for PostgresStore {
 }
 
 impl PostgresStore {
+    /// The running instances, with their versions and in id order, that carry one of
+    /// `offers`, an offer `role@unit` for one of `scoped_roles` and any unit, or the offer
+    /// every query matches ([`ANY_OFFER`]). One statement. The scoped ones are found by
+    /// `starts_with`, whatever the database's collation (under most, `role@…` is not one
+    /// range of the offers' index): a scan of the offers table, asked only by engines without
+    /// an organisation where a definition scopes a role.
+    fn offered_in(
+        &self,
+        offers: &[String],
+        scoped_roles: &[String],
+    ) -> Result<Vec<(InstanceId, u64)>, StoreError> {
+        let offers: Vec<&str> = offers
+            .iter()
+            .map(String::as_str)
+            .chain([ANY_OFFER])
+            .collect();
+        let prefixes: Vec<String> = scoped_roles.iter().map(|r| format!("{r}@")).collect();
+        self.pool.read_once(&self.server, |conn| {
+            let stmt = if prefixes.is_empty() {
+                conn.statement(
+                    "SELECT DISTINCT i.id, i.row_version FROM procflow_offers o \
+                     JOIN procflow_instances i ON i.id = o.instance \
+                     WHERE o.offer = ANY ($1::text[]) AND i.running ORDER BY i.id",
+                )?
+            } else {
+                conn.statement(
+                    "SELECT DISTINCT i.id, i.row_version FROM procflow_offers o \
+                     JOIN procflow_instances i ON i.id = o.instance \
+                     WHERE (o.offer = ANY ($1::text[]) \
+                        OR EXISTS (SELECT 1 FROM unnest($2::text[]) p \
+                                   WHERE starts_with(o.offer, p))) \
+                       AND i.running ORDER BY i.id",
+                )?
+            };
+            let rows = if prefixes.is_empty() {
+                conn.client.query(&stmt, &[&offers])?
+            } else {
+                conn.client.query(&stmt, &[&offers, &prefixes])?
+            };
+            ids_of(rows)
+        })
+    }
+
     /// The instance ids a key query (`$1` the key's name, `$2` its value) gives.
     fn keyed(
         &self,

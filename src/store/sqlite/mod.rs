@@ -26,7 +26,7 @@ use super::{
     ANY_OFFER, Commit, DefCache, Offer, Store, StoreError, StoredDef, StoredFacts, StoredInstance,
     decode_records, decode_state,
 };
-use crate::ids::{DefKey, InstanceId};
+use crate::ids::{DefKey, InstanceId, RoleId};
 use crate::model::Record;
 use file::{Anchor, FileId, Files};
 use write::{Prepared, Queue, Writer};
@@ -418,6 +418,58 @@ impl SqliteStore {
         }
         tx.commit().map_err(|e| sql_err(path, e))?;
         Ok(out)
+    }
+
+    /// The running instances, with their versions and in id order, that carry one of
+    /// `offers`, an offer `role@unit` for one of `scoped_roles` and any unit, or the offer
+    /// every query matches ([`ANY_OFFER`]). One read transaction; each query walks the
+    /// offers' primary key (the offers compare bytewise, so `role@…` lies between `role@` and
+    /// `role` followed by `A`, the character after `@`).
+    fn offered_in(
+        &self,
+        offers: &[String],
+        scoped_roles: &[String],
+    ) -> Result<Vec<(InstanceId, u64)>, StoreError> {
+        let path = &self.path;
+        let mut found = std::collections::BTreeMap::new();
+        self.read_with(|conn| {
+            let mut exact = conn
+                .prepare_cached(
+                    "SELECT o.instance, i.row_version FROM offers o \
+                     JOIN instances i ON i.id = o.instance \
+                     WHERE o.offer = ?1 AND i.running = 1",
+                )
+                .map_err(|e| sql_err(path, e))?;
+            let mut scoped = conn
+                .prepare_cached(
+                    "SELECT o.instance, i.row_version FROM offers o \
+                     JOIN instances i ON i.id = o.instance \
+                     WHERE o.offer >= ?1 AND o.offer < ?2 AND i.running = 1",
+                )
+                .map_err(|e| sql_err(path, e))?;
+            let mut add = |mut rows: rusqlite::Rows<'_>| -> Result<(), StoreError> {
+                while let Some(row) = rows.next().map_err(|e| sql_err(path, e))? {
+                    let id: i64 = row.get(0).map_err(|e| sql_err(path, e))?;
+                    let version: i64 = row.get(1).map_err(|e| sql_err(path, e))?;
+                    if let (Ok(id), Ok(version)) = (u64::try_from(id), u64::try_from(version)) {
+                        found.insert(id, version);
+                    }
+                }
+                Ok(())
+            };
+            for offer in offers.iter().map(String::as_str).chain([ANY_OFFER]) {
+                add(exact.query([offer]).map_err(|e| sql_err(path, e))?)?;
+            }
+            for role in scoped_roles {
+                let range = [format!("{role}@"), format!("{role}A")];
+                add(scoped.query(range).map_err(|e| sql_err(path, e))?)?;
+            }
+            Ok(())
+        })?;
+        Ok(found
+            .into_iter()
+            .map(|(id, version)| (InstanceId::new(id), version))
+            .collect())
     }
 
     /// Runs `f` in a read transaction on a read connection.
@@ -817,35 +869,16 @@ impl Store for SqliteStore {
     }
 
     fn offered(&self, to: &[Offer]) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
-        let path = &self.path;
-        let mut found = std::collections::BTreeMap::new();
-        self.read_with(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT o.instance, i.row_version FROM offers o \
-                     JOIN instances i ON i.id = o.instance \
-                     WHERE o.offer = ?1 AND i.running = 1",
-                )
-                .map_err(|e| sql_err(path, e))?;
-            let offers = to.iter().map(Offer::render);
-            for offer in offers.chain([ANY_OFFER.to_owned()]) {
-                let mut rows = stmt.query([offer]).map_err(|e| sql_err(path, e))?;
-                while let Some(row) = rows.next().map_err(|e| sql_err(path, e))? {
-                    let id: i64 = row.get(0).map_err(|e| sql_err(path, e))?;
-                    let version: i64 = row.get(1).map_err(|e| sql_err(path, e))?;
-                    if let (Ok(id), Ok(version)) = (u64::try_from(id), u64::try_from(version)) {
-                        found.insert(id, version);
-                    }
-                }
-            }
-            Ok(())
-        })?;
-        Ok(Some(
-            found
-                .into_iter()
-                .map(|(id, version)| (InstanceId::new(id), version))
-                .collect(),
-        ))
+        let offers: Vec<String> = to.iter().map(Offer::render).collect();
+        self.offered_in(&offers, &[]).map(Some)
+    }
+
+    fn offered_anywhere(
+        &self,
+        roles: &[RoleId],
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        let roles: Vec<String> = roles.iter().map(|r| r.as_str().to_owned()).collect();
+        self.offered_in(&roles, &roles).map(Some)
     }
 
     fn unoffered(
