@@ -303,6 +303,7 @@ fn child_main(args: &[String]) -> ExitCode {
                 scratch: &scratch,
                 deep,
                 max_depth,
+                stack_kb,
             };
             child::run(&job)
         });

@@ -67,6 +67,8 @@ pub(crate) struct Job<'a> {
     pub(crate) deep: Option<usize>,
     /// The deepest value to build otherwise.
     pub(crate) max_depth: usize,
+    /// The driver thread's stack, which a second driver thread gets too.
+    pub(crate) stack_kb: usize,
 }
 
 /// What the child saw.
@@ -581,6 +583,7 @@ fn advance(rng: &mut Rng) -> Duration {
 // ---------------------------------------------------------------------------------------------
 
 /// How an engine is put together; kept to build a second engine on the same store.
+#[derive(Clone)]
 struct Setup {
     vars: Vec<VarInfo>,
     /// The shipped organisation, for a definition whose roles it has (now and then).
@@ -722,8 +725,14 @@ struct Driver {
     /// The task completions acknowledged (instance, task number): each must be in the stored
     /// audit trail when a fresh engine reads it at the end.
     acked: Vec<(InstanceId, u32)>,
-    /// Every task timer fired so far (task, kind, SLA, due), by either engine: none twice.
-    fired: BTreeSet<String>,
+    /// Every task timer fired so far (task, kind, SLA, due), by any engine or thread: none
+    /// twice.
+    fired: Arc<Mutex<BTreeSet<String>>>,
+    /// Whether another thread drives the same instances at the same time: then two reads
+    /// in a row may see different states, and only what each call promises is checked.
+    concurrent: bool,
+    /// The driver thread's stack, in KiB (for a second driver thread).
+    stack_kb: usize,
 }
 
 fn drive_def(
@@ -906,7 +915,9 @@ fn drive_def(
         },
         peer,
         acked: Vec::new(),
-        fired: BTreeSet::new(),
+        fired: Arc::default(),
+        concurrent: false,
+        stack_kb: job.stack_kb,
     };
     driver.run()?;
     // A second engine on the same store resumes what the first one left.
@@ -931,12 +942,7 @@ fn drive_def(
                 }
                 // Nothing acknowledged is lost, whichever engine acknowledged it.
                 for (id, task) in acked {
-                    let done = engine.instance(id).is_ok_and(|inst| {
-                        inst.audit().iter().any(|r| {
-                            matches!(&r.what, procflow::Entry::Completed { task: t, .. } if *t == task)
-                        })
-                    });
-                    if !done {
+                    if !engine.instance(id).is_ok_and(|inst| completed(&inst, task)) {
                         return Err(format!(
                             "the acknowledged completion of task {task} of instance {id} is not in \
                              the stored audit trail"
@@ -967,6 +973,13 @@ fn drive_def(
         run_scenario(&scenario, reload(&text)?, None, job.root, features)?;
     }
     Ok(driver.calls)
+}
+
+/// Whether the audit trail of `inst` records the completion of task number `task`.
+fn completed(inst: &Instance, task: u32) -> bool {
+    inst.audit()
+        .iter()
+        .any(|r| matches!(&r.what, procflow::Entry::Completed { task: t, .. } if *t == task))
 }
 
 /// A second copy of a loaded definition, from its own text.
@@ -1006,9 +1019,11 @@ fn check(engine: &Engine, id: InstanceId, after: &str, features: &Features) -> R
     let Ok(inst) = engine.instance(id) else {
         return Ok(());
     };
-    let def = engine
-        .definition_of(id)
-        .map_err(|e| format!("instance {id} exists but its definition does not: {e}"))?;
+    // The definition the copy names (another thread may finish the instance meanwhile).
+    let def = inst
+        .def()
+        .and_then(|key| engine.definition(&key.id, Some(key.version)))
+        .ok_or_else(|| format!("instance {id} exists but its definition does not"))?;
     inst.check(&def)
         .map_err(|e| format!("Instance::check after {after}: {e}"))?;
     let encoded = inst.encode();
@@ -1362,9 +1377,10 @@ impl Driver {
                 let list = self.engine.work_list(&actor);
                 self.calls += 1;
                 self.note(format!("work_list:{}", list.len().min(3)));
-                // Each listed task is open in its instance, once, and shown as it is there.
+                // Each listed task is open in its instance, once, and shown as it is there
+                // (unless another thread may have changed it since).
                 let mut seen = BTreeSet::new();
-                for t in &list {
+                for t in list.iter().filter(|_| !self.concurrent) {
                     let open = self.engine.tasks(t.id.instance()).unwrap_or_default();
                     let here = open.iter().find(|o| o.id == t.id);
                     if !seen.insert(t.id.to_string())
@@ -1487,8 +1503,9 @@ impl Driver {
         found: &[procflow::KeyedInstance],
     ) -> Result<(), String> {
         // A replica answers key queries from the store and instances from its copies, which the
-        // other engine may have made stale: nothing to compare then.
-        if self.peer.is_some() {
+        // other engine may have made stale; another thread may change the instance between the
+        // two reads: nothing to compare then.
+        if self.peer.is_some() || self.concurrent {
             return Ok(());
         }
         let holds = |inst: &Instance| match inst.vars().get(key) {
@@ -1782,6 +1799,8 @@ impl Driver {
             if let Some(task) = f.task
                 && !self
                     .fired
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
                     .insert(format!("{task} {:?} {} {}", f.kind, f.sla, f.due))
             {
                 return Err(format!(
@@ -1857,18 +1876,35 @@ impl Driver {
         }
         self.start(true)?;
         let steps = self.rng.range(10, 80);
-        for _ in 0..steps {
-            let started = std::time::Instant::now();
-            self.last = "?".into();
-            self.step()?;
-            let took = started.elapsed();
-            if took > std::time::Duration::from_millis(100) {
-                eprintln!(
-                    "slow step ({took:?}): {} at {}",
-                    self.last,
-                    self.setup.clock.now()
-                );
-            }
+        // A third of the runs drive the same engine (or the replica) from a second thread at
+        // the same time.
+        if DEEP.with(std::cell::Cell::get).is_none() && self.rng.chance(1, 3) {
+            self.note("threads:2".into());
+            let mut other = self.second();
+            self.concurrent = true;
+            let other_steps = self.rng.range(10, 80);
+            let max_depth = MAX_DEPTH.with(std::cell::Cell::get);
+            let joined = std::thread::scope(|s| {
+                let thread = std::thread::Builder::new()
+                    .name("fuzz-driver-2".into())
+                    .stack_size(self.stack_kb << 10)
+                    .spawn_scoped(s, || {
+                        MAX_DEPTH.with(|d| d.set(max_depth));
+                        other.steps(other_steps)
+                    })
+                    .map_err(|e| format!("harness: cannot start a second driver: {e}"))?;
+                let mine = self.steps(steps);
+                let theirs = thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                mine.and(theirs)
+            });
+            joined?;
+            self.concurrent = false;
+            self.calls += other.calls;
+            self.acked.append(&mut other.acked);
+        } else {
+            self.steps(steps)?;
         }
         // Let every timer left run out: an hour, a day, a month, a year and more.
         for by in [
@@ -1892,7 +1928,58 @@ impl Driver {
                 self.note(format!("status:{}", variant(&inst.status())));
             }
         }
+        // An acknowledged completion is in the audit trail of every copy the engine still
+        // answers for (a store's is checked by the engine that reopens it; a replica's copies
+        // may be older than the store's).
+        for &(id, task) in self.acked.iter().filter(|_| self.peer.is_none()) {
+            if let Ok(inst) = self.engine.instance(id)
+                && !completed(&inst, task)
+            {
+                return Err(format!(
+                    "the acknowledged completion of task {task} of instance {id} is not in its \
+                     audit trail"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    fn steps(&mut self, steps: usize) -> Result<(), String> {
+        for _ in 0..steps {
+            let started = std::time::Instant::now();
+            self.last = "?".into();
+            self.step()?;
+            let took = started.elapsed();
+            if took > std::time::Duration::from_millis(100) {
+                eprintln!(
+                    "slow step ({took:?}): {} at {}",
+                    self.last,
+                    self.setup.clock.now()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A driver for a second thread: the replica when there is one, else the same engine,
+    /// with a random sequence of its own.
+    fn second(&mut self) -> Driver {
+        Driver {
+            engine: Arc::clone(self.peer.as_ref().unwrap_or(&self.engine)),
+            def: Arc::clone(&self.def),
+            key: self.key.clone(),
+            roles: self.roles.clone(),
+            setup: self.setup.clone(),
+            rng: Rng::new(self.rng.next_u64()),
+            calls: 0,
+            last: String::new(),
+            memory: self.memory.clone(),
+            peer: None,
+            acked: Vec::new(),
+            fired: Arc::clone(&self.fired),
+            concurrent: true,
+            stack_kb: self.stack_kb,
+        }
     }
 }
 
