@@ -954,3 +954,45 @@ fn read_many_gives_what_read_gives_for_each_known_instance_in_id_order() {
         assert_eq!(s.read_many(&[]).unwrap().len(), 0, "{name}");
     }
 }
+
+#[test]
+fn a_key_value_holding_any_character_is_stored_and_found() {
+    // PostgreSQL's text cannot hold U+0000; a string variable can.
+    let odd = ["C\u{0}1", "\u{1}0", "C\u{1}\u{0}", "中\u{0}"];
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let engine = open(store(), &clock);
+        engine
+            .deploy(ProcessDef::from_yaml(KEYED).unwrap())
+            .unwrap();
+        let ids: Vec<InstanceId> = odd
+            .iter()
+            .map(|v| {
+                engine
+                    .start("keyed", vars(&[("customer_id", json!(v))]))
+                    .unwrap_or_else(|e| panic!("{name}: start with {v:?}: {e}"))
+            })
+            .collect();
+        let s = store();
+        for (v, id) in odd.iter().zip(&ids) {
+            assert_eq!(s.by_key("customer_id", v).unwrap(), [*id], "{name}: {v:?}");
+            let found = engine.find_by_key("customer_id", *v).unwrap();
+            assert_eq!(found.len(), 1, "{name}: {v:?}");
+            assert_eq!(found[0].id, *id, "{name}: {v:?}");
+        }
+        assert!(s.by_key("customer_id", "C").unwrap().is_empty(), "{name}");
+        // A report grouped by the key names each value as it is.
+        let report = procflow::Report::from_store(
+            &*s,
+            &procflow::ReportOptions::default().by_key("customer_id"),
+        )
+        .unwrap();
+        let json = serde_json::to_string(&report).unwrap();
+        for v in odd {
+            assert!(
+                json.contains(&serde_json::to_string(v).unwrap()),
+                "{name}: {v:?} in the report by key"
+            );
+        }
+    }
+}

@@ -67,8 +67,12 @@ pub(super) fn read(
     for row in conn.client.query(&stmt, &[&process, &since, &key])? {
         let kind: i64 = row.try_get(2)?;
         if let Some(fact) = Fact::from_code(kind) {
-            out.key_counts
-                .push((row.try_get(0)?, row.try_get(1)?, fact, row.try_get(3)?));
+            out.key_counts.push((
+                super::text::read(row.try_get(0)?),
+                row.try_get(1)?,
+                fact,
+                row.try_get(3)?,
+            ));
         }
     }
     let stmt = conn.statement(
@@ -80,8 +84,11 @@ pub(super) fn read(
     for row in conn.client.query(&stmt, &[&process, &since, &key])? {
         let from: i64 = row.try_get(1)?;
         let to: i64 = row.try_get(2)?;
-        out.key_cycles
-            .push((row.try_get(0)?, instant(from), instant(to)));
+        out.key_cycles.push((
+            super::text::read(row.try_get(0)?),
+            instant(from),
+            instant(to),
+        ));
     }
     Ok(out)
 }

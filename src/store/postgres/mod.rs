@@ -11,6 +11,7 @@ mod conn;
 mod facts;
 mod ops;
 pub(crate) mod schema;
+mod text;
 mod wake;
 
 use chrono::{DateTime, Utc};
@@ -525,7 +526,7 @@ impl Store for PostgresStore {
                  WHERE k.name = $1 AND k.value = $2 AND i.running ORDER BY i.id",
             )?;
             let mut out = Vec::new();
-            for row in conn.client.query(&stmt, &[&key, &value])? {
+            for row in conn.client.query(&stmt, &[&key, &text::stored(value)])? {
                 let id: i64 = row.try_get(0)?;
                 let version: i64 = row.try_get(1)?;
                 let state: String = row.try_get(2)?;
@@ -763,7 +764,7 @@ impl PostgresStore {
         self.pool.read_once(&self.server, |conn| {
             let stmt = conn.statement(sql)?;
             let mut out = Vec::new();
-            for row in conn.client.query(&stmt, &[&key, &value])? {
+            for row in conn.client.query(&stmt, &[&key, &text::stored(value)])? {
                 let id: i64 = row.try_get(0)?;
                 out.push(InstanceId(id as u64));
             }

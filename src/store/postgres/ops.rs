@@ -172,7 +172,7 @@ struct Row<'c> {
     offers: Option<Vec<String>>,
     /// Its business keys' names and values, when the commit carries them.
     key_names: Option<Vec<&'c str>>,
-    key_values: Option<Vec<&'c str>>,
+    key_values: Option<Vec<std::borrow::Cow<'c, str>>>,
 }
 
 impl PostgresStore {
@@ -225,7 +225,7 @@ impl PostgresStore {
                 .map(|keys| keys.iter().map(|k| k.name.as_str()).collect()),
             key_values: commit
                 .keys
-                .map(|keys| keys.iter().map(|k| k.value.as_str()).collect()),
+                .map(|keys| keys.iter().map(|k| super::text::stored(&k.value)).collect()),
         };
         let fast = row.announce.is_none() && commit.takes.is_none();
         // Deferred: returns once the server has the commit, not once it is on its disk; the
