@@ -64,6 +64,8 @@ pub struct VarSpec {
     pub(crate) default: Option<Value>,
     pub(crate) allowed: Option<Vec<Value>>,
     pub(crate) description: Option<String>,
+    /// Whether it is one of the definition's business keys (`keys:`).
+    pub(crate) key: bool,
 }
 
 impl VarSpec {
@@ -113,6 +115,11 @@ impl VarSpec {
     /// (`src/cond.rs`) is computed from it.
     pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
+    /// How long a business key's string value may be, in bytes of UTF-8: stores index every
+    /// key's value (PostgreSQL at most 2,704 bytes per index entry), and a key names a
+    /// customer, an order or a ticket.
+    pub const MAX_KEY_BYTES: usize = 1024;
+
     /// Why `value` is not acceptable for this variable, if it is not.
     ///
     /// Every type is checked against [`VarSpec::MAX_VALUE_DEPTH`] and
@@ -123,6 +130,14 @@ impl VarSpec {
         }
         if !self.ty.fits(value) {
             return Some(VarProblem::WrongType { expected: self.ty });
+        }
+        if self.key
+            && let Value::String(s) = value
+            && s.len() > VarSpec::MAX_KEY_BYTES
+        {
+            return Some(VarProblem::KeyTooLong {
+                limit: VarSpec::MAX_KEY_BYTES,
+            });
         }
         match &self.allowed {
             Some(allowed) if !allowed.contains(value) => Some(VarProblem::NotAllowed),
@@ -275,6 +290,11 @@ pub enum VarProblem {
         /// The most bytes a value may take.
         limit: usize,
     },
+    /// A business key's string value is longer than [`VarSpec::MAX_KEY_BYTES`].
+    KeyTooLong {
+        /// The most bytes a key's value may take.
+        limit: usize,
+    },
     /// A delivered message's variable that its declared `payload` does not list.
     NotInPayload,
     /// A multi-instance item sets a variable other than its `output`: what an item sets is
@@ -298,6 +318,9 @@ impl std::fmt::Display for VarProblem {
             }
             VarProblem::TooLarge { limit } => {
                 write!(f, "larger than {limit} bytes as JSON")
+            }
+            VarProblem::KeyTooLong { limit } => {
+                write!(f, "a business key longer than {limit} bytes")
             }
             VarProblem::NotInPayload => f.write_str("not in the message's payload"),
             VarProblem::NotItemOutput => f.write_str(

@@ -996,3 +996,50 @@ fn a_key_value_holding_any_character_is_stored_and_found() {
         }
     }
 }
+
+#[test]
+fn a_key_value_longer_than_the_bound_is_refused_on_every_store() {
+    // Incompressible text: PostgreSQL's index takes at most 2,704 bytes per entry.
+    let text = |n: usize| -> String {
+        let mut x: u64 = 88_172_645_463_325_252;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'!' + (x % 90) as u8)
+            })
+            .collect()
+    };
+    let bound = procflow::VarSpec::MAX_KEY_BYTES;
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let engine = open(store(), &clock);
+        engine
+            .deploy(ProcessDef::from_yaml(KEYED).unwrap())
+            .unwrap();
+        let longest = text(bound);
+        let id = engine
+            .start("keyed", vars(&[("customer_id", json!(longest))]))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let found = engine.find_by_key("customer_id", longest.as_str()).unwrap();
+        assert_eq!(found.len(), 1, "{name}");
+        assert_eq!(found[0].id, id, "{name}");
+        for n in [bound + 1, 3_000, 60_000] {
+            let err = engine
+                .start("keyed", vars(&[("customer_id", json!(text(n)))]))
+                .unwrap_err();
+            assert_eq!(
+                err,
+                ExecError::Variables {
+                    problems: vec![(
+                        "customer_id".into(),
+                        procflow::VarProblem::KeyTooLong { limit: bound }
+                    )]
+                },
+                "{name}: {n} bytes"
+            );
+        }
+        assert_eq!(engine.instances(), [id], "{name}: nothing else started");
+    }
+}

@@ -1014,4 +1014,20 @@ nodes:
     );
     let def = ProcessDef::from_yaml(&ok).unwrap();
     assert_eq!(def.keys().collect::<Vec<_>>(), ["customer_id"]);
+
+    // A key's default longer than a key may be is refused where it stands.
+    let long = format!(
+        "customer_id: {{ type: string, default: {} }}",
+        "c".repeat(procflow::VarSpec::MAX_KEY_BYTES + 1)
+    );
+    let err = load_err(&ok.replace("customer_id: { type: string }", &long));
+    let problems = problems(&err);
+    assert_eq!(problems.len(), 1, "{err}");
+    let (line, _, path, kind) = &problems[0];
+    assert_eq!((*line, path.as_str()), (8, "variables.customer_id.default"));
+    assert!(
+        matches!(kind, ProblemKind::BadDefault { name, .. } if name == "customer_id"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("longer than 1024 bytes"), "{err}");
 }

@@ -237,6 +237,7 @@ pub(super) fn locals(
                         .as_ref()
                         .map(|a: &At<Vec<serde_json::Value>>| a.value.clone()),
                     description: description.clone(),
+                    key: false,
                 },
             );
             out.entry(i).or_default().push(k.value.clone());
@@ -277,6 +278,7 @@ fn item_var(
             default: None,
             allowed: None,
             description: Some(format!("{ITEM_VAR} '{id}' (local to each of its runs)")),
+            key: false,
         },
     );
 }

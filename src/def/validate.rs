@@ -155,6 +155,7 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
             default: v.value.default.as_ref().map(|d| d.value.clone()),
             allowed: v.value.allowed.as_ref().map(|a| a.value.clone()),
             description: v.value.description.clone(),
+            key: false,
         };
         let check = |value: &serde_json::Value, loc: Location, key: &str, report: &mut Report| {
             if !spec.ty.fits(value) {
@@ -270,6 +271,32 @@ pub(super) fn compile(raw: RawDef, file: Option<PathBuf>) -> Result<ProcessDef, 
         &mut report.0,
     );
     let keys = business_keys(raw.keys.as_ref(), &vars, &mut report);
+    for key in &keys {
+        let Some(spec) = vars.get_mut(key) else {
+            continue;
+        };
+        spec.key = true;
+        // The default's place (a key's default passed every other check already).
+        let loc = raw
+            .variables
+            .0
+            .iter()
+            .find(|(k, _)| k.value == *key)
+            .and_then(|(_, v)| v.value.default.as_ref())
+            .map(|d| d.loc);
+        if let (Some(Some(problem)), Some(loc)) =
+            (spec.default.as_ref().map(|d| spec.reject(d)), loc)
+        {
+            report.add(
+                loc,
+                format!("variables.{key}.default"),
+                ProblemKind::BadDefault {
+                    name: key.clone(),
+                    problem: problem.to_string(),
+                },
+            );
+        }
+    }
     let messages = super::events::messages(&raw.messages, &vars, &keys, &mut report);
     let sends = super::messages::sends(&raw.sends, &vars, &mut report);
     let signals = super::events::signals(&raw.signals, &mut report);
@@ -523,6 +550,7 @@ impl NodeCx<'_> {
                     default: None,
                     allowed: None,
                     description: None,
+                    key: false,
                 },
             );
             with_item = vars;

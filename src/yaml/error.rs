@@ -298,6 +298,15 @@ pub enum ProblemKind {
     /// `before` and `due` mix business and wall time.
     #[error("'before' and 'due' must both be business time or both wall time")]
     MixedTime,
+    /// A variable's declared default is not a value it may take (a business key's default
+    /// longer than `VarSpec::MAX_KEY_BYTES`).
+    #[error("the default of '{name}' is {problem}")]
+    BadDefault {
+        /// The variable.
+        name: String,
+        /// Why the default may not be its value.
+        problem: String,
+    },
     /// A business key (`keys:`) names a variable that is not a string or an integer.
     #[error("key '{name}' is of type {ty}: a business key is a string or an integer")]
     BadKeyType {
