@@ -1043,3 +1043,50 @@ fn a_key_value_longer_than_the_bound_is_refused_on_every_store() {
         assert_eq!(engine.instances(), [id], "{name}: nothing else started");
     }
 }
+
+#[test]
+fn a_scope_naming_no_unit_is_offered_to_no_unit_on_every_store() {
+    // A scope variable is any string: the offer `role@value` must stay storable (PostgreSQL's
+    // index takes at most 2,704 bytes per entry, and no U+0000).
+    let org = || procflow::Organisation::from_file("process-defs/org/province.yaml").unwrap();
+    let mut x: u64 = 88_172_645_463_325_252;
+    let long: String = (0..3_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'!' + (x % 90) as u8)
+        })
+        .collect();
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let a = cached(&clock).organisation(org()).open(store()).unwrap();
+        a.deploy(ProcessDef::from_yaml(SCOPED).unwrap()).unwrap();
+        let start = |network: &str| {
+            let vars: Vars = [("local_network".to_owned(), json!(network))]
+                .into_iter()
+                .collect();
+            a.start("scoped", vars)
+                .unwrap_or_else(|e| panic!("{name}: {} bytes: {e}", network.len()))
+        };
+        let odd = [start(&long), start("g\u{0}z")];
+        let gz = start("gz");
+        // On another engine (reading the store), Guangzhou's engineer sees Guangzhou's repair
+        // only; an engine without the organisation lists all three to the role.
+        let b = cached(&clock).organisation(org()).open(store()).unwrap();
+        let listed: Vec<InstanceId> = b
+            .work_list(&Actor::new("huang", [""; 0]))
+            .into_iter()
+            .map(|t| t.id.instance())
+            .collect();
+        assert_eq!(listed, [gz], "{name}");
+        let c = cached(&clock).open(store()).unwrap();
+        let mut all: Vec<InstanceId> = c
+            .work_list(&Actor::new("ops", ["network_ops"]))
+            .into_iter()
+            .map(|t| t.id.instance())
+            .collect();
+        all.sort();
+        assert_eq!(all, [odd[0], odd[1], gz], "{name}");
+    }
+}

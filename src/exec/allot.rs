@@ -240,7 +240,11 @@ fn task_roles<'a>(
         let unit = match (org, raci) {
             (Some(org), Some(raci)) => {
                 let up = escalated == Some(r) && escalated_up(node, r);
+                // A value that names no unit lies under no actor's reach: offered as no unit,
+                // so that an offer is a short text whatever the variable holds (PostgreSQL
+                // indexes at most 2,704 bytes, and no U+0000).
                 scope_unit(Some(org), raci, r, &inst.vars, up)
+                    .map(|unit| if org.unit(unit).is_some() { unit } else { "" })
             }
             _ => None,
         };
