@@ -705,6 +705,57 @@ enum StoreKind {
     None,
     Memory(MemoryStore),
     Sqlite(PathBuf),
+    /// A schema of its own on the server `PROCFLOW_PG_URL` names (feature `postgres`): the
+    /// URL with its `search_path`, and the schema.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Postgres(String, String),
+}
+
+/// A fresh schema on the server `PROCFLOW_PG_URL` names, when it is set (feature `postgres`).
+#[cfg(feature = "postgres")]
+fn pg_schema() -> Option<Result<StoreKind, String>> {
+    let url = std::env::var("PROCFLOW_PG_URL").ok()?;
+    let schema = format!("fuzz_{}", std::process::id());
+    let made = postgres::Client::connect(&url, postgres::NoTls).and_then(|mut admin| {
+        admin.batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
+    });
+    Some(match made {
+        Ok(()) => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let with = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+            Ok(StoreKind::Postgres(with, schema))
+        }
+        Err(e) => Err(format!("harness: cannot make a schema on {url}: {e}")),
+    })
+}
+
+#[cfg(not(feature = "postgres"))]
+fn pg_schema() -> Option<Result<StoreKind, String>> {
+    None
+}
+
+/// Removes what the run left, however it ends: the SQLite files, the PostgreSQL schema.
+impl Drop for StoreKind {
+    fn drop(&mut self) {
+        match self {
+            StoreKind::Sqlite(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres(_, schema) => {
+                if let Ok(url) = std::env::var("PROCFLOW_PG_URL")
+                    && let Ok(mut admin) = postgres::Client::connect(&url, postgres::NoTls)
+                {
+                    let _ = admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 struct Driver {
@@ -809,9 +860,26 @@ fn drive_def(
     let clock = Arc::new(ManualClock::new(start.parse().unwrap_or_default()));
     let store = match rng.below(16) {
         0 => StoreKind::Sqlite(job.scratch.join(format!("child-{}.db", std::process::id()))),
+        // With a server named, one run in sixteen on PostgreSQL.
+        1 if std::env::var_os("PROCFLOW_PG_URL").is_some() => match pg_schema() {
+            Some(made) => made?,
+            None => StoreKind::Memory(MemoryStore::new()),
+        },
         1..=3 => StoreKind::Memory(MemoryStore::new()),
         _ => StoreKind::None,
     };
+    note(
+        features,
+        format!(
+            "store:{}",
+            match &store {
+                StoreKind::None => "none",
+                StoreKind::Memory(_) => "memory",
+                StoreKind::Sqlite(_) => "sqlite",
+                StoreKind::Postgres(..) => "postgres",
+            }
+        ),
+    );
     let org = Organisation::from_file(job.root.join("process-defs/org/province.yaml"))
         .ok()
         .filter(|org| rng.chance(1, 3) && def.check_organisation(org).is_ok())
@@ -957,11 +1025,6 @@ fn drive_def(
             // calendars: a second engine must resume it.
             Err(e) => return Err(format!("a second engine could not open the store: {e}")),
         }
-        if let StoreKind::Sqlite(path) = &store {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-            }
-        }
         return Ok(calls);
     }
     // Now and then, a shipped scenario of this process on the mutated definition.
@@ -1006,6 +1069,16 @@ fn build(setup: &Setup, key: &str, store: &StoreKind, round: u64) -> Result<Arc<
                 .open(sqlite)
                 .map_err(|e| format!("cannot open an engine on SQLite: {e}"))?
         }
+        #[cfg(feature = "postgres")]
+        StoreKind::Postgres(url, _) => {
+            let pg = procflow::PostgresStore::connect(url)
+                .map_err(|e| format!("harness: cannot connect to {url}: {e}"))?;
+            builder
+                .open(pg)
+                .map_err(|e| format!("cannot open an engine on PostgreSQL: {e}"))?
+        }
+        #[cfg(not(feature = "postgres"))]
+        StoreKind::Postgres(..) => return Err("harness: built without PostgreSQL".into()),
     };
     let engine = Arc::new(engine);
     let _ = me.set(Arc::downgrade(&engine));
