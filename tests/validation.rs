@@ -1031,3 +1031,35 @@ nodes:
     );
     assert!(err.to_string().contains("longer than 1024 bytes"), "{err}");
 }
+
+#[test]
+fn ids_are_at_most_128_bytes() {
+    // Stores index ids (PostgreSQL at most 2,704 bytes per entry): a 3,000-byte process id
+    // deployed on SQLite and failed on PostgreSQL.
+    let def = |process: &str, node: &str| {
+        format!(
+            "id: {process}\nversion: 1\nname: T\nroles: {{ r: {{ name: R }} }}\nnodes:\n  start: {{ kind: start, next: {node} }}\n  {node}: {{ kind: end }}\n"
+        )
+    };
+    let (ok, long) = ("a".repeat(128), "a".repeat(129));
+    ProcessDef::from_yaml(&def(&ok, &ok)).unwrap();
+    let dashed = format!("{}-{}", "a".repeat(64), "b".repeat(64));
+    let err = load_err(&def(&dashed, "done"));
+    assert!(
+        matches!(&err.kinds()[..], [ProblemKind::InvalidId(id)] if *id == dashed),
+        "{err}"
+    );
+    let err = load_err(&def(&long, &long));
+    let problems = problems(&err);
+    let paths: Vec<&str> = problems.iter().map(|p| p.2.as_str()).collect();
+    assert_eq!(paths.len(), 2, "{err}");
+    assert_eq!(paths[0], "id", "{err}");
+    assert!(paths[1].starts_with("nodes."), "{err}");
+    assert!(
+        problems
+            .iter()
+            .all(|p| matches!(&p.3, ProblemKind::InvalidId(id) if *id == long)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("at most 128"), "{err}");
+}

@@ -46,7 +46,7 @@ pub(super) fn unique<'a, T>(
 
 /// A process id may also use `-`, as file names do.
 fn valid_process_id(id: &str) -> bool {
-    !id.is_empty() && id.split('-').all(valid_id)
+    id.len() <= crate::yaml::MAX_ID_BYTES && id.split('-').all(valid_id)
 }
 
 /// Refuses a definition with more nodes, roles or variables than allowed before anything else is

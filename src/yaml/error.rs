@@ -153,8 +153,11 @@ pub enum ProblemKind {
         /// Where it was first defined.
         first: Location,
     },
-    /// An id has other characters than `a-z`, `0-9` and `_` (a process id may also use `-`).
-    #[error("invalid id '{0}': use lowercase letters, digits and '_' ('-' only in a process id)")]
+    /// An id has other characters than `a-z`, `0-9` and `_` (a process id may also use `-`), or
+    /// more than 128.
+    #[error(
+        "invalid id '{0}': use at most 128 lowercase letters, digits and '_' ('-' only in a process id)"
+    )]
     InvalidId(String),
     /// A `next` or `to` names a node that does not exist.
     #[error("unknown node '{0}'")]

@@ -164,10 +164,15 @@ impl Report {
     }
 }
 
+/// The most bytes an id may take: stores index ids (PostgreSQL at most 2,704 bytes per index
+/// entry), work lists and graphs show them.
+pub(crate) const MAX_ID_BYTES: usize = 128;
+
 /// Node, role, variable, unit and skill ids: they appear in CEL conditions, Mermaid and DOT,
-/// so `[a-z0-9_]+`.
+/// so `[a-z0-9_]+`, at most [`MAX_ID_BYTES`].
 pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
+        && id.len() <= MAX_ID_BYTES
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
