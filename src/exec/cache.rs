@@ -9,10 +9,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::deploy::Deployed;
 use super::seam::Slot;
 use super::{Engine, ExecError, SHARDS, TaskView, lock, open_tasks};
 use crate::ids::{InstanceId, RoleId};
-use crate::model::Task;
+use crate::model::{Instance, Task};
 use crate::raci::Actor;
 use crate::store::StoredInstance;
 
@@ -186,22 +187,8 @@ impl Engine {
 
     /// [`Engine::fit`], deploying the definitions from the store first when another engine
     /// deployed the instance's after this one opened.
-    fn fitted(
-        &self,
-        stored: StoredInstance,
-    ) -> Result<
-        (
-            crate::model::Instance,
-            std::sync::Arc<super::deploy::Deployed>,
-            u64,
-        ),
-        ExecError,
-    > {
-        if let Some(key) = stored.instance.def.as_deref()
-            && super::deploy::find(&self.defs.load(), &key.id, Some(key.version)).is_err()
-        {
-            self.load_definitions()?;
-        }
+    fn fitted(&self, stored: StoredInstance) -> Result<(Instance, Arc<Deployed>, u64), ExecError> {
+        self.deploy_stored_for(&stored)?;
         self.fit(stored)
     }
 

@@ -620,12 +620,19 @@ impl Engine {
         stored: StoredInstance,
         let_go: u64,
     ) -> Result<Arc<Mutex<Slot>>, ExecError> {
+        self.deploy_stored_for(&stored)?;
+        self.keep(stored, Again::UnlessSince(let_go))
+    }
+
+    /// Deploys the definitions the store holds when `stored` runs one this engine has not
+    /// deployed (another engine deployed it after this one opened).
+    pub(crate) fn deploy_stored_for(&self, stored: &StoredInstance) -> Result<(), ExecError> {
         if let Some(key) = stored.instance.def.as_deref()
             && find(&self.defs.load(), &key.id, Some(key.version)).is_err()
         {
             self.load_definitions()?;
         }
-        self.keep(stored, Again::UnlessSince(let_go))
+        Ok(())
     }
 
     /// Keeps a stored instance (replacing an older copy of it) and schedules its pending
