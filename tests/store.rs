@@ -920,6 +920,47 @@ fn a_work_list_reads_only_the_instances_of_the_units_it_reaches() {
 }
 
 #[test]
+fn an_escalated_task_follows_its_unit_to_a_new_parent() {
+    // Tianhe's hall moves from Guangzhou to Shenzhen after a repair scoped to it was escalated
+    // one level up: an engine with the new organisation offers it to Shenzhen's engineers at
+    // once, without waiting for the instance to change.
+    let text = std::fs::read_to_string("process-defs/org/province.yaml").unwrap();
+    let old = || procflow::Organisation::from_yaml(&text).unwrap();
+    let moved = text.replacen("level: hall, parent: gz }", "level: hall, parent: sz }", 1);
+    assert_ne!(moved, text);
+    let new = || procflow::Organisation::from_yaml(&moved).unwrap();
+    let who = |id: &str| Actor::new(id, [""; 0]);
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let a = cached(&clock).organisation(old()).open(store()).unwrap();
+        a.deploy(ProcessDef::from_yaml(SCOPED).unwrap()).unwrap();
+        let vars: Vars = [("local_network".to_owned(), json!("gz_tianhe"))]
+            .into_iter()
+            .collect();
+        let id = a.start("scoped", vars).unwrap();
+        clock.advance(Duration::hours(6));
+        a.tick(clock.now());
+        let lists = |engine: &Engine, person: &str| {
+            engine
+                .work_list(&who(person))
+                .iter()
+                .any(|t| t.id.instance() == id)
+        };
+        // Before the move: Guangzhou's engineer (chen), not Shenzhen's (xu).
+        assert!(lists(&a, "chen") && !lists(&a, "xu"), "{name}: before");
+        let b = cached(&clock).organisation(new()).open(store()).unwrap();
+        assert!(
+            lists(&b, "xu"),
+            "{name}: Shenzhen's engineer after the move"
+        );
+        assert!(
+            !lists(&b, "chen"),
+            "{name}: Guangzhou's engineer after the move"
+        );
+    }
+}
+
+#[test]
 fn read_many_gives_what_read_gives_for_each_known_instance_in_id_order() {
     for (name, store) in stores() {
         let clock = Arc::new(ManualClock::new(t0()));

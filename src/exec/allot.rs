@@ -205,26 +205,42 @@ fn keys_of(
     t: &Task,
 ) -> Vec<Key> {
     task_roles(Some(org), def, inst, t)
-        .map(|(r, unit)| {
+        .map(|(r, scope)| {
             let role = org.role_index(r.as_str()).unwrap_or(NO_ROLE);
-            let unit = match unit {
-                None => UNSCOPED,
-                Some(u) => org.unit_index(u).unwrap_or(NO_UNIT),
+            let unit = match scope {
+                Scope::Unscoped => UNSCOPED,
+                Scope::Unit(u) => org.unit_index(u).unwrap_or(NO_UNIT),
+                Scope::Above(u) => org
+                    .parent(u)
+                    .and_then(|p| org.unit_index(p))
+                    .unwrap_or(NO_UNIT),
             };
             (role, unit)
         })
         .collect()
 }
 
+/// Where a task's reference to a role lies in the organisation.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// Not scoped (and every reference of an engine without an organisation).
+    Unscoped,
+    /// In this unit (`""` when the scope variable names no unit of the organisation: no
+    /// actor's reach holds it).
+    Unit(&'a str),
+    /// One level above this unit: an escalation `role@up` gave the task there.
+    Above(&'a str),
+}
+
 /// The roles that may work open task `t` (its responsible roles, or the one an escalation gave
-/// it to), each with the unit its reference is scoped to: always `None` without an
-/// organisation, whose authorizer counts a role as held in every unit.
+/// it to), each with where its reference is scoped: always unscoped without an organisation,
+/// whose authorizer counts a role as held in every unit.
 fn task_roles<'a>(
     org: Option<&'a Organisation>,
     def: &'a crate::def::ProcessDef,
     inst: &'a Instance,
     t: &Task,
-) -> impl Iterator<Item = (&'a RoleId, Option<&'a str>)> {
+) -> impl Iterator<Item = (&'a RoleId, Scope<'a>)> {
     let node = &def.nodes[t.node.index()];
     let raci = node.raci();
     let escalated = t
@@ -237,20 +253,29 @@ fn task_roles<'a>(
         (Some(raci), None) => raci.responsible(),
     };
     roles.iter().map(move |r| {
-        let unit = match (org, raci) {
+        let scope = match (org, raci) {
             (Some(org), Some(raci)) => {
                 let up = escalated == Some(r) && escalated_up(node, r);
-                // A value that names no unit lies under no actor's reach: offered as no unit,
-                // so that an offer is a short text whatever the variable holds (PostgreSQL
-                // indexes at most 2,704 bytes, and no U+0000).
-                scope_unit(Some(org), raci, r, &inst.vars, up)
-                    .map(|unit| if org.unit(unit).is_some() { unit } else { "" })
+                // The scope's own unit (without an organisation `scope_unit` does not go up).
+                match scope_unit(None, raci, r, &inst.vars, up) {
+                    None => Scope::Unscoped,
+                    // A value that names no unit lies under no actor's reach: offered as no
+                    // unit, so that an offer is a short text whatever the variable holds
+                    // (PostgreSQL indexes at most 2,704 bytes, and no U+0000).
+                    Some(unit) if org.unit(unit).is_none() => Scope::Unit(""),
+                    Some(unit) if up => Scope::Above(unit),
+                    Some(unit) => Scope::Unit(unit),
+                }
             }
-            _ => None,
+            _ => Scope::Unscoped,
         };
-        (r, unit)
+        (r, scope)
     })
 }
+
+/// What marks an offer's unit as the one below the unit the task was escalated to
+/// (`role@^unit`); unit ids never hold it.
+pub(super) const ABOVE: char = '^';
 
 /// The roles the open tasks of running instance `inst` are offered to, sorted and without
 /// repeats ([`Offer`]): what a store indexes for work lists ([`Store::offered`]). None for an
@@ -271,9 +296,16 @@ pub(super) fn offers(
         .iter()
         .filter(|t| t.is_open())
         .flat_map(|t| task_roles(org, def, inst, t))
-        .map(|(role, unit)| crate::store::Offer {
+        .map(|(role, scope)| crate::store::Offer {
             role: role.clone(),
-            unit: unit.map(str::to_owned),
+            unit: match scope {
+                Scope::Unscoped => None,
+                Scope::Unit(unit) => Some(unit.to_owned()),
+                // Named by the unit below, not the parent: a work list asks for the children
+                // of the units its actor reaches, in its own organisation, so that a unit
+                // moved to another parent takes its escalated tasks along at once.
+                Scope::Above(unit) => Some(format!("{ABOVE}{unit}")),
+            },
         })
         .collect();
     out.sort_unstable();

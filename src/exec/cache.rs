@@ -275,6 +275,21 @@ impl Engine {
         }
     }
 
+    /// Whether a deployed definition escalates a task one level up (`role@up`).
+    fn escalates_up(&self) -> bool {
+        self.defs
+            .load()
+            .values()
+            .flat_map(|v| v.values())
+            .any(|dep| {
+                dep.def.nodes.iter().any(|n| {
+                    n.limits
+                        .as_deref()
+                        .is_some_and(|l| l.escalate.iter().any(|e| e.up))
+                })
+            })
+    }
+
     /// Whether a deployed definition scopes a role reference to a unit (`role@variable`).
     fn scoped_defs(&self) -> bool {
         self.defs
@@ -307,6 +322,9 @@ impl Engine {
             .collect();
         match &self.org {
             Some(cx) => {
+                // Tasks escalated one level up are offered by the unit below
+                // (`role@^unit`): ask for the children of each unit the actor reaches.
+                let up = self.escalates_up();
                 for (role, unit) in cx.org.reach_named(actor.id.as_str()) {
                     out.push(Offer {
                         role: role.clone(),
@@ -316,6 +334,12 @@ impl Engine {
                         role: role.clone(),
                         unit: Some(unit.to_owned()),
                     });
+                    if up {
+                        out.extend(cx.org.children(unit).map(|child| Offer {
+                            role: role.clone(),
+                            unit: Some(format!("{}{child}", super::allot::ABOVE)),
+                        }));
+                    }
                 }
             }
             None => {

@@ -265,6 +265,15 @@ impl Organisation {
         u.parent.map(|p| self.units[p as usize].id.as_str())
     }
 
+    /// The units whose parent is `id` (a scan of the units).
+    pub(crate) fn children<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let parent = self.unit_ix.get(id).copied();
+        self.units
+            .iter()
+            .filter(move |u| parent.is_some() && u.parent == parent)
+            .map(|u| u.id.as_str())
+    }
+
     /// The roles the organisation declares.
     pub fn roles(&self) -> &[RoleId] {
         &self.roles

@@ -68,7 +68,9 @@ pub struct Offer {
     /// A responsible role of an open task, or the role an escalation gave it to.
     pub role: crate::ids::RoleId,
     /// The unit the task's reference to the role is scoped to (with an organisation); `None`
-    /// for an unscoped reference, and for every reference of an engine without one.
+    /// for an unscoped reference, and for every reference of an engine without one. `^unit`
+    /// for a task an escalation gave one level above `unit` (`role@up`): a work list asks for
+    /// the children of the units it reaches, so the offer holds whatever the parent is.
     pub unit: Option<String>,
 }
 
