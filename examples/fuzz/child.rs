@@ -962,8 +962,31 @@ fn drive_def(
     }
     // Half the runs with a store get a replica: a second engine opened on it after the deploys
     // (it reads the definitions from the store).
+    // With an organisation, now and then the replica's has a unit moved to another parent
+    // (Tianhe's hall from Guangzhou to Shenzhen): replicas whose organisations differ.
     let peer = if !matches!(store, StoreKind::None) && rng.chance(1, 2) {
         note(features, "replica:on".into());
+        let moved = setup
+            .org
+            .as_ref()
+            .filter(|_| rng.chance(1, 2))
+            .and_then(|_| {
+                let text = std::fs::read_to_string(job.root.join("process-defs/org/province.yaml"))
+                    .ok()?;
+                let text =
+                    text.replacen("level: hall, parent: gz }", "level: hall, parent: sz }", 1);
+                Organisation::from_yaml(&text).ok()
+            });
+        let setup = match moved {
+            Some(org) => {
+                note(features, "replica:moved-unit".into());
+                Setup {
+                    org: Some(Arc::new(org)),
+                    ..setup.clone()
+                }
+            }
+            None => setup.clone(),
+        };
         Some(build(&setup, &process, &store, 1)?)
     } else {
         None
