@@ -303,6 +303,7 @@ const ACTORS: &[&str] = &["ann", "bob", "cai", "dan", "", "王丽", "x\u{0}y"];
 
 const STRINGS: &[&str] = &[
     "",
+    "g\u{0}z",
     "4h",
     "-5h",
     "tomorrow",
@@ -357,13 +358,25 @@ fn deep(levels: usize, list: bool) -> Value {
 }
 
 fn string_value(rng: &mut Rng) -> Value {
-    match rng.below(8) {
+    match rng.below(9) {
         0 => {
             // Around the 64 KiB bound on a value.
             let n = 65_536 - 8 + rng.below(16);
             Value::String("x".repeat(n))
         }
         1 => Value::String(rng.pick(&["中", "a", "'", "\\"]).repeat(rng.size(30_000))),
+        // Text no compression shortens (an index entry on PostgreSQL takes at most 2,704
+        // bytes), around the bound on a business key's value, with a NUL now and then.
+        2 => {
+            let n = rng.range(1_000, 4_000);
+            let mut s: String = (0..n)
+                .map(|_| char::from(b'!' + (rng.next_u64() % 90) as u8))
+                .collect();
+            if rng.chance(1, 4) {
+                s.insert(rng.below(n), '\u{0}');
+            }
+            Value::String(s)
+        }
         _ => Value::String((*rng.pick(STRINGS)).to_owned()),
     }
 }
