@@ -1039,6 +1039,33 @@ fn a_key_value_holding_any_character_is_stored_and_found() {
 }
 
 #[test]
+fn an_actor_id_holding_any_character_is_stored_and_reported() {
+    // Found by the fuzzer: PostgreSQL's text cannot hold U+0000, and a report fact names the
+    // actor who completed a task.
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let engine = open(store(), &clock);
+        engine.deploy(ProcessDef::from_yaml(CASE).unwrap()).unwrap();
+        let id = engine.start("case", Vars::new()).unwrap();
+        let odd = Actor::new("a\u{0}n\u{1}", ["agent"]);
+        let check = task(&engine, id, "check");
+        engine
+            .claim(check, &odd)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        engine
+            .complete(check, &odd, Vars::new())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let report =
+            procflow::Report::from_store(&*store(), &procflow::ReportOptions::default()).unwrap();
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(
+            json.contains("a\\u0000n\\u0001"),
+            "{name}: the actor in the report"
+        );
+    }
+}
+
+#[test]
 fn a_key_value_longer_than_the_bound_is_refused_on_every_store() {
     // Incompressible text: PostgreSQL's index takes at most 2,704 bytes per entry.
     let text = |n: usize| -> String {

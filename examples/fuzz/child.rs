@@ -797,6 +797,9 @@ struct Driver {
     concurrent: bool,
     /// The driver thread's stack, in KiB (for a second driver thread).
     stack_kb: usize,
+    /// The first call a healthy store failed (SQLite, PostgreSQL: nothing injects failures
+    /// there), to report after the step.
+    store_failed: Option<String>,
 }
 
 fn drive_def(
@@ -1022,6 +1025,7 @@ fn drive_def(
         fired: Arc::default(),
         concurrent: false,
         stack_kb: job.stack_kb,
+        store_failed: None,
     };
     driver.run()?;
     // A second engine on the same store resumes what the first one left.
@@ -1205,6 +1209,17 @@ impl Driver {
         self.calls += 1;
         if let Err(e) = result {
             let _ = e.to_string();
+        }
+        // A store that refuses what another store takes, or cannot read back what it wrote.
+        if let Err(ExecError::Store(
+            e @ (procflow::StoreError::Other { .. }
+            | procflow::StoreError::Server { .. }
+            | procflow::StoreError::Decode { .. }),
+        )) = result
+            && self.memory.is_none()
+        {
+            self.store_failed
+                .get_or_insert_with(|| format!("a healthy store failed {what}: {e}"));
         }
         self.last = format!("{what}:{}", outcome(result));
         self.note(self.last.clone());
@@ -1984,6 +1999,9 @@ impl Driver {
             self.deep_first(levels)?;
         }
         self.start(true)?;
+        if let Some(failed) = self.store_failed.take() {
+            return Err(failed);
+        }
         let steps = self.rng.range(10, 80);
         // A third of the runs drive the same engine (or the replica) from a second thread at
         // the same time.
@@ -2058,6 +2076,9 @@ impl Driver {
             let started = std::time::Instant::now();
             self.last = "?".into();
             self.step()?;
+            if let Some(failed) = self.store_failed.take() {
+                return Err(failed);
+            }
             let took = started.elapsed();
             if took > std::time::Duration::from_millis(100) {
                 eprintln!(
@@ -2088,6 +2109,7 @@ impl Driver {
             fired: Arc::clone(&self.fired),
             concurrent: true,
             stack_kb: self.stack_kb,
+            store_failed: None,
         }
     }
 }

@@ -33,7 +33,7 @@ pub(super) fn read(
         out.count(
             row.try_get(0)?,
             row.try_get(1)?,
-            row.try_get(2)?,
+            super::text::read(row.try_get(2)?),
             row.try_get(3)?,
         );
     }
@@ -49,7 +49,7 @@ pub(super) fn read(
         out.span(
             row.try_get(0)?,
             row.try_get(1)?,
-            row.try_get(2)?,
+            super::text::read(row.try_get(2)?),
             row.try_get(3)?,
             row.try_get(4)?,
         );
@@ -166,7 +166,7 @@ pub(super) fn fill(tx: &mut impl GenericClient, server: &Server) -> Result<(), S
                 processes.push(process.clone());
                 starts.push(started_at);
                 kinds.push(r.kind);
-                subjects.push(r.subject);
+                subjects.push(super::text::stored(&r.subject).into_owned());
                 counts.push(r.n);
                 tills.push(r.till);
             }

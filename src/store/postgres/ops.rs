@@ -165,7 +165,7 @@ struct Row<'c> {
     announce: Option<i64>,
     /// The instance's report facts, column by column (the statement unnests them).
     fact_kinds: Vec<i64>,
-    fact_subjects: Vec<String>,
+    fact_subjects: Vec<std::borrow::Cow<'c, str>>,
     fact_ns: Vec<i64>,
     fact_tills: Vec<Option<i64>>,
     /// The offers of its open tasks, rendered, when the commit changed them.
@@ -214,7 +214,10 @@ impl PostgresStore {
             pending: !commit.instance.pending().is_empty(),
             announce: next_due.filter(|&due| self.shared.must_announce(due, at)),
             fact_kinds: rows.iter().map(|r| r.kind).collect(),
-            fact_subjects: rows.iter().map(|r| r.subject.clone()).collect(),
+            fact_subjects: rows
+                .iter()
+                .map(|r| super::text::stored(&r.subject))
+                .collect(),
             fact_ns: rows.iter().map(|r| r.n).collect(),
             fact_tills: rows.iter().map(|r| r.till).collect(),
             offers: commit

@@ -1,11 +1,13 @@
-//! Business-key values as PostgreSQL text. A key's value is a string variable, which may hold
-//! U+0000; PostgreSQL's `text` cannot (SQLite and memory keep it). A value holding U+0000, or
-//! the escape U+0001, is stored as U+0001 followed by the value with U+0001 written twice and
-//! U+0000 as U+0001 `0`; every other value as it is. So the stored text of a value is unique (no
-//! value stored as it is begins with U+0001), and lookups compare stored texts.
+//! Text from callers as PostgreSQL text: a business key's value (a string variable) and a
+//! report fact's subject (an actor's id, for actor facts) may hold U+0000, which PostgreSQL's
+//! `text` cannot (SQLite and memory keep it). A value holding U+0000, or the escape U+0001, is
+//! stored as U+0001 followed by the value with U+0001 written twice and U+0000 as U+0001 `0`;
+//! every other value as it is. So the stored text of a value is unique (no value stored as it
+//! is begins with U+0001), and lookups compare stored texts.
 //!
-//! **Invariant:** every key value written to or compared in `procflow_keys.value` goes through
-//! [`stored`], and every one read from it through [`read`].
+//! **Invariant:** every key value written to or compared in `procflow_keys.value`, and every
+//! subject written to `procflow_report_facts.subject`, goes through [`stored`]; every one read
+//! from them through [`read`].
 
 use std::borrow::Cow;
 
