@@ -1065,20 +1065,23 @@ fn an_actor_id_holding_any_character_is_stored_and_reported() {
     }
 }
 
+/// `n` printable characters no compression shortens (PostgreSQL compresses index entries
+/// before it counts them against the 2,704 bytes an entry may take).
+fn incompressible(n: usize) -> String {
+    let mut x: u64 = 88_172_645_463_325_252;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'!' + (x % 90) as u8)
+        })
+        .collect()
+}
+
 #[test]
 fn a_key_value_longer_than_the_bound_is_refused_on_every_store() {
-    // Incompressible text: PostgreSQL's index takes at most 2,704 bytes per entry.
-    let text = |n: usize| -> String {
-        let mut x: u64 = 88_172_645_463_325_252;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                char::from(b'!' + (x % 90) as u8)
-            })
-            .collect()
-    };
+    let text = incompressible;
     let bound = procflow::VarSpec::MAX_KEY_BYTES;
     for (name, store) in stores() {
         let clock = Arc::new(ManualClock::new(t0()));
@@ -1117,15 +1120,7 @@ fn a_scope_naming_no_unit_is_offered_to_no_unit_on_every_store() {
     // A scope variable is any string: the offer `role@value` must stay storable (PostgreSQL's
     // index takes at most 2,704 bytes per entry, and no U+0000).
     let org = || procflow::Organisation::from_file("process-defs/org/province.yaml").unwrap();
-    let mut x: u64 = 88_172_645_463_325_252;
-    let long: String = (0..3_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'!' + (x % 90) as u8)
-        })
-        .collect();
+    let long = incompressible(3_000);
     for (name, store) in stores() {
         let clock = Arc::new(ManualClock::new(t0()));
         let a = cached(&clock).organisation(org()).open(store()).unwrap();
