@@ -1318,6 +1318,22 @@ impl Driver {
         Some(self.rng.pick(&tasks).clone())
     }
 
+    /// A node's id: mostly one that `likely` holds for, now and then any, or an unknown one when
+    /// none is picked.
+    fn pick_node(&mut self, likely: impl Fn(&procflow::Node) -> bool) -> String {
+        let def = Arc::clone(&self.def);
+        let nodes: Vec<&str> = def
+            .nodes()
+            .filter(|(_, n)| likely(n) || self.rng.chance(1, 10))
+            .map(|(_, n)| n.id())
+            .collect();
+        if nodes.is_empty() {
+            "nowhere".to_owned()
+        } else {
+            (*self.rng.pick(&nodes)).to_owned()
+        }
+    }
+
     fn pick_instance(&mut self) -> InstanceId {
         let ids = self.engine.instances();
         if ids.is_empty() || self.rng.chance(1, 30) {
@@ -1687,17 +1703,7 @@ impl Driver {
             25..=27 => {
                 // The answer of a service task waiting for its handler (or of one that is not).
                 let id = self.pick_instance();
-                let nodes: Vec<String> = self
-                    .def
-                    .nodes()
-                    .filter(|(_, n)| n.handler().is_some() || self.rng.chance(1, 10))
-                    .map(|(_, n)| n.id().to_owned())
-                    .collect();
-                let node = if nodes.is_empty() {
-                    "nowhere".to_owned()
-                } else {
-                    self.rng.pick(&nodes).clone()
-                };
+                let node = self.pick_node(|n| n.handler().is_some());
                 let answer = match self.rng.below(4) {
                     0 => Err(HandlerError::new("fuzz: the late answer failed")),
                     1 => Ok(vars_for(&self.setup.vars, false, &mut self.rng)),
@@ -1861,17 +1867,7 @@ impl Driver {
             }
             22 => {
                 let id = self.pick_instance();
-                let nodes: Vec<String> = self
-                    .def
-                    .nodes()
-                    .filter(|(_, n)| n.is_multi_instance() || self.rng.chance(1, 10))
-                    .map(|(_, n)| n.id().to_owned())
-                    .collect();
-                let node = if nodes.is_empty() {
-                    "nowhere".to_owned()
-                } else {
-                    self.rng.pick(&nodes).clone()
-                };
+                let node = self.pick_node(procflow::Node::is_multi_instance);
                 let items: Vec<Value> = (0..self.rng.size(4))
                     .map(|_| any_value(&mut self.rng, 2))
                     .collect();
