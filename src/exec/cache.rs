@@ -275,33 +275,27 @@ impl Engine {
         }
     }
 
-    /// Whether a deployed definition escalates a task one level up (`role@up`).
-    fn escalates_up(&self) -> bool {
+    /// Whether a node of a deployed definition passes `f`.
+    fn any_deployed_node(&self, f: impl Fn(&crate::def::Node) -> bool) -> bool {
         self.defs
             .load()
             .values()
             .flat_map(|v| v.values())
-            .any(|dep| {
-                dep.def.nodes.iter().any(|n| {
-                    n.limits
-                        .as_deref()
-                        .is_some_and(|l| l.escalate.iter().any(|e| e.up))
-                })
-            })
+            .any(|dep| dep.def.nodes.iter().any(&f))
+    }
+
+    /// Whether a deployed definition escalates a task one level up (`role@up`).
+    fn escalates_up(&self) -> bool {
+        self.any_deployed_node(|n| {
+            n.limits
+                .as_deref()
+                .is_some_and(|l| l.escalate.iter().any(|e| e.up))
+        })
     }
 
     /// Whether a deployed definition scopes a role reference to a unit (`role@variable`).
     fn scoped_defs(&self) -> bool {
-        self.defs
-            .load()
-            .values()
-            .flat_map(|v| v.values())
-            .any(|dep| {
-                dep.def
-                    .nodes
-                    .iter()
-                    .any(|n| n.raci().is_some_and(|r| !r.scopes.is_empty()))
-            })
+        self.any_deployed_node(|n| n.raci().is_some_and(|r| !r.scopes.is_empty()))
     }
 
     /// The offers whose instances may show `actor` a task ([`Store::offered`]): with an
@@ -400,14 +394,16 @@ impl Engine {
         let Ok(Some(stored)) = store.read(instance) else {
             return Vec::new();
         };
-        if let Some(slot) = &held {
-            let slot = lock(slot);
+        if let Some(held) = &held {
+            let slot = lock(held);
             if !slot.is_retired() && slot.version >= stored.version {
                 return self.offered(&slot, actor);
             }
-        }
-        if let Some(held) = self.held_older(&stored) {
-            return self.adopted(&held, stored, actor);
+            // Older (a retired slot's version counts past every stored one).
+            if slot.version < stored.version {
+                drop(slot);
+                return self.adopted(held, stored, actor);
+            }
         }
         match self.detached(stored) {
             Ok(slot) => self.offered(&slot, actor),
