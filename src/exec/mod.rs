@@ -1235,6 +1235,13 @@ impl Engine {
         }
     }
 
+    /// The version of `id` in the store as this engine holds it (0 without a store): what
+    /// changes with each of its commits.
+    #[cfg(feature = "cli")] // What-if alone asks it.
+    pub(crate) fn held_version(&self, id: InstanceId) -> Option<u64> {
+        self.with_slot(id, |slot| slot.version).ok()
+    }
+
     /// The ids of every instance in the engine and, with a store, of every running instance
     /// the store holds (also those another engine sharing it started), by id.
     pub fn instances(&self) -> Vec<InstanceId> {

@@ -168,11 +168,12 @@ struct Listed {
     view: TaskView,
     customer: Customer,
     who: u64,
-    /// In memory: the people (by index) the engine refused to let claim it (four eyes, a
-    /// mutex, an assignment), each with the position of the refusal's own change in the change
-    /// log. They do not try again until the instance changes for another reason: the answer
-    /// would be the same (and each refusal is one more audit record).
-    refused: Vec<(usize, usize)>,
+    /// The people (by index) the engine refused to let claim it (four eyes, a mutex, an
+    /// assignment), each with a mark of the instance as the refusal left it: in memory the
+    /// position of the refusal's own change in the change log, on a store the instance's
+    /// version after it. They do not try again until the instance changes for another reason:
+    /// the answer would be the same (and each refusal is one more audit record).
+    refused: Vec<(usize, u64)>,
 }
 
 /// Whether a task waits for its customer, and when they answer (`None`: never), once drawn
@@ -212,7 +213,7 @@ impl Listing {
         for k in keys {
             if let Some(l) = self.tasks.get_mut(k) {
                 let before = l.refused.len();
-                l.refused.retain(|(_, at)| *at >= changed);
+                l.refused.retain(|(_, at)| *at >= changed as u64);
                 if l.refused.len() != before {
                     self.version += 1;
                 }
@@ -805,15 +806,33 @@ impl<'m> Sim<'m> {
 
     /// Brings person `i`'s work list up to date: in memory, reads again (for their whole team)
     /// the instances changed since the team's last reading (those no longer running leave
-    /// it); on a store, reads it whole.
+    /// it); on a store, reads it whole, keeping the refusals of instances that did not change
+    /// since.
     fn refresh(&mut self, i: usize) {
         let (l, bit) = self.list_of[i];
         if self.store.is_some() {
             let tasks = self.engine.work_list(&self.people[i].actor);
-            self.lists[l] = Listing::default();
+            let old = std::mem::take(&mut self.lists[l]);
             for t in tasks {
                 let customer = self.waits_for_customer(&t);
                 self.lists[l].insert(t, customer, bit);
+            }
+            for Listed { view, refused, .. } in old.tasks.into_values() {
+                if refused.is_empty() {
+                    continue;
+                }
+                let now = self.engine.held_version(view.id.instance());
+                let Listing { of, tasks, .. } = &mut self.lists[l];
+                let keys = of.get(&view.id.instance()).map_or(&[][..], |k| &k[..]);
+                let key = keys
+                    .iter()
+                    .find(|k| tasks.get(*k).is_some_and(|t| t.view.id == view.id));
+                if let Some(listed) = key.and_then(|k| tasks.get_mut(k)) {
+                    listed.refused = refused
+                        .into_iter()
+                        .filter(|(_, at)| Some(*at) == now)
+                        .collect();
+                }
             }
             return;
         }
@@ -1066,10 +1085,19 @@ impl<'m> Sim<'m> {
             {
                 // Refused to this person (four eyes, a mutex): another may take it.
                 self.refuse("claim", &e);
-                if matches!(e, ExecError::Refused { .. }) && self.store.is_none() {
-                    // Its record is the instance's latest change.
-                    self.read_log();
-                    refused.push((i, self.log_base + self.log.len().saturating_sub(1)));
+                let mark = match e {
+                    ExecError::Refused { .. } if self.store.is_some() => {
+                        self.engine.held_version(t.id.instance())
+                    }
+                    ExecError::Refused { .. } => {
+                        // Its record is the instance's latest change.
+                        self.read_log();
+                        Some((self.log_base + self.log.len().saturating_sub(1)) as u64)
+                    }
+                    _ => None,
+                };
+                if let Some(mark) = mark {
+                    refused.push((i, mark));
                     mine = false;
                 } else {
                     clean = false;
