@@ -437,6 +437,14 @@ async fn bad_input_is_a_4xx_problem_and_changes_nothing() {
         )
         .await;
     problem(&a, StatusCode::UNPROCESSABLE_ENTITY, "InvalidBody");
+    // An array where the body is an object (serde would read a struct's fields from it in
+    // order: `[]` was a completion without variables).
+    for body in ["[]", " [{}]"] {
+        let a = api
+            .call("POST", &complete, Some(WANG), Some((json_ty, body.into())))
+            .await;
+        problem(&a, StatusCode::UNPROCESSABLE_ENTITY, "InvalidBody");
+    }
     let big = json!({ "variables": { "note": "x".repeat(4096) } }).to_string();
     let a = api
         .call("POST", &complete, Some(WANG), Some((json_ty, big)))

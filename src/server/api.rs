@@ -254,6 +254,15 @@ impl<T: serde::de::DeserializeOwned> FromRequest<State> for JsonBody<T> {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    // Every body of the API is an object; serde would also read a struct from an array (its
+    // fields in order), so that `[]` would be a body with every field left out.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "InvalidBody",
+            "the body is an array; a JSON object was expected",
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
