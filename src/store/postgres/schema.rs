@@ -13,7 +13,7 @@ use super::Server;
 use crate::store::StoreError;
 
 /// The schema version this build writes and the newest it reads.
-pub(crate) const SUPPORTED: u32 = 5;
+pub(crate) const SUPPORTED: u32 = 6;
 
 /// Version 1, exactly as the first PostgreSQL store created it (frozen in `v1.sql`).
 pub(crate) const V1: &str = include_str!("v1.sql");
@@ -45,6 +45,10 @@ pub(crate) const V1: &str = include_str!("v1.sql");
 /// that a commit that changes them deletes the rows it no longer has by their key. An instance
 /// stored running before gets the offer `*`, which every query matches, until a commit changes
 /// its offers (the roles need the engine's definitions and organisation).
+///
+/// Version 6: the offers are compared byte by byte (`COLLATE "C"`), so that every offer of a
+/// role to some unit (`role@…`) is one range of their index, whatever the database's
+/// collation.
 const MIGRATIONS: &[&str] = &[
     "
 ALTER TABLE procflow_instances ADD COLUMN claim_until BIGINT;
@@ -86,6 +90,10 @@ CREATE TABLE procflow_offers (
 );
 INSERT INTO procflow_offers (offer, instance) SELECT '*', id FROM procflow_instances WHERE running;
 UPDATE procflow_meta SET value = '5' WHERE key = 'schema_version';
+",
+    "
+ALTER TABLE procflow_offers ALTER COLUMN offer TYPE TEXT COLLATE \"C\";
+UPDATE procflow_meta SET value = '6' WHERE key = 'schema_version';
 ",
 ];
 
