@@ -677,7 +677,9 @@ fn kept_and_unmatched_messages_survive_close_and_open() {
 fn a_replica_lists_and_completes_what_another_started() {
     for (name, store) in stores() {
         let clock = Arc::new(ManualClock::new(t0()));
-        let a = open(store(), &clock);
+        let first = store();
+        let shared = first.is_shared();
+        let a = open(first, &clock);
         a.deploy(ProcessDef::from_yaml(CASE).unwrap()).unwrap();
         // Replica B opened before A started anything: it has read nothing of it.
         let b = open(store(), &clock);
@@ -696,6 +698,28 @@ fn a_replica_lists_and_completes_what_another_started() {
         assert_eq!(triage.due, Some(t0() + Duration::hours(2)), "{name}");
         let check = listed.iter().find(|t| &*t.node_id == "check").unwrap().id;
         b.complete(check, &agent(), Vars::new()).unwrap();
+        let open_on = |e: &Engine| -> Vec<String> {
+            e.tasks(id)
+                .unwrap()
+                .into_iter()
+                .map(|t| t.node_id.to_string())
+                .collect()
+        };
+        // On a store that says replicas share it (PostgreSQL), A's answer about the instance
+        // reads the store: B's completion shows at once, before any work list. (Other stores
+        // do not say: A answers from its copy until a work list or a conflict reads it.)
+        if shared {
+            assert_eq!(
+                open_on(&a),
+                ["triage"],
+                "{name}: A's answer after B's completion"
+            );
+            assert_eq!(
+                a.instance(id).unwrap().audit().len(),
+                b.instance(id).unwrap().audit().len(),
+                "{name}: A's copy is B's"
+            );
+        }
         // A holds an older copy: its list is read from the store, without the completed task.
         let on_a: Vec<_> = a
             .work_list(&agent())
@@ -710,14 +734,8 @@ fn a_replica_lists_and_completes_what_another_started() {
         );
         // The list's read of the stored state replaced A's older copy: A answers about the
         // instance as its list showed it, and completes the other task without a conflict.
-        let open_on_a: Vec<_> = a
-            .tasks(id)
-            .unwrap()
-            .into_iter()
-            .map(|t| t.node_id.to_string())
-            .collect();
         assert_eq!(
-            open_on_a,
+            open_on(&a),
             ["triage"],
             "{name}: A's copy after its work list"
         );

@@ -582,7 +582,7 @@ impl Engine {
     /// # Errors
     /// [`ExecError::UnknownInstance`].
     pub fn children(&self, id: InstanceId) -> Result<Vec<InstanceId>, ExecError> {
-        self.with_slot(id, |slot| {
+        self.with_current(id, |slot| {
             slot.inst
                 .children()
                 .into_iter()
@@ -596,7 +596,7 @@ impl Engine {
     /// # Errors
     /// [`ExecError::UnknownInstance`].
     pub fn parent(&self, id: InstanceId) -> Result<Option<InstanceId>, ExecError> {
-        self.with_slot(id, |slot| slot.inst.parent())
+        self.with_current(id, |slot| slot.inst.parent())
     }
 
     /// Runs the call follow-ups among `follow`, left by instance `from`. Gives the numbers of

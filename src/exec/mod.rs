@@ -1118,13 +1118,16 @@ impl Engine {
         })
     }
 
-    /// A copy of an instance's state.
+    /// A copy of an instance's state. On a store that replicas share
+    /// ([`Store::is_shared`](crate::store::Store::is_shared): PostgreSQL) it is the stored
+    /// state when another engine committed since this one read it (one read of the store per
+    /// call); on others, the copy this engine holds (see "Persistence" in the README).
     ///
     /// # Errors
     /// [`ExecError::UnknownInstance`].
     pub fn instance(&self, id: InstanceId) -> Result<Instance, ExecError> {
         crate::telemetry::call!("instance", instance = %id);
-        self.with_slot(id, |slot| slot.inst.clone())
+        self.with_current(id, |slot| slot.inst.clone())
     }
 
     /// The definition an instance runs.
@@ -1179,13 +1182,13 @@ impl Engine {
     }
 
     /// The open tasks of an instance, including those whose milestones (`while_at`) are not
-    /// held now (see [`Engine::work_list`]).
+    /// held now (see [`Engine::work_list`]). Read as [`Engine::instance`] reads the instance.
     ///
     /// # Errors
     /// [`ExecError::UnknownInstance`].
     pub fn tasks(&self, instance: InstanceId) -> Result<Vec<TaskView>, ExecError> {
         crate::telemetry::call!("tasks", instance = %instance);
-        self.with_slot(instance, |slot| open_tasks(slot, |_| true))
+        self.with_current(instance, |slot| open_tasks(slot, |_| true))
     }
 
     /// The open tasks that `actor`'s roles make it responsible for (unclaimed, or claimed by

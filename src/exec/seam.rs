@@ -191,6 +191,24 @@ impl Engine {
         }
     }
 
+    /// [`Engine::with_slot`] for a query about one instance: on a store other engines change
+    /// ([`Store::is_shared`](crate::store::Store::is_shared)), a held copy is first brought up
+    /// to date (one read of the store), so that a replica answers what another committed
+    /// since it last read the instance. An instance not held is read from the store anyway.
+    pub(crate) fn with_current<R>(
+        &self,
+        id: InstanceId,
+        f: impl FnOnce(&mut Slot) -> R,
+    ) -> Result<R, ExecError> {
+        let stale = self.shares_store() && self.holds(id);
+        self.with_slot(id, |slot| {
+            if stale {
+                self.refresh(slot);
+            }
+            f(slot)
+        })
+    }
+
     /// Runs a call's work on the instance and everything after: commit, unlock, schedule, tell
     /// the hooks, run the follow-ups. Gives the call's result.
     pub(crate) fn call(

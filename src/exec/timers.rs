@@ -887,7 +887,7 @@ impl Engine {
     /// [`ExecError::UnknownInstance`].
     pub fn sla_of_instance(&self, id: InstanceId) -> Result<Option<Sla>, ExecError> {
         let now = self.clock.now();
-        self.with_slot(id, |slot| {
+        self.with_current(id, |slot| {
             let timer = slot
                 .inst
                 .timers

@@ -615,11 +615,14 @@ fn known(s: &State) -> BTreeSet<(String, u32)> {
     {
         out.extend(defs.into_iter().map(|d| (d.key.id, d.key.version)));
     }
-    for id in s.engine.instances() {
-        if let Ok(i) = s.engine.instance(id)
-            && let Some(k) = i.def()
-        {
-            out.insert((k.id.clone(), k.version));
+    // Without a store, instances of definitions deployed before the server started.
+    if s.store.is_none() {
+        for id in s.engine.instances() {
+            if let Ok(i) = s.engine.instance(id)
+                && let Some(k) = i.def()
+            {
+                out.insert((k.id.clone(), k.version));
+            }
         }
     }
     out.extend(lock(&s.deployed).iter().cloned());
