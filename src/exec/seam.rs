@@ -200,9 +200,9 @@ impl Engine {
         id: InstanceId,
         f: impl FnOnce(&mut Slot) -> R,
     ) -> Result<R, ExecError> {
-        let stale = self.shares_store() && self.holds(id);
+        let look = self.shares_store() && self.holds(id);
         self.with_slot(id, |slot| {
-            if stale {
+            if look {
                 self.refresh(slot);
             }
             f(slot)

@@ -607,21 +607,24 @@ async fn people(axum::extract::State(s): St, _who: Who) -> Answer {
     Ok(ok(Value::Array(list)))
 }
 
-/// Every definition this server knows: the store's, and those of instances in the engine.
+/// Every definition this server knows: the store's (without one, those of the instances in
+/// the engine), and those deployed through it.
 fn known(s: &State) -> BTreeSet<(String, u32)> {
     let mut out = BTreeSet::new();
-    if let Some(store) = &s.store
-        && let Ok(defs) = store.definitions()
-    {
-        out.extend(defs.into_iter().map(|d| (d.key.id, d.key.version)));
-    }
-    // Without a store, instances of definitions deployed before the server started.
-    if s.store.is_none() {
-        for id in s.engine.instances() {
-            if let Ok(i) = s.engine.instance(id)
-                && let Some(k) = i.def()
-            {
-                out.insert((k.id.clone(), k.version));
+    match &s.store {
+        Some(store) => {
+            if let Ok(defs) = store.definitions() {
+                out.extend(defs.into_iter().map(|d| (d.key.id, d.key.version)));
+            }
+        }
+        // Without a store, instances of definitions deployed before the server started.
+        None => {
+            for id in s.engine.instances() {
+                if let Ok(i) = s.engine.instance(id)
+                    && let Some(k) = i.def()
+                {
+                    out.insert((k.id.clone(), k.version));
+                }
             }
         }
     }
