@@ -749,6 +749,56 @@ fn a_replica_lists_and_completes_what_another_started() {
     }
 }
 
+/// Waits for a message correlated by order number.
+const RECEIVER: &str = r#"
+id: receiver
+version: 1
+name: Receiver
+keys: [order_id]
+variables: { order_id: { type: integer }, answer: { type: string } }
+messages:
+  reply: { flow: 55, payload: [order_id, answer], correlate: { order_id: order_id } }
+nodes:
+  start: { kind: start, next: wait }
+  wait: { kind: catch, message: reply, next: end }
+  end: { kind: end }
+"#;
+
+#[test]
+fn a_message_reaches_a_receiver_another_engine_started() {
+    for (name, store) in stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let a = open(store(), &clock);
+        a.deploy(ProcessDef::from_yaml(RECEIVER).unwrap()).unwrap();
+        let b = open(store(), &clock);
+        let id = b
+            .start("receiver", vars(&[("order_id", json!(7))]))
+            .unwrap();
+        // A holds no receiver: it asks the store, which has B's waiting instance (on a store
+        // that does not say replicas share it too: two processes on one SQLite file). Before,
+        // the message was recorded unmatched there.
+        let c = a
+            .correlate(
+                "reply",
+                vars(&[("order_id", json!(7)), ("answer", json!("paid"))]),
+            )
+            .unwrap();
+        assert_eq!(c.received, [id], "{name}");
+        assert!(!c.unmatched(), "{name}");
+        let done = open(store(), &clock).instance(id).unwrap();
+        assert_eq!(done.status(), Status::Completed, "{name}");
+        assert_eq!(done.vars().get("answer"), Some(&json!("paid")), "{name}");
+        // A message for an order nobody waits for is still recorded unmatched.
+        let c = a
+            .correlate(
+                "reply",
+                vars(&[("order_id", json!(8)), ("answer", json!("paid"))]),
+            )
+            .unwrap();
+        assert!(c.received.is_empty() && c.unmatched(), "{name}");
+    }
+}
+
 #[test]
 fn a_bounded_cache_reads_back_what_it_let_go() {
     for (name, store) in stores() {

@@ -757,6 +757,9 @@ impl Engine {
             self.between.get(*h, &mut candidates);
         }
         self.receivers_in_store(plan, vars, &mut candidates);
+        if candidates.is_empty() {
+            self.receivers_elsewhere(plan, vars, &mut candidates);
+        }
         if lazy && candidates.len() == 1 {
             return smallvec::smallvec![InstanceId(candidates[0])];
         }
@@ -792,6 +795,27 @@ impl Engine {
             if !shared && self.holds(id) {
                 out.push(id.0);
             } else if let Ok(Some(_)) = self.fetch(id, |s| s.instance.status() == Status::Running) {
+                out.push(id.0);
+            }
+        }
+    }
+
+    /// When no receiver is held, on a store that does not say other engines share it
+    /// ([`Store::is_shared`](crate::store::Store::is_shared)) but that another may have opened
+    /// all the same (two processes on one SQLite file): the running instances the store
+    /// indexes under each receiver's correlation key, each read at its stored version (a copy
+    /// held at an older one is replaced). So a message does not go unmatched while another
+    /// engine's instance waits for it; the common case, a receiver held, asks nothing more.
+    fn receivers_elsewhere(&self, plan: &Plan, vars: &Vars, out: &mut SmallVec<[u64; 2]>) {
+        let Some(store) = self
+            .store
+            .as_ref()
+            .filter(|_| self.partial_store().is_none())
+        else {
+            return;
+        };
+        for id in keyed_in_store(store.as_ref(), plan, vars, true) {
+            if let Ok(Some(_)) = self.fetch(id, |s| s.instance.status() == Status::Running) {
                 out.push(id.0);
             }
         }
