@@ -803,9 +803,11 @@ impl Engine {
     /// When no receiver is held, on a store that does not say other engines share it
     /// ([`Store::is_shared`](crate::store::Store::is_shared)) but that another may have opened
     /// all the same (two processes on one SQLite file): the running instances the store
-    /// indexes under each receiver's correlation key, each read at its stored version (a copy
-    /// held at an older one is replaced). So a message does not go unmatched while another
-    /// engine's instance waits for it; the common case, a receiver held, asks nothing more.
+    /// indexes under each receiver's correlation key that this engine does not hold, each
+    /// read. So a message does not go unmatched while an instance another engine started waits
+    /// for it; a receiver held asks nothing more, and an unmatched message one key query.
+    /// (A copy held at an older version than the store's is not read again: the instances a
+    /// key names may be many, and all held by an engine alone on its store.)
     fn receivers_elsewhere(&self, plan: &Plan, vars: &Vars, out: &mut SmallVec<[u64; 2]>) {
         let Some(store) = self
             .store
@@ -815,6 +817,9 @@ impl Engine {
             return;
         };
         for id in keyed_in_store(store.as_ref(), plan, vars, true) {
+            if self.holds(id) {
+                continue;
+            }
             if let Ok(Some(_)) = self.fetch(id, |s| s.instance.status() == Status::Running) {
                 out.push(id.0);
             }
