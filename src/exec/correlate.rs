@@ -757,9 +757,6 @@ impl Engine {
             self.between.get(*h, &mut candidates);
         }
         self.receivers_in_store(plan, vars, &mut candidates);
-        if candidates.is_empty() {
-            self.receivers_elsewhere(plan, vars, &mut candidates);
-        }
         if lazy && candidates.len() == 1 {
             return smallvec::smallvec![InstanceId(candidates[0])];
         }
@@ -776,12 +773,19 @@ impl Engine {
     }
 
     /// When the engine may not hold every waiting receiver (other engines share the store, or
-    /// a bounded cache let instances go): the running instances the store indexes under each
-    /// receiver's correlation key. On a shared store each is read and held at its stored
-    /// version (another engine may have started it, or moved it to the catch since this engine
-    /// read it); otherwise one the engine holds is current, and the others are read.
+    /// a bounded cache let instances go), or holds none (`out` empty: another engine may have
+    /// opened a store that does not say so, as two processes on one SQLite file): the running
+    /// instances the store indexes under each receiver's correlation key. On a shared store
+    /// each is read and held at its stored version (another engine may have started it, or
+    /// moved it to the catch since this engine read it); otherwise one the engine holds is
+    /// taken as current (not read again: a key may name many instances), and the others are
+    /// read. A receiver held on a store alone asks nothing more; an unmatched message, one key
+    /// query.
     fn receivers_in_store(&self, plan: &Plan, vars: &Vars, out: &mut SmallVec<[u64; 2]>) {
-        let Some(store) = self.partial_store() else {
+        let Some(store) = self
+            .partial_store()
+            .or_else(|| self.store.as_ref().filter(|_| out.is_empty()))
+        else {
             return;
         };
         let shared = store.is_shared();
@@ -795,32 +799,6 @@ impl Engine {
             if !shared && self.holds(id) {
                 out.push(id.0);
             } else if let Ok(Some(_)) = self.fetch(id, |s| s.instance.status() == Status::Running) {
-                out.push(id.0);
-            }
-        }
-    }
-
-    /// When no receiver is held, on a store that does not say other engines share it
-    /// ([`Store::is_shared`](crate::store::Store::is_shared)) but that another may have opened
-    /// all the same (two processes on one SQLite file): the running instances the store
-    /// indexes under each receiver's correlation key that this engine does not hold, each
-    /// read. So a message does not go unmatched while an instance another engine started waits
-    /// for it; a receiver held asks nothing more, and an unmatched message one key query.
-    /// (A copy held at an older version than the store's is not read again: the instances a
-    /// key names may be many, and all held by an engine alone on its store.)
-    fn receivers_elsewhere(&self, plan: &Plan, vars: &Vars, out: &mut SmallVec<[u64; 2]>) {
-        let Some(store) = self
-            .store
-            .as_ref()
-            .filter(|_| self.partial_store().is_none())
-        else {
-            return;
-        };
-        for id in keyed_in_store(store.as_ref(), plan, vars, true) {
-            if self.holds(id) {
-                continue;
-            }
-            if let Ok(Some(_)) = self.fetch(id, |s| s.instance.status() == Status::Running) {
                 out.push(id.0);
             }
         }
