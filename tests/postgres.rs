@@ -13,7 +13,6 @@ mod pg;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use procflow::Clock;
 use procflow::{
     Actor, Engine, ManualClock, PostgresStore, ProcessDef, Status, Store, StoreError, StoredDef,
     Vars,
@@ -444,100 +443,4 @@ fn the_store_carries_on_after_the_server_restarts() {
         Status::Completed
     );
     assert!(store.read(second).unwrap().is_some());
-}
-
-const KEPT: &str = include_str!("fixtures/kept-reply.yaml");
-
-fn replica(url: &str, clock: &Arc<ManualClock>) -> Engine {
-    let mut b = Engine::builder();
-    b.clock(Arc::clone(clock) as Arc<dyn Clock>);
-    let engine = b.open(PostgresStore::connect(url).unwrap()).unwrap();
-    engine.deploy(ProcessDef::from_yaml(KEPT).unwrap()).unwrap();
-    engine
-}
-
-fn reply(order: i64) -> Vars {
-    serde_json::from_value(serde_json::json!({ "order_id": order, "answer": "ok" })).unwrap()
-}
-
-/// Messages kept by two replicas at once are both kept (each under its own id); an instance
-/// that starts waiting on one replica takes the message the other kept, and only once: a third
-/// replica that starts waiting for the same message later finds it gone.
-#[test]
-fn messages_kept_on_one_replica_reach_instances_waiting_on_another_once() {
-    let _shared = shared();
-    let Some(server) = pg::server() else { return };
-    let url = server.fresh();
-    let clock = Arc::new(ManualClock::new(t0()));
-    let a = replica(&url, &clock);
-    let b = replica(&url, &clock);
-    assert!(a.correlate("reply", reply(1)).unwrap().kept);
-    assert!(b.correlate("reply", reply(2)).unwrap().kept);
-    let store = PostgresStore::connect(&url).unwrap();
-    let mut kept: Vec<i64> = store
-        .parked()
-        .unwrap()
-        .iter()
-        .map(|m| m.vars["order_id"].as_i64().unwrap())
-        .collect();
-    kept.sort_unstable();
-    assert_eq!(kept, [1, 2], "both replicas' kept messages are stored");
-
-    // b waits for the message a kept, and a for b's.
-    let on_b = b.start("order", reply(1)).unwrap();
-    assert_eq!(b.instance(on_b).unwrap().status(), Status::Completed);
-    let on_a = a.start("order", reply(2)).unwrap();
-    assert_eq!(a.instance(on_a).unwrap().status(), Status::Completed);
-    assert!(store.parked().unwrap().is_empty(), "both taken");
-    // a still lists its own kept message, taken meanwhile on b: a third instance waiting for it
-    // does not get it again.
-    let again = a.start("order", reply(1)).unwrap();
-    assert_eq!(a.instance(again).unwrap().status(), Status::Running);
-    // A message a keeps and never offers again (a stops) expires on b.
-    assert!(a.correlate("reply", reply(3)).unwrap().kept);
-    drop(a);
-    clock.advance(chrono::Duration::hours(2));
-    b.tick(clock.now());
-    let unmatched: Vec<i64> = store
-        .unmatched()
-        .unwrap()
-        .iter()
-        .map(|m| m.vars["order_id"].as_i64().unwrap())
-        .collect();
-    assert_eq!(unmatched, [3], "delivered messages are not unmatched");
-}
-
-/// A commit that takes a kept message removes it in its own transaction, and one that takes a
-/// message no longer kept is refused whole (`StoreError::Taken`): the instance stays as it was.
-#[test]
-fn a_commit_takes_a_kept_message_once() {
-    let _shared = shared();
-    let Some(server) = pg::server() else { return };
-    let url = server.fresh();
-    let clock = Arc::new(ManualClock::new(t0()));
-    let engine = replica(&url, &clock);
-    engine.deploy(ProcessDef::from_yaml(FLOW).unwrap()).unwrap();
-    assert!(engine.correlate("reply", reply(1)).unwrap().kept);
-    let id = engine.start("flow", Vars::new()).unwrap();
-    let store = PostgresStore::connect(&url).unwrap();
-    let kept = store.parked().unwrap()[0].id;
-    let stored = store.read(id).unwrap().unwrap();
-    let commit = |version: u64| procflow::Commit {
-        instance: &stored.instance,
-        def: stored.instance.def().unwrap(),
-        records: &[],
-        first_record: stored.instance.audit().len(),
-        version,
-        next_due: None,
-        keys: None,
-        offers: None,
-        takes: Some(kept),
-    };
-    store.commit(&commit(stored.version)).unwrap();
-    assert!(store.parked().unwrap().is_empty());
-    assert_eq!(
-        store.commit(&commit(stored.version + 1)),
-        Err(StoreError::Taken { message: kept })
-    );
-    assert_eq!(store.read(id).unwrap().unwrap().version, stored.version + 1);
 }

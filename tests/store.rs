@@ -69,6 +69,8 @@ type Reopen = Box<dyn Fn() -> Arc<dyn Store>>;
 fn stores() -> Vec<(&'static str, Reopen)> {
     let memory = MemoryStore::new();
     let path = temp_db();
+    // The same file opened by engines that say they share it (as processes do).
+    let shared = temp_db();
     // A store written outside the crate with the public API alone (tests/foreign).
     let foreign = Arc::new(foreign::TextStore::default());
     #[allow(unused_mut)]
@@ -85,6 +87,17 @@ fn stores() -> Vec<(&'static str, Reopen)> {
             "sqlite",
             Box::new(move || {
                 Arc::new(SqliteStore::create(&path).expect("sqlite store")) as Arc<dyn Store>
+            }),
+        ),
+        (
+            "sqlite-shared",
+            Box::new(move || {
+                Arc::new(
+                    SqliteStore::options()
+                        .shared(true)
+                        .create(&shared)
+                        .expect("shared sqlite store"),
+                ) as Arc<dyn Store>
             }),
         ),
     ];
@@ -1219,5 +1232,156 @@ fn a_scope_naming_no_unit_is_offered_to_no_unit_on_every_store() {
             .collect();
         all.sort();
         assert_eq!(all, [odd[0], odd[1], gz], "{name}");
+    }
+}
+
+/// An order waiting for a reply correlated by its order id; a reply no order waits for is
+/// kept for an hour.
+const KEPT: &str = include_str!("fixtures/kept-reply.yaml");
+
+fn reply(order: i64) -> Vars {
+    vars(&[("order_id", json!(order)), ("answer", json!("ok"))])
+}
+
+/// The stores that say engines share them (`Store::is_shared`): a SQLite file opened with
+/// `SqliteOptions::shared`, PostgreSQL.
+fn shared_stores() -> Vec<(&'static str, Reopen)> {
+    stores()
+        .into_iter()
+        .filter(|(_, store)| store().is_shared())
+        .collect()
+}
+
+/// Messages kept by two engines sharing a store are both kept (each under its own id); an
+/// instance that starts waiting on one engine takes the message the other kept, and only once:
+/// a third instance that starts waiting for the same message later finds it gone.
+#[test]
+fn messages_kept_on_one_engine_reach_instances_waiting_on_another_once() {
+    let shared = shared_stores();
+    assert!(shared.iter().any(|(name, _)| *name == "sqlite-shared"));
+    for (name, store) in shared {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let a = open(store(), &clock);
+        a.deploy(ProcessDef::from_yaml(KEPT).unwrap()).unwrap();
+        let b = open(store(), &clock);
+        assert!(a.correlate("reply", reply(1)).unwrap().kept, "{name}");
+        assert!(b.correlate("reply", reply(2)).unwrap().kept, "{name}");
+        let look = store();
+        let orders = |list: Vec<procflow::ParkedMessage>| -> Vec<i64> {
+            let mut orders: Vec<i64> = list
+                .iter()
+                .map(|m| m.vars["order_id"].as_i64().unwrap())
+                .collect();
+            orders.sort_unstable();
+            orders
+        };
+        assert_eq!(orders(look.parked().unwrap()), [1, 2], "{name}: both kept");
+
+        // b waits for the message a kept, and a for b's.
+        let on_b = b.start("order", reply(1)).unwrap();
+        assert_eq!(
+            b.instance(on_b).unwrap().status(),
+            Status::Completed,
+            "{name}"
+        );
+        let on_a = a.start("order", reply(2)).unwrap();
+        assert_eq!(
+            a.instance(on_a).unwrap().status(),
+            Status::Completed,
+            "{name}"
+        );
+        assert!(look.parked().unwrap().is_empty(), "{name}: both taken");
+        // a still lists its own kept message, taken meanwhile on b: a third instance waiting
+        // for it does not get it again.
+        let again = a.start("order", reply(1)).unwrap();
+        assert_eq!(
+            a.instance(again).unwrap().status(),
+            Status::Running,
+            "{name}"
+        );
+        // A message a keeps and never offers again (a stops) expires on b.
+        assert!(a.correlate("reply", reply(3)).unwrap().kept, "{name}");
+        drop(a);
+        clock.advance(Duration::hours(2));
+        b.tick(clock.now());
+        assert_eq!(
+            orders(look.unmatched().unwrap()),
+            [3],
+            "{name}: delivered messages are not unmatched"
+        );
+    }
+}
+
+/// A commit that takes a kept message removes it in its own transaction, and one that takes a
+/// message no longer kept is refused whole (`StoreError::Taken`): the instance stays as it was.
+#[test]
+fn a_commit_takes_a_kept_message_once() {
+    for (name, store) in shared_stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let engine = open(store(), &clock);
+        engine.deploy(ProcessDef::from_yaml(KEPT).unwrap()).unwrap();
+        engine.deploy(ProcessDef::from_yaml(CASE).unwrap()).unwrap();
+        assert!(engine.correlate("reply", reply(1)).unwrap().kept, "{name}");
+        let id = engine.start("case", Vars::new()).unwrap();
+        let store = store();
+        let kept = store.parked().unwrap()[0].id;
+        let stored = store.read(id).unwrap().unwrap();
+        let commit = |version: u64| procflow::Commit {
+            instance: &stored.instance,
+            def: stored.instance.def().unwrap(),
+            records: &[],
+            first_record: stored.instance.audit().len(),
+            version,
+            next_due: None,
+            keys: None,
+            offers: None,
+            takes: Some(kept),
+        };
+        store.commit(&commit(stored.version)).unwrap();
+        assert!(store.parked().unwrap().is_empty(), "{name}");
+        assert_eq!(
+            store.commit(&commit(stored.version + 1)),
+            Err(procflow::StoreError::Taken { message: kept }),
+            "{name}"
+        );
+        assert_eq!(
+            store.read(id).unwrap().unwrap().version,
+            stored.version + 1,
+            "{name}: the refused commit changed nothing"
+        );
+    }
+}
+
+/// Two engines on one store (two processes on one SQLite file, replicas) each keep a message:
+/// both are kept. Each engine used to number its kept messages from 1, and the second
+/// overwrote the first's on SQLite.
+#[test]
+fn messages_two_engines_keep_on_one_store_are_both_kept() {
+    // The foreign store keeps no message (`Store::park`'s default).
+    for (name, store) in stores().into_iter().filter(|(n, _)| *n != "foreign") {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let a = open(store(), &clock);
+        a.deploy(ProcessDef::from_yaml(KEPT).unwrap()).unwrap();
+        let b = open(store(), &clock);
+        assert!(a.correlate("reply", reply(1)).unwrap().kept, "{name}");
+        assert!(b.correlate("reply", reply(2)).unwrap().kept, "{name}");
+        let mut kept: Vec<i64> = store()
+            .parked()
+            .unwrap()
+            .iter()
+            .map(|m| m.vars["order_id"].as_i64().unwrap())
+            .collect();
+        kept.sort_unstable();
+        assert_eq!(kept, [1, 2], "{name}: both kept");
+        // A message kept under the number the store's sequence gives next (as an engine that
+        // numbered kept messages itself left them): an engine opened after it moves the
+        // sequence past it, and keeps a fourth beside the three.
+        let mut old = store().parked().unwrap().remove(0);
+        old.id = store().reserve_ids(1).unwrap() + 1;
+        old.vars.insert("order_id".into(), json!(3));
+        store().park(&old).unwrap();
+        let c = open(store(), &clock);
+        assert!(c.correlate("reply", reply(4)).unwrap().kept, "{name}");
+        assert_eq!(store().parked().unwrap().len(), 4, "{name}");
     }
 }

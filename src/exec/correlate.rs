@@ -157,7 +157,8 @@ pub(crate) struct Between {
     /// While an engine opens a store: the receipts of every running instance, so that a send
     /// follow-up a crash left behind skips receivers (and starts) it already reached.
     pub(crate) resumed: Mutex<Option<Receipts>>,
-    /// The next number for a parked message.
+    /// The next number for a parked message, for an engine without a store (with one, the
+    /// store's id sequence numbers them).
     next_parked: std::sync::atomic::AtomicU64,
 }
 
@@ -911,9 +912,10 @@ impl Engine {
             Some(_) => vars.clone(),
             None => Vars::new(),
         };
-        let id = match self.shared_store() {
-            // Engines sharing the store number kept messages from its id sequence: a number of
-            // this engine's own could be another's (and overwrite its kept message).
+        let id = match &self.store {
+            // Kept messages are numbered from the store's id sequence: a number of this
+            // engine's own could be another's on the same store (another process on one SQLite
+            // file, a replica) and overwrite its kept message.
             Some(store) => store.reserve_ids(1)?,
             None => self.between.next_parked.fetch_add(1, Ordering::Relaxed),
         };
@@ -1290,7 +1292,14 @@ impl Engine {
                     .max()
                     .unwrap_or(1),
             );
-            self.between.next_parked.fetch_max(next, Ordering::Relaxed);
+            // Kept messages are numbered from the store's id sequence; a store written before
+            // numbered them by engine, from 1: the sequence moves past every stored number.
+            if next > 1 {
+                let first = store.reserve_ids(1)?;
+                if first < next {
+                    store.reserve_ids(next - first)?;
+                }
+            }
             let mut list = lock(&self.between.parked);
             *list = parked;
             self.between.set_parked(&list);

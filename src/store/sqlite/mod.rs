@@ -69,6 +69,7 @@ pub struct SqliteOptions {
     group_commit: bool,
     busy_timeout: Duration,
     max_size: Option<u64>,
+    shared: bool,
 }
 
 impl Default for SqliteOptions {
@@ -78,6 +79,7 @@ impl Default for SqliteOptions {
             group_commit: true,
             busy_timeout: Duration::from_secs(5),
             max_size: None,
+            shared: false,
         }
     }
 }
@@ -112,6 +114,18 @@ impl SqliteOptions {
     /// Caps the file's size (see [`SqliteStore::limit_size`]). No limit by default.
     pub fn limit_size(&mut self, bytes: u64) -> &mut SqliteOptions {
         self.max_size = Some(bytes);
+        self
+    }
+
+    /// Whether other engines (other processes) use the file while this one runs: then the
+    /// store says so ([`Store::is_shared`]), and an engine on it treats it as replicas treat
+    /// a PostgreSQL store: it answers about an instance from the stored version, looks a
+    /// message's receivers up in the store, keeps messages for later in the store alone (each
+    /// taken once, in the receiver's commit: [`Commit::takes`](crate::Commit::takes)), and
+    /// offers them to instances other engines started. Each costs a read of the file that an
+    /// engine alone on it spares. Off by default.
+    pub fn shared(&mut self, on: bool) -> &mut SqliteOptions {
+        self.shared = on;
         self
     }
 
@@ -178,6 +192,8 @@ pub struct SqliteStore {
     defs: DefCache,
     /// Copies the log into the file in the background (`None`: no thread could start).
     checkpointer: Option<checkpoint::Checkpointer>,
+    /// Other engines use the file too ([`SqliteOptions::shared`]).
+    shared: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -185,6 +201,7 @@ impl std::fmt::Debug for SqliteStore {
         f.debug_struct("SqliteStore")
             .field("path", &self.path)
             .field("group_commit", &self.group)
+            .field("shared", &self.shared)
             .finish_non_exhaustive()
     }
 }
@@ -355,6 +372,7 @@ impl SqliteStore {
             checkpointer,
             anchor,
             path,
+            shared: options.shared,
         };
         // Open one reader now, so a file readers cannot use fails here rather than later.
         let reader = store.reader()?;
@@ -771,6 +789,10 @@ impl Store for SqliteStore {
         })?;
         due.sort_unstable();
         Ok(due)
+    }
+
+    fn is_shared(&self) -> bool {
+        self.shared
     }
 
     fn next_wake(&self) -> Result<Option<crate::store::StoreWake>, StoreError> {

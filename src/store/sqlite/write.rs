@@ -3,7 +3,8 @@
 //! the batches.
 //!
 //! **Invariant:** a commit's result is decided before any of its rows are written (the version
-//! check is the first statement of its savepoint), and whatever fails is rolled back to its
+//! check, and the removal of a kept message the commit takes, are its savepoint's first
+//! statements), and whatever fails is rolled back to its
 //! savepoint, so a failed commit stores nothing and the others of its batch are not affected.
 
 use std::collections::HashMap;
@@ -42,6 +43,8 @@ pub(super) struct Prepared {
     offers: Option<(Vec<String>, String)>,
     /// What a report counts of the instance, sorted.
     facts: Vec<FactRow>,
+    /// The kept message the commit takes ([`Commit::takes`]).
+    takes: Option<u64>,
 }
 
 impl Prepared {
@@ -90,6 +93,7 @@ impl Prepared {
                 (rendered, json)
             }),
             facts: facts.rows(),
+            takes: commit.takes,
         })
     }
 }
@@ -334,6 +338,17 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
             expected: p.version,
             found: found.map(|v| u64::try_from(v).unwrap_or(0)),
         });
+    }
+    if let Some(message) = p.takes {
+        // Taken once: by the first commit that removes it while it is still kept.
+        let taken = i64::try_from(message).map_or(Ok(0), |id| {
+            conn.prepare_cached("DELETE FROM messages WHERE id = ?1 AND unmatched = 0")
+                .and_then(|mut s| s.execute([id]))
+                .map_err(sql)
+        })?;
+        if taken == 0 {
+            return Err(StoreError::Taken { message });
+        }
     }
     if let (Some((first, batch)), Some(seq)) = (&p.records, seq) {
         conn.prepare_cached(
