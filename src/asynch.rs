@@ -94,7 +94,7 @@ impl Offload {
                     h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
                 }) =>
             {
-                Ok(tokio::task::block_in_place(f))
+                Ok(tokio::task::block_in_place(|| crate::store::may_block(f)))
             }
             Offload::BlockInPlace | Offload::SpawnBlocking => {
                 #[cfg(feature = "telemetry")]
@@ -102,7 +102,7 @@ impl Offload {
                 tokio::task::spawn_blocking(move || {
                     #[cfg(feature = "telemetry")]
                     let _entered = span.enter();
-                    f()
+                    crate::store::may_block(f)
                 })
                 .await
             }

@@ -11,6 +11,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use procflow::{Actor, Engine, ManualClock, ProcessDef, SqliteStore, Vars};
 
+#[cfg(feature = "postgres")]
+#[path = "common/pg.rs"]
+mod pg;
+
 fn procflow(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_procflow"))
         .args(args)
@@ -249,4 +253,139 @@ fn a_missing_store_is_named_in_an_error() {
         assert_eq!(text(&out.stderr), format!("{db}: no such store file\n"));
     }
     assert!(!std::path::Path::new(db).exists(), "a store was created");
+}
+
+/// A `procflow serve` child, killed when dropped, and the address it listens on.
+#[cfg(feature = "server")]
+struct Served {
+    child: std::process::Child,
+    addr: String,
+}
+
+#[cfg(feature = "server")]
+impl Served {
+    /// Serves the shipped definitions on a free port with `args`; waits for its first line.
+    fn start(args: &[&str]) -> Served {
+        use std::io::BufRead;
+        let defs = concat!(env!("CARGO_MANIFEST_DIR"), "/process-defs");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_procflow"))
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", defs])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let addr = first
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_owned();
+        Served { child, addr }
+    }
+
+    /// One HTTP/1.1 request with `token`: the status and the body as JSON (`null` when empty).
+    fn call(&self, method: &str, path: &str, token: &str, body: &str) -> (u16, serde_json::Value) {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        // A chunked body is one chunk here: the JSON between its size line and the end.
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            body.split_once("\r\n").map_or("", |(_, rest)| rest)
+        } else {
+            body
+        };
+        let json = body.trim_end_matches("\r\n0\r\n\r\n").trim();
+        (
+            status,
+            serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+        )
+    }
+}
+
+#[cfg(feature = "server")]
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two `procflow serve` processes on one store, as behind a load balancer (a SQLite file with
+/// `--shared`, and a PostgreSQL database when the binary has it and a server is found): a
+/// complaint started on one is listed, claimed and completed on the other, and the first
+/// answers about it as the second left it.
+#[cfg(feature = "server")]
+#[test]
+fn two_servers_share_one_store() {
+    let dir = TempDir::new("serve-shared");
+    #[allow(unused_mut)]
+    let mut stores = vec![format!("sqlite:{}", dir.0.join("shared.db").display())];
+    #[cfg(feature = "postgres")]
+    if let Some(server) = pg::server() {
+        let url = server.fresh();
+        // Created before the servers start, so that they do not race to create it.
+        drop(procflow::PostgresStore::connect(&url).unwrap());
+        stores.push(url);
+    }
+    for store in stores {
+        two_servers_on(&store);
+    }
+}
+
+#[cfg(feature = "server")]
+fn two_servers_on(store: &str) {
+    let a = Served::start(&["--store", store, "--shared"]);
+    let b = Served::start(&["--store", store, "--shared"]);
+    const WANG: &str = "agent-wang-demo";
+    let (status, started) = a.call(
+        "POST",
+        "/api/processes/complaint-handling/instances",
+        WANG,
+        r#"{"variables":{"customer_id":"C-1001","channel":"call_centre","account_unit":"gz","local_network":"gz"}}"#,
+    );
+    assert_eq!(status, 201, "{started}");
+    let instance = started["instance"].as_str().unwrap().to_owned();
+    let task = started["tasks"][0]["task"].as_str().unwrap().to_owned();
+    let (_, work) = b.call("GET", "/api/work", WANG, "");
+    assert!(
+        work.as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["task"] == task.as_str()),
+        "B lists the task A opened: {work}"
+    );
+    let (status, body) = b.call("POST", &format!("/api/tasks/{task}/claim"), WANG, "{}");
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = b.call("POST", &format!("/api/tasks/{task}/complete"), WANG, "{}");
+    assert_eq!(status, 204, "{body}");
+    // A answers from the stored version: the task is no longer open there either.
+    let (status, seen) = a.call("GET", &format!("/api/instances/{instance}"), WANG, "");
+    assert_eq!(status, 200, "{seen}");
+    assert!(
+        seen["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["task"] != task.as_str()),
+        "A answers as B left it: {seen}"
+    );
 }

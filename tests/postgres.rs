@@ -444,3 +444,36 @@ fn the_store_carries_on_after_the_server_restarts() {
     );
     assert!(store.read(second).unwrap().is_some());
 }
+
+/// The synchronous engine called from async code, on a runtime's own threads (a tokio host
+/// that does not use the async façade; the HTTP server once did for some reads): the
+/// PostgreSQL driver would panic there, and abort the process as it unwound through its
+/// connections. Each call works, on both kinds of runtime, and so do connecting and dropping
+/// the store there.
+#[test]
+fn the_engine_on_postgresql_works_when_called_on_a_runtime_thread() {
+    let _shared = shared();
+    let Some(server) = pg::server() else { return };
+    let url = server.fresh();
+    let work = |url: String| async move {
+        let engine = engine(&url);
+        let id = engine.start("flow", Vars::new()).unwrap();
+        let task = engine.tasks(id).unwrap()[0].id;
+        engine
+            .complete(task, &Actor::new("ann", ["agent"]), Vars::new())
+            .unwrap();
+        assert_eq!(engine.instance(id).unwrap().status(), Status::Completed);
+        drop(engine);
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(work(url.clone()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async { tokio::spawn(work(url)).await.unwrap() });
+}

@@ -143,17 +143,20 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "serve",
-        usage: "procflow serve --store sqlite:PATH|memory [--org FILE] [--tokens FILE] [--listen ADDR] DEFS...
-                  the HTTP API and the web console (built with --features server); DEFS are
-                  definition files or folders (a folder's calendars/*.yaml are its calendars,
-                  its org/province.yaml and org/tokens.yaml the default --org and --tokens)",
-        flags: &["--store", "--org", "--tokens", "--listen"],
+        usage: "procflow serve --store sqlite:PATH|postgres://URL|memory [--shared] [--org FILE] [--tokens FILE] [--listen ADDR] DEFS...
+                  the HTTP API and the web console (built with --features server; PostgreSQL
+                  also with --features postgres); DEFS are definition files or folders (a
+                  folder's calendars/*.yaml are its calendars, its org/province.yaml and
+                  org/tokens.yaml the default --org and --tokens); --shared: other processes
+                  serve the same SQLite file (PostgreSQL is always shared); --listen with port 0
+                  takes a free port, printed at start",
+        flags: &["--store", "--org", "--tokens", "--listen", "--shared"],
         run: serve,
     },
 ];
 
 /// The flags that take no value.
-const SWITCHES: &[&str] = &["--flows", "--check"];
+const SWITCHES: &[&str] = &["--flows", "--check", "--shared"];
 
 /// The whole usage text: every subcommand's usage, then the general options.
 fn usage() -> String {
@@ -859,9 +862,11 @@ mod serve {
         let mut tokens_file = option(args, "--tokens")?.map(PathBuf::from);
         let mut positional = Vec::new();
         let mut skip = false;
+        let shared = args.iter().any(|a| a == "--shared");
         for a in args {
             if skip {
                 skip = false;
+            } else if a == "--shared" {
             } else if a.starts_with("--") {
                 skip = true;
             } else {
@@ -905,14 +910,30 @@ mod serve {
         }
         let store: Arc<dyn Store> = match store_arg {
             "memory" => Arc::new(MemoryStore::new()),
+            s if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+                #[cfg(feature = "postgres")]
+                {
+                    Arc::new(procflow::PostgresStore::connect(s).map_err(|e| e.to_string())?)
+                }
+                #[cfg(not(feature = "postgres"))]
+                return Err(
+                    "this procflow was built without PostgreSQL: build it with --features postgres"
+                        .into(),
+                );
+            }
             s => match s.strip_prefix("sqlite:") {
-                Some(path) if Path::new(path).exists() => {
-                    Arc::new(SqliteStore::open(path).map_err(|e| format!("{path}: {e}"))?)
+                // Opens the file, or creates a store where there is none.
+                Some(path) => Arc::new(
+                    SqliteStore::options()
+                        .shared(shared)
+                        .create(path)
+                        .map_err(|e| format!("{path}: {e}"))?,
+                ),
+                None => {
+                    return Err(format!(
+                        "unknown store '{s}': use sqlite:PATH, postgres://URL or memory"
+                    ));
                 }
-                Some(path) => {
-                    Arc::new(SqliteStore::create(path).map_err(|e| format!("{path}: {e}"))?)
-                }
-                None => return Err(format!("unknown store '{s}': use sqlite:PATH or memory")),
             },
         };
         let mut builder = Engine::builder();
@@ -964,8 +985,11 @@ mod serve {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("{listen}: {e}"))?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| format!("{listen}: {e}"))?;
             eprintln!(
-                "procflow serve: http://{listen}/ ({} definitions, {} pass-through handlers: {})",
+                "procflow serve: http://{bound}/ ({} definitions, {} pass-through handlers: {})",
                 files.len(),
                 handlers.len(),
                 handlers.join(", ")

@@ -745,11 +745,16 @@ async fn process(
 ) -> Answer {
     let q = query(q)?;
     let def = def_of(&s, &id, q.version)?;
-    let versions: Vec<u32> = known(&s)
-        .into_iter()
-        .filter(|(d, _)| *d == id)
-        .map(|(_, v)| v)
-        .collect();
+    let (s2, of) = (s.clone(), id.clone());
+    // The store's definitions: a read.
+    let versions: Vec<u32> = read(&s, move || {
+        known(&s2)
+            .into_iter()
+            .filter(|(d, _)| *d == of)
+            .map(|(_, v)| v)
+            .collect()
+    })
+    .await?;
     let nodes: Vec<Value> = def
         .nodes()
         .map(|(_, n)| {
@@ -840,7 +845,8 @@ async fn graph(
     let current = match &q.instance {
         Some(text) => {
             let iid = instance_id(text)?;
-            let inst = s.engine.instance(iid)?;
+            let s2 = s.clone();
+            let inst = read(&s, move || s2.engine.instance(iid)).await??;
             inst.tokens()
                 .iter()
                 .filter(|t| t.state != TokenState::Joined)
@@ -950,16 +956,16 @@ async fn start(
     Path(id): Path<String>,
     OptBody(body): OptBody<StartBody>,
 ) -> Answer {
-    let engine = Arc::clone(&s.engine);
-    let r = blocking(&s, move || {
-        engine.start_version(&id, body.version, body.variables)
+    let s2 = s.clone();
+    let (iid, tasks) = blocking(&s, move || {
+        let iid = s2.engine.start_version(&id, body.version, body.variables)?;
+        let tasks = s2.engine.tasks(iid).unwrap_or_default();
+        Ok::<_, ExecError>((iid, rows(&s2, tasks)))
     })
-    .await?;
-    let iid = r?;
-    let tasks = s.engine.tasks(iid).unwrap_or_default();
+    .await??;
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({ "instance": iid.to_string(), "tasks": rows(&s, tasks) })),
+        axum::Json(json!({ "instance": iid.to_string(), "tasks": tasks })),
     )
         .into_response())
 }
@@ -1038,20 +1044,26 @@ async fn instances(
 
 async fn instance(axum::extract::State(s): St, _who: Who, Path(id): Path<String>) -> Answer {
     let id = instance_id(&id)?;
-    let inst = s.engine.instance(id)?;
-    let def = s.engine.definition_of(id)?;
-    let tasks = s.engine.tasks(id)?;
-    let history: Vec<Value> = inst
-        .audit()
-        .iter()
-        .map(|r| json!({ "at": r.at, "what": r.describe(&def) }))
-        .collect();
-    Ok(ok(json!({
-        "summary": summary(&s, id),
-        "instance": inst,
-        "tasks": rows(&s, tasks),
-        "history": history,
-    })))
+    let s2 = s.clone();
+    let body = read(&s, move || {
+        let s = s2;
+        let inst = s.engine.instance(id)?;
+        let def = s.engine.definition_of(id)?;
+        let tasks = s.engine.tasks(id)?;
+        let history: Vec<Value> = inst
+            .audit()
+            .iter()
+            .map(|r| json!({ "at": r.at, "what": r.describe(&def) }))
+            .collect();
+        Ok::<_, ExecError>(json!({
+            "summary": summary(&s, id),
+            "instance": inst,
+            "tasks": rows(&s, tasks),
+            "history": history,
+        }))
+    })
+    .await??;
+    Ok(ok(body))
 }
 
 async fn cancel(
@@ -1204,28 +1216,34 @@ async fn work(
 
 async fn task(axum::extract::State(s): St, _who: Who, Path(text): Path<String>) -> Answer {
     let id = task_id(&text)?;
-    let views = s.engine.tasks(id.instance())?;
-    let Some(view) = views.into_iter().find(|t| t.id == id) else {
-        return Err(ExecError::UnknownTask(id).into());
-    };
-    let def = s.engine.definition_of(id.instance())?;
-    let inst = s.engine.instance(id.instance())?;
-    let node = def.node(view.node);
-    let comments = inst
-        .tasks()
-        .get(id.seq() as usize)
-        .map(|t| t.comments().to_vec())
-        .unwrap_or_default();
-    let row = rows(&s, vec![view]).pop();
-    Ok(ok(json!({
-        "task": row,
-        "description": node.description(),
-        "send_back": node.send_back().iter().map(|t| def.node(*t).id()).collect::<Vec<_>>(),
-        "sets": node.sets().map(|s| s.collect::<Vec<_>>()),
-        "variables": variables(&def),
-        "values": inst.vars(),
-        "comments": comments,
-    })))
+    let s2 = s.clone();
+    let body = read(&s, move || {
+        let s = s2;
+        let views = s.engine.tasks(id.instance())?;
+        let Some(view) = views.into_iter().find(|t| t.id == id) else {
+            return Err(ExecError::UnknownTask(id));
+        };
+        let def = s.engine.definition_of(id.instance())?;
+        let inst = s.engine.instance(id.instance())?;
+        let node = def.node(view.node);
+        let comments = inst
+            .tasks()
+            .get(id.seq() as usize)
+            .map(|t| t.comments().to_vec())
+            .unwrap_or_default();
+        let row = rows(&s, vec![view]).pop();
+        Ok(json!({
+            "task": row,
+            "description": node.description(),
+            "send_back": node.send_back().iter().map(|t| def.node(*t).id()).collect::<Vec<_>>(),
+            "sets": node.sets().map(|s| s.collect::<Vec<_>>()),
+            "variables": variables(&def),
+            "values": inst.vars(),
+            "comments": comments,
+        }))
+    })
+    .await??;
+    Ok(ok(body))
 }
 
 async fn claim(axum::extract::State(s): St, who: Who, Path(t): Path<String>) -> Answer {

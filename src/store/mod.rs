@@ -24,6 +24,34 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
+#[cfg(any(feature = "tokio", feature = "postgres"))]
+thread_local! {
+    /// Set while a call runs where the async façade put it to block ([`may_block`]).
+    static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` marked as running where a synchronous store may block the thread: the async
+/// façade's offload (a blocking-pool thread, `block_in_place`), which a store cannot tell from
+/// a runtime's worker by itself.
+#[cfg(feature = "tokio")]
+pub(crate) fn may_block<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            MAY_BLOCK.with(|m| m.set(self.0));
+        }
+    }
+    let _reset = Reset(MAY_BLOCK.with(|m| m.replace(true)));
+    f()
+}
+
+/// Whether this thread may block in a synchronous client of its own runtime (the PostgreSQL
+/// driver's): it runs no tokio runtime, or [`may_block`] marked it.
+#[cfg(feature = "postgres")]
+pub(crate) fn may_block_here() -> bool {
+    MAY_BLOCK.with(std::cell::Cell::get) || tokio::runtime::Handle::try_current().is_err()
+}
+
 // The rows and the definition cache serve the database stores, the counts reports too.
 #[cfg(feature = "sqlite")]
 pub(crate) use facts::FactRow;

@@ -57,10 +57,8 @@ impl Server {
 
     /// A new connection.
     pub(crate) fn connect(&self) -> Result<Conn, StoreError> {
-        let client = self
-            .config
-            .connect(NoTls)
-            .map_err(|e| self.connect_err(e))?;
+        let client =
+            where_it_may_block(|| self.config.connect(NoTls)).map_err(|e| self.connect_err(e))?;
         Ok(Conn {
             client,
             statements: Vec::new(),
@@ -279,10 +277,18 @@ impl Pool {
     /// Runs `f`, which reads with one statement, on a pooled connection outside any
     /// transaction (the statement is its own: one round trip instead of three). A pooled
     /// connection found dead is replaced by a new one, up to twice (a read is safe to repeat).
-    pub(crate) fn read_once<T>(
+    pub(crate) fn read_once<T: Send>(
         &self,
         server: &Server,
-        mut f: impl FnMut(&mut Conn) -> Result<T, Fail>,
+        mut f: impl FnMut(&mut Conn) -> Result<T, Fail> + Send,
+    ) -> Result<T, StoreError> {
+        where_it_may_block(|| self.read_once_here(server, &mut f))
+    }
+
+    fn read_once_here<T>(
+        &self,
+        server: &Server,
+        f: &mut impl FnMut(&mut Conn) -> Result<T, Fail>,
     ) -> Result<T, StoreError> {
         let mut tries = 0;
         loop {
@@ -316,11 +322,11 @@ impl Pool {
     /// Runs `f` in one transaction (`BEGIN` … `COMMIT`) on a pooled connection. A pooled
     /// connection found dead at `BEGIN` is replaced once by a new one (nothing was sent).
     /// A failure of the `COMMIT` itself is returned as `Err(Ok(e))`: its outcome is unknown.
-    pub(crate) fn transaction<T>(
+    pub(crate) fn transaction<T: Send>(
         &self,
         server: &Server,
         read_only: bool,
-        f: impl FnMut(&mut Conn) -> Result<T, Fail>,
+        f: impl FnMut(&mut Conn) -> Result<T, Fail> + Send,
     ) -> Result<T, Outcome> {
         let begin = if read_only {
             "BEGIN READ ONLY"
@@ -331,11 +337,20 @@ impl Pool {
     }
 
     /// [`Pool::transaction`], begun with `begin` (which may set the transaction's options).
-    pub(crate) fn transaction_as<T>(
+    pub(crate) fn transaction_as<T: Send>(
         &self,
         server: &Server,
         begin: &str,
-        mut f: impl FnMut(&mut Conn) -> Result<T, Fail>,
+        mut f: impl FnMut(&mut Conn) -> Result<T, Fail> + Send,
+    ) -> Result<T, Outcome> {
+        where_it_may_block(|| self.transaction_here(server, begin, &mut f))
+    }
+
+    fn transaction_here<T>(
+        &self,
+        server: &Server,
+        begin: &str,
+        f: &mut impl FnMut(&mut Conn) -> Result<T, Fail>,
     ) -> Result<T, Outcome> {
         let mut tries = 0;
         let mut conn = loop {
@@ -390,7 +405,15 @@ impl Pool {
     /// Runs `f`, one statement, outside any transaction: the server commits it by itself, so
     /// it costs one round trip. A failure of the connection is [`Outcome::Unknown`]: the
     /// statement may have been committed.
-    pub(crate) fn autocommit<T>(
+    pub(crate) fn autocommit<T: Send>(
+        &self,
+        server: &Server,
+        f: impl FnOnce(&mut Conn) -> Result<T, Fail> + Send,
+    ) -> Result<T, Outcome> {
+        where_it_may_block(|| self.autocommit_here(server, f))
+    }
+
+    fn autocommit_here<T>(
         &self,
         server: &Server,
         f: impl FnOnce(&mut Conn) -> Result<T, Fail>,
@@ -416,6 +439,30 @@ impl Pool {
             }
         }
     }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing a connection blocks on the driver's runtime too.
+        let idle = std::mem::take(&mut *self.lock());
+        where_it_may_block(move || drop(idle));
+    }
+}
+
+/// Runs `f`, which uses the synchronous driver, where it may block: on this thread, or, when
+/// this thread runs a tokio runtime's tasks (there the driver panics, and the process aborts
+/// as the connection it unwinds through blocks again), on a thread of its own for the call (a
+/// host calling the engine from async code without the async façade; the façade's offload
+/// marks its threads, `store::may_block`).
+pub(super) fn where_it_may_block<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if crate::store::may_block_here() {
+        return f();
+    }
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// How a transaction failed.

@@ -99,13 +99,16 @@ impl PostgresStore {
     /// [`StoreError::Server`] for a URL that does not parse or any other failure.
     pub fn connect(url: &str) -> Result<PostgresStore, StoreError> {
         let server = Server::parse(url)?;
-        let mut first = server.connect()?;
-        schema::prepare(&mut first.client, &server)?;
-        let current: String = first
-            .client
-            .query_one("SELECT current_schema()::text", &[])
-            .and_then(|row| row.try_get(0))
-            .map_err(|e| server.err(e))?;
+        let (first, current) = conn::where_it_may_block(|| {
+            let mut first = server.connect()?;
+            schema::prepare(&mut first.client, &server)?;
+            let current: String = first
+                .client
+                .query_one("SELECT current_schema()::text", &[])
+                .and_then(|row| row.try_get(0))
+                .map_err(|e| server.err(e))?;
+            Ok::<_, StoreError>((first, current))
+        })?;
         static HANDLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = HANDLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -146,13 +149,19 @@ impl PostgresStore {
         &self.server.database
     }
 
-    fn write<T>(&self, f: impl FnMut(&mut Conn) -> Result<T, Fail>) -> Result<T, StoreError> {
+    fn write<T: Send>(
+        &self,
+        f: impl FnMut(&mut Conn) -> Result<T, Fail> + Send,
+    ) -> Result<T, StoreError> {
         self.pool
             .transaction(&self.server, false, f)
             .map_err(Outcome::into_error)
     }
 
-    fn read_tx<T>(&self, f: impl FnMut(&mut Conn) -> Result<T, Fail>) -> Result<T, StoreError> {
+    fn read_tx<T: Send>(
+        &self,
+        f: impl FnMut(&mut Conn) -> Result<T, Fail> + Send,
+    ) -> Result<T, StoreError> {
         self.pool
             .transaction(&self.server, true, f)
             .map_err(Outcome::into_error)
