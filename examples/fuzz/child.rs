@@ -717,7 +717,9 @@ impl Setup {
 enum StoreKind {
     None,
     Memory(MemoryStore),
-    Sqlite(PathBuf),
+    /// A file, and whether it is opened as shared by several processes
+    /// (`SqliteOptions::shared`).
+    Sqlite(PathBuf, bool),
     /// A schema of its own on the server `PROCFLOW_PG_URL` names (feature `postgres`): the
     /// URL with its `search_path`, and the schema.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
@@ -753,7 +755,7 @@ fn pg_schema() -> Option<Result<StoreKind, String>> {
 impl Drop for StoreKind {
     fn drop(&mut self) {
         match self {
-            StoreKind::Sqlite(path) => {
+            StoreKind::Sqlite(path, _) => {
                 for suffix in ["", "-wal", "-shm"] {
                     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
                 }
@@ -875,7 +877,10 @@ fn drive_def(
     };
     let clock = Arc::new(ManualClock::new(start.parse().unwrap_or_default()));
     let store = match rng.below(16) {
-        0 => StoreKind::Sqlite(job.scratch.join(format!("child-{}.db", std::process::id()))),
+        0 => StoreKind::Sqlite(
+            job.scratch.join(format!("child-{}.db", std::process::id())),
+            rng.chance(1, 2),
+        ),
         // With a server named, one run in sixteen on PostgreSQL.
         1 if std::env::var_os("PROCFLOW_PG_URL").is_some() => match pg_schema() {
             Some(made) => made?,
@@ -891,7 +896,8 @@ fn drive_def(
             match &store {
                 StoreKind::None => "none",
                 StoreKind::Memory(_) => "memory",
-                StoreKind::Sqlite(_) => "sqlite",
+                StoreKind::Sqlite(_, false) => "sqlite",
+                StoreKind::Sqlite(_, true) => "sqlite-shared",
                 StoreKind::Postgres(..) => "postgres",
             }
         ),
@@ -1100,9 +1106,10 @@ fn build(setup: &Setup, key: &str, store: &StoreKind, round: u64) -> Result<Arc<
             Ok(engine) => engine,
             Err(e) => return Err(format!("cannot open an engine on a memory store: {e}")),
         },
-        StoreKind::Sqlite(path) => {
+        StoreKind::Sqlite(path, shared) => {
             let sqlite = SqliteStore::options()
                 .durability(Durability::Process)
+                .shared(*shared)
                 .create(path)
                 .map_err(|e| format!("harness: cannot create {}: {e}", path.display()))?;
             builder
