@@ -7,7 +7,7 @@
 //! cargo run --release --example throughput -- --workload waiting --instances 1000000 [--no-audit]
 //! cargo run --release --example throughput -- --workload message --seconds S [--no-audit]
 //! cargo run --release --example throughput -- --workload linear --seconds 3 --store sqlite:PATH \
-//!     [--durability process|full] [--commit group|single]
+//!     [--durability process|full] [--commit group|single] [--shared]
 //! cargo run --release --example throughput -- --workload reopen --instances 100000 --store sqlite:PATH \
 //!     [--reuse] [--cache N] [--receivers] [--clerk-list]
 //! cargo run --release --example throughput -- --workload lines --seconds S [--lines 100]
@@ -49,7 +49,8 @@
 //! and no `keys:`, and prints the resident memory the key index adds, per key per instance.
 //!
 //! With `--store`, every call commits to a SQLite file (deleted first); the default durability
-//! here is `process` (a killed process loses nothing; see `procflow::Durability`). `reopen`
+//! here is `process` (a killed process loses nothing; see `procflow::Durability`); `--shared`
+//! opens it as a file several processes share (`SqliteOptions::shared`). `reopen`
 //! starts `--instances` instances that wait at a user task, then times `EngineBuilder::open`
 //! resuming them (with `--receivers`, instances waiting at a catch of a message correlated by
 //! `order_id`, each its own value; after opening, the engine correlates 10,000 messages to
@@ -86,7 +87,7 @@ mod pg;
 
 const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|waiting-keys|correlate|worklist|call|timers \
 [--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH|postgres:URL] [--reuse] [--cache N] [--receivers] [--clerk-list] \
-[--durability process|full] [--commit group|single] [--lines N]";
+[--durability process|full] [--commit group|single] [--shared] [--lines N]";
 
 struct Args {
     workload: String,
@@ -98,6 +99,9 @@ struct Args {
     store: Option<PathBuf>,
     durability: Durability,
     group_commit: bool,
+    /// `--shared`: the SQLite file is opened as shared by several processes
+    /// (`SqliteOptions::shared`).
+    shared: bool,
     /// Order lines per instance for `lines` and `waiting-lines`.
     lines: usize,
     /// The database URL, with `--store postgres:URL` (feature `postgres`).
@@ -123,6 +127,7 @@ fn parse_args() -> Result<Args, String> {
         store: None,
         durability: Durability::Process,
         group_commit: true,
+        shared: false,
         lines: 100,
         postgres: None,
         reuse: false,
@@ -172,6 +177,7 @@ fn parse_args() -> Result<Args, String> {
                     v => return Err(format!("--commit takes group or single, not '{v}'")),
                 }
             }
+            "--shared" => args.shared = true,
             "-h" | "--help" => return Err(USAGE.into()),
             _ => return Err(format!("unknown argument '{flag}'\n{USAGE}")),
         }
@@ -290,6 +296,7 @@ fn sqlite(args: &Args, path: &Path) -> SqliteStore {
     SqliteStore::options()
         .durability(args.durability)
         .group_commit(args.group_commit)
+        .shared(args.shared)
         .create(path)
         .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -334,6 +341,7 @@ fn reopen(args: &Args) -> Result<(), String> {
             .ok_or("--workload reopen needs --store sqlite:PATH or postgres:URL")?;
         SqliteStore::options()
             .durability(args.durability)
+            .shared(args.shared)
             .open(path)
             .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn procflow::Store>)
             .map_err(|e| e.to_string())
@@ -903,8 +911,9 @@ fn correlate(args: &Args) {
         let secs = start.elapsed().as_secs_f64();
         let done = done.into_inner();
         println!(
-            "workload=correlate store=sqlite:{} durability={:?} commit={} threads={} waiting={n} messages={done} seconds={secs:.3} messages_per_sec={:.0} start_per_sec={:.0} peak_rss_kb={} audit={}",
+            "workload=correlate store=sqlite:{} shared={} durability={:?} commit={} threads={} waiting={n} messages={done} seconds={secs:.3} messages_per_sec={:.0} start_per_sec={:.0} peak_rss_kb={} audit={}",
             path.display(),
+            args.shared,
             args.durability,
             if args.group_commit { "group" } else { "single" },
             args.threads,
