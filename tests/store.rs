@@ -1385,3 +1385,65 @@ fn messages_two_engines_keep_on_one_store_are_both_kept() {
         assert_eq!(store().parked().unwrap().len(), 4, "{name}");
     }
 }
+
+/// A kept message that expires on one engine after another engine sharing the store delivered
+/// it is not recorded unmatched: the store refuses to (`StoreError::Taken`), and the first
+/// engine's hooks hear nothing of it.
+#[test]
+fn a_message_delivered_elsewhere_is_not_recorded_unmatched_when_it_expires() {
+    for (name, store) in shared_stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let a = open(store(), &clock);
+        a.deploy(ProcessDef::from_yaml(KEPT).unwrap()).unwrap();
+        assert!(a.correlate("reply", reply(1)).unwrap().kept, "{name}");
+        let look = store();
+        let mut kept = look.parked().unwrap().remove(0);
+        // Another engine's commit takes it (as a delivery does)...
+        let b = open(store(), &clock);
+        let id = b.start("order", reply(2)).unwrap();
+        let stored = look.read(id).unwrap().unwrap();
+        look.commit(&procflow::Commit {
+            instance: &stored.instance,
+            def: stored.instance.def().unwrap(),
+            records: &[],
+            first_record: stored.instance.audit().len(),
+            version: stored.version,
+            next_due: None,
+            keys: None,
+            offers: None,
+            takes: Some(kept.id),
+        })
+        .unwrap();
+        // ... before the engine that kept it records it expired.
+        kept.until = Some(t0());
+        assert_eq!(
+            look.settle(kept.id, Some(&kept)),
+            Err(procflow::StoreError::Taken { message: kept.id }),
+            "{name}"
+        );
+        assert!(look.unmatched().unwrap().is_empty(), "{name}");
+        // One that was never kept (`until` unset: it matched nobody and keeps for no time) is
+        // recorded unmatched all the same.
+        let mut fresh = kept.clone();
+        fresh.id = look.reserve_ids(1).unwrap();
+        fresh.until = None;
+        look.settle(fresh.id, Some(&fresh)).unwrap();
+        assert_eq!(look.unmatched().unwrap(), [fresh], "{name}");
+    }
+    // Every store that keeps messages refuses to record as expired one it does not keep.
+    for (name, store) in stores().into_iter().filter(|(n, _)| *n != "foreign") {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let a = open(store(), &clock);
+        a.deploy(ProcessDef::from_yaml(KEPT).unwrap()).unwrap();
+        assert!(a.correlate("reply", reply(1)).unwrap().kept, "{name}");
+        let look = store();
+        let mut ghost = look.parked().unwrap().remove(0);
+        ghost.id = look.reserve_ids(1).unwrap();
+        assert_eq!(
+            look.settle(ghost.id, Some(&ghost)),
+            Err(procflow::StoreError::Taken { message: ghost.id }),
+            "{name}"
+        );
+        assert!(look.unmatched().unwrap().is_empty(), "{name}");
+    }
+}

@@ -1127,8 +1127,12 @@ impl Engine {
         };
         for parked in expired {
             if let Some(store) = &self.store {
-                // Stays kept in the store when this fails: the next engine expires it.
-                let _ = store.settle(parked.id, Some(&parked));
+                // Taken: another engine delivered it after the look above. Otherwise it stays
+                // kept in the store when this fails, and an engine expires it later (this one
+                // after reading the store's list again: at its next open, or tick when shared).
+                if store.settle(parked.id, Some(&parked)).is_err() {
+                    continue;
+                }
             } else {
                 lock(&self.between.unmatched).push(parked.clone());
             }

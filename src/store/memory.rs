@@ -370,6 +370,11 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         match unmatched {
             Some(m) => {
+                let kept = inner.messages.get(&id).is_some_and(|(u, _)| !u);
+                // An expired kept message another engine delivered meanwhile is not unmatched.
+                if !kept && m.until.is_some() {
+                    return Err(StoreError::Taken { message: id });
+                }
                 inner.messages.remove(&id);
                 inner
                     .messages

@@ -314,11 +314,13 @@ pub trait Store: Send + Sync {
     }
 
     /// Ends a kept message: taken (`unmatched: None`), or expired and recorded as unmatched
-    /// (then `unmatched` is the message, kept from now on; it need not have been kept before).
-    /// In one transaction.
+    /// (then `unmatched` is the message, kept from now on; one that was never kept, `until`
+    /// `None`, need not have been kept before). In one transaction.
     ///
     /// # Errors
-    /// A failure of the medium.
+    /// [`StoreError::Taken`], recording nothing, when an expired message (`until` set) is kept
+    /// no more: another engine sharing the store delivered it meanwhile. A failure of the
+    /// medium.
     fn settle(&self, id: u64, unmatched: Option<&ParkedMessage>) -> Result<(), StoreError> {
         let _ = (id, unmatched);
         Ok(())

@@ -667,10 +667,15 @@ impl Store for PostgresStore {
     fn settle(&self, id: u64, unmatched: Option<&ParkedMessage>) -> Result<(), StoreError> {
         let kept = id as i64;
         let record = unmatched.map(|m| (m.id as i64, encode_message(m)));
+        let expired = unmatched.is_some_and(|m| m.until.is_some());
         self.write(|conn| {
             let stmt =
                 conn.statement("DELETE FROM procflow_messages WHERE id = $1 AND NOT unmatched")?;
-            conn.client.execute(&stmt, &[&kept])?;
+            let ended = conn.client.execute(&stmt, &[&kept])?;
+            // An expired kept message another engine delivered meanwhile is not unmatched.
+            if ended == 0 && expired {
+                return Err(Fail::Store(StoreError::Taken { message: id }));
+            }
             if let Some((id, body)) = &record {
                 let stmt = conn.statement(
                     "INSERT INTO procflow_messages (id, unmatched, body) VALUES ($1, true, $2) \

@@ -32,17 +32,28 @@ impl SqliteStore {
         id: u64,
         unmatched: Option<&ParkedMessage>,
     ) -> Result<(), StoreError> {
+        let mut taken = false;
         self.write_messages(|conn| {
-            conn.prepare_cached("DELETE FROM messages WHERE id = ?1 AND unmatched = 0")?
+            let ended = conn
+                .prepare_cached("DELETE FROM messages WHERE id = ?1 AND unmatched = 0")?
                 .execute([id as i64])?;
             if let Some(m) = unmatched {
+                // An expired kept message another engine delivered meanwhile is not unmatched.
+                if ended == 0 && m.until.is_some() {
+                    taken = true;
+                    return Ok(());
+                }
                 conn.prepare_cached(
                     "INSERT OR REPLACE INTO messages (id, unmatched, body) VALUES (?1, 1, ?2)",
                 )?
                 .execute((m.id as i64, encode_message(m)))?;
             }
             Ok(())
-        })
+        })?;
+        if taken {
+            return Err(StoreError::Taken { message: id });
+        }
+        Ok(())
     }
 
     pub(super) fn messages(&self, unmatched: bool) -> Result<Vec<ParkedMessage>, StoreError> {
