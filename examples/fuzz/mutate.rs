@@ -742,7 +742,11 @@ fn flow_block(text: &str, site: Site, rng: &mut Rng) -> (&'static str, String) {
             .trim_start_matches("- ")
             .is_empty()
     {
-        let inner = &value[1..value.len() - 1];
+        // Without its first and last characters (the last may be any, several bytes long).
+        let mut chars = value.chars();
+        chars.next();
+        chars.next_back();
+        let inner = chars.as_str();
         let items = split_top(inner);
         let pad = " ".repeat(key_col + 2);
         let mut block = String::new();
