@@ -409,14 +409,10 @@ fn three_replicas_on(url: &str) {
         .flat_map(|o| o.lines())
         .filter_map(|l| l.split("CONFLICTS ").nth(1)?.trim().parse::<usize>().ok())
         .sum();
-    // PostgreSQL claims each due timer for one replica; a SQLite file claims nothing: replicas
-    // that fire one timer at once conflict, and only the first firing is stored (the sum above).
-    if !url.starts_with("sqlite:") {
-        assert_eq!(
-            conflicts, 0,
-            "the replicas claimed the timers: none fired one another replica fired"
-        );
-    }
+    assert_eq!(
+        conflicts, 0,
+        "{url}: the replicas claimed the timers: none fired one another replica fired"
+    );
     for &id in &acked {
         let stored = store.read(procflow::InstanceId::new(id)).unwrap().unwrap();
         assert_eq!(stored.instance.status(), Status::Completed, "i{id}");

@@ -244,9 +244,9 @@ fn memory_store_reports_the_same_both_ways() {
     assert_same(&*store);
 }
 
-/// Turns a store of schema 9 back into the tables of schema 7: `records` with an index by
+/// Turns a store of schema 10 back into the tables of schema 7: `records` with an index by
 /// (instance, position) and no links, no `last_batch`, the `GROUP BY` index of the facts, no
-/// offers.
+/// offers, no timer claims.
 const TO_V7: &str = "
 CREATE TABLE records_v7 (
     seq INTEGER PRIMARY KEY,
@@ -262,6 +262,8 @@ ALTER TABLE instances DROP COLUMN last_batch;
 CREATE INDEX report_facts_groups ON report_facts (process, kind, subject, started_at, n);
 DROP TABLE offers;
 ALTER TABLE instances DROP COLUMN offers;
+ALTER TABLE instances DROP COLUMN claim_until;
+ALTER TABLE instances DROP COLUMN claimed_by;
 ";
 
 #[test]

@@ -1447,3 +1447,75 @@ fn a_message_delivered_elsewhere_is_not_recorded_unmatched_when_it_expires() {
         assert!(look.unmatched().unwrap().is_empty(), "{name}");
     }
 }
+
+/// A pause of an hour.
+const PAUSE: &str = r#"
+id: pause
+version: 1
+name: Pause
+nodes:
+  start: { kind: start, next: wait }
+  wait: { kind: timer, wait: 1h, next: end }
+  end: { kind: end }
+"#;
+
+/// On a store engines share, a due timer is claimed by one store handle at a time: another
+/// handle gets nothing until the claim's lease runs out (its engine died), and the claiming
+/// handle's engine fires it, once.
+#[test]
+fn a_due_timer_is_claimed_by_one_handle_until_its_lease_runs_out() {
+    use std::time::Duration as Lease;
+    for (name, store) in shared_stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let engine = open(store(), &clock);
+        engine
+            .deploy(ProcessDef::from_yaml(PAUSE).unwrap())
+            .unwrap();
+        let id = engine.start("pause", Vars::new()).unwrap();
+        let (one, two) = (store(), store());
+        let now = t0() + Duration::hours(2);
+        let ids = |claimed: Option<Vec<(InstanceId, u64)>>| -> Vec<InstanceId> {
+            claimed.unwrap().into_iter().map(|(id, _)| id).collect()
+        };
+        assert!(
+            ids(one.claim_due(t0(), Lease::from_secs(30)).unwrap()).is_empty(),
+            "{name}: not due yet"
+        );
+        assert_eq!(
+            ids(one.claim_due(now, Lease::ZERO).unwrap()),
+            [id],
+            "{name}"
+        );
+        // Its lease ran out at once: another handle may claim it, and then holds it.
+        assert_eq!(
+            ids(two.claim_due(now, Lease::from_secs(30)).unwrap()),
+            [id],
+            "{name}"
+        );
+        assert!(
+            ids(one.claim_due(now, Lease::from_secs(30)).unwrap()).is_empty(),
+            "{name}"
+        );
+        assert_eq!(
+            ids(two.claim_due(now, Lease::from_secs(30)).unwrap()),
+            [id],
+            "{name}: renewed"
+        );
+        // The engine on the first handle's store fires nothing another handle claimed; one
+        // opened on the claiming handle fires it.
+        clock.advance(Duration::hours(2));
+        assert!(engine.tick(clock.now()).is_empty(), "{name}");
+        let claimer = open(two, &clock);
+        assert_eq!(claimer.tick(clock.now()).len(), 1, "{name}");
+        assert_eq!(
+            claimer.instance(id).unwrap().status(),
+            Status::Completed,
+            "{name}"
+        );
+        // The firing's commit ended the claim; nothing is due any more.
+        assert!(
+            ids(one.claim_due(now, Lease::from_secs(30)).unwrap()).is_empty(),
+            "{name}"
+        );
+    }
+}

@@ -121,9 +121,10 @@ impl SqliteOptions {
     /// store says so ([`Store::is_shared`]), and an engine on it treats it as replicas treat
     /// a PostgreSQL store: it answers about an instance from the stored version, looks a
     /// message's receivers up in the store, keeps messages for later in the store alone (each
-    /// taken once, in the receiver's commit: [`Commit::takes`](crate::Commit::takes)), and
-    /// offers them to instances other engines started. Each costs a read of the file that an
-    /// engine alone on it spares. Off by default.
+    /// taken once, in the receiver's commit: [`Commit::takes`](crate::Commit::takes)), offers
+    /// them to instances other engines started, and fires only the due timers it claimed
+    /// ([`Store::claim_due`]: each fires in one process). Each costs a read (a claim, a write) of
+    /// the file that an engine alone on it spares. Off by default.
     pub fn shared(&mut self, on: bool) -> &mut SqliteOptions {
         self.shared = on;
         self
@@ -194,6 +195,8 @@ pub struct SqliteStore {
     checkpointer: Option<checkpoint::Checkpointer>,
     /// Other engines use the file too ([`SqliteOptions::shared`]).
     shared: bool,
+    /// Who this handle is in timer claims: the process and a per-process counter.
+    me: String,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -373,6 +376,11 @@ impl SqliteStore {
             anchor,
             path,
             shared: options.shared,
+            me: {
+                static HANDLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = HANDLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("{}:{n}", std::process::id())
+            },
         };
         // Open one reader now, so a file readers cannot use fails here rather than later.
         let reader = store.reader()?;
@@ -793,6 +801,41 @@ impl Store for SqliteStore {
 
     fn is_shared(&self) -> bool {
         self.shared
+    }
+
+    /// On a shared file, claims up to 1,000 instances with a timer due, the earliest first,
+    /// that no other handle holds a live claim on (leases on the system clock, which the
+    /// processes on one machine share); `None` on a file this engine has alone.
+    fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        if !self.shared {
+            return Ok(None);
+        }
+        let path = &self.path;
+        let wall = Utc::now().timestamp_millis();
+        let until = wall.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let mut claimed = self.write_with(|tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE instances SET claim_until = ?1, claimed_by = ?2 \
+                     WHERE id IN (SELECT id FROM instances \
+                       WHERE running = 1 AND next_due IS NOT NULL AND next_due <= ?3 \
+                       AND (claim_until IS NULL OR claim_until <= ?4 OR claimed_by = ?2) \
+                       ORDER BY next_due LIMIT 1000) \
+                     RETURNING id, row_version",
+                )
+                .map_err(|e| sql_err(path, e))?;
+            id_versions(
+                &mut stmt,
+                rusqlite::params![until, self.me, now.timestamp_millis(), wall],
+                path,
+            )
+        })?;
+        claimed.sort_unstable();
+        Ok(Some(claimed))
     }
 
     fn next_wake(&self) -> Result<Option<crate::store::StoreWake>, StoreError> {

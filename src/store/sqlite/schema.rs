@@ -20,7 +20,7 @@ use crate::model::Timer;
 use crate::store::{BusinessKey, StoreError};
 
 /// The schema version this build writes and the newest it reads.
-pub(super) const SUPPORTED: u32 = 9;
+pub(super) const SUPPORTED: u32 = 10;
 
 /// Version 1, exactly as the first SQLite store created it (frozen in
 /// `tests/fixtures/schema-v1.sql`; a unit test keeps the two equal).
@@ -217,6 +217,17 @@ INSERT INTO offers (offer, instance) SELECT '*', id FROM instances WHERE running
 UPDATE meta SET value = 9 WHERE key = 'schema_version';
 ";
 
+/// Version 10: a claim on each instance's due timers (`claim_until`, epoch milliseconds of the
+/// system clock, and `claimed_by`, the claiming store handle), for files that several processes
+/// share ([`SqliteOptions::shared`](crate::SqliteOptions::shared)): a handle's `tick` fires
+/// only what it claimed, until the claim runs out (its process died) or a commit to the
+/// instance ends it.
+const V10: &str = "
+ALTER TABLE instances ADD COLUMN claim_until INTEGER;
+ALTER TABLE instances ADD COLUMN claimed_by TEXT;
+UPDATE meta SET value = 10 WHERE key = 'schema_version';
+";
+
 /// The page size of a new store: small pages keep the write per commit small (measured against
 /// 4 KiB on the linear workload).
 const PAGE_SIZE: u32 = 1024;
@@ -300,6 +311,7 @@ pub(super) fn initialize(conn: &mut Connection, path: &Path) -> Result<(), Store
     tx.execute_batch(V7_GROUPS).map_err(|e| sql_err(path, e))?;
     tx.execute_batch(V8).map_err(|e| sql_err(path, e))?;
     tx.execute_batch(V9).map_err(|e| sql_err(path, e))?;
+    tx.execute_batch(V10).map_err(|e| sql_err(path, e))?;
     stamp(&tx, path)?;
     tx.commit().map_err(|e| sql_err(path, e))?;
     wal(conn, path)
@@ -477,6 +489,9 @@ pub(super) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
     }
     if from < 9 {
         tx.execute_batch(V9).map_err(|e| sql_err(path, e))?;
+    }
+    if from < 10 {
+        tx.execute_batch(V10).map_err(|e| sql_err(path, e))?;
     }
     stamp(&tx, path)?;
     tx.commit().map_err(|e| sql_err(path, e))?;

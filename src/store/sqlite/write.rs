@@ -307,7 +307,7 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
             conn.prepare_cached(
                 "UPDATE instances SET def_version = ?2, running = ?3, row_version = ?4, \
                  state = ?5, next_due = ?6, last_batch = coalesce(?8, last_batch), \
-                 offers = coalesce(?9, offers) \
+                 offers = coalesce(?9, offers), claim_until = NULL, claimed_by = NULL \
                  WHERE id = ?1 AND row_version = ?7",
             )
             .and_then(|mut s| {
