@@ -1519,3 +1519,44 @@ fn a_due_timer_is_claimed_by_one_handle_until_its_lease_runs_out() {
         );
     }
 }
+
+/// An engine that holds an instance whose due timer another engine claimed is not told to
+/// wake for it (a driver would tick again and again at once, firing nothing): `next_due`
+/// leaves it out while the claim lives, and once the other engine fired it, the next tick
+/// reads the newer copy.
+#[test]
+fn an_engine_is_not_woken_for_a_timer_another_engine_claimed() {
+    use std::time::Duration as Lease;
+    for (name, store) in shared_stores() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let engine = open(store(), &clock);
+        engine
+            .deploy(ProcessDef::from_yaml(PAUSE).unwrap())
+            .unwrap();
+        let id = engine.start("pause", Vars::new()).unwrap();
+        clock.advance(Duration::hours(2));
+        // Another handle claims it and has not fired it yet.
+        let other = store();
+        let claimed = other.claim_due(clock.now(), Lease::from_secs(30)).unwrap();
+        assert_eq!(claimed.unwrap().len(), 1, "{name}");
+        assert!(
+            engine.tick(clock.now()).is_empty(),
+            "{name}: claimed elsewhere"
+        );
+        assert!(
+            engine.next_due().is_none_or(|at| at > clock.now()),
+            "{name}: not due for this engine: {:?}",
+            engine.next_due()
+        );
+        // The other engine fires it; this engine's next tick reads the finished instance.
+        let firing = open(other, &clock);
+        assert_eq!(firing.tick(clock.now()).len(), 1, "{name}");
+        assert!(engine.tick(clock.now()).is_empty(), "{name}");
+        assert_eq!(engine.next_due(), None, "{name}");
+        assert_eq!(
+            engine.instance(id).unwrap().status(),
+            Status::Completed,
+            "{name}: the newer copy"
+        );
+    }
+}

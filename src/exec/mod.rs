@@ -184,8 +184,11 @@ pub struct Engine {
     calendars: Mutex<HashMap<String, Arc<BusinessCalendar>>>,
     /// When armed timers are due, by instance shard: (instant, instance).
     timer_heaps: Box<[Mutex<TimerHeap>]>,
-    /// One `tick` at a time, so that timers fire in deadline order.
-    ticking: Mutex<()>,
+    /// One `tick` at a time, so that timers fire in deadline order. It guards the due entries
+    /// the last tick left to another engine that claimed them: looked at again by the next
+    /// tick, and not counted by [`Engine::next_due`] (the store says when a claim ends), so
+    /// that a driver does not wake at once, again and again, for what it may not fire.
+    ticking: Mutex<Vec<(DateTime<Utc>, u64)>>,
     /// Where every call's changes are committed; `None` keeps everything in memory.
     store: Option<Arc<dyn Store>>,
     /// How far [`Engine::backfill_offers`] got: the last instance it looked at, and whether
@@ -353,7 +356,7 @@ impl EngineBuilder {
             next_id: AtomicU64::new(1),
             calendars: Mutex::new(b.calendars),
             timer_heaps: (0..SHARDS).map(|_| Mutex::new(BinaryHeap::new())).collect(),
-            ticking: Mutex::new(()),
+            ticking: Mutex::new(Vec::new()),
             backfill: Mutex::new((None, false)),
             store: None,
             org: b.org.map(|o| Arc::new(allot::OrgCx::new(o))),

@@ -596,7 +596,7 @@ impl Engine {
         let mut done: Vec<Stepped> = Vec::new();
         let deferred;
         {
-            let _one_at_a_time = super::lock(&self.ticking);
+            let mut claimed_elsewhere = super::lock(&self.ticking);
             let mut claimed = self.adopt_due(now);
             // A store shared by replicas: the firings' commits wait for the disk once, at the
             // flush below, before anyone is told.
@@ -614,8 +614,8 @@ impl Engine {
             }
             let _flush_on_panic = Flush(self.store.as_deref().filter(|_| deferred));
             // Due entries of instances another engine holds the claim on (or that the claim
-            // did not reach yet): put back on the schedule at the end.
-            let mut skipped: Vec<(DateTime<Utc>, u64)> = Vec::new();
+            // did not reach yet): looked at again by the next tick (so are those of the last).
+            let mut skipped: Vec<(DateTime<Utc>, u64)> = std::mem::take(&mut *claimed_elsewhere);
             loop {
                 let fired_by_then = fired.len();
                 let mut due: std::collections::BinaryHeap<_> =
@@ -691,7 +691,15 @@ impl Engine {
                 }
             }
             for (at, n) in skipped {
-                self.schedule(InstanceId(n), at);
+                // Another engine claimed it, and may have fired it since this engine read the
+                // instance: a newer stored copy replaces this one (and schedules what it still
+                // has armed). Otherwise the next tick looks again.
+                let id = InstanceId(n);
+                let held = self.with_slot(id, |slot| slot.version).ok();
+                match self.fetch(id, |s| held.is_none_or(|v| s.version > v)) {
+                    Ok(Some(_)) => {}
+                    _ => claimed_elsewhere.push((at, n)),
+                }
             }
         }
         if deferred

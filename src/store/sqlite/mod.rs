@@ -840,11 +840,15 @@ impl Store for SqliteStore {
 
     fn next_wake(&self) -> Result<Option<crate::store::StoreWake>, StoreError> {
         let path = &self.path;
+        // The earliest no live claim holds (claims are made on a shared file only): the
+        // due index in order, to the first one.
+        let wall = Utc::now().timestamp_millis();
         let due: Option<i64> = self.read_with(|conn| {
             conn.prepare_cached(
-                "SELECT min(next_due) FROM instances WHERE running = 1 AND next_due IS NOT NULL",
+                "SELECT next_due FROM instances WHERE running = 1 AND next_due IS NOT NULL \
+                 AND (claim_until IS NULL OR claim_until <= ?1) ORDER BY next_due LIMIT 1",
             )
-            .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+            .and_then(|mut stmt| stmt.query_row([wall], |row| row.get(0)).optional())
             .map_err(|e| sql_err(path, e))
         })?;
         Ok(Some(crate::store::StoreWake {
