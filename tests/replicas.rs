@@ -117,18 +117,28 @@ fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
 /// Opens the store `url` names: `sqlite:PATH` a SQLite file shared by the replicas, anything
 /// else a PostgreSQL URL.
 fn connect(url: &str) -> Arc<dyn Store> {
+    connect_with_lease(url, std::time::Duration::from_secs(30))
+}
+
+/// [`connect`], the handle holding the follow-ups its commits leave for `lease`.
+fn connect_with_lease(url: &str, lease: std::time::Duration) -> Arc<dyn Store> {
     if let Some(path) = url.strip_prefix("sqlite:") {
         return Arc::new(
             SqliteStore::options()
                 .shared(true)
+                .lease(lease)
                 .create(path)
                 .expect("open the shared SQLite file"),
         );
     }
     #[cfg(feature = "postgres")]
-    return Arc::new(PostgresStore::connect(url).expect("connect"));
+    return Arc::new(
+        PostgresStore::connect(url)
+            .expect("connect")
+            .with_lease(lease),
+    );
     #[cfg(not(feature = "postgres"))]
-    panic!("{url}: PostgreSQL needs the feature `postgres`");
+    panic!("{url}: PostgreSQL needs the feature `postgres` ({lease:?})");
 }
 
 /// The stores the replicas share, each new and created: a SQLite file, and a PostgreSQL
@@ -254,13 +264,10 @@ fn replica() {
                 }
             }
         }
-        #[cfg(feature = "postgres")]
         "die" => {
             // Dies in a hook of the completion: after its commit, before its follow-up (telling
             // the boss) runs.
-            let store = PostgresStore::connect(&url)
-                .unwrap()
-                .with_lease(std::time::Duration::from_millis(500));
+            let store = connect_with_lease(&url, std::time::Duration::from_millis(500));
             let mut b = Engine::builder();
             b.clock(Arc::clone(&clock));
             b.hook(procflow::hook_fn(|event: &procflow::Event| {
@@ -697,16 +704,18 @@ fn replicas_carry_on_when_the_server_restarts_mid_run() {
 /// A replica that dies after committing a completion and before running its follow-up
 /// (telling the informed role) leaves it to another replica once its lease runs out: the
 /// other replica's hooks hear it, once, and the instance's outbox is empty.
-#[cfg(feature = "postgres")]
 #[test]
 fn follow_ups_a_dead_replica_left_run_in_another_once() {
     if std::env::var("PROCFLOW_REPLICA_URL").is_ok() {
         return;
     }
     let _shared = shared();
-    let Some(server) = pg::server() else { return };
-    let url = server.fresh();
-    drop(PostgresStore::connect(&url).unwrap());
+    for url in stores() {
+        follow_ups_left_on(&url);
+    }
+}
+
+fn follow_ups_left_on(url: &str) {
     // The surviving replica, open before the other dies.
     let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut b = Engine::builder();
@@ -717,14 +726,14 @@ fn follow_ups_a_dead_replica_left_run_in_another_once() {
             h.lock().unwrap().push(task.instance());
         }
     }));
-    let survivor = b.open(PostgresStore::connect(&url).unwrap()).unwrap();
+    let survivor = b.open(connect(url)).unwrap();
     survivor
         .deploy(ProcessDef::from_yaml(TOLD).unwrap())
         .unwrap();
     let exe = std::env::current_exe().unwrap();
     let out = Command::new(&exe)
         .args(["--exact", "replica", "--nocapture", "--test-threads", "1"])
-        .env("PROCFLOW_REPLICA_URL", &url)
+        .env("PROCFLOW_REPLICA_URL", url)
         .env("PROCFLOW_REPLICA_PHASE", "die")
         .stdout(Stdio::piped())
         .output()
@@ -735,7 +744,7 @@ fn follow_ups_a_dead_replica_left_run_in_another_once() {
         .find_map(|l| l.split("ACK ").nth(1)?.trim().parse().ok())
         .expect("the replica started an instance");
     let id = InstanceId::new(id);
-    let store = PostgresStore::connect(&url).unwrap();
+    let store = connect(url);
     let stored = store.read(id).unwrap().unwrap();
     assert_eq!(
         stored.instance.status(),

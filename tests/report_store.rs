@@ -246,7 +246,7 @@ fn memory_store_reports_the_same_both_ways() {
 
 /// Turns a store of schema 10 back into the tables of schema 7: `records` with an index by
 /// (instance, position) and no links, no `last_batch`, the `GROUP BY` index of the facts, no
-/// offers, no timer claims.
+/// offers, no timer claims or follow-up leases.
 const TO_V7: &str = "
 CREATE TABLE records_v7 (
     seq INTEGER PRIMARY KEY,
@@ -264,6 +264,9 @@ DROP TABLE offers;
 ALTER TABLE instances DROP COLUMN offers;
 ALTER TABLE instances DROP COLUMN claim_until;
 ALTER TABLE instances DROP COLUMN claimed_by;
+DROP INDEX instances_outbox_lease;
+ALTER TABLE instances DROP COLUMN outbox_until;
+ALTER TABLE instances DROP COLUMN outbox_by;
 ";
 
 #[test]

@@ -70,6 +70,7 @@ pub struct SqliteOptions {
     busy_timeout: Duration,
     max_size: Option<u64>,
     shared: bool,
+    lease: Duration,
 }
 
 impl Default for SqliteOptions {
@@ -80,6 +81,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             max_size: None,
             shared: false,
+            lease: Duration::from_secs(30),
         }
     }
 }
@@ -122,11 +124,22 @@ impl SqliteOptions {
     /// a PostgreSQL store: it answers about an instance from the stored version, looks a
     /// message's receivers up in the store, keeps messages for later in the store alone (each
     /// taken once, in the receiver's commit: [`Commit::takes`](crate::Commit::takes)), offers
-    /// them to instances other engines started, and fires only the due timers it claimed
-    /// ([`Store::claim_due`]: each fires in one process). Each costs a read (a claim, a write) of
-    /// the file that an engine alone on it spares. Off by default.
+    /// them to instances other engines started, fires only the due timers it claimed
+    /// ([`Store::claim_due`]: each fires in one process), and runs the follow-ups a dead
+    /// process left once their lease ran out ([`SqliteOptions::lease`],
+    /// [`Store::claim_outbox`]). Each costs a read (a claim, a write) of the file that an
+    /// engine alone on it spares. Off by default.
     pub fn shared(&mut self, on: bool) -> &mut SqliteOptions {
         self.shared = on;
+        self
+    }
+
+    /// On a shared file: how long a commit that leaves follow-ups (the outbox) holds them for
+    /// this handle before another handle may claim and run them
+    /// ([`Store::claim_outbox`]). Its engine runs them right after the commit, so only a
+    /// handle whose process died lets a lease run out. 30 s by default.
+    pub fn lease(&mut self, lease: Duration) -> &mut SqliteOptions {
+        self.lease = lease;
         self
     }
 
@@ -197,6 +210,8 @@ pub struct SqliteStore {
     shared: bool,
     /// Who this handle is in timer claims: the process and a per-process counter.
     me: String,
+    /// How long a commit holds the follow-ups it leaves, on a shared file.
+    lease: Duration,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -376,6 +391,7 @@ impl SqliteStore {
             anchor,
             path,
             shared: options.shared,
+            lease: options.lease,
             me: {
                 static HANDLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 let n = HANDLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -683,7 +699,11 @@ impl Store for SqliteStore {
                     .map_err(|e| sql_err(&self.path, e))
             })
         })?;
-        let item = Prepared::new(commit, &facts, &self.path)?;
+        // On a shared file, the follow-ups a commit leaves are this handle's for a lease.
+        let outbox = self
+            .shared
+            .then(|| (wall_millis(self.lease), self.me.clone()));
+        let item = Prepared::new(commit, &facts, &self.path, outbox)?;
         let result = if self.group {
             self.queue.commit(item, &self.writer, &self.anchor)
         } else {
@@ -815,8 +835,7 @@ impl Store for SqliteStore {
             return Ok(None);
         }
         let path = &self.path;
-        let wall = Utc::now().timestamp_millis();
-        let until = wall.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let (wall, until) = (wall_millis(Duration::ZERO), wall_millis(lease));
         let mut claimed = self.write_with(|tx| {
             let mut stmt = tx
                 .prepare_cached(
@@ -838,22 +857,60 @@ impl Store for SqliteStore {
         Ok(Some(claimed))
     }
 
+    /// On a shared file, claims up to 1,000 instances whose follow-ups' lease ran out (their
+    /// process died before running them); `None` on a file this engine has alone.
+    fn claim_outbox(
+        &self,
+        lease: std::time::Duration,
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        if !self.shared {
+            return Ok(None);
+        }
+        let path = &self.path;
+        let (wall, until) = (wall_millis(Duration::ZERO), wall_millis(lease));
+        let mut claimed = self.write_with(|tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE instances SET outbox_until = ?1, outbox_by = ?2 \
+                     WHERE id IN (SELECT id FROM instances \
+                       WHERE outbox_until IS NOT NULL AND outbox_until <= ?3 \
+                       ORDER BY outbox_until LIMIT 1000) \
+                     RETURNING id, row_version",
+                )
+                .map_err(|e| sql_err(path, e))?;
+            id_versions(&mut stmt, rusqlite::params![until, self.me, wall], path)
+        })?;
+        claimed.sort_unstable();
+        Ok(Some(claimed))
+    }
+
     fn next_wake(&self) -> Result<Option<crate::store::StoreWake>, StoreError> {
         let path = &self.path;
         // The earliest no live claim holds (claims are made on a shared file only): the
         // due index in order, to the first one.
-        let wall = Utc::now().timestamp_millis();
-        let due: Option<i64> = self.read_with(|conn| {
-            conn.prepare_cached(
-                "SELECT next_due FROM instances WHERE running = 1 AND next_due IS NOT NULL \
-                 AND (claim_until IS NULL OR claim_until <= ?1) ORDER BY next_due LIMIT 1",
-            )
-            .and_then(|mut stmt| stmt.query_row([wall], |row| row.get(0)).optional())
-            .map_err(|e| sql_err(path, e))
+        let wall = wall_millis(Duration::ZERO);
+        let (due, lease): (Option<i64>, Option<i64>) = self.read_with(|conn| {
+            let due = conn
+                .prepare_cached(
+                    "SELECT next_due FROM instances WHERE running = 1 AND next_due IS NOT NULL \
+                     AND (claim_until IS NULL OR claim_until <= ?1) ORDER BY next_due LIMIT 1",
+                )
+                .and_then(|mut stmt| stmt.query_row([wall], |row| row.get(0)).optional())
+                .map_err(|e| sql_err(path, e))?;
+            // When the earliest lease on follow-ups runs out (leases exist on a shared file).
+            let lease = conn
+                .prepare_cached(
+                    "SELECT min(outbox_until) FROM instances WHERE outbox_until IS NOT NULL",
+                )
+                .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+                .map_err(|e| sql_err(path, e))?;
+            Ok((due, lease))
         })?;
         Ok(Some(crate::store::StoreWake {
             due: due.and_then(DateTime::from_timestamp_millis),
-            work_in: None,
+            work_in: lease.map(|at: i64| {
+                Duration::from_millis(u64::try_from(at.saturating_sub(wall) + 1).unwrap_or(0))
+            }),
         }))
     }
 
@@ -1138,4 +1195,12 @@ fn id_versions(
             },
         )
         .collect()
+}
+
+/// The system clock's instant `ahead` from now, in epoch milliseconds: what the leases of a
+/// shared file count in (the processes of one machine share that clock, not their engines').
+fn wall_millis(ahead: Duration) -> i64 {
+    Utc::now()
+        .timestamp_millis()
+        .saturating_add(i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX))
 }

@@ -217,14 +217,23 @@ INSERT INTO offers (offer, instance) SELECT '*', id FROM instances WHERE running
 UPDATE meta SET value = 9 WHERE key = 'schema_version';
 ";
 
-/// Version 10: a claim on each instance's due timers (`claim_until`, epoch milliseconds of the
-/// system clock, and `claimed_by`, the claiming store handle), for files that several processes
-/// share ([`SqliteOptions::shared`](crate::SqliteOptions::shared)): a handle's `tick` fires
-/// only what it claimed, until the claim runs out (its process died) or a commit to the
-/// instance ends it.
+/// Version 10, for files that several processes share
+/// ([`SqliteOptions::shared`](crate::SqliteOptions::shared)), in epoch milliseconds of the
+/// system clock:
+/// - a claim on each instance's due timers (`claim_until`, and `claimed_by`, the claiming store
+///   handle): a handle's `tick` fires only what it claimed, until the claim runs out (its
+///   process died) or a commit to the instance ends it;
+/// - a lease on each instance's follow-ups (`outbox_until`, `outbox_by`): a commit that leaves
+///   follow-ups to run holds them for its handle until then, the commit recording that they
+///   ran ends it, and a handle claims those whose lease ran out (their process died), with an
+///   index of the leased ones. Follow-ups stored before are left to the engines that open the
+///   file, as before.
 const V10: &str = "
 ALTER TABLE instances ADD COLUMN claim_until INTEGER;
 ALTER TABLE instances ADD COLUMN claimed_by TEXT;
+ALTER TABLE instances ADD COLUMN outbox_until INTEGER;
+ALTER TABLE instances ADD COLUMN outbox_by TEXT;
+CREATE INDEX instances_outbox_lease ON instances (outbox_until) WHERE outbox_until IS NOT NULL;
 UPDATE meta SET value = 10 WHERE key = 'schema_version';
 ";
 

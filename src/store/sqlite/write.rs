@@ -45,6 +45,9 @@ pub(super) struct Prepared {
     facts: Vec<FactRow>,
     /// The kept message the commit takes ([`Commit::takes`]).
     takes: Option<u64>,
+    /// On a shared file, when the commit leaves follow-ups to run: until when (epoch
+    /// milliseconds) and for which handle it holds them.
+    outbox: Option<(i64, String)>,
 }
 
 impl Prepared {
@@ -52,6 +55,7 @@ impl Prepared {
         commit: &Commit<'_>,
         facts: &InstanceFacts,
         path: &Path,
+        outbox: Option<(i64, String)>,
     ) -> Result<Prepared, StoreError> {
         let instance = commit.instance.id();
         let range = |what: &str| StoreError::Other {
@@ -94,6 +98,7 @@ impl Prepared {
             }),
             facts: facts.rows(),
             takes: commit.takes,
+            outbox: outbox.filter(|_| !commit.instance.pending().is_empty()),
         })
     }
 }
@@ -257,8 +262,8 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
         conn.prepare_cached(
             "INSERT INTO instances \
              (id, process, def_version, running, row_version, started_at, state, next_due, \
-              last_batch, offers) \
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
+              last_batch, offers, outbox_until, outbox_by) \
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (id) DO NOTHING",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -270,7 +275,9 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
                 p.state,
                 p.next_due,
                 seq,
-                p.offers.as_ref().map(|(_, json)| json)
+                p.offers.as_ref().map(|(_, json)| json),
+                p.outbox.as_ref().map(|(until, _)| until),
+                p.outbox.as_ref().map(|(_, by)| by)
             ])
         })
         .map_err(sql)?
@@ -307,7 +314,8 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
             conn.prepare_cached(
                 "UPDATE instances SET def_version = ?2, running = ?3, row_version = ?4, \
                  state = ?5, next_due = ?6, last_batch = coalesce(?8, last_batch), \
-                 offers = coalesce(?9, offers), claim_until = NULL, claimed_by = NULL \
+                 offers = coalesce(?9, offers), claim_until = NULL, claimed_by = NULL, \
+                 outbox_until = ?10, outbox_by = ?11 \
                  WHERE id = ?1 AND row_version = ?7",
             )
             .and_then(|mut s| {
@@ -320,7 +328,9 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
                     p.next_due,
                     version,
                     seq,
-                    p.offers.as_ref().map(|(_, json)| json)
+                    p.offers.as_ref().map(|(_, json)| json),
+                    p.outbox.as_ref().map(|(until, _)| until),
+                    p.outbox.as_ref().map(|(_, by)| by)
                 ])
             })
             .map_err(sql)?
