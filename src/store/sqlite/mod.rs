@@ -243,6 +243,36 @@ const CHECKPOINT_BYTES: i64 = 32 << 20;
 const WRITER_CACHE_KIB: i64 = -2_048;
 
 impl SqliteStore {
+    /// On a shared file, runs the claiming `sql` (`?1` the end of the lease, `?2` this handle,
+    /// `?3` the system clock now, in epoch milliseconds; `?4` `due`, the engine's now, when
+    /// given) in one write transaction: the claimed instances, with their versions, by id.
+    /// `None` on a file this engine has alone.
+    fn claim(
+        &self,
+        sql: &str,
+        lease: Duration,
+        due: Option<i64>,
+    ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
+        if !self.shared {
+            return Ok(None);
+        }
+        let path = &self.path;
+        let (wall, until) = (wall_millis(Duration::ZERO), wall_millis(lease));
+        let mut claimed = self.write_with(|tx| {
+            let mut stmt = tx.prepare_cached(sql).map_err(|e| sql_err(path, e))?;
+            match due {
+                Some(due) => id_versions(
+                    &mut stmt,
+                    rusqlite::params![until, self.me, wall, due],
+                    path,
+                ),
+                None => id_versions(&mut stmt, rusqlite::params![until, self.me, wall], path),
+            }
+        })?;
+        claimed.sort_unstable();
+        Ok(Some(claimed))
+    }
+
     /// The instance ids a key query (`?1` the key's name, `?2` its value) gives.
     fn keyed(&self, sql: &str, key: &str, value: &str) -> Result<Vec<InstanceId>, StoreError> {
         let path = &self.path;
@@ -831,30 +861,16 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         lease: std::time::Duration,
     ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
-        if !self.shared {
-            return Ok(None);
-        }
-        let path = &self.path;
-        let (wall, until) = (wall_millis(Duration::ZERO), wall_millis(lease));
-        let mut claimed = self.write_with(|tx| {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE instances SET claim_until = ?1, claimed_by = ?2 \
-                     WHERE id IN (SELECT id FROM instances \
-                       WHERE running = 1 AND next_due IS NOT NULL AND next_due <= ?3 \
-                       AND (claim_until IS NULL OR claim_until <= ?4 OR claimed_by = ?2) \
-                       ORDER BY next_due LIMIT 1000) \
-                     RETURNING id, row_version",
-                )
-                .map_err(|e| sql_err(path, e))?;
-            id_versions(
-                &mut stmt,
-                rusqlite::params![until, self.me, now.timestamp_millis(), wall],
-                path,
-            )
-        })?;
-        claimed.sort_unstable();
-        Ok(Some(claimed))
+        self.claim(
+            "UPDATE instances SET claim_until = ?1, claimed_by = ?2 \
+             WHERE id IN (SELECT id FROM instances \
+               WHERE running = 1 AND next_due IS NOT NULL AND next_due <= ?4 \
+               AND (claim_until IS NULL OR claim_until <= ?3 OR claimed_by = ?2) \
+               ORDER BY next_due LIMIT 1000) \
+             RETURNING id, row_version",
+            lease,
+            Some(now.timestamp_millis()),
+        )
     }
 
     /// On a shared file, claims up to 1,000 instances whose follow-ups' lease ran out (their
@@ -863,25 +879,15 @@ impl Store for SqliteStore {
         &self,
         lease: std::time::Duration,
     ) -> Result<Option<Vec<(InstanceId, u64)>>, StoreError> {
-        if !self.shared {
-            return Ok(None);
-        }
-        let path = &self.path;
-        let (wall, until) = (wall_millis(Duration::ZERO), wall_millis(lease));
-        let mut claimed = self.write_with(|tx| {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE instances SET outbox_until = ?1, outbox_by = ?2 \
-                     WHERE id IN (SELECT id FROM instances \
-                       WHERE outbox_until IS NOT NULL AND outbox_until <= ?3 \
-                       ORDER BY outbox_until LIMIT 1000) \
-                     RETURNING id, row_version",
-                )
-                .map_err(|e| sql_err(path, e))?;
-            id_versions(&mut stmt, rusqlite::params![until, self.me, wall], path)
-        })?;
-        claimed.sort_unstable();
-        Ok(Some(claimed))
+        self.claim(
+            "UPDATE instances SET outbox_until = ?1, outbox_by = ?2 \
+             WHERE id IN (SELECT id FROM instances \
+               WHERE outbox_until IS NOT NULL AND outbox_until <= ?3 \
+               ORDER BY outbox_until LIMIT 1000) \
+             RETURNING id, row_version",
+            lease,
+            None,
+        )
     }
 
     fn next_wake(&self) -> Result<Option<crate::store::StoreWake>, StoreError> {
