@@ -1113,23 +1113,12 @@ impl Engine {
             self.between.set_parked(&list);
             gone
         };
-        let expired = match self.shared_store() {
-            // Another engine may have delivered (or expired) one meanwhile: only those the
-            // store still keeps are this engine's to record.
-            Some(store) if !expired.is_empty() => match store.parked() {
-                Ok(still) => expired
-                    .into_iter()
-                    .filter(|p| still.iter().any(|s| s.id == p.id))
-                    .collect(),
-                Err(_) => return,
-            },
-            _ => expired,
-        };
         for parked in expired {
             if let Some(store) = &self.store {
-                // Taken: another engine delivered it after the look above. Otherwise it stays
-                // kept in the store when this fails, and an engine expires it later (this one
-                // after reading the store's list again: at its next open, or tick when shared).
+                // Taken: another engine sharing the store delivered (or expired) it meanwhile,
+                // and the store refuses to record it. Otherwise it stays kept in the store when
+                // this fails, and an engine expires it later (this one after reading the
+                // store's list again: at its next open, or tick when shared).
                 if store.settle(parked.id, Some(&parked)).is_err() {
                     continue;
                 }
