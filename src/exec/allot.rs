@@ -692,7 +692,7 @@ impl Engine {
                 seqs.push(found[i].1);
                 i += 1;
             }
-            let slot = lock(self.shard(InstanceId(id))).get(&id).cloned();
+            let slot = lock(self.shard(InstanceId(id))).get(id).cloned();
             let Some(slot) = slot else {
                 continue;
             };

@@ -47,7 +47,7 @@ impl Engine {
                 return;
             };
             let mut victims = Vec::new();
-            for (n, slot) in shard.iter().filter(|(n, _)| **n != kept.0).take(LOOK) {
+            for (n, slot) in shard.iter().filter(|(n, _)| *n != kept.0).take(LOOK) {
                 if victims.len() >= excess {
                     break;
                 }
@@ -59,7 +59,7 @@ impl Engine {
                     continue;
                 }
                 guard.retire();
-                victims.push(*n);
+                victims.push(n);
             }
             for n in victims {
                 gone.extend(shard.let_go(n));
@@ -81,7 +81,7 @@ impl Engine {
 
     /// Whether the engine holds `id` now (read without its lock: a hint).
     pub(crate) fn holds(&self, id: InstanceId) -> bool {
-        lock(self.shard(id)).contains_key(&id.0)
+        lock(self.shard(id)).contains_key(id.0)
     }
 
     /// The store, when the engine may not hold every running instance it keeps: other engines
@@ -112,7 +112,7 @@ impl Engine {
         stored
             .into_iter()
             .filter(|(id, version)| {
-                let held = lock(self.shard(*id)).get(&id.0).cloned();
+                let held = lock(self.shard(*id)).get(id.0).cloned();
                 held.is_none_or(|slot| {
                     let slot = lock(&slot);
                     slot.is_retired() || slot.version < *version
@@ -197,7 +197,7 @@ impl Engine {
     /// (whose version counts past every stored one).
     fn held_older(&self, stored: &StoredInstance) -> Option<Arc<Mutex<Slot>>> {
         let id = stored.instance.id;
-        let held = lock(self.shard(id)).get(&id.0).cloned()?;
+        let held = lock(self.shard(id)).get(id.0).cloned()?;
         let older = lock(&held).version < stored.version;
         older.then_some(held)
     }
@@ -382,7 +382,7 @@ impl Engine {
         if super::seam::busy().is_some() {
             return Vec::new();
         }
-        let held = lock(self.shard(instance)).get(&instance.0).cloned();
+        let held = lock(self.shard(instance)).get(instance.0).cloned();
         if let Some(offered) = self.current(held.as_ref(), |slot| self.offered(slot, actor)) {
             return offered;
         }
@@ -428,7 +428,7 @@ impl Engine {
             return Vec::new();
         }
         let actors = &actors[..actors.len().min(64)];
-        let held = lock(self.shard(instance)).get(&instance.0).cloned();
+        let held = lock(self.shard(instance)).get(instance.0).cloned();
         self.current(held.as_ref(), |slot| {
             if slot.inst.status != crate::model::Status::Running {
                 return Vec::new();

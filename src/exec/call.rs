@@ -669,7 +669,7 @@ impl Engine {
         parent: CallParent,
         vars: Vars,
     ) -> Result<(), ExecError> {
-        let exists = lock(self.shard(child)).contains_key(&child.0)
+        let exists = lock(self.shard(child)).contains_key(child.0)
             || match &self.store {
                 Some(store) => store.read(child)?.is_some(),
                 None => false,

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +27,7 @@ use smallvec::SmallVec;
 
 use super::deploy::Deployed;
 use super::events::{Listener, listeners};
+use super::idmap::IdMap;
 use super::seam::Slot;
 use super::step::{Change, Step};
 use super::{Engine, ExecError, IdHasher, lock};
@@ -80,24 +82,26 @@ const SHARDS: usize = 64;
 type Ids<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// One shard of a hash index (this module's, and the business keys'): most hashes have one
-/// instance, kept in a 16-byte entry; the others beyond the first are in `more` (a waiting
-/// instance costs about 36 bytes of index at a million, against 69 with a small vector per
-/// entry).
+/// instance, kept in a 16-byte entry of an [`IdMap`] (key beside value: one cache line a
+/// lookup); the others beyond the first are in `more` (a waiting instance costs about 36 bytes
+/// of index at a million, against 69 with a small vector per entry). Instance numbers start at
+/// 1; a 0 would go to `more`.
 #[derive(Default)]
 pub(super) struct Multi {
-    one: Ids<u64>,
+    one: IdMap<NonZeroU64>,
     more: Ids<Vec<u64>>,
 }
 
 impl Multi {
     pub(super) fn insert(&mut self, hash: u64, id: u64) {
         let Multi { one, more } = self;
-        match one.get(&hash) {
-            None => {
-                one.insert(hash, id);
+        let first = one.get(hash).map(|f| f.get());
+        match (first, NonZeroU64::new(id)) {
+            (None, Some(nz)) => {
+                one.insert(hash, nz);
             }
-            Some(first) if *first == id => {}
-            Some(_) => {
+            (Some(first), _) if first == id => {}
+            _ => {
                 let rest = more.entry(hash).or_default();
                 if !rest.contains(&id) {
                     rest.push(id);
@@ -108,20 +112,27 @@ impl Multi {
 
     pub(super) fn remove(&mut self, hash: u64, id: u64) {
         let Multi { one, more } = self;
-        if one.get(&hash) == Some(&id) {
-            // The next one, if any, takes the first place.
-            match more.get_mut(&hash).and_then(Vec::pop) {
-                Some(next) => {
-                    one.insert(hash, next);
-                }
-                None => {
-                    one.remove(&hash);
+        match one.get_mut(hash) {
+            Some(first) if first.get() == id => {
+                // The next one, if any, takes the first place.
+                match more
+                    .get_mut(&hash)
+                    .and_then(|rest| rest.iter().rposition(|i| *i != 0).map(|at| rest.remove(at)))
+                    .and_then(NonZeroU64::new)
+                {
+                    Some(next) => *first = next,
+                    None => {
+                        one.remove(hash);
+                    }
                 }
             }
-        } else if let Some(rest) = more.get_mut(&hash) {
-            rest.retain(|i| *i != id);
+            _ => {
+                if let Some(rest) = more.get_mut(&hash) {
+                    rest.retain(|i| *i != id);
+                }
+            }
         }
-        if more.get(&hash).is_some_and(Vec::is_empty) {
+        if !more.is_empty() && more.get(&hash).is_some_and(Vec::is_empty) {
             more.remove(&hash);
         }
     }
@@ -133,7 +144,8 @@ impl Multi {
         } else {
             self.more.get(&hash).map_or(&[][..], |v| &v[..])
         };
-        for id in self.one.get(&hash).into_iter().chain(rest) {
+        let first = self.one.get(hash).map(|f| f.get());
+        for id in first.iter().chain(rest) {
             if !out.contains(id) {
                 out.push(*id);
             }

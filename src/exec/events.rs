@@ -360,7 +360,7 @@ impl Engine {
         for shard in &*self.shards {
             let slots: Vec<(u64, Arc<Mutex<Slot>>)> = lock(shard)
                 .iter()
-                .map(|(k, v)| (*k, Arc::clone(v)))
+                .map(|(k, v)| (k, Arc::clone(v)))
                 .collect();
             for (id, slot) in slots {
                 let slot = lock(&slot);

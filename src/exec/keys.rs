@@ -468,7 +468,7 @@ impl Engine {
         let mut ids = self.keys.ids(key_hash(key, value));
         ids.sort_unstable();
         for n in ids {
-            let Some(slot) = lock(self.shard(InstanceId(n))).get(&n).cloned() else {
+            let Some(slot) = lock(self.shard(InstanceId(n))).get(n).cloned() else {
                 continue;
             };
             let slot = lock(&slot);

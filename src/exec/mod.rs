@@ -14,6 +14,7 @@ mod correlate;
 mod deploy;
 mod error;
 mod events;
+mod idmap;
 mod kept;
 mod keys;
 mod lifecycle;
@@ -27,7 +28,6 @@ mod timers;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -108,7 +108,7 @@ pub(crate) type Shard = Mutex<Held>;
 /// holds), so keeping it needs no second read (`Engine::fetch`).
 #[derive(Default)]
 pub(crate) struct Held {
-    slots: HashMap<u64, Arc<Mutex<Slot>>, BuildHasherDefault<IdHasher>>,
+    slots: idmap::IdMap<Arc<Mutex<Slot>>>,
     let_go: u64,
 }
 
@@ -116,7 +116,7 @@ impl Held {
     /// Takes a slot out of the shard (the one way out, so that the count is kept).
     pub(crate) fn let_go(&mut self, n: u64) -> Option<Arc<Mutex<Slot>>> {
         self.let_go += 1;
-        self.slots.remove(&n)
+        self.slots.remove(n)
     }
 
     /// How many slots the shard let go of.
@@ -126,7 +126,7 @@ impl Held {
 }
 
 impl std::ops::Deref for Held {
-    type Target = HashMap<u64, Arc<Mutex<Slot>>, BuildHasherDefault<IdHasher>>;
+    type Target = idmap::IdMap<Arc<Mutex<Slot>>>;
 
     fn deref(&self) -> &Self::Target {
         &self.slots
@@ -1150,7 +1150,7 @@ impl Engine {
         self.not_busy()?;
         loop {
             let slot = lock(self.shard(id))
-                .get(&id.0)
+                .get(id.0)
                 .cloned()
                 .ok_or(ExecError::UnknownInstance(id))?;
             // Taken out of its shard only under its own lock: a call in flight on it commits
@@ -1158,7 +1158,7 @@ impl Engine {
             let mut guard = lock(&slot);
             {
                 let mut shard = lock(self.shard(id));
-                if !shard.get(&id.0).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                if !shard.get(id.0).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
                     continue;
                 }
                 shard.let_go(id.0);
@@ -1254,7 +1254,7 @@ impl Engine {
         let mut ids: Vec<InstanceId> = self
             .shards
             .iter()
-            .flat_map(|s| lock(s).keys().map(|k| InstanceId(*k)).collect::<Vec<_>>())
+            .flat_map(|s| lock(s).keys().map(InstanceId).collect::<Vec<_>>())
             .collect();
         ids.extend(self.stored_elsewhere().into_iter().map(InstanceId));
         ids.sort();

@@ -161,7 +161,7 @@ impl Engine {
     ) -> Result<R, ExecError> {
         self.not_busy()?;
         loop {
-            let found = lock(self.shard(id)).get(&id.0).cloned();
+            let found = lock(self.shard(id)).get(id.0).cloned();
             let slot = match found {
                 Some(slot) => slot,
                 None => self.read_stored(id)?,
@@ -183,7 +183,7 @@ impl Engine {
                     self.unindex_keys(&guard.inst, &guard.dep.def);
                 }
                 let mut shard = lock(self.shard(id));
-                if shard.get(&id.0).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                if shard.get(id.0).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
                     shard.let_go(id.0);
                 }
             }
@@ -676,14 +676,14 @@ impl Engine {
     fn keep(&self, stored: StoredInstance, again: Again) -> Result<Arc<Mutex<Slot>>, ExecError> {
         let id = stored.instance.id;
         // The shard lock is never held while waiting for an instance's lock.
-        let held = lock(self.shard(id)).get(&id.0).cloned();
+        let held = lock(self.shard(id)).get(id.0).cloned();
         if let Some(slot) = held {
             let (instance, dep, version) = self.fit(stored)?;
             self.replace_held(&mut lock(&slot), instance, dep, version);
             return Ok(slot);
         }
         let mut shard = lock(self.shard(id));
-        if let Some(slot) = shard.get(&id.0) {
+        if let Some(slot) = shard.get(id.0) {
             return Ok(Arc::clone(slot));
         }
         // Read again under the shard lock: a copy of the instance that left the shard since

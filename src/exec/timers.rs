@@ -739,7 +739,7 @@ impl Engine {
         };
         let mut ran = 0;
         for (id, version) in claimed {
-            let held = super::lock(self.shard(id)).get(&id.0).cloned();
+            let held = super::lock(self.shard(id)).get(id.0).cloned();
             if held.is_none_or(|slot| super::lock(&slot).version < version) {
                 // Not readable now, or not fitting its definition: the claim runs out and it
                 // is claimed again.
@@ -787,7 +787,7 @@ impl Engine {
             },
         };
         for (id, version) in due {
-            let held = super::lock(self.shard(id)).get(&id.0).cloned();
+            let held = super::lock(self.shard(id)).get(id.0).cloned();
             let stale = held.is_none_or(|slot| super::lock(&slot).version < version);
             if stale {
                 // A stored instance that does not fit its definition is refused here and by
