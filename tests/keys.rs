@@ -689,9 +689,11 @@ fn check_holders(ops: Vec<Op>, on_store: bool) -> Result<(), proptest::test_runn
 proptest::proptest! {
     #![proptest_config(proptest::test_runner::Config { cases: 64, ..Default::default() })]
 
-    /// Whatever the calls, a key query finds exactly the instances holding the value.
+    /// Whatever the calls, a key query finds exactly the instances holding the value (up to
+    /// 96 calls: the index keeps removals waiting until the next read, and long runs leave
+    /// many waiting).
     #[test]
-    fn a_key_query_finds_exactly_the_holders(ops in proptest::collection::vec(op(), 1..24)) {
+    fn a_key_query_finds_exactly_the_holders(ops in proptest::collection::vec(op(), 1..96)) {
         check_holders(ops.clone(), false)?;
         check_holders(ops, true)?;
     }

@@ -137,6 +137,16 @@ impl Multi {
         }
     }
 
+    /// Reads the table entry where each of `hashes` would be, so that a batch of operations
+    /// on them meets their cache misses at once rather than one after another.
+    pub(super) fn touch(&self, hashes: impl Iterator<Item = u64>) {
+        let mut seen = 0;
+        for hash in hashes {
+            seen ^= self.one.touch(hash);
+        }
+        std::hint::black_box(seen);
+    }
+
     /// Adds the instances under `hash` to `out` (once each).
     pub(super) fn get(&self, hash: u64, out: &mut SmallVec<[u64; 2]>) {
         let rest = if self.more.is_empty() {
@@ -261,7 +271,7 @@ fn correlation_hash<'v>(
     message: &str,
     values: impl Iterator<Item = Option<&'v Value>>,
 ) -> Option<u64> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = super::index_hasher();
     message.hash(&mut h);
     for v in values {
         match v {

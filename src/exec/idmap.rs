@@ -66,6 +66,16 @@ impl<V> IdMap<V> {
         }
     }
 
+    /// Reads the entry where a probe for `key` starts and gives its key: a caller about to
+    /// look up many keys reads them all first, so that their cache misses overlap (a load
+    /// whose result nothing waits for does not stall the ones after it).
+    pub(crate) fn touch(&self, key: u64) -> u64 {
+        if self.len == 0 {
+            return 0;
+        }
+        self.entries[self.home(key)].0
+    }
+
     /// The value under `key`.
     pub(crate) fn get(&self, key: u64) -> Option<&V> {
         self.find(key).and_then(|i| self.entries[i].1.as_ref())

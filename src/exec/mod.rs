@@ -139,6 +139,15 @@ impl std::ops::DerefMut for Held {
     }
 }
 
+/// The hasher of the in-memory indexes' values (correlation values, business keys): fixed, so
+/// that equal values hash alike in every engine and run. Fast rather than keyed: an index
+/// holds the engine's own hashes in [`idmap::IdMap`], and a collision costs a look, never a
+/// wrong answer.
+pub(crate) fn index_hasher() -> impl std::hash::Hasher {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().build_hasher()
+}
+
 /// Hashes instance numbers with one folded multiplication. The default SipHash was about a
 /// third of a `complete` call's own time; ids are the engine's own numbers, not input an
 /// attacker picks. Folding the 128-bit product mixes the high bits into the low ones, which the
