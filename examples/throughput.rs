@@ -31,6 +31,9 @@
 //! nanoseconds per correlate (the median over batches of 1,000) and the resident memory per
 //! waiting instance beside the same instances waiting at an uncorrelated catch (the index's
 //! cost); with `--store` it correlates on `--threads` threads and prints messages per second.
+//! `--deployed N` deploys N more definitions beside it, each with a message of its own, as an
+//! operator's engine holds its other processes (the receivers of a message are looked up, not
+//! every definition scanned).
 //!
 //! `call` times call activity round trips on one thread: a parent whose only work is a call
 //! activity starts a child that runs from its start to its end, and resumes; it prints the
@@ -87,7 +90,7 @@ mod pg;
 
 const USAGE: &str = "usage: throughput --workload linear|complaint|fanout|waiting|reopen|message|lines|waiting-lines|waiting-keys|correlate|worklist|call|timers \
 [--seconds S] [--threads N] [--no-audit] [--instances N] [--store sqlite:PATH|postgres:URL] [--reuse] [--cache N] [--receivers] [--clerk-list] \
-[--durability process|full] [--commit group|single] [--shared] [--lines N]";
+[--durability process|full] [--commit group|single] [--shared] [--lines N] [--deployed N]";
 
 struct Args {
     workload: String,
@@ -115,6 +118,8 @@ struct Args {
     /// `reopen`: also time the work list of a clerk, to whom every waiting task is offered
     /// (every instance is read).
     clerk_list: bool,
+    /// `correlate`: more definitions deployed beside the receiver's.
+    deployed: u32,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -133,6 +138,7 @@ fn parse_args() -> Result<Args, String> {
         reuse: false,
         cache: 10_000,
         receivers: false,
+        deployed: 0,
         clerk_list: false,
     };
     let mut it = std::env::args().skip(1);
@@ -178,6 +184,7 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--shared" => args.shared = true,
+            "--deployed" => args.deployed = num(&flag, &value()?)?,
             "-h" | "--help" => return Err(USAGE.into()),
             _ => return Err(format!("unknown argument '{flag}'\n{USAGE}")),
         }
@@ -836,6 +843,24 @@ nodes:
     )
 }
 
+/// Another process, `other{k}`, with a message of its own (`--deployed`).
+fn other_def(k: u32) -> String {
+    format!(
+        "id: other{k}
+version: 1
+name: Another process
+variables: {{ order_id: {{ type: integer }} }}
+keys: [order_id]
+messages:
+  note{k}: {{ payload: [order_id], correlate: {{ order_id: order_id }} }}
+nodes:
+  start: {{ kind: start, next: wait }}
+  wait: {{ kind: catch, message: note{k}, next: end }}
+  end: {{ kind: end }}
+"
+    )
+}
+
 /// The start variables of a waiting instance of `correlate_def`: its order number.
 fn order_key(i: u64) -> Vars {
     let mut v = Vars::new();
@@ -880,7 +905,11 @@ fn correlate(args: &Args) {
         }
         plain_bytes = (proc_status_kb("VmRSS").saturating_sub(before) * 1024) as f64 / n as f64;
     }
-    let engine = engine(args, [parse(&correlate_def(true))]);
+    let others = (0..args.deployed).map(|k| parse(&other_def(k)));
+    let engine = engine(
+        args,
+        std::iter::once(parse(&correlate_def(true))).chain(others),
+    );
     let before = proc_status_kb("VmRSS");
     let start = Instant::now();
     for i in 0..n {

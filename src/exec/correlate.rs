@@ -684,17 +684,14 @@ impl Engine {
     /// Checks a message against the deployed definitions that receive it.
     fn plan(&self, message: &str, vars: &Vars) -> Result<Plan, ExecError> {
         let catalog = self.defs.load();
-        let mut receivers: SmallVec<[Receiver; 2]> = SmallVec::new();
-        for versions in catalog.values() {
-            for dep in versions.values() {
-                if let Some(at) = dep.def.messages.get_index_of(message) {
-                    receivers.push(Receiver {
-                        dep: Arc::clone(dep),
-                        message: at,
-                    });
-                }
-            }
-        }
+        let receivers: SmallVec<[Receiver; 2]> = catalog
+            .receivers(message)
+            .iter()
+            .map(|(dep, at)| Receiver {
+                dep: Arc::clone(dep),
+                message: *at,
+            })
+            .collect();
         if receivers.is_empty() {
             return Err(ExecError::UndeclaredMessage {
                 message: message.to_owned(),

@@ -102,7 +102,51 @@ impl Deployed {
 }
 
 /// Deployed definitions by id, then version.
-pub(crate) type Catalog = HashMap<String, BTreeMap<u32, Arc<Deployed>>>;
+pub(crate) type Versions = HashMap<String, BTreeMap<u32, Arc<Deployed>>>;
+
+/// The deployed definitions (by id, then version: the `Deref`), and who receives each
+/// message. Built whole on each deploy and swapped in, so that a call reads one consistent
+/// catalogue without a lock.
+#[derive(Default)]
+pub(crate) struct Catalog {
+    versions: Versions,
+    /// Message name → every deployed definition (each version) that declares it, with the
+    /// message's place in its `messages`: a `correlate` looks at its receivers only, not at
+    /// every definition deployed (a lookup in each of them, a microsecond with fifty).
+    receivers: HashMap<String, Vec<(Arc<Deployed>, usize)>>,
+}
+
+impl Catalog {
+    /// The catalogue of `versions`.
+    pub(crate) fn new(versions: Versions) -> Catalog {
+        let mut receivers: HashMap<String, Vec<(Arc<Deployed>, usize)>> = HashMap::new();
+        for deployed in versions.values().flat_map(BTreeMap::values) {
+            for (at, name) in deployed.def.messages.keys().enumerate() {
+                receivers
+                    .entry(name.clone())
+                    .or_default()
+                    .push((Arc::clone(deployed), at));
+            }
+        }
+        Catalog {
+            versions,
+            receivers,
+        }
+    }
+
+    /// The definitions that declare `message`, with its place in their `messages`.
+    pub(crate) fn receivers(&self, message: &str) -> &[(Arc<Deployed>, usize)] {
+        self.receivers.get(message).map_or(&[], Vec::as_slice)
+    }
+}
+
+impl std::ops::Deref for Catalog {
+    type Target = Versions;
+
+    fn deref(&self) -> &Versions {
+        &self.versions
+    }
+}
 
 /// How [`Engine::install`] treats a definition.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -254,7 +298,7 @@ impl Engine {
             _ => None,
         };
         let _deploying = lock(&self.deploying);
-        let mut catalog: Catalog = (**self.defs.load()).clone();
+        let mut catalog: Versions = (**self.defs.load()).clone();
         let versions = catalog.entry(def.key.id.clone()).or_default();
         if let Some(deployed) = versions.get(&def.key.version) {
             if deployed.def.text == def.text && deployed.missing.is_none() {
@@ -296,7 +340,7 @@ impl Engine {
                 listens: super::correlate::listening(&def),
             }),
         );
-        self.defs.store(Arc::new(catalog));
+        self.defs.store(Arc::new(Catalog::new(catalog)));
         Ok(def)
     }
 
@@ -331,7 +375,7 @@ impl Engine {
         // The definitions that count on it, with the new calendar in place.
         let replaced: HashMap<DefKey, Arc<Deployed>> = {
             let _deploying = lock(&self.deploying);
-            let mut catalog: Catalog = (**self.defs.load()).clone();
+            let mut catalog: Versions = (**self.defs.load()).clone();
             let mut replaced = HashMap::new();
             for versions in catalog.values_mut() {
                 for deployed in versions.values_mut() {
@@ -341,7 +385,7 @@ impl Engine {
                     }
                 }
             }
-            self.defs.store(Arc::new(catalog));
+            self.defs.store(Arc::new(Catalog::new(catalog)));
             replaced
         };
         let mut moved = 0;

@@ -358,7 +358,7 @@ impl EngineBuilder {
             hooks: b.hooks,
             handlers: b.handlers,
             authorizer,
-            defs: ArcSwap::from_pointee(Catalog::new()),
+            defs: ArcSwap::from_pointee(Catalog::default()),
             deploying: Mutex::new(()),
             uid: ENGINES.fetch_add(1, Ordering::Relaxed),
             shards: (0..SHARDS).map(|_| Mutex::new(Held::default())).collect(),
