@@ -139,13 +139,15 @@ impl std::ops::DerefMut for Held {
     }
 }
 
-/// The hasher of the in-memory indexes' values (correlation values, business keys): fixed, so
-/// that equal values hash alike in every engine and run. Fast rather than keyed: an index
-/// holds the engine's own hashes in [`idmap::IdMap`], and a collision costs a look, never a
-/// wrong answer.
+/// The hasher of the in-memory indexes' values (correlation values, business keys), which
+/// callers choose: seeded at random once per process, so that nobody can pick values that
+/// pile up in one run of an [`idmap::IdMap`] (a fixed hash would let them: the table probes
+/// linearly). A collision costs a look, never a wrong answer; the hashes never leave the
+/// process.
 pub(crate) fn index_hasher() -> impl std::hash::Hasher {
     use std::hash::BuildHasher;
-    foldhash::fast::FixedState::default().build_hasher()
+    static STATE: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
+    STATE.get_or_init(Default::default).build_hasher()
 }
 
 /// Hashes instance numbers with one folded multiplication. The default SipHash was about a
