@@ -133,6 +133,13 @@ fn open(store: Arc<dyn Store>, clock: &Arc<ManualClock>) -> Engine {
     builder(clock).open(store).expect("open")
 }
 
+/// [`open`], with the definition `yaml` deployed.
+fn deployed(store: Arc<dyn Store>, clock: &Arc<ManualClock>, yaml: &str) -> Engine {
+    let engine = open(store, clock);
+    engine.deploy(ProcessDef::from_yaml(yaml).unwrap()).unwrap();
+    engine
+}
+
 /// [`builder`] with a bounded cache of 64 instances: one per shard.
 fn cached(clock: &Arc<ManualClock>) -> EngineBuilder {
     let mut config = procflow::Config::default();
@@ -574,10 +581,7 @@ nodes:
 fn business_keys_are_indexed_and_survive_reopening() {
     for (name, store) in stores() {
         let clock = Arc::new(ManualClock::new(t0()));
-        let engine = open(store(), &clock);
-        engine
-            .deploy(ProcessDef::from_yaml(KEYED).unwrap())
-            .unwrap();
+        let engine = deployed(store(), &clock, KEYED);
         let a = engine
             .start("keyed", vars(&[("customer_id", json!("C-1"))]))
             .unwrap();
@@ -1045,10 +1049,7 @@ fn an_escalated_task_follows_its_unit_to_a_new_parent() {
 fn read_many_gives_what_read_gives_for_each_known_instance_in_id_order() {
     for (name, store) in stores() {
         let clock = Arc::new(ManualClock::new(t0()));
-        let engine = open(store(), &clock);
-        engine
-            .deploy(ProcessDef::from_yaml(REVIEW).unwrap())
-            .unwrap();
+        let engine = deployed(store(), &clock, REVIEW);
         let ids: Vec<InstanceId> = (0..5)
             .map(|_| engine.start("review", Vars::new()).unwrap())
             .collect();
@@ -1083,10 +1084,7 @@ fn a_key_value_holding_any_character_is_stored_and_found() {
     let odd = ["C\u{0}1", "\u{1}0", "C\u{1}\u{0}", "中\u{0}"];
     for (name, store) in stores() {
         let clock = Arc::new(ManualClock::new(t0()));
-        let engine = open(store(), &clock);
-        engine
-            .deploy(ProcessDef::from_yaml(KEYED).unwrap())
-            .unwrap();
+        let engine = deployed(store(), &clock, KEYED);
         let ids: Vec<InstanceId> = odd
             .iter()
             .map(|v| {
@@ -1166,10 +1164,7 @@ fn a_key_value_longer_than_the_bound_is_refused_on_every_store() {
     let bound = procflow::VarSpec::MAX_KEY_BYTES;
     for (name, store) in stores() {
         let clock = Arc::new(ManualClock::new(t0()));
-        let engine = open(store(), &clock);
-        engine
-            .deploy(ProcessDef::from_yaml(KEYED).unwrap())
-            .unwrap();
+        let engine = deployed(store(), &clock, KEYED);
         let longest = text(bound);
         let id = engine
             .start("keyed", vars(&[("customer_id", json!(longest))]))
@@ -1467,10 +1462,7 @@ fn a_due_timer_is_claimed_by_one_handle_until_its_lease_runs_out() {
     use std::time::Duration as Lease;
     for (name, store) in shared_stores() {
         let clock = Arc::new(ManualClock::new(t0()));
-        let engine = open(store(), &clock);
-        engine
-            .deploy(ProcessDef::from_yaml(PAUSE).unwrap())
-            .unwrap();
+        let engine = deployed(store(), &clock, PAUSE);
         let id = engine.start("pause", Vars::new()).unwrap();
         let (one, two) = (store(), store());
         let now = t0() + Duration::hours(2);
@@ -1529,10 +1521,7 @@ fn an_engine_is_not_woken_for_a_timer_another_engine_claimed() {
     use std::time::Duration as Lease;
     for (name, store) in shared_stores() {
         let clock = Arc::new(ManualClock::new(t0()));
-        let engine = open(store(), &clock);
-        engine
-            .deploy(ProcessDef::from_yaml(PAUSE).unwrap())
-            .unwrap();
+        let engine = deployed(store(), &clock, PAUSE);
         let id = engine.start("pause", Vars::new()).unwrap();
         clock.advance(Duration::hours(2));
         // Another handle claims it and has not fired it yet.
