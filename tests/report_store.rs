@@ -244,6 +244,27 @@ fn memory_store_reports_the_same_both_ways() {
     assert_same(&*store);
 }
 
+/// Turns a store of schema 11 back into the tables of schema 10: the facts as rows of a table
+/// of their own instead of a column of the instance's row.
+const TO_V10: &str = "
+CREATE TABLE report_facts (
+    instance INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    process TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    till INTEGER,
+    PRIMARY KEY (instance, seq)
+) WITHOUT ROWID;
+INSERT INTO report_facts (instance, seq, process, started_at, kind, subject, n, till)
+    SELECT i.id, j.key, i.process, i.started_at, json_extract(j.value, '$[0]'),
+        json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]')
+    FROM instances i, json_each(i.facts) j;
+ALTER TABLE instances DROP COLUMN facts;
+";
+
 /// Turns a store of schema 10 back into the tables of schema 7: `records` with an index by
 /// (instance, position) and no links, no `last_batch`, the `GROUP BY` index of the facts, no
 /// offers, no timer claims or follow-up leases.
@@ -284,12 +305,28 @@ fn sqlite_store_sums_the_figures_decoding_gives() {
     let store = SqliteStore::open(&path).unwrap();
     assert_same(&store);
     drop(store);
+    // A store of schema 10 (the facts as rows of their own) moves them into the instances'
+    // rows when opened, and reports the same.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "{TO_V10} UPDATE meta SET value = 10 WHERE key = 'schema_version';"
+        ))
+        .unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM report_facts", [], |r| r.get(0))
+            .unwrap();
+        assert!(rows > 0, "the facts were moved back into rows");
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_same(&store);
+    drop(store);
     // A store of schema 7 (the audit batches found by an index, the facts by a `GROUP BY`
     // index) moves to schema 8 when opened, and reports the same.
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(&format!(
-            "{TO_V7} UPDATE meta SET value = 7 WHERE key = 'schema_version';"
+            "{TO_V10} {TO_V7} UPDATE meta SET value = 7 WHERE key = 'schema_version';"
         ))
         .unwrap();
     }
@@ -300,7 +337,7 @@ fn sqlite_store_sums_the_figures_decoding_gives() {
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(&format!(
-            "{TO_V7} DROP TABLE report_facts; \
+            "{TO_V10} {TO_V7} DROP TABLE report_facts; \
              UPDATE meta SET value = 6 WHERE key = 'schema_version';"
         ))
         .unwrap();

@@ -499,7 +499,7 @@ fn a_newer_schema_is_refused() {
     {
         let conn = rusqlite::Connection::open(&db.0).unwrap();
         conn.execute(
-            "UPDATE meta SET value = 11 WHERE key = 'schema_version'",
+            "UPDATE meta SET value = 12 WHERE key = 'schema_version'",
             [],
         )
         .unwrap();
@@ -509,8 +509,8 @@ fn a_newer_schema_is_refused() {
         e,
         StoreError::NewerSchema {
             path: db.0.clone(),
-            found: 11,
-            supported: 10
+            found: 12,
+            supported: 11
         }
     );
 }
@@ -935,7 +935,7 @@ fn a_v4_store_migrates_to_v6() {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(version, 10);
+        assert_eq!(version, 11);
         // Schema 8: each batch links to the one before it of its instance, the instance to its
         // newest, and no index by (instance, position) is left.
         let links: Vec<(i64, i64, Option<i64>)> = conn

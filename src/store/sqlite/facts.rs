@@ -1,9 +1,9 @@
-//! The `report_facts` table (schema 7): what a report counts of each instance
-//! ([`Fact`](crate::store::Fact)), written by every commit and summed by
-//! [`Store::report_facts`](crate::Store::report_facts) in one scan of the table (schema 8; a
-//! `GROUP BY` index before).
+//! The report facts of each instance ([`Fact`](crate::store::Fact)): since schema 11 a JSON
+//! array in the instance's row (`facts`), written whole by every commit with the row, and read
+//! by [`Store::report_facts`](crate::Store::report_facts) in one scan of `instances` (schema 7
+//! to 10 kept them as rows of a table of their own, which a commit read, compared and rewrote).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,109 +14,33 @@ use super::{corrupt_value, nanos, sql_err};
 use crate::def::ProcessDef;
 use crate::store::{FactRow, InstanceFacts, StoreError, StoredFacts, decode_records, decode_state};
 
-/// Makes the fact rows of instance `id` exactly `rows` (sorted), writing only the rows that
-/// change: a commit that changes no figure (a claim) only reads them, and one that changes a
-/// figure (a completion: `Open` becomes `Completed`) rewrites that row alone, in place, so that
-/// the entries of the other rows in the `GROUP BY` index (scattered over the index by process,
-/// kind and start) are not written again. A row's `seq` only tells an instance's rows apart. A
-/// new instance (`fresh`) has none stored.
-pub(super) fn replace(
-    conn: &Connection,
-    id: i64,
-    process: &str,
-    started_at: i64,
-    fresh: bool,
-    rows: &[FactRow],
-) -> rusqlite::Result<()> {
-    let mut stored: Vec<(i64, FactRow)> = if fresh {
-        Vec::new()
-    } else {
-        conn.prepare_cached(
-            "SELECT seq, kind, subject, n, till FROM report_facts WHERE instance = ?1",
-        )?
-        .query_map([id], |row| {
-            Ok((
-                row.get(0)?,
-                FactRow {
-                    kind: row.get(1)?,
-                    subject: row.get(2)?,
-                    n: row.get(3)?,
-                    till: row.get(4)?,
-                },
-            ))
-        })?
-        .collect::<rusqlite::Result<_>>()?
-    };
-    let mut next = stored.iter().map(|(seq, _)| seq + 1).max().unwrap_or(0);
-    stored.sort_by(|a, b| a.1.cmp(&b.1));
-    // Both lists sorted: walk them together; what is in one only is gone or added.
-    let (mut gone, mut added) = (Vec::new(), Vec::new());
-    let (mut s, mut r) = (stored.iter().peekable(), rows.iter().peekable());
-    loop {
-        match (s.peek(), r.peek()) {
-            (None, None) => break,
-            (Some((seq, _)), None) => {
-                gone.push(*seq);
-                s.next();
-            }
-            (None, Some(row)) => {
-                added.push(*row);
-                r.next();
-            }
-            (Some((seq, old)), Some(row)) => match old.cmp(row) {
-                std::cmp::Ordering::Equal => {
-                    s.next();
-                    r.next();
-                }
-                std::cmp::Ordering::Less => {
-                    gone.push(*seq);
-                    s.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    added.push(*row);
-                    r.next();
-                }
-            },
-        }
-    }
-    let mut gone = gone.into_iter();
-    for row in added {
-        match gone.next() {
-            Some(seq) => conn
-                .prepare_cached(
-                    "UPDATE report_facts SET kind = ?3, subject = ?4, n = ?5, till = ?6 \
-                     WHERE instance = ?1 AND seq = ?2",
-                )?
-                .execute(params![id, seq, row.kind, row.subject, row.n, row.till])?,
-            None => {
-                let seq = next;
-                next += 1;
-                conn.prepare_cached(
-                    "INSERT INTO report_facts (instance, seq, process, started_at, kind, subject, n, till) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?
-                .execute(params![
-                    id,
-                    seq,
-                    process,
-                    started_at,
-                    row.kind,
-                    row.subject,
-                    row.n,
-                    row.till
-                ])?
-            }
-        };
-    }
-    for seq in gone {
-        conn.prepare_cached("DELETE FROM report_facts WHERE instance = ?1 AND seq = ?2")?
-            .execute(params![id, seq])?;
-    }
-    Ok(())
+/// One fact as the column keeps it: `[kind, subject, n, till]` (what schema 11's migration
+/// builds with `json_array`).
+type Stored = (i64, String, i64, Option<i64>);
+
+/// The `facts` column of an instance whose facts are `rows`.
+pub(super) fn encode(rows: &[FactRow]) -> String {
+    let rows: Vec<(i64, &str, i64, Option<i64>)> = rows
+        .iter()
+        .map(|r| (r.kind, r.subject.as_str(), r.n, r.till))
+        .collect();
+    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
 }
 
-/// Schema 7 adds the table: compute the facts of every stored instance (its state and audit
-/// trail decoded, on its stored definition). An instance whose definition is not stored, or no
+/// The facts a `facts` column holds (none for `NULL`); a column that does not decode is a
+/// damaged store, named by the instance `id`.
+fn decode(path: &Path, id: i64, column: Option<&str>) -> Result<Vec<Stored>, StoreError> {
+    let Some(text) = column else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("the report facts of instance {id} do not decode: {e}"),
+    })
+}
+
+/// A store older than schema 7 gets its facts: computed for every stored instance (its state
+/// and audit trail decoded, on its stored definition). An instance whose definition is not stored, or no
 /// longer compiles, counts as skipped; a state that does not decode fails the migration (a
 /// report would fail on it too).
 pub(super) fn fill(conn: &Connection, path: &Path) -> Result<(), StoreError> {
@@ -136,7 +60,7 @@ pub(super) fn fill(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         }
     }
     let mut select = conn
-        .prepare("SELECT id, process, def_version, started_at, state FROM instances ORDER BY id")
+        .prepare("SELECT id, process, def_version, state FROM instances ORDER BY id")
         .map_err(sql)?;
     let mut audit = conn
         .prepare("SELECT batch FROM records WHERE instance = ?1 ORDER BY first")
@@ -146,11 +70,10 @@ pub(super) fn fill(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         let id: i64 = row.get(0).map_err(sql)?;
         let process: String = row.get(1).map_err(sql)?;
         let version: i64 = row.get(2).map_err(sql)?;
-        let started_at: i64 = row.get(3).map_err(sql)?;
         let facts = match defs.get(&(process.clone(), version)).cloned().flatten() {
             None => InstanceFacts::skipped(),
             Some(def) => {
-                let state = row.get_ref(4).map_err(sql)?;
+                let state = row.get_ref(3).map_err(sql)?;
                 let state = state.as_str().map_err(|e| corrupt_value(path, id, e))?;
                 let mut records = Vec::new();
                 let mut batches = audit.query([id]).map_err(sql)?;
@@ -163,7 +86,9 @@ pub(super) fn fill(conn: &Connection, path: &Path) -> Result<(), StoreError> {
                 crate::store::facts(&def, &inst)
             }
         };
-        replace(conn, id, &process, started_at, true, &facts.rows()).map_err(sql)?;
+        conn.prepare_cached("UPDATE instances SET facts = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![id, encode(&facts.rows())]))
+            .map_err(sql)?;
     }
     Ok(())
 }
@@ -179,11 +104,10 @@ pub(super) fn read(
     let sql = |e| sql_err(path, e);
     let since = since.map(nanos);
     let mut out = StoredFacts::default();
-    // One scan of the table, summed here (schema 8 dropped the `GROUP BY` index, which every
-    // completion wrote at two places; SQLite would sort the rows to group them).
+    // One scan of the instances, summed here (SQLite would sort the rows to group them).
     let mut stmt = conn
         .prepare_cached(
-            "SELECT process, kind, subject, n, till, started_at FROM report_facts \
+            "SELECT id, process, started_at, facts FROM instances \
              WHERE (?1 IS NULL OR process = ?1) AND (?2 IS NULL OR started_at >= ?2)",
         )
         .map_err(sql)?;
@@ -192,21 +116,25 @@ pub(super) fn read(
     let mut cycles: Vec<(String, i64, i64)> = Vec::new();
     let mut rows = stmt.query(params![process, since]).map_err(sql)?;
     while let Some(row) = rows.next().map_err(sql)? {
-        let text = |i: usize| -> Result<&str, StoreError> {
-            let value = row.get_ref(i).map_err(sql)?;
-            value.as_str().map_err(|e| sql(e.into()))
-        };
-        let kind: i64 = row.get(1).map_err(sql)?;
-        let n: i64 = row.get(3).map_err(sql)?;
-        if kind < 100 {
-            sums.add(text(0)?, kind, text(2)?, n);
-            if kind == crate::store::Fact::Completed.code()
-                && let Some(till) = row.get::<_, Option<i64>>(4).map_err(sql)?
-            {
-                cycles.push((text(0)?.to_owned(), row.get(5).map_err(sql)?, till));
+        let id: i64 = row.get(0).map_err(sql)?;
+        let name = row.get_ref(1).map_err(sql)?;
+        let name = name.as_str().map_err(|e| corrupt_value(path, id, e))?;
+        let started_at: i64 = row.get(2).map_err(sql)?;
+        let facts = row.get_ref(3).map_err(sql)?;
+        let facts = facts
+            .as_str_or_null()
+            .map_err(|e| corrupt_value(path, id, e))?;
+        for (kind, subject, n, till) in decode(path, id, facts)? {
+            if kind < 100 {
+                sums.add(name, kind, &subject, n);
+                if kind == crate::store::Fact::Completed.code()
+                    && let Some(till) = till
+                {
+                    cycles.push((name.to_owned(), started_at, till));
+                }
+            } else if let Some(till) = till {
+                out.span(name.to_owned(), kind, subject, n, till);
             }
-        } else if let Some(till) = row.get::<_, Option<i64>>(4).map_err(sql)? {
-            out.span(text(0)?.to_owned(), kind, text(2)?.to_owned(), n, till);
         }
     }
     for (process, kind, subject, n) in sums.into_sorted() {
@@ -218,44 +146,51 @@ pub(super) fn read(
     let Some(key) = key else {
         return Ok(out);
     };
+    // By the key's value: the instance counts, the breaches and the cycles of the instances
+    // that carry it.
     let mut stmt = conn
         .prepare_cached(
-            "SELECT k.value, f.process, f.kind, sum(f.n) FROM keys k \
-             JOIN report_facts f ON f.instance = k.instance \
-             WHERE k.name = ?3 AND f.kind IN (2, 3, 4, 11) \
-             AND (?1 IS NULL OR f.process = ?1) AND (?2 IS NULL OR f.started_at >= ?2) \
-             GROUP BY k.value, f.process, f.kind",
+            "SELECT k.value, i.id, i.process, i.started_at, i.facts FROM keys k \
+             JOIN instances i ON i.id = k.instance WHERE k.name = ?3 \
+             AND (?1 IS NULL OR i.process = ?1) AND (?2 IS NULL OR i.started_at >= ?2)",
         )
         .map_err(sql)?;
+    let mut counts: BTreeMap<(String, String, i64), i64> = BTreeMap::new();
     let mut rows = stmt.query(params![process, since, key]).map_err(sql)?;
     while let Some(row) = rows.next().map_err(sql)? {
-        let kind: i64 = row.get(2).map_err(sql)?;
-        if let Some(fact) = crate::store::Fact::from_code(kind) {
-            out.key_counts.push((
-                row.get(0).map_err(sql)?,
-                row.get(1).map_err(sql)?,
-                fact,
-                row.get(3).map_err(sql)?,
-            ));
+        let value: String = row.get(0).map_err(sql)?;
+        let id: i64 = row.get(1).map_err(sql)?;
+        let name: String = row.get(2).map_err(sql)?;
+        let started_at: i64 = row.get(3).map_err(sql)?;
+        let facts = row.get_ref(4).map_err(sql)?;
+        let facts = facts
+            .as_str_or_null()
+            .map_err(|e| corrupt_value(path, id, e))?;
+        for (kind, _, n, till) in decode(path, id, facts)? {
+            use crate::store::Fact::{Cancelled, Completed, KeyBreached, Open};
+            let Some(fact @ (Completed | Open | Cancelled | KeyBreached)) =
+                crate::store::Fact::from_code(kind)
+            else {
+                continue;
+            };
+            *counts
+                .entry((value.clone(), name.clone(), kind))
+                .or_insert(0) += n;
+            if fact == Completed
+                && let Some(till) = till
+            {
+                out.key_cycles.push((
+                    value.clone(),
+                    crate::store::instant(started_at),
+                    crate::store::instant(till),
+                ));
+            }
         }
     }
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT k.value, f.started_at, f.till FROM keys k \
-             JOIN report_facts f ON f.instance = k.instance \
-             WHERE k.name = ?3 AND f.kind = 2 AND f.till IS NOT NULL \
-             AND (?1 IS NULL OR f.process = ?1) AND (?2 IS NULL OR f.started_at >= ?2)",
-        )
-        .map_err(sql)?;
-    let mut rows = stmt.query(params![process, since, key]).map_err(sql)?;
-    while let Some(row) = rows.next().map_err(sql)? {
-        let from: i64 = row.get(1).map_err(sql)?;
-        let to: i64 = row.get(2).map_err(sql)?;
-        out.key_cycles.push((
-            row.get(0).map_err(sql)?,
-            crate::store::instant(from),
-            crate::store::instant(to),
-        ));
+    for ((value, name, kind), n) in counts {
+        if let Some(fact) = crate::store::Fact::from_code(kind) {
+            out.key_counts.push((value, name, fact, n));
+        }
     }
     Ok(out)
 }

@@ -19,7 +19,7 @@ use super::{due_millis, nanos, sql_err};
 use crate::ids::InstanceId;
 use crate::model::Status;
 use crate::store::{
-    ANY_OFFER, Commit, FactRow, InstanceFacts, Offer, StoreError, encode_records, encode_state,
+    ANY_OFFER, Commit, InstanceFacts, Offer, StoreError, encode_records, encode_state,
 };
 
 /// One commit, serialized by its caller's thread.
@@ -41,8 +41,8 @@ pub(super) struct Prepared {
     /// The offers of its open tasks, rendered, and as the JSON array the row keeps, when the
     /// commit changed them.
     offers: Option<(Vec<String>, String)>,
-    /// What a report counts of the instance, sorted.
-    facts: Vec<FactRow>,
+    /// What a report counts of the instance, as its row keeps it.
+    facts: String,
     /// The kept message the commit takes ([`Commit::takes`]).
     takes: Option<u64>,
     /// On a shared file, when the commit leaves follow-ups to run: until when (epoch
@@ -96,7 +96,7 @@ impl Prepared {
                 let json = serde_json::to_string(&rendered).unwrap_or_default();
                 (rendered, json)
             }),
-            facts: facts.rows(),
+            facts: super::facts::encode(&facts.rows()),
             takes: commit.takes,
             outbox: outbox.filter(|_| !commit.instance.pending().is_empty()),
         })
@@ -262,8 +262,9 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
         conn.prepare_cached(
             "INSERT INTO instances \
              (id, process, def_version, running, row_version, started_at, state, next_due, \
-              last_batch, offers, outbox_until, outbox_by) \
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (id) DO NOTHING",
+              last_batch, offers, outbox_until, outbox_by, facts) \
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+             ON CONFLICT (id) DO NOTHING",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -277,7 +278,8 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
                 seq,
                 p.offers.as_ref().map(|(_, json)| json),
                 p.outbox.as_ref().map(|(until, _)| until),
-                p.outbox.as_ref().map(|(_, by)| by)
+                p.outbox.as_ref().map(|(_, by)| by),
+                p.facts
             ])
         })
         .map_err(sql)?
@@ -315,7 +317,7 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
                 "UPDATE instances SET def_version = ?2, running = ?3, row_version = ?4, \
                  state = ?5, next_due = ?6, last_batch = coalesce(?8, last_batch), \
                  offers = coalesce(?9, offers), claim_until = NULL, claimed_by = NULL, \
-                 outbox_until = ?10, outbox_by = ?11 \
+                 outbox_until = ?10, outbox_by = ?11, facts = ?12 \
                  WHERE id = ?1 AND row_version = ?7",
             )
             .and_then(|mut s| {
@@ -330,7 +332,8 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
                     seq,
                     p.offers.as_ref().map(|(_, json)| json),
                     p.outbox.as_ref().map(|(until, _)| until),
-                    p.outbox.as_ref().map(|(_, by)| by)
+                    p.outbox.as_ref().map(|(_, by)| by),
+                    p.facts
                 ])
             })
             .map_err(sql)?
@@ -373,15 +376,6 @@ fn apply(conn: &Connection, p: &Prepared, path: &Path) -> Result<(), StoreError>
     if let Some((offers, _)) = &p.offers {
         replace_offers(conn, p.id, p.version == 0, &old_offers, offers).map_err(sql)?;
     }
-    super::facts::replace(
-        conn,
-        p.id,
-        &p.process,
-        p.started_at,
-        p.version == 0,
-        &p.facts,
-    )
-    .map_err(sql)?;
     Ok(())
 }
 
