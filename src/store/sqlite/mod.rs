@@ -1,9 +1,9 @@
 //! [`SqliteStore`]: the embedded durable store, one SQLite file in write-ahead-log mode.
 //!
-//! Layout: one row per instance (its state as JSON, without the audit trail), one row per
-//! commit in `records` (the JSON array of the records the commit added, appended under a
-//! sequence; the instance's row names its newest batch and each batch the one before it), the
-//! report facts of each instance (`report_facts`, see `facts.rs`), the definitions' YAML
+//! Layout: one row per instance (its state as JSON, without the audit trail, and its report
+//! facts, see `facts.rs`), one row per commit in `records` (the JSON array of the records the
+//! commit added, appended under a sequence; the instance's row names its newest batch and each
+//! batch the one before it), the definitions' YAML
 //! texts, a counter for id blocks, and the business keys each instance holds (`keys`).
 //! `schema.rs` recognises and migrates the file; `write.rs` commits, alone or in groups.
 
