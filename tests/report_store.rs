@@ -348,6 +348,39 @@ fn sqlite_store_sums_the_figures_decoding_gives() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn damaged_facts_in_a_sqlite_row_are_a_typed_error_naming_the_instance() {
+    let dir = std::env::temp_dir().join(format!("procflow-report-damaged-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("report.db");
+    fill(Arc::new(SqliteStore::create(&path).unwrap()));
+    let id: i64 = {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let id = conn
+            .query_row("SELECT max(id) FROM instances", [], |r| r.get(0))
+            .unwrap();
+        conn.execute(
+            "UPDATE instances SET facts = '[[2, \"\"' WHERE id = ?1",
+            [id],
+        )
+        .unwrap();
+        id
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    for key in [None, Some("customer")] {
+        match store.report_facts(None, None, key) {
+            Err(procflow::StoreError::Corrupt { path: p, detail }) => {
+                assert_eq!(p, path);
+                assert!(detail.contains(&format!("instance {id}")), "{detail}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[cfg(feature = "postgres")]
 #[test]
 fn postgres_store_sums_the_figures_decoding_gives() {

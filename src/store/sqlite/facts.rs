@@ -27,10 +27,19 @@ pub(super) fn encode(rows: &[FactRow]) -> String {
     serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
 }
 
-/// The facts a `facts` column holds (none for `NULL`); a column that does not decode is a
-/// damaged store, named by the instance `id`.
-fn decode(path: &Path, id: i64, column: Option<&str>) -> Result<Vec<Stored>, StoreError> {
-    let Some(text) = column else {
+/// The facts the `facts` column at `column` of instance `id`'s `row` holds (none for `NULL`);
+/// a column that does not decode is a damaged store.
+fn decode(
+    path: &Path,
+    id: i64,
+    row: &rusqlite::Row<'_>,
+    column: usize,
+) -> Result<Vec<Stored>, StoreError> {
+    let value = row.get_ref(column).map_err(|e| sql_err(path, e))?;
+    let text = value
+        .as_str_or_null()
+        .map_err(|e| corrupt_value(path, id, e))?;
+    let Some(text) = text else {
         return Ok(Vec::new());
     };
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
@@ -40,9 +49,9 @@ fn decode(path: &Path, id: i64, column: Option<&str>) -> Result<Vec<Stored>, Sto
 }
 
 /// A store older than schema 7 gets its facts: computed for every stored instance (its state
-/// and audit trail decoded, on its stored definition). An instance whose definition is not stored, or no
-/// longer compiles, counts as skipped; a state that does not decode fails the migration (a
-/// report would fail on it too).
+/// and audit trail decoded, on its stored definition). An instance whose definition is not
+/// stored, or no longer compiles, counts as skipped; a state that does not decode fails the
+/// migration (a report would fail on it too).
 pub(super) fn fill(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let sql = |e| sql_err(path, e);
     let mut defs: HashMap<(String, i64), Option<Arc<ProcessDef>>> = HashMap::new();
@@ -120,11 +129,7 @@ pub(super) fn read(
         let name = row.get_ref(1).map_err(sql)?;
         let name = name.as_str().map_err(|e| corrupt_value(path, id, e))?;
         let started_at: i64 = row.get(2).map_err(sql)?;
-        let facts = row.get_ref(3).map_err(sql)?;
-        let facts = facts
-            .as_str_or_null()
-            .map_err(|e| corrupt_value(path, id, e))?;
-        for (kind, subject, n, till) in decode(path, id, facts)? {
+        for (kind, subject, n, till) in decode(path, id, row, 3)? {
             if kind < 100 {
                 sums.add(name, kind, &subject, n);
                 if kind == crate::store::Fact::Completed.code()
@@ -162,11 +167,7 @@ pub(super) fn read(
         let id: i64 = row.get(1).map_err(sql)?;
         let name: String = row.get(2).map_err(sql)?;
         let started_at: i64 = row.get(3).map_err(sql)?;
-        let facts = row.get_ref(4).map_err(sql)?;
-        let facts = facts
-            .as_str_or_null()
-            .map_err(|e| corrupt_value(path, id, e))?;
-        for (kind, _, n, till) in decode(path, id, facts)? {
+        for (kind, _, n, till) in decode(path, id, row, 4)? {
             use crate::store::Fact::{Cancelled, Completed, KeyBreached, Open};
             let Some(fact @ (Completed | Open | Cancelled | KeyBreached)) =
                 crate::store::Fact::from_code(kind)
