@@ -564,6 +564,10 @@ pub(crate) fn reassign_target(def: &crate::ProcessDef, timer: &Timer) -> Option<
     }
 }
 
+/// How many due entries another engine claimed a tick reads again from the store, at most
+/// (one [`Store::read_many`](crate::Store::read_many)).
+const REFRESH_BATCH: usize = 64;
+
 impl Engine {
     /// Now, by the engine's clock.
     pub fn now(&self) -> DateTime<Utc> {
@@ -690,17 +694,16 @@ impl Engine {
                     _ => break,
                 }
             }
-            for (at, n) in skipped {
-                // Another engine claimed it, and may have fired it since this engine read the
-                // instance: a newer stored copy replaces this one (and schedules what it still
-                // has armed). Otherwise the next tick looks again.
-                let id = InstanceId(n);
-                let held = self.with_slot(id, |slot| slot.version).ok();
-                match self.fetch(id, |s| held.is_none_or(|v| s.version > v)) {
-                    Ok(Some(_)) => {}
-                    _ => claimed_elsewhere.push((at, n)),
-                }
-            }
+            // Another engine claimed these, and may have fired them since this engine read
+            // the instances: newer stored copies replace the held ones (and schedule what they
+            // still have armed), read by a tick that fired nothing (so that the reads never
+            // slow the firing down). The others are looked at again by the next tick.
+            let refreshed = if fired.is_empty() {
+                self.refresh_claimed_elsewhere(&mut skipped)
+            } else {
+                Vec::new()
+            };
+            claimed_elsewhere.extend(skipped.into_iter().filter(|(_, n)| !refreshed.contains(n)));
         }
         if deferred
             && let Some(store) = &self.store
@@ -760,6 +763,47 @@ impl Engine {
             ran += 1;
         }
         ran
+    }
+
+    /// Reads the stored copies of the oldest `REFRESH_BATCH` of `skipped` (due entries another
+    /// engine claimed) in one [`Store::read_many`](crate::Store::read_many), and keeps those
+    /// newer than the held copy: the instances whose entries are done with, by id, sorted.
+    /// One bounded read, not one a skipped entry: a replica skips most of what is due (what
+    /// the others claimed), and a read each made three replicas fire 40% slower.
+    fn refresh_claimed_elsewhere(&self, skipped: &mut [(DateTime<Utc>, u64)]) -> Vec<u64> {
+        let Some(store) = &self.store else {
+            return Vec::new();
+        };
+        skipped.sort_unstable();
+        let ids: Vec<InstanceId> = skipped
+            .iter()
+            .take(REFRESH_BATCH)
+            .map(|(_, n)| InstanceId(*n))
+            .collect();
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let let_go = self.let_go_counts();
+        // Unreadable now: the next tick tries again.
+        let Ok(stored) = store.read_many(&ids) else {
+            return Vec::new();
+        };
+        let mut refreshed = Vec::new();
+        for stored in stored {
+            let id = stored.instance.id;
+            let held = super::lock(self.shard(id)).get(id.0).cloned();
+            if held.is_some_and(|slot| stored.version <= super::lock(&slot).version) {
+                continue;
+            }
+            if self
+                .keep_read(stored, let_go[(id.0 as usize) % super::SHARDS])
+                .is_ok()
+            {
+                refreshed.push(id.0);
+            }
+        }
+        refreshed.sort_unstable();
+        refreshed
     }
 
     /// With a store: reads the instances with timers due by `now` that this engine does not
