@@ -622,31 +622,33 @@ impl Engine {
             let mut skipped: Vec<(DateTime<Utc>, u64)> = std::mem::take(&mut *claimed_elsewhere);
             loop {
                 let fired_by_then = fired.len();
-                let mut due: std::collections::BinaryHeap<_> =
-                    skipped.drain(..).map(std::cmp::Reverse).collect();
+                let mut due: Vec<(DateTime<Utc>, u64)> = std::mem::take(&mut skipped);
                 for heap in &*self.timer_heaps {
                     let mut heap = super::lock(heap);
                     while heap
                         .peek()
                         .is_some_and(|std::cmp::Reverse((at, _))| *at <= now)
                     {
-                        due.extend(heap.pop());
+                        due.extend(heap.pop().map(|std::cmp::Reverse(entry)| entry));
                     }
                 }
+                // An instance this engine let go of: nothing of it is left to fire.
+                due.retain(|(_, n)| !self.let_go(*n));
+                // A store shared by engines that claim: another engine holds the due timers of
+                // the instances the claim did not give this engine (or the claim failed); look
+                // again later. Only what this engine may fire is put in deadline order: a
+                // replica skips most of what is due.
+                if let Some(claimed) = &claimed {
+                    let (mine, others) = due
+                        .into_iter()
+                        .partition(|(_, n)| claimed.binary_search(n).is_ok());
+                    due = mine;
+                    skipped = others;
+                }
+                let mut due: std::collections::BinaryHeap<_> =
+                    due.into_iter().map(std::cmp::Reverse).collect();
                 while let Some(std::cmp::Reverse((at, n))) = due.pop() {
                     let id = InstanceId(n);
-                    // An instance this engine let go of: nothing of it is left to fire.
-                    if self.let_go(n) {
-                        continue;
-                    }
-                    // A store shared by engines that claim: another engine holds this
-                    // instance's due timers (or the claim failed); look again later.
-                    if let Some(claimed) = &claimed
-                        && claimed.binary_search(&n).is_err()
-                    {
-                        skipped.push((at, n));
-                        continue;
-                    }
                     let fired_before = fired.len();
                     // What a timer causes happens at the timer's instant, not the tick's: a
                     // task its timeout route opens is created then, and its own deadlines count
