@@ -135,7 +135,7 @@ fn a_schema_from_a_newer_procflow_is_refused() {
             err,
             StoreError::NewerDatabaseSchema {
                 found: 99,
-                supported: 6,
+                supported: 7,
                 ..
             }
         ),
@@ -211,7 +211,7 @@ fn a_first_version_schema_is_migrated_and_keeps_its_data() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(v, "6");
+    assert_eq!(v, "7");
     // Stored before the store indexed offers (schema 5): the running instance may offer a task
     // to anyone, so that every work list reads it until a commit changes its offers.
     assert_eq!(

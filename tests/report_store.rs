@@ -395,7 +395,7 @@ fn postgres_store_sums_the_figures_decoding_gives() {
     server
         .client(&url)
         .batch_execute(
-            "DROP TABLE procflow_report_facts; DROP TABLE procflow_offers; \
+            "ALTER TABLE procflow_instances DROP COLUMN facts; DROP TABLE procflow_offers; \
              ALTER TABLE procflow_instances DROP COLUMN offers; \
              UPDATE procflow_meta SET value = '3' WHERE key = 'schema_version';",
         )

@@ -1,6 +1,7 @@
-//! The `procflow_report_facts` table (schema 4): what a report counts of each instance
-//! ([`Fact`](crate::store::Fact)), written by every commit's statement and summed by
-//! [`Store::report_facts`](crate::Store::report_facts) with `GROUP BY`.
+//! What a report counts of each instance ([`Fact`](crate::store::Fact)): since schema 7 a JSON
+//! array in the instance's row (`facts`), written by every commit's statement with the row, and
+//! summed by [`Store::report_facts`](crate::Store::report_facts) with `GROUP BY` over its
+//! elements (schemas 4 to 6 kept them as rows of `procflow_report_facts`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +15,16 @@ use crate::store::{
     Fact, InstanceFacts, StoreError, StoredFacts, decode_records, decode_state, instant,
 };
 
+/// The facts of every instance as rows (`instance, process, started_at, kind, subject, n,
+/// till`), for the sums below.
+macro_rules! fact_rows {
+    () => {
+        "(SELECT i.id AS instance, i.process, i.started_at, (e->>0)::bigint AS kind, \
+         e->>1 AS subject, (e->>2)::bigint AS n, (e->>3)::bigint AS till \
+         FROM procflow_instances i CROSS JOIN LATERAL jsonb_array_elements(i.facts) e) f"
+    };
+}
+
 /// The sums and spans of [`Store::report_facts`](crate::Store::report_facts); `since` in
 /// nanoseconds.
 pub(super) fn read(
@@ -23,12 +34,13 @@ pub(super) fn read(
     key: Option<&str>,
 ) -> Result<StoredFacts, Fail> {
     let mut out = StoredFacts::default();
-    let stmt = conn.statement(
-        "SELECT process, kind, subject, sum(n)::bigint FROM procflow_report_facts \
-         WHERE kind < 100 AND ($1::text IS NULL OR process = $1) \
+    let stmt = conn.statement(concat!(
+        "SELECT process, kind, subject, sum(n)::bigint FROM ",
+        fact_rows!(),
+        " WHERE kind < 100 AND ($1::text IS NULL OR process = $1) \
          AND ($2::bigint IS NULL OR started_at >= $2) \
          GROUP BY process, kind, subject",
-    )?;
+    ))?;
     for row in conn.client.query(&stmt, &[&process, &since])? {
         out.count(
             row.try_get(0)?,
@@ -37,14 +49,16 @@ pub(super) fn read(
             row.try_get(3)?,
         );
     }
-    let stmt = conn.statement(
-        "SELECT process, kind, subject, n, till FROM procflow_report_facts \
-         WHERE kind >= 100 AND ($1::text IS NULL OR process = $1) \
+    let stmt = conn.statement(concat!(
+        "SELECT process, kind, subject, n, till FROM ",
+        fact_rows!(),
+        " WHERE kind >= 100 AND ($1::text IS NULL OR process = $1) \
          AND ($2::bigint IS NULL OR started_at >= $2) \
-         UNION ALL SELECT process, 100::bigint, '', started_at, till FROM procflow_report_facts \
-         WHERE kind = 2 AND till IS NOT NULL AND ($1::text IS NULL OR process = $1) \
+         UNION ALL SELECT process, 100::bigint, '', started_at, till FROM ",
+        fact_rows!(),
+        " WHERE kind = 2 AND till IS NOT NULL AND ($1::text IS NULL OR process = $1) \
          AND ($2::bigint IS NULL OR started_at >= $2)",
-    )?;
+    ))?;
     for row in conn.client.query(&stmt, &[&process, &since])? {
         out.span(
             row.try_get(0)?,
@@ -57,13 +71,14 @@ pub(super) fn read(
     let Some(key) = key else {
         return Ok(out);
     };
-    let stmt = conn.statement(
-        "SELECT k.value, f.process, f.kind, sum(f.n)::bigint FROM procflow_keys k \
-         JOIN procflow_report_facts f ON f.instance = k.instance \
+    let stmt = conn.statement(concat!(
+        "SELECT k.value, f.process, f.kind, sum(f.n)::bigint FROM procflow_keys k JOIN ",
+        fact_rows!(),
+        " ON f.instance = k.instance \
          WHERE k.name = $3 AND f.kind IN (2, 3, 4, 11) \
          AND ($1::text IS NULL OR f.process = $1) AND ($2::bigint IS NULL OR f.started_at >= $2) \
          GROUP BY k.value, f.process, f.kind",
-    )?;
+    ))?;
     for row in conn.client.query(&stmt, &[&process, &since, &key])? {
         let kind: i64 = row.try_get(2)?;
         if let Some(fact) = Fact::from_code(kind) {
@@ -75,12 +90,13 @@ pub(super) fn read(
             ));
         }
     }
-    let stmt = conn.statement(
-        "SELECT k.value, f.started_at, f.till FROM procflow_keys k \
-         JOIN procflow_report_facts f ON f.instance = k.instance \
+    let stmt = conn.statement(concat!(
+        "SELECT k.value, f.started_at, f.till FROM procflow_keys k JOIN ",
+        fact_rows!(),
+        " ON f.instance = k.instance \
          WHERE k.name = $3 AND f.kind = 2 AND f.till IS NOT NULL \
          AND ($1::text IS NULL OR f.process = $1) AND ($2::bigint IS NULL OR f.started_at >= $2)",
-    )?;
+    ))?;
     for row in conn.client.query(&stmt, &[&process, &since, &key])? {
         let from: i64 = row.try_get(1)?;
         let to: i64 = row.try_get(2)?;
@@ -93,7 +109,7 @@ pub(super) fn read(
     Ok(out)
 }
 
-/// Schema 4 adds the table: compute the facts of every stored instance (its state and audit
+/// Schema 4 adds the table (which schema 7 moves into the instances' rows): compute the facts of every stored instance (its state and audit
 /// trail decoded, on its stored definition), a thousand instances at a time. An instance whose
 /// definition is not stored, or no longer compiles, counts as skipped; a state that does not
 /// decode fails the migration (a report would fail on it too).

@@ -23,6 +23,26 @@ use crate::store::{
     Commit, Offer, StoreError, StoreWake, StoreWatch, encode_records, encode_state,
 };
 
+/// The instance's report facts as its row keeps them (schema 7): a JSON array of `[kind,
+/// subject, n, till]` built from the four arrays the statement carries (kinds, subjects
+/// escaped as `text::stored` does, counts or span starts, span ends).
+macro_rules! facts_json {
+    ($kinds:literal, $subjects:literal, $ns:literal, $tills:literal) => {
+        concat!(
+            "(SELECT coalesce(jsonb_agg(jsonb_build_array(u.kind, u.subject, u.n, u.till)), \
+             '[]'::jsonb) FROM unnest(",
+            $kinds,
+            "::bigint[], ",
+            $subjects,
+            "::text[], ",
+            $ns,
+            "::bigint[], ",
+            $tills,
+            "::bigint[]) AS u (kind, subject, n, till))"
+        )
+    };
+}
+
 /// A start: the instance row and its first audit batch. `$pre` opens the `WITH` (and may add
 /// a first query), `$keys` is [`INSERT_KEYS`] or nothing, `$post` is what the count is taken
 /// from.
@@ -32,19 +52,16 @@ macro_rules! insert_sql {
             $pre,
             "i AS (INSERT INTO procflow_instances \
              (id, process, def_version, running, row_version, started_at, state, next_due, \
-              outbox_until, outbox_by, offers) \
+              outbox_until, outbox_by, offers, facts) \
              VALUES ($1, $2, $3, $4, 1, $5, $6, $7, \
               CASE WHEN $10::boolean THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $11::bigint END, \
-              CASE WHEN $10::boolean THEN $12::text END, $17::text[]) \
+              CASE WHEN $10::boolean THEN $12::text END, $17::text[], ",
+            facts_json!("$13", "$14", "$15", "$16"),
+            ") \
              ON CONFLICT (id) DO NOTHING RETURNING id), \
              r AS (INSERT INTO procflow_records (instance, first, batch) \
              SELECT id, $8::bigint, $9::text FROM i WHERE $9::text IS NOT NULL \
              ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch), \
-             f AS (INSERT INTO procflow_report_facts \
-             (instance, process, started_at, kind, subject, n, till) \
-             SELECT i.id, $2::text, $5::bigint, u.kind, u.subject, u.n, u.till \
-             FROM i, unnest($13::bigint[], $14::text[], $15::bigint[], $16::bigint[]) \
-             AS u (kind, subject, n, till)), \
              o AS (INSERT INTO procflow_offers (offer, instance) \
              SELECT u, i.id FROM i, unnest($17::text[]) AS u ON CONFLICT DO NOTHING)",
             $keys,
@@ -67,17 +84,14 @@ macro_rules! update_sql {
              row_version = $4 + 1, state = $5, next_due = $6, claim_until = NULL, claimed_by = NULL, \
              offers = coalesce($16::text[], offers), \
              outbox_until = CASE WHEN $9::boolean THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $10::bigint END, \
-             outbox_by = CASE WHEN $9::boolean THEN $11::text END \
-             WHERE id = $1 AND row_version = $4 RETURNING id, process, started_at), \
+             outbox_by = CASE WHEN $9::boolean THEN $11::text END, \
+             facts = ",
+            facts_json!("$12", "$13", "$14", "$15"),
+            " \
+             WHERE id = $1 AND row_version = $4 RETURNING id), \
              r AS (INSERT INTO procflow_records (instance, first, batch) \
              SELECT id, $7::bigint, $8::text FROM i WHERE $8::text IS NOT NULL \
              ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch), \
-             d AS (DELETE FROM procflow_report_facts WHERE instance IN (SELECT id FROM i)), \
-             f AS (INSERT INTO procflow_report_facts \
-             (instance, process, started_at, kind, subject, n, till) \
-             SELECT i.id, i.process, i.started_at, u.kind, u.subject, u.n, u.till \
-             FROM i, unnest($12::bigint[], $13::text[], $14::bigint[], $15::bigint[]) \
-             AS u (kind, subject, n, till)), \
              od AS (DELETE FROM procflow_offers WHERE $16::text[] IS NOT NULL \
              AND instance IN (SELECT id FROM i) \
              AND offer = ANY (array_append((SELECT offers FROM o), '*')) \

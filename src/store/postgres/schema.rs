@@ -13,7 +13,7 @@ use super::Server;
 use crate::store::StoreError;
 
 /// The schema version this build writes and the newest it reads.
-pub(crate) const SUPPORTED: u32 = 6;
+pub(crate) const SUPPORTED: u32 = 7;
 
 /// Version 1, exactly as the first PostgreSQL store created it (frozen in `v1.sql`).
 pub(crate) const V1: &str = include_str!("v1.sql");
@@ -49,6 +49,11 @@ pub(crate) const V1: &str = include_str!("v1.sql");
 /// Version 6: the offers are compared byte by byte (`COLLATE "C"`), so that every offer of a
 /// role to some unit (`role@…`) is one range of their index, whatever the database's
 /// collation.
+///
+/// Version 7: an instance's report facts move into its row (`facts`, a JSON array of `[kind,
+/// subject, n, till]`, see `facts.rs`), which every commit writes anyway, and
+/// `procflow_report_facts` is dropped: a later commit deleted and inserted the instance's rows
+/// and their index entries (a firing on three replicas, a completion).
 const MIGRATIONS: &[&str] = &[
     "
 ALTER TABLE procflow_instances ADD COLUMN claim_until BIGINT;
@@ -95,9 +100,19 @@ UPDATE procflow_meta SET value = '5' WHERE key = 'schema_version';
 ALTER TABLE procflow_offers ALTER COLUMN offer TYPE TEXT COLLATE \"C\";
 UPDATE procflow_meta SET value = '6' WHERE key = 'schema_version';
 ",
+    "
+ALTER TABLE procflow_instances ADD COLUMN facts JSONB;
+UPDATE procflow_instances i SET facts = coalesce(
+    (SELECT jsonb_agg(jsonb_build_array(f.kind, f.subject, f.n, f.till))
+     FROM procflow_report_facts f WHERE f.instance = i.id),
+    '[]'::jsonb);
+DROP TABLE procflow_report_facts;
+UPDATE procflow_meta SET value = '7' WHERE key = 'schema_version';
+",
 ];
 
-/// The version whose migration adds `procflow_report_facts`, filled after its statement.
+/// The version whose migration adds `procflow_report_facts`, filled after its statement (and
+/// moved into the instances' rows by version 7).
 const FACTS: u32 = 4;
 
 /// Advisory lock key taken while creating or migrating the schema (`PFlw` + 1).

@@ -6,7 +6,7 @@
 //! is begins with U+0001), and lookups compare stored texts.
 //!
 //! **Invariant:** every key value written to or compared in `procflow_keys.value`, and every
-//! subject written to `procflow_report_facts.subject`, goes through [`stored`]; every one read
+//! subject written to the report facts, goes through [`stored`]; every one read
 //! from them through [`read`].
 
 use std::borrow::Cow;
