@@ -290,12 +290,18 @@ ALTER TABLE instances DROP COLUMN outbox_until;
 ALTER TABLE instances DROP COLUMN outbox_by;
 ";
 
-#[test]
-fn sqlite_store_sums_the_figures_decoding_gives() {
-    let dir = std::env::temp_dir().join(format!("procflow-report-store-{}", std::process::id()));
+/// An empty folder of this test process named after `name`, and the path of a store in it.
+fn fresh_dir(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("procflow-report-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("report.db");
+    (dir, path)
+}
+
+#[test]
+fn sqlite_store_sums_the_figures_decoding_gives() {
+    let (dir, path) = fresh_dir("store");
     let store = Arc::new(SqliteStore::create(&path).unwrap());
     fill(store.clone());
     assert!(store.report_facts(None, None, None).unwrap().is_some());
@@ -350,10 +356,7 @@ fn sqlite_store_sums_the_figures_decoding_gives() {
 
 #[test]
 fn damaged_facts_in_a_sqlite_row_are_a_typed_error_naming_the_instance() {
-    let dir = std::env::temp_dir().join(format!("procflow-report-damaged-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("report.db");
+    let (dir, path) = fresh_dir("damaged");
     fill(Arc::new(SqliteStore::create(&path).unwrap()));
     let id: i64 = {
         let conn = rusqlite::Connection::open(&path).unwrap();
