@@ -109,10 +109,11 @@ pub(super) fn read(
     Ok(out)
 }
 
-/// Schema 4 adds the table (which schema 7 moves into the instances' rows): compute the facts of every stored instance (its state and audit
-/// trail decoded, on its stored definition), a thousand instances at a time. An instance whose
-/// definition is not stored, or no longer compiles, counts as skipped; a state that does not
-/// decode fails the migration (a report would fail on it too).
+/// Schema 4 adds the table (which schema 7 moves into the instances' rows): compute the facts
+/// of every stored instance (its state and audit trail decoded, on its stored definition), a
+/// thousand instances at a time. An instance whose definition is not stored, or no longer
+/// compiles, counts as skipped; a state that does not decode fails the migration (a report
+/// would fail on it too).
 pub(super) fn fill(tx: &mut impl GenericClient, server: &Server) -> Result<(), StoreError> {
     let err = |e| server.err(e);
     let mut defs: HashMap<(String, i64), Option<Arc<ProcessDef>>> = HashMap::new();
