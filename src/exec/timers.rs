@@ -705,7 +705,11 @@ impl Engine {
             } else {
                 Vec::new()
             };
-            claimed_elsewhere.extend(skipped.into_iter().filter(|(_, n)| !refreshed.contains(n)));
+            claimed_elsewhere.extend(
+                skipped
+                    .into_iter()
+                    .filter(|(_, n)| refreshed.binary_search(n).is_err()),
+            );
         }
         if deferred
             && let Some(store) = &self.store
