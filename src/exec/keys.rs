@@ -209,11 +209,7 @@ impl KeyIndex {
 
     #[cfg(debug_assertions)]
     fn contains(&self, hash: u64, id: u64) -> bool {
-        let mut out = smallvec::SmallVec::<[u64; 2]>::new();
-        let mut shard = self.shard(hash);
-        shard.settle();
-        shard.index.get(hash, &mut out);
-        out.contains(&id)
+        self.ids(hash).contains(&id)
     }
 }
 
