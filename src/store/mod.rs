@@ -13,6 +13,8 @@
 //! never overwrite each other: the second one reloads and the caller may retry.
 
 mod facts;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod group;
 mod keys;
 mod memory;
 #[cfg(feature = "postgres")]

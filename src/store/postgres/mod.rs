@@ -67,6 +67,8 @@ pub struct PostgresStore {
     handle: u64,
     /// The definitions commits compute report facts with.
     defs: super::DefCache,
+    /// The commits waiting to be written in a group (`ops.rs`).
+    group: super::group::Queue<std::sync::Arc<ops::Row>, ops::Verdict>,
 }
 
 impl Drop for PostgresStore {
@@ -126,6 +128,7 @@ impl PostgresStore {
             shared: std::sync::Arc::new(wake::Shared::new(&current)),
             handle: n + 1,
             defs: super::DefCache::default(),
+            group: super::group::Queue::new(ops::GROUP_LEADERS, ops::GROUP_MAX),
         })
     }
 

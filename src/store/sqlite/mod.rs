@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use super::group::Queue;
 use super::{
     ANY_OFFER, Commit, DefCache, Offer, Store, StoreError, StoredDef, StoredFacts, StoredInstance,
     decode_records, decode_state,
@@ -29,7 +30,7 @@ use super::{
 use crate::ids::{DefKey, InstanceId, RoleId};
 use crate::model::Record;
 use file::{Anchor, FileId, Files};
-use write::{Prepared, Queue, Writer};
+use write::{Prepared, Writer};
 
 /// What a successful [`Store::commit`] of a [`SqliteStore`] survives.
 ///
@@ -197,7 +198,7 @@ pub struct SqliteStore {
     /// The files as opened, checked by every transaction.
     anchor: Anchor,
     writer: Mutex<Writer>,
-    queue: Queue,
+    queue: Queue<Prepared, Result<(), StoreError>>,
     group: bool,
     /// Idle read connections.
     readers: Mutex<Vec<Connection>>,
@@ -413,7 +414,7 @@ impl SqliteStore {
                 conn,
                 deferred: None,
             }),
-            queue: Queue::default(),
+            queue: Queue::new(1, usize::MAX),
             group: options.group_commit,
             readers: Mutex::new(Vec::new()),
             busy_timeout: options.busy_timeout,
@@ -736,7 +737,20 @@ impl Store for SqliteStore {
             .then(|| (wall_millis(self.lease), self.me.clone()));
         let item = Prepared::new(commit, &facts, &self.path, outbox)?;
         let result = if self.group {
-            self.queue.commit(item, &self.writer, &self.anchor)
+            self.queue.commit(
+                None,
+                item,
+                |items| {
+                    let items: Vec<&Prepared> = items.iter().collect();
+                    write::lock(&self.writer).commit_batch(&items, &self.anchor)
+                },
+                || {
+                    Err(StoreError::Other {
+                        path: self.path.clone(),
+                        detail: "the committing thread panicked".into(),
+                    })
+                },
+            )
         } else {
             let mut results = write::lock(&self.writer).commit_batch(&[&item], &self.anchor);
             results.pop().unwrap_or(Ok(()))

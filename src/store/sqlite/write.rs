@@ -1,17 +1,15 @@
-//! The write side: commits prepared outside any lock, the write connection committing a batch
-//! of them in one transaction (one savepoint each), and the group-commit queue that gathers
-//! the batches.
+//! The write side: commits prepared outside any lock, and the write connection committing a
+//! batch of them in one transaction (one savepoint each); `store::group` gathers the batches.
 //!
 //! **Invariant:** a commit's result is decided before any of its rows are written (the version
 //! check, and the removal of a kept message the commit takes, are its savepoint's first
 //! statements), and whatever fails is rolled back to its
 //! savepoint, so a failed commit stores nothing and the others of its batch are not affected.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::file::Anchor;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -462,120 +460,6 @@ pub(super) fn reoffer(
         }
     }
     Ok(changed)
-}
-
-/// The group-commit queue: commits waiting for a leader, and the results of finished batches.
-#[derive(Default)]
-pub(super) struct Queue {
-    state: Mutex<QueueState>,
-    done: Condvar,
-}
-
-#[derive(Default)]
-struct QueueState {
-    next_ticket: u64,
-    pending: Vec<(u64, Prepared)>,
-    results: HashMap<u64, Result<(), StoreError>>,
-    leading: bool,
-}
-
-impl Queue {
-    fn lock(&self) -> MutexGuard<'_, QueueState> {
-        // The state is only changed by whole assignments: a poisoned lock guards consistent data.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues `item`; the first caller to find no leader commits everything queued, the others
-    /// wait for their result. A lone caller commits at once, in its own thread.
-    pub(super) fn commit(
-        &self,
-        item: Prepared,
-        writer: &Mutex<Writer>,
-        anchor: &Anchor,
-    ) -> Result<(), StoreError> {
-        let mut state = self.lock();
-        let ticket = state.next_ticket;
-        state.next_ticket += 1;
-        state.pending.push((ticket, item));
-        loop {
-            if let Some(result) = state.results.remove(&ticket) {
-                return result;
-            }
-            if !state.leading {
-                state.leading = true;
-                let batch = std::mem::take(&mut state.pending);
-                drop(state);
-                return self.lead(batch, ticket, writer, anchor);
-            }
-            state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    fn lead(
-        &self,
-        batch: Vec<(u64, Prepared)>,
-        mine: u64,
-        writer: &Mutex<Writer>,
-        anchor: &Anchor,
-    ) -> Result<(), StoreError> {
-        let path = anchor.path();
-        let mut guard = Leading {
-            queue: self,
-            tickets: batch.iter().map(|(t, _)| *t).collect(),
-            path: path.to_path_buf(),
-        };
-        let items: Vec<&Prepared> = batch.iter().map(|(_, p)| p).collect();
-        let results = lock(writer).commit_batch(&items, anchor);
-        let tickets = std::mem::take(&mut guard.tickets);
-        drop(guard);
-        let mut state = self.lock();
-        let mut own = None;
-        for (ticket, result) in tickets.into_iter().zip(results) {
-            if ticket == mine {
-                own = Some(result);
-            } else {
-                state.results.insert(ticket, result);
-            }
-        }
-        state.leading = false;
-        drop(state);
-        self.done.notify_all();
-        own.unwrap_or_else(|| {
-            Err(StoreError::Other {
-                path: path.to_path_buf(),
-                detail: "group commit lost a result".into(),
-            })
-        })
-    }
-}
-
-/// Hands the leadership on (and fails the batch) if the leader unwinds, so no follower waits
-/// forever.
-struct Leading<'a> {
-    queue: &'a Queue,
-    tickets: Vec<u64>,
-    path: PathBuf,
-}
-
-impl Drop for Leading<'_> {
-    fn drop(&mut self) {
-        if self.tickets.is_empty() {
-            return;
-        }
-        let mut state = self.queue.lock();
-        for ticket in self.tickets.drain(..) {
-            state.results.insert(
-                ticket,
-                Err(StoreError::Other {
-                    path: self.path.clone(),
-                    detail: "the committing thread panicked".into(),
-                }),
-            );
-        }
-        state.leading = false;
-        drop(state);
-        self.queue.done.notify_all();
-    }
 }
 
 /// Locks the writer; a poisoned lock is fine, [`Writer::ready`] rolls back what it left open.
