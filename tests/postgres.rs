@@ -420,6 +420,112 @@ fn concurrent_commits_on_one_handle_are_each_conditional() {
     }
 }
 
+/// A process with a business key and two tasks for two roles.
+const KEYED: &str = r#"
+id: keyed
+version: 1
+name: Keyed
+roles: { agent: { name: Agent }, lead: { name: Lead } }
+keys: [ref]
+variables: { ref: { type: string } }
+nodes:
+  start: { kind: start, next: triage }
+  triage: { kind: user_task, name: Triage, raci: { responsible: [agent], accountable: lead }, next: approve }
+  approve: { kind: user_task, name: Approve, raci: { responsible: [lead], accountable: lead }, next: done }
+  done: { kind: end }
+"#;
+
+/// The commits threads make at once on one store handle go to the server in groups, one
+/// statement each with the parts its commits need: starts with and without a business key,
+/// completions that move a task to another role and change the key, completions that end an
+/// instance. An engine on another handle reads back what each commit wrote: the keys (the
+/// old value gone), the work lists (the first task's offers gone), the statuses.
+#[test]
+fn grouped_commits_write_keys_offers_and_states_as_lone_ones_do() {
+    let _shared = shared();
+    let Some(server) = pg::server() else { return };
+    let url = server.fresh();
+    let a = Arc::new(engine(&url));
+    a.deploy(ProcessDef::from_yaml(KEYED).unwrap()).unwrap();
+    const THREADS: usize = 8;
+    const EACH: usize = 8;
+    let text = |v: String| -> Vars {
+        [("ref".to_owned(), serde_json::json!(v))]
+            .into_iter()
+            .collect()
+    };
+    let barrier = Arc::new(std::sync::Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (a, barrier) = (Arc::clone(&a), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                let agent = Actor::new("ann", ["agent"]);
+                let lead = Actor::new("lee", ["lead"]);
+                let mut mine = Vec::new();
+                for i in 0..EACH {
+                    barrier.wait();
+                    let keyed = (t + i) % 3 != 0;
+                    let id = if keyed {
+                        a.start("keyed", text(format!("r-{t}-{i}")))
+                    } else {
+                        a.start("flow", Vars::new())
+                    };
+                    mine.push((id.unwrap(), keyed));
+                }
+                for (i, &(id, keyed)) in mine.iter().enumerate() {
+                    barrier.wait();
+                    let task = a.tasks(id).unwrap()[0].id;
+                    let output = if keyed {
+                        text(format!("s-{t}-{i}"))
+                    } else {
+                        Vars::new()
+                    };
+                    a.complete(task, &agent, output).unwrap();
+                }
+                for (i, &(id, keyed)) in mine.iter().enumerate() {
+                    barrier.wait();
+                    if keyed && i % 2 == 0 {
+                        let task = a.tasks(id).unwrap()[0].id;
+                        a.complete(task, &lead, Vars::new()).unwrap();
+                    }
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut waiting = std::collections::BTreeSet::new();
+    let b = Engine::builder()
+        .open(PostgresStore::connect(&url).unwrap())
+        .unwrap();
+    for (t, h) in handles.into_iter().enumerate() {
+        for (i, (id, keyed)) in h.join().unwrap().into_iter().enumerate() {
+            let stored = b.instance(id).unwrap();
+            if keyed {
+                let found: Vec<_> = b.find_by_key("ref", format!("s-{t}-{i}")).unwrap();
+                assert_eq!(found.iter().map(|k| k.id).collect::<Vec<_>>(), [id]);
+                assert!(
+                    b.find_by_key("ref", format!("r-{t}-{i}"))
+                        .unwrap()
+                        .is_empty()
+                );
+            }
+            if keyed && i % 2 == 1 {
+                assert_eq!(stored.status(), Status::Running, "{id}");
+                waiting.insert(id);
+            } else {
+                assert_eq!(stored.status(), Status::Completed, "{id}");
+            }
+        }
+    }
+    assert!(b.work_list(&Actor::new("ann", ["agent"])).is_empty());
+    let approvals: std::collections::BTreeSet<_> = b
+        .work_list(&Actor::new("lee", ["lead"]))
+        .into_iter()
+        .map(|task| task.id.instance())
+        .collect();
+    assert_eq!(approvals, waiting);
+}
+
 #[test]
 fn the_store_carries_on_after_the_server_restarts() {
     let _alone = SERVER_LOCK.write().unwrap_or_else(|e| e.into_inner());
