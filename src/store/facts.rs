@@ -417,6 +417,20 @@ pub(crate) struct FactRow {
     pub(crate) till: Option<i64>,
 }
 
+/// The facts of an instance as the database stores keep them in its row: a JSON array of
+/// `[kind, subject, n, till]`, each subject written as `subject` gives it.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn encode_facts<'r>(
+    rows: &'r [FactRow],
+    subject: impl Fn(&'r str) -> std::borrow::Cow<'r, str>,
+) -> String {
+    let rows: Vec<(i64, std::borrow::Cow<'r, str>, i64, Option<i64>)> = rows
+        .iter()
+        .map(|r| (r.kind, subject(&r.subject), r.n, r.till))
+        .collect();
+    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
+}
+
 impl InstanceFacts {
     /// The rows a store keeps, sorted. The cycle is no row of its own: the `Completed` row
     /// carries its end in `till` (its start is the row's `started_at`), one row less per

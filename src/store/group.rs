@@ -144,18 +144,24 @@ struct Leading<'q, T, R, L: Fn() -> R> {
 impl<T, R, L: Fn() -> R> Drop for Leading<'_, T, R, L> {
     fn drop(&mut self) {
         let mut results = self.results.take().unwrap_or_default().into_iter();
-        let mut state = self.queue.lock();
         let me = std::thread::current().id();
+        let mut wake = Vec::with_capacity(self.callers.len() + 1);
+        let mut state = self.queue.lock();
         for (ticket, caller) in self.callers.drain(..) {
             let result = results.next().unwrap_or_else(|| (self.lost)());
             state.results.insert(ticket, result);
             if caller.id() != me {
-                caller.unpark();
+                wake.push(caller);
             }
         }
         state.leading -= 1;
         if let Some(next) = state.waiting.front() {
-            next.caller.unpark();
+            wake.push(next.caller.clone());
+        }
+        drop(state);
+        // Woken after the lock is released: a woken caller does not wait for it at once.
+        for caller in wake {
+            caller.unpark();
         }
     }
 }

@@ -58,7 +58,7 @@ pub(crate) fn may_block_here() -> bool {
 #[cfg(feature = "sqlite")]
 pub(crate) use facts::FactRow;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) use facts::{DefCache, instant};
+pub(crate) use facts::{DefCache, encode_facts, instant};
 pub use facts::{Fact, SpanRow, StoredFacts};
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "report"))]
 pub(crate) use facts::{InstanceFacts, facts};

@@ -25,26 +25,6 @@ use crate::store::{
     Commit, Offer, StoreError, StoreWake, StoreWatch, encode_records, encode_state,
 };
 
-/// The instance's report facts as its row keeps them (schema 7): a JSON array of `[kind,
-/// subject, n, till]` built from the four arrays the statement carries (kinds, subjects
-/// escaped as `text::stored` does, counts or span starts, span ends).
-macro_rules! facts_json {
-    ($kinds:literal, $subjects:literal, $ns:literal, $tills:literal) => {
-        concat!(
-            "(SELECT coalesce(jsonb_agg(jsonb_build_array(u.kind, u.subject, u.n, u.till)), \
-             '[]'::jsonb) FROM unnest(",
-            $kinds,
-            "::bigint[], ",
-            $subjects,
-            "::text[], ",
-            $ns,
-            "::bigint[], ",
-            $tills,
-            "::bigint[]) AS u (kind, subject, n, till))"
-        )
-    };
-}
-
 /// A start: the instance row and its first audit batch. `$pre` opens the `WITH` (and may add
 /// a first query), `$keys` is [`INSERT_KEYS`] or nothing, `$post` is what the count is taken
 /// from.
@@ -57,15 +37,13 @@ macro_rules! insert_sql {
               outbox_until, outbox_by, offers, facts) \
              VALUES ($1, $2, $3, $4, 1, $5, $6, $7, \
               CASE WHEN $10::boolean THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $11::bigint END, \
-              CASE WHEN $10::boolean THEN $12::text END, $17::text[], ",
-            facts_json!("$13", "$14", "$15", "$16"),
-            ") \
+              CASE WHEN $10::boolean THEN $12::text END, $14::text[], $13::text::jsonb) \
              ON CONFLICT (id) DO NOTHING RETURNING id), \
              r AS (INSERT INTO procflow_records (instance, first, batch) \
              SELECT id, $8::bigint, $9::text FROM i WHERE $9::text IS NOT NULL \
              ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch), \
              o AS (INSERT INTO procflow_offers (offer, instance) \
-             SELECT u, i.id FROM i, unnest($17::text[]) AS u ON CONFLICT DO NOTHING)",
+             SELECT u, i.id FROM i, unnest($14::text[]) AS u ON CONFLICT DO NOTHING)",
             $keys,
             " SELECT count(*) FROM ",
             $post
@@ -81,25 +59,23 @@ macro_rules! update_sql {
         concat!(
             $pre,
             "o AS (SELECT offers FROM procflow_instances \
-             WHERE $16::text[] IS NOT NULL AND id = $1 AND row_version = $4), \
+             WHERE $13::text[] IS NOT NULL AND id = $1 AND row_version = $4), \
              i AS (UPDATE procflow_instances SET def_version = $2, running = $3, \
              row_version = $4 + 1, state = $5, next_due = $6, claim_until = NULL, claimed_by = NULL, \
-             offers = coalesce($16::text[], offers), \
+             offers = coalesce($13::text[], offers), \
              outbox_until = CASE WHEN $9::boolean THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $10::bigint END, \
              outbox_by = CASE WHEN $9::boolean THEN $11::text END, \
-             facts = ",
-            facts_json!("$12", "$13", "$14", "$15"),
-            " \
+             facts = $12::text::jsonb \
              WHERE id = $1 AND row_version = $4 RETURNING id), \
              r AS (INSERT INTO procflow_records (instance, first, batch) \
              SELECT id, $7::bigint, $8::text FROM i WHERE $8::text IS NOT NULL \
              ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch), \
-             od AS (DELETE FROM procflow_offers WHERE $16::text[] IS NOT NULL \
+             od AS (DELETE FROM procflow_offers WHERE $13::text[] IS NOT NULL \
              AND instance IN (SELECT id FROM i) \
              AND offer = ANY (array_append((SELECT offers FROM o), '*')) \
-             AND offer <> ALL ($16::text[])), \
+             AND offer <> ALL ($13::text[])), \
              oi AS (INSERT INTO procflow_offers (offer, instance) \
-             SELECT u, i.id FROM i, unnest($16::text[]) AS u ON CONFLICT DO NOTHING)",
+             SELECT u, i.id FROM i, unnest($13::text[]) AS u ON CONFLICT DO NOTHING)",
             $keys,
             " SELECT count(*) FROM ",
             $post
@@ -107,24 +83,24 @@ macro_rules! update_sql {
     };
 }
 
-/// A start's business keys (`$18` names, `$19` values), in its statement.
+/// A start's business keys (`$15` names, `$16` values), in its statement.
 macro_rules! insert_keys {
     () => {
         ", k AS (INSERT INTO procflow_keys (name, value, instance) \
-         SELECT u.name, u.value, i.id FROM i, unnest($18::text[], $19::text[]) \
+         SELECT u.name, u.value, i.id FROM i, unnest($15::text[], $16::text[]) \
          AS u (name, value) ON CONFLICT DO NOTHING)"
     };
 }
 
-/// A later commit's business keys (`$17` names, `$18` values): those it no longer has deleted,
+/// A later commit's business keys (`$14` names, `$15` values): those it no longer has deleted,
 /// the others inserted where missing.
 macro_rules! update_keys {
     () => {
         ", kd AS (DELETE FROM procflow_keys WHERE instance IN (SELECT id FROM i) \
-         AND NOT EXISTS (SELECT 1 FROM unnest($17::text[], $18::text[]) AS u (name, value) \
+         AND NOT EXISTS (SELECT 1 FROM unnest($14::text[], $15::text[]) AS u (name, value) \
          WHERE u.name = procflow_keys.name AND u.value = procflow_keys.value)), \
          ki AS (INSERT INTO procflow_keys (name, value, instance) \
-         SELECT u.name, u.value, i.id FROM i, unnest($17::text[], $18::text[]) \
+         SELECT u.name, u.value, i.id FROM i, unnest($14::text[], $15::text[]) \
          AS u (name, value) ON CONFLICT DO NOTHING)"
     };
 }
@@ -194,11 +170,8 @@ pub(super) struct Row {
     takes: Option<u64>,
     /// The due instant to announce, if it must be.
     announce: Option<i64>,
-    /// The instance's report facts, column by column (the statement unnests them).
-    fact_kinds: Vec<i64>,
-    fact_subjects: Vec<String>,
-    fact_ns: Vec<i64>,
-    fact_tills: Vec<Option<i64>>,
+    /// The instance's report facts as its row keeps them (a JSON array, schema 7).
+    facts: String,
     /// The offers of its open tasks, rendered, when the commit changed them.
     offers: Option<Vec<String>>,
     /// Its business keys' names and values, when the commit carries them.
@@ -262,13 +235,7 @@ impl PostgresStore {
             batch: (!commit.records.is_empty()).then(|| encode_records(commit.records)),
             pending: !commit.instance.pending().is_empty(),
             announce: next_due.filter(|&due| self.shared.must_announce(due, at)),
-            fact_kinds: rows.iter().map(|r| r.kind).collect(),
-            fact_subjects: rows
-                .iter()
-                .map(|r| super::text::stored(&r.subject).into_owned())
-                .collect(),
-            fact_ns: rows.iter().map(|r| r.n).collect(),
-            fact_tills: rows.iter().map(|r| r.till).collect(),
+            facts: crate::store::encode_facts(&rows, super::text::stored),
             offers: commit
                 .offers
                 .map(|offers| offers.iter().map(Offer::render).collect()),
@@ -423,7 +390,7 @@ impl PostgresStore {
         } else {
             vec![&row.id, &row.def_version, &row.running, &row.version]
         };
-        let tail: [&(dyn postgres::types::ToSql + Sync); 12] = [
+        let tail: [&(dyn postgres::types::ToSql + Sync); 9] = [
             &row.state,
             &row.next_due,
             &row.first,
@@ -431,10 +398,7 @@ impl PostgresStore {
             &row.pending,
             &lease,
             &self.me,
-            &row.fact_kinds,
-            &row.fact_subjects,
-            &row.fact_ns,
-            &row.fact_tills,
+            &row.facts,
             &row.offers,
         ];
         params.extend_from_slice(&tail);
@@ -578,24 +542,20 @@ fn build_group_sql(parts: usize) -> String {
     let mut sql = String::from(
         "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], \
          $4::boolean[], $5::bigint[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], \
-         $10::text[], $11::boolean[], $12::boolean[], $13::boolean[]) \
+         $10::text[], $11::boolean[], $12::boolean[], $13::boolean[], $14::text[]) \
          AS u (id, process, def_version, running, version, started_at, state, next_due, \
-         first, batch, pending, offers_changed, keys_carried)), \
-         server AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms), \
-         f AS (SELECT x.id, jsonb_agg(jsonb_build_array(x.kind, x.subject, x.n, x.till) \
-         ORDER BY x.ord) AS facts FROM unnest($16::bigint[], $17::bigint[], $18::text[], \
-         $19::bigint[], $20::bigint[]) WITH ORDINALITY AS x (id, kind, subject, n, till, ord) \
-         GROUP BY x.id), ",
+         first, batch, pending, offers_changed, keys_carried, facts)), \
+         server AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms), ",
     );
     if has(G_OFFERS) {
         sql.push_str(
-            "no AS (SELECT x.id, x.offer, x.ord FROM unnest($21::bigint[], $22::text[]) \
+            "no AS (SELECT x.id, x.offer, x.ord FROM unnest($17::bigint[], $18::text[]) \
              WITH ORDINALITY AS x (id, offer, ord)), ",
         );
     }
     // The keys' parameters follow the offers' when there are offers.
     if has(G_KEYS) {
-        let k = if has(G_OFFERS) { 23 } else { 21 };
+        let k = if has(G_OFFERS) { 19 } else { 17 };
         sql.push_str(&format!(
             "nk AS (SELECT x.id, x.name, x.value FROM unnest(${k}::bigint[], ${}::text[], \
              ${}::text[]) AS x (id, name, value)), ",
@@ -603,7 +563,11 @@ fn build_group_sql(parts: usize) -> String {
             k + 2
         ));
     }
-    sql.push_str("v AS (SELECT u.*, coalesce(f.facts, '[]'::jsonb) AS facts, CASE WHEN u.offers_changed THEN ");
+    sql.push_str(
+        "v AS (SELECT u.id, u.process, u.def_version, u.running, u.version, u.started_at, \
+         u.state, u.next_due, u.first, u.batch, u.offers_changed, u.keys_carried, \
+         u.facts::jsonb AS facts, CASE WHEN u.offers_changed THEN ",
+    );
     sql.push_str(if has(G_OFFERS) {
         "ARRAY(SELECT no.offer FROM no WHERE no.id = u.id ORDER BY no.ord)"
     } else {
@@ -611,9 +575,8 @@ fn build_group_sql(parts: usize) -> String {
     });
     sql.push_str(
         " END AS offers, \
-         CASE WHEN u.pending THEN server.ms + $14::bigint END AS outbox_until, \
-         CASE WHEN u.pending THEN $15::text END AS outbox_by \
-         FROM u LEFT JOIN f ON f.id = u.id CROSS JOIN server), ",
+         CASE WHEN u.pending THEN server.ms + $15::bigint END AS outbox_until, \
+         CASE WHEN u.pending THEN $16::text END AS outbox_by FROM u, server), ",
     );
     if has(G_STARTS) {
         sql.push_str(
@@ -711,8 +674,7 @@ fn write_many(
     let mut pending = Vec::with_capacity(n);
     let mut offers_changed = Vec::with_capacity(n);
     let mut keys_carried = Vec::with_capacity(n);
-    let (mut f_ids, mut f_kinds, mut f_subjects, mut f_ns, mut f_tills) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut facts = Vec::with_capacity(n);
     let (mut o_ids, mut o_offers) = (Vec::new(), Vec::new());
     let (mut k_ids, mut k_names, mut k_values) = (Vec::new(), Vec::new(), Vec::new());
     for row in rows {
@@ -729,13 +691,7 @@ fn write_many(
         pending.push(row.pending);
         offers_changed.push(row.offers.is_some());
         keys_carried.push(row.key_names.is_some());
-        for i in 0..row.fact_kinds.len() {
-            f_ids.push(row.id);
-            f_kinds.push(row.fact_kinds[i]);
-            f_subjects.push(row.fact_subjects[i].as_str());
-            f_ns.push(row.fact_ns[i]);
-            f_tills.push(row.fact_tills[i]);
-        }
+        facts.push(row.facts.as_str());
         for offer in row.offers.iter().flatten() {
             o_ids.push(row.id);
             o_offers.push(offer.as_str());
@@ -780,13 +736,9 @@ fn write_many(
         &pending,
         &offers_changed,
         &keys_carried,
+        &facts,
         &lease,
         &me,
-        &f_ids,
-        &f_kinds,
-        &f_subjects,
-        &f_ns,
-        &f_tills,
     ];
     if parts & G_OFFERS != 0 {
         params.extend_from_slice(&[&o_ids, &o_offers]);

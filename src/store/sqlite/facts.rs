@@ -20,11 +20,7 @@ type Stored = (i64, String, i64, Option<i64>);
 
 /// The `facts` column of an instance whose facts are `rows`.
 pub(super) fn encode(rows: &[FactRow]) -> String {
-    let rows: Vec<(i64, &str, i64, Option<i64>)> = rows
-        .iter()
-        .map(|r| (r.kind, r.subject.as_str(), r.n, r.till))
-        .collect();
-    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
+    crate::store::encode_facts(rows, std::borrow::Cow::Borrowed)
 }
 
 /// The facts the `facts` column at `column` of instance `id`'s `row` holds (none for `NULL`);
