@@ -525,6 +525,11 @@ fn conflict(conn: &mut Conn, row: &Row) -> Result<StoreError, Fail> {
 /// commit's report facts, offers and keys come flattened, each row tagged with its instance.
 /// The statement returns the ids stored.
 ///
+/// Unlike the lone statements it inserts the instance rows and audit batches without an
+/// `ON CONFLICT` clause (which costs an index probe a row): a start whose id is taken fails
+/// the statement, and the group's commits are written alone, where the lone statement reports
+/// the conflict.
+///
 /// It has only the parts its group needs (an empty part still costs the server as much as
 /// a short one): `parts` is a bit set of [`STARTS`], [`UPDATES`], [`OFFERS`] and [`KEYS`].
 fn group_sql(parts: usize) -> &'static str {
@@ -584,8 +589,7 @@ fn build_group_sql(parts: usize) -> String {
              (id, process, def_version, running, row_version, started_at, state, next_due, \
               outbox_until, outbox_by, offers, facts) \
              SELECT id, process, def_version, running, 1, started_at, state, next_due, \
-             outbox_until, outbox_by, offers, facts FROM v WHERE version = 0 \
-             ON CONFLICT (id) DO NOTHING RETURNING id), ",
+             outbox_until, outbox_by, offers, facts FROM v WHERE version = 0 RETURNING id), ",
         );
     }
     if has(G_UPDATES) {
@@ -615,8 +619,7 @@ fn build_group_sql(parts: usize) -> String {
     sql.push_str(
         "r AS (INSERT INTO procflow_records (instance, first, batch) \
          SELECT v.id, v.first, v.batch FROM v JOIN stored ON stored.id = v.id \
-         WHERE v.batch IS NOT NULL \
-         ON CONFLICT (instance, first) DO UPDATE SET batch = EXCLUDED.batch)",
+         WHERE v.batch IS NOT NULL)",
     );
     if has(G_UPDATES) && has(G_OFFERS) {
         // The offers of an updated instance it no longer has, and the `*` of a migration.
