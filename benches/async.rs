@@ -5,10 +5,10 @@
 //!
 //! The async variants run all of a sample's iterations inside one `block_on` (`iter_custom`),
 //! so the figure is the façade's cost per call pair, not the cost of entering the runtime.
-//! `SpawnBlocking` is what an engine with a store uses by default; the `durable` group puts the
-//! hand-off beside what such a call costs: the same pair on an engine with a SQLite file
-//! (`Durability::Full`, the default: each commit waits for the disk), synchronously and through
-//! the façade's default.
+//! The `with_store` group measures the façade's default for an engine with a store
+//! (`BlockInPlace`) against the synchronous calls on an engine whose store commits in memory;
+//! the `durable` group puts the offload modes beside what such a call costs: the same pair on an
+//! engine with a SQLite file (`Durability::Full`, the default: each commit waits for the disk).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -55,19 +55,26 @@ async fn async_pair(engine: &AsyncEngine, clerk: &Actor) {
         .expect("complete");
 }
 
-/// `iters` pairs inside one `block_on`: the façade's cost, not the cost of entering the runtime.
+/// `iters` pairs in one task spawned on the runtime (where a service's request handlers run:
+/// on a multi-thread runtime, a worker thread), inside one `block_on`: the façade's cost, not
+/// the cost of entering the runtime.
 fn async_pairs(
     rt: &tokio::runtime::Runtime,
     engine: &AsyncEngine,
     clerk: &Actor,
     iters: u64,
 ) -> Duration {
-    rt.block_on(async {
-        let began = Instant::now();
-        for _ in 0..iters {
-            async_pair(black_box(engine), clerk).await;
-        }
-        began.elapsed()
+    let (engine, clerk) = (engine.clone(), clerk.clone());
+    rt.block_on(async move {
+        tokio::spawn(async move {
+            let began = Instant::now();
+            for _ in 0..iters {
+                async_pair(black_box(&engine), &clerk).await;
+            }
+            began.elapsed()
+        })
+        .await
+        .expect("the bench task runs")
     })
 }
 
@@ -109,6 +116,39 @@ fn start_complete(c: &mut Criterion) {
     g.finish();
 }
 
+/// The same pair on an engine with a store that commits in memory (`MemoryStore`: no disk, so
+/// the figure is the hand-off alone), synchronously and through the façade's default for an
+/// engine with a store and through `SpawnBlocking`, on a multi-thread runtime.
+fn with_store(c: &mut Criterion) {
+    let clerk = Actor::new("ann", ["clerk"]);
+    let stored = || {
+        let engine = Engine::open(procflow::MemoryStore::new()).expect("it opens");
+        engine
+            .deploy(ProcessDef::from_yaml(ONE_TASK).expect("the bench definition is valid"))
+            .expect("it deploys");
+        Arc::new(engine)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("with_store");
+    g.throughput(Throughput::Elements(1));
+    let sync = stored();
+    g.bench_function("sync", |b| b.iter(|| sync_pair(black_box(&sync), &clerk)));
+    let engine = AsyncEngine::new(stored());
+    assert_eq!(engine.offload_mode(), Offload::BlockInPlace);
+    g.bench_function("async_default_multi_thread", |b| {
+        b.iter_custom(|iters| async_pairs(&rt, &engine, &clerk, iters))
+    });
+    let engine = engine.offload(Offload::SpawnBlocking);
+    g.bench_function("async_spawn_blocking_multi_thread", |b| {
+        b.iter_custom(|iters| async_pairs(&rt, &engine, &clerk, iters))
+    });
+    g.finish();
+}
+
 /// The same pair on a SQLite store with the default durability, synchronously and through the
 /// façade's default for an engine with a store, on a multi-thread runtime.
 fn durable(c: &mut Criterion) {
@@ -133,7 +173,7 @@ fn durable(c: &mut Criterion) {
     let sync = stored("sync.db");
     g.bench_function("sync", |b| b.iter(|| sync_pair(black_box(&sync), &clerk)));
     let engine = AsyncEngine::new(stored("async.db"));
-    assert_eq!(engine.offload_mode(), Offload::SpawnBlocking);
+    assert_eq!(engine.offload_mode(), Offload::BlockInPlace);
     for (mode, offload) in [
         ("spawn_blocking", Offload::SpawnBlocking),
         ("block_in_place", Offload::BlockInPlace),
@@ -154,6 +194,7 @@ fn main() {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
     start_complete(&mut c);
+    with_store(&mut c);
     durable(&mut c);
     c.final_summary();
 }

@@ -7,13 +7,14 @@
 //! commit that waits for the disk (an fsync: tenths of a millisecond to milliseconds). Waiting
 //! for the disk on a worker thread would stall every task queued on it, so [`Offload`] says where
 //! a call runs:
-//! - An engine with a store runs its calls in `spawn_blocking` ([`Offload::SpawnBlocking`]):
-//!   tokio's blocking pool lets many commits wait at once (SQLite's group commit batches them),
-//!   it works on every runtime and in a `LocalSet`, and the thread hand-off (measured at about
-//!   20 µs a call on a loaded 2-core machine, `benches/async.rs`) is paid beside a commit.
-//!   [`Offload::BlockInPlace`] costs nothing measurable when the worker has nothing else queued,
-//!   but panics where tokio forbids blocking; a host that knows its calls run on a multi-thread
-//!   runtime's workers may choose it. A single dedicated
+//! - An engine with a store runs its calls in `block_in_place` on a multi-thread runtime's
+//!   worker ([`Offload::BlockInPlace`]): tokio first hands the worker's other tasks to another
+//!   thread, so nothing queued waits for the disk, and the call itself runs on the calling
+//!   thread (about 0.3 µs a call over the synchronous one, `benches/async.rs`). Where tokio
+//!   forbids blocking in place (a current-thread runtime, a `LocalSet` on the thread of
+//!   `Runtime::block_on`: `tokio::runtime::worker_index` tells a worker apart) the call runs in
+//!   `spawn_blocking` instead, which works everywhere but costs two thread wake-ups (about 30 µs
+//!   a call on a 2-core VM; [`Offload::SpawnBlocking`] chooses it always). A single dedicated
 //!   engine thread fed by a channel was the other choice; it would serialise every call on one
 //!   core and put a queue without backpressure in front of the engine, for no gain, as the
 //!   engine is already safe to call from many threads.
@@ -69,14 +70,12 @@ pub enum Offload {
     /// On the calling task: cheapest, for engines without a durable store (a call is a
     /// microsecond of CPU work). A handler must not block on the runtime then.
     Inline,
-    /// In `tokio::task::block_in_place` on a multi-thread runtime (the worker hands its other
-    /// tasks to another thread first); in `spawn_blocking` on a current-thread runtime.
-    ///
-    /// # Panics
-    /// A call panics where tokio forbids `block_in_place` on a multi-thread runtime: inside a
-    /// `LocalSet`, or on a thread that entered the runtime other than through its `block_on`.
+    /// In `tokio::task::block_in_place` on a multi-thread runtime's worker thread (the worker
+    /// hands its other tasks to another thread first); elsewhere, where tokio forbids it (a
+    /// current-thread runtime, a `LocalSet` on the thread of `Runtime::block_on`), in
+    /// `spawn_blocking`. The default for an engine with a store.
     BlockInPlace,
-    /// In `tokio::task::spawn_blocking`: the safe choice for a store that may wait for the disk.
+    /// In `tokio::task::spawn_blocking`, on every runtime: two thread wake-ups a call.
     SpawnBlocking,
 }
 
@@ -89,25 +88,64 @@ impl Offload {
     ) -> Result<R, tokio::task::JoinError> {
         match self {
             Offload::Inline => Ok(f()),
-            Offload::BlockInPlace
-                if tokio::runtime::Handle::try_current().is_ok_and(|h| {
-                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-                }) =>
-            {
-                Ok(tokio::task::block_in_place(|| crate::store::may_block(f)))
-            }
-            Offload::BlockInPlace | Offload::SpawnBlocking => {
-                #[cfg(feature = "telemetry")]
-                let span = tracing::Span::current();
-                tokio::task::spawn_blocking(move || {
-                    #[cfg(feature = "telemetry")]
-                    let _entered = span.enter();
-                    crate::store::may_block(f)
-                })
-                .await
-            }
+            Offload::BlockInPlace if on_worker() => match in_place(f) {
+                Ok(r) => Ok(r),
+                Err(f) => spawn_blocking(f).await,
+            },
+            Offload::BlockInPlace | Offload::SpawnBlocking => spawn_blocking(f).await,
         }
     }
+}
+
+thread_local! {
+    /// Whether tokio refused `block_in_place` on this thread although it looked like a
+    /// multi-thread runtime's worker (see [`in_place`]).
+    static REFUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is a worker of a multi-thread runtime, where `block_in_place` may block
+/// (it hands the worker's other tasks to another thread first). Elsewhere tokio forbids it:
+/// on a current-thread runtime, in a `LocalSet` on the thread of `Runtime::block_on`.
+fn on_worker() -> bool {
+    tokio::runtime::worker_index().is_some()
+        && tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        && !REFUSED.with(std::cell::Cell::get)
+}
+
+/// Runs `f` in `block_in_place`, or gives it back when tokio refused to block here. One setup
+/// passes [`on_worker`] and is still refused: the thread of a current-thread runtime that
+/// entered a multi-thread runtime's handle (`Handle::enter`); tokio's panic says so (once a
+/// thread: the thread is remembered) and the call runs in `spawn_blocking`.
+fn in_place<R, F: FnOnce() -> R>(f: F) -> Result<R, F> {
+    let mut slot = Some(f);
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tokio::task::block_in_place(|| slot.take().map(crate::store::may_block))
+    }));
+    match (ran, slot) {
+        (Ok(Some(r)), _) => Ok(r),
+        (Err(_), Some(f)) => {
+            REFUSED.with(|r| r.set(true));
+            Err(f)
+        }
+        // `f` itself panicked: as a call on the calling thread would.
+        (Err(panic), None) => std::panic::resume_unwind(panic),
+        (Ok(None), _) => unreachable!("block_in_place ran its closure, which took f"),
+    }
+}
+
+/// Runs `f` on tokio's blocking pool, in the caller's span.
+async fn spawn_blocking<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, tokio::task::JoinError> {
+    #[cfg(feature = "telemetry")]
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        #[cfg(feature = "telemetry")]
+        let _entered = span.enter();
+        crate::store::may_block(f)
+    })
+    .await
 }
 
 /// A boxed future, as [`AsyncHandler::call`] returns it.
@@ -348,11 +386,11 @@ pub struct AsyncEngine {
 }
 
 impl AsyncEngine {
-    /// Wraps an engine, with [`Offload::SpawnBlocking`] when it has a store and
+    /// Wraps an engine, with [`Offload::BlockInPlace`] when it has a store and
     /// [`Offload::Inline`] when it keeps everything in memory.
     pub fn new(engine: Arc<Engine>) -> AsyncEngine {
         let offload = if engine.has_store() {
-            Offload::SpawnBlocking
+            Offload::BlockInPlace
         } else {
             Offload::Inline
         };

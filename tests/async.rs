@@ -133,11 +133,11 @@ async fn concurrent_calls_run_in_every_offload_mode() {
         let engine = AsyncEngine::new(engine).offload(offload);
         start_and_complete_many(engine).await;
     }
-    // With a store the default is spawn_blocking.
+    // With a store the default is block_in_place.
     let engine = Arc::new(Engine::open(MemoryStore::new()).unwrap());
     engine.deploy(def(ONE_TASK)).unwrap();
     let engine = AsyncEngine::new(engine);
-    assert_eq!(engine.offload_mode(), Offload::SpawnBlocking);
+    assert_eq!(engine.offload_mode(), Offload::BlockInPlace);
     start_and_complete_many(engine).await;
 }
 
@@ -590,4 +590,52 @@ async fn a_service_task_left_waiting_by_a_stopped_engine_is_dispatched_again_on_
         engine.instance(id).await.unwrap().vars()["score"],
         serde_json::json!(9)
     );
+}
+
+/// The default with a store blocks in place only on a multi-thread runtime's workers, where
+/// tokio allows it: in a `LocalSet` on the thread of `Runtime::block_on`, and on a
+/// current-thread runtime's thread that entered a multi-thread runtime (tokio refuses there
+/// although the thread looks like a worker), the calls run on the blocking pool instead.
+#[test]
+fn the_default_with_a_store_runs_where_tokio_forbids_blocking_in_place() {
+    let stored = || {
+        let engine = Arc::new(Engine::open(MemoryStore::new()).unwrap());
+        engine.deploy(def(ONE_TASK)).unwrap();
+        let engine = AsyncEngine::new(engine);
+        assert_eq!(engine.offload_mode(), Offload::BlockInPlace);
+        engine
+    };
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let engine = stored();
+    multi.block_on(local.run_until(async move {
+        let id = engine.start("one", Vars::new()).await.unwrap();
+        let e = engine.clone();
+        tokio::task::spawn_local(async move { e.tasks(id).await.unwrap() })
+            .await
+            .unwrap();
+        assert_eq!(engine.instance(id).await.unwrap().status(), Status::Running);
+    }));
+    let handle = multi.handle().clone();
+    let engine = stored();
+    std::thread::spawn(move || {
+        let current = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        current.block_on(async move {
+            let _entered = handle.enter();
+            for _ in 0..2 {
+                let id = engine.start("one", Vars::new()).await.unwrap();
+                let task = engine.tasks(id).await.unwrap()[0].id;
+                engine.complete(task, &clerk(), Vars::new()).await.unwrap();
+            }
+        });
+    })
+    .join()
+    .unwrap();
 }
