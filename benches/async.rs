@@ -33,11 +33,23 @@ nodes:
 "#;
 
 fn engine() -> Arc<Engine> {
-    let engine = Engine::new();
+    deployed(Engine::new())
+}
+
+/// `engine` with the bench's process deployed.
+fn deployed(engine: Engine) -> Arc<Engine> {
     engine
         .deploy(ProcessDef::from_yaml(ONE_TASK).expect("the bench definition is valid"))
         .expect("it deploys");
     Arc::new(engine)
+}
+
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn sync_pair(engine: &Engine, clerk: &Actor) {
@@ -92,14 +104,7 @@ fn start_complete(c: &mut Criterion) {
                 .build()
                 .expect("runtime"),
         ),
-        (
-            "multi_thread",
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime"),
-        ),
+        ("multi_thread", multi_thread()),
     ];
     for (flavor, rt) in &runtimes {
         for (mode, offload) in [
@@ -121,18 +126,8 @@ fn start_complete(c: &mut Criterion) {
 /// engine with a store and through `SpawnBlocking`, on a multi-thread runtime.
 fn with_store(c: &mut Criterion) {
     let clerk = Actor::new("ann", ["clerk"]);
-    let stored = || {
-        let engine = Engine::open(procflow::MemoryStore::new()).expect("it opens");
-        engine
-            .deploy(ProcessDef::from_yaml(ONE_TASK).expect("the bench definition is valid"))
-            .expect("it deploys");
-        Arc::new(engine)
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let stored = || deployed(Engine::open(procflow::MemoryStore::new()).expect("it opens"));
+    let rt = multi_thread();
     let mut g = c.benchmark_group("with_store");
     g.throughput(Throughput::Elements(1));
     let sync = stored();
@@ -157,17 +152,9 @@ fn durable(c: &mut Criterion) {
     std::fs::create_dir_all(&dir).expect("a temporary folder");
     let stored = |name: &str| {
         let store = procflow::SqliteStore::create(dir.join(name)).expect("a SQLite file");
-        let engine = Engine::builder().open(store).expect("it opens");
-        engine
-            .deploy(ProcessDef::from_yaml(ONE_TASK).expect("the bench definition is valid"))
-            .expect("it deploys");
-        Arc::new(engine)
+        deployed(Engine::builder().open(store).expect("it opens"))
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = multi_thread();
     let mut g = c.benchmark_group("durable");
     g.throughput(Throughput::Elements(1));
     let sync = stored("sync.db");
