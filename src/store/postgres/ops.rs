@@ -6,6 +6,11 @@
 //! data-modifying `WITH`), which the server commits by itself.
 //! Otherwise it is one transaction: the same statement, the kept message, and the `NOTIFY`.
 //!
+//! **Commits made at the same time go together**: the one-round-trip commits several threads
+//! of one store handle make at once are queued (`store::group`) and written by one of them
+//! with one statement ([`group_sql`]), which returns the instances it stored; a commit whose
+//! instance is not among them was refused (its version moved) and fails alone.
+//!
 //! **Follow-ups are leased**: a commit that leaves follow-ups to run holds them for its store
 //! handle (`outbox_until`, on the server's clock); the commit recording that they ran clears
 //! it; a handle claims those whose lease ran out ([`Store::claim_outbox`]).
