@@ -573,59 +573,60 @@ fn build_group_sql(parts: usize) -> String {
             k + 2
         ));
     }
-    sql.push_str(
-        "v AS (SELECT u.id, u.process, u.def_version, u.running, u.version, u.started_at, \
-         u.state, u.next_due, u.first, u.batch, u.offers_changed, u.keys_carried, \
-         u.facts::jsonb AS facts, CASE WHEN u.offers_changed THEN ",
-    );
-    sql.push_str(if has(G_OFFERS) {
-        "ARRAY(SELECT no.offer FROM no WHERE no.id = u.id ORDER BY no.ord)"
+    // A commit's new offers (`NULL`: unchanged), outbox lease and holder.
+    let offers = if has(G_OFFERS) {
+        "CASE WHEN u.offers_changed THEN \
+         ARRAY(SELECT no.offer FROM no WHERE no.id = u.id ORDER BY no.ord) END"
     } else {
-        "'{}'::text[]"
-    });
-    sql.push_str(
-        " END AS offers, \
-         CASE WHEN u.pending THEN server.ms + $15::bigint END AS outbox_until, \
-         CASE WHEN u.pending THEN $16::text END AS outbox_by FROM u, server), ",
-    );
+        "CASE WHEN u.offers_changed THEN '{}'::text[] END"
+    };
+    let outbox = "CASE WHEN u.pending THEN server.ms + $15::bigint END, \
+                  CASE WHEN u.pending THEN $16::text END";
     if has(G_STARTS) {
-        sql.push_str(
+        sql.push_str(&format!(
             "ins AS (INSERT INTO procflow_instances \
              (id, process, def_version, running, row_version, started_at, state, next_due, \
               outbox_until, outbox_by, offers, facts) \
-             SELECT id, process, def_version, running, 1, started_at, state, next_due, \
-             outbox_until, outbox_by, offers, facts FROM v WHERE version = 0 RETURNING id), ",
-        );
+             SELECT u.id, u.process, u.def_version, u.running, 1, u.started_at, u.state, \
+             u.next_due, {outbox}, {offers}, u.facts::jsonb FROM u, server \
+             WHERE u.version = 0 RETURNING id), "
+        ));
     }
     if has(G_UPDATES) {
         if has(G_OFFERS) {
             // The offers the rows list before the update (`od` deletes those gone).
             sql.push_str(
-                "old AS (SELECT p.id, p.offers FROM procflow_instances p JOIN v \
-                 ON p.id = v.id AND p.row_version = v.version \
-                 WHERE v.version > 0 AND v.offers_changed), ",
+                "old AS (SELECT p.id, p.offers FROM procflow_instances p JOIN u \
+                 ON p.id = u.id AND p.row_version = u.version \
+                 WHERE u.version > 0 AND u.offers_changed), ",
             );
         }
-        sql.push_str(
-            "upd AS (UPDATE procflow_instances p SET def_version = v.def_version, \
-             running = v.running, row_version = v.version + 1, state = v.state, \
-             next_due = v.next_due, claim_until = NULL, claimed_by = NULL, \
-             offers = coalesce(v.offers, p.offers), outbox_until = v.outbox_until, \
-             outbox_by = v.outbox_by, facts = v.facts \
-             FROM v WHERE v.version > 0 AND p.id = v.id AND p.row_version = v.version \
-             RETURNING p.id), ",
-        );
+        sql.push_str(&format!(
+            "upd AS (UPDATE procflow_instances p SET def_version = u.def_version, \
+             running = u.running, row_version = u.version + 1, state = u.state, \
+             next_due = u.next_due, claim_until = NULL, claimed_by = NULL, \
+             offers = coalesce({offers}, p.offers), (outbox_until, outbox_by) = ({outbox}), \
+             facts = u.facts::jsonb \
+             FROM u, server WHERE u.version > 0 AND p.id = u.id AND p.row_version = u.version \
+             RETURNING p.id), "
+        ));
     }
     sql.push_str(match (has(G_STARTS), has(G_UPDATES)) {
         (true, true) => "stored AS (SELECT id FROM ins UNION ALL SELECT id FROM upd), ",
         (true, false) => "stored AS (SELECT id FROM ins), ",
         _ => "stored AS (SELECT id FROM upd), ",
     });
+    // Every start is stored when the statement is (an insert that fails fails it): its
+    // batch needs no look at what was stored.
     sql.push_str(
         "r AS (INSERT INTO procflow_records (instance, first, batch) \
-         SELECT v.id, v.first, v.batch FROM v JOIN stored ON stored.id = v.id \
-         WHERE v.batch IS NOT NULL)",
+         SELECT u.id, u.first, u.batch FROM u WHERE u.batch IS NOT NULL AND ",
     );
+    sql.push_str(match (has(G_STARTS), has(G_UPDATES)) {
+        (true, true) => "(u.version = 0 OR u.id IN (SELECT id FROM upd)))",
+        (true, false) => "u.version = 0)",
+        _ => "u.id IN (SELECT id FROM upd))",
+    });
     if has(G_UPDATES) && has(G_OFFERS) {
         // The offers of an updated instance it no longer has, and the `*` of a migration.
         sql.push_str(
@@ -646,7 +647,7 @@ fn build_group_sql(parts: usize) -> String {
         if has(G_UPDATES) {
             sql.push_str(
                 ", kd AS (DELETE FROM procflow_keys k WHERE k.instance IN \
-                 (SELECT v.id FROM v JOIN upd ON upd.id = v.id WHERE v.keys_carried) \
+                 (SELECT u.id FROM u JOIN upd ON upd.id = u.id WHERE u.keys_carried) \
                  AND NOT EXISTS (SELECT 1 FROM nk WHERE nk.id = k.instance \
                  AND nk.name = k.name AND nk.value = k.value))",
             );
