@@ -165,3 +165,105 @@ impl<T, R, L: Fn() -> R> Drop for Leading<'_, T, R, L> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Queue;
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+
+    /// Every caller hears its own item's result; a batch holds at most `max` items and at most
+    /// one per key; at most `leaders` batches are written at once.
+    #[test]
+    fn each_caller_gets_its_result_and_batches_keep_their_bounds() {
+        const LEADERS: usize = 2;
+        let queue = Arc::new(Queue::<(u64, u64), u64>::new(LEADERS, 5));
+        let writing = Arc::new(Mutex::new((0usize, 0usize)));
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let (queue, writing) = (Arc::clone(&queue), Arc::clone(&writing));
+                std::thread::spawn(move || {
+                    for i in 0..300u64 {
+                        let key = (t + i) % 3;
+                        let result = queue.commit(
+                            Some(key),
+                            (key, t * 1000 + i),
+                            |items| {
+                                {
+                                    let mut w = writing.lock().unwrap();
+                                    w.0 += 1;
+                                    w.1 = w.1.max(w.0);
+                                }
+                                assert!(items.len() <= 5);
+                                let keys: HashSet<u64> = items.iter().map(|i| i.0).collect();
+                                assert_eq!(keys.len(), items.len(), "one item per key");
+                                std::thread::yield_now();
+                                writing.lock().unwrap().0 -= 1;
+                                items.iter().map(|i| i.1 * 2).collect()
+                            },
+                            || u64::MAX,
+                        );
+                        assert_eq!(result, (t * 1000 + i) * 2);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(writing.lock().unwrap().1 <= LEADERS);
+    }
+
+    /// A write that unwinds gives its batch the `lost` result and steps down: the callers of
+    /// that batch hear `lost`, the leader's own call unwinds, and the queue goes on.
+    #[test]
+    fn a_write_that_panics_gives_its_batch_the_lost_result() {
+        let queue = Arc::new(Queue::<u64, Option<u64>>::new(1, usize::MAX));
+        let threads: Vec<_> = (0..6u64)
+            .map(|t| {
+                let queue = Arc::clone(&queue);
+                std::thread::spawn(move || {
+                    let mut heard = Vec::new();
+                    for i in 0..100u64 {
+                        let item = t * 1000 + i;
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            queue.commit(
+                                None,
+                                item,
+                                |items| {
+                                    if items.iter().any(|i| i % 7 == 0) {
+                                        panic!("a write failed");
+                                    }
+                                    items.into_iter().map(Some).collect()
+                                },
+                                || None,
+                            )
+                        }));
+                        heard.push((item, result));
+                    }
+                    heard
+                })
+            })
+            .collect();
+        let mut stored = 0;
+        for t in threads {
+            for (item, result) in t.join().unwrap() {
+                match result {
+                    Ok(Some(got)) => {
+                        assert_eq!(got, item);
+                        assert_ne!(item % 7, 0, "a batch whose write panicked stored nothing");
+                        stored += 1;
+                    }
+                    // Its batch held an item that made the write panic.
+                    Ok(None) | Err(_) => {}
+                }
+            }
+        }
+        assert!(stored > 0);
+        // Still usable.
+        assert_eq!(
+            queue.commit(None, 3, |i| i.into_iter().map(Some).collect(), || None),
+            Some(3)
+        );
+    }
+}
