@@ -686,12 +686,22 @@ fn write_many(
     let mut facts = Vec::with_capacity(n);
     let (mut o_ids, mut o_offers) = (Vec::new(), Vec::new());
     let (mut k_ids, mut k_names, mut k_values) = (Vec::new(), Vec::new(), Vec::new());
+    let mut parts = 0;
     for row in rows {
+        parts |= if row.read == 0 { G_STARTS } else { G_UPDATES };
+        // An update that changes its offers or carries its keys may delete some: it needs
+        // their parts even when it has none left.
+        if row.read > 0 && row.offers.is_some() {
+            parts |= G_OFFERS;
+        }
+        if row.read > 0 && row.key_names.is_some() {
+            parts |= G_KEYS;
+        }
         ids.push(row.id);
         processes.push(row.process.as_str());
         def_versions.push(row.def_version);
         running.push(row.running);
-        versions.push(if row.read == 0 { 0 } else { row.version });
+        versions.push(row.version);
         started.push(row.started);
         states.push(row.state.as_str());
         dues.push(row.next_due);
@@ -711,17 +721,6 @@ fn write_many(
                 k_names.push(name.as_str());
                 k_values.push(value.as_str());
             }
-        }
-    }
-    // The parts: an update that changes its offers or carries its keys may delete some.
-    let mut parts = 0;
-    for row in rows {
-        parts |= if row.read == 0 { G_STARTS } else { G_UPDATES };
-        if row.read > 0 && row.offers.is_some() {
-            parts |= G_OFFERS;
-        }
-        if row.read > 0 && row.key_names.is_some() {
-            parts |= G_KEYS;
         }
     }
     if !o_ids.is_empty() {
